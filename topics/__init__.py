@@ -1,0 +1,49 @@
+"""The wire contract of agentmesh: subjects, the stream, the envelope, and every event type."""
+
+from topics.agents import AgentEvent, AgentStarted, AgentStopped, Presence
+from topics.base import ErrorInfo, Event
+from topics.bids import BidAwarded, BidCalled, BidEvent, BidPlaced
+from topics.board import BoardDeleted, BoardEvent, BoardWritten
+from topics.calls import CallEvent, LlmCalled, ToolCalled
+from topics.chat import ChatEvent, ChatMessage
+from topics.dead import DeadEvent, DeadLettered
+from topics.envelope import CloudEvent, decode_envelope, derived_id, encode_envelope, new_event_id
+from topics.flows import (
+    FlowCompleted,
+    FlowEvent,
+    FlowFailed,
+    FlowStarted,
+    FlowStepCompleted,
+    FlowStepFailed,
+    FlowStepScheduled,
+)
+from topics.record import Record
+from topics.registry import EVENT_TYPES, AnyEvent, decode_data, encode_data, event_class
+from topics.tasks import (
+    TaskCancelled,
+    TaskClaimed,
+    TaskCompleted,
+    TaskEvent,
+    TaskFailed,
+    TaskOutcome,
+    TaskProgress,
+    TaskRequested,
+)
+from topics.votes import VoteCast, VoteDecided, VoteEvent, VoteProposed
+
+__all__ = [
+    "AgentEvent", "AgentStarted", "AgentStopped", "Presence",
+    "AnyEvent", "EVENT_TYPES", "decode_data", "encode_data", "event_class",
+    "BidAwarded", "BidCalled", "BidEvent", "BidPlaced",
+    "BoardDeleted", "BoardEvent", "BoardWritten",
+    "CallEvent", "LlmCalled", "ToolCalled",
+    "ChatEvent", "ChatMessage",
+    "CloudEvent", "decode_envelope", "derived_id", "encode_envelope", "new_event_id",
+    "DeadEvent", "DeadLettered",
+    "ErrorInfo", "Event", "Record",
+    "FlowCompleted", "FlowEvent", "FlowFailed", "FlowStarted",
+    "FlowStepCompleted", "FlowStepFailed", "FlowStepScheduled",
+    "TaskCancelled", "TaskClaimed", "TaskCompleted", "TaskEvent", "TaskFailed",
+    "TaskOutcome", "TaskProgress", "TaskRequested",
+    "VoteCast", "VoteDecided", "VoteEvent", "VoteProposed",
+]  # fmt: skip

@@ -1,0 +1,56 @@
+"""Every event type by its CloudEvents `type`, and decoding `data` against its schema."""
+
+from __future__ import annotations
+
+import typing
+from functools import cache
+
+import msgspec
+
+from topics.agents import AgentEvent
+from topics.base import Event
+from topics.bids import BidEvent
+from topics.board import BoardEvent
+from topics.calls import CallEvent
+from topics.chat import ChatEvent
+from topics.dead import DeadEvent
+from topics.flows import FlowEvent
+from topics.tasks import TaskEvent
+from topics.votes import VoteEvent
+
+__all__ = ["EVENT_TYPES", "AnyEvent", "decode_data", "encode_data", "event_class"]
+
+AnyEvent = (
+    TaskEvent | BoardEvent | VoteEvent | FlowEvent | ChatEvent | BidEvent | CallEvent | AgentEvent | DeadEvent
+)
+
+
+def _members(union: object) -> list[type[Event]]:
+    return list(typing.get_args(union)) or [union]  # type: ignore[list-item]
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in _members(AnyEvent)}
+
+_encoder = msgspec.json.Encoder()
+
+
+@cache
+def _decoder(cls: type[Event]) -> msgspec.json.Decoder[Event]:
+    return msgspec.json.Decoder(cls)
+
+
+def event_class(event_type: str) -> type[Event]:
+    """The Struct for a CloudEvents type; KeyError names the known types when there is none."""
+    try:
+        return EVENT_TYPES[event_type]
+    except KeyError:
+        raise KeyError(f"unknown event type {event_type!r}") from None
+
+
+def decode_data(event_type: str, raw: bytes | msgspec.Raw) -> Event:
+    """Decode `data` against the schema of `event_type` (KeyError, msgspec errors on failure)."""
+    return _decoder(event_class(event_type)).decode(raw)
+
+
+def encode_data(data: Event) -> bytes:
+    return _encoder.encode(data)

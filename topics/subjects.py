@@ -1,0 +1,139 @@
+"""Subject names, the one stream, and the consumer settings every process agrees on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from topics.base import check_token
+
+__all__ = [
+    "STREAM",
+    "ALL",
+    "PRESENCE_BUCKET",
+    "work",
+    "task",
+    "board",
+    "vote",
+    "flow",
+    "chat",
+    "bid",
+    "llm",
+    "tool",
+    "agent",
+    "dead",
+    "work_consumer_name",
+    "stream_config",
+    "work_consumer_config",
+]
+
+STREAM = "MESH"
+ALL = "mesh.>"
+PRESENCE_BUCKET = "mesh-presence"
+
+
+def work(capability: str) -> str:
+    return f"mesh.work.{check_token('capability', capability)}"
+
+
+def task(task_id: str) -> str:
+    return f"mesh.task.{check_token('task id', task_id)}"
+
+
+def board(name: str, key: str) -> str:
+    return f"mesh.board.{check_token('board', name)}.{check_token('board key', key)}"
+
+
+def vote(proposal_id: str) -> str:
+    return f"mesh.vote.{check_token('proposal id', proposal_id)}"
+
+
+def flow(workflow_id: str) -> str:
+    return f"mesh.flow.{check_token('workflow id', workflow_id)}"
+
+
+def chat(room: str) -> str:
+    return f"mesh.chat.{check_token('room', room)}"
+
+
+def bid(task_id: str) -> str:
+    return f"mesh.bid.{check_token('task id', task_id)}"
+
+
+def llm(agent_name: str, task_id: str) -> str:
+    return f"mesh.llm.{check_token('agent', agent_name)}.{check_token('task id', task_id)}"
+
+
+def tool(agent_name: str, task_id: str) -> str:
+    return f"mesh.tool.{check_token('agent', agent_name)}.{check_token('task id', task_id)}"
+
+
+def agent(agent_id: str) -> str:
+    return f"mesh.agent.{check_token('agent id', agent_id)}"
+
+
+def dead(original_subject: str) -> str:
+    """`mesh.work.echo` -> `mesh.dead.work.echo`; a foreign subject keeps all its tokens."""
+    tail = original_subject.removeprefix("mesh.")
+    return f"mesh.dead.{tail}"
+
+
+def work_consumer_name(capability: str) -> str:
+    return f"work-{check_token('capability', capability)}"
+
+
+def stream_config(
+    *, replicas: int = 1, duplicate_window: float = 600.0, max_payload: int | None = None
+) -> StreamConfig:
+    """The `MESH` stream: the one log. Limits retention, so consuming never deletes history."""
+    return StreamConfig(
+        name=STREAM,
+        subjects=[ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        duplicate_window=duplicate_window,
+        allow_direct=True,
+        max_msg_size=max_payload,
+        description="agentmesh event log (CloudEvents JSON)",
+    )
+
+
+def work_consumer_config(
+    capability: str,
+    *,
+    ack_wait: float = 30.0,
+    max_deliver: int = 5,
+    max_ack_pending: int = 1000,
+) -> ConsumerConfig:
+    """The one durable pull consumer shared by every replica that serves ``capability``.
+
+    Deliver-all: a consumer created after tasks were published still gets them.
+    """
+    name = work_consumer_name(capability)
+    return ConsumerConfig(
+        name=name,
+        durable_name=name,
+        filter_subject=work(capability),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver,
+        max_ack_pending=max_ack_pending,
+        inactive_threshold=None,
+        description=f"tasks for capability {capability}",
+    )
+
+
+def as_seconds(value: timedelta | float) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)

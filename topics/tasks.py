@@ -1,0 +1,75 @@
+"""Task events: requested on `mesh.work.<capability>`, lifecycle on `mesh.task.<task_id>`."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from topics.base import ErrorInfo, Event
+
+__all__ = [
+    "TaskRequested",
+    "TaskClaimed",
+    "TaskProgress",
+    "TaskCompleted",
+    "TaskFailed",
+    "TaskCancelled",
+    "TaskEvent",
+    "TaskOutcome",
+]
+
+
+class TaskRequested(Event, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "mesh.task.requested"
+    capability: str
+    input: Any = None
+    task_id: str = ""  # empty means: the id of the event that carries it
+    deadline: str | None = None  # RFC 3339; past it, the task is failed without running
+    max_attempts: int | None = None  # at most the consumer's max_deliver
+    fallback: tuple[str, ...] = ()  # capabilities to try, in order, if this one gives up
+
+
+class TaskClaimed(Event, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "mesh.task.claimed"
+    task_id: str
+    agent: str
+    attempt: int
+    capability: str = ""
+
+
+class TaskProgress(Event, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "mesh.task.progress"
+    task_id: str
+    agent: str
+    attempt: int
+    message: str = ""
+    fraction: float | None = None
+
+
+class TaskCompleted(Event, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "mesh.task.completed"
+    task_id: str
+    agent: str
+    attempt: int
+    output: Any = None
+    capability: str = ""
+
+
+class TaskFailed(Event, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "mesh.task.failed"
+    task_id: str
+    agent: str
+    attempt: int
+    error: ErrorInfo
+    capability: str = ""
+
+
+class TaskCancelled(Event, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "mesh.task.cancelled"
+    task_id: str
+    agent: str = ""
+    attempt: int = 0
+    reason: str = ""
+
+
+TaskEvent = TaskRequested | TaskClaimed | TaskProgress | TaskCompleted | TaskFailed | TaskCancelled
+TaskOutcome = TaskCompleted | TaskFailed | TaskCancelled
