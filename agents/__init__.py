@@ -1,0 +1,1 @@
+"""Ready agents, each runnable as its own process: `mesh agent run agents.<module>:agent`."""

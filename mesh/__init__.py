@@ -1,0 +1,49 @@
+"""agentmesh: LLM agents as independent processes on NATS JetStream, every message a
+durable CloudEvent in one log."""
+
+from mesh.agent import Agent, Handler
+from mesh.client import Mesh, Published
+from mesh.config import MeshSettings
+from mesh.context import Context
+from mesh.errors import (
+    ConfigError,
+    ConflictError,
+    LogGapError,
+    MeshError,
+    NoServerError,
+    RetryableError,
+    SchemaError,
+    TaskError,
+    TaskFailedError,
+    TaskTimeoutError,
+    ToolNotGrantedError,
+)
+from mesh.llm import LlmClient, LlmSession
+from mesh.runner import AgentRunner, RunnerOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentRunner",
+    "ConfigError",
+    "ConflictError",
+    "Context",
+    "Handler",
+    "LlmClient",
+    "LlmSession",
+    "LogGapError",
+    "Mesh",
+    "MeshError",
+    "MeshSettings",
+    "NoServerError",
+    "Published",
+    "RetryableError",
+    "RunnerOptions",
+    "SchemaError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskTimeoutError",
+    "ToolNotGrantedError",
+    "__version__",
+]

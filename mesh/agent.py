@@ -1,0 +1,83 @@
+"""`Agent`: a role, the capabilities it serves, and one handler per capability."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, get_type_hints
+
+import msgspec
+
+from mesh.errors import ConfigError, SchemaError
+from topics.base import check_token
+
+if TYPE_CHECKING:
+    from mesh.context import Context
+
+__all__ = ["Agent", "Handler"]
+
+HandlerFn = Callable[[Any, "Context"], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Handler:
+    """One capability's handler and the type its input is converted to (Any: left as JSON)."""
+
+    capability: str
+    fn: HandlerFn
+    input_type: Any = Any
+
+    def convert(self, value: Any) -> Any:
+        if self.input_type is Any:
+            return value
+        try:
+            return msgspec.convert(value, self.input_type)
+        except msgspec.ValidationError as error:
+            raise SchemaError(f"input for '{self.capability}' does not fit {self.input_type}: {error}") from error
+
+
+@dataclass
+class Agent:
+    """Declare an agent; run it with `mesh agent run module:agent`.
+
+        agent = Agent("researcher")
+
+        @agent.task("research")
+        async def research(input: dict, ctx: Context) -> dict: ...
+    """
+
+    name: str
+    version: str = "0"
+    tools: tuple[str, ...] = ()  # names of the tools this agent is granted
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_token("agent name", self.name)
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return tuple(self.handlers)
+
+    def task(self, capability: str) -> Callable[[HandlerFn], HandlerFn]:
+        """Register the decorated `async def fn(input, ctx)` as the handler of ``capability``."""
+        check_token("capability", capability)
+
+        def register(fn: HandlerFn) -> HandlerFn:
+            if not inspect.iscoroutinefunction(fn):
+                raise ConfigError(f"handler for '{capability}' must be `async def`, got {fn!r}")
+            if capability in self.handlers:
+                raise ConfigError(f"agent '{self.name}' already serves '{capability}'")
+            self.handlers[capability] = Handler(capability, fn, _input_type(fn))
+            return fn
+
+        return register
+
+
+def _input_type(fn: HandlerFn) -> Any:
+    params = list(inspect.signature(fn).parameters)
+    if not params:
+        raise ConfigError(f"handler {fn.__name__} must take (input, ctx)")
+    hints = get_type_hints(fn)
+    hint = hints.get(params[0], Any)
+    return Any if hint in (dict, object) else hint

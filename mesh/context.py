@@ -1,0 +1,109 @@
+"""`Context`: what a handler gets besides its input. Every effect goes through it, so every
+effect is an event with an id derived from the task's, and a redelivery repeats none."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from opentelemetry.trace import Span
+
+from mesh.client import Mesh, Published, outcome_value
+from mesh.errors import TaskTimeoutError
+from topics import subjects
+from topics.base import Event
+from topics.envelope import CloudEvent, derived_id
+from topics.tasks import TaskOutcome, TaskProgress
+
+if TYPE_CHECKING:
+    from mesh.llm import LlmSession
+
+__all__ = ["Context"]
+
+
+class Context:
+    """The handler's view of the mesh for one task attempt."""
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        agent: str,
+        agent_id: str,
+        event: CloudEvent,
+        task_id: str,
+        capability: str,
+        attempt: int,
+        span: Span,
+        llm: LlmSession | None = None,
+    ) -> None:
+        self.mesh = mesh
+        self.agent = agent
+        self.agent_id = agent_id
+        self.event = event
+        self.task_id = task_id
+        self.capability = capability
+        self.attempt = attempt
+        self.span = span
+        self.log = structlog.get_logger(agent)
+        self._llm = llm
+        self._emitted = itertools.count()
+        self._requested = itertools.count()
+
+    @property
+    def correlation_id(self) -> str:
+        return self.event.correlationid or self.task_id
+
+    @property
+    def llm(self) -> LlmSession:
+        if self._llm is None:
+            raise RuntimeError("this context has no LLM session")
+        return self._llm
+
+    def _child_id(self, label: str) -> str:
+        return derived_id(self.event.id, label)
+
+    async def emit(self, subject: str, data: Event) -> Published:
+        """Publish an event caused by this task. Its id is derived, so a retry repeats nothing."""
+        return await self.mesh.publish(
+            subject,
+            data,
+            event_id=self._child_id(f"emit/{next(self._emitted)}"),
+            correlation_id=self.correlation_id,
+            causation_id=self.event.id,
+        )
+
+    async def progress(self, message: str, fraction: float | None = None) -> Published:
+        update = TaskProgress(
+            task_id=self.task_id, agent=self.agent_id, attempt=self.attempt, message=message, fraction=fraction
+        )
+        return await self.emit(subjects.task(self.task_id), update)
+
+    async def request(
+        self, capability: str, input: Any = None, *, timeout: float = 120.0, fallback: tuple[str, ...] = ()
+    ) -> Any:
+        """Ask another capability and await its output (peer to peer). On a retry of this task
+        the same sub-task id is used: a finished sub-task is not run again."""
+        event_id = self._child_id(f"request/{next(self._requested)}")
+        async with self.mesh.watch_outcome(event_id) as outcome:
+            await self.mesh.submit(
+                capability,
+                input,
+                task_id=event_id,
+                event_id=event_id,
+                correlation_id=self.correlation_id,
+                causation_id=self.event.id,
+                fallback=fallback,
+            )
+            if self.attempt > 1:  # the sub-task may have finished before this task's last try died
+                done = await self.mesh.last_on(subjects.task(event_id))
+                if done is not None and isinstance(done.data, TaskOutcome) and not outcome.done():
+                    outcome.set_result(done)
+            try:
+                record = await asyncio.wait_for(outcome, timeout)
+            except asyncio.TimeoutError:
+                raise TaskTimeoutError(event_id, capability, timeout) from None
+        return outcome_value(record)
+

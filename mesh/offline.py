@@ -1,0 +1,124 @@
+"""The offline model: an OpenAI-format chat server behind the SDK's own HTTP transport.
+
+`AsyncOpenAI(http_client=offline_http_client())` sends real requests through the real
+client (retries, parsing, errors); this transport answers them in-process, with no
+network. Answers are a pure function of the request, say they are offline, and include
+tool calls when tools are offered, so agents and tests exercise the whole tool loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import httpx2
+import openai
+
+__all__ = ["OfflineTransport", "offline_http_client", "offline_reply", "OFFLINE_PROVIDER"]
+
+OFFLINE_PROVIDER = "mesh.offline"
+_OPENERS = (
+    "The main point is",
+    "Evidence suggests",
+    "A practical approach is",
+    "The trade-off to watch is",
+    "In short,",
+)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _last(messages: list[dict[str, Any]], role: str) -> dict[str, Any] | None:
+    return next((m for m in reversed(messages) if m.get("role") == role), None)
+
+
+def _text_of(message: dict[str, Any] | None) -> str:
+    if not message:
+        return ""
+    content = message.get("content") or ""
+    if isinstance(content, list):  # content parts
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def _tool_arguments(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    properties = schema.get("properties", {})
+    for name in schema.get("required", list(properties)):
+        kind = properties.get(name, {}).get("type", "string")
+        args[name] = {"integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}.get(kind, prompt[:200])
+    return args
+
+
+def offline_reply(request: dict[str, Any]) -> dict[str, Any]:
+    """The ChatCompletion the offline model returns for a chat.completions request body."""
+    messages: list[dict[str, Any]] = request.get("messages", [])
+    digest = _digest(messages)
+    prompt = _text_of(_last(messages, "user"))
+    tools = request.get("tools") or []
+    message: dict[str, Any]
+    finish = "stop"
+    if tools and messages and messages[-1].get("role") == "user" and request.get("tool_choice") != "none":
+        function = tools[int(digest[:8], 16) % len(tools)]["function"]
+        arguments = _tool_arguments(function.get("parameters", {}), prompt)
+        call = {"id": f"call_{digest[:24]}", "type": "function",
+                "function": {"name": function["name"], "arguments": json.dumps(arguments)}}  # fmt: skip
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        finish = "tool_calls"
+    else:
+        message = {"role": "assistant", "content": _compose(request, messages, prompt, digest)}
+    prompt_tokens = sum(len(_text_of(m).split()) for m in messages) + 3 * len(messages)
+    completion_tokens = len((message.get("content") or "").split()) or 8
+    return {
+        "id": f"chatcmpl-offline-{digest[:20]}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": f"offline/{request.get('model', 'model')}",
+        "system_fingerprint": OFFLINE_PROVIDER,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _compose(request: dict[str, Any], messages: list[dict[str, Any]], prompt: str, digest: str) -> str:
+    tool_result = _last(messages, "tool")
+    if tool_result is not None and messages[-1].get("role") == "tool":
+        body = f"Using the tool result ({_text_of(tool_result)[:160]}), here is the answer to: {prompt[:160]}"
+    else:
+        opener = _OPENERS[int(digest[8:16], 16) % len(_OPENERS)]
+        body = f"{opener} {prompt.strip()[:400]}"
+    fmt = (request.get("response_format") or {}).get("type")
+    if fmt in ("json_object", "json_schema"):
+        return json.dumps({"offline": True, "answer": body})
+    return f"[offline model] {body}"
+
+
+class OfflineTransport(httpx2.AsyncBaseTransport):
+    """Serves `POST …/chat/completions` and `GET …/models`; anything else is a 404."""
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if request.method == "POST" and path.endswith("/chat/completions"):
+            body = json.loads(await request.aread() or b"{}")
+            if body.get("stream"):
+                return _error(400, "the offline model does not stream; call without stream=True")
+            return httpx2.Response(200, json=offline_reply(body), headers={"x-mesh-offline": "true"})
+        if request.method == "GET" and path.endswith("/models"):
+            return httpx2.Response(200, json={"object": "list", "data": [{"id": "offline", "object": "model",
+                                                                          "created": 0, "owned_by": "mesh"}]})  # fmt: skip
+        return _error(404, f"the offline model has no {request.method} {path}")
+
+
+def _error(status: int, message: str) -> httpx2.Response:
+    return httpx2.Response(status, json={"error": {"message": message, "type": "invalid_request_error"}})
+
+
+def offline_http_client() -> httpx2.AsyncClient:
+    return openai.DefaultAsyncHttpx2Client(transport=OfflineTransport())

@@ -1,0 +1,60 @@
+"""Running an agent as this process: load it, connect, serve until SIGTERM/SIGINT, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import sys
+
+import structlog
+
+from mesh.agent import Agent
+from mesh.client import Mesh
+from mesh.config import MeshSettings
+from mesh.errors import ConfigError
+from mesh.logs import configure_logging
+from mesh.otel import configure_from_env
+from mesh.runner import AgentRunner, RunnerOptions
+
+__all__ = ["load_agent", "run_agent", "serve"]
+
+log = structlog.get_logger("mesh.process")
+
+
+def load_agent(target: str) -> Agent:
+    """`package.module:attribute` -> the Agent object it names."""
+    module_name, _, attribute = target.partition(":")
+    if not attribute:
+        raise ConfigError(f"agent target {target!r} must look like package.module:agent")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ConfigError(f"cannot import {module_name!r} for agent {target!r}: {error}") from error
+    agent = getattr(module, attribute, None)
+    if not isinstance(agent, Agent):
+        raise ConfigError(f"{target!r} is {type(agent).__name__}, not a mesh.Agent")
+    return agent
+
+
+async def serve(agent: Agent, settings: MeshSettings, options: RunnerOptions) -> None:
+    configure_from_env(service_name=agent.name)
+    mesh = await Mesh.connect(settings=settings)
+    runner = AgentRunner(agent, mesh, options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await runner.start()
+    await stop.wait()
+    log.info("signal received; draining", agent=runner.agent_id)
+    await runner.stop("signal")
+    await mesh.close()
+
+
+def run_agent(target: str, settings: MeshSettings, options: RunnerOptions) -> None:
+    configure_logging()
+    agent = load_agent(target)
+    asyncio.run(serve(agent, settings, options))

@@ -1,0 +1,73 @@
+"""Pure folds of the log into read models: tasks, board, consensus, workflows, conversations.
+
+No I/O, no clock, no randomness: the same records always give the same state. The runtime
+keeps them live, ``state_at`` folds up to a position or an instant, and ``encode_state`` /
+``decode_state`` make snapshots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mesh.projections.base import (
+    Projection,
+    ProjectionState,
+    Snapshot,
+    SnapshotMismatch,
+    fold,
+    instant,
+    load_snapshot,
+    state_at,
+    until,
+)
+from mesh.projections.board import BoardEntry, BoardProjection, BoardState, Revision, entry, values
+from mesh.projections.consensus import (
+    ConsensusProjection,
+    ConsensusState,
+    Decision,
+    ProposalView,
+    evaluate,
+    roster,
+    tally,
+)
+from mesh.projections.conversations import (
+    ConversationsProjection,
+    ConversationsState,
+    RoomView,
+    Turn,
+)
+from mesh.projections.tasks import TasksProjection, TasksState, TaskStatus, TaskView, is_final
+from mesh.projections.workflows import (
+    FlowSpec,
+    FlowStatus,
+    StepSpec,
+    StepStatus,
+    StepView,
+    WorkflowsProjection,
+    WorkflowsState,
+    WorkflowView,
+    ready_steps,
+)
+
+__all__ = [
+    "REGISTRY",
+    "Projection", "ProjectionState", "Snapshot", "SnapshotMismatch",
+    "fold", "instant", "load_snapshot", "state_at", "until",
+    "TASKS", "TasksProjection", "TasksState", "TaskStatus", "TaskView", "is_final",
+    "BOARD", "BoardProjection", "BoardState", "BoardEntry", "Revision", "entry", "values",
+    "CONSENSUS", "ConsensusProjection", "ConsensusState", "ProposalView", "Decision",
+    "evaluate", "roster", "tally",
+    "WORKFLOWS", "WorkflowsProjection", "WorkflowsState", "WorkflowView", "StepView",
+    "FlowSpec", "StepSpec", "FlowStatus", "StepStatus", "ready_steps",
+    "CONVERSATIONS", "ConversationsProjection", "ConversationsState", "RoomView", "Turn",
+]  # fmt: skip
+
+TASKS = TasksProjection()
+BOARD = BoardProjection()
+CONSENSUS = ConsensusProjection()
+WORKFLOWS = WorkflowsProjection()
+CONVERSATIONS = ConversationsProjection()
+
+REGISTRY: dict[str, Projection[Any]] = {
+    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS)
+}

@@ -1,0 +1,172 @@
+"""What a projection is, folding records into it, time travel, and snapshots of its state.
+
+A projection is a pure fold over the log: ``initial() -> S`` and ``apply(S, record) -> S``,
+with no I/O, no clock and no randomness, so the same log prefix always gives the same state.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from typing import Generic, TypeVar
+
+import msgspec
+
+from topics.envelope import parse_time
+from topics.record import Record
+
+__all__ = [
+    "ProjectionState",
+    "Projection",
+    "Snapshot",
+    "SnapshotMismatch",
+    "fold",
+    "state_at",
+    "until",
+    "load_snapshot",
+    "instant",
+]
+
+
+class ProjectionState(msgspec.Struct, kw_only=True):
+    """The base of every projection's state: ``seq`` is the last stream sequence folded in.
+
+    A snapshot is the state, so it carries its own resume point: read on from ``seq + 1``.
+    """
+
+    seq: int = 0
+
+
+S = TypeVar("S", bound=ProjectionState)
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """The bytes a snapshot is stored as: which fold, which version of it, and the state."""
+
+    projection: str
+    version: int
+    state: msgspec.Raw
+
+
+class SnapshotMismatch(ValueError):
+    """A snapshot was written by another projection or another version of its fold."""
+
+
+_snapshot_encoder = msgspec.json.Encoder()
+_snapshot_decoder = msgspec.json.Decoder(Snapshot)
+
+
+class Projection(ABC, Generic[S]):
+    """A named, versioned fold of records into a state of type ``S`` (a msgspec Struct).
+
+    Subclasses set ``name``, ``version`` (bump it whenever the fold changes, so older
+    snapshots are ignored) and ``state_type``, and implement ``evolve``.
+
+    ``apply`` owns the state it is given: it may update it in place, and returns it.
+    ``fold`` never changes a state passed to it (it folds into a copy).
+    """
+
+    name: str
+    version: int
+    state_type: type[S]
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+        self._decoder: msgspec.json.Decoder[S] = msgspec.json.Decoder(self.state_type)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, version={self.version})"
+
+    def initial(self) -> S:
+        """The state before any record."""
+        return self.state_type()
+
+    def apply(self, state: S, record: Record) -> S:
+        """Fold one record in. A record at or below ``state.seq`` (when seq > 0) was already
+        folded and is skipped, so feeding a record twice changes nothing."""
+        if 0 < record.seq <= state.seq:
+            return state
+        state = self.evolve(state, record)
+        state.seq = max(state.seq, record.seq)
+        return state
+
+    @abstractmethod
+    def evolve(self, state: S, record: Record) -> S:
+        """The fold proper: the state after ``record``. Records of other kinds leave it as is."""
+
+    def encode_state(self, state: S) -> bytes:
+        """A snapshot: JSON of the state, tagged with this projection's name and version."""
+        raw = msgspec.Raw(self._encoder.encode(state))
+        return _snapshot_encoder.encode(
+            Snapshot(projection=self.name, version=self.version, state=raw)
+        )
+
+    def decode_state(self, data: bytes) -> S:
+        """The state in a snapshot; SnapshotMismatch if another fold or version wrote it,
+        msgspec.DecodeError / ValidationError if the bytes are not a snapshot."""
+        snapshot = _snapshot_decoder.decode(data)
+        if (snapshot.projection, snapshot.version) != (self.name, self.version):
+            raise SnapshotMismatch(
+                f"snapshot is of {snapshot.projection!r} version {snapshot.version}, "
+                f"not {self.name!r} version {self.version}: ignore it and fold from the start"
+            )
+        return self._decoder.decode(snapshot.state)
+
+    def copy_state(self, state: S) -> S:
+        """An independent copy of ``state``."""
+        return copy.deepcopy(state)
+
+
+def fold(projection: Projection[S], records: Iterable[Record], state: S | None = None) -> S:
+    """Fold ``records`` into ``state`` (a copy of it; the initial state when None)."""
+    current = projection.initial() if state is None else projection.copy_state(state)
+    for record in records:
+        current = projection.apply(current, record)
+    return current
+
+
+def state_at(
+    projection: Projection[S],
+    records: Iterable[Record],
+    *,
+    seq: int | None = None,
+    time: str | None = None,
+) -> S:
+    """The state as of stream position ``seq`` and/or instant ``time`` (RFC 3339): time travel."""
+    return fold(projection, until(records, seq=seq, time=time))
+
+
+def until(
+    records: Iterable[Record], *, seq: int | None = None, time: str | None = None
+) -> Iterator[Record]:
+    """The records with ``record.seq <= seq`` and envelope time ``<= time`` (each bound if given).
+
+    Records are filtered, not cut off: a record later in the log whose clock was behind
+    still counts by its own time.
+    """
+    limit = None if time is None else instant(time)
+    for record in records:
+        if seq is not None and record.seq > seq:
+            continue
+        if limit is not None and instant(record.event.time) > limit:
+            continue
+        yield record
+
+
+def load_snapshot(projection: Projection[S], data: bytes | None) -> S | None:
+    """The state in a stored snapshot, or None when there is none or it cannot be used
+    (another version of the fold, or bytes that do not decode): then fold from the start."""
+    if data is None:
+        return None
+    try:
+        return projection.decode_state(data)
+    except (SnapshotMismatch, msgspec.DecodeError):
+        return None
+
+
+def instant(value: str) -> datetime:
+    """An RFC 3339 time as an aware datetime; a time without an offset is taken as UTC."""
+    moment = parse_time(value)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

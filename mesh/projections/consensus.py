@@ -1,0 +1,223 @@
+"""Consensus: every proposal with its votes and tally, and the rules that decide it.
+
+The fold records facts; ``evaluate`` says what the rule makes of them. ``decided`` and
+``outcome`` in a ``ProposalView`` are what a recorded ``VoteDecided`` says (the first one
+wins), so an orchestrator folds, calls ``evaluate(view, now)`` and records the decision
+under a deterministic id when the proposal is not yet decided.
+
+A vote counts when the proposal is known and undecided, the choice is one of the options,
+the voter is on the roster (anyone, when the roster is empty) and the vote's envelope time
+is not past the deadline. A voter's last vote replaces their earlier one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import msgspec
+
+from mesh.projections.base import Projection, ProjectionState, instant
+from topics.record import Record
+from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
+
+__all__ = [
+    "ProposalView",
+    "ConsensusState",
+    "ConsensusProjection",
+    "Decision",
+    "evaluate",
+    "roster",
+    "tally",
+]
+
+
+class ProposalView(msgspec.Struct, kw_only=True):
+    """One proposal. ``votes`` maps voter to choice, ordered by each voter's latest vote."""
+
+    proposal_id: str
+    proposed: bool = False
+    question: str = ""
+    options: tuple[str, ...] = ()
+    rule: Rule = "majority"
+    voters: tuple[str, ...] = ()
+    quorum: int | None = None
+    weights: dict[str, float] = {}
+    deadline: str | None = None
+    proposer: str = ""
+    proposed_at: str | None = None
+    votes: dict[str, str] = {}
+    tally: dict[str, float] = {}
+    decided: bool = False
+    outcome: str | None = None
+    reason: str = ""
+
+
+class ConsensusState(ProjectionState, kw_only=True):
+    proposals: dict[str, ProposalView] = {}
+
+
+class Decision(NamedTuple):
+    decided: bool
+    outcome: str | None
+    reason: str
+
+
+def roster(view: ProposalView) -> tuple[str, ...]:
+    """Who may vote: ``voters``; for the weighted rule with none listed, the keys of ``weights``.
+    Empty means anyone may."""
+    if not view.voters and view.rule == "weighted":
+        return tuple(view.weights)
+    return view.voters
+
+
+def tally(view: ProposalView) -> dict[str, float]:
+    """Per option, the votes for it: their weights under the weighted rule, else their count.
+    A voter missing from ``weights`` weighs 1."""
+    totals = dict.fromkeys(view.options, 0.0)
+    for voter, choice in view.votes.items():
+        totals[choice] = totals.get(choice, 0.0) + _weight(view, voter)
+    return totals
+
+
+def _weight(view: ProposalView, voter: str) -> float:
+    return view.weights.get(voter, 1.0) if view.rule == "weighted" else 1.0
+
+
+class ConsensusProjection(Projection[ConsensusState]):
+    name = "consensus"
+    version = 1
+    state_type = ConsensusState
+
+    def evolve(self, state: ConsensusState, record: Record) -> ConsensusState:
+        match record.data:
+            case VoteProposed(proposal_id=p) as proposed:
+                _proposed(_proposal(state, p), proposed, record)
+            case VoteCast(proposal_id=p, voter=voter, choice=choice):
+                view = state.proposals.get(p)
+                if view is not None and _counts(view, voter, choice, record):
+                    view.votes.pop(voter, None)
+                    view.votes[voter] = choice
+                    view.tally = tally(view)
+            case VoteDecided(proposal_id=p, outcome=outcome, reason=reason):
+                view = _proposal(state, p)
+                if not view.decided:
+                    view.decided, view.outcome, view.reason = True, outcome, reason or "recorded"
+        return state
+
+
+def _proposal(state: ConsensusState, proposal_id: str) -> ProposalView:
+    view = state.proposals.get(proposal_id)
+    if view is None:
+        view = state.proposals[proposal_id] = ProposalView(proposal_id=proposal_id)
+    return view
+
+
+def _proposed(view: ProposalView, event: VoteProposed, record: Record) -> None:
+    if view.proposed:
+        return
+    view.proposed, view.question, view.options, view.rule = True, event.question, event.options, event.rule
+    view.voters, view.quorum, view.weights = event.voters, event.quorum, dict(event.weights)
+    view.deadline, view.proposer, view.proposed_at = event.deadline, event.proposer, record.event.time
+    view.tally = tally(view)
+
+
+def _counts(view: ProposalView, voter: str, choice: str, record: Record) -> bool:
+    if not view.proposed or view.decided or choice not in view.options:
+        return False
+    eligible = roster(view)
+    if eligible and voter not in eligible:
+        return False
+    return view.deadline is None or instant(record.event.time) <= instant(view.deadline)
+
+
+def evaluate(view: ProposalView, now: str | None = None) -> Decision:
+    """Whether the proposal is decided, with what outcome (None: no option won), and why.
+
+    A recorded decision stands. Otherwise the rule decides as soon as it can:
+
+    - majority: an option has more than half of the roster's votes.
+    - unanimous: every voter on the roster chose the same option; fails (outcome None) as
+      soon as two votes differ. With no roster it waits for the deadline.
+    - quorum: the first option to reach ``quorum`` votes, counted in the order of each
+      voter's latest vote (default: a majority of the roster, or 1 with no roster).
+    - weighted: an option has more than half of the roster's total weight.
+
+    If every voter on the roster has voted and the rule found no winner, it fails. Once
+    ``now`` is at or past the deadline: unanimous fails, unless there is no roster and the
+    votes cast (at least one) all agree; the other rules take the plurality of the tally,
+    None when tied or without votes.
+    Without a roster and a deadline, majority and weighted proposals stay open.
+    """
+    if view.decided:
+        return Decision(True, view.outcome, view.reason or "recorded")
+    by_rule = _RULES[view.rule](view)
+    if by_rule is not None:
+        return by_rule
+    eligible = roster(view)
+    if eligible and all(voter in view.votes for voter in eligible):
+        return Decision(True, None, f"{view.rule}: every voter voted and no option won")
+    if now is not None and view.deadline is not None and instant(now) >= instant(view.deadline):
+        return _at_deadline(view)
+    return Decision(False, None, "open")
+
+
+def _majority(view: ProposalView) -> Decision | None:
+    eligible = roster(view)
+    return _over_half(tally(view), float(len(eligible)), "majority") if eligible else None
+
+
+def _weighted(view: ProposalView) -> Decision | None:
+    eligible = roster(view)
+    total = sum(_weight(view, voter) for voter in eligible)
+    return _over_half(tally(view), total, "weighted majority") if eligible else None
+
+
+def _over_half(totals: dict[str, float], whole: float, reason: str) -> Decision | None:
+    for option, amount in totals.items():
+        if amount > whole / 2:
+            return Decision(True, option, reason)
+    return None
+
+
+def _unanimous(view: ProposalView) -> Decision | None:
+    choices = set(view.votes.values())
+    if len(choices) > 1:
+        return Decision(True, None, "unanimous: votes differ")
+    eligible = roster(view)
+    if choices and eligible and all(voter in view.votes for voter in eligible):
+        return Decision(True, choices.pop(), "unanimous")
+    return None
+
+
+def _quorum(view: ProposalView) -> Decision | None:
+    eligible = roster(view)
+    needed = view.quorum if view.quorum is not None else len(eligible) // 2 + 1
+    counts: dict[str, int] = {}
+    for choice in view.votes.values():
+        counts[choice] = counts.get(choice, 0) + 1
+        if counts[choice] >= needed:
+            return Decision(True, choice, f"quorum of {needed}")
+    return None
+
+
+_RULES: dict[str, Callable[[ProposalView], Decision | None]] = {
+    "majority": _majority,
+    "unanimous": _unanimous,
+    "quorum": _quorum,
+    "weighted": _weighted,
+}
+
+
+def _at_deadline(view: ProposalView) -> Decision:
+    if view.rule == "unanimous":
+        choices = set(view.votes.values())
+        if len(choices) == 1 and not roster(view):
+            return Decision(True, choices.pop(), "deadline: unanimous")
+        return Decision(True, None, "deadline: no unanimity")
+    totals = {option: amount for option, amount in tally(view).items() if amount > 0}
+    best = max(totals.values(), default=0.0)
+    leaders = [option for option, amount in totals.items() if amount == best]
+    if len(leaders) == 1:
+        return Decision(True, leaders[0], "deadline: plurality")
+    return Decision(True, None, "deadline: tie" if leaders else "deadline: no votes")

@@ -1,0 +1,175 @@
+"""Workflow progress: each workflow's step DAG with the status of every step.
+
+A ``FlowStarted`` spec has the shape of ``FlowSpec``::
+
+    {"steps": {"draft": {"capability": "write"},
+               "review": {"capability": "review", "after": ["draft"], "retries": 1}}}
+
+and every step it names starts ``pending``. A spec that does not have that shape gives no
+steps, and ``spec_error`` says why. The first ``FlowStarted``, the first step completion and
+the first workflow outcome win; a step is scheduled again only for a later attempt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from mesh.projections.base import Projection, ProjectionState
+from topics.base import ErrorInfo
+from topics.flows import (
+    FlowCompleted,
+    FlowFailed,
+    FlowStarted,
+    FlowStepCompleted,
+    FlowStepFailed,
+    FlowStepScheduled,
+)
+from topics.record import Record
+
+__all__ = [
+    "StepSpec",
+    "FlowSpec",
+    "StepStatus",
+    "FlowStatus",
+    "StepView",
+    "WorkflowView",
+    "WorkflowsState",
+    "WorkflowsProjection",
+    "ready_steps",
+]
+
+StepStatus = Literal["pending", "scheduled", "completed", "failed"]
+FlowStatus = Literal["running", "completed", "failed"]
+
+
+class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
+    capability: str
+    after: tuple[str, ...] = ()
+    input: Any = None
+    retries: int = 0
+
+
+class FlowSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``spec`` of a ``FlowStarted``; build one and send ``msgspec.to_builtins(spec)``."""
+
+    steps: dict[str, StepSpec] = {}
+
+
+class StepView(msgspec.Struct, kw_only=True):
+    status: StepStatus = "pending"
+    capability: str = ""
+    after: tuple[str, ...] = ()
+    input: Any = None
+    retries: int = 0
+    task_id: str | None = None
+    attempt: int = 0
+    output: Any = None
+    error: ErrorInfo | None = None
+
+
+class WorkflowView(msgspec.Struct, kw_only=True):
+    workflow_id: str
+    started: bool = False
+    name: str = ""
+    spec: Any = None
+    spec_error: str | None = None
+    input: Any = None
+    status: FlowStatus = "running"
+    steps: dict[str, StepView] = {}
+    output: Any = None
+    error: ErrorInfo | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    correlation_id: str | None = None
+
+
+class WorkflowsState(ProjectionState, kw_only=True):
+    workflows: dict[str, WorkflowView] = {}
+
+
+def ready_steps(view: WorkflowView) -> list[str]:
+    """The pending steps whose ``after`` steps have all completed, by name; none once the
+    workflow is over. A step that waits on a step the spec does not name is never ready."""
+    if view.status != "running":
+        return []
+    done = {name for name, step in view.steps.items() if step.status == "completed"}
+    pending = (name for name, step in view.steps.items() if step.status == "pending")
+    return sorted(name for name in pending if done.issuperset(view.steps[name].after))
+
+
+class WorkflowsProjection(Projection[WorkflowsState]):
+    name = "workflows"
+    version = 1
+    state_type = WorkflowsState
+
+    def evolve(self, state: WorkflowsState, record: Record) -> WorkflowsState:
+        match record.data:
+            case FlowStarted(workflow_id=w) as started:
+                _started(_workflow(state, w, record), started, record)
+            case FlowStepScheduled(workflow_id=w, step=s, task_id=t, attempt=n):
+                _scheduled(_step(_workflow(state, w, record), s), t, n)
+            case FlowStepCompleted(workflow_id=w, step=s, task_id=t, output=output):
+                step = _step(_workflow(state, w, record), s)
+                if step.status != "completed":
+                    step.status, step.task_id, step.output, step.error = "completed", t, output, None
+            case FlowStepFailed(workflow_id=w, step=s, task_id=t, error=error):
+                _step_failed(_step(_workflow(state, w, record), s), t, error)
+            case FlowCompleted(workflow_id=w, output=output):
+                view = _workflow(state, w, record)
+                if view.status == "running":
+                    view.status, view.output, view.finished_at = "completed", output, record.event.time
+            case FlowFailed(workflow_id=w, error=error):
+                view = _workflow(state, w, record)
+                if view.status == "running":
+                    view.status, view.error, view.finished_at = "failed", error, record.event.time
+        return state
+
+
+def _workflow(state: WorkflowsState, workflow_id: str, record: Record) -> WorkflowView:
+    view = state.workflows.get(workflow_id)
+    if view is None:
+        view = state.workflows[workflow_id] = WorkflowView(workflow_id=workflow_id)
+    if view.correlation_id is None:
+        view.correlation_id = record.event.correlationid
+    return view
+
+
+def _step(view: WorkflowView, name: str) -> StepView:
+    step = view.steps.get(name)
+    if step is None:
+        step = view.steps[name] = StepView()
+    return step
+
+
+def _started(view: WorkflowView, event: FlowStarted, record: Record) -> None:
+    if view.started:
+        return
+    view.started, view.name, view.spec, view.input = True, event.name, event.spec, event.input
+    view.started_at = record.event.time
+    try:
+        spec = msgspec.convert(event.spec, FlowSpec)
+    except msgspec.ValidationError as error:
+        view.spec_error = f"spec is not a FlowSpec: {error}"
+        return
+    for name, step_spec in spec.steps.items():
+        step = _step(view, name)
+        step.capability, step.after = step_spec.capability, step_spec.after
+        step.input, step.retries = step_spec.input, step_spec.retries
+
+
+def _scheduled(step: StepView, task_id: str, attempt: int) -> None:
+    if step.status == "completed" or attempt < step.attempt:
+        return
+    if step.status == "failed" and attempt == step.attempt:
+        return
+    step.status, step.task_id, step.attempt = "scheduled", task_id, attempt
+
+
+def _step_failed(step: StepView, task_id: str, error: ErrorInfo | None) -> None:
+    if step.status == "completed":
+        return
+    if step.status == "scheduled" and step.task_id not in (None, task_id):
+        return  # the failure of an attempt that was already replaced
+    step.status, step.task_id, step.error = "failed", task_id, error

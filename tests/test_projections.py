@@ -1,0 +1,569 @@
+"""The pure projections: each fold's rules, time travel, snapshots, and fold properties."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.projections import (
+    BOARD,
+    CONSENSUS,
+    CONVERSATIONS,
+    REGISTRY,
+    TASKS,
+    WORKFLOWS,
+    FlowSpec,
+    ProposalView,
+    SnapshotMismatch,
+    StepSpec,
+    WorkflowView,
+    entry,
+    evaluate,
+    fold,
+    load_snapshot,
+    ready_steps,
+    state_at,
+    values,
+)
+from topics import (
+    BoardDeleted,
+    BoardWritten,
+    ChatMessage,
+    CloudEvent,
+    ErrorInfo,
+    Event,
+    FlowCompleted,
+    FlowFailed,
+    FlowStarted,
+    FlowStepCompleted,
+    FlowStepFailed,
+    FlowStepScheduled,
+    Record,
+    TaskCancelled,
+    TaskClaimed,
+    TaskCompleted,
+    TaskFailed,
+    TaskProgress,
+    TaskRequested,
+    VoteCast,
+    VoteDecided,
+    VoteProposed,
+    decode_data,
+    encode_data,
+)
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> str:
+    """The RFC 3339 time ``seconds`` after T0."""
+    return (T0 + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def record(data: Event, seq: int, *, time: str | None = None, correlation: str | None = None) -> Record:
+    """A Record as a reader gets it from the log: data decoded from its wire bytes."""
+    raw = encode_data(data)
+    event = CloudEvent(
+        specversion="1.0",
+        id=f"ev-{seq}",
+        source="test",
+        type=type(data).TYPE,
+        time=time or at(seq),
+        correlationid=correlation,
+        data=msgspec.Raw(raw),
+    )
+    return Record(seq=seq, subject="mesh.test", event=event, data=decode_data(event.type, raw))
+
+
+def log(*events: Event) -> list[Record]:
+    """Records at seq 1, 2, ... one second apart."""
+    return [record(data, seq) for seq, data in enumerate(events, start=1)]
+
+
+def error(retryable: bool = False) -> ErrorInfo:
+    return ErrorInfo(type="Boom", message="it broke", retryable=retryable)
+
+
+class TestTasks:
+    def test_lifecycle(self) -> None:
+        """A task goes requested -> claimed -> running -> completed, keeping who, what, when."""
+        records = log(
+            TaskRequested(task_id="t1", capability="echo", input={"x": 1}),
+            TaskClaimed(task_id="t1", agent="a1", attempt=1),
+            TaskProgress(task_id="t1", agent="a1", attempt=1, message="half"),
+            TaskCompleted(task_id="t1", agent="a1", attempt=1, output="done"),
+        )
+        statuses = [state_at(TASKS, records, seq=n).tasks["t1"].status for n in range(1, 5)]
+        assert statuses == ["requested", "claimed", "running", "completed"]
+        task = fold(TASKS, records).tasks["t1"]
+        assert (task.capability, task.input, task.output) == ("echo", {"x": 1}, "done")
+        assert (task.assignee, task.attempts) == ("a1", 1)
+        assert (task.requested_at, task.finished_at) == (at(1), at(4))
+
+    def test_task_id_defaults_to_event_id(self) -> None:
+        """A request without a task id is known by the id of the event that carries it."""
+        state = fold(TASKS, log(TaskRequested(capability="echo")))
+        assert list(state.tasks) == ["ev-1"]
+
+    def test_correlation_from_envelope(self) -> None:
+        """The task keeps the correlation id of its request's envelope."""
+        rec = record(TaskRequested(task_id="t1", capability="echo"), 1, correlation="wf-9")
+        assert fold(TASKS, [rec]).tasks["t1"].correlation_id == "wf-9"
+
+    def test_completed_is_final(self) -> None:
+        """A claim or failure after completion is a duplicate and changes nothing."""
+        records = log(
+            TaskRequested(task_id="t1", capability="echo"),
+            TaskClaimed(task_id="t1", agent="a1", attempt=1),
+            TaskCompleted(task_id="t1", agent="a1", attempt=1, output=1),
+            TaskClaimed(task_id="t1", agent="a2", attempt=2),
+            TaskFailed(task_id="t1", agent="a2", attempt=2, error=error()),
+            TaskCompleted(task_id="t1", agent="a2", attempt=2, output=2),
+        )
+        task = fold(TASKS, records).tasks["t1"]
+        assert (task.status, task.output, task.assignee, task.attempts) == ("completed", 1, "a1", 1)
+
+    def test_retryable_failure_reopens_on_later_attempt(self) -> None:
+        """A retryable failure is reopened by a later attempt's claim, not by a stale one."""
+        records = log(
+            TaskRequested(task_id="t1", capability="echo"),
+            TaskClaimed(task_id="t1", agent="a1", attempt=1),
+            TaskFailed(task_id="t1", agent="a1", attempt=1, error=error(retryable=True)),
+            TaskClaimed(task_id="t1", agent="a1", attempt=1),
+        )
+        assert fold(TASKS, records).tasks["t1"].status == "failed"
+        records.append(record(TaskClaimed(task_id="t1", agent="a2", attempt=2), 5))
+        task = fold(TASKS, records).tasks["t1"]
+        assert (task.status, task.assignee, task.attempts) == ("claimed", "a2", 2)
+
+    def test_fatal_failure_is_final(self) -> None:
+        """A non-retryable failure is final: a later claim does not reopen it."""
+        records = log(
+            TaskRequested(task_id="t1", capability="echo"),
+            TaskFailed(task_id="t1", agent="a1", attempt=1, error=error()),
+            TaskClaimed(task_id="t1", agent="a2", attempt=2),
+        )
+        task = fold(TASKS, records).tasks["t1"]
+        assert (task.status, task.error, task.finished_at) == ("failed", error(), at(2))
+
+    def test_fallback_chain(self) -> None:
+        """A request for the same task with another capability falls back to it."""
+        records = log(
+            TaskRequested(task_id="t1", capability="gpt", fallback=("local",)),
+            TaskClaimed(task_id="t1", agent="a1", attempt=3),
+            TaskFailed(task_id="t1", agent="a1", attempt=3, error=error()),
+            TaskRequested(task_id="t1", capability="local"),
+            TaskRequested(task_id="t1", capability="gpt"),
+        )
+        task = fold(TASKS, records).tasks["t1"]
+        assert (task.status, task.capability, task.capabilities) == ("requested", "local", ["gpt", "local"])
+        assert (task.attempts, task.error, task.assignee) == (0, None, None)
+
+    def test_duplicate_request_ignored(self) -> None:
+        """A repeated request for the same capability does not reset a running task."""
+        records = log(
+            TaskRequested(task_id="t1", capability="echo", input=1),
+            TaskClaimed(task_id="t1", agent="a1", attempt=1),
+            TaskRequested(task_id="t1", capability="echo", input=2),
+        )
+        task = fold(TASKS, records).tasks["t1"]
+        assert (task.status, task.input) == ("claimed", 1)
+
+    def test_cancel(self) -> None:
+        """Cancelling a pending task is final; cancelling a completed one is ignored."""
+        records = log(
+            TaskRequested(task_id="t1", capability="echo"),
+            TaskCancelled(task_id="t1", reason="no longer needed"),
+            TaskClaimed(task_id="t1", agent="a1", attempt=1),
+            TaskRequested(task_id="t2", capability="echo"),
+            TaskCompleted(task_id="t2", agent="a1", attempt=1),
+            TaskCancelled(task_id="t2"),
+        )
+        tasks = fold(TASKS, records).tasks
+        assert (tasks["t1"].status, tasks["t1"].reason) == ("cancelled", "no longer needed")
+        assert tasks["t2"].status == "completed"
+
+
+class TestBoard:
+    def test_versions_count_changes(self) -> None:
+        """Every write bumps the key's version; the entry keeps value, author and history."""
+        records = log(
+            BoardWritten(board="b", key="k", value=1, author="x"),
+            BoardWritten(board="b", key="k", value=2, author="y"),
+            BoardWritten(board="b", key="other", value="o", author="x"),
+        )
+        found = entry(fold(BOARD, records), "b", "k")
+        assert found is not None
+        assert (found.value, found.author, found.version, found.present) == (2, "y", 2, True)
+        assert [(r.version, r.value, r.author, r.seq, r.time) for r in found.history] == [
+            (1, 1, "x", 1, at(1)),
+            (2, 2, "y", 2, at(2)),
+        ]
+
+    def test_delete_keeps_history(self) -> None:
+        """A delete counts as a change, empties the value and keeps the history."""
+        records = log(
+            BoardWritten(board="b", key="k", value=1, author="x"),
+            BoardDeleted(board="b", key="k", author="y"),
+            BoardDeleted(board="b", key="k", author="z"),
+            BoardDeleted(board="b", key="never", author="z"),
+        )
+        state = fold(BOARD, records)
+        found = entry(state, "b", "k")
+        assert found is not None
+        assert (found.value, found.present, found.version, found.author) == (None, False, 2, "y")
+        assert [r.deleted for r in found.history] == [False, True]
+        assert entry(state, "b", "never") is None
+        assert values(state, "b") == {}
+
+    def test_rewrite_after_delete(self) -> None:
+        """Writing a deleted key brings it back at the next version."""
+        records = log(
+            BoardWritten(board="b", key="k", value=1),
+            BoardDeleted(board="b", key="k"),
+            BoardWritten(board="b", key="k", value=3),
+        )
+        state = fold(BOARD, records)
+        assert values(state, "b") == {"k": 3}
+        found = entry(state, "b", "k")
+        assert found is not None and found.version == 3
+
+
+def proposal(**fields: Any) -> ProposalView:
+    """A ProposalView folded from a VoteProposed with ``fields`` and the votes in ``votes``."""
+    votes: list[tuple[str, str]] = fields.pop("votes", [])
+    fields.setdefault("options", ("yes", "no"))
+    events: list[Event] = [VoteProposed(proposal_id="p", question="?", **fields)]
+    events += [VoteCast(proposal_id="p", voter=voter, choice=choice) for voter, choice in votes]
+    return fold(CONSENSUS, log(*events)).proposals["p"]
+
+
+class TestConsensus:
+    def test_votes_and_tally(self) -> None:
+        """A voter's last vote counts; unlisted voters and unoffered options are ignored."""
+        view = proposal(
+            voters=("a", "b", "c"),
+            votes=[("a", "yes"), ("b", "no"), ("a", "no"), ("z", "yes"), ("c", "maybe")],
+        )
+        assert view.votes == {"b": "no", "a": "no"}
+        assert view.tally == {"yes": 0.0, "no": 2.0}
+        assert not view.decided
+
+    def test_vote_after_deadline_ignored(self) -> None:
+        """A vote whose envelope time is past the deadline does not count."""
+        view = proposal(deadline=at(2), votes=[("a", "yes"), ("b", "no")])
+        assert view.votes == {"a": "yes"}
+
+    def test_majority(self) -> None:
+        """Majority: more than half of the roster decides, even before everyone voted."""
+        assert evaluate(proposal(voters=("a", "b", "c"), votes=[("a", "yes")])).decided is False
+        decision = evaluate(proposal(voters=("a", "b", "c"), votes=[("a", "yes"), ("c", "yes")]))
+        assert decision == (True, "yes", "majority")
+
+    def test_majority_without_roster_waits_for_deadline(self) -> None:
+        """Majority with no roster is decided at the deadline by the votes cast."""
+        view = proposal(deadline=at(100), votes=[("a", "yes"), ("b", "yes"), ("c", "no")])
+        assert evaluate(view, now=at(50)).decided is False
+        assert evaluate(view, now=at(100)) == (True, "yes", "deadline: plurality")
+
+    def test_no_majority_when_everyone_voted(self) -> None:
+        """When every listed voter voted and no option has a majority, it fails."""
+        view = proposal(
+            options=("x", "y", "z"), voters=("a", "b", "c"), votes=[("a", "x"), ("b", "y"), ("c", "z")]
+        )
+        decided, outcome, _ = evaluate(view)
+        assert (decided, outcome) == (True, None)
+
+    def test_unanimous(self) -> None:
+        """Unanimous: all listed voters agree, or it fails as soon as two votes differ."""
+        base = {"rule": "unanimous", "voters": ("a", "b")}
+        assert evaluate(proposal(**base, votes=[("a", "yes")])).decided is False
+        assert evaluate(proposal(**base, votes=[("a", "yes"), ("b", "yes")])) == (True, "yes", "unanimous")
+        assert evaluate(proposal(**base, votes=[("a", "yes"), ("b", "no")]))[:2] == (True, None)
+
+    def test_unanimous_deadline_fails(self) -> None:
+        """Unanimous with a roster fails at the deadline if someone has not voted."""
+        view = proposal(rule="unanimous", voters=("a", "b"), deadline=at(10), votes=[("a", "yes")])
+        assert evaluate(view, now=at(10))[:2] == (True, None)
+
+    def test_quorum(self) -> None:
+        """Quorum k: the first option to reach k votes wins."""
+        view = proposal(
+            rule="quorum", quorum=2, options=("x", "y"), votes=[("a", "y"), ("b", "x"), ("c", "y"), ("d", "x")]
+        )
+        assert evaluate(view) == (True, "y", "quorum of 2")
+        assert evaluate(proposal(rule="quorum", quorum=2, votes=[("a", "yes")])).decided is False
+
+    def test_weighted(self) -> None:
+        """Weighted: an option with more than half of the roster's weight wins."""
+        weights = {"a": 3.0, "b": 1.0, "c": 1.0}
+        view = proposal(rule="weighted", weights=weights, votes=[("b", "no"), ("c", "no")])
+        assert view.tally == {"yes": 0.0, "no": 2.0}
+        assert evaluate(view).decided is False
+        view = proposal(rule="weighted", weights=weights, votes=[("a", "yes")])
+        assert evaluate(view) == (True, "yes", "weighted majority")
+
+    def test_deadline_tie(self) -> None:
+        """At the deadline a tied plurality decides with no outcome."""
+        view = proposal(deadline=at(100), votes=[("a", "yes"), ("b", "no")])
+        assert evaluate(view, now=at(200)) == (True, None, "deadline: tie")
+        assert evaluate(proposal(deadline=at(100)), now=at(200)) == (True, None, "deadline: no votes")
+
+    def test_recorded_decision_is_authoritative(self) -> None:
+        """The first VoteDecided wins; later votes and decisions change nothing."""
+        records = log(
+            VoteProposed(proposal_id="p", question="?", options=("yes", "no"), voters=("a", "b", "c")),
+            VoteCast(proposal_id="p", voter="a", choice="yes"),
+            VoteDecided(proposal_id="p", outcome="no", reason="operator"),
+            VoteDecided(proposal_id="p", outcome="yes"),
+            VoteCast(proposal_id="p", voter="b", choice="yes"),
+        )
+        view = fold(CONSENSUS, records).proposals["p"]
+        assert (view.decided, view.outcome, view.votes) == (True, "no", {"a": "yes"})
+        assert evaluate(view) == (True, "no", "operator")
+
+
+def flow(**steps: StepSpec) -> FlowStarted:
+    spec = msgspec.to_builtins(FlowSpec(steps=steps))
+    return FlowStarted(workflow_id="w", name="demo", spec=spec, input={"topic": "x"})
+
+
+def workflow(*events: Event) -> WorkflowView:
+    return fold(WORKFLOWS, log(*events)).workflows["w"]
+
+
+DIAMOND = flow(
+    a=StepSpec(capability="plan"),
+    b=StepSpec(capability="write", after=("a",)),
+    c=StepSpec(capability="draw", after=("a",)),
+    d=StepSpec(capability="merge", after=("b", "c"), retries=2),
+)
+
+
+class TestWorkflows:
+    def test_started_from_spec(self) -> None:
+        """Every step of the spec starts pending, with its capability and dependencies."""
+        view = workflow(DIAMOND)
+        assert (view.name, view.status, view.input) == ("demo", "running", {"topic": "x"})
+        assert {name: step.status for name, step in view.steps.items()} == dict.fromkeys("abcd", "pending")
+        assert (view.steps["d"].after, view.steps["d"].retries) == (("b", "c"), 2)
+
+    def test_ready_steps_follow_the_dag(self) -> None:
+        """A step is ready when all its `after` steps completed, and not once scheduled."""
+        assert ready_steps(workflow(DIAMOND)) == ["a"]
+        done_a = [
+            DIAMOND,
+            FlowStepScheduled(workflow_id="w", step="a", task_id="ta"),
+            FlowStepCompleted(workflow_id="w", step="a", task_id="ta", output=1),
+        ]
+        assert ready_steps(workflow(*done_a)) == ["b", "c"]
+        scheduled_b = FlowStepScheduled(workflow_id="w", step="b", task_id="tb")
+        assert ready_steps(workflow(*done_a, scheduled_b)) == ["c"]
+
+    def test_step_failure_and_retry(self) -> None:
+        """A failed step is rescheduled only by a later attempt; a stale failure is ignored."""
+        events: list[Event] = [
+            DIAMOND,
+            FlowStepScheduled(workflow_id="w", step="a", task_id="t1", attempt=1),
+            FlowStepFailed(workflow_id="w", step="a", task_id="t1", error=error(True)),
+            FlowStepScheduled(workflow_id="w", step="a", task_id="t1", attempt=1),
+        ]
+        assert workflow(*events).steps["a"].status == "failed"
+        events += [
+            FlowStepScheduled(workflow_id="w", step="a", task_id="t2", attempt=2),
+            FlowStepFailed(workflow_id="w", step="a", task_id="t1", error=error()),
+        ]
+        step = workflow(*events).steps["a"]
+        assert (step.status, step.task_id, step.attempt) == ("scheduled", "t2", 2)
+
+    def test_completion_is_final(self) -> None:
+        """The first step completion and the first workflow outcome win."""
+        view = workflow(
+            DIAMOND,
+            FlowStepCompleted(workflow_id="w", step="a", task_id="t1", output="first"),
+            FlowStepFailed(workflow_id="w", step="a", task_id="t1", error=error()),
+            FlowStepCompleted(workflow_id="w", step="a", task_id="t2", output="second"),
+            FlowCompleted(workflow_id="w", output="all"),
+            FlowFailed(workflow_id="w", error=error()),
+        )
+        assert (view.steps["a"].status, view.steps["a"].output) == ("completed", "first")
+        assert (view.status, view.output, view.error) == ("completed", "all", None)
+        assert ready_steps(view) == []
+
+    def test_bad_spec(self) -> None:
+        """A spec that is not a FlowSpec gives no steps and says why."""
+        view = workflow(FlowStarted(workflow_id="w", name="bad", spec={"steps": {"a": {"after": []}}}))
+        assert view.steps == {}
+        assert view.spec_error is not None and "capability" in view.spec_error
+
+
+class TestConversations:
+    def test_turns_per_room(self) -> None:
+        """Messages become numbered turns per room, with the last speaker and a count."""
+        records = log(
+            ChatMessage(room="r", speaker="pro", content="yes", turn=1),
+            ChatMessage(room="s", speaker="x", content="elsewhere"),
+            ChatMessage(room="r", speaker="con", content="no"),
+        )
+        room = fold(CONVERSATIONS, records).rooms["r"]
+        assert [(t.turn, t.speaker, t.content, t.seq) for t in room.turns] == [(1, "pro", "yes", 1), (2, "con", "no", 3)]
+        assert (room.last_speaker, room.count) == ("con", 2)
+
+
+class TestTimeTravel:
+    def test_state_at_seq(self) -> None:
+        """state_at(seq=n) is the fold of the records up to and including n."""
+        records = log(*(BoardWritten(board="b", key="k", value=n) for n in range(5)))
+        assert values(state_at(BOARD, records, seq=3), "b") == {"k": 2}
+        assert state_at(BOARD, records, seq=3).seq == 3
+        assert state_at(BOARD, records, seq=0) == BOARD.initial()
+
+    def test_state_at_time(self) -> None:
+        """state_at(time=t) folds the records whose envelope time is not after t, any offset."""
+        records = [
+            record(BoardWritten(board="b", key="k", value=n), n, time=at(n * 10)) for n in range(1, 5)
+        ]
+        assert values(state_at(BOARD, records, time=at(25)), "b") == {"k": 2}
+        assert values(state_at(BOARD, records, time="2024-05-01T14:00:30+02:00"), "b") == {"k": 3}
+        assert values(state_at(BOARD, records, time="2024-05-01T12:00:30"), "b") == {"k": 3}
+
+    def test_state_at_seq_and_time(self) -> None:
+        """Both bounds together keep the records within both."""
+        records = log(*(BoardWritten(board="b", key="k", value=n) for n in range(1, 6)))
+        assert values(state_at(BOARD, records, seq=4, time=at(2)), "b") == {"k": 2}
+
+
+class TestSnapshots:
+    def test_round_trip(self) -> None:
+        """A snapshot decodes to the state it was made from."""
+        state = fold(TASKS, log(TaskRequested(task_id="t", capability="c", input=[1, {"a": None}])))
+        assert TASKS.decode_state(TASKS.encode_state(state)) == state
+
+    def test_other_version_ignored(self) -> None:
+        """A snapshot of another version or projection is refused, and load_snapshot ignores it."""
+        data = BOARD.encode_state(fold(BOARD, log(BoardWritten(board="b", key="k"))))
+        with pytest.raises(SnapshotMismatch, match="fold from the start"):
+            TASKS.decode_state(data)
+        assert load_snapshot(TASKS, data) is None
+        assert load_snapshot(BOARD, b"not json") is None
+        assert load_snapshot(BOARD, None) is None
+        assert load_snapshot(BOARD, data) == fold(BOARD, log(BoardWritten(board="b", key="k")))
+
+    def test_registry(self) -> None:
+        """The registry holds the five ready projections by name."""
+        assert sorted(REGISTRY) == ["board", "consensus", "conversations", "tasks", "workflows"]
+        assert all(p.name == name and p.version >= 1 for name, p in REGISTRY.items())
+
+
+# -- properties -------------------------------------------------------------------------------
+
+ids = st.sampled_from(["a", "b", "c"])
+agents = st.sampled_from(["x", "y"])
+attempts = st.integers(min_value=0, max_value=3)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-1000, 1000) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3),
+    max_leaves=5,
+)
+errors = st.builds(ErrorInfo, type=st.just("E"), message=st.just("m"), retryable=st.booleans())
+times = st.integers(0, 40).map(at)
+specs = st.sampled_from([msgspec.to_builtins(DIAMOND.spec), None, {"steps": {"a": {}}}, {"steps": {"a": {"capability": "c", "after": ["z"]}}}])
+
+task_events = st.one_of(
+    st.builds(TaskRequested, task_id=ids, capability=st.sampled_from(["c1", "c2", "c3"]), input=json_values),
+    st.builds(TaskClaimed, task_id=ids, agent=agents, attempt=attempts),
+    st.builds(TaskProgress, task_id=ids, agent=agents, attempt=attempts),
+    st.builds(TaskCompleted, task_id=ids, agent=agents, attempt=attempts, output=json_values),
+    st.builds(TaskFailed, task_id=ids, agent=agents, attempt=attempts, error=errors),
+    st.builds(TaskCancelled, task_id=ids, attempt=attempts),
+)
+board_events = st.one_of(
+    st.builds(BoardWritten, board=ids, key=ids, value=json_values, author=agents),
+    st.builds(BoardDeleted, board=ids, key=ids, author=agents),
+)
+options = st.lists(st.sampled_from(["o1", "o2", "o3"]), min_size=1, max_size=3, unique=True).map(tuple)
+vote_events = st.one_of(
+    st.builds(
+        VoteProposed,
+        proposal_id=ids,
+        question=st.just("?"),
+        options=options,
+        rule=st.sampled_from(["majority", "unanimous", "quorum", "weighted"]),
+        voters=st.lists(agents, max_size=2, unique=True).map(tuple),
+        quorum=st.none() | st.integers(1, 3),
+        weights=st.dictionaries(agents, st.sampled_from([0.5, 1.0, 2.0]), max_size=2),
+        deadline=st.none() | st.none() | times,
+    ),
+    *[st.builds(VoteCast, proposal_id=ids, voter=agents, choice=st.sampled_from(["o1", "o2", "o4"]))] * 4,
+    st.builds(VoteDecided, proposal_id=ids, outcome=st.none() | st.sampled_from(["o1", "o2"])),
+)
+step_names = st.sampled_from(["a", "b", "c", "d"])
+flow_events = st.one_of(
+    st.builds(FlowStarted, workflow_id=ids, name=st.just("f"), spec=specs, input=json_values),
+    st.builds(FlowStepScheduled, workflow_id=ids, step=step_names, task_id=ids, attempt=attempts),
+    st.builds(FlowStepCompleted, workflow_id=ids, step=step_names, task_id=ids, output=json_values),
+    st.builds(FlowStepFailed, workflow_id=ids, step=step_names, task_id=ids, error=st.none() | errors),
+    st.builds(FlowCompleted, workflow_id=ids, output=json_values),
+    st.builds(FlowFailed, workflow_id=ids, error=st.none() | errors),
+)
+chat_events = st.builds(ChatMessage, room=ids, speaker=agents, content=st.text(max_size=3), turn=st.integers(0, 3))
+FAMILIES = [task_events, board_events, vote_events, flow_events, chat_events]
+
+
+@st.composite
+def logs(draw: st.DrawFn) -> list[Record]:
+    """A log mixing every family, with colliding ids and times that may run backwards."""
+    families = draw(st.lists(st.sampled_from(FAMILIES), min_size=1, max_size=len(FAMILIES), unique=True))
+    events = draw(st.lists(st.one_of(families), max_size=30))
+    return [record(data, seq, time=draw(times)) for seq, data in enumerate(events, start=1)]
+
+
+PROPERTIES = settings(max_examples=200, deadline=None, database=None)
+
+
+class TestFoldProperties:
+    @PROPERTIES
+    @given(records=logs(), split=st.integers(min_value=0, max_value=30))
+    def test_snapshot_plus_rest_equals_whole(self, records: list[Record], split: int) -> None:
+        """Folding a snapshot of a prefix plus the rest gives the state of folding it all."""
+        for projection in REGISTRY.values():
+            snapshot = projection.encode_state(fold(projection, records[:split]))
+            resumed = fold(projection, records[split:], state=projection.decode_state(snapshot))
+            assert resumed == fold(projection, records)
+
+    @PROPERTIES
+    @given(records=logs())
+    def test_fold_is_deterministic_and_idempotent(self, records: list[Record]) -> None:
+        """The same log folds to the same state, and folding it again on top changes nothing."""
+        for projection in REGISTRY.values():
+            whole = fold(projection, records)
+            assert fold(projection, records) == whole
+            assert fold(projection, records, state=whole) == whole
+
+    @PROPERTIES
+    @given(records=logs(), split=st.integers(min_value=0, max_value=30))
+    def test_fold_leaves_given_state_alone(self, records: list[Record], split: int) -> None:
+        """fold works on a copy: the state passed in is unchanged."""
+        for projection in REGISTRY.values():
+            start = fold(projection, records[:split])
+            before = projection.decode_state(projection.encode_state(start))
+            fold(projection, records[split:], state=start)
+            assert start == before
+
+    @PROPERTIES
+    @given(records=logs())
+    def test_evaluate_is_total(self, records: list[Record]) -> None:
+        """evaluate gives a decision for every folded proposal, at any time, and keeps a recorded one."""
+        for view in fold(CONSENSUS, records).proposals.values():
+            for now in (None, at(0), at(40)):
+                decided, outcome, reason = evaluate(view, now)
+                assert reason and (decided or outcome is None)
+                assert not view.decided or (decided, outcome) == (True, view.outcome)
+            assert outcome is None or outcome in view.options or view.decided
