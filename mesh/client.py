@@ -12,6 +12,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from mesh.config import MeshSettings
@@ -24,6 +25,7 @@ from topics.envelope import (
     SPECVERSION,
     CloudEvent,
     decode_envelope,
+    derived_id,
     encode_envelope,
     new_event_id,
     now_rfc3339,
@@ -148,8 +150,9 @@ class Mesh:
         max_attempts: int | None = None,
         deadline: str | None = None,
     ) -> str:
-        """Publish a `mesh.task.requested`; return its task id."""
-        event_id = event_id or new_event_id()
+        """Publish a `mesh.task.requested`; return its task id. Submitting the same `task_id`
+        again publishes the same event id, which JetStream drops as a duplicate."""
+        event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
         request = TaskRequested(
             capability=capability,
@@ -174,6 +177,11 @@ class Mesh:
         return outcome_value(outcome)
 
     async def request_outcome(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Record:
+        """Submit a task and return its outcome record. A new task is watched from before it is
+        published; a given `task_id` may have run already, so its history is read too."""
+        if task.get("task_id"):
+            task_id = await self.submit(capability, input, **task)
+            return await self.outcome(task_id, timeout=timeout)
         event_id = task.pop("event_id", None) or new_event_id()
         task_id = task.pop("task_id", None) or event_id
         async with self.watch_outcome(task_id) as outcome:
@@ -195,16 +203,26 @@ class Mesh:
         return decode_record(msg.subject or subject, msg.data or b"", msg.seq or 0)
 
     async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
-        """Wait for a task's completion, failure or cancellation, even if it already happened."""
-        async with self.watch_outcome(task_id) as outcome:
-            last = await self.last_on(subjects.task(task_id))
-            if last is not None and isinstance(last.data, TaskOutcome):
-                return last
-            try:
-                return await asyncio.wait_for(outcome, timeout)
-            except asyncio.TimeoutError:
-                raise TaskTimeoutError(task_id, "?", timeout) from None
+        """Wait for a task's completion, failure or cancellation, even if it already happened.
 
+        Reads the task's subject with an ordered consumer from its first event, so an outcome
+        stored before the call and one stored after are both seen (a core subscription plus a
+        direct get can miss one that is routed but not yet stored)."""
+        found: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+
+        async def on_msg(msg: Msg) -> None:
+            record = _outcome_or_none(msg)
+            if record is not None and not found.done():
+                found.set_result(record)
+
+        sub = await self.js.subscribe(subjects.task(task_id), cb=on_msg, ordered_consumer=True,
+                                      config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))  # fmt: skip
+        try:
+            return await asyncio.wait_for(found, timeout)
+        except asyncio.TimeoutError:
+            raise TaskTimeoutError(task_id, "?", timeout) from None
+        finally:
+            await sub.unsubscribe()
 
 def outcome_value(outcome: Record) -> Any:
     match outcome.data:
@@ -217,8 +235,17 @@ def outcome_value(outcome: Record) -> Any:
     raise TypeError(f"not a task outcome: {outcome.data!r}")
 
 
+def _outcome_or_none(msg: Msg) -> Record | None:
+    try:
+        record = decode_record(msg.subject, msg.data)
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+        return None  # not ours to judge here; the log keeps it
+    return record if isinstance(record.data, TaskOutcome) else None
+
+
 class OutcomeWatch:
-    """Subscribes to `mesh.task.<id>` before the task is published, so no outcome is missed."""
+    """Subscribes to `mesh.task.<id>` before the task is published, so no outcome is missed.
+    For a task that may have ended already, use `Mesh.outcome`."""
 
     def __init__(self, mesh: Mesh, task_id: str) -> None:
         self._mesh = mesh
@@ -227,13 +254,8 @@ class OutcomeWatch:
         self._sub: Any = None
 
     async def _on_msg(self, msg: Msg) -> None:
-        if self._future.done():
-            return
-        try:
-            record = decode_record(msg.subject, msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
-            return  # not ours to judge here; the log keeps it
-        if isinstance(record.data, TaskOutcome):
+        record = _outcome_or_none(msg)
+        if record is not None and not self._future.done():
             self._future.set_result(record)
 
     async def __aenter__(self) -> asyncio.Future[Record]:

@@ -3,7 +3,6 @@ effect is an event with an id derived from the task's, and a redelivery repeats 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from typing import TYPE_CHECKING, Any
 
@@ -11,11 +10,10 @@ import structlog
 from opentelemetry.trace import Span
 
 from mesh.client import Mesh, Published, outcome_value
-from mesh.errors import TaskTimeoutError
 from topics import subjects
 from topics.base import Event
 from topics.envelope import CloudEvent, derived_id
-from topics.tasks import TaskOutcome, TaskProgress
+from topics.tasks import TaskProgress
 
 if TYPE_CHECKING:
     from mesh.llm import LlmSession
@@ -87,23 +85,12 @@ class Context:
         """Ask another capability and await its output (peer to peer). On a retry of this task
         the same sub-task id is used: a finished sub-task is not run again."""
         event_id = self._child_id(f"request/{next(self._requested)}")
-        async with self.mesh.watch_outcome(event_id) as outcome:
-            await self.mesh.submit(
-                capability,
-                input,
-                task_id=event_id,
-                event_id=event_id,
-                correlation_id=self.correlation_id,
-                causation_id=self.event.id,
-                fallback=fallback,
-            )
-            if self.attempt > 1:  # the sub-task may have finished before this task's last try died
-                done = await self.mesh.last_on(subjects.task(event_id))
-                if done is not None and isinstance(done.data, TaskOutcome) and not outcome.done():
-                    outcome.set_result(done)
-            try:
-                record = await asyncio.wait_for(outcome, timeout)
-            except asyncio.TimeoutError:
-                raise TaskTimeoutError(event_id, capability, timeout) from None
+        task = {"task_id": event_id, "event_id": event_id, "correlation_id": self.correlation_id,
+                "causation_id": self.event.id, "fallback": fallback}  # fmt: skip
+        if self.attempt > 1:  # the sub-task may have finished before this task's last try died
+            await self.mesh.submit(capability, input, **task)  # the same id: deduplicated if stored
+            record = await self.mesh.outcome(event_id, timeout=timeout)
+        else:
+            record = await self.mesh.request_outcome(capability, input, timeout=timeout, **task)
         return outcome_value(record)
 

@@ -30,9 +30,9 @@ DEMO_AGENTS = ("agents.planner:agent", "agents.researcher:agent", "agents.resear
 
 
 def spawn_agent(target: str, url: str, log_dir: Path) -> subprocess.Popen[bytes]:
-    log = open(log_dir / f"{target.split(':')[0].split('.')[-1]}-{time.monotonic_ns()}.log", "ab")
     env = {**os.environ, "NATS_URL": url, "MESH_LOG_FORMAT": "json"}
-    return subprocess.Popen([sys.executable, "-m", "mesh", "agent", "run", target], stdout=log, stderr=log, env=env)
+    with open(log_dir / f"{target.split(':')[0].split('.')[-1]}-{time.monotonic_ns()}.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "mesh", "agent", "run", target], stdout=log, stderr=log, env=env)
 
 
 async def wait_for_agents(

@@ -1,57 +1,179 @@
 """Installing the OpenTelemetry SDK from the standard `OTEL_*` variables.
 
-Nothing is installed unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces/metrics specific
-variant) is set, or `OTEL_TRACES_EXPORTER`/`OTEL_METRICS_EXPORTER` names an exporter:
-with none, the API's no-op tracer and meter stay in place and cost next to nothing.
+A signal (traces, metrics) is exported when `OTEL_EXPORTER_OTLP_ENDPOINT` or its
+per-signal variant is set, or when `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` names
+an exporter (`otlp`, `console`; `none` turns one off). With none of them, nothing is
+installed and the API's no-op tracer and meter stay in place: a span then costs well under
+a microsecond and the SDK is never imported. `OTEL_SDK_DISABLED=true` turns everything off.
+
+Everything else is the SDK's own reading of the standard variables: the protocol
+(`OTEL_EXPORTER_OTLP_PROTOCOL`, `http/protobuf` or `grpc`), headers, timeout, compression,
+`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`,
+`OTEL_BSP_*` and `OTEL_METRIC_EXPORT_INTERVAL`.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["configure_from_env", "telemetry_wanted"]
+from mesh.errors import ConfigError
 
-_configured = False
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+__all__ = ["Telemetry", "configure_from_env", "exporter_for", "protocol_for", "resource_for", "telemetry_wanted"]
+
+_SIGNALS = ("traces", "metrics")
+_EXPORTERS = ("otlp", "console", "none")
+_PROTOCOLS = ("http/protobuf", "grpc")
+_installed: Telemetry | None = None
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def exporter_for(signal: str) -> str:
+    """`otlp`, `console` or `none` for `traces` or `metrics`, from the environment."""
+    if _env("OTEL_SDK_DISABLED").lower() == "true":
+        return "none"
+    named = [n.strip().lower() for n in _env(f"OTEL_{signal.upper()}_EXPORTER").split(",") if n.strip()]
+    for name in named:
+        if name not in _EXPORTERS:
+            raise ConfigError(
+                f"OTEL_{signal.upper()}_EXPORTER={name!r} is not supported here; use one of {', '.join(_EXPORTERS)}"
+            )
+    if named:
+        return named[0]
+    endpoint = _env("OTEL_EXPORTER_OTLP_ENDPOINT") or _env(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    return "otlp" if endpoint else "none"
+
+
+def protocol_for(signal: str) -> str:
+    """The OTLP protocol for one signal: the per-signal variable, the general one, else `http/protobuf`."""
+    name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
+    protocol = _env(name) or _env("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    if protocol not in _PROTOCOLS:
+        raise ConfigError(f"OTLP protocol {protocol!r} (from {name} or OTEL_EXPORTER_OTLP_PROTOCOL) is not "
+                          f"supported; use one of {', '.join(_PROTOCOLS)}")  # fmt: skip
+    return protocol
 
 
 def telemetry_wanted() -> bool:
-    env = os.environ
-    return any(
-        env.get(name)
-        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER")
-    ) and env.get("OTEL_SDK_DISABLED", "").lower() != "true"
+    """Whether any signal would be exported; False means nothing gets installed."""
+    return any(exporter_for(signal) != "none" for signal in _SIGNALS)
 
 
-def configure_from_env(service_name: str, **attributes: str) -> bool:
-    """Install a TracerProvider with a batch OTLP exporter; return whether one was installed."""
-    global _configured
-    if _configured or not telemetry_wanted():
-        return _configured
-    from opentelemetry import trace
-    from opentelemetry.sdk.resources import Resource
+def resource_for(service_name: str, *, role: str | None = None, agent_id: str | None = None) -> Resource:
+    """Who is reporting: service, agent role and id, host and pid. `OTEL_SERVICE_NAME` and
+    `OTEL_RESOURCE_ATTRIBUTES` override what the mesh fills in."""
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+
+    attributes: dict[str, Any] = {
+        "service.name": service_name,
+        "service.namespace": "agentmesh",
+        "host.name": socket.gethostname(),
+        "process.pid": os.getpid(),
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": ".".join(map(str, sys.version_info[:3])),
+    }
+    if role:
+        attributes["mesh.agent.role"] = role
+        attributes["gen_ai.agent.name"] = role
+    if agent_id:
+        attributes["mesh.agent.id"] = agent_id
+        attributes["service.instance.id"] = agent_id
+    return Resource.create(attributes).merge(OTELResourceDetector().detect())
+
+
+@dataclass
+class Telemetry:
+    """The SDK providers of this process; `shutdown()` flushes what is still buffered."""
+
+    tracer_provider: TracerProvider | None
+    meter_provider: MeterProvider | None
+
+    @classmethod
+    def from_env(cls, service_name: str, *, role: str | None = None, agent_id: str | None = None) -> Telemetry | None:
+        """Build (not install) the providers the environment asks for; None when it asks for none."""
+        if not telemetry_wanted():
+            return None
+        resource = resource_for(service_name, role=role, agent_id=agent_id)
+        return cls(_tracer_provider(resource), _meter_provider(resource))
+
+    def install(self) -> None:
+        """Make these the global providers, which the API's proxies in `mesh.telemetry` then use."""
+        from opentelemetry import metrics, trace
+
+        if self.tracer_provider is not None:
+            trace.set_tracer_provider(self.tracer_provider)
+        if self.meter_provider is not None:
+            metrics.set_meter_provider(self.meter_provider)
+
+    def shutdown(self) -> None:
+        """Export what is buffered and stop the exporters (blocks up to their timeouts)."""
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()
+
+
+def configure_from_env(service_name: str, *, role: str | None = None, agent_id: str | None = None) -> Telemetry | None:
+    """Install the SDK once per process as the environment says; None when nothing is exported."""
+    global _installed
+    if _installed is None:
+        _installed = Telemetry.from_env(service_name, role=role, agent_id=agent_id)
+        if _installed is not None:
+            _installed.install()
+    return _installed
+
+
+def _tracer_provider(resource: Resource) -> TracerProvider | None:
+    exporter = exporter_for("traces")
+    if exporter == "none":
+        return None
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-    resource = Resource.create(
-        {
-            "service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
-            "host.name": socket.gethostname(),
-            "process.pid": os.getpid(),
-            **attributes,
-        }
-    )
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(_span_exporter()))
-    trace.set_tracer_provider(provider)
-    _configured = True
-    return True
+    span_exporter: SpanExporter
+    if exporter == "console":
+        span_exporter = ConsoleSpanExporter()
+    elif protocol_for("traces") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 
-
-def _span_exporter():  # type: ignore[no-untyped-def]
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"))
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        span_exporter = GrpcSpanExporter()
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
-    return OTLPSpanExporter()
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+
+        span_exporter = HttpSpanExporter()
+    provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
+    provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    return provider
+
+
+def _meter_provider(resource: Resource) -> MeterProvider | None:
+    exporter = exporter_for("metrics")
+    if exporter == "none":
+        return None
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter, PeriodicExportingMetricReader
+
+    metric_exporter: MetricExporter
+    if exporter == "console":
+        metric_exporter = ConsoleMetricExporter()
+    elif protocol_for("metrics") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
+
+        metric_exporter = GrpcMetricExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+
+        metric_exporter = HttpMetricExporter()
+    # the export interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s)
+    return MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(metric_exporter)])

@@ -99,6 +99,8 @@ def start_server(
             "--ports_file_dir", str(ports_dir), *(extra_args or [])]  # fmt: skip
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     process = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=detach)
+    if log_file:
+        out.close()  # the child has its own descriptor
     try:
         actual = _wait_for_ports(ports_dir, process.pid, process, timeout=15)
     except MeshError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 import msgspec
@@ -18,15 +18,15 @@ from topics.envelope import parse_time
 from topics.record import Record
 
 __all__ = [
-    "ProjectionState",
     "Projection",
+    "ProjectionState",
     "Snapshot",
     "SnapshotMismatch",
     "fold",
+    "instant",
+    "load_snapshot",
     "state_at",
     "until",
-    "load_snapshot",
-    "instant",
 ]
 
 
@@ -99,9 +99,7 @@ class Projection(ABC, Generic[S]):
     def encode_state(self, state: S) -> bytes:
         """A snapshot: JSON of the state, tagged with this projection's name and version."""
         raw = msgspec.Raw(self._encoder.encode(state))
-        return _snapshot_encoder.encode(
-            Snapshot(projection=self.name, version=self.version, state=raw)
-        )
+        return _snapshot_encoder.encode(Snapshot(projection=self.name, version=self.version, state=raw))
 
     def decode_state(self, data: bytes) -> S:
         """The state in a snapshot; SnapshotMismatch if another fold or version wrote it,
@@ -138,9 +136,7 @@ def state_at(
     return fold(projection, until(records, seq=seq, time=time))
 
 
-def until(
-    records: Iterable[Record], *, seq: int | None = None, time: str | None = None
-) -> Iterator[Record]:
+def until(records: Iterable[Record], *, seq: int | None = None, time: str | None = None) -> Iterator[Record]:
     """The records with ``record.seq <= seq`` and envelope time ``<= time`` (each bound if given).
 
     Records are filtered, not cut off: a record later in the log whose clock was behind
@@ -169,4 +165,4 @@ def load_snapshot(projection: Projection[S], data: bytes | None) -> S | None:
 def instant(value: str) -> datetime:
     """An RFC 3339 time as an aware datetime; a time without an offset is taken as UTC."""
     moment = parse_time(value)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

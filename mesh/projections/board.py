@@ -15,7 +15,7 @@ from mesh.projections.base import Projection, ProjectionState
 from topics.board import BoardDeleted, BoardWritten
 from topics.record import Record
 
-__all__ = ["Revision", "BoardEntry", "BoardState", "BoardProjection", "entry", "values"]
+__all__ = ["BoardEntry", "BoardProjection", "BoardState", "Revision", "entry", "values"]
 
 
 class Revision(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,7 +40,7 @@ class BoardEntry(msgspec.Struct, kw_only=True):
 
 
 class BoardState(ProjectionState, kw_only=True):
-    boards: dict[str, dict[str, BoardEntry]] = {}  # board -> key -> entry
+    boards: dict[str, dict[str, BoardEntry]] = msgspec.field(default_factory=dict)  # board -> key -> entry
 
 
 def entry(state: BoardState, board: str, key: str) -> BoardEntry | None:

@@ -13,6 +13,7 @@ is not past the deadline. A voter's last vote replaces their earlier one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import NamedTuple
 
 import msgspec
@@ -21,15 +22,7 @@ from mesh.projections.base import Projection, ProjectionState, instant
 from topics.record import Record
 from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
 
-__all__ = [
-    "ProposalView",
-    "ConsensusState",
-    "ConsensusProjection",
-    "Decision",
-    "evaluate",
-    "roster",
-    "tally",
-]
+__all__ = ["ConsensusProjection", "ConsensusState", "Decision", "ProposalView", "evaluate", "roster", "tally"]
 
 
 class ProposalView(msgspec.Struct, kw_only=True):
@@ -54,10 +47,12 @@ class ProposalView(msgspec.Struct, kw_only=True):
 
 
 class ConsensusState(ProjectionState, kw_only=True):
-    proposals: dict[str, ProposalView] = {}
+    proposals: dict[str, ProposalView] = msgspec.field(default_factory=dict)
 
 
 class Decision(NamedTuple):
+    """What ``evaluate`` finds: whether the proposal is decided, its outcome, and why."""
+
     decided: bool
     outcome: str | None
     reason: str
@@ -128,7 +123,17 @@ def _counts(view: ProposalView, voter: str, choice: str, record: Record) -> bool
     eligible = roster(view)
     if eligible and voter not in eligible:
         return False
-    return view.deadline is None or instant(record.event.time) <= instant(view.deadline)
+    deadline, cast_at = _moment(view.deadline), _moment(record.event.time)
+    return deadline is None or cast_at is None or cast_at <= deadline
+
+
+def _moment(value: str | None) -> datetime | None:
+    """The instant ``value`` names; None when there is none or it is not RFC 3339, so a
+    malformed time in the log never stops the fold (a malformed deadline is no deadline)."""
+    try:
+        return None if value is None else instant(value)
+    except ValueError:
+        return None
 
 
 def evaluate(view: ProposalView, now: str | None = None) -> Decision:
@@ -157,7 +162,8 @@ def evaluate(view: ProposalView, now: str | None = None) -> Decision:
     eligible = roster(view)
     if eligible and all(voter in view.votes for voter in eligible):
         return Decision(True, None, f"{view.rule}: every voter voted and no option won")
-    if now is not None and view.deadline is not None and instant(now) >= instant(view.deadline):
+    deadline = _moment(view.deadline)
+    if now is not None and deadline is not None and instant(now) >= deadline:
         return _at_deadline(view)
     return Decision(False, None, "open")
 

@@ -11,7 +11,7 @@ from mesh.projections.base import Projection, ProjectionState
 from topics.chat import ChatMessage
 from topics.record import Record
 
-__all__ = ["Turn", "RoomView", "ConversationsState", "ConversationsProjection"]
+__all__ = ["ConversationsProjection", "ConversationsState", "RoomView", "Turn"]
 
 
 class Turn(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,7 +30,7 @@ class RoomView(msgspec.Struct, kw_only=True):
 
 
 class ConversationsState(ProjectionState, kw_only=True):
-    rooms: dict[str, RoomView] = {}
+    rooms: dict[str, RoomView] = msgspec.field(default_factory=dict)
 
 
 class ConversationsProjection(Projection[ConversationsState]):

@@ -30,7 +30,7 @@ from topics.tasks import (
     TaskRequested,
 )
 
-__all__ = ["TaskStatus", "TaskView", "TasksState", "TasksProjection", "is_final"]
+__all__ = ["TaskStatus", "TaskView", "TasksProjection", "TasksState", "is_final"]
 
 TaskStatus = Literal["requested", "claimed", "running", "completed", "failed", "cancelled"]
 
@@ -61,7 +61,7 @@ class TaskView(msgspec.Struct, kw_only=True):
 
 
 class TasksState(ProjectionState, kw_only=True):
-    tasks: dict[str, TaskView] = {}
+    tasks: dict[str, TaskView] = msgspec.field(default_factory=dict)
 
 
 def is_final(view: TaskView) -> bool:

@@ -29,14 +29,14 @@ from topics.flows import (
 from topics.record import Record
 
 __all__ = [
-    "StepSpec",
     "FlowSpec",
-    "StepStatus",
     "FlowStatus",
+    "StepSpec",
+    "StepStatus",
     "StepView",
     "WorkflowView",
-    "WorkflowsState",
     "WorkflowsProjection",
+    "WorkflowsState",
     "ready_steps",
 ]
 
@@ -86,7 +86,7 @@ class WorkflowView(msgspec.Struct, kw_only=True):
 
 
 class WorkflowsState(ProjectionState, kw_only=True):
-    workflows: dict[str, WorkflowView] = {}
+    workflows: dict[str, WorkflowView] = msgspec.field(default_factory=dict)
 
 
 def ready_steps(view: WorkflowView) -> list[str]:

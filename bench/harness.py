@@ -1,0 +1,178 @@
+"""What every benchmark needs: a fresh embedded nats-server, worker processes started the way
+a user starts them, clean shutdown of all of it (even on error), statistics and the table."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from mesh.server import LocalServer, start_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = ["ROOT", "Bench", "Row", "percentile", "print_table"]
+
+
+@dataclass
+class Row:
+    """One line of the table. `higher_is_better` decides how ratio and target compare."""
+
+    metric: str
+    mesh: float
+    raw: float
+    unit: str
+    target: float | None = None  # on mesh/raw
+    higher_is_better: bool = True
+    runs: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.mesh / self.raw if self.raw else float("inf")
+
+    @property
+    def passed(self) -> bool | None:
+        if self.target is None:
+            return None
+        return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric, "unit": self.unit, "mesh": self.mesh, "raw": self.raw,
+            "ratio": round(self.ratio, 4), "target": None if self.target is None else
+            (f">= {self.target}" if self.higher_is_better else f"<= {self.target}"),
+            "pass": self.passed, "runs": self.runs,
+        }  # fmt: skip
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[rank]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "tasks/s":
+        return f"{value:,.0f} {unit}"
+    return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    header = ("metric", "mesh", "raw", "ratio", "target", "result")
+    lines = [header]
+    for row in rows:
+        target = "-" if row.target is None else (f">= {row.target:g}" if row.higher_is_better else f"<= {row.target:g}")
+        result = {True: "PASS", False: "FAIL", None: "info"}[row.passed]
+        lines.append((row.metric, _fmt(row.mesh, row.unit), _fmt(row.raw, row.unit), f"{row.ratio:.2f}x", target, result))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for n, line in enumerate(lines):
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+class Bench:
+    """One fresh nats-server (temp store, free port) and the worker processes of one benchmark.
+
+    `with Bench("tasks") as bench:` ... every process and the server stop on the way out,
+    whatever happened inside.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"mesh-bench-{name}-"))
+        self.server: LocalServer | None = None
+        self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self.stopped: set[int] = set()  # pids stopped on purpose
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    def __enter__(self) -> Bench:
+        self.server = start_server(self.tmp / "store", port=-1, log_file=self.tmp / "nats-server.log")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+        if self.server is not None:
+            self.server.stop()
+        if exc[0] is None:
+            import shutil
+
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            print(f"(logs kept in {self.tmp})", file=sys.stderr)
+
+    def spawn(self, label: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start `python ARGS...` from the repository root, as a user would, logs to a file."""
+        log_path = self.tmp / f"{label}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}  # no exporter on either side
+        env.setdefault("MESH_LOG_FORMAT", "json")
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        self.procs.append((label, proc, log_path))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+        self.stopped.add(proc.pid)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for _, proc, _ in reversed(self.procs):
+            self.stop(proc)
+
+    def check_alive(self) -> None:
+        for label, proc, log_path in self.procs:
+            if proc.pid not in self.stopped and proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"worker {label} exited with {proc.returncode}:\n{tail}")
+
+    async def wait_pulling(self, js: JetStreamContext, stream: str, consumer: str, timeout: float = 60.0) -> None:
+        """Wait until the worker process has its pull request waiting on the durable consumer."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(NotFoundError):
+                info = await js.consumer_info(stream, consumer)
+                if (info.num_waiting or 0) > 0:
+                    return
+            await asyncio.sleep(0.05)  # polling another process's start-up
+        raise RuntimeError(f"no pull on {stream}/{consumer} after {timeout:g}s")
+
+
+@contextlib.contextmanager
+def timer() -> Iterator[list[float]]:
+    box: list[float] = []
+    start = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box.append(time.perf_counter() - start)

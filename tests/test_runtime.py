@@ -1,0 +1,106 @@
+"""The mesh runtime against a real nats-server, agents as real OS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+
+import pytest
+
+from mesh import Mesh, TaskFailedError
+from tests.conftest import AgentProcesses
+from tests.helpers import EventLog
+from topics import subjects
+from topics.tasks import TaskCompleted
+
+
+def completions(log: EventLog, task_id: str) -> list[TaskCompleted]:
+    return [r.data for r in log.of_type("mesh.task.completed") if r.data.task_id == task_id]  # type: ignore[attr-defined]
+
+
+class TestEcho:
+    async def test_round_trip(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A task published to mesh.work.echo comes back as its completion's output."""
+        await agents.start("agents.echo:agent")
+        assert await mesh.request("echo", {"x": [1, 2]}, timeout=20) == {"x": [1, 2]}
+
+    async def test_task_before_agent(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """Tasks published before any agent serves the capability are still handled (backlog is work)."""
+        ids = [await mesh.submit("echo", {"n": n}) for n in range(5)]
+        await agents.start("agents.echo:agent")
+        outcomes = [await mesh.outcome(task_id, timeout=20) for task_id in ids]
+        assert [o.data.output for o in outcomes] == [{"n": n} for n in range(5)]  # type: ignore[attr-defined]
+
+
+class TestReplicas:
+    async def test_two_replicas_split_200_tasks(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """Two replicas share one durable consumer: 200 tasks, no loss, no duplicate completion."""
+        first = await agents.start("agents.echo:agent")
+        second = await agents.start("agents.echo:agent")
+        outputs = await asyncio.gather(*(mesh.request("echo", {"n": n}, timeout=60) for n in range(200)))
+        assert sorted(o["n"] for o in outputs) == list(range(200))
+        done = log.of_type("mesh.task.completed")
+        per_task = Counter(r.data.task_id for r in done)  # type: ignore[attr-defined]
+        assert len(per_task) == 200 and set(per_task.values()) == {1}
+        by_pid = Counter(r.data.agent.rsplit("-", 1)[1] for r in done)  # type: ignore[attr-defined]
+        assert by_pid[str(first.pid)] > 0 and by_pid[str(second.pid)] > 0
+
+
+class TestKill:
+    async def test_kill_9_mid_task(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """Kill -9 an agent mid-task: another replica completes it, exactly once."""
+        victim = await agents.start("tests.fixture_agents:slow", "--ack-wait", "2")
+        task_id = await mesh.submit("slow", {"n": 7, "hold": 600})
+        await log.wait_for(lambda r: r.event.type == "mesh.task.progress" and r.data.task_id == task_id)  # type: ignore[attr-defined]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        survivor = await agents.start("tests.fixture_agents:slow", "--ack-wait", "2")
+        outcome = await mesh.outcome(task_id, timeout=30)
+        assert outcome.data.output == {"done": 7, "by": outcome.data.agent, "attempt": 2}  # type: ignore[attr-defined]
+        assert outcome.data.agent.endswith(f"-{survivor.pid}")  # type: ignore[attr-defined]
+        assert len(completions(log, task_id)) == 1
+
+
+class TestRetries:
+    async def test_retry_reuses_recorded_llm_response(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A retried task gets the LLM response recorded by its first try; the model is called once."""
+        await agents.start("tests.fixture_agents:flaky")
+        output = await mesh.request("flaky", {"prompt": "why is the sky blue"}, timeout=30)
+        assert output["attempt"] == 2
+        calls = [r.data for r in log.of_type("mesh.llm.called")]
+        assert len(calls) == 1 and calls[0].response["id"] == output["response_id"]  # type: ignore[attr-defined]
+        assert calls[0].offline and output["text"].startswith("[offline model]")  # type: ignore[attr-defined]
+
+    async def test_non_retryable_error_fails_and_dead_letters(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A handler bug fails the task at once: one mesh.task.failed, one dead letter, no retry."""
+        await agents.start("tests.fixture_agents:broken")
+        with pytest.raises(TaskFailedError, match="cannot handle"):
+            await mesh.request("broken", {"x": 1}, timeout=20)
+        dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
+        assert dead[0].data.reason == "handler_error" and dead[0].subject == "mesh.dead.work.broken"  # type: ignore[attr-defined]
+        assert [r.data.attempt for r in log.of_type("mesh.task.claimed")] == [1]  # type: ignore[attr-defined]
+
+    async def test_fallback_capability_takes_over(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """When a capability gives up, the next one in `fallback` gets the same task id."""
+        await agents.start("tests.fixture_agents:broken")
+        await agents.start("agents.echo:agent")
+        assert await mesh.request("primary", {"y": 2}, fallback=("echo",), timeout=20) == {"y": 2}
+        assert log.of_type("mesh.dead.lettered") == []
+
+
+class TestShutdown:
+    async def test_sigterm_drains_in_flight(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """SIGTERM: the in-flight handler finishes, then mesh.agent.stopped is written."""
+        proc = await agents.start("tests.fixture_agents:slow")
+        task_id = await mesh.submit("slow", {"n": 1, "hold": 1.5})
+        await log.wait_for(lambda r: r.event.type == "mesh.task.progress" and r.data.task_id == task_id)  # type: ignore[attr-defined]
+        proc.send_signal(signal.SIGTERM)
+        stopped = await log.wait_for(lambda r: r.event.type == "mesh.agent.stopped", timeout=30)
+        assert proc.wait(timeout=30) == 0
+        assert len(completions(log, task_id)) == 1
+        done_seq = log.of_type("mesh.task.completed")[0].seq
+        assert stopped[0].seq > done_seq and stopped[0].data.handled == 1  # type: ignore[attr-defined]
+        info = await mesh.js.consumer_info(subjects.STREAM, subjects.work_consumer_name("slow"))
+        assert info.num_ack_pending == 0 and info.num_pending == 0
