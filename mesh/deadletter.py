@@ -13,7 +13,6 @@ from mesh.client import Mesh, Published
 from mesh.telemetry import instruments
 from topics import subjects
 from topics.envelope import CloudEvent, derived_id
-from topics.registry import event_class
 from topics.dead import DeadLettered
 
 __all__ = ["Reason", "dead_letter", "diagnose"]
@@ -28,15 +27,17 @@ class Reason(str, Enum):
     MAX_DELIVERIES = "max_deliveries"
 
 
-def diagnose(payload: bytes, error: Exception) -> tuple[Reason, str]:
-    """Say why a payload could not be decoded as a known CloudEvent (off the hot path)."""
+def diagnose(payload: bytes, error: Exception, *, envelope: CloudEvent | None) -> tuple[Reason, str]:
+    """Say why a payload is not a known CloudEvent, from the stage that failed (off the hot path)."""
+    if envelope is not None:
+        if isinstance(error, KeyError):
+            return Reason.UNKNOWN_TYPE, f"unknown event type {envelope.type!r}"
+        return Reason.BAD_DATA, f"data does not fit {envelope.type}: {error}"
     try:
         msgspec.json.decode(payload)
     except msgspec.DecodeError as not_json:
         return Reason.NOT_JSON, f"not JSON: {not_json}"
-    if isinstance(error, KeyError):
-        return Reason.UNKNOWN_TYPE, str(error.args[0])
-    return Reason.NOT_CLOUDEVENT if "$.data" not in str(error) else Reason.BAD_DATA, f"{error}"
+    return Reason.NOT_CLOUDEVENT, f"not a CloudEvents 1.0 envelope: {error}"
 
 
 async def dead_letter(
@@ -71,10 +72,3 @@ async def dead_letter(
         causation_id=event.id if event else None,
     )
 
-
-def known_type(event_type: str) -> bool:
-    try:
-        event_class(event_type)
-    except KeyError:
-        return False
-    return True

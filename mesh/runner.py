@@ -209,9 +209,9 @@ class AgentRunner:
             event = decode_envelope(msg.data)
             data = decode_data(event.type, event.data)
         except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as error:
-            reason, text = diagnose(msg.data, error)
-            event_or_none = _envelope_or_none(msg.data)
-            await self._reject(msg, delivery, consumer, reason, text, event_or_none)
+            envelope = _envelope_or_none(msg.data)
+            reason, text = diagnose(msg.data, error, envelope=envelope)
+            await self._reject(msg, delivery, consumer, reason, text, envelope)
             return
         if not isinstance(data, TaskRequested):
             text = f"a work subject takes mesh.task.requested, not {event.type}"

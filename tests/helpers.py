@@ -14,7 +14,7 @@ from mesh.client import Mesh, decode_record
 from mesh.consumer import parse_ack_subject
 from topics.record import Record
 
-__all__ = ["EventLog"]
+__all__ = ["EventLog", "eventually"]
 
 
 class EventLog:
@@ -77,3 +77,18 @@ class EventLog:
             return await asyncio.wait_for(wait(), timeout)
         except asyncio.TimeoutError:
             raise AssertionError(f"only {len(matches())} of {count} matching events after {timeout}s") from None
+
+
+async def eventually(check: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Await `check()` (sync or async) until it returns something truthy, or fail after `timeout`.
+    For state outside the log (consumer info), which has no event to wait on."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        await asyncio.sleep(0.05)

@@ -103,4 +103,4 @@ class TestShutdown:
         done_seq = log.of_type("mesh.task.completed")[0].seq
         assert stopped[0].seq > done_seq and stopped[0].data.handled == 1  # type: ignore[attr-defined]
         info = await mesh.js.consumer_info(subjects.STREAM, subjects.work_consumer_name("slow"))
-        assert info.num_ack_pending == 0 and info.num_pending == 0
+        assert info.num_ack_pending == 0 and info.num_pending == 0  # the agent acked before it said goodbye

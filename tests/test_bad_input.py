@@ -1,0 +1,69 @@
+"""Bad input on a work subject: each becomes exactly one dead letter; the agent keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from mesh import Mesh
+from tests.conftest import AgentProcesses
+from tests.helpers import EventLog, eventually
+from topics import subjects
+
+GOOD_ENVELOPE = {"specversion": "1.0", "source": "test", "time": "2026-11-21T00:00:00Z"}
+
+BAD_INPUTS = {
+    "garbage bytes": (b"\xff\x00not json at all", "not_json"),
+    "JSON, not a CloudEvent": (b'{"hello": "world"}', "not_cloudevent"),
+    "data fails its schema": (
+        json.dumps({**GOOD_ENVELOPE, "id": "bad-data-1", "type": "mesh.task.requested", "data": {"capability": 5}}).encode(),
+        "bad_data",
+    ),
+    "unknown type": (
+        json.dumps({**GOOD_ENVELOPE, "id": "unknown-1", "type": "com.example.mystery", "data": {}}).encode(),
+        "unknown_type",
+    ),
+    "known type, wrong subject": (
+        json.dumps({**GOOD_ENVELOPE, "id": "board-1", "type": "mesh.board.written",
+                    "data": {"board": "b", "key": "k", "value": 1}}).encode(),  # fmt: skip
+        "unknown_type",
+    ),
+}
+
+
+class TestDeadLetters:
+    @pytest.mark.parametrize("case", list(BAD_INPUTS))
+    async def test_bad_input_is_dead_lettered_once(
+        self, case: str, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """The bad message becomes one mesh.dead.lettered with its reason and raw bytes; valid work goes on."""
+        payload, reason = BAD_INPUTS[case]
+        await agents.start("agents.echo:agent")
+        ack = await mesh.js.publish(subjects.work("echo"), payload)
+        assert await mesh.request("echo", {"after": case}, timeout=20) == {"after": case}
+        dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
+        letter = dead[0].data
+        assert letter.reason == reason, letter.error  # type: ignore[attr-defined]
+        assert base64.b64decode(letter.raw) == payload  # type: ignore[attr-defined]
+        assert letter.stream_seq == ack.seq and letter.subject == "mesh.work.echo"  # type: ignore[attr-defined]
+        assert dead[0].subject == "mesh.dead.work.echo"
+        async def settled() -> bool:
+            info = await mesh.js.consumer_info(subjects.STREAM, subjects.work_consumer_name("echo"))
+            assert info.num_redelivered == 0
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(settled, what="every delivery acknowledged")
+        assert len(log.of_type("mesh.dead.lettered")) == 1
+        # the original stays in the log: nothing is lost
+        stored = await mesh.js._jsm.get_msg(subjects.STREAM, seq=ack.seq, direct=True)
+        assert stored.data == payload
+
+    async def test_bad_task_with_id_is_also_failed(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A task request whose input fails the handler's schema fails the task, so a waiter learns why."""
+        await agents.start("agents.researcher:agent")
+        with pytest.raises(Exception, match="does not fit"):
+            await mesh.request("research", {"no_topic": True}, timeout=20)
+        dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
+        assert dead[0].data.reason == "bad_data"  # type: ignore[attr-defined]
