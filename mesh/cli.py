@@ -63,7 +63,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--port", default=4222, show_default=True, help="client port (0: any free port)")
+@click.option("--port", default=4222, show_default=True, envvar="MESH_PORT", help="client port (0: any free port)")
 def up(port: int) -> None:
     """Start a local nats-server with JetStream, store under .mesh/."""
     from mesh.server import up as start_up

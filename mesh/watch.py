@@ -9,7 +9,7 @@ from typing import Any
 import click
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoKeysError, NotFoundError
 
 from mesh.cli import nats_options, run
 from mesh.client import Mesh, decode_record
@@ -46,14 +46,17 @@ def _seq_of(reply: str) -> int:
 @click.option("--last", default=0, help="start with the last N events")
 @click.option("--json/--text", "as_json", default=None, help="JSON lines (default when piped) or text")
 @click.option("--count", default=0, help="exit after N events")
+@click.option("--follow/--no-follow", default=True, help="keep waiting for new events, or exit once caught up")
 @nats_options
-def tail(filter_subject: str, from_start: bool, last: int, as_json: bool | None, count: int, settings: MeshSettings) -> None:
+def tail(filter_subject: str, from_start: bool, last: int, as_json: bool | None, count: int, follow: bool,
+         settings: MeshSettings) -> None:  # fmt: skip
     """Print events live as they land (FILTER: a subject, wildcards allowed, default mesh.>)."""
     json_lines = as_json if as_json is not None else not sys.stdout.isatty()
-    run(_tail(settings, filter_subject, from_start, last, json_lines, count))
+    run(_tail(settings, filter_subject, from_start, last, json_lines, count, follow))
 
 
-async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, last: int, json_lines: bool, count: int) -> None:
+async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, last: int, json_lines: bool,
+                count: int, follow: bool) -> None:  # fmt: skip
     async with await Mesh.connect(settings=settings) as mesh:
         done = asyncio.Event()
         seen = 0
@@ -69,7 +72,7 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
                     sys.stdout.write(f"#{_seq_of(msg.reply)} {msg.subject} undecodable: {error}\n")
             sys.stdout.flush()
             seen += 1
-            if count and seen >= count:
+            if (count and seen >= count) or (not follow and parse_ack_subject(msg.reply).pending == 0):
                 done.set()
 
         policy = DeliverPolicy.ALL if from_start else DeliverPolicy.NEW
@@ -79,6 +82,8 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
             config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                     opt_start_seq=max(1, info.state.last_seq - last + 1))  # fmt: skip
         sub = await mesh.js.subscribe(filter_subject, cb=show, ordered_consumer=True, config=config)
+        if not follow and (await sub.consumer_info()).num_pending == 0:
+            done.set()  # nothing stored matches
         try:
             await done.wait()
         finally:
@@ -115,7 +120,7 @@ async def _presences(mesh: Mesh) -> list[Presence]:
     bucket = await presence_bucket(mesh.js)
     try:
         keys = await bucket.keys()
-    except NotFoundError:
+    except (NotFoundError, NoKeysError):
         return []
     found = []
     for key in keys:
