@@ -1,0 +1,98 @@
+"""The `mesh` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mesh.server import LocalServer
+from tests.conftest import ROOT, AgentProcesses
+from tests.helpers import EventLog
+
+
+def mesh_cmd(*args: str, url: str | None = None, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    env["MESH_LOG_FORMAT"] = "json"
+    if url:
+        env["NATS_URL"] = url
+    return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)  # fmt: skip
+
+
+class TestTaskCommand:
+    async def test_wait_prints_output(self, nats_server: LocalServer, agents: AgentProcesses, log: EventLog) -> None:
+        """`mesh task echo --wait` prints the output JSON and exits 0."""
+        await agents.start("agents.echo:agent")
+        done = mesh_cmd("task", "echo", "--input", '{"k": [1, 2]}', "--wait", url=nats_server.url)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"k": [1, 2]}
+
+    async def test_failure_exits_1(self, nats_server: LocalServer, agents: AgentProcesses, log: EventLog) -> None:
+        """A failed task prints its error and exits 1."""
+        await agents.start("tests.fixture_agents:broken")
+        done = mesh_cmd("task", "broken", "--input", "3", "--wait", url=nats_server.url)
+        assert done.returncode == 1 and "cannot handle 3" in done.stderr
+
+    def test_timeout_exits_2(self, nats_server: LocalServer) -> None:
+        """No agent serves the capability: a clear timeout and exit 2."""
+        done = mesh_cmd("task", "nobody", "--wait", "--timeout", "0.5", url=nats_server.url)
+        assert done.returncode == 2 and "is an agent serving 'nobody' running?" in done.stderr
+
+    def test_without_wait_prints_task_id(self, nats_server: LocalServer) -> None:
+        """Without --wait, the task id is printed and the task is in the log."""
+        done = mesh_cmd("task", "later", "--input", "{}", "--task-id", "t-123", url=nats_server.url)
+        assert done.returncode == 0 and done.stdout.strip() == "t-123"
+
+    def test_bad_json_input(self, nats_server: LocalServer) -> None:
+        """Input that is not JSON is refused before anything is published."""
+        done = mesh_cmd("task", "echo", "--input", "{nope", url=nats_server.url)
+        assert done.returncode == 2 and "--input is not JSON" in done.stderr
+
+
+class TestPublishCommand:
+    async def test_publish_checks_schema(self, nats_server: LocalServer, log: EventLog) -> None:
+        """`mesh publish` publishes a valid event and refuses data that does not fit the type."""
+        ok = mesh_cmd("publish", "mesh.chat.lobby", "--type", "mesh.chat.message",
+                      "--data", '{"room": "lobby", "speaker": "ada", "content": "hi"}', url=nats_server.url)  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        chat = await log.wait_for(lambda r: r.event.type == "mesh.chat.message")
+        assert chat[0].data.content == "hi"  # type: ignore[attr-defined]
+        bad = mesh_cmd("publish", "mesh.chat.lobby", "--type", "mesh.chat.message", "--data", '{"room": 1}', url=nats_server.url)
+        assert bad.returncode == 2 and "does not fit mesh.chat.message" in bad.stderr
+
+
+class TestNoServer:
+    def test_says_when_no_server_is_running(self, tmp_path: Path) -> None:
+        """With no --nats, no NATS_URL and no `mesh up`, the error says what to do."""
+        env_home = tmp_path / "home"
+        done = subprocess.run([sys.executable, "-m", "mesh", "status"], capture_output=True, text=True, timeout=30,
+                              cwd=tmp_path, env={**{k: v for k, v in os.environ.items() if k != "NATS_URL"},
+                                                 "MESH_HOME": str(env_home), "PYTHONPATH": str(ROOT)})  # fmt: skip
+        assert done.returncode == 1
+        assert "none running here: start one with `mesh up`" in done.stderr
+
+    def test_unreachable_url(self) -> None:
+        """An unreachable --nats URL is named in the error."""
+        done = mesh_cmd("status", "--nats", "nats://127.0.0.1:1")
+        assert done.returncode == 1 and "cannot reach NATS at nats://127.0.0.1:1" in done.stderr
+
+
+class TestUpDown:
+    def test_up_is_idempotent_and_down_stops(self, tmp_path: Path) -> None:
+        """`mesh up` twice starts one server; `mesh down` stops it and leaves no process."""
+        env = {**os.environ, "MESH_HOME": str(tmp_path / ".mesh"), "MESH_PORT": "0", "PYTHONPATH": str(ROOT)}
+        env.pop("NATS_URL", None)
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True,
+                                  timeout=30, cwd=tmp_path, env=env)  # fmt: skip
+
+        first, second = run("up"), run("up")
+        assert first.stdout.startswith("started:") and second.stdout.startswith("already running:")
+        pid = int(first.stdout.split("(pid ")[1].split(",")[0])
+        assert run("status").returncode == 0
+        assert run("down").stdout.startswith("stopped")
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
