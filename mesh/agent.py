@@ -78,6 +78,10 @@ def _input_type(fn: HandlerFn) -> Any:
     params = list(inspect.signature(fn).parameters)
     if not params:
         raise ConfigError(f"handler {fn.__name__} must take (input, ctx)")
-    hints = get_type_hints(fn)
+    try:
+        hints = get_type_hints(fn)
+    except NameError as error:
+        raise ConfigError(f"cannot resolve the input type of handler {fn.__name__}: {error} "
+                          "(define the type at module level)") from error  # fmt: skip
     hint = hints.get(params[0], Any)
     return Any if hint in (dict, object) else hint

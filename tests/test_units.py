@@ -1,0 +1,164 @@
+"""Pure units: the public API, the envelope, ids, ack subjects, the offline model, errors."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import openai
+import pytest
+
+import mesh
+from mesh.agent import Agent
+from mesh.consumer import parse_ack_subject
+from mesh.errors import ConfigError, RetryableError, SchemaError, TaskError
+from mesh.offline import offline_http_client
+from mesh.runner import is_retryable
+from topics import EVENT_TYPES, TaskRequested, decode_data, encode_data, subjects
+from topics.envelope import CloudEvent, decode_envelope, derived_id, encode_envelope, new_event_id
+
+
+class TestPublicApi:
+    def test_exports_are_pinned(self) -> None:
+        """`mesh.__all__` is the public API; changing it is a decision, not an accident."""
+        assert sorted(mesh.__all__) == sorted([
+            "Agent", "AgentRunner", "ConfigError", "ConflictError", "Context", "Handler", "LlmClient",
+            "LlmSession", "LogGapError", "Mesh", "MeshError", "MeshSettings", "NoServerError", "Published",
+            "RetryableError", "RunnerOptions", "SchemaError", "TaskError", "TaskFailedError",
+            "TaskTimeoutError", "ToolNotGrantedError", "__version__",
+        ])  # fmt: skip
+        for name in mesh.__all__:
+            assert hasattr(mesh, name)
+
+
+class TestEnvelope:
+    def test_round_trip_keeps_extensions(self) -> None:
+        """Encoding then decoding keeps id, correlation, causation and traceparent."""
+        event = CloudEvent(specversion="1.0", id="e1", source="s", type="mesh.task.requested", time="t",
+                           correlationid="c", causationid="p", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+                           data=msgspec.Raw(encode_data(TaskRequested(capability="echo", input=[1]))))  # fmt: skip
+        back = decode_envelope(encode_envelope(event))
+        assert (back.id, back.correlationid, back.causationid, back.traceparent) == ("e1", "c", "p", event.traceparent)
+        assert decode_data(back.type, back.data) == TaskRequested(capability="echo", input=[1])
+
+    def test_is_plain_cloudevents_json(self) -> None:
+        """Any JSON tool reads it: specversion, lowercase extension names, data as an object."""
+        event = CloudEvent(specversion="1.0", id="e1", source="s", type="mesh.chat.message", time="t",
+                           data=msgspec.Raw(b'{"room":"r","speaker":"a","content":"x"}'))  # fmt: skip
+        as_json = json.loads(encode_envelope(event))
+        assert as_json["specversion"] == "1.0" and as_json["data"]["room"] == "r"
+        assert all(key.islower() and key.isalnum() for key in as_json)
+
+    def test_rejects_other_specversion(self) -> None:
+        """A CloudEvent of another spec version is not decoded as ours."""
+        with pytest.raises(msgspec.ValidationError):
+            decode_envelope(b'{"specversion":"0.3","id":"1","source":"s","type":"t","time":"x"}')
+
+    def test_every_type_follows_the_naming_rule(self) -> None:
+        """Types are mesh.<family>.<past-tense verb> (or a noun for chat messages)."""
+        for name in EVENT_TYPES:
+            family, verb = name.split(".")[1:]
+            assert name.startswith("mesh.") and family and verb.islower()
+
+
+class TestIds:
+    def test_derived_ids_are_stable_and_distinct(self) -> None:
+        """The same cause and label give the same id; another label another id."""
+        assert derived_id("a", "completed") == derived_id("a", "completed")
+        assert derived_id("a", "completed") != derived_id("a", "failed") != derived_id("b", "completed")
+
+    def test_new_ids_are_time_ordered_uuid7(self) -> None:
+        """New event ids are UUIDv7 and sort by creation."""
+        ids = [new_event_id() for _ in range(50)]
+        assert all(i[14] == "7" for i in ids)
+        assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)
+
+
+class TestSubjects:
+    def test_tokens_are_checked(self) -> None:
+        """A capability with a dot or wildcard cannot become a subject token."""
+        assert subjects.work("echo") == "mesh.work.echo"
+        with pytest.raises(ValueError, match="cannot be a NATS subject token"):
+            subjects.work("a.b")
+        assert subjects.dead("mesh.work.echo") == "mesh.dead.work.echo"
+
+    def test_stream_keeps_history(self) -> None:
+        """The log is limits-retention with direct get and a duplicate window."""
+        config = subjects.stream_config()
+        assert config.retention == "limits" and config.allow_direct and config.duplicate_window == 600
+
+
+class TestAckSubject:
+    def test_parses_both_forms(self) -> None:
+        """The v1 and the v2 (domain, account hash) ack subjects give the same fields."""
+        v1 = parse_ack_subject("$JS.ACK.MESH.work-echo.3.1042.17.1700000000000000000.5")
+        v2 = parse_ack_subject("$JS.ACK.hub.ACCHASH.MESH.work-echo.3.1042.17.1700000000000000000.5.rand")
+        assert v1 == v2
+        assert (v1.stream, v1.consumer, v1.delivered, v1.stream_seq, v1.pending) == ("MESH", "work-echo", 3, 1042, 5)
+
+
+class In(msgspec.Struct):
+    n: int
+
+
+class TestAgentDeclaration:
+    def test_handler_must_be_async(self) -> None:
+        """A sync handler is refused with a clear error."""
+        agent = Agent("a")
+        with pytest.raises(ConfigError, match="must be `async def`"):
+            agent.task("x")(lambda input, ctx: None)  # type: ignore[arg-type,return-value]
+
+    def test_typed_input_is_converted_and_checked(self) -> None:
+        """A Struct-annotated handler gets a Struct; bad input is a SchemaError."""
+
+        agent = Agent("a")
+
+        @agent.task("x")
+        async def handle(input: In, ctx: object) -> int:
+            return input.n
+
+        handler = agent.handlers["x"]
+        assert handler.convert({"n": 2}) == In(n=2)
+        with pytest.raises(SchemaError, match="does not fit"):
+            handler.convert({"n": "two"})
+
+
+class TestRetryable:
+    def test_classification(self) -> None:
+        """Timeouts and errors that say so are retried; bugs and schema errors are not."""
+        assert is_retryable(RetryableError("429")) and is_retryable(TimeoutError())
+        assert not is_retryable(ValueError("bug")) and not is_retryable(SchemaError("bad"))
+        assert not is_retryable(TaskError("no")) and is_retryable(TaskError("later", retryable=True))
+
+
+class TestOfflineModel:
+    async def test_answers_through_the_sdk(self) -> None:
+        """The real AsyncOpenAI client gets a deterministic, self-declared offline answer."""
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://offline.invalid/v1", http_client=offline_http_client())
+        ask = {"model": "m", "messages": [{"role": "user", "content": "What is NATS?"}]}
+        first = await client.chat.completions.create(**ask)  # type: ignore[call-overload]
+        second = await client.chat.completions.create(**ask)  # type: ignore[call-overload]
+        assert first.choices[0].message.content == second.choices[0].message.content
+        assert first.choices[0].message.content.startswith("[offline model]")
+        assert first.model == "offline/m" and first.usage and first.usage.total_tokens > 0
+
+    async def test_calls_tools_then_answers(self) -> None:
+        """Offered a tool, it calls it with schema-shaped arguments; given the result, it answers."""
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://offline.invalid/v1", http_client=offline_http_client())
+        tool = {"type": "function", "function": {"name": "lookup", "parameters": {
+            "type": "object", "properties": {"q": {"type": "string"}, "n": {"type": "integer"}}, "required": ["q", "n"]}}}  # fmt: skip
+        messages = [{"role": "user", "content": "find it"}]
+        first = await client.chat.completions.create(model="m", messages=messages, tools=[tool])  # type: ignore[arg-type,list-item]
+        call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+        assert first.choices[0].finish_reason == "tool_calls"
+        assert call.function.name == "lookup" and json.loads(call.function.arguments) == {"q": "find it", "n": 1}  # type: ignore[union-attr]
+        follow = messages + [first.choices[0].message.model_dump(exclude_none=True),
+                             {"role": "tool", "tool_call_id": call.id, "content": "42"}]  # fmt: skip
+        final = await client.chat.completions.create(model="m", messages=follow, tools=[tool])  # type: ignore[arg-type]
+        assert "42" in (final.choices[0].message.content or "")
+
+    async def test_unknown_route_is_an_sdk_error(self) -> None:
+        """Anything but chat completions and models is a 404 the SDK raises as NotFoundError."""
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://offline.invalid/v1", http_client=offline_http_client())
+        with pytest.raises(openai.NotFoundError):
+            await client.embeddings.create(model="m", input="x")
