@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import httpx2
@@ -19,12 +20,20 @@ __all__ = ["OfflineTransport", "offline_http_client", "offline_reply", "OFFLINE_
 
 OFFLINE_PROVIDER = "mesh.offline"
 _OPENERS = (
-    "The main point is",
-    "Evidence suggests",
-    "A practical approach is",
-    "The trade-off to watch is",
-    "In short,",
+    "The main point about {subject} is that it is a trade-off, not a setting.",
+    "Evidence on {subject} points one way: measure first, then change one thing at a time.",
+    "A practical approach to {subject} starts with the simplest mechanism that could work.",
+    "The risk with {subject} is in the failure modes, not the happy path.",
+    "In short, {subject} rewards small, observable steps.",
 )
+_FOLLOW_UPS = (
+    "Most production systems combine a few simple mechanisms rather than one clever one.",
+    "What matters is how it behaves under load and when a dependency is slow.",
+    "Defaults are rarely right for every workload; make the limits explicit and visible.",
+    "The cost shows up at the edges: retries, timeouts and partial failures.",
+    "Write down the assumption, then check it against real traffic.",
+)
+_SUBJECT = re.compile(r"(?:about|on|of|to)\s+(?:the\s+)?(.+?)(?:\s+from these notes)?[:.?!]*$", re.I)
 
 
 def _digest(value: Any) -> str:
@@ -92,12 +101,22 @@ def _compose(request: dict[str, Any], messages: list[dict[str, Any]], prompt: st
     if tool_result is not None and messages[-1].get("role") == "tool":
         body = f"Using the tool result ({_text_of(tool_result)[:160]}), here is the answer to: {prompt[:160]}"
     else:
-        opener = _OPENERS[int(digest[8:16], 16) % len(_OPENERS)]
-        body = f"{opener} {prompt.strip()[:400]}"
+        pick = int(digest[8:16], 16)
+        opener = _OPENERS[pick % len(_OPENERS)].format(subject=_subject_of(prompt))
+        body = f"{opener} {_FOLLOW_UPS[pick // len(_OPENERS) % len(_FOLLOW_UPS)]}"
     fmt = (request.get("response_format") or {}).get("type")
     if fmt in ("json_object", "json_schema"):
         return json.dumps({"offline": True, "answer": body})
     return f"[offline model] {body}"
+
+
+def _subject_of(prompt: str) -> str:
+    """What a prompt is about: its first line, less the instruction around it."""
+    first = prompt.strip().splitlines()[0] if prompt.strip() else "this"
+    if ":" in first and first.rsplit(":", 1)[1].strip():
+        return first.rsplit(":", 1)[1].strip()[:200]
+    found = _SUBJECT.search(first)
+    return (found.group(1) if found else first)[:200]
 
 
 class OfflineTransport(httpx2.AsyncBaseTransport):
