@@ -16,7 +16,7 @@ import msgspec
 
 from mesh.errors import NoServerError
 
-__all__ = ["MeshSettings", "ServerRecord", "mesh_home", "read_server_record", "resolve_url"]
+__all__ = ["MeshSettings", "ServerRecord", "mesh_home", "read_server_record", "resolve_url", "server_urls"]
 
 
 class ServerRecord(msgspec.Struct, frozen=True):
@@ -62,6 +62,14 @@ def resolve_url(explicit: str | None = None) -> str:
     return record.url
 
 
+def server_urls(url: str) -> list[str]:
+    """`nats://n1:4222,nats://n2:4222` -> both: the client picks one and fails over to the others."""
+    urls = [part.strip() for part in url.split(",") if part.strip()]
+    if not urls:
+        raise NoServerError(f"no NATS URL in {url!r}; give one or more, comma-separated")
+    return urls
+
+
 @dataclass(frozen=True)
 class MeshSettings:
     """How to reach NATS. Credentials and TLS go straight to `nats.connect`."""
@@ -89,7 +97,7 @@ class MeshSettings:
         return cls(**values)
 
     def connect_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"servers": [resolve_url(self.url)], "name": self.name}
+        options: dict[str, Any] = {"servers": server_urls(resolve_url(self.url)), "name": self.name}
         if self.creds:
             options["user_credentials"] = self.creds
         if self.nkey_seed:

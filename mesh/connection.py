@@ -7,23 +7,52 @@ operator configured it (logged), never silently replaced.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from mesh.config import MeshSettings, resolve_url
-from mesh.errors import NoServerError
+from mesh.errors import ConfigError, NoServerError
 from topics import subjects
 
-__all__ = ["connect", "ensure_stream", "ensure_consumer", "presence_bucket"]
+__all__ = [
+    "TRANSIENT_ERRORS",
+    "connect",
+    "ensure_stream",
+    "ensure_consumer",
+    "presence_bucket",
+    "stream_replicas",
+]
 
 log = structlog.get_logger("mesh.connection")
 
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    TimeoutError,
+    ConnectionError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    NoStreamResponseError,  # a stream replica set between leaders (a node was lost)
+    ServiceUnavailableError,
+)
+"""NATS failures that pass: a reconnect, a leader election. Worth another try, not a dead letter."""
+
 _STREAM_IN_USE = 10058
+_JETSTREAM_NOT_READY = 10008
+T = TypeVar("T")
 
 
 async def connect(settings: MeshSettings | None = None, **options: object) -> Client:
@@ -41,8 +70,15 @@ async def connect(settings: MeshSettings | None = None, **options: object) -> Cl
         log.warning("nats error", error=str(error))
 
     opts.setdefault("error_cb", on_error)
+    # nats-py applies max_reconnect_attempts=-1 to the first connect too: bound that one
+    first_connect = float(os.environ.get("MESH_CONNECT_TIMEOUT", "5"))
     try:
-        return await nats.connect(**opts)
+        return await asyncio.wait_for(nats.connect(**opts), first_connect)
+    except asyncio.TimeoutError as error:
+        raise NoServerError(
+            f"cannot reach NATS at {resolve_url(settings.url)}: no answer within {first_connect:g}s. "
+            "Is the server running? (`mesh up` starts a local one)"
+        ) from error
     except Exception as error:  # nats raises several unrelated types for "nobody there"
         raise NoServerError(
             f"cannot reach NATS at {resolve_url(settings.url)}: {error or type(error).__name__}. "
@@ -50,15 +86,40 @@ async def connect(settings: MeshSettings | None = None, **options: object) -> Cl
         ) from error
 
 
-async def ensure_stream(js: JetStreamContext, *, replicas: int = 1, duplicate_window: float = 600.0) -> None:
-    config = subjects.stream_config(replicas=replicas, duplicate_window=duplicate_window)
+def stream_replicas() -> int:
+    """`MESH_REPLICAS` (1 by default; 3 in a cluster): copies of the MESH stream."""
+    value = os.environ.get("MESH_REPLICAS", "").strip() or "1"
+    if not value.isdigit() or not 1 <= int(value) <= 5:
+        raise ConfigError(f"MESH_REPLICAS={value!r} must be a whole number from 1 to 5 (3 in a 3-node cluster)")
+    return int(value)
+
+
+async def ensure_stream(js: JetStreamContext, *, replicas: int | None = None, duplicate_window: float = 600.0) -> None:
+    """Create the MESH stream unless it exists; `replicas` defaults to `MESH_REPLICAS`."""
+    config = subjects.stream_config(replicas=replicas or stream_replicas(), duplicate_window=duplicate_window)
     try:
-        await js.add_stream(config)
+        await _until_jetstream_ready(lambda: js.add_stream(config))
     except BadRequestError as error:
         if error.err_code != _STREAM_IN_USE:
             raise
         info = await js.stream_info(subjects.STREAM)
         log.debug("stream exists with another config; keeping it", subjects=info.config.subjects)
+
+
+async def _until_jetstream_ready(call: Callable[[], Awaitable[T]], wait: float = 30.0) -> T:
+    """A cluster that is still electing its JetStream leader leaves requests unanswered or
+    says 'temporarily unavailable' (10008): try again for up to `wait` seconds. A server
+    without JetStream fails at once."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return await call()
+        except (TimeoutError, ServiceUnavailableError) as error:
+            not_ready = isinstance(error, TimeoutError) or error.err_code == _JETSTREAM_NOT_READY
+            if not not_ready or time.monotonic() > deadline:
+                raise
+            log.info("JetStream not ready yet; retrying", error=str(error) or type(error).__name__)
+            await asyncio.sleep(0.5)
 
 
 async def ensure_consumer(js: JetStreamContext, config: ConsumerConfig) -> None:
@@ -74,5 +135,6 @@ async def presence_bucket(js: JetStreamContext, *, ttl: float = 15.0) -> KeyValu
         return await js.key_value(subjects.PRESENCE_BUCKET)
     except (NotFoundError, BadRequestError):
         return await js.create_key_value(
-            KeyValueConfig(bucket=subjects.PRESENCE_BUCKET, ttl=ttl, storage=StorageType.FILE, history=1)
+            KeyValueConfig(bucket=subjects.PRESENCE_BUCKET, ttl=ttl, storage=StorageType.FILE, history=1,
+                           replicas=stream_replicas())  # fmt: skip
         )

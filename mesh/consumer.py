@@ -32,6 +32,8 @@ class Delivery(msgspec.Struct, frozen=True):
     delivered: int
     stream_seq: int
     pending: int = 0  # messages left for the consumer after this one
+    consumer_seq: int = 0  # this consumer's delivery sequence (contiguous unless messages were lost)
+    timestamp_ns: int = 0  # when the stream stored the message, Unix nanoseconds
 
 
 def parse_ack_subject(reply: str) -> Delivery:
@@ -39,7 +41,8 @@ def parse_ack_subject(reply: str) -> Delivery:
     with domain and account hash). Ten times cheaper than nats-py's `msg.metadata`."""
     tokens = reply.split(".")
     off = 2 if len(tokens) == 9 else 4
-    return Delivery(tokens[off], tokens[off + 1], int(tokens[off + 2]), int(tokens[off + 3]), int(tokens[off + 6]))
+    return Delivery(tokens[off], tokens[off + 1], int(tokens[off + 2]), int(tokens[off + 3]), int(tokens[off + 6]),
+                    int(tokens[off + 4]), int(tokens[off + 5]))  # fmt: skip
 
 
 class WorkConsumer:

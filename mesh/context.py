@@ -3,13 +3,18 @@ effect is an event with an id derived from the task's, and a redelivery repeats 
 
 from __future__ import annotations
 
+import functools
 import itertools
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from opentelemetry.trace import Span
 
+from mesh.board import Board
 from mesh.client import Mesh, Published, outcome_value
+from mesh.origin import Origin
+from mesh.votes import Proposal, Proposals
 from topics import subjects
 from topics.base import Event
 from topics.envelope import CloudEvent, derived_id
@@ -17,6 +22,7 @@ from topics.tasks import TaskProgress
 
 if TYPE_CHECKING:
     from mesh.llm import LlmSession
+    from mesh.tools import ToolBox
 
 __all__ = ["Context"]
 
@@ -36,6 +42,7 @@ class Context:
         attempt: int,
         span: Span,
         llm: LlmSession | None = None,
+        tools: ToolBox | None = None,
     ) -> None:
         self.mesh = mesh
         self.agent = agent
@@ -47,6 +54,7 @@ class Context:
         self.span = span
         self.log = structlog.get_logger(agent)
         self._llm = llm
+        self._tools = tools
         self._emitted = itertools.count()
         self._requested = itertools.count()
 
@@ -59,6 +67,13 @@ class Context:
         if self._llm is None:
             raise RuntimeError("this context has no LLM session")
         return self._llm
+
+    @property
+    def tools(self) -> ToolBox:
+        """The tools granted to this agent (`Agent(tools=...)`), recorded as `mesh.tool.called`."""
+        if self._tools is None:
+            raise RuntimeError("this context has no tools")
+        return self._tools
 
     def _child_id(self, label: str) -> str:
         return derived_id(self.event.id, label)
@@ -94,3 +109,24 @@ class Context:
             record = await self.mesh.request_outcome(capability, input, timeout=timeout, **task)
         return outcome_value(record)
 
+    @functools.cached_property
+    def origin(self) -> Origin:
+        """Ids for board writes and votes this task causes: derived, so a retry repeats none."""
+        return Origin(self.event.id, self.correlation_id, author=self.agent_id)
+
+    def board(self, name: str) -> Board:
+        """The blackboard ``name`` (read, write with compare-and-set, history, watch)."""
+        return Board(self.mesh, name, origin=self.origin)
+
+    @property
+    def vote(self) -> Proposals:
+        """Proposals and votes as this agent (the voter is the agent's name)."""
+        return Proposals(self.mesh, origin=self.origin, voter=self.agent)
+
+    async def propose(self, question: str, options: Iterable[str], **terms: Any) -> Proposal:
+        """Put a question to a vote: `rule`, `voters`, `quorum`, `weights`, `deadline`."""
+        return await self.vote.propose(question, options, **terms)
+
+    async def cast(self, proposal_id: str, choice: str, *, voter: str | None = None, rationale: str = "") -> Published:
+        """Vote on a proposal, as this agent unless ``voter`` says otherwise."""
+        return await self.vote.cast(proposal_id, choice, voter=voter, rationale=rationale)

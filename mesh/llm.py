@@ -17,13 +17,11 @@ import openai
 import structlog
 from nats.js.errors import NotFoundError
 from openai.types.chat import ChatCompletion
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
 from mesh.client import Mesh, decode_record
 from mesh.errors import RetryableError, TaskError
 from mesh.offline import OFFLINE_PROVIDER, offline_http_client
-from mesh.telemetry import instruments, record_error
+from mesh.telemetry import chat_span, instruments, record_error
 from topics import subjects
 from topics.calls import LlmCalled
 from topics.envelope import derived_id
@@ -31,7 +29,6 @@ from topics.envelope import derived_id
 __all__ = ["LlmClient", "LlmSession", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "gpt-4o-mini"
-tracer = trace.get_tracer("agentmesh.llm")
 log = structlog.get_logger("mesh.llm")
 
 
@@ -110,20 +107,16 @@ class LlmSession:
 
     async def _call(self, index: int, request: dict[str, Any]) -> ChatCompletion:
         model = request["model"]
-        with tracer.start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT) as span:
-            span.set_attributes(
-                {
-                    "gen_ai.operation.name": "chat",
-                    "gen_ai.provider.name": self._client.provider,
-                    "gen_ai.request.model": model,
-                    "gen_ai.conversation.id": self._task_id,
-                }
-            )
+        provider = self._client.provider
+        metric = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": model}
+        with chat_span(model, provider=provider, conversation_id=self._task_id) as span:
             started = time.perf_counter()
             try:
                 completion = await self._client.client.chat.completions.create(**request)
             except openai.APIError as error:
                 record_error(span, error)
+                failed = {**metric, "error.type": type(error).__name__}
+                instruments.llm_duration.record(time.perf_counter() - started, failed)
                 raise _task_error(error) from error
             latency_ms = (time.perf_counter() - started) * 1000
             usage = completion.usage
@@ -136,9 +129,11 @@ class LlmSession:
                     "gen_ai.usage.output_tokens": usage.completion_tokens if usage else 0,
                 }
             )
+        metric["gen_ai.response.model"] = completion.model
+        instruments.llm_duration.record(latency_ms / 1000, metric)
         if usage:
-            instruments.tokens.add(usage.prompt_tokens, {"gen_ai.request.model": model, "gen_ai.token.type": "input"})
-            instruments.tokens.add(usage.completion_tokens, {"gen_ai.request.model": model, "gen_ai.token.type": "output"})
+            instruments.tokens.record(usage.prompt_tokens, {**metric, "gen_ai.token.type": "input"})
+            instruments.tokens.record(usage.completion_tokens, {**metric, "gen_ai.token.type": "output"})
         call = LlmCalled(
             agent=self._agent,
             task_id=self._task_id,

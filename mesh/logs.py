@@ -1,45 +1,30 @@
-"""structlog set-up: JSON lines (pretty on a terminal), context from contextvars,
-trace ids from the current span, and secrets scrubbed before anything is written."""
+"""structlog set-up: JSON lines (readable on a terminal), context from contextvars, trace ids
+from the current span, and secrets scrubbed before anything is written.
+
+The runner binds `agent`, `event_id`, `correlation_id` and `task_id` for each message, and
+every line written inside a span carries its `trace_id` and `span_id`. Lines from other
+libraries (nats, httpx, openai, the OpenTelemetry exporters) go through the same chain, so
+they are JSON and scrubbed too.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
+from mesh.redact import REDACTED, is_secret_key, remember_secrets_from_env, scrub
 from mesh.telemetry import trace_ids
 
 __all__ = ["configure_logging", "scrub"]
 
-_SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|password|secret|token|credential|nkey|seed)", re.I)
-_SECRET_VALUES = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,}|SU[A-Z0-9]{40,}|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-.]+)"
-)
-_REDACTED = "[redacted]"
-
-
-def scrub(value: Any) -> Any:
-    """Replace anything that looks like a credential, in strings, dicts and lists."""
-    if isinstance(value, str):
-        return _SECRET_VALUES.sub(_REDACTED, value)
-    if isinstance(value, dict):
-        return {k: _REDACTED if _is_secret_key(k) else scrub(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v) for v in value]
-    return value
-
-
-def _is_secret_key(key: object) -> bool:
-    return isinstance(key, str) and bool(_SECRET_KEYS.search(key)) and key not in {"tokens", "input_tokens", "output_tokens"}
-
 
 def _scrub_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    return {k: _REDACTED if _is_secret_key(k) else scrub(v) for k, v in event_dict.items()}
+    return {k: REDACTED if is_secret_key(k) else scrub(v) for k, v in event_dict.items()}
 
 
 def _add_trace(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -50,23 +35,56 @@ def _add_trace(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mutable
     return event_dict
 
 
-def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
-    """JSON lines on stderr, or a console renderer when stderr is a terminal (`MESH_LOG_FORMAT`)."""
+def _wants_json(json: bool | None, stream: IO[str]) -> bool:
+    """`MESH_LOG_FORMAT=json|console`; by default JSON unless writing to a terminal."""
+    if json is not None:
+        return json
+    fmt = os.environ.get("MESH_LOG_FORMAT", "").lower()
+    return fmt == "json" or (fmt != "console" and not stream.isatty())
+
+
+def configure_logging(level: str | None = None, *, json: bool | None = None, stream: IO[str] | None = None) -> None:
+    """JSON lines on stderr, or a console renderer when stderr is a terminal (`MESH_LOG_FORMAT`);
+    level from `MESH_LOG_LEVEL` (default info)."""
+    remember_secrets_from_env()
+    stream = stream or sys.stderr
     level_name = (level or os.environ.get("MESH_LOG_LEVEL", "info")).upper()
-    fmt = os.environ.get("MESH_LOG_FORMAT", "")
-    as_json = json if json is not None else (fmt == "json" or (fmt != "console" and not sys.stderr.isatty()))
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    level_no = logging.getLevelNamesMapping()[level_name]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if _wants_json(json, stream)
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty() and "NO_COLOR" not in os.environ)
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_trace,
+        structlog.processors.format_exc_info,
+        _scrub_processor,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _add_trace,
-            structlog.processors.format_exc_info,
-            _scrub_processor,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level_name]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
+    _route_stdlib_logging(shared, renderer, stream, level_no)
+
+
+def _route_stdlib_logging(shared: list[Any], renderer: Any, stream: IO[str], level: int) -> None:
+    """Other libraries' `logging` records: same format, same scrubbing; warnings and up
+    unless the mesh itself logs at debug."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_mesh", False)]:
+        root.removeHandler(old)
+    handler._mesh = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level if level <= logging.DEBUG else logging.WARNING)

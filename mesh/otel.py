@@ -24,10 +24,21 @@ from mesh.errors import ConfigError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["Telemetry", "configure_from_env", "exporter_for", "protocol_for", "resource_for", "telemetry_wanted"]
+__all__ = [
+    "Telemetry",
+    "configure_from_env",
+    "exporter_for",
+    "metric_exporter",
+    "protocol_for",
+    "resource_for",
+    "span_exporter",
+    "telemetry_wanted",
+]
 
 _SIGNALS = ("traces", "metrics")
 _EXPORTERS = ("otlp", "console", "none")
@@ -139,22 +150,26 @@ def _tracer_provider(resource: Resource) -> TracerProvider | None:
     if exporter == "none":
         return None
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    span_exporter: SpanExporter
+    provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
+    provider.add_span_processor(BatchSpanProcessor(span_exporter(exporter)))  # OTEL_BSP_* apply
+    return provider
+
+
+def span_exporter(exporter: str) -> SpanExporter:
+    """The span exporter `otlp` (over `protocol_for("traces")`) or `console` stands for."""
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
     if exporter == "console":
-        span_exporter = ConsoleSpanExporter()
-    elif protocol_for("traces") == "grpc":
+        return ConsoleSpanExporter()
+    if protocol_for("traces") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 
-        span_exporter = GrpcSpanExporter()
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+        return GrpcSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
-        span_exporter = HttpSpanExporter()
-    provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
-    provider.add_span_processor(BatchSpanProcessor(span_exporter))
-    return provider
+    return HttpSpanExporter()
 
 
 def _meter_provider(resource: Resource) -> MeterProvider | None:
@@ -162,18 +177,23 @@ def _meter_provider(resource: Resource) -> MeterProvider | None:
     if exporter == "none":
         return None
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter, PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    metric_exporter: MetricExporter
+    # the export interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s)
+    reader = PeriodicExportingMetricReader(metric_exporter(exporter))
+    return MeterProvider(resource=resource, metric_readers=[reader])
+
+
+def metric_exporter(exporter: str) -> MetricExporter:
+    """The metric exporter `otlp` (over `protocol_for("metrics")`) or `console` stands for."""
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
     if exporter == "console":
-        metric_exporter = ConsoleMetricExporter()
-    elif protocol_for("metrics") == "grpc":
+        return ConsoleMetricExporter()
+    if protocol_for("metrics") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 
-        metric_exporter = GrpcMetricExporter()
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+        return GrpcMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 
-        metric_exporter = HttpMetricExporter()
-    # the export interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s)
-    return MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(metric_exporter)])
+    return HttpMetricExporter()

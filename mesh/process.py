@@ -40,18 +40,22 @@ def load_agent(target: str) -> Agent:
 
 
 async def serve(agent: Agent, settings: MeshSettings, options: RunnerOptions) -> None:
-    configure_from_env(service_name=agent.name)
     mesh = await Mesh.connect(settings=settings)
     runner = AgentRunner(agent, mesh, options)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await runner.start()
-    await stop.wait()
-    log.info("signal received; draining", agent=runner.agent_id)
-    await runner.stop("signal")
-    await mesh.close()
+    telemetry = configure_from_env(agent.name, role=agent.name, agent_id=runner.agent_id)
+    try:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await runner.start()
+        await stop.wait()
+        log.info("signal received; draining", agent=runner.agent_id)
+        await runner.stop("signal")
+        await mesh.close()
+    finally:
+        if telemetry is not None:  # export the spans and metrics still buffered
+            await asyncio.to_thread(telemetry.shutdown)
 
 
 def run_agent(target: str, settings: MeshSettings, options: RunnerOptions) -> None:

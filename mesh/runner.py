@@ -22,13 +22,14 @@ from nats.aio.msg import Msg
 
 from mesh.agent import Agent, Handler
 from mesh.client import Mesh
-from mesh.connection import ensure_consumer, presence_bucket
+from mesh.connection import TRANSIENT_ERRORS, ensure_consumer, presence_bucket
 from mesh.consumer import Delivery, WorkConsumer, parse_ack_subject
 from mesh.context import Context
 from mesh.deadletter import Reason, dead_letter, diagnose
 from mesh.errors import SchemaError
 from mesh.llm import LlmClient
-from mesh.telemetry import instruments, process_span, record_error
+from mesh.tools import ToolBox
+from mesh.telemetry import agent_span, instruments, process_span, record_error
 from topics import subjects
 from topics.agents import AgentStarted, AgentStopped, Presence
 from topics.base import ErrorInfo
@@ -64,7 +65,7 @@ def is_retryable(error: BaseException) -> bool:
     bug or bad input, and trying again would only repeat it."""
     if isinstance(error, SchemaError):
         return False
-    return bool(getattr(error, "retryable", False)) or isinstance(error, (TimeoutError, ConnectionError))
+    return bool(getattr(error, "retryable", False)) or isinstance(error, TRANSIENT_ERRORS)
 
 
 def _agent_id(name: str) -> str:
@@ -266,12 +267,15 @@ class AgentRunner:
             attempt=attempt,
             span=span,  # type: ignore[arg-type]
             llm=self.llm.session(self.mesh, self.agent.name, task_id, event.id, attempt) if self.llm else None,
+            tools=ToolBox(self.mesh, agent=self.agent.name, granted=self.agent.tools, task_id=task_id,
+                          cause_id=event.id, attempt=attempt),  # fmt: skip
         )
         started = time.perf_counter()
         try:
             if task.deadline and parse_time(task.deadline) < datetime.now(timezone.utc):
                 raise SchemaError(f"deadline {task.deadline} passed before the task could start")
-            output = await handler.fn(handler.convert(task.input), ctx)
+            with agent_span(self.agent.name, agent_id=self.agent_id, capability=handler.capability, task_id=task_id):
+                output = await handler.fn(handler.convert(task.input), ctx)
         except Exception as error:
             record_error(span, error)  # type: ignore[arg-type]
             if claim:

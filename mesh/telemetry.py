@@ -2,21 +2,38 @@
 
 With no SDK configured (no `OTEL_*` settings) every call here is the API's no-op and
 costs a few hundred nanoseconds. `mesh.otel.configure_from_env` installs the SDK.
+
+The span tree of one task (names use subject templates, never ids):
+
+    process mesh.work.report            CONSUMER  parent: the producer's `send` span
+      invoke_agent planner              INTERNAL  the handler call
+        send mesh.work.research         PRODUCER  -> process mesh.work.research in another process
+        chat gpt-4o-mini                CLIENT    one model call (GenAI attributes)
+        execute_tool search             INTERNAL  one tool call
+      send mesh.task.{task_id}          PRODUCER  the outcome
 """
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import context, metrics, propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+from mesh.redact import scrub_text
 
 __all__ = [
     "send_span",
     "process_span",
+    "agent_span",
+    "chat_span",
+    "tool_span",
     "subject_template",
     "trace_ids",
+    "tracing",
     "record_error",
     "instruments",
 ]
@@ -39,46 +56,94 @@ _TEMPLATES = {
 
 
 def subject_template(subject: str) -> str:
-    """`mesh.task.t-42` -> `mesh.task.{task_id}`: ids stay out of span names."""
+    """`mesh.task.t-42` -> `mesh.task.{task_id}`: ids stay out of span names. Work subjects
+    keep their capability (a small, fixed set); an unknown family hides its tail."""
     parts = subject.split(".", 2)
-    if len(parts) < 2 or parts[0] != "mesh":
+    if len(parts) < 3 or parts[0] != "mesh" or parts[1] == "work":
         return subject
-    return _TEMPLATES.get(parts[1], subject)
+    return _TEMPLATES.get(parts[1], f"mesh.{parts[1]}.{{id}}")
+
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_TOKENS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
 
 class _Instruments:
+    """Every metric the mesh records. Created on the global meter's proxy, so they export
+    through whichever MeterProvider is installed later, and cost nothing while none is."""
+
     def __init__(self) -> None:
-        self.published = meter.create_counter("mesh.events.published", description="events published")
-        self.processed = meter.create_counter("mesh.events.processed", description="events handled")
-        self.duration = meter.create_histogram("mesh.handler.duration", unit="s", description="handler time")
-        self.redeliveries = meter.create_counter("mesh.redeliveries", description="messages delivered again")
-        self.dead_letters = meter.create_counter("mesh.dead_letters", description="messages dead-lettered")
-        self.tokens = meter.create_counter("gen_ai.client.token.usage", unit="{token}", description="LLM tokens")
+        self.published = meter.create_counter("mesh.events.published", "{event}", "events published, by type")
+        self.processed = meter.create_counter("mesh.events.processed", "{event}", "events handled, by type and outcome")
+        self.duration = meter.create_histogram(
+            "mesh.handler.duration", "s", "handler time per task attempt", explicit_bucket_boundaries_advisory=_SECONDS
+        )
+        self.redeliveries = meter.create_counter("mesh.redeliveries", "{delivery}", "messages delivered again")
+        self.dead_letters = meter.create_counter("mesh.dead_letters", "{event}", "messages dead-lettered, by reason")
+        self.tokens = meter.create_histogram(
+            "gen_ai.client.token.usage", "{token}", "LLM tokens per call, by model and token type",
+            explicit_bucket_boundaries_advisory=_TOKENS,
+        )  # fmt: skip
+        self.llm_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", "s", "LLM call time", explicit_bucket_boundaries_advisory=_SECONDS
+        )
 
 
 instruments = _Instruments()
 
 
-def _messaging(subject: str, operation: str, kind: str, message_id: str) -> dict[str, str]:
+def tracing() -> bool:
+    """Whether an SDK tracer provider is installed; without one, spans take a fast path that
+    only carries an upstream `traceparent` through (so traces survive uninstrumented hops)."""
+    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+@contextmanager
+def _span(name: str, kind: SpanKind, attributes: dict[str, Any], **options: Any) -> Iterator[Span]:
+    """A current span whose failure is recorded once, with `error.type` and an ERROR status."""
+    if not tracing():
+        yield trace.get_current_span()
+        return
+    with tracer.start_as_current_span(
+        name, kind=kind, attributes=attributes, record_exception=False, set_status_on_exception=False, **options
+    ) as span:
+        try:
+            yield span
+        except Exception as error:
+            if not _failed(span):  # the code inside may have recorded the original error already
+                record_error(span, error)
+            raise
+
+
+def _failed(span: Span) -> bool:
+    status = getattr(span, "status", None)  # SDK spans have it; the API's no-op span does not
+    return status is not None and status.status_code is StatusCode.ERROR
+
+
+def _messaging(subject: str, operation: str, event_type: str, message_id: str) -> dict[str, Any]:
     return {
         "messaging.system": "nats",
         "messaging.destination.name": subject,
         "messaging.destination.template": subject_template(subject),
-        "messaging.operation.type": kind,
+        "messaging.operation.type": operation,
         "messaging.operation.name": operation,
         "messaging.message.id": message_id,
+        "cloudevents.event_id": message_id,
+        "cloudevents.event_type": event_type,
     }
 
 
 @contextmanager
 def send_span(subject: str, event_type: str, event_id: str) -> Iterator[dict[str, str]]:
     """A PRODUCER span; yields the W3C headers (`traceparent`, `tracestate`) to send along."""
-    attributes = _messaging(subject, "send", "send", event_id)
-    attributes["cloudevents.event_type"] = event_type
-    with tracer.start_as_current_span(
-        f"send {subject_template(subject)}", kind=SpanKind.PRODUCER, attributes=attributes
-    ):
+    if not tracing():
         carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # an upstream context, if this process is inside one
+        yield carrier
+        return
+    attributes = _messaging(subject, "send", event_type, event_id)
+    with _span(f"send {subject_template(subject)}", SpanKind.PRODUCER, attributes):
+        carrier = {}
         propagate.inject(carrier)
         yield carrier
 
@@ -94,9 +159,11 @@ def process_span(
     replayed: bool = False,
 ) -> Iterator[Span]:
     """A CONSUMER span whose parent is the producer's context; a replay links to it instead."""
+    if not tracing():
+        yield from _pass_through(carrier, replayed)
+        return
     parent = propagate.extract(carrier)
-    attributes = _messaging(subject, "process", "process", event_id)
-    attributes["cloudevents.event_type"] = event_type
+    attributes = _messaging(subject, "process", event_type, event_id)
     if consumer:
         attributes["messaging.consumer.group.name"] = consumer
     links: list[Link] = []
@@ -104,22 +171,78 @@ def process_span(
         producer = trace.get_current_span(parent).get_span_context()
         links = [Link(producer)] if producer.is_valid else []
         parent = None
-        attributes["mesh.replayed"] = "true"
-    with tracer.start_as_current_span(
-        f"process {subject_template(subject)}",
-        context=parent,
-        kind=SpanKind.CONSUMER,
-        attributes=attributes,
-        links=links,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
+        attributes["mesh.replayed"] = True
+    with _span(f"process {subject_template(subject)}", SpanKind.CONSUMER, attributes, context=parent, links=links) as span:
+        yield span
+
+
+def _pass_through(carrier: Mapping[str, str], replayed: bool) -> Iterator[Span]:
+    """No SDK here: make the producer's context current (unless replaying), record nothing."""
+    if replayed or "traceparent" not in carrier:
+        yield trace.INVALID_SPAN
+        return
+    token = context.attach(propagate.extract(carrier))
+    try:
+        yield trace.get_current_span()
+    finally:
+        context.detach(token)
+
+
+@contextmanager
+def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id: str = "") -> Iterator[Span]:
+    """`invoke_agent {agent}` (INTERNAL) around one handler call; its LLM and tool spans nest inside."""
+    attributes: dict[str, Any] = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent}
+    if agent_id:
+        attributes["gen_ai.agent.id"] = agent_id
+    if capability:
+        attributes["mesh.capability"] = capability
+    if task_id:
+        attributes["mesh.task_id"] = task_id
+    with _span(f"invoke_agent {agent}", SpanKind.INTERNAL, attributes) as span:
+        yield span
+
+
+@contextmanager
+def chat_span(model: str, *, provider: str, conversation_id: str | None = None) -> Iterator[Span]:
+    """`chat {model}` (CLIENT) around one model call; the caller adds the response attributes."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": model,
+    }
+    if conversation_id:
+        attributes["gen_ai.conversation.id"] = conversation_id
+    with _span(f"chat {model}", SpanKind.CLIENT, attributes) as span:
+        yield span
+
+
+@contextmanager
+def tool_span(name: str, *, call_id: str | None = None, description: str | None = None) -> Iterator[Span]:
+    """`execute_tool {name}` (INTERNAL) around one tool call. Arguments and results are not
+    recorded on the span (they may hold user data); the `mesh.tool.called` event has them.
+
+        with tool_span("search", call_id=call.id):
+            result = await search(**arguments)
+    """
+    attributes: dict[str, Any] = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
+                                  "gen_ai.tool.type": "function"}  # fmt: skip
+    if call_id:
+        attributes["gen_ai.tool.call.id"] = call_id
+    if description:
+        attributes["gen_ai.tool.description"] = description
+    with _span(f"execute_tool {name}", SpanKind.INTERNAL, attributes) as span:
         yield span
 
 
 def record_error(span: Span, error: BaseException) -> None:
-    span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    """Mark a span failed: the exception as an event, `error.type`, and an ERROR status.
+    Message and stack trace are scrubbed of credentials, as log lines are."""
+    if not span.is_recording():
+        return
+    stacktrace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    message = scrub_text(str(error))
+    span.record_exception(error, {"exception.message": message, "exception.stacktrace": scrub_text(stacktrace)})
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"))
     span.set_attribute("error.type", type(error).__name__)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from mesh import Agent, Context, RetryableError
+from mesh import Agent, Context, RetryableError, ToolNotGrantedError
+from mesh.tools import tool
 
 slow = Agent("slow")
 
@@ -42,3 +43,35 @@ async def fail(input: Any, ctx: Context) -> Any:
 @broken.task("primary")
 async def primary(input: Any, ctx: Context) -> Any:
     raise ValueError("primary gives up")
+
+
+@tool
+async def word_count(text: str) -> int:
+    """Count the words in a text."""
+    return len(text.split())
+
+
+@tool
+async def delete_everything(confirm: bool) -> str:
+    """A tool nobody is granted."""
+    return "deleted"
+
+
+toolsmith = Agent("toolsmith", tools=("word_count",))
+
+
+@toolsmith.task("count")
+async def count_with_tools(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """The model picks a granted tool; the agent runs it, then tries one it was not granted."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": input["text"]}]
+    first = await ctx.llm.chat(messages, tools=ctx.tools.specs())
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    result = await ctx.tools.call(call.function.name, call.function.arguments)  # type: ignore[union-attr]
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": str(result)}]  # fmt: skip
+    final = await ctx.llm.chat(messages, tools=ctx.tools.specs())
+    try:
+        await ctx.tools.call("delete_everything", {"confirm": True})
+    except ToolNotGrantedError as refused:
+        return {"count": result, "answer": final.choices[0].message.content, "refused": str(refused)}
+    return {"count": result, "refused": None}
