@@ -2,6 +2,7 @@
 durable CloudEvent in one log."""
 
 from mesh.agent import Agent, Handler
+from mesh.board import Board
 from mesh.client import Mesh, Published
 from mesh.config import MeshSettings
 from mesh.context import Context
@@ -20,12 +21,17 @@ from mesh.errors import (
 )
 from mesh.llm import LlmClient, LlmSession
 from mesh.runner import AgentRunner, RunnerOptions
+from mesh.tools import tool
+from mesh.votes import Proposal, Proposals
+from mesh.workflow import Flow, Workflows
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
     "AgentRunner",
+    "Board",
+    "Flow",
     "ConfigError",
     "ConflictError",
     "Context",
@@ -37,6 +43,8 @@ __all__ = [
     "MeshError",
     "MeshSettings",
     "NoServerError",
+    "Proposal",
+    "Proposals",
     "Published",
     "RetryableError",
     "RunnerOptions",
@@ -45,5 +53,7 @@ __all__ = [
     "TaskFailedError",
     "TaskTimeoutError",
     "ToolNotGrantedError",
+    "Workflows",
     "__version__",
+    "tool",
 ]

@@ -14,8 +14,7 @@ server refuses it if anything else landed on the key since: `VersionConflict` (a
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import msgspec
 from nats.js.errors import BadRequestError
@@ -29,7 +28,7 @@ from topics import subjects
 from topics.base import check_token
 from topics.board import BoardDeleted, BoardWritten
 
-__all__ = ["Board", "BoardChange", "BoardWatch", "VersionConflict", "WRONG_LAST_SEQUENCE"]
+__all__ = ["WRONG_LAST_SEQUENCE", "Board", "BoardChange", "BoardWatch", "VersionConflict"]
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
 
@@ -145,7 +144,9 @@ class Board:
         await self.refresh(at_least=published.seq)
         return self._revision(key, published.seq)
 
-    async def _publish(self, key: str, data: BoardWritten | BoardDeleted, event_id: str, expected: int | None) -> Published:
+    async def _publish(
+        self, key: str, data: BoardWritten | BoardDeleted, event_id: str, expected: int | None
+    ) -> Published:
         return await self.mesh.publish(
             subjects.board(self.name, key),
             data,
@@ -183,7 +184,7 @@ class BoardWatch:
         self._state = BOARD.initial()
         self._follow: Follow | None = None
 
-    async def start(self) -> BoardWatch:
+    async def start(self) -> Self:
         if self._follow is None:
             if self.since is None:
                 self._state = BOARD.copy_state(await self.board.refresh())
@@ -221,13 +222,13 @@ class BoardWatch:
         if self._follow is not None:
             await self._follow.close()
 
-    async def __aenter__(self) -> BoardWatch:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
-    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def __aiter__(self) -> BoardWatch:
+    def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> BoardChange:

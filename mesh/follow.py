@@ -9,8 +9,7 @@ subject (compare-and-set counts it), so it comes back with `record=None`.
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import msgspec
 from nats.aio.msg import Msg
@@ -58,10 +57,12 @@ def _stored(msg: Msg) -> Stored:
 
 
 class Follow:
-    """An ordered consumer on ``filter_subject`` from the message after ``after``.
+    """An ordered consumer on ``filter_subject`` from the message after ``after``::
 
         async with Follow(mesh, "mesh.vote.p1") as events:
-            item = await events.next(timeout=1.0)   # None when nothing came in time
+            item = await events.next(timeout=1.0)  # None when nothing came in time
+
+    Close it (or leave the `async with`) when done: it holds a consumer on the server.
     """
 
     def __init__(self, mesh: Mesh, filter_subject: str, *, after: int = 0) -> None:
@@ -71,7 +72,7 @@ class Follow:
         self._queue: asyncio.Queue[Stored] = asyncio.Queue()
         self._sub: Any = None
 
-    async def start(self) -> Follow:
+    async def start(self) -> Self:
         if self._sub is None:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
             if self.after > 0:
@@ -89,7 +90,7 @@ class Follow:
         await self.start()
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     async def close(self) -> None:
@@ -98,13 +99,13 @@ class Follow:
             if not self.mesh.nc.is_closed:
                 await sub.unsubscribe()
 
-    async def __aenter__(self) -> Follow:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
-    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def __aiter__(self) -> Follow:
+    def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Stored:

@@ -59,7 +59,7 @@ def _as_text(value: Any) -> str:
 def lookup(path: str, scope: dict[str, Any]) -> Any:
     """The value at a dotted ``path`` in ``scope``; TemplateError says where it stopped."""
     value: Any = scope
-    walked = []
+    walked: list[str] = []
     for token in path.split("."):
         value = _step_into(value, token, path, ".".join(walked))
         walked.append(token)

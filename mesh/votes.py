@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from nats.js.errors import BadRequestError
 
@@ -57,8 +57,8 @@ def deadline_at(deadline: float | datetime | str | None) -> str | None:
     if isinstance(deadline, datetime):
         moment = deadline
     else:
-        moment = datetime.now(timezone.utc) + timedelta(seconds=deadline)
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        moment = datetime.now(UTC) + timedelta(seconds=deadline)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class Proposals:
@@ -149,7 +149,7 @@ class Proposal:
         """Wait for the decision (recording it when this observer sees it is due)."""
         try:
             return await asyncio.wait_for(self._await_decision(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise VoteTimeoutError(f"proposal {self.proposal_id} not decided after {timeout:g}s") from None
 
     async def _await_decision(self) -> VoteDecided:
@@ -234,5 +234,5 @@ def _check_vote(view: ProposalView, voter: str, choice: str) -> None:
 def _seconds_until(deadline: str | None) -> float | None:
     if deadline is None:
         return None
-    left = (instant(deadline) - datetime.now(timezone.utc)).total_seconds()
+    left = (instant(deadline) - datetime.now(UTC)).total_seconds()
     return max(0.0, left) + (0.01 if left > 0 else 0.0)

@@ -22,7 +22,7 @@ class TestPublicApi:
     def test_exports_are_pinned(self) -> None:
         """`mesh.__all__` is the public API; changing it is a decision, not an accident."""
         assert sorted(mesh.__all__) == sorted([
-            "Agent", "AgentRunner", "ConfigError", "ConflictError", "Context", "Handler", "LlmClient",
+            "Agent", "AgentRunner", "Board", "Flow", "Proposal", "Proposals", "Workflows", "tool", "ConfigError", "ConflictError", "Context", "Handler", "LlmClient",
             "LlmSession", "LogGapError", "Mesh", "MeshError", "MeshSettings", "NoServerError", "Published",
             "RetryableError", "RunnerOptions", "SchemaError", "TaskError", "TaskFailedError",
             "TaskTimeoutError", "ToolNotGrantedError", "__version__",
@@ -162,3 +162,25 @@ class TestOfflineModel:
         client = openai.AsyncOpenAI(api_key="x", base_url="http://offline.invalid/v1", http_client=offline_http_client())
         with pytest.raises(openai.NotFoundError):
             await client.embeddings.create(model="m", input="x")
+
+
+class TestUpcasting:
+    def test_retired_type_is_read_as_its_replacement(self) -> None:
+        """An upcaster turns an old event's data into the new type when it is read."""
+        from topics.chat import ChatMessage
+        from topics.registry import UPCASTERS
+
+        UPCASTERS["mesh.chat.said"] = ("mesh.chat.message", lambda old: {"room": old["channel"], "speaker": old["who"],
+                                                                        "content": old["text"]})  # fmt: skip
+        try:
+            data = decode_data("mesh.chat.said", b'{"channel": "r", "who": "ada", "text": "hi"}')
+        finally:
+            del UPCASTERS["mesh.chat.said"]
+        assert data == ChatMessage(room="r", speaker="ada", content="hi")
+
+    def test_events_doc_is_current(self) -> None:
+        """docs/EVENTS.md is what `python -m topics.doc` prints for the Structs as they are."""
+        from topics.doc import render
+        from tests.conftest import ROOT
+
+        assert (ROOT / "docs" / "EVENTS.md").read_text().strip() == render().strip()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import msgspec
 
@@ -18,7 +20,7 @@ from topics.flows import FlowEvent
 from topics.tasks import TaskEvent
 from topics.votes import VoteEvent
 
-__all__ = ["EVENT_TYPES", "AnyEvent", "decode_data", "encode_data", "event_class"]
+__all__ = ["EVENT_TYPES", "UPCASTERS", "AnyEvent", "decode_data", "encode_data", "event_class"]
 
 AnyEvent = (
     TaskEvent | BoardEvent | VoteEvent | FlowEvent | ChatEvent | BidEvent | CallEvent | AgentEvent | DeadEvent
@@ -32,6 +34,9 @@ def _members(union: object) -> list[type[Event]]:
 EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in _members(AnyEvent)}
 
 _encoder = msgspec.json.Encoder()
+
+UPCASTERS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+"""Retired type -> (its replacement, a function turning old data into new). Read side only."""
 
 
 @cache
@@ -48,7 +53,11 @@ def event_class(event_type: str) -> type[Event]:
 
 
 def decode_data(event_type: str, raw: bytes | msgspec.Raw) -> Event:
-    """Decode `data` against the schema of `event_type` (KeyError, msgspec errors on failure)."""
+    """Decode `data` against the schema of `event_type` (KeyError, msgspec errors on failure).
+    A retired type is upcast to its replacement first."""
+    if event_type in UPCASTERS:
+        new_type, upcast = UPCASTERS[event_type]
+        return msgspec.convert(upcast(msgspec.json.decode(raw)), event_class(new_type))
     return _decoder(event_class(event_type)).decode(raw)
 
 

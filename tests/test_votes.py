@@ -1,0 +1,130 @@
+"""Consensus voting against a real nats-server: every rule, the deadline, one decision."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from mesh import Mesh
+from mesh.votes import Proposals, VoteRejected, VoteTimeoutError, decided_id
+from tests.conftest import AgentProcesses
+from tests.helpers import EventLog
+
+VOTERS = ("ann", "bob", "cyd")
+
+
+async def run_vote(mesh: Mesh, votes: dict[str, str], **terms: Any) -> Any:
+    proposals = Proposals(mesh)
+    proposal = await proposals.propose("ship it?", ["yes", "no"], **terms)
+    for voter, choice in votes.items():
+        await proposals.cast(proposal.proposal_id, choice, voter=voter)
+    return await proposal.outcome(timeout=10)
+
+
+def decisions(log: EventLog) -> list[Any]:
+    return [r.data for r in log.of_type("mesh.vote.decided")]
+
+
+class TestRules:
+    async def test_majority(self, mesh: Mesh) -> None:
+        """Majority: two of three voters agree and the proposal is decided."""
+        decided = await run_vote(mesh, {"ann": "yes", "bob": "yes"}, voters=VOTERS)
+        assert (decided.outcome, decided.reason) == ("yes", "majority")
+        assert decided.tally == {"yes": 2.0, "no": 0.0}
+
+    async def test_unanimous(self, mesh: Mesh) -> None:
+        """Unanimous: decided once every voter chose the same option."""
+        decided = await run_vote(mesh, {"ann": "no", "bob": "no", "cyd": "no"}, rule="unanimous", voters=VOTERS)
+        assert (decided.outcome, decided.reason) == ("no", "unanimous")
+
+    async def test_unanimous_fails_on_dissent(self, mesh: Mesh) -> None:
+        """Unanimous: one differing vote decides it with no outcome."""
+        decided = await run_vote(mesh, {"ann": "yes", "bob": "no"}, rule="unanimous", voters=VOTERS)
+        assert decided.outcome is None and "differ" in decided.reason
+
+    async def test_quorum(self, mesh: Mesh) -> None:
+        """Quorum k of n: the first option with k votes wins, before the others vote."""
+        votes = {"ann": "no", "bob": "yes", "cyd": "yes"}
+        decided = await run_vote(mesh, votes, rule="quorum", quorum=2, voters=(*VOTERS, "dan", "eve"))
+        assert (decided.outcome, decided.reason) == ("yes", "quorum of 2")
+
+    async def test_weighted(self, mesh: Mesh) -> None:
+        """Weighted: one heavy voter outweighs two light ones."""
+        weights = {"ann": 3.0, "bob": 1.0, "cyd": 1.0}
+        decided = await run_vote(mesh, {"bob": "no", "cyd": "no", "ann": "yes"}, rule="weighted", weights=weights)
+        assert (decided.outcome, decided.tally) == ("yes", {"yes": 3.0, "no": 2.0})
+
+
+class TestDeadline:
+    async def test_plurality_at_deadline(self, mesh: Mesh) -> None:
+        """When the deadline passes before the rule decides, the plurality wins."""
+        started = asyncio.get_running_loop().time()
+        decided = await run_vote(mesh, {"ann": "no"}, voters=VOTERS, deadline=1.0)
+        assert (decided.outcome, decided.reason) == ("no", "deadline: plurality")
+        assert asyncio.get_running_loop().time() - started >= 0.9
+
+    async def test_no_votes_by_deadline(self, mesh: Mesh) -> None:
+        """No vote by the deadline: decided with no outcome."""
+        decided = await run_vote(mesh, {}, voters=VOTERS, deadline=0.5)
+        assert decided.outcome is None and decided.reason == "deadline: no votes"
+
+    async def test_late_vote_rejected(self, mesh: Mesh) -> None:
+        """A vote after the deadline is refused at the caller."""
+        proposals = Proposals(mesh)
+        proposal = await proposals.propose("late?", ["yes"], deadline=0.2)
+        await asyncio.sleep(0.3)
+        with pytest.raises(VoteRejected, match="deadline"):
+            await proposal.cast("yes", voter="ann")
+
+    async def test_open_vote_times_out(self, mesh: Mesh) -> None:
+        """Waiting on an undecided proposal without a deadline ends with VoteTimeoutError."""
+        proposal = await Proposals(mesh).propose("forever?", ["yes", "no"], voters=VOTERS)
+        with pytest.raises(VoteTimeoutError):
+            await proposal.outcome(timeout=0.5)
+
+
+class TestExactlyOnce:
+    async def test_many_observers_one_decision(self, mesh: Mesh, nats_url: str, log: EventLog) -> None:
+        """Proposer, voters and watchers all observe the decision; the log holds exactly one."""
+        proposals = Proposals(mesh)
+        proposal = await proposals.propose("one?", ["a", "b"], voters=VOTERS, deadline=1.0)
+        async with await Mesh.connect(nats_url) as other:
+            watchers = [Proposals(m).get(proposal.proposal_id).outcome(timeout=10) for m in (mesh, other) * 3]
+            voting = [Proposals(other).cast(proposal.proposal_id, "a", voter=v) for v in VOTERS]
+            outcomes, _ = await asyncio.gather(asyncio.gather(*watchers), asyncio.gather(*voting))
+        assert {(d.outcome, d.reason) for d in outcomes} == {("a", "majority")}
+        await asyncio.sleep(1.2)  # past the deadline: a late observer must not decide again
+        assert (await proposal.outcome(timeout=5)).outcome == "a"
+        assert await proposal.settle() is not None
+        assert len(decisions(log)) == 1
+        assert log.of_type("mesh.vote.decided")[0].event.id == decided_id(proposal.proposal_id)
+
+    async def test_bad_votes_rejected(self, mesh: Mesh) -> None:
+        """Unknown options, voters off the roster and decided proposals refuse the vote."""
+        proposals = Proposals(mesh)
+        proposal = await proposals.propose("q", ["yes", "no"], voters=("ann",))
+        with pytest.raises(VoteRejected, match="not an option"):
+            await proposal.cast("maybe", voter="ann")
+        with pytest.raises(VoteRejected, match="roster"):
+            await proposal.cast("yes", voter="zed")
+        await proposal.cast("yes", voter="ann")
+        with pytest.raises(VoteRejected, match="already decided"):
+            await proposal.cast("no", voter="ann")
+        with pytest.raises(VoteRejected, match="does not exist"):
+            await proposals.cast("nope", "yes", voter="ann")
+
+
+class TestFromAgents:
+    async def test_agents_propose_and_vote(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """An agent proposes through ctx.propose; voter tasks cast through ctx.cast; one decision."""
+        await agents.start("tests.pattern_agents:voter")
+        output = await mesh.request("propose", {
+            "question": "which cache?", "options": ["redis", "memcached"], "voters": list(VOTERS),
+            "votes": {"ann": "redis", "bob": "memcached", "cyd": "redis"},
+        }, timeout=60)  # fmt: skip
+        assert output["outcome"] == "redis" and output["tally"] == {"redis": 2.0, "memcached": 1.0}
+        assert len(decisions(log)) == 1
+        casts = log.of_type("mesh.vote.cast")
+        assert len(casts) == 3 and all(r.event.causationid for r in casts)

@@ -1,0 +1,270 @@
+"""Workflows: templates, specs, the pure scheduling decisions, and the orchestrator as a
+real process, killed and restarted mid-workflow."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from mesh import ConfigError, Mesh
+from mesh.orchestrator import Fail, Finish, Schedule, decide, spec_of, step_task_id
+from mesh.projections import WORKFLOWS, WorkflowView, fold
+from mesh.templates import TemplateError, references, resolve
+from mesh.workflow import Flow, WorkflowFailedError, Workflows, WorkflowSpec, default_output, load, parse
+from tests.conftest import ROOT, AgentProcesses
+from tests.helpers import EventLog
+from topics import CloudEvent, Event, Record, decode_data, encode_data
+from topics.base import ErrorInfo
+from topics.flows import FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+
+SCOPE = {"input": {"topic": "tea", "tags": ["a", "b"]}, "steps": {"r": {"output": {"notes": ["n0", "n1"]}}}}
+
+
+class TestTemplates:
+    def test_whole_references_keep_their_type(self) -> None:
+        """A string that is one reference becomes the value it names, of any type."""
+        template = {"t": "$input.topic", "all": "$input", "n": "$steps.r.output.notes.1", "k": ["$input.tags"]}
+        assert resolve(template, SCOPE) == {"t": "tea", "all": SCOPE["input"], "n": "n1", "k": [["a", "b"]]}
+
+    def test_inline_and_escape(self) -> None:
+        """`${...}` interpolates as text, `$$` is a literal dollar, other values pass through."""
+        assert resolve("on ${input.topic}: ${input.tags}", SCOPE) == 'on tea: ["a","b"]'
+        assert resolve(["$$input", 5, None, "plain $ text"], SCOPE) == ["$input", 5, None, "plain $ text"]
+
+    def test_missing_reference_says_where(self) -> None:
+        """A reference to nothing raises TemplateError naming what is there."""
+        with pytest.raises(TemplateError, match=r"\$steps\.r\.output\.summary: steps\.r\.output has no 'summary'"):
+            resolve("$steps.r.output.summary", SCOPE)
+        with pytest.raises(TemplateError, match="has 2 items, no item 5"):
+            resolve("$input.tags.5", SCOPE)
+
+    def test_references(self) -> None:
+        """The step names a template refers to, at any depth."""
+        assert references({"a": ["$steps.x.output", "see ${steps.y.output.z}"], "b": "$$steps.no"}) == {"x", "y"}
+
+
+class TestSpec:
+    def test_inputs_imply_dependencies(self) -> None:
+        """A step waits for the steps its input refers to, besides its explicit `after`."""
+        flow = Flow("f")
+        flow.step("a", "echo", {"x": 1})
+        flow.step("b", "echo", "$steps.a.output")
+        flow.step("c", "echo", after=("b",), input={"both": ["$steps.a.output", "$steps.b.output"]})
+        spec = flow.build()
+        assert spec.steps["b"].after == ("a",) and spec.steps["c"].after == ("b", "a")
+        assert default_output(spec) == "$steps.c.output"
+
+    def test_bad_graphs_refused(self) -> None:
+        """Unknown dependencies, cycles and bad names are ConfigErrors at build time."""
+        with pytest.raises(ConfigError, match="unknown steps"):
+            parse({"steps": {"a": {"capability": "echo", "after": ["zzz"]}}})
+        with pytest.raises(ConfigError, match="cycle"):
+            parse({"steps": {"a": {"capability": "echo", "input": "$steps.b.output"},
+                             "b": {"capability": "echo", "input": "$steps.a.output"}}})  # fmt: skip
+        with pytest.raises(ConfigError, match="cannot be a NATS subject token"):
+            parse({"steps": {"a b": {"capability": "echo"}}})
+        with pytest.raises(ConfigError, match="not a workflow spec"):
+            parse({"steps": {"a": {"capability": "echo", "retry": 3}}})
+
+    def test_example_toml(self) -> None:
+        """examples/report.toml: three parallel research steps, then write."""
+        spec = load(ROOT / "examples" / "report.toml")
+        assert [s.capability for s in spec.steps.values()] == ["research"] * 3 + ["write"]
+        assert spec.steps["write"].after == ("background", "practice", "problems")
+
+    def test_several_ends(self) -> None:
+        """With several last steps, the default output is a dict of their outputs."""
+        spec = parse({"steps": {"a": {"capability": "echo"}, "b": {"capability": "echo"}}})
+        assert default_output(spec) == {"a": "$steps.a.output", "b": "$steps.b.output"}
+
+
+def rec(data: Event, seq: int) -> Record:
+    raw = encode_data(data)
+    event = CloudEvent(specversion="1.0", id=f"ev-{seq}", source="test", type=type(data).TYPE,
+                       time=f"2026-01-01T00:00:{seq:02d}Z", correlationid="wf", data=msgspec.Raw(raw))  # fmt: skip
+    return Record(seq=seq, subject="mesh.flow.wf", event=event, data=decode_data(event.type, raw))
+
+
+def view_of(spec: WorkflowSpec, *events: Event) -> WorkflowView:
+    started = FlowStarted(workflow_id="wf", name=spec.name, spec=msgspec.to_builtins(spec), input={"n": 1})
+    records = [rec(data, seq) for seq, data in enumerate((started, *events), start=1)]
+    return fold(WORKFLOWS, records).workflows["wf"]
+
+
+def diamond() -> WorkflowSpec:
+    flow = Flow("diamond")
+    flow.step("a", "echo", "$input.n")
+    flow.step("b", "echo", "$input.n", retries=1)
+    flow.step("c", "echo", ["$steps.a.output", "$steps.b.output"])
+    return flow.build()
+
+
+def scheduled(step: str, attempt: int = 1) -> FlowStepScheduled:
+    return FlowStepScheduled(workflow_id="wf", step=step, task_id=step_task_id("wf", step, attempt), attempt=attempt)
+
+
+def completed(step: str, output: Any) -> FlowStepCompleted:
+    return FlowStepCompleted(workflow_id="wf", step=step, task_id="t", output=output)
+
+
+def failed(step: str, attempt: int, error: ErrorInfo) -> FlowStepFailed:
+    return FlowStepFailed(workflow_id="wf", step=step, task_id=step_task_id("wf", step, attempt), error=error)
+
+
+class TestDecide:
+    def test_independent_steps_together(self) -> None:
+        """Every step whose dependencies are met is scheduled at once; the rest wait."""
+        spec = diamond()
+        assert decide(view_of(spec), spec) == [Schedule("a", 1), Schedule("b", 1)]
+        assert decide(view_of(spec, scheduled("a"), scheduled("b")), spec) == []
+        view = view_of(spec, scheduled("a"), scheduled("b"), completed("a", 1), completed("b", 1))
+        assert decide(view, spec) == [Schedule("c", 1)]
+
+    def test_finish_with_output(self) -> None:
+        """When every step completed, the workflow finishes with its output template resolved."""
+        spec = diamond()
+        done = [scheduled("a"), scheduled("b"), completed("a", 1), completed("b", 2), scheduled("c"),
+                completed("c", [1, 2])]  # fmt: skip
+        assert decide(view_of(spec, *done), spec) == [Finish([1, 2])]
+
+    def test_retry_then_fail(self) -> None:
+        """A failed step is tried again while it has retries left, then fails the workflow."""
+        spec = diamond()
+        boom = ErrorInfo(type="Boom", message="no")
+        first = [scheduled("a"), scheduled("b"), failed("b", 1, boom)]
+        assert decide(view_of(spec, *first), spec) == [Schedule("b", 2)]
+        second = [*first, scheduled("b", 2), failed("b", 2, boom)]
+        assert decide(view_of(spec, *second), spec) == [Fail("b", boom)]
+
+    def test_bad_reference_fails_the_step(self) -> None:
+        """An input that refers to a missing output fails the workflow instead of scheduling."""
+        spec = parse({"steps": {"a": {"capability": "echo"},
+                                "b": {"capability": "echo", "input": "$steps.a.output.missing"}}})  # fmt: skip
+        decisions = decide(view_of(spec, scheduled("a"), completed("a", {"x": 1})), spec)
+        assert len(decisions) == 1 and isinstance(decisions[0], Fail) and decisions[0].record_step
+        assert decisions[0].error.type == "TemplateError"
+
+    def test_bad_spec_fails(self) -> None:
+        """A started workflow whose spec is not a workflow spec fails at once."""
+        started = FlowStarted(workflow_id="wf", name="x", spec={"steps": 5})
+        view = fold(WORKFLOWS, [rec(started, 1)]).workflows["wf"]
+        assert [type(d) for d in decide(view, spec_of(view))] == [Fail]
+
+
+def of_step(log: EventLog, event_type: str, task_ids: set[str]) -> Counter[str]:
+    return Counter(r.data.task_id for r in log.of_type(event_type) if r.data.task_id in task_ids)  # type: ignore[attr-defined]
+
+
+def flow_events(log: EventLog, event_type: str, workflow_id: str) -> list[Record]:
+    return [r for r in log.of_type(event_type) if r.data.workflow_id == workflow_id]  # type: ignore[attr-defined]
+
+
+async def until_ended(log: EventLog, workflow_id: str) -> None:
+    """Wait until the test's own log has caught up with the workflow's end."""
+    ends = ("mesh.flow.completed", "mesh.flow.failed")
+    await log.wait_for(lambda r: r.event.type in ends and r.data.workflow_id == workflow_id)  # type: ignore[attr-defined]
+
+
+class TestOrchestrator:
+    async def test_parallel_then_fan_in(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """Independent steps are scheduled together; the fan-in step gets both outputs."""
+        await agents.start("agents.orchestrator:agent")
+        await agents.start("tests.pattern_agents:steps")
+        await agents.start("agents.echo:agent")
+        flow = Flow("fan")
+        flow.step("left", "echo", {"side": "L", "n": "$input.n"})
+        flow.step("right", "echo", {"side": "R"})
+        flow.step("join", "concat", {"parts": ["$steps.left.output.side", "$steps.right.output.side", "${input.n}"]})
+        flows = Workflows(mesh)
+        workflow_id = await flows.start(flow.build(), {"n": 7})
+        assert await flows.result(workflow_id, timeout=60) == {"joined": "L+R+7"}
+        await until_ended(log, workflow_id)
+        events = [r.data for r in log.records if getattr(r.data, "workflow_id", None) == workflow_id]
+        kinds = [(type(e).__name__, getattr(e, "step", "")) for e in events]
+        assert kinds[1:3] == [("FlowStepScheduled", "left"), ("FlowStepScheduled", "right")]
+        assert (await flows.view(workflow_id)).status == "completed"
+        assert (await mesh.outcome(workflow_id, timeout=10)).data.output == {"joined": "L+R+7"}  # type: ignore[attr-defined]
+
+    async def test_retry_succeeds(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A step that fails once is retried as a new task and the workflow completes."""
+        await agents.start("agents.orchestrator:agent")
+        await agents.start("tests.pattern_agents:steps")
+        spec = parse({"steps": {"flaky": {"capability": "once", "input": {"key": "k1"}, "retries": 2}}})
+        workflow_id = await Workflows(mesh).start(spec)
+        output = await Workflows(mesh).result(workflow_id, timeout=60)
+        await until_ended(log, workflow_id)
+        assert output == {"key": "k1", "second_try": step_task_id(workflow_id, "flaky", 2)}
+        assert len(flow_events(log, "mesh.flow.step_failed", workflow_id)) == 1
+        assert [r.data.attempt for r in flow_events(log, "mesh.flow.step_scheduled", workflow_id)] == [1, 2]  # type: ignore[attr-defined]
+
+    async def test_failure_after_retries(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A step that keeps failing fails the workflow once its retries are spent."""
+        await agents.start("agents.orchestrator:agent")
+        await agents.start("tests.fixture_agents:broken")
+        spec = parse({"steps": {"bad": {"capability": "broken", "input": 1, "retries": 1}}})
+        workflow_id = await Workflows(mesh).start(spec)
+        with pytest.raises(WorkflowFailedError, match="cannot handle 1"):
+            await Workflows(mesh).result(workflow_id, timeout=60)
+        await until_ended(log, workflow_id)
+        assert len(flow_events(log, "mesh.flow.step_failed", workflow_id)) == 2
+        assert len(flow_events(log, "mesh.flow.failed", workflow_id)) == 1
+
+    async def test_started_by_a_plain_task(self, mesh: Mesh, agents: AgentProcesses) -> None:
+        """Any NATS client can start a workflow with one `workflow` task carrying the spec."""
+        await agents.start("agents.orchestrator:agent")
+        await agents.start("agents.echo:agent")
+        spec = {"steps": {"only": {"capability": "echo", "input": "$input"}}}
+        assert await mesh.request("workflow", {"spec": spec, "input": [1, 2]}, timeout=60) == [1, 2]
+
+    async def test_kill_9_and_restart(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """Kill -9 the orchestrator mid-workflow and start another: the workflow finishes,
+        every step task ran once, and the workflow completed once."""
+        orchestrator = await agents.start("agents.orchestrator:agent", "--ack-wait", "2")
+        await agents.start("tests.fixture_agents:slow")
+        await agents.start("tests.pattern_agents:steps")
+        flow = Flow("killme")
+        flow.step("a", "slow", {"n": 1, "hold": 3})
+        flow.step("b", "slow", {"n": 2, "hold": 3})
+        flow.step("c", "concat", {"parts": ["$steps.a.output.done", "$steps.b.output.done"]})
+        workflow_id = await Workflows(mesh).start(flow.build())
+        steps = {step_task_id(workflow_id, name, 1) for name in "abc"}
+        await log.wait_for(lambda r: r.event.type == "mesh.task.progress" and r.data.task_id in steps, count=2)  # type: ignore[attr-defined]
+        os.kill(orchestrator.pid, signal.SIGKILL)
+        orchestrator.wait()
+        assert not flow_events(log, "mesh.flow.step_completed", workflow_id)
+        await agents.start("agents.orchestrator:agent", "--ack-wait", "2")
+        assert await Workflows(mesh).result(workflow_id, timeout=60) == {"joined": "1+2"}
+        await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == workflow_id)  # type: ignore[attr-defined]
+        assert of_step(log, "mesh.task.requested", steps) == Counter(dict.fromkeys(steps, 1))
+        assert of_step(log, "mesh.task.claimed", steps) == Counter(dict.fromkeys(steps, 1))
+        assert of_step(log, "mesh.task.completed", steps) == Counter(dict.fromkeys(steps, 1))
+        for kind in ("mesh.flow.step_scheduled", "mesh.flow.step_completed"):
+            assert Counter(r.data.step for r in flow_events(log, kind, workflow_id)) == Counter("abc")  # type: ignore[attr-defined]
+        assert len(flow_events(log, "mesh.flow.completed", workflow_id)) == 1
+        drives = [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.task_id == workflow_id]  # type: ignore[attr-defined]
+        assert drives == [1, 2]
+
+
+class TestCli:
+    async def test_flow_run_follow(self, nats_url: str, agents: AgentProcesses) -> None:
+        """`mesh flow run examples/report.toml --follow` shows progress and prints the report."""
+        for target in ("agents.orchestrator:agent", "agents.researcher:agent", "agents.researcher:agent",
+                       "agents.writer:agent"):  # fmt: skip
+            await agents.start(target)
+        command = [sys.executable, "-m", "mesh", "flow", "run", str(Path("examples") / "report.toml"),
+                   "--input", '{"topic": "tea"}', "--follow", "--nats", nats_url]  # fmt: skip
+        done = await asyncio.to_thread(subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr
+        report = msgspec.json.decode(done.stdout)
+        assert report["title"] == "Report: tea" and len(report["sections"]) == 3
+        assert "scheduled" in done.stderr and "workflow completed" in done.stderr
+        assert done.stderr.count("✓") == 4 + 1 - 1  # four steps completed (the ending line is ■)
