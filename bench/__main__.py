@@ -1,41 +1,47 @@
-"""`python -m bench`: run every benchmark, print a table of mesh vs raw, write JSON results.
+"""`python -m bench`: run every benchmark; each prints a table of mesh vs its raw baseline.
 
-Exit status 0 when every target is met, 1 when one is missed (the numbers are still printed).
+    python -m bench                      every benchmark with its defaults
+    python -m bench tasks [OPTIONS]      one benchmark (`python -m bench tasks --help`)
+
+Exit status 0 when every target is met, 1 when one is missed (the numbers are still printed),
+130 when interrupted (the servers and worker processes are stopped either way).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
+import importlib
 import sys
 
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--tasks", type=int, default=_env_int("BENCH_TASKS", 5000),
-                        help="echo tasks per throughput run (env BENCH_TASKS; default 5000)")
-    parser.add_argument("--runs", type=int, default=_env_int("BENCH_RUNS", 3),
-                        help="throughput runs per side; the median is reported (env BENCH_RUNS; default 3)")
-    parser.add_argument("--warmup-tasks", type=int, default=_env_int("BENCH_WARMUP_TASKS", 1000))
-    parser.add_argument("--in-flight", type=int, default=64, help="tasks in flight (default 64)")
-    parser.add_argument("--samples", type=int, default=_env_int("BENCH_SAMPLES", 1000),
-                        help="latency samples per side (env BENCH_SAMPLES; default 1000)")
-    parser.add_argument("--warmup-samples", type=int, default=100)
-    parser.add_argument("--parts", nargs="+", default=["throughput", "latency"], choices=["throughput", "latency"])
-    parser.add_argument("--out", default=None, help="JSON results file (default .mesh/bench/tasks.json)")
-    return parser.parse_args(argv)  # fmt: skip
+# name -> module with `main(argv: list[str] | None) -> int`, in the order they run
+BENCHMARKS = {
+    "tasks": "bench.tasks",  # issue #2: task throughput and hop latency
+    "rebuild": "bench.rebuild",  # issue #3: rebuilding projections from the log
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from bench import tasks
-
-    rows = tasks.main(args)
-    return 0 if all(row.passed is not False for row in rows) else 1
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("benchmarks:", ", ".join(BENCHMARKS))
+        return 0
+    if argv and argv[0] in BENCHMARKS:
+        chosen, options = [argv[0]], argv[1:]
+    elif argv:
+        print(f"unknown benchmark {argv[0]!r}; choose from: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    else:
+        chosen, options = list(BENCHMARKS), []
+    status = 0
+    for name in chosen:
+        print(f"\n=== bench {name} ===", flush=True)
+        try:
+            code = importlib.import_module(BENCHMARKS[name]).main(options)
+        except KeyboardInterrupt:
+            print("interrupted; the server and worker processes were stopped", file=sys.stderr)
+            return 130
+        status = max(status, code)
+    return status
 
 
 if __name__ == "__main__":

@@ -24,7 +24,34 @@ from mesh.server import LocalServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ROOT", "Bench", "Row", "percentile", "print_table"]
+__all__ = ["ROOT", "Bench", "Row", "cpu_seconds", "percentile", "print_table", "stop_on_sigterm"]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every `Bench` stops its server and workers on the way out
+    (inside an event loop, `tasks.until_stopped` cancels the run instead)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of a process so far: this one, or another by pid (Linux /proc;
+    NaN where there is none)."""
+    if pid is None or pid == os.getpid():
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -37,7 +64,7 @@ class Row:
     unit: str
     target: float | None = None  # on mesh/raw
     higher_is_better: bool = True
-    runs: dict[str, list[float]] = field(default_factory=dict)
+    runs: dict[str, Any] = field(default_factory=dict)  # per-run values or distributions, for the JSON
 
     @property
     def ratio(self) -> float:
@@ -70,6 +97,8 @@ def median(values: Sequence[float]) -> float:
 
 
 def _fmt(value: float, unit: str) -> str:
+    if value != value:  # NaN
+        return "n/a"
     if unit == "tasks/s":
         return f"{value:,.0f} {unit}"
     return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"

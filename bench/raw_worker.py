@@ -8,7 +8,7 @@ user writes a JetStream work consumer.
 - loops `psub.fetch(free slots, timeout=5)` and runs each message as its own asyncio task,
   at most `--concurrency` at once (the same in-flight window the mesh runner keeps);
 - per message: `json.loads` the task, run the handler (echo: return the input; latency:
-  `time.time_ns() - input["sent"]` taken first thing), `js.publish` a JSON completion to
+  `time.time_ns() - input["sent"]`), `js.publish` a JSON completion to
   `raw.done.<task id>` with a `Nats-Msg-Id`, and only then `msg.ack()`;
 - SIGTERM/SIGINT: stop fetching, let in-flight messages finish, drain the connection.
 """
@@ -20,6 +20,7 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -41,11 +42,11 @@ def durable(capability: str) -> str:
     return f"raw-work-{capability}"
 
 
-def handler_for(capability: str):  # type: ignore[no-untyped-def]
+def handler_for(capability: str) -> Callable[[Any], Any]:
     if capability == "echo":
-        return lambda value, started: value
-    if capability == "latency":
-        return lambda value, started: started - value["sent"]
+        return lambda value: value
+    if capability == "latency":  # ns from the requester's wall-clock send time to this handler starting
+        return lambda value: time.time_ns() - value["sent"]
     raise SystemExit(f"unknown capability {capability!r}")
 
 
@@ -66,9 +67,8 @@ async def serve(url: str, capability: str, concurrency: int) -> None:
     slot_free = asyncio.Event()
 
     async def handle(msg: Any) -> None:
-        started = time.time_ns()
         task = json.loads(msg.data)
-        output = handler(task["input"], started)
+        output = handler(task["input"])
         body = json.dumps({"id": task["id"], "status": "completed", "output": output}).encode()
         await js.publish(done_subject(task["id"]), body, headers={"Nats-Msg-Id": f"{task['id']}/done"})
         await msg.ack()

@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from bench import raw_worker
-from bench.harness import ROOT, Bench, Row, median, percentile, print_table
+from bench.harness import ROOT, Bench, Row, cpu_seconds, median, percentile, print_table, stop_on_sigterm
 from mesh.client import Mesh
 from mesh.server import server_binary
 from topics import subjects
@@ -50,10 +51,13 @@ raw baseline (plain nats-py, no project code, same server, stream RAW with the M
              js.pull_subscribe, loop psub.fetch(free slots, timeout=5) with up to 64
              messages handled concurrently; per message json.loads, handler, js.publish a
              JSON completion to raw.done.<id> with Nats-Msg-Id, then msg.ack().
-mesh side: the same shape through the project: Mesh.request (CloudEvents envelope, per-task
-  subscription, JetStream publish with Nats-Msg-Id) and an AgentRunner process
-  (python -m mesh agent run ...) with its callback pull (credit window 64); per task it also
-  publishes mesh.task.claimed, and acks after publishing mesh.task.completed."""
+  JSON with the stdlib json module; bodies are 85-110 bytes.
+mesh side: the same shape through the project: Mesh.request (CloudEvents envelope of 330-430
+  bytes encoded with msgspec, per-task subscription, JetStream publish with Nats-Msg-Id) and
+  an AgentRunner process (python -m mesh agent run ...) with its callback pull (credit window
+  64). Per task the mesh also publishes mesh.task.claimed (a third JetStream write the raw side
+  does not make, and one more message the requester receives), opens spans (no-op without an
+  OTEL exporter), and acks after publishing mesh.task.completed."""
 
 Call = Callable[[int], Awaitable[Any]]
 
@@ -130,22 +134,38 @@ async def throughput(bench: Bench, mesh: Mesh, raw: RawRequester, args: argparse
     def raw_call(i: int) -> Awaitable[Any]:
         return raw.request("echo", {"n": i, "text": "hello"})
 
-    sides: dict[str, Call] = {"mesh": mesh_call, "raw": raw_call}
-    for name, call in sides.items():
+    sides: dict[str, tuple[Call, subprocess.Popen[bytes]]] = {
+        "mesh": (mesh_call, mesh_worker), "raw": (raw_call, raw_worker_proc),
+    }  # fmt: skip
+    assert bench.server is not None
+    server_pid = bench.server.process.pid
+    for name, (call, _) in sides.items():
         await burst(call, args.warmup_tasks, args.in_flight)
     rates: dict[str, list[float]] = {"mesh": [], "raw": []}
+    cpu: dict[str, list[float]] = {"mesh": [], "raw": []}  # µs of CPU per task, all three processes
     for run in range(args.runs):
         order = ["mesh", "raw"] if run % 2 == 0 else ["raw", "mesh"]
         for name in order:
-            rate = await burst(sides[name], args.tasks, args.in_flight, start=(run + 1) * args.tasks)
+            call, worker = sides[name]
+            pids = {"requester": None, "worker": worker.pid, "server": server_pid}
+            before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            rate = await burst(call, args.tasks, args.in_flight, start=(run + 1) * args.tasks)
+            used = {k: (cpu_seconds(pid) - before[k]) / args.tasks * 1e6 for k, pid in pids.items()}
             rates[name].append(rate)
-            print(f"  throughput run {run + 1}/{args.runs} {name:4s}: {rate:8,.0f} tasks/s", flush=True)
+            cpu[name].append(sum(used.values()))
+            detail = "  ".join(f"{k} {v:4.0f}" for k, v in used.items())
+            print(f"  throughput run {run + 1}/{args.runs} {name:4s}: {rate:7,.0f} tasks/s"
+                  f"   CPU µs/task: {detail}", flush=True)  # fmt: skip
         bench.check_alive()
+    paired = [m / r for m, r in zip(rates["mesh"], rates["raw"])]
+    print(f"  paired ratios (mesh/raw, same run): {', '.join(f'{x:.2f}' for x in paired)}", flush=True)
     bench.stop(mesh_worker)
     bench.stop(raw_worker_proc)
     return [
         Row(f"echo throughput ({args.in_flight} in flight)", median(rates["mesh"]), median(rates["raw"]), "tasks/s",
-            target=0.6, runs=rates),
+            target=0.6, runs={**rates, "paired_ratio": paired}),
+        Row("CPU per task (requester+worker+server)", median(cpu["mesh"]), median(cpu["raw"]), "µs",
+            higher_is_better=False, runs=cpu),
     ]  # fmt: skip
 
 
@@ -178,8 +198,10 @@ async def latency(bench: Bench, mesh: Mesh, raw: RawRequester, args: argparse.Na
               f"  round trip p50 {percentile(trips[name], 50):6.0f} µs", flush=True)  # fmt: skip
 
     def row(metric: str, values: dict[str, list[float]], q: float, target: float | None) -> Row:
+        spread = {name: {f"p{p}": round(percentile(v, p), 1) for p in (1, 50, 90, 99)} | {"max": round(max(v), 1),
+                  "n": len(v)} for name, v in values.items()}  # fmt: skip
         return Row(metric, percentile(values["mesh"], q), percentile(values["raw"], q), "µs", target=target,
-                   higher_is_better=False)  # fmt: skip
+                   higher_is_better=False, runs=spread)  # fmt: skip
 
     return [
         row("hop latency p50 (publish -> handler)", hops, 50, 1.5),
@@ -196,29 +218,37 @@ def _server_version() -> str:
         return "?"
 
 
-async def run(args: argparse.Namespace) -> list[Row]:
-    print(BASELINE)
-    print(f"\ntasks: {args.tasks} per run x {args.runs} runs (+{args.warmup_tasks} warm-up), {args.in_flight} in flight;"
-          f" latency: {args.samples} samples per side (+{args.warmup_samples} warm-up); {os.cpu_count()} CPUs\n",
-          flush=True)  # fmt: skip
+async def run(bench: Bench, args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
-    with Bench("tasks") as bench:
-        mesh = await Mesh.connect(bench.url, source="mesh://bench/requester")
-        nc = await nats.connect(bench.url, name="raw-requester")
-        try:
-            raw = RawRequester(nc)
-            await raw.js.add_stream(raw_stream_config())
-            if "throughput" in args.parts:
-                rows += await throughput(bench, mesh, raw, args)
-            if "latency" in args.parts:
-                rows += await latency(bench, mesh, raw, args)
-        finally:
-            await mesh.close()
-            await nc.close()
-    print()
-    print_table(rows)
-    write_results(rows, args)
+    mesh = await Mesh.connect(bench.url, source="mesh://bench/requester")
+    nc = await nats.connect(bench.url, name="raw-requester")
+    try:
+        raw = RawRequester(nc)
+        await raw.js.add_stream(raw_stream_config())
+        if "throughput" in args.parts:
+            rows += await throughput(bench, mesh, raw, args)
+        if "latency" in args.parts:
+            rows += await latency(bench, mesh, raw, args)
+    finally:
+        await mesh.close()
+        await nc.close()
     return rows
+
+
+async def until_stopped(work: Awaitable[list[Row]]) -> list[Row] | None:
+    """Run ``work``; SIGTERM (and Ctrl-C, through asyncio) cancels it cleanly: None is returned."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    previous = signal.getsignal(signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        return None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_results(rows: list[Row], args: argparse.Namespace) -> None:
@@ -227,7 +257,8 @@ def write_results(rows: list[Row], args: argparse.Namespace) -> None:
     document = {
         "benchmark": "tasks",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
+                    "load_before": args.load_before, "load_after": args.load_after},
         "versions": {"nats-py": version("nats-py"), "nats-server": _server_version(), "msgspec": version("msgspec")},
         "parameters": {
             "tasks": args.tasks, "runs": args.runs, "warmup_tasks": args.warmup_tasks, "in_flight": args.in_flight,
@@ -238,7 +269,67 @@ def write_results(rows: list[Row], args: argparse.Namespace) -> None:
     }
     out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     print(f"\nresults written to {out}")
+    cpus = os.cpu_count() or 1
+    busy = [float(x.split()[0]) for x in (args.load_before, args.load_after) if x != "?"]
+    if busy and max(busy) > cpus:
+        print(f"note: load average {max(busy):.1f} on {cpus} CPUs: other work shared the machine, so timings are noisy"
+              " (the CPU-per-task row is the steadier comparison)")  # fmt: skip
 
 
-def main(args: argparse.Namespace) -> list[Row]:
-    return asyncio.run(run(args))
+def _load() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "?"
+    return f"{one:.2f} {five:.2f}"
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.tasks", description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=_env_int("BENCH_TASKS", 5000),
+                        help="echo tasks per throughput run (env BENCH_TASKS; default 5000)")
+    parser.add_argument("--runs", type=int, default=_env_int("BENCH_RUNS", 3),
+                        help="throughput runs per side; the median is reported (env BENCH_RUNS; default 3)")
+    parser.add_argument("--warmup-tasks", type=int, default=_env_int("BENCH_WARMUP_TASKS", 1000),
+                        help="echo tasks per side before the timed runs (default 1000)")
+    parser.add_argument("--in-flight", type=int, default=64, help="tasks in flight, and worker concurrency (default 64)")
+    parser.add_argument("--samples", type=int, default=_env_int("BENCH_SAMPLES", 1000),
+                        help="latency samples per side (env BENCH_SAMPLES; default 1000)")
+    parser.add_argument("--warmup-samples", type=int, default=100, help="latency samples per side before (default 100)")
+    parser.add_argument("--parts", nargs="+", default=["throughput", "latency"], choices=["throughput", "latency"])
+    parser.add_argument("--out", default=None, help="JSON results file (default .mesh/bench/tasks.json)")
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def run_all(args: argparse.Namespace) -> list[Row]:
+    """Both parts against one fresh server; prints the table, writes the JSON, returns the rows."""
+    args.load_before = _load()
+    print(BASELINE)
+    print(f"\ntasks: {args.tasks} per run x {args.runs} runs (+{args.warmup_tasks} warm-up), {args.in_flight} in flight;"
+          f" latency: {args.samples} samples per side (+{args.warmup_samples} warm-up); {os.cpu_count()} CPUs\n",
+          flush=True)  # fmt: skip
+    with Bench("tasks") as bench:  # outside the event loop: the server and workers stop whatever happens
+        rows = asyncio.run(until_stopped(run(bench, args)))
+        if rows is None:
+            raise KeyboardInterrupt
+    args.load_after = _load()
+    print()
+    print_table(rows)
+    write_results(rows, args)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """0 when every target is met, 1 when one is missed, 130 when interrupted."""
+    args = parse_args(argv)
+    with stop_on_sigterm():
+        rows = run_all(args)
+    return 0 if all(row.passed is not False for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -124,7 +124,8 @@ class Mesh:
         causation_id: str | None = None,
         expected_last_subject_seq: int | None = None,
     ) -> Published:
-        """Publish one event to the log; its id doubles as `Nats-Msg-Id` for deduplication."""
+        """Publish one event to the log and wait for JetStream's acknowledgement; the event id
+        doubles as `Nats-Msg-Id` for deduplication."""
         event_id = event_id or new_event_id()
         with send_span(subject, data.TYPE, event_id) as trace:
             event = self.envelope(
@@ -136,6 +137,22 @@ class Mesh:
             ack = await self.js.publish(subject, encode_envelope(event), headers=headers)
         instruments.published.add(1, {"type": data.TYPE})
         return Published(event.id, ack.seq, bool(ack.duplicate))
+
+    async def announce(
+        self, subject: str, data: Event, *, event_id: str, correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> None:  # fmt: skip
+        """Publish an event the stream stores without waiting for its acknowledgement.
+
+        For hints whose loss harms nothing (a task's claim): it still lands in the log, in
+        order with this connection's later publishes, and is still deduplicated by id; only
+        a failure to store it goes unnoticed. Everything that must be durable uses `publish`."""
+        with send_span(subject, data.TYPE, event_id) as trace:
+            event = self.envelope(
+                data, event_id=event_id, correlation_id=correlation_id, causation_id=causation_id, trace=trace
+            )
+            await self.nc.publish(subject, encode_envelope(event), headers={MSG_ID: event.id, **trace})
+        instruments.published.add(1, {"type": data.TYPE})
 
     async def submit(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -41,8 +41,9 @@ class Context:
         capability: str,
         attempt: int,
         span: Span,
-        llm: LlmSession | None = None,
-        tools: ToolBox | None = None,
+        llm: LlmSession | Callable[[], LlmSession] | None = None,
+        tools: ToolBox | Callable[[], ToolBox] | None = None,
+        before_effect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.mesh = mesh
         self.agent = agent
@@ -53,8 +54,9 @@ class Context:
         self.attempt = attempt
         self.span = span
         self.log = structlog.get_logger(agent)
-        self._llm = llm
+        self._llm = llm  # made on first use: most handlers never call a model or a tool
         self._tools = tools
+        self._before_effect = before_effect
         self._emitted = itertools.count()
         self._requested = itertools.count()
 
@@ -64,8 +66,11 @@ class Context:
 
     @property
     def llm(self) -> LlmSession:
+        """The model for this task attempt: calls numbered, recorded as `mesh.llm.called`, reused on retry."""
         if self._llm is None:
             raise RuntimeError("this context has no LLM session")
+        if callable(self._llm):
+            self._llm = self._llm()
         return self._llm
 
     @property
@@ -73,6 +78,8 @@ class Context:
         """The tools granted to this agent (`Agent(tools=...)`), recorded as `mesh.tool.called`."""
         if self._tools is None:
             raise RuntimeError("this context has no tools")
+        if callable(self._tools):
+            self._tools = self._tools()
         return self._tools
 
     def _child_id(self, label: str) -> str:
@@ -80,6 +87,8 @@ class Context:
 
     async def emit(self, subject: str, data: Event) -> Published:
         """Publish an event caused by this task. Its id is derived, so a retry repeats nothing."""
+        if self._before_effect is not None:
+            await self._before_effect()
         return await self.mesh.publish(
             subject,
             data,

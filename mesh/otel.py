@@ -122,8 +122,11 @@ class Telemetry:
         """Make these the global providers, which the API's proxies in `mesh.telemetry` then use."""
         from opentelemetry import metrics, trace
 
+        from mesh.telemetry import recheck_tracing
+
         if self.tracer_provider is not None:
             trace.set_tracer_provider(self.tracer_provider)
+            recheck_tracing()
         if self.meter_provider is not None:
             metrics.set_meter_provider(self.meter_provider)
 

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 
 import msgspec
@@ -21,6 +22,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from mesh.agent import Agent, Handler
+from mesh.claims import Claim
 from mesh.client import Mesh
 from mesh.connection import TRANSIENT_ERRORS, ensure_consumer, presence_bucket
 from mesh.consumer import Delivery, WorkConsumer, parse_ack_subject
@@ -54,7 +56,7 @@ class RunnerOptions:
     backoff: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0)
     heartbeat: float = 5.0
     presence_ttl: float = 15.0
-    announce_claims: bool = True
+    claim_after: float | None = 0.05  # seconds a handler runs before its claim is sent; None: never
 
     def delay(self, attempt: int) -> float:
         return self.backoff[min(attempt, len(self.backoff)) - 1] if self.backoff else 0.0
@@ -199,7 +201,8 @@ class AgentRunner:
             await self._process(msg, handler, consumer.consumer)
         except Exception as error:  # a fault of the runtime itself (e.g. NATS gone): try later
             log.exception("message not settled; it will be redelivered", error=str(error))
-            await _quietly(msg.nak(delay=self.options.delay(1)))
+            # back off by delivery count, so a NATS leader election (seconds) does not use up max_deliver
+            await _quietly(msg.nak(delay=self.options.delay(parse_ack_subject(msg.reply).delivered)))
         finally:
             del self._in_flight[key]
             consumer.done()
@@ -250,13 +253,11 @@ class AgentRunner:
     ) -> None:
         attempt = delivery.delivered
         links = {"correlation_id": event.correlationid or task_id, "causation_id": event.id}
-        claim = None
-        if self.options.announce_claims:
-            claimed = TaskClaimed(task_id=task_id, agent=self.agent_id, attempt=attempt, capability=handler.capability)
-            claim = asyncio.ensure_future(
-                self.mesh.publish(subjects.task(task_id), claimed, event_id=derived_id(event.id, f"claimed/{attempt}"), **links)
-            )
-            await asyncio.sleep(0)  # let the claim reach the connection's buffer before the handler publishes
+        claim = Claim(self.mesh, subjects.task(task_id), event_id=derived_id(event.id, f"claimed/{attempt}"), links=links,
+                      claimed=TaskClaimed(task_id=task_id, agent=self.agent_id, attempt=attempt,
+                                          capability=handler.capability))  # fmt: skip
+        if self.options.claim_after is not None:
+            claim.start(after=self.options.claim_after)
         ctx = Context(
             self.mesh,
             agent=self.agent.name,
@@ -266,9 +267,10 @@ class AgentRunner:
             capability=handler.capability,
             attempt=attempt,
             span=span,  # type: ignore[arg-type]
-            llm=self.llm.session(self.mesh, self.agent.name, task_id, event.id, attempt) if self.llm else None,
-            tools=ToolBox(self.mesh, agent=self.agent.name, granted=self.agent.tools, task_id=task_id,
+            llm=partial(self.llm.session, self.mesh, self.agent.name, task_id, event.id, attempt) if self.llm else None,
+            tools=partial(ToolBox, self.mesh, agent=self.agent.name, granted=self.agent.tools, task_id=task_id,
                           cause_id=event.id, attempt=attempt),  # fmt: skip
+            before_effect=claim.before_effect if self.options.claim_after is not None else None,
         )
         started = time.perf_counter()
         try:
@@ -278,15 +280,13 @@ class AgentRunner:
                 output = await handler.fn(handler.convert(task.input), ctx)
         except Exception as error:
             record_error(span, error)  # type: ignore[arg-type]
-            if claim:
-                await claim
+            await claim.settle()
             await self._failed(msg, handler, event, task, task_id, delivery, error)
             return
         finally:
             instruments.duration.record(time.perf_counter() - started, {"capability": handler.capability})
+        await claim.settle()
         done = TaskCompleted(task_id=task_id, agent=self.agent_id, attempt=attempt, output=output, capability=handler.capability)
-        if claim:
-            await claim
         await self.mesh.publish(subjects.task(task_id), done, event_id=derived_id(event.id, "completed"), **links)
         await msg.ack()
         self.handled += 1

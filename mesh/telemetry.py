@@ -15,6 +15,7 @@ The span tree of one task (names use subject templates, never ids):
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -92,10 +93,28 @@ class _Instruments:
 instruments = _Instruments()
 
 
+_tracing = {"on": False, "checked": -1.0}
+
+
 def tracing() -> bool:
     """Whether an SDK tracer provider is installed; without one, spans take a fast path that
-    only carries an upstream `traceparent` through (so traces survive uninstrumented hops)."""
-    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    only carries an upstream `traceparent` through (so traces survive uninstrumented hops).
+
+    A provider, once set, stays (the API refuses to replace it), so a yes is kept for good and
+    a no is looked at again at most once a second: `get_tracer_provider` reads the environment."""
+    if _tracing["on"]:
+        return True
+    now = time.monotonic()
+    if now - _tracing["checked"] >= 1.0:
+        _tracing["checked"] = now
+        provider = trace.get_tracer_provider()
+        _tracing["on"] = not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return _tracing["on"]
+
+
+def recheck_tracing() -> None:
+    """Look for a tracer provider again on the next span (after installing one)."""
+    _tracing["checked"] = -1.0
 
 
 @contextmanager
@@ -172,7 +191,8 @@ def process_span(
         links = [Link(producer)] if producer.is_valid else []
         parent = None
         attributes["mesh.replayed"] = True
-    with _span(f"process {subject_template(subject)}", SpanKind.CONSUMER, attributes, context=parent, links=links) as span:
+    name = f"process {subject_template(subject)}"
+    with _span(name, SpanKind.CONSUMER, attributes, context=parent, links=links) as span:
         yield span
 
 

@@ -25,6 +25,9 @@ class TestEcho:
         """A task published to mesh.work.echo comes back as its completion's output."""
         await agents.start("agents.echo:agent")
         assert await mesh.request("echo", {"x": [1, 2]}, timeout=20) == {"x": [1, 2]}
+        done = await log.wait_for(lambda r: r.event.type == "mesh.task.completed")
+        assert log.of_type("mesh.task.claimed") == []  # an instant task needs no claim: the completion names the agent
+        assert done[0].data.attempt == 1  # type: ignore[attr-defined]
 
     async def test_task_before_agent(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """Tasks published before any agent serves the capability are still handled (backlog is work)."""
@@ -61,6 +64,10 @@ class TestKill:
         assert outcome.data.output == {"done": 7, "by": outcome.data.agent, "attempt": 2}  # type: ignore[attr-defined]
         assert outcome.data.agent.endswith(f"-{survivor.pid}")  # type: ignore[attr-defined]
         assert len(completions(log, task_id)) == 1
+        on_task = [r.event.type.rsplit(".", 1)[1] for r in log.records if r.subject == subjects.task(task_id)]
+        assert on_task[:2] == ["claimed", "progress"]  # the claim precedes the first effect
+        claims = [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.task_id == task_id]  # type: ignore[attr-defined]
+        assert claims == [1, 2]
 
 
 class TestRetries:
@@ -80,7 +87,7 @@ class TestRetries:
             await mesh.request("broken", {"x": 1}, timeout=20)
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
         assert dead[0].data.reason == "handler_error" and dead[0].subject == "mesh.dead.work.broken"  # type: ignore[attr-defined]
-        assert [r.data.attempt for r in log.of_type("mesh.task.claimed")] == [1]  # type: ignore[attr-defined]
+        assert [r.data.attempt for r in log.of_type("mesh.task.failed")] == [1]  # type: ignore[attr-defined]
 
     async def test_fallback_capability_takes_over(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """When a capability gives up, the next one in `fallback` gets the same task id."""

@@ -184,3 +184,14 @@ class TestUpcasting:
         from tests.conftest import ROOT
 
         assert (ROOT / "docs" / "EVENTS.md").read_text().strip() == render().strip()
+
+
+class TestDerivedIdIsUuid5:
+    def test_same_as_the_standard_library(self) -> None:
+        """The fast derived_id gives exactly uuid.uuid5 of the mesh namespace."""
+        import uuid
+
+        from topics.envelope import _NAMESPACE
+
+        for cause, label in [("a", "b"), ("01a1ffc2-2cfb-7965-8ccd-4d7a6bdce13d", "claimed/3"), ("é", "")]:
+            assert derived_id(cause, label) == str(uuid.uuid5(_NAMESPACE, f"{cause}/{label}"))
