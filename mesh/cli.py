@@ -121,6 +121,18 @@ def task(capability: str, input_json: str, wait: bool, timeout: float, task_id: 
 
 async def _task(settings: MeshSettings, capability: str, value: Any, wait: bool, timeout: float,
                 task_id: str | None, fallback: tuple[str, ...]) -> None:  # fmt: skip
+    from mesh.otel import configure_from_env
+
+    telemetry = configure_from_env("mesh-cli")  # with OTEL_* set, the command is the root of the task's trace
+    try:
+        await _run_task(settings, capability, value, wait, timeout, task_id, fallback)
+    finally:
+        if telemetry is not None:
+            await asyncio.to_thread(telemetry.shutdown)
+
+
+async def _run_task(settings: MeshSettings, capability: str, value: Any, wait: bool, timeout: float,
+                    task_id: str | None, fallback: tuple[str, ...]) -> None:  # fmt: skip
     async with await Mesh.connect(settings=settings) as mesh:
         if not wait:
             click.echo(await mesh.submit(capability, value, task_id=task_id, fallback=fallback))
@@ -170,3 +182,7 @@ from mesh import demo as _demo  # noqa: E402,F401  (registers demo)
 main.add_command(_watch.tail)
 main.add_command(_watch.status)
 main.add_command(_demo.demo)
+from mesh.flow_cli import flow as _flow  # noqa: E402
+main.add_command(_flow)
+from mesh.replay_cli import replay as _replay  # noqa: E402
+main.add_command(_replay)

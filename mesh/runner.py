@@ -30,6 +30,7 @@ from mesh.context import Context
 from mesh.deadletter import Reason, dead_letter, diagnose
 from mesh.errors import SchemaError
 from mesh.llm import LlmClient
+from mesh.redact import scrub_text
 from mesh.tools import ToolBox
 from mesh.telemetry import agent_span, instruments, process_span, record_error
 from topics import subjects
@@ -309,7 +310,7 @@ class AgentRunner:
             log.warning("task failed; retrying", attempt=attempt, error=str(error), delay=self.options.delay(attempt))
             await msg.nak(delay=self.options.delay(attempt))
             return
-        log.error("task failed", attempt=attempt, error=f"{type(error).__name__}: {error}", retryable=retryable)
+        log.error("task failed", attempt=attempt, error=scrub_text(f"{type(error).__name__}: {error}"), retryable=retryable)
         links = {"correlation_id": event.correlationid or task_id, "causation_id": event.id}
         if task.fallback:
             handover = TaskRequested(
@@ -323,10 +324,11 @@ class AgentRunner:
             reason = Reason.BAD_DATA if isinstance(error, SchemaError) else Reason.HANDLER_ERROR
             await dead_letter(
                 self.mesh, subject=msg.subject, payload=msg.data, reason=reason,
-                error=f"{type(error).__name__}: {error}", stream_seq=delivery.stream_seq,
+                error=scrub_text(f"{type(error).__name__}: {error}"), stream_seq=delivery.stream_seq,
                 deliveries=attempt, consumer=delivery.consumer, event=event,
             )  # fmt: skip
-            info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=str(error), retryable=retryable)
+            info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=scrub_text(str(error)),
+                             retryable=retryable)  # fmt: skip
             failed = TaskFailed(task_id=task_id, agent=self.agent_id, attempt=attempt, error=info, capability=handler.capability)
             await self.mesh.publish(subjects.task(task_id), failed, event_id=derived_id(event.id, "failed"), **links)
         await msg.ack()

@@ -20,20 +20,17 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 import msgspec
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
 from mesh.client import Mesh
 from mesh.errors import ConfigError, SchemaError, ToolNotGrantedError
 from mesh.recorded import recorded_calls
-from mesh.telemetry import record_error
+from mesh.telemetry import record_error, tool_span
 from topics import subjects
 from topics.calls import ToolCalled
 from topics.envelope import derived_id
 
 __all__ = ["Tool", "tool", "TOOLS", "ToolBox"]
 
-tracer = trace.get_tracer("agentmesh.tools")
 TOOLS: dict[str, Tool] = {}
 
 
@@ -107,8 +104,7 @@ class ToolBox:
             if prior.error is not None:
                 raise ToolNotGrantedError(prior.error) if "not granted" in prior.error else SchemaError(prior.error)
             return prior.result
-        with tracer.start_as_current_span(f"execute_tool {name}", kind=SpanKind.INTERNAL) as span:
-            span.set_attributes({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name})
+        with tool_span(name) as span:
             try:
                 result = await self._run(name, args)
             except Exception as error:

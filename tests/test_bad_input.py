@@ -67,3 +67,15 @@ class TestDeadLetters:
             await mesh.request("research", {"no_topic": True}, timeout=20)
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
         assert dead[0].data.reason == "bad_data"  # type: ignore[attr-defined]
+
+
+class TestSecretsStayOutOfTheLog:
+    async def test_failure_text_is_scrubbed(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A handler error quoting a credential fails the task without writing the credential."""
+        await agents.start("tests.fixture_agents:broken")
+        secret = "sk-live-0123456789abcdefghijklmnop"
+        with pytest.raises(Exception, match="redacted"):
+            await mesh.request("broken", {"key": secret}, timeout=20)
+        await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
+        stored = b"".join(payload for subject, payload in log.raw if not subject.startswith("mesh.work."))
+        assert secret.encode() not in stored

@@ -245,13 +245,14 @@ class TestOrchestrator:
         assert await Workflows(mesh).result(workflow_id, timeout=60) == {"joined": "1+2"}
         await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == workflow_id)  # type: ignore[attr-defined]
         assert of_step(log, "mesh.task.requested", steps) == Counter(dict.fromkeys(steps, 1))
-        assert of_step(log, "mesh.task.claimed", steps) == Counter(dict.fromkeys(steps, 1))
+        claimed = of_step(log, "mesh.task.claimed", steps)  # the slow steps claim once; the instant one need not
+        assert set(claimed.values()) == {1} and {step_task_id(workflow_id, n, 1) for n in "ab"} <= set(claimed)
         assert of_step(log, "mesh.task.completed", steps) == Counter(dict.fromkeys(steps, 1))
         for kind in ("mesh.flow.step_scheduled", "mesh.flow.step_completed"):
             assert Counter(r.data.step for r in flow_events(log, kind, workflow_id)) == Counter("abc")  # type: ignore[attr-defined]
         assert len(flow_events(log, "mesh.flow.completed", workflow_id)) == 1
         drives = [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.task_id == workflow_id]  # type: ignore[attr-defined]
-        assert drives == [1, 2]
+        assert drives in ([2], [1, 2])  # the retry claims at once; the first try only if it lived 50 ms
 
 
 class TestCli:

@@ -1,0 +1,75 @@
+"""The events that belong to one workflow, conversation or task, and what caused what.
+
+An event belongs to id X when its `correlationid` is X, its `id` is X, or its data names X as
+`task_id` or `workflow_id`; and so does every event caused by one that belongs (transitively,
+through `causationid`). That takes in the model calls of sub-tasks, which are correlated by
+their task id, and everything an agent emitted because of the workflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from topics.envelope import derived_id
+from topics.record import Record
+
+__all__ = ["belongs", "causal_slice", "children_of", "derivation_label"]
+
+
+def belongs(record: Record, root: str) -> bool:
+    """Whether ``record`` names ``root`` itself (before following causation)."""
+    event = record.event
+    if event.correlationid == root or event.id == root:
+        return True
+    data = record.data
+    return getattr(data, "task_id", None) == root or getattr(data, "workflow_id", None) == root
+
+
+def causal_slice(records: Iterable[Record], root: str) -> list[Record]:
+    """The records of ``root`` and everything they caused, in log order."""
+    records = list(records)
+    members = [belongs(record, root) for record in records]
+    ids = {record.event.id for record, member in zip(records, members) if member}
+    changed = True
+    while changed:  # one pass suffices when causes come first in the log, which is the usual case
+        changed = False
+        for n, record in enumerate(records):
+            if not members[n] and record.event.causationid in ids:
+                members[n] = True
+                ids.add(record.event.id)
+                changed = True
+    return [record for record, member in zip(records, members) if member]
+
+
+def children_of(records: Iterable[Record]) -> dict[str, list[Record]]:
+    """Event id -> the records it caused, in log order."""
+    children: dict[str, list[Record]] = {}
+    for record in records:
+        cause = record.event.causationid
+        if cause is not None:
+            children.setdefault(cause, []).append(record)
+    return children
+
+
+def derivation_label(record: Record, cause: str, siblings: int) -> str | None:
+    """The label that, with ``cause``, derives this record's id the way the runtime derives
+    ids (`topics.envelope.derived_id(cause, label)`), or None when it was not derived so:
+    `claimed/<attempt>`, `completed`, `failed`, `fallback`, `llm/<call index>`, `emit/<n>`,
+    `request/<n>` (n below ``siblings``, the number of events ``cause`` caused)."""
+    event_id = record.event.id
+    data = record.data
+    candidates = ["completed", "failed", "fallback"]
+    attempt = getattr(data, "attempt", None)
+    if record.event.type == "mesh.task.claimed" and isinstance(attempt, int):
+        candidates.insert(0, f"claimed/{attempt}")
+    index = getattr(data, "call_index", None)
+    if isinstance(index, int):
+        candidates.insert(0, f"{'tool' if record.event.type == 'mesh.tool.called' else 'llm'}/{index}")
+    for label in candidates:
+        if event_id == derived_id(cause, label):
+            return label
+    for n in range(siblings + 1):
+        for kind in ("emit", "request"):
+            if event_id == derived_id(cause, f"{kind}/{n}"):
+                return f"{kind}/{n}"
+    return None

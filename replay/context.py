@@ -1,0 +1,270 @@
+"""`ReplayContext`: a handler's Context over the recorded log, for `rerun`.
+
+It is a `mesh.context.Context` whose `mesh` is a `RecordedMesh` and whose `llm` is a
+`ReplayLlmSession`, so a handler sees exactly the API it sees live and the derived-id rules
+are the runtime's own code. Nothing here touches the network: publishing is recorded as an
+`Effect`, a sub-task's outcome and a model's response come from the log, and any other use
+of the mesh (`ctx.mesh.js`, ...) raises `ReplayIsolationError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import msgspec
+from openai.types.chat import ChatCompletion
+from opentelemetry.trace import INVALID_SPAN
+
+from mesh.client import Mesh, Published, outcome_value
+from mesh.context import Context
+from mesh.errors import MeshError, TaskTimeoutError
+from mesh.llm import DEFAULT_MODEL, LlmClient, LlmSession
+from mesh.tools import ToolBox
+from replay.causal import children_of, derivation_label
+from topics import subjects
+from topics.base import Event
+from topics.calls import LlmCalled, ToolCalled
+from topics.envelope import CloudEvent, derived_id, new_event_id
+from topics.record import Record
+from topics.tasks import TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
+
+__all__ = [
+    "Effect",
+    "RecordBook",
+    "RecordedMesh",
+    "ReplayContext",
+    "ReplayIsolationError",
+    "ReplayLlmSession",
+    "ReplayStop",
+    "ReplayToolBox",
+    "effect_of",
+]
+
+_json = msgspec.json.Encoder()
+_plain = msgspec.json.Decoder()
+
+
+class ReplayIsolationError(MeshError):
+    """Replay was asked to reach the network or a model. It never does."""
+
+
+class ReplayStop(MeshError):
+    """The handler asked for something the log cannot answer (a model call with no recorded
+    response); the rerun stops that task and reports the divergence."""
+
+
+def plain(value: Any) -> Any:
+    """JSON-shaped builtins (tuples become lists, Structs dicts), so a recorded value and a
+    fresh one compare equal exactly when they would be stored the same."""
+    return _plain.decode(_json.encode(value))
+
+
+class Effect(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing a handler did, as rerun compares it: id, label (`emit/0`, `request/1`,
+    `llm/0`, `completed`, ...), subject, type and the data that the handler decides."""
+
+    id: str
+    label: str
+    subject: str
+    type: str
+    data: Any
+
+    @classmethod
+    def of(cls, event_id: str, label: str, subject: str, data: Event) -> Effect:
+        return cls(id=event_id, label=label, subject=subject, type=data.TYPE, data=view(data))
+
+    def describe(self) -> str:
+        text = _json.encode(self.data).decode()
+        return f"{self.label} {self.type} on {self.subject}: {text if len(text) <= 400 else text[:399] + '…'}"
+
+
+def view(data: Event) -> Any:
+    """What of an event the handler decides (runtime-stamped fields left out)."""
+    match data:
+        case TaskProgress(task_id=t, message=message, fraction=fraction):
+            return plain({"task_id": t, "message": message, "fraction": fraction})
+        case TaskCompleted(task_id=t, output=output):
+            return plain({"task_id": t, "output": output})
+        case TaskFailed(task_id=t, error=error):
+            return plain({"task_id": t, "error": {"type": error.type, "message": error.message}})
+        case LlmCalled(call_index=index, request=request):
+            return plain({"call_index": index, "request": request})
+        case ToolCalled(call_index=index, tool=name, arguments=arguments):
+            return plain({"call_index": index, "tool": name, "arguments": arguments})
+    return plain(data)
+
+
+def effect_of(record: Record, cause: str, siblings: int) -> Effect:
+    """The Effect a recorded event stands for, labelled by the derivation of its id."""
+    label = derivation_label(record, cause, siblings) or f"event {record.event.id}"
+    return Effect.of(record.event.id, label, record.subject, record.data)
+
+
+class RecordBook:
+    """The recorded slice, indexed for replay: by id, by cause, and task outcomes by task id."""
+
+    def __init__(self, records: Iterable[Record]) -> None:
+        self.records = list(records)
+        self.by_id = {record.event.id: record for record in self.records}
+        self.caused = children_of(self.records)
+        self.outcomes: dict[str, Record] = {}
+        for record in self.records:
+            if isinstance(record.data, TaskOutcome):
+                self.outcomes.setdefault(record.data.task_id, record)
+
+    def llm_calls(self, cause: str) -> dict[int, LlmCalled]:
+        calls: dict[int, LlmCalled] = {}
+        for record in self.caused.get(cause, []):
+            if isinstance(record.data, LlmCalled):
+                calls.setdefault(record.data.call_index, record.data)
+        return calls
+
+    def tool_calls(self, cause: str) -> dict[int, ToolCalled]:
+        calls: dict[int, ToolCalled] = {}
+        for record in self.caused.get(cause, []):
+            if isinstance(record.data, ToolCalled):
+                calls.setdefault(record.data.call_index, record.data)
+        return calls
+
+
+class RecordedMesh:
+    """Stands where `Mesh` stands in a Context: publishing is recorded, never sent; a task's
+    outcome is the recorded one. The rest of `Mesh` is refused."""
+
+    def __init__(self, book: RecordBook, effects: list[Effect], cause: str, *, source: str) -> None:
+        self.book = book
+        self.effects = effects
+        self.cause = cause
+        self.source = source
+        self._siblings = len(book.caused.get(cause, []))
+
+    def __getattr__(self, name: str) -> Any:
+        raise ReplayIsolationError(f"replay does not touch the network: the handler used mesh.{name}")
+
+    async def publish(self, subject: str, data: Event, *, event_id: str | None = None,
+                      correlation_id: str | None = None, causation_id: str | None = None,
+                      expected_last_subject_seq: int | None = None) -> Published:  # fmt: skip
+        event_id = event_id or new_event_id()  # a random id can never match the log: a divergence
+        label = _label_for(event_id, self.cause, self._siblings)
+        self.effects.append(Effect.of(event_id, label, subject, data))
+        stored = self.book.by_id.get(event_id)
+        return Published(event_id, stored.seq if stored else 0, True)
+
+    async def submit(self, capability: str, input: Any = None, *, task_id: str | None = None,
+                     correlation_id: str | None = None, causation_id: str | None = None,
+                     event_id: str | None = None, fallback: tuple[str, ...] = (),
+                     max_attempts: int | None = None, deadline: str | None = None) -> str:  # fmt: skip
+        event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
+        task_id = task_id or event_id
+        request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
+                                max_attempts=max_attempts, deadline=deadline)  # fmt: skip
+        await self.publish(subjects.work(capability), request, event_id=event_id, causation_id=causation_id,
+                           correlation_id=correlation_id or task_id)  # fmt: skip
+        return task_id
+
+    async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
+        """The recorded outcome; none recorded means the original waited in vain: a timeout."""
+        found = self.book.outcomes.get(task_id)
+        if found is None:
+            raise TaskTimeoutError(task_id, "?", timeout)
+        return found
+
+    async def request_outcome(
+        self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any
+    ) -> Record:
+        task_id = await self.submit(capability, input, **task)
+        return await self.outcome(task_id, timeout=timeout)
+
+    async def request(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Any:
+        return outcome_value(await self.request_outcome(capability, input, timeout=timeout, **task))
+
+
+def _label_for(event_id: str, cause: str, siblings: int) -> str:
+    for n in range(siblings + 8):
+        for kind in ("emit", "request"):
+            if event_id == derived_id(cause, f"{kind}/{n}"):
+                return f"{kind}/{n}"
+    return f"event {event_id}"
+
+
+class _NoModel:
+    """Where the `AsyncOpenAI` client would be. Replay never calls a model."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ReplayIsolationError(f"replay never calls a model (the handler reached client.{name})")
+
+
+class ReplayLlmSession(LlmSession):
+    """The model as the recorded task saw it: call N gets recorded response N. A call the log
+    has no response for is recorded as an effect (so it shows as a divergence) and stops the task."""
+
+    def __init__(self, recorded: dict[int, LlmCalled], effects: list[Effect], *, agent: str, task_id: str,
+                 cause_id: str, attempt: int) -> None:  # fmt: skip
+        first = recorded.get(min(recorded)) if recorded else None
+        model = str(first.request.get("model", first.model)) if first else DEFAULT_MODEL
+        client = LlmClient(cast(Any, _NoModel()), model=model, offline=True)
+        super().__init__(client, None, agent=agent, task_id=task_id, cause_id=cause_id, attempt=attempt,
+                         recorded=dict(recorded))  # fmt: skip
+        self._replay_recorded = recorded
+        self._replay_effects = effects
+        self._replay_index = itertools.count()
+        self._replay_subject = subjects.llm(agent, task_id)
+        self._replay_cause = cause_id
+
+    async def chat(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None,
+                   **options: Any) -> ChatCompletion:  # fmt: skip
+        index = next(self._replay_index)
+        request: dict[str, Any] = {"model": options.get("model", self.model), "messages": list(messages),
+                                   **{k: v for k, v in options.items() if k != "model"}}  # fmt: skip
+        if tools:
+            request["tools"] = list(tools)
+        call = LlmCalled(agent="", task_id="", call_index=index, model="", request=request, response={})
+        self._replay_effects.append(Effect.of(derived_id(self._replay_cause, f"llm/{index}"), f"llm/{index}",
+                                              self._replay_subject, call))  # fmt: skip
+        if index not in self._replay_recorded:
+            raise ReplayStop(f"model call {index} has no recorded response; replay never calls a model")
+        return await super().chat(messages, tools=tools, **options)
+
+
+class ReplayToolBox(ToolBox):
+    """The granted tools as the recorded task saw them: call N returns recorded result N (or
+    raises its recorded error). A call the log has no record of is an effect that shows as a
+    divergence, and stops the task: replay never runs a tool."""
+
+    def __init__(self, recorded: dict[int, ToolCalled], effects: list[Effect], *, agent: str,
+                 granted: Sequence[str], task_id: str, cause_id: str, attempt: int) -> None:  # fmt: skip
+        super().__init__(None, agent=agent, granted=granted, task_id=task_id, cause_id=cause_id, attempt=attempt,
+                         recorded=dict(recorded))  # fmt: skip
+        self._replay_recorded = recorded
+        self._replay_effects = effects
+        self._replay_index = itertools.count()
+        self._replay_subject = subjects.tool(agent, task_id)
+        self._replay_cause = cause_id
+
+    async def call(self, name: str, arguments: dict[str, Any] | str) -> Any:
+        index = next(self._replay_index)
+        args = _plain.decode(arguments) if isinstance(arguments, str) else arguments
+        call = ToolCalled(agent="", task_id="", call_index=index, tool=name, arguments=args)
+        event_id = derived_id(self._replay_cause, f"tool/{index}")
+        self._replay_effects.append(Effect.of(event_id, f"tool/{index}", self._replay_subject, call))
+        if index not in self._replay_recorded:
+            raise ReplayStop(f"tool call {index} ({name}) has no recorded result; replay never runs a tool")
+        return await super().call(name, arguments)
+
+
+class ReplayContext(Context):
+    """The Context a handler gets during `rerun`. `effects` lists what it did, in order."""
+
+    def __init__(self, book: RecordBook, *, agent: str, agent_id: str, event: CloudEvent, task_id: str,
+                 capability: str, attempt: int, granted: Sequence[str] = ()) -> None:  # fmt: skip
+        self.effects: list[Effect] = []
+        mesh = RecordedMesh(book, self.effects, event.id, source=f"mesh://agent/{agent_id}")
+        llm = ReplayLlmSession(book.llm_calls(event.id), self.effects, agent=agent, task_id=task_id,
+                               cause_id=event.id, attempt=attempt)  # fmt: skip
+        tools = ReplayToolBox(book.tool_calls(event.id), self.effects, agent=agent, granted=granted,
+                              task_id=task_id, cause_id=event.id, attempt=attempt)  # fmt: skip
+        super().__init__(cast(Mesh, mesh), agent=agent, agent_id=agent_id, event=event, task_id=task_id,
+                         capability=capability, attempt=attempt, span=INVALID_SPAN, llm=llm, tools=tools)  # fmt: skip
+        self.log = self.log.bind(replay=True)

@@ -1,0 +1,197 @@
+"""`export` a slice of the log to a JSONL file, and `import` such a file into a server.
+
+A line is `{"seq": N, "subject": "...", "event": <the CloudEvent JSON as stored>}`; a stored
+message that is not a CloudEvent is kept as `{"seq", "subject", "raw": <base64>}`. An export
+by correlation takes the causal slice of that id (see `replay.causal`), so it carries the
+model calls a `rerun` needs. Import publishes every line in file order with its event id as
+`Nats-Msg-Id`: importing the same file twice within the stream's duplicate window stores it
+once. Sequences on the target server are its own (the same as the file's when a whole log is
+imported into an empty server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import msgspec
+
+from mesh.client import MSG_ID, Mesh, decode_record
+from mesh.connection import ensure_stream
+from mesh.errors import MeshError
+from replay.causal import causal_slice
+from replay.reader import DECODE_ERRORS, LogReader, Position, RawMessage
+from topics.record import Record
+
+__all__ = [
+    "ExportResult",
+    "ImportResult",
+    "Outgoing",
+    "export_log",
+    "import_log",
+    "publish_in_order",
+    "read_outgoing",
+    "write_lines",
+]
+
+
+class ExportResult(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    events: int  # lines written for decodable events
+    raw: int  # lines written for stored messages that are not events
+    first_seq: int
+    last_seq: int
+    scanned: int  # messages read from the log to find them
+
+
+class ImportResult(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    published: int  # stored as new messages
+    duplicates: int  # already in the target (same event id within its duplicate window)
+    raw: int  # lines without an event id, published as they were
+    first_seq: int  # where the import landed on the target
+    last_seq: int
+
+
+class _Line(msgspec.Struct):
+    seq: int
+    subject: str
+    event: msgspec.Raw
+
+
+class _RawLine(msgspec.Struct):
+    seq: int
+    subject: str
+    raw: str
+
+
+class _FileLine(msgspec.Struct):
+    seq: int = 0
+    subject: str = ""
+    event: msgspec.Raw = msgspec.Raw()  # empty when the line has none (a Raw cannot be Optional)
+    raw: str | None = None
+
+
+class _Id(msgspec.Struct):
+    id: str
+
+
+_encoder = msgspec.json.Encoder()
+_file_line = msgspec.json.Decoder(_FileLine)
+_id = msgspec.json.Decoder(_Id)
+
+
+class Outgoing(msgspec.Struct, frozen=True):
+    """One message to publish: subject, stored bytes, and its `Nats-Msg-Id` (None: no dedup)."""
+
+    subject: str
+    payload: bytes
+    msg_id: str | None
+
+
+async def export_log(
+    mesh: Mesh,
+    path: str | Path,
+    *,
+    correlation: str | None = None,
+    start: Position | None = None,
+    end: Position | None = None,
+    subject: str | None = None,
+) -> ExportResult:
+    """Write the range (or the causal slice of ``correlation`` within it) to ``path``."""
+    stored: dict[int, tuple[str, bytes]] = {}
+    records: list[Record] = []
+    raw: list[RawMessage] = []
+
+    def sink(seq: int, subject: str, payload: bytes) -> None:
+        try:
+            record = decode_record(subject, payload, seq)
+        except DECODE_ERRORS as error:
+            raw.append(RawMessage(seq, subject, payload, str(error)))
+            return
+        records.append(record)
+        stored[seq] = (subject, payload)
+
+    report = await LogReader(mesh, start=start, end=end, subject=subject).scan(sink)
+    if correlation is not None:
+        records, raw = causal_slice(records, correlation), []
+    lines = sorted([(r.seq, *stored[r.seq]) for r in records] + [(m.seq, m.subject, m.payload) for m in raw])
+    events = write_lines(path, lines, raw_seqs={m.seq for m in raw})
+    return ExportResult(path=str(path), events=events, raw=len(raw), first_seq=lines[0][0] if lines else 0,
+                        last_seq=lines[-1][0] if lines else 0, scanned=report.scanned)  # fmt: skip
+
+
+def write_lines(path: str | Path, lines: Sequence[tuple[int, str, bytes]], *, raw_seqs: Collection[int] = ()) -> int:
+    """Write `(seq, subject, payload)` lines; payloads in ``raw_seqs`` are written as base64.
+    Return how many event lines were written."""
+    events = 0
+    with open(path, "wb") as out:
+        for seq, subject, payload in lines:
+            if seq in raw_seqs:
+                out.write(_encoder.encode(_RawLine(seq, subject, base64.b64encode(payload).decode())))
+            else:
+                if b"\n" in payload or b"\r" in payload:  # one event per line, whatever the sender's layout
+                    payload = msgspec.json.format(payload, indent=-1)
+                out.write(_encoder.encode(_Line(seq, subject, msgspec.Raw(payload))))
+                events += 1
+            out.write(b"\n")
+    return events
+
+
+async def import_log(mesh: Mesh, path: str | Path, *, window: int = 1000) -> ImportResult:
+    """Publish every line of ``path`` to ``mesh``'s server, in order, keeping event ids."""
+    outgoing = read_outgoing(path)  # all of it first: a broken line imports nothing
+    await ensure_stream(mesh.js)
+    acks = await publish_in_order(mesh, outgoing, window=window)
+    stored = [seq for seq, duplicate in acks if not duplicate]
+    raw = sum(1 for message in outgoing if message.msg_id is None)
+    return ImportResult(path=str(path), published=len(stored), duplicates=len(acks) - len(stored), raw=raw,
+                        first_seq=min(stored, default=0), last_seq=max(stored, default=0))  # fmt: skip
+
+
+def read_outgoing(path: str | Path) -> list[Outgoing]:
+    """The lines of an export as messages to publish, stored bytes untouched; MeshError names
+    the first line that is not a line of an export."""
+    outgoing: list[Outgoing] = []
+    with open(path, "rb") as file:
+        for number, text in enumerate(file, 1):
+            if not text.strip():
+                continue
+            try:
+                line = _file_line.decode(text)
+                if len(line.event):
+                    payload = bytes(line.event)
+                    outgoing.append(Outgoing(line.subject, payload, _id.decode(payload).id))
+                elif line.raw is not None:
+                    outgoing.append(Outgoing(line.subject, base64.b64decode(line.raw), None))
+                else:
+                    raise msgspec.ValidationError("a line needs `event` or `raw`")
+            except (msgspec.DecodeError, ValueError) as error:
+                raise MeshError(f"{path}:{number} is not a line of an export ({error}); nothing was imported") from None
+    return outgoing
+
+
+async def publish_in_order(
+    mesh: Mesh, messages: Sequence[Outgoing], *, window: int = 1000, timeout: float = 30.0
+) -> list[tuple[int, bool]]:
+    """Publish ``messages`` in order (pipelined, ``window`` acks outstanding); return each
+    one's `(seq, duplicate)`. A window whose acks do not all arrive in ``timeout`` seconds
+    raises (nats-py's async publish never resolves a rejected message, #985)."""
+    js = mesh.js
+    acks: list[tuple[int, bool]] = []
+    for begin in range(0, len(messages), window):
+        futures = []
+        for message in messages[begin : begin + window]:
+            headers = {MSG_ID: message.msg_id} if message.msg_id else None
+            futures.append(await js.publish_async(message.subject, message.payload, headers=headers))
+        try:
+            done = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        except TimeoutError:
+            raise MeshError(
+                f"the server did not acknowledge messages {begin + 1}..{begin + len(futures)} within {timeout:g}s; "
+                f"{begin} were stored before them"
+            ) from None
+        acks.extend((ack.seq, bool(ack.duplicate)) for ack in done)
+    return acks

@@ -1,0 +1,166 @@
+"""`fork`: copy a workflow's history up to one event under a new id, and let it go on live.
+
+What-if debugging: "had the run been interrupted at EVENT_ID, how would it go now?" The
+causal slice of ID (see `replay.causal`) up to and including EVENT_ID is copied under NEW_ID
+and published to the live log; the original is never touched. The rules, kept simple:
+
+- Ids. An event whose id the runtime derived from its cause (`claimed/1`, `emit/0`,
+  `request/2`, `llm/0`, `completed`, ...) gets the id derived the same way from its cause's
+  new id, so a handler that runs again under the new ids finds the copies (a re-run parent
+  finds its finished sub-tasks' outcomes). Any other event gets `derived_id(old, "fork/NEW_ID")`;
+  an event or task whose id *is* ID becomes NEW_ID.
+- References. `correlationid`, `causationid`, `task_id` and `workflow_id` fields and the
+  tokens of subjects are rewritten through the same map; other data is copied as is (a
+  board or vote named in the data stays the same board or vote).
+- Tasks that finished in the prefix are copied whole; the copy of their request goes to
+  `mesh.task.<new task id>` rather than `mesh.work.<capability>`, because anything on a work
+  subject is work an agent would do again.
+- Tasks without an outcome in the prefix start over: their partial work (claims, progress,
+  model calls) is not copied, their sub-task requests are (by the same rules), and their
+  last request is re-published on `mesh.work.<capability>` after the copy, with the current
+  time, so agents continue them live.
+- Copies keep their `source` and `time`; trace context is dropped (a copy is not live work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from mesh.client import Mesh
+from mesh.errors import MeshError
+from replay.causal import belongs, causal_slice, children_of, derivation_label
+from replay.export import Outgoing, publish_in_order
+from topics import subjects
+from topics.base import check_token
+from topics.envelope import CloudEvent, derived_id, encode_envelope, now_rfc3339
+from topics.record import Record
+from topics.registry import encode_data
+from topics.tasks import TaskOutcome, TaskRequested
+
+__all__ = ["ForkResult", "fork", "fork_log", "plan_fork"]
+
+
+class ForkResult(msgspec.Struct, frozen=True, kw_only=True):
+    source: str
+    new_id: str
+    at_seq: int  # the seq of EVENT_ID in the source
+    copied: int  # events copied into the new id's history
+    skipped: int  # partial work of unfinished tasks, not copied
+    requested: list[str]  # task ids (new) re-requested so agents continue them
+    first_seq: int = 0  # where the fork landed in the log
+    last_seq: int = 0
+
+
+class _Plan(msgspec.Struct, frozen=True):
+    copies: list[Outgoing]
+    requests: list[Outgoing]
+    requested: list[str]
+    skipped: int
+    at_seq: int
+
+
+def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str) -> _Plan:
+    """What `fork` would publish, without publishing it."""
+    check_token("fork id", new_id)
+    chosen = causal_slice(records, source)
+    cut = next((n for n, r in enumerate(chosen) if r.event.id == at_event), None)
+    if cut is None:
+        raise MeshError(f"event {at_event} is not in the history of {source!r} ({len(chosen)} events)")
+    if any(belongs(r, new_id) for r in records):
+        raise MeshError(f"{new_id!r} already has events in the log; fork under another id")
+    prefix = chosen[: cut + 1]
+    ids = _new_ids(prefix, source, new_id)
+    finished = {r.data.task_id for r in prefix if isinstance(r.data, TaskOutcome)}
+    last_request = {_task_of(r): r.event.id for r in prefix if isinstance(r.data, TaskRequested)}
+    unfinished = {event_id for task, event_id in last_request.items() if task not in finished}
+    open_requests = {r.event.id for r in prefix if isinstance(r.data, TaskRequested) and _task_of(r) not in finished}
+    copies: list[Outgoing] = []
+    requests: list[Outgoing] = []
+    requested: list[str] = []
+    skipped = 0
+    for record in prefix:
+        if record.event.causationid in open_requests and not isinstance(record.data, TaskRequested):
+            skipped += 1  # partial work of a task that starts over
+            continue
+        event, subject = _copy(record, ids)
+        if record.event.id in unfinished:
+            event = msgspec.structs.replace(event, time=now_rfc3339())
+            requests.append(Outgoing(subject, encode_envelope(event), event.id))
+            requested.append(ids.get(_task_of(record), _task_of(record)))
+            continue
+        if isinstance(record.data, TaskRequested):
+            subject = subjects.task(ids.get(_task_of(record), _task_of(record)))  # history, not work
+        copies.append(Outgoing(subject, encode_envelope(event), event.id))
+    return _Plan(copies, requests, requested, skipped, prefix[-1].seq)
+
+
+async def fork(mesh: Mesh, records: Sequence[Record], source: str, at_event: str, new_id: str) -> ForkResult:
+    """Copy the history of ``source`` up to ``at_event`` under ``new_id`` into the live log
+    and re-request its unfinished tasks (see the module doc for the rules)."""
+    plan = plan_fork(records, source, at_event, new_id)
+    acks = await publish_in_order(mesh, [*plan.copies, *plan.requests])
+    seqs = [seq for seq, _ in acks]
+    return ForkResult(source=source, new_id=new_id, at_seq=plan.at_seq, copied=len(plan.copies),
+                      skipped=plan.skipped, requested=plan.requested, first_seq=min(seqs, default=0),
+                      last_seq=max(seqs, default=0))  # fmt: skip
+
+
+async def fork_log(mesh: Mesh, source: str, at_event: str, new_id: str) -> ForkResult:
+    """`fork` reading the source history from the live log."""
+    from replay.reader import read_log
+
+    return await fork(mesh, (await read_log(mesh)).records, source, at_event, new_id)
+
+
+def _task_of(record: Record) -> str:
+    data = record.data
+    assert isinstance(data, TaskRequested)
+    return data.task_id or record.event.id
+
+
+def _new_ids(prefix: list[Record], source: str, new_id: str) -> dict[str, str]:
+    """Old id -> new id, for every event id and task id of the prefix (and ``source``)."""
+    ids = {source: new_id}
+    caused = children_of(prefix)
+    label = f"fork/{new_id}"
+    for record in prefix:
+        old, cause = record.event.id, record.event.causationid
+        if old in ids:
+            continue
+        how = derivation_label(record, cause, len(caused.get(cause, []))) if cause in ids else None
+        data = record.data
+        if how is not None and cause is not None:
+            ids[old] = derived_id(ids[cause], how)
+        elif isinstance(data, TaskRequested) and data.task_id and old == derived_id(data.task_id, "requested"):
+            task = ids.setdefault(data.task_id, derived_id(data.task_id, label))
+            ids[old] = derived_id(task, "requested")
+        else:
+            ids[old] = derived_id(old, label)
+    for record in prefix:
+        named = getattr(record.data, "task_id", None)
+        if isinstance(named, str) and named and named not in ids:
+            ids[named] = derived_id(named, label)
+    return ids
+
+
+def _copy(record: Record, ids: dict[str, str]) -> tuple[CloudEvent, str]:
+    event = record.event
+    data: Any = record.data
+    changes = {name: ids[value] for name in ("task_id", "workflow_id")
+               if isinstance(value := getattr(data, name, None), str) and value in ids}  # fmt: skip
+    if changes:
+        data = msgspec.structs.replace(data, **changes)
+    copied = msgspec.structs.replace(
+        event,
+        id=ids[event.id],
+        correlationid=ids.get(event.correlationid or "", event.correlationid),
+        causationid=ids.get(event.causationid or "", event.causationid),
+        traceparent=None,
+        tracestate=None,
+        data=msgspec.Raw(encode_data(data)),
+    )
+    subject = ".".join(ids.get(token, token) for token in record.subject.split("."))
+    return copied, subject

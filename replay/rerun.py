@@ -1,0 +1,186 @@
+"""`rerun`: execute an agent's handlers again against what the log recorded, and report the
+first place where the code now does something else (Temporal's replayer, for agents).
+
+For every recorded `mesh.task.requested` of the agent's capabilities in a correlation, the
+handler runs with a `ReplayContext`: the same API as `mesh.context.Context` (it *is* one),
+over a `RecordedMesh` that answers from the log instead of the network. Model and tool calls
+get their recorded responses and results by call index and never reach a model or run a
+tool; `ctx.request` gets the recorded outcome of the sub-task with the same derived id.
+What the handler does is compared with what the log holds for that task, matched by derived
+event id:
+
+- every emit (progress, board writes and votes included), sub-task request, model call and
+  tool call, in the order the code makes them, then the outcome (completed with its
+  output, or failed with its error);
+- fields the runtime stamps rather than the handler decides are left out: `agent` and
+  `attempt` on progress; the outcome compares `output` or the error's type and message;
+- claims, dead letters and fallback hand-overs are the runtime's, not the handler's.
+
+The first difference is a `Divergence`: the index of the effect in the code's sequence, what
+the log expected there and what the code did.
+
+Not replayed yet: reads of live state (`ctx.board(...).get`, following a vote) are not
+recorded as events, so a handler that reads them fails under rerun with
+`ReplayIsolationError` naming what it reached for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+import msgspec
+
+from mesh.agent import Agent
+from mesh.client import Mesh
+from mesh.errors import MeshError
+from mesh.process import load_agent
+from replay.causal import causal_slice
+from replay.context import Effect, RecordBook, ReplayContext, ReplayStop, effect_of
+from topics import subjects
+from topics.envelope import derived_id
+from topics.record import Record
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskRequested
+
+__all__ = ["Divergence", "RerunResult", "rerun", "rerun_file", "rerun_log"]
+
+
+class Divergence(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the code parted from the log: effect ``index`` of task ``task_id``."""
+
+    task_id: str
+    capability: str
+    request_seq: int
+    index: int
+    expected: Effect | None  # what the log holds there (None: nothing more)
+    actual: Effect | None  # what the code did there (None: nothing more)
+    reason: str
+
+    def describe(self) -> str:
+        head = f"divergence in task {self.task_id} ({self.capability}, requested at seq {self.request_seq}), "
+        lines = [head + f"effect {self.index}: {self.reason}"]
+        for name, effect in (("expected", self.expected), ("actual", self.actual)):
+            lines.append(f"  {name}: {effect.describe() if effect else 'nothing'}")
+        return "\n".join(lines)
+
+
+class RerunResult(msgspec.Struct, frozen=True, kw_only=True):
+    """`ok` when every task replayed exactly as recorded; else the first `divergence`."""
+
+    ok: bool
+    tasks_checked: int
+    divergence: Divergence | None = None
+
+
+async def rerun(target: str | Agent, records: Sequence[Record], correlation: str) -> RerunResult:
+    """Replay the handlers of ``target`` (an Agent or `module:attribute`) for every task of its
+    capabilities in the causal slice of ``correlation`` within ``records``."""
+    agent = load_agent(target) if isinstance(target, str) else target
+    chosen = causal_slice(records, correlation)
+    book = RecordBook(chosen)
+    requests = [r for r in chosen if isinstance(r.data, TaskRequested) and r.data.capability in agent.handlers]
+    if not requests:
+        raise MeshError(
+            f"no recorded task for {', '.join(agent.capabilities) or 'no capability'} in {correlation!r} "
+            f"({len(chosen)} events in its slice): is it the right agent and id?"
+        )
+    first: Divergence | None = None
+    for request in requests:
+        found = await _rerun_task(agent, request, book)
+        first = first or found
+    return RerunResult(ok=first is None, tasks_checked=len(requests), divergence=first)
+
+
+async def rerun_log(mesh: Mesh, target: str | Agent, correlation: str) -> RerunResult:
+    """`rerun` over the log in JetStream (read only)."""
+    from replay.reader import read_log
+
+    return await rerun(target, (await read_log(mesh)).records, correlation)
+
+
+async def rerun_file(path: str, target: str | Agent, correlation: str) -> RerunResult:
+    """`rerun` over an exported file."""
+    from replay.reader import read_file
+
+    return await rerun(target, read_file(path).records, correlation)
+
+
+async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Divergence | None:
+    data = cast(TaskRequested, request.data)
+    event = request.event
+    task_id = data.task_id or event.id
+    handler = agent.handlers[data.capability]
+    caused = book.caused.get(event.id, [])
+    outcome = next((r for r in caused if r.event.id in _outcome_ids(event.id)), None)
+    claims = [r.data for r in caused if isinstance(r.data, TaskClaimed)]
+    attempt, agent_id = _who(outcome, claims, agent.name)
+    ctx = ReplayContext(book, agent=agent.name, agent_id=agent_id, event=event, task_id=task_id,
+                        capability=data.capability, attempt=attempt, granted=agent.tools)  # fmt: skip
+    try:
+        output = await handler.fn(handler.convert(data.input), ctx)
+        result: tuple[str, Any] = ("completed", output)
+    except ReplayStop:
+        result = ("stopped", None)
+    except Exception as error:  # noqa: BLE001  (a handler's failure is an outcome, compared with the log)
+        result = ("failed", error)
+    actual = list(ctx.effects)
+    if outcome is not None and result[0] != "stopped":
+        actual.append(_outcome_effect(event.id, task_id, *result))
+    expected = [effect_of(r, event.id, len(caused)) for r in caused if _handler_made(r, event.id)]
+    return _compare(expected, actual, task_id, data.capability, request.seq)
+
+
+def _outcome_ids(cause: str) -> tuple[str, str]:
+    return derived_id(cause, "completed"), derived_id(cause, "failed")
+
+
+def _who(outcome: Record | None, claims: list[TaskClaimed], name: str) -> tuple[int, str]:
+    """The attempt to replay (the one that recorded the outcome, else the last claimed) and the
+    agent id the handler saw then."""
+    if outcome is not None and isinstance(outcome.data, (TaskCompleted, TaskFailed)):
+        return outcome.data.attempt, outcome.data.agent
+    if claims:
+        last = max(claims, key=lambda c: c.attempt)
+        return last.attempt, last.agent
+    return 1, f"{name}-replay"
+
+
+def _handler_made(record: Record, cause: str) -> bool:
+    """Effects of the handler (not claims, dead letters or the runtime's fallback hand-over)."""
+    if isinstance(record.data, TaskClaimed) or record.event.type == "mesh.dead.lettered":
+        return False
+    return record.event.id != derived_id(cause, "fallback")
+
+
+def _outcome_effect(cause: str, task_id: str, kind: str, value: Any) -> Effect:
+    subject = subjects.task(task_id)
+    if kind == "completed":
+        data = TaskCompleted(task_id=task_id, agent="", attempt=0, output=value)
+        return Effect.of(derived_id(cause, "completed"), "completed", subject, data)
+    error = cast(BaseException, value)
+    view = {"task_id": task_id, "error": {"type": getattr(error, "type", type(error).__name__), "message": str(error)}}
+    return Effect(id=derived_id(cause, "failed"), label="failed", subject=subject, type=TaskFailed.TYPE, data=view)
+
+
+def _compare(
+    expected: list[Effect], actual: list[Effect], task_id: str, capability: str, seq: int
+) -> Divergence | None:
+    by_id = {effect.id: effect for effect in expected}
+    matched: set[str] = set()
+
+    def diverged(index: int, want: Effect | None, got: Effect | None, reason: str) -> Divergence:
+        return Divergence(task_id=task_id, capability=capability, request_seq=seq, index=index,
+                          expected=want, actual=got, reason=reason)  # fmt: skip
+
+    for index, got in enumerate(actual):
+        want = by_id.get(got.id)
+        if want is None:
+            pending = next((e for e in expected if e.id not in matched), None)
+            return diverged(index, pending, got, f"the code did {got.label}, which the log does not hold")
+        if (want.subject, want.type, want.data) != (got.subject, got.type, got.data):
+            return diverged(index, want, got, f"{got.label} differs from the recorded one")
+        matched.add(got.id)
+    left = [effect for effect in expected if effect.id not in matched]
+    if left:
+        return diverged(len(actual), left[0], None, f"the log holds {left[0].label}, which the code no longer does")
+    return None

@@ -1,0 +1,242 @@
+"""Any projection at any point of the log (time travel), rebuilt from JetStream or a file,
+and snapshots that let a rebuild start near the end.
+
+Snapshots live in the KV bucket `mesh-snapshots`, one key per projection name, holding
+`Projection.encode_state` output: the state, which carries its own `seq`, tagged with the
+projection's name and version. A rebuild reads on from `seq + 1`. A snapshot of another
+version of the fold is ignored (`load_snapshot`), so changing a fold and bumping its
+`version` is all it takes to invalidate old snapshots. A snapshot larger than the server's
+max payload goes to the object store bucket of the same name; the KV key then holds a pointer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from mesh.client import Mesh
+from mesh.connection import stream_replicas
+from mesh.errors import ConfigError
+from mesh.projections import REGISTRY, Projection, ProjectionState, fold, instant, load_snapshot, until
+from replay.reader import DECODE_ERRORS, LogReader, Position, decode_stored, read_file
+from topics.record import Record
+
+__all__ = [
+    "SNAPSHOT_BUCKET",
+    "Rebuilt",
+    "SnapshotStore",
+    "pick",
+    "projection_named",
+    "rebuild",
+    "rebuild_all",
+    "state_from_file",
+    "state_from_records",
+]
+
+SNAPSHOT_BUCKET = "mesh-snapshots"
+S = TypeVar("S", bound=ProjectionState)
+
+
+@dataclass
+class Rebuilt(Generic[S]):
+    """A projection's state and how it was reached: from which snapshot, folding how many events."""
+
+    projection: str
+    state: S
+    seq: int  # the last stream seq folded in (the state's own seq)
+    snapshot_seq: int | None = None  # where the snapshot it started from ended; None: from the start
+    folded: int = 0  # events read and folded after the snapshot
+    undecodable: int = 0  # stored messages that are not events (kept in the log, skipped here)
+
+
+class _Pointer(msgspec.Struct, frozen=True):
+    object: str
+    size: int
+    seq: int = 0
+
+
+_pointer = msgspec.json.Decoder(_Pointer)
+_pointer_encoder = msgspec.json.Encoder()
+
+
+def projection_named(name: str) -> Projection[Any]:
+    """The ready projection called ``name``; ConfigError lists the others."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"no projection {name!r}; there are: {', '.join(sorted(REGISTRY))}") from None
+
+
+class SnapshotStore:
+    """Snapshots of projection states in the `mesh-snapshots` KV bucket."""
+
+    def __init__(self, mesh: Mesh, bucket: str = SNAPSHOT_BUCKET) -> None:
+        self.mesh = mesh
+        self.bucket = bucket
+
+    async def _kv(self, *, create: bool) -> KeyValue | None:
+        try:
+            return await self.mesh.js.key_value(self.bucket)
+        except (BucketNotFoundError, NotFoundError):
+            if not create:
+                return None
+        config = KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=stream_replicas(),
+                                description="agentmesh projection snapshots")  # fmt: skip
+        return await self.mesh.js.create_key_value(config)
+
+    async def _objects(self, *, create: bool) -> ObjectStore:
+        try:
+            return await self.mesh.js.object_store(self.bucket)
+        except (BucketNotFoundError, NotFoundError):
+            if not create:
+                raise
+        config = ObjectStoreConfig(bucket=self.bucket, storage=StorageType.FILE, replicas=stream_replicas())
+        return await self.mesh.js.create_object_store(self.bucket, config)
+
+    async def load_bytes(self, name: str) -> bytes | None:
+        """The stored snapshot of projection ``name``, or None."""
+        kv = await self._kv(create=False)
+        if kv is None:
+            return None
+        try:
+            entry = await kv.get(name)
+        except KeyNotFoundError:
+            return None
+        data = entry.value or b""
+        if data.startswith(b'{"object"'):
+            pointer = _pointer.decode(data)
+            try:
+                return (await (await self._objects(create=False)).get(pointer.object)).data
+            except (BucketNotFoundError, NotFoundError):
+                return None
+        return data
+
+    async def load(self, projection: Projection[S]) -> S | None:
+        """The snapshot of ``projection``, or None if there is none or it is of another version."""
+        return load_snapshot(projection, await self.load_bytes(projection.name))
+
+    async def save(self, projection: Projection[S], state: S) -> int:
+        """Store ``state`` as the snapshot of ``projection``; return its size in bytes."""
+        data = projection.encode_state(state)
+        kv = await self._kv(create=True)
+        assert kv is not None
+        if len(data) > self.mesh.nc.max_payload - 1024:
+            await (await self._objects(create=True)).put(projection.name, data)
+            await kv.put(projection.name, _pointer_encoder.encode(_Pointer(projection.name, len(data), state.seq)))
+        else:
+            await kv.put(projection.name, data)
+        return len(data)
+
+
+async def rebuild(
+    mesh: Mesh,
+    projection: Projection[S],
+    *,
+    at: Position | None = None,
+    use_snapshot: bool = True,
+    save: bool = False,
+) -> Rebuilt[S]:
+    """The state of ``projection`` now, or as of ``at`` (a seq or an instant), from JetStream.
+
+    With ``use_snapshot`` the fold starts from the stored snapshot when it is usable (same
+    version, and not past ``at``); ``save`` stores the result as the new snapshot."""
+    return (await rebuild_all(mesh, [projection], at=at, use_snapshot=use_snapshot, save=save))[projection.name]
+
+
+async def rebuild_all(
+    mesh: Mesh,
+    projections: Iterable[Projection[Any]] | None = None,
+    *,
+    at: Position | None = None,
+    use_snapshot: bool = True,
+    save: bool = False,
+) -> dict[str, Rebuilt[Any]]:
+    """Several projections in one pass over the log (all ready ones by default)."""
+    chosen = list(REGISTRY.values() if projections is None else projections)
+    store = SnapshotStore(mesh)
+    states: dict[str, Any] = {}
+    snapshots: dict[str, int | None] = {}
+    for projection in chosen:
+        snapshot = await store.load(projection) if use_snapshot and not isinstance(at, datetime) else None
+        if snapshot is not None and isinstance(at, int) and snapshot.seq > at:
+            snapshot = None
+        states[projection.name] = snapshot if snapshot is not None else projection.initial()
+        snapshots[projection.name] = snapshot.seq if snapshot is not None else None
+    start = min(state.seq for state in states.values()) + 1
+    counts = _FoldSink(chosen, states, at)
+    end = at if isinstance(at, int) else None
+    await LogReader(mesh, start=start if start > 1 else None, end=end).scan(counts.sink)
+    results = {
+        p.name: Rebuilt(
+            p.name, states[p.name], states[p.name].seq, snapshots[p.name], counts.folded, counts.undecodable
+        )
+        for p in chosen
+    }
+    if save:
+        for projection in chosen:
+            await store.save(projection, states[projection.name])
+    return results
+
+
+class _FoldSink:
+    """Folds each stored message into every projection as it is read; keeps no records."""
+
+    def __init__(self, projections: Sequence[Projection[Any]], states: dict[str, Any], at: Position | None) -> None:
+        self.pairs = [(p, p.name) for p in projections]
+        self.states = states
+        self.limit = at if isinstance(at, datetime) else None
+        self.folded = 0
+        self.undecodable = 0
+
+    def sink(self, seq: int, subject: str, payload: bytes) -> None:
+        try:
+            record = decode_stored(subject, payload, seq)
+        except DECODE_ERRORS:
+            self.undecodable += 1
+            return
+        if self.limit is not None and instant(record.event.time) > self.limit:
+            return
+        self.folded += 1
+        states = self.states
+        for projection, name in self.pairs:
+            states[name] = projection.apply(states[name], record)
+
+
+def state_from_records(projection: Projection[S], records: Iterable[Record], *, at: Position | None = None) -> S:
+    """Time travel over records already read: the state as of seq ``at`` or instant ``at``."""
+    if at is None:
+        return fold(projection, records)
+    if isinstance(at, int):
+        return fold(projection, until(records, seq=at))
+    return fold(projection, (r for r in records if instant(r.event.time) <= at))
+
+
+def state_from_file(path: str | Path, projection: Projection[S], *, at: Position | None = None) -> Rebuilt[S]:
+    """The state of ``projection`` from an exported file, with no server."""
+    found = read_file(path)
+    state = state_from_records(projection, found.records, at=at)
+    return Rebuilt(projection.name, state, state.seq, None, len(found.records), len(found.undecodable))
+
+
+def pick(state: ProjectionState, key: str) -> Any:
+    """One entry of a state: ``key`` indexes the state's collection (tasks, boards, proposals,
+    workflows, rooms); `/` goes deeper (`board/key`). KeyError names what there is."""
+    value: Any = msgspec.to_builtins(state)
+    fields = [f for f in type(state).__struct_fields__ if f != "seq"]
+    if len(fields) == 1:
+        value = value[fields[0]]
+    for part in key.split("/"):
+        if not isinstance(value, dict) or part not in value:
+            known = ", ".join(sorted(value)[:20]) if isinstance(value, dict) else type(value).__name__
+            raise KeyError(f"{part!r} not found (there is: {known})")
+        value = value[part]
+    return value

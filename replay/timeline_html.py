@@ -1,0 +1,125 @@
+"""A timeline as one self-contained HTML page: a sequence diagram (inline SVG, one lane per
+agent, one arrow per hop) and a table of every hop. No scripts, fonts or files from elsewhere."""
+
+from __future__ import annotations
+
+from html import escape
+
+from replay.timeline import Hop, Timeline
+
+__all__ = ["render_html"]
+
+LANE = 200  # px between lanes
+ROW = 26  # px between hops
+TOP = 70  # px above the first hop
+GUTTER = 120  # px for the seq and offset of each hop, left of the lanes
+LEFT = GUTTER + LANE // 2  # x of the first lane
+
+_STYLE = """
+body{font:13px/1.4 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1d2433}
+h1{font-size:18px;margin:0 0 4px} .meta{color:#5b6478;margin-bottom:16px}
+svg{background:#fbfcfe;border:1px solid #dde2ec;border-radius:6px}
+.lane{stroke:#b8c1d3;stroke-dasharray:4 4} .head{fill:#e8eefb;stroke:#7d93c7}
+.head-text{font-weight:600;font-size:12px;text-anchor:middle}
+.hop line,.hop path{stroke:#3358c4;stroke-width:1.4;fill:none}
+.hop.outcome line,.hop.outcome path{stroke:#1c8a4a} .hop.failed line,.hop.failed path{stroke:#c0392b}
+.hop.llm line,.hop.llm path{stroke:#8a4fc4}
+.hop text{font-size:11px;fill:#1d2433} .seq{font-size:11px;fill:#5b6478;text-anchor:end}
+table{border-collapse:collapse;margin-top:20px;width:100%} th,td{border-bottom:1px solid #e3e7ef;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f2f5fa} td.num{text-align:right;font-variant-numeric:tabular-nums} code{font-size:12px}
+"""
+
+
+def render_html(timeline: Timeline) -> str:
+    """The page for ``timeline``; write it to a file and open it in any browser."""
+    title = f"timeline of {timeline.root}"
+    meta = (
+        f"{len(timeline.hops)} hops, {len(timeline.agents)} agents, {timeline.duration:.3f} s"
+        f" from {timeline.start or '-'}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f'<h1>{escape(title)}</h1><div class="meta">{escape(meta)}</div>'
+        f"{_diagram(timeline)}{_table(timeline)}</body></html>\n"
+    )
+
+
+def _diagram(timeline: Timeline) -> str:
+    lanes = {agent: LEFT + n * LANE for n, agent in enumerate(timeline.agents)}
+    hops = timeline.in_time_order()
+    width = GUTTER + max(len(lanes), 1) * LANE + 180  # room for the labels of self-arrows on the last lane
+    height = TOP + (len(hops) + 1) * ROW
+    parts = [
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="sequence diagram">'
+        ),
+        (
+            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+            'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="context-stroke"/></marker></defs>'
+        ),
+    ]
+    for agent, x in lanes.items():
+        parts.append(f'<line class="lane" x1="{x}" y1="{TOP - 30}" x2="{x}" y2="{height - 8}"/>')
+        parts.append(f'<rect class="head" x="{x - LANE // 2 + 8}" y="8" width="{LANE - 16}" height="28" rx="4"/>')
+        parts.append(f'<text class="head-text" x="{x}" y="27">{escape(_clip(agent, 28))}</text>')
+    for n, hop in enumerate(hops):
+        parts.append(_arrow(hop, lanes, TOP + n * ROW))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _arrow(hop: Hop, lanes: dict[str, int], y: int) -> str:
+    x1, x2 = lanes[hop.agent], lanes.get(hop.to_agent, lanes[hop.agent])
+    kind = _kind(hop)
+    label = escape(f"{hop.type.removeprefix('mesh.')} {hop.summary[:40]}")
+    tip = escape(
+        f"#{hop.seq} {hop.type} on {hop.subject}\n{hop.agent} → {hop.to_agent}\n+{hop.offset:.3f}s {hop.summary}"
+    )
+    if x1 == x2:
+        shape = f'<path d="M{x1},{y - 6} h28 v12 h-26" marker-end="url(#arrow)"/>'
+        text_x = x1 + 34
+    else:
+        shape = f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" marker-end="url(#arrow)"/>'
+        text_x = min(x1, x2) + 6
+    return (
+        f'<g class="hop {kind}" data-seq="{hop.seq}" data-id="{escape(hop.id)}" data-type="{escape(hop.type)}">'
+        f"<title>{tip}</title>"
+        f'<text class="seq" x="{GUTTER - 8}" y="{y + 4}">#{hop.seq} +{hop.offset:.3f}s</text>'
+        f'{shape}<text x="{text_x}" y="{y - 4}">{label}</text></g>'
+    )
+
+
+def _kind(hop: Hop) -> str:
+    if hop.type == "mesh.task.completed":
+        return "outcome"
+    if hop.type in ("mesh.task.failed", "mesh.dead.lettered"):
+        return "failed"
+    return "llm" if hop.type == "mesh.llm.called" else "event"
+
+
+def _table(timeline: Timeline) -> str:
+    rows = []
+    for hop in timeline.hops:
+        indent = "&nbsp;&nbsp;" * hop.depth
+        rows.append(
+            f'<tr class="hop-row" data-seq="{hop.seq}"><td class="num">#{hop.seq}</td>'
+            f'<td class="num">+{hop.offset:.3f}s</td><td>{escape(hop.agent)} → {escape(hop.to_agent)}</td>'
+            f"<td>{indent}<code>{escape(hop.type)}</code></td><td><code>{escape(hop.subject)}</code></td>"
+            f'<td>{escape(hop.summary)}</td><td class="num">{_secs(hop.to_children)}</td>'
+            f'<td class="num">{_secs(hop.to_outcome)}</td><td><code>{escape(hop.id)}</code></td></tr>'
+        )
+    head = (
+        "<tr><th>seq</th><th>offset</th><th>hop</th><th>type</th><th>subject</th><th>what</th>"
+        "<th>to last effect</th><th>to outcome</th><th>event id</th></tr>"
+    )
+    return f'<table id="hops"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _secs(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f} s"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,142 @@
+"""Span helpers: names from subject templates, kinds and attributes by the semantic
+conventions, errors recorded with status, and an upstream trace carried through a process
+that has no SDK."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.telemetry import process_span, send_span, subject_template, tracing
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+class TestSubjectTemplate:
+    @pytest.mark.parametrize(
+        ("subject", "template"),
+        [
+            ("mesh.task.t-42", "mesh.task.{task_id}"),
+            ("mesh.board.plan.step-1", "mesh.board.{board}.{key}"),
+            ("mesh.llm.researcher.0193a5c2", "mesh.llm.{agent}.{task_id}"),
+            ("mesh.agent.researcher-host1-4121", "mesh.agent.{agent_id}"),
+            ("mesh.dead.work.echo", "mesh.dead.{subject}"),
+            ("mesh.work.research", "mesh.work.research"),
+            ("mesh.newfamily.some-id", "mesh.newfamily.{id}"),
+        ],
+    )
+    def test_ids_stay_out_of_names(self, subject: str, template: str) -> None:
+        """Ids become placeholders; a capability (a small fixed set) stays; unknown families hide their tail."""
+        assert subject_template(subject) == template
+
+
+class TestWithoutSdk:
+    def test_an_upstream_trace_passes_through(self) -> None:
+        """No SDK in this process: nothing is recorded, but a received traceparent is sent on."""
+        assert not tracing()
+        with process_span("mesh.work.echo", "mesh.task.requested", "e-1", {"traceparent": TRACEPARENT}) as span:
+            assert not span.is_recording()
+            with send_span("mesh.task.t-1", "mesh.task.completed", "e-2") as headers:
+                assert headers == {"traceparent": TRACEPARENT}
+        with send_span("mesh.task.t-1", "mesh.task.completed", "e-3") as headers:
+            assert headers == {}
+
+
+SCRIPT = """
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from mesh.telemetry import agent_span, chat_span, process_span, send_span, tool_span
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+with process_span("mesh.work.search", "mesh.task.requested", "e-1", {"traceparent": "%s"},
+                  consumer="work-search", replayed=%s):
+    with agent_span("researcher", agent_id="researcher-h-1", capability="search", task_id="t-1"):
+        with chat_span("gpt-4o-mini", provider="openai", conversation_id="t-1"):
+            pass
+        try:
+            with tool_span("web_search", call_id="call-1"):
+                raise ValueError("no results for api_key=sk-abcdefghijklmnop")
+        except ValueError:
+            pass
+        with send_span("mesh.tool.researcher.t-1", "mesh.tool.called", "e-2") as headers:
+            pass
+spans = [{"name": s.name, "kind": s.kind.name, "attributes": dict(s.attributes), "status": s.status.status_code.name,
+          "description": s.status.description, "parent": s.parent and format(s.parent.span_id, "016x"),
+          "id": format(s.context.span_id, "016x"), "trace": format(s.context.trace_id, "032x"),
+          "events": [dict(e.attributes) for e in s.events], "links": len(s.links)}
+         for s in exporter.get_finished_spans()]
+print(json.dumps({"spans": spans, "headers": headers}))
+"""
+
+
+def run_with_sdk(replayed: bool = False) -> dict[str, Any]:
+    code = SCRIPT % (TRACEPARENT, replayed)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    result["by_name"] = {s["name"]: s for s in result["spans"]}
+    return result
+
+
+class TestWithSdk:
+    def test_span_tree_kinds_and_attributes(self) -> None:
+        """process -> invoke_agent -> chat / execute_tool / send, each by the conventions."""
+        spans = run_with_sdk()["by_name"]
+        process = spans["process mesh.work.search"]
+        assert process["kind"] == "CONSUMER" and process["parent"] == TRACEPARENT.split("-")[2]
+        assert process["trace"] == TRACEPARENT.split("-")[1]
+        assert process["attributes"] == {
+            "messaging.system": "nats",
+            "messaging.destination.name": "mesh.work.search",
+            "messaging.destination.template": "mesh.work.search",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.message.id": "e-1",
+            "messaging.consumer.group.name": "work-search",
+            "cloudevents.event_id": "e-1",
+            "cloudevents.event_type": "mesh.task.requested",
+        }
+        invoke = spans["invoke_agent researcher"]
+        assert (invoke["kind"], invoke["parent"]) == ("INTERNAL", process["id"])
+        assert invoke["attributes"]["gen_ai.operation.name"] == "invoke_agent"
+        assert invoke["attributes"]["gen_ai.agent.id"] == "researcher-h-1"
+        chat = spans["chat gpt-4o-mini"]
+        assert (chat["kind"], chat["parent"]) == ("CLIENT", invoke["id"])
+        assert chat["attributes"] == {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.conversation.id": "t-1",
+        }
+        send = spans["send mesh.tool.{agent}.{task_id}"]
+        assert (send["kind"], send["parent"]) == ("PRODUCER", invoke["id"])
+        assert send["attributes"]["messaging.destination.name"] == "mesh.tool.researcher.t-1"
+
+    def test_a_tool_call_that_fails_is_recorded_once_and_scrubbed(self) -> None:
+        """`execute_tool {name}` carries the tool, ERROR status, error.type, one exception event, no key."""
+        tool = run_with_sdk()["by_name"]["execute_tool web_search"]
+        assert tool["kind"] == "INTERNAL"
+        assert tool["attributes"]["gen_ai.tool.name"] == "web_search"
+        assert tool["attributes"]["gen_ai.tool.call.id"] == "call-1"
+        assert tool["attributes"]["error.type"] == "ValueError"
+        assert tool["status"] == "ERROR"
+        assert tool["description"] == "ValueError: no results for api_key=[redacted]"
+        assert len(tool["events"]) == 1 and "sk-abcdefghijklmnop" not in json.dumps(tool["events"])
+
+    def test_a_replay_links_to_the_original_instead_of_joining_it(self) -> None:
+        """A replayed message starts a new trace that links to the producer's context."""
+        process = run_with_sdk(replayed=True)["by_name"]["process mesh.work.search"]
+        assert process["parent"] is None and process["links"] == 1
+        assert process["trace"] != TRACEPARENT.split("-")[1]
+        assert process["attributes"]["mesh.replayed"] is True
