@@ -26,7 +26,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ async def throughput(bench: Bench, mesh: Mesh, raw: RawRequester, args: argparse
     }  # fmt: skip
     assert bench.server is not None
     server_pid = bench.server.process.pid
-    for name, (call, _) in sides.items():
+    for call, _ in sides.values():
         await burst(call, args.warmup_tasks, args.in_flight)
     rates: dict[str, list[float]] = {"mesh": [], "raw": []}
     cpu: dict[str, list[float]] = {"mesh": [], "raw": []}  # µs of CPU per task, all three processes
@@ -157,7 +157,7 @@ async def throughput(bench: Bench, mesh: Mesh, raw: RawRequester, args: argparse
             print(f"  throughput run {run + 1}/{args.runs} {name:4s}: {rate:7,.0f} tasks/s"
                   f"   CPU µs/task: {detail}", flush=True)  # fmt: skip
         bench.check_alive()
-    paired = [m / r for m, r in zip(rates["mesh"], rates["raw"])]
+    paired = [m / r for m, r in zip(rates["mesh"], rates["raw"], strict=True)]
     print(f"  paired ratios (mesh/raw, same run): {', '.join(f'{x:.2f}' for x in paired)}", flush=True)
     bench.stop(mesh_worker)
     bench.stop(raw_worker_proc)
@@ -256,7 +256,7 @@ def write_results(rows: list[Row], args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "benchmark": "tasks",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
                     "load_before": args.load_before, "load_after": args.load_after},
         "versions": {"nats-py": version("nats-py"), "nats-server": _server_version(), "msgspec": version("msgspec")},

@@ -177,7 +177,7 @@ async def _sync(fn: Callable[..., Any], **kwargs: Any) -> Any:
 
 
 from mesh import watch as _watch  # noqa: E402  (registers tail/status)
-from mesh import demo as _demo  # noqa: E402,F401  (registers demo)
+from mesh import demo as _demo  # noqa: E402  (registers demo)
 
 main.add_command(_watch.tail)
 main.add_command(_watch.status)

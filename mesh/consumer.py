@@ -72,6 +72,7 @@ class WorkConsumer:
         self._inbox = ""
         self._sub: object | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._pulls: set[asyncio.Future[None]] = set()
         self.stopping = False
         self.consumer = consumer
 
@@ -96,7 +97,9 @@ class WorkConsumer:
             return
         self._credit += want
         request = {"batch": want, "expires": self._expires_ns, "idle_heartbeat": int(self._heartbeat * 1e9)}
-        asyncio.ensure_future(self._nc.publish(self._next_subject, _pull_encoder.encode(request), reply=self._inbox))
+        pull = asyncio.ensure_future(self._nc.publish(self._next_subject, _pull_encoder.encode(request), reply=self._inbox))
+        self._pulls.add(pull)  # a strong reference until it is sent (the loop keeps only weak ones)
+        pull.add_done_callback(self._pulls.discard)
 
     async def _receive(self, msg: Msg) -> None:
         self._seen = time.monotonic()

@@ -54,7 +54,7 @@ def _warn_undecodable(found: LogSlice) -> None:
 
 @click.group()
 def replay() -> None:
-    """Read the log: timelines, time travel, export/import, re-run, fork. Never calls a model."""
+    """Read the log: timelines, time travel, export/import, re-run, fork, traces. Never calls a model."""
 
 
 @replay.command()
@@ -192,3 +192,43 @@ def fork(id: str, at_event: str, new_id: str, file: str | None, settings: MeshSe
     tasks = f": {', '.join(result.requested)}" if result.requested else ""
     click.echo(f"forked {id} at seq {result.at_seq} as {new_id}: {result.copied} events copied, "
                f"{result.skipped} skipped, {len(result.requested)} task(s) re-requested{tasks}")  # fmt: skip
+
+
+@replay.command()
+@click.argument("id")
+@FILE
+@click.option("--console", is_flag=True, help="print the spans as JSON instead of exporting them over OTLP")
+@nats_options
+def traces(id: str, file: str | None, console: bool, settings: MeshSettings) -> None:
+    """Rebuild ID's spans from the log and export them (OTEL_* settings) in a new trace, marked replayed."""
+    from mesh.errors import ConfigError, MeshError
+    from mesh.otel import exporter_for, resource_for, span_exporter
+    from replay.traces import export_traces, rebuild_traces
+
+    try:
+        kind = "console" if console else exporter_for("traces")
+    except ConfigError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    if kind == "none":
+        click.echo("error: no trace exporter is configured: set OTEL_EXPORTER_OTLP_ENDPOINT (or "
+                   "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_TRACES_EXPORTER=otlp|console), "
+                   "or pass --console to print the spans", err=True)  # fmt: skip
+        sys.exit(1)
+    found = run(_records(settings, file))
+    _warn_undecodable(found)
+    spans = rebuild_traces(found.records, id)
+    if not spans:
+        click.echo(f"error: no events found for {id}", err=True)
+        sys.exit(1)
+    exporter = span_exporter(kind)
+    try:
+        count = export_traces(spans, exporter, resource=resource_for("mesh-replay"))
+    except MeshError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    finally:
+        exporter.shutdown()
+    root, linked = spans[0], sum(1 for span in spans if span.original is not None)
+    click.echo(f"exported {count} replayed spans of {id} ({root.attributes['mesh.replay.events']} events) in new "
+               f"trace {root.trace_id_hex}; {linked} linked to their original trace", err=console)  # fmt: skip

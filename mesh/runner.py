@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import msgspec
 import structlog
@@ -94,6 +94,7 @@ class AgentRunner:
     _consumers: list[WorkConsumer] = field(default_factory=list)
     _in_flight: dict[int, _InFlight] = field(default_factory=dict)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
+    _handling: set[asyncio.Future[None]] = field(default_factory=set)
     _advisories: list[object] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -275,7 +276,7 @@ class AgentRunner:
         )
         started = time.perf_counter()
         try:
-            if task.deadline and parse_time(task.deadline) < datetime.now(timezone.utc):
+            if task.deadline and parse_time(task.deadline) < datetime.now(UTC):
                 raise SchemaError(f"deadline {task.deadline} passed before the task could start")
             with agent_span(self.agent.name, agent_id=self.agent_id, capability=handler.capability, task_id=task_id):
                 output = await handler.fn(handler.convert(task.input), ctx)
@@ -389,7 +390,9 @@ class _Dispatch:
 
     def __call__(self, msg: Msg) -> None:
         assert self.consumer is not None
-        asyncio.ensure_future(self.runner.handle(msg, self.handler, self.consumer))
+        task = asyncio.ensure_future(self.runner.handle(msg, self.handler, self.consumer))
+        self.runner._handling.add(task)  # a strong reference while it runs (the loop keeps weak ones)
+        task.add_done_callback(self.runner._handling.discard)
 
 
 def _envelope_or_none(payload: bytes) -> CloudEvent | None:

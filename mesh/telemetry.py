@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context, metrics, propagate, trace
@@ -37,6 +38,7 @@ __all__ = [
     "tracing",
     "record_error",
     "instruments",
+    "replaying",
 ]
 
 tracer = trace.get_tracer("agentmesh")
@@ -117,9 +119,27 @@ def recheck_tracing() -> None:
     _tracing["checked"] = -1.0
 
 
+_replaying: ContextVar[bool] = ContextVar("mesh_replaying", default=False)
+
+
+@contextmanager
+def replaying() -> Iterator[None]:
+    """Inside, the span helpers make no spans and propagate no context: code that re-executes
+    recorded work (`replay.rerun`) must not pose as live work (replayed spans are rebuilt,
+    linked and marked, by `replay.traces`). Tasks started inside inherit it."""
+    token = _replaying.set(True)
+    try:
+        yield
+    finally:
+        _replaying.reset(token)
+
+
 @contextmanager
 def _span(name: str, kind: SpanKind, attributes: dict[str, Any], **options: Any) -> Iterator[Span]:
     """A current span whose failure is recorded once, with `error.type` and an ERROR status."""
+    if _replaying.get():
+        yield trace.INVALID_SPAN
+        return
     if not tracing():
         yield trace.get_current_span()
         return
@@ -155,6 +175,9 @@ def _messaging(subject: str, operation: str, event_type: str, message_id: str) -
 @contextmanager
 def send_span(subject: str, event_type: str, event_id: str) -> Iterator[dict[str, str]]:
     """A PRODUCER span; yields the W3C headers (`traceparent`, `tracestate`) to send along."""
+    if _replaying.get():
+        yield {}
+        return
     if not tracing():
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # an upstream context, if this process is inside one
@@ -178,6 +201,9 @@ def process_span(
     replayed: bool = False,
 ) -> Iterator[Span]:
     """A CONSUMER span whose parent is the producer's context; a replay links to it instead."""
+    if _replaying.get():
+        yield trace.INVALID_SPAN
+        return
     if not tracing():
         yield from _pass_through(carrier, replayed)
         return

@@ -28,11 +28,13 @@ from replay.state import (
     projection_named,
     rebuild,
     rebuild_all,
+    rebuild_file,
     state_from_file,
     state_from_records,
 )
 from replay.timeline import Hop, Timeline, build_timeline, render_text
 from replay.timeline_html import render_html
+from replay.traces import ReplayedSpan, export_traces, rebuild_traces
 
 __all__ = [
     "SNAPSHOT_BUCKET",
@@ -49,6 +51,7 @@ __all__ = [
     "Rebuilt",
     "RecordBook",
     "RecordedMesh",
+    "ReplayedSpan",
     "ReplayContext",
     "ReplayIsolationError",
     "ReplayLlmSession",
@@ -62,6 +65,7 @@ __all__ = [
     "children_of",
     "derivation_label",
     "export_log",
+    "export_traces",
     "fork",
     "fork_log",
     "import_log",
@@ -74,6 +78,8 @@ __all__ = [
     "read_log",
     "rebuild",
     "rebuild_all",
+    "rebuild_traces",
+    "rebuild_file",
     "render_html",
     "render_text",
     "rerun",

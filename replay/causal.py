@@ -29,7 +29,7 @@ def causal_slice(records: Iterable[Record], root: str) -> list[Record]:
     """The records of ``root`` and everything they caused, in log order."""
     records = list(records)
     members = [belongs(record, root) for record in records]
-    ids = {record.event.id for record, member in zip(records, members) if member}
+    ids = {record.event.id for record, member in zip(records, members, strict=True) if member}
     changed = True
     while changed:  # one pass suffices when causes come first in the log, which is the usual case
         changed = False
@@ -38,7 +38,7 @@ def causal_slice(records: Iterable[Record], root: str) -> list[Record]:
                 members[n] = True
                 ids.add(record.event.id)
                 changed = True
-    return [record for record, member in zip(records, members) if member]
+    return [record for record, member in zip(records, members, strict=True) if member]
 
 
 def children_of(records: Iterable[Record]) -> dict[str, list[Record]]:

@@ -27,7 +27,17 @@ from mesh.client import Mesh
 from mesh.connection import stream_replicas
 from mesh.errors import ConfigError
 from mesh.projections import REGISTRY, Projection, ProjectionState, fold, instant, load_snapshot, until
-from replay.reader import DECODE_ERRORS, LogReader, Position, decode_stored, read_file
+from mesh.projections.base import Router
+from replay.reader import (
+    DECODE_ERRORS,
+    LogReader,
+    Position,
+    decode_event_data,
+    gc_paused,
+    iter_file_events,
+    read_file,
+)
+from topics.envelope import CloudEvent, decode_envelope
 from topics.record import Record
 
 __all__ = [
@@ -38,6 +48,7 @@ __all__ = [
     "projection_named",
     "rebuild",
     "rebuild_all",
+    "rebuild_file",
     "state_from_file",
     "state_from_records",
 ]
@@ -175,6 +186,7 @@ async def rebuild_all(
     counts = _FoldSink(chosen, states, at)
     end = at if isinstance(at, int) else None
     await LogReader(mesh, start=start if start > 1 else None, end=end).scan(counts.sink)
+    counts.finish()
     results = {
         p.name: Rebuilt(
             p.name, states[p.name], states[p.name].seq, snapshots[p.name], counts.folded, counts.undecodable
@@ -188,27 +200,65 @@ async def rebuild_all(
 
 
 class _FoldSink:
-    """Folds each stored message into every projection as it is read; keeps no records."""
+    """Folds each stored message into the projections that handle its type, as it is read;
+    keeps no records, and decodes `data` only when some projection wants it."""
 
     def __init__(self, projections: Sequence[Projection[Any]], states: dict[str, Any], at: Position | None) -> None:
-        self.pairs = [(p, p.name) for p in projections]
+        self.router = Router(projections)
         self.states = states
         self.limit = at if isinstance(at, datetime) else None
         self.folded = 0
         self.undecodable = 0
+        self.last_seq = 0
 
     def sink(self, seq: int, subject: str, payload: bytes) -> None:
         try:
-            record = decode_stored(subject, payload, seq)
+            event = decode_envelope(payload)
         except DECODE_ERRORS:
             self.undecodable += 1
             return
-        if self.limit is not None and instant(record.event.time) > self.limit:
+        self.fold(seq, subject, event)
+
+    def fold(self, seq: int, subject: str, event: CloudEvent | None) -> None:
+        if event is None:
+            self.undecodable += 1
+            return
+        if self.limit is not None and instant(event.time) > self.limit:
             return
         self.folded += 1
+        self.last_seq = seq
+        targets = self.router.route(event.type)
+        if not targets:
+            return
+        try:
+            record = Record(seq=seq, subject=subject, event=event, data=decode_event_data(event.type, event.data))
+        except DECODE_ERRORS:
+            self.undecodable += 1
+            return
         states = self.states
-        for projection, name in self.pairs:
-            states[name] = projection.apply(states[name], record)
+        for projection in targets:
+            states[projection.name] = projection.apply(states[projection.name], record)
+
+    def finish(self) -> None:
+        Router.finish(self.states, self.last_seq)
+
+
+def rebuild_file(
+    path: str | Path, projections: Iterable[Projection[Any]] | None = None, *, at: Position | None = None
+) -> dict[str, Rebuilt[Any]]:
+    """Every projection (or the ones given) from an exported file in one pass, with no server."""
+    chosen = list(REGISTRY.values() if projections is None else projections)
+    states: dict[str, Any] = {p.name: p.initial() for p in chosen}
+    sink = _FoldSink(chosen, states, at)
+    end = at if isinstance(at, int) else None
+    with gc_paused():
+        for seq, subject, event in iter_file_events(path):
+            if end is not None and seq > end:
+                break
+            sink.fold(seq, subject, event)
+    sink.finish()
+    return {p.name: Rebuilt(p.name, states[p.name], states[p.name].seq, None, sink.folded, sink.undecodable)
+            for p in chosen}  # fmt: skip
 
 
 def state_from_records(projection: Projection[S], records: Iterable[Record], *, at: Position | None = None) -> S:

@@ -152,8 +152,8 @@ class TestOfflineModel:
         call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
         assert first.choices[0].finish_reason == "tool_calls"
         assert call.function.name == "lookup" and json.loads(call.function.arguments) == {"q": "find it", "n": 1}  # type: ignore[union-attr]
-        follow = messages + [first.choices[0].message.model_dump(exclude_none=True),
-                             {"role": "tool", "tool_call_id": call.id, "content": "42"}]  # fmt: skip
+        follow = [*messages, first.choices[0].message.model_dump(exclude_none=True),
+                  {"role": "tool", "tool_call_id": call.id, "content": "42"}]  # fmt: skip
         final = await client.chat.completions.create(model="m", messages=follow, tools=[tool])  # type: ignore[arg-type]
         assert "42" in (final.choices[0].message.content or "")
 

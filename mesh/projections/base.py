@@ -7,13 +7,15 @@ with no I/O, no clock and no randomness, so the same log prefix always gives the
 from __future__ import annotations
 
 import copy
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from topics.base import Event
 from topics.envelope import parse_time
 from topics.record import Record
 
@@ -71,6 +73,10 @@ class Projection(ABC, Generic[S]):
     name: str
     version: int
     state_type: type[S]
+    handles: tuple[type[Event], ...] = ()  # the event types that can change the state; () = any
+
+    def wants(self, event_type: str) -> bool:
+        return not self.handles or any(cls.TYPE == event_type for cls in self.handles)
 
     def __init__(self) -> None:
         self._encoder = msgspec.json.Encoder()
@@ -166,3 +172,33 @@ def instant(value: str) -> datetime:
     """An RFC 3339 time as an aware datetime; a time without an offset is taken as UTC."""
     moment = parse_time(value)
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def member_types(union: object) -> tuple[type[Event], ...]:
+    """The event classes of a family union (`TaskEvent` -> (TaskRequested, ...))."""
+    return tuple(typing.get_args(union)) or (union,)  # type: ignore[return-value]
+
+
+class Router:
+    """Bulk folding: each record goes only to the projections that handle its type, and a
+    record no projection handles needs no `data` decoding at all. Same states as `fold`."""
+
+    def __init__(self, projections: Iterable[Projection[Any]]) -> None:
+        self.projections = list(projections)
+        self._routes: dict[str, tuple[Projection[Any], ...]] = {}
+
+    def route(self, event_type: str) -> tuple[Projection[Any], ...]:
+        found = self._routes.get(event_type)
+        if found is None:
+            found = self._routes[event_type] = tuple(p for p in self.projections if p.wants(event_type))
+        return found
+
+    def apply(self, states: dict[str, Any], record: Record) -> None:
+        for projection in self.route(record.event.type):
+            states[projection.name] = projection.apply(states[projection.name], record)
+
+    @staticmethod
+    def finish(states: dict[str, Any], last_seq: int) -> None:
+        """Every record up to ``last_seq`` was considered: that is each state's resume point."""
+        for state in states.values():
+            state.seq = max(state.seq, last_seq)

@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from mesh.projections.base import Projection, ProjectionState
+from topics.board import BoardEvent
+from mesh.projections.base import member_types, Projection, ProjectionState
 from topics.board import BoardDeleted, BoardWritten
 from topics.record import Record
 
@@ -56,6 +57,7 @@ def values(state: BoardState, board: str) -> dict[str, Any]:
 class BoardProjection(Projection[BoardState]):
     name = "board"
     version = 1
+    handles = member_types(BoardEvent)
     state_type = BoardState
 
     def evolve(self, state: BoardState, record: Record) -> BoardState:

@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 import msgspec
 
-from mesh.projections.base import Projection, ProjectionState, instant
+from topics.votes import VoteEvent
+from mesh.projections.base import member_types, Projection, ProjectionState, instant
 from topics.record import Record
 from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
 
@@ -82,6 +83,7 @@ def _weight(view: ProposalView, voter: str) -> float:
 class ConsensusProjection(Projection[ConsensusState]):
     name = "consensus"
     version = 1
+    handles = member_types(VoteEvent)
     state_type = ConsensusState
 
     def evolve(self, state: ConsensusState, record: Record) -> ConsensusState:

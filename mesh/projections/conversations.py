@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import msgspec
 
-from mesh.projections.base import Projection, ProjectionState
+from topics.chat import ChatEvent
+from mesh.projections.base import member_types, Projection, ProjectionState
 from topics.chat import ChatMessage
 from topics.record import Record
 
@@ -36,6 +37,7 @@ class ConversationsState(ProjectionState, kw_only=True):
 class ConversationsProjection(Projection[ConversationsState]):
     name = "conversations"
     version = 1
+    handles = member_types(ChatEvent)
     state_type = ConversationsState
 
     def evolve(self, state: ConversationsState, record: Record) -> ConversationsState:

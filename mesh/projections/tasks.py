@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from mesh.projections.base import Projection, ProjectionState
+from topics.tasks import TaskEvent
+from mesh.projections.base import member_types, Projection, ProjectionState
 from topics.base import ErrorInfo
 from topics.record import Record
 from topics.tasks import (
@@ -80,6 +81,7 @@ def _accepts(view: TaskView, attempt: int) -> bool:
 class TasksProjection(Projection[TasksState]):
     name = "tasks"
     version = 1
+    handles = member_types(TaskEvent)
     state_type = TasksState
 
     def evolve(self, state: TasksState, record: Record) -> TasksState:

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from mesh.projections.base import Projection, ProjectionState
+from topics.flows import FlowEvent
+from mesh.projections.base import member_types, Projection, ProjectionState
 from topics.base import ErrorInfo
 from topics.flows import (
     FlowCompleted,
@@ -102,6 +103,7 @@ def ready_steps(view: WorkflowView) -> list[str]:
 class WorkflowsProjection(Projection[WorkflowsState]):
     name = "workflows"
     version = 1
+    handles = member_types(FlowEvent)
     state_type = WorkflowsState
 
     def evolve(self, state: WorkflowsState, record: Record) -> WorkflowsState:
