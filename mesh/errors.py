@@ -12,6 +12,7 @@ __all__ = [
     "TaskFailedError",
     "TaskTimeoutError",
     "ConflictError",
+    "ToolError",
     "ToolNotGrantedError",
     "LogGapError",
 ]
@@ -80,6 +81,14 @@ class ConflictError(MeshError):
 
 class ToolNotGrantedError(MeshError, PermissionError):
     """An agent called a tool it was not granted."""
+
+
+class ToolError(MeshError):
+    """A tool call failed on an earlier try of this task; `error_type` names the original error."""
+
+    def __init__(self, message: str, *, error_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 class LogGapError(MeshError):

@@ -22,8 +22,9 @@ from typing import Any, get_type_hints
 import msgspec
 
 from mesh.client import Mesh
-from mesh.errors import ConfigError, SchemaError, ToolNotGrantedError
+from mesh.errors import ConfigError, SchemaError, ToolError, ToolNotGrantedError
 from mesh.recorded import recorded_calls
+from mesh.redact import scrub_text
 from mesh.telemetry import record_error, tool_span
 from topics import subjects
 from topics.calls import ToolCalled
@@ -102,14 +103,14 @@ class ToolBox:
         if (prior := (await self._load_recorded()).get(index)) is not None:
             self.calls.append(prior)
             if prior.error is not None:
-                raise ToolNotGrantedError(prior.error) if "not granted" in prior.error else SchemaError(prior.error)
+                raise _recorded_error(prior)
             return prior.result
         with tool_span(name) as span:
             try:
                 result = await self._run(name, args)
             except Exception as error:
                 record_error(span, error)
-                await self._record(index, name, args, None, f"{type(error).__name__}: {error}")
+                await self._record(index, name, args, None, error)
                 raise
         await self._record(index, name, args, result, None)
         return result
@@ -122,9 +123,10 @@ class ToolBox:
             raise ConfigError(f"tool '{name}' is granted but not registered: import the module that defines it")
         return await TOOLS[name].run(args)
 
-    async def _record(self, index: int, name: str, args: dict[str, Any], result: Any, error: str | None) -> None:
-        call = ToolCalled(agent=self._agent, task_id=self._task_id, call_index=index, tool=name,
-                          arguments=args, result=result, error=error)  # fmt: skip
+    async def _record(self, index: int, name: str, args: dict[str, Any], result: Any, error: Exception | None) -> None:
+        call = ToolCalled(agent=self._agent, task_id=self._task_id, call_index=index, tool=name, arguments=args,
+                          result=result, error=scrub_text(f"{type(error).__name__}: {error}") if error else None,
+                          error_type=type(error).__name__ if error else None)  # fmt: skip
         self.calls.append(call)
         if self._mesh is not None:
             await self._mesh.publish(subjects.tool(self._agent, self._task_id), call,
@@ -137,3 +139,17 @@ class ToolBox:
             if self._attempt > 1 and self._mesh is not None:
                 self._recorded = await recorded_calls(self._mesh, subjects.tool(self._agent, self._task_id), ToolCalled)
         return self._recorded
+
+
+_KNOWN_ERRORS: dict[str, type[Exception]] = {"ToolNotGrantedError": ToolNotGrantedError, "SchemaError": SchemaError,
+                                             "ConfigError": ConfigError}  # fmt: skip
+
+
+def _recorded_error(call: ToolCalled) -> Exception:
+    """The error a recorded call failed with, raised again with the same message and, for the
+    mesh's own errors, the same type (another type comes back as ToolError naming it)."""
+    kind = call.error_type or "Exception"
+    text = call.error or ""
+    message = text.removeprefix(f"{kind}: ")
+    known = _KNOWN_ERRORS.get(kind)
+    return known(message) if known is not None else ToolError(message, error_type=kind)

@@ -31,7 +31,8 @@ class ToolCalled(Event, frozen=True, kw_only=True):
     tool: str
     arguments: dict[str, Any] = {}
     result: Any = None
-    error: str | None = None
+    error: str | None = None  # "ErrorType: message" when the call failed or was refused
+    error_type: str | None = None  # the exception's class name, so a retry can raise the same kind
 
 
 CallEvent = LlmCalled | ToolCalled
