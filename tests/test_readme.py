@@ -45,6 +45,7 @@ class TestReadme:
         assert '"greeting": "[offline model]' in done.stdout
         assert "agents online:" in done.stdout and "greet" in done.stdout
         assert "mesh.task.requested" in done.stdout and "mesh.task.completed" in done.stdout
+        assert "timeline of ada-1:" in done.stdout and "mesh.llm.called mesh.llm.greeter.ada-1" in done.stdout
         assert "mesh.agent.stopped" not in done.stderr  # the agent's log is JSON on stderr; no crash lines
         assert "Traceback" not in done.stderr
         assert not (tmp_path / ".mesh" / "server.json").exists()  # `mesh down` ran
