@@ -99,11 +99,10 @@ async def run_demo(topic: str) -> int:
             task_id = f"report-{new_event_id()[:8]}"
             click.echo(f"\ntask {task_id}: report on {topic!r}\n")
             output = await follow(mesh, task_id, topic)
-        click.echo(f"\n{output['title']}\n{output['summary']}\n")
-        for section in output["sections"]:
-            click.echo(f"  [{section['aspect']}] {section['notes'][:110]}")
-        click.echo(f"\ninspect it:  mesh up && mesh tail --all 'mesh.>' | grep {task_id}")
-        click.echo(f"             mesh replay timeline {task_id}")
+            click.echo(f"\n{output['title']}\n{output['summary']}\n")
+            for section in output["sections"]:
+                click.echo(f"  [{section['aspect']}] {section['notes'][:110]}")
+            await show_replay(mesh, task_id, home)
         return 0
     finally:
         for proc in procs:
@@ -127,6 +126,21 @@ async def follow(mesh: Mesh, task_id: str, topic: str) -> dict:  # type: ignore[
         return await mesh.request("report", {"topic": topic}, task_id=task_id, timeout=120)  # type: ignore[no-any-return]
     finally:
         await sub.unsubscribe()
+
+
+async def show_replay(mesh: Mesh, task_id: str, home: Path) -> None:
+    """The task's causal tree, read back from the log, and the commands to look again."""
+    from replay import build_timeline, export_log, read_log, render_text
+
+    timeline = build_timeline((await read_log(mesh)).records, task_id)
+    click.echo(f"\nreplayed from the log:\n{render_text(timeline)}")
+    exported = home / f"{task_id}.jsonl"
+    await export_log(mesh, exported, correlation=task_id)
+    click.echo(f"""look again (the log stays in {home}/store):
+  mesh replay timeline {task_id} --file {exported}           # no server needed
+  mesh replay timeline {task_id} --file {exported} --html {home}/{task_id}.html
+  mesh replay state tasks --file {exported}
+  mesh up && mesh replay rerun agents.researcher:agent --correlation {task_id} && mesh down""")
 
 
 @click.command()

@@ -90,9 +90,12 @@ class TestUpDown:
             return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True,
                                   timeout=30, cwd=tmp_path, env=env)  # fmt: skip
 
-        first, second = run("up"), run("up")
-        assert first.stdout.startswith("started:") and second.stdout.startswith("already running:")
-        pid = int(first.stdout.split("(pid ")[1].split(",")[0])
-        assert run("status").returncode == 0
-        assert run("down").stdout.startswith("stopped")
+        try:
+            first, second = run("up"), run("up")
+            assert first.stdout.startswith("started:") and second.stdout.startswith("already running:")
+            pid = int(first.stdout.split("(pid ")[1].split(",")[0])
+            assert run("status").returncode == 0
+        finally:
+            down = run("down")
+        assert down.stdout.startswith("stopped")
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()

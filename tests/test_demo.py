@@ -33,7 +33,13 @@ class TestDemo:
         for step in ("report    requested", "research  completed", "write     completed", "report    completed"):
             assert step in out, out
         assert "Report: queue backpressure" in out and "[offline model]" in out
-        assert "mesh replay timeline report-" in out
+        assert "replayed from the log:" in out and "timeline of report-" in out
+        task_id = out.split("timeline of ")[1].split(":")[0]
+        exported = home / f"{task_id}.jsonl"
+        again = subprocess.run([sys.executable, "-m", "mesh", "replay", "timeline", task_id, "--file", str(exported)],
+                               capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)  # fmt: skip
+        assert again.returncode == 0 and f"timeline of {task_id}" in again.stdout, again.stderr
+        assert again.stdout.count("mesh.task.completed") == 5  # report, three research, write
         assert running(str(home)) == []  # the nats-server whose store is under this home
         assert not (home / "server.json").exists()
 

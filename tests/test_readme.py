@@ -39,8 +39,11 @@ class TestReadme:
         (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
         env = env_with_venv(MESH_HOME=str(tmp_path / ".mesh"), MESH_PORT="0", PYTHONPATH=str(ROOT))
         env.pop("NATS_URL", None)
-        done = subprocess.run(["bash", "-e", "-c", block("synopsis")], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=90)  # fmt: skip
+        try:
+            done = subprocess.run(["bash", "-e", "-c", block("synopsis")], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=90)  # fmt: skip
+        finally:  # whatever happened, leave no server behind
+            subprocess.run([sys.executable, "-m", "mesh", "down"], cwd=tmp_path, env=env, capture_output=True, timeout=30)
         assert done.returncode == 0, done.stdout + done.stderr
         assert '"greeting": "[offline model]' in done.stdout
         assert "agents online:" in done.stdout and "greet" in done.stdout
