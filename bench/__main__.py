@@ -16,6 +16,7 @@ import sys
 BENCHMARKS = {
     "tasks": "bench.tasks",  # issue #2: task throughput and hop latency
     "rebuild": "bench.rebuild",  # issue #3: rebuilding projections from the log
+    "tracing": "bench.tracing",  # issue #4: throughput with every span exported vs tracing off
 }
 
 

@@ -14,3 +14,20 @@ agent = Agent("bench")
 async def latency(input: Any, ctx: Context) -> int:
     """Nanoseconds from the requester's wall-clock send time to this handler starting."""
     return time.time_ns() - input["sent"]
+
+
+echo = Agent("bench-echo")
+
+
+@echo.task("bench-echo")
+async def echo_input(input: Any, ctx: Context) -> Any:
+    """The echo agent under another capability, so a traced and an untraced worker can coexist."""
+    return input
+
+
+traced_echo = Agent("bench-echo-traced")
+
+
+@traced_echo.task("bench-echo-traced")
+async def echo_traced(input: Any, ctx: Context) -> Any:
+    return input

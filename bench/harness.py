@@ -104,8 +104,8 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
 
 
-def print_table(rows: Sequence[Row]) -> None:
-    header = ("metric", "mesh", "raw", "ratio", "target", "result")
+def print_table(rows: Sequence[Row], *, columns: tuple[str, str] = ("mesh", "raw")) -> None:
+    header = ("metric", *columns, "ratio", "target", "result")
     lines = [header]
     for row in rows:
         target = "-" if row.target is None else (f">= {row.target:g}" if row.higher_is_better else f"<= {row.target:g}")
@@ -152,10 +152,13 @@ class Bench:
         else:
             print(f"(logs kept in {self.tmp})", file=sys.stderr)
 
-    def spawn(self, label: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start `python ARGS...` from the repository root, as a user would, logs to a file."""
+    def spawn(self, label: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start `python ARGS...` from the repository root, as a user would, logs to a file.
+        The caller's OTEL_* settings are dropped (no exporter unless `env` gives one)."""
         log_path = self.tmp / f"{label}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}  # no exporter on either side
+        extra = env or {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env.update(extra)
         env.setdefault("MESH_LOG_FORMAT", "json")
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(

@@ -42,7 +42,7 @@ __all__ = [
 
 _SIGNALS = ("traces", "metrics")
 _EXPORTERS = ("otlp", "console", "none")
-_PROTOCOLS = ("http/protobuf", "grpc")
+_PROTOCOLS = ("http/protobuf", "http/json", "grpc")
 _installed: Telemetry | None = None
 
 
@@ -166,10 +166,15 @@ def span_exporter(exporter: str) -> SpanExporter:
 
     if exporter == "console":
         return ConsoleSpanExporter()
-    if protocol_for("traces") == "grpc":
+    protocol = protocol_for("traces")
+    if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 
         return GrpcSpanExporter()
+    if protocol == "http/json":
+        from mesh.otlp_json import OtlpJsonSpanExporter
+
+        return OtlpJsonSpanExporter()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
     return HttpSpanExporter()
@@ -193,6 +198,9 @@ def metric_exporter(exporter: str) -> MetricExporter:
 
     if exporter == "console":
         return ConsoleMetricExporter()
+    if protocol_for("metrics") == "http/json":
+        raise ConfigError("OTLP http/json is implemented for traces only: set OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="
+                          "http/protobuf (or OTEL_METRICS_EXPORTER=none)")  # fmt: skip
     if protocol_for("metrics") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import signal
 import sys
@@ -49,6 +50,7 @@ async def serve(agent: Agent, settings: MeshSettings, options: RunnerOptions) ->
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await runner.start()
+        settle_heap()
         await stop.wait()
         log.info("signal received; draining", agent=runner.agent_id)
         await runner.stop("signal")
@@ -56,6 +58,15 @@ async def serve(agent: Agent, settings: MeshSettings, options: RunnerOptions) ->
     finally:
         if telemetry is not None:  # export the spans and metrics still buffered
             await asyncio.to_thread(telemetry.shutdown)
+
+
+def settle_heap() -> None:
+    """Move everything start-up made (the SDKs, the agent's modules) out of the garbage
+    collector's sight. Without it, every full collection rescans hundreds of thousands of
+    long-lived objects, and objects that live a little while (spans waiting for export)
+    trigger full collections often: measured, that tripled an agent's CPU with tracing on."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_agent(target: str, settings: MeshSettings, options: RunnerOptions) -> None:

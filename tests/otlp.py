@@ -93,10 +93,12 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
+                if self.headers.get("Content-Type") == "application/json" and self.path == "/v1/traces":
+                    body = _json_traces_to_protobuf(body)
                 reply = receiver._accept(self.path, body)
                 self.send_response(200 if reply is not None else 404)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -189,3 +191,26 @@ def _metric_points(metric: Metric, resource: dict[str, Any]) -> Iterator[Receive
     elif kind == "histogram":
         for hist in metric.histogram.data_points:
             yield ReceivedPoint(metric.name, attributes_of(hist.attributes), resource, hist.sum, hist.count)
+
+
+def _json_traces_to_protobuf(body: bytes) -> bytes:
+    """OTLP/JSON -> protobuf, strictly: unknown fields fail. OTLP/JSON writes ids as hex where
+    proto3 JSON has base64, so the ids are converted first (as a collector does)."""
+    import base64
+    import json
+
+    from google.protobuf import json_format
+
+    def b64(hex_id: str) -> str:
+        return base64.b64encode(bytes.fromhex(hex_id)).decode()
+
+    data = json.loads(body)
+    for resource_spans in data.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if span.get(key):
+                        span[key] = b64(span[key])
+                for link in span.get("links", []):
+                    link["traceId"], link["spanId"] = b64(link["traceId"]), b64(link["spanId"])
+    return json_format.Parse(json.dumps(data), ExportTraceServiceRequest()).SerializeToString()

@@ -63,9 +63,12 @@ class TestExporterChoice:
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
         with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER='zipkin'"):
             exporter_for("traces")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-        with pytest.raises(ConfigError, match="'http/json'"):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/xml")
+        with pytest.raises(ConfigError, match="'http/xml'"):
             protocol_for("metrics")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        with pytest.raises(ConfigError, match="http/json is implemented for traces only"):
+            metric_exporter("otlp")
 
     def test_protocol_picks_http_or_grpc(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """`http/protobuf` by default; `grpc` generally or per signal."""
@@ -113,6 +116,37 @@ class TestProviders:
         assert telemetry is not None and telemetry.tracer_provider is not None
         assert isinstance(telemetry.tracer_provider.sampler, ParentBased)
         telemetry.shutdown()
+
+    def test_http_json_export_of_spans(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`http/json`: spans with parents, links, events, every attribute type and an error
+        status arrive as valid OTLP (the receiver parses them strictly against the proto)."""
+        from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+        from mesh.otlp_json import OtlpJsonSpanExporter
+
+        with OtlpReceiver() as otlp:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint)
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+            monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+            assert isinstance(span_exporter("otlp"), OtlpJsonSpanExporter)
+            telemetry = Telemetry.from_env("echo", role="echo", agent_id="echo-h-1")
+            assert telemetry is not None and telemetry.tracer_provider
+            tracer = telemetry.tracer_provider.get_tracer("tests", "1.0")
+            with tracer.start_as_current_span("process mesh.work.echo", kind=SpanKind.CONSUMER) as parent:
+                attributes = {"s": "x", "i": 7, "f": 0.5, "b": True, "list": ["a", "b"]}
+                with tracer.start_as_current_span("chat m", kind=SpanKind.CLIENT, attributes=attributes,
+                                                  links=[Link(parent.get_span_context())]) as child:  # fmt: skip
+                    child.add_event("retry", {"attempt": 2})
+                    child.set_status(Status(StatusCode.ERROR, "boom"))
+            telemetry.shutdown()
+            spans, _ = otlp.snapshot()
+        by_name = {span.name: span for span in spans}
+        chat, process = by_name["chat m"], by_name["process mesh.work.echo"]
+        assert chat.parent_id == process.span_id and chat.trace_id == process.trace_id
+        assert (chat.kind, process.kind) == ("CLIENT", "CONSUMER")
+        assert chat.attributes == {"s": "x", "i": 7, "f": 0.5, "b": True, "list": ["a", "b"]}
+        assert chat.status == "ERROR" and chat.status_message == "boom" and chat.events[0].startswith("retry")
+        assert chat.resource["mesh.agent.id"] == "echo-h-1"
 
     def test_http_export_of_spans_and_metrics(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Built from the environment, the providers deliver a span and a metric over OTLP/HTTP."""
@@ -175,7 +209,7 @@ class GrpcReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.names: list[str] = []
         self.endpoint = ""
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (the generated service's naming)
+    def Export(self, request: Any, context: Any) -> Any:
         self.names.extend(span.name for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans)
         return trace_service_pb2.ExportTraceServiceResponse()
 

@@ -1,0 +1,75 @@
+"""A local OTLP/HTTP receiver for benchmarks: `python -m bench.otlp_sink PORT_FILE`.
+
+Accepts `POST /v1/traces` and `/v1/metrics` (protobuf or JSON, gzip or not), counts the spans it
+decodes, answers 200, writes its port to PORT_FILE once listening, and prints the span count
+when stopped (SIGTERM)."""
+
+from __future__ import annotations
+
+import gzip
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import msgspec
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+class _Scope(msgspec.Struct):
+    spans: list[msgspec.Raw] = []
+
+
+class _ResourceSpans(msgspec.Struct):
+    scopeSpans: list[_Scope] = []  # noqa: N815  (OTLP/JSON's field name)
+
+
+class _Traces(msgspec.Struct):
+    resourceSpans: list[_ResourceSpans] = []  # noqa: N815
+
+
+_traces_json = msgspec.json.Decoder(_Traces)
+_lock = threading.Lock()
+_counts = {"spans": 0, "requests": 0}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        spans = 0
+        if self.path.endswith("/v1/traces") and self.headers.get("Content-Type") == "application/json":
+            request_json = _traces_json.decode(body)
+            spans = sum(len(scope.spans) for rs in request_json.resourceSpans for scope in rs.scopeSpans)
+        elif self.path.endswith("/v1/traces"):
+            request = ExportTraceServiceRequest.FromString(body)
+            spans = sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+        with _lock:
+            _counts["spans"] += spans
+            _counts["requests"] += 1
+        reply = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def main() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    Path(sys.argv[1]).write_text(str(server.server_address[1]))
+    server.serve_forever()
+    print(f"spans {_counts['spans']} requests {_counts['requests']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

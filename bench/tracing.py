@@ -1,0 +1,119 @@
+"""Echo throughput with tracing on vs off, in one run (issue #4).
+
+`python -m bench tracing [--tasks N] [--runs R] [--in-flight K]`
+
+Both sides are the same work in separate processes: a requester (`bench.requester`,
+`Mesh.request` with K in flight) and an echo agent (`mesh agent run`). Tracing on: every
+process has the SDK from the standard variables, `OTEL_TRACES_SAMPLER=always_on`, the batch
+span processor, OTLP/HTTP to a local receiver process (`bench.otlp_sink`) that decodes and
+counts every span, over `http/protobuf` (the SDK's exporter, the spec's default) and over
+`http/json` (`mesh.otlp_json`). Tracing off: no `OTEL_*` at all. Runs alternate which side
+goes first. Target: on >= 0.7 x off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+from bench.harness import ROOT, Bench, Row, median, print_table, stop_on_sigterm
+from mesh.client import Mesh
+from topics import subjects
+
+TARGET = 0.7
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench tracing", description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=4000, help="tasks per run and side (default 4000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per side (default 3)")
+    parser.add_argument("--in-flight", type=int, default=64, help="tasks in flight (default 64)")
+    parser.add_argument("--protocols", nargs="+", default=["http/protobuf", "http/json"],
+                        choices=["http/protobuf", "http/json"], help="OTLP protocols to measure (default both)")
+    return parser.parse_args(argv)
+
+
+def wait_for_port(bench: Bench, path: object, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        bench.check_alive()
+        if path.exists() and path.read_text():  # type: ignore[attr-defined]
+            return int(path.read_text())  # type: ignore[attr-defined]
+        time.sleep(0.02)  # polling another process's start-up
+    raise RuntimeError("the OTLP receiver did not start")
+
+
+async def wait_for_workers(bench: Bench, capabilities: list[str]) -> None:
+    async with await Mesh.connect(bench.url) as mesh:
+        for capability in capabilities:
+            await bench.wait_pulling(mesh.js, subjects.STREAM, subjects.work_consumer_name(capability))
+
+
+def requester(bench: Bench, capability: str, args: argparse.Namespace, env: dict[str, str]) -> float:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-m", "bench.requester", capability, str(args.tasks), str(args.in_flight),
+                           bench.url], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=600)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"requester for {capability} failed:\n{done.stderr[-2000:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
+
+
+def measure(args: argparse.Namespace, protocol: str) -> tuple[Row, int]:
+    with Bench("tracing") as bench:
+        port_file = bench.tmp / "otlp.port"
+        sink = bench.spawn("otlp-sink", "-m", "bench.otlp_sink", str(port_file))
+        port = wait_for_port(bench, port_file)
+        traced = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_METRICS_EXPORTER": "none",  # tracing alone is measured
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": protocol,
+        }
+        off = bench.spawn("echo-off", "-m", "mesh", "agent", "run", "bench.agents:echo", "--nats", bench.url,
+                          "--concurrency", str(args.in_flight))  # fmt: skip
+        on = bench.spawn("echo-on", "-m", "mesh", "agent", "run", "bench.agents:traced_echo", "--nats", bench.url,
+                         "--concurrency", str(args.in_flight), env=traced)  # fmt: skip
+        asyncio.run(wait_for_workers(bench, ["bench-echo", "bench-echo-traced"]))
+        rates: dict[str, list[float]] = {"on": [], "off": []}
+        sides = {"off": ("bench-echo", {}), "on": ("bench-echo-traced", traced)}
+        for run in range(args.runs):
+            for name in (["off", "on"] if run % 2 == 0 else ["on", "off"]):
+                capability, env = sides[name]
+                rates[name].append(requester(bench, capability, args, env))
+                print(f"  {protocol} run {run + 1}/{args.runs} tracing {name:3s}: {rates[name][-1]:7,.0f} tasks/s",
+                      flush=True)  # fmt: skip
+            bench.check_alive()
+        bench.stop(on)
+        bench.stop(off)
+        bench.stop(sink)
+        spans = int(next((line.split()[1] for line in (bench.tmp / "otlp-sink.log").read_text().splitlines()
+                          if line.startswith("spans ")), "0"))  # fmt: skip
+    paired = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
+    row = Row(f"echo throughput, tracing on ({protocol}) vs off", median(rates["on"]), median(rates["off"]),
+              "tasks/s", target=TARGET, runs={**rates, "paired_ratio": paired})  # fmt: skip
+    return row, spans
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows, spans = [], {}
+    with stop_on_sigterm():
+        for protocol in args.protocols:
+            row, spans[protocol] = measure(args, protocol)
+            rows.append(row)
+    print()
+    print_table(rows, columns=("tracing on", "tracing off"))
+    traced = args.runs * (args.tasks + min(args.tasks, 1000))
+    for protocol, count in spans.items():
+        print(f"spans received over {protocol}: {count:,} for {traced:,} traced tasks")
+    return 0 if all(row.passed is not False for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
