@@ -25,11 +25,11 @@ class _Scope(msgspec.Struct):
 
 
 class _ResourceSpans(msgspec.Struct):
-    scopeSpans: list[_Scope] = []  # noqa: N815  (OTLP/JSON's field name)
+    scopeSpans: list[_Scope] = []
 
 
 class _Traces(msgspec.Struct):
-    resourceSpans: list[_ResourceSpans] = []  # noqa: N815
+    resourceSpans: list[_ResourceSpans] = []
 
 
 _traces_json = msgspec.json.Decoder(_Traces)
@@ -38,7 +38,7 @@ _counts = {"spans": 0, "requests": 0}
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
