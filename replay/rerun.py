@@ -35,6 +35,7 @@ from mesh.agent import Agent
 from mesh.client import Mesh
 from mesh.errors import MeshError
 from mesh.process import load_agent
+from mesh.telemetry import replaying
 from replay.causal import causal_slice
 from replay.context import Effect, RecordBook, ReplayContext, ReplayStop, effect_of
 from topics import subjects
@@ -85,9 +86,10 @@ async def rerun(target: str | Agent, records: Sequence[Record], correlation: str
             f"({len(chosen)} events in its slice): is it the right agent and id?"
         )
     first: Divergence | None = None
-    for request in requests:
-        found = await _rerun_task(agent, request, book)
-        first = first or found
+    with replaying():  # the handlers' span helpers make no live spans (see mesh.telemetry)
+        for request in requests:
+            found = await _rerun_task(agent, request, book)
+            first = first or found
     return RerunResult(ok=first is None, tasks_checked=len(requests), divergence=first)
 
 
@@ -121,7 +123,7 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
         result: tuple[str, Any] = ("completed", output)
     except ReplayStop:
         result = ("stopped", None)
-    except Exception as error:  # noqa: BLE001  (a handler's failure is an outcome, compared with the log)
+    except Exception as error:
         result = ("failed", error)
     actual = list(ctx.effects)
     if outcome is not None and result[0] != "stopped":

@@ -87,7 +87,8 @@ class TestRetries:
             await mesh.request("broken", {"x": 1}, timeout=20)
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
         assert dead[0].data.reason == "handler_error" and dead[0].subject == "mesh.dead.work.broken"  # type: ignore[attr-defined]
-        assert [r.data.attempt for r in log.of_type("mesh.task.failed")] == [1]  # type: ignore[attr-defined]
+        failed = await log.wait_for(lambda r: r.event.type == "mesh.task.failed")
+        assert [r.data.attempt for r in failed] == [1]  # type: ignore[attr-defined]
 
     async def test_fallback_capability_takes_over(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """When a capability gives up, the next one in `fallback` gets the same task id."""
