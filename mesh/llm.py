@@ -15,11 +15,11 @@ from typing import Any
 
 import openai
 import structlog
-from nats.js.errors import NotFoundError
 from openai.types.chat import ChatCompletion
 
-from mesh.client import Mesh, decode_record
+from mesh.client import Mesh
 from mesh.errors import RetryableError, TaskError
+from mesh.recorded import recorded_calls
 from mesh.offline import OFFLINE_PROVIDER, offline_http_client
 from mesh.telemetry import chat_span, instruments, record_error
 from topics import subjects
@@ -161,22 +161,8 @@ class LlmSession:
         if self._recorded is None:
             self._recorded = {}
             if self._attempt > 1 and self._mesh is not None:
-                self._recorded = await _recorded_calls(self._mesh, subjects.llm(self._agent, self._task_id))
+                self._recorded = await recorded_calls(self._mesh, subjects.llm(self._agent, self._task_id), LlmCalled)
         return self._recorded
-
-
-async def _recorded_calls(mesh: Mesh, subject: str) -> dict[int, LlmCalled]:
-    found: dict[int, LlmCalled] = {}
-    seq = 1
-    while True:
-        try:
-            msg = await mesh.js._jsm.get_msg(subjects.STREAM, seq=seq, subject=subject, next=True, direct=True)
-        except NotFoundError:
-            return found
-        record = decode_record(msg.subject or subject, msg.data or b"", msg.seq or 0)
-        if isinstance(record.data, LlmCalled):
-            found.setdefault(record.data.call_index, record.data)
-        seq = (msg.seq or seq) + 1
 
 
 def _task_error(error: openai.APIError) -> TaskError:

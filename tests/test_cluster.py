@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nats.js.errors import NotFoundError
 
-from mesh.client import Mesh, decode_record, outcome_value
+from mesh.client import Mesh, outcome_value
+from mesh.recorded import stored_on
 from mesh.server import LocalServer, start_server
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
@@ -111,19 +111,6 @@ class TestCluster:
         finally:
             await asyncio.get_running_loop().run_in_executor(None, agents.stop_all)
             await log.stop()
-
-
-async def stored_on(mesh: Mesh, subject: str) -> list[Record]:
-    """Every event stored on one subject, read with direct gets."""
-    found: list[Record] = []
-    seq = 1
-    while True:
-        try:
-            msg = await mesh.js._jsm.get_msg(subjects.STREAM, seq=seq, subject=subject, next=True, direct=True)
-        except NotFoundError:
-            return found
-        found.append(decode_record(msg.subject or subject, msg.data or b"", msg.seq or 0))
-        seq = (msg.seq or seq) + 1
 
 
 def victim_name(cluster: dict[str, LocalServer], victim: LocalServer) -> str:
