@@ -14,7 +14,8 @@ from mesh.cli import nats_options, run
 from mesh.client import Mesh
 from mesh.config import MeshSettings
 from mesh.projections import REGISTRY
-from replay.reader import LogSlice, Position, parse_position, read_file, read_log
+from replay.files import read_file
+from replay.reader import LogSlice, Position, parse_position, read_log
 
 __all__ = ["replay"]
 

@@ -7,15 +7,14 @@ from replay.causal import belongs, causal_slice, children_of, derivation_label
 from replay.context import Effect, RecordBook, RecordedMesh, ReplayContext, ReplayIsolationError, ReplayLlmSession
 from replay.export import ExportResult, ImportResult, export_log, import_log
 from replay.fork import ForkResult, fork, fork_log, plan_fork
+from replay.files import iter_file, read_file
 from replay.reader import (
     LogReader,
     LogSlice,
     Position,
     RawMessage,
     ScanReport,
-    iter_file,
     parse_position,
-    read_file,
     read_log,
     subject_matches,
 )

@@ -1,5 +1,5 @@
-"""Reading the log into Records: from JetStream (fast, and checked to be complete) or from an
-exported JSONL file (no server at all).
+"""Reading the log into Records from JetStream: fast, and checked to be complete. (Exported
+JSONL files are read by `replay.files`.)
 
 JetStream: an ephemeral pull consumer with no acks, in memory, read by a callback on a private
 inbox with pulls of `batch` messages (the fastest way nats-py reads a stream; see
@@ -7,23 +7,17 @@ NATS-NOTES.md). The stream sequence comes from the reply subject, not `msg.metad
 Completeness is checked, not assumed (nats-py #510): an unfiltered read must see every
 stream sequence in its range, a filtered one every consumer sequence; otherwise it raises
 LogGapError. A message that does not decode is kept as a RawMessage with the reason.
-
-File: one JSON object per line, `{"seq": N, "subject": "...", "event": {CloudEvent}}` (and
-`{"seq", "subject", "raw": base64}` for a stored message that was not a CloudEvent), decoded
-by msgspec a chunk of lines at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import gc
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import msgspec
 from nats.aio.msg import Msg
@@ -31,13 +25,13 @@ from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from mesh.client import Mesh, decode_record
+from mesh.client import Mesh
 from mesh.consumer import parse_ack_subject
 from mesh.errors import LogGapError, MeshError
 from mesh.projections.base import instant
 from topics import subjects
 from topics.base import Event
-from topics.envelope import CloudEvent, decode_envelope, encode_envelope
+from topics.envelope import decode_envelope
 from topics.record import Record
 from topics.registry import UPCASTERS, decode_data, event_class
 
@@ -50,12 +44,8 @@ __all__ = [
     "ScanReport",
     "decode_event_data",
     "decode_stored",
-    "file_blocks",
     "gc_paused",
-    "iter_file_events",
-    "iter_file",
     "parse_position",
-    "read_file",
     "read_log",
     "subject_matches",
 ]
@@ -387,160 +377,3 @@ async def read_log(
     report = await LogReader(mesh, start=start, end=end, subject=subject, batch=batch).scan(sink)
     found.scanned, found.first_seq, found.last_seq = report.scanned, report.first_seq, report.last_seq
     return found
-
-
-# -- JSONL files -----------------------------------------------------------------------
-
-
-class _Line(msgspec.Struct):
-    event: CloudEvent
-    seq: int = 0
-    subject: str = ""
-
-
-class _AnyLine(msgspec.Struct):
-    seq: int = 0
-    subject: str = ""
-    event: msgspec.Raw = msgspec.Raw()  # empty when the line has none (a Raw cannot be Optional)
-    raw: str | None = None
-
-
-_lines = msgspec.json.Decoder(list[_Line])
-_line = msgspec.json.Decoder(_Line)
-_any_line = msgspec.json.Decoder(_AnyLine)
-
-
-def iter_file(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[list[Record | RawMessage]]:
-    """The file's entries a chunk at a time, in file order. Each chunk of lines is decoded by
-    one msgspec call when every line in it is a valid event; else line by line."""
-    for block in file_blocks(path, chunk_size=chunk_size):
-        yield _decode_lines(block)
-
-
-def iter_file_events(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[tuple[int, str, CloudEvent | None]]:
-    """(seq, subject, envelope) per line, `data` left undecoded: for folds that decode only
-    what they use. A line that is not an event gives None as its envelope."""
-    for block in file_blocks(path, chunk_size=chunk_size):
-        body = block.strip()
-        if not body:
-            continue
-        try:
-            lines = _lines.decode(b"[" + body.replace(b"\n", b",") + b"]")
-        except msgspec.DecodeError:
-            for text in body.split(b"\n"):
-                try:
-                    line = _line.decode(text)
-                except DECODE_ERRORS:
-                    yield 0, "", None
-                    continue
-                yield line.seq, line.subject, line.event
-            continue
-        for line in lines:
-            yield line.seq, line.subject, line.event
-
-
-def file_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[bytes]:
-    """The file in blocks of whole lines."""
-    with open(path, "rb") as file:
-        rest = b""
-        while True:
-            block = file.read(chunk_size)
-            if not block:
-                break
-            block = rest + block
-            cut = block.rfind(b"\n") + 1
-            if cut == 0:
-                rest = block
-                continue
-            rest = block[cut:]
-            yield block[:cut]
-        if rest.strip():
-            yield rest
-
-
-def _decode_lines(block: bytes) -> list[Record | RawMessage]:
-    body = block.strip()
-    if not body:
-        return []
-    try:
-        lines = _lines.decode(b"[" + body.replace(b"\n", b",") + b"]")
-    except msgspec.DecodeError:  # a blank, broken or raw line somewhere: one at a time
-        return [entry for text in body.split(b"\n") if (entry := _decode_line(text)) is not None]
-    out: list[Record | RawMessage] = []
-    append = out.append
-    for line in lines:
-        event = line.event
-        try:
-            append(Record(seq=line.seq, subject=line.subject, event=event, data=decode_event_data(event.type, event.data)))
-        except DECODE_ERRORS as error:
-            append(RawMessage(line.seq, line.subject, encode_envelope(event), f"{type(error).__name__}: {error}"))
-    return out
-
-
-def _decode_line(text: bytes) -> Record | RawMessage | None:
-    if not text.strip():
-        return None
-    try:
-        line = _line.decode(text)
-        return decode_record(line.subject, encode_envelope(line.event), line.seq)
-    except DECODE_ERRORS as error:
-        reason = f"{type(error).__name__}: {error}"
-    try:
-        loose = _any_line.decode(text)
-    except msgspec.DecodeError:
-        return RawMessage(0, "", text, f"not a line of an export: {reason}")
-    if loose.raw is not None:
-        return RawMessage(loose.seq, loose.subject, base64.b64decode(loose.raw), "stored message was not a CloudEvent")
-    payload = bytes(loose.event) if len(loose.event) else text
-    return RawMessage(loose.seq, loose.subject, payload, reason)
-
-
-def read_file(
-    path: str | Path,
-    *,
-    start: Position | None = None,
-    end: Position | None = None,
-    subject: str | None = None,
-    correlation: str | None = None,
-) -> LogSlice:
-    """The events of an exported JSONL file, filtered like `read_log`. Here a time bound is
-    compared with each event's own `time` (the file has no stored timestamps)."""
-    found = LogSlice(source=str(path))
-    keep = _file_filter(start, end, subject, correlation)
-    records, raw = found.records, found.undecodable
-    with gc_paused():
-        for entries in iter_file(path):
-            found.scanned += len(entries)
-            for entry in entries:
-                if isinstance(entry, RawMessage):
-                    raw.append(entry)
-                elif keep is None or keep(entry):
-                    records.append(entry)
-    if records:
-        found.first_seq, found.last_seq = records[0].seq, records[-1].seq
-    return found
-
-
-def _file_filter(
-    start: Position | None, end: Position | None, subject: str | None, correlation: str | None
-) -> Callable[[Record], bool] | None:
-    if start is None and end is None and subject in (None, subjects.ALL) and correlation is None:
-        return None
-
-    def keep(record: Record) -> bool:
-        if correlation is not None and record.event.correlationid != correlation:
-            return False
-        if subject is not None and not subject_matches(subject, record.subject):
-            return False
-        return _within(record, start, lower=True) and _within(record, end, lower=False)
-
-    return keep
-
-
-def _within(record: Record, bound: Position | None, *, lower: bool) -> bool:
-    if bound is None:
-        return True
-    if isinstance(bound, int):
-        return record.seq >= bound if lower else record.seq <= bound
-    moment = instant(record.event.time)
-    return moment >= bound if lower else moment <= bound

@@ -102,7 +102,7 @@ async def rerun_log(mesh: Mesh, target: str | Agent, correlation: str) -> RerunR
 
 async def rerun_file(path: str, target: str | Agent, correlation: str) -> RerunResult:
     """`rerun` over an exported file."""
-    from replay.reader import read_file
+    from replay.files import read_file
 
     return await rerun(target, read_file(path).records, correlation)
 

@@ -28,14 +28,13 @@ from mesh.connection import stream_replicas
 from mesh.errors import ConfigError
 from mesh.projections import REGISTRY, Projection, ProjectionState, fold, instant, load_snapshot, until
 from mesh.projections.base import Router
+from replay.files import iter_file_events, read_file
 from replay.reader import (
     DECODE_ERRORS,
     LogReader,
     Position,
     decode_event_data,
     gc_paused,
-    iter_file_events,
-    read_file,
 )
 from topics.envelope import CloudEvent, decode_envelope
 from topics.record import Record
