@@ -25,4 +25,5 @@ async def report(input: Goal, ctx: Context) -> dict[str, Any]:
         *(ctx.request("research", {"topic": input.topic, "aspect": aspect}) for aspect in input.aspects)
     )
     await ctx.progress("research done; writing")
-    return await ctx.request("write", {"topic": input.topic, "notes": list(notes)})
+    report: dict[str, Any] = await ctx.request("write", {"topic": input.topic, "notes": list(notes)})
+    return report

@@ -20,12 +20,12 @@ __all__ = ["Claim"]
 
 
 class Claim:
-    def __init__(self, mesh: Mesh, subject: str, claimed: TaskClaimed, *, event_id: str, links: dict[str, str]) -> None:
+    def __init__(self, mesh: Mesh, subject: str, claimed: TaskClaimed, *, event_id: str, correlation_id: str, causation_id: str) -> None:
         self._mesh = mesh
         self._subject = subject
         self._claimed = claimed
         self._event_id = event_id
-        self._links = links
+        self._links = {"correlation_id": correlation_id, "causation_id": causation_id}
         self._sending: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 

@@ -176,12 +176,13 @@ async def _sync(fn: Callable[..., Any], **kwargs: Any) -> Any:
     return fn(**kwargs)
 
 
-from mesh import watch as _watch  # noqa: E402  (registers tail/status)
-from mesh import demo as _demo  # noqa: E402  (registers demo)
+from mesh.demo import demo as _demo_command  # noqa: E402  (these import `nats_options` from here)
+from mesh.watch import status as _status_command  # noqa: E402
+from mesh.watch import tail as _tail_command  # noqa: E402
 
-main.add_command(_watch.tail)
-main.add_command(_watch.status)
-main.add_command(_demo.demo)
+main.add_command(_tail_command)
+main.add_command(_status_command)
+main.add_command(_demo_command)
 from mesh.flow_cli import flow as _flow  # noqa: E402
 main.add_command(_flow)
 from mesh.replay_cli import replay as _replay  # noqa: E402

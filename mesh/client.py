@@ -22,7 +22,6 @@ from mesh.telemetry import instruments, send_span
 from topics import subjects
 from topics.base import Event
 from topics.envelope import (
-    SPECVERSION,
     CloudEvent,
     decode_envelope,
     derived_id,
@@ -102,7 +101,7 @@ class Mesh:
     ) -> CloudEvent:
         trace = trace or {}
         return CloudEvent(
-            specversion=SPECVERSION,
+            specversion="1.0",
             id=event_id or new_event_id(),
             source=self.source,
             type=data.TYPE,

@@ -109,13 +109,14 @@ class Context:
         """Ask another capability and await its output (peer to peer). On a retry of this task
         the same sub-task id is used: a finished sub-task is not run again."""
         event_id = self._child_id(f"request/{next(self._requested)}")
-        task = {"task_id": event_id, "event_id": event_id, "correlation_id": self.correlation_id,
-                "causation_id": self.event.id, "fallback": fallback}  # fmt: skip
         if self.attempt > 1:  # the sub-task may have finished before this task's last try died
-            await self.mesh.submit(capability, input, **task)  # the same id: deduplicated if stored
-            record = await self.mesh.outcome(event_id, timeout=timeout)
+            await self.mesh.submit(capability, input, task_id=event_id, event_id=event_id, fallback=fallback,
+                                   correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+            record = await self.mesh.outcome(event_id, timeout=timeout)  # the same id: deduplicated if stored
         else:
-            record = await self.mesh.request_outcome(capability, input, timeout=timeout, **task)
+            record = await self.mesh.request_outcome(capability, input, timeout=timeout, task_id=event_id,
+                                                     event_id=event_id, fallback=fallback,
+                                                     correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
         return outcome_value(record)
 
     @functools.cached_property

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from typing import TypedDict
 
 import msgspec
 import structlog
@@ -133,7 +134,7 @@ class TaskHandling:
             claimed = TaskClaimed(task_id=task_id, agent=self.agent_id, attempt=attempt.number,
                                   capability=handler.capability)  # fmt: skip
             claim = Claim(self.mesh, subjects.task(task_id), claimed, event_id=attempt.event_id(f"claimed/{attempt.number}"),
-                          links=attempt.links)  # fmt: skip
+                          **attempt.links)  # fmt: skip
             claim.start(after=self.options.claim_after)
         ctx = self._context(attempt, span, claim)
         started = time.perf_counter()
@@ -233,6 +234,11 @@ class TaskHandling:
             await self._record_failure(event, task_id, note.get("deliveries", 0), info)
 
 
+class _Links(TypedDict):
+    correlation_id: str
+    causation_id: str
+
+
 @dataclass(frozen=True)
 class _Attempt:
     """One delivery of one task request: what the runner knows while it handles it."""
@@ -249,7 +255,7 @@ class _Attempt:
         return self.delivery.delivered
 
     @property
-    def links(self) -> dict[str, str]:
+    def links(self) -> _Links:
         return {"correlation_id": self.event.correlationid or self.task_id, "causation_id": self.event.id}
 
     def event_id(self, label: str) -> str:

@@ -154,7 +154,7 @@ class LlmSession:
                 causation_id=self._cause_id,
                 correlation_id=self._task_id,
             )
-        return completion
+        return completion  # type: ignore[no-any-return]  # the SDK's create() is typed per overload
 
     async def _load_recorded(self) -> dict[int, LlmCalled]:
         """Calls already in the log for this task (only looked up on a retry)."""

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -35,7 +35,7 @@ def _add_trace(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mutable
     return event_dict
 
 
-def _wants_json(json: bool | None, stream: IO[str]) -> bool:
+def _wants_json(json: bool | None, stream: TextIO) -> bool:
     """`MESH_LOG_FORMAT=json|console`; by default JSON unless writing to a terminal."""
     if json is not None:
         return json
@@ -43,7 +43,7 @@ def _wants_json(json: bool | None, stream: IO[str]) -> bool:
     return fmt == "json" or (fmt != "console" and not stream.isatty())
 
 
-def configure_logging(level: str | None = None, *, json: bool | None = None, stream: IO[str] | None = None) -> None:
+def configure_logging(level: str | None = None, *, json: bool | None = None, stream: TextIO | None = None) -> None:
     """JSON lines on stderr, or a console renderer when stderr is a terminal (`MESH_LOG_FORMAT`);
     level from `MESH_LOG_LEVEL` (default info)."""
     remember_secrets_from_env()
@@ -72,7 +72,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None, str
     _route_stdlib_logging(shared, renderer, stream, level_no)
 
 
-def _route_stdlib_logging(shared: list[Any], renderer: Any, stream: IO[str], level: int) -> None:
+def _route_stdlib_logging(shared: list[Any], renderer: Any, stream: TextIO, level: int) -> None:
     """Other libraries' `logging` records: same format, same scrubbing; warnings and up
     unless the mesh itself logs at debug."""
     handler = logging.StreamHandler(stream)

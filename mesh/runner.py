@@ -39,7 +39,7 @@ def _agent_id(name: str) -> str:
 class _InFlight:
     msg: Msg
     started: float
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[object] | None = None
 
 
 @dataclass
@@ -157,7 +157,7 @@ class AgentRunner(TaskHandling):
 
     async def handle(self, msg: Msg, handler: Handler, consumer: WorkConsumer) -> None:
         key = id(msg)
-        self._in_flight[key] = _InFlight(msg, time.monotonic(), asyncio.current_task())  # type: ignore[arg-type]
+        self._in_flight[key] = _InFlight(msg, time.monotonic(), asyncio.current_task())
         try:
             await self._process(msg, handler, consumer.consumer)
         except Exception as error:  # a fault of the runtime itself (e.g. NATS gone): try later

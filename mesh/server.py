@@ -97,10 +97,12 @@ def start_server(
     ports_dir = Path(tempfile.mkdtemp(prefix="mesh-ports-"))
     args = [server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
             "--ports_file_dir", str(ports_dir), *(extra_args or [])]  # fmt: skip
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    process = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=detach)
     if log_file:
-        out.close()  # the child has its own descriptor
+        with open(log_file, "ab") as out:  # the child keeps its own descriptor
+            process = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=detach)
+    else:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   stdin=subprocess.DEVNULL, start_new_session=detach)  # fmt: skip
     try:
         actual = _wait_for_ports(ports_dir, process.pid, process, timeout=15)
     except MeshError:

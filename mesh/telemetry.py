@@ -95,7 +95,12 @@ class _Instruments:
 instruments = _Instruments()
 
 
-_tracing = {"on": False, "checked": -1.0}
+class _TracingCheck:
+    on = False
+    checked = -1.0
+
+
+_tracing = _TracingCheck()
 
 
 def tracing() -> bool:
@@ -104,19 +109,19 @@ def tracing() -> bool:
 
     A provider, once set, stays (the API refuses to replace it), so a yes is kept for good and
     a no is looked at again at most once a second: `get_tracer_provider` reads the environment."""
-    if _tracing["on"]:
+    if _tracing.on:
         return True
     now = time.monotonic()
-    if now - _tracing["checked"] >= 1.0:
-        _tracing["checked"] = now
+    if now - _tracing.checked >= 1.0:
+        _tracing.checked = now
         provider = trace.get_tracer_provider()
-        _tracing["on"] = not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
-    return _tracing["on"]
+        _tracing.on = not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return _tracing.on
 
 
 def recheck_tracing() -> None:
     """Look for a tracer provider again on the next span (after installing one)."""
-    _tracing["checked"] = -1.0
+    _tracing.checked = -1.0
 
 
 _replaying: ContextVar[bool] = ContextVar("mesh_replaying", default=False)
@@ -207,7 +212,7 @@ def process_span(
     if not tracing():
         yield from _pass_through(carrier, replayed)
         return
-    parent = propagate.extract(carrier)
+    parent: context.Context | None = propagate.extract(carrier)
     attributes = _messaging(subject, "process", event_type, event_id)
     if consumer:
         attributes["messaging.consumer.group.name"] = consumer

@@ -58,7 +58,7 @@ def render() -> str:
         hints = typing.get_type_hints(cls)
         for field in msgspec.structs.fields(cls):
             default = "required" if field.required else repr(
-                field.default if field.default is not msgspec.NODEFAULT else field.default_factory()  # type: ignore[misc]
+                field.default if field.default is not msgspec.NODEFAULT else field.default_factory()
             )
             lines.append(f"| `{field.name}` | {_type_name(hints[field.name])} | {default} |")
         lines.append("")

@@ -28,7 +28,7 @@ AnyEvent = (
 
 
 def _members(union: object) -> list[type[Event]]:
-    return list(typing.get_args(union)) or [union]  # type: ignore[list-item]
+    return list(typing.get_args(union)) or [union]
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in _members(AnyEvent)}

@@ -1,0 +1,25 @@
+"""The code stays as STYLE.md asks: ruff clean, mypy --strict clean (the pyproject settings)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+class TestQuality:
+    def test_ruff(self) -> None:
+        """ruff finds nothing in the project's code, benchmarks and tests."""
+        done = subprocess.run([str(BIN / "ruff"), "check", "mesh", "topics", "replay", "agents", "bench", "tests"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def test_mypy_strict(self) -> None:
+        """mypy --strict finds nothing in the shipped packages."""
+        done = subprocess.run([str(BIN / "mypy"), "mesh", "topics", "replay", "agents"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
