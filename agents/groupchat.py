@@ -1,0 +1,95 @@
+"""Group chat: a host gives the floor to speakers in turn (round robin, or chosen by a
+selector agent) until one says the termination phrase or the turns run out. Every turn is a
+`mesh.chat.<room>` event; the conversations projection folds them.
+
+    mesh agent run agents.groupchat:host        # capability `group-chat`
+    mesh agent run agents.groupchat:panel       # capabilities `speak-optimist`, `speak-skeptic`, `speak-editor`
+    mesh agent run agents.groupchat:selector    # capability `select-speaker` (for "select": "chosen")
+    mesh task group-chat --input '{"topic": "tabs or spaces", "speakers": ["speak-optimist", "speak-skeptic", "speak-editor"]}' --wait
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from mesh import Agent, Context
+from topics import subjects
+from topics.chat import ChatMessage
+
+host = Agent("chat-host")
+panel = Agent("panel")
+selector = Agent("selector")
+
+TERMINATE = "TERMINATE"
+
+
+class Chat(msgspec.Struct, frozen=True):
+    topic: str
+    speakers: list[str]
+    max_turns: int = 6
+    select: Literal["round_robin", "chosen"] = "round_robin"
+    terminate: str = TERMINATE
+
+
+class Floor(msgspec.Struct, frozen=True):
+    topic: str
+    said: list[dict[str, Any]] = []
+    speakers: list[str] = []
+    terminate: str = TERMINATE
+
+
+@host.task("group-chat")
+async def group_chat(input: Chat, ctx: Context) -> dict[str, Any]:
+    room = f"chat-{ctx.task_id}"
+    said: list[dict[str, Any]] = []
+    ended = "max_turns"
+    for turn in range(1, input.max_turns + 1):
+        speaker = input.speakers[(turn - 1) % len(input.speakers)]
+        if input.select == "chosen":
+            speaker = await ctx.request("select-speaker", {"topic": input.topic, "said": said, "speakers": input.speakers})
+        content = await ctx.request(speaker, {"topic": input.topic, "said": said, "terminate": input.terminate})
+        said.append({"speaker": speaker, "content": content})
+        await ctx.emit(subjects.chat(room), ChatMessage(room=room, speaker=speaker, content=content, turn=turn))
+        if input.terminate in content:
+            ended = "terminated"
+            break
+    return {"room": room, "turns": len(said), "ended": ended, "said": said}
+
+
+async def speak(persona: str, floor: Floor, ctx: Context) -> str:
+    """One turn. The editor closes the discussion once everyone has spoken twice."""
+    if persona == "editor" and len(floor.said) >= 5:
+        return f"Summary of {len(floor.said)} turns on {floor.topic}. {floor.terminate}"
+    last = floor.said[-1]["content"] if floor.said else "the opening"
+    return await ctx.llm.text(f"As the {persona}, reply about {floor.topic} to: {last}",
+                              system=f"You are the {persona} in a panel. One or two sentences.")  # fmt: skip
+
+
+@panel.task("speak-optimist")
+async def optimist(input: Floor, ctx: Context) -> str:
+    return await speak("optimist", input, ctx)
+
+
+@panel.task("speak-skeptic")
+async def skeptic(input: Floor, ctx: Context) -> str:
+    return await speak("skeptic", input, ctx)
+
+
+@panel.task("speak-editor")
+async def editor(input: Floor, ctx: Context) -> str:
+    return await speak("editor", input, ctx)
+
+
+@selector.task("select-speaker")
+async def choose(input: Floor, ctx: Context) -> str:
+    """The model picks who speaks next; unless it names exactly one speaker (an answer that
+    repeats the list chooses nobody), whoever has spoken least, first listed, gets the floor."""
+    answer = await ctx.llm.text(f"Topic: {input.topic}. Who should speak next of {', '.join(input.speakers)}?",
+                                system="Answer with one name from the list.")  # fmt: skip
+    named = [s for s in input.speakers if s in answer]
+    if len(named) == 1:
+        return named[0]
+    spoken = {s: sum(1 for turn in input.said if turn["speaker"] == s) for s in input.speakers}
+    return min(input.speakers, key=lambda s: spoken[s])
