@@ -11,11 +11,12 @@ import msgspec
 
 from mesh.errors import ConfigError, SchemaError
 from topics.base import check_token
+from topics.record import Record
 
 if TYPE_CHECKING:
     from mesh.context import Context
 
-__all__ = ["Agent", "Handler"]
+__all__ = ["Agent", "Handler", "Subscription"]
 
 HandlerFn = Callable[[Any, "Context"], Awaitable[Any]]
 
@@ -37,6 +38,19 @@ class Handler:
             raise SchemaError(f"input for '{self.capability}' does not fit {self.input_type}: {error}") from error
 
 
+EventHandlerFn = Callable[[Record, "Context"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A handler for every event on `subject` (wildcards allowed): each agent role sees each
+    event once (its replicas share one durable consumer), from when the role first ran."""
+
+    name: str
+    subject: str
+    fn: EventHandlerFn
+
+
 @dataclass
 class Agent:
     """Declare an agent; run it with `mesh agent run module:agent`.
@@ -51,6 +65,7 @@ class Agent:
     version: str = "0"
     tools: tuple[str, ...] = ()  # names of the tools this agent is granted
     handlers: dict[str, Handler] = field(default_factory=dict)
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_token("agent name", self.name)
@@ -69,6 +84,27 @@ class Agent:
             if capability in self.handlers:
                 raise ConfigError(f"agent '{self.name}' already serves '{capability}'")
             self.handlers[capability] = Handler(capability, fn, _input_type(fn))
+            return fn
+
+        return register
+
+
+    def on(self, subject: str, *, name: str | None = None) -> Callable[[EventHandlerFn], EventHandlerFn]:
+        """Register the decorated `async def fn(record, ctx)` for every event on ``subject``.
+
+            @agent.on("mesh.bid.*")
+            async def bid(record: Record, ctx: Context) -> None: ...
+        """
+        if not subject.startswith("mesh.") or subject.startswith("mesh.work."):
+            raise ConfigError(f"subscribe to events under mesh. (not work subjects, which are tasks): {subject!r}")
+
+        def register(fn: EventHandlerFn) -> EventHandlerFn:
+            if not inspect.iscoroutinefunction(fn):
+                raise ConfigError(f"event handler {fn.__name__} must be `async def`")
+            key = check_token("subscription name", name or fn.__name__.replace("_", "-"))
+            if key in self.subscriptions:
+                raise ConfigError(f"agent '{self.name}' already has a subscription named '{key}'")
+            self.subscriptions[key] = Subscription(key, subject, fn)
             return fn
 
         return register

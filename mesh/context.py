@@ -44,6 +44,7 @@ class Context:
         llm: LlmSession | Callable[[], LlmSession] | None = None,
         tools: ToolBox | Callable[[], ToolBox] | None = None,
         before_effect: Callable[[], Awaitable[None]] | None = None,
+        scope: str = "",
     ) -> None:
         self.mesh = mesh
         self.agent = agent
@@ -57,6 +58,7 @@ class Context:
         self._llm = llm  # made on first use: most handlers never call a model or a tool
         self._tools = tools
         self._before_effect = before_effect
+        self._scope = scope  # set when several roles act on one event: keeps their derived ids apart
         self._emitted = itertools.count()
         self._requested = itertools.count()
 
@@ -83,7 +85,7 @@ class Context:
         return self._tools
 
     def _child_id(self, label: str) -> str:
-        return derived_id(self.event.id, label)
+        return derived_id(self.event.id, self._scope + label)
 
     async def emit(self, subject: str, data: Event) -> Published:
         """Publish an event caused by this task. Its id is derived, so a retry repeats nothing."""
@@ -122,7 +124,8 @@ class Context:
     @functools.cached_property
     def origin(self) -> Origin:
         """Ids for board writes and votes this task causes: derived, so a retry repeats none."""
-        return Origin(self.event.id, self.correlation_id, author=self.agent_id)
+        cause = derived_id(self.event.id, self._scope) if self._scope else self.event.id
+        return Origin(cause, self.correlation_id, author=self.agent_id)
 
     def board(self, name: str) -> Board:
         """The blackboard ``name`` (read, write with compare-and-set, history, watch)."""

@@ -18,9 +18,9 @@ import structlog
 from nats.aio.msg import Msg
 from opentelemetry.trace import Span
 
-from mesh.agent import Agent, Handler
+from mesh.agent import Agent, Handler, Subscription
 from mesh.claims import Claim
-from mesh.client import Mesh
+from mesh.client import Mesh, decode_record
 from mesh.connection import TRANSIENT_ERRORS
 from mesh.consumer import Delivery, parse_ack_subject
 from mesh.context import Context
@@ -105,6 +105,46 @@ class TaskHandling:
                     await msg.ack()
                     return
             await self._run(attempt, span)
+
+    async def _process_event(self, msg: Msg, sub: Subscription, consumer: str) -> None:
+        """One event for an `Agent.on` handler: effects derived from the event and this role,
+        acknowledged after them; a failure is retried or dead-lettered like a task's."""
+        delivery = parse_ack_subject(msg.reply)
+        try:
+            record = decode_record(msg.subject, msg.data, delivery.stream_seq)
+        except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as error:
+            envelope = _envelope_or_none(msg.data)
+            reason, text = diagnose(msg.data, error, envelope=envelope)
+            await self._reject(msg, delivery, consumer, reason, text, None)
+            return
+        event = record.event
+        scope = f"{self.agent.name}/{sub.name}/"
+        with (
+            process_span(msg.subject, event.type, event.id, msg.headers or {}, consumer=consumer) as span,
+            structlog.contextvars.bound_contextvars(agent=self.agent_id, event_id=event.id,
+                                                    correlation_id=event.correlationid, subscription=sub.name),  # fmt: skip
+        ):
+            ctx = Context(self.mesh, agent=self.agent.name, agent_id=self.agent_id, event=event, task_id=event.id,
+                          capability=sub.name, attempt=delivery.delivered, span=span, scope=scope,
+                          llm=partial(self.llm.session, self.mesh, self.agent.name, event.id, derived_id(event.id, scope),
+                                      delivery.delivered) if self.llm else None)  # fmt: skip
+            try:
+                with agent_span(self.agent.name, agent_id=self.agent_id, capability=sub.name, task_id=event.id):
+                    await sub.fn(record, ctx)
+            except Exception as error:
+                record_error(span, error)
+                if is_retryable(error) and delivery.delivered < self.options.max_deliver:
+                    await msg.nak(delay=self.options.delay(delivery.delivered))
+                    return
+                log.error("event handler failed", subscription=sub.name, error=scrub_text(str(error)))
+                if msg.subject.startswith("mesh.dead."):  # never dead-letter a dead letter (no chains)
+                    await msg.ack()
+                    return
+                await dead_letter(self.mesh, subject=msg.subject, payload=msg.data, reason=Reason.HANDLER_ERROR,
+                                  error=scrub_text(f"{type(error).__name__}: {error}"), stream_seq=delivery.stream_seq,
+                                  deliveries=delivery.delivered, consumer=consumer, event=event)  # fmt: skip
+        await msg.ack()
+        instruments.processed.add(1, {"type": event.type, "outcome": "handled"})
 
     async def _already_done(self, task_id: str) -> bool:
         last = await self.mesh.last_on(subjects.task(task_id))

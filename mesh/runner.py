@@ -15,7 +15,9 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from mesh.agent import Agent, Handler
+from nats.js.api import ConsumerConfig
+
+from mesh.agent import Agent, Handler, Subscription
 from mesh.client import Mesh
 from mesh.connection import ensure_consumer, presence_bucket
 from mesh.consumer import WorkConsumer, parse_ack_subject
@@ -65,8 +67,16 @@ class AgentRunner(TaskHandling):
 
     async def start(self) -> None:
         opts = self.options
-        for capability, handler in self.agent.handlers.items():
-            config = subjects.work_consumer_config(capability, ack_wait=opts.ack_wait, max_deliver=opts.max_deliver)
+        configs: list[tuple[ConsumerConfig, Handler | Subscription]] = [
+            (subjects.work_consumer_config(capability, ack_wait=opts.ack_wait, max_deliver=opts.max_deliver), handler)
+            for capability, handler in self.agent.handlers.items()
+        ]
+        configs += [
+            (subjects.subscription_consumer_config(self.agent.name, name, sub.subject, ack_wait=opts.ack_wait,
+                                                   max_deliver=opts.max_deliver), sub)  # fmt: skip
+            for name, sub in self.agent.subscriptions.items()
+        ]
+        for config, handler in configs:
             await ensure_consumer(self.mesh.js, config)
             dispatch = _Dispatch(self, handler)
             consumer = WorkConsumer(
@@ -155,11 +165,14 @@ class AgentRunner(TaskHandling):
 
     # -- one message -----------------------------------------------------------------
 
-    async def handle(self, msg: Msg, handler: Handler, consumer: WorkConsumer) -> None:
+    async def handle(self, msg: Msg, handler: Handler | Subscription, consumer: WorkConsumer) -> None:
         key = id(msg)
         self._in_flight[key] = _InFlight(msg, time.monotonic(), asyncio.current_task())
         try:
-            await self._process(msg, handler, consumer.consumer)
+            if isinstance(handler, Subscription):
+                await self._process_event(msg, handler, consumer.consumer)
+            else:
+                await self._process(msg, handler, consumer.consumer)
         except Exception as error:  # a fault of the runtime itself (e.g. NATS gone): try later
             log.exception("message not settled; it will be redelivered", error=str(error))
             # back off by delivery count, so a NATS leader election (seconds) does not use up max_deliver
@@ -172,7 +185,7 @@ class AgentRunner(TaskHandling):
 class _Dispatch:
     """The callback a WorkConsumer calls per message: start the handler, don't wait for it."""
 
-    def __init__(self, runner: AgentRunner, handler: Handler) -> None:
+    def __init__(self, runner: AgentRunner, handler: Handler | Subscription) -> None:
         self.runner = runner
         self.handler = handler
         self.consumer: WorkConsumer | None = None

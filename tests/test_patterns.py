@@ -53,3 +53,25 @@ class TestGroupChat:
         selections = await log.wait_for(lambda r: r.event.type == "mesh.task.completed"
                                         and r.data.capability == "select-speaker", count=4)  # type: ignore[attr-defined]  # fmt: skip
         assert [r.data.output for r in selections] == [turn["speaker"] for turn in result["said"]]  # type: ignore[attr-defined]
+
+
+class TestAuction:
+    async def test_best_bid_wins_and_does_the_work(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """Both bidder roles answer each call; the cheaper bid wins; two replicas of a role bid once."""
+        await agents.start("agents.auction:auctioneer")
+        await agents.start("agents.auction:frugal")
+        await agents.start("agents.auction:frugal")  # a replica: shares the role's subscription
+        await agents.start("agents.auction:premium")
+        short = await mesh.request("auction", {"capability": "summarize", "input": {"text": "a short note"},
+                                               "bidders": 2}, timeout=60)  # fmt: skip
+        long = await mesh.request("auction", {"capability": "summarize", "input": {"text": "x" * 4000},
+                                              "bidders": 2}, timeout=60)  # fmt: skip
+        assert (short["winner"], short["output"]["by"], short["bids"]) == ("frugal", "frugal", 2)
+        assert (long["winner"], long["output"]["by"], long["bids"]) == ("premium", "premium", 2)
+        awarded = await log.wait_for(lambda r: r.event.type == "mesh.bid.awarded", count=2)
+        placed = await log.wait_for(lambda r: r.event.type == "mesh.bid.placed", count=4)
+        for award in awarded:
+            bids = [r.data for r in placed if r.subject == award.subject]
+            assert sorted(b.bidder for b in bids) == ["frugal", "premium"]  # type: ignore[attr-defined]
+            assert award.data.winner == min(bids, key=lambda b: b.cost).bidder  # type: ignore[attr-defined]
+        assert len(log.of_type("mesh.bid.placed")) == 4  # no duplicate bid from the frugal replicas

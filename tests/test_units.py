@@ -195,3 +195,20 @@ class TestDerivedIdIsUuid5:
 
         for cause, label in [("a", "b"), ("01a1ffc2-2cfb-7965-8ccd-4d7a6bdce13d", "claimed/3"), ("é", "")]:
             assert derived_id(cause, label) == str(uuid.uuid5(_NAMESPACE, f"{cause}/{label}"))
+
+
+class TestSubscriptions:
+    def test_on_takes_event_subjects_only(self) -> None:
+        """`Agent.on` registers event handlers; work subjects (tasks) and sync handlers are refused."""
+        agent = Agent("watcher")
+
+        @agent.on("mesh.board.plan.>")
+        async def plan_changed(record: object, ctx: object) -> None:
+            return None
+
+        assert agent.subscriptions["plan-changed"].subject == "mesh.board.plan.>"
+        assert subjects.subscription_consumer_name("watcher", "plan-changed") == "on-watcher-plan-changed"
+        with pytest.raises(ConfigError, match="not work subjects"):
+            agent.on("mesh.work.echo")
+        with pytest.raises(ConfigError, match="must be `async def`"):
+            agent.on("mesh.chat.>")(lambda record, ctx: None)  # type: ignore[arg-type,return-value]

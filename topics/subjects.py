@@ -32,6 +32,8 @@ __all__ = [
     "agent",
     "dead",
     "work_consumer_name",
+    "subscription_consumer_name",
+    "subscription_consumer_config",
     "stream_config",
     "work_consumer_config",
 ]
@@ -89,6 +91,28 @@ def dead(original_subject: str) -> str:
 
 def work_consumer_name(capability: str) -> str:
     return f"work-{check_token('capability', capability)}"
+
+
+def subscription_consumer_name(agent_name: str, subscription: str) -> str:
+    return f"on-{check_token('agent', agent_name)}-{check_token('subscription', subscription)}"
+
+
+def subscription_consumer_config(
+    agent_name: str, subscription: str, subject: str, *, ack_wait: float = 30.0, max_deliver: int = 5
+) -> ConsumerConfig:
+    """One agent role's durable view of every event on `subject`, from when it was created:
+    each role sees each event once; replicas of the role share the work."""
+    name = subscription_consumer_name(agent_name, subscription)
+    return ConsumerConfig(
+        name=name,
+        durable_name=name,
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.NEW,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver,
+        description=f"{agent_name} watching {subject}",
+    )
 
 
 def stream_config(
