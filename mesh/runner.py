@@ -41,7 +41,6 @@ def _agent_id(name: str) -> str:
 class _InFlight:
     msg: Msg
     started: float
-    task: asyncio.Task[object] | None = None
 
 
 @dataclass
@@ -114,7 +113,7 @@ class AgentRunner(TaskHandling):
         """Drain: pull nothing new, let in-flight handlers finish, then say goodbye."""
         for consumer in self._consumers:
             await consumer.stop()
-        pending = [f.task for f in self._in_flight.values() if f.task is not None]
+        pending = list(self._handling)  # every dispatched message, started or about to start
         if pending:
             log.info("draining", agent=self.agent_id, in_flight=len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
@@ -167,7 +166,7 @@ class AgentRunner(TaskHandling):
 
     async def handle(self, msg: Msg, handler: Handler | Subscription, consumer: WorkConsumer) -> None:
         key = id(msg)
-        self._in_flight[key] = _InFlight(msg, time.monotonic(), asyncio.current_task())
+        self._in_flight[key] = _InFlight(msg, time.monotonic())
         try:
             if isinstance(handler, Subscription):
                 await self._process_event(msg, handler, consumer.consumer)

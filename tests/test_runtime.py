@@ -44,7 +44,7 @@ class TestReplicas:
         second = await agents.start("agents.echo:agent")
         outputs = await asyncio.gather(*(mesh.request("echo", {"n": n}, timeout=60) for n in range(200)))
         assert sorted(o["n"] for o in outputs) == list(range(200))
-        done = log.of_type("mesh.task.completed")
+        done = await log.wait_for(lambda r: r.event.type == "mesh.task.completed", count=200)
         per_task = Counter(r.data.task_id for r in done)  # type: ignore[attr-defined]
         assert len(per_task) == 200 and set(per_task.values()) == {1}
         by_pid = Counter(r.data.agent.rsplit("-", 1)[1] for r in done)  # type: ignore[attr-defined]
@@ -63,6 +63,7 @@ class TestKill:
         outcome = await mesh.outcome(task_id, timeout=30)
         assert outcome.data.output == {"done": 7, "by": outcome.data.agent, "attempt": 2}  # type: ignore[attr-defined]
         assert outcome.data.agent.endswith(f"-{survivor.pid}")  # type: ignore[attr-defined]
+        await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == task_id)  # type: ignore[attr-defined]
         assert len(completions(log, task_id)) == 1
         on_task = [r.event.type.rsplit(".", 1)[1] for r in log.records if r.subject == subjects.task(task_id)]
         assert on_task[:2] == ["claimed", "progress"]  # the claim precedes the first effect
@@ -76,6 +77,7 @@ class TestRetries:
         await agents.start("tests.fixture_agents:flaky")
         output = await mesh.request("flaky", {"prompt": "why is the sky blue"}, timeout=30)
         assert output["attempt"] == 2
+        await log.wait_for(lambda r: r.event.type == "mesh.task.completed")  # the log has caught up to the outcome
         calls = [r.data for r in log.of_type("mesh.llm.called")]
         assert len(calls) == 1 and calls[0].response["id"] == output["response_id"]  # type: ignore[attr-defined]
         assert calls[0].offline and output["text"].startswith("[offline model]")  # type: ignore[attr-defined]

@@ -98,6 +98,7 @@ class TestExactlyOnce:
         await asyncio.sleep(1.2)  # past the deadline: a late observer must not decide again
         assert (await proposal.outcome(timeout=5)).outcome == "a"
         assert await proposal.settle() is not None
+        await log.wait_for(lambda r: r.event.type == "mesh.vote.decided")  # the log has caught up
         assert len(decisions(log)) == 1
         assert log.of_type("mesh.vote.decided")[0].event.id == decided_id(proposal.proposal_id)
 
@@ -125,6 +126,7 @@ class TestFromAgents:
             "votes": {"ann": "redis", "bob": "memcached", "cyd": "redis"},
         }, timeout=60)  # fmt: skip
         assert output["outcome"] == "redis" and output["tally"] == {"redis": 2.0, "memcached": 1.0}
+        await log.wait_for(lambda r: r.event.type == "mesh.vote.decided")  # the log has caught up
         assert len(decisions(log)) == 1
         casts = log.of_type("mesh.vote.cast")
         assert len(casts) == 3 and all(r.event.causationid for r in casts)
