@@ -14,7 +14,7 @@ import click
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh.client import Mesh, decode_record
+from mesh.client import Mesh, decode_record, outcome_value
 from mesh.config import mesh_home
 from mesh.errors import MeshError
 from mesh.server import running_server, stop_server, up
@@ -22,7 +22,7 @@ from topics import subjects
 from topics.agents import AgentStarted
 from topics.envelope import new_event_id
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskProgress, TaskRequested
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
 
 __all__ = ["demo", "DEMO_AGENTS"]
 
@@ -114,16 +114,25 @@ async def run_demo(topic: str) -> int:
 
 
 async def follow(mesh: Mesh, task_id: str, topic: str) -> dict:  # type: ignore[type-arg]
-    """Submit the report task and print every task event of its correlation as it lands."""
+    """Submit the report task and print every task event of its correlation as it lands; the
+    result is the outcome this same display reads, so nothing is printed after it."""
+    outcome: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+
     async def show(msg: object) -> None:
         record = decode_record(msg.subject, msg.data)  # type: ignore[attr-defined]
         if record.event.correlationid == task_id and (line := describe(record)):
             click.echo(f"  {line}")
+        if isinstance(record.data, TaskOutcome) and record.data.task_id == task_id and not outcome.done():
+            outcome.set_result(record)
 
     sub = await mesh.js.subscribe("mesh.>", cb=show, ordered_consumer=True,
                                   config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW))  # fmt: skip
     try:
-        return await mesh.request("report", {"topic": topic}, task_id=task_id, timeout=120)  # type: ignore[no-any-return]
+        await mesh.submit("report", {"topic": topic}, task_id=task_id)
+        try:
+            return outcome_value(await asyncio.wait_for(outcome, 120))  # type: ignore[no-any-return]
+        except asyncio.TimeoutError:
+            raise MeshError(f"no result for {task_id} within 120 s: see the agent logs in .mesh/logs") from None
     finally:
         await sub.unsubscribe()
 
