@@ -17,6 +17,8 @@ from mesh.client import Mesh
 from replay import build_timeline, causal_slice, export_log, fork, read_log, render_html, render_text, rerun
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
+from topics import subjects
+from topics.chat import ChatMessage
 from topics.record import Record
 from topics.tasks import TaskCompleted, TaskRequested
 
@@ -111,7 +113,8 @@ class TestRerun:
         from replay import read_file
 
         assert (await rerun("agents.researcher:agent", read_file(tmp_path / "report.jsonl").records, report)).ok
-        await asyncio.sleep(0.2)
+        marker = await mesh.publish(subjects.chat("marker"), ChatMessage(room="marker", speaker="test", content="after"))
+        await log.wait_for(lambda r: r.event.id == marker.id)  # the log is ordered: anything rerun wrote is before it
         assert len(log.of_type("mesh.llm.called")) == calls_before  # no model was called, nothing was written
 
     async def test_changed_prompt_is_the_first_divergence(
