@@ -64,7 +64,8 @@ def settle_heap() -> None:
     """Move everything start-up made (the SDKs, the agent's modules) out of the garbage
     collector's sight. Without it, every full collection rescans hundreds of thousands of
     long-lived objects, and objects that live a little while (spans waiting for export)
-    trigger full collections often: measured, that tripled an agent's CPU with tracing on."""
+    trigger full collections often. Measured per 5,000 echo tasks: a traced requester's CPU
+    went from 3.5 s to 2.5 s, an untraced agent's from 1.34 s to 1.07 s."""
     gc.collect()
     gc.freeze()
 
