@@ -15,7 +15,7 @@ slow = Agent("slow")
 async def hold(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """The first attempt works for `hold` seconds (long enough to be killed mid-task)."""
     await ctx.progress("working")
-    if ctx.attempt == 1:
+    if ctx.attempt == 1 or input.get("every_attempt"):
         await asyncio.sleep(input["hold"])
     return {"done": input["n"], "by": ctx.agent_id, "attempt": ctx.attempt}
 

@@ -71,6 +71,28 @@ class TestKill:
         assert claims == [1, 2]
 
 
+class TestMaxDeliveries:
+    async def test_agent_dying_on_every_delivery_ends_in_one_failure(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """Kill the agent on each of max_deliver tries: a surviving replica hears the server's
+        max-deliveries advisory, dead-letters the task once and records it as failed."""
+        flags = ("--ack-wait", "2", "--max-deliver", "2")
+        task_id = await mesh.submit("slow", {"n": 1, "hold": 600, "every_attempt": True})
+        for attempt in (1, 2):  # a retry's progress repeats the first one's id, so wait on each claim
+            victim = await agents.start("tests.fixture_agents:slow", *flags)
+            await log.wait_for(lambda r, n=attempt: r.event.type == "mesh.task.claimed"  # type: ignore[misc]
+                               and r.data.task_id == task_id and r.data.attempt == n)  # type: ignore[attr-defined]  # fmt: skip
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait()
+        await agents.start("tests.fixture_agents:slow", *flags)  # hears the advisory when the last try times out
+        outcome = await mesh.outcome(task_id, timeout=30)
+        assert outcome.data.error.type == "MaxDeliveries"  # type: ignore[attr-defined]
+        dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
+        assert dead[0].data.reason == "max_deliveries" and dead[0].data.deliveries == 2  # type: ignore[attr-defined]
+        assert completions(log, task_id) == []
+
+
 class TestRetries:
     async def test_retry_reuses_recorded_llm_response(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """A retried task gets the LLM response recorded by its first try; the model is called once."""
