@@ -19,6 +19,7 @@ from mesh.errors import (
     TaskTimeoutError,
     ToolNotGrantedError,
 )
+from mesh.live import LiveProjection
 from mesh.llm import LlmClient, LlmSession
 from mesh.runner import AgentRunner, RunnerOptions
 from mesh.tools import tool
@@ -36,6 +37,7 @@ __all__ = [
     "ConflictError",
     "Context",
     "Handler",
+    "LiveProjection",
     "LlmClient",
     "LlmSession",
     "LogGapError",

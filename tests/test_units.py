@@ -22,7 +22,7 @@ class TestPublicApi:
     def test_exports_are_pinned(self) -> None:
         """`mesh.__all__` is the public API; changing it is a decision, not an accident."""
         assert sorted(mesh.__all__) == sorted([
-            "Agent", "AgentRunner", "Board", "Flow", "Proposal", "Proposals", "Workflows", "tool", "ConfigError", "ConflictError", "Context", "Handler", "LlmClient",
+            "Agent", "AgentRunner", "Board", "Flow", "LiveProjection", "Proposal", "Proposals", "Workflows", "tool", "ConfigError", "ConflictError", "Context", "Handler", "LlmClient",
             "LlmSession", "LogGapError", "Mesh", "MeshError", "MeshSettings", "NoServerError", "Published",
             "RetryableError", "RunnerOptions", "SchemaError", "TaskError", "TaskFailedError",
             "TaskTimeoutError", "ToolNotGrantedError", "__version__",

@@ -1,0 +1,46 @@
+"""Projections kept live from the stream equal the same fold of the log read afterwards."""
+
+from __future__ import annotations
+
+from mesh import Mesh
+from mesh.live import LiveProjection
+from mesh.projections import REGISTRY, fold
+from replay import read_log, rebuild
+from tests.conftest import AgentProcesses
+from tests.helpers import EventLog
+from topics import subjects
+
+TASKS = REGISTRY["tasks"]
+
+
+async def head(mesh: Mesh) -> int:
+    return (await mesh.js.stream_info(subjects.STREAM)).state.last_seq
+
+
+class TestLiveProjection:
+    async def test_live_state_equals_the_fold_of_the_log(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """Started before the work, the live tasks projection ends where a fold of the whole log does."""
+        await agents.start("agents.echo:agent")
+        async with LiveProjection(mesh, TASKS, use_snapshot=False) as live:
+            ids = [await mesh.submit("echo", {"n": n}) for n in range(10)]
+            for task_id in ids:
+                await mesh.outcome(task_id, timeout=20)
+            state = await live.caught_up(await head(mesh))
+            assert {state.tasks[t].status for t in ids} == {"completed"}
+            assert state == fold(TASKS, (await read_log(mesh)).records)
+
+    async def test_starts_from_a_snapshot(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """With a saved snapshot, the live fold resumes after it and still equals the whole fold."""
+        await agents.start("agents.echo:agent")
+        first = [await mesh.submit("echo", n) for n in range(5)]
+        for task_id in first:
+            await mesh.outcome(task_id, timeout=20)
+        saved = await rebuild(mesh, TASKS, save=True)
+        later = [await mesh.submit("echo", n) for n in range(5, 8)]
+        for task_id in later:
+            await mesh.outcome(task_id, timeout=20)
+        async with LiveProjection(mesh, TASKS) as live:
+            assert live.state.seq >= saved.seq > 0  # it began at the snapshot, not at the start of the log
+            state = await live.caught_up(await head(mesh))
+        assert state == fold(TASKS, (await read_log(mesh)).records)
+        assert len(state.tasks) == 8
