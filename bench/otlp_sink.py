@@ -1,7 +1,7 @@
 """A local OTLP/HTTP receiver for benchmarks: `python -m bench.otlp_sink PORT_FILE`.
 
 Accepts `POST /v1/traces` and `/v1/metrics` (protobuf or JSON, gzip or not), counts the spans it
-decodes, answers 200, writes its port to PORT_FILE once listening, and prints the span count
+decodes, answers 200 on a kept-alive connection, writes its port to PORT_FILE once listening, and prints the span count
 when stopped (SIGTERM)."""
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ _counts = {"spans": 0, "requests": 0}
 
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep connections alive, as a collector does
+
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.headers.get("Content-Encoding") == "gzip":

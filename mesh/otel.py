@@ -6,10 +6,14 @@ an exporter (`otlp`, `console`; `none` turns one off). With none of them, nothin
 installed and the API's no-op tracer and meter stay in place: a span then costs well under
 a microsecond and the SDK is never imported. `OTEL_SDK_DISABLED=true` turns everything off.
 
-Everything else is the SDK's own reading of the standard variables: the protocol
-(`OTEL_EXPORTER_OTLP_PROTOCOL`, `http/protobuf` or `grpc`), headers, timeout, compression,
-`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`,
-`OTEL_BSP_*` and `OTEL_METRIC_EXPORT_INTERVAL`.
+The protocol is `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, `http/json` or `grpc`).
+Spans go out through the SDK's batch span processor (`OTEL_BSP_*`); over HTTP the exporter is
+`mesh.otlp` (the same bytes as the SDK's, encoded about 5x cheaper), over gRPC the SDK's.
+The mesh's own spans are `mesh.spans` objects rather than SDK spans (4x cheaper);
+`MESH_SPANS=sdk` makes them SDK spans again and uses the SDK's `http/protobuf` exporter.
+Everything else is the SDK's own reading of the standard variables: headers, timeout,
+compression, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`
+and `OTEL_METRIC_EXPORT_INTERVAL`.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
     "Telemetry",
     "configure_from_env",
     "exporter_for",
+    "mesh_spans",
     "metric_exporter",
     "protocol_for",
     "resource_for",
@@ -43,6 +48,7 @@ __all__ = [
 _SIGNALS = ("traces", "metrics")
 _EXPORTERS = ("otlp", "console", "none")
 _PROTOCOLS = ("http/protobuf", "http/json", "grpc")
+_SPAN_PATHS = ("mesh", "sdk")
 _installed: Telemetry | None = None
 
 
@@ -76,6 +82,15 @@ def protocol_for(signal: str) -> str:
     return protocol
 
 
+def mesh_spans() -> bool:
+    """Whether the mesh records its own spans with `mesh.spans` (`MESH_SPANS=mesh`, the
+    default) rather than through the SDK's tracer (`MESH_SPANS=sdk`)."""
+    path = _env("MESH_SPANS").lower() or "mesh"
+    if path not in _SPAN_PATHS:
+        raise ConfigError(f"MESH_SPANS={path!r}: use one of {', '.join(_SPAN_PATHS)}")
+    return path == "mesh"
+
+
 def telemetry_wanted() -> bool:
     """Whether any signal would be exported; False means nothing gets installed."""
     return any(exporter_for(signal) != "none" for signal in _SIGNALS)
@@ -105,10 +120,12 @@ def resource_for(service_name: str, *, role: str | None = None, agent_id: str | 
 
 @dataclass
 class Telemetry:
-    """The SDK providers of this process; `shutdown()` flushes what is still buffered."""
+    """The SDK providers of this process; `shutdown()` flushes what is still buffered.
+    ``span_processor`` is the batch processor the mesh's own spans end into (`mesh.spans`)."""
 
     tracer_provider: TracerProvider | None
     meter_provider: MeterProvider | None
+    span_processor: SpanProcessor | None = None
 
     @classmethod
     def from_env(cls, service_name: str, *, role: str | None = None, agent_id: str | None = None) -> Telemetry | None:
@@ -116,16 +133,20 @@ class Telemetry:
         if not telemetry_wanted():
             return None
         resource = resource_for(service_name, role=role, agent_id=agent_id)
-        return cls(_tracer_provider(resource), _meter_provider(resource))
+        tracing = _tracer_provider(resource)
+        return cls(tracing[0], _meter_provider(resource), tracing[1]) if tracing else cls(None, _meter_provider(resource))
 
     def install(self) -> None:
         """Make these the global providers, which the API's proxies in `mesh.telemetry` then use."""
         from opentelemetry import metrics, trace
 
-        from mesh.telemetry import recheck_tracing
+        from mesh.spans import MeshTracer
+        from mesh.telemetry import recheck_tracing, use_mesh_spans
 
         if self.tracer_provider is not None:
             trace.set_tracer_provider(self.tracer_provider)
+            if self.span_processor is not None and mesh_spans():
+                use_mesh_spans(MeshTracer(self.tracer_provider, self.span_processor))
             recheck_tracing()
         if self.meter_provider is not None:
             metrics.set_meter_provider(self.meter_provider)
@@ -133,6 +154,9 @@ class Telemetry:
     def shutdown(self) -> None:
         """Export what is buffered and stop the exporters (blocks up to their timeouts)."""
         if self.tracer_provider is not None:
+            from mesh.telemetry import use_mesh_spans
+
+            use_mesh_spans(None)
             self.tracer_provider.shutdown()
         if self.meter_provider is not None:
             self.meter_provider.shutdown()
@@ -148,16 +172,18 @@ def configure_from_env(service_name: str, *, role: str | None = None, agent_id: 
     return _installed
 
 
-def _tracer_provider(resource: Resource) -> TracerProvider | None:
+def _tracer_provider(resource: Resource) -> tuple[TracerProvider, SpanProcessor] | None:
     exporter = exporter_for("traces")
     if exporter == "none":
         return None
+    mesh_spans()  # a bad MESH_SPANS fails here, at start-up
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
-    provider.add_span_processor(BatchSpanProcessor(span_exporter(exporter)))  # OTEL_BSP_* apply
-    return provider
+    processor = BatchSpanProcessor(span_exporter(exporter))  # OTEL_BSP_* apply
+    provider.add_span_processor(processor)
+    return provider, processor
 
 
 def span_exporter(exporter: str) -> SpanExporter:
@@ -171,13 +197,13 @@ def span_exporter(exporter: str) -> SpanExporter:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 
         return GrpcSpanExporter()
-    if protocol == "http/json":
-        from mesh.otlp_json import OtlpJsonSpanExporter
+    if protocol == "http/protobuf" and not mesh_spans():
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
-        return OtlpJsonSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+        return HttpSpanExporter()
+    from mesh.otlp import OtlpHttpSpanExporter
 
-    return HttpSpanExporter()
+    return OtlpHttpSpanExporter(protocol)
 
 
 def _meter_provider(resource: Resource) -> MeterProvider | None:

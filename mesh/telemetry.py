@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context, metrics, propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from mesh.redact import scrub_text
+
+if TYPE_CHECKING:
+    from mesh.spans import MeshTracer
 
 __all__ = [
     "send_span",
@@ -39,8 +42,10 @@ __all__ = [
     "record_error",
     "instruments",
     "replaying",
+    "use_mesh_spans",
 ]
 
+T = TypeVar("T")
 tracer = trace.get_tracer("agentmesh")
 meter = metrics.get_meter("agentmesh")
 
@@ -124,6 +129,20 @@ def recheck_tracing() -> None:
     _tracing.checked = -1.0
 
 
+class _MeshTracerSlot:
+    tracer: MeshTracer | None = None
+
+
+_mesh_tracer = _MeshTracerSlot()
+
+
+def use_mesh_spans(mesh_tracer: MeshTracer | None) -> None:
+    """Record the mesh's spans with ``mesh_tracer`` (`mesh.spans`), or with the global SDK
+    tracer again when None. `mesh.otel.Telemetry.install` sets it."""
+    _mesh_tracer.tracer = mesh_tracer
+    recheck_tracing()
+
+
 _replaying: ContextVar[bool] = ContextVar("mesh_replaying", default=False)
 
 
@@ -139,24 +158,48 @@ def replaying() -> Iterator[None]:
         _replaying.reset(token)
 
 
-@contextmanager
-def _span(name: str, kind: SpanKind, attributes: dict[str, Any], **options: Any) -> Iterator[Span]:
+class _Scope(AbstractContextManager[T]):
+    """One span made current for a `with` block: on the way out a failure is recorded once
+    (`error.type`, an ERROR status), the previous context comes back and the span ends.
+    Made of plain calls rather than nested generator context managers: four of these run
+    per task, and each generator layer cost as much as the span itself."""
+
+    __slots__ = ("end", "span", "token", "value")
+
+    def __init__(self, value: T, span: Span, *, end: bool = True, current: context.Context | None = None) -> None:
+        self.value = value
+        self.span = span
+        self.end = end
+        self.token = context.attach(current if current is not None else trace.set_span_in_context(span))
+
+    def __enter__(self) -> T:
+        return self.value
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if isinstance(error, Exception) and self.end and not _failed(self.span):
+            record_error(self.span, error)  # unless the code inside recorded the original error already
+        context.detach(self.token)
+        if self.end:
+            self.span.end()
+
+
+def _start(name: str, kind: SpanKind, attributes: dict[str, Any], parent: context.Context | None = None,
+           links: Sequence[Link] = ()) -> Span:  # fmt: skip
+    """A span from the mesh's tracer (`mesh.spans`) when one is installed, else from the SDK's."""
+    if _mesh_tracer.tracer is not None:
+        return _mesh_tracer.tracer.start_span(name, kind, attributes, context=parent, links=links)
+    return tracer.start_span(name, parent, kind, attributes, links, record_exception=False,
+                             set_status_on_exception=False)  # fmt: skip
+
+
+def _span(name: str, kind: SpanKind, attributes: dict[str, Any]) -> AbstractContextManager[Span]:
     """A current span whose failure is recorded once, with `error.type` and an ERROR status."""
     if _replaying.get():
-        yield trace.INVALID_SPAN
-        return
+        return nullcontext(trace.INVALID_SPAN)
     if not tracing():
-        yield trace.get_current_span()
-        return
-    with tracer.start_as_current_span(
-        name, kind=kind, attributes=attributes, record_exception=False, set_status_on_exception=False, **options
-    ) as span:
-        try:
-            yield span
-        except Exception as error:
-            if not _failed(span):  # the code inside may have recorded the original error already
-                record_error(span, error)
-            raise
+        return nullcontext(trace.get_current_span())
+    span = _start(name, kind, attributes)
+    return _Scope(span, span)
 
 
 def _failed(span: Span) -> bool:
@@ -177,25 +220,20 @@ def _messaging(subject: str, operation: str, event_type: str, message_id: str) -
     }
 
 
-@contextmanager
-def send_span(subject: str, event_type: str, event_id: str) -> Iterator[dict[str, str]]:
-    """A PRODUCER span; yields the W3C headers (`traceparent`, `tracestate`) to send along."""
+def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextManager[dict[str, str]]:
+    """A PRODUCER span; `with` gives the W3C headers (`traceparent`, `tracestate`) to send along."""
+    carrier: dict[str, str] = {}
     if _replaying.get():
-        yield {}
-        return
+        return nullcontext(carrier)
     if not tracing():
-        carrier: dict[str, str] = {}
         propagate.inject(carrier)  # an upstream context, if this process is inside one
-        yield carrier
-        return
-    attributes = _messaging(subject, "send", event_type, event_id)
-    with _span(f"send {subject_template(subject)}", SpanKind.PRODUCER, attributes):
-        carrier = {}
-        propagate.inject(carrier)
-        yield carrier
+        return nullcontext(carrier)
+    span = _start(f"send {subject_template(subject)}", SpanKind.PRODUCER, _messaging(subject, "send", event_type, event_id))
+    scope = _Scope(carrier, span)
+    propagate.inject(carrier)  # the send span is current now
+    return scope
 
 
-@contextmanager
 def process_span(
     subject: str,
     event_type: str,
@@ -204,14 +242,12 @@ def process_span(
     *,
     consumer: str | None = None,
     replayed: bool = False,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A CONSUMER span whose parent is the producer's context; a replay links to it instead."""
     if _replaying.get():
-        yield trace.INVALID_SPAN
-        return
+        return nullcontext(trace.INVALID_SPAN)
     if not tracing():
-        yield from _pass_through(carrier, replayed)
-        return
+        return _pass_through(carrier, replayed)
     parent: context.Context | None = propagate.extract(carrier)
     attributes = _messaging(subject, "process", event_type, event_id)
     if consumer:
@@ -222,25 +258,19 @@ def process_span(
         links = [Link(producer)] if producer.is_valid else []
         parent = None
         attributes["mesh.replayed"] = True
-    name = f"process {subject_template(subject)}"
-    with _span(name, SpanKind.CONSUMER, attributes, context=parent, links=links) as span:
-        yield span
+    span = _start(f"process {subject_template(subject)}", SpanKind.CONSUMER, attributes, parent, links)
+    return _Scope(span, span)
 
 
-def _pass_through(carrier: Mapping[str, str], replayed: bool) -> Iterator[Span]:
+def _pass_through(carrier: Mapping[str, str], replayed: bool) -> AbstractContextManager[Span]:
     """No SDK here: make the producer's context current (unless replaying), record nothing."""
     if replayed or "traceparent" not in carrier:
-        yield trace.INVALID_SPAN
-        return
-    token = context.attach(propagate.extract(carrier))
-    try:
-        yield trace.get_current_span()
-    finally:
-        context.detach(token)
+        return nullcontext(trace.INVALID_SPAN)
+    upstream = propagate.extract(carrier)
+    return _Scope(trace.get_current_span(upstream), trace.INVALID_SPAN, end=False, current=upstream)
 
 
-@contextmanager
-def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id: str = "") -> Iterator[Span]:
+def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id: str = "") -> AbstractContextManager[Span]:
     """`invoke_agent {agent}` (INTERNAL) around one handler call; its LLM and tool spans nest inside."""
     attributes: dict[str, Any] = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent}
     if agent_id:
@@ -249,12 +279,10 @@ def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id:
         attributes["mesh.capability"] = capability
     if task_id:
         attributes["mesh.task_id"] = task_id
-    with _span(f"invoke_agent {agent}", SpanKind.INTERNAL, attributes) as span:
-        yield span
+    return _span(f"invoke_agent {agent}", SpanKind.INTERNAL, attributes)
 
 
-@contextmanager
-def chat_span(model: str, *, provider: str, conversation_id: str | None = None) -> Iterator[Span]:
+def chat_span(model: str, *, provider: str, conversation_id: str | None = None) -> AbstractContextManager[Span]:
     """`chat {model}` (CLIENT) around one model call; the caller adds the response attributes."""
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
@@ -263,12 +291,10 @@ def chat_span(model: str, *, provider: str, conversation_id: str | None = None) 
     }
     if conversation_id:
         attributes["gen_ai.conversation.id"] = conversation_id
-    with _span(f"chat {model}", SpanKind.CLIENT, attributes) as span:
-        yield span
+    return _span(f"chat {model}", SpanKind.CLIENT, attributes)
 
 
-@contextmanager
-def tool_span(name: str, *, call_id: str | None = None, description: str | None = None) -> Iterator[Span]:
+def tool_span(name: str, *, call_id: str | None = None, description: str | None = None) -> AbstractContextManager[Span]:
     """`execute_tool {name}` (INTERNAL) around one tool call. Arguments and results are not
     recorded on the span (they may hold user data); the `mesh.tool.called` event has them.
 
@@ -281,8 +307,7 @@ def tool_span(name: str, *, call_id: str | None = None, description: str | None 
         attributes["gen_ai.tool.call.id"] = call_id
     if description:
         attributes["gen_ai.tool.description"] = description
-    with _span(f"execute_tool {name}", SpanKind.INTERNAL, attributes) as span:
-        yield span
+    return _span(f"execute_tool {name}", SpanKind.INTERNAL, attributes)
 
 
 def record_error(span: Span, error: BaseException) -> None:

@@ -24,7 +24,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
-__all__ = ["ReceivedSpan", "ReceivedPoint", "OtlpReceiver", "attributes_of"]
+__all__ = ["ReceivedSpan", "ReceivedPoint", "OtlpReceiver", "attributes_of", "otlp_json_to_protobuf"]
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ class OtlpReceiver:
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 if self.headers.get("Content-Type") == "application/json" and self.path == "/v1/traces":
-                    body = _json_traces_to_protobuf(body)
+                    body = otlp_json_to_protobuf(body)
                 reply = receiver._accept(self.path, body)
                 self.send_response(200 if reply is not None else 404)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -193,7 +193,7 @@ def _metric_points(metric: Metric, resource: dict[str, Any]) -> Iterator[Receive
             yield ReceivedPoint(metric.name, attributes_of(hist.attributes), resource, hist.sum, hist.count)
 
 
-def _json_traces_to_protobuf(body: bytes) -> bytes:
+def otlp_json_to_protobuf(body: bytes) -> bytes:
     """OTLP/JSON -> protobuf, strictly: unknown fields fail. OTLP/JSON writes ids as hex where
     proto3 JSON has base64, so the ids are converted first (as a collector does)."""
     import base64

@@ -71,9 +71,19 @@ class TestExporterChoice:
             metric_exporter("otlp")
 
     def test_protocol_picks_http_or_grpc(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """`http/protobuf` by default; `grpc` generally or per signal."""
-        assert isinstance(span_exporter("otlp"), HttpSpanExporter)
+        """`http/protobuf` by default (spans through `mesh.otlp`, or the SDK's exporter with
+        `MESH_SPANS=sdk`); `grpc` generally or per signal."""
+        from mesh.otlp import OtlpHttpSpanExporter
+
+        exporter = span_exporter("otlp")
+        assert isinstance(exporter, OtlpHttpSpanExporter) and exporter.protocol == "http/protobuf"
         assert isinstance(metric_exporter("otlp"), HttpMetricExporter)
+        monkeypatch.setenv("MESH_SPANS", "sdk")
+        assert isinstance(span_exporter("otlp"), HttpSpanExporter)
+        monkeypatch.setenv("MESH_SPANS", "fast")
+        with pytest.raises(ConfigError, match="MESH_SPANS='fast'"):
+            span_exporter("otlp")
+        monkeypatch.delenv("MESH_SPANS")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         assert isinstance(span_exporter("otlp"), GrpcSpanExporter)
         assert isinstance(metric_exporter("otlp"), GrpcMetricExporter)
@@ -122,13 +132,14 @@ class TestProviders:
         status arrive as valid OTLP (the receiver parses them strictly against the proto)."""
         from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-        from mesh.otlp_json import OtlpJsonSpanExporter
+        from mesh.otlp import OtlpHttpSpanExporter
 
         with OtlpReceiver() as otlp:
             monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint)
             monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
             monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
-            assert isinstance(span_exporter("otlp"), OtlpJsonSpanExporter)
+            exporter = span_exporter("otlp")
+            assert isinstance(exporter, OtlpHttpSpanExporter) and exporter.protocol == "http/json"
             telemetry = Telemetry.from_env("echo", role="echo", agent_id="echo-h-1")
             assert telemetry is not None and telemetry.tracer_provider
             tracer = telemetry.tracer_provider.get_tracer("tests", "1.0")

@@ -58,10 +58,15 @@ from mesh.telemetry import agent_span, chat_span, process_span, send_span, tool_
 
 exporter = InMemorySpanExporter()
 provider = TracerProvider()
-provider.add_span_processor(SimpleSpanProcessor(exporter))
+processor = SimpleSpanProcessor(exporter)
+provider.add_span_processor(processor)
 trace.set_tracer_provider(provider)
+if %s:
+    from mesh.spans import MeshTracer
+    from mesh.telemetry import use_mesh_spans
+    use_mesh_spans(MeshTracer(provider, processor))
 with process_span("mesh.work.search", "mesh.task.requested", "e-1", {"traceparent": "%s"},
-                  consumer="work-search", replayed=%s):
+                  consumer="work-search", replayed=%s) as outer:
     with agent_span("researcher", agent_id="researcher-h-1", capability="search", task_id="t-1"):
         with chat_span("gpt-4o-mini", provider="openai", conversation_id="t-1"):
             pass
@@ -77,22 +82,26 @@ spans = [{"name": s.name, "kind": s.kind.name, "attributes": dict(s.attributes),
           "id": format(s.context.span_id, "016x"), "trace": format(s.context.trace_id, "032x"),
           "events": [dict(e.attributes) for e in s.events], "links": len(s.links)}
          for s in exporter.get_finished_spans()]
-print(json.dumps({"spans": spans, "headers": headers}))
+print(json.dumps({"spans": spans, "headers": headers, "recorder": type(outer).__name__}))
 """
 
 
-def run_with_sdk(replayed: bool = False) -> dict[str, Any]:
-    code = SCRIPT % (TRACEPARENT, replayed)
+def run_with_sdk(path: str, replayed: bool = False) -> dict[str, Any]:
+    """The span helpers in a fresh process whose spans end in memory: SDK spans (`sdk`),
+    or the mesh's own (`mesh`, as an agent configured from OTEL_* records them)."""
+    code = SCRIPT % (path == "mesh", TRACEPARENT, replayed)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(out.stdout)
     result["by_name"] = {s["name"]: s for s in result["spans"]}
+    assert result["recorder"] == {"sdk": "_Span", "mesh": "MeshSpan"}[path]
     return result
 
 
+@pytest.mark.parametrize("path", ["sdk", "mesh"])
 class TestWithSdk:
-    def test_span_tree_kinds_and_attributes(self) -> None:
+    def test_span_tree_kinds_and_attributes(self, path: str) -> None:
         """process -> invoke_agent -> chat / execute_tool / send, each by the conventions."""
-        spans = run_with_sdk()["by_name"]
+        spans = run_with_sdk(path)["by_name"]
         process = spans["process mesh.work.search"]
         assert process["kind"] == "CONSUMER" and process["parent"] == TRACEPARENT.split("-")[2]
         assert process["trace"] == TRACEPARENT.split("-")[1]
@@ -123,9 +132,9 @@ class TestWithSdk:
         assert (send["kind"], send["parent"]) == ("PRODUCER", invoke["id"])
         assert send["attributes"]["messaging.destination.name"] == "mesh.tool.researcher.t-1"
 
-    def test_a_tool_call_that_fails_is_recorded_once_and_scrubbed(self) -> None:
+    def test_a_tool_call_that_fails_is_recorded_once_and_scrubbed(self, path: str) -> None:
         """`execute_tool {name}` carries the tool, ERROR status, error.type, one exception event, no key."""
-        tool = run_with_sdk()["by_name"]["execute_tool web_search"]
+        tool = run_with_sdk(path)["by_name"]["execute_tool web_search"]
         assert tool["kind"] == "INTERNAL"
         assert tool["attributes"]["gen_ai.tool.name"] == "web_search"
         assert tool["attributes"]["gen_ai.tool.call.id"] == "call-1"
@@ -134,9 +143,9 @@ class TestWithSdk:
         assert tool["description"] == "ValueError: no results for api_key=[redacted]"
         assert len(tool["events"]) == 1 and "sk-abcdefghijklmnop" not in json.dumps(tool["events"])
 
-    def test_a_replay_links_to_the_original_instead_of_joining_it(self) -> None:
+    def test_a_replay_links_to_the_original_instead_of_joining_it(self, path: str) -> None:
         """A replayed message starts a new trace that links to the producer's context."""
-        process = run_with_sdk(replayed=True)["by_name"]["process mesh.work.search"]
+        process = run_with_sdk(path, replayed=True)["by_name"]["process mesh.work.search"]
         assert process["parent"] is None and process["links"] == 1
         assert process["trace"] != TRACEPARENT.split("-")[1]
         assert process["attributes"]["mesh.replayed"] is True

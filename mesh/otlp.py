@@ -1,0 +1,507 @@
+"""OTLP/HTTP span export, `http/protobuf` and `http/json`, with encoders built for the batch thread.
+
+The SDK's protobuf encoder builds a message object per span, attribute and value: about
+64 µs a span here, in the batch thread that shares the GIL with the agent's event loop.
+These encoders write the same bytes directly (protobuf wire format, or OTLP/JSON through
+msgspec) and keep the encoded form of each attribute pair they have seen, since most pairs
+repeat from span to span (`messaging.system=nats`, a destination, an agent name). A test
+checks that both decode to the very message the SDK's encoder builds.
+
+`OtlpHttpSpanExporter` POSTs a batch over one kept-alive connection. Endpoint, headers,
+timeout, compression (`gzip`) and TLS (`..._CERTIFICATE`, `..._CLIENT_KEY`,
+`..._CLIENT_CERTIFICATE`) come from the standard `OTEL_EXPORTER_OTLP_*` variables, traces
+ones first. Status 429, 502, 503 and 504 and broken connections are retried with
+exponential backoff (honouring `Retry-After`) until the timeout is spent.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import logging
+import math
+import os
+import random
+import ssl
+import struct
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext
+
+__all__ = ["CONTENT_TYPES", "OtlpHttpSpanExporter", "encode_json", "encode_protobuf"]
+
+_log = logging.getLogger(__name__)
+CONTENT_TYPES = {"http/protobuf": "application/x-protobuf", "http/json": "application/json"}
+_RETRYABLE = {429, 502, 503, 504}
+_CACHE_LIMIT = 4096  # encoded attribute pairs kept; cleared when full
+_HAS_IS_REMOTE = 0x100  # SpanFlags: the context's is_remote is known ...
+_IS_REMOTE = 0x200  # ... and true
+
+
+def _flags(parent: SpanContext | None) -> int:
+    return _HAS_IS_REMOTE | _IS_REMOTE if parent is not None and parent.is_remote else _HAS_IS_REMOTE
+
+
+def _trace_state(context: SpanContext | None) -> str:
+    state = context.trace_state if context is not None else None
+    return ",".join(f"{key}={value}" for key, value in state.items()) if state else ""
+
+
+def _grouped(spans: Sequence[ReadableSpan]) -> list[tuple[Resource, dict[InstrumentationScope | None, list[ReadableSpan]]]]:
+    """Spans by resource, then by instrumentation scope, as `ExportTraceServiceRequest` nests them.
+    Resources are told apart by identity first (hashing one serialises its attributes), then
+    by equality, so equal resources share one entry as in the SDK's encoder."""
+    groups: list[tuple[Resource, dict[InstrumentationScope | None, list[ReadableSpan]]]] = []
+    by_id: dict[int, dict[InstrumentationScope | None, list[ReadableSpan]]] = {}
+    for span in spans:
+        resource = span.resource
+        scopes = by_id.get(id(resource))
+        if scopes is None:
+            scopes = next((found for known, found in groups if known == resource), None)
+            if scopes is None:
+                scopes = {}
+                groups.append((resource, scopes))
+            by_id[id(resource)] = scopes
+        scopes.setdefault(span.instrumentation_scope or None, []).append(span)
+    return groups
+
+
+class _PairCache:
+    """Encoded attribute pairs by (key, type, value); values that are not hashable are encoded each time."""
+
+    def __init__(self, encode: Callable[[str, Any], Any]) -> None:
+        self.encode = encode
+        self.pairs: dict[tuple[str, type, Any], Any] = {}
+
+    def __call__(self, key: str, value: Any) -> Any:
+        index = (key, value.__class__, value)
+        try:
+            return self.pairs[index]
+        except KeyError:
+            pass
+        except TypeError:  # a list, a mapping, a tuple holding either
+            return self.encode(key, value)
+        if len(self.pairs) >= _CACHE_LIMIT:
+            self.pairs.clear()
+        encoded = self.pairs[index] = self.encode(key, value)
+        return encoded
+
+
+# -- protobuf -------------------------------------------------------------------------------
+
+_double = struct.Struct("<d").pack
+_fixed64 = struct.Struct("<Q").pack
+_fixed32 = struct.Struct("<I").pack
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (`tag` is the whole first byte: field number << 3 | 2)."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+def _pb_value(value: Any) -> bytes:
+    """An `AnyValue` message's bytes."""
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, str):
+        return _field(0x0A, value.encode())
+    if isinstance(value, int):
+        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64, two's complement
+    if isinstance(value, float):
+        return b"\x21" + _double(value)
+    if isinstance(value, bytes):
+        return _field(0x3A, value)
+    if isinstance(value, Mapping):
+        return _field(0x32, b"".join(_field(0x0A, _pb_pair(str(k), v)) for k, v in value.items()))
+    if isinstance(value, Sequence):
+        return _field(0x2A, b"".join(_field(0x0A, _pb_value(v)) for v in value))
+    raise TypeError(f"attribute value of type {type(value).__name__} cannot be exported: {value!r}")
+
+
+def _pb_pair(key: str, value: Any) -> bytes:
+    """A `KeyValue` message's bytes."""
+    return _field(0x0A, key.encode()) + _field(0x12, _pb_value(value))
+
+
+def _pb_repeated_pair(tag: int) -> Callable[[str, Any], bytes]:
+    """The encoder of one `KeyValue` field numbered as ``tag`` says, short strings written at once."""
+
+    def encode(key: str, value: Any) -> bytes:
+        if value.__class__ is str:
+            k, v = key.encode(), value.encode()
+            size = len(k) + len(v) + 6  # KeyValue: 0x0a len key 0x12 len AnyValue(0x0a len value)
+            if size < 0x80:
+                return bytes((tag, size, 0x0A, len(k))) + k + bytes((0x12, len(v) + 2, 0x0A, len(v))) + v
+        return _field(tag, _pb_pair(key, value))
+
+    return encode
+
+
+# by the tag the pairs are repeated under: resource/scope, event, link and span attributes
+_pb_cached = {tag: _PairCache(_pb_repeated_pair(tag)) for tag in (0x0A, 0x1A, 0x22, 0x4A)}
+
+
+def _pb_attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
+    """The attributes as repeated `KeyValue` fields numbered as ``tag`` says."""
+    if not attributes:
+        return b""
+    encode = _pb_cached[tag]
+    try:
+        return b"".join([encode(key, value) for key, value in attributes.items()])
+    except TypeError:
+        pass
+    out = []
+    for key, value in attributes.items():
+        try:
+            out.append(encode(key, value))
+        except TypeError as error:
+            _log.warning("span attribute %r dropped: %s", key, error)
+    return b"".join(out)
+
+
+def _pb_span(span: ReadableSpan) -> bytes:
+    context = span.context
+    assert context is not None
+    parent = span.parent
+    status = span.status
+    parts = [
+        b"\x0a\x10", context.trace_id.to_bytes(16, "big"),
+        b"\x12\x08", context.span_id.to_bytes(8, "big"),
+    ]  # fmt: skip
+    if trace_state := _trace_state(context):
+        parts.append(_field(0x1A, trace_state.encode()))
+    if parent is not None:
+        parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+    parts += (
+        _field(0x2A, span.name.encode()),
+        b"\x30", _varint(span.kind.value + 1),  # the API's INTERNAL=0 is OTLP's SPAN_KIND_INTERNAL=1
+        b"\x39", _fixed64(span.start_time or 0),
+        b"\x41", _fixed64(span.end_time or 0),
+        _pb_attributes(0x4A, span.attributes),
+    )  # fmt: skip
+    if span.dropped_attributes:
+        parts += (b"\x50", _varint(span.dropped_attributes))
+    for event in span.events:
+        body = b"\x09" + _fixed64(event.timestamp) + _field(0x12, event.name.encode())
+        body += _pb_attributes(0x1A, event.attributes)
+        if event.dropped_attributes:
+            body += b"\x20" + _varint(event.dropped_attributes)
+        parts.append(_field(0x5A, body))
+    if span.dropped_events:
+        parts += (b"\x60", _varint(span.dropped_events))
+    for link in span.links:
+        body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big") + b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
+        if trace_state := _trace_state(link.context):
+            body += _field(0x1A, trace_state.encode())
+        body += _pb_attributes(0x22, link.attributes)
+        if link.dropped_attributes:
+            body += b"\x28" + _varint(link.dropped_attributes)
+        parts.append(_field(0x6A, body + b"\x35" + _fixed32(_flags(link.context))))
+    if span.dropped_links:
+        parts += (b"\x70", _varint(span.dropped_links))
+    code = status.status_code.value
+    status_body = (_field(0x12, status.description.encode()) if status.description else b"") + (
+        b"\x18" + _varint(code) if code else b""
+    )
+    parts += (_field(0x7A, status_body), b"\x85\x01", _fixed32(_flags(parent)))
+    return b"".join(parts)
+
+
+def _pb_scope(scope: InstrumentationScope | None) -> bytes:
+    if scope is None:
+        return b""
+    body = _field(0x0A, scope.name.encode()) if scope.name else b""
+    if scope.version:
+        body += _field(0x12, scope.version.encode())
+    return body + _pb_attributes(0x1A, scope.attributes)
+
+
+def encode_protobuf(spans: Sequence[ReadableSpan]) -> bytes:
+    """An `ExportTraceServiceRequest` in protobuf wire format: spans grouped by resource, then scope."""
+    resource_spans = []
+    for resource, scopes in _grouped(spans):
+        body = _field(0x0A, _pb_attributes(0x0A, resource.attributes))
+        for scope, items in scopes.items():
+            scope_body = _field(0x0A, _pb_scope(scope)) + b"".join(_field(0x12, _pb_span(span)) for span in items)
+            if scope is not None and scope.schema_url:
+                scope_body += _field(0x1A, scope.schema_url.encode())
+            body += _field(0x12, scope_body)
+        if resource.schema_url:
+            body += _field(0x1A, resource.schema_url.encode())
+        resource_spans.append(_field(0x0A, body))
+    return b"".join(resource_spans)
+
+
+# -- JSON -------------------------------------------------------------------------------------
+
+_json = msgspec.json.Encoder()
+_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}  # proto3 JSON's names; JSON has none
+
+
+def _json_value(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}  # int64 is a string in OTLP/JSON
+    if isinstance(value, float):
+        return {"doubleValue": value if math.isfinite(value) else _NON_FINITE[repr(value)]}
+    if isinstance(value, bytes):
+        return {"bytesValue": base64.b64encode(value).decode()}
+    if isinstance(value, Mapping):
+        return {"kvlistValue": {"values": [{"key": str(k), "value": _json_value(v)} for k, v in value.items()]}}
+    if isinstance(value, Sequence):
+        return {"arrayValue": {"values": [_json_value(v) for v in value]}}
+    raise TypeError(f"attribute value of type {type(value).__name__} cannot be exported: {value!r}")
+
+
+def _json_pair(key: str, value: Any) -> msgspec.Raw:
+    return msgspec.Raw(_json.encode({"key": key, "value": _json_value(value)}))
+
+
+_json_cached = _PairCache(_json_pair)
+
+
+def _json_attributes(attributes: Mapping[str, Any] | None) -> list[msgspec.Raw]:
+    out = []
+    for key, value in (attributes or {}).items():
+        try:
+            out.append(_json_cached(key, value))
+        except TypeError as error:
+            _log.warning("span attribute %r dropped: %s", key, error)
+    return out
+
+
+class _JsonStatus(msgspec.Struct, omit_defaults=True):
+    code: int = 0
+    message: str = ""
+
+
+class _JsonEvent(msgspec.Struct, omit_defaults=True):
+    timeUnixNano: str
+    name: str
+    attributes: list[msgspec.Raw] = []
+    droppedAttributesCount: int = 0
+
+
+class _JsonLink(msgspec.Struct, omit_defaults=True):
+    traceId: str
+    spanId: str
+    traceState: str = ""
+    attributes: list[msgspec.Raw] = []
+    droppedAttributesCount: int = 0
+    flags: int = 0
+
+
+class _JsonSpan(msgspec.Struct, omit_defaults=True):
+    traceId: str  # OTLP/JSON ids are hex, not base64
+    spanId: str
+    name: str
+    kind: int
+    startTimeUnixNano: str  # fixed64 is a string in OTLP/JSON
+    endTimeUnixNano: str
+    status: _JsonStatus
+    flags: int
+    traceState: str = ""
+    parentSpanId: str = ""
+    attributes: list[msgspec.Raw] = []
+    droppedAttributesCount: int = 0
+    events: list[_JsonEvent] = []
+    droppedEventsCount: int = 0
+    links: list[_JsonLink] = []
+    droppedLinksCount: int = 0
+
+
+def _json_span(span: ReadableSpan) -> _JsonSpan:
+    context = span.context
+    assert context is not None
+    parent = span.parent
+    status = span.status
+    return _JsonSpan(
+        traceId=f"{context.trace_id:032x}",
+        spanId=f"{context.span_id:016x}",
+        traceState=_trace_state(context),
+        parentSpanId=f"{parent.span_id:016x}" if parent is not None else "",
+        name=span.name,
+        kind=span.kind.value + 1,
+        startTimeUnixNano=str(span.start_time or 0),
+        endTimeUnixNano=str(span.end_time or 0),
+        attributes=_json_attributes(span.attributes),
+        droppedAttributesCount=span.dropped_attributes,
+        events=[_JsonEvent(str(e.timestamp), e.name, _json_attributes(e.attributes), e.dropped_attributes)
+                for e in span.events],  # fmt: skip
+        droppedEventsCount=span.dropped_events,
+        links=[_JsonLink(f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}", _trace_state(link.context),
+                         _json_attributes(link.attributes), link.dropped_attributes, _flags(link.context))
+               for link in span.links],  # fmt: skip
+        droppedLinksCount=span.dropped_links,
+        status=_JsonStatus(status.status_code.value, status.description or ""),
+        flags=_flags(parent),
+    )
+
+
+def _json_scope(scope: InstrumentationScope | None) -> dict[str, Any]:
+    if scope is None:
+        return {}
+    out: dict[str, Any] = {"name": scope.name}
+    if scope.version:
+        out["version"] = scope.version
+    if scope.attributes:
+        out["attributes"] = _json_attributes(scope.attributes)
+    return out
+
+
+def encode_json(spans: Sequence[ReadableSpan]) -> bytes:
+    """An `ExportTraceServiceRequest` as OTLP/JSON: spans grouped by resource, then by scope."""
+    body = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": _json_attributes(resource.attributes)},
+                "scopeSpans": [
+                    {"scope": _json_scope(scope), "spans": [_json_span(span) for span in items],
+                     **({"schemaUrl": scope.schema_url} if scope is not None and scope.schema_url else {})}
+                    for scope, items in scopes.items()
+                ],  # fmt: skip
+                **({"schemaUrl": resource.schema_url} if resource.schema_url else {}),
+            }
+            for resource, scopes in _grouped(spans)
+        ]
+    }
+    return _json.encode(body)
+
+
+# -- transport -----------------------------------------------------------------------------------
+
+_ENCODERS: dict[str, Callable[[Sequence[ReadableSpan]], bytes]] = {
+    "http/protobuf": encode_protobuf,
+    "http/json": encode_json,
+}
+
+
+def _setting(name: str) -> str:
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}", "") or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}", "")
+
+
+def _endpoint() -> str:
+    if specific := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return specific  # used as given
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+    return base.rstrip("/") + "/v1/traces"
+
+
+def _headers() -> dict[str, str]:
+    pairs = (item.split("=", 1) for item in _setting("HEADERS").split(",") if "=" in item)
+    return {urllib.parse.unquote(k.strip()): urllib.parse.unquote(v.strip()) for k, v in pairs}
+
+
+def _tls() -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=_setting("CERTIFICATE") or None)
+    if certificate := _setting("CLIENT_CERTIFICATE"):
+        context.load_cert_chain(certificate, _setting("CLIENT_KEY") or None)
+    return context
+
+
+class OtlpHttpSpanExporter(SpanExporter):
+    """POSTs span batches to an OTLP/HTTP receiver (`/v1/traces`) as protobuf or JSON; never raises."""
+
+    def __init__(self, protocol: str = "http/protobuf", endpoint: str | None = None, *,
+                 headers: dict[str, str] | None = None, timeout: float | None = None,
+                 compression: str | None = None) -> None:  # fmt: skip
+        if protocol not in _ENCODERS:
+            raise ValueError(f"OTLP/HTTP protocol {protocol!r}: use one of {', '.join(_ENCODERS)}")
+        self.protocol = protocol
+        self._encode = _ENCODERS[protocol]
+        url = urllib.parse.urlsplit(endpoint or _endpoint())
+        self._https = url.scheme == "https"
+        self._host = url.netloc
+        self._path = url.path or "/v1/traces"
+        self._headers = {"Content-Type": CONTENT_TYPES[protocol], **_headers(), **(headers or {})}
+        self._timeout = timeout if timeout is not None else float(_setting("TIMEOUT") or 10000) / 1000
+        self._gzip = (compression or _setting("COMPRESSION")) == "gzip"
+        if self._gzip:
+            self._headers["Content-Encoding"] = "gzip"
+        self._connection: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            return SpanExportResult.FAILURE
+        body = self._encode(spans)
+        if self._gzip:
+            body = gzip.compress(body)
+        deadline = time.monotonic() + self._timeout
+        delay = 0.5
+        with self._lock:
+            while True:
+                try:
+                    status, retry_after = self._post(body)
+                except (OSError, http.client.HTTPException) as error:
+                    self._close()
+                    status, retry_after, reason = 0, None, f"{type(error).__name__}: {error}"
+                else:
+                    if 200 <= status < 300:
+                        return SpanExportResult.SUCCESS
+                    reason = f"HTTP {status}"
+                    if status not in _RETRYABLE:
+                        _log.warning("OTLP export of %d spans to %s failed: %s", len(spans), self._host, reason)
+                        return SpanExportResult.FAILURE
+                wait = retry_after if retry_after is not None else delay * random.uniform(0.8, 1.2)
+                if status == 0 and delay == 0.5:
+                    wait = 0.0  # a kept-alive connection the receiver closed: reconnect at once
+                if self._shutdown or time.monotonic() + wait >= deadline:
+                    _log.warning("OTLP export of %d spans to %s failed: %s", len(spans), self._host, reason)
+                    return SpanExportResult.FAILURE
+                time.sleep(wait)  # backoff in the batch thread, never in the event loop
+                delay = min(delay * 2, 8.0)
+
+    def _post(self, body: bytes) -> tuple[int, float | None]:
+        if self._connection is None:
+            if self._https:
+                self._connection = http.client.HTTPSConnection(self._host, timeout=self._timeout, context=_tls())
+            else:
+                self._connection = http.client.HTTPConnection(self._host, timeout=self._timeout)
+        self._connection.request("POST", self._path, body=body, headers=self._headers)
+        response = self._connection.getresponse()
+        response.read()
+        retry_after = response.getheader("Retry-After")
+        return response.status, float(retry_after) if retry_after and retry_after.isdigit() else None
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+        with self._lock:
+            self._close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
