@@ -126,6 +126,7 @@ class Telemetry:
     tracer_provider: TracerProvider | None
     meter_provider: MeterProvider | None
     span_processor: SpanProcessor | None = None
+    span_exporter: SpanExporter | None = None
 
     @classmethod
     def from_env(cls, service_name: str, *, role: str | None = None, agent_id: str | None = None) -> Telemetry | None:
@@ -134,7 +135,9 @@ class Telemetry:
             return None
         resource = resource_for(service_name, role=role, agent_id=agent_id)
         tracing = _tracer_provider(resource)
-        return cls(tracing[0], _meter_provider(resource), tracing[1]) if tracing else cls(None, _meter_provider(resource))
+        if tracing is None:
+            return cls(None, _meter_provider(resource))
+        return cls(tracing[0], _meter_provider(resource), *tracing[1:])
 
     def install(self) -> None:
         """Make these the global providers, which the API's proxies in `mesh.telemetry` then use."""
@@ -146,7 +149,11 @@ class Telemetry:
         if self.tracer_provider is not None:
             trace.set_tracer_provider(self.tracer_provider)
             if self.span_processor is not None and mesh_spans():
-                use_mesh_spans(MeshTracer(self.tracer_provider, self.span_processor))
+                from mesh.otlp import OtlpHttpSpanExporter
+
+                exporter = self.span_exporter
+                protocol = exporter.protocol if isinstance(exporter, OtlpHttpSpanExporter) else None
+                use_mesh_spans(MeshTracer(self.tracer_provider, self.span_processor, protocol=protocol))
             recheck_tracing()
         if self.meter_provider is not None:
             metrics.set_meter_provider(self.meter_provider)
@@ -172,7 +179,7 @@ def configure_from_env(service_name: str, *, role: str | None = None, agent_id: 
     return _installed
 
 
-def _tracer_provider(resource: Resource) -> tuple[TracerProvider, SpanProcessor] | None:
+def _tracer_provider(resource: Resource) -> tuple[TracerProvider, SpanProcessor, SpanExporter] | None:
     exporter = exporter_for("traces")
     if exporter == "none":
         return None
@@ -181,9 +188,10 @@ def _tracer_provider(resource: Resource) -> tuple[TracerProvider, SpanProcessor]
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
-    processor = BatchSpanProcessor(span_exporter(exporter))  # OTEL_BSP_* apply
+    chosen = span_exporter(exporter)
+    processor = BatchSpanProcessor(chosen)  # OTEL_BSP_* apply
     provider.add_span_processor(processor)
-    return provider, processor
+    return provider, processor, chosen
 
 
 def span_exporter(exporter: str) -> SpanExporter:

@@ -33,12 +33,13 @@ from typing import Any
 
 import msgspec
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
-__all__ = ["CONTENT_TYPES", "OtlpHttpSpanExporter", "encode_json", "encode_protobuf"]
+__all__ = ["CONTENT_TYPES", "EncodedSpan", "OtlpHttpSpanExporter", "SpanParts", "encode_json", "encode_protobuf",
+           "span_encoder"]
 
 _log = logging.getLogger(__name__)
 CONTENT_TYPES = {"http/protobuf": "application/x-protobuf", "http/json": "application/json"}
@@ -57,12 +58,15 @@ def _trace_state(context: SpanContext | None) -> str:
     return ",".join(f"{key}={value}" for key, value in state.items()) if state else ""
 
 
-def _grouped(spans: Sequence[ReadableSpan]) -> list[tuple[Resource, dict[InstrumentationScope | None, list[ReadableSpan]]]]:
+Grouped = list[tuple[Resource, dict[InstrumentationScope | None, list["ReadableSpan | EncodedSpan"]]]]
+
+
+def _grouped(spans: Sequence[ReadableSpan | EncodedSpan]) -> Grouped:
     """Spans by resource, then by instrumentation scope, as `ExportTraceServiceRequest` nests them.
     Resources are told apart by identity first (hashing one serialises its attributes), then
     by equality, so equal resources share one entry as in the SDK's encoder."""
-    groups: list[tuple[Resource, dict[InstrumentationScope | None, list[ReadableSpan]]]] = []
-    by_id: dict[int, dict[InstrumentationScope | None, list[ReadableSpan]]] = {}
+    groups: Grouped = []
+    by_id: dict[int, dict[InstrumentationScope | None, list[ReadableSpan | EncodedSpan]]] = {}
     for span in spans:
         resource = span.resource
         scopes = by_id.get(id(resource))
@@ -185,34 +189,39 @@ def _pb_attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
 def _pb_span(span: ReadableSpan) -> bytes:
     context = span.context
     assert context is not None
-    parent = span.parent
-    status = span.status
-    parts = [
-        b"\x0a\x10", context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08", context.span_id.to_bytes(8, "big"),
-    ]  # fmt: skip
+    return _pb_span_of(context, span.parent, span.name, span.kind, span.start_time or 0, span.end_time or 0,
+                       span.attributes, span.events, span.links, span.status,
+                       (span.dropped_attributes, span.dropped_events, span.dropped_links))  # fmt: skip
+
+
+def _pb_span_of(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
+                attributes: Mapping[str, Any] | None, events: Sequence[Event], links: Sequence[Link], status: Status,
+                dropped: tuple[int, int, int] = (0, 0, 0)) -> bytes:  # fmt: skip
+    """A `Span` message's bytes from a span's parts."""
+    parts = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
     if trace_state := _trace_state(context):
         parts.append(_field(0x1A, trace_state.encode()))
     if parent is not None:
         parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
     parts += (
-        _field(0x2A, span.name.encode()),
-        b"\x30", _varint(span.kind.value + 1),  # the API's INTERNAL=0 is OTLP's SPAN_KIND_INTERNAL=1
-        b"\x39", _fixed64(span.start_time or 0),
-        b"\x41", _fixed64(span.end_time or 0),
-        _pb_attributes(0x4A, span.attributes),
+        _field(0x2A, name.encode()),
+        _KINDS[kind],
+        b"\x39", _fixed64(start),
+        b"\x41", _fixed64(end),
+        _pb_attributes(0x4A, attributes),
     )  # fmt: skip
-    if span.dropped_attributes:
-        parts += (b"\x50", _varint(span.dropped_attributes))
-    for event in span.events:
+    dropped_attributes, dropped_events, dropped_links = dropped
+    if dropped_attributes:
+        parts += (b"\x50", _varint(dropped_attributes))
+    for event in events:
         body = b"\x09" + _fixed64(event.timestamp) + _field(0x12, event.name.encode())
         body += _pb_attributes(0x1A, event.attributes)
         if event.dropped_attributes:
             body += b"\x20" + _varint(event.dropped_attributes)
         parts.append(_field(0x5A, body))
-    if span.dropped_events:
-        parts += (b"\x60", _varint(span.dropped_events))
-    for link in span.links:
+    if dropped_events:
+        parts += (b"\x60", _varint(dropped_events))
+    for link in links:
         body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big") + b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
         if trace_state := _trace_state(link.context):
             body += _field(0x1A, trace_state.encode())
@@ -220,14 +229,18 @@ def _pb_span(span: ReadableSpan) -> bytes:
         if link.dropped_attributes:
             body += b"\x28" + _varint(link.dropped_attributes)
         parts.append(_field(0x6A, body + b"\x35" + _fixed32(_flags(link.context))))
-    if span.dropped_links:
-        parts += (b"\x70", _varint(span.dropped_links))
-    code = status.status_code.value
-    status_body = (_field(0x12, status.description.encode()) if status.description else b"") + (
-        b"\x18" + _varint(code) if code else b""
-    )
-    parts += (_field(0x7A, status_body), b"\x85\x01", _fixed32(_flags(parent)))
+    if dropped_links:
+        parts += (b"\x70", _varint(dropped_links))
+    if status.status_code is StatusCode.UNSET:
+        parts.append(b"\x7a\x00")
+    else:
+        status_body = _field(0x12, status.description.encode()) if status.description else b""
+        parts.append(_field(0x7A, status_body + b"\x18" + _varint(status.status_code.value)))
+    parts += (b"\x85\x01", _fixed32(_flags(parent)))
     return b"".join(parts)
+
+
+_KINDS = {kind: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}  # the API's INTERNAL=0 is OTLP's 1
 
 
 def _pb_scope(scope: InstrumentationScope | None) -> bytes:
@@ -239,13 +252,13 @@ def _pb_scope(scope: InstrumentationScope | None) -> bytes:
     return body + _pb_attributes(0x1A, scope.attributes)
 
 
-def encode_protobuf(spans: Sequence[ReadableSpan]) -> bytes:
+def encode_protobuf(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
     """An `ExportTraceServiceRequest` in protobuf wire format: spans grouped by resource, then scope."""
     resource_spans = []
     for resource, scopes in _grouped(spans):
         body = _field(0x0A, _pb_attributes(0x0A, resource.attributes))
         for scope, items in scopes.items():
-            scope_body = _field(0x0A, _pb_scope(scope)) + b"".join(_field(0x12, _pb_span(span)) for span in items)
+            scope_body = _field(0x0A, _pb_scope(scope)) + b"".join(_pb_item(span) for span in items)
             if scope is not None and scope.schema_url:
                 scope_body += _field(0x1A, scope.schema_url.encode())
             body += _field(0x12, scope_body)
@@ -341,26 +354,32 @@ class _JsonSpan(msgspec.Struct, omit_defaults=True):
 def _json_span(span: ReadableSpan) -> _JsonSpan:
     context = span.context
     assert context is not None
-    parent = span.parent
-    status = span.status
+    return _json_span_of(context, span.parent, span.name, span.kind, span.start_time or 0, span.end_time or 0,
+                         span.attributes, span.events, span.links, span.status,
+                         (span.dropped_attributes, span.dropped_events, span.dropped_links))  # fmt: skip
+
+
+def _json_span_of(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
+                  attributes: Mapping[str, Any] | None, events: Sequence[Event], links: Sequence[Link], status: Status,
+                  dropped: tuple[int, int, int] = (0, 0, 0)) -> _JsonSpan:  # fmt: skip
     return _JsonSpan(
         traceId=f"{context.trace_id:032x}",
         spanId=f"{context.span_id:016x}",
         traceState=_trace_state(context),
         parentSpanId=f"{parent.span_id:016x}" if parent is not None else "",
-        name=span.name,
-        kind=span.kind.value + 1,
-        startTimeUnixNano=str(span.start_time or 0),
-        endTimeUnixNano=str(span.end_time or 0),
-        attributes=_json_attributes(span.attributes),
-        droppedAttributesCount=span.dropped_attributes,
+        name=name,
+        kind=kind.value + 1,
+        startTimeUnixNano=str(start),
+        endTimeUnixNano=str(end),
+        attributes=_json_attributes(attributes),
+        droppedAttributesCount=dropped[0],
         events=[_JsonEvent(str(e.timestamp), e.name, _json_attributes(e.attributes), e.dropped_attributes)
-                for e in span.events],  # fmt: skip
-        droppedEventsCount=span.dropped_events,
+                for e in events],  # fmt: skip
+        droppedEventsCount=dropped[1],
         links=[_JsonLink(f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}", _trace_state(link.context),
                          _json_attributes(link.attributes), link.dropped_attributes, _flags(link.context))
-               for link in span.links],  # fmt: skip
-        droppedLinksCount=span.dropped_links,
+               for link in links],  # fmt: skip
+        droppedLinksCount=dropped[2],
         status=_JsonStatus(status.status_code.value, status.description or ""),
         flags=_flags(parent),
     )
@@ -377,14 +396,14 @@ def _json_scope(scope: InstrumentationScope | None) -> dict[str, Any]:
     return out
 
 
-def encode_json(spans: Sequence[ReadableSpan]) -> bytes:
+def encode_json(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
     """An `ExportTraceServiceRequest` as OTLP/JSON: spans grouped by resource, then by scope."""
     body = {
         "resourceSpans": [
             {
                 "resource": {"attributes": _json_attributes(resource.attributes)},
                 "scopeSpans": [
-                    {"scope": _json_scope(scope), "spans": [_json_span(span) for span in items],
+                    {"scope": _json_scope(scope), "spans": [_json_item(span) for span in items],
                      **({"schemaUrl": scope.schema_url} if scope is not None and scope.schema_url else {})}
                     for scope, items in scopes.items()
                 ],  # fmt: skip
@@ -396,9 +415,62 @@ def encode_json(spans: Sequence[ReadableSpan]) -> bytes:
     return _json.encode(body)
 
 
+# -- spans encoded as they end ------------------------------------------------------------------
+
+
+class EncodedSpan:
+    """A span already encoded for one OTLP protocol, with what the batch processor (`context`,
+    for its sampled check) and the grouping (`resource`, `instrumentation_scope`) read.
+
+    The mesh's own spans (`mesh.spans`) are encoded from their fields when they end, in the
+    thread that ends them: cheaper than building a `ReadableSpan` and reading it back through
+    its properties in the batch thread, where the work would also contend for the GIL.
+    Only `OtlpHttpSpanExporter` takes them (`mesh.otel` hands them to no other exporter)."""
+
+    __slots__ = ("context", "data", "instrumentation_scope", "protocol", "resource")
+
+    def __init__(self, protocol: str, data: Any, context: SpanContext, resource: Resource,
+                 scope: InstrumentationScope) -> None:  # fmt: skip
+        self.protocol = protocol
+        self.data = data
+        self.context = context
+        self.resource = resource
+        self.instrumentation_scope = scope
+
+
+SpanParts = tuple[SpanContext, SpanContext | None, str, SpanKind, int, int, Mapping[str, Any], Sequence[Event],
+                  Sequence[Link], Status]  # fmt: skip
+"""context, parent, name, kind, start, end, attributes, events, links, status."""
+
+
+def span_encoder(protocol: str) -> Callable[[SpanParts], Any]:
+    """The encoding of one span's parts for ``protocol``, as `EncodedSpan.data` holds it."""
+    if protocol == "http/protobuf":
+        return lambda parts: _field(0x12, _pb_span_of(*parts))
+    if protocol == "http/json":
+        return lambda parts: msgspec.Raw(_json.encode(_json_span_of(*parts)))
+    raise ValueError(f"no span encoding for {protocol!r}")
+
+
+def _pb_item(span: ReadableSpan | EncodedSpan) -> bytes:
+    if isinstance(span, EncodedSpan):
+        if span.protocol == "http/protobuf":
+            return span.data  # type: ignore[no-any-return]
+        raise TypeError(f"a span encoded for {span.protocol} cannot go out as http/protobuf")
+    return _field(0x12, _pb_span(span))
+
+
+def _json_item(span: ReadableSpan | EncodedSpan) -> Any:
+    if isinstance(span, EncodedSpan):
+        if span.protocol == "http/json":
+            return span.data
+        raise TypeError(f"a span encoded for {span.protocol} cannot go out as http/json")
+    return _json_span(span)
+
+
 # -- transport -----------------------------------------------------------------------------------
 
-_ENCODERS: dict[str, Callable[[Sequence[ReadableSpan]], bytes]] = {
+_ENCODERS: dict[str, Callable[[Sequence[ReadableSpan | EncodedSpan]], bytes]] = {
     "http/protobuf": encode_protobuf,
     "http/json": encode_json,
 }

@@ -23,7 +23,7 @@ import random
 import traceback
 from collections.abc import Mapping, Sequence
 from time import time_ns
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -31,6 +31,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, sampling
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
+
+from mesh.otlp import EncodedSpan, SpanParts, span_encoder
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -140,6 +142,11 @@ class MeshSpan(trace.Span):
         self._end = end_time or time_ns()
         self._tracer.finish(self)
 
+    def parts(self) -> SpanParts:
+        """What an encoder needs (`mesh.otlp.span_encoder`), read off the span once it has ended."""
+        return (self._context, self._parent, self._name, self._kind, self._start, self._end or self._start,
+                self._attributes, self._events, self._links, self._status)  # fmt: skip
+
     def readable(self, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
         return ReadableSpan(name=self._name, context=self._context, parent=self._parent, resource=resource,
                             attributes=self._attributes, events=tuple(self._events), links=tuple(self._links),
@@ -151,13 +158,20 @@ class MeshSpan(trace.Span):
 
 
 class MeshTracer:
-    """Starts `MeshSpan`s under the provider's sampler and resource; ends them into ``processor``."""
+    """Starts `MeshSpan`s under the provider's sampler and resource; ends them into ``processor``.
 
-    def __init__(self, provider: TracerProvider, processor: SpanProcessor, scope: str = "agentmesh") -> None:
+    With ``protocol`` (the processor exports through `mesh.otlp.OtlpHttpSpanExporter` over
+    it) an ended span is encoded at once into a `mesh.otlp.EncodedSpan`; without, it becomes
+    an SDK `ReadableSpan` any exporter takes."""
+
+    def __init__(self, provider: TracerProvider, processor: SpanProcessor, *, protocol: str | None = None,
+                 scope: str = "agentmesh") -> None:  # fmt: skip
         self.resource = provider.resource
         self.sampler = provider.sampler
         self.processor = processor
         self.scope = InstrumentationScope(scope)
+        self.protocol = protocol
+        self.encode = span_encoder(protocol) if protocol else None
 
     def start_span(self, name: str, kind: SpanKind, attributes: dict[str, Any], *,
                    context: context_api.Context | None = None, links: Sequence[Link] = ()) -> trace.Span:  # fmt: skip
@@ -188,4 +202,9 @@ class MeshTracer:
         return MeshSpan(self, name, span_context, parent if parented else None, kind, attributes, links)
 
     def finish(self, span: MeshSpan) -> None:
-        self.processor.on_end(span.readable(self.resource, self.scope))
+        if self.encode is None or self.protocol is None:
+            self.processor.on_end(span.readable(self.resource, self.scope))
+            return
+        data = self.encode(span.parts())
+        encoded = EncodedSpan(self.protocol, data, span.get_span_context(), self.resource, self.scope)
+        self.processor.on_end(cast(ReadableSpan, encoded))  # the batch processor reads `context` only

@@ -215,7 +215,6 @@ def _messaging(subject: str, operation: str, event_type: str, message_id: str) -
         "messaging.operation.type": operation,
         "messaging.operation.name": operation,
         "messaging.message.id": message_id,
-        "cloudevents.event_id": message_id,
         "cloudevents.event_type": event_type,
     }
 

@@ -4,6 +4,7 @@ and as OTLP/JSON, and its exporter posts it with the right content type."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -11,12 +12,14 @@ from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry import trace
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from mesh.otlp import OtlpHttpSpanExporter, encode_json, encode_protobuf
+from mesh.otlp import EncodedSpan, OtlpHttpSpanExporter, encode_json, encode_protobuf
+from mesh.spans import MeshSpan, MeshTracer
 from tests.otlp import OtlpReceiver, otlp_json_to_protobuf
 
 keys = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
@@ -131,3 +134,45 @@ class TestExporter:
         exporter = OtlpHttpSpanExporter("http/protobuf", "http://127.0.0.1:9/v1/traces", timeout=1.0)
         span = ReadableSpan("s", SpanContext(1, 2, False), resource=RESOURCES[0])
         assert exporter.export([span]) is SpanExportResult.FAILURE
+
+
+class _Kept(SpanProcessor):
+    def __init__(self) -> None:
+        self.ended: list[Any] = []
+
+    def on_end(self, span: Any) -> None:
+        self.ended.append(span)
+
+
+class TestMeshSpansEncodedAsTheyEnd:
+    @pytest.mark.parametrize(("protocol", "encode", "decode"), [
+        ("http/protobuf", encode_protobuf, ExportTraceServiceRequest.FromString),
+        ("http/json", encode_json, from_otlp_json),
+    ])  # fmt: skip
+    def test_same_message_as_the_readable_span(self, protocol: str, encode: Any, decode: Any) -> None:
+        """A mesh span encoded when it ends, batched with an SDK span, gives the message the SDK
+        builds from the `ReadableSpan`s of both."""
+        provider = TracerProvider(resource=RESOURCES[0])
+        kept = _Kept()
+        tracer = MeshTracer(provider, kept, protocol=protocol)
+        parent = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TraceFlags(1))
+        span = tracer.start_span("process mesh.work.echo", SpanKind.CONSUMER, {"messaging.system": "nats"},
+                                 context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
+                                 links=[Link(SpanContext(5, 6, False), {"why": "replayed"})])  # fmt: skip
+        assert isinstance(span, MeshSpan)
+        span.set_attribute("gen_ai.usage.input_tokens", 12)
+        span.add_event("retry", {"attempt": 2})
+        span.set_status(StatusCode.ERROR, "ValueError: boom")
+        span.end()
+        [encoded] = kept.ended
+        assert isinstance(encoded, EncodedSpan) and encoded.protocol == protocol
+        other = ReadableSpan("sdk span", SpanContext(8, 9, False), resource=RESOURCES[1], attributes={"k": "v"})
+        readable = span.readable(tracer.resource, tracer.scope)
+        assert decode(encode([encoded, other])) == sdk_encode([readable, other])
+        assert readable.parent == parent and readable.context.trace_id == parent.trace_id
+
+    def test_without_a_protocol_ended_spans_are_readable_spans(self) -> None:
+        kept = _Kept()
+        tracer = MeshTracer(TracerProvider(), kept)
+        tracer.start_span("s", SpanKind.INTERNAL, {}).end()
+        assert isinstance(kept.ended[0], ReadableSpan) and kept.ended[0].name == "s"

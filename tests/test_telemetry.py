@@ -113,7 +113,6 @@ class TestWithSdk:
             "messaging.operation.name": "process",
             "messaging.message.id": "e-1",
             "messaging.consumer.group.name": "work-search",
-            "cloudevents.event_id": "e-1",
             "cloudevents.event_type": "mesh.task.requested",
         }
         invoke = spans["invoke_agent researcher"]
