@@ -26,7 +26,7 @@ from topics import subjects
 from topics.envelope import CloudEvent, encode_envelope
 from topics.record import Record
 
-__all__ = ["file_blocks", "iter_file", "iter_file_events", "read_file"]
+__all__ = ["block_events", "file_blocks", "iter_file", "iter_file_events", "line_blocks", "read_file"]
 
 
 class _Line(msgspec.Struct):
@@ -42,7 +42,6 @@ class _AnyLine(msgspec.Struct):
     raw: str | None = None
 
 
-_lines = msgspec.json.Decoder(list[_Line])
 _line = msgspec.json.Decoder(_Line)
 _any_line = msgspec.json.Decoder(_AnyLine)
 
@@ -50,59 +49,72 @@ _any_line = msgspec.json.Decoder(_AnyLine)
 def iter_file(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[list[Record | RawMessage]]:
     """The file's entries a chunk at a time, in file order. Each chunk of lines is decoded by
     one msgspec call when every line in it is a valid event; else line by line."""
-    for block in file_blocks(path, chunk_size=chunk_size):
+    for block in line_blocks(path, chunk_size=chunk_size):
         yield _decode_lines(block)
 
 
 def iter_file_events(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[tuple[int, str, CloudEvent | None]]:
     """(seq, subject, envelope) per line, `data` left undecoded: for folds that decode only
-    what they use. A line that is not an event gives None as its envelope."""
-    for block in file_blocks(path, chunk_size=chunk_size):
-        body = block.strip()
-        if not body:
-            continue
-        try:
-            lines = _lines.decode(b"[" + body.replace(b"\n", b",") + b"]")
-        except msgspec.DecodeError:
-            for text in body.split(b"\n"):
-                try:
-                    line = _line.decode(text)
-                except DECODE_ERRORS:
-                    yield 0, "", None
-                    continue
-                yield line.seq, line.subject, line.event
-            continue
-        for line in lines:
+    what they use. A line that is not an event gives None as its envelope; blank lines are
+    skipped."""
+    for block in line_blocks(path, chunk_size=chunk_size):
+        yield from block_events(block)
+
+
+def block_events(block: bytes | memoryview) -> Iterator[tuple[int, str, CloudEvent | None]]:
+    """`iter_file_events` for one block of whole lines: one msgspec call when every line in
+    it is an event, else line by line."""
+    try:
+        lines = _line.decode_lines(block)
+    except msgspec.DecodeError:
+        for text in bytes(block).split(b"\n"):
+            if not text.strip():
+                continue
+            try:
+                line = _line.decode(text)
+            except DECODE_ERRORS:
+                yield 0, "", None
+                continue
             yield line.seq, line.subject, line.event
+        return
+    for line in lines:
+        yield line.seq, line.subject, line.event
 
 
 def file_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[bytes]:
     """The file in blocks of whole lines."""
+    for block in line_blocks(path, chunk_size=chunk_size):
+        yield bytes(block)
+
+
+def line_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[bytes | memoryview]:
+    """The file in blocks of whole lines, copying as little as it can: each read gives the
+    line it completes (the rest of the previous read's last line) and a view of the whole
+    lines after it."""
     with open(path, "rb") as file:
         rest = b""
-        while True:
-            block = file.read(chunk_size)
-            if not block:
-                break
-            block = rest + block
+        while block := file.read(chunk_size):
             cut = block.rfind(b"\n") + 1
             if cut == 0:
-                rest = block
+                rest += block
                 continue
+            head = block.find(b"\n") + 1
+            if rest:
+                yield rest + block[:head]
+            else:
+                head = 0
+            if head < cut:
+                yield memoryview(block)[head:cut]
             rest = block[cut:]
-            yield block[:cut]
         if rest.strip():
             yield rest
 
 
-def _decode_lines(block: bytes) -> list[Record | RawMessage]:
-    body = block.strip()
-    if not body:
-        return []
+def _decode_lines(block: bytes | memoryview) -> list[Record | RawMessage]:
     try:
-        lines = _lines.decode(b"[" + body.replace(b"\n", b",") + b"]")
-    except msgspec.DecodeError:  # a blank, broken or raw line somewhere: one at a time
-        return [entry for text in body.split(b"\n") if (entry := _decode_line(text)) is not None]
+        lines = _line.decode_lines(block)
+    except msgspec.DecodeError:  # a broken or raw line somewhere: one at a time
+        return [entry for text in bytes(block).split(b"\n") if (entry := _decode_line(text)) is not None]
     out: list[Record | RawMessage] = []
     append = out.append
     for line in lines:
