@@ -38,6 +38,12 @@ class ProjectionState(msgspec.Struct, kw_only=True):
     """The base of every projection's state: ``seq`` is the last stream sequence folded in.
 
     A snapshot is the state, so it carries its own resume point: read on from ``seq + 1``.
+
+    The views a state holds (one per task, step, proposal, board revision, turn...) are
+    Structs with ``gc=False``: a fold builds them from decoded JSON and other views, which
+    never form a cycle, so the cycle collector need not track the ~75k of them a rebuild of
+    200k events makes (the first collection after such a rebuild took 79 ms with them
+    tracked, 45 ms without).
     """
 
     seq: int = 0

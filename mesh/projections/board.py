@@ -18,7 +18,7 @@ from topics.board import BoardDeleted, BoardWritten
 __all__ = ["BoardEntry", "BoardProjection", "BoardState", "Revision", "entry", "values"]
 
 
-class Revision(msgspec.Struct, frozen=True, kw_only=True):
+class Revision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One change to a key: the value it took (None when deleted), by whom, where, when."""
 
     version: int
@@ -29,7 +29,7 @@ class Revision(msgspec.Struct, frozen=True, kw_only=True):
     deleted: bool = False
 
 
-class BoardEntry(msgspec.Struct, kw_only=True):
+class BoardEntry(msgspec.Struct, kw_only=True, gc=False):
     """One key of a board: its value now (``present`` False once deleted) and its history."""
 
     value: Any = None

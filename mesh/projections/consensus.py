@@ -25,7 +25,7 @@ from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
 __all__ = ["ConsensusProjection", "ConsensusState", "Decision", "ProposalView", "evaluate", "roster", "tally"]
 
 
-class ProposalView(msgspec.Struct, kw_only=True):
+class ProposalView(msgspec.Struct, kw_only=True, gc=False):
     """One proposal. ``votes`` maps voter to choice, ordered by each voter's latest vote."""
 
     proposal_id: str

@@ -14,7 +14,7 @@ from topics.chat import ChatMessage
 __all__ = ["ConversationsProjection", "ConversationsState", "RoomView", "Turn"]
 
 
-class Turn(msgspec.Struct, frozen=True, kw_only=True):
+class Turn(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     turn: int
     speaker: str
     content: str
@@ -22,7 +22,7 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
     time: str
 
 
-class RoomView(msgspec.Struct, kw_only=True):
+class RoomView(msgspec.Struct, kw_only=True, gc=False):
     room: str
     turns: list[Turn] = []
     last_speaker: str | None = None

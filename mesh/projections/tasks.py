@@ -34,7 +34,7 @@ __all__ = ["TaskStatus", "TaskView", "TasksProjection", "TasksState", "is_final"
 TaskStatus = Literal["requested", "claimed", "running", "completed", "failed", "cancelled"]
 
 
-class TaskView(msgspec.Struct, kw_only=True):
+class TaskView(msgspec.Struct, kw_only=True, gc=False):
     """One task as its events tell it.
 
     ``capabilities`` is the fallback chain, first request first; ``capability`` is the one

@@ -56,7 +56,7 @@ class FlowSpec(msgspec.Struct, frozen=True, kw_only=True):
     steps: dict[str, StepSpec] = {}
 
 
-class StepView(msgspec.Struct, kw_only=True):
+class StepView(msgspec.Struct, kw_only=True, gc=False):
     status: StepStatus = "pending"
     capability: str = ""
     after: tuple[str, ...] = ()
@@ -68,7 +68,7 @@ class StepView(msgspec.Struct, kw_only=True):
     error: ErrorInfo | None = None
 
 
-class WorkflowView(msgspec.Struct, kw_only=True):
+class WorkflowView(msgspec.Struct, kw_only=True, gc=False):
     workflow_id: str
     started: bool = False
     name: str = ""
