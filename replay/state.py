@@ -323,7 +323,8 @@ def _handler(projection: HandlerProjection[Any], event_type: str) -> Handler[Any
 
 
 def _unchanged(state: Any, data: Any, stamp: Any, seq: int) -> None:
-    """What a projection's table does with a type it routes but has no handler for."""
+    """For a type a projection wants (its `handles` has a class of that name) while its table
+    has no handler for the registered class: `evolve` leaves the state as it is, and so does this."""
 
 
 def state_from_records(projection: Projection[S], records: Iterable[Record], *, at: Position | None = None) -> S:
