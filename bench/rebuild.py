@@ -10,8 +10,8 @@
    parsed from the reply subject, and `msgspec.json.Decoder(CloudEvent)` on every message.
 3. Mesh: `replay.rebuild_all` (the replay reader with its completeness checks, the typed
    decode of envelope and data, and a fold of every ready projection), from the same stream.
-4. Mesh from a file: `replay.export_log` writes the log as JSONL once; then `read_file` +
-   a fold of every projection (and the read alone).
+4. Mesh from a file: `replay.export_log` writes the log as JSONL once; then `rebuild_file`
+   of every projection (and `read_file` alone: every Record whole, no fold).
 5. Memory: tracemalloc of the Records `read_log` / `read_file` keep, per 100k events.
 
 Runs alternate which side goes first; medians are reported.
@@ -198,8 +198,9 @@ async def mesh_rebuild(url: str) -> tuple[float, int]:
 def file_rebuild(path: Path) -> tuple[float, float, int]:
     """(events/s read + fold every projection, events/s read only, events) from a JSONL file.
 
-    The fold is `rebuild_file`: one pass, each record routed to the projections that handle
-    its type, `data` decoded only when one does. Read-only is `read_file` (every record whole)."""
+    The fold is `rebuild_file`: one pass, each block of lines decoded envelope and typed data
+    together, each event fed to the handlers of the projections that handle its type.
+    Read-only is `read_file` (every record whole)."""
     started = time.perf_counter()
     rebuilt = rebuild_file(path)
     folded = time.perf_counter() - started

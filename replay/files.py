@@ -6,8 +6,10 @@ CloudEvent), decoded by msgspec a chunk of lines at a time. No server needed.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import cache
 from pathlib import Path
+from typing import Any, Union
 
 import msgspec
 
@@ -25,8 +27,18 @@ from replay.reader import (
 from topics import subjects
 from topics.envelope import CloudEvent, encode_envelope
 from topics.record import Record
+from topics.registry import EVENT_TYPES, UPCASTERS
 
-__all__ = ["file_blocks", "iter_file", "iter_file_events", "read_file"]
+__all__ = [
+    "TypedLines",
+    "block_events",
+    "file_blocks",
+    "iter_file",
+    "iter_file_events",
+    "line_blocks",
+    "read_file",
+    "typed_lines",
+]
 
 
 class _Line(msgspec.Struct):
@@ -42,7 +54,6 @@ class _AnyLine(msgspec.Struct):
     raw: str | None = None
 
 
-_lines = msgspec.json.Decoder(list[_Line])
 _line = msgspec.json.Decoder(_Line)
 _any_line = msgspec.json.Decoder(_AnyLine)
 
@@ -50,59 +61,129 @@ _any_line = msgspec.json.Decoder(_AnyLine)
 def iter_file(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[list[Record | RawMessage]]:
     """The file's entries a chunk at a time, in file order. Each chunk of lines is decoded by
     one msgspec call when every line in it is a valid event; else line by line."""
-    for block in file_blocks(path, chunk_size=chunk_size):
+    for block in line_blocks(path, chunk_size=chunk_size):
         yield _decode_lines(block)
 
 
 def iter_file_events(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[tuple[int, str, CloudEvent | None]]:
     """(seq, subject, envelope) per line, `data` left undecoded: for folds that decode only
-    what they use. A line that is not an event gives None as its envelope."""
-    for block in file_blocks(path, chunk_size=chunk_size):
-        body = block.strip()
-        if not body:
-            continue
-        try:
-            lines = _lines.decode(b"[" + body.replace(b"\n", b",") + b"]")
-        except msgspec.DecodeError:
-            for text in body.split(b"\n"):
-                try:
-                    line = _line.decode(text)
-                except DECODE_ERRORS:
-                    yield 0, "", None
-                    continue
-                yield line.seq, line.subject, line.event
-            continue
-        for line in lines:
+    what they use. A line that is not an event gives None as its envelope; blank lines are
+    skipped."""
+    for block in line_blocks(path, chunk_size=chunk_size):
+        yield from block_events(block)
+
+
+def block_events(block: bytes | memoryview) -> Iterator[tuple[int, str, CloudEvent | None]]:
+    """`iter_file_events` for one block of whole lines: one msgspec call when every line in
+    it is an event, else line by line."""
+    try:
+        lines = _line.decode_lines(block)
+    except msgspec.DecodeError:
+        for text in bytes(block).split(b"\n"):
+            if not text.strip():
+                continue
+            try:
+                line = _line.decode(text)
+            except DECODE_ERRORS:
+                yield 0, "", None
+                continue
             yield line.seq, line.subject, line.event
+        return
+    for line in lines:
+        yield line.seq, line.subject, line.event
+
+
+class TypedLines:
+    """Export lines decoded envelope and data together, one msgspec call per block.
+
+    Each line's ``event`` is the envelope struct of its type (``envelopes[type]``): the
+    attributes of a `CloudEvent` but ``type``, validated the same way, with ``data``
+    decoded to the type's class when the type is in ``wanted`` and left Raw otherwise. So
+    it is a `mesh.projections.Stamp`, and a block decodes only if `CloudEvent` and the
+    wanted data schemas accept every line in it. A block with an unknown or ``retired`` type
+    (one with an upcaster), or a line that is not a valid event, does not decode: `decode`
+    gives None, and the caller reads that block the general way (`block_events`).
+    """
+
+    def __init__(self, wanted: frozenset[str], retired: frozenset[str] = frozenset()) -> None:
+        self.wanted = wanted
+        self.envelopes: dict[str, type[Any]] = {
+            event_type: _envelope(event_type, cls if event_type in wanted else None)
+            for event_type, cls in EVENT_TYPES.items()
+            if event_type not in retired
+        }
+        event = Union[tuple(self.envelopes.values())]  # type: ignore[valid-type]  # noqa: UP007
+        line = msgspec.defstruct("TypedLine", [("event", event), ("seq", int, 0), ("subject", str, "")], gc=False)
+        self._decoder = msgspec.json.Decoder(line)
+
+    def decode(self, block: bytes | memoryview) -> list[Any] | None:
+        """The lines of ``block`` (each with ``event``, ``seq`` and ``subject``), or None."""
+        try:
+            return self._decoder.decode_lines(block)
+        except msgspec.DecodeError:
+            return None
+
+
+def typed_lines(wanted: Iterable[str]) -> TypedLines:
+    """The `TypedLines` decoding `data` of the event types in ``wanted``, built once per set
+    (and per set of retired types, `topics.registry.UPCASTERS`)."""
+    return _typed_lines(frozenset(wanted), frozenset(UPCASTERS))
+
+
+@cache
+def _typed_lines(wanted: frozenset[str], retired: frozenset[str]) -> TypedLines:
+    return TypedLines(wanted, retired)
+
+
+_ENVELOPE_FIELDS = [
+    (f.name, f.type) if f.default is msgspec.NODEFAULT else (f.name, f.type, f.default)
+    for f in msgspec.structs.fields(CloudEvent)
+    if f.name not in ("type", "data")
+]
+
+
+def _envelope(event_type: str, data: type[Any] | None) -> type[Any]:
+    """The envelope struct of ``event_type``: CloudEvent's fields, tagged by ``type``, with
+    ``data`` of class ``data`` (or Raw, as in a CloudEvent, when None)."""
+    field = ("data", data) if data is not None else ("data", msgspec.Raw, msgspec.Raw(b"null"))
+    return msgspec.defstruct(f"Envelope[{event_type}]", [*_ENVELOPE_FIELDS, field],
+                             tag=event_type, tag_field="type", kw_only=True, frozen=True, gc=False)  # fmt: skip
 
 
 def file_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[bytes]:
     """The file in blocks of whole lines."""
+    for block in line_blocks(path, chunk_size=chunk_size):
+        yield bytes(block)
+
+
+def line_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[bytes | memoryview]:
+    """The file in blocks of whole lines, copying as little as it can: each read gives the
+    line it completes (the rest of the previous read's last line) and a view of the whole
+    lines after it."""
     with open(path, "rb") as file:
         rest = b""
-        while True:
-            block = file.read(chunk_size)
-            if not block:
-                break
-            block = rest + block
+        while block := file.read(chunk_size):
             cut = block.rfind(b"\n") + 1
             if cut == 0:
-                rest = block
+                rest += block
                 continue
+            head = block.find(b"\n") + 1
+            if rest:
+                yield rest + block[:head]
+            else:
+                head = 0
+            if head < cut:
+                yield memoryview(block)[head:cut]
             rest = block[cut:]
-            yield block[:cut]
         if rest.strip():
             yield rest
 
 
-def _decode_lines(block: bytes) -> list[Record | RawMessage]:
-    body = block.strip()
-    if not body:
-        return []
+def _decode_lines(block: bytes | memoryview) -> list[Record | RawMessage]:
     try:
-        lines = _lines.decode(b"[" + body.replace(b"\n", b",") + b"]")
-    except msgspec.DecodeError:  # a blank, broken or raw line somewhere: one at a time
-        return [entry for text in body.split(b"\n") if (entry := _decode_line(text)) is not None]
+        lines = _line.decode_lines(block)
+    except msgspec.DecodeError:  # a broken or raw line somewhere: one at a time
+        return [entry for text in bytes(block).split(b"\n") if (entry := _decode_line(text)) is not None]
     out: list[Record | RawMessage] = []
     append = out.append
     for line in lines:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,9 +19,12 @@ from mesh.projections import (
     TASKS,
     WORKFLOWS,
     FlowSpec,
+    HandlerProjection,
     ProposalView,
     SnapshotMismatch,
     StepSpec,
+    TasksProjection,
+    TasksState,
     WorkflowView,
     entry,
     evaluate,
@@ -32,12 +36,15 @@ from mesh.projections import (
 )
 from topics import (
     BoardDeleted,
+    BoardEvent,
     BoardWritten,
+    ChatEvent,
     ChatMessage,
     CloudEvent,
     ErrorInfo,
     Event,
     FlowCompleted,
+    FlowEvent,
     FlowFailed,
     FlowStarted,
     FlowStepCompleted,
@@ -47,11 +54,13 @@ from topics import (
     TaskCancelled,
     TaskClaimed,
     TaskCompleted,
+    TaskEvent,
     TaskFailed,
     TaskProgress,
     TaskRequested,
     VoteCast,
     VoteDecided,
+    VoteEvent,
     VoteProposed,
     decode_data,
     encode_data,
@@ -625,3 +634,31 @@ class TestRouting:
         """A ready projection says which event types it folds (so bulk reads can skip the rest)."""
         for projection in REGISTRY.values():
             assert projection.handles and all(isinstance(cls.TYPE, str) for cls in projection.handles)
+
+    def test_tables_cover_each_family(self) -> None:
+        """Each ready projection folds by a handler table with one handler per type of its family."""
+        families = {"tasks": TaskEvent, "board": BoardEvent, "consensus": VoteEvent, "workflows": FlowEvent,
+                    "conversations": ChatEvent}  # fmt: skip
+        for name, projection in REGISTRY.items():
+            assert isinstance(projection, HandlerProjection) and projection.folds_by_table
+            assert set(projection.handles) == set(typing.get_args(families[name]) or (families[name],)), name
+
+    def test_handler_of_a_subclass_is_its_base_handler(self) -> None:
+        """Data of a subclass of a handled type folds as its base type (as a `match` on the class would)."""
+
+        class UrgentRequest(TaskRequested, frozen=True, kw_only=True):
+            pass
+
+        urgent = record(TaskRequested(task_id="t1", capability="echo"), 1)
+        urgent = msgspec.structs.replace(urgent, data=UrgentRequest(task_id="t1", capability="echo"))
+        assert TASKS.handler(UrgentRequest) is TASKS.handler(TaskRequested)
+        assert fold(TASKS, [urgent]) == fold(TASKS, log(TaskRequested(task_id="t1", capability="echo")))
+
+    def test_a_changed_evolve_is_not_folded_by_table(self) -> None:
+        """A subclass that changes `evolve` says so: bulk rebuilds then go through `apply`."""
+
+        class Audited(TasksProjection):
+            def evolve(self, state: TasksState, record: Record) -> TasksState:
+                return super().evolve(state, record)
+
+        assert not Audited().folds_by_table

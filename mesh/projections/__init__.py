@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from mesh.projections.base import (
+    Handler,
+    HandlerProjection,
     Projection,
     ProjectionState,
     Snapshot,
     SnapshotMismatch,
+    Stamp,
     fold,
     instant,
     load_snapshot,
@@ -66,6 +69,8 @@ __all__ = [
     "Decision",
     "FlowSpec",
     "FlowStatus",
+    "Handler",
+    "HandlerProjection",
     "Projection",
     "ProjectionState",
     "ProposalView",
@@ -73,6 +78,7 @@ __all__ = [
     "RoomView",
     "Snapshot",
     "SnapshotMismatch",
+    "Stamp",
     "StepSpec",
     "StepStatus",
     "StepView",

@@ -11,15 +11,14 @@ from typing import Any
 
 import msgspec
 
-from topics.board import BoardEvent
-from mesh.projections.base import member_types, Projection, ProjectionState
+from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
+from topics.base import Event
 from topics.board import BoardDeleted, BoardWritten
-from topics.record import Record
 
 __all__ = ["BoardEntry", "BoardProjection", "BoardState", "Revision", "entry", "values"]
 
 
-class Revision(msgspec.Struct, frozen=True, kw_only=True):
+class Revision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One change to a key: the value it took (None when deleted), by whom, where, when."""
 
     version: int
@@ -30,7 +29,7 @@ class Revision(msgspec.Struct, frozen=True, kw_only=True):
     deleted: bool = False
 
 
-class BoardEntry(msgspec.Struct, kw_only=True):
+class BoardEntry(msgspec.Struct, kw_only=True, gc=False):
     """One key of a board: its value now (``present`` False once deleted) and its history."""
 
     value: Any = None
@@ -54,41 +53,34 @@ def values(state: BoardState, board: str) -> dict[str, Any]:
     return {key: e.value for key, e in state.boards.get(board, {}).items() if e.present}
 
 
-class BoardProjection(Projection[BoardState]):
+class BoardProjection(HandlerProjection[BoardState]):
     name = "board"
     version = 1
-    handles = member_types(BoardEvent)
     state_type = BoardState
 
-    def evolve(self, state: BoardState, record: Record) -> BoardState:
-        match record.data:
-            case BoardWritten(board=board, key=key, value=value, author=author):
-                _change(_entry(state, board, key), value, author, record, deleted=False)
-            case BoardDeleted(board=board, key=key, author=author):
-                found = entry(state, board, key)
-                if found is not None and found.present:
-                    _change(found, None, author, record, deleted=True)
-        return state
+    def handlers(self) -> dict[type[Event], Handler[BoardState]]:
+        return {BoardWritten: _written, BoardDeleted: _deleted}
 
 
-def _entry(state: BoardState, board: str, key: str) -> BoardEntry:
-    keys = state.boards.setdefault(board, {})
-    found = keys.get(key)
+def _written(state: BoardState, event: BoardWritten, stamp: Stamp, seq: int) -> None:
+    keys = state.boards.get(event.board)
+    if keys is None:
+        keys = state.boards[event.board] = {}
+    found = keys.get(event.key)
     if found is None:
-        found = keys[key] = BoardEntry()
-    return found
+        found = keys[event.key] = BoardEntry()
+    _change(found, event.value, event.author, stamp, seq, deleted=False)
 
 
-def _change(found: BoardEntry, value: Any, author: str, record: Record, *, deleted: bool) -> None:
+def _deleted(state: BoardState, event: BoardDeleted, stamp: Stamp, seq: int) -> None:
+    found = entry(state, event.board, event.key)
+    if found is not None and found.present:
+        _change(found, None, event.author, stamp, seq, deleted=True)
+
+
+def _change(found: BoardEntry, value: Any, author: str, stamp: Stamp, seq: int, *, deleted: bool) -> None:
     found.version += 1
     found.value, found.author, found.present = value, author, not deleted
     found.history.append(
-        Revision(
-            version=found.version,
-            value=value,
-            author=author,
-            seq=record.seq,
-            time=record.event.time,
-            deleted=deleted,
-        )
+        Revision(version=found.version, value=value, author=author, seq=seq, time=stamp.time, deleted=deleted)
     )

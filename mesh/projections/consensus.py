@@ -18,15 +18,14 @@ from typing import NamedTuple
 
 import msgspec
 
-from topics.votes import VoteEvent
-from mesh.projections.base import member_types, Projection, ProjectionState, instant
-from topics.record import Record
+from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp, instant
+from topics.base import Event
 from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
 
 __all__ = ["ConsensusProjection", "ConsensusState", "Decision", "ProposalView", "evaluate", "roster", "tally"]
 
 
-class ProposalView(msgspec.Struct, kw_only=True):
+class ProposalView(msgspec.Struct, kw_only=True, gc=False):
     """One proposal. ``votes`` maps voter to choice, ordered by each voter's latest vote."""
 
     proposal_id: str
@@ -80,27 +79,13 @@ def _weight(view: ProposalView, voter: str) -> float:
     return view.weights.get(voter, 1.0) if view.rule == "weighted" else 1.0
 
 
-class ConsensusProjection(Projection[ConsensusState]):
+class ConsensusProjection(HandlerProjection[ConsensusState]):
     name = "consensus"
     version = 1
-    handles = member_types(VoteEvent)
     state_type = ConsensusState
 
-    def evolve(self, state: ConsensusState, record: Record) -> ConsensusState:
-        match record.data:
-            case VoteProposed(proposal_id=p) as proposed:
-                _proposed(_proposal(state, p), proposed, record)
-            case VoteCast(proposal_id=p, voter=voter, choice=choice):
-                view = state.proposals.get(p)
-                if view is not None and _counts(view, voter, choice, record):
-                    view.votes.pop(voter, None)
-                    view.votes[voter] = choice
-                    view.tally = tally(view)
-            case VoteDecided(proposal_id=p, outcome=outcome, reason=reason):
-                view = _proposal(state, p)
-                if not view.decided:
-                    view.decided, view.outcome, view.reason = True, outcome, reason or "recorded"
-        return state
+    def handlers(self) -> dict[type[Event], Handler[ConsensusState]]:
+        return {VoteProposed: _proposed, VoteCast: _cast, VoteDecided: _decided}
 
 
 def _proposal(state: ConsensusState, proposal_id: str) -> ProposalView:
@@ -110,23 +95,41 @@ def _proposal(state: ConsensusState, proposal_id: str) -> ProposalView:
     return view
 
 
-def _proposed(view: ProposalView, event: VoteProposed, record: Record) -> None:
+def _proposed(state: ConsensusState, event: VoteProposed, stamp: Stamp, seq: int) -> None:
+    view = _proposal(state, event.proposal_id)
     if view.proposed:
         return
     view.proposed, view.question, view.options, view.rule = True, event.question, event.options, event.rule
     view.voters, view.quorum, view.weights = event.voters, event.quorum, dict(event.weights)
-    view.deadline, view.proposer, view.proposed_at = event.deadline, event.proposer, record.event.time
+    view.deadline, view.proposer, view.proposed_at = event.deadline, event.proposer, stamp.time
     view.tally = tally(view)
 
 
-def _counts(view: ProposalView, voter: str, choice: str, record: Record) -> bool:
+def _cast(state: ConsensusState, event: VoteCast, stamp: Stamp, seq: int) -> None:
+    view = state.proposals.get(event.proposal_id)
+    if view is not None and _counts(view, event.voter, event.choice, stamp):
+        view.votes.pop(event.voter, None)
+        view.votes[event.voter] = event.choice
+        view.tally = tally(view)
+
+
+def _decided(state: ConsensusState, event: VoteDecided, stamp: Stamp, seq: int) -> None:
+    view = _proposal(state, event.proposal_id)
+    if not view.decided:
+        view.decided, view.outcome, view.reason = True, event.outcome, event.reason or "recorded"
+
+
+def _counts(view: ProposalView, voter: str, choice: str, stamp: Stamp) -> bool:
     if not view.proposed or view.decided or choice not in view.options:
         return False
     eligible = roster(view)
     if eligible and voter not in eligible:
         return False
-    deadline, cast_at = _moment(view.deadline), _moment(record.event.time)
-    return deadline is None or cast_at is None or cast_at <= deadline
+    deadline = _moment(view.deadline)
+    if deadline is None:
+        return True
+    cast_at = _moment(stamp.time)
+    return cast_at is None or cast_at <= deadline
 
 
 def _moment(value: str | None) -> datetime | None:

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import msgspec
 
-from topics.chat import ChatEvent
-from mesh.projections.base import member_types, Projection, ProjectionState
+from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
+from topics.base import Event
 from topics.chat import ChatMessage
-from topics.record import Record
 
 __all__ = ["ConversationsProjection", "ConversationsState", "RoomView", "Turn"]
 
 
-class Turn(msgspec.Struct, frozen=True, kw_only=True):
+class Turn(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     turn: int
     speaker: str
     content: str
@@ -23,7 +22,7 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
     time: str
 
 
-class RoomView(msgspec.Struct, kw_only=True):
+class RoomView(msgspec.Struct, kw_only=True, gc=False):
     room: str
     turns: list[Turn] = []
     last_speaker: str | None = None
@@ -34,27 +33,20 @@ class ConversationsState(ProjectionState, kw_only=True):
     rooms: dict[str, RoomView] = msgspec.field(default_factory=dict)
 
 
-class ConversationsProjection(Projection[ConversationsState]):
+class ConversationsProjection(HandlerProjection[ConversationsState]):
     name = "conversations"
     version = 1
-    handles = member_types(ChatEvent)
     state_type = ConversationsState
 
-    def evolve(self, state: ConversationsState, record: Record) -> ConversationsState:
-        match record.data:
-            case ChatMessage(room=room, speaker=speaker, content=content, turn=turn):
-                view = state.rooms.get(room)
-                if view is None:
-                    view = state.rooms[room] = RoomView(room=room)
-                view.count += 1
-                view.last_speaker = speaker
-                view.turns.append(
-                    Turn(
-                        turn=turn or view.count,
-                        speaker=speaker,
-                        content=content,
-                        seq=record.seq,
-                        time=record.event.time,
-                    )
-                )
-        return state
+    def handlers(self) -> dict[type[Event], Handler[ConversationsState]]:
+        return {ChatMessage: _message}
+
+
+def _message(state: ConversationsState, event: ChatMessage, stamp: Stamp, seq: int) -> None:
+    view = state.rooms.get(event.room)
+    if view is None:
+        view = state.rooms[event.room] = RoomView(room=event.room)
+    view.count += 1
+    view.last_speaker = event.speaker
+    turn = Turn(turn=event.turn or view.count, speaker=event.speaker, content=event.content, seq=seq, time=stamp.time)
+    view.turns.append(turn)

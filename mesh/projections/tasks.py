@@ -18,10 +18,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from topics.tasks import TaskEvent
-from mesh.projections.base import member_types, Projection, ProjectionState
-from topics.base import ErrorInfo
-from topics.record import Record
+from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
+from topics.base import ErrorInfo, Event
 from topics.tasks import (
     TaskCancelled,
     TaskClaimed,
@@ -36,7 +34,7 @@ __all__ = ["TaskStatus", "TaskView", "TasksProjection", "TasksState", "is_final"
 TaskStatus = Literal["requested", "claimed", "running", "completed", "failed", "cancelled"]
 
 
-class TaskView(msgspec.Struct, kw_only=True):
+class TaskView(msgspec.Struct, kw_only=True, gc=False):
     """One task as its events tell it.
 
     ``capabilities`` is the fallback chain, first request first; ``capability`` is the one
@@ -78,41 +76,35 @@ def _accepts(view: TaskView, attempt: int) -> bool:
     return view.status != "failed" or attempt > view.attempts
 
 
-class TasksProjection(Projection[TasksState]):
+class TasksProjection(HandlerProjection[TasksState]):
     name = "tasks"
     version = 1
-    handles = member_types(TaskEvent)
     state_type = TasksState
 
-    def evolve(self, state: TasksState, record: Record) -> TasksState:
-        match record.data:
-            case TaskRequested() as requested:
-                _requested(_task(state, requested.task_id or record.event.id, record), requested, record)
-            case TaskClaimed(task_id=t, agent=agent, attempt=n, capability=capability):
-                _claimed(_task(state, t, record), agent, n, capability)
-            case TaskProgress(task_id=t, attempt=n):
-                _progressed(_task(state, t, record), n)
-            case TaskCompleted(task_id=t) as completed:
-                _completed(_task(state, t, record), completed, record)
-            case TaskFailed(task_id=t) as failed:
-                _failed(_task(state, t, record), failed, record)
-            case TaskCancelled(task_id=t) as cancelled:
-                _cancelled(_task(state, t, record), cancelled, record)
-        return state
+    def handlers(self) -> dict[type[Event], Handler[TasksState]]:
+        return {
+            TaskRequested: _requested,
+            TaskClaimed: _claimed,
+            TaskProgress: _progressed,
+            TaskCompleted: _completed,
+            TaskFailed: _failed,
+            TaskCancelled: _cancelled,
+        }
 
 
-def _task(state: TasksState, task_id: str, record: Record) -> TaskView:
+def _task(state: TasksState, task_id: str, stamp: Stamp) -> TaskView:
     view = state.tasks.get(task_id)
     if view is None:
-        view = state.tasks[task_id] = TaskView(task_id=task_id)
-    if view.correlation_id is None:
-        view.correlation_id = record.event.correlationid
+        view = state.tasks[task_id] = TaskView(task_id=task_id, correlation_id=stamp.correlationid)
+    elif view.correlation_id is None:
+        view.correlation_id = stamp.correlationid
     return view
 
 
-def _requested(view: TaskView, event: TaskRequested, record: Record) -> None:
+def _requested(state: TasksState, event: TaskRequested, stamp: Stamp, seq: int) -> None:
+    view = _task(state, event.task_id or stamp.id, stamp)
     if not view.capabilities:
-        view.requested_at = record.event.time
+        view.requested_at = stamp.time
     elif event.capability in view.capabilities or view.status in ("completed", "cancelled"):
         return
     else:
@@ -123,44 +115,49 @@ def _requested(view: TaskView, event: TaskRequested, record: Record) -> None:
     view.input, view.deadline, view.max_attempts = event.input, event.deadline, event.max_attempts
 
 
-def _claimed(view: TaskView, agent: str, attempt: int, capability: str) -> None:
-    if not _accepts(view, attempt):
+def _claimed(state: TasksState, event: TaskClaimed, stamp: Stamp, seq: int) -> None:
+    view = _task(state, event.task_id, stamp)
+    if not _accepts(view, event.attempt):
         return
-    view.status, view.assignee, view.finished_at = "claimed", agent, None
-    view.attempts = max(view.attempts, attempt)
-    view.capability = view.capability or capability
+    view.status, view.assignee, view.finished_at = "claimed", event.agent, None
+    view.attempts = max(view.attempts, event.attempt)
+    view.capability = view.capability or event.capability
 
 
-def _progressed(view: TaskView, attempt: int) -> None:
-    if not _accepts(view, attempt):
+def _progressed(state: TasksState, event: TaskProgress, stamp: Stamp, seq: int) -> None:
+    view = _task(state, event.task_id, stamp)
+    if not _accepts(view, event.attempt):
         return
     view.status, view.finished_at = "running", None
-    view.attempts = max(view.attempts, attempt)
+    view.attempts = max(view.attempts, event.attempt)
 
 
-def _completed(view: TaskView, event: TaskCompleted, record: Record) -> None:
+def _completed(state: TasksState, event: TaskCompleted, stamp: Stamp, seq: int) -> None:
+    view = _task(state, event.task_id, stamp)
     if not _accepts(view, event.attempt):
         return
     view.status, view.output, view.error = "completed", event.output, None
-    _settle(view, event.agent, event.attempt, record)
+    _settle(view, event.agent, event.attempt, stamp)
 
 
-def _failed(view: TaskView, event: TaskFailed, record: Record) -> None:
+def _failed(state: TasksState, event: TaskFailed, stamp: Stamp, seq: int) -> None:
+    view = _task(state, event.task_id, stamp)
     if not _accepts(view, event.attempt):
         return
     view.status, view.error = "failed", event.error
-    _settle(view, event.agent, event.attempt, record)
+    _settle(view, event.agent, event.attempt, stamp)
 
 
-def _cancelled(view: TaskView, event: TaskCancelled, record: Record) -> None:
+def _cancelled(state: TasksState, event: TaskCancelled, stamp: Stamp, seq: int) -> None:
+    view = _task(state, event.task_id, stamp)
     if is_final(view):
         return
     view.status, view.reason = "cancelled", event.reason
     view.attempts = max(view.attempts, event.attempt)
-    view.finished_at = record.event.time
+    view.finished_at = stamp.time
 
 
-def _settle(view: TaskView, agent: str, attempt: int, record: Record) -> None:
+def _settle(view: TaskView, agent: str, attempt: int, stamp: Stamp) -> None:
     view.assignee = agent or view.assignee
     view.attempts = max(view.attempts, attempt)
-    view.finished_at = record.event.time
+    view.finished_at = stamp.time

@@ -16,9 +16,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from topics.flows import FlowEvent
-from mesh.projections.base import member_types, Projection, ProjectionState
-from topics.base import ErrorInfo
+from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
+from topics.base import ErrorInfo, Event
 from topics.flows import (
     FlowCompleted,
     FlowFailed,
@@ -27,7 +26,6 @@ from topics.flows import (
     FlowStepFailed,
     FlowStepScheduled,
 )
-from topics.record import Record
 
 __all__ = [
     "FlowSpec",
@@ -58,7 +56,7 @@ class FlowSpec(msgspec.Struct, frozen=True, kw_only=True):
     steps: dict[str, StepSpec] = {}
 
 
-class StepView(msgspec.Struct, kw_only=True):
+class StepView(msgspec.Struct, kw_only=True, gc=False):
     status: StepStatus = "pending"
     capability: str = ""
     after: tuple[str, ...] = ()
@@ -70,7 +68,7 @@ class StepView(msgspec.Struct, kw_only=True):
     error: ErrorInfo | None = None
 
 
-class WorkflowView(msgspec.Struct, kw_only=True):
+class WorkflowView(msgspec.Struct, kw_only=True, gc=False):
     workflow_id: str
     started: bool = False
     name: str = ""
@@ -100,41 +98,28 @@ def ready_steps(view: WorkflowView) -> list[str]:
     return sorted(name for name in pending if done.issuperset(view.steps[name].after))
 
 
-class WorkflowsProjection(Projection[WorkflowsState]):
+class WorkflowsProjection(HandlerProjection[WorkflowsState]):
     name = "workflows"
     version = 1
-    handles = member_types(FlowEvent)
     state_type = WorkflowsState
 
-    def evolve(self, state: WorkflowsState, record: Record) -> WorkflowsState:
-        match record.data:
-            case FlowStarted(workflow_id=w) as started:
-                _started(_workflow(state, w, record), started, record)
-            case FlowStepScheduled(workflow_id=w, step=s, task_id=t, attempt=n):
-                _scheduled(_step(_workflow(state, w, record), s), t, n)
-            case FlowStepCompleted(workflow_id=w, step=s, task_id=t, output=output):
-                step = _step(_workflow(state, w, record), s)
-                if step.status != "completed":
-                    step.status, step.task_id, step.output, step.error = "completed", t, output, None
-            case FlowStepFailed(workflow_id=w, step=s, task_id=t, error=error):
-                _step_failed(_step(_workflow(state, w, record), s), t, error)
-            case FlowCompleted(workflow_id=w, output=output):
-                view = _workflow(state, w, record)
-                if view.status == "running":
-                    view.status, view.output, view.finished_at = "completed", output, record.event.time
-            case FlowFailed(workflow_id=w, error=error):
-                view = _workflow(state, w, record)
-                if view.status == "running":
-                    view.status, view.error, view.finished_at = "failed", error, record.event.time
-        return state
+    def handlers(self) -> dict[type[Event], Handler[WorkflowsState]]:
+        return {
+            FlowStarted: _started,
+            FlowStepScheduled: _scheduled,
+            FlowStepCompleted: _step_completed,
+            FlowStepFailed: _step_failed,
+            FlowCompleted: _completed,
+            FlowFailed: _failed,
+        }
 
 
-def _workflow(state: WorkflowsState, workflow_id: str, record: Record) -> WorkflowView:
+def _workflow(state: WorkflowsState, workflow_id: str, stamp: Stamp) -> WorkflowView:
     view = state.workflows.get(workflow_id)
     if view is None:
-        view = state.workflows[workflow_id] = WorkflowView(workflow_id=workflow_id)
-    if view.correlation_id is None:
-        view.correlation_id = record.event.correlationid
+        view = state.workflows[workflow_id] = WorkflowView(workflow_id=workflow_id, correlation_id=stamp.correlationid)
+    elif view.correlation_id is None:
+        view.correlation_id = stamp.correlationid
     return view
 
 
@@ -145,11 +130,12 @@ def _step(view: WorkflowView, name: str) -> StepView:
     return step
 
 
-def _started(view: WorkflowView, event: FlowStarted, record: Record) -> None:
+def _started(state: WorkflowsState, event: FlowStarted, stamp: Stamp, seq: int) -> None:
+    view = _workflow(state, event.workflow_id, stamp)
     if view.started:
         return
     view.started, view.name, view.spec, view.input = True, event.name, event.spec, event.input
-    view.started_at = record.event.time
+    view.started_at = stamp.time
     try:
         spec = msgspec.convert(event.spec, FlowSpec)
     except msgspec.ValidationError as error:
@@ -161,17 +147,38 @@ def _started(view: WorkflowView, event: FlowStarted, record: Record) -> None:
         step.input, step.retries = step_spec.input, step_spec.retries
 
 
-def _scheduled(step: StepView, task_id: str, attempt: int) -> None:
+def _scheduled(state: WorkflowsState, event: FlowStepScheduled, stamp: Stamp, seq: int) -> None:
+    step = _step(_workflow(state, event.workflow_id, stamp), event.step)
+    attempt = event.attempt
     if step.status == "completed" or attempt < step.attempt:
         return
     if step.status == "failed" and attempt == step.attempt:
         return
-    step.status, step.task_id, step.attempt = "scheduled", task_id, attempt
+    step.status, step.task_id, step.attempt = "scheduled", event.task_id, attempt
 
 
-def _step_failed(step: StepView, task_id: str, error: ErrorInfo | None) -> None:
+def _step_completed(state: WorkflowsState, event: FlowStepCompleted, stamp: Stamp, seq: int) -> None:
+    step = _step(_workflow(state, event.workflow_id, stamp), event.step)
+    if step.status != "completed":
+        step.status, step.task_id, step.output, step.error = "completed", event.task_id, event.output, None
+
+
+def _step_failed(state: WorkflowsState, event: FlowStepFailed, stamp: Stamp, seq: int) -> None:
+    step = _step(_workflow(state, event.workflow_id, stamp), event.step)
     if step.status == "completed":
         return
-    if step.status == "scheduled" and step.task_id not in (None, task_id):
+    if step.status == "scheduled" and step.task_id not in (None, event.task_id):
         return  # the failure of an attempt that was already replaced
-    step.status, step.task_id, step.error = "failed", task_id, error
+    step.status, step.task_id, step.error = "failed", event.task_id, event.error
+
+
+def _completed(state: WorkflowsState, event: FlowCompleted, stamp: Stamp, seq: int) -> None:
+    view = _workflow(state, event.workflow_id, stamp)
+    if view.status == "running":
+        view.status, view.output, view.finished_at = "completed", event.output, stamp.time
+
+
+def _failed(state: WorkflowsState, event: FlowFailed, stamp: Stamp, seq: int) -> None:
+    view = _workflow(state, event.workflow_id, stamp)
+    if view.status == "running":
+        view.status, view.error, view.finished_at = "failed", event.error, stamp.time
