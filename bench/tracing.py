@@ -6,9 +6,10 @@ Both sides are the same work in separate processes: a requester (`bench.requeste
 `Mesh.request` with K in flight) and an echo agent (`mesh agent run`). Tracing on: every
 process has the SDK from the standard variables, `OTEL_TRACES_SAMPLER=always_on`, the batch
 span processor, OTLP/HTTP to a local receiver process (`bench.otlp_sink`) that decodes and
-counts every span, over `http/protobuf` (the SDK's exporter, the spec's default) and over
-`http/json` (`mesh.otlp_json`). Tracing off: no `OTEL_*` at all. Runs alternate which side
-goes first. Target: on >= 0.7 x off.
+counts every span, over `http/protobuf` (the spec's default) and over `http/json`, both
+through `mesh.otlp` with the mesh's own spans (`mesh.spans`); `--sdk` measures the SDK's
+spans and protobuf exporter instead (`MESH_SPANS=sdk`). Tracing off: no `OTEL_*` at all.
+Runs alternate which side goes first. Target: on >= 0.7 x off.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=64, help="tasks in flight (default 64)")
     parser.add_argument("--protocols", nargs="+", default=["http/protobuf", "http/json"],
                         choices=["http/protobuf", "http/json"], help="OTLP protocols to measure (default both)")
+    parser.add_argument("--sdk", action="store_true", help="SDK spans and exporter (MESH_SPANS=sdk) on the traced side")
     return parser.parse_args(argv)
 
 
@@ -74,6 +76,7 @@ def measure(args: argparse.Namespace, protocol: str) -> tuple[Row, int]:
             "OTEL_TRACES_SAMPLER": "always_on",
             "OTEL_METRICS_EXPORTER": "none",  # tracing alone is measured
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": protocol,
+            "MESH_SPANS": "sdk" if args.sdk else "mesh",
         }
         off = bench.spawn("echo-off", "-m", "mesh", "agent", "run", "bench.agents:echo", "--nats", bench.url,
                           "--concurrency", str(args.in_flight))  # fmt: skip
@@ -95,7 +98,8 @@ def measure(args: argparse.Namespace, protocol: str) -> tuple[Row, int]:
         spans = int(next((line.split()[1] for line in (bench.tmp / "otlp-sink.log").read_text().splitlines()
                           if line.startswith("spans ")), "0"))  # fmt: skip
     paired = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
-    row = Row(f"echo throughput, tracing on ({protocol}) vs off", median(rates["on"]), median(rates["off"]),
+    which = " (SDK spans)" if args.sdk else ""
+    row = Row(f"echo throughput, tracing on ({protocol}{which}) vs off", median(rates["on"]), median(rates["off"]),
               "tasks/s", target=TARGET, runs={**rates, "paired_ratio": paired})  # fmt: skip
     return row, spans
 
