@@ -45,6 +45,8 @@ _log = logging.getLogger(__name__)
 CONTENT_TYPES = {"http/protobuf": "application/x-protobuf", "http/json": "application/json"}
 _RETRYABLE = {429, 502, 503, 504}
 _CACHE_LIMIT = 4096  # encoded attribute pairs kept; cleared when full
+_PER_KEY = 256  # distinct string values of one key kept; past that the key's values are not cached
+_UNIQUE: dict[str, Any] = {}  # marks a key whose values are not cached
 _HAS_IS_REMOTE = 0x100  # SpanFlags: the context's is_remote is known ...
 _IS_REMOTE = 0x200  # ... and true
 
@@ -81,13 +83,33 @@ def _grouped(spans: Sequence[ReadableSpan | EncodedSpan]) -> Grouped:
 
 
 class _PairCache:
-    """Encoded attribute pairs by (key, type, value); values that are not hashable are encoded each time."""
+    """Encoded attribute pairs: string values by key then value (no key object to build),
+    others by (key, type, value); values that are not hashable are encoded each time."""
 
     def __init__(self, encode: Callable[[str, Any], Any]) -> None:
         self.encode = encode
+        self.strings: dict[str, dict[str, Any]] = {}
         self.pairs: dict[tuple[str, type, Any], Any] = {}
+        self.size = 0
 
     def __call__(self, key: str, value: Any) -> Any:
+        if value.__class__ is str:
+            by_value = self.strings.get(key)
+            if by_value is None:
+                by_value = self.strings[key] = {}
+            elif by_value is _UNIQUE:
+                return self.encode(key, value)
+            else:
+                found = by_value.get(value)
+                if found is not None:
+                    return found
+                if len(by_value) >= _PER_KEY:  # ids (a message id, a task's subject): caching them only evicts
+                    self.strings[key] = _UNIQUE
+                    self.size -= len(by_value)
+                    return self.encode(key, value)
+            self._room()
+            encoded = by_value[value] = self.encode(key, value)
+            return encoded
         index = (key, value.__class__, value)
         try:
             return self.pairs[index]
@@ -95,10 +117,16 @@ class _PairCache:
             pass
         except TypeError:  # a list, a mapping, a tuple holding either
             return self.encode(key, value)
-        if len(self.pairs) >= _CACHE_LIMIT:
-            self.pairs.clear()
+        self._room()
         encoded = self.pairs[index] = self.encode(key, value)
         return encoded
+
+    def _room(self) -> None:
+        self.size += 1
+        if self.size > _CACHE_LIMIT:
+            self.strings = {key: _UNIQUE for key, values in self.strings.items() if values is _UNIQUE}
+            self.pairs.clear()
+            self.size = 1
 
 
 # -- protobuf -------------------------------------------------------------------------------
@@ -198,18 +226,18 @@ def _pb_span_of(context: SpanContext, parent: SpanContext | None, name: str, kin
                 attributes: Mapping[str, Any] | None, events: Sequence[Event], links: Sequence[Link], status: Status,
                 dropped: tuple[int, int, int] = (0, 0, 0)) -> bytes:  # fmt: skip
     """A `Span` message's bytes from a span's parts."""
-    parts = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
-    if trace_state := _trace_state(context):
-        parts.append(_field(0x1A, trace_state.encode()))
+    trace_id = context.trace_id
+    parts = [_IDS(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, context.span_id)]
+    if context.trace_state:
+        parts.append(_field(0x1A, _trace_state(context).encode()))
     if parent is not None:
-        parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-    parts += (
-        _field(0x2A, name.encode()),
-        _KINDS[kind],
-        b"\x39", _fixed64(start),
-        b"\x41", _fixed64(end),
-        _pb_attributes(0x4A, attributes),
-    )  # fmt: skip
+        parts.append(_PARENT(0x2208, parent.span_id))
+    named = _NAMES.get(name)
+    if named is None:
+        if len(_NAMES) >= _CACHE_LIMIT:
+            _NAMES.clear()
+        named = _NAMES[name] = _field(0x2A, name.encode())
+    parts += (named, _KINDS[kind], _TIMES(0x39, start, 0x41, end), _pb_attributes(0x4A, attributes))
     dropped_attributes, dropped_events, dropped_links = dropped
     if dropped_attributes:
         parts += (b"\x50", _varint(dropped_attributes))
@@ -236,10 +264,17 @@ def _pb_span_of(context: SpanContext, parent: SpanContext | None, name: str, kin
     else:
         status_body = _field(0x12, status.description.encode()) if status.description else b""
         parts.append(_field(0x7A, status_body + b"\x18" + _varint(status.status_code.value)))
-    parts += (b"\x85\x01", _fixed32(_flags(parent)))
+    parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
     return b"".join(parts)
 
 
+_LOW64 = (1 << 64) - 1
+_IDS = struct.Struct(">HQQHQ").pack  # trace_id (field 1, 16 bytes) and span_id (field 2, 8 bytes)
+_PARENT = struct.Struct(">HQ").pack  # parent_span_id (field 4, 8 bytes)
+_TIMES = struct.Struct("<BQBQ").pack  # start and end times (fields 7 and 8, fixed64)
+_LOCAL_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE)  # flags (field 16, fixed32)
+_REMOTE_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
+_NAMES: dict[str, bytes] = {}  # span names are templates, few of them: their encoded field
 _KINDS = {kind: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}  # the API's INTERNAL=0 is OTLP's 1
 
 

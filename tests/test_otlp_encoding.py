@@ -101,6 +101,16 @@ class TestSameMessageAsTheSdk:
             got = decode(encode(batch)).resource_spans[0].scope_spans[0].spans
             assert [s.attributes[0].value.WhichOneof("value") for s in got] == ["int_value", "bool_value", "double_value"]
 
+    def test_ids_stop_being_cached_and_still_encode(self) -> None:
+        """A key with ever new values (a message id) stops being cached; its pairs, and the
+        repeated ones next to it, still encode right, across the cache's clearing too."""
+        batch = [ReadableSpan("s", SpanContext(1, n + 1, False), resource=RESOURCES[0],
+                              attributes={"messaging.message.id": f"id-{n}", "messaging.system": "nats", "n": n})
+                 for n in range(5000)]  # fmt: skip
+        for encode, decode in ((encode_protobuf, ExportTraceServiceRequest.FromString), (encode_json, from_otlp_json)):
+            assert decode(encode(batch)) == sdk_encode(batch)
+            assert decode(encode(batch[-3:])) == sdk_encode(batch[-3:])
+
     def test_an_attribute_that_cannot_be_encoded_is_dropped_not_the_batch(self) -> None:
         span = ReadableSpan("s", SpanContext(1, 2, False), resource=RESOURCES[0], attributes={"ok": 1, "bad": object()})  # type: ignore[dict-item]
         for encode, decode in ((encode_protobuf, ExportTraceServiceRequest.FromString), (encode_json, from_otlp_json)):
