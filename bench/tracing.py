@@ -98,6 +98,7 @@ def measure(args: argparse.Namespace, protocol: str) -> tuple[Row, int]:
         spans = int(next((line.split()[1] for line in (bench.tmp / "otlp-sink.log").read_text().splitlines()
                           if line.startswith("spans ")), "0"))  # fmt: skip
     paired = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
+    print(f"  paired ratios (on/off, same run): {', '.join(f'{x:.2f}' for x in paired)}", flush=True)
     which = " (SDK spans)" if args.sdk else ""
     row = Row(f"echo throughput, tracing on ({protocol}{which}) vs off", median(rates["on"]), median(rates["off"]),
               "tasks/s", target=TARGET, runs={**rates, "paired_ratio": paired})  # fmt: skip

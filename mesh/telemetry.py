@@ -227,7 +227,8 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
     if not tracing():
         propagate.inject(carrier)  # an upstream context, if this process is inside one
         return nullcontext(carrier)
-    span = _start(f"send {subject_template(subject)}", SpanKind.PRODUCER, _messaging(subject, "send", event_type, event_id))
+    attributes = _messaging(subject, "send", event_type, event_id)
+    span = _start(f"send {attributes['messaging.destination.template']}", SpanKind.PRODUCER, attributes)
     scope = _Scope(carrier, span)
     propagate.inject(carrier)  # the send span is current now
     return scope
@@ -257,7 +258,7 @@ def process_span(
         links = [Link(producer)] if producer.is_valid else []
         parent = None
         attributes["mesh.replayed"] = True
-    span = _start(f"process {subject_template(subject)}", SpanKind.CONSUMER, attributes, parent, links)
+    span = _start(f"process {attributes['messaging.destination.template']}", SpanKind.CONSUMER, attributes, parent, links)
     return _Scope(span, span)
 
 
