@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from mesh.telemetry import process_span, send_span, subject_template, tracing
 
@@ -148,3 +150,63 @@ class TestWithSdk:
         assert process["parent"] is None and process["links"] == 1
         assert process["trace"] != TRACEPARENT.split("-")[1]
         assert process["attributes"]["mesh.replayed"] is True
+
+
+class TestPropagationFastPath:
+    """The inline `traceparent` handling gives exactly what the configured propagators give."""
+
+    hexes = st.text("0123456789abcdefABCDEF", min_size=0, max_size=34)
+
+    @staticmethod
+    def parent(ctx: Any) -> Any:
+        from opentelemetry import baggage, trace
+
+        found = trace.get_current_span(ctx).get_span_context()
+        return (found.trace_id, found.span_id, found.is_remote, found.trace_flags, found.trace_state,
+                dict(baggage.get_all(ctx)))  # fmt: skip
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        version=st.sampled_from(["00", "01", "ff", "0", " 00"]),
+        trace_id=st.one_of(hexes, st.just("0" * 32), st.just("4bf92f3577b34da6a3ce929d0e0e4736")),
+        span_id=st.one_of(hexes, st.just("0" * 16), st.just("00f067aa0ba902b7")),
+        flags=st.sampled_from(["00", "01", "ff", "1", "zz"]),
+        tail=st.sampled_from(["", "-extra", " ", "\t"]),
+        extra=st.dictionaries(st.sampled_from(["tracestate", "baggage", "other"]),
+                              st.sampled_from(["vendor=abc", "k=v,k2=v2", "", "bad value"]), max_size=2),
+    )  # fmt: skip
+    @example(version="00", trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7", flags="01",
+             tail="", extra={})  # fmt: skip
+    def test_extract_matches_the_propagators(self, version: str, trace_id: str, span_id: str, flags: str, tail: str,
+                                             extra: dict[str, str]) -> None:  # fmt: skip
+        from opentelemetry import propagate
+
+        from mesh.telemetry import _W3C, _extract
+
+        assert _W3C is not None, "the fast path is on with the default propagators"
+        carrier = {"traceparent": f"{version}-{trace_id}-{span_id}-{flags}{tail}", **extra}
+        assert self.parent(_extract(carrier)) == self.parent(propagate.extract(carrier))
+        assert self.parent(_extract(extra)) == self.parent(propagate.extract(extra))
+
+    @settings(max_examples=100, deadline=None)
+    @given(trace_id=st.integers(1, 2**128 - 1), span_id=st.integers(1, 2**64 - 1), sampled=st.booleans(),
+           state=st.sampled_from([None, "vendor=abc,other=x1"]), with_baggage=st.booleans())  # fmt: skip
+    def test_inject_matches_the_propagators(self, trace_id: int, span_id: int, sampled: bool, state: str | None,
+                                            with_baggage: bool) -> None:  # fmt: skip
+        from opentelemetry import baggage, context, propagate, trace
+        from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+        from mesh.telemetry import _inject
+
+        span = trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(int(sampled)),
+                                                  TraceState.from_header([state]) if state else None))  # fmt: skip
+        current = trace.set_span_in_context(span, baggage.set_baggage("k", "v") if with_baggage else None)
+        token = context.attach(current)
+        try:
+            ours: dict[str, str] = {}
+            _inject(ours, span)
+            theirs: dict[str, str] = {}
+            propagate.inject(theirs)
+        finally:
+            context.detach(token)
+        assert ours == theirs
