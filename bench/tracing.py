@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from bench.harness import ROOT, Bench, Row, median, print_table, stop_on_sigterm
+from bench.harness import ROOT, Bench, Row, cpu_seconds, median, print_table, stop_on_sigterm
 from mesh.client import Mesh
 from topics import subjects
 
@@ -55,7 +55,8 @@ async def wait_for_workers(bench: Bench, capabilities: list[str]) -> None:
             await bench.wait_pulling(mesh.js, subjects.STREAM, subjects.work_consumer_name(capability))
 
 
-def requester(bench: Bench, capability: str, args: argparse.Namespace, env: dict[str, str]) -> float:
+def requester(bench: Bench, capability: str, args: argparse.Namespace, env: dict[str, str]) -> tuple[float, float]:
+    """One requester process: (tasks/s, its CPU µs per task), both over the measured tasks."""
     import os
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -63,10 +64,11 @@ def requester(bench: Bench, capability: str, args: argparse.Namespace, env: dict
                            bench.url], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=600)  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"requester for {capability} failed:\n{done.stderr[-2000:]}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return float(result["rate"]), float(result["cpu"]) * 1e6
 
 
-def measure(args: argparse.Namespace, protocol: str) -> tuple[Row, int]:
+def measure(args: argparse.Namespace, protocol: str) -> tuple[list[Row], int]:
     with Bench("tracing") as bench:
         port_file = bench.tmp / "otlp.port"
         sink = bench.spawn("otlp-sink", "-m", "bench.otlp_sink", str(port_file))
@@ -84,13 +86,23 @@ def measure(args: argparse.Namespace, protocol: str) -> tuple[Row, int]:
                          "--concurrency", str(args.in_flight), env=traced)  # fmt: skip
         asyncio.run(wait_for_workers(bench, ["bench-echo", "bench-echo-traced"]))
         rates: dict[str, list[float]] = {"on": [], "off": []}
-        sides = {"off": ("bench-echo", {}), "on": ("bench-echo-traced", traced)}
+        cpu: dict[str, list[float]] = {"on": [], "off": []}  # µs of CPU per task, every process
+        sides = {"off": ("bench-echo", {}, off), "on": ("bench-echo-traced", traced, on)}
+        assert bench.server is not None
         for run in range(args.runs):
             for name in (["off", "on"] if run % 2 == 0 else ["on", "off"]):
-                capability, env = sides[name]
-                rates[name].append(requester(bench, capability, args, env))
-                print(f"  {protocol} run {run + 1}/{args.runs} tracing {name:3s}: {rates[name][-1]:7,.0f} tasks/s",
-                      flush=True)  # fmt: skip
+                capability, env, agent = sides[name]
+                pids = {"agent": agent.pid, "server": bench.server.process.pid, "receiver": sink.pid}
+                before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+                rate, requester_cpu = requester(bench, capability, args, env)
+                handled = args.tasks + min(args.tasks, 1000)  # the requester's warm-up included
+                used = {"requester": requester_cpu,
+                        **{k: (cpu_seconds(pid) - before[k]) / handled * 1e6 for k, pid in pids.items()}}  # fmt: skip
+                rates[name].append(rate)
+                cpu[name].append(sum(used.values()))
+                detail = "  ".join(f"{k} {v:4.0f}" for k, v in used.items())
+                print(f"  {protocol} run {run + 1}/{args.runs} tracing {name:3s}: {rate:7,.0f} tasks/s"
+                      f"   CPU µs/task: {detail}", flush=True)  # fmt: skip
             bench.check_alive()
         bench.stop(on)
         bench.stop(off)
@@ -102,7 +114,9 @@ def measure(args: argparse.Namespace, protocol: str) -> tuple[Row, int]:
     which = " (SDK spans)" if args.sdk else ""
     row = Row(f"echo throughput, tracing on ({protocol}{which}) vs off", median(rates["on"]), median(rates["off"]),
               "tasks/s", target=TARGET, runs={**rates, "paired_ratio": paired})  # fmt: skip
-    return row, spans
+    cost = Row(f"  CPU per task, all processes, on ({protocol}) vs off", median(cpu["on"]), median(cpu["off"]), "µs",
+               higher_is_better=False, runs=cpu)  # fmt: skip
+    return [row, cost], spans
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, spans = [], {}
     with stop_on_sigterm():
         for protocol in args.protocols:
-            row, spans[protocol] = measure(args, protocol)
-            rows.append(row)
+            measured, spans[protocol] = measure(args, protocol)
+            rows += measured
     print()
     print_table(rows, columns=("tracing on", "tracing off"))
     traced = args.runs * (args.tasks + min(args.tasks, 1000))

@@ -36,7 +36,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 __all__ = ["CONTENT_TYPES", "EncodedSpan", "OtlpHttpSpanExporter", "SpanParts", "encode_json", "encode_protobuf",
            "span_encoder"]
@@ -452,25 +452,27 @@ def encode_json(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
 
 # -- spans encoded as they end ------------------------------------------------------------------
 
+SAMPLED = SpanContext(1, 1, False, TraceFlags(TraceFlags.SAMPLED))
+"""The context every `EncodedSpan` shows the batch processor: only sampled spans are encoded."""
 
-class EncodedSpan:
-    """A span already encoded for one OTLP protocol, with what the batch processor (`context`,
-    for its sampled check) and the grouping (`resource`, `instrumentation_scope`) read.
+
+class EncodedSpan(msgspec.Struct, frozen=True, gc=False):
+    """A sampled span already encoded for one OTLP protocol, with what the batch processor
+    (`context`, for its sampled check) and the grouping (`resource`, `instrumentation_scope`)
+    read.
 
     The mesh's own spans (`mesh.spans`) are encoded from their fields when they end, in the
     thread that ends them: cheaper than building a `ReadableSpan` and reading it back through
-    its properties in the batch thread, where the work would also contend for the GIL.
+    its properties in the batch thread, where the work would also contend for the GIL. Until
+    exported they hold no object the cycle collector tracks (``gc=False``, shared context,
+    resource and scope), so spans waiting in the queue do not make collections dearer.
     Only `OtlpHttpSpanExporter` takes them (`mesh.otel` hands them to no other exporter)."""
 
-    __slots__ = ("context", "data", "instrumentation_scope", "protocol", "resource")
-
-    def __init__(self, protocol: str, data: Any, context: SpanContext, resource: Resource,
-                 scope: InstrumentationScope) -> None:  # fmt: skip
-        self.protocol = protocol
-        self.data = data
-        self.context = context
-        self.resource = resource
-        self.instrumentation_scope = scope
+    protocol: str
+    data: Any
+    resource: Resource
+    instrumentation_scope: InstrumentationScope
+    context: SpanContext = SAMPLED
 
 
 SpanParts = tuple[SpanContext, SpanContext | None, str, SpanKind, int, int, Mapping[str, Any], Sequence[Event],

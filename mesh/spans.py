@@ -205,6 +205,7 @@ class MeshTracer:
         if self.encode is None or self.protocol is None:
             self.processor.on_end(span.readable(self.resource, self.scope))
             return
-        data = self.encode(span.parts())
-        encoded = EncodedSpan(self.protocol, data, span.get_span_context(), self.resource, self.scope)
+        if not span.get_span_context().trace_flags.sampled:
+            return  # recorded, not sampled: the processor would drop it
+        encoded = EncodedSpan(self.protocol, self.encode(span.parts()), self.resource, self.scope)
         self.processor.on_end(cast(ReadableSpan, encoded))  # the batch processor reads `context` only
