@@ -201,8 +201,15 @@ def _pb_attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
     encode = _pb_cached[tag]
+    strings = encode.strings
+    out = []
     try:
-        return b"".join([encode(key, value) for key, value in attributes.items()])
+        for key, value in attributes.items():  # the cache's hit path inline: most pairs are hits
+            if value.__class__ is str and (known := strings.get(key)) is not None and (found := known.get(value)):
+                out.append(found)
+            else:
+                out.append(encode(key, value))
+        return b"".join(out)
     except TypeError:
         pass
     out = []
