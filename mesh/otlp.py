@@ -221,12 +221,18 @@ def _pb_attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(out)
 
 
-def _pb_span(span: ReadableSpan) -> bytes:
+def _parts(span: ReadableSpan) -> tuple[SpanParts, tuple[int, int, int]]:
+    """A `ReadableSpan` read once: its parts, as `MeshSpan.parts` gives them, and its dropped counts."""
     context = span.context
     assert context is not None
-    return _pb_span_of(context, span.parent, span.name, span.kind, span.start_time or 0, span.end_time or 0,
-                       span.attributes, span.events, span.links, span.status,
-                       (span.dropped_attributes, span.dropped_events, span.dropped_links))  # fmt: skip
+    parts = (context, span.parent, span.name, span.kind, span.start_time or 0, span.end_time or 0,
+             span.attributes or {}, span.events, span.links, span.status)  # fmt: skip
+    return parts, (span.dropped_attributes, span.dropped_events, span.dropped_links)
+
+
+def _pb_span(span: ReadableSpan) -> bytes:
+    parts, dropped = _parts(span)
+    return _pb_span_of(*parts, dropped)
 
 
 def _pb_span_of(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
@@ -394,11 +400,8 @@ class _JsonSpan(msgspec.Struct, omit_defaults=True):
 
 
 def _json_span(span: ReadableSpan) -> _JsonSpan:
-    context = span.context
-    assert context is not None
-    return _json_span_of(context, span.parent, span.name, span.kind, span.start_time or 0, span.end_time or 0,
-                         span.attributes, span.events, span.links, span.status,
-                         (span.dropped_attributes, span.dropped_events, span.dropped_links))  # fmt: skip
+    parts, dropped = _parts(span)
+    return _json_span_of(*parts, dropped)
 
 
 def _json_span_of(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
