@@ -207,5 +207,10 @@ class MeshTracer:
             return
         if not span.get_span_context().trace_flags.sampled:
             return  # recorded, not sampled: the processor would drop it
-        encoded = EncodedSpan(self.protocol, self.encode(span.parts()), self.resource, self.scope)
+        try:
+            data = self.encode(span.parts())
+        except Exception:  # a span that cannot be encoded is lost, never the work it traced
+            _log.exception("span %r could not be encoded for export; dropped", span.name)
+            return
+        encoded = EncodedSpan(self.protocol, data, self.resource, self.scope)
         self.processor.on_end(cast(ReadableSpan, encoded))  # the batch processor reads `context` only

@@ -186,3 +186,12 @@ class TestMeshSpansEncodedAsTheyEnd:
         tracer = MeshTracer(TracerProvider(), kept)
         tracer.start_span("s", SpanKind.INTERNAL, {}).end()
         assert isinstance(kept.ended[0], ReadableSpan) and kept.ended[0].name == "s"
+
+    def test_a_span_that_cannot_be_encoded_is_dropped_and_the_code_goes_on(self, caplog: pytest.LogCaptureFixture) -> None:
+        kept = _Kept()
+        tracer = MeshTracer(TracerProvider(), kept, protocol="http/protobuf")
+        span = tracer.start_span("s", SpanKind.INTERNAL, {})
+        span.end(end_time=-1)  # a negative time has no fixed64 encoding
+        assert kept.ended == [] and "could not be encoded" in caplog.text
+        tracer.start_span("t", SpanKind.INTERNAL, {}).end()
+        assert len(kept.ended) == 1
