@@ -124,7 +124,8 @@ class _PairCache:
     def _room(self) -> None:
         self.size += 1
         if self.size > _CACHE_LIMIT:
-            self.strings = {key: _UNIQUE for key, values in self.strings.items() if values is _UNIQUE}
+            kept = list(self.strings.items())  # one call: the batch thread may encode at the same time
+            self.strings = {key: _UNIQUE for key, values in kept if values is _UNIQUE}
             self.pairs.clear()
             self.size = 1
 
