@@ -21,7 +21,7 @@ from nats.js.errors import BadRequestError
 
 from mesh.client import Mesh, Published
 from mesh.errors import ConflictError
-from mesh.follow import Follow, Stored, read
+from mesh.follow import Feed, Follow, Stored, read
 from mesh.origin import Origin
 from mesh.projections import BOARD, BoardEntry, BoardState, Revision, entry, values
 from topics import subjects
@@ -175,7 +175,7 @@ class Board:
         return BoardWatch(self, since)
 
 
-class BoardWatch:
+class BoardWatch(Feed[BoardChange]):
     """An async iterator of `BoardChange`; close it (or use `async with`) when done."""
 
     def __init__(self, board: Board, since: int | None) -> None:
@@ -222,16 +222,3 @@ class BoardWatch:
         if self._follow is not None:
             await self._follow.close()
 
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> BoardChange:
-        change = await self.next()
-        assert change is not None  # without a timeout, next() only returns a change
-        return change

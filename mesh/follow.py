@@ -9,7 +9,8 @@ subject (compare-and-set counts it), so it comes back with `record=None`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NamedTuple, Self
+from abc import ABC, abstractmethod
+from typing import Any, Generic, NamedTuple, Self, TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
@@ -22,7 +23,7 @@ from mesh.errors import MeshError
 from topics import subjects
 from topics.record import Record
 
-__all__ = ["Follow", "Stored", "last_seq", "read", "records"]
+__all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "records"]
 
 READ_TIMEOUT = 30.0
 
@@ -56,7 +57,38 @@ def _stored(msg: Msg) -> Stored:
     return Stored(delivery.stream_seq, msg.subject, record, delivery.pending)
 
 
-class Follow:
+T = TypeVar("T")
+
+
+class Feed(ABC, Generic[T]):
+    """Something read item by item: `start`, `next` (None only after a timeout), `close`;
+    `async with` starts and closes it, `async for` reads it until cancelled."""
+
+    @abstractmethod
+    async def start(self) -> Self: ...
+
+    @abstractmethod
+    async def next(self, timeout: float | None = None) -> T | None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        item = await self.next()
+        assert item is not None  # without a timeout, next() only returns an item
+        return item
+
+
+class Follow(Feed[Stored]):
     """An ordered consumer on ``filter_subject`` from the message after ``after``::
 
         async with Follow(mesh, "mesh.vote.p1") as events:
@@ -99,19 +131,6 @@ class Follow:
             if not self.mesh.nc.is_closed:
                 await sub.unsubscribe()
 
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Stored:
-        item = await self.next()
-        assert item is not None  # without a timeout, next() only returns an item
-        return item
 
 
 async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:
