@@ -54,6 +54,29 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuUse:
+    """The CPU time some processes (by name; None is this one) use from now on."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self.before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+    def per_task(self, tasks: int) -> dict[str, float]:
+        """µs of CPU per task of each process since this was made."""
+        return {name: (cpu_seconds(pid) - self.before[name]) / tasks * 1e6 for name, pid in self.pids.items()}
+
+
+def cpu_detail(used: dict[str, float]) -> str:
+    return "CPU µs/task: " + "  ".join(f"{name} {value:4.0f}" for name, value in used.items())
+
+
+def paired_ratios(label: str, ours: Sequence[float], theirs: Sequence[float]) -> list[float]:
+    """The ratio of each run's two sides (measured back to back), printed."""
+    paired = [a / b for a, b in zip(ours, theirs, strict=True)]
+    print(f"  paired ratios ({label}, same run): {', '.join(f'{x:.2f}' for x in paired)}", flush=True)
+    return paired
+
+
 @dataclass
 class Row:
     """One line of the table. `higher_is_better` decides how ratio and target compare."""

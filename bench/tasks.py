@@ -37,7 +37,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from bench import raw_worker
-from bench.harness import ROOT, Bench, Row, cpu_seconds, median, percentile, print_table, stop_on_sigterm
+from bench.harness import ROOT, Bench, CpuUse, Row, cpu_detail, median, paired_ratios, percentile, print_table, stop_on_sigterm
 from mesh.client import Mesh
 from mesh.server import server_binary
 from topics import subjects
@@ -147,18 +147,15 @@ async def throughput(bench: Bench, mesh: Mesh, raw: RawRequester, args: argparse
         order = ["mesh", "raw"] if run % 2 == 0 else ["raw", "mesh"]
         for name in order:
             call, worker = sides[name]
-            pids = {"requester": None, "worker": worker.pid, "server": server_pid}
-            before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            meter = CpuUse({"requester": None, "worker": worker.pid, "server": server_pid})
             rate = await burst(call, args.tasks, args.in_flight, start=(run + 1) * args.tasks)
-            used = {k: (cpu_seconds(pid) - before[k]) / args.tasks * 1e6 for k, pid in pids.items()}
+            used = meter.per_task(args.tasks)
             rates[name].append(rate)
             cpu[name].append(sum(used.values()))
-            detail = "  ".join(f"{k} {v:4.0f}" for k, v in used.items())
-            print(f"  throughput run {run + 1}/{args.runs} {name:4s}: {rate:7,.0f} tasks/s"
-                  f"   CPU µs/task: {detail}", flush=True)  # fmt: skip
+            print(f"  throughput run {run + 1}/{args.runs} {name:4s}: {rate:7,.0f} tasks/s   {cpu_detail(used)}",
+                  flush=True)  # fmt: skip
         bench.check_alive()
-    paired = [m / r for m, r in zip(rates["mesh"], rates["raw"], strict=True)]
-    print(f"  paired ratios (mesh/raw, same run): {', '.join(f'{x:.2f}' for x in paired)}", flush=True)
+    paired = paired_ratios("mesh/raw", rates["mesh"], rates["raw"])
     bench.stop(mesh_worker)
     bench.stop(raw_worker_proc)
     return [

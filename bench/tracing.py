@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from bench.harness import ROOT, Bench, Row, cpu_seconds, median, print_table, stop_on_sigterm
+from bench.harness import ROOT, Bench, CpuUse, Row, cpu_detail, median, paired_ratios, print_table, stop_on_sigterm
 from mesh.client import Mesh
 from topics import subjects
 
@@ -92,25 +92,21 @@ def measure(args: argparse.Namespace, protocol: str) -> tuple[list[Row], int]:
         for run in range(args.runs):
             for name in (["off", "on"] if run % 2 == 0 else ["on", "off"]):
                 capability, env, agent = sides[name]
-                pids = {"agent": agent.pid, "server": bench.server.process.pid, "receiver": sink.pid}
-                before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+                meter = CpuUse({"agent": agent.pid, "server": bench.server.process.pid, "receiver": sink.pid})
                 rate, requester_cpu = requester(bench, capability, args, env)
                 handled = args.tasks + min(args.tasks, 1000)  # the requester's warm-up included
-                used = {"requester": requester_cpu,
-                        **{k: (cpu_seconds(pid) - before[k]) / handled * 1e6 for k, pid in pids.items()}}  # fmt: skip
+                used = {"requester": requester_cpu, **meter.per_task(handled)}
                 rates[name].append(rate)
                 cpu[name].append(sum(used.values()))
-                detail = "  ".join(f"{k} {v:4.0f}" for k, v in used.items())
-                print(f"  {protocol} run {run + 1}/{args.runs} tracing {name:3s}: {rate:7,.0f} tasks/s"
-                      f"   CPU µs/task: {detail}", flush=True)  # fmt: skip
+                print(f"  {protocol} run {run + 1}/{args.runs} tracing {name:3s}: {rate:7,.0f} tasks/s   "
+                      f"{cpu_detail(used)}", flush=True)  # fmt: skip
             bench.check_alive()
         bench.stop(on)
         bench.stop(off)
         bench.stop(sink)
         spans = int(next((line.split()[1] for line in (bench.tmp / "otlp-sink.log").read_text().splitlines()
                           if line.startswith("spans ")), "0"))  # fmt: skip
-    paired = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
-    print(f"  paired ratios (on/off, same run): {', '.join(f'{x:.2f}' for x in paired)}", flush=True)
+    paired = paired_ratios("on/off", rates["on"], rates["off"])
     which = " (SDK spans)" if args.sdk else ""
     row = Row(f"echo throughput, tracing on ({protocol}{which}) vs off", median(rates["on"]), median(rates["off"]),
               "tasks/s", target=TARGET, runs={**rates, "paired_ratio": paired})  # fmt: skip
