@@ -7,10 +7,11 @@ installed and the API's no-op tracer and meter stay in place: a span then costs 
 a microsecond and the SDK is never imported. `OTEL_SDK_DISABLED=true` turns everything off.
 
 The protocol is `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, `http/json` or `grpc`).
-Spans go out through the SDK's batch span processor (`OTEL_BSP_*`); over HTTP the exporter is
-`mesh.otlp` (the same bytes as the SDK's, encoded about 5x cheaper), over gRPC the SDK's.
+Over HTTP the exporter is `mesh.otlp` (the same bytes as the SDK's, encoded about 5x
+cheaper) behind `mesh.batching.SpanBatcher`, a batch span processor with the SDK's
+`OTEL_BSP_*` settings; over gRPC the SDK's exporter behind the SDK's batch span processor.
 The mesh's own spans are `mesh.spans` objects rather than SDK spans (3 to 4 times cheaper);
-`MESH_SPANS=sdk` makes them SDK spans again and uses the SDK's `http/protobuf` exporter.
+`MESH_SPANS=sdk` makes them SDK spans again, with the SDK's processor and `http/protobuf` exporter.
 Everything else is the SDK's own reading of the standard variables: headers, timeout,
 compression, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`
 and `OTEL_METRIC_EXPORT_INTERVAL`.
@@ -149,11 +150,7 @@ class Telemetry:
         if self.tracer_provider is not None:
             trace.set_tracer_provider(self.tracer_provider)
             if self.span_processor is not None and mesh_spans():
-                from mesh.otlp import OtlpHttpSpanExporter
-
-                exporter = self.span_exporter
-                protocol = exporter.protocol if isinstance(exporter, OtlpHttpSpanExporter) else None
-                use_mesh_spans(MeshTracer(self.tracer_provider, self.span_processor, protocol=protocol))
+                use_mesh_spans(MeshTracer(self.tracer_provider, self.span_processor))
             recheck_tracing()
         if self.meter_provider is not None:
             metrics.set_meter_provider(self.meter_provider)
@@ -187,9 +184,13 @@ def _tracer_provider(resource: Resource) -> tuple[TracerProvider, SpanProcessor,
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from mesh.batching import SpanBatcher
+    from mesh.otlp import OtlpHttpSpanExporter
+
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
     chosen = span_exporter(exporter)
-    processor = BatchSpanProcessor(chosen)  # OTEL_BSP_* apply
+    processor: SpanProcessor  # either way OTEL_BSP_* apply
+    processor = SpanBatcher(chosen) if isinstance(chosen, OtlpHttpSpanExporter) else BatchSpanProcessor(chosen)
     provider.add_span_processor(processor)
     return provider, processor, chosen
 

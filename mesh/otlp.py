@@ -36,10 +36,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-__all__ = ["CONTENT_TYPES", "EncodedSpan", "OtlpHttpSpanExporter", "SpanParts", "encode_json", "encode_protobuf",
-           "span_encoder"]
+__all__ = ["CONTENT_TYPES", "EncodedSpans", "OtlpHttpSpanExporter", "attributes_block", "encode_json", "encode_protobuf",
+           "span_count", "span_encoder"]
 
 _log = logging.getLogger(__name__)
 CONTENT_TYPES = {"http/protobuf": "application/x-protobuf", "http/json": "application/json"}
@@ -60,15 +61,15 @@ def _trace_state(context: SpanContext | None) -> str:
     return ",".join(f"{key}={value}" for key, value in state.items()) if state else ""
 
 
-Grouped = list[tuple[Resource, dict[InstrumentationScope | None, list["ReadableSpan | EncodedSpan"]]]]
+Grouped = list[tuple[Resource, dict[InstrumentationScope | None, list["ReadableSpan | EncodedSpans"]]]]
 
 
-def _grouped(spans: Sequence[ReadableSpan | EncodedSpan]) -> Grouped:
+def _grouped(spans: Sequence[ReadableSpan | EncodedSpans]) -> Grouped:
     """Spans by resource, then by instrumentation scope, as `ExportTraceServiceRequest` nests them.
     Resources are told apart by identity first (hashing one serialises its attributes), then
     by equality, so equal resources share one entry as in the SDK's encoder."""
     groups: Grouped = []
-    by_id: dict[int, dict[InstrumentationScope | None, list[ReadableSpan | EncodedSpan]]] = {}
+    by_id: dict[int, dict[InstrumentationScope | None, list[ReadableSpan | EncodedSpans]]] = {}
     for span in spans:
         resource = span.resource
         scopes = by_id.get(id(resource))
@@ -206,10 +207,14 @@ def _pb_attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
     out = []
     try:
         for key, value in attributes.items():  # the cache's hit path inline: most pairs are hits
-            if value.__class__ is str and (known := strings.get(key)) is not None and (found := known.get(value)):
-                out.append(found)
-            else:
-                out.append(encode(key, value))
+            if value.__class__ is str and (known := strings.get(key)) is not None:
+                if found := known.get(value):
+                    out.append(found)
+                    continue
+                if known is _UNIQUE:  # an id: encoded each time, without the cache's bookkeeping
+                    out.append(encode.encode(key, value))
+                    continue
+            out.append(encode(key, value))
         return b"".join(out)
     except TypeError:
         pass
@@ -222,8 +227,13 @@ def _pb_attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(out)
 
 
-def _parts(span: ReadableSpan) -> tuple[SpanParts, tuple[int, int, int]]:
-    """A `ReadableSpan` read once: its parts, as `MeshSpan.parts` gives them, and its dropped counts."""
+_SpanParts = tuple[SpanContext, SpanContext | None, str, SpanKind, int, int, Mapping[str, Any], Sequence[Event],
+                   Sequence[Link], Status]  # fmt: skip
+
+
+def _parts(span: ReadableSpan) -> tuple[_SpanParts, tuple[int, int, int]]:
+    """A `ReadableSpan` read once: its parts (context, parent, name, kind, start, end, attributes,
+    events, links, status) and its dropped counts."""
     context = span.context
     assert context is not None
     parts = (context, span.parent, span.name, span.kind, span.start_time or 0, span.end_time or 0,
@@ -238,8 +248,8 @@ def _pb_span(span: ReadableSpan) -> bytes:
 
 def _pb_span_of(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
                 attributes: Mapping[str, Any] | None, events: Sequence[Event], links: Sequence[Link], status: Status,
-                dropped: tuple[int, int, int] = (0, 0, 0)) -> bytes:  # fmt: skip
-    """A `Span` message's bytes from a span's parts."""
+                dropped: tuple[int, int, int] = (0, 0, 0), static: bytes = b"") -> bytes:  # fmt: skip
+    """A `Span` message's bytes from a span's parts; ``static`` is encoded attributes put before ``attributes``."""
     trace_id = context.trace_id
     parts = [_IDS(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, context.span_id)]
     if context.trace_state:
@@ -251,7 +261,7 @@ def _pb_span_of(context: SpanContext, parent: SpanContext | None, name: str, kin
         if len(_NAMES) >= _CACHE_LIMIT:
             _NAMES.clear()
         named = _NAMES[name] = _field(0x2A, name.encode())
-    parts += (named, _KINDS[kind], _TIMES(0x39, start, 0x41, end), _pb_attributes(0x4A, attributes))
+    parts += (named, _KINDS[kind], _TIMES(0x39, start, 0x41, end), static, _pb_attributes(0x4A, attributes))
     dropped_attributes, dropped_events, dropped_links = dropped
     if dropped_attributes:
         parts += (b"\x50", _varint(dropped_attributes))
@@ -289,6 +299,11 @@ _TIMES = struct.Struct("<BQBQ").pack  # start and end times (fields 7 and 8, fix
 _LOCAL_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE)  # flags (field 16, fixed32)
 _REMOTE_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
 _NAMES: dict[str, bytes] = {}  # span names are templates, few of them: their encoded field
+_NAMED: dict[str, dict[SpanKind, bytes]] = {}  # ... and with each kind after it
+_IDS_PARENT = struct.Struct(">HQQHQHQ").pack  # trace_id, span_id and parent_span_id
+_UNSET_LOCAL = b"\x7a\x00" + _LOCAL_PARENT  # an unset status, then the flags
+_UNSET_REMOTE = b"\x7a\x00" + _REMOTE_PARENT
+_NO_STATE = DEFAULT_TRACE_STATE  # the state of a span context made without one
 _KINDS = {kind: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}  # the API's INTERNAL=0 is OTLP's 1
 
 
@@ -301,13 +316,13 @@ def _pb_scope(scope: InstrumentationScope | None) -> bytes:
     return body + _pb_attributes(0x1A, scope.attributes)
 
 
-def encode_protobuf(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
+def encode_protobuf(spans: Sequence[ReadableSpan | EncodedSpans]) -> bytes:
     """An `ExportTraceServiceRequest` in protobuf wire format: spans grouped by resource, then scope."""
     resource_spans = []
     for resource, scopes in _grouped(spans):
         body = _field(0x0A, _pb_attributes(0x0A, resource.attributes))
         for scope, items in scopes.items():
-            scope_body = _field(0x0A, _pb_scope(scope)) + b"".join(_pb_item(span) for span in items)
+            scope_body = _field(0x0A, _pb_scope(scope)) + _pb_items(items)
             if scope is not None and scope.schema_url:
                 scope_body += _field(0x1A, scope.schema_url.encode())
             body += _field(0x12, scope_body)
@@ -407,7 +422,7 @@ def _json_span(span: ReadableSpan) -> _JsonSpan:
 
 def _json_span_of(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
                   attributes: Mapping[str, Any] | None, events: Sequence[Event], links: Sequence[Link], status: Status,
-                  dropped: tuple[int, int, int] = (0, 0, 0)) -> _JsonSpan:  # fmt: skip
+                  dropped: tuple[int, int, int] = (0, 0, 0), static: list[msgspec.Raw] | None = None) -> _JsonSpan:  # fmt: skip
     return _JsonSpan(
         traceId=f"{context.trace_id:032x}",
         spanId=f"{context.span_id:016x}",
@@ -417,7 +432,7 @@ def _json_span_of(context: SpanContext, parent: SpanContext | None, name: str, k
         kind=kind.value + 1,
         startTimeUnixNano=str(start),
         endTimeUnixNano=str(end),
-        attributes=_json_attributes(attributes),
+        attributes=static + _json_attributes(attributes) if static else _json_attributes(attributes),
         droppedAttributesCount=dropped[0],
         events=[_JsonEvent(str(e.timestamp), e.name, _json_attributes(e.attributes), e.dropped_attributes)
                 for e in events],  # fmt: skip
@@ -442,14 +457,14 @@ def _json_scope(scope: InstrumentationScope | None) -> dict[str, Any]:
     return out
 
 
-def encode_json(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
+def encode_json(spans: Sequence[ReadableSpan | EncodedSpans]) -> bytes:
     """An `ExportTraceServiceRequest` as OTLP/JSON: spans grouped by resource, then by scope."""
     body = {
         "resourceSpans": [
             {
                 "resource": {"attributes": _json_attributes(resource.attributes)},
                 "scopeSpans": [
-                    {"scope": _json_scope(scope), "spans": [_json_item(span) for span in items],
+                    {"scope": _json_scope(scope), "spans": _json_items(items),
                      **({"schemaUrl": scope.schema_url} if scope is not None and scope.schema_url else {})}
                     for scope, items in scopes.items()
                 ],  # fmt: skip
@@ -463,62 +478,112 @@ def encode_json(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
 
 # -- spans encoded as they end ------------------------------------------------------------------
 
-SAMPLED = SpanContext(1, 1, False, TraceFlags(TraceFlags.SAMPLED))
-"""The context every `EncodedSpan` shows the batch processor: only sampled spans are encoded."""
 
-
-class EncodedSpan(msgspec.Struct, frozen=True, gc=False):
-    """A sampled span already encoded for one OTLP protocol, with what the batch processor
-    (`context`, for its sampled check) and the grouping (`resource`, `instrumentation_scope`)
-    read.
-
-    The mesh's own spans (`mesh.spans`) are encoded from their fields when they end, in the
-    thread that ends them: cheaper than building a `ReadableSpan` and reading it back through
-    its properties in the batch thread, where the work would also contend for the GIL. Until
-    exported they hold no object the cycle collector tracks (``gc=False``, shared context,
-    resource and scope), so spans waiting in the queue do not make collections dearer.
-    Only `OtlpHttpSpanExporter` takes them (`mesh.otel` hands them to no other exporter)."""
+class EncodedSpans(msgspec.Struct, frozen=True, gc=False):
+    """Spans of one resource and scope already encoded for one OTLP protocol: the mesh's own
+    spans (`mesh.spans`), encoded from their fields in the thread that ends them, which is
+    cheaper than building a `ReadableSpan` and reading it back through its properties.
+    `mesh.batching.SpanBatcher` groups them per export; `encode_protobuf` and `encode_json`
+    put them in their resource and scope with the other spans."""
 
     protocol: str
-    data: Any
+    data: list[Any]  # one `Span` field's bytes each (protobuf), or one span's JSON (`msgspec.Raw`)
     resource: Resource
     instrumentation_scope: InstrumentationScope
-    context: SpanContext = SAMPLED
 
 
-SpanParts = tuple[SpanContext, SpanContext | None, str, SpanKind, int, int, Mapping[str, Any], Sequence[Event],
-                  Sequence[Link], Status]  # fmt: skip
-"""context, parent, name, kind, start, end, attributes, events, links, status."""
-
-
-def span_encoder(protocol: str) -> Callable[[SpanParts], Any]:
-    """The encoding of one span's parts for ``protocol``, as `EncodedSpan.data` holds it."""
+def attributes_block(protocol: str, attributes: Mapping[str, Any]) -> Any:
+    """``attributes`` encoded for ``protocol`` as span attributes, to give `span_encoder`'s
+    encoders as ``static``: attributes many spans share are encoded once."""
     if protocol == "http/protobuf":
-        return lambda parts: _field(0x12, _pb_span_of(*parts))
+        return _pb_attributes(0x4A, attributes)
     if protocol == "http/json":
-        return lambda parts: msgspec.Raw(_json.encode(_json_span_of(*parts)))
+        return _json_attributes(attributes)
     raise ValueError(f"no span encoding for {protocol!r}")
 
 
-def _pb_item(span: ReadableSpan | EncodedSpan) -> bytes:
-    if isinstance(span, EncodedSpan):
-        if span.protocol == "http/protobuf":
-            return span.data  # type: ignore[no-any-return]
-        raise TypeError(f"a span encoded for {span.protocol} cannot go out as http/protobuf")
-    return _field(0x12, _pb_span(span))
+UNSET = Status(StatusCode.UNSET)
+"""The status of a span nobody set one on; `_pb_framed` knows it by identity."""
 
 
-def _json_item(span: ReadableSpan | EncodedSpan) -> Any:
-    if isinstance(span, EncodedSpan):
-        if span.protocol == "http/json":
-            return span.data
-        raise TypeError(f"a span encoded for {span.protocol} cannot go out as http/json")
-    return _json_span(span)
+def _pb_framed(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
+               attributes: Mapping[str, Any] | None, events: Sequence[Event], links: Sequence[Link], status: Status,
+               static: bytes = b"") -> bytes:  # fmt: skip
+    """One `Span` field of a `ScopeSpans` (tag, length, message). The usual span (no trace
+    state, events, links or status) is written in one join, in the same field order as
+    `_pb_span_of` writes any span."""
+    if events or links or status is not UNSET or (context.trace_state is not _NO_STATE and context.trace_state):
+        body = _pb_span_of(context, parent, name, kind, start, end, attributes, events, links, status, static=static)
+    else:
+        named = _NAMED.get(name)
+        if named is None:
+            if len(_NAMED) >= _CACHE_LIMIT:
+                _NAMED.clear()
+            named = _NAMED[name] = {kind: _field(0x2A, name.encode()) + _KINDS[kind] for kind in SpanKind}
+        trace_id = context.trace_id
+        if parent is None:
+            ids = _IDS(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, context.span_id)
+            tail = _UNSET_LOCAL
+        else:
+            ids = _IDS_PARENT(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, context.span_id, 0x2208, parent.span_id)
+            tail = _UNSET_REMOTE if parent.is_remote else _UNSET_LOCAL
+        body = b"".join((ids, named[kind], _TIMES(0x39, start, 0x41, end), static,
+                         _pb_attributes(0x4A, attributes) if attributes else b"", tail))  # fmt: skip
+    size = len(body)
+    if 0x80 <= size < 0x4000:
+        return bytes((0x12, size & 0x7F | 0x80, size >> 7)) + body
+    return _field(0x12, body)
+
+
+def _json_raw(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
+              attributes: Mapping[str, Any] | None, events: Sequence[Event], links: Sequence[Link], status: Status,
+              static: list[msgspec.Raw] | None = None) -> msgspec.Raw:  # fmt: skip
+    return msgspec.Raw(_json.encode(_json_span_of(context, parent, name, kind, start, end, attributes, events, links,
+                                                  status, static=static)))  # fmt: skip
+
+
+def span_encoder(protocol: str) -> Callable[..., Any]:
+    """The encoding of one span for ``protocol``, as `EncodedSpans.data` holds it, from
+    (context, parent, name, kind, start, end, attributes, events, links, status, static);
+    ``static`` is an `attributes_block` that goes before ``attributes``."""
+    if protocol == "http/protobuf":
+        return _pb_framed
+    if protocol == "http/json":
+        return _json_raw
+    raise ValueError(f"no span encoding for {protocol!r}")
+
+
+def _pb_items(items: list[ReadableSpan | EncodedSpans]) -> bytes:
+    out = []
+    for span in items:
+        if isinstance(span, EncodedSpans):
+            if span.protocol != "http/protobuf":
+                raise TypeError(f"spans encoded for {span.protocol} cannot go out as http/protobuf")
+            out += span.data
+        else:
+            out.append(_field(0x12, _pb_span(span)))
+    return b"".join(out)
+
+
+def _json_items(items: list[ReadableSpan | EncodedSpans]) -> list[Any]:
+    out: list[Any] = []
+    for span in items:
+        if isinstance(span, EncodedSpans):
+            if span.protocol != "http/json":
+                raise TypeError(f"spans encoded for {span.protocol} cannot go out as http/json")
+            out += span.data
+        else:
+            out.append(_json_span(span))
+    return out
+
+
+def span_count(spans: Sequence[ReadableSpan | EncodedSpans]) -> int:
+    return sum(len(span.data) if isinstance(span, EncodedSpans) else 1 for span in spans)
 
 
 # -- transport -----------------------------------------------------------------------------------
 
-_ENCODERS: dict[str, Callable[[Sequence[ReadableSpan | EncodedSpan]], bytes]] = {
+_ENCODERS: dict[str, Callable[[Sequence[ReadableSpan | EncodedSpans]], bytes]] = {
     "http/protobuf": encode_protobuf,
     "http/json": encode_json,
 }
@@ -570,7 +635,7 @@ class OtlpHttpSpanExporter(SpanExporter):
         self._lock = threading.Lock()
         self._shutdown = False
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[ReadableSpan | EncodedSpans]) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
         body = self._encode(spans)
@@ -590,13 +655,13 @@ class OtlpHttpSpanExporter(SpanExporter):
                         return SpanExportResult.SUCCESS
                     reason = f"HTTP {status}"
                     if status not in _RETRYABLE:
-                        _log.warning("OTLP export of %d spans to %s failed: %s", len(spans), self._host, reason)
+                        _log.warning("OTLP export of %d spans to %s failed: %s", span_count(spans), self._host, reason)
                         return SpanExportResult.FAILURE
                 wait = retry_after if retry_after is not None else delay * random.uniform(0.8, 1.2)
                 if status == 0 and delay == 0.5:
                     wait = 0.0  # a kept-alive connection the receiver closed: reconnect at once
                 if self._shutdown or time.monotonic() + wait >= deadline:
-                    _log.warning("OTLP export of %d spans to %s failed: %s", len(spans), self._host, reason)
+                    _log.warning("OTLP export of %d spans to %s failed: %s", span_count(spans), self._host, reason)
                     return SpanExportResult.FAILURE
                 time.sleep(wait)  # backoff in the batch thread, never in the event loop
                 delay = min(delay * 2, 8.0)

@@ -4,9 +4,14 @@ The SDK's `Span` costs about 35 µs of CPU here to start and end (per-attribute 
 under a lock, a sampler result object, processor fan-out, `start_as_current_span`'s context
 managers), and a task makes four of them. The mesh knows its own attributes are valid, so
 its spans are plain objects: ids from `random.getrandbits` (as the SDK's id generator),
-the provider's sampler (its two default samplers decided inline), and on `end()` an SDK
-`ReadableSpan` handed to the batch span processor the mesh configured. Everything after
-that is the SDK's: `OTEL_BSP_*`, the exporter, its retries, flush and shutdown.
+the provider's sampler (its two default samplers decided inline), and on `end()` the span
+encoded at once for `mesh.batching.SpanBatcher` (`OTEL_BSP_*`), which batches it for
+`mesh.otlp.OtlpHttpSpanExporter`. With any other processor an ended span is an SDK
+`ReadableSpan`, as that processor expects.
+
+The attributes a span helper knows ahead (an operation on a destination template, an
+agent) come as a `mesh.telemetry.Preset`: built once, shared by every span like it, and
+encoded once per protocol, so a span encodes only its own values (a message id, a task id).
 
 What is the same as an SDK span: the `Span` API (attributes, events, links, status,
 `record_exception`, `update_name`), context propagation (they are made current with the
@@ -23,7 +28,7 @@ import random
 import traceback
 from collections.abc import Mapping, Sequence
 from time import time_ns
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -32,7 +37,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
 
-from mesh.otlp import EncodedSpan, SpanParts, span_encoder
+from mesh.batching import SpanBatcher
+from mesh.otlp import UNSET, span_encoder
+from mesh.telemetry import NO_PRESET, Preset
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -43,27 +50,28 @@ __all__ = ["MeshSpan", "MeshTracer"]
 _log = logging.getLogger(__name__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
-_UNSET = Status(StatusCode.UNSET)
+_UNSET = UNSET  # known to the encoder by identity
 _LIMIT = 128  # the SDK's default attribute, event and link count limits
 _PRIMITIVE = (str, bool, int, float)
 
 
 class MeshSpan(trace.Span):
-    """A recording span of the mesh; `end()` hands it to the exporter as a `ReadableSpan`."""
+    """A recording span of the mesh; `end()` hands it to its tracer's processor."""
 
-    __slots__ = ("_attributes", "_context", "_end", "_events", "_kind", "_links", "_name", "_parent", "_start",
-                 "_status", "_tracer")  # fmt: skip
+    __slots__ = ("_attributes", "_context", "_end", "_events", "_kind", "_links", "_name", "_parent", "_preset",
+                 "_start", "_status", "_tracer")  # fmt: skip
 
     def __init__(self, tracer: MeshTracer, name: str, context: SpanContext, parent: SpanContext | None,
-                 kind: SpanKind, attributes: dict[str, Any], links: Sequence[Link]) -> None:  # fmt: skip
+                 kind: SpanKind, attributes: dict[str, Any], links: Sequence[Link], preset: Preset) -> None:  # fmt: skip
         self._tracer = tracer
         self._name = name
         self._context = context
         self._parent = parent
         self._kind = kind
+        self._preset = preset
         self._attributes = attributes
         self._events: list[Event] = []
-        self._links = list(links)
+        self._links = list(links) if links else []
         self._status = _UNSET
         self._start = time_ns()
         self._end: int | None = None
@@ -84,7 +92,10 @@ class MeshSpan(trace.Span):
 
     @property
     def attributes(self) -> Mapping[str, Any]:
-        return self._attributes
+        """The preset's attributes, then the span's own."""
+        if self._preset is NO_PRESET:
+            return self._attributes
+        return {**self._preset.attributes, **self._attributes}
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         if self._end is not None:
@@ -94,7 +105,10 @@ class MeshSpan(trace.Span):
                 _log.warning("attribute %r dropped: %r is not a primitive or a sequence of them", key, value)
                 return
             value = tuple(value)
-        if key in self._attributes or len(self._attributes) < _LIMIT:
+        if key in self._preset.attributes:  # a preset value replaced: the span keeps them all as its own
+            self._attributes = {**self._preset.attributes, **self._attributes}
+            self._preset = NO_PRESET
+        if key in self._attributes or len(self._attributes) + len(self._preset.attributes) < _LIMIT:
             self._attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
@@ -142,14 +156,9 @@ class MeshSpan(trace.Span):
         self._end = end_time or time_ns()
         self._tracer.finish(self)
 
-    def parts(self) -> SpanParts:
-        """What an encoder needs (`mesh.otlp.span_encoder`), read off the span once it has ended."""
-        return (self._context, self._parent, self._name, self._kind, self._start, self._end or self._start,
-                self._attributes, self._events, self._links, self._status)  # fmt: skip
-
     def readable(self, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
         return ReadableSpan(name=self._name, context=self._context, parent=self._parent, resource=resource,
-                            attributes=self._attributes, events=tuple(self._events), links=tuple(self._links),
+                            attributes=self.attributes, events=tuple(self._events), links=tuple(self._links),
                             kind=self._kind, status=self._status, start_time=self._start, end_time=self._end,
                             instrumentation_scope=scope)  # fmt: skip
 
@@ -160,25 +169,31 @@ class MeshSpan(trace.Span):
 class MeshTracer:
     """Starts `MeshSpan`s under the provider's sampler and resource; ends them into ``processor``.
 
-    With ``protocol`` (the processor exports through `mesh.otlp.OtlpHttpSpanExporter` over
-    it) an ended span is encoded at once into a `mesh.otlp.EncodedSpan`; without, it becomes
-    an SDK `ReadableSpan` any exporter takes."""
+    With a `mesh.batching.SpanBatcher` an ended span is encoded at once for its exporter's
+    protocol and queued as bytes; with any other processor it becomes an SDK `ReadableSpan`.
+    """
 
-    def __init__(self, provider: TracerProvider, processor: SpanProcessor, *, protocol: str | None = None,
-                 scope: str = "agentmesh") -> None:  # fmt: skip
+    def __init__(self, provider: TracerProvider, processor: SpanProcessor, *, scope: str = "agentmesh") -> None:
         self.resource = provider.resource
         self.sampler = provider.sampler
         self.processor = processor
         self.scope = InstrumentationScope(scope)
-        self.protocol = protocol
-        self.encode = span_encoder(protocol) if protocol else None
+        self.batcher = processor if isinstance(processor, SpanBatcher) else None
+        self.protocol = self.batcher.protocol if self.batcher is not None else None
+        self.encode = span_encoder(self.protocol) if self.protocol is not None else None
+        if self.batcher is not None:
+            self.batcher.origin = (self.resource, self.scope)
 
     def start_span(self, name: str, kind: SpanKind, attributes: dict[str, Any], *,
-                   context: context_api.Context | None = None, links: Sequence[Link] = ()) -> trace.Span:  # fmt: skip
-        """A span whose parent is the current span of ``context`` (default: the current context).
-        ``attributes`` becomes the span's own (not copied). A span the sampler drops is the
-        API's non-recording span, carrying the ids so the trace still propagates."""
-        parent = trace.get_current_span(context).get_span_context()
+                   context: context_api.Context | None = None, parent: SpanContext | None = None,
+                   links: Sequence[Link] = (), preset: Preset = NO_PRESET) -> trace.Span:  # fmt: skip
+        """A span whose parent is ``parent``, else the current span of ``context`` (default: the
+        current context). Its attributes are ``preset``'s, then ``attributes`` (which becomes the
+        span's own, not copied). A span the sampler drops is the API's non-recording span,
+        carrying the ids so the trace still propagates."""
+        parent_given = parent is not None
+        if parent is None:
+            parent = trace.get_current_span(context).get_span_context()
         parented = parent.is_valid
         trace_id = parent.trace_id if parented else random.getrandbits(128) or 1
         sampler = self.sampler
@@ -188,7 +203,10 @@ class MeshTracer:
         elif sampler is sampling.ALWAYS_ON:
             sampled = True
         else:
-            result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            if parent_given:
+                context = trace.set_span_in_context(trace.NonRecordingSpan(parent), context_api.Context())
+            seen = {**preset.attributes, **attributes} if preset is not NO_PRESET else attributes
+            result = sampler.should_sample(context, trace_id, name, kind, seen, links)
             sampled = result.decision is sampling.Decision.RECORD_AND_SAMPLE
             if result.decision is sampling.Decision.DROP:
                 return trace.NonRecordingSpan(SpanContext(trace_id, random.getrandbits(64) or 1, False,
@@ -199,18 +217,21 @@ class MeshTracer:
                                    _SAMPLED if sampled else _NOT_SAMPLED, trace_state)  # fmt: skip
         if not sampled and sampler in (sampling.DEFAULT_ON, sampling.ALWAYS_ON):
             return trace.NonRecordingSpan(span_context)
-        return MeshSpan(self, name, span_context, parent if parented else None, kind, attributes, links)
+        return MeshSpan(self, name, span_context, parent if parented else None, kind, attributes, links, preset)
 
     def finish(self, span: MeshSpan) -> None:
-        if self.encode is None or self.protocol is None:
+        batcher, encode, protocol = self.batcher, self.encode, self.protocol
+        if batcher is None or encode is None or protocol is None:
             self.processor.on_end(span.readable(self.resource, self.scope))
             return
-        if not span.get_span_context().trace_flags.sampled:
-            return  # recorded, not sampled: the processor would drop it
+        context = span._context
+        if context.trace_flags is not _SAMPLED and not context.trace_flags.sampled:
+            return  # recorded, not sampled: not exported
+        preset = span._preset
         try:
-            data = self.encode(span.parts())
+            data = encode(context, span._parent, span._name, span._kind, span._start, span._end or span._start,
+                          span._attributes, span._events, span._links, span._status, preset.block(protocol))  # fmt: skip
         except Exception:  # a span that cannot be encoded is lost, never the work it traced
             _log.exception("span %r could not be encoded for export; dropped", span.name)
             return
-        encoded = EncodedSpan(self.protocol, data, self.resource, self.scope)
-        self.processor.on_end(cast(ReadableSpan, encoded))  # the batch processor reads `context` only
+        batcher.emit(data)

@@ -19,7 +19,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from mesh.spans import MeshTracer
 
 __all__ = [
+    "NO_PRESET",
+    "Preset",
     "send_span",
     "process_span",
     "agent_span",
@@ -185,23 +187,74 @@ class _Scope(AbstractContextManager[T]):
             self.span.end()
 
 
-def _start(name: str, kind: SpanKind, attributes: dict[str, Any], parent: context.Context | None = None,
+class Preset:
+    """The name, kind and first attributes of spans a helper makes again and again (an
+    operation on one destination template, one agent), built once and shared by them. The
+    mesh's tracer (`mesh.spans`) encodes the attributes once per protocol (``block``), so
+    each span encodes only its own values. Treat as frozen."""
+
+    __slots__ = ("attributes", "blocks", "kind", "name")
+
+    def __init__(self, name: str, kind: SpanKind, attributes: Mapping[str, Any]) -> None:
+        self.name = name
+        self.kind = kind
+        self.attributes = dict(attributes)
+        self.blocks: dict[str, Any] = {}
+
+    def block(self, protocol: str) -> Any:
+        """The attributes encoded for ``protocol`` (`mesh.otlp.attributes_block`), cached."""
+        block = self.blocks.get(protocol)
+        if block is None:
+            from mesh.otlp import attributes_block
+
+            block = self.blocks[protocol] = attributes_block(protocol, self.attributes)
+        return block
+
+    def __repr__(self) -> str:
+        return f"Preset({self.name!r}, {self.kind}, {self.attributes!r})"
+
+
+NO_PRESET = Preset("", SpanKind.INTERNAL, {})
+_PRESETS: dict[tuple[Any, ...], Preset] = {}
+_PRESET_LIMIT = 4096
+
+
+def _preset(build: Callable[..., Preset], *args: Any) -> Preset:
+    """``build(*args)``, kept: the helpers ask for the same few presets again and again."""
+    key = (build, *args)
+    found = _PRESETS.get(key)
+    if found is None:
+        if len(_PRESETS) >= _PRESET_LIMIT:
+            _PRESETS.clear()
+        found = _PRESETS[key] = build(*args)
+    return found
+
+
+def _start(preset: Preset, attributes: dict[str, Any], parent: SpanContext | None = None,
            links: Sequence[Link] = ()) -> Span:  # fmt: skip
-    """A span from the mesh's tracer (`mesh.spans`) when one is installed, else from the SDK's."""
+    """A span from the mesh's tracer (`mesh.spans`) when one is installed, else from the SDK's;
+    its parent is ``parent`` if given (an invalid one makes a root), else the current span."""
     if _mesh_tracer.tracer is not None:
-        return _mesh_tracer.tracer.start_span(name, kind, attributes, context=parent, links=links)
-    return tracer.start_span(name, parent, kind, attributes, links, record_exception=False,
-                             set_status_on_exception=False)  # fmt: skip
+        return _mesh_tracer.tracer.start_span(preset.name, preset.kind, attributes, parent=parent, links=links,
+                                              preset=preset)  # fmt: skip
+    within = None if parent is None else trace.set_span_in_context(trace.NonRecordingSpan(parent), context.Context())
+    return tracer.start_span(preset.name, within, preset.kind, {**preset.attributes, **attributes}, links,
+                             record_exception=False, set_status_on_exception=False)  # fmt: skip
 
 
-def _span(name: str, kind: SpanKind, attributes: dict[str, Any]) -> AbstractContextManager[Span]:
+def _span(preset: Preset, attributes: dict[str, Any]) -> AbstractContextManager[Span]:
     """A current span whose failure is recorded once, with `error.type` and an ERROR status."""
+    span = _start(preset, attributes)
+    return _Scope(span, span)
+
+
+def _off() -> AbstractContextManager[Span] | None:
+    """What a span helper gives when it records nothing: replaying, or no SDK installed."""
     if _replaying.get():
         return nullcontext(trace.INVALID_SPAN)
     if not tracing():
         return nullcontext(trace.get_current_span())
-    span = _start(name, kind, attributes)
-    return _Scope(span, span)
+    return None
 
 
 def _failed(span: Span) -> bool:
@@ -209,16 +262,38 @@ def _failed(span: Span) -> bool:
     return status is not None and status.status_code is StatusCode.ERROR
 
 
-def _messaging(subject: str, operation: str, event_type: str, message_id: str) -> dict[str, Any]:
-    return {
-        "messaging.system": "nats",
-        "messaging.destination.name": subject,
-        "messaging.destination.template": subject_template(subject),
+def _messaging_preset(template: str, operation: str, event_type: str, consumer: str | None, subject: str | None) -> Preset:
+    attributes: dict[str, Any] = {"messaging.system": "nats"}
+    if subject is not None:  # a subject without ids is part of the preset
+        attributes["messaging.destination.name"] = subject
+    attributes |= {
+        "messaging.destination.template": template,
         "messaging.operation.type": operation,
         "messaging.operation.name": operation,
-        "messaging.message.id": message_id,
         "cloudevents.event_type": event_type,
     }
+    if consumer:
+        attributes["messaging.consumer.group.name"] = consumer
+    kind = SpanKind.PRODUCER if operation == "send" else SpanKind.CONSUMER
+    return Preset(f"{operation} {template}", kind, attributes)
+
+
+def _messaging_parts(subject: str, operation: str, event_type: str, message_id: str,
+                     consumer: str | None = None) -> tuple[Preset, dict[str, Any]]:  # fmt: skip
+    """The preset of a messaging span and its own attributes: the message id, and the subject
+    when it holds ids (the template stands for it in the preset)."""
+    template = subject_template(subject)
+    if template == subject:
+        return _preset(_messaging_preset, template, operation, event_type, consumer, subject), {
+            "messaging.message.id": message_id}  # fmt: skip
+    preset = _preset(_messaging_preset, template, operation, event_type, consumer, None)
+    return preset, {"messaging.destination.name": subject, "messaging.message.id": message_id}
+
+
+def _messaging(subject: str, operation: str, event_type: str, message_id: str) -> dict[str, Any]:
+    """Every messaging attribute of a `send` or `process` span (`replay.traces` rebuilds them)."""
+    preset, own = _messaging_parts(subject, operation, event_type, message_id)
+    return {**preset.attributes, **own}
 
 
 _W3C_DEFAULT = os.environ.get("OTEL_PROPAGATORS", "").replace(" ", "") in ("", "tracecontext,baggage")
@@ -226,22 +301,22 @@ _W3C = propagate.get_global_textmap() if _W3C_DEFAULT else None  # the default p
 _TRACEPARENT = re.compile("00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
 
 
-def _extract(carrier: Mapping[str, str]) -> context.Context:
-    """`propagate.extract(carrier)`, the common case decided inline: with the default W3C
-    propagators, a canonical version-00 `traceparent` and no `tracestate` or `baggage`, the
-    result is the same and costs a regex match instead of the propagators' generic path."""
+def _remote_parent(carrier: Mapping[str, str]) -> SpanContext:
+    """The producer's span context in ``carrier`` (invalid when there is none), as
+    `propagate.extract` finds it. With the default W3C propagators, a canonical version-00
+    `traceparent` and no `tracestate` or `baggage`, it is read inline: a regex match instead
+    of the propagators' generic path."""
     if _W3C is not None and propagate.get_global_textmap() is _W3C and "tracestate" not in carrier \
             and "baggage" not in carrier:  # fmt: skip
         header = carrier.get("traceparent")
         if header is None:
-            return context.Context()
+            return trace.INVALID_SPAN_CONTEXT
         found = _TRACEPARENT(header)
         if found is not None:
             trace_id, span_id = int(found[1], 16), int(found[2], 16)
             if trace_id and span_id:
-                remote = SpanContext(trace_id, span_id, True, TraceFlags(int(found[3], 16)))
-                return trace.set_span_in_context(trace.NonRecordingSpan(remote), context.Context())
-    return propagate.extract(carrier)
+                return SpanContext(trace_id, span_id, True, TraceFlags(int(found[3], 16)))
+    return trace.get_current_span(propagate.extract(carrier)).get_span_context()
 
 
 def _inject(carrier: dict[str, str], span: Span) -> None:
@@ -265,8 +340,7 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
     if not tracing():
         propagate.inject(carrier)  # an upstream context, if this process is inside one
         return nullcontext(carrier)
-    attributes = _messaging(subject, "send", event_type, event_id)
-    span = _start(f"send {attributes['messaging.destination.template']}", SpanKind.PRODUCER, attributes)
+    span = _start(*_messaging_parts(subject, "send", event_type, event_id))
     scope = _Scope(carrier, span)
     _inject(carrier, span)  # the send span is current now
     return scope
@@ -286,17 +360,14 @@ def process_span(
         return nullcontext(trace.INVALID_SPAN)
     if not tracing():
         return _pass_through(carrier, replayed)
-    parent: context.Context | None = _extract(carrier)
-    attributes = _messaging(subject, "process", event_type, event_id)
-    if consumer:
-        attributes["messaging.consumer.group.name"] = consumer
+    parent = _remote_parent(carrier)
+    preset, attributes = _messaging_parts(subject, "process", event_type, event_id, consumer)
     links: list[Link] = []
     if replayed:
-        producer = trace.get_current_span(parent).get_span_context()
-        links = [Link(producer)] if producer.is_valid else []
-        parent = None
+        links = [Link(parent)] if parent.is_valid else []
+        parent = trace.INVALID_SPAN_CONTEXT  # a root: the replay is not part of the producer's trace
         attributes["mesh.replayed"] = True
-    span = _start(f"process {attributes['messaging.destination.template']}", SpanKind.CONSUMER, attributes, parent, links)
+    span = _start(preset, attributes, parent, links)
     return _Scope(span, span)
 
 
@@ -308,28 +379,40 @@ def _pass_through(carrier: Mapping[str, str], replayed: bool) -> AbstractContext
     return _Scope(trace.get_current_span(upstream), trace.INVALID_SPAN, end=False, current=upstream)
 
 
-def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id: str = "") -> AbstractContextManager[Span]:
-    """`invoke_agent {agent}` (INTERNAL) around one handler call; its LLM and tool spans nest inside."""
+def _agent_preset(agent: str, agent_id: str, capability: str) -> Preset:
     attributes: dict[str, Any] = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent}
     if agent_id:
         attributes["gen_ai.agent.id"] = agent_id
     if capability:
         attributes["mesh.capability"] = capability
-    if task_id:
-        attributes["mesh.task_id"] = task_id
-    return _span(f"invoke_agent {agent}", SpanKind.INTERNAL, attributes)
+    return Preset(f"invoke_agent {agent}", SpanKind.INTERNAL, attributes)
+
+
+def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id: str = "") -> AbstractContextManager[Span]:
+    """`invoke_agent {agent}` (INTERNAL) around one handler call; its LLM and tool spans nest inside."""
+    if (off := _off()) is not None:
+        return off
+    return _span(_preset(_agent_preset, agent, agent_id, capability), {"mesh.task_id": task_id} if task_id else {})
+
+
+def _chat_preset(model: str, provider: str) -> Preset:
+    attributes = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": model}
+    return Preset(f"chat {model}", SpanKind.CLIENT, attributes)
 
 
 def chat_span(model: str, *, provider: str, conversation_id: str | None = None) -> AbstractContextManager[Span]:
     """`chat {model}` (CLIENT) around one model call; the caller adds the response attributes."""
-    attributes: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.provider.name": provider,
-        "gen_ai.request.model": model,
-    }
-    if conversation_id:
-        attributes["gen_ai.conversation.id"] = conversation_id
-    return _span(f"chat {model}", SpanKind.CLIENT, attributes)
+    if (off := _off()) is not None:
+        return off
+    own = {"gen_ai.conversation.id": conversation_id} if conversation_id else {}
+    return _span(_preset(_chat_preset, model, provider), own)
+
+
+def _tool_preset(name: str, description: str | None) -> Preset:
+    attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name, "gen_ai.tool.type": "function"}
+    if description:
+        attributes["gen_ai.tool.description"] = description
+    return Preset(f"execute_tool {name}", SpanKind.INTERNAL, attributes)
 
 
 def tool_span(name: str, *, call_id: str | None = None, description: str | None = None) -> AbstractContextManager[Span]:
@@ -339,13 +422,9 @@ def tool_span(name: str, *, call_id: str | None = None, description: str | None 
         with tool_span("search", call_id=call.id):
             result = await search(**arguments)
     """
-    attributes: dict[str, Any] = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
-                                  "gen_ai.tool.type": "function"}  # fmt: skip
-    if call_id:
-        attributes["gen_ai.tool.call.id"] = call_id
-    if description:
-        attributes["gen_ai.tool.description"] = description
-    return _span(f"execute_tool {name}", SpanKind.INTERNAL, attributes)
+    if (off := _off()) is not None:
+        return off
+    return _span(_preset(_tool_preset, name, description), {"gen_ai.tool.call.id": call_id} if call_id else {})
 
 
 def record_error(span: Span, error: BaseException) -> None:

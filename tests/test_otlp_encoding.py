@@ -12,14 +12,15 @@ from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from mesh.otlp import EncodedSpan, OtlpHttpSpanExporter, encode_json, encode_protobuf
+from mesh.batching import SpanBatcher
+from mesh.otlp import EncodedSpans, OtlpHttpSpanExporter, encode_json, encode_protobuf
 from mesh.spans import MeshSpan, MeshTracer
+from mesh.telemetry import Preset
 from tests.otlp import OtlpReceiver, otlp_json_to_protobuf
 
 keys = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
@@ -154,44 +155,75 @@ class _Kept(SpanProcessor):
         self.ended.append(span)
 
 
+class _KeptBatches(OtlpHttpSpanExporter):
+    """Keeps the batches it is given instead of posting them."""
+
+    def __init__(self, protocol: str) -> None:
+        super().__init__(protocol, "http://127.0.0.1:9/v1/traces")
+        self.batches: list[list[Any]] = []
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.batches.append(list(spans))
+        return SpanExportResult.SUCCESS
+
+
+def _flushed(batcher: SpanBatcher, exporter: _KeptBatches) -> list[Any]:
+    assert batcher.force_flush()
+    return [span for batch in exporter.batches for span in batch]
+
+
 class TestMeshSpansEncodedAsTheyEnd:
     @pytest.mark.parametrize(("protocol", "encode", "decode"), [
         ("http/protobuf", encode_protobuf, ExportTraceServiceRequest.FromString),
         ("http/json", encode_json, from_otlp_json),
     ])  # fmt: skip
     def test_same_message_as_the_readable_span(self, protocol: str, encode: Any, decode: Any) -> None:
-        """A mesh span encoded when it ends, batched with an SDK span, gives the message the SDK
-        builds from the `ReadableSpan`s of both."""
+        """Mesh spans encoded when they end, batched with an SDK span, give the message the SDK
+        builds from the `ReadableSpan`s of all three: a preset's attributes come first, and a
+        span that replaces one of them keeps it in its place."""
         provider = TracerProvider(resource=RESOURCES[0])
-        kept = _Kept()
-        tracer = MeshTracer(provider, kept, protocol=protocol)
+        exporter = _KeptBatches(protocol)
+        batcher = SpanBatcher(exporter, schedule_delay_millis=60_000)
+        tracer = MeshTracer(provider, batcher)
         parent = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TraceFlags(1))
-        span = tracer.start_span("process mesh.work.echo", SpanKind.CONSUMER, {"messaging.system": "nats"},
-                                 context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
-                                 links=[Link(SpanContext(5, 6, False), {"why": "replayed"})])  # fmt: skip
+        preset = Preset("process mesh.work.echo", SpanKind.CONSUMER, {"messaging.system": "nats", "n": 1, "f": 0.5})
+        span = tracer.start_span("process mesh.work.echo", SpanKind.CONSUMER, {"messaging.message.id": "e-1"},
+                                 parent=parent, links=[Link(SpanContext(5, 6, False), {"why": "replayed"})],
+                                 preset=preset)  # fmt: skip
         assert isinstance(span, MeshSpan)
+        assert dict(span.attributes) == {"messaging.system": "nats", "n": 1, "f": 0.5, "messaging.message.id": "e-1"}
         span.set_attribute("gen_ai.usage.input_tokens", 12)
         span.add_event("retry", {"attempt": 2})
         span.set_status(StatusCode.ERROR, "ValueError: boom")
         span.end()
-        [encoded] = kept.ended
-        assert isinstance(encoded, EncodedSpan) and encoded.protocol == protocol
+        plain = tracer.start_span("s", SpanKind.INTERNAL, {}, preset=preset)
+        plain.set_attribute("n", 2)
+        assert isinstance(plain, MeshSpan) and dict(plain.attributes) == {"messaging.system": "nats", "n": 2, "f": 0.5}
+        plain.end()
+        assert preset.attributes["n"] == 1  # the preset, shared, is untouched
+        [encoded] = _flushed(batcher, exporter)
+        assert isinstance(encoded, EncodedSpans) and encoded.protocol == protocol and len(encoded.data) == 2
         other = ReadableSpan("sdk span", SpanContext(8, 9, False), resource=RESOURCES[1], attributes={"k": "v"})
-        readable = span.readable(tracer.resource, tracer.scope)
-        assert decode(encode([encoded, other])) == sdk_encode([readable, other])
-        assert readable.parent == parent and readable.context.trace_id == parent.trace_id
+        readables = [s.readable(tracer.resource, tracer.scope) for s in (span, plain)]
+        assert decode(encode([encoded, other])) == sdk_encode([*readables, other])
+        assert readables[0].parent == parent and readables[0].context.trace_id == parent.trace_id
+        batcher.shutdown()
 
-    def test_without_a_protocol_ended_spans_are_readable_spans(self) -> None:
+    def test_without_a_batcher_ended_spans_are_readable_spans(self) -> None:
         kept = _Kept()
         tracer = MeshTracer(TracerProvider(), kept)
         tracer.start_span("s", SpanKind.INTERNAL, {}).end()
         assert isinstance(kept.ended[0], ReadableSpan) and kept.ended[0].name == "s"
 
     def test_a_span_that_cannot_be_encoded_is_dropped_and_the_code_goes_on(self, caplog: pytest.LogCaptureFixture) -> None:
-        kept = _Kept()
-        tracer = MeshTracer(TracerProvider(), kept, protocol="http/protobuf")
+        exporter = _KeptBatches("http/protobuf")
+        batcher = SpanBatcher(exporter, schedule_delay_millis=60_000)
+        tracer = MeshTracer(TracerProvider(), batcher)
         span = tracer.start_span("s", SpanKind.INTERNAL, {})
         span.end(end_time=-1)  # a negative time has no fixed64 encoding
-        assert kept.ended == [] and "could not be encoded" in caplog.text
+        assert "could not be encoded" in caplog.text
         tracer.start_span("t", SpanKind.INTERNAL, {}).end()
-        assert len(kept.ended) == 1
+        [encoded] = _flushed(batcher, exporter)
+        [got] = ExportTraceServiceRequest.FromString(encode_protobuf([encoded])).resource_spans[0].scope_spans[0].spans
+        assert got.name == "t"
+        batcher.shutdown()
