@@ -181,14 +181,22 @@ def _pb_pair(key: str, value: Any) -> bytes:
 
 
 def _pb_repeated_pair(tag: int) -> Callable[[str, Any], bytes]:
-    """The encoder of one `KeyValue` field numbered as ``tag`` says, short strings written at once."""
+    """The encoder of one `KeyValue` field numbered as ``tag`` says, short strings written at
+    once (in one bytes format, the key's field kept per key)."""
+    keys: dict[str, bytes] = {}
 
     def encode(key: str, value: Any) -> bytes:
         if value.__class__ is str:
-            k, v = key.encode(), value.encode()
-            size = len(k) + len(v) + 6  # KeyValue: 0x0a len key 0x12 len AnyValue(0x0a len value)
-            if size < 0x80:
-                return bytes((tag, size, 0x0A, len(k))) + k + bytes((0x12, len(v) + 2, 0x0A, len(v))) + v
+            head = keys.get(key)
+            if head is None:
+                if len(keys) >= _CACHE_LIMIT:
+                    keys.clear()
+                k = key.encode()
+                head = keys[key] = bytes((0x0A, len(k))) + k if len(k) < 0x80 else b""
+            v = value.encode()
+            size = len(head) + len(v) + 4  # KeyValue: 0x0a len key, 0x12 len AnyValue(0x0a len value)
+            if head and size < 0x80:
+                return b"%c%c%b\x12%c\x0a%c%b" % (tag, size, head, len(v) + 2, len(v), v)
         return _field(tag, _pb_pair(key, value))
 
     return encode
@@ -498,7 +506,7 @@ def attributes_block(protocol: str, attributes: Mapping[str, Any]) -> Any:
     if protocol == "http/protobuf":
         return _pb_attributes(0x4A, attributes)
     if protocol == "http/json":
-        return _json_attributes(attributes)
+        return b",".join(_json_attributes(attributes))  # list items, as `_json_raw` puts them in a list
     raise ValueError(f"no span encoding for {protocol!r}")
 
 
@@ -535,11 +543,38 @@ def _pb_framed(context: SpanContext, parent: SpanContext | None, name: str, kind
     return _field(0x12, body)
 
 
+_JSON_USUAL = (b'{"traceId":"%032x","spanId":"%016x",%b"name":%b,"kind":%d,"startTimeUnixNano":"%d",'
+               b'"endTimeUnixNano":"%d","attributes":[%b],"status":{},"flags":%d}')  # fmt: skip
+_JSON_KINDS = {kind: kind.value + 1 for kind in SpanKind}
+_JSON_NAMES: dict[str, bytes] = {}
+
+
 def _json_raw(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
               attributes: Mapping[str, Any] | None, events: Sequence[Event], links: Sequence[Link], status: Status,
-              static: list[msgspec.Raw] | None = None) -> msgspec.Raw:  # fmt: skip
-    return msgspec.Raw(_json.encode(_json_span_of(context, parent, name, kind, start, end, attributes, events, links,
-                                                  status, static=static)))  # fmt: skip
+              static: bytes = b"") -> msgspec.Raw:  # fmt: skip
+    """One span's OTLP/JSON. The usual span (no trace state, events, links or status) is one
+    bytes format; any other goes through `_JsonSpan`."""
+    if events or links or status is not UNSET or (context.trace_state is not _NO_STATE and context.trace_state) \
+            or start < 0 or end < 0:  # fmt: skip
+        span = _json_span_of(context, parent, name, kind, start, end, attributes, events, links, status,
+                             static=[msgspec.Raw(static)] if static else None)  # fmt: skip
+        return msgspec.Raw(_json.encode(span))
+    named = _JSON_NAMES.get(name)
+    if named is None:
+        if len(_JSON_NAMES) >= _CACHE_LIMIT:
+            _JSON_NAMES.clear()
+        named = _JSON_NAMES[name] = _json.encode(name)
+    if attributes:
+        own = b",".join(_json_attributes(attributes))
+        listed = static + b"," + own if static and own else static or own
+    else:
+        listed = static
+    if parent is None:
+        return msgspec.Raw(_JSON_USUAL % (context.trace_id, context.span_id, b"", named, _JSON_KINDS[kind], start, end,
+                                          listed, _HAS_IS_REMOTE))  # fmt: skip
+    return msgspec.Raw(_JSON_USUAL % (context.trace_id, context.span_id, b'"parentSpanId":"%016x",' % parent.span_id,
+                                      named, _JSON_KINDS[kind], start, end, listed,
+                                      _HAS_IS_REMOTE | _IS_REMOTE if parent.is_remote else _HAS_IS_REMOTE))  # fmt: skip
 
 
 def span_encoder(protocol: str) -> Callable[..., Any]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import random
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +35,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, sampling
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
 from mesh.batching import SpanBatcher
 from mesh.otlp import UNSET, span_encoder
-from mesh.telemetry import NO_PRESET, Preset
+from mesh.telemetry import _CURRENT, _SPAN_KEY, NO_PRESET, Preset, current_span_context
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -53,6 +54,22 @@ _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = UNSET  # known to the encoder by identity
 _LIMIT = 128  # the SDK's default attribute, event and link count limits
 _PRIMITIVE = (str, bool, int, float)
+
+
+def _context_maker() -> Callable[[type[SpanContext], tuple[Any, ...]], SpanContext]:
+    """How `MeshTracer` makes its span contexts: `tuple.__new__` with the fields in the API's
+    order (ids it made are valid, so `SpanContext.__new__`'s checks can be skipped) as long
+    as that gives what `SpanContext(...)` gives, else `SpanContext(...)` itself."""
+    fields = (3, 4, False, _SAMPLED, DEFAULT_TRACE_STATE, True)
+    made = tuple.__new__(SpanContext, fields)
+    expected = SpanContext(*fields[:5])
+    same = (made.trace_id, made.span_id, made.is_remote, made.trace_flags, made.trace_state, made.is_valid)
+    if tuple(made) == tuple(expected) and same == fields:
+        return tuple.__new__
+    return lambda cls, fields: cls(*fields[:5])
+
+
+_new_context = _context_maker()
 
 
 class MeshSpan(trace.Span):
@@ -70,8 +87,8 @@ class MeshSpan(trace.Span):
         self._kind = kind
         self._preset = preset
         self._attributes = attributes
-        self._events: list[Event] = []
-        self._links = list(links) if links else []
+        self._events: list[Event] | tuple[()] = ()  # a list once there is one: most spans have none
+        self._links: list[Link] | tuple[()] = list(links) if links else ()
         self._status = _UNSET
         self._start = time_ns()
         self._end: int | None = None
@@ -117,10 +134,14 @@ class MeshSpan(trace.Span):
 
     def add_event(self, name: str, attributes: types.Attributes = None, timestamp: int | None = None) -> None:
         if self._end is None and len(self._events) < _LIMIT:
+            if not self._events:
+                self._events = []
             self._events.append(Event(name, attributes, timestamp or time_ns()))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self._end is None and context.is_valid and len(self._links) < _LIMIT:
+            if not self._links:
+                self._links = []
             self._links.append(Link(context, attributes))
 
     def update_name(self, name: str) -> None:
@@ -181,6 +202,7 @@ class MeshTracer:
         self.batcher = processor if isinstance(processor, SpanBatcher) else None
         self.protocol = self.batcher.protocol if self.batcher is not None else None
         self.encode = span_encoder(self.protocol) if self.protocol is not None else None
+        self.emit = self.batcher.emit if self.batcher is not None else None
         if self.batcher is not None:
             self.batcher.origin = (self.resource, self.scope)
 
@@ -193,13 +215,17 @@ class MeshTracer:
         carrying the ids so the trace still propagates."""
         parent_given = parent is not None
         if parent is None:
-            parent = trace.get_current_span(context).get_span_context()
+            current = None if context is not None or _CURRENT is None else _CURRENT.get().get(_SPAN_KEY)
+            if current.__class__ is MeshSpan:
+                parent = current._context
+            else:
+                parent = current_span_context() if context is None else trace.get_current_span(context).get_span_context()
         parented = parent.is_valid
         trace_id = parent.trace_id if parented else random.getrandbits(128) or 1
         sampler = self.sampler
-        trace_state = parent.trace_state if parented else None
+        trace_state = parent.trace_state if parented else DEFAULT_TRACE_STATE
         if sampler is sampling.DEFAULT_ON:  # parentbased_always_on, the SDK's default
-            sampled = parent.trace_flags.sampled if parented else True
+            sampled = bool(parent.trace_flags & TraceFlags.SAMPLED) if parented else True
         elif sampler is sampling.ALWAYS_ON:
             sampled = True
         else:
@@ -212,26 +238,31 @@ class MeshTracer:
                 return trace.NonRecordingSpan(SpanContext(trace_id, random.getrandbits(64) or 1, False,
                                                           _NOT_SAMPLED, result.trace_state))  # fmt: skip
             attributes.update(result.attributes or {})
-            trace_state = result.trace_state
-        span_context = SpanContext(trace_id, random.getrandbits(64) or 1, False,
-                                   _SAMPLED if sampled else _NOT_SAMPLED, trace_state)  # fmt: skip
+            trace_state = result.trace_state or DEFAULT_TRACE_STATE
+        span_context = _new_context(SpanContext, (trace_id, random.getrandbits(64) or 1, False,
+                                                  _SAMPLED if sampled else _NOT_SAMPLED, trace_state, True))  # fmt: skip
         if not sampled and sampler in (sampling.DEFAULT_ON, sampling.ALWAYS_ON):
             return trace.NonRecordingSpan(span_context)
+        if preset is not NO_PRESET and not preset.attributes.keys().isdisjoint(attributes):
+            attributes, preset = {**preset.attributes, **attributes}, NO_PRESET  # the span's own values win
         return MeshSpan(self, name, span_context, parent if parented else None, kind, attributes, links, preset)
 
     def finish(self, span: MeshSpan) -> None:
-        batcher, encode, protocol = self.batcher, self.encode, self.protocol
-        if batcher is None or encode is None or protocol is None:
+        encode, protocol, emit = self.encode, self.protocol, self.emit
+        if encode is None or protocol is None or emit is None:
             self.processor.on_end(span.readable(self.resource, self.scope))
             return
         context = span._context
         if context.trace_flags is not _SAMPLED and not context.trace_flags.sampled:
             return  # recorded, not sampled: not exported
         preset = span._preset
+        block = preset.blocks.get(protocol)
+        if block is None:
+            block = preset.block(protocol)
         try:
             data = encode(context, span._parent, span._name, span._kind, span._start, span._end or span._start,
-                          span._attributes, span._events, span._links, span._status, preset.block(protocol))  # fmt: skip
+                          span._attributes, span._events, span._links, span._status, block)  # fmt: skip
         except Exception:  # a span that cannot be encoded is lost, never the work it traced
             _log.exception("span %r could not be encoded for export; dropped", span.name)
             return
-        batcher.emit(data)
+        emit(data)

@@ -15,6 +15,7 @@ The span tree of one task (names use subject templates, never ids):
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 tracer = trace.get_tracer("agentmesh")
 meter = metrics.get_meter("agentmesh")
 
@@ -162,6 +164,34 @@ def replaying() -> Iterator[None]:
         _replaying.reset(token)
 
 
+def _runtime_variable() -> ContextVar[context.Context] | None:
+    """The `ContextVar` behind the API's runtime context, when it is the default one
+    (`contextvars_context`); None for another `OTEL_PYTHON_CONTEXT`, and then the API's
+    functions are used. `_Scope` sets and resets it directly: the API's `attach`,
+    `detach` and `set_span_in_context` are seven calls over four modules for the same
+    `ContextVar.set` and `reset`, made for every span."""
+    from opentelemetry.context import _RUNTIME_CONTEXT
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    if type(_RUNTIME_CONTEXT) is ContextVarsRuntimeContext:
+        variable = getattr(_RUNTIME_CONTEXT, "_current_context", None)
+        if isinstance(variable, ContextVar):
+            return variable
+    return None
+
+
+_CURRENT = _runtime_variable()
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, context.Context())))  # the API's own key
+
+
+def current_span_context() -> SpanContext:
+    """`trace.get_current_span().get_span_context()`, read straight from the context."""
+    if _CURRENT is None:
+        return trace.get_current_span().get_span_context()
+    span = _CURRENT.get().get(_SPAN_KEY)
+    return span.get_span_context() if isinstance(span, Span) else trace.INVALID_SPAN_CONTEXT
+
+
 class _Scope(AbstractContextManager[T]):
     """One span made current for a `with` block: on the way out a failure is recorded once
     (`error.type`, an ERROR status), the previous context comes back and the span ends.
@@ -174,15 +204,26 @@ class _Scope(AbstractContextManager[T]):
         self.value = value
         self.span = span
         self.end = end
-        self.token = context.attach(current if current is not None else trace.set_span_in_context(span))
+        if _CURRENT is None:
+            self.token = context.attach(current if current is not None else trace.set_span_in_context(span))
+        elif current is None:
+            self.token = _CURRENT.set(context.Context({**_CURRENT.get(), _SPAN_KEY: span}))
+        else:
+            self.token = _CURRENT.set(current)
 
     def __enter__(self) -> T:
         return self.value
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
-        if isinstance(error, Exception) and self.end and not _failed(self.span):
+        if error is not None and self.end and isinstance(error, Exception) and not _failed(self.span):
             record_error(self.span, error)  # unless the code inside recorded the original error already
-        context.detach(self.token)
+        if _CURRENT is None:
+            context.detach(self.token)
+        else:
+            try:
+                _CURRENT.reset(self.token)
+            except ValueError:  # as the API's detach: a token from another context is logged, not raised
+                _log.exception("Failed to detach context")
         if self.end:
             self.span.end()
 
@@ -234,27 +275,22 @@ def _start(preset: Preset, attributes: dict[str, Any], parent: SpanContext | Non
            links: Sequence[Link] = ()) -> Span:  # fmt: skip
     """A span from the mesh's tracer (`mesh.spans`) when one is installed, else from the SDK's;
     its parent is ``parent`` if given (an invalid one makes a root), else the current span."""
-    if _mesh_tracer.tracer is not None:
-        return _mesh_tracer.tracer.start_span(preset.name, preset.kind, attributes, parent=parent, links=links,
-                                              preset=preset)  # fmt: skip
+    mesh_tracer = _mesh_tracer.tracer
+    if mesh_tracer is not None:
+        return mesh_tracer.start_span(preset.name, preset.kind, attributes, parent=parent, links=links, preset=preset)
     within = None if parent is None else trace.set_span_in_context(trace.NonRecordingSpan(parent), context.Context())
     return tracer.start_span(preset.name, within, preset.kind, {**preset.attributes, **attributes}, links,
                              record_exception=False, set_status_on_exception=False)  # fmt: skip
 
 
-def _span(preset: Preset, attributes: dict[str, Any]) -> AbstractContextManager[Span]:
-    """A current span whose failure is recorded once, with `error.type` and an ERROR status."""
-    span = _start(preset, attributes)
-    return _Scope(span, span)
+def _live() -> bool:
+    """Whether a span helper records: an SDK is installed and nothing is being replayed."""
+    return (_tracing.on or tracing()) and not _replaying.get()
 
 
-def _off() -> AbstractContextManager[Span] | None:
-    """What a span helper gives when it records nothing: replaying, or no SDK installed."""
-    if _replaying.get():
-        return nullcontext(trace.INVALID_SPAN)
-    if not tracing():
-        return nullcontext(trace.get_current_span())
-    return None
+def _idle() -> AbstractContextManager[Span]:
+    """What a span helper gives when it records nothing."""
+    return nullcontext(trace.INVALID_SPAN if _replaying.get() else trace.get_current_span())
 
 
 def _failed(span: Span) -> bool:
@@ -262,7 +298,8 @@ def _failed(span: Span) -> bool:
     return status is not None and status.status_code is StatusCode.ERROR
 
 
-def _messaging_preset(template: str, operation: str, event_type: str, consumer: str | None, subject: str | None) -> Preset:
+def _messaging_preset(operation: str, template: str, event_type: str, consumer: str | None,
+                      subject: str | None) -> Preset:  # fmt: skip
     attributes: dict[str, Any] = {"messaging.system": "nats"}
     if subject is not None:  # a subject without ids is part of the preset
         attributes["messaging.destination.name"] = subject
@@ -278,15 +315,26 @@ def _messaging_preset(template: str, operation: str, event_type: str, consumer: 
     return Preset(f"{operation} {template}", kind, attributes)
 
 
+_FIXED_SUBJECTS: dict[str, bool] = {}  # subjects seen, and whether they hold no ids (their template is themselves)
+
+
 def _messaging_parts(subject: str, operation: str, event_type: str, message_id: str,
                      consumer: str | None = None) -> tuple[Preset, dict[str, Any]]:  # fmt: skip
     """The preset of a messaging span and its own attributes: the message id, and the subject
     when it holds ids (the template stands for it in the preset)."""
+    if _FIXED_SUBJECTS.get(subject):  # a work subject: one preset per operation and event type
+        preset = _PRESETS.get((operation, subject, event_type, consumer))
+        if preset is not None:
+            return preset, {"messaging.message.id": message_id}
     template = subject_template(subject)
     if template == subject:
-        return _preset(_messaging_preset, template, operation, event_type, consumer, subject), {
-            "messaging.message.id": message_id}  # fmt: skip
-    preset = _preset(_messaging_preset, template, operation, event_type, consumer, None)
+        if len(_FIXED_SUBJECTS) >= _PRESET_LIMIT:
+            _FIXED_SUBJECTS.clear()
+        _FIXED_SUBJECTS[subject] = True
+        preset = _preset(_messaging_preset, operation, template, event_type, consumer, subject)
+        _PRESETS[(operation, subject, event_type, consumer)] = preset
+        return preset, {"messaging.message.id": message_id}
+    preset = _preset(_messaging_preset, operation, template, event_type, consumer, None)
     return preset, {"messaging.destination.name": subject, "messaging.message.id": message_id}
 
 
@@ -298,7 +346,9 @@ def _messaging(subject: str, operation: str, event_type: str, message_id: str) -
 
 _W3C_DEFAULT = os.environ.get("OTEL_PROPAGATORS", "").replace(" ", "") in ("", "tracecontext,baggage")
 _W3C = propagate.get_global_textmap() if _W3C_DEFAULT else None  # the default propagators, until replaced
+_FLAGS = {"00": TraceFlags(TraceFlags.DEFAULT), "01": TraceFlags(TraceFlags.SAMPLED)}
 _TRACEPARENT = re.compile("00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
+_BAGGAGE_KEY = next(iter(baggage.set_baggage("k", "v", context.Context())))  # the API's own key
 
 
 def _remote_parent(carrier: Mapping[str, str]) -> SpanContext:
@@ -315,14 +365,18 @@ def _remote_parent(carrier: Mapping[str, str]) -> SpanContext:
         if found is not None:
             trace_id, span_id = int(found[1], 16), int(found[2], 16)
             if trace_id and span_id:
-                return SpanContext(trace_id, span_id, True, TraceFlags(int(found[3], 16)))
+                flags = _FLAGS.get(found[3])
+                if flags is None:
+                    flags = TraceFlags(int(found[3], 16))
+                return SpanContext(trace_id, span_id, True, flags)
     return trace.get_current_span(propagate.extract(carrier)).get_span_context()
 
 
 def _inject(carrier: dict[str, str], span: Span) -> None:
     """`propagate.inject(carrier)` with ``span`` current, decided inline in the common case:
     the default W3C propagators and no baggage in the context."""
-    if _W3C is not None and propagate.get_global_textmap() is _W3C and not baggage.get_all():
+    if _W3C is not None and propagate.get_global_textmap() is _W3C and (
+            not (_CURRENT.get().get(_BAGGAGE_KEY) if _CURRENT is not None else baggage.get_all())):  # fmt: skip
         sent = span.get_span_context()
         if sent.is_valid:
             carrier["traceparent"] = f"00-{sent.trace_id:032x}-{sent.span_id:016x}-{sent.trace_flags:02x}"
@@ -335,10 +389,9 @@ def _inject(carrier: dict[str, str], span: Span) -> None:
 def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextManager[dict[str, str]]:
     """A PRODUCER span; `with` gives the W3C headers (`traceparent`, `tracestate`) to send along."""
     carrier: dict[str, str] = {}
-    if _replaying.get():
-        return nullcontext(carrier)
-    if not tracing():
-        propagate.inject(carrier)  # an upstream context, if this process is inside one
+    if not _live():
+        if not _replaying.get():
+            propagate.inject(carrier)  # an upstream context, if this process is inside one
         return nullcontext(carrier)
     span = _start(*_messaging_parts(subject, "send", event_type, event_id))
     scope = _Scope(carrier, span)
@@ -356,10 +409,8 @@ def process_span(
     replayed: bool = False,
 ) -> AbstractContextManager[Span]:
     """A CONSUMER span whose parent is the producer's context; a replay links to it instead."""
-    if _replaying.get():
-        return nullcontext(trace.INVALID_SPAN)
-    if not tracing():
-        return _pass_through(carrier, replayed)
+    if not _live():
+        return nullcontext(trace.INVALID_SPAN) if _replaying.get() else _pass_through(carrier, replayed)
     parent = _remote_parent(carrier)
     preset, attributes = _messaging_parts(subject, "process", event_type, event_id, consumer)
     links: list[Link] = []
@@ -390,9 +441,10 @@ def _agent_preset(agent: str, agent_id: str, capability: str) -> Preset:
 
 def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id: str = "") -> AbstractContextManager[Span]:
     """`invoke_agent {agent}` (INTERNAL) around one handler call; its LLM and tool spans nest inside."""
-    if (off := _off()) is not None:
-        return off
-    return _span(_preset(_agent_preset, agent, agent_id, capability), {"mesh.task_id": task_id} if task_id else {})
+    if not _live():
+        return _idle()
+    span = _start(_preset(_agent_preset, agent, agent_id, capability), {"mesh.task_id": task_id} if task_id else {})
+    return _Scope(span, span)
 
 
 def _chat_preset(model: str, provider: str) -> Preset:
@@ -402,10 +454,11 @@ def _chat_preset(model: str, provider: str) -> Preset:
 
 def chat_span(model: str, *, provider: str, conversation_id: str | None = None) -> AbstractContextManager[Span]:
     """`chat {model}` (CLIENT) around one model call; the caller adds the response attributes."""
-    if (off := _off()) is not None:
-        return off
+    if not _live():
+        return _idle()
     own = {"gen_ai.conversation.id": conversation_id} if conversation_id else {}
-    return _span(_preset(_chat_preset, model, provider), own)
+    span = _start(_preset(_chat_preset, model, provider), own)
+    return _Scope(span, span)
 
 
 def _tool_preset(name: str, description: str | None) -> Preset:
@@ -422,9 +475,10 @@ def tool_span(name: str, *, call_id: str | None = None, description: str | None 
         with tool_span("search", call_id=call.id):
             result = await search(**arguments)
     """
-    if (off := _off()) is not None:
-        return off
-    return _span(_preset(_tool_preset, name, description), {"gen_ai.tool.call.id": call_id} if call_id else {})
+    if not _live():
+        return _idle()
+    span = _start(_preset(_tool_preset, name, description), {"gen_ai.tool.call.id": call_id} if call_id else {})
+    return _Scope(span, span)
 
 
 def record_error(span: Span, error: BaseException) -> None:
