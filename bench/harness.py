@@ -88,9 +88,15 @@ class Row:
     target: float | None = None  # on mesh/raw
     higher_is_better: bool = True
     runs: dict[str, Any] = field(default_factory=dict)  # per-run values or distributions, for the JSON
+    paired: float | None = None  # the median of per-run ratios, when the two sides ran back to back
 
     @property
     def ratio(self) -> float:
+        """The median of the per-run ratios when there are any (each pair ran back to back, so
+        a machine whose speed drifts between runs affects both of its sides alike), else the
+        ratio of the two medians."""
+        if self.paired is not None:
+            return self.paired
         return self.mesh / self.raw if self.raw else float("inf")
 
     @property

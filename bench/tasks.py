@@ -3,7 +3,8 @@
 1. Throughput: echo tasks, 64 in flight. Mesh: `Mesh.request("echo", ...)` under a
    semaphore of 64, served by `python -m mesh agent run agents.echo:agent` in its own process.
    Raw: `bench.raw_worker` (plain nats-py, see its docstring) and the requester below.
-   N tasks per run after a warm-up, median of the runs, runs alternate which side goes first.
+   N tasks per run after a warm-up; runs alternate which side goes first. The ratio is the
+   median of the runs' mesh/raw ratios (each run's sides go back to back); the rates are medians.
 2. Hop latency: one task in flight; the requester puts `time.time_ns()` in the input, the
    worker returns (handler start - sent). Mesh: `bench.agents:agent` (capability `latency`);
    raw: `bench.raw_worker --capability latency`. Samples alternate mesh/raw so drift hits both.
@@ -160,7 +161,7 @@ async def throughput(bench: Bench, mesh: Mesh, raw: RawRequester, args: argparse
     bench.stop(raw_worker_proc)
     return [
         Row(f"echo throughput ({args.in_flight} in flight)", median(rates["mesh"]), median(rates["raw"]), "tasks/s",
-            target=0.6, runs={**rates, "paired_ratio": paired}),
+            target=0.6, runs={**rates, "paired_ratio": paired}, paired=median(paired)),
         Row("CPU per task (requester+worker+server)", median(cpu["mesh"]), median(cpu["raw"]), "µs",
             higher_is_better=False, runs=cpu),
     ]  # fmt: skip
