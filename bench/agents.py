@@ -13,7 +13,7 @@ agent = Agent("bench")
 @agent.task("latency")
 async def latency(input: Any, ctx: Context) -> int:
     """Nanoseconds from the requester's wall-clock send time to this handler starting."""
-    return time.time_ns() - input["sent"]
+    return time.time_ns() - int(input["sent"])
 
 
 echo = Agent("bench-echo")

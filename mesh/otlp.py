@@ -1,11 +1,13 @@
-"""OTLP/HTTP span export, `http/protobuf` and `http/json`, with encoders built for the batch thread.
+"""OTLP/HTTP span export, `http/protobuf` and `http/json`, with encoders built for speed.
 
 The SDK's protobuf encoder builds a message object per span, attribute and value: about
 64 µs a span here, in the batch thread that shares the GIL with the agent's event loop.
 These encoders write the same bytes directly (protobuf wire format, or OTLP/JSON through
 msgspec) and keep the encoded form of each attribute pair they have seen, since most pairs
 repeat from span to span (`messaging.system=nats`, a destination, an agent name). A test
-checks that both decode to the very message the SDK's encoder builds.
+checks that both decode to the very message the SDK's encoder builds. The mesh's own spans
+are encoded as they end (`span_encoder`, the usual span in one bytes join or format) and
+reach the exporter grouped as `EncodedSpans`.
 
 `OtlpHttpSpanExporter` POSTs a batch over one kept-alive connection. Endpoint, headers,
 timeout, compression (`gzip`) and TLS (`..._CERTIFICATE`, `..._CLIENT_KEY`,

@@ -14,8 +14,8 @@ agent) come as a `mesh.telemetry.Preset`: built once, shared by every span like 
 encoded once per protocol, so a span encodes only its own values (a message id, a task id).
 
 What is the same as an SDK span: the `Span` API (attributes, events, links, status,
-`record_exception`, `update_name`), context propagation (they are made current with the
-API's `set_span_in_context`, so SDK spans started inside nest under them), resource,
+`record_exception`, `update_name`), context propagation (they are made current in the
+API's context, `mesh.telemetry._Scope`, so SDK spans started inside nest under them), resource,
 instrumentation scope, and the exported data. What is not: other span processors added to
 the provider do not see mesh spans. `MESH_SPANS=sdk` sends them through the SDK's tracer
 instead (then every processor sees them, at the SDK's cost).

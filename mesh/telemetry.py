@@ -222,7 +222,7 @@ class _Scope(AbstractContextManager[T]):
         else:
             try:
                 _CURRENT.reset(self.token)
-            except ValueError:  # as the API's detach: a token from another context is logged, not raised
+            except Exception:  # as the API's detach: a token from another context is logged, not raised
                 _log.exception("Failed to detach context")
         if self.end:
             self.span.end()

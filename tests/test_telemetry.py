@@ -214,3 +214,32 @@ class TestPropagationFastPath:
         finally:
             context.detach(token)
         assert ours == theirs
+
+
+def test_a_mesh_span_is_current_in_the_apis_own_context() -> None:
+    """`_Scope` sets the API's context variable itself: the API sees the mesh span as current,
+    SDK spans and mesh spans started inside are its children, and leaving restores the context."""
+    from opentelemetry import context, trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import SpanKind
+
+    from mesh.spans import MeshSpan, MeshTracer
+    from mesh.telemetry import _CURRENT, _Scope
+
+    assert _CURRENT is not None, "the default runtime context is the ContextVar one"
+    provider = TracerProvider()
+    tracer = MeshTracer(provider, provider._active_span_processor)
+    outer = tracer.start_span("outer", SpanKind.INTERNAL, {})
+    before = context.get_current()
+    with _Scope(outer, outer):
+        assert trace.get_current_span() is outer
+        sdk_child = provider.get_tracer("test").start_span("sdk child")
+        mesh_child = tracer.start_span("mesh child", SpanKind.INTERNAL, {})
+        assert isinstance(mesh_child, MeshSpan)
+        with _Scope(mesh_child, mesh_child):
+            assert trace.get_current_span() is mesh_child
+        assert trace.get_current_span() is outer
+    assert context.get_current() == before and trace.get_current_span() is trace.INVALID_SPAN
+    ids = outer.get_span_context()
+    assert sdk_child.parent is not None and (sdk_child.parent.trace_id, sdk_child.parent.span_id) == (ids.trace_id, ids.span_id)  # type: ignore[attr-defined]
+    assert mesh_child.attributes == {} and mesh_child._parent == ids
