@@ -590,28 +590,26 @@ def span_encoder(protocol: str) -> Callable[..., Any]:
     raise ValueError(f"no span encoding for {protocol!r}")
 
 
-def _pb_items(items: list[ReadableSpan | EncodedSpans]) -> bytes:
-    out = []
-    for span in items:
-        if isinstance(span, EncodedSpans):
-            if span.protocol != "http/protobuf":
-                raise TypeError(f"spans encoded for {span.protocol} cannot go out as http/protobuf")
-            out += span.data
-        else:
-            out.append(_field(0x12, _pb_span(span)))
-    return b"".join(out)
-
-
-def _json_items(items: list[ReadableSpan | EncodedSpans]) -> list[Any]:
+def _items(items: list[ReadableSpan | EncodedSpans], protocol: str, encode: Callable[[ReadableSpan], Any]) -> list[Any]:
+    """Every span of one scope encoded for ``protocol``: SDK spans by ``encode``, groups of
+    `EncodedSpans` as they are (they must have been encoded for the same protocol)."""
     out: list[Any] = []
     for span in items:
         if isinstance(span, EncodedSpans):
-            if span.protocol != "http/json":
-                raise TypeError(f"spans encoded for {span.protocol} cannot go out as http/json")
+            if span.protocol != protocol:
+                raise TypeError(f"spans encoded for {span.protocol} cannot go out as {protocol}")
             out += span.data
         else:
-            out.append(_json_span(span))
+            out.append(encode(span))
     return out
+
+
+def _pb_items(items: list[ReadableSpan | EncodedSpans]) -> bytes:
+    return b"".join(_items(items, "http/protobuf", lambda span: _field(0x12, _pb_span(span))))
+
+
+def _json_items(items: list[ReadableSpan | EncodedSpans]) -> list[Any]:
+    return _items(items, "http/json", _json_span)
 
 
 def span_count(spans: Sequence[ReadableSpan | EncodedSpans]) -> int:
