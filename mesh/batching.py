@@ -4,12 +4,13 @@ It batches as the SDK's `BatchSpanProcessor` does, with the same settings
 (`OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`,
 `OTEL_BSP_EXPORT_TIMEOUT` and their defaults), and takes two kinds of span:
 
-- SDK spans, through `on_end` like any processor. They are encoded in the export thread.
-- The mesh's own spans (`mesh.spans`), already encoded when they ended, through `emit`.
+- SDK spans, through `on_end` like any processor.
+- The mesh's own spans (`mesh.spans`), as `mesh.otlp.EndedSpan`s, through `emit`.
 
-`emit` is the hot path: three calls of it per task in an agent. It appends to a deque and
-wakes the export thread once a batch is full, and that is all. The SDK's processor also
-does `os.getpid()` (a system call) and bookkeeping for its own metrics on every span.
+Both are encoded in the export thread, a batch at a time. `emit` is the hot path: three
+calls of it per task in an agent. It appends to a deque and wakes the export thread once a
+batch is full, and that is all. The SDK's processor also does `os.getpid()` (a system
+call) and bookkeeping for its own metrics on every span.
 
 Differences from the SDK's processor:
 
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from mesh.otlp import EncodedSpans
+from mesh.otlp import EncodedSpans, EndedSpan, encode_ended
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -65,8 +66,8 @@ class SpanBatcher(SpanProcessor):
     """Queues ended spans and exports them in batches from one daemon thread: a batch when
     ``max_export_batch_size`` spans wait, and whatever waits every ``schedule_delay_millis``.
 
-    ``origin`` is the resource and instrumentation scope of the pre-encoded spans that `emit`
-    takes. `mesh.spans.MeshTracer` sets it to its own."""
+    ``origin`` is the resource and instrumentation scope of the spans that `emit` takes.
+    `mesh.spans.MeshTracer` sets it to its own."""
 
     def __init__(self, exporter: OtlpHttpSpanExporter, *, max_queue_size: int | None = None,
                  schedule_delay_millis: float | None = None, max_export_batch_size: int | None = None,
@@ -98,7 +99,8 @@ class SpanBatcher(SpanProcessor):
         self._worker.start()
 
     def emit(self, data: Any) -> None:
-        """Queue a span encoded for ``protocol`` (from ``origin``); never blocks, never raises."""
+        """Queue one of ``origin``'s spans: an `EndedSpan`, or a span already encoded for
+        ``protocol``. Never blocks, never raises."""
         queue = self._queue
         if len(queue) >= self._max_queue or self._closed:
             self._dropped += 1
@@ -137,12 +139,15 @@ class SpanBatcher(SpanProcessor):
 
     def _send(self, batch: list[Any]) -> None:
         spans: list[Any] = []
+        ended: list[Any] = []
         encoded: list[Any] = []
         for item in batch:
-            (spans if isinstance(item, ReadableSpan) else encoded).append(item)
+            (ended if item.__class__ is EndedSpan else spans if isinstance(item, ReadableSpan) else encoded).append(item)
+        if ended:
+            encoded += encode_ended(self.protocol, ended)
         if encoded:
             if self.origin is None:
-                _log.error("%d pre-encoded spans dropped: no origin (resource, scope) set", len(encoded))
+                _log.error("%d mesh spans dropped: no origin (resource, scope) set", len(encoded))
             else:
                 spans.append(EncodedSpans(self.protocol, encoded, *self.origin))
         if dropped := self._dropped:

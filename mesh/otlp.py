@@ -6,8 +6,8 @@ These encoders write the same bytes directly (protobuf wire format, or OTLP/JSON
 msgspec) and keep the encoded form of each attribute pair they have seen, since most pairs
 repeat from span to span (`messaging.system=nats`, a destination, an agent name). A test
 checks that both decode to the very message the SDK's encoder builds. The mesh's own spans
-are encoded as they end (`span_encoder`, the usual span in one bytes join or format) and
-reach the exporter grouped as `EncodedSpans`.
+are queued as `EndedSpan`s, encoded a batch at a time in the export thread (`encode_ended`,
+the usual span in one bytes join or format) and reach the exporter as `EncodedSpans`.
 
 `OtlpHttpSpanExporter` POSTs a batch over one kept-alive connection. Endpoint, headers,
 timeout, compression (`gzip`) and TLS (`..._CERTIFICATE`, `..._CLIENT_KEY`,
@@ -41,8 +41,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-__all__ = ["CONTENT_TYPES", "EncodedSpans", "OtlpHttpSpanExporter", "attributes_block", "encode_json", "encode_protobuf",
-           "span_count", "span_encoder"]
+__all__ = ["CONTENT_TYPES", "EncodedSpans", "EndedSpan", "OtlpHttpSpanExporter", "attributes_block", "encode_ended",
+           "encode_json", "encode_protobuf", "span_count", "span_encoder"]
 
 _log = logging.getLogger(__name__)
 CONTENT_TYPES = {"http/protobuf": "application/x-protobuf", "http/json": "application/json"}
@@ -489,12 +489,45 @@ def encode_json(spans: Sequence[ReadableSpan | EncodedSpans]) -> bytes:
 # -- spans encoded as they end ------------------------------------------------------------------
 
 
+class EndedSpan(msgspec.Struct, frozen=True, gc=False):
+    """What an encoder needs of one of the mesh's ended spans (`mesh.spans`), queued as it is
+    for `mesh.batching.SpanBatcher`: the export thread encodes a batch of them in one loop
+    (`encode_ended`), where the encoder's code and caches stay warm. Building a
+    `ReadableSpan` and reading it back through its properties would cost more, and the
+    struct holds nothing the cycle collector tracks besides the span's own fields."""
+
+    context: SpanContext
+    parent: SpanContext | None
+    name: str
+    kind: SpanKind
+    start: int
+    end: int
+    attributes: Mapping[str, Any]
+    events: Sequence[Event]
+    links: Sequence[Link]
+    status: Status
+    static: Any  # the span's preset attributes, already encoded (`attributes_block`)
+
+
+def encode_ended(protocol: str, spans: Sequence[EndedSpan]) -> list[Any]:
+    """Each span encoded for ``protocol`` (`span_encoder`); a span that cannot be is logged
+    and left out, never the batch."""
+    encode = span_encoder(protocol)
+    out = []
+    for span in spans:
+        try:
+            out.append(encode(span.context, span.parent, span.name, span.kind, span.start, span.end, span.attributes,
+                              span.events, span.links, span.status, span.static))  # fmt: skip
+        except Exception:  # a span that cannot be encoded is lost, never the others
+            _log.exception("span %r could not be encoded for export; dropped", span.name)
+    return out
+
+
 class EncodedSpans(msgspec.Struct, frozen=True, gc=False):
     """Spans of one resource and scope already encoded for one OTLP protocol: the mesh's own
-    spans (`mesh.spans`), encoded from their fields in the thread that ends them, which is
-    cheaper than building a `ReadableSpan` and reading it back through its properties.
-    `mesh.batching.SpanBatcher` groups them per export; `encode_protobuf` and `encode_json`
-    put them in their resource and scope with the other spans."""
+    spans, from `encode_ended`. `mesh.batching.SpanBatcher` groups them per export;
+    `encode_protobuf` and `encode_json` put them in their resource and scope with the other
+    spans."""
 
     protocol: str
     data: list[Any]  # one `Span` field's bytes each (protobuf), or one span's JSON (`msgspec.Raw`)

@@ -4,9 +4,9 @@ The SDK's `Span` costs about 35 µs of CPU here to start and end (per-attribute 
 under a lock, a sampler result object, processor fan-out, `start_as_current_span`'s context
 managers), and a task makes four of them. The mesh knows its own attributes are valid, so
 its spans are plain objects: ids from `random.getrandbits` (as the SDK's id generator),
-the provider's sampler (its two default samplers decided inline), and on `end()` the span
-encoded at once for `mesh.batching.SpanBatcher` (`OTEL_BSP_*`), which batches it for
-`mesh.otlp.OtlpHttpSpanExporter`. With any other processor an ended span is an SDK
+the provider's sampler (its two default samplers decided inline), and on `end()` its fields
+queued as a `mesh.otlp.EndedSpan` for `mesh.batching.SpanBatcher` (`OTEL_BSP_*`), whose
+thread encodes a batch at a time for `mesh.otlp.OtlpHttpSpanExporter`. With any other processor an ended span is an SDK
 `ReadableSpan`, as that processor expects.
 
 The attributes a span helper knows ahead (an operation on a destination template, an
@@ -39,7 +39,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
 from mesh.batching import SpanBatcher
-from mesh.otlp import UNSET, span_encoder
+from mesh.otlp import UNSET, EndedSpan
 from mesh.telemetry import _CURRENT, _SPAN_KEY, NO_PRESET, Preset, current_span_context
 
 if TYPE_CHECKING:
@@ -190,8 +190,9 @@ class MeshSpan(trace.Span):
 class MeshTracer:
     """Starts `MeshSpan`s under the provider's sampler and resource; ends them into ``processor``.
 
-    With a `mesh.batching.SpanBatcher` an ended span is encoded at once for its exporter's
-    protocol and queued as bytes; with any other processor it becomes an SDK `ReadableSpan`.
+    With a `mesh.batching.SpanBatcher` an ended span is queued as a `mesh.otlp.EndedSpan`
+    (with its preset's attributes encoded for the exporter's protocol); with any other
+    processor it becomes an SDK `ReadableSpan`.
     """
 
     def __init__(self, provider: TracerProvider, processor: SpanProcessor, *, scope: str = "agentmesh") -> None:
@@ -201,7 +202,6 @@ class MeshTracer:
         self.scope = InstrumentationScope(scope)
         self.batcher = processor if isinstance(processor, SpanBatcher) else None
         self.protocol = self.batcher.protocol if self.batcher is not None else None
-        self.encode = span_encoder(self.protocol) if self.protocol is not None else None
         self.emit = self.batcher.emit if self.batcher is not None else None
         if self.batcher is not None:
             self.batcher.origin = (self.resource, self.scope)
@@ -248,8 +248,8 @@ class MeshTracer:
         return MeshSpan(self, name, span_context, parent if parented else None, kind, attributes, links, preset)
 
     def finish(self, span: MeshSpan) -> None:
-        encode, protocol, emit = self.encode, self.protocol, self.emit
-        if encode is None or protocol is None or emit is None:
+        protocol, emit = self.protocol, self.emit
+        if protocol is None or emit is None:
             self.processor.on_end(span.readable(self.resource, self.scope))
             return
         context = span._context
@@ -259,10 +259,5 @@ class MeshTracer:
         block = preset.blocks.get(protocol)
         if block is None:
             block = preset.block(protocol)
-        try:
-            data = encode(context, span._parent, span._name, span._kind, span._start, span._end or span._start,
-                          span._attributes, span._events, span._links, span._status, block)  # fmt: skip
-        except Exception:  # a span that cannot be encoded is lost, never the work it traced
-            _log.exception("span %r could not be encoded for export; dropped", span.name)
-            return
-        emit(data)
+        emit(EndedSpan(context, span._parent, span._name, span._kind, span._start, span._end or span._start,
+                       span._attributes, span._events, span._links, span._status, block))  # fmt: skip
