@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 import random
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ from opentelemetry.util import types
 
 from mesh.batching import SpanBatcher
 from mesh.otlp import UNSET, EndedSpan
-from mesh.telemetry import _CURRENT, _SPAN_KEY, NO_PRESET, Preset, current_span_context
+from mesh.telemetry import _CURRENT, _SPAN_KEY, NO_PRESET, Preset, _leave, _new_context, _Scope, current_span_context, record_error
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -56,27 +57,11 @@ _LIMIT = 128  # the SDK's default attribute, event and link count limits
 _PRIMITIVE = (str, bool, int, float)
 
 
-def _context_maker() -> Callable[[type[SpanContext], tuple[Any, ...]], SpanContext]:
-    """How `MeshTracer` makes its span contexts: `tuple.__new__` with the fields in the API's
-    order (ids it made are valid, so `SpanContext.__new__`'s checks can be skipped) as long
-    as that gives what `SpanContext(...)` gives, else `SpanContext(...)` itself."""
-    fields = (3, 4, False, _SAMPLED, DEFAULT_TRACE_STATE, True)
-    made = tuple.__new__(SpanContext, fields)
-    expected = SpanContext(*fields[:5])
-    same = (made.trace_id, made.span_id, made.is_remote, made.trace_flags, made.trace_state, made.is_valid)
-    if tuple(made) == tuple(expected) and same == fields:
-        return tuple.__new__
-    return lambda cls, fields: cls(*fields[:5])
-
-
-_new_context = _context_maker()
-
-
 class MeshSpan(trace.Span):
     """A recording span of the mesh; `end()` hands it to its tracer's processor."""
 
     __slots__ = ("_attributes", "_context", "_end", "_events", "_kind", "_links", "_name", "_parent", "_preset",
-                 "_start", "_status", "_tracer")  # fmt: skip
+                 "_start", "_status", "_token", "_tracer")  # fmt: skip
 
     def __init__(self, tracer: MeshTracer, name: str, context: SpanContext, parent: SpanContext | None,
                  kind: SpanKind, attributes: dict[str, Any], links: Sequence[Link], preset: Preset) -> None:  # fmt: skip
@@ -92,6 +77,7 @@ class MeshSpan(trace.Span):
         self._status = _UNSET
         self._start = time_ns()
         self._end: int | None = None
+        self._token: Any = None  # set while `MeshTracer.start_current` has made the span current
 
     def get_span_context(self) -> SpanContext:
         return self._context
@@ -177,6 +163,17 @@ class MeshSpan(trace.Span):
         self._end = end_time or time_ns()
         self._tracer.finish(self)
 
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        """As `mesh.telemetry._Scope`: a failure is recorded once (unless the code inside did),
+        the context it was made current in comes back, and the span ends."""
+        if error is not None and isinstance(error, Exception) and self._status.status_code is not StatusCode.ERROR:
+            record_error(self, error)
+        token = self._token
+        if token is not None:
+            self._token = None
+            _leave(token)
+        self.end()
+
     def readable(self, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
         return ReadableSpan(name=self._name, context=self._context, parent=self._parent, resource=resource,
                             attributes=self.attributes, events=tuple(self._events), links=tuple(self._links),
@@ -246,6 +243,17 @@ class MeshTracer:
         if preset is not NO_PRESET and not preset.attributes.keys().isdisjoint(attributes):
             attributes, preset = {**preset.attributes, **attributes}, NO_PRESET  # the span's own values win
         return MeshSpan(self, name, span_context, parent if parented else None, kind, attributes, links, preset)
+
+    def start_current(self, name: str, kind: SpanKind, attributes: dict[str, Any], *,
+                      parent: SpanContext | None = None, links: Sequence[Link] = (),
+                      preset: Preset = NO_PRESET) -> AbstractContextManager[trace.Span]:  # fmt: skip
+        """`start_span`'s span made current until the `with` block it is given to ends. A mesh
+        span is its own context manager (one object less than `mesh.telemetry._Scope`)."""
+        span = self.start_span(name, kind, attributes, parent=parent, links=links, preset=preset)
+        if span.__class__ is MeshSpan and _CURRENT is not None:
+            span._token = _CURRENT.set(context_api.Context({**_CURRENT.get(), _SPAN_KEY: span}))
+            return span
+        return _Scope(span, span)
 
     def finish(self, span: MeshSpan) -> None:
         protocol, emit = self.protocol, self.emit

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import baggage, context, metrics, propagate, trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from mesh.redact import scrub_text
 
@@ -192,6 +193,22 @@ def current_span_context() -> SpanContext:
     return span.get_span_context() if isinstance(span, Span) else trace.INVALID_SPAN_CONTEXT
 
 
+def _context_maker() -> Callable[[type[SpanContext], tuple[Any, ...]], SpanContext]:
+    """How `MeshTracer` makes its span contexts: `tuple.__new__` with the fields in the API's
+    order (ids it made are valid, so `SpanContext.__new__`'s checks can be skipped) as long
+    as that gives what `SpanContext(...)` gives, else `SpanContext(...)` itself."""
+    fields = (3, 4, False, TraceFlags(TraceFlags.SAMPLED), DEFAULT_TRACE_STATE, True)
+    made = tuple.__new__(SpanContext, fields)
+    expected = SpanContext(*fields[:5])
+    same = (made.trace_id, made.span_id, made.is_remote, made.trace_flags, made.trace_state, made.is_valid)
+    if tuple(made) == tuple(expected) and same == fields:
+        return tuple.__new__
+    return lambda cls, fields: cls(*fields[:5])
+
+
+_new_context = _context_maker()
+
+
 class _Scope(AbstractContextManager[T]):
     """One span made current for a `with` block: on the way out a failure is recorded once
     (`error.type`, an ERROR status), the previous context comes back and the span ends.
@@ -217,15 +234,20 @@ class _Scope(AbstractContextManager[T]):
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
         if error is not None and self.end and isinstance(error, Exception) and not _failed(self.span):
             record_error(self.span, error)  # unless the code inside recorded the original error already
-        if _CURRENT is None:
-            context.detach(self.token)
-        else:
-            try:
-                _CURRENT.reset(self.token)
-            except Exception:  # as the API's detach: a token from another context is logged, not raised
-                _log.exception("Failed to detach context")
+        _leave(self.token)
         if self.end:
             self.span.end()
+
+
+def _leave(token: Any) -> None:
+    """Back to the context before ``token``'s `set` (as the API's `detach`: a failure is logged)."""
+    if _CURRENT is None:
+        context.detach(token)
+        return
+    try:
+        _CURRENT.reset(token)
+    except Exception:  # a token from another context
+        _log.exception("Failed to detach context")
 
 
 class Preset:
@@ -286,6 +308,17 @@ def _start(preset: Preset, attributes: dict[str, Any], parent: SpanContext | Non
 def _live() -> bool:
     """Whether a span helper records: an SDK is installed and nothing is being replayed."""
     return (_tracing.on or tracing()) and not _replaying.get()
+
+
+def _current(preset: Preset, attributes: dict[str, Any], parent: SpanContext | None = None,
+             links: Sequence[Link] = ()) -> AbstractContextManager[Span]:  # fmt: skip
+    """`_start`'s span, current for a `with` block (`_Scope`); a mesh span is its own scope."""
+    mesh_tracer = _mesh_tracer.tracer
+    if mesh_tracer is not None:
+        return mesh_tracer.start_current(preset.name, preset.kind, attributes, parent=parent, links=links,
+                                         preset=preset)  # fmt: skip
+    span = _start(preset, attributes, parent, links)
+    return _Scope(span, span)
 
 
 def _idle() -> AbstractContextManager[Span]:
@@ -368,7 +401,7 @@ def _remote_parent(carrier: Mapping[str, str]) -> SpanContext:
                 flags = _FLAGS.get(found[3])
                 if flags is None:
                     flags = TraceFlags(int(found[3], 16))
-                return SpanContext(trace_id, span_id, True, flags)
+                return _new_context(SpanContext, (trace_id, span_id, True, flags, DEFAULT_TRACE_STATE, True))
     return trace.get_current_span(propagate.extract(carrier)).get_span_context()
 
 
@@ -418,8 +451,7 @@ def process_span(
         links = [Link(parent)] if parent.is_valid else []
         parent = trace.INVALID_SPAN_CONTEXT  # a root: the replay is not part of the producer's trace
         attributes["mesh.replayed"] = True
-    span = _start(preset, attributes, parent, links)
-    return _Scope(span, span)
+    return _current(preset, attributes, parent, links)
 
 
 def _pass_through(carrier: Mapping[str, str], replayed: bool) -> AbstractContextManager[Span]:
@@ -443,8 +475,7 @@ def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id:
     """`invoke_agent {agent}` (INTERNAL) around one handler call; its LLM and tool spans nest inside."""
     if not _live():
         return _idle()
-    span = _start(_preset(_agent_preset, agent, agent_id, capability), {"mesh.task_id": task_id} if task_id else {})
-    return _Scope(span, span)
+    return _current(_preset(_agent_preset, agent, agent_id, capability), {"mesh.task_id": task_id} if task_id else {})
 
 
 def _chat_preset(model: str, provider: str) -> Preset:
@@ -457,8 +488,7 @@ def chat_span(model: str, *, provider: str, conversation_id: str | None = None) 
     if not _live():
         return _idle()
     own = {"gen_ai.conversation.id": conversation_id} if conversation_id else {}
-    span = _start(_preset(_chat_preset, model, provider), own)
-    return _Scope(span, span)
+    return _current(_preset(_chat_preset, model, provider), own)
 
 
 def _tool_preset(name: str, description: str | None) -> Preset:
@@ -477,8 +507,7 @@ def tool_span(name: str, *, call_id: str | None = None, description: str | None 
     """
     if not _live():
         return _idle()
-    span = _start(_preset(_tool_preset, name, description), {"gen_ai.tool.call.id": call_id} if call_id else {})
-    return _Scope(span, span)
+    return _current(_preset(_tool_preset, name, description), {"gen_ai.tool.call.id": call_id} if call_id else {})
 
 
 def record_error(span: Span, error: BaseException) -> None:

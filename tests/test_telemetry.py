@@ -243,3 +243,24 @@ def test_a_mesh_span_is_current_in_the_apis_own_context() -> None:
     ids = outer.get_span_context()
     assert sdk_child.parent is not None and (sdk_child.parent.trace_id, sdk_child.parent.span_id) == (ids.trace_id, ids.span_id)  # type: ignore[attr-defined]
     assert mesh_child.attributes == {} and mesh_child._parent == ids
+
+
+def test_a_mesh_span_made_current_is_its_own_scope() -> None:
+    """`MeshTracer.start_current`: the span is current inside the block, a failure inside is
+    recorded once (ERROR, `error.type`, one `exception` event), and the context comes back."""
+    from opentelemetry import context, trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    from mesh.spans import MeshSpan, MeshTracer
+
+    provider = TracerProvider()
+    tracer = MeshTracer(provider, provider._active_span_processor)
+    before = context.get_current()
+    with pytest.raises(KeyError):
+        with tracer.start_current("work", SpanKind.INTERNAL, {"k": "v"}) as span:
+            assert isinstance(span, MeshSpan) and trace.get_current_span() is span
+            raise KeyError("missing")
+    assert context.get_current() == before and isinstance(span, MeshSpan)
+    assert span.status.status_code is StatusCode.ERROR and span.attributes["error.type"] == "KeyError"
+    assert [event.name for event in span._events] == ["exception"] and not span.is_recording()
