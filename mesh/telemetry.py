@@ -212,8 +212,9 @@ _new_context = _context_maker()
 class _Scope(AbstractContextManager[T]):
     """One span made current for a `with` block: on the way out a failure is recorded once
     (`error.type`, an ERROR status), the previous context comes back and the span ends.
-    Made of plain calls rather than nested generator context managers: four of these run
-    per task, and each generator layer cost as much as the span itself."""
+    Made of plain calls rather than nested generator context managers (each generator layer
+    cost as much as the span itself). A mesh span made current by `MeshTracer.start_current`
+    does the same itself; `send_span`, SDK spans and pass-through contexts use this."""
 
     __slots__ = ("end", "span", "token", "value")
 
