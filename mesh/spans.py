@@ -41,7 +41,7 @@ from opentelemetry.util import types
 
 from mesh.batching import SpanBatcher
 from mesh.otlp import UNSET, EndedSpan
-from mesh.telemetry import _CURRENT, _SPAN_KEY, NO_PRESET, Preset, _leave, _new_context, _Scope, current_span_context, record_error
+from mesh.telemetry import NO_PRESET, Preset, _enter, _leave, _new_context, _Scope, current_span_context, record_error
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -212,11 +212,7 @@ class MeshTracer:
         carrying the ids so the trace still propagates."""
         parent_given = parent is not None
         if parent is None:
-            current = None if context is not None or _CURRENT is None else _CURRENT.get().get(_SPAN_KEY)
-            if current.__class__ is MeshSpan:
-                parent = current._context
-            else:
-                parent = current_span_context() if context is None else trace.get_current_span(context).get_span_context()
+            parent = current_span_context() if context is None else trace.get_current_span(context).get_span_context()
         parented = parent.is_valid
         trace_id = parent.trace_id if parented else random.getrandbits(128) or 1
         sampler = self.sampler
@@ -250,8 +246,8 @@ class MeshTracer:
         """`start_span`'s span made current until the `with` block it is given to ends. A mesh
         span is its own context manager (one object less than `mesh.telemetry._Scope`)."""
         span = self.start_span(name, kind, attributes, parent=parent, links=links, preset=preset)
-        if span.__class__ is MeshSpan and _CURRENT is not None:
-            span._token = _CURRENT.set(context_api.Context({**_CURRENT.get(), _SPAN_KEY: span}))
+        if span.__class__ is MeshSpan:
+            span._token = _enter(span)
             return span
         return _Scope(span, span)
 
@@ -263,9 +259,5 @@ class MeshTracer:
         context = span._context
         if context.trace_flags is not _SAMPLED and not context.trace_flags.sampled:
             return  # recorded, not sampled: not exported
-        preset = span._preset
-        block = preset.blocks.get(protocol)
-        if block is None:
-            block = preset.block(protocol)
         emit(EndedSpan(context, span._parent, span._name, span._kind, span._start, span._end or span._start,
-                       span._attributes, span._events, span._links, span._status, block))  # fmt: skip
+                       span._attributes, span._events, span._links, span._status, span._preset.block(protocol)))  # fmt: skip

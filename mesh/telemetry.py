@@ -222,12 +222,7 @@ class _Scope(AbstractContextManager[T]):
         self.value = value
         self.span = span
         self.end = end
-        if _CURRENT is None:
-            self.token = context.attach(current if current is not None else trace.set_span_in_context(span))
-        elif current is None:
-            self.token = _CURRENT.set(context.Context({**_CURRENT.get(), _SPAN_KEY: span}))
-        else:
-            self.token = _CURRENT.set(current)
+        self.token = _enter(span, current)
 
     def __enter__(self) -> T:
         return self.value
@@ -238,6 +233,13 @@ class _Scope(AbstractContextManager[T]):
         _leave(self.token)
         if self.end:
             self.span.end()
+
+
+def _enter(span: Span, current: context.Context | None = None) -> Any:
+    """Make ``span`` current (or the whole ``current`` context); the token `_leave` takes."""
+    if _CURRENT is None:
+        return context.attach(current if current is not None else trace.set_span_in_context(span))
+    return _CURRENT.set(current if current is not None else context.Context({**_CURRENT.get(), _SPAN_KEY: span}))
 
 
 def _leave(token: Any) -> None:
@@ -349,24 +351,17 @@ def _messaging_preset(operation: str, template: str, event_type: str, consumer: 
     return Preset(f"{operation} {template}", kind, attributes)
 
 
-_FIXED_SUBJECTS: dict[str, bool] = {}  # subjects seen, and whether they hold no ids (their template is themselves)
-
-
 def _messaging_parts(subject: str, operation: str, event_type: str, message_id: str,
                      consumer: str | None = None) -> tuple[Preset, dict[str, Any]]:  # fmt: skip
     """The preset of a messaging span and its own attributes: the message id, and the subject
     when it holds ids (the template stands for it in the preset)."""
-    if _FIXED_SUBJECTS.get(subject):  # a work subject: one preset per operation and event type
-        preset = _PRESETS.get((operation, subject, event_type, consumer))
-        if preset is not None:
-            return preset, {"messaging.message.id": message_id}
+    fixed = (operation, subject, event_type, consumer)  # kept for subjects without ids (work subjects)
+    preset = _PRESETS.get(fixed)
+    if preset is not None:
+        return preset, {"messaging.message.id": message_id}
     template = subject_template(subject)
     if template == subject:
-        if len(_FIXED_SUBJECTS) >= _PRESET_LIMIT:
-            _FIXED_SUBJECTS.clear()
-        _FIXED_SUBJECTS[subject] = True
-        preset = _preset(_messaging_preset, operation, template, event_type, consumer, subject)
-        _PRESETS[(operation, subject, event_type, consumer)] = preset
+        preset = _PRESETS[fixed] = _preset(_messaging_preset, operation, template, event_type, consumer, subject)
         return preset, {"messaging.message.id": message_id}
     preset = _preset(_messaging_preset, operation, template, event_type, consumer, None)
     return preset, {"messaging.destination.name": subject, "messaging.message.id": message_id}
