@@ -218,11 +218,12 @@ class _Scope(AbstractContextManager[T]):
 
     __slots__ = ("end", "span", "token", "value")
 
-    def __init__(self, value: T, span: Span, *, end: bool = True, current: context.Context | None = None) -> None:
+    def __init__(self, value: T, span: Span, *, end: bool = True, current: context.Context | None = None,
+                 enter: bool = True) -> None:  # fmt: skip
         self.value = value
         self.span = span
         self.end = end
-        self.token = _enter(span, current)
+        self.token = _enter(span, current) if enter else None
 
     def __enter__(self) -> T:
         return self.value
@@ -230,7 +231,8 @@ class _Scope(AbstractContextManager[T]):
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
         if error is not None and self.end and isinstance(error, Exception) and not _failed(self.span):
             record_error(self.span, error)  # unless the code inside recorded the original error already
-        _leave(self.token)
+        if self.token is not None:
+            _leave(self.token)
         if self.end:
             self.span.end()
 
@@ -402,8 +404,8 @@ def _remote_parent(carrier: Mapping[str, str]) -> SpanContext:
 
 
 def _inject(carrier: dict[str, str], span: Span) -> None:
-    """`propagate.inject(carrier)` with ``span`` current, decided inline in the common case:
-    the default W3C propagators and no baggage in the context."""
+    """`propagate.inject(carrier)` as if ``span`` were current, decided inline in the common
+    case: the default W3C propagators and no baggage in the context."""
     if _W3C is not None and propagate.get_global_textmap() is _W3C and (
             not (_CURRENT.get().get(_BAGGAGE_KEY) if _CURRENT is not None else baggage.get_all())):  # fmt: skip
         sent = span.get_span_context()
@@ -412,7 +414,7 @@ def _inject(carrier: dict[str, str], span: Span) -> None:
             if sent.trace_state:
                 carrier["tracestate"] = sent.trace_state.to_header()
         return
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
 
 
 def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextManager[dict[str, str]]:
@@ -423,9 +425,8 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
             propagate.inject(carrier)  # an upstream context, if this process is inside one
         return nullcontext(carrier)
     span = _start(*_messaging_parts(subject, "send", event_type, event_id))
-    scope = _Scope(carrier, span)
-    _inject(carrier, span)  # the send span is current now
-    return scope
+    _inject(carrier, span)
+    return _Scope(carrier, span, enter=False)  # the publish is all the span covers: nothing inside needs it current
 
 
 def process_span(

@@ -204,16 +204,18 @@ class TestPropagationFastPath:
 
         span = trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(int(sampled)),
                                                   TraceState.from_header([state]) if state else None))  # fmt: skip
-        current = trace.set_span_in_context(span, baggage.set_baggage("k", "v") if with_baggage else None)
+        other = trace.NonRecordingSpan(SpanContext(7, 7, False, TraceFlags(1)))  # current: the span is not
+        current = trace.set_span_in_context(other, baggage.set_baggage("k", "v") if with_baggage else None)
         token = context.attach(current)
         try:
             ours: dict[str, str] = {}
             _inject(ours, span)
             theirs: dict[str, str] = {}
-            propagate.inject(theirs)
+            propagate.inject(theirs, context=trace.set_span_in_context(span))
         finally:
             context.detach(token)
         assert ours == theirs
+        assert ours.get("baggage") == ("k=v" if with_baggage else None)
 
 
 def test_a_mesh_span_is_current_in_the_apis_own_context() -> None:
