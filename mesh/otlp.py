@@ -309,7 +309,7 @@ _TIMES = struct.Struct("<BQBQ").pack  # start and end times (fields 7 and 8, fix
 _LOCAL_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE)  # flags (field 16, fixed32)
 _REMOTE_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
 _NAMES: dict[str, bytes] = {}  # span names are templates, few of them: their encoded field
-_NAMED: dict[str, dict[SpanKind, bytes]] = {}  # ... and with each kind after it
+_NAMED: dict[str, dict[int, bytes]] = {}  # ... and with each kind after it, by its value (an enum's hash is a Python call)
 _IDS_PARENT = struct.Struct(">HQQHQHQ").pack  # trace_id, span_id and parent_span_id
 _UNSET_LOCAL = b"\x7a\x00" + _LOCAL_PARENT  # an unset status, then the flags
 _UNSET_REMOTE = b"\x7a\x00" + _REMOTE_PARENT
@@ -509,6 +509,9 @@ class EndedSpan(msgspec.Struct, frozen=True, gc=False):
     static: Any  # the span's preset attributes, already encoded (`attributes_block`)
 
 
+_fields = msgspec.structs.astuple  # an `EndedSpan`'s fields in their order, in one call
+
+
 def encode_ended(protocol: str, spans: Sequence[EndedSpan]) -> list[Any]:
     """Each span encoded for ``protocol`` (`span_encoder`); a span that cannot be is logged
     and left out, never the batch."""
@@ -516,8 +519,7 @@ def encode_ended(protocol: str, spans: Sequence[EndedSpan]) -> list[Any]:
     out = []
     for span in spans:
         try:
-            out.append(encode(span.context, span.parent, span.name, span.kind, span.start, span.end, span.attributes,
-                              span.events, span.links, span.status, span.static))  # fmt: skip
+            out.append(encode(span))
         except Exception:  # a span that cannot be encoded is lost, never the others
             _log.exception("span %r could not be encoded for export; dropped", span.name)
     return out
@@ -549,12 +551,11 @@ UNSET = Status(StatusCode.UNSET)
 """The status of a span nobody set one on; `_pb_framed` knows it by identity."""
 
 
-def _pb_framed(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
-               attributes: Mapping[str, Any] | None, events: Sequence[Event], links: Sequence[Link], status: Status,
-               static: bytes = b"") -> bytes:  # fmt: skip
+def _pb_framed(span: EndedSpan) -> bytes:
     """One `Span` field of a `ScopeSpans` (tag, length, message). The usual span (no trace
     state, events, links or status) is written in one join, in the same field order as
     `_pb_span_of` writes any span."""
+    context, parent, name, kind, start, end, attributes, events, links, status, static = _fields(span)
     if events or links or status is not UNSET or (context.trace_state is not _NO_STATE and context.trace_state):
         body = _pb_span_of(context, parent, name, kind, start, end, attributes, events, links, status, static=static)
     else:
@@ -562,7 +563,7 @@ def _pb_framed(context: SpanContext, parent: SpanContext | None, name: str, kind
         if named is None:
             if len(_NAMED) >= _CACHE_LIMIT:
                 _NAMED.clear()
-            named = _NAMED[name] = {kind: _field(0x2A, name.encode()) + _KINDS[kind] for kind in SpanKind}
+            named = _NAMED[name] = {kind._value_: _field(0x2A, name.encode()) + _KINDS[kind] for kind in SpanKind}
         trace_id = context.trace_id
         if parent is None:
             ids = _IDS(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, context.span_id)
@@ -570,7 +571,7 @@ def _pb_framed(context: SpanContext, parent: SpanContext | None, name: str, kind
         else:
             ids = _IDS_PARENT(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, context.span_id, 0x2208, parent.span_id)
             tail = _UNSET_REMOTE if parent.is_remote else _UNSET_LOCAL
-        body = b"".join((ids, named[kind], _TIMES(0x39, start, 0x41, end), static,
+        body = b"".join((ids, named[kind._value_], _TIMES(0x39, start, 0x41, end), static,
                          _pb_attributes(0x4A, attributes) if attributes else b"", tail))  # fmt: skip
     size = len(body)
     if 0x80 <= size < 0x4000:
@@ -580,20 +581,18 @@ def _pb_framed(context: SpanContext, parent: SpanContext | None, name: str, kind
 
 _JSON_USUAL = (b'{"traceId":"%032x","spanId":"%016x",%b"name":%b,"kind":%d,"startTimeUnixNano":"%d",'
                b'"endTimeUnixNano":"%d","attributes":[%b],"status":{},"flags":%d}')  # fmt: skip
-_JSON_KINDS = {kind: kind.value + 1 for kind in SpanKind}
 _JSON_NAMES: dict[str, bytes] = {}
 
 
-def _json_raw(context: SpanContext, parent: SpanContext | None, name: str, kind: SpanKind, start: int, end: int,
-              attributes: Mapping[str, Any] | None, events: Sequence[Event], links: Sequence[Link], status: Status,
-              static: bytes = b"") -> msgspec.Raw:  # fmt: skip
+def _json_raw(span: EndedSpan) -> msgspec.Raw:
     """One span's OTLP/JSON. The usual span (no trace state, events, links or status) is one
     bytes format; any other goes through `_JsonSpan`."""
+    context, parent, name, kind, start, end, attributes, events, links, status, static = _fields(span)
     if events or links or status is not UNSET or (context.trace_state is not _NO_STATE and context.trace_state) \
             or start < 0 or end < 0:  # fmt: skip
-        span = _json_span_of(context, parent, name, kind, start, end, attributes, events, links, status,
-                             static=[msgspec.Raw(static)] if static else None)  # fmt: skip
-        return msgspec.Raw(_json.encode(span))
+        general = _json_span_of(context, parent, name, kind, start, end, attributes, events, links, status,
+                                static=[msgspec.Raw(static)] if static else None)  # fmt: skip
+        return msgspec.Raw(_json.encode(general))
     named = _JSON_NAMES.get(name)
     if named is None:
         if len(_JSON_NAMES) >= _CACHE_LIMIT:
@@ -605,17 +604,16 @@ def _json_raw(context: SpanContext, parent: SpanContext | None, name: str, kind:
     else:
         listed = static
     if parent is None:
-        return msgspec.Raw(_JSON_USUAL % (context.trace_id, context.span_id, b"", named, _JSON_KINDS[kind], start, end,
+        return msgspec.Raw(_JSON_USUAL % (context.trace_id, context.span_id, b"", named, kind._value_ + 1, start, end,
                                           listed, _HAS_IS_REMOTE))  # fmt: skip
     return msgspec.Raw(_JSON_USUAL % (context.trace_id, context.span_id, b'"parentSpanId":"%016x",' % parent.span_id,
-                                      named, _JSON_KINDS[kind], start, end, listed,
+                                      named, kind._value_ + 1, start, end, listed,
                                       _HAS_IS_REMOTE | _IS_REMOTE if parent.is_remote else _HAS_IS_REMOTE))  # fmt: skip
 
 
-def span_encoder(protocol: str) -> Callable[..., Any]:
-    """The encoding of one span for ``protocol``, as `EncodedSpans.data` holds it, from
-    (context, parent, name, kind, start, end, attributes, events, links, status, static);
-    ``static`` is an `attributes_block` that goes before ``attributes``."""
+def span_encoder(protocol: str) -> Callable[[EndedSpan], Any]:
+    """The encoding of one `EndedSpan` for ``protocol``, as `EncodedSpans.data` holds it; its
+    ``static`` (an `attributes_block`) goes before its own ``attributes``."""
     if protocol == "http/protobuf":
         return _pb_framed
     if protocol == "http/json":
