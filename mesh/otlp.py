@@ -39,7 +39,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+from opentelemetry.trace.span import TraceState
 
 __all__ = ["CONTENT_TYPES", "EncodedSpans", "EndedSpan", "OtlpHttpSpanExporter", "attributes_block", "encode_ended",
            "encode_json", "encode_protobuf", "span_count", "span_encoder"]
@@ -313,7 +313,6 @@ _NAMED: dict[str, dict[int, bytes]] = {}  # ... and with each kind after it, by 
 _IDS_PARENT = struct.Struct(">HQQHQHQ").pack  # trace_id, span_id and parent_span_id
 _UNSET_LOCAL = b"\x7a\x00" + _LOCAL_PARENT  # an unset status, then the flags
 _UNSET_REMOTE = b"\x7a\x00" + _REMOTE_PARENT
-_NO_STATE = DEFAULT_TRACE_STATE  # the state of a span context made without one
 _KINDS = {kind: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}  # the API's INTERNAL=0 is OTLP's 1
 
 
@@ -493,11 +492,17 @@ class EndedSpan(msgspec.Struct, frozen=True, gc=False):
     """What an encoder needs of one of the mesh's ended spans (`mesh.spans`), queued as it is
     for `mesh.batching.SpanBatcher`: the export thread encodes a batch of them in one loop
     (`encode_ended`), where the encoder's code and caches stay warm. Building a
-    `ReadableSpan` and reading it back through its properties would cost more, and the
-    struct holds nothing the cycle collector tracks besides the span's own fields."""
+    `ReadableSpan` and reading it back through its properties would cost more.
 
-    context: SpanContext
-    parent: SpanContext | None
+    Nothing in it is tracked by the cycle collector, ids included: they are ints, not
+    `SpanContext`s (a tuple subclass the collector tracks). With a span context per span
+    waiting for its batch, every young-generation collection of a busy agent had hundreds
+    more objects to scan, and promoted them to be scanned again by the older ones."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int  # 0: a root span
+    parent_remote: bool  # the parent is another process's span
     name: str
     kind: SpanKind
     start: int
@@ -507,6 +512,13 @@ class EndedSpan(msgspec.Struct, frozen=True, gc=False):
     links: Sequence[Link]
     status: Status
     static: Any  # the span's preset attributes, already encoded (`attributes_block`)
+    trace_state: TraceState | None  # the span context's, when it has entries
+
+
+def _contexts(span: EndedSpan) -> tuple[SpanContext, SpanContext | None]:
+    """The span's context and its parent's, rebuilt for the general encoders."""
+    context = SpanContext(span.trace_id, span.span_id, False, None, span.trace_state)
+    return context, SpanContext(span.trace_id, span.parent_id, span.parent_remote) if span.parent_id else None
 
 
 _fields = msgspec.structs.astuple  # an `EndedSpan`'s fields in their order, in one call
@@ -555,22 +567,22 @@ def _pb_framed(span: EndedSpan) -> bytes:
     """One `Span` field of a `ScopeSpans` (tag, length, message). The usual span (no trace
     state, events, links or status) is written in one join, in the same field order as
     `_pb_span_of` writes any span."""
-    context, parent, name, kind, start, end, attributes, events, links, status, static = _fields(span)
-    if events or links or status is not UNSET or (context.trace_state is not _NO_STATE and context.trace_state):
-        body = _pb_span_of(context, parent, name, kind, start, end, attributes, events, links, status, static=static)
+    trace_id, span_id, parent_id, remote, name, kind, start, end, attributes, events, links, status, static, state = (
+        _fields(span))  # fmt: skip
+    if events or links or status is not UNSET or state is not None:
+        body = _pb_span_of(*_contexts(span), name, kind, start, end, attributes, events, links, status, static=static)
     else:
         named = _NAMED.get(name)
         if named is None:
             if len(_NAMED) >= _CACHE_LIMIT:
                 _NAMED.clear()
             named = _NAMED[name] = {kind._value_: _field(0x2A, name.encode()) + _KINDS[kind] for kind in SpanKind}
-        trace_id = context.trace_id
-        if parent is None:
-            ids = _IDS(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, context.span_id)
+        if not parent_id:
+            ids = _IDS(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, span_id)
             tail = _UNSET_LOCAL
         else:
-            ids = _IDS_PARENT(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, context.span_id, 0x2208, parent.span_id)
-            tail = _UNSET_REMOTE if parent.is_remote else _UNSET_LOCAL
+            ids = _IDS_PARENT(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, span_id, 0x2208, parent_id)
+            tail = _UNSET_REMOTE if remote else _UNSET_LOCAL
         body = b"".join((ids, named[kind._value_], _TIMES(0x39, start, 0x41, end), static,
                          _pb_attributes(0x4A, attributes) if attributes else b"", tail))  # fmt: skip
     size = len(body)
@@ -587,10 +599,10 @@ _JSON_NAMES: dict[str, bytes] = {}
 def _json_raw(span: EndedSpan) -> msgspec.Raw:
     """One span's OTLP/JSON. The usual span (no trace state, events, links or status) is one
     bytes format; any other goes through `_JsonSpan`."""
-    context, parent, name, kind, start, end, attributes, events, links, status, static = _fields(span)
-    if events or links or status is not UNSET or (context.trace_state is not _NO_STATE and context.trace_state) \
-            or start < 0 or end < 0:  # fmt: skip
-        general = _json_span_of(context, parent, name, kind, start, end, attributes, events, links, status,
+    trace_id, span_id, parent_id, remote, name, kind, start, end, attributes, events, links, status, static, state = (
+        _fields(span))  # fmt: skip
+    if events or links or status is not UNSET or state is not None or start < 0 or end < 0:
+        general = _json_span_of(*_contexts(span), name, kind, start, end, attributes, events, links, status,
                                 static=[msgspec.Raw(static)] if static else None)  # fmt: skip
         return msgspec.Raw(_json.encode(general))
     named = _JSON_NAMES.get(name)
@@ -603,12 +615,12 @@ def _json_raw(span: EndedSpan) -> msgspec.Raw:
         listed = static + b"," + own if static and own else static or own
     else:
         listed = static
-    if parent is None:
-        return msgspec.Raw(_JSON_USUAL % (context.trace_id, context.span_id, b"", named, kind._value_ + 1, start, end,
-                                          listed, _HAS_IS_REMOTE))  # fmt: skip
-    return msgspec.Raw(_JSON_USUAL % (context.trace_id, context.span_id, b'"parentSpanId":"%016x",' % parent.span_id,
-                                      named, kind._value_ + 1, start, end, listed,
-                                      _HAS_IS_REMOTE | _IS_REMOTE if parent.is_remote else _HAS_IS_REMOTE))  # fmt: skip
+    if not parent_id:
+        return msgspec.Raw(_JSON_USUAL % (trace_id, span_id, b"", named, kind._value_ + 1, start, end, listed,
+                                          _HAS_IS_REMOTE))  # fmt: skip
+    return msgspec.Raw(_JSON_USUAL % (trace_id, span_id, b'"parentSpanId":"%016x",' % parent_id, named,
+                                      kind._value_ + 1, start, end, listed,
+                                      _HAS_IS_REMOTE | _IS_REMOTE if remote else _HAS_IS_REMOTE))  # fmt: skip
 
 
 def span_encoder(protocol: str) -> Callable[[EndedSpan], Any]:

@@ -256,8 +256,11 @@ class MeshTracer:
         if protocol is None or emit is None:
             self.processor.on_end(span.readable(self.resource, self.scope))
             return
-        context = span._context
+        context, parent = span._context, span._parent
         if context.trace_flags is not _SAMPLED and not context.trace_flags.sampled:
             return  # recorded, not sampled: not exported
-        emit(EndedSpan(context, span._parent, span._name, span._kind, span._start, span._end or span._start,
-                       span._attributes, span._events, span._links, span._status, span._preset.block(protocol)))  # fmt: skip
+        state = context.trace_state
+        emit(EndedSpan(context.trace_id, context.span_id, 0 if parent is None else parent.span_id,
+                       parent is not None and parent.is_remote, span._name, span._kind, span._start,
+                       span._end or span._start, span._attributes, span._events, span._links, span._status,
+                       span._preset.block(protocol), None if state is DEFAULT_TRACE_STATE or not state else state))  # fmt: skip
