@@ -214,7 +214,8 @@ class _Scope(AbstractContextManager[T]):
     (`error.type`, an ERROR status), the previous context comes back and the span ends.
     Made of plain calls rather than nested generator context managers (each generator layer
     cost as much as the span itself). A mesh span made current by `MeshTracer.start_current`
-    does the same itself; `send_span`, SDK spans and pass-through contexts use this."""
+    does the same itself; `send_span` (with ``enter=False``: its span is never current), SDK
+    spans and pass-through contexts use this."""
 
     __slots__ = ("end", "span", "token", "value")
 
