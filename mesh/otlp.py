@@ -210,31 +210,34 @@ _pb_cached = {tag: _PairCache(_pb_repeated_pair(tag)) for tag in (0x0A, 0x1A, 0x
 
 def _pb_attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
     """The attributes as repeated `KeyValue` fields numbered as ``tag`` says."""
-    if not attributes:
-        return b""
-    encode = _pb_cached[tag]
-    strings = encode.strings
+    return b"".join(_encoded_pairs(_pb_cached[tag], attributes)) if attributes else b""
+
+
+def _encoded_pairs(cache: _PairCache, attributes: Mapping[str, Any]) -> list[Any]:
+    """Each attribute pair encoded through ``cache``, whose hit path is inline here (most
+    pairs are hits); a value that cannot be encoded is logged and left out."""
+    strings = cache.strings
     out = []
     try:
-        for key, value in attributes.items():  # the cache's hit path inline: most pairs are hits
+        for key, value in attributes.items():
             if value.__class__ is str and (known := strings.get(key)) is not None:
                 if found := known.get(value):
                     out.append(found)
                     continue
                 if known is _UNIQUE:  # an id: encoded each time, without the cache's bookkeeping
-                    out.append(encode.encode(key, value))
+                    out.append(cache.encode(key, value))
                     continue
-            out.append(encode(key, value))
-        return b"".join(out)
+            out.append(cache(key, value))
+        return out
     except TypeError:
         pass
     out = []
     for key, value in attributes.items():
         try:
-            out.append(encode(key, value))
+            out.append(cache(key, value))
         except TypeError as error:
             _log.warning("span attribute %r dropped: %s", key, error)
-    return b"".join(out)
+    return out
 
 
 _SpanParts = tuple[SpanContext, SpanContext | None, str, SpanKind, int, int, Mapping[str, Any], Sequence[Event],
@@ -368,20 +371,24 @@ def _json_value(value: Any) -> dict[str, Any]:
 
 
 def _json_pair(key: str, value: Any) -> msgspec.Raw:
+    if value.__class__ is str:  # most values, ids among them: the key's part kept, the value encoded alone
+        head = _JSON_KEYS.get(key)
+        if head is None:
+            if len(_JSON_KEYS) >= _CACHE_LIMIT:
+                _JSON_KEYS.clear()
+            head = _JSON_KEYS[key] = b'{"key":%b,"value":{"stringValue":' % _json.encode(key)
+        return msgspec.Raw(head + _json.encode(value) + b"}}")
     return msgspec.Raw(_json.encode({"key": key, "value": _json_value(value)}))
+
+
+_JSON_KEYS: dict[str, bytes] = {}  # `_json_pair`'s start of a string attribute, by key
 
 
 _json_cached = _PairCache(_json_pair)
 
 
 def _json_attributes(attributes: Mapping[str, Any] | None) -> list[msgspec.Raw]:
-    out = []
-    for key, value in (attributes or {}).items():
-        try:
-            out.append(_json_cached(key, value))
-        except TypeError as error:
-            _log.warning("span attribute %r dropped: %s", key, error)
-    return out
+    return _encoded_pairs(_json_cached, attributes) if attributes else []
 
 
 class _JsonStatus(msgspec.Struct, omit_defaults=True):
