@@ -204,7 +204,7 @@ class TestPropagationFastPath:
 
         span = trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(int(sampled)),
                                                   TraceState.from_header([state]) if state else None))  # fmt: skip
-        other = trace.NonRecordingSpan(SpanContext(7, 7, False, TraceFlags(1)))  # current: the span is not
+        other = trace.NonRecordingSpan(SpanContext(7, 7, False, TraceFlags(1)))  # current, unlike ``span``
         current = trace.set_span_in_context(other, baggage.set_baggage("k", "v") if with_baggage else None)
         token = context.attach(current)
         try:
