@@ -279,4 +279,9 @@ class OutcomeWatch:
         return self._future
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._sub.unsubscribe()
+        # The subscription's callback holds this watch; letting go of the subscription leaves no
+        # cycle, so the watch, its future and the outcome are freed without the cycle collector
+        # (with the cycle, each request left it 15 objects: a busy requester spent about 15% of its
+        # CPU, some 28 µs a request, collecting them).
+        sub, self._sub = self._sub, None
+        await sub.unsubscribe()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections import Counter
@@ -28,6 +29,23 @@ class TestEcho:
         done = await log.wait_for(lambda r: r.event.type == "mesh.task.completed")
         assert log.of_type("mesh.task.claimed") == []  # an instant task needs no claim: the completion names the agent
         assert done[0].data.attempt == 1  # type: ignore[attr-defined]
+
+    async def test_requests_leave_no_cycles_behind(self, mesh: Mesh, agents: AgentProcesses) -> None:
+        """A request's watch, future and outcome are freed by reference counting: nothing of
+        them is left for the cycle collector (a busy requester spent about 15% of its CPU there)."""
+        await agents.start("agents.echo:agent")
+        assert await mesh.request("echo", {"n": -1}, timeout=20) == {"n": -1}
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds unreachable is kept in gc.garbage
+        try:
+            outputs = await asyncio.gather(*(mesh.request("echo", {"n": n}, timeout=20) for n in range(20)))
+            gc.collect()
+            left = Counter(type(found).__name__ for found in gc.garbage if type(found).__module__.startswith("mesh"))
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert outputs == [{"n": n} for n in range(20)]
+        assert left == Counter()
 
     async def test_task_before_agent(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """Tasks published before any agent serves the capability are still handled (backlog is work)."""
