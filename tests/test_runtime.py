@@ -32,7 +32,7 @@ class TestEcho:
 
     async def test_requests_leave_no_cycles_behind(self, mesh: Mesh, agents: AgentProcesses) -> None:
         """A request's watch, future and outcome are freed by reference counting: nothing of
-        them is left for the cycle collector (a busy requester spent about 15% of its CPU there)."""
+        them is left for the cycle collector (a busy requester spent about a tenth of its CPU there)."""
         await agents.start("agents.echo:agent")
         assert await mesh.request("echo", {"n": -1}, timeout=20) == {"n": -1}
         gc.collect()
