@@ -127,7 +127,6 @@ class Telemetry:
     tracer_provider: TracerProvider | None
     meter_provider: MeterProvider | None
     span_processor: SpanProcessor | None = None
-    span_exporter: SpanExporter | None = None
 
     @classmethod
     def from_env(cls, service_name: str, *, role: str | None = None, agent_id: str | None = None) -> Telemetry | None:
@@ -138,7 +137,8 @@ class Telemetry:
         tracing = _tracer_provider(resource)
         if tracing is None:
             return cls(None, _meter_provider(resource))
-        return cls(tracing[0], _meter_provider(resource), *tracing[1:])
+        provider, processor = tracing
+        return cls(provider, _meter_provider(resource), processor)
 
     def install(self) -> None:
         """Make these the global providers, which the API's proxies in `mesh.telemetry` then use."""
@@ -176,7 +176,7 @@ def configure_from_env(service_name: str, *, role: str | None = None, agent_id: 
     return _installed
 
 
-def _tracer_provider(resource: Resource) -> tuple[TracerProvider, SpanProcessor, SpanExporter] | None:
+def _tracer_provider(resource: Resource) -> tuple[TracerProvider, SpanProcessor] | None:
     exporter = exporter_for("traces")
     if exporter == "none":
         return None
@@ -192,7 +192,7 @@ def _tracer_provider(resource: Resource) -> tuple[TracerProvider, SpanProcessor,
     processor: SpanProcessor  # either way OTEL_BSP_* apply
     processor = SpanBatcher(chosen) if isinstance(chosen, OtlpHttpSpanExporter) else BatchSpanProcessor(chosen)
     provider.add_span_processor(processor)
-    return provider, processor, chosen
+    return provider, processor
 
 
 def span_exporter(exporter: str) -> SpanExporter:
