@@ -269,12 +269,7 @@ def _pb_span_of(context: SpanContext, parent: SpanContext | None, name: str, kin
         parts.append(_field(0x1A, _trace_state(context).encode()))
     if parent is not None:
         parts.append(_PARENT(0x2208, parent.span_id))
-    named = _NAMES.get(name)
-    if named is None:
-        if len(_NAMES) >= _CACHE_LIMIT:
-            _NAMES.clear()
-        named = _NAMES[name] = _field(0x2A, name.encode())
-    parts += (named, _KINDS[kind], _TIMES(0x39, start, 0x41, end), static, _pb_attributes(0x4A, attributes))
+    parts += (_name_and_kind(name, kind), _TIMES(0x39, start, 0x41, end), static, _pb_attributes(0x4A, attributes))
     dropped_attributes, dropped_events, dropped_links = dropped
     if dropped_attributes:
         parts += (b"\x50", _varint(dropped_attributes))
@@ -311,8 +306,18 @@ _PARENT = struct.Struct(">HQ").pack  # parent_span_id (field 4, 8 bytes)
 _TIMES = struct.Struct("<BQBQ").pack  # start and end times (fields 7 and 8, fixed64)
 _LOCAL_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE)  # flags (field 16, fixed32)
 _REMOTE_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
-_NAMES: dict[str, bytes] = {}  # span names are templates, few of them: their encoded field
-_NAMED: dict[str, dict[int, bytes]] = {}  # ... and with each kind after it, by its value (an enum's hash is a Python call)
+_NAMED: dict[str, dict[int, bytes]] = {}  # span names are templates, few: their field, then each kind's
+
+
+def _name_and_kind(name: str, kind: SpanKind) -> bytes:
+    """A span's name and kind fields (5 and 6), kept per name; a kind is looked up by value
+    (an enum's hash is a Python call)."""
+    named = _NAMED.get(name)
+    if named is None:
+        if len(_NAMED) >= _CACHE_LIMIT:
+            _NAMED.clear()
+        named = _NAMED[name] = {kind._value_: _field(0x2A, name.encode()) + _KINDS[kind] for kind in SpanKind}
+    return named[kind._value_]
 _IDS_PARENT = struct.Struct(">HQQHQHQ").pack  # trace_id, span_id and parent_span_id
 _UNSET_LOCAL = b"\x7a\x00" + _LOCAL_PARENT  # an unset status, then the flags
 _UNSET_REMOTE = b"\x7a\x00" + _REMOTE_PARENT
@@ -579,18 +584,13 @@ def _pb_framed(span: EndedSpan) -> bytes:
     if events or links or status is not UNSET or state is not None:
         body = _pb_span_of(*_contexts(span), name, kind, start, end, attributes, events, links, status, static=static)
     else:
-        named = _NAMED.get(name)
-        if named is None:
-            if len(_NAMED) >= _CACHE_LIMIT:
-                _NAMED.clear()
-            named = _NAMED[name] = {kind._value_: _field(0x2A, name.encode()) + _KINDS[kind] for kind in SpanKind}
         if not parent_id:
             ids = _IDS(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, span_id)
             tail = _UNSET_LOCAL
         else:
             ids = _IDS_PARENT(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, span_id, 0x2208, parent_id)
             tail = _UNSET_REMOTE if remote else _UNSET_LOCAL
-        body = b"".join((ids, named[kind._value_], _TIMES(0x39, start, 0x41, end), static,
+        body = b"".join((ids, _name_and_kind(name, kind), _TIMES(0x39, start, 0x41, end), static,
                          _pb_attributes(0x4A, attributes) if attributes else b"", tail))  # fmt: skip
     size = len(body)
     if 0x80 <= size < 0x4000:
