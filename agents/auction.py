@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from mesh import Agent, Context
-from mesh.follow import Follow, last_seq
+from mesh.bus.follow import Follow, last_seq
 from topics import subjects
 from topics.bids import BidAwarded, BidCalled, BidPlaced
 from topics.record import Record

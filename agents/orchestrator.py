@@ -1,5 +1,5 @@
 """`workflow`: the orchestrator. Each task drives one workflow (started by `mesh flow run`
-or `Workflows.start`) to its end and returns the workflow's output; see `mesh.orchestrator`.
+or `Workflows.start`) to its end and returns the workflow's output; see `mesh.coordination.orchestrator`.
 
 Run one or more: `mesh agent run agents.orchestrator:agent`. Killed mid-workflow, its task
 is redelivered after the ack wait and the next orchestrator resumes from the log.
@@ -10,10 +10,10 @@ from typing import Any
 import msgspec
 
 from mesh import Agent, Context, TaskError
-from mesh.client import Mesh
-from mesh.orchestrator import Driver
-from mesh.runner import is_retryable
-from mesh.workflow import WORKFLOW_CAPABILITY, parse
+from mesh.bus.client import Mesh
+from mesh.coordination.orchestrator import Driver
+from mesh.coordination.workflow import WORKFLOW_CAPABILITY, parse
+from mesh.runtime.runner import is_retryable
 from topics.base import ErrorInfo
 from topics.flows import FlowFailed, FlowStarted
 

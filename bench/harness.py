@@ -20,7 +20,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from mesh.server import LocalServer, start_server
+from mesh.bus.server import LocalServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

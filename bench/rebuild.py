@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bench.harness import Bench, Row, print_table
-from mesh.client import MSG_ID, Mesh
+from mesh.bus.client import MSG_ID, Mesh
 from replay import export_log, read_file, read_log, rebuild_all, rebuild_file
 from topics import subjects
 from topics.envelope import CloudEvent, encode_envelope, new_event_id, now_rfc3339

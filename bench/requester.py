@@ -11,15 +11,15 @@ import json
 import sys
 import time
 
-from mesh.client import Mesh
-from mesh.otel import configure_from_env
-from mesh.process import settle_heap
+from mesh.bus.client import Mesh
+from mesh.runtime.process import settle_heap
+from mesh.telemetry.setup import configure_from_env
 
 
 async def run(capability: str, n: int, in_flight: int, url: str) -> tuple[float, float]:
     telemetry = configure_from_env("bench-requester")
     mesh = await Mesh.connect(url)
-    settle_heap()  # as a long-running client application would (see mesh.process.settle_heap)
+    settle_heap()  # as a long-running client application would (see mesh.runtime.process.settle_heap)
     gate = asyncio.Semaphore(in_flight)
 
     async def one(i: int) -> None:

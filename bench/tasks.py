@@ -27,7 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,20 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from bench import raw_worker
-from bench.harness import ROOT, Bench, CpuUse, Row, cpu_detail, median, paired_ratios, percentile, print_table, stop_on_sigterm
-from mesh.client import Mesh
-from mesh.server import server_binary
+from bench.harness import (
+    ROOT,
+    Bench,
+    CpuUse,
+    Row,
+    cpu_detail,
+    median,
+    paired_ratios,
+    percentile,
+    print_table,
+    stop_on_sigterm,
+)
+from mesh.bus.client import Mesh
+from mesh.bus.server import server_binary
 from topics import subjects
 
 BASELINE = """\

@@ -7,7 +7,7 @@ Both sides are the same work in separate processes: a requester (`bench.requeste
 process has the SDK from the standard variables, `OTEL_TRACES_SAMPLER=always_on`, the batch
 span processor, OTLP/HTTP to a local receiver process (`bench.otlp_sink`) that decodes and
 counts every span, over `http/protobuf` (the spec's default) and over `http/json`, both
-through `mesh.otlp` with the mesh's own spans (`mesh.spans`); `--sdk` measures the SDK's
+through `mesh.telemetry.otlp` with the mesh's own spans (`mesh.telemetry.meshspans`); `--sdk` measures the SDK's
 spans and protobuf exporter instead (`MESH_SPANS=sdk`). Tracing off: no `OTEL_*` at all.
 Runs alternate which side goes first. The ratio is the median of the runs' on/off ratios
 (each run's two sides go back to back, so the machine's drift between runs cancels out);
@@ -26,7 +26,7 @@ import sys
 import time
 
 from bench.harness import ROOT, Bench, CpuUse, Row, cpu_detail, median, paired_ratios, print_table, stop_on_sigterm
-from mesh.client import Mesh
+from mesh.bus.client import Mesh
 from topics import subjects
 
 TARGET = 0.7

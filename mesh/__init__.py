@@ -1,11 +1,11 @@
 """agentmesh: LLM agents as independent processes on NATS JetStream, every message a
 durable CloudEvent in one log."""
 
-from mesh.agent import Agent, Handler
-from mesh.board import Board
-from mesh.client import Mesh, Published
-from mesh.config import MeshSettings
-from mesh.context import Context
+from mesh.bus.client import Mesh, Published
+from mesh.bus.settings import MeshSettings
+from mesh.coordination.board import Board
+from mesh.coordination.votes import Proposal, Proposals
+from mesh.coordination.workflow import Flow, Workflows
 from mesh.errors import (
     ConfigError,
     ConflictError,
@@ -19,12 +19,12 @@ from mesh.errors import (
     TaskTimeoutError,
     ToolNotGrantedError,
 )
-from mesh.live import LiveProjection
-from mesh.llm import LlmClient, LlmSession
-from mesh.runner import AgentRunner, RunnerOptions
-from mesh.tools import tool
-from mesh.votes import Proposal, Proposals
-from mesh.workflow import Flow, Workflows
+from mesh.llm.client import LlmClient, LlmSession
+from mesh.llm.tools import tool
+from mesh.projections.live import LiveProjection
+from mesh.runtime.agent import Agent, Handler
+from mesh.runtime.context import Context
+from mesh.runtime.runner import AgentRunner, RunnerOptions
 
 __version__ = "0.1.0"
 

@@ -6,8 +6,8 @@ fork a workflow to continue it live. Nothing here calls a model; only `fork` and
 from replay.causal import belongs, causal_slice, children_of, derivation_label
 from replay.context import Effect, RecordBook, RecordedMesh, ReplayContext, ReplayIsolationError, ReplayLlmSession
 from replay.export import ExportResult, ImportResult, export_log, import_log
-from replay.fork import ForkResult, fork, fork_log, plan_fork
 from replay.files import iter_file, read_file
+from replay.fork import ForkResult, fork, fork_log, plan_fork
 from replay.reader import (
     LogReader,
     LogSlice,

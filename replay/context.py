@@ -1,6 +1,6 @@
 """`ReplayContext`: a handler's Context over the recorded log, for `rerun`.
 
-It is a `mesh.context.Context` whose `mesh` is a `RecordedMesh` and whose `llm` is a
+It is a `mesh.runtime.context.Context` whose `mesh` is a `RecordedMesh` and whose `llm` is a
 `ReplayLlmSession`, so a handler sees exactly the API it sees live and the derived-id rules
 are the runtime's own code. Nothing here touches the network: publishing is recorded as an
 `Effect`, a sub-task's outcome and a model's response come from the log, and any other use
@@ -17,11 +17,11 @@ import msgspec
 from openai.types.chat import ChatCompletion
 from opentelemetry.trace import INVALID_SPAN
 
-from mesh.client import Mesh, Published, outcome_value
-from mesh.context import Context
+from mesh.bus.client import Mesh, Published, outcome_value
 from mesh.errors import MeshError, TaskTimeoutError
-from mesh.llm import DEFAULT_MODEL, LlmClient, LlmSession
-from mesh.tools import ToolBox
+from mesh.llm.client import DEFAULT_MODEL, LlmClient, LlmSession
+from mesh.llm.tools import ToolBox
+from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
 from topics import subjects
 from topics.base import Event

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import msgspec
 
-from mesh.client import MSG_ID, Mesh, decode_record
-from mesh.connection import ensure_stream
+from mesh.bus.client import MSG_ID, Mesh, decode_record
+from mesh.bus.connection import ensure_stream
 from mesh.errors import MeshError
 from replay.causal import causal_slice
 from replay.reader import DECODE_ERRORS, LogReader, Position, RawMessage

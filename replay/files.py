@@ -13,7 +13,7 @@ from typing import Any, Union
 
 import msgspec
 
-from mesh.client import decode_record
+from mesh.bus.client import decode_record
 from mesh.projections.base import instant
 from replay.reader import (
     DECODE_ERRORS,

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from mesh.client import Mesh
+from mesh.bus.client import Mesh
 from mesh.errors import MeshError
 from replay.causal import belongs, causal_slice, children_of, derivation_label
 from replay.export import Outgoing, publish_in_order

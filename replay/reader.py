@@ -25,8 +25,8 @@ from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from mesh.client import Mesh
-from mesh.consumer import parse_ack_subject
+from mesh.bus.client import Mesh
+from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import LogGapError, MeshError
 from mesh.projections.base import instant
 from topics import subjects
@@ -147,7 +147,7 @@ def decode_event_data(event_type: str, raw: msgspec.Raw) -> Event:
 
 
 def decode_stored(subject: str, payload: bytes, seq: int) -> Record:
-    """`mesh.client.decode_record` for bulk reads (same result, same errors, a little faster)."""
+    """`mesh.bus.client.decode_record` for bulk reads (same result, same errors, a little faster)."""
     event = decode_envelope(payload)
     return Record(seq=seq, subject=subject, event=event, data=decode_event_data(event.type, event.data))
 

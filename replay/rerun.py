@@ -2,7 +2,7 @@
 first place where the code now does something else (Temporal's replayer, for agents).
 
 For every recorded `mesh.task.requested` of the agent's capabilities in a correlation, the
-handler runs with a `ReplayContext`: the same API as `mesh.context.Context` (it *is* one),
+handler runs with a `ReplayContext`: the same API as `mesh.runtime.context.Context` (it *is* one),
 over a `RecordedMesh` that answers from the log instead of the network. Model and tool calls
 get their recorded responses and results by call index and never reach a model or run a
 tool; `ctx.request` gets the recorded outcome of the sub-task with the same derived id.
@@ -31,11 +31,11 @@ from typing import Any, cast
 
 import msgspec
 
-from mesh.agent import Agent
-from mesh.client import Mesh
+from mesh.bus.client import Mesh
 from mesh.errors import MeshError
-from mesh.process import load_agent
-from mesh.telemetry import replaying
+from mesh.runtime.agent import Agent
+from mesh.runtime.process import load_agent
+from mesh.telemetry.tracing import replaying
 from replay.causal import causal_slice
 from replay.context import Effect, RecordBook, ReplayContext, ReplayStop, effect_of
 from topics import subjects
@@ -86,7 +86,7 @@ async def rerun(target: str | Agent, records: Sequence[Record], correlation: str
             f"({len(chosen)} events in its slice): is it the right agent and id?"
         )
     first: Divergence | None = None
-    with replaying():  # the handlers' span helpers make no live spans (see mesh.telemetry)
+    with replaying():  # the handlers' span helpers make no live spans (see mesh.telemetry.tracing)
         for request in requests:
             found = await _rerun_task(agent, request, book)
             first = first or found

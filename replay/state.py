@@ -1,12 +1,5 @@
 """Any projection at any point of the log (time travel), rebuilt from JetStream or a file,
-and snapshots that let a rebuild start near the end.
-
-Snapshots live in the KV bucket `mesh-snapshots`, one key per projection name, holding
-`Projection.encode_state` output: the state, which carries its own `seq`, tagged with the
-projection's name and version. A rebuild reads on from `seq + 1`. A snapshot of another
-version of the fold is ignored (`load_snapshot`), so changing a fold and bumping its
-`version` is all it takes to invalidate old snapshots. A snapshot larger than the server's
-max payload goes to the object store bucket of the same name; the KV key then holds a pointer.
+starting from the projection's snapshot (`mesh.projections.snapshots`) when one is usable.
 """
 
 from __future__ import annotations
@@ -18,16 +11,12 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import msgspec
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
-from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 
-from mesh.client import Mesh
-from mesh.connection import stream_replicas
+from mesh.bus.client import Mesh
 from mesh.errors import ConfigError
-from mesh.projections import REGISTRY, Projection, ProjectionState, fold, instant, load_snapshot, until
+from mesh.projections import REGISTRY, Projection, ProjectionState, fold, instant, until
 from mesh.projections.base import Handler, HandlerProjection, Router
+from mesh.projections.snapshots import SNAPSHOT_BUCKET, SnapshotStore
 from replay.files import TypedLines, block_events, line_blocks, read_file, typed_lines
 from replay.reader import (
     DECODE_ERRORS,
@@ -53,7 +42,6 @@ __all__ = [
     "state_from_records",
 ]
 
-SNAPSHOT_BUCKET = "mesh-snapshots"
 _BLOCK = 1 << 16  # bytes of lines a file rebuild decodes at once: what they decode to stays in cache while folded
 S = TypeVar("S", bound=ProjectionState)
 
@@ -70,83 +58,12 @@ class Rebuilt(Generic[S]):
     undecodable: int = 0  # stored messages that are not events (kept in the log, skipped here)
 
 
-class _Pointer(msgspec.Struct, frozen=True):
-    object: str
-    size: int
-    seq: int = 0
-
-
-_pointer = msgspec.json.Decoder(_Pointer)
-_pointer_encoder = msgspec.json.Encoder()
-
-
 def projection_named(name: str) -> Projection[Any]:
     """The ready projection called ``name``; ConfigError lists the others."""
     try:
         return REGISTRY[name]
     except KeyError:
         raise ConfigError(f"no projection {name!r}; there are: {', '.join(sorted(REGISTRY))}") from None
-
-
-class SnapshotStore:
-    """Snapshots of projection states in the `mesh-snapshots` KV bucket."""
-
-    def __init__(self, mesh: Mesh, bucket: str = SNAPSHOT_BUCKET) -> None:
-        self.mesh = mesh
-        self.bucket = bucket
-
-    async def _kv(self, *, create: bool) -> KeyValue | None:
-        try:
-            return await self.mesh.js.key_value(self.bucket)
-        except (BucketNotFoundError, NotFoundError):
-            if not create:
-                return None
-        config = KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=stream_replicas(),
-                                description="agentmesh projection snapshots")  # fmt: skip
-        return await self.mesh.js.create_key_value(config)
-
-    async def _objects(self, *, create: bool) -> ObjectStore:
-        try:
-            return await self.mesh.js.object_store(self.bucket)
-        except (BucketNotFoundError, NotFoundError):
-            if not create:
-                raise
-        config = ObjectStoreConfig(bucket=self.bucket, storage=StorageType.FILE, replicas=stream_replicas())
-        return await self.mesh.js.create_object_store(self.bucket, config)
-
-    async def load_bytes(self, name: str) -> bytes | None:
-        """The stored snapshot of projection ``name``, or None."""
-        kv = await self._kv(create=False)
-        if kv is None:
-            return None
-        try:
-            entry = await kv.get(name)
-        except KeyNotFoundError:
-            return None
-        data = entry.value or b""
-        if data.startswith(b'{"object"'):
-            pointer = _pointer.decode(data)
-            try:
-                return (await (await self._objects(create=False)).get(pointer.object)).data
-            except (BucketNotFoundError, NotFoundError):
-                return None
-        return data
-
-    async def load(self, projection: Projection[S]) -> S | None:
-        """The snapshot of ``projection``, or None if there is none or it is of another version."""
-        return load_snapshot(projection, await self.load_bytes(projection.name))
-
-    async def save(self, projection: Projection[S], state: S) -> int:
-        """Store ``state`` as the snapshot of ``projection``; return its size in bytes."""
-        data = projection.encode_state(state)
-        kv = await self._kv(create=True)
-        assert kv is not None
-        if len(data) > self.mesh.nc.max_payload - 1024:
-            await (await self._objects(create=True)).put(projection.name, data)
-            await kv.put(projection.name, _pointer_encoder.encode(_Pointer(projection.name, len(data), state.seq)))
-        else:
-            await kv.put(projection.name, data)
-        return len(data)
 
 
 async def rebuild(

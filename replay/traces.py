@@ -37,7 +37,7 @@ import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -46,8 +46,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceSt
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from mesh.errors import MeshError
-from mesh.offline import OFFLINE_PROVIDER
-from mesh.telemetry import _messaging, subject_template
+from mesh.llm.offline import OFFLINE_PROVIDER
+from mesh.telemetry.tracing import _messaging, subject_template
 from replay.causal import causal_slice, children_of
 from topics.agents import AgentStarted, AgentStopped
 from topics.calls import LlmCalled, ToolCalled
@@ -417,7 +417,7 @@ def _version() -> str:
 def readable_spans(spans: Sequence[ReplayedSpan], resource: Resource | None = None) -> list[ReadableSpan]:
     """SDK `ReadableSpan`s for ``spans``, built directly (no tracer, no current context).
 
-    The root span gets ``resource`` (by default `mesh.otel.resource_for("mesh-replay")`: the
+    The root span gets ``resource`` (by default `mesh.telemetry.setup.resource_for("mesh-replay")`: the
     process that replays); every other span a resource naming the agent that did the work
     (`service.name` its role, `service.instance.id` and `mesh.agent.id` its id), all with
     `mesh.replayed=true`."""
@@ -426,7 +426,7 @@ def readable_spans(spans: Sequence[ReplayedSpan], resource: Resource | None = No
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import Status, StatusCode
 
-    from mesh.otel import resource_for
+    from mesh.telemetry.setup import resource_for
 
     base = resource if resource is not None else resource_for("mesh-replay")
     replayer = str(base.attributes.get("service.name", "mesh-replay"))

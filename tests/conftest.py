@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mesh.client import Mesh
-from mesh.server import LocalServer, start_server
+from mesh.bus.client import Mesh
+from mesh.bus.server import LocalServer, start_server
 from tests.helpers import EventLog
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from mesh import Agent, Context, RetryableError, ToolNotGrantedError
-from mesh.tools import tool
+from mesh.llm.tools import tool
 
 slow = Agent("slow")
 

@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh.client import Mesh, decode_record
-from mesh.consumer import parse_ack_subject
+from mesh.bus.client import Mesh, decode_record
+from mesh.bus.consumer import parse_ack_subject
 from topics.record import Record
 
 __all__ = ["EventLog", "eventually"]

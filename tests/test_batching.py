@@ -1,4 +1,4 @@
-"""`mesh.batching.SpanBatcher` batches as the SDK's batch span processor does: a full batch
+"""`mesh.telemetry.batching.SpanBatcher` batches as the SDK's batch span processor does: a full batch
 goes at once, a partial one after the schedule delay, a full queue drops and says so, flush
 and shutdown export what waits, and a forked child exports its own spans."""
 
@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from mesh.batching import SpanBatcher
-from mesh.otlp import EncodedSpans, OtlpHttpSpanExporter, span_count
+from mesh.telemetry.batching import SpanBatcher
+from mesh.telemetry.otlp import EncodedSpans, OtlpHttpSpanExporter, span_count
 
 SAMPLED = SpanContext(1, 2, False, TraceFlags(TraceFlags.SAMPLED))
 
@@ -99,7 +99,7 @@ def test_a_full_queue_drops_new_spans_and_says_so(exporter: Exporter, caplog: py
     for n in (3, 4, 5):
         batcher.emit(b"%d" % n)
     exporter.gate.set()
-    with caplog.at_level(logging.WARNING, logger="mesh.batching"):
+    with caplog.at_level(logging.WARNING, logger="mesh.telemetry.batching"):
         assert batcher.force_flush()
     assert [span for batch in exporter.batches for group in batch for span in group.data] == [b"1", b"2", b"3", b"4"]
     assert "1 spans dropped" in caplog.text

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from mesh import ConflictError, Mesh
-from mesh.board import Board, VersionConflict
-from mesh.origin import Origin
+from mesh.coordination.board import Board, VersionConflict
+from mesh.coordination.origin import Origin
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 from topics.board import BoardWritten

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mesh.server import LocalServer
+from mesh.bus.server import LocalServer
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-
-from mesh.client import Mesh, outcome_value
-from mesh.recorded import stored_on
-from mesh.server import LocalServer, start_server
+from mesh.bus.client import Mesh, outcome_value
+from mesh.bus.server import LocalServer, start_server
+from mesh.llm.recorded import stored_on
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects

@@ -14,10 +14,10 @@ import click
 import pytest
 import yaml
 
-from mesh.cli import main
-from mesh.config import server_urls
-from mesh.process import load_agent
-from mesh.server import server_binary
+from mesh.bus.server import server_binary
+from mesh.bus.settings import server_urls
+from mesh.cli.main import main
+from mesh.runtime.process import load_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES = ("n1", "n2", "n3")

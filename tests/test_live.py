@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mesh import Mesh
-from mesh.live import LiveProjection
 from mesh.projections import REGISTRY, fold
+from mesh.projections.live import LiveProjection
 from replay import read_log, rebuild
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog

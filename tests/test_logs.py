@@ -13,10 +13,10 @@ import pytest
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
 
-from mesh.client import Mesh
+from mesh.bus.client import Mesh
 from mesh.errors import TaskFailedError
-from mesh.logs import configure_logging
-from mesh.redact import REDACTED, remember_secrets_from_env, scrub
+from mesh.telemetry.logs import configure_logging
+from mesh.telemetry.redact import REDACTED, remember_secrets_from_env, scrub
 from tests.conftest import AgentProcesses
 from tests.otlp import OtlpReceiver
 

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 from mesh.errors import ConfigError
-from mesh.otel import Telemetry, exporter_for, metric_exporter, protocol_for, resource_for, span_exporter
+from mesh.telemetry.setup import Telemetry, exporter_for, metric_exporter, protocol_for, resource_for, span_exporter
 from tests.otlp import OtlpReceiver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,9 +71,9 @@ class TestExporterChoice:
             metric_exporter("otlp")
 
     def test_protocol_picks_http_or_grpc(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """`http/protobuf` by default (spans through `mesh.otlp`, or the SDK's exporter with
+        """`http/protobuf` by default (spans through `mesh.telemetry.otlp`, or the SDK's exporter with
         `MESH_SPANS=sdk`); `grpc` generally or per signal."""
-        from mesh.otlp import OtlpHttpSpanExporter
+        from mesh.telemetry.otlp import OtlpHttpSpanExporter
 
         exporter = span_exporter("otlp")
         assert isinstance(exporter, OtlpHttpSpanExporter) and exporter.protocol == "http/protobuf"
@@ -132,7 +132,7 @@ class TestProviders:
         status arrive as valid OTLP (the receiver parses them strictly against the proto)."""
         from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-        from mesh.otlp import OtlpHttpSpanExporter
+        from mesh.telemetry.otlp import OtlpHttpSpanExporter
 
         with OtlpReceiver() as otlp:
             monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint)
@@ -191,8 +191,8 @@ class TestNothingConfigured:
         imported, spans are non-recording and a publish's span work stays in microseconds."""
         code = """
 import json, sys, time
-from mesh.otel import configure_from_env
-from mesh.telemetry import process_span, send_span
+from mesh.telemetry.setup import configure_from_env
+from mesh.telemetry.tracing import process_span, send_span
 installed = configure_from_env("echo", role="echo", agent_id="echo-1")
 n = 20000
 start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`mesh.otlp` writes the very `ExportTraceServiceRequest` the SDK's encoder builds, as protobuf
+"""`mesh.telemetry.otlp` writes the very `ExportTraceServiceRequest` the SDK's encoder builds, as protobuf
 and as OTLP/JSON, and its exporter posts it with the right content type."""
 
 from __future__ import annotations
@@ -9,19 +9,19 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from mesh.batching import SpanBatcher
-from mesh.otlp import EncodedSpans, OtlpHttpSpanExporter, encode_json, encode_protobuf
-from mesh.spans import MeshSpan, MeshTracer
-from mesh.telemetry import Preset
+from mesh.telemetry.batching import SpanBatcher
+from mesh.telemetry.meshspans import MeshSpan, MeshTracer
+from mesh.telemetry.otlp import EncodedSpans, OtlpHttpSpanExporter, encode_json, encode_protobuf
+from mesh.telemetry.tracing import Preset
 from tests.otlp import OtlpReceiver, otlp_json_to_protobuf
 
 keys = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)

@@ -8,10 +8,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from mesh.client import Mesh
+from mesh.bus.client import Mesh
+from mesh.bus.server import start_server
 from mesh.errors import LogGapError
 from mesh.projections import BOARD, REGISTRY, TASKS, BoardProjection, fold
-from mesh.server import start_server
 from replay import (
     SnapshotStore,
     export_log,

@@ -27,9 +27,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-import mesh.telemetry as telemetry
+import mesh.telemetry.tracing as telemetry
 from mesh import Agent, Context
-from mesh.client import Mesh
+from mesh.bus.client import Mesh
 from replay import causal_slice, export_traces, read_log, rebuild_traces, rerun
 from replay.traces import ReplayedSpan, original_context
 from tests.conftest import ROOT, AgentProcesses
@@ -455,7 +455,7 @@ class TestEndToEnd:
 
 
 class sdk_tracer:  # used as a context manager
-    """`mesh.telemetry` with an in-process SDK tracer into ``exporter``, without installing a
+    """`mesh.telemetry.tracing` with an in-process SDK tracer into ``exporter``, without installing a
     global provider (which the rest of the suite must not see)."""
 
     def __init__(self, exporter: InMemorySpanExporter) -> None:
@@ -477,7 +477,7 @@ spanning = Agent("spanning")
 
 @spanning.task("spanning")
 async def spans_everywhere(input: Any, ctx: Context) -> dict[str, Any]:
-    """A handler that makes spans of its own through mesh.telemetry, as the docs suggest."""
+    """A handler that makes spans of its own through mesh.telemetry.tracing, as the docs suggest."""
     with telemetry.agent_span("spanning", task_id=ctx.task_id), telemetry.tool_span("lookup"):
         with telemetry.chat_span("m", provider="openai") as span:
             span.set_attribute("touched", True)

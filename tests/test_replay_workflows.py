@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.client import Mesh
+from mesh.bus.client import Mesh
 from replay import build_timeline, causal_slice, export_log, fork, read_log, render_html, render_text, rerun
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
@@ -164,7 +164,7 @@ class TestRerun:
         records = (await read_log(mesh)).records
         monkeypatch.syspath_prepend(str(tmp_path))
         import tests.fixture_agents  # noqa: F401  (registers word_count here, as rerun's import would)
-        from mesh.tools import TOOLS, Tool
+        from mesh.llm.tools import TOOLS, Tool
 
         async def never(**_: object) -> None:
             raise AssertionError("a tool ran during replay")

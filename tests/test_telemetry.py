@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mesh.telemetry import process_span, send_span, subject_template, tracing
+from mesh.telemetry.tracing import process_span, send_span, subject_template, tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -56,7 +56,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from mesh.telemetry import agent_span, chat_span, process_span, send_span, tool_span
+from mesh.telemetry.tracing import agent_span, chat_span, process_span, send_span, tool_span
 
 exporter = InMemorySpanExporter()
 provider = TracerProvider()
@@ -64,8 +64,8 @@ processor = SimpleSpanProcessor(exporter)
 provider.add_span_processor(processor)
 trace.set_tracer_provider(provider)
 if %s:
-    from mesh.spans import MeshTracer
-    from mesh.telemetry import use_mesh_spans
+    from mesh.telemetry.meshspans import MeshTracer
+    from mesh.telemetry.tracing import use_mesh_spans
     use_mesh_spans(MeshTracer(provider, processor))
 with process_span("mesh.work.search", "mesh.task.requested", "e-1", {"traceparent": "%s"},
                   consumer="work-search", replayed=%s) as outer:
@@ -181,7 +181,7 @@ class TestPropagationFastPath:
                                              extra: dict[str, str]) -> None:  # fmt: skip
         from opentelemetry import propagate
 
-        from mesh.telemetry import _W3C, _remote_parent
+        from mesh.telemetry.tracing import _W3C, _remote_parent
 
         def fields(found: Any) -> tuple[Any, ...]:
             return found.trace_id, found.span_id, found.is_remote, found.trace_flags, found.trace_state, found.is_valid
@@ -200,7 +200,7 @@ class TestPropagationFastPath:
         from opentelemetry import baggage, context, propagate, trace
         from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
-        from mesh.telemetry import _inject
+        from mesh.telemetry.tracing import _inject
 
         span = trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(int(sampled)),
                                                   TraceState.from_header([state]) if state else None))  # fmt: skip
@@ -225,8 +225,8 @@ def test_a_mesh_span_is_current_in_the_apis_own_context() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import SpanKind
 
-    from mesh.spans import MeshSpan, MeshTracer
-    from mesh.telemetry import _CURRENT, _Scope
+    from mesh.telemetry.meshspans import MeshSpan, MeshTracer
+    from mesh.telemetry.tracing import _CURRENT, _Scope
 
     assert _CURRENT is not None, "the default runtime context is the ContextVar one"
     provider = TracerProvider()
@@ -254,7 +254,7 @@ def test_a_mesh_span_made_current_is_its_own_scope() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import SpanKind, StatusCode
 
-    from mesh.spans import MeshSpan, MeshTracer
+    from mesh.telemetry.meshspans import MeshSpan, MeshTracer
 
     provider = TracerProvider()
     tracer = MeshTracer(provider, provider._active_span_processor)

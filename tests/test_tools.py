@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mesh import Mesh
 import tests.fixture_agents  # noqa: F401  (registers the tools)
+from mesh import Mesh
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 
@@ -28,7 +28,7 @@ class TestRecordedCalls:
         import pytest
 
         from mesh.errors import ToolError, ToolNotGrantedError
-        from mesh.tools import ToolBox, tool
+        from mesh.llm.tools import ToolBox, tool
 
         @tool(name="fails_once")
         async def fails_once(x: int) -> int:

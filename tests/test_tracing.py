@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from mesh.client import Mesh
+from mesh.bus.client import Mesh
 from mesh.errors import TaskFailedError
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog

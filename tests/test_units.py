@@ -9,11 +9,11 @@ import openai
 import pytest
 
 import mesh
-from mesh.agent import Agent
-from mesh.consumer import parse_ack_subject
+from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import ConfigError, RetryableError, SchemaError, TaskError
-from mesh.offline import offline_http_client
-from mesh.runner import is_retryable
+from mesh.llm.offline import offline_http_client
+from mesh.runtime.agent import Agent
+from mesh.runtime.runner import is_retryable
 from topics import EVENT_TYPES, TaskRequested, decode_data, encode_data, subjects
 from topics.envelope import CloudEvent, decode_envelope, derived_id, encode_envelope, new_event_id
 
@@ -180,8 +180,8 @@ class TestUpcasting:
 
     def test_events_doc_is_current(self) -> None:
         """docs/EVENTS.md is what `python -m topics.doc` prints for the Structs as they are."""
-        from topics.doc import render
         from tests.conftest import ROOT
+        from topics.doc import render
 
         assert (ROOT / "docs" / "EVENTS.md").read_text().strip() == render().strip()
 

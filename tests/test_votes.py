@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mesh import Mesh
-from mesh.votes import Proposals, VoteRejected, VoteTimeoutError, decided_id
+from mesh.coordination.votes import Proposals, VoteRejected, VoteTimeoutError, decided_id
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 

@@ -16,10 +16,10 @@ import msgspec
 import pytest
 
 from mesh import ConfigError, Mesh
-from mesh.orchestrator import Fail, Finish, Schedule, decide, spec_of, step_task_id
+from mesh.coordination.orchestrator import Fail, Finish, Schedule, decide, spec_of, step_task_id
+from mesh.coordination.templates import TemplateError, references, resolve
+from mesh.coordination.workflow import Flow, WorkflowFailedError, Workflows, WorkflowSpec, default_output, load, parse
 from mesh.projections import WORKFLOWS, WorkflowView, fold
-from mesh.templates import TemplateError, references, resolve
-from mesh.workflow import Flow, WorkflowFailedError, Workflows, WorkflowSpec, default_output, load, parse
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from topics import CloudEvent, Event, Record, decode_data, encode_data

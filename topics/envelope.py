@@ -6,7 +6,7 @@ import hashlib
 import os
 import time
 import uuid
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec

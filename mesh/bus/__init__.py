@@ -1,0 +1,3 @@
+"""The NATS port: settings, the connection, the `Mesh` client, the work consumer, the embedded
+server and reading the log. The only package that talks to nats-py, and the one place that
+touches its internals (`mesh.bus.jetstream`) and turns NATS error codes into mesh errors."""

@@ -1,0 +1,287 @@
+"""`Mesh`: one connected session. Publishes CloudEvents, submits tasks, awaits their outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from types import TracebackType
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from mesh.bus.connection import connect, ensure_stream
+from mesh.bus.settings import MeshSettings
+from mesh.errors import TaskFailedError, TaskTimeoutError
+from mesh.telemetry.tracing import instruments, send_span
+from topics import subjects
+from topics.base import Event
+from topics.envelope import (
+    CloudEvent,
+    decode_envelope,
+    derived_id,
+    encode_envelope,
+    new_event_id,
+    now_rfc3339,
+)
+from topics.record import Record
+from topics.registry import decode_data, encode_data
+from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed, TaskOutcome, TaskRequested
+
+__all__ = ["Mesh", "OutcomeWatch", "Published", "decode_record", "outcome_value"]
+
+MSG_ID = "Nats-Msg-Id"
+EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+
+class Published(msgspec.Struct, frozen=True):
+    """Where an event landed. `duplicate` means JetStream already had this id."""
+
+    id: str
+    seq: int
+    duplicate: bool
+
+
+def decode_record(subject: str, payload: bytes, seq: int = 0) -> Record:
+    """Envelope and typed data of one stored message; raises on anything malformed."""
+    event = decode_envelope(payload)
+    return Record(seq=seq, subject=subject, event=event, data=decode_data(event.type, event.data))
+
+
+def _default_source() -> str:
+    return f"mesh://client/{socket.gethostname()}-{os.getpid()}"
+
+
+class Mesh:
+    """A connection to the mesh. `async with await Mesh.connect(url) as mesh: ...`"""
+
+    def __init__(self, nc: Client, *, source: str | None = None) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.source = source or _default_source()
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | None = None,
+        *,
+        source: str | None = None,
+        settings: MeshSettings | None = None,
+        ensure: bool = True,
+    ) -> Mesh:
+        nc = await connect(settings or MeshSettings.from_env(url))
+        mesh = cls(nc, source=source)
+        if ensure:
+            await ensure_stream(mesh.js)
+        return mesh
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> Mesh:
+        return self
+
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.close()
+
+    def envelope(
+        self,
+        data: Event,
+        *,
+        event_id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        trace: dict[str, str] | None = None,
+    ) -> CloudEvent:
+        trace = trace or {}
+        return CloudEvent(
+            specversion="1.0",
+            id=event_id or new_event_id(),
+            source=self.source,
+            type=data.TYPE,
+            time=now_rfc3339(),
+            correlationid=correlation_id,
+            causationid=causation_id,
+            traceparent=trace.get("traceparent"),
+            tracestate=trace.get("tracestate"),
+            data=msgspec.Raw(encode_data(data)),
+        )
+
+    async def publish(
+        self,
+        subject: str,
+        data: Event,
+        *,
+        event_id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        expected_last_subject_seq: int | None = None,
+    ) -> Published:
+        """Publish one event to the log and wait for JetStream's acknowledgement; the event id
+        doubles as `Nats-Msg-Id` for deduplication."""
+        event_id = event_id or new_event_id()
+        with send_span(subject, data.TYPE, event_id) as trace:
+            event = self.envelope(
+                data, event_id=event_id, correlation_id=correlation_id, causation_id=causation_id, trace=trace
+            )
+            headers = {MSG_ID: event.id, **trace}
+            if expected_last_subject_seq is not None:
+                headers[EXPECTED_SUBJECT_SEQ] = str(expected_last_subject_seq)
+            ack = await self.js.publish(subject, encode_envelope(event), headers=headers)
+        instruments.published.add(1, {"type": data.TYPE})
+        return Published(event.id, ack.seq, bool(ack.duplicate))
+
+    async def announce(
+        self, subject: str, data: Event, *, event_id: str, correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> None:  # fmt: skip
+        """Publish an event the stream stores without waiting for its acknowledgement.
+
+        For hints whose loss harms nothing (a task's claim): it still lands in the log, in
+        order with this connection's later publishes, and is still deduplicated by id; only
+        a failure to store it goes unnoticed. Everything that must be durable uses `publish`."""
+        with send_span(subject, data.TYPE, event_id) as trace:
+            event = self.envelope(
+                data, event_id=event_id, correlation_id=correlation_id, causation_id=causation_id, trace=trace
+            )
+            await self.nc.publish(subject, encode_envelope(event), headers={MSG_ID: event.id, **trace})
+        instruments.published.add(1, {"type": data.TYPE})
+
+    async def submit(
+        self,
+        capability: str,
+        input: Any = None,
+        *,
+        task_id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        event_id: str | None = None,
+        fallback: tuple[str, ...] = (),
+        max_attempts: int | None = None,
+        deadline: str | None = None,
+    ) -> str:
+        """Publish a `mesh.task.requested`; return its task id. Submitting the same `task_id`
+        again publishes the same event id, which JetStream drops as a duplicate."""
+        event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
+        task_id = task_id or event_id
+        request = TaskRequested(
+            capability=capability,
+            input=input,
+            task_id=task_id,
+            fallback=fallback,
+            max_attempts=max_attempts,
+            deadline=deadline,
+        )
+        await self.publish(
+            subjects.work(capability),
+            request,
+            event_id=event_id,
+            correlation_id=correlation_id or task_id,
+            causation_id=causation_id,
+        )
+        return task_id
+
+    async def request(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Any:
+        """Submit a task and return its output; raise TaskFailedError or TaskTimeoutError."""
+        outcome = await self.request_outcome(capability, input, timeout=timeout, **task)
+        return outcome_value(outcome)
+
+    async def request_outcome(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Record:
+        """Submit a task and return its outcome record. A new task is watched from before it is
+        published; a given `task_id` may have run already, so its history is read too."""
+        if task.get("task_id"):
+            task_id = await self.submit(capability, input, **task)
+            return await self.outcome(task_id, timeout=timeout)
+        event_id = task.pop("event_id", None) or new_event_id()
+        task_id = task.pop("task_id", None) or event_id
+        async with self.watch_outcome(task_id) as outcome:
+            await self.submit(capability, input, task_id=task_id, event_id=event_id, **task)
+            try:
+                return await asyncio.wait_for(outcome, timeout)
+            except asyncio.TimeoutError:
+                raise TaskTimeoutError(task_id, capability, timeout) from None
+
+    def watch_outcome(self, task_id: str) -> OutcomeWatch:
+        return OutcomeWatch(self, task_id)
+
+    async def last_on(self, subject: str) -> Record | None:
+        """The newest event stored on one subject (a direct get), or None."""
+        try:
+            msg = await self.js._jsm.get_last_msg(subjects.STREAM, subject, direct=True)
+        except NotFoundError:
+            return None
+        return decode_record(msg.subject or subject, msg.data or b"", msg.seq or 0)
+
+    async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
+        """Wait for a task's completion, failure or cancellation, even if it already happened.
+
+        Reads the task's subject with an ordered consumer from its first event, so an outcome
+        stored before the call and one stored after are both seen (a core subscription plus a
+        direct get can miss one that is routed but not yet stored)."""
+        found: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+
+        async def on_msg(msg: Msg) -> None:
+            record = _outcome_or_none(msg)
+            if record is not None and not found.done():
+                found.set_result(record)
+
+        sub = await self.js.subscribe(subjects.task(task_id), cb=on_msg, ordered_consumer=True,
+                                      config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))  # fmt: skip
+        try:
+            return await asyncio.wait_for(found, timeout)
+        except asyncio.TimeoutError:
+            raise TaskTimeoutError(task_id, "?", timeout) from None
+        finally:
+            await sub.unsubscribe()
+
+def outcome_value(outcome: Record) -> Any:
+    match outcome.data:
+        case TaskCompleted(output=output):
+            return output
+        case TaskFailed(task_id=task_id, error=error):
+            raise TaskFailedError(task_id, error.type, error.message)
+        case TaskCancelled(task_id=task_id, reason=reason):
+            raise TaskFailedError(task_id, "cancelled", reason)
+    raise TypeError(f"not a task outcome: {outcome.data!r}")
+
+
+def _outcome_or_none(msg: Msg) -> Record | None:
+    try:
+        record = decode_record(msg.subject, msg.data)
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+        return None  # not ours to judge here; the log keeps it
+    return record if isinstance(record.data, TaskOutcome) else None
+
+
+class OutcomeWatch:
+    """Subscribes to `mesh.task.<id>` before the task is published, so no outcome is missed.
+    For a task that may have ended already, use `Mesh.outcome`."""
+
+    def __init__(self, mesh: Mesh, task_id: str) -> None:
+        self._mesh = mesh
+        self._subject = subjects.task(task_id)
+        self._future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        self._sub: Any = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        record = _outcome_or_none(msg)
+        if record is not None and not self._future.done():
+            self._future.set_result(record)
+
+    async def __aenter__(self) -> asyncio.Future[Record]:
+        self._sub = await self._mesh.nc.subscribe(self._subject, cb=self._on_msg)
+        return self._future
+
+    async def __aexit__(self, *exc: object) -> None:
+        # The subscription's callback holds this watch; letting go of the subscription leaves no
+        # cycle, so the watch, its future and the outcome are freed without the cycle collector
+        # (with the cycle, each request left it 15 objects: a busy requester spent 15 to 28 µs a
+        # request collecting them, about a tenth of its CPU).
+        sub, self._sub = self._sub, None
+        await sub.unsubscribe()

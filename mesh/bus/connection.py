@@ -1,0 +1,140 @@
+"""Connecting to NATS and making sure the stream, consumers and presence bucket exist.
+
+Every `ensure_*` is idempotent and safe when several processes start at once: creating
+with an identical config succeeds on the server, and a differing one is left as the
+operator configured it (logged), never silently replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.kv import KeyValue
+
+from mesh.bus.settings import MeshSettings, resolve_url
+from mesh.errors import ConfigError, NoServerError
+from topics import subjects
+
+__all__ = [
+    "TRANSIENT_ERRORS",
+    "connect",
+    "ensure_stream",
+    "ensure_consumer",
+    "presence_bucket",
+    "stream_replicas",
+]
+
+log = structlog.get_logger("mesh.bus.connection")
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    TimeoutError,
+    ConnectionError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    NoStreamResponseError,  # a stream replica set between leaders (a node was lost)
+    ServiceUnavailableError,
+)
+"""NATS failures that pass: a reconnect, a leader election. Worth another try, not a dead letter."""
+
+_STREAM_IN_USE = 10058
+_JETSTREAM_NOT_READY = 10008
+T = TypeVar("T")
+
+
+async def connect(settings: MeshSettings | None = None, **options: object) -> Client:
+    """Connect with reconnects on; raise NoServerError naming the URL when none answers."""
+    settings = settings or MeshSettings.from_env()
+    opts = settings.connect_options()
+    opts.update(
+        connect_timeout=options.pop("connect_timeout", 3),
+        max_reconnect_attempts=options.pop("max_reconnect_attempts", -1),
+        allow_reconnect=True,
+    )
+    opts.update(options)
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats error", error=str(error))
+
+    opts.setdefault("error_cb", on_error)
+    # nats-py applies max_reconnect_attempts=-1 to the first connect too: bound that one
+    first_connect = float(os.environ.get("MESH_CONNECT_TIMEOUT", "5"))
+    try:
+        return await asyncio.wait_for(nats.connect(**opts), first_connect)
+    except asyncio.TimeoutError as error:
+        raise NoServerError(
+            f"cannot reach NATS at {resolve_url(settings.url)}: no answer within {first_connect:g}s. "
+            "Is the server running? (`mesh up` starts a local one)"
+        ) from error
+    except Exception as error:  # nats raises several unrelated types for "nobody there"
+        raise NoServerError(
+            f"cannot reach NATS at {resolve_url(settings.url)}: {error or type(error).__name__}. "
+            "Is the server running? (`mesh up` starts a local one)"
+        ) from error
+
+
+def stream_replicas() -> int:
+    """`MESH_REPLICAS` (1 by default; 3 in a cluster): copies of the MESH stream."""
+    value = os.environ.get("MESH_REPLICAS", "").strip() or "1"
+    if not value.isdigit() or not 1 <= int(value) <= 5:
+        raise ConfigError(f"MESH_REPLICAS={value!r} must be a whole number from 1 to 5 (3 in a 3-node cluster)")
+    return int(value)
+
+
+async def ensure_stream(js: JetStreamContext, *, replicas: int | None = None, duplicate_window: float = 600.0) -> None:
+    """Create the MESH stream unless it exists; `replicas` defaults to `MESH_REPLICAS`."""
+    config = subjects.stream_config(replicas=replicas or stream_replicas(), duplicate_window=duplicate_window)
+    try:
+        await _until_jetstream_ready(lambda: js.add_stream(config))
+    except BadRequestError as error:
+        if error.err_code != _STREAM_IN_USE:
+            raise
+        info = await js.stream_info(subjects.STREAM)
+        log.debug("stream exists with another config; keeping it", subjects=info.config.subjects)
+
+
+async def _until_jetstream_ready(call: Callable[[], Awaitable[T]], wait: float = 30.0) -> T:
+    """A cluster that is still electing its JetStream leader leaves requests unanswered or
+    says 'temporarily unavailable' (10008): try again for up to `wait` seconds. A server
+    without JetStream fails at once."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return await call()
+        except (TimeoutError, ServiceUnavailableError) as error:
+            not_ready = isinstance(error, TimeoutError) or error.err_code == _JETSTREAM_NOT_READY
+            if not not_ready or time.monotonic() > deadline:
+                raise
+            log.info("JetStream not ready yet; retrying", error=str(error) or type(error).__name__)
+            await asyncio.sleep(0.5)
+
+
+async def ensure_consumer(js: JetStreamContext, config: ConsumerConfig) -> None:
+    """Create the durable consumer, or update it in place (the server's create-or-update)."""
+    try:
+        await js.add_consumer(subjects.STREAM, config)
+    except BadRequestError as error:  # a field that cannot change: keep what the operator has
+        log.info("consumer kept with its existing config", consumer=config.name, error=str(error))
+
+
+async def presence_bucket(js: JetStreamContext, *, ttl: float = 15.0) -> KeyValue:
+    try:
+        return await js.key_value(subjects.PRESENCE_BUCKET)
+    except (NotFoundError, BadRequestError):
+        return await js.create_key_value(
+            KeyValueConfig(bucket=subjects.PRESENCE_BUCKET, ttl=ttl, storage=StorageType.FILE, history=1,
+                           replicas=stream_replicas())  # fmt: skip
+        )

@@ -1,0 +1,146 @@
+"""`WorkConsumer`: a callback-driven pull on one durable consumer, with a credit window.
+
+Why not `fetch()`: each `fetch` builds a Task and an inbox and waits for a batch; here one
+private inbox subscription receives every message, and pull requests top the credit back
+up as handlers finish (the shape of nats.go's `Consume`). Idle heartbeats tell a dead pull
+from a quiet one: after two missed beats the credit is reset and a new pull is sent, which
+also recovers from a server restart (nats-py #504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+__all__ = ["WorkConsumer", "Delivery", "parse_ack_subject"]
+
+log = structlog.get_logger("mesh.bus.consumer")
+_pull_encoder = msgspec.json.Encoder()
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """What the ack subject of a JetStream message says about it."""
+
+    stream: str
+    consumer: str
+    delivered: int
+    stream_seq: int
+    pending: int = 0  # messages left for the consumer after this one
+    consumer_seq: int = 0  # this consumer's delivery sequence (contiguous unless messages were lost)
+    timestamp_ns: int = 0  # when the stream stored the message, Unix nanoseconds
+
+
+def parse_ack_subject(reply: str) -> Delivery:
+    """`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (and the v2 form
+    with domain and account hash). Ten times cheaper than nats-py's `msg.metadata`."""
+    tokens = reply.split(".")
+    off = 2 if len(tokens) == 9 else 4
+    return Delivery(tokens[off], tokens[off + 1], int(tokens[off + 2]), int(tokens[off + 3]), int(tokens[off + 6]),
+                    int(tokens[off + 4]), int(tokens[off + 5]))  # fmt: skip
+
+
+class WorkConsumer:
+    """Keeps up to `max_in_flight` messages of one durable pull consumer in hand."""
+
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        consumer: str,
+        on_message: Callable[[Msg], None],
+        *,
+        max_in_flight: int = 64,
+        expires: float = 30.0,
+        heartbeat: float = 5.0,
+    ) -> None:
+        self._nc = nc
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._on_message = on_message
+        self._max = max_in_flight
+        self._threshold = max(1, max_in_flight // 2)
+        self._expires_ns = int(expires * 1e9)
+        self._heartbeat = heartbeat
+        self._credit = 0  # messages requested and not yet received
+        self._in_flight = 0
+        self._seen = time.monotonic()
+        self._inbox = ""
+        self._sub: object | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._pulls: set[asyncio.Future[None]] = set()
+        self.stopping = False
+        self.consumer = consumer
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._receive)
+        self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self.consumer}")
+        self._top_up()
+
+    def done(self) -> None:
+        """A handler finished with its message: free its slot and ask for more."""
+        self._in_flight -= 1
+        self._top_up()
+
+    def _top_up(self) -> None:
+        want = self._max - self._in_flight - self._credit
+        if self.stopping or want < self._threshold or self._nc.is_closed:
+            return
+        self._credit += want
+        request = {"batch": want, "expires": self._expires_ns, "idle_heartbeat": int(self._heartbeat * 1e9)}
+        pull = asyncio.ensure_future(self._nc.publish(self._next_subject, _pull_encoder.encode(request), reply=self._inbox))
+        self._pulls.add(pull)  # a strong reference until it is sent (the loop keeps only weak ones)
+        pull.add_done_callback(self._pulls.discard)
+
+    async def _receive(self, msg: Msg) -> None:
+        self._seen = time.monotonic()
+        headers = msg.headers
+        if headers and not msg.data and "Status" in headers:
+            self._status(headers)
+            return
+        self._credit -= 1
+        if self.stopping:  # hand it straight back so another replica takes it now
+            await msg.nak()
+            return
+        self._in_flight += 1
+        self._on_message(msg)
+
+    def _status(self, headers: dict[str, str]) -> None:
+        code = headers["Status"]
+        if code == "100":  # idle heartbeat: the pull is alive
+            return
+        # 404/408: the pull ended; 409: max ack pending, leadership change, deleted consumer...
+        pending = headers.get("Nats-Pending-Messages")
+        self._credit = max(0, self._credit - int(pending)) if pending else 0
+        if code == "409":
+            log.debug("pull ended by the server", consumer=self.consumer, reason=headers.get("Description"))
+        self._top_up()
+
+    async def _watch(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(self._heartbeat)
+            if time.monotonic() - self._seen > 2 * self._heartbeat and self._nc.is_connected:
+                log.info("pull missed its heartbeats; pulling again", consumer=self.consumer)
+                self._credit = 0
+                self._seen = time.monotonic()
+                self._top_up()
+
+    async def stop(self) -> None:
+        """Stop pulling; messages that still arrive are nak'ed. Call `close` when handlers are done."""
+        self.stopping = True
+        if self._watchdog:
+            self._watchdog.cancel()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._sub is not None and not self._nc.is_closed:
+            await self._sub.unsubscribe()  # type: ignore[attr-defined]

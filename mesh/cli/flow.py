@@ -1,0 +1,133 @@
+"""`mesh flow`: start a workflow from a TOML file, follow it, show where one stands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+import msgspec
+
+from mesh.bus.client import Mesh
+from mesh.bus.settings import MeshSettings
+from mesh.cli.options import nats_options, parse_json, run
+from mesh.coordination.workflow import WorkflowFailedError, Workflows, WorkflowSpec, WorkflowTimeoutError, load
+from mesh.errors import ConfigError
+from mesh.projections import WorkflowView
+from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.record import Record
+
+__all__ = ["describe", "flow"]
+
+
+def _load(path: str) -> WorkflowSpec:
+    try:
+        return load(path)
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="FILE") from None
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2 if sys.stdout.isatty() else None))
+
+
+@click.group()
+def flow() -> None:
+    """Workflows: DAGs of capability steps, driven by `agents.orchestrator:agent`."""
+
+
+@flow.command("run")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "input_json", default="null", help="the workflow input, as JSON")
+@click.option("--follow", is_flag=True, help="show progress until the workflow ends, then print its output")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait with --follow")
+@click.option("--id", "workflow_id", default=None, help="workflow id (default: a new one)")
+@nats_options
+def run_flow(file: str, input_json: str, follow: bool, timeout: float, workflow_id: str | None,
+             settings: MeshSettings) -> None:  # fmt: skip
+    """Start the workflow in FILE (TOML); print its id, or with --follow its progress (on
+    stderr) and its output (exit 1 if it fails, 2 on timeout)."""
+    spec = _load(file)
+    run(_run(settings, spec, parse_json(input_json, "--input"), follow, timeout, workflow_id))
+
+
+async def _run(settings: MeshSettings, spec: WorkflowSpec, value: Any, follow: bool, timeout: float,
+               workflow_id: str | None) -> None:  # fmt: skip
+    async with await Mesh.connect(settings=settings) as mesh:
+        flows = Workflows(mesh)
+        workflow_id = await flows.start(spec, value, workflow_id=workflow_id)
+        if not follow:
+            click.echo(workflow_id)
+            return
+        try:
+            output = await flows.result(workflow_id, timeout=timeout, on_event=_show)
+        except WorkflowFailedError as error:
+            click.echo(f"failed: {error}", err=True)
+            sys.exit(1)
+        except WorkflowTimeoutError as error:
+            click.echo(f"timeout: {error}; it goes on (`mesh flow show {workflow_id}`)", err=True)
+            sys.exit(2)
+        _print_json(output)
+
+
+def _show(record: Record) -> None:
+    line = describe(record)
+    if line:
+        click.echo(line, err=True)
+
+
+def describe(record: Record) -> str | None:
+    """One progress line for a workflow event."""
+    time = record.event.time[11:23]
+    match record.data:
+        case FlowStarted(workflow_id=wf, name=name, spec=spec):
+            steps = len((spec or {}).get("steps", {})) if isinstance(spec, dict) else "?"
+            return f"{time} ▶ workflow {name} ({steps} steps) {wf}"
+        case FlowStepScheduled(step=step, attempt=attempt, task_id=task_id):
+            return f"{time} → {step:<16} scheduled, attempt {attempt} (task {task_id})"
+        case FlowStepCompleted(step=step):
+            return f"{time} ✓ {step:<16} completed"
+        case FlowStepFailed(step=step, error=error):
+            return f"{time} ✗ {step:<16} failed: {error.message if error else '?'}"
+        case FlowCompleted():
+            return f"{time} ■ workflow completed"
+        case FlowFailed(error=error):
+            return f"{time} ■ workflow failed: {error.message if error else '?'}"
+    return None
+
+
+@flow.command("show")
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True, help="the whole workflow view as JSON")
+@nats_options
+def show_flow(workflow_id: str, as_json: bool, settings: MeshSettings) -> None:
+    """Where WORKFLOW_ID stands: its status and each step's."""
+    view = run(_view(settings, workflow_id))
+    if as_json:
+        _print_json(msgspec.to_builtins(view))
+        return
+    if not view.started:
+        click.echo(f"no workflow {workflow_id} in the log", err=True)
+        sys.exit(1)
+    click.echo(f"workflow {view.name} {workflow_id}: {view.status}")
+    for name, step in view.steps.items():
+        click.echo(f"  {name:<20} {step.status:<10} attempt {step.attempt}  {step.capability:<14} {step.task_id or ''}")
+    if view.error:
+        click.echo(f"error: {view.error.type}: {view.error.message}")
+
+
+async def _view(settings: MeshSettings, workflow_id: str) -> WorkflowView:
+    async with await Mesh.connect(settings=settings) as mesh:
+        return await Workflows(mesh).view(workflow_id)
+
+
+@flow.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def check_flow(file: str) -> None:
+    """Check the workflow in FILE and list its steps with what each waits for."""
+    spec = _load(file)
+    click.echo(f"workflow {spec.name}: {len(spec.steps)} steps")
+    for name, step in spec.steps.items():
+        after = f" after {', '.join(step.after)}" if step.after else ""
+        click.echo(f"  {name:<20} {step.capability}{after}")

@@ -1,0 +1,144 @@
+"""`mesh`: the command line. A thin layer over the library; every command that talks to
+NATS takes `--nats URL` (or `NATS_URL`), credentials and TLS options."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import click
+import msgspec
+
+from mesh.bus.client import Mesh
+from mesh.bus.settings import MeshSettings
+from mesh.cli.demo import demo as demo_command
+from mesh.cli.flow import flow as flow_group
+from mesh.cli.options import nats_options, parse_json, run, run_sync
+from mesh.cli.replay import replay as replay_group
+from mesh.cli.watch import status as status_command
+from mesh.cli.watch import tail as tail_command
+from mesh.errors import MeshError, TaskFailedError, TaskTimeoutError
+from mesh.runtime.runner import RunnerOptions
+from topics.registry import EVENT_TYPES
+
+
+@click.group()
+@click.version_option(package_name="agentmesh")
+def main() -> None:
+    """agentmesh: LLM agents as processes on NATS JetStream, every message a durable event."""
+
+
+@main.command()
+@click.option("--port", default=4222, show_default=True, envvar="MESH_PORT", help="client port (0: any free port)")
+def up(port: int) -> None:
+    """Start a local nats-server with JetStream, store under .mesh/."""
+    from mesh.bus.server import up as start_up
+
+    record, started = run(run_sync(start_up, port=port))
+    click.echo(f"{'started' if started else 'already running'}: {record.url} (pid {record.pid}, store {record.store})")
+
+
+@main.command()
+def down() -> None:
+    """Stop the server `mesh up` started."""
+    from mesh.bus.server import stop_server
+
+    record = stop_server()
+    click.echo(f"stopped {record.url} (pid {record.pid})" if record else "no local server was running")
+
+
+@main.group()
+def agent() -> None:
+    """Run agents."""
+
+
+@agent.command("run")
+@click.argument("target")
+@nats_options
+@click.option("--concurrency", default=64, show_default=True, help="tasks in flight in this process")
+@click.option("--ack-wait", default=30.0, show_default=True, help="seconds before an unacknowledged task is redelivered")
+@click.option("--max-deliver", default=5, show_default=True, help="deliveries of one task before it is given up")
+def agent_run(target: str, settings: MeshSettings, concurrency: int, ack_wait: float, max_deliver: int) -> None:
+    """Run the Agent TARGET (package.module:attribute) until SIGTERM or SIGINT."""
+    from mesh.runtime.process import run_agent
+
+    options = RunnerOptions(max_in_flight=concurrency, ack_wait=ack_wait, max_deliver=max_deliver)
+    try:
+        run_agent(target, settings, options)
+    except MeshError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("capability")
+@click.option("--input", "input_json", default="null", help="the task input, as JSON")
+@click.option("--wait", is_flag=True, help="wait for the outcome and print the output")
+@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait with --wait")
+@click.option("--task-id", default=None, help="task id (default: the event id)")
+@click.option("--fallback", multiple=True, help="capability to try if this one gives up (repeatable)")
+@nats_options
+def task(capability: str, input_json: str, wait: bool, timeout: float, task_id: str | None,
+         fallback: tuple[str, ...], settings: MeshSettings) -> None:  # fmt: skip
+    """Publish a task for CAPABILITY; with --wait, print its output (exit 1 on failure, 2 on timeout)."""
+    value = parse_json(input_json, "--input")
+    run(_task(settings, capability, value, wait, timeout, task_id, fallback))
+
+
+async def _task(settings: MeshSettings, capability: str, value: Any, wait: bool, timeout: float,
+                task_id: str | None, fallback: tuple[str, ...]) -> None:  # fmt: skip
+    from mesh.telemetry.setup import configure_from_env
+
+    telemetry = configure_from_env("mesh-cli")  # with OTEL_* set, the command is the root of the task's trace
+    try:
+        await _run_task(settings, capability, value, wait, timeout, task_id, fallback)
+    finally:
+        if telemetry is not None:
+            await asyncio.to_thread(telemetry.shutdown)
+
+
+async def _run_task(settings: MeshSettings, capability: str, value: Any, wait: bool, timeout: float,
+                    task_id: str | None, fallback: tuple[str, ...]) -> None:  # fmt: skip
+    async with await Mesh.connect(settings=settings) as mesh:
+        if not wait:
+            click.echo(await mesh.submit(capability, value, task_id=task_id, fallback=fallback))
+            return
+        try:
+            output = await mesh.request(capability, value, timeout=timeout, task_id=task_id, fallback=fallback)
+        except TaskFailedError as error:
+            click.echo(f"failed: {error}", err=True)
+            sys.exit(1)
+        except TaskTimeoutError as error:
+            click.echo(f"timeout: {error}", err=True)
+            sys.exit(2)
+        click.echo(json.dumps(output, indent=2 if sys.stdout.isatty() else None))
+
+
+@main.command()
+@click.argument("subject")
+@click.option("--type", "event_type", required=True, help="CloudEvents type, e.g. mesh.board.written")
+@click.option("--data", "data_json", default="{}", help="the event data, as JSON")
+@click.option("--correlation", default=None, help="correlation id")
+@nats_options
+def publish(subject: str, event_type: str, data_json: str, correlation: str | None, settings: MeshSettings) -> None:
+    """Publish one event (its data checked against the type's schema) to SUBJECT."""
+    cls = EVENT_TYPES.get(event_type)
+    if cls is None:
+        raise click.BadParameter(f"unknown type {event_type!r}; known: {', '.join(sorted(EVENT_TYPES))}")
+    try:
+        data = msgspec.convert(parse_json(data_json, "--data"), cls)
+    except msgspec.ValidationError as error:
+        raise click.BadParameter(f"--data does not fit {event_type}: {error}") from None
+    published = run(_publish(settings, subject, data, correlation))
+    click.echo(f"published {published.id} as seq {published.seq}{' (duplicate)' if published.duplicate else ''}")
+
+
+async def _publish(settings: MeshSettings, subject: str, data: Any, correlation: str | None) -> Any:
+    async with await Mesh.connect(settings=settings) as mesh:
+        return await mesh.publish(subject, data, correlation_id=correlation)
+
+
+for _command in (tail_command, status_command, demo_command, flow_group, replay_group):
+    main.add_command(_command)

@@ -1,0 +1,173 @@
+"""`mesh tail` and `mesh status`: watching the log and the agents live."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import click
+import msgspec
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NoKeysError, NotFoundError
+
+from mesh.bus.client import Mesh, decode_record
+from mesh.bus.connection import presence_bucket
+from mesh.bus.consumer import parse_ack_subject
+from mesh.bus.settings import MeshSettings
+from mesh.cli.options import nats_options, run
+from topics import subjects
+from topics.agents import Presence
+from topics.record import Record
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskRequested
+
+__all__ = ["tail", "status", "format_record"]
+
+_json = msgspec.json.Encoder()
+
+
+def format_record(record: Record, *, width: int = 100) -> str:
+    """One readable line: time, sequence, type, subject, who sent it, and the data."""
+    event = record.event
+    who = event.source.rsplit("/", 1)[-1]
+    body = _json.encode(record.data).decode()
+    if len(body) > width:
+        body = body[: width - 1] + "…"
+    return f"{event.time[11:23]} #{record.seq:<6} {event.type:<24} {record.subject:<40} {who:<28} {body}"
+
+
+def _seq_of(reply: str) -> int:
+    return parse_ack_subject(reply).stream_seq if reply else 0
+
+
+@click.command()
+@click.argument("filter_subject", default=subjects.ALL, metavar="[FILTER]")
+@click.option("--all", "from_start", is_flag=True, help="start at the beginning of the log, not now")
+@click.option("--last", default=0, help="start with the last N events")
+@click.option("--json/--text", "as_json", default=None, help="JSON lines (default when piped) or text")
+@click.option("--count", default=0, help="exit after N events")
+@click.option("--follow/--no-follow", default=True, help="keep waiting for new events, or exit once caught up")
+@nats_options
+def tail(filter_subject: str, from_start: bool, last: int, as_json: bool | None, count: int, follow: bool,
+         settings: MeshSettings) -> None:  # fmt: skip
+    """Print events live as they land (FILTER: a subject, wildcards allowed, default mesh.>)."""
+    json_lines = as_json if as_json is not None else not sys.stdout.isatty()
+    run(_tail(settings, filter_subject, from_start, last, json_lines, count, follow))
+
+
+async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, last: int, json_lines: bool,
+                count: int, follow: bool) -> None:  # fmt: skip
+    async with await Mesh.connect(settings=settings) as mesh:
+        done = asyncio.Event()
+        seen = 0
+
+        async def show(msg: Any) -> None:
+            nonlocal seen
+            if json_lines:
+                sys.stdout.write(msg.data.decode(errors="replace") + "\n")
+            else:
+                try:
+                    sys.stdout.write(format_record(decode_record(msg.subject, msg.data, _seq_of(msg.reply))) + "\n")
+                except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as error:
+                    sys.stdout.write(f"#{_seq_of(msg.reply)} {msg.subject} undecodable: {error}\n")
+            sys.stdout.flush()
+            seen += 1
+            if (count and seen >= count) or (not follow and parse_ack_subject(msg.reply).pending == 0):
+                done.set()
+
+        policy = DeliverPolicy.ALL if from_start else DeliverPolicy.NEW
+        config = ConsumerConfig(deliver_policy=policy)
+        if last and not from_start:
+            info = await mesh.js.stream_info(subjects.STREAM)
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                    opt_start_seq=max(1, info.state.last_seq - last + 1))  # fmt: skip
+        sub = await mesh.js.subscribe(filter_subject, cb=show, ordered_consumer=True, config=config)
+        if not follow and (await sub.consumer_info()).num_pending == 0:
+            done.set()  # nothing stored matches
+        try:
+            await done.wait()
+        finally:
+            await sub.unsubscribe()
+
+
+@click.command()
+@nats_options
+def status(settings: MeshSettings) -> None:
+    """Agents online, capabilities with pending work, and recent tasks."""
+    run(_status(settings))
+
+
+async def _status(settings: MeshSettings) -> None:
+    async with await Mesh.connect(settings=settings) as mesh:
+        info = await mesh.js.stream_info(subjects.STREAM)
+        click.echo(f"stream {subjects.STREAM}: {info.state.messages} events, last seq {info.state.last_seq}")
+        click.echo("\nagents online:")
+        for presence in await _presences(mesh):
+            click.echo(f"  {presence.agent_id:<40} {','.join(presence.capabilities):<24} "
+                       f"in flight {presence.in_flight:<3} handled {presence.handled}")  # fmt: skip
+        click.echo("\ncapabilities:")
+        for consumer in await mesh.js._jsm.consumers_info(subjects.STREAM):
+            name = consumer.name or ""
+            if name.startswith("work-"):
+                click.echo(f"  {name[5:]:<24} pending {consumer.num_pending:<6} in progress {consumer.num_ack_pending:<4} "
+                           f"redelivered {consumer.num_redelivered}")  # fmt: skip
+        click.echo("\nrecent tasks:")
+        for line in await _recent_tasks(mesh, info.state.last_seq):
+            click.echo(f"  {line}")
+
+
+async def _presences(mesh: Mesh) -> list[Presence]:
+    bucket = await presence_bucket(mesh.js)
+    try:
+        keys = await bucket.keys()
+    except (NotFoundError, NoKeysError):
+        return []
+    found = []
+    for key in keys:
+        entry = await bucket.get(key)
+        if entry.value:
+            found.append(msgspec.json.decode(entry.value, type=Presence))
+    return sorted(found, key=lambda p: p.agent_id)
+
+
+async def _recent_tasks(mesh: Mesh, last_seq: int, window: int = 2000, show: int = 10) -> list[str]:
+    """Fold the tail of the log into the latest state of each task."""
+    tasks: dict[str, dict[str, Any]] = {}
+    records = await read_recent(mesh, "mesh.>", max(1, last_seq - window + 1), last_seq)
+    for record in records:
+        match record.data:
+            case TaskRequested(capability=capability, task_id=task_id):
+                tasks.setdefault(task_id or record.event.id, {"status": "requested", "capability": capability})
+            case TaskClaimed(task_id=task_id, agent=agent):
+                tasks.setdefault(task_id, {}).update(status="running", agent=agent)
+            case TaskCompleted(task_id=task_id, agent=agent):
+                tasks.setdefault(task_id, {}).update(status="completed", agent=agent)
+            case TaskFailed(task_id=task_id, error=error):
+                tasks.setdefault(task_id, {}).update(status=f"failed ({error.type})")
+    return [f"{tid[:36]:<38} {t.get('capability', '?'):<14} {t.get('status', '?'):<20} {t.get('agent', '')}"
+            for tid, t in list(tasks.items())[-show:]]  # fmt: skip
+
+
+async def read_recent(mesh: Mesh, filter_subject: str, start: int, stop: int) -> list[Record]:
+    """Records from `start` to `stop` (inclusive) on `filter_subject`, undecodable ones skipped."""
+    if stop < start:
+        return []
+    records: list[Record] = []
+    done = asyncio.Event()
+
+    async def collect(msg: Any) -> None:
+        delivery = parse_ack_subject(msg.reply)
+        try:
+            records.append(decode_record(msg.subject, msg.data, delivery.stream_seq))
+        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+            pass
+        if delivery.stream_seq >= stop or delivery.pending == 0:
+            done.set()
+
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+    sub = await mesh.js.subscribe(filter_subject, cb=collect, ordered_consumer=True, config=config)
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        await sub.unsubscribe()
+    return records

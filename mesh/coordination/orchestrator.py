@@ -1,0 +1,279 @@
+"""Driving one workflow: fold its events, schedule what is ready, record what happened.
+
+The orchestrator agent (`agents/orchestrator.py`) serves the `workflow` capability; each
+task is one workflow to drive. Its state is the workflow projection folded from
+`mesh.flow.<workflow_id>`, rebuilt from the log every time a driver starts, so an
+orchestrator killed at any point resumes where the log says the workflow is once its task
+is redelivered (after the consumer's ack wait) to a live orchestrator.
+
+What happens next is decided by a pure function of that state (`decide`), and every event
+the driver records has an id derived from the workflow id and is published only if
+nothing else landed on the workflow's subject since the fold (expected last subject
+sequence): two drivers of one workflow cannot record two different decisions, and a
+restarted one repeats none. Step tasks have derived ids too
+(`derived_id(workflow_id, "step/<name>/<attempt>")`), so resubmitting one after a restart
+is dropped as a duplicate and no step runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NamedTuple
+
+import structlog
+from nats.js.errors import BadRequestError
+
+from mesh.bus.client import Mesh
+from mesh.bus.follow import read
+from mesh.coordination.board import WRONG_LAST_SEQUENCE
+from mesh.coordination.templates import resolve
+from mesh.coordination.workflow import Step, WorkflowSpec, default_output, parse
+from mesh.errors import ConfigError, MeshError, SchemaError, TaskTimeoutError
+from mesh.projections import WORKFLOWS, StepView, WorkflowView, ready_steps
+from topics import subjects
+from topics.base import ErrorInfo, Event
+from topics.envelope import derived_id
+from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.record import Record
+from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed
+
+__all__ = ["Driver", "Fail", "Finish", "FlowLog", "Schedule", "decide", "spec_of", "step_task_id"]
+
+log = structlog.get_logger("mesh.coordination.orchestrator")
+FOREVER = 10.0**9
+
+
+class Schedule(NamedTuple):
+    step: str
+    attempt: int
+
+
+class Finish(NamedTuple):
+    output: Any
+
+
+class Fail(NamedTuple):
+    step: str | None
+    error: ErrorInfo
+    record_step: bool = False  # the step's failure is not recorded yet
+
+
+Decision = Schedule | Finish | Fail
+
+
+def step_task_id(workflow_id: str, step: str, attempt: int) -> str:
+    return derived_id(workflow_id, f"step/{step}/{attempt}")
+
+
+def scope(view: WorkflowView) -> dict[str, Any]:
+    """What step inputs may refer to: the workflow input and the completed steps."""
+    done = {name: {"output": s.output, "task_id": s.task_id, "attempt": s.attempt}
+            for name, s in view.steps.items() if s.status == "completed"}  # fmt: skip
+    return {"input": view.input, "steps": done}
+
+
+def spec_of(view: WorkflowView) -> WorkflowSpec | ErrorInfo:
+    try:
+        return parse(view.spec or {})
+    except ConfigError as error:
+        return ErrorInfo(type="SpecError", message=view.spec_error or str(error))
+
+
+def decide(view: WorkflowView, spec: WorkflowSpec | ErrorInfo) -> list[Decision]:
+    """What to record next for a running workflow, from its state alone."""
+    if not view.started or view.status != "running":
+        return []
+    if isinstance(spec, ErrorInfo):
+        return [Fail(None, spec)]
+    decisions: list[Decision] = []
+    for name, step in view.steps.items():
+        if step.status == "failed":
+            if step.attempt > spec.steps[name].retries:
+                error = step.error or ErrorInfo(type="StepFailed", message=f"step {name} failed")
+                return [Fail(name, error)]
+            decisions.append(Schedule(name, step.attempt + 1))
+    if all(step.status == "completed" for step in view.steps.values()):
+        return [_finish(view, spec)]
+    for name in ready_steps(view):
+        problem = _input_problem(view, spec.steps[name])
+        if problem is not None:
+            return [Fail(name, problem, record_step=True)]
+        decisions.append(Schedule(name, 1))
+    return decisions
+
+
+def _finish(view: WorkflowView, spec: WorkflowSpec) -> Decision:
+    try:
+        return Finish(resolve(default_output(spec), scope(view)))
+    except ConfigError as error:
+        return Fail(None, ErrorInfo(type="TemplateError", message=f"output: {error}"))
+
+
+def _input_problem(view: WorkflowView, step: Step) -> ErrorInfo | None:
+    try:
+        resolve(step.input, scope(view))
+    except ConfigError as error:
+        return ErrorInfo(type="TemplateError", message=str(error))
+    return None
+
+
+class FlowLog:
+    """One workflow's events folded, and recording more of them with compare-and-set."""
+
+    def __init__(self, mesh: Mesh, workflow_id: str) -> None:
+        self.mesh = mesh
+        self.workflow_id = workflow_id
+        self.subject = subjects.flow(workflow_id)
+        self.state = WORKFLOWS.initial()
+        self.seq = 0
+
+    @property
+    def view(self) -> WorkflowView:
+        return self.state.workflows.get(self.workflow_id) or WorkflowView(workflow_id=self.workflow_id)
+
+    async def refresh(self, *, at_least: int = 0) -> WorkflowView:
+        for item in await read(self.mesh, self.subject, after=self.seq, at_least=at_least):
+            self.seq = item.seq
+            if item.record is not None:
+                WORKFLOWS.apply(self.state, item.record)
+        return self.view
+
+    async def record(self, data: Event, label: str, *, causation_id: str | None = None) -> bool:
+        """Record ``data`` under the id derived from ``label``, unless the subject moved on
+        since the fold (then refold and return False: decide again)."""
+        try:
+            published = await self.mesh.publish(
+                self.subject, data, event_id=derived_id(self.workflow_id, label),
+                correlation_id=self.view.correlation_id or self.workflow_id,
+                causation_id=causation_id, expected_last_subject_seq=self.seq,
+            )  # fmt: skip
+        except BadRequestError as error:
+            if error.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            await self.refresh()
+            return False
+        await self.refresh(at_least=published.seq)
+        return True
+
+
+class _Outcome(NamedTuple):
+    step: str
+    task_id: str
+    record: Record | None  # None: no outcome within the step's timeout
+
+
+class Driver:
+    """Drives one workflow to its end; `run()` returns the final view."""
+
+    def __init__(self, mesh: Mesh, workflow_id: str) -> None:
+        self.mesh = mesh
+        self.flow = FlowLog(mesh, workflow_id)
+        self.workflow_id = workflow_id
+        self._watches: dict[str, asyncio.Task[_Outcome]] = {}  # task id -> its outcome
+
+    async def run(self, start: FlowStarted | None = None) -> WorkflowView:
+        view = await self.flow.refresh()
+        if not view.started:
+            if start is None:
+                raise SchemaError(
+                    f"workflow {self.workflow_id} was never started (no mesh.flow.started on {self.flow.subject})"
+                )
+            await self.flow.record(start, "started")
+        spec = spec_of(self.flow.view)
+        try:
+            while self.flow.view.status == "running":
+                await self._advance(spec)
+                if self.flow.view.status == "running":
+                    await self._settle_next(spec)
+        finally:
+            for watch in self._watches.values():
+                watch.cancel()
+        return self.flow.view
+
+    async def _advance(self, spec: WorkflowSpec | ErrorInfo) -> None:
+        for _ in range(10_000):
+            if isinstance(spec, WorkflowSpec):
+                self._watch_scheduled(spec)
+            decisions = decide(self.flow.view, spec)
+            if not decisions:
+                return
+            for decision in decisions:
+                if not await self._apply(decision):
+                    break  # another driver recorded something: decide again from the new fold
+        raise MeshError(f"workflow {self.workflow_id}: decisions did not settle")  # a bug, not a state
+
+    async def _apply(self, decision: Decision) -> bool:
+        wf = self.workflow_id
+        match decision:
+            case Schedule(step=name, attempt=attempt):
+                log.info("step scheduled", workflow_id=wf, step=name, attempt=attempt)
+                scheduled = FlowStepScheduled(
+                    workflow_id=wf, step=name, task_id=step_task_id(wf, name, attempt), attempt=attempt
+                )
+                return await self.flow.record(scheduled, f"step/{name}/{attempt}/scheduled")
+            case Finish(output=output):
+                log.info("workflow completed", workflow_id=wf)
+                return await self.flow.record(FlowCompleted(workflow_id=wf, output=output), "completed")
+            case Fail(step=name, error=error, record_step=record_step):
+                log.warning("workflow failed", workflow_id=wf, step=name, error=error.message)
+                if name is not None and record_step:
+                    failed = FlowStepFailed(workflow_id=wf, step=name, task_id="", error=error)
+                    if not await self.flow.record(failed, f"step/{name}/0/failed"):
+                        return False
+                return await self.flow.record(FlowFailed(workflow_id=wf, error=error), "failed")
+        raise TypeError(f"not a decision: {decision!r}")  # pragma: no cover
+
+    def _watch_scheduled(self, spec: WorkflowSpec) -> None:
+        for name, step in self.flow.view.steps.items():
+            if step.status == "scheduled" and step.task_id and step.task_id not in self._watches:
+                launch = self._launch(name, step, spec.steps[name])
+                self._watches[step.task_id] = asyncio.create_task(launch, name=f"step-{name}")
+
+    async def _launch(self, name: str, step: StepView, spec: Step) -> _Outcome:
+        """Submit the step's task unless it is under way already, then await its outcome."""
+        task_id = step.task_id or ""
+        if await self.mesh.last_on(subjects.task(task_id)) is None:  # nobody took it (yet): the same id dedupes
+            cause = derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
+            await self.mesh.submit(spec.capability, resolve(spec.input, scope(self.flow.view)), task_id=task_id,
+                                   correlation_id=self.flow.view.correlation_id or self.workflow_id,
+                                   causation_id=cause)  # fmt: skip
+        try:
+            return _Outcome(name, task_id, await self.mesh.outcome(task_id, timeout=spec.timeout or FOREVER))
+        except TaskTimeoutError:
+            return _Outcome(name, task_id, None)
+
+    async def _settle_next(self, spec: WorkflowSpec | ErrorInfo) -> None:
+        if not self._watches:
+            raise MeshError(f"workflow {self.workflow_id} is running with no step under way")
+        done, _ = await asyncio.wait(self._watches.values(), return_when=asyncio.FIRST_COMPLETED)
+        for finished in done:
+            outcome = finished.result()
+            del self._watches[outcome.task_id]
+            timeout = spec.steps[outcome.step].timeout if isinstance(spec, WorkflowSpec) else None
+            await self._settle(outcome, timeout)
+
+    async def _settle(self, outcome: _Outcome, timeout: float | None) -> None:
+        """Record a step's outcome, unless the fold says it is stale or already recorded."""
+        name, task_id = outcome.step, outcome.task_id
+        while (step := self.flow.view.steps.get(name)) and step.status == "scheduled" and step.task_id == task_id:
+            event, label = step_event(self.workflow_id, outcome, step.attempt, timeout)
+            log.info("step settled", workflow_id=self.workflow_id, step=name, type=event.TYPE)
+            if await self.flow.record(event, label, causation_id=outcome.record.event.id if outcome.record else None):
+                return
+
+
+def step_event(workflow_id: str, outcome: _Outcome, attempt: int, timeout: float | None) -> tuple[Event, str]:
+    """The flow event a task outcome makes, and the label of its id."""
+    name, task_id = outcome.step, outcome.task_id
+    match outcome.record.data if outcome.record else None:
+        case TaskCompleted(output=output):
+            completed = FlowStepCompleted(workflow_id=workflow_id, step=name, task_id=task_id, output=output)
+            return completed, f"step/{name}/completed"
+        case TaskFailed(error=error):
+            pass
+        case TaskCancelled(reason=reason):
+            error = ErrorInfo(type="cancelled", message=reason)
+        case _:
+            error = ErrorInfo(type="StepTimeout", message=f"no outcome within {timeout or 0:g}s", retryable=True)
+    failed = FlowStepFailed(workflow_id=workflow_id, step=name, task_id=task_id, error=error)
+    return failed, f"step/{name}/{attempt}/failed"

@@ -1,0 +1,238 @@
+"""Consensus voting: propose, cast, and the one recorded decision.
+
+    proposal = await ctx.propose("ship it?", ["yes", "no"], rule="quorum", quorum=2,
+                                 voters=("alice", "bob", "carol"), deadline=30)
+    await ctx.cast(proposal.proposal_id, "yes")      # as this agent; `voter=` to choose
+    decided = await proposal.outcome()               # VoteDecided: outcome, tally, reason
+
+A proposal's events live on `mesh.vote.<proposal_id>`. Whoever observes them (the
+proposer awaiting `outcome()`, a voter after casting, any watcher) folds them with the
+consensus projection and, when `evaluate(view, now)` says the proposal is decided (by its
+rule, or because the deadline passed), records `mesh.vote.decided` with the id
+`derived_id(proposal_id, "decided")`, published only if nothing else landed on the
+subject since the fold (expected last subject sequence). So the log holds one decision,
+the first, whoever recorded it; `outcome()` returns that stored one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from nats.js.errors import BadRequestError
+
+from mesh.bus.client import Mesh, Published
+from mesh.bus.follow import Follow, Stored, last_seq, read
+from mesh.coordination.board import WRONG_LAST_SEQUENCE
+from mesh.coordination.origin import Origin
+from mesh.errors import MeshError, SchemaError
+from mesh.projections import CONSENSUS, ConsensusState, ProposalView, evaluate, roster
+from mesh.projections.base import instant
+from topics import subjects
+from topics.base import check_token
+from topics.envelope import derived_id, now_rfc3339
+from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
+
+__all__ = ["Proposal", "Proposals", "VoteRejected", "VoteTimeoutError", "decided_id"]
+
+
+class VoteRejected(MeshError, ValueError):
+    """A vote that would not count: unknown proposal, option or voter, decided, or late."""
+
+
+class VoteTimeoutError(MeshError, TimeoutError):
+    """No decision was recorded within the time the caller was willing to wait."""
+
+
+def decided_id(proposal_id: str) -> str:
+    """The event id of a proposal's decision: the same for every observer."""
+    return derived_id(proposal_id, "decided")
+
+
+def deadline_at(deadline: float | datetime | str | None) -> str | None:
+    """A deadline as RFC 3339: seconds from now, an aware datetime, or RFC 3339 already."""
+    if deadline is None or isinstance(deadline, str):
+        return deadline
+    if isinstance(deadline, datetime):
+        moment = deadline
+    else:
+        moment = datetime.now(UTC) + timedelta(seconds=deadline)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Proposals:
+    """Proposing and voting. Inside a handler use `ctx.vote` (or `ctx.propose`/`ctx.cast`):
+    ids are derived from the task and the voter defaults to the agent's name."""
+
+    def __init__(self, mesh: Mesh, *, origin: Origin | None = None, voter: str = "") -> None:
+        self.mesh = mesh
+        self.origin = origin or Origin(author=mesh.source)
+        self.voter = voter
+
+    async def propose(
+        self,
+        question: str,
+        options: Iterable[str],
+        *,
+        rule: Rule = "majority",
+        voters: Iterable[str] = (),
+        quorum: int | None = None,
+        weights: Mapping[str, float] | None = None,
+        deadline: float | datetime | str | None = None,
+        proposal_id: str | None = None,
+    ) -> Proposal:
+        """Put a question to a vote. ``deadline``: seconds from now, a datetime or RFC 3339."""
+        proposal_id = check_token("proposal id", proposal_id or self.origin.next_id("propose"))
+        proposed = VoteProposed(
+            proposal_id=proposal_id, question=question, options=tuple(options), rule=rule, voters=tuple(voters),
+            quorum=quorum, weights=dict(weights or {}), deadline=deadline_at(deadline), proposer=self.origin.author,
+        )  # fmt: skip
+        if not proposed.options:
+            raise SchemaError(f"proposal {question!r} needs at least one option")
+        await self.mesh.publish(subjects.vote(proposal_id), proposed, event_id=derived_id(proposal_id, "proposed"),
+                                correlation_id=self.origin.correlation_id or proposal_id,
+                                causation_id=self.origin.cause_id)  # fmt: skip
+        return self.get(proposal_id)
+
+    def get(self, proposal_id: str) -> Proposal:
+        """A handle on an existing proposal."""
+        return Proposal(self, check_token("proposal id", proposal_id))
+
+    async def cast(self, proposal_id: str, choice: str, *, voter: str | None = None, rationale: str = "") -> Published:
+        """Vote on a proposal (as ``voter``, default this agent's name)."""
+        return await self.get(proposal_id).cast(choice, voter=voter, rationale=rationale)
+
+
+class Proposal:
+    """One proposal: its view, votes, and decision."""
+
+    def __init__(self, proposals: Proposals, proposal_id: str) -> None:
+        self.proposals = proposals
+        self.mesh = proposals.mesh
+        self.proposal_id = proposal_id
+        self.subject = subjects.vote(proposal_id)
+
+    async def view(self) -> ProposalView:
+        """The proposal as folded from the log now (votes, tally, decided, outcome)."""
+        return (await self._ballot()).view
+
+    async def _ballot(self) -> _Ballot:
+        ballot = _Ballot(self.proposal_id)
+        for item in await read(self.mesh, self.subject):
+            ballot.fold(item)
+        return ballot
+
+    async def cast(self, choice: str, *, voter: str | None = None, rationale: str = "") -> Published:
+        """Vote ``choice``; VoteRejected if the vote could not count. Then record the
+        decision if this vote settled it."""
+        voter = voter or self.proposals.voter
+        ballot = await self._ballot()
+        _check_vote(ballot.view, voter, choice)
+        vote = VoteCast(proposal_id=self.proposal_id, voter=voter, choice=choice, rationale=rationale)
+        origin = self.proposals.origin
+        published = await self.mesh.publish(self.subject, vote, event_id=origin.next_id(f"vote/{self.proposal_id}"),
+                                             correlation_id=ballot.correlation_id or self.proposal_id,
+                                             causation_id=origin.cause_id or derived_id(self.proposal_id, "proposed"))  # fmt: skip
+        await self.settle()
+        return published
+
+    async def settle(self) -> VoteDecided | None:
+        """Fold the log now; record the decision if it is due. The decision stored, or None."""
+        ballot = await self._ballot()
+        if ballot.decided is None:
+            await self._record_if_due(ballot)
+            ballot = await self._ballot()
+        return ballot.decided
+
+    async def outcome(self, timeout: float | None = None) -> VoteDecided:
+        """Wait for the decision (recording it when this observer sees it is due)."""
+        try:
+            return await asyncio.wait_for(self._await_decision(), timeout)
+        except TimeoutError:
+            raise VoteTimeoutError(f"proposal {self.proposal_id} not decided after {timeout:g}s") from None
+
+    async def _await_decision(self) -> VoteDecided:
+        ballot = _Ballot(self.proposal_id)
+        async with Follow(self.mesh, self.subject) as follow:
+            head = await last_seq(self.mesh, self.subject)
+            while ballot.decided is None:
+                wait = None
+                if ballot.seq >= head:  # caught up with the log: judge what it says
+                    wait = await self._record_if_due(ballot)
+                item = await follow.next(wait)
+                if item is not None:
+                    ballot.fold(item)
+        assert ballot.decided is not None
+        return ballot.decided
+
+    async def _record_if_due(self, ballot: _Ballot) -> float | None:
+        """Record the decision if it is due now; else the seconds until the deadline, if any."""
+        view = ballot.view
+        if not view.proposed or view.decided:
+            return None
+        decision = evaluate(view, now_rfc3339())
+        if not decision.decided:
+            return _seconds_until(view.deadline)
+        decided = VoteDecided(proposal_id=self.proposal_id, outcome=decision.outcome, tally=view.tally,
+                              reason=decision.reason)  # fmt: skip
+        try:
+            await self.mesh.publish(self.subject, decided, event_id=decided_id(self.proposal_id),
+                                    correlation_id=ballot.correlation_id or self.proposal_id,
+                                    causation_id=ballot.last_id, expected_last_subject_seq=ballot.seq)  # fmt: skip
+        except BadRequestError as error:
+            if error.err_code != WRONG_LAST_SEQUENCE:
+                raise  # else something landed since our fold: read on and judge again
+        return None
+
+
+class _Ballot:
+    """The fold of one proposal's subject, with the position it reached."""
+
+    def __init__(self, proposal_id: str) -> None:
+        self.proposal_id = proposal_id
+        self.state: ConsensusState = CONSENSUS.initial()
+        self.seq = 0
+        self.last_id: str | None = None
+        self.correlation_id: str | None = None
+        self.decided: VoteDecided | None = None
+
+    @property
+    def view(self) -> ProposalView:
+        return self.state.proposals.get(self.proposal_id) or ProposalView(proposal_id=self.proposal_id)
+
+    def fold(self, item: Stored) -> None:
+        self.seq = max(self.seq, item.seq)
+        record = item.record
+        if record is None:
+            return
+        CONSENSUS.apply(self.state, record)
+        self.last_id = record.event.id
+        match record.data:
+            case VoteProposed():
+                self.correlation_id = self.correlation_id or record.event.correlationid
+            case VoteDecided() as decided if self.decided is None:
+                self.decided = decided
+
+
+def _check_vote(view: ProposalView, voter: str, choice: str) -> None:
+    where = f"proposal {view.proposal_id}"
+    if not voter:
+        raise VoteRejected(f"{where}: say who votes (voter=...)")
+    if not view.proposed:
+        raise VoteRejected(f"{where} does not exist (yet): nothing was proposed on {subjects.vote(view.proposal_id)}")
+    if view.decided:
+        raise VoteRejected(f"{where} is already decided: {view.outcome!r} ({view.reason})")
+    if choice not in view.options:
+        raise VoteRejected(f"{where}: {choice!r} is not an option; choose one of {list(view.options)}")
+    if roster(view) and voter not in roster(view):
+        raise VoteRejected(f"{where}: {voter!r} is not on the roster {list(roster(view))}")
+    if _seconds_until(view.deadline) == 0.0:
+        raise VoteRejected(f"{where}: the deadline {view.deadline} has passed")
+
+
+def _seconds_until(deadline: str | None) -> float | None:
+    if deadline is None:
+        return None
+    left = (instant(deadline) - datetime.now(UTC)).total_seconds()
+    return max(0.0, left) + (0.01 if left > 0 else 0.0)

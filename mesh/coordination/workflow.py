@@ -1,0 +1,258 @@
+"""Workflows: a DAG of capability steps, declared in Python or TOML, run by the orchestrator.
+
+    flow = Flow("report")
+    for aspect in ("background", "practice"):
+        flow.step(aspect, "research", {"topic": "$input.topic", "aspect": aspect})
+    flow.step("write", "write", {"topic": "$input.topic",
+                                 "notes": ["$steps.background.output", "$steps.practice.output"]})
+    workflow_id = await Workflows(mesh).start(flow.build(), {"topic": "rate limiting"})
+    output = await Workflows(mesh).result(workflow_id, timeout=120)
+
+or the same as a TOML file (see `examples/report.toml`) loaded with `load(path)`.
+
+A step runs once every step in its `after` has completed; steps its input refers to
+(`$steps.NAME...`, see `mesh.coordination.templates`) are added to `after`. Steps with no dependency
+between them run in parallel. `retries` is how many more tasks a step gets after a failed
+one. The workflow's `output` is a template too; by default the output of its last step
+(or a dict of the outputs of its last steps, when several steps end it).
+
+Starting a workflow publishes `mesh.flow.started` on `mesh.flow.<workflow_id>` and a task
+for the `workflow` capability (task id = workflow id), which an orchestrator agent
+(`mesh agent run agents.orchestrator:agent`) picks up and drives (see `mesh.coordination.orchestrator`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from mesh.bus.client import Mesh
+from mesh.bus.follow import Follow, records
+from mesh.coordination.templates import references
+from mesh.errors import ConfigError, MeshError
+from mesh.projections import WORKFLOWS, WorkflowView
+from mesh.projections.base import fold
+from topics import subjects
+from topics.base import ErrorInfo, check_token
+from topics.envelope import derived_id, new_event_id
+from topics.flows import FlowCompleted, FlowFailed, FlowStarted
+from topics.record import Record
+
+__all__ = [
+    "WORKFLOW_CAPABILITY",
+    "Flow",
+    "Step",
+    "WorkflowFailedError",
+    "WorkflowSpec",
+    "WorkflowTimeoutError",
+    "Workflows",
+    "default_output",
+    "load",
+    "parse",
+]
+
+WORKFLOW_CAPABILITY = "workflow"
+
+
+class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One step: a task for ``capability`` with ``input`` (a template)."""
+
+    capability: str
+    input: Any = None
+    after: tuple[str, ...] = ()
+    retries: int = 0
+    timeout: float | None = None  # seconds one attempt may take before it counts as failed
+
+
+class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A whole workflow: its steps by name and the template of its output."""
+
+    name: str = "workflow"
+    steps: dict[str, Step] = {}
+    output: Any = None
+    description: str = ""
+
+
+class WorkflowFailedError(MeshError):
+    """A workflow ended in `mesh.flow.failed`."""
+
+    def __init__(self, workflow_id: str, error: ErrorInfo | None) -> None:
+        reason = f"{error.type}: {error.message}" if error else "no reason recorded"
+        super().__init__(f"workflow {workflow_id} failed: {reason}")
+        self.workflow_id, self.error = workflow_id, error
+
+
+class WorkflowTimeoutError(MeshError, TimeoutError):
+    """A workflow did not end within the time the caller was willing to wait; it goes on."""
+
+
+class Flow:
+    """Builds a WorkflowSpec step by step."""
+
+    def __init__(self, name: str, *, description: str = "") -> None:
+        self.name, self.description = name, description
+        self._steps: dict[str, Step] = {}
+        self._output: Any = None
+
+    def step(self, name: str, capability: str, input: Any = None, *, after: tuple[str, ...] = (),
+             retries: int = 0, timeout: float | None = None) -> str:  # fmt: skip
+        """Add a step; returns its name, handy for `after=` and `$steps.NAME.output`."""
+        if name in self._steps:
+            raise ConfigError(f"workflow {self.name!r} already has a step {name!r}")
+        self._steps[name] = Step(
+            capability=capability, input=input, after=tuple(after), retries=retries, timeout=timeout
+        )
+        return name
+
+    def output(self, template: Any) -> Flow:
+        self._output = template
+        return self
+
+    def build(self) -> WorkflowSpec:
+        spec = WorkflowSpec(name=self.name, steps=dict(self._steps), output=self._output, description=self.description)
+        return normalize(spec)
+
+
+def parse(data: Mapping[str, Any]) -> WorkflowSpec:
+    """A WorkflowSpec from plain data (a decoded TOML or JSON document); ConfigError if it does not fit."""
+    try:
+        spec = msgspec.convert(dict(data), WorkflowSpec)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"not a workflow spec: {error}") from None
+    return normalize(spec)
+
+
+def load(path: str | Path) -> WorkflowSpec:
+    """Read a workflow from a TOML (or JSON) file."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+        data = msgspec.json.decode(text) if path.suffix == ".json" else tomllib.loads(text.decode())
+    except (OSError, tomllib.TOMLDecodeError, msgspec.DecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read workflow {path}: {error}") from None
+    try:
+        return parse(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def normalize(spec: WorkflowSpec) -> WorkflowSpec:
+    """Add the steps each input refers to into its `after`, and check the graph."""
+    steps = {name: _with_references(name, step) for name, step in spec.steps.items()}
+    for name, step in steps.items():
+        _check_step(spec.name, name, step, steps)
+    unknown = references(spec.output) - set(steps)
+    if unknown:
+        raise ConfigError(f"workflow {spec.name!r}: output refers to unknown steps {sorted(unknown)}")
+    _check_acyclic(spec.name, steps)
+    return msgspec.structs.replace(spec, steps=steps)
+
+
+def _with_references(name: str, step: Step) -> Step:
+    implied = sorted(references(step.input) - set(step.after))
+    return msgspec.structs.replace(step, after=(*step.after, *implied)) if implied else step
+
+
+def _check_step(flow: str, name: str, step: Step, steps: Mapping[str, Step]) -> None:
+    where = f"workflow {flow!r}, step {name!r}"
+    try:
+        check_token("step name", name)
+        check_token("capability", step.capability)
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    missing = [dep for dep in step.after if dep not in steps]
+    if missing:
+        raise ConfigError(f"{where} waits for unknown steps {missing}; the steps are {sorted(steps)}")
+    if step.retries < 0 or (step.timeout is not None and step.timeout <= 0):
+        raise ConfigError(f"{where}: retries must be >= 0 and timeout > 0")
+
+
+def _check_acyclic(flow: str, steps: Mapping[str, Step]) -> None:
+    done: set[str] = set()
+    remaining = dict(steps)
+    while remaining:
+        ready = [name for name, step in remaining.items() if done.issuperset(step.after)]
+        if not ready:
+            raise ConfigError(f"workflow {flow!r} has a cycle among steps {sorted(remaining)}")
+        for name in ready:
+            done.add(name)
+            del remaining[name]
+
+
+def sinks(spec: WorkflowSpec) -> list[str]:
+    """The steps no other step waits for."""
+    needed = {dep for step in spec.steps.values() for dep in step.after}
+    return [name for name in spec.steps if name not in needed]
+
+
+def default_output(spec: WorkflowSpec) -> Any:
+    """The output template when the spec names none: the last step's output, or a dict of them."""
+    if spec.output is not None:
+        return spec.output
+    ends = sinks(spec)
+    if len(ends) == 1:
+        return f"$steps.{ends[0]}.output"
+    return {name: f"$steps.{name}.output" for name in ends}
+
+
+class Workflows:
+    """Start workflows and read how they go."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+
+    async def start(self, spec: WorkflowSpec, input: Any = None, *, workflow_id: str | None = None) -> str:
+        """Record `mesh.flow.started` and hand the workflow to an orchestrator; its id."""
+        workflow_id = check_token("workflow id", workflow_id or new_event_id())
+        started = FlowStarted(workflow_id=workflow_id, name=spec.name, spec=msgspec.to_builtins(spec), input=input)
+        await self.mesh.publish(subjects.flow(workflow_id), started, event_id=derived_id(workflow_id, "started"),
+                                correlation_id=workflow_id)  # fmt: skip
+        await self.mesh.submit(WORKFLOW_CAPABILITY, {"workflow_id": workflow_id}, task_id=workflow_id,
+                               correlation_id=workflow_id, causation_id=derived_id(workflow_id, "started"))  # fmt: skip
+        return workflow_id
+
+    async def view(self, workflow_id: str) -> WorkflowView:
+        """The workflow as its events tell it now."""
+        state = fold(WORKFLOWS, await records(self.mesh, subjects.flow(workflow_id)))
+        return state.workflows.get(workflow_id) or WorkflowView(workflow_id=workflow_id)
+
+    async def follow(self, workflow_id: str, *, timeout: float | None = None) -> AsyncIterator[Record]:
+        """Yield the workflow's events as they land, from its first, until it completes or
+        fails; TimeoutError if nothing new lands for ``timeout`` seconds."""
+        async with Follow(self.mesh, subjects.flow(workflow_id)) as follow:
+            while True:
+                item = await follow.next(timeout)
+                if item is None:
+                    raise TimeoutError(f"workflow {workflow_id}: nothing new for {timeout:g}s")
+                if item.record is None:
+                    continue
+                yield item.record
+                if isinstance(item.record.data, FlowCompleted | FlowFailed):
+                    return
+
+    async def result(
+        self, workflow_id: str, *, timeout: float | None = None, on_event: Callable[[Record], None] | None = None
+    ) -> Any:
+        """Wait up to ``timeout`` seconds for the workflow's output, calling ``on_event`` with
+        each of its events on the way; WorkflowFailedError if it failed,
+        WorkflowTimeoutError if it did not end in time."""
+        try:
+            return await asyncio.wait_for(self._outcome(workflow_id, on_event), timeout)
+        except TimeoutError:
+            raise WorkflowTimeoutError(f"workflow {workflow_id} did not end within {timeout:g}s") from None
+
+    async def _outcome(self, workflow_id: str, on_event: Callable[[Record], None] | None) -> Any:
+        async for record in self.follow(workflow_id):
+            if on_event is not None:
+                on_event(record)
+            match record.data:
+                case FlowCompleted(output=output):
+                    return output
+                case FlowFailed(error=error):
+                    raise WorkflowFailedError(workflow_id, error)
+        raise MeshError(f"workflow {workflow_id}: the log ended without an outcome")  # pragma: no cover

@@ -1,0 +1,175 @@
+"""Model calls through the `openai` SDK, each recorded as a `mesh.llm.called` event.
+
+`OPENAI_API_KEY`, `OPENAI_BASE_URL` and `MESH_MODEL` (default `gpt-4o-mini`) choose the
+model; any OpenAI-compatible server works. With no key, the offline model answers through
+the SDK's own HTTP layer (see `mesh.llm.offline`). On a redelivered task, responses already
+recorded for it are returned again instead of calling the model twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+import structlog
+from openai.types.chat import ChatCompletion
+
+from mesh.bus.client import Mesh
+from mesh.errors import RetryableError, TaskError
+from mesh.llm.offline import OFFLINE_PROVIDER, offline_http_client
+from mesh.llm.recorded import recorded_calls
+from mesh.telemetry.tracing import chat_span, instruments, record_error
+from topics import subjects
+from topics.calls import LlmCalled
+from topics.envelope import derived_id
+
+__all__ = ["LlmClient", "LlmSession", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "gpt-4o-mini"
+log = structlog.get_logger("mesh.llm")
+
+
+class LlmClient:
+    """One `AsyncOpenAI` per process; `session()` binds it to one task attempt."""
+
+    def __init__(self, client: openai.AsyncOpenAI, *, model: str, offline: bool) -> None:
+        self.client = client
+        self.model = model
+        self.offline = offline
+        self.provider = OFFLINE_PROVIDER if offline else "openai"
+
+    @classmethod
+    def from_env(cls) -> LlmClient:
+        model = os.environ.get("MESH_MODEL", DEFAULT_MODEL)
+        if os.environ.get("OPENAI_API_KEY"):
+            return cls(openai.AsyncOpenAI(max_retries=0), model=model, offline=False)
+        client = openai.AsyncOpenAI(
+            api_key="offline", base_url="http://offline.invalid/v1", http_client=offline_http_client(), max_retries=0
+        )
+        return cls(client, model=model, offline=True)
+
+    def session(self, mesh: Mesh, agent: str, task_id: str, cause_id: str, attempt: int) -> LlmSession:
+        return LlmSession(self, mesh, agent=agent, task_id=task_id, cause_id=cause_id, attempt=attempt)
+
+
+class LlmSession:
+    """The model, as one task attempt sees it: calls are numbered, recorded and replayable."""
+
+    def __init__(
+        self,
+        client: LlmClient,
+        mesh: Mesh | None,
+        *,
+        agent: str,
+        task_id: str,
+        cause_id: str,
+        attempt: int,
+        recorded: dict[int, LlmCalled] | None = None,
+    ) -> None:
+        self._client = client
+        self._mesh = mesh
+        self._agent = agent
+        self._task_id = task_id
+        self._cause_id = cause_id
+        self._attempt = attempt
+        self._recorded = recorded
+        self._index = 0
+        self.calls: list[LlmCalled] = []
+
+    @property
+    def model(self) -> str:
+        return self._client.model
+
+    async def chat(
+        self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None, **options: Any
+    ) -> ChatCompletion:
+        """`chat.completions.create` with this session's model; returns the SDK's ChatCompletion."""
+        index = self._index
+        self._index += 1
+        request: dict[str, Any] = {"model": options.pop("model", self.model), "messages": list(messages), **options}
+        if tools:
+            request["tools"] = list(tools)
+        recorded = (await self._load_recorded()).get(index)
+        if recorded is not None:
+            log.info("reusing recorded LLM response", call_index=index)
+            self.calls.append(recorded)
+            return ChatCompletion.model_validate(recorded.response)
+        return await self._call(index, request)
+
+    async def text(self, prompt: str, *, system: str | None = None, **options: Any) -> str:
+        """One user prompt in, the first choice's text out."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        completion = await self.chat(messages, **options)
+        return completion.choices[0].message.content or ""
+
+    async def _call(self, index: int, request: dict[str, Any]) -> ChatCompletion:
+        model = request["model"]
+        provider = self._client.provider
+        metric = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": model}
+        with chat_span(model, provider=provider, conversation_id=self._task_id) as span:
+            started = time.perf_counter()
+            try:
+                completion = await self._client.client.chat.completions.create(**request)
+            except openai.APIError as error:
+                record_error(span, error)
+                failed = {**metric, "error.type": type(error).__name__}
+                instruments.llm_duration.record(time.perf_counter() - started, failed)
+                raise _task_error(error) from error
+            latency_ms = (time.perf_counter() - started) * 1000
+            usage = completion.usage
+            span.set_attributes(
+                {
+                    "gen_ai.response.model": completion.model,
+                    "gen_ai.response.id": completion.id,
+                    "gen_ai.response.finish_reasons": [c.finish_reason or "" for c in completion.choices],
+                    "gen_ai.usage.input_tokens": usage.prompt_tokens if usage else 0,
+                    "gen_ai.usage.output_tokens": usage.completion_tokens if usage else 0,
+                }
+            )
+        metric["gen_ai.response.model"] = completion.model
+        instruments.llm_duration.record(latency_ms / 1000, metric)
+        if usage:
+            instruments.tokens.record(usage.prompt_tokens, {**metric, "gen_ai.token.type": "input"})
+            instruments.tokens.record(usage.completion_tokens, {**metric, "gen_ai.token.type": "output"})
+        call = LlmCalled(
+            agent=self._agent,
+            task_id=self._task_id,
+            call_index=index,
+            model=completion.model,
+            request=request,
+            response=completion.model_dump(mode="json", exclude_unset=True),
+            usage={"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens} if usage else {},
+            latency_ms=round(latency_ms, 3),
+            offline=self._client.offline,
+        )
+        self.calls.append(call)
+        if self._mesh is not None:
+            await self._mesh.publish(
+                subjects.llm(self._agent, self._task_id),
+                call,
+                event_id=derived_id(self._cause_id, f"llm/{index}"),
+                causation_id=self._cause_id,
+                correlation_id=self._task_id,
+            )
+        return completion  # type: ignore[no-any-return]  # the SDK's create() is typed per overload
+
+    async def _load_recorded(self) -> dict[int, LlmCalled]:
+        """Calls already in the log for this task (only looked up on a retry)."""
+        if self._recorded is None:
+            self._recorded = {}
+            if self._attempt > 1 and self._mesh is not None:
+                self._recorded = await recorded_calls(self._mesh, subjects.llm(self._agent, self._task_id), LlmCalled)
+        return self._recorded
+
+
+def _task_error(error: openai.APIError) -> TaskError:
+    status = getattr(error, "status_code", None)
+    name = type(error).__name__
+    if isinstance(error, (openai.APIConnectionError, openai.APITimeoutError)) or status in (408, 409, 429) or (
+        status is not None and status >= 500
+    ):
+        return RetryableError(f"model call failed ({status or 'no response'}): {error}", type=name)
+    return TaskError(f"model call refused ({status}): {error}", type=name)

@@ -1,0 +1,155 @@
+"""Tools: plain async functions with a JSON schema generated from their signature.
+
+    @tool
+    async def search(query: str, limit: int = 5) -> list[str]: ...
+
+    agent = Agent("researcher", tools=("search",))   # the grant
+
+`ctx.tools.specs()` gives the OpenAI `tools=` list for the granted ones; `ctx.tools.call(name,
+args)` checks the grant and the arguments, runs the tool inside an `execute_tool` span and
+records a `mesh.tool.called` event; a call outside the grant is refused and recorded too.
+On a retried task, results already recorded are returned again instead of re-running.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+import msgspec
+
+from mesh.bus.client import Mesh
+from mesh.errors import ConfigError, SchemaError, ToolError, ToolNotGrantedError
+from mesh.llm.recorded import recorded_calls
+from mesh.telemetry.redact import scrub_text
+from mesh.telemetry.tracing import record_error, tool_span
+from topics import subjects
+from topics.calls import ToolCalled
+from topics.envelope import derived_id
+
+__all__ = ["Tool", "tool", "TOOLS", "ToolBox"]
+
+TOOLS: dict[str, Tool] = {}
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    fn: Callable[..., Awaitable[Any]]
+    arguments: type[msgspec.Struct]
+    description: str
+
+    def spec(self) -> dict[str, Any]:
+        """The OpenAI function-tool definition."""
+        schema = msgspec.json.schema(self.arguments)
+        parameters = schema.get("$defs", {}).get(self.arguments.__name__, schema)
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": parameters}}  # fmt: skip
+
+    async def run(self, arguments: dict[str, Any]) -> Any:
+        try:
+            parsed = msgspec.convert(arguments, self.arguments)
+        except msgspec.ValidationError as error:
+            raise SchemaError(f"arguments for tool '{self.name}' do not fit its signature: {error}") from error
+        return await self.fn(**msgspec.structs.asdict(parsed))
+
+
+def tool(fn: Callable[..., Awaitable[Any]] | None = None, *, name: str | None = None) -> Any:
+    """Register an async function as a tool, by its name or `name`."""
+
+    def register(fn: Callable[..., Awaitable[Any]]) -> Tool:
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigError(f"tool {fn.__name__} must be `async def`")
+        hints = get_type_hints(fn)
+        fields = []
+        for param in inspect.signature(fn).parameters.values():
+            annotation = hints.get(param.name, Any)
+            fields.append((param.name, annotation) if param.default is param.empty
+                          else (param.name, annotation, param.default))  # fmt: skip
+        made = Tool(name or fn.__name__, fn, msgspec.defstruct(f"{fn.__name__}_args", fields),
+                    inspect.getdoc(fn) or "")  # fmt: skip
+        TOOLS[made.name] = made
+        return made
+
+    return register(fn) if fn is not None else register
+
+
+class ToolBox:
+    """The tools one task attempt may use: granted, recorded, replayable."""
+
+    def __init__(self, mesh: Mesh | None, *, agent: str, granted: Sequence[str], task_id: str, cause_id: str,
+                 attempt: int, recorded: dict[int, ToolCalled] | None = None) -> None:  # fmt: skip
+        self._mesh = mesh
+        self._agent = agent
+        self._granted = tuple(granted)
+        self._task_id = task_id
+        self._cause_id = cause_id
+        self._attempt = attempt
+        self._recorded = recorded
+        self._index = 0
+        self.calls: list[ToolCalled] = []
+
+    def specs(self) -> list[dict[str, Any]]:
+        return [TOOLS[name].spec() for name in self._granted if name in TOOLS]
+
+    async def call(self, name: str, arguments: dict[str, Any] | str) -> Any:
+        """Run a granted tool; a refused or failing call raises after it is recorded."""
+        args = json.loads(arguments) if isinstance(arguments, str) else arguments
+        index = self._index
+        self._index += 1
+        if (prior := (await self._load_recorded()).get(index)) is not None:
+            self.calls.append(prior)
+            if prior.error is not None:
+                raise _recorded_error(prior)
+            return prior.result
+        with tool_span(name) as span:
+            try:
+                result = await self._run(name, args)
+            except Exception as error:
+                record_error(span, error)
+                await self._record(index, name, args, None, error)
+                raise
+        await self._record(index, name, args, result, None)
+        return result
+
+    async def _run(self, name: str, args: dict[str, Any]) -> Any:
+        if name not in self._granted:
+            raise ToolNotGrantedError(f"tool '{name}' is not granted to agent '{self._agent}' "
+                                      f"(granted: {', '.join(self._granted) or 'none'})")  # fmt: skip
+        if name not in TOOLS:
+            raise ConfigError(f"tool '{name}' is granted but not registered: import the module that defines it")
+        return await TOOLS[name].run(args)
+
+    async def _record(self, index: int, name: str, args: dict[str, Any], result: Any, error: Exception | None) -> None:
+        call = ToolCalled(agent=self._agent, task_id=self._task_id, call_index=index, tool=name, arguments=args,
+                          result=result, error=scrub_text(f"{type(error).__name__}: {error}") if error else None,
+                          error_type=type(error).__name__ if error else None)  # fmt: skip
+        self.calls.append(call)
+        if self._mesh is not None:
+            await self._mesh.publish(subjects.tool(self._agent, self._task_id), call,
+                                     event_id=derived_id(self._cause_id, f"tool/{index}"),
+                                     causation_id=self._cause_id, correlation_id=self._task_id)  # fmt: skip
+
+    async def _load_recorded(self) -> dict[int, ToolCalled]:
+        if self._recorded is None:
+            self._recorded = {}
+            if self._attempt > 1 and self._mesh is not None:
+                self._recorded = await recorded_calls(self._mesh, subjects.tool(self._agent, self._task_id), ToolCalled)
+        return self._recorded
+
+
+_KNOWN_ERRORS: dict[str, type[Exception]] = {"ToolNotGrantedError": ToolNotGrantedError, "SchemaError": SchemaError,
+                                             "ConfigError": ConfigError}  # fmt: skip
+
+
+def _recorded_error(call: ToolCalled) -> Exception:
+    """The error a recorded call failed with, raised again with the same message and, for the
+    mesh's own errors, the same type (another type comes back as ToolError naming it)."""
+    kind = call.error_type or "Exception"
+    text = call.error or ""
+    message = text.removeprefix(f"{kind}: ")
+    known = _KNOWN_ERRORS.get(kind)
+    return known(message) if known is not None else ToolError(message, error_type=kind)

@@ -1,0 +1,99 @@
+"""Snapshots of projection states, so a rebuild starts near the end of the log.
+
+Snapshots live in the KV bucket `mesh-snapshots`, one key per projection name, holding
+`Projection.encode_state` output: the state, which carries its own `seq`, tagged with the
+projection's name and version. A rebuild reads on from `seq + 1`. A snapshot of another
+version of the fold is ignored (`load_snapshot`), so changing a fold and bumping its
+`version` is all it takes to invalidate old snapshots. A snapshot larger than the server's
+max payload goes to the object store bucket of the same name; the KV key then holds a pointer.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from mesh.bus.client import Mesh
+from mesh.bus.connection import stream_replicas
+from mesh.projections.base import Projection, ProjectionState, load_snapshot
+
+__all__ = ["SNAPSHOT_BUCKET", "SnapshotStore"]
+
+SNAPSHOT_BUCKET = "mesh-snapshots"
+S = TypeVar("S", bound=ProjectionState)
+
+
+class _Pointer(msgspec.Struct, frozen=True):
+    object: str
+    size: int
+    seq: int = 0
+
+
+_pointer = msgspec.json.Decoder(_Pointer)
+_pointer_encoder = msgspec.json.Encoder()
+
+
+class SnapshotStore:
+    """Snapshots of projection states in the `mesh-snapshots` KV bucket."""
+
+    def __init__(self, mesh: Mesh, bucket: str = SNAPSHOT_BUCKET) -> None:
+        self.mesh = mesh
+        self.bucket = bucket
+
+    async def _kv(self, *, create: bool) -> KeyValue | None:
+        try:
+            return await self.mesh.js.key_value(self.bucket)
+        except (BucketNotFoundError, NotFoundError):
+            if not create:
+                return None
+        config = KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=stream_replicas(),
+                                description="agentmesh projection snapshots")  # fmt: skip
+        return await self.mesh.js.create_key_value(config)
+
+    async def _objects(self, *, create: bool) -> ObjectStore:
+        try:
+            return await self.mesh.js.object_store(self.bucket)
+        except (BucketNotFoundError, NotFoundError):
+            if not create:
+                raise
+        config = ObjectStoreConfig(bucket=self.bucket, storage=StorageType.FILE, replicas=stream_replicas())
+        return await self.mesh.js.create_object_store(self.bucket, config)
+
+    async def load_bytes(self, name: str) -> bytes | None:
+        """The stored snapshot of projection ``name``, or None."""
+        kv = await self._kv(create=False)
+        if kv is None:
+            return None
+        try:
+            entry = await kv.get(name)
+        except KeyNotFoundError:
+            return None
+        data = entry.value or b""
+        if data.startswith(b'{"object"'):
+            pointer = _pointer.decode(data)
+            try:
+                return (await (await self._objects(create=False)).get(pointer.object)).data
+            except (BucketNotFoundError, NotFoundError):
+                return None
+        return data
+
+    async def load(self, projection: Projection[S]) -> S | None:
+        """The snapshot of ``projection``, or None if there is none or it is of another version."""
+        return load_snapshot(projection, await self.load_bytes(projection.name))
+
+    async def save(self, projection: Projection[S], state: S) -> int:
+        """Store ``state`` as the snapshot of ``projection``; return its size in bytes."""
+        data = projection.encode_state(state)
+        kv = await self._kv(create=True)
+        assert kv is not None
+        if len(data) > self.mesh.nc.max_payload - 1024:
+            await (await self._objects(create=True)).put(projection.name, data)
+            await kv.put(projection.name, _pointer_encoder.encode(_Pointer(projection.name, len(data), state.seq)))
+        else:
+            await kv.put(projection.name, data)
+        return len(data)

@@ -1,0 +1,123 @@
+"""`Agent`: a role, the capabilities it serves, and one handler per capability."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, get_type_hints
+
+import msgspec
+
+from mesh.errors import ConfigError, SchemaError
+from topics.base import check_token
+from topics.record import Record
+
+if TYPE_CHECKING:
+    from mesh.runtime.context import Context
+
+__all__ = ["Agent", "Handler", "Subscription"]
+
+HandlerFn = Callable[[Any, "Context"], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Handler:
+    """One capability's handler and the type its input is converted to (Any: left as JSON)."""
+
+    capability: str
+    fn: HandlerFn
+    input_type: Any = Any
+
+    def convert(self, value: Any) -> Any:
+        if self.input_type is Any:
+            return value
+        try:
+            return msgspec.convert(value, self.input_type)
+        except msgspec.ValidationError as error:
+            raise SchemaError(f"input for '{self.capability}' does not fit {self.input_type}: {error}") from error
+
+
+EventHandlerFn = Callable[[Record, "Context"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A handler for every event on `subject` (wildcards allowed): each agent role sees each
+    event once (its replicas share one durable consumer), from when the role first ran."""
+
+    name: str
+    subject: str
+    fn: EventHandlerFn
+
+
+@dataclass
+class Agent:
+    """Declare an agent; run it with `mesh agent run module:agent`.
+
+        agent = Agent("researcher")
+
+        @agent.task("research")
+        async def research(input: dict, ctx: Context) -> dict: ...
+    """
+
+    name: str
+    version: str = "0"
+    tools: tuple[str, ...] = ()  # names of the tools this agent is granted
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_token("agent name", self.name)
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return tuple(self.handlers)
+
+    def task(self, capability: str) -> Callable[[HandlerFn], HandlerFn]:
+        """Register the decorated `async def fn(input, ctx)` as the handler of ``capability``."""
+        check_token("capability", capability)
+
+        def register(fn: HandlerFn) -> HandlerFn:
+            if not inspect.iscoroutinefunction(fn):
+                raise ConfigError(f"handler for '{capability}' must be `async def`, got {fn!r}")
+            if capability in self.handlers:
+                raise ConfigError(f"agent '{self.name}' already serves '{capability}'")
+            self.handlers[capability] = Handler(capability, fn, _input_type(fn))
+            return fn
+
+        return register
+
+
+    def on(self, subject: str, *, name: str | None = None) -> Callable[[EventHandlerFn], EventHandlerFn]:
+        """Register the decorated `async def fn(record, ctx)` for every event on ``subject``.
+
+            @agent.on("mesh.bid.*")
+            async def bid(record: Record, ctx: Context) -> None: ...
+        """
+        if not subject.startswith("mesh.") or subject.startswith("mesh.work."):
+            raise ConfigError(f"subscribe to events under mesh. (not work subjects, which are tasks): {subject!r}")
+
+        def register(fn: EventHandlerFn) -> EventHandlerFn:
+            if not inspect.iscoroutinefunction(fn):
+                raise ConfigError(f"event handler {fn.__name__} must be `async def`")
+            key = check_token("subscription name", name or fn.__name__.replace("_", "-"))
+            if key in self.subscriptions:
+                raise ConfigError(f"agent '{self.name}' already has a subscription named '{key}'")
+            self.subscriptions[key] = Subscription(key, subject, fn)
+            return fn
+
+        return register
+
+
+def _input_type(fn: HandlerFn) -> Any:
+    params = list(inspect.signature(fn).parameters)
+    if not params:
+        raise ConfigError(f"handler {fn.__name__} must take (input, ctx)")
+    try:
+        hints = get_type_hints(fn)
+    except NameError as error:
+        raise ConfigError(f"cannot resolve the input type of handler {fn.__name__}: {error} "
+                          "(define the type at module level)") from error  # fmt: skip
+    hint = hints.get(params[0], Any)
+    return Any if hint in (dict, object) else hint

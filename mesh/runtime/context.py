@@ -1,0 +1,145 @@
+"""`Context`: what a handler gets besides its input. Every effect goes through it, so every
+effect is an event with an id derived from the task's, and a redelivery repeats none."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from opentelemetry.trace import Span
+
+from mesh.bus.client import Mesh, Published, outcome_value
+from mesh.coordination.board import Board
+from mesh.coordination.origin import Origin
+from mesh.coordination.votes import Proposal, Proposals
+from topics import subjects
+from topics.base import Event
+from topics.envelope import CloudEvent, derived_id
+from topics.tasks import TaskProgress
+
+if TYPE_CHECKING:
+    from mesh.llm.client import LlmSession
+    from mesh.llm.tools import ToolBox
+
+__all__ = ["Context"]
+
+
+class Context:
+    """The handler's view of the mesh for one task attempt."""
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        agent: str,
+        agent_id: str,
+        event: CloudEvent,
+        task_id: str,
+        capability: str,
+        attempt: int,
+        span: Span,
+        llm: LlmSession | Callable[[], LlmSession] | None = None,
+        tools: ToolBox | Callable[[], ToolBox] | None = None,
+        before_effect: Callable[[], Awaitable[None]] | None = None,
+        scope: str = "",
+    ) -> None:
+        self.mesh = mesh
+        self.agent = agent
+        self.agent_id = agent_id
+        self.event = event
+        self.task_id = task_id
+        self.capability = capability
+        self.attempt = attempt
+        self.span = span
+        self.log = structlog.get_logger(agent)
+        self._llm = llm  # made on first use: most handlers never call a model or a tool
+        self._tools = tools
+        self._before_effect = before_effect
+        self._scope = scope  # set when several roles act on one event: keeps their derived ids apart
+        self._emitted = itertools.count()
+        self._requested = itertools.count()
+
+    @property
+    def correlation_id(self) -> str:
+        return self.event.correlationid or self.task_id
+
+    @property
+    def llm(self) -> LlmSession:
+        """The model for this task attempt: calls numbered, recorded as `mesh.llm.called`, reused on retry."""
+        if self._llm is None:
+            raise RuntimeError("this context has no LLM session")
+        if callable(self._llm):
+            self._llm = self._llm()
+        return self._llm
+
+    @property
+    def tools(self) -> ToolBox:
+        """The tools granted to this agent (`Agent(tools=...)`), recorded as `mesh.tool.called`."""
+        if self._tools is None:
+            raise RuntimeError("this context has no tools")
+        if callable(self._tools):
+            self._tools = self._tools()
+        return self._tools
+
+    def _child_id(self, label: str) -> str:
+        return derived_id(self.event.id, self._scope + label)
+
+    async def emit(self, subject: str, data: Event) -> Published:
+        """Publish an event caused by this task. Its id is derived, so a retry repeats nothing."""
+        if self._before_effect is not None:
+            await self._before_effect()
+        return await self.mesh.publish(
+            subject,
+            data,
+            event_id=self._child_id(f"emit/{next(self._emitted)}"),
+            correlation_id=self.correlation_id,
+            causation_id=self.event.id,
+        )
+
+    async def progress(self, message: str, fraction: float | None = None) -> Published:
+        update = TaskProgress(
+            task_id=self.task_id, agent=self.agent_id, attempt=self.attempt, message=message, fraction=fraction
+        )
+        return await self.emit(subjects.task(self.task_id), update)
+
+    async def request(
+        self, capability: str, input: Any = None, *, timeout: float = 120.0, fallback: tuple[str, ...] = ()
+    ) -> Any:
+        """Ask another capability and await its output (peer to peer). On a retry of this task
+        the same sub-task id is used: a finished sub-task is not run again."""
+        event_id = self._child_id(f"request/{next(self._requested)}")
+        if self.attempt > 1:  # the sub-task may have finished before this task's last try died
+            await self.mesh.submit(capability, input, task_id=event_id, event_id=event_id, fallback=fallback,
+                                   correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+            record = await self.mesh.outcome(event_id, timeout=timeout)  # the same id: deduplicated if stored
+        else:
+            record = await self.mesh.request_outcome(capability, input, timeout=timeout, task_id=event_id,
+                                                     event_id=event_id, fallback=fallback,
+                                                     correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+        return outcome_value(record)
+
+    @functools.cached_property
+    def origin(self) -> Origin:
+        """Ids for board writes and votes this task causes: derived, so a retry repeats none."""
+        cause = derived_id(self.event.id, self._scope) if self._scope else self.event.id
+        return Origin(cause, self.correlation_id, author=self.agent_id)
+
+    def board(self, name: str) -> Board:
+        """The blackboard ``name`` (read, write with compare-and-set, history, watch)."""
+        return Board(self.mesh, name, origin=self.origin)
+
+    @property
+    def vote(self) -> Proposals:
+        """Proposals and votes as this agent (the voter is the agent's name)."""
+        return Proposals(self.mesh, origin=self.origin, voter=self.agent)
+
+    async def propose(self, question: str, options: Iterable[str], **terms: Any) -> Proposal:
+        """Put a question to a vote: `rule`, `voters`, `quorum`, `weights`, `deadline`."""
+        return await self.vote.propose(question, options, **terms)
+
+    async def cast(self, proposal_id: str, choice: str, *, voter: str | None = None, rationale: str = "") -> Published:
+        """Vote on a proposal, as this agent unless ``voter`` says otherwise."""
+        return await self.vote.cast(proposal_id, choice, voter=voter, rationale=rationale)

@@ -1,0 +1,195 @@
+"""`AgentRunner`: runs one Agent in this process against the mesh: one durable pull
+consumer per capability, presence heartbeats, in-progress acknowledgements for long
+handlers, and a draining stop. What happens to each message is `mesh.runtime.handling`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
+
+from mesh.bus.client import Mesh
+from mesh.bus.connection import ensure_consumer, presence_bucket
+from mesh.bus.consumer import WorkConsumer, parse_ack_subject
+from mesh.llm.client import LlmClient
+from mesh.runtime.agent import Agent, Handler, Subscription
+from mesh.runtime.handling import RunnerOptions, TaskHandling, is_retryable, quietly
+from topics import subjects
+from topics.agents import AgentStarted, AgentStopped, Presence
+from topics.envelope import now_rfc3339
+
+__all__ = ["AgentRunner", "RunnerOptions", "is_retryable"]
+
+log = structlog.get_logger("mesh.runtime.runner")
+
+
+def _agent_id(name: str) -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    return f"{name}-{host}-{os.getpid()}"
+
+
+@dataclass
+class _InFlight:
+    msg: Msg
+    started: float
+
+
+@dataclass
+class AgentRunner(TaskHandling):
+    agent: Agent
+    mesh: Mesh
+    options: RunnerOptions = field(default_factory=RunnerOptions)
+    llm: LlmClient | None = None
+    agent_id: str = ""
+    handled: int = 0
+    _consumers: list[WorkConsumer] = field(default_factory=list)
+    _in_flight: dict[int, _InFlight] = field(default_factory=dict)
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+    _handling: set[asyncio.Future[None]] = field(default_factory=set)
+    _advisories: list[object] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.agent_id = self.agent_id or _agent_id(self.agent.name)
+        self.mesh.source = f"mesh://agent/{self.agent_id}"
+        self.llm = self.llm or LlmClient.from_env()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        opts = self.options
+        configs: list[tuple[ConsumerConfig, Handler | Subscription]] = [
+            (subjects.work_consumer_config(capability, ack_wait=opts.ack_wait, max_deliver=opts.max_deliver), handler)
+            for capability, handler in self.agent.handlers.items()
+        ]
+        configs += [
+            (subjects.subscription_consumer_config(self.agent.name, name, sub.subject, ack_wait=opts.ack_wait,
+                                                   max_deliver=opts.max_deliver), sub)  # fmt: skip
+            for name, sub in self.agent.subscriptions.items()
+        ]
+        for config, handler in configs:
+            await ensure_consumer(self.mesh.js, config)
+            dispatch = _Dispatch(self, handler)
+            consumer = WorkConsumer(
+                self.mesh.nc,
+                subjects.STREAM,
+                config.durable_name or "",
+                dispatch,
+                max_in_flight=opts.max_in_flight,
+                heartbeat=opts.heartbeat,
+            )
+            self._advisories.append(
+                await self.mesh.nc.subscribe(
+                    f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.STREAM}.{consumer.consumer}",
+                    cb=self._on_max_deliveries,
+                )
+            )
+            dispatch.consumer = consumer
+            self._consumers.append(consumer)
+        started = AgentStarted(
+            agent_id=self.agent_id,
+            role=self.agent.name,
+            capabilities=self.agent.capabilities,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=self.agent.version,
+        )
+        await self.mesh.publish(subjects.agent(self.agent_id), started)
+        for consumer in self._consumers:
+            await consumer.start()
+        self._background.append(asyncio.create_task(self._keep_in_progress(), name="in-progress"))
+        self._background.append(asyncio.create_task(self._keep_presence(), name="presence"))
+        log.info("agent started", agent=self.agent_id, capabilities=list(self.agent.capabilities))
+
+    async def stop(self, reason: str = "stopped") -> None:
+        """Drain: pull nothing new, let in-flight handlers finish, then say goodbye."""
+        for consumer in self._consumers:
+            await consumer.stop()
+        pending = list(self._handling)  # every dispatched message, started or about to start
+        if pending:
+            log.info("draining", agent=self.agent_id, in_flight=len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._background:
+            task.cancel()
+        for consumer in self._consumers:
+            await consumer.close()
+        for sub in self._advisories:
+            await sub.unsubscribe()  # type: ignore[attr-defined]
+        stopped = AgentStopped(agent_id=self.agent_id, role=self.agent.name, reason=reason, handled=self.handled)
+        await self.mesh.publish(subjects.agent(self.agent_id), stopped)
+        try:
+            bucket = await presence_bucket(self.mesh.js, ttl=self.options.presence_ttl)
+            await bucket.delete(self.agent_id)
+        except Exception as error:  # presence is advisory; stopping must not fail on it
+            log.debug("presence not cleared", error=str(error))
+        log.info("agent stopped", agent=self.agent_id, handled=self.handled, reason=reason)
+
+    async def _keep_in_progress(self) -> None:
+        """One loop for all handlers: anything running longer than a third of ack_wait is
+        told to the server as in progress, so a slow LLM call is not redelivered."""
+        period = self.options.ack_wait / 3
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for flight in list(self._in_flight.values()):
+                if now - flight.started > period and not flight.msg._ackd:
+                    await flight.msg.in_progress()
+
+    async def _keep_presence(self) -> None:
+        bucket = await presence_bucket(self.mesh.js, ttl=self.options.presence_ttl)
+        while True:
+            presence = Presence(
+                agent_id=self.agent_id,
+                role=self.agent.name,
+                capabilities=self.agent.capabilities,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                in_flight=len(self._in_flight),
+                handled=self.handled,
+                seen=now_rfc3339(),
+            )
+            try:
+                await bucket.put(self.agent_id, msgspec.json.encode(presence))
+            except Exception as error:  # a reconnect in progress; try again next beat
+                log.debug("presence not written", error=str(error))
+            await asyncio.sleep(self.options.presence_ttl / 3)
+
+    # -- one message -----------------------------------------------------------------
+
+    async def handle(self, msg: Msg, handler: Handler | Subscription, consumer: WorkConsumer) -> None:
+        key = id(msg)
+        self._in_flight[key] = _InFlight(msg, time.monotonic())
+        try:
+            if isinstance(handler, Subscription):
+                await self._process_event(msg, handler, consumer.consumer)
+            else:
+                await self._process(msg, handler, consumer.consumer)
+        except Exception as error:  # a fault of the runtime itself (e.g. NATS gone): try later
+            log.exception("message not settled; it will be redelivered", error=str(error))
+            # back off by delivery count, so a NATS leader election (seconds) does not use up max_deliver
+            await quietly(msg.nak(delay=self.options.delay(parse_ack_subject(msg.reply).delivered)))
+        finally:
+            del self._in_flight[key]
+            consumer.done()
+
+
+class _Dispatch:
+    """The callback a WorkConsumer calls per message: start the handler, don't wait for it."""
+
+    def __init__(self, runner: AgentRunner, handler: Handler | Subscription) -> None:
+        self.runner = runner
+        self.handler = handler
+        self.consumer: WorkConsumer | None = None
+
+    def __call__(self, msg: Msg) -> None:
+        assert self.consumer is not None
+        task = asyncio.ensure_future(self.runner.handle(msg, self.handler, self.consumer))
+        self.runner._handling.add(task)  # a strong reference while it runs (the loop keeps weak ones)
+        task.add_done_callback(self.runner._handling.discard)
