@@ -13,9 +13,9 @@ from mesh.bus.client import Mesh, Published
 from mesh.telemetry.tracing import instruments
 from topics import subjects
 from topics.dead import DeadLettered
-from topics.envelope import CloudEvent, derived_id
+from topics.envelope import CloudEvent, decode_envelope, derived_id
 
-__all__ = ["Reason", "dead_letter", "diagnose"]
+__all__ = ["DECODE_ERRORS", "Reason", "dead_letter", "diagnose", "envelope_or_none"]
 
 
 class Reason(str, Enum):
@@ -27,17 +27,29 @@ class Reason(str, Enum):
     MAX_DELIVERIES = "max_deliveries"
 
 
-def diagnose(payload: bytes, error: Exception, *, envelope: CloudEvent | None) -> tuple[Reason, str]:
-    """Say why a payload is not a known CloudEvent, from the stage that failed (off the hot path)."""
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, KeyError)  # KeyError: an unknown event type
+
+
+def envelope_or_none(payload: bytes) -> CloudEvent | None:
+    try:
+        return decode_envelope(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def diagnose(payload: bytes, error: Exception) -> tuple[Reason, str, CloudEvent | None]:
+    """Say why a payload is not a known CloudEvent, from the stage that failed (off the hot
+    path), with its envelope when that much could be read."""
+    envelope = envelope_or_none(payload)
     if envelope is not None:
         if isinstance(error, KeyError):
-            return Reason.UNKNOWN_TYPE, f"unknown event type {envelope.type!r}"
-        return Reason.BAD_DATA, f"data does not fit {envelope.type}: {error}"
+            return Reason.UNKNOWN_TYPE, f"unknown event type {envelope.type!r}", envelope
+        return Reason.BAD_DATA, f"data does not fit {envelope.type}: {error}", envelope
     try:
         msgspec.json.decode(payload)
     except msgspec.DecodeError as not_json:
-        return Reason.NOT_JSON, f"not JSON: {not_json}"
-    return Reason.NOT_CLOUDEVENT, f"not a CloudEvents 1.0 envelope: {error}"
+        return Reason.NOT_JSON, f"not JSON: {not_json}", None
+    return Reason.NOT_CLOUDEVENT, f"not a CloudEvents 1.0 envelope: {error}", None
 
 
 async def dead_letter(

@@ -1,6 +1,6 @@
 """`AgentRunner`: runs one Agent in this process against the mesh: one durable pull
 consumer per capability, presence heartbeats, in-progress acknowledgements for long
-handlers, and a draining stop. What happens to each message is `mesh.runtime.handling`.
+handlers, and a draining stop. What happens to each message is `mesh.runtime.pipeline`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import msgspec
 import structlog
@@ -21,7 +22,9 @@ from mesh.bus.connection import ensure_consumer, presence_bucket
 from mesh.bus.consumer import WorkConsumer, parse_ack_subject
 from mesh.llm.client import LlmClient
 from mesh.runtime.agent import Agent, Handler, Subscription
-from mesh.runtime.handling import RunnerOptions, TaskHandling, is_retryable, quietly
+from mesh.runtime.failures import is_retryable, on_max_deliveries
+from mesh.runtime.pipeline import Inbound, Next, event_chain, task_chain
+from mesh.runtime.worker import RunnerOptions
 from topics import subjects
 from topics.agents import AgentStarted, AgentStopped, Presence
 from topics.envelope import now_rfc3339
@@ -43,7 +46,7 @@ class _InFlight:
 
 
 @dataclass
-class AgentRunner(TaskHandling):
+class AgentRunner:
     agent: Agent
     mesh: Mesh
     options: RunnerOptions = field(default_factory=RunnerOptions)
@@ -74,9 +77,10 @@ class AgentRunner(TaskHandling):
                                                    max_deliver=opts.max_deliver), sub)  # fmt: skip
             for name, sub in self.agent.subscriptions.items()
         ]
+        chains = {Handler: task_chain(self), Subscription: event_chain(self)}
         for config, handler in configs:
             await ensure_consumer(self.mesh.js, config)
-            dispatch = _Dispatch(self, handler)
+            dispatch = _Dispatch(self, handler, chains[type(handler)])
             consumer = WorkConsumer(
                 self.mesh.nc,
                 subjects.STREAM,
@@ -88,7 +92,7 @@ class AgentRunner(TaskHandling):
             self._advisories.append(
                 await self.mesh.nc.subscribe(
                     f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.STREAM}.{consumer.consumer}",
-                    cb=self._on_max_deliveries,
+                    cb=partial(on_max_deliveries, self),
                 )
             )
             dispatch.consumer = consumer
@@ -163,33 +167,27 @@ class AgentRunner(TaskHandling):
 
     # -- one message -----------------------------------------------------------------
 
-    async def handle(self, msg: Msg, handler: Handler | Subscription, consumer: WorkConsumer) -> None:
+    async def handle(self, msg: Msg, route: Handler | Subscription, chain: Next, consumer: WorkConsumer) -> None:
         key = id(msg)
         self._in_flight[key] = _InFlight(msg, time.monotonic())
         try:
-            if isinstance(handler, Subscription):
-                await self._process_event(msg, handler, consumer.consumer)
-            else:
-                await self._process(msg, handler, consumer.consumer)
-        except Exception as error:  # a fault of the runtime itself (e.g. NATS gone): try later
-            log.exception("message not settled; it will be redelivered", error=str(error))
-            # back off by delivery count, so a NATS leader election (seconds) does not use up max_deliver
-            await quietly(msg.nak(delay=self.options.delay(parse_ack_subject(msg.reply).delivered)))
+            await chain(Inbound(msg, parse_ack_subject(msg.reply), route))
         finally:
             del self._in_flight[key]
             consumer.done()
 
 
 class _Dispatch:
-    """The callback a WorkConsumer calls per message: start the handler, don't wait for it."""
+    """The callback a WorkConsumer calls per message: start the chain, don't wait for it."""
 
-    def __init__(self, runner: AgentRunner, handler: Handler | Subscription) -> None:
+    def __init__(self, runner: AgentRunner, route: Handler | Subscription, chain: Next) -> None:
         self.runner = runner
-        self.handler = handler
+        self.route = route
+        self.chain = chain
         self.consumer: WorkConsumer | None = None
 
     def __call__(self, msg: Msg) -> None:
         assert self.consumer is not None
-        task = asyncio.ensure_future(self.runner.handle(msg, self.handler, self.consumer))
+        task = asyncio.ensure_future(self.runner.handle(msg, self.route, self.chain, self.consumer))
         self.runner._handling.add(task)  # a strong reference while it runs (the loop keeps weak ones)
         task.add_done_callback(self.runner._handling.discard)

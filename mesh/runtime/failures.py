@@ -1,0 +1,171 @@
+"""What a failure leads to. A message that cannot be read gets one dead letter with the reason
+(and `mesh.task.failed`, where a task id is usable). A failed handler is nak'ed with backoff
+while it is retryable and tries remain; then a task goes to its fallback capability or, with
+none left, to the dead letters and `mesh.task.failed`. An event handler's last failure is a
+dead letter. Every id here is derived, so each stored message has at most one of each.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+
+from mesh.bus.client import Mesh
+from mesh.bus.connection import TRANSIENT_ERRORS
+from mesh.bus.consumer import Delivery
+from mesh.errors import SchemaError
+from mesh.runtime.deadletter import Reason, dead_letter, envelope_or_none
+from mesh.runtime.worker import Worker
+from mesh.telemetry.redact import scrub_text
+from mesh.telemetry.tracing import instruments
+from topics import subjects
+from topics.base import ErrorInfo
+from topics.envelope import CloudEvent, derived_id
+from topics.registry import decode_data
+from topics.tasks import TaskFailed, TaskOutcome, TaskRequested
+
+__all__ = [
+    "HandlerFailed",
+    "already_done",
+    "event_failed",
+    "is_retryable",
+    "on_max_deliveries",
+    "quietly",
+    "reject",
+    "task_failed",
+]
+
+log = structlog.get_logger("mesh.runtime.runner")
+_json = msgspec.json.Decoder()
+
+
+class HandlerFailed(Exception):
+    """Carries a handler's own exception past the links between it and `failures` (so a fault
+    of the runtime around the handler is not mistaken for the handler's)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Timeouts, connection trouble and errors that say so are retried; anything else is a
+    bug or bad input, and trying again would only repeat it."""
+    if isinstance(error, SchemaError):
+        return False
+    return bool(getattr(error, "retryable", False)) or isinstance(error, TRANSIENT_ERRORS)
+
+
+async def already_done(mesh: Mesh, task_id: str) -> bool:
+    last = await mesh.last_on(subjects.task(task_id))
+    return last is not None and isinstance(last.data, TaskOutcome)
+
+
+async def reject(worker: Worker, msg: Msg, delivery: Delivery, reason: Reason, text: str, event: CloudEvent | None) -> None:
+    """One dead letter for a message that cannot be handled at all; acknowledged after it."""
+    log.warning("dead-lettered", subject=msg.subject, reason=reason.value, error=text, seq=delivery.stream_seq)
+    await dead_letter(
+        worker.mesh, subject=msg.subject, payload=msg.data, reason=reason, error=text,
+        stream_seq=delivery.stream_seq, deliveries=delivery.delivered, consumer=delivery.consumer, event=event,
+    )  # fmt: skip
+    task_id = _task_id_of(event) if event is not None else None
+    if event is not None and task_id:
+        info = ErrorInfo(type=reason.value, message=text, retryable=False)
+        await quietly(record_failure(worker, event, task_id, delivery.delivered, info))
+    await msg.ack()
+
+
+async def task_failed(
+    worker: Worker, msg: Msg, delivery: Delivery, event: CloudEvent, task: TaskRequested, error: Exception
+) -> None:
+    options, attempt = worker.options, delivery.delivered
+    limit = min(task.max_attempts or options.max_deliver, options.max_deliver)
+    retryable = is_retryable(error)
+    if retryable and attempt < limit:
+        log.warning("task failed; retrying", attempt=attempt, error=str(error), delay=options.delay(attempt))
+        await msg.nak(delay=options.delay(attempt))
+        return
+    task_id = task.task_id or event.id
+    described = scrub_text(f"{type(error).__name__}: {error}")
+    log.error("task failed", attempt=attempt, error=described, retryable=retryable)
+    if task.fallback:
+        handover = TaskRequested(
+            capability=task.fallback[0], input=task.input, task_id=task_id, fallback=task.fallback[1:],
+            deadline=task.deadline, max_attempts=task.max_attempts,
+        )  # fmt: skip
+        await worker.mesh.publish(subjects.work(task.fallback[0]), handover, event_id=derived_id(event.id, "fallback"),
+                                  correlation_id=event.correlationid or task_id, causation_id=event.id)  # fmt: skip
+    else:
+        reason = Reason.BAD_DATA if isinstance(error, SchemaError) else Reason.HANDLER_ERROR
+        await dead_letter(
+            worker.mesh, subject=msg.subject, payload=msg.data, reason=reason, error=described,
+            stream_seq=delivery.stream_seq, deliveries=attempt, consumer=delivery.consumer, event=event,
+        )  # fmt: skip
+        info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=scrub_text(str(error)),
+                         retryable=retryable)  # fmt: skip
+        await record_failure(worker, event, task_id, attempt, info, task.capability)
+    await msg.ack()
+    instruments.processed.add(1, {"type": event.type, "outcome": "failed"})
+
+
+async def event_failed(worker: Worker, msg: Msg, delivery: Delivery, event: CloudEvent, error: Exception) -> None:
+    if is_retryable(error) and delivery.delivered < worker.options.max_deliver:
+        await msg.nak(delay=worker.options.delay(delivery.delivered))
+        return
+    log.error("event handler failed", error=scrub_text(str(error)))
+    if not msg.subject.startswith("mesh.dead."):  # never dead-letter a dead letter (no chains)
+        await dead_letter(worker.mesh, subject=msg.subject, payload=msg.data, reason=Reason.HANDLER_ERROR,
+                          error=scrub_text(f"{type(error).__name__}: {error}"), stream_seq=delivery.stream_seq,
+                          deliveries=delivery.delivered, consumer=delivery.consumer, event=event)  # fmt: skip
+    await msg.ack()
+
+
+async def record_failure(
+    worker: Worker, cause: CloudEvent, task_id: str, attempt: int, info: ErrorInfo, capability: str = ""
+) -> None:
+    """The task's `mesh.task.failed`, with the id every path derives alike (so at most one lands)."""
+    failed = TaskFailed(task_id=task_id, agent=worker.agent_id, attempt=attempt, error=info, capability=capability)
+    await worker.mesh.publish(subjects.task(task_id), failed, event_id=derived_id(cause.id, "failed"),
+                              correlation_id=cause.correlationid or task_id, causation_id=cause.id)  # fmt: skip
+
+
+async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
+    """The server gave up on a message whose last try never settled (its agent died):
+    dead-letter it and record the failure. Every replica hears this; the ids dedupe."""
+    try:
+        note = _json.decode(advisory.data)
+        stored = await worker.mesh.js._jsm.get_msg(subjects.STREAM, seq=note["stream_seq"], direct=True)
+    except Exception as error:
+        log.warning("max-deliveries advisory not handled", error=str(error))
+        return
+    payload = stored.data or b""
+    event = envelope_or_none(payload)
+    await dead_letter(
+        worker.mesh, subject=stored.subject or "", payload=payload, reason=Reason.MAX_DELIVERIES,
+        error=f"no try settled in {note.get('deliveries')} deliveries", stream_seq=note["stream_seq"],
+        deliveries=note.get("deliveries", 0), consumer=note.get("consumer", ""), event=event,
+    )  # fmt: skip
+    task_id = _task_id_of(event) if event else None
+    if event is not None and task_id and not await already_done(worker.mesh, task_id):
+        info = ErrorInfo(type="MaxDeliveries", message="every delivery of the task timed out", retryable=True)
+        await record_failure(worker, event, task_id, note.get("deliveries", 0), info)
+
+
+def _task_id_of(event: CloudEvent) -> str | None:
+    if event.type != TaskRequested.TYPE:
+        return None
+    try:
+        data = decode_data(event.type, event.data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    assert isinstance(data, TaskRequested)
+    return data.task_id or event.id
+
+
+async def quietly(awaitable: object) -> None:
+    """Await something whose failure must not stop the caller (logged at debug)."""
+    try:
+        await awaitable  # type: ignore[misc]
+    except Exception as error:
+        log.debug("ignored", error=str(error))

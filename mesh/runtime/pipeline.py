@@ -1,0 +1,257 @@
+"""One message through the runtime: a chain of small links around the handler.
+
+    settle       a fault of the runtime itself (NATS gone): nak with backoff, try later
+    decode       bytes -> CloudEvent and typed data, or one dead letter with the reason
+    trace        the CONSUMER span, its parent taken from the message's `traceparent`
+    log_context  agent, event id, correlation id and task id bound for every log line
+    dedup        a redelivered task that already has an outcome is acknowledged, not run   (tasks)
+    failures     a failed handler: nak with backoff, a fallback, or a dead letter and `mesh.task.failed`
+    claim        `mesh.task.claimed`, sent when someone could see it                      (tasks)
+    -> run_task / run_subscription: call the handler, publish the outcome, acknowledge
+
+Task handlers and event subscriptions share the chain (`task_chain`, `event_chain`); each
+gets the links that apply to it. A link is `async def link(worker, inbound, call_next)`,
+in the spirit of FastStream's `consume_scope(call_next, msg)`. The chain is composed once per
+consumer, so a message costs one call per link. What a failure leads to is
+`mesh.runtime.failures`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import Protocol
+
+import structlog
+from nats.aio.msg import Msg
+from opentelemetry.trace import INVALID_SPAN, Span
+
+from mesh.bus.client import decode_record
+from mesh.bus.consumer import Delivery
+from mesh.errors import SchemaError
+from mesh.llm.tools import ToolBox
+from mesh.runtime.agent import Handler, Subscription
+from mesh.runtime.claims import Claim
+from mesh.runtime.context import Context
+from mesh.runtime.deadletter import DECODE_ERRORS, Reason, diagnose
+from mesh.runtime.failures import HandlerFailed, already_done, event_failed, quietly, reject, task_failed
+from mesh.runtime.worker import Worker
+from mesh.telemetry.tracing import agent_span, instruments, process_span, record_error
+from topics import subjects
+from topics.envelope import CloudEvent, derived_id, parse_time
+from topics.record import Record
+from topics.tasks import TaskClaimed, TaskCompleted, TaskRequested
+
+__all__ = ["Inbound", "Next", "Worker", "event_chain", "task_chain"]
+
+log = structlog.get_logger("mesh.runtime.runner")
+
+
+@dataclass(slots=True)
+class Inbound:
+    """One delivery on its way through the chain; the links fill in what they learn."""
+
+    msg: Msg
+    delivery: Delivery
+    route: Handler | Subscription
+    record: Record | None = None  # set by decode
+    span: Span = INVALID_SPAN  # set by trace
+    claim: Claim | None = None  # set by claim
+
+    @property
+    def event(self) -> CloudEvent:
+        assert self.record is not None, "decoded first"
+        return self.record.event
+
+    @property
+    def task(self) -> TaskRequested:
+        assert self.record is not None and isinstance(self.record.data, TaskRequested), "a decoded task"
+        return self.record.data
+
+    @property
+    def task_id(self) -> str:
+        return self.task.task_id or self.event.id
+
+    @property
+    def attempt(self) -> int:
+        return self.delivery.delivered
+
+    def event_id(self, label: str) -> str:
+        """The id of an event this delivery causes: the same on every retry."""
+        return derived_id(self.event.id, label)
+
+
+Next = Callable[[Inbound], Awaitable[None]]
+
+
+class Link(Protocol):
+    def __call__(self, worker: Worker, inbound: Inbound, call_next: Next) -> Awaitable[None]: ...
+
+
+# -- the links, outermost first ------------------------------------------------------
+
+
+async def settle(worker: Worker, inbound: Inbound, call_next: Next) -> None:
+    try:
+        await call_next(inbound)
+    except Exception as error:  # a fault of the runtime itself (e.g. NATS gone): try later
+        log.exception("message not settled; it will be redelivered", error=str(error))
+        # back off by delivery count, so a NATS leader election (seconds) does not use up max_deliver
+        await quietly(inbound.msg.nak(delay=worker.options.delay(inbound.attempt)))
+
+
+async def decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
+    msg, delivery = inbound.msg, inbound.delivery
+    try:
+        inbound.record = decode_record(msg.subject, msg.data, delivery.stream_seq)
+    except DECODE_ERRORS as error:
+        reason, text, envelope = diagnose(msg.data, error)
+        await reject(worker, msg, delivery, reason, text, envelope if isinstance(inbound.route, Handler) else None)
+        return
+    if isinstance(inbound.route, Handler) and not isinstance(inbound.record.data, TaskRequested):
+        text = f"a work subject takes mesh.task.requested, not {inbound.event.type}"
+        await reject(worker, msg, delivery, Reason.UNKNOWN_TYPE, text, inbound.event)
+        return
+    await call_next(inbound)
+
+
+async def trace(worker: Worker, inbound: Inbound, call_next: Next) -> None:
+    event, msg = inbound.event, inbound.msg
+    with process_span(msg.subject, event.type, event.id, msg.headers or {}, consumer=inbound.delivery.consumer) as span:
+        inbound.span = span
+        await call_next(inbound)
+
+
+async def log_context(worker: Worker, inbound: Inbound, call_next: Next) -> None:
+    event, route = inbound.event, inbound.route
+    scope = {"task_id": inbound.task_id} if isinstance(route, Handler) else {"subscription": route.name}
+    with structlog.contextvars.bound_contextvars(
+        agent=worker.agent_id, event_id=event.id, correlation_id=event.correlationid, **scope
+    ):
+        await call_next(inbound)
+
+
+async def dedup(worker: Worker, inbound: Inbound, call_next: Next) -> None:
+    if inbound.attempt > 1:
+        instruments.redeliveries.add(1, {"capability": inbound.task.capability})
+        if await already_done(worker.mesh, inbound.task_id):
+            log.info("task already has an outcome; not running it again", attempt=inbound.attempt)
+            await inbound.msg.ack()
+            return
+    await call_next(inbound)
+
+
+async def failures(worker: Worker, inbound: Inbound, call_next: Next) -> None:
+    try:
+        await call_next(inbound)
+    except HandlerFailed as failed:
+        record_error(inbound.span, failed.error)
+        if isinstance(inbound.route, Handler):
+            await task_failed(worker, inbound.msg, inbound.delivery, inbound.event, inbound.task, failed.error)
+        else:
+            await event_failed(worker, inbound.msg, inbound.delivery, inbound.event, failed.error)
+
+
+async def claim(worker: Worker, inbound: Inbound, call_next: Next) -> None:
+    if worker.options.claim_after is None:
+        await call_next(inbound)
+        return
+    task_id = inbound.task_id
+    claimed = TaskClaimed(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt,
+                          capability=inbound.task.capability)  # fmt: skip
+    inbound.claim = Claim(worker.mesh, subjects.task(task_id), claimed, event_id=inbound.event_id(f"claimed/{inbound.attempt}"),
+                          correlation_id=inbound.event.correlationid or task_id, causation_id=inbound.event.id)  # fmt: skip
+    inbound.claim.start(after=worker.options.claim_after)
+    try:
+        await call_next(inbound)
+    finally:
+        await inbound.claim.settle()  # no claim after the outcome, and any claim in flight first
+
+
+# -- the ends of the chain -------------------------------------------------------------
+
+
+async def run_task(worker: Worker, inbound: Inbound) -> None:
+    handler, task, task_id = inbound.route, inbound.task, inbound.task_id
+    assert isinstance(handler, Handler)
+    ctx = _task_context(worker, inbound)
+    started = time.perf_counter()
+    try:
+        if task.deadline and parse_time(task.deadline) < datetime.now(UTC):
+            raise SchemaError(f"deadline {task.deadline} passed before the task could start")
+        with agent_span(worker.agent.name, agent_id=worker.agent_id, capability=handler.capability, task_id=task_id):
+            output = await handler.fn(handler.convert(task.input), ctx)
+    except Exception as error:
+        raise HandlerFailed(error) from error
+    finally:
+        instruments.duration.record(time.perf_counter() - started, {"capability": handler.capability})
+    if inbound.claim is not None:
+        await inbound.claim.settle()
+    done = TaskCompleted(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt, output=output,
+                         capability=handler.capability)  # fmt: skip
+    await worker.mesh.publish(subjects.task(task_id), done, event_id=inbound.event_id("completed"),
+                              correlation_id=inbound.event.correlationid or task_id, causation_id=inbound.event.id)  # fmt: skip
+    await inbound.msg.ack()
+    worker.handled += 1
+    instruments.processed.add(1, {"type": inbound.event.type, "outcome": "completed"})
+
+
+async def run_subscription(worker: Worker, inbound: Inbound) -> None:
+    sub, record = inbound.route, inbound.record
+    assert isinstance(sub, Subscription) and record is not None
+    ctx = _event_context(worker, inbound, sub)
+    try:
+        with agent_span(worker.agent.name, agent_id=worker.agent_id, capability=sub.name, task_id=record.event.id):
+            await sub.fn(record, ctx)
+    except Exception as error:
+        raise HandlerFailed(error) from error
+    await inbound.msg.ack()
+    instruments.processed.add(1, {"type": record.event.type, "outcome": "handled"})
+
+
+def _task_context(worker: Worker, inbound: Inbound) -> Context:
+    event, task_id, attempt, llm = inbound.event, inbound.task_id, inbound.attempt, worker.llm
+    return Context(
+        worker.mesh, agent=worker.agent.name, agent_id=worker.agent_id, event=event, task_id=task_id,
+        capability=inbound.task.capability, attempt=attempt, span=inbound.span,
+        llm=partial(llm.session, worker.mesh, worker.agent.name, task_id, event.id, attempt) if llm else None,
+        tools=partial(ToolBox, worker.mesh, agent=worker.agent.name, granted=worker.agent.tools, task_id=task_id,
+                      cause_id=event.id, attempt=attempt),
+        before_effect=inbound.claim.before_effect if inbound.claim is not None else None,
+    )  # fmt: skip
+
+
+def _event_context(worker: Worker, inbound: Inbound, sub: Subscription) -> Context:
+    """Effects of an event handler get ids derived from the event and this role."""
+    event, attempt, llm = inbound.event, inbound.attempt, worker.llm
+    scope = f"{worker.agent.name}/{sub.name}/"
+    return Context(
+        worker.mesh, agent=worker.agent.name, agent_id=worker.agent_id, event=event, task_id=event.id,
+        capability=sub.name, attempt=attempt, span=inbound.span, scope=scope,
+        llm=partial(llm.session, worker.mesh, worker.agent.name, event.id, derived_id(event.id, scope), attempt)
+        if llm else None,
+    )  # fmt: skip
+
+
+# -- composing ---------------------------------------------------------------------------
+
+TASK_LINKS: tuple[Link, ...] = (settle, decode, trace, log_context, dedup, failures, claim)
+EVENT_LINKS: tuple[Link, ...] = (settle, decode, trace, log_context, failures)
+
+
+def compose(worker: Worker, links: Sequence[Link], end: Callable[[Worker, Inbound], Awaitable[None]]) -> Next:
+    call: Next = partial(end, worker)
+    for link in reversed(links):
+        call = partial(link, worker, call_next=call)
+    return call
+
+
+def task_chain(worker: Worker) -> Next:
+    return compose(worker, TASK_LINKS, run_task)
+
+
+def event_chain(worker: Worker) -> Next:
+    return compose(worker, EVENT_LINKS, run_subscription)
