@@ -15,6 +15,7 @@ __all__ = [
     "ToolError",
     "ToolNotGrantedError",
     "LogGapError",
+    "PayloadTooLargeError",
 ]
 
 
@@ -93,3 +94,16 @@ class ToolError(MeshError):
 
 class LogGapError(MeshError):
     """Reading the log skipped sequences: the replay would be incomplete, so it stops."""
+
+
+class PayloadTooLargeError(MeshError, ValueError):
+    """An event would not fit one NATS message; sending it would make the server close the
+    connection, so it is refused before it is sent. Never retried: it would not shrink."""
+
+    def __init__(self, subject: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"the event for {subject} is too large: {size} bytes with its headers, and the server takes at most "
+            f"{limit} (its max_payload); keep large data elsewhere (a file, the object store) and send a reference"
+        )
+        self.size = size
+        self.limit = limit

@@ -31,7 +31,7 @@ from mesh.errors import LogGapError, MeshError
 from mesh.projections.base import instant
 from topics import subjects
 from topics.base import Event
-from topics.envelope import decode_envelope
+from topics.envelope import DECODE_ERRORS, decode_envelope
 from topics.record import Record
 from topics.registry import UPCASTERS, decode_data, event_class
 
@@ -53,7 +53,6 @@ __all__ = [
 Position = int | datetime
 """A place in the log: a stream sequence, or an instant (aware datetime)."""
 
-DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, KeyError)
 Sink = Callable[[int, str, bytes], None]
 
 

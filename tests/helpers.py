@@ -7,11 +7,11 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from mesh.bus.client import Mesh, decode_record
 from mesh.bus.consumer import parse_ack_subject
+from topics.envelope import DECODE_ERRORS
 from topics.record import Record
 
 __all__ = ["EventLog", "eventually"]
@@ -41,7 +41,7 @@ class EventLog:
         self.raw.append((msg.subject, msg.data))
         try:
             self.records.append(decode_record(msg.subject, msg.data, parse_ack_subject(msg.reply).stream_seq))
-        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+        except DECODE_ERRORS:
             pass
         async with self._changed:
             self._changed.notify_all()

@@ -7,8 +7,9 @@ from typing import ClassVar
 
 import msgspec
 
-__all__ = ["Event", "ErrorInfo", "check_token"]
+__all__ = ["MAX_TOKEN", "Event", "ErrorInfo", "check_token", "is_token"]
 
+MAX_TOKEN = 128  # characters in one id or name that becomes a subject token
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -30,10 +31,17 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     retryable: bool = False
 
 
+def is_token(value: object) -> bool:
+    """Whether ``value`` can stand as one NATS subject token: 1 to `MAX_TOKEN` letters,
+    digits, '-' and '_' (no '.', '*', '>' or whitespace, which would change the subject)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_TOKEN and _TOKEN.match(value) is not None
+
+
 def check_token(kind: str, value: str) -> str:
     """Return ``value`` if it can stand as one NATS subject token, else raise ValueError."""
-    if not _TOKEN.match(value):
+    if not is_token(value):
+        shown = value if len(value) <= 40 else f"{value[:40]}... ({len(value)} characters)"
         raise ValueError(
-            f"{kind} {value!r} cannot be a NATS subject token: use letters, digits, '-' and '_' only"
+            f"{kind} {shown!r} cannot be a NATS subject token: use 1 to {MAX_TOKEN} letters, digits, '-' and '_'"
         )
     return value

@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "DECODE_ERRORS",
     "CloudEvent",
     "encode_envelope",
     "decode_envelope",
@@ -50,6 +51,10 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tracestate: str | None = None
     data: msgspec.Raw = msgspec.Raw(b"null")
 
+
+# What decoding a stored message can raise: not JSON or not the schema (msgspec), an unknown
+# type (KeyError, from the registry), or JSON nested deeper than the decoder goes.
+DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, msgspec.ValidationError, KeyError, RecursionError)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(CloudEvent)

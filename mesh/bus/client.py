@@ -17,11 +17,12 @@ from nats.js.errors import NotFoundError
 
 from mesh.bus.connection import connect, ensure_stream
 from mesh.bus.settings import MeshSettings
-from mesh.errors import TaskFailedError, TaskTimeoutError
+from mesh.errors import PayloadTooLargeError, SchemaError, TaskFailedError, TaskTimeoutError
 from mesh.telemetry.tracing import instruments, send_span
 from topics import subjects
 from topics.base import Event
 from topics.envelope import (
+    DECODE_ERRORS,
     CloudEvent,
     decode_envelope,
     derived_id,
@@ -36,6 +37,8 @@ from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed, TaskOutcome, 
 __all__ = ["Mesh", "OutcomeWatch", "Published", "decode_record", "outcome_value"]
 
 MSG_ID = "Nats-Msg-Id"
+MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
+_HEADROOM = 4096  # bytes below max_payload under which headers cannot push a body over it
 EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
@@ -133,9 +136,22 @@ class Mesh:
             headers = {MSG_ID: event.id, **trace}
             if expected_last_subject_seq is not None:
                 headers[EXPECTED_SUBJECT_SEQ] = str(expected_last_subject_seq)
-            ack = await self.js.publish(subject, encode_envelope(event), headers=headers)
+            ack = await self.js.publish(subject, self._fitting(subject, encode_envelope(event), headers), headers=headers)
         instruments.published.add(1, {"type": data.TYPE})
         return Published(event.id, ack.seq, bool(ack.duplicate))
+
+    def _fitting(self, subject: str, body: bytes, headers: dict[str, str]) -> bytes:
+        """``body``, if it and its headers fit one message. The server closes the connection of
+        a client that sends more than its `max_payload` (nats-py checks the body alone), and a
+        subject longer than its control line does the same."""
+        if len(subject) > MAX_SUBJECT:
+            raise SchemaError(f"subject of {len(subject)} characters: at most {MAX_SUBJECT}")
+        limit = self.nc.max_payload
+        if len(body) > limit - _HEADROOM:
+            size = len(body) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())  # NATS/1.0 + CRLFs
+            if size > limit:
+                raise PayloadTooLargeError(subject, size, limit)
+        return body
 
     async def announce(
         self, subject: str, data: Event, *, event_id: str, correlation_id: str | None = None,
@@ -150,7 +166,8 @@ class Mesh:
             event = self.envelope(
                 data, event_id=event_id, correlation_id=correlation_id, causation_id=causation_id, trace=trace
             )
-            await self.nc.publish(subject, encode_envelope(event), headers={MSG_ID: event.id, **trace})
+            headers = {MSG_ID: event.id, **trace}
+            await self.nc.publish(subject, self._fitting(subject, encode_envelope(event), headers), headers=headers)
         instruments.published.add(1, {"type": data.TYPE})
 
     async def submit(
@@ -254,7 +271,7 @@ def outcome_value(outcome: Record) -> Any:
 def _outcome_or_none(msg: Msg) -> Record | None:
     try:
         record = decode_record(msg.subject, msg.data)
-    except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+    except DECODE_ERRORS:
         return None  # not ours to judge here; the log keeps it
     return record if isinstance(record.data, TaskOutcome) else None
 

@@ -104,7 +104,7 @@ class WorkConsumer:
     async def _receive(self, msg: Msg) -> None:
         self._seen = time.monotonic()
         headers = msg.headers
-        if headers and not msg.data and "Status" in headers:
+        if headers and "Status" in headers and not msg.reply:  # the server's; a stored message has an ack subject
             self._status(headers)
             return
         self._credit -= 1

@@ -12,7 +12,6 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import Any, Generic, NamedTuple, Self, TypeVar
 
-import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -21,6 +20,7 @@ from mesh.bus.client import Mesh, decode_record
 from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import MeshError
 from topics import subjects
+from topics.envelope import DECODE_ERRORS
 from topics.record import Record
 
 __all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "records"]
@@ -52,7 +52,7 @@ def _stored(msg: Msg) -> Stored:
     delivery = parse_ack_subject(msg.reply)
     try:
         record: Record | None = decode_record(msg.subject, msg.data, delivery.stream_seq)
-    except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+    except DECODE_ERRORS:
         record = None  # not ours to judge; the log keeps it
     return Stored(delivery.stream_seq, msg.subject, record, delivery.pending)
 

@@ -18,6 +18,7 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.options import nats_options, run
 from topics import subjects
 from topics.agents import Presence
+from topics.envelope import DECODE_ERRORS
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskRequested
 
@@ -68,7 +69,7 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
             else:
                 try:
                     sys.stdout.write(format_record(decode_record(msg.subject, msg.data, _seq_of(msg.reply))) + "\n")
-                except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as error:
+                except DECODE_ERRORS as error:
                     sys.stdout.write(f"#{_seq_of(msg.reply)} {msg.subject} undecodable: {error}\n")
             sys.stdout.flush()
             seen += 1
@@ -159,7 +160,7 @@ async def read_recent(mesh: Mesh, filter_subject: str, start: int, stop: int) ->
         delivery = parse_ack_subject(msg.reply)
         try:
             records.append(decode_record(msg.subject, msg.data, delivery.stream_seq))
-        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+        except DECODE_ERRORS:
             pass
         if delivery.stream_seq >= stop or delivery.pending == 0:
             done.set()

@@ -5,6 +5,7 @@ dead-lettered at most once, whichever replica or path gets there first."""
 from __future__ import annotations
 
 import base64
+import hashlib
 from enum import Enum
 
 import msgspec
@@ -12,10 +13,11 @@ import msgspec
 from mesh.bus.client import Mesh, Published
 from mesh.telemetry.tracing import instruments
 from topics import subjects
+from topics.base import is_token
 from topics.dead import DeadLettered
-from topics.envelope import CloudEvent, decode_envelope, derived_id
+from topics.envelope import DECODE_ERRORS, CloudEvent, decode_envelope, derived_id
 
-__all__ = ["DECODE_ERRORS", "Reason", "dead_letter", "diagnose", "envelope_or_none"]
+__all__ = ["Reason", "dead_letter", "diagnose", "envelope_or_none"]
 
 
 class Reason(str, Enum):
@@ -23,17 +25,16 @@ class Reason(str, Enum):
     NOT_CLOUDEVENT = "not_cloudevent"
     UNKNOWN_TYPE = "unknown_type"
     BAD_DATA = "bad_data"
+    TOO_DEEP = "too_deep"
+    RESERVED_HEADER = "reserved_header"
     HANDLER_ERROR = "handler_error"
     MAX_DELIVERIES = "max_deliveries"
-
-
-DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, KeyError)  # KeyError: an unknown event type
 
 
 def envelope_or_none(payload: bytes) -> CloudEvent | None:
     try:
         return decode_envelope(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except DECODE_ERRORS:
         return None
 
 
@@ -43,12 +44,16 @@ def diagnose(payload: bytes, error: Exception) -> tuple[Reason, str, CloudEvent 
     envelope = envelope_or_none(payload)
     if envelope is not None:
         if isinstance(error, KeyError):
-            return Reason.UNKNOWN_TYPE, f"unknown event type {envelope.type!r}", envelope
+            return Reason.UNKNOWN_TYPE, f"unknown event type {envelope.type[:256]!r}", envelope
+        if isinstance(error, RecursionError):
+            return Reason.TOO_DEEP, f"data of {envelope.type[:256]} is nested too deep to decode", envelope
         return Reason.BAD_DATA, f"data does not fit {envelope.type}: {error}", envelope
     try:
         msgspec.json.decode(payload)
     except msgspec.DecodeError as not_json:
         return Reason.NOT_JSON, f"not JSON: {not_json}", None
+    except RecursionError:
+        return Reason.TOO_DEEP, "JSON nested too deep to decode", None
     return Reason.NOT_CLOUDEVENT, f"not a CloudEvents 1.0 envelope: {error}", None
 
 
@@ -64,23 +69,36 @@ async def dead_letter(
     consumer: str = "",
     event: CloudEvent | None = None,
 ) -> Published:
+    """One dead letter for the message stored at ``stream_seq``. It quotes the original bytes
+    when they fit a message and always carries their size and hash; ids and text taken from
+    the original are cut short, so no original can make its dead letter too large to send."""
+    quoted = len(payload) <= (mesh.nc.max_payload - _ROOM) * 3 // 4
     letter = DeadLettered(
-        subject=subject,
+        subject=_short(subject),
         reason=reason.value,
-        error=error,
-        raw=base64.b64encode(payload).decode(),
+        error=_short(error, 4096),
+        raw=base64.b64encode(payload).decode() if quoted else "",
         stream_seq=stream_seq,
         deliveries=deliveries,
         consumer=consumer,
-        event_id=event.id if event else None,
-        event_type=event.type if event else None,
+        event_id=_short(event.id) if event else None,
+        event_type=_short(event.type) if event else None,
+        size=len(payload),
+        sha256=hashlib.sha256(payload).hexdigest(),
     )
     instruments.dead_letters.add(1, {"reason": reason.value})
     return await mesh.publish(
         subjects.dead(subject),
         letter,
         event_id=derived_id(f"{subjects.STREAM}/{stream_seq}", "dead"),
-        correlation_id=event.correlationid if event else None,
-        causation_id=event.id if event else None,
+        correlation_id=event.correlationid if event and is_token(event.correlationid) else None,
+        causation_id=event.id if event and is_token(event.id) else None,
     )
+
+
+_ROOM = 8192  # bytes of a dead letter besides the quoted original
+
+
+def _short(text: str, limit: int = 256) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 

@@ -20,8 +20,8 @@ from mesh.runtime.worker import Worker
 from mesh.telemetry.redact import scrub_text
 from mesh.telemetry.tracing import instruments
 from topics import subjects
-from topics.base import ErrorInfo
-from topics.envelope import CloudEvent, derived_id
+from topics.base import ErrorInfo, is_token
+from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id
 from topics.registry import decode_data
 from topics.tasks import TaskFailed, TaskOutcome, TaskRequested
 
@@ -157,10 +157,11 @@ def _task_id_of(event: CloudEvent) -> str | None:
         return None
     try:
         data = decode_data(event.type, event.data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except DECODE_ERRORS:
         return None
     assert isinstance(data, TaskRequested)
-    return data.task_id or event.id
+    task_id = data.task_id or event.id
+    return task_id if is_token(task_id) else None  # else it cannot name a subject: no mesh.task.failed
 
 
 async def quietly(awaitable: object) -> None:

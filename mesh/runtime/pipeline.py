@@ -31,17 +31,18 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from mesh.bus.client import decode_record
 from mesh.bus.consumer import Delivery
-from mesh.errors import SchemaError
+from mesh.errors import PayloadTooLargeError, SchemaError
 from mesh.llm.tools import ToolBox
 from mesh.runtime.agent import Handler, Subscription
 from mesh.runtime.claims import Claim
 from mesh.runtime.context import Context
-from mesh.runtime.deadletter import DECODE_ERRORS, Reason, diagnose
+from mesh.runtime.deadletter import Reason, diagnose, envelope_or_none
 from mesh.runtime.failures import HandlerFailed, already_done, event_failed, quietly, reject, task_failed
 from mesh.runtime.worker import Worker
 from mesh.telemetry.tracing import agent_span, instruments, process_span, record_error
 from topics import subjects
-from topics.envelope import CloudEvent, derived_id, parse_time
+from topics.base import MAX_TOKEN, is_token
+from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskRequested
 
@@ -104,18 +105,51 @@ async def settle(worker: Worker, inbound: Inbound, call_next: Next) -> None:
 
 
 async def decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
-    msg, delivery = inbound.msg, inbound.delivery
+    msg, delivery, route = inbound.msg, inbound.delivery, inbound.route
+    if msg.headers and not RESERVED_HEADERS.isdisjoint(msg.headers):
+        text = f"headers {sorted(RESERVED_HEADERS & set(msg.headers))} are the server's own: clients read them as control messages"
+        await reject(worker, msg, delivery, Reason.RESERVED_HEADER, text, envelope_or_none(msg.data))
+        return
     try:
         inbound.record = decode_record(msg.subject, msg.data, delivery.stream_seq)
     except DECODE_ERRORS as error:
         reason, text, envelope = diagnose(msg.data, error)
-        await reject(worker, msg, delivery, reason, text, envelope if isinstance(inbound.route, Handler) else None)
+        await reject(worker, msg, delivery, reason, text, envelope if isinstance(route, Handler) else None)
         return
-    if isinstance(inbound.route, Handler) and not isinstance(inbound.record.data, TaskRequested):
-        text = f"a work subject takes mesh.task.requested, not {inbound.event.type}"
-        await reject(worker, msg, delivery, Reason.UNKNOWN_TYPE, text, inbound.event)
-        return
+    if isinstance(route, Handler):
+        data = inbound.record.data
+        if not isinstance(data, TaskRequested):
+            text = f"a work subject takes mesh.task.requested, not {inbound.event.type}"
+            await reject(worker, msg, delivery, Reason.UNKNOWN_TYPE, text, inbound.event)
+            return
+        if problem := task_problem(inbound.event, data):
+            await reject(worker, msg, delivery, Reason.BAD_DATA, problem, inbound.event)
+            return
     await call_next(inbound)
+
+
+RESERVED_HEADERS = frozenset({"Status", "Description"})  # what the server sets on its own control messages
+
+
+def task_problem(event: CloudEvent, task: TaskRequested) -> str | None:
+    """What makes a task request unusable before it runs, if anything: every id and name
+    that becomes a subject token is one, and a deadline is a time."""
+    task_id = task.task_id or event.id
+    if not is_token(task_id):
+        return f"task id {_shown(task_id)} cannot be a subject token: use 1 to {MAX_TOKEN} letters, digits, '-' and '_'"
+    for capability in (task.capability, *task.fallback):
+        if not is_token(capability):
+            return f"capability {_shown(capability)} cannot be a subject token: use 1 to {MAX_TOKEN} letters, digits, '-' and '_'"
+    if task.deadline is not None:
+        try:
+            parse_time(task.deadline)
+        except ValueError:
+            return f"deadline {_shown(task.deadline)} is not an RFC 3339 time (for example 2026-12-02T10:00:00Z)"
+    return None
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"
 
 
 async def trace(worker: Worker, inbound: Inbound, call_next: Next) -> None:
@@ -192,8 +226,11 @@ async def run_task(worker: Worker, inbound: Inbound) -> None:
         await inbound.claim.settle()
     done = TaskCompleted(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt, output=output,
                          capability=handler.capability)  # fmt: skip
-    await worker.mesh.publish(subjects.task(task_id), done, event_id=inbound.event_id("completed"),
-                              correlation_id=inbound.event.correlationid or task_id, causation_id=inbound.event.id)  # fmt: skip
+    try:
+        await worker.mesh.publish(subjects.task(task_id), done, event_id=inbound.event_id("completed"),
+                                  correlation_id=inbound.event.correlationid or task_id, causation_id=inbound.event.id)  # fmt: skip
+    except PayloadTooLargeError as error:  # the output cannot be recorded: the task fails, saying why
+        raise HandlerFailed(error) from error
     await inbound.msg.ack()
     worker.handled += 1
     instruments.processed.add(1, {"type": inbound.event.type, "outcome": "completed"})

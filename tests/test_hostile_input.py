@@ -1,0 +1,106 @@
+"""Hostile or careless input on a work subject: each message gets exactly one dead letter with
+the right reason (and one `mesh.task.failed` where its task id is usable), the agent stays
+connected and serves the next valid task, and nothing loops."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from mesh import Mesh
+from tests.conftest import AgentProcesses
+from tests.helpers import EventLog, eventually
+from topics import subjects
+
+pytestmark = pytest.mark.e2e
+
+ENVELOPE = {"specversion": "1.0", "source": "test", "time": "2026-11-21T00:00:00Z", "type": "mesh.task.requested"}
+
+
+def task(event_id: str, **data: Any) -> bytes:
+    return json.dumps({**ENVELOPE, "id": event_id, "data": {"capability": "echo", "input": 1, **data}}).encode()
+
+
+# name: (payload, headers, expected reason, task id whose mesh.task.failed is expected, or None)
+CASES: dict[str, tuple[bytes, dict[str, str] | None, str, str | None]] = {
+    "task id of 5,000 characters": (task("long-1", task_id="t" * 5000), None, "bad_data", None),
+    "task id with a dot": (task("dot-1", task_id="a.b"), None, "bad_data", None),
+    "task id with a star": (task("star-1", task_id="a*"), None, "bad_data", None),
+    "task id with a >": (task("gt-1", task_id=">"), None, "bad_data", None),
+    "task id with a space": (task("space-1", task_id="a b"), None, "bad_data", None),
+    "an event id that is no token": (task("a.b c"), None, "bad_data", None),
+    "deadline -1": (task("deadline-1", task_id="deadline-1", deadline="-1"), None, "bad_data", "deadline-1"),
+    "JSON nested 10,000 deep": (b"[" * 10_000 + b"]" * 10_000, None, "too_deep", None),
+    "an input nested 10,000 deep": (
+        task("deep-1", task_id="deep-1").replace(b'"input": 1', b'"input": ' + b"[" * 10_000 + b"]" * 10_000),
+        None, "too_deep", None,  # the envelope itself cannot be decoded, so its task id is unknown
+    ),
+    "a stored Status header": (task("status-1", task_id="status-1"), {"Status": "503"}, "reserved_header", "status-1"),
+    "an empty body with a Status header": (b"", {"Status": "404", "Description": "No Messages"}, "reserved_header", None),
+}
+
+
+async def wait_settled(mesh: Mesh) -> None:
+    async def settled() -> bool:
+        info = await mesh.js.consumer_info(subjects.STREAM, subjects.work_consumer_name("echo"))
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await eventually(settled, timeout=20, what="every delivery acknowledged")
+
+
+class TestHostileInput:
+    @pytest.mark.parametrize("case", list(CASES))
+    async def test_one_dead_letter_and_the_agent_serves_on(
+        self, case: str, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """The message gets one dead letter with its reason; the agent answers the next task."""
+        payload, headers, reason, failed_task = CASES[case]
+        proc = await agents.start("agents.echo:agent")
+        ack = await mesh.js.publish(subjects.work("echo"), payload, headers=headers)
+        dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered", timeout=20)
+        letter = dead[0].data
+        assert letter.reason == reason, letter.error  # type: ignore[attr-defined]
+        assert letter.stream_seq == ack.seq  # type: ignore[attr-defined]
+        assert await mesh.request("echo", {"after": case}, timeout=20) == {"after": case}
+        await wait_settled(mesh)
+        assert len(log.of_type("mesh.dead.lettered")) == 1
+        failed = log.of_type("mesh.task.failed")
+        assert [r.data.task_id for r in failed] == ([failed_task] if failed_task else [])  # type: ignore[attr-defined]
+        assert proc.poll() is None, agents.output(proc)
+
+    async def test_a_body_too_large_to_quote_keeps_its_hash(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """A dead letter that cannot carry the raw bytes carries their size, hash and sequence instead."""
+        payload = b"\xff" * (mesh.nc.max_payload - 1024)
+        await agents.start("agents.echo:agent")
+        ack = await mesh.js.publish(subjects.work("echo"), payload)
+        dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered", timeout=20)
+        letter = dead[0].data
+        assert letter.reason == "not_json"  # type: ignore[attr-defined]
+        assert letter.stream_seq == ack.seq and letter.size == len(payload)  # type: ignore[attr-defined]
+        assert letter.sha256 == hashlib.sha256(payload).hexdigest() and letter.raw == ""  # type: ignore[attr-defined]
+        assert await mesh.request("echo", {"after": "big"}, timeout=20) == {"after": "big"}
+
+    async def test_a_small_body_is_quoted_whole(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A dead letter of a small message carries its bytes and their hash."""
+        await agents.start("agents.echo:agent")
+        await mesh.js.publish(subjects.work("echo"), b"nope")
+        letter = (await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered", timeout=20))[0].data
+        assert base64.b64decode(letter.raw) == b"nope"  # type: ignore[attr-defined]
+        assert letter.sha256 == hashlib.sha256(b"nope").hexdigest()  # type: ignore[attr-defined]
+
+    async def test_an_output_too_large_fails_the_task_clearly(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """A completion that would not fit one message fails the task with a clear error; the agent stays up."""
+        proc = await agents.start("agents.echo:agent")
+        big = "x" * (mesh.nc.max_payload - 200)  # the request fits; its completion, with envelope and headers, does not
+        with pytest.raises(Exception, match="too large"):
+            await mesh.request("echo", big, timeout=20)
+        assert await mesh.request("echo", {"after": "big"}, timeout=20) == {"after": "big"}
+        assert proc.poll() is None, agents.output(proc)
