@@ -15,12 +15,11 @@ from typing import Any, Generic, NamedTuple, Self, TypeVar
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
+from mesh.bus import jetstream
 from mesh.bus.client import Mesh, decode_record
 from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import MeshError
-from topics import subjects
 from topics.record import Record
 
 __all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "records"]
@@ -41,11 +40,8 @@ class Stored(NamedTuple):
 async def last_seq(mesh: Mesh, filter_subject: str) -> int:
     """The stream sequence of the newest message on ``filter_subject`` (wildcards allowed), 0
     if none. Asks the stream leader, so a write acknowledged before the call is counted."""
-    try:
-        msg = await mesh.js._jsm.get_msg(subjects.STREAM, subject=filter_subject)
-    except NotFoundError:
-        return 0
-    return msg.seq or 0
+    msg = await jetstream.last_on_subject(mesh.js, filter_subject)
+    return (msg.seq or 0) if msg is not None else 0
 
 
 def _stored(msg: Msg) -> Stored:
