@@ -127,12 +127,13 @@ class TaskTimeoutError(MeshError, TimeoutError):
     retryable = True
 
     def __init__(self, task_id: str, capability: str | None, timeout: float) -> None:
-        what = f"task {task_id} ({capability})" if capability else f"task {task_id}"
-        super().__init__(
-            f"{what} had no outcome within {timeout:g}s; it may still be queued or running. "
-            "`mesh status` shows the agents online and each capability's backlog; "
-            "if they are there but busy, wait longer (raise --timeout)"
-        )
+        if capability:
+            happened = f"no agent serving '{capability}' finished it. `mesh status` shows whether one is online "
+            happened += "and the capability's backlog; if it is busy, wait longer (raise --timeout)"
+        else:
+            happened = "it may still be queued or running. `mesh status` shows the agents online and each "
+            happened += "capability's backlog; if they are busy, wait longer (raise --timeout)"
+        super().__init__(f"task {task_id} had no outcome within {timeout:g}s: {happened}")
         self.task_id, self.capability, self.timeout = task_id, capability, timeout
 
 

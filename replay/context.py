@@ -130,7 +130,10 @@ class RecordedMesh:
         self._siblings = len(book.caused.get(cause, []))
 
     def __getattr__(self, name: str) -> Any:
-        raise ReplayIsolationError(f"replay does not touch the network: the handler used mesh.{name}")
+        raise ReplayIsolationError(
+            f"replay does not touch the network: the handler used mesh.{name}, which rerun cannot answer "
+            "from the log (it answers publish, submit, request and outcome); check this handler live"
+        )
 
     async def publish(self, subject: str, data: Event, *, event_id: str | None = None,
                       correlation_id: str | None = None, causation_id: str | None = None,

@@ -141,7 +141,10 @@ async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int
             item = await follow.next(READ_TIMEOUT)
             if item is None:
                 reached = found[-1].seq if found else after
-                raise MeshError(f"reading {filter_subject} stalled at seq {reached}, short of the head {head}")
+                raise MeshError(
+                    f"reading {filter_subject} stalled at seq {reached}, short of the head {head} "
+                    f"(nothing for {READ_TIMEOUT:g}s); is the server overloaded or gone?"
+                )
             found.append(item)
             if item.seq >= head or (item.pending == 0 and item.seq >= at_least):
                 return found

@@ -66,7 +66,7 @@ async def _run(settings: MeshSettings, spec: WorkflowSpec, value: Any, follow: b
             click.echo(f"failed: {error}", err=True)
             sys.exit(1)
         except WorkflowTimeoutError as error:
-            click.echo(f"timeout: {error}; it goes on (`mesh flow show {workflow_id}`)", err=True)
+            click.echo(f"timeout: {error}", err=True)
             sys.exit(2)
         _print_json(output)
 

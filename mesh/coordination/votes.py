@@ -139,7 +139,10 @@ class Proposal:
         try:
             return await asyncio.wait_for(self._await_decision(), timeout)
         except TimeoutError:
-            raise VoteTimeoutError(f"proposal {self.proposal_id} not decided after {timeout:g}s") from None
+            raise VoteTimeoutError(
+                f"proposal {self.proposal_id} not decided within {timeout:g}s: its rule is not met yet and no "
+                "deadline has passed; wait longer (outcome(timeout=...)) or give the proposal a deadline"
+            ) from None
 
     async def _await_decision(self) -> VoteDecided:
         ballot = _Ballot(self.proposal_id)

@@ -229,7 +229,10 @@ class Workflows:
         try:
             return await asyncio.wait_for(self._outcome(workflow_id, on_event), timeout)
         except TimeoutError:
-            raise WorkflowTimeoutError(f"workflow {workflow_id} did not end within {timeout:g}s") from None
+            raise WorkflowTimeoutError(
+                f"workflow {workflow_id} did not end within {timeout:g}s; it goes on: "
+                f"`mesh flow show {workflow_id}` says where it stands"
+            ) from None
 
     async def _outcome(self, workflow_id: str, on_event: Callable[[Record], None] | None) -> Any:
         async for record in self.follow(workflow_id):
