@@ -1,21 +1,42 @@
-"""Every error the mesh raises. One root; retryable or not is a property of the error."""
+"""Every error the mesh raises. One root, `MeshError`; retryable or not is a property of the
+error (`retryable`), read by `retryable(error)`. A subclass may also inherit a built-in, so
+callers that catch `ValueError` or `TimeoutError` still catch it.
+
+NATS's own passing failures (a reconnect, a leader election) are known to `mesh.bus.jetstream`
+(`is_transient`), which this module may not import: the runtime asks both.
+"""
 
 from __future__ import annotations
+
+import asyncio
+
+from topics.base import ErrorInfo
 
 __all__ = [
     "MeshError",
     "ConfigError",
+    "TemplateError",
     "NoServerError",
     "SchemaError",
+    "SnapshotMismatch",
     "TaskError",
     "RetryableError",
     "TaskFailedError",
     "TaskTimeoutError",
     "ConflictError",
+    "ExpectedSequenceError",
+    "VersionConflict",
+    "VoteRejected",
+    "VoteTimeoutError",
+    "WorkflowFailedError",
+    "WorkflowTimeoutError",
     "ToolError",
     "ToolNotGrantedError",
     "LogGapError",
+    "ReplayIsolationError",
+    "ReplayStop",
     "PayloadTooLargeError",
+    "retryable",
 ]
 
 
@@ -25,20 +46,54 @@ class MeshError(Exception):
     retryable: bool = False
 
 
+def retryable(error: BaseException) -> bool:
+    """Whether trying again could help: a mesh error says so itself; a built-in timeout or
+    connection failure passes; anything else (a bug, bad input) would only repeat."""
+    if isinstance(error, MeshError):
+        return error.retryable
+    return isinstance(error, TimeoutError | asyncio.TimeoutError | ConnectionError)
+
+
+# -- configuration and input ------------------------------------------------------------
+
+
 class ConfigError(MeshError, ValueError):
     """A setting is missing or has a value that cannot work."""
 
+    retryable = False
+
+
+class TemplateError(ConfigError):
+    """A reference in a workflow step input names something that is not there."""
+
+    retryable = False
+
 
 class NoServerError(MeshError, ConnectionError):
-    """No NATS server could be reached at the URL in use."""
+    """No NATS server could be reached at the URL in use (it may come back: retryable)."""
+
+    retryable = True
 
 
 class SchemaError(MeshError, ValueError):
     """A message or input does not match the schema it claims. Never retried."""
 
+    retryable = False
+
+
+class SnapshotMismatch(MeshError, ValueError):
+    """A snapshot was written by another projection or another version of its fold."""
+
+    retryable = False
+
+
+# -- tasks ----------------------------------------------------------------------------------
+
 
 class TaskError(MeshError):
     """Raise from a handler to fail a task with a message; `retryable=True` asks for another try."""
+
+    retryable = False
 
     def __init__(self, message: str, *, retryable: bool = False, type: str | None = None) -> None:
         super().__init__(message)
@@ -49,12 +104,16 @@ class TaskError(MeshError):
 class RetryableError(TaskError):
     """A passing failure (rate limit, timeout, 5xx): the task is nak'ed and tried again later."""
 
+    retryable = True
+
     def __init__(self, message: str, *, type: str | None = None) -> None:
         super().__init__(message, retryable=True, type=type)
 
 
 class TaskFailedError(MeshError):
     """A requested task ended in `mesh.task.failed` (or was cancelled)."""
+
+    retryable = False
 
     def __init__(self, task_id: str, error_type: str, message: str) -> None:
         super().__init__(f"task {task_id} failed: {error_type}: {message}")
@@ -64,41 +123,116 @@ class TaskFailedError(MeshError):
 
 
 class TaskTimeoutError(MeshError, TimeoutError):
-    """No result arrived for a requested task within the timeout."""
+    """No result arrived for a requested task within the timeout (the task may still run)."""
 
     retryable = True
 
-    def __init__(self, task_id: str, capability: str, timeout: float) -> None:
-        super().__init__(
-            f"task {task_id} ({capability}) had no result after {timeout:g}s: "
-            f"is an agent serving '{capability}' running? (`mesh status` lists them)"
-        )
-        self.task_id = task_id
+    def __init__(self, task_id: str, capability: str | None, timeout: float) -> None:
+        if capability:
+            happened = f"no agent serving '{capability}' finished it. `mesh status` shows whether one is online "
+            happened += "and the capability's backlog; if it is busy, wait longer (raise --timeout)"
+        else:
+            happened = "it may still be queued or running. `mesh status` shows the agents online and each "
+            happened += "capability's backlog; if they are busy, wait longer (raise --timeout)"
+        super().__init__(f"task {task_id} had no outcome within {timeout:g}s: {happened}")
+        self.task_id, self.capability, self.timeout = task_id, capability, timeout
+
+
+# -- compare-and-set ------------------------------------------------------------------------
 
 
 class ConflictError(MeshError):
     """A compare-and-set write found another version than the one it expected."""
 
+    retryable = False
+
+
+class ExpectedSequenceError(ConflictError):
+    """JetStream refused a publish: something landed on the subject after the expected sequence."""
+
+    retryable = False
+
+    def __init__(self, subject: str, expected: int) -> None:
+        super().__init__(
+            f"publish to {subject!r} refused: it expected the subject's last sequence to be {expected}, "
+            "but another event landed there since; read the subject again and decide with what is there"
+        )
+        self.subject, self.expected = subject, expected
+
+
+class VersionConflict(ConflictError):
+    """A compare-and-set on a board key found another version than the one expected."""
+
+    retryable = False
+
+    def __init__(
+        self, board: str, key: str, expected: int, actual: int, *, author: str = "", seq: int | None = None
+    ) -> None:
+        by = f" by {author}" if author else ""
+        last = f" (last written{by} at seq {seq})" if seq is not None else ""
+        super().__init__(
+            f"board {board!r}, key {key!r}: expected version {expected}, found version {actual}{last}; "
+            "read the key again and retry with its current version"
+        )
+        self.board, self.key, self.expected, self.actual = board, key, expected, actual
+
+
+# -- coordination ---------------------------------------------------------------------------
+
+
+class VoteRejected(MeshError, ValueError):
+    """A vote that would not count: unknown proposal, option or voter, decided, or late."""
+
+    retryable = False
+
+
+class VoteTimeoutError(MeshError, TimeoutError):
+    """No decision was recorded within the time the caller was willing to wait."""
+
+    retryable = True
+
+
+class WorkflowFailedError(MeshError):
+    """A workflow ended in `mesh.flow.failed`."""
+
+    retryable = False
+
+    def __init__(self, workflow_id: str, error: ErrorInfo | None) -> None:
+        reason = f"{error.type}: {error.message}" if error else "no reason recorded"
+        super().__init__(f"workflow {workflow_id} failed: {reason}")
+        self.workflow_id, self.error = workflow_id, error
+
+
+class WorkflowTimeoutError(MeshError, TimeoutError):
+    """A workflow did not end within the time the caller was willing to wait; it goes on."""
+
+    retryable = True
+
+
+# -- tools ----------------------------------------------------------------------------------
+
 
 class ToolNotGrantedError(MeshError, PermissionError):
     """An agent called a tool it was not granted."""
 
+    retryable = False
+
 
 class ToolError(MeshError):
     """A tool call failed on an earlier try of this task; `error_type` names the original error."""
+
+    retryable = False
 
     def __init__(self, message: str, *, error_type: str) -> None:
         super().__init__(message)
         self.error_type = error_type
 
 
-class LogGapError(MeshError):
-    """Reading the log skipped sequences: the replay would be incomplete, so it stops."""
-
-
 class PayloadTooLargeError(MeshError, ValueError):
     """An event would not fit one NATS message; sending it would make the server close the
     connection, so it is refused before it is sent. Never retried: it would not shrink."""
+
+    retryable = False
 
     def __init__(self, subject: str, size: int, limit: int) -> None:
         super().__init__(
@@ -107,3 +241,25 @@ class PayloadTooLargeError(MeshError, ValueError):
         )
         self.size = size
         self.limit = limit
+
+
+# -- reading and replaying the log ----------------------------------------------------------
+
+
+class LogGapError(MeshError):
+    """Reading the log skipped sequences: the replay would be incomplete, so it stops."""
+
+    retryable = False
+
+
+class ReplayIsolationError(MeshError):
+    """Replay was asked to reach the network or a model. It never does."""
+
+    retryable = False
+
+
+class ReplayStop(MeshError):
+    """The handler asked for something the log cannot answer (a model call with no recorded
+    response); the rerun stops that task and reports the divergence."""
+
+    retryable = False

@@ -3,8 +3,9 @@ timeline of a workflow, export and import slices, re-run handlers against the re
 fork a workflow to continue it live. Nothing here calls a model; only `fork` and
 `import_log` write to a live log."""
 
+from mesh.errors import ReplayIsolationError
 from replay.causal import belongs, causal_slice, children_of, derivation_label
-from replay.context import Effect, RecordBook, RecordedMesh, ReplayContext, ReplayIsolationError, ReplayLlmSession
+from replay.context import Effect, RecordBook, RecordedMesh, ReplayContext, ReplayLlmSession
 from replay.export import ExportResult, ImportResult, export_log, import_log
 from replay.files import iter_file, read_file
 from replay.fork import ForkResult, fork, fork_log, plan_fork

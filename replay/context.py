@@ -18,7 +18,7 @@ from openai.types.chat import ChatCompletion
 from opentelemetry.trace import INVALID_SPAN
 
 from mesh.bus.client import Mesh, Published, outcome_value
-from mesh.errors import MeshError, TaskTimeoutError
+from mesh.errors import ReplayIsolationError, ReplayStop, TaskTimeoutError
 from mesh.llm.client import DEFAULT_MODEL, LlmClient, LlmSession
 from mesh.llm.tools import ToolBox
 from mesh.runtime.context import Context
@@ -35,24 +35,13 @@ __all__ = [
     "RecordBook",
     "RecordedMesh",
     "ReplayContext",
-    "ReplayIsolationError",
     "ReplayLlmSession",
-    "ReplayStop",
     "ReplayToolBox",
     "effect_of",
 ]
 
 _json = msgspec.json.Encoder()
 _plain = msgspec.json.Decoder()
-
-
-class ReplayIsolationError(MeshError):
-    """Replay was asked to reach the network or a model. It never does."""
-
-
-class ReplayStop(MeshError):
-    """The handler asked for something the log cannot answer (a model call with no recorded
-    response); the rerun stops that task and reports the divergence."""
 
 
 def plain(value: Any) -> Any:
@@ -141,7 +130,10 @@ class RecordedMesh:
         self._siblings = len(book.caused.get(cause, []))
 
     def __getattr__(self, name: str) -> Any:
-        raise ReplayIsolationError(f"replay does not touch the network: the handler used mesh.{name}")
+        raise ReplayIsolationError(
+            f"replay does not touch the network: the handler used mesh.{name}, which rerun cannot answer "
+            "from the log (it answers publish, submit, request and outcome); check this handler live"
+        )
 
     async def publish(self, subject: str, data: Event, *, event_id: str | None = None,
                       correlation_id: str | None = None, causation_id: str | None = None,
@@ -168,7 +160,7 @@ class RecordedMesh:
         """The recorded outcome; none recorded means the original waited in vain: a timeout."""
         found = self.book.outcomes.get(task_id)
         if found is None:
-            raise TaskTimeoutError(task_id, "?", timeout)
+            raise TaskTimeoutError(task_id, None, timeout)
         return found
 
     async def request_outcome(

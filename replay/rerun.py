@@ -32,12 +32,12 @@ from typing import Any, cast
 import msgspec
 
 from mesh.bus.client import Mesh
-from mesh.errors import MeshError
+from mesh.errors import MeshError, ReplayStop
 from mesh.runtime.agent import Agent
 from mesh.runtime.process import load_agent
 from mesh.telemetry.tracing import replaying
 from replay.causal import causal_slice
-from replay.context import Effect, RecordBook, ReplayContext, ReplayStop, effect_of
+from replay.context import Effect, RecordBook, ReplayContext, effect_of
 from topics import subjects
 from topics.envelope import derived_id
 from topics.record import Record

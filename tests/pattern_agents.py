@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from mesh import Agent, Context, TaskError
-from mesh.coordination.board import VersionConflict
+from mesh.errors import VersionConflict
 
 counter = Agent("counter")
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from mesh import Mesh
+from mesh.bus import jetstream
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog, eventually
 from topics import subjects
@@ -57,8 +58,8 @@ class TestDeadLetters:
         await eventually(settled, what="every delivery acknowledged")
         assert len(log.of_type("mesh.dead.lettered")) == 1
         # the original stays in the log: nothing is lost
-        stored = await mesh.js._jsm.get_msg(subjects.STREAM, seq=ack.seq, direct=True)
-        assert stored.data == payload
+        stored = await jetstream.direct_get(mesh.js, seq=ack.seq)
+        assert stored is not None and stored.data == payload
 
     async def test_bad_task_with_id_is_also_failed(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """A task request whose input fails the handler's schema fails the task, so a waiter learns why."""

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from mesh import ConflictError, Mesh
-from mesh.coordination.board import Board, VersionConflict
+from mesh.coordination.board import Board
 from mesh.coordination.origin import Origin
+from mesh.errors import VersionConflict
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 from topics.board import BoardWritten

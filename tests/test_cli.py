@@ -39,7 +39,7 @@ class TestTaskCommand:
     def test_timeout_exits_2(self, nats_server: LocalServer) -> None:
         """No agent serves the capability: a clear timeout and exit 2."""
         done = mesh_cmd("task", "nobody", "--wait", "--timeout", "0.5", url=nats_server.url)
-        assert done.returncode == 2 and "is an agent serving 'nobody' running?" in done.stderr
+        assert done.returncode == 2 and "no agent serving 'nobody' finished it. `mesh status`" in done.stderr
 
     def test_without_wait_prints_task_id(self, nats_server: LocalServer) -> None:
         """Without --wait, the task id is printed and the task is in the log."""

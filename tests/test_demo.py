@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mesh import Mesh
+from mesh.bus import jetstream
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 
@@ -50,7 +51,7 @@ class TestConcurrentStart:
     ) -> None:
         """Three replicas starting at once on a fresh stream all come up and share work-echo."""
         await asyncio.gather(*(agents.start("agents.echo:agent") for _ in range(3)))
-        consumers = [c.name for c in await mesh.js._jsm.consumers_info("MESH")]
+        consumers = [c.name for c in await jetstream.consumers_info(mesh.js)]
         assert consumers.count("work-echo") == 1
         outputs = await asyncio.gather(*(mesh.request("echo", n, timeout=30) for n in range(30)))
         assert outputs == list(range(30))

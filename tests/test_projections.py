@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesh.errors import SnapshotMismatch
 from mesh.projections import (
     BOARD,
     CONSENSUS,
@@ -21,7 +22,6 @@ from mesh.projections import (
     FlowSpec,
     HandlerProjection,
     ProposalView,
-    SnapshotMismatch,
     StepSpec,
     TasksProjection,
     TasksState,

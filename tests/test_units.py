@@ -22,10 +22,15 @@ class TestPublicApi:
     def test_exports_are_pinned(self) -> None:
         """`mesh.__all__` is the public API; changing it is a decision, not an accident."""
         assert sorted(mesh.__all__) == sorted([
-            "Agent", "AgentRunner", "Board", "Flow", "LiveProjection", "Proposal", "Proposals", "Workflows", "tool", "ConfigError", "ConflictError", "Context", "Handler", "LlmClient",
-            "LlmSession", "LogGapError", "Mesh", "MeshError", "MeshSettings", "NoServerError", "Published",
-            "RetryableError", "RunnerOptions", "SchemaError", "TaskError", "TaskFailedError",
-            "TaskTimeoutError", "ToolNotGrantedError", "__version__",
+            "Agent", "AgentRunner", "Board", "Flow", "LiveProjection", "Proposal", "Proposals", "Workflows", "tool",
+            "Context", "Handler", "LlmClient", "LlmSession", "Mesh", "MeshSettings", "Published", "RunnerOptions",
+            "__version__",
+            # every error, all from mesh.errors
+            "MeshError", "ConfigError", "TemplateError", "NoServerError", "SchemaError", "SnapshotMismatch",
+            "TaskError", "RetryableError", "TaskFailedError", "TaskTimeoutError", "ConflictError",
+            "ExpectedSequenceError", "VersionConflict", "VoteRejected", "VoteTimeoutError", "WorkflowFailedError",
+            "WorkflowTimeoutError", "ToolError", "ToolNotGrantedError", "LogGapError", "ReplayIsolationError",
+            "ReplayStop",
         ])  # fmt: skip
         for name in mesh.__all__:
             assert hasattr(mesh, name)

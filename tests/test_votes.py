@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from mesh import Mesh
-from mesh.coordination.votes import Proposals, VoteRejected, VoteTimeoutError, decided_id
+from mesh.coordination.votes import Proposals, decided_id
+from mesh.errors import VoteRejected, VoteTimeoutError
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 

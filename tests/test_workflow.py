@@ -17,8 +17,9 @@ import pytest
 
 from mesh import ConfigError, Mesh
 from mesh.coordination.orchestrator import Fail, Finish, Schedule, decide, spec_of, step_task_id
-from mesh.coordination.templates import TemplateError, references, resolve
-from mesh.coordination.workflow import Flow, WorkflowFailedError, Workflows, WorkflowSpec, default_output, load, parse
+from mesh.coordination.templates import references, resolve
+from mesh.coordination.workflow import Flow, Workflows, WorkflowSpec, default_output, load, parse
+from mesh.errors import TemplateError, WorkflowFailedError
 from mesh.projections import WORKFLOWS, WorkflowView, fold
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog

@@ -13,8 +13,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
+from mesh.bus import jetstream
 from mesh.bus.connection import connect, ensure_stream
 from mesh.bus.settings import MeshSettings
 from mesh.errors import PayloadTooLargeError, SchemaError, TaskFailedError, TaskTimeoutError
@@ -39,7 +39,6 @@ __all__ = ["Mesh", "OutcomeWatch", "Published", "decode_record", "outcome_value"
 MSG_ID = "Nats-Msg-Id"
 MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
 _HEADROOM = 4096  # bytes below max_payload under which headers cannot push a body over it
-EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
 class Published(msgspec.Struct, frozen=True):
@@ -127,16 +126,18 @@ class Mesh:
         expected_last_subject_seq: int | None = None,
     ) -> Published:
         """Publish one event to the log and wait for JetStream's acknowledgement; the event id
-        doubles as `Nats-Msg-Id` for deduplication."""
+        doubles as `Nats-Msg-Id` for deduplication. With `expected_last_subject_seq`, the
+        server refuses it with `ExpectedSequenceError` if the subject moved past that sequence."""
         event_id = event_id or new_event_id()
         with send_span(subject, data.TYPE, event_id) as trace:
             event = self.envelope(
                 data, event_id=event_id, correlation_id=correlation_id, causation_id=causation_id, trace=trace
             )
             headers = {MSG_ID: event.id, **trace}
-            if expected_last_subject_seq is not None:
-                headers[EXPECTED_SUBJECT_SEQ] = str(expected_last_subject_seq)
-            ack = await self.js.publish(subject, self._fitting(subject, encode_envelope(event), headers), headers=headers)
+            ack = await jetstream.publish(
+                self.js, subject, self._fitting(subject, encode_envelope(event), headers), headers=headers,
+                expected_last_subject_seq=expected_last_subject_seq,
+            )  # fmt: skip
         instruments.published.add(1, {"type": data.TYPE})
         return Published(event.id, ack.seq, bool(ack.duplicate))
 
@@ -229,9 +230,8 @@ class Mesh:
 
     async def last_on(self, subject: str) -> Record | None:
         """The newest event stored on one subject (a direct get), or None."""
-        try:
-            msg = await self.js._jsm.get_last_msg(subjects.STREAM, subject, direct=True)
-        except NotFoundError:
+        msg = await jetstream.direct_get(self.js, subject=subject)
+        if msg is None:
             return None
         return decode_record(msg.subject or subject, msg.data or b"", msg.seq or 0)
 
@@ -253,7 +253,7 @@ class Mesh:
         try:
             return await asyncio.wait_for(found, timeout)
         except asyncio.TimeoutError:
-            raise TaskTimeoutError(task_id, "?", timeout) from None
+            raise TaskTimeoutError(task_id, None, timeout) from None
         finally:
             await sub.unsubscribe()
 

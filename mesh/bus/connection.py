@@ -14,20 +14,19 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import nats
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
+from mesh.bus import jetstream
 from mesh.bus.settings import MeshSettings, resolve_url
 from mesh.errors import ConfigError, NoServerError
 from topics import subjects
 
 __all__ = [
-    "TRANSIENT_ERRORS",
     "connect",
     "ensure_stream",
     "ensure_consumer",
@@ -37,21 +36,7 @@ __all__ = [
 
 log = structlog.get_logger("mesh.bus.connection")
 
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    TimeoutError,
-    ConnectionError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.errors.OutboundBufferLimitError,
-    NoStreamResponseError,  # a stream replica set between leaders (a node was lost)
-    ServiceUnavailableError,
-)
-"""NATS failures that pass: a reconnect, a leader election. Worth another try, not a dead letter."""
 
-_STREAM_IN_USE = 10058
-_JETSTREAM_NOT_READY = 10008
 T = TypeVar("T")
 
 
@@ -100,7 +85,7 @@ async def ensure_stream(js: JetStreamContext, *, replicas: int | None = None, du
     try:
         await _until_jetstream_ready(lambda: js.add_stream(config))
     except BadRequestError as error:
-        if error.err_code != _STREAM_IN_USE:
+        if error.err_code != jetstream.STREAM_IN_USE:
             raise
         info = await js.stream_info(subjects.STREAM)
         log.debug("stream exists with another config; keeping it", subjects=info.config.subjects)
@@ -115,7 +100,7 @@ async def _until_jetstream_ready(call: Callable[[], Awaitable[T]], wait: float =
         try:
             return await call()
         except (TimeoutError, ServiceUnavailableError) as error:
-            not_ready = isinstance(error, TimeoutError) or error.err_code == _JETSTREAM_NOT_READY
+            not_ready = isinstance(error, TimeoutError) or error.err_code == jetstream.JETSTREAM_NOT_READY
             if not not_ready or time.monotonic() > deadline:
                 raise
             log.info("JetStream not ready yet; retrying", error=str(error) or type(error).__name__)

@@ -14,12 +14,11 @@ from typing import Any, Generic, NamedTuple, Self, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
+from mesh.bus import jetstream
 from mesh.bus.client import Mesh, decode_record
 from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import MeshError
-from topics import subjects
 from topics.envelope import DECODE_ERRORS
 from topics.record import Record
 
@@ -41,11 +40,8 @@ class Stored(NamedTuple):
 async def last_seq(mesh: Mesh, filter_subject: str) -> int:
     """The stream sequence of the newest message on ``filter_subject`` (wildcards allowed), 0
     if none. Asks the stream leader, so a write acknowledged before the call is counted."""
-    try:
-        msg = await mesh.js._jsm.get_msg(subjects.STREAM, subject=filter_subject)
-    except NotFoundError:
-        return 0
-    return msg.seq or 0
+    msg = await jetstream.last_on_subject(mesh.js, filter_subject)
+    return (msg.seq or 0) if msg is not None else 0
 
 
 def _stored(msg: Msg) -> Stored:
@@ -145,7 +141,10 @@ async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int
             item = await follow.next(READ_TIMEOUT)
             if item is None:
                 reached = found[-1].seq if found else after
-                raise MeshError(f"reading {filter_subject} stalled at seq {reached}, short of the head {head}")
+                raise MeshError(
+                    f"reading {filter_subject} stalled at seq {reached}, short of the head {head} "
+                    f"(nothing for {READ_TIMEOUT:g}s); is the server overloaded or gone?"
+                )
             found.append(item)
             if item.seq >= head or (item.pending == 0 and item.seq >= at_least):
                 return found

@@ -57,9 +57,11 @@ def _wait_for_ports(ports_dir: Path, pid: int, process: subprocess.Popen[bytes],
                 continue  # being written
             return int(ports["nats"][0].rsplit(":", 1)[1])
         if process.poll() is not None:
-            raise MeshError(f"nats-server exited with {process.returncode} before listening")
+            raise MeshError(f"nats-server exited with code {process.returncode} before listening; its log (or stderr) says why")
         time.sleep(0.02)  # polling a file the server writes; not synchronising our own work
-    raise MeshError(f"nats-server did not start listening within {timeout:g}s")
+    raise MeshError(
+        f"nats-server (pid {pid}) did not start listening within {timeout:g}s; its log (or stderr) says what it is doing"
+    )
 
 
 @dataclass

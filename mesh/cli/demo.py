@@ -59,7 +59,7 @@ async def wait_for_agents(
             if dead := [p.args for p in procs if p.poll() is not None]:
                 raise MeshError(f"agent process exited during start-up: {dead} (see its log)")
             if time.monotonic() > deadline:
-                raise MeshError(f"only {len(started)} of {count} agents started within {timeout:g}s")
+                raise MeshError(f"only {len(started)} of {count} agents started within {timeout:g}s: see the agent logs in .mesh/logs")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(ready.wait(), 0.2)
     finally:

@@ -12,8 +12,8 @@ import msgspec
 from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
 from mesh.cli.options import nats_options, parse_json, run
-from mesh.coordination.workflow import WorkflowFailedError, Workflows, WorkflowSpec, WorkflowTimeoutError, load
-from mesh.errors import ConfigError
+from mesh.coordination.workflow import Workflows, WorkflowSpec, load
+from mesh.errors import ConfigError, WorkflowFailedError, WorkflowTimeoutError
 from mesh.projections import WorkflowView
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
 from topics.record import Record
@@ -66,7 +66,7 @@ async def _run(settings: MeshSettings, spec: WorkflowSpec, value: Any, follow: b
             click.echo(f"failed: {error}", err=True)
             sys.exit(1)
         except WorkflowTimeoutError as error:
-            click.echo(f"timeout: {error}; it goes on (`mesh flow show {workflow_id}`)", err=True)
+            click.echo(f"timeout: {error}", err=True)
             sys.exit(2)
         _print_json(output)
 

@@ -11,6 +11,7 @@ import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoKeysError, NotFoundError
 
+from mesh.bus import jetstream
 from mesh.bus.client import Mesh, decode_record
 from mesh.bus.connection import presence_bucket
 from mesh.bus.consumer import parse_ack_subject
@@ -107,7 +108,7 @@ async def _status(settings: MeshSettings) -> None:
             click.echo(f"  {presence.agent_id:<40} {','.join(presence.capabilities):<24} "
                        f"in flight {presence.in_flight:<3} handled {presence.handled}")  # fmt: skip
         click.echo("\ncapabilities:")
-        for consumer in await mesh.js._jsm.consumers_info(subjects.STREAM):
+        for consumer in await jetstream.consumers_info(mesh.js):
             name = consumer.name or ""
             if name.startswith("work-"):
                 click.echo(f"  {name[5:]:<24} pending {consumer.num_pending:<6} in progress {consumer.num_ack_pending:<4} "

@@ -17,32 +17,17 @@ from __future__ import annotations
 from typing import Any, Self
 
 import msgspec
-from nats.js.errors import BadRequestError
 
 from mesh.bus.client import Mesh, Published
 from mesh.bus.follow import Feed, Follow, Stored, read
 from mesh.coordination.origin import Origin
-from mesh.errors import ConflictError
+from mesh.errors import ExpectedSequenceError, VersionConflict
 from mesh.projections import BOARD, BoardEntry, BoardState, Revision, entry, values
 from topics import subjects
 from topics.base import check_token
 from topics.board import BoardDeleted, BoardWritten
 
-__all__ = ["WRONG_LAST_SEQUENCE", "Board", "BoardChange", "BoardWatch", "VersionConflict"]
-
-WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
-
-
-class VersionConflict(ConflictError):
-    """A compare-and-set on a board key found another version than the one expected."""
-
-    def __init__(self, board: str, key: str, expected: int, found: BoardEntry) -> None:
-        by = f" (last written by {found.author or '?'} at seq {found.history[-1].seq})" if found.history else ""
-        super().__init__(
-            f"board {board!r}, key {key!r}: expected version {expected}, found version {found.version}{by}; "
-            "read the key again and retry with its current version"
-        )
-        self.board, self.key, self.expected, self.actual = board, key, expected, found.version
+__all__ = ["Board", "BoardChange", "BoardWatch"]
 
 
 class BoardChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,9 +121,7 @@ class Board:
             expected_seq = self._subject_seq.get(key, 0)
         try:
             published = await self._publish(key, data, event_id, expected_seq)
-        except BadRequestError as error:
-            if error.err_code != WRONG_LAST_SEQUENCE:
-                raise
+        except ExpectedSequenceError:
             await self.refresh()
             return self._already_written(key, event_id, expect_version or 0)
         await self.refresh(at_least=published.seq)
@@ -161,7 +144,9 @@ class Board:
         redelivered handler writing again); then that write stands. Else it is a conflict."""
         if event_id in self._ids:
             return self._revision(key, self._ids[event_id])
-        raise VersionConflict(self.name, key, expected, self._entry(key))
+        found = self._entry(key)
+        seq = found.history[-1].seq if found.history else None
+        raise VersionConflict(self.name, key, expected, found.version, author=found.author, seq=seq)
 
     def _revision(self, key: str, seq: int) -> Revision | None:
         return next((r for r in self._entry(key).history if r.seq == seq), None)

@@ -21,14 +21,12 @@ import asyncio
 from typing import Any, NamedTuple
 
 import structlog
-from nats.js.errors import BadRequestError
 
 from mesh.bus.client import Mesh
 from mesh.bus.follow import read
-from mesh.coordination.board import WRONG_LAST_SEQUENCE
 from mesh.coordination.templates import resolve
 from mesh.coordination.workflow import Step, WorkflowSpec, default_output, parse
-from mesh.errors import ConfigError, MeshError, SchemaError, TaskTimeoutError
+from mesh.errors import ConfigError, ExpectedSequenceError, MeshError, SchemaError, TaskTimeoutError
 from mesh.projections import WORKFLOWS, StepView, WorkflowView, ready_steps
 from topics import subjects
 from topics.base import ErrorInfo, Event
@@ -147,9 +145,7 @@ class FlowLog:
                 correlation_id=self.view.correlation_id or self.workflow_id,
                 causation_id=causation_id, expected_last_subject_seq=self.seq,
             )  # fmt: skip
-        except BadRequestError as error:
-            if error.err_code != WRONG_LAST_SEQUENCE:
-                raise
+        except ExpectedSequenceError:
             await self.refresh()
             return False
         await self.refresh(at_least=published.seq)

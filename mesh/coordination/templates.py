@@ -20,16 +20,12 @@ from typing import Any
 
 import msgspec
 
-from mesh.errors import ConfigError
+from mesh.errors import TemplateError
 
-__all__ = ["TemplateError", "references", "resolve"]
+__all__ = ["references", "resolve"]
 
 _WHOLE = re.compile(r"^\$((?:input|steps)(?:\.[A-Za-z0-9_\-]+)*)$")
 _INLINE = re.compile(r"\$\{((?:input|steps)(?:\.[A-Za-z0-9_\-]+)*)\}")
-
-
-class TemplateError(ConfigError):
-    """A reference in a step input names something that is not there."""
 
 
 def resolve(template: Any, scope: dict[str, Any]) -> Any:

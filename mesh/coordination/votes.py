@@ -20,13 +20,10 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
-from nats.js.errors import BadRequestError
-
 from mesh.bus.client import Mesh, Published
 from mesh.bus.follow import Follow, Stored, last_seq, read
-from mesh.coordination.board import WRONG_LAST_SEQUENCE
 from mesh.coordination.origin import Origin
-from mesh.errors import MeshError, SchemaError
+from mesh.errors import ExpectedSequenceError, SchemaError, VoteRejected, VoteTimeoutError
 from mesh.projections import CONSENSUS, ConsensusState, ProposalView, evaluate, roster
 from mesh.projections.base import instant
 from topics import subjects
@@ -34,15 +31,7 @@ from topics.base import check_token
 from topics.envelope import derived_id, now_rfc3339
 from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
 
-__all__ = ["Proposal", "Proposals", "VoteRejected", "VoteTimeoutError", "decided_id"]
-
-
-class VoteRejected(MeshError, ValueError):
-    """A vote that would not count: unknown proposal, option or voter, decided, or late."""
-
-
-class VoteTimeoutError(MeshError, TimeoutError):
-    """No decision was recorded within the time the caller was willing to wait."""
+__all__ = ["Proposal", "Proposals", "decided_id"]
 
 
 def decided_id(proposal_id: str) -> str:
@@ -150,7 +139,10 @@ class Proposal:
         try:
             return await asyncio.wait_for(self._await_decision(), timeout)
         except TimeoutError:
-            raise VoteTimeoutError(f"proposal {self.proposal_id} not decided after {timeout:g}s") from None
+            raise VoteTimeoutError(
+                f"proposal {self.proposal_id} not decided within {timeout:g}s: its rule is not met yet and no "
+                "deadline has passed; wait longer (outcome(timeout=...)) or give the proposal a deadline"
+            ) from None
 
     async def _await_decision(self) -> VoteDecided:
         ballot = _Ballot(self.proposal_id)
@@ -180,9 +172,8 @@ class Proposal:
             await self.mesh.publish(self.subject, decided, event_id=decided_id(self.proposal_id),
                                     correlation_id=ballot.correlation_id or self.proposal_id,
                                     causation_id=ballot.last_id, expected_last_subject_seq=ballot.seq)  # fmt: skip
-        except BadRequestError as error:
-            if error.err_code != WRONG_LAST_SEQUENCE:
-                raise  # else something landed since our fold: read on and judge again
+        except ExpectedSequenceError:
+            pass  # something landed since our fold: read on and judge again
         return None
 
 

@@ -34,11 +34,11 @@ import msgspec
 from mesh.bus.client import Mesh
 from mesh.bus.follow import Follow, records
 from mesh.coordination.templates import references
-from mesh.errors import ConfigError, MeshError
+from mesh.errors import ConfigError, MeshError, WorkflowFailedError, WorkflowTimeoutError
 from mesh.projections import WORKFLOWS, WorkflowView
 from mesh.projections.base import fold
 from topics import subjects
-from topics.base import ErrorInfo, check_token
+from topics.base import check_token
 from topics.envelope import derived_id, new_event_id
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted
 from topics.record import Record
@@ -47,9 +47,7 @@ __all__ = [
     "WORKFLOW_CAPABILITY",
     "Flow",
     "Step",
-    "WorkflowFailedError",
     "WorkflowSpec",
-    "WorkflowTimeoutError",
     "Workflows",
     "default_output",
     "load",
@@ -76,19 +74,6 @@ class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     steps: dict[str, Step] = {}
     output: Any = None
     description: str = ""
-
-
-class WorkflowFailedError(MeshError):
-    """A workflow ended in `mesh.flow.failed`."""
-
-    def __init__(self, workflow_id: str, error: ErrorInfo | None) -> None:
-        reason = f"{error.type}: {error.message}" if error else "no reason recorded"
-        super().__init__(f"workflow {workflow_id} failed: {reason}")
-        self.workflow_id, self.error = workflow_id, error
-
-
-class WorkflowTimeoutError(MeshError, TimeoutError):
-    """A workflow did not end within the time the caller was willing to wait; it goes on."""
 
 
 class Flow:
@@ -244,7 +229,10 @@ class Workflows:
         try:
             return await asyncio.wait_for(self._outcome(workflow_id, on_event), timeout)
         except TimeoutError:
-            raise WorkflowTimeoutError(f"workflow {workflow_id} did not end within {timeout:g}s") from None
+            raise WorkflowTimeoutError(
+                f"workflow {workflow_id} did not end within {timeout:g}s; it goes on: "
+                f"`mesh flow show {workflow_id}` says where it stands"
+            ) from None
 
     async def _outcome(self, workflow_id: str, on_event: Callable[[Record], None] | None) -> Any:
         async for record in self.follow(workflow_id):

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from nats.js.errors import NotFoundError
-
+from mesh.bus import jetstream
 from mesh.bus.client import Mesh, decode_record
-from topics import subjects
 from topics.calls import LlmCalled, ToolCalled
 from topics.record import Record
 
@@ -25,9 +23,8 @@ async def stored_on(mesh: Mesh, subject: str) -> list[Record]:
     found: list[Record] = []
     seq = 1
     while True:
-        try:
-            msg = await mesh.js._jsm.get_msg(subjects.STREAM, seq=seq, subject=subject, next=True, direct=True)
-        except NotFoundError:
+        msg = await jetstream.direct_get(mesh.js, seq=seq, subject=subject, next=True)
+        if msg is None:
             return found
         found.append(decode_record(msg.subject or subject, msg.data or b"", msg.seq or 0))
         seq = (msg.seq or seq) + 1

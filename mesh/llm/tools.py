@@ -118,7 +118,8 @@ class ToolBox:
     async def _run(self, name: str, args: dict[str, Any]) -> Any:
         if name not in self._granted:
             raise ToolNotGrantedError(f"tool '{name}' is not granted to agent '{self._agent}' "
-                                      f"(granted: {', '.join(self._granted) or 'none'})")  # fmt: skip
+                                      f"(granted: {', '.join(self._granted) or 'none'}); "
+                                      "grant it with Agent(..., tools=(...))")  # fmt: skip
         if name not in TOOLS:
             raise ConfigError(f"tool '{name}' is granted but not registered: import the module that defines it")
         return await TOOLS[name].run(args)

@@ -14,6 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
+from mesh.errors import SnapshotMismatch
 from topics.base import Event
 from topics.envelope import parse_time
 from topics.record import Record
@@ -24,7 +25,6 @@ __all__ = [
     "Projection",
     "ProjectionState",
     "Snapshot",
-    "SnapshotMismatch",
     "Stamp",
     "fold",
     "instant",
@@ -58,10 +58,6 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     projection: str
     version: int
     state: msgspec.Raw
-
-
-class SnapshotMismatch(ValueError):
-    """A snapshot was written by another projection or another version of its fold."""
 
 
 _snapshot_encoder = msgspec.json.Encoder()

@@ -11,10 +11,10 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
+from mesh.bus import jetstream
 from mesh.bus.client import Mesh
-from mesh.bus.connection import TRANSIENT_ERRORS
 from mesh.bus.consumer import Delivery
-from mesh.errors import SchemaError
+from mesh.errors import SchemaError, retryable
 from mesh.runtime.deadletter import Reason, dead_letter, envelope_or_none
 from mesh.runtime.worker import Worker
 from mesh.telemetry.redact import scrub_text
@@ -52,9 +52,7 @@ class HandlerFailed(Exception):
 def is_retryable(error: BaseException) -> bool:
     """Timeouts, connection trouble and errors that say so are retried; anything else is a
     bug or bad input, and trying again would only repeat it."""
-    if isinstance(error, SchemaError):
-        return False
-    return bool(getattr(error, "retryable", False)) or isinstance(error, TRANSIENT_ERRORS)
+    return retryable(error) or jetstream.is_transient(error)
 
 
 async def already_done(mesh: Mesh, task_id: str) -> bool:
@@ -135,9 +133,12 @@ async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
     dead-letter it and record the failure. Every replica hears this; the ids dedupe."""
     try:
         note = _json.decode(advisory.data)
-        stored = await worker.mesh.js._jsm.get_msg(subjects.STREAM, seq=note["stream_seq"], direct=True)
+        stored = await jetstream.direct_get(worker.mesh.js, seq=note["stream_seq"])
     except Exception as error:
         log.warning("max-deliveries advisory not handled", error=str(error))
+        return
+    if stored is None:
+        log.warning("max-deliveries advisory not handled", error=f"seq {note['stream_seq']} is no longer in the stream")
         return
     payload = stored.data or b""
     event = envelope_or_none(payload)

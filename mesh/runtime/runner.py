@@ -17,6 +17,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
+from mesh.bus import jetstream
 from mesh.bus.client import Mesh
 from mesh.bus.connection import ensure_consumer, presence_bucket
 from mesh.bus.consumer import WorkConsumer, parse_ack_subject
@@ -143,7 +144,7 @@ class AgentRunner:
             await asyncio.sleep(period)
             now = time.monotonic()
             for flight in list(self._in_flight.values()):
-                if now - flight.started > period and not flight.msg._ackd:
+                if now - flight.started > period and not jetstream.is_settled(flight.msg):
                     await flight.msg.in_progress()
 
     async def _keep_presence(self) -> None:

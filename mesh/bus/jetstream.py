@@ -1,0 +1,135 @@
+"""The one module that knows nats-py below its everyday API: stored-message reads, the
+consumer list, whether a message was settled, NATS error codes and which NATS errors pass.
+Everything else in the mesh calls these functions and sees mesh errors (`mesh.errors`), so
+a change in nats-py, or a test double of the bus, touches this module only.
+
+Why each call is here (as read in nats-py 2.16.0):
+
+- Direct get (`direct_get`): reading one stored message by sequence, or the last or next
+  one on a subject, answered by any replica. nats-py offers it as `get_msg(..., direct=True)`
+  on `JetStreamManager`, not among the publish/subscribe calls of `JetStreamContext`; the
+  mesh used to reach it through the private `js._jsm`, which builds a new manager on each
+  call. `JetStreamContext` subclasses `JetStreamManager` in 2.16.0, so here it is called on
+  the context itself, with no private name.
+- `last_on_subject`: the same request without `direct`, answered by the stream leader, so a
+  write acknowledged before the call is counted (a direct get may be answered by a replica
+  that is behind). Wildcard subjects are allowed.
+- `consumers_info`: the consumer list, also a manager call.
+- `is_settled`: whether a message was acked, nak'ed or terminated. nats-py records that in
+  the private `Msg._ackd`; 2.16.0 exposes it read-only as `Msg.is_acked`, used here.
+- Error codes: JetStream says why it refused a request only in `APIError.err_code`. A
+  refused compare-and-set (`WRONG_LAST_SEQUENCE`) becomes `ExpectedSequenceError` in
+  `publish`; the stream set-up codes are read by `mesh.bus.connection`.
+- `TRANSIENT_ERRORS` / `is_transient`: NATS failures that pass (a reconnect, a leader
+  election). `mesh.errors.retryable` cannot know them (it may not import NATS), so the
+  runtime asks both: `retryable(error) or is_transient(error)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo, PubAck, RawStreamMsg
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+
+from mesh.errors import ExpectedSequenceError
+from topics import subjects
+
+__all__ = [
+    "EXPECTED_SUBJECT_SEQ",
+    "JETSTREAM_NOT_READY",
+    "STREAM_IN_USE",
+    "TRANSIENT_ERRORS",
+    "WRONG_LAST_SEQUENCE",
+    "consumers_info",
+    "direct_get",
+    "is_settled",
+    "is_transient",
+    "last_on_subject",
+    "publish",
+]
+
+JETSTREAM_NOT_READY = 10008  # JetStream is temporarily unavailable (a cluster electing its leader)
+STREAM_IN_USE = 10058  # a stream of that name exists with another configuration
+WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence did not match the subject's last
+
+EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    NoStreamResponseError,  # a stream replica set between leaders (a node was lost)
+    ServiceUnavailableError,
+)
+"""NATS failures that pass: a reconnect, a leader election. Worth another try, not a dead letter."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` is a NATS failure that passes (see `TRANSIENT_ERRORS`)."""
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    headers: Mapping[str, str],
+    expected_last_subject_seq: int | None = None,
+) -> PubAck:
+    """Publish and wait for the stream's acknowledgement. With ``expected_last_subject_seq``
+    the server stores the message only if the subject's last sequence is that one; else
+    `ExpectedSequenceError`."""
+    sent = dict(headers)
+    if expected_last_subject_seq is not None:
+        sent[EXPECTED_SUBJECT_SEQ] = str(expected_last_subject_seq)
+    try:
+        return await js.publish(subject, payload, headers=sent)
+    except BadRequestError as error:
+        if expected_last_subject_seq is None or error.err_code != WRONG_LAST_SEQUENCE:
+            raise
+        raise ExpectedSequenceError(subject, expected_last_subject_seq) from error
+
+
+async def direct_get(
+    js: JetStreamContext,
+    *,
+    seq: int | None = None,
+    subject: str | None = None,
+    next: bool = False,
+    stream: str = subjects.STREAM,
+) -> RawStreamMsg | None:
+    """One stored message, answered by any replica: by ``seq``; the last on ``subject``; or,
+    with ``next=True``, the first on ``subject`` at or after ``seq``. None if there is none."""
+    try:
+        return await js.get_msg(stream, seq=seq, subject=subject, next=next, direct=True)
+    except NotFoundError:
+        return None
+
+
+async def last_on_subject(
+    js: JetStreamContext, subject: str, *, stream: str = subjects.STREAM
+) -> RawStreamMsg | None:
+    """The newest message on ``subject`` (wildcards allowed), asked of the stream leader so a
+    write acknowledged before the call is seen; None if there is none."""
+    try:
+        return await js.get_msg(stream, subject=subject)
+    except NotFoundError:
+        return None
+
+
+async def consumers_info(js: JetStreamContext, stream: str = subjects.STREAM) -> list[ConsumerInfo]:
+    """Every consumer of ``stream`` (the first 256: the server pages the list)."""
+    return await js.consumers_info(stream)
+
+
+def is_settled(msg: Msg) -> bool:
+    """Whether ``msg`` was acked, nak'ed or terminated (`in_progress` does not settle it)."""
+    return msg.is_acked
