@@ -20,6 +20,8 @@ __all__ = [
     "SchemaError",
     "SnapshotMismatch",
     "TaskError",
+    "DeadlineExceededError",
+    "RunTimeExceededError",
     "RetryableError",
     "TaskFailedError",
     "TaskTimeoutError",
@@ -99,6 +101,31 @@ class TaskError(MeshError):
         super().__init__(message)
         self.retryable = retryable
         self.type = type or self.__class__.__name__
+
+
+class DeadlineExceededError(TaskError, TimeoutError):
+    """The task's deadline passed, before it started or while its handler ran (the handler is
+    cancelled). Never retried: the deadline stays past. Its error type is `deadline`."""
+
+    retryable = False
+
+    def __init__(self, task_id: str, deadline: str, *, started: bool) -> None:
+        when = "while its handler ran (the handler was cancelled)" if started else "before it could start"
+        super().__init__(f"task {task_id}: its deadline {deadline} passed {when}", type="deadline")
+
+
+class RunTimeExceededError(TaskError, TimeoutError):
+    """A handler ran past its capability's maximum run time and was cancelled; the task is
+    tried again (another replica may do better) until its deliveries run out."""
+
+    retryable = True
+
+    def __init__(self, capability: str, limit: float) -> None:
+        super().__init__(
+            f"the handler of '{capability}' ran longer than its max_run_time of {limit:g}s and was cancelled; "
+            f"raise it with @agent.task('{capability}', max_run_time=...) if the work needs longer",
+            retryable=True, type="max_run_time",
+        )  # fmt: skip
 
 
 class RetryableError(TaskError):

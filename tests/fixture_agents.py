@@ -20,6 +20,15 @@ async def hold(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"done": input["n"], "by": ctx.agent_id, "attempt": ctx.attempt}
 
 
+hanger = Agent("hanger")
+
+
+@hanger.task("hang", max_run_time=1.0)
+async def hang(input: Any, ctx: Context) -> Any:
+    """Never ends by itself: its max_run_time (or the task's deadline) has to stop it."""
+    await asyncio.Event().wait()
+
+
 flaky = Agent("flaky")
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "is_instant",
     "DECODE_ERRORS",
     "CloudEvent",
     "encode_envelope",
@@ -94,3 +95,11 @@ def now_rfc3339() -> str:
 
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def is_instant(value: str) -> bool:
+    """Whether ``value`` is an RFC 3339 time with its offset (a deadline must say which zone)."""
+    try:
+        return parse_time(value).tzinfo is not None
+    except ValueError:
+        return False

@@ -20,13 +20,14 @@ from mesh.bus.settings import MeshSettings
 from mesh.errors import PayloadTooLargeError, SchemaError, TaskFailedError, TaskTimeoutError
 from mesh.telemetry.tracing import instruments, send_span
 from topics import subjects
-from topics.base import Event
+from topics.base import Event, check_token
 from topics.envelope import (
     DECODE_ERRORS,
     CloudEvent,
     decode_envelope,
     derived_id,
     encode_envelope,
+    is_instant,
     new_event_id,
     now_rfc3339,
 )
@@ -53,6 +54,19 @@ def decode_record(subject: str, payload: bytes, seq: int = 0) -> Record:
     """Envelope and typed data of one stored message; raises on anything malformed."""
     event = decode_envelope(payload)
     return Record(seq=seq, subject=subject, event=event, data=decode_data(event.type, event.data))
+
+
+def _check_task(task_id: str | None, fallback: tuple[str, ...], deadline: str | None) -> None:
+    """The ids and deadline of a task about to be submitted, checked as an agent will check them."""
+    try:
+        if task_id is not None:
+            check_token("task id", task_id)
+        for capability in fallback:
+            check_token("fallback capability", capability)
+    except ValueError as error:
+        raise SchemaError(str(error)) from None
+    if deadline is not None and not is_instant(deadline):
+        raise SchemaError(f"deadline {deadline!r} is not an RFC 3339 time with its offset (for example 2026-12-02T10:00:00Z)")
 
 
 def _default_source() -> str:
@@ -186,6 +200,7 @@ class Mesh:
     ) -> str:
         """Publish a `mesh.task.requested`; return its task id. Submitting the same `task_id`
         again publishes the same event id, which JetStream drops as a duplicate."""
+        _check_task(task_id, fallback, deadline)
         event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
         request = TaskRequested(

@@ -135,12 +135,16 @@ class WorkConsumer:
                 self._top_up()
 
     async def stop(self) -> None:
-        """Stop pulling; messages that still arrive are nak'ed. Call `close` when handlers are done."""
+        """Stop pulling and let go of the pull inbox, so the server sends what it still holds
+        for this process to another replica (its pending pulls lose their interest); messages
+        already on their way are nak'ed. Handlers still running can settle their messages."""
         self.stopping = True
         if self._watchdog:
             self._watchdog.cancel()
+        sub, self._sub = self._sub, None
+        if sub is not None and not self._nc.is_closed:
+            await sub.unsubscribe()  # type: ignore[attr-defined]
+            await self._nc.flush()
 
     async def close(self) -> None:
         await self.stop()
-        if self._sub is not None and not self._nc.is_closed:
-            await self._sub.unsubscribe()  # type: ignore[attr-defined]

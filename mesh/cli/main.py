@@ -57,14 +57,18 @@ def agent() -> None:
 @agent.command("run")
 @click.argument("target")
 @nats_options
-@click.option("--concurrency", default=64, show_default=True, help="tasks in flight in this process")
-@click.option("--ack-wait", default=30.0, show_default=True, help="seconds before an unacknowledged task is redelivered")
-@click.option("--max-deliver", default=5, show_default=True, help="deliveries of one task before it is given up")
-def agent_run(target: str, settings: MeshSettings, concurrency: int, ack_wait: float, max_deliver: int) -> None:
+@click.option("--concurrency", default=64, show_default=True, type=click.IntRange(min=1), help="tasks in flight in this process")
+@click.option("--ack-wait", default=30.0, show_default=True, type=click.FloatRange(min=1.0), help="seconds before an unacknowledged task is redelivered")
+@click.option("--max-deliver", default=5, show_default=True, type=click.IntRange(min=1), help="deliveries of one task before it is given up")
+@click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="seconds SIGTERM waits for running handlers before handing their tasks back")  # fmt: skip
+def agent_run(target: str, settings: MeshSettings, concurrency: int, ack_wait: float, max_deliver: int,
+              drain_timeout: float) -> None:  # fmt: skip
     """Run the Agent TARGET (package.module:attribute) until SIGTERM or SIGINT."""
     from mesh.runtime.process import run_agent
 
-    options = RunnerOptions(max_in_flight=concurrency, ack_wait=ack_wait, max_deliver=max_deliver)
+    options = RunnerOptions(max_in_flight=concurrency, ack_wait=ack_wait, max_deliver=max_deliver,
+                            drain_timeout=drain_timeout)  # fmt: skip
     try:
         run_agent(target, settings, options)
     except MeshError as error:

@@ -16,7 +16,9 @@ from topics.record import Record
 if TYPE_CHECKING:
     from mesh.runtime.context import Context
 
-__all__ = ["Agent", "Handler", "Subscription"]
+__all__ = ["MAX_RUN_TIME", "Agent", "Handler", "Subscription"]
+
+MAX_RUN_TIME = 900.0  # seconds a handler may run before it is cancelled and its message tried again
 
 HandlerFn = Callable[[Any, "Context"], Awaitable[Any]]
 
@@ -28,6 +30,7 @@ class Handler:
     capability: str
     fn: HandlerFn
     input_type: Any = Any
+    max_run_time: float = MAX_RUN_TIME
 
     def convert(self, value: Any) -> Any:
         if self.input_type is Any:
@@ -49,6 +52,7 @@ class Subscription:
     name: str
     subject: str
     fn: EventHandlerFn
+    max_run_time: float = MAX_RUN_TIME
 
 
 @dataclass
@@ -74,22 +78,27 @@ class Agent:
     def capabilities(self) -> tuple[str, ...]:
         return tuple(self.handlers)
 
-    def task(self, capability: str) -> Callable[[HandlerFn], HandlerFn]:
-        """Register the decorated `async def fn(input, ctx)` as the handler of ``capability``."""
+    def task(self, capability: str, *, max_run_time: float = MAX_RUN_TIME) -> Callable[[HandlerFn], HandlerFn]:
+        """Register the decorated `async def fn(input, ctx)` as the handler of ``capability``.
+        A run longer than ``max_run_time`` seconds is cancelled and tried again later."""
         check_token("capability", capability)
+        if not 0 < max_run_time < float("inf"):
+            raise ConfigError(f"max_run_time of '{capability}' must be a positive number of seconds, not {max_run_time!r}")
 
         def register(fn: HandlerFn) -> HandlerFn:
             if not inspect.iscoroutinefunction(fn):
                 raise ConfigError(f"handler for '{capability}' must be `async def`, got {fn!r}")
             if capability in self.handlers:
                 raise ConfigError(f"agent '{self.name}' already serves '{capability}'")
-            self.handlers[capability] = Handler(capability, fn, _input_type(fn))
+            self.handlers[capability] = Handler(capability, fn, _input_type(fn), max_run_time)
             return fn
 
         return register
 
 
-    def on(self, subject: str, *, name: str | None = None) -> Callable[[EventHandlerFn], EventHandlerFn]:
+    def on(
+        self, subject: str, *, name: str | None = None, max_run_time: float = MAX_RUN_TIME
+    ) -> Callable[[EventHandlerFn], EventHandlerFn]:
         """Register the decorated `async def fn(record, ctx)` for every event on ``subject``.
 
             @agent.on("mesh.bid.*")
@@ -104,7 +113,7 @@ class Agent:
             key = check_token("subscription name", name or fn.__name__.replace("_", "-"))
             if key in self.subscriptions:
                 raise ConfigError(f"agent '{self.name}' already has a subscription named '{key}'")
-            self.subscriptions[key] = Subscription(key, subject, fn)
+            self.subscriptions[key] = Subscription(key, subject, fn, max_run_time)
             return fn
 
         return register

@@ -28,6 +28,7 @@ class Reason(str, Enum):
     TOO_DEEP = "too_deep"
     RESERVED_HEADER = "reserved_header"
     HANDLER_ERROR = "handler_error"
+    DEADLINE = "deadline"
     MAX_DELIVERIES = "max_deliveries"
 
 

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh
 from mesh.bus.consumer import Delivery
-from mesh.errors import SchemaError, retryable
+from mesh.errors import DeadlineExceededError, SchemaError, retryable
 from mesh.runtime.deadletter import Reason, dead_letter, envelope_or_none
 from mesh.runtime.worker import Worker
 from mesh.telemetry.redact import scrub_text
@@ -95,7 +95,7 @@ async def task_failed(
         await worker.mesh.publish(subjects.work(task.fallback[0]), handover, event_id=derived_id(event.id, "fallback"),
                                   correlation_id=event.correlationid or task_id, causation_id=event.id)  # fmt: skip
     else:
-        reason = Reason.BAD_DATA if isinstance(error, SchemaError) else Reason.HANDLER_ERROR
+        reason = _reason(error)
         await dead_letter(
             worker.mesh, subject=msg.subject, payload=msg.data, reason=reason, error=described,
             stream_seq=delivery.stream_seq, deliveries=attempt, consumer=delivery.consumer, event=event,
@@ -151,6 +151,14 @@ async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
     if event is not None and task_id and not await already_done(worker.mesh, task_id):
         info = ErrorInfo(type="MaxDeliveries", message="every delivery of the task timed out", retryable=True)
         await record_failure(worker, event, task_id, note.get("deliveries", 0), info)
+
+
+def _reason(error: Exception) -> Reason:
+    if isinstance(error, SchemaError):
+        return Reason.BAD_DATA
+    if isinstance(error, DeadlineExceededError):
+        return Reason.DEADLINE
+    return Reason.HANDLER_ERROR
 
 
 def _task_id_of(event: CloudEvent) -> str | None:

@@ -18,12 +18,13 @@ consumer, so a message costs one call per link. What a failure leads to is
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 from nats.aio.msg import Msg
@@ -31,7 +32,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from mesh.bus.client import decode_record
 from mesh.bus.consumer import Delivery
-from mesh.errors import PayloadTooLargeError, SchemaError
+from mesh.errors import DeadlineExceededError, PayloadTooLargeError, RunTimeExceededError
 from mesh.llm.tools import ToolBox
 from mesh.runtime.agent import Handler, Subscription
 from mesh.runtime.claims import Claim
@@ -42,13 +43,14 @@ from mesh.runtime.worker import Worker
 from mesh.telemetry.tracing import agent_span, instruments, process_span, record_error
 from topics import subjects
 from topics.base import MAX_TOKEN, is_token
-from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
+from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, is_instant, parse_time
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskRequested
 
 __all__ = ["Inbound", "Next", "Worker", "event_chain", "task_chain"]
 
 log = structlog.get_logger("mesh.runtime.runner")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -140,11 +142,8 @@ def task_problem(event: CloudEvent, task: TaskRequested) -> str | None:
     for capability in (task.capability, *task.fallback):
         if not is_token(capability):
             return f"capability {_shown(capability)} cannot be a subject token: use 1 to {MAX_TOKEN} letters, digits, '-' and '_'"
-    if task.deadline is not None:
-        try:
-            parse_time(task.deadline)
-        except ValueError:
-            return f"deadline {_shown(task.deadline)} is not an RFC 3339 time (for example 2026-12-02T10:00:00Z)"
+    if task.deadline is not None and not is_instant(task.deadline):
+        return f"deadline {_shown(task.deadline)} is not an RFC 3339 time with its offset (for example 2026-12-02T10:00:00Z)"
     return None
 
 
@@ -213,11 +212,13 @@ async def run_task(worker: Worker, inbound: Inbound) -> None:
     assert isinstance(handler, Handler)
     ctx = _task_context(worker, inbound)
     started = time.perf_counter()
+    left = (parse_time(task.deadline) - datetime.now(UTC)).total_seconds() if task.deadline else None
     try:
-        if task.deadline and parse_time(task.deadline) < datetime.now(UTC):
-            raise SchemaError(f"deadline {task.deadline} passed before the task could start")
+        if task.deadline and left is not None and left <= 0:
+            raise DeadlineExceededError(task_id, task.deadline, started=False)
         with agent_span(worker.agent.name, agent_id=worker.agent_id, capability=handler.capability, task_id=task_id):
-            output = await handler.fn(handler.convert(task.input), ctx)
+            output = await bounded(handler.fn(handler.convert(task.input), ctx), handler.capability,
+                                   handler.max_run_time, left, lambda: DeadlineExceededError(task_id, task.deadline or "", started=True))  # fmt: skip
     except Exception as error:
         raise HandlerFailed(error) from error
     finally:
@@ -242,11 +243,30 @@ async def run_subscription(worker: Worker, inbound: Inbound) -> None:
     ctx = _event_context(worker, inbound, sub)
     try:
         with agent_span(worker.agent.name, agent_id=worker.agent_id, capability=sub.name, task_id=record.event.id):
-            await sub.fn(record, ctx)
+            await bounded(sub.fn(record, ctx), sub.name, sub.max_run_time)
     except Exception as error:
         raise HandlerFailed(error) from error
     await inbound.msg.ack()
     instruments.processed.add(1, {"type": record.event.type, "outcome": "handled"})
+
+
+async def bounded(
+    call: Awaitable[T], name: str, limit: float, deadline_in: float | None = None,
+    past_deadline: Callable[[], Exception] | None = None,
+) -> T:  # fmt: skip
+    """Await a handler for at most ``limit`` seconds, or until its task's deadline (seconds
+    from now), whichever comes first; past either it is cancelled and the matching error raised."""
+    by_deadline = deadline_in is not None and deadline_in <= limit
+    budget = deadline_in if by_deadline and deadline_in is not None else limit
+    try:
+        async with asyncio.timeout(budget) as scope:
+            return await call
+    except TimeoutError:
+        if not scope.expired():
+            raise  # the handler's own timeout
+        if by_deadline and past_deadline is not None:
+            raise past_deadline() from None
+        raise RunTimeExceededError(name, limit) from None
 
 
 def _task_context(worker: Worker, inbound: Inbound) -> Context:

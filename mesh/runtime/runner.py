@@ -23,7 +23,7 @@ from mesh.bus.connection import ensure_consumer, presence_bucket
 from mesh.bus.consumer import WorkConsumer, parse_ack_subject
 from mesh.llm.client import LlmClient
 from mesh.runtime.agent import Agent, Handler, Subscription
-from mesh.runtime.failures import is_retryable, on_max_deliveries
+from mesh.runtime.failures import is_retryable, on_max_deliveries, quietly
 from mesh.runtime.pipeline import Inbound, Next, event_chain, task_chain
 from mesh.runtime.worker import RunnerOptions
 from topics import subjects
@@ -119,8 +119,10 @@ class AgentRunner:
             await consumer.stop()
         pending = list(self._handling)  # every dispatched message, started or about to start
         if pending:
-            log.info("draining", agent=self.agent_id, in_flight=len(pending))
-            await asyncio.gather(*pending, return_exceptions=True)
+            log.info("draining", agent=self.agent_id, in_flight=len(pending), timeout=self.options.drain_timeout)
+            _, left = await asyncio.wait(pending, timeout=self.options.drain_timeout)
+            if left:
+                await self._hand_back(left)
         for task in self._background:
             task.cancel()
         for consumer in self._consumers:
@@ -135,6 +137,15 @@ class AgentRunner:
         except Exception as error:  # presence is advisory; stopping must not fail on it
             log.debug("presence not cleared", error=str(error))
         log.info("agent stopped", agent=self.agent_id, handled=self.handled, reason=reason)
+
+    async def _hand_back(self, running: set[asyncio.Future[None]]) -> None:
+        """Past the drain timeout: nak what is still running, so another replica takes it
+        now, then cancel the handlers."""
+        log.warning("drain timed out; handing running tasks back", agent=self.agent_id, running=len(running))
+        await asyncio.gather(*(quietly(flight.msg.nak()) for flight in list(self._in_flight.values())))
+        for future in running:
+            future.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def _keep_in_progress(self) -> None:
         """One loop for all handlers: anything running longer than a third of ack_wait is

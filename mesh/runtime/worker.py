@@ -25,6 +25,7 @@ class RunnerOptions:
     heartbeat: float = 5.0
     presence_ttl: float = 15.0
     claim_after: float | None = 0.05  # seconds a handler runs before its claim is sent; None: never
+    drain_timeout: float = 30.0  # seconds a stop waits for running handlers before handing their tasks back
 
     def delay(self, attempt: int) -> float:
         """Seconds before the next try after failed try number ``attempt``."""
