@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,20 @@ class TestUpDown:
             down = run("down")
         assert down.stdout.startswith("stopped")
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+class TestSecrets:
+    def test_a_password_in_the_url_is_never_printed(self, tmp_path: Path) -> None:
+        """A failed connection names the server without the password given in --nats."""
+        with socket.socket() as probe:  # a port with nobody listening
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        url = f"nats://alice:s3cret-pw@127.0.0.1:{port}"
+        env = {**os.environ, "MESH_CONNECT_TIMEOUT": "1"}
+        for args in (["task", "echo", "--nats", url], ["status", "--nats", url],
+                     ["agent", "run", "agents.echo:agent", "--nats", url]):  # fmt: skip
+            done = subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True,
+                                  timeout=60, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)})  # fmt: skip
+            assert done.returncode == 1, done.stderr
+            assert f"127.0.0.1:{port}" in done.stderr
+            assert "s3cret-pw" not in done.stdout + done.stderr

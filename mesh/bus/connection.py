@@ -22,7 +22,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableErr
 from nats.js.kv import KeyValue
 
 from mesh.bus import jetstream
-from mesh.bus.settings import MeshSettings, resolve_url
+from mesh.bus.settings import MeshSettings, resolve_url, shown_url
 from mesh.errors import ConfigError, NoServerError
 from topics import subjects
 
@@ -61,12 +61,12 @@ async def connect(settings: MeshSettings | None = None, **options: object) -> Cl
         return await asyncio.wait_for(nats.connect(**opts), first_connect)
     except asyncio.TimeoutError as error:
         raise NoServerError(
-            f"cannot reach NATS at {resolve_url(settings.url)}: no answer within {first_connect:g}s. "
+            f"cannot reach NATS at {shown_url(resolve_url(settings.url))}: no answer within {first_connect:g}s. "
             "Is the server running? (`mesh up` starts a local one)"
         ) from error
     except Exception as error:  # nats raises several unrelated types for "nobody there"
         raise NoServerError(
-            f"cannot reach NATS at {resolve_url(settings.url)}: {error or type(error).__name__}. "
+            f"cannot reach NATS at {shown_url(resolve_url(settings.url))}: {error or type(error).__name__}. "
             "Is the server running? (`mesh up` starts a local one)"
         ) from error
 

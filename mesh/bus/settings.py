@@ -15,8 +15,9 @@ from typing import Any
 import msgspec
 
 from mesh.errors import NoServerError
+from mesh.telemetry.redact import scrub_text
 
-__all__ = ["MeshSettings", "ServerRecord", "mesh_home", "read_server_record", "resolve_url", "server_urls"]
+__all__ = ["MeshSettings", "ServerRecord", "mesh_home", "read_server_record", "resolve_url", "server_urls", "shown_url"]
 
 
 class ServerRecord(msgspec.Struct, frozen=True):
@@ -60,6 +61,11 @@ def resolve_url(explicit: str | None = None) -> str:
             "or pass --nats nats://host:4222 (or set NATS_URL)"
         )
     return record.url
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be printed or logged: any `user:password@` replaced."""
+    return scrub_text(url)
 
 
 def server_urls(url: str) -> list[str]:
