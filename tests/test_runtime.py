@@ -139,6 +139,15 @@ class TestRetries:
         assert await mesh.request("primary", {"y": 2}, fallback=("echo",), timeout=20) == {"y": 2}
         assert log.of_type("mesh.dead.lettered") == []
 
+    async def test_a_fallback_nobody_serves_fails_at_once(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A fallback capability with no live agent is skipped; with none left the task fails saying so."""
+        await agents.start("tests.fixture_agents:broken")
+        await agents.start("agents.echo:agent")
+        assert await mesh.request("primary", {"z": 3}, fallback=("nobody", "echo"), timeout=20) == {"z": 3}
+        with pytest.raises(TaskFailedError, match="no live agent serves its fallback 'nobody'") as failed:
+            await mesh.request("primary", {}, fallback=("nobody",), timeout=20)
+        assert failed.value.error_type == "no_agent"
+
 
 class TestShutdown:
     async def test_sigterm_drains_in_flight(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:

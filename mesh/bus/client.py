@@ -80,6 +80,7 @@ class Mesh:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.source = source or _default_source()
+        self.closed = asyncio.Event()  # set when the connection is closed for good (see `connect`)
 
     @classmethod
     async def connect(
@@ -90,8 +91,14 @@ class Mesh:
         settings: MeshSettings | None = None,
         ensure: bool = True,
     ) -> Mesh:
-        nc = await connect(settings or MeshSettings.from_env(url))
+        closed = asyncio.Event()
+
+        async def on_closed() -> None:  # reconnects are endless: only a close, or the server's refusal, ends it
+            closed.set()
+
+        nc = await connect(settings or MeshSettings.from_env(url), closed_cb=on_closed)
         mesh = cls(nc, source=source)
+        mesh.closed = closed
         if ensure:
             await ensure_stream(mesh.js)
         return mesh

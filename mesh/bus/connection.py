@@ -13,20 +13,23 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import msgspec
 import nats
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from mesh.bus import jetstream
 from mesh.bus.settings import MeshSettings, resolve_url, shown_url
 from mesh.errors import ConfigError, NoServerError
 from topics import subjects
+from topics.agents import Presence
 
 __all__ = [
+    "live_agents",
     "connect",
     "ensure_stream",
     "ensure_consumer",
@@ -123,3 +126,25 @@ async def presence_bucket(js: JetStreamContext, *, ttl: float = 15.0) -> KeyValu
             KeyValueConfig(bucket=subjects.PRESENCE_BUCKET, ttl=ttl, storage=StorageType.FILE, history=1,
                            replicas=stream_replicas())  # fmt: skip
         )
+
+
+async def live_agents(js: JetStreamContext) -> list[Presence]:
+    """The agents whose presence heartbeat has not expired, by id. An entry that does not
+    decode (written by something else) is skipped, not trusted."""
+    bucket = await presence_bucket(js)
+    try:
+        keys = await bucket.keys()
+    except (NotFoundError, NoKeysError):
+        return []
+    found = []
+    for key in keys:
+        try:
+            entry = await bucket.get(key)
+            if entry.value:
+                found.append(_presence.decode(entry.value))
+        except (KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+            continue  # expired meanwhile, or not a presence
+    return sorted(found, key=lambda p: p.agent_id)
+
+
+_presence = msgspec.json.Decoder(Presence)

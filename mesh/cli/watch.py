@@ -9,16 +9,14 @@ from typing import Any
 import click
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NoKeysError, NotFoundError
 
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh, decode_record
-from mesh.bus.connection import presence_bucket
+from mesh.bus.connection import live_agents
 from mesh.bus.consumer import parse_ack_subject
 from mesh.bus.settings import MeshSettings
 from mesh.cli.options import nats_options, run
 from topics import subjects
-from topics.agents import Presence
 from topics.envelope import DECODE_ERRORS
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskRequested
@@ -104,7 +102,7 @@ async def _status(settings: MeshSettings) -> None:
         info = await mesh.js.stream_info(subjects.STREAM)
         click.echo(f"stream {subjects.STREAM}: {info.state.messages} events, last seq {info.state.last_seq}")
         click.echo("\nagents online:")
-        for presence in await _presences(mesh):
+        for presence in await live_agents(mesh.js):
             click.echo(f"  {presence.agent_id:<40} {','.join(presence.capabilities):<24} "
                        f"in flight {presence.in_flight:<3} handled {presence.handled}")  # fmt: skip
         click.echo("\ncapabilities:")
@@ -118,18 +116,6 @@ async def _status(settings: MeshSettings) -> None:
             click.echo(f"  {line}")
 
 
-async def _presences(mesh: Mesh) -> list[Presence]:
-    bucket = await presence_bucket(mesh.js)
-    try:
-        keys = await bucket.keys()
-    except (NotFoundError, NoKeysError):
-        return []
-    found = []
-    for key in keys:
-        entry = await bucket.get(key)
-        if entry.value:
-            found.append(msgspec.json.decode(entry.value, type=Presence))
-    return sorted(found, key=lambda p: p.agent_id)
 
 
 async def _recent_tasks(mesh: Mesh, last_seq: int, window: int = 2000, show: int = 10) -> list[str]:

@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh
+from mesh.bus.connection import live_agents
 from mesh.bus.consumer import Delivery
 from mesh.errors import DeadlineExceededError, SchemaError, retryable
 from mesh.runtime.deadletter import Reason, dead_letter, envelope_or_none
@@ -87,13 +88,20 @@ async def task_failed(
     task_id = task.task_id or event.id
     described = scrub_text(f"{type(error).__name__}: {error}")
     log.error("task failed", attempt=attempt, error=described, retryable=retryable)
-    if task.fallback:
+    fallback = await _served_fallback(worker.mesh, task.fallback)
+    if fallback:
         handover = TaskRequested(
-            capability=task.fallback[0], input=task.input, task_id=task_id, fallback=task.fallback[1:],
+            capability=fallback[0], input=task.input, task_id=task_id, fallback=fallback[1:],
             deadline=task.deadline, max_attempts=task.max_attempts,
         )  # fmt: skip
-        await worker.mesh.publish(subjects.work(task.fallback[0]), handover, event_id=derived_id(event.id, "fallback"),
+        await worker.mesh.publish(subjects.work(fallback[0]), handover, event_id=derived_id(event.id, "fallback"),
                                   correlation_id=event.correlationid or task_id, causation_id=event.id)  # fmt: skip
+    elif task.fallback:
+        unserved = ", ".join(f"'{c}'" for c in task.fallback)
+        log.error("no live agent serves the fallback", fallback=list(task.fallback))
+        info = ErrorInfo(type="no_agent", retryable=False, message=scrub_text(
+            f"{described}; no live agent serves its fallback {unserved} (`mesh status` lists the agents)"))  # fmt: skip
+        await record_failure(worker, event, task_id, attempt, info, task.capability)
     else:
         reason = _reason(error)
         await dead_letter(
@@ -151,6 +159,18 @@ async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
     if event is not None and task_id and not await already_done(worker.mesh, task_id):
         info = ErrorInfo(type="MaxDeliveries", message="every delivery of the task timed out", retryable=True)
         await record_failure(worker, event, task_id, note.get("deliveries", 0), info)
+
+
+async def _served_fallback(mesh: Mesh, fallback: tuple[str, ...]) -> tuple[str, ...]:
+    """``fallback`` from its first capability that a live agent serves (presence heartbeats);
+    empty if none is. A task handed to a capability nobody serves would wait for ever."""
+    if not fallback:
+        return ()
+    served = {c for presence in await live_agents(mesh.js) for c in presence.capabilities}
+    for index, capability in enumerate(fallback):
+        if capability in served:
+            return fallback[index:]
+    return ()
 
 
 def _reason(error: Exception) -> Reason:

@@ -106,6 +106,7 @@ class AgentRunner:
             pid=os.getpid(),
             version=self.agent.version,
         )
+        await self._beat()  # present before it says it started: a fallback check can rely on it
         await self.mesh.publish(subjects.agent(self.agent_id), started)
         for consumer in self._consumers:
             await consumer.start()
@@ -159,23 +160,27 @@ class AgentRunner:
                     await flight.msg.in_progress()
 
     async def _keep_presence(self) -> None:
-        bucket = await presence_bucket(self.mesh.js, ttl=self.options.presence_ttl)
         while True:
-            presence = Presence(
-                agent_id=self.agent_id,
-                role=self.agent.name,
-                capabilities=self.agent.capabilities,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                in_flight=len(self._in_flight),
-                handled=self.handled,
-                seen=now_rfc3339(),
-            )
-            try:
-                await bucket.put(self.agent_id, msgspec.json.encode(presence))
-            except Exception as error:  # a reconnect in progress; try again next beat
-                log.debug("presence not written", error=str(error))
             await asyncio.sleep(self.options.presence_ttl / 3)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """Write this agent's presence entry (it expires unless renewed within the TTL)."""
+        presence = Presence(
+            agent_id=self.agent_id,
+            role=self.agent.name,
+            capabilities=self.agent.capabilities,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            in_flight=len(self._in_flight),
+            handled=self.handled,
+            seen=now_rfc3339(),
+        )
+        try:
+            bucket = await presence_bucket(self.mesh.js, ttl=self.options.presence_ttl)
+            await bucket.put(self.agent_id, msgspec.json.encode(presence))
+        except Exception as error:  # a reconnect in progress; try again next beat
+            log.debug("presence not written", error=str(error))
 
     # -- one message -----------------------------------------------------------------
 
