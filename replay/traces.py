@@ -47,7 +47,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from mesh.errors import MeshError
 from mesh.llm.offline import OFFLINE_PROVIDER
-from mesh.telemetry.tracing import _messaging, subject_template
+from mesh.telemetry.tracing import messaging_attributes, subject_template
 from replay.causal import causal_slice, children_of
 from topics.agents import AgentStarted, AgentStopped
 from topics.calls import LlmCalled, ToolCalled
@@ -279,7 +279,7 @@ class _Builder:
             self.spans.append(self.chat(record, data, original, parent))
         elif isinstance(data, ToolCalled):
             self.spans.append(self.tool(record, data, original, parent))
-        attributes = {**_messaging(record.subject, "send", event.type, event.id), **self.common(record, original)}
+        attributes = {**messaging_attributes(record.subject, "send", event.type, event.id), **self.common(record, original)}
         self.spans.append(
             ReplayedSpan(name=f"send {subject_template(record.subject)}", kind=SpanKind.PRODUCER, start_ns=at,
                          end_ns=at, trace_id=self.trace_id, span_id=_span_id(self.trace_id, f"send/{event.id}"),
@@ -293,7 +293,7 @@ class _Builder:
     def process(self, record: Record, handling: _Handling, original: SpanContext | None) -> ReplayedSpan:
         event = record.event
         data: TaskRequested = record.data  # type: ignore[assignment]
-        attributes = _messaging(record.subject, "process", event.type, event.id)
+        attributes = messaging_attributes(record.subject, "process", event.type, event.id)
         attributes["messaging.consumer.group.name"] = f"work-{data.capability}"  # the live consumer's name
         attributes.update(self.common(record, original))
         service = self.role_of(handling.agent)
