@@ -21,49 +21,39 @@ the sampler dropped costs its ids and context, not its attributes.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, Status, StatusCode
 
 from mesh.telemetry.conventions import (
-    CHAT,
-    CLOUDEVENTS_EVENT_TYPE,
     ERROR_TYPE,
     EXCEPTION_MESSAGE,
     EXCEPTION_STACKTRACE,
-    EXECUTE_TOOL,
-    GEN_AI_AGENT_ID,
-    GEN_AI_AGENT_NAME,
     GEN_AI_CONVERSATION_ID,
-    GEN_AI_OPERATION_NAME,
-    GEN_AI_PROVIDER_NAME,
-    GEN_AI_REQUEST_MODEL,
     GEN_AI_TOOL_CALL_ID,
-    GEN_AI_TOOL_DESCRIPTION,
-    GEN_AI_TOOL_NAME,
-    GEN_AI_TOOL_TYPE,
-    INVOKE_AGENT,
-    MESH_CAPABILITY,
     MESH_REPLAYED,
     MESH_TASK_ID,
-    MESSAGING_CONSUMER_GROUP_NAME,
     MESSAGING_DESTINATION_NAME,
-    MESSAGING_DESTINATION_TEMPLATE,
     MESSAGING_MESSAGE_ID,
-    MESSAGING_OPERATION_NAME,
-    MESSAGING_OPERATION_TYPE,
-    MESSAGING_SYSTEM,
-    NATS,
     PROCESS,
     SEND,
-    TOOL_TYPE_FUNCTION,
 )
 from mesh.telemetry.metrics import instruments
+from mesh.telemetry.presets import (
+    Preset,
+    agent_preset,
+    chat_preset,
+    messaging_attributes,
+    messaging_parts,
+    preset,
+    subject_template,
+    tool_preset,
+)
 from mesh.telemetry.redact import scrub_text
 
 __all__ = [
@@ -83,29 +73,6 @@ __all__ = [
 
 T = TypeVar("T")
 tracer = trace.get_tracer("agentmesh")  # the API's proxy: spans come from whichever provider is installed
-
-_TEMPLATES = {
-    "task": "mesh.task.{task_id}",
-    "board": "mesh.board.{board}.{key}",
-    "vote": "mesh.vote.{proposal_id}",
-    "flow": "mesh.flow.{workflow_id}",
-    "chat": "mesh.chat.{room}",
-    "bid": "mesh.bid.{task_id}",
-    "llm": "mesh.llm.{agent}.{task_id}",
-    "tool": "mesh.tool.{agent}.{task_id}",
-    "agent": "mesh.agent.{agent_id}",
-    "dead": "mesh.dead.{subject}",
-}
-
-
-def subject_template(subject: str) -> str:
-    """`mesh.task.t-42` -> `mesh.task.{task_id}`: ids stay out of span names. Work subjects
-    keep their capability (a small, fixed set); an unknown family hides its tail."""
-    parts = subject.split(".", 2)
-    if len(parts) < 3 or parts[0] != "mesh" or parts[1] == "work":
-        return subject
-    return _TEMPLATES.get(parts[1], f"mesh.{parts[1]}.{{id}}")
-
 
 class _ProviderSeen:
     installed = False
@@ -143,35 +110,10 @@ def _live() -> bool:
     return tracing() and not _replaying.get()
 
 
-class _Preset(NamedTuple):
-    """The name, kind and first attributes of spans a helper makes again and again (one
-    operation on one destination template, one agent), built once. Treat as frozen: the SDK
-    copies the attributes into each span."""
-
-    name: str
-    kind: SpanKind
-    attributes: dict[str, Any]
-
-
-_PRESETS: dict[tuple[Any, ...], _Preset] = {}
-_PRESET_LIMIT = 4096
-
-
-def _preset(build: Callable[..., _Preset], *args: Any) -> _Preset:
-    """``build(*args)``, kept: the helpers ask for the same few presets again and again."""
-    key = (build, *args)
-    found = _PRESETS.get(key)
-    if found is None:
-        if len(_PRESETS) >= _PRESET_LIMIT:
-            _PRESETS.clear()
-        found = _PRESETS[key] = build(*args)
-    return found
-
-
-def _start(preset: _Preset, parent: Context | None = None, links: Sequence[Link] = ()) -> Span:
+def _start(shape: Preset, parent: Context | None = None, links: Sequence[Link] = ()) -> Span:
     """A span from the SDK's tracer, child of ``parent`` (default: the current context).
     Failures are recorded by `_Scope` (scrubbed), not by the SDK."""
-    return tracer.start_span(preset.name, parent, preset.kind, preset.attributes, links,
+    return tracer.start_span(shape.name, parent, shape.kind, shape.attributes, links,
                              record_exception=False, set_status_on_exception=False)  # fmt: skip
 
 
@@ -214,51 +156,12 @@ def _failed(span: Span) -> bool:
     return status is not None and status.status_code is StatusCode.ERROR
 
 
-def _messaging_preset(operation: str, template: str, event_type: str, consumer: str | None,
-                      subject: str | None) -> _Preset:  # fmt: skip
-    attributes: dict[str, Any] = {MESSAGING_SYSTEM: NATS}
-    if subject is not None:  # a subject without ids is part of the preset
-        attributes[MESSAGING_DESTINATION_NAME] = subject
-    attributes |= {
-        MESSAGING_DESTINATION_TEMPLATE: template,
-        MESSAGING_OPERATION_TYPE: operation,
-        MESSAGING_OPERATION_NAME: operation,
-        CLOUDEVENTS_EVENT_TYPE: event_type,
-    }
-    if consumer:
-        attributes[MESSAGING_CONSUMER_GROUP_NAME] = consumer
-    kind = SpanKind.PRODUCER if operation == SEND else SpanKind.CONSUMER
-    return _Preset(f"{operation} {template}", kind, attributes)
-
-
-def _messaging_parts(subject: str, operation: str, event_type: str,
-                     consumer: str | None = None) -> tuple[_Preset, bool]:  # fmt: skip
-    """The preset of a messaging span, and whether the subject holds ids (then the template
-    stands for it in the preset, and the subject is one of the span's own attributes)."""
-    fixed = (operation, subject, event_type, consumer)  # kept for subjects without ids (work subjects)
-    preset = _PRESETS.get(fixed)
-    if preset is not None:
-        return preset, False
-    template = subject_template(subject)
-    if template == subject:
-        preset = _PRESETS[fixed] = _preset(_messaging_preset, operation, template, event_type, consumer, subject)
-        return preset, False
-    return _preset(_messaging_preset, operation, template, event_type, consumer, None), True
-
-
 def _messaging_own(span: Span, subject: str, with_subject: bool, message_id: str) -> None:
     """A recording messaging span's own attributes: the message id, the subject if it holds ids."""
     if span.is_recording():
         own = {MESSAGING_DESTINATION_NAME: subject} if with_subject else {}
         own[MESSAGING_MESSAGE_ID] = message_id
         span.set_attributes(own)
-
-
-def messaging_attributes(subject: str, operation: str, event_type: str, message_id: str) -> dict[str, Any]:
-    """Every messaging attribute of a `send` or `process` span (`replay.traces` rebuilds them)."""
-    preset, with_subject = _messaging_parts(subject, operation, event_type)
-    own = {MESSAGING_DESTINATION_NAME: subject} if with_subject else {}
-    return {**preset.attributes, **own, MESSAGING_MESSAGE_ID: message_id}
 
 
 def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextManager[dict[str, str]]:
@@ -270,8 +173,8 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
     if not tracing():
         propagate.inject(carrier)  # an upstream context, if this process is inside one
         return nullcontext(carrier)
-    preset, with_subject = _messaging_parts(subject, SEND, event_type)
-    span = _start(preset)
+    shape, with_subject = messaging_parts(subject, SEND, event_type)
+    span = _start(shape)
     _messaging_own(span, subject, with_subject, event_id)
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     return _Scope(carrier, span, None)
@@ -292,15 +195,15 @@ def process_span(
     if not tracing():
         return _pass_through(carrier, replayed)
     upstream = propagate.extract(carrier)
-    preset, with_subject = _messaging_parts(subject, PROCESS, event_type, consumer)
+    shape, with_subject = messaging_parts(subject, PROCESS, event_type, consumer)
     if replayed:  # a root: the replay is not part of the producer's trace, only linked to it
         producer = trace.get_current_span(upstream).get_span_context()
-        span = _start(preset, Context(), [Link(producer)] if producer.is_valid else [])
+        span = _start(shape, Context(), [Link(producer)] if producer.is_valid else [])
         if span.is_recording():
             span.set_attribute(MESH_REPLAYED, True)
         upstream = context.get_current()
     else:
-        span = _start(preset, upstream)
+        span = _start(shape, upstream)
     _messaging_own(span, subject, with_subject, event_id)
     return _current(span, upstream)
 
@@ -313,45 +216,24 @@ def _pass_through(carrier: Mapping[str, str], replayed: bool) -> AbstractContext
     return _Scope(trace.get_current_span(upstream), trace.INVALID_SPAN, upstream)
 
 
-def _agent_preset(agent: str, agent_id: str, capability: str) -> _Preset:
-    attributes: dict[str, Any] = {GEN_AI_OPERATION_NAME: INVOKE_AGENT, GEN_AI_AGENT_NAME: agent}
-    if agent_id:
-        attributes[GEN_AI_AGENT_ID] = agent_id
-    if capability:
-        attributes[MESH_CAPABILITY] = capability
-    return _Preset(f"{INVOKE_AGENT} {agent}", SpanKind.INTERNAL, attributes)
-
-
 def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id: str = "") -> AbstractContextManager[Span]:
     """`invoke_agent {agent}` (INTERNAL) around one handler call; its LLM and tool spans nest inside."""
     if not _live():
         return _idle()
-    span = _start(_preset(_agent_preset, agent, agent_id, capability))
+    span = _start(preset(agent_preset, agent, agent_id, capability))
     if task_id and span.is_recording():
         span.set_attribute(MESH_TASK_ID, task_id)
     return _current(span)
-
-
-def _chat_preset(model: str, provider: str) -> _Preset:
-    attributes = {GEN_AI_OPERATION_NAME: CHAT, GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
-    return _Preset(f"{CHAT} {model}", SpanKind.CLIENT, attributes)
 
 
 def chat_span(model: str, *, provider: str, conversation_id: str | None = None) -> AbstractContextManager[Span]:
     """`chat {model}` (CLIENT) around one model call; the caller adds the response attributes."""
     if not _live():
         return _idle()
-    span = _start(_preset(_chat_preset, model, provider))
+    span = _start(preset(chat_preset, model, provider))
     if conversation_id and span.is_recording():
         span.set_attribute(GEN_AI_CONVERSATION_ID, conversation_id)
     return _current(span)
-
-
-def _tool_preset(name: str, description: str | None) -> _Preset:
-    attributes = {GEN_AI_OPERATION_NAME: EXECUTE_TOOL, GEN_AI_TOOL_NAME: name, GEN_AI_TOOL_TYPE: TOOL_TYPE_FUNCTION}
-    if description:
-        attributes[GEN_AI_TOOL_DESCRIPTION] = description
-    return _Preset(f"{EXECUTE_TOOL} {name}", SpanKind.INTERNAL, attributes)
 
 
 def tool_span(name: str, *, call_id: str | None = None, description: str | None = None) -> AbstractContextManager[Span]:
@@ -363,7 +245,7 @@ def tool_span(name: str, *, call_id: str | None = None, description: str | None 
     """
     if not _live():
         return _idle()
-    span = _start(_preset(_tool_preset, name, description))
+    span = _start(preset(tool_preset, name, description))
     if call_id and span.is_recording():
         span.set_attribute(GEN_AI_TOOL_CALL_ID, call_id)
     return _current(span)
