@@ -61,12 +61,23 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
 from mesh.telemetry.tracing import agent_span, chat_span, process_span, send_span, tool_span
+
+class AgentsOnly(Sampler):
+    \"\"\"A user's own sampler: records invoke_agent spans whatever their parent, nothing else.\"\"\"
+    asked = []
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
+        self.asked.append(name)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if name.startswith("invoke_agent") else Decision.DROP)
+    def get_description(self):
+        return "AgentsOnly"
 
 options = json.loads(sys.argv[1])
 exporter = InMemorySpanExporter()
 sampler = ParentBased(TraceIdRatioBased(options["ratio"])) if options["ratio"] is not None else ALWAYS_ON
+if options.get("custom"):
+    sampler = AgentsOnly()
 provider = TracerProvider(sampler=sampler, span_limits=SpanLimits(max_span_attributes=options["limit"]))
 provider.add_span_processor(SimpleSpanProcessor(exporter))
 trace.set_tracer_provider(provider)
@@ -89,16 +100,16 @@ spans = [{"name": s.name, "kind": s.kind.name, "attributes": dict(s.attributes),
           "id": format(s.context.span_id, "016x"), "trace": format(s.context.trace_id, "032x"),
           "events": [dict(e.attributes) for e in s.events], "links": len(s.links)}
          for s in exporter.get_finished_spans()]
-print(json.dumps({"spans": spans, "headers": headers, "root_headers": root_headers,
+print(json.dumps({"spans": spans, "headers": headers, "root_headers": root_headers, "asked": AgentsOnly.asked,
                   "sdk_span": isinstance(outer, ReadableSpan), "recording": outer.is_recording()}))
 """
 
 
 def run_with_sdk(replayed: bool = False, ratio: float | None = None, limit: int = 128,
-                 carrier: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+                 carrier: dict[str, str] | None = None, custom: bool = False) -> dict[str, Any]:  # fmt: skip
     """The span helpers in a fresh process whose global provider (sampler ``ratio``, at most
     ``limit`` attributes a span) ends its spans in memory."""
-    options = {"replayed": replayed, "ratio": ratio, "limit": limit,
+    options = {"replayed": replayed, "ratio": ratio, "limit": limit, "custom": custom,
                "carrier": {"traceparent": TRACEPARENT} if carrier is None else carrier}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(options)], cwd=ROOT, capture_output=True,
                          text=True, check=True)  # fmt: skip
@@ -180,3 +191,13 @@ class TestWithSdk:
         assert result["spans"] == []
         flags = int(result["root_headers"]["traceparent"].rsplit("-", 1)[1], 16)
         assert flags & 1 == 0  # not sampled (the SDK may set other flags, such as random-trace-id)
+
+    def test_a_users_own_sampler_decides_every_span(self) -> None:
+        """Only the SDK's ParentBased samplers let the helpers skip the children of an unsampled
+        parent: any other sampler is asked about every span, and what it keeps is recorded."""
+        result = run_with_sdk(custom=True, carrier={"traceparent": TRACEPARENT[:-2] + "00"})
+        assert result["asked"] == ["process mesh.work.search", "invoke_agent researcher", "chat gpt-4o-mini",
+                                   "execute_tool web_search", "send mesh.tool.{agent}.{task_id}",
+                                   "send mesh.task.{task_id}"]  # fmt: skip
+        assert list(result["by_name"]) == ["invoke_agent researcher"]
+        assert result["by_name"]["invoke_agent researcher"]["trace"] == TRACEPARENT.split("-")[1]

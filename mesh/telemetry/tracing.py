@@ -76,6 +76,7 @@ T = TypeVar("T")
 class _ProviderSeen:
     installed = False
     tracer: trace.Tracer = trace.get_tracer("agentmesh")  # the API's proxy until a provider is seen
+    prunes = False  # its sampler drops every span whose parent was not sampled
 
 
 _provider = _ProviderSeen()
@@ -89,8 +90,39 @@ def tracing() -> bool:
         provider = trace.get_tracer_provider()
         if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
             _provider.tracer = provider.get_tracer("agentmesh")
+            _provider.prunes = _follows_unsampled_parents(_provider.tracer)
             _provider.installed = True
     return _provider.installed
+
+
+def _follows_unsampled_parents(tracer: trace.Tracer) -> bool:
+    """Whether ``tracer``'s sampler drops every span whose parent was not sampled, remote or
+    local: the SDK's own `ParentBased` samplers (not a subclass, which could decide otherwise)
+    whose not-sampled delegates are `ALWAYS_OFF`, the default for every `parentbased_*`
+    sampler. Read through public API: the SDK tracer's `sampler` and `get_description()`."""
+    try:
+        from opentelemetry.sdk.trace.sampling import ParentBased, ParentBasedTraceIdRatio, Sampler
+    except ImportError:  # a provider from another SDK
+        return False
+    sampler = getattr(tracer, "sampler", None)
+    if not isinstance(sampler, ParentBased) or type(sampler) not in (ParentBased, ParentBasedTraceIdRatio):
+        return False
+    typed: Sampler = sampler  # `ParentBased.get_description` itself is not annotated
+    described = typed.get_description()
+    return ",remoteParentNotSampled:AlwaysOffSampler," in described and described.endswith(
+        ",localParentNotSampled:AlwaysOffSampler}"
+    )
+
+
+def _unsampled(span: Span) -> bool:
+    """Whether every child of ``span`` would be dropped by the sampler: it records nothing,
+    belongs to a trace that was not sampled, and the sampler follows the parent. The span
+    helpers then make no span at all (no ids, no context, no attributes) and pass the trace
+    context on as it came, which is what the sampler's decision amounts to."""
+    if not _provider.prunes or span.is_recording():
+        return False
+    found = span.get_span_context()
+    return found.is_valid and not found.trace_flags.sampled
 
 
 _replaying: ContextVar[bool] = ContextVar("mesh_replaying", default=False)
@@ -109,8 +141,9 @@ def replaying() -> Iterator[None]:
 
 
 def _live() -> bool:
-    """Whether a span helper records: an SDK is installed and nothing is being replayed."""
-    return tracing() and not _replaying.get()
+    """Whether a span helper records: an SDK is installed, nothing is being replayed, and the
+    current span's trace is not one the sampler drops whole."""
+    return tracing() and not _replaying.get() and not _unsampled(trace.get_current_span())
 
 
 def _start(shape: Preset, parent: Context | None = None, links: Sequence[Link] = ()) -> Span:
@@ -173,8 +206,8 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
     carrier: dict[str, str] = {}
     if _replaying.get():
         return nullcontext(carrier)
-    if not tracing():
-        propagate.inject(carrier)  # an upstream context, if this process is inside one
+    if not tracing() or _unsampled(trace.get_current_span()):
+        propagate.inject(carrier)  # the context this process is inside, if any
         return nullcontext(carrier)
     shape, with_subject = messaging_parts(subject, SEND, event_type)
     span = _start(shape)
@@ -198,6 +231,8 @@ def process_span(
     if not tracing():
         return _pass_through(carrier, replayed)
     upstream = propagate.extract(carrier)
+    if not replayed and _unsampled(trace.get_current_span(upstream)):
+        return _Scope(trace.get_current_span(upstream), trace.INVALID_SPAN, upstream)  # as `_pass_through`
     shape, with_subject = messaging_parts(subject, PROCESS, event_type, consumer)
     if replayed:  # a root: the replay is not part of the producer's trace, only linked to it
         producer = trace.get_current_span(upstream).get_span_context()
