@@ -73,9 +73,11 @@ __all__ = [
 
 T = TypeVar("T")
 
+tracer: trace.Tracer = trace.get_tracer("agentmesh")  # the API's proxy until `tracing` sees a provider
+
+
 class _ProviderSeen:
     installed = False
-    tracer: trace.Tracer = trace.get_tracer("agentmesh")  # the API's proxy until a provider is seen
     prunes = False  # its sampler drops every span whose parent was not sampled
 
 
@@ -86,11 +88,12 @@ def tracing() -> bool:
     """Whether an SDK tracer provider is installed (the API's global one is not its proxy or
     no-op). A provider, once set, stays (the API refuses to replace it), so a yes is kept,
     with that provider's tracer (the proxy would look it up again for every span)."""
+    global tracer
     if not _provider.installed:
         provider = trace.get_tracer_provider()
         if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
-            _provider.tracer = provider.get_tracer("agentmesh")
-            _provider.prunes = _follows_unsampled_parents(_provider.tracer)
+            tracer = provider.get_tracer("agentmesh")
+            _provider.prunes = _follows_unsampled_parents(tracer)
             _provider.installed = True
     return _provider.installed
 
@@ -149,7 +152,7 @@ def _live() -> bool:
 def _start(shape: Preset, parent: Context | None = None, links: Sequence[Link] = ()) -> Span:
     """A span from the SDK's tracer, child of ``parent`` (default: the current context).
     Failures are recorded by `_Scope` (scrubbed), not by the SDK."""
-    return _provider.tracer.start_span(shape.name, parent, shape.kind, shape.attributes, links,
+    return tracer.start_span(shape.name, parent, shape.kind, shape.attributes, links,
                              record_exception=False, set_status_on_exception=False)  # fmt: skip
 
 
