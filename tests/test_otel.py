@@ -30,6 +30,8 @@ from mesh.telemetry.setup import (
     resource_for,
     span_exporter,
 )
+from tests.conftest import AgentProcesses
+from tests.helpers import EventLog
 from tests.otlp import OtlpReceiver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,6 +165,24 @@ class TestProviders:
             pass
         telemetry.shutdown()
         assert grpc_receiver.names == ["send mesh.work.echo"]
+
+
+class TestUnsupportedProtocolEndToEnd:
+    async def test_http_json_warns_and_the_task_still_runs(
+        self, nats_url: str, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """`OTEL_EXPORTER_OTLP_PROTOCOL=http/json`: the agent and `mesh task --wait` both warn
+        that nothing is exported, and the task runs and exits 0 as without telemetry."""
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+        agent = await agents.start("agents.echo:agent", env=env)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        done = subprocess.run([sys.executable, "-m", "mesh", "task", "echo", "--input", '{"k": 1}', "--wait",
+                               "--nats", nats_url], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                              env={**base, **env})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"k": 1}
+        assert "'http/json'" in done.stderr and "traces are not exported" in done.stderr
+        assert "'http/json'" in agents.output(agent) and "traces are not exported" in agents.output(agent)
 
 
 class TestNothingConfigured:
