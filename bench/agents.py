@@ -31,3 +31,11 @@ traced_echo = Agent("bench-echo-traced")
 @traced_echo.task("bench-echo-traced")
 async def echo_traced(input: Any, ctx: Context) -> Any:
     return input
+
+
+sampled_echo = Agent("bench-echo-sampled")
+
+
+@sampled_echo.task("bench-echo-sampled")
+async def echo_sampled(input: Any, ctx: Context) -> Any:
+    return input

@@ -1,6 +1,6 @@
 """A local OTLP/HTTP receiver for benchmarks: `python -m bench.otlp_sink PORT_FILE`.
 
-Accepts `POST /v1/traces` and `/v1/metrics` (protobuf or JSON, gzip or not), counts the spans it
+Accepts `POST /v1/traces` and `/v1/metrics` (protobuf, gzip or not), counts the spans it
 decodes, answers 200 on a kept-alive connection, writes its port to PORT_FILE once listening, and prints the span count
 when stopped (SIGTERM)."""
 
@@ -13,26 +13,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import msgspec
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
-
-class _Scope(msgspec.Struct):
-    spans: list[msgspec.Raw] = []
-
-
-class _ResourceSpans(msgspec.Struct):
-    scopeSpans: list[_Scope] = []
-
-
-class _Traces(msgspec.Struct):
-    resourceSpans: list[_ResourceSpans] = []
-
-
-_traces_json = msgspec.json.Decoder(_Traces)
 _lock = threading.Lock()
 _counts = {"spans": 0, "requests": 0}
 
@@ -45,10 +30,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         spans = 0
-        if self.path.endswith("/v1/traces") and self.headers.get("Content-Type") == "application/json":
-            request_json = _traces_json.decode(body)
-            spans = sum(len(scope.spans) for rs in request_json.resourceSpans for scope in rs.scopeSpans)
-        elif self.path.endswith("/v1/traces"):
+        if self.path.endswith("/v1/traces"):
             request = ExportTraceServiceRequest.FromString(body)
             spans = sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
         with _lock:

@@ -47,7 +47,29 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from mesh.errors import MeshError
 from mesh.llm.offline import OFFLINE_PROVIDER
-from mesh.telemetry.tracing import _messaging, subject_template
+from mesh.telemetry.conventions import (
+    CHAT,
+    ERROR_TYPE,
+    EXECUTE_TOOL,
+    GEN_AI_AGENT_NAME,
+    GEN_AI_CONVERSATION_ID,
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_PROVIDER_NAME,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_FINISH_REASONS,
+    GEN_AI_RESPONSE_ID,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_TOOL_NAME,
+    GEN_AI_TOOL_TYPE,
+    GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+    MESSAGING_CONSUMER_GROUP_NAME,
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_NAMESPACE,
+    TOOL_TYPE_FUNCTION,
+)
+from mesh.telemetry.tracing import messaging_attributes, subject_template
 from replay.causal import causal_slice, children_of
 from topics.agents import AgentStarted, AgentStopped
 from topics.calls import LlmCalled, ToolCalled
@@ -279,7 +301,7 @@ class _Builder:
             self.spans.append(self.chat(record, data, original, parent))
         elif isinstance(data, ToolCalled):
             self.spans.append(self.tool(record, data, original, parent))
-        attributes = {**_messaging(record.subject, "send", event.type, event.id), **self.common(record, original)}
+        attributes = {**messaging_attributes(record.subject, "send", event.type, event.id), **self.common(record, original)}
         self.spans.append(
             ReplayedSpan(name=f"send {subject_template(record.subject)}", kind=SpanKind.PRODUCER, start_ns=at,
                          end_ns=at, trace_id=self.trace_id, span_id=_span_id(self.trace_id, f"send/{event.id}"),
@@ -293,17 +315,17 @@ class _Builder:
     def process(self, record: Record, handling: _Handling, original: SpanContext | None) -> ReplayedSpan:
         event = record.event
         data: TaskRequested = record.data  # type: ignore[assignment]
-        attributes = _messaging(record.subject, "process", event.type, event.id)
-        attributes["messaging.consumer.group.name"] = f"work-{data.capability}"  # the live consumer's name
+        attributes = messaging_attributes(record.subject, "process", event.type, event.id)
+        attributes[MESSAGING_CONSUMER_GROUP_NAME] = f"work-{data.capability}"  # the live consumer's name
         attributes.update(self.common(record, original))
         service = self.role_of(handling.agent)
         attributes.update({"mesh.capability": data.capability, "mesh.task_id": handling.task_id,
                            "mesh.task.outcome": handling.outcome, "mesh.task.attempt": handling.attempt,
-                           "gen_ai.agent.name": service})  # fmt: skip
+                           GEN_AI_AGENT_NAME: service})  # fmt: skip
         if handling.agent:
             attributes["mesh.agent.id"] = handling.agent
         if handling.error is not None and handling.outcome != "fallback":
-            attributes["error.type"] = handling.error.split(":", 1)[0]
+            attributes[ERROR_TYPE] = handling.error.split(":", 1)[0]
         return ReplayedSpan(name=f"process {subject_template(record.subject)}", kind=SpanKind.CONSUMER,
                             start_ns=handling.start_ns, end_ns=handling.end_ns, trace_id=self.trace_id,
                             span_id=_span_id(self.trace_id, f"process/{event.id}"),
@@ -319,24 +341,24 @@ class _Builder:
         found = response.get("usage")
         raw_usage: dict[str, Any] = found if isinstance(found, dict) else {}
         attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": OFFLINE_PROVIDER if data.offline else "openai",
-            "gen_ai.request.model": request_model,
-            "gen_ai.response.model": data.model or str(response.get("model", request_model)),
-            "gen_ai.usage.input_tokens": int(usage.get("input_tokens", raw_usage.get("prompt_tokens", 0)) or 0),
-            "gen_ai.usage.output_tokens": int(usage.get("output_tokens", raw_usage.get("completion_tokens", 0)) or 0),
+            GEN_AI_OPERATION_NAME: CHAT,
+            GEN_AI_PROVIDER_NAME: OFFLINE_PROVIDER if data.offline else "openai",
+            GEN_AI_REQUEST_MODEL: request_model,
+            GEN_AI_RESPONSE_MODEL: data.model or str(response.get("model", request_model)),
+            GEN_AI_USAGE_INPUT_TOKENS: int(usage.get("input_tokens", raw_usage.get("prompt_tokens", 0)) or 0),
+            GEN_AI_USAGE_OUTPUT_TOKENS: int(usage.get("output_tokens", raw_usage.get("completion_tokens", 0)) or 0),
             "mesh.llm.call_index": data.call_index,
             "mesh.llm.latency_ms": float(data.latency_ms),
         }
         if response.get("id"):
-            attributes["gen_ai.response.id"] = str(response["id"])
+            attributes[GEN_AI_RESPONSE_ID] = str(response["id"])
         choices = response.get("choices")
         if isinstance(choices, list):
-            attributes["gen_ai.response.finish_reasons"] = [
+            attributes[GEN_AI_RESPONSE_FINISH_REASONS] = [
                 str(c.get("finish_reason") or "") for c in choices if isinstance(c, dict)
             ]
         if data.task_id:
-            attributes["gen_ai.conversation.id"] = data.task_id
+            attributes[GEN_AI_CONVERSATION_ID] = data.task_id
         attributes.update(self.common(record, original))
         agent, service = self.who(record.event.source)
         return ReplayedSpan(name=f"chat {request_model}", kind=SpanKind.CLIENT,
@@ -347,10 +369,10 @@ class _Builder:
 
     def tool(self, record: Record, data: ToolCalled, original: SpanContext | None, parent: int) -> ReplayedSpan:
         at = _ns(record.event.time)
-        attributes: dict[str, Any] = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": data.tool,
-                                      "gen_ai.tool.type": "function", "mesh.tool.call_index": data.call_index}  # fmt: skip
+        attributes: dict[str, Any] = {GEN_AI_OPERATION_NAME: EXECUTE_TOOL, GEN_AI_TOOL_NAME: data.tool,
+                                      GEN_AI_TOOL_TYPE: TOOL_TYPE_FUNCTION, "mesh.tool.call_index": data.call_index}  # fmt: skip
         if data.error:
-            attributes["error.type"] = data.error.split(":", 1)[0]
+            attributes[ERROR_TYPE] = data.error.split(":", 1)[0]
         attributes.update(self.common(record, original))
         agent, service = self.who(record.event.source)
         return ReplayedSpan(name=f"execute_tool {data.tool}", kind=SpanKind.INTERNAL, start_ns=at, end_ns=at,
@@ -442,14 +464,14 @@ def readable_spans(spans: Sequence[ReplayedSpan], resource: Resource | None = No
             key = (span.service, span.agent)
             where = resources.get(key)  # type: ignore[assignment]
             if where is None:
-                attributes: dict[str, Any] = {**sdk, "service.name": span.service or "unknown",
-                                              "service.namespace": "agentmesh", "mesh.replayed": True,
+                attributes: dict[str, Any] = {**sdk, SERVICE_NAME: span.service or "unknown",
+                                              SERVICE_NAMESPACE: "agentmesh", "mesh.replayed": True,
                                               "mesh.replay.service": replayer}  # fmt: skip
                 if span.agent:
-                    attributes["service.instance.id"] = span.agent
+                    attributes[SERVICE_INSTANCE_ID] = span.agent
                 if span.agent and span.service and span.agent != span.service and "/" not in span.agent:
                     attributes.update({"mesh.agent.id": span.agent, "mesh.agent.role": span.service,
-                                       "gen_ai.agent.name": span.service})  # fmt: skip
+                                       GEN_AI_AGENT_NAME: span.service})  # fmt: skip
                 where = resources[key] = Resource(attributes)
         context = SpanContext(span.trace_id, span.span_id, is_remote=False, trace_flags=_SAMPLED,
                               trace_state=TraceState())  # fmt: skip

@@ -24,7 +24,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
-__all__ = ["ReceivedSpan", "ReceivedPoint", "OtlpReceiver", "attributes_of", "otlp_json_to_protobuf"]
+__all__ = ["ReceivedSpan", "ReceivedPoint", "OtlpReceiver", "attributes_of"]
 
 T = TypeVar("T")
 
@@ -97,8 +97,6 @@ class OtlpReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                if self.headers.get("Content-Type") == "application/json" and self.path == "/v1/traces":
-                    body = otlp_json_to_protobuf(body)
                 reply = receiver._accept(self.path, body)
                 self.send_response(200 if reply is not None else 404)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -191,26 +189,3 @@ def _metric_points(metric: Metric, resource: dict[str, Any]) -> Iterator[Receive
     elif kind == "histogram":
         for hist in metric.histogram.data_points:
             yield ReceivedPoint(metric.name, attributes_of(hist.attributes), resource, hist.sum, hist.count)
-
-
-def otlp_json_to_protobuf(body: bytes) -> bytes:
-    """OTLP/JSON -> protobuf, strictly: unknown fields fail. OTLP/JSON writes ids as hex where
-    proto3 JSON has base64, so the ids are converted first (as a collector does)."""
-    import base64
-    import json
-
-    from google.protobuf import json_format
-
-    def b64(hex_id: str) -> str:
-        return base64.b64encode(bytes.fromhex(hex_id)).decode()
-
-    data = json.loads(body)
-    for resource_spans in data.get("resourceSpans", []):
-        for scope_spans in resource_spans.get("scopeSpans", []):
-            for span in scope_spans.get("spans", []):
-                for key in ("traceId", "spanId", "parentSpanId"):
-                    if span.get(key):
-                        span[key] = b64(span[key])
-                for link in span.get("links", []):
-                    link["traceId"], link["spanId"] = b64(link["traceId"]), b64(link["spanId"])
-    return json_format.Parse(json.dumps(data), ExportTraceServiceRequest()).SerializeToString()

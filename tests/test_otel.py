@@ -21,7 +21,17 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 from mesh.errors import ConfigError
-from mesh.telemetry.setup import Telemetry, exporter_for, metric_exporter, protocol_for, resource_for, span_exporter
+from mesh.telemetry.setup import (
+    Telemetry,
+    configure_from_env,
+    exporter_for,
+    metric_exporter,
+    protocol_for,
+    resource_for,
+    span_exporter,
+)
+from tests.conftest import AgentProcesses
+from tests.helpers import EventLog
 from tests.otlp import OtlpReceiver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,28 +77,32 @@ class TestExporterChoice:
         with pytest.raises(ConfigError, match="'http/xml'"):
             protocol_for("metrics")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-        with pytest.raises(ConfigError, match="http/json is implemented for traces only"):
+        with pytest.raises(ConfigError, match=r"'http/json'.*not supported for metrics"):
             metric_exporter("otlp")
 
     def test_protocol_picks_http_or_grpc(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """`http/protobuf` by default (spans through `mesh.telemetry.otlp`, or the SDK's exporter with
-        `MESH_SPANS=sdk`); `grpc` generally or per signal."""
-        from mesh.telemetry.otlp import OtlpHttpSpanExporter
-
-        exporter = span_exporter("otlp")
-        assert isinstance(exporter, OtlpHttpSpanExporter) and exporter.protocol == "http/protobuf"
-        assert isinstance(metric_exporter("otlp"), HttpMetricExporter)
-        monkeypatch.setenv("MESH_SPANS", "sdk")
+        """The SDK's exporters: `http/protobuf` by default; `grpc` generally or per signal."""
         assert isinstance(span_exporter("otlp"), HttpSpanExporter)
-        monkeypatch.setenv("MESH_SPANS", "fast")
-        with pytest.raises(ConfigError, match="MESH_SPANS='fast'"):
-            span_exporter("otlp")
-        monkeypatch.delenv("MESH_SPANS")
+        assert isinstance(metric_exporter("otlp"), HttpMetricExporter)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         assert isinstance(span_exporter("otlp"), GrpcSpanExporter)
         assert isinstance(metric_exporter("otlp"), GrpcMetricExporter)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf")
         assert isinstance(metric_exporter("otlp"), HttpMetricExporter)
+
+    @pytest.mark.parametrize("protocol", ["http/json", "thrift"])
+    def test_an_unsupported_protocol_warns_and_leaves_tracing_off(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, protocol: str
+    ) -> None:
+        """`configure_from_env` with a protocol the SDK cannot export returns without raising,
+        installs nothing, and says why in a warning."""
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        with caplog.at_level("WARNING", logger="mesh.telemetry.setup"):
+            assert configure_from_env("echo") is None
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warned) == 2 and all(f"{protocol!r}" in message for message in warned)
+        assert "traces are not exported" in warned[0] and "metrics are not exported" in warned[1]
 
 
 class TestResource:
@@ -127,38 +141,6 @@ class TestProviders:
         assert isinstance(telemetry.tracer_provider.sampler, ParentBased)
         telemetry.shutdown()
 
-    def test_http_json_export_of_spans(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """`http/json`: spans with parents, links, events, every attribute type and an error
-        status arrive as valid OTLP (the receiver parses them strictly against the proto)."""
-        from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-
-        from mesh.telemetry.otlp import OtlpHttpSpanExporter
-
-        with OtlpReceiver() as otlp:
-            monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint)
-            monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-            monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
-            exporter = span_exporter("otlp")
-            assert isinstance(exporter, OtlpHttpSpanExporter) and exporter.protocol == "http/json"
-            telemetry = Telemetry.from_env("echo", role="echo", agent_id="echo-h-1")
-            assert telemetry is not None and telemetry.tracer_provider
-            tracer = telemetry.tracer_provider.get_tracer("tests", "1.0")
-            with tracer.start_as_current_span("process mesh.work.echo", kind=SpanKind.CONSUMER) as parent:
-                attributes = {"s": "x", "i": 7, "f": 0.5, "b": True, "list": ["a", "b"]}
-                with tracer.start_as_current_span("chat m", kind=SpanKind.CLIENT, attributes=attributes,
-                                                  links=[Link(parent.get_span_context())]) as child:  # fmt: skip
-                    child.add_event("retry", {"attempt": 2})
-                    child.set_status(Status(StatusCode.ERROR, "boom"))
-            telemetry.shutdown()
-            spans, _ = otlp.snapshot()
-        by_name = {span.name: span for span in spans}
-        chat, process = by_name["chat m"], by_name["process mesh.work.echo"]
-        assert chat.parent_id == process.span_id and chat.trace_id == process.trace_id
-        assert (chat.kind, process.kind) == ("CLIENT", "CONSUMER")
-        assert chat.attributes == {"s": "x", "i": 7, "f": 0.5, "b": True, "list": ["a", "b"]}
-        assert chat.status == "ERROR" and chat.status_message == "boom" and chat.events[0].startswith("retry")
-        assert chat.resource["mesh.agent.id"] == "echo-h-1"
-
     def test_http_export_of_spans_and_metrics(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Built from the environment, the providers deliver a span and a metric over OTLP/HTTP."""
         with OtlpReceiver() as otlp:
@@ -183,6 +165,24 @@ class TestProviders:
             pass
         telemetry.shutdown()
         assert grpc_receiver.names == ["send mesh.work.echo"]
+
+
+class TestUnsupportedProtocolEndToEnd:
+    async def test_http_json_warns_and_the_task_still_runs(
+        self, nats_url: str, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """`OTEL_EXPORTER_OTLP_PROTOCOL=http/json`: the agent and `mesh task --wait` both warn
+        that nothing is exported, and the task runs and exits 0 as without telemetry."""
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+        agent = await agents.start("agents.echo:agent", env=env)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        done = subprocess.run([sys.executable, "-m", "mesh", "task", "echo", "--input", '{"k": 1}', "--wait",
+                               "--nats", nats_url], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                              env={**base, **env})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"k": 1}
+        assert "'http/json'" in done.stderr and "traces are not exported" in done.stderr
+        assert "'http/json'" in agents.output(agent) and "traces are not exported" in agents.output(agent)
 
 
 class TestNothingConfigured:

@@ -1,6 +1,6 @@
-"""Span helpers: names from subject templates, kinds and attributes by the semantic
-conventions, errors recorded with status, and an upstream trace carried through a process
-that has no SDK."""
+"""Span helpers: SDK spans named from subject templates, kinds and attributes by the semantic
+conventions, errors recorded with status, the provider's sampler and limits applied, and an
+upstream trace carried through a process that has no SDK."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
 
 from mesh.telemetry.tracing import process_span, send_span, subject_template, tracing
 
@@ -49,26 +47,42 @@ class TestWithoutSdk:
         with send_span("mesh.task.t-1", "mesh.task.completed", "e-3") as headers:
             assert headers == {}
 
+    def test_tracestate_and_baggage_pass_through_too(self) -> None:
+        """The propagators carry `tracestate` and `baggage` along with `traceparent`."""
+        upstream = {"traceparent": TRACEPARENT, "tracestate": "vendor=abc", "baggage": "tenant=t1"}
+        with process_span("mesh.work.echo", "mesh.task.requested", "e-1", upstream):
+            with send_span("mesh.task.t-1", "mesh.task.completed", "e-2") as headers:
+                assert headers == upstream
+
 
 SCRIPT = """
-import json
+import json, sys
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
 from mesh.telemetry.tracing import agent_span, chat_span, process_span, send_span, tool_span
 
+class AgentsOnly(Sampler):
+    \"\"\"A user's own sampler: records invoke_agent spans whatever their parent, nothing else.\"\"\"
+    asked = []
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
+        self.asked.append(name)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if name.startswith("invoke_agent") else Decision.DROP)
+    def get_description(self):
+        return "AgentsOnly"
+
+options = json.loads(sys.argv[1])
 exporter = InMemorySpanExporter()
-provider = TracerProvider()
-processor = SimpleSpanProcessor(exporter)
-provider.add_span_processor(processor)
+sampler = ParentBased(TraceIdRatioBased(options["ratio"])) if options["ratio"] is not None else ALWAYS_ON
+if options.get("custom"):
+    sampler = AgentsOnly()
+provider = TracerProvider(sampler=sampler, span_limits=SpanLimits(max_span_attributes=options["limit"]))
+provider.add_span_processor(SimpleSpanProcessor(exporter))
 trace.set_tracer_provider(provider)
-if %s:
-    from mesh.telemetry.meshspans import MeshTracer
-    from mesh.telemetry.tracing import use_mesh_spans
-    use_mesh_spans(MeshTracer(provider, processor))
-with process_span("mesh.work.search", "mesh.task.requested", "e-1", {"traceparent": "%s"},
-                  consumer="work-search", replayed=%s) as outer:
+with process_span("mesh.work.search", "mesh.task.requested", "e-1", options["carrier"],
+                  consumer="work-search", replayed=options["replayed"]) as outer:
     with agent_span("researcher", agent_id="researcher-h-1", capability="search", task_id="t-1"):
         with chat_span("gpt-4o-mini", provider="openai", conversation_id="t-1"):
             pass
@@ -77,33 +91,39 @@ with process_span("mesh.work.search", "mesh.task.requested", "e-1", {"traceparen
                 raise ValueError("no results for api_key=sk-abcdefghijklmnop")
         except ValueError:
             pass
-        with send_span("mesh.tool.researcher.t-1", "mesh.tool.called", "e-2") as headers:
+        with send_span("mesh.tool.researcher.t-1", "mesh.task.requested", "e-2") as headers:
             pass
+with send_span("mesh.task.t-9", "mesh.task.requested", "e-3") as root_headers:
+    pass
 spans = [{"name": s.name, "kind": s.kind.name, "attributes": dict(s.attributes), "status": s.status.status_code.name,
           "description": s.status.description, "parent": s.parent and format(s.parent.span_id, "016x"),
           "id": format(s.context.span_id, "016x"), "trace": format(s.context.trace_id, "032x"),
           "events": [dict(e.attributes) for e in s.events], "links": len(s.links)}
          for s in exporter.get_finished_spans()]
-print(json.dumps({"spans": spans, "headers": headers, "recorder": type(outer).__name__}))
+print(json.dumps({"spans": spans, "headers": headers, "root_headers": root_headers, "asked": AgentsOnly.asked,
+                  "sdk_span": isinstance(outer, ReadableSpan), "recording": outer.is_recording()}))
 """
 
 
-def run_with_sdk(path: str, replayed: bool = False) -> dict[str, Any]:
-    """The span helpers in a fresh process whose spans end in memory: SDK spans (`sdk`),
-    or the mesh's own (`mesh`, as an agent configured from OTEL_* records them)."""
-    code = SCRIPT % (path == "mesh", TRACEPARENT, replayed)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+def run_with_sdk(replayed: bool = False, ratio: float | None = None, limit: int = 128,
+                 carrier: dict[str, str] | None = None, custom: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The span helpers in a fresh process whose global provider (sampler ``ratio``, at most
+    ``limit`` attributes a span) ends its spans in memory."""
+    options = {"replayed": replayed, "ratio": ratio, "limit": limit, "custom": custom,
+               "carrier": {"traceparent": TRACEPARENT} if carrier is None else carrier}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(options)], cwd=ROOT, capture_output=True,
+                         text=True, check=True)  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout)
     result["by_name"] = {s["name"]: s for s in result["spans"]}
-    assert result["recorder"] == {"sdk": "_Span", "mesh": "MeshSpan"}[path]
     return result
 
 
-@pytest.mark.parametrize("path", ["sdk", "mesh"])
 class TestWithSdk:
-    def test_span_tree_kinds_and_attributes(self, path: str) -> None:
-        """process -> invoke_agent -> chat / execute_tool / send, each by the conventions."""
-        spans = run_with_sdk(path)["by_name"]
+    def test_span_tree_kinds_and_attributes(self) -> None:
+        """process -> invoke_agent -> chat / execute_tool / send, each by the conventions, all SDK spans."""
+        result = run_with_sdk()
+        assert result["sdk_span"] is True
+        spans = result["by_name"]
         process = spans["process mesh.work.search"]
         assert process["kind"] == "CONSUMER" and process["parent"] == TRACEPARENT.split("-")[2]
         assert process["trace"] == TRACEPARENT.split("-")[1]
@@ -132,10 +152,11 @@ class TestWithSdk:
         send = spans["send mesh.tool.{agent}.{task_id}"]
         assert (send["kind"], send["parent"]) == ("PRODUCER", invoke["id"])
         assert send["attributes"]["messaging.destination.name"] == "mesh.tool.researcher.t-1"
+        assert result["headers"]["traceparent"] == f"00-{process['trace']}-{send['id']}-01"
 
-    def test_a_tool_call_that_fails_is_recorded_once_and_scrubbed(self, path: str) -> None:
+    def test_a_tool_call_that_fails_is_recorded_once_and_scrubbed(self) -> None:
         """`execute_tool {name}` carries the tool, ERROR status, error.type, one exception event, no key."""
-        tool = run_with_sdk(path)["by_name"]["execute_tool web_search"]
+        tool = run_with_sdk()["by_name"]["execute_tool web_search"]
         assert tool["kind"] == "INTERNAL"
         assert tool["attributes"]["gen_ai.tool.name"] == "web_search"
         assert tool["attributes"]["gen_ai.tool.call.id"] == "call-1"
@@ -144,125 +165,39 @@ class TestWithSdk:
         assert tool["description"] == "ValueError: no results for api_key=[redacted]"
         assert len(tool["events"]) == 1 and "sk-abcdefghijklmnop" not in json.dumps(tool["events"])
 
-    def test_a_replay_links_to_the_original_instead_of_joining_it(self, path: str) -> None:
+    def test_a_replay_links_to_the_original_instead_of_joining_it(self) -> None:
         """A replayed message starts a new trace that links to the producer's context."""
-        process = run_with_sdk(path, replayed=True)["by_name"]["process mesh.work.search"]
+        process = run_with_sdk(replayed=True)["by_name"]["process mesh.work.search"]
         assert process["parent"] is None and process["links"] == 1
         assert process["trace"] != TRACEPARENT.split("-")[1]
         assert process["attributes"]["mesh.replayed"] is True
 
+    def test_the_providers_span_limits_apply(self) -> None:
+        """A mesh span is an SDK span: the provider's attribute limit cuts it like any other."""
+        spans = run_with_sdk(limit=2)["spans"]
+        assert spans and all(len(span["attributes"]) <= 2 for span in spans)
 
-class TestPropagationFastPath:
-    """The inline `traceparent` handling gives exactly what the configured propagators give."""
+    def test_an_unsampled_parent_records_nothing_but_propagates(self) -> None:
+        """ParentBased: under a producer that was not sampled nothing is recorded, and the
+        context (flags 00) is still sent on, so the whole trace stays unsampled."""
+        result = run_with_sdk(ratio=1.0, carrier={"traceparent": TRACEPARENT[:-2] + "00"})
+        assert result["recording"] is False and result["by_name"].keys() == {"send mesh.task.{task_id}"}
+        parent = result["headers"]["traceparent"].split("-")
+        assert parent[1] == TRACEPARENT.split("-")[1] and parent[3] == "00"
 
-    hexes = st.text("0123456789abcdefABCDEF", min_size=0, max_size=34)
+    def test_the_root_decides_by_ratio(self) -> None:
+        """A send outside any trace is a root: the ratio sampler decides there (0: dropped)."""
+        result = run_with_sdk(ratio=0.0, carrier={})
+        assert result["spans"] == []
+        flags = int(result["root_headers"]["traceparent"].rsplit("-", 1)[1], 16)
+        assert flags & 1 == 0  # not sampled (the SDK may set other flags, such as random-trace-id)
 
-    @staticmethod
-    def parent(ctx: Any) -> Any:
-        from opentelemetry import baggage, trace
-
-        found = trace.get_current_span(ctx).get_span_context()
-        return (found.trace_id, found.span_id, found.is_remote, found.trace_flags, found.trace_state,
-                dict(baggage.get_all(ctx)))  # fmt: skip
-
-    @settings(max_examples=300, deadline=None)
-    @given(
-        version=st.sampled_from(["00", "01", "ff", "0", " 00"]),
-        trace_id=st.one_of(hexes, st.just("0" * 32), st.just("4bf92f3577b34da6a3ce929d0e0e4736")),
-        span_id=st.one_of(hexes, st.just("0" * 16), st.just("00f067aa0ba902b7")),
-        flags=st.sampled_from(["00", "01", "ff", "1", "zz"]),
-        tail=st.sampled_from(["", "-extra", " ", "\t"]),
-        extra=st.dictionaries(st.sampled_from(["tracestate", "baggage", "other"]),
-                              st.sampled_from(["vendor=abc", "k=v,k2=v2", "", "bad value"]), max_size=2),
-    )  # fmt: skip
-    @example(version="00", trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7", flags="01",
-             tail="", extra={})  # fmt: skip
-    def test_extract_matches_the_propagators(self, version: str, trace_id: str, span_id: str, flags: str, tail: str,
-                                             extra: dict[str, str]) -> None:  # fmt: skip
-        from opentelemetry import propagate
-
-        from mesh.telemetry.tracing import _W3C, _remote_parent
-
-        def fields(found: Any) -> tuple[Any, ...]:
-            return found.trace_id, found.span_id, found.is_remote, found.trace_flags, found.trace_state, found.is_valid
-
-        assert _W3C is not None, "the fast path is on with the default propagators"
-        carrier = {"traceparent": f"{version}-{trace_id}-{span_id}-{flags}{tail}", **extra}
-        for headers in (carrier, extra):
-            theirs = self.parent(propagate.extract(headers))
-            assert fields(_remote_parent(headers)) == (*theirs[:5], theirs[0] != 0 and theirs[1] != 0)
-
-    @settings(max_examples=100, deadline=None)
-    @given(trace_id=st.integers(1, 2**128 - 1), span_id=st.integers(1, 2**64 - 1), sampled=st.booleans(),
-           state=st.sampled_from([None, "vendor=abc,other=x1"]), with_baggage=st.booleans())  # fmt: skip
-    def test_inject_matches_the_propagators(self, trace_id: int, span_id: int, sampled: bool, state: str | None,
-                                            with_baggage: bool) -> None:  # fmt: skip
-        from opentelemetry import baggage, context, propagate, trace
-        from opentelemetry.trace import SpanContext, TraceFlags, TraceState
-
-        from mesh.telemetry.tracing import _inject
-
-        span = trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(int(sampled)),
-                                                  TraceState.from_header([state]) if state else None))  # fmt: skip
-        other = trace.NonRecordingSpan(SpanContext(7, 7, False, TraceFlags(1)))  # current, unlike ``span``
-        current = trace.set_span_in_context(other, baggage.set_baggage("k", "v") if with_baggage else None)
-        token = context.attach(current)
-        try:
-            ours: dict[str, str] = {}
-            _inject(ours, span)
-            theirs: dict[str, str] = {}
-            propagate.inject(theirs, context=trace.set_span_in_context(span))
-        finally:
-            context.detach(token)
-        assert ours == theirs
-        assert ours.get("baggage") == ("k=v" if with_baggage else None)
-
-
-def test_a_mesh_span_is_current_in_the_apis_own_context() -> None:
-    """`_Scope` sets the API's context variable itself: the API sees the mesh span as current,
-    SDK spans and mesh spans started inside are its children, and leaving restores the context."""
-    from opentelemetry import context, trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import SpanKind
-
-    from mesh.telemetry.meshspans import MeshSpan, MeshTracer
-    from mesh.telemetry.tracing import _CURRENT, _Scope
-
-    assert _CURRENT is not None, "the default runtime context is the ContextVar one"
-    provider = TracerProvider()
-    tracer = MeshTracer(provider, provider._active_span_processor)
-    outer = tracer.start_span("outer", SpanKind.INTERNAL, {})
-    before = context.get_current()
-    with _Scope(outer, outer):
-        assert trace.get_current_span() is outer
-        sdk_child = provider.get_tracer("test").start_span("sdk child")
-        mesh_child = tracer.start_span("mesh child", SpanKind.INTERNAL, {})
-        assert isinstance(mesh_child, MeshSpan)
-        with _Scope(mesh_child, mesh_child):
-            assert trace.get_current_span() is mesh_child
-        assert trace.get_current_span() is outer
-    assert context.get_current() == before and trace.get_current_span() is trace.INVALID_SPAN
-    ids = outer.get_span_context()
-    assert sdk_child.parent is not None and (sdk_child.parent.trace_id, sdk_child.parent.span_id) == (ids.trace_id, ids.span_id)  # type: ignore[attr-defined]
-    assert mesh_child.attributes == {} and mesh_child._parent == ids
-
-
-def test_a_mesh_span_made_current_is_its_own_scope() -> None:
-    """`MeshTracer.start_current`: the span is current inside the block, a failure inside is
-    recorded once (ERROR, `error.type`, one `exception` event), and the context comes back."""
-    from opentelemetry import context, trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import SpanKind, StatusCode
-
-    from mesh.telemetry.meshspans import MeshSpan, MeshTracer
-
-    provider = TracerProvider()
-    tracer = MeshTracer(provider, provider._active_span_processor)
-    before = context.get_current()
-    with pytest.raises(KeyError):
-        with tracer.start_current("work", SpanKind.INTERNAL, {"k": "v"}) as span:
-            assert isinstance(span, MeshSpan) and trace.get_current_span() is span
-            raise KeyError("missing")
-    assert context.get_current() == before and isinstance(span, MeshSpan)
-    assert span.status.status_code is StatusCode.ERROR and span.attributes["error.type"] == "KeyError"
-    assert [event.name for event in span._events] == ["exception"] and not span.is_recording()
+    def test_a_users_own_sampler_decides_every_span(self) -> None:
+        """Only the SDK's ParentBased samplers let the helpers skip the children of an unsampled
+        parent: any other sampler is asked about every span, and what it keeps is recorded."""
+        result = run_with_sdk(custom=True, carrier={"traceparent": TRACEPARENT[:-2] + "00"})
+        assert result["asked"] == ["process mesh.work.search", "invoke_agent researcher", "chat gpt-4o-mini",
+                                   "execute_tool web_search", "send mesh.tool.{agent}.{task_id}",
+                                   "send mesh.task.{task_id}"]  # fmt: skip
+        assert list(result["by_name"]) == ["invoke_agent researcher"]
+        assert result["by_name"]["invoke_agent researcher"]["trace"] == TRACEPARENT.split("-")[1]

@@ -21,6 +21,21 @@ from mesh.bus.client import Mesh
 from mesh.errors import RetryableError, TaskError
 from mesh.llm.offline import OFFLINE_PROVIDER, offline_http_client
 from mesh.llm.recorded import recorded_calls
+from mesh.telemetry.conventions import (
+    CHAT,
+    ERROR_TYPE,
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_PROVIDER_NAME,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_FINISH_REASONS,
+    GEN_AI_RESPONSE_ID,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_TOKEN_TYPE,
+    GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+    INPUT_TOKENS,
+    OUTPUT_TOKENS,
+)
 from mesh.telemetry.tracing import chat_span, instruments, record_error
 from topics import subjects
 from topics.calls import LlmCalled
@@ -108,32 +123,32 @@ class LlmSession:
     async def _call(self, index: int, request: dict[str, Any]) -> ChatCompletion:
         model = request["model"]
         provider = self._client.provider
-        metric = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": model}
+        metric = {GEN_AI_OPERATION_NAME: CHAT, GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
         with chat_span(model, provider=provider, conversation_id=self._task_id) as span:
             started = time.perf_counter()
             try:
                 completion = await self._client.client.chat.completions.create(**request)
             except openai.APIError as error:
                 record_error(span, error)
-                failed = {**metric, "error.type": type(error).__name__}
+                failed = {**metric, ERROR_TYPE: type(error).__name__}
                 instruments.llm_duration.record(time.perf_counter() - started, failed)
                 raise _task_error(error) from error
             latency_ms = (time.perf_counter() - started) * 1000
             usage = completion.usage
             span.set_attributes(
                 {
-                    "gen_ai.response.model": completion.model,
-                    "gen_ai.response.id": completion.id,
-                    "gen_ai.response.finish_reasons": [c.finish_reason or "" for c in completion.choices],
-                    "gen_ai.usage.input_tokens": usage.prompt_tokens if usage else 0,
-                    "gen_ai.usage.output_tokens": usage.completion_tokens if usage else 0,
+                    GEN_AI_RESPONSE_MODEL: completion.model,
+                    GEN_AI_RESPONSE_ID: completion.id,
+                    GEN_AI_RESPONSE_FINISH_REASONS: [c.finish_reason or "" for c in completion.choices],
+                    GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens if usage else 0,
+                    GEN_AI_USAGE_OUTPUT_TOKENS: usage.completion_tokens if usage else 0,
                 }
             )
-        metric["gen_ai.response.model"] = completion.model
+        metric[GEN_AI_RESPONSE_MODEL] = completion.model
         instruments.llm_duration.record(latency_ms / 1000, metric)
         if usage:
-            instruments.tokens.record(usage.prompt_tokens, {**metric, "gen_ai.token.type": "input"})
-            instruments.tokens.record(usage.completion_tokens, {**metric, "gen_ai.token.type": "output"})
+            instruments.tokens.record(usage.prompt_tokens, {**metric, GEN_AI_TOKEN_TYPE: INPUT_TOKENS})
+            instruments.tokens.record(usage.completion_tokens, {**metric, GEN_AI_TOKEN_TYPE: OUTPUT_TOKENS})
         call = LlmCalled(
             agent=self._agent,
             task_id=self._task_id,

@@ -6,19 +6,19 @@ an exporter (`otlp`, `console`; `none` turns one off). With none of them, nothin
 installed and the API's no-op tracer and meter stay in place: a span then costs well under
 a microsecond and the SDK is never imported. `OTEL_SDK_DISABLED=true` turns everything off.
 
-The protocol is `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, `http/json` or `grpc`).
-Over HTTP the exporter is `mesh.telemetry.otlp` (the same bytes as the SDK's, encoded about 5x
-cheaper) behind `mesh.telemetry.batching.SpanBatcher`, a batch span processor with the SDK's
-`OTEL_BSP_*` settings; over gRPC the SDK's exporter behind the SDK's batch span processor.
-The mesh's own spans are `mesh.telemetry.meshspans` objects rather than SDK spans (3 to 4 times cheaper);
-`MESH_SPANS=sdk` makes them SDK spans again, with the SDK's processor and `http/protobuf` exporter.
-Everything else is the SDK's own reading of the standard variables: headers, timeout,
-compression, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`
-and `OTEL_METRIC_EXPORT_INTERVAL`.
+The protocol is `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf` or `grpc`): the SDK's
+`OTLPSpanExporter` for it behind the SDK's `BatchSpanProcessor` (`OTEL_BSP_*` apply). Any
+other protocol (`http/json` has no exporter in the Python SDK) is a warning on stderr and
+that signal stays off: telemetry never makes a command fail. Everything else is the SDK's
+own reading of the standard variables: headers, timeout, compression, `OTEL_SERVICE_NAME`,
+`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)` and `OTEL_METRIC_EXPORT_INTERVAL`.
+The mesh's spans are ordinary SDK spans (`mesh.telemetry.tracing`), so a processor added to
+the installed provider sees them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -26,19 +26,30 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mesh.errors import ConfigError
+from mesh.telemetry.conventions import (
+    GEN_AI_AGENT_NAME,
+    HOST_NAME,
+    MESH_AGENT_ID,
+    MESH_AGENT_ROLE,
+    PROCESS_PID,
+    PROCESS_RUNTIME_NAME,
+    PROCESS_RUNTIME_VERSION,
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_NAMESPACE,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
     "Telemetry",
     "configure_from_env",
     "exporter_for",
-    "mesh_spans",
     "metric_exporter",
     "protocol_for",
     "resource_for",
@@ -48,8 +59,8 @@ __all__ = [
 
 _SIGNALS = ("traces", "metrics")
 _EXPORTERS = ("otlp", "console", "none")
-_PROTOCOLS = ("http/protobuf", "http/json", "grpc")
-_SPAN_PATHS = ("mesh", "sdk")
+_PROTOCOLS = ("http/protobuf", "grpc")
+_log = logging.getLogger(__name__)
 _installed: Telemetry | None = None
 
 
@@ -74,22 +85,15 @@ def exporter_for(signal: str) -> str:
 
 
 def protocol_for(signal: str) -> str:
-    """The OTLP protocol for one signal: the per-signal variable, the general one, else `http/protobuf`."""
+    """The OTLP protocol for one signal: the per-signal variable, the general one, else
+    `http/protobuf`. One the SDK has no exporter for (`http/json`) is a `ConfigError`."""
     name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
     protocol = _env(name) or _env("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
     if protocol not in _PROTOCOLS:
         raise ConfigError(f"OTLP protocol {protocol!r} (from {name} or OTEL_EXPORTER_OTLP_PROTOCOL) is not "
-                          f"supported; use one of {', '.join(_PROTOCOLS)}")  # fmt: skip
+                          f"supported for {signal}: the OpenTelemetry Python SDK exports "
+                          f"{' or '.join(_PROTOCOLS)}")  # fmt: skip
     return protocol
-
-
-def mesh_spans() -> bool:
-    """Whether the mesh records its own spans with `mesh.telemetry.meshspans` (`MESH_SPANS=mesh`, the
-    default) rather than through the SDK's tracer (`MESH_SPANS=sdk`)."""
-    path = _env("MESH_SPANS").lower() or "mesh"
-    if path not in _SPAN_PATHS:
-        raise ConfigError(f"MESH_SPANS={path!r}: use one of {', '.join(_SPAN_PATHS)}")
-    return path == "mesh"
 
 
 def telemetry_wanted() -> bool:
@@ -103,64 +107,51 @@ def resource_for(service_name: str, *, role: str | None = None, agent_id: str | 
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
     attributes: dict[str, Any] = {
-        "service.name": service_name,
-        "service.namespace": "agentmesh",
-        "host.name": socket.gethostname(),
-        "process.pid": os.getpid(),
-        "process.runtime.name": sys.implementation.name,
-        "process.runtime.version": ".".join(map(str, sys.version_info[:3])),
+        SERVICE_NAME: service_name,
+        SERVICE_NAMESPACE: "agentmesh",
+        HOST_NAME: socket.gethostname(),
+        PROCESS_PID: os.getpid(),
+        PROCESS_RUNTIME_NAME: sys.implementation.name,
+        PROCESS_RUNTIME_VERSION: ".".join(map(str, sys.version_info[:3])),
     }
     if role:
-        attributes["mesh.agent.role"] = role
-        attributes["gen_ai.agent.name"] = role
+        attributes[MESH_AGENT_ROLE] = role
+        attributes[GEN_AI_AGENT_NAME] = role
     if agent_id:
-        attributes["mesh.agent.id"] = agent_id
-        attributes["service.instance.id"] = agent_id
+        attributes[MESH_AGENT_ID] = agent_id
+        attributes[SERVICE_INSTANCE_ID] = agent_id
     return Resource.create(attributes).merge(OTELResourceDetector().detect())
 
 
 @dataclass
 class Telemetry:
-    """The SDK providers of this process; `shutdown()` flushes what is still buffered.
-    ``span_processor`` is the batch processor the mesh's own spans end into (`mesh.telemetry.meshspans`)."""
+    """The SDK providers of this process; `shutdown()` flushes what is still buffered."""
 
     tracer_provider: TracerProvider | None
     meter_provider: MeterProvider | None
-    span_processor: SpanProcessor | None = None
 
     @classmethod
     def from_env(cls, service_name: str, *, role: str | None = None, agent_id: str | None = None) -> Telemetry | None:
-        """Build (not install) the providers the environment asks for; None when it asks for none."""
+        """Build (not install) the providers the environment asks for; None when it asks for
+        none. A signal whose exporter cannot be made here is a warning, and stays off."""
         if not telemetry_wanted():
             return None
         resource = resource_for(service_name, role=role, agent_id=agent_id)
-        tracing = _tracer_provider(resource)
-        if tracing is None:
-            return cls(None, _meter_provider(resource))
-        provider, processor = tracing
-        return cls(provider, _meter_provider(resource), processor)
+        telemetry = cls(_tracer_provider(resource), _meter_provider(resource))
+        return telemetry if telemetry.tracer_provider or telemetry.meter_provider else None
 
     def install(self) -> None:
-        """Make these the global providers, which the API's proxies in `mesh.telemetry.tracing` then use."""
+        """Make these the global providers: the API's proxies (the mesh's tracer and meter) then use them."""
         from opentelemetry import metrics, trace
-
-        from mesh.telemetry.meshspans import MeshTracer
-        from mesh.telemetry.tracing import recheck_tracing, use_mesh_spans
 
         if self.tracer_provider is not None:
             trace.set_tracer_provider(self.tracer_provider)
-            if self.span_processor is not None and mesh_spans():
-                use_mesh_spans(MeshTracer(self.tracer_provider, self.span_processor))
-            recheck_tracing()
         if self.meter_provider is not None:
             metrics.set_meter_provider(self.meter_provider)
 
     def shutdown(self) -> None:
         """Export what is buffered and stop the exporters (blocks up to their timeouts)."""
         if self.tracer_provider is not None:
-            from mesh.telemetry.tracing import use_mesh_spans
-
-            use_mesh_spans(None)
             self.tracer_provider.shutdown()
         if self.meter_provider is not None:
             self.meter_provider.shutdown()
@@ -176,23 +167,25 @@ def configure_from_env(service_name: str, *, role: str | None = None, agent_id: 
     return _installed
 
 
-def _tracer_provider(resource: Resource) -> tuple[TracerProvider, SpanProcessor] | None:
+def _off(signal: str, error: ConfigError) -> None:
+    _log.warning("%s; %s are not exported (telemetry never stops the mesh)", error, signal)
+
+
+def _tracer_provider(resource: Resource) -> TracerProvider | None:
     exporter = exporter_for("traces")
     if exporter == "none":
         return None
-    mesh_spans()  # a bad MESH_SPANS fails here, at start-up
+    try:
+        chosen = span_exporter(exporter)
+    except ConfigError as error:
+        _off("traces", error)
+        return None
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from mesh.telemetry.batching import SpanBatcher
-    from mesh.telemetry.otlp import OtlpHttpSpanExporter
-
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
-    chosen = span_exporter(exporter)
-    processor: SpanProcessor  # either way OTEL_BSP_* apply
-    processor = SpanBatcher(chosen) if isinstance(chosen, OtlpHttpSpanExporter) else BatchSpanProcessor(chosen)
-    provider.add_span_processor(processor)
-    return provider, processor
+    provider.add_span_processor(BatchSpanProcessor(chosen))  # OTEL_BSP_* apply
+    return provider
 
 
 def span_exporter(exporter: str) -> SpanExporter:
@@ -201,30 +194,29 @@ def span_exporter(exporter: str) -> SpanExporter:
 
     if exporter == "console":
         return ConsoleSpanExporter()
-    protocol = protocol_for("traces")
-    if protocol == "grpc":
+    if protocol_for("traces") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 
         return GrpcSpanExporter()
-    if protocol == "http/protobuf" and not mesh_spans():
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
-        return HttpSpanExporter()
-    from mesh.telemetry.otlp import OtlpHttpSpanExporter
-
-    return OtlpHttpSpanExporter(protocol)
+    return HttpSpanExporter()
 
 
 def _meter_provider(resource: Resource) -> MeterProvider | None:
     exporter = exporter_for("metrics")
     if exporter == "none":
         return None
+    try:
+        chosen = metric_exporter(exporter)
+    except ConfigError as error:
+        _off("metrics", error)
+        return None
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
     # the export interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s)
-    reader = PeriodicExportingMetricReader(metric_exporter(exporter))
-    return MeterProvider(resource=resource, metric_readers=[reader])
+    return MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(chosen)])
 
 
 def metric_exporter(exporter: str) -> MetricExporter:
@@ -233,9 +225,6 @@ def metric_exporter(exporter: str) -> MetricExporter:
 
     if exporter == "console":
         return ConsoleMetricExporter()
-    if protocol_for("metrics") == "http/json":
-        raise ConfigError("OTLP http/json is implemented for traces only: set OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="
-                          "http/protobuf (or OTEL_METRICS_EXPORTER=none)")  # fmt: skip
     if protocol_for("metrics") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 
