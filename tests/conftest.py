@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mesh.bus.client import Mesh
+from mesh.bus.processes import ask_to_stop, child_options
 from mesh.bus.server import LocalServer, start_server
 from tests.helpers import EventLog
 
@@ -62,6 +62,7 @@ class AgentProcesses:
                 [sys.executable, "-m", "mesh", "agent", "run", target, "--nats", self.url, *args],
                 stdout=out, stderr=out, cwd=ROOT,
                 env={**os.environ, "MESH_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT), **(env or {})},
+                **child_options(detach=False),
             )  # fmt: skip
         self.procs.append(proc)
         await self.log.wait_for(
@@ -76,7 +77,7 @@ class AgentProcesses:
     def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                ask_to_stop(proc)
         for proc in self.procs:
             try:
                 proc.wait(timeout=20)

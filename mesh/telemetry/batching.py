@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -87,8 +88,9 @@ class SpanBatcher(SpanProcessor):
         self._dropped = 0
         self._closed = False
         self._start()
-        reinit = weakref.WeakMethod(self._start)
-        os.register_at_fork(after_in_child=lambda: (method := reinit()) and method())  # no thread survives a fork
+        if sys.platform != "win32":  # Windows does not fork
+            reinit = weakref.WeakMethod(self._start)
+            os.register_at_fork(after_in_child=lambda: (method := reinit()) and method())  # no thread survives a fork
 
     def _start(self) -> None:
         self._queue.clear()
