@@ -18,6 +18,28 @@ from tests.helpers import EventLog
 
 ROOT = Path(__file__).resolve().parent.parent
 
+KINDS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test says what it needs, so `-m unit` (or integration, e2e) picks honestly: exactly
+    one kind, and no `unit` test with a server nor a non-e2e test with agent processes."""
+    wrong = [f"{item.nodeid}: {problem}" for item in items if (problem := kind_problem(item))]
+    if wrong:
+        raise pytest.UsageError("tests with a wrong kind marker (see pyproject.toml markers):\n  " + "\n  ".join(wrong))
+
+
+def kind_problem(item: pytest.Item) -> str | None:
+    kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if len(kinds) != 1:
+        return f"marked {sorted(kinds) or 'with none'} of {', '.join(KINDS)}; mark it with exactly one"
+    if "agents" in fixtures and kinds != {"e2e"}:
+        return "starts agent processes (the `agents` fixture), so it is e2e"
+    if "nats_server" in fixtures and kinds == {"unit"}:
+        return "starts a nats-server (the `nats_server` fixture), so it is not unit"
+    return None
+
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[LocalServer]:

@@ -17,6 +17,8 @@ from opentelemetry.trace import SpanContext, TraceFlags
 from mesh.telemetry.batching import SpanBatcher
 from mesh.telemetry.otlp import EncodedSpans, OtlpHttpSpanExporter, span_count
 
+pytestmark = pytest.mark.unit
+
 SAMPLED = SpanContext(1, 2, False, TraceFlags(TraceFlags.SAMPLED))
 
 

@@ -73,11 +73,13 @@ async def outcome_of(mesh: Mesh, task_id: str, timeout: float) -> Record:
 
 
 class TestCluster:
+    @pytest.mark.integration
     async def test_stream_is_replicated_three_times(self, cluster_mesh: Mesh) -> None:
         info = await cluster_mesh.js.stream_info(subjects.STREAM)
         assert info.config.num_replicas == 3
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
 
+    @pytest.mark.e2e
     @pytest.mark.timeout(240)
     async def test_a_task_completes_while_the_stream_leader_is_killed(
         self, cluster: dict[str, LocalServer], cluster_mesh: Mesh, tmp_path: Path

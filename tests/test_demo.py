@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mesh import Mesh
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
+
+pytestmark = pytest.mark.e2e
 
 
 def running(pattern: str) -> list[str]:

@@ -34,6 +34,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.mark.unit
 class TestExporterChoice:
     def test_nothing_without_settings(self) -> None:
         """No OTEL_* variable: no exporter for either signal, and no Telemetry at all."""
@@ -91,6 +92,7 @@ class TestExporterChoice:
         assert isinstance(metric_exporter("otlp"), HttpMetricExporter)
 
 
+@pytest.mark.unit
 class TestResource:
     def test_names_the_agent_host_and_process(self) -> None:
         attributes = resource_for("researcher", role="researcher", agent_id="researcher-h1-42").attributes
@@ -109,6 +111,7 @@ class TestResource:
         assert attributes["mesh.agent.role"] == "r2"
 
 
+@pytest.mark.unit
 class TestProviders:
     def test_sampler_comes_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
@@ -185,6 +188,7 @@ class TestProviders:
         assert grpc_receiver.names == ["send mesh.work.echo"]
 
 
+@pytest.mark.e2e
 class TestNothingConfigured:
     def test_no_sdk_is_loaded_and_spans_cost_next_to_nothing(self) -> None:
         """In a clean process with no OTEL_* set: configure returns None, the SDK is never

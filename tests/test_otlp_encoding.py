@@ -24,6 +24,8 @@ from mesh.telemetry.otlp import EncodedSpans, OtlpHttpSpanExporter, encode_json,
 from mesh.telemetry.tracing import Preset
 from tests.otlp import OtlpReceiver, otlp_json_to_protobuf
 
+pytestmark = pytest.mark.unit
+
 keys = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

@@ -16,6 +16,8 @@ from tests.helpers import EventLog
 from topics import subjects
 from topics.tasks import TaskCompleted
 
+pytestmark = pytest.mark.e2e
+
 
 def completions(log: EventLog, task_id: str) -> list[TaskCompleted]:
     return [r.data for r in log.of_type("mesh.task.completed") if r.data.task_id == task_id]  # type: ignore[attr-defined]

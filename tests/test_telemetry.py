@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
+@pytest.mark.unit
 class TestSubjectTemplate:
     @pytest.mark.parametrize(
         ("subject", "template"),
@@ -38,6 +39,7 @@ class TestSubjectTemplate:
         assert subject_template(subject) == template
 
 
+@pytest.mark.unit
 class TestWithoutSdk:
     def test_an_upstream_trace_passes_through(self) -> None:
         """No SDK in this process: nothing is recorded, but a received traceparent is sent on."""
@@ -100,6 +102,7 @@ def run_with_sdk(path: str, replayed: bool = False) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("path", ["sdk", "mesh"])
+@pytest.mark.e2e
 class TestWithSdk:
     def test_span_tree_kinds_and_attributes(self, path: str) -> None:
         """process -> invoke_agent -> chat / execute_tool / send, each by the conventions."""
@@ -152,6 +155,7 @@ class TestWithSdk:
         assert process["attributes"]["mesh.replayed"] is True
 
 
+@pytest.mark.unit
 class TestPropagationFastPath:
     """The inline `traceparent` handling gives exactly what the configured propagators give."""
 
@@ -218,6 +222,7 @@ class TestPropagationFastPath:
         assert ours.get("baggage") == ("k=v" if with_baggage else None)
 
 
+@pytest.mark.unit
 def test_a_mesh_span_is_current_in_the_apis_own_context() -> None:
     """`_Scope` sets the API's context variable itself: the API sees the mesh span as current,
     SDK spans and mesh spans started inside are its children, and leaving restores the context."""
@@ -247,6 +252,7 @@ def test_a_mesh_span_is_current_in_the_apis_own_context() -> None:
     assert mesh_child.attributes == {} and mesh_child._parent == ids
 
 
+@pytest.mark.unit
 def test_a_mesh_span_made_current_is_its_own_scope() -> None:
     """`MeshTracer.start_current`: the span is current inside the block, a failure inside is
     recorded once (ERROR, `error.type`, one `exception` event), and the context comes back."""
