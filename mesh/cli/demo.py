@@ -112,8 +112,8 @@ async def run_demo(topic: str) -> int:
                 click.echo(f"agent {proc.pid} could not be asked to drain on this platform: it was terminated", err=True)
         for proc in procs:
             proc.wait(timeout=30)
-        if ours:
-            stop_server(home)
+        if ours and (stopped := stop_server(home)) and stopped[1]:
+            click.echo(f"nats-server (pid {stopped[0].pid}): {stopped[1]}", err=True)
 
 
 async def follow(mesh: Mesh, task_id: str, topic: str) -> dict:  # type: ignore[type-arg]
