@@ -5,6 +5,7 @@ which event, what happens when the event cannot be sent); their Win32 calls run 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -162,6 +163,17 @@ class TestRealServerProcess:
             assert pid_alive(server.process.pid)
             assert stop_pid(server.process.pid, timeout=10) is None
             assert not pid_alive(server.process.pid)
+        finally:
+            server.stop()
+
+    def test_killed_when_it_does_not_stop_and_says_so(self, posix: None, tmp_path: Path) -> None:
+        """A nats-server that cannot act on SIGTERM (stopped with SIGSTOP) is killed after the timeout, with a note."""
+        server = start_server(tmp_path / "store", port=-1)
+        try:
+            os.kill(server.process.pid, signal.SIGSTOP)
+            note = stop_pid(server.process.pid, timeout=0.5)
+            assert note == "it did not stop within 0.5s of SIGTERM and was killed"
+            assert server.process.wait(10) == -signal.SIGKILL
         finally:
             server.stop()
 
