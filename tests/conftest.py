@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -13,10 +12,33 @@ from pathlib import Path
 import pytest
 
 from mesh.bus.client import Mesh
+from mesh.bus.processes import ask_to_stop, child_options
 from mesh.bus.server import LocalServer, start_server
 from tests.helpers import EventLog
 
 ROOT = Path(__file__).resolve().parent.parent
+
+KINDS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test says what it needs, so `-m unit` (or integration, e2e) picks honestly: exactly
+    one kind, and no `unit` test with a server nor a non-e2e test with agent processes."""
+    wrong = [f"{item.nodeid}: {problem}" for item in items if (problem := kind_problem(item))]
+    if wrong:
+        raise pytest.UsageError("tests with a wrong kind marker (see pyproject.toml markers):\n  " + "\n  ".join(wrong))
+
+
+def kind_problem(item: pytest.Item) -> str | None:
+    kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if len(kinds) != 1:
+        return f"marked {sorted(kinds) or 'with none'} of {', '.join(KINDS)}; mark it with exactly one"
+    if "agents" in fixtures and kinds != {"e2e"}:
+        return "starts agent processes (the `agents` fixture), so it is e2e"
+    if "nats_server" in fixtures and kinds == {"unit"}:
+        return "starts a nats-server (the `nats_server` fixture), so it is not unit"
+    return None
 
 
 @pytest.fixture
@@ -62,6 +84,7 @@ class AgentProcesses:
                 [sys.executable, "-m", "mesh", "agent", "run", target, "--nats", self.url, *args],
                 stdout=out, stderr=out, cwd=ROOT,
                 env={**os.environ, "MESH_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT), **(env or {})},
+                **child_options(detach=False),
             )  # fmt: skip
         self.procs.append(proc)
         await self.log.wait_for(
@@ -76,7 +99,7 @@ class AgentProcesses:
     def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                ask_to_stop(proc)
         for proc in self.procs:
             try:
                 proc.wait(timeout=20)

@@ -13,6 +13,8 @@ from tests.conftest import AgentProcesses
 from tests.helpers import EventLog, eventually
 from topics import subjects
 
+pytestmark = pytest.mark.e2e
+
 GOOD_ENVELOPE = {"specversion": "1.0", "source": "test", "time": "2026-11-21T00:00:00Z"}
 
 BAD_INPUTS = {

@@ -20,6 +20,7 @@ def writes(log: EventLog, key: str) -> list[BoardWritten]:
     return [r.data for r in log.of_type("mesh.board.written") if isinstance(r.data, BoardWritten) and r.data.key == key]
 
 
+@pytest.mark.integration
 class TestReadWrite:
     async def test_write_read_history(self, mesh: Mesh) -> None:
         """Each write is a new version; reads give the value, author and the whole history."""
@@ -50,6 +51,7 @@ class TestReadWrite:
 
 
 class TestCompareAndSet:
+    @pytest.mark.integration
     async def test_race_one_wins(self, mesh: Mesh, nats_url: str) -> None:
         """Two writers race on one key with the same expected version: one wins, one gets ConflictError."""
         await Board(mesh, "race").write("leader", "nobody")
@@ -69,6 +71,7 @@ class TestCompareAndSet:
         assert "expected version 1, found version 2" in str(lost[0])
         assert (await Board(mesh, "race").read("leader")).value == won[0].value
 
+    @pytest.mark.integration
     async def test_server_refuses_a_stale_fold(self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
         """When the writer's fold is behind, JetStream's expected subject sequence refuses the write
         (error 10071) and the caller gets ConflictError with the version actually there."""
@@ -88,6 +91,7 @@ class TestCompareAndSet:
         assert (raised.value.expected, raised.value.actual) == (1, 2) and len(calls) == 2
         assert await Board(mesh, "s").get("k") == "theirs"
 
+    @pytest.mark.integration
     async def test_create_only_once(self, mesh: Mesh) -> None:
         """expect_version=0 creates a key only if it was never written."""
         board = Board(mesh, "locks")
@@ -96,6 +100,7 @@ class TestCompareAndSet:
             await Board(mesh, "locks").write("job-1", "worker-b", expect_version=0)
         assert await board.get("job-1") == "worker-a"
 
+    @pytest.mark.integration
     async def test_stale_version_refused(self, mesh: Mesh, log: EventLog) -> None:
         """A version that is not the current one is refused, and nothing is written."""
         board = Board(mesh, "b")
@@ -109,6 +114,7 @@ class TestCompareAndSet:
         await log.wait_for(lambda r: r.event.type == "mesh.board.written" and r.data.value == 4)  # type: ignore[attr-defined]
         assert [w.value for w in writes(log, "k")] == [1, 2, 4]
 
+    @pytest.mark.integration
     async def test_junk_on_a_key_does_not_block_it(self, mesh: Mesh) -> None:
         """A message on a key's subject that is not an event is skipped by reads, yet
         compare-and-set still works against the key's current version."""
@@ -118,6 +124,7 @@ class TestCompareAndSet:
         revision = await board.write("k", 2, expect_version=1)
         assert (revision.version, await board.get("k")) == (2, 2)
 
+    @pytest.mark.integration
     async def test_retried_handler_writes_once(self, mesh: Mesh, log: EventLog) -> None:
         """Writes with ids derived from the same cause (a redelivered handler) land once."""
         for _ in range(2):  # the same handler code, run twice for the same task event
@@ -129,6 +136,7 @@ class TestCompareAndSet:
         await log.wait_for(lambda r: r.event.type == "mesh.board.written", count=2)
         assert len(writes(log, "k")) == 1 and len(writes(log, "other")) == 1
 
+    @pytest.mark.e2e
     async def test_concurrent_increments_from_agents(self, mesh: Mesh, agents: AgentProcesses) -> None:
         """Agents in two processes increment one key through ctx.board: no update is lost."""
         await agents.start("tests.pattern_agents:counter")
@@ -141,6 +149,7 @@ class TestCompareAndSet:
         assert all(r.author.startswith("counter-") for r in entry.history)
 
 
+@pytest.mark.integration
 class TestWatch:
     async def test_watch_from_now(self, mesh: Mesh) -> None:
         """A watcher sees the changes made after it started, with their versions, in order."""

@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mesh.bus.server import LocalServer
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
+
+pytestmark = pytest.mark.e2e
 
 
 def mesh_cmd(*args: str, url: str | None = None, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:

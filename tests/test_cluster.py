@@ -14,6 +14,7 @@ import pytest
 
 from mesh.bus.client import Mesh, outcome_value
 from mesh.bus.server import LocalServer, start_server
+from mesh.errors import MeshError
 from mesh.llm.recorded import stored_on
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
@@ -31,20 +32,42 @@ def free_port() -> int:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[dict[str, LocalServer]]:
     """Three nats-servers named n1..n3, cluster `mesh`, JetStream each with its own store."""
+    servers = start_cluster(tmp_path)
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def start_cluster(tmp_path: Path, attempts: int = 3) -> dict[str, LocalServer]:
+    """The route ports must be known before any node starts, so they are picked free, and another
+    process (a test running in parallel) may bind one first: that node exits before listening,
+    and the cluster starts again on other ports."""
+    for attempt in range(1, attempts):
+        try:
+            return start_nodes(tmp_path / f"try{attempt}")
+        except MeshError:
+            continue
+    return start_nodes(tmp_path / f"try{attempts}")
+
+
+def start_nodes(folder: Path) -> dict[str, LocalServer]:
     cluster_ports = [free_port() for _ in range(3)]
     routes = ",".join(f"nats://127.0.0.1:{port}" for port in cluster_ports)
     servers: dict[str, LocalServer] = {}
     try:
         for i, port in enumerate(cluster_ports, start=1):
             servers[f"n{i}"] = start_server(
-                tmp_path / f"n{i}", port=-1, log_file=tmp_path / f"n{i}.log",
+                folder / f"n{i}", port=-1, log_file=folder / f"n{i}.log",
                 extra_args=["--name", f"n{i}", "--cluster_name", "mesh",
                             "--cluster", f"nats://127.0.0.1:{port}", "--routes", routes],
             )  # fmt: skip
-        yield servers
-    finally:
+    except MeshError:
         for server in servers.values():
             server.stop()
+        raise
+    return servers
 
 
 @pytest.fixture
@@ -73,11 +96,13 @@ async def outcome_of(mesh: Mesh, task_id: str, timeout: float) -> Record:
 
 
 class TestCluster:
+    @pytest.mark.integration
     async def test_stream_is_replicated_three_times(self, cluster_mesh: Mesh) -> None:
         info = await cluster_mesh.js.stream_info(subjects.STREAM)
         assert info.config.num_replicas == 3
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
 
+    @pytest.mark.e2e
     @pytest.mark.timeout(240)
     async def test_a_task_completes_while_the_stream_leader_is_killed(
         self, cluster: dict[str, LocalServer], cluster_mesh: Mesh, tmp_path: Path

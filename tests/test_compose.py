@@ -51,6 +51,7 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
 
 
 class TestCluster:
+    @pytest.mark.unit
     def test_three_jetstream_nodes_route_to_each_other(self, services: dict[str, Any]) -> None:
         """Unique server names, one cluster name, JetStream with its own store, routes to all."""
         nodes = {name: flags(services[name]["command"]) for name in NODES}
@@ -66,6 +67,7 @@ class TestCluster:
         published = [port.split(":")[0] for name in NODES for port in services[name]["ports"] if port.endswith(":4222")]
         assert len(set(published)) == 3
 
+    @pytest.mark.integration
     def test_nats_server_knows_every_flag(self, services: dict[str, Any]) -> None:
         """Each flag the nodes use is one `nats-server --help` lists."""
         usage = subprocess.run([server_binary(), "--help"], capture_output=True, text=True).stdout
@@ -74,6 +76,7 @@ class TestCluster:
             assert set(flags(services[name]["command"])) <= known, name
 
 
+@pytest.mark.unit
 class TestJaeger:
     def test_takes_otlp_over_http_and_grpc(self, services: dict[str, Any]) -> None:
         jaeger = services["jaeger"]
@@ -81,6 +84,7 @@ class TestJaeger:
         assert {port.split(":")[-1] for port in jaeger["ports"]} >= {"16686", "4317", "4318"}
 
 
+@pytest.mark.unit
 class TestAgents:
     @pytest.mark.parametrize("role", sorted(AGENTS))
     def test_command_parses_and_target_loads(self, services: dict[str, Any], role: str) -> None:
@@ -115,6 +119,7 @@ class TestAgents:
         assert services["researcher"]["deploy"]["replicas"] == 2
 
 
+@pytest.mark.unit
 class TestDockerfile:
     def test_installs_the_project_and_runs_the_cli(self) -> None:
         dockerfile = (ROOT / "Dockerfile").read_text()

@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mesh import Mesh
 from mesh.bus import jetstream
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
+
+pytestmark = pytest.mark.e2e
 
 
 def running(pattern: str) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mesh import Mesh
 from mesh.projections import REGISTRY, fold
 from mesh.projections.live import LiveProjection
@@ -9,6 +11,8 @@ from replay import read_log, rebuild
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects
+
+pytestmark = pytest.mark.e2e
 
 TASKS = REGISTRY["tasks"]
 

@@ -25,6 +25,7 @@ ODD_KEY = "vllm-local-key-f00d"  # no known shape: caught because it is an env s
 PASSWORD = "correct-horse-battery"
 
 
+@pytest.mark.unit
 class TestScrub:
     @pytest.mark.parametrize(
         "text",
@@ -99,6 +100,7 @@ def captured() -> Iterator[io.StringIO]:
     root.setLevel(level)
 
 
+@pytest.mark.unit
 class TestConfigureLogging:
     def test_json_lines_carry_context_and_trace_ids(self, captured: io.StringIO) -> None:
         """Bound contextvars and the current span's ids are on every JSON line."""
@@ -134,6 +136,7 @@ class TestConfigureLogging:
         assert PASSWORD not in text
 
 
+@pytest.mark.e2e
 class TestAgentLogs:
     async def test_a_running_agent_never_writes_its_secrets(
         self, mesh: Mesh, agents: AgentProcesses

@@ -44,6 +44,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.mark.unit
 class TestExporterChoice:
     def test_nothing_without_settings(self) -> None:
         """No OTEL_* variable: no exporter for either signal, and no Telemetry at all."""
@@ -105,6 +106,7 @@ class TestExporterChoice:
         assert "traces are not exported" in warned[0] and "metrics are not exported" in warned[1]
 
 
+@pytest.mark.unit
 class TestResource:
     def test_names_the_agent_host_and_process(self) -> None:
         attributes = resource_for("researcher", role="researcher", agent_id="researcher-h1-42").attributes
@@ -123,6 +125,7 @@ class TestResource:
         assert attributes["mesh.agent.role"] == "r2"
 
 
+@pytest.mark.unit
 class TestProviders:
     def test_sampler_comes_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
@@ -167,6 +170,7 @@ class TestProviders:
         assert grpc_receiver.names == ["send mesh.work.echo"]
 
 
+@pytest.mark.e2e
 class TestUnsupportedProtocolEndToEnd:
     async def test_http_json_warns_and_the_task_still_runs(
         self, nats_url: str, agents: AgentProcesses, log: EventLog
@@ -185,6 +189,7 @@ class TestUnsupportedProtocolEndToEnd:
         assert "'http/json'" in agents.output(agent) and "traces are not exported" in agents.output(agent)
 
 
+@pytest.mark.e2e
 class TestNothingConfigured:
     def test_no_sdk_is_loaded_and_spans_cost_next_to_nothing(self) -> None:
         """In a clean process with no OTEL_* set: configure returns None, the SDK is never

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mesh import Mesh
 from mesh.projections import REGISTRY, fold
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
+
+pytestmark = pytest.mark.e2e
 
 CONVERSATIONS = REGISTRY["conversations"]
 

@@ -66,6 +66,8 @@ from topics import (
     encode_data,
 )
 
+pytestmark = pytest.mark.unit
+
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mesh.bus.server import LocalServer
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
@@ -28,11 +30,13 @@ def env_with_venv(**extra: str) -> dict[str, str]:
 
 
 class TestReadme:
+    @pytest.mark.unit
     def test_opens_with_the_two_commands(self) -> None:
         """The first code block is `make demo` and `make test`."""
         first = re.search(r"```sh\n(.*?)```", README, re.S)
         assert first and first.group(1).startswith("make demo") and "make test" in first.group(1)
 
+    @pytest.mark.e2e
     def test_synopsis_runs_as_written(self, tmp_path: Path) -> None:
         """hello.py plus the synopsis commands: the agent answers, status and tail show it, all stops."""
         (tmp_path / "hello.py").write_text(block("hello.py"))
@@ -53,6 +57,7 @@ class TestReadme:
         assert "Traceback" not in done.stderr
         assert not (tmp_path / ".mesh" / "server.json").exists()  # `mesh down` ran
 
+    @pytest.mark.e2e
     async def test_foreign_client(self, nats_server: LocalServer, agents: AgentProcesses, log: EventLog) -> None:
         """Plain nats-py, no project code, publishes a task and reads its result."""
         await agents.start("agents.echo:agent")

@@ -54,6 +54,8 @@ from topics import (
 )
 from topics.registry import EVENT_TYPES
 
+pytestmark = pytest.mark.unit
+
 SPEC = {"steps": {"a": {"capability": "c"}, "b": {"capability": "c", "after": ["a"]}}}
 EVERY_TYPE: list[Event] = [
     TaskRequested(task_id="t1", capability="c", input={"x": 1}),

@@ -53,6 +53,7 @@ async def mixed_activity(mesh: Mesh, rounds: int, *, offset: int = 0) -> list[st
     return ids
 
 
+@pytest.mark.integration
 class TestReader:
     async def test_reads_ranges_filters_and_keeps_undecodable(self, mesh: Mesh) -> None:
         """A read returns events in order by seq range, subject and correlation; bad messages are kept raw."""
@@ -113,6 +114,7 @@ def _chat_event(i: int) -> dict[str, object]:
 
 
 class TestTimeTravel:
+    @pytest.mark.e2e
     async def test_state_at_equals_state_captured_live(
         self, mesh: Mesh, agents: AgentProcesses, log: EventLog, tmp_path: Path
     ) -> None:
@@ -137,6 +139,7 @@ class TestTimeTravel:
         assert len(now.tasks) == 30 and now != captured["tasks"]
         assert pick(captured["tasks"], first[0])["status"] == "completed"
 
+    @pytest.mark.integration
     async def test_state_at_time(self, mesh: Mesh) -> None:
         """`at` an instant folds the events whose own time is not after it."""
         await write_board(mesh, 6)
@@ -152,6 +155,7 @@ class _BoardV2(BoardProjection):
     version = 2
 
 
+@pytest.mark.integration
 class TestSnapshots:
     async def test_rebuild_starts_after_the_snapshot(self, mesh: Mesh) -> None:
         """A saved snapshot is where the next rebuild starts; the result equals a full fold."""
@@ -185,6 +189,7 @@ class TestSnapshots:
 
 
 class TestExportImport:
+    @pytest.mark.e2e
     async def test_import_into_another_server_gives_same_projections(
         self, mesh: Mesh, agents: AgentProcesses, log: EventLog, tmp_path: Path
     ) -> None:
@@ -210,6 +215,7 @@ class TestExportImport:
         finally:
             other.stop()
 
+    @pytest.mark.integration
     async def test_export_by_correlation_takes_the_causal_slice(self, mesh: Mesh, tmp_path: Path) -> None:
         """`--correlation` exports that id's events and everything they caused, in order."""
         await write_board(mesh, 6, correlation="wf-a")

@@ -132,6 +132,7 @@ MS = 1_000_000
 T0 = 1795288570 * 1_000_000_000  # 2026-11-21T19:16:10Z
 
 
+@pytest.mark.unit
 class TestRebuild:
     def test_hand_built_log_becomes_a_linked_replayed_tree(self) -> None:
         """Each event a send span; handled requests a process span; the model call a chat span;
@@ -295,6 +296,7 @@ async def replay_traces(*args: str, env: dict[str, str]) -> tuple[int, str, str]
     return proc.returncode or 0, out.decode(), err.decode()
 
 
+@pytest.mark.e2e
 class TestCliFromFile:
     async def test_exports_to_otlp_from_an_exported_file(self, receiver_b: LinkReceiver, tmp_path: Path) -> None:
         """`--file` with OTEL_EXPORTER_OTLP_ENDPOINT: the spans arrive in one new trace, linked."""
@@ -395,6 +397,7 @@ def check_structure(spans: list[ReceivedSpan], records: list[Record], task_id: s
     return ids
 
 
+@pytest.mark.e2e
 class TestEndToEnd:
     async def test_collector_was_down_then_the_log_is_replayed(
         self, mesh: Mesh, agents: AgentProcesses, log: EventLog, nats_url: str, receiver_b: LinkReceiver
@@ -487,6 +490,7 @@ async def spans_everywhere(input: Any, ctx: Context) -> dict[str, Any]:
     return {"ok": True}
 
 
+@pytest.mark.unit
 class TestRerunMakesNoLiveSpans:
     async def test_handler_spans_are_suppressed_during_rerun(self) -> None:
         """Live, the handler's helpers make spans; under `rerun` none, and rerun still matches."""

@@ -22,6 +22,8 @@ from topics.chat import ChatMessage
 from topics.record import Record
 from topics.tasks import TaskCompleted, TaskRequested
 
+pytestmark = pytest.mark.e2e
+
 TEAM = ("agents.planner:agent", "agents.researcher:agent", "agents.writer:agent")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -12,9 +12,11 @@ import pytest
 
 from mesh import Mesh, TaskFailedError
 from tests.conftest import AgentProcesses
-from tests.helpers import EventLog
+from tests.helpers import EventLog, eventually
 from topics import subjects
 from topics.tasks import TaskCompleted
+
+pytestmark = pytest.mark.e2e
 
 
 def completions(log: EventLog, task_id: str) -> list[TaskCompleted]:
@@ -55,11 +57,20 @@ class TestEcho:
         assert [o.data.output for o in outcomes] == [{"n": n} for n in range(5)]  # type: ignore[attr-defined]
 
 
+async def pulls_waiting(mesh: Mesh, consumer: str, count: int) -> bool:
+    info = await mesh.js.consumer_info(subjects.STREAM, consumer)
+    return (info.num_waiting or 0) >= count
+
+
 class TestReplicas:
     async def test_two_replicas_split_200_tasks(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """Two replicas share one durable consumer: 200 tasks, no loss, no duplicate completion."""
         first = await agents.start("agents.echo:agent")
         second = await agents.start("agents.echo:agent")
+        # `mesh.agent.started` comes before the first pull: wait until both replicas wait for work,
+        # or on a busy machine the first can take all 200 before the second asks
+        work = subjects.work_consumer_name("echo")
+        await eventually(lambda: pulls_waiting(mesh, work, 2), what="two replicas pulling")
         outputs = await asyncio.gather(*(mesh.request("echo", {"n": n}, timeout=60) for n in range(200)))
         assert sorted(o["n"] for o in outputs) == list(range(200))
         done = await log.wait_for(lambda r: r.event.type == "mesh.task.completed", count=200)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.otlp import OtlpReceiver
 
@@ -80,6 +82,7 @@ def assert_task_spans(spans: list[dict[str, Any]]) -> None:
     assert invoke["attributes"]["gen_ai.operation.name"] == "invoke_agent"
 
 
+@pytest.mark.e2e
 class TestUserProcessor:
     def test_a_processor_on_the_users_own_provider_sees_mesh_spans(self, nats_url: str) -> None:
         """(a) The user installs a TracerProvider with a processor: every mesh span reaches it."""

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
+@pytest.mark.unit
 class TestSubjectTemplate:
     @pytest.mark.parametrize(
         ("subject", "template"),
@@ -36,6 +37,7 @@ class TestSubjectTemplate:
         assert subject_template(subject) == template
 
 
+@pytest.mark.unit
 class TestWithoutSdk:
     def test_an_upstream_trace_passes_through(self) -> None:
         """No SDK in this process: nothing is recorded, but a received traceparent is sent on."""
@@ -118,6 +120,7 @@ def run_with_sdk(replayed: bool = False, ratio: float | None = None, limit: int 
     return result
 
 
+@pytest.mark.e2e
 class TestWithSdk:
     def test_span_tree_kinds_and_attributes(self) -> None:
         """process -> invoke_agent -> chat / execute_tool / send, each by the conventions, all SDK spans."""

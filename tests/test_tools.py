@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import tests.fixture_agents  # noqa: F401  (registers the tools)
 from mesh import Mesh
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 
 
+@pytest.mark.e2e
 class TestTools:
     async def test_granted_tool_runs_and_refusal_is_recorded(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """The offline model calls the granted tool; a call outside the grant is refused; both are events."""
@@ -22,6 +25,7 @@ class TestTools:
         assert calls[0].subject.startswith("mesh.tool.toolsmith.")
 
 
+@pytest.mark.unit
 class TestRecordedCalls:
     async def test_a_retry_gets_the_same_results_and_errors(self) -> None:
         """Replaying recorded calls returns the same result, and raises the same error type and message."""

@@ -19,6 +19,8 @@ from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 from tests.otlp import OtlpReceiver, ReceivedPoint, ReceivedSpan
 
+pytestmark = pytest.mark.e2e
+
 STOPPED = "mesh.agent.stopped"
 SPAN_NAME = re.compile(
     r"^(send|process) mesh\.(work\.[a-z0-9_-]+|[a-z]+(\.\{[a-z_]+\})+)$"

@@ -17,6 +17,8 @@ from mesh.runtime.runner import is_retryable
 from topics import EVENT_TYPES, TaskRequested, decode_data, encode_data, subjects
 from topics.envelope import CloudEvent, decode_envelope, derived_id, encode_envelope, new_event_id
 
+pytestmark = pytest.mark.unit
+
 
 class TestPublicApi:
     def test_exports_are_pinned(self) -> None:

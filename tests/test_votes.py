@@ -28,6 +28,7 @@ def decisions(log: EventLog) -> list[Any]:
     return [r.data for r in log.of_type("mesh.vote.decided")]
 
 
+@pytest.mark.integration
 class TestRules:
     async def test_majority(self, mesh: Mesh) -> None:
         """Majority: two of three voters agree and the proposal is decided."""
@@ -58,6 +59,7 @@ class TestRules:
         assert (decided.outcome, decided.tally) == ("yes", {"yes": 3.0, "no": 2.0})
 
 
+@pytest.mark.integration
 class TestDeadline:
     async def test_plurality_at_deadline(self, mesh: Mesh) -> None:
         """When the deadline passes before the rule decides, the plurality wins."""
@@ -86,6 +88,7 @@ class TestDeadline:
             await proposal.outcome(timeout=0.5)
 
 
+@pytest.mark.integration
 class TestExactlyOnce:
     async def test_many_observers_one_decision(self, mesh: Mesh, nats_url: str, log: EventLog) -> None:
         """Proposer, voters and watchers all observe the decision; the log holds exactly one."""
@@ -118,6 +121,7 @@ class TestExactlyOnce:
             await proposals.cast("nope", "yes", voter="ann")
 
 
+@pytest.mark.e2e
 class TestFromAgents:
     async def test_agents_propose_and_vote(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """An agent proposes through ctx.propose; voter tasks cast through ctx.cast; one decision."""

@@ -30,6 +30,7 @@ from topics.flows import FlowStarted, FlowStepCompleted, FlowStepFailed, FlowSte
 SCOPE = {"input": {"topic": "tea", "tags": ["a", "b"]}, "steps": {"r": {"output": {"notes": ["n0", "n1"]}}}}
 
 
+@pytest.mark.unit
 class TestTemplates:
     def test_whole_references_keep_their_type(self) -> None:
         """A string that is one reference becomes the value it names, of any type."""
@@ -53,6 +54,7 @@ class TestTemplates:
         assert references({"a": ["$steps.x.output", "see ${steps.y.output.z}"], "b": "$$steps.no"}) == {"x", "y"}
 
 
+@pytest.mark.unit
 class TestSpec:
     def test_inputs_imply_dependencies(self) -> None:
         """A step waits for the steps its input refers to, besides its explicit `after`."""
@@ -121,6 +123,7 @@ def failed(step: str, attempt: int, error: ErrorInfo) -> FlowStepFailed:
     return FlowStepFailed(workflow_id="wf", step=step, task_id=step_task_id("wf", step, attempt), error=error)
 
 
+@pytest.mark.unit
 class TestDecide:
     def test_independent_steps_together(self) -> None:
         """Every step whose dependencies are met is scheduled at once; the rest wait."""
@@ -175,6 +178,7 @@ async def until_ended(log: EventLog, workflow_id: str) -> None:
     await log.wait_for(lambda r: r.event.type in ends and r.data.workflow_id == workflow_id)  # type: ignore[attr-defined]
 
 
+@pytest.mark.e2e
 class TestOrchestrator:
     async def test_parallel_then_fan_in(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """Independent steps are scheduled together; the fan-in step gets both outputs."""
@@ -256,6 +260,7 @@ class TestOrchestrator:
         assert drives in ([2], [1, 2])  # the retry claims at once; the first try only if it lived 50 ms
 
 
+@pytest.mark.e2e
 class TestCli:
     async def test_flow_run_follow(self, nats_url: str, agents: AgentProcesses) -> None:
         """`mesh flow run examples/report.toml --follow` shows progress and prints the report."""

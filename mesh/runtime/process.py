@@ -1,16 +1,17 @@
-"""Running an agent as this process: load it, connect, serve until SIGTERM/SIGINT, drain."""
+"""Running an agent as this process: load it, connect, serve until SIGTERM/SIGINT (Windows: also
+Ctrl-Break), drain."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import importlib
-import signal
 import sys
 
 import structlog
 
 from mesh.bus.client import Mesh
+from mesh.bus.processes import on_stop_signals
 from mesh.bus.settings import MeshSettings
 from mesh.errors import ConfigError
 from mesh.runtime.agent import Agent
@@ -46,9 +47,7 @@ async def serve(agent: Agent, settings: MeshSettings, options: RunnerOptions) ->
     telemetry = configure_from_env(agent.name, role=agent.name, agent_id=runner.agent_id)
     try:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        on_stop_signals(stop.set)
         await runner.start()
         settle_heap()
         await stop.wait()

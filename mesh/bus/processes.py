@@ -1,0 +1,154 @@
+"""Processes on POSIX and on Windows: the one module that knows how the two differ.
+
+- a program's file name (`.exe` on Windows);
+- starting a child so that it can be asked to stop (POSIX: SIGTERM reaches any child, and a
+  detached one gets its own session; Windows: its own process group, the only thing
+  CTRL_BREAK_EVENT can be sent to, and no console when detached);
+- asking a child to stop (SIGTERM / CTRL_BREAK_EVENT), and stopping a process known only by its
+  pid (`mesh down`: Windows has no signal for a process of another console, so it is terminated);
+- whether a pid lives (`os.kill(pid, 0)` would send CTRL_C_EVENT on Windows);
+- the stop signals an agent drains on, delivered to its event loop even where
+  `loop.add_signal_handler` is not implemented (Windows' proactor loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["WINDOWS", "executable", "child_options", "ask_to_stop", "stop_pid", "pid_alive", "stop_signals", "on_stop_signals"]
+
+WINDOWS = sys.platform == "win32"
+
+# Win32 values (the stdlib names them on Windows only); named here so each branch can be tested anywhere.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+DETACHED_PROCESS = 0x00000008
+CTRL_BREAK_EVENT = 1
+SIGBREAK = 21
+_PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+_STILL_ACTIVE = 259
+
+
+def executable(name: str) -> str:
+    """A program's file name: `nats-server.exe` on Windows."""
+    return f"{name}.exe" if WINDOWS else name
+
+
+def child_options(*, detach: bool) -> dict[str, Any]:
+    """`subprocess.Popen` keywords for a child that `ask_to_stop` can reach; `detach`: it
+    outlives this command and its terminal (`mesh up`)."""
+    if WINDOWS:
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | (DETACHED_PROCESS if detach else 0)}
+    return {"start_new_session": detach}
+
+
+def ask_to_stop(process: subprocess.Popen[bytes]) -> bool:
+    """SIGTERM, or CTRL_BREAK_EVENT on Windows (to a child started with `child_options`).
+    Where the child cannot be asked (Windows, no shared console), it is terminated: False."""
+    if not WINDOWS:
+        process.send_signal(signal.SIGTERM)
+        return True
+    try:
+        process.send_signal(CTRL_BREAK_EVENT)
+        return True
+    except OSError:  # a detached child has no console to send the event through
+        process.terminate()
+        return False
+
+
+def stop_pid(pid: int, timeout: float) -> str | None:
+    """Stop the process `pid`, which need not be our child: SIGTERM, then SIGKILL after
+    `timeout`. Returns None if it stopped when asked, else one line saying what happened."""
+    if WINDOWS:
+        os.kill(pid, signal.SIGTERM)  # TerminateProcess: nothing gentler reaches another console
+        _wait_gone(pid, timeout)
+        return "Windows cannot ask a process of another console to stop: it was terminated"
+    if sys.platform == "win32":  # not reached (WINDOWS returned above); tells mypy the rest is POSIX
+        raise NotImplementedError("a POSIX call")
+    os.kill(pid, signal.SIGTERM)
+    if _wait_gone(pid, timeout):
+        return None
+    os.kill(pid, signal.SIGKILL)
+    return f"it did not stop within {timeout:g}s of SIGTERM and was killed"
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)  # waiting for another process to exit
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (and, on POSIX, may be signalled by us); reaps it if it is our exited child."""
+    if WINDOWS:
+        return _windows_pid_alive(pid)
+    if sys.platform == "win32":  # not reached (WINDOWS returned above); tells mypy the rest is POSIX
+        raise NotImplementedError("a POSIX call")
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that exited: reap it
+            return False
+    except ChildProcessError:
+        pass  # not our child
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    """OpenProcess and GetExitCodeProcess, through ctypes (no dependency)."""
+    if sys.platform != "win32":
+        raise NotImplementedError("OpenProcess is a Windows call")
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    handle = kernel32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:
+        return False
+    try:
+        code = wintypes.DWORD()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == _STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def stop_signals() -> tuple[int, ...]:
+    """SIGTERM and SIGINT (Ctrl-C); on Windows also SIGBREAK, which CTRL_BREAK_EVENT raises."""
+    return (signal.SIGTERM, signal.SIGINT, SIGBREAK) if WINDOWS else (signal.SIGTERM, signal.SIGINT)
+
+
+def on_stop_signals(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` in the running loop on each stop signal; returns the function that
+    puts the previous handlers back. Where the loop cannot watch signals (Windows), a
+    `signal.signal` handler hands the call to the loop."""
+    loop = asyncio.get_running_loop()
+    undo: list[Callable[[], object]] = []
+    for signum in stop_signals():
+        try:
+            loop.add_signal_handler(signum, callback)
+            undo.append(functools.partial(loop.remove_signal_handler, signum))
+        except NotImplementedError:
+            previous = signal.signal(signum, lambda *_: loop.call_soon_threadsafe(callback))
+            undo.append(functools.partial(signal.signal, signum, previous or signal.SIG_DFL))
+
+    def restore() -> None:
+        for step in undo:
+            step()
+
+    return restore
