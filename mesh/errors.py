@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "TemplateError",
     "NoServerError",
+    "ConnectionLostError",
     "SchemaError",
     "SnapshotMismatch",
     "TaskError",
@@ -73,6 +74,13 @@ class TemplateError(ConfigError):
 
 class NoServerError(MeshError, ConnectionError):
     """No NATS server could be reached at the URL in use (it may come back: retryable)."""
+
+    retryable = True
+
+
+class ConnectionLostError(MeshError, ConnectionError):
+    """The connection to NATS closed for good (the server refused this client); an agent
+    process exits with it, so its supervisor starts it again."""
 
     retryable = True
 

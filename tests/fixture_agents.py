@@ -20,6 +20,19 @@ async def hold(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"done": input["n"], "by": ctx.agent_id, "attempt": ctx.attempt}
 
 
+saboteur = Agent("saboteur")
+
+
+@saboteur.task("sabotage")
+async def sabotage(input: Any, ctx: Context) -> Any:
+    """Sends what the server refuses by closing the connection (headers push it past max_payload),
+    bypassing the mesh's own check, as a buggy library in a handler could."""
+    nc = ctx.mesh.nc
+    await nc.publish("mesh.sabotage", b"x" * (nc.max_payload - 10), headers={"Pad": "y" * 100})
+    await nc.flush()
+    await asyncio.Event().wait()
+
+
 hanger = Agent("hanger")
 
 

@@ -160,6 +160,18 @@ class TestRetries:
         assert failed.value.error_type == "no_agent"
 
 
+class TestConnectionLost:
+    async def test_an_agent_whose_connection_closes_exits_non_zero(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """The server closes the agent's connection for good: the process exits 1, saying why."""
+        proc = await agents.start("tests.fixture_agents:saboteur")
+        await mesh.submit("sabotage", {})
+        code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
+        assert code == 1, agents.output(proc)
+        assert "closed for good" in agents.output(proc)
+
+
 class TestShutdown:
     async def test_sigterm_drains_in_flight(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """SIGTERM: the in-flight handler finishes, then mesh.agent.stopped is written."""

@@ -13,7 +13,7 @@ import structlog
 from mesh.bus.client import Mesh
 from mesh.bus.processes import on_stop_signals
 from mesh.bus.settings import MeshSettings
-from mesh.errors import ConfigError
+from mesh.errors import ConfigError, ConnectionLostError
 from mesh.runtime.agent import Agent
 from mesh.runtime.runner import AgentRunner, RunnerOptions
 from mesh.telemetry.logs import configure_logging
@@ -50,13 +50,30 @@ async def serve(agent: Agent, settings: MeshSettings, options: RunnerOptions) ->
         on_stop_signals(stop.set)
         await runner.start()
         settle_heap()
-        await stop.wait()
+        await _until_stopped_or_closed(stop, mesh)
         log.info("signal received; draining", agent=runner.agent_id)
         await runner.stop("signal")
         await mesh.close()
     finally:
         if telemetry is not None:  # export the spans and metrics still buffered
             await asyncio.to_thread(telemetry.shutdown)
+
+
+async def _until_stopped_or_closed(stop: asyncio.Event, mesh: Mesh) -> None:
+    """Wait for a stop signal. A connection closed for good (reconnects are endless, so the
+    server refused this client) ends the process with an error: an agent never stays up idle,
+    and its supervisor restarts it."""
+    stopped = asyncio.ensure_future(stop.wait())
+    closed = asyncio.ensure_future(mesh.closed.wait())
+    await asyncio.wait({stopped, closed}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    closed.cancel()
+    if not stop.is_set():
+        log.error("connection to NATS closed; exiting", error=str(mesh.nc.last_error or "closed"))
+        raise ConnectionLostError(
+            f"the connection to NATS closed for good ({mesh.nc.last_error or 'closed by the server'}); "
+            "the agent exits so that its supervisor (systemd, Kubernetes, `mesh run`) starts it again"
+        )
 
 
 def settle_heap() -> None:
