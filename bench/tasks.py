@@ -109,6 +109,8 @@ def raw_stream_config() -> StreamConfig:
         discard=DiscardPolicy.OLD,
         num_replicas=1,
         duplicate_window=600.0,
+        max_age=30 * 86400.0,
+        max_bytes=10 * 2**30,
         allow_direct=True,
     )
 

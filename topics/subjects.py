@@ -116,10 +116,20 @@ def subscription_consumer_config(
 
 
 def stream_config(
-    *, replicas: int = 1, duplicate_window: float = 600.0, max_payload: int | None = None
+    *,
+    replicas: int = 1,
+    duplicate_window: float = 600.0,
+    max_payload: int | None = None,
+    max_age: float = 0.0,
+    max_bytes: int = -1,
+    max_msgs: int = -1,
 ) -> StreamConfig:
-    """The `MESH` stream: the one log. Limits retention, so consuming never deletes history."""
+    """The `MESH` stream: the one log. Limits retention, so consuming never deletes history;
+    past its age, size or count limits the oldest events go."""
     return StreamConfig(
+        max_age=max_age,
+        max_bytes=max_bytes,
+        max_msgs=max_msgs,
         name=STREAM,
         subjects=[ALL],
         retention=RetentionPolicy.LIMITS,

@@ -11,6 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import msgspec
@@ -29,6 +30,7 @@ from topics import subjects
 from topics.agents import Presence
 
 __all__ = [
+    "StreamLimits",
     "live_agents",
     "connect",
     "ensure_stream",
@@ -82,16 +84,61 @@ def stream_replicas() -> int:
     return int(value)
 
 
-async def ensure_stream(js: JetStreamContext, *, replicas: int | None = None, duplicate_window: float = 600.0) -> None:
-    """Create the MESH stream unless it exists; `replicas` defaults to `MESH_REPLICAS`."""
-    config = subjects.stream_config(replicas=replicas or stream_replicas(), duplicate_window=duplicate_window)
+def _env_number(name: str, default: float, *, minimum: float, what: str) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number >= minimum:  # also false for nan
+        raise ConfigError(f"{name}={value!r} must be {what}")
+    return number
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """What bounds the `MESH` stream on the server. Defaults fit one machine; a cluster sets
+    them through the same variables (see README, "Bounded server resources")."""
+
+    duplicate_window: float = 600.0  # seconds a message id is remembered for de-duplication
+    max_age: float = 30 * 86400.0  # seconds an event is kept (0: for ever)
+    max_bytes: int = 10 * 2**30  # bytes of events kept (-1: no limit); the oldest go first
+    max_msgs: int = -1  # events kept (-1: no limit)
+
+    @classmethod
+    def from_env(cls) -> StreamLimits:
+        """`MESH_DUPLICATE_WINDOW`, `MESH_STREAM_MAX_AGE` (seconds), `MESH_STREAM_MAX_BYTES`,
+        `MESH_STREAM_MAX_MSGS`, each checked; unset ones keep their defaults."""
+        default = cls()
+        return cls(
+            duplicate_window=_env_number("MESH_DUPLICATE_WINDOW", default.duplicate_window, minimum=1,
+                                         what="seconds, at least 1"),
+            max_age=_env_number("MESH_STREAM_MAX_AGE", default.max_age, minimum=0, what="seconds (0: for ever)"),
+            max_bytes=int(_env_number("MESH_STREAM_MAX_BYTES", default.max_bytes, minimum=-1,
+                                      what="bytes (-1: no limit)")),
+            max_msgs=int(_env_number("MESH_STREAM_MAX_MSGS", default.max_msgs, minimum=-1, what="a count (-1: no limit)")),
+        )  # fmt: skip
+
+
+async def ensure_stream(js: JetStreamContext, *, replicas: int | None = None, limits: StreamLimits | None = None) -> None:
+    """Create the MESH stream unless it exists; `replicas` defaults to `MESH_REPLICAS`, the
+    limits to `StreamLimits.from_env()`. An existing stream keeps its configuration (changing
+    it is an operator's decision): a difference in its limits is logged."""
+    limits = limits or StreamLimits.from_env()
+    config = subjects.stream_config(replicas=replicas or stream_replicas(), duplicate_window=limits.duplicate_window,
+                                    max_age=limits.max_age, max_bytes=limits.max_bytes, max_msgs=limits.max_msgs)  # fmt: skip
     try:
         await _until_jetstream_ready(lambda: js.add_stream(config))
     except BadRequestError as error:
         if error.err_code != jetstream.STREAM_IN_USE:
             raise
-        info = await js.stream_info(subjects.STREAM)
-        log.debug("stream exists with another config; keeping it", subjects=info.config.subjects)
+        found = (await js.stream_info(subjects.STREAM)).config
+        wanted = (config.duplicate_window, config.max_age, config.max_bytes, config.max_msgs)
+        if (found.duplicate_window, found.max_age, found.max_bytes, found.max_msgs) != wanted:
+            log.info("the MESH stream exists with other limits; keeping them", duplicate_window=found.duplicate_window,
+                     max_age=found.max_age, max_bytes=found.max_bytes, max_msgs=found.max_msgs)  # fmt: skip
 
 
 async def _until_jetstream_ready(call: Callable[[], Awaitable[T]], wait: float = 30.0) -> T:
