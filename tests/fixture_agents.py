@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from typing import Any
 
 from mesh import Agent, Context, RetryableError, ToolNotGrantedError
@@ -18,6 +20,18 @@ async def hold(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     if ctx.attempt == 1 or input.get("every_attempt"):
         await asyncio.sleep(input["hold"])
     return {"done": input["n"], "by": ctx.agent_id, "attempt": ctx.attempt}
+
+
+burner = Agent("burner")
+
+
+@burner.task("burn")
+async def burn(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """CPU-bound: holds the event loop for `seconds` (times BURN_SCALE from the environment)."""
+    until = time.perf_counter() + input["seconds"] * float(os.environ.get("BURN_SCALE", "1"))
+    while time.perf_counter() < until:
+        pass
+    return {"by": ctx.agent_id}
 
 
 saboteur = Agent("saboteur")

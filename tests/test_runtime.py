@@ -80,6 +80,27 @@ class TestReplicas:
         assert by_pid[str(first.pid)] > 0 and by_pid[str(second.pid)] > 0
 
 
+class TestFairReplicas:
+    async def test_a_backlog_of_cpu_bound_work_is_shared(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A backlog waits for one replica, a second starts: at default settings neither does more than two thirds."""
+        first = await agents.start("tests.fixture_agents:burner")
+        await eventually(lambda: pulls_waiting(mesh, subjects.work_consumer_name("burn"), 1), what="one replica pulling")
+        task_ids = [await mesh.submit("burn", {"seconds": 0.2}) for _ in range(24)]
+        second = await agents.start("tests.fixture_agents:burner")
+        outcomes = await asyncio.gather(*(mesh.outcome(task_id, timeout=60) for task_id in task_ids))
+        by = Counter(o.data.output["by"].rsplit("-", 1)[1] for o in outcomes)  # type: ignore[attr-defined]
+        assert max(by[str(first.pid)], by[str(second.pid)]) <= 16, by
+
+    async def test_a_faster_replica_takes_more(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A replica twice as fast ends up with more of a CPU-bound backlog than the slow one."""
+        slow = await agents.start("tests.fixture_agents:burner")
+        fast = await agents.start("tests.fixture_agents:burner", env={"BURN_SCALE": "0.5"})
+        await eventually(lambda: pulls_waiting(mesh, subjects.work_consumer_name("burn"), 2), what="two replicas pulling")
+        outputs = await asyncio.gather(*(mesh.request("burn", {"seconds": 0.2}, timeout=60) for _ in range(30)))
+        by = Counter(o["by"].rsplit("-", 1)[1] for o in outputs)
+        assert by[str(fast.pid)] > 1.3 * by[str(slow.pid)], by
+
+
 class TestKill:
     async def test_kill_9_mid_task(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """Kill -9 an agent mid-task: another replica completes it, exactly once."""

@@ -46,7 +46,19 @@ def parse_ack_subject(reply: str) -> Delivery:
 
 
 class WorkConsumer:
-    """Keeps up to `max_in_flight` messages of one durable pull consumer in hand."""
+    """Keeps messages of one durable pull consumer in hand: no more than this process can
+    start now, and never more than `max_in_flight`.
+
+    How many it asks for adapts to how the handlers behave. The window starts at
+    `START_WINDOW`, grows by one each time a message starts at once, and halves each time a
+    message waited `BUSY_AFTER` seconds or more for the event loop (the process is busy with
+    CPU-bound work, so what it pulled would only wait here while another replica idles). So
+    handlers that await (model calls, I/O) reach `max_in_flight` within a few dozen messages,
+    and CPU-bound handlers settle near one message at a time, which shares a backlog between
+    replicas in proportion to their speed."""
+
+    START_WINDOW = 4
+    BUSY_AFTER = 0.1  # seconds a message may wait for the loop before the process counts as busy
 
     def __init__(
         self,
@@ -63,7 +75,7 @@ class WorkConsumer:
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._on_message = on_message
         self._max = max_in_flight
-        self._threshold = max(1, max_in_flight // 2)
+        self._window = min(self.START_WINDOW, max_in_flight)
         self._expires_ns = int(expires * 1e9)
         self._heartbeat = heartbeat
         self._credit = 0  # messages requested and not yet received
@@ -86,14 +98,27 @@ class WorkConsumer:
         self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self.consumer}")
         self._top_up()
 
+    @property
+    def window(self) -> int:
+        """How many messages this consumer may hold now (see the class docstring)."""
+        return self._window
+
+    def started(self, waited: float) -> None:
+        """A handler started ``waited`` seconds after its message arrived."""
+        if waited >= self.BUSY_AFTER:
+            self._window = max(1, self._window // 2)
+        elif self._window < self._max:
+            self._window += 1
+            self._top_up()
+
     def done(self) -> None:
         """A handler finished with its message: free its slot and ask for more."""
         self._in_flight -= 1
         self._top_up()
 
     def _top_up(self) -> None:
-        want = self._max - self._in_flight - self._credit
-        if self.stopping or want < self._threshold or self._nc.is_closed:
+        want = self._window - self._in_flight - self._credit
+        if self.stopping or want < max(1, self._window // 2) or self._nc.is_closed:
             return
         self._credit += want
         request = {"batch": want, "expires": self._expires_ns, "idle_heartbeat": int(self._heartbeat * 1e9)}

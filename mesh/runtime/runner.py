@@ -184,9 +184,13 @@ class AgentRunner:
 
     # -- one message -----------------------------------------------------------------
 
-    async def handle(self, msg: Msg, route: Handler | Subscription, chain: Next, consumer: WorkConsumer) -> None:
+    async def handle(
+        self, msg: Msg, route: Handler | Subscription, chain: Next, consumer: WorkConsumer, received: float
+    ) -> None:
+        now = time.monotonic()
+        consumer.started(now - received)
         key = id(msg)
-        self._in_flight[key] = _InFlight(msg, time.monotonic())
+        self._in_flight[key] = _InFlight(msg, now)
         try:
             await chain(Inbound(msg, parse_ack_subject(msg.reply), route))
         finally:
@@ -205,6 +209,6 @@ class _Dispatch:
 
     def __call__(self, msg: Msg) -> None:
         assert self.consumer is not None
-        task = asyncio.ensure_future(self.runner.handle(msg, self.route, self.chain, self.consumer))
+        task = asyncio.ensure_future(self.runner.handle(msg, self.route, self.chain, self.consumer, time.monotonic()))
         self.runner._handling.add(task)  # a strong reference while it runs (the loop keeps weak ones)
         task.add_done_callback(self.runner._handling.discard)
