@@ -109,6 +109,16 @@ class TestStoredOutcome:
         assert record.data == done
 
 
+    async def test_a_missed_outcome_is_found_by_the_periodic_reread(self, mesh: Mesh) -> None:
+        """A watch that missed the live event (here: it never read the log at the start) finds
+        the stored outcome at the next periodic re-read."""
+        done = TaskCompleted(task_id="t-missed", agent="a", attempt=1, output=1)
+        await mesh.publish(subjects.task("t-missed"), done)
+        mesh.waiters.recheck_every = 0.1
+        async with mesh.watch_outcome("t-missed", stored=False) as outcome:
+            assert (await asyncio.wait_for(outcome, 30)).data == done
+
+
 class Proxy:
     """A TCP relay to the server that can cut every connection and refuse new ones for a while."""
 
