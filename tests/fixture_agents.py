@@ -111,3 +111,12 @@ async def count_with_tools(input: dict[str, Any], ctx: Context) -> dict[str, Any
     except ToolNotGrantedError as refused:
         return {"count": result, "answer": final.choices[0].message.content, "refused": str(refused)}
     return {"count": result, "refused": None}
+
+
+asker = Agent("asker")
+
+
+@asker.task("ask")
+async def ask_echo(input: Any, ctx: Context) -> Any:
+    """Asks `echo` for its input (peer to peer, `ctx.request`) and returns the answer."""
+    return {"echoed": await ctx.request("echo", input, timeout=120)}

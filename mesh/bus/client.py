@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from mesh.bus import jetstream
 from mesh.bus.connection import connect, ensure_stream
 from mesh.bus.settings import MeshSettings
+from mesh.bus.waiting import Waiters
 from mesh.errors import PayloadTooLargeError, SchemaError, TaskFailedError, TaskTimeoutError
 from mesh.telemetry.tracing import instruments, send_span
 from topics import subjects
@@ -35,7 +35,7 @@ from topics.record import Record
 from topics.registry import decode_data, encode_data
 from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed, TaskOutcome, TaskRequested
 
-__all__ = ["Mesh", "OutcomeWatch", "Published", "decode_record", "outcome_value"]
+__all__ = ["Mesh", "Published", "decode_record", "outcome_value"]
 
 MSG_ID = "Nats-Msg-Id"
 MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
@@ -81,6 +81,7 @@ class Mesh:
         self.js: JetStreamContext = nc.jetstream()
         self.source = source or _default_source()
         self.closed = asyncio.Event()  # set when the connection is closed for good (see `connect`)
+        self.waiters = Waiters(nc, self.js, self.record_of)  # outcomes awaited over this connection
 
     @classmethod
     async def connect(
@@ -93,17 +94,25 @@ class Mesh:
     ) -> Mesh:
         closed = asyncio.Event()
 
+        made: list[Mesh] = []
+
         async def on_closed() -> None:  # reconnects are endless: only a close, or the server's refusal, ends it
             closed.set()
 
-        nc = await connect(settings or MeshSettings.from_env(url), closed_cb=on_closed)
+        async def on_reconnected() -> None:  # a live event may have passed while away: read the log again
+            for mesh in made:
+                mesh.waiters.recheck_soon()
+
+        nc = await connect(settings or MeshSettings.from_env(url), closed_cb=on_closed, reconnected_cb=on_reconnected)
         mesh = cls(nc, source=source)
+        made.append(mesh)
         mesh.closed = closed
         if ensure:
             await ensure_stream(mesh.js)
         return mesh
 
     async def close(self) -> None:
+        await self.waiters.close()
         if not self.nc.is_closed:
             await self.nc.drain()
 
@@ -233,22 +242,24 @@ class Mesh:
         return outcome_value(outcome)
 
     async def request_outcome(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Record:
-        """Submit a task and return its outcome record. A new task is watched from before it is
-        published; a given `task_id` may have run already, so its history is read too."""
-        if task.get("task_id"):
-            task_id = await self.submit(capability, input, **task)
-            return await self.outcome(task_id, timeout=timeout)
-        event_id = task.pop("event_id", None) or new_event_id()
+        """Submit a task and return its outcome record. The task's subject is watched from
+        before it is published; a given `task_id` may have run already, so the log is read too."""
+        given = bool(task.get("task_id"))
+        event_id = task.pop("event_id", None) or (derived_id(task["task_id"], "requested") if given else new_event_id())
         task_id = task.pop("task_id", None) or event_id
-        async with self.watch_outcome(task_id) as outcome:
+        _check_task(task_id, (), None)  # before its subject is made from it
+        async with self.watch_outcome(task_id, stored=given) as outcome:
             await self.submit(capability, input, task_id=task_id, event_id=event_id, **task)
             try:
                 return await asyncio.wait_for(outcome, timeout)
             except asyncio.TimeoutError:
                 raise TaskTimeoutError(task_id, capability, timeout) from None
 
-    def watch_outcome(self, task_id: str) -> OutcomeWatch:
-        return OutcomeWatch(self, task_id)
+    def watch_outcome(self, task_id: str, *, stored: bool = True) -> AbstractAsyncContextManager[asyncio.Future[Record]]:
+        """`async with mesh.watch_outcome(task_id) as outcome: ...`: a future resolved with the
+        task's completion, failure or cancellation. With ``stored`` (the default) one already
+        in the log counts; without, only one that lands once the watch is in place."""
+        return self.waiters.watch(subjects.task(task_id), _is_outcome, stored=stored)
 
     async def last_on(self, subject: str) -> Record | None:
         """The newest event stored on one subject (a direct get), or None."""
@@ -258,26 +269,23 @@ class Mesh:
         return decode_record(msg.subject or subject, msg.data or b"", msg.seq or 0)
 
     async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
-        """Wait for a task's completion, failure or cancellation, even if it already happened.
+        """Wait for a task's completion, failure or cancellation, even if it already happened:
+        a core subscription on its subject, then a direct get of what is stored (see
+        `mesh.bus.waiting`); no consumer on the server."""
+        async with self.watch_outcome(task_id) as outcome:
+            try:
+                return await asyncio.wait_for(outcome, timeout)
+            except asyncio.TimeoutError:
+                raise TaskTimeoutError(task_id, None, timeout) from None
 
-        Reads the task's subject with an ordered consumer from its first event, so an outcome
-        stored before the call and one stored after are both seen (a core subscription plus a
-        direct get can miss one that is routed but not yet stored)."""
-        found: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
-
-        async def on_msg(msg: Msg) -> None:
-            record = _outcome_or_none(msg)
-            if record is not None and not found.done():
-                found.set_result(record)
-
-        sub = await self.js.subscribe(subjects.task(task_id), cb=on_msg, ordered_consumer=True,
-                                      config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))  # fmt: skip
+    async def record_of(self, subject: str, payload: bytes, seq: int = 0) -> Record | None:
+        """The one place a waited-for message, received live or read from the log, becomes a
+        Record; None if it does not decode (not ours to judge here: the log keeps it)."""
         try:
-            return await asyncio.wait_for(found, timeout)
-        except asyncio.TimeoutError:
-            raise TaskTimeoutError(task_id, None, timeout) from None
-        finally:
-            await sub.unsubscribe()
+            return decode_record(subject, payload, seq)
+        except DECODE_ERRORS:
+            return None
+
 
 def outcome_value(outcome: Record) -> Any:
     match outcome.data:
@@ -290,37 +298,5 @@ def outcome_value(outcome: Record) -> Any:
     raise TypeError(f"not a task outcome: {outcome.data!r}")
 
 
-def _outcome_or_none(msg: Msg) -> Record | None:
-    try:
-        record = decode_record(msg.subject, msg.data)
-    except DECODE_ERRORS:
-        return None  # not ours to judge here; the log keeps it
-    return record if isinstance(record.data, TaskOutcome) else None
-
-
-class OutcomeWatch:
-    """Subscribes to `mesh.task.<id>` before the task is published, so no outcome is missed.
-    For a task that may have ended already, use `Mesh.outcome`."""
-
-    def __init__(self, mesh: Mesh, task_id: str) -> None:
-        self._mesh = mesh
-        self._subject = subjects.task(task_id)
-        self._future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
-        self._sub: Any = None
-
-    async def _on_msg(self, msg: Msg) -> None:
-        record = _outcome_or_none(msg)
-        if record is not None and not self._future.done():
-            self._future.set_result(record)
-
-    async def __aenter__(self) -> asyncio.Future[Record]:
-        self._sub = await self._mesh.nc.subscribe(self._subject, cb=self._on_msg)
-        return self._future
-
-    async def __aexit__(self, *exc: object) -> None:
-        # The subscription's callback holds this watch; letting go of the subscription leaves no
-        # cycle, so the watch, its future and the outcome are freed without the cycle collector
-        # (with the cycle, each request left it 15 objects: a busy requester spent 15 to 28 µs a
-        # request collecting them, about a tenth of its CPU).
-        sub, self._sub = self._sub, None
-        await sub.unsubscribe()
+def _is_outcome(record: Record) -> bool:
+    return isinstance(record.data, TaskOutcome)

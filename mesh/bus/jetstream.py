@@ -11,6 +11,8 @@ Why each call is here (as read in nats-py 2.16.0):
   mesh used to reach it through the private `js._jsm`, which builds a new manager on each
   call. `JetStreamContext` subclasses `JetStreamManager` in 2.16.0, so here it is called on
   the context itself, with no private name.
+- `next_on_subject`: the first message on a subject after a sequence, for reading one
+  subject's few events one by one with no consumer (the orchestrator's fold of a workflow).
 - `last_on_subject`: the same request without `direct`, answered by the stream leader, so a
   write acknowledged before the call is counted (a direct get may be answered by a replica
   that is behind). Wildcard subjects are allowed.
@@ -49,6 +51,7 @@ __all__ = [
     "is_settled",
     "is_transient",
     "last_on_subject",
+    "next_on_subject",
     "publish",
 ]
 
@@ -110,6 +113,18 @@ async def direct_get(
     with ``next=True``, the first on ``subject`` at or after ``seq``. None if there is none."""
     try:
         return await js.get_msg(stream, seq=seq, subject=subject, next=next, direct=True)
+    except NotFoundError:
+        return None
+
+
+async def next_on_subject(
+    js: JetStreamContext, subject: str, *, after: int, leader: bool = False, stream: str = subjects.STREAM
+) -> RawStreamMsg | None:
+    """The first message on ``subject`` after sequence ``after``, None if there is none yet. A
+    direct get (any replica answers) unless ``leader``: then the stream leader answers, so a
+    write acknowledged before the call is seen."""
+    try:
+        return await js.get_msg(stream, seq=after + 1, subject=subject, next=True, direct=not leader)
     except NotFoundError:
         return None
 

@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from mesh.bus import jetstream
 from mesh.bus.client import Mesh
-from mesh.bus.follow import read
 from mesh.coordination.templates import resolve
 from mesh.coordination.workflow import Step, WorkflowSpec, default_output, parse
 from mesh.errors import ConfigError, ExpectedSequenceError, MeshError, SchemaError, TaskTimeoutError
@@ -130,11 +130,19 @@ class FlowLog:
         return self.state.workflows.get(self.workflow_id) or WorkflowView(workflow_id=self.workflow_id)
 
     async def refresh(self, *, at_least: int = 0) -> WorkflowView:
-        for item in await read(self.mesh, self.subject, after=self.seq, at_least=at_least):
-            self.seq = item.seq
-            if item.record is not None:
-                WORKFLOWS.apply(self.state, item.record)
-        return self.view
+        """Fold the workflow's events stored since the last fold, read one by one with direct
+        gets (no consumer on the server), and at least up to ``at_least``, a sequence known
+        to be stored (asked of the stream leader if a replica has not got it yet)."""
+        while True:
+            msg = await jetstream.next_on_subject(self.mesh.js, self.subject, after=self.seq)
+            if msg is None and self.seq < at_least:  # a replica answered that has not got it yet
+                msg = await jetstream.next_on_subject(self.mesh.js, self.subject, after=self.seq, leader=True)
+            if msg is None:
+                return self.view
+            self.seq = msg.seq or self.seq + 1
+            record = await self.mesh.record_of(msg.subject or self.subject, msg.data or b"", self.seq)
+            if record is not None:
+                WORKFLOWS.apply(self.state, record)
 
     async def record(self, data: Event, label: str, *, causation_id: str | None = None) -> bool:
         """Record ``data`` under the id derived from ``label``, unless the subject moved on

@@ -225,8 +225,12 @@ class Workflows:
     ) -> Any:
         """Wait up to ``timeout`` seconds for the workflow's output, calling ``on_event`` with
         each of its events on the way; WorkflowFailedError if it failed,
-        WorkflowTimeoutError if it did not end in time."""
+        WorkflowTimeoutError if it did not end in time. Without ``on_event`` nothing is
+        read but the end (interest plus a direct get: no consumer on the server); with it,
+        the workflow's events are followed (one consumer)."""
         try:
+            if on_event is None:
+                return _output(workflow_id, await self._end(workflow_id, timeout))
             return await asyncio.wait_for(self._outcome(workflow_id, on_event), timeout)
         except TimeoutError:
             raise WorkflowTimeoutError(
@@ -234,13 +238,27 @@ class Workflows:
                 f"`mesh flow show {workflow_id}` says where it stands"
             ) from None
 
-    async def _outcome(self, workflow_id: str, on_event: Callable[[Record], None] | None) -> Any:
+    async def _end(self, workflow_id: str, timeout: float | None) -> Record:
+        async with self.mesh.waiters.watch(subjects.flow(workflow_id), _is_end) as end:
+            return await asyncio.wait_for(end, timeout)
+
+    async def _outcome(self, workflow_id: str, on_event: Callable[[Record], None]) -> Any:
         async for record in self.follow(workflow_id):
-            if on_event is not None:
-                on_event(record)
-            match record.data:
-                case FlowCompleted(output=output):
-                    return output
-                case FlowFailed(error=error):
-                    raise WorkflowFailedError(workflow_id, error)
+            on_event(record)
+            if _is_end(record):
+                return _output(workflow_id, record)
         raise MeshError(f"workflow {workflow_id}: the log ended without an outcome")  # pragma: no cover
+
+
+def _is_end(record: Record) -> bool:
+    return isinstance(record.data, FlowCompleted | FlowFailed)
+
+
+def _output(workflow_id: str, end: Record) -> Any:
+    """The output of a workflow that ended with ``end``; WorkflowFailedError if it failed."""
+    match end.data:
+        case FlowCompleted(output=output):
+            return output
+        case FlowFailed(error=error):
+            raise WorkflowFailedError(workflow_id, error)
+    raise TypeError(f"not the end of a workflow: {end.data!r}")

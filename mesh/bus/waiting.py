@@ -1,0 +1,217 @@
+"""Waiting for an event on one subject (a task's outcome, a workflow's end) with nothing per
+call on the server: interest (a core subscription) plus direct gets of what is stored.
+
+A `Waiters` belongs to one `Mesh`. `watch(subject, accept)` subscribes to the subject (one
+core subscription per subject, shared by every waiter of it in the process), then, when
+``stored`` is true, reads the subject's stored events with direct gets, so an event stored
+before the call is found and one stored after it is delivered live.
+
+A live delivery can be missed: an event routed before the subscription reached the server
+but stored after the direct get, a reconnect, a slow-consumer drop. So the stored events
+are read again for every pending waiter after a reconnect (`recheck`, called from the
+connection's `reconnected_cb`) and every `recheck_every` seconds while any waiter is
+pending, a few direct gets per waiter (the subject's last event, and the ones before it
+only when the last one is not the awaited kind).
+
+Bounded: at most `limit` waiters per process (default `DEFAULT_LIMIT`, 10,000); one more
+waits for a slot. Each costs one core subscription (or a share of one) and a few hundred
+bytes; none costs a JetStream consumer, whose number the server caps per stream (1,000 by
+default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from mesh.bus import jetstream
+from topics.record import Record
+
+__all__ = ["DEFAULT_LIMIT", "RECHECK_EVERY", "Decode", "Waiters"]
+
+DEFAULT_LIMIT = 10_000  # pending waiters per process
+RECHECK_EVERY = 5.0  # seconds between reads of the log for every pending waiter
+RECHECK_CONCURRENCY = 32  # direct gets in flight during one recheck
+
+Decode = Callable[[str, bytes, int], Awaitable[Record | None]]
+"""How a received or stored message becomes a Record (None: it does not decode)."""
+
+log = structlog.get_logger("mesh.bus.waiting")
+
+
+class _Waiter:
+    __slots__ = ("accept", "checked", "future", "subject")
+
+    def __init__(self, subject: str, accept: Callable[[Record], bool]) -> None:
+        self.subject = subject
+        self.accept = accept
+        self.future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        self.checked = 0  # the subject's stored events up to this sequence were read for this waiter
+
+    def offer(self, record: Record | None) -> bool:
+        """Resolve with ``record`` if it is the awaited kind; whether this waiter is done."""
+        if record is not None and not self.future.done() and self.accept(record):
+            self.future.set_result(record)
+        return self.future.done()
+
+
+class _Interest:
+    """One core subscription and the waiters it feeds."""
+
+    __slots__ = ("ready", "sub", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: list[_Waiter] = []
+        self.sub: Any = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Waiters:
+    """Every pending wait of one connection, by subject."""
+
+    def __init__(
+        self, nc: Client, js: JetStreamContext, decode: Decode, *, limit: int = DEFAULT_LIMIT,
+        recheck_every: float = RECHECK_EVERY,
+    ) -> None:  # fmt: skip
+        self._nc = nc
+        self._js = js
+        self._decode = decode
+        self._interests: dict[str, _Interest] = {}
+        self._slots = asyncio.Semaphore(limit)
+        self.recheck_every = recheck_every
+        self._ticker: asyncio.Task[None] | None = None
+        self._rechecks: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        return sum(len(interest.waiters) for interest in self._interests.values())
+
+    @contextlib.asynccontextmanager
+    async def watch(
+        self, subject: str, accept: Callable[[Record], bool], *, stored: bool = True
+    ) -> AsyncIterator[asyncio.Future[Record]]:
+        """A future resolved with the first event on ``subject`` that ``accept`` takes. With
+        ``stored``, events already in the log count too; without, only those that land once
+        the watch is in place (for a subject nothing was published on yet)."""
+        async with self._slots:
+            waiter = _Waiter(subject, accept)
+            interest, first = self._enter(waiter)
+            try:
+                await self._subscribed(interest, first)
+                if stored:
+                    await self._check_quietly(waiter)
+                yield waiter.future
+            finally:
+                await self._leave(interest, waiter)
+
+    def _enter(self, waiter: _Waiter) -> tuple[_Interest, bool]:
+        """The subject's interest with ``waiter`` added, and whether it is new."""
+        interest = self._interests.get(waiter.subject)
+        first = interest is None
+        if interest is None:
+            interest = self._interests[waiter.subject] = _Interest()
+        interest.waiters.append(waiter)
+        self._start_ticker()
+        return interest, first
+
+    async def _subscribed(self, interest: _Interest, first: bool) -> None:
+        """Return once the subject's subscription is sent (before anything the waiter sends
+        next on this connection, so the server has the interest before it reads the log)."""
+        if not first:
+            await asyncio.shield(interest.ready)
+            return
+        try:
+            interest.sub = await self._nc.subscribe(interest.waiters[0].subject, cb=self._on_msg)
+        except Exception as error:
+            interest.ready.set_exception(error)
+            interest.ready.exception()  # retrieved: later waiters of the subject see it through `ready`
+            raise
+        except BaseException:
+            interest.ready.cancel()
+            raise
+        interest.ready.set_result(None)
+
+    async def _leave(self, interest: _Interest, waiter: _Waiter) -> None:
+        interest.waiters.remove(waiter)
+        if interest.waiters or self._interests.get(waiter.subject) is not interest:
+            return
+        del self._interests[waiter.subject]
+        # The subscription's callback holds this registry, not the waiter: letting go of it
+        # frees the waiter, its future and the record without the cycle collector.
+        if interest.sub is not None and not self._nc.is_closed:
+            await interest.sub.unsubscribe()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        interest = self._interests.get(msg.subject)
+        if interest is None or not interest.waiters:
+            return
+        record = await self._decode(msg.subject, msg.data, 0)
+        for waiter in list(interest.waiters):
+            waiter.offer(record)
+
+    async def _check(self, waiter: _Waiter) -> None:
+        """Read the subject's events stored since the waiter's last check: the last one, and
+        the ones before it only if the last is not the awaited kind (a claim after an outcome)."""
+        last = await jetstream.direct_get(self._js, subject=waiter.subject)
+        if last is None or not last.seq or last.seq <= waiter.checked:
+            return
+        if waiter.offer(await self._stored(waiter.subject, last.data, last.seq)):
+            return
+        seq = waiter.checked + 1
+        while seq < last.seq and not waiter.future.done():
+            msg = await jetstream.direct_get(self._js, subject=waiter.subject, seq=seq, next=True)
+            if msg is None or not msg.seq or msg.seq >= last.seq:
+                break
+            waiter.offer(await self._stored(waiter.subject, msg.data, msg.seq))
+            seq = msg.seq + 1
+        waiter.checked = last.seq
+
+    async def _check_quietly(self, waiter: _Waiter) -> None:
+        """`_check`, leaving a NATS failure that passes (a reconnect) to the next recheck."""
+        try:
+            await self._check(waiter)
+        except jetstream.TRANSIENT_ERRORS as error:
+            log.info("reading the log for a waiter failed; read again later", subject=waiter.subject, error=repr(error))
+
+    async def _stored(self, subject: str, data: bytes | None, seq: int) -> Record | None:
+        return await self._decode(subject, data or b"", seq)
+
+    async def recheck(self) -> None:
+        """Read the log again for every pending waiter (after a reconnect, and periodically)."""
+        waiting = [w for interest in self._interests.values() for w in interest.waiters if not w.future.done()]
+        for start in range(0, len(waiting), RECHECK_CONCURRENCY):
+            chunk = waiting[start : start + RECHECK_CONCURRENCY]
+            results = await asyncio.gather(*(self._check(w) for w in chunk), return_exceptions=True)
+            for error in results:
+                if isinstance(error, Exception) and not jetstream.is_transient(error):
+                    log.warning("re-reading the log for a waiter failed", error=repr(error))
+
+    def recheck_soon(self) -> None:
+        """`recheck` in the background (from a connection callback)."""
+        task = asyncio.get_running_loop().create_task(self.recheck(), name="waiters-recheck")
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
+
+    def _start_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="waiters-ticker")
+
+    async def _tick(self) -> None:
+        while self._interests:
+            await asyncio.sleep(self.recheck_every)
+            if self._nc.is_connected:
+                await self.recheck()
+
+    async def close(self) -> None:
+        for task in [self._ticker, *self._rechecks]:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

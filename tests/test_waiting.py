@@ -1,0 +1,178 @@
+"""Waiting for outcomes costs no JetStream consumer: many requests in flight at once under the
+server's default cap of 1,000 consumers per stream, and an outcome stored while the waiter was
+disconnected is found by reading the log again after the reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+
+import pytest
+
+from mesh import Mesh
+from mesh.bus.server import LocalServer
+from tests.conftest import AgentProcesses
+from tests.helpers import eventually
+from topics import subjects
+from topics.tasks import TaskClaimed, TaskCompleted
+
+pytestmark = pytest.mark.e2e
+
+CONSUMERS_AT_MOST = 10  # the agents' durable consumers and the test's own readers, whatever the load
+
+
+class ConsumerCount:
+    """Samples the stream's consumer count, as the server reports it, while work runs."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self.samples: list[int] = []
+        self.most_waiting = 0  # the peak of this client's pending waiters between samples
+
+    async def now(self) -> int:
+        info = await self.mesh.js.stream_info(subjects.STREAM)
+        return info.state.consumer_count or 0
+
+    @contextlib.asynccontextmanager
+    async def sampling(self) -> AsyncIterator[None]:
+        async def sample() -> None:
+            while True:
+                self.most_waiting = max(self.most_waiting, self.mesh.waiters.pending)
+                self.samples.append(await self.now())
+                await asyncio.sleep(0.05)  # a sampling period, not a wait for anything
+
+        task = asyncio.create_task(sample())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.samples.append(await self.now())
+
+
+async def all_of(calls: list[Awaitable[object]], counts: ConsumerCount) -> list[object]:
+    async with counts.sampling():
+        return await asyncio.gather(*calls)
+
+
+class TestManyWaiting:
+    async def test_1024_requests_in_flight(self, mesh: Mesh, agents: AgentProcesses) -> None:
+        """1,024 requests at once from one client, two echo processes: all answered, and the
+        stream's consumers stay a handful (the server's default cap is 1,000)."""
+        for _ in range(2):
+            await agents.start("agents.echo:agent")
+        counts = ConsumerCount(mesh)
+        outputs = await all_of([mesh.request("echo", {"n": n}, timeout=120) for n in range(1024)], counts)
+        assert outputs == [{"n": n} for n in range(1024)]
+        print(f"consumers during 1024 requests: max {max(counts.samples)} over {len(counts.samples)} samples, "
+              f"up to {counts.most_waiting} waiting at once")  # fmt: skip
+        assert max(counts.samples) <= CONSUMERS_AT_MOST
+
+    async def test_1100_outcomes_awaited_before_any_agent(self, mesh: Mesh, agents: AgentProcesses) -> None:
+        """More waits for stored-or-future outcomes than the stream may have consumers, all
+        pending at once until an agent starts: all answered."""
+        ids = await asyncio.gather(*(mesh.submit("echo", {"n": n}) for n in range(1100)))
+        counts = ConsumerCount(mesh)
+        async with counts.sampling():
+            waits = asyncio.gather(*(mesh.outcome(task_id, timeout=120) for task_id in ids))
+            await eventually(lambda: mesh.waiters.pending == 1100, timeout=60, what="1100 waiters")
+            counts.samples.append(await counts.now())
+            await agents.start("agents.echo:agent")
+            outcomes = await waits
+        assert [o.data.output for o in outcomes] == [{"n": n} for n in range(1100)]  # type: ignore[attr-defined]
+        print(f"consumers during 1100 outcomes: max {max(counts.samples)} over {len(counts.samples)} samples")
+        assert max(counts.samples) <= CONSUMERS_AT_MOST
+
+    async def test_128_handlers_requesting_at_once(self, mesh: Mesh, agents: AgentProcesses) -> None:
+        """128 handlers each awaiting a peer's answer (`ctx.request`) at once: all answered,
+        with a handful of consumers."""
+        await agents.start("tests.fixture_agents:asker", "--concurrency", "128")
+        await agents.start("agents.echo:agent")
+        counts = ConsumerCount(mesh)
+        outputs = await all_of([mesh.request("ask", {"n": n}, timeout=120) for n in range(128)], counts)
+        assert outputs == [{"echoed": {"n": n}} for n in range(128)]
+        print(f"consumers during 128 ctx.request: max {max(counts.samples)} over {len(counts.samples)} samples")
+        assert max(counts.samples) <= CONSUMERS_AT_MOST
+
+
+class TestStoredOutcome:
+    async def test_outcome_before_a_later_event(self, mesh: Mesh) -> None:
+        """An outcome stored before the call is found even when a later event on the task's
+        subject (a late claim) is the newest."""
+        task_id = "t-stored"
+        done = TaskCompleted(task_id=task_id, agent="a", attempt=1, output=7)
+        await mesh.publish(subjects.task(task_id), done)
+        await mesh.publish(subjects.task(task_id), TaskClaimed(task_id=task_id, agent="b", attempt=2))
+        record = await mesh.outcome(task_id, timeout=10)
+        assert record.data == done
+
+
+    async def test_a_missed_outcome_is_found_by_the_periodic_reread(self, mesh: Mesh) -> None:
+        """A watch that missed the live event (here: it never read the log at the start) finds
+        the stored outcome at the next periodic re-read."""
+        done = TaskCompleted(task_id="t-missed", agent="a", attempt=1, output=1)
+        await mesh.publish(subjects.task("t-missed"), done)
+        mesh.waiters.recheck_every = 0.1
+        async with mesh.watch_outcome("t-missed", stored=False) as outcome:
+            assert (await asyncio.wait_for(outcome, 30)).data == done
+
+
+class Proxy:
+    """A TCP relay to the server that can cut every connection and refuse new ones for a while."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+class TestReconnect:
+    async def test_outcome_stored_while_disconnected(self, mesh: Mesh, nats_server: LocalServer) -> None:
+        """A waiter whose connection is down when the outcome is stored finds it by reading the
+        log again once reconnected (the periodic re-read is off here)."""
+        proxy = Proxy(nats_server.port)
+        await proxy.open()
+        requester = await Mesh.connect(f"nats://127.0.0.1:{proxy.port}", source="mesh://test/requester")
+        requester.waiters.recheck_every = 3600.0
+        try:
+            waiting = asyncio.create_task(requester.outcome("t-away", timeout=60))
+            await eventually(lambda: requester.waiters.pending == 1, what="the waiter in place")
+            await requester.nc.flush()
+            await proxy.cut()
+            await eventually(lambda: not requester.nc.is_connected, what="the requester disconnected")
+            done = TaskCompleted(task_id="t-away", agent="a", attempt=1, output="while away")
+            await mesh.publish(subjects.task("t-away"), done)
+            await proxy.open()
+            record = await asyncio.wait_for(waiting, 60)
+            assert record.data == done
+        finally:
+            await requester.close()
+            await proxy.cut()
