@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh.bus import jetstream
+from mesh.bus import jetstream, payloads
 from mesh.bus.connection import connect, ensure_stream
 from mesh.bus.settings import MeshSettings
 from mesh.errors import PayloadTooLargeError, SchemaError, TaskFailedError, TaskTimeoutError
@@ -22,7 +22,6 @@ from mesh.telemetry.tracing import instruments, send_span
 from topics import subjects
 from topics.base import Event, check_token
 from topics.envelope import (
-    DECODE_ERRORS,
     CloudEvent,
     decode_envelope,
     derived_id,
@@ -156,11 +155,20 @@ class Mesh:
             )
             headers = {MSG_ID: event.id, **trace}
             ack = await jetstream.publish(
-                self.js, subject, self._fitting(subject, encode_envelope(event), headers), headers=headers,
+                self.js, subject, await self._fitting_or_offloaded(subject, event, headers), headers=headers,
                 expected_last_subject_seq=expected_last_subject_seq,
             )  # fmt: skip
         instruments.published.add(1, {"type": data.TYPE})
         return Published(event.id, ack.seq, bool(ack.duplicate))
+
+    async def _fitting_or_offloaded(self, subject: str, event: CloudEvent, headers: dict[str, str]) -> bytes:
+        """The encoded event if it fits one message; else the event with its `data` in the
+        object store and a `dataref` in its place (`mesh.bus.payloads`)."""
+        try:
+            return self._fitting(subject, encode_envelope(event), headers)
+        except PayloadTooLargeError:
+            offloaded = await payloads.offload(self.js, subject, event)
+            return self._fitting(subject, encode_envelope(offloaded), headers)
 
     def _fitting(self, subject: str, body: bytes, headers: dict[str, str]) -> bytes:
         """``body``, if it and its headers fit one message. The server closes the connection of
@@ -255,7 +263,7 @@ class Mesh:
         msg = await jetstream.direct_get(self.js, subject=subject)
         if msg is None:
             return None
-        return decode_record(msg.subject or subject, msg.data or b"", msg.seq or 0)
+        return await payloads.resolve(self.js, msg.subject or subject, msg.data or b"", msg.seq or 0)
 
     async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
         """Wait for a task's completion, failure or cancellation, even if it already happened.
@@ -266,7 +274,7 @@ class Mesh:
         found: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
 
         async def on_msg(msg: Msg) -> None:
-            record = _outcome_or_none(msg)
+            record = await _outcome_or_none(self.js, msg)
             if record is not None and not found.done():
                 found.set_result(record)
 
@@ -290,10 +298,12 @@ def outcome_value(outcome: Record) -> Any:
     raise TypeError(f"not a task outcome: {outcome.data!r}")
 
 
-def _outcome_or_none(msg: Msg) -> Record | None:
+async def _outcome_or_none(js: JetStreamContext, msg: Msg) -> Record | None:
+    """The outcome a waiter was waiting for, its data fetched if it was offloaded (the one
+    place the waiting functions resolve a `dataref`), or None."""
     try:
-        record = decode_record(msg.subject, msg.data)
-    except DECODE_ERRORS:
+        record = await payloads.resolve(js, msg.subject, msg.data)
+    except payloads.RESOLVE_ERRORS:
         return None  # not ours to judge here; the log keeps it
     return record if isinstance(record.data, TaskOutcome) else None
 
@@ -309,7 +319,7 @@ class OutcomeWatch:
         self._sub: Any = None
 
     async def _on_msg(self, msg: Msg) -> None:
-        record = _outcome_or_none(msg)
+        record = await _outcome_or_none(self._mesh.js, msg)
         if record is not None and not self._future.done():
             self._future.set_result(record)
 
