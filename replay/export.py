@@ -22,7 +22,8 @@ from mesh.bus.client import MSG_ID, Mesh, decode_record
 from mesh.bus.connection import ensure_stream
 from mesh.errors import MeshError
 from replay.causal import causal_slice
-from replay.reader import DECODE_ERRORS, LogReader, Position, RawMessage
+from replay.reader import DECODE_ERRORS, LogReader, Position, RawMessage, is_offloaded, merge_offloaded
+from topics.envelope import encode_envelope
 from topics.record import Record
 
 __all__ = [
@@ -104,17 +105,26 @@ async def export_log(
     stored: dict[int, tuple[str, bytes]] = {}
     records: list[Record] = []
     raw: list[RawMessage] = []
+    held: list[tuple[int, str, bytes]] = []  # offloaded data: fetched after the scan, written inline
 
     def sink(seq: int, subject: str, payload: bytes) -> None:
         try:
             record = decode_record(subject, payload, seq)
         except DECODE_ERRORS as error:
+            if is_offloaded(payload):
+                held.append((seq, subject, payload))
+                return
             raw.append(RawMessage(seq, subject, payload, str(error)))
             return
         records.append(record)
         stored[seq] = (subject, payload)
 
     report = await LogReader(mesh, start=start, end=end, subject=subject).scan(sink)
+    await merge_offloaded(mesh, held, records, raw)
+    held_seqs = {seq for seq, _, _ in held}
+    for record in records if held_seqs else ():
+        if record.seq in held_seqs:  # the file stands alone: offloaded data is written inline
+            stored[record.seq] = (record.subject, encode_envelope(record.event))
     if correlation is not None:
         records, raw = causal_slice(records, correlation), []
     lines = sorted([(r.seq, *stored[r.seq]) for r in records] + [(m.seq, m.subject, m.payload) for m in raw])
