@@ -97,3 +97,12 @@ async def count_with_tools(input: dict[str, Any], ctx: Context) -> dict[str, Any
     except ToolNotGrantedError as refused:
         return {"count": result, "answer": final.choices[0].message.content, "refused": str(refused)}
     return {"count": result, "refused": None}
+
+
+inflater = Agent("inflater")
+
+
+@inflater.task("echo")
+async def inflate(input: Any, ctx: Context) -> Any:
+    """Echo's capability, with an output of ``input`` plus 3 MB: too large for one message."""
+    return {**input, "padding": "x" * 3_000_000}
