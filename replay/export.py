@@ -18,13 +18,16 @@ from pathlib import Path
 
 import msgspec
 
+from mesh.bus import payloads
 from mesh.bus.client import MSG_ID, Mesh, decode_record
 from mesh.bus.connection import ensure_stream
 from mesh.errors import MeshError
 from replay.causal import causal_slice
 from replay.reader import DECODE_ERRORS, LogReader, Position, RawMessage, is_offloaded, merge_offloaded
-from topics.envelope import encode_envelope
+from topics.envelope import decode_envelope, encode_envelope
 from topics.record import Record
+
+_HEADROOM = 4096  # bytes below max_payload kept for the headers (as `Mesh.publish` does)
 
 __all__ = [
     "ExportResult",
@@ -154,11 +157,21 @@ async def import_log(mesh: Mesh, path: str | Path, *, window: int = 1000) -> Imp
     """Publish every line of ``path`` to ``mesh``'s server, in order, keeping event ids."""
     outgoing = read_outgoing(path)  # all of it first: a broken line imports nothing
     await ensure_stream(mesh.js)
+    outgoing = [await _fitting(mesh, message) for message in outgoing]
     acks = await publish_in_order(mesh, outgoing, window=window)
     stored = [seq for seq, duplicate in acks if not duplicate]
     raw = sum(1 for message in outgoing if message.msg_id is None)
     return ImportResult(path=str(path), published=len(stored), duplicates=len(acks) - len(stored), raw=raw,
                         first_seq=min(stored, default=0), last_seq=max(stored, default=0))  # fmt: skip
+
+
+async def _fitting(mesh: Mesh, message: Outgoing) -> Outgoing:
+    """``message``, or, if it is an event too large for one message (an export writes
+    offloaded data inline), the same event with its data offloaded again (`mesh.bus.payloads`)."""
+    if message.msg_id is None or len(message.payload) <= mesh.nc.max_payload - _HEADROOM:
+        return message
+    event = await payloads.offload(mesh.js, message.subject, decode_envelope(message.payload))
+    return Outgoing(message.subject, encode_envelope(event), message.msg_id)
 
 
 def read_outgoing(path: str | Path) -> list[Outgoing]:

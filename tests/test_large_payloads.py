@@ -65,6 +65,8 @@ class TestLargePayloads:
         assert view["status"] == "completed" and view["output"] == big
         timeline = mesh_cmd("replay", "timeline", "big-1", "--file", str(out), url=url)
         assert timeline.returncode == 0 and "mesh.task.completed" in timeline.stdout, timeline.stderr
+        again = mesh_cmd("replay", "import", str(out), url=url)  # inline data over max_payload is offloaded again
+        assert again.returncode == 0, again.stderr
         live = mesh_cmd("replay", "state", "tasks", "--key", "big-1", "--no-snapshot", url=url)
         assert live.returncode == 0 and json.loads(live.stdout)["input"] == big, live.stderr
 
