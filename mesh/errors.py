@@ -39,6 +39,7 @@ __all__ = [
     "ReplayIsolationError",
     "ReplayStop",
     "PayloadTooLargeError",
+    "MissingPayloadError",
     "retryable",
 ]
 
@@ -269,13 +270,29 @@ class PayloadTooLargeError(MeshError, ValueError):
 
     retryable = False
 
-    def __init__(self, subject: str, size: int, limit: int) -> None:
-        super().__init__(
-            f"the event for {subject} is too large: {size} bytes with its headers, and the server takes at most "
-            f"{limit} (its max_payload); keep large data elsewhere (a file, the object store) and send a reference"
-        )
+    def __init__(self, subject: str, size: int, limit: int, *, offload: bool = False) -> None:
+        if offload:
+            text = (f"the data of the event for {subject} is too large: {size} bytes, and MESH_MAX_PAYLOAD_OBJECT "
+                    f"allows at most {limit} in the object store; raise that limit or keep the data elsewhere "
+                    "(a file) and send a reference")  # fmt: skip
+        else:
+            text = (f"the event for {subject} is too large: {size} bytes with its headers, and the server takes at "
+                    f"most {limit} (its max_payload); keep large data elsewhere (a file, the object store) and send "
+                    "a reference")  # fmt: skip
+        super().__init__(text)
         self.size = size
         self.limit = limit
+
+
+class MissingPayloadError(MeshError, LookupError):
+    """An event's `data` is in the object store (`dataref`) but the object is gone or does not
+    match the event's `datasize`/`datasha256`. Never retried: it will not come back."""
+
+    retryable = False
+
+    def __init__(self, ref: str, problem: str) -> None:
+        super().__init__(f"the data of this event ({ref[:300]}) cannot be read: {problem}")
+        self.ref = ref
 
 
 # -- reading and replaying the log ----------------------------------------------------------

@@ -18,12 +18,16 @@ from pathlib import Path
 
 import msgspec
 
+from mesh.bus import payloads
 from mesh.bus.client import MSG_ID, Mesh, decode_record
 from mesh.bus.connection import ensure_stream
 from mesh.errors import MeshError
 from replay.causal import causal_slice
-from replay.reader import DECODE_ERRORS, LogReader, Position, RawMessage
+from replay.reader import DECODE_ERRORS, LogReader, Position, RawMessage, is_offloaded, merge_offloaded
+from topics.envelope import decode_envelope, encode_envelope
 from topics.record import Record
+
+_HEADROOM = 4096  # bytes below max_payload kept for the headers (as `Mesh.publish` does)
 
 __all__ = [
     "ExportResult",
@@ -104,17 +108,26 @@ async def export_log(
     stored: dict[int, tuple[str, bytes]] = {}
     records: list[Record] = []
     raw: list[RawMessage] = []
+    held: list[tuple[int, str, bytes]] = []  # offloaded data: fetched after the scan, written inline
 
     def sink(seq: int, subject: str, payload: bytes) -> None:
         try:
             record = decode_record(subject, payload, seq)
         except DECODE_ERRORS as error:
+            if is_offloaded(payload):
+                held.append((seq, subject, payload))
+                return
             raw.append(RawMessage(seq, subject, payload, str(error)))
             return
         records.append(record)
         stored[seq] = (subject, payload)
 
     report = await LogReader(mesh, start=start, end=end, subject=subject).scan(sink)
+    await merge_offloaded(mesh, held, records, raw)
+    held_seqs = {seq for seq, _, _ in held}
+    for record in records if held_seqs else ():
+        if record.seq in held_seqs:  # the file stands alone: offloaded data is written inline
+            stored[record.seq] = (record.subject, encode_envelope(record.event))
     if correlation is not None:
         records, raw = causal_slice(records, correlation), []
     lines = sorted([(r.seq, *stored[r.seq]) for r in records] + [(m.seq, m.subject, m.payload) for m in raw])
@@ -144,11 +157,21 @@ async def import_log(mesh: Mesh, path: str | Path, *, window: int = 1000) -> Imp
     """Publish every line of ``path`` to ``mesh``'s server, in order, keeping event ids."""
     outgoing = read_outgoing(path)  # all of it first: a broken line imports nothing
     await ensure_stream(mesh.js)
+    outgoing = [await _fitting(mesh, message) for message in outgoing]
     acks = await publish_in_order(mesh, outgoing, window=window)
     stored = [seq for seq, duplicate in acks if not duplicate]
     raw = sum(1 for message in outgoing if message.msg_id is None)
     return ImportResult(path=str(path), published=len(stored), duplicates=len(acks) - len(stored), raw=raw,
                         first_seq=min(stored, default=0), last_seq=max(stored, default=0))  # fmt: skip
+
+
+async def _fitting(mesh: Mesh, message: Outgoing) -> Outgoing:
+    """``message``, or, if it is an event too large for one message (an export writes
+    offloaded data inline), the same event with its data offloaded again (`mesh.bus.payloads`)."""
+    if message.msg_id is None or len(message.payload) <= mesh.nc.max_payload - _HEADROOM:
+        return message
+    event = await payloads.offload(mesh.js, message.subject, decode_envelope(message.payload))
+    return Outgoing(message.subject, encode_envelope(event), message.msg_id)
 
 
 def read_outgoing(path: str | Path) -> list[Outgoing]:

@@ -191,8 +191,16 @@ def _decode_lines(block: bytes | memoryview) -> list[Record | RawMessage]:
         try:
             append(Record(seq=line.seq, subject=line.subject, event=event, data=decode_event_data(event.type, event.data)))
         except DECODE_ERRORS as error:
-            append(RawMessage(line.seq, line.subject, encode_envelope(event), f"{type(error).__name__}: {error}"))
+            append(RawMessage(line.seq, line.subject, encode_envelope(event), _why(event, error)))
     return out
+
+
+def _why(event: CloudEvent, error: Exception) -> str:
+    """Why an event line did not decode; a file has no object store to fetch `dataref` from."""
+    if event.dataref is not None:
+        return (f"its data is in the object store ({event.dataref[:200]}), not in this file; "
+                "`mesh replay export` writes offloaded data inline")  # fmt: skip
+    return f"{type(error).__name__}: {error}"
 
 
 def _decode_line(text: bytes) -> Record | RawMessage | None:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,6 +25,7 @@ from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from mesh.bus import payloads
 from mesh.bus.client import Mesh
 from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import LogGapError, MeshError
@@ -45,6 +46,8 @@ __all__ = [
     "decode_event_data",
     "decode_stored",
     "gc_paused",
+    "is_offloaded",
+    "merge_offloaded",
     "parse_position",
     "read_log",
     "subject_matches",
@@ -146,9 +149,36 @@ def decode_event_data(event_type: str, raw: msgspec.Raw) -> Event:
 
 
 def decode_stored(subject: str, payload: bytes, seq: int) -> Record:
-    """`mesh.bus.client.decode_record` for bulk reads (same result, same errors, a little faster)."""
+    """`mesh.bus.client.decode_record` for bulk reads (same result, same errors, a little faster).
+    An event whose data was offloaded (`dataref`) does not decode here: see `merge_offloaded`."""
     event = decode_envelope(payload)
     return Record(seq=seq, subject=subject, event=event, data=decode_event_data(event.type, event.data))
+
+
+def is_offloaded(payload: bytes) -> bool:
+    """Whether a stored message is an event whose `data` is in the object store (checked on
+    the envelope, off the hot path: only when the plain decode failed)."""
+    try:
+        return decode_envelope(payload).dataref is not None
+    except DECODE_ERRORS:
+        return False
+
+
+async def merge_offloaded(
+    mesh: Mesh, held: Sequence[tuple[int, str, bytes]], records: list[Record], raw: list[RawMessage]
+) -> None:
+    """Resolve the offloaded events a synchronous sink held back (`mesh.bus.payloads.resolve`,
+    which fetches their data) and put them among ``records`` in log order; one whose object is
+    missing joins ``raw`` as undecodable."""
+    if not held:
+        return
+    for seq, subject, payload in held:
+        try:
+            records.append(await payloads.resolve(mesh.js, subject, payload, seq))
+        except payloads.RESOLVE_ERRORS as error:
+            raw.append(RawMessage(seq, subject, payload, f"{type(error).__name__}: {error}"))
+    records.sort(key=lambda record: record.seq)
+    raw.sort(key=lambda message: message.seq)
 
 
 # -- JetStream -------------------------------------------------------------------------
@@ -363,16 +393,22 @@ async def read_log(
     only events whose `correlationid` is that id (for the causal tree, see replay.causal)."""
     found = LogSlice(source=f"jetstream:{subjects.STREAM}")
     records, raw = found.records, found.undecodable
+    held: list[tuple[int, str, bytes]] = []  # offloaded: resolved after the scan (the sink cannot wait)
 
     def sink(seq: int, subject: str, payload: bytes) -> None:
         try:
             record = decode_stored(subject, payload, seq)
         except DECODE_ERRORS as error:
+            if is_offloaded(payload):
+                if correlation is None or decode_envelope(payload).correlationid == correlation:
+                    held.append((seq, subject, payload))
+                return
             raw.append(RawMessage(seq, subject, payload, f"{type(error).__name__}: {error}"))
             return
         if correlation is None or record.event.correlationid == correlation:
             records.append(record)
 
     report = await LogReader(mesh, start=start, end=end, subject=subject, batch=batch).scan(sink)
+    await merge_offloaded(mesh, held, records, raw)
     found.scanned, found.first_seq, found.last_seq = report.scanned, report.first_seq, report.last_seq
     return found

@@ -12,8 +12,9 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from mesh.bus import payloads
 from mesh.bus.client import Mesh
-from mesh.errors import ConfigError
+from mesh.errors import ConfigError, MissingPayloadError
 from mesh.projections import REGISTRY, Projection, ProjectionState, fold, instant, until
 from mesh.projections.base import Handler, HandlerProjection, Router
 from mesh.projections.snapshots import SNAPSHOT_BUCKET, SnapshotStore
@@ -104,6 +105,7 @@ async def rebuild_all(
     counts = _FoldSink(chosen, states, at)
     end = at if isinstance(at, int) else None
     await LogReader(mesh, start=start if start > 1 else None, end=end).scan(counts.sink)
+    await counts.fold_held(mesh)
     counts.finish()
     results = {
         p.name: Rebuilt(
@@ -128,6 +130,7 @@ class _FoldSink:
         self.folded = 0
         self.undecodable = 0
         self.last_seq = 0
+        self.held: list[tuple[int, str, CloudEvent]] = []  # from the first offloaded event on, in order
 
     def sink(self, seq: int, subject: str, payload: bytes) -> None:
         try:
@@ -135,7 +138,20 @@ class _FoldSink:
         except DECODE_ERRORS:
             self.undecodable += 1
             return
+        if event.dataref is not None or self.held:  # its data must be fetched: fold it (and what follows) later
+            self.held.append((seq, subject, event))
+            return
         self.fold(seq, subject, event)
+
+    async def fold_held(self, mesh: Mesh) -> None:
+        """Fold what `sink` held back, in log order, offloaded data fetched
+        (`mesh.bus.payloads.inline`); an event whose object is missing counts as undecodable."""
+        held, self.held = self.held, []
+        for seq, subject, event in held:
+            try:
+                self.fold(seq, subject, await payloads.inline(mesh.js, event))
+            except MissingPayloadError:
+                self.undecodable += 1
 
     def fold(self, seq: int, subject: str, event: CloudEvent | None) -> None:
         if event is None:

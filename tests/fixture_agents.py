@@ -120,3 +120,12 @@ asker = Agent("asker")
 async def ask_echo(input: Any, ctx: Context) -> Any:
     """Asks `echo` for its input (peer to peer, `ctx.request`) and returns the answer."""
     return {"echoed": await ctx.request("echo", input, timeout=120)}
+
+
+inflater = Agent("inflater")
+
+
+@inflater.task("echo")
+async def inflate(input: Any, ctx: Context) -> Any:
+    """Echo's capability, with an output of ``input`` plus 3 MB: too large for one message."""
+    return {**input, "padding": "x" * 3_000_000}

@@ -9,9 +9,9 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh.bus.client import Mesh, decode_record
+from mesh.bus import payloads
+from mesh.bus.client import Mesh
 from mesh.bus.consumer import parse_ack_subject
-from topics.envelope import DECODE_ERRORS
 from topics.record import Record
 
 __all__ = ["EventLog", "eventually"]
@@ -40,8 +40,9 @@ class EventLog:
     async def _on_msg(self, msg: Any) -> None:
         self.raw.append((msg.subject, msg.data))
         try:
-            self.records.append(decode_record(msg.subject, msg.data, parse_ack_subject(msg.reply).stream_seq))
-        except DECODE_ERRORS:
+            seq = parse_ack_subject(msg.reply).stream_seq
+            self.records.append(await payloads.resolve(self.mesh.js, msg.subject, msg.data, seq))
+        except payloads.RESOLVE_ERRORS:
             pass
         async with self._changed:
             self._changed.notify_all()

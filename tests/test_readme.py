@@ -65,3 +65,16 @@ class TestReadme:
                               capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == 'mesh.task.completed {"hello": "from nats-py"}'
+
+    @pytest.mark.e2e
+    async def test_foreign_client_reads_offloaded_data(
+        self, nats_server: LocalServer, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """The same block reads an output too large for one message from the object store (dataref)."""
+        await agents.start("tests.fixture_agents:inflater")
+        done = subprocess.run([sys.executable, "-c", block("foreign-client")], env=env_with_venv(NATS_URL=nats_server.url),
+                              capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == 'mesh.task.completed {"hello": "from nats-py"}'
+        (completed,) = await log.wait_for(lambda r: r.event.type == "mesh.task.completed", timeout=20)
+        assert any(b'"dataref"' in body for subject, body in log.raw if subject == completed.subject)

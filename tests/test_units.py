@@ -15,7 +15,15 @@ from mesh.llm.offline import offline_http_client
 from mesh.runtime.agent import Agent
 from mesh.runtime.runner import is_retryable
 from topics import EVENT_TYPES, TaskRequested, decode_data, encode_data, subjects
-from topics.envelope import CloudEvent, decode_envelope, derived_id, encode_envelope, new_event_id
+from topics.envelope import (
+    CloudEvent,
+    dataref,
+    decode_envelope,
+    derived_id,
+    encode_envelope,
+    new_event_id,
+    parse_dataref,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -219,3 +227,15 @@ class TestSubscriptions:
             agent.on("mesh.work.echo")
         with pytest.raises(ConfigError, match="must be `async def`"):
             agent.on("mesh.chat.>")(lambda record, ctx: None)  # type: ignore[arg-type,return-value]
+
+
+class TestDataref:
+    def test_a_reference_round_trips(self) -> None:
+        """An offloaded envelope has no `data`, and its dataref names bucket and object."""
+        event = CloudEvent(specversion="1.0", id="e1", source="s", type="t", time="now",
+                           dataref=dataref("mesh-payloads", "e1"), datasize=3, datasha256="ab")  # fmt: skip
+        body = msgspec.json.decode(encode_envelope(event))
+        assert body.get("data") is None and body["dataref"] == "nats-os://mesh-payloads/e1"
+        assert parse_dataref(body["dataref"]) == ("mesh-payloads", "e1")
+        with pytest.raises(ValueError, match="nats-os://"):
+            parse_dataref("https://example.com/x")

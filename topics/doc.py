@@ -25,9 +25,42 @@ HEADER = """# Events
 
 Every message on `mesh.>` is a CloudEvents 1.0 structured-mode JSON object (`topics/envelope.py`):
 `specversion`, `id` (also the `Nats-Msg-Id` header), `source`, `type`, `time`, `datacontenttype`,
-and the extensions `correlationid`, `causationid`, `traceparent`, `tracestate`. Its `data` is one
-of the types below, each a frozen msgspec Struct in `topics/`. This page is generated from those
-Structs: `python -m topics.doc > docs/EVENTS.md`.
+and the extensions `correlationid`, `causationid`, `traceparent`, `tracestate` (and, for large
+payloads, `dataref`, `datasize`, `datasha256`: below). Its `data` is one of the types below, each a
+frozen msgspec Struct in `topics/`. This page is generated from those Structs:
+`python -m topics.doc > docs/EVENTS.md`.
+
+## Large payloads: `dataref`
+
+An event whose `data` would not fit one NATS message (body plus headers over the server's
+`max_payload`, 1 MiB by default) is published with its `data` in the JetStream object store
+bucket `mesh-payloads` (created on first use, with the stream's replicas, `MESH_REPLICAS`) and a
+reference in the envelope, after CloudEvents' Claim Check extension:
+
+- `dataref`: `nats-os://<bucket>/<object>`; the object is named after the event id, so a
+  redelivered publish of the same event finds its object and writes nothing new;
+- `data`: `null`; the object holds the exact JSON that `data` would have held;
+- `datasize` and `datasha256`: the object's length in bytes and its SHA-256 (hex), checked
+  when it is read.
+
+```json
+{"specversion":"1.0","id":"0193a5c2-7d1e-7a6b-9c3d-2f1e0d9c8b7a","source":"mesh://client/vm-6677",
+ "type":"mesh.task.completed","time":"2026-12-02T07:41:58.706168Z","correlationid":"t-42",
+ "causationid":"0193a5c1-0000-7000-8000-000000000001",
+ "dataref":"nats-os://mesh-payloads/0193a5c2-7d1e-7a6b-9c3d-2f1e0d9c8b7a","datasize":2000088,
+ "datasha256":"8ff38ca0ae47ee7a1f7596b459b8ccecaaa69dea2777669c30922b9c39779575","data":null}
+```
+
+Every reader in the mesh resolves the reference (`mesh.bus.payloads.resolve`) and sees an
+ordinary event: agents get the real input, `Mesh.request`/`outcome` and `mesh task --wait` the
+real output, `mesh tail`, `Follow`/`read`, projections and replay the real data, and
+`mesh replay export` writes it inline so the file stands alone. A foreign client reads the
+object with `js.object_store("mesh-payloads").get("<object>")` (README). An object that is gone
+or does not match `datasize`/`datasha256` is an error: an agent dead-letters the event once with
+reason `missing_payload` and serves on; replay counts it as undecodable. `data` larger than
+`MESH_MAX_PAYLOAD_OBJECT` bytes (default 64 MiB) is refused with `PayloadTooLargeError`, and a
+handler whose output is that large fails its task with it. The bucket has no TTL: removing
+objects whose events are still in the log makes those events unreadable.
 
 ## Schema evolution
 

@@ -17,6 +17,9 @@ __all__ = [
     "CloudEvent",
     "encode_envelope",
     "decode_envelope",
+    "DATAREF_SCHEME",
+    "dataref",
+    "parse_dataref",
     "new_event_id",
     "derived_id",
     "now_rfc3339",
@@ -26,6 +29,7 @@ __all__ = [
 ]
 
 SPECVERSION = "1.0"
+DATAREF_SCHEME = "nats-os://"
 CONTENT_TYPE = "application/json"
 _NAMESPACE = uuid.UUID("6d1c1f0e-3a4b-5c6d-8e9f-a0b1c2d3e4f5")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
@@ -37,6 +41,10 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     Extension attributes (lowercase letters and digits only): `correlationid` groups a
     workflow or conversation, `causationid` is the id of the event that caused this one,
     `traceparent`/`tracestate` carry the W3C trace context so traces survive in the log.
+
+    `data` too large for one message is kept in the JetStream object store (CloudEvents'
+    Claim Check extension): `dataref` is `nats-os://<bucket>/<object>`, `data` is absent,
+    `datasize` and `datasha256` are the length and SHA-256 (hex) of the stored JSON of `data`.
     """
 
     specversion: Literal["1.0"]
@@ -50,6 +58,9 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     causationid: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
+    dataref: str | None = None
+    datasize: int | None = None
+    datasha256: str | None = None
     data: msgspec.Raw = msgspec.Raw(b"null")
 
 
@@ -68,6 +79,19 @@ def encode_envelope(event: CloudEvent) -> bytes:
 def decode_envelope(payload: bytes) -> CloudEvent:
     """Decode the envelope only; raises msgspec.DecodeError / ValidationError on bad bytes."""
     return _decoder.decode(payload)
+
+
+def dataref(bucket: str, name: str) -> str:
+    """The `dataref` of object ``name`` in object store ``bucket``."""
+    return f"{DATAREF_SCHEME}{bucket}/{name}"
+
+
+def parse_dataref(ref: str) -> tuple[str, str]:
+    """(bucket, object name) of a `dataref`; ValueError if it is not `nats-os://<bucket>/<name>`."""
+    bucket, slash, name = ref.removeprefix(DATAREF_SCHEME).partition("/")
+    if not ref.startswith(DATAREF_SCHEME) or not slash or not bucket or not name:
+        raise ValueError(f"dataref {ref[:200]!r} is not {DATAREF_SCHEME}<bucket>/<object>")
+    return bucket, name
 
 
 def new_event_id() -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "STREAM",
     "ALL",
     "PRESENCE_BUCKET",
+    "PAYLOAD_BUCKET",
     "work",
     "task",
     "board",
@@ -41,6 +42,7 @@ __all__ = [
 STREAM = "MESH"
 ALL = "mesh.>"
 PRESENCE_BUCKET = "mesh-presence"
+PAYLOAD_BUCKET = "mesh-payloads"  # object store: `data` too large for one message (see CloudEvent.dataref)
 
 
 def work(capability: str) -> str:

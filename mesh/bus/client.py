@@ -13,7 +13,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh.bus import jetstream
+from mesh.bus import jetstream, payloads
 from mesh.bus.connection import connect, ensure_stream
 from mesh.bus.settings import MeshSettings
 from mesh.bus.waiting import Waiters
@@ -22,7 +22,6 @@ from mesh.telemetry.tracing import instruments, send_span
 from topics import subjects
 from topics.base import Event, check_token
 from topics.envelope import (
-    DECODE_ERRORS,
     CloudEvent,
     decode_envelope,
     derived_id,
@@ -165,11 +164,20 @@ class Mesh:
             )
             headers = {MSG_ID: event.id, **trace}
             ack = await jetstream.publish(
-                self.js, subject, self._fitting(subject, encode_envelope(event), headers), headers=headers,
+                self.js, subject, await self._fitting_or_offloaded(subject, event, headers), headers=headers,
                 expected_last_subject_seq=expected_last_subject_seq,
             )  # fmt: skip
         instruments.published.add(1, {"type": data.TYPE})
         return Published(event.id, ack.seq, bool(ack.duplicate))
+
+    async def _fitting_or_offloaded(self, subject: str, event: CloudEvent, headers: dict[str, str]) -> bytes:
+        """The encoded event if it fits one message; else the event with its `data` in the
+        object store and a `dataref` in its place (`mesh.bus.payloads`)."""
+        try:
+            return self._fitting(subject, encode_envelope(event), headers)
+        except PayloadTooLargeError:
+            offloaded = await payloads.offload(self.js, subject, event)
+            return self._fitting(subject, encode_envelope(offloaded), headers)
 
     def _fitting(self, subject: str, body: bytes, headers: dict[str, str]) -> bytes:
         """``body``, if it and its headers fit one message. The server closes the connection of
@@ -266,7 +274,7 @@ class Mesh:
         msg = await jetstream.direct_get(self.js, subject=subject)
         if msg is None:
             return None
-        return decode_record(msg.subject or subject, msg.data or b"", msg.seq or 0)
+        return await payloads.resolve(self.js, msg.subject or subject, msg.data or b"", msg.seq or 0)
 
     async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
         """Wait for a task's completion, failure or cancellation, even if it already happened:
@@ -282,8 +290,8 @@ class Mesh:
         """The one place a waited-for message, received live or read from the log, becomes a
         Record; None if it does not decode (not ours to judge here: the log keeps it)."""
         try:
-            return decode_record(subject, payload, seq)
-        except DECODE_ERRORS:
+            return await payloads.resolve(self.js, subject, payload, seq)
+        except payloads.RESOLVE_ERRORS:
             return None
 
 

@@ -2,8 +2,9 @@
 
 `read(mesh, "mesh.board.plan.>")` returns every stored event on the filter, in log order,
 as of the call. `Follow` is an ordered consumer that keeps delivering as events land.
-Both yield `Stored` items: an event that does not decode is still a position on its
-subject (compare-and-set counts it), so it comes back with `record=None`.
+Both yield `Stored` items: an event that does not decode (or whose offloaded data is
+gone) is still a position on its subject (compare-and-set counts it), so it comes back
+with `record=None`. Offloaded data (`dataref`) is fetched before the item is queued.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from typing import Any, Generic, NamedTuple, Self, TypeVar
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh.bus import jetstream
-from mesh.bus.client import Mesh, decode_record
+from mesh.bus import jetstream, payloads
+from mesh.bus.client import Mesh
 from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import MeshError
-from topics.envelope import DECODE_ERRORS
 from topics.record import Record
 
 __all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "records"]
@@ -44,11 +44,11 @@ async def last_seq(mesh: Mesh, filter_subject: str) -> int:
     return (msg.seq or 0) if msg is not None else 0
 
 
-def _stored(msg: Msg) -> Stored:
+async def _stored(mesh: Mesh, msg: Msg) -> Stored:
     delivery = parse_ack_subject(msg.reply)
     try:
-        record: Record | None = decode_record(msg.subject, msg.data, delivery.stream_seq)
-    except DECODE_ERRORS:
+        record: Record | None = await payloads.resolve(mesh.js, msg.subject, msg.data, delivery.stream_seq)
+    except payloads.RESOLVE_ERRORS:
         record = None  # not ours to judge; the log keeps it
     return Stored(delivery.stream_seq, msg.subject, record, delivery.pending)
 
@@ -111,7 +111,7 @@ class Follow(Feed[Stored]):
         return self
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._queue.put_nowait(_stored(msg))
+        self._queue.put_nowait(await _stored(self.mesh, msg))
 
     async def next(self, timeout: float | None = None) -> Stored | None:
         """The next message; None if none arrived within ``timeout`` seconds (None: wait)."""

@@ -14,7 +14,8 @@ import click
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh.bus.client import Mesh, decode_record, outcome_value
+from mesh.bus import payloads
+from mesh.bus.client import Mesh, outcome_value
 from mesh.bus.processes import ask_to_stop, child_options
 from mesh.bus.server import running_server, stop_server, up
 from mesh.bus.settings import mesh_home
@@ -47,7 +48,7 @@ async def wait_for_agents(
     ready = asyncio.Event()
 
     async def on_msg(msg: object) -> None:
-        record = decode_record(msg.subject, msg.data)  # type: ignore[attr-defined]
+        record = await payloads.resolve(mesh.js, msg.subject, msg.data)  # type: ignore[attr-defined]
         if isinstance(record.data, AgentStarted):
             started.add(record.data.agent_id)
             if len(started) >= count:
@@ -122,7 +123,7 @@ async def follow(mesh: Mesh, task_id: str, topic: str) -> dict:  # type: ignore[
     outcome: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
 
     async def show(msg: object) -> None:
-        record = decode_record(msg.subject, msg.data)  # type: ignore[attr-defined]
+        record = await payloads.resolve(mesh.js, msg.subject, msg.data)  # type: ignore[attr-defined]
         if record.event.correlationid == task_id and (line := describe(record)):
             click.echo(f"  {line}")
         if isinstance(record.data, TaskOutcome) and record.data.task_id == task_id and not outcome.done():

@@ -10,14 +10,14 @@ import click
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh.bus import jetstream
-from mesh.bus.client import Mesh, decode_record
+from mesh.bus import jetstream, payloads
+from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.consumer import parse_ack_subject
 from mesh.bus.settings import MeshSettings
 from mesh.cli.options import nats_options, run
 from topics import subjects
-from topics.envelope import DECODE_ERRORS
+from topics.envelope import decode_envelope, encode_envelope
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskRequested
 
@@ -34,6 +34,17 @@ def format_record(record: Record, *, width: int = 100) -> str:
     if len(body) > width:
         body = body[: width - 1] + "…"
     return f"{event.time[11:23]} #{record.seq:<6} {event.type:<24} {record.subject:<40} {who:<28} {body}"
+
+
+async def _inlined(mesh: Mesh, payload: bytes) -> str:
+    """The stored JSON, with offloaded data (`dataref`) put back inline when it can be."""
+    try:
+        event = decode_envelope(payload)
+        if event.dataref is not None:
+            payload = encode_envelope(await payloads.inline(mesh.js, event))
+    except payloads.RESOLVE_ERRORS:
+        pass  # shown as stored
+    return payload.decode(errors="replace")
 
 
 def _seq_of(reply: str) -> int:
@@ -64,11 +75,12 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
         async def show(msg: Any) -> None:
             nonlocal seen
             if json_lines:
-                sys.stdout.write(msg.data.decode(errors="replace") + "\n")
+                sys.stdout.write(await _inlined(mesh, msg.data) + "\n")
             else:
                 try:
-                    sys.stdout.write(format_record(decode_record(msg.subject, msg.data, _seq_of(msg.reply))) + "\n")
-                except DECODE_ERRORS as error:
+                    record = await payloads.resolve(mesh.js, msg.subject, msg.data, _seq_of(msg.reply))
+                    sys.stdout.write(format_record(record) + "\n")
+                except payloads.RESOLVE_ERRORS as error:
                     sys.stdout.write(f"#{_seq_of(msg.reply)} {msg.subject} undecodable: {error}\n")
             sys.stdout.flush()
             seen += 1
@@ -146,8 +158,8 @@ async def read_recent(mesh: Mesh, filter_subject: str, start: int, stop: int) ->
     async def collect(msg: Any) -> None:
         delivery = parse_ack_subject(msg.reply)
         try:
-            records.append(decode_record(msg.subject, msg.data, delivery.stream_seq))
-        except DECODE_ERRORS:
+            records.append(await payloads.resolve(mesh.js, msg.subject, msg.data, delivery.stream_seq))
+        except payloads.RESOLVE_ERRORS:
             pass
         if delivery.stream_seq >= stop or delivery.pending == 0:
             done.set()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from mesh.bus import jetstream
-from mesh.bus.client import Mesh, decode_record
+from mesh.bus import jetstream, payloads
+from mesh.bus.client import Mesh
 from topics.calls import LlmCalled, ToolCalled
 from topics.record import Record
 
@@ -26,7 +26,7 @@ async def stored_on(mesh: Mesh, subject: str) -> list[Record]:
         msg = await jetstream.direct_get(mesh.js, seq=seq, subject=subject, next=True)
         if msg is None:
             return found
-        found.append(decode_record(msg.subject or subject, msg.data or b"", msg.seq or 0))
+        found.append(await payloads.resolve(mesh.js, msg.subject or subject, msg.data or b"", msg.seq or 0))
         seq = (msg.seq or seq) + 1
 
 

@@ -30,6 +30,7 @@ class Reason(str, Enum):
     HANDLER_ERROR = "handler_error"
     DEADLINE = "deadline"
     MAX_DELIVERIES = "max_deliveries"
+    MISSING_PAYLOAD = "missing_payload"  # its `dataref` names an object that is gone or altered
 
 
 def envelope_or_none(payload: bytes) -> CloudEvent | None:

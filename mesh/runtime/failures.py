@@ -7,15 +7,17 @@ dead letter. Every id here is derived, so each stored message has at most one of
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from mesh.bus import jetstream
+from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.consumer import Delivery
-from mesh.errors import DeadlineExceededError, SchemaError, retryable
+from mesh.errors import DeadlineExceededError, MissingPayloadError, SchemaError, retryable
 from mesh.runtime.deadletter import Reason, dead_letter, envelope_or_none
 from mesh.runtime.worker import Worker
 from mesh.telemetry.redact import scrub_text
@@ -150,6 +152,9 @@ async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
         return
     payload = stored.data or b""
     event = envelope_or_none(payload)
+    if event is not None and event.dataref is not None:  # the task id is in the offloaded data
+        with contextlib.suppress(MissingPayloadError):
+            event = await payloads.inline(worker.mesh.js, event)
     await dead_letter(
         worker.mesh, subject=stored.subject or "", payload=payload, reason=Reason.MAX_DELIVERIES,
         error=f"no try settled in {note.get('deliveries')} deliveries", stream_seq=note["stream_seq"],

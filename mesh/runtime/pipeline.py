@@ -1,7 +1,7 @@
 """One message through the runtime: a chain of small links around the handler.
 
     settle       a fault of the runtime itself (NATS gone): nak with backoff, try later
-    decode       bytes -> CloudEvent and typed data, or one dead letter with the reason
+    decode       bytes -> CloudEvent and typed data (offloaded data fetched), or one dead letter with the reason
     trace        the CONSUMER span, its parent taken from the message's `traceparent`
     log_context  agent, event id, correlation id and task id bound for every log line
     dedup        a redelivered task that already has an outcome is acknowledged, not run   (tasks)
@@ -30,9 +30,9 @@ import structlog
 from nats.aio.msg import Msg
 from opentelemetry.trace import INVALID_SPAN, Span
 
-from mesh.bus.client import decode_record
+from mesh.bus import payloads
 from mesh.bus.consumer import Delivery
-from mesh.errors import DeadlineExceededError, PayloadTooLargeError, RunTimeExceededError
+from mesh.errors import DeadlineExceededError, MissingPayloadError, PayloadTooLargeError, RunTimeExceededError
 from mesh.llm.tools import ToolBox
 from mesh.runtime.agent import Handler, Subscription
 from mesh.runtime.claims import Claim
@@ -113,7 +113,11 @@ async def decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
         await reject(worker, msg, delivery, Reason.RESERVED_HEADER, text, envelope_or_none(msg.data))
         return
     try:
-        inbound.record = decode_record(msg.subject, msg.data, delivery.stream_seq)
+        inbound.record = await payloads.resolve(worker.mesh.js, msg.subject, msg.data, delivery.stream_seq)
+    except MissingPayloadError as error:
+        envelope = envelope_or_none(msg.data)
+        await reject(worker, msg, delivery, Reason.MISSING_PAYLOAD, str(error), envelope if isinstance(route, Handler) else None)
+        return
     except DECODE_ERRORS as error:
         reason, text, envelope = diagnose(msg.data, error)
         await reject(worker, msg, delivery, reason, text, envelope if isinstance(route, Handler) else None)

@@ -1,0 +1,121 @@
+"""Large payloads: `data` that would not fit one NATS message is kept in the JetStream object
+store and the event carries a reference (CloudEvents' Claim Check extension, `dataref`).
+
+Writing: `Mesh.publish` calls `offload` when an event would exceed the server's
+`max_payload`. The object is named after the event id, so a redelivered publish finds the
+same object (same digest) and writes nothing. Its size is bounded by `MESH_MAX_PAYLOAD_OBJECT`
+(64 MiB by default); over that, `PayloadTooLargeError`.
+
+Reading: every reader of stored events goes through `resolve`: an event without `dataref`
+is decoded at once (the normal, synchronous and cheap path); one with `dataref` has its
+object fetched, checked against `datasize`/`datasha256` and put back inline, so everything
+downstream (projections, exports, handlers) sees an ordinary event. A missing or altered
+object is `MissingPayloadError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.object_store import ObjectStore
+
+from mesh.bus.connection import stream_replicas
+from mesh.errors import ConfigError, MissingPayloadError, PayloadTooLargeError
+from topics import subjects
+from topics.envelope import DECODE_ERRORS, CloudEvent, dataref, decode_envelope, parse_dataref
+from topics.record import Record
+from topics.registry import decode_data
+
+__all__ = ["DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "inline", "max_object", "offload", "payload_bucket", "resolve"]
+
+DEFAULT_MAX_OBJECT = 64 * 1024 * 1024
+
+RESOLVE_ERRORS: tuple[type[Exception], ...] = (*DECODE_ERRORS, MissingPayloadError)
+"""What `resolve` can raise about a stored message itself (not about NATS): it is malformed,
+or its offloaded data is gone."""
+
+
+def max_object() -> int:
+    """`MESH_MAX_PAYLOAD_OBJECT`: the largest `data` (bytes of JSON) kept in the object store."""
+    value = os.environ.get("MESH_MAX_PAYLOAD_OBJECT", "").strip()
+    if not value:
+        return DEFAULT_MAX_OBJECT
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"MESH_MAX_PAYLOAD_OBJECT={value!r} must be a whole number of bytes (default {DEFAULT_MAX_OBJECT})")
+    return int(value)
+
+
+async def payload_bucket(js: JetStreamContext, bucket: str = subjects.PAYLOAD_BUCKET, *, create: bool = True) -> ObjectStore:
+    """The object store for large payloads, created on first use with the stream's replicas."""
+    try:
+        return await js.object_store(bucket)
+    except NotFoundError:
+        if not create:
+            raise
+    config = ObjectStoreConfig(description="agentmesh: event data too large for one message",
+                               storage=StorageType.FILE, replicas=stream_replicas())  # fmt: skip
+    try:
+        return await js.create_object_store(bucket, config=config)
+    except BadRequestError:  # another process created it meanwhile
+        return await js.object_store(bucket)
+
+
+async def offload(js: JetStreamContext, subject: str, event: CloudEvent) -> CloudEvent:
+    """``event`` with its `data` moved to the object store and a `dataref` in its place."""
+    data = bytes(event.data)
+    limit = max_object()
+    if len(data) > limit:
+        raise PayloadTooLargeError(subject, len(data), limit, offload=True)
+    digest = hashlib.sha256(data).hexdigest()
+    store = await payload_bucket(js)
+    if not await _holds(store, event.id, len(data)):
+        await store.put(event.id, data)
+    return msgspec.structs.replace(
+        event, data=msgspec.Raw(b"null"), dataref=dataref(subjects.PAYLOAD_BUCKET, event.id),
+        datasize=len(data), datasha256=digest,
+    )  # fmt: skip
+
+
+async def _holds(store: ObjectStore, name: str, size: int) -> bool:
+    """Whether the object is already stored whole (a redelivered publish of the same event)."""
+    try:
+        info = await store.get_info(name)
+    except NotFoundError:
+        return False
+    return info.size == size and not info.deleted
+
+
+async def inline(js: JetStreamContext, event: CloudEvent) -> CloudEvent:
+    """``event`` with the data its `dataref` names put back in `data` (the reference removed);
+    `MissingPayloadError` if the object is gone or does not match `datasize`/`datasha256`."""
+    ref = event.dataref
+    if ref is None:
+        return event
+    try:
+        bucket, name = parse_dataref(ref)
+        store = await payload_bucket(js, bucket, create=False)
+        data = (await store.get(name)).data or b""
+    except ValueError as error:
+        raise MissingPayloadError(ref, str(error)) from None
+    except NotFoundError:
+        raise MissingPayloadError(ref, "no such object (deleted, expired, or never stored)") from None
+    if event.datasize is not None and len(data) != event.datasize:
+        raise MissingPayloadError(ref, f"the object has {len(data)} bytes, the event says {event.datasize}")
+    if event.datasha256 is not None and hashlib.sha256(data).hexdigest() != event.datasha256.lower():
+        raise MissingPayloadError(ref, "the object's SHA-256 differs from the event's datasha256")
+    return msgspec.structs.replace(event, data=msgspec.Raw(data), dataref=None, datasize=None, datasha256=None)
+
+
+async def resolve(js: JetStreamContext, subject: str, payload: bytes, seq: int = 0) -> Record:
+    """Envelope and typed data of one stored message, its `dataref` resolved; raises what
+    `decode_record` raises on anything malformed, and `MissingPayloadError`."""
+    event = decode_envelope(payload)
+    if event.dataref is not None:
+        event = await inline(js, event)
+    return Record(seq=seq, subject=subject, event=event, data=decode_data(event.type, event.data))
+

@@ -1,0 +1,100 @@
+"""Events too large for one NATS message: their `data` goes to the object store, the event
+carries a `dataref`, and every reader (the agent, the requester, replay, exports) gets the
+data back; a missing object is one dead letter, and over `MESH_MAX_PAYLOAD_OBJECT` the task
+fails saying so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mesh import Mesh
+from mesh.bus import payloads
+from mesh.bus.server import LocalServer
+from tests.conftest import ROOT, AgentProcesses
+from tests.helpers import EventLog
+from topics import subjects
+from topics.envelope import CloudEvent, decode_envelope, encode_envelope, now_rfc3339
+
+pytestmark = pytest.mark.e2e
+
+
+def mesh_cmd(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NATS_URL": url, "MESH_LOG_FORMAT": "json"}
+    return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env=env)  # fmt: skip
+
+
+def stored(log: EventLog, event_type: str) -> list[CloudEvent]:
+    return [decode_envelope(body) for _, body in log.raw if decode_envelope(body).type == event_type]
+
+
+class TestLargePayloads:
+    async def test_an_input_of_three_max_payloads_completes(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog, nats_server: LocalServer, tmp_path: Path
+    ) -> None:
+        """A task whose input and output are 3 x max_payload runs; both events carry a dataref."""
+        proc = await agents.start("agents.echo:agent")
+        big = {"text": "x" * (3 * mesh.nc.max_payload)}
+        output = await mesh.request("echo", big, timeout=60, task_id="big-1")
+        assert output == big
+        await log.wait_for(lambda r: r.event.type == "mesh.task.completed", timeout=20)
+        for event_type in ("mesh.task.requested", "mesh.task.completed"):
+            (event,) = stored(log, event_type)
+            assert event.dataref == f"nats-os://mesh-payloads/{event.id}" and bytes(event.data) == b"null"
+            assert event.datasize is not None and event.datasize > 3 * mesh.nc.max_payload
+        assert proc.poll() is None, agents.output(proc)
+
+        assert await mesh.request("echo", big, timeout=60) == big  # waited for before it was published
+        url = nats_server.url
+        out = tmp_path / "big.jsonl"
+        done = mesh_cmd("replay", "export", str(out), "--correlation", "big-1", url=url)
+        assert done.returncode == 0, done.stderr
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        by_type = {line["event"]["type"]: line["event"] for line in lines}
+        assert by_type["mesh.task.requested"]["data"]["input"] == big and "dataref" not in by_type["mesh.task.requested"]
+        assert by_type["mesh.task.completed"]["data"]["output"] == big
+        state = mesh_cmd("replay", "state", "tasks", "--key", "big-1", "--file", str(out), url=url)
+        assert state.returncode == 0, state.stderr
+        view = json.loads(state.stdout)
+        assert view["status"] == "completed" and view["output"] == big
+        timeline = mesh_cmd("replay", "timeline", "big-1", "--file", str(out), url=url)
+        assert timeline.returncode == 0 and "mesh.task.completed" in timeline.stdout, timeline.stderr
+        again = mesh_cmd("replay", "import", str(out), url=url)  # inline data over max_payload is offloaded again
+        assert again.returncode == 0, again.stderr
+        live = mesh_cmd("replay", "state", "tasks", "--key", "big-1", "--no-snapshot", url=url)
+        assert live.returncode == 0 and json.loads(live.stdout)["input"] == big, live.stderr
+
+    async def test_data_over_the_object_maximum_fails_the_task(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """Output larger than MESH_MAX_PAYLOAD_OBJECT fails the task clearly; the agent serves on."""
+        proc = await agents.start("agents.echo:agent", env={"MESH_MAX_PAYLOAD_OBJECT": str(2 * mesh.nc.max_payload)})
+        big = "x" * (3 * mesh.nc.max_payload)
+        with pytest.raises(Exception, match="MESH_MAX_PAYLOAD_OBJECT"):
+            await mesh.request("echo", big, timeout=30)
+        assert await mesh.request("echo", {"after": "big"}, timeout=20) == {"after": "big"}
+        assert proc.poll() is None, agents.output(proc)
+
+    async def test_a_missing_object_is_dead_lettered_once(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """A task whose dataref names no object gets one `missing_payload` dead letter; the agent serves on."""
+        proc = await agents.start("agents.echo:agent")
+        await payloads.payload_bucket(mesh.js)
+        event = CloudEvent(specversion="1.0", id="gone-1", source="test", type="mesh.task.requested",
+                           time=now_rfc3339(), dataref="nats-os://mesh-payloads/never-stored", datasize=10)  # fmt: skip
+        ack = await mesh.js.publish(subjects.work("echo"), encode_envelope(event), headers={"Nats-Msg-Id": event.id})
+        dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered", timeout=20, alive=proc)
+        letter = dead[0].data
+        assert letter.reason == "missing_payload" and letter.stream_seq == ack.seq  # type: ignore[attr-defined]
+        assert "never-stored" in letter.error  # type: ignore[attr-defined]
+        assert await mesh.request("echo", {"after": "gone"}, timeout=20) == {"after": "gone"}
+        assert len(log.of_type("mesh.dead.lettered")) == 1
+        assert proc.poll() is None, agents.output(proc)
+
