@@ -121,3 +121,19 @@ class TestSecrets:
             assert done.returncode == 1, done.stderr
             assert f"127.0.0.1:{port}" in done.stderr
             assert "s3cret-pw" not in done.stdout + done.stderr
+
+
+class TestUserMistakes:
+    def test_each_is_one_line_and_exit_1(self, nats_server: LocalServer, tmp_path: Path) -> None:
+        """A bad capability, a subject outside the log, an unwritable file: one clear line, no traceback."""
+        cases = [
+            (["task", "a.b", "--input", "{}"], "capability 'a.b' cannot be a NATS subject token"),
+            (["task", "echo", "--task-id", "x y"], "task id 'x y' cannot be a NATS subject token"),
+            (["publish", "foo.bar", "--type", "mesh.board.written", "--data", '{"board": "b", "key": "k", "value": 1}'],
+             "takes subjects under mesh."),
+            (["replay", "export", str(tmp_path / "missing" / "x.jsonl")], "No such file or directory"),
+        ]  # fmt: skip
+        for args, message in cases:
+            done = mesh_cmd(*args, url=nats_server.url)
+            assert done.returncode == 1, (args, done.stderr)
+            assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)

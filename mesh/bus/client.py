@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -37,6 +38,7 @@ from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed, TaskOutcome, 
 __all__ = ["Mesh", "Published", "decode_record", "outcome_value"]
 
 MSG_ID = "Nats-Msg-Id"
+_LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s]+)+")
 MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
 _HEADROOM = 4096  # bytes below max_payload under which headers cannot push a body over it
 
@@ -55,17 +57,27 @@ def decode_record(subject: str, payload: bytes, seq: int = 0) -> Record:
     return Record(seq=seq, subject=subject, event=event, data=decode_data(event.type, event.data))
 
 
-def _check_task(task_id: str | None, fallback: tuple[str, ...], deadline: str | None) -> None:
-    """The ids and deadline of a task about to be submitted, checked as an agent will check them."""
+def _check_task(capability: str, task_id: str | None, fallback: tuple[str, ...], deadline: str | None) -> None:
+    """The names, ids and deadline of a task about to be submitted, checked as an agent will check them."""
     try:
+        check_token("capability", capability)
         if task_id is not None:
             check_token("task id", task_id)
-        for capability in fallback:
-            check_token("fallback capability", capability)
+        for name in fallback:
+            check_token("fallback capability", name)
     except ValueError as error:
         raise SchemaError(str(error)) from None
     if deadline is not None and not is_instant(deadline):
         raise SchemaError(f"deadline {deadline!r} is not an RFC 3339 time with its offset (for example 2026-12-02T10:00:00Z)")
+
+
+def _check_subject(subject: str) -> None:
+    """A subject the log stores: under `mesh.`, non-empty tokens, no wildcard or space, not too long."""
+    if len(subject) > MAX_SUBJECT:
+        raise SchemaError(f"subject of {len(subject)} characters: at most {MAX_SUBJECT}")
+    if not _LOG_SUBJECT.fullmatch(subject):
+        raise SchemaError(f"cannot publish to {subject[:80]!r}: the log (stream {subjects.STREAM}) takes subjects "
+                          "under mesh., made of non-empty tokens with no '*', '>' or whitespace")  # fmt: skip
 
 
 def _default_source() -> str:
@@ -183,8 +195,7 @@ class Mesh:
         """``body``, if it and its headers fit one message. The server closes the connection of
         a client that sends more than its `max_payload` (nats-py checks the body alone), and a
         subject longer than its control line does the same."""
-        if len(subject) > MAX_SUBJECT:
-            raise SchemaError(f"subject of {len(subject)} characters: at most {MAX_SUBJECT}")
+        _check_subject(subject)
         limit = self.nc.max_payload
         if len(body) > limit - _HEADROOM:
             size = len(body) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())  # NATS/1.0 + CRLFs
@@ -224,7 +235,7 @@ class Mesh:
     ) -> str:
         """Publish a `mesh.task.requested`; return its task id. Submitting the same `task_id`
         again publishes the same event id, which JetStream drops as a duplicate."""
-        _check_task(task_id, fallback, deadline)
+        _check_task(capability, task_id, fallback, deadline)
         event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
         request = TaskRequested(
@@ -255,7 +266,7 @@ class Mesh:
         given = bool(task.get("task_id"))
         event_id = task.pop("event_id", None) or (derived_id(task["task_id"], "requested") if given else new_event_id())
         task_id = task.pop("task_id", None) or event_id
-        _check_task(task_id, (), None)  # before its subject is made from it
+        _check_task(capability, task_id, (), None)  # before its subject is made from it
         async with self.watch_outcome(task_id, stored=given) as outcome:
             await self.submit(capability, input, task_id=task_id, event_id=event_id, **task)
             try:

@@ -39,10 +39,11 @@ def nats_options(fn: F) -> F:
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a command's coroutine; a MeshError becomes a one-line message and exit code 1."""
+    """Run a command's coroutine; a MeshError, or a file that cannot be read or written,
+    becomes a one-line message and exit code 1."""
     try:
         return asyncio.run(coro)
-    except MeshError as error:
+    except (MeshError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
 
