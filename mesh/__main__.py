@@ -1,3 +1,3 @@
-from mesh.cli.main import main
+from mesh.cli.main import cli
 
-main()
+cli()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh import Mesh
 from mesh.bus.server import LocalServer
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
@@ -137,3 +140,27 @@ class TestUserMistakes:
             done = mesh_cmd(*args, url=nats_server.url)
             assert done.returncode == 1, (args, done.stderr)
             assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+    async def test_ctrl_c_exits_130_quietly(self, nats_server: LocalServer, tmp_path: Path) -> None:
+        """Ctrl-C on a following `mesh tail`: exit 130, no traceback and no 'Aborted!'."""
+        env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-m", "mesh", "tail", "--all"], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        async with await Mesh.connect(nats_server.url) as mesh:
+            await mesh.submit("echo", {"n": 1})
+        assert proc.stdout is not None
+        await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)  # it is following
+        proc.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.get_running_loop().run_in_executor(None, proc.communicate, None, 30)
+        assert proc.returncode == 130 and b"Traceback" not in stderr and b"Aborted" not in stderr, stderr
+
+    async def test_a_closed_pipe_ends_quietly(self, nats_server: LocalServer, tmp_path: Path) -> None:
+        """`mesh tail --all --no-follow | head -1` prints one line and no BrokenPipeError."""
+        async with await Mesh.connect(nats_server.url) as mesh:
+            for n in range(200):
+                await mesh.submit("echo", {"n": n, "pad": "x" * 500})
+        env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(f"'{sys.executable}' -m mesh tail --all --no-follow | head -1", shell=True, cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert len(done.stdout.splitlines()) == 1
+        assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -150,3 +151,21 @@ async def _publish(settings: MeshSettings, subject: str, data: Any, correlation:
 
 for _command in (tail_command, status_command, demo_command, flow_group, replay_group):
     main.add_command(_command)
+
+
+def cli() -> None:
+    """The `mesh` command: `main` with the exits a shell expects. Ctrl-C ends it quietly with
+    130 (128 + SIGINT); a closed pipe (`mesh tail | head`) ends it quietly with 0."""
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:  # a usage mistake: click's own message and exit code
+        error.show()
+        sys.exit(error.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        sys.exit(130)
+    except BrokenPipeError:
+        # stdout's reader is gone: point it at devnull so the interpreter's final flush is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

@@ -72,7 +72,17 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
         done = asyncio.Event()
         seen = 0
 
+        reader_gone = False
+
         async def show(msg: Any) -> None:
+            nonlocal reader_gone
+            try:
+                await write(msg)
+            except BrokenPipeError:  # `mesh tail | head`: the reader has had enough
+                reader_gone = True
+                done.set()
+
+        async def write(msg: Any) -> None:
             nonlocal seen
             if json_lines:
                 sys.stdout.write(await _inlined(mesh, msg.data) + "\n")
@@ -98,6 +108,8 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
             done.set()  # nothing stored matches
         try:
             await done.wait()
+            if reader_gone:
+                raise BrokenPipeError("stdout closed")  # `mesh.cli.main.cli` ends quietly on it
         finally:
             await sub.unsubscribe()
 
