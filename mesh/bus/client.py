@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -246,6 +248,11 @@ class Mesh:
                 return await asyncio.wait_for(outcome, timeout)
             except asyncio.TimeoutError:
                 raise TaskTimeoutError(task_id, capability, timeout) from None
+
+    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
+        """A core subscription to live messages on ``subject``, once the server has accepted it;
+        raises `PermissionDeniedError` if this user may not read it."""
+        return await jetstream.subscribe(self.nc, subject, cb)
 
     def watch_outcome(self, task_id: str) -> OutcomeWatch:
         return OutcomeWatch(self, task_id)

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import msgspec
 import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -23,8 +24,9 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFo
 from nats.js.kv import KeyValue
 
 from mesh.bus import jetstream
+from mesh.bus.refusals import Refusals, attach
 from mesh.bus.settings import MeshSettings, resolve_url, shown_url
-from mesh.errors import ConfigError, NoServerError
+from mesh.errors import AuthenticationError, ConfigError, NoServerError
 from topics import subjects
 from topics.agents import Presence
 
@@ -44,7 +46,8 @@ T = TypeVar("T")
 
 
 async def connect(settings: MeshSettings | None = None, **options: object) -> Client:
-    """Connect with reconnects on; raise NoServerError naming the URL when none answers."""
+    """Connect with reconnects on; raise NoServerError naming the URL when none answers, and
+    AuthenticationError when the server refuses the credentials."""
     settings = settings or MeshSettings.from_env()
     opts = settings.connect_options()
     opts.update(
@@ -53,25 +56,48 @@ async def connect(settings: MeshSettings | None = None, **options: object) -> Cl
         allow_reconnect=True,
     )
     opts.update(options)
+    refusals = Refusals(settings.user)
+    refused_auth: list[Exception] = []
 
     async def on_error(error: Exception) -> None:
-        log.warning("nats error", error=str(error))
+        if isinstance(error, nats.errors.AuthorizationError):
+            refused_auth.append(error)
+        refusal = refusals.report(str(error))
+        if refusal is not None:  # the connection stays open: the server refused one action
+            log.warning("permission denied", subject=refusal.subject, action=refusal.action, user=refusal.user)
+        else:
+            log.warning("nats error", error=str(error))
 
     opts.setdefault("error_cb", on_error)
     # nats-py applies max_reconnect_attempts=-1 to the first connect too: bound that one
     first_connect = float(os.environ.get("MESH_CONNECT_TIMEOUT", "5"))
+    where = shown_url(resolve_url(settings.url))
     try:
-        return await asyncio.wait_for(nats.connect(**opts), first_connect)
+        nc = await asyncio.wait_for(nats.connect(**opts), first_connect)
     except asyncio.TimeoutError as error:
+        if refused_auth:
+            raise _refused(where, settings) from None
         raise NoServerError(
-            f"cannot reach NATS at {shown_url(resolve_url(settings.url))}: no answer within {first_connect:g}s. "
+            f"cannot reach NATS at {where}: no answer within {first_connect:g}s. "
             "Is the server running? (`mesh up` starts a local one)"
         ) from error
+    except nats.errors.AuthorizationError:
+        raise _refused(where, settings) from None
     except Exception as error:  # nats raises several unrelated types for "nobody there"
         raise NoServerError(
-            f"cannot reach NATS at {shown_url(resolve_url(settings.url))}: {error or type(error).__name__}. "
+            f"cannot reach NATS at {where}: {error or type(error).__name__}. "
             "Is the server running? (`mesh up` starts a local one)"
         ) from error
+    attach(nc, refusals)
+    return nc
+
+
+def _refused(where: str, settings: MeshSettings) -> AuthenticationError:
+    given = "no credentials" if settings.user == "this client" else f"the credentials of {settings.user}"
+    return AuthenticationError(
+        f"NATS at {where} refused {given} (authorization violation): "
+        "pass the seed of a role it knows with --nkey FILE (or --creds FILE)"
+    )
 
 
 def stream_replicas() -> int:
@@ -83,10 +109,19 @@ def stream_replicas() -> int:
 
 
 async def ensure_stream(js: JetStreamContext, *, replicas: int | None = None, duplicate_window: float = 600.0) -> None:
-    """Create the MESH stream unless it exists; `replicas` defaults to `MESH_REPLICAS`."""
+    """Create the MESH stream unless it exists; `replicas` defaults to `MESH_REPLICAS`.
+
+    Asks whether it exists first, so a user whose permissions allow reading the stream's
+    info but not creating streams (every role but admin, under `mesh auth init`) connects
+    to a stream an admin made; where it is missing, such a user gets `PermissionDeniedError`."""
+    try:
+        await _until_jetstream_ready(lambda: jetstream.stream_info(js, subjects.STREAM))
+        return
+    except NotFoundError:
+        pass
     config = subjects.stream_config(replicas=replicas or stream_replicas(), duplicate_window=duplicate_window)
     try:
-        await _until_jetstream_ready(lambda: js.add_stream(config))
+        await _until_jetstream_ready(lambda: jetstream.add_stream(js, config))
     except BadRequestError as error:
         if error.err_code != jetstream.STREAM_IN_USE:
             raise
