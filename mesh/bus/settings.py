@@ -17,7 +17,7 @@ import msgspec
 from mesh.errors import AuthenticationError, ConfigError, NoServerError
 from mesh.telemetry.redact import scrub_text
 
-__all__ = ["MeshSettings", "ServerRecord", "inbox_prefix", "mesh_home", "nkey_public_key", "read_server_record", "resolve_url", "server_urls", "shown_url"]
+__all__ = ["MeshSettings", "ServerRecord", "inbox_prefix", "mesh_home", "nkey_public_key", "nkeys_module", "read_server_record", "resolve_url", "server_urls", "shown_url"]
 
 
 class ServerRecord(msgspec.Struct, frozen=True):
@@ -110,7 +110,7 @@ class MeshSettings:
         options: dict[str, Any] = {"servers": server_urls(resolve_url(self.url)), "name": self.name}
         if self.creds:
             _readable(self.creds, "--creds file")
-            _nkeys_module()
+            nkeys_module()
             options["user_credentials"] = self.creds
         if self.nkey_seed:
             options["nkeys_seed"] = self.nkey_seed
@@ -156,7 +156,7 @@ def _readable(path: str, what: str) -> str:
     return path
 
 
-def _nkeys_module() -> Any:
+def nkeys_module() -> Any:
     try:
         import nkeys  # type: ignore[import-untyped]
     except ImportError:
@@ -168,7 +168,7 @@ def _nkeys_module() -> Any:
 
 def nkey_public_key(seed_file: str) -> str:
     """The public key of the nkey seed in ``seed_file``; the seed itself is never shown."""
-    nkeys = _nkeys_module()
+    nkeys = nkeys_module()
     seed = bytearray(Path(_readable(seed_file, "--nkey seed file")).read_bytes().strip())
     try:
         pair = nkeys.from_seed(seed)

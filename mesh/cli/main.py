@@ -13,6 +13,7 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
+from mesh.cli.auth import auth as auth_group
 from mesh.cli.demo import demo as demo_command
 from mesh.cli.flow import flow as flow_group
 from mesh.cli.options import nats_options, parse_json, run, run_sync
@@ -148,5 +149,5 @@ async def _publish(settings: MeshSettings, subject: str, data: Any, correlation:
         return await mesh.publish(subject, data, correlation_id=correlation)
 
 
-for _command in (tail_command, status_command, demo_command, flow_group, replay_group):
+for _command in (tail_command, status_command, demo_command, flow_group, replay_group, auth_group):
     main.add_command(_command)
