@@ -277,8 +277,14 @@ class Mesh:
             if record is not None and not found.done():
                 found.set_result(record)
 
-        sub = await self.js.subscribe(subjects.task(task_id), cb=on_msg, ordered_consumer=True,
-                                      config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))  # fmt: skip
+        # named, with the stream given: the server is asked `CONSUMER.CREATE.MESH.<name>.mesh.task.<id>`,
+        # which a client's permissions allow, not the unfiltered create or the stream lookup
+        name = f"outcome-{self.nc.new_inbox().rsplit('.', 1)[-1]}"
+        sub = await jetstream.guarded(
+            self.js, f"{jetstream.API}.CONSUMER.CREATE.{subjects.STREAM}.{name}.{subjects.task(task_id)}",
+            self.js.subscribe(subjects.task(task_id), cb=on_msg, ordered_consumer=True, stream=subjects.STREAM,
+                              config=ConsumerConfig(name=name, deliver_policy=DeliverPolicy.ALL)),
+        )  # fmt: skip
         try:
             return await asyncio.wait_for(found, timeout)
         except asyncio.TimeoutError:

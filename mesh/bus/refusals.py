@@ -29,7 +29,8 @@ _ACTIONS = {"publish": "publish to", "subscription": "subscribe to"}
 
 
 def parse_violation(text: str) -> tuple[str, str] | None:
-    """`nats: permissions violation for publish to "x.y"` -> ("publish to", "x.y"); else None."""
+    """`nats: permissions violation for publish to "x.y"` -> ("publish to", "x.y"); else None.
+    nats-py lowercases the server's line, so the subject may be in lower case."""
     found = _VIOLATION.search(text)
     if found is None:
         return None
@@ -41,7 +42,7 @@ class Refusals:
 
     def __init__(self, user: str) -> None:
         self.user = user
-        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiting: dict[str, dict[asyncio.Future[None], str]] = {}  # lower-cased subject -> waiting
         self.refused: list[PermissionDeniedError] = []  # the latest few, for a check after a flush
 
     def report(self, text: str) -> PermissionDeniedError | None:
@@ -49,9 +50,11 @@ class Refusals:
         parsed = parse_violation(text)
         if parsed is None:
             return None
-        error = PermissionDeniedError(*parsed, self.user)
+        action, lowered = parsed
+        waiting = self._waiting.get(lowered.lower(), {})
+        error = PermissionDeniedError(action, next(iter(waiting.values()), lowered), self.user)
         self.refused = [*self.refused[-15:], error]
-        for future in self._waiting.get(error.subject, ()):
+        for future in waiting:
             if not future.done():
                 future.set_exception(error)
         return error
@@ -60,7 +63,8 @@ class Refusals:
         """Run ``action`` on ``subject``; raise `PermissionDeniedError` as soon as the server
         refuses that subject, instead of waiting for the action's timeout."""
         refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(subject, set()).add(refused)
+        key = subject.lower()
+        self._waiting.setdefault(key, {})[refused] = subject
         task: asyncio.Future[T] = asyncio.ensure_future(action)
         try:
             either: set[asyncio.Future[Any]] = {task, refused}
@@ -71,16 +75,16 @@ class Refusals:
                 refused.result()  # raises the refusal
             return task.result()
         finally:
-            self._waiting[subject].discard(refused)
-            if not self._waiting[subject]:
-                del self._waiting[subject]
+            del self._waiting[key][refused]
+            if not self._waiting[key]:
+                del self._waiting[key]
             if not refused.done():
                 refused.cancel()
             elif not refused.cancelled():
                 refused.exception()  # retrieved: no "never retrieved" warning
 
     def refusal_of(self, subject: str) -> PermissionDeniedError | None:
-        return next((error for error in reversed(self.refused) if error.subject == subject), None)
+        return next((error for error in reversed(self.refused) if error.subject.lower() == subject.lower()), None)
 
 
 _by_connection: weakref.WeakKeyDictionary[Client, Refusals] = weakref.WeakKeyDictionary()
