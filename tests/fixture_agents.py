@@ -7,6 +7,7 @@ from typing import Any
 
 from mesh import Agent, Context, RetryableError, ToolNotGrantedError
 from mesh.llm.tools import tool
+from topics.chat import ChatMessage
 
 slow = Agent("slow")
 
@@ -97,3 +98,13 @@ async def count_with_tools(input: dict[str, Any], ctx: Context) -> dict[str, Any
     except ToolNotGrantedError as refused:
         return {"count": result, "answer": final.choices[0].message.content, "refused": str(refused)}
     return {"count": result, "refused": None}
+
+
+meddler = Agent("meddler")
+
+
+@meddler.task("meddle")
+async def meddle(input: Any, ctx: Context) -> Any:
+    """Posts to a chat room: outside what an agent role may publish under `mesh auth init`."""
+    await ctx.emit("mesh.chat.lobby", ChatMessage(room="lobby", speaker="meddler", content=str(input)))
+    return input
