@@ -27,6 +27,7 @@ from mesh.bus import jetstream
 from mesh.bus.refusals import Refusals, attach
 from mesh.bus.settings import MeshSettings, resolve_url, shown_url
 from mesh.errors import AuthenticationError, ConfigError, NoServerError
+from mesh.telemetry.redact import scrub_text
 from topics import subjects
 from topics.agents import Presence
 
@@ -58,8 +59,10 @@ async def connect(settings: MeshSettings | None = None, **options: object) -> Cl
     opts.update(options)
     refusals = Refusals(settings.user)
     refused_auth: list[Exception] = []
+    last_error: list[Exception] = []
 
     async def on_error(error: Exception) -> None:
+        last_error[:] = [error]
         if isinstance(error, nats.errors.AuthorizationError):
             refused_auth.append(error)
         refusal = refusals.report(str(error))
@@ -77,9 +80,12 @@ async def connect(settings: MeshSettings | None = None, **options: object) -> Cl
     except asyncio.TimeoutError as error:
         if refused_auth:
             raise _refused(where, settings) from None
+        why = f" (last error: {scrub_text(str(last_error[0]) or type(last_error[0]).__name__)})" if last_error else ""
+        if last_error and settings.user == "this client":  # a server requiring users may just close the socket
+            why += "; if it requires users, pass --nkey FILE (or --creds FILE)"
         raise NoServerError(
-            f"cannot reach NATS at {where}: no answer within {first_connect:g}s. "
-            "Is the server running? (`mesh up` starts a local one)"
+            f"cannot reach NATS at {where}: no answer within {first_connect:g}s{why}. "
+            "Is the server running? (`mesh up` starts a local one; with TLS, --tls-ca names the CA to trust)"
         ) from error
     except nats.errors.AuthorizationError:
         raise _refused(where, settings) from None
