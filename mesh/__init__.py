@@ -7,12 +7,14 @@ from mesh.coordination.board import Board
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Flow, Workflows
 from mesh.errors import (
+    AuthenticationError,
     ConfigError,
     ConflictError,
     ExpectedSequenceError,
     LogGapError,
     MeshError,
     NoServerError,
+    PermissionDeniedError,
     ReplayIsolationError,
     ReplayStop,
     RetryableError,
@@ -42,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agent",
     "AgentRunner",
+    "AuthenticationError",
     "Board",
     "ConfigError",
     "ConflictError",
@@ -57,6 +60,7 @@ __all__ = [
     "MeshError",
     "MeshSettings",
     "NoServerError",
+    "PermissionDeniedError",
     "Proposal",
     "Proposals",
     "Published",

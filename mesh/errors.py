@@ -18,6 +18,8 @@ __all__ = [
     "TemplateError",
     "NoServerError",
     "ConnectionLostError",
+    "AuthenticationError",
+    "PermissionDeniedError",
     "SchemaError",
     "SnapshotMismatch",
     "TaskError",
@@ -84,6 +86,28 @@ class ConnectionLostError(MeshError, ConnectionError):
     process exits with it, so its supervisor starts it again."""
 
     retryable = True
+
+
+class AuthenticationError(MeshError, PermissionError):
+    """The server refused this client's credentials (or they could not be read)."""
+
+    retryable = False
+
+
+class PermissionDeniedError(MeshError, PermissionError):
+    """The server refused an action its permissions for this user do not allow. Never
+    retried: the same user would be refused again."""
+
+    retryable = False
+
+    def __init__(self, action: str, subject: str, user: str) -> None:
+        super().__init__(
+            f"the server refused {user} to {action} {subject!r}: its permissions do not allow it "
+            "(`mesh auth init` wrote each role's permissions to roles.json; docs/SECURITY.md explains them)"
+        )
+        self.action = action
+        self.subject = subject
+        self.user = user
 
 
 class SchemaError(MeshError, ValueError):

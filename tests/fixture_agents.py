@@ -9,6 +9,7 @@ from typing import Any
 
 from mesh import Agent, Context, RetryableError, ToolNotGrantedError
 from mesh.llm.tools import tool
+from topics.chat import ChatMessage
 
 slow = Agent("slow")
 
@@ -129,3 +130,13 @@ inflater = Agent("inflater")
 async def inflate(input: Any, ctx: Context) -> Any:
     """Echo's capability, with an output of ``input`` plus 3 MB: too large for one message."""
     return {**input, "padding": "x" * 3_000_000}
+
+
+meddler = Agent("meddler")
+
+
+@meddler.task("meddle")
+async def meddle(input: Any, ctx: Context) -> Any:
+    """Posts to a chat room: outside what an agent role may publish under `mesh auth init`."""
+    await ctx.emit("mesh.chat.lobby", ChatMessage(room="lobby", speaker="meddler", content=str(input)))
+    return input

@@ -40,7 +40,7 @@ class TestPublicApi:
             "TaskError", "RetryableError", "TaskFailedError", "TaskTimeoutError", "ConflictError",
             "ExpectedSequenceError", "VersionConflict", "VoteRejected", "VoteTimeoutError", "WorkflowFailedError",
             "WorkflowTimeoutError", "ToolError", "ToolNotGrantedError", "LogGapError", "ReplayIsolationError",
-            "ReplayStop",
+            "ReplayStop", "PermissionDeniedError", "AuthenticationError",
         ])  # fmt: skip
         for name in mesh.__all__:
             assert hasattr(mesh, name)

@@ -6,12 +6,15 @@ import asyncio
 import os
 import re
 import socket
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from mesh.bus import jetstream, payloads
@@ -279,6 +282,11 @@ class Mesh:
         task's completion, failure or cancellation. With ``stored`` (the default) one already
         in the log counts; without, only one that lands once the watch is in place."""
         return self.waiters.watch(subjects.task(task_id), _is_outcome, stored=stored)
+
+    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
+        """A core subscription to live messages on ``subject``, once the server has accepted it;
+        raises `PermissionDeniedError` if this user may not read it."""
+        return await jetstream.subscribe(self.nc, subject, cb)
 
     async def last_on(self, subject: str) -> Record | None:
         """The newest event stored on one subject (a direct get), or None."""

@@ -16,16 +16,19 @@ from typing import TypeVar
 
 import msgspec
 import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType
+from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from mesh.bus import jetstream
+from mesh.bus.refusals import Refusals, attach
 from mesh.bus.settings import MeshSettings, resolve_url, shown_url
-from mesh.errors import ConfigError, NoServerError
+from mesh.errors import AuthenticationError, ConfigError, NoServerError
+from mesh.telemetry.redact import scrub_text
 from topics import subjects
 from topics.agents import Presence
 
@@ -46,7 +49,8 @@ T = TypeVar("T")
 
 
 async def connect(settings: MeshSettings | None = None, **options: object) -> Client:
-    """Connect with reconnects on; raise NoServerError naming the URL when none answers."""
+    """Connect with reconnects on; raise NoServerError naming the URL when none answers, and
+    AuthenticationError when the server refuses the credentials."""
     settings = settings or MeshSettings.from_env()
     opts = settings.connect_options()
     opts.update(
@@ -55,25 +59,53 @@ async def connect(settings: MeshSettings | None = None, **options: object) -> Cl
         allow_reconnect=True,
     )
     opts.update(options)
+    refusals = Refusals(settings.user)
+    refused_auth: list[Exception] = []
+    last_error: list[Exception] = []
 
     async def on_error(error: Exception) -> None:
-        log.warning("nats error", error=str(error))
+        last_error[:] = [error]
+        if isinstance(error, nats.errors.AuthorizationError):
+            refused_auth.append(error)
+        refusal = refusals.report(str(error))
+        if refusal is not None:  # the connection stays open: the server refused one action
+            log.warning("permission denied", subject=refusal.subject, action=refusal.action, user=refusal.user)
+        else:
+            log.warning("nats error", error=str(error))
 
     opts.setdefault("error_cb", on_error)
     # nats-py applies max_reconnect_attempts=-1 to the first connect too: bound that one
     first_connect = float(os.environ.get("MESH_CONNECT_TIMEOUT", "5"))
+    where = shown_url(resolve_url(settings.url))
     try:
-        return await asyncio.wait_for(nats.connect(**opts), first_connect)
+        nc = await asyncio.wait_for(nats.connect(**opts), first_connect)
     except asyncio.TimeoutError as error:
+        if refused_auth:
+            raise _refused(where, settings) from None
+        why = f" (last error: {scrub_text(str(last_error[0]) or type(last_error[0]).__name__)})" if last_error else ""
+        if last_error and settings.user == "this client":  # a server requiring users may just close the socket
+            why += "; if it requires users, pass --nkey FILE (or --creds FILE)"
         raise NoServerError(
-            f"cannot reach NATS at {shown_url(resolve_url(settings.url))}: no answer within {first_connect:g}s. "
-            "Is the server running? (`mesh up` starts a local one)"
+            f"cannot reach NATS at {where}: no answer within {first_connect:g}s{why}. "
+            "Is the server running? (`mesh up` starts a local one; with TLS, --tls-ca names the CA to trust)"
         ) from error
+    except nats.errors.AuthorizationError:
+        raise _refused(where, settings) from None
     except Exception as error:  # nats raises several unrelated types for "nobody there"
         raise NoServerError(
-            f"cannot reach NATS at {shown_url(resolve_url(settings.url))}: {error or type(error).__name__}. "
+            f"cannot reach NATS at {where}: {error or type(error).__name__}. "
             "Is the server running? (`mesh up` starts a local one)"
         ) from error
+    attach(nc, refusals)
+    return nc
+
+
+def _refused(where: str, settings: MeshSettings) -> AuthenticationError:
+    given = "no credentials" if settings.user == "this client" else f"the credentials of {settings.user}"
+    return AuthenticationError(
+        f"NATS at {where} refused {given} (authorization violation): "
+        "pass the seed of a role it knows with --nkey FILE (or --creds FILE)"
+    )
 
 
 def stream_replicas() -> int:
@@ -125,20 +157,34 @@ class StreamLimits:
 async def ensure_stream(js: JetStreamContext, *, replicas: int | None = None, limits: StreamLimits | None = None) -> None:
     """Create the MESH stream unless it exists; `replicas` defaults to `MESH_REPLICAS`, the
     limits to `StreamLimits.from_env()`. An existing stream keeps its configuration (changing
-    it is an operator's decision): a difference in its limits is logged."""
+    it is an operator's decision): a difference in its limits is logged.
+
+    Asks whether it exists first, so a user whose permissions allow reading the stream's
+    info but not creating streams (every role but admin, under `mesh auth init`) connects
+    to a stream an admin made; where it is missing, such a user gets `PermissionDeniedError`."""
     limits = limits or StreamLimits.from_env()
+    try:
+        found = await _until_jetstream_ready(lambda: jetstream.stream_info(js, subjects.STREAM))
+    except NotFoundError:
+        found = None
+    if found is not None:
+        _log_other_limits(found.config, limits)
+        return
     config = subjects.stream_config(replicas=replicas or stream_replicas(), duplicate_window=limits.duplicate_window,
                                     max_age=limits.max_age, max_bytes=limits.max_bytes, max_msgs=limits.max_msgs)  # fmt: skip
     try:
-        await _until_jetstream_ready(lambda: js.add_stream(config))
+        await _until_jetstream_ready(lambda: jetstream.add_stream(js, config))
     except BadRequestError as error:
         if error.err_code != jetstream.STREAM_IN_USE:
             raise
-        found = (await js.stream_info(subjects.STREAM)).config
-        wanted = (config.duplicate_window, config.max_age, config.max_bytes, config.max_msgs)
-        if (found.duplicate_window, found.max_age, found.max_bytes, found.max_msgs) != wanted:
-            log.info("the MESH stream exists with other limits; keeping them", duplicate_window=found.duplicate_window,
-                     max_age=found.max_age, max_bytes=found.max_bytes, max_msgs=found.max_msgs)  # fmt: skip
+        _log_other_limits((await js.stream_info(subjects.STREAM)).config, limits)
+
+
+def _log_other_limits(found: StreamConfig, limits: StreamLimits) -> None:
+    wanted = (limits.duplicate_window, limits.max_age, limits.max_bytes, limits.max_msgs)
+    if (found.duplicate_window, found.max_age, found.max_bytes, found.max_msgs) != wanted:
+        log.info("the MESH stream exists with other limits; keeping them", duplicate_window=found.duplicate_window,
+                 max_age=found.max_age, max_bytes=found.max_bytes, max_msgs=found.max_msgs)  # fmt: skip
 
 
 async def _until_jetstream_ready(call: Callable[[], Awaitable[T]], wait: float = 30.0) -> T:

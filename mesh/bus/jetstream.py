@@ -22,6 +22,10 @@ Why each call is here (as read in nats-py 2.16.0):
 - Error codes: JetStream says why it refused a request only in `APIError.err_code`. A
   refused compare-and-set (`WRONG_LAST_SEQUENCE`) becomes `ExpectedSequenceError` in
   `publish`; the stream set-up codes are read by `mesh.bus.connection`.
+- Refusals (`mesh.bus.refusals`): a publish or API request the server's permissions refuse
+  is not answered, only reported to the error callback; `publish`, `delete_stream` and
+  `subscribe` wait for either, so a refusal is a `PermissionDeniedError` at once. The
+  connection is reached through `JetStreamContext._nc` (no public accessor in 2.16.0).
 - `TRANSIENT_ERRORS` / `is_transient`: NATS failures that pass (a reconnect, a leader
   election). `mesh.errors.retryable` cannot know them (it may not import NATS), so the
   runtime asks both: `retryable(error) or is_transient(error)`.
@@ -29,14 +33,18 @@ Why each call is here (as read in nats-py 2.16.0):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo, PubAck, RawStreamMsg
+from nats.js.api import ConsumerInfo, PubAck, RawStreamMsg, StreamConfig, StreamInfo
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
+from mesh.bus.refusals import refusals_of
 from mesh.errors import ExpectedSequenceError
 from topics import subjects
 
@@ -47,6 +55,9 @@ __all__ = [
     "TRANSIENT_ERRORS",
     "WRONG_LAST_SEQUENCE",
     "consumers_info",
+    "delete_stream",
+    "guarded",
+    "subscribe",
     "direct_get",
     "is_settled",
     "is_transient",
@@ -60,6 +71,9 @@ STREAM_IN_USE = 10058  # a stream of that name exists with another configuration
 WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence did not match the subject's last
 
 EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+API = "$JS.API"  # the JetStream API's subject prefix (no domain)
+
+T = TypeVar("T")
 
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     nats.errors.TimeoutError,
@@ -94,7 +108,7 @@ async def publish(
     if expected_last_subject_seq is not None:
         sent[EXPECTED_SUBJECT_SEQ] = str(expected_last_subject_seq)
     try:
-        return await js.publish(subject, payload, headers=sent)
+        return await guarded(js, subject, js.publish(subject, payload, headers=sent))
     except BadRequestError as error:
         if expected_last_subject_seq is None or error.err_code != WRONG_LAST_SEQUENCE:
             raise
@@ -148,3 +162,34 @@ async def consumers_info(js: JetStreamContext, stream: str = subjects.STREAM) ->
 def is_settled(msg: Msg) -> bool:
     """Whether ``msg`` was acked, nak'ed or terminated (`in_progress` does not settle it)."""
     return msg.is_acked
+
+
+async def guarded(js: JetStreamContext, subject: str, action: Awaitable[T]) -> T:
+    """``action`` (a request on ``subject``), ended by `PermissionDeniedError` if refused."""
+    nc: Client = js._nc
+    return await refusals_of(nc).guard(subject, action)
+
+
+async def delete_stream(js: JetStreamContext, stream: str = subjects.STREAM) -> bool:
+    """Delete ``stream`` and everything in it (an admin's action)."""
+    return await guarded(js, f"{API}.STREAM.DELETE.{stream}", js.delete_stream(stream))
+
+
+async def stream_info(js: JetStreamContext, stream: str = subjects.STREAM) -> StreamInfo:
+    return await guarded(js, f"{API}.STREAM.INFO.{stream}", js.stream_info(stream))
+
+
+async def add_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
+    return await guarded(js, f"{API}.STREAM.CREATE.{config.name}", js.add_stream(config))
+
+
+async def subscribe(nc: Client, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
+    """A core subscription the server has accepted: a refused one raises `PermissionDeniedError`
+    (the server answers the round trip after it says so)."""
+    sub = await nc.subscribe(subject, cb=cb)
+    await nc.flush()
+    refusal = refusals_of(nc).refusal_of(subject)
+    if refusal is not None:
+        await sub.unsubscribe()
+        raise refusal
+    return sub

@@ -19,7 +19,7 @@ from mesh.bus.processes import ask_to_stop, child_options, executable, pid_alive
 from mesh.bus.settings import ServerRecord, mesh_home, read_server_record
 from mesh.errors import ConfigError, MeshError
 
-__all__ = ["server_binary", "start_server", "stop_server", "running_server", "LocalServer"]
+__all__ = ["server_binary", "start_server", "stop_server", "running_server", "LocalServer", "Security"]
 
 
 def server_binary() -> str:
@@ -114,16 +114,48 @@ def _port_free(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-def up(home: Path | None = None, *, port: int = 4222) -> tuple[ServerRecord, bool]:
+@dataclass(frozen=True)
+class Security:
+    """What `mesh up --auth DIR --tls-cert --tls-key [--tls-ca]` asks of the server."""
+
+    auth: Path | None = None  # the folder `mesh auth init` wrote
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # clients must then present a certificate this CA signed
+
+    def server_args(self) -> list[str]:
+        args: list[str] = []
+        if self.auth is not None:
+            config = self.auth / "auth.conf"
+            if not config.is_file():
+                raise ConfigError(f"no {config}: `mesh auth init --dir {self.auth}` writes it")
+            args += ["-c", str(config)]
+        if self.tls_cert or self.tls_key:
+            if not (self.tls_cert and self.tls_key):
+                raise ConfigError("TLS needs both --tls-cert and --tls-key")
+            args += ["--tls", "--tlscert", str(self.tls_cert), "--tlskey", str(self.tls_key)]
+            if self.tls_ca:
+                args += ["--tlsverify", "--tlscacert", str(self.tls_ca)]
+        return args
+
+    @property
+    def scheme(self) -> str:
+        return "tls" if self.tls_cert else "nats"
+
+
+def up(home: Path | None = None, *, port: int = 4222, security: Security | None = None) -> tuple[ServerRecord, bool]:
     """Start the local server unless one is running; return its record and whether it is new."""
     home = home or mesh_home()
+    security = security or Security()
     if (record := running_server(home)) is not None:
         return record, False
     if port > 0 and not _port_free(port):
         raise ConfigError(f"port {port} is taken: `mesh up --port N` picks another (or 0 for any free port)")
     log_file = home / "nats-server.log"
-    server = start_server(home / "store", port=port or -1, log_file=log_file, detach=True)
-    record = ServerRecord(url=server.url, pid=server.process.pid, store=str(server.store), port=server.port, log=str(log_file))
+    server = start_server(home / "store", port=port or -1, log_file=log_file, detach=True,
+                          extra_args=security.server_args())  # fmt: skip
+    url = f"{security.scheme}://127.0.0.1:{server.port}"  # the record holds no secret: no user, no key
+    record = ServerRecord(url=url, pid=server.process.pid, store=str(server.store), port=server.port, log=str(log_file))
     (home / "server.json").write_bytes(msgspec.json.encode(record))
     return record, True
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 
-from mesh.errors import NoServerError
+from mesh.errors import AuthenticationError, ConfigError, NoServerError
 from mesh.telemetry.redact import scrub_text
 
-__all__ = ["MeshSettings", "ServerRecord", "mesh_home", "read_server_record", "resolve_url", "server_urls", "shown_url"]
+__all__ = ["MeshSettings", "ServerRecord", "inbox_prefix", "mesh_home", "nkey_public_key", "nkeys_module", "read_server_record", "resolve_url", "server_urls", "shown_url"]
 
 
 class ServerRecord(msgspec.Struct, frozen=True):
@@ -86,6 +86,7 @@ class MeshSettings:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_hostname: str | None = None  # the name the server's certificate must carry, when the URL's host differs
     name: str = field(default_factory=lambda: f"mesh-{socket.gethostname()}-{os.getpid()}")
 
     @classmethod
@@ -98,21 +99,86 @@ class MeshSettings:
             "tls_ca": env("NATS_CA"),
             "tls_cert": env("NATS_CERT"),
             "tls_key": env("NATS_KEY"),
+            "tls_hostname": env("NATS_TLS_HOSTNAME"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def connect_options(self) -> dict[str, Any]:
+        """The keyword arguments of `nats.connect`. Seeds and keys are read here, so a missing
+        file, a missing `nkeys` package or a bad seed is a clear error before any connection."""
         options: dict[str, Any] = {"servers": server_urls(resolve_url(self.url)), "name": self.name}
         if self.creds:
+            _readable(self.creds, "--creds file")
+            nkeys_module()
             options["user_credentials"] = self.creds
         if self.nkey_seed:
             options["nkeys_seed"] = self.nkey_seed
+            # replies come to this user's own inboxes: the permissions `mesh auth init` writes let
+            # a user subscribe to `_INBOX_<its public key>.>` only, never to another user's replies
+            options["inbox_prefix"] = inbox_prefix(nkey_public_key(self.nkey_seed))
         if self.tls_cert or self.tls_ca:
-            import ssl
-
-            context = ssl.create_default_context(cafile=self.tls_ca)
-            if self.tls_cert:
-                context.load_cert_chain(self.tls_cert, self.tls_key)
-            options["tls"] = context
+            options["tls"] = self._tls_context()
+            if self.tls_hostname:
+                options["tls_hostname"] = self.tls_hostname
         return options
+
+    def _tls_context(self) -> Any:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=_readable(self.tls_ca, "--tls-ca file") if self.tls_ca else None)
+            if self.tls_cert:
+                context.load_cert_chain(_readable(self.tls_cert, "--tls-cert file"),
+                                        _readable(self.tls_key, "--tls-key file") if self.tls_key else None)  # fmt: skip
+        except ssl.SSLError as error:
+            raise ConfigError(f"cannot use the TLS files given ({error.reason or error}); give PEM files") from None
+        return context
+
+    @property
+    def user(self) -> str:
+        """Who this client is, as it may be shown: the seed or creds file's name, never its content."""
+        if self.nkey_seed:
+            return f"nkey user '{Path(self.nkey_seed).stem}'"
+        if self.creds:
+            return f"user '{Path(self.creds).stem}'"
+        return "this client"
+
+
+def inbox_prefix(public_key: str) -> str:
+    """The reply subjects of the user with ``public_key``: `_INBOX_<public key>`."""
+    return f"_INBOX_{public_key}"
+
+
+def _readable(path: str, what: str) -> str:
+    if not Path(path).is_file():
+        raise ConfigError(f"{what} {path!r} does not exist or is not a file")
+    return path
+
+
+def nkeys_module() -> Any:
+    try:
+        import nkeys  # type: ignore[import-untyped]
+    except ImportError:
+        raise ConfigError(
+            "nkey and .creds authentication needs the `nkeys` package: `pip install 'nats-py[nkeys]'`"
+        ) from None
+    return nkeys
+
+
+def nkey_public_key(seed_file: str) -> str:
+    """The public key of the nkey seed in ``seed_file``; the seed itself is never shown."""
+    nkeys = nkeys_module()
+    seed = bytearray(Path(_readable(seed_file, "--nkey seed file")).read_bytes().strip())
+    try:
+        pair = nkeys.from_seed(seed)
+        public = str(pair.public_key.decode())
+        pair.wipe()
+    except Exception as error:  # nkeys raises its own errors, binascii and nacl ones
+        raise AuthenticationError(
+            f"{seed_file!r} does not hold an nkey seed ({type(error).__name__}); "
+            "`mesh auth init` writes one per role (a line starting with SU)"
+        ) from None
+    finally:
+        seed[:] = b"\0" * len(seed)
+    return public

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
+from mesh.cli.auth import auth as auth_group
 from mesh.cli.demo import demo as demo_command
 from mesh.cli.flow import flow as flow_group
 from mesh.cli.options import nats_options, parse_json, run, run_sync
@@ -33,12 +35,31 @@ def main() -> None:
 
 @main.command()
 @click.option("--port", default=4222, show_default=True, envvar="MESH_PORT", help="client port (0: any free port)")
-def up(port: int) -> None:
+@click.option("--auth", "auth_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="require the users `mesh auth init` wrote in this folder (its admin seed creates the stream)")  # fmt: skip
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="server certificate (PEM): require TLS")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="the certificate's private key (PEM)")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="require client certificates signed by this CA (PEM)")  # fmt: skip
+def up(port: int, auth_dir: Path | None, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None) -> None:
     """Start a local nats-server with JetStream, store under .mesh/."""
+    from mesh.bus.server import Security
     from mesh.bus.server import up as start_up
 
-    record, started = run(run_sync(start_up, port=port))
+    security = Security(auth=auth_dir, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+    record, started = run(run_sync(start_up, port=port, security=security))
+    if started and auth_dir is not None:  # only admin may create the stream and the presence bucket
+        admin = MeshSettings(url=record.url, nkey_seed=str(auth_dir / "admin.nk"),
+                             tls_ca=str(tls_cert) if tls_cert else None)  # fmt: skip
+        run(_prepare(admin))
     click.echo(f"{'started' if started else 'already running'}: {record.url} (pid {record.pid}, store {record.store})")
+
+
+async def _prepare(admin: MeshSettings) -> None:
+    from mesh.bus.connection import presence_bucket
+
+    async with await Mesh.connect(settings=admin) as mesh:
+        await presence_bucket(mesh.js)
 
 
 @main.command()
@@ -149,7 +170,7 @@ async def _publish(settings: MeshSettings, subject: str, data: Any, correlation:
         return await mesh.publish(subject, data, correlation_id=correlation)
 
 
-for _command in (tail_command, status_command, demo_command, flow_group, replay_group):
+for _command in (tail_command, status_command, demo_command, flow_group, replay_group, auth_group):
     main.add_command(_command)
 
 

@@ -1,0 +1,113 @@
+"""`mesh auth init`: one nkey user per role, and the nats-server configuration that knows them.
+
+Writes into one folder (mode 0700, files 0600):
+
+- `auth.conf`: a nats-server configuration (`authorization { users = [...] }`) naming each
+  role by its public nkey with its permissions (`mesh.bus.permissions`); `mesh up --auth`
+  starts the server with it (`nats-server -c auth.conf`, or `include` it in your own);
+- `<role>.nk`: each role's seed, the secret a process proves its role with (`--nkey FILE`);
+- `roles.json`: each role's public key, inbox prefix and permissions, for people and tools.
+
+A role whose seed file exists keeps it, so adding an agent role does not replace the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from mesh.bus.permissions import Permissions, admin_permissions, agent_permissions, client_permissions
+from mesh.bus.settings import inbox_prefix, nkey_public_key, nkeys_module
+from mesh.errors import ConfigError
+
+__all__ = ["AgentRole", "Role", "auth_config", "init_auth", "DEFAULT_FOLDER"]
+
+DEFAULT_FOLDER = Path(".mesh") / "auth"
+CONFIG = "auth.conf"
+SUMMARY = "roles.json"
+RESERVED = ("admin", "client")
+
+
+@dataclass(frozen=True)
+class AgentRole:
+    """What an Agent declares that its permissions depend on."""
+
+    name: str
+    capabilities: tuple[str, ...]
+    subscriptions: Mapping[str, str] = field(default_factory=dict)  # name -> subject filter
+
+
+class Role(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str
+    public_key: str
+    inbox: str
+    permissions: Permissions
+    seed_file: str
+
+
+def auth_config(roles: list[Role]) -> str:
+    """The nats-server `authorization` block for ``roles`` (public keys only: no secret)."""
+    users = [
+        f"    # {role.name}: {role.description}\n"
+        f"    {{\n      nkey: {json.dumps(role.public_key)}\n      permissions: {{\n"
+        f"        publish: {{ allow: {_subjects(role.permissions.publish)} }}\n"
+        f"        subscribe: {{ allow: {_subjects(role.permissions.subscribe)} }}\n      }}\n    }}"
+        for role in roles
+    ]
+    return ("# written by `mesh auth init`: one nkey user per role (see roles.json)\n"
+            "authorization {\n  users = [\n" + "\n".join(users) + "\n  ]\n}\n")  # fmt: skip
+
+
+def _subjects(names: tuple[str, ...]) -> str:
+    return "[\n" + "".join(f"          {json.dumps(name)}\n" for name in names) + "        ]"
+
+
+def init_auth(folder: Path, agents: list[AgentRole]) -> list[Role]:
+    """Write seeds, `auth.conf` and `roles.json` for admin, client and ``agents`` into ``folder``."""
+    names = [agent.name for agent in agents]
+    for name in names:
+        if name in RESERVED or names.count(name) > 1:
+            raise ConfigError(f"agent role {name!r} is given twice or is reserved ({', '.join(RESERVED)})")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, stat.S_IRWXU)
+    roles = [
+        _role(folder, "admin", "everything: streams, consumers, KV, object store, import, snapshots",
+              lambda _inbox: admin_permissions()),
+        _role(folder, "client", "submits tasks and reads their outcomes", client_permissions),
+    ]
+    for agent in agents:
+        def derived(inbox: str, agent: AgentRole = agent) -> Permissions:
+            return agent_permissions(agent.name, agent.capabilities, agent.subscriptions, inbox)
+
+        roles.append(_role(folder, agent.name, f"agent serving {', '.join(agent.capabilities) or 'no capability'}"
+                           + (f"; subscribed to {', '.join(agent.subscriptions.values())}" if agent.subscriptions else ""),
+                           derived))  # fmt: skip
+    _write(folder / CONFIG, auth_config(roles).encode())
+    _write(folder / SUMMARY, msgspec.json.format(msgspec.json.encode({r.name: r for r in roles}), indent=2) + b"\n")
+    return roles
+
+
+def _role(folder: Path, name: str, description: str, permissions: Callable[[str], Permissions]) -> Role:
+    seed_file = folder / f"{name}.nk"
+    if not seed_file.exists():
+        nkeys = nkeys_module()
+        _write(seed_file, bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)) + b"\n")
+    public = nkey_public_key(str(seed_file))
+    inbox = inbox_prefix(public)
+    return Role(name=name, description=description, public_key=public, inbox=inbox, permissions=permissions(inbox),
+                seed_file=str(seed_file))  # fmt: skip
+
+
+def _write(path: Path, content: bytes) -> None:
+    """Write ``content`` readable by its owner only (created 0600, never world-readable meanwhile)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(content)
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)

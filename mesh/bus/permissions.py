@@ -1,0 +1,102 @@
+"""The subjects each role may publish and subscribe to: pure functions of what a role does.
+
+Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connection`,
+`mesh.bus.consumer`, `mesh.runtime.runner`, `pipeline`, `failures`, `deadletter`,
+`mesh.llm.client`/`tools`/`recorded`), so a role is allowed what its code sends and no more:
+
+- every role: its own reply inbox (`_INBOX_<public key>.>`, see `settings.inbox_prefix`), so
+  no user reads another's replies (pulled messages, direct gets, acknowledgements);
+- `client`: submit tasks (a JetStream publish on `mesh.work.>`), read outcomes (core
+  subscription on `mesh.task.>`, direct get of the last event on a `mesh.task.*` subject, an
+  ordered consumer filtered on one `mesh.task.*` subject), check the stream exists;
+- an agent role: pull and settle its own consumers (`work-<capability>` per capability,
+  `on-<role>-<name>` per event subscription: create, info, next, ack, their max-deliveries
+  advisory), publish what the runner and its context publish (`mesh.task.>` outcomes,
+  claims and progress; `mesh.work.>` sub-tasks and fallbacks; `mesh.llm.<role>.>`,
+  `mesh.tool.<role>.>`, `mesh.dead.>`, `mesh.agent.>`), its presence entry, direct gets
+  on MESH (a task's last event; by sequence for dead letters and recorded model calls);
+- `admin`: everything (streams, consumers, KV, object store, import, snapshots).
+
+Nothing here creates, deletes or purges a stream except admin's `>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from topics import subjects
+
+__all__ = ["Permissions", "admin_permissions", "agent_permissions", "client_permissions"]
+
+_API = "$JS.API"
+_STREAM = subjects.STREAM
+_KV_STREAM = f"KV_{subjects.PRESENCE_BUCKET}"
+
+
+class Permissions(msgspec.Struct, frozen=True, kw_only=True):
+    """What one NATS user may publish and subscribe to (allow lists; all else is refused)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def admin_permissions() -> Permissions:
+    return Permissions(publish=(">",), subscribe=(">",))
+
+
+def _reading_outcomes() -> tuple[str, ...]:
+    """Requests that read a task's outcome: `Mesh.last_on`, `Mesh.outcome`'s ordered consumer."""
+    return (
+        f"{_API}.STREAM.INFO.{_STREAM}",
+        f"{_API}.DIRECT.GET.{_STREAM}.mesh.task.*",
+        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.mesh.task.*",
+        f"$JS.FC.{_STREAM}.>",  # the ordered consumer's flow-control replies
+    )
+
+
+def client_permissions(inbox: str) -> Permissions:
+    """Submit tasks and read their outcomes; nothing else."""
+    return Permissions(
+        publish=("mesh.work.>", *_reading_outcomes()),
+        subscribe=(f"{inbox}.>", "mesh.task.>"),
+    )
+
+
+def _consumer(name: str, filter_subject: str) -> tuple[str, ...]:
+    """Create (or update) one durable consumer of MESH, read its info, pull and settle it."""
+    return (
+        f"{_API}.CONSUMER.CREATE.{_STREAM}.{name}.{filter_subject}",
+        f"{_API}.CONSUMER.INFO.{_STREAM}.{name}",
+        f"{_API}.CONSUMER.MSG.NEXT.{_STREAM}.{name}",
+        f"$JS.ACK.{_STREAM}.{name}.>",
+    )
+
+
+def agent_permissions(
+    role: str, capabilities: tuple[str, ...], subscriptions: Mapping[str, str], inbox: str
+) -> Permissions:
+    """An agent role's permissions from its declarations: ``capabilities`` it serves and its
+    event ``subscriptions`` (name -> subject filter)."""
+    consumers = {subjects.work_consumer_name(c): subjects.work(c) for c in capabilities}
+    consumers |= {subjects.subscription_consumer_name(role, name): subject for name, subject in subscriptions.items()}
+    publish: list[str] = [
+        "mesh.task.>",  # claims, progress, completions and failures
+        "mesh.work.>",  # sub-tasks (`ctx.request`) and hand-overs to a fallback capability
+        f"mesh.llm.{role}.>",
+        f"mesh.tool.{role}.>",
+        "mesh.dead.>",
+        "mesh.agent.>",
+        f"$KV.{subjects.PRESENCE_BUCKET}.>",
+        f"{_API}.STREAM.INFO.{_KV_STREAM}",
+        f"{_API}.CONSUMER.CREATE.{_KV_STREAM}.*.$KV.{subjects.PRESENCE_BUCKET}.>",  # live agents (fallbacks)
+        f"$JS.FC.{_KV_STREAM}.>",
+        f"{_API}.DIRECT.GET.{_STREAM}",  # by sequence: dead letters, recorded model and tool calls
+        *_reading_outcomes(),
+    ]
+    subscribe: list[str] = [f"{inbox}.>", "mesh.task.>"]
+    for name, filter_subject in consumers.items():
+        publish += _consumer(name, filter_subject)
+        subscribe.append(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{_STREAM}.{name}")
+    return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))

@@ -1,0 +1,102 @@
+"""The server's refusals of this connection's actions, turned into `PermissionDeniedError`.
+
+A NATS server refuses a publish or a subscription its permissions do not allow with an
+`-ERR 'Permissions Violation for Publish to "<subject>"'` (or `... for Subscription to ...`)
+and keeps the connection open; nats-py hands that line to the error callback and nothing
+else. A JetStream publish or API request to a refused subject would only time out. So the
+error callback (`mesh.bus.connection.connect`) reports each violation here, and `guard`
+ends the action waiting on that subject with the refusal at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import weakref
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from nats.aio.client import Client
+
+from mesh.errors import PermissionDeniedError
+
+__all__ = ["Refusals", "attach", "refusals_of", "parse_violation"]
+
+T = TypeVar("T")
+
+_VIOLATION = re.compile(r"Permissions Violation for (Publish|Subscription) to \"?([^\"\s']+)", re.I)
+_ACTIONS = {"publish": "publish to", "subscription": "subscribe to"}
+
+
+def parse_violation(text: str) -> tuple[str, str] | None:
+    """`nats: permissions violation for publish to "x.y"` -> ("publish to", "x.y"); else None.
+    nats-py lowercases the server's line, so the subject may be in lower case."""
+    found = _VIOLATION.search(text)
+    if found is None:
+        return None
+    return _ACTIONS[found.group(1).lower()], found.group(2)
+
+
+class Refusals:
+    """What the server refused this connection, and the actions waiting on those subjects."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self._waiting: dict[str, dict[asyncio.Future[None], str]] = {}  # lower-cased subject -> waiting
+        self.refused: list[PermissionDeniedError] = []  # the latest few, for a check after a flush
+
+    def report(self, text: str) -> PermissionDeniedError | None:
+        """Called with each error the server sends; returns the refusal if it was one."""
+        parsed = parse_violation(text)
+        if parsed is None:
+            return None
+        action, lowered = parsed
+        waiting = self._waiting.get(lowered.lower(), {})
+        error = PermissionDeniedError(action, next(iter(waiting.values()), lowered), self.user)
+        self.refused = [*self.refused[-15:], error]
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+        return error
+
+    async def guard(self, subject: str, action: Awaitable[T]) -> T:
+        """Run ``action`` on ``subject``; raise `PermissionDeniedError` as soon as the server
+        refuses that subject, instead of waiting for the action's timeout."""
+        refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        key = subject.lower()
+        self._waiting.setdefault(key, {})[refused] = subject
+        task: asyncio.Future[T] = asyncio.ensure_future(action)
+        try:
+            either: set[asyncio.Future[Any]] = {task, refused}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if refused.done() and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                refused.result()  # raises the refusal
+            return task.result()
+        finally:
+            del self._waiting[key][refused]
+            if not self._waiting[key]:
+                del self._waiting[key]
+            if not refused.done():
+                refused.cancel()
+            elif not refused.cancelled():
+                refused.exception()  # retrieved: no "never retrieved" warning
+
+    def refusal_of(self, subject: str) -> PermissionDeniedError | None:
+        return next((error for error in reversed(self.refused) if error.subject.lower() == subject.lower()), None)
+
+
+_by_connection: weakref.WeakKeyDictionary[Client, Refusals] = weakref.WeakKeyDictionary()
+
+
+def attach(nc: Client, refusals: Refusals) -> None:
+    _by_connection[nc] = refusals
+
+
+def refusals_of(nc: Client, user: str = "this client") -> Refusals:
+    """The refusals of connection ``nc`` (made on first use)."""
+    refusals = _by_connection.get(nc)
+    if refusals is None:
+        refusals = _by_connection[nc] = Refusals(user)
+    return refusals

@@ -1,0 +1,40 @@
+"""`mesh auth init`: nkey users per role and the server configuration that knows them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mesh.bus.auth import CONFIG, DEFAULT_FOLDER, SUMMARY, AgentRole, Role, init_auth
+from mesh.cli.options import run, run_sync
+from mesh.runtime.process import load_agent
+
+__all__ = ["auth"]
+
+
+@click.group()
+def auth() -> None:
+    """Users, permissions and seeds for a deployment with authentication."""
+
+
+@auth.command("init")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_FOLDER,
+              show_default=True, help="where to write the seeds, auth.conf and roles.json")  # fmt: skip
+@click.option("--agent", "targets", multiple=True, metavar="MODULE:ATTR",
+              help="an Agent to give a role (repeatable): its permissions follow its capabilities and subscriptions")  # fmt: skip
+def init(folder: Path, targets: tuple[str, ...]) -> None:
+    """Write one nkey seed per role (admin, client, one per --agent), auth.conf and roles.json."""
+    roles = run(run_sync(_init, folder=folder, targets=targets))
+    for role in roles:
+        click.echo(f"{role.name:<12} {role.public_key}  seed: {role.seed_file}")
+    click.echo(f"server configuration: {folder / CONFIG} (`mesh up --auth {folder}`); permissions: {folder / SUMMARY}")
+
+
+def _init(folder: Path, targets: tuple[str, ...]) -> list[Role]:
+    agents = []
+    for target in targets:
+        agent = load_agent(target)
+        subscriptions = {name: sub.subject for name, sub in agent.subscriptions.items()}
+        agents.append(AgentRole(agent.name, agent.capabilities, subscriptions))
+    return init_auth(folder, agents)

@@ -1,0 +1,186 @@
+"""`mesh auth init` permissions on a real nats-server: what each role may do, and what the
+server refuses (and how the refusal shows)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mesh.bus import jetstream
+from mesh.bus.client import Mesh
+from mesh.bus.connection import presence_bucket
+from mesh.bus.server import LocalServer, start_server
+from mesh.bus.settings import MeshSettings
+from mesh.errors import PermissionDeniedError, TaskFailedError
+from tests.conftest import ROOT, AgentProcesses
+from tests.helpers import EventLog
+from topics import subjects
+from topics.tasks import TaskCompleted
+
+pytestmark = pytest.mark.e2e
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "MESH_LOG_FORMAT": "json"}
+
+
+async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "mesh", *args, cwd=ROOT, env={**ENV, **(env or {})},
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def auth_init(folder: Path, *agents: str) -> None:
+    code, out, err = await cli("auth", "init", "--dir", str(folder), *(a for agent in agents for a in ("--agent", agent)))
+    assert code == 0, err
+    assert not any(seed in out + err for seed in seeds(folder))  # the command shows public keys and paths only
+
+
+def seeds(folder: Path) -> list[str]:
+    return [path.read_text().strip() for path in folder.glob("*.nk")]
+
+
+@dataclass
+class Secured:
+    server: LocalServer
+    auth: Path
+    admin: Mesh
+    agents: AgentProcesses
+
+    def settings(self, role: str) -> MeshSettings:
+        return MeshSettings(url=self.server.url, nkey_seed=str(self.auth / f"{role}.nk"))
+
+    async def connect(self, role: str) -> Mesh:
+        return await Mesh.connect(settings=self.settings(role))
+
+    def violations(self) -> list[str]:
+        return [line for line in (self.server.store.parent / "nats.log").read_text().splitlines() if "Violation" in line]
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+    """A server requiring the users `mesh auth init` wrote (echo and meddler agent roles); its
+    admin created the stream and presence bucket, as `mesh up --auth` does."""
+    auth = tmp_path / "auth"
+    await auth_init(auth, "agents.echo:agent", "tests.fixture_agents:meddler")
+    server = start_server(tmp_path / "store", port=-1, log_file=tmp_path / "nats.log",
+                          extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
+    admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
+    await presence_bucket(admin.js)
+    log = EventLog(admin)
+    await log.start()
+    agents = AgentProcesses(server.url, log, tmp_path)
+    try:
+        yield Secured(server, auth, admin, agents)
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, agents.stop_all)
+        await log.stop()
+        await admin.close()
+        server.stop()
+
+
+class TestRolesAtWork:
+    """With the generated permissions, a client's task is done by an agent of its role."""
+
+    async def test_client_task_completed_by_agent(self, secured: Secured) -> None:
+        agent = await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))
+        code, out, err = await cli("task", "echo", "--input", '{"n": 1}', "--wait", "--timeout", "30",
+                                   "--nats", secured.server.url, "--nkey", str(secured.auth / "client.nk"))  # fmt: skip
+        assert code == 0, err
+        assert json.loads(out) == {"n": 1}
+        code, out, err = await cli("task", "echo", "--input", "2", "--task-id", "known-1", "--wait",
+                                   "--nats", secured.server.url, "--nkey", str(secured.auth / "client.nk"))  # fmt: skip
+        assert (code, out.strip()) == (0, "2"), err
+        await asyncio.get_running_loop().run_in_executor(None, secured.agents.stop_all)
+        output = secured.agents.output(agent)
+        assert "agent stopped" in output and "permission denied" not in output
+        assert secured.violations() == []  # start, pull, ack, complete, presence, stop: all allowed
+        server_log = secured.server.store.parent.joinpath("nats.log").read_text()
+        assert not any(seed in output or seed in server_log for seed in seeds(secured.auth))
+
+
+class TestRefused:
+    """What a role may not do is refused by the server, raised as PermissionDeniedError, and
+    leaves the connection open."""
+
+    async def test_client(self, secured: Secured) -> None:
+        async with await secured.connect("client") as client:
+            forged = TaskCompleted(task_id="t1", agent="echo-x", attempt=1, output="forged")
+            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.t1") as caught:
+                await client.publish(subjects.task("t1"), forged)
+            assert "client" in str(caught.value)
+
+            async def ignore(msg: object) -> None:
+                raise AssertionError("a refused subscription delivered a message")
+
+            with pytest.raises(PermissionDeniedError, match=r"subscribe to 'mesh\.llm\.>'"):
+                await client.subscribe("mesh.llm.>", ignore)
+            with pytest.raises(PermissionDeniedError, match=r"STREAM\.DELETE\.MESH"):
+                await jetstream.delete_stream(client.js)
+            assert client.nc.is_connected
+            assert await client.submit("echo", 1, task_id="after-refusals") == "after-refusals"
+        info = await secured.admin.js.stream_info(subjects.STREAM)
+        assert info.state.messages == 1  # the submitted task; not the forged completion
+
+    async def test_agent_role_may_not_delete_the_stream_but_admin_may(self, secured: Secured) -> None:
+        async with await secured.connect("echo") as agent:
+            with pytest.raises(PermissionDeniedError, match="echo"):
+                await jetstream.delete_stream(agent.js)
+        assert await jetstream.delete_stream(secured.admin.js) is True
+
+    async def test_agent_logs_the_refusal_and_fails_the_task(self, secured: Secured) -> None:
+        agent = await secured.agents.start("tests.fixture_agents:meddler", "--nkey", str(secured.auth / "meddler.nk"))
+        async with await secured.connect("client") as client:
+            with pytest.raises(TaskFailedError, match=r"PermissionDeniedError.*mesh\.chat\.lobby"):
+                await client.request("meddle", "hello", timeout=30)
+        output = secured.agents.output(agent)
+        assert "permission denied" in output and "mesh.chat.lobby" in output
+        assert any('"mesh.chat.lobby"' in line for line in secured.violations())
+
+
+def openssl_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost (the system's openssl)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    return cert, key
+
+
+class TestUp:
+    """`mesh up --auth DIR --tls-cert --tls-key`: TLS and nkeys required, no secret recorded."""
+
+    @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a self-signed certificate "
+                        "(the `cryptography` package is not installed in this venv)")  # fmt: skip
+    async def test_up_with_auth_and_tls(self, tmp_path: Path) -> None:
+        auth, home = tmp_path / "auth", tmp_path / "home" / ".mesh"
+        home.mkdir(parents=True)
+        env = {"MESH_HOME": str(home), "MESH_CONNECT_TIMEOUT": "3"}
+        await auth_init(auth)
+        cert, key = openssl_cert(tmp_path)
+        code, out, err = await cli("up", "--port", "0", "--auth", str(auth), "--tls-cert", str(cert), "--tls-key", str(key),
+                                   env=env)  # fmt: skip
+        try:
+            assert code == 0, err
+            record = (home / "server.json").read_text()
+            assert json.loads(record)["url"].startswith("tls://127.0.0.1:")
+            assert not any(seed in record + out + err for seed in seeds(auth))
+            client = ("--nkey", str(auth / "client.nk"))
+            code, out, err = await cli("task", "echo", "--input", "1", "--tls-ca", str(cert), *client, env=env)
+            assert code == 0 and out.strip(), err
+            code, out, err = await cli("task", "echo", "--input", "1", *client, env=env)
+            assert code == 1 and "certificate" in err.lower(), err  # the self-signed certificate is not trusted
+            code, out, err = await cli("task", "echo", "--input", "1", "--tls-ca", str(cert), env=env)
+            assert code == 1 and ("refused no credentials" in err or "pass --nkey FILE" in err), err
+            code, out, err = await cli("task", "echo", "--input", "1", "--tls-ca", str(cert), "--nkey", str(cert), env=env)
+            assert code == 1 and "does not hold an nkey seed" in err, err
+        finally:
+            await cli("down", env=env)

@@ -1,0 +1,176 @@
+"""Roles and their permissions (`mesh auth init`), seeds and refusals, without a server."""
+
+from __future__ import annotations
+
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from mesh.bus.auth import AgentRole, auth_config, init_auth
+from mesh.bus.permissions import Permissions, agent_permissions, client_permissions
+from mesh.bus.refusals import Refusals, parse_violation
+from mesh.bus.settings import MeshSettings, nkey_public_key
+from mesh.errors import AuthenticationError, ConfigError, PermissionDeniedError
+from mesh.telemetry.redact import scrub_text
+
+pytestmark = pytest.mark.unit
+
+INBOX = "_INBOX_UABC"
+
+
+def allows(patterns: tuple[str, ...], subject: str) -> bool:
+    """NATS subject matching: `*` one token, `>` the rest."""
+    want = subject.split(".")
+    for pattern in patterns:
+        tokens = pattern.split(".")
+        for i, token in enumerate(tokens):
+            if token == ">":
+                if len(want) > i:
+                    return True
+                break
+            if i >= len(want) or (token != "*" and token != want[i]):
+                break
+        else:
+            if len(tokens) == len(want):
+                return True
+    return False
+
+
+class TestClientPermissions:
+    """A client submits tasks and reads outcomes, and nothing else."""
+
+    def test_may_submit_and_read_outcomes(self) -> None:
+        p = client_permissions(INBOX)
+        assert allows(p.publish, "mesh.work.echo")
+        assert allows(p.subscribe, "mesh.task.t1") and allows(p.subscribe, f"{INBOX}.x.y")
+        assert allows(p.publish, "$JS.API.DIRECT.GET.MESH.mesh.task.t1")
+        assert allows(p.publish, "$JS.API.CONSUMER.CREATE.MESH.outcome-1.mesh.task.t1")
+
+    def test_may_not_forge_read_or_delete(self) -> None:
+        p = client_permissions(INBOX)
+        for subject in ("mesh.task.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "$JS.API.STREAM.DELETE.MESH",
+                        "$JS.API.STREAM.PURGE.MESH", "$JS.API.STREAM.CREATE.MESH", "$JS.API.CONSUMER.CREATE.MESH",
+                        "$JS.API.CONSUMER.CREATE.MESH.x.mesh.llm.echo.t1", "$JS.API.DIRECT.GET.MESH",
+                        "$JS.API.CONSUMER.MSG.NEXT.MESH.work-echo", "$JS.ACK.MESH.work-echo.1.2.3.4.5"):  # fmt: skip
+            assert not allows(p.publish, subject), subject
+        for subject in ("mesh.llm.echo.t1", "mesh.work.echo", "_INBOX.x", "_INBOX_UOTHER.x", "mesh.>"):
+            assert not allows(p.subscribe, subject), subject
+
+
+class TestAgentPermissions:
+    """An agent role consumes its own consumers and publishes what its runner publishes."""
+
+    def test_consumes_its_capabilities_and_subscriptions(self) -> None:
+        p = agent_permissions("echo", ("echo",), {"bids": "mesh.bid.*"}, INBOX)
+        for subject in ("$JS.API.CONSUMER.CREATE.MESH.work-echo.mesh.work.echo", "$JS.API.CONSUMER.MSG.NEXT.MESH.work-echo",
+                        "$JS.ACK.MESH.work-echo.1.2.3.4.5", "$JS.API.CONSUMER.CREATE.MESH.on-echo-bids.mesh.bid.*",
+                        "mesh.task.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "mesh.agent.echo-1",
+                        "$KV.mesh-presence.echo-1"):  # fmt: skip
+            assert allows(p.publish, subject), subject
+        assert allows(p.subscribe, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MESH.work-echo")
+
+    def test_not_another_roles_consumers_nor_the_stream(self) -> None:
+        p = agent_permissions("echo", ("echo",), {}, INBOX)
+        for subject in ("$JS.API.CONSUMER.MSG.NEXT.MESH.work-research", "$JS.ACK.MESH.work-research.1.2.3.4.5",
+                        "$JS.API.CONSUMER.CREATE.MESH.work-research.mesh.work.research", "mesh.llm.researcher.t1",
+                        "mesh.board.notes.k", "$JS.API.STREAM.DELETE.MESH", "$JS.API.STREAM.PURGE.MESH",
+                        "$JS.API.CONSUMER.DELETE.MESH.work-echo", "$JS.API.STREAM.CREATE.MESH"):  # fmt: skip
+            assert not allows(p.publish, subject), subject
+        assert not allows(p.subscribe, "mesh.llm.researcher.t1")
+
+
+class TestInitAuth:
+    """`mesh auth init` writes owner-only files, keeps seeds, and no seed reaches auth.conf."""
+
+    def test_files(self, tmp_path: Path) -> None:
+        folder = tmp_path / "auth"
+        roles = init_auth(folder, [AgentRole("echo", ("echo",))])
+        assert [r.name for r in roles] == ["admin", "client", "echo"]
+        if sys.platform != "win32":
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+            assert {stat.S_IMODE(f.stat().st_mode) for f in folder.iterdir()} == {0o600}
+        config = (folder / "auth.conf").read_text() + (folder / "roles.json").read_text()
+        for role in roles:
+            seed = Path(role.seed_file).read_text().strip()
+            assert seed.startswith("SU") and seed not in config and role.public_key in config
+            assert nkey_public_key(role.seed_file) == role.public_key
+
+    def test_keeps_existing_seeds(self, tmp_path: Path) -> None:
+        first = init_auth(tmp_path, [])
+        again = init_auth(tmp_path, [AgentRole("echo", ("echo",))])
+        assert [r.public_key for r in again[:2]] == [r.public_key for r in first]
+
+    def test_reserved_or_repeated_names(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="client"):
+            init_auth(tmp_path, [AgentRole("client", ("x",))])
+        with pytest.raises(ConfigError, match="twice"):
+            init_auth(tmp_path, [AgentRole("echo", ("x",)), AgentRole("echo", ("y",))])
+
+    def test_config_shape(self) -> None:
+        from mesh.bus.auth import Role
+
+        role = Role(name="r", description="d", public_key="UKEY", inbox="_INBOX_UKEY",
+                    permissions=Permissions(publish=("a.>",), subscribe=("b",)), seed_file="r.nk")  # fmt: skip
+        text = auth_config([role])
+        assert 'nkey: "UKEY"' in text and 'publish: { allow: [\n          "a.>"' in text
+
+
+class TestSeeds:
+    """A bad or missing seed is a clear error naming the file, never showing the seed."""
+
+    def test_bad_seed(self, tmp_path: Path) -> None:
+        bad = tmp_path / "bad.nk"
+        bad.write_text("SUNOTAREALSEEDATALLBUTLONGENOUGHTOLOOKLIKEONEAAAAAAAAAAAAA\n")
+        with pytest.raises(AuthenticationError, match=r"bad\.nk") as caught:
+            MeshSettings(url="nats://127.0.0.1:1", nkey_seed=str(bad)).connect_options()
+        assert "SUNOT" not in str(caught.value)
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="does not exist"):
+            MeshSettings(url="nats://127.0.0.1:1", nkey_seed=str(tmp_path / "none.nk")).connect_options()
+
+    def test_missing_nkeys_package(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        (seed := tmp_path / "a.nk").write_text("x")
+        monkeypatch.setitem(sys.modules, "nkeys", None)
+        with pytest.raises(ConfigError, match=r"nats-py\[nkeys\]"):
+            MeshSettings(url="nats://127.0.0.1:1", nkey_seed=str(seed)).connect_options()
+
+    def test_inbox_follows_the_public_key(self, tmp_path: Path) -> None:
+        role = init_auth(tmp_path, [])[1]
+        options = MeshSettings(url="nats://127.0.0.1:1", nkey_seed=role.seed_file).connect_options()
+        assert options["inbox_prefix"] == role.inbox and options["nkeys_seed"] == role.seed_file
+
+
+class TestRefusals:
+    """The server's permission errors become PermissionDeniedError naming subject and user."""
+
+    def test_parse(self) -> None:
+        assert parse_violation('nats: permissions violation for publish to "mesh.task.t1"') == ("publish to", "mesh.task.t1")
+        assert parse_violation("nats: 'Permissions Violation for Subscription to \"mesh.llm.>\"'") == (
+            "subscribe to", "mesh.llm.>")  # fmt: skip
+        assert parse_violation("nats: stale connection") is None
+
+    async def test_guard_ends_the_wait(self) -> None:
+        import asyncio
+
+        refusals = Refusals("nkey user 'client'")
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # reported once the guard waits (it registers before its first await), as the error callback would
+        asyncio.get_running_loop().call_soon(refusals.report, 'nats: permissions violation for publish to "$js.api.stream.delete.mesh"')
+        with pytest.raises(PermissionDeniedError) as caught:
+            await refusals.guard("$JS.API.STREAM.DELETE.MESH", never)
+        assert caught.value.subject == "$JS.API.STREAM.DELETE.MESH" and "client" in str(caught.value)
+
+
+class TestSecretsInText:
+    """Seeds and .creds blocks are redacted wherever text is logged."""
+
+    def test_creds_block(self, tmp_path: Path) -> None:
+        seed = Path(init_auth(tmp_path, [])[0].seed_file).read_text().strip()
+        creds = ("-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJqdGkiOiJBQkMifQ.c2ln\n"
+                 "------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n" + seed +
+                 "\n------END USER NKEY SEED------\n")  # fmt: skip
+        shown = scrub_text(f"loaded {creds}")
+        assert seed not in shown and "eyJ0eXAi" not in shown
