@@ -18,6 +18,7 @@ import pytest
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh
 from mesh.bus.connection import presence_bucket
+from mesh.bus.payloads import payload_bucket
 from mesh.bus.server import LocalServer, start_server
 from mesh.bus.settings import MeshSettings
 from mesh.errors import PermissionDeniedError, TaskFailedError
@@ -75,6 +76,7 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
                           extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
     admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
     await presence_bucket(admin.js)
+    await payload_bucket(admin.js)
     log = EventLog(admin)
     await log.start()
     agents = AgentProcesses(server.url, log, tmp_path)
@@ -89,6 +91,17 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
 
 class TestRolesAtWork:
     """With the generated permissions, a client's task is done by an agent of its role."""
+
+    async def test_data_too_large_for_one_message_goes_both_ways(self, secured: Secured) -> None:
+        """A client's input and the agent's output, each over max_payload, travel through the object store."""
+        await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))
+        client = await secured.connect("client")
+        try:
+            big = {"text": "x" * (3 * client.nc.max_payload)}
+            assert await client.request("echo", big, timeout=60) == big
+        finally:
+            await client.close()
+        assert secured.violations() == []
 
     async def test_client_task_completed_by_agent(self, secured: Secured) -> None:
         agent = await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))

@@ -33,6 +33,7 @@ __all__ = ["Permissions", "admin_permissions", "agent_permissions", "client_perm
 _API = "$JS.API"
 _STREAM = subjects.STREAM
 _KV_STREAM = f"KV_{subjects.PRESENCE_BUCKET}"
+_OBJ_STREAM = f"OBJ_{subjects.PAYLOAD_BUCKET}"
 
 
 class Permissions(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,10 +57,28 @@ def _reading_outcomes() -> tuple[str, ...]:
     )
 
 
+def _payloads() -> tuple[str, ...]:
+    """Offloading and reading back `data` too large for one message (`mesh.bus.payloads`):
+    objects of the `mesh-payloads` store (chunks and their meta entry), its info, reading an
+    object's meta (a message get) and its chunks (an ordered consumer of that object's chunks)."""
+    return (
+        f"$O.{subjects.PAYLOAD_BUCKET}.C.>",
+        f"$O.{subjects.PAYLOAD_BUCKET}.M.>",
+        f"{_API}.STREAM.INFO.{_OBJ_STREAM}",
+        f"{_API}.STREAM.MSG.GET.{_OBJ_STREAM}",
+        f"{_API}.DIRECT.GET.{_OBJ_STREAM}.>",
+        f"{_API}.CONSUMER.CREATE.{_OBJ_STREAM}",  # nats-py reads an object's chunks with an unnamed ordered consumer
+        f"{_API}.CONSUMER.CREATE.{_OBJ_STREAM}.*.$O.{subjects.PAYLOAD_BUCKET}.C.*",
+        f"{_API}.CONSUMER.DELETE.{_OBJ_STREAM}.*",
+        f"$JS.FC.{_OBJ_STREAM}.>",
+        f"{_API}.STREAM.NAMES",  # nats-py's object store finds the chunks' stream by subject (names only)
+    )
+
+
 def client_permissions(inbox: str) -> Permissions:
     """Submit tasks and read their outcomes; nothing else."""
     return Permissions(
-        publish=("mesh.work.>", *_reading_outcomes()),
+        publish=("mesh.work.>", *_reading_outcomes(), *_payloads()),
         subscribe=(f"{inbox}.>", "mesh.task.>"),
     )
 
@@ -94,6 +113,7 @@ def agent_permissions(
         f"$JS.FC.{_KV_STREAM}.>",
         f"{_API}.DIRECT.GET.{_STREAM}",  # by sequence: dead letters, recorded model and tool calls
         *_reading_outcomes(),
+        *_payloads(),
     ]
     subscribe: list[str] = [f"{inbox}.>", "mesh.task.>"]
     for name, filter_subject in consumers.items():

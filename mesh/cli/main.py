@@ -48,7 +48,7 @@ def up(port: int, auth_dir: Path | None, tls_cert: Path | None, tls_key: Path | 
 
     security = Security(auth=auth_dir, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
     record, started = run(run_sync(start_up, port=port, security=security))
-    if started and auth_dir is not None:  # only admin may create the stream and the presence bucket
+    if started and auth_dir is not None:  # only admin may create the stream and the buckets
         admin = MeshSettings(url=record.url, nkey_seed=str(auth_dir / "admin.nk"),
                              tls_ca=str(tls_cert) if tls_cert else None)  # fmt: skip
         run(_prepare(admin))
@@ -57,9 +57,11 @@ def up(port: int, auth_dir: Path | None, tls_cert: Path | None, tls_key: Path | 
 
 async def _prepare(admin: MeshSettings) -> None:
     from mesh.bus.connection import presence_bucket
+    from mesh.bus.payloads import payload_bucket
 
     async with await Mesh.connect(settings=admin) as mesh:
         await presence_bucket(mesh.js)
+        await payload_bucket(mesh.js)
 
 
 @main.command()
