@@ -187,6 +187,10 @@ async def subscribe(nc: Client, subject: str, cb: Callable[[Msg], Awaitable[None
     """A core subscription the server has accepted: a refused one raises `PermissionDeniedError`
     (the server answers the round trip after it says so)."""
     sub = await nc.subscribe(subject, cb=cb)
+    # Two round trips: nats-py resolves flushes in the order of its pings, so a pong owed to an
+    # earlier ping (a keepalive, another flush) can end the first one before the server has
+    # answered the subscription; the second pong comes after it for sure.
+    await nc.flush()
     await nc.flush()
     refusal = refusals_of(nc).refusal_of(subject)
     if refusal is not None:
