@@ -36,19 +36,24 @@ class ConsumerCount:
 
     @contextlib.asynccontextmanager
     async def sampling(self) -> AsyncIterator[None]:
+        # Stopped by a flag, not only by cancelling: on Python 3.11 `asyncio.wait_for` (inside
+        # nats-py's request) can swallow a cancel that lands as its reply arrives, and the loop
+        # would then sample for ever.
+        stop = asyncio.Event()
+
         async def sample() -> None:
-            while True:
+            while not stop.is_set():
                 self.most_waiting = max(self.most_waiting, self.mesh.waiters.pending)
                 self.samples.append(await self.now())
-                await asyncio.sleep(0.05)  # a sampling period, not a wait for anything
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.05)  # a sampling period, not a wait for anything
 
         task = asyncio.create_task(sample())
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            stop.set()
+            await task
         self.samples.append(await self.now())
 
 
