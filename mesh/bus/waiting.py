@@ -87,6 +87,7 @@ class Waiters:
         self._slots = asyncio.Semaphore(limit)
         self.recheck_every = recheck_every
         self._ticker: asyncio.Task[None] | None = None
+        self._closing = False
         self._rechecks: set[asyncio.Task[None]] = set()
 
     @property
@@ -204,12 +205,15 @@ class Waiters:
             self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="waiters-ticker")
 
     async def _tick(self) -> None:
-        while self._interests:
+        while self._interests and not self._closing:
             await asyncio.sleep(self.recheck_every)
-            if self._nc.is_connected:
+            if self._nc.is_connected and not self._closing:
                 await self.recheck()
 
     async def close(self) -> None:
+        # a flag besides the cancel: on Python 3.11 a cancel landing as a NATS reply arrives
+        # can be swallowed by `asyncio.wait_for` inside nats-py, and the ticker would go on
+        self._closing = True
         for task in [self._ticker, *self._rechecks]:
             if task is not None and not task.done():
                 task.cancel()
