@@ -32,6 +32,7 @@ CASES: dict[str, tuple[bytes, dict[str, str] | None, str, str | None]] = {
     "task id with a star": (task("star-1", task_id="a*"), None, "bad_data", None),
     "task id with a >": (task("gt-1", task_id=">"), None, "bad_data", None),
     "task id with a space": (task("space-1", task_id="a b"), None, "bad_data", None),
+    "task id ending in a newline": (task("newline-1", task_id="ab\n"), None, "bad_data", None),
     "an event id that is no token": (task("a.b c"), None, "bad_data", None),
     "deadline -1": (task("deadline-1", task_id="deadline-1", deadline="-1"), None, "bad_data", "deadline-1"),
     "JSON nested 10,000 deep": (b"[" * 10_000 + b"]" * 10_000, None, "too_deep", None),

@@ -19,7 +19,8 @@ class TestFromEnv:
         assert StreamLimits.from_env() == StreamLimits(600.0, 30 * 86400.0, 10 * 2**30, -1)
 
     @pytest.mark.parametrize(("name", "value"), [("MESH_DUPLICATE_WINDOW", "0"), ("MESH_STREAM_MAX_AGE", "-5"),
-                                                 ("MESH_STREAM_MAX_BYTES", "lots"), ("MESH_STREAM_MAX_MSGS", "nan")])  # fmt: skip
+                                                 ("MESH_STREAM_MAX_BYTES", "lots"), ("MESH_STREAM_MAX_MSGS", "nan"),
+                                                 ("MESH_STREAM_MAX_AGE", "inf")])  # fmt: skip
     def test_a_bad_value_is_a_clear_error(self, monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
         """A value that cannot work names the variable and what it takes."""
         monkeypatch.setenv(name, value)

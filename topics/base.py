@@ -7,10 +7,10 @@ from typing import ClassVar
 
 import msgspec
 
-__all__ = ["MAX_TOKEN", "Event", "ErrorInfo", "check_token", "is_token"]
+__all__ = ["MAX_TOKEN", "Event", "ErrorInfo", "check_token", "is_token", "shorten"]
 
 MAX_TOKEN = 128  # characters in one id or name that becomes a subject token
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")  # whole value: `$` alone would let a final newline through
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -34,14 +34,19 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
 def is_token(value: object) -> bool:
     """Whether ``value`` can stand as one NATS subject token: 1 to `MAX_TOKEN` letters,
     digits, '-' and '_' (no '.', '*', '>' or whitespace, which would change the subject)."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_TOKEN and _TOKEN.match(value) is not None
+    return isinstance(value, str) and 0 < len(value) <= MAX_TOKEN and _TOKEN.fullmatch(value) is not None
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was: for messages that quote
+    what a client sent, which may be any size."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def check_token(kind: str, value: str) -> str:
     """Return ``value`` if it can stand as one NATS subject token, else raise ValueError."""
     if not is_token(value):
-        shown = value if len(value) <= 40 else f"{value[:40]}... ({len(value)} characters)"
         raise ValueError(
-            f"{kind} {shown!r} cannot be a NATS subject token: use 1 to {MAX_TOKEN} letters, digits, '-' and '_'"
+            f"{kind} {shorten(value)!r} cannot be a NATS subject token: use 1 to {MAX_TOKEN} letters, digits, '-' and '_'"
         )
     return value

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from topics.base import ErrorInfo, Event
+from topics.base import ErrorInfo, Event, check_token, shorten
+from topics.envelope import is_instant
 
 __all__ = [
     "TaskRequested",
@@ -15,6 +16,7 @@ __all__ = [
     "TaskCancelled",
     "TaskEvent",
     "TaskOutcome",
+    "request_problem",
 ]
 
 
@@ -73,3 +75,19 @@ class TaskCancelled(Event, frozen=True, kw_only=True):
 
 TaskEvent = TaskRequested | TaskClaimed | TaskProgress | TaskCompleted | TaskFailed | TaskCancelled
 TaskOutcome = TaskCompleted | TaskFailed | TaskCancelled
+
+
+def request_problem(task_id: str | None, capability: str, fallback: tuple[str, ...], deadline: str | None) -> str | None:
+    """What makes a task request unusable before it runs, if anything: every id and name that
+    becomes a subject token is one, and a deadline is a time with its offset. A client checks
+    this before it submits; an agent dead-letters a request that fails it."""
+    try:
+        if task_id is not None:
+            check_token("task id", task_id)
+        for name in (capability, *fallback):
+            check_token("capability", name)
+    except ValueError as error:
+        return str(error)
+    if deadline is not None and not is_instant(deadline):
+        return f"deadline {shorten(deadline)!r} is not an RFC 3339 time with its offset (for example 2026-12-02T10:00:00Z)"
+    return None

@@ -24,19 +24,18 @@ from mesh.bus.waiting import Waiters
 from mesh.errors import PayloadTooLargeError, SchemaError, TaskFailedError, TaskTimeoutError
 from mesh.telemetry.tracing import instruments, send_span
 from topics import subjects
-from topics.base import Event, check_token
+from topics.base import Event
 from topics.envelope import (
     CloudEvent,
     decode_envelope,
     derived_id,
     encode_envelope,
-    is_instant,
     new_event_id,
     now_rfc3339,
 )
 from topics.record import Record
 from topics.registry import decode_data, encode_data
-from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed, TaskOutcome, TaskRequested
+from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed, TaskOutcome, TaskRequested, request_problem
 
 __all__ = ["Mesh", "Published", "decode_record", "outcome_value"]
 
@@ -61,17 +60,9 @@ def decode_record(subject: str, payload: bytes, seq: int = 0) -> Record:
 
 
 def _check_task(capability: str, task_id: str | None, fallback: tuple[str, ...], deadline: str | None) -> None:
-    """The names, ids and deadline of a task about to be submitted, checked as an agent will check them."""
-    try:
-        check_token("capability", capability)
-        if task_id is not None:
-            check_token("task id", task_id)
-        for name in fallback:
-            check_token("fallback capability", name)
-    except ValueError as error:
-        raise SchemaError(str(error)) from None
-    if deadline is not None and not is_instant(deadline):
-        raise SchemaError(f"deadline {deadline!r} is not an RFC 3339 time with its offset (for example 2026-12-02T10:00:00Z)")
+    """A task about to be submitted, checked as an agent will check it."""
+    if problem := request_problem(task_id, capability, fallback, deadline):
+        raise SchemaError(problem)
 
 
 def _check_subject(subject: str) -> None:
@@ -106,12 +97,11 @@ class Mesh:
         settings: MeshSettings | None = None,
         ensure: bool = True,
     ) -> Mesh:
-        closed = asyncio.Event()
-
-        made: list[Mesh] = []
+        made: list[Mesh] = []  # the callbacks below are given before the Mesh exists
 
         async def on_closed() -> None:  # reconnects are endless: only a close, or the server's refusal, ends it
-            closed.set()
+            for mesh in made:
+                mesh.closed.set()
 
         async def on_reconnected() -> None:  # a live event may have passed while away: read the log again
             for mesh in made:
@@ -120,7 +110,6 @@ class Mesh:
         nc = await connect(settings or MeshSettings.from_env(url), closed_cb=on_closed, reconnected_cb=on_reconnected)
         mesh = cls(nc, source=source)
         made.append(mesh)
-        mesh.closed = closed
         if ensure:
             await ensure_stream(mesh.js)
         return mesh
@@ -269,7 +258,8 @@ class Mesh:
         given = bool(task.get("task_id"))
         event_id = task.pop("event_id", None) or (derived_id(task["task_id"], "requested") if given else new_event_id())
         task_id = task.pop("task_id", None) or event_id
-        _check_task(capability, task_id, (), None)  # before its subject is made from it
+        if given:  # a generated id is a token; a given one is checked before a subject is made of it
+            _check_task(capability, task_id, (), None)
         async with self.watch_outcome(task_id, stored=given) as outcome:
             await self.submit(capability, input, task_id=task_id, event_id=event_id, **task)
             try:

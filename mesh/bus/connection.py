@@ -8,6 +8,7 @@ operator configured it (logged), never silently replaced.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -75,7 +76,7 @@ async def connect(settings: MeshSettings | None = None, **options: object) -> Cl
 
     opts.setdefault("error_cb", on_error)
     # nats-py applies max_reconnect_attempts=-1 to the first connect too: bound that one
-    first_connect = float(os.environ.get("MESH_CONNECT_TIMEOUT", "5"))
+    first_connect = _env_number("MESH_CONNECT_TIMEOUT", 5.0, minimum=0.1, what="seconds, at least 0.1")
     where = shown_url(resolve_url(settings.url))
     try:
         nc = await asyncio.wait_for(nats.connect(**opts), first_connect)
@@ -124,7 +125,7 @@ def _env_number(name: str, default: float, *, minimum: float, what: str) -> floa
         number = float(value)
     except ValueError:
         number = float("nan")
-    if not number >= minimum:  # also false for nan
+    if not minimum <= number < math.inf:  # also false for nan
         raise ConfigError(f"{name}={value!r} must be {what}")
     return number
 

@@ -13,7 +13,7 @@ import msgspec
 from mesh.bus.client import Mesh, Published
 from mesh.telemetry.tracing import instruments
 from topics import subjects
-from topics.base import is_token
+from topics.base import is_token, shorten
 from topics.dead import DeadLettered
 from topics.envelope import DECODE_ERRORS, CloudEvent, decode_envelope, derived_id
 
@@ -76,15 +76,15 @@ async def dead_letter(
     the original are cut short, so no original can make its dead letter too large to send."""
     quoted = len(payload) <= (mesh.nc.max_payload - _ROOM) * 3 // 4
     letter = DeadLettered(
-        subject=_short(subject),
+        subject=shorten(subject, 256),
         reason=reason.value,
-        error=_short(error, 4096),
+        error=shorten(error, 4096),
         raw=base64.b64encode(payload).decode() if quoted else "",
         stream_seq=stream_seq,
         deliveries=deliveries,
         consumer=consumer,
-        event_id=_short(event.id) if event else None,
-        event_type=_short(event.type) if event else None,
+        event_id=shorten(event.id, 256) if event else None,
+        event_type=shorten(event.type, 256) if event else None,
         size=len(payload),
         sha256=hashlib.sha256(payload).hexdigest(),
     )
@@ -99,8 +99,3 @@ async def dead_letter(
 
 
 _ROOM = 8192  # bytes of a dead letter besides the quoted original
-
-
-def _short(text: str, limit: int = 256) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-

@@ -42,10 +42,9 @@ from mesh.runtime.failures import HandlerFailed, already_done, event_failed, qui
 from mesh.runtime.worker import Worker
 from mesh.telemetry.tracing import agent_span, instruments, process_span, record_error
 from topics import subjects
-from topics.base import MAX_TOKEN, is_token
-from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, is_instant, parse_time
+from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskRequested
+from topics.tasks import TaskClaimed, TaskCompleted, TaskRequested, request_problem
 
 __all__ = ["Inbound", "Next", "Worker", "event_chain", "task_chain"]
 
@@ -128,31 +127,13 @@ async def decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
             text = f"a work subject takes mesh.task.requested, not {inbound.event.type}"
             await reject(worker, msg, delivery, Reason.UNKNOWN_TYPE, text, inbound.event)
             return
-        if problem := task_problem(inbound.event, data):
+        if problem := request_problem(data.task_id or inbound.event.id, data.capability, data.fallback, data.deadline):
             await reject(worker, msg, delivery, Reason.BAD_DATA, problem, inbound.event)
             return
     await call_next(inbound)
 
 
 RESERVED_HEADERS = frozenset({"Status", "Description"})  # what the server sets on its own control messages
-
-
-def task_problem(event: CloudEvent, task: TaskRequested) -> str | None:
-    """What makes a task request unusable before it runs, if anything: every id and name
-    that becomes a subject token is one, and a deadline is a time."""
-    task_id = task.task_id or event.id
-    if not is_token(task_id):
-        return f"task id {_shown(task_id)} cannot be a subject token: use 1 to {MAX_TOKEN} letters, digits, '-' and '_'"
-    for capability in (task.capability, *task.fallback):
-        if not is_token(capability):
-            return f"capability {_shown(capability)} cannot be a subject token: use 1 to {MAX_TOKEN} letters, digits, '-' and '_'"
-    if task.deadline is not None and not is_instant(task.deadline):
-        return f"deadline {_shown(task.deadline)} is not an RFC 3339 time with its offset (for example 2026-12-02T10:00:00Z)"
-    return None
-
-
-def _shown(value: str) -> str:
-    return repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"
 
 
 async def trace(worker: Worker, inbound: Inbound, call_next: Next) -> None:
