@@ -103,11 +103,15 @@ class Mesh:
             for mesh in made:
                 mesh.closed.set()
 
-        async def on_reconnected() -> None:  # a live event may have passed while away: read the log again
+        def missed() -> None:  # a live event may have passed while away, or been dropped: read the log again
             for mesh in made:
                 mesh.waiters.recheck_soon()
 
-        nc = await connect(settings or MeshSettings.from_env(url), closed_cb=on_closed, reconnected_cb=on_reconnected)
+        async def on_reconnected() -> None:
+            missed()
+
+        nc = await connect(settings or MeshSettings.from_env(url), on_dropped=missed, closed_cb=on_closed,
+                           reconnected_cb=on_reconnected)  # fmt: skip
         mesh = cls(nc, source=source)
         made.append(mesh)
         if ensure:

@@ -49,9 +49,12 @@ log = structlog.get_logger("mesh.bus.connection")
 T = TypeVar("T")
 
 
-async def connect(settings: MeshSettings | None = None, **options: object) -> Client:
+async def connect(
+    settings: MeshSettings | None = None, *, on_dropped: Callable[[], None] | None = None, **options: object
+) -> Client:
     """Connect with reconnects on; raise NoServerError naming the URL when none answers, and
-    AuthenticationError when the server refuses the credentials."""
+    AuthenticationError when the server refuses the credentials. ``on_dropped`` is called when
+    nats-py drops messages for a subscription that fell behind (a slow consumer)."""
     settings = settings or MeshSettings.from_env()
     opts = settings.connect_options()
     opts.update(
@@ -68,6 +71,8 @@ async def connect(settings: MeshSettings | None = None, **options: object) -> Cl
         last_error[:] = [error]
         if isinstance(error, nats.errors.AuthorizationError):
             refused_auth.append(error)
+        if isinstance(error, nats.errors.SlowConsumerError) and on_dropped is not None:
+            on_dropped()
         refusal = refusals.report(str(error))
         if refusal is not None:  # the connection stays open: the server refused one action
             log.warning("permission denied", subject=refusal.subject, action=refusal.action, user=refusal.user)

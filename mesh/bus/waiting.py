@@ -8,10 +8,11 @@ before the call is found and one stored after it is delivered live.
 
 A live delivery can be missed: an event routed before the subscription reached the server
 but stored after the direct get, a reconnect, a slow-consumer drop. So the stored events
-are read again for every pending waiter after a reconnect (`recheck`, called from the
-connection's `reconnected_cb`) and every `recheck_every` seconds while any waiter is
-pending, a few direct gets per waiter (the subject's last event, and the ones before it
-only when the last one is not the awaited kind).
+are read again for every pending waiter after a reconnect or a drop (`recheck`, called from
+the connection's callbacks), and once more for each waiter by a tick every `recheck_every`
+seconds, at least half that long after it started (past the race of its start). A waiter
+costs those few direct gets (the subject's last event, and the ones before it only when the
+last one is not the awaited kind), not a read every few seconds for as long as it waits.
 
 Bounded: at most `limit` waiters per process (default `DEFAULT_LIMIT`, 10,000); one more
 waits for a slot. Each costs one core subscription (or a share of one) and a few hundred
@@ -47,13 +48,15 @@ log = structlog.get_logger("mesh.bus.waiting")
 
 
 class _Waiter:
-    __slots__ = ("accept", "checked", "future", "subject")
+    __slots__ = ("accept", "checked", "future", "rechecked", "started", "subject")
 
     def __init__(self, subject: str, accept: Callable[[Record], bool]) -> None:
         self.subject = subject
         self.accept = accept
         self.future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         self.checked = 0  # the subject's stored events up to this sequence were read for this waiter
+        self.rechecked = False  # read again by a tick since it started
+        self.started = asyncio.get_running_loop().time()
 
     def offer(self, record: Record | None) -> bool:
         """Resolve with ``record`` if it is the awaited kind; whether this waiter is done."""
@@ -184,9 +187,14 @@ class Waiters:
     async def _stored(self, subject: str, data: bytes | None, seq: int) -> Record | None:
         return await self._decode(subject, data or b"", seq)
 
-    async def recheck(self) -> None:
-        """Read the log again for every pending waiter (after a reconnect, and periodically)."""
-        waiting = [w for interest in self._interests.values() for w in interest.waiters if not w.future.done()]
+    async def recheck(self, *, only_new: bool = False) -> None:
+        """Read the log again for every pending waiter (after a reconnect or a dropped message);
+        with ``only_new``, for those not read again since they started (the periodic tick)."""
+        settled = asyncio.get_running_loop().time() - self.recheck_every / 2  # past the race of their start
+        waiting = [w for interest in self._interests.values() for w in interest.waiters
+                   if not w.future.done() and not (only_new and (w.rechecked or w.started > settled))]  # fmt: skip
+        for waiter in waiting:
+            waiter.rechecked = True
         for start in range(0, len(waiting), RECHECK_CONCURRENCY):
             chunk = waiting[start : start + RECHECK_CONCURRENCY]
             results = await asyncio.gather(*(self._check(w) for w in chunk), return_exceptions=True)
@@ -208,7 +216,7 @@ class Waiters:
         while self._interests and not self._closing:
             await asyncio.sleep(self.recheck_every)
             if self._nc.is_connected and not self._closing:
-                await self.recheck()
+                await self.recheck(only_new=True)
 
     async def close(self) -> None:
         # a flag besides the cancel: on Python 3.11 a cancel landing as a NATS reply arrives
