@@ -81,19 +81,26 @@ class TestLargePayloads:
         assert await mesh.request("echo", {"after": "big"}, timeout=20) == {"after": "big"}
         assert proc.poll() is None, agents.output(proc)
 
+    @pytest.mark.parametrize(("ref", "named"), [
+        ("nats-os://mesh-payloads/never-stored", "never-stored"),  # no such object
+        ("nats-os://mesh-snapshots/tasks", "mesh-snapshots"),  # another store: never read through a dataref
+        ("nats-os://mesh-payloads/big", "bytes"),  # an object larger than the event says: not read at all
+    ])  # fmt: skip
     async def test_a_missing_object_is_dead_lettered_once(
-        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog, ref: str, named: str
     ) -> None:
-        """A task whose dataref names no object gets one `missing_payload` dead letter; the agent serves on."""
+        """A task whose dataref names no object of ours, or not the one it describes, gets one
+        `missing_payload` dead letter; the agent serves on."""
         proc = await agents.start("agents.echo:agent")
-        await payloads.payload_bucket(mesh.js)
+        store = await payloads.payload_bucket(mesh.js)
+        await store.put("big", b"x" * 100_000)
         event = CloudEvent(specversion="1.0", id="gone-1", source="test", type="mesh.task.requested",
-                           time=now_rfc3339(), dataref="nats-os://mesh-payloads/never-stored", datasize=10)  # fmt: skip
+                           time=now_rfc3339(), dataref=ref, datasize=10)  # fmt: skip
         ack = await mesh.js.publish(subjects.work("echo"), encode_envelope(event), headers={"Nats-Msg-Id": event.id})
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered", timeout=20, alive=proc)
         letter = dead[0].data
         assert letter.reason == "missing_payload" and letter.stream_seq == ack.seq  # type: ignore[attr-defined]
-        assert "never-stored" in letter.error  # type: ignore[attr-defined]
+        assert named in letter.error  # type: ignore[attr-defined]
         assert await mesh.request("echo", {"after": "gone"}, timeout=20) == {"after": "gone"}
         assert len(log.of_type("mesh.dead.lettered")) == 1
         assert proc.poll() is None, agents.output(proc)

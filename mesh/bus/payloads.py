@@ -98,7 +98,14 @@ async def inline(js: JetStreamContext, event: CloudEvent) -> CloudEvent:
         return event
     try:
         bucket, name = parse_dataref(ref)
+        if bucket != subjects.PAYLOAD_BUCKET:  # a reference may not point a reader at other stores
+            raise ValueError(f"dataref names bucket {bucket[:80]!r}; payloads live in {subjects.PAYLOAD_BUCKET!r}")
         store = await payload_bucket(js, bucket, create=False)
+        size = (await store.get_info(name)).size or 0
+        ceiling = max(max_object(), DEFAULT_MAX_OBJECT)  # what a reader holds in memory, whatever it may write
+        if size > ceiling or (event.datasize is not None and size != event.datasize):
+            raise MissingPayloadError(ref, f"the object has {size} bytes; the event says {event.datasize}, "
+                                           f"and at most {ceiling} are read")  # fmt: skip
         data = (await store.get(name)).data or b""
     except ValueError as error:
         raise MissingPayloadError(ref, str(error)) from None
