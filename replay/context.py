@@ -17,7 +17,7 @@ import msgspec
 from openai.types.chat import ChatCompletion
 from opentelemetry.trace import INVALID_SPAN
 
-from mesh.bus.client import Mesh, Published, outcome_value
+from mesh.bus.client import Mesh, Published, Submitted, outcome_value
 from mesh.errors import ReplayIsolationError, ReplayStop, TaskTimeoutError
 from mesh.llm.client import DEFAULT_MODEL, LlmClient, LlmSession
 from mesh.llm.tools import ToolBox
@@ -155,6 +155,11 @@ class RecordedMesh:
         await self.publish(subjects.work(capability), request, event_id=event_id, causation_id=causation_id,
                            correlation_id=correlation_id or task_id)  # fmt: skip
         return task_id
+
+    async def submit_request(self, capability: str, input: Any = None, **task: Any) -> Submitted:
+        task_id = await self.submit(capability, input, **task)
+        stored = self.book.by_id.get(task.get("event_id") or derived_id(task_id, "requested"))
+        return Submitted(task_id, capability, stored.seq if stored else 0, True)
 
     async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
         """The recorded outcome; none recorded means the original waited in vain: a timeout."""

@@ -4,7 +4,7 @@ A line is `{"seq": N, "subject": "...", "event": <the CloudEvent JSON as stored>
 message that is not a CloudEvent is kept as `{"seq", "subject", "raw": <base64>}`. An export
 by correlation takes the causal slice of that id (see `replay.causal`), so it carries the
 model calls a `rerun` needs. Import publishes every line in file order with its event id as
-`Nats-Msg-Id`: importing the same file twice within the stream's duplicate window stores it
+`Nats-Msg-Id` (keyed by the importer's secret on a server with credentials, `Mesh.msg_id`): importing the same file twice within the stream's duplicate window stores it
 once. Sequences on the target server are its own (the same as the file's when a whole log is
 imported into an empty server).
 """
@@ -207,7 +207,7 @@ async def publish_in_order(
     for begin in range(0, len(messages), window):
         futures = []
         for message in messages[begin : begin + window]:
-            headers = {MSG_ID: message.msg_id} if message.msg_id else None
+            headers = {MSG_ID: mesh.msg_id(message.msg_id)} if message.msg_id else None
             futures.append(await js.publish_async(message.subject, message.payload, headers=headers))
         try:
             done = await asyncio.wait_for(asyncio.gather(*futures), timeout)

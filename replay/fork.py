@@ -20,6 +20,9 @@ and published to the live log; the original is never touched. The rules, kept si
   last request is re-published on `mesh.work.<capability>` after the copy, with the current
   time, so agents continue them live.
 - Copies keep their `source` and `time`; trace context is dropped (a copy is not live work).
+  A re-published request's source is `mesh://fork/<NEW_ID>`: its handler's `ctx.request`
+  looks for a finished sub-task in the log before asking again (live, a request asks, and
+  takes only the answer to its own request: see `Context.request`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.errors import MeshError
+from mesh.runtime.context import FORK_SOURCE
 from replay.causal import belongs, causal_slice, children_of, derivation_label
 from replay.export import Outgoing, publish_in_order
 from topics import subjects
@@ -87,12 +91,13 @@ def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str
             continue
         event, subject = _copy(record, ids)
         if record.event.id in unfinished:
-            event = msgspec.structs.replace(event, time=now_rfc3339())
+            event = msgspec.structs.replace(event, time=now_rfc3339(), source=f"{FORK_SOURCE}{new_id}")
             requests.append(Outgoing(subject, encode_envelope(event), event.id))
             requested.append(ids.get(_task_of(record), _task_of(record)))
             continue
         if isinstance(record.data, TaskRequested):
-            subject = subjects.task(ids.get(_task_of(record), _task_of(record)))  # history, not work
+            capability = record.subject.removeprefix("mesh.work.")
+            subject = subjects.task(capability, ids.get(_task_of(record), _task_of(record)))  # history, not work
         copies.append(Outgoing(subject, encode_envelope(event), event.id))
     return _Plan(copies, requests, requested, skipped, prefix[-1].seq)
 

@@ -34,6 +34,7 @@ import msgspec
 from mesh.bus.client import Mesh
 from mesh.errors import MeshError, ReplayStop
 from mesh.runtime.agent import Agent
+from mesh.runtime.context import HandOff
 from mesh.runtime.process import load_agent
 from mesh.telemetry.tracing import replaying
 from replay.causal import causal_slice
@@ -41,7 +42,7 @@ from replay.context import Effect, RecordBook, ReplayContext, effect_of
 from topics import subjects
 from topics.envelope import derived_id
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskRequested
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["Divergence", "RerunResult", "rerun", "rerun_file", "rerun_log"]
 
@@ -127,13 +128,13 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
         result = ("failed", error)
     actual = list(ctx.effects)
     if outcome is not None and result[0] != "stopped":
-        actual.append(_outcome_effect(event.id, task_id, *result))
+        actual.append(_outcome_effect(event.id, data.capability, task_id, *result))
     expected = [effect_of(r, event.id, len(caused)) for r in caused if _handler_made(r, event.id)]
     return _compare(expected, actual, task_id, data.capability, request.seq)
 
 
-def _outcome_ids(cause: str) -> tuple[str, str]:
-    return derived_id(cause, "completed"), derived_id(cause, "failed")
+def _outcome_ids(cause: str) -> tuple[str, str, str]:
+    return derived_id(cause, "completed"), derived_id(cause, "failed"), derived_id(cause, "handed_off")
 
 
 def _who(outcome: Record | None, claims: list[TaskClaimed], name: str) -> tuple[int, str]:
@@ -151,11 +152,17 @@ def _handler_made(record: Record, cause: str) -> bool:
     """Effects of the handler (not claims, dead letters or the runtime's fallback hand-over)."""
     if isinstance(record.data, TaskClaimed) or record.event.type == "mesh.dead.lettered":
         return False
+    if isinstance(record.data, TaskHandedOff) and record.data.reason.startswith("fallback"):
+        return False
     return record.event.id != derived_id(cause, "fallback")
 
 
-def _outcome_effect(cause: str, task_id: str, kind: str, value: Any) -> Effect:
-    subject = subjects.task(task_id)
+def _outcome_effect(cause: str, capability: str, task_id: str, kind: str, value: Any) -> Effect:
+    subject = subjects.task(capability, task_id)
+    if kind == "completed" and isinstance(value, HandOff):
+        handed = TaskHandedOff(task_id=task_id, agent="", attempt=0, capability=capability, to=value.capability,
+                               next_task_id=value.task_id, next_request_seq=value.request_seq, reason="handoff")  # fmt: skip
+        return Effect.of(derived_id(cause, "handed_off"), "handed_off", subject, handed)
     if kind == "completed":
         data = TaskCompleted(task_id=task_id, agent="", attempt=0, output=value)
         return Effect.of(derived_id(cause, "completed"), "completed", subject, data)

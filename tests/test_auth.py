@@ -22,10 +22,12 @@ from mesh.bus.payloads import payload_bucket
 from mesh.bus.server import LocalServer, start_server
 from mesh.bus.settings import MeshSettings
 from mesh.errors import PermissionDeniedError, TaskFailedError
+from mesh.llm.recorded import stored_on
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects
-from topics.tasks import TaskCompleted
+from topics.envelope import derived_id
+from topics.tasks import TaskCompleted, TaskHandedOff
 
 pytestmark = pytest.mark.e2e
 
@@ -39,8 +41,9 @@ async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-async def auth_init(folder: Path, *agents: str) -> None:
-    code, out, err = await cli("auth", "init", "--dir", str(folder), *(a for agent in agents for a in ("--agent", agent)))
+async def auth_init(folder: Path, *agents: str, clients: tuple[str, ...] = ()) -> None:
+    code, out, err = await cli("auth", "init", "--dir", str(folder), *(a for agent in agents for a in ("--agent", agent)),
+                               *(a for client in clients for a in ("--client", client)))  # fmt: skip
     assert code == 0, err
     assert not any(seed in out + err for seed in seeds(folder))  # the command shows public keys and paths only
 
@@ -68,10 +71,11 @@ class Secured:
 
 @pytest.fixture
 async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    """A server requiring the users `mesh auth init` wrote (echo and meddler agent roles); its
+    """A server requiring the users `mesh auth init` wrote (echo and meddler agent roles, the
+    clients `client` and `mallory`); its
     admin created the stream and presence bucket, as `mesh up --auth` does."""
     auth = tmp_path / "auth"
-    await auth_init(auth, "agents.echo:agent", "tests.fixture_agents:meddler")
+    await auth_init(auth, "agents.echo:agent", "tests.fixture_agents:meddler", clients=("client", "mallory"))
     server = start_server(tmp_path / "store", port=-1, log_file=tmp_path / "nats.log",
                           extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
     admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
@@ -127,8 +131,8 @@ class TestRefused:
     async def test_client(self, secured: Secured) -> None:
         async with await secured.connect("client") as client:
             forged = TaskCompleted(task_id="t1", agent="echo-x", attempt=1, output="forged")
-            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.t1") as caught:
-                await client.publish(subjects.task("t1"), forged)
+            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.echo\.t1") as caught:
+                await client.publish(subjects.task("echo", "t1"), forged)
             assert "client" in str(caught.value)
 
             async def ignore(msg: object) -> None:
@@ -197,3 +201,49 @@ class TestUp:
             assert code == 1 and "does not hold an nkey seed" in err, err
         finally:
             await cli("down", env=env)
+
+
+class TestOutcomesCannotBeForged:
+    """docs/SECURITY.md's threat model: a holder of client credentials (`mallory`) or of
+    another role's (`meddler`) tries to forge, replace, pre-empt or suppress the outcome of
+    someone else's task. The requester gets the real outcome every time."""
+
+    async def test_no_other_role_may_answer_for_a_capability(self, secured: Secured) -> None:
+        forged = TaskCompleted(task_id="t1", agent="echo-x", attempt=1, output="forged", request_seq=1)
+        async with await secured.connect("meddler") as meddler:
+            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.echo\.t1"):
+                await meddler.publish(subjects.task("echo", "t1"), forged)
+            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.echo\.t1"):
+                await meddler.publish(subjects.task("echo", "t1"),
+                                      TaskHandedOff(task_id="t1", agent="x", attempt=1, capability="echo",
+                                                    to="meddle", next_task_id="t9", next_request_seq=1))  # fmt: skip
+
+    async def test_junk_under_every_id_it_can_compute_does_not_stop_the_outcome(self, secured: Secured) -> None:
+        """Mallory knows the task id the victim will use and publishes first under every id the
+        mesh derives from it (and guesses of their per-request forms), with its own key and
+        with none: de-duplication drops none of the victim's events."""
+        await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))
+        task_id = "victim-1"
+        request_id = derived_id(task_id, "requested")
+        computable = [task_id, request_id, *(derived_id(request_id, label) for label in
+                      ("completed", "failed", "handed_off", "fallback", "claimed/1", "claimed/2", "request/0", "emit/0"))]  # fmt: skip
+        async with await secured.connect("mallory") as mallory:
+            for event_id in computable:
+                for msg_id in {event_id, mallory.msg_id(event_id), *(f"{event_id}@{seq}" for seq in range(1, 40))}:
+                    await mallory.js.publish("mesh.work.nobody", b"junk", headers={"Nats-Msg-Id": msg_id})
+        async with await secured.connect("client") as client:
+            assert await client.request("echo", {"n": 1}, task_id=task_id, timeout=30) == {"n": 1}
+        stored = await stored_on(secured.admin, subjects.task("echo", task_id))
+        assert [type(r.data).__name__ for r in stored].count("TaskCompleted") == 1
+
+    async def test_a_request_that_reuses_the_task_id_does_not_replace_the_outcome(self, secured: Secured) -> None:
+        """Mallory submits under the victim's task id first, its outcome stored first: the
+        victim's request still runs and the victim gets its own output, not Mallory's."""
+        await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))
+        async with await secured.connect("mallory") as mallory:
+            assert await mallory.request("echo", "forged", task_id="victim-2", timeout=30) == "forged"
+        async with await secured.connect("client") as client:
+            assert await client.request("echo", "real", task_id="victim-2", timeout=30) == "real"
+            code, out, err = await cli("task", "echo", "--input", '"real again"', "--task-id", "victim-2", "--wait",
+                                       "--nats", secured.server.url, "--nkey", str(secured.auth / "client.nk"))  # fmt: skip
+            assert (code, json.loads(out)) == (0, "real"), err  # the same id from the same client: the first answer

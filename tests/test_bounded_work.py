@@ -70,5 +70,5 @@ class TestDrain:
         await asyncio.get_running_loop().run_in_executor(None, first.wait, 20)
         assert time.monotonic() - stopped_at < 8, agents.output(first)
         assert first.returncode == 0, agents.output(first)
-        outcome = await mesh.outcome(task_id, timeout=20)
+        outcome = await mesh.outcome("slow", task_id, timeout=20)
         assert outcome.data.output["done"] == 7 and outcome.data.output["attempt"] == 2  # type: ignore[attr-defined]

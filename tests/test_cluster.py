@@ -80,13 +80,13 @@ async def cluster_mesh(cluster: dict[str, LocalServer], monkeypatch: pytest.Monk
     await mesh.close()
 
 
-async def outcome_of(mesh: Mesh, task_id: str, timeout: float) -> Record:
+async def outcome_of(mesh: Mesh, capability: str, task_id: str, timeout: float) -> Record:
     """Read the task's last event until it is an outcome. Direct gets go to any replica, so
     this works across the leader election and the client's own reconnect."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            last = await mesh.last_on(subjects.task(task_id))
+            last = await mesh.last_on(subjects.task(capability, task_id))
         except Exception:  # reconnecting, or no stream leader for a moment
             last = None
         if last is not None and isinstance(last.data, TaskOutcome):
@@ -124,12 +124,12 @@ class TestCluster:
             victim.process.kill()
             victim.process.wait()
 
-            outcome = await outcome_of(cluster_mesh, task_id, timeout=150)
+            outcome = await outcome_of(cluster_mesh, "hold", task_id, timeout=150)
             assert outcome_value(outcome)["title"] == "Report: x"
             assert all(proc.poll() is None for proc in agents.procs)
             info = await cluster_mesh.js.stream_info(subjects.STREAM)
             assert info.cluster is not None and info.cluster.leader != victim_name(cluster, victim)
-            assert [type(r.data).__name__ for r in await stored_on(cluster_mesh, subjects.task(task_id))].count(
+            assert [type(r.data).__name__ for r in await stored_on(cluster_mesh, subjects.task("hold", task_id))].count(
                 "TaskCompleted"
             ) == 1
         finally:

@@ -28,7 +28,7 @@ class TestLiveProjection:
         async with LiveProjection(mesh, TASKS, use_snapshot=False) as live:
             ids = [await mesh.submit("echo", {"n": n}) for n in range(10)]
             for task_id in ids:
-                await mesh.outcome(task_id, timeout=20)
+                await mesh.outcome("echo", task_id, timeout=20)
             state = await live.caught_up(await head(mesh))
             assert {state.tasks[t].status for t in ids} == {"completed"}
             assert state == fold(TASKS, (await read_log(mesh)).records)
@@ -38,11 +38,11 @@ class TestLiveProjection:
         await agents.start("agents.echo:agent")
         first = [await mesh.submit("echo", n) for n in range(5)]
         for task_id in first:
-            await mesh.outcome(task_id, timeout=20)
+            await mesh.outcome("echo", task_id, timeout=20)
         saved = await rebuild(mesh, TASKS, save=True)
         later = [await mesh.submit("echo", n) for n in range(5, 8)]
         for task_id in later:
-            await mesh.outcome(task_id, timeout=20)
+            await mesh.outcome("echo", task_id, timeout=20)
         async with LiveProjection(mesh, TASKS) as live:
             assert live.state.seq >= saved.seq > 0  # it began at the snapshot, not at the start of the log
             state = await live.caught_up(await head(mesh))

@@ -44,13 +44,13 @@ class TestClientPermissions:
     def test_may_submit_and_read_outcomes(self) -> None:
         p = client_permissions(INBOX)
         assert allows(p.publish, "mesh.work.echo")
-        assert allows(p.subscribe, "mesh.task.t1") and allows(p.subscribe, f"{INBOX}.x.y")
-        assert allows(p.publish, "$JS.API.DIRECT.GET.MESH.mesh.task.t1")
-        assert allows(p.publish, "$JS.API.CONSUMER.CREATE.MESH.outcome-1.mesh.task.t1")
+        assert allows(p.subscribe, "mesh.task.echo.t1") and allows(p.subscribe, f"{INBOX}.x.y")
+        assert allows(p.publish, "$JS.API.DIRECT.GET.MESH.mesh.task.echo.t1")
+        assert allows(p.publish, "$JS.API.CONSUMER.CREATE.MESH.outcome-1.mesh.task.echo.t1")
 
     def test_may_not_forge_read_or_delete(self) -> None:
         p = client_permissions(INBOX)
-        for subject in ("mesh.task.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "$JS.API.STREAM.DELETE.MESH",
+        for subject in ("mesh.task.echo.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "$JS.API.STREAM.DELETE.MESH",
                         "$JS.API.STREAM.PURGE.MESH", "$JS.API.STREAM.CREATE.MESH", "$JS.API.CONSUMER.CREATE.MESH",
                         "$JS.API.CONSUMER.CREATE.MESH.x.mesh.llm.echo.t1", "$JS.API.DIRECT.GET.MESH",
                         "$JS.API.CONSUMER.MSG.NEXT.MESH.work-echo", "$JS.ACK.MESH.work-echo.1.2.3.4.5"):  # fmt: skip
@@ -66,10 +66,17 @@ class TestAgentPermissions:
         p = agent_permissions("echo", ("echo",), {"bids": "mesh.bid.*"}, INBOX)
         for subject in ("$JS.API.CONSUMER.CREATE.MESH.work-echo.mesh.work.echo", "$JS.API.CONSUMER.MSG.NEXT.MESH.work-echo",
                         "$JS.ACK.MESH.work-echo.1.2.3.4.5", "$JS.API.CONSUMER.CREATE.MESH.on-echo-bids.mesh.bid.*",
-                        "mesh.task.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "mesh.agent.echo-1",
+                        "mesh.task.echo.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "mesh.agent.echo-1",
                         "$KV.mesh-presence.echo-1"):  # fmt: skip
             assert allows(p.publish, subject), subject
         assert allows(p.subscribe, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MESH.work-echo")
+
+    def test_answers_only_for_its_own_capabilities(self) -> None:
+        """Outcome subjects carry the capability: a role cannot complete another's tasks."""
+        p = agent_permissions("echo", ("echo", "shout"), {}, INBOX)
+        assert allows(p.publish, "mesh.task.echo.t1") and allows(p.publish, "mesh.task.shout.t1")
+        for subject in ("mesh.task.research.t1", "mesh.task.t1", "mesh.task.echoes.t1"):
+            assert not allows(p.publish, subject), subject
 
     def test_not_another_roles_consumers_nor_the_stream(self) -> None:
         p = agent_permissions("echo", ("echo",), {}, INBOX)

@@ -44,6 +44,7 @@ from topics import (
     TaskClaimed,
     TaskCompleted,
     TaskFailed,
+    TaskHandedOff,
     TaskProgress,
     TaskRequested,
     ToolCalled,
@@ -66,6 +67,7 @@ EVERY_TYPE: list[Event] = [
     TaskCompleted(task_id="t1", agent="a", attempt=2, output="done"),
     TaskRequested(capability="c"),
     TaskCancelled(task_id="t2", reason="no"),
+    TaskHandedOff(task_id="t3", agent="a", attempt=1, capability="c", to="d", next_task_id="t4", next_request_seq=9),
     BoardWritten(board="b", key="k", value=[1], author="a"),
     BoardDeleted(board="b", key="k", author="a"),
     VoteProposed(proposal_id="p", question="?", options=("y", "n"), voters=("a", "b"), deadline=at(100)),
@@ -195,7 +197,7 @@ class TestRebuildFile:
         check(path, 12)
         whole = rebuild_file(path)["tasks"]
         assert (whole.seq, whole.folded, whole.undecodable) == (last, last - 2, UNDECODABLE)
-        assert {v.status for v in whole.state.tasks.values()} == {"completed", "requested", "cancelled"}
+        assert {v.status for v in whole.state.tasks.values()} == {"completed", "requested", "cancelled", "handed_off"}
 
     @settings(max_examples=50, deadline=None, database=None)
     @given(

@@ -122,14 +122,14 @@ class TestTimeTravel:
         await agents.start("agents.echo:agent")
         first = await mixed_activity(mesh, 15)
         for task_id in first:
-            await mesh.outcome(task_id, timeout=20)
+            await mesh.outcome("echo", task_id, timeout=20)
         await log.wait_for(lambda r: r.event.type == "mesh.task.completed", count=15)
         seen = list(log.records)  # a prefix of the log, in stream order: whatever lands later has a higher seq
         point = seen[-1]
         captured = {name: fold(projection, seen) for name, projection in REGISTRY.items()}
         later = await mixed_activity(mesh, 15, offset=15)
         for task_id in later:
-            await mesh.outcome(task_id, timeout=20)
+            await mesh.outcome("echo", task_id, timeout=20)
         for name, projection in REGISTRY.items():
             at_seq = (await rebuild(mesh, projection, at=point.seq, use_snapshot=False)).state
             assert at_seq == captured[name], name
@@ -196,7 +196,7 @@ class TestExportImport:
         """Export the whole log, import it into a fresh server: every projection is the same."""
         await agents.start("agents.echo:agent")
         for task_id in await mixed_activity(mesh, 10):
-            await mesh.outcome(task_id, timeout=20)
+            await mesh.outcome("echo", task_id, timeout=20)
         exported = await export_log(mesh, tmp_path / "log.jsonl")
         other = start_server(tmp_path / "other", port=-1)
         try:

@@ -86,15 +86,15 @@ def report_log() -> HandLog:
             id="start-p", at=0.0, source=PLANNER, correlation=None)  # fmt: skip
     log.add(subjects.work("report"), TaskRequested(capability="report", input={"topic": "x"}, task_id="rpt"),
             id="rpt", at=1.0, source="mesh://client/box-9", traceparent=parent("00000000000000a1"))  # fmt: skip
-    log.add(subjects.task("rpt"), TaskClaimed(task_id="rpt", agent="planner-box-1-101", attempt=1),
+    log.add(subjects.task("report", "rpt"), TaskClaimed(task_id="rpt", agent="planner-box-1-101", attempt=1),
             id="claim-rpt", at=1.05, source=PLANNER, cause="rpt", traceparent=parent("00000000000000a2"))  # fmt: skip
-    log.add(subjects.task("rpt"), TaskProgress(task_id="rpt", agent="planner-box-1-101", attempt=1, message="go"),
+    log.add(subjects.task("report", "rpt"), TaskProgress(task_id="rpt", agent="planner-box-1-101", attempt=1, message="go"),
             id="prog-rpt", at=1.06, source=PLANNER, cause="rpt", traceparent=parent("00000000000000a3"))  # fmt: skip
     log.add(subjects.work("research"), TaskRequested(capability="research", input={}, task_id="r1"),
             id="r1", at=1.1, source=PLANNER, cause="rpt", traceparent=parent("00000000000000a4"))  # fmt: skip
     log.add(subjects.chat("elsewhere"), TaskProgress(task_id="zz", agent="x", attempt=1),
             id="other", at=1.15, source=PLANNER, correlation="other")  # fmt: skip
-    log.add(subjects.task("r1"), TaskClaimed(task_id="r1", agent="researcher-box-1-102", attempt=1),
+    log.add(subjects.task("research", "r1"), TaskClaimed(task_id="r1", agent="researcher-box-1-102", attempt=1),
             id="claim-r1", at=1.3, source=RESEARCHER, cause="r1", correlation="rpt")  # fmt: skip
     call = LlmCalled(agent="researcher", task_id="r1", call_index=0, model="gpt-4o-mini-2024",
                      request={"model": "gpt-4o-mini", "messages": []},
@@ -106,12 +106,12 @@ def report_log() -> HandLog:
     log.add(subjects.tool("researcher", "r1"),
             ToolCalled(agent="researcher", task_id="r1", call_index=0, tool="search", error="ValueError: no"),
             id=derived_id("r1", "tool/0"), at=1.65, source=RESEARCHER, cause="r1", correlation="r1")  # fmt: skip
-    log.add(subjects.task("r1"), TaskCompleted(task_id="r1", agent="researcher-box-1-102", attempt=1, output="n"),
+    log.add(subjects.task("research", "r1"), TaskCompleted(task_id="r1", agent="researcher-box-1-102", attempt=1, output="n"),
             id=derived_id("r1", "completed"), at=1.7, source=RESEARCHER, cause="r1",
             traceparent=parent("00000000000000a6"))  # fmt: skip
     log.add(subjects.work("research"), TaskRequested(capability="research", input={}, task_id="r2"),
             id="r2", at=1.8, source=PLANNER, cause="rpt", traceparent=parent("00000000000000a7"))  # fmt: skip
-    log.add(subjects.task("rpt"), TaskFailed(task_id="rpt", agent="planner-box-1-101", attempt=1,
+    log.add(subjects.task("report", "rpt"), TaskFailed(task_id="rpt", agent="planner-box-1-101", attempt=1,
                                              error=ErrorInfo(type="TaskError", message="r2 timed out")),
             id=derived_id("rpt", "failed"), at=2.0, source=PLANNER, cause="rpt",
             traceparent="00-garbage-not-a-traceparent")  # fmt: skip
@@ -160,7 +160,7 @@ class TestRebuild:
         assert send_r1.parent_id == send_r2.parent_id == process_report.span_id
         assert process_r1.parent_id == send_r1.span_id
         assert chat.parent_id == tool.parent_id == process_r1.span_id
-        for name in ("send mesh.task.{task_id}", "send mesh.llm.{agent}.{task_id}", "send mesh.tool.{agent}.{task_id}"):
+        for name in ("send mesh.task.{capability}.{task_id}", "send mesh.llm.{agent}.{task_id}", "send mesh.tool.{agent}.{task_id}"):
             assert all(s.parent_id in (process_report.span_id, process_r1.span_id) for s in by_name(spans, name))
 
         # times: sends are instants; process from the claim to the outcome; chat covers its latency
@@ -201,7 +201,7 @@ class TestRebuild:
         assert process_report.original == send_report.original  # a replayed process span links to its producer
         assert chat.attributes["mesh.original.trace_id"] == LIVE and chat.original.span_id == 0xA5  # type: ignore[union-attr]
         no_traceparent = [only(spans, "send mesh.tool.{agent}.{task_id}"), tool]
-        invalid_traceparent = [only(spans, "send mesh.task.{task_id}", derived_id("rpt", "failed"))]
+        invalid_traceparent = [only(spans, "send mesh.task.{capability}.{task_id}", derived_id("rpt", "failed"))]
         for unlinked in no_traceparent + invalid_traceparent:
             assert unlinked.links == () and "mesh.original.trace_id" not in unlinked.attributes
         assert root.attributes["mesh.original.trace_ids"] == [LIVE] and root.attributes["mesh.replay.events"] == 10
@@ -498,9 +498,9 @@ class TestRerunMakesNoLiveSpans:
         log = HandLog()
         log.add(subjects.work("spanning"), TaskRequested(capability="spanning", input={}, task_id="s1"),
                 id="s1", at=0.0, source="mesh://client/x", correlation="s1")  # fmt: skip
-        log.add(subjects.task("s1"), TaskProgress(task_id="s1", agent="a", attempt=1, message="half"),
+        log.add(subjects.task("spanning", "s1"), TaskProgress(task_id="s1", agent="a", attempt=1, message="half"),
                 id=derived_id("s1", "emit/0"), at=0.1, source="mesh://agent/a", cause="s1", correlation="s1")  # fmt: skip
-        log.add(subjects.task("s1"), TaskCompleted(task_id="s1", agent="a", attempt=1, output={"ok": True}),
+        log.add(subjects.task("spanning", "s1"), TaskCompleted(task_id="s1", agent="a", attempt=1, output={"ok": True}),
                 id=derived_id("s1", "completed"), at=0.2, source="mesh://agent/a", cause="s1", correlation="s1")  # fmt: skip
         with sdk_tracer(memory):
             with telemetry.tool_span("control"):

@@ -204,7 +204,7 @@ class TestFork:
                   if isinstance(r.data, TaskCompleted) and r.data.capability == "research")  # fmt: skip
         result = await fork(mesh, records, report, at.event.id, "what-if-1")
         assert result.copied > 0 and "what-if-1" in result.requested
-        outcome = await mesh.outcome("what-if-1", timeout=60)
+        outcome = await mesh.outcome("report", "what-if-1", timeout=60)
         assert isinstance(outcome.data, TaskCompleted) and outcome.data.output["title"] == "Report: rate limiting"
         await log.wait_for(lambda r: r.event.id == outcome.event.id)
         after = await read_log(mesh)

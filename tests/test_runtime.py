@@ -53,7 +53,7 @@ class TestEcho:
         """Tasks published before any agent serves the capability are still handled (backlog is work)."""
         ids = [await mesh.submit("echo", {"n": n}) for n in range(5)]
         await agents.start("agents.echo:agent")
-        outcomes = [await mesh.outcome(task_id, timeout=20) for task_id in ids]
+        outcomes = [await mesh.outcome("echo", task_id, timeout=20) for task_id in ids]
         assert [o.data.output for o in outcomes] == [{"n": n} for n in range(5)]  # type: ignore[attr-defined]
 
 
@@ -87,7 +87,7 @@ class TestFairReplicas:
         await eventually(lambda: pulls_waiting(mesh, subjects.work_consumer_name("burn"), 1), what="one replica pulling")
         task_ids = [await mesh.submit("burn", {"seconds": 0.2}) for _ in range(24)]
         second = await agents.start("tests.fixture_agents:burner")
-        outcomes = await asyncio.gather(*(mesh.outcome(task_id, timeout=60) for task_id in task_ids))
+        outcomes = await asyncio.gather(*(mesh.outcome("burn", task_id, timeout=60) for task_id in task_ids))
         by = Counter(o.data.output["by"].rsplit("-", 1)[1] for o in outcomes)  # type: ignore[attr-defined]
         assert max(by[str(first.pid)], by[str(second.pid)]) <= 16, by
 
@@ -110,12 +110,12 @@ class TestKill:
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()
         survivor = await agents.start("tests.fixture_agents:slow", "--ack-wait", "2")
-        outcome = await mesh.outcome(task_id, timeout=30)
+        outcome = await mesh.outcome("slow", task_id, timeout=30)
         assert outcome.data.output == {"done": 7, "by": outcome.data.agent, "attempt": 2}  # type: ignore[attr-defined]
         assert outcome.data.agent.endswith(f"-{survivor.pid}")  # type: ignore[attr-defined]
         await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == task_id)  # type: ignore[attr-defined]
         assert len(completions(log, task_id)) == 1
-        on_task = [r.event.type.rsplit(".", 1)[1] for r in log.records if r.subject == subjects.task(task_id)]
+        on_task = [r.event.type.rsplit(".", 1)[1] for r in log.records if r.subject == subjects.task("slow", task_id)]
         assert on_task[:2] == ["claimed", "progress"]  # the claim precedes the first effect
         claims = [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.task_id == task_id]  # type: ignore[attr-defined]
         assert claims == [1, 2]
@@ -136,7 +136,7 @@ class TestMaxDeliveries:
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait()
         await agents.start("tests.fixture_agents:slow", *flags)  # hears the advisory when the last try times out
-        outcome = await mesh.outcome(task_id, timeout=30)
+        outcome = await mesh.outcome("slow", task_id, timeout=30)
         assert outcome.data.error.type == "MaxDeliveries"  # type: ignore[attr-defined]
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
         assert dead[0].data.reason == "max_deliveries" and dead[0].data.deliveries == 2  # type: ignore[attr-defined]

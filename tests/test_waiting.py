@@ -81,7 +81,7 @@ class TestManyWaiting:
         ids = await asyncio.gather(*(mesh.submit("echo", {"n": n}) for n in range(1100)))
         counts = ConsumerCount(mesh)
         async with counts.sampling():
-            waits = asyncio.gather(*(mesh.outcome(task_id, timeout=120) for task_id in ids))
+            waits = asyncio.gather(*(mesh.outcome("echo", task_id, timeout=120) for task_id in ids))
             await eventually(lambda: mesh.waiters.pending == 1100, timeout=60, what="1100 waiters")
             counts.samples.append(await counts.now())
             await agents.start("agents.echo:agent")
@@ -108,9 +108,9 @@ class TestStoredOutcome:
         subject (a late claim) is the newest."""
         task_id = "t-stored"
         done = TaskCompleted(task_id=task_id, agent="a", attempt=1, output=7)
-        await mesh.publish(subjects.task(task_id), done)
-        await mesh.publish(subjects.task(task_id), TaskClaimed(task_id=task_id, agent="b", attempt=2))
-        record = await mesh.outcome(task_id, timeout=10)
+        await mesh.publish(subjects.task("echo", task_id), done)
+        await mesh.publish(subjects.task("echo", task_id), TaskClaimed(task_id=task_id, agent="b", attempt=2))
+        record = await mesh.outcome("echo", task_id, timeout=10)
         assert record.data == done
 
 
@@ -118,9 +118,9 @@ class TestStoredOutcome:
         """A watch that missed the live event (here: it never read the log at the start) finds
         the stored outcome at the next periodic re-read."""
         done = TaskCompleted(task_id="t-missed", agent="a", attempt=1, output=1)
-        await mesh.publish(subjects.task("t-missed"), done)
+        await mesh.publish(subjects.task("echo", "t-missed"), done)
         mesh.waiters.recheck_every = 0.1
-        async with mesh.watch_outcome("t-missed", stored=False) as outcome:
+        async with mesh.watch_outcome("echo", "t-missed", stored=False) as outcome:
             assert (await asyncio.wait_for(outcome, 30)).data == done
 
 
@@ -168,13 +168,13 @@ class TestReconnect:
         requester = await Mesh.connect(f"nats://127.0.0.1:{proxy.port}", source="mesh://test/requester")
         requester.waiters.recheck_every = 3600.0
         try:
-            waiting = asyncio.create_task(requester.outcome("t-away", timeout=60))
+            waiting = asyncio.create_task(requester.outcome("echo", "t-away", timeout=60))
             await eventually(lambda: requester.waiters.pending == 1, what="the waiter in place")
             await requester.nc.flush()
             await proxy.cut()
             await eventually(lambda: not requester.nc.is_connected, what="the requester disconnected")
             done = TaskCompleted(task_id="t-away", agent="a", attempt=1, output="while away")
-            await mesh.publish(subjects.task("t-away"), done)
+            await mesh.publish(subjects.task("echo", "t-away"), done)
             await proxy.open()
             record = await asyncio.wait_for(waiting, 60)
             assert record.data == done

@@ -197,7 +197,7 @@ class TestOrchestrator:
         kinds = [(type(e).__name__, getattr(e, "step", "")) for e in events]
         assert kinds[1:3] == [("FlowStepScheduled", "left"), ("FlowStepScheduled", "right")]
         assert (await flows.view(workflow_id)).status == "completed"
-        assert (await mesh.outcome(workflow_id, timeout=10)).data.output == {"joined": "L+R+7"}  # type: ignore[attr-defined]
+        assert (await mesh.outcome("workflow", workflow_id, timeout=10)).data.output == {"joined": "L+R+7"}  # type: ignore[attr-defined]
 
     async def test_retry_succeeds(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """A step that fails once is retried as a new task and the workflow completes."""

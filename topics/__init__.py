@@ -25,6 +25,7 @@ from topics.tasks import (
     TaskCompleted,
     TaskEvent,
     TaskFailed,
+    TaskHandedOff,
     TaskOutcome,
     TaskProgress,
     TaskRequested,
@@ -43,7 +44,7 @@ __all__ = [
     "ErrorInfo", "Event", "Record",
     "FlowCompleted", "FlowEvent", "FlowFailed", "FlowStarted",
     "FlowStepCompleted", "FlowStepFailed", "FlowStepScheduled",
-    "TaskCancelled", "TaskClaimed", "TaskCompleted", "TaskEvent", "TaskFailed",
+    "TaskCancelled", "TaskClaimed", "TaskCompleted", "TaskEvent", "TaskFailed", "TaskHandedOff",
     "TaskOutcome", "TaskProgress", "TaskRequested",
     "VoteCast", "VoteDecided", "VoteEvent", "VoteProposed",
 ]  # fmt: skip

@@ -23,6 +23,7 @@ __all__ = [
     "PAYLOAD_BUCKET",
     "work",
     "task",
+    "task_any",
     "board",
     "vote",
     "flow",
@@ -49,8 +50,15 @@ def work(capability: str) -> str:
     return f"mesh.work.{check_token('capability', capability)}"
 
 
-def task(task_id: str) -> str:
-    return f"mesh.task.{check_token('task id', task_id)}"
+def task(capability: str, task_id: str) -> str:
+    """A task's lifecycle under one capability: only the role serving ``capability`` may publish
+    here (`mesh auth init`), so its outcome cannot come from anyone else."""
+    return f"mesh.task.{check_token('capability', capability)}.{check_token('task id', task_id)}"
+
+
+def task_any(task_id: str) -> str:
+    """Every capability's lifecycle subject of one task: a filter for reading, never a publish."""
+    return f"mesh.task.*.{check_token('task id', task_id)}"
 
 
 def board(name: str, key: str) -> str:

@@ -1,4 +1,12 @@
-"""Task events: requested on `mesh.work.<capability>`, lifecycle on `mesh.task.<task_id>`."""
+"""Task events: requested on `mesh.work.<capability>`, lifecycle on `mesh.task.<capability>.<task_id>`.
+
+Every lifecycle event of a run carries `request_seq`, the stream sequence of the request
+message it answers: the server assigns it, so a requester that knows the sequence of its own
+request (from the publish acknowledgement) takes only the outcome of that request, never one
+of another request that reused its task id. A run that passes the task on (a fallback, a
+hand-off) says so with `mesh.task.handed_off`, naming the next capability, task id and request
+sequence, on its own subject: the requester follows it there.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ __all__ = [
     "TaskCompleted",
     "TaskFailed",
     "TaskCancelled",
+    "TaskHandedOff",
     "TaskEvent",
     "TaskOutcome",
     "request_problem",
@@ -36,6 +45,7 @@ class TaskClaimed(Event, frozen=True, kw_only=True):
     agent: str
     attempt: int
     capability: str = ""
+    request_seq: int | None = None  # the stream sequence of the request this run answers
 
 
 class TaskProgress(Event, frozen=True, kw_only=True):
@@ -45,6 +55,7 @@ class TaskProgress(Event, frozen=True, kw_only=True):
     attempt: int
     message: str = ""
     fraction: float | None = None
+    request_seq: int | None = None
 
 
 class TaskCompleted(Event, frozen=True, kw_only=True):
@@ -54,6 +65,7 @@ class TaskCompleted(Event, frozen=True, kw_only=True):
     attempt: int
     output: Any = None
     capability: str = ""
+    request_seq: int | None = None
 
 
 class TaskFailed(Event, frozen=True, kw_only=True):
@@ -63,6 +75,7 @@ class TaskFailed(Event, frozen=True, kw_only=True):
     attempt: int
     error: ErrorInfo
     capability: str = ""
+    request_seq: int | None = None
 
 
 class TaskCancelled(Event, frozen=True, kw_only=True):
@@ -71,9 +84,25 @@ class TaskCancelled(Event, frozen=True, kw_only=True):
     agent: str = ""
     attempt: int = 0
     reason: str = ""
+    request_seq: int | None = None
 
 
-TaskEvent = TaskRequested | TaskClaimed | TaskProgress | TaskCompleted | TaskFailed | TaskCancelled
+class TaskHandedOff(Event, frozen=True, kw_only=True):
+    """This run passed the task on: to a fallback capability, or (a hand-off) to the next step."""
+
+    TYPE: ClassVar[str] = "mesh.task.handed_off"
+    task_id: str
+    agent: str
+    attempt: int
+    capability: str
+    to: str  # the capability that has it now
+    next_task_id: str
+    next_request_seq: int  # the stream sequence of the request it was passed on with
+    request_seq: int | None = None
+    reason: str = ""  # "fallback: <why this capability gave up>", or "handoff"
+
+
+TaskEvent = TaskRequested | TaskClaimed | TaskProgress | TaskCompleted | TaskFailed | TaskCancelled | TaskHandedOff
 TaskOutcome = TaskCompleted | TaskFailed | TaskCancelled
 
 

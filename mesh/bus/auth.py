@@ -25,6 +25,7 @@ import msgspec
 from mesh.bus.permissions import Permissions, admin_permissions, agent_permissions, client_permissions
 from mesh.bus.settings import inbox_prefix, nkey_public_key, nkeys_module
 from mesh.errors import ConfigError
+from topics.base import is_token
 
 __all__ = ["AgentRole", "Role", "auth_config", "init_auth", "DEFAULT_FOLDER"]
 
@@ -69,18 +70,23 @@ def _subjects(names: tuple[str, ...]) -> str:
     return "[\n" + "".join(f"          {json.dumps(name)}\n" for name in names) + "        ]"
 
 
-def init_auth(folder: Path, agents: list[AgentRole]) -> list[Role]:
-    """Write seeds, `auth.conf` and `roles.json` for admin, client and ``agents`` into ``folder``."""
+def init_auth(folder: Path, agents: list[AgentRole], clients: tuple[str, ...] = ("client",)) -> list[Role]:
+    """Write seeds, `auth.conf` and `roles.json` for admin, ``clients`` and ``agents`` into
+    ``folder``. Each client is a user of its own with the client permissions: clients that do
+    not trust each other need one each (users sharing a seed share its de-duplication key)."""
     names = [agent.name for agent in agents]
     for name in names:
-        if name in RESERVED or names.count(name) > 1:
-            raise ConfigError(f"agent role {name!r} is given twice or is reserved ({', '.join(RESERVED)})")
+        if name in RESERVED or name in clients or names.count(name) > 1:
+            raise ConfigError(f"agent role {name!r} is given twice or is reserved ({', '.join(RESERVED)}, or a client)")
+    for name in clients:
+        if name == "admin" or clients.count(name) > 1 or not is_token(name) or "/" in name:
+            raise ConfigError(f"client {name!r} is given twice, is reserved (admin) or is not a plain name")
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, stat.S_IRWXU)
     roles = [
         _role(folder, "admin", "everything: streams, consumers, KV, object store, import, snapshots",
               lambda _inbox: admin_permissions()),
-        _role(folder, "client", "submits tasks and reads their outcomes", client_permissions),
+        *(_role(folder, name, "submits tasks and reads their outcomes", client_permissions) for name in clients),
     ]
     for agent in agents:
         def derived(inbox: str, agent: AgentRole = agent) -> Permissions:

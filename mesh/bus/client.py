@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import hashlib
+import hmac
 import os
 import re
 import socket
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from nats.aio.client import Client
@@ -35,14 +38,33 @@ from topics.envelope import (
 )
 from topics.record import Record
 from topics.registry import decode_data, encode_data
-from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed, TaskOutcome, TaskRequested, request_problem
+from topics.tasks import (
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskHandedOff,
+    TaskOutcome,
+    TaskRequested,
+    request_problem,
+)
 
-__all__ = ["Mesh", "Published", "decode_record", "outcome_value"]
+__all__ = ["Mesh", "Published", "Submitted", "decode_record", "outcome_value"]
 
 MSG_ID = "Nats-Msg-Id"
 _LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s]+)+")
 MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
 _HEADROOM = 4096  # bytes below max_payload under which headers cannot push a body over it
+MAX_HOPS = 64  # hand-offs and fallbacks one request follows before it is refused as a loop
+MAX_EARLY = 64  # answers kept while a request's acknowledgement is on its way
+
+
+class Submitted(NamedTuple):
+    """A task request as stored: its task id, capability and stream sequence."""
+
+    task_id: str
+    capability: str
+    seq: int
+    duplicate: bool
 
 
 class Published(msgspec.Struct, frozen=True):
@@ -81,10 +103,12 @@ def _default_source() -> str:
 class Mesh:
     """A connection to the mesh. `async with await Mesh.connect(url) as mesh: ...`"""
 
-    def __init__(self, nc: Client, *, source: str | None = None) -> None:
+    def __init__(self, nc: Client, *, source: str | None = None, dedupe_key: bytes | None = None) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.source = source or _default_source()
+        self._dedupe = hmac.new(dedupe_key, digestmod=hashlib.sha256) if dedupe_key else None
+        self._scope = ""  # see `scoped`
         self.closed = asyncio.Event()  # set when the connection is closed for good (see `connect`)
         self.waiters = Waiters(nc, self.js, self.record_of)  # outcomes awaited over this connection
 
@@ -110,9 +134,9 @@ class Mesh:
         async def on_reconnected() -> None:
             missed()
 
-        nc = await connect(settings or MeshSettings.from_env(url), on_dropped=missed, closed_cb=on_closed,
-                           reconnected_cb=on_reconnected)  # fmt: skip
-        mesh = cls(nc, source=source)
+        settings = settings or MeshSettings.from_env(url)
+        nc = await connect(settings, on_dropped=missed, closed_cb=on_closed, reconnected_cb=on_reconnected)
+        mesh = cls(nc, source=source, dedupe_key=settings.dedupe_key())
         made.append(mesh)
         if ensure:
             await ensure_stream(mesh.js)
@@ -152,6 +176,29 @@ class Mesh:
             data=msgspec.Raw(encode_data(data)),
         )
 
+    def scoped(self, request_seq: int) -> Mesh:
+        """This connection, de-duplicating what it publishes per request message: the effects
+        of the request stored at ``request_seq`` (its outcome, sub-tasks, emits). A retry of that
+        message repeats the same ids and is dropped; a second message that reuses the request's
+        event id (a hostile or careless client) gets effects of its own instead of dropping the
+        first one's as duplicates. Shares everything else with this `Mesh`."""
+        scoped = copy.copy(self)
+        scoped._scope = f"@{request_seq}"
+        return scoped
+
+    def msg_id(self, event_id: str) -> str:
+        """The `Nats-Msg-Id` of the event ``event_id``: the id itself on a server without
+        credentials, else an HMAC of it keyed by this user's secret (`MeshSettings.dedupe_key`).
+        JetStream de-duplicates across the whole stream, so an id another role could compute
+        (event ids are derived from public ones) is one it could publish first, under any
+        subject it may write, to have the real event dropped; a keyed one it cannot compute.
+        Every replica of a role has the same secret, so a retry is still dropped as a duplicate."""
+        if self._dedupe is None:
+            return event_id + self._scope
+        keyed = self._dedupe.copy()
+        keyed.update((event_id + self._scope).encode())
+        return keyed.hexdigest()[:32]
+
     async def publish(
         self,
         subject: str,
@@ -163,14 +210,14 @@ class Mesh:
         expected_last_subject_seq: int | None = None,
     ) -> Published:
         """Publish one event to the log and wait for JetStream's acknowledgement; the event id
-        doubles as `Nats-Msg-Id` for deduplication. With `expected_last_subject_seq`, the
+        makes its `Nats-Msg-Id` for deduplication (`msg_id`). With `expected_last_subject_seq`, the
         server refuses it with `ExpectedSequenceError` if the subject moved past that sequence."""
         event_id = event_id or new_event_id()
         with send_span(subject, data.TYPE, event_id) as trace:
             event = self.envelope(
                 data, event_id=event_id, correlation_id=correlation_id, causation_id=causation_id, trace=trace
             )
-            headers = {MSG_ID: event.id, **trace}
+            headers = {MSG_ID: self.msg_id(event.id), **trace}
             ack = await jetstream.publish(
                 self.js, subject, await self._fitting_or_offloaded(subject, event, headers), headers=headers,
                 expected_last_subject_seq=expected_last_subject_seq,
@@ -212,7 +259,7 @@ class Mesh:
             event = self.envelope(
                 data, event_id=event_id, correlation_id=correlation_id, causation_id=causation_id, trace=trace
             )
-            headers = {MSG_ID: event.id, **trace}
+            headers = {MSG_ID: self.msg_id(event.id), **trace}
             await self.nc.publish(subject, self._fitting(subject, encode_envelope(event), headers), headers=headers)
         instruments.published.add(1, {"type": data.TYPE})
 
@@ -231,6 +278,28 @@ class Mesh:
     ) -> str:
         """Publish a `mesh.task.requested`; return its task id. Submitting the same `task_id`
         again publishes the same event id, which JetStream drops as a duplicate."""
+        submitted = await self.submit_request(
+            capability, input, task_id=task_id, correlation_id=correlation_id, causation_id=causation_id,
+            event_id=event_id, fallback=fallback, max_attempts=max_attempts, deadline=deadline,
+        )  # fmt: skip
+        return submitted.task_id
+
+    async def submit_request(
+        self,
+        capability: str,
+        input: Any = None,
+        *,
+        task_id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        event_id: str | None = None,
+        fallback: tuple[str, ...] = (),
+        max_attempts: int | None = None,
+        deadline: str | None = None,
+    ) -> Submitted:
+        """`submit`, returning where the request landed too: its stream sequence is what its
+        outcome names (`request_seq`), so `follow` takes that outcome and no other. A
+        duplicate (the same task id submitted again) gives the sequence of the first."""
         _check_task(capability, task_id, fallback, deadline)
         event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
@@ -242,14 +311,14 @@ class Mesh:
             max_attempts=max_attempts,
             deadline=deadline,
         )
-        await self.publish(
+        published = await self.publish(
             subjects.work(capability),
             request,
             event_id=event_id,
             correlation_id=correlation_id or task_id,
             causation_id=causation_id,
         )
-        return task_id
+        return Submitted(task_id, capability, published.seq, published.duplicate)
 
     async def request(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Any:
         """Submit a task and return its output; raise TaskFailedError or TaskTimeoutError."""
@@ -257,25 +326,76 @@ class Mesh:
         return outcome_value(outcome)
 
     async def request_outcome(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Record:
-        """Submit a task and return its outcome record. The task's subject is watched from
-        before it is published; a given `task_id` may have run already, so the log is read too."""
+        """Submit a task and return its outcome record, following fallbacks and hand-offs to
+        the end. The task's subject is watched from before it is published; a given `task_id`
+        may have run already, so the log is read too."""
         given = bool(task.get("task_id"))
         event_id = task.pop("event_id", None) or (derived_id(task["task_id"], "requested") if given else new_event_id())
         task_id = task.pop("task_id", None) or event_id
         if given:  # a generated id is a token; a given one is checked before a subject is made of it
             _check_task(capability, task_id, (), None)
-        async with self.watch_outcome(task_id, stored=given) as outcome:
-            await self.submit(capability, input, task_id=task_id, event_id=event_id, **task)
-            try:
-                return await asyncio.wait_for(outcome, timeout)
-            except asyncio.TimeoutError:
-                raise TaskTimeoutError(task_id, capability, timeout) from None
+        deadline = asyncio.get_running_loop().time() + timeout
+        answer = _Answer()
+        try:
+            async with self.waiters.watch(subjects.task(capability, task_id), answer.accept, stored=given) as outcome:
+                submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
+                early = answer.expect(submitted.seq)
+                record = early if early is not None else await asyncio.wait_for(outcome, timeout)
+            return await self._passed_on(record, deadline)
+        except asyncio.TimeoutError:
+            raise TaskTimeoutError(task_id, capability, timeout) from None
 
-    def watch_outcome(self, task_id: str, *, stored: bool = True) -> AbstractAsyncContextManager[asyncio.Future[Record]]:
-        """`async with mesh.watch_outcome(task_id) as outcome: ...`: a future resolved with the
-        task's completion, failure or cancellation. With ``stored`` (the default) one already
-        in the log counts; without, only one that lands once the watch is in place."""
-        return self.waiters.watch(subjects.task(task_id), _is_outcome, stored=stored)
+    async def follow(self, capability: str, task_id: str, request_seq: int, *, timeout: float = 60.0) -> Record:
+        """The outcome of the request stored at ``request_seq`` (task ``task_id`` under
+        ``capability``), even if it already happened, following fallbacks and hand-offs to the
+        end: a core subscription on the task's subject, then a direct get of what is stored (see
+        `mesh.bus.waiting`); no consumer on the server. Only the role serving a capability may
+        publish on its task subjects, and only an event naming ``request_seq`` counts, so
+        nothing another client or role publishes is taken for the outcome."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            return await self._passed_on(await self._answer(capability, task_id, request_seq, timeout), deadline)
+        except asyncio.TimeoutError:
+            raise TaskTimeoutError(task_id, capability, timeout) from None
+
+    async def _answer(self, capability: str, task_id: str, request_seq: int, timeout: float) -> Record:
+        answer = _Answer()
+        answer.expect(request_seq)
+        async with self.waiters.watch(subjects.task(capability, task_id), answer.accept) as outcome:
+            return await asyncio.wait_for(outcome, timeout)
+
+    async def _passed_on(self, record: Record, deadline: float) -> Record:
+        """``record``, or, while it says the task was handed off, the answer of where it went."""
+        for _ in range(MAX_HOPS):
+            if not isinstance(record.data, TaskHandedOff):
+                return record
+            hop = record.data
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise asyncio.TimeoutError
+            record = await self._answer(hop.to, hop.next_task_id, hop.next_request_seq, left)
+        raise SchemaError(f"task {record.data.task_id}: handed off more than {MAX_HOPS} times")  # type: ignore[attr-defined]
+
+    async def outcome(self, capability: str, task_id: str, *, timeout: float = 60.0) -> Record:
+        """The first outcome on the task's subject under ``capability``, of whichever request
+        used its id (stored already, or once it lands), following hand-offs. For tools and
+        tests that know a task id only; a requester uses `request` or `follow`, which take
+        the answer of their own request and nothing else."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            async with self.watch_outcome(capability, task_id) as outcome:
+                record = await asyncio.wait_for(outcome, timeout)
+            return await self._passed_on(record, deadline)
+        except asyncio.TimeoutError:
+            raise TaskTimeoutError(task_id, capability, timeout) from None
+
+    def watch_outcome(self, capability: str, task_id: str, *, stored: bool = True) -> AbstractAsyncContextManager[asyncio.Future[Record]]:
+        """`async with mesh.watch_outcome(capability, task_id) as outcome: ...`: a future
+        resolved with the first completion, failure, cancellation or hand-off of the task under
+        ``capability``, of whichever request (for display: a requester uses `follow`). With
+        ``stored`` (the default) one already in the log counts; without, only one that lands
+        once the watch is in place."""
+        return self.waiters.watch(subjects.task(capability, task_id), _is_answer, stored=stored)
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
         """A core subscription to live messages on ``subject``, once the server has accepted it;
@@ -288,16 +408,6 @@ class Mesh:
         if msg is None:
             return None
         return await payloads.resolve(self.js, msg.subject or subject, msg.data or b"", msg.seq or 0)
-
-    async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
-        """Wait for a task's completion, failure or cancellation, even if it already happened:
-        a core subscription on its subject, then a direct get of what is stored (see
-        `mesh.bus.waiting`); no consumer on the server."""
-        async with self.watch_outcome(task_id) as outcome:
-            try:
-                return await asyncio.wait_for(outcome, timeout)
-            except asyncio.TimeoutError:
-                raise TaskTimeoutError(task_id, None, timeout) from None
 
     async def record_of(self, subject: str, payload: bytes, seq: int = 0) -> Record | None:
         """The one place a waited-for message, received live or read from the log, becomes a
@@ -319,5 +429,34 @@ def outcome_value(outcome: Record) -> Any:
     raise TypeError(f"not a task outcome: {outcome.data!r}")
 
 
-def _is_outcome(record: Record) -> bool:
-    return isinstance(record.data, TaskOutcome)
+def _is_answer(record: Record) -> bool:
+    return isinstance(record.data, TaskOutcome | TaskHandedOff)
+
+
+class _Answer:
+    """Which event on a task's subject answers one request: an outcome or hand-off naming the
+    request's stream sequence. Events seen before that sequence is known (the request's
+    acknowledgement can trail a fast agent's answer) are kept until it is."""
+
+    __slots__ = ("request_seq", "seen")
+
+    def __init__(self) -> None:
+        self.request_seq: int | None = None
+        self.seen: list[Record] = []
+
+    def accept(self, record: Record) -> bool:
+        data = record.data
+        if not isinstance(data, TaskOutcome | TaskHandedOff):
+            return False
+        if self.request_seq is None:
+            if len(self.seen) < MAX_EARLY:
+                self.seen.append(record)
+            return False
+        return data.request_seq == self.request_seq
+
+    def expect(self, request_seq: int) -> Record | None:
+        """Set the request's sequence; the answer among those seen before, if any."""
+        self.request_seq = request_seq
+        found = next((r for r in self.seen if self.accept(r)), None)
+        self.seen.clear()
+        return found

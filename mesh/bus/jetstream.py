@@ -33,6 +33,7 @@ Why each call is here (as read in nats-py 2.16.0):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -41,8 +42,18 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo, PubAck, RawStreamMsg, StreamConfig, StreamInfo
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    PubAck,
+    RawStreamMsg,
+    StreamConfig,
+    StreamInfo,
+)
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.nuid import NUID
 
 from mesh.bus.refusals import refusals_of
 from mesh.errors import ExpectedSequenceError
@@ -59,6 +70,7 @@ __all__ = [
     "guarded",
     "subscribe",
     "direct_get",
+    "read_between",
     "is_settled",
     "is_transient",
     "last_on_subject",
@@ -129,6 +141,53 @@ async def direct_get(
         return await js.get_msg(stream, seq=seq, subject=subject, next=next, direct=True)
     except NotFoundError:
         return None
+
+
+async def read_between(
+    js: JetStreamContext, subject: str, *, after: int, before: int, timeout: float = 10.0,
+    stream: str = subjects.STREAM,
+) -> list[tuple[int, bytes]]:
+    """The messages on one ``subject`` with a sequence between ``after`` and ``before``
+    (both excluded), as `(seq, data)`, read with an ordered consumer filtered on that subject
+    and removed at once. For the rare read past a subject's last message: a direct get of the
+    next message on a subject is a request on `$JS.API.DIRECT.GET.<stream>` whatever the
+    subject, which permissions cannot narrow (a client may not have it), while a consumer
+    filtered on the subject can be allowed for that subject alone."""
+    found: list[tuple[int, bytes]] = []
+    done = asyncio.get_running_loop().create_future()
+
+    async def on_msg(msg: Msg) -> None:
+        if not msg.reply:  # a status message, not a stored one
+            return
+        seq, pending = msg.metadata.sequence.stream, msg.metadata.num_pending  # parsed from the ack subject
+        if seq < before:
+            found.append((seq, msg.data))
+        if (seq >= before - 1 or pending == 0) and not done.done():
+            done.set_result(None)
+
+    inbox = js._nc.new_inbox()
+    sub = await js._nc.subscribe(inbox, cb=on_msg)
+    config = ConsumerConfig(
+        name=f"scan-{nuid_next()}", filter_subject=subject, deliver_subject=inbox, ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1, mem_storage=True,
+        num_replicas=1, inactive_threshold=SCAN_INACTIVE,
+    )  # fmt: skip
+    try:
+        await js.add_consumer(stream, config=config)  # gone by itself once unused (no delete permission needed)
+        await asyncio.wait_for(done, timeout)
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+_nuid = NUID()
+
+
+def nuid_next() -> str:
+    return _nuid.next().decode()
+
+
+SCAN_INACTIVE = 2.0  # seconds: the server removes a finished `read_between` consumer after this
 
 
 async def next_on_subject(

@@ -7,12 +7,12 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
 - every role: its own reply inbox (`_INBOX_<public key>.>`, see `settings.inbox_prefix`), so
   no user reads another's replies (pulled messages, direct gets, acknowledgements);
 - `client`: submit tasks (a JetStream publish on `mesh.work.>`), read outcomes (core
-  subscription on `mesh.task.>`, direct get of the last event on a `mesh.task.*` subject, an
-  ordered consumer filtered on one `mesh.task.*` subject), check the stream exists;
+  subscription on `mesh.task.>`, direct get of the last event on a `mesh.task.*.*` subject, an
+  ordered consumer filtered on one `mesh.task.*.*` subject), check the stream exists;
 - an agent role: pull and settle its own consumers (`work-<capability>` per capability,
   `on-<role>-<name>` per event subscription: create, info, next, ack, their max-deliveries
-  advisory), publish what the runner and its context publish (`mesh.task.>` outcomes,
-  claims and progress; `mesh.work.>` sub-tasks and fallbacks; `mesh.llm.<role>.>`,
+  advisory), publish what the runner and its context publish (`mesh.task.<capability>.>`
+  outcomes, claims and progress of its own capabilities; `mesh.work.>` sub-tasks and fallbacks; `mesh.llm.<role>.>`,
   `mesh.tool.<role>.>`, `mesh.dead.>`, `mesh.agent.>`), its presence entry, direct gets
   on MESH (a task's last event; by sequence for dead letters and recorded model calls);
 - `admin`: everything (streams, consumers, KV, object store, import, snapshots).
@@ -51,8 +51,8 @@ def _reading_outcomes() -> tuple[str, ...]:
     """Requests that read a task's outcome: `Mesh.last_on`, `Mesh.outcome`'s ordered consumer."""
     return (
         f"{_API}.STREAM.INFO.{_STREAM}",
-        f"{_API}.DIRECT.GET.{_STREAM}.mesh.task.*",
-        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.mesh.task.*",
+        f"{_API}.DIRECT.GET.{_STREAM}.mesh.task.*.*",
+        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.mesh.task.*.*",
         f"$JS.FC.{_STREAM}.>",  # the ordered consumer's flow-control replies
     )
 
@@ -101,7 +101,9 @@ def agent_permissions(
     consumers = {subjects.work_consumer_name(c): subjects.work(c) for c in capabilities}
     consumers |= {subjects.subscription_consumer_name(role, name): subject for name, subject in subscriptions.items()}
     publish: list[str] = [
-        "mesh.task.>",  # claims, progress, completions and failures
+        # claims, progress, completions, failures and hand-offs of its own capabilities' tasks only:
+        # no other role can answer for them (see docs/SECURITY.md)
+        *(f"mesh.task.{capability}.>" for capability in capabilities),
         "mesh.work.>",  # sub-tasks (`ctx.request`) and hand-overs to a fallback capability
         f"mesh.llm.{role}.>",
         f"mesh.tool.{role}.>",

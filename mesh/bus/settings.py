@@ -6,11 +6,13 @@ Order: `--nats URL`, then `NATS_URL`, then the server `mesh up` recorded in
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -134,6 +136,26 @@ class MeshSettings:
         except ssl.SSLError as error:
             raise ConfigError(f"cannot use the TLS files given ({error.reason or error}); give PEM files") from None
         return context
+
+    def dedupe_key(self) -> bytes | None:
+        """The key of this user's de-duplication ids (`Mesh.msg_id`), or None without credentials.
+
+        Derived from the user's own secret (the nkey seed file, the .creds file, or the
+        `user:password@`/`token@` of the URL), so every replica of a role computes the same ids
+        and no other role can compute them: de-duplication is stream-wide, and an id another
+        user can compute is one it can publish first to have the real event dropped."""
+        material = b""
+        for path in (self.nkey_seed, self.creds):
+            if path:
+                material += Path(_readable(path, "credentials file")).read_bytes().strip() + b"\0"
+        if not material:
+            for url in server_urls(resolve_url(self.url)):
+                netloc = urlsplit(url if "://" in url else f"nats://{url}").netloc
+                if "@" in netloc:
+                    material += netloc.rpartition("@")[0].encode() + b"\0"
+        if not material:
+            return None
+        return hashlib.sha256(b"agentmesh dedupe key v1\0" + material).digest()
 
     @property
     def user(self) -> str:

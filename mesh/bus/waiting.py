@@ -11,8 +11,9 @@ but stored after the direct get, a reconnect, a slow-consumer drop. So the store
 are read again for every pending waiter after a reconnect or a drop (`recheck`, called from
 the connection's callbacks), and once more for each waiter by a tick every `recheck_every`
 seconds, at least half that long after it started (past the race of its start). A waiter
-costs those few direct gets (the subject's last event, and the ones before it only when the
-last one is not the awaited kind), not a read every few seconds for as long as it waits.
+costs those few reads (a direct get of the subject's last event; the ones before it, read with
+an ordered consumer of that one subject for a moment, only when the last one is not the awaited
+one), not a read every few seconds for as long as it waits.
 
 Bounded: at most `limit` waiters per process (default `DEFAULT_LIMIT`, 10,000); one more
 waits for a slot. Each costs one core subscription (or a share of one) and a few hundred
@@ -161,20 +162,19 @@ class Waiters:
             waiter.offer(record)
 
     async def _check(self, waiter: _Waiter) -> None:
-        """Read the subject's events stored since the waiter's last check: the last one, and
-        the ones before it only if the last is not the awaited kind (a claim after an outcome)."""
+        """Read the subject's events stored since the waiter's last check: the last one (a
+        direct get), and the ones before it only if the last is not the awaited one (a claim
+        after an outcome, another request's answer under the same task id): then with an
+        ordered consumer of that subject, for a moment (`jetstream.read_between`)."""
         last = await jetstream.direct_get(self._js, subject=waiter.subject)
         if last is None or not last.seq or last.seq <= waiter.checked:
             return
         if waiter.offer(await self._stored(waiter.subject, last.data, last.seq)):
             return
-        seq = waiter.checked + 1
-        while seq < last.seq and not waiter.future.done():
-            msg = await jetstream.direct_get(self._js, subject=waiter.subject, seq=seq, next=True)
-            if msg is None or not msg.seq or msg.seq >= last.seq:
-                break
-            waiter.offer(await self._stored(waiter.subject, msg.data, msg.seq))
-            seq = msg.seq + 1
+        if last.seq > waiter.checked + 1:
+            for seq, data in await jetstream.read_between(self._js, waiter.subject, after=waiter.checked, before=last.seq):
+                if waiter.offer(await self._stored(waiter.subject, data, seq)):
+                    break
         waiter.checked = last.seq
 
     async def _check_quietly(self, waiter: _Waiter) -> None:

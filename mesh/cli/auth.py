@@ -23,18 +23,20 @@ def auth() -> None:
               show_default=True, help="where to write the seeds, auth.conf and roles.json")  # fmt: skip
 @click.option("--agent", "targets", multiple=True, metavar="MODULE:ATTR",
               help="an Agent to give a role (repeatable): its permissions follow its capabilities and subscriptions")  # fmt: skip
-def init(folder: Path, targets: tuple[str, ...]) -> None:
-    """Write one nkey seed per role (admin, client, one per --agent), auth.conf and roles.json."""
-    roles = run(run_sync(_init, folder=folder, targets=targets))
+@click.option("--client", "clients", multiple=True, metavar="NAME",
+              help="a client user (repeatable; default: one named client): clients that do not trust each other need one each")  # fmt: skip
+def init(folder: Path, targets: tuple[str, ...], clients: tuple[str, ...]) -> None:
+    """Write one nkey seed per role (admin, each client, one per --agent), auth.conf and roles.json."""
+    roles = run(run_sync(_init, folder=folder, targets=targets, clients=clients or ("client",)))
     for role in roles:
         click.echo(f"{role.name:<12} {role.public_key}  seed: {role.seed_file}")
     click.echo(f"server configuration: {folder / CONFIG} (`mesh up --auth {folder}`); permissions: {folder / SUMMARY}")
 
 
-def _init(folder: Path, targets: tuple[str, ...]) -> list[Role]:
+def _init(folder: Path, targets: tuple[str, ...], clients: tuple[str, ...]) -> list[Role]:
     agents = []
     for target in targets:
         agent = load_agent(target)
         subscriptions = {name: sub.subject for name, sub in agent.subscriptions.items()}
         agents.append(AgentRole(agent.name, agent.capabilities, subscriptions))
-    return init_auth(folder, agents)
+    return init_auth(folder, agents, clients)

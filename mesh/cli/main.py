@@ -24,6 +24,7 @@ from mesh.cli.watch import status as status_command
 from mesh.cli.watch import tail as tail_command
 from mesh.errors import MeshError, TaskFailedError, TaskTimeoutError
 from mesh.runtime.runner import RunnerOptions
+from mesh.telemetry.logs import configure_logging
 from topics.registry import EVENT_TYPES
 
 
@@ -31,6 +32,7 @@ from topics.registry import EVENT_TYPES
 @click.version_option(package_name="agentmesh")
 def main() -> None:
     """agentmesh: LLM agents as processes on NATS JetStream, every message a durable event."""
+    configure_logging()  # on stderr: a command's output on stdout stays what it prints
 
 
 @main.command()

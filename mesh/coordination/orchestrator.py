@@ -236,13 +236,17 @@ class Driver:
     async def _launch(self, name: str, step: StepView, spec: Step) -> _Outcome:
         """Submit the step's task unless it is under way already, then await its outcome."""
         task_id = step.task_id or ""
-        if await self.mesh.last_on(subjects.task(task_id)) is None:  # nobody took it (yet): the same id dedupes
+        last = await self.mesh.last_on(subjects.task(spec.capability, task_id))
+        request_seq = getattr(last.data, "request_seq", None) if last is not None else None
+        if request_seq is None:  # nobody took it (yet): the same id dedupes, and gives the first one's sequence
             cause = derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
-            await self.mesh.submit(spec.capability, resolve(spec.input, scope(self.flow.view)), task_id=task_id,
-                                   correlation_id=self.flow.view.correlation_id or self.workflow_id,
-                                   causation_id=cause)  # fmt: skip
+            submitted = await self.mesh.submit_request(spec.capability, resolve(spec.input, scope(self.flow.view)),
+                                                       task_id=task_id, correlation_id=self.flow.view.correlation_id
+                                                       or self.workflow_id, causation_id=cause)  # fmt: skip
+            request_seq = submitted.seq
         try:
-            return _Outcome(name, task_id, await self.mesh.outcome(task_id, timeout=spec.timeout or FOREVER))
+            record = await self.mesh.follow(spec.capability, task_id, request_seq, timeout=spec.timeout or FOREVER)
+            return _Outcome(name, task_id, record)
         except TaskTimeoutError:
             return _Outcome(name, task_id, None)
 

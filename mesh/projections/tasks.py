@@ -6,6 +6,8 @@ Rules of the fold:
   later claims, progress and outcomes for the task are duplicates and are ignored
   (effectively once: the first outcome wins).
 - A retryable failure is reopened only by an event of a later attempt.
+- A hand-off (``TaskHandedOff`` by the handler, not a fallback) is final like a completion:
+  the task's work goes on as ``handed_to``, another task.
 - A second ``TaskRequested`` for the same task with a capability not yet tried is a
   fallback: the task goes back to ``requested`` under the new capability, with its attempt
   count starting over (each capability's consumer counts its own deliveries). A request
@@ -25,13 +27,14 @@ from topics.tasks import (
     TaskClaimed,
     TaskCompleted,
     TaskFailed,
+    TaskHandedOff,
     TaskProgress,
     TaskRequested,
 )
 
 __all__ = ["TaskStatus", "TaskView", "TasksProjection", "TasksState", "is_final"]
 
-TaskStatus = Literal["requested", "claimed", "running", "completed", "failed", "cancelled"]
+TaskStatus = Literal["requested", "claimed", "running", "completed", "failed", "cancelled", "handed_off"]
 
 
 class TaskView(msgspec.Struct, kw_only=True, gc=False):
@@ -57,6 +60,7 @@ class TaskView(msgspec.Struct, kw_only=True, gc=False):
     requested_at: str | None = None
     finished_at: str | None = None
     correlation_id: str | None = None
+    handed_to: str | None = None  # the task a hand-off passed this one's work to
 
 
 class TasksState(ProjectionState, kw_only=True):
@@ -67,7 +71,7 @@ def is_final(view: TaskView) -> bool:
     """True when nothing but a fallback request can change the task's outcome."""
     if view.status == "failed":
         return view.error is None or not view.error.retryable
-    return view.status in ("completed", "cancelled")
+    return view.status in ("completed", "cancelled", "handed_off")
 
 
 def _accepts(view: TaskView, attempt: int) -> bool:
@@ -78,7 +82,7 @@ def _accepts(view: TaskView, attempt: int) -> bool:
 
 class TasksProjection(HandlerProjection[TasksState]):
     name = "tasks"
-    version = 1
+    version = 2
     state_type = TasksState
 
     def handlers(self) -> dict[type[Event], Handler[TasksState]]:
@@ -89,6 +93,7 @@ class TasksProjection(HandlerProjection[TasksState]):
             TaskCompleted: _completed,
             TaskFailed: _failed,
             TaskCancelled: _cancelled,
+            TaskHandedOff: _handed_off,
         }
 
 
@@ -155,6 +160,16 @@ def _cancelled(state: TasksState, event: TaskCancelled, stamp: Stamp, seq: int) 
     view.status, view.reason = "cancelled", event.reason
     view.attempts = max(view.attempts, event.attempt)
     view.finished_at = stamp.time
+
+
+def _handed_off(state: TasksState, event: TaskHandedOff, stamp: Stamp, seq: int) -> None:
+    if event.reason.startswith("fallback"):  # the fallback's own request carries the task on
+        return
+    view = _task(state, event.task_id, stamp)
+    if not _accepts(view, event.attempt):
+        return
+    view.status, view.handed_to, view.error = "handed_off", event.next_task_id, None
+    _settle(view, event.agent, event.attempt, stamp)
 
 
 def _settle(view: TaskView, agent: str, attempt: int, stamp: Stamp) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 from opentelemetry.trace import Span
@@ -18,13 +18,23 @@ from mesh.coordination.votes import Proposal, Proposals
 from topics import subjects
 from topics.base import Event
 from topics.envelope import CloudEvent, derived_id
-from topics.tasks import TaskProgress
+from topics.tasks import TaskOutcome, TaskProgress
 
 if TYPE_CHECKING:
     from mesh.llm.client import LlmSession
     from mesh.llm.tools import ToolBox
 
-__all__ = ["Context"]
+__all__ = ["FORK_SOURCE", "Context", "HandOff"]
+
+FORK_SOURCE = "mesh://fork/"  # the source of a request `replay fork` re-published (then + the new id)
+
+
+class HandOff(NamedTuple):
+    """What a handler returns to pass its task on (`Context.handoff`): the next task, as stored."""
+
+    capability: str
+    task_id: str
+    request_seq: int
 
 
 class Context:
@@ -45,6 +55,7 @@ class Context:
         tools: ToolBox | Callable[[], ToolBox] | None = None,
         before_effect: Callable[[], Awaitable[None]] | None = None,
         scope: str = "",
+        request_seq: int | None = None,
     ) -> None:
         self.mesh = mesh
         self.agent = agent
@@ -54,6 +65,7 @@ class Context:
         self.capability = capability
         self.attempt = attempt
         self.span = span
+        self.request_seq = request_seq  # the stream sequence of the request this attempt answers
         self.log = structlog.get_logger(agent)
         self._llm = llm  # made on first use: most handlers never call a model or a tool
         self._tools = tools
@@ -100,26 +112,41 @@ class Context:
         )
 
     async def progress(self, message: str, fraction: float | None = None) -> Published:
-        update = TaskProgress(
-            task_id=self.task_id, agent=self.agent_id, attempt=self.attempt, message=message, fraction=fraction
-        )
-        return await self.emit(subjects.task(self.task_id), update)
+        update = TaskProgress(task_id=self.task_id, agent=self.agent_id, attempt=self.attempt, message=message,
+                              fraction=fraction, request_seq=self.request_seq)  # fmt: skip
+        return await self.emit(subjects.task(self.capability, self.task_id), update)
 
     async def request(
         self, capability: str, input: Any = None, *, timeout: float = 120.0, fallback: tuple[str, ...] = ()
     ) -> Any:
         """Ask another capability and await its output (peer to peer). On a retry of this task
-        the same sub-task id is used: a finished sub-task is not run again."""
+        the same sub-task id is used: its request is dropped as a duplicate and the outcome of the
+        first one is awaited (it may have finished before this task's last try died). Only the
+        answer to this request counts, so nothing published under the sub-task's id by anyone
+        else is taken for it; a task `replay fork` re-requested first looks in the log for the
+        sub-task the fork copied, finished."""
         event_id = self._child_id(f"request/{next(self._requested)}")
-        if self.attempt > 1:  # the sub-task may have finished before this task's last try died
-            await self.mesh.submit(capability, input, task_id=event_id, event_id=event_id, fallback=fallback,
-                                   correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
-            record = await self.mesh.outcome(event_id, timeout=timeout)  # the same id: deduplicated if stored
-        else:
-            record = await self.mesh.request_outcome(capability, input, timeout=timeout, task_id=event_id,
-                                                     event_id=event_id, fallback=fallback,
-                                                     correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+        if self.event.source.startswith(FORK_SOURCE):
+            copied = await self.mesh.last_on(subjects.task(capability, event_id))
+            if copied is not None and isinstance(copied.data, TaskOutcome):
+                return outcome_value(copied)
+        record = await self.mesh.request_outcome(capability, input, timeout=timeout, task_id=event_id,
+                                                 event_id=event_id, fallback=fallback,
+                                                 correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
         return outcome_value(record)
+
+    async def handoff(self, capability: str, input: Any = None) -> HandOff:
+        """Pass the task on to ``capability`` and finish this step: `return await ctx.handoff(...)`.
+
+        The next step is a task with an id derived from this one (so a retry of this step hands
+        off nothing twice), and this step's answer is `mesh.task.handed_off` naming it. Whoever
+        waits for this task (`Mesh.request`, `mesh task --wait`) follows the chain to its end."""
+        if self._before_effect is not None:
+            await self._before_effect()
+        task_id = self._child_id("handoff")
+        submitted = await self.mesh.submit_request(capability, input, task_id=task_id, event_id=task_id,
+                                                   correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+        return HandOff(capability, task_id, submitted.seq)
 
     @functools.cached_property
     def origin(self) -> Origin:

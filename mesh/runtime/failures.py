@@ -26,7 +26,7 @@ from topics import subjects
 from topics.base import ErrorInfo, is_token
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id
 from topics.registry import decode_data
-from topics.tasks import TaskFailed, TaskOutcome, TaskRequested
+from topics.tasks import TaskFailed, TaskHandedOff, TaskOutcome, TaskRequested
 
 __all__ = [
     "HandlerFailed",
@@ -36,6 +36,7 @@ __all__ = [
     "on_max_deliveries",
     "quietly",
     "reject",
+    "served_capability",
     "task_failed",
 ]
 
@@ -58,9 +59,17 @@ def is_retryable(error: BaseException) -> bool:
     return retryable(error) or jetstream.is_transient(error)
 
 
-async def already_done(mesh: Mesh, task_id: str) -> bool:
-    last = await mesh.last_on(subjects.task(task_id))
-    return last is not None and isinstance(last.data, TaskOutcome)
+async def already_done(mesh: Mesh, capability: str, task_id: str, request_seq: int) -> bool:
+    """Whether the request stored at ``request_seq`` has an outcome (or was passed on) already."""
+    last = await mesh.last_on(subjects.task(capability, task_id))
+    return (last is not None and isinstance(last.data, TaskOutcome | TaskHandedOff)
+            and last.data.request_seq == request_seq)  # fmt: skip
+
+
+def served_capability(work_subject: str) -> str:
+    """The capability a request stored on ``work_subject`` (`mesh.work.<capability>`) is for:
+    the consumer's own, so always a token, whatever the request's data says."""
+    return work_subject.removeprefix("mesh.work.")
 
 
 async def reject(worker: Worker, msg: Msg, delivery: Delivery, reason: Reason, text: str, event: CloudEvent | None) -> None:
@@ -71,9 +80,10 @@ async def reject(worker: Worker, msg: Msg, delivery: Delivery, reason: Reason, t
         stream_seq=delivery.stream_seq, deliveries=delivery.delivered, consumer=delivery.consumer, event=event,
     )  # fmt: skip
     task_id = _task_id_of(event) if event is not None else None
-    if event is not None and task_id:
+    if event is not None and task_id and msg.subject.startswith("mesh.work."):
         info = ErrorInfo(type=reason.value, message=text, retryable=False)
-        await quietly(record_failure(worker, event, task_id, delivery.delivered, info))
+        await quietly(record_failure(worker, event, task_id, delivery.delivered, info,
+                                     served_capability(msg.subject), delivery.stream_seq))  # fmt: skip
     await msg.ack()
 
 
@@ -90,20 +100,27 @@ async def task_failed(
     task_id = task.task_id or event.id
     described = scrub_text(f"{type(error).__name__}: {error}")
     log.error("task failed", attempt=attempt, error=described, retryable=retryable)
+    request_seq, capability = delivery.stream_seq, served_capability(msg.subject)
+    mesh = worker.mesh.scoped(request_seq)
     fallback = await _served_fallback(worker.mesh, task.fallback)
     if fallback:
         handover = TaskRequested(
             capability=fallback[0], input=task.input, task_id=task_id, fallback=fallback[1:],
             deadline=task.deadline, max_attempts=task.max_attempts,
         )  # fmt: skip
-        await worker.mesh.publish(subjects.work(fallback[0]), handover, event_id=derived_id(event.id, "fallback"),
-                                  correlation_id=event.correlationid or task_id, causation_id=event.id)  # fmt: skip
+        passed = await mesh.publish(subjects.work(fallback[0]), handover, event_id=derived_id(event.id, "fallback"),
+                                    correlation_id=event.correlationid or task_id, causation_id=event.id)  # fmt: skip
+        handed = TaskHandedOff(task_id=task_id, agent=worker.agent_id, attempt=attempt, capability=capability,
+                               to=fallback[0], next_task_id=task_id, next_request_seq=passed.seq,
+                               request_seq=request_seq, reason=f"fallback: {described}"[:1000])  # fmt: skip
+        await mesh.publish(subjects.task(capability, task_id), handed, event_id=derived_id(event.id, "handed_off"),
+                           correlation_id=event.correlationid or task_id, causation_id=passed.id)  # fmt: skip
     elif task.fallback:
         unserved = ", ".join(f"'{c}'" for c in task.fallback)
         log.error("no live agent serves the fallback", fallback=list(task.fallback))
         info = ErrorInfo(type="no_agent", retryable=False, message=scrub_text(
             f"{described}; no live agent serves its fallback {unserved} (`mesh status` lists the agents)"))  # fmt: skip
-        await record_failure(worker, event, task_id, attempt, info, task.capability)
+        await record_failure(worker, event, task_id, attempt, info, capability, request_seq)
     else:
         reason = _reason(error)
         await dead_letter(
@@ -112,7 +129,7 @@ async def task_failed(
         )  # fmt: skip
         info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=scrub_text(str(error)),
                          retryable=retryable)  # fmt: skip
-        await record_failure(worker, event, task_id, attempt, info, task.capability)
+        await record_failure(worker, event, task_id, attempt, info, capability, request_seq)
     await msg.ack()
     instruments.processed.add(1, {"type": event.type, "outcome": "failed"})
 
@@ -130,12 +147,16 @@ async def event_failed(worker: Worker, msg: Msg, delivery: Delivery, event: Clou
 
 
 async def record_failure(
-    worker: Worker, cause: CloudEvent, task_id: str, attempt: int, info: ErrorInfo, capability: str = ""
+    worker: Worker, cause: CloudEvent, task_id: str, attempt: int, info: ErrorInfo, capability: str, request_seq: int
 ) -> None:
-    """The task's `mesh.task.failed`, with the id every path derives alike (so at most one lands)."""
-    failed = TaskFailed(task_id=task_id, agent=worker.agent_id, attempt=attempt, error=info, capability=capability)
-    await worker.mesh.publish(subjects.task(task_id), failed, event_id=derived_id(cause.id, "failed"),
-                              correlation_id=cause.correlationid or task_id, causation_id=cause.id)  # fmt: skip
+    """The `mesh.task.failed` of the request stored at ``request_seq``, with the id every path
+    derives alike (so at most one lands)."""
+    failed = TaskFailed(task_id=task_id, agent=worker.agent_id, attempt=attempt, error=info, capability=capability,
+                        request_seq=request_seq)  # fmt: skip
+    await worker.mesh.scoped(request_seq).publish(
+        subjects.task(capability, task_id), failed, event_id=derived_id(cause.id, "failed"),
+        correlation_id=cause.correlationid or task_id, causation_id=cause.id,
+    )  # fmt: skip
 
 
 async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
@@ -161,9 +182,12 @@ async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
         deliveries=note.get("deliveries", 0), consumer=note.get("consumer", ""), event=event,
     )  # fmt: skip
     task_id = _task_id_of(event) if event else None
-    if event is not None and task_id and not await already_done(worker.mesh, task_id):
-        info = ErrorInfo(type="MaxDeliveries", message="every delivery of the task timed out", retryable=True)
-        await record_failure(worker, event, task_id, note.get("deliveries", 0), info)
+    seq, subject = note["stream_seq"], stored.subject or ""
+    if event is not None and task_id and subject.startswith("mesh.work."):
+        capability = served_capability(subject)
+        if not await already_done(worker.mesh, capability, task_id, seq):
+            info = ErrorInfo(type="MaxDeliveries", message="every delivery of the task timed out", retryable=True)
+            await record_failure(worker, event, task_id, note.get("deliveries", 0), info, capability, seq)
 
 
 async def _served_fallback(mesh: Mesh, fallback: tuple[str, ...]) -> tuple[str, ...]:

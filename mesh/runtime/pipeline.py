@@ -31,12 +31,13 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from mesh.bus import payloads
+from mesh.bus.client import Mesh
 from mesh.bus.consumer import Delivery
 from mesh.errors import DeadlineExceededError, MissingPayloadError, PayloadTooLargeError, RunTimeExceededError
 from mesh.llm.tools import ToolBox
 from mesh.runtime.agent import Handler, Subscription
 from mesh.runtime.claims import Claim
-from mesh.runtime.context import Context
+from mesh.runtime.context import Context, HandOff
 from mesh.runtime.deadletter import Reason, diagnose, envelope_or_none
 from mesh.runtime.failures import HandlerFailed, already_done, event_failed, quietly, reject, task_failed
 from mesh.runtime.worker import Worker
@@ -44,7 +45,7 @@ from mesh.telemetry.tracing import agent_span, instruments, process_span, record
 from topics import subjects
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskRequested, request_problem
+from topics.tasks import TaskClaimed, TaskCompleted, TaskHandedOff, TaskRequested, request_problem
 
 __all__ = ["Inbound", "Next", "Worker", "event_chain", "task_chain"]
 
@@ -62,6 +63,19 @@ class Inbound:
     record: Record | None = None  # set by decode
     span: Span = INVALID_SPAN  # set by trace
     claim: Claim | None = None  # set by claim
+    _mesh: Mesh | None = None
+
+    def mesh(self, worker: Worker) -> Mesh:
+        """The worker's connection, de-duplicating per this request message (`Mesh.scoped`)."""
+        if self._mesh is None:
+            self._mesh = worker.mesh.scoped(self.delivery.stream_seq)
+        return self._mesh
+
+    @property
+    def capability(self) -> str:
+        """The capability this request is served under: the consumer's (`served_capability`)."""
+        assert isinstance(self.route, Handler), "a task"
+        return self.route.capability
 
     @property
     def event(self) -> CloudEvent:
@@ -155,7 +169,7 @@ async def log_context(worker: Worker, inbound: Inbound, call_next: Next) -> None
 async def dedup(worker: Worker, inbound: Inbound, call_next: Next) -> None:
     if inbound.attempt > 1:
         instruments.redeliveries.add(1, {"capability": inbound.task.capability})
-        if await already_done(worker.mesh, inbound.task_id):
+        if await already_done(worker.mesh, inbound.capability, inbound.task_id, inbound.delivery.stream_seq):
             log.info("task already has an outcome; not running it again", attempt=inbound.attempt)
             await inbound.msg.ack()
             return
@@ -179,8 +193,9 @@ async def claim(worker: Worker, inbound: Inbound, call_next: Next) -> None:
         return
     task_id = inbound.task_id
     claimed = TaskClaimed(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt,
-                          capability=inbound.task.capability)  # fmt: skip
-    inbound.claim = Claim(worker.mesh, subjects.task(task_id), claimed, event_id=inbound.event_id(f"claimed/{inbound.attempt}"),
+                          capability=inbound.capability, request_seq=inbound.delivery.stream_seq)  # fmt: skip
+    inbound.claim = Claim(inbound.mesh(worker), subjects.task(inbound.capability, task_id), claimed,
+                          event_id=inbound.event_id(f"claimed/{inbound.attempt}"),
                           correlation_id=inbound.event.correlationid or task_id, causation_id=inbound.event.id)  # fmt: skip
     inbound.claim.start(after=worker.options.claim_after)
     try:
@@ -210,11 +225,21 @@ async def run_task(worker: Worker, inbound: Inbound) -> None:
         instruments.duration.record(time.perf_counter() - started, {"capability": handler.capability})
     if inbound.claim is not None:
         await inbound.claim.settle()
-    done = TaskCompleted(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt, output=output,
-                         capability=handler.capability)  # fmt: skip
+    request_seq, subject = inbound.delivery.stream_seq, subjects.task(handler.capability, task_id)
+    answer: TaskCompleted | TaskHandedOff
+    if isinstance(output, HandOff):
+        answer = TaskHandedOff(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt,
+                               capability=handler.capability, to=output.capability, next_task_id=output.task_id,
+                               next_request_seq=output.request_seq, request_seq=request_seq, reason="handoff")  # fmt: skip
+        label = "handed_off"
+    else:
+        answer = TaskCompleted(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt, output=output,
+                               capability=handler.capability, request_seq=request_seq)  # fmt: skip
+        label = "completed"
     try:
-        await worker.mesh.publish(subjects.task(task_id), done, event_id=inbound.event_id("completed"),
-                                  correlation_id=inbound.event.correlationid or task_id, causation_id=inbound.event.id)  # fmt: skip
+        await inbound.mesh(worker).publish(subject, answer, event_id=inbound.event_id(label),
+                                           correlation_id=inbound.event.correlationid or task_id,
+                                           causation_id=inbound.event.id)  # fmt: skip
     except PayloadTooLargeError as error:  # the output cannot be recorded: the task fails, saying why
         raise HandlerFailed(error) from error
     await inbound.msg.ack()
@@ -255,12 +280,12 @@ async def bounded(
 
 
 def _task_context(worker: Worker, inbound: Inbound) -> Context:
-    event, task_id, attempt, llm = inbound.event, inbound.task_id, inbound.attempt, worker.llm
+    event, task_id, attempt, llm, mesh = inbound.event, inbound.task_id, inbound.attempt, worker.llm, inbound.mesh(worker)
     return Context(
-        worker.mesh, agent=worker.agent.name, agent_id=worker.agent_id, event=event, task_id=task_id,
-        capability=inbound.task.capability, attempt=attempt, span=inbound.span,
-        llm=partial(llm.session, worker.mesh, worker.agent.name, task_id, event.id, attempt) if llm else None,
-        tools=partial(ToolBox, worker.mesh, agent=worker.agent.name, granted=worker.agent.tools, task_id=task_id,
+        mesh, agent=worker.agent.name, agent_id=worker.agent_id, event=event, task_id=task_id,
+        capability=inbound.capability, attempt=attempt, span=inbound.span, request_seq=inbound.delivery.stream_seq,
+        llm=partial(llm.session, mesh, worker.agent.name, task_id, event.id, attempt) if llm else None,
+        tools=partial(ToolBox, mesh, agent=worker.agent.name, granted=worker.agent.tools, task_id=task_id,
                       cause_id=event.id, attempt=attempt),
         before_effect=inbound.claim.before_effect if inbound.claim is not None else None,
     )  # fmt: skip
@@ -268,12 +293,12 @@ def _task_context(worker: Worker, inbound: Inbound) -> Context:
 
 def _event_context(worker: Worker, inbound: Inbound, sub: Subscription) -> Context:
     """Effects of an event handler get ids derived from the event and this role."""
-    event, attempt, llm = inbound.event, inbound.attempt, worker.llm
+    event, attempt, llm, mesh = inbound.event, inbound.attempt, worker.llm, inbound.mesh(worker)
     scope = f"{worker.agent.name}/{sub.name}/"
     return Context(
-        worker.mesh, agent=worker.agent.name, agent_id=worker.agent_id, event=event, task_id=event.id,
+        mesh, agent=worker.agent.name, agent_id=worker.agent_id, event=event, task_id=event.id,
         capability=sub.name, attempt=attempt, span=inbound.span, scope=scope,
-        llm=partial(llm.session, worker.mesh, worker.agent.name, event.id, derived_id(event.id, scope), attempt)
+        llm=partial(llm.session, mesh, worker.agent.name, event.id, derived_id(event.id, scope), attempt)
         if llm else None,
     )  # fmt: skip
 

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 _TEMPLATES = {
-    "task": "mesh.task.{task_id}",
+    "task": "mesh.task.{capability}.{task_id}",
     "board": "mesh.board.{board}.{key}",
     "vote": "mesh.vote.{proposal_id}",
     "flow": "mesh.flow.{workflow_id}",
@@ -61,7 +61,7 @@ _TEMPLATES = {
 
 
 def subject_template(subject: str) -> str:
-    """`mesh.task.t-42` -> `mesh.task.{task_id}`: ids stay out of span names. Work subjects
+    """`mesh.task.echo.t-42` -> `mesh.task.{capability}.{task_id}`: ids stay out of span names. Work subjects
     keep their capability (a small, fixed set); an unknown family hides its tail."""
     parts = subject.split(".", 2)
     if len(parts) < 3 or parts[0] != "mesh" or parts[1] == "work":

@@ -12,7 +12,7 @@ The span tree of one task (names use subject templates, never ids):
         send mesh.work.research         PRODUCER  -> process mesh.work.research in another process
         chat gpt-4o-mini                CLIENT    one model call (GenAI attributes)
         execute_tool search             INTERNAL  one tool call
-      send mesh.task.{task_id}          PRODUCER  the outcome
+      send mesh.task.{capability}.{task_id}  PRODUCER  the outcome
 
 A span's own attributes (message id, task id) are set only when it is recording: a span
 the sampler dropped costs its ids and context, not its attributes.
