@@ -36,7 +36,7 @@ from mesh.llm.client import LlmClient, LlmSession
 from mesh.llm.tools import tool
 from mesh.projections.live import LiveProjection
 from mesh.runtime.agent import Agent, Handler
-from mesh.runtime.context import Context
+from mesh.runtime.context import Context, HandOff
 from mesh.runtime.runner import AgentRunner, RunnerOptions
 
 __version__ = "0.1.0"
@@ -51,6 +51,7 @@ __all__ = [
     "Context",
     "ExpectedSequenceError",
     "Flow",
+    "HandOff",
     "Handler",
     "LiveProjection",
     "LlmClient",

@@ -19,7 +19,7 @@ from mesh.projections.base import instant
 from replay.causal import causal_slice, children_of
 from topics.calls import LlmCalled, ToolCalled
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskOutcome, TaskProgress, TaskRequested
 
 __all__ = ["Hop", "Timeline", "agent_of", "build_timeline", "render_text"]
 
@@ -137,6 +137,8 @@ def summarize(record: Record, width: int = 72) -> str:
             text = f"output {_short(output, 60)}"
         case TaskFailed(error=error):
             text = f"{error.type}: {error.message}"
+        case TaskHandedOff(to=to, next_task_id=next_task_id, reason=reason):
+            text = f"handed off to {to} task {next_task_id}" + (f" ({reason})" if reason != "handoff" else "")
         case LlmCalled(call_index=index, model=model, latency_ms=latency):
             text = f"model call {index} ({model}, {latency:.0f} ms)"
         case ToolCalled(tool=tool, call_index=index, error=error):

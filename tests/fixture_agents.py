@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from mesh import Agent, Context, RetryableError, ToolNotGrantedError
+from mesh import Agent, Context, HandOff, RetryableError, ToolNotGrantedError
 from mesh.llm.tools import tool
 from topics.chat import ChatMessage
 
@@ -140,3 +140,27 @@ async def meddle(input: Any, ctx: Context) -> Any:
     """Posts to a chat room: outside what an agent role may publish under `mesh auth init`."""
     await ctx.emit("mesh.chat.lobby", ChatMessage(room="lobby", speaker="meddler", content=str(input)))
     return input
+
+
+chain = Agent("chain")
+
+
+@chain.task("plan")
+async def plan_step(input: dict[str, Any], ctx: Context) -> HandOff:
+    """Hands its task to `work` and is done."""
+    return await ctx.handoff("work", {**input, "planned_by": ctx.task_id})
+
+
+@chain.task("work")
+async def work_step(input: dict[str, Any], ctx: Context) -> HandOff:
+    """Hands off to `review`; with `fail_once`, its first attempt fails after handing off
+    (retryable), so the second hands off again."""
+    handed = await ctx.handoff("review", {**input, "worked_by": ctx.task_id})
+    if input.get("fail_once") and ctx.attempt == 1:
+        raise RetryableError("failed after handing off")
+    return handed
+
+
+@chain.task("review")
+async def review_step(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    return {**input, "reviewed_by": ctx.task_id}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import signal
 from collections import Counter
@@ -11,9 +12,14 @@ from collections import Counter
 import pytest
 
 from mesh import Mesh, TaskFailedError
+from mesh.bus.server import LocalServer
+from mesh.projections import TASKS, fold
+from replay.timeline import build_timeline, render_text
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog, eventually
+from tests.test_auth import cli
 from topics import subjects
+from topics.envelope import derived_id
 from topics.tasks import TaskCompleted
 
 pytestmark = pytest.mark.e2e
@@ -179,6 +185,43 @@ class TestRetries:
         with pytest.raises(TaskFailedError, match="no live agent serves its fallback 'nobody'") as failed:
             await mesh.request("primary", {}, fallback=("nobody",), timeout=20)
         assert failed.value.error_type == "no_agent"
+
+
+class TestHandOff:
+    """`ctx.handoff`: a step passes its task on and finishes; the requester gets the chain's end."""
+
+    async def test_a_chain_of_three_ends_in_one_outcome(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog, nats_server: LocalServer
+    ) -> None:
+        await agents.start("tests.fixture_agents:chain")
+        work_id = derived_id(derived_id("chain-1", "requested"), "handoff")  # derived from the step's request
+        review_id = derived_id(work_id, "handoff")
+        output = await mesh.request("plan", {"n": 1}, task_id="chain-1", timeout=30)
+        assert output == {"n": 1, "planned_by": "chain-1", "worked_by": work_id, "reviewed_by": review_id}
+        handed = [r.data for r in log.of_type("mesh.task.handed_off")]
+        assert [(h.capability, h.task_id, h.to, h.next_task_id) for h in handed] == [  # type: ignore[attr-defined]
+            ("plan", "chain-1", "work", work_id), ("work", work_id, "review", review_id)]  # fmt: skip
+        assert [r.data.task_id for r in log.of_type("mesh.task.completed")] == [review_id]  # type: ignore[attr-defined]
+        tasks = fold(TASKS, log.records).tasks
+        assert (tasks["chain-1"].status, tasks["chain-1"].handed_to) == ("handed_off", work_id)
+        assert tasks[review_id].status == "completed"
+        shown = render_text(build_timeline(log.records, "chain-1"))  # the chain is one correlation
+        assert f"handed off to work task {work_id}" in shown and f"handed off to review task {review_id}" in shown
+        code, out, err = await cli("task", "plan", "--input", '{"n": 2}', "--wait", "--nats", nats_server.url)
+        assert code == 0 and json.loads(out)["n"] == 2 and "reviewed_by" in json.loads(out), err
+
+    async def test_a_redelivered_step_does_not_hand_off_twice(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """`work` hands off, then fails (retryable); its second attempt hands off the same task
+        again: the request is dropped as a duplicate and `review` runs once."""
+        await agents.start("tests.fixture_agents:chain")
+        output = await mesh.request("plan", {"fail_once": True}, task_id="chain-2", timeout=60)
+        review_id = output["reviewed_by"]
+        requests = [r for r in log.of_type("mesh.task.requested") if r.data.task_id == review_id]  # type: ignore[attr-defined]
+        assert len(requests) == 1
+        assert [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.capability == "work"] == [1, 2]  # type: ignore[attr-defined]
+        assert [r.data.task_id for r in log.of_type("mesh.task.completed")] == [review_id]  # type: ignore[attr-defined]
+        work_handed = [r.data for r in log.of_type("mesh.task.handed_off") if r.data.capability == "work"]  # type: ignore[attr-defined]
+        assert [(h.attempt, h.next_task_id) for h in work_handed] == [(2, review_id)]  # type: ignore[attr-defined]
 
 
 class TestConnectionLost:

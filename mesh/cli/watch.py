@@ -19,7 +19,7 @@ from mesh.cli.options import nats_options, run
 from topics import subjects
 from topics.envelope import decode_envelope, encode_envelope
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskRequested
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["tail", "status", "format_record"]
 
@@ -156,6 +156,8 @@ async def _recent_tasks(mesh: Mesh, last_seq: int, window: int = 2000, show: int
                 tasks.setdefault(task_id, {}).update(status="completed", agent=agent)
             case TaskFailed(task_id=task_id, error=error):
                 tasks.setdefault(task_id, {}).update(status=f"failed ({error.type})")
+            case TaskHandedOff(task_id=task_id, to=to, reason=reason) if not reason.startswith("fallback"):
+                tasks.setdefault(task_id, {}).update(status=f"handed off to {to}")
     return [f"{tid[:36]:<38} {t.get('capability', '?'):<14} {t.get('status', '?'):<20} {t.get('agent', '')}"
             for tid, t in list(tasks.items())[-show:]]  # fmt: skip
 
