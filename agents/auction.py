@@ -24,7 +24,7 @@ from topics import subjects
 from topics.bids import BidAwarded, BidCalled, BidPlaced
 from topics.record import Record
 
-auctioneer = Agent("auctioneer")
+auctioneer = Agent("auctioneer", emits=("mesh.bid.*",))
 
 
 class Call(msgspec.Struct, frozen=True):
@@ -66,7 +66,7 @@ async def collect(ctx: Context, subject: str, after: int, call: Call) -> list[Bi
 
 def bidder(name: str, *, base: float, per_char: float) -> Agent:
     """A bidder role: prices each call for `summarize`, and does the work when it wins."""
-    agent = Agent(f"bidder-{name}")
+    agent = Agent(f"bidder-{name}", emits=("mesh.bid.*",))
     busy = {"tasks": 0}
 
     @agent.on("mesh.bid.*")

@@ -18,7 +18,7 @@ from mesh import Agent, Context
 from topics import subjects
 from topics.chat import ChatMessage
 
-moderator = Agent("moderator")
+moderator = Agent("moderator", emits=("mesh.chat.*",))
 proponent = Agent("proponent")
 opponent = Agent("opponent")
 judge = Agent("judge")

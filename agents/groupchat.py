@@ -18,7 +18,7 @@ from mesh import Agent, Context
 from topics import subjects
 from topics.chat import ChatMessage
 
-host = Agent("chat-host")
+host = Agent("chat-host", emits=("mesh.chat.*",))
 panel = Agent("panel")
 selector = Agent("selector")
 

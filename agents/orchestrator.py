@@ -17,7 +17,7 @@ from mesh.runtime.runner import is_retryable
 from topics.base import ErrorInfo
 from topics.flows import FlowFailed, FlowStarted
 
-agent = Agent("orchestrator")
+agent = Agent("orchestrator", emits=("mesh.flow.*",))
 
 
 class Drive(msgspec.Struct, frozen=True, kw_only=True):

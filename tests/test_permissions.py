@@ -78,6 +78,21 @@ class TestAgentPermissions:
         for subject in ("mesh.task.research.t1", "mesh.task.t1", "mesh.task.echoes.t1"):
             assert not allows(p.publish, subject), subject
 
+    def test_what_it_declares_it_emits(self) -> None:
+        """`Agent(emits=...)` adds those subjects, and nothing else: another room stays refused."""
+        p = agent_permissions("host", ("chat",), {}, INBOX, emits=("mesh.chat.*",))
+        assert allows(p.publish, "mesh.chat.lobby") and not allows(p.publish, "mesh.board.b.k")
+        assert not allows(agent_permissions("echo", ("echo",), {}, INBOX).publish, "mesh.chat.lobby")
+
+    def test_emits_must_be_mesh_subjects_but_not_tasks(self) -> None:
+        from mesh import Agent, ConfigError
+
+        assert Agent("ok", emits=("mesh.board.>", "mesh.vote.*", "mesh.chat.lobby")).emits
+        for bad in ("mesh.task.echo.>", "mesh.work.x", "mesh.task", ">", "mesh.>", "mesh.*.x", "other.x", "mesh.a b",
+                    "mesh.>.x"):  # fmt: skip
+            with pytest.raises(ConfigError, match="emits"):
+                Agent("bad", emits=(bad,))
+
     def test_not_another_roles_consumers_nor_the_stream(self) -> None:
         p = agent_permissions("echo", ("echo",), {}, INBOX)
         for subject in ("$JS.API.CONSUMER.MSG.NEXT.MESH.work-research", "$JS.ACK.MESH.work-research.1.2.3.4.5",

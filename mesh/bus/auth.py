@@ -42,6 +42,7 @@ class AgentRole:
     name: str
     capabilities: tuple[str, ...]
     subscriptions: Mapping[str, str] = field(default_factory=dict)  # name -> subject filter
+    emits: tuple[str, ...] = ()  # subjects its handlers publish on besides its tasks' (`Agent.emits`)
 
 
 class Role(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,10 +91,11 @@ def init_auth(folder: Path, agents: list[AgentRole], clients: tuple[str, ...] = 
     ]
     for agent in agents:
         def derived(inbox: str, agent: AgentRole = agent) -> Permissions:
-            return agent_permissions(agent.name, agent.capabilities, agent.subscriptions, inbox)
+            return agent_permissions(agent.name, agent.capabilities, agent.subscriptions, inbox, agent.emits)
 
         roles.append(_role(folder, agent.name, f"agent serving {', '.join(agent.capabilities) or 'no capability'}"
-                           + (f"; subscribed to {', '.join(agent.subscriptions.values())}" if agent.subscriptions else ""),
+                           + (f"; subscribed to {', '.join(agent.subscriptions.values())}" if agent.subscriptions else "")
+                           + (f"; emits on {', '.join(agent.emits)}" if agent.emits else ""),
                            derived))  # fmt: skip
     _write(folder / CONFIG, auth_config(roles).encode())
     _write(folder / SUMMARY, msgspec.json.format(msgspec.json.encode({r.name: r for r in roles}), indent=2) + b"\n")

@@ -94,10 +94,12 @@ def _consumer(name: str, filter_subject: str) -> tuple[str, ...]:
 
 
 def agent_permissions(
-    role: str, capabilities: tuple[str, ...], subscriptions: Mapping[str, str], inbox: str
-) -> Permissions:
-    """An agent role's permissions from its declarations: ``capabilities`` it serves and its
-    event ``subscriptions`` (name -> subject filter)."""
+    role: str, capabilities: tuple[str, ...], subscriptions: Mapping[str, str], inbox: str,
+    emits: tuple[str, ...] = (),
+) -> Permissions:  # fmt: skip
+    """An agent role's permissions from its declarations: ``capabilities`` it serves, its
+    event ``subscriptions`` (name -> subject filter) and the subjects it ``emits`` (boards,
+    votes, chat rooms, bids, workflows: `Agent(emits=...)`)."""
     consumers = {subjects.work_consumer_name(c): subjects.work(c) for c in capabilities}
     consumers |= {subjects.subscription_consumer_name(role, name): subject for name, subject in subscriptions.items()}
     publish: list[str] = [
@@ -105,6 +107,7 @@ def agent_permissions(
         # no other role can answer for them (see docs/SECURITY.md)
         *(f"mesh.task.{capability}.>" for capability in capabilities),
         "mesh.work.>",  # sub-tasks (`ctx.request`) and hand-overs to a fallback capability
+        *emits,
         f"mesh.llm.{role}.>",
         f"mesh.tool.{role}.>",
         "mesh.dead.>",

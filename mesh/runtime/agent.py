@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_type_hints
@@ -55,6 +56,10 @@ class Subscription:
     max_run_time: float = MAX_RUN_TIME
 
 
+# mesh.<family>[.<token or *>...][.>], the family named (no wildcard) and not a task or work one
+EMITTABLE = re.compile(r"mesh\.(?!(task|work)(\.|$))[^.*>\s]+(\.([^.*>\s]+|\*))*(\.>)?")
+
+
 @dataclass
 class Agent:
     """Declare an agent; run it with `mesh agent run module:agent`.
@@ -68,11 +73,18 @@ class Agent:
     name: str
     version: str = "0"
     tools: tuple[str, ...] = ()  # names of the tools this agent is granted
+    emits: tuple[str, ...] = ()  # subjects (NATS wildcards allowed) its handlers publish on, besides its tasks'
     handlers: dict[str, Handler] = field(default_factory=dict)
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_token("agent name", self.name)
+        for subject in self.emits:
+            if not EMITTABLE.fullmatch(subject):
+                raise ConfigError(
+                    f"agent '{self.name}' emits {subject!r}: declare subjects under mesh. (wildcards * and > "
+                    "allowed), not task or work subjects, which its capabilities and ctx.request already cover"
+                )
 
     @property
     def capabilities(self) -> tuple[str, ...]:
