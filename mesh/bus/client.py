@@ -337,7 +337,8 @@ class Mesh:
         deadline = asyncio.get_running_loop().time() + timeout
         answer = _Answer()
         try:
-            async with self.waiters.watch(subjects.task(capability, task_id), answer.accept, stored=given) as outcome:
+            async with self.waiters.watch(subjects.task(capability, task_id), answer.accept, stored=given,
+                                          earlier=answer.earlier) as outcome:  # fmt: skip
                 submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
                 early = answer.expect(submitted.seq)
                 record = early if early is not None else await asyncio.wait_for(outcome, timeout)
@@ -361,7 +362,7 @@ class Mesh:
     async def _answer(self, capability: str, task_id: str, request_seq: int, timeout: float) -> Record:
         answer = _Answer()
         answer.expect(request_seq)
-        async with self.waiters.watch(subjects.task(capability, task_id), answer.accept) as outcome:
+        async with self.waiters.watch(subjects.task(capability, task_id), answer.accept, earlier=answer.earlier) as outcome:
             return await asyncio.wait_for(outcome, timeout)
 
     async def _passed_on(self, record: Record, deadline: float) -> Record:
@@ -453,6 +454,12 @@ class _Answer:
                 self.seen.append(record)
             return False
         return data.request_seq == self.request_seq
+
+    def earlier(self, last: Record) -> bool:
+        """Whether this request's answer could be stored before ``last``: only if ``last`` is
+        another request's (a run's claims and progress come before its answer)."""
+        request_seq = getattr(last.data, "request_seq", None)
+        return self.request_seq is None or request_seq != self.request_seq
 
     def expect(self, request_seq: int) -> Record | None:
         """Set the request's sequence; the answer among those seen before, if any."""

@@ -49,11 +49,14 @@ log = structlog.get_logger("mesh.bus.waiting")
 
 
 class _Waiter:
-    __slots__ = ("accept", "checked", "future", "rechecked", "started", "subject")
+    __slots__ = ("accept", "checked", "earlier", "future", "rechecked", "started", "subject")
 
-    def __init__(self, subject: str, accept: Callable[[Record], bool]) -> None:
+    def __init__(
+        self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None
+    ) -> None:
         self.subject = subject
         self.accept = accept
+        self.earlier = earlier  # given the last stored event: could an awaited one be stored before it?
         self.future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         self.checked = 0  # the subject's stored events up to this sequence were read for this waiter
         self.rechecked = False  # read again by a tick since it started
@@ -100,13 +103,17 @@ class Waiters:
 
     @contextlib.asynccontextmanager
     async def watch(
-        self, subject: str, accept: Callable[[Record], bool], *, stored: bool = True
-    ) -> AsyncIterator[asyncio.Future[Record]]:
+        self, subject: str, accept: Callable[[Record], bool], *, stored: bool = True,
+        earlier: Callable[[Record], bool] | None = None,
+    ) -> AsyncIterator[asyncio.Future[Record]]:  # fmt: skip
         """A future resolved with the first event on ``subject`` that ``accept`` takes. With
         ``stored``, events already in the log count too; without, only those that land once
-        the watch is in place (for a subject nothing was published on yet)."""
+        the watch is in place (for a subject nothing was published on yet). The stored events
+        before the last one are read only if ``earlier`` says, of that last one, that an awaited
+        event could be stored before it (a claim of another request after one's outcome); by
+        default never (a claim or progress of a run comes before its outcome)."""
         async with self._slots:
-            waiter = _Waiter(subject, accept)
+            waiter = _Waiter(subject, accept, earlier)
             interest, first = self._enter(waiter)
             try:
                 await self._subscribed(interest, first)
@@ -169,9 +176,10 @@ class Waiters:
         last = await jetstream.direct_get(self._js, subject=waiter.subject)
         if last is None or not last.seq or last.seq <= waiter.checked:
             return
-        if waiter.offer(await self._stored(waiter.subject, last.data, last.seq)):
+        record = await self._stored(waiter.subject, last.data, last.seq)
+        if waiter.offer(record):
             return
-        if last.seq > waiter.checked + 1:
+        if last.seq > waiter.checked + 1 and waiter.earlier is not None and (record is None or waiter.earlier(record)):
             for seq, data in await jetstream.read_between(self._js, waiter.subject, after=waiter.checked, before=last.seq):
                 if waiter.offer(await self._stored(waiter.subject, data, seq)):
                     break
