@@ -40,10 +40,12 @@ from topics.record import Record
 from topics.registry import decode_data, encode_data
 from topics.tasks import (
     TaskCancelled,
+    TaskClaimed,
     TaskCompleted,
     TaskFailed,
     TaskHandedOff,
     TaskOutcome,
+    TaskProgress,
     TaskRequested,
     request_problem,
 )
@@ -396,7 +398,8 @@ class Mesh:
         ``capability``, of whichever request (for display: a requester uses `follow`). With
         ``stored`` (the default) one already in the log counts; without, only one that lands
         once the watch is in place."""
-        return self.waiters.watch(subjects.task(capability, task_id), _is_answer, stored=stored)
+        return self.waiters.watch(subjects.task(capability, task_id), _is_answer, stored=stored,
+                                  earlier=_could_follow_an_answer)  # fmt: skip
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
         """A core subscription to live messages on ``subject``, once the server has accepted it;
@@ -430,6 +433,16 @@ def outcome_value(outcome: Record) -> Any:
     raise TypeError(f"not a task outcome: {outcome.data!r}")
 
 
+def _before_any_answer(record: Record) -> bool:
+    """A first attempt's claim or progress: its run's answer is stored after it. (A retry's
+    claim may land after the answer of an attempt that was thought lost.)"""
+    return isinstance(record.data, TaskClaimed | TaskProgress) and record.data.attempt == 1
+
+
+def _could_follow_an_answer(last: Record) -> bool:
+    return not _before_any_answer(last)
+
+
 def _is_answer(record: Record) -> bool:
     return isinstance(record.data, TaskOutcome | TaskHandedOff)
 
@@ -456,10 +469,10 @@ class _Answer:
         return data.request_seq == self.request_seq
 
     def earlier(self, last: Record) -> bool:
-        """Whether this request's answer could be stored before ``last``: only if ``last`` is
-        another request's (a run's claims and progress come before its answer)."""
+        """Whether this request's answer could be stored before ``last``: unless ``last`` is
+        a first attempt's claim or progress of this very request (those come before its answer)."""
         request_seq = getattr(last.data, "request_seq", None)
-        return self.request_seq is None or request_seq != self.request_seq
+        return self.request_seq is None or request_seq != self.request_seq or not _before_any_answer(last)
 
     def expect(self, request_seq: int) -> Record | None:
         """Set the request's sequence; the answer among those seen before, if any."""
