@@ -4,7 +4,7 @@ from typing import Any
 
 from mesh import Agent, Context
 
-agent = Agent("echo")
+agent = Agent("echo", requests=())
 
 
 @agent.task("echo")

@@ -8,7 +8,7 @@ import msgspec
 
 from mesh import Agent, Context
 
-agent = Agent("planner")
+agent = Agent("planner", requests=("research", "write"))
 
 ASPECTS = ("background", "current practice", "open problems")
 

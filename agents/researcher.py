@@ -6,7 +6,7 @@ import msgspec
 
 from mesh import Agent, Context
 
-agent = Agent("researcher")
+agent = Agent("researcher", requests=())
 
 
 class Question(msgspec.Struct, frozen=True):

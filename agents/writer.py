@@ -6,7 +6,7 @@ import msgspec
 
 from mesh import Agent, Context
 
-agent = Agent("writer")
+agent = Agent("writer", requests=())
 
 
 class Draft(msgspec.Struct, frozen=True):

@@ -84,6 +84,13 @@ class TestAgentPermissions:
         assert allows(p.publish, "mesh.chat.lobby") and not allows(p.publish, "mesh.board.b.k")
         assert not allows(agent_permissions("echo", ("echo",), {}, INBOX).publish, "mesh.chat.lobby")
 
+    def test_only_the_capabilities_it_requests(self) -> None:
+        """`Agent(requests=...)` narrows sub-tasks to those capabilities; undeclared, any."""
+        p = agent_permissions("planner", ("report",), {}, INBOX, requests=("research", "write"))
+        assert allows(p.publish, "mesh.work.research") and not allows(p.publish, "mesh.work.deploy")
+        assert not allows(agent_permissions("echo", ("echo",), {}, INBOX, requests=()).publish, "mesh.work.echo")
+        assert allows(agent_permissions("any", ("x",), {}, INBOX).publish, "mesh.work.deploy")
+
     def test_emits_must_be_mesh_subjects_but_not_tasks(self) -> None:
         from mesh import Agent, ConfigError
 

@@ -43,6 +43,7 @@ class AgentRole:
     capabilities: tuple[str, ...]
     subscriptions: Mapping[str, str] = field(default_factory=dict)  # name -> subject filter
     emits: tuple[str, ...] = ()  # subjects its handlers publish on besides its tasks' (`Agent.emits`)
+    requests: tuple[str, ...] | None = None  # capabilities it asks (`Agent.requests`); None: any
 
 
 class Role(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,7 +92,8 @@ def init_auth(folder: Path, agents: list[AgentRole], clients: tuple[str, ...] = 
     ]
     for agent in agents:
         def derived(inbox: str, agent: AgentRole = agent) -> Permissions:
-            return agent_permissions(agent.name, agent.capabilities, agent.subscriptions, inbox, agent.emits)
+            return agent_permissions(agent.name, agent.capabilities, agent.subscriptions, inbox, agent.emits,
+                                     agent.requests)
 
         roles.append(_role(folder, agent.name, f"agent serving {', '.join(agent.capabilities) or 'no capability'}"
                            + (f"; subscribed to {', '.join(agent.subscriptions.values())}" if agent.subscriptions else "")

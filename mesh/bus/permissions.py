@@ -95,18 +95,20 @@ def _consumer(name: str, filter_subject: str) -> tuple[str, ...]:
 
 def agent_permissions(
     role: str, capabilities: tuple[str, ...], subscriptions: Mapping[str, str], inbox: str,
-    emits: tuple[str, ...] = (),
+    emits: tuple[str, ...] = (), requests: tuple[str, ...] | None = None,
 ) -> Permissions:  # fmt: skip
     """An agent role's permissions from its declarations: ``capabilities`` it serves, its
-    event ``subscriptions`` (name -> subject filter) and the subjects it ``emits`` (boards,
-    votes, chat rooms, bids, workflows: `Agent(emits=...)`)."""
+    event ``subscriptions`` (name -> subject filter), the subjects it ``emits`` (boards,
+    votes, chat rooms, bids, workflows: `Agent(emits=...)`) and the capabilities it
+    ``requests`` (sub-tasks, hand-offs, fallbacks: `Agent(requests=...)`; None: any)."""
     consumers = {subjects.work_consumer_name(c): subjects.work(c) for c in capabilities}
     consumers |= {subjects.subscription_consumer_name(role, name): subject for name, subject in subscriptions.items()}
     publish: list[str] = [
         # claims, progress, completions, failures and hand-offs of its own capabilities' tasks only:
         # no other role can answer for them (see docs/SECURITY.md)
         *(f"mesh.task.{capability}.>" for capability in capabilities),
-        "mesh.work.>",  # sub-tasks (`ctx.request`) and hand-overs to a fallback capability
+        # sub-tasks (`ctx.request`), hand-offs and hand-overs to a fallback capability
+        *(("mesh.work.>",) if requests is None else (subjects.work(c) for c in requests)),
         *emits,
         f"mesh.llm.{role}.>",
         f"mesh.tool.{role}.>",

@@ -74,11 +74,14 @@ class Agent:
     version: str = "0"
     tools: tuple[str, ...] = ()  # names of the tools this agent is granted
     emits: tuple[str, ...] = ()  # subjects (NATS wildcards allowed) its handlers publish on, besides its tasks'
+    requests: tuple[str, ...] | None = None  # capabilities it asks (ctx.request, handoff, fallbacks); None: any
     handlers: dict[str, Handler] = field(default_factory=dict)
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_token("agent name", self.name)
+        for capability in self.requests or ():
+            check_token("requested capability", capability)
         for subject in self.emits:
             if not EMITTABLE.fullmatch(subject):
                 raise ConfigError(
