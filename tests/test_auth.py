@@ -195,6 +195,11 @@ class TestUp:
             assert code == 0 and out.strip(), err
             code, out, err = await cli("task", "echo", "--input", "1", *client, env=env)
             assert code == 1 and "certificate" in err.lower(), err  # the self-signed certificate is not trusted
+            trusted = ("--tls-ca", str(cert), *client)
+            code, out, err = await cli("task", "echo", "--input", "1", *trusted, "--tls-hostname", "localhost", env=env)
+            assert code == 0 and out.strip(), err  # the certificate's name, checked instead of the URL's host
+            code, out, err = await cli("task", "echo", "--input", "1", *trusted, "--tls-hostname", "other.example", env=env)
+            assert code == 1 and "certificate" in err.lower(), err
             code, out, err = await cli("task", "echo", "--input", "1", "--tls-ca", str(cert), env=env)
             assert code == 1 and ("refused no credentials" in err or "pass --nkey FILE" in err), err
             code, out, err = await cli("task", "echo", "--input", "1", "--tls-ca", str(cert), "--nkey", str(cert), env=env)

@@ -21,18 +21,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def nats_options(fn: F) -> F:
-    """`--nats`, `--creds`, `--nkey`, `--tls-ca/cert/key`, gathered into `settings`."""
+    """`--nats`, `--creds`, `--nkey`, `--tls-ca/cert/key/hostname`, gathered into `settings`."""
 
     @click.option("--nats", "url", envvar="NATS_URL", help="NATS URL (default: the server `mesh up` started)")
     @click.option("--creds", envvar="NATS_CREDS", help="NATS .creds file")
     @click.option("--nkey", envvar="NATS_NKEY_SEED", help="nkey seed file")
-    @click.option("--tls-ca", envvar="NATS_CA")
-    @click.option("--tls-cert", envvar="NATS_CERT")
-    @click.option("--tls-key", envvar="NATS_KEY")
+    @click.option("--tls-ca", envvar="NATS_CA", help="CA certificate (PEM) to trust the server's with")
+    @click.option("--tls-cert", envvar="NATS_CERT", help="client certificate (PEM), if the server asks for one")
+    @click.option("--tls-key", envvar="NATS_KEY", help="the client certificate's private key (PEM)")
+    @click.option("--tls-hostname", envvar="NATS_TLS_HOSTNAME",
+                  help="the name the server's certificate must carry, when the URL's host differs")  # fmt: skip
     @functools.wraps(fn)
     def wrapper(url: str | None, creds: str | None, nkey: str | None, tls_ca: str | None,
-                tls_cert: str | None, tls_key: str | None, **kwargs: Any) -> Any:  # fmt: skip
-        settings = MeshSettings(url=url, creds=creds, nkey_seed=nkey, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+                tls_cert: str | None, tls_key: str | None, tls_hostname: str | None, **kwargs: Any) -> Any:  # fmt: skip
+        settings = MeshSettings(url=url, creds=creds, nkey_seed=nkey, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                                tls_hostname=tls_hostname)  # fmt: skip
         return fn(settings=settings, **kwargs)
 
     return wrapper  # type: ignore[return-value]
