@@ -9,7 +9,10 @@ from typing import Any
 
 from mesh import Agent, Context, HandOff, RetryableError, ToolNotGrantedError
 from mesh.llm.tools import tool
+from mesh.runtime.agent import TaskFailure
+from topics import subjects
 from topics.chat import ChatMessage
+from topics.envelope import derived_id
 
 slow = Agent("slow")
 
@@ -75,6 +78,21 @@ broken = Agent("broken")
 @broken.task("broken")
 async def fail(input: Any, ctx: Context) -> Any:
     raise ValueError(f"cannot handle {input!r}")
+
+
+async def note_failure(failure: TaskFailure) -> None:
+    """An `on_failed` hook: says what the runtime gave up on in the chat room named after the task."""
+    said = ChatMessage(room=failure.task_id, speaker="hooked", content=f"{failure.error.type}: {failure.error.message}")
+    await failure.mesh.publish(subjects.chat(failure.task_id), said, event_id=derived_id(failure.event.id, "gave-up"))
+
+
+hooked = Agent("hooked", emits=("mesh.chat.*",))
+
+
+@hooked.task("later", on_failed=note_failure)
+async def always_later(input: Any, ctx: Context) -> Any:
+    """Fails retryably on every try, so the runtime gives up after the last one."""
+    raise RetryableError(f"not now (try {ctx.attempt})")
 
 
 @broken.task("primary")

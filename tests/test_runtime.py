@@ -149,6 +149,19 @@ class TestMaxDeliveries:
         assert completions(log, task_id) == []
 
 
+class TestOnFailed:
+    async def test_hook_runs_before_the_failure_is_recorded(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """A capability's `on_failed` hook runs once when the runtime gives up on a task (here the
+        last try of a retryable error), before the task's `mesh.task.failed` is recorded."""
+        await agents.start("tests.fixture_agents:hooked", "--max-deliver", "2")
+        with pytest.raises(TaskFailedError, match=r"not now \(try 2\)"):
+            await mesh.request("later", {}, task_id="t-hooked", timeout=30)
+        said = await log.wait_for(lambda r: r.subject == subjects.chat("t-hooked"))
+        failed = await log.wait_for(lambda r: r.event.type == "mesh.task.failed" and r.data.task_id == "t-hooked")  # type: ignore[attr-defined]
+        assert len(said) == 1 and "not now (try 2)" in said[0].data.content  # type: ignore[attr-defined]
+        assert said[0].seq < failed[0].seq
+
+
 class TestRetries:
     async def test_retry_reuses_recorded_llm_response(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """A retried task gets the LLM response recorded by its first try; the model is called once."""

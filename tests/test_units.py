@@ -123,6 +123,12 @@ class TestAgentDeclaration:
         with pytest.raises(ConfigError, match="must be `async def`"):
             agent.task("x")(lambda input, ctx: None)  # type: ignore[arg-type,return-value]
 
+    def test_on_failed_must_be_async(self) -> None:
+        """An `on_failed` hook that is not `async def` is refused when the handler is declared."""
+        agent = Agent("a")
+        with pytest.raises(ConfigError, match="on_failed of 'x' must be an `async def`"):
+            agent.task("x", on_failed=lambda failure: None)  # type: ignore[arg-type,return-value]
+
     def test_typed_input_is_converted_and_checked(self) -> None:
         """A Struct-annotated handler gets a Struct; bad input is a SchemaError."""
 

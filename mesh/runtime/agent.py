@@ -11,17 +11,36 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 import msgspec
 
 from mesh.errors import ConfigError, SchemaError
-from topics.base import check_token
+from topics.base import ErrorInfo, check_token
+from topics.envelope import CloudEvent
 from topics.record import Record
+from topics.tasks import TaskRequested
 
 if TYPE_CHECKING:
+    from mesh.bus.client import Mesh
     from mesh.runtime.context import Context
 
-__all__ = ["MAX_RUN_TIME", "Agent", "Handler", "Subscription"]
+__all__ = ["MAX_RUN_TIME", "Agent", "FailedFn", "Handler", "Subscription", "TaskFailure"]
 
 MAX_RUN_TIME = 900.0  # seconds a handler may run before it is cancelled and its message tried again
 
 HandlerFn = Callable[[Any, "Context"], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task the runtime gave up on, as an ``on_failed`` hook sees it: its `mesh.task.failed`
+    (with ``error``) is recorded right after the hook returns."""
+
+    mesh: Mesh  # the agent's connection, de-duplicating per the request message as a handler's does
+    task_id: str
+    request: TaskRequested  # its input as sent (not converted to the handler's type)
+    error: ErrorInfo
+    event: CloudEvent  # the request's envelope: derive ids from its id, correlate with its correlation id
+    request_seq: int  # the request's stream sequence, which its `mesh.task.failed` names
+
+
+FailedFn = Callable[[TaskFailure], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -32,6 +51,7 @@ class Handler:
     fn: HandlerFn
     input_type: Any = Any
     max_run_time: float = MAX_RUN_TIME
+    on_failed: FailedFn | None = None
 
     def convert(self, value: Any) -> Any:
         if self.input_type is Any:
@@ -93,19 +113,32 @@ class Agent:
     def capabilities(self) -> tuple[str, ...]:
         return tuple(self.handlers)
 
-    def task(self, capability: str, *, max_run_time: float = MAX_RUN_TIME) -> Callable[[HandlerFn], HandlerFn]:
+    def task(
+        self, capability: str, *, max_run_time: float = MAX_RUN_TIME, on_failed: FailedFn | None = None
+    ) -> Callable[[HandlerFn], HandlerFn]:
         """Register the decorated `async def fn(input, ctx)` as the handler of ``capability``.
-        A run longer than ``max_run_time`` seconds is cancelled and tried again later."""
+        A run longer than ``max_run_time`` seconds is cancelled and tried again later.
+
+        ``on_failed`` (`async def hook(failure: TaskFailure)`) is awaited whenever the runtime
+        gives up on a task of ``capability`` for good, just before it records `mesh.task.failed`:
+        a non-retryable error, the last try of a retryable one (a max run time included), a
+        deadline, bad input, or the server's last delivery of a task whose agents kept dying.
+        It may run more than once for one task (every replica hears the last case), so what it
+        records needs derived ids. A NATS failure in it counts as one in recording the failure
+        (the message is tried again, where it still can be); any other error in it is logged,
+        and the task's failure is recorded anyway."""
         check_token("capability", capability)
         if not 0 < max_run_time < float("inf"):
             raise ConfigError(f"max_run_time of '{capability}' must be a positive number of seconds, not {max_run_time!r}")
+        if on_failed is not None and not inspect.iscoroutinefunction(on_failed):
+            raise ConfigError(f"on_failed of '{capability}' must be an `async def` taking a TaskFailure, got {on_failed!r}")
 
         def register(fn: HandlerFn) -> HandlerFn:
             if not inspect.iscoroutinefunction(fn):
                 raise ConfigError(f"handler for '{capability}' must be `async def`, got {fn!r}")
             if capability in self.handlers:
                 raise ConfigError(f"agent '{self.name}' already serves '{capability}'")
-            self.handlers[capability] = Handler(capability, fn, _input_type(fn), max_run_time)
+            self.handlers[capability] = Handler(capability, fn, _input_type(fn), max_run_time, on_failed)
             return fn
 
         return register

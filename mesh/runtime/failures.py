@@ -3,6 +3,10 @@
 while it is retryable and tries remain; then a task goes to its fallback capability or, with
 none left, to the dead letters and `mesh.task.failed`. An event handler's last failure is a
 dead letter. Every id here is derived, so each stored message has at most one of each.
+
+Wherever a task's `mesh.task.failed` is recorded, its capability's ``on_failed`` hook
+(`Agent.task(..., on_failed=...)`) is awaited first (`gave_up`), so what the task stood for
+(a workflow, say) can be failed too instead of being waited on for ever.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.consumer import Delivery
 from mesh.errors import DeadlineExceededError, MissingPayloadError, SchemaError, retryable
+from mesh.runtime.agent import TaskFailure
 from mesh.runtime.deadletter import Reason, dead_letter, envelope_or_none
 from mesh.runtime.worker import Worker
 from mesh.telemetry.redact import scrub_text
@@ -32,6 +37,7 @@ __all__ = [
     "HandlerFailed",
     "already_done",
     "event_failed",
+    "gave_up",
     "is_retryable",
     "on_max_deliveries",
     "quietly",
@@ -82,6 +88,7 @@ async def reject(worker: Worker, msg: Msg, delivery: Delivery, reason: Reason, t
     task_id = _task_id_of(event) if event is not None else None
     if event is not None and task_id and msg.subject.startswith("mesh.work."):
         info = ErrorInfo(type=reason.value, message=text, retryable=False)
+        await quietly(gave_up(worker, msg.subject, event, _request_of(event), task_id, info, delivery.stream_seq))
         await quietly(record_failure(worker, event, task_id, delivery.delivered, info,
                                      served_capability(msg.subject), delivery.stream_seq))  # fmt: skip
     await msg.ack()
@@ -120,6 +127,7 @@ async def task_failed(
         log.error("no live agent serves the fallback", fallback=list(task.fallback))
         info = ErrorInfo(type="no_agent", retryable=False, message=scrub_text(
             f"{described}; no live agent serves its fallback {unserved} (`mesh status` lists the agents)"))  # fmt: skip
+        await gave_up(worker, msg.subject, event, task, task_id, info, request_seq)
         await record_failure(worker, event, task_id, attempt, info, capability, request_seq)
     else:
         reason = _reason(error)
@@ -129,6 +137,7 @@ async def task_failed(
         )  # fmt: skip
         info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=scrub_text(str(error)),
                          retryable=retryable)  # fmt: skip
+        await gave_up(worker, msg.subject, event, task, task_id, info, request_seq)
         await record_failure(worker, event, task_id, attempt, info, capability, request_seq)
     await msg.ack()
     instruments.processed.add(1, {"type": event.type, "outcome": "failed"})
@@ -159,6 +168,26 @@ async def record_failure(
     )  # fmt: skip
 
 
+async def gave_up(
+    worker: Worker, subject: str, event: CloudEvent, request: TaskRequested | None, task_id: str, info: ErrorInfo,
+    request_seq: int,
+) -> None:  # fmt: skip
+    """Await the ``on_failed`` hook of the capability whose work subject ``subject`` is, if it
+    has one, for the request stored at ``request_seq`` about to get its `mesh.task.failed`. A
+    NATS failure in the hook is raised (the caller's message is tried again, as when recording
+    the failure fails); any other error is logged, and the failure is recorded anyway."""
+    handler = worker.agent.handlers.get(served_capability(subject)) if subject.startswith("mesh.work.") else None
+    if handler is None or handler.on_failed is None or request is None:
+        return
+    failure = TaskFailure(worker.mesh.scoped(request_seq), task_id, request, info, event, request_seq)
+    try:
+        await handler.on_failed(failure)
+    except Exception as error:
+        if jetstream.is_transient(error):
+            raise
+        log.error("on_failed hook failed", capability=handler.capability, error=scrub_text(f"{type(error).__name__}: {error}"))
+
+
 async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
     """The server gave up on a message whose last try never settled (its agent died):
     dead-letter it and record the failure. Every replica hears this; the ids dedupe."""
@@ -187,6 +216,7 @@ async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
         capability = served_capability(subject)
         if not await already_done(worker.mesh, capability, task_id, seq):
             info = ErrorInfo(type="MaxDeliveries", message="every delivery of the task timed out", retryable=True)
+            await gave_up(worker, subject, event, _request_of(event), task_id, info, seq)
             await record_failure(worker, event, task_id, note.get("deliveries", 0), info, capability, seq)
 
 
@@ -210,15 +240,21 @@ def _reason(error: Exception) -> Reason:
     return Reason.HANDLER_ERROR
 
 
-def _task_id_of(event: CloudEvent) -> str | None:
+def _request_of(event: CloudEvent) -> TaskRequested | None:
     if event.type != TaskRequested.TYPE:
         return None
     try:
         data = decode_data(event.type, event.data)
     except DECODE_ERRORS:
         return None
-    assert isinstance(data, TaskRequested)
-    task_id = data.task_id or event.id
+    return data if isinstance(data, TaskRequested) else None
+
+
+def _task_id_of(event: CloudEvent) -> str | None:
+    request = _request_of(event)
+    if request is None:
+        return None
+    task_id = request.task_id or event.id
     return task_id if is_token(task_id) else None  # else it cannot name a subject: no mesh.task.failed
 
 
