@@ -11,7 +11,7 @@ import msgspec
 
 from mesh import Agent, Context, TaskError
 from mesh.bus.client import Mesh
-from mesh.coordination.orchestrator import Driver
+from mesh.coordination.orchestrator import FAILED, Driver
 from mesh.coordination.workflow import WORKFLOW_CAPABILITY, parse
 from mesh.runtime.runner import is_retryable
 from topics.base import ErrorInfo
@@ -46,7 +46,7 @@ async def drive(mesh: Mesh, request: Drive, *, task_id: str) -> Any:
     except Exception as error:
         if not is_retryable(error):
             info = ErrorInfo(type=type(error).__name__, message=f"the orchestrator gave up: {error}")
-            await driver.flow.record(FlowFailed(workflow_id=workflow_id, error=info), "failed")
+            await driver.flow.record(FlowFailed(workflow_id=workflow_id, error=info), FAILED)
         raise
     if view.status == "failed":
         reason = f"{view.error.type}: {view.error.message}" if view.error else "no reason recorded"

@@ -223,12 +223,16 @@ class TestOrchestrator:
         assert len(flow_events(log, "mesh.flow.step_failed", workflow_id)) == 2
         assert len(flow_events(log, "mesh.flow.failed", workflow_id)) == 1
 
-    async def test_started_by_a_plain_task(self, mesh: Mesh, agents: AgentProcesses) -> None:
+    async def test_started_by_a_plain_task(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """Any NATS client can start a workflow with one `workflow` task carrying the spec."""
         await agents.start("agents.orchestrator:agent")
         await agents.start("agents.echo:agent")
         spec = {"steps": {"only": {"capability": "echo", "input": "$input"}}}
         assert await mesh.request("workflow", {"spec": spec, "input": [1, 2]}, timeout=60) == [1, 2]
+        started = await log.wait_for(lambda r: r.event.type == "mesh.flow.started")
+        workflow_id = started[0].data.workflow_id  # type: ignore[attr-defined]
+        await until_ended(log, workflow_id)  # the task's own outcome is stored too, not taken for a duplicate
+        await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == workflow_id)  # type: ignore[attr-defined]
 
     async def test_kill_9_and_restart(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """Kill -9 the orchestrator mid-workflow and start another: the workflow finishes,

@@ -35,10 +35,15 @@ from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepComplet
 from topics.record import Record
 from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed
 
-__all__ = ["Driver", "Fail", "Finish", "FlowLog", "Schedule", "decide", "spec_of", "step_task_id"]
+__all__ = ["COMPLETED", "FAILED", "Driver", "Fail", "Finish", "FlowLog", "Schedule", "decide", "spec_of", "step_task_id"]
 
 log = structlog.get_logger("mesh.coordination.orchestrator")
 FOREVER = 10.0**9
+
+# Labels of the workflow's end events. Not "completed"/"failed": a workflow started by a plain
+# task has that task's event id for its id, and the runtime derives the task's own outcome ids
+# from it with those labels; one id for both would drop the second as a duplicate.
+COMPLETED, FAILED = "flow/completed", "flow/failed"
 
 
 class Schedule(NamedTuple):
@@ -217,14 +222,14 @@ class Driver:
                 return await self.flow.record(scheduled, f"step/{name}/{attempt}/scheduled")
             case Finish(output=output):
                 log.info("workflow completed", workflow_id=wf)
-                return await self.flow.record(FlowCompleted(workflow_id=wf, output=output), "completed")
+                return await self.flow.record(FlowCompleted(workflow_id=wf, output=output), COMPLETED)
             case Fail(step=name, error=error, record_step=record_step):
                 log.warning("workflow failed", workflow_id=wf, step=name, error=error.message)
                 if name is not None and record_step:
                     failed = FlowStepFailed(workflow_id=wf, step=name, task_id="", error=error)
                     if not await self.flow.record(failed, f"step/{name}/0/failed"):
                         return False
-                return await self.flow.record(FlowFailed(workflow_id=wf, error=error), "failed")
+                return await self.flow.record(FlowFailed(workflow_id=wf, error=error), FAILED)
         raise TypeError(f"not a decision: {decision!r}")  # pragma: no cover
 
     def _watch_scheduled(self, spec: WorkflowSpec) -> None:
