@@ -1,10 +1,11 @@
 """Driving one workflow: fold its events, schedule what is ready, record what happened.
 
 The orchestrator agent (`agents/orchestrator.py`) serves the `workflow` capability; each
-task is one workflow to drive. Its state is the workflow projection folded from
-`mesh.flow.<workflow_id>`, rebuilt from the log every time a driver starts, so an
-orchestrator killed at any point resumes where the log says the workflow is once its task
-is redelivered (after the consumer's ack wait) to a live orchestrator.
+task is one workflow to drive. Its state is the workflow projection of
+`mesh.flow.<workflow_id>` (`FlowLog`), read from the log every time a driver starts, so an
+orchestrator killed at any point resumes where the log says the workflow is once its task is
+redelivered (after the consumer's ack wait) to a live orchestrator; from then on the driver
+keeps it current from what it records itself.
 
 What happens next is decided by a pure function of that state (`decide`), and every event
 the driver records has an id derived from the workflow id and is published only if
@@ -22,12 +23,12 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from mesh.bus import jetstream
 from mesh.bus.client import Mesh
+from mesh.coordination.flowlog import COMPLETED, FAILED, FlowLog
 from mesh.coordination.templates import resolve
 from mesh.coordination.workflow import Step, WorkflowSpec, default_output, parse
-from mesh.errors import ConfigError, ExpectedSequenceError, MeshError, SchemaError, TaskTimeoutError
-from mesh.projections import WORKFLOWS, StepView, WorkflowView, ready_steps
+from mesh.errors import ConfigError, MeshError, SchemaError, TaskTimeoutError
+from mesh.projections import StepView, WorkflowView, ready_steps
 from topics import subjects
 from topics.base import ErrorInfo, Event
 from topics.envelope import derived_id
@@ -39,11 +40,6 @@ __all__ = ["COMPLETED", "FAILED", "Driver", "Fail", "Finish", "FlowLog", "Schedu
 
 log = structlog.get_logger("mesh.coordination.orchestrator")
 FOREVER = 10.0**9
-
-# Labels of the workflow's end events. Not "completed"/"failed": a workflow started by a plain
-# task has that task's event id for its id, and the runtime derives the task's own outcome ids
-# from it with those labels; one id for both would drop the second as a duplicate.
-COMPLETED, FAILED = "flow/completed", "flow/failed"
 
 
 class Schedule(NamedTuple):
@@ -120,51 +116,6 @@ def _input_problem(view: WorkflowView, step: Step) -> ErrorInfo | None:
     return None
 
 
-class FlowLog:
-    """One workflow's events folded, and recording more of them with compare-and-set."""
-
-    def __init__(self, mesh: Mesh, workflow_id: str) -> None:
-        self.mesh = mesh
-        self.workflow_id = workflow_id
-        self.subject = subjects.flow(workflow_id)
-        self.state = WORKFLOWS.initial()
-        self.seq = 0
-
-    @property
-    def view(self) -> WorkflowView:
-        return self.state.workflows.get(self.workflow_id) or WorkflowView(workflow_id=self.workflow_id)
-
-    async def refresh(self, *, at_least: int = 0) -> WorkflowView:
-        """Fold the workflow's events stored since the last fold, read one by one with direct
-        gets (no consumer on the server), and at least up to ``at_least``, a sequence known
-        to be stored (asked of the stream leader if a replica has not got it yet)."""
-        while True:
-            msg = await jetstream.next_on_subject(self.mesh.js, self.subject, after=self.seq)
-            if msg is None and self.seq < at_least:  # a replica answered that has not got it yet
-                msg = await jetstream.next_on_subject(self.mesh.js, self.subject, after=self.seq, leader=True)
-            if msg is None:
-                return self.view
-            self.seq = msg.seq or self.seq + 1
-            record = await self.mesh.record_of(msg.subject or self.subject, msg.data or b"", self.seq)
-            if record is not None:
-                WORKFLOWS.apply(self.state, record)
-
-    async def record(self, data: Event, label: str, *, causation_id: str | None = None) -> bool:
-        """Record ``data`` under the id derived from ``label``, unless the subject moved on
-        since the fold (then refold and return False: decide again)."""
-        try:
-            published = await self.mesh.publish(
-                self.subject, data, event_id=derived_id(self.workflow_id, label),
-                correlation_id=self.view.correlation_id or self.workflow_id,
-                causation_id=causation_id, expected_last_subject_seq=self.seq,
-            )  # fmt: skip
-        except ExpectedSequenceError:
-            await self.refresh()
-            return False
-        await self.refresh(at_least=published.seq)
-        return True
-
-
 class _Outcome(NamedTuple):
     step: str
     task_id: str
@@ -219,17 +170,17 @@ class Driver:
                 scheduled = FlowStepScheduled(
                     workflow_id=wf, step=name, task_id=step_task_id(wf, name, attempt), attempt=attempt
                 )
-                return await self.flow.record(scheduled, f"step/{name}/{attempt}/scheduled")
+                return await self.flow.record(scheduled, f"step/{name}/{attempt}/scheduled") is not None
             case Finish(output=output):
                 log.info("workflow completed", workflow_id=wf)
-                return await self.flow.record(FlowCompleted(workflow_id=wf, output=output), COMPLETED)
+                return await self.flow.record(FlowCompleted(workflow_id=wf, output=output), COMPLETED) is not None
             case Fail(step=name, error=error, record_step=record_step):
                 log.warning("workflow failed", workflow_id=wf, step=name, error=error.message)
                 if name is not None and record_step:
                     failed = FlowStepFailed(workflow_id=wf, step=name, task_id="", error=error)
-                    if not await self.flow.record(failed, f"step/{name}/0/failed"):
+                    if await self.flow.record(failed, f"step/{name}/0/failed") is None:
                         return False
-                return await self.flow.record(FlowFailed(workflow_id=wf, error=error), FAILED)
+                return await self.flow.record(FlowFailed(workflow_id=wf, error=error), FAILED) is not None
         raise TypeError(f"not a decision: {decision!r}")  # pragma: no cover
 
     def _watch_scheduled(self, spec: WorkflowSpec) -> None:
@@ -271,7 +222,8 @@ class Driver:
         while (step := self.flow.view.steps.get(name)) and step.status == "scheduled" and step.task_id == task_id:
             event, label = step_event(self.workflow_id, outcome, step.attempt, timeout)
             log.info("step settled", workflow_id=self.workflow_id, step=name, type=event.TYPE)
-            if await self.flow.record(event, label, causation_id=outcome.record.event.id if outcome.record else None):
+            cause = outcome.record.event.id if outcome.record else None
+            if await self.flow.record(event, label, causation_id=cause) is not None:
                 return
 
 
