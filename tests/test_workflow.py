@@ -4,10 +4,12 @@ real process, killed and restarted mid-workflow."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -262,6 +264,54 @@ class TestOrchestrator:
         assert len(flow_events(log, "mesh.flow.completed", workflow_id)) == 1
         drives = [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.task_id == workflow_id]  # type: ignore[attr-defined]
         assert drives in ([2], [1, 2])  # the retry claims at once; the first try only if it lived 50 ms
+
+
+def in_seconds(seconds: float) -> str:
+    return (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)).isoformat()
+
+
+STUCK = {"steps": {"stuck": {"capability": "nobody-serves-this", "input": 1}}}  # a step no agent takes
+
+
+@pytest.mark.e2e
+class TestWorkflowsEnd:
+    async def test_orchestrator_past_its_deadline_fails_the_workflow(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """The orchestrator's task passes its deadline while the workflow waits on a step: the
+        workflow fails with the reason, and Workflows.result raises at once, not at its timeout."""
+        await agents.start("agents.orchestrator:agent")
+        workflow_id = await mesh.submit("workflow", {"spec": STUCK}, deadline=in_seconds(1.5))
+        waited = time.monotonic()
+        with pytest.raises(WorkflowFailedError, match="the orchestrator gave up") as failed:
+            await Workflows(mesh).result(workflow_id, timeout=120)
+        assert time.monotonic() - waited < 60
+        assert failed.value.error is not None and failed.value.error.type == "deadline"
+        task_failed = await log.wait_for(lambda r: r.event.type == "mesh.task.failed" and r.data.task_id == workflow_id)  # type: ignore[attr-defined]
+        assert [r.seq < task_failed[0].seq for r in flow_events(log, "mesh.flow.failed", workflow_id)] == [True]
+
+    async def test_orchestrator_killed_on_every_delivery_fails_the_workflow(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """Kill -9 the orchestrator on each of its task's deliveries: a surviving orchestrator
+        hears the server give up and fails the workflow, and Workflows.result raises at once."""
+        flags = ("--ack-wait", "2", "--max-deliver", "2")
+        workflow_id = await Workflows(mesh).start(parse(STUCK))
+        for attempt in (1, 2):
+            victim = await agents.start("agents.orchestrator:agent", *flags)
+            await log.wait_for(lambda r, n=attempt: r.event.type == "mesh.task.claimed"  # type: ignore[misc]
+                               and r.data.task_id == workflow_id and r.data.attempt == n)  # type: ignore[attr-defined]  # fmt: skip
+            if attempt == 2:  # in place before the last delivery's ack wait ends; that delivery never comes to it
+                await agents.start("agents.orchestrator:agent", *flags)
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait()
+        waited = time.monotonic()
+        with pytest.raises(WorkflowFailedError, match="the orchestrator gave up") as failed:
+            await Workflows(mesh).result(workflow_id, timeout=120)
+        assert time.monotonic() - waited < 60
+        assert failed.value.error is not None and failed.value.error.type == "MaxDeliveries"
+        await log.wait_for(lambda r: r.event.type == "mesh.task.failed" and r.data.task_id == workflow_id)  # type: ignore[attr-defined]
+        assert len(flow_events(log, "mesh.flow.failed", workflow_id)) == 1
 
 
 @pytest.mark.e2e

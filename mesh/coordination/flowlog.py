@@ -17,8 +17,9 @@ from mesh.bus.client import Mesh, Published
 from mesh.errors import ExpectedSequenceError
 from mesh.projections import WORKFLOWS, WorkflowView
 from topics import subjects
-from topics.base import Event
+from topics.base import ErrorInfo, Event
 from topics.envelope import derived_id, now_rfc3339
+from topics.flows import FlowFailed
 
 __all__ = ["COMPLETED", "FAILED", "FlowLog"]
 
@@ -97,3 +98,13 @@ class FlowLog:
         if handler is not None:
             handler(self.state, data, sent, seq)
         self.state.seq = self.seq = seq
+
+    async def fail(self, error: ErrorInfo) -> bool:
+        """Record `mesh.flow.failed` with ``error`` unless the workflow has ended; whether this
+        call recorded it. For when the workflow cannot be driven any more."""
+        await self.refresh()
+        while self.view.status == "running":
+            published = await self.record(FlowFailed(workflow_id=self.workflow_id, error=error), FAILED)
+            if published is not None:
+                return not published.duplicate
+        return False
