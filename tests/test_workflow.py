@@ -314,6 +314,21 @@ class TestWorkflowsEnd:
         assert len(flow_events(log, "mesh.flow.failed", workflow_id)) == 1
 
 
+    async def test_256_workflows_in_flight_all_end(self, mesh: Mesh, agents: AgentProcesses) -> None:
+        """256 three-step workflows started at once, on a server as it comes, all complete,
+        each with its own output."""
+        await agents.start("agents.orchestrator:agent")
+        await agents.start("agents.echo:agent")
+        flow = Flow("pipeline")
+        flow.step("a", "echo", {"n": "$input.n"})
+        flow.step("b", "echo", "$steps.a.output")
+        flow.step("c", "echo", "$steps.b.output")
+        flows, spec = Workflows(mesh), flow.build()
+        started = await asyncio.gather(*(flows.start(spec, {"n": n}) for n in range(256)))
+        outputs = await asyncio.gather(*(flows.result(workflow_id, timeout=240) for workflow_id in started))
+        assert outputs == [{"n": n} for n in range(256)]
+
+
 @pytest.mark.e2e
 class TestCli:
     async def test_flow_run_follow(self, nats_url: str, agents: AgentProcesses) -> None:

@@ -2,10 +2,10 @@
 
 The orchestrator agent (`agents/orchestrator.py`) serves the `workflow` capability; each
 task is one workflow to drive. Its state is the workflow projection of
-`mesh.flow.<workflow_id>` (`FlowLog`), read from the log every time a driver starts, so an
-orchestrator killed at any point resumes where the log says the workflow is once its task is
-redelivered (after the consumer's ack wait) to a live orchestrator; from then on the driver
-keeps it current from what it records itself.
+`mesh.flow.<workflow_id>` (`FlowLog`), read from the log when a driver starts, so an
+orchestrator killed at any point resumes where the log says the workflow is once its task
+is redelivered (after the consumer's ack wait) to a live orchestrator; from then on the
+driver keeps it current from what it records itself.
 
 What happens next is decided by a pure function of that state (`decide`), and every event
 the driver records has an id derived from the workflow id and is published only if
@@ -14,6 +14,14 @@ sequence): two drivers of one workflow cannot record two different decisions, an
 restarted one repeats none. Step tasks have derived ids too
 (`derived_id(workflow_id, "step/<name>/<attempt>")`), so resubmitting one after a restart
 is dropped as a duplicate and no step runs twice.
+
+Per step the driver submits one task and awaits its outcome on a core subscription made
+before the submit; only a step found already scheduled in the log (a resumed workflow) is
+looked up first, in case its task is under way. Several ready steps are recorded one after
+the other (each record's compare-and-set needs the one before it), and each one's task goes
+out while the next is recorded. When the runtime gives up on the driving task itself,
+`FlowLog.fail` records `mesh.flow.failed` with the reason (`agents/orchestrator.py` hooks
+it to the task's final failure), so the workflow's caller learns at once.
 """
 
 from __future__ import annotations
@@ -130,6 +138,7 @@ class Driver:
         self.flow = FlowLog(mesh, workflow_id)
         self.workflow_id = workflow_id
         self._watches: dict[str, asyncio.Task[_Outcome]] = {}  # task id -> its outcome
+        self._fresh: set[str] = set()  # task ids of steps this driver scheduled: nobody submitted them before
 
     async def run(self, start: FlowStarted | None = None) -> WorkflowView:
         view = await self.flow.refresh()
@@ -146,31 +155,35 @@ class Driver:
                 if self.flow.view.status == "running":
                     await self._settle_next(spec)
         finally:
-            for watch in self._watches.values():
+            watches = list(self._watches.values())
+            for watch in watches:
                 watch.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
         return self.flow.view
 
     async def _advance(self, spec: WorkflowSpec | ErrorInfo) -> None:
         for _ in range(10_000):
-            if isinstance(spec, WorkflowSpec):
-                self._watch_scheduled(spec)
+            self._watch_scheduled(spec)
             decisions = decide(self.flow.view, spec)
             if not decisions:
                 return
             for decision in decisions:
                 if not await self._apply(decision):
                     break  # another driver recorded something: decide again from the new fold
+                self._watch_scheduled(spec)  # its task goes out while the next decision is recorded
         raise MeshError(f"workflow {self.workflow_id}: decisions did not settle")  # a bug, not a state
 
     async def _apply(self, decision: Decision) -> bool:
         wf = self.workflow_id
         match decision:
             case Schedule(step=name, attempt=attempt):
-                log.info("step scheduled", workflow_id=wf, step=name, attempt=attempt)
-                scheduled = FlowStepScheduled(
-                    workflow_id=wf, step=name, task_id=step_task_id(wf, name, attempt), attempt=attempt
-                )
-                return await self.flow.record(scheduled, f"step/{name}/{attempt}/scheduled") is not None
+                log.debug("step scheduled", workflow_id=wf, step=name, attempt=attempt)
+                task_id = step_task_id(wf, name, attempt)
+                scheduled = FlowStepScheduled(workflow_id=wf, step=name, task_id=task_id, attempt=attempt)
+                published = await self.flow.record(scheduled, f"step/{name}/{attempt}/scheduled")
+                if published is not None and not published.duplicate:
+                    self._fresh.add(task_id)
+                return published is not None
             case Finish(output=output):
                 log.info("workflow completed", workflow_id=wf)
                 return await self.flow.record(FlowCompleted(workflow_id=wf, output=output), COMPLETED) is not None
@@ -183,28 +196,43 @@ class Driver:
                 return await self.flow.record(FlowFailed(workflow_id=wf, error=error), FAILED) is not None
         raise TypeError(f"not a decision: {decision!r}")  # pragma: no cover
 
-    def _watch_scheduled(self, spec: WorkflowSpec) -> None:
+    def _watch_scheduled(self, spec: WorkflowSpec | ErrorInfo) -> None:
+        if not isinstance(spec, WorkflowSpec):
+            return
         for name, step in self.flow.view.steps.items():
             if step.status == "scheduled" and step.task_id and step.task_id not in self._watches:
                 launch = self._launch(name, step, spec.steps[name])
                 self._watches[step.task_id] = asyncio.create_task(launch, name=f"step-{name}")
 
     async def _launch(self, name: str, step: StepView, spec: Step) -> _Outcome:
-        """Submit the step's task unless it is under way already, then await its outcome."""
-        task_id = step.task_id or ""
-        last = await self.mesh.last_on(subjects.task(spec.capability, task_id))
-        request_seq = getattr(last.data, "request_seq", None) if last is not None else None
-        if request_seq is None:  # nobody took it (yet): the same id dedupes, and gives the first one's sequence
-            cause = derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
-            submitted = await self.mesh.submit_request(spec.capability, resolve(spec.input, scope(self.flow.view)),
-                                                       task_id=task_id, correlation_id=self.flow.view.correlation_id
-                                                       or self.workflow_id, causation_id=cause)  # fmt: skip
-            request_seq = submitted.seq
+        """Submit the step's task and await the answer to that request (following hand-offs).
+        A step this driver scheduled is submitted at once, its subject watched from before the
+        submit; one found scheduled in the log is looked up first, and submitted only if no
+        agent answered it yet (the same id dedupes meanwhile)."""
+        task_id, timeout = step.task_id or "", spec.timeout or FOREVER
+        cause = derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
+        correlation_id = self.flow.view.correlation_id or self.workflow_id
+        input = resolve(spec.input, scope(self.flow.view))
         try:
-            record = await self.mesh.follow(spec.capability, task_id, request_seq, timeout=spec.timeout or FOREVER)
-            return _Outcome(name, task_id, record)
+            if task_id in self._fresh:
+                record = await self.mesh.request_outcome(spec.capability, input, task_id=task_id, timeout=timeout,
+                                                         correlation_id=correlation_id, causation_id=cause)  # fmt: skip
+            else:
+                record = await self._resume(spec.capability, task_id, input, correlation_id, cause, timeout)
         except TaskTimeoutError:
             return _Outcome(name, task_id, None)
+        return _Outcome(name, task_id, record)
+
+    async def _resume(
+        self, capability: str, task_id: str, input: Any, correlation_id: str, cause: str, timeout: float
+    ) -> Record:
+        last = await self.mesh.last_on(subjects.task(capability, task_id))
+        request_seq = getattr(last.data, "request_seq", None) if last is not None else None
+        if request_seq is None:  # nobody took it (yet): the same id dedupes, and gives the first one's sequence
+            submitted = await self.mesh.submit_request(capability, input, task_id=task_id,
+                                                       correlation_id=correlation_id, causation_id=cause)  # fmt: skip
+            request_seq = submitted.seq
+        return await self.mesh.follow(capability, task_id, request_seq, timeout=timeout)
 
     async def _settle_next(self, spec: WorkflowSpec | ErrorInfo) -> None:
         if not self._watches:
@@ -217,14 +245,21 @@ class Driver:
             await self._settle(outcome, timeout)
 
     async def _settle(self, outcome: _Outcome, timeout: float | None) -> None:
-        """Record a step's outcome, unless the fold says it is stale or already recorded."""
+        """Record a step's outcome, unless the fold says it is stale, already recorded, or
+        that the workflow has ended."""
         name, task_id = outcome.step, outcome.task_id
-        while (step := self.flow.view.steps.get(name)) and step.status == "scheduled" and step.task_id == task_id:
+        while self._unsettled(name, task_id):
+            step = self.flow.view.steps[name]
             event, label = step_event(self.workflow_id, outcome, step.attempt, timeout)
-            log.info("step settled", workflow_id=self.workflow_id, step=name, type=event.TYPE)
+            log.debug("step settled", workflow_id=self.workflow_id, step=name, type=event.TYPE)
             cause = outcome.record.event.id if outcome.record else None
             if await self.flow.record(event, label, causation_id=cause) is not None:
                 return
+
+    def _unsettled(self, name: str, task_id: str) -> bool:
+        view = self.flow.view
+        step = view.steps.get(name)
+        return view.status == "running" and step is not None and step.status == "scheduled" and step.task_id == task_id
 
 
 def step_event(workflow_id: str, outcome: _Outcome, attempt: int, timeout: float | None) -> tuple[Event, str]:
