@@ -51,7 +51,12 @@ async def fail_workflow(failure: TaskFailure) -> None:
     await FlowLog(failure.mesh, workflow_id).fail(error)
 
 
-@agent.task(WORKFLOW_CAPABILITY, on_failed=fail_workflow)
+# A workflow waits on its steps (a human's answer, a long model run), so its driver may run far
+# longer than a handler's default 15 minutes; a step's own `timeout` bounds each wait.
+DRIVE_LIMIT = 7 * 24 * 3600.0
+
+
+@agent.task(WORKFLOW_CAPABILITY, on_failed=fail_workflow, max_run_time=DRIVE_LIMIT)
 async def run_workflow(input: Drive, ctx: Context) -> Any:
     ctx.log.info("driving workflow", workflow_id=input.workflow_id or ctx.task_id, attempt=ctx.attempt)
     return await drive(ctx.mesh, input, task_id=ctx.task_id)
