@@ -327,10 +327,13 @@ class Mesh:
         outcome = await self.request_outcome(capability, input, timeout=timeout, **task)
         return outcome_value(outcome)
 
-    async def request_outcome(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Record:
+    async def request_outcome(
+        self, capability: str, input: Any = None, *, timeout: float = 60.0, stored: bool | None = None, **task: Any
+    ) -> Record:
         """Submit a task and return its outcome record, following fallbacks and hand-offs to
         the end. The task's subject is watched from before it is published; a given `task_id`
-        may have run already, so the log is read too."""
+        may have run already, so the log is read too (``stored``: whether to, when the caller
+        knows better; a generated id never has)."""
         given = bool(task.get("task_id"))
         event_id = task.pop("event_id", None) or (derived_id(task["task_id"], "requested") if given else new_event_id())
         task_id = task.pop("task_id", None) or event_id
@@ -339,7 +342,8 @@ class Mesh:
         deadline = asyncio.get_running_loop().time() + timeout
         answer = _Answer()
         try:
-            async with self.waiters.watch(subjects.task(capability, task_id), answer.accept, stored=given,
+            async with self.waiters.watch(subjects.task(capability, task_id), answer.accept,
+                                          stored=given if stored is None else stored and given,
                                           earlier=answer.earlier) as outcome:  # fmt: skip
                 submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
                 early = answer.expect(submitted.seq)

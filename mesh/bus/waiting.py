@@ -9,8 +9,9 @@ before the call is found and one stored after it is delivered live.
 A live delivery can be missed: an event routed before the subscription reached the server
 but stored after the direct get, a reconnect, a slow-consumer drop. So the stored events
 are read again for every pending waiter after a reconnect or a drop (`recheck`, called from
-the connection's callbacks), and once more for each waiter by a tick every `recheck_every`
-seconds, at least half that long after it started (past the race of its start). A waiter
+the connection's callbacks), and again for each waiter 5 ms and 50 ms (`RACE_RECHECKS`) after a
+start that read the log (past the race of its start; without reading the log at the start, by
+a tick every `recheck_every` seconds, at least half that long after it started). A waiter
 costs those few reads (a direct get of the subject's last event; the ones before it, read with
 an ordered consumer of that one subject for a moment, only when the last one is not the awaited
 one), not a read every few seconds for as long as it waits.
@@ -40,6 +41,7 @@ __all__ = ["DEFAULT_LIMIT", "RECHECK_EVERY", "Decode", "Waiters"]
 
 DEFAULT_LIMIT = 10_000  # pending waiters per process
 RECHECK_EVERY = 5.0  # seconds between reads of the log for every pending waiter
+RACE_RECHECKS = (0.005, 0.05)  # seconds after a watch that read the log starts: past the race of its start
 RECHECK_CONCURRENCY = 32  # direct gets in flight during one recheck
 
 Decode = Callable[[str, bytes, int], Awaitable[Record | None]]
@@ -119,6 +121,8 @@ class Waiters:
                 await self._subscribed(interest, first)
                 if stored:
                     await self._check_quietly(waiter)
+                    if not waiter.future.done():
+                        self._recheck_later(waiter)
                 yield waiter.future
             finally:
                 await self._leave(interest, waiter)
@@ -209,6 +213,22 @@ class Waiters:
             for error in results:
                 if isinstance(error, Exception) and not jetstream.is_transient(error):
                     log.warning("re-reading the log for a waiter failed", error=repr(error))
+
+    def _recheck_later(self, waiter: _Waiter) -> None:
+        """Read the log again for ``waiter`` `RACE_RECHECKS` seconds from now: an event the
+        server routed just before this subscription reached it, but stored just after the read,
+        was neither delivered nor read (a hand-off's next step often answers in that window)."""
+
+        def start() -> None:
+            if waiter.future.done() or self._closing:
+                return
+            waiter.rechecked = True  # the tick need not read it again
+            task = asyncio.get_running_loop().create_task(self._check_quietly(waiter), name="waiter-recheck")
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
+        for delay in RACE_RECHECKS:
+            asyncio.get_running_loop().call_later(delay, start)
 
     def recheck_soon(self) -> None:
         """`recheck` in the background (from a connection callback)."""

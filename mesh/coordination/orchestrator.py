@@ -214,9 +214,10 @@ class Driver:
         correlation_id = self.flow.view.correlation_id or self.workflow_id
         input = resolve(spec.input, scope(self.flow.view))
         try:
-            if task_id in self._fresh:
+            if task_id in self._fresh:  # scheduled just now: its id was never used, nothing to read
                 record = await self.mesh.request_outcome(spec.capability, input, task_id=task_id, timeout=timeout,
-                                                         correlation_id=correlation_id, causation_id=cause)  # fmt: skip
+                                                         stored=False, correlation_id=correlation_id,
+                                                         causation_id=cause)  # fmt: skip
             else:
                 record = await self._resume(spec.capability, task_id, input, correlation_id, cause, timeout)
         except TaskTimeoutError:

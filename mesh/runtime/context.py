@@ -130,7 +130,9 @@ class Context:
             copied = await self.mesh.last_on(subjects.task(capability, event_id))
             if copied is not None and isinstance(copied.data, TaskOutcome):
                 return outcome_value(copied)
+        # on a first attempt the sub-task's id (derived from this request message) was never used
         record = await self.mesh.request_outcome(capability, input, timeout=timeout, task_id=event_id,
+                                                 stored=self.attempt > 1,
                                                  event_id=event_id, fallback=fallback,
                                                  correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
         return outcome_value(record)
