@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -72,6 +72,7 @@ mesh side: the same shape through the project: Mesh.request (CloudEvents envelop
   OTEL exporter), and acks after publishing mesh.task.completed."""
 
 Call = Callable[[int], Awaitable[Any]]
+T = TypeVar("T")
 
 
 class RawRequester:
@@ -246,7 +247,7 @@ async def run(bench: Bench, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-async def until_stopped(work: Awaitable[list[Row]]) -> list[Row] | None:
+async def until_stopped(work: Awaitable[T]) -> T | None:
     """Run ``work``; SIGTERM (and Ctrl-C, through asyncio) cancels it cleanly: None is returned."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
