@@ -12,7 +12,8 @@ One set of processes serves every variant, under its own capabilities:
 The chain uses `ctx.handoff(capability, input)` where `Context` has it; otherwise it hands
 on with the public API of today: `ctx.mesh.submit` of the next step under the task id
 `chain_task_id(root, capability)` (root: the client's task id, carried as the correlation
-id), and the client awaits the outcome of the last step's task (`Mesh.outcome`).
+id), and the client awaits the outcome of the last step's task (`Mesh.watch_outcome`, in
+place before the first step is submitted).
 """
 
 from __future__ import annotations

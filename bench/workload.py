@@ -6,8 +6,9 @@ processes, through the mesh vs hand-written nats-py (issue #12, point 6).
 Variants on the mesh (agents in `bench.pipeline_agents`, one process per step, started with
 `python -m mesh agent run`):
 - chain: each step passes its work to the next capability and completes (`ctx.handoff` when
-  `Context` has it, else emulated with `ctx.mesh.submit` and `Mesh.outcome` of the last step;
-  the output says which ran);
+  `Context` has it, else emulated: each step `ctx.mesh.submit`s the next, and the client
+  watches the last step's task with `Mesh.watch_outcome` before submitting the first; the
+  output says which ran);
 - nested: plan awaits `ctx.request("work-nested")`, which awaits `ctx.request("review")`; the
   client calls `Mesh.request("plan-nested")`;
 - workflow: a 3-step workflow run by the orchestrator agent (`agents.orchestrator:agent`, a
@@ -72,7 +73,7 @@ Call = Callable[[int], Awaitable[Any]]
 
 
 def chain_label() -> str:
-    return "chain (ctx.handoff)" if HANDOFF else "chain (emulated: submit + outcome)"
+    return "chain (ctx.handoff)" if HANDOFF else "chain (emulated)"
 
 
 class Calls:
@@ -94,9 +95,10 @@ class Calls:
     async def chain(self, i: int) -> Any:
         if HANDOFF:  # Mesh.request follows the hand-offs to the final outcome
             return await self.mesh.request("plan-chain", {"n": i}, timeout=self.timeout)
-        root = f"w{uuid.uuid4().hex}"
-        await self.mesh.submit("plan-chain", {"n": i}, task_id=root)
-        return outcome_value(await self.mesh.outcome(chain_task_id(root, "review"), timeout=self.timeout))
+        root = f"w{uuid.uuid4().hex}"  # watched before it starts, as Mesh.request watches its task
+        async with self.mesh.watch_outcome(chain_task_id(root, "review")) as outcome:
+            await self.mesh.submit("plan-chain", {"n": i}, task_id=root)
+            return outcome_value(await asyncio.wait_for(outcome, self.timeout))
 
     async def nested(self, i: int) -> Any:
         return await self.mesh.request("plan-nested", {"n": i}, timeout=self.timeout)
@@ -286,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     """0 when every target is met, 1 when one is missed, 130 (from `python -m bench`) when interrupted."""
     args = parse_args(argv)
     print(BASELINE)
-    print(f"\n{', '.join(args.variants)} ({chain_label()}); loaded: {args.tasks:,} calls x {args.runs} runs,"
+    print("chain: ctx.handoff, Mesh.request following it" if HANDOFF else "chain (emulated): Context has no handoff"
+          " yet; each step ctx.mesh.submit()s the next under a derived task id and completes, the client watches"
+          " the last step's task (Mesh.watch_outcome) before submitting the first")  # fmt: skip
+    print(f"\n{', '.join(args.variants)}; loaded: {args.tasks:,} calls x {args.runs} runs,"
           f" {args.in_flight} in flight (+{args.warmup} warm-up); one at a time: {args.samples} x {args.runs};"
           f" in flight: {args.inflight:,} of {args.inflight_tasks:,}; {os.cpu_count()} CPUs\n", flush=True)  # fmt: skip
     with stop_on_sigterm(), Bench("workload") as bench:
