@@ -1,7 +1,7 @@
 """Workload W: a 3-step pipeline `plan -> work -> review` of no-op handlers, three agent
 processes, through the mesh vs hand-written nats-py (issue #12, point 6).
 
-`python -m bench workload [--tasks 2000] [--in-flight 64] [--samples 200] [--runs 3] ...`
+`python -m bench workload [--tasks 2000] [--in-flight 64] [--samples 200] [--runs 5] ...`
 
 Variants on the mesh (agents in `bench.pipeline_agents`, one process per step, started with
 `python -m mesh agent run`):
@@ -273,7 +273,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=2000, help="calls per loaded run and side (default 2000)")
     parser.add_argument("--in-flight", type=int, default=64, help="calls in flight in a loaded run (default 64)")
     parser.add_argument("--samples", type=int, default=200, help="one-at-a-time calls per run and side (default 200)")
-    parser.add_argument("--runs", type=int, default=3, help="paired runs of each kind; medians reported (default 3)")
+    parser.add_argument("--runs", type=int, default=5, help="paired runs of each kind; medians reported (default 5)")
     parser.add_argument("--warmup", type=int, default=200, help="calls per side before the timed runs (default 200)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="mesh variants to measure")
     parser.add_argument("--inflight", type=int, default=1024, help="calls in flight in the in-flight part (default 1024)")
