@@ -248,15 +248,27 @@ async def run(bench: Bench, args: argparse.Namespace) -> list[Row]:
 
 
 async def until_stopped(work: Awaitable[T]) -> T | None:
-    """Run ``work``; SIGTERM (and Ctrl-C, through asyncio) cancels it cleanly: None is returned."""
+    """Run ``work``; SIGTERM (and Ctrl-C, through asyncio) cancels it cleanly: None is returned.
+
+    SIGTERM's cancel is repeated every second until it lands: on Python 3.11 `asyncio.wait_for`
+    (inside nats-py and the mesh client) swallows a cancel that arrives as what it awaits
+    completes, and a benchmark awaiting one call at a time is in such a wait nearly always."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
+    landed = False
+
+    def cancel() -> None:
+        if not landed and not task.done():
+            task.cancel()
+            loop.call_later(1.0, cancel)
+
     previous = signal.getsignal(signal.SIGTERM)
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    loop.add_signal_handler(signal.SIGTERM, cancel)
     try:
         return await work
     except asyncio.CancelledError:
+        landed = True
         return None
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
