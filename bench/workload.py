@@ -278,10 +278,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="mesh variants to measure")
     parser.add_argument("--inflight", type=int, default=1024, help="calls in flight in the in-flight part (default 1024)")
     parser.add_argument("--inflight-tasks", type=int, default=2048, help="calls in the in-flight part (default 2048)")
-    parser.add_argument("--inflight-variants", nargs="*", default=list(VARIANTS), choices=VARIANTS,
-                        help="variants run with --inflight in flight (default all; none to skip)")
+    parser.add_argument("--inflight-variants", nargs="*", default=None, choices=VARIANTS,
+                        help="variants run with --inflight in flight (default: --variants; none to skip)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one call may take (default 120)")
-    return parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)  # fmt: skip
+    if args.inflight_variants is None:
+        args.inflight_variants = args.variants
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
