@@ -96,7 +96,7 @@ class Calls:
         if HANDOFF:  # Mesh.request follows the hand-offs to the final outcome
             return await self.mesh.request("plan-chain", {"n": i}, timeout=self.timeout)
         root = f"w{uuid.uuid4().hex}"  # watched before it starts, as Mesh.request watches its task
-        async with self.mesh.watch_outcome(chain_task_id(root, "review")) as outcome:
+        async with self.mesh.watch_outcome("review", chain_task_id(root, "review")) as outcome:
             await self.mesh.submit("plan-chain", {"n": i}, task_id=root)
             return outcome_value(await asyncio.wait_for(outcome, self.timeout))
 
