@@ -179,8 +179,10 @@ class Workload:
         p50, p99 = percentile(latencies, 50) * 1e3, percentile(latencies, 99) * 1e3
         self.measured.add_loaded(variant, "raw" if side == "raw" else "mesh", rate, p50, p99, sum(used.values()), server)
         detail = "  ".join(f"{name} {value:.0f}" for name, value in used.items())
+        slow = sum(1 for seconds in latencies if seconds > 1.0)
         print(f"  loaded run {run + 1}/{args.runs} {variant:8s} {side:8s}: {rate:7,.0f} tasks/s  p50 {p50:6.2f} ms  "
-              f"p99 {p99:6.2f} ms  CPU µs/task: {detail}  server {server:.0f}", flush=True)  # fmt: skip
+              f"p99 {p99:6.2f} ms  max {max(latencies) * 1e3:,.0f} ms ({slow} over 1 s)  CPU µs/task: {detail}  "
+              f"server {server:.0f}", flush=True)  # fmt: skip
 
     async def one_at_a_time(self, variant: str, run: int) -> None:
         times: dict[str, list[float]] = {"raw": [], variant: []}
