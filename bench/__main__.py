@@ -17,6 +17,7 @@ BENCHMARKS = {
     "tasks": "bench.tasks",  # issue #2: task throughput and hop latency
     "rebuild": "bench.rebuild",  # issue #3: rebuilding projections from the log
     "tracing": "bench.tracing",  # issue #4: throughput with every span exported vs tracing off
+    "workload": "bench.workload",  # issue #12: workload W, a 3-step pipeline in three agent processes
 }
 
 

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -72,6 +72,7 @@ mesh side: the same shape through the project: Mesh.request (CloudEvents envelop
   OTEL exporter), and acks after publishing mesh.task.completed."""
 
 Call = Callable[[int], Awaitable[Any]]
+T = TypeVar("T")
 
 
 class RawRequester:
@@ -246,16 +247,28 @@ async def run(bench: Bench, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-async def until_stopped(work: Awaitable[list[Row]]) -> list[Row] | None:
-    """Run ``work``; SIGTERM (and Ctrl-C, through asyncio) cancels it cleanly: None is returned."""
+async def until_stopped(work: Awaitable[T]) -> T | None:
+    """Run ``work``; SIGTERM (and Ctrl-C, through asyncio) cancels it cleanly: None is returned.
+
+    SIGTERM's cancel is repeated every second until it lands: on Python 3.11 `asyncio.wait_for`
+    (inside nats-py and the mesh client) swallows a cancel that arrives as what it awaits
+    completes, and a benchmark awaiting one call at a time is in such a wait nearly always."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
+    landed = False
+
+    def cancel() -> None:
+        if not landed and not task.done():
+            task.cancel()
+            loop.call_later(1.0, cancel)
+
     previous = signal.getsignal(signal.SIGTERM)
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    loop.add_signal_handler(signal.SIGTERM, cancel)
     try:
         return await work
     except asyncio.CancelledError:
+        landed = True
         return None
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
