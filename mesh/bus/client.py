@@ -12,7 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, Unpack
 
 import msgspec
 from nats.aio.client import Client
@@ -50,7 +50,7 @@ from topics.tasks import (
     request_problem,
 )
 
-__all__ = ["Mesh", "Published", "Submitted", "decode_record", "outcome_value"]
+__all__ = ["Mesh", "Published", "Submitted", "TaskOptions", "decode_record", "outcome_value"]
 
 MSG_ID = "Nats-Msg-Id"
 _LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s]+)+")
@@ -58,6 +58,21 @@ MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
 _HEADROOM = 4096  # bytes below max_payload under which headers cannot push a body over it
 MAX_HOPS = 64  # hand-offs and fallbacks one request follows before it is refused as a loop
 MAX_EARLY = 64  # answers kept while a request's acknowledgement is on its way
+
+
+class TaskOptions(TypedDict, total=False):
+    """The keywords of `Mesh.submit` (and `request`): ``task_id`` (default: the event id; a
+    given one makes re-submitting idempotent), ``event_id``, ``correlation_id``,
+    ``causation_id``, ``fallback`` (capabilities to try next), ``max_attempts``, ``deadline``
+    (RFC 3339)."""
+
+    task_id: str | None
+    event_id: str | None
+    correlation_id: str | None
+    causation_id: str | None
+    fallback: tuple[str, ...]
+    max_attempts: int | None
+    deadline: str | None
 
 
 class Submitted(NamedTuple):
@@ -265,61 +280,24 @@ class Mesh:
             await self.nc.publish(subject, self._fitting(subject, encode_envelope(event), headers), headers=headers)
         instruments.published.add(1, {"type": data.TYPE})
 
-    async def submit(
-        self,
-        capability: str,
-        input: Any = None,
-        *,
-        task_id: str | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        event_id: str | None = None,
-        fallback: tuple[str, ...] = (),
-        max_attempts: int | None = None,
-        deadline: str | None = None,
-    ) -> str:
+    async def submit(self, capability: str, input: Any = None, **task: Unpack[TaskOptions]) -> str:
         """Publish a `mesh.task.requested`; return its task id. Submitting the same `task_id`
         again publishes the same event id, which JetStream drops as a duplicate."""
-        submitted = await self.submit_request(
-            capability, input, task_id=task_id, correlation_id=correlation_id, causation_id=causation_id,
-            event_id=event_id, fallback=fallback, max_attempts=max_attempts, deadline=deadline,
-        )  # fmt: skip
-        return submitted.task_id
+        return (await self.submit_request(capability, input, **task)).task_id
 
-    async def submit_request(
-        self,
-        capability: str,
-        input: Any = None,
-        *,
-        task_id: str | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        event_id: str | None = None,
-        fallback: tuple[str, ...] = (),
-        max_attempts: int | None = None,
-        deadline: str | None = None,
-    ) -> Submitted:
+    async def submit_request(self, capability: str, input: Any = None, **task: Unpack[TaskOptions]) -> Submitted:
         """`submit`, returning where the request landed too: its stream sequence is what its
         outcome names (`request_seq`), so `follow` takes that outcome and no other. A
         duplicate (the same task id submitted again) gives the sequence of the first."""
+        task_id, fallback, deadline = task.get("task_id"), task.get("fallback", ()), task.get("deadline")
         _check_task(capability, task_id, fallback, deadline)
-        event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
+        event_id = task.get("event_id") or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
-        request = TaskRequested(
-            capability=capability,
-            input=input,
-            task_id=task_id,
-            fallback=fallback,
-            max_attempts=max_attempts,
-            deadline=deadline,
-        )
-        published = await self.publish(
-            subjects.work(capability),
-            request,
-            event_id=event_id,
-            correlation_id=correlation_id or task_id,
-            causation_id=causation_id,
-        )
+        request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
+                                max_attempts=task.get("max_attempts"), deadline=deadline)  # fmt: skip
+        published = await self.publish(subjects.work(capability), request, event_id=event_id,
+                                       correlation_id=task.get("correlation_id") or task_id,
+                                       causation_id=task.get("causation_id"))  # fmt: skip
         return Submitted(task_id, capability, published.seq, published.duplicate)
 
     async def request(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Any:
