@@ -169,7 +169,7 @@ class RecordedMesh:
         return found
 
     async def request_outcome(
-        self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any
+        self, capability: str, input: Any = None, *, timeout: float = 60.0, stored: bool | None = None, **task: Any
     ) -> Record:
         task_id = await self.submit(capability, input, **task)
         return await self.outcome(task_id, timeout=timeout)
