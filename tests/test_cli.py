@@ -135,11 +135,29 @@ class TestUserMistakes:
             (["publish", "foo.bar", "--type", "mesh.board.written", "--data", '{"board": "b", "key": "k", "value": 1}'],
              "takes subjects under mesh."),
             (["replay", "export", str(tmp_path / "missing" / "x.jsonl")], "No such file or directory"),
+            (["tail", "foo.>", "--no-follow"], "'foo.>' is not a subject filter within the log"),
+            (["tail", "mesh..x", "--no-follow"], "'mesh..x' is not a subject filter within the log"),
+            (["flow", "run", str(ROOT / "examples" / "report.toml"), "--id", "a.b"], "workflow id 'a.b' cannot be"),
+            (["flow", "show", "a b"], "workflow id 'a b' cannot be a NATS subject token"),
+            (["replay", "fork", "wf", "--at", "e", "--as", "x.y"], "fork id 'x.y' cannot be a NATS subject token"),
+            (["replay", "timeline", "t-1", "--html", str(tmp_path / "missing" / "t.html")], "cannot write"),
         ]  # fmt: skip
         for args, message in cases:
             done = mesh_cmd(*args, url=nats_server.url)
             assert done.returncode == 1, (args, done.stderr)
             assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+    def test_usage_mistakes_exit_2(self, tmp_path: Path) -> None:
+        """Numbers out of range and a log level that is none: click's usage message, exit 2 or 1, no traceback."""
+        for args in (["task", "echo", "--wait", "--timeout", "-1"], ["tail", "--last", "-5"], ["up", "--port", "70000"]):
+            done = mesh_cmd(*args, cwd=tmp_path)
+            assert done.returncode == 2 and "is not in the range" in done.stderr, (args, done.stderr)
+        env = {**os.environ, "MESH_LOG_LEVEL": "loud", "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, "-m", "mesh", "status"], capture_output=True, text=True, timeout=30,
+                              cwd=tmp_path, env=env)  # fmt: skip
+        assert done.returncode == 1 and done.stderr.strip() == (
+            "error: MESH_LOG_LEVEL='loud' is not a level: use debug, info, warning, error or critical"
+        )
 
     async def test_ctrl_c_exits_130_quietly(self, nats_server: LocalServer, tmp_path: Path) -> None:
         """Ctrl-C on a following `mesh tail`: exit 130, no traceback and no 'Aborted!'."""

@@ -11,7 +11,7 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import nats_options, parse_json, run
+from mesh.cli.options import nats_options, parse_json, run, token
 from mesh.coordination.workflow import Workflows, WorkflowSpec, load
 from mesh.errors import ConfigError, WorkflowFailedError, WorkflowTimeoutError
 from mesh.projections import WorkflowView
@@ -41,8 +41,8 @@ def flow() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--input", "input_json", default="null", help="the workflow input, as JSON")
 @click.option("--follow", is_flag=True, help="show progress until the workflow ends, then print its output")
-@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait with --follow")
-@click.option("--id", "workflow_id", default=None, help="workflow id (default: a new one)")
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0), help="seconds to wait with --follow")
+@click.option("--id", "workflow_id", default=None, callback=token("workflow id"), help="workflow id (default: a new one)")
 @nats_options
 def run_flow(file: str, input_json: str, follow: bool, timeout: float, workflow_id: str | None,
              settings: MeshSettings) -> None:  # fmt: skip
@@ -98,7 +98,7 @@ def describe(record: Record) -> str | None:
 
 
 @flow.command("show")
-@click.argument("workflow_id")
+@click.argument("workflow_id", callback=token("workflow id"))
 @click.option("--json", "as_json", is_flag=True, help="the whole workflow view as JSON")
 @nats_options
 def show_flow(workflow_id: str, as_json: bool, settings: MeshSettings) -> None:

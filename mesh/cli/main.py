@@ -18,11 +18,11 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.auth import auth as auth_group
 from mesh.cli.demo import demo as demo_command
 from mesh.cli.flow import flow as flow_group
-from mesh.cli.options import nats_options, parse_json, run, run_sync
+from mesh.cli.options import UserError, nats_options, parse_json, run, run_sync, token
 from mesh.cli.replay import replay as replay_group
 from mesh.cli.watch import status as status_command
 from mesh.cli.watch import tail as tail_command
-from mesh.errors import MeshError, TaskFailedError, TaskTimeoutError
+from mesh.errors import ConfigError, MeshError, TaskFailedError, TaskTimeoutError
 from mesh.runtime.runner import RunnerOptions
 from mesh.telemetry.logs import configure_logging
 from topics.registry import EVENT_TYPES
@@ -32,11 +32,15 @@ from topics.registry import EVENT_TYPES
 @click.version_option(package_name="agentmesh")
 def main() -> None:
     """agentmesh: LLM agents as processes on NATS JetStream, every message a durable event."""
-    configure_logging()  # on stderr: a command's output on stdout stays what it prints
+    try:
+        configure_logging()  # on stderr: a command's output on stdout stays what it prints
+    except ConfigError as error:
+        raise UserError(str(error)) from None
 
 
 @main.command()
-@click.option("--port", default=4222, show_default=True, envvar="MESH_PORT", help="client port (0: any free port)")
+@click.option("--port", default=4222, show_default=True, envvar="MESH_PORT", type=click.IntRange(0, 65535),
+              help="client port (0: any free port)")  # fmt: skip
 @click.option("--auth", "auth_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="require the users `mesh auth init` wrote in this folder (its admin seed creates the stream)")  # fmt: skip
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="server certificate (PEM): require TLS")
@@ -107,12 +111,13 @@ def agent_run(target: str, settings: MeshSettings, concurrency: int, ack_wait: f
 
 
 @main.command()
-@click.argument("capability")
+@click.argument("capability", callback=token("capability"))
 @click.option("--input", "input_json", default="null", help="the task input, as JSON")
 @click.option("--wait", is_flag=True, help="wait for the outcome and print the output")
-@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait with --wait")
-@click.option("--task-id", default=None, help="task id (default: the event id)")
-@click.option("--fallback", multiple=True, help="capability to try if this one gives up (repeatable)")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0), help="seconds to wait with --wait")
+@click.option("--task-id", default=None, callback=token("task id"), help="task id (default: the event id)")
+@click.option("--fallback", multiple=True, callback=token("capability"),
+              help="capability to try if this one gives up (repeatable)")  # fmt: skip
 @nats_options
 def task(capability: str, input_json: str, wait: bool, timeout: float, task_id: str | None,
          fallback: tuple[str, ...], settings: MeshSettings) -> None:  # fmt: skip

@@ -15,7 +15,7 @@ from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.consumer import parse_ack_subject
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import nats_options, run
+from mesh.cli.options import check_filter, nats_options, run
 from topics import subjects
 from topics.envelope import decode_envelope, encode_envelope
 from topics.record import Record
@@ -52,11 +52,11 @@ def _seq_of(reply: str) -> int:
 
 
 @click.command()
-@click.argument("filter_subject", default=subjects.ALL, metavar="[FILTER]")
+@click.argument("filter_subject", default=subjects.ALL, metavar="[FILTER]", callback=check_filter)
 @click.option("--all", "from_start", is_flag=True, help="start at the beginning of the log, not now")
-@click.option("--last", default=0, help="start with the last N events")
+@click.option("--last", default=0, type=click.IntRange(min=0), help="start with the last N events")
 @click.option("--json/--text", "as_json", default=None, help="JSON lines (default when piped) or text")
-@click.option("--count", default=0, help="exit after N events")
+@click.option("--count", default=0, type=click.IntRange(min=0), help="exit after N events (0: no limit)")
 @click.option("--follow/--no-follow", default=True, help="keep waiting for new events, or exit once caught up")
 @nats_options
 def tail(filter_subject: str, from_start: bool, last: int, as_json: bool | None, count: int, follow: bool,
