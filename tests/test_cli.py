@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
+import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -182,3 +187,49 @@ class TestUserMistakes:
                               env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert len(done.stdout.splitlines()) == 1
         assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything a pseudo-terminal's reader gets until the writer is gone."""
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed its end
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+class TestTail:
+    async def test_on_a_terminal_lines_fit_its_width_in_columns_with_colour(self, nats_server: LocalServer,
+                                                                            tmp_path: Path) -> None:  # fmt: skip
+        """On a 90-column terminal every line fits 90 columns, the columns line up and types are coloured."""
+        async with await Mesh.connect(nats_server.url) as mesh:
+            for n in range(12):
+                await mesh.submit("echo" if n % 2 else "a-much-longer-capability-name", {"n": n, "pad": "x" * 200})
+        reader, writer = pty.openpty()
+        fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 90, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR", "FORCE_COLOR")}
+        proc = subprocess.Popen([sys.executable, "-m", "mesh", "tail", "--all", "--no-follow", "--nats", nats_server.url],
+                                stdout=writer, stderr=writer, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        os.close(writer)
+        out = await asyncio.get_running_loop().run_in_executor(None, _read_all, reader)
+        os.close(reader)
+        assert proc.wait(timeout=30) == 0, out
+        text = out.decode()
+        assert "\x1b[33mtask.requested" in text  # coloured by what happened
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
+        assert len(lines) == 12 and all(len(line) <= 90 for line in lines), lines
+        starts = {line.index("task.requested") for line in lines}
+        data = {line.index('{"input"') for line in lines}
+        assert len(starts) == 1 and len(data) == 1, lines  # aligned, whatever the subject's length
+
+    async def test_piped_it_prints_json_lines(self, nats_server: LocalServer, tmp_path: Path) -> None:
+        """Piped, every line is the stored CloudEvent as JSON."""
+        async with await Mesh.connect(nats_server.url) as mesh:
+            task_id = await mesh.submit("echo", {"n": 1})
+        done = mesh_cmd("tail", "--all", "--no-follow", url=nats_server.url, cwd=tmp_path)
+        events = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [(e["type"], e["data"]["task_id"]) for e in events] == [("mesh.task.requested", task_id)]

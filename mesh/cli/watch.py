@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 import click
-import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from rich.console import Console
 
 from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
@@ -16,24 +16,13 @@ from mesh.bus.connection import live_agents
 from mesh.bus.consumer import parse_ack_subject
 from mesh.bus.settings import MeshSettings
 from mesh.cli.options import check_filter, nats_options, run
+from mesh.cli.render import EventLines
 from topics import subjects
 from topics.envelope import decode_envelope, encode_envelope
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
-__all__ = ["tail", "status", "format_record"]
-
-_json = msgspec.json.Encoder()
-
-
-def format_record(record: Record, *, width: int = 100) -> str:
-    """One readable line: time, sequence, type, subject, who sent it, and the data."""
-    event = record.event
-    who = event.source.rsplit("/", 1)[-1]
-    body = _json.encode(record.data).decode()
-    if len(body) > width:
-        body = body[: width - 1] + "…"
-    return f"{event.time[11:23]} #{record.seq:<6} {event.type:<24} {record.subject:<40} {who:<28} {body}"
+__all__ = ["tail", "status"]
 
 
 async def _inlined(mesh: Mesh, payload: bytes) -> str:
@@ -61,13 +50,15 @@ def _seq_of(reply: str) -> int:
 @nats_options
 def tail(filter_subject: str, from_start: bool, last: int, as_json: bool | None, count: int, follow: bool,
          settings: MeshSettings) -> None:  # fmt: skip
-    """Print events live as they land (FILTER: a subject, wildcards allowed, default mesh.>)."""
+    """Print events live as they land (FILTER: a subject, wildcards allowed, default mesh.>): on a
+    terminal one aligned, coloured line each, fitted to its width; piped, JSON lines."""
     json_lines = as_json if as_json is not None else not sys.stdout.isatty()
     run(_tail(settings, filter_subject, from_start, last, json_lines, count, follow))
 
 
 async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, last: int, json_lines: bool,
                 count: int, follow: bool) -> None:  # fmt: skip
+    lines = None if json_lines else EventLines(Console(file=sys.stdout, highlight=False))
     async with await Mesh.connect(settings=settings) as mesh:
         done = asyncio.Event()
         seen = 0
@@ -84,15 +75,15 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
 
         async def write(msg: Any) -> None:
             nonlocal seen
-            if json_lines:
+            if lines is None:
                 sys.stdout.write(await _inlined(mesh, msg.data) + "\n")
+                sys.stdout.flush()
             else:
                 try:
                     record = await payloads.resolve(mesh.js, msg.subject, msg.data, _seq_of(msg.reply))
-                    sys.stdout.write(format_record(record) + "\n")
+                    lines.show(lines.line(record))
                 except payloads.RESOLVE_ERRORS as error:
-                    sys.stdout.write(f"#{_seq_of(msg.reply)} {msg.subject} undecodable: {error}\n")
-            sys.stdout.flush()
+                    lines.show(lines.undecodable(_seq_of(msg.reply), msg.subject, error))
             seen += 1
             if (count and seen >= count) or (not follow and parse_ack_subject(msg.reply).pending == 0):
                 done.set()
