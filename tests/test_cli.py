@@ -233,3 +233,18 @@ class TestTail:
         done = mesh_cmd("tail", "--all", "--no-follow", url=nats_server.url, cwd=tmp_path)
         events = [json.loads(line) for line in done.stdout.splitlines()]
         assert [(e["type"], e["data"]["task_id"]) for e in events] == [("mesh.task.requested", task_id)]
+
+
+class TestStatus:
+    async def test_lists_capabilities_with_backlog_and_no_consumer(self, nats_server: LocalServer,
+                                                                   agents: AgentProcesses, mesh: Mesh) -> None:  # fmt: skip
+        """`mesh status` counts tasks waiting for a capability no agent ever served, and the agents serving each one."""
+        await agents.start("agents.echo:agent")
+        await mesh.request("echo", {"n": 1}, timeout=30)
+        for n in range(3):
+            await mesh.submit("nobody", {"n": n})
+        done = mesh_cmd("status", url=nats_server.url)
+        assert done.returncode == 0, done.stderr
+        lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("  ")}
+        assert lines["nobody"].split()[1:3] == ["pending", "3"] and "no consumer" in lines["nobody"], done.stdout
+        assert lines["echo"].split()[1:3] == ["pending", "0"] and lines["echo"].endswith("agents 1"), done.stdout

@@ -18,11 +18,14 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.options import check_filter, nats_options, run
 from mesh.cli.render import EventLines
 from topics import subjects
+from topics.agents import Presence
 from topics.envelope import decode_envelope, encode_envelope
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["tail", "status"]
+
+_WORK = "mesh.work."  # topics.subjects.work(capability) is this and the capability
 
 
 async def _inlined(mesh: Mesh, payload: bytes) -> str:
@@ -116,21 +119,44 @@ async def _status(settings: MeshSettings) -> None:
     async with await Mesh.connect(settings=settings) as mesh:
         info = await mesh.js.stream_info(subjects.STREAM)
         click.echo(f"stream {subjects.STREAM}: {info.state.messages} events, last seq {info.state.last_seq}")
-        click.echo("\nagents online:")
-        for presence in await live_agents(mesh.js):
+        agents = await live_agents(mesh.js)
+        click.echo("\nagents online:" + ("" if agents else " none"))
+        for presence in agents:
             click.echo(f"  {presence.agent_id:<40} {','.join(presence.capabilities):<24} "
                        f"in flight {presence.in_flight:<3} handled {presence.handled}")  # fmt: skip
         click.echo("\ncapabilities:")
-        for consumer in await jetstream.consumers_info(mesh.js):
-            name = consumer.name or ""
-            if name.startswith("work-"):
-                click.echo(f"  {name[5:]:<24} pending {consumer.num_pending:<6} in progress {consumer.num_ack_pending:<4} "
-                           f"redelivered {consumer.num_redelivered}")  # fmt: skip
+        for line in await capability_lines(mesh, agents):
+            click.echo(f"  {line}")
         click.echo("\nrecent tasks:")
         for line in await _recent_tasks(mesh, info.state.last_seq):
             click.echo(f"  {line}")
 
 
+async def capability_lines(mesh: Mesh, agents: list[Presence]) -> list[str]:
+    """One line per capability: its work consumer's pending and in-progress counts and the
+    agents online that serve it; and every capability with tasks stored on `mesh.work.<c>`
+    but no consumer yet (no agent ever served it), counted from the stream's subjects."""
+    serving: dict[str, int] = {}
+    for presence in agents:
+        for capability in presence.capabilities:
+            serving[capability] = serving.get(capability, 0) + 1
+    lines, consumed = [], set()
+    for consumer in await jetstream.consumers_info(mesh.js):
+        name = consumer.name or ""
+        if name.startswith("work-"):
+            capability = name.removeprefix("work-")
+            consumed.add(capability)
+            online = serving.get(capability, 0)
+            lines.append(f"{capability:<24} pending {consumer.num_pending:<6} in progress {consumer.num_ack_pending:<4} "
+                         f"redelivered {consumer.num_redelivered:<4} agents {online}"
+                         + ("" if online or not consumer.num_pending else "  ← no agent online serves it"))  # fmt: skip
+    stored = await mesh.js.stream_info(subjects.STREAM, subjects_filter=f"{_WORK}*")
+    for subject, count in sorted((stored.state.subjects or {}).items()):
+        capability = subject.removeprefix(_WORK)
+        if capability not in consumed:
+            lines.append(f"{capability:<24} pending {count:<6} no consumer: no agent has served it yet "
+                         f"(the first to start takes these tasks)")  # fmt: skip
+    return lines or ["none"]
 
 
 async def _recent_tasks(mesh: Mesh, last_seq: int, window: int = 2000, show: int = 10) -> list[str]:
