@@ -142,7 +142,7 @@ class TestUserMistakes:
             (["replay", "export", str(tmp_path / "missing" / "x.jsonl")], "No such file or directory"),
             (["tail", "foo.>", "--no-follow"], "'foo.>' is not a subject filter within the log"),
             (["tail", "mesh..x", "--no-follow"], "'mesh..x' is not a subject filter within the log"),
-            (["flow", "run", str(ROOT / "examples" / "report.toml"), "--id", "a.b"], "workflow id 'a.b' cannot be"),
+            (["flow", "run", "report", "--id", "a.b"], "workflow id 'a.b' cannot be"),
             (["flow", "show", "a b"], "workflow id 'a b' cannot be a NATS subject token"),
             (["replay", "fork", "wf", "--at", "e", "--as", "x.y"], "fork id 'x.y' cannot be a NATS subject token"),
             (["replay", "timeline", "t-1", "--html", str(tmp_path / "missing" / "t.html")], "cannot write"),
@@ -248,3 +248,30 @@ class TestStatus:
         lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("  ")}
         assert lines["nobody"].split()[1:3] == ["pending", "3"] and "no consumer" in lines["nobody"], done.stdout
         assert lines["echo"].split()[1:3] == ["pending", "0"] and lines["echo"].endswith("agents 1"), done.stdout
+
+
+class TestFlowCommand:
+    async def test_follow_says_when_no_agent_serves_a_step(self, nats_server: LocalServer, agents: AgentProcesses,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+        """`mesh flow run report --follow` says when no orchestrator is online, and when a scheduled step's
+        capability has no agent online."""
+        alone = mesh_cmd("flow", "run", "report", "--input", '{"topic": "tea"}', "--follow", "--timeout", "0",
+                         url=nats_server.url, cwd=tmp_path)  # fmt: skip
+        assert alone.returncode == 2, alone.stderr
+        assert "! no orchestrator online (capability 'workflow')" in alone.stderr
+        await agents.start("agents.orchestrator:agent", "--drain-timeout", "0")  # its workflows wait for ever
+        env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-m", "mesh", "flow", "run", "report", "--input", '{"topic": "tea"}',
+                                 "--follow"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        assert proc.stderr is not None
+        try:
+            lines = []
+            while "! no agent online serves 'research'" not in (line := await asyncio.to_thread(proc.stderr.readline)):
+                assert line, f"mesh flow run ended without the warning: {lines}"
+                lines.append(line)
+            assert not any("orchestrator" in line for line in lines), lines
+            assert "(step " in line and "the step waits until one starts" in line
+        finally:
+            proc.send_signal(signal.SIGINT)
+            await asyncio.to_thread(proc.communicate, None, 30)
