@@ -182,3 +182,13 @@ async def work_step(input: dict[str, Any], ctx: Context) -> HandOff:
 @chain.task("review")
 async def review_step(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {**input, "reviewed_by": ctx.task_id}
+
+
+chatter = Agent("chatter")
+
+
+@chatter.task("chat")
+async def chat_once(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """One model call: what came back and from which model."""
+    completion = await ctx.llm.chat([{"role": "user", "content": input["prompt"]}])
+    return {"text": completion.choices[0].message.content, "model": completion.model}

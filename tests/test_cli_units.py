@@ -1,4 +1,5 @@
-"""How `mesh tail` lays events out on a terminal (the view alone; tests/test_cli.py runs it)."""
+"""Parts of the CLI that need no server: how `mesh tail` lays events out on a terminal (tests/test_cli.py
+runs it), the demo's task ids."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import pytest
 from rich.console import Console
 
+from mesh.cli.demo import report_id
 from mesh.cli.render import Columns, EventLines, middle
 from topics.envelope import CloudEvent
 from topics.record import Record
@@ -41,3 +43,10 @@ class TestEventLines:
         assert line.startswith("10:07:18.037     #14 task.completed      task.echo.t-1")
         assert line.endswith('{"attempt":1,"output":{"n":3}}') and " echo-h-1 " in line
         assert '"task_id"' not in line and '"agent"' not in line and '"capability"' not in line
+
+
+class TestReportId:
+    def test_ids_made_together_differ(self) -> None:
+        """Demo runs within the same minute get different task ids (the first 8 characters of a UUIDv7 did not)."""
+        ids = {report_id() for _ in range(10_000)}
+        assert len(ids) == 10_000 and all(i.startswith("report-") and len(i) == 19 for i in ids)
