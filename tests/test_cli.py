@@ -114,6 +114,34 @@ class TestUpDown:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
 
+    def test_host_serves_other_addresses(self, tmp_path: Path) -> None:
+        """`mesh up` listens on 127.0.0.1 only; `mesh up --host 0.0.0.0` on every address (127.0.0.2 here stands
+        for another machine's view) and says how others connect, warning that no --auth means no protection."""
+        env = {**os.environ, "MESH_HOME": str(tmp_path / ".mesh"), "MESH_PORT": "0", "PYTHONPATH": str(ROOT),
+               "MESH_CONNECT_TIMEOUT": "1"}  # fmt: skip
+        env.pop("NATS_URL", None)
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True,
+                                  timeout=30, cwd=tmp_path, env=env)  # fmt: skip
+
+        for host, reachable in ((None, False), ("0.0.0.0", True)):
+            try:
+                started = run("up", *(["--host", host] if host else []))
+                assert started.returncode == 0, started.stderr
+                port = started.stdout.split("(pid")[0].rsplit(":", 1)[1].strip()
+                other = run("status", "--nats", f"nats://127.0.0.2:{port}")
+                assert (other.returncode == 0) == reachable, (host, other.stderr)
+            finally:
+                run("down")
+            if host:
+                assert f"listening on 0.0.0.0: other machines connect with --nats nats://{socket.gethostname()}:{port}" \
+                    in started.stdout
+                assert "warning: no --auth: anyone who reaches this port" in started.stderr
+            else:
+                assert "listening on" not in started.stdout and started.stderr == ""
+
+
 class TestSecrets:
     def test_a_password_in_the_url_is_never_printed(self, tmp_path: Path) -> None:
         """A failed connection names the server without the password given in --nats."""

@@ -41,24 +41,40 @@ def main() -> None:
 @main.command()
 @click.option("--port", default=4222, show_default=True, envvar="MESH_PORT", type=click.IntRange(0, 65535),
               help="client port (0: any free port)")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="MESH_HOST",
+              help="address to listen on: 0.0.0.0 (every interface) or one of this machine's, to serve other machines")  # fmt: skip
 @click.option("--auth", "auth_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="require the users `mesh auth init` wrote in this folder (its admin seed creates the stream)")  # fmt: skip
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="server certificate (PEM): require TLS")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="the certificate's private key (PEM)")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="require client certificates signed by this CA (PEM)")  # fmt: skip
-def up(port: int, auth_dir: Path | None, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None) -> None:
-    """Start a local nats-server with JetStream, store under .mesh/."""
+def up(port: int, host: str, auth_dir: Path | None, tls_cert: Path | None, tls_key: Path | None,
+       tls_ca: Path | None) -> None:  # fmt: skip
+    """Start a local nats-server with JetStream, store under .mesh/ (on 127.0.0.1 unless --host)."""
     from mesh.bus.server import Security
     from mesh.bus.server import up as start_up
 
     security = Security(auth=auth_dir, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
-    record, started = run(run_sync(start_up, port=port, security=security))
+    record, started = run(run_sync(start_up, port=port, security=security, host=host))
     if started and auth_dir is not None:  # only admin may create the stream and the buckets
         admin = MeshSettings(url=record.url, nkey_seed=str(auth_dir / "admin.nk"),
                              tls_ca=str(tls_cert) if tls_cert else None)  # fmt: skip
         run(_prepare(admin))
     click.echo(f"{'started' if started else 'already running'}: {record.url} (pid {record.pid}, store {record.store})")
+    if started and host not in ("127.0.0.1", "localhost", "::1"):
+        _say_how_others_connect(host, record.url, auth_dir is not None)
+
+
+def _say_how_others_connect(host: str, url: str, with_auth: bool) -> None:
+    import socket
+
+    scheme, _, rest = url.partition("://")
+    name = socket.gethostname() if host in ("0.0.0.0", "::", "[::]") else host
+    click.echo(f"listening on {host}: other machines connect with --nats {scheme}://{name}:{rest.rsplit(':', 1)[1]}")
+    if not with_auth:
+        click.echo("warning: no --auth: anyone who reaches this port can read, write and delete the whole log; "
+                   "`mesh auth init` writes users and `mesh up --auth .mesh/auth` requires them", err=True)  # fmt: skip
 
 
 async def _prepare(admin: MeshSettings) -> None:
