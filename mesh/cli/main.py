@@ -146,7 +146,8 @@ async def _task(settings: MeshSettings, capability: str, value: Any, wait: bool,
                 task_id: str | None, fallback: tuple[str, ...]) -> None:  # fmt: skip
     from mesh.telemetry.setup import configure_from_env
 
-    telemetry = configure_from_env("mesh-cli")  # with OTEL_* set, the command is the root of the task's trace
+    # with OTEL_* set, the command is the root of the task's trace; a command this short serves no /metrics
+    telemetry = configure_from_env("mesh-cli", serve_metrics=False)
     try:
         await _run_task(settings, capability, value, wait, timeout, task_id, fallback)
     finally:
