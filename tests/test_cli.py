@@ -206,15 +206,17 @@ class TestUserMistakes:
         assert proc.returncode == 130 and b"Traceback" not in stderr and b"Aborted" not in stderr, stderr
 
     async def test_a_closed_pipe_ends_quietly(self, nats_server: LocalServer, tmp_path: Path) -> None:
-        """`mesh tail --all --no-follow | head -1` prints one line and no BrokenPipeError."""
+        """`mesh tail --all --no-follow | head -1`, JSON or text, prints one line, exits 0 and no BrokenPipeError."""
         async with await Mesh.connect(nats_server.url) as mesh:
             for n in range(200):
                 await mesh.submit("echo", {"n": n, "pad": "x" * 500})
         env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT)}
-        done = subprocess.run(f"'{sys.executable}' -m mesh tail --all --no-follow | head -1", shell=True, cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert len(done.stdout.splitlines()) == 1
-        assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+        for mode in ("--json", "--text"):
+            done = subprocess.run(f"'{sys.executable}' -m mesh tail --all --no-follow {mode} | head -1; "
+                                  'exit "${PIPESTATUS[0]}"', shell=True, executable="/bin/bash", cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert done.returncode == 0 and len(done.stdout.splitlines()) == 1, (mode, done.stdout, done.stderr)
+            assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, (mode, done.stderr)
 
 
 def _read_all(fd: int) -> bytes:
@@ -255,12 +257,14 @@ class TestTail:
         assert len(starts) == 1 and len(data) == 1, lines  # aligned, whatever the subject's length
 
     async def test_piped_it_prints_json_lines(self, nats_server: LocalServer, tmp_path: Path) -> None:
-        """Piped, every line is the stored CloudEvent as JSON."""
+        """Piped, every line is the stored CloudEvent as JSON; --count N stops after N, printing no more."""
         async with await Mesh.connect(nats_server.url) as mesh:
-            task_id = await mesh.submit("echo", {"n": 1})
+            task_ids = [await mesh.submit("echo", {"n": n}) for n in range(5)]
         done = mesh_cmd("tail", "--all", "--no-follow", url=nats_server.url, cwd=tmp_path)
         events = [json.loads(line) for line in done.stdout.splitlines()]
-        assert [(e["type"], e["data"]["task_id"]) for e in events] == [("mesh.task.requested", task_id)]
+        assert [(e["type"], e["data"]["task_id"]) for e in events] == [("mesh.task.requested", t) for t in task_ids]
+        counted = mesh_cmd("tail", "--all", "--count", "2", url=nats_server.url, cwd=tmp_path)
+        assert [json.loads(line)["data"]["task_id"] for line in counted.stdout.splitlines()] == task_ids[:2]
 
 
 class TestStatus:

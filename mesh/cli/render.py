@@ -10,7 +10,7 @@ from rich.text import Text
 
 from topics.record import Record
 
-__all__ = ["EventLines", "Columns", "middle", "shown_data"]
+__all__ = ["EventLines", "Columns", "PipeConsole", "middle", "shown_data"]
 
 _json = msgspec.json.Encoder()
 _PREFIX = "mesh."  # every type and subject in the log starts with it: not worth a column's width
@@ -31,6 +31,16 @@ _VERB_STYLES = {
     "stopped": "blue",
 }
 _FAMILY_STYLES = {"llm": "dim", "tool": "dim", "board": "bright_white", "chat": "bright_white"}
+
+
+class PipeConsole(Console):
+    """A rich Console whose closed pipe (`mesh tail --text | head`) is a `BrokenPipeError` for
+    the caller to end on, not rich's own `SystemExit` raised inside a NATS callback (where it
+    would end the callback, and the command would wait for ever)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError("stdout closed")
 
 
 class Columns(msgspec.Struct, frozen=True):

@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from rich.console import Console
 
 from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
@@ -16,7 +15,7 @@ from mesh.bus.connection import live_agents
 from mesh.bus.consumer import parse_ack_subject
 from mesh.bus.settings import MeshSettings
 from mesh.cli.options import check_filter, nats_options, run
-from mesh.cli.render import EventLines
+from mesh.cli.render import EventLines, PipeConsole
 from topics import subjects
 from topics.agents import Presence
 from topics.envelope import decode_envelope, encode_envelope
@@ -61,7 +60,7 @@ def tail(filter_subject: str, from_start: bool, last: int, as_json: bool | None,
 
 async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, last: int, json_lines: bool,
                 count: int, follow: bool) -> None:  # fmt: skip
-    lines = None if json_lines else EventLines(Console(file=sys.stdout, highlight=False))
+    lines = None if json_lines else EventLines(PipeConsole(file=sys.stdout, highlight=False))
     async with await Mesh.connect(settings=settings) as mesh:
         done = asyncio.Event()
         seen = 0
@@ -70,6 +69,8 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
 
         async def show(msg: Any) -> None:
             nonlocal reader_gone
+            if done.is_set():  # --count reached: what the subscription still delivers is not shown
+                return
             try:
                 await write(msg)
             except BrokenPipeError:  # `mesh tail | head`: the reader has had enough
