@@ -59,7 +59,8 @@ class UserError(click.ClickException):
 
 
 def token(kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A click callback: an id that becomes one subject token (None and tuples pass through)."""
+    """A click callback checking an id that becomes one subject token (each value of a
+    repeatable option; None, for an option not given, passes)."""
 
     def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         for one in value if isinstance(value, tuple) else () if value is None else (value,):
@@ -79,7 +80,7 @@ def check_filter(ctx: click.Context, param: click.Parameter, value: str) -> str:
     bad = (
         parts[0] != "mesh"
         or len(parts) < 2
-        or any(not part or part.strip() != part or any(c.isspace() for c in part) for part in parts)
+        or any(not part or any(c.isspace() for c in part) for part in parts)
         or any(("*" in part and part != "*") or (">" in part and part != ">") for part in parts)
         or ">" in parts[:-1]
     )  # fmt: skip

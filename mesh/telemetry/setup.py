@@ -2,16 +2,17 @@
 
 A signal (traces, metrics) is exported when `OTEL_EXPORTER_OTLP_ENDPOINT` or its
 per-signal variant is set, or when `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` names
-an exporter (`otlp`, `console`, and for metrics `prometheus`; `none` turns one off).
+an exporter (`otlp`, `console`, and for metrics `prometheus`; `none` turns one off). With
+none of them, nothing is installed and the API's no-op tracer and meter stay in place: a span
+then costs well under a microsecond and the SDK is never imported. `OTEL_SDK_DISABLED=true`
+turns everything off.
 
 `OTEL_METRICS_EXPORTER=prometheus` is the stock `PrometheusMetricReader`
 (`opentelemetry-exporter-prometheus`) with `prometheus_client`'s HTTP server serving
 `/metrics` on `OTEL_EXPORTER_PROMETHEUS_HOST`:`OTEL_EXPORTER_PROMETHEUS_PORT` (default
 localhost:9464, as that exporter documents), scraped instead of pushed. Only long-lived
 processes (agents) serve it; a CLI command asks with `serve_metrics=False` and exports no
-metrics that way. A port already taken is a warning, and metrics stay off. With none of them, nothing is
-installed and the API's no-op tracer and meter stay in place: a span then costs well under
-a microsecond and the SDK is never imported. `OTEL_SDK_DISABLED=true` turns everything off.
+metrics that way. A port already taken is a warning, and metrics stay off.
 
 The protocol is `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf` or `grpc`): the SDK's
 `OTLPSpanExporter` for it behind the SDK's `BatchSpanProcessor` (`OTEL_BSP_*` apply). Any
