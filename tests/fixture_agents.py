@@ -182,3 +182,33 @@ async def work_step(input: dict[str, Any], ctx: Context) -> HandOff:
 @chain.task("review")
 async def review_step(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {**input, "reviewed_by": ctx.task_id}
+
+
+chatter = Agent("chatter")
+
+
+@chatter.task("chat")
+async def chat_once(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """One model call: what came back and from which model."""
+    completion = await ctx.llm.chat([{"role": "user", "content": input["prompt"]}])
+    return {"text": completion.choices[0].message.content, "model": completion.model}
+
+
+metered = Agent("metered", tools=("word_count",))
+
+
+@metered.task("words")
+async def count_words(input: dict[str, Any], ctx: Context) -> Any:
+    """One granted tool call and one refused, no model."""
+    count = await ctx.tools.call("word_count", {"text": input["text"]})
+    try:
+        await ctx.tools.call("delete_everything", {"confirm": True})
+    except ToolNotGrantedError:
+        pass
+    return count
+
+
+@metered.task("stall")
+async def stall(input: Any, ctx: Context) -> Any:
+    """Runs until the agent is stopped: its task stays in progress."""
+    await asyncio.Event().wait()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
+import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -109,6 +114,34 @@ class TestUpDown:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
 
+    def test_host_serves_other_addresses(self, tmp_path: Path) -> None:
+        """`mesh up` listens on 127.0.0.1 only; `mesh up --host 0.0.0.0` on every address (127.0.0.2 here stands
+        for another machine's view) and says how others connect, warning that no --auth means no protection."""
+        env = {**os.environ, "MESH_HOME": str(tmp_path / ".mesh"), "MESH_PORT": "0", "PYTHONPATH": str(ROOT),
+               "MESH_CONNECT_TIMEOUT": "1"}  # fmt: skip
+        env.pop("NATS_URL", None)
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True,
+                                  timeout=30, cwd=tmp_path, env=env)  # fmt: skip
+
+        for host, reachable in ((None, False), ("0.0.0.0", True)):
+            try:
+                started = run("up", *(["--host", host] if host else []))
+                assert started.returncode == 0, started.stderr
+                port = started.stdout.split("(pid")[0].rsplit(":", 1)[1].strip()
+                other = run("status", "--nats", f"nats://127.0.0.2:{port}")
+                assert (other.returncode == 0) == reachable, (host, other.stderr)
+            finally:
+                run("down")
+            if host:
+                assert f"listening on 0.0.0.0: other machines connect with --nats nats://{socket.gethostname()}:{port}" \
+                    in started.stdout
+                assert "warning: no --auth: anyone who reaches this port" in started.stderr
+            else:
+                assert "listening on" not in started.stdout and started.stderr == ""
+
+
 class TestSecrets:
     def test_a_password_in_the_url_is_never_printed(self, tmp_path: Path) -> None:
         """A failed connection names the server without the password given in --nats."""
@@ -135,11 +168,29 @@ class TestUserMistakes:
             (["publish", "foo.bar", "--type", "mesh.board.written", "--data", '{"board": "b", "key": "k", "value": 1}'],
              "takes subjects under mesh."),
             (["replay", "export", str(tmp_path / "missing" / "x.jsonl")], "No such file or directory"),
+            (["tail", "foo.>", "--no-follow"], "'foo.>' is not a subject filter within the log"),
+            (["tail", "mesh..x", "--no-follow"], "'mesh..x' is not a subject filter within the log"),
+            (["flow", "run", "report", "--id", "a.b"], "workflow id 'a.b' cannot be"),
+            (["flow", "show", "a b"], "workflow id 'a b' cannot be a NATS subject token"),
+            (["replay", "fork", "wf", "--at", "e", "--as", "x.y"], "fork id 'x.y' cannot be a NATS subject token"),
+            (["replay", "timeline", "t-1", "--html", str(tmp_path / "missing" / "t.html")], "cannot write"),
         ]  # fmt: skip
         for args, message in cases:
             done = mesh_cmd(*args, url=nats_server.url)
             assert done.returncode == 1, (args, done.stderr)
             assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+    def test_usage_mistakes_exit_2(self, tmp_path: Path) -> None:
+        """Numbers out of range and a log level that is none: click's usage message, exit 2 or 1, no traceback."""
+        for args in (["task", "echo", "--wait", "--timeout", "-1"], ["tail", "--last", "-5"], ["up", "--port", "70000"]):
+            done = mesh_cmd(*args, cwd=tmp_path)
+            assert done.returncode == 2 and "is not in the range" in done.stderr, (args, done.stderr)
+        env = {**os.environ, "MESH_LOG_LEVEL": "loud", "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, "-m", "mesh", "status"], capture_output=True, text=True, timeout=30,
+                              cwd=tmp_path, env=env)  # fmt: skip
+        assert done.returncode == 1 and done.stderr.strip() == (
+            "error: MESH_LOG_LEVEL='loud' is not a level: use debug, info, warning, error or critical"
+        )
 
     async def test_ctrl_c_exits_130_quietly(self, nats_server: LocalServer, tmp_path: Path) -> None:
         """Ctrl-C on a following `mesh tail`: exit 130, no traceback and no 'Aborted!'."""
@@ -155,12 +206,104 @@ class TestUserMistakes:
         assert proc.returncode == 130 and b"Traceback" not in stderr and b"Aborted" not in stderr, stderr
 
     async def test_a_closed_pipe_ends_quietly(self, nats_server: LocalServer, tmp_path: Path) -> None:
-        """`mesh tail --all --no-follow | head -1` prints one line and no BrokenPipeError."""
+        """`mesh tail --all --no-follow | head -1`, JSON or text, prints one line, exits 0 and no BrokenPipeError."""
         async with await Mesh.connect(nats_server.url) as mesh:
             for n in range(200):
                 await mesh.submit("echo", {"n": n, "pad": "x" * 500})
         env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT)}
-        done = subprocess.run(f"'{sys.executable}' -m mesh tail --all --no-follow | head -1", shell=True, cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert len(done.stdout.splitlines()) == 1
-        assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+        for mode in ("--json", "--text"):
+            done = subprocess.run(f"'{sys.executable}' -m mesh tail --all --no-follow {mode} | head -1; "
+                                  'exit "${PIPESTATUS[0]}"', shell=True, executable="/bin/bash", cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert done.returncode == 0 and len(done.stdout.splitlines()) == 1, (mode, done.stdout, done.stderr)
+            assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, (mode, done.stderr)
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything a pseudo-terminal's reader gets until the writer is gone."""
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed its end
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+class TestTail:
+    async def test_on_a_terminal_lines_fit_its_width_in_columns_with_colour(self, nats_server: LocalServer,
+                                                                            tmp_path: Path) -> None:  # fmt: skip
+        """On a 90-column terminal every line fits 90 columns, the columns line up and types are coloured."""
+        async with await Mesh.connect(nats_server.url) as mesh:
+            for n in range(12):
+                await mesh.submit("echo" if n % 2 else "a-much-longer-capability-name", {"n": n, "pad": "x" * 200})
+        reader, writer = pty.openpty()
+        fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 90, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR", "FORCE_COLOR")}
+        proc = subprocess.Popen([sys.executable, "-m", "mesh", "tail", "--all", "--no-follow", "--nats", nats_server.url],
+                                stdout=writer, stderr=writer, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        os.close(writer)
+        out = await asyncio.get_running_loop().run_in_executor(None, _read_all, reader)
+        os.close(reader)
+        assert proc.wait(timeout=30) == 0, out
+        text = out.decode()
+        assert "\x1b[33mtask.requested" in text  # coloured by what happened
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
+        assert len(lines) == 12 and all(len(line) <= 90 for line in lines), lines
+        starts = {line.index("task.requested") for line in lines}
+        data = {line.index('{"input"') for line in lines}
+        assert len(starts) == 1 and len(data) == 1, lines  # aligned, whatever the subject's length
+
+    async def test_piped_it_prints_json_lines(self, nats_server: LocalServer, tmp_path: Path) -> None:
+        """Piped, every line is the stored CloudEvent as JSON; --count N stops after N, printing no more."""
+        async with await Mesh.connect(nats_server.url) as mesh:
+            task_ids = [await mesh.submit("echo", {"n": n}) for n in range(5)]
+        done = mesh_cmd("tail", "--all", "--no-follow", url=nats_server.url, cwd=tmp_path)
+        events = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [(e["type"], e["data"]["task_id"]) for e in events] == [("mesh.task.requested", t) for t in task_ids]
+        counted = mesh_cmd("tail", "--all", "--count", "2", url=nats_server.url, cwd=tmp_path)
+        assert [json.loads(line)["data"]["task_id"] for line in counted.stdout.splitlines()] == task_ids[:2]
+
+
+class TestStatus:
+    async def test_lists_capabilities_with_backlog_and_no_consumer(self, nats_server: LocalServer,
+                                                                   agents: AgentProcesses, mesh: Mesh) -> None:  # fmt: skip
+        """`mesh status` counts tasks waiting for a capability no agent ever served, and the agents serving each one."""
+        await agents.start("agents.echo:agent")
+        await mesh.request("echo", {"n": 1}, timeout=30)
+        for n in range(3):
+            await mesh.submit("nobody", {"n": n})
+        done = mesh_cmd("status", url=nats_server.url)
+        assert done.returncode == 0, done.stderr
+        lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("  ")}
+        assert lines["nobody"].split()[1:3] == ["pending", "3"] and "no consumer" in lines["nobody"], done.stdout
+        assert lines["echo"].split()[1:3] == ["pending", "0"] and lines["echo"].endswith("agents 1"), done.stdout
+
+
+class TestFlowCommand:
+    async def test_follow_says_when_no_agent_serves_a_step(self, nats_server: LocalServer, agents: AgentProcesses,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+        """`mesh flow run report --follow` says when no orchestrator is online, and when a scheduled step's
+        capability has no agent online."""
+        alone = mesh_cmd("flow", "run", "report", "--input", '{"topic": "tea"}', "--follow", "--timeout", "0",
+                         url=nats_server.url, cwd=tmp_path)  # fmt: skip
+        assert alone.returncode == 2, alone.stderr
+        assert "! no orchestrator online (capability 'workflow')" in alone.stderr
+        await agents.start("agents.orchestrator:agent", "--drain-timeout", "0")  # its workflows wait for ever
+        env = {**os.environ, "NATS_URL": nats_server.url, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-m", "mesh", "flow", "run", "report", "--input", '{"topic": "tea"}',
+                                 "--follow"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        assert proc.stderr is not None
+        try:
+            lines = []
+            while "! no agent online serves 'research'" not in (line := await asyncio.to_thread(proc.stderr.readline)):
+                assert line, f"mesh flow run ended without the warning: {lines}"
+                lines.append(line)
+            assert not any("orchestrator" in line for line in lines), lines
+            assert "(step " in line and "the step waits until one starts" in line
+        finally:
+            proc.send_signal(signal.SIGINT)
+            await asyncio.to_thread(proc.communicate, None, 30)

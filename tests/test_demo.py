@@ -28,13 +28,13 @@ class TestDemo:
         """Four agent processes write one report; the server and agents are gone afterwards."""
         home = tmp_path / ".mesh"
         env = {**os.environ, "MESH_HOME": str(home), "PYTHONPATH": str(ROOT)}
-        for name in ("NATS_URL", "OPENAI_API_KEY"):
+        for name in ("NATS_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "MESH_MODEL"):
             env.pop(name, None)
         done = subprocess.run([sys.executable, "-m", "mesh", "demo", "--topic", "queue backpressure"],
                               capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         out = done.stdout
-        assert "started 4 agent processes" in out
+        assert "started 4 agent processes" in out and "model: the offline model (offline/gpt-4o-mini)" in out
         for step in ("report    requested", "research  completed", "write     completed", "report    completed"):
             assert step in out, out
         assert "Report: queue backpressure" in out and "[offline model]" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from mesh.telemetry.setup import (
     configure_from_env,
     exporter_for,
     metric_exporter,
+    prometheus_address,
     protocol_for,
     resource_for,
     span_exporter,
@@ -80,6 +82,42 @@ class TestExporterChoice:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
         with pytest.raises(ConfigError, match=r"'http/json'.*not supported for metrics"):
             metric_exporter("otlp")
+
+    def test_prometheus_is_for_metrics(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`prometheus` is a metrics exporter only; a short command (serve_metrics=False) serves nothing."""
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+        assert exporter_for("metrics") == "prometheus"
+        assert Telemetry.from_env("mesh-cli", serve_metrics=False) is None
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "prometheus")
+        with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER='prometheus' is not supported"):
+            exporter_for("traces")
+
+    def test_prometheus_address(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Host and port as the exporter documents them: localhost:9464 unless OTEL_EXPORTER_PROMETHEUS_* say."""
+        assert prometheus_address() == ("localhost", 9464)
+        monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_HOST", "0.0.0.0")
+        monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", "9100")
+        assert prometheus_address() == ("0.0.0.0", 9100)
+        monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", "ninety")
+        with pytest.raises(ConfigError, match="OTEL_EXPORTER_PROMETHEUS_PORT='ninety' is not a port number"):
+            prometheus_address()
+
+    def test_a_taken_prometheus_port_warns_and_leaves_metrics_off(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A second process on the same port: a warning naming it, no metrics, and the agent goes on."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+            monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1")
+            monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", str(port))
+            with caplog.at_level("WARNING", logger="mesh.telemetry.setup"):
+                assert Telemetry.from_env("echo") is None
+        (warned,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert f"cannot serve /metrics on 127.0.0.1:{port}" in warned
+        assert "metrics are not exported" in warned
 
     def test_protocol_picks_http_or_grpc(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """The SDK's exporters: `http/protobuf` by default; `grpc` generally or per signal."""

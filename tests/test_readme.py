@@ -78,3 +78,15 @@ class TestReadme:
         assert done.stdout.strip() == 'mesh.task.completed {"hello": "from nats-py"}'
         (completed,) = await log.wait_for(lambda r: r.event.type == "mesh.task.completed", timeout=20)
         assert any(b'"dataref"' in body for subject, body in log.raw if subject == completed.subject)
+
+    @pytest.mark.e2e
+    async def test_python_client(self, nats_server: LocalServer, agents: AgentProcesses, log: EventLog) -> None:
+        """The Python client section runs as written against an echo agent: request, submit, submit then follow."""
+        await agents.start("agents.echo:agent")
+        done = subprocess.run([sys.executable, "-c", block("python-client")], env=env_with_venv(NATS_URL=nats_server.url),
+                              capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert len(lines) == 3 and lines[0] == "{'n': 1}" and lines[2] == "mesh.task.completed {'n': 3}", lines
+        submitted = lines[1].removeprefix("submitted ")
+        assert (await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == submitted))  # type: ignore[attr-defined]

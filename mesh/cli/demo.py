@@ -20,13 +20,14 @@ from mesh.bus.processes import ask_to_stop, child_options
 from mesh.bus.server import running_server, stop_server, up
 from mesh.bus.settings import mesh_home
 from mesh.errors import MeshError
+from mesh.llm.client import ModelChoice
 from topics import subjects
 from topics.agents import AgentStarted
 from topics.envelope import new_event_id
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
 
-__all__ = ["demo", "DEMO_AGENTS"]
+__all__ = ["demo", "DEMO_AGENTS", "report_id"]
 
 DEMO_AGENTS = ("agents.planner:agent", "agents.researcher:agent", "agents.researcher:agent", "agents.writer:agent")
 
@@ -69,6 +70,13 @@ async def wait_for_agents(
         await sub.unsubscribe()
 
 
+def report_id() -> str:
+    """A new id for the demo's report task. The log outlives a run, and a task id seen before
+    makes JetStream drop the request as a duplicate: so the random end of a UUIDv7 (48 bits),
+    not its start, which is the time and the same for a minute."""
+    return f"report-{new_event_id()[-12:]}"
+
+
 def describe(record: Record) -> str | None:
     who = record.event.source.rsplit("/", 1)[-1]
     match record.data:
@@ -90,6 +98,7 @@ async def run_demo(topic: str) -> int:
     ours = running_server(home) is None
     record, _ = up(home, port=0 if ours else 4222)
     click.echo(f"NATS JetStream at {record.url} (store {record.store})")
+    click.echo(f"model: {ModelChoice.from_env().describe()}")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         async with await Mesh.connect(record.url) as mesh:
@@ -99,7 +108,7 @@ async def run_demo(topic: str) -> int:
             procs = [spawn_agent(target, record.url, log_dir) for target in DEMO_AGENTS]
             click.echo(f"started {len(procs)} agent processes: planner, 2 × researcher, writer (logs in {log_dir})")
             await wait_for_agents(mesh, procs, before)
-            task_id = f"report-{new_event_id()[:8]}"
+            task_id = report_id()
             click.echo(f"\ntask {task_id}: report on {topic!r}\n")
             output = await follow(mesh, task_id, topic)
             click.echo(f"\n{output['title']}\n{output['summary']}\n")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.resources
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 import msgspec
 
 from mesh.bus.client import Mesh
+from mesh.bus.connection import live_agents
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import nats_options, parse_json, run
-from mesh.coordination.workflow import Workflows, WorkflowSpec, load
+from mesh.cli.options import nats_options, parse_json, run, token
+from mesh.coordination.workflow import WORKFLOW_CAPABILITY, Workflows, WorkflowSpec, load
 from mesh.errors import ConfigError, WorkflowFailedError, WorkflowTimeoutError
 from mesh.projections import WorkflowView
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
@@ -21,7 +25,26 @@ from topics.record import Record
 __all__ = ["describe", "flow"]
 
 
-def _load(path: str) -> WorkflowSpec:
+SHIPPED = ("agents", "workflows")  # the package folder of the example workflows (`mesh flow run report`)
+
+
+def shipped_workflows() -> dict[str, Path]:
+    """The workflows shipped with the package, by name (the file's stem). Found by name, as
+    `mesh agent run agents.echo:agent` finds an agent: the CLI does not import the agents."""
+    folder = importlib.resources.files(SHIPPED[0]).joinpath(*SHIPPED[1:])
+    found = [Path(str(entry)) for entry in folder.iterdir()] if folder.is_dir() else []
+    return {path.stem: path for path in sorted(found) if path.suffix == ".toml"}
+
+
+def _load(file: str) -> WorkflowSpec:
+    """FILE: a workflow file, or the name of one shipped with the package."""
+    path = Path(file)
+    if not path.exists() and (shipped := shipped_workflows().get(file)) is not None:
+        path = shipped
+    elif not path.is_file():
+        names = ", ".join(shipped_workflows()) or "none"
+        raise click.BadParameter(f"no file {file!r}, and no shipped workflow of that name (shipped: {names})",
+                                 param_hint="FILE")  # fmt: skip
     try:
         return load(path)
     except ConfigError as error:
@@ -38,16 +61,17 @@ def flow() -> None:
 
 
 @flow.command("run")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file")
 @click.option("--input", "input_json", default="null", help="the workflow input, as JSON")
 @click.option("--follow", is_flag=True, help="show progress until the workflow ends, then print its output")
-@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait with --follow")
-@click.option("--id", "workflow_id", default=None, help="workflow id (default: a new one)")
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0), help="seconds to wait with --follow")
+@click.option("--id", "workflow_id", default=None, callback=token("workflow id"), help="workflow id (default: a new one)")
 @nats_options
 def run_flow(file: str, input_json: str, follow: bool, timeout: float, workflow_id: str | None,
              settings: MeshSettings) -> None:  # fmt: skip
-    """Start the workflow in FILE (TOML); print its id, or with --follow its progress (on
-    stderr) and its output (exit 1 if it fails, 2 on timeout)."""
+    """Start the workflow in FILE (TOML, or the name of a shipped one: `mesh flow list`); print
+    its id, or with --follow its progress (on stderr) and its output (exit 1 if it fails, 2 on
+    timeout)."""
     spec = _load(file)
     run(_run(settings, spec, parse_json(input_json, "--input"), follow, timeout, workflow_id))
 
@@ -60,21 +84,55 @@ async def _run(settings: MeshSettings, spec: WorkflowSpec, value: Any, follow: b
         if not follow:
             click.echo(workflow_id)
             return
+        watch = AgentWatch(mesh, spec)
+        await watch.check(WORKFLOW_CAPABILITY, f"no orchestrator online (capability {WORKFLOW_CAPABILITY!r}): the workflow "
+                          "waits until one starts (`mesh agent run agents.orchestrator:agent`)")  # fmt: skip
         try:
-            output = await flows.result(workflow_id, timeout=timeout, on_event=_show)
+            output = await flows.result(workflow_id, timeout=timeout, on_event=watch.on_event)
         except WorkflowFailedError as error:
             click.echo(f"failed: {error}", err=True)
             sys.exit(1)
         except WorkflowTimeoutError as error:
             click.echo(f"timeout: {error}", err=True)
             sys.exit(2)
+        finally:
+            await watch.close()
         _print_json(output)
 
 
-def _show(record: Record) -> None:
-    line = describe(record)
-    if line:
-        click.echo(line, err=True)
+class AgentWatch:
+    """Progress lines for `--follow`, and a warning when a scheduled step's capability has no
+    agent online (presence heartbeats): the step then waits for one, and nothing else says so."""
+
+    def __init__(self, mesh: Mesh, spec: WorkflowSpec) -> None:
+        self.mesh = mesh
+        self.spec = spec
+        self.warned: set[str] = set()
+        self.checks: set[asyncio.Task[None]] = set()
+
+    def on_event(self, record: Record) -> None:
+        line = describe(record)
+        if line:
+            click.echo(line, err=True)
+        if isinstance(record.data, FlowStepScheduled) and (step := self.spec.steps.get(record.data.step)):
+            warning = (f"no agent online serves {step.capability!r} (step {record.data.step}): the step waits until "
+                       "one starts (`mesh status` shows who is online)")  # fmt: skip
+            check = asyncio.get_running_loop().create_task(self.check(step.capability, warning))
+            self.checks.add(check)
+            check.add_done_callback(self.checks.discard)
+
+    async def check(self, capability: str, warning: str) -> None:
+        """Print ``warning`` (once per capability) if no live agent serves ``capability``."""
+        if capability in self.warned:
+            return
+        if not any(capability in agent.capabilities for agent in await live_agents(self.mesh.js)):
+            self.warned.add(capability)
+            click.echo(f"{'':12} ! {warning}", err=True)
+
+    async def close(self) -> None:
+        for check in list(self.checks):
+            check.cancel()
+        await asyncio.gather(*self.checks, return_exceptions=True)
 
 
 def describe(record: Record) -> str | None:
@@ -98,7 +156,7 @@ def describe(record: Record) -> str | None:
 
 
 @flow.command("show")
-@click.argument("workflow_id")
+@click.argument("workflow_id", callback=token("workflow id"))
 @click.option("--json", "as_json", is_flag=True, help="the whole workflow view as JSON")
 @nats_options
 def show_flow(workflow_id: str, as_json: bool, settings: MeshSettings) -> None:
@@ -122,10 +180,18 @@ async def _view(settings: MeshSettings, workflow_id: str) -> WorkflowView:
         return await Workflows(mesh).view(workflow_id)
 
 
+@flow.command("list")
+def list_flows() -> None:
+    """The workflows shipped with the package, which `mesh flow run NAME` takes by name."""
+    for name, path in shipped_workflows().items():
+        spec = load(path)
+        click.echo(f"{name:<16} {spec.description or spec.name}  ({len(spec.steps)} steps: {path})")
+
+
 @flow.command("check")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file")
 def check_flow(file: str) -> None:
-    """Check the workflow in FILE and list its steps with what each waits for."""
+    """Check the workflow in FILE (or a shipped one's NAME) and list its steps with what each waits for."""
     spec = _load(file)
     click.echo(f"workflow {spec.name}: {len(spec.steps)} steps")
     for name, step in spec.steps.items():

@@ -18,11 +18,11 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.auth import auth as auth_group
 from mesh.cli.demo import demo as demo_command
 from mesh.cli.flow import flow as flow_group
-from mesh.cli.options import nats_options, parse_json, run, run_sync
+from mesh.cli.options import UserError, nats_options, parse_json, run, run_sync, token
 from mesh.cli.replay import replay as replay_group
 from mesh.cli.watch import status as status_command
 from mesh.cli.watch import tail as tail_command
-from mesh.errors import MeshError, TaskFailedError, TaskTimeoutError
+from mesh.errors import ConfigError, MeshError, TaskFailedError, TaskTimeoutError
 from mesh.runtime.runner import RunnerOptions
 from mesh.telemetry.logs import configure_logging
 from topics.registry import EVENT_TYPES
@@ -32,29 +32,49 @@ from topics.registry import EVENT_TYPES
 @click.version_option(package_name="agentmesh")
 def main() -> None:
     """agentmesh: LLM agents as processes on NATS JetStream, every message a durable event."""
-    configure_logging()  # on stderr: a command's output on stdout stays what it prints
+    try:
+        configure_logging()  # on stderr: a command's output on stdout stays what it prints
+    except ConfigError as error:
+        raise UserError(str(error)) from None
 
 
 @main.command()
-@click.option("--port", default=4222, show_default=True, envvar="MESH_PORT", help="client port (0: any free port)")
+@click.option("--port", default=4222, show_default=True, envvar="MESH_PORT", type=click.IntRange(0, 65535),
+              help="client port (0: any free port)")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="MESH_HOST",
+              help="address to listen on: 0.0.0.0 (every interface) or one of this machine's, to serve other machines")  # fmt: skip
 @click.option("--auth", "auth_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="require the users `mesh auth init` wrote in this folder (its admin seed creates the stream)")  # fmt: skip
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="server certificate (PEM): require TLS")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="the certificate's private key (PEM)")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="require client certificates signed by this CA (PEM)")  # fmt: skip
-def up(port: int, auth_dir: Path | None, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None) -> None:
-    """Start a local nats-server with JetStream, store under .mesh/."""
+def up(port: int, host: str, auth_dir: Path | None, tls_cert: Path | None, tls_key: Path | None,
+       tls_ca: Path | None) -> None:  # fmt: skip
+    """Start a local nats-server with JetStream, store under .mesh/ (on 127.0.0.1 unless --host)."""
     from mesh.bus.server import Security
     from mesh.bus.server import up as start_up
 
     security = Security(auth=auth_dir, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
-    record, started = run(run_sync(start_up, port=port, security=security))
+    record, started = run(run_sync(start_up, port=port, security=security, host=host))
     if started and auth_dir is not None:  # only admin may create the stream and the buckets
         admin = MeshSettings(url=record.url, nkey_seed=str(auth_dir / "admin.nk"),
                              tls_ca=str(tls_cert) if tls_cert else None)  # fmt: skip
         run(_prepare(admin))
     click.echo(f"{'started' if started else 'already running'}: {record.url} (pid {record.pid}, store {record.store})")
+    if started and host not in ("127.0.0.1", "localhost", "::1"):
+        _say_how_others_connect(host, record.url, auth_dir is not None)
+
+
+def _say_how_others_connect(host: str, url: str, with_auth: bool) -> None:
+    import socket
+
+    scheme, _, rest = url.partition("://")
+    name = socket.gethostname() if host in ("0.0.0.0", "::", "[::]") else host
+    click.echo(f"listening on {host}: other machines connect with --nats {scheme}://{name}:{rest.rsplit(':', 1)[1]}")
+    if not with_auth:
+        click.echo("warning: no --auth: anyone who reaches this port can read, write and delete the whole log; "
+                   "`mesh auth init` writes users and `mesh up --auth .mesh/auth` requires them", err=True)  # fmt: skip
 
 
 async def _prepare(admin: MeshSettings) -> None:
@@ -107,12 +127,13 @@ def agent_run(target: str, settings: MeshSettings, concurrency: int, ack_wait: f
 
 
 @main.command()
-@click.argument("capability")
+@click.argument("capability", callback=token("capability"))
 @click.option("--input", "input_json", default="null", help="the task input, as JSON")
 @click.option("--wait", is_flag=True, help="wait for the outcome and print the output")
-@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait with --wait")
-@click.option("--task-id", default=None, help="task id (default: the event id)")
-@click.option("--fallback", multiple=True, help="capability to try if this one gives up (repeatable)")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0), help="seconds to wait with --wait")
+@click.option("--task-id", default=None, callback=token("task id"), help="task id (default: the event id)")
+@click.option("--fallback", multiple=True, callback=token("capability"),
+              help="capability to try if this one gives up (repeatable)")  # fmt: skip
 @nats_options
 def task(capability: str, input_json: str, wait: bool, timeout: float, task_id: str | None,
          fallback: tuple[str, ...], settings: MeshSettings) -> None:  # fmt: skip
@@ -125,7 +146,8 @@ async def _task(settings: MeshSettings, capability: str, value: Any, wait: bool,
                 task_id: str | None, fallback: tuple[str, ...]) -> None:  # fmt: skip
     from mesh.telemetry.setup import configure_from_env
 
-    telemetry = configure_from_env("mesh-cli")  # with OTEL_* set, the command is the root of the task's trace
+    # with OTEL_* set, the command is the root of the task's trace; a command this short serves no /metrics
+    telemetry = configure_from_env("mesh-cli", serve_metrics=False)
     try:
         await _run_task(settings, capability, value, wait, timeout, task_id, fallback)
     finally:

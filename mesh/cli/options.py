@@ -1,5 +1,9 @@
 """What every command shares: the NATS connection options, running a command's coroutine
-with a `MeshError` as one line on stderr, and reading JSON arguments."""
+with a `MeshError` as one line on stderr, reading JSON arguments and checking ids and subjects.
+
+Exit codes (README, "Exit codes"): 0 done; 1 an error, one `error:` line on stderr (the mesh,
+the server or the file system said no, or an id or subject cannot be used); 2 a usage mistake
+(click's `Error:` with the usage line), or `--wait`/`--follow` timed out; 130 Ctrl-C."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import functools
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -14,8 +19,10 @@ import msgspec
 
 from mesh.bus.settings import MeshSettings
 from mesh.errors import MeshError
+from topics import subjects
+from topics.base import check_token
 
-__all__ = ["nats_options", "parse_json", "run", "run_sync"]
+__all__ = ["UserError", "check_filter", "nats_options", "parse_json", "run", "run_sync", "token", "write_text"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +48,49 @@ def nats_options(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class UserError(click.ClickException):
+    """Something the user gave that cannot be used: one `error:` line and exit 1 (`mesh.cli.main.cli`
+    shows it), like every error the mesh itself refuses with."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def token(kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback checking an id that becomes one subject token (each value of a
+    repeatable option; None, for an option not given, passes)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        for one in value if isinstance(value, tuple) else () if value is None else (value,):
+            try:
+                check_token(kind, one)
+            except ValueError as error:
+                raise UserError(str(error)) from None
+        return value
+
+    return check
+
+
+def check_filter(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A click callback: a subject filter within the log, `mesh.` then non-empty tokens, where
+    `*` stands for one whole token and `>` for the rest (the last token only)."""
+    parts = value.split(".")
+    bad = (
+        parts[0] != "mesh"
+        or len(parts) < 2
+        or any(not part or any(c.isspace() for c in part) for part in parts)
+        or any(("*" in part and part != "*") or (">" in part and part != ">") for part in parts)
+        or ">" in parts[:-1]
+    )  # fmt: skip
+    if bad:
+        raise UserError(f"{value[:80]!r} is not a subject filter within the log (stream {subjects.STREAM}, subjects "
+                        f"{subjects.ALL}): use mesh.<token>..., where * is one whole token and > the rest, "
+                        "e.g. mesh.task.> or mesh.work.*")  # fmt: skip
+    return value
+
+
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a command's coroutine; a MeshError, or a file that cannot be read or written,
     becomes a one-line message and exit code 1."""
@@ -49,6 +99,14 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     except (MeshError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a file the user named; a path that cannot be written is a `UserError`."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def parse_json(value: str, what: str) -> Any:

@@ -4,7 +4,6 @@ from JetStream (`--nats` etc.) or, where it makes sense, from an exported file (
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -12,7 +11,7 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import nats_options, run
+from mesh.cli.options import nats_options, run, token, write_text
 from mesh.projections import REGISTRY
 from replay.files import read_file
 from replay.reader import LogSlice, Position, parse_position, read_log
@@ -73,7 +72,7 @@ def timeline(id: str, file: str | None, html_out: str | None, settings: MeshSett
     tree = build_timeline(found.records, id)
     click.echo(render_text(tree), nl=False)
     if html_out:
-        Path(html_out).write_text(render_html(tree), encoding="utf-8")
+        write_text(html_out, render_html(tree))
         click.echo(f"wrote {html_out}", err=True)
     if not tree.hops:
         sys.exit(1)
@@ -177,7 +176,7 @@ def rerun(target: str, correlation: str, file: str | None, settings: MeshSetting
 @replay.command()
 @click.argument("id")
 @click.option("--at", "at_event", required=True, help="the last event id to copy")
-@click.option("--as", "new_id", required=True, help="the new workflow/correlation id")
+@click.option("--as", "new_id", required=True, callback=token("fork id"), help="the new workflow/correlation id")
 @FILE
 @nats_options
 def fork(id: str, at_event: str, new_id: str, file: str | None, settings: MeshSettings) -> None:

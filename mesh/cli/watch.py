@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import click
-import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from mesh.bus import jetstream, payloads
@@ -15,25 +14,17 @@ from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.consumer import parse_ack_subject
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import nats_options, run
+from mesh.cli.options import check_filter, nats_options, run
+from mesh.cli.render import EventLines, PipeConsole
 from topics import subjects
+from topics.agents import Presence
 from topics.envelope import decode_envelope, encode_envelope
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
-__all__ = ["tail", "status", "format_record"]
+__all__ = ["tail", "status"]
 
-_json = msgspec.json.Encoder()
-
-
-def format_record(record: Record, *, width: int = 100) -> str:
-    """One readable line: time, sequence, type, subject, who sent it, and the data."""
-    event = record.event
-    who = event.source.rsplit("/", 1)[-1]
-    body = _json.encode(record.data).decode()
-    if len(body) > width:
-        body = body[: width - 1] + "…"
-    return f"{event.time[11:23]} #{record.seq:<6} {event.type:<24} {record.subject:<40} {who:<28} {body}"
+_WORK = "mesh.work."  # topics.subjects.work(capability) is this and the capability
 
 
 async def _inlined(mesh: Mesh, payload: bytes) -> str:
@@ -52,22 +43,24 @@ def _seq_of(reply: str) -> int:
 
 
 @click.command()
-@click.argument("filter_subject", default=subjects.ALL, metavar="[FILTER]")
+@click.argument("filter_subject", default=subjects.ALL, metavar="[FILTER]", callback=check_filter)
 @click.option("--all", "from_start", is_flag=True, help="start at the beginning of the log, not now")
-@click.option("--last", default=0, help="start with the last N events")
+@click.option("--last", default=0, type=click.IntRange(min=0), help="start with the last N events")
 @click.option("--json/--text", "as_json", default=None, help="JSON lines (default when piped) or text")
-@click.option("--count", default=0, help="exit after N events")
+@click.option("--count", default=0, type=click.IntRange(min=0), help="exit after N events (0: no limit)")
 @click.option("--follow/--no-follow", default=True, help="keep waiting for new events, or exit once caught up")
 @nats_options
 def tail(filter_subject: str, from_start: bool, last: int, as_json: bool | None, count: int, follow: bool,
          settings: MeshSettings) -> None:  # fmt: skip
-    """Print events live as they land (FILTER: a subject, wildcards allowed, default mesh.>)."""
+    """Print events live as they land (FILTER: a subject, wildcards allowed, default mesh.>): on a
+    terminal one aligned, coloured line each, fitted to its width; piped, JSON lines."""
     json_lines = as_json if as_json is not None else not sys.stdout.isatty()
     run(_tail(settings, filter_subject, from_start, last, json_lines, count, follow))
 
 
 async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, last: int, json_lines: bool,
                 count: int, follow: bool) -> None:  # fmt: skip
+    lines = None if json_lines else EventLines(PipeConsole(file=sys.stdout, highlight=False))
     async with await Mesh.connect(settings=settings) as mesh:
         done = asyncio.Event()
         seen = 0
@@ -76,6 +69,8 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
 
         async def show(msg: Any) -> None:
             nonlocal reader_gone
+            if done.is_set():  # --count reached: what the subscription still delivers is not shown
+                return
             try:
                 await write(msg)
             except BrokenPipeError:  # `mesh tail | head`: the reader has had enough
@@ -84,15 +79,15 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
 
         async def write(msg: Any) -> None:
             nonlocal seen
-            if json_lines:
+            if lines is None:
                 sys.stdout.write(await _inlined(mesh, msg.data) + "\n")
+                sys.stdout.flush()
             else:
                 try:
                     record = await payloads.resolve(mesh.js, msg.subject, msg.data, _seq_of(msg.reply))
-                    sys.stdout.write(format_record(record) + "\n")
+                    lines.show(lines.line(record))
                 except payloads.RESOLVE_ERRORS as error:
-                    sys.stdout.write(f"#{_seq_of(msg.reply)} {msg.subject} undecodable: {error}\n")
-            sys.stdout.flush()
+                    lines.show(lines.undecodable(_seq_of(msg.reply), msg.subject, error))
             seen += 1
             if (count and seen >= count) or (not follow and parse_ack_subject(msg.reply).pending == 0):
                 done.set()
@@ -125,21 +120,44 @@ async def _status(settings: MeshSettings) -> None:
     async with await Mesh.connect(settings=settings) as mesh:
         info = await mesh.js.stream_info(subjects.STREAM)
         click.echo(f"stream {subjects.STREAM}: {info.state.messages} events, last seq {info.state.last_seq}")
-        click.echo("\nagents online:")
-        for presence in await live_agents(mesh.js):
+        agents = await live_agents(mesh.js)
+        click.echo("\nagents online:" + ("" if agents else " none"))
+        for presence in agents:
             click.echo(f"  {presence.agent_id:<40} {','.join(presence.capabilities):<24} "
                        f"in flight {presence.in_flight:<3} handled {presence.handled}")  # fmt: skip
         click.echo("\ncapabilities:")
-        for consumer in await jetstream.consumers_info(mesh.js):
-            name = consumer.name or ""
-            if name.startswith("work-"):
-                click.echo(f"  {name[5:]:<24} pending {consumer.num_pending:<6} in progress {consumer.num_ack_pending:<4} "
-                           f"redelivered {consumer.num_redelivered}")  # fmt: skip
+        for line in await capability_lines(mesh, agents):
+            click.echo(f"  {line}")
         click.echo("\nrecent tasks:")
         for line in await _recent_tasks(mesh, info.state.last_seq):
             click.echo(f"  {line}")
 
 
+async def capability_lines(mesh: Mesh, agents: list[Presence]) -> list[str]:
+    """One line per capability: its work consumer's pending and in-progress counts and the
+    agents online that serve it; and every capability with tasks stored on `mesh.work.<c>`
+    but no consumer yet (no agent ever served it), counted from the stream's subjects."""
+    serving: dict[str, int] = {}
+    for presence in agents:
+        for capability in presence.capabilities:
+            serving[capability] = serving.get(capability, 0) + 1
+    lines, consumed = [], set()
+    for consumer in await jetstream.consumers_info(mesh.js):
+        name = consumer.name or ""
+        if name.startswith("work-"):
+            capability = name.removeprefix("work-")
+            consumed.add(capability)
+            online = serving.get(capability, 0)
+            lines.append(f"{capability:<24} pending {consumer.num_pending:<6} in progress {consumer.num_ack_pending:<4} "
+                         f"redelivered {consumer.num_redelivered:<4} agents {online}"
+                         + ("" if online or not consumer.num_pending else "  ← no agent online serves it"))  # fmt: skip
+    stored = await mesh.js.stream_info(subjects.STREAM, subjects_filter=f"{_WORK}*")
+    for subject, count in sorted((stored.state.subjects or {}).items()):
+        capability = subject.removeprefix(_WORK)
+        if capability not in consumed:
+            lines.append(f"{capability:<24} pending {count:<6} no consumer: no agent has served it yet "
+                         f"(the first to start takes these tasks)")  # fmt: skip
+    return lines or ["none"]
 
 
 async def _recent_tasks(mesh: Mesh, last_seq: int, window: int = 2000, show: int = 10) -> list[str]:

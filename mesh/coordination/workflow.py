@@ -8,7 +8,7 @@
     workflow_id = await Workflows(mesh).start(flow.build(), {"topic": "rate limiting"})
     output = await Workflows(mesh).result(workflow_id, timeout=120)
 
-or the same as a TOML file (see `examples/report.toml`) loaded with `load(path)`.
+or the same as a TOML file (see `agents/workflows/report.toml`) loaded with `load(path)`.
 
 A step runs once every step in its `after` has completed; steps its input refers to
 (`$steps.NAME...`, see `mesh.coordination.templates`) are added to `after`. Steps with no dependency

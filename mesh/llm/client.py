@@ -1,16 +1,21 @@
 """Model calls through the `openai` SDK, each recorded as a `mesh.llm.called` event.
 
 `OPENAI_API_KEY`, `OPENAI_BASE_URL` and `MESH_MODEL` (default `gpt-4o-mini`) choose the
-model; any OpenAI-compatible server works. With no key, the offline model answers through
-the SDK's own HTTP layer (see `mesh.llm.offline`). On a redelivered task, responses already
-recorded for it are returned again instead of calling the model twice.
+model; any OpenAI-compatible server works. `OPENAI_BASE_URL` alone (a local Ollama, vLLM or
+llama.cpp server wants no key) is used with a placeholder key, and the log says so. With
+neither, the offline model answers through the SDK's own HTTP layer (see `mesh.llm.offline`).
+Every process says once, in its log, which model it uses (`ModelChoice.describe`). On a
+redelivered task, responses already recorded for it are returned again instead of calling
+the model twice.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -41,10 +46,52 @@ from topics import subjects
 from topics.calls import LlmCalled
 from topics.envelope import derived_id
 
-__all__ = ["LlmClient", "LlmSession", "DEFAULT_MODEL"]
+__all__ = ["LlmClient", "LlmSession", "ModelChoice", "DEFAULT_MODEL", "PLACEHOLDER_KEY"]
 
 DEFAULT_MODEL = "gpt-4o-mini"
+PLACEHOLDER_KEY = "no-key"  # sent when OPENAI_BASE_URL is set without OPENAI_API_KEY (the SDK insists on one)
+OPENAI_URL = "https://api.openai.com/v1"  # the SDK's default base URL
 log = structlog.get_logger("mesh.llm")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model the environment asks for: `MESH_MODEL` at `OPENAI_BASE_URL` (default
+    OpenAI's) with `OPENAI_API_KEY`, a placeholder key when only the URL is set, or the
+    offline model when neither is."""
+
+    model: str
+    base_url: str | None  # None: the offline model
+    key_given: bool
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ModelChoice:
+        env = os.environ if environ is None else environ
+        model = env.get("MESH_MODEL") or DEFAULT_MODEL
+        key, url = env.get("OPENAI_API_KEY", "").strip(), env.get("OPENAI_BASE_URL", "").strip()
+        if not key and not url:
+            return cls(model, None, False)
+        return cls(model, url or OPENAI_URL, bool(key))
+
+    @property
+    def offline(self) -> bool:
+        return self.base_url is None
+
+    def describe(self) -> str:
+        """One line for a person: the model and where it is, or that it is the offline one."""
+        if self.base_url is None:
+            return f"the offline model (offline/{self.model}): set OPENAI_API_KEY or OPENAI_BASE_URL for a real one"
+        where = _without_userinfo(self.base_url)
+        if self.key_given:
+            return f"{self.model} at {where}"
+        return f"{self.model} at {where} (OPENAI_BASE_URL without OPENAI_API_KEY: a placeholder key is sent)"
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname or ""))  # credentials never printed
 
 
 class LlmClient:
@@ -58,13 +105,17 @@ class LlmClient:
 
     @classmethod
     def from_env(cls) -> LlmClient:
-        model = os.environ.get("MESH_MODEL", DEFAULT_MODEL)
-        if os.environ.get("OPENAI_API_KEY"):
-            return cls(openai.AsyncOpenAI(max_retries=0), model=model, offline=False)
-        client = openai.AsyncOpenAI(
-            api_key="offline", base_url="http://offline.invalid/v1", http_client=offline_http_client(), max_retries=0
-        )
-        return cls(client, model=model, offline=True)
+        """The client the environment asks for (`ModelChoice.from_env`); the log says which."""
+        choice = ModelChoice.from_env()
+        if choice.offline:
+            log.info("model: " + choice.describe(), model=f"offline/{choice.model}", offline=True)
+            client = openai.AsyncOpenAI(api_key="offline", base_url="http://offline.invalid/v1",
+                                        http_client=offline_http_client(), max_retries=0)  # fmt: skip
+            return cls(client, model=choice.model, offline=True)
+        log.info("model: " + choice.describe(), model=choice.model, base_url=_without_userinfo(choice.base_url or ""))
+        key = os.environ.get("OPENAI_API_KEY", "").strip() or PLACEHOLDER_KEY
+        return cls(openai.AsyncOpenAI(api_key=key, base_url=choice.base_url, max_retries=0), model=choice.model,
+                   offline=False)  # fmt: skip
 
     def session(self, mesh: Mesh, agent: str, task_id: str, cause_id: str, attempt: int) -> LlmSession:
         return LlmSession(self, mesh, agent=agent, task_id=task_id, cause_id=cause_id, attempt=attempt)

@@ -24,6 +24,7 @@ import msgspec
 from mesh.bus.client import Mesh
 from mesh.errors import ConfigError, SchemaError, ToolError, ToolNotGrantedError
 from mesh.llm.recorded import recorded_calls
+from mesh.telemetry.metrics import instruments
 from mesh.telemetry.redact import scrub_text
 from mesh.telemetry.tracing import record_error, tool_span
 from topics import subjects
@@ -110,8 +111,13 @@ class ToolBox:
                 result = await self._run(name, args)
             except Exception as error:
                 record_error(span, error)
+                refused = isinstance(error, ToolNotGrantedError)
+                # a model may name any tool: only registered names become metric labels (bounded)
+                label = name if name in TOOLS else "unregistered"
+                instruments.tool_calls.add(1, {"tool": label, "outcome": "refused" if refused else "error"})
                 await self._record(index, name, args, None, error)
                 raise
+        instruments.tool_calls.add(1, {"tool": name, "outcome": "ok"})
         await self._record(index, name, args, result, None)
         return result
 

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import importlib
 import sys
+from functools import partial
 
 import structlog
 
@@ -17,7 +18,9 @@ from mesh.errors import ConfigError, ConnectionLostError
 from mesh.runtime.agent import Agent
 from mesh.runtime.runner import AgentRunner, RunnerOptions
 from mesh.telemetry.logs import configure_logging
+from mesh.telemetry.metrics import WorkCounts, instruments
 from mesh.telemetry.setup import configure_from_env
+from topics import subjects
 
 __all__ = ["load_agent", "run_agent", "serve"]
 
@@ -49,10 +52,12 @@ async def serve(agent: Agent, settings: MeshSettings, options: RunnerOptions) ->
         stop = asyncio.Event()
         on_stop_signals(stop.set)
         await runner.start()
+        unwatch = instruments.work.watch(asyncio.get_running_loop(), partial(work_counts, mesh, agent.capabilities))
         settle_heap()
         await _until_stopped_or_closed(stop, mesh)
         log.info("signal received; draining", agent=runner.agent_id)
         await runner.stop("signal")
+        unwatch()
         await mesh.close()
     finally:
         if telemetry is not None:  # export the spans and metrics still buffered
@@ -74,6 +79,13 @@ async def _until_stopped_or_closed(stop: asyncio.Event, mesh: Mesh) -> None:
             f"the connection to NATS closed for good ({mesh.nc.last_error or 'closed by the server'}); "
             "the agent exits so that its supervisor (systemd, Kubernetes, `mesh run`) starts it again"
         )
+
+
+async def work_counts(mesh: Mesh, capabilities: tuple[str, ...]) -> WorkCounts:
+    """Pending and in-progress tasks of each capability's work consumer (the `mesh.work.tasks` gauge)."""
+    infos = await asyncio.gather(*(mesh.js.consumer_info(subjects.STREAM, subjects.work_consumer_name(capability))
+                                   for capability in capabilities))  # fmt: skip
+    return {c: (info.num_pending or 0, info.num_ack_pending or 0) for c, info in zip(capabilities, infos, strict=True)}
 
 
 def settle_heap() -> None:

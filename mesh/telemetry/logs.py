@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from mesh.errors import ConfigError
 from mesh.telemetry.redact import REDACTED, is_secret_key, remember_secrets_from_env, scrub
 from mesh.telemetry.tracing import trace_ids
 
@@ -49,7 +50,10 @@ def configure_logging(level: str | None = None, *, json: bool | None = None, str
     remember_secrets_from_env()
     stream = stream or sys.stderr
     level_name = (level or os.environ.get("MESH_LOG_LEVEL", "info")).upper()
-    level_no = logging.getLevelNamesMapping()[level_name]
+    levels = logging.getLevelNamesMapping()
+    if level_name not in levels:
+        raise ConfigError(f"MESH_LOG_LEVEL={level_name.lower()!r} is not a level: use debug, info, warning, error or critical")
+    level_no = levels[level_name]
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if _wants_json(json, stream)

@@ -2,9 +2,17 @@
 
 A signal (traces, metrics) is exported when `OTEL_EXPORTER_OTLP_ENDPOINT` or its
 per-signal variant is set, or when `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` names
-an exporter (`otlp`, `console`; `none` turns one off). With none of them, nothing is
-installed and the API's no-op tracer and meter stay in place: a span then costs well under
-a microsecond and the SDK is never imported. `OTEL_SDK_DISABLED=true` turns everything off.
+an exporter (`otlp`, `console`, and for metrics `prometheus`; `none` turns one off). With
+none of them, nothing is installed and the API's no-op tracer and meter stay in place: a span
+then costs well under a microsecond and the SDK is never imported. `OTEL_SDK_DISABLED=true`
+turns everything off.
+
+`OTEL_METRICS_EXPORTER=prometheus` is the stock `PrometheusMetricReader`
+(`opentelemetry-exporter-prometheus`) with `prometheus_client`'s HTTP server serving
+`/metrics` on `OTEL_EXPORTER_PROMETHEUS_HOST`:`OTEL_EXPORTER_PROMETHEUS_PORT` (default
+localhost:9464, as that exporter documents), scraped instead of pushed. Only long-lived
+processes (agents) serve it; a CLI command asks with `serve_metrics=False` and exports no
+metrics that way. A port already taken is a warning, and metrics stay off.
 
 The protocol is `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf` or `grpc`): the SDK's
 `OTLPSpanExporter` for it behind the SDK's `BatchSpanProcessor` (`OTEL_BSP_*` apply). Any
@@ -25,6 +33,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from mesh.errors import ConfigError
 from mesh.telemetry.conventions import (
     GEN_AI_AGENT_NAME,
@@ -41,16 +51,19 @@ from mesh.telemetry.conventions import (
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
+    "MetricsServer",
     "Telemetry",
     "configure_from_env",
     "exporter_for",
     "metric_exporter",
+    "prometheus_address",
+    "prometheus_reader",
     "protocol_for",
     "resource_for",
     "span_exporter",
@@ -58,7 +71,8 @@ __all__ = [
 ]
 
 _SIGNALS = ("traces", "metrics")
-_EXPORTERS = ("otlp", "console", "none")
+_EXPORTERS = {"traces": ("otlp", "console", "none"), "metrics": ("otlp", "console", "prometheus", "none")}
+PROMETHEUS_HOST, PROMETHEUS_PORT = "localhost", 9464  # the exporter's documented defaults
 _PROTOCOLS = ("http/protobuf", "grpc")
 _log = logging.getLogger(__name__)
 _installed: Telemetry | None = None
@@ -74,10 +88,9 @@ def exporter_for(signal: str) -> str:
         return "none"
     named = [n.strip().lower() for n in _env(f"OTEL_{signal.upper()}_EXPORTER").split(",") if n.strip()]
     for name in named:
-        if name not in _EXPORTERS:
-            raise ConfigError(
-                f"OTEL_{signal.upper()}_EXPORTER={name!r} is not supported here; use one of {', '.join(_EXPORTERS)}"
-            )
+        if name not in _EXPORTERS[signal]:
+            raise ConfigError(f"OTEL_{signal.upper()}_EXPORTER={name!r} is not supported here; use one of "
+                              f"{', '.join(_EXPORTERS[signal])}")  # fmt: skip
     if named:
         return named[0]
     endpoint = _env("OTEL_EXPORTER_OTLP_ENDPOINT") or _env(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
@@ -96,9 +109,14 @@ def protocol_for(signal: str) -> str:
     return protocol
 
 
-def telemetry_wanted() -> bool:
+def telemetry_wanted(*, serve_metrics: bool = True) -> bool:
     """Whether any signal would be exported; False means nothing gets installed."""
-    return any(exporter_for(signal) != "none" for signal in _SIGNALS)
+    return any(_chosen(signal, serve_metrics) != "none" for signal in _SIGNALS)
+
+
+def _chosen(signal: str, serve_metrics: bool) -> str:
+    exporter = exporter_for(signal)
+    return "none" if exporter == "prometheus" and not serve_metrics else exporter
 
 
 def resource_for(service_name: str, *, role: str | None = None, agent_id: str | None = None) -> Resource:
@@ -129,15 +147,21 @@ class Telemetry:
 
     tracer_provider: TracerProvider | None
     meter_provider: MeterProvider | None
+    metrics_server: MetricsServer | None = None  # `/metrics`, with OTEL_METRICS_EXPORTER=prometheus
 
     @classmethod
-    def from_env(cls, service_name: str, *, role: str | None = None, agent_id: str | None = None) -> Telemetry | None:
+    def from_env(cls, service_name: str, *, role: str | None = None, agent_id: str | None = None,
+                 serve_metrics: bool = True) -> Telemetry | None:  # fmt: skip
         """Build (not install) the providers the environment asks for; None when it asks for
-        none. A signal whose exporter cannot be made here is a warning, and stays off."""
-        if not telemetry_wanted():
+        none. A signal whose exporter cannot be made here is a warning, and stays off. Without
+        ``serve_metrics``, `prometheus` counts as `none` (a short command serves no `/metrics`)."""
+        if not telemetry_wanted(serve_metrics=serve_metrics):
             return None
         resource = resource_for(service_name, role=role, agent_id=agent_id)
-        telemetry = cls(_tracer_provider(resource), _meter_provider(resource))
+        server: list[MetricsServer] = []
+        tracers = _tracer_provider(resource)
+        meters = _meter_provider(resource, server) if _chosen("metrics", serve_metrics) != "none" else None
+        telemetry = cls(tracers, meters, server[0] if server else None)
         return telemetry if telemetry.tracer_provider or telemetry.meter_provider else None
 
     def install(self) -> None:
@@ -155,13 +179,31 @@ class Telemetry:
             self.tracer_provider.shutdown()
         if self.meter_provider is not None:
             self.meter_provider.shutdown()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
 
 
-def configure_from_env(service_name: str, *, role: str | None = None, agent_id: str | None = None) -> Telemetry | None:
-    """Install the SDK once per process as the environment says; None when nothing is exported."""
+@dataclass
+class MetricsServer:
+    """`prometheus_client`'s HTTP server for `/metrics`, on its own thread."""
+
+    server: Any
+    thread: Any
+    host: str
+    port: int
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def configure_from_env(service_name: str, *, role: str | None = None, agent_id: str | None = None,
+                       serve_metrics: bool = True) -> Telemetry | None:  # fmt: skip
+    """Install the SDK once per process as the environment says; None when nothing is exported.
+    ``serve_metrics=False`` for short commands: no `/metrics` server (`prometheus`) for them."""
     global _installed
     if _installed is None:
-        _installed = Telemetry.from_env(service_name, role=role, agent_id=agent_id)
+        _installed = Telemetry.from_env(service_name, role=role, agent_id=agent_id, serve_metrics=serve_metrics)
         if _installed is not None:
             _installed.install()
     return _installed
@@ -203,20 +245,49 @@ def span_exporter(exporter: str) -> SpanExporter:
     return HttpSpanExporter()
 
 
-def _meter_provider(resource: Resource) -> MeterProvider | None:
+def _meter_provider(resource: Resource, server: list[MetricsServer]) -> MeterProvider | None:
     exporter = exporter_for("metrics")
     if exporter == "none":
-        return None
-    try:
-        chosen = metric_exporter(exporter)
-    except ConfigError as error:
-        _off("metrics", error)
         return None
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    # the export interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s)
-    return MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(chosen)])
+    try:
+        if exporter == "prometheus":
+            reader: MetricReader = prometheus_reader(server)
+        else:  # the export interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s)
+            reader = PeriodicExportingMetricReader(metric_exporter(exporter))
+    except ConfigError as error:
+        _off("metrics", error)
+        return None
+    return MeterProvider(resource=resource, metric_readers=[reader])
+
+
+def prometheus_address() -> tuple[str, int]:
+    """`OTEL_EXPORTER_PROMETHEUS_HOST` and `_PORT`, defaults localhost and 9464 (port 0: any free one)."""
+    host = _env("OTEL_EXPORTER_PROMETHEUS_HOST") or PROMETHEUS_HOST
+    port = _env("OTEL_EXPORTER_PROMETHEUS_PORT") or str(PROMETHEUS_PORT)
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"OTEL_EXPORTER_PROMETHEUS_PORT={port!r} is not a port number")
+    return host, int(port)
+
+
+def prometheus_reader(server: list[MetricsServer]) -> MetricReader:
+    """The stock `PrometheusMetricReader`, and `/metrics` served where the environment says
+    (appended to ``server``); a port that cannot be bound is a `ConfigError`."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    host, port = prometheus_address()
+    try:
+        httpd, thread = start_http_server(port, addr=host)
+    except OSError as error:
+        raise ConfigError(f"cannot serve /metrics on {host}:{port} ({error.strerror or error}): set "
+                          "OTEL_EXPORTER_PROMETHEUS_PORT to a free port, one per process on a host") from None  # fmt: skip
+    server.append(MetricsServer(httpd, thread, host, httpd.server_address[1]))
+    url = f"http://{host}:{httpd.server_address[1]}/metrics"
+    structlog.get_logger("mesh.telemetry").info(f"metrics served for Prometheus at {url}", url=url)
+    return PrometheusMetricReader()
 
 
 def metric_exporter(exporter: str) -> MetricExporter:

@@ -1,0 +1,52 @@
+"""Parts of the CLI that need no server: how `mesh tail` lays events out on a terminal (tests/test_cli.py
+runs it), the demo's task ids."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from mesh.cli.demo import report_id
+from mesh.cli.render import Columns, EventLines, middle
+from topics.envelope import CloudEvent
+from topics.record import Record
+from topics.tasks import TaskCompleted
+
+pytestmark = pytest.mark.unit
+
+
+class TestColumns:
+    def test_fit_every_width(self) -> None:
+        """From 80 columns up the columns and their spaces fill at most the width, and the sender shows from 102."""
+        for width in range(80, 300):
+            c = Columns.fitting(width)
+            used = c.time + c.seq + c.type + c.subject + c.data + 4 + (c.who + 1 if c.who else 0)
+            assert used <= width, (width, c)
+            assert (c.who > 0) == (width >= 102), (width, c)
+
+    def test_middle_keeps_both_ends(self) -> None:
+        """An id cut in the middle keeps its start and its random end."""
+        assert middle("task.echo.01a23639-0c13-7097-bbae-dbc304e5cba3", 20) == "task.echo…c304e5cba3"
+        assert middle("short", 20) == "short"
+
+
+class TestEventLines:
+    def test_repeated_fields_are_left_out(self) -> None:
+        """The data column leaves out what the subject and the sender already say."""
+        console = Console(file=io.StringIO(), width=120)
+        event = CloudEvent(specversion="1.0", id="e-1", source="mesh://agent/echo-h-1", type="mesh.task.completed",
+                           time="2026-12-02T10:07:18.037000Z")  # fmt: skip
+        data = TaskCompleted(task_id="t-1", capability="echo", agent="echo-h-1", attempt=1, output={"n": 3})
+        line = EventLines(console).line(Record(seq=14, subject="mesh.task.echo.t-1", event=event, data=data)).plain
+        assert line.startswith("10:07:18.037     #14 task.completed      task.echo.t-1")
+        assert line.endswith('{"attempt":1,"output":{"n":3}}') and " echo-h-1 " in line
+        assert '"task_id"' not in line and '"agent"' not in line and '"capability"' not in line
+
+
+class TestReportId:
+    def test_ids_made_together_differ(self) -> None:
+        """Demo runs within the same minute get different task ids (the first 8 characters of a UUIDv7 did not)."""
+        ids = {report_id() for _ in range(10_000)}
+        assert len(ids) == 10_000 and all(i.startswith("report-") and len(i) == 19 for i in ids)
