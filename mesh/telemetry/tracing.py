@@ -26,10 +26,11 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from opentelemetry import context, propagate, trace
+from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, Status, StatusCode
 
+from mesh.telemetry import propagation
 from mesh.telemetry.conventions import (
     ERROR_TYPE,
     EXCEPTION_MESSAGE,
@@ -210,12 +211,12 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
     if _replaying.get():
         return nullcontext(carrier)
     if not tracing() or _unsampled(trace.get_current_span()):
-        propagate.inject(carrier)  # the context this process is inside, if any
+        propagation.inject(carrier)  # the context this process is inside, if any
         return nullcontext(carrier)
     shape, with_subject = messaging_parts(subject, SEND, event_type)
     span = _start(shape)
     _messaging_own(span, subject, with_subject, event_id)
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    propagation.inject(carrier, span)
     return _Scope(carrier, span, None)
 
 
@@ -233,7 +234,7 @@ def process_span(
         return nullcontext(trace.INVALID_SPAN)
     if not tracing():
         return _pass_through(carrier, replayed)
-    upstream = propagate.extract(carrier)
+    upstream = propagation.extract(carrier)
     if not replayed and _unsampled(trace.get_current_span(upstream)):
         return _Scope(trace.get_current_span(upstream), trace.INVALID_SPAN, upstream)  # as `_pass_through`
     shape, with_subject = messaging_parts(subject, PROCESS, event_type, consumer)
@@ -253,7 +254,7 @@ def _pass_through(carrier: Mapping[str, str], replayed: bool) -> AbstractContext
     """No SDK here: make the producer's context current (unless replaying), record nothing."""
     if replayed or "traceparent" not in carrier:
         return nullcontext(trace.INVALID_SPAN)
-    upstream = propagate.extract(carrier)
+    upstream = propagation.extract(carrier)
     return _Scope(trace.get_current_span(upstream), trace.INVALID_SPAN, upstream)
 
 
