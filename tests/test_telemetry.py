@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import context, trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from mesh.telemetry.tracing import process_span, send_span, subject_template, tracing
 
@@ -48,6 +50,27 @@ class TestWithoutSdk:
                 assert headers == {"traceparent": TRACEPARENT}
         with send_span("mesh.task.t-1", "mesh.task.completed", "e-3") as headers:
             assert headers == {}
+
+    def test_a_context_made_current_inside_is_the_one_sent_on(self) -> None:
+        """Code inside a passed-through message may make another context current: that one is sent on."""
+        other = trace.set_span_in_context(NonRecordingSpan(SpanContext(1, 2, False, TraceFlags(1))))
+        with process_span("mesh.work.echo", "mesh.task.requested", "e-1", {"traceparent": TRACEPARENT}):
+            token = context.attach(other)
+            try:
+                with send_span("mesh.task.t-1", "mesh.task.completed", "e-2") as headers:
+                    assert headers == {"traceparent": f"00-{1:032x}-{2:016x}-01"}
+            finally:
+                context.detach(token)
+            with send_span("mesh.task.t-1", "mesh.task.completed", "e-3") as headers:
+                assert headers == {"traceparent": TRACEPARENT}
+
+    def test_every_send_gets_its_own_headers(self) -> None:
+        """The headers sent on are the sender's each time, whatever a caller did to earlier ones."""
+        with process_span("mesh.work.echo", "mesh.task.requested", "e-1", {"traceparent": TRACEPARENT}):
+            with send_span("mesh.task.t-1", "mesh.task.completed", "e-2") as first:
+                first["Nats-Msg-Id"] = "e-2"
+            with send_span("mesh.task.t-1", "mesh.task.completed", "e-3") as second:
+                assert second == {"traceparent": TRACEPARENT}
 
     def test_tracestate_and_baggage_pass_through_too(self) -> None:
         """The propagators carry `tracestate` and `baggage` along with `traceparent`."""

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 
 from opentelemetry import baggage, propagate, trace
-from opentelemetry.context import Context, get_current
+from opentelemetry.context import Context, attach, detach, get_current
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["extract", "inject"]
+__all__ = ["PassThrough", "extract", "inject", "passing"]
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -109,3 +111,42 @@ def extract(carrier: Mapping[str, str]) -> Context:
             if found.is_valid:
                 return trace.set_span_in_context(NonRecordingSpan(found), Context())
     return propagate.extract(carrier)
+
+
+class PassThrough(AbstractContextManager[Span]):
+    """A received context made current for a `with` block in which this process records
+    nothing (no SDK here, or a trace the sampler drops whole), its sender's span given to the
+    block. While it is the current context, `passing()` finds it: the span helpers inside then
+    give the sender's span and send its headers on (written once per message) without asking
+    the context API and the propagator again for every hop."""
+
+    __slots__ = ("context", "headers", "span", "tokens")
+
+    def __init__(self, received: Context, span: Span) -> None:
+        self.context = received
+        self.span = span
+        self.headers: dict[str, str] | None = None
+        self.tokens = attach(received), _passing.set(self)
+
+    def __enter__(self) -> Span:
+        return self.span
+
+    def __exit__(self, *exc: object) -> None:
+        _passing.reset(self.tokens[1])
+        detach(self.tokens[0])
+
+    def send_on(self) -> dict[str, str]:
+        """The headers that carry the received context on (a copy: the caller may add to it)."""
+        if self.headers is None:
+            self.headers = {}
+            inject(self.headers)  # called while `passing()` finds it: the current context is `self.context`
+        return dict(self.headers)
+
+
+_passing: ContextVar[PassThrough | None] = ContextVar("mesh_passing", default=None)
+
+
+def passing() -> PassThrough | None:
+    """The pass-through whose context is the current one, if any (code inside may make another current)."""
+    found = _passing.get()
+    return found if found is not None and get_current() is found.context else None

@@ -55,6 +55,7 @@ from mesh.telemetry.presets import (
     subject_template,
     tool_preset,
 )
+from mesh.telemetry.propagation import PassThrough, passing
 from mesh.telemetry.redact import scrub_text
 
 __all__ = [
@@ -144,12 +145,6 @@ def replaying() -> Iterator[None]:
         _replaying.reset(token)
 
 
-def _live() -> bool:
-    """Whether a span helper records: an SDK is installed, nothing is being replayed, and the
-    current span's trace is not one the sampler drops whole."""
-    return tracing() and not _replaying.get() and not _unsampled(trace.get_current_span())
-
-
 def _start(shape: Preset, parent: Context | None = None, links: Sequence[Link] = ()) -> Span:
     """A span from the SDK's tracer, child of ``parent`` (default: the current context).
     Failures are recorded by `_Scope` (scrubbed), not by the SDK."""
@@ -186,9 +181,17 @@ def _current(span: Span, parent: Context | None = None) -> _Scope[Span]:
     return _Scope(span, span, trace.set_span_in_context(span, parent))
 
 
-def _idle() -> AbstractContextManager[Span]:
-    """What a span helper gives when it records nothing."""
-    return nullcontext(trace.INVALID_SPAN if _replaying.get() else trace.get_current_span())
+def _idle() -> AbstractContextManager[Span] | None:
+    """What a span helper gives instead of a span, or None when it makes one: nothing while
+    replaying, else the current span when nothing here records under it (no SDK, or a trace
+    the sampler drops whole)."""
+    if _replaying.get():
+        return nullcontext(trace.INVALID_SPAN)
+    passed = passing()
+    if passed is not None:
+        return nullcontext(passed.span)
+    current = trace.get_current_span()
+    return nullcontext(current) if not tracing() or _unsampled(current) else None
 
 
 def _failed(span: Span) -> bool:
@@ -207,9 +210,12 @@ def _messaging_own(span: Span, subject: str, with_subject: bool, message_id: str
 def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextManager[dict[str, str]]:
     """A PRODUCER span; `with` gives the W3C headers (`traceparent`, `tracestate`) to send along.
     The span is not made current: the publish is all it covers."""
-    carrier: dict[str, str] = {}
     if _replaying.get():
-        return nullcontext(carrier)
+        return nullcontext({})
+    passed = passing()
+    if passed is not None:
+        return nullcontext(passed.send_on())
+    carrier: dict[str, str] = {}
     if not tracing() or _unsampled(trace.get_current_span()):
         propagation.inject(carrier)  # the context this process is inside, if any
         return nullcontext(carrier)
@@ -235,8 +241,8 @@ def process_span(
     if not tracing():
         return _pass_through(carrier, replayed)
     upstream = propagation.extract(carrier)
-    if not replayed and _unsampled(trace.get_current_span(upstream)):
-        return _Scope(trace.get_current_span(upstream), trace.INVALID_SPAN, upstream)  # as `_pass_through`
+    if not replayed and _unsampled(sender := trace.get_current_span(upstream)):
+        return PassThrough(upstream, sender)  # as `_pass_through`
     shape, with_subject = messaging_parts(subject, PROCESS, event_type, consumer)
     if replayed:  # a root: the replay is not part of the producer's trace, only linked to it
         producer = trace.get_current_span(upstream).get_span_context()
@@ -255,13 +261,13 @@ def _pass_through(carrier: Mapping[str, str], replayed: bool) -> AbstractContext
     if replayed or "traceparent" not in carrier:
         return nullcontext(trace.INVALID_SPAN)
     upstream = propagation.extract(carrier)
-    return _Scope(trace.get_current_span(upstream), trace.INVALID_SPAN, upstream)
+    return PassThrough(upstream, trace.get_current_span(upstream))
 
 
 def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id: str = "") -> AbstractContextManager[Span]:
     """`invoke_agent {agent}` (INTERNAL) around one handler call; its LLM and tool spans nest inside."""
-    if not _live():
-        return _idle()
+    if (idle := _idle()) is not None:
+        return idle
     span = _start(preset(agent_preset, agent, agent_id, capability))
     if task_id and span.is_recording():
         span.set_attribute(MESH_TASK_ID, task_id)
@@ -270,8 +276,8 @@ def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id:
 
 def chat_span(model: str, *, provider: str, conversation_id: str | None = None) -> AbstractContextManager[Span]:
     """`chat {model}` (CLIENT) around one model call; the caller adds the response attributes."""
-    if not _live():
-        return _idle()
+    if (idle := _idle()) is not None:
+        return idle
     span = _start(preset(chat_preset, model, provider))
     if conversation_id and span.is_recording():
         span.set_attribute(GEN_AI_CONVERSATION_ID, conversation_id)
@@ -285,8 +291,8 @@ def tool_span(name: str, *, call_id: str | None = None, description: str | None 
         with tool_span("search", call_id=call.id):
             result = await search(**arguments)
     """
-    if not _live():
-        return _idle()
+    if (idle := _idle()) is not None:
+        return idle
     span = _start(preset(tool_preset, name, description))
     if call_id and span.is_recording():
         span.set_attribute(GEN_AI_TOOL_CALL_ID, call_id)
