@@ -22,15 +22,24 @@ import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
+from typing import NamedTuple
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry.context import Context, attach, detach, get_current
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span, SpanContext, TraceFlags, TraceState
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["PassThrough", "extract", "inject", "passing"]
+__all__ = ["PassThrough", "Received", "inject", "passing", "receive"]
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -98,19 +107,30 @@ def inject(carrier: dict[str, str], span: Span | None = None) -> None:
     propagate.inject(carrier, None if span is None else trace.set_span_in_context(span))
 
 
-def extract(carrier: Mapping[str, str]) -> Context:
-    """What `propagate.extract(carrier)` gives: a context holding the sender's span context, if any."""
+class Received(NamedTuple):
+    """The trace context a message came with."""
+
+    context: Context  # what `propagate.extract` gives for its headers
+    span: Span  # the sender's span in it (not recording), or `INVALID_SPAN`
+    headers: dict[str, str] | None  # what sends it on unchanged, when known here; else ask `inject`
+
+
+def receive(carrier: Mapping[str, str]) -> Received:
+    """What `propagate.extract(carrier)` gives, with the sender's span. A plain `traceparent`
+    read here is also what `inject` would write for it, so it is kept to send on."""
     if _default() and BAGGAGE not in carrier and TRACESTATE not in carrier:
         header = carrier.get(TRACEPARENT)
         if header is None:
-            return Context()
+            return Received(Context(), INVALID_SPAN, {})
         matched = _VERSION_00.fullmatch(header) if type(header) is str else None
         if matched is not None:
             trace_id, span_id, flags = matched.groups()
             found = SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16)))
             if found.is_valid:
-                return trace.set_span_in_context(NonRecordingSpan(found), Context())
-    return propagate.extract(carrier)
+                span = NonRecordingSpan(found)
+                return Received(trace.set_span_in_context(span, Context()), span, {TRACEPARENT: header})
+    context = propagate.extract(carrier)
+    return Received(context, trace.get_current_span(context), None)
 
 
 class PassThrough(AbstractContextManager[Span]):
@@ -122,11 +142,9 @@ class PassThrough(AbstractContextManager[Span]):
 
     __slots__ = ("context", "headers", "span", "tokens")
 
-    def __init__(self, received: Context, span: Span) -> None:
-        self.context = received
-        self.span = span
-        self.headers: dict[str, str] | None = None
-        self.tokens = attach(received), _passing.set(self)
+    def __init__(self, received: Received) -> None:
+        self.context, self.span, self.headers = received
+        self.tokens = attach(self.context), _passing.set(self)
 
     def __enter__(self) -> Span:
         return self.span
@@ -137,7 +155,7 @@ class PassThrough(AbstractContextManager[Span]):
 
     def send_on(self) -> dict[str, str]:
         """The headers that carry the received context on (a copy: the caller may add to it)."""
-        if self.headers is None:
+        if self.headers is None or not _default():
             self.headers = {}
             inject(self.headers)  # called while `passing()` finds it: the current context is `self.context`
         return dict(self.headers)

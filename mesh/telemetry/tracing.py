@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from opentelemetry import context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, Status, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, Span, Status, StatusCode
 
 from mesh.telemetry import propagation
 from mesh.telemetry.conventions import (
@@ -221,8 +221,10 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
         return nullcontext(carrier)
     shape, with_subject = messaging_parts(subject, SEND, event_type)
     span = _start(shape)
-    _messaging_own(span, subject, with_subject, event_id)
     propagation.inject(carrier, span)
+    if type(span) is NonRecordingSpan:  # the sampler dropped it: the API's span, whose `end` does nothing
+        return nullcontext(carrier)
+    _messaging_own(span, subject, with_subject, event_id)
     return _Scope(carrier, span, None)
 
 
@@ -240,12 +242,13 @@ def process_span(
         return nullcontext(trace.INVALID_SPAN)
     if not tracing():
         return _pass_through(carrier, replayed)
-    upstream = propagation.extract(carrier)
-    if not replayed and _unsampled(sender := trace.get_current_span(upstream)):
-        return PassThrough(upstream, sender)  # as `_pass_through`
+    received = propagation.receive(carrier)
+    if not replayed and _unsampled(received.span):
+        return PassThrough(received)  # as `_pass_through`
+    upstream = received.context
     shape, with_subject = messaging_parts(subject, PROCESS, event_type, consumer)
     if replayed:  # a root: the replay is not part of the producer's trace, only linked to it
-        producer = trace.get_current_span(upstream).get_span_context()
+        producer = received.span.get_span_context()
         span = _start(shape, Context(), [Link(producer)] if producer.is_valid else [])
         if span.is_recording():
             span.set_attribute(MESH_REPLAYED, True)
@@ -260,8 +263,7 @@ def _pass_through(carrier: Mapping[str, str], replayed: bool) -> AbstractContext
     """No SDK here: make the producer's context current (unless replaying), record nothing."""
     if replayed or "traceparent" not in carrier:
         return nullcontext(trace.INVALID_SPAN)
-    upstream = propagation.extract(carrier)
-    return PassThrough(upstream, trace.get_current_span(upstream))
+    return PassThrough(propagation.receive(carrier))
 
 
 def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id: str = "") -> AbstractContextManager[Span]:
