@@ -97,7 +97,7 @@ def inject(carrier: dict[str, str], span: Span | None = None) -> None:
     current span if given (`propagate.inject(carrier, trace.set_span_in_context(span))`)."""
     if _default():
         current = get_current()
-        if not baggage.get_all(current):
+        if not current or not baggage.get_all(current):  # an empty context (a `dict`) holds no baggage
             found = (span if span is not None else trace.get_current_span(current)).get_span_context()
             if found.is_valid:
                 _headers(found, carrier)

@@ -216,7 +216,7 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
     if passed is not None:
         return nullcontext(passed.send_on())
     carrier: dict[str, str] = {}
-    if not tracing() or _unsampled(trace.get_current_span()):
+    if not tracing() or (context.get_current() and _unsampled(trace.get_current_span())):  # an empty context: a root
         propagation.inject(carrier)  # the context this process is inside, if any
         return nullcontext(carrier)
     shape, with_subject = messaging_parts(subject, SEND, event_type)
