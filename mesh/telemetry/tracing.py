@@ -55,7 +55,6 @@ from mesh.telemetry.presets import (
     subject_template,
     tool_preset,
 )
-from mesh.telemetry.propagation import PassThrough, passing
 from mesh.telemetry.redact import scrub_text
 
 __all__ = [
@@ -187,7 +186,7 @@ def _idle() -> AbstractContextManager[Span] | None:
     the sampler drops whole)."""
     if _replaying.get():
         return nullcontext(trace.INVALID_SPAN)
-    passed = passing()
+    passed = propagation.passing()
     if passed is not None:
         return nullcontext(passed.span)
     current = trace.get_current_span()
@@ -212,7 +211,7 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
     The span is not made current: the publish is all it covers."""
     if _replaying.get():
         return nullcontext({})
-    passed = passing()
+    passed = propagation.passing()
     if passed is not None:
         return nullcontext(passed.send_on())
     carrier: dict[str, str] = {}
@@ -244,7 +243,7 @@ def process_span(
         return _pass_through(carrier, replayed)
     received = propagation.receive(carrier)
     if not replayed and _unsampled(received.span):
-        return PassThrough(received)  # as `_pass_through`
+        return propagation.PassThrough(received)  # as `_pass_through`
     upstream = received.context
     shape, with_subject = messaging_parts(subject, PROCESS, event_type, consumer)
     if replayed:  # a root: the replay is not part of the producer's trace, only linked to it
@@ -263,7 +262,7 @@ def _pass_through(carrier: Mapping[str, str], replayed: bool) -> AbstractContext
     """No SDK here: make the producer's context current (unless replaying), record nothing."""
     if replayed or "traceparent" not in carrier:
         return nullcontext(trace.INVALID_SPAN)
-    return PassThrough(propagation.receive(carrier))
+    return propagation.PassThrough(propagation.receive(carrier))
 
 
 def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id: str = "") -> AbstractContextManager[Span]:
