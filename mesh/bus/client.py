@@ -27,7 +27,7 @@ from mesh.bus.waiting import Waiters
 from mesh.errors import PayloadTooLargeError, SchemaError, TaskFailedError, TaskTimeoutError
 from mesh.telemetry.tracing import instruments, send_span
 from topics import subjects
-from topics.base import Event
+from topics.base import Event, is_token, shorten
 from topics.envelope import (
     CloudEvent,
     decode_envelope,
@@ -355,6 +355,9 @@ class Mesh:
             if not isinstance(record.data, TaskHandedOff):
                 return record
             hop = record.data
+            if not (is_token(hop.to) and is_token(hop.next_task_id)):  # a buggy agent of the rightful role
+                raise SchemaError(f"task {hop.task_id} was handed off to an unusable capability or task id "
+                                  f"({shorten(hop.to)!r}, {shorten(hop.next_task_id)!r})")  # fmt: skip
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise asyncio.TimeoutError

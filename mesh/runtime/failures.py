@@ -88,9 +88,8 @@ async def reject(worker: Worker, msg: Msg, delivery: Delivery, reason: Reason, t
     task_id = _task_id_of(event) if event is not None else None
     if event is not None and task_id and msg.subject.startswith("mesh.work."):
         info = ErrorInfo(type=reason.value, message=text, retryable=False)
-        await quietly(gave_up(worker, msg.subject, event, _request_of(event), task_id, info, delivery.stream_seq))
-        await quietly(record_failure(worker, event, task_id, delivery.delivered, info,
-                                     served_capability(msg.subject), delivery.stream_seq))  # fmt: skip
+        await quietly(record_failure(worker, msg.subject, event, _request_of(event), task_id, delivery.delivered,
+                                     info, delivery.stream_seq))  # fmt: skip
     await msg.ack()
 
 
@@ -127,8 +126,7 @@ async def task_failed(
         log.error("no live agent serves the fallback", fallback=list(task.fallback))
         info = ErrorInfo(type="no_agent", retryable=False, message=scrub_text(
             f"{described}; no live agent serves its fallback {unserved} (`mesh status` lists the agents)"))  # fmt: skip
-        await gave_up(worker, msg.subject, event, task, task_id, info, request_seq)
-        await record_failure(worker, event, task_id, attempt, info, capability, request_seq)
+        await record_failure(worker, msg.subject, event, task, task_id, attempt, info, request_seq)
     else:
         reason = _reason(error)
         await dead_letter(
@@ -137,8 +135,7 @@ async def task_failed(
         )  # fmt: skip
         info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=scrub_text(str(error)),
                          retryable=retryable)  # fmt: skip
-        await gave_up(worker, msg.subject, event, task, task_id, info, request_seq)
-        await record_failure(worker, event, task_id, attempt, info, capability, request_seq)
+        await record_failure(worker, msg.subject, event, task, task_id, attempt, info, request_seq)
     await msg.ack()
     instruments.processed.add(1, {"type": event.type, "outcome": "failed"})
 
@@ -156,10 +153,14 @@ async def event_failed(worker: Worker, msg: Msg, delivery: Delivery, event: Clou
 
 
 async def record_failure(
-    worker: Worker, cause: CloudEvent, task_id: str, attempt: int, info: ErrorInfo, capability: str, request_seq: int
-) -> None:
-    """The `mesh.task.failed` of the request stored at ``request_seq``, with the id every path
-    derives alike (so at most one lands)."""
+    worker: Worker, subject: str, cause: CloudEvent, request: TaskRequested | None, task_id: str, attempt: int,
+    info: ErrorInfo, request_seq: int,
+) -> None:  # fmt: skip
+    """The `mesh.task.failed` of the request stored at ``request_seq`` on the work subject
+    ``subject``, with the id every path derives alike (so at most one lands), after its
+    capability's ``on_failed`` hook (`gave_up`)."""
+    await gave_up(worker, subject, cause, request, task_id, info, request_seq)
+    capability = served_capability(subject)
     failed = TaskFailed(task_id=task_id, agent=worker.agent_id, attempt=attempt, error=info, capability=capability,
                         request_seq=request_seq)  # fmt: skip
     await worker.mesh.scoped(request_seq).publish(
@@ -216,8 +217,7 @@ async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
         capability = served_capability(subject)
         if not await already_done(worker.mesh, capability, task_id, seq):
             info = ErrorInfo(type="MaxDeliveries", message="every delivery of the task timed out", retryable=True)
-            await gave_up(worker, subject, event, _request_of(event), task_id, info, seq)
-            await record_failure(worker, event, task_id, note.get("deliveries", 0), info, capability, seq)
+            await record_failure(worker, subject, event, _request_of(event), task_id, note.get("deliveries", 0), info, seq)
 
 
 async def _served_fallback(mesh: Mesh, fallback: tuple[str, ...]) -> tuple[str, ...]:
