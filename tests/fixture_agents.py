@@ -212,3 +212,24 @@ async def count_words(input: dict[str, Any], ctx: Context) -> Any:
 async def stall(input: Any, ctx: Context) -> Any:
     """Runs until the agent is stopped: its task stays in progress."""
     await asyncio.Event().wait()
+
+
+waiter = Agent("waiter")
+
+
+@waiter.task("wait")
+async def wait(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Waits `seconds` (default: an hour); when cancelled, says so in the file `mark` first."""
+    try:
+        await asyncio.sleep(input.get("seconds", 3600))
+    except asyncio.CancelledError:
+        with open(input["mark"], "a") as mark:
+            mark.write(f"cancelled {ctx.task_id}\n")
+        raise
+    return {"waited": input.get("seconds", 3600), "by": ctx.agent_id}
+
+
+@waiter.task("delegate")
+async def delegate(input: dict[str, Any], ctx: Context) -> Any:
+    """Asks `wait` to wait, but waits for it only `timeout` seconds (a timed-out `ctx.request`)."""
+    return await ctx.request("wait", {"mark": input["mark"]}, timeout=input["timeout"])

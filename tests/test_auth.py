@@ -27,7 +27,7 @@ from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects
 from topics.envelope import derived_id
-from topics.tasks import TaskCompleted, TaskHandedOff
+from topics.tasks import TaskCancelled, TaskCompleted, TaskHandedOff
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +75,8 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     clients `client` and `mallory`); its
     admin created the stream and presence bucket, as `mesh up --auth` does."""
     auth = tmp_path / "auth"
-    await auth_init(auth, "agents.echo:agent", "tests.fixture_agents:meddler", clients=("client", "mallory"))
+    await auth_init(auth, "agents.echo:agent", "tests.fixture_agents:meddler", "tests.fixture_agents:waiter",
+                    clients=("client", "mallory"))  # fmt: skip
     server = start_server(tmp_path / "store", port=-1, log_file=tmp_path / "nats.log",
                           extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
     admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
@@ -240,6 +241,21 @@ class TestOutcomesCannotBeForged:
             assert await client.request("echo", {"n": 1}, task_id=task_id, timeout=30) == {"n": 1}
         stored = await stored_on(secured.admin, subjects.task("echo", task_id))
         assert [type(r.data).__name__ for r in stored].count("TaskCompleted") == 1
+
+    async def test_no_one_else_can_cancel_a_task(self, secured: Secured, tmp_path: Path) -> None:
+        """Mallory asks to cancel the client's task (a request with its own token): the task
+        completes. The client's own request cancels the next one."""
+        await secured.agents.start("tests.fixture_agents:waiter", "--nkey", str(secured.auth / "waiter.nk"))
+        mark = str(tmp_path / "mark")
+        async with await secured.connect("client") as client, await secured.connect("mallory") as mallory:
+            first = await client.submit_request("wait", {"seconds": 1.0, "mark": mark}, task_id="victim-3")
+            await mallory.cancel("victim-3", "suppressed")
+            assert isinstance((await client.follow("wait", "victim-3", first.seq, timeout=30)).data, TaskCompleted)
+            second = await client.submit_request("wait", {"mark": mark}, task_id="victim-4")
+            await secured.agents.log.wait_for(lambda r: r.event.type == "mesh.task.claimed" and r.data.task_id == "victim-4")  # type: ignore[attr-defined]
+            await client.cancel("victim-4", "mine")
+            assert isinstance((await client.follow("wait", "victim-4", second.seq, timeout=30)).data, TaskCancelled)
+        assert secured.violations() == []
 
     async def test_a_request_that_reuses_the_task_id_does_not_replace_the_outcome(self, secured: Secured) -> None:
         """Mallory submits under the victim's task id first, its outcome stored first: the

@@ -21,6 +21,7 @@ from topics.record import Record
 from topics.registry import EVENT_TYPES, AnyEvent, decode_data, encode_data, event_class
 from topics.tasks import (
     TaskCancelled,
+    TaskCancelRequested,
     TaskClaimed,
     TaskCompleted,
     TaskEvent,
@@ -44,7 +45,7 @@ __all__ = [
     "ErrorInfo", "Event", "Record",
     "FlowCompleted", "FlowEvent", "FlowFailed", "FlowStarted",
     "FlowStepCompleted", "FlowStepFailed", "FlowStepScheduled",
-    "TaskCancelled", "TaskClaimed", "TaskCompleted", "TaskEvent", "TaskFailed", "TaskHandedOff",
+    "TaskCancelled", "TaskCancelRequested", "TaskClaimed", "TaskCompleted", "TaskEvent", "TaskFailed", "TaskHandedOff",
     "TaskOutcome", "TaskProgress", "TaskRequested",
     "VoteCast", "VoteDecided", "VoteEvent", "VoteProposed",
 ]  # fmt: skip

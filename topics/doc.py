@@ -9,7 +9,7 @@ import msgspec
 from topics.registry import EVENT_TYPES
 
 SUBJECTS = {
-    "task": "`mesh.work.<capability>` (requested), `mesh.task.<capability>.<task_id>`",
+    "task": "`mesh.work.<capability>` (requested), `mesh.task.<capability>.<task_id>`, `mesh.cancel.<task_id>` (cancel_requested)",
     "board": "`mesh.board.<board>.<key>`",
     "vote": "`mesh.vote.<proposal_id>`",
     "flow": "`mesh.flow.<workflow_id>`",

@@ -24,6 +24,8 @@ __all__ = [
     "work",
     "task",
     "task_any",
+    "cancel",
+    "CANCELS",
     "board",
     "vote",
     "flow",
@@ -59,6 +61,15 @@ def task(capability: str, task_id: str) -> str:
 def task_any(task_id: str) -> str:
     """Every capability's lifecycle subject of one task: a filter for reading, never a publish."""
     return f"mesh.task.*.{check_token('task id', task_id)}"
+
+
+CANCELS = "mesh.cancel.*"  # every cancel request: what an agent serving tasks listens to
+
+
+def cancel(task_id: str) -> str:
+    """Requests to cancel one task (`mesh.task.cancel_requested`), whatever its capability: the
+    requester may not know which capability has it now (a fallback, a hand-off)."""
+    return f"mesh.cancel.{check_token('task id', task_id)}"
 
 
 def board(name: str, key: str) -> str:

@@ -10,6 +10,7 @@ sequence, on its own subject: the requester follows it there.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar
 
 from topics.base import ErrorInfo, Event, check_token, shorten
@@ -22,9 +23,11 @@ __all__ = [
     "TaskCompleted",
     "TaskFailed",
     "TaskCancelled",
+    "TaskCancelRequested",
     "TaskHandedOff",
     "TaskEvent",
     "TaskOutcome",
+    "cancel_key_of",
     "request_problem",
 ]
 
@@ -37,6 +40,7 @@ class TaskRequested(Event, frozen=True, kw_only=True):
     deadline: str | None = None  # RFC 3339; past it, the task is failed without running
     max_attempts: int | None = None  # at most the consumer's max_deliver
     fallback: tuple[str, ...] = ()  # capabilities to try, in order, if this one gives up
+    cancel_key: str | None = None  # hash of the secret a cancel request must show (`TaskCancelRequested`)
 
 
 class TaskClaimed(Event, frozen=True, kw_only=True):
@@ -87,6 +91,23 @@ class TaskCancelled(Event, frozen=True, kw_only=True):
     request_seq: int | None = None
 
 
+class TaskCancelRequested(Event, frozen=True, kw_only=True):
+    """A request to stop a task, on `mesh.cancel.<task_id>`: honoured only for requests whose
+    `cancel_key` is the hash of ``token`` (`cancel_key_of`), a secret only the requester's
+    user can derive, so no one else can suppress a task by cancelling it. The agent running
+    the task (or the next to receive it) cancels it and records `mesh.task.cancelled`."""
+
+    TYPE: ClassVar[str] = "mesh.task.cancel_requested"
+    task_id: str
+    token: str
+    reason: str = ""
+
+
+def cancel_key_of(token: str) -> str:
+    """The `cancel_key` a request carries for the cancel ``token`` its requester holds."""
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
 class TaskHandedOff(Event, frozen=True, kw_only=True):
     """This run passed the task on: to a fallback capability, or (a hand-off) to the next step."""
 
@@ -102,7 +123,10 @@ class TaskHandedOff(Event, frozen=True, kw_only=True):
     reason: str = ""  # "fallback: <why this capability gave up>", or "handoff"
 
 
-TaskEvent = TaskRequested | TaskClaimed | TaskProgress | TaskCompleted | TaskFailed | TaskCancelled | TaskHandedOff
+TaskEvent = (
+    TaskRequested | TaskClaimed | TaskProgress | TaskCompleted | TaskFailed | TaskCancelled | TaskHandedOff
+    | TaskCancelRequested
+)
 TaskOutcome = TaskCompleted | TaskFailed | TaskCancelled
 
 

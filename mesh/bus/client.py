@@ -40,6 +40,7 @@ from topics.record import Record
 from topics.registry import decode_data, encode_data
 from topics.tasks import (
     TaskCancelled,
+    TaskCancelRequested,
     TaskClaimed,
     TaskCompleted,
     TaskFailed,
@@ -47,6 +48,7 @@ from topics.tasks import (
     TaskOutcome,
     TaskProgress,
     TaskRequested,
+    cancel_key_of,
     request_problem,
 )
 
@@ -216,6 +218,18 @@ class Mesh:
         keyed.update((event_id + self._scope).encode())
         return keyed.hexdigest()[:32]
 
+    def cancel_token(self, task_id: str) -> str:
+        """The secret that cancels the task ``task_id`` this user requested: an HMAC of the id
+        keyed by this user's secret, so every replica of a role (and the same user on another
+        host) can cancel what it started and no other user can. On a server without
+        credentials it is a plain hash: there, anyone may do anything anyway."""
+        message = f"cancel/{task_id}".encode()
+        if self._dedupe is None:
+            return hashlib.sha256(message).hexdigest()[:32]
+        keyed = self._dedupe.copy()
+        keyed.update(message)
+        return keyed.hexdigest()[:32]
+
     async def publish(
         self,
         subject: str,
@@ -294,11 +308,24 @@ class Mesh:
         event_id = task.get("event_id") or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
-                                max_attempts=task.get("max_attempts"), deadline=deadline)  # fmt: skip
+                                max_attempts=task.get("max_attempts"), deadline=deadline,
+                                cancel_key=cancel_key_of(self.cancel_token(task_id)))  # fmt: skip
         published = await self.publish(subjects.work(capability), request, event_id=event_id,
                                        correlation_id=task.get("correlation_id") or task_id,
                                        causation_id=task.get("causation_id"))  # fmt: skip
         return Submitted(task_id, capability, published.seq, published.duplicate)
+
+    async def cancel(self, task_id: str, reason: str = "", *, causation_id: str | None = None) -> Published:
+        """Ask that the task ``task_id``, submitted by this user (or a replica of this role),
+        stop: the agent running it cancels its handler and records `mesh.task.cancelled`; one
+        that receives it later records that without running it. A task that already has an
+        outcome keeps it. Returns the stored request (asking twice stores it once)."""
+        if not is_token(task_id):
+            raise SchemaError(f"cannot cancel task {shorten(task_id)!r}: a task id is one NATS subject token "
+                              "(no '.', '*', '>' or whitespace)")  # fmt: skip
+        request = TaskCancelRequested(task_id=task_id, token=self.cancel_token(task_id), reason=shorten(reason, 500))
+        return await self.publish(subjects.cancel(task_id), request, event_id=derived_id(task_id, "cancel_requested"),
+                                  correlation_id=task_id, causation_id=causation_id)  # fmt: skip
 
     async def request(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Any:
         """Submit a task and return its output; raise TaskFailedError or TaskTimeoutError."""

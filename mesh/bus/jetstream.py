@@ -34,7 +34,9 @@ Why each call is here (as read in nats-py 2.16.0):
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import TypeVar
 
 import nats.errors
@@ -71,6 +73,7 @@ __all__ = [
     "subscribe",
     "direct_get",
     "read_between",
+    "read_since",
     "is_settled",
     "is_transient",
     "last_on_subject",
@@ -178,6 +181,40 @@ async def read_between(
     finally:
         await sub.unsubscribe()
     return found
+
+
+async def read_since(
+    js: JetStreamContext, filter_subject: str, *, since: datetime, limit: int, timeout: float = 10.0,
+    stream: str = subjects.STREAM,
+) -> list[tuple[int, str, bytes]]:
+    """The newest ``limit`` messages on ``filter_subject`` stored at or after ``since``, oldest
+    first, as `(seq, subject, data)`: a consumer from that time, removed once read (as in
+    `read_between`). For a process that starts and must learn what it missed (cancel requests)."""
+    found: deque[tuple[int, str, bytes]] = deque(maxlen=limit)
+    done = asyncio.get_running_loop().create_future()
+
+    async def on_msg(msg: Msg) -> None:
+        if not msg.reply:  # a status message, not a stored one
+            return
+        delivery = msg.metadata
+        found.append((delivery.sequence.stream, msg.subject, msg.data))
+        if delivery.num_pending == 0 and not done.done():
+            done.set_result(None)
+
+    inbox = js._nc.new_inbox()
+    sub = await js._nc.subscribe(inbox, cb=on_msg)
+    config = ConsumerConfig(
+        name=f"scan-{nuid_next()}", filter_subject=filter_subject, deliver_subject=inbox, ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since, mem_storage=True,
+        num_replicas=1, inactive_threshold=SCAN_INACTIVE,
+    )  # fmt: skip
+    try:
+        info = await js.add_consumer(stream, config=config)
+        if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
+            await asyncio.wait_for(done, timeout)
+    finally:
+        await sub.unsubscribe()
+    return list(found)
 
 
 _nuid = NUID()

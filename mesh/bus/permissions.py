@@ -6,14 +6,16 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
 
 - every role: its own reply inbox (`_INBOX_<public key>.>`, see `settings.inbox_prefix`), so
   no user reads another's replies (pulled messages, direct gets, acknowledgements);
-- `client`: submit tasks (a JetStream publish on `mesh.work.>`), read outcomes (core
+- `client`: submit tasks (a JetStream publish on `mesh.work.>`) and cancel them (on
+  `mesh.cancel.*`, honoured only with the submitter's token), read outcomes (core
   subscription on `mesh.task.>`, direct get of the last event on a `mesh.task.*.*` subject, an
   ordered consumer filtered on one `mesh.task.*.*` subject), check the stream exists;
 - an agent role: pull and settle its own consumers (`work-<capability>` per capability,
   `on-<role>-<name>` per event subscription: create, info, next, ack, their max-deliveries
   advisory), publish what the runner and its context publish (`mesh.task.<capability>.>`
   outcomes, claims and progress of its own capabilities; `mesh.work.>` sub-tasks and fallbacks; `mesh.llm.<role>.>`,
-  `mesh.tool.<role>.>`, `mesh.dead.>`, `mesh.agent.>`), its presence entry, direct gets
+  `mesh.tool.<role>.>`, `mesh.dead.>`, `mesh.agent.>`, cancel requests on `mesh.cancel.*`),
+  hear cancel requests (`mesh.cancel.*`, and read those of the last hour on start), its presence entry, direct gets
   on MESH (a task's last event; by sequence for dead letters and recorded model calls);
 - `admin`: everything (streams, consumers, KV, object store, import, snapshots).
 
@@ -76,9 +78,9 @@ def _payloads() -> tuple[str, ...]:
 
 
 def client_permissions(inbox: str) -> Permissions:
-    """Submit tasks and read their outcomes; nothing else."""
+    """Submit tasks, read their outcomes and cancel them; nothing else."""
     return Permissions(
-        publish=("mesh.work.>", *_reading_outcomes(), *_payloads()),
+        publish=("mesh.work.>", subjects.CANCELS, *_reading_outcomes(), *_payloads()),
         subscribe=(f"{inbox}.>", "mesh.task.>"),
     )
 
@@ -110,6 +112,8 @@ def agent_permissions(
         # sub-tasks (`ctx.request`), hand-offs and hand-overs to a fallback capability
         *(("mesh.work.>",) if requests is None else (subjects.work(c) for c in requests)),
         *emits,
+        subjects.CANCELS,  # cancel what it started (a timed-out sub-task, a failed workflow's steps)
+        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.{subjects.CANCELS}",  # on start, the cancel requests it missed
         f"mesh.llm.{role}.>",
         f"mesh.tool.{role}.>",
         "mesh.dead.>",
@@ -122,7 +126,7 @@ def agent_permissions(
         *_reading_outcomes(),
         *_payloads(),
     ]
-    subscribe: list[str] = [f"{inbox}.>", "mesh.task.>"]
+    subscribe: list[str] = [f"{inbox}.>", "mesh.task.>", subjects.CANCELS]
     for name, filter_subject in consumers.items():
         publish += _consumer(name, filter_subject)
         subscribe.append(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{_STREAM}.{name}")

@@ -170,7 +170,8 @@ def show_flow(workflow_id: str, as_json: bool, settings: MeshSettings) -> None:
         sys.exit(1)
     click.echo(f"workflow {view.name} {workflow_id}: {view.status}")
     for name, step in view.steps.items():
-        click.echo(f"  {name:<20} {step.status:<10} attempt {step.attempt}  {step.capability:<14} {step.task_id or ''}")
+        status = "cancelled" if step.status == "failed" and step.error and step.error.type == "cancelled" else step.status
+        click.echo(f"  {name:<20} {status:<10} attempt {step.attempt}  {step.capability:<14} {step.task_id or ''}")
     if view.error:
         click.echo(f"error: {view.error.type}: {view.error.message}")
 

@@ -126,7 +126,22 @@ def agent_run(target: str, settings: MeshSettings, concurrency: int, ack_wait: f
         sys.exit(1)
 
 
-@main.command()
+class _TaskCommands(click.Group):
+    """`mesh task CAPABILITY ...` submits (`submit` is the default), `mesh task cancel ID` cancels.
+    A capability named like a subcommand is submitted with `mesh task submit NAME`."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            return "submit", self.commands["submit"], args
+        return super().resolve_command(ctx, args)
+
+
+@main.group(cls=_TaskCommands)
+def task() -> None:
+    """Submit a task (`mesh task CAPABILITY --input JSON [--wait]`) or cancel one (`mesh task cancel ID`)."""
+
+
+@task.command("submit")
 @click.argument("capability", callback=token("capability"))
 @click.option("--input", "input_json", default="null", help="the task input, as JSON")
 @click.option("--wait", is_flag=True, help="wait for the outcome and print the output")
@@ -135,8 +150,8 @@ def agent_run(target: str, settings: MeshSettings, concurrency: int, ack_wait: f
 @click.option("--fallback", multiple=True, callback=token("capability"),
               help="capability to try if this one gives up (repeatable)")  # fmt: skip
 @nats_options
-def task(capability: str, input_json: str, wait: bool, timeout: float, task_id: str | None,
-         fallback: tuple[str, ...], settings: MeshSettings) -> None:  # fmt: skip
+def submit(capability: str, input_json: str, wait: bool, timeout: float, task_id: str | None,
+           fallback: tuple[str, ...], settings: MeshSettings) -> None:  # fmt: skip
     """Publish a task for CAPABILITY; with --wait, print its output (exit 1 on failure, 2 on timeout)."""
     value = parse_json(input_json, "--input")
     run(_task(settings, capability, value, wait, timeout, task_id, fallback))
@@ -170,6 +185,23 @@ async def _run_task(settings: MeshSettings, capability: str, value: Any, wait: b
             click.echo(f"timeout: {error}", err=True)
             sys.exit(2)
         click.echo(json.dumps(output, indent=2 if sys.stdout.isatty() else None))
+
+
+@task.command("cancel")
+@click.argument("task_id", callback=token("task id"))
+@click.option("--reason", default="cancelled from the command line", show_default=True, help="why, recorded with it")
+@nats_options
+def cancel(task_id: str, reason: str, settings: MeshSettings) -> None:
+    """Ask that task TASK_ID stop. Only its submitter's user (the same credentials) can: the
+    agent running it cancels its handler and records mesh.task.cancelled; a task still waiting
+    is recorded cancelled without running; one with an outcome keeps it."""
+    published = run(_cancel(settings, task_id, reason))
+    click.echo(f"cancel requested for {task_id} (seq {published.seq}{', already requested' if published.duplicate else ''})")
+
+
+async def _cancel(settings: MeshSettings, task_id: str, reason: str) -> Any:
+    async with await Mesh.connect(settings=settings) as mesh:
+        return await mesh.cancel(task_id, reason)
 
 
 @main.command()

@@ -193,8 +193,25 @@ class Driver:
                     failed = FlowStepFailed(workflow_id=wf, step=name, task_id="", error=error)
                     if await self.flow.record(failed, f"step/{name}/0/failed") is None:
                         return False
+                if not await self._cancel_running(f"workflow {wf} failed: {error.message}"):
+                    return False
                 return await self.flow.record(FlowFailed(workflow_id=wf, error=error), FAILED) is not None
         raise TypeError(f"not a decision: {decision!r}")  # pragma: no cover
+
+    async def _cancel_running(self, reason: str) -> bool:
+        """Before a workflow is recorded failed: cancel the steps still under way (their agents
+        stop them and record `mesh.task.cancelled`) and record each step failed as cancelled,
+        so `mesh flow show` gives every step its final status. The requests go first: after a
+        crash, the next driver finds the workflow failed and does nothing more."""
+        running = {name: step for name, step in self.flow.view.steps.items() if step.status == "scheduled" and step.task_id}
+        for step in running.values():
+            await self.mesh.cancel(step.task_id or "", reason, causation_id=derived_id(self.workflow_id, FAILED))
+        for name, step in running.items():
+            cancelled = FlowStepFailed(workflow_id=self.workflow_id, step=name, task_id=step.task_id or "",
+                                       error=ErrorInfo(type="cancelled", message=reason))  # fmt: skip
+            if await self.flow.record(cancelled, f"step/{name}/{step.attempt}/failed") is None:
+                return False
+        return True
 
     def _watch_scheduled(self, spec: WorkflowSpec | ErrorInfo) -> None:
         if not isinstance(spec, WorkflowSpec):
@@ -220,7 +237,9 @@ class Driver:
                                                          causation_id=cause)  # fmt: skip
             else:
                 record = await self._resume(spec.capability, task_id, input, correlation_id, cause, timeout)
-        except TaskTimeoutError:
+        except TaskTimeoutError:  # the step failed; its task must not go on running
+            await self.mesh.cancel(task_id, f"step {name} of workflow {self.workflow_id}: no outcome within {timeout:g}s",
+                                   causation_id=cause)  # fmt: skip
             return _Outcome(name, task_id, None)
         return _Outcome(name, task_id, record)
 

@@ -3,6 +3,7 @@ effect is an event with an id derived from the task's, and a redelivery repeats 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 from collections.abc import Awaitable, Callable, Iterable
@@ -15,6 +16,7 @@ from mesh.bus.client import Mesh, Published, outcome_value
 from mesh.coordination.board import Board
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Proposal, Proposals
+from mesh.errors import TaskTimeoutError
 from topics import subjects
 from topics.base import Event
 from topics.envelope import CloudEvent, derived_id
@@ -56,6 +58,7 @@ class Context:
         before_effect: Callable[[], Awaitable[None]] | None = None,
         scope: str = "",
         request_seq: int | None = None,
+        cancelled: Callable[[], str | None] | None = None,
     ) -> None:
         self.mesh = mesh
         self.agent = agent
@@ -73,6 +76,7 @@ class Context:
         self._scope = scope  # set when several roles act on one event: keeps their derived ids apart
         self._emitted = itertools.count()
         self._requested = itertools.count()
+        self._cancelled = cancelled  # the reason, once a cancel request stopped this task
 
     @property
     def correlation_id(self) -> str:
@@ -131,10 +135,20 @@ class Context:
             if copied is not None and isinstance(copied.data, TaskOutcome):
                 return outcome_value(copied)
         # on a first attempt the sub-task's id (derived from this request message) was never used
-        record = await self.mesh.request_outcome(capability, input, timeout=timeout, task_id=event_id,
-                                                 stored=self.attempt > 1,
-                                                 event_id=event_id, fallback=fallback,
-                                                 correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+        try:
+            record = await self.mesh.request_outcome(capability, input, timeout=timeout, task_id=event_id,
+                                                     stored=self.attempt > 1,
+                                                     event_id=event_id, fallback=fallback,
+                                                     correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+        except TaskTimeoutError:  # nobody waits for it any more: it must not go on running
+            await self.mesh.cancel(event_id, f"task {self.task_id} stopped waiting for it after {timeout:g}s",
+                                   causation_id=self.event.id)  # fmt: skip
+            raise
+        except asyncio.CancelledError:
+            reason = self._cancelled() if self._cancelled is not None else None
+            if reason is not None:  # this task was cancelled: so is what it waits for (not on a stop of the process)
+                await self.mesh.cancel(event_id, f"task {self.task_id} was cancelled: {reason}", causation_id=self.event.id)
+            raise
         return outcome_value(record)
 
     async def handoff(self, capability: str, input: Any = None) -> HandOff:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from nats.aio.msg import Msg
@@ -45,7 +45,7 @@ from mesh.telemetry.tracing import agent_span, instruments, process_span, record
 from topics import subjects
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskHandedOff, TaskRequested, request_problem
+from topics.tasks import TaskCancelled, TaskClaimed, TaskCompleted, TaskHandedOff, TaskRequested, request_problem
 
 __all__ = ["Inbound", "Next", "Worker", "event_chain", "task_chain"]
 
@@ -210,21 +210,14 @@ async def claim(worker: Worker, inbound: Inbound, call_next: Next) -> None:
 async def run_task(worker: Worker, inbound: Inbound) -> None:
     handler, task, task_id = inbound.route, inbound.task, inbound.task_id
     assert isinstance(handler, Handler)
-    ctx = _task_context(worker, inbound)
-    started = time.perf_counter()
-    left = (parse_time(task.deadline) - datetime.now(UTC)).total_seconds() if task.deadline else None
-    try:
-        if task.deadline and left is not None and left <= 0:
-            raise DeadlineExceededError(task_id, task.deadline, started=False)
-        with agent_span(worker.agent.name, agent_id=worker.agent_id, capability=handler.capability, task_id=task_id):
-            output = await bounded(handler.fn(handler.convert(task.input), ctx), handler.capability,
-                                   handler.max_run_time, left, lambda: DeadlineExceededError(task_id, task.deadline or "", started=True))  # fmt: skip
-    except Exception as error:
-        raise HandlerFailed(error) from error
-    finally:
-        instruments.duration.record(time.perf_counter() - started, {"capability": handler.capability})
+    cancelled = worker.cancels.asked(task_id, task.cancel_key)  # before it arrived: it does not run
+    if cancelled is None:
+        output, cancelled = await _run_handler(worker, inbound, handler)
     if inbound.claim is not None:
         await inbound.claim.settle()
+    if cancelled is not None:
+        await _record_cancelled(worker, inbound, cancelled)
+        return
     request_seq, subject = inbound.delivery.stream_seq, subjects.task(handler.capability, task_id)
     answer: TaskCompleted | TaskHandedOff
     if isinstance(output, HandOff):
@@ -245,6 +238,56 @@ async def run_task(worker: Worker, inbound: Inbound) -> None:
     await inbound.msg.ack()
     worker.handled += 1
     instruments.processed.add(1, {"type": inbound.event.type, "outcome": "completed"})
+
+
+async def _run_handler(worker: Worker, inbound: Inbound, handler: Handler) -> tuple[Any, str | None]:
+    """The handler's output, or, when a cancel request stopped it, the request's reason.
+    Its deadline and maximum run time bound it; any other error is `HandlerFailed`."""
+    task, task_id = inbound.task, inbound.task_id
+    started = time.perf_counter()
+    left = (parse_time(task.deadline) - datetime.now(UTC)).total_seconds() if task.deadline else None
+    with worker.cancels.running(task_id, task.cancel_key) as running:
+        ctx = _task_context(worker, inbound, lambda: running.reason)
+        try:
+            if task.deadline and left is not None and left <= 0:
+                raise DeadlineExceededError(task_id, task.deadline, started=False)
+            with agent_span(worker.agent.name, agent_id=worker.agent_id, capability=handler.capability, task_id=task_id):
+                output = await bounded(handler.fn(handler.convert(task.input), ctx), handler.capability,
+                                       handler.max_run_time, left, lambda: DeadlineExceededError(task_id, task.deadline or "", started=True))  # fmt: skip
+        except asyncio.CancelledError:
+            if running.reason is None:
+                raise  # a stop of this process (`AgentRunner.stop`): the task goes back to the stream
+            return None, _uncancelled(running.reason)
+        except Exception as error:
+            raise HandlerFailed(error) from error
+        finally:
+            instruments.duration.record(time.perf_counter() - started, {"capability": handler.capability})
+    if running.reason is not None:  # the handler swallowed the cancel and finished: its output counts
+        _uncancelled(running.reason)
+    return output, None
+
+
+def _uncancelled(reason: str) -> str:
+    """Take the cancel request's cancellation off this task, so the chain can record it."""
+    task = asyncio.current_task()
+    if task is not None:
+        while task.cancelling():
+            task.uncancel()
+    return reason
+
+
+async def _record_cancelled(worker: Worker, inbound: Inbound, reason: str) -> None:
+    """`mesh.task.cancelled`, once (a derived id), as the answer to this request; then ack."""
+    task_id = inbound.task_id
+    cancelled = TaskCancelled(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt, reason=reason,
+                              request_seq=inbound.delivery.stream_seq)  # fmt: skip
+    await inbound.mesh(worker).publish(subjects.task(inbound.capability, task_id), cancelled,
+                                       event_id=inbound.event_id("cancelled"),
+                                       correlation_id=inbound.event.correlationid or task_id,
+                                       causation_id=inbound.event.id)  # fmt: skip
+    await inbound.msg.ack()
+    log.info("task cancelled", reason=reason)
+    instruments.processed.add(1, {"type": inbound.event.type, "outcome": "cancelled"})
 
 
 async def run_subscription(worker: Worker, inbound: Inbound) -> None:
@@ -279,7 +322,7 @@ async def bounded(
         raise RunTimeExceededError(name, limit) from None
 
 
-def _task_context(worker: Worker, inbound: Inbound) -> Context:
+def _task_context(worker: Worker, inbound: Inbound, cancelled: Callable[[], str | None]) -> Context:
     event, task_id, attempt, llm, mesh = inbound.event, inbound.task_id, inbound.attempt, worker.llm, inbound.mesh(worker)
     return Context(
         mesh, agent=worker.agent.name, agent_id=worker.agent_id, event=event, task_id=task_id,
@@ -287,7 +330,7 @@ def _task_context(worker: Worker, inbound: Inbound) -> Context:
         llm=partial(llm.session, mesh, worker.agent.name, task_id, event.id, attempt) if llm else None,
         tools=partial(ToolBox, mesh, agent=worker.agent.name, granted=worker.agent.tools, task_id=task_id,
                       cause_id=event.id, attempt=attempt),
-        before_effect=inbound.claim.before_effect if inbound.claim is not None else None,
+        before_effect=inbound.claim.before_effect if inbound.claim is not None else None, cancelled=cancelled,
     )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from mesh.bus.connection import ensure_consumer, presence_bucket
 from mesh.bus.consumer import WorkConsumer, parse_ack_subject
 from mesh.llm.client import LlmClient
 from mesh.runtime.agent import Agent, Handler, Subscription
+from mesh.runtime.cancels import Cancels
 from mesh.runtime.failures import is_retryable, on_max_deliveries, quietly
 from mesh.runtime.pipeline import Inbound, Next, event_chain, task_chain
 from mesh.runtime.worker import RunnerOptions
@@ -59,11 +60,13 @@ class AgentRunner:
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _handling: set[asyncio.Future[None]] = field(default_factory=set)
     _advisories: list[object] = field(default_factory=list)
+    cancels: Cancels = field(init=False)
 
     def __post_init__(self) -> None:
         self.agent_id = self.agent_id or _agent_id(self.agent.name)
         self.mesh.source = f"mesh://agent/{self.agent_id}"
         self.llm = self.llm or LlmClient.from_env()
+        self.cancels = Cancels(self.mesh)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -78,6 +81,8 @@ class AgentRunner:
                                                    max_deliver=opts.max_deliver), sub)  # fmt: skip
             for name, sub in self.agent.subscriptions.items()
         ]
+        if self.agent.handlers:  # heard before any task arrives (see mesh.runtime.cancels)
+            await self.cancels.start()
         chains = {Handler: task_chain(self), Subscription: event_chain(self)}
         for config, handler in configs:
             await ensure_consumer(self.mesh.js, config)
@@ -130,6 +135,7 @@ class AgentRunner:
             await consumer.close()
         for sub in self._advisories:
             await sub.unsubscribe()  # type: ignore[attr-defined]
+        await self.cancels.stop()
         stopped = AgentStopped(agent_id=self.agent_id, role=self.agent.name, reason=reason, handled=self.handled)
         await self.mesh.publish(subjects.agent(self.agent_id), stopped)
         try:

@@ -9,6 +9,7 @@ from typing import Protocol
 from mesh.bus.client import Mesh
 from mesh.llm.client import LlmClient
 from mesh.runtime.agent import Agent
+from mesh.runtime.cancels import Cancels
 
 __all__ = ["RunnerOptions", "Worker"]
 
@@ -41,3 +42,4 @@ class Worker(Protocol):
     options: RunnerOptions
     llm: LlmClient | None
     handled: int
+    cancels: Cancels
