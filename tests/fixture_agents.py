@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from mesh import Agent, Context, HandOff, RetryableError, ToolNotGrantedError
+from mesh import Agent, Context, Flow, HandOff, RetryableError, ToolNotGrantedError
 from mesh.llm.tools import tool
 from mesh.runtime.agent import TaskFailure
 from topics import subjects
@@ -233,3 +233,15 @@ async def wait(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
 async def delegate(input: dict[str, Any], ctx: Context) -> Any:
     """Asks `wait` to wait, but waits for it only `timeout` seconds (a timed-out `ctx.request`)."""
     return await ctx.request("wait", {"mark": input["mark"]}, timeout=input["timeout"])
+
+
+manager = Agent("manager")
+
+
+@manager.task("manage")
+async def manage(input: dict[str, Any], ctx: Context) -> Any:
+    """The hierarchical pattern: runs a child workflow of two `echo` steps and returns its output."""
+    flow = Flow("child")
+    flow.step("a", "echo", {"part": "a", "of": input["goal"]})
+    flow.step("b", "echo", {"part": "b", "of": input["goal"]})
+    return await ctx.workflow(flow.build(), timeout=60)

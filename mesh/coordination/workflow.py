@@ -191,14 +191,21 @@ class Workflows:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
 
-    async def start(self, spec: WorkflowSpec, input: Any = None, *, workflow_id: str | None = None) -> str:
-        """Record `mesh.flow.started` and hand the workflow to an orchestrator; its id."""
+    async def start(
+        self, spec: WorkflowSpec, input: Any = None, *, workflow_id: str | None = None,
+        correlation_id: str | None = None, causation_id: str | None = None,
+    ) -> str:  # fmt: skip
+        """Record `mesh.flow.started` and hand the workflow to an orchestrator; its id. A
+        workflow started by something else (a handler: `Context.workflow`) names it as its
+        ``causation_id`` and shares its ``correlation_id``, which every step's task carries on,
+        so the timeline of what started it shows the whole tree."""
         workflow_id = check_token("workflow id", workflow_id or new_event_id())
+        correlation_id = correlation_id or workflow_id
         started = FlowStarted(workflow_id=workflow_id, name=spec.name, spec=msgspec.to_builtins(spec), input=input)
         await self.mesh.publish(subjects.flow(workflow_id), started, event_id=derived_id(workflow_id, "started"),
-                                correlation_id=workflow_id)  # fmt: skip
+                                correlation_id=correlation_id, causation_id=causation_id)  # fmt: skip
         await self.mesh.submit(WORKFLOW_CAPABILITY, {"workflow_id": workflow_id}, task_id=workflow_id,
-                               correlation_id=workflow_id, causation_id=derived_id(workflow_id, "started"))  # fmt: skip
+                               correlation_id=correlation_id, causation_id=derived_id(workflow_id, "started"))  # fmt: skip
         return workflow_id
 
     async def view(self, workflow_id: str) -> WorkflowView:

@@ -16,6 +16,7 @@ from mesh.bus.client import Mesh, Published, outcome_value
 from mesh.coordination.board import Board
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Proposal, Proposals
+from mesh.coordination.workflow import Workflows, WorkflowSpec
 from mesh.errors import TaskTimeoutError
 from topics import subjects
 from topics.base import Event
@@ -76,6 +77,7 @@ class Context:
         self._scope = scope  # set when several roles act on one event: keeps their derived ids apart
         self._emitted = itertools.count()
         self._requested = itertools.count()
+        self._workflows = itertools.count()
         self._cancelled = cancelled  # the reason, once a cancel request stopped this task
 
     @property
@@ -163,6 +165,19 @@ class Context:
         submitted = await self.mesh.submit_request(capability, input, task_id=task_id, event_id=task_id,
                                                    correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
         return HandOff(capability, task_id, submitted.seq)
+
+    async def workflow(self, spec: WorkflowSpec, input: Any = None, *, timeout: float | None = None) -> Any:
+        """Run a child workflow and return its output (the hierarchical pattern). Its id is
+        derived from this task (a retry starts nothing twice: it awaits the same workflow), it
+        shares this task's correlation and names this task as its cause, so `mesh replay
+        timeline` of the top task shows the child's steps under it. WorkflowFailedError if it
+        fails, WorkflowTimeoutError past ``timeout`` seconds (None: no limit)."""
+        if self._before_effect is not None:
+            await self._before_effect()
+        workflows = Workflows(self.mesh)
+        workflow_id = await workflows.start(spec, input, workflow_id=self._child_id(f"workflow/{next(self._workflows)}"),
+                                            correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+        return await workflows.result(workflow_id, timeout=timeout)
 
     @functools.cached_property
     def origin(self) -> Origin:

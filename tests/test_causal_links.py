@@ -1,0 +1,40 @@
+"""Causal links (issue #13 point 2): what a handler starts carries its correlation and names
+it as the cause, so the timeline of the top task shows the whole tree."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh import Mesh
+from mesh.bus.client import outcome_value
+from replay.reader import read_log
+from replay.timeline import build_timeline
+from tests.conftest import AgentProcesses
+from tests.helpers import EventLog
+
+pytestmark = pytest.mark.e2e
+
+
+class TestChildWorkflow:
+    async def test_the_timeline_of_the_manager_shows_the_child_workflow_and_its_steps(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        for target in ("agents.orchestrator:agent", "agents.echo:agent", "tests.fixture_agents:manager"):
+            await agents.start(target)
+        submitted = await mesh.submit_request("manage", {"goal": "tea"}, task_id="boss-7")
+        outcome = await mesh.follow("manage", "boss-7", submitted.seq, timeout=60)
+        assert outcome_value(outcome) == {"a": {"part": "a", "of": "tea"}, "b": {"part": "b", "of": "tea"}}
+        await log.wait_for(lambda r: r.event.id == outcome.event.id)
+        [started] = log.of_type("mesh.flow.started")
+        request = next(r for r in log.of_type("mesh.task.requested") if r.data.task_id == "boss-7")  # type: ignore[attr-defined]
+        assert started.event.causationid == request.event.id and started.event.correlationid == "boss-7"
+        workflow_id = started.data.workflow_id  # type: ignore[attr-defined]
+        steps = [r for r in log.of_type("mesh.task.requested") if r.data.capability == "echo"]  # type: ignore[attr-defined]
+        assert len(steps) == 2 and {r.event.correlationid for r in steps} == {"boss-7"}
+        tree = build_timeline((await read_log(mesh)).records, "boss-7")
+        hops = {hop.id: hop for hop in tree.hops}
+        assert hops[started.event.id].parent == request.event.id  # drawn under the manager's task
+        ends = [r for r in log.of_type("mesh.task.completed") if r.data.task_id in {s.data.task_id for s in steps}]  # type: ignore[attr-defined]
+        assert len(ends) == 2 and all(r.event.id in hops for r in [*steps, *ends])
+        [finished] = [r for r in log.of_type("mesh.flow.completed") if r.data.workflow_id == workflow_id]  # type: ignore[attr-defined]
+        assert finished.event.id in hops
