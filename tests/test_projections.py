@@ -51,11 +51,13 @@ from topics import (
     FlowStepFailed,
     FlowStepScheduled,
     Record,
+    TaskAttemptFailed,
     TaskCancelled,
     TaskClaimed,
     TaskCompleted,
     TaskEvent,
     TaskFailed,
+    TaskHandedOff,
     TaskProgress,
     TaskRequested,
     VoteCast,
@@ -174,6 +176,24 @@ class TestTasks:
         task = fold(TASKS, records).tasks["t1"]
         assert (task.status, task.capability, task.capabilities) == ("requested", "local", ["gpt", "local"])
         assert (task.attempts, task.error, task.assignee) == (0, None, None)
+
+    def test_history_keeps_every_try_across_fallbacks(self) -> None:
+        """Why each retry happened, the fallback that took over and the final outcome, in order."""
+        records = log(
+            TaskRequested(task_id="t1", capability="gpt", fallback=("local",)),
+            TaskAttemptFailed(task_id="t1", agent="a1", attempt=1, error=error(True), retry_in=1.0, capability="gpt"),
+            TaskHandedOff(task_id="t1", agent="a1", attempt=2, capability="gpt", to="local", next_task_id="t1",
+                          next_request_seq=4, reason="fallback: RateLimitError: 429"),
+            TaskRequested(task_id="t1", capability="local"),
+            TaskCompleted(task_id="t1", agent="b1", attempt=1, output="ok", capability="local"),
+        )  # fmt: skip
+        task = fold(TASKS, records).tasks["t1"]
+        assert [(t.capability, t.attempt, t.ended) for t in task.history] == [
+            ("gpt", 1, "retried"), ("gpt", 2, "fallback"), ("local", 1, "completed")]  # fmt: skip
+        retried, fallback, _ = task.history
+        assert (retried.error, retried.retry_in, retried.at) == (error(True), 1.0, at(2))
+        assert fallback.to == "local" and fallback.error is not None and fallback.error.message == "RateLimitError: 429"
+        assert (task.status, task.capability, task.output) == ("completed", "local", "ok")
 
     def test_duplicate_request_ignored(self) -> None:
         """A repeated request for the same capability does not reset a running task."""

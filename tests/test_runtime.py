@@ -173,6 +173,11 @@ class TestRetries:
         calls = [r.data for r in log.of_type("mesh.llm.called")]
         assert len(calls) == 1 and calls[0].response["id"] == output["response_id"]  # type: ignore[attr-defined]
         assert calls[0].offline and output["text"].startswith("[offline model]")  # type: ignore[attr-defined]
+        [retry] = log.of_type("mesh.task.attempt_failed")  # why the second try happened
+        assert (retry.data.attempt, retry.data.error.type, retry.data.retry_in) == (1, "RetryableError", 1.0)  # type: ignore[attr-defined]
+        assert retry.data.error.message == "the first try always fails"  # type: ignore[attr-defined]
+        task = fold(TASKS, log.records).tasks[retry.data.task_id]  # type: ignore[attr-defined]
+        assert [(t.attempt, t.ended) for t in task.history] == [(1, "retried"), (2, "completed")]
 
     async def test_non_retryable_error_fails_and_dead_letters(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """A handler bug fails the task at once: one mesh.task.failed, one dead letter, no retry."""

@@ -20,6 +20,7 @@ from topics.flows import (
 from topics.record import Record
 from topics.registry import EVENT_TYPES, AnyEvent, decode_data, encode_data, event_class
 from topics.tasks import (
+    TaskAttemptFailed,
     TaskCancelled,
     TaskCancelRequested,
     TaskClaimed,
@@ -45,7 +46,7 @@ __all__ = [
     "ErrorInfo", "Event", "Record",
     "FlowCompleted", "FlowEvent", "FlowFailed", "FlowStarted",
     "FlowStepCompleted", "FlowStepFailed", "FlowStepScheduled",
-    "TaskCancelled", "TaskCancelRequested", "TaskClaimed", "TaskCompleted", "TaskEvent", "TaskFailed", "TaskHandedOff",
+    "TaskAttemptFailed", "TaskCancelled", "TaskCancelRequested", "TaskClaimed", "TaskCompleted", "TaskEvent", "TaskFailed", "TaskHandedOff",
     "TaskOutcome", "TaskProgress", "TaskRequested",
     "VoteCast", "VoteDecided", "VoteEvent", "VoteProposed",
 ]  # fmt: skip

@@ -22,6 +22,7 @@ __all__ = [
     "TaskProgress",
     "TaskCompleted",
     "TaskFailed",
+    "TaskAttemptFailed",
     "TaskCancelled",
     "TaskCancelRequested",
     "TaskHandedOff",
@@ -82,6 +83,21 @@ class TaskFailed(Event, frozen=True, kw_only=True):
     request_seq: int | None = None
 
 
+class TaskAttemptFailed(Event, frozen=True, kw_only=True):
+    """One try of a task failed and it will be tried again after ``retry_in`` seconds (the
+    final failure is `TaskFailed`; a fallback taking over is `TaskHandedOff`): why each retry
+    happened stays in the log."""
+
+    TYPE: ClassVar[str] = "mesh.task.attempt_failed"
+    task_id: str
+    agent: str
+    attempt: int
+    error: ErrorInfo
+    retry_in: float
+    capability: str = ""
+    request_seq: int | None = None
+
+
 class TaskCancelled(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "mesh.task.cancelled"
     task_id: str
@@ -125,7 +141,7 @@ class TaskHandedOff(Event, frozen=True, kw_only=True):
 
 TaskEvent = (
     TaskRequested | TaskClaimed | TaskProgress | TaskCompleted | TaskFailed | TaskCancelled | TaskHandedOff
-    | TaskCancelRequested
+    | TaskCancelRequested | TaskAttemptFailed
 )
 TaskOutcome = TaskCompleted | TaskFailed | TaskCancelled
 

@@ -12,6 +12,9 @@ Rules of the fold:
   fallback: the task goes back to ``requested`` under the new capability, with its attempt
   count starting over (each capability's consumer counts its own deliveries). A request
   for a capability already tried is a duplicate.
+- ``history`` keeps how each try ended, across fallbacks: a failed try that is retried
+  (``TaskAttemptFailed``, with the error and the delay), a fallback taking over, the final
+  outcome. Bounded: the last `MAX_HISTORY` (50) entries per task.
 """
 
 from __future__ import annotations
@@ -23,18 +26,36 @@ import msgspec
 from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
 from topics.base import ErrorInfo, Event
 from topics.tasks import (
+    TaskAttemptFailed,
     TaskCancelled,
+    TaskCancelRequested,
     TaskClaimed,
     TaskCompleted,
     TaskFailed,
     TaskHandedOff,
     TaskProgress,
     TaskRequested,
+    cancel_key_of,
 )
 
-__all__ = ["TaskStatus", "TaskView", "TasksProjection", "TasksState", "is_final"]
+__all__ = ["MAX_HISTORY", "TaskStatus", "TaskView", "TasksProjection", "TasksState", "Try", "is_final"]
 
 TaskStatus = Literal["requested", "claimed", "running", "completed", "failed", "cancelled", "handed_off"]
+MAX_HISTORY = 50  # tries remembered per task
+
+
+class Try(msgspec.Struct, kw_only=True, gc=False):
+    """How one try of a task ended: `retried` (after ``retry_in`` seconds), `fallback` (to
+    ``to``), `completed`, `failed`, `cancelled` or `handed_off`."""
+
+    capability: str
+    attempt: int
+    agent: str
+    ended: str
+    at: str | None = None
+    error: ErrorInfo | None = None
+    retry_in: float | None = None
+    to: str | None = None
 
 
 class TaskView(msgspec.Struct, kw_only=True, gc=False):
@@ -61,6 +82,9 @@ class TaskView(msgspec.Struct, kw_only=True, gc=False):
     finished_at: str | None = None
     correlation_id: str | None = None
     handed_to: str | None = None  # the task a hand-off passed this one's work to
+    history: list[Try] = []  # how each try ended, across fallbacks (see the module doc)
+    cancel_key: str | None = None  # from the request: which cancel requests count
+    cancel_requested: str | None = None  # the reason of a cancel request that counts, once one is made
 
 
 class TasksState(ProjectionState, kw_only=True):
@@ -82,7 +106,7 @@ def _accepts(view: TaskView, attempt: int) -> bool:
 
 class TasksProjection(HandlerProjection[TasksState]):
     name = "tasks"
-    version = 2
+    version = 3
     state_type = TasksState
 
     def handlers(self) -> dict[type[Event], Handler[TasksState]]:
@@ -94,6 +118,8 @@ class TasksProjection(HandlerProjection[TasksState]):
             TaskFailed: _failed,
             TaskCancelled: _cancelled,
             TaskHandedOff: _handed_off,
+            TaskAttemptFailed: _attempt_failed,
+            TaskCancelRequested: _cancel_requested,
         }
 
 
@@ -117,6 +143,7 @@ def _requested(state: TasksState, event: TaskRequested, stamp: Stamp, seq: int) 
         view.error, view.finished_at = None, None
     view.capability = event.capability
     view.capabilities.append(event.capability)
+    view.cancel_key = view.cancel_key or event.cancel_key
     view.input, view.deadline, view.max_attempts = event.input, event.deadline, event.max_attempts
 
 
@@ -143,6 +170,7 @@ def _completed(state: TasksState, event: TaskCompleted, stamp: Stamp, seq: int) 
         return
     view.status, view.output, view.error = "completed", event.output, None
     _settle(view, event.agent, event.attempt, stamp)
+    _tried(view, event.capability, event.attempt, event.agent, "completed", stamp)
 
 
 def _failed(state: TasksState, event: TaskFailed, stamp: Stamp, seq: int) -> None:
@@ -151,6 +179,7 @@ def _failed(state: TasksState, event: TaskFailed, stamp: Stamp, seq: int) -> Non
         return
     view.status, view.error = "failed", event.error
     _settle(view, event.agent, event.attempt, stamp)
+    _tried(view, event.capability, event.attempt, event.agent, "failed", stamp, error=event.error)
 
 
 def _cancelled(state: TasksState, event: TaskCancelled, stamp: Stamp, seq: int) -> None:
@@ -160,16 +189,45 @@ def _cancelled(state: TasksState, event: TaskCancelled, stamp: Stamp, seq: int) 
     view.status, view.reason = "cancelled", event.reason
     view.attempts = max(view.attempts, event.attempt)
     view.finished_at = stamp.time
+    _tried(view, view.capability, event.attempt, event.agent, "cancelled", stamp,
+           error=ErrorInfo(type="cancelled", message=event.reason))  # fmt: skip
 
 
 def _handed_off(state: TasksState, event: TaskHandedOff, stamp: Stamp, seq: int) -> None:
-    if event.reason.startswith("fallback"):  # the fallback's own request carries the task on
-        return
     view = _task(state, event.task_id, stamp)
+    if event.reason.startswith("fallback"):  # the fallback's own request carries the task on
+        error = ErrorInfo(type="fallback", message=event.reason.removeprefix("fallback: "))
+        _tried(view, event.capability, event.attempt, event.agent, "fallback", stamp, error=error, to=event.to)
+        return
     if not _accepts(view, event.attempt):
         return
     view.status, view.handed_to, view.error = "handed_off", event.next_task_id, None
     _settle(view, event.agent, event.attempt, stamp)
+    _tried(view, event.capability, event.attempt, event.agent, "handed_off", stamp, to=event.to)
+
+
+def _cancel_requested(state: TasksState, event: TaskCancelRequested, stamp: Stamp, seq: int) -> None:
+    view = state.tasks.get(event.task_id)  # a request for a task never requested names nothing
+    if view is not None and view.cancel_key and cancel_key_of(event.token) == view.cancel_key:
+        view.cancel_requested = view.cancel_requested or event.reason or "cancel requested"
+
+
+def _attempt_failed(state: TasksState, event: TaskAttemptFailed, stamp: Stamp, seq: int) -> None:
+    view = _task(state, event.task_id, stamp)
+    if not _accepts(view, event.attempt):
+        return
+    view.attempts = max(view.attempts, event.attempt)
+    _tried(view, event.capability, event.attempt, event.agent, "retried", stamp, error=event.error,
+           retry_in=event.retry_in)  # fmt: skip
+
+
+def _tried(
+    view: TaskView, capability: str, attempt: int, agent: str, ended: str, stamp: Stamp, *,
+    error: ErrorInfo | None = None, retry_in: float | None = None, to: str | None = None,
+) -> None:  # fmt: skip
+    view.history.append(Try(capability=capability or view.capability, attempt=attempt, agent=agent, ended=ended,
+                            at=stamp.time, error=error, retry_in=retry_in, to=to))  # fmt: skip
+    del view.history[:-MAX_HISTORY]
 
 
 def _settle(view: TaskView, agent: str, attempt: int, stamp: Stamp) -> None:

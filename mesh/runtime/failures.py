@@ -31,7 +31,7 @@ from topics import subjects
 from topics.base import ErrorInfo, is_token
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id
 from topics.registry import decode_data
-from topics.tasks import TaskFailed, TaskHandedOff, TaskOutcome, TaskRequested
+from topics.tasks import TaskAttemptFailed, TaskFailed, TaskHandedOff, TaskOutcome, TaskRequested
 
 __all__ = [
     "HandlerFailed",
@@ -100,8 +100,10 @@ async def task_failed(
     limit = min(task.max_attempts or options.max_deliver, options.max_deliver)
     retryable = is_retryable(error)
     if retryable and attempt < limit:
-        log.warning("task failed; retrying", attempt=attempt, error=str(error), delay=options.delay(attempt))
-        await msg.nak(delay=options.delay(attempt))
+        delay = options.delay(attempt)
+        log.warning("task failed; retrying", attempt=attempt, error=str(error), delay=delay)
+        await _attempt_failed(worker, msg, delivery, event, task, error, delay)
+        await msg.nak(delay=delay)
         return
     task_id = task.task_id or event.id
     described = scrub_text(f"{type(error).__name__}: {error}")
@@ -138,6 +140,21 @@ async def task_failed(
         await record_failure(worker, msg.subject, event, task, task_id, attempt, info, request_seq)
     await msg.ack()
     instruments.processed.add(1, {"type": event.type, "outcome": "failed"})
+
+
+async def _attempt_failed(
+    worker: Worker, msg: Msg, delivery: Delivery, event: CloudEvent, task: TaskRequested, error: Exception, delay: float
+) -> None:  # fmt: skip
+    """Record why this try failed and when the next comes (`mesh.task.attempt_failed`)."""
+    task_id, capability = task.task_id or event.id, served_capability(msg.subject)
+    info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=scrub_text(str(error))[:2000],
+                     retryable=True)  # fmt: skip
+    failed = TaskAttemptFailed(task_id=task_id, agent=worker.agent_id, attempt=delivery.delivered, error=info,
+                               retry_in=delay, capability=capability, request_seq=delivery.stream_seq)  # fmt: skip
+    await worker.mesh.scoped(delivery.stream_seq).publish(
+        subjects.task(capability, task_id), failed, event_id=derived_id(event.id, f"attempt_failed/{delivery.delivered}"),
+        correlation_id=event.correlationid or task_id, causation_id=event.id,
+    )  # fmt: skip
 
 
 async def event_failed(worker: Worker, msg: Msg, delivery: Delivery, event: CloudEvent, error: Exception) -> None:
