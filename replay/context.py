@@ -18,14 +18,14 @@ from openai.types.chat import ChatCompletion
 from opentelemetry.trace import INVALID_SPAN
 
 from mesh.bus.client import Mesh, Published, Submitted, outcome_value
-from mesh.errors import ReplayIsolationError, ReplayStop, TaskTimeoutError
+from mesh.errors import ReplayIsolationError, ReplayStop, RetryableError, TaskError, TaskTimeoutError
 from mesh.llm.client import DEFAULT_MODEL, LlmClient, LlmSession
 from mesh.llm.tools import ToolBox
 from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
 from topics import subjects
 from topics.base import Event
-from topics.calls import LlmCalled, ToolCalled
+from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.envelope import CloudEvent, derived_id, new_event_id
 from topics.record import Record
 from topics.tasks import TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
@@ -109,6 +109,14 @@ class RecordBook:
             if isinstance(record.data, LlmCalled):
                 calls.setdefault(record.data.call_index, record.data)
         return calls
+
+    def llm_failures(self, cause: str, attempt: int) -> dict[int, LlmFailed]:
+        """The model calls of try ``attempt`` that failed, by call index."""
+        failures: dict[int, LlmFailed] = {}
+        for record in self.caused.get(cause, []):
+            if isinstance(record.data, LlmFailed) and record.data.attempt == attempt:
+                failures.setdefault(record.data.call_index, record.data)
+        return failures
 
     def tool_calls(self, cause: str) -> dict[int, ToolCalled]:
         calls: dict[int, ToolCalled] = {}
@@ -198,7 +206,7 @@ class ReplayLlmSession(LlmSession):
     has no response for is recorded as an effect (so it shows as a divergence) and stops the task."""
 
     def __init__(self, recorded: dict[int, LlmCalled], effects: list[Effect], *, agent: str, task_id: str,
-                 cause_id: str, attempt: int) -> None:  # fmt: skip
+                 cause_id: str, attempt: int, failures: dict[int, LlmFailed] | None = None) -> None:  # fmt: skip
         first = recorded.get(min(recorded)) if recorded else None
         model = str(first.request.get("model", first.model)) if first else DEFAULT_MODEL
         client = LlmClient(cast(Any, _NoModel()), model=model, offline=True)
@@ -209,10 +217,15 @@ class ReplayLlmSession(LlmSession):
         self._replay_index = itertools.count()
         self._replay_subject = subjects.llm(agent, task_id)
         self._replay_cause = cause_id
+        self._replay_failures = failures or {}
 
     async def chat(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None,
                    **options: Any) -> ChatCompletion:  # fmt: skip
         index = next(self._replay_index)
+        if (failed := self._replay_failures.get(index)) is not None:  # this call failed then: it fails again
+            self._index += 1  # the session's own count moves past it, as it did then
+            kind = RetryableError if failed.retryable else TaskError
+            raise kind(failed.message, type=failed.error_type)
         request: dict[str, Any] = {"model": options.get("model", self.model), "messages": list(messages),
                                    **{k: v for k, v in options.items() if k != "model"}}  # fmt: skip
         if tools:
@@ -259,7 +272,7 @@ class ReplayContext(Context):
         self.effects: list[Effect] = []
         mesh = RecordedMesh(book, self.effects, event.id, source=f"mesh://agent/{agent_id}")
         llm = ReplayLlmSession(book.llm_calls(event.id), self.effects, agent=agent, task_id=task_id,
-                               cause_id=event.id, attempt=attempt)  # fmt: skip
+                               cause_id=event.id, attempt=attempt, failures=book.llm_failures(event.id, attempt))  # fmt: skip
         tools = ReplayToolBox(book.tool_calls(event.id), self.effects, agent=agent, granted=granted,
                               task_id=task_id, cause_id=event.id, attempt=attempt)  # fmt: skip
         super().__init__(cast(Mesh, mesh), agent=agent, agent_id=agent_id, event=event, task_id=task_id,

@@ -40,9 +40,19 @@ from mesh.telemetry.tracing import replaying
 from replay.causal import causal_slice
 from replay.context import Effect, RecordBook, ReplayContext, effect_of
 from topics import subjects
+from topics.calls import LlmFailed
 from topics.envelope import derived_id
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
+from topics.tasks import (
+    TaskAttemptFailed,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskClaimed,
+    TaskCompleted,
+    TaskFailed,
+    TaskHandedOff,
+    TaskRequested,
+)
 
 __all__ = ["Divergence", "RerunResult", "rerun", "rerun_file", "rerun_log"]
 
@@ -149,12 +159,17 @@ def _who(outcome: Record | None, claims: list[TaskClaimed], name: str) -> tuple[
 
 
 def _handler_made(record: Record, cause: str) -> bool:
-    """Effects of the handler (not claims, dead letters or the runtime's fallback hand-over)."""
-    if isinstance(record.data, TaskClaimed) or record.event.type == "mesh.dead.lettered":
+    """Effects of the handler (not what the runtime records around it: claims, failed tries,
+    cancellations and cancel requests, dead letters, the fallback hand-over; nor failed model
+    calls, which are inputs fed back)."""
+    if isinstance(record.data, RUNTIME_MADE) or record.event.type == "mesh.dead.lettered":
         return False
     if isinstance(record.data, TaskHandedOff) and record.data.reason.startswith("fallback"):
         return False
     return record.event.id != derived_id(cause, "fallback")
+
+
+RUNTIME_MADE = (TaskClaimed, TaskAttemptFailed, TaskCancelled, TaskCancelRequested, LlmFailed)
 
 
 def _outcome_effect(cause: str, capability: str, task_id: str, kind: str, value: Any) -> Effect:

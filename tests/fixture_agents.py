@@ -245,3 +245,17 @@ async def manage(input: dict[str, Any], ctx: Context) -> Any:
     flow.step("a", "echo", {"part": "a", "of": input["goal"]})
     flow.step("b", "echo", {"part": "b", "of": input["goal"]})
     return await ctx.workflow(flow.build(), timeout=60)
+
+
+careful = Agent("careful")
+
+
+@careful.task("summarise")
+async def summarise(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Asks the big model; when it is rate limited, asks the small one at once (same try)."""
+    messages = [{"role": "user", "content": f"Summarise: {input['text']}"}]
+    try:
+        completion, used = await ctx.llm.chat(messages, model="big-model"), "big-model"
+    except RetryableError:
+        completion, used = await ctx.llm.chat(messages, model="small-model"), "small-model"
+    return {"model": used, "text": completion.choices[0].message.content}

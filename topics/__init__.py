@@ -4,7 +4,7 @@ from topics.agents import AgentEvent, AgentStarted, AgentStopped, Presence
 from topics.base import ErrorInfo, Event
 from topics.bids import BidAwarded, BidCalled, BidEvent, BidPlaced
 from topics.board import BoardDeleted, BoardEvent, BoardWritten
-from topics.calls import CallEvent, LlmCalled, ToolCalled
+from topics.calls import CallEvent, LlmCalled, LlmFailed, ToolCalled
 from topics.chat import ChatEvent, ChatMessage
 from topics.dead import DeadEvent, DeadLettered
 from topics.envelope import CloudEvent, decode_envelope, derived_id, encode_envelope, new_event_id
@@ -39,7 +39,7 @@ __all__ = [
     "AnyEvent", "EVENT_TYPES", "decode_data", "encode_data", "event_class",
     "BidAwarded", "BidCalled", "BidEvent", "BidPlaced",
     "BoardDeleted", "BoardEvent", "BoardWritten",
-    "CallEvent", "LlmCalled", "ToolCalled",
+    "CallEvent", "LlmCalled", "LlmFailed", "ToolCalled",
     "ChatEvent", "ChatMessage",
     "CloudEvent", "decode_envelope", "derived_id", "encode_envelope", "new_event_id",
     "DeadEvent", "DeadLettered",

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from topics.base import Event
 
-__all__ = ["LlmCalled", "ToolCalled", "CallEvent"]
+__all__ = ["LlmCalled", "LlmFailed", "ToolCalled", "CallEvent"]
 
 
 class LlmCalled(Event, frozen=True, kw_only=True):
@@ -19,6 +19,29 @@ class LlmCalled(Event, frozen=True, kw_only=True):
     request: dict[str, Any]  # the chat.completions arguments: messages, tools, ...
     response: dict[str, Any]  # the ChatCompletion as the server returned it
     usage: dict[str, int] = {}
+    latency_ms: float = 0.0
+    offline: bool = False
+
+
+class LlmFailed(Event, frozen=True, kw_only=True):
+    """A model call that got no usable answer (a 429, a 500, a refusal, no connection), in
+    try ``attempt`` of the task: its status, the provider's error code and `Retry-After`.
+    `rerun` raises it again at the same call index of that try; a live retry calls the model
+    again (only `mesh.llm.called` answers are reused)."""
+
+    TYPE: ClassVar[str] = "mesh.llm.failed"
+    agent: str
+    task_id: str
+    call_index: int
+    attempt: int
+    model: str
+    request: dict[str, Any]
+    error_type: str  # the SDK's exception class: RateLimitError, InternalServerError, APIConnectionError, ...
+    message: str
+    status: int | None = None  # the HTTP status, when the server answered
+    code: str | None = None  # the provider's error code, e.g. context_length_exceeded
+    retry_after: float | None = None  # seconds, from the Retry-After (or retry-after-ms) header
+    retryable: bool = False  # whether the task is tried again for it
     latency_ms: float = 0.0
     offline: bool = False
 
@@ -35,4 +58,4 @@ class ToolCalled(Event, frozen=True, kw_only=True):
     error_type: str | None = None  # the exception's class name, so a retry can raise the same kind
 
 
-CallEvent = LlmCalled | ToolCalled
+CallEvent = LlmCalled | LlmFailed | ToolCalled

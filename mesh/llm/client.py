@@ -11,11 +11,13 @@ the model twice.
 
 from __future__ import annotations
 
+import email.utils
 import os
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
@@ -41,9 +43,10 @@ from mesh.telemetry.conventions import (
     INPUT_TOKENS,
     OUTPUT_TOKENS,
 )
+from mesh.telemetry.redact import scrub_text
 from mesh.telemetry.tracing import chat_span, instruments, record_error
 from topics import subjects
-from topics.calls import LlmCalled
+from topics.calls import LlmCalled, LlmFailed
 from topics.envelope import derived_id
 
 __all__ = ["LlmClient", "LlmSession", "ModelChoice", "DEFAULT_MODEL", "PLACEHOLDER_KEY"]
@@ -183,7 +186,9 @@ class LlmSession:
                 record_error(span, error)
                 failed = {**metric, ERROR_TYPE: type(error).__name__}
                 instruments.llm_duration.record(time.perf_counter() - started, failed)
-                raise _task_error(error) from error
+                task_error = _task_error(error)
+                await self._record_failure(index, request, error, task_error, time.perf_counter() - started)
+                raise task_error from error
             latency_ms = (time.perf_counter() - started) * 1000
             usage = completion.usage
             span.set_attributes(
@@ -222,6 +227,26 @@ class LlmSession:
             )
         return completion  # type: ignore[no-any-return]  # the SDK's create() is typed per overload
 
+    async def _record_failure(
+        self, index: int, request: dict[str, Any], error: openai.APIError, raised: TaskError, seconds: float
+    ) -> None:  # fmt: skip
+        """`mesh.llm.failed` for call ``index`` of this try, under an id of its own (the
+        answer a retry gets takes `llm/<index>`)."""
+        if self._mesh is None:
+            return
+        response = getattr(error, "response", None)
+        failure = LlmFailed(
+            agent=self._agent, task_id=self._task_id, call_index=index, attempt=self._attempt,
+            model=str(request.get("model", "")), request=request, error_type=type(error).__name__,
+            message=scrub_text(str(raised))[:2000], status=getattr(error, "status_code", None),
+            code=str(error.code)[:200] if getattr(error, "code", None) else None,
+            retry_after=_retry_after(response.headers) if response is not None else None,
+            retryable=raised.retryable, latency_ms=round(seconds * 1000, 3), offline=self._client.offline,
+        )  # fmt: skip
+        await self._mesh.publish(subjects.llm(self._agent, self._task_id), failure,
+                                 event_id=derived_id(self._cause_id, f"llm/{index}/failed/{self._attempt}"),
+                                 causation_id=self._cause_id, correlation_id=self._task_id)  # fmt: skip
+
     async def _load_recorded(self) -> dict[int, LlmCalled]:
         """Calls already in the log for this task (only looked up on a retry)."""
         if self._recorded is None:
@@ -229,6 +254,23 @@ class LlmSession:
             if self._attempt > 1 and self._mesh is not None:
                 self._recorded = await recorded_calls(self._mesh, subjects.llm(self._agent, self._task_id), LlmCalled)
         return self._recorded
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from `retry-after-ms` (OpenAI's) or `Retry-After` (seconds or an HTTP date)."""
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return max(float(ms) / 1000, 0.0)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _task_error(error: openai.APIError) -> TaskError:
