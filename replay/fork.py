@@ -9,9 +9,11 @@ and published to the live log; the original is never touched. The rules, kept si
   new id, so a handler that runs again under the new ids finds the copies (a re-run parent
   finds its finished sub-tasks' outcomes). Any other event gets `derived_id(old, "fork/NEW_ID")`;
   an event or task whose id *is* ID becomes NEW_ID.
-- References. `correlationid`, `causationid`, `task_id` and `workflow_id` fields and the
-  tokens of subjects are rewritten through the same map; other data is copied as is (a
-  board or vote named in the data stays the same board or vote).
+- References. `correlationid`, `causationid`, the tokens of subjects, and every string in
+  the data (a task's input, a workflow's spec and input, `task_id` and `workflow_id` fields)
+  that is exactly one of the mapped ids are rewritten through the same map, so a workflow
+  task's `{"workflow_id": ID}` drives the fork, not the original. Other data is copied as
+  is (a board or vote named in the data stays the same board or vote).
 - Tasks that finished in the prefix are copied whole; the copy of their request goes to
   `mesh.task.<new task id>` rather than `mesh.work.<capability>`, because anything on a work
   subject is work an agent would do again.
@@ -154,10 +156,10 @@ def _new_ids(prefix: list[Record], source: str, new_id: str) -> dict[str, str]:
 def _copy(record: Record, ids: dict[str, str]) -> tuple[CloudEvent, str]:
     event = record.event
     data: Any = record.data
-    changes = {name: ids[value] for name in ("task_id", "workflow_id")
-               if isinstance(value := getattr(data, name, None), str) and value in ids}  # fmt: skip
-    if changes:
-        data = msgspec.structs.replace(data, **changes)
+    plain = msgspec.to_builtins(data)
+    rewritten = _rewritten(plain, ids)
+    if rewritten != plain:
+        data = msgspec.convert(rewritten, type(data))
     copied = msgspec.structs.replace(
         event,
         id=ids[event.id],
@@ -169,3 +171,14 @@ def _copy(record: Record, ids: dict[str, str]) -> tuple[CloudEvent, str]:
     )
     subject = ".".join(ids.get(token, token) for token in record.subject.split("."))
     return copied, subject
+
+
+def _rewritten(value: Any, ids: dict[str, str]) -> Any:
+    """``value`` with every string that is a mapped id replaced, at any depth."""
+    if isinstance(value, str):
+        return ids.get(value, value)
+    if isinstance(value, dict):
+        return {key: _rewritten(item, ids) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rewritten(item, ids) for item in value]
+    return value
