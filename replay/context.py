@@ -82,6 +82,8 @@ def view(data: Event) -> Any:
             return plain({"call_index": index, "request": request})
         case ToolCalled(call_index=index, tool=name, arguments=arguments):
             return plain({"call_index": index, "tool": name, "arguments": arguments})
+        case TaskRequested(cancel_key=key) if key is not None:  # the submitter's secret hashed: not the handler's
+            return plain(msgspec.structs.replace(data, cancel_key=None))
     return plain(data)
 
 
