@@ -18,7 +18,15 @@ from openai.types.chat import ChatCompletion
 from opentelemetry.trace import INVALID_SPAN
 
 from mesh.bus.client import Mesh, Published, Submitted, outcome_value
-from mesh.errors import ReplayIsolationError, ReplayStop, RetryableError, TaskError, TaskTimeoutError
+from mesh.coordination.workflow import WorkflowSpec, flow_started, workflow_output
+from mesh.errors import (
+    ReplayIsolationError,
+    ReplayStop,
+    RetryableError,
+    TaskError,
+    TaskTimeoutError,
+    WorkflowTimeoutError,
+)
 from mesh.llm.client import DEFAULT_MODEL, LlmClient, LlmSession
 from mesh.llm.tools import ToolBox
 from mesh.runtime.context import Context
@@ -27,6 +35,7 @@ from topics import subjects
 from topics.base import Event
 from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.envelope import CloudEvent, derived_id, new_event_id
+from topics.flows import FlowCompleted, FlowFailed
 from topics.record import Record
 from topics.tasks import TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
 
@@ -101,9 +110,12 @@ class RecordBook:
         self.by_id = {record.event.id: record for record in self.records}
         self.caused = children_of(self.records)
         self.outcomes: dict[str, Record] = {}
+        self.workflow_ends: dict[str, Record] = {}
         for record in self.records:
             if isinstance(record.data, TaskOutcome):
                 self.outcomes.setdefault(record.data.task_id, record)
+            elif isinstance(record.data, FlowCompleted | FlowFailed):
+                self.workflow_ends.setdefault(record.data.workflow_id, record)
 
     def llm_calls(self, cause: str) -> dict[int, LlmCalled]:
         calls: dict[int, LlmCalled] = {}
@@ -269,9 +281,21 @@ class ReplayToolBox(ToolBox):
 class ReplayContext(Context):
     """The Context a handler gets during `rerun`. `effects` lists what it did, in order."""
 
+    async def _child_workflow(self, spec: WorkflowSpec, input: Any, workflow_id: str, timeout: float | None) -> Any:
+        """The child's `mesh.flow.started` is the handler's effect (compared); its end is the
+        recorded one (the orchestrator's work is not the handler's)."""
+        await self.mesh.publish(subjects.flow(workflow_id), flow_started(spec, input, workflow_id),
+                                event_id=derived_id(workflow_id, "started"), correlation_id=self.correlation_id,
+                                causation_id=self.event.id)  # fmt: skip
+        end = self._book.workflow_ends.get(workflow_id)
+        if end is None:
+            raise WorkflowTimeoutError(f"workflow {workflow_id}: the log holds no end of it (the original waited in vain)")
+        return workflow_output(workflow_id, end)
+
     def __init__(self, book: RecordBook, *, agent: str, agent_id: str, event: CloudEvent, task_id: str,
                  capability: str, attempt: int, granted: Sequence[str] = ()) -> None:  # fmt: skip
         self.effects: list[Effect] = []
+        self._book = book
         mesh = RecordedMesh(book, self.effects, event.id, source=f"mesh://agent/{agent_id}")
         llm = ReplayLlmSession(book.llm_calls(event.id), self.effects, agent=agent, task_id=task_id,
                                cause_id=event.id, attempt=attempt, failures=book.llm_failures(event.id, attempt))  # fmt: skip

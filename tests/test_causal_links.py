@@ -3,11 +3,14 @@ it as the cause, so the timeline of the top task shows the whole tree."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from mesh import Mesh
+from mesh import Agent, Context, Flow, Mesh
 from mesh.bus.client import outcome_value
 from replay.reader import read_log
+from replay.rerun import rerun
 from replay.timeline import build_timeline
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
@@ -38,3 +41,24 @@ class TestChildWorkflow:
         assert len(ends) == 2 and all(r.event.id in hops for r in [*steps, *ends])
         [finished] = [r for r in log.of_type("mesh.flow.completed") if r.data.workflow_id == workflow_id]  # type: ignore[attr-defined]
         assert finished.event.id in hops
+        records = (await read_log(mesh)).records
+        clean = await rerun("tests.fixture_agents:manager", records, "boss-7")  # the child's end comes from the log
+        assert clean.ok and clean.tasks_checked == 1, clean.divergence and clean.divergence.describe()
+        changed = await rerun(changed_manager(), records, "boss-7")
+        assert not changed.ok and changed.divergence is not None
+        assert changed.divergence.expected is not None and changed.divergence.expected.type == "mesh.flow.started"
+        assert changed.divergence.index == 0 and "differs" in changed.divergence.reason
+
+
+def changed_manager() -> Agent:
+    """The manager with one edit: step b asks for something else."""
+    agent = Agent("manager")
+
+    @agent.task("manage")
+    async def manage(input: dict[str, Any], ctx: Context) -> Any:
+        flow = Flow("child")
+        flow.step("a", "echo", {"part": "a", "of": input["goal"]})
+        flow.step("b", "echo", {"part": "B", "of": input["goal"]})
+        return await ctx.workflow(flow.build(), timeout=60)
+
+    return agent

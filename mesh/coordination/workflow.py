@@ -50,8 +50,10 @@ __all__ = [
     "WorkflowSpec",
     "Workflows",
     "default_output",
+    "flow_started",
     "load",
     "parse",
+    "workflow_output",
 ]
 
 WORKFLOW_CAPABILITY = "workflow"
@@ -201,7 +203,7 @@ class Workflows:
         so the timeline of what started it shows the whole tree."""
         workflow_id = check_token("workflow id", workflow_id or new_event_id())
         correlation_id = correlation_id or workflow_id
-        started = FlowStarted(workflow_id=workflow_id, name=spec.name, spec=msgspec.to_builtins(spec), input=input)
+        started = flow_started(spec, input, workflow_id)
         await self.mesh.publish(subjects.flow(workflow_id), started, event_id=derived_id(workflow_id, "started"),
                                 correlation_id=correlation_id, causation_id=causation_id)  # fmt: skip
         await self.mesh.submit(WORKFLOW_CAPABILITY, {"workflow_id": workflow_id}, task_id=workflow_id,
@@ -237,7 +239,7 @@ class Workflows:
         the workflow's events are followed (one consumer)."""
         try:
             if on_event is None:
-                return _output(workflow_id, await self._end(workflow_id, timeout))
+                return workflow_output(workflow_id, await self._end(workflow_id, timeout))
             return await asyncio.wait_for(self._outcome(workflow_id, on_event), timeout)
         except TimeoutError:
             raise WorkflowTimeoutError(
@@ -253,7 +255,7 @@ class Workflows:
         async for record in self.follow(workflow_id):
             on_event(record)
             if _is_end(record):
-                return _output(workflow_id, record)
+                return workflow_output(workflow_id, record)
         raise MeshError(f"workflow {workflow_id}: the log ended without an outcome")  # pragma: no cover
 
 
@@ -261,7 +263,12 @@ def _is_end(record: Record) -> bool:
     return isinstance(record.data, FlowCompleted | FlowFailed)
 
 
-def _output(workflow_id: str, end: Record) -> Any:
+def flow_started(spec: WorkflowSpec, input: Any, workflow_id: str) -> FlowStarted:
+    """The `mesh.flow.started` that starts ``workflow_id``."""
+    return FlowStarted(workflow_id=workflow_id, name=spec.name, spec=msgspec.to_builtins(spec), input=input)
+
+
+def workflow_output(workflow_id: str, end: Record) -> Any:
     """The output of a workflow that ended with ``end``; WorkflowFailedError if it failed."""
     match end.data:
         case FlowCompleted(output=output):

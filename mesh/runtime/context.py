@@ -174,9 +174,13 @@ class Context:
         fails, WorkflowTimeoutError past ``timeout`` seconds (None: no limit)."""
         if self._before_effect is not None:
             await self._before_effect()
+        return await self._child_workflow(spec, input, self._child_id(f"workflow/{next(self._workflows)}"), timeout)
+
+    async def _child_workflow(self, spec: WorkflowSpec, input: Any, workflow_id: str, timeout: float | None) -> Any:
+        """Start the child workflow and await its end (`rerun` answers it from the log)."""
         workflows = Workflows(self.mesh)
-        workflow_id = await workflows.start(spec, input, workflow_id=self._child_id(f"workflow/{next(self._workflows)}"),
-                                            correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+        await workflows.start(spec, input, workflow_id=workflow_id, correlation_id=self.correlation_id,
+                              causation_id=self.event.id)  # fmt: skip
         return await workflows.result(workflow_id, timeout=timeout)
 
     @functools.cached_property
