@@ -9,8 +9,9 @@ of the mesh (`ctx.mesh.js`, ...) raises `ReplayIsolationError`.
 
 from __future__ import annotations
 
+import copy
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -18,8 +19,12 @@ from openai.types.chat import ChatCompletion
 from opentelemetry.trace import INVALID_SPAN
 
 from mesh.bus.client import Mesh, Published, Submitted, outcome_value
+from mesh.bus.follow import Stored
+from mesh.coordination.board import Board
+from mesh.coordination.origin import Origin
 from mesh.coordination.workflow import WorkflowSpec, flow_started, workflow_output
 from mesh.errors import (
+    ExpectedSequenceError,
     ReplayIsolationError,
     ReplayStop,
     RetryableError,
@@ -29,10 +34,12 @@ from mesh.errors import (
 )
 from mesh.llm.client import DEFAULT_MODEL, LlmClient, LlmSession
 from mesh.llm.tools import ToolBox
+from mesh.projections.board import BoardState
 from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
 from topics import subjects
 from topics.base import Event
+from topics.board import BoardDeleted, BoardWritten
 from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.envelope import CloudEvent, derived_id, new_event_id
 from topics.flows import FlowCompleted, FlowFailed
@@ -105,8 +112,12 @@ def effect_of(record: Record, cause: str, siblings: int) -> Effect:
 class RecordBook:
     """The recorded slice, indexed for replay: by id, by cause, and task outcomes by task id."""
 
-    def __init__(self, records: Iterable[Record]) -> None:
+    def __init__(self, records: Iterable[Record], everything: Iterable[Record] = ()) -> None:
         self.records = list(records)
+        self.boards: dict[str, list[Record]] = {}  # board name -> its events in the whole log, for reads
+        for record in everything:
+            if record.subject.startswith("mesh.board."):
+                self.boards.setdefault(record.subject.split(".")[2], []).append(record)
         self.by_id = {record.event.id: record for record in self.records}
         self.caused = children_of(self.records)
         self.outcomes: dict[str, Record] = {}
@@ -278,8 +289,56 @@ class ReplayToolBox(ToolBox):
         return await super().call(name, arguments)
 
 
+class ReplayBoard(Board):
+    """A board as the recorded task saw it. A read folds the board's events in the whole log up
+    to just before the handler's next recorded effect (`horizon`): the newest state the
+    original read can have seen. A compare-and-set write whose id the log does not hold, while
+    the log holds a later write of this task on that key, is a write the original lost to
+    another writer: it is refused again (`ExpectedSequenceError`, so the handler's retry loop
+    runs as it ran). Writes are effects, recorded through the `RecordedMesh`, never sent."""
+
+    def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, name: str,
+                 origin: Origin) -> None:  # fmt: skip
+        super().__init__(cast(Mesh, mesh), name, origin=origin)
+        self._book = book
+        self._horizon = horizon
+
+    async def refresh(self, *, at_least: int = 0) -> BoardState:
+        upto = max(self._horizon(), at_least)
+        for record in self._book.boards.get(self.name, []):
+            if self._state.seq < record.seq <= upto:
+                self._fold(Stored(record.seq, record.subject, record, 0))
+        return self._state
+
+    async def _publish(
+        self, key: str, data: BoardWritten | BoardDeleted, event_id: str, expected: int | None
+    ) -> Published:
+        if expected is not None and event_id not in self._book.by_id and self._lost_race(key):
+            raise ExpectedSequenceError(subjects.board(self.name, key), expected)
+        return await super()._publish(key, data, event_id, expected)
+
+    def _lost_race(self, key: str) -> bool:
+        """Whether the log holds a write of this task on ``key`` made later than this one."""
+        counter = copy.copy(self.origin._counter)  # the ids the handler's next writes would get
+        label = f"board/{self.name}/{key}"
+        return any(derived_id(self.origin.cause_id or "", f"{label}/{next(counter)}") in self._book.by_id
+                   for _ in range(LOST_RACES))  # fmt: skip
+
+
+LOST_RACES = 10_000  # how many lost compare-and-set writes in a row a rerun reproduces
+
+
 class ReplayContext(Context):
     """The Context a handler gets during `rerun`. `effects` lists what it did, in order."""
+
+    def board(self, name: str) -> Board:
+        return ReplayBoard(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
+
+    def _horizon(self) -> int:
+        """The log position a read sees now: just before the handler's next recorded effect,
+        or the task's outcome when no recorded effect is left."""
+        made = len(self.effects)
+        return self._effect_seqs[made] - 1 if made < len(self._effect_seqs) else self._end_seq
 
     async def _child_workflow(self, spec: WorkflowSpec, input: Any, workflow_id: str, timeout: float | None) -> Any:
         """The child's `mesh.flow.started` is the handler's effect (compared); its end is the
@@ -293,9 +352,12 @@ class ReplayContext(Context):
         return workflow_output(workflow_id, end)
 
     def __init__(self, book: RecordBook, *, agent: str, agent_id: str, event: CloudEvent, task_id: str,
-                 capability: str, attempt: int, granted: Sequence[str] = ()) -> None:  # fmt: skip
+                 capability: str, attempt: int, granted: Sequence[str] = (), effect_seqs: Sequence[int] = (),
+                 end_seq: int = 0) -> None:  # fmt: skip
         self.effects: list[Effect] = []
         self._book = book
+        self._effect_seqs = list(effect_seqs)  # where the recorded effects of the handler landed, in order
+        self._end_seq = end_seq
         mesh = RecordedMesh(book, self.effects, event.id, source=f"mesh://agent/{agent_id}")
         llm = ReplayLlmSession(book.llm_calls(event.id), self.effects, agent=agent, task_id=task_id,
                                cause_id=event.id, attempt=attempt, failures=book.llm_failures(event.id, attempt))  # fmt: skip

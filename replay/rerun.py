@@ -89,7 +89,7 @@ async def rerun(target: str | Agent, records: Sequence[Record], correlation: str
     capabilities in the causal slice of ``correlation`` within ``records``."""
     agent = load_agent(target) if isinstance(target, str) else target
     chosen = causal_slice(records, correlation)
-    book = RecordBook(chosen)
+    book = RecordBook(chosen, records)
     requests = [r for r in chosen if isinstance(r.data, TaskRequested) and r.data.capability in agent.handlers]
     if not requests:
         raise MeshError(
@@ -127,8 +127,11 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     outcome = next((r for r in caused if r.event.id in _outcome_ids(event.id)), None)
     claims = [r.data for r in caused if isinstance(r.data, TaskClaimed)]
     attempt, agent_id = _who(outcome, claims, agent.name)
+    made = [r.seq for r in caused if _handler_made(r, event.id) and r.event.id not in _outcome_ids(event.id)]
+    end = outcome.seq if outcome is not None else max((r.seq for r in book.records), default=request.seq)
     ctx = ReplayContext(book, agent=agent.name, agent_id=agent_id, event=event, task_id=task_id,
-                        capability=data.capability, attempt=attempt, granted=agent.tools)  # fmt: skip
+                        capability=data.capability, attempt=attempt, granted=agent.tools,
+                        effect_seqs=sorted(made), end_seq=end)  # fmt: skip
     try:
         output = await handler.fn(handler.convert(data.input), ctx)
         result: tuple[str, Any] = ("completed", output)
