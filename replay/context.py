@@ -22,6 +22,7 @@ from mesh.bus.client import Mesh, Published, Submitted, outcome_value
 from mesh.bus.follow import Stored
 from mesh.coordination.board import Board
 from mesh.coordination.origin import Origin
+from mesh.coordination.votes import Ballot, Proposal, Proposals
 from mesh.coordination.workflow import WorkflowSpec, flow_started, workflow_output
 from mesh.errors import (
     ExpectedSequenceError,
@@ -30,6 +31,7 @@ from mesh.errors import (
     RetryableError,
     TaskError,
     TaskTimeoutError,
+    VoteTimeoutError,
     WorkflowTimeoutError,
 )
 from mesh.llm.client import DEFAULT_MODEL, LlmClient, LlmSession
@@ -38,13 +40,14 @@ from mesh.projections.board import BoardState
 from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
 from topics import subjects
-from topics.base import Event
+from topics.base import Event, check_token
 from topics.board import BoardDeleted, BoardWritten
 from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.envelope import CloudEvent, derived_id, new_event_id
 from topics.flows import FlowCompleted, FlowFailed
 from topics.record import Record
 from topics.tasks import TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
+from topics.votes import VoteDecided, VoteProposed
 
 __all__ = [
     "Effect",
@@ -98,6 +101,8 @@ def view(data: Event) -> Any:
             return plain({"call_index": index, "request": request})
         case ToolCalled(call_index=index, tool=name, arguments=arguments):
             return plain({"call_index": index, "tool": name, "arguments": arguments})
+        case VoteProposed(deadline=deadline) if deadline is not None:  # "in 30 s" is a time of its run
+            return plain(msgspec.structs.replace(data, deadline="(a deadline)"))
         case TaskRequested(cancel_key=key) if key is not None:  # the submitter's secret hashed: not the handler's
             return plain(msgspec.structs.replace(data, cancel_key=None))
     return plain(data)
@@ -115,9 +120,13 @@ class RecordBook:
     def __init__(self, records: Iterable[Record], everything: Iterable[Record] = ()) -> None:
         self.records = list(records)
         self.boards: dict[str, list[Record]] = {}  # board name -> its events in the whole log, for reads
+        self.votes: dict[str, list[Record]] = {}  # proposal id -> its events in the whole log
         for record in everything:
-            if record.subject.startswith("mesh.board."):
-                self.boards.setdefault(record.subject.split(".")[2], []).append(record)
+            family, _, rest = record.subject.removeprefix("mesh.").partition(".")
+            if family == "board":
+                self.boards.setdefault(rest.split(".")[0], []).append(record)
+            elif family == "vote":
+                self.votes.setdefault(rest, []).append(record)
         self.by_id = {record.event.id: record for record in self.records}
         self.caused = children_of(self.records)
         self.outcomes: dict[str, Record] = {}
@@ -328,11 +337,51 @@ class ReplayBoard(Board):
 LOST_RACES = 10_000  # how many lost compare-and-set writes in a row a rerun reproduces
 
 
+class ReplayProposals(Proposals):
+    """Votes as the recorded task saw them: proposing and casting are effects (recorded through
+    the `RecordedMesh`); a proposal's view is folded from the log up to the handler's `horizon`;
+    its decision is the one the log holds (a handler that waited for one got that one)."""
+
+    def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, *, origin: Origin,
+                 voter: str) -> None:  # fmt: skip
+        super().__init__(cast(Mesh, mesh), origin=origin, voter=voter)
+        self.book = book
+        self.horizon = horizon
+
+    def get(self, proposal_id: str) -> Proposal:
+        return ReplayProposal(self, check_token("proposal id", proposal_id))
+
+
+class ReplayProposal(Proposal):
+    async def _ballot(self) -> Ballot:
+        proposals = cast(ReplayProposals, self.proposals)
+        ballot, upto = Ballot(self.proposal_id), proposals.horizon()
+        for record in proposals.book.votes.get(self.proposal_id, []):
+            if record.seq <= upto:
+                ballot.fold(Stored(record.seq, record.subject, record, 0))
+        return ballot
+
+    async def _record_if_due(self, ballot: Ballot) -> float | None:
+        return None  # whoever recorded the decision, it is in the log already (or never was)
+
+    async def _await_decision(self) -> VoteDecided:
+        proposals = cast(ReplayProposals, self.proposals)
+        decided = next((r.data for r in proposals.book.votes.get(self.proposal_id, []) if isinstance(r.data, VoteDecided)), None)
+        if decided is None:
+            raise VoteTimeoutError(f"proposal {self.proposal_id}: the log holds no decision (the original waited in vain)")
+        return decided
+
+
 class ReplayContext(Context):
     """The Context a handler gets during `rerun`. `effects` lists what it did, in order."""
 
     def board(self, name: str) -> Board:
         return ReplayBoard(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
+
+    @property
+    def vote(self) -> Proposals:
+        return ReplayProposals(self._book, self._horizon, cast(RecordedMesh, self.mesh), origin=self.origin,
+                               voter=self.agent)  # fmt: skip
 
     def _horizon(self) -> int:
         """The log position a read sees now: just before the handler's next recorded effect,

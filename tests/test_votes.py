@@ -10,6 +10,8 @@ import pytest
 from mesh import Mesh
 from mesh.coordination.votes import Proposals, decided_id
 from mesh.errors import VoteRejected, VoteTimeoutError
+from replay.reader import read_log
+from replay.rerun import rerun
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 
@@ -135,3 +137,7 @@ class TestFromAgents:
         assert len(decisions(log)) == 1
         casts = log.of_type("mesh.vote.cast")
         assert len(casts) == 3 and all(r.event.causationid for r in casts)
+        records = (await read_log(mesh)).records  # rerun: proposing and casting compared, the decision from the log
+        [proposing] = [r for r in log.of_type("mesh.task.requested") if r.data.capability == "propose"]  # type: ignore[attr-defined]
+        result = await rerun("tests.pattern_agents:voter", records, proposing.data.task_id)  # type: ignore[attr-defined]
+        assert result.ok and result.tasks_checked == 4, result.divergence and result.divergence.describe()

@@ -31,7 +31,7 @@ from topics.base import check_token
 from topics.envelope import derived_id, now_rfc3339
 from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
 
-__all__ = ["Proposal", "Proposals", "decided_id"]
+__all__ = ["Ballot", "Proposal", "Proposals", "decided_id"]
 
 
 def decided_id(proposal_id: str) -> str:
@@ -106,8 +106,8 @@ class Proposal:
         """The proposal as folded from the log now (votes, tally, decided, outcome)."""
         return (await self._ballot()).view
 
-    async def _ballot(self) -> _Ballot:
-        ballot = _Ballot(self.proposal_id)
+    async def _ballot(self) -> Ballot:
+        ballot = Ballot(self.proposal_id)
         for item in await read(self.mesh, self.subject):
             ballot.fold(item)
         return ballot
@@ -145,7 +145,7 @@ class Proposal:
             ) from None
 
     async def _await_decision(self) -> VoteDecided:
-        ballot = _Ballot(self.proposal_id)
+        ballot = Ballot(self.proposal_id)
         async with Follow(self.mesh, self.subject) as follow:
             head = await last_seq(self.mesh, self.subject)
             while ballot.decided is None:
@@ -158,7 +158,7 @@ class Proposal:
         assert ballot.decided is not None
         return ballot.decided
 
-    async def _record_if_due(self, ballot: _Ballot) -> float | None:
+    async def _record_if_due(self, ballot: Ballot) -> float | None:
         """Record the decision if it is due now; else the seconds until the deadline, if any."""
         view = ballot.view
         if not view.proposed or view.decided:
@@ -177,7 +177,7 @@ class Proposal:
         return None
 
 
-class _Ballot:
+class Ballot:
     """The fold of one proposal's subject, with the position it reached."""
 
     def __init__(self, proposal_id: str) -> None:
