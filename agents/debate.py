@@ -1,5 +1,6 @@
 """Debate: a moderator alternates a proponent and an opponent for some rounds, keeps the
-transcript as `mesh.chat.<room>` events, and asks a judge. Four agents, four processes:
+transcript as `mesh.chat.<room>` events, and asks a judge. Four agents, four processes, which
+`mesh run debate` starts together (agents/teams/debate.toml):
 
     mesh agent run agents.debate:moderator     # capability `debate`
     mesh agent run agents.debate:proponent     # capability `argue-for`

@@ -1,6 +1,7 @@
 """Group chat: a host gives the floor to speakers in turn (round robin, or chosen by a
 selector agent) until one says the termination phrase or the turns run out. Every turn is a
-`mesh.chat.<room>` event; the conversations projection folds them.
+`mesh.chat.<room>` event; the conversations projection folds them. `mesh run groupchat` starts
+the three together (agents/teams/groupchat.toml):
 
     mesh agent run agents.groupchat:host        # capability `group-chat`
     mesh agent run agents.groupchat:panel       # capabilities `speak-optimist`, `speak-skeptic`, `speak-editor`

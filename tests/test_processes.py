@@ -22,6 +22,7 @@ from mesh.bus.processes import (
     ask_to_stop,
     child_options,
     executable,
+    on_each_stop_signal,
     on_stop_signals,
     pid_alive,
     stop_pid,
@@ -74,10 +75,17 @@ class TestChildOptions:
         assert child_options(detach=True) == {"start_new_session": True}
         assert child_options(detach=False) == {"start_new_session": False}
 
+    def test_posix_own_group_keeps_the_terminals_ctrl_c_away(self, posix: None) -> None:
+        """POSIX, `own_group` (`mesh run`'s replicas): a process group of its own in the same session;
+        detached already has one."""
+        assert child_options(detach=False, own_group=True) == {"start_new_session": False, "process_group": 0}
+        assert child_options(detach=True, own_group=True) == {"start_new_session": True}
+
     def test_windows_always_gets_its_own_process_group(self, windows: None) -> None:
         """Windows: every child has its own process group (CTRL_BREAK_EVENT's target); detached: no console."""
         assert child_options(detach=False) == {"creationflags": CREATE_NEW_PROCESS_GROUP}
         assert child_options(detach=True) == {"creationflags": CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS}
+        assert child_options(detach=False, own_group=True) == {"creationflags": CREATE_NEW_PROCESS_GROUP}
 
     @pytest.mark.skipif(sys.platform != "win32", reason="the stdlib names the Win32 flags on Windows only")
     def test_the_win32_values_are_the_stdlibs(self) -> None:
@@ -140,6 +148,27 @@ class TestStopSignals:
             restore()
         # asyncio's remove_signal_handler puts back Python's own SIGINT handler; the fallback, the one it replaced
         assert signal.getsignal(signal.SIGINT) == (signal.default_int_handler if loop_watches_signals else before)
+
+
+    async def test_each_signal_is_named_and_hangup_is_one_on_request(self, posix: None) -> None:
+        """`on_each_stop_signal` passes the signal on; with `hangup`, SIGHUP stops too (a supervisor's terminal closed)."""
+        got: list[int] = []
+        arrived = asyncio.Event()
+
+        def note(signum: int) -> None:
+            got.append(signum)
+            arrived.set()
+
+        restore = on_each_stop_signal(note, hangup=True)
+        try:
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                arrived.clear()
+                signal.raise_signal(signum)
+                await asyncio.wait_for(arrived.wait(), 5)
+        finally:
+            restore()
+        assert got == [signal.SIGTERM, signal.SIGHUP]
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
 
 
 @pytest.mark.unit

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,24 @@ class TestReadme:
         assert "mesh.agent.stopped" not in done.stderr  # the agent's log is JSON on stderr; no crash lines
         assert "Traceback" not in done.stderr
         assert not (tmp_path / ".mesh" / "server.json").exists()  # `mesh down` ran
+
+    @pytest.mark.e2e
+    @pytest.mark.timeout(360)
+    def test_teams_run_as_written(self, nats_server: LocalServer, tmp_path: Path) -> None:
+        """`mesh run debate` and `mesh run groupchat` serve their tasks as written, and stop with 0 on SIGTERM."""
+        env = env_with_venv(NATS_URL=nats_server.url, PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen(["bash", "-e", "-c", block("teams")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+        try:
+            stdout, stderr = proc.communicate(timeout=300)
+        finally:  # whatever happened, `mesh run` is asked to stop (it stops its agents)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.returncode == 0, stdout + stderr
+        assert '"verdict": {"winner": ' in stdout and '"ended": "terminated"' in stdout, stdout
+        for name in ("moderator.1", "proponent.1", "opponent.1", "judge.1", "host.1", "panel.1", "selector.1"):
+            assert re.search(rf"^{re.escape(name)} +! stopped \(exited with 0\)$", stdout, re.M), stdout
+        assert "Traceback" not in stdout + stderr
 
     @pytest.mark.e2e
     async def test_foreign_client(self, nats_server: LocalServer, agents: AgentProcesses, log: EventLog) -> None:

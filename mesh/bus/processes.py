@@ -3,12 +3,15 @@
 - a program's file name (`.exe` on Windows);
 - starting a child so that it can be asked to stop (POSIX: SIGTERM reaches any child, and a
   detached one gets its own session; Windows: its own process group, the only thing
-  CTRL_BREAK_EVENT can be sent to, and no console when detached);
+  CTRL_BREAK_EVENT can be sent to, and no console when detached), and, for a supervisor that
+  alone decides when its children stop (`mesh run`), out of reach of the terminal's Ctrl-C
+  (POSIX: a process group of its own; Windows: its own group already is);
 - asking a child to stop (SIGTERM / CTRL_BREAK_EVENT), and stopping a process known only by its
   pid (`mesh down`: Windows has no signal for a process of another console, so it is terminated);
 - whether a pid lives (`os.kill(pid, 0)` would send CTRL_C_EVENT on Windows);
 - the stop signals an agent drains on, delivered to its event loop even where
-  `loop.add_signal_handler` is not implemented (Windows' proactor loop).
+  `loop.add_signal_handler` is not implemented (Windows' proactor loop), and, for a supervisor,
+  the terminal's hang-up (POSIX SIGHUP).
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import asyncio
 import functools
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["WINDOWS", "executable", "child_options", "ask_to_stop", "stop_pid", "pid_alive", "stop_signals", "on_stop_signals"]
+__all__ = ["WINDOWS", "executable", "child_options", "ask_to_stop", "stop_pid", "pid_alive", "stop_signals",
+           "on_stop_signals", "on_each_stop_signal"]  # fmt: skip
 
 WINDOWS = sys.platform == "win32"
 
@@ -41,15 +44,27 @@ def executable(name: str) -> str:
     return f"{name}.exe" if WINDOWS else name
 
 
-def child_options(*, detach: bool) -> dict[str, Any]:
-    """`subprocess.Popen` keywords for a child that `ask_to_stop` can reach; `detach`: it
-    outlives this command and its terminal (`mesh up`)."""
+def child_options(*, detach: bool, own_group: bool = False) -> dict[str, Any]:
+    """`subprocess.Popen` (and `asyncio.create_subprocess_exec`) keywords for a child that
+    `ask_to_stop` can reach; `detach`: it outlives this command and its terminal (`mesh up`);
+    `own_group`: the terminal's Ctrl-C reaches this process and not the child, which stops when
+    this process asks it to (`mesh run`). On Windows every child has its own group already."""
     if WINDOWS:
         return {"creationflags": CREATE_NEW_PROCESS_GROUP | (DETACHED_PROCESS if detach else 0)}
+    if own_group and not detach:
+        return {"start_new_session": False, "process_group": 0}
     return {"start_new_session": detach}
 
 
-def ask_to_stop(process: subprocess.Popen[bytes]) -> bool:
+class Stoppable(Protocol):
+    """What `ask_to_stop` uses of a child: `subprocess.Popen` and `asyncio.subprocess.Process` have it."""
+
+    def send_signal(self, sig: int, /) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+def ask_to_stop(process: Stoppable) -> bool:
     """SIGTERM, or CTRL_BREAK_EVENT on Windows (to a child started with `child_options`).
     Where the child cannot be asked (Windows, no shared console), it is terminated: False."""
     if not WINDOWS:
@@ -137,14 +152,23 @@ def on_stop_signals(callback: Callable[[], None]) -> Callable[[], None]:
     """Call `callback` in the running loop on each stop signal; returns the function that
     puts the previous handlers back. Where the loop cannot watch signals (Windows), a
     `signal.signal` handler hands the call to the loop."""
+    return on_each_stop_signal(lambda _: callback())
+
+
+def on_each_stop_signal(callback: Callable[[int], None], *, hangup: bool = False) -> Callable[[], None]:
+    """`on_stop_signals` with the signal's number passed to `callback`; `hangup`: on POSIX,
+    SIGHUP too (the terminal closed), for a process whose children only stop when it asks them."""
     loop = asyncio.get_running_loop()
     undo: list[Callable[[], object]] = []
-    for signum in stop_signals():
+    signums = stop_signals()
+    if hangup and not WINDOWS and sys.platform != "win32":  # (the second test tells mypy SIGHUP exists)
+        signums += (signal.SIGHUP,)
+    for signum in signums:
         try:
-            loop.add_signal_handler(signum, callback)
+            loop.add_signal_handler(signum, callback, signum)
             undo.append(functools.partial(loop.remove_signal_handler, signum))
         except NotImplementedError:
-            previous = signal.signal(signum, lambda *_: loop.call_soon_threadsafe(callback))
+            previous = signal.signal(signum, lambda number, _: loop.call_soon_threadsafe(callback, number))
             undo.append(functools.partial(signal.signal, signum, previous or signal.SIG_DFL))
 
     def restore() -> None:

@@ -106,6 +106,13 @@ class MeshSettings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def environment(self) -> dict[str, str]:
+        """These settings as the variables `from_env` (and every command's options) read: what
+        a child process is given to connect as this one does. Only the values set."""
+        names = {"url": "NATS_URL", "creds": "NATS_CREDS", "nkey_seed": "NATS_NKEY_SEED", "tls_ca": "NATS_CA",
+                 "tls_cert": "NATS_CERT", "tls_key": "NATS_KEY", "tls_hostname": "NATS_TLS_HOSTNAME"}  # fmt: skip
+        return {variable: value for key, variable in names.items() if (value := getattr(self, key))}
+
     def connect_options(self) -> dict[str, Any]:
         """The keyword arguments of `nats.connect`. Seeds and keys are read here, so a missing
         file, a missing `nkeys` package or a bad seed is a clear error before any connection."""

@@ -3,7 +3,8 @@ with a `MeshError` as one line on stderr, reading JSON arguments and checking id
 
 Exit codes (README, "Exit codes"): 0 done; 1 an error, one `error:` line on stderr (the mesh,
 the server or the file system said no, or an id or subject cannot be used); 2 a usage mistake
-(click's `Error:` with the usage line), or `--wait`/`--follow` timed out; 130 Ctrl-C."""
+(click's `Error:` with the usage line, or one `error:` line for a file that cannot be used:
+`FileMistake`), or `--wait`/`--follow` timed out; 130 Ctrl-C."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from mesh.errors import MeshError
 from topics import subjects
 from topics.base import check_token
 
-__all__ = ["UserError", "check_filter", "nats_options", "parse_json", "run", "run_sync", "token", "write_text"]
+__all__ = ["UserError", "FileMistake", "check_filter", "nats_options", "parse_json", "run", "run_sync", "token", "write_text"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,6 +57,13 @@ class UserError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+class FileMistake(UserError):
+    """A file the user wrote or named that cannot be used (`mesh run`'s team file): one `error:`
+    line naming the file and the key, and exit 2, as for the other usage mistakes."""
+
+    exit_code = 2
 
 
 def token(kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
