@@ -166,7 +166,9 @@ async def _history(mesh: Mesh) -> LiveProjection[PerformanceState]:
     """This process's `PerformanceProjection`, started on the first auction and kept current."""
     async with _starting:
         if id(mesh) not in _live:
-            _live.clear()  # a new connection: the old one's consumer went with it
+            for stale in _live.values():  # a new connection: the old one's reader is of no use
+                await stale.close()
+            _live.clear()
             _live[id(mesh)] = await LiveProjection(mesh, PERFORMANCE, use_snapshot=False).start()
         return _live[id(mesh)]
 

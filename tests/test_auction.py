@@ -30,7 +30,7 @@ async def history(mesh: Mesh, capability: str, tasks: int) -> None:
 
 
 async def auction(mesh: Mesh, log: EventLog, task_id: str, **call: Any) -> tuple[dict[str, Any], BidAwarded]:
-    result = await mesh.request("auction", {"capability": "summarize", "input": NOTE, "bidders": 2, **call},
+    result = await mesh.request("auction", {"capability": "summarize", "input": NOTE, "bidders": 2, "window": 20, **call},
                                 task_id=task_id, timeout=60)  # fmt: skip
     [award] = await log.wait_for(lambda r: r.subject == f"mesh.bid.{task_id}" and isinstance(r.data, BidAwarded))
     assert isinstance(award.data, BidAwarded)
