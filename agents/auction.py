@@ -1,6 +1,6 @@
 """Market / auction (contract net): an auctioneer calls for bids on `mesh.bid.<auction>`,
-bidders that watch every call answer with a price, the best bid (cost, then load) is
-awarded, and the winner does the work through its own capability.
+bidders that watch every call answer with a price, the best bid by cost, load and the
+bidder's past performance is awarded, and the winner does the work through its own capability.
 
     mesh agent run agents.auction:auctioneer      # capability `auction`
     mesh agent run agents.auction:frugal          # bids, and serves `summarize-frugal`
@@ -8,60 +8,169 @@ awarded, and the winner does the work through its own capability.
     mesh task auction --input '{"capability": "summarize", "input": {"text": "..."}, "bidders": 2}' --wait
 
 Bidders are `Agent.on("mesh.bid.*")` subscriptions: every bidder role sees every call for
-bids. Each bid is an event, so the award can be checked, and replayed, from the log.
+bids. Each bid is an event, and so is what the award was decided from: the bids and the
+bidders' records are read by the `auction_bids` tool, whose result is recorded
+(`mesh.tool.called`), and the award (`mesh.bid.awarded`) carries every score, so the
+decision can be checked from the log and `mesh replay rerun agents.auction:auctioneer`
+makes the same one.
+
+A bid's score, lower wins: `cost * cost / max cost + load * load / max load + failures *
+failure rate + latency * median latency / max median latency` over the bids of the auction,
+with the weights `Weights` (fields of the call). A bidder's record is the last `HISTORY`
+outcomes of its capability `<capability>-<bidder>` (`PerformanceProjection`, kept current
+by one `LiveProjection` per auctioneer process): its failure rate is `(failed + 1) /
+(completed + failed + 2)`; a bidder with no record gets the mean rate and latency of those
+that have one (all equal when none has), so a newcomer is neither favoured nor shunned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import math
 from typing import Any
 
 import msgspec
 
-from mesh import Agent, Context
-from mesh.bus.follow import Follow, last_seq
+from agents.performance import PERFORMANCE, PerformanceState
+from mesh import Agent, Context, LiveProjection, Mesh, tool
+from mesh.bus.follow import Follow
 from topics import subjects
-from topics.bids import BidAwarded, BidCalled, BidPlaced
+from topics.base import check_token
+from topics.bids import BidAwarded, BidCalled, BidPlaced, BidScore
 from topics.record import Record
 
-auctioneer = Agent("auctioneer", emits=("mesh.bid.*",))
+__all__ = ["Call", "Weights", "auctioneer", "bidder", "frugal", "premium", "score", "MAX_BIDS"]
+
+MAX_BIDS = 100  # bids taken per auction (one per bidder); later ones are not considered
+auctioneer = Agent("auctioneer", emits=("mesh.bid.*",), tools=("auction_bids",))
+_mesh: contextvars.ContextVar[Mesh] = contextvars.ContextVar("auction_mesh")
 
 
-class Call(msgspec.Struct, frozen=True):
+class Weights(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How much each part of a bid's score counts (each part is between 0 and 1; lower wins)."""
+
+    cost: float = 1.0
+    load: float = 0.5
+    failures: float = 2.0
+    latency: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            if not 0 <= getattr(self, name) <= 1000:
+                raise ValueError(f"weight {name} must be between 0 and 1000, not {getattr(self, name)!r}")
+
+
+class Call(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     capability: str
     input: Any = None
     bidders: int = 0  # close as soon as this many bids are in (0: wait for the whole window)
     window: float = 2.0  # seconds bids are taken
+    weights: Weights = Weights()
+
+    def __post_init__(self) -> None:
+        check_token("capability", self.capability)
+        if not 0 < self.window <= 600:
+            raise ValueError(f"window must be more than 0 and at most 600 seconds, not {self.window!r}")
+        if not 0 <= self.bidders <= MAX_BIDS:
+            raise ValueError(f"bidders must be between 0 and {MAX_BIDS}, not {self.bidders!r}")
 
 
 @auctioneer.task("auction")
 async def auction(input: Call, ctx: Context) -> dict[str, Any]:
     subject = subjects.bid(ctx.task_id)
-    after = await last_seq(ctx.mesh, subject)
-    await ctx.emit(subject, BidCalled(task_id=ctx.task_id, capability=input.capability, input=input.input,
-                                      caller=ctx.agent_id))  # fmt: skip
-    bids = await collect(ctx, subject, after, input)
+    called = await ctx.emit(subject, BidCalled(task_id=ctx.task_id, capability=input.capability, input=input.input,
+                                               caller=ctx.agent_id))  # fmt: skip
+    _mesh.set(ctx.mesh)  # for the tool; a rerun answers the tool from the log and never runs it
+    found = await ctx.tools.call("auction_bids", {"task_id": ctx.task_id, "capability": input.capability,
+                                                  "after": called.seq, "bidders": input.bidders,
+                                                  "window": input.window})  # fmt: skip
+    bids = msgspec.convert(found["bids"], list[BidScore])
     if not bids:
         raise LookupError(f"no bids for {input.capability} within {input.window:g}s")
-    best = min(bids, key=lambda bid: (bid.cost, bid.load, bid.bidder))
-    await ctx.emit(subject, BidAwarded(task_id=ctx.task_id, winner=best.bidder, cost=best.cost))
+    scores = score(bids, input.weights)
+    best = scores[0]
+    await ctx.emit(subject, BidAwarded(task_id=ctx.task_id, winner=best.bidder, cost=best.cost, scores=tuple(scores),
+                                       weights=msgspec.structs.asdict(input.weights), history_seq=found["seq"]))  # fmt: skip
     output = await ctx.request(f"{input.capability}-{best.bidder}", input.input)
     return {"winner": best.bidder, "cost": best.cost, "bids": len(bids), "output": output}
 
 
-async def collect(ctx: Context, subject: str, after: int, call: Call) -> list[BidPlaced]:
+def score(bids: list[BidScore], weights: Weights) -> list[BidScore]:
+    """The bids with their scores, best (lowest) first; ties go to the bidder named first."""
+    known = [bid for bid in bids if bid.completed + bid.failed]
+    rates = {bid.bidder: (bid.failed + 1) / (bid.completed + bid.failed + 2) for bid in known}
+    timed = {bid.bidder: bid.latency_ms for bid in known if bid.latency_ms is not None}
+    slowest = max(timed.values(), default=0.0) or 1.0
+    latencies = {bidder: latency / slowest for bidder, latency in timed.items()}
+    top_cost, top_load = max(bid.cost for bid in bids) or 1.0, max(bid.load for bid in bids) or 1.0
+
+    def of(bid: BidScore) -> float:
+        return round(weights.cost * bid.cost / top_cost + weights.load * bid.load / top_load
+                     + weights.failures * rates.get(bid.bidder, _mean(rates))
+                     + weights.latency * latencies.get(bid.bidder, _mean(latencies)), 6)  # fmt: skip
+
+    return sorted(
+        (msgspec.structs.replace(bid, score=of(bid)) for bid in bids), key=lambda bid: (bid.score, bid.bidder)
+    )
+
+
+def _mean(values: dict[str, float]) -> float:
+    return sum(values.values()) / len(values) if values else 0.0
+
+
+@tool
+async def auction_bids(task_id: str, capability: str, after: int, bidders: int, window: float) -> dict[str, Any]:
+    """The bids on auction `task_id` placed after stream sequence `after`, within `window` seconds
+    or until `bidders` are in, each with its bidder's record at `<capability>-<bidder>`."""
+    mesh = _mesh.get()
+    placed = await collect(mesh, subjects.bid(task_id), after, bidders=bidders, window=window)
+    history = await _history(mesh)
+    state = await history.caught_up(after)
+    bids = [_with_record(bid, state, f"{capability}-{bid.bidder}") for bid in placed]
+    return {"bids": msgspec.to_builtins(bids), "seq": state.seq}
+
+
+async def collect(mesh: Mesh, subject: str, after: int, *, bidders: int, window: float) -> list[BidPlaced]:
     """Bids on the auction's subject until the window closes or the expected number is in."""
     bids: dict[str, BidPlaced] = {}
-    deadline = asyncio.get_running_loop().time() + call.window
-    async with Follow(ctx.mesh, subject, after=after) as events:
-        while not call.bidders or len(bids) < call.bidders:
+    deadline = asyncio.get_running_loop().time() + window
+    async with Follow(mesh, subject, after=after) as events:
+        while (not bidders or len(bids) < bidders) and len(bids) < MAX_BIDS:
             left = deadline - asyncio.get_running_loop().time()
             item = await events.next(timeout=left) if left > 0 else None
             if item is None:
                 break
-            if item.record is not None and isinstance(item.record.data, BidPlaced):
-                bids.setdefault(item.record.data.bidder, item.record.data)  # one bid per bidder
+            match item.record.data if item.record is not None else None:
+                case BidPlaced(cost=cost, load=load) as placed if _fair(cost) and _fair(load):
+                    bids.setdefault(placed.bidder, placed)  # one bid per bidder
     return list(bids.values())
+
+
+def _fair(amount: float) -> bool:
+    """A cost or load a score can use: a finite number, not below zero (others are ignored)."""
+    return math.isfinite(amount) and 0 <= amount <= 1e12
+
+
+def _with_record(bid: BidPlaced, state: PerformanceState, capability: str) -> BidScore:
+    record = PERFORMANCE.record(state, capability)
+    return BidScore(bidder=bid.bidder, cost=bid.cost, load=bid.load, completed=record.completed,
+                    failed=record.failed, latency_ms=record.latency_ms)  # fmt: skip
+
+
+_live: dict[int, LiveProjection[PerformanceState]] = {}  # one per connection of this process
+_starting = asyncio.Lock()
+
+
+async def _history(mesh: Mesh) -> LiveProjection[PerformanceState]:
+    """This process's `PerformanceProjection`, started on the first auction and kept current."""
+    async with _starting:
+        if id(mesh) not in _live:
+            for stale in _live.values():  # a new connection: the old one's reader is of no use
+                await stale.close()
+            _live.clear()
+            _live[id(mesh)] = await LiveProjection(mesh, PERFORMANCE, use_snapshot=False).start()
+        return _live[id(mesh)]
 
 
 def bidder(name: str, *, base: float, per_char: float) -> Agent:
@@ -81,7 +190,9 @@ def bidder(name: str, *, base: float, per_char: float) -> Agent:
     async def summarize(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
         busy["tasks"] += 1
         try:
-            summary = await ctx.llm.text(f"Summarize: {input.get('text', '')}", system=f"You are the {name} summarizer.")
+            summary = await ctx.llm.text(
+                f"Summarize: {input.get('text', '')}", system=f"You are the {name} summarizer."
+            )
         finally:
             busy["tasks"] -= 1
         return {"summary": summary, "by": name}

@@ -33,6 +33,7 @@ __all__ = [
     "VersionConflict",
     "VoteRejected",
     "VoteTimeoutError",
+    "LimitTimeoutError",
     "WorkflowFailedError",
     "WorkflowTimeoutError",
     "ToolError",
@@ -248,6 +249,13 @@ class VoteRejected(MeshError, ValueError):
 
 class VoteTimeoutError(MeshError, TimeoutError):
     """No decision was recorded within the time the caller was willing to wait."""
+
+    retryable = True
+
+
+class LimitTimeoutError(MeshError, TimeoutError):
+    """A shared pool slot or rate-limit grant (`mesh.coordination.limits`) did not come within the
+    time the caller was willing to wait, or a held lease ran out and its slot was taken."""
 
     retryable = True
 

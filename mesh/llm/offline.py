@@ -3,7 +3,9 @@
 `AsyncOpenAI(http_client=offline_http_client())` sends real requests through the real
 client (retries, parsing, errors); this transport answers them in-process, with no
 network. Answers are a pure function of the request, say they are offline, and include
-tool calls when tools are offered, so agents and tests exercise the whole tool loop.
+tool calls when tools are offered, so agents and tests exercise the whole tool loop. A
+`response_format` of `json_object` gets a JSON object, one of `json_schema` a value that
+validates against the schema (`mesh.llm.instances`), so planning agents run offline too.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import httpx2
 import openai
+
+from mesh.llm.instances import UnanswerableSchema, instance_of
 
 __all__ = ["OfflineTransport", "offline_http_client", "offline_reply", "OFFLINE_PROVIDER"]
 
@@ -63,7 +68,9 @@ def _tool_arguments(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
 
 
 def offline_reply(request: dict[str, Any]) -> dict[str, Any]:
-    """The ChatCompletion the offline model returns for a chat.completions request body."""
+    """The ChatCompletion the offline model returns for a chat.completions request body; for a
+    `response_format` of `json_object`, a JSON object about the prompt, and for `json_schema` a
+    value that validates against the schema (`mesh.llm.instances`), or `UnanswerableSchema`."""
     messages: list[dict[str, Any]] = request.get("messages", [])
     digest = _digest(messages)
     prompt = _text_of(_last(messages, "user"))
@@ -104,10 +111,22 @@ def _compose(request: dict[str, Any], messages: list[dict[str, Any]], prompt: st
         pick = int(digest[8:16], 16)
         opener = _OPENERS[pick % len(_OPENERS)].format(subject=_subject_of(prompt))
         body = f"{opener} {_FOLLOW_UPS[pick // len(_OPENERS) % len(_FOLLOW_UPS)]}"
-    fmt = (request.get("response_format") or {}).get("type")
-    if fmt in ("json_object", "json_schema"):
-        return json.dumps({"offline": True, "answer": body})
+    response_format = request.get("response_format") or {}
+    subject = _subject_of(prompt)
+    match response_format.get("type"):
+        case "json_schema":
+            return json.dumps(instance_of(_schema_of(response_format), topic=subject))
+        case "json_object":
+            return json.dumps({"offline": True, "topic": subject, "answer": body})
     return f"[offline model] {body}"
+
+
+def _schema_of(response_format: Mapping[str, Any]) -> Any:
+    """The schema of a `{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}` format."""
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("schema", {}), (Mapping, bool)):
+        raise UnanswerableSchema('response_format json_schema wants {"json_schema": {"name": ..., "schema": {...}}}')
+    return spec.get("schema", {})
 
 
 def _subject_of(prompt: str) -> str:
@@ -125,10 +144,19 @@ class OfflineTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
         if request.method == "POST" and path.endswith("/chat/completions"):
-            body = json.loads(await request.aread() or b"{}")
+            try:
+                body = json.loads(await request.aread() or b"{}")
+            except ValueError as error:
+                return _error(400, f"the request body is not JSON: {error}")
+            if not isinstance(body, dict) or not isinstance(body.get("messages", []), list):
+                return _error(400, "the request body is not a chat.completions request (an object with messages)")
             if body.get("stream"):
                 return _error(400, "the offline model does not stream; call without stream=True")
-            return httpx2.Response(200, json=offline_reply(body), headers={"x-mesh-offline": "true"})
+            try:
+                reply = offline_reply(body)
+            except UnanswerableSchema as error:
+                return _error(400, f"the offline model cannot answer this response_format: {error}")
+            return httpx2.Response(200, json=reply, headers={"x-mesh-offline": "true"})
         if request.method == "GET" and path.endswith("/models"):
             return httpx2.Response(200, json={"object": "list", "data": [{"id": "offline", "object": "model",
                                                                           "created": 0, "owned_by": "mesh"}]})  # fmt: skip

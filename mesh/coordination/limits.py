@@ -1,0 +1,283 @@
+"""Limits shared by every process on every host: pools (at most `size` holders at once) and
+rate limits (at most `limit` units in any `interval` seconds), durable across restarts.
+
+    async with Pool(mesh, "gpu", size=2).hold():          # at most 2 holders mesh-wide
+        ...
+    await RateLimit(mesh, "openai", limit=60, interval=60).acquire()   # 60 per minute mesh-wide
+
+Each limit is one key of the JetStream KV bucket `mesh-limits` (`pool.<name>`, `rate.<name>`),
+changed only by compare-and-set on its revision: a process reads the state, decides, and
+writes only if nobody wrote in between (else it reads again), so no two processes can both
+take the last slot. A pool holder has a lease (`lease` seconds, renewed by `hold()` while it
+holds): a holder that crashes frees its slot when its lease runs out. A rate limit keeps the
+time and units of each grant of the last `interval` (a sliding window, so no window of that
+length ever holds more than `limit` units), at most `MAX_GRANTS` grants. A waiting process
+wakes when the key changes (a core subscription on its KV subject: nothing on the server per
+waiter) or when the next lease or grant runs out. Times are the processes' wall clocks, in
+milliseconds: hosts must agree to well within a lease (NTP does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from mesh.bus import jetstream
+from mesh.bus.client import Mesh
+from mesh.bus.connection import stream_replicas
+from mesh.errors import ConfigError, LimitTimeoutError
+from topics.base import check_token
+
+__all__ = ["LIMITS_BUCKET", "MAX_GRANTS", "MAX_HOLDERS", "Grant", "Lease", "Pool", "RateLimit"]
+
+LIMITS_BUCKET = "mesh-limits"
+MAX_HOLDERS = 1000  # the largest pool
+MAX_GRANTS = 10_000  # grants a rate limit remembers: at most this many acquisitions per interval
+_WAKE = 5.0  # seconds a waiter sleeps at most between looks, should a change notice be lost
+
+
+class PoolState(msgspec.Struct, kw_only=True):
+    holders: dict[str, int] = {}  # holder -> when its lease runs out (ms since the epoch)
+
+
+class RateState(msgspec.Struct, kw_only=True):
+    grants: list[tuple[int, int]] = []  # (when, units), oldest first, within the last interval
+
+
+class Lease(msgspec.Struct, frozen=True):
+    """A slot of pool `pool` held by `holder` until `expires` (ms since the epoch) unless renewed."""
+
+    pool: str
+    holder: str
+    expires: int
+
+
+class Grant(msgspec.Struct, frozen=True):
+    """`units` of rate limit `limit`, granted at `at` (ms since the epoch)."""
+
+    limit: str
+    units: int
+    at: int
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+R = TypeVar("R")
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+class _Key(Generic[S]):
+    """One limit's KV key, changed by compare-and-set."""
+
+    def __init__(self, mesh: Mesh, key: str, state_type: type[S]) -> None:
+        self.mesh, self.key = mesh, key
+        self.state_type: type[S] = state_type
+        self._decoder: msgspec.json.Decoder[S] = msgspec.json.Decoder(state_type)
+        self._kv: KeyValue | None = None
+
+    async def kv(self) -> KeyValue:
+        if self._kv is None:
+            try:
+                self._kv = await self.mesh.js.key_value(LIMITS_BUCKET)
+            except (BucketNotFoundError, NotFoundError):
+                config = KeyValueConfig(bucket=LIMITS_BUCKET, history=1, storage=StorageType.FILE,
+                                        replicas=stream_replicas(), description="agentmesh pools and rate limits")  # fmt: skip
+                self._kv = await self.mesh.js.create_key_value(config)
+        return self._kv
+
+    async def change(self, decide: Callable[[S, int], tuple[S, R] | int]) -> tuple[R, None] | tuple[None, int]:
+        """Apply ``decide(state, now)`` with compare-and-set until it lands. ``decide`` returns the
+        new state and a result, or the time (ms) when it could succeed: then nothing is written."""
+        kv = await self.kv()
+        while True:
+            try:
+                entry = await kv.get(self.key)
+                state, revision = self._decode(entry.value), entry.revision or 0
+            except KeyNotFoundError as missing:  # never written, or deleted (then it has a revision)
+                state, revision = self.state_type(), getattr(missing.entry, "revision", None) or 0
+            decided = decide(state, _now())
+            if isinstance(decided, int):
+                return None, decided
+            new, result = decided
+            try:
+                await kv.update(self.key, msgspec.json.encode(new), last=revision)
+                return result, None
+            except KeyWrongLastSequenceError:
+                continue  # someone else wrote first: read again
+
+    def _decode(self, value: bytes | None) -> S:
+        try:
+            return self._decoder.decode(value or b"{}")
+        except msgspec.DecodeError:  # written by something else: start over rather than trust it
+            return self.state_type()
+
+    async def wait(self, decide: Callable[[S, int], tuple[S, R] | int], timeout: float | None, what: str) -> R:
+        """`change` until it succeeds, waking when the key changes or the time it named comes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed = asyncio.Event()
+
+        async def on_change(_: Msg) -> None:
+            changed.set()
+
+        # subscribed (and known to the server) before the first read, so no change goes unseen
+        sub = await jetstream.subscribe(self.mesh.nc, f"$KV.{LIMITS_BUCKET}.{self.key}", on_change)
+        try:
+            while True:
+                changed.clear()
+                result, ready_at = await self.change(decide)
+                if ready_at is None:
+                    return result  # type: ignore[return-value]  # None only when ready_at is set
+                pause = min(_WAKE, max(0.0, (ready_at - _now()) / 1000) + 0.001)
+                if deadline is not None:
+                    if time.monotonic() >= deadline:
+                        raise LimitTimeoutError(f"{what} not available within {timeout:g}s; try again later")
+                    pause = min(pause, deadline - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), pause)
+        finally:
+            await sub.unsubscribe()
+
+
+def _holder_id() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class Pool:
+    """At most `size` holders at once, mesh-wide; a holder's slot is freed by `release` or when
+    its lease (`lease` seconds) runs out unrenewed. Every process must use the same `size`."""
+
+    def __init__(self, mesh: Mesh, name: str, *, size: int, lease: float = 30.0) -> None:
+        self.name = check_token("pool name", name)
+        if not 1 <= size <= MAX_HOLDERS:
+            raise ConfigError(f"pool {name!r} size must be 1 to {MAX_HOLDERS}, not {size!r}")
+        if not 0.05 <= lease <= 86_400:
+            raise ConfigError(f"pool {name!r} lease must be 0.05 to 86400 seconds, not {lease!r}")
+        self.size, self.lease = size, lease
+        self._key = _Key(mesh, f"pool.{name}", PoolState)
+
+    def _take(self, holder: str) -> Callable[[PoolState, int], tuple[PoolState, Lease] | int]:
+        def decide(state: PoolState, now: int) -> tuple[PoolState, Lease] | int:
+            live = {h: until for h, until in state.holders.items() if until > now and h != holder}
+            if len(live) >= self.size:
+                return min(live.values())  # when the first lease runs out
+            expires = now + int(self.lease * 1000)
+            return PoolState(holders={**live, holder: expires}), Lease(self.name, holder, expires)
+
+        return decide
+
+    async def acquire(self, *, holder: str | None = None, timeout: float | None = None) -> Lease:
+        """A slot, waiting up to ``timeout`` seconds (None: as long as it takes); LimitTimeoutError if none."""
+        return await self._key.wait(self._take(holder or _holder_id()), timeout, f"a slot of pool {self.name!r}")
+
+    async def try_acquire(self, *, holder: str | None = None) -> Lease | None:
+        """A slot if one is free now, else None."""
+        lease, _ = await self._key.change(self._take(holder or _holder_id()))
+        return lease
+
+    async def renew(self, lease: Lease) -> Lease:
+        """The lease extended by `lease` seconds from now; LimitTimeoutError if it ran out and the slot is gone."""
+        renewed = await self.try_acquire(holder=lease.holder)
+        if renewed is None:
+            raise LimitTimeoutError(f"the lease of {lease.holder} on pool {self.name!r} ran out and its slot was taken")
+        return renewed
+
+    async def release(self, lease: Lease) -> None:
+        def decide(state: PoolState, now: int) -> tuple[PoolState, None]:
+            live = {h: until for h, until in state.holders.items() if until > now and h != lease.holder}
+            return PoolState(holders=live), None
+
+        await self._key.change(decide)
+
+    async def holders(self) -> dict[str, int]:
+        """Who holds a slot now, and until when (ms since the epoch)."""
+        found: dict[str, int] = {}
+
+        def look(state: PoolState, now: int) -> int:
+            found.update({h: until for h, until in state.holders.items() if until > now})
+            return now
+
+        await self._key.change(look)
+        return found
+
+    @contextlib.asynccontextmanager
+    async def hold(self, *, timeout: float | None = None) -> AsyncIterator[Lease]:
+        """Hold a slot for the block, renewing the lease every third of it; released at the end."""
+        lease = await self.acquire(timeout=timeout)
+        renewing = asyncio.create_task(self._renewing(lease), name=f"pool-{self.name}-lease")
+        try:
+            yield lease
+        finally:
+            renewing.cancel()
+            await self.release(lease)
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing  # raises LimitTimeoutError if the lease ran out and the slot was lost
+
+    async def _renewing(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            lease = await self.renew(lease)
+
+
+def _ready_at(grants: list[tuple[int, int]], *, units: int, grants_over: int) -> int:
+    """When (before the window is added) enough of the oldest grants have aged out to free
+    ``units`` units and ``grants_over`` grants."""
+    for at, n in grants:
+        units, grants_over = units - n, grants_over - 1
+        if units <= 0 and grants_over <= 0:
+            return at
+    return grants[-1][0] if grants else 0
+
+
+class RateLimit:
+    """At most `limit` units (requests, tokens) in any `interval` seconds, mesh-wide. Every
+    process must use the same `limit` and `interval`."""
+
+    def __init__(self, mesh: Mesh, name: str, *, limit: int, interval: float) -> None:
+        self.name = check_token("rate limit name", name)
+        if not 1 <= limit <= 10**12:
+            raise ConfigError(f"rate limit {name!r} must allow 1 to 10**12 units, not {limit!r}")
+        if not 0.01 <= interval <= 86_400:
+            raise ConfigError(f"rate limit {name!r} interval must be 0.01 to 86400 seconds, not {interval!r}")
+        self.limit, self.interval = limit, interval
+        self._key = _Key(mesh, f"rate.{name}", RateState)
+
+    def _take(self, units: int) -> Callable[[RateState, int], tuple[RateState, Grant] | int]:
+        window = int(self.interval * 1000)
+
+        def decide(state: RateState, now: int) -> tuple[RateState, Grant] | int:
+            recent = [(at, n) for at, n in state.grants if at > now - window]
+            used = sum(n for _, n in recent)
+            if used + units > self.limit or len(recent) >= MAX_GRANTS:
+                return (
+                    _ready_at(recent, units=used + units - self.limit, grants_over=len(recent) + 1 - MAX_GRANTS)
+                    + window
+                )
+            return RateState(grants=[*recent, (now, units)]), Grant(self.name, units, now)
+
+        return decide
+
+    async def acquire(self, units: int = 1, *, timeout: float | None = None) -> Grant:
+        """Take ``units``, waiting up to ``timeout`` seconds (None: as long as it takes) for them
+        to fit in the window; LimitTimeoutError if they do not."""
+        if not 1 <= units <= self.limit:
+            raise ConfigError(f"{units!r} units can never fit rate limit {self.name!r} of {self.limit}")
+        return await self._key.wait(self._take(units), timeout, f"{units} units of rate limit {self.name!r}")
+
+    async def try_acquire(self, units: int = 1) -> Grant | None:
+        """Take ``units`` if they fit now, else None."""
+        grant, _ = await self._key.change(self._take(units))
+        return grant

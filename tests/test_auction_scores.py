@@ -1,0 +1,120 @@
+"""Pure units of the auction by performance: the performance fold (bounded, first outcome counts,
+latency from request to outcome) and the score (weights, neutral prior for newcomers)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents import performance
+from agents.auction import Call, Weights, score
+from agents.performance import PERFORMANCE, TrackRecord
+from mesh.projections.base import fold
+from tests.test_projections import record
+from topics.base import ErrorInfo, Event
+from topics.bids import BidScore
+from topics.tasks import TaskCompleted, TaskFailed, TaskRequested
+
+pytestmark = pytest.mark.unit
+
+BOOM = ErrorInfo(type="TaskError", message="boom")
+
+
+def requested(task_id: str, capability: str = "summarize-a") -> TaskRequested:
+    return TaskRequested(capability=capability, task_id=task_id)
+
+
+def done(task_id: str, ok: bool = True) -> Event:
+    if ok:
+        return TaskCompleted(task_id=task_id, agent="a", attempt=1)
+    return TaskFailed(task_id=task_id, agent="a", attempt=1, error=BOOM)
+
+
+def records(*events: Event) -> list:  # type: ignore[type-arg]
+    return [record(event, seq) for seq, event in enumerate(events, start=1)]
+
+
+class TestPerformanceProjection:
+    def test_counts_outcomes_and_median_latency(self) -> None:
+        """Completed and failed are counted per capability; latency is request to outcome, completed only."""
+        state = fold(PERFORMANCE, records(requested("t1"), done("t1"), requested("t2"), requested("t3"),
+                                          done("t2", ok=False), done("t3")))  # fmt: skip
+        assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=2, failed=1, latency_ms=1500.0)
+        assert PERFORMANCE.record(state, "summarize-b") == TrackRecord()
+        assert state.pending == {}
+
+    def test_first_outcome_counts_and_strays_are_ignored(self) -> None:
+        """A second outcome of a task, or one whose request was never seen, changes nothing."""
+        state = fold(PERFORMANCE, records(requested("t1"), done("t1"), done("t1", ok=False), done("t9")))
+        assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=1, failed=0, latency_ms=1000.0)
+
+    def test_fallback_counts_against_the_capability_that_gave_up(self) -> None:
+        """A task requested again under another capability failed for the first one."""
+        state = fold(PERFORMANCE, records(requested("t1"), requested("t1"), requested("t1", "summarize-b"), done("t1")))
+        assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=0, failed=1)
+        assert PERFORMANCE.record(state, "summarize-b") == TrackRecord(completed=1, latency_ms=3000.0)
+
+    def test_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """At most HISTORY outcomes per capability, MAX_CAPABILITIES capabilities and MAX_PENDING tasks."""
+        monkeypatch.setattr(performance, "HISTORY", 3)
+        monkeypatch.setattr(performance, "MAX_CAPABILITIES", 2)
+        monkeypatch.setattr(performance, "MAX_PENDING", 2)
+        events: list[Event] = []
+        for n in range(5):
+            events += [requested(f"t{n}"), done(f"t{n}", ok=n < 2)]
+        events += [requested("x", "other"), done("x"), requested("y", "third"), done("y")]
+        events += [requested("p1"), requested("p2"), requested("p3")]
+        state = fold(PERFORMANCE, records(*events))
+        assert set(state.outcomes) == {"other", "third"} and list(state.pending) == ["p2", "p3"]
+        state = fold(PERFORMANCE, records(*events[:10]))
+        assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=0, failed=3)
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), max_size=30), st.integers(0, 60))
+    def test_same_from_a_prefix(self, steps: list[tuple[int, bool]], cut: int) -> None:
+        """Folded whole or as a prefix then the rest, the state is the same (a pure fold)."""
+        events: list[Event] = []
+        for n, ok in steps:
+            events += [requested(f"t{n}"), done(f"t{n}", ok)]
+        log = records(*events)
+        whole = fold(PERFORMANCE, log)
+        assert fold(PERFORMANCE, log[cut:], fold(PERFORMANCE, log[:cut])) == whole
+
+
+def bid(bidder: str, cost: float, *, load: float = 0.0, completed: int = 0, failed: int = 0,
+        latency_ms: float | None = None) -> BidScore:  # fmt: skip
+    return BidScore(bidder=bidder, cost=cost, load=load, completed=completed, failed=failed, latency_ms=latency_ms)
+
+
+class TestScore:
+    def test_record_outweighs_a_lower_price(self) -> None:
+        """A cheaper bidder that failed most of its tasks loses to one that completed them."""
+        ranked = score([bid("cheap", 0.5, completed=1, failed=4), bid("steady", 2.0, completed=5, latency_ms=900)],
+                       Weights())  # fmt: skip
+        assert [b.bidder for b in ranked] == ["steady", "cheap"]
+
+    def test_price_decides_between_equal_records(self) -> None:
+        ranked = score([bid("dear", 2.0, completed=5, latency_ms=10), bid("cheap", 1.0, completed=5, latency_ms=10)],
+                       Weights())  # fmt: skip
+        assert [b.bidder for b in ranked] == ["cheap", "dear"] and ranked[0].score < ranked[1].score
+
+    def test_a_newcomer_gets_the_mean_record(self) -> None:
+        """No history: the mean failure rate and latency of those that have one, so price decides here."""
+        ranked = score([bid("known", 2.0, completed=3, latency_ms=50), bid("new", 1.9)], Weights())
+        assert [b.bidder for b in ranked] == ["new", "known"]
+        assert ranked[1].score - ranked[0].score == pytest.approx(Weights().cost * 0.1 / 2.0, abs=1e-5)
+
+    def test_load_and_ties(self) -> None:
+        """A busier bidder scores worse; equal scores go to the bidder named first."""
+        assert score([bid("b", 1.0, load=2), bid("a", 1.0, load=1)], Weights())[0].bidder == "a"
+        assert score([bid("b", 1.0), bid("a", 1.0)], Weights(cost=0, load=0))[0].bidder == "a"
+
+    @pytest.mark.parametrize("call", [{"capability": "x", "weights": {"cost": -1}}, {"capability": "a.b"},
+                                      {"capability": "x", "window": 0}, {"capability": "x", "bidders": 1000},
+                                      {"capability": "x", "weights": {"speed": 1}}])  # fmt: skip
+    def test_bad_calls_are_refused(self, call: dict[str, object]) -> None:
+        import msgspec
+
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert(call, Call)

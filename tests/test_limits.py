@@ -1,0 +1,161 @@
+"""Shared limits across OS processes on a real server: a 2-slot pool never has 3 holders, a rate
+limit is never exceeded in any window, a killed holder's slot comes free when its lease runs out,
+and limits outlive a server restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh import Mesh
+from mesh.bus.server import LocalServer, start_server
+from mesh.coordination.limits import Pool, RateLimit
+from mesh.errors import ConfigError, LimitTimeoutError
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+class Workers:
+    """`tests.limits_worker` processes: started together, released together, their lines read."""
+
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, *args: str, count: int = 1) -> None:
+        for _ in range(count):
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.limits_worker", *args, cwd=ROOT,
+                                                        stdout=asyncio.subprocess.PIPE)  # fmt: skip
+            self.procs.append(proc)
+            assert await self.line(proc) == {"ready": True}
+
+    async def line(self, proc: asyncio.subprocess.Process) -> dict[str, Any]:
+        assert proc.stdout is not None
+        raw = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert raw, f"worker {proc.pid} ended with {await proc.wait()}"
+        found: dict[str, Any] = json.loads(raw)
+        return found
+
+    async def lines(self) -> list[dict[str, Any]]:
+        """Every line of every worker until they end; each must end well."""
+        found = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            out = await asyncio.wait_for(proc.stdout.read(), 90)
+            assert await proc.wait() == 0
+            found += [json.loads(line) for line in out.splitlines()]
+        return found
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+@pytest.fixture
+async def workers() -> Any:
+    started = Workers()
+    yield started
+    await started.stop()
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most spans that overlap at one instant."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    held = most = 0
+    for _, change in edges:
+        held += change
+        most = max(most, held)
+    return most
+
+
+class TestPool:
+    async def test_three_processes_never_exceed_two_slots(self, mesh: Mesh, nats_url: str, workers: Workers) -> None:
+        """Three processes take a 2-slot pool four times each: never three holders, but two at times."""
+        await workers.start(nats_url, "pool", "gpu", "2", "4", "0.15", count=3)
+        await mesh.nc.publish("test.go", b"")
+        spans = [(line["acquired"], line["released"]) for line in await workers.lines()]
+        assert len(spans) == 12 and most_at_once(spans) == 2
+
+    async def test_a_killed_holders_slot_frees_when_its_lease_runs_out(
+        self, mesh: Mesh, nats_url: str, workers: Workers
+    ) -> None:
+        """kill -9 the only holder of a 1-slot pool: another process gets the slot once the lease runs out."""
+        pool = Pool(mesh, "licence", size=1, lease=1.0)
+        await workers.start(nats_url, "hold", "licence", "1", "1.0")
+        await mesh.nc.publish("test.go", b"")
+        held = await workers.line(workers.procs[0])
+        assert list(await pool.holders()) == [held["holder"]] and await pool.try_acquire() is None
+        workers.procs[0].send_signal(signal.SIGKILL)
+        lease = await pool.acquire(timeout=10)
+        assert lease.expires > held["expires"] and list(await pool.holders()) == [lease.holder]
+
+    async def test_release_wakes_a_waiter_and_timeouts_are_errors(self, mesh: Mesh) -> None:
+        """A waiter gets the slot as soon as it is released; one that cannot wait long enough gets LimitTimeoutError."""
+        pool = Pool(mesh, "one", size=1, lease=60)
+        first = await pool.acquire()
+        with pytest.raises(LimitTimeoutError, match="pool 'one'"):
+            await pool.acquire(timeout=0.2)
+        waiting = asyncio.create_task(pool.acquire(timeout=30))
+        await pool.release(first)
+        second = await waiting
+        assert second.holder != first.holder and list(await pool.holders()) == [second.holder]
+
+
+class TestRateLimit:
+    async def test_never_exceeded_across_processes(self, mesh: Mesh, nats_url: str, workers: Workers) -> None:
+        """Three processes take 15 grants of a 5-per-second limit: no one-second window holds more than 5."""
+        await workers.start(nats_url, "rate", "api", "5", "1.0", "5", count=3)
+        await mesh.nc.publish("test.go", b"")
+        grants = sorted(line["at"] for line in await workers.lines())
+        assert len(grants) == 15
+        assert max(sum(1 for t in grants if start <= t < start + 1000) for start in grants) == 5
+        assert grants[-1] - grants[0] >= 2000  # 15 grants at 5 a second take two full windows at least
+
+    async def test_units_and_timeouts(self, mesh: Mesh) -> None:
+        """Units count (tokens): what does not fit waits, or fails within its timeout; more than the limit never fits."""
+        tokens = RateLimit(mesh, "tokens", limit=1000, interval=60)
+        assert (await tokens.acquire(600)).units == 600
+        assert await tokens.try_acquire(500) is None and (await tokens.try_acquire(400)) is not None
+        with pytest.raises(LimitTimeoutError):
+            await tokens.acquire(1, timeout=0.1)
+        with pytest.raises(ConfigError, match="can never fit"):
+            await tokens.acquire(1001)
+
+    @pytest.mark.parametrize("make", [
+        lambda mesh: Pool(mesh, "a.b", size=1), lambda mesh: Pool(mesh, "p", size=0),
+        lambda mesh: Pool(mesh, "p", size=2, lease=0), lambda mesh: RateLimit(mesh, "r", limit=0, interval=1),
+        lambda mesh: RateLimit(mesh, "r", limit=1, interval=-1),
+    ])  # fmt: skip
+    async def test_bad_settings_are_refused(self, mesh: Mesh, make: Any) -> None:
+        with pytest.raises((ConfigError, ValueError)):
+            make(mesh)
+
+
+class TestDurable:
+    async def test_limits_outlive_a_server_restart(self, tmp_path: Path) -> None:
+        """Holders and grants are in a file-backed KV bucket: a restarted server still has them."""
+        store = tmp_path / "store"
+        server = start_server(store)
+        try:
+            mesh = await Mesh.connect(server.url)
+            lease = await Pool(mesh, "kept", size=1, lease=600).acquire()
+            await RateLimit(mesh, "kept", limit=1, interval=600).acquire()
+            await mesh.close()
+        finally:
+            server.stop()
+        again: LocalServer = start_server(store, port=server.port)
+        try:
+            mesh = await Mesh.connect(again.url)
+            assert list(await Pool(mesh, "kept", size=1).holders()) == [lease.holder]
+            assert await RateLimit(mesh, "kept", limit=1, interval=600).try_acquire() is None
+            await mesh.close()
+        finally:
+            again.stop()
