@@ -20,13 +20,13 @@ __all__ = ["MAX_BARS", "Scale", "render_gantt", "tick_label", "ticks"]
 MAX_BARS = 2000  # rows drawn at most; the table below the chart still lists every event
 GUTTER = 330  # px of labels, left of the axis
 CHART = 860  # px of the time axis
-NOTES = 420  # px right of the axis for outcomes and reasons
+NOTES = 480  # px right of the axis for outcomes and reasons
 ROW = 24  # px per bar
 TOP = 44  # px above the first bar (the axis)
 BAR = 14  # px height of a bar
 INDENT = 14  # px per level of the tree in the labels
 MIN_WIDTH = 2.0  # px: an instant (a tool call) is still visible
-NOTE_CHARS = 64  # characters of an outcome or reason written next to a bar; all of it in the tooltip
+NOTE_CHARS = 80  # characters of an outcome or reason written next to a bar; all of it in the tooltip
 
 
 class Scale(msgspec.Struct, frozen=True):
@@ -170,12 +170,12 @@ def _note(bar: Bar, x: float, y: float, end: float) -> str:
     spent = duration(end - bar.start) + (" so far" if bar.end is None else "")
     parts.append(f"<tspan>{escape(spent)}</tspan>")
     for retry in bar.retries:
-        text = f" ↻ attempt {retry.attempt} after {retry.reason or 'no reason recorded'}"
-        parts.append(f'<tspan class="retry-label">{escape(clip(text, NOTE_CHARS))}</tspan>')
+        text = f"↻ attempt {retry.attempt} after {retry.reason or 'no reason recorded'}"
+        parts.append(f'<tspan class="retry-label"> {escape(clip(text, NOTE_CHARS))}</tspan>')
     if bar.status in ("failed", "cancelled", "handed_off"):
         verb = {"failed": "✗ failed", "cancelled": "cancelled", "handed_off": "handed off"}[bar.status]
-        text = f" {verb}: {bar.reason}" if bar.reason and bar.status != "handed_off" else f" {verb} {bar.reason}"
-        parts.append(f'<tspan class="outcome {bar.status}">{escape(clip(text, NOTE_CHARS))}</tspan>')
+        text = f"{verb}: {bar.reason}" if bar.reason and bar.status != "handed_off" else f"{verb} {bar.reason}"
+        parts.append(f'<tspan class="outcome {bar.status}"> {escape(clip(text, NOTE_CHARS))}</tspan>')
     elif bar.status == "open":
         parts.append('<tspan class="outcome open"> no outcome in the log</tspan>')
     return "".join(parts) + "</text>"
