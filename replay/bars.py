@@ -78,7 +78,6 @@ class Bar(msgspec.Struct, kw_only=True):
     parent: str | None = None  # the id of the bar that holds its cause
     cause_at: float | None = None
     depth: int = 0
-    work: list[tuple[float, int]] = []  # signs of work: (time, attempt; 0 unknown), for the segments
 
     def finish(self, at: float, status: Status, reason: str = "") -> None:
         self.end, self.status, self.reason = at, status, reason
@@ -106,6 +105,7 @@ class _Builder:
         self.requests: dict[int, str] = {}  # request seq -> task bar id
         self.tasks: dict[str, str] = {}  # task bar id -> task id
         self.step_failures: dict[str, str] = {}  # step bar id -> reason of its last failure
+        self.work: dict[str, list[float]] = {}  # task bar id -> times its agent was seen at work
 
     def open(self, record: Record, kind: Kind, text: str, start: float, key: tuple[str, ...] | None) -> Bar:
         bar = Bar(id=record.event.id, kind=kind, label=text, agent=self.agents[record.event.id], start=start)
@@ -127,7 +127,6 @@ class _Builder:
                 else:
                     self.owner[event_id] = bar.id
                     bar.retries.append(Retry(at=at, attempt=attempt, reason=self.step_failures.pop(bar.id, "")))
-                    bar.work.append((at, attempt))
                     bar.status, bar.end = "open", None
             case FlowStepCompleted(workflow_id=wf, step=step):
                 self.end_of(event_id, ("step", wf, step), at, "completed")
@@ -182,9 +181,8 @@ class _Builder:
             self.mark(record, at)
             return
         self.owner[record.event.id] = bar.id
-        attempt = getattr(record.data, "attempt", 0)
         match record.data:
-            case TaskClaimed() if attempt > 1:
+            case TaskClaimed(attempt=attempt) if attempt > 1:
                 bar.retries.append(Retry(at=at, attempt=attempt, reason=bar.reason))
                 bar.reason = ""
             case TaskCompleted():
@@ -195,13 +193,13 @@ class _Builder:
                 bar.finish(at, "cancelled", reason)
             case TaskHandedOff(to=to, reason=reason):
                 bar.finish(at, "handed_off", f"→ {to}" + (f": {reason}" if reason and reason != "handoff" else ""))
-        bar.work.append((at, attempt))
+        self.work.setdefault(bar.id, []).append(at)
 
     def worked_on(self, event_id: str, at: float) -> None:
         """An effect of a task's handler (a call, an event it emitted): its agent was at work then."""
         cause = self.owner.get(self.parents.get(event_id, ""))
         if cause is not None and self.bars[cause].kind == "task":
-            self.bars[cause].work.append((at, 0))
+            self.work.setdefault(cause, []).append(at)
 
     def mark(self, record: Record, at: float) -> None:
         event_id = record.event.id
@@ -225,20 +223,21 @@ class _Builder:
             owner = self.owner.get(cause or "")
             if owner is not None and owner != bar.id:
                 bar.parent, bar.cause_at = owner, self.offsets[cause or ""]
-            bar.segments = segments(bar, end)
+            bar.segments = segments(bar, self.work.get(bar.id, []), end)
         return tree_order(list(self.bars.values()))
 
 
-def segments(bar: Bar, last: float) -> list[Segment]:
-    """Waiting and running spans of a bar: a task waits until the first sign of work, and again
-    from the last sign of one attempt to the claim of the next; anything else just runs."""
+def segments(bar: Bar, work: list[float], last: float) -> list[Segment]:
+    """Waiting and running spans of a bar: a task waits until the first sign of ``work``, and
+    again from the last sign of one attempt to the claim of the next; anything else just runs.
+    A bar with no end runs (or waits) until ``last``, the end of the timeline."""
     end = bar.end if bar.end is not None else last
     if bar.kind != "task":
         return [_span(bar.start, end, "running")]
     retried = {retry.at for retry in bar.retries}
     spans: list[Segment] = []
     cursor, running, latest = bar.start, False, bar.start
-    for at in sorted(t for t, _ in bar.work if t < end):
+    for at in sorted(t for t in work if t < end):
         if running and at in retried:  # the attempt before ran until its last sign, then waited
             spans.append(_span(cursor, latest, "running"))
             cursor, running = latest, False

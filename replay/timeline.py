@@ -6,7 +6,7 @@ caused), a task's claim, progress and outcome go back to the agent that requeste
 anything else goes to the agents that reacted to it, or stays with its publisher. Durations: from an event to the last
 event it caused (`to_children`), and from a task request to the task's outcome (`to_outcome`).
 `render_text` draws the tree with indentation; `replay.timeline_html.render_html` a page with
-a sequence diagram.
+the work on a time axis, a sequence diagram and the table of hops.
 
 The orchestrator records a step's schedule, and the workflow's end, with no `causationid`;
 such an event hangs under what it waited for (`cause_inferred`): a step's first schedule
