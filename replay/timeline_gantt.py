@@ -156,12 +156,16 @@ def _bar(bar: Bar, row: int, scale: Scale) -> str:
 
 
 def _retry(retry: Retry, x: float, top: float) -> str:
-    reason = retry.reason or "no reason recorded"
+    reason = _why(retry)
     return (
-        f'<g class="retry" data-attempt="{retry.attempt}"><title>{escape(f"retry: attempt {retry.attempt} after {reason}")}</title>'
+        f'<g class="retry" data-attempt="{retry.attempt}"><title>{escape(f"retry: attempt {retry.attempt} {reason}")}</title>'
         f'<line x1="{x:.1f}" y1="{top - 3:.1f}" x2="{x:.1f}" y2="{top + BAR + 3:.1f}"/>'
         f'<path d="M{x - 4:.1f},{top - 5:.1f} h8 l-4,5 z"/></g>'
     )
+
+
+def _why(retry: Retry) -> str:
+    return f"after {retry.reason}" if retry.reason else "(the log records no reason)"
 
 
 def _note(bar: Bar, x: float, y: float, end: float) -> str:
@@ -170,7 +174,7 @@ def _note(bar: Bar, x: float, y: float, end: float) -> str:
     spent = duration(end - bar.start) + (" so far" if bar.end is None else "")
     parts.append(f"<tspan>{escape(spent)}</tspan>")
     for retry in bar.retries:
-        text = f"↻ attempt {retry.attempt} after {retry.reason or 'no reason recorded'}"
+        text = f"↻ attempt {retry.attempt} {_why(retry)}"
         parts.append(f'<tspan class="retry-label"> {escape(clip(text, NOTE_CHARS))}</tspan>')
     if bar.status in ("failed", "cancelled", "handed_off"):
         verb = {"failed": "✗ failed", "cancelled": "cancelled", "handed_off": "handed off"}[bar.status]
@@ -188,9 +192,7 @@ def _tooltip(bar: Bar) -> str:
     waited = sum(s.end - s.start for s in bar.segments if s.state == "waiting")
     if waited:
         lines.append(f"waiting {duration(waited)} in all")
-    lines += [
-        f"retry: attempt {r.attempt} at +{r.at:.3f}s after {r.reason or 'no reason recorded'}" for r in bar.retries
-    ]
+    lines += [f"retry: attempt {r.attempt} at +{r.at:.3f}s {_why(r)}" for r in bar.retries]
     if bar.reason:
         lines.append(f"reason: {bar.reason}")
     return "\n".join(lines)
