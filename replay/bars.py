@@ -142,7 +142,7 @@ class _Builder:
                 task = task_id or event_id
                 self.open(record, "task", task_name(capability, task, self.names), at, ("task", capability, task))
                 self.requests[record.seq], self.tasks[event_id] = event_id, task
-            case LlmCalled(latency_ms=latency, task_id=task_id):
+            case LlmCalled(latency_ms=latency):
                 bar = self.open(record, "llm", label(record, self.names), max(at - latency / 1000, 0.0), None)
                 bar.finish(at, "completed")
                 self.worked_on(event_id, bar.start)
@@ -202,22 +202,21 @@ class _Builder:
             self.work.setdefault(cause, []).append(at)
 
     def mark(self, record: Record, at: float) -> None:
-        event_id = record.event.id
-        target = record.data.event_id if isinstance(record.data, DeadLettered) else None
-        owner = self.owner.get(target or "") or self.owner.get(self.parents.get(event_id, ""))
+        event_id, data = record.event.id, record.data
+        dead = data if isinstance(data, DeadLettered) else None
+        named = self.owner.get(dead.event_id or "") if dead is not None else None  # a dead letter names its event
+        owner = named or self.owner.get(self.parents.get(event_id, ""))
         if owner is None:
             return
         bar = self.bars[owner]
         self.owner[event_id] = owner
-        failed = isinstance(record.data, DeadLettered)
-        bar.marks.append(Mark(at=at, seq=record.seq, label=label(record, self.names), failed=failed))
-        if failed and bar.kind == "task" and bar.status == "open":
-            bar.reason = bar.reason or f"{record.data.reason}: {record.data.error}"  # type: ignore[attr-defined]
+        bar.marks.append(Mark(at=at, seq=record.seq, label=label(record, self.names), failed=dead is not None))
+        if dead is not None and bar.kind == "task" and bar.status == "open":
+            bar.reason = bar.reason or f"{dead.reason}: {dead.error}"
         self.worked_on(event_id, at)
 
     def done(self) -> list[Bar]:
-        end = max((b.end if b.end is not None else b.start for b in self.bars.values()), default=0.0)
-        end = max([end, *self.offsets.values()])
+        end = max(self.offsets.values(), default=0.0)
         for bar in self.bars.values():
             cause = self.parents.get(bar.id)
             owner = self.owner.get(cause or "")
