@@ -8,15 +8,16 @@ call, from its start to its end, placed under the bar of its cause.
   `handed_off` to another capability), matched by the request's stream sequence (every
   lifecycle event carries it), else by capability and task id. A task *waits* until the first
   sign of its agent at work (a claim, progress, a model or tool call, anything it emits) and
-  *runs* from there; a claim with `attempt` > 1 is a `Retry` (a retryable failure is nak'ed,
-  not written, so that retry has no reason in the log; a dead letter or `mesh.task.failed`
-  gives one). The runtime sends a claim only once a handler has run `claim_after` seconds
+  *runs* from there; a claim with `attempt` > 1 is a `Retry`, with the error of the
+  `mesh.task.attempt_failed` recorded before it (none for a redelivery after an agent died,
+  or in a log from before that event existed). The runtime sends a claim only once a handler has run `claim_after` seconds
   (50 ms by default), so a task with no sign of work before its outcome ran at most that long:
   it is drawn waiting until then;
-- model call: `mesh.llm.called` minus its latency → its record; tool call: an instant.
+- model call: `mesh.llm.called` (or `mesh.llm.failed`, red with its error) minus its latency
+  → its record; tool call: an instant.
 
-Every other event (a board write, a vote, a chat message, a dead letter) is a `Mark` on the bar
-of its cause. A bar's `parent` is the bar that holds the cause of its first event, and
+Every other event (a board write, a vote, a chat message, a dead letter, a failed try, a
+cancel request) is a `Mark` on the bar of its cause (a cancel request: of its task). A bar's `parent` is the bar that holds the cause of its first event, and
 `cause_at` when that cause happened: the page draws a connector from there.
 """
 
@@ -28,11 +29,20 @@ import msgspec
 
 from mesh.runtime.worker import RunnerOptions
 from replay.labels import Names, capability_of, error_text, label, task_name
-from topics.calls import LlmCalled, ToolCalled
+from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.dead import DeadLettered
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
 from topics.record import Record
-from topics.tasks import TaskCancelled, TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
+from topics.tasks import (
+    TaskAttemptFailed,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskClaimed,
+    TaskCompleted,
+    TaskFailed,
+    TaskHandedOff,
+    TaskRequested,
+)
 
 __all__ = ["Bar", "Mark", "Retry", "Segment", "build_bars"]
 
@@ -106,6 +116,8 @@ class _Builder:
         self.tasks: dict[str, str] = {}  # task bar id -> task id
         self.step_failures: dict[str, str] = {}  # step bar id -> reason of its last failure
         self.work: dict[str, list[float]] = {}  # task bar id -> times its agent was seen at work
+        self.retry_reasons: dict[str, str] = {}  # task bar id -> why its last try failed, for the next claim
+        self.by_task: dict[str, str] = {}  # task id -> its latest task bar
 
     def open(self, record: Record, kind: Kind, text: str, start: float, key: tuple[str, ...] | None) -> Bar:
         bar = Bar(id=record.event.id, kind=kind, label=text, agent=self.agents[record.event.id], start=start)
@@ -141,17 +153,24 @@ class _Builder:
             case TaskRequested(capability=capability, task_id=task_id):
                 task = task_id or event_id
                 self.open(record, "task", task_name(capability, task, self.names), at, ("task", capability, task))
-                self.requests[record.seq], self.tasks[event_id] = event_id, task
+                self.requests[record.seq], self.tasks[event_id], self.by_task[task] = event_id, task, event_id
             case LlmCalled(latency_ms=latency):
                 bar = self.open(record, "llm", label(record, self.names), max(at - latency / 1000, 0.0), None)
                 bar.finish(at, "completed")
+                self.worked_on(event_id, bar.start)
+                self.worked_on(event_id, at)
+            case LlmFailed(latency_ms=latency, error_type=kind, message=message):
+                bar = self.open(record, "llm", label(record, self.names), max(at - latency / 1000, 0.0), None)
+                bar.finish(at, "failed", f"{kind}: {message}")
                 self.worked_on(event_id, bar.start)
                 self.worked_on(event_id, at)
             case ToolCalled(error=error):
                 bar = self.open(record, "tool", label(record, self.names), at, None)
                 bar.finish(at, "failed" if error else "completed", error or "")
                 self.worked_on(event_id, at)
-            case TaskClaimed() | TaskCompleted() | TaskFailed() | TaskCancelled() | TaskHandedOff():
+            case (
+                TaskClaimed() | TaskCompleted() | TaskFailed() | TaskAttemptFailed() | TaskCancelled() | TaskHandedOff()
+            ):
                 self.task_event(record, at)
             case _:
                 self.mark(record, at)
@@ -183,8 +202,10 @@ class _Builder:
         self.owner[record.event.id] = bar.id
         match record.data:
             case TaskClaimed(attempt=attempt) if attempt > 1:
-                bar.retries.append(Retry(at=at, attempt=attempt, reason=bar.reason))
-                bar.reason = ""
+                bar.retries.append(Retry(at=at, attempt=attempt, reason=self.retry_reasons.pop(bar.id, "")))
+            case TaskAttemptFailed(error=error):
+                self.retry_reasons[bar.id] = error_text(error)
+                bar.marks.append(Mark(at=at, seq=record.seq, label=label(record, self.names), failed=True))
             case TaskCompleted():
                 bar.finish(at, "completed")
             case TaskFailed(error=error):
@@ -205,6 +226,8 @@ class _Builder:
         event_id, data = record.event.id, record.data
         dead = data if isinstance(data, DeadLettered) else None
         named = self.owner.get(dead.event_id or "") if dead is not None else None  # a dead letter names its event
+        if isinstance(data, TaskCancelRequested):
+            named = self.by_task.get(data.task_id)
         owner = named or self.owner.get(self.parents.get(event_id, ""))
         if owner is None:
             return

@@ -17,13 +17,15 @@ from topics.agents import AgentStarted, AgentStopped
 from topics.base import ErrorInfo
 from topics.bids import BidAwarded, BidCalled, BidPlaced
 from topics.board import BoardDeleted, BoardWritten
-from topics.calls import LlmCalled, ToolCalled
+from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.chat import ChatMessage
 from topics.dead import DeadLettered
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
 from topics.record import Record
 from topics.tasks import (
+    TaskAttemptFailed,
     TaskCancelled,
+    TaskCancelRequested,
     TaskClaimed,
     TaskCompleted,
     TaskFailed,
@@ -35,6 +37,7 @@ from topics.votes import VoteCast, VoteDecided, VoteProposed
 
 __all__ = ["Names", "capability_of", "clip", "error_text", "label", "short_id", "summarize", "task_name"]
 
+_SECRET = frozenset({"token", "secret", "password", "key", "cancel_key"})  # fields never shown
 LABEL_WIDTH = 96  # characters of a label; the whole text is in the page's tooltips
 SHORT_ID = 8  # characters of a long (uuid-like) id shown in a label
 
@@ -91,7 +94,15 @@ def label(record: Record, names: Names | None = None) -> str:
     names = names or Names()
     data = record.data
     if isinstance(
-        data, TaskRequested | TaskClaimed | TaskProgress | TaskCompleted | TaskFailed | TaskCancelled | TaskHandedOff
+        data,
+        TaskRequested
+        | TaskClaimed
+        | TaskProgress
+        | TaskCompleted
+        | TaskFailed
+        | TaskAttemptFailed
+        | TaskCancelled
+        | TaskHandedOff,
     ):
         who = task_name(capability_of(record), data.task_id or record.event.id, names)
         return clip(f"{who} {_task_status(data)}", LABEL_WIDTH)
@@ -114,6 +125,8 @@ def _task_status(data: object) -> str:
             return "completed" + (f", attempt {attempt}" if attempt > 1 else "")
         case TaskFailed(error=error):
             return f"failed: {error_text(error)}"
+        case TaskAttemptFailed(attempt=attempt, error=error, retry_in=retry_in):
+            return f"attempt {attempt} failed: {error_text(error)}; retry in {retry_in:g} s"
         case TaskCancelled(reason=reason):
             return "cancelled" + (f": {reason}" if reason else "")
         case TaskHandedOff(to=to, reason=reason):
@@ -139,8 +152,13 @@ def _other(record: Record, names: Names) -> str:
             given = usage.get("input_tokens", usage.get("prompt_tokens", "?"))
             tokens = f"{given}→{usage.get('output_tokens', usage.get('completion_tokens', '?'))} tokens"
             return f"{model}" + (f" call {index}" if index else "") + f" {tokens}, {latency:.0f} ms"
+        case LlmFailed(model=model, call_index=index, error_type=kind, status=status, message=message):
+            call = model + (f" call {index}" if index else "")
+            return f"{call} failed: {kind}" + (f" ({status})" if status else "") + f": {message}"
         case ToolCalled(tool=tool, call_index=index, error=error):
             return f"tool {tool} call {index}" + (f" failed: {error}" if error else "")
+        case TaskCancelRequested(task_id=task_id, reason=reason):  # never its token: a secret
+            return f"cancel requested for {short_id(task_id)}" + (f": {reason}" if reason else "")
         case BoardWritten(board=board, key=key, author=author):
             return f"board {board}/{key} written" + (f" by {author}" if author else "")
         case BoardDeleted(board=board, key=key):
@@ -180,8 +198,8 @@ def _rarer(record: Record) -> str:
 def _fields(record: Record) -> str:
     """An event type this module does not know: its type and its first few short scalar fields."""
     values = msgspec.structs.asdict(record.data)
-    shown = [f"{name}={value}" for name, value in values.items()
-             if isinstance(value, str | int | float | bool) and len(str(value)) <= 40][:3]  # fmt: skip
+    shown = [f"{name}={value}" for name, value in values.items() if name not in _SECRET
+             and isinstance(value, str | int | float | bool) and len(str(value)) <= 40][:3]  # fmt: skip
     return " ".join([record.event.type.removeprefix("mesh."), *shown])
 
 

@@ -21,13 +21,22 @@ from replay.timeline_html import render_html, tree_guides
 from topics import subjects
 from topics.base import ErrorInfo, Event
 from topics.board import BoardWritten
-from topics.calls import LlmCalled, ToolCalled
+from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.dead import DeadLettered
 from topics.envelope import CloudEvent
 from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
 from topics.record import Record
 from topics.registry import decode_data, encode_data
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskProgress, TaskRequested
+from topics.tasks import (
+    TaskAttemptFailed,
+    TaskCancelRequested,
+    TaskClaimed,
+    TaskCompleted,
+    TaskFailed,
+    TaskHandedOff,
+    TaskProgress,
+    TaskRequested,
+)
 from topics.votes import VoteCast
 
 pytestmark = pytest.mark.unit
@@ -158,6 +167,37 @@ class TestBars:
         assert [(r.at, r.attempt, r.reason) for r in task.retries] == [(1.5, 2, "")]
         assert [m.label for m in task.marks] == ["research t-1 progress: reading"]
         assert (llm.kind, round(llm.start, 3), llm.end, llm.parent, llm.depth) == ("llm", 0.4, 0.5, task.id, 1)
+
+    def test_a_recorded_failed_try_gives_the_retry_its_reason(self) -> None:
+        """`mesh.task.attempt_failed` before the retry: the retry carries its error, a red mark shows it;
+        a failed model call is a red bar with its error; a cancel request is a mark and never shows its token."""
+        log = Log()
+        req = log.add(0, subjects.work("research"), TaskRequested(capability="research", task_id="t-2"))
+        task = subjects.task("research", "t-2")
+        log.add(100, subjects.llm("r-1", "t-2"), LlmFailed(agent="r-1", task_id="t-2", call_index=0, attempt=1,
+                model="gpt-x", request={}, error_type="RateLimitError", message="slow down", status=429,
+                latency_ms=40.0, retryable=True), cause=req)  # fmt: skip
+        failed = TaskAttemptFailed(task_id="t-2", agent="r-1", attempt=1, retry_in=1.0, request_seq=1,
+                                   error=ErrorInfo(type="RateLimitError", message="slow down", retryable=True))  # fmt: skip
+        log.add(110, task, failed, cause=req)
+        log.add(120, subjects.cancel("t-2"), TaskCancelRequested(task_id="t-2", token="s3cret-token", reason="enough"))
+        log.add(1110, task, TaskClaimed(task_id="t-2", agent="r-1", attempt=2, request_seq=1), cause=req)
+        log.add(1200, task, TaskCompleted(task_id="t-2", agent="r-1", attempt=2, request_seq=1), cause=req)
+        timeline = build_timeline(log.records, "t-2")
+        main, call = timeline.bars
+        assert [(r.attempt, r.reason) for r in main.retries] == [(2, "RateLimitError: slow down")]
+        assert spans(main) == [(0.0, 0.06, "waiting"), (0.06, 0.11, "running"), (0.11, 1.11, "waiting"),
+                               (1.11, 1.2, "running")]  # fmt: skip
+        assert [(m.label, m.failed) for m in main.marks] == [
+            ("research t-2 attempt 1 failed: RateLimitError: slow down; retry in 1 s", True),
+            ("cancel requested for t-2: enough", False)]  # fmt: skip
+        assert (call.status, call.reason, call.label) == (
+            "failed",
+            "RateLimitError: slow down",
+            "gpt-x failed: RateLimitError (429): slow down",
+        )
+        page = render_html(timeline)
+        assert "s3cret" not in page and "↻ attempt 2 after RateLimitError: slow down" in page
 
     def test_a_task_without_claim_ran_at_most_the_claim_delay(self) -> None:
         """No claim before the outcome: the runtime claims after 50 ms, so it waited until 50 ms before the end."""
