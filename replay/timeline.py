@@ -6,24 +6,34 @@ caused), a task's claim, progress and outcome go back to the agent that requeste
 anything else goes to the agents that reacted to it, or stays with its publisher. Durations: from an event to the last
 event it caused (`to_children`), and from a task request to the task's outcome (`to_outcome`).
 `render_text` draws the tree with indentation; `replay.timeline_html.render_html` a page with
-a sequence diagram.
+the work on a time axis, a sequence diagram and the table of hops.
+
+The orchestrator records a step's schedule, and the workflow's end, with no `causationid`;
+such an event hangs under what it waited for (`cause_inferred`): a step's first schedule
+under the completion of the last step it depends on (or the workflow's start), a retry under
+the step's failure, the workflow's end under its last step outcome.
+
+`label` is a few words a person reads (`replay.labels`), and `bars` (`replay.bars`) the same
+work on a time axis: a bar per workflow, step, task, model and tool call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
 from mesh.projections.base import instant
-from replay.causal import causal_slice, children_of
+from replay.bars import Bar, build_bars
+from replay.causal import causal_slice
+from replay.labels import Names, label, summarize
 from topics.calls import LlmCalled, ToolCalled
+from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskOutcome, TaskProgress, TaskRequested
+from topics.tasks import TaskOutcome, TaskRequested
 
-__all__ = ["Hop", "Timeline", "agent_of", "build_timeline", "render_text"]
-
-_json = msgspec.json.Encoder()
+__all__ = ["Hop", "Timeline", "agent_of", "build_timeline", "render_text", "summarize"]
 
 
 class Hop(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +52,8 @@ class Hop(msgspec.Struct, frozen=True, kw_only=True):
     summary: str
     to_children: float | None = None  # seconds to the last event it caused
     to_outcome: float | None = None  # for a task request: seconds to the task's outcome
+    label: str = ""  # a few words a person reads: which task, step, model or key, and what happened
+    cause_inferred: bool = False  # `parent` was inferred: the event was recorded with no cause
 
 
 class Timeline(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +64,7 @@ class Timeline(msgspec.Struct, frozen=True, kw_only=True):
     agents: list[str]  # in order of first appearance
     start: str | None
     duration: float
+    bars: list[Bar] = []  # the work on a time axis, in tree order (see `replay.bars`)
 
     def in_time_order(self) -> list[Hop]:
         return sorted(self.hops, key=lambda hop: (hop.seq, hop.offset))
@@ -70,7 +83,14 @@ def build_timeline(records: Iterable[Record], root: str) -> Timeline:
     by_id = {record.event.id: record for record in chosen}
     moments = {record.event.id: instant(record.event.time) for record in chosen}
     start = min(moments.values())
-    children = children_of(chosen)
+    causes = {r.event.id: r.event.causationid for r in chosen if (r.event.causationid or "") in by_id}
+    inferred = {key: value for key, value in inferred_causes(chosen).items() if key not in causes}
+    causes |= inferred
+    children: dict[str, list[Record]] = {}
+    for record in chosen:
+        if record.event.id in causes:
+            children.setdefault(causes[record.event.id] or "", []).append(record)
+    names = Names.of(chosen)
     outcomes: dict[str, float] = {}
     requesters: dict[str, str] = {}
     for record in chosen:
@@ -79,7 +99,7 @@ def build_timeline(records: Iterable[Record], root: str) -> Timeline:
         elif isinstance(record.data, TaskRequested):
             requesters.setdefault(record.data.task_id or record.event.id, agent_of(record.event.source))
     hops: list[Hop] = []
-    roots = [record for record in chosen if (record.event.causationid or "") not in by_id]
+    roots = [record for record in chosen if record.event.id not in causes]
     stack = [(record, 0) for record in reversed(roots)]
     seen: set[str] = set()
     while stack or len(seen) < len(by_id):
@@ -93,7 +113,7 @@ def build_timeline(records: Iterable[Record], root: str) -> Timeline:
             continue
         seen.add(event.id)
         offset = (moments[event.id] - start).total_seconds()
-        parent = by_id.get(event.causationid or "")
+        parent = by_id.get(causes.get(event.id) or "")
         kids = children.get(event.id, [])
         to_children = max((moments[k.event.id] - start).total_seconds() for k in kids) - offset if kids else None
         to_outcome = None
@@ -104,15 +124,55 @@ def build_timeline(records: Iterable[Record], root: str) -> Timeline:
             Hop(seq=record.seq, id=event.id, time=event.time, offset=offset, depth=depth,
                 parent=parent.event.id if parent else None, agent=agent_of(event.source),
                 to_agent=_recipient(record, kids, requesters),
-                subject=record.subject, type=event.type, summary=summarize(record),
-                to_children=to_children, to_outcome=to_outcome)
+                subject=record.subject, type=event.type, summary=summarize(record, names=names),
+                to_children=to_children, to_outcome=to_outcome, label=label(record, names),
+                cause_inferred=event.id in inferred)
         )  # fmt: skip
         stack.extend((kid, depth + 1) for kid in reversed(kids))
     agents = list(dict.fromkeys(agent_of(record.event.source) for record in chosen))
     end = max(moments.values())
-    return Timeline(
-        root=root, hops=hops, agents=agents, start=chosen[0].event.time, duration=(end - start).total_seconds()
-    )
+    offsets = {hop.id: hop.offset for hop in hops}
+    publishers = {hop.id: hop.agent for hop in hops}
+    bars = build_bars(chosen, offsets, {hop.id: hop.parent for hop in hops if hop.parent}, publishers)
+    return Timeline(root=root, hops=hops, agents=agents, start=chosen[0].event.time,
+                    duration=(end - start).total_seconds(), bars=bars)  # fmt: skip
+
+
+def inferred_causes(records: list[Record]) -> dict[str, str]:
+    """Causes for the workflow events recorded without one (see the module doc)."""
+    found: dict[str, str] = {}
+    latest: dict[tuple[str, str, str], str] = {}  # (workflow, kind, step) -> id of the latest such event
+    specs: dict[str, Any] = {}
+    position = {record.event.id: n for n, record in enumerate(records)}
+    for record in records:
+        data, event_id = record.data, record.event.id
+        match data:
+            case FlowStarted(workflow_id=wf, spec=spec):
+                latest[(wf, "started", "")] = event_id
+                specs[wf] = spec
+            case FlowStepScheduled(workflow_id=wf, step=step, attempt=attempt):
+                after = _after(specs.get(wf), step) if attempt <= 1 else ()
+                done = [hit for name in after if (hit := latest.get((wf, "completed", name)))]
+                cause = (
+                    latest.get((wf, "failed", step))
+                    if attempt > 1
+                    else max(done, key=lambda i: position[i], default=None)
+                )
+                found[event_id] = cause or latest.get((wf, "started", ""), "")
+            case FlowStepCompleted(workflow_id=wf, step=step) | FlowStepFailed(workflow_id=wf, step=step):
+                kind = "completed" if isinstance(data, FlowStepCompleted) else "failed"
+                latest[(wf, kind, step)] = latest[(wf, "outcome", "")] = event_id
+            case FlowCompleted(workflow_id=wf) | FlowFailed(workflow_id=wf):
+                found[event_id] = latest.get((wf, "outcome", ""), latest.get((wf, "started", ""), ""))
+    return {key: value for key, value in found.items() if value}
+
+
+def _after(spec: Any, step: str) -> tuple[str, ...]:
+    try:
+        after = spec["steps"][step]["after"]
+    except (KeyError, TypeError, IndexError):
+        return ()
+    return tuple(name for name in after if isinstance(name, str)) if isinstance(after, list) else ()
 
 
 def _recipient(record: Record, kids: list[Record], requesters: dict[str, str]) -> str:
@@ -122,35 +182,6 @@ def _recipient(record: Record, kids: list[Record], requesters: dict[str, str]) -
         return requesters[task]
     others = (agent_of(kid.event.source) for kid in kids)
     return next((agent for agent in others if agent != sender), sender)
-
-
-def summarize(record: Record, width: int = 72) -> str:
-    """A few words on what an event says."""
-    match record.data:
-        case TaskRequested(capability=capability, task_id=task_id, input=value):
-            text = f"{capability} task {task_id or record.event.id} input {_short(value, 40)}"
-        case TaskClaimed(attempt=attempt):
-            text = f"claimed, attempt {attempt}"
-        case TaskProgress(message=message, fraction=fraction):
-            text = message + (f" ({fraction:.0%})" if fraction is not None else "")
-        case TaskCompleted(output=output):
-            text = f"output {_short(output, 60)}"
-        case TaskFailed(error=error):
-            text = f"{error.type}: {error.message}"
-        case TaskHandedOff(to=to, next_task_id=next_task_id, reason=reason):
-            text = f"handed off to {to} task {next_task_id}" + (f" ({reason})" if reason != "handoff" else "")
-        case LlmCalled(call_index=index, model=model, latency_ms=latency):
-            text = f"model call {index} ({model}, {latency:.0f} ms)"
-        case ToolCalled(tool=tool, call_index=index, error=error):
-            text = f"tool {tool} call {index}" + (f" failed: {error}" if error else "")
-        case data:
-            text = _short(data, width)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _short(value: object, width: int) -> str:
-    text = _json.encode(value).decode()
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _seconds(value: float) -> str:

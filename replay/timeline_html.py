@@ -1,13 +1,18 @@
-"""A timeline as one self-contained HTML page: a sequence diagram (inline SVG, one lane per
-agent, one arrow per hop) and a table of every hop. No scripts, fonts or files from elsewhere."""
+"""A timeline as one self-contained HTML page: the work on a time axis (`replay.timeline_gantt`:
+a bar per workflow, step, task, model and tool call, connected to its cause), a sequence diagram
+(inline SVG, one lane per agent, one arrow per hop, labelled with what happened) and a table of
+every hop with the causal tree drawn. No scripts, fonts or files from elsewhere.
+`render_fragment` is the same without the page around it, for embedding."""
 
 from __future__ import annotations
 
 from html import escape
 
+from replay.labels import clip
 from replay.timeline import Hop, Timeline
+from replay.timeline_gantt import render_gantt
 
-__all__ = ["render_html"]
+__all__ = ["STYLE", "render_fragment", "render_html"]
 
 LANE = 200  # px between lanes
 ROW = 26  # px between hops
@@ -15,7 +20,8 @@ TOP = 70  # px above the first hop
 GUTTER = 120  # px for the seq and offset of each hop, left of the lanes
 LEFT = GUTTER + LANE // 2  # x of the first lane
 
-_STYLE = """
+# The page's CSS; a page that embeds `render_fragment` includes it in its own <style>.
+STYLE = """
 body{font:13px/1.4 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1d2433}
 h1{font-size:18px;margin:0 0 4px} .meta{color:#5b6478;margin-bottom:16px}
 svg{background:#fbfcfe;border:1px solid #dde2ec;border-radius:6px}
@@ -27,7 +33,32 @@ svg{background:#fbfcfe;border:1px solid #dde2ec;border-radius:6px}
 .hop text{font-size:11px;fill:#1d2433} .seq{font-size:11px;fill:#5b6478;text-anchor:end}
 table{border-collapse:collapse;margin-top:20px;width:100%} th,td{border-bottom:1px solid #e3e7ef;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f2f5fa} td.num{text-align:right;font-variant-numeric:tabular-nums} code{font-size:12px}
+h2{font-size:15px;margin:22px 0 6px} .tree{font-family:ui-monospace,Menlo,Consolas,monospace;color:#8a93a6;white-space:pre}
+.legend{display:flex;gap:16px;flex-wrap:wrap;color:#5b6478;margin:4px 0 8px} .legend span{display:inline-flex;align-items:center;gap:5px}
+.swatch{display:inline-block;width:22px;height:10px;border-radius:2px}
+.swatch.waiting{background:repeating-linear-gradient(45deg,#eef1f7 0 3px,#9aa6bf 3px 5px)} .swatch.running{background:#3358c4}
+.swatch.llm{background:#8a4fc4} .swatch.failed{background:#c0392b} .swatch.retry{background:#e67e22;width:4px}
+.swatch.cause{background:none;border-left:1.5px solid #8a93a6;border-bottom:1.5px solid #8a93a6;width:12px;height:8px;border-radius:0}
+.gantt .grid{stroke:#e3e7ef} .gantt .baseline{stroke:#8a93a6} .gantt .tick{font-size:10px;fill:#5b6478;text-anchor:middle}
+.gantt .bar-label{font-size:11px;fill:#1d2433} .gantt .bar.step .bar-label,.gantt .bar.workflow .bar-label{font-weight:600}
+.gantt .seg.running{fill:#3358c4} .gantt .seg.waiting{fill:url(#waiting);stroke:#9aa6bf;stroke-width:.6}
+.gantt .workflow .seg.running{fill:#1d2433} .gantt .step .seg.running{fill:#5a7bd8} .gantt .llm .seg.running{fill:#8a4fc4}
+.gantt .tool .seg.running{fill:#2a9d8f} .gantt .completed .seg.running{opacity:.92}
+.gantt .failed .seg.running{fill:#c0392b} .gantt .cancelled .seg.running{fill:#9aa0aa} .gantt .open .seg{opacity:.55}
+.gantt .cause{stroke:#8a93a6;stroke-width:1;fill:none;stroke-dasharray:3 2} .gantt .mark{fill:#fff;stroke:#1d2433;stroke-width:1}
+.gantt .mark.failed{fill:#c0392b;stroke:#c0392b} .gantt .retry line{stroke:#e67e22;stroke-width:2.5} .gantt .retry path{fill:#e67e22}
+.gantt .note{font-size:10.5px;fill:#5b6478} .gantt .retry-label{fill:#b35900;font-weight:600}
+.gantt .outcome.failed{fill:#c0392b;font-weight:600} .gantt .outcome.handed_off,.gantt .outcome.cancelled,.gantt .outcome.open{fill:#7a5c00}
+.gantt .more{font-size:11px;fill:#5b6478}
 """
+
+_LEGEND = (
+    '<div class="legend"><span><i class="swatch waiting"></i>waiting (requested, not yet picked up)</span>'
+    '<span><i class="swatch running"></i>running</span><span><i class="swatch llm"></i>model call</span>'
+    '<span><i class="swatch failed"></i>failed, with its reason</span>'
+    '<span><i class="swatch retry"></i>retry, with the reason of the attempt before</span>'
+    '<span><i class="swatch cause"></i>caused by</span></div>'
+)
 
 
 def render_html(timeline: Timeline) -> str:
@@ -39,9 +70,17 @@ def render_html(timeline: Timeline) -> str:
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
         f'<h1>{escape(title)}</h1><div class="meta">{escape(meta)}</div>'
-        f"{_diagram(timeline)}{_table(timeline)}</body></html>\n"
+        f"{render_fragment(timeline)}</body></html>\n"
+    )
+
+
+def render_fragment(timeline: Timeline) -> str:
+    """The chart, diagram and table without the page (its style is `STYLE`), to embed in another page."""
+    return (
+        f'<section class="timeline"><h2>Work over time</h2>{_LEGEND}{render_gantt(timeline.bars, timeline.duration)}'
+        f"<h2>Messages between agents</h2>{_diagram(timeline)}<h2>Events</h2>{_table(timeline)}</section>"
     )
 
 
@@ -73,9 +112,9 @@ def _diagram(timeline: Timeline) -> str:
 def _arrow(hop: Hop, lanes: dict[str, int], y: int) -> str:
     x1, x2 = lanes[hop.agent], lanes.get(hop.to_agent, lanes[hop.agent])
     kind = _kind(hop)
-    label = escape(f"{hop.type.removeprefix('mesh.')} {hop.summary[:40]}")
+    label = escape(clip(hop.label or hop.summary, 44))
     tip = escape(
-        f"#{hop.seq} {hop.type} on {hop.subject}\n{hop.agent} → {hop.to_agent}\n+{hop.offset:.3f}s {hop.summary}"
+        f"#{hop.seq} {hop.type} on {hop.subject}\n{hop.agent} → {hop.to_agent}\n+{hop.offset:.3f}s {hop.label or hop.summary}"
     )
     if x1 == x2:
         shape = f'<path d="M{x1},{y - 6} h28 v12 h-26" marker-end="url(#arrow)"/>'
@@ -101,20 +140,39 @@ def _kind(hop: Hop) -> str:
 
 def _table(timeline: Timeline) -> str:
     rows = []
-    for hop in timeline.hops:
-        indent = "&nbsp;&nbsp;" * hop.depth
+    for hop, guide in zip(timeline.hops, tree_guides(timeline.hops), strict=True):
+        inferred = ' title="cause inferred: recorded without one"' if hop.cause_inferred else ""
         rows.append(
             f'<tr class="hop-row" data-seq="{hop.seq}"><td class="num">#{hop.seq}</td>'
             f'<td class="num">+{hop.offset:.3f}s</td><td>{escape(hop.agent)} → {escape(hop.to_agent)}</td>'
-            f"<td>{indent}<code>{escape(hop.type)}</code></td><td><code>{escape(hop.subject)}</code></td>"
-            f'<td>{escape(hop.summary)}</td><td class="num">{_secs(hop.to_children)}</td>'
+            f'<td><span class="tree"{inferred}>{escape(guide)}</span><code>{escape(hop.type)}</code></td>'
+            f"<td>{escape(hop.label or hop.summary)}</td><td><code>{escape(hop.subject)}</code></td>"
+            f'<td class="num">{_secs(hop.to_children)}</td>'
             f'<td class="num">{_secs(hop.to_outcome)}</td><td><code>{escape(hop.id)}</code></td></tr>'
         )
     head = (
-        "<tr><th>seq</th><th>offset</th><th>hop</th><th>type</th><th>subject</th><th>what</th>"
+        "<tr><th>seq</th><th>offset</th><th>hop</th><th>cause tree and type</th><th>what</th><th>subject</th>"
         "<th>to last effect</th><th>to outcome</th><th>event id</th></tr>"
     )
     return f'<table id="hops"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def tree_guides(hops: list[Hop]) -> list[str]:
+    """For hops in tree order, the lines that draw the tree: `├─ `, `└─ ` and `│  ` under open branches."""
+    last_child = {hop.parent: hop.id for hop in hops}
+    guides: list[str] = []
+    open_branches: list[bool] = []  # per level above: does that ancestor have siblings still to come?
+    for hop in hops:
+        if hop.depth == 0 or hop.parent is None:
+            guides.append("")
+            open_branches = []
+            continue
+        last = last_child.get(hop.parent) == hop.id
+        above = open_branches[: hop.depth - 1]
+        above += [False] * (hop.depth - 1 - len(above))
+        guides.append("".join("│  " if more else "   " for more in above) + ("└─ " if last else "├─ "))
+        open_branches = [*above, not last]
+    return guides
 
 
 def _secs(value: float | None) -> str:

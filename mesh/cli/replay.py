@@ -60,7 +60,8 @@ def replay() -> None:
 @replay.command()
 @click.argument("id")
 @FILE
-@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="also write a self-contained HTML page")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False),
+              help="also write a self-contained HTML page: the work on a time axis, a sequence diagram, every event")  # fmt: skip
 @nats_options
 def timeline(id: str, file: str | None, html_out: str | None, settings: MeshSettings) -> None:
     """The causal tree of a workflow, correlation or task ID: agents, hops and durations."""

@@ -1,0 +1,226 @@
+"""What a person reads for one event of a timeline: a short label (`label`) that names the
+task, step, model, tool, board key or proposal and what happened to it, and a longer
+sentence (`summary`) for the text timeline. Neither is ever a dump of the event's JSON.
+
+A task's lifecycle events (claimed, progress, outcome) do not all carry the capability, so
+it comes from their subject (`mesh.task.<capability>.<task_id>`); the step a task runs for
+comes from the workflow's `mesh.flow.step_scheduled` events (`Names`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from topics.agents import AgentStarted, AgentStopped
+from topics.base import ErrorInfo
+from topics.bids import BidAwarded, BidCalled, BidPlaced
+from topics.board import BoardDeleted, BoardWritten
+from topics.calls import LlmCalled, LlmFailed, ToolCalled
+from topics.chat import ChatMessage
+from topics.dead import DeadLettered
+from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.record import Record
+from topics.tasks import (
+    TaskAttemptFailed,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskClaimed,
+    TaskCompleted,
+    TaskFailed,
+    TaskHandedOff,
+    TaskProgress,
+    TaskRequested,
+)
+from topics.votes import VoteCast, VoteDecided, VoteProposed
+
+__all__ = ["Names", "capability_of", "clip", "error_text", "label", "short_id", "summarize", "task_name"]
+
+_SECRET = frozenset({"token", "secret", "password", "key", "cancel_key"})  # fields never shown
+LABEL_WIDTH = 96  # characters of a label; the whole text is in the page's tooltips
+SHORT_ID = 8  # characters of a long (uuid-like) id shown in a label
+
+
+class Names(msgspec.Struct, kw_only=True):
+    """What the events of a timeline tell about the names of its tasks."""
+
+    steps: dict[str, str] = {}  # task id -> the workflow step it runs
+    workflows: dict[str, str] = {}  # workflow id -> the workflow's name
+
+    @classmethod
+    def of(cls, records: Iterable[Record]) -> Names:
+        names = cls()
+        for record in records:
+            match record.data:
+                case FlowStepScheduled(task_id=task_id, step=step):
+                    names.steps[task_id] = step
+                case FlowStarted(workflow_id=workflow_id, name=name):
+                    names.workflows[workflow_id] = name
+        return names
+
+
+def short_id(value: str) -> str:
+    """A long id's first characters (`15efd396`); a short one (`t-42`) whole."""
+    return value if len(value) <= SHORT_ID + 4 else value[:SHORT_ID]
+
+
+def clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def error_text(error: ErrorInfo | None) -> str:
+    return "no reason recorded" if error is None else f"{error.type}: {error.message}"
+
+
+def task_name(capability: str, task_id: str, names: Names) -> str:
+    """`research 15efd396`, and the step it runs for when it is a workflow step's task."""
+    step = names.steps.get(task_id)
+    return f"{capability} {short_id(task_id)}" + (f" (step {step})" if step else "")
+
+
+def capability_of(record: Record) -> str:
+    """A task lifecycle event's capability: its field, else its subject's third token."""
+    named = getattr(record.data, "capability", "")
+    if named:
+        return str(named)
+    parts = record.subject.split(".")
+    return parts[2] if len(parts) >= 4 and parts[1] == "task" else "task"
+
+
+def label(record: Record, names: Names | None = None) -> str:
+    """A few words a person reads at a glance: which task, step, model or key, and what happened."""
+    names = names or Names()
+    data = record.data
+    if isinstance(
+        data,
+        TaskRequested
+        | TaskClaimed
+        | TaskProgress
+        | TaskCompleted
+        | TaskFailed
+        | TaskAttemptFailed
+        | TaskCancelled
+        | TaskHandedOff,
+    ):
+        who = task_name(capability_of(record), data.task_id or record.event.id, names)
+        return clip(f"{who} {_task_status(data)}", LABEL_WIDTH)
+    return clip(_other(record, names), LABEL_WIDTH)
+
+
+def _task_status(data: object) -> str:
+    match data:
+        case TaskRequested(fallback=fallback):
+            return "requested" + (f", fallback {', '.join(fallback)}" if fallback else "")
+        case TaskClaimed(attempt=attempt, agent=agent):
+            return f"claimed by {agent}" + (f", attempt {attempt}" if attempt > 1 else "")
+        case TaskProgress(message=message, fraction=fraction):
+            return (
+                "progress"
+                + (f": {message}" if message else "")
+                + (f" ({fraction:.0%})" if fraction is not None else "")
+            )
+        case TaskCompleted(attempt=attempt):
+            return "completed" + (f", attempt {attempt}" if attempt > 1 else "")
+        case TaskFailed(error=error):
+            return f"failed: {error_text(error)}"
+        case TaskAttemptFailed(attempt=attempt, error=error, retry_in=retry_in):
+            return f"attempt {attempt} failed: {error_text(error)}; retry in {retry_in:g} s"
+        case TaskCancelled(reason=reason):
+            return "cancelled" + (f": {reason}" if reason else "")
+        case TaskHandedOff(to=to, reason=reason):
+            return f"handed off → {to}" + (f" ({reason})" if reason and reason != "handoff" else "")
+    return "task event"  # pragma: no cover - every task event is matched above
+
+
+def _other(record: Record, names: Names) -> str:
+    match record.data:
+        case FlowStarted(workflow_id=wf, name=name):
+            return f"workflow {name or wf} started" + (f" ({short_id(wf)})" if name else "")
+        case FlowStepScheduled(step=step, attempt=attempt):
+            return f"step {step} scheduled" + (f", attempt {attempt}" if attempt > 1 else "")
+        case FlowStepCompleted(step=step):
+            return f"step {step} completed"
+        case FlowStepFailed(step=step, error=error):
+            return f"step {step} failed: {error_text(error)}"
+        case FlowCompleted(workflow_id=wf):
+            return f"workflow {names.workflows.get(wf) or wf} completed"
+        case FlowFailed(workflow_id=wf, error=error):
+            return f"workflow {names.workflows.get(wf) or wf} failed: {error_text(error)}"
+        case LlmCalled(model=model, usage=usage, latency_ms=latency, call_index=index):
+            given = usage.get("input_tokens", usage.get("prompt_tokens", "?"))
+            tokens = f"{given}→{usage.get('output_tokens', usage.get('completion_tokens', '?'))} tokens"
+            return f"{model}" + (f" call {index}" if index else "") + f" {tokens}, {latency:.0f} ms"
+        case LlmFailed(model=model, call_index=index, error_type=kind, status=status, message=message):
+            call = model + (f" call {index}" if index else "")
+            return f"{call} failed: {kind}" + (f" ({status})" if status else "") + f": {message}"
+        case ToolCalled(tool=tool, call_index=index, error=error):
+            return f"tool {tool} call {index}" + (f" failed: {error}" if error else "")
+        case TaskCancelRequested(task_id=task_id, reason=reason):  # never its token: a secret
+            return f"cancel requested for {short_id(task_id)}" + (f": {reason}" if reason else "")
+        case BoardWritten(board=board, key=key, author=author):
+            return f"board {board}/{key} written" + (f" by {author}" if author else "")
+        case BoardDeleted(board=board, key=key):
+            return f"board {board}/{key} deleted"
+        case VoteProposed(proposal_id=proposal, question=question, rule=rule):
+            return f"proposal {short_id(proposal)} ({rule}): {question}"
+        case VoteCast(proposal_id=proposal, voter=voter, choice=choice):
+            return f"proposal {short_id(proposal)}: {voter} votes {choice}"
+        case VoteDecided(proposal_id=proposal, outcome=outcome, reason=reason):
+            return f"proposal {short_id(proposal)} decided: {outcome or 'no outcome'}" + (
+                f" ({reason})" if reason else ""
+            )
+        case _:
+            return _rarer(record)
+
+
+def _rarer(record: Record) -> str:
+    match record.data:
+        case DeadLettered(reason=reason, error=error, subject=subject):
+            return f"dead letter from {subject} ({reason}): {error}"
+        case ChatMessage(room=room, speaker=speaker, content=content):
+            return f"{room}: {speaker} says {content}"
+        case BidCalled(task_id=task_id, capability=capability):
+            return f"call for bids on {capability} {short_id(task_id)}"
+        case BidPlaced(task_id=task_id, bidder=bidder, cost=cost):
+            return f"{bidder} bids {cost:g} on {short_id(task_id)}"
+        case BidAwarded(task_id=task_id, winner=winner, cost=cost):
+            return f"{short_id(task_id)} awarded to {winner} ({cost:g})"
+        case AgentStarted(agent_id=agent, role=role):
+            return f"agent {agent} ({role}) started"
+        case AgentStopped(agent_id=agent, reason=reason):
+            return f"agent {agent} stopped" + (f": {reason}" if reason else "")
+        case _:
+            return _fields(record)
+
+
+def _fields(record: Record) -> str:
+    """An event type this module does not know: its type and its first few short scalar fields."""
+    values = msgspec.structs.asdict(record.data)
+    shown = [f"{name}={value}" for name, value in values.items() if name not in _SECRET
+             and isinstance(value, str | int | float | bool) and len(str(value)) <= 40][:3]  # fmt: skip
+    return " ".join([record.event.type.removeprefix("mesh."), *shown])
+
+
+def summarize(record: Record, width: int = 72, names: Names | None = None) -> str:
+    """A few words on what an event says, for the text timeline (task hand-offs name the whole
+    next task id, which a user types into the next command)."""
+    match record.data:
+        case TaskRequested(capability=capability, task_id=task_id):
+            text = f"{capability} task {task_id or record.event.id}"
+            step = (names or Names()).steps.get(task_id or record.event.id)
+            text += f" for step {step}" if step else ""
+        case TaskClaimed(attempt=attempt):
+            text = f"claimed, attempt {attempt}"
+        case TaskProgress(message=message, fraction=fraction):
+            text = message + (f" ({fraction:.0%})" if fraction is not None else "")
+        case TaskCompleted(attempt=attempt):
+            text = "completed" + (f", attempt {attempt}" if attempt > 1 else "")
+        case TaskFailed(error=error):
+            text = error_text(error)
+        case TaskHandedOff(to=to, next_task_id=next_task_id, reason=reason):
+            text = f"handed off to {to} task {next_task_id}" + (f" ({reason})" if reason != "handoff" else "")
+        case _:
+            text = label(record, names)
+    return clip(text, width)
