@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -20,6 +21,7 @@ import pytest
 from mesh import Agent, Context, Mesh, RunnerOptions
 from mesh.testing import EventLog, InProcessAgents, Reply, ScriptedModel
 from tests.conftest import ROOT
+from tests.test_readme import block
 
 EXAMPLE = ROOT / "examples" / "testing"
 
@@ -232,13 +234,17 @@ class TestEventLog:
 @pytest.mark.e2e
 class TestExample:
     def test_the_example_project_passes(self, tmp_path: Path) -> None:
-        """examples/testing, a user's project with the kit as its only test set-up, passes as its own pytest run."""
+        """examples/testing, a user's project with the kit as its only test set-up, passes as its
+        own pytest run, and so does the README's test added to it."""
+        project = tmp_path / "project"
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__"))
+        (project / "test_from_readme.py").write_text("import greeter\n\n\n" + block("testing"))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "OPENAI_", "NATS_", "MESH_"))}
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
-                               str(tmp_path / "tmp")], cwd=EXAMPLE, env=env, capture_output=True, text=True,
+                               str(tmp_path / "tmp")], cwd=project, env=env, capture_output=True, text=True,
                               timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-        assert "4 passed" in done.stdout
+        assert "5 passed" in done.stdout
 
     def test_mesh_needs_no_pytest(self) -> None:
         """Without pytest installed, the runtime, the CLI and the agents import; only the kit wants it."""
