@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from mesh import Agent, Context, Mesh, RunnerOptions
-from mesh.testing import EventLog, InProcessAgents, Reply, ScriptedModel
+from mesh.testing import AgentProcesses, EventLog, InProcessAgents, Reply, ScriptedModel
 from tests.conftest import ROOT
 from tests.test_readme import block
 
@@ -144,6 +144,14 @@ class TestScriptedModel:
         assert status == 400 and "no messages list" in body["error"]["message"]
         assert scripted_model.remaining == 1
 
+    async def test_a_model_name_is_required(self, scripted_model: ScriptedModel) -> None:
+        """`env` and `client` refuse an empty model name instead of sending it."""
+        for empty in ("", "  "):
+            with pytest.raises(ValueError, match="a model name is a non-empty string"):
+                scripted_model.env(empty)
+            with pytest.raises(ValueError, match="a model name is a non-empty string"):
+                scripted_model.client(empty)
+
     async def test_requests_recorded_are_bounded(self) -> None:
         """Past `max_requests` a request is answered 429 and counted, not recorded."""
         with ScriptedModel(["one", "two"], max_requests=1) as model:
@@ -200,9 +208,15 @@ class TestInProcessAgents:
         assert in_process_agents.runners == [second]
 
     async def test_only_agents_are_run(self, in_process_agents: InProcessAgents) -> None:
-        """Anything but a mesh.Agent is refused with a TypeError naming what it was."""
+        """Anything but a mesh.Agent, or a model that is not an LlmClient, is refused with a
+        TypeError naming what it was."""
         with pytest.raises(TypeError, match="not function"):
             await in_process_agents.start(ask)  # type: ignore[arg-type]
+        wrong_model = r"takes an LlmClient \(for example scripted_model.client\(\)\), not ScriptedModel"
+        with pytest.raises(TypeError, match=wrong_model):
+            with ScriptedModel() as model:
+                await in_process_agents.start(kit_agent, llm=model)  # type: ignore[arg-type]
+        assert in_process_agents.runners == []
 
 
 @pytest.mark.integration
@@ -229,6 +243,15 @@ class TestEventLog:
             await small.wait_for_type("mesh.task.requested", task_id="c")
         await small.stop()
         assert [r.data.task_id for r in small.records] == ["a", "b"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.e2e
+class TestAgentProcesses:
+    async def test_an_agent_that_cannot_start_says_why(self, agents: AgentProcesses) -> None:
+        """A process that exits before `mesh.agent.started` fails the start with its own last words."""
+        said = r"(?s)agent no_such_module:agent did not start: .*cannot import 'no_such_module'"
+        with pytest.raises(AssertionError, match=said):
+            await agents.start("no_such_module:agent")
 
 
 @pytest.mark.e2e

@@ -162,10 +162,12 @@ class ScriptedModel:
 
     def env(self, model: str = "scripted") -> dict[str, str]:
         """The environment that points an agent process at this server with model ``model``."""
+        _check_model(model)
         return {"OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": SCRIPTED_KEY, "MESH_MODEL": model}
 
     def client(self, model: str = "scripted") -> LlmClient:
         """An `LlmClient` (what `ctx.llm` uses) that asks this server for ``model``, with no retries."""
+        _check_model(model)
         sdk = openai.AsyncOpenAI(api_key=SCRIPTED_KEY, base_url=self.base_url, max_retries=0)
         return LlmClient(sdk, model=model, offline=False)
 
@@ -220,6 +222,11 @@ class ScriptedModel:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }  # fmt: skip
+
+
+def _check_model(model: str) -> None:
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"a model name is a non-empty string, not {model!r}")
 
 
 def _refusal(status: int, message: str, kind: str = "invalid_request_error") -> Answer:

@@ -22,6 +22,7 @@ from mesh.testing.eventlog import EventLog
 
 __all__ = ["AgentProcesses", "InProcessAgents", "offline_llm", "IN_PROCESS_OPTIONS", "STOP_TIMEOUT"]
 
+OUTPUT_LINES = 20  # lines of an agent's output shown when it fails to start
 STOP_TIMEOUT = 20.0  # seconds an agent process has to drain after SIGTERM before it is killed
 IN_PROCESS_OPTIONS = RunnerOptions(drain_timeout=5.0)  # a test's leftover handler holds its teardown 5 s at most
 
@@ -46,10 +47,14 @@ class AgentProcesses:
         this process's environment) and return once it has written `mesh.agent.started`."""
         proc = self._spawn(target, args, env or {})
         self.procs.append(proc)
-        await self.log.wait_for(
-            lambda r: r.event.type == "mesh.agent.started" and r.data.pid == proc.pid,  # type: ignore[attr-defined]
-            timeout=30, alive=proc, what=f"mesh.agent.started of {target}",
-        )  # fmt: skip
+        try:
+            await self.log.wait_for(
+                lambda r: r.event.type == "mesh.agent.started" and r.data.pid == proc.pid,  # type: ignore[attr-defined]
+                timeout=30, alive=proc, what=f"mesh.agent.started (of {target})",
+            )  # fmt: skip
+        except AssertionError as error:  # what the agent said is what the test's reader needs
+            tail = "\n".join(self.output(proc).splitlines()[-OUTPUT_LINES:])
+            raise AssertionError(f"agent {target} did not start: {error}; its last output:\n{tail}") from None
         return proc
 
     def _spawn(self, target: str, args: tuple[str, ...], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -113,6 +118,8 @@ class InProcessAgents:
         `<name>-test-<pid>-<n>`, unique among the runners of this process."""
         if not isinstance(agent, Agent):
             raise TypeError(f"InProcessAgents.start takes a mesh.Agent, not {type(agent).__name__}")
+        if llm is not None and not isinstance(llm, LlmClient):
+            raise TypeError(f"llm= takes an LlmClient (for example scripted_model.client()), not {type(llm).__name__}")
         mesh = await Mesh.connect(self.url)
         runner = AgentRunner(agent, mesh, options or self.options, llm=llm or offline_llm(),
                              agent_id=agent_id or f"{agent.name}-test-{os.getpid()}-{next(self._numbers)}")  # fmt: skip
