@@ -95,12 +95,13 @@ class TestScriptedModel:
     async def test_an_error_status_is_the_sdks_error(self, scripted_model: ScriptedModel) -> None:
         """A scripted 429 is the SDK's RateLimitError with its Retry-After, a 500 its
         InternalServerError; the script goes on after them."""
-        scripted_model.add(Reply.error(429, "slow down", retry_after=2), Reply.error(500), "after")
+        limit = Reply.error(429, "slow down", retry_after=2, code="rate_limit_exceeded")
+        scripted_model.add(limit, Reply.error(500), "after")
         client = sdk(scripted_model)
         ask = [{"role": "user", "content": "hi"}]
         with pytest.raises(openai.RateLimitError, match="slow down") as limited:
             await client.chat.completions.create(model="m", messages=ask)  # type: ignore[arg-type]
-        assert limited.value.response.headers["retry-after"] == "2"
+        assert limited.value.response.headers["retry-after"] == "2" and limited.value.code == "rate_limit_exceeded"
         with pytest.raises(openai.InternalServerError, match="scripted error 500"):
             await client.chat.completions.create(model="m", messages=ask)  # type: ignore[arg-type]
         after = await client.chat.completions.create(model="m", messages=ask)  # type: ignore[arg-type]

@@ -85,14 +85,20 @@ class Reply:
 
     @classmethod
     def error(
-        cls, status: int, message: str | None = None, *, retry_after: float | None = None, type: str = "api_error"
+        cls,
+        status: int,
+        message: str | None = None,
+        *,
+        retry_after: float | None = None,
+        type: str = "api_error",
+        code: str | None = None,
     ) -> Reply:
-        """The server answers ``status`` with an OpenAI-style error body; ``retry_after``
-        (seconds) adds a `Retry-After` header, as a rate limit (429) does."""
+        """The server answers ``status`` with an OpenAI-style error body (``message``, ``type``,
+        ``code``); ``retry_after`` (seconds) adds a `Retry-After` header, as a rate limit (429) does."""
         if retry_after is not None and retry_after < 0:
             raise ValueError(f"retry_after is seconds from now, not {retry_after}")
         headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
-        body = {"message": message or f"scripted error {status}", "type": type, "code": None, "param": None}
+        body = {"message": message or f"scripted error {status}", "type": type, "code": code, "param": None}
         return cls(status=status, error_body=body, headers=headers)
 
 
