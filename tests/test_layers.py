@@ -22,7 +22,7 @@ PACKAGES = ("topics", "mesh", "replay", "agents")
 # Layers on one line are siblings that must not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("agents",),
-    ("mesh.cli",),
+    ("mesh.cli", "mesh.testing"),  # the testing kit: a plugin for users' tests, beside the CLI
     ("replay",),
     ("mesh.runtime",),
     ("mesh.llm", "mesh.coordination"),
@@ -150,6 +150,13 @@ class TestLayers:
         graph = import_graph()
         importers = {m for m, targets in graph.items() if m.startswith("mesh") and any(t.startswith("replay") for t in targets)}
         assert {m for m in importers if not m.startswith("mesh.cli")} == set()
+
+    def test_nothing_imports_the_testing_kit(self) -> None:
+        """`mesh.testing` (which needs pytest) is imported by tests only, never by what ships."""
+        graph = import_graph()
+        importers = {m for m, targets in graph.items() if not m.startswith("mesh.testing")
+                     and any(t.startswith("mesh.testing") for t in targets)}  # fmt: skip
+        assert importers == set()
 
     def test_no_import_cycles(self) -> None:
         """No module reaches itself through its imports."""

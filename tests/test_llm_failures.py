@@ -4,15 +4,10 @@ and Retry-After, shows in the timeline, and is fed back on `rerun`."""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-
 import pytest
 
 from mesh import Mesh
+from mesh.testing import Reply, ScriptedModel
 from replay.reader import read_log
 from replay.rerun import rerun
 from replay.timeline import build_timeline
@@ -21,60 +16,17 @@ from tests.helpers import EventLog
 
 pytestmark = pytest.mark.e2e
 
-RATE_LIMITED = {"error": {"message": "Rate limit reached for big-model", "type": "requests", "code": "rate_limit_exceeded"}}
-
-
-class LimitedModel:
-    """Answers its first chat request 429 (Retry-After: 2), every later one with a completion."""
-
-    def __init__(self) -> None:
-        self.models: list[str] = []
-        models = self.models
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                models.append(body["model"])
-                status, headers, answer = (429, {"Retry-After": "2"}, RATE_LIMITED) if len(models) == 1 else (200, {}, {
-                    "id": f"chatcmpl-{len(models)}", "object": "chat.completion", "created": 1, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "short"}}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-                })  # fmt: skip
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def limited_model() -> Iterator[LimitedModel]:
-    server = LimitedModel()
-    yield server
-    server.close()
-
 
 class TestRateLimited:
     async def test_a_429_is_recorded_shown_and_fed_back_on_rerun(
-        self, mesh: Mesh, agents: AgentProcesses, log: EventLog, limited_model: LimitedModel
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog, scripted_model: ScriptedModel
     ) -> None:
-        await agents.start("tests.fixture_agents:careful",
-                           env={"OPENAI_BASE_URL": limited_model.url, "OPENAI_API_KEY": "sk-test"})  # fmt: skip
+        scripted_model.add(Reply.error(429, "Rate limit reached for big-model", retry_after=2, type="requests",
+                                       code="rate_limit_exceeded"), "short")  # fmt: skip
+        await agents.start("tests.fixture_agents:careful", env=scripted_model.env())
         output = await mesh.request("summarise", {"text": "a long text"}, task_id="sum-1", timeout=30)
         assert output == {"model": "small-model", "text": "short"}
-        assert limited_model.models == ["big-model", "small-model"]
+        assert [request.model for request in scripted_model.requests] == ["big-model", "small-model"]
         called = await log.wait_for(lambda r: r.event.type == "mesh.llm.called")
         [failed] = log.of_type("mesh.llm.failed")
         data = failed.data

@@ -4,61 +4,14 @@ that it says so: an OpenAI-compatible server given by its URL alone is used, not
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
 from mesh import Mesh
 from mesh.llm.client import OPENAI_URL, PLACEHOLDER_KEY, ModelChoice
+from mesh.testing import ScriptedModel
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
-
-
-class CompatibleServer:
-    """A local OpenAI-compatible chat endpoint (as Ollama or vLLM serve one) that answers every
-    `POST /v1/chat/completions` with one fixed completion and keeps what it was sent."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
-        received = self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                answer = json.dumps({
-                    "id": "chatcmpl-local-1", "object": "chat.completion", "created": 1, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "hello from the local server"}}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
-                }).encode()  # fmt: skip
-                self.send_response(200 if self.path == "/v1/chat/completions" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def compatible_server() -> Iterator[CompatibleServer]:
-    server = CompatibleServer()
-    yield server
-    server.close()
 
 
 @pytest.mark.unit
@@ -82,18 +35,19 @@ class TestModelChoice:
 @pytest.mark.e2e
 class TestBaseUrlAlone:
     async def test_an_agent_uses_the_server_it_is_given(self, mesh: Mesh, agents: AgentProcesses, log: EventLog,
-                                                        compatible_server: CompatibleServer) -> None:  # fmt: skip
+                                                        scripted_model: ScriptedModel) -> None:  # fmt: skip
         """With OPENAI_BASE_URL and no OPENAI_API_KEY, the agent asks that server (with a placeholder
         key) instead of the offline model, and its log says which model it uses."""
-        env = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": compatible_server.url, "MESH_MODEL": "llama3.2"}
+        scripted_model.add("hello from the local server")
+        env = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": scripted_model.base_url, "MESH_MODEL": "llama3.2"}
         proc = await agents.start("tests.fixture_agents:chatter", env=env)
         output = await mesh.request("chat", {"prompt": "hi"}, timeout=30)
         assert output == {"text": "hello from the local server", "model": "llama3.2"}
-        headers, body = compatible_server.requests[0]
-        assert headers["authorization"] == f"Bearer {PLACEHOLDER_KEY}" and body["model"] == "llama3.2"
+        (asked,) = scripted_model.requests
+        assert asked.headers["authorization"] == f"Bearer {PLACEHOLDER_KEY}" and asked.model == "llama3.2"
         said = [json.loads(line) for line in agents.output(proc).splitlines() if line.startswith("{")]
         model_lines = [line for line in said if line["event"].startswith("model: ")]
-        assert len(model_lines) == 1 and model_lines[0]["base_url"] == compatible_server.url, said
+        assert len(model_lines) == 1 and model_lines[0]["base_url"] == scripted_model.base_url, said
         assert "a placeholder key is sent" in model_lines[0]["event"]
         called = await log.wait_for(lambda r: r.event.type == "mesh.llm.called")
         assert called[0].data.offline is False  # type: ignore[attr-defined]
