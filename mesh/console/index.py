@@ -9,9 +9,10 @@ workflows folds keep at most as many entries, the oldest dropped first.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 from mesh.projections import TASKS, WORKFLOWS, instant
@@ -174,22 +175,26 @@ class LogIndex:
 
     def query(self, query: EventQuery, *, offset: int = 0, limit: int = 50) -> tuple[list[Record], int]:
         """One page of the records ``query`` matches, newest first, and how many match in all."""
-        keep = query.matches()
+        keys: Sequence[int] | None = None
+        rest = query
         if query.correlation is not None:
-            keys: Iterable[int] = reversed(self.keys.get(("c", query.correlation), []))
+            keys, rest = self.keys.get(("c", query.correlation), []), replace(query, correlation=None)
         elif query.type is not None and query.type in self.by_type:
-            keys = reversed(self.by_type[query.type])
-        else:
-            keys = reversed(self.records)
-        page: list[Record] = []
+            keys, rest = self.by_type[query.type], replace(query, type=None)
+        if rest == EventQuery():  # nothing left to check: count and slice, no pass over the records
+            chosen = self.records if keys is None else keys
+            page = list(islice(reversed(chosen), offset, offset + limit))
+            return [self.records[key] for key in page], len(chosen)
+        keep = rest.matches()
+        found: list[Record] = []
         total = 0
-        for key in keys:
+        for key in reversed(self.records) if keys is None else reversed(keys):
             record = self.records[key]
             if keep(record):
                 if offset <= total < offset + limit:
-                    page.append(record)
+                    found.append(record)
                 total += 1
-        return page, total
+        return found, total
 
     def causal(self, root: str) -> list[Record]:
         """The records `replay.causal.causal_slice` would take for ``root`` (those that name it and
