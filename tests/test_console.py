@@ -192,3 +192,22 @@ class TestConsoleInABrowser:
                     assert response.status == 405
                 async with http.get(url + "tasks") as response:
                     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+
+    async def test_a_long_log_keeps_the_newest_and_travels_to_any_position(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog, nats_url: str
+    ) -> None:
+        """With --max-events below the log's length the pages say older events are not shown, and a
+        projection at a position before them is rebuilt from the server."""
+        report, _ = await team_run(mesh, agents, log)
+        requested = next(r.seq for r in log.records if r.event.type == "mesh.task.requested")
+        async with console("--nats", nats_url, "--max-events", "10") as url, aiohttp.ClientSession() as http:
+            async with http.get(url + "events") as response:
+                page = await response.text()
+                assert "older events are not shown: the console keeps the newest 10" in page
+                held = re.search(r"(\d+) events \(seq \d+\.\.(\d+)\)", page)
+                assert held and int(held.group(1)) <= 10 and int(held.group(2)) == log.records[-1].seq
+            async with http.get(url + "api/projections/tasks", params={"at": str(requested)}) as response:
+                state = await response.json()
+                assert response.status == 200 and state["seq"] == requested and report in state["text"]
+            async with http.get(url + "api/projections/tasks", params={"at": "999999"}) as response:
+                assert response.status == 400 and "at must be a whole number from 0 to" in (await response.json())["error"]

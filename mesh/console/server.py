@@ -138,8 +138,8 @@ class Console:
         self.hub.shut()
         if self._follow is not None:
             self._follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError, MeshError):
-                await self._follow
+            with contextlib.suppress(asyncio.CancelledError, MeshError, TimeoutError):
+                await asyncio.wait_for(self._follow, 5.0)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:

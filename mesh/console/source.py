@@ -33,6 +33,8 @@ from topics.record import Record
 
 __all__ = ["AgentRow", "CapabilityRow", "FileSource", "LiveSource", "Source"]
 
+CLOSE_TIMEOUT = 5.0  # seconds the connection may take to drain when the console stops
+
 
 class AgentRow(msgspec.Struct, kw_only=True):
     """An agent: online (a presence heartbeat not expired) or known from the log only."""
@@ -189,7 +191,10 @@ class LiveSource(Source):
     async def close(self) -> None:
         if self._mesh is not None:
             mesh, self._mesh = self._mesh, None
-            await mesh.close()
+            try:
+                await asyncio.wait_for(mesh.close(), CLOSE_TIMEOUT)
+            except TimeoutError:  # a drain that does not end in time: close without it
+                await mesh.nc.close()
 
 
 def _online(presence: Presence) -> AgentRow:
