@@ -96,6 +96,7 @@ def agent_ids(log: EventLog) -> list[str]:
 
 
 class TestConsoleInABrowser:
+    @pytest.mark.timeout(300)  # four agent processes, the console and a browser on a 2-core machine
     async def test_every_page_shows_the_mesh_and_updates_live(
         self, mesh: Mesh, agents: AgentProcesses, log: EventLog, browser: Any, nats_url: str
     ) -> None:
@@ -167,6 +168,7 @@ class TestConsoleInABrowser:
             assert await page.evaluate("window.stillTheSamePage") is True  # shown without a reload
             await shot(page, "tasks-live")
 
+    @pytest.mark.timeout(300)
     async def test_an_exported_file_is_browsable_with_no_server(
         self, mesh: Mesh, agents: AgentProcesses, log: EventLog, browser: Any, nats_url: str, tmp_path: Path
     ) -> None:
@@ -190,6 +192,10 @@ class TestConsoleInABrowser:
                     assert "since &#x27;yesterday&#x27; is not an RFC 3339 time" in await response.text()
                 async with http.post(url + "tasks") as response:
                     assert response.status == 405
+                async with http.get(url + "tasks", params={"status": "lost"}) as response:
+                    assert response.status == 400 and "status &#x27;lost&#x27; is not one of" in await response.text()
+                async with http.get(url + "tasks", headers={"Host": "rebound.example:8300"}) as response:
+                    assert response.status == 421  # a page of another site, pointed here by DNS, reads nothing
                 async with http.get(url + "tasks") as response:
                     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
 

@@ -129,3 +129,13 @@ class TestHub:
         assert any(m.startswith(b"event: reset") for m in messages)
         hub.shut()
         assert await asyncio.wait_for(page.get(), 1) == b""
+
+
+class TestHostNames:
+    def test_the_host_header_is_read_as_a_name(self) -> None:
+        """Host headers with a port, an IPv6 literal or none give the bare name the console checks."""
+        from mesh.console.server import LOCAL_NAMES, _host_name
+
+        assert [_host_name(h) for h in ("127.0.0.1:8300", "[::1]:8300", "localhost", "evil.example:8300")] == [
+            "127.0.0.1", "::1", "localhost", "evil.example"]  # fmt: skip
+        assert "evil.example" not in LOCAL_NAMES

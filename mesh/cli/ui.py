@@ -45,7 +45,7 @@ def ui(file: str | None, host: str, port: int, max_events: int, settings: MeshSe
 
 async def _ui(settings: MeshSettings, file: str | None, host: str, port: int, max_events: int) -> None:
     from mesh.console.index import LogIndex
-    from mesh.console.server import Console, serve
+    from mesh.console.server import LOCAL_NAMES, Console, serve
     from mesh.console.source import FileSource, LiveSource, Source
 
     source: Source = FileSource(file) if file else LiveSource(settings)
@@ -66,6 +66,7 @@ async def _ui(settings: MeshSettings, file: str | None, host: str, port: int, ma
         def ready(url: str) -> None:
             click.echo(f"console at {url} (read-only{', live' if source.live else ''}; Ctrl-C stops it)")
 
-        await serve(Console(index, source), host, port, ready, stop)
+        hosts = LOCAL_NAMES if host in LOOPBACK else None  # bound to loopback: refuse other Host names
+        await serve(Console(index, source, hosts=hosts), host, port, ready, stop)
     finally:
         await source.close()

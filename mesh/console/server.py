@@ -17,12 +17,15 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from nats.errors import Error as NatsError
 
 from mesh.console.index import EventQuery, LogIndex
 from mesh.console.pages import Page, e, frame
 from mesh.console.source import Source
 from mesh.console.travel import Travel, projections_page
 from mesh.console.views import (
+    FLOW_STATUSES,
+    TASK_STATUSES,
     agents_page,
     capabilities_page,
     dead_page,
@@ -38,7 +41,7 @@ from mesh.projections import REGISTRY, instant
 from replay.timeline import build_timeline, summarize
 from replay.timeline_html import render_html
 
-__all__ = ["MAX_LIVE_PAGES", "QUEUE", "TICK", "Console", "Hub"]
+__all__ = ["LOCAL_NAMES", "MAX_LIVE_PAGES", "QUEUE", "TICK", "Console", "Hub", "serve"]
 
 MAX_LIVE_PAGES = 64  # server-sent event streams open at once
 QUEUE = 256  # messages waiting for one stream before it is told to reload instead
@@ -46,6 +49,8 @@ TICK = 5.0  # seconds between the `tick` messages that refresh agents and capabi
 MAX_PARAM = 256  # characters of any query parameter
 MAX_PAGE = 100_000  # the highest page number asked for
 STATIC = Path(__file__).parent / "static"
+LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})  # what a browser on this machine calls it
+UNAVAILABLE = (MeshError, NatsError, TimeoutError, ConnectionError)  # the server gone or slow: a 503 page
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; frame-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'")  # fmt: skip
 
@@ -96,9 +101,10 @@ class BadParameter(Exception):
 class Console:
     """The pages over one index and its source."""
 
-    def __init__(self, index: LogIndex, source: Source) -> None:
+    def __init__(self, index: LogIndex, source: Source, *, hosts: frozenset[str] | None = LOCAL_NAMES) -> None:
         self.index = index
         self.source = source
+        self.hosts = hosts  # the names a request's Host may give (None: any)
         self.hub = Hub()
         self.travel = Travel(index, source)
         self._follow: asyncio.Task[None] | None = None
@@ -145,6 +151,8 @@ class Console:
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+        if self.hosts is not None and _host_name(request.host) not in self.hosts:  # DNS rebinding
+            raise web.HTTPMisdirectedRequest(text=f"this console answers to {', '.join(sorted(self.hosts))} only")
         response = await handler(request)
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -157,8 +165,8 @@ class Console:
                 page, status = await build(request), 200
             except BadParameter as error:
                 page, status = Page(title="Bad request", tab="", body=_error(str(error)), live="none"), 400
-            except MeshError as error:
-                page, status = Page(title="Unavailable", tab="", body=_error(str(error)), live="tick"), 503
+            except UNAVAILABLE as error:
+                page, status = Page(title="Unavailable", tab="", body=_error(_reason(error)), live="tick"), 503
             if page is None:
                 page, status = Page(title="Not found", tab="", body=_error(f"nothing at {request.path} in the events held"),
                                     live="refresh"), 404  # fmt: skip
@@ -179,13 +187,16 @@ class Console:
 
     async def _tasks(self, request: web.Request) -> Page:
         params = _params(request, "q", "capability", "status")
+        _one_of(params, "status", TASK_STATUSES)
         return tasks_page(self.index, params, _page_number(request))
 
     async def _task(self, request: web.Request) -> Page | None:
         return task_page(self.index, _segment(request, "id"))
 
     async def _workflows(self, request: web.Request) -> Page:
-        return workflows_page(self.index, _params(request, "q", "status"), _page_number(request))
+        params = _params(request, "q", "status")
+        _one_of(params, "status", FLOW_STATUSES)
+        return workflows_page(self.index, params, _page_number(request))
 
     async def _workflow(self, request: web.Request) -> Page | None:
         return workflow_page(self.index, _segment(request, "id"))
@@ -224,8 +235,8 @@ class Console:
             return web.json_response({"error": str(error)}, status=400)
         except KeyError as error:
             return web.json_response({"error": f"key: {error.args[0]}"}, status=400)
-        except MeshError as error:
-            return web.json_response({"error": str(error)}, status=503)
+        except UNAVAILABLE as error:
+            return web.json_response({"error": _reason(error)}, status=503)
         return web.Response(body=_json.encode(shown), content_type="application/json")
 
     async def _timeline(self, request: web.Request) -> web.StreamResponse:
@@ -255,6 +266,17 @@ class Console:
         return response
 
 
+def _reason(error: BaseException) -> str:
+    return str(error) if isinstance(error, MeshError) else f"the server did not answer: {type(error).__name__} {error}"
+
+
+def _host_name(host: str) -> str:
+    """`127.0.0.1:8300` -> `127.0.0.1`, `[::1]:8300` -> `::1`."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 def _error(text: str) -> str:
     return f'<h1>Cannot show that</h1><p class="error">{e(text)}</p>'
 
@@ -268,6 +290,11 @@ def _params(request: web.Request, *names: str) -> dict[str, str]:
         if value:
             found[name] = value
     return found
+
+
+def _one_of(params: Mapping[str, str], name: str, choices: tuple[str, ...]) -> None:
+    if name in params and params[name] not in choices:
+        raise BadParameter(f"{name} {params[name]!r} is not one of {', '.join(choices)}")
 
 
 def _segment(request: web.Request, name: str) -> str:
