@@ -140,7 +140,9 @@ async def run(bench: Bench, args: argparse.Namespace) -> None:
         timings = await time_pages(index, live_source, args.runs)
     finally:
         await live_source.close()
-    print(f"\n{'page (live source, ' + format(len(index), ',') + ' events held)':<52} {'first':>9} {'median':>9} {'size':>9}")
+    print(
+        f"\n{'page (live source, ' + format(len(index), ',') + ' events held)':<52} {'first':>9} {'median':>9} {'size':>9}"
+    )
     for label, first, median, size in timings:
         print(f"{label:<52} {first:>7.1f}ms {median:>7.1f}ms {size / 1024:>7.0f}KB")
 

@@ -216,4 +216,6 @@ class TestConsoleInABrowser:
                 state = await response.json()
                 assert response.status == 200 and state["seq"] == requested and report in state["text"]
             async with http.get(url + "api/projections/tasks", params={"at": "999999"}) as response:
-                assert response.status == 400 and "at must be a whole number from 0 to" in (await response.json())["error"]
+                assert (
+                    response.status == 400 and "at must be a whole number from 0 to" in (await response.json())["error"]
+                )

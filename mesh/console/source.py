@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
 from mesh.bus import jetstream
@@ -193,7 +194,7 @@ class LiveSource(Source):
             mesh, self._mesh = self._mesh, None
             try:
                 await asyncio.wait_for(mesh.close(), CLOSE_TIMEOUT)
-            except TimeoutError:  # a drain that does not end in time: close without it
+            except (TimeoutError, NatsError):  # no drain in time, or none possible (server gone): just close
                 await mesh.nc.close()
 
 
