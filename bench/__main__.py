@@ -18,6 +18,7 @@ BENCHMARKS = {
     "rebuild": "bench.rebuild",  # issue #3: rebuilding projections from the log
     "tracing": "bench.tracing",  # issue #4: throughput with every span exported vs tracing off
     "workload": "bench.workload",  # issue #12: workload W, a 3-step pipeline in three agent processes
+    "console": "bench.console",  # issue #15: the web console with 100k events (numbers only, no target)
 }
 
 

@@ -23,6 +23,7 @@ PACKAGES = ("topics", "mesh", "replay", "agents")
 LAYERS: list[tuple[str, ...]] = [
     ("agents",),
     ("mesh.cli", "mesh.testing"),  # the testing kit: a plugin for users' tests, beside the CLI
+    ("mesh.console",),
     ("replay",),
     ("mesh.runtime",),
     ("mesh.llm", "mesh.coordination"),
@@ -146,10 +147,10 @@ class TestLayers:
         assert {m: t for m, t in graph.items() if m.startswith("topics") and any(not x.startswith("topics") for x in t)} == {}
 
     def test_only_the_cli_imports_replay(self) -> None:
-        """Inside `mesh`, replay is reached from the command line only."""
+        """Inside `mesh`, replay is reached from the front ends only: the command line and the web console."""
         graph = import_graph()
         importers = {m for m, targets in graph.items() if m.startswith("mesh") and any(t.startswith("replay") for t in targets)}
-        assert {m for m in importers if not m.startswith("mesh.cli")} == set()
+        assert {m for m in importers if not m.startswith(("mesh.cli", "mesh.console"))} == set()
 
     def test_nothing_imports_the_testing_kit(self) -> None:
         """`mesh.testing` (which needs pytest) is imported by tests only, never by what ships."""

@@ -227,10 +227,17 @@ async def presence_bucket(js: JetStreamContext, *, ttl: float = 15.0) -> KeyValu
         )
 
 
-async def live_agents(js: JetStreamContext) -> list[Presence]:
+async def live_agents(js: JetStreamContext, *, create: bool = True) -> list[Presence]:
     """The agents whose presence heartbeat has not expired, by id. An entry that does not
-    decode (written by something else) is skipped, not trusted."""
-    bucket = await presence_bucket(js)
+    decode (written by something else) is skipped, not trusted. With ``create`` False a server
+    without the presence bucket has no agents (nothing is created: for read-only callers)."""
+    if create:
+        bucket = await presence_bucket(js)
+    else:
+        try:
+            bucket = await js.key_value(subjects.PRESENCE_BUCKET)
+        except (NotFoundError, BadRequestError):
+            return []
     try:
         keys = await bucket.keys()
     except (NotFoundError, NoKeysError):

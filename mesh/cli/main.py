@@ -21,6 +21,7 @@ from mesh.cli.flow import flow as flow_group
 from mesh.cli.options import UserError, nats_options, parse_json, run, run_sync, token
 from mesh.cli.replay import replay as replay_group
 from mesh.cli.run import run_team as run_command
+from mesh.cli.ui import ui as ui_command
 from mesh.cli.watch import status as status_command
 from mesh.cli.watch import tail as tail_command
 from mesh.errors import ConfigError, MeshError, TaskFailedError, TaskTimeoutError
@@ -231,6 +232,7 @@ async def _publish(settings: MeshSettings, subject: str, data: Any, correlation:
 
 for _command in (tail_command, status_command, demo_command, flow_group, replay_group, auth_group, run_command):
     main.add_command(_command)
+main.add_command(ui_command)
 
 
 def cli() -> None:

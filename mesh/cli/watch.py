@@ -9,11 +9,12 @@ from typing import Any
 import click
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh.bus import jetstream, payloads
+from mesh.bus import payloads
 from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.consumer import parse_ack_subject
 from mesh.bus.settings import MeshSettings
+from mesh.bus.status import capability_loads
 from mesh.cli.options import check_filter, nats_options, run
 from mesh.cli.render import EventLines, PipeConsole
 from topics import subjects
@@ -23,8 +24,6 @@ from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["tail", "status"]
-
-_WORK = "mesh.work."  # topics.subjects.work(capability) is this and the capability
 
 
 async def _inlined(mesh: Mesh, payload: bytes) -> str:
@@ -134,29 +133,18 @@ async def _status(settings: MeshSettings) -> None:
 
 
 async def capability_lines(mesh: Mesh, agents: list[Presence]) -> list[str]:
-    """One line per capability: its work consumer's pending and in-progress counts and the
-    agents online that serve it; and every capability with tasks stored on `mesh.work.<c>`
-    but no consumer yet (no agent ever served it), counted from the stream's subjects."""
-    serving: dict[str, int] = {}
-    for presence in agents:
-        for capability in presence.capabilities:
-            serving[capability] = serving.get(capability, 0) + 1
-    lines, consumed = [], set()
-    for consumer in await jetstream.consumers_info(mesh.js):
-        name = consumer.name or ""
-        if name.startswith("work-"):
-            capability = name.removeprefix("work-")
-            consumed.add(capability)
-            online = serving.get(capability, 0)
-            lines.append(f"{capability:<24} pending {consumer.num_pending:<6} in progress {consumer.num_ack_pending:<4} "
-                         f"redelivered {consumer.num_redelivered:<4} agents {online}"
-                         + ("" if online or not consumer.num_pending else "  ← no agent online serves it"))  # fmt: skip
-    stored = await mesh.js.stream_info(subjects.STREAM, subjects_filter=f"{_WORK}*")
-    for subject, count in sorted((stored.state.subjects or {}).items()):
-        capability = subject.removeprefix(_WORK)
-        if capability not in consumed:
-            lines.append(f"{capability:<24} pending {count:<6} no consumer: no agent has served it yet "
+    """One line per capability (`mesh.bus.status.capability_loads`): its work consumer's pending
+    and in-progress counts and the agents online that serve it; and every capability with tasks
+    stored but no consumer yet (no agent ever served it)."""
+    lines = []
+    for load in await capability_loads(mesh, agents):
+        if not load.consumer:
+            lines.append(f"{load.capability:<24} pending {load.pending:<6} no consumer: no agent has served it yet "
                          f"(the first to start takes these tasks)")  # fmt: skip
+            continue
+        lines.append(f"{load.capability:<24} pending {load.pending:<6} in progress {load.in_progress:<4} "
+                     f"redelivered {load.redelivered:<4} agents {load.agents}"
+                     + ("" if load.agents or not load.pending else "  ← no agent online serves it"))  # fmt: skip
     return lines or ["none"]
 
 

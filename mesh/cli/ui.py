@@ -1,0 +1,72 @@
+"""`mesh ui`: the web console (`mesh.console`) over the live log or an exported file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+import click
+
+from mesh.bus.settings import MeshSettings
+from mesh.cli.options import UserError, nats_options, run
+
+__all__ = ["ui"]
+
+DEFAULT_PORT = 8300
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_host(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value or len(value) > 253 or any(c.isspace() or c in "/?#@" for c in value):
+        raise UserError(f"--host {value[:80]!r} is not an address to listen on (e.g. 127.0.0.1, ::1 or 0.0.0.0)")
+    return value
+
+
+@click.command()
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False),
+              help="an exported JSONL file (`mesh replay export`) instead of the live log")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="MESH_UI_HOST", callback=_check_host,
+              help="address to listen on")  # fmt: skip
+@click.option("--port", default=DEFAULT_PORT, show_default=True, envvar="MESH_UI_PORT", type=click.IntRange(0, 65535),
+              help="port to listen on (0: a free one; the URL is printed)")  # fmt: skip
+@click.option("--max-events", default=200_000, show_default=True, type=click.IntRange(1, 10_000_000),
+              help="events kept in memory, the newest; older ones are dropped from the pages")  # fmt: skip
+@nats_options
+def ui(file: str | None, host: str, port: int, max_events: int, settings: MeshSettings) -> None:
+    """A read-only web console over the log, live: agents, capabilities, tasks and workflows with
+    their timelines, events, any projection at any point, dead letters. Prints its URL."""
+    if host not in LOOPBACK:
+        click.echo(f"warning: listening on {host}: anyone who reaches it can read the whole log (the console has "
+                   "no login); the default, 127.0.0.1, serves this machine only", err=True)  # fmt: skip
+    run(_ui(settings, file, host, port, max_events))
+
+
+async def _ui(settings: MeshSettings, file: str | None, host: str, port: int, max_events: int) -> None:
+    from mesh.console.index import LogIndex
+    from mesh.console.server import LOCAL_NAMES, Console, serve
+    from mesh.console.source import FileSource, LiveSource, Source
+
+    source: Source = FileSource(file) if file else LiveSource(settings)
+    index = LogIndex(max_events)
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGTERM handlers on Windows
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        started = time.perf_counter()
+        await source.load(index)
+        dropped = (
+            f", {index.dropped + index.starts_after:,} older ones not kept (--max-events)" if not index.complete else ""
+        )
+        click.echo(
+            f"loaded {len(index):,} events from {source.label} in {time.perf_counter() - started:.2f} s{dropped}"
+        )
+
+        def ready(url: str) -> None:
+            click.echo(f"console at {url} (read-only{', live' if source.live else ''}; Ctrl-C stops it)")
+
+        hosts = LOCAL_NAMES if host in LOOPBACK else None  # bound to loopback: refuse other Host names
+        await serve(Console(index, source, hosts=hosts), host, port, ready, stop)
+    finally:
+        await source.close()

@@ -1,0 +1,236 @@
+"""The console's memory of the log: the newest events, looked up by seq, type, correlation, task,
+workflow, event id and cause, with the tasks and workflows projections folded as they arrive.
+
+Bounded: at most ``max_events`` records (`DEFAULT_MAX_EVENTS`); adding one more drops the
+oldest, from every lookup too, and the pages say that older events are not shown. The tasks and
+workflows folds keep at most as many entries, the oldest dropped first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from itertools import islice
+from typing import Any
+
+from mesh.projections import TASKS, WORKFLOWS, instant
+from mesh.projections.base import Router
+from replay.reader import subject_matches
+from topics.record import Record
+
+__all__ = ["DEFAULT_MAX_EVENTS", "EventQuery", "LogIndex"]
+
+DEFAULT_MAX_EVENTS = 200_000
+
+Key = tuple[str, str]  # (kind, value): c correlation, t task, w workflow, x cause (and i event id, y type)
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """What the events page filters on; every part optional. ``type`` matches a whole type or
+    the start of one (`mesh.task.`); ``subject`` is a NATS filter (`mesh.task.>`)."""
+
+    subject: str | None = None
+    type: str | None = None
+    correlation: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self) -> Callable[[Record], bool]:
+        subject, kind, since, until = self.subject, self.type, self.since, self.until
+
+        def keep(record: Record) -> bool:
+            if subject is not None and not subject_matches(subject, record.subject):
+                return False
+            if kind is not None and not record.event.type.startswith(kind):
+                return False
+            if since is None and until is None:
+                return True
+            moment = instant(record.event.time)
+            return (since is None or moment >= since) and (until is None or moment <= until)
+
+        return keep
+
+
+def _keys(record: Record) -> list[Key]:
+    """The lookups a record is listed under, besides its type and event id."""
+    event, data = record.event, record.data
+    keys: list[Key] = []
+    if event.correlationid:
+        keys.append(("c", event.correlationid))
+    if event.causationid:
+        keys.append(("x", event.causationid))
+    task = getattr(data, "task_id", None)
+    if task and isinstance(task, str):
+        keys.append(("t", task))
+    workflow = getattr(data, "workflow_id", None)
+    if workflow and isinstance(workflow, str):
+        keys.append(("w", workflow))
+    return keys
+
+
+class LogIndex:
+    """The newest ``max_events`` records in log order, with lookups and live folds."""
+
+    def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1, not {max_events}")
+        self.max_events = max_events
+        self.records: dict[int, Record] = {}  # by seq, oldest first
+        self.keys: dict[Key, list[int]] = {}  # each list oldest first
+        self.ids: dict[str, int] = {}  # event id -> seq
+        self.by_type: dict[str, deque[int]] = {}  # long lists, dropped from the left
+        self.dropped = 0  # records dropped to keep within max_events
+        self.starts_after = 0  # the seq before the first record loaded (0: from the start of the log)
+        self.undecodable = 0  # stored messages that are not events (counted, not kept)
+        self.last_seq = 0
+        self.tasks = TASKS.initial()
+        self.workflows = WORKFLOWS.initial()
+        self._router = Router([TASKS, WORKFLOWS])
+        self._next_local = -1  # records without a stream seq (seq 0 in a file) get their own keys
+
+    @property
+    def complete(self) -> bool:
+        """Whether the index holds the whole log it was read from (nothing before, nothing dropped)."""
+        return self.dropped == 0 and self.starts_after == 0
+
+    @property
+    def first_seq(self) -> int:
+        return next(iter(self.records.values())).seq if self.records else 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, record: Record) -> None:
+        key = record.seq if record.seq > 0 else self._local_key()
+        if key in self.records:
+            return  # already here (a live read overlapping the load)
+        event = record.event
+        self.records[key] = record
+        self.ids[event.id] = key
+        seqs = self.by_type.get(event.type)
+        if seqs is None:
+            seqs = self.by_type[event.type] = deque()
+        seqs.append(key)
+        keys = self.keys
+        for k in _keys(record):
+            found = keys.get(k)
+            if found is None:
+                keys[k] = [key]
+            else:
+                found.append(key)
+        if record.seq > self.last_seq:
+            self.last_seq = record.seq
+        for projection in self._router.route(event.type):
+            if projection is TASKS:
+                self.tasks = TASKS.apply(self.tasks, record)
+                _trim(self.tasks.tasks, self.max_events)
+            else:
+                self.workflows = WORKFLOWS.apply(self.workflows, record)
+                _trim(self.workflows.workflows, self.max_events)
+        if len(self.records) > self.max_events:
+            self._drop_oldest()
+
+    def extend(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self.add(record)
+
+    def _local_key(self) -> int:
+        self._next_local -= 1
+        return self._next_local
+
+    def _drop_oldest(self) -> None:
+        key = next(iter(self.records))
+        record = self.records.pop(key)
+        if self.ids.get(record.event.id) == key:
+            del self.ids[record.event.id]
+        seqs = self.by_type[record.event.type]
+        seqs.popleft()  # the oldest of its type is the oldest record
+        if not seqs:
+            del self.by_type[record.event.type]
+        for k in _keys(record):
+            listed = self.keys.get(k)
+            if listed and listed[0] == key:  # every lookup lists keys oldest first
+                del listed[0]
+                if not listed:
+                    del self.keys[k]
+        self.dropped += 1
+
+    @property
+    def types(self) -> list[str]:
+        """The event types held."""
+        return sorted(self.by_type)
+
+    def lookup(self, kind: str, value: str) -> list[Record]:
+        """The records under one key, in log order (kind: c, t, w, x, i or y; see `Key`)."""
+        if kind == "y":
+            keys: Iterable[int] = self.by_type.get(value, ())
+        elif kind == "i":
+            keys = [self.ids[value]] if value in self.ids else []
+        else:
+            keys = self.keys.get((kind, value), ())
+        return [self.records[key] for key in keys]
+
+    def query(self, query: EventQuery, *, offset: int = 0, limit: int = 50) -> tuple[list[Record], int]:
+        """One page of the records ``query`` matches, newest first, and how many match in all."""
+        keys: Sequence[int] | None = None
+        rest = query
+        if query.correlation is not None:
+            keys, rest = self.keys.get(("c", query.correlation), []), replace(query, correlation=None)
+        elif query.type is not None and query.type in self.by_type:
+            keys, rest = self.by_type[query.type], replace(query, type=None)
+        if rest == EventQuery():  # nothing left to check: count and slice, no pass over the records
+            chosen = self.records if keys is None else keys
+            page = list(islice(reversed(chosen), offset, offset + limit))
+            return [self.records[key] for key in page], len(chosen)
+        keep = rest.matches()
+        found: list[Record] = []
+        total = 0
+        for key in reversed(self.records) if keys is None else reversed(keys):
+            record = self.records[key]
+            if keep(record):
+                if offset <= total < offset + limit:
+                    found.append(record)
+                total += 1
+        return found, total
+
+    def causal(self, root: str) -> list[Record]:
+        """The records `replay.causal.causal_slice` would take for ``root`` (those that name it and
+        all they caused), found through the lookups instead of a pass over every record."""
+        found: set[int] = {self.ids[root]} if root in self.ids else set()
+        for kind in ("c", "t", "w"):
+            found.update(self.keys.get((kind, root), ()))
+        frontier = [self.records[key].event.id for key in found]
+        while frontier:
+            caused = self.keys.get(("x", frontier.pop()), ())
+            for key in caused:
+                if key not in found:
+                    found.add(key)
+                    frontier.append(self.records[key].event.id)
+        return [self.records[key] for key in sorted(found, key=lambda k: (self.records[k].seq, -k if k < 0 else 0))]
+
+    def upto(self, seq: int) -> Iterator[Record]:
+        """The records in log order up to stream seq ``seq`` (inclusive)."""
+        for record in self.records.values():
+            if record.seq > seq:
+                return
+            yield record
+
+    def summary(self) -> dict[str, Any]:
+        """What the header of every page says about the index."""
+        return {
+            "events": len(self.records),
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "dropped": self.dropped,
+            "starts_after": self.starts_after,
+            "undecodable": self.undecodable,
+            "max_events": self.max_events,
+        }
+
+
+def _trim(entries: dict[str, Any], limit: int) -> None:
+    while len(entries) > limit:
+        del entries[next(iter(entries))]

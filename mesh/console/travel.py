@@ -1,0 +1,99 @@
+"""The projections page: any ready projection at any position of the log, a slider over the
+positions (`replay.state`: folded from the index when it holds the whole log, else rebuilt
+from the source). States at a position never change, so the last few are cached."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+
+from mesh.console.index import LogIndex
+from mesh.console.pages import Page, e, link
+from mesh.console.source import Source
+from mesh.projections import REGISTRY, ProjectionState
+from replay.state import pick, projection_named, state_from_records
+
+__all__ = ["CACHED_STATES", "TEXT_LIMIT", "StateAt", "projections_page"]
+
+CACHED_STATES = 32  # states kept, by (projection, position, key)
+TEXT_LIMIT = 200_000  # characters of a state shown; past that, pick one entry with `key`
+
+_json = msgspec.json.Encoder()
+
+
+class StateAt(msgspec.Struct, frozen=True, kw_only=True):
+    """What the slider shows: the projection, the position asked, the seq the state reached,
+    how many entries it has, and its JSON (cut at `TEXT_LIMIT`)."""
+
+    projection: str
+    at: int
+    seq: int
+    entries: int
+    text: str
+
+
+class Travel:
+    """States of projections at positions, for one index and its source."""
+
+    def __init__(self, index: LogIndex, source: Source) -> None:
+        self.index = index
+        self.source = source
+        self._cache: OrderedDict[tuple[str, int, str], StateAt] = OrderedDict()
+
+    async def state_at(self, name: str, at: int, key: str = "") -> StateAt:
+        """``name`` folded up to seq ``at``; ConfigError for an unknown projection; KeyError when
+        ``key`` names no entry."""
+        projection = projection_named(name)
+        cached = self._cache.get((name, at, key))
+        if cached is not None:
+            self._cache.move_to_end((name, at, key))
+            return cached
+        if self.index.complete:
+            records = list(self.index.upto(at))
+            state: ProjectionState = await asyncio.to_thread(state_from_records, projection, records)
+        else:
+            state = await self.source.state_at(projection, at)
+        shown = StateAt(projection=name, at=at, seq=state.seq, entries=_entries(state), text=_text(state, key))
+        self._cache[(name, at, key)] = shown
+        while len(self._cache) > CACHED_STATES:
+            self._cache.popitem(last=False)
+        return shown
+
+
+def _text(state: ProjectionState, key: str) -> str:
+    value: Any = pick(state, key) if key else state
+    text = msgspec.json.format(_json.encode(value), indent=2).decode()
+    if len(text) > TEXT_LIMIT:
+        text = text[:TEXT_LIMIT] + f"\n… cut at {TEXT_LIMIT:,} characters of {len(text):,}: pick one entry with key"
+    return text
+
+
+def _entries(state: ProjectionState) -> int:
+    fields = [f for f in type(state).__struct_fields__ if f != "seq"]
+    value = getattr(state, fields[0]) if len(fields) == 1 else None
+    return len(value) if isinstance(value, dict) else 0
+
+
+def projections_page(index: LogIndex, name: str, shown: StateAt, key: str) -> Page:
+    tabs = " · ".join(
+        f"<strong>{e(n)}</strong>" if n == name else link(f"/projections/{n}", n) for n in sorted(REGISTRY)
+    )
+    head = index.last_seq
+    body = (
+        f'<h1>Projections</h1><p class="meta">{tabs}</p>'
+        f'<form class="travel" id="travel" data-projection="{e(name)}" method="get" action="/projections/{e(name)}">'
+        f'<label>position <input type="range" id="at-slider" name="at" min="0" max="{head}" value="{shown.at}"></label>'
+        f'<input type="number" id="at-number" min="0" max="{head}" value="{shown.at}" aria-label="position">'
+        f'<label>key <input name="key" id="state-key" value="{e(key)}" placeholder="one entry (task id, board/key…)"></label>'
+        f'<label><input type="checkbox" id="follow-head"{" checked" if shown.at == head else ""}> follow the head</label>'
+        '<button type="submit">show</button></form>'
+        f'<p class="meta" id="state-meta">{_meta(shown)}</p><pre id="state">{e(shown.text)}</pre>'
+    )
+    return Page(title=f"Projection {name}", tab="projections", body=body, live="none")
+
+
+def _meta(shown: StateAt) -> str:
+    return e(f"{shown.projection} at position {shown.at}: state at seq {shown.seq}, {shown.entries} entries")

@@ -1,0 +1,141 @@
+"""The console's parts with no server: the bounded index and its lookups, the pages' escaping,
+query checks, dead-letter previews, and the live pages' bounded queues."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from typing import Any
+
+import pytest
+
+from mesh.console.index import EventQuery, LogIndex
+from mesh.console.server import BadParameter, Hub, _event_query
+from mesh.console.views import events_page, preview, tasks_page
+from mesh.projections import instant
+from replay.causal import causal_slice
+from topics.base import Event
+from topics.chat import ChatMessage
+from topics.dead import DeadLettered
+from topics.envelope import CloudEvent
+from topics.record import Record
+from topics.tasks import TaskClaimed, TaskCompleted, TaskRequested
+
+pytestmark = pytest.mark.unit
+
+
+def record(seq: int, subject: str, data: Event, *, correlation: str | None = None, cause: str | None = None) -> Record:
+    event = CloudEvent(specversion="1.0", id=f"e{seq}", source="mesh://agent/a-1", type=data.TYPE,
+                       time=f"2026-12-02T10:00:{seq % 60:02d}Z", correlationid=correlation, causationid=cause)  # fmt: skip
+    return Record(seq=seq, subject=subject, event=event, data=data)
+
+
+def task_events(task: str, start: int, correlation: str) -> list[Record]:
+    return [
+        record(start, "mesh.work.echo", TaskRequested(capability="echo", task_id=task, input=1), correlation=correlation),
+        record(start + 1, f"mesh.task.echo.{task}", TaskClaimed(task_id=task, agent="a-1", attempt=1),
+               correlation=correlation, cause=f"e{start}"),
+        record(start + 2, f"mesh.task.echo.{task}", TaskCompleted(task_id=task, agent="a-1", attempt=1, output=2),
+               correlation=correlation, cause=f"e{start}"),
+    ]  # fmt: skip
+
+
+class TestLogIndex:
+    def test_keeps_only_the_newest(self) -> None:
+        """Past max_events the oldest records leave the index and every lookup, and it says so."""
+        index = LogIndex(max_events=5)
+        for n in range(4):
+            index.extend(task_events(f"t{n}", 3 * n + 1, f"c{n}"))
+        assert len(index) == 5 and index.first_seq == 8 and index.last_seq == 12 and index.dropped == 7
+        assert not index.complete and index.lookup("c", "c0") == [] and index.lookup("t", "t1") == []
+        assert [r.seq for r in index.lookup("t", "t2")] == [8, 9]  # its request, seq 7, was dropped
+        assert all(key in index.records for keys in index.keys.values() for key in keys)
+        assert sum(len(keys) for keys in index.by_type.values()) == len(index.ids) == 5
+
+    def test_a_query_filters_newest_first(self) -> None:
+        """Subject, type (whole or its start), correlation and time narrow the events, newest first."""
+        index = LogIndex()
+        index.extend(task_events("t1", 1, "c1") + task_events("t2", 4, "c2"))
+        index.add(record(7, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="hi"), correlation="c2"))
+        page, total = index.query(EventQuery(type="mesh.task."), limit=2)
+        assert total == 6 and [r.seq for r in page] == [6, 5]
+        assert [r.seq for r in index.query(EventQuery(subject="mesh.work.*"))[0]] == [4, 1]
+        assert [r.seq for r in index.query(EventQuery(correlation="c2"))[0]] == [7, 6, 5, 4]
+        since = instant("2026-12-02T10:00:05Z")
+        assert [r.seq for r in index.query(EventQuery(since=since, correlation="c2"))[0]] == [7, 6, 5]
+        assert index.query(EventQuery(type="mesh.task.requested"), offset=1)[0][0].seq == 1
+
+    def test_causal_lookup_is_replays_slice(self) -> None:
+        """The records found for a root through the lookups are exactly `replay.causal.causal_slice`'s."""
+        records = task_events("t1", 1, "c1") + task_events("t2", 4, "c2")
+        records.append(record(7, "mesh.chat.r", ChatMessage(room="r", speaker="s", content="x"), cause="e3"))
+        records.append(record(8, "mesh.chat.r", ChatMessage(room="r", speaker="s", content="y"), cause="e7"))
+        index = LogIndex()
+        index.extend(records)
+        for root in ("t1", "c1", "t2", "e7", "nothing"):
+            assert index.causal(root) == causal_slice(records, root), root
+
+    def test_tasks_are_folded_as_they_arrive(self) -> None:
+        """The tasks projection is current after every record."""
+        index = LogIndex()
+        index.extend(task_events("t1", 1, "c1")[:2])
+        assert index.tasks.tasks["t1"].status == "claimed"
+        index.add(task_events("t1", 1, "c1")[2])
+        assert index.tasks.tasks["t1"].status == "completed"
+
+
+class TestPages:
+    def test_values_from_the_log_are_escaped(self) -> None:
+        """A task id or type made of HTML shows as text, never as markup."""
+        index = LogIndex()
+        index.extend(task_events("<script>alert(1)</script>", 1, "<b>c</b>"))
+        html = tasks_page(index, {}, 1).body + events_page(index, EventQuery(), {}, 1).body
+        assert "<script>" not in html and "<b>c</b>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+    def test_a_bad_filter_is_one_line(self) -> None:
+        """A subject that is not a NATS filter, or a time that is not RFC 3339, is refused and named."""
+        with pytest.raises(BadParameter, match=re.escape("subject 'mesh..task' is not a subject filter")):
+            _event_query({"subject": "mesh..task"})
+        with pytest.raises(BadParameter, match="until 'soon' is not an RFC 3339 time"):
+            _event_query({"until": "soon"})
+        assert _event_query({"subject": "mesh.task.>", "since": "2026-12-02T10:00:00Z"}).subject == "mesh.task.>"
+
+
+class TestDeadLetterPreview:
+    def letter(self, **fields: Any) -> DeadLettered:
+        base: dict[str, Any] = {"subject": "mesh.work.x", "reason": "not_json", "error": "no", "raw": "", "size": 0}
+        return DeadLettered(**{**base, **fields})
+
+    def test_the_original_bytes_are_shown_as_text(self) -> None:
+        """The quoted original shows as text, cut to the width, with undecodable bytes replaced."""
+        raw = b"not json \xff" + b"x" * 500
+        shown = preview(self.letter(raw=base64.b64encode(raw).decode(), size=len(raw)), width=20)
+        assert shown == "not json \ufffdxxxxxxxxxx…"
+        assert preview(self.letter(raw="%%%", size=3)) == "(the quoted bytes are not base64)"
+        assert preview(self.letter(size=9, sha256="ab" * 32)).startswith("(not quoted: 9 bytes, sha256 abab")
+
+
+class TestHub:
+    async def test_a_page_that_falls_behind_is_told_to_reload(self) -> None:
+        """A live page's queue never grows past its bound: when full, what waits becomes one reset."""
+        hub = Hub(max_pages=1, queue=3)
+        page = hub.open()
+        assert page is not None and hub.open() is None  # the second page is refused
+        for n in range(10):
+            hub.send("mesh", {"n": n})
+        assert page.qsize() <= 3
+        messages = [page.get_nowait() for _ in range(page.qsize())]
+        assert any(m.startswith(b"event: reset") for m in messages)
+        hub.shut()
+        assert await asyncio.wait_for(page.get(), 1) == b""
+
+
+class TestHostNames:
+    def test_the_host_header_is_read_as_a_name(self) -> None:
+        """Host headers with a port, an IPv6 literal or none give the bare name the console checks."""
+        from mesh.console.server import LOCAL_NAMES, _host_name
+
+        assert [_host_name(h) for h in ("127.0.0.1:8300", "[::1]:8300", "localhost", "evil.example:8300")] == [
+            "127.0.0.1", "::1", "localhost", "evil.example"]  # fmt: skip
+        assert "evil.example" not in LOCAL_NAMES
