@@ -51,6 +51,7 @@ class TestCancel:
         assert code == 0 and "already requested" in out
         output = await mesh.request("wait", {"seconds": 0, "mark": str(mark)}, timeout=30)  # the agent serves on
         assert output["waited"] == 0
+        await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.output == output)  # type: ignore[attr-defined]
         [record] = cancelled(log, "long-1")
         assert isinstance(record.data, TaskCancelled) and record.data.request_seq == submitted.seq
         assert record.data.attempt == 1 and record.data.reason == "not needed any more"
@@ -78,6 +79,7 @@ class TestCancel:
         await agents.start(WAITER)
         with pytest.raises(TaskFailedError, match="changed my mind"):
             outcome_value(await mesh.follow("wait", "queued-1", submitted.seq, timeout=30))
+        await log.wait_for(lambda r: r.event.type == "mesh.task.cancelled" and r.data.task_id == "queued-1")  # type: ignore[attr-defined]
         assert not [r for r in log.of_type("mesh.task.completed") if r.data.task_id == "queued-1"]  # type: ignore[attr-defined]
         assert len(cancelled(log, "queued-1")) == 1
 
