@@ -33,6 +33,8 @@ class TestForkWorkflow:
         result = await fork(mesh, before, "wf-orig", at.event.id, "wf-fork")
         assert result.requested == ["wf-fork"]  # the orchestrator's task, driving the fork
         assert await workflows.result("wf-fork", timeout=60) == {"after": {"n": 1}}
+        # the orchestrator's task completes just after the workflow it drove
+        await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == "wf-fork")  # type: ignore[attr-defined]
         after = (await read_log(mesh)).records
 
         def view(records: list, workflow_id: str):  # type: ignore[no-untyped-def,type-arg]

@@ -88,14 +88,15 @@ class TestReplicas:
 
 class TestFairReplicas:
     async def test_a_backlog_of_cpu_bound_work_is_shared(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
-        """A backlog waits for one replica, a second starts: at default settings neither does more than two thirds."""
+        """A backlog waits for one replica, a second starts: at default settings neither does more than two thirds.
+        (48 tasks of 0.2 s: the backlog outlasts the second replica's start-up, a second or two.)"""
         first = await agents.start("tests.fixture_agents:burner")
         await eventually(lambda: pulls_waiting(mesh, subjects.work_consumer_name("burn"), 1), what="one replica pulling")
-        task_ids = [await mesh.submit("burn", {"seconds": 0.2}) for _ in range(24)]
+        task_ids = [await mesh.submit("burn", {"seconds": 0.2}) for _ in range(48)]
         second = await agents.start("tests.fixture_agents:burner")
         outcomes = await asyncio.gather(*(mesh.outcome("burn", task_id, timeout=60) for task_id in task_ids))
         by = Counter(o.data.output["by"].rsplit("-", 1)[1] for o in outcomes)  # type: ignore[attr-defined]
-        assert max(by[str(first.pid)], by[str(second.pid)]) <= 16, by
+        assert max(by[str(first.pid)], by[str(second.pid)]) <= 32, by
 
     async def test_a_faster_replica_takes_more(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """A replica twice as fast ends up with more of a CPU-bound backlog than the slow one."""
