@@ -204,9 +204,12 @@ class RecordedMesh:
         return Submitted(task_id, capability, stored.seq if stored else 0, True)
 
     async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
-        """The recorded outcome; none recorded means the original waited in vain: a timeout."""
+        """The recorded outcome; none recorded means the original waited in vain: a timeout.
+        So does one recorded after this task asked to cancel the sub-task (it stopped waiting first)."""
         found = self.book.outcomes.get(task_id)
-        if found is None:
+        cancel = self.book.by_id.get(derived_id(task_id, "cancel_requested"))
+        gave_up = cancel is not None and cancel.event.causationid == self.cause
+        if found is None or (gave_up and cancel is not None and cancel.seq < found.seq):
             raise TaskTimeoutError(task_id, None, timeout)
         return found
 
@@ -214,10 +217,19 @@ class RecordedMesh:
         self, capability: str, input: Any = None, *, timeout: float = 60.0, stored: bool | None = None, **task: Any
     ) -> Record:
         task_id = await self.submit(capability, input, **task)
-        return await self.outcome(task_id, timeout=timeout)
+        try:
+            return await self.outcome(task_id, timeout=timeout)
+        except TaskTimeoutError:
+            raise TaskTimeoutError(task_id, capability, timeout) from None  # as the live request says it
 
     async def request(self, capability: str, input: Any = None, *, timeout: float = 60.0, **task: Any) -> Any:
         return outcome_value(await self.request_outcome(capability, input, timeout=timeout, **task))
+
+    async def cancel(self, task_id: str, reason: str = "", *, causation_id: str | None = None) -> Published:
+        """A timed-out sub-request cancels its sub-task: the runtime's cascade, not an effect
+        the handler decides, so nothing is recorded or compared (see `rerun._handler_made`)."""
+        stored = self.book.by_id.get(derived_id(task_id, "cancel_requested"))
+        return Published(derived_id(task_id, "cancel_requested"), stored.seq if stored else 0, True)
 
 
 def _label_for(event_id: str, cause: str, siblings: int) -> str:

@@ -90,7 +90,8 @@ async def rerun(target: str | Agent, records: Sequence[Record], correlation: str
     agent = load_agent(target) if isinstance(target, str) else target
     chosen = causal_slice(records, correlation)
     book = RecordBook(chosen, records)
-    requests = [r for r in chosen if isinstance(r.data, TaskRequested) and r.data.capability in agent.handlers]
+    requests = [r for r in chosen if isinstance(r.data, TaskRequested) and r.data.capability in agent.handlers
+                and derived_id(r.event.id, "cancelled") not in book.by_id]  # where a cancel stopped it is not recorded
     if not requests:
         raise MeshError(
             f"no recorded task for {', '.join(agent.capabilities) or 'no capability'} in {correlation!r} "

@@ -13,6 +13,8 @@ from mesh import Mesh
 from mesh.bus.client import outcome_value
 from mesh.coordination.workflow import Workflows, parse
 from mesh.errors import TaskFailedError, WorkflowFailedError
+from replay.reader import read_log
+from replay.rerun import rerun
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 from tests.test_auth import cli
@@ -98,6 +100,9 @@ class TestCancel:
         assert mark.read_text() == f"cancelled {sub_task}\n"
         request = next(r for r in log.of_type("mesh.task.cancel_requested") if r.data.task_id == sub_task)  # type: ignore[attr-defined]
         assert request.event.causationid == log.of_type("mesh.task.requested")[0].event.id  # caused by boss-1's request
+        await log.wait_for(lambda r: r.event.type == "mesh.task.failed" and r.data.task_id == "boss-1")  # type: ignore[attr-defined]
+        result = await rerun("tests.fixture_agents:waiter", (await read_log(mesh)).records, "boss-1")
+        assert result.ok and result.tasks_checked == 1, result.divergence and result.divergence.describe()  # the cancelled sub-task is not rerun
 
 
 class TestFailedWorkflow:
