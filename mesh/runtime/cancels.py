@@ -13,7 +13,9 @@ the requests of the last `LOOK_BACK` from the log, so a task cancelled while no 
 was running is not run when one starts (a task cancelled longer ago and still waiting runs).
 
 Bounded: `REMEMBERED` requests (10,000) are kept, the oldest forgotten first; each is a task
-id, a 32-character key and a reason cut to 500 characters.
+id, a 32-character key and a reason cut to 500 characters. A message over `MAX_REQUEST` (4 KiB)
+or one that does not decode as a cancel request is ignored; data offloaded to the object store
+is never fetched for one.
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ import structlog
 from nats.aio.msg import Msg
 
 from mesh.bus import jetstream
-from mesh.bus.client import Mesh
+from mesh.bus.client import Mesh, decode_record
 from topics import subjects
 from topics.base import shorten
+from topics.envelope import DECODE_ERRORS
 from topics.tasks import TaskCancelRequested, cancel_key_of
 
 __all__ = ["LOOK_BACK", "REMEMBERED", "Cancels", "Running"]
 
 REMEMBERED = 10_000  # cancel requests remembered per process
+MAX_REQUEST = 4096  # bytes: a larger message on mesh.cancel.* is ignored unread
 LOOK_BACK = timedelta(hours=1)  # how far back a starting process reads cancel requests
 
 log = structlog.get_logger("mesh.runtime.cancels")
@@ -104,9 +108,14 @@ class Cancels:
         await self._heard(msg.subject, msg.data, 0)
 
     async def _heard(self, subject: str, data: bytes, seq: int) -> None:
-        record = await self.mesh.record_of(subject, data, seq)
-        if record is None or not isinstance(record.data, TaskCancelRequested):
+        if len(data) > MAX_REQUEST:
+            return  # a cancel request is a few hundred bytes: anything larger is not read, let alone fetched
+        try:
+            record = decode_record(subject, data, seq)  # never an offloaded one (no fetch on anyone's say-so)
+        except DECODE_ERRORS:
             return  # not a cancel request: the log keeps it, nothing here acts on it
+        if not isinstance(record.data, TaskCancelRequested):
+            return
         request = record.data
         if record.subject != subjects.cancel(request.task_id):
             return  # a request for one task published on another task's subject
