@@ -35,7 +35,7 @@ from mesh.bus.client import Mesh
 from mesh.coordination.flowlog import COMPLETED, FAILED, FlowLog
 from mesh.coordination.templates import resolve
 from mesh.coordination.workflow import Step, WorkflowSpec, default_output, parse
-from mesh.errors import ConfigError, MeshError, SchemaError, TaskTimeoutError
+from mesh.errors import ConfigError, MeshError, PermissionDeniedError, SchemaError, TaskTimeoutError
 from mesh.projections import StepView, WorkflowView, ready_steps
 from topics import subjects
 from topics.base import ErrorInfo, Event
@@ -205,13 +205,21 @@ class Driver:
         crash, the next driver finds the workflow failed and does nothing more."""
         running = {name: step for name, step in self.flow.view.steps.items() if step.status == "scheduled" and step.task_id}
         for step in running.values():
-            await self.mesh.cancel(step.task_id or "", reason, causation_id=derived_id(self.workflow_id, FAILED))
+            await self._cancel(step.task_id or "", reason, derived_id(self.workflow_id, FAILED))
         for name, step in running.items():
             cancelled = FlowStepFailed(workflow_id=self.workflow_id, step=name, task_id=step.task_id or "",
                                        error=ErrorInfo(type="cancelled", message=reason))  # fmt: skip
             if await self.flow.record(cancelled, f"step/{name}/{step.attempt}/failed") is None:
                 return False
         return True
+
+    async def _cancel(self, task_id: str, reason: str, cause: str) -> None:
+        """Cancel a step's task; a role without the permission (users written before
+        cancellation existed) says so, and the workflow goes on as decided."""
+        try:
+            await self.mesh.cancel(task_id, reason, causation_id=cause)
+        except PermissionDeniedError as error:
+            log.warning("step not cancelled", workflow_id=self.workflow_id, task_id=task_id, error=str(error))
 
     def _watch_scheduled(self, spec: WorkflowSpec | ErrorInfo) -> None:
         if not isinstance(spec, WorkflowSpec):
@@ -238,8 +246,7 @@ class Driver:
             else:
                 record = await self._resume(spec.capability, task_id, input, correlation_id, cause, timeout)
         except TaskTimeoutError:  # the step failed; its task must not go on running
-            await self.mesh.cancel(task_id, f"step {name} of workflow {self.workflow_id}: no outcome within {timeout:g}s",
-                                   causation_id=cause)  # fmt: skip
+            await self._cancel(task_id, f"step {name} of workflow {self.workflow_id}: no outcome within {timeout:g}s", cause)
             return _Outcome(name, task_id, None)
         return _Outcome(name, task_id, record)
 

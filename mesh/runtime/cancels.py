@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh, decode_record
+from mesh.errors import PermissionDeniedError
 from topics import subjects
 from topics.base import shorten
 from topics.envelope import DECODE_ERRORS
@@ -72,7 +73,12 @@ class Cancels:
         self._sub: object = None
 
     async def start(self, *, look_back: timedelta = LOOK_BACK) -> None:
-        self._sub = await self.mesh.subscribe(subjects.CANCELS, self._on_msg)
+        try:
+            self._sub = await self.mesh.subscribe(subjects.CANCELS, self._on_msg)
+        except PermissionDeniedError as error:  # users written before cancellation existed
+            log.warning("this role may not hear cancel requests: its tasks run to the end; "
+                        "`mesh auth init` again grants it", error=str(error))  # fmt: skip
+            return
         since = datetime.now(UTC) - look_back
         try:
             missed = await jetstream.read_since(self.mesh.js, subjects.CANCELS, since=since, limit=self.remembered)

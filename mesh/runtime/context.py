@@ -17,7 +17,7 @@ from mesh.coordination.board import Board
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Workflows, WorkflowSpec
-from mesh.errors import TaskTimeoutError
+from mesh.errors import PermissionDeniedError, TaskTimeoutError
 from topics import subjects
 from topics.base import Event
 from topics.envelope import CloudEvent, derived_id
@@ -143,15 +143,22 @@ class Context:
                                                      event_id=event_id, fallback=fallback,
                                                      correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
         except TaskTimeoutError:  # nobody waits for it any more: it must not go on running
-            await self.mesh.cancel(event_id, f"task {self.task_id} stopped waiting for it after {timeout:g}s",
-                                   causation_id=self.event.id)  # fmt: skip
+            await self._cancel_quietly(event_id, f"task {self.task_id} stopped waiting for it after {timeout:g}s")
             raise
         except asyncio.CancelledError:
             reason = self._cancelled() if self._cancelled is not None else None
             if reason is not None:  # this task was cancelled: so is what it waits for (not on a stop of the process)
-                await self.mesh.cancel(event_id, f"task {self.task_id} was cancelled: {reason}", causation_id=self.event.id)
+                await self._cancel_quietly(event_id, f"task {self.task_id} was cancelled: {reason}")
             raise
         return outcome_value(record)
+
+    async def _cancel_quietly(self, task_id: str, reason: str) -> None:
+        """Cancel a sub-task this task gave up on; if that is refused (a role without the
+        permission), say so and let the error that made it give up stand."""
+        try:
+            await self.mesh.cancel(task_id, reason, causation_id=self.event.id)
+        except PermissionDeniedError as error:
+            self.log.warning("sub-task not cancelled", task_id=task_id, error=str(error))
 
     async def handoff(self, capability: str, input: Any = None) -> HandOff:
         """Pass the task on to ``capability`` and finish this step: `return await ctx.handoff(...)`.
