@@ -36,7 +36,8 @@ class TestHeard:
         await cancels._heard(subjects.cancel("t1"), b"x" * (MAX_REQUEST + 1), 0)
         subject, data = request_bytes("t1", "secret", subject_task="t2")  # the right token, another task's subject
         await cancels._heard(subject, data, 0)
-        assert cancels.asked("t1", cancel_key_of("secret")) is None
+        await cancels._heard("mesh.cancel.x", request_bytes("a.b", "secret", subject_task="x")[1], 0)  # an unusable id
+        assert cancels.asked("t1", cancel_key_of("secret")) is None and cancels.asked("a.b", cancel_key_of("secret")) is None
 
     async def test_memory_is_bounded(self) -> None:
         cancels = Cancels(cast(Any, None), remembered=3)

@@ -33,7 +33,7 @@ from mesh.bus import jetstream
 from mesh.bus.client import Mesh, decode_record
 from mesh.errors import PermissionDeniedError
 from topics import subjects
-from topics.base import shorten
+from topics.base import is_token, shorten
 from topics.envelope import DECODE_ERRORS
 from topics.tasks import TaskCancelRequested, cancel_key_of
 
@@ -100,7 +100,10 @@ class Cancels:
     @contextlib.contextmanager
     def running(self, task_id: str, key: str | None) -> Iterator[Running]:
         """Register the current `asyncio` task as running ``task_id`` while in the block."""
-        running = Running(key or "", asyncio.current_task() if key else None)
+        if not key:  # a request without a cancel key (a foreign client's) cannot be cancelled: nothing to register
+            yield Running("", None)
+            return
+        running = Running(key, asyncio.current_task())
         entries = self._running.setdefault(task_id, [])
         entries.append(running)
         try:
@@ -123,7 +126,7 @@ class Cancels:
         if not isinstance(record.data, TaskCancelRequested):
             return
         request = record.data
-        if record.subject != subjects.cancel(request.task_id):
+        if not is_token(request.task_id) or record.subject != subjects.cancel(request.task_id):
             return  # a request for one task published on another task's subject
         key, reason = cancel_key_of(request.token), shorten(request.reason, 500) or "cancel requested"
         self._asked[(request.task_id, key)] = reason
