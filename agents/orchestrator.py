@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from mesh import Agent, Context, TaskError
+from mesh import Agent, Context, TaskError, WorkflowTakenError
 from mesh.bus.client import Mesh
 from mesh.coordination.orchestrator import Driver, FlowLog
 from mesh.coordination.workflow import WORKFLOW_CAPABILITY, parse
@@ -36,19 +36,24 @@ class Drive(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def fail_workflow(failure: TaskFailure) -> None:
-    """The runtime gave up on a `workflow` task: the workflow fails with the reason, unless it
-    has ended (or failed on its own, which is why its task failed)."""
-    if failure.error.type == WORKFLOW_FAILED:
+    """The runtime gave up on a `workflow` task: its workflow fails with the reason, unless it
+    has ended (or failed on its own, which is why its task failed) or belongs to another
+    request (a task naming someone else's workflow fails alone)."""
+    if failure.error.type in (WORKFLOW_FAILED, WorkflowTakenError.__name__):
         return
     try:
-        workflow_id = msgspec.convert(failure.request.input, Drive).workflow_id or failure.task_id
+        request = msgspec.convert(failure.request.input, Drive)
     except msgspec.ValidationError:
-        workflow_id = failure.task_id
+        request = Drive()
+    workflow_id = request.workflow_id or failure.task_id
     if not is_token(workflow_id):
         return  # no workflow can have that id
     error = ErrorInfo(type=failure.error.type, message=f"the orchestrator gave up: {failure.error.message}",
                       retryable=False)  # fmt: skip
-    await FlowLog(failure.mesh, workflow_id).fail(error)
+    start = None if request.spec is None else _started(workflow_id, request)
+    await FlowLog(failure.mesh, workflow_id).fail(error, request_seq=failure.request_seq, start=start,
+                                                  causation_id=failure.event.id,
+                                                  correlation_id=failure.event.correlationid)  # fmt: skip
 
 
 # A workflow waits on its steps (a human's answer, a long model run), so its driver may run far
@@ -59,21 +64,34 @@ DRIVE_LIMIT = 7 * 24 * 3600.0
 @agent.task(WORKFLOW_CAPABILITY, on_failed=fail_workflow, max_run_time=DRIVE_LIMIT)
 async def run_workflow(input: Drive, ctx: Context) -> Any:
     ctx.log.info("driving workflow", workflow_id=input.workflow_id or ctx.task_id, attempt=ctx.attempt)
-    return await drive(ctx.mesh, input, task_id=ctx.task_id)
+    return await drive(ctx.mesh, input, task_id=ctx.task_id, request_seq=ctx.request_seq or 0,
+                       causation_id=ctx.event.id, correlation_id=ctx.correlation_id)  # fmt: skip
 
 
-async def drive(mesh: Mesh, request: Drive, *, task_id: str) -> Any:
-    """Drive the workflow to its end: its output, or TaskError if it failed."""
+async def drive(
+    mesh: Mesh, request: Drive, *, task_id: str, request_seq: int, causation_id: str | None = None,
+    correlation_id: str | None = None,
+) -> Any:  # fmt: skip
+    """Drive the workflow to its end for the request at ``request_seq``: its output, or
+    TaskError if it failed (WorkflowTakenError if another request started it)."""
     workflow_id = request.workflow_id or task_id
-    view = await Driver(mesh, workflow_id).run(_start(workflow_id, request))
+    start = None if request.spec is None else _start(workflow_id, request)
+    view = await Driver(mesh, workflow_id).run(start, request_seq=request_seq, causation_id=causation_id,
+                                               correlation_id=correlation_id)  # fmt: skip
     if view.status == "failed":
         reason = f"{view.error.type}: {view.error.message}" if view.error else "no reason recorded"
-        raise TaskError(f"workflow {workflow_id} failed: {reason}", type=WORKFLOW_FAILED)
+        raise TaskError(reason, type=WORKFLOW_FAILED)
     return view.output
 
 
-def _start(workflow_id: str, request: Drive) -> FlowStarted | None:
-    if request.spec is None:
-        return None
+def _start(workflow_id: str, request: Drive) -> FlowStarted:
     spec = parse(request.spec)
     return FlowStarted(workflow_id=workflow_id, name=spec.name, spec=msgspec.to_builtins(spec), input=request.input)
+
+
+def _started(workflow_id: str, request: Drive) -> FlowStarted:
+    """The start of a workflow whose driving failed before it was recorded, spec as sent
+    (it may be why the driving failed)."""
+    name = request.spec.get("name") if isinstance(request.spec, dict) else None
+    return FlowStarted(workflow_id=workflow_id, name=name if isinstance(name, str) else "", spec=request.spec,
+                       input=request.input)  # fmt: skip

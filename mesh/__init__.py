@@ -30,6 +30,7 @@ from mesh.errors import (
     VoteRejected,
     VoteTimeoutError,
     WorkflowFailedError,
+    WorkflowTakenError,
     WorkflowTimeoutError,
 )
 from mesh.llm.client import LlmClient, LlmSession
@@ -83,6 +84,7 @@ __all__ = [
     "VoteTimeoutError",
     "WorkflowFailedError",
     "Workflows",
+    "WorkflowTakenError",
     "WorkflowTimeoutError",
     "__version__",
 ]

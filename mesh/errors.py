@@ -35,6 +35,7 @@ __all__ = [
     "VoteTimeoutError",
     "LimitTimeoutError",
     "WorkflowFailedError",
+    "WorkflowTakenError",
     "WorkflowTimeoutError",
     "ToolError",
     "ToolNotGrantedError",
@@ -269,6 +270,20 @@ class WorkflowFailedError(MeshError):
         reason = f"{error.type}: {error.message}" if error else "no reason recorded"
         super().__init__(f"workflow {workflow_id} failed: {reason}")
         self.workflow_id, self.error = workflow_id, error
+
+
+class WorkflowTakenError(MeshError):
+    """A `workflow` request named a workflow that another request started: only the request
+    that started a workflow drives it, fails it or gets its output (docs/SECURITY.md)."""
+
+    retryable = False
+
+    def __init__(self, workflow_id: str, owner_seq: int, request_seq: int) -> None:
+        super().__init__(
+            f"workflow {workflow_id} belongs to the request at stream sequence {owner_seq}, "
+            f"not to this one ({request_seq}): pick another workflow id"
+        )
+        self.workflow_id, self.owner_seq, self.request_seq = workflow_id, owner_seq, request_seq
 
 
 class WorkflowTimeoutError(MeshError, TimeoutError):

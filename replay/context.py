@@ -23,7 +23,7 @@ from mesh.bus.follow import Stored
 from mesh.coordination.board import Board
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Ballot, Proposal, Proposals
-from mesh.coordination.workflow import WorkflowSpec, flow_started, workflow_output
+from mesh.coordination.workflow import Workflows, WorkflowSpec, workflow_output
 from mesh.errors import (
     ExpectedSequenceError,
     ReplayIsolationError,
@@ -402,11 +402,10 @@ class ReplayContext(Context):
         return self._effect_seqs[made] - 1 if made < len(self._effect_seqs) else self._end_seq
 
     async def _child_workflow(self, spec: WorkflowSpec, input: Any, workflow_id: str, timeout: float | None) -> Any:
-        """The child's `mesh.flow.started` is the handler's effect (compared); its end is the
+        """The child's `workflow` request is the handler's effect (compared); its end is the
         recorded one (the orchestrator's work is not the handler's)."""
-        await self.mesh.publish(subjects.flow(workflow_id), flow_started(spec, input, workflow_id),
-                                event_id=derived_id(workflow_id, "started"), correlation_id=self.correlation_id,
-                                causation_id=self.event.id)  # fmt: skip
+        await Workflows(self.mesh).launch(spec, input, workflow_id=workflow_id, correlation_id=self.correlation_id,
+                                          causation_id=self.event.id)  # fmt: skip
         end = self._book.workflow_ends.get(workflow_id)
         if end is None:
             raise WorkflowTimeoutError(f"workflow {workflow_id}: the log holds no end of it (the original waited in vain)")

@@ -42,6 +42,7 @@ from replay.export import Outgoing, publish_in_order
 from topics import subjects
 from topics.base import check_token
 from topics.envelope import CloudEvent, derived_id, encode_envelope, now_rfc3339
+from topics.flows import FlowStarted
 from topics.record import Record
 from topics.registry import encode_data
 from topics.tasks import TaskOutcome, TaskRequested
@@ -160,6 +161,10 @@ def _copy(record: Record, ids: dict[str, str]) -> tuple[CloudEvent, str]:
     rewritten = _rewritten(plain, ids)
     if rewritten != plain:
         data = msgspec.convert(rewritten, type(data))
+    if isinstance(data, FlowStarted) and data.request_seq:
+        # the fork's own `workflow` request lands after its copied history, at a sequence not
+        # known yet: a forked workflow is not bound to a request (docs/SECURITY.md)
+        data = msgspec.structs.replace(data, request_seq=0)
     copied = msgspec.structs.replace(
         event,
         id=ids[event.id],

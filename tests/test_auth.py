@@ -13,21 +13,25 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh
-from mesh.bus.connection import presence_bucket
+from mesh.bus.connection import live_agents, presence_bucket
 from mesh.bus.payloads import payload_bucket
 from mesh.bus.server import LocalServer, start_server
 from mesh.bus.settings import MeshSettings
-from mesh.errors import PermissionDeniedError, TaskFailedError
+from mesh.coordination.workflow import Workflows, parse
+from mesh.errors import PermissionDeniedError, TaskFailedError, WorkflowTakenError
 from mesh.llm.recorded import stored_on
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects
+from topics.agents import AgentStopped
 from topics.envelope import derived_id
-from topics.tasks import TaskCancelled, TaskCompleted, TaskHandedOff
+from topics.flows import FlowStarted
+from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed, TaskHandedOff
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +80,7 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     admin created the stream and presence bucket, as `mesh up --auth` does."""
     auth = tmp_path / "auth"
     await auth_init(auth, "agents.echo:agent", "tests.fixture_agents:meddler", "tests.fixture_agents:waiter",
-                    clients=("client", "mallory"))  # fmt: skip
+                    "agents.orchestrator:agent", clients=("client", "mallory"))  # fmt: skip
     server = start_server(tmp_path / "store", port=-1, log_file=tmp_path / "nats.log",
                           extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
     admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
@@ -153,6 +157,31 @@ class TestRefused:
             with pytest.raises(PermissionDeniedError, match="echo"):
                 await jetstream.delete_stream(agent.js)
         assert await jetstream.delete_stream(secured.admin.js) is True
+
+    async def test_agent_role_may_write_its_own_presence_and_lifecycle_only(self, secured: Secured) -> None:
+        """An agent role writes presence entries and lifecycle events under its own role name
+        only: the meddler can neither fake nor erase an `echo` agent's presence, and a
+        presence entry naming another role than its key is not believed."""
+        echo = await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))
+        async with await secured.connect("meddler") as meddler:
+            [present] = await live_agents(meddler.js)  # every role may read who is up
+            assert present.role == "echo" and present.pid == echo.pid
+            bucket = await meddler.js.key_value(subjects.PRESENCE_BUCKET)
+            fake = msgspec.json.encode(msgspec.structs.replace(present, agent_id="echo-fake", pid=1))
+            with pytest.raises(PermissionDeniedError, match="meddler"):
+                await meddler.publish(subjects.agent("echo", "echo-fake"),
+                                      AgentStopped(agent_id="echo-fake", role="echo", reason="forged"))  # fmt: skip
+            # raw key-value calls are not guarded by the mesh: refused, they time out
+            for attempt in (bucket.put(subjects.presence_key("echo", "echo-fake"), fake),
+                            bucket.delete(subjects.presence_key("echo", present.agent_id))):  # fmt: skip
+                with pytest.raises(TimeoutError):
+                    await attempt
+            refused = "\n".join(secured.violations())
+            assert "$KV.mesh-presence.echo.echo-fake" in refused
+            assert f"$KV.mesh-presence.echo.{present.agent_id}" in refused
+            await bucket.put(subjects.presence_key("meddler", "echo-fake"), fake)  # its own key, another role inside
+            assert [(p.role, p.pid) for p in await live_agents(meddler.js)] == [("echo", echo.pid)]
+            assert meddler.nc.is_connected
 
     async def test_agent_logs_the_refusal_and_fails_the_task(self, secured: Secured) -> None:
         agent = await secured.agents.start("tests.fixture_agents:meddler", "--nkey", str(secured.auth / "meddler.nk"))
@@ -268,3 +297,49 @@ class TestOutcomesCannotBeForged:
             code, out, err = await cli("task", "echo", "--input", '"real again"', "--task-id", "victim-2", "--wait",
                                        "--nats", secured.server.url, "--nkey", str(secured.auth / "client.nk"))  # fmt: skip
             assert (code, json.loads(out)) == (0, "real"), err  # the same id from the same client: the first answer
+
+
+class TestWorkflowsAreBound:
+    """A workflow belongs to the `workflow` request that started it (docs/SECURITY.md,
+    mechanism 5): another client's `workflow` task naming it neither fails it nor drives it,
+    and a workflow someone else started under the id one meant to use never hands over its
+    output."""
+
+    async def test_a_task_naming_someone_elses_workflow_fails_alone(self, secured: Secured) -> None:
+        for target, role in (("agents.orchestrator:agent", "orchestrator"), ("tests.fixture_agents:waiter", "waiter")):
+            await secured.agents.start(target, "--nkey", str(secured.auth / f"{role}.nk"))
+        log = secured.agents.log
+        spec = parse({"steps": {"a": {"capability": "wait", "input": {"seconds": 3600}}}})
+        async with await secured.connect("client") as client, await secured.connect("mallory") as mallory:
+            launched = await Workflows(client).launch(spec, workflow_id="wf-victim")
+            await log.wait_for(lambda r: r.event.type == "mesh.task.claimed" and r.data.capability == "wait")  # type: ignore[attr-defined]
+            evil = {"steps": {"a": {"capability": "wait", "input": {"seconds": 0}}}}
+            attacks = [  # a task past its deadline (the runtime gives up on it), one naming the
+                # workflow, one under the workflow's own task id with another spec
+                await mallory.submit_request("workflow", {"workflow_id": "wf-victim"}, task_id="junk-1",
+                                             deadline="2020-01-01T00:00:00Z"),
+                await mallory.submit_request("workflow", {"workflow_id": "wf-victim"}, task_id="junk-2"),
+                await mallory.submit_request("workflow", {"workflow_id": "wf-victim", "spec": evil}, task_id="wf-victim"),
+            ]  # fmt: skip
+            for attack in attacks:
+                outcome = await mallory.follow("workflow", attack.task_id, attack.seq, timeout=60)
+                assert isinstance(outcome.data, TaskFailed), outcome.data
+            assert outcome.data.error.type == "WorkflowTakenError"
+        flow = [r for r in log.records if r.subject == subjects.flow("wf-victim")]
+        assert [r.event.type for r in flow] == ["mesh.flow.started", "mesh.flow.step_scheduled"]
+        assert isinstance(flow[0].data, FlowStarted) and flow[0].data.request_seq == launched.request_seq
+        assert secured.violations() == []
+
+    async def test_a_workflow_started_first_by_someone_else_is_not_taken_for_ones_own(self, secured: Secured) -> None:
+        await secured.agents.start("agents.orchestrator:agent", "--nkey", str(secured.auth / "orchestrator.nk"))
+        await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))
+        mine = parse({"steps": {"a": {"capability": "echo", "input": "real"}}})
+        forged = parse({"steps": {"a": {"capability": "echo", "input": "forged"}}})
+        async with await secured.connect("client") as client, await secured.connect("mallory") as mallory:
+            first = await Workflows(mallory).launch(forged, workflow_id="wf-next")
+            assert await Workflows(mallory).result("wf-next", request_seq=first.request_seq, timeout=60) == "forged"
+            second = await Workflows(client).launch(mine, workflow_id="wf-next")
+            with pytest.raises(WorkflowTakenError):
+                await Workflows(client).result("wf-next", request_seq=second.request_seq, timeout=60)
+            third = await Workflows(client).launch(mine, workflow_id="wf-mine")
+            assert await Workflows(client).result("wf-mine", request_seq=third.request_seq, timeout=60) == "real"

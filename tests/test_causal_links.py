@@ -30,13 +30,16 @@ class TestChildWorkflow:
         await log.wait_for(lambda r: r.event.id == outcome.event.id)
         [started] = log.of_type("mesh.flow.started")
         request = next(r for r in log.of_type("mesh.task.requested") if r.data.task_id == "boss-7")  # type: ignore[attr-defined]
-        assert started.event.causationid == request.event.id and started.event.correlationid == "boss-7"
+        [drive] = [r for r in log.of_type("mesh.task.requested") if r.data.capability == "workflow"]  # type: ignore[attr-defined]
+        assert drive.event.causationid == request.event.id and drive.event.correlationid == "boss-7"
+        assert started.event.causationid == drive.event.id and started.event.correlationid == "boss-7"
+        assert started.data.request_seq == drive.seq  # type: ignore[attr-defined]  # bound to the manager's request
         workflow_id = started.data.workflow_id  # type: ignore[attr-defined]
         steps = [r for r in log.of_type("mesh.task.requested") if r.data.capability == "echo"]  # type: ignore[attr-defined]
         assert len(steps) == 2 and {r.event.correlationid for r in steps} == {"boss-7"}
         tree = build_timeline((await read_log(mesh)).records, "boss-7")
         hops = {hop.id: hop for hop in tree.hops}
-        assert hops[started.event.id].parent == request.event.id  # drawn under the manager's task
+        assert hops[started.event.id].parent == drive.event.id and hops[drive.event.id].parent == request.event.id
         ends = [r for r in log.of_type("mesh.task.completed") if r.data.task_id in {s.data.task_id for s in steps}]  # type: ignore[attr-defined]
         assert len(ends) == 2 and all(r.event.id in hops for r in [*steps, *ends])
         [finished] = [r for r in log.of_type("mesh.flow.completed") if r.data.workflow_id == workflow_id]  # type: ignore[attr-defined]
@@ -46,7 +49,7 @@ class TestChildWorkflow:
         assert clean.ok and clean.tasks_checked == 1, clean.divergence and clean.divergence.describe()
         changed = await rerun(changed_manager(), records, "boss-7")
         assert not changed.ok and changed.divergence is not None
-        assert changed.divergence.expected is not None and changed.divergence.expected.type == "mesh.flow.started"
+        assert changed.divergence.expected is not None and changed.divergence.expected.type == "mesh.task.requested"
         assert changed.divergence.index == 0 and "differs" in changed.divergence.reason
 
 

@@ -23,6 +23,10 @@ class FlowStarted(Event, frozen=True, kw_only=True):
     name: str
     spec: Any = None
     input: Any = None
+    # The stream sequence of the `workflow` task request that started the workflow: only that
+    # request drives it, fails it or waits on it (docs/SECURITY.md). 0: started before
+    # workflows were bound to their request (older logs), which any request may drive.
+    request_seq: int = 0
 
 
 class FlowStepScheduled(Event, frozen=True, kw_only=True):

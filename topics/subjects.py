@@ -100,8 +100,15 @@ def tool(agent_name: str, task_id: str) -> str:
     return f"mesh.tool.{check_token('agent', agent_name)}.{check_token('task id', task_id)}"
 
 
-def agent(agent_id: str) -> str:
-    return f"mesh.agent.{check_token('agent id', agent_id)}"
+def agent(role: str, agent_id: str) -> str:
+    """An agent's lifecycle events, under its role so a role's permission covers its own only."""
+    return f"mesh.agent.{check_token('agent', role)}.{check_token('agent id', agent_id)}"
+
+
+def presence_key(role: str, agent_id: str) -> str:
+    """An agent's key in the presence bucket, under its role (``$KV.<bucket>.<role>.>`` is what
+    `mesh auth init` lets that role write)."""
+    return f"{check_token('agent', role)}.{check_token('agent id', agent_id)}"
 
 
 def dead(original_subject: str) -> str:

@@ -229,7 +229,8 @@ async def presence_bucket(js: JetStreamContext, *, ttl: float = 15.0) -> KeyValu
 
 async def live_agents(js: JetStreamContext, *, create: bool = True) -> list[Presence]:
     """The agents whose presence heartbeat has not expired, by id. An entry that does not
-    decode (written by something else) is skipped, not trusted. With ``create`` False a server
+    decode, or names another role than its key (`subjects.presence_key`: each role may write
+    its own keys only), is skipped, not trusted. With ``create`` False a server
     without the presence bucket has no agents (nothing is created: for read-only callers)."""
     if create:
         bucket = await presence_bucket(js)
@@ -246,8 +247,8 @@ async def live_agents(js: JetStreamContext, *, create: bool = True) -> list[Pres
     for key in keys:
         try:
             entry = await bucket.get(key)
-            if entry.value:
-                found.append(_presence.decode(entry.value))
+            if entry.value and (presence := _presence.decode(entry.value)).role == key.partition(".")[0]:
+                found.append(presence)
         except (KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
             continue  # expired meanwhile, or not a presence
     return sorted(found, key=lambda p: p.agent_id)

@@ -14,8 +14,9 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
   `on-<role>-<name>` per event subscription: create, info, next, ack, their max-deliveries
   advisory), publish what the runner and its context publish (`mesh.task.<capability>.>`
   outcomes, claims and progress of its own capabilities; `mesh.work.>` sub-tasks and fallbacks; `mesh.llm.<role>.>`,
-  `mesh.tool.<role>.>`, `mesh.dead.>`, `mesh.agent.>`, cancel requests on `mesh.cancel.*`),
-  hear cancel requests (`mesh.cancel.*`, and read those of the last hour on start), its presence entry, direct gets
+  `mesh.tool.<role>.>`, `mesh.dead.>`, its own `mesh.agent.<role>.>`, cancel requests on `mesh.cancel.*`),
+  hear cancel requests (`mesh.cancel.*`, and read those of the last hour on start), its own presence
+  entries (`<role>.<agent id>`; it reads everyone's), direct gets
   on MESH (a task's last event; by sequence for dead letters and recorded model calls);
 - `admin`: everything (streams, consumers, KV, object store, import, snapshots).
 
@@ -117,10 +118,14 @@ def agent_permissions(
         f"mesh.llm.{role}.>",
         f"mesh.tool.{role}.>",
         "mesh.dead.>",
-        "mesh.agent.>",
-        f"$KV.{subjects.PRESENCE_BUCKET}.>",
+        f"mesh.agent.{role}.>",  # its own agents' lifecycle events
+        f"$KV.{subjects.PRESENCE_BUCKET}.{role}.>",  # its own agents' presence: writes and deletes
+        f"{_API}.STREAM.MSG.GET.{_KV_STREAM}",  # reading one presence entry (nats-py's `KeyValue.get`)
         f"{_API}.STREAM.INFO.{_KV_STREAM}",
         f"{_API}.CONSUMER.CREATE.{_KV_STREAM}.*.$KV.{subjects.PRESENCE_BUCKET}.>",  # live agents (fallbacks)
+        f"{_API}.CONSUMER.CREATE.{_KV_STREAM}",  # nats-py lists keys with an unnamed ordered consumer
+        f"{_API}.CONSUMER.INFO.{_KV_STREAM}.*",
+        f"{_API}.CONSUMER.DELETE.{_KV_STREAM}.*",
         f"$JS.FC.{_KV_STREAM}.>",
         f"{_API}.DIRECT.GET.{_STREAM}",  # by sequence: dead letters, recorded model and tool calls
         *_reading_outcomes(),

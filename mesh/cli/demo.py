@@ -56,7 +56,7 @@ async def wait_for_agents(
                 ready.set()
 
     config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=since_seq + 1)
-    sub = await mesh.js.subscribe("mesh.agent.*", cb=on_msg, ordered_consumer=True, config=config)
+    sub = await mesh.js.subscribe("mesh.agent.>", cb=on_msg, ordered_consumer=True, config=config)
     deadline = time.monotonic() + timeout
     try:
         while not ready.is_set():

@@ -17,7 +17,7 @@ from mesh.bus.connection import live_agents
 from mesh.bus.settings import MeshSettings
 from mesh.cli.options import nats_options, parse_json, run, token
 from mesh.coordination.workflow import WORKFLOW_CAPABILITY, Workflows, WorkflowSpec, load
-from mesh.errors import ConfigError, WorkflowFailedError, WorkflowTimeoutError
+from mesh.errors import ConfigError, WorkflowFailedError, WorkflowTakenError, WorkflowTimeoutError
 from mesh.projections import WorkflowView
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
 from topics.record import Record
@@ -80,7 +80,8 @@ async def _run(settings: MeshSettings, spec: WorkflowSpec, value: Any, follow: b
                workflow_id: str | None) -> None:  # fmt: skip
     async with await Mesh.connect(settings=settings) as mesh:
         flows = Workflows(mesh)
-        workflow_id = await flows.start(spec, value, workflow_id=workflow_id)
+        launched = await flows.launch(spec, value, workflow_id=workflow_id)
+        workflow_id = launched.workflow_id
         if not follow:
             click.echo(workflow_id)
             return
@@ -88,8 +89,9 @@ async def _run(settings: MeshSettings, spec: WorkflowSpec, value: Any, follow: b
         await watch.check(WORKFLOW_CAPABILITY, f"no orchestrator online (capability {WORKFLOW_CAPABILITY!r}): the workflow "
                           "waits until one starts (`mesh agent run agents.orchestrator:agent`)")  # fmt: skip
         try:
-            output = await flows.result(workflow_id, timeout=timeout, on_event=watch.on_event)
-        except WorkflowFailedError as error:
+            output = await flows.result(workflow_id, request_seq=launched.request_seq, timeout=timeout,
+                                        on_event=watch.on_event)  # fmt: skip
+        except (WorkflowFailedError, WorkflowTakenError) as error:
             click.echo(f"failed: {error}", err=True)
             sys.exit(1)
         except WorkflowTimeoutError as error:

@@ -19,7 +19,7 @@ from mesh.projections import WORKFLOWS, WorkflowView
 from topics import subjects
 from topics.base import ErrorInfo, Event
 from topics.envelope import derived_id, now_rfc3339
-from topics.flows import FlowFailed
+from topics.flows import FlowFailed, FlowStarted
 
 __all__ = ["COMPLETED", "FAILED", "FlowLog"]
 
@@ -69,15 +69,18 @@ class FlowLog:
             if record is not None:
                 WORKFLOWS.apply(self.state, record)
 
-    async def record(self, data: Event, label: str, *, causation_id: str | None = None) -> Published | None:
+    async def record(
+        self, data: Event, label: str, *, causation_id: str | None = None, correlation_id: str | None = None
+    ) -> Published | None:
         """Record ``data`` under the id derived from ``label``, unless the subject moved on
         since the fold: then fold what is new and return None (decide again).
 
         The server stores it only if the subject's last event is the last one folded, so a
         stored event is the next one on the subject: it is folded in as sent, with no read.
-        Only a duplicate (this id was stored before, by an earlier driver) is read back."""
+        Only a duplicate (this id was stored before, by an earlier driver) is read back. The
+        correlation id is the workflow's (``correlation_id`` for its start)."""
         event_id = derived_id(self.workflow_id, label)
-        correlation_id = self.view.correlation_id or self.workflow_id
+        correlation_id = self.view.correlation_id or correlation_id or self.workflow_id
         sent = _Sent(event_id, now_rfc3339(), correlation_id)
         try:
             published = await self.mesh.publish(
@@ -99,12 +102,31 @@ class FlowLog:
             handler(self.state, data, sent, seq)
         self.state.seq = self.seq = seq
 
-    async def fail(self, error: ErrorInfo) -> bool:
-        """Record `mesh.flow.failed` with ``error`` unless the workflow has ended; whether this
-        call recorded it. For when the workflow cannot be driven any more."""
+    async def fail(
+        self, error: ErrorInfo, *, request_seq: int, start: FlowStarted | None = None,
+        causation_id: str | None = None, correlation_id: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Record `mesh.flow.failed` with ``error`` unless the workflow has ended, or belongs to
+        another request than ``request_seq`` (the `workflow` request whose driving failed);
+        whether this call recorded it. For when the workflow cannot be driven any more. A
+        workflow not started yet is started with ``start`` first (bound to that request), so
+        whoever waits on it learns it failed; without ``start`` nothing is recorded."""
         await self.refresh()
+        if not self.view.started:
+            if start is None:
+                return False
+            while not self.view.started:
+                await self.record(msgspec.structs.replace(start, request_seq=request_seq), "started",
+                                  causation_id=causation_id, correlation_id=correlation_id)  # fmt: skip
+        if not self.bound_to(request_seq):
+            return False
         while self.view.status == "running":
             published = await self.record(FlowFailed(workflow_id=self.workflow_id, error=error), FAILED)
             if published is not None:
                 return not published.duplicate
         return False
+
+    def bound_to(self, request_seq: int) -> bool:
+        """Whether the request at ``request_seq`` may drive (and fail) the started workflow: the
+        one that started it, or any for a workflow started before they were bound (0)."""
+        return self.view.request_seq in (0, request_seq)

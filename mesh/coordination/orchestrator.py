@@ -29,13 +29,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, NamedTuple
 
+import msgspec
 import structlog
 
 from mesh.bus.client import Mesh
 from mesh.coordination.flowlog import COMPLETED, FAILED, FlowLog
 from mesh.coordination.templates import resolve
 from mesh.coordination.workflow import Step, WorkflowSpec, default_output, parse
-from mesh.errors import ConfigError, MeshError, PermissionDeniedError, SchemaError, TaskTimeoutError
+from mesh.errors import ConfigError, MeshError, PermissionDeniedError, SchemaError, TaskTimeoutError, WorkflowTakenError
 from mesh.projections import StepView, WorkflowView, ready_steps
 from topics import subjects
 from topics.base import ErrorInfo, Event
@@ -140,14 +141,24 @@ class Driver:
         self._watches: dict[str, asyncio.Task[_Outcome]] = {}  # task id -> its outcome
         self._fresh: set[str] = set()  # task ids of steps this driver scheduled: nobody submitted them before
 
-    async def run(self, start: FlowStarted | None = None) -> WorkflowView:
+    async def run(
+        self, start: FlowStarted | None = None, *, request_seq: int, causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> WorkflowView:  # fmt: skip
+        """Drive the workflow for the `workflow` request at ``request_seq`` (its event id:
+        ``causation_id``, its correlation: ``correlation_id``): start it with ``start`` if nobody has, and go on only if it is that
+        request's (WorkflowTakenError)."""
         view = await self.flow.refresh()
         if not view.started:
             if start is None:
                 raise SchemaError(
                     f"workflow {self.workflow_id} was never started (no mesh.flow.started on {self.flow.subject})"
                 )
-            await self.flow.record(start, "started")
+            while not self.flow.view.started:  # refused: another request started it in between
+                await self.flow.record(msgspec.structs.replace(start, request_seq=request_seq), "started",
+                                       causation_id=causation_id, correlation_id=correlation_id)  # fmt: skip
+        if not self.flow.bound_to(request_seq):
+            raise WorkflowTakenError(self.workflow_id, self.flow.view.request_seq, request_seq)
         spec = spec_of(self.flow.view)
         try:
             while self.flow.view.status == "running":

@@ -16,36 +16,41 @@ between them run in parallel. `retries` is how many more tasks a step gets after
 one. The workflow's `output` is a template too; by default the output of its last step
 (or a dict of the outputs of its last steps, when several steps end it).
 
-Starting a workflow publishes `mesh.flow.started` on `mesh.flow.<workflow_id>` and a task
-for the `workflow` capability (task id = workflow id), which an orchestrator agent
-(`mesh agent run agents.orchestrator:agent`) picks up and drives (see `mesh.coordination.orchestrator`).
+Starting a workflow submits a task for the `workflow` capability (task id = workflow id)
+carrying the spec and input, which an orchestrator agent (`mesh agent run
+agents.orchestrator:agent`) picks up: it records `mesh.flow.started` on
+`mesh.flow.<workflow_id>`, bound to that request, and drives the workflow (see
+`mesh.coordination.orchestrator`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
-from mesh.bus.client import Mesh
+from mesh.bus.client import Mesh, outcome_value
 from mesh.bus.follow import Follow, records
 from mesh.coordination.templates import references
-from mesh.errors import ConfigError, MeshError, WorkflowFailedError, WorkflowTimeoutError
+from mesh.errors import ConfigError, MeshError, WorkflowFailedError, WorkflowTakenError, WorkflowTimeoutError
 from mesh.projections import WORKFLOWS, WorkflowView
 from mesh.projections.base import fold
 from topics import subjects
-from topics.base import check_token
-from topics.envelope import derived_id, new_event_id
+from topics.base import ErrorInfo, check_token
+from topics.envelope import new_event_id
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted
 from topics.record import Record
+from topics.tasks import TaskCancelled, TaskFailed
 
 __all__ = [
     "WORKFLOW_CAPABILITY",
     "Flow",
+    "Launched",
     "Step",
     "WorkflowSpec",
     "Workflows",
@@ -197,18 +202,27 @@ class Workflows:
         self, spec: WorkflowSpec, input: Any = None, *, workflow_id: str | None = None,
         correlation_id: str | None = None, causation_id: str | None = None,
     ) -> str:  # fmt: skip
-        """Record `mesh.flow.started` and hand the workflow to an orchestrator; its id. A
+        """Hand the workflow to an orchestrator; its id. See `launch`."""
+        return (await self.launch(spec, input, workflow_id=workflow_id, correlation_id=correlation_id,
+                                  causation_id=causation_id)).workflow_id  # fmt: skip
+
+    async def launch(
+        self, spec: WorkflowSpec, input: Any = None, *, workflow_id: str | None = None,
+        correlation_id: str | None = None, causation_id: str | None = None,
+    ) -> Launched:  # fmt: skip
+        """Submit a `workflow` task (task id = workflow id) carrying the spec and input; the
+        orchestrator that takes it records `mesh.flow.started`, bound to that request, and
+        drives it. Only that request drives the workflow, fails it or gets its output: pass
+        the returned `request_seq` to `result` so nothing else is taken for its output. A
         workflow started by something else (a handler: `Context.workflow`) names it as its
         ``causation_id`` and shares its ``correlation_id``, which every step's task carries on,
         so the timeline of what started it shows the whole tree."""
         workflow_id = check_token("workflow id", workflow_id or new_event_id())
-        correlation_id = correlation_id or workflow_id
-        started = flow_started(spec, input, workflow_id)
-        await self.mesh.publish(subjects.flow(workflow_id), started, event_id=derived_id(workflow_id, "started"),
-                                correlation_id=correlation_id, causation_id=causation_id)  # fmt: skip
-        await self.mesh.submit(WORKFLOW_CAPABILITY, {"workflow_id": workflow_id}, task_id=workflow_id,
-                               correlation_id=correlation_id, causation_id=derived_id(workflow_id, "started"))  # fmt: skip
-        return workflow_id
+        drive = {"workflow_id": workflow_id, "spec": msgspec.to_builtins(spec), "input": input}
+        submitted = await self.mesh.submit_request(WORKFLOW_CAPABILITY, drive, task_id=workflow_id,
+                                                   correlation_id=correlation_id or workflow_id,
+                                                   causation_id=causation_id)  # fmt: skip
+        return Launched(workflow_id, submitted.seq, submitted.duplicate)
 
     async def view(self, workflow_id: str) -> WorkflowView:
         """The workflow as its events tell it now."""
@@ -230,33 +244,64 @@ class Workflows:
                     return
 
     async def result(
-        self, workflow_id: str, *, timeout: float | None = None, on_event: Callable[[Record], None] | None = None
-    ) -> Any:
+        self, workflow_id: str, *, request_seq: int | None = None, timeout: float | None = None,
+        on_event: Callable[[Record], None] | None = None,
+    ) -> Any:  # fmt: skip
         """Wait up to ``timeout`` seconds for the workflow's output, calling ``on_event`` with
         each of its events on the way; WorkflowFailedError if it failed,
-        WorkflowTimeoutError if it did not end in time. Without ``on_event`` nothing is
-        read but the end (interest plus a direct get: no consumer on the server); with it,
-        the workflow's events are followed (one consumer)."""
+        WorkflowTimeoutError if it did not end in time.
+
+        With ``request_seq`` (from `launch`), only the workflow that request started counts:
+        without ``on_event`` its `workflow` task's outcome is awaited (interest plus a direct
+        get, no consumer; what a client may read under `mesh auth init`), and a workflow
+        someone else started under that id is WorkflowTakenError, never their output.
+        Without it, the end of whichever workflow has that id is read (agents, admin)."""
         try:
-            if on_event is None:
-                return workflow_output(workflow_id, await self._end(workflow_id, timeout))
-            return await asyncio.wait_for(self._outcome(workflow_id, on_event), timeout)
+            if on_event is not None:
+                return await asyncio.wait_for(self._outcome(workflow_id, request_seq, on_event), timeout)
+            if request_seq is not None:
+                return await self._task_output(workflow_id, request_seq, timeout)
+            return workflow_output(workflow_id, await self._end(workflow_id, timeout))
         except TimeoutError:
             raise WorkflowTimeoutError(
                 f"workflow {workflow_id} did not end within {timeout:g}s; it goes on: "
                 f"`mesh flow show {workflow_id}` says where it stands"
             ) from None
 
+    async def _task_output(self, workflow_id: str, request_seq: int, timeout: float | None) -> Any:
+        """The output of the `workflow` task at ``request_seq``, which is the workflow's."""
+        outcome = await self.mesh.follow(WORKFLOW_CAPABILITY, workflow_id, request_seq,
+                                         timeout=math.inf if timeout is None else timeout)  # fmt: skip
+        match outcome.data:
+            case TaskFailed(error=error) if error.type == WorkflowTakenError.__name__:
+                raise WorkflowTakenError(workflow_id, 0, request_seq)
+            case TaskFailed(error=error):
+                raise WorkflowFailedError(workflow_id, error)
+            case TaskCancelled(reason=reason):
+                raise WorkflowFailedError(workflow_id, ErrorInfo(type="cancelled", message=reason))
+        return outcome_value(outcome)
+
     async def _end(self, workflow_id: str, timeout: float | None) -> Record:
         async with self.mesh.waiters.watch(subjects.flow(workflow_id), _is_end) as end:
             return await asyncio.wait_for(end, timeout)
 
-    async def _outcome(self, workflow_id: str, on_event: Callable[[Record], None]) -> Any:
+    async def _outcome(self, workflow_id: str, request_seq: int | None, on_event: Callable[[Record], None]) -> Any:
         async for record in self.follow(workflow_id):
+            if isinstance(record.data, FlowStarted) and request_seq is not None:
+                if record.data.request_seq not in (0, request_seq):
+                    raise WorkflowTakenError(workflow_id, record.data.request_seq, request_seq)
             on_event(record)
             if _is_end(record):
                 return workflow_output(workflow_id, record)
         raise MeshError(f"workflow {workflow_id}: the log ended without an outcome")  # pragma: no cover
+
+
+class Launched(NamedTuple):
+    """A workflow handed to an orchestrator: its id and where its `workflow` request landed."""
+
+    workflow_id: str
+    request_seq: int
+    duplicate: bool
 
 
 def _is_end(record: Record) -> bool:

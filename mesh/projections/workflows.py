@@ -82,6 +82,7 @@ class WorkflowView(msgspec.Struct, kw_only=True, gc=False):
     started_at: str | None = None
     finished_at: str | None = None
     correlation_id: str | None = None
+    request_seq: int = 0  # the `workflow` request that started it (0: unbound, an older log)
 
 
 class WorkflowsState(ProjectionState, kw_only=True):
@@ -100,7 +101,7 @@ def ready_steps(view: WorkflowView) -> list[str]:
 
 class WorkflowsProjection(HandlerProjection[WorkflowsState]):
     name = "workflows"
-    version = 1
+    version = 2
     state_type = WorkflowsState
 
     def handlers(self) -> dict[type[Event], Handler[WorkflowsState]]:
@@ -135,6 +136,7 @@ def _started(state: WorkflowsState, event: FlowStarted, stamp: Stamp, seq: int) 
     if view.started:
         return
     view.started, view.name, view.spec, view.input = True, event.name, event.spec, event.input
+    view.request_seq = event.request_seq
     view.started_at = stamp.time
     try:
         spec = msgspec.convert(event.spec, FlowSpec)

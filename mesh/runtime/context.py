@@ -184,11 +184,12 @@ class Context:
         return await self._child_workflow(spec, input, self._child_id(f"workflow/{next(self._workflows)}"), timeout)
 
     async def _child_workflow(self, spec: WorkflowSpec, input: Any, workflow_id: str, timeout: float | None) -> Any:
-        """Start the child workflow and await its end (`rerun` answers it from the log)."""
+        """Start the child workflow and await the end of its `workflow` task, which only that
+        request's orchestrator writes (`rerun` answers it from the log)."""
         workflows = Workflows(self.mesh)
-        await workflows.start(spec, input, workflow_id=workflow_id, correlation_id=self.correlation_id,
-                              causation_id=self.event.id)  # fmt: skip
-        return await workflows.result(workflow_id, timeout=timeout)
+        launched = await workflows.launch(spec, input, workflow_id=workflow_id, correlation_id=self.correlation_id,
+                                          causation_id=self.event.id)  # fmt: skip
+        return await workflows.result(workflow_id, request_seq=launched.request_seq, timeout=timeout)
 
     @functools.cached_property
     def origin(self) -> Origin:

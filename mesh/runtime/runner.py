@@ -112,7 +112,7 @@ class AgentRunner:
             version=self.agent.version,
         )
         await self._beat()  # present before it says it started: a fallback check can rely on it
-        await self.mesh.publish(subjects.agent(self.agent_id), started)
+        await self.mesh.publish(subjects.agent(self.agent.name, self.agent_id), started)
         for consumer in self._consumers:
             await consumer.start()
         self._background.append(asyncio.create_task(self._keep_in_progress(), name="in-progress"))
@@ -137,10 +137,10 @@ class AgentRunner:
             await sub.unsubscribe()  # type: ignore[attr-defined]
         await self.cancels.stop()
         stopped = AgentStopped(agent_id=self.agent_id, role=self.agent.name, reason=reason, handled=self.handled)
-        await self.mesh.publish(subjects.agent(self.agent_id), stopped)
+        await self.mesh.publish(subjects.agent(self.agent.name, self.agent_id), stopped)
         try:
             bucket = await presence_bucket(self.mesh.js, ttl=self.options.presence_ttl)
-            await bucket.delete(self.agent_id)
+            await bucket.delete(subjects.presence_key(self.agent.name, self.agent_id))
         except Exception as error:  # presence is advisory; stopping must not fail on it
             log.debug("presence not cleared", error=str(error))
         log.info("agent stopped", agent=self.agent_id, handled=self.handled, reason=reason)
@@ -184,7 +184,7 @@ class AgentRunner:
         )
         try:
             bucket = await presence_bucket(self.mesh.js, ttl=self.options.presence_ttl)
-            await bucket.put(self.agent_id, msgspec.json.encode(presence))
+            await bucket.put(subjects.presence_key(self.agent.name, self.agent_id), msgspec.json.encode(presence))
         except Exception as error:  # a reconnect in progress; try again next beat
             log.debug("presence not written", error=str(error))
 

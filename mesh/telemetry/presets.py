@@ -55,7 +55,7 @@ _TEMPLATES = {
     "bid": "mesh.bid.{task_id}",
     "llm": "mesh.llm.{agent}.{task_id}",
     "tool": "mesh.tool.{agent}.{task_id}",
-    "agent": "mesh.agent.{agent_id}",
+    "agent": "mesh.agent.{role}.{agent_id}",
     "dead": "mesh.dead.{subject}",
 }
 
