@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -48,6 +49,10 @@ Decode = Callable[[str, bytes, int], Awaitable[Record | None]]
 """How a received or stored message becomes a Record (None: it does not decode)."""
 
 log = structlog.get_logger("mesh.bus.waiting")
+
+
+def _is_literal(subject: str) -> bool:
+    return not any(token in ("*", ">") for token in subject.split("."))
 
 
 class _Waiter:
@@ -113,7 +118,11 @@ class Waiters:
         the watch is in place (for a subject nothing was published on yet). The stored events
         before the last one are read only if ``earlier`` says, of that last one, that an awaited
         event could be stored before it (a claim of another request after one's outcome); by
-        default never (a claim or progress of a run comes before its outcome)."""
+        default never (a claim or progress of a run comes before its outcome). ``subject`` may
+        be a wildcard (`subjects.task_any`) only without ``stored``: its events are delivered
+        live, the record's own subject saying where each one landed."""
+        if stored and not _is_literal(subject):
+            raise ValueError(f"cannot read the stored events of {subject!r}: a wildcard is watched live only")
         async with self._slots:
             waiter = _Waiter(subject, accept, earlier)
             interest, first = self._enter(waiter)
@@ -144,7 +153,8 @@ class Waiters:
             await asyncio.shield(interest.ready)
             return
         try:
-            interest.sub = await self._nc.subscribe(interest.waiters[0].subject, cb=self._on_msg)
+            subject = interest.waiters[0].subject
+            interest.sub = await self._nc.subscribe(subject, cb=functools.partial(self._on_msg, subject))
         except Exception as error:
             interest.ready.set_exception(error)
             interest.ready.exception()  # retrieved: later waiters of the subject see it through `ready`
@@ -164,8 +174,8 @@ class Waiters:
         if interest.sub is not None and not self._nc.is_closed:
             await interest.sub.unsubscribe()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        interest = self._interests.get(msg.subject)
+    async def _on_msg(self, watched: str, msg: Msg) -> None:
+        interest = self._interests.get(watched)  # the subscription's subject: a wildcard covers several
         if interest is None or not interest.waiters:
             return
         record = await self._decode(msg.subject, msg.data, 0)

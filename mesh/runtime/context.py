@@ -21,7 +21,7 @@ from mesh.errors import PermissionDeniedError, TaskTimeoutError
 from topics import subjects
 from topics.base import Event
 from topics.envelope import CloudEvent, derived_id
-from topics.tasks import TaskOutcome, TaskProgress
+from topics.tasks import TaskOutcome, TaskProgress, handoff_task_id
 
 if TYPE_CHECKING:
     from mesh.llm.client import LlmSession
@@ -168,7 +168,7 @@ class Context:
         waits for this task (`Mesh.request`, `mesh task --wait`) follows the chain to its end."""
         if self._before_effect is not None:
             await self._before_effect()
-        task_id = self._child_id("handoff")
+        task_id = self._child_id("handoff") if self._scope else handoff_task_id(self.event.id)
         submitted = await self.mesh.submit_request(capability, input, task_id=task_id, event_id=task_id,
                                                    correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
         return HandOff(capability, task_id, submitted.seq)
