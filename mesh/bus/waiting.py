@@ -4,7 +4,9 @@ call on the server: interest (a core subscription) plus direct gets of what is s
 A `Waiters` belongs to one `Mesh`. `watch(subject, accept)` subscribes to the subject (one
 core subscription per subject, shared by every waiter of it in the process), then, when
 ``stored`` is true, reads the subject's stored events with direct gets, so an event stored
-before the call is found and one stored after it is delivered live.
+before the call is found and one stored after it is delivered live. A watch made before
+anything can be published on its subject (a generated task id, the hops ahead of a request:
+`mesh.bus.chains`) reads nothing and needs no recheck; only such a watch may be a wildcard.
 
 A live delivery can be missed: an event routed before the subscription reached the server
 but stored after the direct get, a reconnect, a slow-consumer drop. So the stored events
