@@ -293,6 +293,19 @@ class TestHandOffLookahead:
         assert mesh.chains.ahead("review") == 0 and mesh.waiters.pending == 0
 
 
+    async def test_no_free_waiter_slot_means_no_watch_ahead(
+        self, mesh: Mesh, agents: AgentProcesses, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With one waiter slot, the request's own watch takes it, its hops are not watched ahead,
+        and each is followed once the watch before it has let its slot go: nothing waits for ever."""
+        await agents.start("tests.fixture_agents:chain")
+        await mesh.request("plan", {"n": 1}, timeout=30)
+        assert mesh.chains.ahead("plan") == 2
+        monkeypatch.setattr(mesh, "waiters", waiting.Waiters(mesh.nc, mesh.js, mesh.record_of, limit=1))
+        assert (await mesh.request("plan", {"n": 2}, timeout=30))["n"] == 2
+        await mesh.waiters.close()
+
+
 class TestConnectionLost:
     async def test_an_agent_whose_connection_closes_exits_non_zero(
         self, mesh: Mesh, agents: AgentProcesses, log: EventLog

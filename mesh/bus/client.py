@@ -347,27 +347,28 @@ class Mesh:
         deadline = asyncio.get_running_loop().time() + timeout
         answer = Answer()
         try:
-            async with contextlib.AsyncExitStack() as watching:
-                outcome = await watching.enter_async_context(
-                    self.waiters.watch(subjects.task(capability, task_id), answer.accept,
-                                       stored=given if stored is None else stored and given, earlier=answer.earlier)
-                )  # fmt: skip
-                ahead = {hop: await self._watch_ahead(watching, hop)
-                         for hop in hops_after(event_id, self.chains.ahead(capability))}  # fmt: skip
-                submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
-                early = answer.expect(submitted.seq)
-                record = early if early is not None else await asyncio.wait_for(outcome, timeout)
-                # a request stored before this one (a duplicate) may have gone through its hops before they were watched
-                return await self._passed_on(record, deadline, capability, {} if submitted.duplicate else ahead)
+            async with contextlib.AsyncExitStack() as watching_ahead:
+                async with self.waiters.watch(subjects.task(capability, task_id), answer.accept,
+                                              stored=given if stored is None else stored and given,
+                                              earlier=answer.earlier) as outcome:  # fmt: skip
+                    ahead = {hop: watched for hop in hops_after(event_id, self.chains.ahead(capability))
+                             if (watched := await self._watch_ahead(watching_ahead, hop)) is not None}  # fmt: skip
+                    submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
+                    early = answer.expect(submitted.seq)
+                    record = early if early is not None else await asyncio.wait_for(outcome, timeout)
+                if submitted.duplicate:  # a request stored before: it may have gone through its hops unwatched
+                    await watching_ahead.aclose()
+                    ahead = {}
+                return await self._passed_on(record, deadline, capability, ahead, watching_ahead.aclose)
         except asyncio.TimeoutError:
             raise TaskTimeoutError(task_id, capability, timeout) from None
 
-    async def _watch_ahead(self, watching: contextlib.AsyncExitStack, task_id: str) -> Ahead:
-        """Watch every capability's subject of the hop ``task_id``, live: nothing is stored there yet."""
+    async def _watch_ahead(self, watching: contextlib.AsyncExitStack, task_id: str) -> Ahead | None:
+        """Watch every capability's subject of the hop ``task_id``, live: nothing is stored there
+        yet. None when every waiter slot is taken: the hop is then followed when it comes."""
         answer = Answer()
-        outcome = await watching.enter_async_context(self.waiters.watch(subjects.task_any(task_id), answer.accept,
-                                                                        stored=False))  # fmt: skip
-        return Ahead(answer, outcome)
+        outcome = await watching.enter_async_context(self.waiters.watch_if_free(subjects.task_any(task_id), answer.accept))
+        return Ahead(answer, outcome) if outcome is not None else None
 
     async def follow(self, capability: str, task_id: str, request_seq: int, *, timeout: float = 60.0) -> Record:
         """The outcome of the request stored at ``request_seq`` (task ``task_id`` under
@@ -389,11 +390,14 @@ class Mesh:
             return await asyncio.wait_for(outcome, timeout)
 
     async def _passed_on(
-        self, record: Record, deadline: float, capability: str | None = None, ahead: dict[str, Ahead] | None = None
-    ) -> Record:
+        self, record: Record, deadline: float, capability: str | None = None, ahead: dict[str, Ahead] | None = None,
+        let_go: Callable[[], Awaitable[None]] | None = None,
+    ) -> Record:  # fmt: skip
         """``record``, or, while it says the task was handed off, the answer of where it went:
-        from a hop watched ``ahead`` if it is one, else from a watch made now. With
-        ``capability`` (the request's), how many hops it went through is remembered."""
+        from a hop watched ``ahead`` if it is one, else from a watch made now, once ``let_go``
+        has ended the watches ahead (the chain left the foreseen hops: they are of no more use,
+        and their waiter slots go back before this one waits for a slot). With ``capability``
+        (the request's), how many hops it went through is remembered."""
         for hops in range(MAX_HOPS):
             if not isinstance(record.data, TaskHandedOff):
                 if capability is not None:
@@ -409,8 +413,11 @@ class Mesh:
             watched = ahead.get(hop.next_task_id) if ahead else None
             if watched is not None:
                 record = await watched.answer_to(subjects.task(hop.to, hop.next_task_id), hop.next_request_seq, left)
-            else:
-                record = await self._answer(hop.to, hop.next_task_id, hop.next_request_seq, left)
+                continue
+            if let_go is not None:
+                await let_go()
+                ahead, let_go = None, None
+            record = await self._answer(hop.to, hop.next_task_id, hop.next_request_seq, left)
         raise SchemaError(f"task {record.data.task_id}: handed off more than {MAX_HOPS} times")  # type: ignore[attr-defined]
 
     async def outcome(self, capability: str, task_id: str, *, timeout: float = 60.0) -> Record:

@@ -138,6 +138,19 @@ class Waiters:
             finally:
                 await self._leave(interest, waiter)
 
+    @contextlib.asynccontextmanager
+    async def watch_if_free(
+        self, subject: str, accept: Callable[[Record], bool]
+    ) -> AsyncIterator[asyncio.Future[Record] | None]:
+        """`watch` without ``stored`` if a slot is free now, else None at once: for a watch
+        that only saves work (a hop watched ahead), so a caller holding slots never waits for
+        another one while others wait for its."""
+        if self._slots.locked():
+            yield None
+            return
+        async with self.watch(subject, accept, stored=False) as future:  # takes the slot without waiting
+            yield future
+
     def _enter(self, waiter: _Waiter) -> tuple[_Interest, bool]:
         """The subject's interest with ``waiter`` added, and whether it is new."""
         interest = self._interests.get(waiter.subject)
