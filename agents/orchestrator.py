@@ -58,9 +58,7 @@ DRIVE_LIMIT = 7 * 24 * 3600.0
 
 @agent.task(WORKFLOW_CAPABILITY, on_failed=fail_workflow, max_run_time=DRIVE_LIMIT)
 async def run_workflow(input: Drive, ctx: Context) -> Any:
-    # a line per workflow is a write per workflow: at info only when a restart resumes one
-    say = ctx.log.info if ctx.attempt > 1 else ctx.log.debug
-    say("driving workflow", workflow_id=input.workflow_id or ctx.task_id, attempt=ctx.attempt)
+    ctx.log.info("driving workflow", workflow_id=input.workflow_id or ctx.task_id, attempt=ctx.attempt)
     return await drive(ctx.mesh, input, task_id=ctx.task_id)
 
 
