@@ -8,10 +8,12 @@ import json
 import os
 import signal
 from collections import Counter
+from typing import Any
 
 import pytest
 
 from mesh import Mesh, TaskFailedError
+from mesh.bus import waiting
 from mesh.bus.server import LocalServer
 from mesh.projections import TASKS, fold
 from replay.timeline import build_timeline, render_text
@@ -243,10 +245,65 @@ class TestHandOff:
         review_id = output["reviewed_by"]
         requests = [r for r in log.of_type("mesh.task.requested") if r.data.task_id == review_id]  # type: ignore[attr-defined]
         assert len(requests) == 1
-        assert [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.capability == "work"] == [1, 2]  # type: ignore[attr-defined]
+        # a redelivery is claimed at once; the first attempt handed off at once, and a hand-off needs no claim before it
+        assert [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.capability == "work"] == [2]  # type: ignore[attr-defined]
+        assert [r.data.attempt for r in log.of_type("mesh.task.attempt_failed")] == [1]  # type: ignore[attr-defined]
         assert [r.data.task_id for r in log.of_type("mesh.task.completed")] == [review_id]  # type: ignore[attr-defined]
         work_handed = [r.data for r in log.of_type("mesh.task.handed_off") if r.data.capability == "work"]  # type: ignore[attr-defined]
         assert [(h.attempt, h.next_task_id) for h in work_handed] == [(2, review_id)]  # type: ignore[attr-defined]
+
+
+class TestHandOffLookahead:
+    """A request to a capability that handed off last time watches the hops ahead from before it
+    is published: their answers arrive live, with no read of the log."""
+
+    async def test_the_second_request_reads_nothing_for_its_hops(
+        self, mesh: Mesh, agents: AgentProcesses, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await agents.start("tests.fixture_agents:chain")
+        assert (await mesh.request("plan", {"n": 1}, timeout=30))["n"] == 1
+        assert mesh.chains.ahead("plan") == 2  # plan -> work -> review
+        read: list[str] = []
+        direct_get = waiting.jetstream.direct_get
+
+        async def counted(js: Any, **where: Any) -> Any:
+            read.append(where.get("subject", ""))
+            return await direct_get(js, **where)
+
+        monkeypatch.setattr(waiting.jetstream, "direct_get", counted)
+        outputs = await asyncio.gather(*(mesh.request("plan", {"n": n}, timeout=30) for n in range(2, 12)))
+        assert [o["n"] for o in outputs] == list(range(2, 12))
+        assert all(o["reviewed_by"] == derived_id(o["worked_by"], "handoff") for o in outputs)
+        assert read == [] and mesh.waiters.pending == 0
+
+    async def test_a_capability_that_stops_handing_off_loses_its_lookahead(
+        self, mesh: Mesh, agents: AgentProcesses
+    ) -> None:
+        """The lookahead follows what the last request went through; a hop past it is followed
+        by a watch made when its hand-off arrives."""
+        await agents.start("tests.fixture_agents:chain")
+        await mesh.request("work", {"n": 1}, timeout=30)
+        assert mesh.chains.ahead("work") == 1
+        mesh.chains.learn("plan", 1)  # one hop watched ahead, the second followed as it comes
+        assert (await mesh.request("plan", {"n": 2}, timeout=30))["n"] == 2
+        assert mesh.chains.ahead("plan") == 2
+        await mesh.request("review", {"n": 3}, timeout=30)
+        mesh.chains.learn("review", 3)  # as if review had handed off before: its hops are watched, never used
+        assert (await mesh.request("review", {"n": 4}, timeout=30))["n"] == 4
+        assert mesh.chains.ahead("review") == 0 and mesh.waiters.pending == 0
+
+
+    async def test_no_free_waiter_slot_means_no_watch_ahead(
+        self, mesh: Mesh, agents: AgentProcesses, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With one waiter slot, the request's own watch takes it, its hops are not watched ahead,
+        and each is followed once the watch before it has let its slot go: nothing waits for ever."""
+        await agents.start("tests.fixture_agents:chain")
+        await mesh.request("plan", {"n": 1}, timeout=30)
+        assert mesh.chains.ahead("plan") == 2
+        monkeypatch.setattr(mesh, "waiters", waiting.Waiters(mesh.nc, mesh.js, mesh.record_of, limit=1))
+        assert (await mesh.request("plan", {"n": 2}, timeout=30))["n"] == 2
+        await mesh.waiters.close()
 
 
 class TestConnectionLost:

@@ -62,6 +62,19 @@ reason `missing_payload` and serves on; replay counts it as undecodable. `data` 
 handler whose output is that large fails its task with it. The bucket has no TTL: removing
 objects whose events are still in the log makes those events unreadable.
 
+## Hand-off task ids
+
+A step that hands its task on (`ctx.handoff`) requests the next step under the task id
+`derived_id(<event id of the request it answers>, "handoff")` (`topics.tasks.handoff_task_id`),
+with that id as the new request's event id too, and answers `mesh.task.handed_off` naming it.
+So the ids of a chain's hops follow from the first request's event id, and a requester that
+expects hand-offs subscribes to `mesh.task.*.<hop id>` before it publishes (`mesh.bus.chains`).
+An agent written without the mesh may hand off under any id: a requester follows a hop it did
+not foresee from its `mesh.task.handed_off`, reading the log for it. Predictable ids give no
+one a way in: only the serving capability's role may publish on `mesh.task.<capability>.>`,
+an answer counts only if it names the request's stream sequence, and `Nats-Msg-Id` headers
+are keyed by the publisher's secret (docs/SECURITY.md).
+
 ## Schema evolution
 
 - New fields get defaults; an existing field's type never changes; nothing is renamed.

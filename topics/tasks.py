@@ -14,7 +14,7 @@ import hashlib
 from typing import Any, ClassVar
 
 from topics.base import ErrorInfo, Event, check_token, shorten
-from topics.envelope import is_instant
+from topics.envelope import derived_id, is_instant
 
 __all__ = [
     "TaskRequested",
@@ -29,6 +29,7 @@ __all__ = [
     "TaskEvent",
     "TaskOutcome",
     "cancel_key_of",
+    "handoff_task_id",
     "request_problem",
 ]
 
@@ -122,6 +123,16 @@ class TaskCancelRequested(Event, frozen=True, kw_only=True):
 def cancel_key_of(token: str) -> str:
     """The `cancel_key` a request carries for the cancel ``token`` its requester holds."""
     return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+def handoff_task_id(request_event_id: str) -> str:
+    """The task id of the step a run hands its task on to (`ctx.handoff`), derived from the id
+    of the request that run answers, which for a hand-off's own request is its task id: so a
+    retried step hands off nothing twice, and a requester knows the ids of the hops ahead of
+    its request before they exist (`Mesh.request` watches them from the start). Public, like
+    every derived id: an answer counts only on the serving capability's subject and naming
+    the request's stream sequence (docs/SECURITY.md)."""
+    return derived_id(request_event_id, "handoff")
 
 
 class TaskHandedOff(Event, frozen=True, kw_only=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import hmac
@@ -21,6 +22,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from mesh.bus import jetstream, payloads
+from mesh.bus.chains import Ahead, Answer, ChainMemory, before_any_answer, hops_after
 from mesh.bus.connection import connect, ensure_stream
 from mesh.bus.settings import MeshSettings
 from mesh.bus.waiting import Waiters
@@ -41,12 +43,10 @@ from topics.registry import decode_data, encode_data
 from topics.tasks import (
     TaskCancelled,
     TaskCancelRequested,
-    TaskClaimed,
     TaskCompleted,
     TaskFailed,
     TaskHandedOff,
     TaskOutcome,
-    TaskProgress,
     TaskRequested,
     cancel_key_of,
     request_problem,
@@ -59,7 +59,6 @@ _LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s]+)+")
 MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
 _HEADROOM = 4096  # bytes below max_payload under which headers cannot push a body over it
 MAX_HOPS = 64  # hand-offs and fallbacks one request follows before it is refused as a loop
-MAX_EARLY = 64  # answers kept while a request's acknowledgement is on its way
 
 
 class TaskOptions(TypedDict, total=False):
@@ -130,6 +129,7 @@ class Mesh:
         self._scope = ""  # see `scoped`
         self.closed = asyncio.Event()  # set when the connection is closed for good (see `connect`)
         self.waiters = Waiters(nc, self.js, self.record_of)  # outcomes awaited over this connection
+        self.chains = ChainMemory()  # how many hops ahead a request watches (`mesh.bus.chains`)
 
     @classmethod
     async def connect(
@@ -345,17 +345,30 @@ class Mesh:
         if given:  # a generated id is a token; a given one is checked before a subject is made of it
             _check_task(capability, task_id, (), None)
         deadline = asyncio.get_running_loop().time() + timeout
-        answer = _Answer()
+        answer = Answer()
         try:
-            async with self.waiters.watch(subjects.task(capability, task_id), answer.accept,
-                                          stored=given if stored is None else stored and given,
-                                          earlier=answer.earlier) as outcome:  # fmt: skip
-                submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
-                early = answer.expect(submitted.seq)
-                record = early if early is not None else await asyncio.wait_for(outcome, timeout)
-            return await self._passed_on(record, deadline)
+            async with contextlib.AsyncExitStack() as watching_ahead:
+                async with self.waiters.watch(subjects.task(capability, task_id), answer.accept,
+                                              stored=given if stored is None else stored and given,
+                                              earlier=answer.earlier) as outcome:  # fmt: skip
+                    ahead = {hop: watched for hop in hops_after(event_id, self.chains.ahead(capability))
+                             if (watched := await self._watch_ahead(watching_ahead, hop)) is not None}  # fmt: skip
+                    submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
+                    early = answer.expect(submitted.seq)
+                    record = early if early is not None else await asyncio.wait_for(outcome, timeout)
+                if submitted.duplicate:  # a request stored before: it may have gone through its hops unwatched
+                    await watching_ahead.aclose()
+                    ahead = {}
+                return await self._passed_on(record, deadline, capability, ahead, watching_ahead.aclose)
         except asyncio.TimeoutError:
             raise TaskTimeoutError(task_id, capability, timeout) from None
+
+    async def _watch_ahead(self, watching: contextlib.AsyncExitStack, task_id: str) -> Ahead | None:
+        """Watch every capability's subject of the hop ``task_id``, live: nothing is stored there
+        yet. None when every waiter slot is taken: the hop is then followed when it comes."""
+        answer = Answer()
+        outcome = await watching.enter_async_context(self.waiters.watch_if_free(subjects.task_any(task_id), answer.accept))
+        return Ahead(answer, outcome) if outcome is not None else None
 
     async def follow(self, capability: str, task_id: str, request_seq: int, *, timeout: float = 60.0) -> Record:
         """The outcome of the request stored at ``request_seq`` (task ``task_id`` under
@@ -371,15 +384,24 @@ class Mesh:
             raise TaskTimeoutError(task_id, capability, timeout) from None
 
     async def _answer(self, capability: str, task_id: str, request_seq: int, timeout: float) -> Record:
-        answer = _Answer()
+        answer = Answer()
         answer.expect(request_seq)
         async with self.waiters.watch(subjects.task(capability, task_id), answer.accept, earlier=answer.earlier) as outcome:
             return await asyncio.wait_for(outcome, timeout)
 
-    async def _passed_on(self, record: Record, deadline: float) -> Record:
-        """``record``, or, while it says the task was handed off, the answer of where it went."""
-        for _ in range(MAX_HOPS):
+    async def _passed_on(
+        self, record: Record, deadline: float, capability: str | None = None, ahead: dict[str, Ahead] | None = None,
+        let_go: Callable[[], Awaitable[None]] | None = None,
+    ) -> Record:  # fmt: skip
+        """``record``, or, while it says the task was handed off, the answer of where it went:
+        from a hop watched ``ahead`` if it is one, else from a watch made now, once ``let_go``
+        has ended the watches ahead (the chain left the foreseen hops: they are of no more use,
+        and their waiter slots go back before this one waits for a slot). With ``capability``
+        (the request's), how many hops it went through is remembered."""
+        for hops in range(MAX_HOPS):
             if not isinstance(record.data, TaskHandedOff):
+                if capability is not None:
+                    self.chains.learn(capability, hops)
                 return record
             hop = record.data
             if not (is_token(hop.to) and is_token(hop.next_task_id)):  # a buggy agent of the rightful role
@@ -388,6 +410,13 @@ class Mesh:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise asyncio.TimeoutError
+            watched = ahead.get(hop.next_task_id) if ahead else None
+            if watched is not None:
+                record = await watched.answer_to(subjects.task(hop.to, hop.next_task_id), hop.next_request_seq, left)
+                continue
+            if let_go is not None:
+                await let_go()
+                ahead, let_go = None, None
             record = await self._answer(hop.to, hop.next_task_id, hop.next_request_seq, left)
         raise SchemaError(f"task {record.data.task_id}: handed off more than {MAX_HOPS} times")  # type: ignore[attr-defined]
 
@@ -445,50 +474,9 @@ def outcome_value(outcome: Record) -> Any:
     raise TypeError(f"not a task outcome: {outcome.data!r}")
 
 
-def _before_any_answer(record: Record) -> bool:
-    """A first attempt's claim or progress: its run's answer is stored after it. (A retry's
-    claim may land after the answer of an attempt that was thought lost.)"""
-    return isinstance(record.data, TaskClaimed | TaskProgress) and record.data.attempt == 1
-
-
 def _could_follow_an_answer(last: Record) -> bool:
-    return not _before_any_answer(last)
+    return not before_any_answer(last)
 
 
 def _is_answer(record: Record) -> bool:
     return isinstance(record.data, TaskOutcome | TaskHandedOff)
-
-
-class _Answer:
-    """Which event on a task's subject answers one request: an outcome or hand-off naming the
-    request's stream sequence. Events seen before that sequence is known (the request's
-    acknowledgement can trail a fast agent's answer) are kept until it is."""
-
-    __slots__ = ("request_seq", "seen")
-
-    def __init__(self) -> None:
-        self.request_seq: int | None = None
-        self.seen: list[Record] = []
-
-    def accept(self, record: Record) -> bool:
-        data = record.data
-        if not isinstance(data, TaskOutcome | TaskHandedOff):
-            return False
-        if self.request_seq is None:
-            if len(self.seen) < MAX_EARLY:
-                self.seen.append(record)
-            return False
-        return data.request_seq == self.request_seq
-
-    def earlier(self, last: Record) -> bool:
-        """Whether this request's answer could be stored before ``last``: unless ``last`` is
-        a first attempt's claim or progress of this very request (those come before its answer)."""
-        request_seq = getattr(last.data, "request_seq", None)
-        return self.request_seq is None or request_seq != self.request_seq or not _before_any_answer(last)
-
-    def expect(self, request_seq: int) -> Record | None:
-        """Set the request's sequence; the answer among those seen before, if any."""
-        self.request_seq = request_seq
-        found = next((r for r in self.seen if self.accept(r)), None)
-        self.seen.clear()
-        return found

@@ -4,7 +4,9 @@ call on the server: interest (a core subscription) plus direct gets of what is s
 A `Waiters` belongs to one `Mesh`. `watch(subject, accept)` subscribes to the subject (one
 core subscription per subject, shared by every waiter of it in the process), then, when
 ``stored`` is true, reads the subject's stored events with direct gets, so an event stored
-before the call is found and one stored after it is delivered live.
+before the call is found and one stored after it is delivered live. A watch made before
+anything can be published on its subject (a generated task id, the hops ahead of a request:
+`mesh.bus.chains`) reads nothing and needs no recheck; only such a watch may be a wildcard.
 
 A live delivery can be missed: an event routed before the subscription reached the server
 but stored after the direct get, a reconnect, a slow-consumer drop. So the stored events
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -48,6 +51,10 @@ Decode = Callable[[str, bytes, int], Awaitable[Record | None]]
 """How a received or stored message becomes a Record (None: it does not decode)."""
 
 log = structlog.get_logger("mesh.bus.waiting")
+
+
+def _is_literal(subject: str) -> bool:
+    return not any(token in ("*", ">") for token in subject.split("."))
 
 
 class _Waiter:
@@ -113,7 +120,11 @@ class Waiters:
         the watch is in place (for a subject nothing was published on yet). The stored events
         before the last one are read only if ``earlier`` says, of that last one, that an awaited
         event could be stored before it (a claim of another request after one's outcome); by
-        default never (a claim or progress of a run comes before its outcome)."""
+        default never (a claim or progress of a run comes before its outcome). ``subject`` may
+        be a wildcard (`subjects.task_any`) only without ``stored``: its events are delivered
+        live, the record's own subject saying where each one landed."""
+        if stored and not _is_literal(subject):
+            raise ValueError(f"cannot read the stored events of {subject!r}: a wildcard is watched live only")
         async with self._slots:
             waiter = _Waiter(subject, accept, earlier)
             interest, first = self._enter(waiter)
@@ -126,6 +137,19 @@ class Waiters:
                 yield waiter.future
             finally:
                 await self._leave(interest, waiter)
+
+    @contextlib.asynccontextmanager
+    async def watch_if_free(
+        self, subject: str, accept: Callable[[Record], bool]
+    ) -> AsyncIterator[asyncio.Future[Record] | None]:
+        """`watch` without ``stored`` if a slot is free now, else None at once: for a watch
+        that only saves work (a hop watched ahead), so a caller holding slots never waits for
+        another one while others wait for its."""
+        if self._slots.locked():
+            yield None
+            return
+        async with self.watch(subject, accept, stored=False) as future:  # takes the slot without waiting
+            yield future
 
     def _enter(self, waiter: _Waiter) -> tuple[_Interest, bool]:
         """The subject's interest with ``waiter`` added, and whether it is new."""
@@ -144,7 +168,8 @@ class Waiters:
             await asyncio.shield(interest.ready)
             return
         try:
-            interest.sub = await self._nc.subscribe(interest.waiters[0].subject, cb=self._on_msg)
+            subject = interest.waiters[0].subject
+            interest.sub = await self._nc.subscribe(subject, cb=functools.partial(self._on_msg, subject))
         except Exception as error:
             interest.ready.set_exception(error)
             interest.ready.exception()  # retrieved: later waiters of the subject see it through `ready`
@@ -164,8 +189,8 @@ class Waiters:
         if interest.sub is not None and not self._nc.is_closed:
             await interest.sub.unsubscribe()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        interest = self._interests.get(msg.subject)
+    async def _on_msg(self, watched: str, msg: Msg) -> None:
+        interest = self._interests.get(watched)  # the subscription's subject: a wildcard covers several
         if interest is None or not interest.waiters:
             return
         record = await self._decode(msg.subject, msg.data, 0)

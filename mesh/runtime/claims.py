@@ -3,7 +3,9 @@
 A claim tells status views that an agent holds a task. For a task that finishes in a few
 milliseconds the completion already names the agent and the attempt, so a claim would be a
 third write per task for nothing. The claim is therefore sent:
-- before the handler's first event on the task subject (so it always precedes progress),
+- before the handler's first event on the task subject (so it always precedes progress) or
+  its first other effect (a sub-task, an emit, a model call), but not before a hand-off,
+  which is the run's answer and names the agent and attempt itself,
 - once the handler has run for `after` seconds,
 - at once on a redelivery (so the log shows every attempt after the first).
 It is announced, not awaited (see `Mesh.announce`), and always lands before the outcome.

@@ -21,7 +21,7 @@ from mesh.errors import PermissionDeniedError, TaskTimeoutError
 from topics import subjects
 from topics.base import Event
 from topics.envelope import CloudEvent, derived_id
-from topics.tasks import TaskOutcome, TaskProgress
+from topics.tasks import TaskOutcome, TaskProgress, handoff_task_id
 
 if TYPE_CHECKING:
     from mesh.llm.client import LlmSession
@@ -165,10 +165,10 @@ class Context:
 
         The next step is a task with an id derived from this one (so a retry of this step hands
         off nothing twice), and this step's answer is `mesh.task.handed_off` naming it. Whoever
-        waits for this task (`Mesh.request`, `mesh task --wait`) follows the chain to its end."""
-        if self._before_effect is not None:
-            await self._before_effect()
-        task_id = self._child_id("handoff")
+        waits for this task (`Mesh.request`, `mesh task --wait`) follows the chain to its end.
+        No claim goes before it (`mesh.runtime.claims`): the hand-off is this step's answer,
+        naming the agent and attempt as a completion does, not an effect it goes on from."""
+        task_id = self._child_id("handoff") if self._scope else handoff_task_id(self.event.id)
         submitted = await self.mesh.submit_request(capability, input, task_id=task_id, event_id=task_id,
                                                    correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
         return HandOff(capability, task_id, submitted.seq)

@@ -1,0 +1,94 @@
+"""Unit tests of following hand-offs (`mesh.bus.chains`): which answer counts at a hop watched
+ahead, and how far ahead a request watches."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mesh.bus.chains import MAX_EARLY, MAX_LOOKAHEAD, Ahead, Answer, ChainMemory, hops_after
+from topics.envelope import CloudEvent, derived_id
+from topics.record import Record
+from topics.tasks import TaskClaimed, TaskCompleted, TaskHandedOff, handoff_task_id
+
+pytestmark = pytest.mark.unit
+
+
+def _record(subject: str, data: TaskCompleted | TaskHandedOff | TaskClaimed) -> Record:
+    event = CloudEvent(specversion="1.0", id="e", source="mesh://test", type=data.TYPE, time="2026-12-02T00:00:00Z")
+    return Record(seq=1, subject=subject, event=event, data=data)
+
+
+def _done(capability: str, task_id: str, request_seq: int) -> Record:
+    completed = TaskCompleted(task_id=task_id, agent="a", attempt=1, output=capability, request_seq=request_seq)
+    return _record(f"mesh.task.{capability}.{task_id}", completed)
+
+
+class TestHopsAfter:
+    def test_each_hop_is_derived_from_the_one_before(self) -> None:
+        """The ids `ctx.handoff` gives: a hop's request has its task id as event id."""
+        first = handoff_task_id("root")
+        assert first == derived_id("root", "handoff")
+        assert hops_after("root", 3) == [first, handoff_task_id(first), handoff_task_id(handoff_task_id(first))]
+        assert hops_after("root", 0) == []
+
+
+class TestAnswer:
+    def test_only_the_named_capability_and_request_count(self) -> None:
+        """On a wildcard watch, an answer on another capability's subject or to another request is ignored."""
+        answer = Answer()
+        for early in (_done("other", "h", 7), _done("work", "h", 6), _done("work", "h", 7)):
+            assert answer.accept(early) is False  # kept until the hop's request is known
+        assert answer.expect(7, "mesh.task.work.h") == _done("work", "h", 7)
+        assert answer.accept(_done("other", "h", 7)) is False
+        assert answer.accept(_done("work", "h", 6)) is False
+        assert answer.accept(_done("work", "h", 7)) is True
+
+    def test_claims_are_not_answers_and_early_ones_are_bounded(self) -> None:
+        answer = Answer()
+        claim = TaskClaimed(task_id="h", agent="a", attempt=1, capability="work", request_seq=7)
+        assert answer.accept(_record("mesh.task.work.h", claim)) is False
+        for seq in range(MAX_EARLY + 10):
+            answer.accept(_done("work", "h", 100 + seq))
+        assert len(answer.seen) == MAX_EARLY
+        assert answer.expect(7, "mesh.task.work.h") is None and answer.seen == []
+
+
+class TestAhead:
+    async def test_an_answer_seen_before_the_hand_off_is_taken(self) -> None:
+        """The next step can answer before the hand-off that names its request arrives."""
+        answer = Answer()
+        outcome: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        answer.accept(_done("review", "h", 9))
+        assert await Ahead(answer, outcome).answer_to("mesh.task.review.h", 9, 1.0) == _done("review", "h", 9)
+
+    async def test_a_later_answer_resolves_the_watch(self) -> None:
+        answer = Answer()
+        outcome: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        waiting = asyncio.create_task(Ahead(answer, outcome).answer_to("mesh.task.review.h", 9, 5.0))
+        await asyncio.sleep(0)  # let it set the expected request
+        if answer.accept(_done("review", "h", 9)):
+            outcome.set_result(_done("review", "h", 9))
+        assert await waiting == _done("review", "h", 9)
+
+
+class TestChainMemory:
+    def test_remembers_the_last_chain_length_capped(self) -> None:
+        memory = ChainMemory()
+        assert memory.ahead("plan") == 0
+        memory.learn("plan", 2)
+        assert memory.ahead("plan") == 2
+        memory.learn("plan", MAX_LOOKAHEAD + 5)
+        assert memory.ahead("plan") == MAX_LOOKAHEAD
+        memory.learn("plan", 0)
+        assert memory.ahead("plan") == 0
+
+    def test_is_bounded_forgetting_the_oldest(self) -> None:
+        memory = ChainMemory(limit=3)
+        for capability in ("a", "b", "c", "d"):
+            memory.learn(capability, 1)
+        assert [memory.ahead(c) for c in ("a", "b", "c", "d")] == [0, 1, 1, 1]
+        memory.learn("b", 2)  # used again: now the newest
+        memory.learn("e", 1)
+        assert [memory.ahead(c) for c in ("b", "c", "d", "e")] == [2, 0, 1, 1]
