@@ -66,9 +66,11 @@ class TestAgentPermissions:
         p = agent_permissions("echo", ("echo",), {"bids": "mesh.bid.*"}, INBOX)
         for subject in ("$JS.API.CONSUMER.CREATE.MESH.work-echo.mesh.work.echo", "$JS.API.CONSUMER.MSG.NEXT.MESH.work-echo",
                         "$JS.ACK.MESH.work-echo.1.2.3.4.5", "$JS.API.CONSUMER.CREATE.MESH.on-echo-bids.mesh.bid.*",
-                        "mesh.task.echo.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "mesh.agent.echo-1",
-                        "$KV.mesh-presence.echo-1"):  # fmt: skip
+                        "mesh.task.echo.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "mesh.agent.echo.echo-1",
+                        "$KV.mesh-presence.echo.echo-1"):  # fmt: skip
             assert allows(p.publish, subject), subject
+        for subject in ("mesh.agent.other.other-1", "$KV.mesh-presence.other.other-1", "$KV.mesh-presence.echo-1"):
+            assert not allows(p.publish, subject), subject  # another role's agents
         assert allows(p.subscribe, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MESH.work-echo")
 
     def test_answers_only_for_its_own_capabilities(self) -> None:

@@ -28,7 +28,7 @@ class TestSubjectTemplate:
             ("mesh.task.echo.t-42", "mesh.task.{capability}.{task_id}"),
             ("mesh.board.plan.step-1", "mesh.board.{board}.{key}"),
             ("mesh.llm.researcher.0193a5c2", "mesh.llm.{agent}.{task_id}"),
-            ("mesh.agent.researcher-host1-4121", "mesh.agent.{agent_id}"),
+            ("mesh.agent.researcher.researcher-host1-4121", "mesh.agent.{role}.{agent_id}"),
             ("mesh.dead.work.echo", "mesh.dead.{subject}"),
             ("mesh.work.research", "mesh.work.research"),
             ("mesh.newfamily.some-id", "mesh.newfamily.{id}"),

@@ -51,7 +51,7 @@ async def stop(agents: AgentProcesses) -> None:
 
 def lifecycle(span: ReceivedSpan) -> bool:
     """`mesh.agent.started`/`stopped`: each agent's own trace, not part of any task."""
-    return span.name == "send mesh.agent.{agent_id}"
+    return span.name == "send mesh.agent.{role}.{agent_id}"
 
 
 def all_stopped(services: set[str]):  # type: ignore[no-untyped-def]

@@ -39,7 +39,7 @@ class TestPublicApi:
             "MeshError", "ConfigError", "TemplateError", "NoServerError", "SchemaError", "SnapshotMismatch",
             "TaskError", "RetryableError", "TaskFailedError", "TaskTimeoutError", "ConflictError",
             "ExpectedSequenceError", "VersionConflict", "VoteRejected", "VoteTimeoutError", "WorkflowFailedError",
-            "WorkflowTimeoutError", "ToolError", "ToolNotGrantedError", "LogGapError", "ReplayIsolationError",
+            "WorkflowTakenError", "WorkflowTimeoutError", "ToolError", "ToolNotGrantedError", "LogGapError", "ReplayIsolationError",
             "ReplayStop", "PermissionDeniedError", "AuthenticationError",
         ])  # fmt: skip
         for name in mesh.__all__:

@@ -17,7 +17,7 @@ SUBJECTS = {
     "bid": "`mesh.bid.<task_id>`",
     "llm": "`mesh.llm.<agent>.<task_id>`",
     "tool": "`mesh.tool.<agent>.<task_id>`",
-    "agent": "`mesh.agent.<agent_id>`",
+    "agent": "`mesh.agent.<role>.<agent_id>`",
     "dead": "`mesh.dead.<original subject tail>`",
 }
 
