@@ -25,6 +25,7 @@ from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Ballot, Proposal, Proposals
 from mesh.coordination.workflow import WorkflowSpec, flow_started, workflow_output
 from mesh.errors import (
+    ContextLengthError,
     ExpectedSequenceError,
     ReplayIsolationError,
     ReplayStop,
@@ -34,15 +35,16 @@ from mesh.errors import (
     VoteTimeoutError,
     WorkflowTimeoutError,
 )
-from mesh.llm.client import DEFAULT_MODEL, LlmClient, LlmSession
+from mesh.llm.client import CONTEXT_LENGTH_EXCEEDED, DEFAULT_MODEL, LlmClient, LlmSession
 from mesh.llm.tools import ToolBox
+from mesh.llm.window import ContextWindow
 from mesh.projections.board import BoardState
 from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
 from topics import subjects
 from topics.base import Event, check_token
 from topics.board import BoardDeleted, BoardWritten
-from topics.calls import LlmCalled, LlmFailed, ToolCalled
+from topics.calls import ContextSettings, LlmCalled, LlmFailed, ToolCalled
 from topics.envelope import CloudEvent, derived_id, new_event_id
 from topics.flows import FlowCompleted, FlowFailed
 from topics.record import Record
@@ -249,39 +251,53 @@ class _NoModel:
 
 class ReplayLlmSession(LlmSession):
     """The model as the recorded task saw it: call N gets recorded response N. A call the log
-    has no response for is recorded as an effect (so it shows as a divergence) and stops the task."""
+    has no response for is recorded as an effect (so it shows as a divergence) and stops the task.
+    Messages are fitted to the context window the recorded calls name (`LlmCalled.window`), so
+    a truncated or summarised conversation is cut again as it was then."""
 
     def __init__(self, recorded: dict[int, LlmCalled], effects: list[Effect], *, agent: str, task_id: str,
                  cause_id: str, attempt: int, failures: dict[int, LlmFailed] | None = None) -> None:  # fmt: skip
         first = recorded.get(min(recorded)) if recorded else None
         model = str(first.request.get("model", first.model)) if first else DEFAULT_MODEL
-        client = LlmClient(cast(Any, _NoModel()), model=model, offline=True)
+        client = LlmClient(cast(Any, _NoModel()), model=model, offline=True, settings={})
         super().__init__(client, None, agent=agent, task_id=task_id, cause_id=cause_id, attempt=attempt,
                          recorded=dict(recorded))  # fmt: skip
         self._replay_recorded = recorded
         self._replay_effects = effects
-        self._replay_index = itertools.count()
         self._replay_subject = subjects.llm(agent, task_id)
         self._replay_cause = cause_id
         self._replay_failures = failures or {}
+        self._replay_windows = _recorded_windows([*recorded.values(), *self._replay_failures.values()])
 
-    async def chat(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None,
-                   **options: Any) -> ChatCompletion:  # fmt: skip
-        index = next(self._replay_index)
+    def window_for(self, model: str) -> ContextWindow:
+        settings = self._replay_windows.get(model)
+        if settings is None:
+            return ContextWindow(policy="off")  # recorded before windows, or never called: sent as is
+        return ContextWindow(settings.tokens, settings.policy, settings.reply_tokens)
+
+    async def _send(self, request: dict[str, Any]) -> ChatCompletion:
+        index = self._index
         if (failed := self._replay_failures.get(index)) is not None:  # this call failed then: it fails again
             self._index += 1  # the session's own count moves past it, as it did then
+            if failed.code == CONTEXT_LENGTH_EXCEEDED:
+                raise ContextLengthError(failed.message, type=failed.error_type)
             kind = RetryableError if failed.retryable else TaskError
             raise kind(failed.message, type=failed.error_type)
-        request: dict[str, Any] = {"model": options.get("model", self.model), "messages": list(messages),
-                                   **{k: v for k, v in options.items() if k != "model"}}  # fmt: skip
-        if tools:
-            request["tools"] = list(tools)
         call = LlmCalled(agent="", task_id="", call_index=index, model="", request=request, response={})
         self._replay_effects.append(Effect.of(derived_id(self._replay_cause, f"llm/{index}"), f"llm/{index}",
                                               self._replay_subject, call))  # fmt: skip
         if index not in self._replay_recorded:
             raise ReplayStop(f"model call {index} has no recorded response; replay never calls a model")
-        return await super().chat(messages, tools=tools, **options)
+        return await super()._send(request)
+
+
+def _recorded_windows(calls: Iterable[LlmCalled | LlmFailed]) -> dict[str, ContextSettings]:
+    """The window each model's calls were fitted to, by the model the request named."""
+    found: dict[str, ContextSettings] = {}
+    for call in sorted(calls, key=lambda c: c.call_index):
+        if call.window is not None:
+            found.setdefault(str(call.request.get("model", call.model)), call.window)
+    return found
 
 
 class ReplayToolBox(ToolBox):
