@@ -21,6 +21,7 @@ from opentelemetry.trace import INVALID_SPAN
 from mesh.bus.client import Mesh, Published, Submitted, outcome_value
 from mesh.bus.follow import Stored
 from mesh.coordination.board import Board
+from mesh.coordination.conversation import Conversation
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Ballot, Proposal, Proposals
 from mesh.coordination.workflow import WorkflowSpec, flow_started, workflow_output
@@ -39,12 +40,14 @@ from mesh.llm.client import CONTEXT_LENGTH_EXCEEDED, DEFAULT_MODEL, LlmClient, L
 from mesh.llm.tools import ToolBox
 from mesh.llm.window import ContextWindow
 from mesh.projections.board import BoardState
+from mesh.projections.conversations import History, add_turn
 from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
 from topics import subjects
 from topics.base import Event, check_token
 from topics.board import BoardDeleted, BoardWritten
 from topics.calls import ContextSettings, LlmCalled, LlmFailed, ToolCalled
+from topics.conversations import ConversationTurn
 from topics.envelope import CloudEvent, derived_id, new_event_id
 from topics.flows import FlowCompleted, FlowFailed
 from topics.record import Record
@@ -123,12 +126,15 @@ class RecordBook:
         self.records = list(records)
         self.boards: dict[str, list[Record]] = {}  # board name -> its events in the whole log, for reads
         self.votes: dict[str, list[Record]] = {}  # proposal id -> its events in the whole log
+        self.conversations: dict[str, list[Record]] = {}  # conversation name -> its turns in the whole log
         for record in everything:
             family, _, rest = record.subject.removeprefix("mesh.").partition(".")
             if family == "board":
                 self.boards.setdefault(rest.split(".")[0], []).append(record)
             elif family == "vote":
                 self.votes.setdefault(rest, []).append(record)
+            elif family == "conversation":
+                self.conversations.setdefault(rest, []).append(record)
         self.by_id = {record.event.id: record for record in self.records}
         self.caused = children_of(self.records)
         self.outcomes: dict[str, Record] = {}
@@ -362,6 +368,27 @@ class ReplayBoard(Board):
                    for _ in range(LOST_RACES))  # fmt: skip
 
 
+class ReplayConversation(Conversation):
+    """A conversation as the recorded task saw it: a read folds its turns in the whole log up
+    to just before the handler's next recorded effect (`horizon`); a turn added is an effect
+    (recorded through the `RecordedMesh`), never sent."""
+
+    def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, name: str,
+                 origin: Origin) -> None:  # fmt: skip
+        super().__init__(cast(Mesh, mesh), name, origin=origin)
+        self._book = book
+        self._horizon = horizon
+
+    async def refresh(self, *, at_least: int = 0) -> History:
+        upto = max(self._horizon(), at_least)
+        for record in self._book.conversations.get(self.name, []):
+            if self._seq < record.seq <= upto:
+                self._seq = record.seq
+                if isinstance(record.data, ConversationTurn) and record.data.conversation == self.name:
+                    add_turn(self._history, record.data, record.seq, record.event.time or "", self.max_turns)
+        return self._history
+
+
 LOST_RACES = 10_000  # how many lost compare-and-set writes in a row a rerun reproduces
 
 
@@ -402,6 +429,9 @@ class ReplayProposal(Proposal):
 
 class ReplayContext(Context):
     """The Context a handler gets during `rerun`. `effects` lists what it did, in order."""
+
+    def conversation(self, name: str) -> Conversation:
+        return ReplayConversation(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
 
     def board(self, name: str) -> Board:
         return ReplayBoard(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)

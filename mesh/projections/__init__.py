@@ -35,6 +35,8 @@ from mesh.projections.consensus import (
 from mesh.projections.conversations import (
     ConversationsProjection,
     ConversationsState,
+    History,
+    HistoryTurn,
     RoomView,
     Turn,
 )
@@ -74,6 +76,8 @@ __all__ = [
     "ProjectionState",
     "ProposalView",
     "Revision",
+    "History",
+    "HistoryTurn",
     "RoomView",
     "Snapshot",
     "Stamp",
