@@ -263,7 +263,8 @@ class ReplayLlmSession(LlmSession):
 
     def __init__(self, recorded: dict[int, LlmCalled], effects: list[Effect], *, agent: str, task_id: str,
                  cause_id: str, attempt: int, failures: dict[int, LlmFailed] | None = None) -> None:  # fmt: skip
-        first = recorded.get(min(recorded)) if recorded else None
+        calls: list[LlmCalled | LlmFailed] = [*recorded.values(), *(failures or {}).values()]
+        first = min(calls, key=lambda c: c.call_index) if calls else None
         model = str(first.request.get("model", first.model)) if first else DEFAULT_MODEL
         client = LlmClient(cast(Any, _NoModel()), model=model, offline=True, settings={})
         super().__init__(client, None, agent=agent, task_id=task_id, cause_id=cause_id, attempt=attempt,
@@ -273,7 +274,7 @@ class ReplayLlmSession(LlmSession):
         self._replay_subject = subjects.llm(agent, task_id)
         self._replay_cause = cause_id
         self._replay_failures = failures or {}
-        self._replay_windows = _recorded_windows([*recorded.values(), *self._replay_failures.values()])
+        self._replay_windows = _recorded_windows(calls)
 
     def window_for(self, model: str) -> ContextWindow:
         settings = self._replay_windows.get(model)

@@ -53,6 +53,7 @@ class Conversation:
         self.max_turns = max_turns
         self._history = History(conversation=name)
         self._seq = 0  # the last stream sequence read on the subject
+        self._reading = asyncio.Lock()  # one read at a time: two would fold the same turn twice
 
     @property
     def count(self) -> int:
@@ -61,6 +62,10 @@ class Conversation:
 
     async def refresh(self, *, at_least: int = 0) -> History:
         """Fold in the turns stored since the last read (at least up to sequence ``at_least``)."""
+        async with self._reading:
+            return await self._read(at_least)
+
+    async def _read(self, at_least: int) -> History:
         looks = 0
         while True:
             msg = await jetstream.direct_get(self.mesh.js, seq=self._seq + 1, subject=self.subject, next=True)
