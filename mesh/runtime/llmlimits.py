@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+import structlog
+
 from mesh.bus.client import Mesh
 from mesh.coordination.limits import RateLimit
 from mesh.errors import ConfigError
@@ -15,6 +17,7 @@ from mesh.llm.quota import CallQuota, Rate, limit_name
 __all__ = ["MAX_LIMITS", "SharedCallLimits"]
 
 MAX_LIMITS = 128  # RateLimit objects a process keeps (two per model name at most)
+log = structlog.get_logger("mesh.llm")
 
 
 class SharedCallLimits:
@@ -26,12 +29,14 @@ class SharedCallLimits:
     async def __call__(self, mesh: Mesh, model: str, quota: CallQuota, tokens: int) -> float:
         started = time.monotonic()
         if quota.requests is not None:
-            await self._limit(mesh, limit_name("llm-", model), quota.requests).acquire()
+            grant = await self._limit(mesh, limit_name("llm-", model), quota.requests).acquire()
+            log.debug("model call granted", limit=grant.limit, at_ms=grant.at)
         if quota.tokens is not None:
             if tokens > quota.tokens.limit:
                 raise ConfigError(f"a call to {model} of about {tokens} tokens can never fit MESH_LLM_TOKEN_LIMIT "
                                   f"{quota.tokens.describe()}: raise the limit or shorten the request")  # fmt: skip
-            await self._limit(mesh, limit_name("llm-tokens-", model), quota.tokens).acquire(tokens)
+            grant = await self._limit(mesh, limit_name("llm-tokens-", model), quota.tokens).acquire(tokens)
+            log.debug("model tokens granted", limit=grant.limit, at_ms=grant.at, units=grant.units)
         return time.monotonic() - started
 
     def _limit(self, mesh: Mesh, name: str, rate: Rate) -> RateLimit:
