@@ -6,6 +6,7 @@ log, so a restarted agent continues it; `rerun` replays all of it."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from mesh.projections.conversations import add_turn
 from mesh.testing import Reply, ScriptedModel
 from replay.reader import read_log
 from replay.rerun import rerun
-from tests.conftest import AgentProcesses
+from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from tests.window_agents import SYSTEM, changed_chatter
 from topics.conversations import ConversationTurn
@@ -298,3 +299,12 @@ class TestRestart:
             await writer.add("wizard", "x")
         await asyncio.gather(*(writer.add("user", str(n)) for n in range(3)))
         assert (await Conversation(mesh, "notes").turns())[-1].turn == 5
+
+
+@pytest.mark.unit
+class TestPatternsExample:
+    def test_the_docs_show_the_example_that_runs(self) -> None:
+        """docs/PATTERNS.md shows examples/conversation.py as it is (the agent these tests run)."""
+        patterns = (ROOT / "docs" / "PATTERNS.md").read_text()
+        match = re.search(r"<!-- patterns-test: conversation -->\n```python\n(.*?)```", patterns, re.S)
+        assert match and match.group(1) == (ROOT / "examples" / "conversation.py").read_text()

@@ -1,26 +1,15 @@
-"""Agents that hold model conversations, for tests/test_context_window.py and test_llm_limits.py."""
+"""Agents that call models, for tests/test_context_window.py and test_llm_limits.py: the
+conversation example (examples/conversation.py), a changed copy of it, and a one-call agent."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from examples.conversation import SYSTEM
+from examples.conversation import agent as chatter
 from mesh import Agent, Context
 
-SYSTEM = "You are a terse assistant."
-
-chatter = Agent("chatter", emits=("mesh.conversation.>",))
-
-
-@chatter.task("chat")
-async def chat(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    """One user turn of conversation `conversation`: the history goes to the model (fitted to
-    its window), the reply is added to the conversation."""
-    conversation = ctx.conversation(input["conversation"])
-    await conversation.add("user", input["text"])
-    completion = await ctx.llm.chat([{"role": "system", "content": SYSTEM}, *await conversation.messages()])
-    reply = completion.choices[0].message
-    await conversation.add_message(reply)
-    return {"reply": reply.content, "turns": conversation.count}
+__all__ = ["SYSTEM", "asker", "changed_chatter", "chatter"]
 
 
 def changed_chatter() -> Agent:
