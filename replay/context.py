@@ -40,7 +40,7 @@ from mesh.llm.client import CONTEXT_LENGTH_EXCEEDED, DEFAULT_MODEL, LlmClient, L
 from mesh.llm.tools import ToolBox
 from mesh.llm.window import ContextWindow
 from mesh.projections.board import BoardState
-from mesh.projections.conversations import History, add_turn
+from mesh.projections.histories import History, add_turn
 from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
 from topics import subjects

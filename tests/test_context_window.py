@@ -23,8 +23,8 @@ from mesh.llm.window import (
     fit_request,
     known_context_tokens,
 )
-from mesh.projections import CONVERSATIONS, History
-from mesh.projections.conversations import add_turn
+from mesh.projections import HISTORIES, History
+from mesh.projections.histories import add_turn
 from mesh.testing import Reply, ScriptedModel
 from replay.reader import read_log
 from replay.rerun import rerun
@@ -178,7 +178,7 @@ class TestHistory:
             add_turn(history, ConversationTurn(conversation="c", role="user", content=str(n)), n + 1, "", limit=3)
         assert history.count == 5 and [t.turn for t in history.turns] == [3, 4, 5]
         assert history.turns[-1].message == {"role": "user", "content": "4"}
-        assert CONVERSATIONS.version == 2
+        assert HISTORIES.name == "histories" and ConversationTurn in HISTORIES.handles
 
 
 def in_window(model: ScriptedModel) -> list[int]:

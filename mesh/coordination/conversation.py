@@ -27,7 +27,7 @@ from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh, Published
 from mesh.coordination.origin import Origin
 from mesh.errors import MeshError
-from mesh.projections.conversations import MAX_TURNS, History, HistoryTurn, add_turn
+from mesh.projections.histories import MAX_TURNS, History, HistoryTurn, add_turn
 from topics import subjects
 from topics.base import check_token
 from topics.conversations import ROLES, ConversationTurn
