@@ -4,12 +4,14 @@ durable CloudEvent in one log."""
 from mesh.bus.client import Mesh, Published
 from mesh.bus.settings import MeshSettings
 from mesh.coordination.board import Board
+from mesh.coordination.conversation import Conversation
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Flow, Workflows
 from mesh.errors import (
     AuthenticationError,
     ConfigError,
     ConflictError,
+    ContextLengthError,
     ExpectedSequenceError,
     LogGapError,
     MeshError,
@@ -50,6 +52,8 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "Context",
+    "ContextLengthError",
+    "Conversation",
     "ExpectedSequenceError",
     "Flow",
     "HandOff",

@@ -26,6 +26,7 @@ __all__ = [
     "DeadlineExceededError",
     "RunTimeExceededError",
     "RetryableError",
+    "ContextLengthError",
     "TaskFailedError",
     "TaskTimeoutError",
     "ConflictError",
@@ -170,6 +171,17 @@ class RetryableError(TaskError):
 
     def __init__(self, message: str, *, type: str | None = None) -> None:
         super().__init__(message, retryable=True, type=type)
+
+
+class ContextLengthError(TaskError):
+    """A model call does not fit the model's context window: the model refused it
+    (`context_length_exceeded`) or the system message and the latest turn alone are too long.
+    `ctx.llm` applies its window policy once on a refusal; this error is what is left after."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, type: str | None = None) -> None:
+        super().__init__(message, retryable=False, type=type or "context_length_exceeded")
 
 
 class TaskFailedError(MeshError):

@@ -21,10 +21,12 @@ from opentelemetry.trace import INVALID_SPAN
 from mesh.bus.client import Mesh, Published, Submitted, outcome_value
 from mesh.bus.follow import Stored
 from mesh.coordination.board import Board
+from mesh.coordination.conversation import Conversation
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Ballot, Proposal, Proposals
 from mesh.coordination.workflow import Workflows, WorkflowSpec, workflow_output
 from mesh.errors import (
+    ContextLengthError,
     ExpectedSequenceError,
     ReplayIsolationError,
     ReplayStop,
@@ -34,15 +36,18 @@ from mesh.errors import (
     VoteTimeoutError,
     WorkflowTimeoutError,
 )
-from mesh.llm.client import DEFAULT_MODEL, LlmClient, LlmSession
+from mesh.llm.client import CONTEXT_LENGTH_EXCEEDED, DEFAULT_MODEL, LlmClient, LlmSession
 from mesh.llm.tools import ToolBox
+from mesh.llm.window import ContextWindow
 from mesh.projections.board import BoardState
+from mesh.projections.histories import History, add_turn
 from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
 from topics import subjects
 from topics.base import Event, check_token
 from topics.board import BoardDeleted, BoardWritten
-from topics.calls import LlmCalled, LlmFailed, ToolCalled
+from topics.calls import ContextSettings, LlmCalled, LlmFailed, ToolCalled
+from topics.conversations import ConversationTurn
 from topics.envelope import CloudEvent, derived_id, new_event_id
 from topics.flows import FlowCompleted, FlowFailed
 from topics.record import Record
@@ -121,12 +126,15 @@ class RecordBook:
         self.records = list(records)
         self.boards: dict[str, list[Record]] = {}  # board name -> its events in the whole log, for reads
         self.votes: dict[str, list[Record]] = {}  # proposal id -> its events in the whole log
+        self.conversations: dict[str, list[Record]] = {}  # conversation name -> its turns in the whole log
         for record in everything:
             family, _, rest = record.subject.removeprefix("mesh.").partition(".")
             if family == "board":
                 self.boards.setdefault(rest.split(".")[0], []).append(record)
             elif family == "vote":
                 self.votes.setdefault(rest, []).append(record)
+            elif family == "conversation":
+                self.conversations.setdefault(rest, []).append(record)
         self.by_id = {record.event.id: record for record in self.records}
         self.caused = children_of(self.records)
         self.outcomes: dict[str, Record] = {}
@@ -249,39 +257,54 @@ class _NoModel:
 
 class ReplayLlmSession(LlmSession):
     """The model as the recorded task saw it: call N gets recorded response N. A call the log
-    has no response for is recorded as an effect (so it shows as a divergence) and stops the task."""
+    has no response for is recorded as an effect (so it shows as a divergence) and stops the task.
+    Messages are fitted to the context window the recorded calls name (`LlmCalled.window`), so
+    a truncated or summarised conversation is cut again as it was then."""
 
     def __init__(self, recorded: dict[int, LlmCalled], effects: list[Effect], *, agent: str, task_id: str,
                  cause_id: str, attempt: int, failures: dict[int, LlmFailed] | None = None) -> None:  # fmt: skip
-        first = recorded.get(min(recorded)) if recorded else None
+        calls: list[LlmCalled | LlmFailed] = [*recorded.values(), *(failures or {}).values()]
+        first = min(calls, key=lambda c: c.call_index) if calls else None
         model = str(first.request.get("model", first.model)) if first else DEFAULT_MODEL
-        client = LlmClient(cast(Any, _NoModel()), model=model, offline=True)
+        client = LlmClient(cast(Any, _NoModel()), model=model, offline=True, settings={})
         super().__init__(client, None, agent=agent, task_id=task_id, cause_id=cause_id, attempt=attempt,
                          recorded=dict(recorded))  # fmt: skip
         self._replay_recorded = recorded
         self._replay_effects = effects
-        self._replay_index = itertools.count()
         self._replay_subject = subjects.llm(agent, task_id)
         self._replay_cause = cause_id
         self._replay_failures = failures or {}
+        self._replay_windows = _recorded_windows(calls)
 
-    async def chat(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None,
-                   **options: Any) -> ChatCompletion:  # fmt: skip
-        index = next(self._replay_index)
+    def window_for(self, model: str) -> ContextWindow:
+        settings = self._replay_windows.get(model)
+        if settings is None:
+            return ContextWindow(policy="off")  # recorded before windows, or never called: sent as is
+        return ContextWindow(settings.tokens, settings.policy, settings.reply_tokens)
+
+    async def _send(self, request: dict[str, Any]) -> ChatCompletion:
+        index = self._index
         if (failed := self._replay_failures.get(index)) is not None:  # this call failed then: it fails again
             self._index += 1  # the session's own count moves past it, as it did then
+            if failed.code == CONTEXT_LENGTH_EXCEEDED:
+                raise ContextLengthError(failed.message, type=failed.error_type)
             kind = RetryableError if failed.retryable else TaskError
             raise kind(failed.message, type=failed.error_type)
-        request: dict[str, Any] = {"model": options.get("model", self.model), "messages": list(messages),
-                                   **{k: v for k, v in options.items() if k != "model"}}  # fmt: skip
-        if tools:
-            request["tools"] = list(tools)
         call = LlmCalled(agent="", task_id="", call_index=index, model="", request=request, response={})
         self._replay_effects.append(Effect.of(derived_id(self._replay_cause, f"llm/{index}"), f"llm/{index}",
                                               self._replay_subject, call))  # fmt: skip
         if index not in self._replay_recorded:
             raise ReplayStop(f"model call {index} has no recorded response; replay never calls a model")
-        return await super().chat(messages, tools=tools, **options)
+        return await super()._send(request)
+
+
+def _recorded_windows(calls: Iterable[LlmCalled | LlmFailed]) -> dict[str, ContextSettings]:
+    """The window each model's calls were fitted to, by the model the request named."""
+    found: dict[str, ContextSettings] = {}
+    for call in sorted(calls, key=lambda c: c.call_index):
+        if call.window is not None:
+            found.setdefault(str(call.request.get("model", call.model)), call.window)
+    return found
 
 
 class ReplayToolBox(ToolBox):
@@ -346,6 +369,27 @@ class ReplayBoard(Board):
                    for _ in range(LOST_RACES))  # fmt: skip
 
 
+class ReplayConversation(Conversation):
+    """A conversation as the recorded task saw it: a read folds its turns in the whole log up
+    to just before the handler's next recorded effect (`horizon`); a turn added is an effect
+    (recorded through the `RecordedMesh`), never sent."""
+
+    def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, name: str,
+                 origin: Origin) -> None:  # fmt: skip
+        super().__init__(cast(Mesh, mesh), name, origin=origin)
+        self._book = book
+        self._horizon = horizon
+
+    async def refresh(self, *, at_least: int = 0) -> History:
+        upto = max(self._horizon(), at_least)
+        for record in self._book.conversations.get(self.name, []):
+            if self._seq < record.seq <= upto:
+                self._seq = record.seq
+                if isinstance(record.data, ConversationTurn) and record.data.conversation == self.name:
+                    add_turn(self._history, record.data, record.seq, record.event.time or "", self.max_turns)
+        return self._history
+
+
 LOST_RACES = 10_000  # how many lost compare-and-set writes in a row a rerun reproduces
 
 
@@ -386,6 +430,9 @@ class ReplayProposal(Proposal):
 
 class ReplayContext(Context):
     """The Context a handler gets during `rerun`. `effects` lists what it did, in order."""
+
+    def conversation(self, name: str) -> Conversation:
+        return ReplayConversation(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
 
     def board(self, name: str) -> Board:
         return ReplayBoard(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)

@@ -6,6 +6,7 @@ from topics.bids import BidAwarded, BidCalled, BidEvent, BidPlaced
 from topics.board import BoardDeleted, BoardEvent, BoardWritten
 from topics.calls import CallEvent, LlmCalled, LlmFailed, ToolCalled
 from topics.chat import ChatEvent, ChatMessage
+from topics.conversations import ConversationEvent, ConversationTurn
 from topics.dead import DeadEvent, DeadLettered
 from topics.envelope import CloudEvent, decode_envelope, derived_id, encode_envelope, new_event_id
 from topics.flows import (
@@ -40,7 +41,7 @@ __all__ = [
     "BidAwarded", "BidCalled", "BidEvent", "BidPlaced",
     "BoardDeleted", "BoardEvent", "BoardWritten",
     "CallEvent", "LlmCalled", "LlmFailed", "ToolCalled",
-    "ChatEvent", "ChatMessage",
+    "ChatEvent", "ChatMessage", "ConversationEvent", "ConversationTurn",
     "CloudEvent", "decode_envelope", "derived_id", "encode_envelope", "new_event_id",
     "DeadEvent", "DeadLettered",
     "ErrorInfo", "Event", "Record",

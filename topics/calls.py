@@ -5,9 +5,21 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import msgspec
+
 from topics.base import Event
 
-__all__ = ["LlmCalled", "LlmFailed", "ToolCalled", "CallEvent"]
+__all__ = ["ContextSettings", "LlmCalled", "LlmFailed", "ToolCalled", "CallEvent"]
+
+
+class ContextSettings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The context window a model call was fitted to (`mesh.llm.window`), so `rerun` fits the
+    handler's messages the same way: the model's context ``tokens`` (None: unknown), the
+    ``policy`` and the tokens kept for the reply (None: the default)."""
+
+    tokens: int | None = None
+    policy: str = "truncate"
+    reply_tokens: int | None = None
 
 
 class LlmCalled(Event, frozen=True, kw_only=True):
@@ -21,6 +33,7 @@ class LlmCalled(Event, frozen=True, kw_only=True):
     usage: dict[str, int] = {}
     latency_ms: float = 0.0
     offline: bool = False
+    window: ContextSettings | None = None  # the context window the request was fitted to
 
 
 class LlmFailed(Event, frozen=True, kw_only=True):
@@ -44,6 +57,7 @@ class LlmFailed(Event, frozen=True, kw_only=True):
     retryable: bool = False  # whether the task is tried again for it
     latency_ms: float = 0.0
     offline: bool = False
+    window: ContextSettings | None = None  # the context window the request was fitted to
 
 
 class ToolCalled(Event, frozen=True, kw_only=True):

@@ -14,6 +14,7 @@ SUBJECTS = {
     "vote": "`mesh.vote.<proposal_id>`",
     "flow": "`mesh.flow.<workflow_id>`",
     "chat": "`mesh.chat.<room>`",
+    "conversation": "`mesh.conversation.<name>`",
     "bid": "`mesh.bid.<task_id>`",
     "llm": "`mesh.llm.<agent>.<task_id>`",
     "tool": "`mesh.tool.<agent>.<task_id>`",

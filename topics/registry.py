@@ -15,6 +15,7 @@ from topics.bids import BidEvent
 from topics.board import BoardEvent
 from topics.calls import CallEvent
 from topics.chat import ChatEvent
+from topics.conversations import ConversationEvent
 from topics.dead import DeadEvent
 from topics.flows import FlowEvent
 from topics.tasks import TaskEvent
@@ -23,7 +24,16 @@ from topics.votes import VoteEvent
 __all__ = ["EVENT_TYPES", "UPCASTERS", "AnyEvent", "decode_data", "encode_data", "event_class"]
 
 AnyEvent = (
-    TaskEvent | BoardEvent | VoteEvent | FlowEvent | ChatEvent | BidEvent | CallEvent | AgentEvent | DeadEvent
+    TaskEvent
+    | BoardEvent
+    | VoteEvent
+    | FlowEvent
+    | ChatEvent
+    | ConversationEvent
+    | BidEvent
+    | CallEvent
+    | AgentEvent
+    | DeadEvent
 )
 
 

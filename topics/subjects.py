@@ -30,6 +30,7 @@ __all__ = [
     "vote",
     "flow",
     "chat",
+    "conversation",
     "bid",
     "llm",
     "tool",
@@ -86,6 +87,11 @@ def flow(workflow_id: str) -> str:
 
 def chat(room: str) -> str:
     return f"mesh.chat.{check_token('room', room)}"
+
+
+def conversation(name: str) -> str:
+    """The turns of one model conversation (`ctx.conversation(name)`)."""
+    return f"mesh.conversation.{check_token('conversation', name)}"
 
 
 def bid(task_id: str) -> str:

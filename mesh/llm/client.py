@@ -15,7 +15,7 @@ import email.utils
 import os
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,9 +25,11 @@ import structlog
 from openai.types.chat import ChatCompletion
 
 from mesh.bus.client import Mesh
-from mesh.errors import RetryableError, TaskError
+from mesh.errors import ContextLengthError, RetryableError, TaskError
 from mesh.llm.offline import OFFLINE_PROVIDER, offline_http_client
+from mesh.llm.quota import CallQuota
 from mesh.llm.recorded import recorded_calls
+from mesh.llm.window import ContextWindow, estimate_tokens, fit_request
 from mesh.telemetry.conventions import (
     CHAT,
     ERROR_TYPE,
@@ -46,15 +48,20 @@ from mesh.telemetry.conventions import (
 from mesh.telemetry.redact import scrub_text
 from mesh.telemetry.tracing import chat_span, instruments, record_error
 from topics import subjects
-from topics.calls import LlmCalled, LlmFailed
+from topics.calls import ContextSettings, LlmCalled, LlmFailed
 from topics.envelope import derived_id
 
-__all__ = ["LlmClient", "LlmSession", "ModelChoice", "DEFAULT_MODEL", "PLACEHOLDER_KEY"]
+__all__ = ["CONTEXT_LENGTH_EXCEEDED", "CallGate", "LlmClient", "LlmSession", "ModelChoice", "DEFAULT_MODEL", "PLACEHOLDER_KEY"]
 
 DEFAULT_MODEL = "gpt-4o-mini"
 PLACEHOLDER_KEY = "no-key"  # sent when OPENAI_BASE_URL is set without OPENAI_API_KEY (the SDK insists on one)
 OPENAI_URL = "https://api.openai.com/v1"  # the SDK's default base URL
 log = structlog.get_logger("mesh.llm")
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the error code of a request too long for the model
+MAX_MODELS = 64  # models whose window and quota a client remembers
+CallGate = Callable[[Mesh, str, CallQuota, int], Awaitable[float]]
+"""Takes a call's grants (mesh, model, its quota, estimated prompt tokens); returns seconds waited.
+The runtime installs one over `mesh.coordination.limits` (`mesh.runtime.llmlimits`)."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +107,34 @@ def _without_userinfo(url: str) -> str:
 class LlmClient:
     """One `AsyncOpenAI` per process; `session()` binds it to one task attempt."""
 
-    def __init__(self, client: openai.AsyncOpenAI, *, model: str, offline: bool) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, *, model: str, offline: bool,
+                 settings: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self.client = client
         self.model = model
         self.offline = offline
         self.provider = OFFLINE_PROVIDER if offline else "openai"
+        self.settings = {k: v for k, v in (os.environ if settings is None else settings).items()
+                         if k.startswith("MESH_LLM_")}  # fmt: skip
+        self.gate: CallGate | None = None
+        self._windows: dict[str, ContextWindow] = {}
+        self._quotas: dict[str, CallQuota] = {}
+        self.window_for(model), self.quota_for(model)  # a bad setting is a ConfigError now, not at the first call
+
+    def window_for(self, model: str) -> ContextWindow:
+        """The context window the `MESH_LLM_CONTEXT_*` settings give ``model`` (`mesh.llm.window`)."""
+        if model not in self._windows:
+            if len(self._windows) >= MAX_MODELS:
+                self._windows.clear()
+            self._windows[model] = ContextWindow.from_env(model, self.settings)
+        return self._windows[model]
+
+    def quota_for(self, model: str) -> CallQuota:
+        """The rate limits `MESH_LLM_RATE_LIMIT`/`MESH_LLM_TOKEN_LIMIT` give ``model`` (`mesh.llm.quota`)."""
+        if model not in self._quotas:
+            if len(self._quotas) >= MAX_MODELS:
+                self._quotas.clear()
+            self._quotas[model] = CallQuota.from_env(model, self.settings)
+        return self._quotas[model]
 
     @classmethod
     def from_env(cls) -> LlmClient:
@@ -155,12 +185,44 @@ class LlmSession:
     async def chat(
         self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None, **options: Any
     ) -> ChatCompletion:
-        """`chat.completions.create` with this session's model; returns the SDK's ChatCompletion."""
-        index = self._index
-        self._index += 1
+        """`chat.completions.create` with this session's model; returns the SDK's ChatCompletion.
+
+        The messages are fitted to the model's context window first (`mesh.llm.window`); a
+        refusal with `context_length_exceeded` is recorded, and the request is fitted to half
+        its estimated size and sent once more. A second refusal raises ContextLengthError."""
         request: dict[str, Any] = {"model": options.pop("model", self.model), "messages": list(messages), **options}
         if tools:
             request["tools"] = list(tools)
+        window = self.window_for(request["model"])
+        sent = await fit_request(request, window, window.budget(request), self._summary)
+        try:
+            return await self._send(sent)
+        except ContextLengthError as refused:
+            if window.policy == "off":
+                raise
+            budget = max(estimate_tokens(sent["messages"], sent.get("tools")) // 2, 1)
+            log.warning("model refused the request as too long: fitting it to half and sending it again",
+                        model=request["model"], budget=budget, error=str(refused))  # fmt: skip
+            sent = await fit_request(request, window, budget, self._summary)
+            try:
+                return await self._send(sent)
+            except ContextLengthError as again:
+                raise ContextLengthError(
+                    f"the model refused the request as too long twice, the second time cut to about {budget} "
+                    f"tokens ({window.policy}): {again}"
+                ) from again
+
+    def window_for(self, model: str) -> ContextWindow:
+        return self._client.window_for(model)
+
+    async def _summary(self, request: dict[str, Any]) -> str:
+        completion = await self._send(request)
+        return (completion.choices[0].message.content or "") if completion.choices else ""
+
+    async def _send(self, request: dict[str, Any]) -> ChatCompletion:
+        """One model call, numbered: a response recorded for its number (on a retry) is reused."""
+        index = self._index
+        self._index += 1
         recorded = (await self._load_recorded()).get(index)
         if recorded is not None:
             log.info("reusing recorded LLM response", call_index=index)
@@ -179,6 +241,7 @@ class LlmSession:
         provider = self._client.provider
         metric = {GEN_AI_OPERATION_NAME: CHAT, GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
         with chat_span(model, provider=provider, conversation_id=self._task_id) as span:
+            await self._take_grants(span, model, request)
             started = time.perf_counter()
             try:
                 completion = await self._client.client.chat.completions.create(**request)
@@ -215,6 +278,7 @@ class LlmSession:
             usage={"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens} if usage else {},
             latency_ms=round(latency_ms, 3),
             offline=self._client.offline,
+            window=self._settings(model),
         )
         self.calls.append(call)
         if self._mesh is not None:
@@ -242,10 +306,27 @@ class LlmSession:
             code=str(error.code)[:200] if getattr(error, "code", None) else None,
             retry_after=_retry_after(response.headers) if response is not None else None,
             retryable=raised.retryable, latency_ms=round(seconds * 1000, 3), offline=self._client.offline,
+            window=self._settings(str(request.get("model", ""))),
         )  # fmt: skip
         await self._mesh.publish(subjects.llm(self._agent, self._task_id), failure,
                                  event_id=derived_id(self._cause_id, f"llm/{index}/failed/{self._attempt}"),
                                  causation_id=self._cause_id, correlation_id=self._task_id)  # fmt: skip
+
+    async def _take_grants(self, span: Any, model: str, request: dict[str, Any]) -> None:
+        """Wait for the shared rate limits configured for ``model`` (none by default); a wait
+        shows on the call's span (`mesh.llm.limit_wait` event) and in the log."""
+        quota = self._client.quota_for(model)
+        if self._client.gate is None or self._mesh is None or not quota.limited:
+            return
+        tokens = estimate_tokens(request.get("messages", []), request.get("tools"))
+        waited = await self._client.gate(self._mesh, model, quota, tokens)
+        span.add_event("mesh.llm.limit_wait", {"mesh.llm.waited_s": round(waited, 6), "mesh.llm.tokens": tokens})
+        if waited >= 0.01:
+            log.info("waited for the model's rate limit", model=model, waited_s=round(waited, 3))
+
+    def _settings(self, model: str) -> ContextSettings:
+        window = self.window_for(model)
+        return ContextSettings(tokens=window.tokens, policy=window.policy, reply_tokens=window.reply_tokens)
 
     async def _load_recorded(self) -> dict[int, LlmCalled]:
         """Calls already in the log for this task (only looked up on a retry)."""
@@ -276,6 +357,8 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 def _task_error(error: openai.APIError) -> TaskError:
     status = getattr(error, "status_code", None)
     name = type(error).__name__
+    if getattr(error, "code", None) == CONTEXT_LENGTH_EXCEEDED:
+        return ContextLengthError(f"model call refused ({status}): {error}", type=name)
     if isinstance(error, (openai.APIConnectionError, openai.APITimeoutError)) or status in (408, 409, 429) or (
         status is not None and status >= 500
     ):

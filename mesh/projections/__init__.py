@@ -1,4 +1,5 @@
-"""Pure folds of the log into read models: tasks, board, consensus, workflows, conversations.
+"""Pure folds of the log into read models: tasks, board, consensus, workflows, conversations
+(chat rooms), histories (model conversations).
 
 No I/O, no clock, no randomness: the same records always give the same state. The runtime
 keeps them live, ``state_at`` folds up to a position or an instant, and ``encode_state`` /
@@ -38,6 +39,7 @@ from mesh.projections.conversations import (
     RoomView,
     Turn,
 )
+from mesh.projections.histories import HistoriesProjection, HistoriesState, History, HistoryTurn
 from mesh.projections.tasks import TasksProjection, TasksState, TaskStatus, TaskView, is_final
 from mesh.projections.workflows import (
     FlowSpec,
@@ -74,6 +76,11 @@ __all__ = [
     "ProjectionState",
     "ProposalView",
     "Revision",
+    "HISTORIES",
+    "HistoriesProjection",
+    "HistoriesState",
+    "History",
+    "HistoryTurn",
     "RoomView",
     "Snapshot",
     "Stamp",
@@ -107,7 +114,8 @@ BOARD = BoardProjection()
 CONSENSUS = ConsensusProjection()
 WORKFLOWS = WorkflowsProjection()
 CONVERSATIONS = ConversationsProjection()
+HISTORIES = HistoriesProjection()
 
 REGISTRY: dict[str, Projection[Any]] = {
-    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS)
+    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS, HISTORIES)
 }

@@ -14,6 +14,7 @@ from opentelemetry.trace import Span
 
 from mesh.bus.client import Mesh, Published, outcome_value
 from mesh.coordination.board import Board
+from mesh.coordination.conversation import Conversation
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Workflows, WorkflowSpec
@@ -200,6 +201,10 @@ class Context:
     def board(self, name: str) -> Board:
         """The blackboard ``name`` (read, write with compare-and-set, history, watch)."""
         return Board(self.mesh, name, origin=self.origin)
+
+    def conversation(self, name: str) -> Conversation:
+        """The model conversation ``name``: its turns are events, read back after a restart."""
+        return Conversation(self.mesh, name, origin=self.origin)
 
     @property
     def vote(self) -> Proposals:

@@ -25,6 +25,7 @@ from mesh.llm.client import LlmClient
 from mesh.runtime.agent import Agent, Handler, Subscription
 from mesh.runtime.cancels import Cancels
 from mesh.runtime.failures import is_retryable, on_max_deliveries, quietly
+from mesh.runtime.llmlimits import SharedCallLimits
 from mesh.runtime.pipeline import Inbound, Next, event_chain, task_chain
 from mesh.runtime.worker import RunnerOptions
 from topics import subjects
@@ -66,6 +67,8 @@ class AgentRunner:
         self.agent_id = self.agent_id or _agent_id(self.agent.name)
         self.mesh.source = f"mesh://agent/{self.agent_id}"
         self.llm = self.llm or LlmClient.from_env()
+        if self.llm.gate is None:  # ctx.llm waits for the shared rate limits MESH_LLM_* configure (none by default)
+            self.llm.gate = SharedCallLimits()
         self.cancels = Cancels(self.mesh)
 
     # -- lifecycle -------------------------------------------------------------------

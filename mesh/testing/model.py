@@ -7,6 +7,12 @@ through `env()` (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, `MESH_MODEL`); in-process 
 plain SDK clients through `client()` and `base_url`. A request past the end of the script
 is answered 400 (the SDK raises `BadRequestError`, a task fails without retrying) naming
 what happened; so is a malformed one. Streaming and other endpoints are not served.
+
+With ``context_tokens`` the server has a context window of that many tokens: a request whose
+prompt (estimated as `ctx.llm` estimates it, `mesh.llm.window.estimate_tokens`) plus its
+`max_tokens` does not fit is answered 400 with code `context_length_exceeded`, as OpenAI
+answers it, without using a reply of the script; `env()` advertises the window to agents
+(`MESH_LLM_CONTEXT_TOKENS`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import collections
 import itertools
 import json
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +31,7 @@ from typing import Any
 import openai
 
 from mesh.llm.client import LlmClient
+from mesh.llm.window import estimate_tokens
 
 __all__ = ["ScriptedModel", "Reply", "ModelRequest", "DEFAULT_MAX_REQUESTS", "MAX_BODY", "SCRIPTED_KEY"]
 
@@ -104,11 +112,13 @@ class Reply:
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """A request the scripted model received: its path, headers (names in lower case) and JSON body."""
+    """A request the scripted model received: its path, headers (names in lower case), JSON
+    body and arrival time."""
 
     path: str
     headers: Mapping[str, str]
     body: Mapping[str, Any]
+    received: float = 0.0  # when it arrived (time.time())
 
     @property
     def model(self) -> str:
@@ -137,10 +147,17 @@ class ScriptedModel:
     `scripted_model` fixture. `add` appends replies; `requests` are those received, in order.
     """
 
-    def __init__(self, script: Iterable[Reply | str] = (), *, max_requests: int = DEFAULT_MAX_REQUESTS) -> None:
+    def __init__(
+        self, script: Iterable[Reply | str] = (), *, max_requests: int = DEFAULT_MAX_REQUESTS,
+        context_tokens: int | None = None,
+    ) -> None:  # fmt: skip
         if max_requests < 1:
             raise ValueError(f"max_requests must be at least 1, not {max_requests}")
+        if context_tokens is not None and context_tokens < 1:
+            raise ValueError(f"context_tokens must be at least 1, not {context_tokens}")
         self.max_requests = max_requests
+        self.context_tokens = context_tokens
+        self.too_long = 0  # requests refused with context_length_exceeded
         self.requests: list[ModelRequest] = []
         self.refused = 0  # requests past max_requests, answered 429 and not recorded
         self._script: collections.deque[Reply] = collections.deque()
@@ -169,7 +186,10 @@ class ScriptedModel:
     def env(self, model: str = "scripted") -> dict[str, str]:
         """The environment that points an agent process at this server with model ``model``."""
         _check_model(model)
-        return {"OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": SCRIPTED_KEY, "MESH_MODEL": model}
+        env = {"OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": SCRIPTED_KEY, "MESH_MODEL": model}
+        if self.context_tokens is not None:
+            env["MESH_LLM_CONTEXT_TOKENS"] = str(self.context_tokens)
+        return env
 
     def client(self, model: str = "scripted") -> LlmClient:
         """An `LlmClient` (what `ctx.llm` uses) that asks this server for ``model``, with no retries."""
@@ -205,8 +225,11 @@ class ScriptedModel:
                 self.refused += 1
                 return _refusal(429, f"the scripted model records at most {self.max_requests} requests (max_requests)",
                                 "rate_limit_error")  # fmt: skip
-            self.requests.append(ModelRequest(path, dict(headers), body))
+            self.requests.append(ModelRequest(path, dict(headers), body, time.time()))
             number = len(self.requests)
+            if (refusal := self._too_long(body)) is not None:
+                self.too_long += 1
+                return refusal
             reply = self._script.popleft() if self._script else None
         if reply is None:
             return _refusal(400, f"the scripted model's script is used up: request {number} has no reply left "
@@ -214,6 +237,19 @@ class ScriptedModel:
         if reply.error_body is not None:
             return reply.status, {"error": dict(reply.error_body)}, dict(reply.headers)
         return 200, self._completion(body, reply), dict(reply.headers)
+
+    def _too_long(self, body: dict[str, Any]) -> Answer | None:
+        if self.context_tokens is None:
+            return None
+        tools = body.get("tools") if isinstance(body.get("tools"), list) else None
+        prompt = estimate_tokens([m for m in body["messages"] if isinstance(m, dict)], tools)
+        reply = next((v for k in ("max_completion_tokens", "max_tokens") if isinstance(v := body.get(k), int)), 0)
+        if prompt + reply <= self.context_tokens:
+            return None
+        message = (f"This model's maximum context length is {self.context_tokens} tokens. However, you requested "
+                   f"{prompt + reply} tokens ({prompt} in the messages, {reply} in the completion).")  # fmt: skip
+        return 400, {"error": {"message": message, "type": "invalid_request_error", "code": "context_length_exceeded",
+                               "param": "messages"}}, {}  # fmt: skip
 
     def _completion(self, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
         message = dict(reply.message or {})
