@@ -17,13 +17,23 @@ from topics.calls import CallEvent
 from topics.chat import ChatEvent
 from topics.dead import DeadEvent
 from topics.flows import FlowEvent
+from topics.knowledge import KnowledgeEvent
 from topics.tasks import TaskEvent
 from topics.votes import VoteEvent
 
 __all__ = ["EVENT_TYPES", "UPCASTERS", "AnyEvent", "decode_data", "encode_data", "event_class"]
 
 AnyEvent = (
-    TaskEvent | BoardEvent | VoteEvent | FlowEvent | ChatEvent | BidEvent | CallEvent | AgentEvent | DeadEvent
+    TaskEvent
+    | BoardEvent
+    | VoteEvent
+    | FlowEvent
+    | ChatEvent
+    | BidEvent
+    | CallEvent
+    | AgentEvent
+    | DeadEvent
+    | KnowledgeEvent
 )
 
 

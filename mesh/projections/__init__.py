@@ -1,4 +1,5 @@
-"""Pure folds of the log into read models: tasks, board, consensus, workflows, conversations.
+"""Pure folds of the log into read models: tasks, board, consensus, workflows, conversations,
+knowledge bases (and their keyword search, `fulltext`).
 
 No I/O, no clock, no randomness: the same records always give the same state. The runtime
 keeps them live, ``state_at`` folds up to a position or an instant, and ``encode_state`` /
@@ -38,6 +39,8 @@ from mesh.projections.conversations import (
     RoomView,
     Turn,
 )
+from mesh.projections.fulltext import FullText, Hit
+from mesh.projections.knowledge import KnowledgeEntry, KnowledgeProjection, KnowledgeState, live_at
 from mesh.projections.tasks import TasksProjection, TasksState, TaskStatus, TaskView, is_final
 from mesh.projections.workflows import (
     FlowSpec,
@@ -55,6 +58,7 @@ __all__ = [
     "BOARD",
     "CONSENSUS",
     "CONVERSATIONS",
+    "KNOWLEDGE",
     "REGISTRY",
     "TASKS",
     "WORKFLOWS",
@@ -68,8 +72,13 @@ __all__ = [
     "Decision",
     "FlowSpec",
     "FlowStatus",
+    "FullText",
     "Handler",
     "HandlerProjection",
+    "Hit",
+    "KnowledgeEntry",
+    "KnowledgeProjection",
+    "KnowledgeState",
     "Projection",
     "ProjectionState",
     "ProposalView",
@@ -93,6 +102,7 @@ __all__ = [
     "fold",
     "instant",
     "is_final",
+    "live_at",
     "load_snapshot",
     "ready_steps",
     "roster",
@@ -107,7 +117,8 @@ BOARD = BoardProjection()
 CONSENSUS = ConsensusProjection()
 WORKFLOWS = WorkflowsProjection()
 CONVERSATIONS = ConversationsProjection()
+KNOWLEDGE = KnowledgeProjection()
 
 REGISTRY: dict[str, Projection[Any]] = {
-    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS)
+    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS, KNOWLEDGE)
 }
