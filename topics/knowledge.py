@@ -15,6 +15,7 @@ import msgspec
 from topics.base import MAX_TOKEN, Event
 
 __all__ = [
+    "MAX_AUTHOR",
     "MAX_METADATA_KEYS",
     "MAX_TAG",
     "MAX_TAGS",
@@ -29,6 +30,7 @@ MAX_TEXT = 100_000  # characters of one entry's text (larger events go to the ob
 MAX_TAGS = 32  # tags on one entry
 MAX_TAG = 64  # characters of one tag
 MAX_METADATA_KEYS = 64  # keys of one entry's metadata
+MAX_AUTHOR = 256  # characters of an author
 
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TAG, pattern=r"^[A-Za-z0-9_\-.:/]+$")]
 KbName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN, pattern=r"^[A-Za-z0-9_\-]+$")]
@@ -41,14 +43,14 @@ class KnowledgeAdded(Event, frozen=True, kw_only=True):
     text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
     tags: Annotated[tuple[Tag, ...], msgspec.Meta(max_length=MAX_TAGS)] = ()
     metadata: Annotated[dict[str, Any], msgspec.Meta(max_length=MAX_METADATA_KEYS)] = {}
-    author: Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)] = ""
+    author: Annotated[str, msgspec.Meta(max_length=MAX_AUTHOR)] = ""
 
 
 class KnowledgeRemoved(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "mesh.knowledge.removed"
     kb: KbName
     entry_id: EntryId  # the id of the event that added the entry
-    author: Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)] = ""
+    author: Annotated[str, msgspec.Meta(max_length=MAX_AUTHOR)] = ""
 
 
 KnowledgeEvent = KnowledgeAdded | KnowledgeRemoved

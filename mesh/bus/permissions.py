@@ -16,7 +16,8 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
   outcomes, claims and progress of its own capabilities; `mesh.work.>` sub-tasks and fallbacks; `mesh.llm.<role>.>`,
   `mesh.tool.<role>.>`, `mesh.dead.>`, `mesh.agent.>`, cancel requests on `mesh.cancel.*`),
   hear cancel requests (`mesh.cancel.*`, and read those of the last hour on start), its presence entry, direct gets
-  on MESH (a task's last event; by sequence for dead letters and recorded model calls);
+  on MESH (a task's last event; by sequence for dead letters and recorded model calls), read every
+  knowledge base (`mesh.knowledge.*`; adding to one is an `emits` declaration);
 - `admin`: everything (streams, consumers, KV, object store, import, snapshots).
 
 Nothing here creates, deletes or purges a stream except admin's `>`.
@@ -77,6 +78,16 @@ def _payloads() -> tuple[str, ...]:
     )
 
 
+def _reading_knowledge() -> tuple[str, ...]:
+    """Searching knowledge bases (`mesh.coordination.knowledge`): the newest sequence on a base's
+    subject (a message get, asked of the stream leader), then an ordered consumer filtered on it.
+    A get by sequence shows no more than the direct gets every agent role has."""
+    return (
+        f"{_API}.STREAM.MSG.GET.{_STREAM}",
+        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.mesh.knowledge.*",
+    )
+
+
 def client_permissions(inbox: str) -> Permissions:
     """Submit tasks, read their outcomes and cancel them; nothing else."""
     return Permissions(
@@ -123,6 +134,7 @@ def agent_permissions(
         f"{_API}.CONSUMER.CREATE.{_KV_STREAM}.*.$KV.{subjects.PRESENCE_BUCKET}.>",  # live agents (fallbacks)
         f"$JS.FC.{_KV_STREAM}.>",
         f"{_API}.DIRECT.GET.{_STREAM}",  # by sequence: dead letters, recorded model and tool calls
+        *_reading_knowledge(),
         *_reading_outcomes(),
         *_payloads(),
     ]

@@ -14,6 +14,7 @@ from opentelemetry.trace import Span
 
 from mesh.bus.client import Mesh, Published, outcome_value
 from mesh.coordination.board import Board
+from mesh.coordination.knowledge import KnowledgeBase
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Workflows, WorkflowSpec
@@ -199,6 +200,10 @@ class Context:
     def board(self, name: str) -> Board:
         """The blackboard ``name`` (read, write with compare-and-set, history, watch)."""
         return Board(self.mesh, name, origin=self.origin)
+
+    def knowledge(self, name: str) -> KnowledgeBase:
+        """The knowledge base ``name`` (add, remove, search by keywords, as of any past point)."""
+        return KnowledgeBase(self.mesh, name, origin=self.origin)
 
     @property
     def vote(self) -> Proposals:
