@@ -105,7 +105,7 @@ class TestFullText:
     def test_kept_current_equals_built_afresh(self, steps: list[tuple[bool, list[str]]]) -> None:
         """An index kept current through adds and removes ranks exactly (ids and scores) as
         one built from the entries left: what makes past answers equal to the ones given then."""
-        live, kept = FullText(), []
+        live, kept = FullText(), list[KnowledgeEntry]()
         for n, (remove, words) in enumerate(steps, start=1):
             if remove and kept:
                 live.remove(kept.pop(len(kept) // 2).id)
@@ -179,7 +179,7 @@ class TestArguments:
             kb.add("x", metadata={"f": object()}),
             kb.remove(""),
             kb.search("x", limit=0),
-            kb.search("x", limit=True),  # type: ignore[arg-type]
+            kb.search("x", limit=True),
             kb.search("x", since="yesterday"),
             kb.search("x", as_of=-1),
             kb.search("x", as_of="soon"),
