@@ -4,7 +4,9 @@ reruns cleanly from the log; `mesh kb` works for an operator."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -319,3 +321,52 @@ class TestCliArguments:
             result = CliRunner().invoke(main, ["kb", *bad, "--nats", "nats://127.0.0.1:1"])
             assert result.exit_code != 0 and not isinstance(result.exception, AssertionError | TypeError), bad
             assert "Traceback" not in result.output, bad
+
+
+@pytest.mark.e2e
+class TestUnderAuthentication:
+    @pytest.mark.timeout(300)  # `mesh auth init`, a server and two agent processes on a loaded 2-core machine
+    async def test_generated_permissions_let_agents_read_and_declared_ones_write(self, tmp_path: Path) -> None:
+        """With `mesh auth init` users: the librarian (emits mesh.knowledge.*) adds, the reader (no
+        declaration) searches, for a client's tasks, with no permission violation; the client itself
+        may not search a base."""
+        from mesh.bus.connection import presence_bucket
+        from mesh.bus.payloads import payload_bucket
+        from mesh.bus.server import start_server
+        from mesh.bus.settings import MeshSettings, nkey_public_key
+        from mesh.errors import PermissionDeniedError
+        from mesh.testing.eventlog import EventLog
+
+        (tmp_path / "knowledge.py").write_text(block("knowledge.py"))
+        env = {"PYTHONPATH": f"{ROOT}:{tmp_path}"}
+        auth = tmp_path / "auth"
+        done = subprocess.run([sys.executable, "-m", "mesh", "auth", "init", "--dir", str(auth), "--agent",
+                               "knowledge:librarian", "--agent", "knowledge:reader", "--client", "client"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, **env})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        server = start_server(tmp_path / "store", port=-1, log_file=tmp_path / "nats.log",
+                              extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
+        admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
+        client = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "client.nk")))
+        log = EventLog(admin)
+        agents = AgentProcesses(server.url, log, tmp_path)
+        try:
+            await presence_bucket(admin.js)
+            await payload_bucket(admin.js)
+            await log.start()
+            for role in ("librarian", "reader"):
+                await agents.start(f"knowledge:{role}", "--nkey", str(auth / f"{role}.nk"), env=env)
+            added = await client.request("remember", {"kb": "ops", "text": "restart the cache"}, timeout=60)
+            found = await client.request("recall", {"kb": "ops", "query": "cache"}, timeout=60)
+            assert [hit["id"] for hit in found["hits"]] == [added["id"]]
+            with pytest.raises(PermissionDeniedError):
+                await KnowledgeBase(client, "ops").search("cache")
+            violations = [line for line in (tmp_path / "nats.log").read_text().splitlines() if "Violation" in line]
+            client_key = nkey_public_key(str(auth / "client.nk"))
+            assert violations and all(client_key in line for line in violations), violations  # the agents had none
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, agents.stop_all)
+            await log.stop()
+            await client.close()
+            await admin.close()
+            server.stop()

@@ -243,9 +243,10 @@ async def last_on_subject(
     js: JetStreamContext, subject: str, *, stream: str = subjects.STREAM
 ) -> RawStreamMsg | None:
     """The newest message on ``subject`` (wildcards allowed), asked of the stream leader so a
-    write acknowledged before the call is seen; None if there is none."""
+    write acknowledged before the call is seen; None if there is none. A refused get raises
+    `PermissionDeniedError` at once."""
     try:
-        return await js.get_msg(stream, subject=subject)
+        return await guarded(js, f"{API}.STREAM.MSG.GET.{stream}", js.get_msg(stream, subject=subject))
     except NotFoundError:
         return None
 

@@ -80,7 +80,8 @@ def _payloads() -> tuple[str, ...]:
 
 def _reading_knowledge() -> tuple[str, ...]:
     """Searching knowledge bases (`mesh.coordination.knowledge`): the newest sequence on a base's
-    subject (a message get, asked of the stream leader), then an ordered consumer filtered on it.
+    subject (a message get, asked of the stream leader), then a short-lived consumer named and
+    filtered on that subject (`mesh.bus.follow.read_subject`).
     A get by sequence shows no more than the direct gets every agent role has."""
     return (
         f"{_API}.STREAM.MSG.GET.{_STREAM}",

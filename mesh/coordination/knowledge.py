@@ -17,7 +17,9 @@ index of exactly the entries live then.
 One index per base per process, shared by every `KnowledgeBase` on the same connection (the
 handlers of an agent process share them): at most `INDEXES_PER_CONNECTION` bases, the least
 recently used dropped beyond that (and folded again from the log if used again). No consumer
-stays open between searches: each refresh is one ordered read of the new events.
+stays open between searches: a refresh that finds the subject moved reads the new events
+through one short-lived consumer filtered on the base's subject (`mesh.bus.follow.read_subject`,
+which the per-subject permissions of agent roles allow).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import msgspec
 
 from mesh.bus.client import Mesh, Published
-from mesh.bus.follow import Stored, read
+from mesh.bus.follow import Stored, read_subject
 from mesh.coordination.origin import Origin
 from mesh.projections import KNOWLEDGE, FullText, Hit, KnowledgeEntry, KnowledgeState, live_at
 from mesh.projections.fulltext import MAX_LIMIT, MAX_QUERY
@@ -129,7 +131,7 @@ class KnowledgeBase:
     async def refresh(self, *, at_least: int = 0) -> int:
         """Fold in what landed on the base since the last read; return the position reached."""
         async with self._index.lock:
-            for item in await read(self.mesh, self.subject, after=self._index.state.seq, at_least=at_least):
+            for item in await read_subject(self.mesh, self.subject, after=self._index.state.seq, at_least=at_least):
                 self._index.fold(item)
         return self._index.state.seq
 
