@@ -370,3 +370,25 @@ class TestUnderAuthentication:
             await client.close()
             await admin.close()
             server.stop()
+
+
+@pytest.mark.integration
+class TestReadSubject:
+    async def test_reads_every_message_after_a_position(self, mesh: Mesh) -> None:
+        """`read_subject` returns every message of the subject after ``after``, in order, and nothing past the head."""
+        from mesh.bus.follow import read_subject
+
+        subject = subjects.knowledge("bulk")
+        seqs = [(await mesh.publish(subject, KnowledgeAdded(kb="bulk", text=f"entry {n} " + "x" * 2000))).seq
+                for n in range(300)]  # fmt: skip
+        await mesh.publish(subjects.knowledge("elsewhere"), KnowledgeAdded(kb="elsewhere", text="not this one"))
+        everything = await read_subject(mesh, subject)
+        assert [item.seq for item in everything] == seqs
+        assert all(item.record is not None and item.record.data.kb == "bulk" for item in everything)  # type: ignore[attr-defined]
+        assert [item.seq for item in await read_subject(mesh, subject, after=seqs[149])] == seqs[150:]
+        assert await read_subject(mesh, subject, after=seqs[-1]) == []
+        index = KnowledgeIndex("bulk")
+        for item in everything:
+            index.fold(item)
+        [best] = index.search("299", None, limit=1)
+        assert len(index.entries()) == 300 and best.text.startswith("entry 299")
