@@ -179,6 +179,10 @@ class TestArguments:
             kb.add("x", tags=["has space"]),
             kb.add("x", tags=[str(n) for n in range(33)]),
             kb.add("x", metadata={"f": object()}),
+            kb.add("x", metadata=[1]),  # type: ignore[arg-type]
+            kb.add("x", tags=5),  # type: ignore[arg-type]
+            kb.add("x", tags="one"),
+            kb.search("x", author=5),  # type: ignore[arg-type]
             kb.remove(""),
             kb.search("x", limit=0),
             kb.search("x", limit=True),
@@ -390,5 +394,5 @@ class TestReadSubject:
         index = KnowledgeIndex("bulk")
         for item in everything:
             index.fold(item)
-        [best] = index.search("299", None, limit=1)
+        [best] = await index.search("299", None, limit=1)
         assert len(index.entries()) == 300 and best.text.startswith("entry 299")

@@ -72,8 +72,8 @@ class KnowledgeIndex:
             KNOWLEDGE.apply(self.state, record)
             match record.data:
                 case KnowledgeAdded():
-                    entry = self.state.bases[self.kb][record.event.id]
-                    if entry.live():
+                    entry = self.state.bases.get(self.kb, {}).get(record.event.id)
+                    if entry is not None and entry.live():
                         self.text.add(entry)
                 case KnowledgeRemoved(entry_id=entry_id):
                     self.text.remove(entry_id)
@@ -82,15 +82,21 @@ class KnowledgeIndex:
     def entries(self, at: Position | None = None) -> list[KnowledgeEntry]:
         return live_at(self.state, self.kb, at)
 
-    def search(self, query: str, at: Position | None, **filters: Any) -> list[Hit]:
-        """Rank the entries live at ``at`` (None, or a sequence at or past the fold: now)."""
+    async def search(self, query: str, at: Position | None, **filters: Any) -> list[Hit]:
+        """Rank the entries live at ``at`` (None, or a sequence at or past the fold: now). A past
+        point builds an index of the entries live then, in a worker thread (it takes time in
+        proportion to the base), so the event loop (acknowledgements, other handlers) runs on."""
         if at is None or (isinstance(at, int) and at >= self.state.seq):
             return self.text.search(query, **filters)
-        past = FullText.of(self.entries(at))
-        try:
-            return past.search(query, **filters)
-        finally:
-            past.close()
+        return await asyncio.to_thread(_rank, self.entries(at), query, filters)
+
+
+def _rank(entries: list[KnowledgeEntry], query: str, filters: dict[str, Any]) -> list[Hit]:
+    index = FullText.of(entries)
+    try:
+        return index.search(query, **filters)
+    finally:
+        index.close()
 
 
 _shared: weakref.WeakKeyDictionary[Any, OrderedDict[str, KnowledgeIndex]] = weakref.WeakKeyDictionary()
@@ -140,6 +146,10 @@ class KnowledgeBase:
     async def add(self, text: str, *, tags: Iterable[str] = (), metadata: Mapping[str, Any] | None = None) -> str:
         """Add an entry; return its id (the id of the event that adds it). ValueError if it
         breaks a bound (`topics.knowledge`: text length, tag count and characters, metadata keys)."""
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValueError(f"metadata must be a mapping (a JSON object), not {shorten(repr(metadata))}")
+        if isinstance(tags, str) or not isinstance(tags, Iterable):
+            raise ValueError(f"tags must be a list of strings, not {shorten(repr(tags))}")
         data = _checked(KnowledgeAdded(kb=self.name, text=text, tags=tuple(tags), metadata=dict(metadata or {}),
                                        author=self.origin.author[:MAX_AUTHOR]))  # fmt: skip
         published = await self._publish(data, "add")
@@ -186,12 +196,14 @@ class KnowledgeBase:
         ValueError names a bad argument."""
         if not isinstance(query, str) or len(query) > MAX_QUERY:
             raise ValueError(f"a query is a string of at most {MAX_QUERY} characters, not {shorten(repr(query))}")
+        if author is not None and not isinstance(author, str):
+            raise ValueError(f"author must be a string, not {shorten(repr(author))}")
         filters = {"tags": _tags(tags), "author": author, "since": _instant("since", since),
                    "until": _instant("until", until), "limit": _limit(limit)}  # fmt: skip
         at = check_position(as_of)
         with search_span(self.name) as span:
             await self.refresh()
-            hits = self._index.search(query, at, **filters)
+            hits = await self._index.search(query, at, **filters)
             if span.is_recording():
                 span.set_attribute(MESH_KNOWLEDGE_SEQ, at if isinstance(at, int) and at < self.seq else self.seq)
                 span.set_attribute(MESH_KNOWLEDGE_HITS, len(hits))
