@@ -5,6 +5,7 @@ from mesh.bus.client import Mesh, Published
 from mesh.bus.settings import MeshSettings
 from mesh.coordination.board import Board
 from mesh.coordination.conversation import Conversation
+from mesh.coordination.knowledge import KnowledgeBase
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Flow, Workflows
 from mesh.errors import (
@@ -37,6 +38,7 @@ from mesh.errors import (
 )
 from mesh.llm.client import LlmClient, LlmSession
 from mesh.llm.tools import tool
+from mesh.projections.fulltext import Hit
 from mesh.projections.live import LiveProjection
 from mesh.runtime.agent import Agent, Handler
 from mesh.runtime.context import Context, HandOff
@@ -57,7 +59,9 @@ __all__ = [
     "ExpectedSequenceError",
     "Flow",
     "HandOff",
+    "Hit",
     "Handler",
+    "KnowledgeBase",
     "LiveProjection",
     "LlmClient",
     "LlmSession",

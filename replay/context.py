@@ -22,6 +22,7 @@ from mesh.bus.client import Mesh, Published, Submitted, outcome_value
 from mesh.bus.follow import Stored
 from mesh.coordination.board import Board
 from mesh.coordination.conversation import Conversation
+from mesh.coordination.knowledge import KnowledgeBase, KnowledgeIndex
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Ballot, Proposal, Proposals
 from mesh.coordination.workflow import Workflows, WorkflowSpec, workflow_output
@@ -59,6 +60,7 @@ __all__ = [
     "RecordBook",
     "RecordedMesh",
     "ReplayContext",
+    "ReplayKnowledge",
     "ReplayLlmSession",
     "ReplayToolBox",
     "effect_of",
@@ -127,6 +129,7 @@ class RecordBook:
         self.boards: dict[str, list[Record]] = {}  # board name -> its events in the whole log, for reads
         self.votes: dict[str, list[Record]] = {}  # proposal id -> its events in the whole log
         self.conversations: dict[str, list[Record]] = {}  # conversation name -> its turns in the whole log
+        self.knowledge: dict[str, list[Record]] = {}  # knowledge base -> its events in the whole log, for searches
         for record in everything:
             family, _, rest = record.subject.removeprefix("mesh.").partition(".")
             if family == "board":
@@ -135,6 +138,8 @@ class RecordBook:
                 self.votes.setdefault(rest, []).append(record)
             elif family == "conversation":
                 self.conversations.setdefault(rest, []).append(record)
+            elif family == "knowledge":
+                self.knowledge.setdefault(rest, []).append(record)
         self.by_id = {record.event.id: record for record in self.records}
         self.caused = children_of(self.records)
         self.outcomes: dict[str, Record] = {}
@@ -388,6 +393,25 @@ class ReplayConversation(Conversation):
                 if isinstance(record.data, ConversationTurn) and record.data.conversation == self.name:
                     add_turn(self._history, record.data, record.seq, record.event.time or "", self.max_turns)
         return self._history
+class ReplayKnowledge(KnowledgeBase):
+    """A knowledge base as the recorded task saw it: a search folds the base's events in the
+    whole log up to the handler's `horizon` (as `ReplayBoard` reads do) and ranks those, so it
+    answers as the original did unless an entry landed between its search and its next effect.
+    Adds and removes are effects, recorded through the `RecordedMesh`, never sent."""
+
+    def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, name: str,
+                 origin: Origin) -> None:  # fmt: skip
+        index = KnowledgeIndex(check_token("knowledge base", name))
+        super().__init__(cast(Mesh, mesh), name, origin=origin, index=index)
+        self._book = book
+        self._horizon = horizon
+
+    async def refresh(self, *, at_least: int = 0) -> int:
+        upto = max(self._horizon(), at_least)
+        for record in self._book.knowledge.get(self.name, []):
+            if self._index.state.seq < record.seq <= upto:
+                self._index.fold(Stored(record.seq, record.subject, record, 0))
+        return self._index.state.seq
 
 
 LOST_RACES = 10_000  # how many lost compare-and-set writes in a row a rerun reproduces
@@ -436,6 +460,9 @@ class ReplayContext(Context):
 
     def board(self, name: str) -> Board:
         return ReplayBoard(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
+
+    def knowledge(self, name: str) -> KnowledgeBase:
+        return ReplayKnowledge(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
 
     @property
     def vote(self) -> Proposals:

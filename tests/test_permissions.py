@@ -86,6 +86,18 @@ class TestAgentPermissions:
         assert allows(p.publish, "mesh.chat.lobby") and not allows(p.publish, "mesh.board.b.k")
         assert not allows(agent_permissions("echo", ("echo",), {}, INBOX).publish, "mesh.chat.lobby")
 
+    def test_reads_knowledge_bases_and_writes_only_declared_ones(self) -> None:
+        """Every agent role reads knowledge bases; writing one needs `emits`; clients do neither."""
+        reader = agent_permissions("reader", ("recall",), {}, INBOX)
+        assert allows(reader.publish, "$JS.API.CONSUMER.CREATE.MESH.abc.mesh.knowledge.ops")
+        assert not allows(reader.publish, "$JS.API.CONSUMER.CREATE.MESH.abc.mesh.board.b.k")
+        assert not allows(reader.publish, "mesh.knowledge.ops")
+        writer = agent_permissions("librarian", ("remember",), {}, INBOX, emits=("mesh.knowledge.ops",))
+        assert allows(writer.publish, "mesh.knowledge.ops") and not allows(writer.publish, "mesh.knowledge.hr")
+        client = client_permissions(INBOX)
+        assert not allows(client.publish, "mesh.knowledge.ops")
+        assert not allows(client.publish, "$JS.API.CONSUMER.CREATE.MESH.abc.mesh.knowledge.ops")
+
     def test_only_the_capabilities_it_requests(self) -> None:
         """`Agent(requests=...)` narrows sub-tasks to those capabilities; undeclared, any."""
         p = agent_permissions("planner", ("report",), {}, INBOX, requests=("research", "write"))

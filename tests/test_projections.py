@@ -68,6 +68,7 @@ from topics import (
     decode_data,
     encode_data,
 )
+from topics.knowledge import KnowledgeAdded, KnowledgeEvent, KnowledgeRemoved
 
 pytestmark = pytest.mark.unit
 
@@ -492,8 +493,8 @@ class TestSnapshots:
         assert load_snapshot(BOARD, data) == fold(BOARD, log(BoardWritten(board="b", key="k")))
 
     def test_registry(self) -> None:
-        """The registry holds the five ready projections by name."""
-        assert sorted(REGISTRY) == ["board", "consensus", "conversations", "histories", "tasks", "workflows"]
+        """The registry holds the ready projections by name."""
+        assert sorted(REGISTRY) == ["board", "consensus", "conversations", "histories", "knowledge", "tasks", "workflows"]
         assert all(p.name == name and p.version >= 1 for name, p in REGISTRY.items())
 
 
@@ -560,7 +561,11 @@ flow_events = st.one_of(
     st.builds(FlowFailed, workflow_id=ids, error=st.none() | errors),
 )
 chat_events = st.builds(ChatMessage, room=ids, speaker=agents, content=st.text(max_size=3), turn=st.integers(0, 3))
-FAMILIES = [task_events, board_events, vote_events, flow_events, chat_events]
+knowledge_events = st.one_of(
+    st.builds(KnowledgeAdded, kb=ids, text=st.text(max_size=8), tags=st.lists(ids, max_size=2).map(tuple), author=agents),
+    st.builds(KnowledgeRemoved, kb=ids, entry_id=st.sampled_from([f"ev-{n}" for n in range(1, 7)]), author=agents),
+)
+FAMILIES = [task_events, board_events, vote_events, flow_events, chat_events, knowledge_events]
 
 
 def stamped(events: list[Event], skews: list[int]) -> list[Record]:
@@ -661,7 +666,8 @@ class TestRouting:
     def test_tables_cover_each_family(self) -> None:
         """Each ready projection folds by a handler table with one handler per type of its family."""
         families = {"tasks": TaskEvent, "board": BoardEvent, "consensus": VoteEvent, "workflows": FlowEvent,
-                    "conversations": ChatEvent, "histories": ConversationEvent}  # fmt: skip
+                    "conversations": ChatEvent, "histories": ConversationEvent,
+                    "knowledge": KnowledgeEvent}  # fmt: skip
         for name, projection in REGISTRY.items():
             assert isinstance(projection, HandlerProjection) and projection.folds_by_table
             assert set(projection.handles) == set(typing.get_args(families[name]) or (families[name],)), name

@@ -57,6 +57,7 @@ from topics import (
     VoteProposed,
     encode_data,
 )
+from topics.knowledge import KnowledgeAdded, KnowledgeRemoved
 from topics.registry import EVENT_TYPES
 
 pytestmark = pytest.mark.unit
@@ -76,6 +77,8 @@ EVERY_TYPE: list[Event] = [
     TaskCancelRequested(task_id="t2", token="secret", reason="no"),
     BoardWritten(board="b", key="k", value=[1], author="a"),
     BoardDeleted(board="b", key="k", author="a"),
+    KnowledgeAdded(kb="kb", text="tea is a drink", tags=("tea",), metadata={"n": 1}, author="a"),
+    KnowledgeRemoved(kb="kb", entry_id="not-there", author="a"),
     VoteProposed(proposal_id="p", question="?", options=("y", "n"), voters=("a", "b"), deadline=at(100)),
     VoteCast(proposal_id="p", voter="a", choice="y"),
     VoteDecided(proposal_id="p", outcome="y"),

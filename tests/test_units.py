@@ -33,6 +33,7 @@ class TestPublicApi:
         """`mesh.__all__` is the public API; changing it is a decision, not an accident."""
         assert sorted(mesh.__all__) == sorted([
             "Agent", "AgentRunner", "Board", "Conversation", "Flow", "LiveProjection", "Proposal", "Proposals", "Workflows", "tool",
+            "KnowledgeBase", "Hit",
             "Context", "HandOff", "Handler", "LlmClient", "LlmSession", "Mesh", "MeshSettings", "Published", "RunnerOptions",
             "__version__",
             # every error, all from mesh.errors

@@ -18,6 +18,7 @@ from topics.flows import (
     FlowStepFailed,
     FlowStepScheduled,
 )
+from topics.knowledge import KnowledgeAdded, KnowledgeEvent, KnowledgeRemoved
 from topics.record import Record
 from topics.registry import EVENT_TYPES, AnyEvent, decode_data, encode_data, event_class
 from topics.tasks import (
@@ -47,6 +48,7 @@ __all__ = [
     "ErrorInfo", "Event", "Record",
     "FlowCompleted", "FlowEvent", "FlowFailed", "FlowStarted",
     "FlowStepCompleted", "FlowStepFailed", "FlowStepScheduled",
+    "KnowledgeAdded", "KnowledgeEvent", "KnowledgeRemoved",
     "TaskAttemptFailed", "TaskCancelled", "TaskCancelRequested", "TaskClaimed", "TaskCompleted", "TaskEvent", "TaskFailed", "TaskHandedOff",
     "TaskOutcome", "TaskProgress", "TaskRequested",
     "VoteCast", "VoteDecided", "VoteEvent", "VoteProposed",

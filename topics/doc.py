@@ -20,6 +20,7 @@ SUBJECTS = {
     "tool": "`mesh.tool.<agent>.<task_id>`",
     "agent": "`mesh.agent.<role>.<agent_id>`",
     "dead": "`mesh.dead.<original subject tail>`",
+    "knowledge": "`mesh.knowledge.<kb>` (the entry id is the id of the `added` event)",
 }
 
 HEADER = """# Events

@@ -27,6 +27,7 @@ __all__ = [
     "cancel",
     "CANCELS",
     "board",
+    "knowledge",
     "vote",
     "flow",
     "chat",
@@ -75,6 +76,11 @@ def cancel(task_id: str) -> str:
 
 def board(name: str, key: str) -> str:
     return f"mesh.board.{check_token('board', name)}.{check_token('board key', key)}"
+
+
+def knowledge(kb: str) -> str:
+    """The entries of one knowledge base (`mesh.knowledge.added`, `.removed`)."""
+    return f"mesh.knowledge.{check_token('knowledge base', kb)}"
 
 
 def vote(proposal_id: str) -> str:

@@ -22,7 +22,7 @@ from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import MeshError
 from topics.record import Record
 
-__all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "records"]
+__all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "read_subject", "records"]
 
 READ_TIMEOUT = 30.0
 
@@ -148,6 +148,29 @@ async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int
             found.append(item)
             if item.seq >= head or (item.pending == 0 and item.seq >= at_least):
                 return found
+
+
+async def read_subject(mesh: Mesh, subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:
+    """What `read` returns for one subject without wildcards, read through consumers named and
+    filtered on that subject (`jetstream.read_span`): a role can be allowed to read that
+    subject alone (`$JS.API.CONSUMER.CREATE.MESH.*.<subject>`), where the unnamed ordered
+    consumer of `Follow` needs `$JS.API.CONSUMER.CREATE.MESH`, which no permission can narrow.
+    A span the client fell behind on is read again from where it broke off."""
+    head = max(await last_seq(mesh, subject), at_least)
+    found: list[tuple[int, bytes]] = []
+    while (reached := found[-1][0] if found else after) < head:
+        span = await jetstream.read_span(mesh.js, subject, after=reached, before=head + 1, timeout=READ_TIMEOUT)
+        if not span:
+            break  # nothing more is stored (the rest went past the stream's limits)
+        found += span
+    stored: list[Stored] = []
+    for n, (seq, data) in enumerate(found):
+        try:
+            record: Record | None = await payloads.resolve(mesh.js, subject, data, seq)
+        except payloads.RESOLVE_ERRORS:
+            record = None  # not ours to judge; the log keeps it
+        stored.append(Stored(seq, subject, record, len(found) - n - 1))
+    return stored
 
 
 async def records(mesh: Mesh, filter_subject: str, *, after: int = 0) -> list[Record]:

@@ -58,7 +58,7 @@ from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 from nats.nuid import NUID
 
 from mesh.bus.refusals import refusals_of
-from mesh.errors import ExpectedSequenceError
+from mesh.errors import ExpectedSequenceError, MeshError
 from topics import subjects
 
 __all__ = [
@@ -183,6 +183,53 @@ async def read_between(
     return found
 
 
+async def read_span(
+    js: JetStreamContext, subject: str, *, after: int, before: int, timeout: float = 10.0,
+    stream: str = subjects.STREAM,
+) -> list[tuple[int, bytes]]:
+    """The messages on one ``subject`` with a sequence between ``after`` and ``before`` (both
+    excluded), oldest first, as `(seq, data)`, read as `read_between` reads (a consumer named and
+    filtered on the subject, gone once unused), for spans of any length: a consumer without
+    flow control loses messages when the client falls behind, which shows as a skip in the
+    consumer sequence, so what follows a skip is left out and the caller reads on from the
+    last sequence returned. [] if nothing is stored there."""
+    found: list[tuple[int, bytes]] = []
+    done = asyncio.get_running_loop().create_future()
+    expected = 1
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal expected
+        if not msg.reply or done.done():  # a status message, or one after the end
+            return
+        delivery = msg.metadata
+        if delivery.sequence.consumer != expected:  # one was lost before this one
+            if found:
+                done.set_result(None)
+            else:
+                done.set_exception(MeshError(f"reading {subject}: the first message after seq {after} was lost"))
+            return
+        expected += 1
+        if delivery.sequence.stream < before:
+            found.append((delivery.sequence.stream, msg.data))
+        if delivery.sequence.stream >= before - 1 or delivery.num_pending == 0:
+            done.set_result(None)
+
+    inbox = js._nc.new_inbox()
+    sub = await js._nc.subscribe(inbox, cb=on_msg)
+    config = ConsumerConfig(
+        name=f"scan-{nuid_next()}", filter_subject=subject, deliver_subject=inbox, ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1, mem_storage=True,
+        num_replicas=1, inactive_threshold=SCAN_INACTIVE,
+    )  # fmt: skip
+    try:
+        info = await js.add_consumer(stream, config=config)
+        if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
+            await asyncio.wait_for(done, timeout)
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
 async def read_since(
     js: JetStreamContext, filter_subject: str, *, since: datetime, limit: int, timeout: float = 10.0,
     stream: str = subjects.STREAM,
@@ -243,9 +290,10 @@ async def last_on_subject(
     js: JetStreamContext, subject: str, *, stream: str = subjects.STREAM
 ) -> RawStreamMsg | None:
     """The newest message on ``subject`` (wildcards allowed), asked of the stream leader so a
-    write acknowledged before the call is seen; None if there is none."""
+    write acknowledged before the call is seen; None if there is none. A refused get raises
+    `PermissionDeniedError` at once."""
     try:
-        return await js.get_msg(stream, subject=subject)
+        return await guarded(js, f"{API}.STREAM.MSG.GET.{stream}", js.get_msg(stream, subject=subject))
     except NotFoundError:
         return None
 

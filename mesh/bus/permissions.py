@@ -17,7 +17,8 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
   `mesh.tool.<role>.>`, `mesh.dead.>`, its own `mesh.agent.<role>.>`, cancel requests on `mesh.cancel.*`),
   hear cancel requests (`mesh.cancel.*`, and read those of the last hour on start), its own presence
   entries (`<role>.<agent id>`; it reads everyone's), direct gets
-  on MESH (a task's last event; by sequence for dead letters and recorded model calls);
+  on MESH (a task's last event; by sequence for dead letters and recorded model calls), read every
+  knowledge base (`mesh.knowledge.*`; adding to one is an `emits` declaration);
 - `admin`: everything (streams, consumers, KV, object store, import, snapshots).
 
 Nothing here creates, deletes or purges a stream except admin's `>`.
@@ -78,6 +79,17 @@ def _payloads() -> tuple[str, ...]:
     )
 
 
+def _reading_knowledge() -> tuple[str, ...]:
+    """Searching knowledge bases (`mesh.coordination.knowledge`): the newest sequence on a base's
+    subject (a message get, asked of the stream leader), then a short-lived consumer named and
+    filtered on that subject (`mesh.bus.follow.read_subject`).
+    A get by sequence shows no more than the direct gets every agent role has."""
+    return (
+        f"{_API}.STREAM.MSG.GET.{_STREAM}",
+        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.mesh.knowledge.*",
+    )
+
+
 def client_permissions(inbox: str) -> Permissions:
     """Submit tasks, read their outcomes and cancel them; nothing else."""
     return Permissions(
@@ -128,6 +140,7 @@ def agent_permissions(
         f"{_API}.CONSUMER.DELETE.{_KV_STREAM}.*",
         f"$JS.FC.{_KV_STREAM}.>",
         f"{_API}.DIRECT.GET.{_STREAM}",  # by sequence: dead letters, recorded model and tool calls
+        *_reading_knowledge(),
         *_reading_outcomes(),
         *_payloads(),
     ]

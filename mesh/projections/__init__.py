@@ -1,5 +1,5 @@
 """Pure folds of the log into read models: tasks, board, consensus, workflows, conversations
-(chat rooms), histories (model conversations).
+(chat rooms), histories (model conversations), knowledge bases (and their keyword search, `fulltext`).
 
 No I/O, no clock, no randomness: the same records always give the same state. The runtime
 keeps them live, ``state_at`` folds up to a position or an instant, and ``encode_state`` /
@@ -39,7 +39,9 @@ from mesh.projections.conversations import (
     RoomView,
     Turn,
 )
+from mesh.projections.fulltext import FullText, Hit
 from mesh.projections.histories import HistoriesProjection, HistoriesState, History, HistoryTurn
+from mesh.projections.knowledge import KnowledgeEntry, KnowledgeProjection, KnowledgeState, live_at
 from mesh.projections.tasks import TasksProjection, TasksState, TaskStatus, TaskView, is_final
 from mesh.projections.workflows import (
     FlowSpec,
@@ -57,6 +59,7 @@ __all__ = [
     "BOARD",
     "CONSENSUS",
     "CONVERSATIONS",
+    "KNOWLEDGE",
     "REGISTRY",
     "TASKS",
     "WORKFLOWS",
@@ -70,8 +73,13 @@ __all__ = [
     "Decision",
     "FlowSpec",
     "FlowStatus",
+    "FullText",
     "Handler",
     "HandlerProjection",
+    "Hit",
+    "KnowledgeEntry",
+    "KnowledgeProjection",
+    "KnowledgeState",
     "Projection",
     "ProjectionState",
     "ProposalView",
@@ -100,6 +108,7 @@ __all__ = [
     "fold",
     "instant",
     "is_final",
+    "live_at",
     "load_snapshot",
     "ready_steps",
     "roster",
@@ -115,7 +124,8 @@ CONSENSUS = ConsensusProjection()
 WORKFLOWS = WorkflowsProjection()
 CONVERSATIONS = ConversationsProjection()
 HISTORIES = HistoriesProjection()
+KNOWLEDGE = KnowledgeProjection()
 
 REGISTRY: dict[str, Projection[Any]] = {
-    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS, HISTORIES)
+    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS, HISTORIES, KNOWLEDGE)
 }

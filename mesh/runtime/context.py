@@ -15,6 +15,7 @@ from opentelemetry.trace import Span
 from mesh.bus.client import Mesh, Published, outcome_value
 from mesh.coordination.board import Board
 from mesh.coordination.conversation import Conversation
+from mesh.coordination.knowledge import KnowledgeBase
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Workflows, WorkflowSpec
@@ -205,6 +206,9 @@ class Context:
     def conversation(self, name: str) -> Conversation:
         """The model conversation ``name``: its turns are events, read back after a restart."""
         return Conversation(self.mesh, name, origin=self.origin)
+    def knowledge(self, name: str) -> KnowledgeBase:
+        """The knowledge base ``name`` (add, remove, search by keywords, as of any past point)."""
+        return KnowledgeBase(self.mesh, name, origin=self.origin)
 
     @property
     def vote(self) -> Proposals:

@@ -90,6 +90,9 @@ __all__ = [
     "MESH_AGENT_ID",
     "MESH_AGENT_ROLE",
     "MESH_CAPABILITY",
+    "MESH_KNOWLEDGE_BASE",
+    "MESH_KNOWLEDGE_HITS",
+    "MESH_KNOWLEDGE_SEQ",
     "MESH_REPLAYED",
     "MESH_TASK_ID",
     "MESSAGING_CONSUMER_GROUP_NAME",
@@ -129,3 +132,6 @@ MESH_AGENT_ID = "mesh.agent.id"
 MESH_CAPABILITY = "mesh.capability"
 MESH_TASK_ID = "mesh.task_id"
 MESH_REPLAYED = "mesh.replayed"
+MESH_KNOWLEDGE_BASE = "mesh.knowledge.base"  # the knowledge base a search reads
+MESH_KNOWLEDGE_HITS = "mesh.knowledge.hits"  # how many entries it found
+MESH_KNOWLEDGE_SEQ = "mesh.knowledge.seq"  # the stream position it answered at

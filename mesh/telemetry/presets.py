@@ -23,6 +23,7 @@ from mesh.telemetry.conventions import (
     GEN_AI_TOOL_TYPE,
     INVOKE_AGENT,
     MESH_CAPABILITY,
+    MESH_KNOWLEDGE_BASE,
     MESSAGING_CONSUMER_GROUP_NAME,
     MESSAGING_DESTINATION_NAME,
     MESSAGING_DESTINATION_TEMPLATE,
@@ -145,6 +146,10 @@ def agent_preset(agent: str, agent_id: str, capability: str) -> Preset:
 def chat_preset(model: str, provider: str) -> Preset:
     attributes = {GEN_AI_OPERATION_NAME: CHAT, GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
     return Preset(f"{CHAT} {model}", SpanKind.CLIENT, attributes)
+
+
+def search_preset(kb: str) -> Preset:
+    return Preset("search knowledge", SpanKind.INTERNAL, {MESH_KNOWLEDGE_BASE: kb})
 
 
 def tool_preset(name: str, description: str | None) -> Preset:

@@ -52,6 +52,7 @@ from mesh.telemetry.presets import (
     messaging_attributes,
     messaging_parts,
     preset,
+    search_preset,
     subject_template,
     tool_preset,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "process_span",
     "record_error",
     "replaying",
+    "search_span",
     "send_span",
     "subject_template",
     "trace_ids",
@@ -298,6 +300,14 @@ def tool_span(name: str, *, call_id: str | None = None, description: str | None 
     if call_id and span.is_recording():
         span.set_attribute(GEN_AI_TOOL_CALL_ID, call_id)
     return _current(span)
+
+
+def search_span(kb: str) -> AbstractContextManager[Span]:
+    """`search knowledge` (INTERNAL) around one search of knowledge base ``kb``; the caller adds
+    the position it answered at and the number of hits (the query stays out: it may hold user data)."""
+    if (idle := _idle()) is not None:
+        return idle
+    return _current(_start(preset(search_preset, kb)))
 
 
 def record_error(span: Span, error: BaseException) -> None:

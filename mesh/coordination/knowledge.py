@@ -1,0 +1,267 @@
+"""Knowledge bases: named sets of entries (text, tags, metadata, author), searched by keywords.
+
+    kb = ctx.knowledge("runbooks")              # in a handler; KnowledgeBase(mesh, "runbooks") elsewhere
+    entry_id = await kb.add("Restart the cache node ...", tags=("cache",), metadata={"team": "ops"})
+    hits = await kb.search("cache restart", tags=("cache",), limit=5)   # best first, BM25
+    then = await kb.search("cache restart", as_of=1234)                 # the answer at stream position 1234
+    await kb.remove(entry_id)
+
+A base lives on the subject `mesh.knowledge.<kb>`. Its index is a projection of that subject:
+`KnowledgeIndex` folds the events (`mesh.projections.knowledge`) and keeps the entries live
+now in an in-memory SQLite FTS5 index (`mesh.projections.fulltext`). A search first folds in
+what landed since the last one (one read of the subject, up to the head of the log), then
+ranks; so it answers at the position it read to, `KnowledgeBase.seq`, and a search `as_of`
+that position (or any earlier one) later gives the same hits with the same scores: it ranks an
+index of exactly the entries live then.
+
+One index per base per process, shared by every `KnowledgeBase` on the same connection (the
+handlers of an agent process share them): at most `INDEXES_PER_CONNECTION` bases, the least
+recently used dropped beyond that (and folded again from the log if used again). No consumer
+stays open between searches: a refresh that finds the subject moved reads the new events
+through one short-lived consumer filtered on the base's subject (`mesh.bus.follow.read_subject`,
+which the per-subject permissions of agent roles allow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from mesh.bus.client import Mesh, Published
+from mesh.bus.follow import Stored, read_subject
+from mesh.coordination.origin import Origin
+from mesh.projections import KNOWLEDGE, FullText, Hit, KnowledgeEntry, KnowledgeState, live_at
+from mesh.projections.fulltext import MAX_LIMIT, MAX_QUERY
+from mesh.projections.knowledge import Position, micros
+from mesh.telemetry.conventions import MESH_KNOWLEDGE_HITS, MESH_KNOWLEDGE_SEQ
+from mesh.telemetry.tracing import search_span
+from topics import subjects
+from topics.base import MAX_TOKEN, check_token, shorten
+from topics.knowledge import MAX_AUTHOR, KnowledgeAdded, KnowledgeRemoved
+
+__all__ = ["DEFAULT_LIMIT", "INDEXES_PER_CONNECTION", "KnowledgeBase", "KnowledgeIndex", "check_position"]
+
+DEFAULT_LIMIT = 10  # hits a search returns unless told otherwise
+INDEXES_PER_CONNECTION = 16  # knowledge bases one connection keeps folded at once
+
+
+class KnowledgeIndex:
+    """One base folded from its subject: every entry (removed ones too, for past answers) and
+    the entries live now in a `FullText`."""
+
+    def __init__(self, kb: str) -> None:
+        self.kb = kb
+        self.state: KnowledgeState = KNOWLEDGE.initial()
+        self.text = FullText()
+        self.lock = asyncio.Lock()  # one refresh at a time: concurrent handlers share the index
+
+    def fold(self, item: Stored) -> None:
+        """Fold one stored message of the base's subject in. Events that name another base in
+        their data (not where they were published) and messages that do not decode are skipped."""
+        record = item.record
+        if (
+            record is not None
+            and isinstance(record.data, KnowledgeAdded | KnowledgeRemoved)
+            and record.data.kb == self.kb
+        ):
+            KNOWLEDGE.apply(self.state, record)
+            match record.data:
+                case KnowledgeAdded():
+                    entry = self.state.bases.get(self.kb, {}).get(record.event.id)
+                    if entry is not None and entry.live():
+                        self.text.add(entry)
+                case KnowledgeRemoved(entry_id=entry_id):
+                    self.text.remove(entry_id)
+        self.state.seq = max(self.state.seq, item.seq)
+
+    def entries(self, at: Position | None = None) -> list[KnowledgeEntry]:
+        return live_at(self.state, self.kb, at)
+
+    async def search(self, query: str, at: Position | None, **filters: Any) -> list[Hit]:
+        """Rank the entries live at ``at`` (None, or a sequence at or past the fold: now). A past
+        point builds an index of the entries live then, in a worker thread (it takes time in
+        proportion to the base), so the event loop (acknowledgements, other handlers) runs on."""
+        if at is None or (isinstance(at, int) and at >= self.state.seq):
+            return self.text.search(query, **filters)
+        return await asyncio.to_thread(_rank, self.entries(at), query, filters)
+
+
+def _rank(entries: list[KnowledgeEntry], query: str, filters: dict[str, Any]) -> list[Hit]:
+    index = FullText.of(entries)
+    try:
+        return index.search(query, **filters)
+    finally:
+        index.close()
+
+
+_shared: weakref.WeakKeyDictionary[Any, OrderedDict[str, KnowledgeIndex]] = weakref.WeakKeyDictionary()
+
+
+def shared_index(mesh: Mesh, kb: str) -> KnowledgeIndex:
+    """The index of ``kb`` this connection keeps (one per base, `INDEXES_PER_CONNECTION` at most)."""
+    indexes = _shared.setdefault(mesh.nc, OrderedDict())
+    index = indexes.get(kb)
+    if index is None:
+        index = indexes[kb] = KnowledgeIndex(kb)
+        while len(indexes) > INDEXES_PER_CONNECTION:
+            indexes.popitem(last=False)
+    indexes.move_to_end(kb)
+    return index
+
+
+class KnowledgeBase:
+    """One named knowledge base. Inside a handler use `ctx.knowledge(name)`: its adds get ids
+    derived from the task, so a redelivered handler adds nothing twice."""
+
+    def __init__(self, mesh: Mesh, name: str, *, origin: Origin | None = None,
+                 index: KnowledgeIndex | None = None) -> None:  # fmt: skip
+        self.mesh = mesh
+        self.name = check_token("knowledge base", name)
+        self.origin = origin or Origin(author=mesh.source)
+        self._index = index if index is not None else shared_index(mesh, self.name)
+
+    @property
+    def subject(self) -> str:
+        return subjects.knowledge(self.name)
+
+    @property
+    def seq(self) -> int:
+        """The stream position the index has read to: what the last search answered at."""
+        return self._index.state.seq
+
+    async def refresh(self, *, at_least: int = 0) -> int:
+        """Fold in what landed on the base since the last read; return the position reached."""
+        async with self._index.lock:
+            for item in await read_subject(self.mesh, self.subject, after=self._index.state.seq, at_least=at_least):
+                self._index.fold(item)
+        return self._index.state.seq
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def add(self, text: str, *, tags: Iterable[str] = (), metadata: Mapping[str, Any] | None = None) -> str:
+        """Add an entry; return its id (the id of the event that adds it). ValueError if it
+        breaks a bound (`topics.knowledge`: text length, tag count and characters, metadata keys)."""
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValueError(f"metadata must be a mapping (a JSON object), not {shorten(repr(metadata))}")
+        if isinstance(tags, str) or not isinstance(tags, Iterable):
+            raise ValueError(f"tags must be a list of strings, not {shorten(repr(tags))}")
+        data = _checked(KnowledgeAdded(kb=self.name, text=text, tags=tuple(tags), metadata=dict(metadata or {}),
+                                       author=self.origin.author[:MAX_AUTHOR]))  # fmt: skip
+        published = await self._publish(data, "add")
+        await self.refresh(at_least=published.seq)
+        return published.id
+
+    async def remove(self, entry_id: str) -> bool:
+        """Remove the entry ``entry_id`` (it stays in the log, and in answers as of earlier
+        points); True if it was in the base."""
+        data = _checked(KnowledgeRemoved(kb=self.name, entry_id=entry_id, author=self.origin.author[:MAX_AUTHOR]))
+        await self.refresh()
+        found = next((e for e in self._index.entries() if e.id == entry_id), None)
+        published = await self._publish(data, "remove")
+        await self.refresh(at_least=published.seq)
+        return found is not None
+
+    async def _publish(self, data: KnowledgeAdded | KnowledgeRemoved, action: str) -> Published:
+        return await self.mesh.publish(
+            self.subject,
+            data,
+            event_id=self.origin.next_id(f"knowledge/{self.name}/{action}"),
+            correlation_id=self.origin.correlation_id,
+            causation_id=self.origin.cause_id,
+        )
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def search(
+        self,
+        query: str,
+        *,
+        tags: Sequence[str] = (),
+        author: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        as_of: Position | None = None,
+    ) -> list[Hit]:
+        """The entries matching ``query`` (words; see `mesh.projections.fulltext`), best first.
+
+        Only entries carrying every tag in ``tags``, added by ``author``, added between
+        ``since`` and ``until`` (RFC 3339, inclusive). ``as_of`` (a stream sequence or an RFC
+        3339 instant) answers as the base stood then; a position past the head answers now.
+        ValueError names a bad argument."""
+        if not isinstance(query, str) or len(query) > MAX_QUERY:
+            raise ValueError(f"a query is a string of at most {MAX_QUERY} characters, not {shorten(repr(query))}")
+        if author is not None and not isinstance(author, str):
+            raise ValueError(f"author must be a string, not {shorten(repr(author))}")
+        filters = {"tags": _tags(tags), "author": author, "since": _instant("since", since),
+                   "until": _instant("until", until), "limit": _limit(limit)}  # fmt: skip
+        at = check_position(as_of)
+        with search_span(self.name) as span:
+            await self.refresh()
+            hits = await self._index.search(query, at, **filters)
+            if span.is_recording():
+                span.set_attribute(MESH_KNOWLEDGE_SEQ, at if isinstance(at, int) and at < self.seq else self.seq)
+                span.set_attribute(MESH_KNOWLEDGE_HITS, len(hits))
+        return hits
+
+    async def entries(self, *, as_of: Position | None = None) -> list[KnowledgeEntry]:
+        """Every entry of the base (as of ``as_of``), oldest first."""
+        at = check_position(as_of)
+        await self.refresh()
+        return self._index.entries(at)
+
+
+_bounds = msgspec.json.Encoder()
+
+
+def _checked(data: KnowledgeAdded | KnowledgeRemoved) -> Any:
+    """``data`` if it decodes under its own schema (the bounds a reader applies), else ValueError."""
+    try:
+        return msgspec.json.decode(_bounds.encode(data), type=type(data))
+    except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as error:
+        raise ValueError(f"knowledge entry refused: {error}") from None
+
+
+def _tags(tags: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(tags, str):
+        tags = (tags,)
+    found = tuple(tags)
+    if any(not isinstance(tag, str) or not tag or len(tag) > MAX_TOKEN for tag in found):
+        raise ValueError(
+            f"tags to filter by are non-empty strings of at most {MAX_TOKEN} characters, not {found!r:.200}"
+        )
+    return found
+
+
+def _instant(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return micros(value)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{name} must be an RFC 3339 time such as 2026-11-21T19:16:00Z, not {shorten(repr(value))}"
+        ) from None
+
+
+def _limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {limit!r:.40}")
+    return limit
+
+
+def check_position(as_of: Position | None) -> Position | None:
+    """``as_of`` if it is a stream sequence (0 or more) or an RFC 3339 instant, else ValueError."""
+    if as_of is None:
+        return None
+    if isinstance(as_of, int) and not isinstance(as_of, bool) and as_of >= 0:
+        return as_of
+    if isinstance(as_of, str):
+        _instant("as_of", as_of)
+        return as_of
+    raise ValueError(f"as_of must be a stream sequence (0 or more) or an RFC 3339 time, not {shorten(repr(as_of))}")
