@@ -22,6 +22,7 @@ from mesh.bus.connection import live_agents, presence_bucket
 from mesh.bus.payloads import payload_bucket
 from mesh.bus.server import LocalServer, start_server
 from mesh.bus.settings import MeshSettings
+from mesh.coordination.limits import Pool, RateLimit, limits_bucket
 from mesh.coordination.workflow import Workflows, parse
 from mesh.errors import PermissionDeniedError, TaskFailedError, WorkflowTakenError
 from mesh.llm.recorded import stored_on
@@ -182,6 +183,22 @@ class TestRefused:
             await bucket.put(subjects.presence_key("meddler", "echo-fake"), fake)  # its own key, another role inside
             assert [(p.role, p.pid) for p in await live_agents(meddler.js)] == [("echo", echo.pid)]
             assert meddler.nc.is_connected
+
+    async def test_agent_roles_share_limits_clients_do_not(self, secured: Secured) -> None:
+        """Pools and rate limits work under `mesh auth init` for agent roles (the bucket made by
+        admin, as `mesh up --auth` does); a client may not touch them."""
+        await limits_bucket(secured.admin.js)
+        async with await secured.connect("echo") as echo, await secured.connect("meddler") as meddler:
+            lease = await Pool(echo, "gpu", size=1).acquire(timeout=10)
+            assert await Pool(meddler, "gpu", size=1).try_acquire() is None  # held by the echo role
+            await Pool(echo, "gpu", size=1).release(lease)
+            assert await Pool(meddler, "gpu", size=1).acquire(timeout=10)  # woken by the release
+            assert await RateLimit(echo, "api", limit=1, interval=60).try_acquire() is not None
+            assert await RateLimit(meddler, "api", limit=1, interval=60).try_acquire() is None
+        async with await secured.connect("client") as client:
+            with pytest.raises((PermissionDeniedError, TimeoutError)):
+                await Pool(client, "gpu", size=1).try_acquire()
+        assert any("KV_mesh-limits" in line for line in secured.violations())  # refused by the server
 
     async def test_agent_logs_the_refusal_and_fails_the_task(self, secured: Secured) -> None:
         agent = await secured.agents.start("tests.fixture_agents:meddler", "--nkey", str(secured.auth / "meddler.nk"))

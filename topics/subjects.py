@@ -47,6 +47,7 @@ __all__ = [
 STREAM = "MESH"
 ALL = "mesh.>"
 PRESENCE_BUCKET = "mesh-presence"
+LIMITS_BUCKET = "mesh-limits"  # KV: shared pools and rate limits (`mesh.coordination.limits`)
 PAYLOAD_BUCKET = "mesh-payloads"  # object store: `data` too large for one message (see CloudEvent.dataref)
 
 

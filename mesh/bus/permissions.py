@@ -38,6 +38,7 @@ _API = "$JS.API"
 _STREAM = subjects.STREAM
 _KV_STREAM = f"KV_{subjects.PRESENCE_BUCKET}"
 _OBJ_STREAM = f"OBJ_{subjects.PAYLOAD_BUCKET}"
+_LIMITS_STREAM = f"KV_{subjects.LIMITS_BUCKET}"
 
 
 class Permissions(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,6 +88,18 @@ def _reading_knowledge() -> tuple[str, ...]:
     return (
         f"{_API}.STREAM.MSG.GET.{_STREAM}",
         f"{_API}.CONSUMER.CREATE.{_STREAM}.*.mesh.knowledge.*",
+    )
+
+
+def _limits() -> tuple[str, ...]:
+    """Taking and giving back shared pools and rate limits (`mesh.coordination.limits`, and
+    `ctx.llm`'s model-call limits): read a key, update it with compare-and-set, hear it change.
+    Any key: limits are cooperative, so a role can hold up (never forge) another's work."""
+    return (
+        f"$KV.{subjects.LIMITS_BUCKET}.>",
+        f"{_API}.STREAM.INFO.{_LIMITS_STREAM}",
+        f"{_API}.STREAM.MSG.GET.{_LIMITS_STREAM}",
+        f"{_API}.DIRECT.GET.{_LIMITS_STREAM}.>",
     )
 
 
@@ -143,8 +156,9 @@ def agent_permissions(
         *_reading_knowledge(),
         *_reading_outcomes(),
         *_payloads(),
+        *_limits(),
     ]
-    subscribe: list[str] = [f"{inbox}.>", "mesh.task.>", subjects.CANCELS]
+    subscribe: list[str] = [f"{inbox}.>", "mesh.task.>", subjects.CANCELS, f"$KV.{subjects.LIMITS_BUCKET}.>"]
     for name, filter_subject in consumers.items():
         publish += _consumer(name, filter_subject)
         subscribe.append(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{_STREAM}.{name}")

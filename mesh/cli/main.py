@@ -83,10 +83,12 @@ def _say_how_others_connect(host: str, url: str, with_auth: bool) -> None:
 async def _prepare(admin: MeshSettings) -> None:
     from mesh.bus.connection import presence_bucket
     from mesh.bus.payloads import payload_bucket
+    from mesh.coordination.limits import limits_bucket
 
     async with await Mesh.connect(settings=admin) as mesh:
         await presence_bucket(mesh.js)
         await payload_bucket(mesh.js)
+        await limits_bucket(mesh.js)
 
 
 @main.command()

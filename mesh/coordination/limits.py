@@ -31,6 +31,7 @@ from typing import Generic, TypeVar
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
+from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -38,11 +39,12 @@ from mesh.bus import jetstream
 from mesh.bus.client import Mesh
 from mesh.bus.connection import stream_replicas
 from mesh.errors import ConfigError, LimitTimeoutError
+from topics import subjects
 from topics.base import check_token
 
-__all__ = ["LIMITS_BUCKET", "MAX_GRANTS", "MAX_HOLDERS", "Grant", "Lease", "Pool", "RateLimit"]
+__all__ = ["LIMITS_BUCKET", "MAX_GRANTS", "MAX_HOLDERS", "Grant", "Lease", "Pool", "RateLimit", "limits_bucket"]
 
-LIMITS_BUCKET = "mesh-limits"
+LIMITS_BUCKET = subjects.LIMITS_BUCKET
 MAX_HOLDERS = 1000  # the largest pool
 MAX_GRANTS = 10_000  # grants a rate limit remembers: at most this many acquisitions per interval
 _WAKE = 5.0  # seconds a waiter sleeps at most between looks, should a change notice be lost
@@ -80,6 +82,17 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
+async def limits_bucket(js: JetStreamContext) -> KeyValue:
+    """The `mesh-limits` bucket, created if missing (`mesh up --auth` creates it as admin: no
+    other role may create streams)."""
+    try:
+        return await js.key_value(LIMITS_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        config = KeyValueConfig(bucket=LIMITS_BUCKET, history=1, storage=StorageType.FILE,
+                                replicas=stream_replicas(), description="agentmesh pools and rate limits")  # fmt: skip
+        return await js.create_key_value(config)
+
+
 class _Key(Generic[S]):
     """One limit's KV key, changed by compare-and-set."""
 
@@ -91,12 +104,7 @@ class _Key(Generic[S]):
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
-            try:
-                self._kv = await self.mesh.js.key_value(LIMITS_BUCKET)
-            except (BucketNotFoundError, NotFoundError):
-                config = KeyValueConfig(bucket=LIMITS_BUCKET, history=1, storage=StorageType.FILE,
-                                        replicas=stream_replicas(), description="agentmesh pools and rate limits")  # fmt: skip
-                self._kv = await self.mesh.js.create_key_value(config)
+            self._kv = await limits_bucket(self.mesh.js)
         return self._kv
 
     async def change(self, decide: Callable[[S, int], tuple[S, R] | int]) -> tuple[R, None] | tuple[None, int]:
