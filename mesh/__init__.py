@@ -4,13 +4,16 @@ durable CloudEvent in one log."""
 from mesh.bus.client import Mesh, Published
 from mesh.bus.settings import MeshSettings
 from mesh.coordination.board import Board
+from mesh.coordination.humans import Humans
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Flow, Workflows
 from mesh.errors import (
+    AnswerRejected,
     AuthenticationError,
     ConfigError,
     ConflictError,
     ExpectedSequenceError,
+    HumanTimeoutError,
     LogGapError,
     MeshError,
     NoServerError,
@@ -44,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agent",
     "AgentRunner",
+    "AnswerRejected",
     "AuthenticationError",
     "Board",
     "ConfigError",
@@ -53,6 +57,8 @@ __all__ = [
     "Flow",
     "HandOff",
     "Handler",
+    "Humans",
+    "HumanTimeoutError",
     "LiveProjection",
     "LlmClient",
     "LlmSession",

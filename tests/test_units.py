@@ -41,6 +41,8 @@ class TestPublicApi:
             "ExpectedSequenceError", "VersionConflict", "VoteRejected", "VoteTimeoutError", "WorkflowFailedError",
             "WorkflowTimeoutError", "ToolError", "ToolNotGrantedError", "LogGapError", "ReplayIsolationError",
             "ReplayStop", "PermissionDeniedError", "AuthenticationError",
+            # a human in the loop
+            "Humans", "AnswerRejected", "HumanTimeoutError",
         ])  # fmt: skip
         for name in mesh.__all__:
             assert hasattr(mesh, name)

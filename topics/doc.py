@@ -19,6 +19,7 @@ SUBJECTS = {
     "tool": "`mesh.tool.<agent>.<task_id>`",
     "agent": "`mesh.agent.<agent_id>`",
     "dead": "`mesh.dead.<original subject tail>`",
+    "human": "`mesh.ask.<role>.<question_id>` (asked, expired), `mesh.answer.<question_id>` (answered)",
 }
 
 HEADER = """# Events

@@ -17,6 +17,7 @@ from topics.calls import CallEvent
 from topics.chat import ChatEvent
 from topics.dead import DeadEvent
 from topics.flows import FlowEvent
+from topics.humans import HumanEvent
 from topics.tasks import TaskEvent
 from topics.votes import VoteEvent
 
@@ -24,6 +25,7 @@ __all__ = ["EVENT_TYPES", "UPCASTERS", "AnyEvent", "decode_data", "encode_data",
 
 AnyEvent = (
     TaskEvent | BoardEvent | VoteEvent | FlowEvent | ChatEvent | BidEvent | CallEvent | AgentEvent | DeadEvent
+    | HumanEvent
 )
 
 

@@ -1,4 +1,5 @@
-"""Pure folds of the log into read models: tasks, board, consensus, workflows, conversations.
+"""Pure folds of the log into read models: tasks, board, consensus, workflows, conversations,
+questions to people.
 
 No I/O, no clock, no randomness: the same records always give the same state. The runtime
 keeps them live, ``state_at`` folds up to a position or an instant, and ``encode_state`` /
@@ -38,6 +39,7 @@ from mesh.projections.conversations import (
     RoomView,
     Turn,
 )
+from mesh.projections.humans import HumansProjection, HumansState, QuestionView, is_open, open_questions
 from mesh.projections.tasks import TasksProjection, TasksState, TaskStatus, TaskView, is_final
 from mesh.projections.workflows import (
     FlowSpec,
@@ -55,6 +57,7 @@ __all__ = [
     "BOARD",
     "CONSENSUS",
     "CONVERSATIONS",
+    "HUMANS",
     "REGISTRY",
     "TASKS",
     "WORKFLOWS",
@@ -70,9 +73,12 @@ __all__ = [
     "FlowStatus",
     "Handler",
     "HandlerProjection",
+    "HumansProjection",
+    "HumansState",
     "Projection",
     "ProjectionState",
     "ProposalView",
+    "QuestionView",
     "Revision",
     "RoomView",
     "Snapshot",
@@ -92,8 +98,10 @@ __all__ = [
     "evaluate",
     "fold",
     "instant",
+    "is_open",
     "is_final",
     "load_snapshot",
+    "open_questions",
     "ready_steps",
     "roster",
     "state_at",
@@ -107,7 +115,8 @@ BOARD = BoardProjection()
 CONSENSUS = ConsensusProjection()
 WORKFLOWS = WorkflowsProjection()
 CONVERSATIONS = ConversationsProjection()
+HUMANS = HumansProjection()
 
 REGISTRY: dict[str, Projection[Any]] = {
-    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS)
+    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS, HUMANS)
 }

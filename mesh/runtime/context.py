@@ -4,7 +4,9 @@ effect is an event with an id derived from the task's, and a redelivery repeats 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
+import time
 import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -14,6 +16,7 @@ from opentelemetry.trace import Span
 
 from mesh.bus.client import Mesh, Published, outcome_value
 from mesh.coordination.board import Board
+from mesh.coordination.humans import DEFAULT_ASK_TIMEOUT, NO_DEFAULT, Humans, check_timeout
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Workflows, WorkflowSpec
@@ -27,9 +30,14 @@ if TYPE_CHECKING:
     from mesh.llm.client import LlmSession
     from mesh.llm.tools import ToolBox
 
-__all__ = ["FORK_SOURCE", "Context", "HandOff"]
+__all__ = ["FORK_SOURCE", "RUN_BUDGET", "Context", "HandOff"]
 
 FORK_SOURCE = "mesh://fork/"  # the source of a request `replay fork` re-published (then + the new id)
+
+RUN_BUDGET: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar("run_budget", default=None)
+"""The timeout that enforces the running handler's maximum run time (`pipeline.bounded`), when
+that, not the task's deadline, bounds it: `ctx.ask` moves it on by the time spent waiting for
+a person, so waiting on a human does not count against `max_run_time` (the deadline does)."""
 
 
 class HandOff(NamedTuple):
@@ -60,6 +68,7 @@ class Context:
         scope: str = "",
         request_seq: int | None = None,
         cancelled: Callable[[], str | None] | None = None,
+        deadline: str | None = None,
     ) -> None:
         self.mesh = mesh
         self.agent = agent
@@ -70,6 +79,7 @@ class Context:
         self.attempt = attempt
         self.span = span
         self.request_seq = request_seq  # the stream sequence of the request this attempt answers
+        self.deadline = deadline  # the task's deadline (RFC 3339), if it has one
         self.log = structlog.get_logger(agent)
         self._llm = llm  # made on first use: most handlers never call a model or a tool
         self._tools = tools
@@ -78,6 +88,7 @@ class Context:
         self._emitted = itertools.count()
         self._requested = itertools.count()
         self._workflows = itertools.count()
+        self._asked = itertools.count()
         self._cancelled = cancelled  # the reason, once a cancel request stopped this task
 
     @property
@@ -189,6 +200,40 @@ class Context:
         await workflows.start(spec, input, workflow_id=workflow_id, correlation_id=self.correlation_id,
                               causation_id=self.event.id)  # fmt: skip
         return await workflows.result(workflow_id, timeout=timeout)
+
+    async def ask(
+        self, question: str, options: Iterable[str] = (), *, timeout: float = DEFAULT_ASK_TIMEOUT,
+        context: str = "", default: Any = NO_DEFAULT,
+    ) -> Any:  # fmt: skip
+        """Ask a person and return the answer (a str; one of ``options`` when given). The
+        question waits in `mesh inbox` until someone runs `mesh answer ID ANSWER`. Durable: a
+        retry of this task, or a restart of this agent, asks the same question again (stored
+        once) and gets the answer even if it came while nobody was waiting. The time spent
+        waiting does not count against the handler's `max_run_time`; the task's deadline does
+        (the question expires with it). Past ``timeout`` seconds (at most 7 days)
+        `mesh.human.expired` is recorded and ``default`` returned if given, else
+        HumanTimeoutError raised."""
+        if self._before_effect is not None:
+            await self._before_effect()
+        label = f"ask/{next(self._asked)}" + (f"@{self.request_seq}" if self.request_seq is not None else "")
+        humans = self._humans()
+        budget = RUN_BUDGET.get()
+        allowance = check_timeout(timeout)
+        if budget is not None and budget.when() is not None:
+            budget.reschedule(budget.when() + allowance)  # type: ignore[operator]
+        started = time.monotonic()
+        try:
+            return await humans.ask(question, options, timeout=timeout, context=context,
+                                    question_id=self._child_id(label), default=default, expires_at=self.deadline)  # fmt: skip
+        finally:
+            if budget is not None and budget.when() is not None and not budget.expired():
+                unused = max(0.0, allowance - (time.monotonic() - started))
+                budget.reschedule(budget.when() - unused)  # type: ignore[operator]
+
+    def _humans(self) -> Humans:
+        """Questions as this agent role, for this task (`rerun` answers them from the log)."""
+        return Humans(self.mesh, role=self.agent, origin=Origin(self.event.id, self.correlation_id, author=self.agent_id),
+                      task_id=self.task_id, capability=self.capability, agent=self.agent_id)  # fmt: skip
 
     @functools.cached_property
     def origin(self) -> Origin:
