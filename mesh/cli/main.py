@@ -18,6 +18,8 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.auth import auth as auth_group
 from mesh.cli.demo import demo as demo_command
 from mesh.cli.flow import flow as flow_group
+from mesh.cli.humans import answer as answer_command
+from mesh.cli.humans import inbox as inbox_command
 from mesh.cli.options import UserError, nats_options, parse_json, run, run_sync, token
 from mesh.cli.replay import replay as replay_group
 from mesh.cli.run import run_team as run_command
@@ -230,7 +232,8 @@ async def _publish(settings: MeshSettings, subject: str, data: Any, correlation:
         return await mesh.publish(subject, data, correlation_id=correlation)
 
 
-for _command in (tail_command, status_command, demo_command, flow_group, replay_group, auth_group, run_command):
+for _command in (tail_command, status_command, demo_command, flow_group, replay_group, auth_group, run_command,
+                 inbox_command, answer_command):
     main.add_command(_command)
 main.add_command(ui_command)
 

@@ -28,7 +28,6 @@ from typing import Any
 
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh, Published
-from mesh.bus.follow import read
 from mesh.coordination.origin import Origin
 from mesh.errors import AnswerRejected, ExpectedSequenceError, HumanTimeoutError, SchemaError
 from mesh.projections import HUMANS, HumansState, QuestionView, fold, instant, is_open, open_questions
@@ -42,6 +41,7 @@ __all__ = ["DEFAULT_ASK_TIMEOUT", "MAX_ASK_TIMEOUT", "Asked", "Humans", "NO_DEFA
 
 DEFAULT_ASK_TIMEOUT = 3600.0  # seconds a handler waits for a person unless it says otherwise
 MAX_ASK_TIMEOUT = 7 * 24 * 3600.0  # the longest wait: also how far back `inbox` reads the log
+MAX_READ = 100_000  # events `inbox` reads per subject filter (the newest, when there are more)
 MAX_ANSWERS_READ = 1000  # answers read on one question's subject before giving up on finding one that fits
 NO_DEFAULT: Any = object()
 
@@ -197,27 +197,31 @@ class Humans:
     async def state(self, *, since: float = MAX_ASK_TIMEOUT) -> HumansState:
         """The questions asked in the last ``since`` seconds (older ones cannot be open any
         more: no wait is longer than `MAX_ASK_TIMEOUT`) and what became of them."""
+        return await self._fold((subjects.ASKS, subjects.ANSWERS), since)
+
+    async def _fold(self, filters: tuple[str, ...], since: float) -> HumansState:
+        """The humans fold of the events on ``filters`` stored in the last ``since`` seconds,
+        read with a consumer from that time, removed once read (`jetstream.read_since`)."""
         start = datetime.now(UTC) - timedelta(seconds=since)
         records: list[Record] = []
-        for filter_subject in (subjects.ASKS, subjects.ANSWERS):
-            found = await jetstream.read_since(self.mesh.js, filter_subject, since=start, limit=100_000)
+        for filter_subject in filters:
+            found = await jetstream.read_since(self.mesh.js, filter_subject, since=start, limit=MAX_READ)
             for seq, subject, data in found:
                 record = await self.mesh.record_of(subject, data, seq)
                 if record is not None:
                     records.append(record)
-        records.sort(key=lambda r: r.seq)
-        return fold(HUMANS, records)
+        return fold(HUMANS, sorted(records, key=lambda r: r.seq))
 
     async def inbox(self, *, now: str | None = None) -> list[QuestionView]:
         """The questions waiting for a person now, oldest first."""
         return open_questions(await self.state(), now or now_rfc3339())
 
     async def question(self, question_id: str) -> QuestionView | None:
-        """One question and what became of it (read from its own subjects), None if never asked."""
+        """One question and what became of it (read from its own subjects), None if it was not
+        asked within `MAX_ASK_TIMEOUT`."""
         check_token("question id", question_id)
-        records = [item.record for item in await read(self.mesh, f"mesh.ask.*.{question_id}") if item.record]
-        records += [item.record for item in await read(self.mesh, subjects.answer(question_id)) if item.record]
-        return fold(HUMANS, sorted(records, key=lambda r: r.seq)).questions.get(question_id)
+        state = await self._fold((f"mesh.ask.*.{question_id}", subjects.answer(question_id)), MAX_ASK_TIMEOUT)
+        return state.questions.get(question_id)
 
     async def answer(self, question_id: str, answer: str, *, answered_by: str | None = None) -> Published:
         """Answer an open question. AnswerRejected if it is unknown, answered, expired, or the
