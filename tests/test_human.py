@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mesh import Agent, Context, Mesh
 from mesh.bus.client import outcome_value
-from mesh.errors import TaskFailedError
+from mesh.bus.connection import presence_bucket
+from mesh.bus.payloads import payload_bucket
+from mesh.bus.server import start_server
+from mesh.bus.settings import MeshSettings
+from mesh.coordination.humans import Humans
+from mesh.errors import PermissionDeniedError, TaskFailedError
 from replay.reader import read_log
 from replay.rerun import rerun
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
-from tests.test_auth import cli
+from tests.test_auth import Secured, auth_init, cli
 from topics import subjects
 from topics.envelope import derived_id
 from topics.humans import HumanAnswered, HumanAsked
@@ -148,6 +155,58 @@ class TestHumanInTheLoop:
         outcome = await mesh.follow("gate", "gate-1", submitted.seq, timeout=30)
         assert outcome_value(outcome)["answer"] == "open" and outcome.data.attempt == 1  # type: ignore[attr-defined]
         assert not log.of_type("mesh.task.attempt_failed", task_id="gate-1")
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+    """A server requiring the users `mesh auth init` wrote for the approver and meddler roles
+    and a client; its admin created the stream and buckets, as `mesh up --auth` does."""
+    auth = tmp_path / "auth"
+    await auth_init(auth, APPROVER, "tests.fixture_agents:meddler", clients=("client",))
+    server = start_server(tmp_path / "store", port=-1, log_file=tmp_path / "nats.log",
+                          extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
+    admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
+    await presence_bucket(admin.js)
+    await payload_bucket(admin.js)
+    log = EventLog(admin)
+    await log.start()
+    agents = AgentProcesses(server.url, log, tmp_path)
+    try:
+        yield Secured(server, auth, admin, agents)
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, agents.stop_all)
+        await log.stop()
+        await admin.close()
+        server.stop()
+
+
+class TestWhoMayAskAndAnswer:
+    async def test_agents_ask_in_their_own_name_and_clients_answer(self, secured: Secured) -> None:
+        """Under `mesh auth init`'s permissions the approver asks, a client lists and answers;
+        another agent role may neither answer nor ask in the approver's name."""
+        await secured.agents.start(APPROVER, "--nkey", str(secured.auth / "approver.nk"))
+        client_key = ("--nats", secured.server.url, "--nkey", str(secured.auth / "client.nk"))
+        async with await secured.connect("client") as client:
+            submitted = await client.submit_request("approve", SHIP, task_id="ship-9")
+            [record] = await secured.agents.log.wait_for_type("mesh.human.asked", task_id="ship-9")
+            question = record.data.question_id  # type: ignore[attr-defined]
+            code, out, err = await cli("inbox", *client_key)
+            assert code == 0 and question in out, err
+            async with await secured.connect("meddler") as meddler:
+                with pytest.raises(PermissionDeniedError, match=r"mesh\.answer\."):
+                    await meddler.publish(subjects.answer(question), HumanAnswered(question_id=question, answer="yes"))
+                forged = HumanAsked(question_id="q-9", question="Wire the money?", options=("yes",))
+                with pytest.raises(PermissionDeniedError, match=r"mesh\.ask\.approver\.q-9"):
+                    await meddler.publish(subjects.ask("approver", "q-9"), forged)
+                with pytest.raises(PermissionDeniedError):
+                    await Humans(meddler).inbox()
+            code, out, err = await cli("answer", question, "no", *client_key)
+            assert code == 0, err
+            outcome = await client.follow("approve", "ship-9", submitted.seq, timeout=30)
+            assert outcome_value(outcome)["answer"] == "no"
+        refused = [line.rsplit(" - Subject ", 1)[-1] for line in secured.violations()]
+        assert refused == [f'"{subjects.answer(question)}"', '"mesh.ask.approver.q-9"', refused[2]]  # the meddler's only
+        assert refused[2].startswith('"$JS.API.CONSUMER.CREATE.MESH.scan-') and refused[2].endswith('.mesh.ask.>"')
 
 
 def _asking_otherwise() -> Agent:

@@ -132,6 +132,7 @@ def agent_permissions(
         f"mesh.llm.{role}.>",
         f"mesh.tool.{role}.>",
         f"mesh.ask.{role}.>",  # questions to people (`ctx.ask`), in its own name only
+        f"{_API}.DIRECT.GET.{_STREAM}.{subjects.ANSWERS}",  # the last answer to a question it awaits
         "mesh.dead.>",
         "mesh.agent.>",
         f"$KV.{subjects.PRESENCE_BUCKET}.>",
