@@ -157,6 +157,28 @@ class TestHumanInTheLoop:
         assert not log.of_type("mesh.task.attempt_failed", task_id="gate-1")
 
 
+class TestGroupChatSeat:
+    async def test_a_person_takes_a_turn_through_the_inbox(
+        self, mesh: Mesh, nats_url: str, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """`humans: ["ada"]`: ada's turn is a question with the conversation as context; her
+        answer is her turn, and her termination phrase ends the chat."""
+        await agents.start("agents.groupchat:host")
+        await agents.start("agents.groupchat:panel")
+        chat = {"topic": "tabs or spaces", "speakers": ["speak-optimist", "ada"], "humans": ["ada"], "max_turns": 4}
+        submitted = await mesh.submit_request("group-chat", chat, task_id="chat-1")
+        question = await asked(log, "chat-1")
+        assert question.question.startswith("ada, your turn in the chat on 'tabs or spaces'")
+        assert question.context.startswith("speak-optimist: ")
+        code, _, err = await cli("answer", question.question_id, "Tabs.", "TERMINATE", "--nats", nats_url)
+        assert code == 0, err
+        result = outcome_value(await mesh.follow("group-chat", "chat-1", submitted.seq, timeout=30))
+        assert result["ended"] == "terminated" and result["turns"] == 2
+        assert result["said"][1] == {"speaker": "ada", "content": "Tabs. TERMINATE"}
+        [turn] = await log.wait_for(lambda r: r.subject == f"mesh.chat.{result['room']}" and r.data.turn == 2)  # type: ignore[attr-defined]
+        assert turn.data.speaker == "ada"  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     """A server requiring the users `mesh auth init` wrote for the approver and meddler roles
