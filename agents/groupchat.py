@@ -24,8 +24,8 @@ import msgspec
 
 from mesh import Agent, Context
 from topics import subjects
-from topics.humans import MAX_CONTEXT
 from topics.chat import ChatMessage
+from topics.humans import MAX_CONTEXT
 
 host = Agent("chat-host", emits=("mesh.chat.*",))
 panel = Agent("panel")

@@ -129,7 +129,7 @@ class TestHumanInTheLoop:
         """The task fails with HumanTimeoutError, the expiry is recorded, the question leaves
         the inbox and a late answer is refused; with a default, the default is the answer."""
         await agents.start(APPROVER)
-        with pytest.raises(TaskFailedError, match="HumanTimeoutError.*not answered within 1s"):
+        with pytest.raises(TaskFailedError, match=r"HumanTimeoutError.*not answered within 1s"):
             await mesh.request("approve", {**SHIP, "timeout": 1}, task_id="late-1", timeout=30)
         [expired] = log.of_type("mesh.human.expired")
         code, out, err = await cli("inbox", "--nats", nats_url)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import time
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
