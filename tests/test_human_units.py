@@ -7,7 +7,15 @@ import pytest
 
 from mesh.projections import HUMANS, fold, open_questions
 from tests.test_projections import at, record
-from topics.humans import MAX_ANSWER, MAX_OPTIONS, HumanAnswered, HumanAsked, HumanExpired, answer_problem, question_problem
+from topics.humans import (
+    MAX_ANSWER,
+    MAX_OPTIONS,
+    HumanAnswered,
+    HumanAsked,
+    HumanExpired,
+    answer_problem,
+    question_problem,
+)
 
 pytestmark = pytest.mark.unit
 
