@@ -21,6 +21,7 @@ from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Workflows, WorkflowSpec
 from mesh.errors import PermissionDeniedError, TaskTimeoutError
+from mesh.telemetry.tracing import ask_span
 from topics import subjects
 from topics.base import Event
 from topics.envelope import CloudEvent, derived_id
@@ -222,9 +223,12 @@ class Context:
         if budget is not None and budget.when() is not None:
             budget.reschedule(budget.when() + allowance)  # type: ignore[operator]
         started = time.monotonic()
+        question_id = self._child_id(label)
         try:
-            return await humans.ask(question, options, timeout=timeout, context=context,
-                                    question_id=self._child_id(label), default=default, expires_at=self.deadline)  # fmt: skip
+            self.log.info("asking a person", question_id=question_id, timeout=timeout)
+            with ask_span(question_id):
+                return await humans.ask(question, options, timeout=timeout, context=context, question_id=question_id,
+                                        default=default, expires_at=self.deadline)  # fmt: skip
         finally:
             if budget is not None and budget.when() is not None and not budget.expired():
                 unused = max(0.0, allowance - (time.monotonic() - started))
