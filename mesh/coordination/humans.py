@@ -22,7 +22,7 @@ an answer stored before that still counts (the fold says so too), one after it d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -70,9 +70,10 @@ class Humans:
 
     def __init__(
         self, mesh: Mesh, *, role: str = "client", origin: Origin | None = None, task_id: str = "",
-        capability: str = "", agent: str = "",
+        capability: str = "", agent: str = "", stopped: Callable[[], bool] | None = None,
     ) -> None:  # fmt: skip
         self.mesh = mesh
+        self.stopped = stopped  # whether the asker was cancelled (a cancel may be lost in a NATS reply: checked)
         self.role = role
         self.origin = origin or Origin(author=mesh.source)
         self.task_id, self.capability, self.agent = task_id, capability, agent or self.origin.author
@@ -158,6 +159,8 @@ class Humans:
                 left = deadline - loop.time()
                 if left <= 0:
                     return None
+                if self.stopped is not None and self.stopped():  # on Python 3.11 nats-py's `wait_for` can swallow a cancel
+                    raise asyncio.CancelledError
                 try:
                     await asyncio.wait_for(landed, left)
                 except TimeoutError:
@@ -185,12 +188,16 @@ class Humans:
 
     async def _expire(self, stored: Asked, reason: str) -> int:
         """Record that the asker stopped waiting; the sequence it landed at."""
-        expired = HumanExpired(question_id=stored.asked.question_id, reason=reason)
-        published = await self.mesh.publish(stored.subject, expired,
-                                            event_id=derived_id(stored.asked.question_id, "expired"),
-                                            correlation_id=self.origin.correlation_id or stored.asked.question_id,
-                                            causation_id=self.origin.cause_id)  # fmt: skip
-        return published.seq
+        return (await self.withdraw(stored.asked.question_id, reason)).seq
+
+    async def withdraw(self, question_id: str, reason: str) -> Published:
+        """Record that the asker no longer waits for an answer (`mesh.human.expired`): its
+        timeout passed, or its task was cancelled. Once per question (a derived id)."""
+        expired = HumanExpired(question_id=question_id, reason=shorten(reason, 500))
+        return await self.mesh.publish(subjects.ask(self.role, question_id), expired,
+                                       event_id=derived_id(question_id, "expired"),
+                                       correlation_id=self.origin.correlation_id or question_id,
+                                       causation_id=self.origin.cause_id)  # fmt: skip
 
     # -- answering and listing (clients) -----------------------------------------------
 

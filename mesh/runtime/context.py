@@ -229,6 +229,11 @@ class Context:
             with ask_span(question_id):
                 return await humans.ask(question, options, timeout=timeout, context=context, question_id=question_id,
                                         default=default, expires_at=self.deadline)  # fmt: skip
+        except asyncio.CancelledError:
+            reason = self._cancelled() if self._cancelled is not None else None
+            if reason is not None:  # the task was cancelled (not a stop of this process): nobody waits any more
+                await humans.withdraw(question_id, f"task {self.task_id} was cancelled: {reason}")
+            raise
         finally:
             if budget is not None and budget.when() is not None and not budget.expired():
                 unused = max(0.0, allowance - (time.monotonic() - started))
@@ -237,7 +242,8 @@ class Context:
     def _humans(self) -> Humans:
         """Questions as this agent role, for this task (`rerun` answers them from the log)."""
         return Humans(self.mesh, role=self.agent, origin=Origin(self.event.id, self.correlation_id, author=self.agent_id),
-                      task_id=self.task_id, capability=self.capability, agent=self.agent_id)  # fmt: skip
+                      task_id=self.task_id, capability=self.capability, agent=self.agent_id,
+                      stopped=lambda: self._cancelled is not None and self._cancelled() is not None)  # fmt: skip
 
     @functools.cached_property
     def origin(self) -> Origin:
