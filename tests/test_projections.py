@@ -67,6 +67,7 @@ from topics import (
     decode_data,
     encode_data,
 )
+from topics.humans import HumanEvent
 
 pytestmark = pytest.mark.unit
 
@@ -491,8 +492,8 @@ class TestSnapshots:
         assert load_snapshot(BOARD, data) == fold(BOARD, log(BoardWritten(board="b", key="k")))
 
     def test_registry(self) -> None:
-        """The registry holds the five ready projections by name."""
-        assert sorted(REGISTRY) == ["board", "consensus", "conversations", "tasks", "workflows"]
+        """The registry holds the six ready projections by name."""
+        assert sorted(REGISTRY) == ["board", "consensus", "conversations", "humans", "tasks", "workflows"]
         assert all(p.name == name and p.version >= 1 for name, p in REGISTRY.items())
 
 
@@ -660,7 +661,7 @@ class TestRouting:
     def test_tables_cover_each_family(self) -> None:
         """Each ready projection folds by a handler table with one handler per type of its family."""
         families = {"tasks": TaskEvent, "board": BoardEvent, "consensus": VoteEvent, "workflows": FlowEvent,
-                    "conversations": ChatEvent}  # fmt: skip
+                    "conversations": ChatEvent, "humans": HumanEvent}  # fmt: skip
         for name, projection in REGISTRY.items():
             assert isinstance(projection, HandlerProjection) and projection.folds_by_table
             assert set(projection.handles) == set(typing.get_args(families[name]) or (families[name],)), name
