@@ -7,6 +7,13 @@ the three together (agents/teams/groupchat.toml):
     mesh agent run agents.groupchat:panel       # capabilities `speak-optimist`, `speak-skeptic`, `speak-editor`
     mesh agent run agents.groupchat:selector    # capability `select-speaker` (for "select": "chosen")
     mesh task group-chat --input '{"topic": "tabs or spaces", "speakers": ["speak-optimist", "speak-skeptic", "speak-editor"]}' --wait
+
+A person can take a seat: name them among the speakers and in `humans`. On their turn the
+host asks them through `ctx.ask` (the conversation so far as the question's context), they
+see it in `mesh inbox` and speak with `mesh answer ID TEXT`; after `human_timeout` seconds
+without an answer their turn is recorded as "(no answer)" and the chat goes on:
+
+    mesh task group-chat --input '{"topic": "tabs or spaces", "speakers": ["speak-optimist", "ada"], "humans": ["ada"]}' --wait
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import msgspec
 from mesh import Agent, Context
 from topics import subjects
 from topics.chat import ChatMessage
+from topics.humans import MAX_CONTEXT
 
 host = Agent("chat-host", emits=("mesh.chat.*",))
 panel = Agent("panel")
@@ -32,6 +40,9 @@ class Chat(msgspec.Struct, frozen=True):
     max_turns: int = 6
     select: Literal["round_robin", "chosen"] = "round_robin"
     terminate: str = TERMINATE
+    humans: list[str] = []  # speakers who are people: their turns go through `ctx.ask`
+    human_timeout: float = 600.0  # seconds a person has for a turn
+    no_answer: str = "(no answer)"  # what a person who did not answer in time said
 
 
 class Floor(msgspec.Struct, frozen=True):
@@ -50,13 +61,24 @@ async def group_chat(input: Chat, ctx: Context) -> dict[str, Any]:
         speaker = input.speakers[(turn - 1) % len(input.speakers)]
         if input.select == "chosen":
             speaker = await ctx.request("select-speaker", {"topic": input.topic, "said": said, "speakers": input.speakers})
-        content = await ctx.request(speaker, {"topic": input.topic, "said": said, "terminate": input.terminate})
+        if speaker in input.humans:
+            content = await human_turn(speaker, input, said, ctx)
+        else:
+            content = await ctx.request(speaker, {"topic": input.topic, "said": said, "terminate": input.terminate})
         said.append({"speaker": speaker, "content": content})
         await ctx.emit(subjects.chat(room), ChatMessage(room=room, speaker=speaker, content=content, turn=turn))
         if input.terminate in content:
             ended = "terminated"
             break
     return {"room": room, "turns": len(said), "ended": ended, "said": said}
+
+
+async def human_turn(speaker: str, chat: Chat, said: list[dict[str, Any]], ctx: Context) -> str:
+    """A person's turn: a question in `mesh inbox`, the conversation so far as its context."""
+    transcript = "\n".join(f"{turn['speaker']}: {turn['content']}" for turn in said) or "(nobody has spoken yet)"
+    answer = await ctx.ask(f"{speaker}, your turn in the chat on {chat.topic!r} (say {chat.terminate} to end it)",
+                           context=transcript[-MAX_CONTEXT:], timeout=chat.human_timeout, default=chat.no_answer)  # fmt: skip
+    return str(answer)
 
 
 async def speak(persona: str, floor: Floor, ctx: Context) -> str:

@@ -5,15 +5,18 @@ from mesh.bus.client import Mesh, Published
 from mesh.bus.settings import MeshSettings
 from mesh.coordination.board import Board
 from mesh.coordination.conversation import Conversation
+from mesh.coordination.humans import Humans
 from mesh.coordination.knowledge import KnowledgeBase
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Flow, Workflows
 from mesh.errors import (
+    AnswerRejected,
     AuthenticationError,
     ConfigError,
     ConflictError,
     ContextLengthError,
     ExpectedSequenceError,
+    HumanTimeoutError,
     LogGapError,
     MeshError,
     NoServerError,
@@ -49,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agent",
     "AgentRunner",
+    "AnswerRejected",
     "AuthenticationError",
     "Board",
     "ConfigError",
@@ -62,6 +66,8 @@ __all__ = [
     "Hit",
     "Handler",
     "KnowledgeBase",
+    "Humans",
+    "HumanTimeoutError",
     "LiveProjection",
     "LlmClient",
     "LlmSession",

@@ -34,6 +34,8 @@ __all__ = [
     "VersionConflict",
     "VoteRejected",
     "VoteTimeoutError",
+    "AnswerRejected",
+    "HumanTimeoutError",
     "LimitTimeoutError",
     "WorkflowFailedError",
     "WorkflowTakenError",
@@ -258,6 +260,25 @@ class VoteRejected(MeshError, ValueError):
     """A vote that would not count: unknown proposal, option or voter, decided, or late."""
 
     retryable = False
+
+
+class AnswerRejected(MeshError, ValueError):
+    """An answer that would not count: unknown or closed question, not an option, too long."""
+
+    retryable = False
+
+
+class HumanTimeoutError(MeshError, TimeoutError):
+    """Nobody answered a question (`ctx.ask`) within its timeout. Not retried: a retry of the
+    task would find the same question expired."""
+
+    retryable = False
+
+    def __init__(self, question_id: str, timeout: float) -> None:
+        super().__init__(f"question {question_id} was not answered within {timeout:g}s; answer sooner "
+                         "(`mesh inbox`, `mesh answer`), ask with a longer timeout, or give a default")  # fmt: skip
+        self.question_id = question_id
+        self.timeout = timeout
 
 
 class VoteTimeoutError(MeshError, TimeoutError):

@@ -22,6 +22,7 @@ from mesh.bus.client import Mesh, Published, Submitted, outcome_value
 from mesh.bus.follow import Stored
 from mesh.coordination.board import Board
 from mesh.coordination.conversation import Conversation
+from mesh.coordination.humans import Asked, Humans
 from mesh.coordination.knowledge import KnowledgeBase, KnowledgeIndex
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Ballot, Proposal, Proposals
@@ -51,6 +52,7 @@ from topics.calls import ContextSettings, LlmCalled, LlmFailed, ToolCalled
 from topics.conversations import ConversationTurn
 from topics.envelope import CloudEvent, derived_id, new_event_id
 from topics.flows import FlowCompleted, FlowFailed
+from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem
 from topics.record import Record
 from topics.tasks import TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
 from topics.votes import VoteDecided, VoteProposed
@@ -108,6 +110,8 @@ def view(data: Event) -> Any:
             return plain({"call_index": index, "request": request})
         case ToolCalled(call_index=index, tool=name, arguments=arguments):
             return plain({"call_index": index, "tool": name, "arguments": arguments})
+        case HumanAsked():  # when it was asked, and by which replica, are of its run
+            return plain(msgspec.structs.replace(data, asked_at="", expires_at=None, agent=""))
         case VoteProposed(deadline=deadline) if deadline is not None:  # "in 30 s" is a time of its run
             return plain(msgspec.structs.replace(data, deadline="(a deadline)"))
         case TaskRequested(cancel_key=key) if key is not None:  # the submitter's secret hashed: not the handler's
@@ -130,6 +134,7 @@ class RecordBook:
         self.votes: dict[str, list[Record]] = {}  # proposal id -> its events in the whole log
         self.conversations: dict[str, list[Record]] = {}  # conversation name -> its turns in the whole log
         self.knowledge: dict[str, list[Record]] = {}  # knowledge base -> its events in the whole log, for searches
+        self.humans: dict[str, list[Record]] = {}  # question id -> its questions, answers, expiry in the whole log
         for record in everything:
             family, _, rest = record.subject.removeprefix("mesh.").partition(".")
             if family == "board":
@@ -140,6 +145,8 @@ class RecordBook:
                 self.conversations.setdefault(rest, []).append(record)
             elif family == "knowledge":
                 self.knowledge.setdefault(rest, []).append(record)
+            elif family in ("ask", "answer"):
+                self.humans.setdefault(rest.rsplit(".", 1)[-1], []).append(record)
         self.by_id = {record.event.id: record for record in self.records}
         self.caused = children_of(self.records)
         self.outcomes: dict[str, Record] = {}
@@ -452,6 +459,34 @@ class ReplayProposal(Proposal):
         return decided
 
 
+class ReplayHumans(Humans):
+    """Questions as the recorded task saw them: asking and giving up are effects (recorded
+    through the `RecordedMesh`, compared with the log); the answer is the one the log holds,
+    read as live: the first that fits, stored after the question and before its expiry."""
+
+    def __init__(self, book: RecordBook, mesh: RecordedMesh, **kwargs: Any) -> None:
+        super().__init__(cast(Mesh, mesh), **kwargs)
+        self.book = book
+
+    async def _stored_question(self, subject: str) -> Asked | None:
+        return None  # the handler asks (an effect); the recorded question is found in `wait`
+
+    async def wait(self, stored: Asked) -> HumanAnswered | None:
+        question_id = stored.asked.question_id
+        events = self.book.humans.get(question_id, [])
+        first = next((r for r in events if isinstance(r.data, HumanAsked)), None)
+        if first is not None:
+            for record in events:
+                data = record.data
+                if isinstance(data, HumanExpired) and record.seq > first.seq:
+                    break
+                if (isinstance(data, HumanAnswered) and record.seq > first.seq and data.question_id == question_id
+                        and answer_problem(first.data, data.answer) is None):  # type: ignore[arg-type]
+                    return data
+        await self._expire(stored, "no answer before it expired")
+        return None
+
+
 class ReplayContext(Context):
     """The Context a handler gets during `rerun`. `effects` lists what it did, in order."""
 
@@ -468,6 +503,11 @@ class ReplayContext(Context):
     def vote(self) -> Proposals:
         return ReplayProposals(self._book, self._horizon, cast(RecordedMesh, self.mesh), origin=self.origin,
                                voter=self.agent)  # fmt: skip
+
+    def _humans(self) -> Humans:
+        return ReplayHumans(self._book, cast(RecordedMesh, self.mesh), role=self.agent,
+                            origin=Origin(self.event.id, self.correlation_id, author=self.agent_id),
+                            task_id=self.task_id, capability=self.capability, agent=self.agent_id)  # fmt: skip
 
     def _horizon(self) -> int:
         """The log position a read sees now: just before the handler's next recorded effect,
@@ -487,7 +527,7 @@ class ReplayContext(Context):
 
     def __init__(self, book: RecordBook, *, agent: str, agent_id: str, event: CloudEvent, task_id: str,
                  capability: str, attempt: int, granted: Sequence[str] = (), effect_seqs: Sequence[int] = (),
-                 end_seq: int = 0) -> None:  # fmt: skip
+                 end_seq: int = 0, request_seq: int | None = None) -> None:  # fmt: skip
         self.effects: list[Effect] = []
         self._book = book
         self._effect_seqs = list(effect_seqs)  # where the recorded effects of the handler landed, in order
@@ -498,5 +538,6 @@ class ReplayContext(Context):
         tools = ReplayToolBox(book.tool_calls(event.id), self.effects, agent=agent, granted=granted,
                               task_id=task_id, cause_id=event.id, attempt=attempt)  # fmt: skip
         super().__init__(cast(Mesh, mesh), agent=agent, agent_id=agent_id, event=event, task_id=task_id,
-                         capability=capability, attempt=attempt, span=INVALID_SPAN, llm=llm, tools=tools)  # fmt: skip
+                         capability=capability, attempt=attempt, span=INVALID_SPAN, llm=llm, tools=tools,
+                         request_seq=request_seq)  # fmt: skip
         self.log = self.log.bind(replay=True)

@@ -132,7 +132,7 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     end = outcome.seq if outcome is not None else max((r.seq for r in book.records), default=request.seq)
     ctx = ReplayContext(book, agent=agent.name, agent_id=agent_id, event=event, task_id=task_id,
                         capability=data.capability, attempt=attempt, granted=agent.tools,
-                        effect_seqs=sorted(made), end_seq=end)  # fmt: skip
+                        effect_seqs=sorted(made), end_seq=end, request_seq=request.seq)  # fmt: skip
     try:
         output = await handler.fn(handler.convert(data.input), ctx)
         result: tuple[str, Any] = ("completed", output)

@@ -259,3 +259,14 @@ async def summarise(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     except RetryableError:
         completion, used = await ctx.llm.chat(messages, model="small-model"), "small-model"
     return {"model": used, "text": completion.choices[0].message.content}
+
+
+gatekeeper = Agent("gatekeeper")
+
+
+@gatekeeper.task("gate", max_run_time=1.0)
+async def gate(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Asks a person, with a maximum run time far shorter than the wait: waiting on a human
+    does not count against it."""
+    answer = await ctx.ask(input["question"], input.get("options", ()), timeout=input.get("timeout", 60))
+    return {"answer": answer, "by": ctx.agent_id}

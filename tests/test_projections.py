@@ -68,6 +68,7 @@ from topics import (
     decode_data,
     encode_data,
 )
+from topics.humans import HumanEvent
 from topics.knowledge import KnowledgeAdded, KnowledgeEvent, KnowledgeRemoved
 
 pytestmark = pytest.mark.unit
@@ -494,7 +495,7 @@ class TestSnapshots:
 
     def test_registry(self) -> None:
         """The registry holds the ready projections by name."""
-        assert sorted(REGISTRY) == ["board", "consensus", "conversations", "histories", "knowledge", "tasks", "workflows"]
+        assert sorted(REGISTRY) == ["board", "consensus", "conversations", "histories", "humans", "knowledge", "tasks", "workflows"]
         assert all(p.name == name and p.version >= 1 for name, p in REGISTRY.items())
 
 
@@ -667,7 +668,7 @@ class TestRouting:
         """Each ready projection folds by a handler table with one handler per type of its family."""
         families = {"tasks": TaskEvent, "board": BoardEvent, "consensus": VoteEvent, "workflows": FlowEvent,
                     "conversations": ChatEvent, "histories": ConversationEvent,
-                    "knowledge": KnowledgeEvent}  # fmt: skip
+                    "knowledge": KnowledgeEvent, "humans": HumanEvent}  # fmt: skip
         for name, projection in REGISTRY.items():
             assert isinstance(projection, HandlerProjection) and projection.folds_by_table
             assert set(projection.handles) == set(typing.get_args(families[name]) or (families[name],)), name

@@ -57,6 +57,7 @@ from topics import (
     VoteProposed,
     encode_data,
 )
+from topics.humans import HumanAnswered, HumanAsked, HumanExpired
 from topics.knowledge import KnowledgeAdded, KnowledgeRemoved
 from topics.registry import EVENT_TYPES
 
@@ -100,6 +101,9 @@ EVERY_TYPE: list[Event] = [
               error_type="RateLimitError", message="slow down", status=429, retry_after=2.0),
     ToolCalled(agent="a", task_id="t", call_index=0, tool="search", arguments={"q": "x"}, result=[1, 2]),
     DeadLettered(subject="mesh.work.x", reason="bad_data", error="nope", raw="e30="),
+    HumanAsked(question_id="q", question="ship?", options=("yes", "no"), task_id="t", expires_at=at(200)),
+    HumanAnswered(question_id="q", answer="yes", answered_by="ada"),
+    HumanExpired(question_id="q2", reason="no answer"),
 ]
 UNDECODABLE = 4  # in a log of `write_log`: three of the oddities (not the unknown type) and the raw message
 

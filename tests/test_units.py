@@ -42,6 +42,8 @@ class TestPublicApi:
             "ExpectedSequenceError", "VersionConflict", "VoteRejected", "VoteTimeoutError", "WorkflowFailedError",
             "WorkflowTakenError", "WorkflowTimeoutError", "ToolError", "ToolNotGrantedError", "LogGapError", "ReplayIsolationError",
             "ReplayStop", "PermissionDeniedError", "AuthenticationError", "ContextLengthError",
+            # a human in the loop
+            "Humans", "AnswerRejected", "HumanTimeoutError",
         ])  # fmt: skip
         for name in mesh.__all__:
             assert hasattr(mesh, name)

@@ -21,6 +21,7 @@ SUBJECTS = {
     "agent": "`mesh.agent.<role>.<agent_id>`",
     "dead": "`mesh.dead.<original subject tail>`",
     "knowledge": "`mesh.knowledge.<kb>` (the entry id is the id of the `added` event)",
+    "human": "`mesh.ask.<role>.<question_id>` (asked, expired), `mesh.answer.<question_id>` (answered)",
 }
 
 HEADER = """# Events

@@ -18,6 +18,7 @@ from topics.chat import ChatEvent
 from topics.conversations import ConversationEvent
 from topics.dead import DeadEvent
 from topics.flows import FlowEvent
+from topics.humans import HumanEvent
 from topics.knowledge import KnowledgeEvent
 from topics.tasks import TaskEvent
 from topics.votes import VoteEvent
@@ -36,6 +37,7 @@ AnyEvent = (
     | AgentEvent
     | DeadEvent
     | KnowledgeEvent
+    | HumanEvent
 )
 
 

@@ -37,6 +37,10 @@ __all__ = [
     "tool",
     "agent",
     "dead",
+    "ask",
+    "ASKS",
+    "answer",
+    "ANSWERS",
     "work_consumer_name",
     "subscription_consumer_name",
     "subscription_consumer_config",
@@ -128,6 +132,21 @@ def dead(original_subject: str) -> str:
     """`mesh.work.echo` -> `mesh.dead.work.echo`; a foreign subject keeps all its tokens."""
     tail = original_subject.removeprefix("mesh.")
     return f"mesh.dead.{tail}"
+
+
+ASKS = "mesh.ask.>"  # every question an agent asked a person
+ANSWERS = "mesh.answer.*"  # every answer a person gave
+
+
+def ask(role: str, question_id: str) -> str:
+    """A question the agent role ``role`` asks a person (`mesh.human.asked`, `.expired`): only
+    that role may publish here, so nobody else asks in its name."""
+    return f"mesh.ask.{check_token('agent', role)}.{check_token('question id', question_id)}"
+
+
+def answer(question_id: str) -> str:
+    """Answers to one question (`mesh.human.answered`), from clients: the first that fits counts."""
+    return f"mesh.answer.{check_token('question id', question_id)}"
 
 
 def work_consumer_name(capability: str) -> str:

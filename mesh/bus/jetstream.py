@@ -256,7 +256,8 @@ async def read_since(
         num_replicas=1, inactive_threshold=SCAN_INACTIVE,
     )  # fmt: skip
     try:
-        info = await js.add_consumer(stream, config=config)
+        create = f"{API}.CONSUMER.CREATE.{stream}.{config.name}.{filter_subject}"  # nats-py's subject for it
+        info = await guarded(js, create, js.add_consumer(stream, config=config))  # a refusal: at once, not a timeout
         if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
             await asyncio.wait_for(done, timeout)
     finally:

@@ -9,12 +9,14 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
 - `client`: submit tasks (a JetStream publish on `mesh.work.>`) and cancel them (on
   `mesh.cancel.*`, honoured only with the submitter's token), read outcomes (core
   subscription on `mesh.task.>`, direct get of the last event on a `mesh.task.*.*` subject, an
-  ordered consumer filtered on one `mesh.task.*.*` subject), check the stream exists;
+  ordered consumer filtered on one `mesh.task.*.*` subject), check the stream exists; list
+  the questions agents ask people and answer them (`mesh.ask.>` read, `mesh.answer.*` written);
 - an agent role: pull and settle its own consumers (`work-<capability>` per capability,
   `on-<role>-<name>` per event subscription: create, info, next, ack, their max-deliveries
   advisory), publish what the runner and its context publish (`mesh.task.<capability>.>`
   outcomes, claims and progress of its own capabilities; `mesh.work.>` sub-tasks and fallbacks; `mesh.llm.<role>.>`,
   `mesh.tool.<role>.>`, `mesh.dead.>`, its own `mesh.agent.<role>.>`, cancel requests on `mesh.cancel.*`),
+  ask people (`mesh.ask.<role>.>`) and hear their answers (`mesh.answer.*`),
   hear cancel requests (`mesh.cancel.*`, and read those of the last hour on start), its own presence
   entries (`<role>.<agent id>`; it reads everyone's), direct gets
   on MESH (a task's last event; by sequence for dead letters and recorded model calls), read every
@@ -103,10 +105,23 @@ def _limits() -> tuple[str, ...]:
     )
 
 
+def _answering() -> tuple[str, ...]:
+    """Reading the questions agents ask people and answering them (`mesh inbox`, `mesh answer`):
+    a consumer of `mesh.ask.>` / `mesh.answer.*` from a time (`Humans.state`, `question`), the
+    last answer of a question (a direct get: the compare-and-set of `Humans.answer`), answers."""
+    return (
+        subjects.ANSWERS,
+        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.{subjects.ASKS}",
+        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.{subjects.ANSWERS}",
+        f"{_API}.DIRECT.GET.{_STREAM}.{subjects.ANSWERS}",
+    )
+
+
 def client_permissions(inbox: str) -> Permissions:
-    """Submit tasks, read their outcomes and cancel them; nothing else."""
+    """Submit tasks, read their outcomes and cancel them; list and answer questions to people;
+    nothing else."""
     return Permissions(
-        publish=("mesh.work.>", subjects.CANCELS, *_reading_outcomes(), *_payloads()),
+        publish=("mesh.work.>", subjects.CANCELS, *_reading_outcomes(), *_answering(), *_payloads()),
         subscribe=(f"{inbox}.>", "mesh.task.>"),
     )
 
@@ -142,6 +157,8 @@ def agent_permissions(
         f"{_API}.CONSUMER.CREATE.{_STREAM}.*.{subjects.CANCELS}",  # on start, the cancel requests it missed
         f"mesh.llm.{role}.>",
         f"mesh.tool.{role}.>",
+        f"mesh.ask.{role}.>",  # questions to people (`ctx.ask`), in its own name only
+        f"{_API}.DIRECT.GET.{_STREAM}.{subjects.ANSWERS}",  # the last answer to a question it awaits
         "mesh.dead.>",
         f"mesh.agent.{role}.>",  # its own agents' lifecycle events
         f"$KV.{subjects.PRESENCE_BUCKET}.{role}.>",  # its own agents' presence: writes and deletes
@@ -158,7 +175,8 @@ def agent_permissions(
         *_payloads(),
         *_limits(),
     ]
-    subscribe: list[str] = [f"{inbox}.>", "mesh.task.>", subjects.CANCELS, f"$KV.{subjects.LIMITS_BUCKET}.>"]
+    subscribe: list[str] = [f"{inbox}.>", "mesh.task.>", subjects.CANCELS, subjects.ANSWERS,  # answers it awaits
+                            f"$KV.{subjects.LIMITS_BUCKET}.>"]
     for name, filter_subject in consumers.items():
         publish += _consumer(name, filter_subject)
         subscribe.append(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{_STREAM}.{name}")

@@ -18,6 +18,8 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.auth import auth as auth_group
 from mesh.cli.demo import demo as demo_command
 from mesh.cli.flow import flow as flow_group
+from mesh.cli.humans import answer as answer_command
+from mesh.cli.humans import inbox as inbox_command
 from mesh.cli.kb import kb as kb_group
 from mesh.cli.options import UserError, nats_options, parse_json, run, run_sync, token
 from mesh.cli.replay import replay as replay_group
@@ -234,7 +236,7 @@ async def _publish(settings: MeshSettings, subject: str, data: Any, correlation:
 
 
 for _command in (tail_command, status_command, demo_command, flow_group, replay_group, auth_group, run_command,
-                 kb_group):  # fmt: skip
+                 kb_group, inbox_command, answer_command):  # fmt: skip
     main.add_command(_command)
 main.add_command(ui_command)
 

@@ -1,5 +1,6 @@
 """Pure folds of the log into read models: tasks, board, consensus, workflows, conversations
-(chat rooms), histories (model conversations), knowledge bases (and their keyword search, `fulltext`).
+(chat rooms), histories (model conversations), knowledge bases (and their keyword search,
+`fulltext`), questions to people.
 
 No I/O, no clock, no randomness: the same records always give the same state. The runtime
 keeps them live, ``state_at`` folds up to a position or an instant, and ``encode_state`` /
@@ -41,6 +42,7 @@ from mesh.projections.conversations import (
 )
 from mesh.projections.fulltext import FullText, Hit
 from mesh.projections.histories import HistoriesProjection, HistoriesState, History, HistoryTurn
+from mesh.projections.humans import HumansProjection, HumansState, QuestionView, is_open, open_questions
 from mesh.projections.knowledge import KnowledgeEntry, KnowledgeProjection, KnowledgeState, live_at
 from mesh.projections.tasks import TasksProjection, TasksState, TaskStatus, TaskView, is_final
 from mesh.projections.workflows import (
@@ -60,6 +62,7 @@ __all__ = [
     "CONSENSUS",
     "CONVERSATIONS",
     "KNOWLEDGE",
+    "HUMANS",
     "REGISTRY",
     "TASKS",
     "WORKFLOWS",
@@ -80,9 +83,12 @@ __all__ = [
     "KnowledgeEntry",
     "KnowledgeProjection",
     "KnowledgeState",
+    "HumansProjection",
+    "HumansState",
     "Projection",
     "ProjectionState",
     "ProposalView",
+    "QuestionView",
     "Revision",
     "HISTORIES",
     "HistoriesProjection",
@@ -107,9 +113,11 @@ __all__ = [
     "evaluate",
     "fold",
     "instant",
+    "is_open",
     "is_final",
     "live_at",
     "load_snapshot",
+    "open_questions",
     "ready_steps",
     "roster",
     "state_at",
@@ -125,7 +133,8 @@ WORKFLOWS = WorkflowsProjection()
 CONVERSATIONS = ConversationsProjection()
 HISTORIES = HistoriesProjection()
 KNOWLEDGE = KnowledgeProjection()
+HUMANS = HumansProjection()
 
 REGISTRY: dict[str, Projection[Any]] = {
-    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS, HISTORIES, KNOWLEDGE)
+    projection.name: projection for projection in (TASKS, BOARD, CONSENSUS, WORKFLOWS, CONVERSATIONS, HISTORIES, KNOWLEDGE, HUMANS)
 }

@@ -4,8 +4,10 @@ effect is an event with an id derived from the task's, and a redelivery repeats 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -15,11 +17,13 @@ from opentelemetry.trace import Span
 from mesh.bus.client import Mesh, Published, outcome_value
 from mesh.coordination.board import Board
 from mesh.coordination.conversation import Conversation
+from mesh.coordination.humans import DEFAULT_ASK_TIMEOUT, NO_DEFAULT, Humans, check_timeout
 from mesh.coordination.knowledge import KnowledgeBase
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Workflows, WorkflowSpec
 from mesh.errors import PermissionDeniedError, TaskTimeoutError
+from mesh.telemetry.tracing import ask_span
 from topics import subjects
 from topics.base import Event
 from topics.envelope import CloudEvent, derived_id
@@ -29,9 +33,14 @@ if TYPE_CHECKING:
     from mesh.llm.client import LlmSession
     from mesh.llm.tools import ToolBox
 
-__all__ = ["FORK_SOURCE", "Context", "HandOff"]
+__all__ = ["FORK_SOURCE", "RUN_BUDGET", "Context", "HandOff"]
 
 FORK_SOURCE = "mesh://fork/"  # the source of a request `replay fork` re-published (then + the new id)
+
+RUN_BUDGET: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar("run_budget", default=None)
+"""The timeout that enforces the running handler's maximum run time (`pipeline.bounded`), when
+that, not the task's deadline, bounds it: `ctx.ask` moves it on by the time spent waiting for
+a person, so waiting on a human does not count against `max_run_time` (the deadline does)."""
 
 
 class HandOff(NamedTuple):
@@ -62,6 +71,7 @@ class Context:
         scope: str = "",
         request_seq: int | None = None,
         cancelled: Callable[[], str | None] | None = None,
+        deadline: str | None = None,
     ) -> None:
         self.mesh = mesh
         self.agent = agent
@@ -72,6 +82,7 @@ class Context:
         self.attempt = attempt
         self.span = span
         self.request_seq = request_seq  # the stream sequence of the request this attempt answers
+        self.deadline = deadline  # the task's deadline (RFC 3339), if it has one
         self.log = structlog.get_logger(agent)
         self._llm = llm  # made on first use: most handlers never call a model or a tool
         self._tools = tools
@@ -80,6 +91,7 @@ class Context:
         self._emitted = itertools.count()
         self._requested = itertools.count()
         self._workflows = itertools.count()
+        self._asked = itertools.count()
         self._cancelled = cancelled  # the reason, once a cancel request stopped this task
 
     @property
@@ -192,6 +204,49 @@ class Context:
         launched = await workflows.launch(spec, input, workflow_id=workflow_id, correlation_id=self.correlation_id,
                                           causation_id=self.event.id)  # fmt: skip
         return await workflows.result(workflow_id, request_seq=launched.request_seq, timeout=timeout)
+
+    async def ask(
+        self, question: str, options: Iterable[str] = (), *, timeout: float = DEFAULT_ASK_TIMEOUT,
+        context: str = "", default: Any = NO_DEFAULT,
+    ) -> Any:  # fmt: skip
+        """Ask a person and return the answer (a str; one of ``options`` when given). The
+        question waits in `mesh inbox` until someone runs `mesh answer ID ANSWER`. Durable: a
+        retry of this task, or a restart of this agent, asks the same question again (stored
+        once) and gets the answer even if it came while nobody was waiting. The time spent
+        waiting does not count against the handler's `max_run_time`; the task's deadline does
+        (the question expires with it). Past ``timeout`` seconds (at most 7 days)
+        `mesh.human.expired` is recorded and ``default`` returned if given, else
+        HumanTimeoutError raised."""
+        if self._before_effect is not None:
+            await self._before_effect()
+        label = f"ask/{next(self._asked)}" + (f"@{self.request_seq}" if self.request_seq is not None else "")
+        humans = self._humans()
+        budget = RUN_BUDGET.get()
+        allowance = check_timeout(timeout)
+        if budget is not None and budget.when() is not None:
+            budget.reschedule(budget.when() + allowance)  # type: ignore[operator]
+        started = time.monotonic()
+        question_id = self._child_id(label)
+        try:
+            self.log.info("asking a person", question_id=question_id, timeout=timeout)
+            with ask_span(question_id):
+                return await humans.ask(question, options, timeout=timeout, context=context, question_id=question_id,
+                                        default=default, expires_at=self.deadline)  # fmt: skip
+        except asyncio.CancelledError:
+            reason = self._cancelled() if self._cancelled is not None else None
+            if reason is not None:  # the task was cancelled (not a stop of this process): nobody waits any more
+                await humans.withdraw(question_id, f"task {self.task_id} was cancelled: {reason}")
+            raise
+        finally:
+            if budget is not None and budget.when() is not None and not budget.expired():
+                unused = max(0.0, allowance - (time.monotonic() - started))
+                budget.reschedule(budget.when() - unused)  # type: ignore[operator]
+
+    def _humans(self) -> Humans:
+        """Questions as this agent role, for this task (`rerun` answers them from the log)."""
+        return Humans(self.mesh, role=self.agent, origin=Origin(self.event.id, self.correlation_id, author=self.agent_id),
+                      task_id=self.task_id, capability=self.capability, agent=self.agent_id,
+                      stopped=lambda: self._cancelled is not None and self._cancelled() is not None)  # fmt: skip
 
     @functools.cached_property
     def origin(self) -> Origin:

@@ -37,7 +37,7 @@ from mesh.errors import DeadlineExceededError, MissingPayloadError, PayloadTooLa
 from mesh.llm.tools import ToolBox
 from mesh.runtime.agent import Handler, Subscription
 from mesh.runtime.claims import Claim
-from mesh.runtime.context import Context, HandOff
+from mesh.runtime.context import RUN_BUDGET, Context, HandOff
 from mesh.runtime.deadletter import Reason, diagnose, envelope_or_none
 from mesh.runtime.failures import HandlerFailed, already_done, event_failed, quietly, reject, task_failed
 from mesh.runtime.worker import Worker
@@ -313,7 +313,11 @@ async def bounded(
     budget = deadline_in if by_deadline and deadline_in is not None else limit
     try:
         async with asyncio.timeout(budget) as scope:
-            return await call
+            token = RUN_BUDGET.set(None if by_deadline else scope)  # `ctx.ask` pauses the run time while it waits
+            try:
+                return await call
+            finally:
+                RUN_BUDGET.reset(token)
     except TimeoutError:
         if not scope.expired():
             raise  # the handler's own timeout
@@ -331,6 +335,7 @@ def _task_context(worker: Worker, inbound: Inbound, cancelled: Callable[[], str 
         tools=partial(ToolBox, mesh, agent=worker.agent.name, granted=worker.agent.tools, task_id=task_id,
                       cause_id=event.id, attempt=attempt),
         before_effect=inbound.claim.before_effect if inbound.claim is not None else None, cancelled=cancelled,
+        deadline=inbound.task.deadline,
     )  # fmt: skip
 
 

@@ -95,6 +95,7 @@ __all__ = [
     "MESH_KNOWLEDGE_SEQ",
     "MESH_REPLAYED",
     "MESH_TASK_ID",
+    "MESH_QUESTION_ID",
     "MESSAGING_CONSUMER_GROUP_NAME",
     "MESSAGING_DESTINATION_NAME",
     "MESSAGING_DESTINATION_TEMPLATE",
@@ -131,6 +132,7 @@ MESH_AGENT_ROLE = "mesh.agent.role"
 MESH_AGENT_ID = "mesh.agent.id"
 MESH_CAPABILITY = "mesh.capability"
 MESH_TASK_ID = "mesh.task_id"
+MESH_QUESTION_ID = "mesh.question_id"  # a question put to a person (`ctx.ask`)
 MESH_REPLAYED = "mesh.replayed"
 MESH_KNOWLEDGE_BASE = "mesh.knowledge.base"  # the knowledge base a search reads
 MESH_KNOWLEDGE_HITS = "mesh.knowledge.hits"  # how many entries it found

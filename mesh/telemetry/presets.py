@@ -143,6 +143,10 @@ def agent_preset(agent: str, agent_id: str, capability: str) -> Preset:
     return Preset(f"{INVOKE_AGENT} {agent}", SpanKind.INTERNAL, attributes)
 
 
+def ask_preset() -> Preset:
+    return Preset("ask human", SpanKind.INTERNAL, {})
+
+
 def chat_preset(model: str, provider: str) -> Preset:
     attributes = {GEN_AI_OPERATION_NAME: CHAT, GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
     return Preset(f"{CHAT} {model}", SpanKind.CLIENT, attributes)

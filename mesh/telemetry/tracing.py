@@ -37,6 +37,7 @@ from mesh.telemetry.conventions import (
     EXCEPTION_STACKTRACE,
     GEN_AI_CONVERSATION_ID,
     GEN_AI_TOOL_CALL_ID,
+    MESH_QUESTION_ID,
     MESH_REPLAYED,
     MESH_TASK_ID,
     MESSAGING_DESTINATION_NAME,
@@ -48,6 +49,7 @@ from mesh.telemetry.metrics import instruments
 from mesh.telemetry.presets import (
     Preset,
     agent_preset,
+    ask_preset,
     chat_preset,
     messaging_attributes,
     messaging_parts,
@@ -60,6 +62,7 @@ from mesh.telemetry.redact import scrub_text
 
 __all__ = [
     "agent_span",
+    "ask_span",
     "chat_span",
     "instruments",
     "messaging_attributes",
@@ -274,6 +277,16 @@ def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id:
     span = _start(preset(agent_preset, agent, agent_id, capability))
     if task_id and span.is_recording():
         span.set_attribute(MESH_TASK_ID, task_id)
+    return _current(span)
+
+
+def ask_span(question_id: str) -> AbstractContextManager[Span]:
+    """`ask human` (INTERNAL) around `ctx.ask`: from the question to its answer or expiry."""
+    if (idle := _idle()) is not None:
+        return idle
+    span = _start(preset(ask_preset))
+    if span.is_recording():
+        span.set_attribute(MESH_QUESTION_ID, question_id)
     return _current(span)
 
 

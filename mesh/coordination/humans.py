@@ -1,0 +1,264 @@
+"""A human in the loop: an agent asks a person, waits durably, and goes on with the answer.
+
+    answer = await ctx.ask("Ship the release?", options=["yes", "no"], timeout=3600)
+
+    humans = Humans(mesh)                       # a plain client
+    for view in await humans.inbox(): ...       # the open questions (`mesh inbox`)
+    await humans.answer(question_id, "yes")     # `mesh answer ID yes`
+
+The question is `mesh.human.asked` on `mesh.ask.<role>.<question_id>`. Inside a handler its
+id is derived from the task's request and the handler's n-th ask, so a handler that runs again
+(a redelivery, a restart of its agent, another replica) asks the same question: it finds it
+stored and does not ask twice, and finds the answer if it came while nobody was waiting.
+
+Waiting costs nothing on the server: interest in `mesh.answer.<question_id>` (`Mesh.waiters`,
+one core subscription per awaited subject, shared in the process) plus direct gets of what is
+stored. Whatever wakes the waiter, the answer is read from the log: the first answer stored
+after the question that fits it (`topics.humans.answer_problem`), the same one `mesh inbox`,
+`mesh answer` and `rerun` see. When the timeout passes the asker records `mesh.human.expired`;
+an answer stored before that still counts (the fold says so too), one after it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from mesh.bus import jetstream
+from mesh.bus.client import Mesh, Published
+from mesh.coordination.origin import Origin
+from mesh.errors import AnswerRejected, ExpectedSequenceError, HumanTimeoutError, SchemaError
+from mesh.projections import HUMANS, HumansState, QuestionView, fold, instant, is_open, open_questions
+from topics import subjects
+from topics.base import check_token, shorten
+from topics.envelope import derived_id, new_event_id, now_rfc3339
+from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem, question_problem
+from topics.record import Record
+
+__all__ = ["DEFAULT_ASK_TIMEOUT", "MAX_ASK_TIMEOUT", "Asked", "Humans", "NO_DEFAULT"]
+
+DEFAULT_ASK_TIMEOUT = 3600.0  # seconds a handler waits for a person unless it says otherwise
+MAX_ASK_TIMEOUT = 7 * 24 * 3600.0  # the longest wait: also how far back `inbox` reads the log
+MAX_READ = 100_000  # events `inbox` reads per subject filter (the newest, when there are more)
+MAX_ANSWERS_READ = 1000  # answers read on one question's subject before giving up on finding one that fits
+NO_DEFAULT: Any = object()
+
+
+class Asked:
+    """A question as stored: its data, subject and stream sequence (answers count after it)."""
+
+    __slots__ = ("asked", "seq", "subject")
+
+    def __init__(self, asked: HumanAsked, subject: str, seq: int) -> None:
+        self.asked, self.subject, self.seq = asked, subject, seq
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def check_timeout(timeout: float) -> float:
+    if not isinstance(timeout, int | float) or not 0 < timeout <= MAX_ASK_TIMEOUT:
+        raise SchemaError(f"ask timeout {timeout!r}: give 0 < seconds <= {MAX_ASK_TIMEOUT:g} (7 days)")
+    return float(timeout)
+
+
+class Humans:
+    """Questions to people: ask (as an agent role), list the open ones, answer them."""
+
+    def __init__(
+        self, mesh: Mesh, *, role: str = "client", origin: Origin | None = None, task_id: str = "",
+        capability: str = "", agent: str = "", stopped: Callable[[], bool] | None = None,
+    ) -> None:  # fmt: skip
+        self.mesh = mesh
+        self.stopped = stopped  # whether the asker was cancelled (a cancel may be lost in a NATS reply: checked)
+        self.role = role
+        self.origin = origin or Origin(author=mesh.source)
+        self.task_id, self.capability, self.agent = task_id, capability, agent or self.origin.author
+
+    # -- asking ------------------------------------------------------------------------
+
+    async def ask(
+        self, question: str, options: Iterable[str] = (), *, timeout: float = DEFAULT_ASK_TIMEOUT,
+        context: str = "", question_id: str | None = None, default: Any = NO_DEFAULT,
+        expires_at: str | None = None,
+    ) -> Any:  # fmt: skip
+        """Ask a person and wait for the answer (a str, one of ``options`` if given). Past
+        ``timeout`` seconds record `mesh.human.expired` and return ``default`` if given, else
+        raise HumanTimeoutError. ``expires_at`` (RFC 3339) caps the wait at a task's deadline."""
+        stored = await self.post(question, options, timeout=timeout, context=context, question_id=question_id,
+                                 expires_at=expires_at)  # fmt: skip
+        found = await self.wait(stored)
+        if found is not None:
+            return found.answer
+        if default is NO_DEFAULT:
+            raise HumanTimeoutError(stored.asked.question_id, timeout)
+        return default
+
+    async def post(
+        self, question: str, options: Iterable[str] = (), *, timeout: float = DEFAULT_ASK_TIMEOUT,
+        context: str = "", question_id: str | None = None, expires_at: str | None = None,
+    ) -> Asked:  # fmt: skip
+        """Store the question (once: one already stored under its id is the question) and return it."""
+        options = tuple(options)
+        if problem := question_problem(question, options, context):
+            raise SchemaError(problem)
+        question_id = check_token("question id", question_id or new_event_id())
+        subject = subjects.ask(self.role, question_id)
+        found = await self._stored_question(subject)
+        if found is not None:
+            return found
+        now = datetime.now(UTC)
+        expires = _rfc3339(now + timedelta(seconds=check_timeout(timeout)))
+        if expires_at is not None and instant(expires_at) < instant(expires):
+            expires = expires_at
+        asked = HumanAsked(question_id=question_id, question=question, options=options, context=context,
+                           task_id=self.task_id, capability=self.capability, agent=self.agent,
+                           asked_at=_rfc3339(now), expires_at=expires)  # fmt: skip
+        published = await self.mesh.publish(subject, asked, event_id=derived_id(question_id, "asked"),
+                                            correlation_id=self.origin.correlation_id or question_id,
+                                            causation_id=self.origin.cause_id)  # fmt: skip
+        return await self._stored_question(subject) or Asked(asked, subject, published.seq)
+
+    async def _stored_question(self, subject: str) -> Asked | None:
+        """The first question stored on ``subject``, if any."""
+        msg = await jetstream.next_on_subject(self.mesh.js, subject, after=0)
+        if msg is None or not msg.seq:
+            return None
+        record = await self.mesh.record_of(subject, msg.data or b"", msg.seq)
+        if record is None or not isinstance(record.data, HumanAsked):
+            return None
+        return Asked(record.data, subject, msg.seq)
+
+    async def wait(self, stored: Asked) -> HumanAnswered | None:
+        """The answer to ``stored``, once there is one; None once it expired (then recorded so)."""
+        asked = stored.asked
+        left = (instant(asked.expires_at) - datetime.now(UTC)).total_seconds() if asked.expires_at else MAX_ASK_TIMEOUT
+        found = await self._await_answer(stored, max(0.0, left))
+        if found is not None:
+            return found
+        expired = await self._expire(stored, "no answer before it expired")
+        return await self._first_answer(stored, before=expired)  # one stored before the expiry still counts
+
+    async def _await_answer(self, stored: Asked, timeout: float) -> HumanAnswered | None:
+        subject = subjects.answer(stored.asked.question_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        checked = [stored.seq]  # answers up to this sequence were read
+
+        def news(record: Record) -> bool:  # anything new on the subject: read the log again
+            return isinstance(record.data, HumanAnswered) and (record.seq == 0 or record.seq > checked[0])
+
+        while True:
+            async with self.mesh.waiters.watch(subject, news, stored=True) as landed:
+                found = await self._first_answer(stored, checked=checked)
+                if found is not None:
+                    return found
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None
+                if self.stopped is not None and self.stopped():  # on Python 3.11 nats-py's `wait_for` can swallow a cancel
+                    raise asyncio.CancelledError
+                try:
+                    await asyncio.wait_for(landed, left)
+                except TimeoutError:
+                    return None
+
+    async def _first_answer(
+        self, stored: Asked, *, checked: list[int] | None = None, before: int | None = None
+    ) -> HumanAnswered | None:
+        """The first answer stored after the question (and before ``before``) that fits it."""
+        subject = subjects.answer(stored.asked.question_id)
+        seq = stored.seq
+        for _ in range(MAX_ANSWERS_READ):
+            msg = await jetstream.next_on_subject(self.mesh.js, subject, after=seq)
+            if msg is None or not msg.seq or (before is not None and msg.seq >= before):
+                return None
+            seq = msg.seq
+            if checked is not None:
+                checked[0] = max(checked[0], seq)
+            record = await self.mesh.record_of(subject, msg.data or b"", seq)
+            if record is not None and isinstance(record.data, HumanAnswered):
+                data = record.data
+                if data.question_id == stored.asked.question_id and answer_problem(stored.asked, data.answer) is None:
+                    return data
+        return None
+
+    async def _expire(self, stored: Asked, reason: str) -> int:
+        """Record that the asker stopped waiting; the sequence it landed at."""
+        return (await self.withdraw(stored.asked.question_id, reason)).seq
+
+    async def withdraw(self, question_id: str, reason: str) -> Published:
+        """Record that the asker no longer waits for an answer (`mesh.human.expired`): its
+        timeout passed, or its task was cancelled. Once per question (a derived id)."""
+        expired = HumanExpired(question_id=question_id, reason=shorten(reason, 500))
+        return await self.mesh.publish(subjects.ask(self.role, question_id), expired,
+                                       event_id=derived_id(question_id, "expired"),
+                                       correlation_id=self.origin.correlation_id or question_id,
+                                       causation_id=self.origin.cause_id)  # fmt: skip
+
+    # -- answering and listing (clients) -----------------------------------------------
+
+    async def state(self, *, since: float = MAX_ASK_TIMEOUT) -> HumansState:
+        """The questions asked in the last ``since`` seconds (older ones cannot be open any
+        more: no wait is longer than `MAX_ASK_TIMEOUT`) and what became of them."""
+        return await self._fold((subjects.ASKS, subjects.ANSWERS), since)
+
+    async def _fold(self, filters: tuple[str, ...], since: float) -> HumansState:
+        """The humans fold of the events on ``filters`` stored in the last ``since`` seconds,
+        read with a consumer from that time, removed once read (`jetstream.read_since`)."""
+        start = datetime.now(UTC) - timedelta(seconds=since)
+        records: list[Record] = []
+        for filter_subject in filters:
+            found = await jetstream.read_since(self.mesh.js, filter_subject, since=start, limit=MAX_READ)
+            for seq, subject, data in found:
+                record = await self.mesh.record_of(subject, data, seq)
+                if record is not None:
+                    records.append(record)
+        return fold(HUMANS, sorted(records, key=lambda r: r.seq))
+
+    async def inbox(self, *, now: str | None = None) -> list[QuestionView]:
+        """The questions waiting for a person now, oldest first."""
+        return open_questions(await self.state(), now or now_rfc3339())
+
+    async def question(self, question_id: str) -> QuestionView | None:
+        """One question and what became of it (read from its own subjects), None if it was not
+        asked within `MAX_ASK_TIMEOUT`."""
+        check_token("question id", question_id)
+        state = await self._fold((f"mesh.ask.*.{question_id}", subjects.answer(question_id)), MAX_ASK_TIMEOUT)
+        return state.questions.get(question_id)
+
+    async def answer(self, question_id: str, answer: str, *, answered_by: str | None = None) -> Published:
+        """Answer an open question. AnswerRejected if it is unknown, answered, expired, or the
+        answer does not fit it (not one of its options, empty, too long)."""
+        check_token("question id", question_id)
+        for _ in range(3):  # another answer landing between the read and the write: read again
+            view = await self.question(question_id)
+            _check_answer(question_id, view, answer)
+            assert view is not None
+            subject = subjects.answer(question_id)
+            last = await jetstream.direct_get(self.mesh.js, subject=subject)
+            data = HumanAnswered(question_id=question_id, answer=answer, answered_by=answered_by or self.mesh.source)
+            try:
+                return await self.mesh.publish(subject, data, event_id=new_event_id(),
+                                               correlation_id=view.correlation_id or question_id,
+                                               causation_id=derived_id(question_id, "asked"),
+                                               expected_last_subject_seq=(last.seq or 0) if last else 0)  # fmt: skip
+            except ExpectedSequenceError:
+                continue
+        raise AnswerRejected(f"question {question_id}: answers keep landing as this one is written; look again")
+
+
+def _check_answer(question_id: str, view: QuestionView | None, answer: str) -> None:
+    if view is None:
+        raise AnswerRejected(f"question {question_id} was never asked (see `mesh inbox`)")
+    if view.answer is not None:
+        raise AnswerRejected(f"question {question_id} is already answered: {shorten(view.answer)!r} "
+                             f"by {view.answered_by or 'someone'}")  # fmt: skip
+    if view.expired is not None or not is_open(view, now_rfc3339()):
+        raise AnswerRejected(f"question {question_id} expired ({view.expired or view.asked.expires_at}): "
+                             "the asker no longer waits")  # fmt: skip
+    if problem := answer_problem(view.asked, answer):
+        raise AnswerRejected(problem)

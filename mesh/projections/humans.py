@@ -1,0 +1,83 @@
+"""Questions put to people and their answers: what `mesh inbox` lists and `mesh answer` checks.
+
+A question is the first `mesh.human.asked` with its id (a re-ask after a restart of the
+asker changes nothing). Its answer is the first `mesh.human.answered` folded after it that
+fits it (`topics.humans.answer_problem`): one stored before the question, after the answer,
+or after the asker stopped waiting (`mesh.human.expired`) counts for nothing. Whether a
+question is still open also depends on the clock (its `expires_at`), which a fold may not
+read: `open_questions(state, now)` takes it as an argument.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp, instant
+from topics.base import Event
+from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem
+
+__all__ = ["HumansProjection", "HumansState", "QuestionView", "is_open", "open_questions"]
+
+
+class QuestionView(msgspec.Struct, kw_only=True, gc=False):
+    """One question: as asked, where, and what became of it."""
+
+    asked: HumanAsked
+    asked_seq: int
+    asked_time: str
+    correlation_id: str | None = None
+    answer: str | None = None  # None: not answered
+    answered_by: str = ""
+    answered_seq: int = 0
+    answered_time: str = ""
+    expired: str | None = None  # why the asker stopped waiting, once it did
+
+    @property
+    def question_id(self) -> str:
+        return self.asked.question_id
+
+
+class HumansState(ProjectionState, kw_only=True):
+    questions: dict[str, QuestionView] = msgspec.field(default_factory=dict)  # question id -> view
+
+
+def is_open(view: QuestionView, now: str) -> bool:
+    """Asked, neither answered nor given up on, and not past its expiry at ``now`` (RFC 3339)."""
+    if view.answer is not None or view.expired is not None:
+        return False
+    return view.asked.expires_at is None or instant(view.asked.expires_at) > instant(now)
+
+
+def open_questions(state: HumansState, now: str) -> list[QuestionView]:
+    """The questions still waiting for a person at ``now``, oldest first."""
+    return sorted((v for v in state.questions.values() if is_open(v, now)), key=lambda v: v.asked_seq)
+
+
+class HumansProjection(HandlerProjection[HumansState]):
+    name = "humans"
+    version = 1
+    state_type = HumansState
+
+    def handlers(self) -> dict[type[Event], Handler[HumansState]]:
+        return {HumanAsked: _asked, HumanAnswered: _answered, HumanExpired: _expired}
+
+
+def _asked(state: HumansState, event: HumanAsked, stamp: Stamp, seq: int) -> None:
+    if event.question_id not in state.questions:
+        state.questions[event.question_id] = QuestionView(asked=event, asked_seq=seq, asked_time=stamp.time,
+                                                          correlation_id=stamp.correlationid)  # fmt: skip
+
+
+def _answered(state: HumansState, event: HumanAnswered, stamp: Stamp, seq: int) -> None:
+    view = state.questions.get(event.question_id)
+    if view is None or view.answer is not None or view.expired is not None:
+        return
+    if answer_problem(view.asked, event.answer) is not None:
+        return
+    view.answer, view.answered_by, view.answered_seq, view.answered_time = event.answer, event.answered_by, seq, stamp.time
+
+
+def _expired(state: HumansState, event: HumanExpired, stamp: Stamp, seq: int) -> None:
+    view = state.questions.get(event.question_id)
+    if view is not None and view.answer is None and view.expired is None:
+        view.expired = event.reason or "expired"

@@ -1,0 +1,252 @@
+"""A human in the loop (issue #14 point 3): `ctx.ask` records a question and waits durably;
+`mesh inbox` lists it, `mesh answer` answers it, and the task goes on with the answer, even
+when the asking agent was killed and restarted in between. Agents are OS processes on a real
+nats-server; `agents.approver:agent` asks the question its input names."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh import Agent, Context, Mesh
+from mesh.bus.client import outcome_value
+from mesh.bus.connection import presence_bucket
+from mesh.bus.payloads import payload_bucket
+from mesh.bus.server import start_server
+from mesh.bus.settings import MeshSettings
+from mesh.coordination.humans import Humans
+from mesh.errors import AnswerRejected, PermissionDeniedError, TaskFailedError
+from replay.reader import read_log
+from replay.rerun import rerun
+from tests.conftest import AgentProcesses
+from tests.helpers import EventLog
+from tests.test_auth import Secured, auth_init, cli
+from topics import subjects
+from topics.envelope import derived_id
+from topics.humans import HumanAnswered, HumanAsked
+
+pytestmark = pytest.mark.e2e
+
+APPROVER = "agents.approver:agent"
+SHIP = {"question": "Ship 2.1 to production?", "options": ["yes", "no"], "context": "all checks green"}
+
+
+def question_id(task_id: str, request_seq: int, n: int = 0) -> str:
+    """The id `ctx.ask` gives the handler's n-th question: derived from the request."""
+    return derived_id(derived_id(task_id, "requested"), f"ask/{n}@{request_seq}")
+
+
+async def asked(log: EventLog, task_id: str) -> HumanAsked:
+    [record] = await log.wait_for_type("mesh.human.asked", task_id=task_id)
+    assert isinstance(record.data, HumanAsked)
+    return record.data
+
+
+class TestHumanInTheLoop:
+    @pytest.mark.timeout(240)  # two agent processes, a kill and a redelivery, three CLI processes on a busy 2-core machine
+    async def test_answered_from_the_cli_after_the_asking_agent_was_restarted(
+        self, mesh: Mesh, nats_url: str, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        first = await agents.start(APPROVER, "--ack-wait", "2")
+        submitted = await mesh.submit_request("approve", SHIP, task_id="ship-1")
+        question = await asked(log, "ship-1")
+        assert question.question_id == question_id("ship-1", submitted.seq)
+        assert question.options == ("yes", "no") and question.context == "all checks green"
+
+        code, out, err = await cli("inbox", "--nats", nats_url)
+        assert code == 0, err
+        assert question.question_id in out and "Ship 2.1 to production? [yes / no]" in out and "ship-1" in out
+
+        first.kill()  # kill -9, mid-wait
+        first.wait()
+        second = await agents.start(APPROVER, "--ack-wait", "2")
+        await log.wait_for_type("mesh.task.claimed", task_id="ship-1", attempt=2, alive=second)
+
+        code, out, err = await cli("answer", question.question_id, "maybe", "--nats", nats_url)
+        assert code == 1 and "'maybe' is not an option" in err and "['yes', 'no']" in err
+        code, out, err = await cli("answer", question.question_id, "yes", "--by", "ada", "--nats", nats_url)
+        assert code == 0 and out.startswith(f"answered {question.question_id}"), err
+
+        outcome = await mesh.follow("approve", "ship-1", submitted.seq, timeout=30)
+        assert outcome_value(outcome) == {"question": SHIP["question"], "answer": "yes"}
+        assert outcome.data.attempt == 2  # type: ignore[attr-defined]
+        assert len(log.of_type("mesh.human.asked", question_id=question.question_id)) == 1  # asked once
+        [answered] = log.of_type("mesh.human.answered", question_id=question.question_id)
+        assert answered.data == HumanAnswered(question_id=question.question_id, answer="yes", answered_by="ada")
+        assert answered.event.correlationid == "ship-1"
+
+        assert await Humans(mesh).inbox() == []
+        with pytest.raises(AnswerRejected, match="already answered: 'yes' by ada"):
+            await Humans(mesh).answer(question.question_id, "no")
+
+        records = (await read_log(mesh)).records
+        assert (await rerun(APPROVER, records, "ship-1")).ok
+        changed = await rerun(_asking_otherwise(), records, "ship-1")
+        assert not changed.ok and changed.divergence is not None
+        assert "differs from the recorded one" in changed.divergence.reason
+
+    async def test_an_answer_given_while_no_agent_runs_is_found_on_restart(
+        self, mesh: Mesh, nats_url: str, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        first = await agents.start(APPROVER, "--ack-wait", "2")
+        submitted = await mesh.submit_request("approve", SHIP, task_id="ship-2")
+        question = await asked(log, "ship-2")
+        first.kill()
+        first.wait()
+        code, _, err = await cli("answer", question.question_id, "no", "--nats", nats_url)
+        assert code == 0, err
+        await agents.start(APPROVER, "--ack-wait", "2")
+        outcome = await mesh.follow("approve", "ship-2", submitted.seq, timeout=30)
+        assert outcome_value(outcome)["answer"] == "no"
+
+    async def test_an_answer_stored_before_the_question_counts_for_nothing(
+        self, mesh: Mesh, nats_url: str, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """The question id can be computed from the request; answering it first pre-empts nothing."""
+        submitted = await mesh.submit_request("approve", SHIP, task_id="ship-3")
+        early = question_id("ship-3", submitted.seq)
+        await mesh.publish(subjects.answer(early), HumanAnswered(question_id=early, answer="yes"))
+        await agents.start(APPROVER)
+        await asked(log, "ship-3")
+        code, out, err = await cli("inbox", "--json", "--nats", nats_url)
+        [row] = [json.loads(line) for line in out.splitlines()]  # still open
+        assert row["question_id"] == early and row["options"] == ["yes", "no"] and row["task_id"] == "ship-3", err
+        code, _, err = await cli("answer", early, "no", "--nats", nats_url)
+        assert code == 0, err
+        outcome = await mesh.follow("approve", "ship-3", submitted.seq, timeout=30)
+        assert outcome_value(outcome)["answer"] == "no"
+
+    async def test_nobody_answers_in_time(
+        self, mesh: Mesh, nats_url: str, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """The task fails with HumanTimeoutError, the expiry is recorded, the question leaves
+        the inbox and a late answer is refused; with a default, the default is the answer."""
+        await agents.start(APPROVER)
+        with pytest.raises(TaskFailedError, match=r"HumanTimeoutError.*not answered within 1s"):
+            await mesh.request("approve", {**SHIP, "timeout": 1}, task_id="late-1", timeout=30)
+        [expired] = log.of_type("mesh.human.expired")
+        assert await Humans(mesh).inbox() == []
+        code, _, err = await cli("answer", expired.data.question_id, "yes", "--nats", nats_url)  # type: ignore[attr-defined]
+        assert code == 1 and "expired" in err
+        output = await mesh.request("approve", {**SHIP, "timeout": 1, "default": "no"}, task_id="late-2", timeout=30)
+        assert output["answer"] == "no"
+        records = (await read_log(mesh)).records
+        assert (await rerun(APPROVER, records, "late-1")).ok and (await rerun(APPROVER, records, "late-2")).ok
+
+    async def test_a_cancelled_task_withdraws_its_question(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        await agents.start(APPROVER)
+        submitted = await mesh.submit_request("approve", SHIP, task_id="ship-4")
+        question = await asked(log, "ship-4")
+        await mesh.cancel("ship-4", "released already")
+        with pytest.raises(TaskFailedError, match="released already"):
+            outcome_value(await mesh.follow("approve", "ship-4", submitted.seq, timeout=30))
+        [expired] = log.of_type("mesh.human.expired", question_id=question.question_id)
+        assert expired.data.reason == "task ship-4 was cancelled: released already"  # type: ignore[attr-defined]
+        assert await Humans(mesh).inbox() == []
+        with pytest.raises(AnswerRejected, match="expired"):
+            await Humans(mesh).answer(question.question_id, "yes")
+
+    async def test_waiting_on_a_person_does_not_count_against_max_run_time(
+        self, mesh: Mesh, nats_url: str, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """`gate` may run 1 s; the person answers after 2 s and the task completes on its first try."""
+        await agents.start("tests.fixture_agents:gatekeeper")
+        submitted = await mesh.submit_request("gate", {"question": "Open the gate?", "options": ["open", "shut"]},
+                                              task_id="gate-1")  # fmt: skip
+        question = await asked(log, "gate-1")
+        await asyncio.sleep(2.0)  # the behaviour under test is time passing: longer than max_run_time
+        await Humans(mesh).answer(question.question_id, "open")
+        outcome = await mesh.follow("gate", "gate-1", submitted.seq, timeout=30)
+        assert outcome_value(outcome)["answer"] == "open" and outcome.data.attempt == 1  # type: ignore[attr-defined]
+        assert not log.of_type("mesh.task.attempt_failed", task_id="gate-1")
+
+
+class TestGroupChatSeat:
+    async def test_a_person_takes_a_turn_through_the_inbox(
+        self, mesh: Mesh, nats_url: str, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """`humans: ["ada"]`: ada's turn is a question with the conversation as context; her
+        answer is her turn, and her termination phrase ends the chat."""
+        await agents.start("agents.groupchat:host")
+        await agents.start("agents.groupchat:panel")
+        chat = {"topic": "tabs or spaces", "speakers": ["speak-optimist", "ada"], "humans": ["ada"], "max_turns": 4}
+        submitted = await mesh.submit_request("group-chat", chat, task_id="chat-1")
+        question = await asked(log, "chat-1")
+        assert question.question.startswith("ada, your turn in the chat on 'tabs or spaces'")
+        assert question.context.startswith("speak-optimist: ")
+        code, _, err = await cli("answer", question.question_id, "Tabs.", "TERMINATE", "--nats", nats_url)
+        assert code == 0, err
+        result = outcome_value(await mesh.follow("group-chat", "chat-1", submitted.seq, timeout=30))
+        assert result["ended"] == "terminated" and result["turns"] == 2
+        assert result["said"][1] == {"speaker": "ada", "content": "Tabs. TERMINATE"}
+        [turn] = await log.wait_for(lambda r: r.subject == f"mesh.chat.{result['room']}" and r.data.turn == 2)  # type: ignore[attr-defined]
+        assert turn.data.speaker == "ada"  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+    """A server requiring the users `mesh auth init` wrote for the approver and meddler roles
+    and a client; its admin created the stream and buckets, as `mesh up --auth` does."""
+    auth = tmp_path / "auth"
+    await auth_init(auth, APPROVER, "tests.fixture_agents:meddler", clients=("client",))
+    server = start_server(tmp_path / "store", port=-1, log_file=tmp_path / "nats.log",
+                          extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
+    admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
+    await presence_bucket(admin.js)
+    await payload_bucket(admin.js)
+    log = EventLog(admin)
+    await log.start()
+    agents = AgentProcesses(server.url, log, tmp_path)
+    try:
+        yield Secured(server, auth, admin, agents)
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, agents.stop_all)
+        await log.stop()
+        await admin.close()
+        server.stop()
+
+
+class TestWhoMayAskAndAnswer:
+    async def test_agents_ask_in_their_own_name_and_clients_answer(self, secured: Secured) -> None:
+        """Under `mesh auth init`'s permissions the approver asks, a client lists and answers;
+        another agent role may neither answer nor ask in the approver's name."""
+        await secured.agents.start(APPROVER, "--nkey", str(secured.auth / "approver.nk"))
+        client_key = ("--nats", secured.server.url, "--nkey", str(secured.auth / "client.nk"))
+        async with await secured.connect("client") as client:
+            submitted = await client.submit_request("approve", SHIP, task_id="ship-9")
+            [record] = await secured.agents.log.wait_for_type("mesh.human.asked", task_id="ship-9")
+            question = record.data.question_id  # type: ignore[attr-defined]
+            code, out, err = await cli("inbox", *client_key)
+            assert code == 0 and question in out, err
+            async with await secured.connect("meddler") as meddler:
+                with pytest.raises(PermissionDeniedError, match=r"mesh\.answer\."):
+                    await meddler.publish(subjects.answer(question), HumanAnswered(question_id=question, answer="yes"))
+                forged = HumanAsked(question_id="q-9", question="Wire the money?", options=("yes",))
+                with pytest.raises(PermissionDeniedError, match=r"mesh\.ask\.approver\.q-9"):
+                    await meddler.publish(subjects.ask("approver", "q-9"), forged)
+                with pytest.raises(PermissionDeniedError):
+                    await Humans(meddler).inbox()
+            code, out, err = await cli("answer", question, "no", *client_key)
+            assert code == 0, err
+            outcome = await client.follow("approve", "ship-9", submitted.seq, timeout=30)
+            assert outcome_value(outcome)["answer"] == "no"
+        refused = [line.rsplit(" - Subject ", 1)[-1] for line in secured.violations()]
+        assert refused == [f'"{subjects.answer(question)}"', '"mesh.ask.approver.q-9"', refused[2]]  # the meddler's only
+        assert refused[2].startswith('"$JS.API.CONSUMER.CREATE.MESH.scan-') and refused[2].endswith('.mesh.ask.>"')
+
+
+def _asking_otherwise() -> Agent:
+    """The approver, changed to ask another question: `rerun` must say it diverges."""
+    changed = Agent("approver")
+
+    @changed.task("approve")
+    async def approve(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        answer = await ctx.ask("Ship it on Friday?", input["options"], context=input["context"])
+        return {"question": input["question"], "answer": answer}
+
+    return changed

@@ -1,0 +1,100 @@
+"""A human in the loop: questions on `mesh.ask.<role>.<question_id>`, answers on
+`mesh.answer.<question_id>`.
+
+An agent role asks (`ctx.ask`): `mesh.human.asked`, and, when it stops waiting without an
+answer, `mesh.human.expired` on the same subject. Only that role may publish there
+(`mesh auth init`), so nobody else can put a question in its name. A person answers with
+a client (`mesh answer`, `Mesh.answer`): `mesh.human.answered`. Of the answers stored after
+the question, the first that fits it (one of its options, if it has any; not too long) is
+the answer, for every reader: the asking handler, `mesh inbox`, `rerun`. An answer stored
+before the question, or after another answer, counts for nothing.
+
+Sizes are bounded here, where both sides read them: an agent cannot ask, and a person cannot
+answer, more than the limits below.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from topics.base import Event, shorten
+
+__all__ = [
+    "MAX_ANSWER",
+    "MAX_CONTEXT",
+    "MAX_OPTION",
+    "MAX_OPTIONS",
+    "MAX_QUESTION",
+    "HumanAnswered",
+    "HumanAsked",
+    "HumanEvent",
+    "HumanExpired",
+    "answer_problem",
+    "question_problem",
+]
+
+MAX_QUESTION = 4000  # characters of a question
+MAX_CONTEXT = 4000  # characters of the context shown with it
+MAX_OPTIONS = 20  # options a question may offer
+MAX_OPTION = 200  # characters of one option
+MAX_ANSWER = 4000  # characters of an answer
+
+
+class HumanAsked(Event, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "mesh.human.asked"
+    question_id: str
+    question: str
+    options: tuple[str, ...] = ()  # empty: any text is an answer
+    context: str = ""  # what the person should know to answer (shown by `mesh inbox`)
+    task_id: str = ""  # the task whose handler asks
+    capability: str = ""
+    agent: str = ""  # the agent id that asked
+    asked_at: str = ""  # RFC 3339
+    expires_at: str | None = None  # RFC 3339; after it the asker no longer waits
+
+
+class HumanAnswered(Event, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "mesh.human.answered"
+    question_id: str
+    answer: str
+    answered_by: str = ""  # who says they answered (the client's source unless given)
+
+
+class HumanExpired(Event, frozen=True, kw_only=True):
+    """The asker stopped waiting without an answer: its timeout passed, or its task ended."""
+
+    TYPE: ClassVar[str] = "mesh.human.expired"
+    question_id: str
+    reason: str = ""
+
+
+HumanEvent = HumanAsked | HumanAnswered | HumanExpired
+
+
+def question_problem(question: str, options: tuple[str, ...], context: str) -> str | None:
+    """What makes a question unfit to ask, if anything."""
+    if not isinstance(question, str) or not question.strip():
+        return "a question needs some text"
+    if len(question) > MAX_QUESTION:
+        return f"a question of {len(question)} characters: at most {MAX_QUESTION}"
+    if len(context) > MAX_CONTEXT:
+        return f"a context of {len(context)} characters: at most {MAX_CONTEXT}"
+    if len(options) > MAX_OPTIONS:
+        return f"{len(options)} options: at most {MAX_OPTIONS}"
+    for option in options:
+        if not isinstance(option, str) or not option.strip() or len(option) > MAX_OPTION:
+            return f"option {shorten(str(option))!r} must be text of 1 to {MAX_OPTION} characters"
+    if len(set(options)) != len(options):
+        return f"options {list(options)!r} repeat one another"
+    return None
+
+
+def answer_problem(asked: HumanAsked, answer: str) -> str | None:
+    """What makes ``answer`` unfit for the question ``asked``, if anything."""
+    if not isinstance(answer, str) or not answer.strip():
+        return f"question {asked.question_id}: an answer needs some text"
+    if len(answer) > MAX_ANSWER:
+        return f"question {asked.question_id}: an answer of {len(answer)} characters: at most {MAX_ANSWER}"
+    if asked.options and answer not in asked.options:
+        return f"question {asked.question_id}: {shorten(answer)!r} is not an option; answer one of {list(asked.options)}"
+    return None
