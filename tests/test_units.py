@@ -32,7 +32,7 @@ class TestPublicApi:
     def test_exports_are_pinned(self) -> None:
         """`mesh.__all__` is the public API; changing it is a decision, not an accident."""
         assert sorted(mesh.__all__) == sorted([
-            "Agent", "AgentRunner", "Board", "Flow", "LiveProjection", "Proposal", "Proposals", "Workflows", "tool",
+            "Agent", "AgentRunner", "AppEvent", "Board", "Flow", "LiveProjection", "Proposal", "Proposals", "Workflows", "tool",
             "Context", "HandOff", "Handler", "LlmClient", "LlmSession", "Mesh", "MeshSettings", "Published", "RunnerOptions",
             "__version__",
             # every error, all from mesh.errors
