@@ -44,6 +44,7 @@ __all__ = [
     "Position",
     "RawMessage",
     "ScanReport",
+    "decode_data_on",
     "decode_event_data",
     "decode_stored",
     "gc_paused",
@@ -153,10 +154,16 @@ def decode_stored(subject: str, payload: bytes, seq: int) -> Record:
     """`mesh.bus.client.decode_record` for bulk reads (same result, same errors, a little faster).
     An event whose data was offloaded (`dataref`) does not decode here: see `merge_offloaded`."""
     event = decode_envelope(payload)
-    data = decode_event_data(event.type, event.data)
-    if is_app_type(event.type):
+    return Record(seq=seq, subject=subject, event=event, data=decode_data_on(subject, event.type, event.data))
+
+
+def decode_data_on(subject: str, event_type: str, raw: msgspec.Raw) -> Event:
+    """`decode_event_data` for an event stored on ``subject``: a declared app event must be
+    on the subject its fields give (`topics.registry.decode_on`)."""
+    data = decode_event_data(event_type, raw)
+    if is_app_type(event_type):
         check_subject(subject, data)
-    return Record(seq=seq, subject=subject, event=event, data=data)
+    return data
 
 
 def is_offloaded(payload: bytes) -> bool:

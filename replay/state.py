@@ -23,7 +23,7 @@ from replay.reader import (
     DECODE_ERRORS,
     LogReader,
     Position,
-    decode_event_data,
+    decode_data_on,
     gc_paused,
 )
 from topics.envelope import CloudEvent, decode_envelope
@@ -181,7 +181,7 @@ class _FoldSink:
         if not targets:
             return
         try:
-            record = Record(seq=seq, subject=subject, event=event, data=decode_event_data(event.type, event.data))
+            record = Record(seq=seq, subject=subject, event=event, data=decode_data_on(subject, event.type, event.data))
         except DECODE_ERRORS:
             self.undecodable += 1
             return

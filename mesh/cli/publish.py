@@ -31,10 +31,10 @@ def event_to_publish(subject: str | None, event_type: str, data_json: str, modul
         return subject or _no_subject(event_type), _undeclared(event_type, raw)
     try:
         data = msgspec.convert(msgspec.json.decode(raw), cls)
-    except msgspec.DecodeError as error:
-        raise ValueError(f"--data is not JSON ({error}): {shorten(data_json, 200)!r}") from None
-    except msgspec.ValidationError as error:
+    except msgspec.ValidationError as error:  # (a DecodeError too: first)
         raise ValueError(f"--data does not fit {event_type}: {error}") from None
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise ValueError(f"--data is not JSON ({error}): {shorten(data_json, 200)!r}") from None
     if isinstance(data, AppEvent):
         own = subject_of(data)
         if subject is not None and subject != own:
