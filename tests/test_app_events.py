@@ -22,7 +22,7 @@ from mesh.projections import fold, state_at
 from replay.labels import label
 from replay.reader import read_log
 from replay.rerun import rerun
-from tests.conftest import AgentProcesses
+from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from tests.test_cli import mesh_cmd
 from topics import UndeclaredAppEvent, subject_of
@@ -310,3 +310,16 @@ class TestEndToEnd:
         assert sorted(state_at(SHIPMENTS, records, seq=before).orders) == ["o-1"]
         now = fold(SHIPMENTS, records).orders
         assert sorted(now) == ["o-1", "o-7"] and (now["o-7"].carrier, now["o-7"].parcels) == ("dhl", 2)
+
+
+@pytest.mark.unit
+class TestDocs:
+    def test_the_patterns_page_quotes_the_example_as_it_is(self) -> None:
+        """The definitions docs/PATTERNS.md quotes from examples/app_events.py are in that file as quoted."""
+        page = (ROOT / "docs" / "PATTERNS.md").read_text()
+        blocks = re.findall(r"<!-- example: examples/app_events.py -->\n```python\n(.*?)```", page, re.S)
+        assert len(blocks) == 2
+        source = (ROOT / "examples" / "app_events.py").read_text()
+        for quoted in blocks:
+            for definition in quoted.split("\n\n\n"):  # each top-level definition, whole
+                assert definition.strip() in source
