@@ -3,10 +3,12 @@ from the command line, shown by tail and timeline, folded by a user projection, 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
 import types
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,16 +16,19 @@ import pytest
 
 from examples.app_events import SHIPMENTS, CustomerNotified, OrderShipped, warehouse
 from mesh import Agent, AppEvent, Context, Mesh, SchemaError
+from mesh.bus.connection import presence_bucket
 from mesh.bus.permissions import agent_permissions
-from mesh.bus.server import LocalServer
+from mesh.bus.server import LocalServer, start_server
+from mesh.bus.settings import MeshSettings
 from mesh.cli.publish import event_to_publish
-from mesh.errors import ConfigError
+from mesh.errors import ConfigError, PermissionDeniedError
 from mesh.projections import fold, state_at
 from replay.labels import label
 from replay.reader import read_log
 from replay.rerun import rerun
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
+from tests.test_auth import auth_init
 from tests.test_cli import mesh_cmd
 from topics import UndeclaredAppEvent, subject_of
 from topics.app import APP_TYPES, MAX_APP_DATA, subject_filter
@@ -323,3 +328,39 @@ class TestDocs:
         for quoted in blocks:
             for definition in quoted.split("\n\n\n"):  # each top-level definition, whole
                 assert definition.strip() in source
+
+
+@pytest.mark.e2e
+class TestWithPermissions:
+    @pytest.mark.timeout(240)  # `mesh auth init` and two agent processes on a loaded 2-core machine
+    async def test_roles_emit_and_receive_their_own_events_only(self, tmp_path: Path) -> None:
+        """With `mesh auth init` permissions the chain runs with no violation; a role cannot
+        publish another role's app events, and the client none at all."""
+        auth = tmp_path / "auth"
+        await auth_init(auth, "examples.app_events:warehouse", "examples.app_events:notifier")
+        server = start_server(tmp_path / "store", port=-1, log_file=tmp_path / "nats.log",
+                              extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
+        admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
+        log = EventLog(admin)
+        agents = AgentProcesses(server.url, log, tmp_path)
+        try:
+            await presence_bucket(admin.js)
+            await log.start()
+            await agents.start("examples.app_events:warehouse", "--nkey", str(auth / "warehouse.nk"))
+            await agents.start("examples.app_events:notifier", "--nkey", str(auth / "notifier.nk"))
+            async with await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "client.nk"))) as client:
+                assert await client.request("ship", {"order_id": "o-1", "carrier": "ups"}, timeout=60) == {"shipped": "o-1"}
+                with pytest.raises(PermissionDeniedError):
+                    await client.emit(OrderShipped(order_id="o-2", carrier="ups"))
+            async with await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "warehouse.nk"))) as role:
+                with pytest.raises(PermissionDeniedError):
+                    await role.emit(CustomerNotified(order_id="o-1", message="forged"))
+            await log.wait_for_type("app.orders.notified", order_id="o-1")
+            assert [r.data.message for r in log.of_type("app.orders.notified")] == ["your order left with ups"]  # type: ignore[attr-defined]
+            violations = [line for line in (tmp_path / "nats.log").read_text().splitlines() if "Violation" in line]
+            assert len(violations) == 2 and all("mesh.app." in line for line in violations), violations
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, agents.stop_all)
+            await log.stop()
+            await admin.close()
+            server.stop()
