@@ -46,6 +46,7 @@ from mesh.projections.live import LiveProjection
 from mesh.runtime.agent import Agent, Handler
 from mesh.runtime.context import Context, HandOff
 from mesh.runtime.runner import AgentRunner, RunnerOptions
+from topics.app import AppEvent
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "Agent",
     "AgentRunner",
     "AnswerRejected",
+    "AppEvent",
     "AuthenticationError",
     "Board",
     "ConfigError",

@@ -46,6 +46,7 @@ from mesh.projections.histories import History, add_turn
 from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
 from topics import subjects
+from topics.app import UndeclaredAppEvent
 from topics.base import Event, check_token
 from topics.board import BoardDeleted, BoardWritten
 from topics.calls import ContextSettings, LlmCalled, LlmFailed, ToolCalled
@@ -54,6 +55,7 @@ from topics.envelope import CloudEvent, derived_id, new_event_id
 from topics.flows import FlowCompleted, FlowFailed
 from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem
 from topics.record import Record
+from topics.registry import type_of
 from topics.tasks import TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
 from topics.votes import VoteDecided, VoteProposed
 
@@ -90,7 +92,7 @@ class Effect(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def of(cls, event_id: str, label: str, subject: str, data: Event) -> Effect:
-        return cls(id=event_id, label=label, subject=subject, type=data.TYPE, data=view(data))
+        return cls(id=event_id, label=label, subject=subject, type=type_of(data), data=view(data))
 
     def describe(self) -> str:
         text = _json.encode(self.data).decode()
@@ -116,6 +118,8 @@ def view(data: Event) -> Any:
             return plain(msgspec.structs.replace(data, deadline="(a deadline)"))
         case TaskRequested(cancel_key=key) if key is not None:  # the submitter's secret hashed: not the handler's
             return plain(msgspec.structs.replace(data, cancel_key=None))
+        case UndeclaredAppEvent(data=fields):  # read before its declaration was imported: the same JSON
+            return plain(fields)
     return plain(data)
 
 

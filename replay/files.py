@@ -20,7 +20,7 @@ from replay.reader import (
     LogSlice,
     Position,
     RawMessage,
-    decode_event_data,
+    decode_data_on,
     gc_paused,
     subject_matches,
 )
@@ -189,7 +189,7 @@ def _decode_lines(block: bytes | memoryview) -> list[Record | RawMessage]:
     for line in lines:
         event = line.event
         try:
-            append(Record(seq=line.seq, subject=line.subject, event=event, data=decode_event_data(event.type, event.data)))
+            append(Record(seq=line.seq, subject=line.subject, event=event, data=decode_data_on(line.subject, event.type, event.data)))
         except DECODE_ERRORS as error:
             append(RawMessage(line.seq, line.subject, encode_envelope(event), _why(event, error)))
     return out

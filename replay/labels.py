@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import msgspec
 
 from topics.agents import AgentStarted, AgentStopped
+from topics.app import UndeclaredAppEvent
 from topics.base import ErrorInfo
 from topics.bids import BidAwarded, BidCalled, BidPlaced
 from topics.board import BoardDeleted, BoardWritten
@@ -191,16 +192,21 @@ def _rarer(record: Record) -> str:
             return f"agent {agent} ({role}) started"
         case AgentStopped(agent_id=agent, reason=reason):
             return f"agent {agent} stopped" + (f": {reason}" if reason else "")
+        case UndeclaredAppEvent(type=event_type, data=fields):
+            return " ".join([event_type, *_shown(fields)])
         case _:
             return _fields(record)
 
 
 def _fields(record: Record) -> str:
     """An event type this module does not know: its type and its first few short scalar fields."""
-    values = msgspec.structs.asdict(record.data)
-    shown = [f"{name}={value}" for name, value in values.items() if name not in _SECRET
-             and isinstance(value, str | int | float | bool) and len(str(value)) <= 40][:3]  # fmt: skip
-    return " ".join([record.event.type.removeprefix("mesh."), *shown])
+    return " ".join([record.event.type.removeprefix("mesh."), *_shown(msgspec.structs.asdict(record.data))])
+
+
+def _shown(values: dict[str, object]) -> list[str]:
+    """The first few short scalar fields (never a secret's) as `name=value`."""
+    return [f"{name}={value}" for name, value in values.items() if name not in _SECRET
+            and isinstance(value, str | int | float | bool) and len(str(value)) <= 40][:3]  # fmt: skip
 
 
 def summarize(record: Record, width: int = 72, names: Names | None = None) -> str:

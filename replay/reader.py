@@ -31,6 +31,7 @@ from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import LogGapError, MeshError
 from mesh.projections.base import instant
 from topics import subjects
+from topics.app import check_subject, is_app_type
 from topics.base import Event
 from topics.envelope import DECODE_ERRORS, decode_envelope
 from topics.record import Record
@@ -43,6 +44,7 @@ __all__ = [
     "Position",
     "RawMessage",
     "ScanReport",
+    "decode_data_on",
     "decode_event_data",
     "decode_stored",
     "gc_paused",
@@ -142,7 +144,7 @@ def decode_event_data(event_type: str, raw: msgspec.Raw) -> Event:
     type (one with an upcaster) always goes through `decode_data`, which upcasts it."""
     decode = _data_decoders.get(event_type)
     if decode is None:
-        if event_type in UPCASTERS:
+        if event_type in UPCASTERS or is_app_type(event_type):  # an app type may be declared later on
             return decode_data(event_type, raw)
         decode = _data_decoders[event_type] = msgspec.json.Decoder(event_class(event_type)).decode
     return decode(raw)
@@ -152,7 +154,16 @@ def decode_stored(subject: str, payload: bytes, seq: int) -> Record:
     """`mesh.bus.client.decode_record` for bulk reads (same result, same errors, a little faster).
     An event whose data was offloaded (`dataref`) does not decode here: see `merge_offloaded`."""
     event = decode_envelope(payload)
-    return Record(seq=seq, subject=subject, event=event, data=decode_event_data(event.type, event.data))
+    return Record(seq=seq, subject=subject, event=event, data=decode_data_on(subject, event.type, event.data))
+
+
+def decode_data_on(subject: str, event_type: str, raw: msgspec.Raw) -> Event:
+    """`decode_event_data` for an event stored on ``subject``: a declared app event must be
+    on the subject its fields give (`topics.registry.decode_on`)."""
+    data = decode_event_data(event_type, raw)
+    if is_app_type(event_type):
+        check_subject(subject, data)
+    return data
 
 
 def is_offloaded(payload: bytes) -> bool:

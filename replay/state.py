@@ -23,7 +23,7 @@ from replay.reader import (
     DECODE_ERRORS,
     LogReader,
     Position,
-    decode_event_data,
+    decode_data_on,
     gc_paused,
 )
 from topics.envelope import CloudEvent, decode_envelope
@@ -60,11 +60,27 @@ class Rebuilt(Generic[S]):
 
 
 def projection_named(name: str) -> Projection[Any]:
-    """The ready projection called ``name``; ConfigError lists the others."""
+    """The ready projection called ``name``, or a user's one named `package.module:attribute`
+    (a `Projection` object, or a subclass to make one of); ConfigError lists the ready ones."""
+    if ":" in name:
+        return _user_projection(name)
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"no projection {name!r}; there are: {', '.join(sorted(REGISTRY))}") from None
+        raise ConfigError(f"no projection {name!r}; there are: {', '.join(sorted(REGISTRY))}, "
+                          "or your own as package.module:attribute") from None  # fmt: skip
+
+
+def _user_projection(target: str) -> Projection[Any]:
+    from mesh.runtime.process import load_module
+
+    module_name, _, attribute = target.partition(":")
+    found = getattr(load_module(module_name), attribute, None)
+    if isinstance(found, type) and issubclass(found, Projection):
+        found = found()
+    if not isinstance(found, Projection):
+        raise ConfigError(f"{target!r} is {type(found).__name__}, not a mesh.projections.Projection")
+    return found
 
 
 async def rebuild(
@@ -165,7 +181,7 @@ class _FoldSink:
         if not targets:
             return
         try:
-            record = Record(seq=seq, subject=subject, event=event, data=decode_event_data(event.type, event.data))
+            record = Record(seq=seq, subject=subject, event=event, data=decode_data_on(subject, event.type, event.data))
         except DECODE_ERRORS:
             self.undecodable += 1
             return

@@ -32,7 +32,7 @@ class TestPublicApi:
     def test_exports_are_pinned(self) -> None:
         """`mesh.__all__` is the public API; changing it is a decision, not an accident."""
         assert sorted(mesh.__all__) == sorted([
-            "Agent", "AgentRunner", "Board", "Conversation", "Flow", "LiveProjection", "Proposal", "Proposals", "Workflows", "tool",
+            "Agent", "AgentRunner", "AppEvent", "Board", "Conversation", "Flow", "LiveProjection", "Proposal", "Proposals", "Workflows", "tool",
             "KnowledgeBase", "Hit",
             "Context", "HandOff", "Handler", "LlmClient", "LlmSession", "Mesh", "MeshSettings", "Published", "RunnerOptions",
             "__version__",

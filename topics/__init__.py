@@ -1,6 +1,7 @@
 """The wire contract of agentmesh: subjects, the stream, the envelope, and every event type."""
 
 from topics.agents import AgentEvent, AgentStarted, AgentStopped, Presence
+from topics.app import AppEvent, UndeclaredAppEvent, subject_of
 from topics.base import ErrorInfo, Event
 from topics.bids import BidAwarded, BidCalled, BidEvent, BidPlaced
 from topics.board import BoardDeleted, BoardEvent, BoardWritten
@@ -38,6 +39,7 @@ from topics.votes import VoteCast, VoteDecided, VoteEvent, VoteProposed
 
 __all__ = [
     "AgentEvent", "AgentStarted", "AgentStopped", "Presence",
+    "AppEvent", "UndeclaredAppEvent", "subject_of",
     "AnyEvent", "EVENT_TYPES", "decode_data", "encode_data", "event_class",
     "BidAwarded", "BidCalled", "BidEvent", "BidPlaced",
     "BoardDeleted", "BoardEvent", "BoardWritten",

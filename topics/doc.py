@@ -78,6 +78,57 @@ one a way in: only the serving capability's role may publish on `mesh.task.<capa
 an answer counts only if it names the request's stream sequence, and `Nats-Msg-Id` headers
 are keyed by the publisher's secret (docs/SECURITY.md).
 
+## Application events: your own types
+
+Besides the types below (the mesh's own, in the `mesh.` namespace), a user declares event
+types of their own (`topics.app.AppEvent`, re-exported as `mesh.AppEvent`):
+
+```python
+from mesh import AppEvent
+
+class OrderShipped(AppEvent, frozen=True, kw_only=True):
+    TYPE = "app.orders.shipped"                # the CloudEvents type
+    SUBJECT = "mesh.app.orders.{order_id}"     # where each event goes, filled from its fields
+    order_id: str
+    carrier: str
+    parcels: int = 1
+```
+
+- **Names.** `TYPE` is `app.` then tokens (letters, digits, `-`, `_`) joined by `.`, at most
+  128 characters; `mesh.` types are refused, so a user type never shadows a built-in one, and
+  a second class for a type already declared is refused too. `SUBJECT` is `mesh.app.` then
+  tokens, each fixed or a whole `{field}` naming a `str` or `int` field. Both are checked when
+  the class is made (`TypeError` saying what is wrong), and the class is registered by its
+  type when its module is imported (`topics.app.APP_TYPES`).
+- **Subjects.** Every filled-in value must be one NATS token (1 to 128 letters, digits, `-`,
+  `_`: no `.`, `*`, `>` or whitespace); `subject_of(event)` gives the subject or raises
+  `ValueError`, and publishing such an event raises `SchemaError`. An application event lives
+  under `mesh.app.>`, inside the `MESH` stream's `mesh.>`: an existing stream needs no new
+  subject, and every reader of the log (tail, export, replay, dead letters on
+  `mesh.dead.app.<...>`) sees it. A declared event is only valid on the subject its fields
+  give: `Mesh.publish` refuses another one, and every reader treats one found elsewhere as
+  data that does not fit (an agent dead-letters it with reason `bad_data`), so a reader can
+  trust the subject, which permissions guard.
+- **Publishing.** `await ctx.emit(OrderShipped(...))` in a handler (its id derived from the
+  handler's event, like every emit), `await mesh.emit(OrderShipped(...))` from a plain `Mesh`,
+  or `mesh publish --types MODULE --type app.orders.shipped --data JSON` (the module declares
+  the type; the subject is derived). Without `--types`, `mesh publish SUBJECT --type app.x
+  --data JSON` checks form only: a JSON object of at most 1 MiB, a subject under `mesh.app.`;
+  the agents that know the type check the rest.
+- **Receiving.** `@agent.on(OrderShipped)` subscribes the role to the type's subjects (`{field}`
+  tokens as `*`) and hands its handler records whose `data` is an `OrderShipped`; another type
+  met on those subjects is acknowledged and skipped, and data that does not fit the class is
+  one dead letter (`bad_data`), after which the consumer serves on.
+- **Reading without the declaration.** A process that has not imported the declaring module
+  reads an `app.` event as `UndeclaredAppEvent(type=..., data={...})`, its data as plain JSON:
+  `mesh tail`, `mesh replay timeline`, export and projections show it instead of failing.
+- **Permissions.** `Agent(emits=(OrderShipped,))` stands for the type's subject filter
+  (`mesh.app.orders.*`), which `mesh auth init` grants the role; `Agent.on(OrderShipped)`
+  grants its consumer. The `client` user is not allowed `mesh.app.>`: publish application
+  events from an agent role, or with admin credentials.
+- **Evolution** follows the rules below: new fields with defaults, a breaking change is a new
+  type (`app.orders.shipped2`).
+
 ## Schema evolution
 
 - New fields get defaults; an existing field's type never changes; nothing is renamed.

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from topics.agents import AgentEvent
+from topics.app import APP_TYPES, UndeclaredAppEvent, check_subject, is_app_type
 from topics.base import Event
 from topics.bids import BidEvent
 from topics.board import BoardEvent
@@ -23,7 +24,7 @@ from topics.knowledge import KnowledgeEvent
 from topics.tasks import TaskEvent
 from topics.votes import VoteEvent
 
-__all__ = ["EVENT_TYPES", "UPCASTERS", "AnyEvent", "decode_data", "encode_data", "event_class"]
+__all__ = ["EVENT_TYPES", "UPCASTERS", "AnyEvent", "decode_data", "encode_data", "decode_on", "event_class", "type_of"]
 
 AnyEvent = (
     TaskEvent
@@ -59,21 +60,48 @@ def _decoder(cls: type[Event]) -> msgspec.json.Decoder[Event]:
 
 
 def event_class(event_type: str) -> type[Event]:
-    """The Struct for a CloudEvents type; KeyError names the known types when there is none."""
+    """The Struct for a CloudEvents type, built-in or declared by the user (`topics.app`);
+    KeyError when there is none."""
     try:
         return EVENT_TYPES[event_type]
+    except KeyError:
+        pass
+    try:
+        return APP_TYPES[event_type]
     except KeyError:
         raise KeyError(f"unknown event type {event_type!r}") from None
 
 
+_object = msgspec.json.Decoder(dict[str, Any])
+
+
 def decode_data(event_type: str, raw: bytes | msgspec.Raw) -> Event:
     """Decode `data` against the schema of `event_type` (KeyError, msgspec errors on failure).
-    A retired type is upcast to its replacement first."""
+    A retired type is upcast to its replacement first. An `app.` type this process has no
+    declaration of is read as an `UndeclaredAppEvent` (its data must be a JSON object)."""
     if event_type in UPCASTERS:
         new_type, upcast = UPCASTERS[event_type]
         return msgspec.convert(upcast(msgspec.json.decode(raw)), event_class(new_type))
-    return _decoder(event_class(event_type)).decode(raw)
+    cls = EVENT_TYPES.get(event_type) or APP_TYPES.get(event_type)
+    if cls is None and is_app_type(event_type):
+        return UndeclaredAppEvent(type=event_type, data=_object.decode(raw))
+    return _decoder(cls or event_class(event_type)).decode(raw)
+
+
+def decode_on(subject: str, event_type: str, raw: bytes | msgspec.Raw) -> Event:
+    """`decode_data` for an event stored on ``subject``: a declared app event must be on the
+    subject its fields give (`topics.app.check_subject`), else msgspec.ValidationError."""
+    data = decode_data(event_type, raw)
+    if is_app_type(event_type):
+        check_subject(subject, data)
+    return data
+
+
+def type_of(data: Event) -> str:
+    """The CloudEvents type of ``data``: its class's `TYPE`, or an undeclared app event's own."""
+    return data.type if isinstance(data, UndeclaredAppEvent) else data.TYPE
 
 
 def encode_data(data: Event) -> bytes:
-    return _encoder.encode(data)
+    """The JSON of ``data`` (of an undeclared app event: its data object)."""
+    return _encoder.encode(data.data if isinstance(data, UndeclaredAppEvent) else data)

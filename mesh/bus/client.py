@@ -29,6 +29,7 @@ from mesh.bus.waiting import Waiters
 from mesh.errors import PayloadTooLargeError, SchemaError, TaskFailedError, TaskTimeoutError
 from mesh.telemetry.tracing import instruments, send_span
 from topics import subjects
+from topics.app import AppEvent, UndeclaredAppEvent, check_subject, subject_of
 from topics.base import Event, is_token, shorten
 from topics.envelope import (
     CloudEvent,
@@ -39,7 +40,7 @@ from topics.envelope import (
     now_rfc3339,
 )
 from topics.record import Record
-from topics.registry import decode_data, encode_data
+from topics.registry import decode_on, encode_data, type_of
 from topics.tasks import (
     TaskCancelled,
     TaskCancelRequested,
@@ -96,7 +97,7 @@ class Published(msgspec.Struct, frozen=True):
 def decode_record(subject: str, payload: bytes, seq: int = 0) -> Record:
     """Envelope and typed data of one stored message; raises on anything malformed."""
     event = decode_envelope(payload)
-    return Record(seq=seq, subject=subject, event=event, data=decode_data(event.type, event.data))
+    return Record(seq=seq, subject=subject, event=event, data=decode_on(subject, event.type, event.data))
 
 
 def _check_task(capability: str, task_id: str | None, fallback: tuple[str, ...], deadline: str | None) -> None:
@@ -112,6 +113,19 @@ def _check_subject(subject: str) -> None:
     if not _LOG_SUBJECT.fullmatch(subject):
         raise SchemaError(f"cannot publish to {subject[:80]!r}: the log (stream {subjects.STREAM}) takes subjects "
                           "under mesh., made of non-empty tokens with no '*', '>' or whitespace")  # fmt: skip
+
+
+def _check_app_subject(subject: str, data: Event) -> None:
+    """An application event goes on the subject its fields give, and nowhere else (readers
+    refuse it elsewhere: `topics.app.check_subject`); an undeclared one under `mesh.app.`."""
+    if isinstance(data, UndeclaredAppEvent):
+        if not subject.startswith("mesh.app."):
+            raise SchemaError(f"{data.type} goes on a subject under mesh.app., not {shorten(subject, 200)!r}")
+        return
+    try:
+        check_subject(subject, data)
+    except msgspec.ValidationError as error:
+        raise SchemaError(f"cannot publish: {error}") from None
 
 
 def _default_source() -> str:
@@ -186,7 +200,7 @@ class Mesh:
             specversion="1.0",
             id=event_id or new_event_id(),
             source=self.source,
-            type=data.TYPE,
+            type=type_of(data),
             time=now_rfc3339(),
             correlationid=correlation_id,
             causationid=causation_id,
@@ -244,7 +258,8 @@ class Mesh:
         makes its `Nats-Msg-Id` for deduplication (`msg_id`). With `expected_last_subject_seq`, the
         server refuses it with `ExpectedSequenceError` if the subject moved past that sequence."""
         event_id = event_id or new_event_id()
-        with send_span(subject, data.TYPE, event_id) as trace:
+        _check_app_subject(subject, data)
+        with send_span(subject, type_of(data), event_id) as trace:
             event = self.envelope(
                 data, event_id=event_id, correlation_id=correlation_id, causation_id=causation_id, trace=trace
             )
@@ -255,6 +270,20 @@ class Mesh:
             )  # fmt: skip
         instruments.published.add(1, {"type": data.TYPE})
         return Published(event.id, ack.seq, bool(ack.duplicate))
+
+    async def emit(
+        self, event: AppEvent, *, event_id: str | None = None, correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Published:  # fmt: skip
+        """Publish an application event (`topics.app.AppEvent`) on the subject its fields give.
+        SchemaError if a field that fills the subject is not one NATS token. A given
+        ``event_id`` makes publishing it again a duplicate JetStream drops."""
+        try:
+            subject = subject_of(event)
+        except ValueError as error:
+            raise SchemaError(str(error)) from None
+        return await self.publish(subject, event, event_id=event_id, correlation_id=correlation_id,
+                                  causation_id=causation_id)  # fmt: skip
 
     async def _fitting_or_offloaded(self, subject: str, event: CloudEvent, headers: dict[str, str]) -> bytes:
         """The encoded event if it fits one message; else the event with its `data` in the

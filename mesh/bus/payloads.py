@@ -29,7 +29,7 @@ from mesh.errors import ConfigError, MissingPayloadError, PayloadTooLargeError
 from topics import subjects
 from topics.envelope import DECODE_ERRORS, CloudEvent, dataref, decode_envelope, parse_dataref
 from topics.record import Record
-from topics.registry import decode_data
+from topics.registry import decode_on
 
 __all__ = ["DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "inline", "max_object", "offload", "payload_bucket", "resolve"]
 
@@ -124,5 +124,5 @@ async def resolve(js: JetStreamContext, subject: str, payload: bytes, seq: int =
     event = decode_envelope(payload)
     if event.dataref is not None:
         event = await inline(js, event)
-    return Record(seq=seq, subject=subject, event=event, data=decode_data(event.type, event.data))
+    return Record(seq=seq, subject=subject, event=event, data=decode_on(subject, event.type, event.data))
 

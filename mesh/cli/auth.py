@@ -38,5 +38,5 @@ def _init(folder: Path, targets: tuple[str, ...], clients: tuple[str, ...]) -> l
     for target in targets:
         agent = load_agent(target)
         subscriptions = {name: sub.subject for name, sub in agent.subscriptions.items()}
-        agents.append(AgentRole(agent.name, agent.capabilities, subscriptions, agent.emits, agent.requests))
+        agents.append(AgentRole(agent.name, agent.capabilities, subscriptions, agent.emitted_subjects, agent.requests))
     return init_auth(folder, agents, clients)

@@ -8,6 +8,7 @@ import msgspec
 from rich.console import Console
 from rich.text import Text
 
+from topics.app import UndeclaredAppEvent
 from topics.record import Record
 
 __all__ = ["EventLines", "Columns", "PipeConsole", "middle", "shown_data"]
@@ -84,7 +85,7 @@ def middle(value: str, width: int) -> str:
 def shown_data(record: Record) -> str:
     """The data as compact JSON, without the fields that only repeat a token of the subject
     (the task id and capability of `task.echo.<id>`, the agent id of `agent.<id>`) or the sender."""
-    data = msgspec.to_builtins(record.data)
+    data = msgspec.to_builtins(record.data.data if isinstance(record.data, UndeclaredAppEvent) else record.data)
     if isinstance(data, dict):
         tokens = {*record.subject.split("."), record.event.source.rsplit("/", 1)[-1]}
         data = {k: v for k, v in data.items() if not (isinstance(v, str) and v in tokens)}

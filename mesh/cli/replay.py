@@ -12,6 +12,7 @@ import msgspec
 from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
 from mesh.cli.options import nats_options, run, token, write_text
+from mesh.errors import ConfigError
 from mesh.projections import REGISTRY
 from replay.files import read_file
 from replay.reader import LogSlice, Position, parse_position, read_log
@@ -80,7 +81,7 @@ def timeline(id: str, file: str | None, html_out: str | None, settings: MeshSett
 
 
 @replay.command()
-@click.argument("projection", type=click.Choice(sorted(REGISTRY)))
+@click.argument("projection", metavar=f"[{'|'.join(sorted(REGISTRY))}|MODULE:ATTR]")
 @click.option("--at", "at", default=None, help="a stream SEQ or an RFC 3339 TIME (default: now)")
 @click.option("--key", default=None, help="one entry: a task id, board (or board/key), proposal, workflow, room")
 @FILE
@@ -92,7 +93,10 @@ def state(projection: str, at: str | None, key: str | None, file: str | None, sn
     """PROJECTION's state at a point of the log (time travel)."""
     from replay.state import pick, projection_named, rebuild, state_from_file
 
-    fold = projection_named(projection)
+    try:
+        fold = projection_named(projection)
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="PROJECTION") from None
     point = _position(at, "--at")
     if file:
         built = state_from_file(file, fold, at=point)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 import msgspec
 
 from mesh.errors import ConfigError, SchemaError
+from topics.app import AppEvent, subject_filter
 from topics.base import ErrorInfo, check_token
 from topics.envelope import CloudEvent
 from topics.record import Record
@@ -74,6 +75,7 @@ class Subscription:
     subject: str
     fn: EventHandlerFn
     max_run_time: float = MAX_RUN_TIME
+    event_type: type[AppEvent] | None = None  # `Agent.on(SomeAppEvent)`: only these, typed; others are skipped
 
 
 # mesh.<family>[.<token or *>...][.>], the family named (no wildcard) and not a task or work one
@@ -93,7 +95,7 @@ class Agent:
     name: str
     version: str = "0"
     tools: tuple[str, ...] = ()  # names of the tools this agent is granted
-    emits: tuple[str, ...] = ()  # subjects (NATS wildcards allowed) its handlers publish on, besides its tasks'
+    emits: tuple[str | type[AppEvent], ...] = ()  # subjects (NATS wildcards allowed) or app event types its handlers publish, besides its tasks'
     requests: tuple[str, ...] | None = None  # capabilities it asks (ctx.request, handoff, fallbacks); None: any
     handlers: dict[str, Handler] = field(default_factory=dict)
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
@@ -102,8 +104,10 @@ class Agent:
         check_token("agent name", self.name)
         for capability in self.requests or ():
             check_token("requested capability", capability)
+        self.emits = tuple(subject_filter(s) if isinstance(s, type) and issubclass(s, AppEvent) else s
+                           for s in self.emits)  # fmt: skip
         for subject in self.emits:
-            if not EMITTABLE.fullmatch(subject):
+            if not isinstance(subject, str) or not EMITTABLE.fullmatch(subject):
                 raise ConfigError(
                     f"agent '{self.name}' emits {subject!r}: declare subjects under mesh. (wildcards * and > "
                     "allowed), not task or work subjects, which its capabilities and ctx.request already cover"
@@ -112,6 +116,11 @@ class Agent:
     @property
     def capabilities(self) -> tuple[str, ...]:
         return tuple(self.handlers)
+
+    @property
+    def emitted_subjects(self) -> tuple[str, ...]:
+        """``emits`` as subject filters (an app event type stands for its SUBJECT's filter)."""
+        return tuple(s for s in self.emits if isinstance(s, str))
 
     def task(
         self, capability: str, *, max_run_time: float = MAX_RUN_TIME, on_failed: FailedFn | None = None
@@ -145,14 +154,20 @@ class Agent:
 
 
     def on(
-        self, subject: str, *, name: str | None = None, max_run_time: float = MAX_RUN_TIME
+        self, subject: str | type[AppEvent], *, name: str | None = None, max_run_time: float = MAX_RUN_TIME
     ) -> Callable[[EventHandlerFn], EventHandlerFn]:
         """Register the decorated `async def fn(record, ctx)` for every event on ``subject``.
 
             @agent.on("mesh.bid.*")
             async def bid(record: Record, ctx: Context) -> None: ...
-        """
-        if not subject.startswith("mesh.") or subject.startswith("mesh.work."):
+
+        Given an application event type (`topics.app.AppEvent`) instead, it gets every event of
+        that type, ``record.data`` an instance of it: the subscription is on the subjects the
+        type's SUBJECT can give, other types met there are acknowledged and skipped, and data
+        that does not fit the type is dead-lettered (`bad_data`)."""
+        event_type = subject if isinstance(subject, type) and issubclass(subject, AppEvent) else None
+        pattern = subject_filter(event_type) if event_type is not None else subject
+        if not isinstance(pattern, str) or not pattern.startswith("mesh.") or pattern.startswith("mesh.work."):
             raise ConfigError(f"subscribe to events under mesh. (not work subjects, which are tasks): {subject!r}")
 
         def register(fn: EventHandlerFn) -> EventHandlerFn:
@@ -161,7 +176,7 @@ class Agent:
             key = check_token("subscription name", name or fn.__name__.replace("_", "-"))
             if key in self.subscriptions:
                 raise ConfigError(f"agent '{self.name}' already has a subscription named '{key}'")
-            self.subscriptions[key] = Subscription(key, subject, fn, max_run_time)
+            self.subscriptions[key] = Subscription(key, pattern, fn, max_run_time, event_type)
             return fn
 
         return register

@@ -22,9 +22,10 @@ from mesh.coordination.knowledge import KnowledgeBase
 from mesh.coordination.origin import Origin
 from mesh.coordination.votes import Proposal, Proposals
 from mesh.coordination.workflow import Workflows, WorkflowSpec
-from mesh.errors import PermissionDeniedError, TaskTimeoutError
+from mesh.errors import PermissionDeniedError, SchemaError, TaskTimeoutError
 from mesh.telemetry.tracing import ask_span
 from topics import subjects
+from topics.app import AppEvent, subject_of
 from topics.base import Event
 from topics.envelope import CloudEvent, derived_id
 from topics.tasks import TaskOutcome, TaskProgress, handoff_task_id
@@ -49,6 +50,13 @@ class HandOff(NamedTuple):
     capability: str
     task_id: str
     request_seq: int
+
+
+def _app_subject(event: AppEvent) -> str:
+    try:
+        return subject_of(event)
+    except ValueError as error:
+        raise SchemaError(str(error)) from None
 
 
 class Context:
@@ -119,8 +127,15 @@ class Context:
     def _child_id(self, label: str) -> str:
         return derived_id(self.event.id, self._scope + label)
 
-    async def emit(self, subject: str, data: Event) -> Published:
-        """Publish an event caused by this task. Its id is derived, so a retry repeats nothing."""
+    async def emit(self, subject: str | AppEvent, data: Event | None = None) -> Published:
+        """Publish an event caused by this task. Its id is derived, so a retry repeats nothing.
+
+        `ctx.emit(subject, data)`, or `ctx.emit(app_event)` for an application event type
+        (`topics.app.AppEvent`), which goes on the subject its fields give."""
+        if isinstance(subject, AppEvent):
+            data, subject = subject, _app_subject(subject)
+        if data is None:
+            raise TypeError("ctx.emit(subject, data), or ctx.emit(app_event)")
         if self._before_effect is not None:
             await self._before_effect()
         return await self.mesh.publish(

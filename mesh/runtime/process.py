@@ -8,6 +8,7 @@ import gc
 import importlib
 import sys
 from functools import partial
+from types import ModuleType
 
 import structlog
 
@@ -27,17 +28,26 @@ __all__ = ["load_agent", "run_agent", "serve"]
 log = structlog.get_logger("mesh.runtime.process")
 
 
+def load_module(module_name: str) -> ModuleType:
+    """Import ``module_name`` (from the current folder too), e.g. one declaring application
+    event types; ConfigError when it cannot be imported or a declaration in it is refused."""
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return importlib.import_module(module_name)
+    except (ModuleNotFoundError, TypeError) as error:
+        raise ConfigError(f"cannot import {module_name!r}: {error}") from error
+
+
 def load_agent(target: str) -> Agent:
     """`package.module:attribute` -> the Agent object it names."""
     module_name, _, attribute = target.partition(":")
     if not attribute:
         raise ConfigError(f"agent target {target!r} must look like package.module:agent")
-    if "" not in sys.path:
-        sys.path.insert(0, "")
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise ConfigError(f"cannot import {module_name!r} for agent {target!r}: {error}") from error
+        module = load_module(module_name)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (agent {target!r})") from error
     agent = getattr(module, attribute, None)
     if not isinstance(agent, Agent):
         raise ConfigError(f"{target!r} is {type(agent).__name__}, not a mesh.Agent")
