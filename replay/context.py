@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import msgspec
+from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 from opentelemetry.trace import INVALID_SPAN
 
@@ -288,6 +289,16 @@ class ReplayLlmSession(LlmSession):
         return ContextWindow(settings.tokens, settings.policy, settings.reply_tokens)
 
     async def _send(self, request: dict[str, Any]) -> ChatCompletion:
+        self._replayed(request)
+        return await super()._send(request)
+
+    async def _send_embeddings(self, request: dict[str, Any]) -> CreateEmbeddingResponse:
+        self._replayed(request)
+        return await super()._send_embeddings(request)
+
+    def _replayed(self, request: dict[str, Any]) -> None:
+        """Call ``self._index`` as the log has it: raised again if it failed then, recorded as an
+        effect (its request compared), ReplayStop if the log has no response for it."""
         index = self._index
         if (failed := self._replay_failures.get(index)) is not None:  # this call failed then: it fails again
             self._index += 1  # the session's own count moves past it, as it did then
@@ -300,7 +311,6 @@ class ReplayLlmSession(LlmSession):
                                               self._replay_subject, call))  # fmt: skip
         if index not in self._replay_recorded:
             raise ReplayStop(f"model call {index} has no recorded response; replay never calls a model")
-        return await super()._send(request)
 
 
 def _recorded_windows(calls: Iterable[LlmCalled | LlmFailed]) -> dict[str, ContextSettings]:
