@@ -410,9 +410,9 @@ class ReplayKnowledge(KnowledgeBase):
     Adds and removes are effects, recorded through the `RecordedMesh`, never sent."""
 
     def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, name: str,
-                 origin: Origin) -> None:  # fmt: skip
+                 origin: Origin, llm: Callable[[], LlmSession] | None = None) -> None:  # fmt: skip
         index = KnowledgeIndex(check_token("knowledge base", name))
-        super().__init__(cast(Mesh, mesh), name, origin=origin, index=index)
+        super().__init__(cast(Mesh, mesh), name, origin=origin, index=index, llm=llm)
         self._book = book
         self._horizon = horizon
 
@@ -472,7 +472,8 @@ class ReplayContext(Context):
         return ReplayBoard(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
 
     def knowledge(self, name: str) -> KnowledgeBase:
-        return ReplayKnowledge(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
+        return ReplayKnowledge(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin,
+                               lambda: self.llm)  # fmt: skip
 
     @property
     def vote(self) -> Proposals:
