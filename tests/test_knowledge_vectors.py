@@ -272,3 +272,31 @@ def other_query_reader() -> Agent:
         return {"seq": kb.seq, "hits": [{"id": hit.id, "score": hit.score, "text": hit.text} for hit in hits]}
 
     return agent
+
+
+@pytest.mark.unit
+def test_a_replayed_trace_names_an_embeddings_call_as_the_live_span_did() -> None:
+    """`replay traces` rebuilds a recorded embeddings call as `embeddings {model}`, like its live span."""
+    from replay import rebuild_traces
+    from tests.test_replay_traces import RESEARCHER, TRACE_ID, HandLog, only
+    from topics import subjects
+    from topics.envelope import derived_id
+    from topics.tasks import TaskClaimed, TaskRequested
+
+    log = HandLog()
+    log.add(subjects.work("research"), TaskRequested(capability="research", input={}, task_id="r1"), id="r1", at=1.0,
+            source="mesh://client/box-9", correlation="r1")  # fmt: skip
+    log.add(subjects.task("research", "r1"), TaskClaimed(task_id="r1", agent="researcher-box-1-102", attempt=1),
+            id="claim-r1", at=1.1, source=RESEARCHER, cause="r1", correlation="r1")  # fmt: skip
+    call = LlmCalled(agent="researcher", task_id="r1", call_index=0, model="offline/text-embedding-3-small",
+                     request={"model": "text-embedding-3-small", "input": ["x"], "encoding_format": "float"},
+                     response={"object": "list", "model": "offline/text-embedding-3-small", "data": [],
+                               "usage": {"prompt_tokens": 1, "total_tokens": 1}},
+                     usage={"input_tokens": 1, "output_tokens": 0}, latency_ms=5.0, offline=True,
+                     operation="embeddings")  # fmt: skip
+    log.add(subjects.llm("researcher", "r1"), call, id=derived_id("r1", "llm/0"), at=1.2, source=RESEARCHER,
+            cause="r1", correlation="r1")  # fmt: skip
+    span = only(rebuild_traces(log.records, "r1", trace_id=TRACE_ID), "embeddings text-embedding-3-small")
+    assert span.attributes["gen_ai.operation.name"] == "embeddings"
+    assert span.attributes["gen_ai.request.model"] == "text-embedding-3-small"
+    assert "gen_ai.response.finish_reasons" not in span.attributes
