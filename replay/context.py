@@ -407,7 +407,8 @@ class ReplayKnowledge(KnowledgeBase):
     """A knowledge base as the recorded task saw it: a search folds the base's events in the
     whole log up to the handler's `horizon` (as `ReplayBoard` reads do) and ranks those, so it
     answers as the original did unless an entry landed between its search and its next effect.
-    Adds and removes are effects, recorded through the `RecordedMesh`, never sent."""
+    Adds and removes are effects, recorded through the `RecordedMesh`, never sent; embeddings
+    (of an added entry or of a vector query) come from the `ReplayLlmSession`'s record."""
 
     def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, name: str,
                  origin: Origin, llm: Callable[[], LlmSession] | None = None) -> None:  # fmt: skip
