@@ -26,8 +26,8 @@ from mesh.llm.offline import (
     offline_embedding,
     offline_http_client,
 )
-from mesh.projections import KNOWLEDGE, KnowledgeEntry, fold, live_at
-from mesh.projections.vectors import cosine_ranked
+from mesh.projections import KNOWLEDGE, Hit, KnowledgeEntry, fold, live_at
+from mesh.projections.vectors import cosine_ranked, fused
 from replay.reader import read_log
 from replay.rerun import rerun
 from tests.conftest import ROOT, AgentProcesses
@@ -175,6 +175,16 @@ class TestCosineRanking:
         assert [h.id for h in cosine_ranked(list(reversed(same)), (1.0, 1.0), "m")] == ["e8", "e9"]  # ties: oldest
 
     @pytest.mark.unit
+    def test_hybrid_fuses_ranks(self) -> None:
+        """Reciprocal rank fusion: in both lists beats top of one; ties rank older entries first."""
+        e1, e2, e3, e4 = (cosine_ranked([embedded(n, "w")], offline_embedding("w"), "m")[0] for n in (1, 2, 3, 4))
+        merged = fused([e1, e2, e3], [e3, e1], limit=10)
+        assert [h.id for h in merged] == ["e1", "e3", "e2"]
+        assert [h.score for h in merged] == pytest.approx([1 / 61 + 1 / 62, 1 / 63 + 1 / 61, 1 / 62])
+        assert [h.id for h in fused([e4], [e2], limit=10)] == ["e2", "e4"]  # same rank: the older first
+        assert [h.id for h in fused([e1, e2, e3], [e3, e1], limit=1)] == ["e1"] and fused([], []) == []
+
+    @pytest.mark.unit
     def test_the_projection_keeps_embeddings_and_bounds_them(self) -> None:
         vector = tuple(offline_embedding("restart the cache"))
         data = KnowledgeAdded(kb="kb", text="restart the cache", embedding=vector, embedding_model="m")
@@ -228,8 +238,15 @@ class TestVectorSearchEndToEnd:
         assert [hit["id"] for hit in first["hits"]] == [ids[n] for _, n in expected]
         assert [hit["score"] for hit in first["hits"]] == pytest.approx([score for score, _ in expected])
         assert first["hits"][0]["id"] == ids[0] and plain not in [hit["id"] for hit in first["hits"]]
-        keyword = await mesh.request("recall", {"kb": "ops", "query": "restart the cache"}, timeout=60)
+        keyword = await mesh.request("recall", {"kb": "ops", "query": "restart the cache", "limit": 10}, timeout=60)
         assert plain in [hit["id"] for hit in keyword["hits"]]  # keyword search still sees every entry
+        hybrid = await mesh.request("recall", {**ask, "mode": "hybrid"}, timeout=60)
+        fused_here = fused(*[[Hit(id=h["id"], score=h["score"], text=h["text"], tags=(), metadata={}, author="",
+                                  seq=n, time="") for n, h in enumerate(ranking["hits"])]
+                             for ranking in (keyword, first)], limit=10)  # fmt: skip
+        assert [hit["score"] for hit in hybrid["hits"]] == pytest.approx([hit.score for hit in fused_here])
+        assert tied(hybrid["hits"]) == tied([{"id": hit.id, "score": hit.score} for hit in fused_here])
+        assert hybrid["hits"][0]["id"] == ids[0] and plain in [hit["id"] for hit in hybrid["hits"]]
 
         for text, tags in LATER:
             await mesh.request("remember", {"kb": "ops", "text": text, "tags": tags, "embed": True}, timeout=60)
@@ -238,10 +255,12 @@ class TestVectorSearchEndToEnd:
         assert ids[0] not in [hit["id"] for hit in now["hits"]] and len(now["hits"]) == len(NOTES) - 1 + len(LATER)
         then = await mesh.request("recall", {**ask, "as_of": first["seq"]}, timeout=60)
         assert then["hits"] == first["hits"]  # same entries, same order, same scores
+        hybrid_then = await mesh.request("recall", {**ask, "mode": "hybrid", "as_of": hybrid["seq"]}, timeout=60)
+        assert hybrid_then["hits"] == hybrid["hits"]
 
         records = (await read_log(mesh)).records
         embeddings = [r.data for r in records if isinstance(r.data, LlmCalled) and r.data.operation == "embeddings"]
-        assert len(embeddings) == len(NOTES) + len(LATER) + 3  # one per embedded add, one per vector search
+        assert len(embeddings) == len(NOTES) + len(LATER) + 5  # one per embedded add, one per vector or hybrid search
         assert all(call.offline and call.request["model"] == "text-embedding-3-small" for call in embeddings)
         sys.path.insert(0, str(tmp_path))
         try:
@@ -255,6 +274,14 @@ class TestVectorSearchEndToEnd:
         changed = await rerun(other_query_reader(), records, first_task.task_id)
         assert not changed.ok and changed.divergence is not None
         assert changed.divergence.expected is not None and changed.divergence.expected.type == "mesh.llm.called"
+
+
+def tied(hits: list[dict[str, Any]]) -> list[set[str]]:
+    """The ids of ``hits`` grouped by equal score, best first (the order within a group is by age)."""
+    groups: dict[float, set[str]] = {}
+    for hit in hits:
+        groups.setdefault(round(hit["score"], 12), set()).add(hit["id"])
+    return [groups[score] for score in sorted(groups, reverse=True)]
 
 
 def recalls(records: list[Record]) -> set[str]:

@@ -9,6 +9,7 @@
     # vector search (optional): entries embedded when added, the query embedded, cosine ranking
     entry_id = await kb.add("Restart the cache node ...", embed=True)    # through ctx.llm.embed (recorded)
     hits = await kb.search("warm up a cache", mode="vector", limit=5)   # best first, cosine similarity
+    hits = await kb.search("warm up a cache", mode="hybrid")            # both, by reciprocal rank fusion
 
 A base lives on the subject `mesh.knowledge.<kb>`. Its index is a projection of that subject:
 `KnowledgeIndex` folds the events (`mesh.projections.knowledge`) and keeps the entries live
@@ -52,7 +53,7 @@ from mesh.coordination.origin import Origin
 from mesh.projections import KNOWLEDGE, FullText, Hit, KnowledgeEntry, KnowledgeState, live_at
 from mesh.projections.fulltext import MAX_LIMIT, MAX_QUERY
 from mesh.projections.knowledge import Position, micros
-from mesh.projections.vectors import Norms, cosine_ranked
+from mesh.projections.vectors import Norms, cosine_ranked, fused
 from mesh.telemetry.conventions import MESH_KNOWLEDGE_HITS, MESH_KNOWLEDGE_SEQ
 from mesh.telemetry.tracing import search_span
 from topics import subjects
@@ -64,8 +65,9 @@ __all__ = ["DEFAULT_LIMIT", "INDEXES_PER_CONNECTION", "Embedder", "KnowledgeBase
 
 DEFAULT_LIMIT = 10  # hits a search returns unless told otherwise
 INDEXES_PER_CONNECTION = 16  # knowledge bases one connection keeps folded at once
-SearchMode = Literal["keyword", "vector"]
-MODES = ("keyword", "vector")
+SearchMode = Literal["keyword", "vector", "hybrid"]
+MODES = ("keyword", "vector", "hybrid")
+HYBRID_DEPTH = 50  # hits of each ranking a hybrid search fuses, at least (4 times its limit if more)
 
 
 class Embedder(Protocol):
@@ -239,7 +241,8 @@ class KnowledgeBase:
     ) -> list[Hit]:
         """The entries matching ``query`` (words; see `mesh.projections.fulltext`), best first;
         with ``mode="vector"``, the embedded entries nearest to the query's embedding (cosine,
-        `mesh.projections.vectors`), the query embedded through the model session.
+        `mesh.projections.vectors`), the query embedded through the model session; with
+        ``mode="hybrid"``, both rankings merged by reciprocal rank fusion (`fused`).
 
         Only entries carrying every tag in ``tags``, added by ``author``, added between
         ``since`` and ``until`` (RFC 3339, inclusive). ``as_of`` (a stream sequence or an RFC
@@ -251,20 +254,25 @@ class KnowledgeBase:
             raise ValueError(f"author must be a string, not {shorten(repr(author))}")
         filters = {"tags": _tags(tags), "author": author, "since": _instant("since", since),
                    "until": _instant("until", until), "limit": _limit(limit)}  # fmt: skip
+        count = _limit(limit)
         at = check_position(as_of)
         if mode not in MODES:
             raise ValueError(f"mode is one of {', '.join(MODES)}, not {shorten(repr(mode))}")
         vector: list[float] | None = None
         model = ""
-        if mode == "vector":
-            llm = self._embedder('search(mode="vector")')
+        if mode != "keyword":
+            llm = self._embedder(f"search(mode={mode!r})")
             if not query.strip():
                 return []
             model = llm.embedding_model
             [vector] = await llm.embed([query])
         with search_span(self.name) as span:
             await self.refresh()
-            if vector is not None:
+            if vector is not None and mode == "hybrid":
+                deep = {**filters, "limit": min(max(HYBRID_DEPTH, 4 * count), MAX_LIMIT)}
+                hits = fused(await self._index.search(query, at, **deep),
+                             await self._index.similar(vector, model, at, **deep), limit=count)  # fmt: skip
+            elif vector is not None:
                 hits = await self._index.similar(vector, model, at, **filters)
             else:
                 hits = await self._index.search(query, at, **filters)

@@ -10,6 +10,10 @@ scores, which is what makes a search as of a past point answer as it did then.
 
 The work is one pass over the base's live entries (the base is in memory already); each
 vector's length is computed once per entry and kept while the entry is (`Norms`).
+
+`fused` merges a keyword and a vector ranking by reciprocal rank fusion (each hit scores
+``1 / (RRF_K + rank)`` in each list it is in, summed): ranks, not raw scores, so BM25's and
+cosine's different scales need no weighting.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import msgspec
+
 from mesh.projections.fulltext import Hit
 from mesh.projections.knowledge import KnowledgeEntry
 
-__all__ = ["Norms", "cosine_ranked"]
+__all__ = ["RRF_K", "Norms", "cosine_ranked", "fused"]
+
+RRF_K = 60  # reciprocal rank fusion's constant (the usual one): how little the top ranks dominate
 
 
 class Norms:
@@ -80,3 +88,16 @@ def cosine_ranked(
     scored.sort(key=lambda pair: (-pair[0], pair[1].seq, pair[1].id))
     return [Hit(id=e.id, score=score, text=e.text, tags=e.tags, metadata=e.metadata, author=e.author, seq=e.seq,
                 time=e.time) for score, e in scored[:limit]]  # fmt: skip
+
+
+def fused(*rankings: Sequence[Hit], limit: int = 10) -> list[Hit]:
+    """The hits of ``rankings`` (each best first) merged by reciprocal rank fusion, best first,
+    scored by the fusion; ties rank older entries first."""
+    scores: dict[str, float] = {}
+    found: dict[str, Hit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + 1.0 / (RRF_K + rank)
+            found.setdefault(hit.id, hit)
+    order = sorted(found.values(), key=lambda hit: (-scores[hit.id], hit.seq, hit.id))
+    return [msgspec.structs.replace(hit, score=scores[hit.id]) for hit in order[:limit]]
