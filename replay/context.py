@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import msgspec
+from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 from opentelemetry.trace import INVALID_SPAN
 
@@ -299,6 +300,16 @@ class ReplayLlmSession(LlmSession):
         return ContextWindow(settings.tokens, settings.policy, settings.reply_tokens)
 
     async def _send(self, request: dict[str, Any]) -> ChatCompletion:
+        self._replayed(request)
+        return await super()._send(request)
+
+    async def _send_embeddings(self, request: dict[str, Any]) -> CreateEmbeddingResponse:
+        self._replayed(request)
+        return await super()._send_embeddings(request)
+
+    def _replayed(self, request: dict[str, Any]) -> None:
+        """Call ``self._index`` as the log has it: raised again if it failed then, recorded as an
+        effect (its request compared), ReplayStop if the log has no response for it."""
         index = self._index
         if (failed := self._replay_failures.get(index)) is not None:  # this call failed then: it fails again
             self._index += 1  # the session's own count moves past it, as it did then
@@ -311,7 +322,6 @@ class ReplayLlmSession(LlmSession):
                                               self._replay_subject, call))  # fmt: skip
         if index not in self._replay_recorded:
             raise ReplayStop(f"model call {index} has no recorded response; replay never calls a model")
-        return await super()._send(request)
 
 
 def _recorded_windows(calls: Iterable[LlmCalled | LlmFailed]) -> dict[str, ContextSettings]:
@@ -408,12 +418,13 @@ class ReplayKnowledge(KnowledgeBase):
     """A knowledge base as the recorded task saw it: a search folds the base's events in the
     whole log up to the handler's `horizon` (as `ReplayBoard` reads do) and ranks those, so it
     answers as the original did unless an entry landed between its search and its next effect.
-    Adds and removes are effects, recorded through the `RecordedMesh`, never sent."""
+    Adds and removes are effects, recorded through the `RecordedMesh`, never sent; embeddings
+    (of an added entry or of a vector query) come from the `ReplayLlmSession`'s record."""
 
     def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, name: str,
-                 origin: Origin) -> None:  # fmt: skip
+                 origin: Origin, llm: Callable[[], LlmSession] | None = None) -> None:  # fmt: skip
         index = KnowledgeIndex(check_token("knowledge base", name))
-        super().__init__(cast(Mesh, mesh), name, origin=origin, index=index)
+        super().__init__(cast(Mesh, mesh), name, origin=origin, index=index, llm=llm)
         self._book = book
         self._horizon = horizon
 
@@ -501,7 +512,8 @@ class ReplayContext(Context):
         return ReplayBoard(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
 
     def knowledge(self, name: str) -> KnowledgeBase:
-        return ReplayKnowledge(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
+        return ReplayKnowledge(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin,
+                               lambda: self.llm)  # fmt: skip
 
     @property
     def vote(self) -> Proposals:

@@ -49,6 +49,7 @@ from mesh.errors import MeshError
 from mesh.llm.offline import OFFLINE_PROVIDER
 from mesh.telemetry.conventions import (
     CHAT,
+    EMBEDDINGS,
     ERROR_TYPE,
     EXECUTE_TOOL,
     GEN_AI_AGENT_NAME,
@@ -340,8 +341,9 @@ class _Builder:
         usage = data.usage or {}
         found = response.get("usage")
         raw_usage: dict[str, Any] = found if isinstance(found, dict) else {}
+        operation = EMBEDDINGS if data.operation == EMBEDDINGS else CHAT  # as the live span was named
         attributes: dict[str, Any] = {
-            GEN_AI_OPERATION_NAME: CHAT,
+            GEN_AI_OPERATION_NAME: operation,
             GEN_AI_PROVIDER_NAME: OFFLINE_PROVIDER if data.offline else "openai",
             GEN_AI_REQUEST_MODEL: request_model,
             GEN_AI_RESPONSE_MODEL: data.model or str(response.get("model", request_model)),
@@ -361,7 +363,7 @@ class _Builder:
             attributes[GEN_AI_CONVERSATION_ID] = data.task_id
         attributes.update(self.common(record, original))
         agent, service = self.who(record.event.source)
-        return ReplayedSpan(name=f"chat {request_model}", kind=SpanKind.CLIENT,
+        return ReplayedSpan(name=f"{operation} {request_model}", kind=SpanKind.CLIENT,
                             start_ns=end - int(data.latency_ms * 1_000_000), end_ns=end, trace_id=self.trace_id,
                             span_id=_span_id(self.trace_id, f"chat/{record.event.id}"), parent_id=parent,
                             attributes=attributes, event_id=record.event.id, original=original, agent=agent,

@@ -82,7 +82,7 @@ def report_log() -> HandLog:
     """A report task: claimed, one research sub-task with a model call and a tool call,
     completed; a second sub-task nobody took; an unrelated event; the planner's start."""
     log = HandLog()
-    log.add(subjects.agent("planner-box-1-101"), AgentStarted(agent_id="planner-box-1-101", role="planner"),
+    log.add(subjects.agent("planner", "planner-box-1-101"), AgentStarted(agent_id="planner-box-1-101", role="planner"),
             id="start-p", at=0.0, source=PLANNER, correlation=None)  # fmt: skip
     log.add(subjects.work("report"), TaskRequested(capability="report", input={"topic": "x"}, task_id="rpt"),
             id="rpt", at=1.0, source="mesh://client/box-9", traceparent=parent("00000000000000a1"))  # fmt: skip

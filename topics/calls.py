@@ -34,6 +34,7 @@ class LlmCalled(Event, frozen=True, kw_only=True):
     latency_ms: float = 0.0
     offline: bool = False
     window: ContextSettings | None = None  # the context window the request was fitted to
+    operation: str = "chat"  # or "embeddings": request and response are then an embeddings.create call's
 
 
 class LlmFailed(Event, frozen=True, kw_only=True):
@@ -58,6 +59,7 @@ class LlmFailed(Event, frozen=True, kw_only=True):
     latency_ms: float = 0.0
     offline: bool = False
     window: ContextSettings | None = None  # the context window the request was fitted to
+    operation: str = "chat"  # or "embeddings"
 
 
 class ToolCalled(Event, frozen=True, kw_only=True):

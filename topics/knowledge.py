@@ -4,6 +4,10 @@ An entry's id is the id of the event that added it (derived from the task inside
 handler), so adding is effectively once and a removal names the entry by that id. Sizes are
 bounded by the schema: an event over a bound does not decode, so a reader skips it and an
 agent dead-letters it with the reason.
+
+An entry may carry its ``embedding`` (the vector the adder's recorded model session gave
+its text, `mesh.llm.client.LlmSession.embed`) and the ``embedding_model`` that made it, for
+vector search: the vector is part of the event, so the index stays a projection of the log.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from topics.base import MAX_TOKEN, Event
 
 __all__ = [
     "MAX_AUTHOR",
+    "MAX_EMBEDDING",
     "MAX_METADATA_KEYS",
     "MAX_TAG",
     "MAX_TAGS",
@@ -31,6 +36,7 @@ MAX_TAGS = 32  # tags on one entry
 MAX_TAG = 64  # characters of one tag
 MAX_METADATA_KEYS = 64  # keys of one entry's metadata
 MAX_AUTHOR = 256  # characters of an author
+MAX_EMBEDDING = 16_384  # numbers in one entry's embedding (OpenAI's largest model gives 3072)
 
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TAG, pattern=r"^[A-Za-z0-9_\-.:/]+$")]
 KbName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN, pattern=r"^[A-Za-z0-9_\-]+$")]
@@ -44,6 +50,8 @@ class KnowledgeAdded(Event, frozen=True, kw_only=True):
     tags: Annotated[tuple[Tag, ...], msgspec.Meta(max_length=MAX_TAGS)] = ()
     metadata: Annotated[dict[str, Any], msgspec.Meta(max_length=MAX_METADATA_KEYS)] = {}
     author: Annotated[str, msgspec.Meta(max_length=MAX_AUTHOR)] = ""
+    embedding: Annotated[tuple[float, ...], msgspec.Meta(min_length=1, max_length=MAX_EMBEDDING)] | None = None
+    embedding_model: Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)] | None = None
 
 
 class KnowledgeRemoved(Event, frozen=True, kw_only=True):

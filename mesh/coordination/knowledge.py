@@ -6,6 +6,11 @@
     then = await kb.search("cache restart", as_of=1234)                 # the answer at stream position 1234
     await kb.remove(entry_id)
 
+    # vector search (optional): entries embedded when added, the query embedded, cosine ranking
+    entry_id = await kb.add("Restart the cache node ...", embed=True)    # through ctx.llm.embed (recorded)
+    hits = await kb.search("warm up a cache", mode="vector", limit=5)   # best first, cosine similarity
+    hits = await kb.search("warm up a cache", mode="hybrid")            # both, by reciprocal rank fusion
+
 A base lives on the subject `mesh.knowledge.<kb>`. Its index is a projection of that subject:
 `KnowledgeIndex` folds the events (`mesh.projections.knowledge`) and keeps the entries live
 now in an in-memory SQLite FTS5 index (`mesh.projections.fulltext`). A search first folds in
@@ -20,6 +25,16 @@ recently used dropped beyond that (and folded again from the log if used again).
 stays open between searches: a refresh that finds the subject moved reads the new events
 through one short-lived consumer filtered on the base's subject (`mesh.bus.follow.read_subject`,
 which the per-subject permissions of agent roles allow).
+
+Vector search needs a model session (`ctx.knowledge` passes the task's `ctx.llm`; elsewhere
+pass ``llm=``): `add(..., embed=True)` stores the entry's embedding in its
+`mesh.knowledge.added` event, so the vectors are part of the log and a past search ranks
+exactly the vectors it ranked then; `search(..., mode="vector")` embeds the query through the
+same recorded session (a retry reuses the recorded vector, `rerun` answers from the record)
+and ranks the entries live at the point asked by cosine similarity (`mesh.projections.vectors`),
+with the same filters. Entries added without an embedding, or embedded by another model than
+the session's `embedding_model`, are not in vector answers; a query with no visible
+characters finds nothing (and calls no model).
 """
 
 from __future__ import annotations
@@ -27,8 +42,8 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -38,16 +53,30 @@ from mesh.coordination.origin import Origin
 from mesh.projections import KNOWLEDGE, FullText, Hit, KnowledgeEntry, KnowledgeState, live_at
 from mesh.projections.fulltext import MAX_LIMIT, MAX_QUERY
 from mesh.projections.knowledge import Position, micros
+from mesh.projections.vectors import Norms, cosine_ranked, fused
 from mesh.telemetry.conventions import MESH_KNOWLEDGE_HITS, MESH_KNOWLEDGE_SEQ
 from mesh.telemetry.tracing import search_span
 from topics import subjects
 from topics.base import MAX_TOKEN, check_token, shorten
 from topics.knowledge import MAX_AUTHOR, KnowledgeAdded, KnowledgeRemoved
 
-__all__ = ["DEFAULT_LIMIT", "INDEXES_PER_CONNECTION", "KnowledgeBase", "KnowledgeIndex", "check_position"]
+__all__ = ["DEFAULT_LIMIT", "INDEXES_PER_CONNECTION", "Embedder", "KnowledgeBase", "KnowledgeIndex", "SearchMode",
+           "check_position"]  # fmt: skip
 
 DEFAULT_LIMIT = 10  # hits a search returns unless told otherwise
 INDEXES_PER_CONNECTION = 16  # knowledge bases one connection keeps folded at once
+SearchMode = Literal["keyword", "vector", "hybrid"]
+MODES = ("keyword", "vector", "hybrid")
+HYBRID_DEPTH = 50  # hits of each ranking a hybrid search fuses, at least (4 times its limit if more)
+
+
+class Embedder(Protocol):
+    """What vector search needs of a model session (`mesh.llm.client.LlmSession` is one)."""
+
+    @property
+    def embedding_model(self) -> str: ...
+
+    async def embed(self, texts: str | Sequence[str], *, model: str | None = None) -> list[list[float]]: ...
 
 
 class KnowledgeIndex:
@@ -58,6 +87,7 @@ class KnowledgeIndex:
         self.kb = kb
         self.state: KnowledgeState = KNOWLEDGE.initial()
         self.text = FullText()
+        self.norms = Norms()  # embedding lengths, computed once per entry
         self.lock = asyncio.Lock()  # one refresh at a time: concurrent handlers share the index
 
     def fold(self, item: Stored) -> None:
@@ -90,6 +120,11 @@ class KnowledgeIndex:
             return self.text.search(query, **filters)
         return await asyncio.to_thread(_rank, self.entries(at), query, filters)
 
+    async def similar(self, vector: Sequence[float], model: str, at: Position | None, **filters: Any) -> list[Hit]:
+        """Rank the entries live at ``at`` by cosine similarity to ``vector`` (`mesh.projections.vectors`),
+        in a worker thread, so the event loop runs on while a large base is scored."""
+        return await asyncio.to_thread(cosine_ranked, self.entries(at), vector, model, norms=self.norms, **filters)
+
 
 def _rank(entries: list[KnowledgeEntry], query: str, filters: dict[str, Any]) -> list[Hit]:
     index = FullText.of(entries)
@@ -118,12 +153,20 @@ class KnowledgeBase:
     """One named knowledge base. Inside a handler use `ctx.knowledge(name)`: its adds get ids
     derived from the task, so a redelivered handler adds nothing twice."""
 
-    def __init__(self, mesh: Mesh, name: str, *, origin: Origin | None = None,
-                 index: KnowledgeIndex | None = None) -> None:  # fmt: skip
+    def __init__(self, mesh: Mesh, name: str, *, origin: Origin | None = None, index: KnowledgeIndex | None = None,
+                 llm: Embedder | Callable[[], Embedder] | None = None) -> None:  # fmt: skip
         self.mesh = mesh
         self.name = check_token("knowledge base", name)
         self.origin = origin or Origin(author=mesh.source)
         self._index = index if index is not None else shared_index(mesh, self.name)
+        self._llm = llm  # a session, or how to get one (a handler's is made on first use)
+
+    def _embedder(self, why: str) -> Embedder:
+        if self._llm is None:
+            raise ValueError(f"{why} needs a model session: use ctx.knowledge() in a handler, or pass llm=")
+        if callable(self._llm) and not hasattr(self._llm, "embed"):
+            self._llm = self._llm()
+        return self._llm  # type: ignore[return-value]
 
     @property
     def subject(self) -> str:
@@ -143,15 +186,22 @@ class KnowledgeBase:
 
     # -- writing ---------------------------------------------------------------------
 
-    async def add(self, text: str, *, tags: Iterable[str] = (), metadata: Mapping[str, Any] | None = None) -> str:
+    async def add(self, text: str, *, tags: Iterable[str] = (), metadata: Mapping[str, Any] | None = None,
+                  embed: bool = False) -> str:  # fmt: skip
         """Add an entry; return its id (the id of the event that adds it). ValueError if it
-        breaks a bound (`topics.knowledge`: text length, tag count and characters, metadata keys)."""
+        breaks a bound (`topics.knowledge`: text length, tag count and characters, metadata keys).
+        With ``embed``, the entry carries its text's embedding from the model session (one
+        recorded model call; the text must fit the embeddings call's bound), for vector search."""
         if metadata is not None and not isinstance(metadata, Mapping):
             raise ValueError(f"metadata must be a mapping (a JSON object), not {shorten(repr(metadata))}")
         if isinstance(tags, str) or not isinstance(tags, Iterable):
             raise ValueError(f"tags must be a list of strings, not {shorten(repr(tags))}")
         data = _checked(KnowledgeAdded(kb=self.name, text=text, tags=tuple(tags), metadata=dict(metadata or {}),
                                        author=self.origin.author[:MAX_AUTHOR]))  # fmt: skip
+        if embed:
+            llm = self._embedder("add(embed=True)")
+            [vector] = await llm.embed([text])
+            data = _checked(msgspec.structs.replace(data, embedding=tuple(vector), embedding_model=llm.embedding_model))
         published = await self._publish(data, "add")
         await self.refresh(at_least=published.seq)
         return published.id
@@ -187,8 +237,12 @@ class KnowledgeBase:
         until: str | None = None,
         limit: int = DEFAULT_LIMIT,
         as_of: Position | None = None,
+        mode: SearchMode = "keyword",
     ) -> list[Hit]:
-        """The entries matching ``query`` (words; see `mesh.projections.fulltext`), best first.
+        """The entries matching ``query`` (words; see `mesh.projections.fulltext`), best first;
+        with ``mode="vector"``, the embedded entries nearest to the query's embedding (cosine,
+        `mesh.projections.vectors`), the query embedded through the model session; with
+        ``mode="hybrid"``, both rankings merged by reciprocal rank fusion (`fused`).
 
         Only entries carrying every tag in ``tags``, added by ``author``, added between
         ``since`` and ``until`` (RFC 3339, inclusive). ``as_of`` (a stream sequence or an RFC
@@ -200,10 +254,28 @@ class KnowledgeBase:
             raise ValueError(f"author must be a string, not {shorten(repr(author))}")
         filters = {"tags": _tags(tags), "author": author, "since": _instant("since", since),
                    "until": _instant("until", until), "limit": _limit(limit)}  # fmt: skip
+        count = _limit(limit)
         at = check_position(as_of)
+        if mode not in MODES:
+            raise ValueError(f"mode is one of {', '.join(MODES)}, not {shorten(repr(mode))}")
+        vector: list[float] | None = None
+        model = ""
+        if mode != "keyword":
+            llm = self._embedder(f"search(mode={mode!r})")
+            if not query.strip():
+                return []
+            model = llm.embedding_model
+            [vector] = await llm.embed([query])
         with search_span(self.name) as span:
             await self.refresh()
-            hits = await self._index.search(query, at, **filters)
+            if vector is not None and mode == "hybrid":
+                deep = {**filters, "limit": min(max(HYBRID_DEPTH, 4 * count), MAX_LIMIT)}
+                hits = fused(await self._index.search(query, at, **deep),
+                             await self._index.similar(vector, model, at, **deep), limit=count)  # fmt: skip
+            elif vector is not None:
+                hits = await self._index.similar(vector, model, at, **filters)
+            else:
+                hits = await self._index.search(query, at, **filters)
             if span.is_recording():
                 span.set_attribute(MESH_KNOWLEDGE_SEQ, at if isinstance(at, int) and at < self.seq else self.seq)
                 span.set_attribute(MESH_KNOWLEDGE_HITS, len(hits))

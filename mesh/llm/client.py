@@ -7,11 +7,16 @@ neither, the offline model answers through the SDK's own HTTP layer (see `mesh.l
 Every process says once, in its log, which model it uses (`ModelChoice.describe`). On a
 redelivered task, responses already recorded for it are returned again instead of calling
 the model twice.
+
+`LlmSession.embed` calls the embeddings endpoint (`MESH_EMBEDDING_MODEL`, default
+`text-embedding-3-small`; the offline model's vectors are deterministic) and is recorded the
+same way: a `mesh.llm.called` whose ``operation`` is `embeddings`, numbered with the chat calls.
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 import os
 import time
 import urllib.parse
@@ -22,16 +27,18 @@ from typing import Any
 
 import openai
 import structlog
+from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
 from mesh.bus.client import Mesh
 from mesh.errors import ContextLengthError, RetryableError, TaskError
-from mesh.llm.offline import OFFLINE_PROVIDER, offline_http_client
+from mesh.llm.offline import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, OFFLINE_PROVIDER, offline_http_client
 from mesh.llm.quota import CallQuota
 from mesh.llm.recorded import recorded_calls
 from mesh.llm.window import ContextWindow, estimate_tokens, fit_request
 from mesh.telemetry.conventions import (
     CHAT,
+    EMBEDDINGS,
     ERROR_TYPE,
     GEN_AI_OPERATION_NAME,
     GEN_AI_PROVIDER_NAME,
@@ -51,9 +58,12 @@ from topics import subjects
 from topics.calls import ContextSettings, LlmCalled, LlmFailed
 from topics.envelope import derived_id
 
-__all__ = ["CONTEXT_LENGTH_EXCEEDED", "CallGate", "LlmClient", "LlmSession", "ModelChoice", "DEFAULT_MODEL", "PLACEHOLDER_KEY"]
+__all__ = ["CONTEXT_LENGTH_EXCEEDED", "CallGate", "LlmClient", "LlmSession", "ModelChoice", "DEFAULT_EMBEDDING_MODEL",
+           "DEFAULT_MODEL", "MAX_EMBEDDING_CHARS", "MAX_EMBEDDING_INPUTS", "PLACEHOLDER_KEY"]  # fmt: skip
 
 DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_EMBEDDING_MODEL = "text-embedding-3-small"  # MESH_EMBEDDING_MODEL overrides it
+MAX_EMBEDDING_DIMENSIONS = 16_384  # length of a vector a model may return (OpenAI's largest is 3072)
 PLACEHOLDER_KEY = "no-key"  # sent when OPENAI_BASE_URL is set without OPENAI_API_KEY (the SDK insists on one)
 OPENAI_URL = "https://api.openai.com/v1"  # the SDK's default base URL
 log = structlog.get_logger("mesh.llm")
@@ -108,9 +118,10 @@ class LlmClient:
     """One `AsyncOpenAI` per process; `session()` binds it to one task attempt."""
 
     def __init__(self, client: openai.AsyncOpenAI, *, model: str, offline: bool,
-                 settings: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 settings: Mapping[str, str] | None = None, embedding_model: str | None = None) -> None:  # fmt: skip
         self.client = client
         self.model = model
+        self.embedding_model = embedding_model or DEFAULT_EMBEDDING_MODEL
         self.offline = offline
         self.provider = OFFLINE_PROVIDER if offline else "openai"
         self.settings = {k: v for k, v in (os.environ if settings is None else settings).items()
@@ -140,15 +151,16 @@ class LlmClient:
     def from_env(cls) -> LlmClient:
         """The client the environment asks for (`ModelChoice.from_env`); the log says which."""
         choice = ModelChoice.from_env()
+        embedding_model = os.environ.get("MESH_EMBEDDING_MODEL", "").strip() or DEFAULT_EMBEDDING_MODEL
         if choice.offline:
             log.info("model: " + choice.describe(), model=f"offline/{choice.model}", offline=True)
             client = openai.AsyncOpenAI(api_key="offline", base_url="http://offline.invalid/v1",
                                         http_client=offline_http_client(), max_retries=0)  # fmt: skip
-            return cls(client, model=choice.model, offline=True)
+            return cls(client, model=choice.model, offline=True, embedding_model=embedding_model)
         log.info("model: " + choice.describe(), model=choice.model, base_url=_without_userinfo(choice.base_url or ""))
         key = os.environ.get("OPENAI_API_KEY", "").strip() or PLACEHOLDER_KEY
         return cls(openai.AsyncOpenAI(api_key=key, base_url=choice.base_url, max_retries=0), model=choice.model,
-                   offline=False)  # fmt: skip
+                   offline=False, embedding_model=embedding_model)  # fmt: skip
 
     def session(self, mesh: Mesh, agent: str, task_id: str, cause_id: str, attempt: int) -> LlmSession:
         return LlmSession(self, mesh, agent=agent, task_id=task_id, cause_id=cause_id, attempt=attempt)
@@ -181,6 +193,11 @@ class LlmSession:
     @property
     def model(self) -> str:
         return self._client.model
+
+    @property
+    def embedding_model(self) -> str:
+        """The model `embed` uses unless told otherwise."""
+        return self._client.embedding_model
 
     async def chat(
         self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None, **options: Any
@@ -226,9 +243,43 @@ class LlmSession:
         recorded = (await self._load_recorded()).get(index)
         if recorded is not None:
             log.info("reusing recorded LLM response", call_index=index)
+            _check_operation(recorded, CHAT)
             self.calls.append(recorded)
             return ChatCompletion.model_validate(recorded.response)
         return await self._call(index, request)
+
+    async def embed(self, texts: str | Sequence[str], *, model: str | None = None) -> list[list[float]]:
+        """Embedding vectors for ``texts`` (one string or up to `MAX_EMBEDDING_INPUTS` of at most
+        `MAX_EMBEDDING_CHARS` characters), in order, from ``model`` (default the client's
+        `embedding_model`). One call, numbered and recorded with the chat calls (`mesh.llm.called`,
+        operation `embeddings`), reused on a retry and answered from the record by `rerun`.
+        ValueError for bad texts; TaskError/RetryableError when the model refuses or fails."""
+        inputs = [texts] if isinstance(texts, str) else texts
+        if isinstance(inputs, (bytes, bytearray)) or not isinstance(inputs, Sequence):
+            raise ValueError(f"texts to embed are a string or a list of strings, not {type(texts).__name__}")
+        inputs = list(inputs)
+        if not 1 <= len(inputs) <= MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"embed 1 to {MAX_EMBEDDING_INPUTS} texts in one call, not {len(inputs)}")
+        if not all(isinstance(text, str) and len(text) <= MAX_EMBEDDING_CHARS for text in inputs):
+            raise ValueError(f"each text to embed is a string of at most {MAX_EMBEDDING_CHARS} characters")
+        name = model if model is not None else self._client.embedding_model
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"an embedding model is a non-empty string, not {name!r:.80}")
+        request: dict[str, Any] = {"model": name, "input": inputs, "encoding_format": "float"}
+        response = await self._send_embeddings(request)
+        return _vectors(response, len(inputs))
+
+    async def _send_embeddings(self, request: dict[str, Any]) -> CreateEmbeddingResponse:
+        """One embeddings call, numbered like `_send`: a response recorded for its number is reused."""
+        index = self._index
+        self._index += 1
+        recorded = (await self._load_recorded()).get(index)
+        if recorded is not None:
+            log.info("reusing recorded embeddings", call_index=index)
+            _check_operation(recorded, EMBEDDINGS)
+            self.calls.append(recorded)
+            return CreateEmbeddingResponse.model_validate(recorded.response)
+        return await self._call(index, request, operation=EMBEDDINGS)  # type: ignore[return-value]
 
     async def text(self, prompt: str, *, system: str | None = None, **options: Any) -> str:
         """One user prompt in, the first choice's text out."""
@@ -236,38 +287,44 @@ class LlmSession:
         completion = await self.chat(messages, **options)
         return completion.choices[0].message.content or ""
 
-    async def _call(self, index: int, request: dict[str, Any]) -> ChatCompletion:
+    async def _call(self, index: int, request: dict[str, Any], *,
+                    operation: str = CHAT) -> ChatCompletion:  # fmt: skip
         model = request["model"]
         provider = self._client.provider
-        metric = {GEN_AI_OPERATION_NAME: CHAT, GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
-        with chat_span(model, provider=provider, conversation_id=self._task_id) as span:
+        metric = {GEN_AI_OPERATION_NAME: operation, GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
+        with chat_span(model, provider=provider, conversation_id=self._task_id, operation=operation) as span:
             await self._take_grants(span, model, request)
             started = time.perf_counter()
             try:
-                completion = await self._client.client.chat.completions.create(**request)
+                completion: Any
+                if operation == EMBEDDINGS:
+                    completion = await self._client.client.embeddings.create(**request)
+                else:
+                    completion = await self._client.client.chat.completions.create(**request)
             except openai.APIError as error:
                 record_error(span, error)
                 failed = {**metric, ERROR_TYPE: type(error).__name__}
                 instruments.llm_duration.record(time.perf_counter() - started, failed)
                 task_error = _task_error(error)
-                await self._record_failure(index, request, error, task_error, time.perf_counter() - started)
+                await self._record_failure(index, request, error, task_error, time.perf_counter() - started,
+                                           operation)  # fmt: skip
                 raise task_error from error
             latency_ms = (time.perf_counter() - started) * 1000
             usage = completion.usage
-            span.set_attributes(
-                {
-                    GEN_AI_RESPONSE_MODEL: completion.model,
-                    GEN_AI_RESPONSE_ID: completion.id,
-                    GEN_AI_RESPONSE_FINISH_REASONS: [c.finish_reason or "" for c in completion.choices],
-                    GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens if usage else 0,
-                    GEN_AI_USAGE_OUTPUT_TOKENS: usage.completion_tokens if usage else 0,
-                }
-            )
+            output_tokens = getattr(usage, "completion_tokens", 0) if usage else 0  # embeddings have none
+            attributes = {GEN_AI_RESPONSE_MODEL: completion.model,
+                          GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens if usage else 0,
+                          GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens}  # fmt: skip
+            if operation == CHAT:
+                attributes[GEN_AI_RESPONSE_ID] = completion.id
+                attributes[GEN_AI_RESPONSE_FINISH_REASONS] = [c.finish_reason or "" for c in completion.choices]
+            span.set_attributes(attributes)
         metric[GEN_AI_RESPONSE_MODEL] = completion.model
         instruments.llm_duration.record(latency_ms / 1000, metric)
         if usage:
             instruments.tokens.record(usage.prompt_tokens, {**metric, GEN_AI_TOKEN_TYPE: INPUT_TOKENS})
-            instruments.tokens.record(usage.completion_tokens, {**metric, GEN_AI_TOKEN_TYPE: OUTPUT_TOKENS})
+            if operation == CHAT:
+                instruments.tokens.record(output_tokens, {**metric, GEN_AI_TOKEN_TYPE: OUTPUT_TOKENS})
         call = LlmCalled(
             agent=self._agent,
             task_id=self._task_id,
@@ -275,10 +332,11 @@ class LlmSession:
             model=completion.model,
             request=request,
             response=completion.model_dump(mode="json", exclude_unset=True),
-            usage={"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens} if usage else {},
+            usage={"input_tokens": usage.prompt_tokens, "output_tokens": output_tokens} if usage else {},
             latency_ms=round(latency_ms, 3),
             offline=self._client.offline,
-            window=self._settings(model),
+            window=self._settings(model) if operation == CHAT else None,
+            operation=operation,
         )
         self.calls.append(call)
         if self._mesh is not None:
@@ -292,7 +350,8 @@ class LlmSession:
         return completion  # type: ignore[no-any-return]  # the SDK's create() is typed per overload
 
     async def _record_failure(
-        self, index: int, request: dict[str, Any], error: openai.APIError, raised: TaskError, seconds: float
+        self, index: int, request: dict[str, Any], error: openai.APIError, raised: TaskError, seconds: float,
+        operation: str = CHAT,
     ) -> None:  # fmt: skip
         """`mesh.llm.failed` for call ``index`` of this try, under an id of its own (the
         answer a retry gets takes `llm/<index>`)."""
@@ -306,7 +365,7 @@ class LlmSession:
             code=str(error.code)[:200] if getattr(error, "code", None) else None,
             retry_after=_retry_after(response.headers) if response is not None else None,
             retryable=raised.retryable, latency_ms=round(seconds * 1000, 3), offline=self._client.offline,
-            window=self._settings(str(request.get("model", ""))),
+            window=self._settings(str(request.get("model", ""))) if operation == CHAT else None, operation=operation,
         )  # fmt: skip
         await self._mesh.publish(subjects.llm(self._agent, self._task_id), failure,
                                  event_id=derived_id(self._cause_id, f"llm/{index}/failed/{self._attempt}"),
@@ -335,6 +394,29 @@ class LlmSession:
             if self._attempt > 1 and self._mesh is not None:
                 self._recorded = await recorded_calls(self._mesh, subjects.llm(self._agent, self._task_id), LlmCalled)
         return self._recorded
+
+
+def _check_operation(recorded: LlmCalled, operation: str) -> None:
+    """TaskError if call N was recorded as another kind of call (the handler is not deterministic)."""
+    if recorded.operation != operation:
+        raise TaskError(f"model call {recorded.call_index} was recorded as {recorded.operation!r}, not {operation!r}: "
+                        "the handler does not make the same calls in the same order", type="NonDeterministicCalls")  # fmt: skip
+
+
+def _vectors(response: CreateEmbeddingResponse, count: int) -> list[list[float]]:
+    """The ``count`` vectors of an embeddings response in input order; TaskError if it does not
+    hold exactly one finite vector per input, all of one length up to `MAX_EMBEDDING_DIMENSIONS`."""
+    by_index = {item.index: item.embedding for item in response.data}
+    vectors = [by_index.get(n) for n in range(count)]
+    if len(response.data) != count or any(v is None for v in vectors):
+        raise TaskError(f"the embeddings response has {len(response.data)} vectors for {count} inputs",
+                        type="InvalidEmbeddings")  # fmt: skip
+    lengths = {len(v) for v in vectors if v is not None}
+    if len(lengths) != 1 or not 0 < max(lengths) <= MAX_EMBEDDING_DIMENSIONS:
+        raise TaskError(f"the embeddings response has vectors of lengths {sorted(lengths)[:4]}", type="InvalidEmbeddings")
+    if not all(math.isfinite(x) for v in vectors if v is not None for x in v):
+        raise TaskError("the embeddings response has a value that is not a finite number", type="InvalidEmbeddings")
+    return [list(v) for v in vectors if v is not None]
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -6,13 +6,21 @@ network. Answers are a pure function of the request, say they are offline, and i
 tool calls when tools are offered, so agents and tests exercise the whole tool loop. A
 `response_format` of `json_object` gets a JSON object, one of `json_schema` a value that
 validates against the schema (`mesh.llm.instances`), so planning agents run offline too.
+
+`POST …/embeddings` gets deterministic vectors (`offline_embedding`): the text's lowercased
+words hashed into `EMBEDDING_DIMENSIONS` buckets (signed, so unrelated words cancel rather than
+pile up), L2-normalised; texts sharing words are near by cosine, texts sharing none are near 0.
+It is a bag of words, not a model of meaning: "car" and "automobile" are unrelated to it.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
 import re
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +29,17 @@ import openai
 
 from mesh.llm.instances import UnanswerableSchema, instance_of
 
-__all__ = ["OfflineTransport", "offline_http_client", "offline_reply", "OFFLINE_PROVIDER"]
+__all__ = [
+    "EMBEDDING_DIMENSIONS",
+    "MAX_EMBEDDING_CHARS",
+    "MAX_EMBEDDING_INPUTS",
+    "OFFLINE_PROVIDER",
+    "OfflineTransport",
+    "offline_embedding",
+    "offline_embeddings",
+    "offline_http_client",
+    "offline_reply",
+]
 
 OFFLINE_PROVIDER = "mesh.offline"
 _OPENERS = (
@@ -38,6 +56,10 @@ _FOLLOW_UPS = (
     "The cost shows up at the edges: retries, timeouts and partial failures.",
     "Write down the assumption, then check it against real traffic.",
 )
+EMBEDDING_DIMENSIONS = 256  # length of an offline embedding
+MAX_EMBEDDING_INPUTS = 256  # texts one embeddings request may carry (OpenAI's limit is 2048)
+MAX_EMBEDDING_CHARS = 32_000  # characters of one text to embed (about 8k tokens, OpenAI's limit)
+_WORD = re.compile(r"\w+")
 _SUBJECT = re.compile(r"(?:about|on|of|to)\s+(?:the\s+)?(.+?)(?:\s+from these notes)?[:.?!]*$", re.I)
 
 
@@ -138,8 +160,45 @@ def _subject_of(prompt: str) -> str:
     return (found.group(1) if found else first)[:200]
 
 
+def offline_embedding(text: str) -> list[float]:
+    """The offline model's embedding of ``text``: its lowercased words hashed into
+    `EMBEDDING_DIMENSIONS` signed buckets, L2-normalised (all zeros for a text with no words)."""
+    vector = [0.0] * EMBEDDING_DIMENSIONS
+    for word in _WORD.findall(text.lower()):
+        bucket = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "big")
+        vector[bucket % EMBEDDING_DIMENSIONS] += 1.0 if bucket >> 63 else -1.0
+    norm = math.sqrt(math.fsum(v * v for v in vector))
+    return [v / norm for v in vector] if norm else vector
+
+
+class _BadRequest(ValueError):
+    """A request the offline model answers with a 400."""
+
+
+def offline_embeddings(request: dict[str, Any]) -> dict[str, Any]:
+    """The CreateEmbeddingResponse the offline model returns for an embeddings request body
+    (``input`` a string or a list of strings; token arrays are refused); `_BadRequest` if not one."""
+    given = request.get("input")
+    inputs = [given] if isinstance(given, str) else given
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(text, str) for text in inputs):
+        raise _BadRequest("input must be a string or a non-empty list of strings")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise _BadRequest(f"at most {MAX_EMBEDDING_INPUTS} inputs per request, not {len(inputs)}")
+    if (longest := max(len(text) for text in inputs)) > MAX_EMBEDDING_CHARS:
+        raise _BadRequest(f"an input is at most {MAX_EMBEDDING_CHARS} characters, not {longest}")
+    base64_wanted = request.get("encoding_format") == "base64"
+    data = []
+    for index, text in enumerate(inputs):
+        vector = offline_embedding(text)
+        value: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if base64_wanted else vector
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    tokens = sum(len(_WORD.findall(text)) for text in inputs)
+    return {"object": "list", "data": data, "model": f"offline/{request.get('model', 'model')}",
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+
+
 class OfflineTransport(httpx2.AsyncBaseTransport):
-    """Serves `POST …/chat/completions` and `GET …/models`; anything else is a 404."""
+    """Serves `POST …/chat/completions`, `POST …/embeddings` and `GET …/models`; anything else is a 404."""
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
@@ -157,6 +216,14 @@ class OfflineTransport(httpx2.AsyncBaseTransport):
             except UnanswerableSchema as error:
                 return _error(400, f"the offline model cannot answer this response_format: {error}")
             return httpx2.Response(200, json=reply, headers={"x-mesh-offline": "true"})
+        if request.method == "POST" and path.endswith("/embeddings"):
+            try:
+                body = json.loads(await request.aread() or b"{}")
+                if not isinstance(body, dict):
+                    raise _BadRequest("the request body is not an embeddings request (an object with input)")
+                return httpx2.Response(200, json=offline_embeddings(body), headers={"x-mesh-offline": "true"})
+            except (ValueError, _BadRequest) as error:
+                return _error(400, f"the offline model cannot embed this: {error}")
         if request.method == "GET" and path.endswith("/models"):
             return httpx2.Response(200, json={"object": "list", "data": [{"id": "offline", "object": "model",
                                                                           "created": 0, "owned_by": "mesh"}]})  # fmt: skip

@@ -38,6 +38,8 @@ class KnowledgeEntry(msgspec.Struct, kw_only=True, gc=False):
     removed_seq: int | None = None
     removed_time: str | None = None
     removed_micros: int | None = None
+    embedding: tuple[float, ...] | None = None  # the vector its adder stored, for vector search
+    embedding_model: str | None = None
 
     def live(self, at: Position | None = None) -> bool:
         """Whether the entry was in its base at ``at`` (None: now)."""
@@ -75,7 +77,7 @@ def live_at(state: KnowledgeState, kb: str, at: Position | None = None) -> list[
 
 class KnowledgeProjection(HandlerProjection[KnowledgeState]):
     name = "knowledge"
-    version = 1
+    version = 2  # 2: entries keep their embedding
     state_type = KnowledgeState
 
     def handlers(self) -> dict[type[Event], Handler[KnowledgeState]]:
@@ -89,7 +91,8 @@ def _added(state: KnowledgeState, event: KnowledgeAdded, stamp: Stamp, seq: int)
     if stamp.id not in entries:
         entries[stamp.id] = KnowledgeEntry(id=stamp.id, kb=event.kb, text=event.text, tags=event.tags,
                                            metadata=event.metadata, author=event.author, seq=seq,
-                                           time=stamp.time, micros=_stamped(stamp.time))  # fmt: skip
+                                           time=stamp.time, micros=_stamped(stamp.time), embedding=event.embedding,
+                                           embedding_model=event.embedding_model)  # fmt: skip
 
 
 def _removed(state: KnowledgeState, event: KnowledgeRemoved, stamp: Stamp, seq: int) -> None:

@@ -277,8 +277,9 @@ class Context:
         """The model conversation ``name``: its turns are events, read back after a restart."""
         return Conversation(self.mesh, name, origin=self.origin)
     def knowledge(self, name: str) -> KnowledgeBase:
-        """The knowledge base ``name`` (add, remove, search by keywords, as of any past point)."""
-        return KnowledgeBase(self.mesh, name, origin=self.origin)
+        """The knowledge base ``name`` (add, remove, search by keywords or by embeddings through
+        this task's `llm`, as of any past point)."""
+        return KnowledgeBase(self.mesh, name, origin=self.origin, llm=lambda: self.llm)
 
     @property
     def vote(self) -> Proposals:

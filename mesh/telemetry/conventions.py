@@ -72,6 +72,7 @@ __all__ = [
     "GEN_AI_CLIENT_TOKEN_USAGE",
     "GEN_AI_CONVERSATION_ID",
     "GEN_AI_OPERATION_NAME",
+    "EMBEDDINGS",
     "GEN_AI_PROVIDER_NAME",
     "GEN_AI_REQUEST_MODEL",
     "GEN_AI_RESPONSE_FINISH_REASONS",
@@ -120,6 +121,7 @@ __all__ = [
 SEND: str = MessagingOperationTypeValues.SEND.value
 PROCESS: str = MessagingOperationTypeValues.PROCESS.value
 CHAT: str = GenAiOperationNameValues.CHAT.value
+EMBEDDINGS: str = GenAiOperationNameValues.EMBEDDINGS.value
 INVOKE_AGENT: str = GenAiOperationNameValues.INVOKE_AGENT.value
 EXECUTE_TOOL: str = GenAiOperationNameValues.EXECUTE_TOOL.value
 INPUT_TOKENS: str = GenAiTokenTypeValues.INPUT.value

@@ -147,9 +147,10 @@ def ask_preset() -> Preset:
     return Preset("ask human", SpanKind.INTERNAL, {})
 
 
-def chat_preset(model: str, provider: str) -> Preset:
-    attributes = {GEN_AI_OPERATION_NAME: CHAT, GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
-    return Preset(f"{CHAT} {model}", SpanKind.CLIENT, attributes)
+def chat_preset(model: str, provider: str, operation: str = CHAT) -> Preset:
+    """A model call's span: `chat {model}`, or `embeddings {model}` for an embeddings call."""
+    attributes = {GEN_AI_OPERATION_NAME: operation, GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
+    return Preset(f"{operation} {model}", SpanKind.CLIENT, attributes)
 
 
 def search_preset(kb: str) -> Preset:

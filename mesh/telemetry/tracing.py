@@ -32,6 +32,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, Span, Status, StatusCode
 
 from mesh.telemetry import propagation
 from mesh.telemetry.conventions import (
+    CHAT,
     ERROR_TYPE,
     EXCEPTION_MESSAGE,
     EXCEPTION_STACKTRACE,
@@ -290,11 +291,13 @@ def ask_span(question_id: str) -> AbstractContextManager[Span]:
     return _current(span)
 
 
-def chat_span(model: str, *, provider: str, conversation_id: str | None = None) -> AbstractContextManager[Span]:
-    """`chat {model}` (CLIENT) around one model call; the caller adds the response attributes."""
+def chat_span(model: str, *, provider: str, conversation_id: str | None = None,
+              operation: str = CHAT) -> AbstractContextManager[Span]:  # fmt: skip
+    """`chat {model}` (or `embeddings {model}`) (CLIENT) around one model call; the caller adds
+    the response attributes."""
     if (idle := _idle()) is not None:
         return idle
-    span = _start(preset(chat_preset, model, provider))
+    span = _start(preset(chat_preset, model, provider, operation))
     if conversation_id and span.is_recording():
         span.set_attribute(GEN_AI_CONVERSATION_ID, conversation_id)
     return _current(span)

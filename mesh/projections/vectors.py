@@ -1,0 +1,103 @@
+"""Vector search over knowledge entries: cosine similarity in Python, over the entries in memory.
+
+An entry takes part when it carries an embedding made by the same model as the query's and
+of the same length; others (added without one, or embedded by another model) are skipped.
+The score is the cosine of the angle between the two vectors (1 the same direction, 0
+unrelated, -1 opposite). Entries whose vector has no direction (all zeros) never match, and
+neither does anything for a query vector with none. Ties rank older entries first, so the
+order is deterministic; the same entries and the same query vector give the same hits and
+scores, which is what makes a search as of a past point answer as it did then.
+
+The work is one pass over the base's live entries (the base is in memory already); each
+vector's length is computed once per entry and kept while the entry is (`Norms`).
+
+`fused` merges a keyword and a vector ranking by reciprocal rank fusion (each hit scores
+``1 / (RRF_K + rank)`` in each list it is in, summed): ranks, not raw scores, so BM25's and
+cosine's different scales need no weighting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from mesh.projections.fulltext import Hit
+from mesh.projections.knowledge import KnowledgeEntry
+
+__all__ = ["RRF_K", "Norms", "cosine_ranked", "fused"]
+
+RRF_K = 60  # reciprocal rank fusion's constant (the usual one): how little the top ranks dominate
+
+
+class Norms:
+    """The length of each entry's embedding, by entry id (bounded by the entries of one base)."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, float] = {}
+
+    def of(self, entry: KnowledgeEntry) -> float:
+        found = self._found.get(entry.id)
+        if found is None:
+            found = self._found[entry.id] = _norm(entry.embedding or ())
+        return found
+
+    def forget(self, entry_id: str) -> None:
+        self._found.pop(entry_id, None)
+
+
+def _norm(vector: Sequence[float]) -> float:
+    return math.sqrt(math.fsum(x * x for x in vector))
+
+
+def cosine_ranked(
+    entries: Iterable[KnowledgeEntry],
+    vector: Sequence[float],
+    model: str,
+    *,
+    tags: Sequence[str] = (),
+    author: str | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    limit: int = 10,
+    norms: Norms | None = None,
+) -> list[Hit]:
+    """The ``entries`` embedded by ``model`` nearest to ``vector``, best first, that carry
+    every tag in ``tags``, were added by ``author`` and between ``since`` and ``until``
+    (microseconds, inclusive)."""
+    query_norm = _norm(vector)
+    if not query_norm or not math.isfinite(query_norm):
+        return []
+    norms = norms or Norms()
+    wanted = set(tags)
+    scored: list[tuple[float, KnowledgeEntry]] = []
+    for entry in entries:
+        embedding = entry.embedding
+        if embedding is None or entry.embedding_model != model or len(embedding) != len(vector):
+            continue
+        if (wanted and not wanted.issubset(entry.tags)) or (author is not None and entry.author != author):
+            continue
+        if (since is not None and entry.micros < since) or (until is not None and entry.micros > until):
+            continue
+        norm = norms.of(entry)
+        if not norm or not math.isfinite(norm):
+            continue
+        score = math.fsum(x * y for x, y in zip(embedding, vector, strict=True)) / (norm * query_norm)
+        scored.append((score, entry))
+    scored.sort(key=lambda pair: (-pair[0], pair[1].seq, pair[1].id))
+    return [Hit(id=e.id, score=score, text=e.text, tags=e.tags, metadata=e.metadata, author=e.author, seq=e.seq,
+                time=e.time) for score, e in scored[:limit]]  # fmt: skip
+
+
+def fused(*rankings: Sequence[Hit], limit: int = 10) -> list[Hit]:
+    """The hits of ``rankings`` (each best first) merged by reciprocal rank fusion, best first,
+    scored by the fusion; ties rank older entries first."""
+    scores: dict[str, float] = {}
+    found: dict[str, Hit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + 1.0 / (RRF_K + rank)
+            found.setdefault(hit.id, hit)
+    order = sorted(found.values(), key=lambda hit: (-scores[hit.id], hit.seq, hit.id))
+    return [msgspec.structs.replace(hit, score=scores[hit.id]) for hit in order[:limit]]
