@@ -189,6 +189,8 @@ class RecordedMesh:
     """Stands where `Mesh` stands in a Context: publishing is recorded, never sent; a task's
     outcome is the recorded one. The rest of `Mesh` is refused."""
 
+    replaying = True  # shared limits (`mesh.coordination.limits`) grant at once, reading nothing
+
     def __init__(self, book: RecordBook, effects: list[Effect], cause: str, *, source: str) -> None:
         self.book = book
         self.effects = effects

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from mesh import Agent, Context, Flow, HandOff, RetryableError, ToolNotGrantedError
+from mesh.coordination.limits import Pool, RateLimit
 from mesh.llm.tools import tool
 from mesh.runtime.agent import TaskFailure
 from topics import subjects
@@ -270,3 +271,15 @@ async def gate(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     does not count against it."""
     answer = await ctx.ask(input["question"], input.get("options", ()), timeout=input.get("timeout", 60))
     return {"answer": answer, "by": ctx.agent_id}
+
+
+limited = Agent("limited")
+
+
+@limited.task("limited")
+async def limited_work(input: dict[str, Any], ctx: Context) -> Any:
+    """Holds a slot of a 1-holder pool and takes a grant of a rate limit around a board write."""
+    async with Pool(ctx.mesh, "slot", size=1).hold(timeout=30):
+        await RateLimit(ctx.mesh, "calls", limit=5, interval=1).acquire(timeout=30)
+        await ctx.board("limited").write(ctx.task_id, input)
+    return {"done": input}

@@ -159,3 +159,17 @@ class TestDurable:
             await mesh.close()
         finally:
             again.stop()
+
+
+class TestRerun:
+    async def test_a_handler_holding_limits_reruns_cleanly(self, mesh: Mesh, agents: Any) -> None:
+        """Under `rerun` a limit grants at once and touches no bucket: a handler that held a pool
+        slot and took a rate grant reruns with the same effects, two tasks of it included."""
+        from replay.reader import read_log
+        from replay.rerun import rerun
+
+        await agents.start("tests.fixture_agents:limited")
+        for n in (1, 2):
+            assert await mesh.request("limited", {"n": n}, task_id=f"lim-{n}", correlation_id="lim", timeout=60) == {"done": {"n": n}}
+        result = await rerun("tests.fixture_agents:limited", (await read_log(mesh)).records, "lim")
+        assert result.ok and result.tasks_checked == 2, result.divergence and result.divergence.describe()
