@@ -4,6 +4,7 @@ server refuses (and how the refusal shows)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -79,9 +80,18 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     """A server requiring the users `mesh auth init` wrote (echo and meddler agent roles, the
     clients `client` and `mallory`); its
     admin created the stream and presence bucket, as `mesh up --auth` does."""
+    async with secured_server(tmp_path, "agents.echo:agent", "tests.fixture_agents:meddler",
+                              "tests.fixture_agents:waiter", "agents.orchestrator:agent",
+                              clients=("client", "mallory")) as secured:  # fmt: skip
+        yield secured
+
+
+@contextlib.asynccontextmanager
+async def secured_server(tmp_path: Path, *agents: str, clients: tuple[str, ...]) -> AsyncIterator[Secured]:
+    """A server requiring the users `mesh auth init` wrote for ``agents`` and ``clients``; its
+    admin created the stream and buckets, as `mesh up --auth` does."""
     auth = tmp_path / "auth"
-    await auth_init(auth, "agents.echo:agent", "tests.fixture_agents:meddler", "tests.fixture_agents:waiter",
-                    "agents.orchestrator:agent", clients=("client", "mallory"))  # fmt: skip
+    await auth_init(auth, *agents, clients=clients)
     server = start_server(tmp_path / "store", port=-1, log_file=tmp_path / "nats.log",
                           extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
     admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
@@ -89,11 +99,11 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     await payload_bucket(admin.js)
     log = EventLog(admin)
     await log.start()
-    agents = AgentProcesses(server.url, log, tmp_path)
+    processes = AgentProcesses(server.url, log, tmp_path)
     try:
-        yield Secured(server, auth, admin, agents)
+        yield Secured(server, auth, admin, processes)
     finally:
-        await asyncio.get_running_loop().run_in_executor(None, agents.stop_all)
+        await asyncio.get_running_loop().run_in_executor(None, processes.stop_all)
         await log.stop()
         await admin.close()
         server.stop()

@@ -15,17 +15,13 @@ import pytest
 
 from mesh import Agent, Context, Mesh
 from mesh.bus.client import outcome_value
-from mesh.bus.connection import presence_bucket
-from mesh.bus.payloads import payload_bucket
-from mesh.bus.server import start_server
-from mesh.bus.settings import MeshSettings
 from mesh.coordination.humans import Humans
 from mesh.errors import AnswerRejected, PermissionDeniedError, TaskFailedError
 from replay.reader import read_log
 from replay.rerun import rerun
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
-from tests.test_auth import Secured, auth_init, cli
+from tests.test_auth import Secured, cli, secured_server
 from topics import subjects
 from topics.envelope import derived_id
 from topics.humans import HumanAnswered, HumanAsked
@@ -192,23 +188,8 @@ class TestGroupChatSeat:
 async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     """A server requiring the users `mesh auth init` wrote for the approver and meddler roles
     and a client; its admin created the stream and buckets, as `mesh up --auth` does."""
-    auth = tmp_path / "auth"
-    await auth_init(auth, APPROVER, "tests.fixture_agents:meddler", clients=("client",))
-    server = start_server(tmp_path / "store", port=-1, log_file=tmp_path / "nats.log",
-                          extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
-    admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
-    await presence_bucket(admin.js)
-    await payload_bucket(admin.js)
-    log = EventLog(admin)
-    await log.start()
-    agents = AgentProcesses(server.url, log, tmp_path)
-    try:
-        yield Secured(server, auth, admin, agents)
-    finally:
-        await asyncio.get_running_loop().run_in_executor(None, agents.stop_all)
-        await log.stop()
-        await admin.close()
-        server.stop()
+    async with secured_server(tmp_path, APPROVER, "tests.fixture_agents:meddler", clients=("client",)) as secured:
+        yield secured
 
 
 class TestWhoMayAskAndAnswer:

@@ -168,18 +168,7 @@ async def read_between(
         if (seq >= before - 1 or pending == 0) and not done.done():
             done.set_result(None)
 
-    inbox = js._nc.new_inbox()
-    sub = await js._nc.subscribe(inbox, cb=on_msg)
-    config = ConsumerConfig(
-        name=f"scan-{nuid_next()}", filter_subject=subject, deliver_subject=inbox, ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1, mem_storage=True,
-        num_replicas=1, inactive_threshold=SCAN_INACTIVE,
-    )  # fmt: skip
-    try:
-        await js.add_consumer(stream, config=config)  # gone by itself once unused (no delete permission needed)
-        await asyncio.wait_for(done, timeout)
-    finally:
-        await sub.unsubscribe()
+    await _scan(js, stream, subject, after, on_msg, done, timeout)
     return found
 
 
@@ -214,6 +203,17 @@ async def read_span(
         if delivery.sequence.stream >= before - 1 or delivery.num_pending == 0:
             done.set_result(None)
 
+    await _scan(js, stream, subject, after, on_msg, done, timeout)
+    return found
+
+
+async def _scan(
+    js: JetStreamContext, stream: str, subject: str, after: int, on_msg: Callable[[Msg], Awaitable[None]],
+    done: asyncio.Future[None], timeout: float,
+) -> None:  # fmt: skip
+    """Deliver the messages on ``subject`` after ``after`` to ``on_msg`` through a consumer named
+    and filtered on the subject (what a permission can allow for that subject alone), gone by
+    itself once unused (no delete permission needed), until ``on_msg`` settles ``done``."""
     inbox = js._nc.new_inbox()
     sub = await js._nc.subscribe(inbox, cb=on_msg)
     config = ConsumerConfig(
@@ -227,7 +227,6 @@ async def read_span(
             await asyncio.wait_for(done, timeout)
     finally:
         await sub.unsubscribe()
-    return found
 
 
 async def read_since(
