@@ -312,18 +312,25 @@ async def bounded(
     past_deadline: Callable[[], Exception] | None = None,
 ) -> T:  # fmt: skip
     """Await a handler for at most ``limit`` seconds, or until its task's deadline (seconds
-    from now), whichever comes first; past either it is cancelled and the matching error raised."""
+    from now), whichever comes first; past either it is cancelled and the matching error raised.
+    `ctx.ask` may move the run-time limit on while it waits for a person (`RUN_BUDGET`), never
+    the deadline: a deadline later than the limit is a timeout of its own around it."""
     by_deadline = deadline_in is not None and deadline_in <= limit
     budget = deadline_in if by_deadline and deadline_in is not None else limit
+    deadline = asyncio.timeout(None if by_deadline else deadline_in)
+    scope: asyncio.Timeout | None = None
     try:
-        async with asyncio.timeout(budget) as scope:
-            token = RUN_BUDGET.set(None if by_deadline else scope)  # `ctx.ask` pauses the run time while it waits
-            try:
-                return await call
-            finally:
-                RUN_BUDGET.reset(token)
+        async with deadline:
+            async with asyncio.timeout(budget) as scope:
+                token = RUN_BUDGET.set(None if by_deadline else scope)  # `ctx.ask` pauses the run time while it waits
+                try:
+                    return await call
+                finally:
+                    RUN_BUDGET.reset(token)
     except TimeoutError:
-        if not scope.expired():
+        if deadline.expired() and past_deadline is not None:
+            raise past_deadline() from None
+        if scope is None or not scope.expired():
             raise  # the handler's own timeout
         if by_deadline and past_deadline is not None:
             raise past_deadline() from None
