@@ -311,11 +311,10 @@ class WorkflowTakenError(MeshError):
 
     retryable = False
 
-    def __init__(self, workflow_id: str, owner_seq: int, request_seq: int) -> None:
-        super().__init__(
-            f"workflow {workflow_id} belongs to the request at stream sequence {owner_seq}, "
-            f"not to this one ({request_seq}): pick another workflow id"
-        )
+    def __init__(self, workflow_id: str, owner_seq: int | None, request_seq: int) -> None:
+        owner = f"the request at stream sequence {owner_seq}" if owner_seq else "another request"
+        super().__init__(f"workflow {workflow_id} belongs to {owner}, not to this one ({request_seq}): "
+                         "pick another workflow id")  # fmt: skip
         self.workflow_id, self.owner_seq, self.request_seq = workflow_id, owner_seq, request_seq
 
 

@@ -182,10 +182,10 @@ class TestOfflineModel:
         assert "42" in (final.choices[0].message.content or "")
 
     async def test_unknown_route_is_an_sdk_error(self) -> None:
-        """Anything but chat completions and models is a 404 the SDK raises as NotFoundError."""
+        """Anything but chat completions, embeddings and models is a 404 the SDK raises as NotFoundError."""
         client = openai.AsyncOpenAI(api_key="x", base_url="http://offline.invalid/v1", http_client=offline_http_client())
         with pytest.raises(openai.NotFoundError):
-            await client.embeddings.create(model="m", input="x")
+            await client.moderations.create(input="x")
 
 
 class TestUpcasting:

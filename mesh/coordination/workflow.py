@@ -274,7 +274,7 @@ class Workflows:
                                          timeout=math.inf if timeout is None else timeout)  # fmt: skip
         match outcome.data:
             case TaskFailed(error=error) if error.type == WorkflowTakenError.__name__:
-                raise WorkflowTakenError(workflow_id, 0, request_seq)
+                raise WorkflowTakenError(workflow_id, None, request_seq)
             case TaskFailed(error=error):
                 raise WorkflowFailedError(workflow_id, error)
             case TaskCancelled(reason=reason):
