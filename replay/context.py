@@ -191,8 +191,11 @@ class RecordedMesh:
 
     replaying = True  # shared limits (`mesh.coordination.limits`) grant at once, reading nothing
 
-    def __init__(self, book: RecordBook, effects: list[Effect], cause: str, *, source: str) -> None:
+    def __init__(
+        self, book: RecordBook, effects: list[Effect], cause: str, *, source: str, owner: str = subjects.ANON
+    ) -> None:
         self.book = book
+        self.owner = owner
         self.effects = effects
         self.cause = cause
         self.source = source
@@ -216,12 +219,14 @@ class RecordedMesh:
     async def submit(self, capability: str, input: Any = None, *, task_id: str | None = None,
                      correlation_id: str | None = None, causation_id: str | None = None,
                      event_id: str | None = None, fallback: tuple[str, ...] = (),
-                     max_attempts: int | None = None, deadline: str | None = None) -> str:  # fmt: skip
+                     max_attempts: int | None = None, deadline: str | None = None,
+                     owner: str | None = None) -> str:  # fmt: skip
         event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
                                 max_attempts=max_attempts, deadline=deadline)  # fmt: skip
-        await self.publish(subjects.work(capability), request, event_id=event_id, causation_id=causation_id,
+        await self.publish(subjects.work(capability, owner or self.owner), request, event_id=event_id,
+                           causation_id=causation_id,
                            correlation_id=correlation_id or task_id)  # fmt: skip
         return task_id
 
@@ -545,17 +550,20 @@ class ReplayContext(Context):
 
     def __init__(self, book: RecordBook, *, agent: str, agent_id: str, event: CloudEvent, task_id: str,
                  capability: str, attempt: int, granted: Sequence[str] = (), effect_seqs: Sequence[int] = (),
-                 end_seq: int = 0, request_seq: int | None = None) -> None:  # fmt: skip
+                 end_seq: int = 0, request_seq: int | None = None, owner: str = subjects.ANON,
+                 agent_owner: str = subjects.ANON) -> None:  # fmt: skip
+        """``owner``: whose task it is (its outcome and hand-offs go under it); ``agent_owner``:
+        the owner the original agent submitted its own sub-tasks under (`MeshSettings.owner`)."""
         self.effects: list[Effect] = []
         self._book = book
         self._effect_seqs = list(effect_seqs)  # where the recorded effects of the handler landed, in order
         self._end_seq = end_seq
-        mesh = RecordedMesh(book, self.effects, event.id, source=f"mesh://agent/{agent_id}")
+        mesh = RecordedMesh(book, self.effects, event.id, source=f"mesh://agent/{agent_id}", owner=agent_owner)
         llm = ReplayLlmSession(book.llm_calls(event.id), self.effects, agent=agent, task_id=task_id,
                                cause_id=event.id, attempt=attempt, failures=book.llm_failures(event.id, attempt))  # fmt: skip
         tools = ReplayToolBox(book.tool_calls(event.id), self.effects, agent=agent, granted=granted,
                               task_id=task_id, cause_id=event.id, attempt=attempt)  # fmt: skip
         super().__init__(cast(Mesh, mesh), agent=agent, agent_id=agent_id, event=event, task_id=task_id,
                          capability=capability, attempt=attempt, span=INVALID_SPAN, llm=llm, tools=tools,
-                         request_seq=request_seq)  # fmt: skip
+                         request_seq=request_seq, owner=owner)  # fmt: skip
         self.log = self.log.bind(replay=True)

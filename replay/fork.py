@@ -99,8 +99,8 @@ def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str
             requested.append(ids.get(_task_of(record), _task_of(record)))
             continue
         if isinstance(record.data, TaskRequested):
-            capability = record.subject.removeprefix("mesh.work.")
-            subject = subjects.task(capability, ids.get(_task_of(record), _task_of(record)))  # history, not work
+            capability, owner = subjects.work_of(record.subject) or (record.data.capability, subjects.ANON)
+            subject = subjects.task(capability, owner, ids.get(_task_of(record), _task_of(record)))  # history, not work
         copies.append(Outgoing(subject, encode_envelope(event), event.id))
     return _Plan(copies, requests, requested, skipped, prefix[-1].seq)
 

@@ -52,6 +52,7 @@ from topics.tasks import (
     TaskFailed,
     TaskHandedOff,
     TaskRequested,
+    handoff_task_id,
 )
 
 __all__ = ["Divergence", "RerunResult", "rerun", "rerun_file", "rerun_log"]
@@ -130,9 +131,11 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     attempt, agent_id = _who(outcome, claims, agent.name)
     made = [r.seq for r in caused if _handler_made(r, event.id) and r.event.id not in _outcome_ids(event.id)]
     end = outcome.seq if outcome is not None else max((r.seq for r in book.records), default=request.seq)
+    _, owner = subjects.work_of(request.subject) or (data.capability, subjects.ANON)
     ctx = ReplayContext(book, agent=agent.name, agent_id=agent_id, event=event, task_id=task_id,
                         capability=data.capability, attempt=attempt, granted=agent.tools,
-                        effect_seqs=sorted(made), end_seq=end, request_seq=request.seq)  # fmt: skip
+                        effect_seqs=sorted(made), end_seq=end, request_seq=request.seq, owner=owner,
+                        agent_owner=_own_owner(caused, event.id, owner))  # fmt: skip
     try:
         output = await handler.fn(handler.convert(data.input), ctx)
         result: tuple[str, Any] = ("completed", output)
@@ -142,9 +145,21 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
         result = ("failed", error)
     actual = list(ctx.effects)
     if outcome is not None and result[0] != "stopped":
-        actual.append(_outcome_effect(event.id, data.capability, task_id, *result))
+        actual.append(_outcome_effect(event.id, data.capability, owner, task_id, *result))
     expected = [effect_of(r, event.id, len(caused)) for r in caused if _handler_made(r, event.id)]
     return _compare(expected, actual, task_id, data.capability, request.seq)
+
+
+def _own_owner(caused: list[Record], cause: str, task_owner: str) -> str:
+    """The owner the original agent submitted its own sub-tasks under: read from the first it
+    recorded (a hand-off or fallback keeps the task's owner instead); the task's owner if it
+    submitted none, when it does not matter."""
+    passed_on = {handoff_task_id(cause), derived_id(cause, "fallback")}
+    for record in caused:
+        work = subjects.work_of(record.subject)
+        if work is not None and record.event.id not in passed_on:
+            return work[1]
+    return task_owner
 
 
 def _outcome_ids(cause: str) -> tuple[str, str, str]:
@@ -176,8 +191,8 @@ def _handler_made(record: Record, cause: str) -> bool:
 RUNTIME_MADE = (TaskClaimed, TaskAttemptFailed, TaskCancelled, TaskCancelRequested, LlmFailed)
 
 
-def _outcome_effect(cause: str, capability: str, task_id: str, kind: str, value: Any) -> Effect:
-    subject = subjects.task(capability, task_id)
+def _outcome_effect(cause: str, capability: str, owner: str, task_id: str, kind: str, value: Any) -> Effect:
+    subject = subjects.task(capability, owner, task_id)
     if kind == "completed" and isinstance(value, HandOff):
         handed = TaskHandedOff(task_id=task_id, agent="", attempt=0, capability=capability, to=value.capability,
                                next_task_id=value.task_id, next_request_seq=value.request_seq, reason="handoff")  # fmt: skip

@@ -156,7 +156,7 @@ class TestAgentDeclarations:
     def test_emits_a_type_grants_its_subjects(self) -> None:
         """`Agent(emits=(OrderShipped,))` stands for the type's subject filter, which `mesh auth init` grants."""
         assert warehouse.emits == ("mesh.app.orders.*",)
-        allowed = agent_permissions("warehouse", ("ship",), {}, "_INBOX_X", warehouse.emitted_subjects)
+        allowed = agent_permissions("warehouse", ("ship",), {}, "_INBOX_X", warehouse.emitted_subjects, owner="UX")
         assert "mesh.app.orders.*" in allowed.publish and "mesh.app.>" not in allowed.publish
 
 

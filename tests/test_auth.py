@@ -71,6 +71,10 @@ class Secured:
     async def connect(self, role: str) -> Mesh:
         return await Mesh.connect(settings=self.settings(role))
 
+    def owner(self, role: str) -> str:
+        """The owner token ``role`` submits and reads tasks under: its public key."""
+        return self.settings(role).owner()
+
     def violations(self) -> list[str]:
         return [line for line in (self.server.store.parent / "nats.log").read_text().splitlines() if "Violation" in line]
 
@@ -82,6 +86,7 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     admin created the stream and presence bucket, as `mesh up --auth` does."""
     async with secured_server(tmp_path, "agents.echo:agent", "tests.fixture_agents:meddler",
                               "tests.fixture_agents:waiter", "agents.orchestrator:agent",
+                              "tests.fixture_agents:chain", "tests.fixture_agents:asker",
                               clients=("client", "mallory")) as secured:  # fmt: skip
         yield secured
 
@@ -147,8 +152,8 @@ class TestRefused:
     async def test_client(self, secured: Secured) -> None:
         async with await secured.connect("client") as client:
             forged = TaskCompleted(task_id="t1", agent="echo-x", attempt=1, output="forged")
-            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.echo\.t1") as caught:
-                await client.publish(subjects.task("echo", "t1"), forged)
+            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.echo\.U\w+\.t1") as caught:
+                await client.publish(subjects.task("echo", client.owner, "t1"), forged)
             assert "client" in str(caught.value)
 
             async def ignore(msg: object) -> None:
@@ -273,10 +278,10 @@ class TestOutcomesCannotBeForged:
     async def test_no_other_role_may_answer_for_a_capability(self, secured: Secured) -> None:
         forged = TaskCompleted(task_id="t1", agent="echo-x", attempt=1, output="forged", request_seq=1)
         async with await secured.connect("meddler") as meddler:
-            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.echo\.t1"):
-                await meddler.publish(subjects.task("echo", "t1"), forged)
-            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.echo\.t1"):
-                await meddler.publish(subjects.task("echo", "t1"),
+            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.echo\.U\w+\.t1"):
+                await meddler.publish(subjects.task("echo", secured.owner("client"), "t1"), forged)
+            with pytest.raises(PermissionDeniedError, match=r"mesh\.task\.echo\.U\w+\.t1"):
+                await meddler.publish(subjects.task("echo", secured.owner("client"), "t1"),
                                       TaskHandedOff(task_id="t1", agent="x", attempt=1, capability="echo",
                                                     to="meddle", next_task_id="t9", next_request_seq=1))  # fmt: skip
 
@@ -292,10 +297,10 @@ class TestOutcomesCannotBeForged:
         async with await secured.connect("mallory") as mallory:
             for event_id in computable:
                 for msg_id in {event_id, mallory.msg_id(event_id), *(f"{event_id}@{seq}" for seq in range(1, 40))}:
-                    await mallory.js.publish("mesh.work.nobody", b"junk", headers={"Nats-Msg-Id": msg_id})
+                    await mallory.js.publish(subjects.work("nobody", mallory.owner), b"junk", headers={"Nats-Msg-Id": msg_id})
         async with await secured.connect("client") as client:
             assert await client.request("echo", {"n": 1}, task_id=task_id, timeout=30) == {"n": 1}
-        stored = await stored_on(secured.admin, subjects.task("echo", task_id))
+        stored = await stored_on(secured.admin, subjects.task("echo", secured.owner("client"), task_id))
         assert [type(r.data).__name__ for r in stored].count("TaskCompleted") == 1
 
     async def test_no_one_else_can_cancel_a_task(self, secured: Secured, tmp_path: Path) -> None:
@@ -324,6 +329,51 @@ class TestOutcomesCannotBeForged:
             code, out, err = await cli("task", "echo", "--input", '"real again"', "--task-id", "victim-2", "--wait",
                                        "--nats", secured.server.url, "--nkey", str(secured.auth / "client.nk"))  # fmt: skip
             assert (code, json.loads(out)) == (0, "real"), err  # the same id from the same client: the first answer
+
+
+class TestOutcomesAreTheirOwners:
+    """A client reads the outcomes of its own tasks and of no one else's (docs/SECURITY.md,
+    mechanism 7): it submits on `mesh.work.<capability>.<its key>` only, and reads
+    `mesh.task.<capability>.<its key>.<task id>` only."""
+
+    async def test_a_client_reads_its_own_outcomes_and_no_one_elses(self, secured: Secured) -> None:
+        await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))
+
+        async def ignore(msg: object) -> None:
+            raise AssertionError("a refused subscription delivered a message")
+
+        async with await secured.connect("client") as client, await secured.connect("mallory") as mallory:
+            assert await client.request("echo", {"secret": 1}, task_id="private-1", timeout=30) == {"secret": 1}
+            theirs = subjects.task("echo", client.owner, "private-1")
+            for pattern in ("mesh.task.>", "mesh.task.echo.*.*", subjects.task_any("private-1"), theirs):
+                with pytest.raises(PermissionDeniedError, match="subscribe to"):
+                    await mallory.subscribe(pattern, ignore)
+            with pytest.raises(PermissionDeniedError, match=r"DIRECT\.GET"):
+                await mallory.last_on(theirs)
+            with pytest.raises(PermissionDeniedError):
+                await mallory.outcome("echo", "private-1", owner=client.owner, timeout=10)
+            with pytest.raises(PermissionDeniedError, match=rf"mesh\.work\.echo\.{client.owner}"):
+                await mallory.submit_request("echo", "in the client's name", owner=client.owner)
+            assert await mallory.request("echo", "mine", timeout=30) == "mine"  # its own tasks: as ever
+            assert (await client.last_on(theirs)) is not None
+
+    async def test_hand_offs_and_sub_tasks_are_followed_under_auth(self, secured: Secured) -> None:
+        """A hand-off keeps the requester's owner (so the requester follows the chain); a
+        sub-task is the asking role's own (so it reads the answer)."""
+        await secured.agents.start("tests.fixture_agents:chain", "--nkey", str(secured.auth / "chain.nk"))
+        await secured.agents.start("tests.fixture_agents:asker", "--nkey", str(secured.auth / "asker.nk"))
+        await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))
+        async with await secured.connect("client") as client:
+            done = await client.request("plan", {"n": 1}, task_id="chain-1", timeout=60)
+            assert done["n"] == 1 and {"planned_by", "worked_by", "reviewed_by"} <= done.keys()
+            assert await client.request("ask", {"n": 2}, timeout=60) == {"echoed": {"n": 2}}
+        log = secured.agents.log
+        hops = await log.wait_for(lambda r: r.event.type == "mesh.task.handed_off", count=2)
+        assert [subjects.task_of(r.subject) for r in hops] == [("plan", secured.owner("client"), "chain-1"),
+                                                              ("work", secured.owner("client"), hops[1].data.task_id)]  # type: ignore[attr-defined]
+        asked = await log.wait_for(lambda r: r.subject.startswith("mesh.work.echo."))
+        assert [r.subject for r in asked] == [subjects.work("echo", secured.owner("asker"))]
+        assert secured.violations() == []
 
 
 class TestWorkflowsAreBound:

@@ -44,14 +44,14 @@ class TestDeadLetters:
         """The bad message becomes one mesh.dead.lettered with its reason and raw bytes; valid work goes on."""
         payload, reason = BAD_INPUTS[case]
         await agents.start("agents.echo:agent")
-        ack = await mesh.js.publish(subjects.work("echo"), payload)
+        ack = await mesh.js.publish(subjects.work("echo", subjects.ANON), payload)
         assert await mesh.request("echo", {"after": case}, timeout=20) == {"after": case}
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
         letter = dead[0].data
         assert letter.reason == reason, letter.error  # type: ignore[attr-defined]
         assert base64.b64decode(letter.raw) == payload  # type: ignore[attr-defined]
-        assert letter.stream_seq == ack.seq and letter.subject == "mesh.work.echo"  # type: ignore[attr-defined]
-        assert dead[0].subject == "mesh.dead.work.echo"
+        assert letter.stream_seq == ack.seq and letter.subject == "mesh.work.echo.anon"  # type: ignore[attr-defined]
+        assert dead[0].subject == "mesh.dead.work.echo.anon"
         async def settled() -> bool:
             info = await mesh.js.consumer_info(subjects.STREAM, subjects.work_consumer_name("echo"))
             assert info.num_redelivered == 0

@@ -86,7 +86,7 @@ async def outcome_of(mesh: Mesh, capability: str, task_id: str, timeout: float) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            last = await mesh.last_on(subjects.task(capability, task_id))
+            last = await mesh.last_on(subjects.task(capability, subjects.ANON, task_id))
         except Exception:  # reconnecting, or no stream leader for a moment
             last = None
         if last is not None and isinstance(last.data, TaskOutcome):
@@ -129,7 +129,7 @@ class TestCluster:
             assert all(proc.poll() is None for proc in agents.procs)
             info = await cluster_mesh.js.stream_info(subjects.STREAM)
             assert info.cluster is not None and info.cluster.leader != victim_name(cluster, victim)
-            assert [type(r.data).__name__ for r in await stored_on(cluster_mesh, subjects.task("hold", task_id))].count(
+            assert [type(r.data).__name__ for r in await stored_on(cluster_mesh, subjects.task("hold", subjects.ANON, task_id))].count(
                 "TaskCompleted"
             ) == 1
         finally:

@@ -66,11 +66,11 @@ async def team_run(mesh: Mesh, agents: AgentProcesses, log: EventLog) -> tuple[s
     assert isinstance(outcome.data, TaskCompleted)
     failed = await mesh.request_outcome("broken", {"n": 1}, timeout=30, task_id="doomed-1")
     assert isinstance(failed.data, TaskFailed)
-    await mesh.js.publish("mesh.work.research", b"this is not json")
+    await mesh.js.publish("mesh.work.research.anon", b"this is not json")
     await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered" and r.data.reason == "not_json")  # type: ignore[attr-defined]
     for n in range(2):  # tasks for a capability nobody serves: its backlog
         await mesh.submit("nobody", {"n": n}, task_id=f"waiting-{n}")
-    await log.wait_for(lambda r: r.subject == "mesh.work.nobody", count=2)
+    await log.wait_for(lambda r: r.subject == "mesh.work.nobody.anon", count=2)
     return outcome.data.task_id, "doomed-1"
 
 

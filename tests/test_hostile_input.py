@@ -61,7 +61,7 @@ class TestHostileInput:
         """The message gets one dead letter with its reason; the agent answers the next task."""
         payload, headers, reason, failed_task = CASES[case]
         proc = await agents.start("agents.echo:agent")
-        ack = await mesh.js.publish(subjects.work("echo"), payload, headers=headers)
+        ack = await mesh.js.publish(subjects.work("echo", subjects.ANON), payload, headers=headers)
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered", timeout=20)
         letter = dead[0].data
         assert letter.reason == reason, letter.error  # type: ignore[attr-defined]
@@ -79,7 +79,7 @@ class TestHostileInput:
         """A dead letter that cannot carry the raw bytes carries their size, hash and sequence instead."""
         payload = b"\xff" * (mesh.nc.max_payload - 1024)
         await agents.start("agents.echo:agent")
-        ack = await mesh.js.publish(subjects.work("echo"), payload)
+        ack = await mesh.js.publish(subjects.work("echo", subjects.ANON), payload)
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered", timeout=20)
         letter = dead[0].data
         assert letter.reason == "not_json"  # type: ignore[attr-defined]
@@ -90,7 +90,7 @@ class TestHostileInput:
     async def test_a_small_body_is_quoted_whole(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """A dead letter of a small message carries its bytes and their hash."""
         await agents.start("agents.echo:agent")
-        await mesh.js.publish(subjects.work("echo"), b"nope")
+        await mesh.js.publish(subjects.work("echo", subjects.ANON), b"nope")
         letter = (await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered", timeout=20))[0].data
         assert base64.b64decode(letter.raw) == b"nope"  # type: ignore[attr-defined]
         assert letter.sha256 == hashlib.sha256(b"nope").hexdigest()  # type: ignore[attr-defined]

@@ -270,7 +270,7 @@ class TestKnowledgeEndToEnd:
             for task_id in (first_task.task_id,):
                 result = await rerun(reader_target, records, task_id)
                 assert result.ok and result.tasks_checked == 1, result.divergence and result.divergence.describe()
-            adds = [r.data.task_id for r in records if r.subject == "mesh.work.remember"]  # type: ignore[attr-defined]
+            adds = [r.data.task_id for r in records if r.subject.startswith("mesh.work.remember.")]  # type: ignore[attr-defined]
             for task_id in adds:
                 result = await rerun(librarian_target, records, task_id)
                 assert result.ok and result.tasks_checked == 1, result.divergence and result.divergence.describe()

@@ -32,6 +32,7 @@ from replay.reader import read_log
 from replay.rerun import rerun
 from tests.conftest import ROOT, AgentProcesses
 from tests.test_knowledge import LATER, NOTES, block, record
+from topics import subjects
 from topics.calls import LlmCalled
 from topics.knowledge import KnowledgeAdded
 from topics.record import Record
@@ -265,7 +266,7 @@ class TestVectorSearchEndToEnd:
         sys.path.insert(0, str(tmp_path))
         try:
             for task_id in [first_task.task_id, *(r.data.task_id for r in records  # type: ignore[attr-defined]
-                                                  if r.subject in ("mesh.work.remember", "mesh.work.recall"))]:  # fmt: skip
+                                                  if (subjects.work_of(r.subject) or ("",))[0] in ("remember", "recall"))]:  # fmt: skip
                 target = "knowledge:reader" if task_id in recalls(records) else "knowledge:librarian"
                 result = await rerun(target, records, task_id)
                 assert result.ok and result.tasks_checked == 1, result.divergence and result.divergence.describe()
@@ -285,7 +286,7 @@ def tied(hits: list[dict[str, Any]]) -> list[set[str]]:
 
 
 def recalls(records: list[Record]) -> set[str]:
-    return {r.data.task_id for r in records if r.subject == "mesh.work.recall"}  # type: ignore[attr-defined]
+    return {r.data.task_id for r in records if r.subject.startswith("mesh.work.recall.")}  # type: ignore[attr-defined]
 
 
 def other_query_reader() -> Agent:
@@ -311,9 +312,9 @@ def test_a_replayed_trace_names_an_embeddings_call_as_the_live_span_did() -> Non
     from topics.tasks import TaskClaimed, TaskRequested
 
     log = HandLog()
-    log.add(subjects.work("research"), TaskRequested(capability="research", input={}, task_id="r1"), id="r1", at=1.0,
+    log.add(subjects.work("research", subjects.ANON), TaskRequested(capability="research", input={}, task_id="r1"), id="r1", at=1.0,
             source="mesh://client/box-9", correlation="r1")  # fmt: skip
-    log.add(subjects.task("research", "r1"), TaskClaimed(task_id="r1", agent="researcher-box-1-102", attempt=1),
+    log.add(subjects.task("research", subjects.ANON, "r1"), TaskClaimed(task_id="r1", agent="researcher-box-1-102", attempt=1),
             id="claim-r1", at=1.1, source=RESEARCHER, cause="r1", correlation="r1")  # fmt: skip
     call = LlmCalled(agent="researcher", task_id="r1", call_index=0, model="offline/text-embedding-3-small",
                      request={"model": "text-embedding-3-small", "input": ["x"], "encoding_format": "float"},

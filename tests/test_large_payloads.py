@@ -96,7 +96,7 @@ class TestLargePayloads:
         await store.put("big", b"x" * 100_000)
         event = CloudEvent(specversion="1.0", id="gone-1", source="test", type="mesh.task.requested",
                            time=now_rfc3339(), dataref=ref, datasize=10)  # fmt: skip
-        ack = await mesh.js.publish(subjects.work("echo"), encode_envelope(event), headers={"Nats-Msg-Id": event.id})
+        ack = await mesh.js.publish(subjects.work("echo", subjects.ANON), encode_envelope(event), headers={"Nats-Msg-Id": event.id})
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered", timeout=20, alive=proc)
         letter = dead[0].data
         assert letter.reason == "missing_payload" and letter.stream_seq == ack.seq  # type: ignore[attr-defined]

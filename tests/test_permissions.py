@@ -18,6 +18,7 @@ from mesh.telemetry.redact import scrub_text
 pytestmark = pytest.mark.unit
 
 INBOX = "_INBOX_UABC"
+OWNER, OTHER = "UABC", "UOTHER"  # the role's public key, and another user's
 
 
 def allows(patterns: tuple[str, ...], subject: str) -> bool:
@@ -42,20 +43,25 @@ class TestClientPermissions:
     """A client submits tasks and reads outcomes, and nothing else."""
 
     def test_may_submit_and_read_outcomes(self) -> None:
-        p = client_permissions(INBOX)
-        assert allows(p.publish, "mesh.work.echo")
-        assert allows(p.subscribe, "mesh.task.echo.t1") and allows(p.subscribe, f"{INBOX}.x.y")
-        assert allows(p.publish, "$JS.API.DIRECT.GET.MESH.mesh.task.echo.t1")
-        assert allows(p.publish, "$JS.API.CONSUMER.CREATE.MESH.outcome-1.mesh.task.echo.t1")
+        """Its own: tasks under its own key, and their outcomes."""
+        p = client_permissions(INBOX, owner=OWNER)
+        assert allows(p.publish, f"mesh.work.echo.{OWNER}")
+        assert allows(p.subscribe, f"mesh.task.echo.{OWNER}.t1") and allows(p.subscribe, f"{INBOX}.x.y")
+        assert allows(p.publish, f"$JS.API.DIRECT.GET.MESH.mesh.task.echo.{OWNER}.t1")
+        assert allows(p.publish, f"$JS.API.CONSUMER.CREATE.MESH.outcome-1.mesh.task.echo.{OWNER}.t1")
 
     def test_may_not_forge_read_or_delete(self) -> None:
-        p = client_permissions(INBOX)
-        for subject in ("mesh.task.echo.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "$JS.API.STREAM.DELETE.MESH",
+        p = client_permissions(INBOX, owner=OWNER)
+        for subject in (f"mesh.task.echo.{OWNER}.t1", f"mesh.work.echo.{OTHER}", "mesh.work.echo",
+                        f"$JS.API.DIRECT.GET.MESH.mesh.task.echo.{OTHER}.t1", "$JS.API.DIRECT.GET.MESH.mesh.task.>",
+                        f"$JS.API.CONSUMER.CREATE.MESH.x.mesh.task.echo.{OTHER}.t1",
+                        "mesh.llm.echo.t1", "mesh.dead.work.echo", "$JS.API.STREAM.DELETE.MESH",
                         "$JS.API.STREAM.PURGE.MESH", "$JS.API.STREAM.CREATE.MESH", "$JS.API.CONSUMER.CREATE.MESH",
                         "$JS.API.CONSUMER.CREATE.MESH.x.mesh.llm.echo.t1", "$JS.API.DIRECT.GET.MESH",
                         "$JS.API.CONSUMER.MSG.NEXT.MESH.work-echo", "$JS.ACK.MESH.work-echo.1.2.3.4.5"):  # fmt: skip
             assert not allows(p.publish, subject), subject
-        for subject in ("mesh.llm.echo.t1", "mesh.work.echo", "_INBOX.x", "_INBOX_UOTHER.x", "mesh.>"):
+        for subject in ("mesh.llm.echo.t1", f"mesh.work.echo.{OWNER}", "_INBOX.x", "_INBOX_UOTHER.x", "mesh.>",
+                        "mesh.task.>", f"mesh.task.echo.{OTHER}.t1", "mesh.task.echo.*.t1"):  # another's outcomes
             assert not allows(p.subscribe, subject), subject
 
 
@@ -63,47 +69,53 @@ class TestAgentPermissions:
     """An agent role consumes its own consumers and publishes what its runner publishes."""
 
     def test_consumes_its_capabilities_and_subscriptions(self) -> None:
-        p = agent_permissions("echo", ("echo",), {"bids": "mesh.bid.*"}, INBOX)
-        for subject in ("$JS.API.CONSUMER.CREATE.MESH.work-echo.mesh.work.echo", "$JS.API.CONSUMER.MSG.NEXT.MESH.work-echo",
+        p = agent_permissions("echo", ("echo",), {"bids": "mesh.bid.*"}, INBOX, owner=OWNER)
+        for subject in ("$JS.API.CONSUMER.CREATE.MESH.work-echo.mesh.work.echo.*",
+                        "$JS.API.CONSUMER.MSG.NEXT.MESH.work-echo",
                         "$JS.ACK.MESH.work-echo.1.2.3.4.5", "$JS.API.CONSUMER.CREATE.MESH.on-echo-bids.mesh.bid.*",
-                        "mesh.task.echo.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "mesh.agent.echo.echo-1",
+                        f"mesh.task.echo.{OTHER}.t1", "mesh.llm.echo.t1", "mesh.dead.work.echo", "mesh.agent.echo.echo-1",
                         "$KV.mesh-presence.echo.echo-1"):  # fmt: skip
             assert allows(p.publish, subject), subject
         for subject in ("mesh.agent.other.other-1", "$KV.mesh-presence.other.other-1", "$KV.mesh-presence.echo-1"):
             assert not allows(p.publish, subject), subject  # another role's agents
         assert allows(p.subscribe, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MESH.work-echo")
+        # it reads its own sub-tasks' outcomes and its own capability's tasks, not other tasks
+        assert allows(p.subscribe, f"mesh.task.research.{OWNER}.t1") and allows(p.subscribe, f"mesh.task.echo.{OTHER}.t1")
+        assert not allows(p.subscribe, f"mesh.task.research.{OTHER}.t1")
 
     def test_answers_only_for_its_own_capabilities(self) -> None:
         """Outcome subjects carry the capability: a role cannot complete another's tasks."""
-        p = agent_permissions("echo", ("echo", "shout"), {}, INBOX)
-        assert allows(p.publish, "mesh.task.echo.t1") and allows(p.publish, "mesh.task.shout.t1")
-        for subject in ("mesh.task.research.t1", "mesh.task.t1", "mesh.task.echoes.t1"):
+        p = agent_permissions("echo", ("echo", "shout"), {}, INBOX, owner=OWNER)
+        assert allows(p.publish, f"mesh.task.echo.{OTHER}.t1") and allows(p.publish, f"mesh.task.shout.{OTHER}.t1")
+        for subject in (f"mesh.task.research.{OWNER}.t1", "mesh.task.t1", f"mesh.task.echoes.{OTHER}.t1"):
             assert not allows(p.publish, subject), subject
 
     def test_what_it_declares_it_emits(self) -> None:
         """`Agent(emits=...)` adds those subjects, and nothing else: another room stays refused."""
-        p = agent_permissions("host", ("chat",), {}, INBOX, emits=("mesh.chat.*",))
+        p = agent_permissions("host", ("chat",), {}, INBOX, owner=OWNER, emits=("mesh.chat.*",))
         assert allows(p.publish, "mesh.chat.lobby") and not allows(p.publish, "mesh.board.b.k")
-        assert not allows(agent_permissions("echo", ("echo",), {}, INBOX).publish, "mesh.chat.lobby")
+        assert not allows(agent_permissions("echo", ("echo",), {}, INBOX, owner=OWNER).publish, "mesh.chat.lobby")
 
     def test_reads_knowledge_bases_and_writes_only_declared_ones(self) -> None:
         """Every agent role reads knowledge bases; writing one needs `emits`; clients do neither."""
-        reader = agent_permissions("reader", ("recall",), {}, INBOX)
+        reader = agent_permissions("reader", ("recall",), {}, INBOX, owner=OWNER)
         assert allows(reader.publish, "$JS.API.CONSUMER.CREATE.MESH.abc.mesh.knowledge.ops")
         assert not allows(reader.publish, "$JS.API.CONSUMER.CREATE.MESH.abc.mesh.board.b.k")
         assert not allows(reader.publish, "mesh.knowledge.ops")
-        writer = agent_permissions("librarian", ("remember",), {}, INBOX, emits=("mesh.knowledge.ops",))
+        writer = agent_permissions("librarian", ("remember",), {}, INBOX, owner=OWNER, emits=("mesh.knowledge.ops",))
         assert allows(writer.publish, "mesh.knowledge.ops") and not allows(writer.publish, "mesh.knowledge.hr")
-        client = client_permissions(INBOX)
+        client = client_permissions(INBOX, owner=OWNER)
         assert not allows(client.publish, "mesh.knowledge.ops")
         assert not allows(client.publish, "$JS.API.CONSUMER.CREATE.MESH.abc.mesh.knowledge.ops")
 
     def test_only_the_capabilities_it_requests(self) -> None:
         """`Agent(requests=...)` narrows sub-tasks to those capabilities; undeclared, any."""
-        p = agent_permissions("planner", ("report",), {}, INBOX, requests=("research", "write"))
-        assert allows(p.publish, "mesh.work.research") and not allows(p.publish, "mesh.work.deploy")
-        assert not allows(agent_permissions("echo", ("echo",), {}, INBOX, requests=()).publish, "mesh.work.echo")
-        assert allows(agent_permissions("any", ("x",), {}, INBOX).publish, "mesh.work.deploy")
+        p = agent_permissions("planner", ("report",), {}, INBOX, owner=OWNER, requests=("research", "write"))
+        assert allows(p.publish, f"mesh.work.research.{OWNER}") and not allows(p.publish, f"mesh.work.deploy.{OWNER}")
+        assert allows(p.publish, f"mesh.work.research.{OTHER}")  # a hand-off keeps its requester's owner
+        assert not allows(agent_permissions("echo", ("echo",), {}, INBOX, owner=OWNER, requests=()).publish,
+                          f"mesh.work.echo.{OWNER}")  # fmt: skip
+        assert allows(agent_permissions("any", ("x",), {}, INBOX, owner=OWNER).publish, f"mesh.work.deploy.{OTHER}")
 
     def test_emits_must_be_mesh_subjects_but_not_tasks(self) -> None:
         from mesh import Agent, ConfigError
@@ -115,9 +127,9 @@ class TestAgentPermissions:
                 Agent("bad", emits=(bad,))
 
     def test_not_another_roles_consumers_nor_the_stream(self) -> None:
-        p = agent_permissions("echo", ("echo",), {}, INBOX)
+        p = agent_permissions("echo", ("echo",), {}, INBOX, owner=OWNER)
         for subject in ("$JS.API.CONSUMER.MSG.NEXT.MESH.work-research", "$JS.ACK.MESH.work-research.1.2.3.4.5",
-                        "$JS.API.CONSUMER.CREATE.MESH.work-research.mesh.work.research", "mesh.llm.researcher.t1",
+                        "$JS.API.CONSUMER.CREATE.MESH.work-research.mesh.work.research.*", "mesh.llm.researcher.t1",
                         "mesh.board.notes.k", "$JS.API.STREAM.DELETE.MESH", "$JS.API.STREAM.PURGE.MESH",
                         "$JS.API.CONSUMER.DELETE.MESH.work-echo", "$JS.API.STREAM.CREATE.MESH"):  # fmt: skip
             assert not allows(p.publish, subject), subject
@@ -184,6 +196,20 @@ class TestSeeds:
         role = init_auth(tmp_path, [])[1]
         options = MeshSettings(url="nats://127.0.0.1:1", nkey_seed=role.seed_file).connect_options()
         assert options["inbox_prefix"] == role.inbox and options["nkeys_seed"] == role.seed_file
+
+    def test_owner_is_the_public_key_from_a_seed_or_a_creds_file(self, tmp_path: Path) -> None:
+        """The owner token tasks go under: the nkey's public key, whichever file holds the seed."""
+        role = init_auth(tmp_path, [])[1]
+        assert MeshSettings(nkey_seed=role.seed_file).owner() == role.public_key
+        creds = tmp_path / "user.creds"
+        creds.write_text("-----BEGIN NATS USER JWT-----\neyJ0eXAi.eyJqdGki.c2ln\n------END NATS USER JWT------\n\n"
+                         "-----BEGIN USER NKEY SEED-----\n" + Path(role.seed_file).read_text().strip() +
+                         "\n------END USER NKEY SEED------\n")  # fmt: skip
+        assert MeshSettings(creds=str(creds)).owner() == role.public_key
+        assert MeshSettings(url="nats://user:pw@127.0.0.1:1").owner() == "anon"
+        creds.write_text("-----BEGIN NATS USER JWT-----\neyJ0eXAi\n------END NATS USER JWT------\n")
+        with pytest.raises(AuthenticationError, match="USER NKEY SEED block"):
+            MeshSettings(creds=str(creds)).owner()
 
 
 class TestRefusals:

@@ -84,17 +84,17 @@ def report_log() -> HandLog:
     log = HandLog()
     log.add(subjects.agent("planner", "planner-box-1-101"), AgentStarted(agent_id="planner-box-1-101", role="planner"),
             id="start-p", at=0.0, source=PLANNER, correlation=None)  # fmt: skip
-    log.add(subjects.work("report"), TaskRequested(capability="report", input={"topic": "x"}, task_id="rpt"),
+    log.add(subjects.work("report", subjects.ANON), TaskRequested(capability="report", input={"topic": "x"}, task_id="rpt"),
             id="rpt", at=1.0, source="mesh://client/box-9", traceparent=parent("00000000000000a1"))  # fmt: skip
-    log.add(subjects.task("report", "rpt"), TaskClaimed(task_id="rpt", agent="planner-box-1-101", attempt=1),
+    log.add(subjects.task("report", subjects.ANON, "rpt"), TaskClaimed(task_id="rpt", agent="planner-box-1-101", attempt=1),
             id="claim-rpt", at=1.05, source=PLANNER, cause="rpt", traceparent=parent("00000000000000a2"))  # fmt: skip
-    log.add(subjects.task("report", "rpt"), TaskProgress(task_id="rpt", agent="planner-box-1-101", attempt=1, message="go"),
+    log.add(subjects.task("report", subjects.ANON, "rpt"), TaskProgress(task_id="rpt", agent="planner-box-1-101", attempt=1, message="go"),
             id="prog-rpt", at=1.06, source=PLANNER, cause="rpt", traceparent=parent("00000000000000a3"))  # fmt: skip
-    log.add(subjects.work("research"), TaskRequested(capability="research", input={}, task_id="r1"),
+    log.add(subjects.work("research", subjects.ANON), TaskRequested(capability="research", input={}, task_id="r1"),
             id="r1", at=1.1, source=PLANNER, cause="rpt", traceparent=parent("00000000000000a4"))  # fmt: skip
     log.add(subjects.chat("elsewhere"), TaskProgress(task_id="zz", agent="x", attempt=1),
             id="other", at=1.15, source=PLANNER, correlation="other")  # fmt: skip
-    log.add(subjects.task("research", "r1"), TaskClaimed(task_id="r1", agent="researcher-box-1-102", attempt=1),
+    log.add(subjects.task("research", subjects.ANON, "r1"), TaskClaimed(task_id="r1", agent="researcher-box-1-102", attempt=1),
             id="claim-r1", at=1.3, source=RESEARCHER, cause="r1", correlation="rpt")  # fmt: skip
     call = LlmCalled(agent="researcher", task_id="r1", call_index=0, model="gpt-4o-mini-2024",
                      request={"model": "gpt-4o-mini", "messages": []},
@@ -106,12 +106,12 @@ def report_log() -> HandLog:
     log.add(subjects.tool("researcher", "r1"),
             ToolCalled(agent="researcher", task_id="r1", call_index=0, tool="search", error="ValueError: no"),
             id=derived_id("r1", "tool/0"), at=1.65, source=RESEARCHER, cause="r1", correlation="r1")  # fmt: skip
-    log.add(subjects.task("research", "r1"), TaskCompleted(task_id="r1", agent="researcher-box-1-102", attempt=1, output="n"),
+    log.add(subjects.task("research", subjects.ANON, "r1"), TaskCompleted(task_id="r1", agent="researcher-box-1-102", attempt=1, output="n"),
             id=derived_id("r1", "completed"), at=1.7, source=RESEARCHER, cause="r1",
             traceparent=parent("00000000000000a6"))  # fmt: skip
-    log.add(subjects.work("research"), TaskRequested(capability="research", input={}, task_id="r2"),
+    log.add(subjects.work("research", subjects.ANON), TaskRequested(capability="research", input={}, task_id="r2"),
             id="r2", at=1.8, source=PLANNER, cause="rpt", traceparent=parent("00000000000000a7"))  # fmt: skip
-    log.add(subjects.task("report", "rpt"), TaskFailed(task_id="rpt", agent="planner-box-1-101", attempt=1,
+    log.add(subjects.task("report", subjects.ANON, "rpt"), TaskFailed(task_id="rpt", agent="planner-box-1-101", attempt=1,
                                              error=ErrorInfo(type="TaskError", message="r2 timed out")),
             id=derived_id("rpt", "failed"), at=2.0, source=PLANNER, cause="rpt",
             traceparent="00-garbage-not-a-traceparent")  # fmt: skip
@@ -148,11 +148,11 @@ class TestRebuild:
         assert {s.event_id for s in spans[1:]} == {r.event.id for r in causal_slice(log.records, "rpt")}
         assert "other" not in {s.event_id for s in spans} and "start-p" not in {s.event_id for s in spans}
 
-        send_report = only(spans, "send mesh.work.report")
-        process_report = only(spans, "process mesh.work.report")
-        send_r1 = only(spans, "send mesh.work.research", "r1")
-        send_r2 = only(spans, "send mesh.work.research", "r2")
-        process_r1 = only(spans, "process mesh.work.research")  # r2 was never taken: no process span
+        send_report = only(spans, "send mesh.work.report.{owner}")
+        process_report = only(spans, "process mesh.work.report.{owner}")
+        send_r1 = only(spans, "send mesh.work.research.{owner}", "r1")
+        send_r2 = only(spans, "send mesh.work.research.{owner}", "r2")
+        process_r1 = only(spans, "process mesh.work.research.{owner}")  # r2 was never taken: no process span
         chat = only(spans, "chat gpt-4o-mini")
         tool = only(spans, "execute_tool search")
         assert send_report.parent_id == root.span_id and send_report.kind is SpanKind.PRODUCER
@@ -160,7 +160,7 @@ class TestRebuild:
         assert send_r1.parent_id == send_r2.parent_id == process_report.span_id
         assert process_r1.parent_id == send_r1.span_id
         assert chat.parent_id == tool.parent_id == process_r1.span_id
-        for name in ("send mesh.task.{capability}.{task_id}", "send mesh.llm.{agent}.{task_id}", "send mesh.tool.{agent}.{task_id}"):
+        for name in ("send mesh.task.{capability}.{owner}.{task_id}", "send mesh.llm.{agent}.{task_id}", "send mesh.tool.{agent}.{task_id}"):
             assert all(s.parent_id in (process_report.span_id, process_r1.span_id) for s in by_name(spans, name))
 
         # times: sends are instants; process from the claim to the outcome; chat covers its latency
@@ -191,7 +191,7 @@ class TestRebuild:
         assert (process_r1.agent, process_r1.service) == ("researcher-box-1-102", "researcher")  # from its model call
         assert process_r1.error is None and process_r1.attributes["mesh.task.outcome"] == "completed"
         assert tool.error == "ValueError: no"
-        assert send_report.attributes["messaging.destination.name"] == "mesh.work.report"
+        assert send_report.attributes["messaging.destination.name"] == subjects.work("report", subjects.ANON)
         assert send_report.attributes["messaging.message.id"] == send_report.attributes["mesh.event.id"] == "rpt"
         assert send_report.service == "client"
 
@@ -201,7 +201,7 @@ class TestRebuild:
         assert process_report.original == send_report.original  # a replayed process span links to its producer
         assert chat.attributes["mesh.original.trace_id"] == LIVE and chat.original.span_id == 0xA5  # type: ignore[union-attr]
         no_traceparent = [only(spans, "send mesh.tool.{agent}.{task_id}"), tool]
-        invalid_traceparent = [only(spans, "send mesh.task.{capability}.{task_id}", derived_id("rpt", "failed"))]
+        invalid_traceparent = [only(spans, "send mesh.task.{capability}.{owner}.{task_id}", derived_id("rpt", "failed"))]
         for unlinked in no_traceparent + invalid_traceparent:
             assert unlinked.links == () and "mesh.original.trace_id" not in unlinked.attributes
         assert root.attributes["mesh.original.trace_ids"] == [LIVE] and root.attributes["mesh.replay.events"] == 10
@@ -216,7 +216,7 @@ class TestRebuild:
         assert [s.name for s in first] == [s.name for s in second]
         assert rebuild_traces(log.records, "nothing-like-this") == []
         task = rebuild_traces(log.records, "r1", trace_id=TRACE_ID)  # a sub-task on its own
-        assert {s.name for s in task} >= {"replay r1", "process mesh.work.research", "chat gpt-4o-mini"}
+        assert {s.name for s in task} >= {"replay r1", "process mesh.work.research.{owner}", "chat gpt-4o-mini"}
 
     def test_original_context_parses_only_valid_traceparents(self) -> None:
         assert original_context(parent("00f067aa0ba902b7")).span_id == 0x00F067AA0BA902B7  # type: ignore[union-attr]
@@ -242,10 +242,10 @@ class TestRebuild:
             assert made.instrumentation_scope.name == "agentmesh.replay"
         services = {s.name: s.resource.attributes["service.name"] for s in got}
         assert services["replay rpt"] == "mesh-replay"
-        assert services["process mesh.work.report"] == "planner" and services["chat gpt-4o-mini"] == "researcher"
-        process = next(s for s in got if s.name == "process mesh.work.research")
+        assert services["process mesh.work.report.{owner}"] == "planner" and services["chat gpt-4o-mini"] == "researcher"
+        process = next(s for s in got if s.name == "process mesh.work.research.{owner}")
         assert process.resource.attributes["mesh.agent.id"] == "researcher-box-1-102"
-        assert not next(s for s in got if s.name == "process mesh.work.report").status.is_ok
+        assert not next(s for s in got if s.name == "process mesh.work.report.{owner}").status.is_ok
         request = ExportTraceServiceRequest.FromString(encode_spans(got).SerializeToString())
         assert sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans) == len(spans)
 
@@ -311,7 +311,7 @@ class TestCliFromFile:
         (trace_id,) = {s.trace_id for s in spans}
         assert trace_id != LIVE and f"new trace {trace_id}" in out and "exported 15 replayed spans of rpt" in out
         assert all(s.attributes["mesh.replayed"] is True for s in spans)
-        send = next(s for s in spans if s.name == "send mesh.work.report")
+        send = next(s for s in spans if s.name == "send mesh.work.report.{owner}")
         assert receiver_b.links[send.span_id] == [(LIVE, "00000000000000a1")]
         assert send.attributes["mesh.original.trace_id"] == LIVE and send.service == "client"
         root = next(s for s in spans if s.name == "replay rpt")
@@ -370,14 +370,14 @@ def check_structure(spans: list[ReceivedSpan], records: list[Record], task_id: s
         return found
 
     report = process_of(task_id)
-    assert (report.name, report.kind, report.service) == ("process mesh.work.report", "CONSUMER", "planner")
+    assert (report.name, report.kind, report.service) == ("process mesh.work.report.{owner}", "CONSUMER", "planner")
     assert report.parent_id == send_of(task_id).span_id and send_of(task_id).parent_id == root.span_id
     requests = [r for r in chosen if isinstance(r.data, TaskRequested) and r.event.id != task_id]
     assert sorted(r.data.capability for r in requests) == ["research", "research", "research", "write"]  # type: ignore[attr-defined]
     for request in requests:
         sub = process_of(request.event.id)
         capability = request.data.capability  # type: ignore[attr-defined]
-        assert (sub.name, sub.kind) == (f"process mesh.work.{capability}", "CONSUMER")
+        assert (sub.name, sub.kind) == (f"process mesh.work.{capability}.{{owner}}", "CONSUMER")
         assert sub.service == {"research": "researcher", "write": "writer"}[capability]
         assert sub.parent_id == send_of(request.event.id).span_id  # process <- send <- process report
         assert send_of(request.event.id).parent_id == report.span_id
@@ -429,7 +429,7 @@ class TestEndToEnd:
         assert code == 0, err
         spans, _ = receiver_b.snapshot()
         check_structure(spans, records, task_id)
-        live_trace = next(s.trace_id for s in live if s.name == "process mesh.work.report")
+        live_trace = next(s.trace_id for s in live if s.name == "process mesh.work.report.{owner}")
         assert spans[0].trace_id != live_trace and not {s.span_id for s in spans} & {s.span_id for s in live}
         live_sends = {s.attributes["messaging.message.id"]: s for s in live if s.name.startswith("send ")}
         linked = 0
@@ -496,11 +496,11 @@ class TestRerunMakesNoLiveSpans:
         """Live, the handler's helpers make spans; under `rerun` none, and rerun still matches."""
         memory = InMemorySpanExporter()
         log = HandLog()
-        log.add(subjects.work("spanning"), TaskRequested(capability="spanning", input={}, task_id="s1"),
+        log.add(subjects.work("spanning", subjects.ANON), TaskRequested(capability="spanning", input={}, task_id="s1"),
                 id="s1", at=0.0, source="mesh://client/x", correlation="s1")  # fmt: skip
-        log.add(subjects.task("spanning", "s1"), TaskProgress(task_id="s1", agent="a", attempt=1, message="half"),
+        log.add(subjects.task("spanning", subjects.ANON, "s1"), TaskProgress(task_id="s1", agent="a", attempt=1, message="half"),
                 id=derived_id("s1", "emit/0"), at=0.1, source="mesh://agent/a", cause="s1", correlation="s1")  # fmt: skip
-        log.add(subjects.task("spanning", "s1"), TaskCompleted(task_id="s1", agent="a", attempt=1, output={"ok": True}),
+        log.add(subjects.task("spanning", subjects.ANON, "s1"), TaskCompleted(task_id="s1", agent="a", attempt=1, output={"ok": True}),
                 id=derived_id("s1", "completed"), at=0.2, source="mesh://agent/a", cause="s1", correlation="s1")  # fmt: skip
         with sdk_tracer(memory):
             with telemetry.tool_span("control"):

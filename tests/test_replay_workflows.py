@@ -61,7 +61,7 @@ class TestTimeline:
                 "mesh.task.completed"} <= set(by_type)  # fmt: skip
         root = tree.hops[0]
         assert root.depth == 0 and root.id == report and root.to_outcome is not None and root.to_outcome > 0
-        research = [h for h in tree.hops if h.type == "mesh.task.requested" and h.subject == "mesh.work.research"]
+        research = [h for h in tree.hops if h.type == "mesh.task.requested" and h.subject == "mesh.work.research.anon"]
         assert len(research) == 3 and all(h.depth == 1 and h.parent == report for h in research)
         assert {h.agent.split("-")[0] for h in tree.hops} >= {"planner", "researcher", "writer"}
         assert len(tree.agents) == 4  # the test client and three agents

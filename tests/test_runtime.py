@@ -129,7 +129,7 @@ class TestKill:
         assert outcome.data.agent.endswith(f"-{survivor.pid}")  # type: ignore[attr-defined]
         await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == task_id)  # type: ignore[attr-defined]
         assert len(completions(log, task_id)) == 1
-        on_task = [r.event.type.rsplit(".", 1)[1] for r in log.records if r.subject == subjects.task("slow", task_id)]
+        on_task = [r.event.type.rsplit(".", 1)[1] for r in log.records if r.subject == subjects.task("slow", subjects.ANON, task_id)]
         assert on_task[:2] == ["claimed", "progress"]  # the claim precedes the first effect
         claims = [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.task_id == task_id]  # type: ignore[attr-defined]
         assert claims == [1, 2]
@@ -193,7 +193,7 @@ class TestRetries:
         with pytest.raises(TaskFailedError, match="cannot handle"):
             await mesh.request("broken", {"x": 1}, timeout=20)
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
-        assert dead[0].data.reason == "handler_error" and dead[0].subject == "mesh.dead.work.broken"  # type: ignore[attr-defined]
+        assert dead[0].data.reason == "handler_error" and dead[0].subject == "mesh.dead.work.broken.anon"  # type: ignore[attr-defined]
         failed = await log.wait_for(lambda r: r.event.type == "mesh.task.failed")
         assert [r.data.attempt for r in failed] == [1]  # type: ignore[attr-defined]
 

@@ -72,8 +72,8 @@ def run_task(url: str, how: str, env: dict[str, str]) -> dict[str, Any]:
 def assert_task_spans(spans: list[dict[str, Any]]) -> None:
     """The task's send, process and invoke_agent spans, one trace, parent to child."""
     by_name = {s["name"]: s for s in spans}
-    send, process = by_name["send mesh.work.spanned"], by_name["process mesh.work.spanned"]
-    invoke, outcome = by_name["invoke_agent spanned"], by_name["send mesh.task.{capability}.{task_id}"]
+    send, process = by_name["send mesh.work.spanned.{owner}"], by_name["process mesh.work.spanned.{owner}"]
+    invoke, outcome = by_name["invoke_agent spanned"], by_name["send mesh.task.{capability}.{owner}.{task_id}"]
     assert (send["kind"], process["kind"], outcome["kind"]) == ("PRODUCER", "CONSUMER", "PRODUCER")
     assert process["parent"] == send["id"] and invoke["parent"] == process["id"]
     assert len({send["trace"], process["trace"], invoke["trace"]}) == 1

@@ -25,12 +25,12 @@ class TestSubjectTemplate:
     @pytest.mark.parametrize(
         ("subject", "template"),
         [
-            ("mesh.task.echo.t-42", "mesh.task.{capability}.{task_id}"),
+            ("mesh.task.echo.anon.t-42", "mesh.task.{capability}.{owner}.{task_id}"),
             ("mesh.board.plan.step-1", "mesh.board.{board}.{key}"),
             ("mesh.llm.researcher.0193a5c2", "mesh.llm.{agent}.{task_id}"),
             ("mesh.agent.researcher.researcher-host1-4121", "mesh.agent.{role}.{agent_id}"),
             ("mesh.dead.work.echo", "mesh.dead.{subject}"),
-            ("mesh.work.research", "mesh.work.research"),
+            ("mesh.work.research.UABC", "mesh.work.research.{owner}"),
             ("mesh.newfamily.some-id", "mesh.newfamily.{id}"),
         ],
     )
@@ -106,7 +106,7 @@ if options.get("custom"):
 provider = TracerProvider(sampler=sampler, span_limits=SpanLimits(max_span_attributes=options["limit"]))
 provider.add_span_processor(SimpleSpanProcessor(exporter))
 trace.set_tracer_provider(provider)
-with process_span("mesh.work.search", "mesh.task.requested", "e-1", options["carrier"],
+with process_span("mesh.work.search.anon", "mesh.task.requested", "e-1", options["carrier"],
                   consumer="work-search", replayed=options["replayed"]) as outer:
     with agent_span("researcher", agent_id="researcher-h-1", capability="search", task_id="t-1"):
         with chat_span("gpt-4o-mini", provider="openai", conversation_id="t-1"):
@@ -150,13 +150,13 @@ class TestWithSdk:
         result = run_with_sdk()
         assert result["sdk_span"] is True
         spans = result["by_name"]
-        process = spans["process mesh.work.search"]
+        process = spans["process mesh.work.search.{owner}"]
         assert process["kind"] == "CONSUMER" and process["parent"] == TRACEPARENT.split("-")[2]
         assert process["trace"] == TRACEPARENT.split("-")[1]
         assert process["attributes"] == {
             "messaging.system": "nats",
-            "messaging.destination.name": "mesh.work.search",
-            "messaging.destination.template": "mesh.work.search",
+            "messaging.destination.name": "mesh.work.search.anon",
+            "messaging.destination.template": "mesh.work.search.{owner}",
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
             "messaging.message.id": "e-1",
@@ -193,7 +193,7 @@ class TestWithSdk:
 
     def test_a_replay_links_to_the_original_instead_of_joining_it(self) -> None:
         """A replayed message starts a new trace that links to the producer's context."""
-        process = run_with_sdk(replayed=True)["by_name"]["process mesh.work.search"]
+        process = run_with_sdk(replayed=True)["by_name"]["process mesh.work.search.{owner}"]
         assert process["parent"] is None and process["links"] == 1
         assert process["trace"] != TRACEPARENT.split("-")[1]
         assert process["attributes"]["mesh.replayed"] is True
@@ -222,7 +222,7 @@ class TestWithSdk:
         """Only the SDK's ParentBased samplers let the helpers skip the children of an unsampled
         parent: any other sampler is asked about every span, and what it keeps is recorded."""
         result = run_with_sdk(custom=True, carrier={"traceparent": TRACEPARENT[:-2] + "00"})
-        assert result["asked"] == ["process mesh.work.search", "invoke_agent researcher", "chat gpt-4o-mini",
+        assert result["asked"] == ["process mesh.work.search.{owner}", "invoke_agent researcher", "chat gpt-4o-mini",
                                    "execute_tool web_search", "send mesh.tool.{agent}.{task_id}",
                                    "send mesh.task.{capability}.{task_id}"]  # fmt: skip
         assert list(result["by_name"]) == ["invoke_agent researcher"]

@@ -78,8 +78,8 @@ def spans(b: Bar) -> list[tuple[float, float, str]]:
 def retried_task() -> Log:
     """A task that waits, runs (claim, progress, a model call), is retried after a nak, completes."""
     log = Log()
-    req = log.add(0, subjects.work("research"), TaskRequested(capability="research", task_id="t-1", input={"q": 1}))
-    task = subjects.task("research", "t-1")
+    req = log.add(0, subjects.work("research", subjects.ANON), TaskRequested(capability="research", task_id="t-1", input={"q": 1}))
+    task = subjects.task("research", subjects.ANON, "t-1")
     log.add(200, task, TaskClaimed(task_id="t-1", agent="r-1", attempt=1, request_seq=1), cause=req)
     log.add(250, task, TaskProgress(task_id="t-1", agent="r-1", attempt=1, message="reading"), cause=req)
     log.add(500, subjects.llm("r-1", "t-1"), LlmCalled(agent="r-1", task_id="t-1", call_index=0, model="gpt-x",
@@ -97,28 +97,28 @@ def workflow() -> Log:
     started = log.add(0, flow, FlowStarted(workflow_id="wf", name="review", spec=SPEC), source="test/client")
     log.add(10, flow, FlowStepScheduled(workflow_id="wf", step="a", task_id="ta-1"))
     log.add(11, flow, FlowStepScheduled(workflow_id="wf", step="b", task_id="tb-1"))
-    ra = log.add(12, subjects.work("research"), TaskRequested(capability="research", task_id="ta-1"), cause="ev-2")
-    rb = log.add(13, subjects.work("research"), TaskRequested(capability="research", task_id="tb-1"), cause="ev-3")
+    ra = log.add(12, subjects.work("research", subjects.ANON), TaskRequested(capability="research", task_id="ta-1"), cause="ev-2")
+    rb = log.add(13, subjects.work("research", subjects.ANON), TaskRequested(capability="research", task_id="tb-1"), cause="ev-3")
     log.add(40, subjects.board("notes", "k"), BoardWritten(board="notes", key="k", value=1), cause=ra)
     log.add(45, "mesh.dead.work.research", DeadLettered(subject="mesh.work.research", reason="handler_error",
             error="ValueError: bad page", raw="", event_id=ra), cause=ra)  # fmt: skip
     fail = TaskFailed(task_id="ta-1", agent="r-1", attempt=1, request_seq=4,
                       error=ErrorInfo(type="ValueError", message="bad page"))  # fmt: skip
-    failed = log.add(50, subjects.task("research", "ta-1"), fail, cause=ra)
+    failed = log.add(50, subjects.task("research", subjects.ANON, "ta-1"), fail, cause=ra)
     log.add(60, flow, FlowStepFailed(workflow_id="wf", step="a", task_id="ta-1", error=fail.error), cause=failed)
     log.add(70, flow, FlowStepScheduled(workflow_id="wf", step="a", task_id="ta-2", attempt=2))
-    ra2 = log.add(71, subjects.work("research"), TaskRequested(capability="research", task_id="ta-2"), cause="ev-10")
-    done_a = log.add(300, subjects.task("research", "ta-2"), TaskCompleted(task_id="ta-2", agent="r-1", attempt=1,
+    ra2 = log.add(71, subjects.work("research", subjects.ANON), TaskRequested(capability="research", task_id="ta-2"), cause="ev-10")
+    done_a = log.add(300, subjects.task("research", subjects.ANON, "ta-2"), TaskCompleted(task_id="ta-2", agent="r-1", attempt=1,
                      request_seq=11), cause=ra2)  # fmt: skip
-    done_b = log.add(400, subjects.task("research", "tb-1"), TaskCompleted(task_id="tb-1", agent="r-2", attempt=1,
+    done_b = log.add(400, subjects.task("research", subjects.ANON, "tb-1"), TaskCompleted(task_id="tb-1", agent="r-2", attempt=1,
                      request_seq=5), cause=rb)  # fmt: skip
     log.add(310, flow, FlowStepCompleted(workflow_id="wf", step="a", task_id="ta-2"), cause=done_a)
     log.add(410, flow, FlowStepCompleted(workflow_id="wf", step="b", task_id="tb-1"), cause=done_b)
     log.add(420, flow, FlowStepScheduled(workflow_id="wf", step="c", task_id="tc-1"))
-    rc = log.add(421, subjects.work("write"), TaskRequested(capability="write", task_id="tc-1"), cause="ev-16")
+    rc = log.add(421, subjects.work("write", subjects.ANON), TaskRequested(capability="write", task_id="tc-1"), cause="ev-16")
     log.add(425, subjects.tool("w-1", "tc-1"), ToolCalled(agent="w-1", task_id="tc-1", call_index=0, tool="count",
             error="ToolNotGrantedError: count"), cause=rc)  # fmt: skip
-    done_c = log.add(500, subjects.task("write", "tc-1"), TaskCompleted(task_id="tc-1", agent="w-1", attempt=1,
+    done_c = log.add(500, subjects.task("write", subjects.ANON, "tc-1"), TaskCompleted(task_id="tc-1", agent="w-1", attempt=1,
                      request_seq=17), cause=rc)  # fmt: skip
     log.add(505, flow, FlowStepCompleted(workflow_id="wf", step="c", task_id="tc-1"), cause=done_c)
     log.add(510, flow, FlowCompleted(workflow_id="wf", output={"done": True}))
@@ -172,8 +172,8 @@ class TestBars:
         """`mesh.task.attempt_failed` before the retry: the retry carries its error, a red mark shows it;
         a failed model call is a red bar with its error; a cancel request is a mark and never shows its token."""
         log = Log()
-        req = log.add(0, subjects.work("research"), TaskRequested(capability="research", task_id="t-2"))
-        task = subjects.task("research", "t-2")
+        req = log.add(0, subjects.work("research", subjects.ANON), TaskRequested(capability="research", task_id="t-2"))
+        task = subjects.task("research", subjects.ANON, "t-2")
         log.add(100, subjects.llm("r-1", "t-2"), LlmFailed(agent="r-1", task_id="t-2", call_index=0, attempt=1,
                 model="gpt-x", request={}, error_type="RateLimitError", message="slow down", status=429,
                 latency_ms=40.0, retryable=True), cause=req)  # fmt: skip
@@ -202,8 +202,8 @@ class TestBars:
     def test_a_task_without_claim_ran_at_most_the_claim_delay(self) -> None:
         """No claim before the outcome: the runtime claims after 50 ms, so it waited until 50 ms before the end."""
         log = Log()
-        req = log.add(0, subjects.work("echo"), TaskRequested(capability="echo", task_id="e-1"))
-        log.add(300, subjects.task("echo", "e-1"), TaskCompleted(task_id="e-1", agent="e", attempt=1, request_seq=1),
+        req = log.add(0, subjects.work("echo", subjects.ANON), TaskRequested(capability="echo", task_id="e-1"))
+        log.add(300, subjects.task("echo", subjects.ANON, "e-1"), TaskCompleted(task_id="e-1", agent="e", attempt=1, request_seq=1),
                 cause=req)  # fmt: skip
         (task,) = build_timeline(log.records, "e-1").bars
         assert spans(task) == [(0.0, 0.25, "waiting"), (0.25, 0.3, "running")]
@@ -229,13 +229,13 @@ class TestBars:
     def test_hand_off_and_fallback(self) -> None:
         """A task passed to its fallback ends `handed_off` with the reason; the fallback is its own bar under it."""
         log = Log()
-        req = log.add(0, subjects.work("primary"), TaskRequested(capability="primary", task_id="t-9",
+        req = log.add(0, subjects.work("primary", subjects.ANON), TaskRequested(capability="primary", task_id="t-9",
                       fallback=("backup",)))  # fmt: skip
-        passed = log.add(100, subjects.work("backup"), TaskRequested(capability="backup", task_id="t-9"), cause=req)
-        log.add(101, subjects.task("primary", "t-9"), TaskHandedOff(task_id="t-9", agent="p", attempt=1,
+        passed = log.add(100, subjects.work("backup", subjects.ANON), TaskRequested(capability="backup", task_id="t-9"), cause=req)
+        log.add(101, subjects.task("primary", subjects.ANON, "t-9"), TaskHandedOff(task_id="t-9", agent="p", attempt=1,
                 capability="primary", to="backup", next_task_id="t-9", next_request_seq=2, request_seq=1,
                 reason="fallback: ValueError: primary gives up"), cause=passed)  # fmt: skip
-        log.add(300, subjects.task("backup", "t-9"), TaskCompleted(task_id="t-9", agent="b", attempt=1, request_seq=2,
+        log.add(300, subjects.task("backup", subjects.ANON, "t-9"), TaskCompleted(task_id="t-9", agent="b", attempt=1, request_seq=2,
                 capability="backup"), cause=passed)  # fmt: skip
         primary, backup = build_timeline(log.records, "t-9").bars
         assert (primary.status, primary.end) == ("handed_off", 0.101)
@@ -307,8 +307,8 @@ class TestRendering:
     def test_page_is_self_contained_and_escapes(self) -> None:
         """No URL but the SVG namespace; what events say is escaped."""
         log = Log()
-        log.add(0, subjects.work("echo"), TaskRequested(capability="echo", task_id="x-1"))
-        log.add(5, subjects.task("echo", "x-1"), TaskFailed(task_id="x-1", agent="e", attempt=1, request_seq=1,
+        log.add(0, subjects.work("echo", subjects.ANON), TaskRequested(capability="echo", task_id="x-1"))
+        log.add(5, subjects.task("echo", subjects.ANON, "x-1"), TaskFailed(task_id="x-1", agent="e", attempt=1, request_seq=1,
                 error=ErrorInfo(type="Boom", message="<script>alert(1)</script> https://evil")), cause="ev-1")  # fmt: skip
         page = render_html(build_timeline(log.records, "x-1"))
         assert "<script" not in page and "&lt;script&gt;" in page

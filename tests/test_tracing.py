@@ -91,25 +91,25 @@ class TestTaskTrace:
         assert {s.trace_id for s in task_spans} == {trace_id}
         assert {s.service for s in task_spans} == {"planner", "researcher", "writer"}
 
-        planner = one(task_spans, name="process mesh.work.report")
+        planner = one(task_spans, name="process mesh.work.report.{owner}")
         assert (planner.kind, planner.service) == ("CONSUMER", "planner")
         assert planner.parent_id == f"{root.get_span_context().span_id:016x}"
         assert planner.attributes["messaging.system"] == "nats"
-        assert planner.attributes["messaging.destination.name"] == "mesh.work.report"
+        assert planner.attributes["messaging.destination.name"] == "mesh.work.report.anon"
         assert planner.attributes["messaging.operation.type"] == "process"
         assert planner.attributes["messaging.consumer.group.name"] == "work-report"
         invoke = one(task_spans, name="invoke_agent planner")
         assert (invoke.kind, invoke.parent_id) == ("INTERNAL", planner.span_id)
 
-        research_sends = [s for s in task_spans if s.name == "send mesh.work.research"]
+        research_sends = [s for s in task_spans if s.name == "send mesh.work.research.{owner}"]
         assert len(research_sends) == 3
         assert all(s.kind == "PRODUCER" and s.parent_id == invoke.span_id for s in research_sends)
         assert all(s.service == "planner" for s in research_sends)
-        researches = [s for s in task_spans if s.name == "process mesh.work.research"]
+        researches = [s for s in task_spans if s.name == "process mesh.work.research.{owner}"]
         assert sorted(s.parent_id for s in researches) == sorted(s.span_id for s in research_sends)
         assert {s.service for s in researches} == {"researcher"}
-        write_send = one(task_spans, name="send mesh.work.write")
-        write = one(task_spans, name="process mesh.work.write")
+        write_send = one(task_spans, name="send mesh.work.write.{owner}")
+        write = one(task_spans, name="process mesh.work.write.{owner}")
         assert (write.parent_id, write.service, write.kind) == (write_send.span_id, "writer", "CONSUMER")
 
         by_id = {s.span_id: s for s in task_spans}
@@ -150,7 +150,7 @@ class TestErrorSpans:
             await mesh.request("broken", {}, timeout=30)
         await stop(agents)
         spans = await otlp.wait_for(all_stopped({"probe"}))
-        for name in ("process mesh.work.broken", "invoke_agent probe"):
+        for name in ("process mesh.work.broken.{owner}", "invoke_agent probe"):
             span = one(spans, name=name)
             assert span.status == "ERROR"
             assert span.status_message == "TaskError: broken on purpose"

@@ -95,9 +95,14 @@ class TestIds:
 class TestSubjects:
     def test_tokens_are_checked(self) -> None:
         """A capability with a dot or wildcard cannot become a subject token."""
-        assert subjects.work("echo") == "mesh.work.echo"
+        assert subjects.work("echo", subjects.ANON) == "mesh.work.echo.anon"
+        assert subjects.work_of("mesh.work.echo.anon") == ("echo", "anon") and subjects.work_of("mesh.work.echo") is None
+        assert subjects.task_of(subjects.task("echo", "UK", "t-1")) == ("echo", "UK", "t-1")
+        assert subjects.task_of("mesh.task.echo.t-1") is None and subjects.task_any("t-1") == "mesh.task.*.*.t-1"
+        with pytest.raises(ValueError, match="owner"):
+            subjects.work("echo", "a.b")
         with pytest.raises(ValueError, match="cannot be a NATS subject token"):
-            subjects.work("a.b")
+            subjects.work("a.b", subjects.ANON)
         assert subjects.dead("mesh.work.echo") == "mesh.dead.work.echo"
 
     def test_stream_keeps_history(self) -> None:

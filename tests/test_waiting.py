@@ -108,8 +108,8 @@ class TestStoredOutcome:
         subject (a late claim) is the newest."""
         task_id = "t-stored"
         done = TaskCompleted(task_id=task_id, agent="a", attempt=1, output=7)
-        await mesh.publish(subjects.task("echo", task_id), done)
-        await mesh.publish(subjects.task("echo", task_id), TaskClaimed(task_id=task_id, agent="b", attempt=2))
+        await mesh.publish(subjects.task("echo", subjects.ANON, task_id), done)
+        await mesh.publish(subjects.task("echo", subjects.ANON, task_id), TaskClaimed(task_id=task_id, agent="b", attempt=2))
         record = await mesh.outcome("echo", task_id, timeout=10)
         assert record.data == done
 
@@ -118,7 +118,7 @@ class TestStoredOutcome:
         """A watch that missed the live event (here: it never read the log at the start) finds
         the stored outcome at the next periodic re-read."""
         done = TaskCompleted(task_id="t-missed", agent="a", attempt=1, output=1)
-        await mesh.publish(subjects.task("echo", "t-missed"), done)
+        await mesh.publish(subjects.task("echo", subjects.ANON, "t-missed"), done)
         mesh.waiters.recheck_every = 0.1
         async with mesh.watch_outcome("echo", "t-missed", stored=False) as outcome:
             assert (await asyncio.wait_for(outcome, 30)).data == done
@@ -174,7 +174,7 @@ class TestReconnect:
             await proxy.cut()
             await eventually(lambda: not requester.nc.is_connected, what="the requester disconnected")
             done = TaskCompleted(task_id="t-away", agent="a", attempt=1, output="while away")
-            await mesh.publish(subjects.task("echo", "t-away"), done)
+            await mesh.publish(subjects.task("echo", subjects.ANON, "t-away"), done)
             await proxy.open()
             record = await asyncio.wait_for(waiting, 60)
             assert record.data == done

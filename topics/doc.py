@@ -9,7 +9,7 @@ import msgspec
 from topics.registry import EVENT_TYPES
 
 SUBJECTS = {
-    "task": "`mesh.work.<capability>` (requested), `mesh.task.<capability>.<task_id>`, `mesh.cancel.<task_id>` (cancel_requested)",
+    "task": "`mesh.work.<capability>.<owner>` (requested), `mesh.task.<capability>.<owner>.<task_id>`, `mesh.cancel.<task_id>` (cancel_requested)",
     "board": "`mesh.board.<board>.<key>`",
     "vote": "`mesh.vote.<proposal_id>`",
     "flow": "`mesh.flow.<workflow_id>`",
@@ -65,16 +65,31 @@ reason `missing_payload` and serves on; replay counts it as undecodable. `data` 
 handler whose output is that large fails its task with it. The bucket has no TTL: removing
 objects whose events are still in the log makes those events unreadable.
 
+## Owners: whose task it is
+
+A task's subjects name its owner, the user who submitted it: `mesh.work.<capability>.<owner>`
+for the request and `mesh.task.<capability>.<owner>.<task_id>` for its lifecycle. The owner
+token is the public key of the user's nkey (`MeshSettings.owner`, the key behind
+`--nkey`/`NATS_NKEY_SEED`), or `anon` for a user without one. The server lets a client
+publish on `mesh.work.*.<its key>` and read `mesh.task.*.<its key>.*` only (`mesh auth
+init`), so the serving agent learns whose task it is from the subject, which no one can
+forge, and no client reads another's outcomes. A hand-off or fallback keeps the owner of the
+task it passes on (its requester follows it); a sub-task (`ctx.request`, a workflow's step)
+is the asking role's own. A foreign client submits on `mesh.work.<capability>.<owner>` and
+reads `mesh.task.*.<owner>.<task_id>`.
+
 ## Hand-off task ids
 
 A step that hands its task on (`ctx.handoff`) requests the next step under the task id
 `derived_id(<event id of the request it answers>, "handoff")` (`topics.tasks.handoff_task_id`),
 with that id as the new request's event id too, and answers `mesh.task.handed_off` naming it.
 So the ids of a chain's hops follow from the first request's event id, and a requester that
-expects hand-offs subscribes to `mesh.task.*.<hop id>` before it publishes (`mesh.bus.chains`).
+expects hand-offs subscribes to `mesh.task.*.<owner>.<hop id>` before it publishes (`mesh.bus.chains`):
+a hop is the same owner's task as the request it follows.
 An agent written without the mesh may hand off under any id: a requester follows a hop it did
 not foresee from its `mesh.task.handed_off`, reading the log for it. Predictable ids give no
 one a way in: only the serving capability's role may publish on `mesh.task.<capability>.>`,
+only the owner may read `mesh.task.*.<owner>.*`,
 an answer counts only if it names the request's stream sequence, and `Nats-Msg-Id` headers
 are keyed by the publisher's secret (docs/SECURITY.md).
 

@@ -14,16 +14,20 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from topics.base import check_token
+from topics.base import check_token, is_token
 
 __all__ = [
     "STREAM",
     "ALL",
     "PRESENCE_BUCKET",
     "PAYLOAD_BUCKET",
+    "ANON",
     "work",
+    "work_any",
+    "work_of",
     "task",
     "task_any",
+    "task_of",
     "cancel",
     "CANCELS",
     "board",
@@ -55,19 +59,50 @@ LIMITS_BUCKET = "mesh-limits"  # KV: shared pools and rate limits (`mesh.coordin
 PAYLOAD_BUCKET = "mesh-payloads"  # object store: `data` too large for one message (see CloudEvent.dataref)
 
 
-def work(capability: str) -> str:
-    return f"mesh.work.{check_token('capability', capability)}"
+ANON = "anon"  # the owner token of a user without an nkey (see `owner`)
 
 
-def task(capability: str, task_id: str) -> str:
-    """A task's lifecycle under one capability: only the role serving ``capability`` may publish
-    here (`mesh auth init`), so its outcome cannot come from anyone else."""
-    return f"mesh.task.{check_token('capability', capability)}.{check_token('task id', task_id)}"
+def work(capability: str, owner: str) -> str:
+    """Where ``owner`` submits tasks to ``capability``: `mesh auth init` lets a user publish on
+    its own owner token only, so the serving agent knows from the subject, which nobody can
+    forge, whose task it is and where its outcome goes."""
+    return f"mesh.work.{check_token('capability', capability)}.{check_token('owner', owner)}"
 
 
-def task_any(task_id: str) -> str:
-    """Every capability's lifecycle subject of one task: a filter for reading, never a publish."""
-    return f"mesh.task.*.{check_token('task id', task_id)}"
+def work_any(capability: str) -> str:
+    """Every owner's tasks for ``capability``: the filter of its consumer."""
+    return f"mesh.work.{check_token('capability', capability)}.*"
+
+
+def work_of(subject: str) -> tuple[str, str] | None:
+    """`mesh.work.<capability>.<owner>` -> (capability, owner); None for any other subject."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["mesh", "work"] or not all(map(is_token, parts[2:])):
+        return None
+    return parts[2], parts[3]
+
+
+def task(capability: str, owner: str, task_id: str) -> str:
+    """A task's lifecycle under one capability, for its owner only: only the role serving
+    ``capability`` may publish here, and only ``owner`` (and agent roles) may read it (`mesh
+    auth init`), so nobody else forges its outcome or reads it."""
+    return (f"mesh.task.{check_token('capability', capability)}.{check_token('owner', owner)}."
+            f"{check_token('task id', task_id)}")  # fmt: skip
+
+
+def task_any(task_id: str, *, owner: str | None = None) -> str:
+    """Every capability's lifecycle subject of one task (of ``owner``'s, or of any owner's): a
+    filter for reading, never a publish."""
+    return f"mesh.task.*.{'*' if owner is None else check_token('owner', owner)}.{check_token('task id', task_id)}"
+
+
+def task_of(subject: str) -> tuple[str, str, str] | None:
+    """`mesh.task.<capability>.<owner>.<task id>` -> (capability, owner, task id); None for any
+    other subject."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:2] != ["mesh", "task"] or not all(map(is_token, parts[2:])):
+        return None
+    return parts[2], parts[3], parts[4]
 
 
 CANCELS = "mesh.cancel.*"  # every cancel request: what an agent serving tasks listens to
@@ -218,7 +253,7 @@ def work_consumer_config(
     return ConsumerConfig(
         name=name,
         durable_name=name,
-        filter_subject=work(capability),
+        filter_subject=work_any(capability),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait,

@@ -1,4 +1,4 @@
-"""Task events: requested on `mesh.work.<capability>`, lifecycle on `mesh.task.<capability>.<task_id>`.
+"""Task events: requested on `mesh.work.<capability>.<owner>`, lifecycle on `mesh.task.<capability>.<owner>.<task_id>`.
 
 Every lifecycle event of a run carries `request_seq`, the stream sequence of the request
 message it answers: the server assigns it, so a requester that knows the sequence of its own

@@ -87,13 +87,14 @@ def init_auth(folder: Path, agents: list[AgentRole], clients: tuple[str, ...] = 
     os.chmod(folder, stat.S_IRWXU)
     roles = [
         _role(folder, "admin", "everything: streams, consumers, KV, object store, import, snapshots",
-              lambda _inbox: admin_permissions()),
-        *(_role(folder, name, "submits tasks and reads their outcomes", client_permissions) for name in clients),
+              lambda _inbox, _owner: admin_permissions()),
+        *(_role(folder, name, "submits tasks and reads their outcomes",
+                lambda inbox, owner: client_permissions(inbox, owner=owner)) for name in clients),
     ]
     for agent in agents:
-        def derived(inbox: str, agent: AgentRole = agent) -> Permissions:
+        def derived(inbox: str, owner: str, agent: AgentRole = agent) -> Permissions:
             return agent_permissions(agent.name, agent.capabilities, agent.subscriptions, inbox, agent.emits,
-                                     agent.requests)
+                                     agent.requests, owner=owner)
 
         roles.append(_role(folder, agent.name, f"agent serving {', '.join(agent.capabilities) or 'no capability'}"
                            + (f"; subscribed to {', '.join(agent.subscriptions.values())}" if agent.subscriptions else "")
@@ -104,14 +105,14 @@ def init_auth(folder: Path, agents: list[AgentRole], clients: tuple[str, ...] = 
     return roles
 
 
-def _role(folder: Path, name: str, description: str, permissions: Callable[[str], Permissions]) -> Role:
+def _role(folder: Path, name: str, description: str, permissions: Callable[[str, str], Permissions]) -> Role:
     seed_file = folder / f"{name}.nk"
     if not seed_file.exists():
         nkeys = nkeys_module()
         _write(seed_file, bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)) + b"\n")
     public = nkey_public_key(str(seed_file))
     inbox = inbox_prefix(public)
-    return Role(name=name, description=description, public_key=public, inbox=inbox, permissions=permissions(inbox),
+    return Role(name=name, description=description, public_key=public, inbox=inbox, permissions=permissions(inbox, public),
                 seed_file=str(seed_file))  # fmt: skip
 
 

@@ -135,8 +135,11 @@ def _default_source() -> str:
 class Mesh:
     """A connection to the mesh. `async with await Mesh.connect(url) as mesh: ...`"""
 
-    def __init__(self, nc: Client, *, source: str | None = None, dedupe_key: bytes | None = None) -> None:
+    def __init__(
+        self, nc: Client, *, source: str | None = None, dedupe_key: bytes | None = None, owner: str = subjects.ANON
+    ) -> None:
         self.nc = nc
+        self.owner = owner  # whose tasks this connection submits and reads (`MeshSettings.owner`)
         self.js: JetStreamContext = nc.jetstream()
         self.source = source or _default_source()
         self._dedupe = hmac.new(dedupe_key, digestmod=hashlib.sha256) if dedupe_key else None
@@ -169,7 +172,7 @@ class Mesh:
 
         settings = settings or MeshSettings.from_env(url)
         nc = await connect(settings, on_dropped=missed, closed_cb=on_closed, reconnected_cb=on_reconnected)
-        mesh = cls(nc, source=source, dedupe_key=settings.dedupe_key())
+        mesh = cls(nc, source=source, dedupe_key=settings.dedupe_key(), owner=settings.owner())
         made.append(mesh)
         if ensure:
             await ensure_stream(mesh.js)
@@ -328,10 +331,14 @@ class Mesh:
         again publishes the same event id, which JetStream drops as a duplicate."""
         return (await self.submit_request(capability, input, **task)).task_id
 
-    async def submit_request(self, capability: str, input: Any = None, **task: Unpack[TaskOptions]) -> Submitted:
+    async def submit_request(
+        self, capability: str, input: Any = None, *, owner: str | None = None, **task: Unpack[TaskOptions]
+    ) -> Submitted:
         """`submit`, returning where the request landed too: its stream sequence is what its
         outcome names (`request_seq`), so `follow` takes that outcome and no other. A
-        duplicate (the same task id submitted again) gives the sequence of the first."""
+        duplicate (the same task id submitted again) gives the sequence of the first.
+        ``owner``: whose task it is (default: this user's; an agent handing a task on keeps its
+        requester's, which `mesh auth init` lets agent roles do and clients not)."""
         task_id, fallback, deadline = task.get("task_id"), task.get("fallback", ()), task.get("deadline")
         _check_task(capability, task_id, fallback, deadline)
         event_id = task.get("event_id") or (derived_id(task_id, "requested") if task_id else new_event_id())
@@ -339,7 +346,7 @@ class Mesh:
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
                                 max_attempts=task.get("max_attempts"), deadline=deadline,
                                 cancel_key=cancel_key_of(self.cancel_token(task_id)))  # fmt: skip
-        published = await self.publish(subjects.work(capability), request, event_id=event_id,
+        published = await self.publish(subjects.work(capability, owner or self.owner), request, event_id=event_id,
                                        correlation_id=task.get("correlation_id") or task_id,
                                        causation_id=task.get("causation_id"))  # fmt: skip
         return Submitted(task_id, capability, published.seq, published.duplicate)
@@ -377,7 +384,7 @@ class Mesh:
         answer = Answer()
         try:
             async with contextlib.AsyncExitStack() as watching_ahead:
-                async with self.waiters.watch(subjects.task(capability, task_id), answer.accept,
+                async with self.waiters.watch(subjects.task(capability, self.owner, task_id), answer.accept,
                                               stored=given if stored is None else stored and given,
                                               earlier=answer.earlier) as outcome:  # fmt: skip
                     ahead = {hop: watched for hop in hops_after(event_id, self.chains.ahead(capability))
@@ -388,7 +395,7 @@ class Mesh:
                 if submitted.duplicate:  # a request stored before: it may have gone through its hops unwatched
                     await watching_ahead.aclose()
                     ahead = {}
-                return await self._passed_on(record, deadline, capability, ahead, watching_ahead.aclose)
+                return await self._passed_on(record, deadline, self.owner, capability, ahead, watching_ahead.aclose)
         except asyncio.TimeoutError:
             raise TaskTimeoutError(task_id, capability, timeout) from None
 
@@ -396,36 +403,44 @@ class Mesh:
         """Watch every capability's subject of the hop ``task_id``, live: nothing is stored there
         yet. None when every waiter slot is taken: the hop is then followed when it comes."""
         answer = Answer()
-        outcome = await watching.enter_async_context(self.waiters.watch_if_free(subjects.task_any(task_id), answer.accept))
+        outcome = await watching.enter_async_context(self.waiters.watch_if_free(subjects.task_any(task_id, owner=self.owner),
+                                                                                answer.accept))
         return Ahead(answer, outcome) if outcome is not None else None
 
-    async def follow(self, capability: str, task_id: str, request_seq: int, *, timeout: float = 60.0) -> Record:
+    async def follow(
+        self, capability: str, task_id: str, request_seq: int, *, timeout: float = 60.0, owner: str | None = None
+    ) -> Record:
         """The outcome of the request stored at ``request_seq`` (task ``task_id`` under
         ``capability``), even if it already happened, following fallbacks and hand-offs to the
         end: a core subscription on the task's subject, then a direct get of what is stored (see
         `mesh.bus.waiting`); no consumer on the server. Only the role serving a capability may
         publish on its task subjects, and only an event naming ``request_seq`` counts, so
-        nothing another client or role publishes is taken for the outcome."""
+        nothing another client or role publishes is taken for the outcome. ``owner``: who
+        submitted it (default: this user; another's can be read with admin credentials only)."""
         deadline = asyncio.get_running_loop().time() + timeout
+        owner = owner or self.owner
         try:
-            return await self._passed_on(await self._answer(capability, task_id, request_seq, timeout), deadline)
+            answer = await self._answer(capability, owner, task_id, request_seq, timeout)
+            return await self._passed_on(answer, deadline, owner)
         except asyncio.TimeoutError:
             raise TaskTimeoutError(task_id, capability, timeout) from None
 
-    async def _answer(self, capability: str, task_id: str, request_seq: int, timeout: float) -> Record:
+    async def _answer(self, capability: str, owner: str, task_id: str, request_seq: int, timeout: float) -> Record:
         answer = Answer()
         answer.expect(request_seq)
-        async with self.waiters.watch(subjects.task(capability, task_id), answer.accept, earlier=answer.earlier) as outcome:
+        async with self.waiters.watch(subjects.task(capability, owner, task_id), answer.accept, earlier=answer.earlier) as outcome:
             return await asyncio.wait_for(outcome, timeout)
 
     async def _passed_on(
-        self, record: Record, deadline: float, capability: str | None = None, ahead: dict[str, Ahead] | None = None,
+        self, record: Record, deadline: float, owner: str, capability: str | None = None,
+        ahead: dict[str, Ahead] | None = None,
         let_go: Callable[[], Awaitable[None]] | None = None,
     ) -> Record:  # fmt: skip
         """``record``, or, while it says the task was handed off, the answer of where it went:
         from a hop watched ``ahead`` if it is one, else from a watch made now, once ``let_go``
         has ended the watches ahead (the chain left the foreseen hops: they are of no more use,
-        and their waiter slots go back before this one waits for a slot). With ``capability``
+        and their waiter slots go back before this one waits for a slot). Every hop is
+        ``owner``'s, as the request was. With ``capability``
         (the request's), how many hops it went through is remembered."""
         for hops in range(MAX_HOPS):
             if not isinstance(record.data, TaskHandedOff):
@@ -441,34 +456,41 @@ class Mesh:
                 raise asyncio.TimeoutError
             watched = ahead.get(hop.next_task_id) if ahead else None
             if watched is not None:
-                record = await watched.answer_to(subjects.task(hop.to, hop.next_task_id), hop.next_request_seq, left)
+                record = await watched.answer_to(subjects.task(hop.to, owner, hop.next_task_id), hop.next_request_seq, left)
                 continue
             if let_go is not None:
                 await let_go()
                 ahead, let_go = None, None
-            record = await self._answer(hop.to, hop.next_task_id, hop.next_request_seq, left)
+            record = await self._answer(hop.to, owner, hop.next_task_id, hop.next_request_seq, left)
         raise SchemaError(f"task {record.data.task_id}: handed off more than {MAX_HOPS} times")  # type: ignore[attr-defined]
 
-    async def outcome(self, capability: str, task_id: str, *, timeout: float = 60.0) -> Record:
+    async def outcome(
+        self, capability: str, task_id: str, *, timeout: float = 60.0, owner: str | None = None
+    ) -> Record:
         """The first outcome on the task's subject under ``capability``, of whichever request
         used its id (stored already, or once it lands), following hand-offs. For tools and
         tests that know a task id only; a requester uses `request` or `follow`, which take
-        the answer of their own request and nothing else."""
+        the answer of their own request and nothing else. ``owner``: who submitted it (default:
+        this user)."""
         deadline = asyncio.get_running_loop().time() + timeout
+        owner = owner or self.owner
         try:
-            async with self.watch_outcome(capability, task_id) as outcome:
+            async with self.watch_outcome(capability, task_id, owner=owner) as outcome:
                 record = await asyncio.wait_for(outcome, timeout)
-            return await self._passed_on(record, deadline)
+            return await self._passed_on(record, deadline, owner)
         except asyncio.TimeoutError:
             raise TaskTimeoutError(task_id, capability, timeout) from None
 
-    def watch_outcome(self, capability: str, task_id: str, *, stored: bool = True) -> AbstractAsyncContextManager[asyncio.Future[Record]]:
+    def watch_outcome(
+        self, capability: str, task_id: str, *, stored: bool = True, owner: str | None = None
+    ) -> AbstractAsyncContextManager[asyncio.Future[Record]]:
         """`async with mesh.watch_outcome(capability, task_id) as outcome: ...`: a future
         resolved with the first completion, failure, cancellation or hand-off of the task under
         ``capability``, of whichever request (for display: a requester uses `follow`). With
         ``stored`` (the default) one already in the log counts; without, only one that lands
-        once the watch is in place."""
-        return self.waiters.watch(subjects.task(capability, task_id), _is_answer, stored=stored,
+        once the watch is in place. ``owner``: who submitted it (default: this user)."""
+        subject = subjects.task(capability, owner or self.owner, task_id)
+        return self.waiters.watch(subject, _is_answer, stored=stored,
                                   earlier=_could_follow_an_answer)  # fmt: skip
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:

@@ -139,9 +139,13 @@ async def direct_get(
     stream: str = subjects.STREAM,
 ) -> RawStreamMsg | None:
     """One stored message, answered by any replica: by ``seq``; the last on ``subject``; or,
-    with ``next=True``, the first on ``subject`` at or after ``seq``. None if there is none."""
+    with ``next=True``, the first on ``subject`` at or after ``seq``. None if there is none.
+    A refused get raises `PermissionDeniedError` at once (the last on a subject is asked on
+    `$JS.API.DIRECT.GET.<stream>.<subject>`, which permissions can narrow; the others on
+    `$JS.API.DIRECT.GET.<stream>`)."""
+    asked = f"{API}.DIRECT.GET.{stream}" + (f".{subject}" if subject and seq is None else "")
     try:
-        return await js.get_msg(stream, seq=seq, subject=subject, next=next, direct=True)
+        return await guarded(js, asked, js.get_msg(stream, seq=seq, subject=subject, next=next, direct=True))
     except NotFoundError:
         return None
 

@@ -6,20 +6,26 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
 
 - every role: its own reply inbox (`_INBOX_<public key>.>`, see `settings.inbox_prefix`), so
   no user reads another's replies (pulled messages, direct gets, acknowledgements);
-- `client`: submit tasks (a JetStream publish on `mesh.work.>`) and cancel them (on
-  `mesh.cancel.*`, honoured only with the submitter's token), read outcomes (core
-  subscription on `mesh.task.>`, direct get of the last event on a `mesh.task.*.*` subject, an
-  ordered consumer filtered on one `mesh.task.*.*` subject), check the stream exists; list
-  the questions agents ask people and answer them (`mesh.ask.>` read, `mesh.answer.*` written);
+- every user submits tasks under its own owner token, its public key (`MeshSettings.owner`):
+  `mesh.work.<capability>.<owner>`, whose outcomes come back on
+  `mesh.task.<capability>.<owner>.<task id>`;
+- `client`: submit tasks (a JetStream publish on `mesh.work.*.<owner>`) and cancel them (on
+  `mesh.cancel.*`, honoured only with the submitter's token), read the outcomes of its own
+  tasks and of no one else's (core subscription on `mesh.task.*.<owner>.>`, direct get of the
+  last event on a `mesh.task.*.<owner>.*` subject, an ordered consumer filtered on one such
+  subject), check the stream exists; list the questions agents ask people and answer them
+  (`mesh.ask.>` read, `mesh.answer.*` written);
 - an agent role: pull and settle its own consumers (`work-<capability>` per capability,
   `on-<role>-<name>` per event subscription: create, info, next, ack, their max-deliveries
   advisory), publish what the runner and its context publish (`mesh.task.<capability>.>`
-  outcomes, claims and progress of its own capabilities; `mesh.work.>` sub-tasks and fallbacks; `mesh.llm.<role>.>`,
+  outcomes, claims and progress of its own capabilities, whoever's task; `mesh.work.>`
+  sub-tasks under its own owner, hand-offs and fallbacks under the task's; `mesh.llm.<role>.>`,
   `mesh.tool.<role>.>`, `mesh.dead.>`, its own `mesh.agent.<role>.>`, cancel requests on `mesh.cancel.*`),
   ask people (`mesh.ask.<role>.>`) and hear their answers (`mesh.answer.*`),
   hear cancel requests (`mesh.cancel.*`, and read those of the last hour on start), its own presence
   entries (`<role>.<agent id>`; it reads everyone's), direct gets
-  on MESH (a task's last event; by sequence for dead letters and recorded model calls), read every
+  on MESH (the last event of its own capabilities' tasks and of its own sub-tasks, and by
+  sequence for dead letters and recorded model calls), read every
   knowledge base (`mesh.knowledge.*`; adding to one is an `emits` declaration);
 - `admin`: everything (streams, consumers, KV, object store, import, snapshots).
 
@@ -33,6 +39,7 @@ from collections.abc import Mapping
 import msgspec
 
 from topics import subjects
+from topics.base import check_token
 
 __all__ = ["Permissions", "admin_permissions", "agent_permissions", "client_permissions"]
 
@@ -54,14 +61,21 @@ def admin_permissions() -> Permissions:
     return Permissions(publish=(">",), subscribe=(">",))
 
 
-def _reading_outcomes() -> tuple[str, ...]:
-    """Requests that read a task's outcome: `Mesh.last_on`, `Mesh.outcome`'s ordered consumer."""
+def _reading_outcomes(lifecycles: tuple[str, ...]) -> tuple[str, ...]:
+    """Requests that read the events of the tasks on the ``lifecycles`` subject filters
+    (`mesh.task.<capability>.<owner>.<task id>` with wildcards): `Mesh.last_on`, and the
+    ordered consumer `mesh.bus.waiting` reads a subject's earlier events with."""
     return (
         f"{_API}.STREAM.INFO.{_STREAM}",
-        f"{_API}.DIRECT.GET.{_STREAM}.mesh.task.*.*",
-        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.mesh.task.*.*",
+        *(f"{_API}.DIRECT.GET.{_STREAM}.{subject}" for subject in lifecycles),
+        *(f"{_API}.CONSUMER.CREATE.{_STREAM}.*.{subject}" for subject in lifecycles),
         f"$JS.FC.{_STREAM}.>",  # the ordered consumer's flow-control replies
     )
+
+
+def _own_tasks(owner: str) -> str:
+    """The lifecycle subjects of every task ``owner`` submitted."""
+    return f"mesh.task.*.{check_token('owner', owner)}.*"
 
 
 def _payloads() -> tuple[str, ...]:
@@ -117,12 +131,13 @@ def _answering() -> tuple[str, ...]:
     )
 
 
-def client_permissions(inbox: str) -> Permissions:
-    """Submit tasks, read their outcomes and cancel them; list and answer questions to people;
-    nothing else."""
+def client_permissions(inbox: str, *, owner: str) -> Permissions:
+    """Submit tasks as ``owner`` (the client's public key), read their outcomes (no one else's)
+    and cancel them; list and answer questions to people; nothing else."""
+    own = _own_tasks(owner)
     return Permissions(
-        publish=("mesh.work.>", subjects.CANCELS, *_reading_outcomes(), *_answering(), *_payloads()),
-        subscribe=(f"{inbox}.>", "mesh.task.>"),
+        publish=(f"mesh.work.*.{owner}", subjects.CANCELS, *_reading_outcomes((own,)), *_answering(), *_payloads()),
+        subscribe=(f"{inbox}.>", own),
     )
 
 
@@ -138,20 +153,24 @@ def _consumer(name: str, filter_subject: str) -> tuple[str, ...]:
 
 def agent_permissions(
     role: str, capabilities: tuple[str, ...], subscriptions: Mapping[str, str], inbox: str,
-    emits: tuple[str, ...] = (), requests: tuple[str, ...] | None = None,
+    emits: tuple[str, ...] = (), requests: tuple[str, ...] | None = None, *, owner: str,
 ) -> Permissions:  # fmt: skip
     """An agent role's permissions from its declarations: ``capabilities`` it serves, its
     event ``subscriptions`` (name -> subject filter), the subjects it ``emits`` (boards,
     votes, chat rooms, bids, workflows: `Agent(emits=...)`) and the capabilities it
-    ``requests`` (sub-tasks, hand-offs, fallbacks: `Agent(requests=...)`; None: any)."""
-    consumers = {subjects.work_consumer_name(c): subjects.work(c) for c in capabilities}
+    ``requests`` (sub-tasks, hand-offs, fallbacks: `Agent(requests=...)`; None: any).
+    ``owner``: the role's public key, under which it submits its own sub-tasks and reads their
+    outcomes; it reads the lifecycle of its own capabilities' tasks too, whoever's."""
+    consumers = {subjects.work_consumer_name(c): subjects.work_any(c) for c in capabilities}
+    lifecycles = (_own_tasks(owner), *(f"mesh.task.{c}.*.*" for c in capabilities))
     consumers |= {subjects.subscription_consumer_name(role, name): subject for name, subject in subscriptions.items()}
     publish: list[str] = [
         # claims, progress, completions, failures and hand-offs of its own capabilities' tasks only:
         # no other role can answer for them (see docs/SECURITY.md)
         *(f"mesh.task.{capability}.>" for capability in capabilities),
-        # sub-tasks (`ctx.request`), hand-offs and hand-overs to a fallback capability
-        *(("mesh.work.>",) if requests is None else (subjects.work(c) for c in requests)),
+        # sub-tasks (`ctx.request`), hand-offs and hand-overs to a fallback capability (these
+        # two under the task's owner: its requester follows them)
+        *(("mesh.work.>",) if requests is None else (subjects.work_any(c) for c in requests)),
         *emits,
         subjects.CANCELS,  # cancel what it started (a timed-out sub-task, a failed workflow's steps)
         f"{_API}.CONSUMER.CREATE.{_STREAM}.*.{subjects.CANCELS}",  # on start, the cancel requests it missed
@@ -171,11 +190,12 @@ def agent_permissions(
         f"$JS.FC.{_KV_STREAM}.>",
         f"{_API}.DIRECT.GET.{_STREAM}",  # by sequence: dead letters, recorded model and tool calls
         *_reading_knowledge(),
-        *_reading_outcomes(),
+        *_reading_outcomes(lifecycles),
         *_payloads(),
         *_limits(),
     ]
-    subscribe: list[str] = [f"{inbox}.>", "mesh.task.>", subjects.CANCELS, subjects.ANSWERS,  # answers it awaits
+    subscribe: list[str] = [f"{inbox}.>", *lifecycles, subjects.CANCELS,
+                            subjects.ANSWERS,  # answers it awaits
                             f"$KV.{subjects.LIMITS_BUCKET}.>"]
     for name, filter_subject in consumers.items():
         publish += _consumer(name, filter_subject)

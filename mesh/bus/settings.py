@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import msgspec
 
 from mesh.errors import AuthenticationError, ConfigError, NoServerError
 from mesh.telemetry.redact import scrub_text
+from topics import subjects
 
 __all__ = ["MeshSettings", "ServerRecord", "inbox_prefix", "mesh_home", "nkey_public_key", "nkeys_module", "read_server_record", "resolve_url", "server_urls", "shown_url"]
 
@@ -144,6 +146,16 @@ class MeshSettings:
             raise ConfigError(f"cannot use the TLS files given ({error.reason or error}); give PEM files") from None
         return context
 
+    def owner(self) -> str:
+        """This user's owner token: the public key of its nkey, given as a seed file or in its
+    `.creds` file (`subjects.ANON` without one: a user/password or token user). Its
+        tasks go on `mesh.work.<capability>.<owner>` and their outcomes come back on
+        `mesh.task.<capability>.<owner>.<task id>`; the permissions `mesh auth init` writes let a
+        user submit and read under its own public key only, as with its reply inbox."""
+        if self.nkey_seed:
+            return nkey_public_key(self.nkey_seed)
+        return nkey_public_key(self.creds, creds=True) if self.creds else subjects.ANON
+
     def dedupe_key(self) -> bytes | None:
         """The key of this user's de-duplication ids (`Mesh.msg_id`), or None without credentials.
 
@@ -174,6 +186,9 @@ class MeshSettings:
         return "this client"
 
 
+_CREDS_SEED = re.compile(rb"-{3,}BEGIN USER NKEY SEED-{3,}\s*(\S+)\s*-{3,}END USER NKEY SEED")
+
+
 def inbox_prefix(public_key: str) -> str:
     """The reply subjects of the user with ``public_key``: `_INBOX_<public key>`."""
     return f"_INBOX_{public_key}"
@@ -195,10 +210,15 @@ def nkeys_module() -> Any:
     return nkeys
 
 
-def nkey_public_key(seed_file: str) -> str:
-    """The public key of the nkey seed in ``seed_file``; the seed itself is never shown."""
+def nkey_public_key(seed_file: str, *, creds: bool = False) -> str:
+    """The public key of the nkey seed in ``seed_file`` (with ``creds``, of the seed block of
+    a `.creds` file); the seed itself is never shown."""
     nkeys = nkeys_module()
-    seed = bytearray(Path(_readable(seed_file, "--nkey seed file")).read_bytes().strip())
+    content = Path(_readable(seed_file, "--creds file" if creds else "--nkey seed file")).read_bytes()
+    if creds:
+        block = _CREDS_SEED.search(content)
+        content = block.group(1) if block else b""
+    seed = bytearray(content.strip())
     try:
         pair = nkeys.from_seed(seed)
         public = str(pair.public_key.decode())
@@ -206,7 +226,8 @@ def nkey_public_key(seed_file: str) -> str:
     except Exception as error:  # nkeys raises its own errors, binascii and nacl ones
         raise AuthenticationError(
             f"{seed_file!r} does not hold an nkey seed ({type(error).__name__}); "
-            "`mesh auth init` writes one per role (a line starting with SU)"
+            + ("a .creds file holds a USER NKEY SEED block" if creds
+               else "`mesh auth init` writes one per role (a line starting with SU)")
         ) from None
     finally:
         seed[:] = b"\0" * len(seed)

@@ -12,13 +12,11 @@ from topics.agents import Presence
 
 __all__ = ["CapabilityLoad", "capability_loads"]
 
-_WORK = "mesh.work."  # topics.subjects.work(capability) is this and the capability
-
 
 class CapabilityLoad(msgspec.Struct, frozen=True, kw_only=True):
     """One capability: tasks waiting (``pending``), delivered and not yet acknowledged
     (``in_progress``), delivered more than once (``redelivered``), and agents online serving it.
-    ``consumer`` is False for tasks stored on `mesh.work.<capability>` that no agent has ever
+    ``consumer`` is False for tasks stored on `mesh.work.<capability>.<owner>` that no agent has ever
     served (no consumer yet: the first agent to start takes them)."""
 
     capability: str
@@ -31,7 +29,7 @@ class CapabilityLoad(msgspec.Struct, frozen=True, kw_only=True):
 
 async def capability_loads(mesh: Mesh, agents: list[Presence]) -> list[CapabilityLoad]:
     """Every capability with a work consumer (its counts), then every capability with tasks stored
-    but no consumer (counted from the stream's `mesh.work.*` subjects)."""
+    but no consumer (counted from the stream's `mesh.work.*.*` subjects)."""
     serving: dict[str, int] = {}
     for presence in agents:
         for capability in presence.capabilities:
@@ -46,9 +44,10 @@ async def capability_loads(mesh: Mesh, agents: list[Presence]) -> list[Capabilit
                                         in_progress=consumer.num_ack_pending or 0,
                                         redelivered=consumer.num_redelivered or 0,
                                         agents=serving.get(capability, 0)))  # fmt: skip
-    stored = await mesh.js.stream_info(subjects.STREAM, subjects_filter=f"{_WORK}*")
-    for subject, count in sorted((stored.state.subjects or {}).items()):
-        capability = subject.removeprefix(_WORK)
-        if capability not in consumed:
-            loads.append(CapabilityLoad(capability=capability, pending=count, consumer=False))
+    stored = await mesh.js.stream_info(subjects.STREAM, subjects_filter="mesh.work.*.*")
+    unserved: dict[str, int] = {}
+    for subject, count in (stored.state.subjects or {}).items():
+        if (work := subjects.work_of(subject)) is not None and work[0] not in consumed:
+            unserved[work[0]] = unserved.get(work[0], 0) + count
+    loads += (CapabilityLoad(capability=c, pending=n, consumer=False) for c, n in sorted(unserved.items()))
     return loads

@@ -99,10 +99,10 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
                                     opt_start_seq=max(1, info.state.last_seq - last + 1))  # fmt: skip
         sub = await mesh.js.subscribe(filter_subject, cb=show, ordered_consumer=True, config=config)
         if not follow:
-            info = await sub.consumer_info()
+            consumer = await sub.consumer_info()
             # Nothing stored matches. A consumer that has delivered something already (the
             # server pushes at once) ends on its last message's pending count instead.
-            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+            if consumer.num_pending == 0 and not (consumer.delivered and consumer.delivered.consumer_seq):
                 done.set()
         try:
             await done.wait()

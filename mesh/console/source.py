@@ -251,6 +251,6 @@ def capabilities_in_log(index: LogIndex, loads: list[CapabilityLoad]) -> list[Ca
 def _capability_of(data: Any) -> str:
     if not isinstance(data, DeadLettered):
         return ""
-    if data.subject.startswith("mesh.work."):
-        return data.subject.removeprefix("mesh.work.")
+    if (work := subjects.work_of(data.subject)) is not None:
+        return work[0]
     return data.consumer.removeprefix("work-") if data.consumer.startswith("work-") else ""

@@ -15,6 +15,7 @@ from mesh.console.pages import PER_PAGE, Page, ago, e, link, pager, path_of, pre
 from mesh.console.source import AgentRow, CapabilityRow
 from mesh.projections import FlowStatus, TaskStatus, TaskView, WorkflowView
 from replay.timeline import agent_of, summarize
+from topics import subjects
 from topics.calls import LlmCalled, ToolCalled
 from topics.dead import DeadLettered
 from topics.record import Record
@@ -332,7 +333,7 @@ def _letter_of(record: Record, capability: str) -> bool:
         return True
     data = record.data
     return isinstance(data, DeadLettered) and (
-        data.subject == f"mesh.work.{capability}" or data.consumer == f"work-{capability}"
+        (subjects.work_of(data.subject) or ("",))[0] == capability or data.consumer == f"work-{capability}"
     )
 
 

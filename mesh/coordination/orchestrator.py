@@ -264,7 +264,7 @@ class Driver:
     async def _resume(
         self, capability: str, task_id: str, input: Any, correlation_id: str, cause: str, timeout: float
     ) -> Record:
-        last = await self.mesh.last_on(subjects.task(capability, task_id))
+        last = await self.mesh.last_on(subjects.task(capability, self.mesh.owner, task_id))
         request_seq = getattr(last.data, "request_seq", None) if last is not None else None
         if request_seq is None:  # nobody took it (yet): the same id dedupes, and gives the first one's sequence
             submitted = await self.mesh.submit_request(capability, input, task_id=task_id,

@@ -80,8 +80,10 @@ class Context:
         request_seq: int | None = None,
         cancelled: Callable[[], str | None] | None = None,
         deadline: str | None = None,
+        owner: str | None = None,
     ) -> None:
         self.mesh = mesh
+        self.owner = owner or mesh.owner  # whose task this is: its outcome and hand-offs go under it
         self.agent = agent
         self.agent_id = agent_id
         self.event = event
@@ -149,7 +151,7 @@ class Context:
     async def progress(self, message: str, fraction: float | None = None) -> Published:
         update = TaskProgress(task_id=self.task_id, agent=self.agent_id, attempt=self.attempt, message=message,
                               fraction=fraction, request_seq=self.request_seq)  # fmt: skip
-        return await self.emit(subjects.task(self.capability, self.task_id), update)
+        return await self.emit(subjects.task(self.capability, self.owner, self.task_id), update)
 
     async def request(
         self, capability: str, input: Any = None, *, timeout: float = 120.0, fallback: tuple[str, ...] = ()
@@ -162,7 +164,7 @@ class Context:
         sub-task the fork copied, finished."""
         event_id = self._child_id(f"request/{next(self._requested)}")
         if self.event.source.startswith(FORK_SOURCE):
-            copied = await self.mesh.last_on(subjects.task(capability, event_id))
+            copied = await self.mesh.last_on(subjects.task(capability, self.mesh.owner, event_id))
             if copied is not None and isinstance(copied.data, TaskOutcome):
                 return outcome_value(copied)
         # on a first attempt the sub-task's id (derived from this request message) was never used
@@ -196,10 +198,12 @@ class Context:
         off nothing twice), and this step's answer is `mesh.task.handed_off` naming it. Whoever
         waits for this task (`Mesh.request`, `mesh task --wait`) follows the chain to its end.
         No claim goes before it (`mesh.runtime.claims`): the hand-off is this step's answer,
-        naming the agent and attempt as a completion does, not an effect it goes on from."""
+        naming the agent and attempt as a completion does, not an effect it goes on from. The
+        next step is the same owner's task as this one, so its requester may read its outcome."""
         task_id = self._child_id("handoff") if self._scope else handoff_task_id(self.event.id)
         submitted = await self.mesh.submit_request(capability, input, task_id=task_id, event_id=task_id,
-                                                   correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+                                                   correlation_id=self.correlation_id, causation_id=self.event.id,
+                                                   owner=self.owner)  # fmt: skip
         return HandOff(capability, task_id, submitted.seq)
 
     async def workflow(self, spec: WorkflowSpec, input: Any = None, *, timeout: float | None = None) -> Any:

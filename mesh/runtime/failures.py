@@ -28,7 +28,7 @@ from mesh.runtime.worker import Worker
 from mesh.telemetry.redact import scrub_text
 from mesh.telemetry.tracing import instruments
 from topics import subjects
-from topics.base import ErrorInfo, is_token
+from topics.base import ErrorInfo, is_token, shorten
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id
 from topics.registry import decode_data
 from topics.tasks import TaskAttemptFailed, TaskFailed, TaskHandedOff, TaskOutcome, TaskRequested
@@ -42,6 +42,8 @@ __all__ = [
     "on_max_deliveries",
     "quietly",
     "reject",
+    "lifecycle",
+    "served",
     "served_capability",
     "task_failed",
 ]
@@ -65,17 +67,33 @@ def is_retryable(error: BaseException) -> bool:
     return retryable(error) or jetstream.is_transient(error)
 
 
-async def already_done(mesh: Mesh, capability: str, task_id: str, request_seq: int) -> bool:
-    """Whether the request stored at ``request_seq`` has an outcome (or was passed on) already."""
-    last = await mesh.last_on(subjects.task(capability, task_id))
+async def already_done(mesh: Mesh, work_subject: str, task_id: str, request_seq: int) -> bool:
+    """Whether the request stored at ``request_seq`` on ``work_subject`` has an outcome (or was
+    passed on) already."""
+    last = await mesh.last_on(lifecycle(work_subject, task_id))
     return (last is not None and isinstance(last.data, TaskOutcome | TaskHandedOff)
             and last.data.request_seq == request_seq)  # fmt: skip
 
 
+def served(work_subject: str) -> tuple[str, str]:
+    """The capability a request stored on ``work_subject`` (`mesh.work.<capability>.<owner>`)
+    is for, and whose it is: read from the subject (the consumer's filter, and what the server
+    let its publisher write), so always tokens, whatever the request's data says."""
+    served = subjects.work_of(work_subject)
+    if served is None:
+        raise ValueError(f"{shorten(work_subject, 200)!r} is not a work subject (mesh.work.<capability>.<owner>)")
+    return served
+
+
 def served_capability(work_subject: str) -> str:
-    """The capability a request stored on ``work_subject`` (`mesh.work.<capability>`) is for:
-    the consumer's own, so always a token, whatever the request's data says."""
-    return work_subject.removeprefix("mesh.work.")
+    return served(work_subject)[0]
+
+
+def lifecycle(work_subject: str, task_id: str) -> str:
+    """The lifecycle subject (claims, outcome, hand-off) of the task ``task_id`` requested on
+    ``work_subject``: its capability's, under its owner."""
+    capability, owner = served(work_subject)
+    return subjects.task(capability, owner, task_id)
 
 
 async def reject(worker: Worker, msg: Msg, delivery: Delivery, reason: Reason, text: str, event: CloudEvent | None) -> None:
@@ -86,7 +104,7 @@ async def reject(worker: Worker, msg: Msg, delivery: Delivery, reason: Reason, t
         stream_seq=delivery.stream_seq, deliveries=delivery.delivered, consumer=delivery.consumer, event=event,
     )  # fmt: skip
     task_id = _task_id_of(event) if event is not None else None
-    if event is not None and task_id and msg.subject.startswith("mesh.work."):
+    if event is not None and task_id and subjects.work_of(msg.subject) is not None:
         info = ErrorInfo(type=reason.value, message=text, retryable=False)
         await quietly(record_failure(worker, msg.subject, event, _request_of(event), task_id, delivery.delivered,
                                      info, delivery.stream_seq))  # fmt: skip
@@ -108,7 +126,7 @@ async def task_failed(
     task_id = task.task_id or event.id
     described = scrub_text(f"{type(error).__name__}: {error}")
     log.error("task failed", attempt=attempt, error=described, retryable=retryable)
-    request_seq, capability = delivery.stream_seq, served_capability(msg.subject)
+    request_seq, (capability, owner) = delivery.stream_seq, served(msg.subject)
     mesh = worker.mesh.scoped(request_seq)
     fallback = await _served_fallback(worker.mesh, task.fallback)
     if fallback:
@@ -116,12 +134,12 @@ async def task_failed(
             capability=fallback[0], input=task.input, task_id=task_id, fallback=fallback[1:],
             deadline=task.deadline, max_attempts=task.max_attempts,
         )  # fmt: skip
-        passed = await mesh.publish(subjects.work(fallback[0]), handover, event_id=derived_id(event.id, "fallback"),
+        passed = await mesh.publish(subjects.work(fallback[0], owner), handover, event_id=derived_id(event.id, "fallback"),
                                     correlation_id=event.correlationid or task_id, causation_id=event.id)  # fmt: skip
         handed = TaskHandedOff(task_id=task_id, agent=worker.agent_id, attempt=attempt, capability=capability,
                                to=fallback[0], next_task_id=task_id, next_request_seq=passed.seq,
                                request_seq=request_seq, reason=f"fallback: {described}"[:1000])  # fmt: skip
-        await mesh.publish(subjects.task(capability, task_id), handed, event_id=derived_id(event.id, "handed_off"),
+        await mesh.publish(lifecycle(msg.subject, task_id), handed, event_id=derived_id(event.id, "handed_off"),
                            correlation_id=event.correlationid or task_id, causation_id=passed.id)  # fmt: skip
     elif task.fallback:
         unserved = ", ".join(f"'{c}'" for c in task.fallback)
@@ -152,7 +170,7 @@ async def _attempt_failed(
     failed = TaskAttemptFailed(task_id=task_id, agent=worker.agent_id, attempt=delivery.delivered, error=info,
                                retry_in=delay, capability=capability, request_seq=delivery.stream_seq)  # fmt: skip
     await worker.mesh.scoped(delivery.stream_seq).publish(
-        subjects.task(capability, task_id), failed, event_id=derived_id(event.id, f"attempt_failed/{delivery.delivered}"),
+        lifecycle(msg.subject, task_id), failed, event_id=derived_id(event.id, f"attempt_failed/{delivery.delivered}"),
         correlation_id=event.correlationid or task_id, causation_id=event.id,
     )  # fmt: skip
 
@@ -181,7 +199,7 @@ async def record_failure(
     failed = TaskFailed(task_id=task_id, agent=worker.agent_id, attempt=attempt, error=info, capability=capability,
                         request_seq=request_seq)  # fmt: skip
     await worker.mesh.scoped(request_seq).publish(
-        subjects.task(capability, task_id), failed, event_id=derived_id(cause.id, "failed"),
+        lifecycle(subject, task_id), failed, event_id=derived_id(cause.id, "failed"),
         correlation_id=cause.correlationid or task_id, causation_id=cause.id,
     )  # fmt: skip
 
@@ -194,7 +212,7 @@ async def gave_up(
     has one, for the request stored at ``request_seq`` about to get its `mesh.task.failed`. A
     NATS failure in the hook is raised (the caller's message is tried again, as when recording
     the failure fails); any other error is logged, and the failure is recorded anyway."""
-    handler = worker.agent.handlers.get(served_capability(subject)) if subject.startswith("mesh.work.") else None
+    handler = worker.agent.handlers.get(served_capability(subject)) if subjects.work_of(subject) else None
     if handler is None or handler.on_failed is None or request is None:
         return
     failure = TaskFailure(worker.mesh.scoped(request_seq), task_id, request, info, event, request_seq)
@@ -230,9 +248,8 @@ async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
     )  # fmt: skip
     task_id = _task_id_of(event) if event else None
     seq, subject = note["stream_seq"], stored.subject or ""
-    if event is not None and task_id and subject.startswith("mesh.work."):
-        capability = served_capability(subject)
-        if not await already_done(worker.mesh, capability, task_id, seq):
+    if event is not None and task_id and subjects.work_of(subject) is not None:
+        if not await already_done(worker.mesh, subject, task_id, seq):
             info = ErrorInfo(type="MaxDeliveries", message="every delivery of the task timed out", retryable=True)
             await record_failure(worker, subject, event, _request_of(event), task_id, note.get("deliveries", 0), info, seq)
 

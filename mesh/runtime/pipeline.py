@@ -39,10 +39,18 @@ from mesh.runtime.agent import Handler, Subscription
 from mesh.runtime.claims import Claim
 from mesh.runtime.context import RUN_BUDGET, Context, HandOff
 from mesh.runtime.deadletter import Reason, diagnose, envelope_or_none
-from mesh.runtime.failures import HandlerFailed, already_done, event_failed, quietly, reject, task_failed
+from mesh.runtime.failures import (
+    HandlerFailed,
+    already_done,
+    event_failed,
+    lifecycle,
+    quietly,
+    reject,
+    served,
+    task_failed,
+)
 from mesh.runtime.worker import Worker
 from mesh.telemetry.tracing import agent_span, instruments, process_span, record_error
-from topics import subjects
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.record import Record
 from topics.tasks import TaskCancelled, TaskClaimed, TaskCompleted, TaskHandedOff, TaskRequested, request_problem
@@ -76,6 +84,16 @@ class Inbound:
         """The capability this request is served under: the consumer's (`served_capability`)."""
         assert isinstance(self.route, Handler), "a task"
         return self.route.capability
+
+    @property
+    def lifecycle(self) -> str:
+        """The task's lifecycle subject: its capability's, under the owner its work subject names."""
+        return lifecycle(self.msg.subject, self.task_id)
+
+    @property
+    def owner(self) -> str:
+        """Whose task this is: the owner token of its work subject (`MeshSettings.owner`)."""
+        return served(self.msg.subject)[1]
 
     @property
     def event(self) -> CloudEvent:
@@ -169,7 +187,7 @@ async def log_context(worker: Worker, inbound: Inbound, call_next: Next) -> None
 async def dedup(worker: Worker, inbound: Inbound, call_next: Next) -> None:
     if inbound.attempt > 1:
         instruments.redeliveries.add(1, {"capability": inbound.task.capability})
-        if await already_done(worker.mesh, inbound.capability, inbound.task_id, inbound.delivery.stream_seq):
+        if await already_done(worker.mesh, inbound.msg.subject, inbound.task_id, inbound.delivery.stream_seq):
             log.info("task already has an outcome; not running it again", attempt=inbound.attempt)
             await inbound.msg.ack()
             return
@@ -194,7 +212,7 @@ async def claim(worker: Worker, inbound: Inbound, call_next: Next) -> None:
     task_id = inbound.task_id
     claimed = TaskClaimed(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt,
                           capability=inbound.capability, request_seq=inbound.delivery.stream_seq)  # fmt: skip
-    inbound.claim = Claim(inbound.mesh(worker), subjects.task(inbound.capability, task_id), claimed,
+    inbound.claim = Claim(inbound.mesh(worker), inbound.lifecycle, claimed,
                           event_id=inbound.event_id(f"claimed/{inbound.attempt}"),
                           correlation_id=inbound.event.correlationid or task_id, causation_id=inbound.event.id)  # fmt: skip
     inbound.claim.start(after=worker.options.claim_after)
@@ -218,7 +236,7 @@ async def run_task(worker: Worker, inbound: Inbound) -> None:
     if cancelled is not None:
         await _record_cancelled(worker, inbound, cancelled)
         return
-    request_seq, subject = inbound.delivery.stream_seq, subjects.task(handler.capability, task_id)
+    request_seq, subject = inbound.delivery.stream_seq, inbound.lifecycle
     answer: TaskCompleted | TaskHandedOff
     if isinstance(output, HandOff):
         answer = TaskHandedOff(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt,
@@ -281,7 +299,7 @@ async def _record_cancelled(worker: Worker, inbound: Inbound, reason: str) -> No
     task_id = inbound.task_id
     cancelled = TaskCancelled(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt, reason=reason,
                               request_seq=inbound.delivery.stream_seq)  # fmt: skip
-    await inbound.mesh(worker).publish(subjects.task(inbound.capability, task_id), cancelled,
+    await inbound.mesh(worker).publish(inbound.lifecycle, cancelled,
                                        event_id=inbound.event_id("cancelled"),
                                        correlation_id=inbound.event.correlationid or task_id,
                                        causation_id=inbound.event.id)  # fmt: skip
@@ -346,7 +364,7 @@ def _task_context(worker: Worker, inbound: Inbound, cancelled: Callable[[], str 
         tools=partial(ToolBox, mesh, agent=worker.agent.name, granted=worker.agent.tools, task_id=task_id,
                       cause_id=event.id, attempt=attempt),
         before_effect=inbound.claim.before_effect if inbound.claim is not None else None, cancelled=cancelled,
-        deadline=inbound.task.deadline,
+        deadline=inbound.task.deadline, owner=inbound.owner,
     )  # fmt: skip
 
 

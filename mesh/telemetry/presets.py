@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 _TEMPLATES = {
-    "task": "mesh.task.{capability}.{task_id}",
+    "task": "mesh.task.{capability}.{owner}.{task_id}",
     "board": "mesh.board.{board}.{key}",
     "vote": "mesh.vote.{proposal_id}",
     "flow": "mesh.flow.{workflow_id}",
@@ -62,11 +62,15 @@ _TEMPLATES = {
 
 
 def subject_template(subject: str) -> str:
-    """`mesh.task.echo.t-42` -> `mesh.task.{capability}.{task_id}`: ids stay out of span names. Work subjects
-    keep their capability (a small, fixed set); an unknown family hides its tail."""
+    """`mesh.task.echo.anon.t-42` -> `mesh.task.{capability}.{owner}.{task_id}`: ids stay out of span
+    names. Work subjects keep their capability (a small, fixed set) and hide their owner
+    (`mesh.work.echo.{owner}`); an unknown family hides its tail."""
     parts = subject.split(".", 2)
-    if len(parts) < 3 or parts[0] != "mesh" or parts[1] == "work":
+    if len(parts) < 3 or parts[0] != "mesh":
         return subject
+    if parts[1] == "work":
+        capability = parts[2].partition(".")[0]
+        return f"mesh.work.{capability}.{{owner}}"
     return _TEMPLATES.get(parts[1], f"mesh.{parts[1]}.{{id}}")
 
 
