@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 STOPPED = "mesh.agent.stopped"
 SPAN_NAME = re.compile(
-    r"^(send|process) mesh\.(work\.[a-z0-9_-]+|[a-z]+(\.\{[a-z_]+\})+)$"
+    r"^(send|process) mesh\.(work\.[a-z0-9_-]+\.\{owner\}|[a-z]+(\.\{[a-z_]+\})+)$"
     r"|^invoke_agent [a-z0-9_-]+$|^chat [A-Za-z0-9._:-]+$|^execute_tool [A-Za-z0-9_.-]+$"
 )
 
