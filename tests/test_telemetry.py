@@ -207,7 +207,7 @@ class TestWithSdk:
         """ParentBased: under a producer that was not sampled nothing is recorded, and the
         context (flags 00) is still sent on, so the whole trace stays unsampled."""
         result = run_with_sdk(ratio=1.0, carrier={"traceparent": TRACEPARENT[:-2] + "00"})
-        assert result["recording"] is False and result["by_name"].keys() == {"send mesh.task.{capability}.{task_id}"}
+        assert result["recording"] is False and result["by_name"].keys() == {"send mesh.task.{capability}.{owner}.{task_id}"}
         parent = result["headers"]["traceparent"].split("-")
         assert parent[1] == TRACEPARENT.split("-")[1] and parent[3] == "00"
 
@@ -224,6 +224,6 @@ class TestWithSdk:
         result = run_with_sdk(custom=True, carrier={"traceparent": TRACEPARENT[:-2] + "00"})
         assert result["asked"] == ["process mesh.work.search.{owner}", "invoke_agent researcher", "chat gpt-4o-mini",
                                    "execute_tool web_search", "send mesh.tool.{agent}.{task_id}",
-                                   "send mesh.task.{capability}.{task_id}"]  # fmt: skip
+                                   "send mesh.task.{capability}.{owner}.{task_id}"]  # fmt: skip
         assert list(result["by_name"]) == ["invoke_agent researcher"]
         assert result["by_name"]["invoke_agent researcher"]["trace"] == TRACEPARENT.split("-")[1]

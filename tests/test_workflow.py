@@ -18,11 +18,13 @@ import msgspec
 import pytest
 
 from mesh import ConfigError, Mesh
+from mesh.bus.connection import live_agents
 from mesh.coordination.orchestrator import Fail, Finish, Schedule, decide, spec_of, step_task_id
 from mesh.coordination.templates import references, resolve
 from mesh.coordination.workflow import Flow, Workflows, WorkflowSpec, default_output, load, parse
 from mesh.errors import TemplateError, WorkflowFailedError
 from mesh.projections import WORKFLOWS, WorkflowView, fold
+from mesh.testing.eventlog import eventually
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from topics import CloudEvent, Event, Record, decode_data, encode_data
@@ -336,6 +338,8 @@ class TestCli:
         for target in ("agents.orchestrator:agent", "agents.researcher:agent", "agents.researcher:agent",
                        "agents.writer:agent"):  # fmt: skip
             await agents.start(target)
+        async with await Mesh.connect(nats_url) as mesh:  # presence lands after the start event: no false warning
+            await eventually(lambda: _serving(mesh, {"workflow", "research", "write"}), timeout=30, what="presence")
         command = [sys.executable, "-m", "mesh", "flow", "run", "report",
                    "--input", '{"topic": "tea"}', "--follow", "--nats", nats_url]  # fmt: skip
         done = await asyncio.to_thread(subprocess.run, command, cwd=tmp_path, capture_output=True, text=True, timeout=90)
@@ -344,3 +348,8 @@ class TestCli:
         assert report["title"] == "Report: tea" and len(report["sections"]) == 3
         assert "scheduled" in done.stderr and "workflow completed" in done.stderr and "!" not in done.stderr
         assert done.stderr.count("✓") == 4 + 1 - 1  # four steps completed (the ending line is ■)
+
+
+async def _serving(mesh: Mesh, capabilities: set[str]) -> bool:
+    """Whether live agents (presence) serve every one of ``capabilities``."""
+    return capabilities <= {c for agent in await live_agents(mesh.js) for c in agent.capabilities}
