@@ -11,7 +11,7 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
   `mesh.task.<capability>.<owner>.<task id>`;
 - `client`: submit tasks (a JetStream publish on `mesh.work.*.<owner>`) and cancel them (on
   `mesh.cancel.*`, honoured only with the submitter's token), read the outcomes of its own
-  tasks and of no one else's (core subscription on `mesh.task.*.<owner>.>`, direct get of the
+  tasks and of no one else's (core subscription on `mesh.task.*.<owner>.*`, direct get of the
   last event on a `mesh.task.*.<owner>.*` subject, an ordered consumer filtered on one such
   subject), check the stream exists; list the questions agents ask people and answer them
   (`mesh.ask.>` read, `mesh.answer.*` written);
