@@ -165,7 +165,7 @@ class _FoldSink:
         held, self.held = self.held, []
         for seq, subject, event in held:
             try:
-                self.fold(seq, subject, await payloads.inline(mesh.js, event))
+                self.fold(seq, subject, await payloads.inline(mesh.js, event, subject))
             except MissingPayloadError:
                 self.undecodable += 1
 

@@ -18,9 +18,10 @@ import msgspec
 import pytest
 
 from mesh.bus import jetstream
+from mesh.bus.auth import payload_buckets
 from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents, presence_bucket
-from mesh.bus.payloads import payload_bucket
+from mesh.bus.payloads import create_buckets, payload_bucket
 from mesh.bus.server import LocalServer, start_server
 from mesh.bus.settings import MeshSettings
 from mesh.coordination.limits import Pool, RateLimit, limits_bucket
@@ -31,7 +32,7 @@ from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects
 from topics.agents import AgentStopped
-from topics.envelope import derived_id
+from topics.envelope import decode_envelope, derived_id
 from topics.flows import FlowStarted
 from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed, TaskHandedOff
 
@@ -101,7 +102,7 @@ async def secured_server(tmp_path: Path, *agents: str, clients: tuple[str, ...])
                           extra_args=["-c", str(auth / "auth.conf")])  # fmt: skip
     admin = await Mesh.connect(settings=MeshSettings(url=server.url, nkey_seed=str(auth / "admin.nk")))
     await presence_bucket(admin.js)
-    await payload_bucket(admin.js)
+    await create_buckets(admin.js, payload_buckets(auth))
     log = EventLog(admin)
     await log.start()
     processes = AgentProcesses(server.url, log, tmp_path)
@@ -118,15 +119,36 @@ class TestRolesAtWork:
     """With the generated permissions, a client's task is done by an agent of its role."""
 
     async def test_data_too_large_for_one_message_goes_both_ways(self, secured: Secured) -> None:
-        """A client's input and the agent's output, each over max_payload, travel through the object store."""
+        """A client's input and the agent's output, each over max_payload, travel through the
+        object store: the client's own bucket, which another client may not read or write."""
         await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))
-        client = await secured.connect("client")
-        try:
+        async with await secured.connect("client") as client, await secured.connect("mallory") as mallory:
             big = {"text": "x" * (3 * client.nc.max_payload)}
-            assert await client.request("echo", big, timeout=60) == big
-        finally:
-            await client.close()
-        assert secured.violations() == []
+            assert await client.request("echo", big, timeout=60, task_id="big-1") == big
+            bucket = subjects.owner_payload_bucket(client.owner)
+            log = secured.agents.log
+            await log.wait_for(lambda r: r.event.type == "mesh.task.completed", timeout=20)
+            refs = [ref for _, body in log.raw if (ref := decode_envelope(body).dataref)]
+            assert len(refs) == 2 and all(ref.startswith(f"nats-os://{bucket}/") for ref in refs), refs
+            stored = await payload_bucket(client.js, bucket, create=False)
+            assert len((await stored.get(refs[0].rsplit("/", 1)[1])).data or b"") > 3 * client.nc.max_payload
+            with pytest.raises(PermissionDeniedError, match=bucket):
+                await payload_bucket(mallory.js, bucket, create=False)
+            with pytest.raises(PermissionDeniedError, match=subjects.PAYLOAD_BUCKET):
+                await payload_bucket(mallory.js, subjects.PAYLOAD_BUCKET, create=False)  # agents' model calls and boards
+            assert await mallory.request("echo", big, timeout=60) == big  # its own large data: its own bucket
+        assert [line for line in secured.violations() if secured.owner("mallory") not in line] == []  # only its refusals
+
+    async def test_auth_buckets_creates_the_users_buckets_as_admin(self, secured: Secured) -> None:
+        """`mesh auth buckets` (admin) creates a user's payload bucket that is gone; as a client it fails, saying why."""
+        bucket = subjects.owner_payload_bucket(secured.owner("client"))
+        assert await secured.admin.js.delete_object_store(bucket)
+        url, folder = secured.server.url, str(secured.auth)
+        code, out, err = await cli("auth", "buckets", "--dir", folder, "--nats", url, "--nkey", str(secured.auth / "client.nk"))
+        assert code == 1 and "admin" in err and "Traceback" not in err, err
+        code, out, err = await cli("auth", "buckets", "--dir", folder, "--nats", url, "--nkey", str(secured.auth / "admin.nk"))
+        assert code == 0 and bucket in out.split(), err
+        await payload_bucket(secured.admin.js, bucket, create=False)
 
     async def test_client_task_completed_by_agent(self, secured: Secured) -> None:
         agent = await secured.agents.start("agents.echo:agent", "--nkey", str(secured.auth / "echo.nk"))

@@ -105,6 +105,6 @@ class TestHostileInput:
         assert await mesh.request("echo", big, timeout=20) == big
         (completed,) = await log.wait_for(lambda r: r.event.type == "mesh.task.completed", timeout=20)
         assert completed.data.output == big  # type: ignore[attr-defined]
-        assert any(b'"dataref":"nats-os://mesh-payloads/' in body for _, body in log.raw)
+        assert any(b'"dataref":"nats-os://mesh-payloads-anon/' in body for _, body in log.raw)
         assert await mesh.request("echo", {"after": "big"}, timeout=20) == {"after": "big"}
         assert proc.poll() is None, agents.output(proc)

@@ -334,8 +334,9 @@ class TestUnderAuthentication:
         """With `mesh auth init` users: the librarian (emits mesh.knowledge.*) adds, the reader (no
         declaration) searches, for a client's tasks, with no permission violation; the client itself
         may not search a base."""
+        from mesh.bus.auth import payload_buckets
         from mesh.bus.connection import presence_bucket
-        from mesh.bus.payloads import payload_bucket
+        from mesh.bus.payloads import create_buckets
         from mesh.bus.server import start_server
         from mesh.bus.settings import MeshSettings, nkey_public_key
         from mesh.errors import PermissionDeniedError
@@ -356,7 +357,7 @@ class TestUnderAuthentication:
         agents = AgentProcesses(server.url, log, tmp_path)
         try:
             await presence_bucket(admin.js)
-            await payload_bucket(admin.js)
+            await create_buckets(admin.js, payload_buckets(auth))
             await log.start()
             for role in ("librarian", "reader"):
                 await agents.start(f"knowledge:{role}", "--nkey", str(auth / f"{role}.nk"), env=env)

@@ -46,7 +46,7 @@ class TestLargePayloads:
         await log.wait_for(lambda r: r.event.type == "mesh.task.completed", timeout=20)
         for event_type in ("mesh.task.requested", "mesh.task.completed"):
             (event,) = stored(log, event_type)
-            assert event.dataref == f"nats-os://mesh-payloads/{event.id}" and bytes(event.data) == b"null"
+            assert event.dataref == f"nats-os://mesh-payloads-anon/{event.id}" and bytes(event.data) == b"null"
             assert event.datasize is not None and event.datasize > 3 * mesh.nc.max_payload
         assert proc.poll() is None, agents.output(proc)
 
@@ -82,9 +82,10 @@ class TestLargePayloads:
         assert proc.poll() is None, agents.output(proc)
 
     @pytest.mark.parametrize(("ref", "named"), [
-        ("nats-os://mesh-payloads/never-stored", "never-stored"),  # no such object
+        ("nats-os://mesh-payloads-anon/never-stored", "never-stored"),  # no such object
         ("nats-os://mesh-snapshots/tasks", "mesh-snapshots"),  # another store: never read through a dataref
-        ("nats-os://mesh-payloads/big", "bytes"),  # an object larger than the event says: not read at all
+        ("nats-os://mesh-payloads/big", "mesh-payloads-anon"),  # another bucket than the task owner's, though the object is there
+        ("nats-os://mesh-payloads-anon/big", "bytes"),  # an object larger than the event says: not read at all
     ])  # fmt: skip
     async def test_a_missing_object_is_dead_lettered_once(
         self, mesh: Mesh, agents: AgentProcesses, log: EventLog, ref: str, named: str
@@ -92,8 +93,8 @@ class TestLargePayloads:
         """A task whose dataref names no object of ours, or not the one it describes, gets one
         `missing_payload` dead letter; the agent serves on."""
         proc = await agents.start("agents.echo:agent")
-        store = await payloads.payload_bucket(mesh.js)
-        await store.put("big", b"x" * 100_000)
+        for bucket in (subjects.PAYLOAD_BUCKET, subjects.owner_payload_bucket(subjects.ANON)):
+            await (await payloads.payload_bucket(mesh.js, bucket)).put("big", b"x" * 100_000)
         event = CloudEvent(specversion="1.0", id="gone-1", source="test", type="mesh.task.requested",
                            time=now_rfc3339(), dataref=ref, datasize=10)  # fmt: skip
         ack = await mesh.js.publish(subjects.work("echo", subjects.ANON), encode_envelope(event), headers={"Nats-Msg-Id": event.id})

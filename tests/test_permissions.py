@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.bus.auth import AgentRole, auth_config, init_auth
+from mesh.bus.auth import AgentRole, auth_config, init_auth, payload_buckets
 from mesh.bus.permissions import Permissions, agent_permissions, client_permissions
 from mesh.bus.refusals import Refusals, parse_violation
 from mesh.bus.settings import MeshSettings, nkey_public_key
@@ -65,8 +65,30 @@ class TestClientPermissions:
             assert not allows(p.subscribe, subject), subject
 
 
+    def test_large_data_in_its_own_bucket_only(self) -> None:
+        """The object store of its own tasks' data, and the people's; no other user's, not the agents'."""
+        p = client_permissions(INBOX, owner=OWNER)
+        for bucket in (f"mesh-payloads-{OWNER}", "mesh-payloads-people"):
+            for subject in (f"$O.{bucket}.C.x1", f"$JS.API.STREAM.INFO.OBJ_{bucket}", f"$JS.API.CONSUMER.CREATE.OBJ_{bucket}"):
+                assert allows(p.publish, subject), subject
+        for bucket in (f"mesh-payloads-{OTHER}", "mesh-payloads"):
+            for subject in (f"$O.{bucket}.C.x1", f"$O.{bucket}.M.x1", f"$JS.API.STREAM.INFO.OBJ_{bucket}",
+                            f"$JS.API.CONSUMER.CREATE.OBJ_{bucket}", f"$JS.API.DIRECT.GET.OBJ_{bucket}.$O.{bucket}.M.x1",
+                            f"$JS.API.STREAM.CREATE.OBJ_{bucket}"):  # fmt: skip
+                assert not allows(p.publish, subject), subject
+
+
 class TestAgentPermissions:
     """An agent role consumes its own consumers and publishes what its runner publishes."""
+
+    def test_large_data_of_every_user_it_serves(self) -> None:
+        """The shared and the people's buckets, its own, and those of the ``owners`` `mesh auth init` knows."""
+        p = agent_permissions("echo", ("echo",), {}, INBOX, owner=OWNER, owners=(OTHER,))
+        for bucket in ("mesh-payloads", "mesh-payloads-people", f"mesh-payloads-{OWNER}", f"mesh-payloads-{OTHER}"):
+            assert allows(p.publish, f"$O.{bucket}.C.x1") and allows(p.publish, f"$JS.API.CONSUMER.CREATE.OBJ_{bucket}")
+        for subject in ("$O.mesh-payloads-UNKNOWN.C.x1", "$JS.API.CONSUMER.CREATE.OBJ_mesh-payloads-UNKNOWN",
+                        "$JS.API.STREAM.CREATE.OBJ_mesh-payloads"):  # fmt: skip
+            assert not allows(p.publish, subject), subject
 
     def test_consumes_its_capabilities_and_subscriptions(self) -> None:
         p = agent_permissions("echo", ("echo",), {"bids": "mesh.bid.*"}, INBOX, owner=OWNER)
@@ -151,6 +173,18 @@ class TestInitAuth:
             seed = Path(role.seed_file).read_text().strip()
             assert seed.startswith("SU") and seed not in config and role.public_key in config
             assert nkey_public_key(role.seed_file) == role.public_key
+
+    def test_agents_may_use_every_users_payload_bucket(self, tmp_path: Path) -> None:
+        """Each agent role is granted every user's bucket; `payload_buckets` lists what admin creates."""
+        roles = init_auth(tmp_path, [AgentRole("echo", ("echo",))], clients=("alice", "bob"))
+        echo = roles[-1]
+        for role in roles:
+            assert allows(echo.permissions.publish, f"$O.mesh-payloads-{role.public_key}.C.x1"), role.name
+        assert payload_buckets(tmp_path) == ["mesh-payloads", "mesh-payloads-people",
+                                             *(f"mesh-payloads-{r.public_key}" for r in roles)]  # fmt: skip
+        (tmp_path / "roles.json").write_text("{not json")
+        with pytest.raises(ConfigError, match="mesh auth init"):
+            payload_buckets(tmp_path)
 
     def test_keeps_existing_seeds(self, tmp_path: Path) -> None:
         first = init_auth(tmp_path, [])

@@ -99,6 +99,10 @@ class TestSubjects:
         assert subjects.work_of("mesh.work.echo.anon") == ("echo", "anon") and subjects.work_of("mesh.work.echo") is None
         assert subjects.task_of(subjects.task("echo", "UK", "t-1")) == ("echo", "UK", "t-1")
         assert subjects.task_of("mesh.task.echo.t-1") is None and subjects.task_any("t-1") == "mesh.task.*.*.t-1"
+        assert subjects.payload_bucket_of("mesh.work.echo.UK") == subjects.payload_bucket_of("mesh.task.echo.UK.t-1") == "mesh-payloads-UK"
+        assert subjects.payload_bucket_of("mesh.ask.writer.q1") == subjects.payload_bucket_of("mesh.answer.q1") == "mesh-payloads-people"
+        for shared in ("mesh.llm.echo.t-1", "mesh.board.b.k", "mesh.dead.work.echo.UK", "mesh.work.echo", "other"):
+            assert subjects.payload_bucket_of(shared) == "mesh-payloads", shared
         with pytest.raises(ValueError, match="owner"):
             subjects.work("echo", "a.b")
         with pytest.raises(ValueError, match="cannot be a NATS subject token"):

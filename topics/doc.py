@@ -36,9 +36,16 @@ frozen msgspec Struct in `topics/`. This page is generated from those Structs:
 ## Large payloads: `dataref`
 
 An event whose `data` would not fit one NATS message (body plus headers over the server's
-`max_payload`, 1 MiB by default) is published with its `data` in the JetStream object store
-bucket `mesh-payloads` (created on first use, with the stream's replicas, `MESH_REPLICAS`) and a
-reference in the envelope, after CloudEvents' Claim Check extension:
+`max_payload`, 1 MiB by default) is published with its `data` in a JetStream object store
+bucket and a reference in the envelope, after CloudEvents' Claim Check extension. The bucket
+follows from the event's subject, so that the data is as readable as the subject
+(`topics.subjects.payload_bucket_of`): `mesh-payloads-<owner>` for a task's request and
+lifecycle (`mesh.work.<capability>.<owner>`, `mesh.task.<capability>.<owner>.<id>`),
+`mesh-payloads-people` for questions and answers (`mesh.ask.>`, `mesh.answer.*`), and
+`mesh-payloads` for every other subject. Without authentication a bucket is created on first
+use, with the stream's replicas (`MESH_REPLICAS`); with `mesh auth init` users, admin creates
+them (`mesh up --auth`, `mesh auth buckets`). A reference to any other bucket than the
+subject's is not followed.
 
 - `dataref`: `nats-os://<bucket>/<object>`; the object is named after the event id, so a
   redelivered publish of the same event finds its object and writes nothing new;
@@ -50,7 +57,7 @@ reference in the envelope, after CloudEvents' Claim Check extension:
 {"specversion":"1.0","id":"0193a5c2-7d1e-7a6b-9c3d-2f1e0d9c8b7a","source":"mesh://client/vm-6677",
  "type":"mesh.task.completed","time":"2026-12-02T07:41:58.706168Z","correlationid":"t-42",
  "causationid":"0193a5c1-0000-7000-8000-000000000001",
- "dataref":"nats-os://mesh-payloads/0193a5c2-7d1e-7a6b-9c3d-2f1e0d9c8b7a","datasize":2000088,
+ "dataref":"nats-os://mesh-payloads-anon/0193a5c2-7d1e-7a6b-9c3d-2f1e0d9c8b7a","datasize":2000088,
  "datasha256":"8ff38ca0ae47ee7a1f7596b459b8ccecaaa69dea2777669c30922b9c39779575","data":null}
 ```
 
@@ -58,7 +65,7 @@ Every reader in the mesh resolves the reference (`mesh.bus.payloads.resolve`) an
 ordinary event: agents get the real input, `Mesh.request`/`outcome` and `mesh task --wait` the
 real output, `mesh tail`, `Follow`/`read`, projections and replay the real data, and
 `mesh replay export` writes it inline so the file stands alone. A foreign client reads the
-object with `js.object_store("mesh-payloads").get("<object>")` (README). An object that is gone
+object with `js.object_store("<bucket>").get("<object>")`, both taken from the `dataref` (README). An object that is gone
 or does not match `datasize`/`datasha256` is an error: an agent dead-letters the event once with
 reason `missing_payload` and serves on; replay counts it as undecodable. `data` larger than
 `MESH_MAX_PAYLOAD_OBJECT` bytes (default 64 MiB) is refused with `PayloadTooLargeError`, and a

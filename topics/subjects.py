@@ -21,6 +21,9 @@ __all__ = [
     "ALL",
     "PRESENCE_BUCKET",
     "PAYLOAD_BUCKET",
+    "PEOPLE_PAYLOAD_BUCKET",
+    "owner_payload_bucket",
+    "payload_bucket_of",
     "ANON",
     "work",
     "work_any",
@@ -57,6 +60,7 @@ ALL = "mesh.>"
 PRESENCE_BUCKET = "mesh-presence"
 LIMITS_BUCKET = "mesh-limits"  # KV: shared pools and rate limits (`mesh.coordination.limits`)
 PAYLOAD_BUCKET = "mesh-payloads"  # object store: `data` too large for one message (see CloudEvent.dataref)
+PEOPLE_PAYLOAD_BUCKET = "mesh-payloads-people"  # the same, for questions to people and their answers
 
 
 ANON = "anon"  # the owner token of a user without an nkey (see `owner`)
@@ -103,6 +107,24 @@ def task_of(subject: str) -> tuple[str, str, str] | None:
     if len(parts) != 5 or parts[:2] != ["mesh", "task"] or not all(map(is_token, parts[2:])):
         return None
     return parts[2], parts[3], parts[4]
+
+
+def owner_payload_bucket(owner: str) -> str:
+    """The object store for the large data of ``owner``'s tasks (inputs and outcomes)."""
+    return f"{PAYLOAD_BUCKET}-{check_token('owner', owner)}"
+
+
+def payload_bucket_of(subject: str) -> str:
+    """Which object store holds the offloaded `data` of an event on ``subject``: a bucket is
+    readable by whoever may read the subject (`mesh auth init`), so a task's data is in its
+    owner's bucket, questions and answers in the people's, everything else (read by agent
+    roles only) in the shared one. Writer and reader both derive it from the subject."""
+    parts = subject.split(".", 4)
+    if len(parts) >= 4 and parts[0] == "mesh" and parts[1] in ("work", "task") and is_token(parts[3]):
+        return owner_payload_bucket(parts[3])
+    if len(parts) >= 2 and parts[0] == "mesh" and parts[1] in ("ask", "answer"):
+        return PEOPLE_PAYLOAD_BUCKET
+    return PAYLOAD_BUCKET
 
 
 CANCELS = "mesh.cancel.*"  # every cancel request: what an agent serving tasks listens to

@@ -8,6 +8,10 @@ Writes into one folder (mode 0700, files 0600):
 - `<role>.nk`: each role's seed, the secret a process proves its role with (`--nkey FILE`);
 - `roles.json`: each role's public key, inbox prefix and permissions, for people and tools.
 
+Every agent role may serve every user's tasks, so it is granted every user's payload bucket:
+adding a user means running `mesh auth init` again (which rewrites `auth.conf`), reloading
+the server, and creating the new bucket (`mesh auth buckets`).
+
 A role whose seed file exists keeps it, so adding an agent role does not replace the others.
 """
 
@@ -25,9 +29,10 @@ import msgspec
 from mesh.bus.permissions import Permissions, admin_permissions, agent_permissions, client_permissions
 from mesh.bus.settings import inbox_prefix, nkey_public_key, nkeys_module
 from mesh.errors import ConfigError
+from topics import subjects
 from topics.base import is_token
 
-__all__ = ["AgentRole", "Role", "auth_config", "init_auth", "DEFAULT_FOLDER"]
+__all__ = ["AgentRole", "Role", "auth_config", "init_auth", "payload_buckets", "DEFAULT_FOLDER"]
 
 DEFAULT_FOLDER = Path(".mesh") / "auth"
 CONFIG = "auth.conf"
@@ -85,18 +90,20 @@ def init_auth(folder: Path, agents: list[AgentRole], clients: tuple[str, ...] = 
             raise ConfigError(f"client {name!r} is given twice, is reserved (admin) or is not a plain name")
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, stat.S_IRWXU)
+    keys = {name: _key(folder, name) for name in ("admin", *clients, *names)}
+    owners = tuple(public for public, _ in keys.values())  # whose tasks (and payload buckets) agents serve
     roles = [
-        _role(folder, "admin", "everything: streams, consumers, KV, object store, import, snapshots",
+        _role(keys, "admin", "everything: streams, consumers, KV, object store, import, snapshots",
               lambda _inbox, _owner: admin_permissions()),
-        *(_role(folder, name, "submits tasks and reads their outcomes",
+        *(_role(keys, name, "submits tasks and reads their outcomes",
                 lambda inbox, owner: client_permissions(inbox, owner=owner)) for name in clients),
     ]
     for agent in agents:
         def derived(inbox: str, owner: str, agent: AgentRole = agent) -> Permissions:
             return agent_permissions(agent.name, agent.capabilities, agent.subscriptions, inbox, agent.emits,
-                                     agent.requests, owner=owner)
+                                     agent.requests, owner=owner, owners=owners)
 
-        roles.append(_role(folder, agent.name, f"agent serving {', '.join(agent.capabilities) or 'no capability'}"
+        roles.append(_role(keys, agent.name, f"agent serving {', '.join(agent.capabilities) or 'no capability'}"
                            + (f"; subscribed to {', '.join(agent.subscriptions.values())}" if agent.subscriptions else "")
                            + (f"; emits on {', '.join(agent.emits)}" if agent.emits else ""),
                            derived))  # fmt: skip
@@ -105,12 +112,34 @@ def init_auth(folder: Path, agents: list[AgentRole], clients: tuple[str, ...] = 
     return roles
 
 
-def _role(folder: Path, name: str, description: str, permissions: Callable[[str, str], Permissions]) -> Role:
+def payload_buckets(folder: Path) -> list[str]:
+    """The object store buckets a deployment set up by `mesh auth init` in ``folder`` needs:
+    the shared and the people's, and one per user (`topics.subjects.payload_bucket_of`)."""
+    path = folder / SUMMARY
+    try:
+        roles = msgspec.json.decode(path.read_bytes(), type=dict[str, Role])
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise ConfigError(f"{path}: cannot read the roles `mesh auth init` wrote ({error}); run `mesh auth init --dir {folder}`") from None
+    buckets = [subjects.PAYLOAD_BUCKET, subjects.PEOPLE_PAYLOAD_BUCKET]
+    for role in roles.values():
+        if not is_token(role.public_key):
+            raise ConfigError(f"{path}: role {role.name[:80]!r} has no usable public key; run `mesh auth init --dir {folder}`")
+        buckets.append(subjects.owner_payload_bucket(role.public_key))
+    return buckets
+
+
+def _key(folder: Path, name: str) -> tuple[str, Path]:
+    """The public key and seed file of role ``name``, its seed written if it has none yet."""
     seed_file = folder / f"{name}.nk"
     if not seed_file.exists():
         nkeys = nkeys_module()
         _write(seed_file, bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)) + b"\n")
-    public = nkey_public_key(str(seed_file))
+    return nkey_public_key(str(seed_file)), seed_file
+
+
+def _role(keys: Mapping[str, tuple[str, Path]], name: str, description: str,
+          permissions: Callable[[str, str], Permissions]) -> Role:  # fmt: skip
+    public, seed_file = keys[name]
     inbox = inbox_prefix(public)
     return Role(name=name, description=description, public_key=public, inbox=inbox, permissions=permissions(inbox, public),
                 seed_file=str(seed_file))  # fmt: skip

@@ -1,6 +1,11 @@
 """Large payloads: `data` that would not fit one NATS message is kept in the JetStream object
 store and the event carries a reference (CloudEvents' Claim Check extension, `dataref`).
 
+Buckets: the object store an event's data goes to follows from its subject
+(`topics.subjects.payload_bucket_of`), so that whoever may read the subject, and no one else,
+may read the data: `mesh-payloads-<owner>` for a task's input and outcomes,
+`mesh-payloads-people` for questions and answers, `mesh-payloads` for the rest.
+
 Writing: `Mesh.publish` calls `offload` when an event would exceed the server's
 `max_payload`. The object is named after the event id, so a redelivered publish finds the
 same object (same digest) and writes nothing. Its size is bounded by `MESH_MAX_PAYLOAD_OBJECT`
@@ -10,7 +15,8 @@ Reading: every reader of stored events goes through `resolve`: an event without 
 is decoded at once (the normal, synchronous and cheap path); one with `dataref` has its
 object fetched, checked against `datasize`/`datasha256` and put back inline, so everything
 downstream (projections, exports, handlers) sees an ordinary event. A missing or altered
-object is `MissingPayloadError`.
+object is `MissingPayloadError`, and so is a reference to another bucket than the
+subject's (a writer may not point readers at data they could not otherwise read).
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.object_store import ObjectStore
 
 from mesh.bus.connection import stream_replicas
-from mesh.errors import ConfigError, MissingPayloadError, PayloadTooLargeError
+from mesh.bus.jetstream import API, guarded
+from mesh.errors import ConfigError, MissingPayloadError, PayloadTooLargeError, PermissionDeniedError
 from topics import subjects
 from topics.envelope import DECODE_ERRORS, CloudEvent, dataref, decode_envelope, parse_dataref
 from topics.record import Record
 from topics.registry import decode_on
 
-__all__ = ["DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "inline", "max_object", "offload", "payload_bucket", "resolve"]
+__all__ = [
+    "DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "create_buckets", "inline", "max_object", "offload", "payload_bucket", "resolve",
+]
 
 DEFAULT_MAX_OBJECT = 64 * 1024 * 1024
 
@@ -51,18 +60,31 @@ def max_object() -> int:
 
 
 async def payload_bucket(js: JetStreamContext, bucket: str = subjects.PAYLOAD_BUCKET, *, create: bool = True) -> ObjectStore:
-    """The object store for large payloads, created on first use with the stream's replicas."""
+    """The object store ``bucket`` for large payloads, created on first use with the stream's
+    replicas. On a server with `mesh auth init` users only admin creates buckets (`mesh up
+    --auth`, `mesh auth buckets`): anyone else gets a `ConfigError` saying so."""
+    stream = f"OBJ_{bucket}"
     try:
-        return await js.object_store(bucket)
+        return await guarded(js, f"{API}.STREAM.INFO.{stream}", js.object_store(bucket))
     except NotFoundError:
         if not create:
             raise
     config = ObjectStoreConfig(description="agentmesh: event data too large for one message",
                                storage=StorageType.FILE, replicas=stream_replicas())  # fmt: skip
     try:
-        return await js.create_object_store(bucket, config=config)
+        return await guarded(js, f"{API}.STREAM.CREATE.{stream}", js.create_object_store(bucket, config=config))
     except BadRequestError:  # another process created it meanwhile
         return await js.object_store(bucket)
+    except PermissionDeniedError:
+        raise ConfigError(f"the object store {bucket!r} (data too large for one message) does not exist, and only "
+                          "admin may create it: `mesh auth buckets --dir <auth folder>` with admin credentials "
+                          "creates one per role (`mesh up --auth` does it when it starts the server)") from None
+
+
+async def create_buckets(js: JetStreamContext, buckets: list[str]) -> None:
+    """Create the payload ``buckets`` that do not exist yet (an admin's action)."""
+    for bucket in buckets:
+        await payload_bucket(js, bucket)
 
 
 async def offload(js: JetStreamContext, subject: str, event: CloudEvent) -> CloudEvent:
@@ -72,11 +94,12 @@ async def offload(js: JetStreamContext, subject: str, event: CloudEvent) -> Clou
     if len(data) > limit:
         raise PayloadTooLargeError(subject, len(data), limit, offload=True)
     digest = hashlib.sha256(data).hexdigest()
-    store = await payload_bucket(js)
+    bucket = subjects.payload_bucket_of(subject)
+    store = await payload_bucket(js, bucket)
     if not await _holds(store, event.id, len(data)):
         await store.put(event.id, data)
     return msgspec.structs.replace(
-        event, data=msgspec.Raw(b"null"), dataref=dataref(subjects.PAYLOAD_BUCKET, event.id),
+        event, data=msgspec.Raw(b"null"), dataref=dataref(bucket, event.id),
         datasize=len(data), datasha256=digest,
     )  # fmt: skip
 
@@ -90,16 +113,18 @@ async def _holds(store: ObjectStore, name: str, size: int) -> bool:
     return info.size == size and not info.deleted
 
 
-async def inline(js: JetStreamContext, event: CloudEvent) -> CloudEvent:
-    """``event`` with the data its `dataref` names put back in `data` (the reference removed);
-    `MissingPayloadError` if the object is gone or does not match `datasize`/`datasha256`."""
+async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> CloudEvent:
+    """``event``, stored on ``subject``, with the data its `dataref` names put back in `data`
+    (the reference removed); `MissingPayloadError` if the object is gone, is not in the
+    subject's bucket, or does not match `datasize`/`datasha256`."""
     ref = event.dataref
     if ref is None:
         return event
     try:
         bucket, name = parse_dataref(ref)
-        if bucket != subjects.PAYLOAD_BUCKET:  # a reference may not point a reader at other stores
-            raise ValueError(f"dataref names bucket {bucket[:80]!r}; payloads live in {subjects.PAYLOAD_BUCKET!r}")
+        expected = subjects.payload_bucket_of(subject)
+        if bucket != expected:  # a reference may not point a reader at other stores
+            raise ValueError(f"dataref names bucket {bucket[:80]!r}; the data of events on this subject live in {expected!r}")
         store = await payload_bucket(js, bucket, create=False)
         size = (await store.get_info(name)).size or 0
         ceiling = max(max_object(), DEFAULT_MAX_OBJECT)  # what a reader holds in memory, whatever it may write
@@ -123,6 +148,6 @@ async def resolve(js: JetStreamContext, subject: str, payload: bytes, seq: int =
     `decode_record` raises on anything malformed, and `MissingPayloadError`."""
     event = decode_envelope(payload)
     if event.dataref is not None:
-        event = await inline(js, event)
+        event = await inline(js, event, subject)
     return Record(seq=seq, subject=subject, event=event, data=decode_on(subject, event.type, event.data))
 

@@ -46,7 +46,6 @@ __all__ = ["Permissions", "admin_permissions", "agent_permissions", "client_perm
 _API = "$JS.API"
 _STREAM = subjects.STREAM
 _KV_STREAM = f"KV_{subjects.PRESENCE_BUCKET}"
-_OBJ_STREAM = f"OBJ_{subjects.PAYLOAD_BUCKET}"
 _LIMITS_STREAM = f"KV_{subjects.LIMITS_BUCKET}"
 
 
@@ -78,22 +77,28 @@ def _own_tasks(owner: str) -> str:
     return f"mesh.task.*.{check_token('owner', owner)}.*"
 
 
-def _payloads() -> tuple[str, ...]:
-    """Offloading and reading back `data` too large for one message (`mesh.bus.payloads`):
-    objects of the `mesh-payloads` store (chunks and their meta entry), its info, reading an
-    object's meta (a message get) and its chunks (an ordered consumer of that object's chunks)."""
-    return (
-        f"$O.{subjects.PAYLOAD_BUCKET}.C.>",
-        f"$O.{subjects.PAYLOAD_BUCKET}.M.>",
-        f"{_API}.STREAM.INFO.{_OBJ_STREAM}",
-        f"{_API}.STREAM.MSG.GET.{_OBJ_STREAM}",
-        f"{_API}.DIRECT.GET.{_OBJ_STREAM}.>",
-        f"{_API}.CONSUMER.CREATE.{_OBJ_STREAM}",  # nats-py reads an object's chunks with an unnamed ordered consumer
-        f"{_API}.CONSUMER.CREATE.{_OBJ_STREAM}.*.$O.{subjects.PAYLOAD_BUCKET}.C.*",
-        f"{_API}.CONSUMER.DELETE.{_OBJ_STREAM}.*",
-        f"$JS.FC.{_OBJ_STREAM}.>",
-        f"{_API}.STREAM.NAMES",  # nats-py's object store finds the chunks' stream by subject (names only)
-    )
+def _payloads(buckets: tuple[str, ...]) -> tuple[str, ...]:
+    """Offloading and reading back `data` too large for one message (`mesh.bus.payloads`) in
+    ``buckets``: objects (chunks and their meta entry), the bucket's info, reading an object's
+    meta (a message get) and its chunks (an unnamed ordered consumer, which a permission can
+    narrow to the bucket, not to one object: so a bucket is as readable as the subjects whose
+    data it holds, `topics.subjects.payload_bucket_of`)."""
+    allowed: list[str] = []
+    for bucket in buckets:
+        stream = f"OBJ_{bucket}"
+        allowed += (
+            f"$O.{bucket}.C.>",
+            f"$O.{bucket}.M.>",
+            f"{_API}.STREAM.INFO.{stream}",
+            f"{_API}.STREAM.MSG.GET.{stream}",
+            f"{_API}.DIRECT.GET.{stream}.>",
+            f"{_API}.CONSUMER.CREATE.{stream}",  # nats-py reads an object's chunks with an unnamed ordered consumer
+            f"{_API}.CONSUMER.CREATE.{stream}.*.$O.{bucket}.C.*",
+            f"{_API}.CONSUMER.DELETE.{stream}.*",
+            f"$JS.FC.{stream}.>",
+        )
+    allowed.append(f"{_API}.STREAM.NAMES")  # nats-py's object store finds the chunks' stream by subject (names only)
+    return tuple(allowed)
 
 
 def _reading_knowledge() -> tuple[str, ...]:
@@ -136,7 +141,8 @@ def client_permissions(inbox: str, *, owner: str) -> Permissions:
     and cancel them; list and answer questions to people; nothing else."""
     own = _own_tasks(owner)
     return Permissions(
-        publish=(f"mesh.work.*.{owner}", subjects.CANCELS, *_reading_outcomes((own,)), *_answering(), *_payloads()),
+        publish=(f"mesh.work.*.{owner}", subjects.CANCELS, *_reading_outcomes((own,)), *_answering(),
+                 *_payloads((subjects.owner_payload_bucket(owner), subjects.PEOPLE_PAYLOAD_BUCKET))),
         subscribe=(f"{inbox}.>", own),
     )
 
@@ -154,13 +160,18 @@ def _consumer(name: str, filter_subject: str) -> tuple[str, ...]:
 def agent_permissions(
     role: str, capabilities: tuple[str, ...], subscriptions: Mapping[str, str], inbox: str,
     emits: tuple[str, ...] = (), requests: tuple[str, ...] | None = None, *, owner: str,
+    owners: tuple[str, ...] = (),
 ) -> Permissions:  # fmt: skip
     """An agent role's permissions from its declarations: ``capabilities`` it serves, its
     event ``subscriptions`` (name -> subject filter), the subjects it ``emits`` (boards,
     votes, chat rooms, bids, workflows: `Agent(emits=...)`) and the capabilities it
     ``requests`` (sub-tasks, hand-offs, fallbacks: `Agent(requests=...)`; None: any).
     ``owner``: the role's public key, under which it submits its own sub-tasks and reads their
-    outcomes; it reads the lifecycle of its own capabilities' tasks too, whoever's."""
+    outcomes; it reads the lifecycle of its own capabilities' tasks too, whoever's.
+    ``owners``: the other users whose tasks it may serve (every user `mesh auth init` wrote),
+    whose large inputs and outputs it reads and writes in their payload buckets."""
+    buckets = (subjects.PAYLOAD_BUCKET, subjects.PEOPLE_PAYLOAD_BUCKET,
+               *dict.fromkeys(subjects.owner_payload_bucket(o) for o in (owner, *owners)))  # fmt: skip
     consumers = {subjects.work_consumer_name(c): subjects.work_any(c) for c in capabilities}
     lifecycles = (_own_tasks(owner), *(f"mesh.task.{c}.*.*" for c in capabilities))
     consumers |= {subjects.subscription_consumer_name(role, name): subject for name, subject in subscriptions.items()}
@@ -191,7 +202,7 @@ def agent_permissions(
         f"{_API}.DIRECT.GET.{_STREAM}",  # by sequence: dead letters, recorded model and tool calls
         *_reading_knowledge(),
         *_reading_outcomes(lifecycles),
-        *_payloads(),
+        *_payloads(buckets),
         *_limits(),
     ]
     subscribe: list[str] = [f"{inbox}.>", *lifecycles, subjects.CANCELS,

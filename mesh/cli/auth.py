@@ -1,4 +1,5 @@
-"""`mesh auth init`: nkey users per role and the server configuration that knows them."""
+"""`mesh auth init`: nkey users per role and the server configuration that knows them;
+`mesh auth buckets`: the object stores those users need, created as admin."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from mesh.bus.auth import CONFIG, DEFAULT_FOLDER, SUMMARY, AgentRole, Role, init_auth
-from mesh.cli.options import run, run_sync
+from mesh.bus.auth import CONFIG, DEFAULT_FOLDER, SUMMARY, AgentRole, Role, init_auth, payload_buckets
+from mesh.bus.settings import MeshSettings
+from mesh.cli.options import UserError, nats_options, run, run_sync
 from mesh.runtime.process import load_agent
 
 __all__ = ["auth"]
@@ -40,3 +42,28 @@ def _init(folder: Path, targets: tuple[str, ...], clients: tuple[str, ...]) -> l
         subscriptions = {name: sub.subject for name, sub in agent.subscriptions.items()}
         agents.append(AgentRole(agent.name, agent.capabilities, subscriptions, agent.emitted_subjects, agent.requests))
     return init_auth(folder, agents, clients)
+
+
+@auth.command("buckets")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_FOLDER,
+              show_default=True, help="the folder `mesh auth init` wrote")  # fmt: skip
+@nats_options
+def buckets(folder: Path, settings: MeshSettings) -> None:
+    """Create the payload buckets of the users in --dir (run with admin credentials, e.g.
+    `--nkey .mesh/auth/admin.nk`; `mesh up --auth` does it when it starts a server)."""
+    names = run(run_sync(payload_buckets, folder=folder))
+    run(_create(settings, names))
+    for name in names:
+        click.echo(name)
+
+
+async def _create(settings: MeshSettings, names: list[str]) -> None:
+    from mesh.bus.client import Mesh
+    from mesh.bus.payloads import create_buckets
+    from mesh.errors import ConfigError, PermissionDeniedError
+
+    async with await Mesh.connect(settings=settings) as mesh:
+        try:
+            await create_buckets(mesh.js, names)
+        except (ConfigError, PermissionDeniedError) as error:
+            raise UserError(f"{error}; `mesh auth buckets` needs admin's credentials (--nkey <dir>/admin.nk)") from None

@@ -63,7 +63,7 @@ def up(port: int, host: str, auth_dir: Path | None, tls_cert: Path | None, tls_k
     if started and auth_dir is not None:  # only admin may create the stream and the buckets
         admin = MeshSettings(url=record.url, nkey_seed=str(auth_dir / "admin.nk"),
                              tls_ca=str(tls_cert) if tls_cert else None)  # fmt: skip
-        run(_prepare(admin))
+        run(_prepare(admin, auth_dir))
     click.echo(f"{'started' if started else 'already running'}: {record.url} (pid {record.pid}, store {record.store})")
     if started and host not in ("127.0.0.1", "localhost", "::1"):
         _say_how_others_connect(host, record.url, auth_dir is not None)
@@ -80,14 +80,18 @@ def _say_how_others_connect(host: str, url: str, with_auth: bool) -> None:
                    "`mesh auth init` writes users and `mesh up --auth .mesh/auth` requires them", err=True)  # fmt: skip
 
 
-async def _prepare(admin: MeshSettings) -> None:
+async def _prepare(admin: MeshSettings, auth_dir: Path) -> None:
+    """As admin: the buckets no other role may create (presence, limits, and the payload
+    bucket of each user in ``auth_dir``)."""
+    from mesh.bus.auth import payload_buckets
     from mesh.bus.connection import presence_bucket
-    from mesh.bus.payloads import payload_bucket
+    from mesh.bus.payloads import create_buckets
     from mesh.coordination.limits import limits_bucket
 
+    buckets = payload_buckets(auth_dir)
     async with await Mesh.connect(settings=admin) as mesh:
         await presence_bucket(mesh.js)
-        await payload_bucket(mesh.js)
+        await create_buckets(mesh.js, buckets)
         await limits_bucket(mesh.js)
 
 

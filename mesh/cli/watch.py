@@ -26,12 +26,12 @@ from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, 
 __all__ = ["tail", "status"]
 
 
-async def _inlined(mesh: Mesh, payload: bytes) -> str:
+async def _inlined(mesh: Mesh, payload: bytes, subject: str) -> str:
     """The stored JSON, with offloaded data (`dataref`) put back inline when it can be."""
     try:
         event = decode_envelope(payload)
         if event.dataref is not None:
-            payload = encode_envelope(await payloads.inline(mesh.js, event))
+            payload = encode_envelope(await payloads.inline(mesh.js, event, subject))
     except payloads.RESOLVE_ERRORS:
         pass  # shown as stored
     return payload.decode(errors="replace")
@@ -79,7 +79,7 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
         async def write(msg: Any) -> None:
             nonlocal seen
             if lines is None:
-                sys.stdout.write(await _inlined(mesh, msg.data) + "\n")
+                sys.stdout.write(await _inlined(mesh, msg.data, msg.subject) + "\n")
                 sys.stdout.flush()
             else:
                 try:

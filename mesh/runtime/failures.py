@@ -240,7 +240,7 @@ async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:
     event = envelope_or_none(payload)
     if event is not None and event.dataref is not None:  # the task id is in the offloaded data
         with contextlib.suppress(MissingPayloadError):
-            event = await payloads.inline(worker.mesh.js, event)
+            event = await payloads.inline(worker.mesh.js, event, stored.subject or "")
     await dead_letter(
         worker.mesh, subject=stored.subject or "", payload=payload, reason=Reason.MAX_DELIVERIES,
         error=f"no try settled in {note.get('deliveries')} deliveries", stream_seq=note["stream_seq"],
