@@ -47,6 +47,8 @@ from mesh.projections.board import BoardState
 from mesh.projections.histories import History, add_turn
 from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
+from replay.driving import ReplayFlowLog
+from replay.watching import ReplayBoardWatch
 from topics import subjects
 from topics.app import UndeclaredAppEvent
 from topics.base import Event, check_token
@@ -210,7 +212,7 @@ class RecordedMesh:
     def __getattr__(self, name: str) -> Any:
         raise ReplayIsolationError(
             f"replay does not touch the network: the handler used mesh.{name}, which rerun cannot answer "
-            "from the log (it answers publish, submit, request and outcome); check this handler live"
+            "from the log (it answers publish, submit, request, outcome, follow and last_on); check this handler live"
         )
 
     async def publish(self, subject: str, data: Event, *, event_id: str | None = None,
@@ -417,9 +419,8 @@ class ReplayBoard(Board):
         return await super()._publish(key, data, event_id, expected)
 
     def watch(self, *, since: int | None = None) -> BoardWatch:
-        from replay.watching import ReplayBoardWatch
-
-        return ReplayBoardWatch(self, since)
+        return ReplayBoardWatch(self, since, recorded=self._book.boards.get(self.name, []), horizon=self._horizon,
+                                floor=self._floor)  # fmt: skip
 
     def _lost_race(self, key: str) -> bool:
         """Whether the log holds a write of this task on ``key`` made later than this one."""
@@ -543,9 +544,12 @@ class ReplayContext(Context):
         return ReplayConversation(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
 
     def flow_log(self, workflow_id: str) -> FlowLog:
-        from replay.driving import ReplayFlowLog
+        def made(event_id: str, label: str, subject: str, data: Event) -> None:
+            self.effects.append(Effect.of(event_id, label, subject, data))
 
-        return ReplayFlowLog(self._book, self._horizon, cast(RecordedMesh, self.mesh), workflow_id)
+        mesh = cast(RecordedMesh, self.mesh)
+        return ReplayFlowLog(mesh, workflow_id, recorded=self._book.flows.get(workflow_id, []),
+                             horizon=self._horizon, made=made, gates=mesh.gates)  # fmt: skip
 
     def board(self, name: str) -> Board:
         return ReplayBoard(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin, self._floor)

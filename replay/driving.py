@@ -21,14 +21,13 @@ a fold of the workflow's events, and compare-and-set appends. Under rerun:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from mesh.bus.client import Mesh, Published
 from mesh.coordination.flowlog import COMPLETED, FAILED, FlowLog, _Sent
 from mesh.errors import ReplayStop
 from mesh.projections import WORKFLOWS, WorkflowView
-from replay.context import Effect, RecordBook, RecordedMesh
 from topics.base import Event
 from topics.envelope import derived_id
 from topics.flows import (
@@ -76,14 +75,15 @@ def effect_label(label: str) -> str:
 LABEL_ATTEMPTS = 100  # step attempts a failed step's label is looked for among
 
 
-def driver_records(book: RecordBook, workflow_id: str) -> list[tuple[Record, str]]:
-    """What a driver of ``workflow_id`` recorded, with labels: the workflow's events and the
-    step tasks it submitted (each caused by the step's `scheduled` event), in log order."""
-    flow = book.flows.get(workflow_id, [])
+def driver_records(
+    flow: Sequence[Record], caused: Mapping[str, list[Record]], workflow_id: str
+) -> list[tuple[Record, str]]:
+    """What a driver of ``workflow_id`` recorded, with labels: the workflow's events (``flow``)
+    and the step tasks it submitted (each caused by the step's `scheduled` event), in log order."""
     made = [(record, flow_label(record, workflow_id)) for record in flow]
     for record in flow:
         if isinstance(record.data, FlowStepScheduled):
-            for request in book.caused.get(record.event.id, []):
+            for request in caused.get(record.event.id, []):
                 if isinstance(request.data, TaskRequested):
                     made.append((request, f"request step {record.data.step}/{record.data.attempt}"))
     return sorted(made, key=lambda item: item[0].seq)
@@ -92,15 +92,21 @@ def driver_records(book: RecordBook, workflow_id: str) -> list[tuple[Record, str
 class ReplayFlowLog(FlowLog):
     """A workflow's `FlowLog` as the recorded driver saw it (see the module docstring)."""
 
-    def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, workflow_id: str) -> None:
+    def __init__(
+        self, mesh: Any, workflow_id: str, *, recorded: Sequence[Record], horizon: Callable[[], int],
+        made: Callable[[str, str, str, Event], None], gates: list[Callable[[str], Awaitable[None]]],
+    ) -> None:  # fmt: skip
+        """``mesh``: the `RecordedMesh`; ``recorded``: the workflow's events in the whole log;
+        ``horizon``: where a read stops; ``made(id, label, subject, data)`` records an effect;
+        the step outcomes ``mesh`` answers wait on ``gates``."""
         super().__init__(cast(Mesh, mesh), workflow_id)
-        self._recorded = book.flows.get(workflow_id, [])
+        self._recorded = list(recorded)
         self._seqs = {record.event.id: record.seq for record in self._recorded}
         self._horizon = horizon
-        self._effects = mesh.effects
+        self._made = made
         self._moves = 0  # bumped whenever the fold moves on: what a waiting outcome watches
         self._steps = {r.data.task_id for r in self._recorded if isinstance(r.data, FlowStepScheduled)}
-        mesh.gates.append(self._turn_of)
+        gates.append(self._turn_of)
 
     async def refresh(self, *, at_least: int = 0) -> WorkflowView:
         upto = max(self._horizon(), at_least)
@@ -115,7 +121,7 @@ class ReplayFlowLog(FlowLog):
         self, data: Event, label: str, *, causation_id: str | None = None, correlation_id: str | None = None
     ) -> Published | None:
         event_id = derived_id(self.workflow_id, label)
-        self._effects.append(Effect.of(event_id, effect_label(label), self.subject, data))
+        self._made(event_id, effect_label(label), self.subject, data)
         stored = self._seqs.get(event_id)
         if stored is not None and stored <= self.seq:  # the log held it already: a duplicate
             await self.refresh(at_least=stored)

@@ -19,9 +19,11 @@ event id:
 The first difference is a `Divergence`: the index of the effect in the code's sequence, what
 the log expected there and what the code did.
 
-Not replayed yet: reads of live state (`ctx.board(...).get`, following a vote) are not
-recorded as events, so a handler that reads them fails under rerun with
-`ReplayIsolationError` naming what it reached for.
+Reads of shared state (boards, votes, conversations, knowledge bases, a board's watch, the
+orchestrator's workflow events) are answered from the log as it stood at the handler's
+horizon; a task that drives a workflow is also compared on the workflow's events and its
+steps' requests (`replay.driving`). Any other use of the mesh fails with
+`ReplayIsolationError` naming what the handler reached for.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def _driven(book: RecordBook, caused: list[Record]) -> list[tuple[Record, str]]:
     caused): the workflow's events and its steps' tasks, with their labels, in log order."""
     found: dict[str, tuple[Record, str]] = {}
     for workflow_id in workflows_driven(caused):
-        found.update((r.event.id, (r, label)) for r, label in driver_records(book, workflow_id))
+        found.update((r.event.id, (r, label)) for r, label in driver_records(book.flows.get(workflow_id, []), book.caused, workflow_id))
     return list(found.values())
 
 

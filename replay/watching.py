@@ -16,14 +16,13 @@ divergence.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+from collections.abc import Callable, Sequence
+from typing import Self
 
 from mesh.bus.follow import Stored
-from mesh.coordination.board import BoardChange, BoardWatch
+from mesh.coordination.board import Board, BoardChange, BoardWatch
 from mesh.errors import ReplayStop
-
-if TYPE_CHECKING:
-    from replay.context import ReplayBoard
+from topics.record import Record
 
 __all__ = ["ReplayBoardWatch"]
 
@@ -31,18 +30,22 @@ __all__ = ["ReplayBoardWatch"]
 class ReplayBoardWatch(BoardWatch):
     """A `BoardWatch` over the recorded board of a `ReplayBoard`; nothing touches the network."""
 
-    def __init__(self, board: ReplayBoard, since: int | None) -> None:
+    def __init__(self, board: Board, since: int | None, *, recorded: Sequence[Record], horizon: Callable[[], int],
+                 floor: Callable[[], int]) -> None:  # fmt: skip
+        """``recorded``: the board's events in the whole log; ``horizon``: where the changes
+        handed over stop; ``floor``: where a watch from now starts."""
         super().__init__(board, since)
-        self._replay_board = board
+        self._recorded = recorded
+        self._horizon = horizon
+        self._floor = floor
         self._started = False
         self._at = 0  # how many of the board's recorded events the watch has folded
 
     async def start(self) -> Self:
         if not self._started:
             if self.since is None:
-                board = self._replay_board
-                start = board._floor()
-                for record in board._book.boards.get(board.name, []):
+                start = self._floor()
+                for record in self._recorded:
                     if record.seq <= start:
                         self._fold(Stored(record.seq, record.subject, record, 0))
                 self._state.seq = self.since = start
@@ -51,9 +54,8 @@ class ReplayBoardWatch(BoardWatch):
 
     async def next(self, timeout: float | None = None) -> BoardChange | None:
         await self.start()
-        board = self._replay_board
-        recorded = board._book.boards.get(board.name, [])
-        upto = board._horizon()
+        recorded = self._recorded
+        upto = self._horizon()
         while self._at < len(recorded) and recorded[self._at].seq <= upto:
             record = recorded[self._at]
             self._at += 1
@@ -63,7 +65,7 @@ class ReplayBoardWatch(BoardWatch):
             if change is not None and change.seq > (self.since or 0):
                 return change
         if timeout is None:
-            raise ReplayStop(f"board {board.name}: the watch waits for a change the log does not hold before the "
+            raise ReplayStop(f"board {self.board.name}: the watch waits for a change the log does not hold before the "
                              "handler's next effect")  # fmt: skip
         return None
 
