@@ -21,6 +21,7 @@ a fold of the workflow's events, and compare-and-set appends. Under rerun:
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -30,12 +31,7 @@ from mesh.errors import ReplayStop
 from mesh.projections import WORKFLOWS, WorkflowView
 from topics.base import Event
 from topics.envelope import derived_id
-from topics.flows import (
-    FlowStarted,
-    FlowStepCompleted,
-    FlowStepFailed,
-    FlowStepScheduled,
-)
+from topics.flows import FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
 from topics.record import Record
 from topics.tasks import TaskRequested
 
@@ -100,7 +96,8 @@ class ReplayFlowLog(FlowLog):
         ``horizon``: where a read stops; ``made(id, label, subject, data)`` records an effect;
         the step outcomes ``mesh`` answers wait on ``gates``."""
         super().__init__(cast(Mesh, mesh), workflow_id)
-        self._recorded = list(recorded)
+        self._recorded = sorted(recorded, key=lambda record: record.seq)
+        self._positions = [record.seq for record in self._recorded]
         self._seqs = {record.event.id: record.seq for record in self._recorded}
         self._horizon = horizon
         self._made = made
@@ -110,11 +107,10 @@ class ReplayFlowLog(FlowLog):
 
     async def refresh(self, *, at_least: int = 0) -> WorkflowView:
         upto = max(self._horizon(), at_least)
-        for record in self._recorded:
-            if self.seq < record.seq <= upto:
-                WORKFLOWS.apply(self.state, record)
-                self.state.seq = self.seq = record.seq
-                self._moves += 1
+        while (record := self._next()) is not None and record.seq <= upto:
+            WORKFLOWS.apply(self.state, record)
+            self.state.seq = self.seq = record.seq
+            self._moves += 1
         return self.view
 
     async def record(
@@ -138,7 +134,9 @@ class ReplayFlowLog(FlowLog):
         return Published(event_id, upcoming.seq, False)
 
     def _next(self) -> Record | None:
-        return next((record for record in self._recorded if record.seq > self.seq), None)
+        """The log's next event on the workflow's subject after the fold."""
+        at = bisect.bisect_right(self._positions, self.seq)
+        return self._recorded[at] if at < len(self._recorded) else None
 
     async def _turn_of(self, task_id: str) -> None:
         """Return when the log's next event on the workflow settles step task ``task_id`` (or

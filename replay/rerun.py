@@ -133,7 +133,8 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     claims = [r.data for r in caused if isinstance(r.data, TaskClaimed)]
     attempt, agent_id = _who(outcome, claims, agent.name)
     driven = _driven(book, caused)
-    own = [r for r in caused if _handler_made(r, event.id) and r.event.id not in {r.event.id for r, _ in driven}]
+    driven_ids = {record.event.id for record, _ in driven}
+    own = [r for r in caused if _handler_made(r, event.id) and r.event.id not in driven_ids]
     made = [r.seq for r in own if r.event.id not in _outcome_ids(event.id)] + [r.seq for r, _ in driven]
     end = outcome.seq if outcome is not None else max((r.seq for r in book.records), default=request.seq)
     _, owner = subjects.work_of(request.subject) or (data.capability, subjects.ANON)
@@ -165,7 +166,8 @@ def _driven(book: RecordBook, caused: list[Record]) -> list[tuple[Record, str]]:
     caused): the workflow's events and its steps' tasks, with their labels, in log order."""
     found: dict[str, tuple[Record, str]] = {}
     for workflow_id in workflows_driven(caused):
-        found.update((r.event.id, (r, label)) for r, label in driver_records(book.flows.get(workflow_id, []), book.caused, workflow_id))
+        made = driver_records(book.flows.get(workflow_id, []), book.caused, workflow_id)
+        found.update((record.event.id, (record, label)) for record, label in made)
     return list(found.values())
 
 
