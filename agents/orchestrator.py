@@ -63,21 +63,24 @@ DRIVE_LIMIT = 7 * 24 * 3600.0
 
 @agent.task(WORKFLOW_CAPABILITY, on_failed=fail_workflow, max_run_time=DRIVE_LIMIT)
 async def run_workflow(input: Drive, ctx: Context) -> Any:
-    ctx.log.info("driving workflow", workflow_id=input.workflow_id or ctx.task_id, attempt=ctx.attempt)
+    workflow_id = input.workflow_id or ctx.task_id
+    ctx.log.info("driving workflow", workflow_id=workflow_id, attempt=ctx.attempt)
     return await drive(ctx.mesh, input, task_id=ctx.task_id, request_seq=ctx.request_seq or 0,
-                       causation_id=ctx.event.id, correlation_id=ctx.correlation_id)  # fmt: skip
+                       causation_id=ctx.event.id, correlation_id=ctx.correlation_id,
+                       flow=ctx.flow_log(workflow_id))  # fmt: skip
 
 
 async def drive(
     mesh: Mesh, request: Drive, *, task_id: str, request_seq: int, causation_id: str | None = None,
-    correlation_id: str | None = None,
+    correlation_id: str | None = None, flow: FlowLog | None = None,
 ) -> Any:  # fmt: skip
     """Drive the workflow to its end for the request at ``request_seq``: its output, or
-    TaskError if it failed (WorkflowTakenError if another request started it)."""
+    TaskError if it failed (WorkflowTakenError if another request started it). ``flow``: the
+    workflow's `FlowLog` (a handler's `ctx.flow_log`, which `rerun` answers from the record)."""
     workflow_id = request.workflow_id or task_id
     start = None if request.spec is None else _start(workflow_id, request)
-    view = await Driver(mesh, workflow_id).run(start, request_seq=request_seq, causation_id=causation_id,
-                                               correlation_id=correlation_id)  # fmt: skip
+    view = await Driver(mesh, workflow_id, flow).run(start, request_seq=request_seq, causation_id=causation_id,
+                                                     correlation_id=correlation_id)  # fmt: skip
     if view.status == "failed":
         reason = f"{view.error.type}: {view.error.message}" if view.error else "no reason recorded"
         raise TaskError(reason, type=WORKFLOW_FAILED)

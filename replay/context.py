@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -21,8 +21,9 @@ from opentelemetry.trace import INVALID_SPAN
 
 from mesh.bus.client import Mesh, Published, Submitted, outcome_value
 from mesh.bus.follow import Stored
-from mesh.coordination.board import Board
+from mesh.coordination.board import Board, BoardWatch
 from mesh.coordination.conversation import Conversation
+from mesh.coordination.flowlog import FlowLog
 from mesh.coordination.humans import Asked, Humans
 from mesh.coordination.knowledge import KnowledgeBase, KnowledgeIndex
 from mesh.coordination.origin import Origin
@@ -46,6 +47,8 @@ from mesh.projections.board import BoardState
 from mesh.projections.histories import History, add_turn
 from mesh.runtime.context import Context
 from replay.causal import children_of, derivation_label
+from replay.driving import ReplayFlowLog
+from replay.watching import ReplayBoardWatch
 from topics import subjects
 from topics.app import UndeclaredAppEvent
 from topics.base import Event, check_token
@@ -140,6 +143,7 @@ class RecordBook:
         self.conversations: dict[str, list[Record]] = {}  # conversation name -> its turns in the whole log
         self.knowledge: dict[str, list[Record]] = {}  # knowledge base -> its events in the whole log, for searches
         self.humans: dict[str, list[Record]] = {}  # question id -> its questions, answers, expiry in the whole log
+        self.flows: dict[str, list[Record]] = {}  # workflow id -> its events in the whole log, for the driver
         for record in everything:
             family, _, rest = record.subject.removeprefix("mesh.").partition(".")
             if family == "board":
@@ -152,6 +156,8 @@ class RecordBook:
                 self.knowledge.setdefault(rest, []).append(record)
             elif family in ("ask", "answer"):
                 self.humans.setdefault(rest.rsplit(".", 1)[-1], []).append(record)
+            elif family == "flow":
+                self.flows.setdefault(rest, []).append(record)
         self.by_id = {record.event.id: record for record in self.records}
         self.caused = children_of(self.records)
         self.outcomes: dict[str, Record] = {}
@@ -200,11 +206,13 @@ class RecordedMesh:
         self.cause = cause
         self.source = source
         self._siblings = len(book.caused.get(cause, []))
+        self._causes: dict[str, str] = {}  # task id -> what caused its request (a step's: its `scheduled`)
+        self.gates: list[Callable[[str], Awaitable[None]]] = []  # awaited before an outcome is answered
 
     def __getattr__(self, name: str) -> Any:
         raise ReplayIsolationError(
             f"replay does not touch the network: the handler used mesh.{name}, which rerun cannot answer "
-            "from the log (it answers publish, submit, request and outcome); check this handler live"
+            "from the log (it answers publish, submit, request, outcome, follow and last_on); check this handler live"
         )
 
     async def publish(self, subject: str, data: Event, *, event_id: str | None = None,
@@ -223,6 +231,7 @@ class RecordedMesh:
                      owner: str | None = None) -> str:  # fmt: skip
         event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
+        self._causes.setdefault(task_id, causation_id or self.cause)
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
                                 max_attempts=max_attempts, deadline=deadline)  # fmt: skip
         await self.publish(subjects.work(capability, owner or self.owner), request, event_id=event_id,
@@ -237,13 +246,25 @@ class RecordedMesh:
 
     async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
         """The recorded outcome; none recorded means the original waited in vain: a timeout.
-        So does one recorded after this task asked to cancel the sub-task (it stopped waiting first)."""
+        So does one recorded after this task asked to cancel the sub-task (it stopped waiting first).
+        The `gates` (a replayed driver's, `replay.driving`) say when the outcome is answered."""
+        for gate in self.gates:
+            await gate(task_id)
         found = self.book.outcomes.get(task_id)
         cancel = self.book.by_id.get(derived_id(task_id, "cancel_requested"))
-        gave_up = cancel is not None and cancel.event.causationid == self.cause
+        gave_up = cancel is not None and cancel.event.causationid == self._causes.get(task_id, self.cause)
         if found is None or (gave_up and cancel is not None and cancel.seq < found.seq):
             raise TaskTimeoutError(task_id, None, timeout)
         return found
+
+    async def follow(self, capability: str, task_id: str, request_seq: int, *, timeout: float = 60.0,
+                     owner: str | None = None) -> Record:  # fmt: skip
+        return await self.outcome(task_id, timeout=timeout)
+
+    async def last_on(self, subject: str) -> Record | None:
+        """The newest recorded event on ``subject`` in the slice (a resumed driver asks it of a
+        step's task, for the request it follows)."""
+        return next((r for r in reversed(self.book.records) if r.subject == subject), None)
 
     async def request_outcome(
         self, capability: str, input: Any = None, *, timeout: float = 60.0, stored: bool | None = None, **task: Any
@@ -375,10 +396,13 @@ class ReplayBoard(Board):
     runs as it ran). Writes are effects, recorded through the `RecordedMesh`, never sent."""
 
     def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, name: str,
-                 origin: Origin) -> None:  # fmt: skip
+                 origin: Origin, floor: Callable[[], int] | None = None) -> None:  # fmt: skip
+        """``floor``: the log position of the handler's last recorded effect (where a watch
+        from now starts, `replay.watching`)."""
         super().__init__(cast(Mesh, mesh), name, origin=origin)
         self._book = book
         self._horizon = horizon
+        self._floor = floor or horizon
 
     async def refresh(self, *, at_least: int = 0) -> BoardState:
         upto = max(self._horizon(), at_least)
@@ -393,6 +417,10 @@ class ReplayBoard(Board):
         if expected is not None and event_id not in self._book.by_id and self._lost_race(key):
             raise ExpectedSequenceError(subjects.board(self.name, key), expected)
         return await super()._publish(key, data, event_id, expected)
+
+    def watch(self, *, since: int | None = None) -> BoardWatch:
+        return ReplayBoardWatch(self, since, recorded=self._book.boards.get(self.name, []), horizon=self._horizon,
+                                floor=self._floor)  # fmt: skip
 
     def _lost_race(self, key: str) -> bool:
         """Whether the log holds a write of this task on ``key`` made later than this one."""
@@ -515,8 +543,16 @@ class ReplayContext(Context):
     def conversation(self, name: str) -> Conversation:
         return ReplayConversation(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
 
+    def flow_log(self, workflow_id: str) -> FlowLog:
+        def made(event_id: str, label: str, subject: str, data: Event) -> None:
+            self.effects.append(Effect.of(event_id, label, subject, data))
+
+        mesh = cast(RecordedMesh, self.mesh)
+        return ReplayFlowLog(mesh, workflow_id, recorded=self._book.flows.get(workflow_id, []),
+                             horizon=self._horizon, made=made, gates=mesh.gates)  # fmt: skip
+
     def board(self, name: str) -> Board:
-        return ReplayBoard(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin)
+        return ReplayBoard(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin, self._floor)
 
     def knowledge(self, name: str) -> KnowledgeBase:
         return ReplayKnowledge(self._book, self._horizon, cast(RecordedMesh, self.mesh), name, self.origin,
@@ -538,6 +574,12 @@ class ReplayContext(Context):
         made = len(self.effects)
         return self._effect_seqs[made] - 1 if made < len(self._effect_seqs) else self._end_seq
 
+    def _floor(self) -> int:
+        """The log position of the handler's last recorded effect (its request when it made
+        none yet): the earliest point the code now running can have been reached."""
+        made = min(len(self.effects), len(self._effect_seqs))
+        return self._effect_seqs[made - 1] if made else self._request_seq
+
     async def _child_workflow(self, spec: WorkflowSpec, input: Any, workflow_id: str, timeout: float | None) -> Any:
         """The child's `workflow` request is the handler's effect (compared); its end is the
         recorded one (the orchestrator's work is not the handler's)."""
@@ -558,6 +600,7 @@ class ReplayContext(Context):
         self._book = book
         self._effect_seqs = list(effect_seqs)  # where the recorded effects of the handler landed, in order
         self._end_seq = end_seq
+        self._request_seq = request_seq or 0
         mesh = RecordedMesh(book, self.effects, event.id, source=f"mesh://agent/{agent_id}", owner=agent_owner)
         llm = ReplayLlmSession(book.llm_calls(event.id), self.effects, agent=agent, task_id=task_id,
                                cause_id=event.id, attempt=attempt, failures=book.llm_failures(event.id, attempt))  # fmt: skip

@@ -19,9 +19,11 @@ event id:
 The first difference is a `Divergence`: the index of the effect in the code's sequence, what
 the log expected there and what the code did.
 
-Not replayed yet: reads of live state (`ctx.board(...).get`, following a vote) are not
-recorded as events, so a handler that reads them fails under rerun with
-`ReplayIsolationError` naming what it reached for.
+Reads of shared state (boards, votes, conversations, knowledge bases, a board's watch, the
+orchestrator's workflow events) are answered from the log as it stood at the handler's
+horizon; a task that drives a workflow is also compared on the workflow's events and its
+steps' requests (`replay.driving`). Any other use of the mesh fails with
+`ReplayIsolationError` naming what the handler reached for.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from mesh.runtime.process import load_agent
 from mesh.telemetry.tracing import replaying
 from replay.causal import causal_slice
 from replay.context import Effect, RecordBook, ReplayContext, effect_of
+from replay.driving import driver_records, workflows_driven
 from topics import subjects
 from topics.calls import LlmFailed
 from topics.envelope import derived_id
@@ -129,7 +132,10 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     outcome = next((r for r in caused if r.event.id in _outcome_ids(event.id)), None)
     claims = [r.data for r in caused if isinstance(r.data, TaskClaimed)]
     attempt, agent_id = _who(outcome, claims, agent.name)
-    made = [r.seq for r in caused if _handler_made(r, event.id) and r.event.id not in _outcome_ids(event.id)]
+    driven = _driven(book, caused)
+    driven_ids = {record.event.id for record, _ in driven}
+    own = [r for r in caused if _handler_made(r, event.id) and r.event.id not in driven_ids]
+    made = [r.seq for r in own if r.event.id not in _outcome_ids(event.id)] + [r.seq for r, _ in driven]
     end = outcome.seq if outcome is not None else max((r.seq for r in book.records), default=request.seq)
     _, owner = subjects.work_of(request.subject) or (data.capability, subjects.ANON)
     ctx = ReplayContext(book, agent=agent.name, agent_id=agent_id, event=event, task_id=task_id,
@@ -146,8 +152,23 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     actual = list(ctx.effects)
     if outcome is not None and result[0] != "stopped":
         actual.append(_outcome_effect(event.id, data.capability, owner, task_id, *result))
-    expected = [effect_of(r, event.id, len(caused)) for r in caused if _handler_made(r, event.id)]
+    expected = [effect_of(r, event.id, len(caused)) for r in own]
+    expected += [Effect.of(r.event.id, label, r.subject, r.data) for r, label in driven]
+    expected.sort(key=lambda effect: book.by_id[effect.id].seq if effect.id in book.by_id else 0)
+    labels = {effect.id: effect.label for effect in expected}
+    actual = [msgspec.structs.replace(e, label=labels[e.id]) if e.label.startswith("event ") and e.id in labels else e
+              for e in actual]  # fmt: skip
     return _compare(expected, actual, task_id, data.capability, request.seq)
+
+
+def _driven(book: RecordBook, caused: list[Record]) -> list[tuple[Record, str]]:
+    """What the task recorded as the driver of a workflow (the workflows whose start it
+    caused): the workflow's events and its steps' tasks, with their labels, in log order."""
+    found: dict[str, tuple[Record, str]] = {}
+    for workflow_id in workflows_driven(caused):
+        made = driver_records(book.flows.get(workflow_id, []), book.caused, workflow_id)
+        found.update((record.event.id, (record, label)) for record, label in made)
+    return list(found.values())
 
 
 def _own_owner(caused: list[Record], cause: str, task_owner: str) -> str:

@@ -68,3 +68,21 @@ async def fail_first_time(input: dict[str, Any], ctx: Context) -> dict[str, Any]
 async def concat(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """Joins the parts it is given: a fan-in step."""
     return {"joined": "+".join(str(part) for part in input["parts"])}
+
+
+watcher = Agent("watcher")
+
+
+@watcher.task("await_value")
+async def await_value(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Watch board `board` until key `key` holds at least `target`: a progress once the watch
+    is on, and one per change of the key it sees."""
+    async with ctx.board(input["board"]).watch() as changes:
+        await ctx.progress("watching")
+        async for change in changes:
+            if change.key != input["key"] or change.deleted:
+                continue
+            await ctx.progress(f"{change.key}={change.value}")
+            if change.value >= input["target"]:
+                return {"value": change.value, "version": change.version}
+    raise TaskError("the watch ended")  # pragma: no cover

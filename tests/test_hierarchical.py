@@ -12,6 +12,8 @@ import jsonschema
 import pytest
 
 from mesh import Mesh
+from replay.reader import read_log
+from replay.rerun import rerun
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 
@@ -46,3 +48,6 @@ class TestHierarchical:
         research = [r for r in log.of_type("mesh.task.completed") if r.data.capability == "research"]  # type: ignore[attr-defined]
         assert len(research) == len(plan["questions"]) >= 1
         assert call.offline and call.request["messages"][-1]["content"].endswith("rate limiting")
+        [child] = await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.capability == "workflow")  # type: ignore[attr-defined]
+        rerun_child = await rerun("agents.orchestrator:agent", (await read_log(mesh)).records, child.data.task_id)  # type: ignore[attr-defined]
+        assert rerun_child.ok and rerun_child.tasks_checked == 1, rerun_child.divergence and rerun_child.divergence.describe()

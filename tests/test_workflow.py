@@ -25,6 +25,8 @@ from mesh.coordination.workflow import Flow, Workflows, WorkflowSpec, default_ou
 from mesh.errors import TemplateError, WorkflowFailedError
 from mesh.projections import WORKFLOWS, WorkflowView, fold
 from mesh.testing.eventlog import eventually
+from replay.reader import read_log
+from replay.rerun import rerun
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from topics import CloudEvent, Event, Record, decode_data, encode_data
@@ -214,6 +216,7 @@ class TestOrchestrator:
         assert output == {"key": "k1", "second_try": step_task_id(workflow_id, "flaky", 2)}
         assert len(flow_events(log, "mesh.flow.step_failed", workflow_id)) == 1
         assert [r.data.attempt for r in flow_events(log, "mesh.flow.step_scheduled", workflow_id)] == [1, 2]  # type: ignore[attr-defined]
+        await reruns_cleanly(mesh, log, workflow_id)
 
     async def test_failure_after_retries(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """A step that keeps failing fails the workflow once its retries are spent."""
@@ -226,6 +229,7 @@ class TestOrchestrator:
         await until_ended(log, workflow_id)
         assert len(flow_events(log, "mesh.flow.step_failed", workflow_id)) == 2
         assert len(flow_events(log, "mesh.flow.failed", workflow_id)) == 1
+        await reruns_cleanly(mesh, log, workflow_id)
 
     async def test_started_by_a_plain_task(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """Any NATS client can start a workflow with one `workflow` task carrying the spec."""
@@ -266,6 +270,15 @@ class TestOrchestrator:
         assert len(flow_events(log, "mesh.flow.completed", workflow_id)) == 1
         drives = [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.task_id == workflow_id]  # type: ignore[attr-defined]
         assert drives in ([2], [1, 2])  # the retry claims at once; the first try only if it lived 50 ms
+        await reruns_cleanly(mesh, log, workflow_id)  # the restarted driver repeats what the first recorded
+
+
+async def reruns_cleanly(mesh: Mesh, log: EventLog, workflow_id: str) -> None:
+    """`rerun` of the orchestrator over the workflow, once its task's outcome is stored, finds no divergence."""
+    ends = ("mesh.task.completed", "mesh.task.failed")
+    await log.wait_for(lambda r: r.event.type in ends and r.data.task_id == workflow_id)  # type: ignore[attr-defined]
+    result = await rerun("agents.orchestrator:agent", (await read_log(mesh)).records, workflow_id)
+    assert result.ok and result.tasks_checked == 1, result.divergence and result.divergence.describe()
 
 
 def in_seconds(seconds: float) -> str:

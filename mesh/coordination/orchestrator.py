@@ -134,9 +134,11 @@ class _Outcome(NamedTuple):
 class Driver:
     """Drives one workflow to its end; `run()` returns the final view."""
 
-    def __init__(self, mesh: Mesh, workflow_id: str) -> None:
+    def __init__(self, mesh: Mesh, workflow_id: str, flow: FlowLog | None = None) -> None:
+        """``flow``: the workflow's `FlowLog` (default: over ``mesh``; `Context.flow_log` gives
+        the one a handler should use, which `rerun` answers from the record)."""
         self.mesh = mesh
-        self.flow = FlowLog(mesh, workflow_id)
+        self.flow = flow or FlowLog(mesh, workflow_id)
         self.workflow_id = workflow_id
         self._watches: dict[str, asyncio.Task[_Outcome]] = {}  # task id -> its outcome
         self._fresh: set[str] = set()  # task ids of steps this driver scheduled: nobody submitted them before

@@ -17,6 +17,7 @@ from opentelemetry.trace import Span
 from mesh.bus.client import Mesh, Published, outcome_value
 from mesh.coordination.board import Board
 from mesh.coordination.conversation import Conversation
+from mesh.coordination.flowlog import FlowLog
 from mesh.coordination.humans import DEFAULT_ASK_TIMEOUT, NO_DEFAULT, Humans, check_timeout
 from mesh.coordination.knowledge import KnowledgeBase
 from mesh.coordination.origin import Origin
@@ -276,6 +277,11 @@ class Context:
     def board(self, name: str) -> Board:
         """The blackboard ``name`` (read, write with compare-and-set, history, watch)."""
         return Board(self.mesh, name, origin=self.origin)
+
+    def flow_log(self, workflow_id: str) -> FlowLog:
+        """The events of workflow ``workflow_id``, folded, and recording more with
+        compare-and-set (what the orchestrator drives it with; `rerun` answers it from the log)."""
+        return FlowLog(self.mesh, workflow_id)
 
     def conversation(self, name: str) -> Conversation:
         """The model conversation ``name``: its turns are events, read back after a restart."""
