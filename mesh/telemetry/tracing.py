@@ -231,13 +231,12 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
         propagation.inject(carrier)  # the context this process is inside, if any
         return nullcontext(carrier)
     shape, with_subject = messaging_parts(subject, SEND, event_type)
-    own = _messaging_own(subject, with_subject, event_id)
     if parent.get_span_context().is_valid:  # a child: its own attributes at start
-        span = _start(shape, own=own)
+        span = _start(shape, own=_messaging_own(subject, with_subject, event_id))
     else:  # a root, which the sampler may drop: its own attributes only if it records
         span = _start(shape)
         if span.is_recording():
-            span.set_attributes(own)
+            span.set_attributes(_messaging_own(subject, with_subject, event_id))
     propagation.inject(carrier, span)
     if type(span) is NonRecordingSpan:  # the sampler dropped it: the API's span, whose `end` does nothing
         return nullcontext(carrier)
