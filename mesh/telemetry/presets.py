@@ -116,19 +116,27 @@ def _messaging_preset(operation: str, template: str, event_type: str, consumer: 
     return Preset(f"{operation} {template}", kind, attributes)
 
 
+_PARTS: dict[tuple[str, str, str, str | None], tuple[Preset, bool]] = {}
+
+
 def messaging_parts(subject: str, operation: str, event_type: str,
                     consumer: str | None = None) -> tuple[Preset, bool]:  # fmt: skip
     """The preset of a messaging span, and whether the subject holds ids (then the template
     stands for it in the preset, and the subject is one of the span's own attributes)."""
-    fixed = (operation, subject, event_type, consumer)  # kept for subjects without ids (work subjects)
-    found = _PRESETS.get(fixed)
+    fixed = (operation, subject, event_type, consumer)  # kept for subjects without ids, and work subjects
+    found = _PARTS.get(fixed)
     if found is not None:
-        return found, False
+        return found
     template = subject_template(subject)
     if template == subject:
-        found = _PRESETS[fixed] = preset(_messaging_preset, operation, template, event_type, consumer, subject)
-        return found, False
-    return preset(_messaging_preset, operation, template, event_type, consumer, None), True
+        found = preset(_messaging_preset, operation, template, event_type, consumer, subject), False
+    else:
+        found = preset(_messaging_preset, operation, template, event_type, consumer, None), True
+    if template == subject or subject.startswith("mesh.work."):  # a capability and an owner: few, asked again and again
+        if len(_PARTS) >= _PRESET_LIMIT:
+            _PARTS.clear()
+        _PARTS[fixed] = found
+    return found
 
 
 def messaging_attributes(subject: str, operation: str, event_type: str, message_id: str) -> dict[str, Any]:

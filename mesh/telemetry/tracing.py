@@ -14,8 +14,10 @@ The span tree of one task (names use subject templates, never ids):
         execute_tool search             INTERNAL  one tool call
       send mesh.task.{capability}.{task_id}  PRODUCER  the outcome
 
-A span's own attributes (message id, task id) are set only when it is recording: a span
-the sampler dropped costs its ids and context, not its attributes.
+A span's own attributes (message id, task id) go to `start_span` with its preset ones, so
+the SDK takes them in one pass (setting them afterwards takes each one again under the span's
+lock), except on a root: the sampler may drop it, so they are set afterwards, and only if it
+records. A span the sampler dropped costs its ids and context, not its attributes.
 """
 
 from __future__ import annotations
@@ -150,10 +152,13 @@ def replaying() -> Iterator[None]:
         _replaying.reset(token)
 
 
-def _start(shape: Preset, parent: Context | None = None, links: Sequence[Link] = ()) -> Span:
-    """A span from the SDK's tracer, child of ``parent`` (default: the current context).
-    Failures are recorded by `_Scope` (scrubbed), not by the SDK."""
-    return tracer.start_span(shape.name, parent, shape.kind, shape.attributes, links,
+def _start(shape: Preset, parent: Context | None = None, links: Sequence[Link] = (),
+           own: Mapping[str, Any] | None = None) -> Span:  # fmt: skip
+    """A span from the SDK's tracer, child of ``parent`` (default: the current context), with
+    the preset's attributes and its ``own``. Failures are recorded by `_Scope` (scrubbed), not
+    by the SDK."""
+    attributes = {**shape.attributes, **own} if own else shape.attributes
+    return tracer.start_span(shape.name, parent, shape.kind, attributes, links,
                              record_exception=False, set_status_on_exception=False)  # fmt: skip
 
 
@@ -204,12 +209,11 @@ def _failed(span: Span) -> bool:
     return status is not None and status.status_code is StatusCode.ERROR
 
 
-def _messaging_own(span: Span, subject: str, with_subject: bool, message_id: str) -> None:
-    """A recording messaging span's own attributes: the message id, the subject if it holds ids."""
-    if span.is_recording():
-        own = {MESSAGING_DESTINATION_NAME: subject} if with_subject else {}
-        own[MESSAGING_MESSAGE_ID] = message_id
-        span.set_attributes(own)
+def _messaging_own(subject: str, with_subject: bool, message_id: str) -> dict[str, Any]:
+    """A messaging span's own attributes: the message id, the subject if it holds ids."""
+    own: dict[str, Any] = {MESSAGING_DESTINATION_NAME: subject} if with_subject else {}
+    own[MESSAGING_MESSAGE_ID] = message_id
+    return own
 
 
 def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextManager[dict[str, str]]:
@@ -221,15 +225,21 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
     if passed is not None:
         return nullcontext(passed.send_on())
     carrier: dict[str, str] = {}
-    if not tracing() or (context.get_current() and _unsampled(trace.get_current_span())):  # an empty context: a root
+    current = context.get_current()
+    parent = trace.get_current_span(current) if current else trace.INVALID_SPAN  # an empty context: a root
+    if not tracing() or _unsampled(parent):
         propagation.inject(carrier)  # the context this process is inside, if any
         return nullcontext(carrier)
     shape, with_subject = messaging_parts(subject, SEND, event_type)
-    span = _start(shape)
+    if parent.get_span_context().is_valid:  # a child: its own attributes at start
+        span = _start(shape, own=_messaging_own(subject, with_subject, event_id))
+    else:  # a root, which the sampler may drop: its own attributes only if it records
+        span = _start(shape)
+        if span.is_recording():
+            span.set_attributes(_messaging_own(subject, with_subject, event_id))
     propagation.inject(carrier, span)
     if type(span) is NonRecordingSpan:  # the sampler dropped it: the API's span, whose `end` does nothing
         return nullcontext(carrier)
-    _messaging_own(span, subject, with_subject, event_id)
     return _Scope(carrier, span, None)
 
 
@@ -252,15 +262,14 @@ def process_span(
         return propagation.PassThrough(received)  # as `_pass_through`
     upstream = received.context
     shape, with_subject = messaging_parts(subject, PROCESS, event_type, consumer)
+    own = _messaging_own(subject, with_subject, event_id)
     if replayed:  # a root: the replay is not part of the producer's trace, only linked to it
         producer = received.span.get_span_context()
-        span = _start(shape, Context(), [Link(producer)] if producer.is_valid else [])
-        if span.is_recording():
-            span.set_attribute(MESH_REPLAYED, True)
+        own[MESH_REPLAYED] = True
+        span = _start(shape, Context(), [Link(producer)] if producer.is_valid else [], own)
         upstream = context.get_current()
     else:
-        span = _start(shape, upstream)
-    _messaging_own(span, subject, with_subject, event_id)
+        span = _start(shape, upstream, own=own)  # its parent was sampled, or the sampler does not follow it
     return _current(span, upstream)
 
 
@@ -275,20 +284,15 @@ def agent_span(agent: str, *, agent_id: str = "", capability: str = "", task_id:
     """`invoke_agent {agent}` (INTERNAL) around one handler call; its LLM and tool spans nest inside."""
     if (idle := _idle()) is not None:
         return idle
-    span = _start(preset(agent_preset, agent, agent_id, capability))
-    if task_id and span.is_recording():
-        span.set_attribute(MESH_TASK_ID, task_id)
-    return _current(span)
+    own = {MESH_TASK_ID: task_id} if task_id else None
+    return _current(_start(preset(agent_preset, agent, agent_id, capability), own=own))
 
 
 def ask_span(question_id: str) -> AbstractContextManager[Span]:
     """`ask human` (INTERNAL) around `ctx.ask`: from the question to its answer or expiry."""
     if (idle := _idle()) is not None:
         return idle
-    span = _start(preset(ask_preset))
-    if span.is_recording():
-        span.set_attribute(MESH_QUESTION_ID, question_id)
-    return _current(span)
+    return _current(_start(preset(ask_preset), own={MESH_QUESTION_ID: question_id}))
 
 
 def chat_span(model: str, *, provider: str, conversation_id: str | None = None,
@@ -297,10 +301,8 @@ def chat_span(model: str, *, provider: str, conversation_id: str | None = None,
     the response attributes."""
     if (idle := _idle()) is not None:
         return idle
-    span = _start(preset(chat_preset, model, provider, operation))
-    if conversation_id and span.is_recording():
-        span.set_attribute(GEN_AI_CONVERSATION_ID, conversation_id)
-    return _current(span)
+    own = {GEN_AI_CONVERSATION_ID: conversation_id} if conversation_id else None
+    return _current(_start(preset(chat_preset, model, provider, operation), own=own))
 
 
 def tool_span(name: str, *, call_id: str | None = None, description: str | None = None) -> AbstractContextManager[Span]:
@@ -312,10 +314,8 @@ def tool_span(name: str, *, call_id: str | None = None, description: str | None 
     """
     if (idle := _idle()) is not None:
         return idle
-    span = _start(preset(tool_preset, name, description))
-    if call_id and span.is_recording():
-        span.set_attribute(GEN_AI_TOOL_CALL_ID, call_id)
-    return _current(span)
+    own = {GEN_AI_TOOL_CALL_ID: call_id} if call_id else None
+    return _current(_start(preset(tool_preset, name, description), own=own))
 
 
 def search_span(kb: str) -> AbstractContextManager[Span]:
