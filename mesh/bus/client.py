@@ -145,7 +145,7 @@ class Mesh:
         self._dedupe = hmac.new(dedupe_key, digestmod=hashlib.sha256) if dedupe_key else None
         self._scope = ""  # see `scoped`
         self.closed = asyncio.Event()  # set when the connection is closed for good (see `connect`)
-        self.waiters = Waiters(nc, self.js, self.record_of)  # outcomes awaited over this connection
+        self.waiters = Waiters(nc, self.js, self.record_of, owner=owner)  # outcomes awaited over this connection
         self.chains = ChainMemory()  # how many hops ahead a request watches (`mesh.bus.chains`)
 
     @classmethod
