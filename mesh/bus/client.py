@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import hashlib
 import hmac
 import os
@@ -218,7 +217,8 @@ class Mesh:
         message repeats the same ids and is dropped; a second message that reuses the request's
         event id (a hostile or careless client) gets effects of its own instead of dropping the
         first one's as duplicates. Shares everything else with this `Mesh`."""
-        scoped = copy.copy(self)
+        scoped = object.__new__(Mesh)  # a shallow copy, without `copy.copy`'s generic protocol (once per message)
+        scoped.__dict__.update(self.__dict__)
         scoped._scope = f"@{request_seq}"
         return scoped
 
