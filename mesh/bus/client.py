@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import hashlib
 import hmac
 import os
@@ -145,7 +144,7 @@ class Mesh:
         self._dedupe = hmac.new(dedupe_key, digestmod=hashlib.sha256) if dedupe_key else None
         self._scope = ""  # see `scoped`
         self.closed = asyncio.Event()  # set when the connection is closed for good (see `connect`)
-        self.waiters = Waiters(nc, self.js, self.record_of)  # outcomes awaited over this connection
+        self.waiters = Waiters(nc, self.js, self.record_of, owner=owner)  # outcomes awaited over this connection
         self.chains = ChainMemory()  # how many hops ahead a request watches (`mesh.bus.chains`)
 
     @classmethod
@@ -218,7 +217,8 @@ class Mesh:
         message repeats the same ids and is dropped; a second message that reuses the request's
         event id (a hostile or careless client) gets effects of its own instead of dropping the
         first one's as duplicates. Shares everything else with this `Mesh`."""
-        scoped = copy.copy(self)
+        scoped = object.__new__(Mesh)  # a shallow copy, without `copy.copy`'s generic protocol (once per message)
+        scoped.__dict__.update(self.__dict__)
         scoped._scope = f"@{request_seq}"
         return scoped
 

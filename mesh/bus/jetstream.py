@@ -19,6 +19,12 @@ Why each call is here (as read in nats-py 2.16.0):
 - `consumers_info`: the consumer list, also a manager call.
 - `is_settled`: whether a message was acked, nak'ed or terminated. nats-py records that in
   the private `Msg._ackd`; 2.16.0 exposes it read-only as `Msg.is_acked`, used here.
+- Publish acknowledgements (`publish`): nats-py's `JetStreamContext.publish` is a request
+  per publish (a future, `asyncio.wait_for`, a `PubAck` built from a generic dict). Here every
+  publish of a connection is answered on one reply subscription (`<inbox>.<nuid>.*`, made on
+  the first publish), its acknowledgement a future in a dict by a counter token, decoded with
+  msgspec and awaited under `asyncio.timeout` (the context's timeout, as before); the errors
+  are nats-py's (`nats.errors.TimeoutError`, `NoStreamResponseError`, `APIError.from_error`).
 - Error codes: JetStream says why it refused a request only in `APIError.err_code`. A
   refused compare-and-set (`WRONG_LAST_SEQUENCE`) becomes `ExpectedSequenceError` in
   `publish`; the stream set-up codes are read by `mesh.bus.connection`.
@@ -34,12 +40,15 @@ Why each call is here (as read in nats-py 2.16.0):
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -122,12 +131,91 @@ async def publish(
     sent = dict(headers)
     if expected_last_subject_seq is not None:
         sent[EXPECTED_SUBJECT_SEQ] = str(expected_last_subject_seq)
+    nc: Client = js._nc
+    acks = _acks.get(nc)
+    if acks is None:
+        acks = _acks[nc] = _Acks()
     try:
-        return await guarded(js, subject, js.publish(subject, payload, headers=sent))
+        return await guarded(js, subject, acks.publish(nc, subject, payload, sent, js._timeout))
     except BadRequestError as error:
         if expected_last_subject_seq is None or error.err_code != WRONG_LAST_SEQUENCE:
             raise
         raise ExpectedSequenceError(subject, expected_last_subject_seq) from error
+
+
+class _Ack(msgspec.Struct):
+    """What the mesh reads of a publish acknowledgement (or the error in its place)."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool | None = None
+    error: dict[str, Any] | None = None
+
+
+_decode_ack = msgspec.json.Decoder(_Ack).decode
+NO_RESPONDERS = "503"  # the status of the server's answer when no stream takes the subject
+
+
+class _Acks:
+    """The publish acknowledgements of one connection: one reply subscription, the pending
+    ones by token. Holds no reference to the connection (it is the key of `_acks`)."""
+
+    def __init__(self) -> None:
+        self._prefix: str | None = None
+        self._making: asyncio.Future[str] | None = None
+        self._waiting: dict[str, asyncio.Future[PubAck]] = {}
+        self._count = 0
+
+    async def _ready(self, nc: Client) -> str:
+        if self._prefix is not None:
+            return self._prefix
+        if self._making is None:
+            self._making = asyncio.ensure_future(self._subscribe(nc))
+        try:
+            return await asyncio.shield(self._making)
+        except Exception:
+            self._making = None  # the next publish tries again
+            raise
+
+    async def _subscribe(self, nc: Client) -> str:
+        prefix = nc.new_inbox() + "."
+        await nc.subscribe(prefix + "*", cb=self._on_ack)  # sent before any publish that names it
+        self._prefix = prefix
+        return prefix
+
+    async def publish(self, nc: Client, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> PubAck:
+        prefix = await self._ready(nc)
+        self._count += 1
+        token = str(self._count)
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        try:
+            await nc.publish(subject, payload, reply=prefix + token, headers=headers)
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+        finally:
+            del self._waiting[token]
+
+    async def _on_ack(self, msg: Msg) -> None:
+        assert self._prefix is not None
+        future = self._waiting.get(msg.subject[len(self._prefix) :])
+        if future is None or future.done():
+            return  # too late: its publish timed out
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            future.set_exception(NoStreamResponseError())
+            return
+        try:
+            ack = _decode_ack(msg.data)
+            if ack.error is not None:
+                nats.js.errors.APIError.from_error(ack.error)  # raises the error's class
+            future.set_result(PubAck(stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate))
+        except Exception as error:  # an unreadable answer, or the stream's refusal: the publisher's error
+            future.set_exception(error)
+
+
+_acks: weakref.WeakKeyDictionary[Client, _Acks] = weakref.WeakKeyDictionary()
 
 
 async def direct_get(

@@ -18,6 +18,19 @@ costs those few reads (a direct get of the subject's last event; the ones before
 an ordered consumer of that one subject for a moment, only when the last one is not the awaited
 one), not a read every few seconds for as long as it waits.
 
+Shared subscription: given the connection's ``owner``, a watch on one of that owner's task
+subjects (`mesh.task.<capability or *>.<owner>.<task id>`, what a requester and its hops
+watch) takes no subscription of its own: one core subscription per connection on every task
+of the owner (`mesh.task.*.<owner>.*`, which `mesh auth init` grants clients and agents)
+feeds all of them, by task id. Made once, by the first such watch (the server has it before
+that watch reads the log), it stays until `close`. An event it delivered before a watch of its
+task started is kept a moment, in a buffer of the last `RECENT` events (at most
+`RECENT_BYTES`, default 256 events, 1 MiB): a watch that reads the log looks there first, so
+the race of its start is closed without the 5 ms / 50 ms re-reads. The cost: the connection
+receives every event on its owner's tasks, including those of other processes with the same
+key (replicas of a role, or several clients of one user), each decoded only if waited for.
+If the server refuses that subscription, every watch subscribes on its own as below.
+
 Bounded: at most `limit` waiters per process (default `DEFAULT_LIMIT`, 10,000); one more
 waits for a slot. Each costs one core subscription (or a share of one) and a few hundred
 bytes; none costs a JetStream consumer, whose number the server caps per stream (1,000 by
@@ -29,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -38,6 +52,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from mesh.bus import jetstream
+from mesh.errors import PermissionDeniedError
 from topics.record import Record
 
 __all__ = ["DEFAULT_LIMIT", "RECHECK_EVERY", "Decode", "Waiters"]
@@ -46,6 +61,8 @@ DEFAULT_LIMIT = 10_000  # pending waiters per process
 RECHECK_EVERY = 5.0  # seconds between reads of the log for every pending waiter
 RACE_RECHECKS = (0.005, 0.05)  # seconds after a watch that read the log starts: past the race of its start
 RECHECK_CONCURRENCY = 32  # direct gets in flight during one recheck
+RECENT = 256  # events of the shared subscription kept for a watch that starts just after one came
+RECENT_BYTES = 1 << 20  # and their bytes, at most
 
 Decode = Callable[[str, bytes, int], Awaitable[Record | None]]
 """How a received or stored message becomes a Record (None: it does not decode)."""
@@ -57,8 +74,22 @@ def _is_literal(subject: str) -> bool:
     return not any(token in ("*", ">") for token in subject.split("."))
 
 
+def _own_task(subject: str, owner: str | None) -> tuple[str, bool] | None:
+    """(task id, any capability) when ``subject`` is one task of ``owner``'s, under one
+    capability or any (`subjects.task`, `subjects.task_any`); else None."""
+    if owner is None:
+        return None
+    tokens = subject.split(".")
+    if len(tokens) != 5 or tokens[0] != "mesh" or tokens[1] != "task" or tokens[3] != owner:
+        return None
+    capability, task_id = tokens[2], tokens[4]
+    if task_id in ("*", ">") or capability == ">":
+        return None
+    return task_id, capability == "*"
+
+
 class _Waiter:
-    __slots__ = ("accept", "checked", "earlier", "future", "rechecked", "started", "subject")
+    __slots__ = ("accept", "any_capability", "checked", "earlier", "future", "rechecked", "started", "subject")
 
     def __init__(
         self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None
@@ -70,6 +101,7 @@ class _Waiter:
         self.checked = 0  # the subject's stored events up to this sequence were read for this waiter
         self.rechecked = False  # read again by a tick since it started
         self.started = asyncio.get_running_loop().time()
+        self.any_capability = False  # fed by the shared subscription, on every capability's subject of its task
 
     def offer(self, record: Record | None) -> bool:
         """Resolve with ``record`` if it is the awaited kind; whether this waiter is done."""
@@ -94,7 +126,7 @@ class Waiters:
 
     def __init__(
         self, nc: Client, js: JetStreamContext, decode: Decode, *, limit: int = DEFAULT_LIMIT,
-        recheck_every: float = RECHECK_EVERY,
+        recheck_every: float = RECHECK_EVERY, owner: str | None = None,
     ) -> None:  # fmt: skip
         self._nc = nc
         self._js = js
@@ -105,10 +137,26 @@ class Waiters:
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
         self._rechecks: set[asyncio.Task[None]] = set()
+        # the shared subscription on ``owner``'s tasks (see the module's doc)
+        self._owner = owner
+        self._shared: Any = None
+        self._sharing: asyncio.Future[bool] | None = None  # being made
+        self._unshared = owner is None  # refused by the server, or no owner: every watch subscribes
+        self._by_task: dict[str, list[_Waiter]] = {}
+        self._recent: deque[tuple[str, str, bytes]] = deque()  # (task id, subject, data)
+        self._recent_bytes = 0
+        self._decoding: set[asyncio.Task[None]] = set()
 
     @property
     def pending(self) -> int:
-        return sum(len(interest.waiters) for interest in self._interests.values())
+        return sum(len(interest.waiters) for interest in self._interests.values()) + sum(
+            len(waiters) for waiters in self._by_task.values()
+        )
+
+    def _all(self) -> list[_Waiter]:
+        return [w for interest in self._interests.values() for w in interest.waiters] + [
+            w for waiters in self._by_task.values() for w in waiters
+        ]
 
     @contextlib.asynccontextmanager
     async def watch(
@@ -127,6 +175,20 @@ class Waiters:
             raise ValueError(f"cannot read the stored events of {subject!r}: a wildcard is watched live only")
         async with self._slots:
             waiter = _Waiter(subject, accept, earlier)
+            own = _own_task(subject, self._owner)
+            if own is not None and await self._shared_ready():
+                task_id, waiter.any_capability = own
+                self._by_task.setdefault(task_id, []).append(waiter)
+                self._start_ticker()
+                try:
+                    if stored:
+                        await self._offer_recent(task_id, waiter)  # what came just before this watch
+                        if not waiter.future.done():
+                            await self._check_quietly(waiter)
+                    yield waiter.future
+                finally:
+                    self._leave_shared(task_id, waiter)
+                return
             interest, first = self._enter(waiter)
             try:
                 await self._subscribed(interest, first)
@@ -150,6 +212,70 @@ class Waiters:
             return
         async with self.watch(subject, accept, stored=False) as future:  # takes the slot without waiting
             yield future
+
+    async def _shared_ready(self) -> bool:
+        """Whether the shared subscription is in place (made now if it is not yet)."""
+        if self._shared is not None:
+            return True
+        if self._unshared:
+            return False
+        if self._sharing is None:
+            self._sharing = asyncio.ensure_future(self._share())
+        return await asyncio.shield(self._sharing)
+
+    async def _share(self) -> bool:
+        assert self._owner is not None
+        filter_subject = f"mesh.task.*.{self._owner}.*"
+        try:
+            self._shared = await jetstream.subscribe(self._nc, filter_subject, self._on_shared)
+            return True
+        except PermissionDeniedError as error:
+            self._unshared = True
+            log.info("no subscription on every task of this owner; each watch subscribes", error=str(error))
+            return False
+        except Exception as error:  # a NATS failure that passes: this watch subscribes alone, the next one tries again
+            log.info("the subscription on this owner's tasks failed; trying again later", error=repr(error))
+            return False
+        finally:
+            self._sharing = None
+
+    def _leave_shared(self, task_id: str, waiter: _Waiter) -> None:
+        waiters = self._by_task.get(task_id)
+        if waiters is None:
+            return
+        waiters.remove(waiter)
+        if not waiters:
+            del self._by_task[task_id]
+
+    async def _on_shared(self, msg: Msg) -> None:
+        subject, data = msg.subject, msg.data
+        task_id = subject.rpartition(".")[2]
+        if len(data) <= RECENT_BYTES:
+            self._recent.append((task_id, subject, data))
+            self._recent_bytes += len(data)
+            while len(self._recent) > RECENT or self._recent_bytes > RECENT_BYTES:
+                self._recent_bytes -= len(self._recent.popleft()[2])
+        if task_id not in self._by_task:
+            return
+        if b"dataref" in data:  # its data may have to be fetched: not in the way of the next events
+            task = asyncio.get_running_loop().create_task(self._deliver(task_id, subject, data), name="waiter-fetch")
+            self._decoding.add(task)
+            task.add_done_callback(self._decoding.discard)
+            return
+        await self._deliver(task_id, subject, data)
+
+    async def _deliver(self, task_id: str, subject: str, data: bytes) -> None:
+        record = await self._decode(subject, data, 0)
+        for waiter in list(self._by_task.get(task_id, ())):
+            if waiter.any_capability or waiter.subject == subject:
+                waiter.offer(record)
+
+    async def _offer_recent(self, task_id: str, waiter: _Waiter) -> None:
+        """Offer ``waiter`` the events of its task the shared subscription delivered before it
+        started: one may be stored only after the read of the log that follows."""
+        for _, subject, data in [kept for kept in self._recent if kept[0] == task_id]:
+            if (waiter.any_capability or waiter.subject == subject) and waiter.offer(await self._decode(subject, data, 0)):
+                return
 
     def _enter(self, waiter: _Waiter) -> tuple[_Interest, bool]:
         """The subject's interest with ``waiter`` added, and whether it is new."""
@@ -228,8 +354,7 @@ class Waiters:
         """Read the log again for every pending waiter (after a reconnect or a dropped message);
         with ``only_new``, for those not read again since they started (the periodic tick)."""
         settled = asyncio.get_running_loop().time() - self.recheck_every / 2  # past the race of their start
-        waiting = [w for interest in self._interests.values() for w in interest.waiters
-                   if not w.future.done() and not (only_new and (w.rechecked or w.started > settled))]  # fmt: skip
+        waiting = [w for w in self._all() if not w.future.done() and not (only_new and (w.rechecked or w.started > settled))]
         for waiter in waiting:
             waiter.rechecked = True
         for start in range(0, len(waiting), RECHECK_CONCURRENCY):
@@ -266,7 +391,7 @@ class Waiters:
             self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="waiters-ticker")
 
     async def _tick(self) -> None:
-        while self._interests and not self._closing:
+        while (self._interests or self._by_task) and not self._closing:
             await asyncio.sleep(self.recheck_every)
             if self._nc.is_connected and not self._closing:
                 await self.recheck(only_new=True)
@@ -275,8 +400,13 @@ class Waiters:
         # a flag besides the cancel: on Python 3.11 a cancel landing as a NATS reply arrives
         # can be swallowed by `asyncio.wait_for` inside nats-py, and the ticker would go on
         self._closing = True
-        for task in [self._ticker, *self._rechecks]:
+        for task in [self._ticker, *self._rechecks, *self._decoding]:
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._shared is not None:
+            shared, self._shared = self._shared, None
+            if not self._nc.is_closed:
+                with contextlib.suppress(Exception):  # closing anyway
+                    await shared.unsubscribe()

@@ -14,25 +14,23 @@ It is announced, not awaited (see `Mesh.announce`), and always lands before the 
 from __future__ import annotations
 
 import asyncio
-
-from mesh.bus.client import Mesh
-from topics.tasks import TaskClaimed
+from collections.abc import Awaitable, Callable
 
 __all__ = ["Claim"]
 
 
 class Claim:
-    def __init__(self, mesh: Mesh, subject: str, claimed: TaskClaimed, *, event_id: str, correlation_id: str, causation_id: str) -> None:
-        self._mesh = mesh
-        self._subject = subject
-        self._claimed = claimed
-        self._event_id = event_id
-        self._links = {"correlation_id": correlation_id, "causation_id": causation_id}
+    """The claim of one attempt. ``announce`` sends it (`Mesh.announce` of its
+    `mesh.task.claimed`), built only when it is sent: most tasks never send one."""
+
+    def __init__(self, announce: Callable[[], Awaitable[None]], *, attempt: int) -> None:
+        self._announce = announce
+        self._attempt = attempt
         self._sending: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, *, after: float) -> None:
-        if self._claimed.attempt > 1 or after <= 0:
+        if self._attempt > 1 or after <= 0:
             self.send()
         else:
             self._timer = asyncio.get_running_loop().call_later(after, self.send)
@@ -40,17 +38,21 @@ class Claim:
     def send(self) -> asyncio.Future[None]:
         """Send the claim once; later calls return the same send."""
         if self._sending is None:
-            self._sending = asyncio.ensure_future(
-                self._mesh.announce(self._subject, self._claimed, event_id=self._event_id, **self._links)
-            )
+            self._sending = asyncio.ensure_future(self._announce())
         return self._sending
 
     async def before_effect(self) -> None:
         await self.send()
 
-    async def settle(self) -> None:
-        """Called before the outcome is published: no claim after that, and any claim in flight first."""
+    def stop_timer(self) -> None:
+        """No claim from now on unless one is sent already: the handler is handing its task
+        off, and the hand-off names the agent and attempt itself."""
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+
+    async def settle(self) -> None:
+        """Called before the outcome is published: no claim after that, and any claim in flight first."""
+        self.stop_timer()
         if self._sending is not None:
             await self._sending

@@ -77,6 +77,7 @@ class Context:
         llm: LlmSession | Callable[[], LlmSession] | None = None,
         tools: ToolBox | Callable[[], ToolBox] | None = None,
         before_effect: Callable[[], Awaitable[None]] | None = None,
+        before_handoff: Callable[[], None] | None = None,
         scope: str = "",
         request_seq: int | None = None,
         cancelled: Callable[[], str | None] | None = None,
@@ -98,6 +99,7 @@ class Context:
         self._llm = llm  # made on first use: most handlers never call a model or a tool
         self._tools = tools
         self._before_effect = before_effect
+        self._before_handoff = before_handoff  # stops the claim's timer: the hand-off is this step's answer
         self._scope = scope  # set when several roles act on one event: keeps their derived ids apart
         self._emitted = itertools.count()
         self._requested = itertools.count()
@@ -201,6 +203,8 @@ class Context:
         No claim goes before it (`mesh.runtime.claims`): the hand-off is this step's answer,
         naming the agent and attempt as a completion does, not an effect it goes on from. The
         next step is the same owner's task as this one, so its requester may read its outcome."""
+        if self._before_handoff is not None:
+            self._before_handoff()
         task_id = self._child_id("handoff") if self._scope else handoff_task_id(self.event.id)
         submitted = await self.mesh.submit_request(capability, input, task_id=task_id, event_id=task_id,
                                                    correlation_id=self.correlation_id, causation_id=self.event.id,

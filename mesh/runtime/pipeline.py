@@ -209,12 +209,16 @@ async def claim(worker: Worker, inbound: Inbound, call_next: Next) -> None:
     if worker.options.claim_after is None:
         await call_next(inbound)
         return
-    task_id = inbound.task_id
-    claimed = TaskClaimed(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt,
-                          capability=inbound.capability, request_seq=inbound.delivery.stream_seq)  # fmt: skip
-    inbound.claim = Claim(inbound.mesh(worker), inbound.lifecycle, claimed,
-                          event_id=inbound.event_id(f"claimed/{inbound.attempt}"),
-                          correlation_id=inbound.event.correlationid or task_id, causation_id=inbound.event.id)  # fmt: skip
+
+    def announce() -> Awaitable[None]:
+        task_id = inbound.task_id
+        claimed = TaskClaimed(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt,
+                              capability=inbound.capability, request_seq=inbound.delivery.stream_seq)  # fmt: skip
+        return inbound.mesh(worker).announce(inbound.lifecycle, claimed, event_id=inbound.event_id(f"claimed/{inbound.attempt}"),
+                                             correlation_id=inbound.event.correlationid or task_id,
+                                             causation_id=inbound.event.id)  # fmt: skip
+
+    inbound.claim = Claim(announce, attempt=inbound.attempt)
     inbound.claim.start(after=worker.options.claim_after)
     try:
         await call_next(inbound)
@@ -363,7 +367,8 @@ def _task_context(worker: Worker, inbound: Inbound, cancelled: Callable[[], str 
         llm=partial(llm.session, mesh, worker.agent.name, task_id, event.id, attempt) if llm else None,
         tools=partial(ToolBox, mesh, agent=worker.agent.name, granted=worker.agent.tools, task_id=task_id,
                       cause_id=event.id, attempt=attempt),
-        before_effect=inbound.claim.before_effect if inbound.claim is not None else None, cancelled=cancelled,
+        before_effect=inbound.claim.before_effect if inbound.claim is not None else None,
+        before_handoff=inbound.claim.stop_timer if inbound.claim is not None else None, cancelled=cancelled,
         deadline=inbound.task.deadline, owner=inbound.owner,
     )  # fmt: skip
 
