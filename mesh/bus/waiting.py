@@ -29,7 +29,9 @@ task started is kept a moment, in a buffer of the last `RECENT` events (at most
 the race of its start is closed without the 5 ms / 50 ms re-reads. The cost: the connection
 receives every event on its owner's tasks, including those of other processes with the same
 key (replicas of a role, or several clients of one user), each decoded only if waited for.
-If the server refuses that subscription, every watch subscribes on its own as below.
+If the server refuses that subscription, every watch subscribes on its own as below. So does
+every watch of the anonymous owner (`anon`, every process without an nkey): a subscription on
+its tasks would bring each waiting process every task event of the whole mesh.
 
 Bounded: at most `limit` waiters per process (default `DEFAULT_LIMIT`, 10,000); one more
 waits for a slot. Each costs one core subscription (or a share of one) and a few hundred
@@ -53,6 +55,7 @@ from nats.js import JetStreamContext
 
 from mesh.bus import jetstream
 from mesh.errors import PermissionDeniedError
+from topics import subjects
 from topics.record import Record
 
 __all__ = ["DEFAULT_LIMIT", "RECHECK_EVERY", "Decode", "Waiters"]
@@ -141,7 +144,8 @@ class Waiters:
         self._owner = owner
         self._shared: Any = None
         self._sharing: asyncio.Future[bool] | None = None  # being made
-        self._unshared = owner is None  # refused by the server, or no owner: every watch subscribes
+        # refused by the server, no owner, or the anonymous one (everyone's): every watch subscribes
+        self._unshared = owner is None or owner == subjects.ANON
         self._by_task: dict[str, list[_Waiter]] = {}
         self._recent: deque[tuple[str, str, bytes]] = deque()  # (task id, subject, data)
         self._recent_bytes = 0
