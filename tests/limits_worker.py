@@ -33,6 +33,13 @@ async def main(url: str, kind: str, name: str, *args: str) -> None:
     await mesh.nc.flush()
     say(ready=True)
     await go.wait()
+    try:
+        await contend(mesh, kind, name, *args)
+    finally:
+        await mesh.close()
+
+
+async def contend(mesh: Mesh, kind: str, name: str, *args: str) -> None:
     if kind == "pool":
         pool = Pool(mesh, name, size=int(args[0]))
         for _ in range(int(args[1])):
@@ -48,7 +55,6 @@ async def main(url: str, kind: str, name: str, *args: str) -> None:
         lease = await Pool(mesh, name, size=int(args[0]), lease=float(args[1])).acquire(timeout=60)
         say(holder=lease.holder, expires=lease.expires)
         await asyncio.Event().wait()  # until killed
-    await mesh.close()
 
 
 if __name__ == "__main__":

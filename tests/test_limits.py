@@ -43,14 +43,27 @@ class Workers:
         return found
 
     async def lines(self) -> list[dict[str, Any]]:
-        """Every line of every worker until they end; each must end well."""
-        found = []
-        for proc in self.procs:
+        """Every line of every worker until they end; each must end well. A worker still running
+        after 90 s fails the test with what each had said by then."""
+        said: list[list[bytes]] = [[] for _ in self.procs]
+
+        async def read(proc: asyncio.subprocess.Process, into: list[bytes]) -> None:
             assert proc.stdout is not None
-            out = await asyncio.wait_for(proc.stdout.read(), 90)
-            assert await proc.wait() == 0
-            found += [json.loads(line) for line in out.splitlines()]
-        return found
+            while line := await proc.stdout.readline():
+                into.append(line)
+            await proc.wait()
+
+        reading = asyncio.gather(*(read(proc, into) for proc, into in zip(self.procs, said, strict=True)))
+        try:
+            await asyncio.wait_for(reading, 90)
+        except TimeoutError:
+            states = [
+                f"pid {p.pid} exit {p.returncode}: {b''.join(lines)!r}"
+                for p, lines in zip(self.procs, said, strict=True)
+            ]
+            pytest.fail("workers still running after 90 s:\n" + "\n".join(states))
+        assert [proc.returncode for proc in self.procs] == [0] * len(self.procs)
+        return [json.loads(line) for lines in said for line in lines]
 
     async def stop(self) -> None:
         for proc in self.procs:
@@ -170,6 +183,8 @@ class TestRerun:
 
         await agents.start("tests.fixture_agents:limited")
         for n in (1, 2):
-            assert await mesh.request("limited", {"n": n}, task_id=f"lim-{n}", correlation_id="lim", timeout=60) == {"done": {"n": n}}
+            assert await mesh.request("limited", {"n": n}, task_id=f"lim-{n}", correlation_id="lim", timeout=60) == {
+                "done": {"n": n}
+            }
         result = await rerun("tests.fixture_agents:limited", (await read_log(mesh)).records, "lim")
         assert result.ok and result.tasks_checked == 2, result.divergence and result.divergence.describe()

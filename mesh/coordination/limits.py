@@ -236,18 +236,25 @@ class Pool:
     async def hold(self, *, timeout: float | None = None) -> AsyncIterator[Lease]:
         """Hold a slot for the block, renewing the lease every third of it; released at the end."""
         lease = await self.acquire(timeout=timeout)
-        renewing = asyncio.create_task(self._renewing(lease), name=f"pool-{self.name}-lease")
+        done = asyncio.Event()
+        renewing = asyncio.create_task(self._renewing(lease, done), name=f"pool-{self.name}-lease")
         try:
             yield lease
         finally:
+            # the event besides the cancel: on Python 3.11 a cancel that lands as a renewal's
+            # reply arrives can be swallowed by `asyncio.wait_for` inside nats-py, and the task
+            # would renew forever (and this block never end)
+            done.set()
             renewing.cancel()
             await self.release(lease)
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing  # raises LimitTimeoutError if the lease ran out and the slot was lost
 
-    async def _renewing(self, lease: Lease) -> None:
-        while True:
-            await asyncio.sleep(self.lease / 3)
+    async def _renewing(self, lease: Lease, done: asyncio.Event) -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.lease / 3)
+                return
             lease = await self.renew(lease)
 
 
