@@ -122,6 +122,17 @@ class TestPool:
         assert second.holder != first.holder and list(await pool.holders()) == [second.holder]
 
 
+    async def test_a_hold_longer_than_its_lease_keeps_the_slot_and_ends(self, mesh: Mesh) -> None:
+        """A block that runs three leases long keeps its slot (renewed), and ending it frees the slot."""
+        pool = Pool(mesh, "renewed", size=1, lease=1.0)
+        async with pool.hold(timeout=5) as lease:
+            for _ in range(3):
+                await asyncio.sleep(1.0)  # the work done while holding the slot
+                assert await pool.try_acquire() is None and list(await pool.holders()) == [lease.holder]
+        assert await pool.holders() == {}
+        assert await pool.try_acquire() is not None
+
+
 class TestRateLimit:
     async def test_never_exceeded_across_processes(self, mesh: Mesh, nats_url: str, workers: Workers) -> None:
         """Three processes take 15 grants of a 5-per-second limit: no one-second window holds more than 5."""

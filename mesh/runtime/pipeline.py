@@ -329,6 +329,23 @@ async def run_subscription(worker: Worker, inbound: Inbound) -> None:
     instruments.processed.add(1, {"type": record.data.TYPE, "outcome": "handled"})
 
 
+class _NoDeadline:
+    """The scope of a task without a deadline: never expires (an `asyncio.timeout(None)` per
+    message would only cost its time)."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def expired(self) -> bool:
+        return False
+
+
+_NO_DEADLINE = _NoDeadline()
+
+
 async def bounded(
     call: Awaitable[T], name: str, limit: float, deadline_in: float | None = None,
     past_deadline: Callable[[], Exception] | None = None,
@@ -339,7 +356,7 @@ async def bounded(
     the deadline: a deadline later than the limit is a timeout of its own around it."""
     by_deadline = deadline_in is not None and deadline_in <= limit
     budget = deadline_in if by_deadline and deadline_in is not None else limit
-    deadline = asyncio.timeout(None if by_deadline else deadline_in)
+    deadline = asyncio.timeout(None if by_deadline else deadline_in) if deadline_in is not None else _NO_DEADLINE
     scope: asyncio.Timeout | None = None
     try:
         async with deadline:
