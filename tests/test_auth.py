@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -189,6 +190,14 @@ class TestRefused:
             assert await client.submit("echo", 1, task_id="after-refusals") == "after-refusals"
         info = await secured.admin.js.stream_info(subjects.STREAM)
         assert info.state.messages == 1  # the submitted task; not the forged completion
+
+    async def test_commands_say_what_was_refused(self, secured: Secured) -> None:
+        """A command whose request the server refuses (it answers none) names the refusal in one
+        line and exits 1, instead of a NATS timeout's traceback."""
+        for command in (("tail", "mesh.llm.>"), ("status",)):
+            code, out, err = await cli(*command, "--nats", secured.server.url, "--nkey", str(secured.auth / "client.nk"))
+            assert code == 1 and "Traceback" not in err, (command, out, err)
+            assert re.search(r"error: the server refused nkey user 'client' to publish to '\$js\.api\.", err, re.I), (command, out, err)
 
     async def test_agent_role_may_not_delete_the_stream_but_admin_may(self, secured: Secured) -> None:
         async with await secured.connect("echo") as agent:

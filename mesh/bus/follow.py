@@ -105,9 +105,7 @@ class Follow(Feed[Stored]):
             config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
             if self.after > 0:
                 config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.after + 1)
-            self._sub = await self.mesh.js.subscribe(
-                self.filter_subject, cb=self._on_msg, ordered_consumer=True, config=config
-            )
+            self._sub = await jetstream.ordered_subscribe(self.mesh.js, self.filter_subject, self._on_msg, config)
         return self
 
     async def _on_msg(self, msg: Msg) -> None:

@@ -412,6 +412,17 @@ async def guarded(js: JetStreamContext, subject: str, action: Awaitable[T]) -> T
     return await refusals_of(nc).guard(subject, action)
 
 
+async def ordered_subscribe(
+    js: JetStreamContext, filter_subject: str, cb: Callable[[Msg], Awaitable[None]], config: ConsumerConfig,
+    stream: str = subjects.STREAM,
+) -> JetStreamContext.PushSubscription:  # fmt: skip
+    """nats-py's ordered push consumer on ``filter_subject`` (unnamed, so created on
+    `$JS.API.CONSUMER.CREATE.<stream>`): a refused create is `PermissionDeniedError` at once,
+    not a timeout."""
+    return await guarded(js, f"{API}.CONSUMER.CREATE.{stream}",
+                         js.subscribe(filter_subject, cb=cb, ordered_consumer=True, config=config))  # fmt: skip
+
+
 async def delete_stream(js: JetStreamContext, stream: str = subjects.STREAM) -> bool:
     """Delete ``stream`` and everything in it (an admin's action)."""
     return await guarded(js, f"{API}.STREAM.DELETE.{stream}", js.delete_stream(stream))

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 
 from mesh.errors import PermissionDeniedError
 
-__all__ = ["Refusals", "attach", "refusals_of", "parse_violation"]
+__all__ = ["Refusals", "attach", "latest", "parse_violation", "refusals_of"]
 
 T = TypeVar("T")
 
@@ -48,6 +48,16 @@ class _Guarded:
         self.refusal: PermissionDeniedError | None = None
 
 
+class _Latest:
+    error: PermissionDeniedError | None = None  # the last refusal of any connection of this process
+
+
+def latest() -> PermissionDeniedError | None:
+    """The last refusal any connection of this process was told of: what a command that timed
+    out names as the likely cause (nats-py only times out a refused request)."""
+    return _Latest.error
+
+
 class Refusals:
     """What the server refused this connection, and the actions waiting on those subjects."""
 
@@ -65,6 +75,7 @@ class Refusals:
         waiting = self._waiting.get(lowered.lower(), [])
         error = PermissionDeniedError(action, waiting[0].subject if waiting else lowered, self.user)
         self.refused = [*self.refused[-15:], error]
+        _Latest.error = error
         for guarded in waiting:
             if guarded.refusal is None:
                 guarded.refusal = error

@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 import click
 import msgspec
+import nats.errors
 
+from mesh.bus import refusals
 from mesh.bus.settings import MeshSettings
 from mesh.errors import MeshError
 from topics import subjects
@@ -101,11 +103,18 @@ def check_filter(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a command's coroutine; a MeshError, or a file that cannot be read or written,
-    becomes a one-line message and exit code 1."""
+    becomes a one-line message and exit code 1. So does a NATS timeout after the server
+    refused this user something (it answers no refused request): the refusal is the message."""
     try:
         return asyncio.run(coro)
     except (MeshError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
         click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    except nats.errors.TimeoutError:
+        refusal = refusals.latest()  # a request the server refused is not answered: nats-py times out
+        if refusal is None:
+            raise
+        click.echo(f"error: {refusal}", err=True)
         sys.exit(1)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from mesh.bus import payloads
+from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.consumer import parse_ack_subject
@@ -97,7 +97,7 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
             info = await mesh.js.stream_info(subjects.STREAM)
             config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                     opt_start_seq=max(1, info.state.last_seq - last + 1))  # fmt: skip
-        sub = await mesh.js.subscribe(filter_subject, cb=show, ordered_consumer=True, config=config)
+        sub = await jetstream.ordered_subscribe(mesh.js, filter_subject, show, config)
         if not follow:
             consumer = await sub.consumer_info()
             # Nothing stored matches. A consumer that has delivered something already (the
@@ -189,7 +189,7 @@ async def read_recent(mesh: Mesh, filter_subject: str, start: int, stop: int) ->
             done.set()
 
     config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
-    sub = await mesh.js.subscribe(filter_subject, cb=collect, ordered_consumer=True, config=config)
+    sub = await jetstream.ordered_subscribe(mesh.js, filter_subject, collect, config)
     try:
         await asyncio.wait_for(done.wait(), 10)
     finally:
