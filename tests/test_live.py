@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from mesh import Mesh
+from mesh.bus.follow import FOLLOW_BUFFER, Follow
 from mesh.projections import REGISTRY, fold
 from mesh.projections.live import LiveProjection
 from replay import read_log, rebuild
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects
+from topics.board import BoardWritten
 
 pytestmark = pytest.mark.e2e
 
@@ -48,3 +52,19 @@ class TestLiveProjection:
             state = await live.caught_up(await head(mesh))
         assert state == fold(TASKS, (await read_log(mesh)).records)
         assert len(state.tasks) == 8
+
+
+class TestFollow:
+    async def test_a_reader_behind_by_more_than_the_buffer_gets_every_event_in_order(self, mesh: Mesh) -> None:
+        """3,000 stored events read through a Follow that holds at most 1,024 unread: all come, in
+        log order, none twice (the buffer's bound holds delivery back, it drops nothing)."""
+        written = [await mesh.publish(subjects.board("follow", f"k{i}"), BoardWritten(board="follow", key=f"k{i}", value=i))
+                   for i in range(3 * FOLLOW_BUFFER - 72)]  # fmt: skip
+        async with Follow(mesh, "mesh.board.follow.>") as events:
+            async with asyncio.timeout(30):
+                while events.buffered < FOLLOW_BUFFER:  # noqa: ASYNC110 (no event says it): the server pushes until it is full
+                    await asyncio.sleep(0.01)
+            assert events.buffered == FOLLOW_BUFFER
+            seen = [item.seq for item in [await events.next(timeout=30) for _ in written] if item is not None]
+            assert await events.next(timeout=0.2) is None
+        assert seen == [published.seq for published in written]

@@ -25,6 +25,7 @@ from topics.record import Record
 __all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "read_subject", "records"]
 
 READ_TIMEOUT = 30.0
+FOLLOW_BUFFER = 1024  # events a Follow holds that its reader has not taken yet
 
 
 class Stored(NamedTuple):
@@ -91,13 +92,16 @@ class Follow(Feed[Stored]):
             item = await events.next(timeout=1.0)  # None when nothing came in time
 
     Close it (or leave the `async with`) when done: it holds a consumer on the server.
+    It holds at most `FOLLOW_BUFFER` events its reader has not taken (1,024): past that, its
+    delivery waits, so nats-py answers the server's flow control later and the server slows
+    down (a log far ahead of a slow reader is not read into memory at once).
     """
 
     def __init__(self, mesh: Mesh, filter_subject: str, *, after: int = 0) -> None:
         self.mesh = mesh
         self.filter_subject = filter_subject
         self.after = after
-        self._queue: asyncio.Queue[Stored] = asyncio.Queue()
+        self._queue: asyncio.Queue[Stored] = asyncio.Queue(FOLLOW_BUFFER)
         self._sub: Any = None
 
     async def start(self) -> Self:
@@ -109,7 +113,12 @@ class Follow(Feed[Stored]):
         return self
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._queue.put_nowait(await _stored(self.mesh, msg))
+        await self._queue.put(await _stored(self.mesh, msg))
+
+    @property
+    def buffered(self) -> int:
+        """Events delivered that the reader has not taken yet (at most `FOLLOW_BUFFER`)."""
+        return self._queue.qsize()
 
     async def next(self, timeout: float | None = None) -> Stored | None:
         """The next message; None if none arrived within ``timeout`` seconds (None: wait)."""
