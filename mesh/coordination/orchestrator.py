@@ -145,23 +145,28 @@ class Driver:
 
     async def run(
         self, start: FlowStarted | None = None, *, request_seq: int, causation_id: str | None = None,
-        correlation_id: str | None = None,
+        correlation_id: str | None = None, parsed: WorkflowSpec | None = None,
     ) -> WorkflowView:  # fmt: skip
         """Drive the workflow for the `workflow` request at ``request_seq`` (its event id:
         ``causation_id``, its correlation: ``correlation_id``): start it with ``start`` if nobody has, and go on only if it is that
-        request's (WorkflowTakenError)."""
-        view = await self.flow.refresh()
-        if not view.started:
-            if start is None:
+        request's (WorkflowTakenError). ``parsed``: ``start``'s spec parsed, used when the
+        workflow runs the spec this driver recorded (not parsed again)."""
+        if start is None:
+            view = await self.flow.refresh()
+            if not view.started:
                 raise SchemaError(
                     f"workflow {self.workflow_id} was never started (no mesh.flow.started on {self.flow.subject})"
                 )
-            while not self.flow.view.started:  # refused: another request started it in between
-                await self.flow.record(msgspec.structs.replace(start, request_seq=request_seq), "started",
-                                       causation_id=causation_id, correlation_id=correlation_id)  # fmt: skip
+        # With a start, no read first: it is recorded only if nothing is on the subject yet (or
+        # it is a duplicate of this request's own), and a refusal folds what is there instead.
+        while not self.flow.view.started:
+            assert start is not None
+            await self.flow.record(msgspec.structs.replace(start, request_seq=request_seq), "started",
+                                   causation_id=causation_id, correlation_id=correlation_id)  # fmt: skip
         if not self.flow.bound_to(request_seq):
             raise WorkflowTakenError(self.workflow_id, self.flow.view.request_seq, request_seq)
-        spec = spec_of(self.flow.view)
+        ours = parsed is not None and start is not None and self.flow.view.spec is start.spec
+        spec = parsed if ours and parsed is not None else spec_of(self.flow.view)
         try:
             while self.flow.view.status == "running":
                 await self._advance(spec)
@@ -198,7 +203,7 @@ class Driver:
                     self._fresh.add(task_id)
                 return published is not None
             case Finish(output=output):
-                log.info("workflow completed", workflow_id=wf)
+                log.debug("workflow completed", workflow_id=wf)  # the log has it: mesh.flow.completed
                 return await self.flow.record(FlowCompleted(workflow_id=wf, output=output), COMPLETED) is not None
             case Fail(step=name, error=error, record_step=record_step):
                 log.warning("workflow failed", workflow_id=wf, step=name, error=error.message)

@@ -45,7 +45,7 @@ from topics.base import ErrorInfo, check_token
 from topics.envelope import new_event_id
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted
 from topics.record import Record
-from topics.tasks import TaskCancelled, TaskFailed
+from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed
 
 __all__ = [
     "WORKFLOW_CAPABILITY",
@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 WORKFLOW_CAPABILITY = "workflow"
+LAUNCHES = 4096  # workflows a `Workflows` remembers the request of, for `result`
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -197,6 +198,7 @@ class Workflows:
 
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
+        self._launched: dict[str, int] = {}  # workflow id -> its `workflow` request's sequence, the last LAUNCHES launched
 
     async def start(
         self, spec: WorkflowSpec, input: Any = None, *, workflow_id: str | None = None,
@@ -222,6 +224,10 @@ class Workflows:
         submitted = await self.mesh.submit_request(WORKFLOW_CAPABILITY, drive, task_id=workflow_id,
                                                    correlation_id=correlation_id or workflow_id,
                                                    causation_id=causation_id)  # fmt: skip
+        self._launched.pop(workflow_id, None)
+        self._launched[workflow_id] = submitted.seq
+        if len(self._launched) > LAUNCHES:
+            del self._launched[next(iter(self._launched))]
         return Launched(workflow_id, submitted.seq, submitted.duplicate)
 
     async def view(self, workflow_id: str) -> WorkflowView:
@@ -255,12 +261,25 @@ class Workflows:
         without ``on_event`` its `workflow` task's outcome is awaited (interest plus a direct
         get, no consumer; what a client may read under `mesh auth init`), and a workflow
         someone else started under that id is WorkflowTakenError, never their output.
-        Without it, the end of whichever workflow has that id is read (agents, admin)."""
+        Without it, the end of whichever workflow has that id is read (agents, admin); for a
+        workflow this object launched, its `workflow` task's completion is awaited first (one
+        or two events instead of every event of the workflow), and the workflow's end only if
+        that task did not complete."""
         try:
             if on_event is not None:
                 return await asyncio.wait_for(self._outcome(workflow_id, request_seq, on_event), timeout)
             if request_seq is not None:
                 return await self._task_output(workflow_id, request_seq, timeout)
+            launched = self._launched.pop(workflow_id, None)
+            if launched is not None:
+                deadline = asyncio.get_running_loop().time() + (math.inf if timeout is None else timeout)
+                outcome = await self.mesh.follow(WORKFLOW_CAPABILITY, workflow_id, launched,
+                                                 timeout=math.inf if timeout is None else timeout)  # fmt: skip
+                if isinstance(outcome.data, TaskCompleted):  # its output is the workflow's
+                    return outcome.data.output
+                # failed (its end says why), or taken, or cancelled: the end of the workflow
+                left = None if timeout is None else max(0.0, deadline - asyncio.get_running_loop().time())
+                return workflow_output(workflow_id, await self._end(workflow_id, left))
             return workflow_output(workflow_id, await self._end(workflow_id, timeout))
         except TimeoutError:
             raise WorkflowTimeoutError(
