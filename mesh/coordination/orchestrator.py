@@ -141,7 +141,7 @@ class Driver:
         self.flow = flow or FlowLog(mesh, workflow_id)
         self.workflow_id = workflow_id
         self._watches: dict[str, asyncio.Task[_Outcome]] = {}  # task id -> its outcome
-        self._fresh: set[str] = set()  # task ids of steps this driver scheduled: nobody submitted them before
+        self._fresh: dict[str, str] = {}  # task id -> scheduled event id, of steps this driver scheduled: nobody submitted them before
 
     async def run(
         self, start: FlowStarted | None = None, *, request_seq: int, causation_id: str | None = None,
@@ -200,7 +200,7 @@ class Driver:
                 scheduled = FlowStepScheduled(workflow_id=wf, step=name, task_id=task_id, attempt=attempt)
                 published = await self.flow.record(scheduled, f"step/{name}/{attempt}/scheduled")
                 if published is not None and not published.duplicate:
-                    self._fresh.add(task_id)
+                    self._fresh[task_id] = published.id
                 return published is not None
             case Finish(output=output):
                 log.debug("workflow completed", workflow_id=wf)  # the log has it: mesh.flow.completed
@@ -253,7 +253,7 @@ class Driver:
         submit; one found scheduled in the log is looked up first, and submitted only if no
         agent answered it yet (the same id dedupes meanwhile)."""
         task_id, timeout = step.task_id or "", spec.timeout or FOREVER
-        cause = derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
+        cause = self._fresh.get(task_id) or derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
         correlation_id = self.flow.view.correlation_id or self.workflow_id
         input = resolve(spec.input, scope(self.flow.view))
         try:
