@@ -141,7 +141,7 @@ class Driver:
         self.flow = flow or FlowLog(mesh, workflow_id)
         self.workflow_id = workflow_id
         self._watches: dict[str, asyncio.Task[_Outcome]] = {}  # task id -> its outcome
-        self._fresh: dict[str, str] = {}  # task id -> scheduled event id, of steps this driver scheduled: nobody submitted them before
+        self._fresh: dict[str, str] = {}  # steps this driver scheduled (nobody submitted them before): task id -> cause
 
     async def run(
         self, start: FlowStarted | None = None, *, request_seq: int, causation_id: str | None = None,
