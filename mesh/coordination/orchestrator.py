@@ -2,10 +2,12 @@
 
 The orchestrator agent (`agents/orchestrator.py`) serves the `workflow` capability; each
 task is one workflow to drive. Its state is the workflow projection of
-`mesh.flow.<workflow_id>` (`FlowLog`), read from the log when a driver starts, so an
-orchestrator killed at any point resumes where the log says the workflow is once its task
-is redelivered (after the consumer's ack wait) to a live orchestrator; from then on the
-driver keeps it current from what it records itself.
+`mesh.flow.<workflow_id>` (`FlowLog`), read from the log when a driver starts (a task that
+carries the spec records `mesh.flow.started` first instead, stored only if the subject is
+empty: a refusal or a duplicate reads what is there), so an orchestrator killed at any
+point resumes where the log says the workflow is once its task is redelivered (after the
+consumer's ack wait) to a live orchestrator; from then on the driver keeps it current from
+what it records itself.
 
 What happens next is decided by a pure function of that state (`decide`), and every event
 the driver records has an id derived from the workflow id and is published only if
