@@ -15,7 +15,7 @@ import msgspec
 from mesh import Agent, Context, TaskError, WorkflowTakenError
 from mesh.bus.client import Mesh
 from mesh.coordination.orchestrator import Driver, FlowLog
-from mesh.coordination.workflow import WORKFLOW_CAPABILITY, parse
+from mesh.coordination.workflow import WORKFLOW_CAPABILITY, WorkflowSpec, flow_started, parse
 from mesh.runtime.agent import TaskFailure
 from topics.base import ErrorInfo, is_token
 from topics.flows import FlowStarted
@@ -64,7 +64,8 @@ DRIVE_LIMIT = 7 * 24 * 3600.0
 @agent.task(WORKFLOW_CAPABILITY, on_failed=fail_workflow, max_run_time=DRIVE_LIMIT)
 async def run_workflow(input: Drive, ctx: Context) -> Any:
     workflow_id = input.workflow_id or ctx.task_id
-    ctx.log.info("driving workflow", workflow_id=workflow_id, attempt=ctx.attempt)
+    if ctx.attempt > 1:  # a first attempt is in the log already (mesh.flow.started); a resumed one is news
+        ctx.log.info("resuming workflow", workflow_id=workflow_id, attempt=ctx.attempt)
     return await drive(ctx.mesh, input, task_id=ctx.task_id, request_seq=ctx.request_seq or 0,
                        causation_id=ctx.event.id, correlation_id=ctx.correlation_id,
                        flow=ctx.flow_log(workflow_id))  # fmt: skip
@@ -78,18 +79,19 @@ async def drive(
     TaskError if it failed (WorkflowTakenError if another request started it). ``flow``: the
     workflow's `FlowLog` (a handler's `ctx.flow_log`, which `rerun` answers from the record)."""
     workflow_id = request.workflow_id or task_id
-    start = None if request.spec is None else _start(workflow_id, request)
+    parsed = None if request.spec is None else parse(request.spec)
+    start = None if parsed is None else _start(workflow_id, request, parsed)
     view = await Driver(mesh, workflow_id, flow).run(start, request_seq=request_seq, causation_id=causation_id,
-                                                     correlation_id=correlation_id)  # fmt: skip
+                                                     correlation_id=correlation_id, parsed=parsed)  # fmt: skip
     if view.status == "failed":
         reason = f"{view.error.type}: {view.error.message}" if view.error else "no reason recorded"
         raise TaskError(reason, type=WORKFLOW_FAILED)
     return view.output
 
 
-def _start(workflow_id: str, request: Drive) -> FlowStarted:
-    spec = parse(request.spec)
-    return FlowStarted(workflow_id=workflow_id, name=spec.name, spec=msgspec.to_builtins(spec), input=request.input)
+def _start(workflow_id: str, request: Drive, parsed: WorkflowSpec | None = None) -> FlowStarted:
+    """The start of the workflow the request carries (``parsed``: its spec, parsed already)."""
+    return flow_started(parsed or parse(request.spec), request.input, workflow_id)
 
 
 def _started(workflow_id: str, request: Drive) -> FlowStarted:

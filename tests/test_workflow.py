@@ -230,6 +230,14 @@ class TestOrchestrator:
         assert len(flow_events(log, "mesh.flow.step_failed", workflow_id)) == 2
         assert len(flow_events(log, "mesh.flow.failed", workflow_id)) == 1
         await reruns_cleanly(mesh, log, workflow_id)
+        # awaited by the object that launched it (its task's outcome watched from before the
+        # request): the same error, the workflow's own, not its task's
+        flows = Workflows(mesh)
+        again = await flows.start(spec)
+        with pytest.raises(WorkflowFailedError, match="cannot handle 1") as failed:
+            await flows.result(again, timeout=60)
+        await until_ended(log, again)
+        assert failed.value.error == flow_events(log, "mesh.flow.failed", again)[0].data.error  # type: ignore[attr-defined]
 
     async def test_started_by_a_plain_task(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """Any NATS client can start a workflow with one `workflow` task carrying the spec."""

@@ -29,15 +29,23 @@ __all__ = ["COMPLETED", "FAILED", "FlowLog"]
 COMPLETED, FAILED = "flow/completed", "flow/failed"
 
 
-class _Sent(msgspec.Struct, frozen=True):
+class _Sent:
     """What a fold reads of the envelope (`mesh.projections.Stamp`) of an event a FlowLog
-    recorded. ``time`` is when it was sent: `Mesh.publish` stamps the stored envelope a
-    moment later, so `started_at`/`finished_at` in a driver's own view can be that much
-    earlier than in a fold of the log; no decision reads them."""
+    recorded. ``time``, unless given, is when the fold first reads it (only the start and
+    end of a workflow are stamped with it), a moment after `Mesh.publish` stamped the stored
+    envelope, so `started_at`/`finished_at` in a driver's own view can be that much later
+    than in a fold of the log; no decision reads them."""
 
-    id: str
-    time: str
-    correlationid: str | None
+    __slots__ = ("_time", "correlationid", "id")
+
+    def __init__(self, id: str, time: str | None, correlationid: str | None) -> None:
+        self.id, self._time, self.correlationid = id, time, correlationid
+
+    @property
+    def time(self) -> str:
+        if self._time is None:
+            self._time = now_rfc3339()
+        return self._time
 
 
 class FlowLog:
@@ -81,7 +89,7 @@ class FlowLog:
         correlation id is the workflow's (``correlation_id`` for its start)."""
         event_id = derived_id(self.workflow_id, label)
         correlation_id = self.view.correlation_id or correlation_id or self.workflow_id
-        sent = _Sent(event_id, now_rfc3339(), correlation_id)
+        sent = _Sent(event_id, None, correlation_id)
         try:
             published = await self.mesh.publish(
                 self.subject, data, event_id=event_id, correlation_id=correlation_id,

@@ -2,10 +2,12 @@
 
 The orchestrator agent (`agents/orchestrator.py`) serves the `workflow` capability; each
 task is one workflow to drive. Its state is the workflow projection of
-`mesh.flow.<workflow_id>` (`FlowLog`), read from the log when a driver starts, so an
-orchestrator killed at any point resumes where the log says the workflow is once its task
-is redelivered (after the consumer's ack wait) to a live orchestrator; from then on the
-driver keeps it current from what it records itself.
+`mesh.flow.<workflow_id>` (`FlowLog`), read from the log when a driver starts (a task that
+carries the spec records `mesh.flow.started` first instead, stored only if the subject is
+empty: a refusal or a duplicate reads what is there), so an orchestrator killed at any
+point resumes where the log says the workflow is once its task is redelivered (after the
+consumer's ack wait) to a live orchestrator; from then on the driver keeps it current from
+what it records itself.
 
 What happens next is decided by a pure function of that state (`decide`), and every event
 the driver records has an id derived from the workflow id and is published only if
@@ -141,27 +143,32 @@ class Driver:
         self.flow = flow or FlowLog(mesh, workflow_id)
         self.workflow_id = workflow_id
         self._watches: dict[str, asyncio.Task[_Outcome]] = {}  # task id -> its outcome
-        self._fresh: set[str] = set()  # task ids of steps this driver scheduled: nobody submitted them before
+        self._fresh: dict[str, str] = {}  # steps this driver scheduled (nobody submitted them before): task id -> cause
 
     async def run(
         self, start: FlowStarted | None = None, *, request_seq: int, causation_id: str | None = None,
-        correlation_id: str | None = None,
+        correlation_id: str | None = None, parsed: WorkflowSpec | None = None,
     ) -> WorkflowView:  # fmt: skip
         """Drive the workflow for the `workflow` request at ``request_seq`` (its event id:
         ``causation_id``, its correlation: ``correlation_id``): start it with ``start`` if nobody has, and go on only if it is that
-        request's (WorkflowTakenError)."""
-        view = await self.flow.refresh()
-        if not view.started:
-            if start is None:
+        request's (WorkflowTakenError). ``parsed``: ``start``'s spec parsed, used when the
+        workflow runs the spec this driver recorded (not parsed again)."""
+        if start is None:
+            view = await self.flow.refresh()
+            if not view.started:
                 raise SchemaError(
                     f"workflow {self.workflow_id} was never started (no mesh.flow.started on {self.flow.subject})"
                 )
-            while not self.flow.view.started:  # refused: another request started it in between
-                await self.flow.record(msgspec.structs.replace(start, request_seq=request_seq), "started",
-                                       causation_id=causation_id, correlation_id=correlation_id)  # fmt: skip
+        # With a start, no read first: it is recorded only if nothing is on the subject yet (or
+        # it is a duplicate of this request's own), and a refusal folds what is there instead.
+        while not self.flow.view.started:
+            assert start is not None
+            await self.flow.record(msgspec.structs.replace(start, request_seq=request_seq), "started",
+                                   causation_id=causation_id, correlation_id=correlation_id)  # fmt: skip
         if not self.flow.bound_to(request_seq):
             raise WorkflowTakenError(self.workflow_id, self.flow.view.request_seq, request_seq)
-        spec = spec_of(self.flow.view)
+        ours = parsed is not None and start is not None and self.flow.view.spec is start.spec
+        spec = parsed if ours and parsed is not None else spec_of(self.flow.view)
         try:
             while self.flow.view.status == "running":
                 await self._advance(spec)
@@ -195,10 +202,10 @@ class Driver:
                 scheduled = FlowStepScheduled(workflow_id=wf, step=name, task_id=task_id, attempt=attempt)
                 published = await self.flow.record(scheduled, f"step/{name}/{attempt}/scheduled")
                 if published is not None and not published.duplicate:
-                    self._fresh.add(task_id)
+                    self._fresh[task_id] = published.id
                 return published is not None
             case Finish(output=output):
-                log.info("workflow completed", workflow_id=wf)
+                log.debug("workflow completed", workflow_id=wf)  # the log has it: mesh.flow.completed
                 return await self.flow.record(FlowCompleted(workflow_id=wf, output=output), COMPLETED) is not None
             case Fail(step=name, error=error, record_step=record_step):
                 log.warning("workflow failed", workflow_id=wf, step=name, error=error.message)
@@ -248,7 +255,7 @@ class Driver:
         submit; one found scheduled in the log is looked up first, and submitted only if no
         agent answered it yet (the same id dedupes meanwhile)."""
         task_id, timeout = step.task_id or "", spec.timeout or FOREVER
-        cause = derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
+        cause = self._fresh.get(task_id) or derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
         correlation_id = self.flow.view.correlation_id or self.workflow_id
         input = resolve(spec.input, scope(self.flow.view))
         try:

@@ -26,6 +26,7 @@ agents.orchestrator:agent`) picks up: it records `mesh.flow.started` on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -34,6 +35,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from mesh.bus.chains import Answer
 from mesh.bus.client import Mesh, outcome_value
 from mesh.bus.follow import Follow, records
 from mesh.coordination.templates import references
@@ -45,7 +47,7 @@ from topics.base import ErrorInfo, check_token
 from topics.envelope import new_event_id
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted
 from topics.record import Record
-from topics.tasks import TaskCancelled, TaskFailed
+from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed
 
 __all__ = [
     "WORKFLOW_CAPABILITY",
@@ -62,6 +64,7 @@ __all__ = [
 ]
 
 WORKFLOW_CAPABILITY = "workflow"
+LAUNCHES = 1024  # workflows a `Workflows` watches the outcome of until `result` awaits it
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -197,6 +200,7 @@ class Workflows:
 
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
+        self._launched: dict[str, _Launch] = {}  # the last LAUNCHES workflows launched and not awaited yet
 
     async def start(
         self, spec: WorkflowSpec, input: Any = None, *, workflow_id: str | None = None,
@@ -216,13 +220,34 @@ class Workflows:
         the returned `request_seq` to `result` so nothing else is taken for its output. A
         workflow started by something else (a handler: `Context.workflow`) names it as its
         ``causation_id`` and shares its ``correlation_id``, which every step's task carries on,
-        so the timeline of what started it shows the whole tree."""
+        so the timeline of what started it shows the whole tree. The outcome of a request under
+        a new (generated) workflow id is watched from before it is published, live, until
+        `result` takes it (this object keeps the last `LAUNCHES` such watches)."""
+        new = workflow_id is None
         workflow_id = check_token("workflow id", workflow_id or new_event_id())
         drive = {"workflow_id": workflow_id, "spec": msgspec.to_builtins(spec), "input": input}
-        submitted = await self.mesh.submit_request(WORKFLOW_CAPABILITY, drive, task_id=workflow_id,
-                                                   correlation_id=correlation_id or workflow_id,
-                                                   causation_id=causation_id)  # fmt: skip
+        watching, answer, outcome = contextlib.AsyncExitStack(), Answer(), None
+        try:
+            if new:  # nothing is on the new task's subject yet: its outcome is watched live from before the request
+                task_subject = subjects.task(WORKFLOW_CAPABILITY, self.mesh.owner, workflow_id)
+                outcome = await watching.enter_async_context(self.mesh.waiters.watch_if_free(task_subject, answer.accept))
+            submitted = await self.mesh.submit_request(WORKFLOW_CAPABILITY, drive, task_id=workflow_id,
+                                                       correlation_id=correlation_id or workflow_id,
+                                                       causation_id=causation_id)  # fmt: skip
+        except BaseException:
+            await watching.aclose()
+            raise
+        early = answer.expect(submitted.seq)
+        await self._forget(workflow_id)
+        self._launched[workflow_id] = _Launch(submitted.seq, watching, outcome, early)
+        if len(self._launched) > LAUNCHES:
+            await self._forget(next(iter(self._launched)))
         return Launched(workflow_id, submitted.seq, submitted.duplicate)
+
+    async def _forget(self, workflow_id: str) -> None:
+        launch = self._launched.pop(workflow_id, None)
+        if launch is not None:
+            await launch.watching.aclose()
 
     async def view(self, workflow_id: str) -> WorkflowView:
         """The workflow as its events tell it now."""
@@ -255,12 +280,27 @@ class Workflows:
         without ``on_event`` its `workflow` task's outcome is awaited (interest plus a direct
         get, no consumer; what a client may read under `mesh auth init`), and a workflow
         someone else started under that id is WorkflowTakenError, never their output.
-        Without it, the end of whichever workflow has that id is read (agents, admin)."""
+        Without it, the end of whichever workflow has that id is read (agents, admin); for a
+        workflow this object launched, its `workflow` task's completion is awaited first (one
+        or two events instead of every event of the workflow), and the workflow's end only if
+        that task did not complete."""
+        launched = self._launched.pop(workflow_id, None)
+        if launched is not None and (on_event is not None or request_seq not in (None, launched.request_seq)):
+            await launched.watching.aclose()  # not the request this object watches the outcome of
+            launched = None
         try:
             if on_event is not None:
                 return await asyncio.wait_for(self._outcome(workflow_id, request_seq, on_event), timeout)
             if request_seq is not None:
-                return await self._task_output(workflow_id, request_seq, timeout)
+                return await self._task_output(workflow_id, request_seq, timeout, launched)
+            if launched is not None:
+                deadline = asyncio.get_running_loop().time() + (math.inf if timeout is None else timeout)
+                outcome = await launched.outcome_of(self.mesh, workflow_id, timeout)
+                if isinstance(outcome.data, TaskCompleted):  # its output is the workflow's
+                    return outcome.data.output
+                # failed (its end says why), or taken, or cancelled: the end of the workflow
+                left = None if timeout is None else max(0.0, deadline - asyncio.get_running_loop().time())
+                return workflow_output(workflow_id, await self._end(workflow_id, left))
             return workflow_output(workflow_id, await self._end(workflow_id, timeout))
         except TimeoutError:
             raise WorkflowTimeoutError(
@@ -268,10 +308,16 @@ class Workflows:
                 f"`mesh flow show {workflow_id}` says where it stands"
             ) from None
 
-    async def _task_output(self, workflow_id: str, request_seq: int, timeout: float | None) -> Any:
-        """The output of the `workflow` task at ``request_seq``, which is the workflow's."""
-        outcome = await self.mesh.follow(WORKFLOW_CAPABILITY, workflow_id, request_seq,
-                                         timeout=math.inf if timeout is None else timeout)  # fmt: skip
+    async def _task_output(
+        self, workflow_id: str, request_seq: int, timeout: float | None, launched: _Launch | None = None
+    ) -> Any:
+        """The output of the `workflow` task at ``request_seq``, which is the workflow's
+        (``launched``: that request, launched by this object)."""
+        if launched is not None:
+            outcome = await launched.outcome_of(self.mesh, workflow_id, timeout)
+        else:
+            outcome = await self.mesh.follow(WORKFLOW_CAPABILITY, workflow_id, request_seq,
+                                             timeout=math.inf if timeout is None else timeout)  # fmt: skip
         match outcome.data:
             case TaskFailed(error=error) if error.type == WorkflowTakenError.__name__:
                 raise WorkflowTakenError(workflow_id, None, request_seq)
@@ -302,6 +348,28 @@ class Launched(NamedTuple):
     workflow_id: str
     request_seq: int
     duplicate: bool
+
+
+class _Launch(NamedTuple):
+    """A workflow a `Workflows` launched: its `workflow` request, and the watch of that
+    request's outcome made before it was published (``outcome`` None: none was made)."""
+
+    request_seq: int
+    watching: contextlib.AsyncExitStack
+    outcome: asyncio.Future[Record] | None
+    early: Record | None  # the outcome, if it came before the request's acknowledgement
+
+    async def outcome_of(self, mesh: Mesh, workflow_id: str, timeout: float | None) -> Record:
+        """The request's outcome (TimeoutError after ``timeout`` seconds); the watch ends."""
+        try:
+            if self.early is not None:
+                return self.early
+            if self.outcome is not None:
+                return await asyncio.wait_for(self.outcome, timeout)
+            return await mesh.follow(WORKFLOW_CAPABILITY, workflow_id, self.request_seq,
+                                     timeout=math.inf if timeout is None else timeout)  # fmt: skip
+        finally:
+            await self.watching.aclose()
 
 
 def _is_end(record: Record) -> bool:
