@@ -1,6 +1,6 @@
 """Echo throughput with tracing off, sampled at a ratio, and at 100%, in one run (issue #10).
 
-`python -m bench tracing [--tasks N] [--runs R] [--in-flight K] [--ratio X]`
+`python -m bench tracing [--tasks N] [--runs R] [--in-flight K] [--ratio X] [--unsampled]`
 
 Every side is the same work in separate processes: a requester (`bench.requester`,
 `Mesh.request` with K in flight) and an echo agent (`mesh agent run`), one agent per side.
@@ -16,6 +16,14 @@ Each run measures the three sides back to back, the order rotating from run to r
 side's ratio is the median of its per-run ratios against that run's off side (the machine's
 drift between runs cancels out). CPU is µs per task of each process: the agent, the
 requester, the nats-server and the span receiver. Target: sampled >= 0.85 x off.
+
+`--unsampled` adds a fourth side in the same rotation, the same sampler at ratio 0: every
+trace is dropped at its root, so it measures what the unsampled messages of the sampled side
+cost (the SDK's decision at the root, propagation, bigger messages). The sampled side's
+extra CPU then splits into its unsampled share, (1 - ratio) x that side's, and the rest,
+its recorded spans. The 100% side's extra CPU is also given per recorded span: an echo
+task makes one span in the requester (`send`) and three in the agent (`process`,
+`invoke_agent` and the outcome's `send`).
 """
 
 from __future__ import annotations
@@ -28,13 +36,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.harness import ROOT, Bench, CpuUse, Row, cpu_detail, median, paired_ratios, print_table, stop_on_sigterm
+from mesh import Agent, Context
 from mesh.bus.client import Mesh
 from topics import subjects
 
 TARGET = 0.85
+UNSAMPLED = "sampled 0"
 PROCESSES = ("agent", "requester", "server", "receiver")
+SPANS_PER_TASK = {"agent": 3, "requester": 1}  # recorded spans of one echo task, by process
+
+unsampled_echo = Agent("bench-echo-unsampled")  # the `--unsampled` side's agent
+
+
+@unsampled_echo.task("bench-echo-unsampled")
+async def echo_unsampled(input: Any, ctx: Context) -> Any:
+    return input
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=9, help="runs per side (default 9)")
     parser.add_argument("--in-flight", type=int, default=64, help="tasks in flight (default 64)")
     parser.add_argument("--ratio", type=float, default=0.1, help="the sampled side's ratio (default 0.1)")
-    return parser.parse_args(argv)
+    parser.add_argument("--unsampled", action="store_true",
+                        help="add a side sampled at 0: what the sampled side's unsampled messages cost")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.unsampled and args.ratio == 0:
+        parser.error("--unsampled adds a side at ratio 0; the sampled side is already at 0")
+    return args
 
 
 def wait_for_port(bench: Bench, path: Path, timeout: float = 30.0) -> int:
@@ -85,8 +109,8 @@ def traced_env(port: int, sampler: str, ratio: float | None) -> dict[str, str]:
     return env
 
 
-def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, float]], int]:
-    """Rows for the table, each side's median CPU µs per task by process, and the spans received."""
+def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, list[float]]], int]:
+    """Rows for the table, each side's CPU µs per task by process run by run, and the spans received."""
     with Bench("tracing") as bench:
         port_file = bench.tmp / "otlp.port"
         sink = bench.spawn("otlp-sink", "-m", "bench.otlp_sink", str(port_file))
@@ -98,6 +122,9 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, fl
                       traced_env(port, "parentbased_traceidratio", args.ratio)),
             "100%": ("bench-echo-traced", "bench.agents:traced_echo", traced_env(port, "parentbased_always_on", None)),
         }  # fmt: skip
+        if args.unsampled:
+            plan[UNSAMPLED] = ("bench-echo-unsampled", "bench.tracing:unsampled_echo",
+                               traced_env(port, "parentbased_traceidratio", 0.0))  # fmt: skip
         agents = {side: bench.spawn(f"echo-{capability}", "-m", "mesh", "agent", "run", target, "--nats", bench.url,
                                     "--concurrency", str(args.in_flight), env=env)
                   for side, (capability, target, env) in plan.items()}  # fmt: skip
@@ -107,7 +134,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, fl
         assert bench.server is not None
         sides = list(plan)
         for run in range(args.runs):
-            for side in sides[run % 3 :] + sides[: run % 3]:  # each side goes first, second and last in turn
+            turn = run % len(sides)
+            for side in sides[turn:] + sides[:turn]:  # each side goes first, second... and last in turn
                 capability, _, env = plan[side]
                 meter = CpuUse({"agent": agents[side].pid, "server": bench.server.process.pid, "receiver": sink.pid})
                 rate, requester_cpu = requester(bench, capability, args, env)
@@ -135,21 +163,51 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, fl
         off = [sum(values) for values in zip(*cpu["off"].values(), strict=True)]
         rows.append(Row(f"  CPU per task, all processes, {side} vs off", median(totals), median(off), "µs",
                         higher_is_better=False, runs={side: totals, "off": off}))  # fmt: skip
-    per_process = {side: {p: median(values) for p, values in by_process.items()} for side, by_process in cpu.items()}
-    return rows, per_process, spans
+    return rows, cpu, spans
+
+
+def extra(cpu: dict[str, dict[str, list[float]]], side: str) -> dict[str, float]:
+    """A side's CPU µs per task above the off side's, by process and in total: the median of
+    its per-run differences (runs pair up as the ratios do)."""
+    by_process = {p: median([on - off for on, off in zip(cpu[side][p], cpu["off"][p], strict=True)]) for p in PROCESSES}
+    totals = [sum(values) for values in zip(*cpu[side].values(), strict=True)]
+    off = [sum(values) for values in zip(*cpu["off"].values(), strict=True)]
+    return {**by_process, "total": median([a - b for a, b in zip(totals, off, strict=True)])}
+
+
+def print_cpu(args: argparse.Namespace, cpu: dict[str, dict[str, list[float]]]) -> None:
+    """CPU per task by process and side; what tracing adds to it; where the sampled side's goes."""
+    columns = (*PROCESSES, "total")
+    print("CPU µs per task by process (median of runs):")
+    print(f"  {'tracing':14s}" + "".join(f"{p:>11s}" for p in columns))
+    for side, by_process in cpu.items():
+        used = {p: median(values) for p, values in by_process.items()}
+        print(f"  {side:14s}" + "".join(f"{used[p]:11.0f}" for p in PROCESSES) + f"{sum(used.values()):11.0f}")
+    print("\nCPU µs per task above off (median of the per-run differences):")
+    print(f"  {'tracing':14s}" + "".join(f"{p:>11s}" for p in columns))
+    added = {side: extra(cpu, side) for side in cpu if side != "off"}
+    for side, more in added.items():
+        print(f"  {side:14s}" + "".join(f"{more[p]:11.0f}" for p in columns))
+    full = added["100%"]
+    print("  per recorded span at 100%: " + ", ".join(f"{p} {full[p] / n:.0f} µs ({n} a task)"
+                                                    for p, n in SPANS_PER_TASK.items()))  # fmt: skip
+    if UNSAMPLED in added and args.ratio > 0:
+        sampled, unsampled = added[f"sampled {args.ratio:g}"], added[UNSAMPLED]
+        share = {p: (1 - args.ratio) * unsampled[p] for p in columns}
+        print(f"  sampled {args.ratio:g}, its unsampled messages ({1 - args.ratio:g} x sampled 0): "
+              + ", ".join(f"{p} {share[p]:.0f}" for p in columns))  # fmt: skip
+        print(f"  sampled {args.ratio:g}, the rest (its recorded spans): "
+              + ", ".join(f"{p} {sampled[p] - share[p]:.0f}" for p in columns))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with stop_on_sigterm():
-        rows, per_process, spans = measure(args)
+        rows, cpu, spans = measure(args)
     print()
     print_table(rows, columns=("tracing on", "tracing off"))
     print()
-    print("CPU µs per task by process (median of runs):")
-    print(f"  {'tracing':14s}" + "".join(f"{p:>11s}" for p in PROCESSES) + f"{'total':>11s}")
-    for side, used in per_process.items():
-        print(f"  {side:14s}" + "".join(f"{used[p]:11.0f}" for p in PROCESSES) + f"{sum(used.values()):11.0f}")
+    print_cpu(args, cpu)
     traced = args.runs * (args.tasks + min(args.tasks, 1000))
     print(f"\nspans received: {spans:,} for {traced:,} tasks at {args.ratio:g} and {traced:,} at 100%")
     return 0 if all(row.passed is not False for row in rows) else 1
