@@ -227,3 +227,32 @@ class TestWithSdk:
                                    "send mesh.task.{capability}.{owner}.{task_id}"]  # fmt: skip
         assert list(result["by_name"]) == ["invoke_agent researcher"]
         assert result["by_name"]["invoke_agent researcher"]["trace"] == TRACEPARENT.split("-")[1]
+
+
+LATE_PROVIDER = """
+import json, time
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from mesh.telemetry.tracing import LOOK_AGAIN, provider_installed, tracing
+
+seen = [tracing()]  # no provider yet: a no, kept a while
+trace.set_tracer_provider(TracerProvider())
+seen.append(tracing())  # a user's own provider, set just now: the no still stands
+began = time.monotonic()
+while not tracing():
+    time.sleep(0.01)
+waited = time.monotonic() - began
+provider_installed()  # what the mesh's own set-up says when it installs one
+print(json.dumps({"seen": seen, "waited": waited, "look_again": LOOK_AGAIN, "after": tracing()}))
+"""
+
+
+@pytest.mark.e2e
+class TestProviderLookup:
+    def test_a_provider_set_after_a_no_is_used_within_a_second(self) -> None:
+        """Without a provider the API's lookup reads os.environ on every call, so `tracing`
+        keeps a "no" for LOOK_AGAIN seconds; a provider set after it is used once they pass."""
+        out = subprocess.run([sys.executable, "-c", LATE_PROVIDER], cwd=ROOT, capture_output=True, text=True, check=True)
+        found = json.loads(out.stdout)
+        assert found["seen"] == [False, False] and found["after"] is True
+        assert found["waited"] <= found["look_again"] + 0.5, found

@@ -168,8 +168,11 @@ class Telemetry:
         """Make these the global providers: the API's proxies (the mesh's tracer and meter) then use them."""
         from opentelemetry import metrics, trace
 
+        from mesh.telemetry.tracing import provider_installed
+
         if self.tracer_provider is not None:
             trace.set_tracer_provider(self.tracer_provider)
+            provider_installed()
         if self.meter_provider is not None:
             metrics.set_meter_provider(self.meter_provider)
 

@@ -22,6 +22,8 @@ records. A span the sampler dropped costs its ids and context, not its attribute
 
 from __future__ import annotations
 
+import math
+import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -64,12 +66,14 @@ from mesh.telemetry.presets import (
 from mesh.telemetry.redact import scrub_text
 
 __all__ = [
+    "LOOK_AGAIN",
     "agent_span",
     "ask_span",
     "chat_span",
     "instruments",
     "messaging_attributes",
     "process_span",
+    "provider_installed",
     "record_error",
     "replaying",
     "search_span",
@@ -88,17 +92,32 @@ tracer: trace.Tracer = trace.get_tracer("agentmesh")  # the API's proxy until `t
 class _ProviderSeen:
     installed = False
     prunes = False  # its sampler drops every span whose parent was not sampled
+    looked = -math.inf  # when (monotonic) no provider was found last
 
 
 _provider = _ProviderSeen()
+LOOK_AGAIN = 1.0  # seconds a "no provider" answer is kept
+
+
+def provider_installed() -> None:
+    """Say that a tracer provider was just set (`mesh.telemetry.setup`): `tracing` looks again
+    at once instead of keeping an earlier "no" for up to `LOOK_AGAIN` seconds."""
+    _provider.looked = -math.inf
 
 
 def tracing() -> bool:
     """Whether an SDK tracer provider is installed (the API's global one is not its proxy or
     no-op). A provider, once set, stays (the API refuses to replace it), so a yes is kept,
-    with that provider's tracer (the proxy would look it up again for every span)."""
+    with that provider's tracer (the proxy would look it up again for every span). A no is
+    kept for `LOOK_AGAIN` seconds: the API's lookup reads `os.environ` on every call until a
+    provider is set (a tenth of a busy client's CPU), so a provider installed after the mesh
+    started tracing nothing is used within a second."""
     global tracer
     if not _provider.installed:
+        now = time.monotonic()
+        if now - _provider.looked < LOOK_AGAIN:
+            return False
+        _provider.looked = now
         provider = trace.get_tracer_provider()
         if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
             tracer = provider.get_tracer("agentmesh")
