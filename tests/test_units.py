@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import msgspec
 import openai
@@ -22,7 +23,9 @@ from topics.envelope import (
     derived_id,
     encode_envelope,
     new_event_id,
+    now_rfc3339,
     parse_dataref,
+    parse_time,
 )
 
 pytestmark = pytest.mark.unit
@@ -90,6 +93,18 @@ class TestIds:
         ids = [new_event_id() for _ in range(50)]
         assert all(i[14] == "7" for i in ids)
         assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)
+
+    def test_times_are_utc_rfc3339_with_microseconds(self) -> None:
+        """An event's time is what `datetime.isoformat` gives in UTC, `Z` for `+00:00`."""
+        from datetime import UTC, datetime
+
+        before = datetime.now(UTC)
+        stamps = [now_rfc3339() for _ in range(3)]
+        after = datetime.now(UTC)
+        for stamp in stamps:
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
+            assert before.replace(microsecond=0) <= parse_time(stamp) <= after
+        assert stamps == sorted(stamps)
 
 
 class TestSubjects:

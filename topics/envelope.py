@@ -115,19 +115,20 @@ def derived_id(cause_id: str, label: str) -> str:
 
 
 class _Second:
-    """The formatted UTC second last asked for: `now_rfc3339` formats a new one once a second."""
+    """The UTC second last asked for, formatted: `now_rfc3339` formats a new one once a second.
+    One attribute holds both, so a thread never pairs one second with another's text."""
 
-    at = -1
-    text = ""
+    last: tuple[int, str] = (-1, "")
 
 
 def now_rfc3339() -> str:
     """Now in UTC, as RFC 3339 with microseconds: `2026-12-03T07:12:19.123456Z`."""
-    ns = time.time_ns()
-    second, micros = divmod(ns // 1000, 1_000_000)
-    if second != _Second.at:
-        _Second.text, _Second.at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
-    return f"{_Second.text}.{micros:06d}Z"
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    at, text = _Second.last
+    if second != at:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _Second.last = (second, text)
+    return f"{text}.{micros:06d}Z"
 
 
 def parse_time(value: str) -> datetime:
