@@ -330,8 +330,8 @@ async def run_subscription(worker: Worker, inbound: Inbound) -> None:
 
 
 class _NoDeadline:
-    """The scope of a task without a deadline: never expires (an `asyncio.timeout(None)` per
-    message would only cost its time)."""
+    """The outer scope when it has nothing to add (no deadline, or the deadline is the budget
+    itself): never expires (an `asyncio.timeout(None)` per message would only cost its time)."""
 
     async def __aenter__(self) -> None:
         return None
@@ -356,7 +356,7 @@ async def bounded(
     the deadline: a deadline later than the limit is a timeout of its own around it."""
     by_deadline = deadline_in is not None and deadline_in <= limit
     budget = deadline_in if by_deadline and deadline_in is not None else limit
-    deadline = asyncio.timeout(None if by_deadline else deadline_in) if deadline_in is not None else _NO_DEADLINE
+    deadline = asyncio.timeout(deadline_in) if deadline_in is not None and not by_deadline else _NO_DEADLINE
     scope: asyncio.Timeout | None = None
     try:
         async with deadline:
