@@ -8,10 +8,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 
+import nats
 import pytest
 
 from mesh import Mesh
 from mesh.bus.server import LocalServer
+from mesh.bus.waiting import SHARE_ANONYMOUS_AT
 from tests.conftest import AgentProcesses
 from tests.helpers import eventually
 from topics import subjects
@@ -181,3 +183,48 @@ class TestReconnect:
         finally:
             await requester.close()
             await proxy.cut()
+
+
+class TestAnonymousSharing:
+    """An anonymous process (no credentials: every task is `anon`'s) subscribes per watch while
+    it waits for little, shares one subscription on `anon`'s tasks while it is busy, and lets
+    that one go when nothing waits on it: it would bring every task event of the mesh."""
+
+    async def test_a_busy_process_shares_one_subscription_and_lets_it_go(
+        self, mesh: Mesh, nats_server: LocalServer
+    ) -> None:  # fmt: skip
+        waiters, few = mesh.waiters, SHARE_ANONYMOUS_AT - 1
+        task_ids = [f"t-busy-{i}" for i in range(SHARE_ANONYMOUS_AT + 8)]
+        before = waiters.subscriptions
+        other = await nats.connect(nats_server.url)
+        try:
+            async with contextlib.AsyncExitStack() as watching:
+                outcomes = [await watching.enter_async_context(mesh.watch_outcome("echo", t)) for t in task_ids[:few]]
+                assert waiters.subscriptions == before + few  # one each
+                outcomes += [await watching.enter_async_context(mesh.watch_outcome("echo", t)) for t in task_ids[few:]]
+                assert waiters.subscriptions == before + few + 1  # the shared one, whatever the number past it
+                assert await foreign_events_received(mesh, other) == FOREIGN
+                for task_id in task_ids:
+                    done = TaskCompleted(task_id=task_id, agent="a", attempt=1, output=task_id)
+                    await mesh.publish(subjects.task("echo", subjects.ANON, task_id), done)
+                records = await asyncio.wait_for(asyncio.gather(*outcomes), 30)
+                assert [record.data.output for record in records] == task_ids  # type: ignore[attr-defined]
+            assert waiters.subscriptions == before
+            assert await foreign_events_received(mesh, other) == 0  # let go on the server too
+        finally:
+            await other.close()
+
+
+FOREIGN = 50  # task events of another process of the mesh
+
+
+async def foreign_events_received(mesh: Mesh, other: nats.NATS) -> int:
+    """How many of `FOREIGN` task events another client publishes reach ``mesh``'s connection
+    (the server routes them before it answers the round trips that follow)."""
+    await mesh.nc.flush()  # the server has this connection's subscriptions and unsubscriptions
+    before = mesh.nc.stats["in_msgs"]
+    for i in range(FOREIGN):
+        await other.publish(subjects.task("echo", subjects.ANON, f"t-foreign-{i}"), b"{}")
+    await other.flush()
+    await mesh.nc.flush()
+    return int(mesh.nc.stats["in_msgs"] - before)

@@ -29,9 +29,16 @@ task started is kept a moment, in a buffer of the last `RECENT` events (at most
 the race of its start is closed without the 5 ms / 50 ms re-reads. The cost: the connection
 receives every event on its owner's tasks, including those of other processes with the same
 key (replicas of a role, or several clients of one user), each decoded only if waited for.
-If the server refuses that subscription, every watch subscribes on its own as below. So does
-every watch of the anonymous owner (`anon`, every process without an nkey): a subscription on
-its tasks would bring each waiting process every task event of the whole mesh.
+If the server refuses that subscription, every watch subscribes on its own as below.
+
+The anonymous owner (`anon`, every process of a mesh without credentials) is everyone's, so a
+subscription on its tasks brings the process every task event of the whole mesh. An anonymous
+process therefore shares only while it is busy: from `SHARE_ANONYMOUS_AT` watches at once
+(default 16; a CLI command or a light client never gets there) new watches of its tasks use the
+shared subscription, and it is let go when the last of them ends. Below that, a subscription per
+watch is cheaper than every foreign event; above it, a subscription and an unsubscription per
+watch (each a change of interest the server, and in a cluster every route, must process, and
+two re-reads of the log per watch) cost more.
 
 Bounded: at most `limit` waiters per process (default `DEFAULT_LIMIT`, 10,000); one more
 waits for a slot. Each costs one core subscription (or a share of one) and a few hundred
@@ -58,12 +65,13 @@ from mesh.errors import PermissionDeniedError
 from topics import subjects
 from topics.record import Record
 
-__all__ = ["DEFAULT_LIMIT", "RECHECK_EVERY", "Decode", "Waiters"]
+__all__ = ["DEFAULT_LIMIT", "RECHECK_EVERY", "SHARE_ANONYMOUS_AT", "Decode", "Waiters"]
 
 DEFAULT_LIMIT = 10_000  # pending waiters per process
 RECHECK_EVERY = 5.0  # seconds between reads of the log for every pending waiter
 RACE_RECHECKS = (0.005, 0.05)  # seconds after a watch that read the log starts: past the race of its start
 RECHECK_CONCURRENCY = 32  # direct gets in flight during one recheck
+SHARE_ANONYMOUS_AT = 16  # watches at once from which an anonymous process shares one subscription
 RECENT = 256  # events of the shared subscription kept for a watch that starts just after one came
 RECENT_BYTES = 1 << 20  # and their bytes, at most
 
@@ -130,6 +138,7 @@ class Waiters:
     def __init__(
         self, nc: Client, js: JetStreamContext, decode: Decode, *, limit: int = DEFAULT_LIMIT,
         recheck_every: float = RECHECK_EVERY, owner: str | None = None,
+        share_anonymous_at: int = SHARE_ANONYMOUS_AT,
     ) -> None:  # fmt: skip
         self._nc = nc
         self._js = js
@@ -144,8 +153,10 @@ class Waiters:
         self._owner = owner
         self._shared: Any = None
         self._sharing: asyncio.Future[bool] | None = None  # being made
-        # refused by the server, no owner, or the anonymous one (everyone's): every watch subscribes
-        self._unshared = owner is None or owner == subjects.ANON
+        self._unshared = owner is None  # or refused by the server: every watch subscribes
+        self._anonymous = owner == subjects.ANON  # everyone's: shared only while busy
+        self._share_anonymous_at = share_anonymous_at
+        self._watching = 0  # watches in progress
         self._by_task: dict[str, list[_Waiter]] = {}
         self._recent: deque[tuple[str, str, bytes]] = deque()  # (task id, subject, data)
         self._recent_bytes = 0
@@ -153,9 +164,13 @@ class Waiters:
 
     @property
     def pending(self) -> int:
-        return sum(len(interest.waiters) for interest in self._interests.values()) + sum(
-            len(waiters) for waiters in self._by_task.values()
-        )
+        """Watches in progress."""
+        return self._watching
+
+    @property
+    def subscriptions(self) -> int:
+        """The core subscriptions the watches hold: one per watched subject, and the shared one."""
+        return len(self._interests) + (self._shared is not None)
 
     def _all(self) -> list[_Waiter]:
         return [w for interest in self._interests.values() for w in interest.waiters] + [
@@ -178,31 +193,35 @@ class Waiters:
         if stored and not _is_literal(subject):
             raise ValueError(f"cannot read the stored events of {subject!r}: a wildcard is watched live only")
         async with self._slots:
-            waiter = _Waiter(subject, accept, earlier)
-            own = _own_task(subject, self._owner)
-            if own is not None and await self._shared_ready():
-                task_id, waiter.any_capability = own
-                self._by_task.setdefault(task_id, []).append(waiter)
-                self._start_ticker()
+            self._watching += 1
+            try:
+                waiter = _Waiter(subject, accept, earlier)
+                own = _own_task(subject, self._owner)
+                if own is not None and await self._shared_ready():
+                    task_id, waiter.any_capability = own
+                    self._by_task.setdefault(task_id, []).append(waiter)
+                    self._start_ticker()
+                    try:
+                        if stored:
+                            await self._offer_recent(task_id, waiter)  # what came just before this watch
+                            if not waiter.future.done():
+                                await self._check_quietly(waiter)
+                        yield waiter.future
+                    finally:
+                        self._leave_shared(task_id, waiter)
+                    return
+                interest, first = self._enter(waiter)
                 try:
+                    await self._subscribed(interest, first)
                     if stored:
-                        await self._offer_recent(task_id, waiter)  # what came just before this watch
+                        await self._check_quietly(waiter)
                         if not waiter.future.done():
-                            await self._check_quietly(waiter)
+                            self._recheck_later(waiter)
                     yield waiter.future
                 finally:
-                    self._leave_shared(task_id, waiter)
-                return
-            interest, first = self._enter(waiter)
-            try:
-                await self._subscribed(interest, first)
-                if stored:
-                    await self._check_quietly(waiter)
-                    if not waiter.future.done():
-                        self._recheck_later(waiter)
-                yield waiter.future
+                    await self._leave(interest, waiter)
             finally:
-                await self._leave(interest, waiter)
+                self._watching -= 1
 
     @contextlib.asynccontextmanager
     async def watch_if_free(
@@ -221,7 +240,7 @@ class Waiters:
         """Whether the shared subscription is in place (made now if it is not yet)."""
         if self._shared is not None:
             return True
-        if self._unshared:
+        if self._unshared or (self._anonymous and self._watching < self._share_anonymous_at):
             return False
         if self._sharing is None:
             self._sharing = asyncio.ensure_future(self._share())
@@ -250,6 +269,25 @@ class Waiters:
         waiters.remove(waiter)
         if not waiters:
             del self._by_task[task_id]
+            if self._anonymous and not self._by_task and self._shared is not None:
+                self._let_go_shared()
+
+    def _let_go_shared(self) -> None:
+        """End the anonymous owner's shared subscription once nothing waits on it: while
+        nobody waits it only brings the process every task event of the mesh."""
+        shared, self._shared = self._shared, None
+        self._recent.clear()
+        self._recent_bytes = 0
+        if not self._nc.is_closed:
+            task = asyncio.get_running_loop().create_task(self._unsubscribe(shared), name="waiters-let-go")
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
+    async def _unsubscribe(self, sub: Any) -> None:
+        try:
+            await sub.unsubscribe()
+        except Exception as error:  # the connection is closing or reconnecting: nothing is kept either way
+            log.info("ending the shared subscription failed", error=repr(error))
 
     async def _on_shared(self, msg: Msg) -> None:
         subject, data = msg.subject, msg.data
