@@ -176,12 +176,12 @@ async def trace(worker: Worker, inbound: Inbound, call_next: Next) -> None:
 
 
 async def log_context(worker: Worker, inbound: Inbound, call_next: Next) -> None:
+    # Bound, not reset after: each message runs in an asyncio task of its own (`_Dispatch`),
+    # whose copy of the context ends with it; a reset would only cost its time, per message.
     event, route = inbound.event, inbound.route
     scope = {"task_id": inbound.task_id} if isinstance(route, Handler) else {"subscription": route.name}
-    with structlog.contextvars.bound_contextvars(
-        agent=worker.agent_id, event_id=event.id, correlation_id=event.correlationid, **scope
-    ):
-        await call_next(inbound)
+    structlog.contextvars.bind_contextvars(agent=worker.agent_id, event_id=event.id, correlation_id=event.correlationid, **scope)
+    await call_next(inbound)
 
 
 async def dedup(worker: Worker, inbound: Inbound, call_next: Next) -> None:
