@@ -160,6 +160,7 @@ class Waiters:
         self._by_task: dict[str, list[_Waiter]] = {}
         self._recent: deque[tuple[str, str, bytes]] = deque()  # (task id, subject, data)
         self._recent_bytes = 0
+        self._recent_tasks: dict[str, int] = {}  # task id -> its events in `_recent` (most watches find none)
         self._decoding: set[asyncio.Task[None]] = set()
 
     @property
@@ -277,6 +278,7 @@ class Waiters:
         nobody waits it only brings the process every task event of the mesh."""
         shared, self._shared = self._shared, None
         self._recent.clear()
+        self._recent_tasks.clear()
         self._recent_bytes = 0
         if not self._nc.is_closed:
             task = asyncio.get_running_loop().create_task(self._unsubscribe(shared), name="waiters-let-go")
@@ -295,8 +297,14 @@ class Waiters:
         if len(data) <= RECENT_BYTES:
             self._recent.append((task_id, subject, data))
             self._recent_bytes += len(data)
+            self._recent_tasks[task_id] = self._recent_tasks.get(task_id, 0) + 1
             while len(self._recent) > RECENT or self._recent_bytes > RECENT_BYTES:
-                self._recent_bytes -= len(self._recent.popleft()[2])
+                gone, _, dropped = self._recent.popleft()
+                self._recent_bytes -= len(dropped)
+                if (left := self._recent_tasks[gone] - 1) > 0:
+                    self._recent_tasks[gone] = left
+                else:
+                    del self._recent_tasks[gone]
         if task_id not in self._by_task:
             return
         if b"dataref" in data:  # its data may have to be fetched: not in the way of the next events
@@ -315,6 +323,8 @@ class Waiters:
     async def _offer_recent(self, task_id: str, waiter: _Waiter) -> None:
         """Offer ``waiter`` the events of its task the shared subscription delivered before it
         started: one may be stored only after the read of the log that follows."""
+        if task_id not in self._recent_tasks:
+            return
         for _, subject, data in [kept for kept in self._recent if kept[0] == task_id]:
             if (waiter.any_capability or waiter.subject == subject) and waiter.offer(await self._decode(subject, data, 0)):
                 return
