@@ -209,7 +209,7 @@ class Waiters:
                                 await self._check_quietly(waiter)
                         yield waiter.future
                     finally:
-                        self._leave_shared(task_id, waiter)
+                        await self._leave_shared(task_id, waiter)
                     return
                 interest, first = self._enter(waiter)
                 try:
@@ -263,7 +263,7 @@ class Waiters:
         finally:
             self._sharing = None
 
-    def _leave_shared(self, task_id: str, waiter: _Waiter) -> None:
+    async def _leave_shared(self, task_id: str, waiter: _Waiter) -> None:
         waiters = self._by_task.get(task_id)
         if waiters is None:
             return
@@ -271,9 +271,9 @@ class Waiters:
         if not waiters:
             del self._by_task[task_id]
             if self._anonymous and not self._by_task and self._shared is not None:
-                self._let_go_shared()
+                await self._let_go_shared()
 
-    def _let_go_shared(self) -> None:
+    async def _let_go_shared(self) -> None:
         """End the anonymous owner's shared subscription once nothing waits on it: while
         nobody waits it only brings the process every task event of the mesh."""
         shared, self._shared = self._shared, None
@@ -281,15 +281,10 @@ class Waiters:
         self._recent_tasks.clear()
         self._recent_bytes = 0
         if not self._nc.is_closed:
-            task = asyncio.get_running_loop().create_task(self._unsubscribe(shared), name="waiters-let-go")
-            self._rechecks.add(task)
-            task.add_done_callback(self._rechecks.discard)
-
-    async def _unsubscribe(self, sub: Any) -> None:
-        try:
-            await sub.unsubscribe()
-        except Exception as error:  # the connection is closing or reconnecting: nothing is kept either way
-            log.info("ending the shared subscription failed", error=repr(error))
+            try:
+                await shared.unsubscribe()
+            except Exception as error:  # the connection is closing or reconnecting: nothing is kept either way
+                log.info("ending the shared subscription failed", error=repr(error))
 
     async def _on_shared(self, msg: Msg) -> None:
         subject, data = msg.subject, msg.data
