@@ -65,6 +65,8 @@ __all__ = [
 
 WORKFLOW_CAPABILITY = "workflow"
 LAUNCHES = 1024  # workflows a `Workflows` watches the outcome of until `result` awaits it
+PARSED, PARSED_SIZE = 64, 16 * 1024  # the specs `parse` keeps (frozen: shared), and the largest, as JSON bytes
+_parsed: dict[bytes, WorkflowSpec] = {}
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -114,12 +116,27 @@ class Flow:
 
 
 def parse(data: Mapping[str, Any]) -> WorkflowSpec:
-    """A WorkflowSpec from plain data (a decoded TOML or JSON document); ConfigError if it does not fit."""
+    """A WorkflowSpec from plain data (a decoded TOML or JSON document); ConfigError if it does not fit.
+
+    The last `PARSED` specs parsed (of up to `PARSED_SIZE` bytes as JSON) are kept by their
+    JSON: an orchestrator is handed the same few specs again and again, and parsing and
+    normalising one costs more than encoding it."""
     try:
-        spec = msgspec.convert(dict(data), WorkflowSpec)
+        key: bytes | None = msgspec.json.encode(data)
+    except (TypeError, ValueError, msgspec.EncodeError):  # not JSON: parsed each time (and likely refused)
+        key = None
+    spec = _parsed.get(key) if key is not None else None
+    if spec is not None:
+        return spec
+    try:
+        spec = normalize(msgspec.convert(dict(data), WorkflowSpec))
     except msgspec.ValidationError as error:
         raise ConfigError(f"not a workflow spec: {error}") from None
-    return normalize(spec)
+    if key is not None and len(key) <= PARSED_SIZE:
+        if len(_parsed) >= PARSED:
+            _parsed.pop(next(iter(_parsed), b""), None)
+        _parsed[key] = spec
+    return spec
 
 
 def load(path: str | Path) -> WorkflowSpec:
