@@ -90,10 +90,12 @@ def spec_of(view: WorkflowView) -> WorkflowSpec | ErrorInfo:
         return ErrorInfo(type="SpecError", message=view.spec_error or str(error))
 
 
-def decide(view: WorkflowView, spec: WorkflowSpec | ErrorInfo, inputs: dict[str, Any] | None = None) -> list[Decision]:
+def decide(
+    view: WorkflowView, spec: WorkflowSpec | ErrorInfo, inputs: dict[str, tuple[Any, Any]] | None = None
+) -> list[Decision]:
     """What to record next for a running workflow, from its state alone. ``inputs``, if
-    given, gets the resolved input of each step scheduled for its first attempt (checked
-    here, so its task need not resolve it again)."""
+    given, gets (the input template, resolved) of each step scheduled for its first attempt
+    (resolved here to check it, so its task need not resolve it again)."""
     if not view.started or view.status != "running":
         return []
     if isinstance(spec, ErrorInfo):
@@ -116,7 +118,7 @@ def decide(view: WorkflowView, spec: WorkflowSpec | ErrorInfo, inputs: dict[str,
             except ConfigError as error:
                 return [Fail(name, ErrorInfo(type="TemplateError", message=str(error)), record_step=True)]
             if inputs is not None:
-                inputs[name] = input
+                inputs[name] = (spec.steps[name].input, input)
             decisions.append(Schedule(name, 1))
     return decisions
 
@@ -145,7 +147,7 @@ class Driver:
         self.workflow_id = workflow_id
         self._watches: dict[str, asyncio.Task[_Outcome]] = {}  # task id -> its outcome
         self._fresh: dict[str, str] = {}  # steps this driver scheduled (nobody submitted them before): task id -> cause
-        self._inputs: dict[str, Any] = {}  # step -> its first attempt's input, resolved when `decide` checked it
+        self._inputs: dict[str, tuple[Any, Any]] = {}  # step -> (input template, resolved) when `decide` checked it
         self._read_back = False  # a record found its event stored already, and the log was read
 
     async def run(
@@ -265,8 +267,9 @@ class Driver:
         task_id, timeout = step.task_id or "", spec.timeout or FOREVER
         cause = self._fresh.get(task_id) or derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
         correlation_id = self.flow.view.correlation_id or self.workflow_id
-        known = self._inputs.pop(name, _UNKNOWN) if step.attempt == 1 else _UNKNOWN
-        input = resolve(spec.input, scope(self.flow.view)) if known is _UNKNOWN else known
+        template, input = self._inputs.pop(name, (_UNKNOWN, None))
+        if step.attempt != 1 or template is not spec.input:  # not the template resolved when it was decided
+            input = resolve(spec.input, scope(self.flow.view))
         try:
             if task_id in self._fresh:  # scheduled just now: its id was never used, nothing to read
                 record = await self.mesh.request_outcome(spec.capability, input, task_id=task_id, timeout=timeout,
