@@ -19,6 +19,7 @@ import pytest
 
 from mesh import ConfigError, Mesh
 from mesh.bus.connection import live_agents
+from mesh.coordination import workflow
 from mesh.coordination.orchestrator import Fail, Finish, Schedule, decide, spec_of, step_task_id
 from mesh.coordination.templates import references, resolve
 from mesh.coordination.workflow import Flow, Workflows, WorkflowSpec, default_output, load, parse
@@ -94,6 +95,22 @@ class TestSpec:
         """With several last steps, the default output is a dict of their outputs."""
         spec = parse({"steps": {"a": {"capability": "echo"}, "b": {"capability": "echo"}}})
         assert default_output(spec) == {"a": "$steps.a.output", "b": "$steps.b.output"}
+
+    def test_parsed_once_per_json_spec(self) -> None:
+        """A spec handed over as JSON again is not parsed again; data whose JSON is the same
+        but which is not the same (a date for its text) is parsed on its own, and a refused
+        spec stays refused. At most `PARSED` specs are kept."""
+        data = {"name": "again", "steps": {"a": {"capability": "echo", "input": "2026-01-01"}}}
+        first = parse(data)
+        assert parse(msgspec.json.decode(msgspec.json.encode(data))) is first
+        dated = parse({"name": "again", "steps": {"a": {"capability": "echo", "input": datetime.date(2026, 1, 1)}}})
+        assert dated.steps["a"].input == datetime.date(2026, 1, 1) and parse(data) is first
+        for _ in range(2):
+            with pytest.raises(ConfigError):
+                parse({"steps": {"a": {"capability": "echo", "after": ["nope"]}}})
+        for n in range(workflow.PARSED + 5):
+            parse({"name": f"w{n}", "steps": {"a": {"capability": "echo"}}})
+        assert len(workflow._parsed) == workflow.PARSED and parse(data) is not first
 
 
 def rec(data: Event, seq: int) -> Record:

@@ -51,6 +51,7 @@ __all__ = ["COMPLETED", "FAILED", "Driver", "Fail", "Finish", "FlowLog", "Schedu
 
 log = structlog.get_logger("mesh.coordination.orchestrator")
 FOREVER = 10.0**9
+_UNKNOWN: Any = object()
 
 
 class Schedule(NamedTuple):
@@ -89,8 +90,12 @@ def spec_of(view: WorkflowView) -> WorkflowSpec | ErrorInfo:
         return ErrorInfo(type="SpecError", message=view.spec_error or str(error))
 
 
-def decide(view: WorkflowView, spec: WorkflowSpec | ErrorInfo) -> list[Decision]:
-    """What to record next for a running workflow, from its state alone."""
+def decide(
+    view: WorkflowView, spec: WorkflowSpec | ErrorInfo, inputs: dict[str, tuple[Any, Any]] | None = None
+) -> list[Decision]:
+    """What to record next for a running workflow, from its state alone. ``inputs``, if
+    given, gets (the input template, resolved) of each step scheduled for its first attempt
+    (resolved here to check it, so its task need not resolve it again)."""
     if not view.started or view.status != "running":
         return []
     if isinstance(spec, ErrorInfo):
@@ -104,11 +109,17 @@ def decide(view: WorkflowView, spec: WorkflowSpec | ErrorInfo) -> list[Decision]
             decisions.append(Schedule(name, step.attempt + 1))
     if all(step.status == "completed" for step in view.steps.values()):
         return [_finish(view, spec)]
-    for name in ready_steps(view):
-        problem = _input_problem(view, spec.steps[name])
-        if problem is not None:
-            return [Fail(name, problem, record_step=True)]
-        decisions.append(Schedule(name, 1))
+    ready = ready_steps(view)
+    if ready:
+        within = scope(view)
+        for name in ready:
+            try:
+                input = resolve(spec.steps[name].input, within)
+            except ConfigError as error:
+                return [Fail(name, ErrorInfo(type="TemplateError", message=str(error)), record_step=True)]
+            if inputs is not None:
+                inputs[name] = (spec.steps[name].input, input)
+            decisions.append(Schedule(name, 1))
     return decisions
 
 
@@ -117,14 +128,6 @@ def _finish(view: WorkflowView, spec: WorkflowSpec) -> Decision:
         return Finish(resolve(default_output(spec), scope(view)))
     except ConfigError as error:
         return Fail(None, ErrorInfo(type="TemplateError", message=f"output: {error}"))
-
-
-def _input_problem(view: WorkflowView, step: Step) -> ErrorInfo | None:
-    try:
-        resolve(step.input, scope(view))
-    except ConfigError as error:
-        return ErrorInfo(type="TemplateError", message=str(error))
-    return None
 
 
 class _Outcome(NamedTuple):
@@ -144,6 +147,8 @@ class Driver:
         self.workflow_id = workflow_id
         self._watches: dict[str, asyncio.Task[_Outcome]] = {}  # task id -> its outcome
         self._fresh: dict[str, str] = {}  # steps this driver scheduled (nobody submitted them before): task id -> cause
+        self._inputs: dict[str, tuple[Any, Any]] = {}  # step -> (input template, resolved) when `decide` checked it
+        self._read_back = False  # a record found its event stored already, and the log was read
 
     async def run(
         self, start: FlowStarted | None = None, *, request_seq: int, causation_id: str | None = None,
@@ -184,13 +189,17 @@ class Driver:
     async def _advance(self, spec: WorkflowSpec | ErrorInfo) -> None:
         for _ in range(10_000):
             self._watch_scheduled(spec)
-            decisions = decide(self.flow.view, spec)
+            self._read_back = False
+            decisions = decide(self.flow.view, spec, self._inputs)
             if not decisions:
                 return
             for decision in decisions:
                 if not await self._apply(decision):
                     break  # another driver recorded something: decide again from the new fold
                 self._watch_scheduled(spec)  # its task goes out while the next decision is recorded
+            else:
+                if not self._read_back:
+                    return  # the fold holds just what was decided on top of what was decided from: nothing more to do
         raise MeshError(f"workflow {self.workflow_id}: decisions did not settle")  # a bug, not a state
 
     async def _apply(self, decision: Decision) -> bool:
@@ -201,6 +210,7 @@ class Driver:
                 task_id = step_task_id(wf, name, attempt)
                 scheduled = FlowStepScheduled(workflow_id=wf, step=name, task_id=task_id, attempt=attempt)
                 published = await self.flow.record(scheduled, f"step/{name}/{attempt}/scheduled")
+                self._read_back |= published is not None and published.duplicate
                 if published is not None and not published.duplicate:
                     self._fresh[task_id] = published.id
                 return published is not None
@@ -257,7 +267,9 @@ class Driver:
         task_id, timeout = step.task_id or "", spec.timeout or FOREVER
         cause = self._fresh.get(task_id) or derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
         correlation_id = self.flow.view.correlation_id or self.workflow_id
-        input = resolve(spec.input, scope(self.flow.view))
+        template, input = self._inputs.pop(name, (_UNKNOWN, None))
+        if step.attempt != 1 or template is not spec.input:  # not the template resolved when it was decided
+            input = resolve(spec.input, scope(self.flow.view))
         try:
             if task_id in self._fresh:  # scheduled just now: its id was never used, nothing to read
                 record = await self.mesh.request_outcome(spec.capability, input, task_id=task_id, timeout=timeout,

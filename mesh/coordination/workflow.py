@@ -65,6 +65,8 @@ __all__ = [
 
 WORKFLOW_CAPABILITY = "workflow"
 LAUNCHES = 1024  # workflows a `Workflows` watches the outcome of until `result` awaits it
+PARSED, PARSED_SIZE = 64, 16 * 1024  # the specs `parse` keeps (frozen: shared), and the largest, as JSON bytes
+_parsed: dict[bytes, tuple[Any, WorkflowSpec]] = {}  # JSON -> (the data decoded from it, its spec)
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -114,12 +116,30 @@ class Flow:
 
 
 def parse(data: Mapping[str, Any]) -> WorkflowSpec:
-    """A WorkflowSpec from plain data (a decoded TOML or JSON document); ConfigError if it does not fit."""
+    """A WorkflowSpec from plain data (a decoded TOML or JSON document); ConfigError if it does not fit.
+
+    The last `PARSED` specs parsed that are plain JSON data (of up to `PARSED_SIZE` bytes) are
+    kept by their JSON: an orchestrator is handed the same few specs again and again, and
+    parsing and normalising one costs far more than encoding it and comparing."""
+    try:
+        key: bytes | None = msgspec.json.encode(data)
+    except (TypeError, ValueError, msgspec.EncodeError):  # not JSON: parsed each time (and likely refused)
+        key = None
+    kept = _parsed.get(key) if key is not None else None
+    if kept is not None and kept[0] == data:  # equal as JSON and as data (not a datetime for its text, say)
+        return kept[1]
     try:
         spec = msgspec.convert(dict(data), WorkflowSpec)
     except msgspec.ValidationError as error:
         raise ConfigError(f"not a workflow spec: {error}") from None
-    return normalize(spec)
+    spec = normalize(spec)
+    if key is not None and len(key) <= PARSED_SIZE:
+        plain = msgspec.json.decode(key)
+        if plain == data:  # plain JSON data: no other data has this JSON and equals it
+            if len(_parsed) >= PARSED:
+                _parsed.pop(next(iter(_parsed), b""), None)
+            _parsed[key] = (plain, spec)
+    return spec
 
 
 def load(path: str | Path) -> WorkflowSpec:
