@@ -138,7 +138,35 @@ def resource_for(service_name: str, *, role: str | None = None, agent_id: str | 
     if agent_id:
         attributes[MESH_AGENT_ID] = agent_id
         attributes[SERVICE_INSTANCE_ID] = agent_id
-    return Resource.create(attributes).merge(OTELResourceDetector().detect())
+    found = Resource.create(attributes).merge(OTELResourceDetector().detect())
+    return _resource_class()(found.attributes, found.schema_url)
+
+
+def _resource_class() -> type[Resource]:
+    """The SDK's `Resource` with its hash worked out once. The OTLP span encoder groups every
+    span it exports by resource, hashing the span's resource each time; `Resource.__hash__`
+    serialises all its attributes to JSON for that, a fifth of the encoder's time per span.
+    A resource's attributes cannot change, so its hash cannot either."""
+    global _HashedResource
+    if _HashedResource is None:
+        from opentelemetry.sdk.resources import Resource
+
+        class HashedResource(Resource):
+            def __init__(self, attributes: Any, schema_url: str | None = None) -> None:
+                super().__init__(attributes, schema_url)
+                self._hash = super().__hash__()
+
+            def __hash__(self) -> int:
+                return self._hash
+
+            def __eq__(self, other: object) -> bool:  # as `Resource.__eq__`; defined again with `__hash__`
+                return super().__eq__(other)
+
+        _HashedResource = HashedResource
+    return _HashedResource
+
+
+_HashedResource: type[Resource] | None = None
 
 
 @dataclass
