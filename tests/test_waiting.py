@@ -12,11 +12,13 @@ import nats
 import pytest
 
 from mesh import Mesh
+from mesh.bus import jetstream
 from mesh.bus.server import LocalServer
 from mesh.bus.waiting import SHARE_ANONYMOUS_AT
 from tests.conftest import AgentProcesses
 from tests.helpers import eventually
 from topics import subjects
+from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted
 
 pytestmark = pytest.mark.e2e
@@ -196,12 +198,13 @@ class TestAnonymousSharing:
         waiters, few = mesh.waiters, SHARE_ANONYMOUS_AT - 1
         task_ids = [f"t-busy-{i}" for i in range(SHARE_ANONYMOUS_AT + 8)]
         before = waiters.subscriptions
+        waiters.recheck_every = 3600  # no periodic re-read of the log: its answers would be counted below
         other = await nats.connect(nats_server.url)
         try:
             async with contextlib.AsyncExitStack() as watching:
-                outcomes = [await watching.enter_async_context(mesh.watch_outcome("echo", t)) for t in task_ids[:few]]
+                outcomes = [await watching.enter_async_context(live(mesh, t)) for t in task_ids[:few]]
                 assert waiters.subscriptions == before + few  # one each
-                outcomes += [await watching.enter_async_context(mesh.watch_outcome("echo", t)) for t in task_ids[few:]]
+                outcomes += [await watching.enter_async_context(live(mesh, t)) for t in task_ids[few:]]
                 assert waiters.subscriptions == before + few + 1  # the shared one, whatever the number past it
                 assert await foreign_events_received(mesh, other) == FOREIGN
                 for task_id in task_ids:
@@ -218,13 +221,19 @@ class TestAnonymousSharing:
 FOREIGN = 50  # task events of another process of the mesh
 
 
+def live(mesh: Mesh, task_id: str) -> contextlib.AbstractAsyncContextManager[asyncio.Future[Record]]:
+    """A watch that reads nothing from the log (no direct get, no re-read after its start):
+    every message the connection receives is then one the server routed to a subscription."""
+    return mesh.watch_outcome("echo", task_id, stored=False)
+
+
 async def foreign_events_received(mesh: Mesh, other: nats.NATS) -> int:
     """How many of `FOREIGN` task events another client publishes reach ``mesh``'s connection
     (the server routes them before it answers the round trips that follow)."""
-    await mesh.nc.flush()  # the server has this connection's subscriptions and unsubscriptions
+    await jetstream.settled(mesh.nc)  # the server has this connection's subscriptions and unsubscriptions
     before = mesh.nc.stats["in_msgs"]
     for i in range(FOREIGN):
         await other.publish(subjects.task("echo", subjects.ANON, f"t-foreign-{i}"), b"{}")
-    await other.flush()
-    await mesh.nc.flush()
+    await jetstream.settled(other)  # the server has routed them
+    await jetstream.settled(mesh.nc)  # and this connection has read what they brought
     return int(mesh.nc.stats["in_msgs"] - before)

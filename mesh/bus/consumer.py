@@ -18,6 +18,8 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from mesh.bus import jetstream
+
 __all__ = ["WorkConsumer", "Delivery", "parse_ack_subject"]
 
 log = structlog.get_logger("mesh.bus.consumer")
@@ -169,7 +171,7 @@ class WorkConsumer:
         sub, self._sub = self._sub, None
         if sub is not None and not self._nc.is_closed:
             await sub.unsubscribe()  # type: ignore[attr-defined]
-            await self._nc.flush()
+            await jetstream.settled(self._nc)
 
     async def close(self) -> None:
         await self.stop()

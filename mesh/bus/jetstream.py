@@ -436,15 +436,22 @@ async def add_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
     return await guarded(js, f"{API}.STREAM.CREATE.{config.name}", js.add_stream(config))
 
 
+async def settled(nc: Client) -> None:
+    """Return once the server has read everything this connection sent before the call.
+
+    One `flush` does not say so: nats-py writes a flush's PING to the socket at once, ahead
+    of the commands still in its write buffer (a subscription, an unsubscription, a publish),
+    so the server can answer it before it reads them. By the time that first PONG is back,
+    the client's writer has sent the buffer; a second PING goes after it."""
+    await nc.flush()
+    await nc.flush()
+
+
 async def subscribe(nc: Client, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
     """A core subscription the server has accepted: a refused one raises `PermissionDeniedError`
     (the server answers the round trip after it says so)."""
     sub = await nc.subscribe(subject, cb=cb)
-    # Two round trips: nats-py resolves flushes in the order of its pings, so a pong owed to an
-    # earlier ping (a keepalive, another flush) can end the first one before the server has
-    # answered the subscription; the second pong comes after it for sure.
-    await nc.flush()
-    await nc.flush()
+    await settled(nc)
     refusal = refusals_of(nc).refusal_of(subject)
     if refusal is not None:
         await sub.unsubscribe()
