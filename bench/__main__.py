@@ -19,6 +19,7 @@ BENCHMARKS = {
     "tracing": "bench.tracing",  # issue #4: throughput with every span exported vs tracing off
     "workload": "bench.workload",  # issue #12: workload W, a 3-step pipeline in three agent processes
     "console": "bench.console",  # issue #15: the web console with 100k events (numbers only, no target)
+    "atomic": "bench.atomic",  # issue #12: two acknowledged publishes vs one atomic batch (numbers only)
 }
 
 
