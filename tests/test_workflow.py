@@ -112,6 +112,17 @@ class TestSpec:
             parse({"name": f"w{n}", "steps": {"a": {"capability": "echo"}}})
         assert len(workflow._parsed) == workflow.PARSED and parse(data) is not first
 
+    def test_a_spec_nested_too_deeply_is_refused(self) -> None:
+        """An input nested deeper than the encoder (the cache's key) and the template walk go
+        (a hostile request) is a ConfigError that says so, not a RecursionError."""
+        deep: dict[str, Any] = {}
+        inner = deep
+        for _ in range(100_000):
+            inner["a"] = {}
+            inner = inner["a"]
+        with pytest.raises(ConfigError, match="nested too deeply"):
+            parse({"name": "deep", "steps": {"a": {"capability": "echo", "input": deep}}})
+
 
 def rec(data: Event, seq: int) -> Record:
     raw = encode_data(data)

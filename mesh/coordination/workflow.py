@@ -123,16 +123,17 @@ def parse(data: Mapping[str, Any]) -> WorkflowSpec:
     parsing and normalising one costs far more than encoding it and comparing."""
     try:
         key: bytes | None = msgspec.json.encode(data)
-    except (TypeError, ValueError, msgspec.EncodeError):  # not JSON: parsed each time (and likely refused)
+    except (TypeError, ValueError, RecursionError, msgspec.EncodeError):  # not JSON, or too deep: parsed each time
         key = None
     kept = _parsed.get(key) if key is not None else None
     if kept is not None and kept[0] == data:  # equal as JSON and as data (not a datetime for its text, say)
         return kept[1]
     try:
-        spec = msgspec.convert(dict(data), WorkflowSpec)
+        spec = normalize(msgspec.convert(dict(data), WorkflowSpec))
     except msgspec.ValidationError as error:
         raise ConfigError(f"not a workflow spec: {error}") from None
-    spec = normalize(spec)
+    except RecursionError:  # the templates are walked recursively
+        raise ConfigError("not a workflow spec: nested too deeply") from None
     if key is not None and len(key) <= PARSED_SIZE:
         plain = msgspec.json.decode(key)
         if plain == data:  # plain JSON data: no other data has this JSON and equals it
