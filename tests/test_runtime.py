@@ -344,3 +344,23 @@ class TestShutdown:
         assert stopped[0].seq > done_seq and stopped[0].data.handled == 1  # type: ignore[attr-defined]
         info = await mesh.js.consumer_info(subjects.STREAM, subjects.work_consumer_name("slow"))
         assert info.num_ack_pending == 0 and info.num_pending == 0  # the agent acked before it said goodbye
+
+    async def test_sigterm_with_the_server_gone_stops_cleanly(
+        self, mesh: Mesh, agents: AgentProcesses, nats_server: LocalServer
+    ) -> None:
+        """SIGTERM while the server is out of reach: the agent exits 0 at once, saying its stop
+        was not recorded (its presence expires by itself), with no traceback. (It used to wait
+        out a publish timeout and exit 1 with one, from the goodbye or from draining.)"""
+        proc = await agents.start("tests.fixture_agents:slow")
+        nats_server.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while '"nats error"' not in agents.output(proc):  # the agent has seen the connection go
+            assert loop.time() < deadline, agents.output(proc)
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        code = await loop.run_in_executor(None, proc.wait, 30)
+        output = agents.output(proc)
+        assert code == 0, output
+        assert "this stop is not recorded" in output and '"agent stopped"' in output, output
+        assert "Traceback" not in output, output

@@ -178,9 +178,19 @@ class Mesh:
         return mesh
 
     async def close(self) -> None:
+        """Stop waiting, then drain the connection (what was published is sent, subscriptions
+        end cleanly); a connection that is down (the server out of reach) is closed instead:
+        nothing could be sent on it, and the server redelivers what was not acknowledged."""
         await self.waiters.close()
-        if not self.nc.is_closed:
-            await self.nc.drain()
+        if self.nc.is_closed:
+            return
+        if self.nc.is_connected:
+            try:
+                await self.nc.drain()
+                return
+            except jetstream.TRANSIENT_ERRORS:  # lost while draining
+                pass
+        await self.nc.close()
 
     async def __aenter__(self) -> Mesh:
         return self

@@ -139,14 +139,28 @@ class AgentRunner:
         for sub in self._advisories:
             await sub.unsubscribe()  # type: ignore[attr-defined]
         await self.cancels.stop()
+        await self._say_goodbye(reason)
+        log.info("agent stopped", agent=self.agent_id, handled=self.handled, reason=reason)
+
+    async def _say_goodbye(self, reason: str) -> None:
+        """`mesh.agent.stopped`, then the presence key's removal. Both are advisory (the key
+        expires after `presence_ttl` anyway, and what was in flight is redelivered), so a server
+        out of reach when the agent stops costs a warning, not a failed stop."""
+        if not self.mesh.nc.is_connected:
+            log.warning("not connected to NATS: this stop is not recorded; the agent's presence expires by itself",
+                        agent=self.agent_id, presence_ttl=self.options.presence_ttl)  # fmt: skip
+            return
         stopped = AgentStopped(agent_id=self.agent_id, role=self.agent.name, reason=reason, handled=self.handled)
-        await self.mesh.publish(subjects.agent(self.agent.name, self.agent_id), stopped)
+        try:
+            await self.mesh.publish(subjects.agent(self.agent.name, self.agent_id), stopped)
+        except jetstream.TRANSIENT_ERRORS as error:  # the connection went while saying it
+            log.warning("the stop was not recorded", agent=self.agent_id, error=str(error) or type(error).__name__)
+            return
         try:
             bucket = await presence_bucket(self.mesh.js, ttl=self.options.presence_ttl)
             await bucket.delete(subjects.presence_key(self.agent.name, self.agent_id))
         except Exception as error:  # presence is advisory; stopping must not fail on it
             log.debug("presence not cleared", error=str(error))
-        log.info("agent stopped", agent=self.agent_id, handled=self.handled, reason=reason)
 
     async def _hand_back(self, running: set[asyncio.Future[None]]) -> None:
         """Past the drain timeout: nak what is still running, so another replica takes it
