@@ -13,6 +13,7 @@ import pytest
 
 from mesh import Mesh
 from mesh.bus import jetstream
+from mesh.bus.chains import MAX_EARLY
 from mesh.bus.server import LocalServer
 from mesh.bus.waiting import SHARE_ANONYMOUS_AT
 from tests.conftest import AgentProcesses
@@ -216,6 +217,86 @@ class TestAnonymousSharing:
             assert await foreign_events_received(mesh, other) == 0  # let go on the server too
         finally:
             await other.close()
+
+    async def test_a_watch_cancelled_while_sharing_starts_leaves_nothing_shared(
+        self, mesh: Mesh, nats_server: LocalServer
+    ) -> None:  # fmt: skip
+        """The watch that crosses `SHARE_ANONYMOUS_AT` is cancelled (its caller's timeout) while
+        the shared subscription is being made: once every watch has ended the process receives
+        no other process's task events (it used to keep the shared subscription, idle)."""
+        waiters = mesh.waiters
+        waiters.recheck_every = 3600
+        before = waiters.subscriptions
+        making, share = asyncio.Event(), waiters._share
+
+        async def sharing_starts() -> bool:
+            making.set()
+            return await share()
+
+        waiters._share = sharing_starts  # type: ignore[method-assign]
+        other = await nats.connect(nats_server.url)
+        try:
+            async with contextlib.AsyncExitStack() as watching:
+                for i in range(SHARE_ANONYMOUS_AT - 1):
+                    await watching.enter_async_context(live(mesh, f"t-cancel-{i}"))
+
+                async def crossing() -> None:
+                    async with live(mesh, "t-cancel-x") as outcome:
+                        await outcome
+
+                task = asyncio.create_task(crossing())
+                await making.wait()  # the shared subscription is being made
+                sharing = waiters._sharing
+                assert sharing is not None
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await sharing  # it finishes on its own (shielded), finding nobody to share it with
+            assert waiters.subscriptions == before
+            assert await foreign_events_received(mesh, other) == 0
+        finally:
+            await other.close()
+
+    async def test_many_dropped_messages_reread_the_log_one_pass_at_a_time(self, mesh: Mesh) -> None:
+        """nats-py reports each message a slow subscription drops; each report asks the waiters
+        to re-read the log. They run one pass at a time, and one more if asked meanwhile (it
+        used to be one concurrent pass per dropped message, each reading every watch)."""
+        reads, running, first_pass = 0, asyncio.Event(), asyncio.Event()
+        original = mesh.waiters.recheck
+
+        async def counted() -> None:
+            nonlocal reads
+            reads += 1
+            running.set()
+            if reads == 1:
+                await first_pass.wait()  # the reports below come while this pass runs
+            await original()
+
+        mesh.waiters.recheck = counted  # type: ignore[method-assign]
+        async with mesh.watch_outcome("echo", "t-drops", stored=False):
+            mesh.waiters.recheck_soon()
+            await running.wait()
+            for _ in range(99):
+                mesh.waiters.recheck_soon()
+            first_pass.set()
+            await asyncio.gather(*mesh.waiters._rechecks)
+        assert reads == 2  # the first report's pass, then one for the 99 that came while it ran
+
+
+class TestManyEarlyAnswers:
+    async def test_a_repeated_task_id_finds_its_answer_after_many_others(self, mesh: Mesh) -> None:
+        """A given task id whose subject holds more answers of earlier requests than a request
+        keeps while its own sequence is unknown (`MAX_EARLY`), and an event after its own: the
+        request still gets its answer at once (it used to wait out its timeout)."""
+        subject = subjects.task("cap", subjects.ANON, "t-many")
+        for i in range(MAX_EARLY + 6):
+            await mesh.publish(subject, TaskCompleted(task_id="t-many", agent="a", attempt=1, output=i,
+                                                      request_seq=10_000 + i))  # fmt: skip
+        submitted = await mesh.submit_request("cap", {}, task_id="t-many")
+        await mesh.publish(subject, TaskCompleted(task_id="t-many", agent="a", attempt=1, output="mine",
+                                                  request_seq=submitted.seq))  # fmt: skip
+        await mesh.publish(subject, TaskClaimed(task_id="t-many", agent="a", attempt=2, request_seq=submitted.seq))
+        assert await mesh.request("cap", {}, task_id="t-many", timeout=5) == "mine"
 
 
 FOREIGN = 50  # task events of another process of the mesh

@@ -42,14 +42,16 @@ class Answer:
     """Which event answers one request: an outcome or hand-off naming the request's stream
     sequence (and, for a hop watched ahead with a wildcard, on the subject of the capability
     it was handed to). Events seen before the sequence is known (the request's acknowledgement
-    can trail a fast agent's answer) are kept until it is, at most `MAX_EARLY` of them."""
+    can trail a fast agent's answer) are kept until it is, at most `MAX_EARLY` of them; past
+    that, `overflowed` says the request's own may have been dropped (read the log again)."""
 
-    __slots__ = ("request_seq", "seen", "subject")
+    __slots__ = ("overflowed", "request_seq", "seen", "subject")
 
     def __init__(self) -> None:
         self.request_seq: int | None = None
         self.subject: str | None = None  # None: the watched subject is the request's own
         self.seen: list[Record] = []
+        self.overflowed = False
 
     def accept(self, record: Record) -> bool:
         data = record.data
@@ -58,6 +60,8 @@ class Answer:
         if self.request_seq is None:
             if len(self.seen) < MAX_EARLY:
                 self.seen.append(record)
+            else:
+                self.overflowed = True
             return False
         return data.request_seq == self.request_seq and (self.subject is None or record.subject == self.subject)
 

@@ -401,7 +401,14 @@ class Mesh:
                              if (watched := await self._watch_ahead(watching_ahead, hop)) is not None}  # fmt: skip
                     submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
                     early = answer.expect(submitted.seq)
-                    record = early if early is not None else await asyncio.wait_for(outcome, timeout)
+                    # more answers were read before its sequence was known than kept: its own may be
+                    # among those dropped, and this watch read the log past it; read again, knowing it
+                    reread = early is None and answer.overflowed
+                    if not reread:
+                        record = early if early is not None else await asyncio.wait_for(outcome, timeout)
+                if reread:
+                    left = deadline - asyncio.get_running_loop().time()
+                    record = await self._answer(capability, self.owner, task_id, submitted.seq, max(left, 0))
                 if submitted.duplicate:  # a request stored before: it may have gone through its hops unwatched
                     await watching_ahead.aclose()
                     ahead = {}

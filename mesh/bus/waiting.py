@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -74,6 +75,7 @@ RECHECK_CONCURRENCY = 32  # direct gets in flight during one recheck
 SHARE_ANONYMOUS_AT = 16  # watches at once from which an anonymous process shares one subscription
 RECENT = 256  # events of the shared subscription kept for a watch that starts just after one came
 RECENT_BYTES = 1 << 20  # and their bytes, at most
+MAX_FETCHING = 8  # events naming offloaded data fetched at once for the shared subscription; past that, in turn
 
 Decode = Callable[[str, bytes, int], Awaitable[Record | None]]
 """How a received or stored message becomes a Record (None: it does not decode)."""
@@ -158,10 +160,14 @@ class Waiters:
         self._share_anonymous_at = share_anonymous_at
         self._watching = 0  # watches in progress
         self._by_task: dict[str, list[_Waiter]] = {}
-        self._recent: deque[tuple[str, str, bytes]] = deque()  # (task id, subject, data)
+        self._recent: deque[tuple[str, str, bytes, float]] = deque()  # (task id, subject, data, when it came)
         self._recent_bytes = 0
         self._recent_tasks: dict[str, int] = {}  # task id -> its events in `_recent` (most watches find none)
         self._decoding: set[asyncio.Task[None]] = set()
+        self._joining = 0  # watches waiting for the shared subscription being made
+        self._unvouched_at = -math.inf  # when `_recent` last lost (or could not keep) an event, or the shared one was made
+        self._rechecking: asyncio.Task[None] | None = None  # `recheck_soon`'s one task
+        self._recheck_again = False  # asked again while it ran
 
     @property
     def pending(self) -> int:
@@ -207,6 +213,8 @@ class Waiters:
                             await self._offer_recent(task_id, waiter)  # what came just before this watch
                             if not waiter.future.done():
                                 await self._check_quietly(waiter)
+                            if not waiter.future.done() and self._recent_unvouched():
+                                self._recheck_later(waiter)  # the buffer lost what may have come just before
                         yield waiter.future
                     finally:
                         await self._leave_shared(task_id, waiter)
@@ -245,13 +253,21 @@ class Waiters:
             return False
         if self._sharing is None:
             self._sharing = asyncio.ensure_future(self._share())
-        return await asyncio.shield(self._sharing)
+        self._joining += 1  # a cancelled watch stops counting at once; `_share` lets go if none is left
+        try:
+            return await asyncio.shield(self._sharing)
+        finally:
+            self._joining -= 1
 
     async def _share(self) -> bool:
         assert self._owner is not None
         filter_subject = f"mesh.task.*.{self._owner}.*"
         try:
             self._shared = await jetstream.subscribe(self._nc, filter_subject, self._on_shared)
+            self._unvouched_at = asyncio.get_running_loop().time()  # what was routed before it is not in `_recent`
+            if self._anonymous and not self._joining and not self._by_task:  # every watch that asked was cancelled
+                await self._let_go_shared()
+                return False
             return True
         except PermissionDeniedError as error:
             self._unshared = True
@@ -289,12 +305,17 @@ class Waiters:
     async def _on_shared(self, msg: Msg) -> None:
         subject, data = msg.subject, msg.data
         task_id = subject.rpartition(".")[2]
-        if len(data) <= RECENT_BYTES:
-            self._recent.append((task_id, subject, data))
+        now = asyncio.get_running_loop().time()
+        if len(data) > RECENT_BYTES:
+            self._unvouched_at = now
+        else:
+            self._recent.append((task_id, subject, data, now))
             self._recent_bytes += len(data)
             self._recent_tasks[task_id] = self._recent_tasks.get(task_id, 0) + 1
             while len(self._recent) > RECENT or self._recent_bytes > RECENT_BYTES:
-                gone, _, dropped = self._recent.popleft()
+                gone, _, dropped, came = self._recent.popleft()
+                if now - came <= RACE_RECHECKS[-1]:  # it may still be on its way to the log
+                    self._unvouched_at = now
                 self._recent_bytes -= len(dropped)
                 if (left := self._recent_tasks[gone] - 1) > 0:
                     self._recent_tasks[gone] = left
@@ -302,7 +323,7 @@ class Waiters:
                     del self._recent_tasks[gone]
         if task_id not in self._by_task:
             return
-        if b"dataref" in data:  # its data may have to be fetched: not in the way of the next events
+        if b"dataref" in data and len(self._decoding) < MAX_FETCHING:  # not in the way of the next events
             task = asyncio.get_running_loop().create_task(self._deliver(task_id, subject, data), name="waiter-fetch")
             self._decoding.add(task)
             task.add_done_callback(self._decoding.discard)
@@ -310,17 +331,25 @@ class Waiters:
         await self._deliver(task_id, subject, data)
 
     async def _deliver(self, task_id: str, subject: str, data: bytes) -> None:
-        record = await self._decode(subject, data, 0)
+        try:
+            record = await self._decode(subject, data, 0)
+        except jetstream.TRANSIENT_ERRORS as error:  # its data could not be fetched now: the log is read again
+            log.info("decoding a shared event failed; read again later", subject=subject, error=repr(error))
+            return
         for waiter in list(self._by_task.get(task_id, ())):
             if waiter.any_capability or waiter.subject == subject:
                 waiter.offer(record)
+
+    def _recent_unvouched(self) -> bool:
+        """Whether `_recent` may lack an event delivered within the race of a start."""
+        return asyncio.get_running_loop().time() - self._unvouched_at <= RACE_RECHECKS[-1]
 
     async def _offer_recent(self, task_id: str, waiter: _Waiter) -> None:
         """Offer ``waiter`` the events of its task the shared subscription delivered before it
         started: one may be stored only after the read of the log that follows."""
         if task_id not in self._recent_tasks:
             return
-        for _, subject, data in [kept for kept in self._recent if kept[0] == task_id]:
+        for _, subject, data, _ in [kept for kept in self._recent if kept[0] == task_id]:
             if (waiter.any_capability or waiter.subject == subject) and waiter.offer(await self._decode(subject, data, 0)):
                 return
 
@@ -428,10 +457,21 @@ class Waiters:
             asyncio.get_running_loop().call_later(delay, start)
 
     def recheck_soon(self) -> None:
-        """`recheck` in the background (from a connection callback)."""
-        task = asyncio.get_running_loop().create_task(self.recheck(), name="waiters-recheck")
+        """`recheck` in the background (from a connection callback): one at a time, and once
+        more after it if asked again meanwhile (every dropped message asks)."""
+        if self._rechecking is not None and not self._rechecking.done():
+            self._recheck_again = True
+            return
+        task = asyncio.get_running_loop().create_task(self._recheck_until_quiet(), name="waiters-recheck")
+        self._rechecking = task
         self._rechecks.add(task)
         task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck_until_quiet(self) -> None:
+        self._recheck_again = True
+        while self._recheck_again and not self._closing:
+            self._recheck_again = False
+            await self.recheck()
 
     def _start_ticker(self) -> None:
         if self._ticker is None or self._ticker.done():
