@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import signal
+import sys
 from collections import Counter
 from typing import Any
 
@@ -364,3 +365,37 @@ class TestShutdown:
         assert code == 0, output
         assert "this stop is not recorded" in output and '"agent stopped"' in output, output
         assert "Traceback" not in output, output
+
+    async def test_close_drops_what_was_buffered_while_the_server_was_gone(self, nats_server: LocalServer) -> None:
+        """An ack, a nak or a presence beat published while the server is out of reach waits in
+        nats-py's write buffer; it can never be sent, and closing does not fail on it (nats-py
+        wrote it to the dead socket and raised, so an agent stopped after a long outage exited
+        1 with a traceback)."""
+        client = await Mesh.connect(nats_server.url)
+        nats_server.stop()
+        await eventually(lambda: not client.nc.is_connected, what="the client sees the server gone")
+        await client.nc.publish("$JS.ACK.MESH.x.1.1.1.0.0", b"-NAK")
+        await client.close()
+        assert client.nc.is_closed
+
+    @pytest.mark.skipif(sys.platform == "win32", reason="a frozen server is made with SIGSTOP, which Windows lacks")
+    async def test_sigterm_with_the_server_frozen_stops_within_seconds(
+        self, agents: AgentProcesses, nats_server: LocalServer
+    ) -> None:
+        """A server that stops answering but keeps the connection open (a hung host, a
+        partition): SIGTERM still ends the agent, exit 0 and no traceback, within seconds (it
+        used to wait 10 s to flush, then exit 1 with `FlushTimeoutError`)."""
+        proc = await agents.start("tests.fixture_agents:slow")
+        nats_server.process.send_signal(signal.SIGSTOP)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            proc.send_signal(signal.SIGTERM)
+            code = await loop.run_in_executor(None, proc.wait, 60)
+            took = loop.time() - started
+        finally:
+            nats_server.process.send_signal(signal.SIGCONT)
+        output = agents.output(proc)
+        assert code == 0, output
+        assert "Traceback" not in output, output
+        assert took < 15, (took, output)  # a 2 s flush per consumer, the goodbye's 5 s, the close's 2 s

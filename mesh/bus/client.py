@@ -58,6 +58,7 @@ MSG_ID = "Nats-Msg-Id"
 _LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s]+)+")
 MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
 _HEADROOM = 4096  # bytes below max_payload under which headers cannot push a body over it
+CLOSE_TIMEOUT = 2  # seconds `close` waits for the server to answer before it closes instead of draining
 MAX_HOPS = 64  # hand-offs and fallbacks one request follows before it is refused as a loop
 
 
@@ -179,18 +180,26 @@ class Mesh:
 
     async def close(self) -> None:
         """Stop waiting, then drain the connection (what was published is sent, subscriptions
-        end cleanly); a connection that is down (the server out of reach) is closed instead:
+        end cleanly). A connection that is down (the server out of reach), or whose server does
+        not answer within `CLOSE_TIMEOUT` seconds (a partition, a hung host), is closed instead:
         nothing could be sent on it, and the server redelivers what was not acknowledged."""
         await self.waiters.close()
         if self.nc.is_closed:
             return
         if self.nc.is_connected:
             try:
+                # a server that stopped answering (a partition, a hung host) keeps the socket open,
+                # and nats-py's drain would then take up to 40 s (its drain_timeout, then a flush)
+                await self.nc.flush(CLOSE_TIMEOUT)
                 await self.nc.drain()
                 return
-            except jetstream.TRANSIENT_ERRORS:  # lost while draining
+            except jetstream.TRANSIENT_ERRORS:  # lost, or not answering, while draining
                 pass
-        await self.nc.close()
+        jetstream.drop_unsent(self.nc)  # what was buffered while away: nats-py's close would fail on it
+        try:
+            await self.nc.close()
+        except OSError:  # the socket went between the check above and the close
+            pass
 
     async def __aenter__(self) -> Mesh:
         return self

@@ -89,7 +89,8 @@ async def connect(
         if refused_auth:
             raise _refused(where, settings) from None
         why = f" (last error: {scrub_text(str(last_error[0]) or type(last_error[0]).__name__)})" if last_error else ""
-        if last_error and settings.user == "this client":  # a server requiring users may just close the socket
+        if last_error and settings.user == "this client" and not isinstance(last_error[0], ConnectionRefusedError):
+            # a server requiring users may just close the socket; a refused connection is no server at all
             why += "; if it requires users, pass --nkey FILE (or --creds FILE)"
         raise NoServerError(
             f"cannot reach NATS at {where}: no answer within {first_connect:g}s{why}. "

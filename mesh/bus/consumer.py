@@ -23,6 +23,8 @@ from mesh.bus import jetstream
 __all__ = ["WorkConsumer", "Delivery", "parse_ack_subject"]
 
 log = structlog.get_logger("mesh.bus.consumer")
+
+STOP_TIMEOUT = 2.0  # seconds the server has to confirm a stopped pull before the stop goes on without it
 _pull_encoder = msgspec.json.Encoder()
 
 
@@ -170,8 +172,12 @@ class WorkConsumer:
             self._watchdog.cancel()
         sub, self._sub = self._sub, None
         if sub is not None and not self._nc.is_closed:
-            await sub.unsubscribe()  # type: ignore[attr-defined]
-            await jetstream.settled(self._nc)
+            try:
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+                await jetstream.settled(self._nc, timeout=STOP_TIMEOUT)
+            except jetstream.TRANSIENT_ERRORS as error:  # the server does not answer (gone, partitioned)
+                log.warning("stopped pulling without the server's word", consumer=self.consumer,
+                            error=str(error) or type(error).__name__)  # fmt: skip
 
     async def close(self) -> None:
         await self.stop()

@@ -32,6 +32,11 @@ Why each call is here (as read in nats-py 2.16.0):
   is not answered, only reported to the error callback; `publish`, `delete_stream` and
   `subscribe` wait for either, so a refusal is a `PermissionDeniedError` at once. The
   connection is reached through `JetStreamContext._nc` (no public accessor in 2.16.0).
+- `drop_unsent`: what a connection that is down holds in its write buffer (acks, naks,
+  progress, presence beats tried while away) can never be sent; nats-py's `close` writes it
+  to the dead socket anyway and raises `ConnectionResetError` halfway through (its
+  subscriptions and closed callbacks skipped). No public call empties the buffer, so the
+  private `Client._pending` and `_pending_data_size` are cleared here, before `close`.
 - `TRANSIENT_ERRORS` / `is_transient`: NATS failures that pass (a reconnect, a leader
   election). `mesh.errors.retryable` cannot know them (it may not import NATS), so the
   runtime asks both: `retryable(error) or is_transient(error)`.
@@ -436,15 +441,24 @@ async def add_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
     return await guarded(js, f"{API}.STREAM.CREATE.{config.name}", js.add_stream(config))
 
 
-async def settled(nc: Client) -> None:
+def drop_unsent(nc: Client) -> None:
+    """Forget what a connection that is down still holds to send (see the module's notes):
+    nothing in it can reach the server, which redelivers what was not acknowledged."""
+    if not nc.is_connected:
+        nc._pending.clear()
+        nc._pending_data_size = 0
+
+
+async def settled(nc: Client, timeout: float = 10.0) -> None:
     """Return once the server has read everything this connection sent before the call.
 
     One `flush` does not say so: nats-py writes a flush's PING to the socket at once, ahead
     of the commands still in its write buffer (a subscription, an unsubscription, a publish),
     so the server can answer it before it reads them. By the time that first PONG is back,
-    the client's writer has sent the buffer; a second PING goes after it."""
-    await nc.flush()
-    await nc.flush()
+    the client's writer has sent the buffer; a second PING goes after it. A server that does
+    not answer within ``timeout`` seconds (each) is `nats.errors.FlushTimeoutError`."""
+    await nc.flush(timeout)  # type: ignore[arg-type]
+    await nc.flush(timeout)  # type: ignore[arg-type]
 
 
 async def subscribe(nc: Client, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:

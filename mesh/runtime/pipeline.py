@@ -30,7 +30,7 @@ import structlog
 from nats.aio.msg import Msg
 from opentelemetry.trace import INVALID_SPAN, Span
 
-from mesh.bus import payloads
+from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
 from mesh.bus.consumer import Delivery
 from mesh.errors import DeadlineExceededError, MissingPayloadError, PayloadTooLargeError, RunTimeExceededError
@@ -132,7 +132,11 @@ async def settle(worker: Worker, inbound: Inbound, call_next: Next) -> None:
     try:
         await call_next(inbound)
     except Exception as error:  # a fault of the runtime itself (e.g. NATS gone): try later
-        log.exception("message not settled; it will be redelivered", error=str(error))
+        if jetstream.is_transient(error):  # the server out of reach: one line, no traceback
+            log.error("message not settled (NATS out of reach); it will be redelivered",
+                      error=str(error) or type(error).__name__)  # fmt: skip
+        else:
+            log.exception("message not settled; it will be redelivered", error=str(error))
         # back off by delivery count, so a NATS leader election (seconds) does not use up max_deliver
         await quietly(inbound.msg.nak(delay=worker.options.delay(inbound.attempt)))
 
