@@ -20,8 +20,10 @@ import aiohttp
 import pytest
 
 from mesh.bus.client import Mesh
+from mesh.bus.server import LocalServer
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
+from topics.board import BoardWritten
 from topics.tasks import TaskCompleted, TaskFailed
 
 pytestmark = pytest.mark.e2e
@@ -219,3 +221,31 @@ class TestConsoleInABrowser:
                 assert (
                     response.status == 400 and "at must be a whole number from 0 to" in (await response.json())["error"]
                 )
+
+
+class TestConsoleWithTheServerGone:
+    async def test_pages_say_nats_is_out_of_reach_at_once_and_the_console_stops_cleanly(
+        self, mesh: Mesh, nats_server: LocalServer
+    ) -> None:
+        """The server goes away under a running `mesh ui`: a page that reads the server now
+        (agents, capabilities) answers 503 at once, saying NATS is out of reach (it used to
+        wait out a 5 s timeout for each), the log's pages still answer from what was read, and
+        the console stops with exit 0 (checked by `console` on the way out)."""
+        await mesh.publish("mesh.board.gone.a", BoardWritten(board="gone", key="a", value=1))
+        async with console("--nats", nats_server.url) as url, aiohttp.ClientSession() as http:
+            async with http.get(url + "agents") as response:
+                assert response.status == 200
+            nats_server.stop()
+            for page in ("agents", "capabilities"):
+                async with asyncio.timeout(10):
+                    while True:  # the console's connection notices the server gone within moments
+                        started = asyncio.get_running_loop().time()
+                        async with http.get(url + page) as response:
+                            text = await response.text()
+                        if "out of reach" in text:
+                            break
+                        await asyncio.sleep(0.1)
+                assert response.status == 503
+                assert asyncio.get_running_loop().time() - started < 1.0
+            async with http.get(url + "events") as response:
+                assert response.status == 200 and "mesh.board.written" in await response.text()

@@ -170,8 +170,17 @@ class LiveSource(Source):
                 index.add(item.record)
                 added(item.record)
 
+    async def _reachable(self) -> Mesh:
+        """The connection, for a page that reads the server now: while it is down (the server
+        restarting, out of reach) the page says so at once instead of waiting out a timeout."""
+        mesh = await self.mesh()
+        if not mesh.nc.is_connected:
+            raise MeshError("NATS is out of reach (reconnecting): this page comes back once it is; "
+                            "the log's pages show what was read before")  # fmt: skip
+        return mesh
+
     async def agents(self, index: LogIndex) -> list[AgentRow]:
-        online = await live_agents((await self.mesh()).js, create=False)
+        online = await live_agents((await self._reachable()).js, create=False)
         rows = {p.agent_id: _online(p) for p in online}
         for row in agents_in_log(index):
             if row.agent_id not in rows:
@@ -180,12 +189,12 @@ class LiveSource(Source):
         return sorted(rows.values(), key=lambda row: (not row.online, row.agent_id))
 
     async def capabilities(self, index: LogIndex) -> list[CapabilityRow]:
-        mesh = await self.mesh()
+        mesh = await self._reachable()
         online = await live_agents(mesh.js, create=False)
         return capabilities_in_log(index, await capability_loads(mesh, online))
 
     async def state_at(self, projection: Projection[Any], seq: int) -> ProjectionState:
-        built = await rebuild(await self.mesh(), projection, at=seq)
+        built = await rebuild(await self._reachable(), projection, at=seq)
         state: ProjectionState = built.state
         return state
 
