@@ -88,11 +88,12 @@ class TestNoServer:
         assert "none running here: start one with `mesh up`" in done.stderr
 
     def test_unreachable_url(self) -> None:
-        """An unreachable --nats URL is named in the error; a refused connection (nobody
-        listening) does not send the user after credentials."""
+        """An unreachable --nats URL is named in the error, the one line the command prints; a
+        refused connection (nobody listening) does not send the user after credentials."""
         done = mesh_cmd("status", "--nats", "nats://127.0.0.1:1")
         assert done.returncode == 1 and "cannot reach NATS at nats://127.0.0.1:1" in done.stderr
         assert "--nkey" not in done.stderr
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr  # no log lines before it
 
 
 class TestUpDown:

@@ -66,11 +66,14 @@ async def connect(
     refusals = Refusals(settings.user)
     refused_auth: list[Exception] = []
     last_error: list[Exception] = []
+    connected = False  # until the first connect succeeds, its failures are told once, in its error
 
     async def on_error(error: Exception) -> None:
         last_error[:] = [error]
         if isinstance(error, nats.errors.AuthorizationError):
             refused_auth.append(error)
+        if not connected:
+            return
         if isinstance(error, nats.errors.SlowConsumerError) and on_dropped is not None:
             on_dropped()
         refusal = refusals.report(str(error))
@@ -103,6 +106,7 @@ async def connect(
             f"cannot reach NATS at {where}: {error or type(error).__name__}. "
             "Is the server running? (`mesh up` starts a local one)"
         ) from error
+    connected = True
     attach(nc, refusals)
     return nc
 
