@@ -73,6 +73,19 @@ class TestAhead:
         assert await waiting == _done("review", "h", 9)
 
 
+    async def test_after_too_many_early_events_it_says_read_the_log(self) -> None:
+        """More events on the hop's subjects before the hand-off than are kept: the hop's own
+        answer may be among those dropped, so `answer_to` gives None at once (the requester then
+        reads the log) instead of waiting for a live answer that already came."""
+        answer = Answer()
+        outcome: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        for seq in range(MAX_EARLY):
+            answer.accept(_done("other", "h", 100 + seq))
+        answer.accept(_done("review", "h", 9))  # the hop's own, one too many
+        assert await Ahead(answer, outcome).answer_to("mesh.task.review.h", 9, 5.0) is None
+        assert not outcome.done()
+
+
 class TestChainMemory:
     def test_remembers_the_last_chain_length_capped(self) -> None:
         memory = ChainMemory()

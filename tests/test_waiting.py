@@ -20,7 +20,7 @@ from tests.conftest import AgentProcesses
 from tests.helpers import eventually
 from topics import subjects
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted
+from topics.tasks import TaskClaimed, TaskCompleted, TaskHandedOff, handoff_task_id
 
 pytestmark = pytest.mark.e2e
 
@@ -297,6 +297,31 @@ class TestManyEarlyAnswers:
                                                   request_seq=submitted.seq))  # fmt: skip
         await mesh.publish(subject, TaskClaimed(task_id="t-many", agent="a", attempt=2, request_seq=submitted.seq))
         assert await mesh.request("cap", {}, task_id="t-many", timeout=5) == "mine"
+
+
+    async def test_a_hop_flooded_before_its_hand_off_still_ends(self, mesh: Mesh, nats_url: str) -> None:
+        """A request watching its next hop ahead (`mesh.bus.chains`) gets more events on that
+        hop's subjects than it keeps before the hand-off arrives, the hop's own answer last: it
+        reads the log for it and ends at once (it used to wait out its timeout)."""
+        mesh.chains.learn("cap", 1)  # as after a request to `cap` that handed off once
+        root = "e-flooded-root"
+        hop = handoff_task_id(root)
+        asking = asyncio.create_task(mesh.request("cap", {}, event_id=root, timeout=10))
+        async with await Mesh.connect(nats_url) as other:  # one connection: its events arrive in order
+            request = await eventually(lambda: other.last_on(subjects.work("cap", subjects.ANON)), what="the request")
+            assert request.event.id == root
+            for i in range(MAX_EARLY + 1):  # a role flooding the hop's id under its own capability
+                await other.publish(subjects.task("other", subjects.ANON, hop),
+                                    TaskCompleted(task_id=hop, agent="a", attempt=1, output=i, request_seq=i + 1))  # fmt: skip
+            next_request = await other.submit_request("next", {}, task_id=hop, event_id=hop)
+            await other.publish(subjects.task("next", subjects.ANON, hop),
+                                TaskCompleted(task_id=hop, agent="a", attempt=1, output="the end",
+                                              request_seq=next_request.seq))  # fmt: skip
+            await other.publish(subjects.task("cap", subjects.ANON, root),
+                                TaskHandedOff(task_id=root, agent="a", attempt=1, capability="cap", to="next",
+                                              next_task_id=hop, next_request_seq=next_request.seq,
+                                              request_seq=request.seq, reason="handoff"))  # fmt: skip
+            assert await asyncio.wait_for(asking, 5) == "the end"
 
 
 FOREIGN = 50  # task events of another process of the mesh

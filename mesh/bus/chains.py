@@ -85,10 +85,14 @@ class Ahead(NamedTuple):
     answer: Answer
     outcome: asyncio.Future[Record]
 
-    async def answer_to(self, subject: str, request_seq: int, timeout: float) -> Record:
-        """The answer on ``subject`` to the request stored at ``request_seq``."""
+    async def answer_to(self, subject: str, request_seq: int, timeout: float) -> Record | None:
+        """The answer on ``subject`` to the request stored at ``request_seq``; None at once if
+        more events came before the hand-off than were kept (its answer may be among those
+        dropped, and this watch reads nothing stored: the caller reads the log instead)."""
         early = self.answer.expect(request_seq, subject)
-        return early if early is not None else await asyncio.wait_for(self.outcome, timeout)
+        if early is not None or self.answer.overflowed:
+            return early
+        return await asyncio.wait_for(self.outcome, timeout)
 
 
 def hops_after(request_event_id: str, count: int) -> list[str]:

@@ -482,8 +482,10 @@ class Mesh:
                 raise asyncio.TimeoutError
             watched = ahead.get(hop.next_task_id) if ahead else None
             if watched is not None:
-                record = await watched.answer_to(subjects.task(hop.to, owner, hop.next_task_id), hop.next_request_seq, left)
-                continue
+                found = await watched.answer_to(subjects.task(hop.to, owner, hop.next_task_id), hop.next_request_seq, left)
+                if found is not None:
+                    record = found
+                    continue
             if let_go is not None:
                 await let_go()
                 ahead, let_go = None, None
