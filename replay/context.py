@@ -12,11 +12,9 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
-from openai.types import CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion
 from opentelemetry.trace import INVALID_SPAN
 
 from mesh.bus.client import Mesh, Published, Submitted, outcome_value
@@ -62,6 +60,10 @@ from topics.record import Record
 from topics.registry import type_of
 from topics.tasks import TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
 from topics.votes import VoteDecided, VoteProposed
+
+if TYPE_CHECKING:  # annotations only: the SDK is imported when a model call is replayed
+    from openai.types import CreateEmbeddingResponse
+    from openai.types.chat import ChatCompletion
 
 __all__ = [
     "Effect",

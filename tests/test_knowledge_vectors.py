@@ -24,8 +24,8 @@ from mesh.llm.offline import (
     MAX_EMBEDDING_CHARS,
     MAX_EMBEDDING_INPUTS,
     offline_embedding,
-    offline_http_client,
 )
+from mesh.llm.transport import offline_http_client
 from mesh.projections import KNOWLEDGE, Hit, KnowledgeEntry, fold, live_at
 from mesh.projections.vectors import cosine_ranked, fused
 from replay.reader import read_log

@@ -7,6 +7,9 @@ crossed lazily is still crossed.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +172,21 @@ class TestLayers:
         tree = ast.parse("def f():\n    from mesh.cli.main import main\n")
         assert list(imported(tree, "mesh.bus.client", False)) == ["mesh.cli.main", "mesh.cli.main.main"]
         assert layer_of("mesh.cli.main") < layer_of("mesh.bus.client")  # type: ignore[operator]
+
+
+class TestStartUp:
+    def test_the_cli_and_an_agent_start_without_the_model_sdk(self) -> None:
+        """The `openai` SDK and its HTTP library take most of a second to import: a command or an
+        agent that makes no model call never imports them (`LlmClient` makes its SDK client at
+        the first call)."""
+        probe = (
+            "import sys\n"
+            "import mesh, mesh.cli.main, mesh.runtime.runner, mesh.console.server, replay.context\n"
+            "from mesh.llm.client import LlmClient\n"
+            "LlmClient.from_env()\n"
+            "print(sorted(name for name in ('openai', 'httpx2') if name in sys.modules))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+        done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120, check=True)  # fmt: skip
+        assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.llm.instances import UnanswerableSchema, instance_of
-from mesh.llm.offline import offline_http_client
+from mesh.llm.transport import offline_http_client
 
 pytestmark = pytest.mark.unit
 

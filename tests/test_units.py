@@ -12,7 +12,7 @@ import pytest
 import mesh
 from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import ConfigError, RetryableError, SchemaError, TaskError
-from mesh.llm.offline import offline_http_client
+from mesh.llm.transport import offline_http_client
 from mesh.runtime.agent import Agent
 from mesh.runtime.runner import is_retryable
 from topics import EVENT_TYPES, TaskRequested, decode_data, encode_data, subjects

@@ -16,6 +16,7 @@ same way: a `mesh.llm.called` whose ``operation`` is `embeddings`, numbered with
 from __future__ import annotations
 
 import email.utils
+import functools
 import math
 import os
 import time
@@ -23,16 +24,13 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 import structlog
-from openai.types import CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion
 
 from mesh.bus.client import Mesh
 from mesh.errors import ContextLengthError, RetryableError, TaskError
-from mesh.llm.offline import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, OFFLINE_PROVIDER, offline_http_client
+from mesh.llm.offline import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, OFFLINE_PROVIDER
 from mesh.llm.quota import CallQuota
 from mesh.llm.recorded import recorded_calls
 from mesh.llm.window import ContextWindow, estimate_tokens, fit_request
@@ -57,6 +55,11 @@ from mesh.telemetry.tracing import chat_span, instruments, record_error
 from topics import subjects
 from topics.calls import ContextSettings, LlmCalled, LlmFailed
 from topics.envelope import derived_id
+
+if TYPE_CHECKING:  # the SDK is imported where a client is made (`LlmClient.client`), not at start-up
+    import openai
+    from openai.types import CreateEmbeddingResponse
+    from openai.types.chat import ChatCompletion
 
 __all__ = ["CONTEXT_LENGTH_EXCEEDED", "CallGate", "LlmClient", "LlmSession", "ModelChoice", "DEFAULT_EMBEDDING_MODEL",
            "DEFAULT_MODEL", "MAX_EMBEDDING_CHARS", "MAX_EMBEDDING_INPUTS", "PLACEHOLDER_KEY"]  # fmt: skip
@@ -115,11 +118,16 @@ def _without_userinfo(url: str) -> str:
 
 
 class LlmClient:
-    """One `AsyncOpenAI` per process; `session()` binds it to one task attempt."""
+    """One `AsyncOpenAI` per process; `session()` binds it to one task attempt.
 
-    def __init__(self, client: openai.AsyncOpenAI, *, model: str, offline: bool,
+    ``client`` is the SDK client, or a function that makes it at the first model call
+    (`from_env` passes one): importing the `openai` SDK takes most of a second, which an
+    agent that never calls a model, and every CLI command, would otherwise spend at start."""
+
+    def __init__(self, client: openai.AsyncOpenAI | Callable[[], openai.AsyncOpenAI], *, model: str, offline: bool,
                  settings: Mapping[str, str] | None = None, embedding_model: str | None = None) -> None:  # fmt: skip
-        self.client = client
+        self._sdk: openai.AsyncOpenAI | None = None if callable(client) else client
+        self._make_sdk = client if callable(client) else None
         self.model = model
         self.embedding_model = embedding_model or DEFAULT_EMBEDDING_MODEL
         self.offline = offline
@@ -147,6 +155,14 @@ class LlmClient:
             self._quotas[model] = CallQuota.from_env(model, self.settings)
         return self._quotas[model]
 
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client (made now if it was given as a function)."""
+        if self._sdk is None:
+            assert self._make_sdk is not None
+            self._sdk = self._make_sdk()
+        return self._sdk
+
     @classmethod
     def from_env(cls) -> LlmClient:
         """The client the environment asks for (`ModelChoice.from_env`); the log says which."""
@@ -154,13 +170,11 @@ class LlmClient:
         embedding_model = os.environ.get("MESH_EMBEDDING_MODEL", "").strip() or DEFAULT_EMBEDDING_MODEL
         if choice.offline:
             log.info("model: " + choice.describe(), model=f"offline/{choice.model}", offline=True)
-            client = openai.AsyncOpenAI(api_key="offline", base_url="http://offline.invalid/v1",
-                                        http_client=offline_http_client(), max_retries=0)  # fmt: skip
-            return cls(client, model=choice.model, offline=True, embedding_model=embedding_model)
+            return cls(_offline_sdk, model=choice.model, offline=True, embedding_model=embedding_model)
         log.info("model: " + choice.describe(), model=choice.model, base_url=_without_userinfo(choice.base_url or ""))
         key = os.environ.get("OPENAI_API_KEY", "").strip() or PLACEHOLDER_KEY
-        return cls(openai.AsyncOpenAI(api_key=key, base_url=choice.base_url, max_retries=0), model=choice.model,
-                   offline=False, embedding_model=embedding_model)  # fmt: skip
+        return cls(functools.partial(_remote_sdk, key, choice.base_url), model=choice.model, offline=False,
+                   embedding_model=embedding_model)  # fmt: skip
 
     def session(self, mesh: Mesh, agent: str, task_id: str, cause_id: str, attempt: int) -> LlmSession:
         return LlmSession(self, mesh, agent=agent, task_id=task_id, cause_id=cause_id, attempt=attempt)
@@ -245,6 +259,8 @@ class LlmSession:
             log.info("reusing recorded LLM response", call_index=index)
             _check_operation(recorded, CHAT)
             self.calls.append(recorded)
+            from openai.types.chat import ChatCompletion
+
             return ChatCompletion.model_validate(recorded.response)
         return await self._call(index, request)
 
@@ -278,6 +294,8 @@ class LlmSession:
             log.info("reusing recorded embeddings", call_index=index)
             _check_operation(recorded, EMBEDDINGS)
             self.calls.append(recorded)
+            from openai.types import CreateEmbeddingResponse
+
             return CreateEmbeddingResponse.model_validate(recorded.response)
         return await self._call(index, request, operation=EMBEDDINGS)  # type: ignore[return-value]
 
@@ -289,6 +307,8 @@ class LlmSession:
 
     async def _call(self, index: int, request: dict[str, Any], *,
                     operation: str = CHAT) -> ChatCompletion:  # fmt: skip
+        import openai  # imported by now: the client was made from it
+
         model = request["model"]
         provider = self._client.provider
         metric = {GEN_AI_OPERATION_NAME: operation, GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
@@ -436,11 +456,30 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+def _offline_sdk() -> openai.AsyncOpenAI:
+    """An SDK client whose requests the offline model answers (`mesh.llm.transport`)."""
+    import openai
+
+    from mesh.llm.transport import offline_http_client
+
+    return openai.AsyncOpenAI(api_key="offline", base_url="http://offline.invalid/v1",
+                              http_client=offline_http_client(), max_retries=0)  # fmt: skip
+
+
+def _remote_sdk(key: str, base_url: str | None) -> openai.AsyncOpenAI:
+    """An SDK client of the model server at ``base_url`` (None: OpenAI's)."""
+    import openai
+
+    return openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0)
+
+
 def _task_error(error: openai.APIError) -> TaskError:
     status = getattr(error, "status_code", None)
     name = type(error).__name__
     if getattr(error, "code", None) == CONTEXT_LENGTH_EXCEEDED:
         return ContextLengthError(f"model call refused ({status}): {error}", type=name)
+    import openai
+
     if isinstance(error, (openai.APIConnectionError, openai.APITimeoutError)) or status in (408, 409, 429) or (
         status is not None and status >= 500
     ):

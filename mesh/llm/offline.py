@@ -1,9 +1,13 @@
-"""The offline model: an OpenAI-format chat server behind the SDK's own HTTP transport.
+"""The offline model: what an OpenAI-format chat server would answer, as pure functions.
 
+`mesh.llm.transport` serves it behind the SDK's own HTTP layer:
 `AsyncOpenAI(http_client=offline_http_client())` sends real requests through the real
-client (retries, parsing, errors); this transport answers them in-process, with no
-network. Answers are a pure function of the request, say they are offline, and include
-tool calls when tools are offered, so agents and tests exercise the whole tool loop. A
+client (retries, parsing, errors) and they are answered in-process, with no network.
+This module imports neither the SDK nor its HTTP library (most of a second at start-up,
+which a process that never calls a model does not spend).
+
+Answers are a pure function of the request, say they are offline, and include tool calls
+when tools are offered, so agents and tests exercise the whole tool loop. A
 `response_format` of `json_object` gets a JSON object, one of `json_schema` a value that
 validates against the schema (`mesh.llm.instances`), so planning agents run offline too.
 
@@ -24,9 +28,6 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-import httpx2
-import openai
-
 from mesh.llm.instances import UnanswerableSchema, instance_of
 
 __all__ = [
@@ -34,10 +35,9 @@ __all__ = [
     "MAX_EMBEDDING_CHARS",
     "MAX_EMBEDDING_INPUTS",
     "OFFLINE_PROVIDER",
-    "OfflineTransport",
+    "BadRequest",
     "offline_embedding",
     "offline_embeddings",
-    "offline_http_client",
     "offline_reply",
 ]
 
@@ -171,21 +171,21 @@ def offline_embedding(text: str) -> list[float]:
     return [v / norm for v in vector] if norm else vector
 
 
-class _BadRequest(ValueError):
+class BadRequest(ValueError):
     """A request the offline model answers with a 400."""
 
 
 def offline_embeddings(request: dict[str, Any]) -> dict[str, Any]:
     """The CreateEmbeddingResponse the offline model returns for an embeddings request body
-    (``input`` a string or a list of strings; token arrays are refused); `_BadRequest` if not one."""
+    (``input`` a string or a list of strings; token arrays are refused); `BadRequest` if not one."""
     given = request.get("input")
     inputs = [given] if isinstance(given, str) else given
     if not isinstance(inputs, list) or not inputs or not all(isinstance(text, str) for text in inputs):
-        raise _BadRequest("input must be a string or a non-empty list of strings")
+        raise BadRequest("input must be a string or a non-empty list of strings")
     if len(inputs) > MAX_EMBEDDING_INPUTS:
-        raise _BadRequest(f"at most {MAX_EMBEDDING_INPUTS} inputs per request, not {len(inputs)}")
+        raise BadRequest(f"at most {MAX_EMBEDDING_INPUTS} inputs per request, not {len(inputs)}")
     if (longest := max(len(text) for text in inputs)) > MAX_EMBEDDING_CHARS:
-        raise _BadRequest(f"an input is at most {MAX_EMBEDDING_CHARS} characters, not {longest}")
+        raise BadRequest(f"an input is at most {MAX_EMBEDDING_CHARS} characters, not {longest}")
     base64_wanted = request.get("encoding_format") == "base64"
     data = []
     for index, text in enumerate(inputs):
@@ -195,44 +195,3 @@ def offline_embeddings(request: dict[str, Any]) -> dict[str, Any]:
     tokens = sum(len(_WORD.findall(text)) for text in inputs)
     return {"object": "list", "data": data, "model": f"offline/{request.get('model', 'model')}",
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
-
-
-class OfflineTransport(httpx2.AsyncBaseTransport):
-    """Serves `POST …/chat/completions`, `POST …/embeddings` and `GET …/models`; anything else is a 404."""
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        path = request.url.path
-        if request.method == "POST" and path.endswith("/chat/completions"):
-            try:
-                body = json.loads(await request.aread() or b"{}")
-            except ValueError as error:
-                return _error(400, f"the request body is not JSON: {error}")
-            if not isinstance(body, dict) or not isinstance(body.get("messages", []), list):
-                return _error(400, "the request body is not a chat.completions request (an object with messages)")
-            if body.get("stream"):
-                return _error(400, "the offline model does not stream; call without stream=True")
-            try:
-                reply = offline_reply(body)
-            except UnanswerableSchema as error:
-                return _error(400, f"the offline model cannot answer this response_format: {error}")
-            return httpx2.Response(200, json=reply, headers={"x-mesh-offline": "true"})
-        if request.method == "POST" and path.endswith("/embeddings"):
-            try:
-                body = json.loads(await request.aread() or b"{}")
-                if not isinstance(body, dict):
-                    raise _BadRequest("the request body is not an embeddings request (an object with input)")
-                return httpx2.Response(200, json=offline_embeddings(body), headers={"x-mesh-offline": "true"})
-            except (ValueError, _BadRequest) as error:
-                return _error(400, f"the offline model cannot embed this: {error}")
-        if request.method == "GET" and path.endswith("/models"):
-            return httpx2.Response(200, json={"object": "list", "data": [{"id": "offline", "object": "model",
-                                                                          "created": 0, "owned_by": "mesh"}]})  # fmt: skip
-        return _error(404, f"the offline model has no {request.method} {path}")
-
-
-def _error(status: int, message: str) -> httpx2.Response:
-    return httpx2.Response(status, json={"error": {"message": message, "type": "invalid_request_error"}})
-
-
-def offline_http_client() -> httpx2.AsyncClient:
-    return openai.DefaultAsyncHttpx2Client(transport=OfflineTransport())

@@ -15,7 +15,7 @@ import openai
 from mesh.bus.client import Mesh
 from mesh.bus.processes import ask_to_stop, child_options
 from mesh.llm.client import DEFAULT_MODEL, LlmClient
-from mesh.llm.offline import offline_http_client
+from mesh.llm.transport import offline_http_client
 from mesh.runtime.agent import Agent
 from mesh.runtime.runner import AgentRunner, RunnerOptions
 from mesh.testing.eventlog import EventLog
