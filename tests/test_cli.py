@@ -184,16 +184,18 @@ class TestUserMistakes:
             assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
 
     def test_usage_mistakes_exit_2(self, tmp_path: Path) -> None:
-        """Numbers out of range and a log level that is none: click's usage message, exit 2 or 1, no traceback."""
+        """Numbers out of range, a log level or format that is none: click's usage message, exit 2 or 1, no traceback."""
         for args in (["task", "echo", "--wait", "--timeout", "-1"], ["tail", "--last", "-5"], ["up", "--port", "70000"]):
             done = mesh_cmd(*args, cwd=tmp_path)
             assert done.returncode == 2 and "is not in the range" in done.stderr, (args, done.stderr)
-        env = {**os.environ, "MESH_LOG_LEVEL": "loud", "PYTHONPATH": str(ROOT)}
-        done = subprocess.run([sys.executable, "-m", "mesh", "status"], capture_output=True, text=True, timeout=30,
-                              cwd=tmp_path, env=env)  # fmt: skip
-        assert done.returncode == 1 and done.stderr.strip() == (
-            "error: MESH_LOG_LEVEL='loud' is not a level: use debug, info, warning, error or critical"
-        )
+        for name, value, message in (
+            ("MESH_LOG_LEVEL", "loud", "error: MESH_LOG_LEVEL='loud' is not a level: use debug, info, warning, error or critical"),
+            ("MESH_LOG_FORMAT", "jsno", "error: MESH_LOG_FORMAT='jsno' is not a log format: use json or console"),
+        ):  # fmt: skip
+            env = {**os.environ, name: value, "PYTHONPATH": str(ROOT)}
+            done = subprocess.run([sys.executable, "-m", "mesh", "status"], capture_output=True, text=True, timeout=30,
+                                  cwd=tmp_path, env=env)  # fmt: skip
+            assert done.returncode == 1 and done.stderr.strip() == message, (name, done.stderr)
 
     async def test_ctrl_c_exits_130_quietly(self, nats_server: LocalServer, tmp_path: Path) -> None:
         """Ctrl-C on a following `mesh tail`: exit 130, no traceback and no 'Aborted!'."""

@@ -20,6 +20,7 @@ import structlog
 from mesh.errors import ConfigError
 from mesh.telemetry.redact import REDACTED, is_secret_key, remember_secrets_from_env, scrub
 from mesh.telemetry.tracing import trace_ids
+from topics.base import shorten
 
 __all__ = ["configure_logging", "scrub"]
 
@@ -40,7 +41,9 @@ def _wants_json(json: bool | None, stream: TextIO) -> bool:
     """`MESH_LOG_FORMAT=json|console`; by default JSON unless writing to a terminal."""
     if json is not None:
         return json
-    fmt = os.environ.get("MESH_LOG_FORMAT", "").lower()
+    fmt = os.environ.get("MESH_LOG_FORMAT", "").strip().lower()
+    if fmt not in ("", "json", "console"):
+        raise ConfigError(f"MESH_LOG_FORMAT={shorten(fmt)!r} is not a log format: use json or console")
     return fmt == "json" or (fmt != "console" and not stream.isatty())
 
 
@@ -52,7 +55,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None, str
     level_name = (level or os.environ.get("MESH_LOG_LEVEL", "info")).upper()
     levels = logging.getLevelNamesMapping()
     if level_name not in levels:
-        raise ConfigError(f"MESH_LOG_LEVEL={level_name.lower()!r} is not a level: use debug, info, warning, error or critical")
+        raise ConfigError(f"MESH_LOG_LEVEL={shorten(level_name.lower())!r} is not a level: use debug, info, warning, error or critical")
     level_no = levels[level_name]
     renderer: Any = (
         structlog.processors.JSONRenderer()
