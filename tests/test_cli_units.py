@@ -8,8 +8,11 @@ import io
 import pytest
 from rich.console import Console
 
+from mesh import Agent
 from mesh.cli.demo import report_id
 from mesh.cli.render import Columns, EventLines, middle
+from mesh.errors import ConfigError
+from mesh.runtime.process import load_agent
 from topics.envelope import CloudEvent
 from topics.record import Record
 from topics.tasks import TaskCompleted
@@ -50,3 +53,24 @@ class TestReportId:
         """Demo runs within the same minute get different task ids (the first 8 characters of a UUIDv7 did not)."""
         ids = {report_id() for _ in range(10_000)}
         assert len(ids) == 10_000 and all(i.startswith("report-") and len(i) == 19 for i in ids)
+
+
+class TestLoadAgent:
+    @pytest.mark.parametrize(
+        ("target", "said"),
+        [
+            ("tests.fixture_agents:nosuch", "module 'tests.fixture_agents' has no 'nosuch' (its agents: asker, "),
+            ("tests.fixture_agents:asyncio", "'asyncio' in module 'tests.fixture_agents' is a module, not a mesh.Agent"),
+            ("tests.helpers:x", "module 'tests.helpers' has no 'x' (it declares no mesh.Agent)"),
+            ("tests.fixture_agents", "agent target 'tests.fixture_agents' must look like package.module:agent"),
+            ("no_such_module:agent", "cannot import 'no_such_module'"),
+        ],
+    )
+    def test_a_target_that_names_no_agent_says_what_is_there(self, target: str, said: str) -> None:
+        """`mesh agent run` with a wrong name: the error names what the module does declare."""
+        with pytest.raises(ConfigError) as raised:
+            load_agent(target)
+        assert said in str(raised.value)
+
+    def test_a_target_naming_an_agent_loads_it(self) -> None:
+        assert isinstance(load_agent("tests.fixture_agents:asker"), Agent)

@@ -22,6 +22,7 @@ from mesh.telemetry.logs import configure_logging
 from mesh.telemetry.metrics import WorkCounts, instruments
 from mesh.telemetry.setup import configure_from_env
 from topics import subjects
+from topics.base import shorten
 
 __all__ = ["load_agent", "run_agent", "serve"]
 
@@ -50,7 +51,12 @@ def load_agent(target: str) -> Agent:
         raise ConfigError(f"{error} (agent {target!r})") from error
     agent = getattr(module, attribute, None)
     if not isinstance(agent, Agent):
-        raise ConfigError(f"{target!r} is {type(agent).__name__}, not a mesh.Agent")
+        found = sorted(name for name, value in vars(module).items() if isinstance(value, Agent))
+        there = f"its agents: {', '.join(found)}" if found else "it declares no mesh.Agent"
+        name = shorten(attribute)
+        said = (f"module {module_name!r} has no {name!r}" if agent is None
+                else f"{name!r} in module {module_name!r} is a {type(agent).__name__}, not a mesh.Agent")  # fmt: skip
+        raise ConfigError(f"{said} ({there})")
     return agent
 
 
