@@ -116,6 +116,15 @@ class TestUpDown:
         assert down.stdout.startswith("stopped")
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
+    def test_a_server_that_cannot_start_says_why(self, tmp_path: Path) -> None:
+        """`mesh up --host` an address not on this machine (TEST-NET-1): the error quotes the server's
+        own fatal line and names its log, instead of only pointing at the log."""
+        env = {**os.environ, "MESH_HOME": str(tmp_path / ".mesh"), "MESH_PORT": "0", "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, "-m", "mesh", "up", "--host", "192.0.2.1"], capture_output=True,
+                              text=True, timeout=30, cwd=tmp_path, env=env)  # fmt: skip
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert done.stderr.startswith("error: nats-server exited with code 1 before listening; it said: Error listening")
+        assert "cannot assign requested address" in done.stderr and f"(log: {tmp_path / '.mesh' / 'nats-server.log'})" in done.stderr
 
     def test_host_serves_other_addresses(self, tmp_path: Path) -> None:
         """`mesh up` listens on 127.0.0.1 only; `mesh up --host 0.0.0.0` on every address (127.0.0.2 here stands

@@ -3,6 +3,7 @@ store under `.mesh/`, on loopback unless `mesh up --host` says otherwise."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from mesh.errors import ConfigError, MeshError
 __all__ = ["server_binary", "start_server", "stop_server", "running_server", "local_host", "LocalServer", "Security"]
 
 LOOPBACK = "127.0.0.1"
+LOG_TAIL = 16_384  # bytes of a server log read back for why it did not start
 _ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}  # listening everywhere: reach it here on loopback
 
 
@@ -42,7 +44,24 @@ def server_binary() -> str:
     return found
 
 
-def _wait_for_ports(ports_dir: Path, pid: int, process: subprocess.Popen[bytes], timeout: float) -> int:
+def _why_it_stopped(log_file: Path | None, pid: int) -> str:
+    """The fatal or error lines this server process wrote to ``log_file`` (read from its last
+    `LOG_TAIL` bytes), for a start that failed; where to look when there are none."""
+    if log_file is None:
+        return "its log (or stderr) says why"
+    try:
+        with open(log_file, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_TAIL))
+            tail = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return f"its log {log_file} says why"
+    own = [line for line in tail if line.startswith(f"[{pid}] ") and ("[FTL]" in line or "[ERR]" in line)]
+    said = "; ".join(line.split("] ", 2)[-1].strip() for line in own[-3:])  # without the pid and time stamp
+    return f"it said: {said} (log: {log_file})" if said else f"its log {log_file} says why"
+
+
+def _wait_for_ports(ports_dir: Path, pid: int, process: subprocess.Popen[bytes], timeout: float,
+                    log_file: Path | None = None) -> int:  # fmt: skip
     """nats-server writes `<exe>_<pid>.ports` once it listens; read the client port from it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -53,7 +72,8 @@ def _wait_for_ports(ports_dir: Path, pid: int, process: subprocess.Popen[bytes],
                 continue  # being written
             return int(ports["nats"][0].rsplit(":", 1)[1])
         if process.poll() is not None:
-            raise MeshError(f"nats-server exited with code {process.returncode} before listening; its log (or stderr) says why")
+            raise MeshError(f"nats-server exited with code {process.returncode} before listening; "
+                            f"{_why_it_stopped(log_file, pid)}")  # fmt: skip
         time.sleep(0.02)  # polling a file the server writes; not synchronising our own work
     raise MeshError(
         f"nats-server (pid {pid}) did not start listening within {timeout:g}s; its log (or stderr) says what it is doing"
@@ -103,7 +123,7 @@ def start_server(
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    stdin=subprocess.DEVNULL, **child_options(detach=detach))  # fmt: skip
     try:
-        actual = _wait_for_ports(ports_dir, process.pid, process, timeout=15)
+        actual = _wait_for_ports(ports_dir, process.pid, process, timeout=15, log_file=log_file)
     except MeshError:
         process.kill()
         raise
