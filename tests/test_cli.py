@@ -193,10 +193,13 @@ class TestUserMistakes:
             assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
 
     def test_usage_mistakes_exit_2(self, tmp_path: Path) -> None:
-        """Numbers out of range, a log level or format that is none: click's usage message, exit 2 or 1, no traceback."""
+        """Numbers out of range, JSON nested too deeply, a log level or format that is none: click's usage message, exit 2 or 1, no traceback."""
         for args in (["task", "echo", "--wait", "--timeout", "-1"], ["tail", "--last", "-5"], ["up", "--port", "70000"]):
             done = mesh_cmd(*args, cwd=tmp_path)
             assert done.returncode == 2 and "is not in the range" in done.stderr, (args, done.stderr)
+        done = mesh_cmd("task", "echo", "--input", "[" * 5_000 + "]" * 5_000, cwd=tmp_path)
+        assert done.returncode == 2 and "--input is nested too deeply to read: '[[[[" in done.stderr, done.stderr
+        assert "(10000 characters)" in done.stderr and "Traceback" not in done.stderr
         for name, value, message in (
             ("MESH_LOG_LEVEL", "loud", "error: MESH_LOG_LEVEL='loud' is not a level: use debug, info, warning, error or critical"),
             ("MESH_LOG_FORMAT", "jsno", "error: MESH_LOG_FORMAT='jsno' is not a log format: use json or console"),

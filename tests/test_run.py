@@ -99,6 +99,8 @@ class TestTeamFile:
         ('name = "x"\n[agents.a]\ntarget = "x:y"\n', "name: unknown key (a team has: agents, description)"),
         ('description = 1\n[agents.a]\ntarget = "x:y"\n', "description: expected a string, got an integer"),
         ('[agents.a\ntarget = "x:y"\n', "not TOML: "),
+        ("a = " + "[" * 5_000 + "]" * 5_000 + "\n", "nested too deeply to read"),
+        (f'description = "{"x" * (1 << 20)}"\n', "over 1,048,576 bytes: not a team file"),
     ], ids=lambda value: value if len(value) < 30 else None)  # fmt: skip
     def test_each_mistake_is_one_line_naming_the_file_and_the_key(self, tmp_path: Path, text: str, message: str) -> None:
         """Unknown keys, wrong types, numbers out of range, a target that is not module:attribute: one line."""

@@ -123,6 +123,19 @@ class TestSpec:
         with pytest.raises(ConfigError, match="nested too deeply"):
             parse({"name": "deep", "steps": {"a": {"capability": "echo", "input": deep}}})
 
+    @pytest.mark.parametrize(("name", "text", "said"), [
+        ("deep.toml", "a = " + "[" * 5_000 + "]" * 5_000, "it is nested too deeply"),
+        ("deep.json", '{"a": ' + "[" * 5_000 + "]" * 5_000 + "}", "it is nested too deeply"),
+        ("huge.toml", "#" * (workflow.MAX_FILE + 1), "over 1,048,576 bytes"),
+    ])  # fmt: skip
+    def test_a_file_too_deep_or_too_large_is_refused(self, tmp_path: Path, name: str, text: str, said: str) -> None:
+        """`mesh flow check/run FILE`: a file nested deeper than the parsers go, or far larger
+        than a spec, is one ConfigError naming the file (was a RecursionError, or a long parse)."""
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as raised:
+            load(tmp_path / name)
+        assert str(raised.value) == f"cannot read workflow {tmp_path / name}: {said}"
+
 
 def rec(data: Event, seq: int) -> Record:
     raw = encode_data(data)

@@ -23,7 +23,7 @@ from mesh.bus import refusals
 from mesh.bus.settings import MeshSettings
 from mesh.errors import MeshError
 from topics import subjects
-from topics.base import check_token
+from topics.base import check_token, shorten
 
 __all__ = ["UserError", "FileMistake", "check_filter", "nats_options", "parse_json", "run", "run_sync", "token", "write_text"]
 
@@ -130,7 +130,9 @@ def parse_json(value: str, what: str) -> Any:
     try:
         return msgspec.json.decode(value.encode())
     except msgspec.DecodeError as error:
-        raise click.BadParameter(f"{what} is not JSON ({error}): {value!r}") from None
+        raise click.BadParameter(f"{what} is not JSON ({error}): {shorten(value)!r}") from None
+    except RecursionError:
+        raise click.BadParameter(f"{what} is nested too deeply to read: {shorten(value)!r}") from None
 
 
 async def run_sync(fn: Callable[..., Any], **kwargs: Any) -> Any:

@@ -62,7 +62,7 @@ def _has_tool_mesh(project: Path) -> bool:
 
     try:
         tool = tomllib.loads(project.read_text(encoding="utf-8")).get("tool")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return True
     return isinstance(tool, dict) and "mesh" in tool
 

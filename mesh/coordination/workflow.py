@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 WORKFLOW_CAPABILITY = "workflow"
+MAX_FILE = 1 << 20  # bytes of a workflow file `load` reads (a spec is a few KiB)
 LAUNCHES = 1024  # workflows a `Workflows` watches the outcome of until `result` awaits it
 PARSED, PARSED_SIZE = 64, 16 * 1024  # the specs `parse` keeps (frozen: shared), and the largest, as JSON bytes
 _parsed: dict[bytes, tuple[Any, WorkflowSpec]] = {}  # JSON -> (the data decoded from it, its spec)
@@ -147,10 +148,15 @@ def load(path: str | Path) -> WorkflowSpec:
     """Read a workflow from a TOML (or JSON) file."""
     path = Path(path)
     try:
-        text = path.read_bytes()
+        with open(path, "rb") as file:
+            text = file.read(MAX_FILE + 1)
+        if len(text) > MAX_FILE:
+            raise ConfigError(f"cannot read workflow {path}: over {MAX_FILE:,} bytes")
         data = msgspec.json.decode(text) if path.suffix == ".json" else tomllib.loads(text.decode())
     except (OSError, tomllib.TOMLDecodeError, msgspec.DecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read workflow {path}: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"cannot read workflow {path}: it is nested too deeply") from None
     try:
         return parse(data)
     except ConfigError as error:

@@ -57,6 +57,7 @@ __all__ = [
     "RestartPolicy", "Supervisor", "TeamResult", "Lines", "LINE_LIMIT", "supervise",
 ]  # fmt: skip
 
+MAX_FILE = 1 << 20  # bytes of a team file (or pyproject.toml) `load_team` reads
 _DEFAULTS = RunnerOptions()
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}\Z")
 _TARGET = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*\Z")
@@ -100,13 +101,19 @@ class TeamSpec:
 def load_team(path: Path) -> TeamSpec:
     """The team in `path`: a team file, or the `[tool.mesh]` table of a file named pyproject.toml."""
     try:
-        data = tomllib.loads(path.read_bytes().decode())
+        with open(path, "rb") as file:
+            text = file.read(MAX_FILE + 1)
+        if len(text) > MAX_FILE:
+            raise ConfigError(f"{path}: over {MAX_FILE:,} bytes: not a team file")
+        data = tomllib.loads(text.decode())
     except OSError as error:
         raise ConfigError(f"{path}: cannot read it ({error.strerror or error})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not TOML (not UTF-8 text)") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
     if path.name == "pyproject.toml":
         section = data.get("tool", {}).get("mesh") if isinstance(data.get("tool"), dict) else None
         if section is None:
