@@ -43,6 +43,21 @@ class TestReadWrite:
         assert await board.get("k", "none") == "none"
         assert [r.deleted for r in await board.history("k")] == [False, True]
 
+    async def test_an_event_naming_another_key_than_its_subject_is_ignored(self, mesh: Mesh) -> None:
+        """The server's permissions are per subject: a role allowed `mesh.board.plan.notes` only
+        must not change `plan/budget` with an event on its own subject naming that key. Readers
+        and watchers skip such an event."""
+        board = Board(mesh, "plan")
+        await board.write("budget", 100)
+        forged = BoardWritten(board="plan", key="budget", value=999_999, author="mallory")
+        await mesh.publish("mesh.board.plan.notes", forged)
+        await board.write("notes", "after it")
+        entry = await board.read("budget")
+        assert (entry.value, entry.version) == (100, 1)
+        async with board.watch(since=0) as changes:
+            seen = [await asyncio.wait_for(anext(changes), 5) for _ in range(2)]
+        assert [(c.key, c.value) for c in seen] == [("budget", 100), ("notes", "after it")]
+
     async def test_reads_see_other_writers(self, mesh: Mesh, nats_url: str) -> None:
         """Two Board objects on two connections share the board through the log."""
         async with await Mesh.connect(nats_url) as other:

@@ -353,17 +353,32 @@ class TestConsensus:
         assert evaluate(proposal(deadline=at(100)), now=at(200)) == (True, None, "deadline: no votes")
 
     def test_recorded_decision_is_authoritative(self) -> None:
-        """The first VoteDecided wins; later votes and decisions change nothing."""
+        """The first VoteDecided that the rule bears out wins; later votes and decisions change nothing."""
         records = log(
             VoteProposed(proposal_id="p", question="?", options=("yes", "no"), voters=("a", "b", "c")),
             VoteCast(proposal_id="p", voter="a", choice="yes"),
-            VoteDecided(proposal_id="p", outcome="no", reason="operator"),
-            VoteDecided(proposal_id="p", outcome="yes"),
+            VoteCast(proposal_id="p", voter="b", choice="yes"),
+            VoteDecided(proposal_id="p", outcome="yes", reason="majority"),
+            VoteDecided(proposal_id="p", outcome="no"),
+            VoteCast(proposal_id="p", voter="c", choice="no"),
+        )
+        view = fold(CONSENSUS, records).proposals["p"]
+        assert (view.decided, view.outcome, view.votes) == (True, "yes", {"a": "yes", "b": "yes"})
+        assert evaluate(view) == (True, "yes", "majority")
+
+    def test_a_decision_the_votes_do_not_bear_out_is_ignored(self) -> None:
+        """Whoever may vote may publish a VoteDecided: one before the proposal, or naming an
+        outcome the rule does not give at that point, decides nothing."""
+        records = log(
+            VoteDecided(proposal_id="p", outcome="no", reason="unanimous"),
+            VoteProposed(proposal_id="p", question="?", options=("yes", "no"), voters=("a", "b", "c")),
+            VoteCast(proposal_id="p", voter="a", choice="yes"),
+            VoteDecided(proposal_id="p", outcome="drop-the-table", reason="operator"),
             VoteCast(proposal_id="p", voter="b", choice="yes"),
         )
         view = fold(CONSENSUS, records).proposals["p"]
-        assert (view.decided, view.outcome, view.votes) == (True, "no", {"a": "yes"})
-        assert evaluate(view) == (True, "no", "operator")
+        assert (view.decided, view.votes) == (False, {"a": "yes", "b": "yes"})
+        assert evaluate(view) == (True, "yes", "majority")
 
 
 def flow(**steps: StepSpec) -> FlowStarted:

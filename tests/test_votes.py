@@ -9,7 +9,7 @@ import pytest
 
 from mesh import Mesh
 from mesh.coordination.votes import Proposals, decided_id
-from mesh.errors import VoteRejected, VoteTimeoutError
+from mesh.errors import SchemaError, VoteRejected, VoteTimeoutError
 from replay.reader import read_log
 from replay.rerun import rerun
 from tests.conftest import AgentProcesses
@@ -121,6 +121,20 @@ class TestExactlyOnce:
             await proposal.cast("no", voter="ann")
         with pytest.raises(VoteRejected, match="does not exist"):
             await proposals.cast("nope", "yes", voter="ann")
+
+    async def test_bad_terms_refused_before_anything_is_stored(self, mesh: Mesh, log: EventLog) -> None:
+        """A deadline that is not a time, a quorum under 1, a weight that is not a finite number
+        above 0: refused by `propose` (they decided a proposal with no vote, or made it unreadable)."""
+        proposals = Proposals(mesh)
+        for terms, said in (({"deadline": "tomorrow"}, "is not an RFC 3339 time"), ({"quorum": 0}, "at least 1"),
+                            ({"rule": "weighted", "weights": {"ann": -1.0}}, "finite number above 0"),
+                            ({"rule": "weighted", "weights": {"ann": float("nan")}}, "finite number above 0")):  # fmt: skip
+            with pytest.raises(SchemaError, match=said):
+                await proposals.propose("bad terms?", ["yes", "no"], voters=("ann",), **terms)
+        proposal = await proposals.propose("bad terms?", ["yes", "no"], voters=("ann",))  # a good one is stored
+        await log.wait_for_type("mesh.vote.proposed", proposal_id=proposal.proposal_id)  # the log is read live
+        stored = [r.data.proposal_id for r in log.of_type("mesh.vote.proposed") if r.data.question == "bad terms?"]
+        assert stored == [proposal.proposal_id]
 
 
 @pytest.mark.e2e

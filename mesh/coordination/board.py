@@ -69,7 +69,7 @@ class Board:
 
     def _fold(self, item: Stored) -> None:
         self._subject_seq[item.subject.rsplit(".", 1)[-1]] = item.seq
-        if item.record is not None:
+        if item.record is not None and _on_its_subject(item):
             self._ids[item.record.event.id] = item.seq
             BOARD.apply(self._state, item.record)
         self._state.seq = max(self._state.seq, item.seq)
@@ -190,7 +190,7 @@ class BoardWatch(Feed[BoardChange]):
 
     def _fold(self, item: Stored) -> BoardChange | None:
         record = item.record
-        if record is None or not isinstance(record.data, BoardWritten | BoardDeleted):
+        if record is None or not isinstance(record.data, BoardWritten | BoardDeleted) or not _on_its_subject(item):
             return None
         board, key = record.data.board, record.data.key
         before = entry(self._state, board, key)
@@ -207,3 +207,12 @@ class BoardWatch(Feed[BoardChange]):
         if self._follow is not None:
             await self._follow.close()
 
+
+def _on_its_subject(item: Stored) -> bool:
+    """Whether a board event is on the subject its data names (`mesh.board.<board>.<key>`): the
+    server's permissions are per subject, so a role allowed one key (or one board) must not
+    change another through the data of an event on its own subject."""
+    data = item.record.data if item.record is not None else None
+    if not isinstance(data, BoardWritten | BoardDeleted):
+        return True  # not a board event: the projection ignores it anyway
+    return item.subject == f"mesh.board.{data.board}.{data.key}"

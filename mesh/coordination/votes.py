@@ -17,6 +17,7 @@ the first, whoever recorded it; `outcome()` returns that stored one.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -25,10 +26,10 @@ from mesh.bus.follow import Follow, Stored, last_seq, read
 from mesh.coordination.origin import Origin
 from mesh.errors import ExpectedSequenceError, SchemaError, VoteRejected, VoteTimeoutError
 from mesh.projections import CONSENSUS, ConsensusState, ProposalView, evaluate, roster
-from mesh.projections.base import instant
+from mesh.projections.consensus import moment_of
 from topics import subjects
 from topics.base import check_token
-from topics.envelope import derived_id, now_rfc3339
+from topics.envelope import derived_id, is_instant, now_rfc3339
 from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
 
 __all__ = ["Ballot", "Proposal", "Proposals", "decided_id"]
@@ -79,6 +80,13 @@ class Proposals:
         )  # fmt: skip
         if not proposed.options:
             raise SchemaError(f"proposal {question!r} needs at least one option")
+        if proposed.deadline is not None and not is_instant(proposed.deadline):
+            raise SchemaError(f"proposal {question!r}: deadline {proposed.deadline!r} is not an RFC 3339 time with its offset")
+        if quorum is not None and quorum < 1:
+            raise SchemaError(f"proposal {question!r}: quorum must be at least 1, not {quorum!r}")
+        for voter, weight in proposed.weights.items():
+            if not math.isfinite(weight) or weight <= 0:
+                raise SchemaError(f"proposal {question!r}: the weight of {voter!r} must be a finite number above 0, not {weight!r}")
         await self.mesh.publish(subjects.vote(proposal_id), proposed, event_id=derived_id(proposal_id, "proposed"),
                                 correlation_id=self.origin.correlation_id or proposal_id,
                                 causation_id=self.origin.cause_id)  # fmt: skip
@@ -202,8 +210,8 @@ class Ballot:
         match record.data:
             case VoteProposed():
                 self.correlation_id = self.correlation_id or record.event.correlationid
-            case VoteDecided() as decided if self.decided is None:
-                self.decided = decided
+            case VoteDecided() as decided if self.decided is None and self.view.decided:
+                self.decided = decided  # the decision the fold accepted (one it ignored is not it)
 
 
 def _check_vote(view: ProposalView, voter: str, choice: str) -> None:
@@ -223,7 +231,8 @@ def _check_vote(view: ProposalView, voter: str, choice: str) -> None:
 
 
 def _seconds_until(deadline: str | None) -> float | None:
-    if deadline is None:
+    moment = moment_of(deadline)  # a deadline that is not a time is no deadline, as in the fold
+    if moment is None:
         return None
-    left = (instant(deadline) - datetime.now(UTC)).total_seconds()
+    left = (moment - datetime.now(UTC)).total_seconds()
     return max(0.0, left) + (0.01 if left > 0 else 0.0)

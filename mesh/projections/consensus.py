@@ -81,7 +81,7 @@ def _weight(view: ProposalView, voter: str) -> float:
 
 class ConsensusProjection(HandlerProjection[ConsensusState]):
     name = "consensus"
-    version = 1
+    version = 2  # 2: a decision counts only if the fold at that point gives it
     state_type = ConsensusState
 
     def handlers(self) -> dict[type[Event], Handler[ConsensusState]]:
@@ -114,9 +114,19 @@ def _cast(state: ConsensusState, event: VoteCast, stamp: Stamp, seq: int) -> Non
 
 
 def _decided(state: ConsensusState, event: VoteDecided, stamp: Stamp, seq: int) -> None:
-    view = _proposal(state, event.proposal_id)
-    if not view.decided:
-        view.decided, view.outcome, view.reason = True, event.outcome, event.reason or "recorded"
+    """A decision counts only if the proposal exists, is undecided, and its rule (or its deadline,
+    by the decision's own time) gives that outcome from the votes folded so far: whoever may
+    publish on the proposal's subject (every voter) can record a decision, so the fold checks it
+    instead of taking it on trust. One published before the proposal, or naming another outcome,
+    is ignored."""
+    view = state.proposals.get(event.proposal_id)
+    if view is None or not view.proposed or view.decided:
+        return
+    at = stamp.time if moment_of(stamp.time) is not None else None
+    expected = evaluate(view, at)
+    if not expected.decided or expected.outcome != event.outcome:
+        return
+    view.decided, view.outcome, view.reason = True, event.outcome, event.reason or expected.reason
 
 
 def _counts(view: ProposalView, voter: str, choice: str, stamp: Stamp) -> bool:
@@ -125,14 +135,14 @@ def _counts(view: ProposalView, voter: str, choice: str, stamp: Stamp) -> bool:
     eligible = roster(view)
     if eligible and voter not in eligible:
         return False
-    deadline = _moment(view.deadline)
+    deadline = moment_of(view.deadline)
     if deadline is None:
         return True
-    cast_at = _moment(stamp.time)
+    cast_at = moment_of(stamp.time)
     return cast_at is None or cast_at <= deadline
 
 
-def _moment(value: str | None) -> datetime | None:
+def moment_of(value: str | None) -> datetime | None:
     """The instant ``value`` names; None when there is none or it is not RFC 3339, so a
     malformed time in the log never stops the fold (a malformed deadline is no deadline)."""
     try:
@@ -167,7 +177,7 @@ def evaluate(view: ProposalView, now: str | None = None) -> Decision:
     eligible = roster(view)
     if eligible and all(voter in view.votes for voter in eligible):
         return Decision(True, None, f"{view.rule}: every voter voted and no option won")
-    deadline = _moment(view.deadline)
+    deadline = moment_of(view.deadline)
     if now is not None and deadline is not None and instant(now) >= deadline:
         return _at_deadline(view)
     return Decision(False, None, "open")
