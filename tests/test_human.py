@@ -26,8 +26,6 @@ from topics import subjects
 from topics.envelope import derived_id
 from topics.humans import HumanAnswered, HumanAsked
 
-pytestmark = pytest.mark.e2e
-
 APPROVER = "agents.approver:agent"
 SHIP = {"question": "Ship 2.1 to production?", "options": ["yes", "no"], "context": "all checks green"}
 
@@ -43,6 +41,7 @@ async def asked(log: EventLog, task_id: str) -> HumanAsked:
     return record.data
 
 
+@pytest.mark.e2e
 class TestHumanInTheLoop:
     @pytest.mark.timeout(240)  # two agent processes, a kill and a redelivery, three CLI processes on a busy 2-core machine
     async def test_answered_from_the_cli_after_the_asking_agent_was_restarted(
@@ -162,6 +161,7 @@ class TestHumanInTheLoop:
         assert not log.of_type("mesh.task.attempt_failed", task_id="gate-1")
 
 
+@pytest.mark.e2e
 class TestGroupChatSeat:
     async def test_a_person_takes_a_turn_through_the_inbox(
         self, mesh: Mesh, nats_url: str, agents: AgentProcesses, log: EventLog
@@ -192,6 +192,7 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
         yield secured
 
 
+@pytest.mark.e2e
 class TestWhoMayAskAndAnswer:
     async def test_agents_ask_in_their_own_name_and_clients_answer(self, secured: Secured) -> None:
         """Under `mesh auth init`'s permissions the approver asks, a client lists and answers;
@@ -231,3 +232,41 @@ def _asking_otherwise() -> Agent:
         return {"question": input["question"], "answer": answer}
 
     return changed
+
+
+@pytest.mark.integration
+class TestQuestionsFromOtherRoles:
+    """What another agent role can do with questions in its own name (an adversarial review)."""
+
+    async def test_a_question_that_cannot_expire_does_not_break_the_inbox(self, mesh: Mesh) -> None:
+        """An `expires_at` that is not a time (a foreign publisher wrote it) made every inbox
+        listing raise; such a question is not open, and the others are listed."""
+        await mesh.publish(subjects.ask("mallory", "q-soon"), HumanAsked(question_id="q-soon", question="?", expires_at="soon"))
+        await Humans(mesh, role="approver").post("Ship it?", ("yes", "no"), question_id="q-fine")
+        assert [view.question_id for view in await Humans(mesh).inbox()] == ["q-fine"]
+
+    async def test_a_question_asked_under_another_roles_id_cannot_be_answered(self, mesh: Mesh) -> None:
+        """Question ids can be computed, so another role can ask its own harmless question under
+        the id an approver is about to use: the inbox shows both roles (from the subjects, which
+        the server vouches for) and `answer` refuses, since an answer would count for both. A
+        question filed on a subject whose id is not its own is ignored."""
+        await mesh.publish(subjects.ask("mallory", "q-1"),  # its own id for the event (its own secret keys it)
+                           HumanAsked(question_id="q-1", question="Is the coffee machine working?", options=("yes", "no")))
+        await Humans(mesh, role="approver").post("Drop the database?", ("yes", "no"), question_id="q-1")
+        await mesh.publish(subjects.ask("mallory", "q-2"), HumanAsked(question_id="q-3", question="Elsewhere?"))
+        [view] = await Humans(mesh).inbox()
+        assert (view.question_id, view.roles) == ("q-1", ("mallory", "approver"))
+        with pytest.raises(AnswerRejected, match="asked by more than one agent role"):
+            await Humans(mesh).answer("q-1", "yes")
+
+    async def test_a_retry_after_the_question_expired_takes_no_later_answer(self, mesh: Mesh) -> None:
+        """The asker stopped waiting (`mesh.human.expired`), then an answer came: a retry of the
+        task that asks again gets no answer, as every other reader says (it took the late one)."""
+        approver = Humans(mesh, role="approver")
+        stored = await approver.post("Ship it?", ("yes", "no"), question_id="q-late")
+        await approver.withdraw("q-late", "no answer before it expired")
+        await mesh.publish(subjects.answer("q-late"), HumanAnswered(question_id="q-late", answer="yes"))
+        again = await approver.post("Ship it?", ("yes", "no"), question_id="q-late")  # the retry: stored once
+        assert again.seq == stored.seq
+        assert await asyncio.wait_for(approver.wait(again), 10) is None
+        assert (await Humans(mesh).state()).questions["q-late"].answer is None

@@ -20,7 +20,10 @@ __all__ = ["answer", "inbox"]
 
 
 def _age(view: QuestionView, now: datetime) -> str:
-    seconds = int((now - instant(view.asked.asked_at or view.asked_time)).total_seconds())
+    try:  # the envelope's time: the asker's `asked_at` is its own word (and may not be a time)
+        seconds = int((now - instant(view.asked_time)).total_seconds())
+    except (ValueError, TypeError, OverflowError):
+        return "?"
     if seconds < 120:
         return f"{seconds}s"
     if seconds < 7200:
@@ -31,7 +34,7 @@ def _age(view: QuestionView, now: datetime) -> str:
 def _row(view: QuestionView) -> dict[str, object]:
     asked = view.asked
     return {"question_id": asked.question_id, "question": asked.question, "options": list(asked.options),
-            "context": asked.context, "agent": asked.agent, "task_id": asked.task_id, "capability": asked.capability,
+            "context": asked.context, "agent": asked.agent, "roles": list(view.roles), "task_id": asked.task_id, "capability": asked.capability,
             "correlation_id": view.correlation_id, "asked_at": asked.asked_at, "expires_at": asked.expires_at,
             "seq": view.asked_seq}  # fmt: skip
 
@@ -50,11 +53,12 @@ def inbox(as_json: bool, settings: MeshSettings) -> None:
         click.echo("no open questions")
         return
     now = datetime.now(UTC)
-    click.echo(f"{'ID':36}  {'AGE':>5}  {'AGENT':24}  {'TASK':36}  QUESTION [OPTIONS]")
+    click.echo(f"{'ID':36}  {'AGE':>5}  {'ROLE':24}  {'TASK':36}  QUESTION [OPTIONS]")
     for view in views:
         asked = view.asked
         options = f" [{' / '.join(asked.options)}]" if asked.options else ""
-        click.echo(f"{asked.question_id:36}  {_age(view, now):>5}  {shorten(asked.agent, 21):24}  "
+        role = " + ".join(view.roles) or "?"  # from the subjects: `agent` is what the asker says
+        click.echo(f"{asked.question_id:36}  {_age(view, now):>5}  {shorten(role, 21):24}  "
                    f"{shorten(asked.task_id, 33):36}  {shorten(asked.question, 200)}{options}")  # fmt: skip
         if asked.context:
             click.echo(f"{'':40}context: {shorten(asked.context, 300)}")

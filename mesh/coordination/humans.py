@@ -135,6 +135,9 @@ class Humans:
     async def wait(self, stored: Asked) -> HumanAnswered | None:
         """The answer to ``stored``, once there is one; None once it expired (then recorded so)."""
         asked = stored.asked
+        withdrawn = await self._withdrawn_at(stored)
+        if withdrawn is not None:  # a run before this one stopped waiting: what came after counts for nothing
+            return await self._first_answer(stored, before=withdrawn)
         left = (instant(asked.expires_at) - datetime.now(UTC)).total_seconds() if asked.expires_at else MAX_ASK_TIMEOUT
         found = await self._await_answer(stored, max(0.0, left))
         if found is not None:
@@ -186,6 +189,19 @@ class Humans:
                     return data
         return None
 
+    async def _withdrawn_at(self, stored: Asked) -> int | None:
+        """The sequence of the `mesh.human.expired` stored for ``stored``, if one is."""
+        seq = stored.seq
+        for _ in range(MAX_ANSWERS_READ):
+            msg = await jetstream.next_on_subject(self.mesh.js, stored.subject, after=seq)
+            if msg is None or not msg.seq:
+                return None
+            seq = msg.seq
+            record = await self.mesh.record_of(stored.subject, msg.data or b"", seq)
+            if record is not None and isinstance(record.data, HumanExpired):
+                return seq
+        return None
+
     async def _expire(self, stored: Asked, reason: str) -> int:
         """Record that the asker stopped waiting; the sequence it landed at."""
         return (await self.withdraw(stored.asked.question_id, reason)).seq
@@ -211,13 +227,24 @@ class Humans:
         read with a consumer from that time, removed once read (`jetstream.read_since`)."""
         start = datetime.now(UTC) - timedelta(seconds=since)
         records: list[Record] = []
+        roles: dict[str, list[str]] = {}  # question id -> the roles that asked under it, by their subjects
         for filter_subject in filters:
             found = await jetstream.read_since(self.mesh.js, filter_subject, since=start, limit=MAX_READ)
             for seq, subject, data in found:
                 record = await self.mesh.record_of(subject, data, seq)
-                if record is not None:
-                    records.append(record)
-        return fold(HUMANS, sorted(records, key=lambda r: r.seq))
+                if record is None:
+                    continue
+                if isinstance(record.data, HumanAsked | HumanExpired):
+                    parts = subject.split(".")  # mesh.ask.<role>.<question id>: the server vouches for the role
+                    if len(parts) != 4 or parts[3] != record.data.question_id:
+                        continue  # a question filed under another id than its subject's: not that question
+                    if isinstance(record.data, HumanAsked) and parts[2] not in roles.setdefault(parts[3], []):
+                        roles[parts[3]].append(parts[2])
+                records.append(record)
+        state = fold(HUMANS, sorted(records, key=lambda r: r.seq))
+        for question_id, view in state.questions.items():
+            view.roles = tuple(roles.get(question_id, ()))
+        return state
 
     async def inbox(self, *, now: str | None = None) -> list[QuestionView]:
         """The questions waiting for a person now, oldest first."""
@@ -254,6 +281,9 @@ class Humans:
 def _check_answer(question_id: str, view: QuestionView | None, answer: str) -> None:
     if view is None:
         raise AnswerRejected(f"question {question_id} was never asked (see `mesh inbox`)")
+    if len(view.roles) > 1:  # answers name no role: one answer would count for every one of them
+        raise AnswerRejected(f"question {question_id} was asked by more than one agent role ({', '.join(view.roles)}): "
+                             "an answer cannot say which it is for; refused")  # fmt: skip
     if view.answer is not None:
         raise AnswerRejected(f"question {question_id} is already answered: {shorten(view.answer)!r} "
                              f"by {view.answered_by or 'someone'}")  # fmt: skip

@@ -31,6 +31,7 @@ class QuestionView(msgspec.Struct, kw_only=True, gc=False):
     answered_seq: int = 0
     answered_time: str = ""
     expired: str | None = None  # why the asker stopped waiting, once it did
+    roles: tuple[str, ...] = ()  # the agent roles whose subjects carry a question under this id (set by the reader, which sees subjects)
 
     @property
     def question_id(self) -> str:
@@ -42,10 +43,17 @@ class HumansState(ProjectionState, kw_only=True):
 
 
 def is_open(view: QuestionView, now: str) -> bool:
-    """Asked, neither answered nor given up on, and not past its expiry at ``now`` (RFC 3339)."""
+    """Asked, neither answered nor given up on, and not past its expiry at ``now`` (RFC 3339).
+    A question whose ``expires_at`` is not a time (a foreign publisher wrote it) is not open:
+    no asker can be waiting on it, and it must not break the listing of the others."""
     if view.answer is not None or view.expired is not None:
         return False
-    return view.asked.expires_at is None or instant(view.asked.expires_at) > instant(now)
+    if view.asked.expires_at is None:
+        return True
+    try:
+        return instant(view.asked.expires_at) > instant(now)
+    except (ValueError, TypeError, OverflowError):
+        return False
 
 
 def open_questions(state: HumansState, now: str) -> list[QuestionView]:
