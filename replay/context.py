@@ -38,8 +38,8 @@ from mesh.errors import (
     VoteTimeoutError,
     WorkflowTimeoutError,
 )
-from mesh.llm.client import CONTEXT_LENGTH_EXCEEDED, DEFAULT_MODEL, LlmClient, LlmSession
-from mesh.llm.tools import ToolBox
+from mesh.llm.client import CONTEXT_LENGTH_EXCEEDED, DEFAULT_MODEL, LlmClient, LlmSession, recordable_request
+from mesh.llm.tools import ToolBox, parse_arguments
 from mesh.llm.window import ContextWindow
 from mesh.projections.board import BoardState
 from mesh.projections.histories import History, add_turn
@@ -347,7 +347,8 @@ class ReplayLlmSession(LlmSession):
                 raise ContextLengthError(failed.message, type=failed.error_type)
             kind = RetryableError if failed.retryable else TaskError
             raise kind(failed.message, type=failed.error_type)
-        call = LlmCalled(agent="", task_id="", call_index=index, model="", request=request, response={})
+        call = LlmCalled(agent="", task_id="", call_index=index, model="", request=recordable_request(request),
+                         response={})  # as the live call recorded it
         self._replay_effects.append(Effect.of(derived_id(self._replay_cause, f"llm/{index}"), f"llm/{index}",
                                               self._replay_subject, call))  # fmt: skip
         if index not in self._replay_recorded:
@@ -379,8 +380,8 @@ class ReplayToolBox(ToolBox):
         self._replay_cause = cause_id
 
     async def call(self, name: str, arguments: dict[str, Any] | str) -> Any:
+        args = parse_arguments(name, arguments)  # as the live call parses them, before a call is numbered
         index = next(self._replay_index)
-        args = _plain.decode(arguments) if isinstance(arguments, str) else arguments
         call = ToolCalled(agent="", task_id="", call_index=index, tool=name, arguments=args)
         event_id = derived_id(self._replay_cause, f"tool/{index}")
         self._replay_effects.append(Effect.of(event_id, f"tool/{index}", self._replay_subject, call))

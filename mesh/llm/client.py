@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import json
 import math
 import os
 import time
@@ -50,7 +51,7 @@ from mesh.telemetry.conventions import (
     INPUT_TOKENS,
     OUTPUT_TOKENS,
 )
-from mesh.telemetry.redact import scrub_text
+from mesh.telemetry.redact import scrub, scrub_text
 from mesh.telemetry.tracing import chat_span, instruments, record_error
 from topics import subjects
 from topics.calls import ContextSettings, LlmCalled, LlmFailed
@@ -221,7 +222,10 @@ class LlmSession:
         The messages are fitted to the model's context window first (`mesh.llm.window`); a
         refusal with `context_length_exceeded` is recorded, and the request is fitted to half
         its estimated size and sent once more. A second refusal raises ContextLengthError."""
-        request: dict[str, Any] = {"model": options.pop("model", self.model), "messages": list(messages), **options}
+        if options.get("stream"):
+            raise ValueError("ctx.llm.chat does not stream (a streamed answer cannot be recorded): drop stream=True")
+        request: dict[str, Any] = {"model": options.pop("model", self.model), "messages": _plain_messages(messages),
+                                   **options}  # fmt: skip
         if tools:
             request["tools"] = list(tools)
         window = self.window_for(request["model"])
@@ -261,7 +265,7 @@ class LlmSession:
             self.calls.append(recorded)
             from openai.types.chat import ChatCompletion
 
-            return ChatCompletion.model_validate(recorded.response)
+            return ChatCompletion.construct(**recorded.response)  # as loosely as the SDK built the live one
         return await self._call(index, request)
 
     async def embed(self, texts: str | Sequence[str], *, model: str | None = None) -> list[list[float]]:
@@ -296,13 +300,15 @@ class LlmSession:
             self.calls.append(recorded)
             from openai.types import CreateEmbeddingResponse
 
-            return CreateEmbeddingResponse.model_validate(recorded.response)
+            return CreateEmbeddingResponse.construct(**recorded.response)
         return await self._call(index, request, operation=EMBEDDINGS)  # type: ignore[return-value]
 
     async def text(self, prompt: str, *, system: str | None = None, **options: Any) -> str:
         """One user prompt in, the first choice's text out."""
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         completion = await self.chat(messages, **options)
+        if not completion.choices or completion.choices[0].message is None:
+            raise TaskError("the model answered with no choice (a content filter, or a broken server)", type="NoChoices")
         return completion.choices[0].message.content or ""
 
     async def _call(self, index: int, request: dict[str, Any], *,
@@ -321,6 +327,9 @@ class LlmSession:
                     completion = await self._client.client.embeddings.create(**request)
                 else:
                     completion = await self._client.client.chat.completions.create(**request)
+            except json.JSONDecodeError as error:  # a 200 whose body was cut off or is not JSON
+                record_error(span, error)
+                raise RetryableError(f"the model server's answer is not JSON: {error}", type="InvalidResponse") from error
             except openai.APIError as error:
                 record_error(span, error)
                 failed = {**metric, ERROR_TYPE: type(error).__name__}
@@ -330,29 +339,32 @@ class LlmSession:
                                            operation)  # fmt: skip
                 raise task_error from error
             latency_ms = (time.perf_counter() - started) * 1000
+            _check_shape(completion, operation)
             usage = completion.usage
-            output_tokens = getattr(usage, "completion_tokens", 0) if usage else 0  # embeddings have none
-            attributes = {GEN_AI_RESPONSE_MODEL: completion.model,
-                          GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens if usage else 0,
+            input_tokens = _count(getattr(usage, "prompt_tokens", 0)) if usage else 0
+            output_tokens = _count(getattr(usage, "completion_tokens", 0)) if usage else 0  # embeddings have none
+            response_model = completion.model if isinstance(completion.model, str) and completion.model else model
+            attributes = {GEN_AI_RESPONSE_MODEL: response_model,
+                          GEN_AI_USAGE_INPUT_TOKENS: input_tokens,
                           GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens}  # fmt: skip
             if operation == CHAT:
                 attributes[GEN_AI_RESPONSE_ID] = completion.id
                 attributes[GEN_AI_RESPONSE_FINISH_REASONS] = [c.finish_reason or "" for c in completion.choices]
             span.set_attributes(attributes)
-        metric[GEN_AI_RESPONSE_MODEL] = completion.model
+        metric[GEN_AI_RESPONSE_MODEL] = response_model
         instruments.llm_duration.record(latency_ms / 1000, metric)
         if usage:
-            instruments.tokens.record(usage.prompt_tokens, {**metric, GEN_AI_TOKEN_TYPE: INPUT_TOKENS})
+            instruments.tokens.record(input_tokens, {**metric, GEN_AI_TOKEN_TYPE: INPUT_TOKENS})
             if operation == CHAT:
                 instruments.tokens.record(output_tokens, {**metric, GEN_AI_TOKEN_TYPE: OUTPUT_TOKENS})
         call = LlmCalled(
             agent=self._agent,
             task_id=self._task_id,
             call_index=index,
-            model=completion.model,
-            request=request,
+            model=response_model,
+            request=recordable_request(request),
             response=completion.model_dump(mode="json", exclude_unset=True),
-            usage={"input_tokens": usage.prompt_tokens, "output_tokens": output_tokens} if usage else {},
+            usage={"input_tokens": input_tokens, "output_tokens": output_tokens} if usage else {},
             latency_ms=round(latency_ms, 3),
             offline=self._client.offline,
             window=self._settings(model) if operation == CHAT else None,
@@ -380,7 +392,7 @@ class LlmSession:
         response = getattr(error, "response", None)
         failure = LlmFailed(
             agent=self._agent, task_id=self._task_id, call_index=index, attempt=self._attempt,
-            model=str(request.get("model", "")), request=request, error_type=type(error).__name__,
+            model=str(request.get("model", "")), request=recordable_request(request), error_type=type(error).__name__,
             message=scrub_text(str(raised))[:2000], status=getattr(error, "status_code", None),
             code=str(error.code)[:200] if getattr(error, "code", None) else None,
             retry_after=_retry_after(response.headers) if response is not None else None,
@@ -414,6 +426,35 @@ class LlmSession:
             if self._attempt > 1 and self._mesh is not None:
                 self._recorded = await recorded_calls(self._mesh, subjects.llm(self._agent, self._task_id), LlmCalled)
         return self._recorded
+
+
+def _plain_messages(messages: Sequence[Any]) -> list[Any]:
+    """The messages as plain dicts: an SDK object (`completion.choices[0].message`, as OpenAI's
+    guides append it) is dumped, so it can be fitted, estimated and recorded like the rest."""
+    return [m.model_dump(mode="json", exclude_none=True) if callable(getattr(m, "model_dump", None)) else m
+            for m in messages]  # fmt: skip
+
+
+def recordable_request(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The request as recorded: per-call headers and query (a gateway's key) scrubbed."""
+    return {k: scrub(v) if k in ("extra_headers", "extra_query") else v for k, v in request.items()}
+
+
+def _count(value: Any) -> int:
+    """A token count from a response (a server may send null or leave it out): 0 unless a whole number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _check_shape(completion: Any, operation: str) -> None:
+    """RetryableError for a 200 body that is not a response at all (a gateway's page, JSON that is
+    not an object, no `choices`/`data` list): recorded nowhere, tried again like a 5xx."""
+    from openai.types import CreateEmbeddingResponse
+    from openai.types.chat import ChatCompletion
+
+    kind, items = (ChatCompletion, "choices") if operation == CHAT else (CreateEmbeddingResponse, "data")
+    if not isinstance(completion, kind) or not isinstance(getattr(completion, items, None), list):
+        raise RetryableError(f"the model server answered 200 with something that is not a {operation} response "
+                             f"({type(completion).__name__}, no {items} list)", type="InvalidResponse")  # fmt: skip
 
 
 def _check_operation(recorded: LlmCalled, operation: str) -> None:

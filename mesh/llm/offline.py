@@ -81,6 +81,19 @@ def _text_of(message: dict[str, Any] | None) -> str:
 
 
 def _tool_arguments(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
+    """Arguments that fit the tool's parameters (enums, dates, nested objects, `$defs`), the
+    prompt standing in for free text; the old shallow guess when the schema is unanswerable."""
+    properties = schema.get("properties", {})
+    names = schema.get("required", list(properties))
+    try:
+        built = instance_of(schema, topic=prompt[:200])
+    except UnanswerableSchema:
+        built = None
+    if isinstance(built, dict):
+        plain = {"type": "string"}
+        return {name: prompt[:200] if {k: v for k, v in properties.get(name, {}).items()
+                                       if k not in ("title", "description")} == plain else built.get(name)
+                for name in names if name in built}  # fmt: skip
     args: dict[str, Any] = {}
     properties = schema.get("properties", {})
     for name in schema.get("required", list(properties)):

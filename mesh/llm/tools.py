@@ -14,7 +14,6 @@ On a retried task, results already recorded are returned again instead of re-run
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, get_type_hints
@@ -46,7 +45,10 @@ class Tool:
     def spec(self) -> dict[str, Any]:
         """The OpenAI function-tool definition."""
         schema = msgspec.json.schema(self.arguments)
-        parameters = schema.get("$defs", {}).get(self.arguments.__name__, schema)
+        defs = dict(schema.get("$defs", {}))
+        parameters = dict(defs.pop(self.arguments.__name__, schema))
+        if defs:  # nested structs, enums, dataclasses: `#/$defs/...` must resolve inside the parameters
+            parameters["$defs"] = defs
         return {"type": "function", "function": {"name": self.name, "description": self.description,
                                                  "parameters": parameters}}  # fmt: skip
 
@@ -97,8 +99,9 @@ class ToolBox:
         return [TOOLS[name].spec() for name in self._granted if name in TOOLS]
 
     async def call(self, name: str, arguments: dict[str, Any] | str) -> Any:
-        """Run a granted tool; a refused or failing call raises after it is recorded."""
-        args = json.loads(arguments) if isinstance(arguments, str) else arguments
+        """Run a granted tool; a refused or failing call raises after it is recorded. Arguments
+        that are not a JSON object raise SchemaError at once (no call is numbered or recorded)."""
+        args = parse_arguments(name, arguments)
         index = self._index
         self._index += 1
         if (prior := (await self._load_recorded()).get(index)) is not None:
@@ -119,7 +122,7 @@ class ToolBox:
                 raise
         instruments.tool_calls.add(1, {"tool": name, "outcome": "ok"})
         await self._record(index, name, args, result, None)
-        return result
+        return _as_recorded(result)
 
     async def _run(self, name: str, args: dict[str, Any]) -> Any:
         if name not in self._granted:
@@ -146,6 +149,27 @@ class ToolBox:
             if self._attempt > 1 and self._mesh is not None:
                 self._recorded = await recorded_calls(self._mesh, subjects.tool(self._agent, self._task_id), ToolCalled)
         return self._recorded
+
+
+_arguments = msgspec.json.Decoder(dict[str, Any])
+
+
+def parse_arguments(name: str, arguments: Any) -> dict[str, Any]:
+    """A tool call's arguments as a dict: the model's JSON text (which must hold an object) or a
+    dict; SchemaError otherwise. `replay` parses with this too, so a rerun fails alike."""
+    if isinstance(arguments, str):
+        try:
+            return _arguments.decode(arguments)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as error:
+            raise SchemaError(f"arguments for tool '{name:.100}' are not a JSON object: {error}") from None
+    if isinstance(arguments, dict):
+        return arguments
+    raise SchemaError(f"arguments for tool '{name:.100}' are a JSON object, not {type(arguments).__name__}")
+
+
+def _as_recorded(result: Any) -> Any:
+    """The result as a retry gets it back from the record (JSON types), so both attempts see the same."""
+    return msgspec.json.decode(msgspec.json.encode(result))
 
 
 _KNOWN_ERRORS: dict[str, type[Exception]] = {"ToolNotGrantedError": ToolNotGrantedError, "SchemaError": SchemaError,

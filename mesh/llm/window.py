@@ -53,6 +53,8 @@ POLICIES = ("truncate", "summarise", "off")
 PER_MESSAGE = 4  # tokens of role and separators around each message
 PRIMING = 3  # tokens that start the reply
 BYTES_PER_TOKEN = 3
+MEDIA_PARTS = ("image_url",)  # content parts whose (base64) data is not text the model reads
+MEDIA_PART_TOKENS = 2_000  # one image, erring high (OpenAI's high-detail images cost ~1,100 tokens at most)
 MAX_REPLY_RESERVE = 4096  # the default room kept for the reply, at most
 MAX_CONTEXT = 10_000_000  # the largest context a setting may give
 SUMMARY_SHARE = 4  # a summary may take at most a quarter of the room for the conversation
@@ -72,10 +74,25 @@ def _text_bytes(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
 
 
+def _content_cost(content: Any) -> tuple[int, int]:
+    """(bytes of text, tokens of images) of a message's content: an
+    image part counts `MEDIA_PART_TOKENS`, not the bytes of its base64 data."""
+    if not isinstance(content, list):
+        return _text_bytes(content), 0
+    size, media = 0, 0
+    for part in content:
+        if isinstance(part, Mapping) and part.get("type") in MEDIA_PARTS:
+            media += MEDIA_PART_TOKENS
+        else:
+            size += _text_bytes(part)
+    return size, media
+
+
 def message_tokens(message: Mapping[str, Any]) -> int:
     """One message's estimated tokens: its content, name and tool calls, plus the overhead."""
-    size = sum(_text_bytes(message.get(key)) for key in ("content", "name", "tool_calls", "tool_call_id"))
-    return PER_MESSAGE + math.ceil(size / BYTES_PER_TOKEN)
+    size, media = _content_cost(message.get("content"))
+    size += sum(_text_bytes(message.get(key)) for key in ("name", "tool_calls", "tool_call_id"))
+    return PER_MESSAGE + media + math.ceil(size / BYTES_PER_TOKEN)
 
 
 def estimate_tokens(messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> int:

@@ -1,0 +1,191 @@
+"""A model server that answers badly, and callers that do what OpenAI's guides do, through the
+real `openai` SDK and a raw OpenAI-compatible server on loopback (found by an adversarial
+review): nothing recorded is unreadable, nothing readable live is refused on a retry, and no
+secret a caller passes per call is stored."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import msgspec
+import openai
+import pytest
+
+from mesh import Mesh
+from mesh.errors import SchemaError
+from mesh.llm.client import LlmClient, LlmSession
+from mesh.llm.tools import Tool, ToolBox, tool
+from replay.reader import read_log
+from topics import subjects
+
+pytestmark = pytest.mark.integration
+
+Answer = tuple[int, dict[str, Any]]
+
+
+class RawModel:
+    """Answers each `POST` with the next (status, JSON body) of its script, as given: no field
+    is filled in. The requests are kept."""
+
+    def __init__(self, *script: Answer) -> None:
+        self.script = list(script)
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.requests.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                status, body = outer.script.pop(0)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.sdks: list[openai.AsyncOpenAI] = []
+
+    def client(self) -> LlmClient:
+        port = self.server.server_address[1]
+        sdk = openai.AsyncOpenAI(api_key="sk-test", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+        self.sdks.append(sdk)
+        return LlmClient(sdk, model="m", offline=False, settings={})
+
+    async def close(self) -> None:
+        for sdk in self.sdks:
+            await sdk.close()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+async def raw_model() -> AsyncIterator[list[RawModel]]:
+    made: list[RawModel] = []
+    yield made
+    for model in made:
+        await model.close()
+
+
+def serve(made: list[RawModel], *script: Answer) -> RawModel:
+    model = RawModel(*script)
+    made.append(model)
+    return model
+
+
+def completion(message: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    body = {"id": "c-1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": message or {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}  # fmt: skip
+    body.update(fields)
+    return body
+
+
+def session(client: LlmClient, mesh: Mesh | None, attempt: int = 1) -> LlmSession:
+    return LlmSession(client, mesh, agent="a", task_id="t-1", cause_id="cause-1", attempt=attempt)
+
+
+class TestResponsesRecordedAsTheyCame:
+    async def test_a_loose_response_is_recorded_readably_and_reused_on_a_retry(
+        self, mesh: Mesh, raw_model: list[RawModel]
+    ) -> None:
+        """A 200 without `model`, with null token counts and a null finish reason: the live
+        call takes it, its `mesh.llm.called` decodes, and the next attempt reuses it without
+        calling the model (a record that did not decode failed every retry of the task)."""
+        loose = completion(model=None, usage={"prompt_tokens": None, "completion_tokens": None, "total_tokens": 7})
+        loose["choices"][0]["finish_reason"] = None
+        model = serve(raw_model, (200, loose))
+        first = session(model.client(), mesh)
+        assert await first.text("hello") == "ok"
+        assert (first.calls[0].model, first.calls[0].usage) == ("m", {"input_tokens": 0, "output_tokens": 0})
+        stored = await read_log(mesh)
+        assert stored.undecodable == [] and [r.event.type for r in stored.records] == ["mesh.llm.called"]
+        assert await session(model.client(), mesh, attempt=2).text("hello") == "ok"
+        assert len(model.requests) == 1  # reused: the model was not called again
+
+    async def test_a_body_that_is_no_completion_is_a_retryable_error(self, raw_model: list[RawModel]) -> None:
+        """A 200 whose body is a JSON array (a gateway's page, a broken proxy): a RetryableError
+        saying so (was an AttributeError that failed the task for good)."""
+        from mesh.errors import RetryableError
+
+        model = serve(raw_model, (200, [1, 2]))  # type: ignore[arg-type]
+        with pytest.raises(RetryableError, match="not a chat response"):
+            await session(model.client(), None).text("hello")
+
+
+class TestCallersAsTheGuidesWriteThem:
+    async def test_the_sdk_message_object_can_be_sent_back(self, raw_model: list[RawModel]) -> None:
+        """`messages.append(completion.choices[0].message)`: sent and recorded as a plain message
+        (the recording could not encode the SDK's object, after the paid call)."""
+        model = serve(raw_model, (200, completion()), (200, completion({"role": "assistant", "content": "again"})))
+        llm = session(model.client(), None)
+        messages: list[Any] = [{"role": "user", "content": "hi"}]
+        messages.append((await llm.chat(messages)).choices[0].message)
+        messages.append({"role": "user", "content": "and?"})
+        assert (await llm.chat(messages)).choices[0].message.content == "again"
+        assert model.requests[1]["messages"][1] == {"role": "assistant", "content": "ok"}
+        msgspec.json.encode(llm.calls[1])  # recordable
+
+    async def test_stream_is_refused_before_any_request(self, raw_model: list[RawModel]) -> None:
+        model = serve(raw_model)
+        with pytest.raises(ValueError, match="does not stream"):
+            await session(model.client(), None).chat([{"role": "user", "content": "hi"}], stream=True)
+        assert model.requests == []
+
+    async def test_per_call_headers_are_not_recorded_in_the_clear(self, raw_model: list[RawModel]) -> None:
+        """A gateway's key passed as `extra_headers` reaches the server but not the log."""
+        model = serve(raw_model, (200, completion()))
+        llm = session(model.client(), None)
+        await llm.chat([{"role": "user", "content": "hi"}], extra_headers={"X-Api-Key": "gw-secret-123"})
+        assert "gw-secret-123" not in json.dumps(llm.calls[0].request)
+        assert "X-Api-Key" in llm.calls[0].request["extra_headers"]
+
+
+@tool(name="hostile_lookup")
+async def lookup(key: str) -> str:
+    """Look a key up."""
+    return f"value of {key}"
+
+
+class Point(msgspec.Struct):
+    x: int
+    y: int
+
+
+@tool(name="hostile_move")
+async def move(to: Point) -> str:
+    """Move to a point."""
+    return f"at {to.x},{to.y}"
+
+
+class TestToolArguments:
+    @pytest.mark.parametrize("arguments", ["[1, 2]", "null", '"a string"', "{key: 'x'", "[" * 5_000 + "]" * 5_000])
+    async def test_arguments_that_are_not_a_json_object_are_refused_unrecorded(
+        self, mesh: Mesh, arguments: str
+    ) -> None:
+        """The model's arguments must be a JSON object: anything else is a SchemaError before the
+        call is numbered, so nothing unreadable is stored (a list was recorded as a
+        `mesh.tool.called` that did not decode) and a rerun parses it the same way."""
+        box = ToolBox(mesh, agent="a", granted=("hostile_lookup",), task_id="t-1", cause_id="cause-1", attempt=1)
+        with pytest.raises(SchemaError, match="not a JSON object"):
+            await box.call("hostile_lookup", arguments)
+        assert await box.call("hostile_lookup", '{"key": "k"}') == "value of k"
+        stored = await read_log(mesh)
+        assert stored.undecodable == []
+        assert [r.data.call_index for r in stored.records if r.subject == subjects.tool("a", "t-1")] == [0]  # type: ignore[attr-defined]
+
+    def test_a_nested_parameter_type_is_offered_with_its_definition(self) -> None:
+        """`$defs` stay inside the parameters, so `#/$defs/Point` resolves for the model."""
+        assert isinstance(move, Tool)
+        parameters = move.spec()["function"]["parameters"]
+        assert parameters["properties"]["to"] == {"$ref": "#/$defs/Point"}
+        assert set(parameters["$defs"]["Point"]["properties"]) == {"x", "y"}
