@@ -29,15 +29,17 @@ def causal_slice(records: Iterable[Record], root: str) -> list[Record]:
     """The records of ``root`` and everything they caused, in log order."""
     records = list(records)
     members = [belongs(record, root) for record in records]
-    ids = {record.event.id for record, member in zip(records, members, strict=True) if member}
-    changed = True
-    while changed:  # one pass suffices when causes come first in the log, which is the usual case
-        changed = False
-        for n, record in enumerate(records):
-            if not members[n] and record.event.causationid in ids:
+    caused: dict[str, list[int]] = {}  # cause id -> positions of what it caused: linear in any order
+    for n, record in enumerate(records):
+        cause = record.event.causationid
+        if cause is not None and not members[n]:
+            caused.setdefault(cause, []).append(n)
+    todo = [record.event.id for record, member in zip(records, members, strict=True) if member]
+    while todo:
+        for n in caused.pop(todo.pop(), ()):
+            if not members[n]:
                 members[n] = True
-                ids.add(record.event.id)
-                changed = True
+                todo.append(records[n].event.id)
     return [record for record, member in zip(records, members, strict=True) if member]
 
 

@@ -17,9 +17,10 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import msgspec
+from nats.errors import Error as NatsError
 
 from mesh.bus import payloads
-from mesh.bus.client import MSG_ID, Mesh, decode_record
+from mesh.bus.client import MSG_ID, Mesh, check_log_subject, decode_record
 from mesh.bus.connection import ensure_stream
 from mesh.errors import MeshError
 from replay.causal import causal_slice
@@ -184,6 +185,7 @@ def read_outgoing(path: str | Path) -> list[Outgoing]:
                 continue
             try:
                 line = _file_line.decode(text)
+                check_log_subject(line.subject)  # a subject outside the log is refused by no one: checked first
                 if len(line.event):
                     payload = bytes(line.event)
                     outgoing.append(Outgoing(line.subject, payload, _id.decode(payload).id))
@@ -191,7 +193,7 @@ def read_outgoing(path: str | Path) -> list[Outgoing]:
                     outgoing.append(Outgoing(line.subject, base64.b64decode(line.raw), None))
                 else:
                     raise msgspec.ValidationError("a line needs `event` or `raw`")
-            except (msgspec.DecodeError, ValueError) as error:
+            except (msgspec.DecodeError, ValueError, RecursionError) as error:
                 raise MeshError(f"{path}:{number} is not a line of an export ({error}); nothing was imported") from None
     return outgoing
 
@@ -210,11 +212,18 @@ async def publish_in_order(
             headers = {MSG_ID: mesh.msg_id(message.msg_id)} if message.msg_id else None
             futures.append(await js.publish_async(message.subject, message.payload, headers=headers))
         try:
-            done = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+            done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout)
         except TimeoutError:
             raise MeshError(
                 f"the server did not acknowledge messages {begin + 1}..{begin + len(futures)} within {timeout:g}s; "
                 f"{begin} were stored before them"
             ) from None
-        acks.extend((ack.seq, bool(ack.duplicate)) for ack in done)
+        for n, ack in enumerate(done):
+            if isinstance(ack, BaseException):  # no stream for its subject, for one: say how far it got
+                if not isinstance(ack, (NatsError, MeshError)):
+                    raise ack
+                stored = begin + sum(1 for other in done if not isinstance(other, BaseException))
+                raise MeshError(f"message {begin + n + 1} ({messages[begin + n].subject}) was not stored: "
+                                f"{ack or type(ack).__name__}; {stored} of {len(messages)} were stored") from None  # fmt: skip
+            acks.append((ack.seq, bool(ack.duplicate)))
     return acks

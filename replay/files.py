@@ -6,6 +6,7 @@ CloudEvent), decoded by msgspec a chunk of lines at a time. No server needed.
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from pathlib import Path
@@ -20,6 +21,7 @@ from replay.reader import (
     LogSlice,
     Position,
     RawMessage,
+    checked_time,
     decode_data_on,
     gc_paused,
     subject_matches,
@@ -78,7 +80,7 @@ def block_events(block: bytes | memoryview) -> Iterator[tuple[int, str, CloudEve
     it is an event, else line by line."""
     try:
         lines = _line.decode_lines(block)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # a broken line, or one nested deeper than msgspec decodes
         for text in bytes(block).split(b"\n"):
             if not text.strip():
                 continue
@@ -120,7 +122,7 @@ class TypedLines:
         """The lines of ``block`` (each with ``event``, ``seq`` and ``subject``), or None."""
         try:
             return self._decoder.decode_lines(block)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None
 
 
@@ -162,11 +164,14 @@ def line_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[byte
     lines after it."""
     with open(path, "rb") as file:
         rest = b""
+        parts: list[bytes] = []  # the reads of one line longer than a read, joined once it ends
         while block := file.read(chunk_size):
             cut = block.rfind(b"\n") + 1
             if cut == 0:
-                rest += block
+                parts.append(block)
                 continue
+            if parts:
+                rest, parts = b"".join([rest, *parts]), []
             head = block.find(b"\n") + 1
             if rest:
                 yield rest + block[:head]
@@ -175,6 +180,8 @@ def line_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[byte
             if head < cut:
                 yield memoryview(block)[head:cut]
             rest = block[cut:]
+        if parts:
+            rest = b"".join([rest, *parts])
         if rest.strip():
             yield rest
 
@@ -182,14 +189,15 @@ def line_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[byte
 def _decode_lines(block: bytes | memoryview) -> list[Record | RawMessage]:
     try:
         lines = _line.decode_lines(block)
-    except msgspec.DecodeError:  # a broken or raw line somewhere: one at a time
+    except (msgspec.DecodeError, RecursionError):  # a broken, raw or too deeply nested line somewhere: one at a time
         return [entry for text in bytes(block).split(b"\n") if (entry := _decode_line(text)) is not None]
     out: list[Record | RawMessage] = []
     append = out.append
     for line in lines:
         event = line.event
         try:
-            append(Record(seq=line.seq, subject=line.subject, event=event, data=decode_data_on(line.subject, event.type, event.data)))
+            append(Record(seq=line.seq, subject=line.subject, event=checked_time(event),
+                          data=decode_data_on(line.subject, event.type, event.data)))
         except DECODE_ERRORS as error:
             append(RawMessage(line.seq, line.subject, encode_envelope(event), _why(event, error)))
     return out
@@ -208,15 +216,18 @@ def _decode_line(text: bytes) -> Record | RawMessage | None:
         return None
     try:
         line = _line.decode(text)
-        return decode_record(line.subject, encode_envelope(line.event), line.seq)
+        return decode_record(line.subject, encode_envelope(checked_time(line.event)), line.seq)
     except DECODE_ERRORS as error:
         reason = f"{type(error).__name__}: {error}"
     try:
         loose = _any_line.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return RawMessage(0, "", text, f"not a line of an export: {reason}")
     if loose.raw is not None:
-        return RawMessage(loose.seq, loose.subject, base64.b64decode(loose.raw), "stored message was not a CloudEvent")
+        try:
+            return RawMessage(loose.seq, loose.subject, base64.b64decode(loose.raw), "stored message was not a CloudEvent")
+        except binascii.Error as error:
+            return RawMessage(loose.seq, loose.subject, text, f"`raw` is not base64: {error}")
     payload = bytes(loose.event) if len(loose.event) else text
     return RawMessage(loose.seq, loose.subject, payload, reason)
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from mesh.bus.client import Mesh
+from mesh.bus.client import Mesh, check_log_subject
 from mesh.errors import MeshError
 from mesh.runtime.context import FORK_SOURCE
 from replay.causal import belongs, causal_slice, children_of, derivation_label
@@ -84,6 +84,8 @@ def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str
     last_request = {_task_of(r): r.event.id for r in prefix if isinstance(r.data, TaskRequested)}
     unfinished = {event_id for task, event_id in last_request.items() if task not in finished}
     open_requests = {r.event.id for r in prefix if isinstance(r.data, TaskRequested) and _task_of(r) not in finished}
+    for record in prefix:  # a history read from a file can name any subject: nothing is published unless all fit
+        check_log_subject(record.subject)
     copies: list[Outgoing] = []
     requests: list[Outgoing] = []
     requested: list[str] = []
@@ -179,11 +181,24 @@ def _copy(record: Record, ids: dict[str, str]) -> tuple[CloudEvent, str]:
 
 
 def _rewritten(value: Any, ids: dict[str, str]) -> Any:
-    """``value`` with every string that is a mapped id replaced, at any depth."""
-    if isinstance(value, str):
-        return ids.get(value, value)
-    if isinstance(value, dict):
-        return {key: _rewritten(item, ids) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_rewritten(item, ids) for item in value]
-    return value
+    """``value`` with every string that is a mapped id replaced, at any depth (no recursion:
+    data nested as deep as the decoder accepts is copied, not a RecursionError)."""
+    if not isinstance(value, (dict, list)):
+        return ids.get(value, value) if isinstance(value, str) else value
+    top: Any = {} if isinstance(value, dict) else []
+    stack: list[tuple[Any, Any]] = [(value, top)]
+    while stack:
+        source, copy = stack.pop()
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, item in items:
+            if isinstance(item, (dict, list)):
+                inner: Any = {} if isinstance(item, dict) else []
+                stack.append((item, inner))
+                item = inner
+            elif isinstance(item, str):
+                item = ids.get(item, item)
+            if isinstance(copy, dict):
+                copy[key] = item
+            else:
+                copy.append(item)
+    return top

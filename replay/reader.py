@@ -23,7 +23,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from mesh.bus import payloads
 from mesh.bus.client import Mesh
@@ -32,8 +32,8 @@ from mesh.errors import LogGapError, MeshError
 from mesh.projections.base import instant
 from topics import subjects
 from topics.app import check_subject, is_app_type
-from topics.base import Event
-from topics.envelope import DECODE_ERRORS, decode_envelope
+from topics.base import Event, shorten
+from topics.envelope import DECODE_ERRORS, CloudEvent, decode_envelope, parse_time
 from topics.record import Record
 from topics.registry import UPCASTERS, decode_data, event_class
 
@@ -44,6 +44,7 @@ __all__ = [
     "Position",
     "RawMessage",
     "ScanReport",
+    "checked_time",
     "decode_data_on",
     "decode_event_data",
     "decode_stored",
@@ -115,7 +116,7 @@ def gc_paused() -> Iterator[None]:
 def parse_position(value: str) -> Position:
     """`1234` -> stream sequence 1234; anything else must be an RFC 3339 time."""
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     try:
         return instant(text)
@@ -153,8 +154,19 @@ def decode_event_data(event_type: str, raw: msgspec.Raw) -> Event:
 def decode_stored(subject: str, payload: bytes, seq: int) -> Record:
     """`mesh.bus.client.decode_record` for bulk reads (same result, same errors, a little faster).
     An event whose data was offloaded (`dataref`) does not decode here: see `merge_offloaded`."""
-    event = decode_envelope(payload)
+    event = checked_time(decode_envelope(payload))
     return Record(seq=seq, subject=subject, event=event, data=decode_data_on(subject, event.type, event.data))
+
+
+def checked_time(event: CloudEvent) -> CloudEvent:
+    """``event``, if its `time` is an RFC 3339 time: timelines, traces and time bounds read
+    it, so an event stored with any other `time` (a raw publish) is undecodable, with the reason,
+    rather than a crash of every replay that reaches it."""
+    try:
+        parse_time(event.time)
+    except ValueError:
+        raise msgspec.ValidationError(f"its time {shorten(event.time)!r} is not an RFC 3339 time") from None
+    return event
 
 
 def decode_data_on(subject: str, event_type: str, raw: msgspec.Raw) -> Event:
@@ -227,7 +239,7 @@ class LogReader:
         except NotFoundError:
             raise MeshError(f"this server has no {subjects.STREAM} stream: nothing was ever published to it") from None
         end_seq = state.last_seq if not isinstance(self.end, int) else min(self.end, state.last_seq)
-        first = self.start if isinstance(self.start, int) else None
+        first = self.start if isinstance(self.start, int) and self.start > 0 else None  # 0: from the start
         if state.messages == 0 or (first is not None and first > end_seq):
             return ScanReport()
         if first is not None and first < state.first_seq and self.subject is None:
@@ -235,7 +247,11 @@ class LogReader:
                 f"the log now starts at seq {state.first_seq}: seqs {first}..{state.first_seq - 1} were removed "
                 "(stream limits or a purge); read from that seq instead"
             )
-        info = await js.add_consumer(subjects.STREAM, self._config(first))
+        try:
+            info = await js.add_consumer(subjects.STREAM, self._config(first))
+        except APIError as error:  # an invalid --subject, for one
+            what = f" of {self.subject!r}" if self.subject else ""
+            raise MeshError(f"the server refused the log read{what}: {error.description or error}") from None
         try:
             if not info.num_pending:
                 return ScanReport()

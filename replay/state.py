@@ -14,7 +14,7 @@ import msgspec
 
 from mesh.bus import payloads
 from mesh.bus.client import Mesh
-from mesh.errors import ConfigError, MissingPayloadError
+from mesh.errors import ConfigError, MeshError, MissingPayloadError
 from mesh.projections import REGISTRY, Projection, ProjectionState, fold, instant, until
 from mesh.projections.base import Handler, HandlerProjection, Router
 from mesh.projections.snapshots import SNAPSHOT_BUCKET, SnapshotStore
@@ -173,8 +173,13 @@ class _FoldSink:
         if event is None:
             self.undecodable += 1
             return
-        if self.limit is not None and instant(event.time) > self.limit:
-            return
+        if self.limit is not None:
+            try:
+                if instant(event.time) > self.limit:
+                    return
+            except ValueError:  # no time to compare: not an event a time bound can place
+                self.undecodable += 1
+                return
         self.folded += 1
         self.last_seq = seq
         targets = self.router.route(event.type)
@@ -288,8 +293,28 @@ def state_from_records(projection: Projection[S], records: Iterable[Record], *, 
 def state_from_file(path: str | Path, projection: Projection[S], *, at: Position | None = None) -> Rebuilt[S]:
     """The state of ``projection`` from an exported file, with no server."""
     found = read_file(path)
-    state = state_from_records(projection, found.records, at=at)
+    state = state_from_records(projection, _in_log_order(found.records, str(path)), at=at)
     return Rebuilt(projection.name, state, state.seq, None, len(found.records), len(found.undecodable))
+
+
+def _in_log_order(records: list[Record], source: str) -> list[Record]:
+    """``records`` in seq order. A projection skips a record at or below the seq it has folded
+    (`Projection.apply`), so a file whose lines are not in log order (exports concatenated)
+    would lose the later lines with the lower seqs without a word: they are sorted (stably)
+    instead. Two different events with one seq (files of two servers merged) cannot be folded
+    as the log held them: MeshError."""
+    highest = 0
+    for record in records:
+        if 0 < record.seq < highest:
+            records = sorted(records, key=lambda r: r.seq)
+            break
+        highest = max(highest, record.seq)
+    held: dict[int, str] = {}
+    for record in records:
+        if record.seq and held.setdefault(record.seq, record.event.id) != record.event.id:
+            raise MeshError(f"{source}: seq {record.seq} holds two events ({held[record.seq]} and {record.event.id}); "
+                            "a projection folds one event per seq: is the file merged from two logs?")  # fmt: skip
+    return records
 
 
 def pick(state: ProjectionState, key: str) -> Any:

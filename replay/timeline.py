@@ -102,10 +102,11 @@ def build_timeline(records: Iterable[Record], root: str) -> Timeline:
     roots = [record for record in chosen if record.event.id not in causes]
     stack = [(record, 0) for record in reversed(roots)]
     seen: set[str] = set()
+    unseen = iter(chosen)  # where a cycle is looked for: each record once in all, not once per cycle
     while stack or len(seen) < len(by_id):
         if not stack:  # a causation cycle (never written by the runtime): show it from its first event
             stack.append(
-                (next(r for r in chosen if r.event.id not in seen), 0)
+                (next(r for r in unseen if r.event.id not in seen), 0)
             )  # depth first, children in log order; no recursion, so long chains are fine
         record, depth = stack.pop()
         event = record.event
@@ -188,8 +189,18 @@ def _seconds(value: float) -> str:
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.3f} s"
 
 
+MAX_INDENT = 40  # levels of the tree indented; deeper hops say their depth instead
+_CONTROL = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], "\ufffd")  # never sent to a terminal as is
+
+
+def _indent(depth: int) -> str:
+    return "  " * depth if depth <= MAX_INDENT else "  " * MAX_INDENT + f"[depth {depth}] "
+
+
 def render_text(timeline: Timeline) -> str:
-    """The tree, one hop per line, indented by depth."""
+    """The tree, one hop per line, indented by depth (up to `MAX_INDENT` levels: a long
+    chain of causes would make the text grow with the square of its length). Control
+    characters from the events (a terminal's escape sequences) are shown as U+FFFD."""
     if not timeline.hops:
         return f"no events found for {timeline.root}\n"
     counts = f"{len(timeline.hops)} events, {len(timeline.agents)} agents"
@@ -203,6 +214,6 @@ def render_text(timeline: Timeline) -> str:
         hand = f"{hop.agent} → {hop.to_agent}" if hop.to_agent != hop.agent else hop.agent
         tail = f"  [{'; '.join(extra)}]" if extra else ""
         lines.append(
-            f"{'  ' * hop.depth}#{hop.seq} +{hop.offset:.3f}s {hop.type} {hop.subject} ({hand}) {hop.summary}{tail}"
+            f"{_indent(hop.depth)}#{hop.seq} +{hop.offset:.3f}s {hop.type} {hop.subject} ({hand}) {hop.summary}{tail}"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(line.translate(_CONTROL) for line in lines) + "\n"

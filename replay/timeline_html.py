@@ -19,6 +19,7 @@ ROW = 26  # px between hops
 TOP = 70  # px above the first hop
 GUTTER = 120  # px for the seq and offset of each hop, left of the lanes
 LEFT = GUTTER + LANE // 2  # x of the first lane
+MAX_GUIDES = 40  # levels of the tree drawn beside a hop; a deeper one says how many more there are
 
 # The page's CSS; a page that embeds `render_fragment` includes it in its own <style>.
 STYLE = """
@@ -170,7 +171,9 @@ def tree_guides(hops: list[Hop]) -> list[str]:
         last = last_child.get(hop.parent) == hop.id
         above = open_branches[: hop.depth - 1]
         above += [False] * (hop.depth - 1 - len(above))
-        guides.append("".join("│  " if more else "   " for more in above) + ("└─ " if last else "├─ "))
+        drawn = "".join("│  " if more else "   " for more in above[-MAX_GUIDES:])  # the deepest levels of a long chain
+        skipped = f"…{len(above) - MAX_GUIDES} " if len(above) > MAX_GUIDES else ""
+        guides.append(skipped + drawn + ("└─ " if last else "├─ "))
         open_branches = [*above, not last]
     return guides
 

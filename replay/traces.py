@@ -156,6 +156,12 @@ def _span_id(trace_id: int, key: str) -> int:
     return int.from_bytes(digest[:8], "big") or 1
 
 
+def _latency_ns(latency_ms: float, end_ns: int) -> int:
+    """A recorded latency in ns, within what a span can start at: not negative, and not
+    before the epoch (a hostile or broken `latency_ms` such as 1e300 is data, not a crash)."""
+    return int(min(max(latency_ms, 0.0) * 1_000_000, max(end_ns, 0)))
+
+
 def _ns(text: str) -> int:
     moment = parse_time(text)
     if moment.tzinfo is None:
@@ -264,7 +270,7 @@ class _Builder:
     def _start_of(record: Record) -> int:
         at = _ns(record.event.time)
         if isinstance(record.data, LlmCalled):
-            return at - int(record.data.latency_ms * 1_000_000)
+            return at - _latency_ns(record.data.latency_ms, at)
         return at
 
     # -- spans -----------------------------------------------------------------------
@@ -364,7 +370,7 @@ class _Builder:
         attributes.update(self.common(record, original))
         agent, service = self.who(record.event.source)
         return ReplayedSpan(name=f"{operation} {request_model}", kind=SpanKind.CLIENT,
-                            start_ns=end - int(data.latency_ms * 1_000_000), end_ns=end, trace_id=self.trace_id,
+                            start_ns=end - _latency_ns(data.latency_ms, end), end_ns=end, trace_id=self.trace_id,
                             span_id=_span_id(self.trace_id, f"chat/{record.event.id}"), parent_id=parent,
                             attributes=attributes, event_id=record.event.id, original=original, agent=agent,
                             service=data.agent or service)  # fmt: skip

@@ -52,7 +52,7 @@ from topics.tasks import (
     request_problem,
 )
 
-__all__ = ["Mesh", "Published", "Submitted", "TaskOptions", "decode_record", "outcome_value"]
+__all__ = ["Mesh", "Published", "Submitted", "TaskOptions", "check_log_subject", "decode_record", "outcome_value"]
 
 MSG_ID = "Nats-Msg-Id"
 _LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s]+)+")
@@ -106,7 +106,7 @@ def _check_task(capability: str, task_id: str | None, fallback: tuple[str, ...],
         raise SchemaError(problem)
 
 
-def _check_subject(subject: str) -> None:
+def check_log_subject(subject: str) -> None:
     """A subject the log stores: under `mesh.`, non-empty tokens, no wildcard or space, not too long."""
     if len(subject) > MAX_SUBJECT:
         raise SchemaError(f"subject of {len(subject)} characters: at most {MAX_SUBJECT}")
@@ -320,7 +320,7 @@ class Mesh:
         """``body``, if it and its headers fit one message. The server closes the connection of
         a client that sends more than its `max_payload` (nats-py checks the body alone), and a
         subject longer than its control line does the same."""
-        _check_subject(subject)
+        check_log_subject(subject)
         limit = self.nc.max_payload
         if len(body) > limit - _HEADROOM:
             size = len(body) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())  # NATS/1.0 + CRLFs

@@ -11,11 +11,12 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import nats_options, run, token, write_text
+from mesh.cli.options import nats_options, run, run_sync, token, write_text
 from mesh.errors import ConfigError
 from mesh.projections import REGISTRY
 from replay.files import read_file
 from replay.reader import LogSlice, Position, parse_position, read_log
+from topics.base import shorten
 
 __all__ = ["replay"]
 
@@ -47,10 +48,16 @@ async def _records(settings: MeshSettings, file: str | None) -> LogSlice:
         return await read_log(mesh)
 
 
-def _warn_undecodable(found: LogSlice) -> None:
-    if found.undecodable:
-        seqs = ", ".join(str(m.seq) for m in found.undecodable[:10])
-        click.echo(f"note: {len(found.undecodable)} stored message(s) are not events (seq {seqs}…); skipped", err=True)
+def _warn_undecodable(found: LogSlice, shown: int = 5) -> None:
+    """Say which messages (lines of a file) were skipped, and why: the first ``shown`` of them."""
+    if not found.undecodable:
+        return
+    click.echo(f"note: {len(found.undecodable)} stored message(s) are not events; skipped:", err=True)
+    for message in found.undecodable[:shown]:
+        where = f"seq {message.seq}" if message.seq else "a line with no seq"
+        click.echo(f"  {where}: {shorten(message.error, 200)}", err=True)
+    if len(found.undecodable) > shown:
+        click.echo(f"  ... and {len(found.undecodable) - shown} more", err=True)
 
 
 @click.group()
@@ -99,7 +106,7 @@ def state(projection: str, at: str | None, key: str | None, file: str | None, sn
         raise click.BadParameter(str(error), param_hint="PROJECTION") from None
     point = _position(at, "--at")
     if file:
-        built = state_from_file(file, fold, at=point)
+        built = run(run_sync(state_from_file, path=file, projection=fold, at=point))  # its errors are one line too
     else:
 
         async def from_log() -> Any:
@@ -108,7 +115,8 @@ def state(projection: str, at: str | None, key: str | None, file: str | None, sn
 
         built = run(from_log())
     start = f"snapshot at seq {built.snapshot_seq}" if built.snapshot_seq is not None else "the start"
-    click.echo(f"{projection} at seq {built.seq}: folded {built.folded} events from {start}", err=True)
+    skipped = f" ({built.undecodable} stored message(s) not events, skipped)" if built.undecodable else ""
+    click.echo(f"{projection} at seq {built.seq}: folded {built.folded} events from {start}{skipped}", err=True)
     try:
         _print_json(pick(built.state, key) if key else built.state)
     except KeyError as error:
@@ -166,6 +174,7 @@ def rerun(target: str, correlation: str, file: str | None, settings: MeshSetting
 
     async def go() -> Any:
         found = await _records(settings, file)
+        _warn_undecodable(found)
         return await rerun_records(target, found.records, correlation)
 
     result = run(go())

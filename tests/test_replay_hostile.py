@@ -1,0 +1,128 @@
+"""Replay against hostile or careless input (found by an adversarial review): an event whose
+time is not a time, lines nested too deeply or not base64, exports concatenated out of order,
+imports naming subjects outside the log, deep and reversed causal chains, terminal escapes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh import Mesh
+from mesh.errors import MeshError
+from mesh.projections import REGISTRY
+from replay.causal import causal_slice
+from replay.export import import_log
+from replay.files import read_file
+from replay.fork import _rewritten
+from replay.reader import read_log
+from replay.state import state_from_file
+from replay.timeline import MAX_INDENT, build_timeline, render_text
+from replay.traces import _latency_ns
+from topics import subjects
+from topics.board import BoardWritten
+from topics.envelope import CloudEvent
+from topics.record import Record
+
+TIME = "2026-12-03T14:08:17.110056Z"
+
+
+def line(seq: int, key: str, *, time: str = TIME, event_id: str | None = None, cause: str | None = None) -> str:
+    """One export line: a board write of ``key``."""
+    event = {"specversion": "1.0", "id": event_id or f"e-{seq}", "source": "mesh://test", "type": "mesh.board.written",
+             "time": time, "correlationid": "wf-1", "data": {"board": "notes", "key": key, "value": seq}}  # fmt: skip
+    if cause:
+        event["causationid"] = cause
+    return json.dumps({"seq": seq, "subject": f"mesh.board.notes.{key}", "event": event})
+
+
+def write(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.unit
+class TestFiles:
+    def test_bad_lines_are_skipped_with_their_reason(self, tmp_path: Path) -> None:
+        """A time that is not a time, a line nested 5,000 deep and a `raw` that is not base64:
+        each is skipped and says why (each was a traceback of every command reading the file)."""
+        deep = '{"seq": 4, "subject": "mesh.x", "event": ' + "[" * 5_000 + "]" * 5_000 + "}"
+        raw = json.dumps({"seq": 5, "subject": "mesh.x", "raw": "a"})
+        found = read_file(write(tmp_path, line(1, "a"), line(2, "b", time="garbage"), line(3, "c"), deep, raw))
+        assert [r.seq for r in found.records] == [1, 3]
+        reasons = {message.seq: message.error for message in found.undecodable}
+        assert "'garbage' is not an RFC 3339 time" in reasons[2] and "not base64" in reasons[5]
+        assert len(found.undecodable) == 3
+        assert build_timeline(found.records, "wf-1").hops  # the rest is shown
+
+    def test_exports_concatenated_out_of_order_fold_whole(self, tmp_path: Path) -> None:
+        """`cat later.jsonl earlier.jsonl`: every event is folded (the earlier ones were dropped
+        without a word); two different events under one seq (two servers' logs) are refused."""
+        built = state_from_file(write(tmp_path, line(3, "k2"), line(1, "k0")), REGISTRY["board"])
+        assert sorted(built.state.boards["notes"]) == ["k0", "k2"]  # type: ignore[attr-defined]
+        with pytest.raises(MeshError, match="seq 1 holds two events"):
+            state_from_file(write(tmp_path, line(1, "k0"), line(1, "k1", event_id="other")), REGISTRY["board"])
+
+
+@pytest.mark.unit
+class TestShapes:
+    def test_a_causal_chain_in_reverse_order_is_sliced_whole(self) -> None:
+        """Effects before their causes (a merged file): the slice is whole, in one pass."""
+        records = [record(n, cause=f"e-{n - 1}" if n else None) for n in range(3_000)]
+        assert len(causal_slice(list(reversed(records)), "e-0")) == 3_000
+
+    def test_a_deep_chain_is_indented_up_to_a_bound(self) -> None:
+        records = [record(n, cause=f"e-{n - 1}" if n else None) for n in range(MAX_INDENT + 20)]
+        text = render_text(build_timeline(records, "e-0"))
+        [deepest] = [row for row in text.splitlines() if f"mesh.board.notes.k{MAX_INDENT + 19} " in row]
+        assert deepest.startswith("  " * MAX_INDENT + f"[depth {MAX_INDENT + 19}] #")
+        assert max(len(row) for row in text.splitlines()) < 2 * MAX_INDENT + 200
+
+    def test_terminal_escapes_from_an_event_are_not_printed(self) -> None:
+        text = render_text(build_timeline([record(0, source="mesh://x\x1b]0;PWNED\x07")], "e-0"))
+        assert "\x1b" not in text and "\x07" not in text and "PWNED" in text
+
+    def test_fork_copies_data_as_deep_as_it_decodes(self) -> None:
+        deep: Any = "old"
+        for _ in range(900):
+            deep = {"a": [deep]}
+        copied = _rewritten(deep, {"old": "new"})
+        for _ in range(900):
+            copied = copied["a"][0]
+        assert copied == "new"
+
+    def test_a_recorded_latency_out_of_range_starts_no_span_before_the_epoch(self) -> None:
+        assert _latency_ns(1e300, 5_000) == 5_000 and _latency_ns(-1e300, 5_000) == 0 and _latency_ns(1.5, 10**12) == 1_500_000
+
+
+def record(n: int, *, cause: str | None = None, source: str = "mesh://test") -> Record:
+    event = CloudEvent(specversion="1.0", id=f"e-{n}", source=source, type="mesh.board.written", time=TIME,
+                       correlationid="wf-1", causationid=cause)  # fmt: skip
+    return Record(seq=n + 1, subject=f"mesh.board.notes.k{n}", event=event, data=BoardWritten(board="notes", key=f"k{n}"))
+
+
+@pytest.mark.integration
+class TestLive:
+    async def test_an_event_whose_time_is_not_a_time_is_skipped_live(self, mesh: Mesh) -> None:
+        """Any client can store one: reading the log says why it is skipped, and the timeline
+        and time-bounded state of everything else still work (both crashed)."""
+        for seq, key, time in ((1, "a", TIME), (2, "b", "garbage"), (3, "c", TIME)):
+            event = json.loads(line(seq, key, time=time))["event"]
+            await mesh.js.publish(f"mesh.board.notes.{key}", json.dumps(event).encode())
+        found = await read_log(mesh)
+        assert [r.event.id for r in found.records] == ["e-1", "e-3"]
+        assert [m.seq for m in found.undecodable] == [2] and "not an RFC 3339 time" in found.undecodable[0].error
+        assert [hop.id for hop in build_timeline(found.records, "wf-1").hops] == ["e-1", "e-3"]
+
+    async def test_an_import_naming_a_subject_outside_the_log_imports_nothing(self, mesh: Mesh, tmp_path: Path) -> None:
+        outside = json.loads(line(4, "d"))
+        outside["subject"] = "not.mesh.lobby"
+        path = write(tmp_path, line(1, "a"), line(2, "b"), json.dumps(outside))
+        await mesh.js.publish("mesh.board.notes.z", json.dumps(json.loads(line(9, "z"))["event"]).encode())
+        before = (await mesh.js.stream_info(subjects.STREAM)).state.last_seq
+        with pytest.raises(MeshError, match=r"log.jsonl:3 is not a line of an export .*nothing was imported"):
+            await import_log(mesh, path)
+        assert (await mesh.js.stream_info(subjects.STREAM)).state.last_seq == before
