@@ -36,7 +36,7 @@ from agents.performance import PERFORMANCE, PerformanceState
 from mesh import Agent, Context, LiveProjection, Mesh, tool
 from mesh.bus.follow import Follow
 from topics import subjects
-from topics.base import check_token
+from topics.base import check_token, is_token
 from topics.bids import BidAwarded, BidCalled, BidPlaced, BidScore
 from topics.record import Record
 
@@ -142,8 +142,9 @@ async def collect(mesh: Mesh, subject: str, after: int, *, bidders: int, window:
             if item is None:
                 break
             match item.record.data if item.record is not None else None:
-                case BidPlaced(cost=cost, load=load) as placed if _fair(cost) and _fair(load):
-                    bids.setdefault(placed.bidder, placed)  # one bid per bidder
+                case BidPlaced(cost=cost, load=load) as placed if (_fair(cost) and _fair(load) and is_token(placed.bidder)
+                                                                   and placed.task_id == subject.rsplit(".", 1)[-1]):
+                    bids.setdefault(placed.bidder, placed)  # one bid per bidder (a name that could make no capability is no bid)
     return list(bids.values())
 
 

@@ -4,10 +4,14 @@ request to outcome). The auctioneer (`agents.auction`) scores bidders by it.
 
 Pure like every projection: the same log prefix gives the same records. Bounded: at most
 `HISTORY` outcomes for each of at most `MAX_CAPABILITIES` capabilities (the least recently
-active is dropped first), and at most `MAX_PENDING` tasks awaiting an outcome (the oldest is
-dropped: its outcome will not count). Only the first outcome of a task counts, under the
-capability it was last requested for; a task handed over to a fallback counts as failed for
-the capability that gave it up.
+active is dropped first), and at most `MAX_PENDING` requests awaiting an outcome (the oldest is
+dropped: its outcome will not count). A request is known by its stream sequence, which every
+outcome names (`request_seq`), not by its task id: task ids are names requesters choose, so
+a request under another's task id must not settle, or reassign, that task's record. Only the
+first outcome of a request counts, under the capability it was requested for, and only when
+the outcome says that capability; a request handed over to a fallback (`mesh.task.handed_off`,
+which only the serving role can write) counts as failed for the capability that gave it up, a
+hand-off to the next step as completed. Outcomes without `request_seq` (older logs) are not counted.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import msgspec
 from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
 from topics.base import Event
 from topics.envelope import parse_time
-from topics.tasks import TaskCompleted, TaskFailed, TaskRequested
+from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["HISTORY", "MAX_CAPABILITIES", "MAX_PENDING", "PERFORMANCE", "PerformanceProjection", "PerformanceState",
            "TrackRecord"]  # fmt: skip
@@ -41,7 +45,7 @@ class Pending(msgspec.Struct, frozen=True, gc=False, array_like=True):
 
 class PerformanceState(ProjectionState, kw_only=True):
     outcomes: dict[str, list[Outcome]] = msgspec.field(default_factory=dict)  # per capability, oldest first
-    pending: dict[str, Pending] = msgspec.field(default_factory=dict)  # task id -> its request
+    pending: dict[int, Pending] = msgspec.field(default_factory=dict)  # request's stream sequence -> the request
 
 
 class TrackRecord(msgspec.Struct, frozen=True):
@@ -54,11 +58,11 @@ class TrackRecord(msgspec.Struct, frozen=True):
 
 class PerformanceProjection(HandlerProjection[PerformanceState]):
     name = "performance"
-    version = 1
+    version = 2  # 2: requests known by their stream sequence
     state_type = PerformanceState
 
     def handlers(self) -> dict[type[Event], Handler[PerformanceState]]:
-        return {TaskRequested: _requested, TaskCompleted: _finished, TaskFailed: _finished}
+        return {TaskRequested: _requested, TaskCompleted: _finished, TaskFailed: _finished, TaskHandedOff: _handed_off}
 
     @staticmethod
     def record(state: PerformanceState, capability: str) -> TrackRecord:
@@ -70,23 +74,36 @@ class PerformanceProjection(HandlerProjection[PerformanceState]):
 
 
 def _requested(state: PerformanceState, event: TaskRequested, stamp: Stamp, seq: int) -> None:
-    task_id = event.task_id or stamp.id
-    earlier = state.pending.get(task_id)
-    if earlier is not None:
-        if earlier.capability == event.capability:
-            return  # the same request again
-        _count(state, earlier.capability, Outcome(ok=False))  # handed over to a fallback
-    state.pending[task_id] = Pending(event.capability, earlier.requested_at if earlier else stamp.time)
+    if seq in state.pending:
+        return
+    state.pending[seq] = Pending(event.capability, stamp.time)
     if len(state.pending) > MAX_PENDING:
         del state.pending[next(iter(state.pending))]
 
 
+def _settled(state: PerformanceState, request_seq: int | None, capability: str) -> Pending | None:
+    """The request an outcome answers, taken off the pending ones; None if unknown, or if the
+    outcome names another capability than the request's (it then stays pending)."""
+    pending = state.pending.get(request_seq) if request_seq is not None else None
+    if pending is None or (capability and capability != pending.capability):
+        return None
+    return state.pending.pop(request_seq)  # type: ignore[arg-type]
+
+
 def _finished(state: PerformanceState, event: TaskCompleted | TaskFailed, stamp: Stamp, seq: int) -> None:
-    pending = state.pending.pop(event.task_id, None)
+    pending = _settled(state, event.request_seq, event.capability)
     if pending is None:
-        return  # a later outcome of a task already counted, or one requested before what was kept
+        return  # a later outcome of a request already counted, or one requested before what was kept
     _count(state, pending.capability, Outcome(ok=isinstance(event, TaskCompleted),
                                               latency_ms=_latency_ms(pending.requested_at, stamp.time)))  # fmt: skip
+
+
+def _handed_off(state: PerformanceState, event: TaskHandedOff, stamp: Stamp, seq: int) -> None:
+    pending = _settled(state, event.request_seq, event.capability)
+    if pending is None:
+        return
+    ok = not event.reason.startswith("fallback")  # a hand-off to the next step is this step done
+    _count(state, pending.capability, Outcome(ok=ok, latency_ms=_latency_ms(pending.requested_at, stamp.time) if ok else None))
 
 
 def _latency_ms(requested: str, finished: str) -> float | None:

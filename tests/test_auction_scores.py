@@ -3,6 +3,7 @@ latency from request to outcome) and the score (weights, neutral prior for newco
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,7 @@ from mesh.projections.base import fold
 from tests.test_projections import record
 from topics.base import ErrorInfo, Event
 from topics.bids import BidScore
-from topics.tasks import TaskCompleted, TaskFailed, TaskRequested
+from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +33,21 @@ def done(task_id: str, ok: bool = True) -> Event:
 
 
 def records(*events: Event) -> list:  # type: ignore[type-arg]
-    return [record(event, seq) for seq, event in enumerate(events, start=1)]
+    """Records at seq 1, 2, ...; an outcome without `request_seq` answers its task's latest request."""
+    latest: dict[str, int] = {}
+    out = []
+    for seq, event in enumerate(events, start=1):
+        if isinstance(event, TaskRequested):
+            latest[event.task_id] = seq
+        elif isinstance(event, TaskCompleted | TaskFailed | TaskHandedOff) and event.request_seq is None:
+            event = msgspec.structs.replace(event, request_seq=latest.get(event.task_id, 10**9))
+        out.append(record(event, seq))
+    return out
+
+
+def handed(task_id: str, capability: str = "summarize-a", reason: str = "fallback: boom") -> TaskHandedOff:
+    return TaskHandedOff(task_id=task_id, agent="a", attempt=1, capability=capability, to="summarize-b",
+                         next_task_id=task_id, next_request_seq=0, reason=reason)
 
 
 class TestPerformanceProjection:
@@ -50,10 +65,21 @@ class TestPerformanceProjection:
         assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=1, failed=0, latency_ms=1000.0)
 
     def test_fallback_counts_against_the_capability_that_gave_up(self) -> None:
-        """A task requested again under another capability failed for the first one."""
-        state = fold(PERFORMANCE, records(requested("t1"), requested("t1"), requested("t1", "summarize-b"), done("t1")))
-        assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=0, failed=1)
-        assert PERFORMANCE.record(state, "summarize-b") == TrackRecord(completed=1, latency_ms=3000.0)
+        """A request handed over to a fallback failed for the capability that gave it up; a
+        hand-off to the next step is that step completed."""
+        state = fold(PERFORMANCE, records(requested("t1"), handed("t1"), requested("t1", "summarize-b"), done("t1"),
+                                          requested("t2"), handed("t2", reason="handoff")))  # fmt: skip
+        assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=1, failed=1, latency_ms=1000.0)
+        assert PERFORMANCE.record(state, "summarize-b") == TrackRecord(completed=1, latency_ms=1000.0)
+
+    def test_a_request_under_the_same_task_id_changes_no_record(self) -> None:
+        """Task ids are the requester's choice: another request under a task's id, for another
+        capability, is a request of its own; it neither fails nor takes over the first one."""
+        first, other = requested("t1"), requested("t1", "nobody-serves-this")
+        state = fold(PERFORMANCE, records(first, other, TaskCompleted(task_id="t1", agent="a", attempt=1,
+                                                                        capability="summarize-a", request_seq=1)))  # fmt: skip
+        assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=1, latency_ms=2000.0)
+        assert PERFORMANCE.record(state, "nobody-serves-this") == TrackRecord()
 
     def test_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """At most HISTORY outcomes per capability, MAX_CAPABILITIES capabilities and MAX_PENDING tasks."""
@@ -66,7 +92,7 @@ class TestPerformanceProjection:
         events += [requested("x", "other"), done("x"), requested("y", "third"), done("y")]
         events += [requested("p1"), requested("p2"), requested("p3")]
         state = fold(PERFORMANCE, records(*events))
-        assert set(state.outcomes) == {"other", "third"} and list(state.pending) == ["p2", "p3"]
+        assert set(state.outcomes) == {"other", "third"} and list(state.pending) == [len(events) - 1, len(events)]
         state = fold(PERFORMANCE, records(*events[:10]))
         assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=0, failed=3)
 
