@@ -25,9 +25,10 @@ from topics.tasks import TaskClaimed, TaskCompleted, TaskRequested
 pytestmark = pytest.mark.unit
 
 
-def record(seq: int, subject: str, data: Event, *, correlation: str | None = None, cause: str | None = None) -> Record:
+def record(seq: int, subject: str, data: Event, *, correlation: str | None = None, cause: str | None = None,
+           time: str | None = None) -> Record:  # fmt: skip
     event = CloudEvent(specversion="1.0", id=f"e{seq}", source="mesh://agent/a-1", type=data.TYPE,
-                       time=f"2026-12-02T10:00:{seq % 60:02d}Z", correlationid=correlation, causationid=cause)  # fmt: skip
+                       time=time or f"2026-12-02T10:00:{seq % 60:02d}Z", correlationid=correlation, causationid=cause)  # fmt: skip
     return Record(seq=seq, subject=subject, event=event, data=data)
 
 
@@ -65,6 +66,16 @@ class TestLogIndex:
         since = instant("2026-12-02T10:00:05Z")
         assert [r.seq for r in index.query(EventQuery(since=since, correlation="c2"))[0]] == [7, 6, 5]
         assert index.query(EventQuery(type="mesh.task.requested"), offset=1)[0][0].seq == 1
+
+    def test_an_event_whose_time_is_no_time_is_in_no_time_range(self) -> None:
+        """Any client can store one: a time-bounded query leaves it out instead of failing."""
+        index = LogIndex()
+        index.extend(task_events("t1", 1, "c1"))
+        index.add(record(4, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="hi"), correlation="c1",
+                         time="garbage"))  # fmt: skip
+        since = instant("2026-12-02T10:00:00Z")
+        assert [r.seq for r in index.query(EventQuery(since=since, correlation="c1"))[0]] == [3, 2, 1]
+        assert [r.seq for r in index.query(EventQuery(correlation="c1"))[0]] == [4, 3, 2, 1]
 
     def test_causal_lookup_is_replays_slice(self) -> None:
         """The records found for a root through the lookups are exactly `replay.causal.causal_slice`'s."""

@@ -486,6 +486,13 @@ class TestTimeTravel:
         assert values(state_at(BOARD, records, time="2024-05-01T14:00:30+02:00"), "b") == {"k": 3}
         assert values(state_at(BOARD, records, time="2024-05-01T12:00:30"), "b") == {"k": 3}
 
+    def test_a_record_whose_time_is_no_time_is_left_out_of_a_time_bound(self) -> None:
+        """Any client can store one: folding up to a time skips it instead of failing."""
+        records = [record(BoardWritten(board="b", key="k", value=1), 1, time=at(10)),
+                   record(BoardWritten(board="b", key="k", value=2), 2, time="garbage")]  # fmt: skip
+        assert values(state_at(BOARD, records, time=at(25)), "b") == {"k": 1}
+        assert values(state_at(BOARD, records, seq=2), "b") == {"k": 2}
+
     def test_state_at_seq_and_time(self) -> None:
         """Both bounds together keep the records within both."""
         records = log(*(BoardWritten(board="b", key="k", value=n) for n in range(1, 6)))

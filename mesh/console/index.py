@@ -48,7 +48,10 @@ class EventQuery:
                 return False
             if since is None and until is None:
                 return True
-            moment = instant(record.event.time)
+            try:
+                moment = instant(record.event.time)
+            except ValueError:  # a stored `time` that is no time (any client can store one): in no range
+                return False
             return (since is None or moment >= since) and (until is None or moment <= until)
 
         return keep

@@ -209,15 +209,23 @@ def until(records: Iterable[Record], *, seq: int | None = None, time: str | None
     """The records with ``record.seq <= seq`` and envelope time ``<= time`` (each bound if given).
 
     Records are filtered, not cut off: a record later in the log whose clock was behind
-    still counts by its own time.
+    still counts by its own time. Under a time bound, a record whose time is no time (any
+    client can store one) is left out: there is no saying whether it came before.
     """
     limit = None if time is None else instant(time)
     for record in records:
         if seq is not None and record.seq > seq:
             continue
-        if limit is not None and instant(record.event.time) > limit:
+        if limit is not None and not _at_or_before(record.event.time, limit):
             continue
         yield record
+
+
+def _at_or_before(time: str, limit: datetime) -> bool:
+    try:
+        return instant(time) <= limit
+    except ValueError:
+        return False
 
 
 def load_snapshot(projection: Projection[S], data: bytes | None) -> S | None:
