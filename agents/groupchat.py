@@ -18,7 +18,7 @@ without an answer their turn is recorded as "(no answer)" and the chat goes on:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -34,14 +34,18 @@ selector = Agent("selector")
 TERMINATE = "TERMINATE"
 
 
+MAX_SPEAKERS = 32
+MAX_TURNS = 200
+
+
 class Chat(msgspec.Struct, frozen=True):
     topic: str
-    speakers: list[str]
-    max_turns: int = 6
+    speakers: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_SPEAKERS)]
+    max_turns: Annotated[int, msgspec.Meta(ge=1, le=MAX_TURNS)] = 6
     select: Literal["round_robin", "chosen"] = "round_robin"
     terminate: str = TERMINATE
     humans: list[str] = []  # speakers who are people: their turns go through `ctx.ask`
-    human_timeout: float = 600.0  # seconds a person has for a turn
+    human_timeout: Annotated[float, msgspec.Meta(gt=0, le=7 * 86_400)] = 600.0  # seconds a person has for a turn
     no_answer: str = "(no answer)"  # what a person who did not answer in time said
 
 

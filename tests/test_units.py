@@ -272,3 +272,18 @@ class TestDataref:
         assert parse_dataref(body["dataref"]) == ("mesh-payloads", "e1")
         with pytest.raises(ValueError, match="nats-os://"):
             parse_dataref("https://example.com/x")
+
+
+class TestGroupChatInput:
+    @pytest.mark.parametrize(("given", "said"), [
+        ({"speakers": []}, "length >= 1 - at `$.speakers`"),
+        ({"speakers": ["a"], "max_turns": -1}, ">= 1 - at `$.max_turns`"),
+        ({"speakers": ["a"], "max_turns": 10_000}, "<= 200 - at `$.max_turns`"),
+        ({"speakers": ["a"], "human_timeout": 0}, "> 0.0 - at `$.human_timeout`"),
+    ])  # fmt: skip
+    def test_a_chat_that_cannot_run_is_refused_as_input(self, given: dict[str, object], said: str) -> None:
+        """No speakers failed the task with a ZeroDivisionError; a negative turn count was taken."""
+        from agents.groupchat import Chat
+
+        with pytest.raises(msgspec.ValidationError, match=re.escape(said)):
+            msgspec.convert({"topic": "t", **given}, Chat)
