@@ -19,6 +19,7 @@ from mesh.telemetry.logs import configure_logging
 from mesh.telemetry.redact import REDACTED, remember_secrets_from_env, scrub
 from tests.conftest import AgentProcesses
 from tests.otlp import OtlpReceiver
+from topics.base import check_token
 
 OPENAI_KEY = "sk-test-0123456789abcdefghijklmnopqrstuv"
 ODD_KEY = "vllm-local-key-f00d"  # no known shape: caught because it is an env secret's value
@@ -50,6 +51,16 @@ class TestScrub:
         assert REDACTED in scrubbed
         for secret in (OPENAI_KEY, PASSWORD, "abc.def-ghijklmnop", "dXNlcjpwYXNzd29yZA", "s3cr3t", "MIIEvQ", "SUAMLK"):
             assert secret not in scrubbed
+
+    def test_a_short_credential_after_its_scheme_is_redacted(self) -> None:
+        """`Authorization: Bearer gw-9` lost its scheme word and kept the credential."""
+        assert scrub("Authorization: Bearer gw-9 sent") == f"Authorization: {REDACTED} sent"
+
+    def test_the_mesh_own_messages_are_not_mangled(self) -> None:
+        """A subject-token refusal said `token: use 1 to 128 ...`, which became `token: [redacted] 1 to 128`."""
+        with pytest.raises(ValueError) as refused:
+            check_token("capability", "a.b")
+        assert scrub(str(refused.value)) == str(refused.value)
 
     def test_secret_keys_are_redacted_in_nested_values(self) -> None:
         """Values under secret-looking keys go, at any depth; token counts stay."""

@@ -47,6 +47,6 @@ def check_token(kind: str, value: str) -> str:
     """Return ``value`` if it can stand as one NATS subject token, else raise ValueError."""
     if not is_token(value):
         raise ValueError(
-            f"{kind} {shorten(value)!r} cannot be a NATS subject token: use 1 to {MAX_TOKEN} letters, digits, '-' and '_'"
+            f"{kind} {shorten(value)!r} cannot be a NATS subject token (use 1 to {MAX_TOKEN} letters, digits, '-' and '_')"
         )
     return value

@@ -42,7 +42,7 @@ _URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@", re.I)
 _PAIR = re.compile(
     r"\b(api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|token|password|passwd|"
     r"client[_-]?secret|secret|authorization)([\"']?\s*[=:]\s*)"
-    r"(\"[^\"]*\"|'[^']*'|(?!\[redacted\])[^\s\"'&,;)}\]]+)",
+    r"(\"[^\"]*\"|'[^']*'|(?:(?:Bearer|Basic|Token|Digest|Bot)\s+)?(?!\[redacted\])[^\s\"'&,;)}\]]+)",
     re.I,
 )
 _ENV_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|SEED", re.I)
