@@ -13,6 +13,7 @@ import asyncio
 from topics.base import ErrorInfo
 
 __all__ = [
+    "MAX_RETRY_AFTER",
     "MeshError",
     "ConfigError",
     "TemplateError",
@@ -166,13 +167,19 @@ class RunTimeExceededError(TaskError, TimeoutError):
         )  # fmt: skip
 
 
+MAX_RETRY_AFTER = 300.0  # seconds a RetryableError's `retry_after` may hold a task back, at most
+
+
 class RetryableError(TaskError):
-    """A passing failure (rate limit, timeout, 5xx): the task is nak'ed and tried again later."""
+    """A passing failure (rate limit, timeout, 5xx): the task is nak'ed and tried again later:
+    after the agent's backoff, or after ``retry_after`` seconds if that is longer (what a
+    rate-limited model server asked for with `Retry-After`; at most `MAX_RETRY_AFTER`)."""
 
     retryable = True
 
-    def __init__(self, message: str, *, type: str | None = None) -> None:
+    def __init__(self, message: str, *, type: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, retryable=True, type=type)
+        self.retry_after = retry_after
 
 
 class ContextLengthError(TaskError):

@@ -15,11 +15,13 @@ import msgspec
 import openai
 import pytest
 
-from mesh import Mesh
+from mesh import Agent, Context, Mesh
 from mesh.errors import SchemaError
 from mesh.llm.client import LlmClient, LlmSession
 from mesh.llm.tools import Tool, ToolBox, tool
+from mesh.testing import InProcessAgents, Reply, ScriptedModel
 from replay.reader import read_log
+from tests.helpers import EventLog
 from topics import subjects
 
 pytestmark = pytest.mark.integration
@@ -189,3 +191,24 @@ class TestToolArguments:
         parameters = move.spec()["function"]["parameters"]
         assert parameters["properties"]["to"] == {"$ref": "#/$defs/Point"}
         assert set(parameters["$defs"]["Point"]["properties"]) == {"x", "y"}
+
+
+class TestRateLimitedRetries:
+    async def test_a_retry_waits_as_long_as_the_server_asked(
+        self, mesh: Mesh, in_process_agents: InProcessAgents, log: EventLog, scripted_model: ScriptedModel
+    ) -> None:
+        """A 429 with `Retry-After: 3` that the handler lets through: the task is tried again
+        after 3 s, not after the agent's first backoff (1 s), which would hit the limit again."""
+        scripted_model.add(Reply.error(429, "slow down", retry_after=3, code="rate_limit_exceeded"), "fine")
+        await in_process_agents.start(asker, llm=scripted_model.client())
+        assert await mesh.request("ask-once", {}, task_id="limited-1", timeout=30) == "fine"
+        [failed] = log.of_type("mesh.task.attempt_failed", task_id="limited-1")
+        assert failed.data.retry_in == 3.0  # type: ignore[attr-defined]
+
+
+asker = Agent("hostile-asker")
+
+
+@asker.task("ask-once")
+async def ask_once(input: Any, ctx: Context) -> str:
+    return await ctx.llm.text("hello")

@@ -524,5 +524,7 @@ def _task_error(error: openai.APIError) -> TaskError:
     if isinstance(error, (openai.APIConnectionError, openai.APITimeoutError)) or status in (408, 409, 429) or (
         status is not None and status >= 500
     ):
-        return RetryableError(f"model call failed ({status or 'no response'}): {error}", type=name)
+        response = getattr(error, "response", None)
+        wait = _retry_after(response.headers) if response is not None else None  # the server's word: `task_failed` caps it
+        return RetryableError(f"model call failed ({status or 'no response'}): {error}", type=name, retry_after=wait)
     return TaskError(f"model call refused ({status}): {error}", type=name)

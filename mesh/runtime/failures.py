@@ -12,6 +12,7 @@ Wherever a task's `mesh.task.failed` is recorded, its capability's ``on_failed``
 from __future__ import annotations
 
 import contextlib
+import math
 
 import msgspec
 import structlog
@@ -21,7 +22,7 @@ from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.consumer import Delivery
-from mesh.errors import DeadlineExceededError, MissingPayloadError, SchemaError, retryable
+from mesh.errors import MAX_RETRY_AFTER, DeadlineExceededError, MissingPayloadError, SchemaError, retryable
 from mesh.runtime.agent import TaskFailure
 from mesh.runtime.deadletter import Reason, dead_letter, envelope_or_none
 from mesh.runtime.worker import Worker
@@ -118,7 +119,7 @@ async def task_failed(
     limit = min(task.max_attempts or options.max_deliver, options.max_deliver)
     retryable = is_retryable(error)
     if retryable and attempt < limit:
-        delay = options.delay(attempt)
+        delay = max(options.delay(attempt), _asked_to_wait(error))
         log.warning("task failed; retrying", attempt=attempt, error=str(error), delay=delay)
         await _attempt_failed(worker, msg, delivery, event, task, error, delay)
         await msg.nak(delay=delay)
@@ -173,6 +174,15 @@ async def _attempt_failed(
         lifecycle(msg.subject, task_id), failed, event_id=derived_id(event.id, f"attempt_failed/{delivery.delivered}"),
         correlation_id=event.correlationid or task_id, causation_id=event.id,
     )  # fmt: skip
+
+
+def _asked_to_wait(error: Exception) -> float:
+    """Seconds a `RetryableError` says to wait before the next try (a model server's
+    `Retry-After`), at most `MAX_RETRY_AFTER`; 0 when it says nothing usable."""
+    asked = getattr(error, "retry_after", None)
+    if not isinstance(asked, (int, float)) or not math.isfinite(asked) or asked <= 0:
+        return 0.0
+    return min(float(asked), MAX_RETRY_AFTER)
 
 
 async def event_failed(worker: Worker, msg: Msg, delivery: Delivery, event: CloudEvent, error: Exception) -> None:
