@@ -116,6 +116,25 @@ class TestFit:
         fitted = fit_messages(messages, room)
         assert fitted.kept == [user("next")] and result in fitted.dropped
 
+    def test_inside_a_tool_loop_the_question_stays(self) -> None:
+        """The latest turns are tool calls and results: the user's question is kept with the
+        latest of them and the turns between go (it used to be dropped first, so the model
+        answered tool results without the question)."""
+        def call(n: int) -> dict[str, Any]:
+            return {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"c{n}", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}  # fmt: skip
+
+        def result(n: int) -> dict[str, Any]:
+            return {"role": "tool", "tool_call_id": f"c{n}", "content": "r" * 300}
+
+        system, question = {"role": "system", "content": "s"}, user("what is the answer?")
+        messages = [system, user("an older turn " + "x" * 300), question, call(1), result(1), call(2), result(2),
+                    call(3), result(3)]  # fmt: skip
+        room = estimate_tokens([system, question, call(3), result(3)]) + 5
+        fitted = fit_messages(messages, room)
+        assert fitted.kept == [system, question, call(3), result(3)]
+        assert fitted.dropped == messages[1:2] + messages[3:7]
+
     def test_too_long_alone_is_a_clear_error(self) -> None:
         """System plus the latest turn over the budget: ContextLengthError saying so."""
         with pytest.raises(ContextLengthError, match="latest turn alone"):

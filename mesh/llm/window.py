@@ -199,27 +199,39 @@ def _units(messages: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 def fit_messages(messages: Sequence[dict[str, Any]], budget: int, *, fixed: int = 0, model: str = "") -> Fitted:
     """Keep the leading system (and developer) messages and the latest turns that fit ``budget``
     tokens with ``fixed`` tokens (tools, priming) beside them; a tool call stays with its results.
-    ContextLengthError when the system messages and the latest turn alone do not fit."""
+    The last user message stays too when it and the latest turn fit: inside a tool loop the
+    latest turns are tool calls and results, and without the question they answer nothing
+    (the turns between them are dropped instead). ContextLengthError when the system messages
+    and the latest turn alone do not fit."""
     head = 0
     while head < len(messages) and messages[head].get("role") in ("system", "developer"):
         head += 1
     system, units = list(messages[:head]), _units(messages[head:])
     room = budget - fixed - sum(message_tokens(m) for m in system)
-    kept: list[list[dict[str, Any]]] = []
-    for unit in reversed(units):
-        cost = sum(message_tokens(m) for m in unit)
-        if cost > room:
-            break
-        kept.insert(0, unit)
-        room -= cost
-    if units and not kept:
-        need = budget - room + sum(message_tokens(m) for m in units[-1])
+    costs = [sum(message_tokens(m) for m in unit) for unit in units]
+    chosen = list(range(_fitting_tail(costs, room), len(units)))
+    if units and not chosen:
+        need = budget - room + costs[-1]
         raise ContextLengthError(
             f"the system messages and the latest turn alone take about {need} tokens, more than the {budget} "
             f"{model or 'the model'} has room for: shorten them or use a model with a longer context"
         )
-    dropped = [m for unit in units[: len(units) - len(kept)] for m in unit]
-    return Fitted(system + [m for unit in kept for m in unit], dropped)
+    question = next((n for n in range(len(units) - 1, -1, -1) if units[n][0].get("role") == "user"), None)
+    if question is not None and question < chosen[0] and costs[question] + costs[-1] <= room:
+        after = question + 1 + _fitting_tail(costs[question + 1 :], room - costs[question])
+        chosen = [question, *range(after, len(units))]
+    keep = set(chosen)
+    dropped = [m for n, unit in enumerate(units) if n not in keep for m in unit]
+    return Fitted(system + [m for n in chosen for m in units[n]], dropped)
+
+
+def _fitting_tail(costs: Sequence[int], room: int) -> int:
+    """Where the longest run of the last ``costs`` whose sum fits ``room`` starts."""
+    start = len(costs)
+    while start > 0 and costs[start - 1] <= room:
+        start -= 1
+        room -= costs[start]
+    return start
 
 
 def summary_request(dropped: Sequence[dict[str, Any]], budget: int, summary_tokens: int) -> list[dict[str, Any]]:
