@@ -17,7 +17,7 @@ from replay.labels import clip
 
 __all__ = ["MAX_BARS", "Scale", "render_gantt", "tick_label", "ticks"]
 
-MAX_BARS = 2000  # rows drawn at most; the table below the chart still lists every event
+MAX_BARS = 2000  # rows drawn at most; the table below the chart lists up to `timeline_html.MAX_ROWS` events
 GUTTER = 330  # px of labels, left of the axis
 CHART = 860  # px of the time axis
 NOTES = 480  # px right of the axis for outcomes and reasons

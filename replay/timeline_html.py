@@ -20,6 +20,8 @@ TOP = 70  # px above the first hop
 GUTTER = 120  # px for the seq and offset of each hop, left of the lanes
 LEFT = GUTTER + LANE // 2  # x of the first lane
 MAX_GUIDES = 40  # levels of the tree drawn beside a hop; a deeper one says how many more there are
+MAX_ARROWS = 2000  # messages the sequence diagram draws at most (the first, in time order)
+MAX_ROWS = 10_000  # events the table lists at most (the page of 300,000 events was 234 MiB)
 
 # The page's CSS; a page that embeds `render_fragment` includes it in its own <style>.
 STYLE = """
@@ -87,7 +89,8 @@ def render_fragment(timeline: Timeline) -> str:
 
 def _diagram(timeline: Timeline) -> str:
     lanes = {agent: LEFT + n * LANE for n, agent in enumerate(timeline.agents)}
-    hops = timeline.in_time_order()
+    every = timeline.in_time_order()
+    hops = every[:MAX_ARROWS]
     width = GUTTER + max(len(lanes), 1) * LANE + 180  # room for the labels of self-arrows on the last lane
     height = TOP + (len(hops) + 1) * ROW
     parts = [
@@ -107,7 +110,15 @@ def _diagram(timeline: Timeline) -> str:
     for n, hop in enumerate(hops):
         parts.append(_arrow(hop, lanes, TOP + n * ROW))
     parts.append("</svg>")
-    return "".join(parts)
+    return "".join(parts) + _not_shown(len(every) - len(hops), "messages not drawn", MAX_ARROWS)
+
+
+def _not_shown(count: int, what: str, limit: int) -> str:
+    """The note under a bounded part of the page, when it left something out."""
+    if count <= 0:
+        return ""
+    return (f'<p class="meta">{count:,} more {what} (at most {limit:,}): `mesh replay timeline ID` '
+            "prints every event as text</p>")  # fmt: skip
 
 
 def _arrow(hop: Hop, lanes: dict[str, int], y: int) -> str:
@@ -141,7 +152,8 @@ def _kind(hop: Hop) -> str:
 
 def _table(timeline: Timeline) -> str:
     rows = []
-    for hop, guide in zip(timeline.hops, tree_guides(timeline.hops), strict=True):
+    listed = timeline.hops[:MAX_ROWS]
+    for hop, guide in zip(listed, tree_guides(listed), strict=True):
         inferred = ' title="cause inferred: recorded without one"' if hop.cause_inferred else ""
         rows.append(
             f'<tr class="hop-row" data-seq="{hop.seq}"><td class="num">#{hop.seq}</td>'
@@ -155,7 +167,8 @@ def _table(timeline: Timeline) -> str:
         "<tr><th>seq</th><th>offset</th><th>hop</th><th>cause tree and type</th><th>what</th><th>subject</th>"
         "<th>to last effect</th><th>to outcome</th><th>event id</th></tr>"
     )
-    return f'<table id="hops"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+    return (f'<table id="hops"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+            + _not_shown(len(timeline.hops) - len(listed), "events not listed", MAX_ROWS))  # fmt: skip
 
 
 def tree_guides(hops: list[Hop]) -> list[str]:

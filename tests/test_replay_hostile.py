@@ -13,6 +13,7 @@ import pytest
 from mesh import Mesh
 from mesh.errors import MeshError
 from mesh.projections import REGISTRY
+from replay import timeline_html
 from replay.causal import causal_slice
 from replay.export import import_log
 from replay.files import read_file
@@ -80,6 +81,15 @@ class TestShapes:
         [deepest] = [row for row in text.splitlines() if f"mesh.board.notes.k{MAX_INDENT + 19} " in row]
         assert deepest.startswith("  " * MAX_INDENT + f"[depth {MAX_INDENT + 19}] #")
         assert max(len(row) for row in text.splitlines()) < 2 * MAX_INDENT + 200
+
+    def test_the_page_lists_and_draws_a_bounded_number_of_events(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The sequence diagram and the table stop at their bounds and say how many they left
+        out (100,000 tasks made a 234 MiB page)."""
+        monkeypatch.setattr(timeline_html, "MAX_ARROWS", 3)
+        monkeypatch.setattr(timeline_html, "MAX_ROWS", 4)
+        page = timeline_html.render_html(build_timeline([record(n) for n in range(10)], "wf-1"))
+        assert page.count('class="hop-row"') == 4 and page.count('<g class="hop ') == 3
+        assert "7 more messages not drawn (at most 3)" in page and "6 more events not listed (at most 4)" in page
 
     def test_terminal_escapes_from_an_event_are_not_printed(self) -> None:
         text = render_text(build_timeline([record(0, source="mesh://x\x1b]0;PWNED\x07")], "e-0"))
