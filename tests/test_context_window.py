@@ -319,6 +319,22 @@ class TestRestart:
         await asyncio.gather(*(writer.add("user", str(n)) for n in range(3)))
         assert (await Conversation(mesh, "notes").turns())[-1].turn == 5
 
+    async def test_what_is_not_a_turn_is_skipped_with_one_log_line(self, mesh: Mesh) -> None:
+        """50 messages on the conversation's subject that are not turns (a flood): skipped, and
+        a read says so once, not once each."""
+        from structlog.testing import capture_logs
+
+        from mesh import Conversation
+        from topics import subjects
+
+        for _ in range(50):
+            await mesh.js.publish(subjects.conversation("flooded"), b"not an event")
+        writer = Conversation(mesh, "flooded")
+        with capture_logs() as logs:
+            await writer.add("user", "hi")
+        said = [entry for entry in logs if "skipped" in entry["event"]]
+        assert len(said) == 1 and said[0]["count"] == 50 and [t.message["content"] for t in await writer.turns()] == ["hi"]
+
 
 @pytest.mark.unit
 class TestPatternsExample:

@@ -29,7 +29,7 @@ from mesh.coordination.origin import Origin
 from mesh.errors import MeshError
 from mesh.projections.histories import MAX_TURNS, History, HistoryTurn, add_turn
 from topics import subjects
-from topics.base import check_token
+from topics.base import check_token, shorten
 from topics.conversations import ROLES, ConversationTurn
 
 __all__ = ["Conversation"]
@@ -67,9 +67,14 @@ class Conversation:
 
     async def _read(self, at_least: int) -> History:
         looks = 0
+        skipped, first = 0, (0, "")  # what was not a turn, and the first of it: one log line a read
         while True:
             msg = await jetstream.direct_get(self.mesh.js, seq=self._seq + 1, subject=self.subject, next=True)
             if msg is None:
+                if skipped:
+                    log.warning("not turns of this conversation: skipped", conversation=self.name, count=skipped,
+                                first_seq=first[0], why=first[1])  # fmt: skip
+                    skipped = 0
                 if self._seq >= at_least:
                     return self._history
                 looks += 1  # a replica that answered has not stored what the leader acknowledged yet
@@ -78,20 +83,21 @@ class Conversation:
                 await asyncio.sleep(0.05 * looks)
                 continue
             self._seq = max(self._seq + 1, msg.seq or 0)
-            await self._fold(msg.data or b"", self._seq)
+            why = await self._fold(msg.data or b"", self._seq)
+            if why is not None:
+                skipped, first = skipped + 1, first if skipped else (self._seq, why)
 
-    async def _fold(self, data: bytes, seq: int) -> None:
+    async def _fold(self, data: bytes, seq: int) -> str | None:
+        """Fold one stored message in; why it is not a turn of this conversation, if it is not."""
         try:
             record = await payloads.resolve(self.mesh.js, self.subject, data, seq)
         except (MeshError, ValueError, KeyError, msgspec.MsgspecError) as error:
-            log.warning("not a conversation turn: skipped", conversation=self.name, seq=seq, error=str(error)[:300])
-            return
+            return f"not a conversation turn: {str(error)[:300]}"
         turn = record.data
         if not isinstance(turn, ConversationTurn) or turn.conversation != self.name or turn.role not in ROLES:
-            log.warning("not a turn of this conversation: skipped", conversation=self.name, seq=seq,
-                        type=record.event.type)  # fmt: skip
-            return
+            return f"a {shorten(record.event.type, 80)} that is not a turn of this conversation"
         add_turn(self._history, turn, seq, record.event.time or "", self.max_turns)
+        return None
 
     async def turns(self) -> list[HistoryTurn]:
         """The latest turns (at most `max_turns`), oldest first."""
