@@ -23,6 +23,7 @@ import msgspec
 from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
 from topics.base import Event
 from topics.envelope import parse_time
+from topics.record import Record
 from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["HISTORY", "MAX_CAPABILITIES", "MAX_PENDING", "PERFORMANCE", "PerformanceProjection", "PerformanceState",
@@ -58,8 +59,17 @@ class TrackRecord(msgspec.Struct, frozen=True):
 
 class PerformanceProjection(HandlerProjection[PerformanceState]):
     name = "performance"
-    version = 2  # 2: requests known by their stream sequence
+    version = 3  # 2: requests known by their stream sequence; 3: outcomes only on their capability's subject
     state_type = PerformanceState
+
+    def evolve(self, state: PerformanceState, record: Record) -> PerformanceState:
+        """A request or outcome counts only on a subject of the capability its data names: the
+        server checks the subject, not the data, and every serving role may publish outcomes on
+        its own `mesh.task.<capability>.>` (overriding `evolve` also keeps bulk rebuilds, which
+        see no subjects, off the handler-table fast path)."""
+        if not _on_its_subject(record):
+            return state
+        return super().evolve(state, record)
 
     def handlers(self) -> dict[type[Event], Handler[PerformanceState]]:
         return {TaskRequested: _requested, TaskCompleted: _finished, TaskFailed: _finished, TaskHandedOff: _handed_off}
@@ -81,11 +91,22 @@ def _requested(state: PerformanceState, event: TaskRequested, stamp: Stamp, seq:
         del state.pending[next(iter(state.pending))]
 
 
+def _on_its_subject(record: Record) -> bool:
+    """Requests on `mesh.work.<capability>.<owner>`, outcomes and hand-offs on
+    `mesh.task.<capability>.<owner>.<task id>`, for the capability they name."""
+    data, parts = record.data, record.subject.split(".")
+    if isinstance(data, TaskRequested):
+        return len(parts) == 4 and parts[1] == "work" and parts[2] == data.capability
+    if isinstance(data, TaskCompleted | TaskFailed | TaskHandedOff):
+        return len(parts) == 5 and parts[1] == "task" and parts[2] == data.capability
+    return True
+
+
 def _settled(state: PerformanceState, request_seq: int | None, capability: str) -> Pending | None:
     """The request an outcome answers, taken off the pending ones; None if unknown, or if the
     outcome names another capability than the request's (it then stays pending)."""
     pending = state.pending.get(request_seq) if request_seq is not None else None
-    if pending is None or (capability and capability != pending.capability):
+    if pending is None or capability != pending.capability:
         return None
     return state.pending.pop(request_seq)  # type: ignore[arg-type]
 

@@ -197,7 +197,9 @@ async def merge_offloaded(
         return
     for seq, subject, payload in held:
         try:
-            records.append(await payloads.resolve(mesh.js, subject, payload, seq))
+            record = await payloads.resolve(mesh.js, subject, payload, seq)
+            checked_time(record.event)  # as `decode_stored` checks every event it decodes
+            records.append(record)
         except payloads.RESOLVE_ERRORS as error:
             raw.append(RawMessage(seq, subject, payload, f"{type(error).__name__}: {error}"))
     records.sort(key=lambda record: record.seq)

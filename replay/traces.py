@@ -156,6 +156,9 @@ def _span_id(trace_id: int, key: str) -> int:
     return int.from_bytes(digest[:8], "big") or 1
 
 
+MAX_NS = 2**64 - 1  # OTLP times are unsigned 64-bit nanoseconds since the epoch
+
+
 def _latency_ns(latency_ms: float, end_ns: int) -> int:
     """A recorded latency in ns, within what a span can start at: not negative, and not
     before the epoch (a hostile or broken `latency_ms` such as 1e300 is data, not a crash)."""
@@ -167,7 +170,8 @@ def _ns(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    return min(max(ns, 0), MAX_NS)  # a time before 1970 or after 2554 (any client can store one) is no OTLP time
 
 
 @dataclass

@@ -33,15 +33,21 @@ def done(task_id: str, ok: bool = True) -> Event:
 
 
 def records(*events: Event) -> list:  # type: ignore[type-arg]
-    """Records at seq 1, 2, ...; an outcome without `request_seq` answers its task's latest request."""
-    latest: dict[str, int] = {}
+    """Records at seq 1, 2, ..., each on its subject; an outcome without `request_seq` answers its
+    task's latest request, and says that request's capability (as the runtime's outcomes do)."""
+    latest: dict[str, tuple[int, str]] = {}
     out = []
     for seq, event in enumerate(events, start=1):
         if isinstance(event, TaskRequested):
-            latest[event.task_id] = seq
-        elif isinstance(event, TaskCompleted | TaskFailed | TaskHandedOff) and event.request_seq is None:
-            event = msgspec.structs.replace(event, request_seq=latest.get(event.task_id, 10**9))
-        out.append(record(event, seq))
+            latest[event.task_id] = (seq, event.capability)
+            subject = f"mesh.work.{event.capability}.owner"
+        else:
+            if isinstance(event, TaskCompleted | TaskFailed | TaskHandedOff):
+                request_seq, capability = latest.get(event.task_id, (10**9, "summarize-a"))
+                event = msgspec.structs.replace(event, request_seq=event.request_seq or request_seq,
+                                                capability=event.capability or capability)
+            subject = f"mesh.task.{getattr(event, 'capability', '') or 'x'}.owner.{event.task_id}"
+        out.append(msgspec.structs.replace(record(event, seq), subject=subject))
     return out
 
 
@@ -144,3 +150,17 @@ class TestScore:
 
         with pytest.raises(msgspec.ValidationError):
             msgspec.convert(call, Call)
+
+
+class TestOutcomesOnTheirOwnSubject:
+    def test_another_serving_role_cannot_settle_a_competitors_request(self) -> None:
+        """A role serving `evil` may publish outcomes on `mesh.task.evil.>` only; one there that
+        names a `summarize-a` request (by its seq, with that capability or none) counts for nothing."""
+        forged = [TaskFailed(task_id="zz", agent="evil", attempt=1, error=ErrorInfo(type="X", message="forged"),
+                             capability=cap, request_seq=1) for cap in ("", "summarize-a")]
+        recs = [msgspec.structs.replace(record(requested("t1"), 1), subject="mesh.work.summarize-a.owner")]
+        recs += [msgspec.structs.replace(record(event, n), subject="mesh.task.evil.owner.zz") for n, event in enumerate(forged, 2)]
+        recs.append(msgspec.structs.replace(record(TaskCompleted(task_id="t1", agent="a", attempt=1, capability="summarize-a",
+                                                                 request_seq=1), 4), subject="mesh.task.summarize-a.owner.t1"))
+        state = fold(PERFORMANCE, recs)
+        assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=1, latency_ms=3000.0)

@@ -147,9 +147,14 @@ class TestCallersAsTheGuidesWriteThem:
         """A gateway's key passed as `extra_headers` reaches the server but not the log."""
         model = serve(raw_model, (200, completion()))
         llm = session(model.client(), None)
-        await llm.chat([{"role": "user", "content": "hi"}], extra_headers={"X-Api-Key": "gw-secret-123"})
-        assert "gw-secret-123" not in json.dumps(llm.calls[0].request)
-        assert "X-Api-Key" in llm.calls[0].request["extra_headers"]
+        await llm.chat([{"role": "user", "content": "hi"}], extra_headers={
+            "X-Api-Key": "gw-secret-123", "Ocp-Apim-Subscription-Key": "azure-456", "X-Request-Id": "r-1"},
+            extra_query={"key": "AIza-789", "api-version": "2024-10-21"}, extra_body={"api_key": "body-000"})  # fmt: skip
+        recorded = json.dumps(llm.calls[0].request)
+        assert not any(secret in recorded for secret in ("gw-secret-123", "azure-456", "AIza-789", "body-000"))
+        assert llm.calls[0].request["extra_headers"]["X-Request-Id"] == "r-1"
+        assert llm.calls[0].request["extra_query"]["api-version"] == "2024-10-21"
+        assert model.requests[0]["api_key"] == "body-000"  # sent as given
 
 
 @tool(name="hostile_lookup")

@@ -46,7 +46,10 @@ class TestRerunBoard:
         for s in submitted:
             result = await rerun("tests.pattern_agents:counter", records, s.task_id)
             assert result.ok and result.tasks_checked == 1, result.divergence and result.divergence.describe()
-        changed = await rerun(doubling_counter(), records, submitted[0].task_id)
+        # a task whose write won at once (the first write to the key always does): the changed
+        # handler then writes another value; one whose write lost a race would diverge earlier
+        clean = next(s for s, v in zip(submitted, values, strict=True) if v["conflicts"] == 0)
+        changed = await rerun(doubling_counter(), records, clean.task_id)
         assert not changed.ok and changed.divergence is not None and changed.divergence.index == 0
         assert changed.divergence.expected is not None and changed.divergence.expected.type == "mesh.board.written"
         assert "differs" in changed.divergence.reason

@@ -133,8 +133,8 @@ def subject_of(event: AppEvent) -> str:
         value = getattr(event, part)
         token = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
         if not is_token(token):
-            raise ValueError(f"{event.TYPE}: field {part} = {shorten(str(value))!r} cannot be a NATS subject token: "
-                             f"use 1 to {MAX_TOKEN} letters, digits, '-' and '_'")  # fmt: skip
+            raise ValueError(f"{event.TYPE}: field {part} = {shorten(str(value))!r} cannot be a NATS subject token "
+                             f"(use 1 to {MAX_TOKEN} letters, digits, '-' and '_')")  # fmt: skip
         tokens.append(token)
     return ".".join(tokens)
 

@@ -15,8 +15,10 @@ same way: a `mesh.llm.called` whose ``operation`` is `embeddings`, numbered with
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import functools
+import inspect
 import json
 import math
 import os
@@ -25,7 +27,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -51,7 +53,7 @@ from mesh.telemetry.conventions import (
     INPUT_TOKENS,
     OUTPUT_TOKENS,
 )
-from mesh.telemetry.redact import scrub, scrub_text
+from mesh.telemetry.redact import REDACTED, scrub, scrub_text
 from mesh.telemetry.tracing import chat_span, instruments, record_error
 from topics import subjects
 from topics.calls import ContextSettings, LlmCalled, LlmFailed
@@ -127,8 +129,10 @@ class LlmClient:
 
     def __init__(self, client: openai.AsyncOpenAI | Callable[[], openai.AsyncOpenAI], *, model: str, offline: bool,
                  settings: Mapping[str, str] | None = None, embedding_model: str | None = None) -> None:  # fmt: skip
-        self._sdk: openai.AsyncOpenAI | None = None if callable(client) else client
-        self._make_sdk = client if callable(client) else None
+        lazy = inspect.isfunction(client) or isinstance(client, functools.partial)  # not any callable: a test's MagicMock is one
+        self._sdk: openai.AsyncOpenAI | None = None if lazy else cast("openai.AsyncOpenAI", client)
+        self._make_sdk: Callable[[], openai.AsyncOpenAI] | None = cast("Callable[[], openai.AsyncOpenAI]", client) if lazy else None
+        self._making = asyncio.Lock()
         self.model = model
         self.embedding_model = embedding_model or DEFAULT_EMBEDDING_MODEL
         self.offline = offline
@@ -163,6 +167,15 @@ class LlmClient:
             assert self._make_sdk is not None
             self._sdk = self._make_sdk()
         return self._sdk
+
+    async def made(self) -> openai.AsyncOpenAI:
+        """`client`, the SDK imported in a thread the first time: most of a second of CPU that
+        would otherwise stall the event loop (heartbeats, other tasks) at a first model call."""
+        if self._sdk is None:
+            async with self._making:
+                if self._sdk is None:
+                    await asyncio.to_thread(_import_sdk, self.offline)
+        return self.client
 
     @classmethod
     def from_env(cls) -> LlmClient:
@@ -263,6 +276,7 @@ class LlmSession:
             log.info("reusing recorded LLM response", call_index=index)
             _check_operation(recorded, CHAT)
             self.calls.append(recorded)
+            await self._client.made()  # the SDK imported off the event loop
             from openai.types.chat import ChatCompletion
 
             return ChatCompletion.construct(**recorded.response)  # as loosely as the SDK built the live one
@@ -298,6 +312,7 @@ class LlmSession:
             log.info("reusing recorded embeddings", call_index=index)
             _check_operation(recorded, EMBEDDINGS)
             self.calls.append(recorded)
+            await self._client.made()
             from openai.types import CreateEmbeddingResponse
 
             return CreateEmbeddingResponse.construct(**recorded.response)
@@ -313,6 +328,7 @@ class LlmSession:
 
     async def _call(self, index: int, request: dict[str, Any], *,
                     operation: str = CHAT) -> ChatCompletion:  # fmt: skip
+        sdk = await self._client.made()
         import openai  # imported by now: the client was made from it
 
         model = request["model"]
@@ -324,9 +340,9 @@ class LlmSession:
             try:
                 completion: Any
                 if operation == EMBEDDINGS:
-                    completion = await self._client.client.embeddings.create(**request)
+                    completion = await sdk.embeddings.create(**request)
                 else:
-                    completion = await self._client.client.chat.completions.create(**request)
+                    completion = await sdk.chat.completions.create(**request)
             except json.JSONDecodeError as error:  # a 200 whose body was cut off or is not JSON
                 record_error(span, error)
                 raise RetryableError(f"the model server's answer is not JSON: {error}", type="InvalidResponse") from error
@@ -435,9 +451,25 @@ def _plain_messages(messages: Sequence[Any]) -> list[Any]:
             for m in messages]  # fmt: skip
 
 
+PLAIN_HEADERS = frozenset({"accept", "content-type", "openai-beta", "openai-organization", "openai-project",
+                           "user-agent", "x-request-id"})  # fmt: skip
+PLAIN_QUERY = frozenset({"api-version"})
+
+
 def recordable_request(request: Mapping[str, Any]) -> dict[str, Any]:
-    """The request as recorded: per-call headers and query (a gateway's key) scrubbed."""
-    return {k: scrub(v) if k in ("extra_headers", "extra_query") else v for k, v in request.items()}
+    """The request as recorded. Per-call headers and query parameters keep their values only
+    when named in `PLAIN_HEADERS`/`PLAIN_QUERY` (a gateway's key may go under any name:
+    `Ocp-Apim-Subscription-Key`, `X-Auth`, `?key=`); `extra_body` is scrubbed like the rest."""
+    recorded = dict(request)
+    for part, plain in (("extra_headers", PLAIN_HEADERS), ("extra_query", PLAIN_QUERY)):
+        given = request.get(part)
+        if isinstance(given, Mapping):
+            recorded[part] = {k: v if str(k).lower() in plain else REDACTED for k, v in given.items()}
+        elif given is not None:
+            recorded[part] = REDACTED
+    if "extra_body" in request:
+        recorded["extra_body"] = scrub(request["extra_body"])
+    return recorded
 
 
 def _count(value: Any) -> int:
@@ -495,6 +527,14 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             return max((when - datetime.now(UTC)).total_seconds(), 0.0)
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _import_sdk(offline: bool) -> None:
+    """Import the SDK (and the offline model's transport): run in a thread by `LlmClient.made`."""
+    import openai  # noqa: F401
+
+    if offline:
+        import mesh.llm.transport  # noqa: F401
 
 
 def _offline_sdk() -> openai.AsyncOpenAI:
