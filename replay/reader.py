@@ -33,7 +33,7 @@ from mesh.projections.base import instant
 from topics import subjects
 from topics.app import check_subject, is_app_type
 from topics.base import Event, shorten
-from topics.envelope import DECODE_ERRORS, CloudEvent, decode_envelope, parse_time
+from topics.envelope import DECODE_ERRORS, CloudEvent, decode_envelope
 from topics.record import Record
 from topics.registry import UPCASTERS, decode_data, event_class
 
@@ -163,9 +163,9 @@ def checked_time(event: CloudEvent) -> CloudEvent:
     it, so an event stored with any other `time` (a raw publish) is undecodable, with the reason,
     rather than a crash of every replay that reaches it."""
     try:
-        parse_time(event.time)
-    except ValueError:
-        raise msgspec.ValidationError(f"its time {shorten(event.time)!r} is not an RFC 3339 time") from None
+        datetime.fromisoformat(event.time)  # as `parse_time` reads it (Python 3.11 takes the `Z`), a third cheaper
+    except (ValueError, TypeError):
+        raise msgspec.ValidationError(f"its time {shorten(str(event.time))!r} is not an RFC 3339 time") from None
     return event
 
 
