@@ -146,6 +146,7 @@ class _FoldSink:
         self.folded = 0
         self.undecodable = 0
         self.last_seq = 0
+        self.disordered = False  # a seq at or below the one before it: a file not in log order
         self.held: list[tuple[int, str, CloudEvent]] = []  # from the first offloaded event on, in order
 
     def sink(self, seq: int, subject: str, payload: bytes) -> None:
@@ -181,6 +182,8 @@ class _FoldSink:
                 self.undecodable += 1
                 return
         self.folded += 1
+        if 0 < seq <= self.last_seq:
+            self.disordered = True
         self.last_seq = seq
         targets = self.router.route(event.type)
         if not targets:
@@ -226,9 +229,23 @@ def rebuild_file(
         for block in line_blocks(path, chunk_size=_BLOCK):
             if not fold_block(block, end):
                 break
+    if sink.disordered:  # exports concatenated: a fold in file order would skip the lower seqs unsaid
+        return _rebuilt_in_order(path, chosen, at)
     sink.finish()
     return {p.name: Rebuilt(p.name, states[p.name], states[p.name].seq, None, sink.folded, sink.undecodable)
             for p in chosen}  # fmt: skip
+
+
+def _rebuilt_in_order(path: str | Path, projections: Sequence[Projection[Any]], at: Position | None) -> dict[str, Rebuilt[Any]]:
+    """`rebuild_file` of a file whose lines are not in log order: read whole, sorted by seq
+    (`_in_log_order`), then folded; slower, and the same states as `state_from_file`."""
+    found = read_file(path)
+    records = _in_log_order(found.records, str(path))
+    rebuilt: dict[str, Rebuilt[Any]] = {}
+    for projection in projections:
+        state = state_from_records(projection, records, at=at)
+        rebuilt[projection.name] = Rebuilt(projection.name, state, state.seq, None, len(records), len(found.undecodable))
+    return rebuilt
 
 
 class _TableFold:
@@ -257,9 +274,12 @@ class _TableFold:
             past = next((n for n, line in enumerate(lines) if line.seq > end), None)
             if past is not None:
                 lines, more = lines[:past], False
-        routes = self.routes
+        routes, before = self.routes, self.sink.last_seq
         for line in lines:
             seq, event = line.seq, line.event
+            if 0 < seq <= before:
+                self.sink.disordered = True
+            before = seq
             for state, handler in routes[type(event)]:
                 if 0 < seq <= state.seq:
                     continue

@@ -19,7 +19,7 @@ from replay.export import import_log
 from replay.files import read_file
 from replay.fork import _rewritten
 from replay.reader import read_log
-from replay.state import state_from_file
+from replay.state import rebuild_file, state_from_file
 from replay.timeline import MAX_INDENT, build_timeline, render_text
 from replay.traces import _latency_ns
 from topics import subjects
@@ -62,8 +62,11 @@ class TestFiles:
     def test_exports_concatenated_out_of_order_fold_whole(self, tmp_path: Path) -> None:
         """`cat later.jsonl earlier.jsonl`: every event is folded (the earlier ones were dropped
         without a word); two different events under one seq (two servers' logs) are refused."""
-        built = state_from_file(write(tmp_path, line(3, "k2"), line(1, "k0")), REGISTRY["board"])
+        path = write(tmp_path, line(3, "k2"), line(1, "k0"))
+        built = state_from_file(path, REGISTRY["board"])
         assert sorted(built.state.boards["notes"]) == ["k0", "k2"]  # type: ignore[attr-defined]
+        rebuilt = rebuild_file(path)["board"]  # the console's one pass reads it the same
+        assert sorted(rebuilt.state.boards["notes"]) == ["k0", "k2"] and rebuilt.seq == 3
         with pytest.raises(MeshError, match="seq 1 holds two events"):
             state_from_file(write(tmp_path, line(1, "k0"), line(1, "k1", event_id="other")), REGISTRY["board"])
 
