@@ -35,7 +35,7 @@ from topics.app import check_subject, is_app_type
 from topics.base import Event, shorten
 from topics.envelope import DECODE_ERRORS, CloudEvent, decode_envelope
 from topics.record import Record
-from topics.registry import UPCASTERS, decode_data, event_class
+from topics.registry import UPCASTERS, decode_data, event_class, on_its_subject
 
 __all__ = [
     "DECODE_ERRORS",
@@ -175,6 +175,8 @@ def decode_data_on(subject: str, event_type: str, raw: msgspec.Raw) -> Event:
     data = decode_event_data(event_type, raw)
     if is_app_type(event_type):
         check_subject(subject, data)
+    elif not on_its_subject(subject, data):
+        raise msgspec.ValidationError(f"a {event_type} naming another subject than {shorten(subject)!r}")
     return data
 
 

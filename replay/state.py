@@ -28,7 +28,7 @@ from replay.reader import (
 )
 from topics.envelope import CloudEvent, decode_envelope
 from topics.record import Record
-from topics.registry import EVENT_TYPES
+from topics.registry import EVENT_TYPES, SUBJECT_NAMED, on_its_subject
 
 __all__ = [
     "SNAPSHOT_BUCKET",
@@ -263,6 +263,8 @@ class _TableFold:
             envelope: tuple((sink.states[p.name], _handler(p, event_type)) for p in targets[event_type])
             for event_type, envelope in self.lines.envelopes.items()
         }
+        self.subject_named = frozenset(envelope for event_type, envelope in self.lines.envelopes.items()
+                                       if issubclass(EVENT_TYPES[event_type], SUBJECT_NAMED) and targets[event_type])  # fmt: skip
 
     def fold(self, block: bytes | memoryview, end: int | None) -> bool:
         """Fold the lines of ``block`` (up to seq ``end``); False once past ``end``."""
@@ -274,12 +276,15 @@ class _TableFold:
             past = next((n for n, line in enumerate(lines) if line.seq > end), None)
             if past is not None:
                 lines, more = lines[:past], False
-        routes, before = self.routes, self.sink.last_seq
+        routes, before, named = self.routes, self.sink.last_seq, self.subject_named
         for line in lines:
             seq, event = line.seq, line.event
             if 0 < seq <= before:
                 self.sink.disordered = True
             before = seq
+            if type(event) in named and not on_its_subject(line.subject, event.data):
+                self.sink.undecodable += 1  # as `decode_data_on` refuses it on the general path
+                continue
             for state, handler in routes[type(event)]:
                 if 0 < seq <= state.seq:
                     continue

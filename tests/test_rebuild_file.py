@@ -135,6 +135,13 @@ def oddities(seq: int) -> list[tuple[int, str, bytes]]:
     ]
 
 
+def subject_of(data: Event, seq: int) -> str:
+    """A subject for ``data``: its own where the data names it (a board event's key), else any."""
+    if isinstance(data, BoardWritten | BoardDeleted):
+        return f"mesh.board.{data.board}.{data.key}"
+    return f"mesh.test.{seq}"
+
+
 def write_log(path: Path, events: list[Event], odd_at: int) -> int:
     """``events`` at seq 1, 2, ..., then one of every type; the oddities before event
     ``odd_at``, a raw (not CloudEvent) message halfway and a blank line. Returns the last seq."""
@@ -143,7 +150,7 @@ def write_log(path: Path, events: list[Event], odd_at: int) -> int:
         if n == odd_at:
             lines += oddities(len(lines) + 1)
         seq = len(lines) + 1
-        lines.append((seq, f"mesh.test.{seq}", envelope(data, seq)))
+        lines.append((seq, subject_of(data, seq), envelope(data, seq)))
     raw = lines[-1][0] + 1
     lines.insert(len(lines) // 2, (raw, "mesh.chat.raw", b"\xff not an event"))
     write_lines(path, lines, raw_seqs={raw})

@@ -59,6 +59,18 @@ class TestFiles:
         assert len(found.undecodable) == 3
         assert build_timeline(found.records, "wf-1").hops  # the rest is shown
 
+    def test_a_board_event_on_another_keys_subject_is_not_folded(self, tmp_path: Path) -> None:
+        """A role allowed `mesh.board.notes.a` only writes `notes/b` through the data of an event
+        on its own subject: every reader leaves it out (`mesh replay state board`, the console's
+        one-pass rebuild, `read_file`), as `Board` does."""
+        forged = json.loads(line(2, "b"))
+        forged["subject"] = "mesh.board.notes.a"
+        path = write(tmp_path, line(1, "a"), json.dumps(forged))
+        assert state_from_file(path, REGISTRY["board"]).state.boards["notes"].keys() == {"a"}  # type: ignore[attr-defined]
+        assert rebuild_file(path)["board"].state.boards["notes"].keys() == {"a"}
+        found = read_file(path)
+        assert [r.seq for r in found.records] == [1] and "naming another subject" in found.undecodable[0].error
+
     def test_exports_concatenated_out_of_order_fold_whole(self, tmp_path: Path) -> None:
         """`cat later.jsonl earlier.jsonl`: every event is folded (the earlier ones were dropped
         without a word); two different events under one seq (two servers' logs) are refused."""

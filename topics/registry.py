@@ -13,7 +13,7 @@ from topics.agents import AgentEvent
 from topics.app import APP_TYPES, UndeclaredAppEvent, check_subject, is_app_type
 from topics.base import Event
 from topics.bids import BidEvent
-from topics.board import BoardEvent
+from topics.board import BoardDeleted, BoardEvent, BoardWritten
 from topics.calls import CallEvent
 from topics.chat import ChatEvent
 from topics.conversations import ConversationEvent
@@ -24,7 +24,8 @@ from topics.knowledge import KnowledgeEvent
 from topics.tasks import TaskEvent
 from topics.votes import VoteEvent
 
-__all__ = ["EVENT_TYPES", "UPCASTERS", "AnyEvent", "decode_data", "encode_data", "decode_on", "event_class", "type_of"]
+__all__ = ["EVENT_TYPES", "SUBJECT_NAMED", "UPCASTERS", "AnyEvent", "decode_data", "encode_data", "decode_on", "event_class",
+           "on_its_subject", "type_of"]
 
 AnyEvent = (
     TaskEvent
@@ -90,11 +91,26 @@ def decode_data(event_type: str, raw: bytes | msgspec.Raw) -> Event:
 
 def decode_on(subject: str, event_type: str, raw: bytes | msgspec.Raw) -> Event:
     """`decode_data` for an event stored on ``subject``: a declared app event must be on the
-    subject its fields give (`topics.app.check_subject`), else msgspec.ValidationError."""
+    subject its fields give (`topics.app.check_subject`), a board event on its own key's
+    (`on_its_subject`), else msgspec.ValidationError."""
     data = decode_data(event_type, raw)
     if is_app_type(event_type):
         check_subject(subject, data)
+    elif not on_its_subject(subject, data):
+        raise msgspec.ValidationError(f"a {event_type} naming another subject than {subject!r}")
     return data
+
+
+def on_its_subject(subject: str, data: Event) -> bool:
+    """Whether an event whose data names its own subject is on it: a board write or delete on
+    `mesh.board.<board>.<key>`. The server's permissions are per subject, so a role allowed
+    one key must not change another through the data of an event on its own subject."""
+    if isinstance(data, BoardWritten | BoardDeleted):
+        return subject == f"mesh.board.{data.board}.{data.key}"
+    return True
+
+
+SUBJECT_NAMED = (BoardWritten, BoardDeleted)  # the classes `on_its_subject` checks
 
 
 def type_of(data: Event) -> str:
