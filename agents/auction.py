@@ -124,15 +124,18 @@ async def auction_bids(task_id: str, capability: str, after: int, bidders: int, 
     """The bids on auction `task_id` placed after stream sequence `after`, within `window` seconds
     or until `bidders` are in, each with its bidder's record at `<capability>-<bidder>`."""
     mesh = _mesh.get()
-    placed = await collect(mesh, subjects.bid(task_id), after, bidders=bidders, window=window)
+    placed = await collect(mesh, subjects.bid(task_id), after, bidders=bidders, window=window, capability=capability)
     history = await _history(mesh)
     state = await history.caught_up(after)
     bids = [_with_record(bid, state, f"{capability}-{bid.bidder}") for bid in placed]
     return {"bids": msgspec.to_builtins(bids), "seq": state.seq}
 
 
-async def collect(mesh: Mesh, subject: str, after: int, *, bidders: int, window: float) -> list[BidPlaced]:
-    """Bids on the auction's subject until the window closes or the expected number is in."""
+async def collect(
+    mesh: Mesh, subject: str, after: int, *, bidders: int, window: float, capability: str = ""
+) -> list[BidPlaced]:
+    """Bids on the auction's subject until the window closes or the expected number is in; a
+    bid counts only if `<capability>-<bidder>` can be a capability (a subject token)."""
     bids: dict[str, BidPlaced] = {}
     deadline = asyncio.get_running_loop().time() + window
     async with Follow(mesh, subject, after=after) as events:
@@ -142,8 +145,10 @@ async def collect(mesh: Mesh, subject: str, after: int, *, bidders: int, window:
             if item is None:
                 break
             match item.record.data if item.record is not None else None:
-                case BidPlaced(cost=cost, load=load) as placed if (_fair(cost) and _fair(load) and is_token(placed.bidder)
-                                                                   and placed.task_id == subject.rsplit(".", 1)[-1]):
+                case BidPlaced(cost=cost, load=load) as placed if (
+                    _fair(cost) and _fair(load) and is_token(f"{capability}-{placed.bidder}" if capability else placed.bidder)
+                    and is_token(placed.bidder) and placed.task_id == subject.rsplit(".", 1)[-1]
+                ):  # fmt: skip
                     bids.setdefault(placed.bidder, placed)  # one bid per bidder (a name that could make no capability is no bid)
     return list(bids.values())
 

@@ -9,15 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents import performance
-from agents.auction import Call, Weights, score
+from agents.auction import Call, Weights, collect, score
 from agents.performance import PERFORMANCE, TrackRecord
+from mesh import Mesh
 from mesh.projections.base import fold
 from tests.test_projections import record
+from topics import subjects
 from topics.base import ErrorInfo, Event
-from topics.bids import BidScore
+from topics.bids import BidPlaced, BidScore
 from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
-
-pytestmark = pytest.mark.unit
 
 BOOM = ErrorInfo(type="TaskError", message="boom")
 
@@ -56,6 +56,7 @@ def handed(task_id: str, capability: str = "summarize-a", reason: str = "fallbac
                          next_task_id=task_id, next_request_seq=0, reason=reason)
 
 
+@pytest.mark.unit
 class TestPerformanceProjection:
     def test_counts_outcomes_and_median_latency(self) -> None:
         """Completed and failed are counted per capability; latency is request to outcome, completed only."""
@@ -119,6 +120,7 @@ def bid(bidder: str, cost: float, *, load: float = 0.0, completed: int = 0, fail
     return BidScore(bidder=bidder, cost=cost, load=load, completed=completed, failed=failed, latency_ms=latency_ms)
 
 
+@pytest.mark.unit
 class TestScore:
     def test_record_outweighs_a_lower_price(self) -> None:
         """A cheaper bidder that failed most of its tasks loses to one that completed them."""
@@ -152,6 +154,7 @@ class TestScore:
             msgspec.convert(call, Call)
 
 
+@pytest.mark.unit
 class TestOutcomesOnTheirOwnSubject:
     def test_another_serving_role_cannot_settle_a_competitors_request(self) -> None:
         """A role serving `evil` may publish outcomes on `mesh.task.evil.>` only; one there that
@@ -164,3 +167,14 @@ class TestOutcomesOnTheirOwnSubject:
                                                                  request_seq=1), 4), subject="mesh.task.summarize-a.owner.t1"))
         state = fold(PERFORMANCE, recs)
         assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=1, latency_ms=3000.0)
+
+
+@pytest.mark.integration
+class TestCollectingBids:
+    async def test_a_bid_that_can_name_no_capability_or_another_auction_is_ignored(self, mesh: Mesh) -> None:
+        """Bidders whose `<capability>-<bidder>` cannot be a capability (a dot, or too long) won
+        the auction and failed the task; a bid naming another auction counted too."""
+        for bidder, task_id in (("evil.bidder", "t-1"), ("x" * 128, "t-1"), ("frugal", "t-other"), ("frugal", "t-1")):
+            await mesh.publish(subjects.bid("t-1"), BidPlaced(task_id=task_id, bidder=bidder, cost=0.0))
+        placed = await collect(mesh, subjects.bid("t-1"), 0, bidders=1, window=10, capability="summarize")
+        assert [(bid.bidder, bid.task_id) for bid in placed] == [("frugal", "t-1")]
