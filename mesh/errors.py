@@ -13,7 +13,6 @@ import asyncio
 from topics.base import ErrorInfo
 
 __all__ = [
-    "MAX_RETRY_AFTER",
     "MeshError",
     "ConfigError",
     "TemplateError",

@@ -29,9 +29,14 @@ BAD_INPUTS = {
         "unknown_type",
     ),
     "known type, wrong subject": (
+        json.dumps({**GOOD_ENVELOPE, "id": "chat-1", "type": "mesh.chat.message",
+                    "data": {"room": "r", "speaker": "s", "content": "hi"}}).encode(),  # fmt: skip
+        "unknown_type",
+    ),
+    "a board event naming another subject than its own": (
         json.dumps({**GOOD_ENVELOPE, "id": "board-1", "type": "mesh.board.written",
                     "data": {"board": "b", "key": "k", "value": 1}}).encode(),  # fmt: skip
-        "unknown_type",
+        "bad_data",
     ),
 }
 
