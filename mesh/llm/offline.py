@@ -82,24 +82,23 @@ def _text_of(message: dict[str, Any] | None) -> str:
 
 def _tool_arguments(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
     """Arguments that fit the tool's parameters (enums, dates, nested objects, `$defs`), the
-    prompt standing in for free text; the old shallow guess when the schema is unanswerable."""
+    prompt standing in for free text; a shallow guess by type when the schema is unanswerable."""
     properties = schema.get("properties", {})
     names = schema.get("required", list(properties))
+    text = prompt[:200]
     try:
-        built = instance_of(schema, topic=prompt[:200])
+        built = instance_of(schema, topic=text)
     except UnanswerableSchema:
         built = None
     if isinstance(built, dict):
-        plain = {"type": "string"}
-        return {name: prompt[:200] if {k: v for k, v in properties.get(name, {}).items()
-                                       if k not in ("title", "description")} == plain else built.get(name)
-                for name in names if name in built}  # fmt: skip
-    args: dict[str, Any] = {}
-    properties = schema.get("properties", {})
-    for name in schema.get("required", list(properties)):
-        kind = properties.get(name, {}).get("type", "string")
-        args[name] = {"integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}.get(kind, prompt[:200])
-    return args
+        return {name: text if _plain_string(properties.get(name, {})) else built[name] for name in names if name in built}
+    guesses = {"integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
+    return {name: guesses.get(properties.get(name, {}).get("type", "string"), text) for name in names}
+
+
+def _plain_string(spec: dict[str, Any]) -> bool:
+    """Whether a parameter is free text (a string with no format, enum or bounds)."""
+    return {k: v for k, v in spec.items() if k not in ("title", "description")} == {"type": "string"}
 
 
 def offline_reply(request: dict[str, Any]) -> dict[str, Any]:
