@@ -80,7 +80,7 @@ def block_events(block: bytes | memoryview) -> Iterator[tuple[int, str, CloudEve
     it is an event, else line by line."""
     try:
         lines = _line.decode_lines(block)
-    except (msgspec.DecodeError, RecursionError):  # a broken line, or one nested deeper than msgspec decodes
+    except DECODE_ERRORS:  # a broken line, or one nested deeper than msgspec decodes
         for text in bytes(block).split(b"\n"):
             if not text.strip():
                 continue
@@ -122,7 +122,7 @@ class TypedLines:
         """The lines of ``block`` (each with ``event``, ``seq`` and ``subject``), or None."""
         try:
             return self._decoder.decode_lines(block)
-        except (msgspec.DecodeError, RecursionError):
+        except DECODE_ERRORS:
             return None
 
 
@@ -189,7 +189,7 @@ def line_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[byte
 def _decode_lines(block: bytes | memoryview) -> list[Record | RawMessage]:
     try:
         lines = _line.decode_lines(block)
-    except (msgspec.DecodeError, RecursionError):  # a broken, raw or too deeply nested line somewhere: one at a time
+    except DECODE_ERRORS:  # a broken, raw or too deeply nested line somewhere: one at a time
         return [entry for text in bytes(block).split(b"\n") if (entry := _decode_line(text)) is not None]
     out: list[Record | RawMessage] = []
     append = out.append
@@ -221,7 +221,7 @@ def _decode_line(text: bytes) -> Record | RawMessage | None:
         reason = f"{type(error).__name__}: {error}"
     try:
         loose = _any_line.decode(text)
-    except (msgspec.DecodeError, RecursionError):
+    except DECODE_ERRORS:
         return RawMessage(0, "", text, f"not a line of an export: {reason}")
     if loose.raw is not None:
         try:
