@@ -15,8 +15,8 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
-from mesh.projections import TASKS, WORKFLOWS, instant
-from mesh.projections.base import Router
+from mesh.projections import TASKS, WORKFLOWS
+from mesh.projections.base import Router, moment_of
 from replay.reader import subject_matches
 from topics.record import Record
 
@@ -48,9 +48,8 @@ class EventQuery:
                 return False
             if since is None and until is None:
                 return True
-            try:
-                moment = instant(record.event.time)
-            except ValueError:  # a stored `time` that is no time (any client can store one): in no range
+            moment = moment_of(record.event.time)
+            if moment is None:  # a stored `time` that is no time (any client can store one): in no range
                 return False
             return (since is None or moment >= since) and (until is None or moment <= until)
 

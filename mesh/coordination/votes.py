@@ -26,7 +26,7 @@ from mesh.bus.follow import Follow, Stored, last_seq, read
 from mesh.coordination.origin import Origin
 from mesh.errors import ExpectedSequenceError, SchemaError, VoteRejected, VoteTimeoutError
 from mesh.projections import CONSENSUS, ConsensusState, ProposalView, evaluate, roster
-from mesh.projections.consensus import moment_of
+from mesh.projections.base import moment_of
 from topics import subjects
 from topics.base import check_token
 from topics.envelope import derived_id, is_instant, now_rfc3339

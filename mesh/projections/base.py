@@ -29,6 +29,7 @@ __all__ = [
     "fold",
     "instant",
     "load_snapshot",
+    "moment_of",
     "state_at",
     "until",
 ]
@@ -216,16 +217,9 @@ def until(records: Iterable[Record], *, seq: int | None = None, time: str | None
     for record in records:
         if seq is not None and record.seq > seq:
             continue
-        if limit is not None and not _at_or_before(record.event.time, limit):
+        if limit is not None and not ((moment := moment_of(record.event.time)) is not None and moment <= limit):
             continue
         yield record
-
-
-def _at_or_before(time: str, limit: datetime) -> bool:
-    try:
-        return instant(time) <= limit
-    except ValueError:
-        return False
 
 
 def load_snapshot(projection: Projection[S], data: bytes | None) -> S | None:
@@ -268,3 +262,12 @@ class Router:
         """Every record up to ``last_seq`` was considered: that is each state's resume point."""
         for state in states.values():
             state.seq = max(state.seq, last_seq)
+
+
+def moment_of(value: str | None) -> datetime | None:
+    """The instant ``value`` names; None when there is none or it is not RFC 3339, so a
+    malformed time in the log never stops the fold (a malformed deadline is no deadline)."""
+    try:
+        return None if value is None else instant(value)
+    except ValueError:
+        return None

@@ -13,12 +13,11 @@ is not past the deadline. A voter's last vote replaces their earlier one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import NamedTuple
 
 import msgspec
 
-from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp, instant
+from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp, instant, moment_of
 from topics.base import Event
 from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
 
@@ -140,15 +139,6 @@ def _counts(view: ProposalView, voter: str, choice: str, stamp: Stamp) -> bool:
         return True
     cast_at = moment_of(stamp.time)
     return cast_at is None or cast_at <= deadline
-
-
-def moment_of(value: str | None) -> datetime | None:
-    """The instant ``value`` names; None when there is none or it is not RFC 3339, so a
-    malformed time in the log never stops the fold (a malformed deadline is no deadline)."""
-    try:
-        return None if value is None else instant(value)
-    except ValueError:
-        return None
 
 
 def evaluate(view: ProposalView, now: str | None = None) -> Decision:

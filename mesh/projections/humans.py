@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp, instant
+from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp, instant, moment_of
 from topics.base import Event
 from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem
 
@@ -50,10 +50,8 @@ def is_open(view: QuestionView, now: str) -> bool:
         return False
     if view.asked.expires_at is None:
         return True
-    try:
-        return instant(view.asked.expires_at) > instant(now)
-    except (ValueError, TypeError, OverflowError):
-        return False
+    expires = moment_of(view.asked.expires_at)
+    return expires is not None and expires > instant(now)
 
 
 def open_questions(state: HumansState, now: str) -> list[QuestionView]:
