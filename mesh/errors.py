@@ -340,13 +340,15 @@ class ToolNotGrantedError(MeshError, PermissionError):
 
 
 class ToolError(MeshError):
-    """A tool call failed on an earlier try of this task; `error_type` names the original error."""
+    """A tool call failed as recorded (an earlier try of this task, or the try `mesh replay
+    rerun` runs again); `error_type` names the original error, `retryable` is as it was."""
 
     retryable = False
 
-    def __init__(self, message: str, *, error_type: str) -> None:
+    def __init__(self, message: str, *, error_type: str, retryable: bool = False) -> None:
         super().__init__(message)
         self.error_type = error_type
+        self.retryable = retryable
 
 
 class PayloadTooLargeError(MeshError, ValueError):

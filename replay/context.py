@@ -39,7 +39,7 @@ from mesh.errors import (
     WorkflowTimeoutError,
 )
 from mesh.llm.client import CONTEXT_LENGTH_EXCEEDED, DEFAULT_MODEL, LlmClient, LlmSession, recordable_request
-from mesh.llm.tools import ToolBox, parse_arguments
+from mesh.llm.tools import ToolBox, parse_arguments, recorded_error
 from mesh.llm.window import ContextWindow
 from mesh.projections.board import BoardState
 from mesh.projections.histories import History, add_turn
@@ -186,11 +186,21 @@ class RecordBook:
         return failures
 
     def tool_calls(self, cause: str) -> dict[int, ToolCalled]:
+        """The tool calls every try got back (results, lasting failures), by call index."""
         calls: dict[int, ToolCalled] = {}
         for record in self.caused.get(cause, []):
-            if isinstance(record.data, ToolCalled):
+            if isinstance(record.data, ToolCalled) and not record.data.retryable:
                 calls.setdefault(record.data.call_index, record.data)
         return calls
+
+    def tool_failures(self, cause: str, attempt: int) -> dict[int, ToolCalled]:
+        """The tool calls of try ``attempt`` that failed in a way that passes, by call index."""
+        failures: dict[int, ToolCalled] = {}
+        for record in self.caused.get(cause, []):
+            data = record.data
+            if isinstance(data, ToolCalled) and data.retryable and data.attempt == attempt:
+                failures.setdefault(data.call_index, data)
+        return failures
 
 
 class RecordedMesh:
@@ -366,14 +376,17 @@ def _recorded_windows(calls: Iterable[LlmCalled | LlmFailed]) -> dict[str, Conte
 
 class ReplayToolBox(ToolBox):
     """The granted tools as the recorded task saw them: call N returns recorded result N (or
-    raises its recorded error). A call the log has no record of is an effect that shows as a
-    divergence, and stops the task: replay never runs a tool."""
+    raises its recorded error; a failure that passed, recorded for this try, is raised again
+    like a failed model call, not compared as an effect). A call the log has no record of is
+    an effect that shows as a divergence, and stops the task: replay never runs a tool."""
 
     def __init__(self, recorded: dict[int, ToolCalled], effects: list[Effect], *, agent: str,
-                 granted: Sequence[str], task_id: str, cause_id: str, attempt: int) -> None:  # fmt: skip
+                 granted: Sequence[str], task_id: str, cause_id: str, attempt: int,
+                 failures: dict[int, ToolCalled] | None = None) -> None:  # fmt: skip
         super().__init__(None, agent=agent, granted=granted, task_id=task_id, cause_id=cause_id, attempt=attempt,
                          recorded=dict(recorded))  # fmt: skip
         self._replay_recorded = recorded
+        self._replay_failures = failures or {}
         self._replay_effects = effects
         self._replay_index = itertools.count()
         self._replay_subject = subjects.tool(agent, task_id)
@@ -382,6 +395,9 @@ class ReplayToolBox(ToolBox):
     async def call(self, name: str, arguments: dict[str, Any] | str) -> Any:
         args = parse_arguments(name, arguments)  # as the live call parses them, before a call is numbered
         index = next(self._replay_index)
+        if (failed := self._replay_failures.get(index)) is not None:  # this call failed then: it fails again
+            self._index += 1  # the box's own count moves past it, as it did then
+            raise recorded_error(failed)
         call = ToolCalled(agent="", task_id="", call_index=index, tool=name, arguments=args)
         event_id = derived_id(self._replay_cause, f"tool/{index}")
         self._replay_effects.append(Effect.of(event_id, f"tool/{index}", self._replay_subject, call))
@@ -608,7 +624,8 @@ class ReplayContext(Context):
         llm = ReplayLlmSession(book.llm_calls(event.id), self.effects, agent=agent, task_id=task_id,
                                cause_id=event.id, attempt=attempt, failures=book.llm_failures(event.id, attempt))  # fmt: skip
         tools = ReplayToolBox(book.tool_calls(event.id), self.effects, agent=agent, granted=granted,
-                              task_id=task_id, cause_id=event.id, attempt=attempt)  # fmt: skip
+                              task_id=task_id, cause_id=event.id, attempt=attempt,
+                              failures=book.tool_failures(event.id, attempt))  # fmt: skip
         super().__init__(cast(Mesh, mesh), agent=agent, agent_id=agent_id, event=event, task_id=task_id,
                          capability=capability, attempt=attempt, span=INVALID_SPAN, llm=llm, tools=tools,
                          request_seq=request_seq, owner=owner)  # fmt: skip

@@ -156,8 +156,9 @@ def _other(record: Record, names: Names) -> str:
         case LlmFailed(model=model, call_index=index, error_type=kind, status=status, message=message):
             call = model + (f" call {index}" if index else "")
             return f"{call} failed: {kind}" + (f" ({status})" if status else "") + f": {message}"
-        case ToolCalled(tool=tool, call_index=index, error=error):
-            return f"tool {tool} call {index}" + (f" failed: {error}" if error else "")
+        case ToolCalled(tool=tool, call_index=index, error=error, retryable=passing, attempt=attempt):
+            failed = f" failed in try {attempt} (a retry runs it again)" if passing else " failed"
+            return f"tool {tool} call {index}" + (f"{failed}: {error}" if error else "")
         case TaskCancelRequested(task_id=task_id, reason=reason):  # never its token: a secret
             return f"cancel requested for {short_id(task_id)}" + (f": {reason}" if reason else "")
         case BoardWritten(board=board, key=key, author=author):

@@ -43,7 +43,7 @@ from replay.causal import causal_slice
 from replay.context import Effect, RecordBook, ReplayContext, effect_of
 from replay.driving import driver_records, workflows_driven
 from topics import subjects
-from topics.calls import LlmFailed
+from topics.calls import LlmFailed, ToolCalled
 from topics.envelope import derived_id
 from topics.record import Record
 from topics.tasks import (
@@ -201,8 +201,10 @@ def _who(outcome: Record | None, claims: list[TaskClaimed], name: str) -> tuple[
 def _handler_made(record: Record, cause: str) -> bool:
     """Effects of the handler (not what the runtime records around it: claims, failed tries,
     cancellations and cancel requests, dead letters, the fallback hand-over; nor failed model
-    calls, which are inputs fed back)."""
+    calls and tool calls that failed in a way that passes, which are inputs fed back)."""
     if isinstance(record.data, RUNTIME_MADE) or record.event.type == "mesh.dead.lettered":
+        return False
+    if isinstance(record.data, ToolCalled) and record.data.retryable:
         return False
     if isinstance(record.data, TaskHandedOff) and record.data.reason.startswith("fallback"):
         return False

@@ -113,6 +113,27 @@ async def delete_everything(confirm: bool) -> str:
     return "deleted"
 
 
+_timed_out: set[str] = set()  # keys `lookup` timed out on once, in this process
+
+
+@tool
+async def lookup(key: str) -> str:
+    """Look a key up; the first call for a key times out (an upstream that is slow once)."""
+    if key not in _timed_out:
+        _timed_out.add(key)
+        raise TimeoutError(f"the upstream did not answer for {key!r}")
+    return f"value of {key}"
+
+
+patient = Agent("patient", tools=("lookup",))
+
+
+@patient.task("lookup")
+async def look_up(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Calls `lookup` without catching: a timeout fails the try, and the retry calls it again."""
+    return {"value": await ctx.tools.call("lookup", {"key": input["key"]}), "attempt": ctx.attempt}
+
+
 toolsmith = Agent("toolsmith", tools=("word_count",))
 
 

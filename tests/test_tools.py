@@ -25,8 +25,71 @@ class TestTools:
         assert calls[0].subject.startswith("mesh.tool.toolsmith.")
 
 
+@pytest.mark.e2e
+class TestPassingFailures:
+    async def test_a_tool_that_timed_out_runs_again_on_the_retry(self, mesh: Mesh, agents: AgentProcesses,
+                                                                 log: EventLog) -> None:  # fmt: skip
+        """A tool timing out fails the try; the retry runs the tool again (not the recorded
+        failure) and completes; `rerun` of that task raises the failure again in its try and agrees."""
+        from replay import rerun_log
+
+        await agents.start("tests.fixture_agents:patient")
+        output = await mesh.request("lookup", {"key": "k1"}, task_id="look-1", timeout=60)
+        assert output == {"value": "value of k1", "attempt": 2}
+        calls = await log.wait_for(lambda r: r.event.type == "mesh.tool.called", count=2)
+        failed, ok = sorted(calls, key=lambda r: r.seq)
+        assert (failed.data.retryable, failed.data.attempt, failed.data.error_type) == (True, 1, "TimeoutError")  # type: ignore[attr-defined]
+        assert (ok.data.result, ok.data.error, ok.data.retryable, ok.data.attempt) == ("value of k1", None, False, None)  # type: ignore[attr-defined]
+        assert failed.event.id != ok.event.id  # both stored: the retry's answer is not a duplicate of the failure
+        result = await rerun_log(mesh, "tests.fixture_agents:patient", "look-1")
+        assert result.ok and result.tasks_checked == 1, result.divergence
+
+
 @pytest.mark.unit
 class TestRecordedCalls:
+    async def test_a_failure_that_passes_is_not_given_back(self) -> None:
+        """A tool call that failed with a timeout is recorded as of its try; a retry runs it again."""
+        from mesh.llm.tools import ToolBox, tool
+
+        runs: list[int] = []
+
+        @tool(name="slow_once")
+        async def slow_once(x: int) -> int:
+            runs.append(x)
+            if len(runs) == 1:
+                raise TimeoutError("no answer in time")
+            return x * 2
+
+        first = ToolBox(None, agent="a", granted=("slow_once",), task_id="t", cause_id="c", attempt=1)
+        with pytest.raises(TimeoutError):
+            await first.call("slow_once", {"x": 4})
+        (failed,) = first.calls
+        assert (failed.retryable, failed.attempt, failed.error_type) == (True, 1, "TimeoutError")
+        again = ToolBox(None, agent="a", granted=("slow_once",), task_id="t", cause_id="c", attempt=2,
+                        recorded=dict(enumerate(first.calls)))  # fmt: skip
+        assert await again.call("slow_once", {"x": 4}) == 8
+        assert runs == [4, 4]
+        assert (again.calls[0].result, again.calls[0].retryable, again.calls[0].attempt) == (8, False, None)
+
+    async def test_replay_raises_a_passing_failure_in_its_own_try_only(self) -> None:
+        from mesh.errors import ToolError
+        from replay.context import ReplayToolBox
+        from topics.calls import ToolCalled
+
+        failed = ToolCalled(agent="a", task_id="t", call_index=0, tool="word_count", arguments={"text": "a b"},
+                            error="TimeoutError: slow", error_type="TimeoutError", retryable=True, attempt=1)  # fmt: skip
+        ok = ToolCalled(agent="a", task_id="t", call_index=0, tool="word_count", arguments={"text": "a b"}, result=2)
+        for attempt, failures in ((1, {0: failed}), (2, {})):
+            effects: list = []
+            box = ReplayToolBox({0: ok}, effects, agent="a", granted=("word_count",), task_id="t", cause_id="c",
+                                attempt=attempt, failures=failures)  # fmt: skip
+            if attempt == 1:
+                with pytest.raises(ToolError, match=r"^slow$") as raised:
+                    await box.call("word_count", {"text": "a b"})
+                assert raised.value.retryable and raised.value.error_type == "TimeoutError" and effects == []
+            else:
+                assert await box.call("word_count", {"text": "a b"}) == 2 and len(effects) == 1
+
     async def test_a_retry_gets_the_same_results_and_errors(self) -> None:
         """Replaying recorded calls returns the same result, and raises the same error type and message."""
         import pytest

@@ -63,6 +63,11 @@ class LlmFailed(Event, frozen=True, kw_only=True):
 
 
 class ToolCalled(Event, frozen=True, kw_only=True):
+    """One tool call of a task and what came of it. A result or a lasting failure (a refusal,
+    bad arguments, a bug) is given back to a retry of the task at the same call index; a
+    failure that passes (``retryable``: a timeout, a lost connection) is of try ``attempt``
+    only: a retry runs the tool again, and `rerun` raises it again in that try."""
+
     TYPE: ClassVar[str] = "mesh.tool.called"
     agent: str
     task_id: str
@@ -72,6 +77,8 @@ class ToolCalled(Event, frozen=True, kw_only=True):
     result: Any = None
     error: str | None = None  # "ErrorType: message" when the call failed or was refused
     error_type: str | None = None  # the exception's class name, so a retry can raise the same kind
+    retryable: bool = False  # the failure passes: a retry runs the tool again
+    attempt: int | None = None  # the try of the task a retryable failure belongs to
 
 
 CallEvent = LlmCalled | LlmFailed | ToolCalled

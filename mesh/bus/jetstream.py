@@ -73,7 +73,7 @@ from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 from nats.nuid import NUID
 
 from mesh.bus.refusals import refusals_of
-from mesh.errors import ExpectedSequenceError, MeshError
+from mesh.errors import ExpectedSequenceError, MeshError, retryable
 from topics import subjects
 
 __all__ = [
@@ -85,6 +85,7 @@ __all__ = [
     "consumers_info",
     "delete_stream",
     "guarded",
+    "is_retryable",
     "subscribe",
     "direct_get",
     "read_between",
@@ -121,6 +122,13 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 def is_transient(error: BaseException) -> bool:
     """Whether ``error`` is a NATS failure that passes (see `TRANSIENT_ERRORS`)."""
     return isinstance(error, TRANSIENT_ERRORS)
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether trying again could help: timeouts, connection trouble, NATS failures that pass
+    and errors that say so (`mesh.errors.retryable`); anything else is a bug or bad input, and
+    trying again would only repeat it. What a task's retry, and a tool call's, go by."""
+    return retryable(error) or is_transient(error)
 
 
 async def publish(

@@ -3,6 +3,7 @@ retry reuses them, or any subject's events in order."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from mesh.bus import jetstream, payloads
@@ -30,10 +31,11 @@ async def stored_on(mesh: Mesh, subject: str) -> list[Record]:
         seq = (msg.seq or seq) + 1
 
 
-async def recorded_calls(mesh: Mesh, subject: str, kind: type[C]) -> dict[int, C]:
-    """Every `kind` event stored on `subject`, by call index (the first of each index wins)."""
+async def recorded_calls(mesh: Mesh, subject: str, kind: type[C], lasting: Callable[[C], bool] | None = None) -> dict[int, C]:
+    """Every `kind` event stored on `subject` (that is ``lasting``, if given: what a retry
+    gets back), by call index (the first of each index wins)."""
     found: dict[int, C] = {}
     for record in await stored_on(mesh, subject):
-        if isinstance(record.data, kind):
+        if isinstance(record.data, kind) and (lasting is None or lasting(record.data)):
             found.setdefault(record.data.call_index, record.data)
     return found

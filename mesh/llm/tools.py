@@ -8,7 +8,9 @@
 `ctx.tools.specs()` gives the OpenAI `tools=` list for the granted ones; `ctx.tools.call(name,
 args)` checks the grant and the arguments, runs the tool inside an `execute_tool` span and
 records a `mesh.tool.called` event; a call outside the grant is refused and recorded too.
-On a retried task, results already recorded are returned again instead of re-running.
+On a retried task, results already recorded are returned again instead of re-running, and
+so are lasting failures (a refusal, bad arguments, a bug); a call that failed in a way that
+passes (a timeout, a lost connection: `jetstream.is_retryable`) runs again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, get_type_hints
 import msgspec
 
 from mesh.bus.client import Mesh
+from mesh.bus.jetstream import is_retryable
 from mesh.errors import ConfigError, SchemaError, ToolError, ToolNotGrantedError
 from mesh.llm.recorded import recorded_calls
 from mesh.telemetry.metrics import instruments
@@ -30,7 +33,7 @@ from topics import subjects
 from topics.calls import ToolCalled
 from topics.envelope import derived_id
 
-__all__ = ["Tool", "tool", "TOOLS", "ToolBox"]
+__all__ = ["Tool", "tool", "TOOLS", "ToolBox", "parse_arguments", "recorded_error"]
 
 TOOLS: dict[str, Tool] = {}
 
@@ -104,10 +107,10 @@ class ToolBox:
         args = parse_arguments(name, arguments)
         index = self._index
         self._index += 1
-        if (prior := (await self._load_recorded()).get(index)) is not None:
+        if (prior := (await self._load_recorded()).get(index)) is not None and not prior.retryable:
             self.calls.append(prior)
             if prior.error is not None:
-                raise _recorded_error(prior)
+                raise recorded_error(prior)
             return prior.result
         with tool_span(name) as span:
             try:
@@ -134,20 +137,27 @@ class ToolBox:
         return await TOOLS[name].run(args)
 
     async def _record(self, index: int, name: str, args: dict[str, Any], result: Any, error: Exception | None) -> None:
+        """`mesh.tool.called` for call ``index``: under `tool/<index>` what a retry gets back,
+        under an id of this try's own a failure that passes (the retry's answer takes `tool/<index>`)."""
+        passing = error is not None and is_retryable(error)
         call = ToolCalled(agent=self._agent, task_id=self._task_id, call_index=index, tool=name, arguments=args,
                           result=result, error=scrub_text(f"{type(error).__name__}: {error}") if error else None,
-                          error_type=type(error).__name__ if error else None)  # fmt: skip
+                          error_type=type(error).__name__ if error else None, retryable=passing,
+                          attempt=self._attempt if passing else None)  # fmt: skip
         self.calls.append(call)
         if self._mesh is not None:
+            label = f"tool/{index}/failed/{self._attempt}" if passing else f"tool/{index}"
             await self._mesh.publish(subjects.tool(self._agent, self._task_id), call,
-                                     event_id=derived_id(self._cause_id, f"tool/{index}"),
+                                     event_id=derived_id(self._cause_id, label),
                                      causation_id=self._cause_id, correlation_id=self._task_id)  # fmt: skip
 
     async def _load_recorded(self) -> dict[int, ToolCalled]:
         if self._recorded is None:
             self._recorded = {}
             if self._attempt > 1 and self._mesh is not None:
-                self._recorded = await recorded_calls(self._mesh, subjects.tool(self._agent, self._task_id), ToolCalled)
+                recorded = await recorded_calls(self._mesh, subjects.tool(self._agent, self._task_id), ToolCalled,
+                                                lasting=lambda call: not call.retryable)  # fmt: skip
+                self._recorded = recorded
         return self._recorded
 
 
@@ -176,11 +186,11 @@ _KNOWN_ERRORS: dict[str, type[Exception]] = {"ToolNotGrantedError": ToolNotGrant
                                              "ConfigError": ConfigError}  # fmt: skip
 
 
-def _recorded_error(call: ToolCalled) -> Exception:
+def recorded_error(call: ToolCalled) -> Exception:
     """The error a recorded call failed with, raised again with the same message and, for the
     mesh's own errors, the same type (another type comes back as ToolError naming it)."""
     kind = call.error_type or "Exception"
     text = call.error or ""
     message = text.removeprefix(f"{kind}: ")
     known = _KNOWN_ERRORS.get(kind)
-    return known(message) if known is not None else ToolError(message, error_type=kind)
+    return known(message) if known is not None else ToolError(message, error_type=kind, retryable=call.retryable)

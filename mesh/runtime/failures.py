@@ -22,7 +22,8 @@ from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.consumer import Delivery
-from mesh.errors import MAX_RETRY_AFTER, DeadlineExceededError, MissingPayloadError, SchemaError, retryable
+from mesh.bus.jetstream import is_retryable
+from mesh.errors import MAX_RETRY_AFTER, DeadlineExceededError, MissingPayloadError, SchemaError
 from mesh.runtime.agent import TaskFailure
 from mesh.runtime.deadletter import Reason, dead_letter, envelope_or_none
 from mesh.runtime.worker import Worker
@@ -60,12 +61,6 @@ class HandlerFailed(Exception):
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Timeouts, connection trouble and errors that say so are retried; anything else is a
-    bug or bad input, and trying again would only repeat it."""
-    return retryable(error) or jetstream.is_transient(error)
 
 
 async def already_done(mesh: Mesh, work_subject: str, task_id: str, request_seq: int) -> bool:
