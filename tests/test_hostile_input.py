@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -108,3 +109,37 @@ class TestHostileInput:
         assert any(b'"dataref":"nats-os://mesh-payloads-anon/' in body for _, body in log.raw)
         assert await mesh.request("echo", {"after": "big"}, timeout=20) == {"after": "big"}
         assert proc.poll() is None, agents.output(proc)
+
+
+def raw_publish(url: str, subject: str, header_block: bytes, payload: bytes) -> bytes:
+    """HPUB over a plain socket, the header block sent as is (nats-py would write a valid one);
+    returns what the server said up to its PONG."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.recv(4096)  # INFO
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n')
+        sock.sendall(f"HPUB {subject} {len(header_block)} {len(header_block) + len(payload)}\r\n".encode()
+                     + header_block + payload + b"\r\nPING\r\n")  # fmt: skip
+        said = b""
+        while b"PONG" not in said and b"-ERR" not in said:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            said += chunk
+        return said
+
+
+class TestMalformedHeaders:
+    async def test_a_status_line_that_is_not_utf8_does_not_stall_the_agent(
+        self, nats_url: str, mesh: Mesh, agents: AgentProcesses
+    ) -> None:
+        """A message on `mesh.cancel.*` (any client may publish there, every agent listens)
+        whose header block is an inline status of bytes that are not UTF-8 is read without its
+        headers; nats-py's read loop used to stop on it, and the agent heard nothing more."""
+        proc = await agents.start("agents.echo:agent")
+        assert await mesh.request("echo", "before", timeout=20) == "before"
+        said = raw_publish(nats_url, "mesh.cancel.x1", b"NATS/1.0 \xff\xfe\xfd\r\n\r\n", b'{"x":1}')
+        assert b"PONG" in said and b"-ERR" not in said, said
+        assert await mesh.request("echo", "after", timeout=10) == "after"
+        assert proc.poll() is None, agents.output(proc)
+        assert "malformed headers" in agents.output(proc)

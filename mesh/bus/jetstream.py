@@ -37,6 +37,14 @@ Why each call is here (as read in nats-py 2.16.0):
   to the dead socket anyway and raises `ConnectionResetError` halfway through (its
   subscriptions and closed callbacks skipped). No public call empties the buffer, so the
   private `Client._pending` and `_pending_data_size` are cleared here, before `close`.
+- `tolerate_bad_headers`: nats-py decodes a message's inline status (`NATS/1.0 <status>`)
+  outside its own error handling, so one message whose header block starts with a space and
+  bytes that are not UTF-8 raises `UnicodeDecodeError` in the read loop, which logs it and
+  stops reading: the connection stays open, receives nothing (no tasks, no acks) and stalls
+  until the stale-connection pings notice, minutes later. Any client may publish on a subject
+  every agent subscribes to (`mesh.cancel.*`), so one raw publish stalled every agent. The
+  private `Client._process_headers` is wrapped once, at import: a header block that does not
+  decode is logged and read as no headers.
 - `TRANSIENT_ERRORS` / `is_transient`: NATS failures that pass (a reconnect, a leader
   election). `mesh.errors.retryable` cannot know them (it may not import NATS), so the
   runtime asks both: `retryable(error) or is_transient(error)`.
@@ -55,6 +63,7 @@ from typing import Any, TypeVar
 import msgspec
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -92,6 +101,7 @@ __all__ = [
     "read_since",
     "is_settled",
     "is_transient",
+    "tolerate_bad_headers",
     "last_on_subject",
     "next_on_subject",
     "publish",
@@ -105,6 +115,7 @@ EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 API = "$JS.API"  # the JetStream API's subject prefix (no domain)
 
 T = TypeVar("T")
+_log = structlog.get_logger("mesh.bus.jetstream")
 
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     nats.errors.TimeoutError,
@@ -458,6 +469,27 @@ async def stream_info(js: JetStreamContext, stream: str = subjects.STREAM) -> St
 
 async def add_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
     return await guarded(js, f"{API}.STREAM.CREATE.{config.name}", js.add_stream(config))
+
+
+def tolerate_bad_headers() -> None:
+    """Wrap nats-py's `Client._process_headers` (once) so that a header block that does not
+    decode is read as no headers instead of ending the connection's read loop (see above)."""
+    process = Client._process_headers
+    if getattr(process, "_mesh_tolerant", False):
+        return
+
+    async def tolerant(self: Client, headers: bytes) -> dict[str, str] | None:
+        try:
+            return await process(self, headers)  # type: ignore[no-any-return]
+        except (UnicodeDecodeError, ValueError, IndexError) as error:
+            _log.warning("message with malformed headers: read without them", error=repr(error)[:200])
+            return None
+
+    tolerant._mesh_tolerant = True  # type: ignore[attr-defined]
+    Client._process_headers = tolerant  # type: ignore[method-assign]
+
+
+tolerate_bad_headers()
 
 
 def drop_unsent(nc: Client) -> None:
