@@ -74,6 +74,24 @@ class TestHostileInput:
         assert [r.data.task_id for r in failed] == ([failed_task] if failed_task else [])  # type: ignore[attr-defined]
         assert proc.poll() is None, agents.output(proc)
 
+    async def test_an_owner_that_is_no_token_is_refused_before_the_handler_runs(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """`mesh.work.echo.<owner>` matches the agent's filter whatever the owner token holds; an
+        owner that cannot name the task's subjects is a dead letter at once (the handler used to
+        run, then fail to record its outcome and be redelivered until the server gave up)."""
+        proc = await agents.start("agents.echo:agent")
+        ack = await mesh.js.publish("mesh.work.echo.ünïcode", task("owner-1", task_id="owner-1"))
+        dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered", timeout=20)
+        letter = dead[0].data
+        assert (letter.reason, letter.stream_seq) == ("bad_data", ack.seq), letter.error  # type: ignore[attr-defined]
+        assert "mesh.work.<capability>.<owner>" in letter.error  # type: ignore[attr-defined]
+        assert await mesh.request("echo", "after", timeout=20) == "after"
+        await wait_settled(mesh)
+        assert len(log.of_type("mesh.dead.lettered")) == 1 and log.of_type("mesh.task.completed")[-1].data.output == "after"  # type: ignore[attr-defined]
+        assert len(log.of_type("mesh.task.completed")) == 1  # the bad one's handler never ran
+        assert proc.poll() is None, agents.output(proc)
+
     async def test_a_body_too_large_to_quote_keeps_its_hash(
         self, mesh: Mesh, agents: AgentProcesses, log: EventLog
     ) -> None:

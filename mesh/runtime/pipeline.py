@@ -51,6 +51,8 @@ from mesh.runtime.failures import (
 )
 from mesh.runtime.worker import Worker
 from mesh.telemetry.tracing import agent_span, instruments, process_span, record_error
+from topics import subjects
+from topics.base import shorten
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.record import Record
 from topics.tasks import TaskCancelled, TaskClaimed, TaskCompleted, TaskHandedOff, TaskRequested, request_problem
@@ -162,6 +164,10 @@ async def decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
         if not isinstance(data, TaskRequested):
             text = f"a work subject takes mesh.task.requested, not {inbound.event.type}"
             await reject(worker, msg, delivery, Reason.UNKNOWN_TYPE, text, inbound.event)
+            return
+        if subjects.work_of(msg.subject) is None:  # its owner token names subjects too: refuse it here, not after the run
+            text = f"{shorten(msg.subject, 200)!r} is not mesh.work.<capability>.<owner> made of tokens"
+            await reject(worker, msg, delivery, Reason.BAD_DATA, text, inbound.event)
             return
         if problem := request_problem(data.task_id or inbound.event.id, data.capability, data.fallback, data.deadline):
             await reject(worker, msg, delivery, Reason.BAD_DATA, problem, inbound.event)

@@ -173,14 +173,16 @@ class AgentRunner:
 
     async def _keep_in_progress(self) -> None:
         """One loop for all handlers: anything running longer than a third of ack_wait is
-        told to the server as in progress, so a slow LLM call is not redelivered."""
+        told to the server as in progress, so a slow LLM call is not redelivered. One that
+        cannot be sent (reconnecting with a full buffer, closing) is tried again next period:
+        a failure must not end the loop, or every long handler would be redelivered while it runs."""
         period = self.options.ack_wait / 3
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
             for flight in list(self._in_flight.values()):
                 if now - flight.started > period and not jetstream.is_settled(flight.msg):
-                    await flight.msg.in_progress()
+                    await quietly(flight.msg.in_progress())
 
     async def _keep_presence(self) -> None:
         while True:
