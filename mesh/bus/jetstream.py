@@ -480,7 +480,7 @@ def tolerate_bad_headers() -> None:
 
     async def tolerant(self: Client, headers: bytes) -> dict[str, str] | None:
         try:
-            return await process(self, headers)  # type: ignore[no-any-return]
+            return await process(self, headers)
         except (UnicodeDecodeError, ValueError, IndexError) as error:
             _log.warning("message with malformed headers: read without them", error=repr(error)[:200])
             return None
