@@ -46,7 +46,7 @@ class TestLargePayloads:
         await log.wait_for(lambda r: r.event.type == "mesh.task.completed", timeout=20)
         for event_type in ("mesh.task.requested", "mesh.task.completed"):
             (event,) = stored(log, event_type)
-            assert event.dataref == f"nats-os://mesh-payloads-anon/{event.id}" and bytes(event.data) == b"null"
+            assert event.datasha256 is not None and event.dataref == f"nats-os://mesh-payloads-anon/{event.id}-{event.datasha256[:32]}" and bytes(event.data) == b"null"
             assert event.datasize is not None and event.datasize > 3 * mesh.nc.max_payload
         assert proc.poll() is None, agents.output(proc)
 

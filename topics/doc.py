@@ -47,8 +47,10 @@ use, with the stream's replicas (`MESH_REPLICAS`); with `mesh auth init` users, 
 them (`mesh up --auth`, `mesh auth buckets`). A reference to any other bucket than the
 subject's is not followed.
 
-- `dataref`: `nats-os://<bucket>/<object>`; the object is named after the event id, so a
-  redelivered publish of the same event finds its object and writes nothing new;
+- `dataref`: `nats-os://<bucket>/<object>`; the object is named after the event id and the
+  first 32 hex digits of its SHA-256 (`<id>-<digest>`), so a redelivered publish of the same
+  event finds its object and writes nothing new, and two events that share an id (requests
+  under one task id) never share an object (logs written before name objects after the id);
 - `data`: `null`; the object holds the exact JSON that `data` would have held;
 - `datasize` and `datasha256`: the object's length in bytes and its SHA-256 (hex), checked
   when it is read.

@@ -402,7 +402,8 @@ class Mesh:
         deadline = asyncio.get_running_loop().time() + timeout
         answer = Answer()
         try:
-            async with contextlib.AsyncExitStack() as watching_ahead:
+            # the whole of it, waiting for a waiter slot included (`Waiters` holds at most `limit`)
+            async with asyncio.timeout_at(deadline), contextlib.AsyncExitStack() as watching_ahead:
                 async with self.waiters.watch(subjects.task(capability, self.owner, task_id), answer.accept,
                                               stored=given if stored is None else stored and given,
                                               earlier=answer.earlier) as outcome:  # fmt: skip
@@ -446,8 +447,9 @@ class Mesh:
         deadline = asyncio.get_running_loop().time() + timeout
         owner = owner or self.owner
         try:
-            answer = await self._answer(capability, owner, task_id, request_seq, timeout)
-            return await self._passed_on(answer, deadline, owner)
+            async with asyncio.timeout_at(deadline):  # waiting for a waiter slot included
+                answer = await self._answer(capability, owner, task_id, request_seq, timeout)
+                return await self._passed_on(answer, deadline, owner)
         except asyncio.TimeoutError:
             raise TaskTimeoutError(task_id, capability, timeout) from None
 
@@ -503,9 +505,10 @@ class Mesh:
         deadline = asyncio.get_running_loop().time() + timeout
         owner = owner or self.owner
         try:
-            async with self.watch_outcome(capability, task_id, owner=owner) as outcome:
-                record = await asyncio.wait_for(outcome, timeout)
-            return await self._passed_on(record, deadline, owner)
+            async with asyncio.timeout_at(deadline):  # waiting for a waiter slot included
+                async with self.watch_outcome(capability, task_id, owner=owner) as outcome:
+                    record = await asyncio.wait_for(outcome, timeout)
+                return await self._passed_on(record, deadline, owner)
         except asyncio.TimeoutError:
             raise TaskTimeoutError(task_id, capability, timeout) from None
 

@@ -7,8 +7,9 @@ may read the data: `mesh-payloads-<owner>` for a task's input and outcomes,
 `mesh-payloads-people` for questions and answers, `mesh-payloads` for the rest.
 
 Writing: `Mesh.publish` calls `offload` when an event would exceed the server's
-`max_payload`. The object is named after the event id, so a redelivered publish finds the
-same object (same digest) and writes nothing. Its size is bounded by `MESH_MAX_PAYLOAD_OBJECT`
+`max_payload`. The object is named after the event id and its data's digest, so a redelivered
+publish finds the same object and writes nothing, and two events that share an id (requests
+under one task id) never share an object. Its size is bounded by `MESH_MAX_PAYLOAD_OBJECT`
 (64 MiB by default); over that, `PayloadTooLargeError`.
 
 Reading: every reader of stored events goes through `resolve`: an event without `dataref`
@@ -96,10 +97,15 @@ async def offload(js: JetStreamContext, subject: str, event: CloudEvent) -> Clou
     digest = hashlib.sha256(data).hexdigest()
     bucket = subjects.payload_bucket_of(subject)
     store = await payload_bucket(js, bucket)
-    if not await _holds(store, event.id, len(data)):
-        await store.put(event.id, data)
+    # named after the event id *and* its data: a redelivered publish finds its object, while
+    # another request's event under the same id (a task id reused after the duplicate window,
+    # a request's effects, which share their ids across requests: `Mesh.scoped`) neither
+    # takes a stale object of the same size nor replaces the object an earlier event names
+    name = f"{event.id}-{digest[:32]}"
+    if not await _holds(store, name, len(data)):
+        await store.put(name, data)
     return msgspec.structs.replace(
-        event, data=msgspec.Raw(b"null"), dataref=dataref(bucket, event.id),
+        event, data=msgspec.Raw(b"null"), dataref=dataref(bucket, name),
         datasize=len(data), datasha256=digest,
     )  # fmt: skip
 
