@@ -122,12 +122,16 @@ def _refused(where: str, settings: MeshSettings) -> AuthenticationError:
 def stream_replicas() -> int:
     """`MESH_REPLICAS` (1 by default; 3 in a cluster): copies of the MESH stream."""
     value = os.environ.get("MESH_REPLICAS", "").strip() or "1"
-    if not value.isdigit() or not 1 <= int(value) <= 5:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 5:
         raise ConfigError(f"MESH_REPLICAS={value!r} must be a whole number from 1 to 5 (3 in a 3-node cluster)")
     return int(value)
 
 
-def _env_number(name: str, default: float, *, minimum: float, what: str) -> float:
+_MAX_SECONDS = (2**63 - 1) // 10**9  # the server reads durations as int64 nanoseconds
+_MAX_COUNT = 2**63 - 1  # and counts and sizes as int64
+
+
+def _env_number(name: str, default: float, *, minimum: float, what: str, maximum: float = math.inf) -> float:
     value = os.environ.get(name, "").strip()
     if not value:
         return default
@@ -135,7 +139,7 @@ def _env_number(name: str, default: float, *, minimum: float, what: str) -> floa
         number = float(value)
     except ValueError:
         number = float("nan")
-    if not minimum <= number < math.inf:  # also false for nan
+    if not (minimum <= number <= maximum and number < math.inf):  # also false for nan
         raise ConfigError(f"{name}={value!r} must be {what}")
     return number
 
@@ -157,11 +161,13 @@ class StreamLimits:
         default = cls()
         return cls(
             duplicate_window=_env_number("MESH_DUPLICATE_WINDOW", default.duplicate_window, minimum=1,
-                                         what="seconds, at least 1"),
-            max_age=_env_number("MESH_STREAM_MAX_AGE", default.max_age, minimum=0, what="seconds (0: for ever)"),
-            max_bytes=int(_env_number("MESH_STREAM_MAX_BYTES", default.max_bytes, minimum=-1,
-                                      what="bytes (-1: no limit)")),
-            max_msgs=int(_env_number("MESH_STREAM_MAX_MSGS", default.max_msgs, minimum=-1, what="a count (-1: no limit)")),
+                                         maximum=_MAX_SECONDS, what=f"seconds, from 1 to {_MAX_SECONDS}"),
+            max_age=_env_number("MESH_STREAM_MAX_AGE", default.max_age, minimum=0, maximum=_MAX_SECONDS,
+                                what=f"seconds up to {_MAX_SECONDS} (0: for ever)"),
+            max_bytes=int(_env_number("MESH_STREAM_MAX_BYTES", default.max_bytes, minimum=-1, maximum=_MAX_COUNT,
+                                      what=f"bytes up to {_MAX_COUNT} (-1: no limit)")),
+            max_msgs=int(_env_number("MESH_STREAM_MAX_MSGS", default.max_msgs, minimum=-1, maximum=_MAX_COUNT,
+                                     what=f"a count up to {_MAX_COUNT} (-1: no limit)")),
         )  # fmt: skip
 
 

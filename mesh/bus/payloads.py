@@ -55,7 +55,7 @@ def max_object() -> int:
     value = os.environ.get("MESH_MAX_PAYLOAD_OBJECT", "").strip()
     if not value:
         return DEFAULT_MAX_OBJECT
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise ConfigError(f"MESH_MAX_PAYLOAD_OBJECT={value!r} must be a whole number of bytes (default {DEFAULT_MAX_OBJECT})")
     return int(value)
 

@@ -134,9 +134,21 @@ def start_server(
 
 def running_server(home: Path | None = None) -> ServerRecord | None:
     record = read_server_record(home)
-    if record is None or not pid_alive(record.pid):
+    if record is None or not pid_alive(record.pid) or not _is_the_server(record):
         return None
     return record
+
+
+def _is_the_server(record: ServerRecord) -> bool:
+    """Whether ``record.pid`` is still the nats-server `mesh up` started, not another process that
+    got its pid after a reboot or a crash: its command line names the record's store (Linux), else
+    something answers on the record's port."""
+    cmdline = Path(f"/proc/{record.pid}/cmdline")
+    try:
+        args = cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return not _port_free(record.port)
+    return bool(args) and b"nats-server" in Path(os.fsdecode(args[0])).name.encode() and os.fsencode(record.store) in args
 
 
 def _port_free(port: int, host: str = LOOPBACK) -> bool:
@@ -201,6 +213,6 @@ def stop_server(home: Path | None = None, timeout: float = 10.0) -> tuple[Server
     record = read_server_record(home)
     if record is None:
         return None
-    note = stop_pid(record.pid, timeout) if pid_alive(record.pid) else None
+    note = stop_pid(record.pid, timeout) if pid_alive(record.pid) and _is_the_server(record) else None
     (home / "server.json").unlink(missing_ok=True)
     return record, note

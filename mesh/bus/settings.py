@@ -51,6 +51,8 @@ def read_server_record(home: Path | None = None) -> ServerRecord | None:
         return msgspec.json.decode(path.read_bytes(), type=ServerRecord)
     except FileNotFoundError:
         return None
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise ConfigError(f"{path} is not the record `mesh up` writes ({error}): delete it, or run `mesh up` again") from None
 
 
 def resolve_url(explicit: str | None = None) -> str:

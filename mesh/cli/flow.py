@@ -15,7 +15,7 @@ import msgspec
 from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import nats_options, parse_json, run, token
+from mesh.cli.options import finite, nats_options, parse_json, run, token
 from mesh.coordination.workflow import WORKFLOW_CAPABILITY, Workflows, WorkflowSpec, load
 from mesh.errors import ConfigError, WorkflowFailedError, WorkflowTakenError, WorkflowTimeoutError
 from mesh.projections import WorkflowView
@@ -64,7 +64,7 @@ def flow() -> None:
 @click.argument("file")
 @click.option("--input", "input_json", default="null", help="the workflow input, as JSON")
 @click.option("--follow", is_flag=True, help="show progress until the workflow ends, then print its output")
-@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0), help="seconds to wait with --follow")
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0), callback=finite, help="seconds to wait with --follow")
 @click.option("--id", "workflow_id", default=None, callback=token("workflow id"), help="workflow id (default: a new one)")
 @nats_options
 def run_flow(file: str, input_json: str, follow: bool, timeout: float, workflow_id: str | None,

@@ -67,7 +67,7 @@ def remove(name: str, entry_id: str, settings: MeshSettings) -> None:
 def search(name: str, query: str, tags: tuple[str, ...], author: str | None, since: str | None, until: str | None,
            limit: int, as_of: str | None, as_json: bool, settings: MeshSettings) -> None:  # fmt: skip
     """Search knowledge base NAME for the words of QUERY, best first."""
-    position: int | str | None = int(as_of) if as_of is not None and as_of.isdigit() else as_of
+    position: int | str | None = int(as_of) if as_of is not None and as_of.isascii() and as_of.isdigit() else as_of
     hits: list[Hit] = run(_with(settings, name, lambda base: base.search(
         query, tags=tags, author=author, since=since, until=until, limit=limit, as_of=position)))  # fmt: skip
     for hit in hits:

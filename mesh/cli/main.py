@@ -20,7 +20,7 @@ from mesh.cli.flow import flow as flow_group
 from mesh.cli.humans import answer as answer_command
 from mesh.cli.humans import inbox as inbox_command
 from mesh.cli.kb import kb as kb_group
-from mesh.cli.options import UserError, nats_options, parse_json, run, run_sync, token
+from mesh.cli.options import UserError, finite, nats_options, parse_json, run, run_sync, token
 from mesh.cli.replay import replay as replay_group
 from mesh.cli.run import run_team as run_command
 from mesh.cli.ui import ui as ui_command
@@ -100,7 +100,10 @@ def down() -> None:
     """Stop the server `mesh up` started."""
     from mesh.bus.server import stop_server
 
-    stopped = stop_server()
+    try:
+        stopped = stop_server()
+    except ConfigError as error:
+        raise UserError(str(error)) from None
     if stopped is None:
         click.echo("no local server was running")
         return
@@ -117,9 +120,9 @@ def agent() -> None:
 @click.argument("target")
 @nats_options
 @click.option("--concurrency", default=64, show_default=True, type=click.IntRange(min=1), help="tasks in flight in this process")
-@click.option("--ack-wait", default=30.0, show_default=True, type=click.FloatRange(min=1.0), help="seconds before an unacknowledged task is redelivered")
+@click.option("--ack-wait", default=30.0, show_default=True, type=click.FloatRange(min=1.0), callback=finite, help="seconds before an unacknowledged task is redelivered")
 @click.option("--max-deliver", default=5, show_default=True, type=click.IntRange(min=1), help="deliveries of one task before it is given up")
-@click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.0),
+@click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.0), callback=finite,
               help="seconds SIGTERM waits for running handlers before handing their tasks back")  # fmt: skip
 def agent_run(target: str, settings: MeshSettings, concurrency: int, ack_wait: float, max_deliver: int,
               drain_timeout: float) -> None:  # fmt: skip
@@ -154,7 +157,7 @@ def task() -> None:
 @click.argument("capability", callback=token("capability"))
 @click.option("--input", "input_json", default="null", help="the task input, as JSON")
 @click.option("--wait", is_flag=True, help="wait for the outcome and print the output")
-@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0), help="seconds to wait with --wait")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0), callback=finite, help="seconds to wait with --wait")
 @click.option("--task-id", default=None, callback=token("task id"), help="task id (default: the event id)")
 @click.option("--fallback", multiple=True, callback=token("capability"),
               help="capability to try if this one gives up (repeatable)")  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -25,7 +26,7 @@ from mesh.errors import MeshError
 from topics import subjects
 from topics.base import check_token, shorten
 
-__all__ = ["UserError", "FileMistake", "check_filter", "nats_options", "parse_json", "run", "run_sync", "token", "write_text"]
+__all__ = ["UserError", "FileMistake", "check_filter", "finite", "nats_options", "parse_json", "run", "run_sync", "token", "write_text"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -126,9 +127,18 @@ def write_text(path: str | Path, text: str) -> None:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
 
 
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A click callback: refuse nan and inf, which `click.FloatRange` lets through."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number of seconds")
+    return value
+
+
 def parse_json(value: str, what: str) -> Any:
     try:
         return msgspec.json.decode(value.encode())
+    except UnicodeEncodeError:
+        raise click.BadParameter(f"{what} is not UTF-8 text: {shorten(value)!r}") from None
     except msgspec.DecodeError as error:
         raise click.BadParameter(f"{what} is not JSON ({error}): {shorten(value)!r}") from None
     except RecursionError:

@@ -7,7 +7,7 @@ import msgspec
 from mesh.runtime.process import load_module
 from topics.app import MAX_APP_DATA, AppEvent, UndeclaredAppEvent, app_type_problem, is_app_type, subject_of
 from topics.base import Event, shorten
-from topics.registry import EVENT_TYPES, event_class
+from topics.registry import EVENT_TYPES, event_class, on_its_subject
 
 __all__ = ["event_to_publish"]
 
@@ -40,7 +40,11 @@ def event_to_publish(subject: str | None, event_type: str, data_json: str, modul
         if subject is not None and subject != own:
             raise ValueError(f"{event_type} goes on {own!r} (its SUBJECT filled from --data), not {shorten(subject, 200)!r}")
         return own, data
-    return subject or _no_subject(event_type), data
+    subject = subject or _no_subject(event_type)
+    if subject.startswith("mesh.") and not on_its_subject(subject, data):  # (another subject is refused after)
+        raise ValueError(f"{event_type} names another subject than {shorten(subject, 200)!r} in its data; "
+                         "readers would skip it as bad data")
+    return subject, data
 
 
 def _undeclared(event_type: str, raw: bytes) -> UndeclaredAppEvent:

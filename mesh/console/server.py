@@ -180,10 +180,10 @@ class Console:
         raise web.HTTPFound("/tasks")
 
     async def _agents(self, request: web.Request) -> Page:
-        return agents_page(await self.source.agents(self.index), self.source.live)
+        return agents_page(await self.source.agents(self.index), self.source.live, _page_number(request))
 
     async def _capabilities(self, request: web.Request) -> Page:
-        return capabilities_page(await self.source.capabilities(self.index), self.source.live)
+        return capabilities_page(await self.source.capabilities(self.index), self.source.live, _page_number(request))
 
     async def _tasks(self, request: web.Request) -> Page:
         params = _params(request, "q", "capability", "status")
@@ -240,7 +240,10 @@ class Console:
         return web.Response(body=_json.encode(shown), content_type="application/json")
 
     async def _timeline(self, request: web.Request) -> web.StreamResponse:
-        root = _segment(request, "id")
+        try:
+            root = _segment(request, "id")
+        except BadParameter as error:
+            return web.Response(text=str(error), status=400)
         return web.Response(text=render_html(build_timeline(self.index.causal(root), root)), content_type="text/html")
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
@@ -305,7 +308,7 @@ def _segment(request: web.Request, name: str) -> str:
 
 
 def _int(text: str, name: str, low: int, high: int = MAX_PAGE * 10**6) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:  # '²' is a digit to isdigit, not to int
         raise BadParameter(f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}")
     return int(text)
 

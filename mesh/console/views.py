@@ -35,6 +35,8 @@ __all__ = [
     "workflows_page",
 ]
 
+MAX_OPTIONS = 200  # choices a filter lists (capabilities, event types); past that, type one
+
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 FLOW_STATUSES: tuple[str, ...] = get_args(FlowStatus)
 
@@ -61,8 +63,10 @@ def _form(action: str, fields: str) -> str:
 # -- agents and capabilities ------------------------------------------------------------------
 
 
-def agents_page(rows: list[AgentRow], live: bool) -> Page:
+def agents_page(rows: list[AgentRow], live: bool, page: int = 1) -> Page:
     online = sum(row.online for row in rows)
+    known = len(rows)
+    rows = rows[(page - 1) * PER_PAGE : page * PER_PAGE]
     cells = (
         [f'<span class="agent">{e(r.agent_id)}</span>', e(r.role), e(", ".join(r.capabilities)), e(r.host),
          e(r.pid or ""), '<span class="badge completed">online</span>' if r.online else e(r.note or "offline"),
@@ -71,7 +75,8 @@ def agents_page(rows: list[AgentRow], live: bool) -> Page:
     )  # fmt: skip
     where = "presence heartbeats (they expire 15 s after the last)" if live else "the log (a file has no heartbeats)"
     body = (
-        f'<h1>Agents</h1><p class="meta">{online} online of {len(rows)} known, from {e(where)}</p>'
+        f'<h1>Agents</h1><p class="meta">{online} online of {known} known, from {e(where)}</p>'
+        + pager("/agents", {}, page, known)
         + table(
             ["agent", "role", "capabilities", "host", "pid", "state", "in flight", "handled", "last seen"],
             cells,
@@ -82,7 +87,9 @@ def agents_page(rows: list[AgentRow], live: bool) -> Page:
     return Page(title="Agents", tab="agents", body=body, live="tick")
 
 
-def capabilities_page(rows: list[CapabilityRow], live: bool) -> Page:
+def capabilities_page(rows: list[CapabilityRow], live: bool, page: int = 1) -> Page:
+    total = len(rows)
+    rows = rows[(page - 1) * PER_PAGE : page * PER_PAGE]
     cells = (
         [link(f"/tasks?capability={quote(r.capability)}", r.capability), f'<span class="num backlog">{r.backlog}</span>',
          f'<span class="num">{r.in_progress}</span>', e(r.redelivered), e(r.agents), e(r.completed), e(r.failed),
@@ -94,6 +101,7 @@ def capabilities_page(rows: list[CapabilityRow], live: bool) -> Page:
              else "backlog and in progress: folded from the file")  # fmt: skip
     body = (
         f'<h1>Capabilities</h1><p class="meta">{e(where)}; completed, failed and dead letters: the events held</p>'
+        + pager("/capabilities", {}, page, total)
         + table(
             [
                 "capability",
@@ -124,7 +132,9 @@ def tasks_page(index: LogIndex, params: Mapping[str, str], page: int) -> Page:
                 and (not capability or view.capability == capability) and (not status or view.status == status)]  # fmt: skip
     shown = matching[(page - 1) * PER_PAGE : page * PER_PAGE]
     capabilities = sorted({view.capability for view in index.tasks.tasks.values() if view.capability})
-    form = _form("/tasks", _input("q", q, "task or correlation id", 24) + _select("capability", capability, capabilities)
+    choice = (_select("capability", capability, capabilities) if len(capabilities) <= MAX_OPTIONS
+              else _input("capability", capability, "capability"))
+    form = _form("/tasks", _input("q", q, "task or correlation id", 24) + choice
                  + _select("status", status, TASK_STATUSES))  # fmt: skip
     body = (
         "<h1>Tasks</h1>"
@@ -274,7 +284,7 @@ def events_page(index: LogIndex, query: EventQuery, params: Mapping[str, str], p
     rows = ([link(f"/events/{r.seq}", r.seq), e(r.event.time), f'<code>{e(r.event.type)}</code>',
              f'<code>{e(r.subject)}</code>', _correlation(r.event.correlationid), e(agent_of(r.event.source)),
              e(summarize(r, 90))] for r in found)  # fmt: skip
-    types = '<datalist id="types">' + "".join(f'<option value="{e(t)}">' for t in sorted(index.types)) + "</datalist>"
+    types = '<datalist id="types">' + "".join(f'<option value="{e(t)}">' for t in index.types[:MAX_OPTIONS]) + "</datalist>"
     fields = (_input("subject", params.get("subject", ""), "subject, e.g. mesh.task.>", 20)
               + f'<input name="type" list="types" value="{e(params.get("type", ""))}" placeholder="type, or its start" size="20">'
               + _input("correlation", params.get("correlation", ""), "correlation id", 18)

@@ -298,7 +298,7 @@ def prometheus_address() -> tuple[str, int]:
     """`OTEL_EXPORTER_PROMETHEUS_HOST` and `_PORT`, defaults localhost and 9464 (port 0: any free one)."""
     host = _env("OTEL_EXPORTER_PROMETHEUS_HOST") or PROMETHEUS_HOST
     port = _env("OTEL_EXPORTER_PROMETHEUS_PORT") or str(PROMETHEUS_PORT)
-    if not port.isdigit() or int(port) > 65535:
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ConfigError(f"OTEL_EXPORTER_PROMETHEUS_PORT={port!r} is not a port number")
     return host, int(port)
 

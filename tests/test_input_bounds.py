@@ -1,0 +1,106 @@
+"""Values at the edges of what `int()` and `float()` take, stale files and mismatched data:
+each is a clear error (or a 400), never a traceback, a hang or the wrong process stopped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mesh import ConfigError
+from mesh.bus.connection import StreamLimits, stream_replicas
+from mesh.bus.payloads import max_object
+from mesh.bus.server import running_server, stop_server
+from mesh.bus.settings import read_server_record
+from mesh.cli.main import main as cli
+from mesh.cli.publish import event_to_publish
+from mesh.console.server import BadParameter, _int
+from mesh.console.source import AgentRow
+from mesh.console.views import agents_page
+
+pytestmark = pytest.mark.unit
+
+
+class TestDigits:
+    """`'²'.isdigit()` is true and `int('²')` fails: every whole-number reader takes ASCII digits only."""
+
+    @pytest.mark.parametrize(("name", "read"), [("MESH_REPLICAS", stream_replicas), ("MESH_MAX_PAYLOAD_OBJECT", max_object)])
+    def test_a_superscript_digit_in_the_environment(self, monkeypatch: pytest.MonkeyPatch, name: str, read: object) -> None:
+        monkeypatch.setenv(name, "²")
+        with pytest.raises(ConfigError, match=name):
+            read()  # type: ignore[operator]
+
+    @pytest.mark.parametrize("text", ["²", "٣", "-1", ""])
+    def test_a_console_number(self, text: str) -> None:
+        with pytest.raises(BadParameter, match="whole number"):
+            _int(text, "page", 1)
+
+    @pytest.mark.parametrize(("name", "value"), [("MESH_DUPLICATE_WINDOW", "1e300"), ("MESH_STREAM_MAX_AGE", "1e12"),
+                                                 ("MESH_STREAM_MAX_BYTES", "1e300"), ("MESH_STREAM_MAX_MSGS", "1e19")])  # fmt: skip
+    def test_a_limit_past_what_the_server_reads(self, monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+        """The server reads durations, sizes and counts as 64-bit integers: a larger value is
+        refused here (it used to overflow, or fail the stream's creation with the server's error)."""
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=name):
+            StreamLimits.from_env()
+
+
+class TestNotFinite:
+    @pytest.mark.parametrize("args", [["agent", "run", "agents.echo:agent", "--ack-wait", "nan"],
+                                      ["agent", "run", "agents.echo:agent", "--drain-timeout", "inf"],
+                                      ["task", "echo", "--wait", "--timeout", "nan"]])  # fmt: skip
+    def test_nan_and_inf_are_refused(self, args: list[str]) -> None:
+        """`click.FloatRange` lets nan through (a traceback for --ack-wait, a wait with no end for --timeout)."""
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and "is not a finite number of seconds" in result.output, result.output
+
+
+class TestServerRecord:
+    def test_a_record_whose_pid_another_process_has_is_not_the_server(self, tmp_path: Path) -> None:
+        """After a reboot or a crash the record's pid may be another process's: `mesh up` does
+        not take it for the server, and `mesh down` does not stop it."""
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            record = {"url": "nats://127.0.0.1:1", "pid": other.pid, "store": str(tmp_path / "store"), "port": 1}
+            (tmp_path / "server.json").write_text(json.dumps(record))
+            assert running_server(tmp_path) is None
+            stopped = stop_server(tmp_path, timeout=1)
+            assert stopped is not None and stopped[1] is None
+            assert other.poll() is None  # still running: not stopped, not killed
+            assert not (tmp_path / "server.json").exists()
+        finally:
+            other.kill()
+            other.wait()
+
+    @pytest.mark.parametrize("text", ["not json", '{"url": 1}', "[]"])
+    def test_an_unreadable_record_is_a_clear_error(self, tmp_path: Path, text: str) -> None:
+        (tmp_path / "server.json").write_text(text)
+        with pytest.raises(ConfigError, match=r"server\.json"):
+            read_server_record(tmp_path)
+
+
+class TestPublishChecks:
+    def test_a_board_event_naming_another_subject_is_refused(self) -> None:
+        """Every reader skips such an event as bad data, so `mesh publish` refuses to store it."""
+        with pytest.raises(ValueError, match="names another subject"):
+            event_to_publish("mesh.board.b.k", "mesh.board.written", '{"board": "x", "key": "y", "value": 1}', ())
+        subject, _ = event_to_publish("mesh.board.b.k", "mesh.board.written", '{"board": "b", "key": "k", "value": 1}', ())
+        assert subject == "mesh.board.b.k"
+
+    def test_input_that_is_not_utf8(self) -> None:
+        """An argument with bytes that are not UTF-8 (a surrogate escape in `sys.argv`) is a usage error."""
+        result = CliRunner().invoke(cli, ["task", "echo", "--input", '"\udcff"'])
+        assert result.exit_code == 2 and "not UTF-8" in result.output, result.output
+
+
+class TestConsolePages:
+    def test_agents_are_paged(self) -> None:
+        rows = [AgentRow(agent_id=f"a-{i}", role="r") for i in range(120)]
+        first, third = agents_page(rows, True, 1).body, agents_page(rows, True, 3).body
+        assert "a-0<" in first and "a-49<" in first and "a-50<" not in first
+        assert "a-100<" in third and "a-119<" in third and "a-99<" not in third
+        assert "of 120 known" in third
