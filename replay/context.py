@@ -240,12 +240,12 @@ class RecordedMesh:
                      correlation_id: str | None = None, causation_id: str | None = None,
                      event_id: str | None = None, fallback: tuple[str, ...] = (),
                      max_attempts: int | None = None, deadline: str | None = None,
-                     owner: str | None = None) -> str:  # fmt: skip
+                     owner: str | None = None, hops: int = 0) -> str:  # fmt: skip
         event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
         self._causes.setdefault(task_id, causation_id or self.cause)
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
-                                max_attempts=max_attempts, deadline=deadline)  # fmt: skip
+                                max_attempts=max_attempts, deadline=deadline, hops=hops)  # fmt: skip
         await self.publish(subjects.work(capability, owner or self.owner), request, event_id=event_id,
                            causation_id=causation_id,
                            correlation_id=correlation_id or task_id)  # fmt: skip
@@ -612,7 +612,7 @@ class ReplayContext(Context):
     def __init__(self, book: RecordBook, *, agent: str, agent_id: str, event: CloudEvent, task_id: str,
                  capability: str, attempt: int, granted: Sequence[str] = (), effect_seqs: Sequence[int] = (),
                  end_seq: int = 0, request_seq: int | None = None, owner: str = subjects.ANON,
-                 agent_owner: str = subjects.ANON) -> None:  # fmt: skip
+                 agent_owner: str = subjects.ANON, deadline: str | None = None, hops: int = 0) -> None:  # fmt: skip
         """``owner``: whose task it is (its outcome and hand-offs go under it); ``agent_owner``:
         the owner the original agent submitted its own sub-tasks under (`MeshSettings.owner`)."""
         self.effects: list[Effect] = []
@@ -628,5 +628,5 @@ class ReplayContext(Context):
                               failures=book.tool_failures(event.id, attempt))  # fmt: skip
         super().__init__(cast(Mesh, mesh), agent=agent, agent_id=agent_id, event=event, task_id=task_id,
                          capability=capability, attempt=attempt, span=INVALID_SPAN, llm=llm, tools=tools,
-                         request_seq=request_seq, owner=owner)  # fmt: skip
+                         request_seq=request_seq, owner=owner, deadline=deadline, hops=hops)  # fmt: skip
         self.log = self.log.bind(replay=True)

@@ -141,7 +141,8 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     ctx = ReplayContext(book, agent=agent.name, agent_id=agent_id, event=event, task_id=task_id,
                         capability=data.capability, attempt=attempt, granted=agent.tools,
                         effect_seqs=sorted(made), end_seq=end, request_seq=request.seq, owner=owner,
-                        agent_owner=_own_owner(caused, event.id, owner))  # fmt: skip
+                        agent_owner=_own_owner(caused, event.id, owner), deadline=data.deadline,
+                        hops=data.hops)  # fmt: skip
     try:
         output = await handler.fn(handler.convert(data.input), ctx)
         result: tuple[str, Any] = ("completed", output)

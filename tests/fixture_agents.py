@@ -201,6 +201,12 @@ async def work_step(input: dict[str, Any], ctx: Context) -> HandOff:
     return handed
 
 
+@chain.task("loop")
+async def loop_step(input: Any, ctx: Context) -> HandOff:
+    """Hands its task to itself: a chain with no end, which the hop limit stops."""
+    return await ctx.handoff("loop", input)
+
+
 @chain.task("review")
 async def review_step(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {**input, "reviewed_by": ctx.task_id}

@@ -36,6 +36,8 @@ CASES: dict[str, tuple[bytes, dict[str, str] | None, str, str | None]] = {
     "task id ending in a newline": (task("newline-1", task_id="ab\n"), None, "bad_data", None),
     "an event id that is no token": (task("a.b c"), None, "bad_data", None),
     "deadline -1": (task("deadline-1", task_id="deadline-1", deadline="-1"), None, "bad_data", "deadline-1"),
+    "hops past the limit": (task("hops-1", task_id="hops-1", hops=65), None, "bad_data", "hops-1"),
+    "negative hops": (task("hops-2", task_id="hops-2", hops=-1), None, "bad_data", "hops-2"),
     "JSON nested 10,000 deep": (b"[" * 10_000 + b"]" * 10_000, None, "too_deep", None),
     "an input nested 10,000 deep": (
         task("deep-1", task_id="deep-1").replace(b'"input": 1', b'"input": ' + b"[" * 10_000 + b"]" * 10_000),

@@ -23,7 +23,7 @@ from tests.helpers import EventLog, eventually
 from tests.test_auth import cli
 from topics import subjects
 from topics.envelope import derived_id
-from topics.tasks import TaskCompleted
+from topics.tasks import MAX_HOPS, TaskCompleted
 
 pytestmark = pytest.mark.e2e
 
@@ -249,6 +249,18 @@ class TestHandOff:
         assert f"handed off to work task {work_id}" in shown and f"handed off to review task {review_id}" in shown
         code, out, err = await cli("task", "plan", "--input", '{"n": 2}', "--wait", "--nats", nats_server.url)
         assert code == 0 and json.loads(out)["n"] == 2 and "reviewed_by" in json.loads(out), err
+
+    async def test_a_step_that_hands_off_to_itself_is_stopped(self, mesh: Mesh, agents: AgentProcesses,
+                                                              log: EventLog) -> None:  # fmt: skip
+        """Each hand-off counts a hop; the step that would make hop 65 fails its task (the
+        requester gets that failure), so the agents stop too, not only the requester."""
+        await agents.start("tests.fixture_agents:chain")
+        with pytest.raises(TaskFailedError, match="handed off 65 times"):
+            await mesh.request("loop", "round", task_id="loop-1", timeout=60)
+        requests = [r.data for r in log.of_type("mesh.task.requested")]
+        assert [request.hops for request in requests] == list(range(MAX_HOPS + 1))  # type: ignore[attr-defined]
+        (failed,) = log.of_type("mesh.task.failed")
+        assert failed.data.task_id == requests[-1].task_id  # type: ignore[attr-defined]
 
     async def test_a_redelivered_step_does_not_hand_off_twice(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """`work` hands off, then fails (retryable); its second attempt hands off the same task

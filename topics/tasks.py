@@ -30,8 +30,12 @@ __all__ = [
     "TaskOutcome",
     "cancel_key_of",
     "handoff_task_id",
+    "MAX_HOPS",
     "request_problem",
 ]
+
+
+MAX_HOPS = 64  # hand-offs one task goes through, at most: past that, a loop is stopped (agents refuse the request)
 
 
 class TaskRequested(Event, frozen=True, kw_only=True):
@@ -43,6 +47,7 @@ class TaskRequested(Event, frozen=True, kw_only=True):
     max_attempts: int | None = None  # at most the consumer's max_deliver
     fallback: tuple[str, ...] = ()  # capabilities to try, in order, if this one gives up
     cancel_key: str | None = None  # hash of the secret a cancel request must show (`TaskCancelRequested`)
+    hops: int = 0  # hand-offs (`ctx.handoff`) before this request; past `MAX_HOPS` it is refused as a loop
 
 
 class TaskClaimed(Event, frozen=True, kw_only=True):
@@ -157,10 +162,14 @@ TaskEvent = (
 TaskOutcome = TaskCompleted | TaskFailed | TaskCancelled
 
 
-def request_problem(task_id: str | None, capability: str, fallback: tuple[str, ...], deadline: str | None) -> str | None:
+def request_problem(task_id: str | None, capability: str, fallback: tuple[str, ...], deadline: str | None,
+                    hops: int = 0) -> str | None:  # fmt: skip
     """What makes a task request unusable before it runs, if anything: every id and name that
-    becomes a subject token is one, and a deadline is a time with its offset. A client checks
-    this before it submits; an agent dead-letters a request that fails it."""
+    becomes a subject token is one, a deadline is a time with its offset, and a chain of
+    hand-offs is at most `MAX_HOPS` long. A client checks this before it submits; an agent
+    dead-letters a request that fails it (and fails its task)."""
+    if not 0 <= hops <= MAX_HOPS:
+        return f"the task was handed off {hops} times (at most {MAX_HOPS}): do its steps hand it off in a loop?"
     try:
         if task_id is not None:
             check_token("task id", task_id)

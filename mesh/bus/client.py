@@ -41,6 +41,7 @@ from topics.envelope import (
 from topics.record import Record
 from topics.registry import decode_on, encode_data, type_of
 from topics.tasks import (
+    MAX_HOPS,
     TaskCancelled,
     TaskCancelRequested,
     TaskCompleted,
@@ -59,7 +60,6 @@ _LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s]+)+")
 MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
 _HEADROOM = 4096  # bytes below max_payload under which headers cannot push a body over it
 CLOSE_TIMEOUT = 2  # seconds `close` waits for the server to answer before it closes instead of draining
-MAX_HOPS = 64  # hand-offs and fallbacks one request follows before it is refused as a loop
 
 
 class TaskOptions(TypedDict, total=False):
@@ -100,9 +100,10 @@ def decode_record(subject: str, payload: bytes, seq: int = 0) -> Record:
     return Record(seq=seq, subject=subject, event=event, data=decode_on(subject, event.type, event.data))
 
 
-def _check_task(capability: str, task_id: str | None, fallback: tuple[str, ...], deadline: str | None) -> None:
+def _check_task(capability: str, task_id: str | None, fallback: tuple[str, ...], deadline: str | None,
+                hops: int = 0) -> None:  # fmt: skip
     """A task about to be submitted, checked as an agent will check it."""
-    if problem := request_problem(task_id, capability, fallback, deadline):
+    if problem := request_problem(task_id, capability, fallback, deadline, hops):
         raise SchemaError(problem)
 
 
@@ -351,19 +352,21 @@ class Mesh:
         return (await self.submit_request(capability, input, **task)).task_id
 
     async def submit_request(
-        self, capability: str, input: Any = None, *, owner: str | None = None, **task: Unpack[TaskOptions]
-    ) -> Submitted:
+        self, capability: str, input: Any = None, *, owner: str | None = None, hops: int = 0,
+        **task: Unpack[TaskOptions],
+    ) -> Submitted:  # fmt: skip
         """`submit`, returning where the request landed too: its stream sequence is what its
         outcome names (`request_seq`), so `follow` takes that outcome and no other. A
         duplicate (the same task id submitted again) gives the sequence of the first.
         ``owner``: whose task it is (default: this user's; an agent handing a task on keeps its
-        requester's, which `mesh auth init` lets agent roles do and clients not)."""
+        requester's, which `mesh auth init` lets agent roles do and clients not). ``hops``: the
+        hand-offs before this request (`ctx.handoff` counts them; at most `MAX_HOPS`)."""
         task_id, fallback, deadline = task.get("task_id"), task.get("fallback", ()), task.get("deadline")
-        _check_task(capability, task_id, fallback, deadline)
+        _check_task(capability, task_id, fallback, deadline, hops)
         event_id = task.get("event_id") or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
-                                max_attempts=task.get("max_attempts"), deadline=deadline,
+                                max_attempts=task.get("max_attempts"), deadline=deadline, hops=hops,
                                 cancel_key=cancel_key_of(self.cancel_token(task_id)))  # fmt: skip
         published = await self.publish(subjects.work(capability, owner or self.owner), request, event_id=event_id,
                                        correlation_id=task.get("correlation_id") or task_id,
@@ -470,7 +473,7 @@ class Mesh:
         and their waiter slots go back before this one waits for a slot). Every hop is
         ``owner``'s, as the request was. With ``capability``
         (the request's), how many hops it went through is remembered."""
-        for hops in range(MAX_HOPS):
+        for hops in range(MAX_HOPS + 1):  # the request, then at most MAX_HOPS hand-offs
             if not isinstance(record.data, TaskHandedOff):
                 if capability is not None:
                     self.chains.learn(capability, hops)

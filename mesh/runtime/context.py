@@ -83,6 +83,7 @@ class Context:
         cancelled: Callable[[], str | None] | None = None,
         deadline: str | None = None,
         owner: str | None = None,
+        hops: int = 0,
     ) -> None:
         self.mesh = mesh
         self.owner = owner or mesh.owner  # whose task this is: its outcome and hand-offs go under it
@@ -95,6 +96,7 @@ class Context:
         self.span = span
         self.request_seq = request_seq  # the stream sequence of the request this attempt answers
         self.deadline = deadline  # the task's deadline (RFC 3339), if it has one
+        self.hops = hops  # the hand-offs before this task's request
         self.log = structlog.get_logger(agent)
         self._llm = llm  # made on first use: most handlers never call a model or a tool
         self._tools = tools
@@ -202,13 +204,16 @@ class Context:
         waits for this task (`Mesh.request`, `mesh task --wait`) follows the chain to its end.
         No claim goes before it (`mesh.runtime.claims`): the hand-off is this step's answer,
         naming the agent and attempt as a completion does, not an effect it goes on from. The
-        next step is the same owner's task as this one, so its requester may read its outcome."""
+        next step is the same owner's task as this one, so its requester may read its outcome.
+        It keeps this task's deadline, and counts the hops: past `MAX_HOPS` hand-offs in one
+        chain the next request is refused (SchemaError here; an agent fails such a request), so
+        steps that hand off in a loop stop."""
         if self._before_handoff is not None:
             self._before_handoff()
         task_id = self._child_id("handoff") if self._scope else handoff_task_id(self.event.id)
         submitted = await self.mesh.submit_request(capability, input, task_id=task_id, event_id=task_id,
                                                    correlation_id=self.correlation_id, causation_id=self.event.id,
-                                                   owner=self.owner)  # fmt: skip
+                                                   owner=self.owner, deadline=self.deadline, hops=self.hops + 1)  # fmt: skip
         return HandOff(capability, task_id, submitted.seq)
 
     async def workflow(self, spec: WorkflowSpec, input: Any = None, *, timeout: float | None = None) -> Any:

@@ -169,7 +169,8 @@ async def decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
             text = f"{shorten(msg.subject, 200)!r} is not mesh.work.<capability>.<owner> made of tokens"
             await reject(worker, msg, delivery, Reason.BAD_DATA, text, inbound.event)
             return
-        if problem := request_problem(data.task_id or inbound.event.id, data.capability, data.fallback, data.deadline):
+        if problem := request_problem(data.task_id or inbound.event.id, data.capability, data.fallback, data.deadline,
+                                      data.hops):
             await reject(worker, msg, delivery, Reason.BAD_DATA, problem, inbound.event)
             return
     await call_next(inbound)
@@ -396,7 +397,7 @@ def _task_context(worker: Worker, inbound: Inbound, cancelled: Callable[[], str 
                       cause_id=event.id, attempt=attempt),
         before_effect=inbound.claim.before_effect if inbound.claim is not None else None,
         before_handoff=inbound.claim.stop_timer if inbound.claim is not None else None, cancelled=cancelled,
-        deadline=inbound.task.deadline, owner=inbound.owner,
+        deadline=inbound.task.deadline, owner=inbound.owner, hops=inbound.task.hops,
     )  # fmt: skip
 
 
