@@ -13,7 +13,11 @@ the requests of the last `LOOK_BACK` from the log, so a task cancelled while no 
 was running is not run when one starts (a task cancelled longer ago and still waiting runs).
 
 Bounded: `REMEMBERED` requests (10,000) are kept, the oldest forgotten first; each is a task
-id, a 32-character key and a reason cut to 500 characters. A message over `MAX_REQUEST` (4 KiB)
+id, a 32-character key and a reason cut to 500 characters. Any client may publish requests, so
+a flood could push out a real one: once anything was forgotten (or the start-up read was cut
+at `REMEMBERED`), a task whose request is not remembered is looked up on its own subject in the
+log before it runs (`asked_now`: direct gets of at most `LOOKED_UP` stored requests for that
+task id, no consumer), so a cancelled task still does not run. A message over `MAX_REQUEST` (4 KiB)
 or one that does not decode as a cancel request is ignored; data offloaded to the object store
 is never fetched for one.
 """
@@ -37,9 +41,10 @@ from topics.base import is_token, shorten
 from topics.envelope import DECODE_ERRORS
 from topics.tasks import TaskCancelRequested, cancel_key_of
 
-__all__ = ["LOOK_BACK", "REMEMBERED", "Cancels", "Running"]
+__all__ = ["LOOKED_UP", "LOOK_BACK", "REMEMBERED", "Cancels", "Running"]
 
 REMEMBERED = 10_000  # cancel requests remembered per process
+LOOKED_UP = 64  # stored requests for one task id read when it is not remembered and some were forgotten
 MAX_REQUEST = 4096  # bytes: a larger message on mesh.cancel.* is ignored unread
 LOOK_BACK = timedelta(hours=1)  # how far back a starting process reads cancel requests
 
@@ -71,6 +76,7 @@ class Cancels:
         self._asked: OrderedDict[tuple[str, str], str] = OrderedDict()  # (task id, key) -> reason
         self._running: dict[str, list[Running]] = {}
         self._sub: object = None
+        self.forgot = False  # some request heard (or stored in the last hour) is not remembered
 
     async def start(self, *, look_back: timedelta = LOOK_BACK) -> None:
         try:
@@ -85,6 +91,7 @@ class Cancels:
         except Exception as error:  # what it missed is a best effort; what it hears is not
             log.warning("cancel requests of the last hour not read", error=repr(error))
             return
+        self.forgot = self.forgot or len(missed) >= self.remembered  # the read may have stopped short
         for seq, subject, data in missed:
             await self._heard(subject, data, seq)
 
@@ -96,6 +103,29 @@ class Cancels:
     def asked(self, task_id: str, key: str | None) -> str | None:
         """The reason, if a request to cancel this task (with this key) was heard."""
         return self._asked.get((task_id, key)) if key else None
+
+    async def asked_now(self, task_id: str, key: str | None) -> str | None:
+        """`asked`, and once some request was forgotten, the log's word for a task not
+        remembered: its own subject's stored requests (at most `LOOKED_UP`), read with direct
+        gets. A read that fails is logged and counts as no request (the task runs)."""
+        found = self.asked(task_id, key)
+        if found is not None or not key or not self.forgot or not is_token(task_id):
+            return found
+        subject, seq = subjects.cancel(task_id), 0
+        try:
+            for _ in range(LOOKED_UP):
+                msg = await jetstream.next_on_subject(self.mesh.js, subject, after=seq)
+                if msg is None:
+                    return None
+                seq = msg.seq or seq + 1
+                request = _request_of(subject, msg.data or b"", seq)
+                if request is not None and cancel_key_of(request.token) == key:
+                    return shorten(request.reason, 500) or "cancel requested"
+        except Exception as error:  # best effort, as the start-up read is
+            log.warning("cancel requests of a task not read", task_id=task_id, error=repr(error))
+            return None
+        log.warning("more cancel requests stored for one task than are read", task_id=task_id, read=LOOKED_UP)
+        return None
 
     @contextlib.contextmanager
     def running(self, task_id: str, key: str | None) -> Iterator[Running]:
@@ -117,23 +147,32 @@ class Cancels:
         await self._heard(msg.subject, msg.data, 0)
 
     async def _heard(self, subject: str, data: bytes, seq: int) -> None:
-        if len(data) > MAX_REQUEST:
-            return  # a cancel request is a few hundred bytes: anything larger is not read, let alone fetched
-        try:
-            record = decode_record(subject, data, seq)  # never an offloaded one (no fetch on anyone's say-so)
-        except DECODE_ERRORS:
-            return  # not a cancel request: the log keeps it, nothing here acts on it
-        if not isinstance(record.data, TaskCancelRequested):
+        request = _request_of(subject, data, seq)
+        if request is None:
             return
-        request = record.data
-        if not is_token(request.task_id) or record.subject != subjects.cancel(request.task_id):
-            return  # a request for one task published on another task's subject
         key, reason = cancel_key_of(request.token), shorten(request.reason, 500) or "cancel requested"
         self._asked[(request.task_id, key)] = reason
         self._asked.move_to_end((request.task_id, key))
         while len(self._asked) > self.remembered:
             self._asked.popitem(last=False)
+            self.forgot = True
         for running in self._running.get(request.task_id, ()):
             if running.key == key:
                 log.info("cancelling a running task", task_id=request.task_id, reason=reason)
                 running.cancel(reason)
+
+
+def _request_of(subject: str, data: bytes, seq: int) -> TaskCancelRequested | None:
+    """The cancel request a message on ``subject`` holds, if it is one for the task its subject names."""
+    if len(data) > MAX_REQUEST:
+        return None  # a cancel request is a few hundred bytes: anything larger is not read, let alone fetched
+    try:
+        record = decode_record(subject, data, seq)  # never an offloaded one (no fetch on anyone's say-so)
+    except DECODE_ERRORS:
+        return None  # not a cancel request: the log keeps it, nothing here acts on it
+    request = record.data
+    if not isinstance(request, TaskCancelRequested):
+        return None
+    if not is_token(request.task_id) or record.subject != subjects.cancel(request.task_id):
+        return None  # a request for one task published on another task's subject
+    return request

@@ -243,7 +243,7 @@ async def claim(worker: Worker, inbound: Inbound, call_next: Next) -> None:
 async def run_task(worker: Worker, inbound: Inbound) -> None:
     handler, task, task_id = inbound.route, inbound.task, inbound.task_id
     assert isinstance(handler, Handler)
-    cancelled = worker.cancels.asked(task_id, task.cancel_key)  # before it arrived: it does not run
+    cancelled = await worker.cancels.asked_now(task_id, task.cancel_key)  # before it arrived: it does not run
     if cancelled is None:
         output, cancelled = await _run_handler(worker, inbound, handler)
     if inbound.claim is not None:
