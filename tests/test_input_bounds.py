@@ -104,3 +104,28 @@ class TestConsolePages:
         assert "a-0<" in first and "a-49<" in first and "a-50<" not in first
         assert "a-100<" in third and "a-119<" in third and "a-99<" not in third
         assert "of 120 known" in third
+
+
+class TestConsoleHosts:
+    """Which Host names the console answers to (a page that rebinds its own name to this
+    machine's address sends that name, and gets a 421), wherever it listens."""
+
+    def test_any_address_and_only_known_names(self) -> None:
+        import socket
+
+        from mesh.cli.ui import _names
+        from mesh.console.server import _allowed
+
+        for host in ("127.0.0.1", "127.0.0.2", "0.0.0.0", "::", "192.0.2.7"):
+            names = _names(host, ("console.example.com",))
+            assert _allowed("192.0.2.7", names) and _allowed("::1", names) and _allowed("localhost", names)
+            assert _allowed("console.example.com", names) and _allowed("Console.Example.com", names)
+            assert not _allowed("rebound.example", names), host
+        assert socket.gethostname().lower() in _names("0.0.0.0", ())  # a LAN user may use the machine's name
+        assert "ui.internal" in _names("ui.internal", ())  # listening on a name: that name
+
+    def test_loopback_is_any_loopback_address(self) -> None:
+        from mesh.cli.ui import _loopback
+
+        assert all(map(_loopback, ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost")))
+        assert not any(map(_loopback, ("0.0.0.0", "::", "192.0.2.7", "ui.internal")))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
+import socket
 import time
 
 import click
@@ -15,12 +17,18 @@ from mesh.cli.options import UserError, nats_options, run
 __all__ = ["ui"]
 
 DEFAULT_PORT = 8300
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _check_host(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not value or len(value) > 253 or any(c.isspace() or c in "/?#@" for c in value):
         raise UserError(f"--host {value[:80]!r} is not an address to listen on (e.g. 127.0.0.1, ::1 or 0.0.0.0)")
+    return value
+
+
+def _check_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    for name in value:
+        if not name or len(name) > 253 or any(c.isspace() or c in "/?#@:[]" for c in name):
+            raise UserError(f"--allow-host {name[:80]!r} is not a host name (e.g. console.example.com)")
     return value
 
 
@@ -33,19 +41,48 @@ def _check_host(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="port to listen on (0: a free one; the URL is printed)")  # fmt: skip
 @click.option("--max-events", default=200_000, show_default=True, type=click.IntRange(1, 10_000_000),
               help="events kept in memory, the newest; older ones are dropped from the pages")  # fmt: skip
+@click.option("--allow-host", "allow_hosts", multiple=True, callback=_check_names,
+              help="a name the console may be reached by (Host header) besides an IP address, localhost and "
+                   "this machine's name; repeatable")  # fmt: skip
 @nats_options
-def ui(file: str | None, host: str, port: int, max_events: int, settings: MeshSettings) -> None:
+def ui(file: str | None, host: str, port: int, max_events: int, allow_hosts: tuple[str, ...],
+       settings: MeshSettings) -> None:  # fmt: skip
     """A read-only web console over the log, live: agents, capabilities, tasks and workflows with
     their timelines, events, any projection at any point, dead letters. Prints its URL."""
-    if host not in LOOPBACK:
+    if not _loopback(host):
         click.echo(f"warning: listening on {host}: anyone who reaches it can read the whole log (the console has "
                    "no login); the default, 127.0.0.1, serves this machine only", err=True)  # fmt: skip
-    run(_ui(settings, file, host, port, max_events))
+    run(_ui(settings, file, host, port, max_events, _names(host, allow_hosts)))
 
 
-async def _ui(settings: MeshSettings, file: str | None, host: str, port: int, max_events: int) -> None:
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _names(host: str, allowed: tuple[str, ...]) -> frozenset[str]:
+    """The Host names the console answers to besides IP addresses (a page that rebinds its own
+    name to this machine's address gets a 421): localhost, the listening name if it is one, this
+    machine's names unless bound to loopback, and ``allowed``."""
+    from mesh.console.server import LOCAL_NAMES
+
+    names = set(LOCAL_NAMES) | {name.lower() for name in allowed}
+    if not _loopback(host):
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host.strip("[]"))
+        return frozenset(names)
+    return frozenset(names | {host.lower()})
+
+
+async def _ui(settings: MeshSettings, file: str | None, host: str, port: int, max_events: int,
+              hosts: frozenset[str]) -> None:  # fmt: skip
     from mesh.console.index import LogIndex
-    from mesh.console.server import LOCAL_NAMES, Console, serve
+    from mesh.console.server import Console, serve
     from mesh.console.source import FileSource, LiveSource, Source
 
     source: Source = FileSource(file) if file else LiveSource(settings)
@@ -66,7 +103,6 @@ async def _ui(settings: MeshSettings, file: str | None, host: str, port: int, ma
         def ready(url: str) -> None:
             click.echo(f"console at {url} (read-only{', live' if source.live else ''}; Ctrl-C stops it)")
 
-        hosts = LOCAL_NAMES if host in LOOPBACK else None  # bound to loopback: refuse other Host names
-        await serve(Console(index, source, hosts=hosts), host, port, ready, stop)
+        await serve(Console(index, source, hosts=hosts), host, port, ready, stop)  # other Host names: 421
     finally:
         await source.close()

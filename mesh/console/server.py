@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ class Console:
     def __init__(self, index: LogIndex, source: Source, *, hosts: frozenset[str] | None = LOCAL_NAMES) -> None:
         self.index = index
         self.source = source
-        self.hosts = hosts  # the names a request's Host may give (None: any)
+        self.hosts = hosts  # the names a request's Host may give besides an IP address (None: any)
         self.hub = Hub()
         self.travel = Travel(index, source)
         self._follow: asyncio.Task[None] | None = None
@@ -151,8 +152,9 @@ class Console:
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-        if self.hosts is not None and _host_name(request.host) not in self.hosts:  # DNS rebinding
-            raise web.HTTPMisdirectedRequest(text=f"this console answers to {', '.join(sorted(self.hosts))} only")
+        if self.hosts is not None and not _allowed(_host_name(request.host), self.hosts):  # DNS rebinding
+            raise web.HTTPMisdirectedRequest(text=f"this console answers to an IP address or "
+                                                  f"{', '.join(sorted(self.hosts))} only (`mesh ui --allow-host NAME`)")
         response = await handler(request)
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -271,6 +273,19 @@ class Console:
 
 def _reason(error: BaseException) -> str:
     return str(error) if isinstance(error, MeshError) else f"the server did not answer: {type(error).__name__} {error}"
+
+
+def _allowed(name: str, names: frozenset[str]) -> bool:
+    """Whether a request's Host may be answered: an IP address (what a browser sends when one
+    was typed; a page that rebinds its own name to this address sends that name instead) or
+    one of ``names``."""
+    if name.lower() in names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _host_name(host: str) -> str:
