@@ -22,8 +22,10 @@ subject's (a writer may not point readers at data they could not otherwise read)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+from collections import deque
 
 import msgspec
 from nats.js import JetStreamContext
@@ -40,10 +42,12 @@ from topics.record import Record
 from topics.registry import decode_on
 
 __all__ = [
-    "DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "create_buckets", "inline", "max_object", "offload", "payload_bucket", "resolve",
+    "DEFAULT_IN_FLIGHT", "DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "Budget", "create_buckets", "in_flight_budget", "inline",
+    "max_object", "offload", "offloaded_size", "payload_bucket", "resolve",
 ]
 
 DEFAULT_MAX_OBJECT = 64 * 1024 * 1024
+DEFAULT_IN_FLIGHT = 64 * 1024 * 1024  # bytes of message data an agent process holds at once (`Budget`)
 
 RESOLVE_ERRORS: tuple[type[Exception], ...] = (*DECODE_ERRORS, MissingPayloadError)
 """What `resolve` can raise about a stored message itself (not about NATS): it is malformed,
@@ -58,6 +62,75 @@ def max_object() -> int:
     if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise ConfigError(f"MESH_MAX_PAYLOAD_OBJECT={value!r} must be a whole number of bytes (default {DEFAULT_MAX_OBJECT})")
     return int(value)
+
+
+def in_flight_budget() -> int:
+    """`MESH_MAX_PAYLOAD_IN_FLIGHT`: the bytes of message data (inline and offloaded) an agent
+    process decodes and handles at once (default 64 MiB; see `Budget`)."""
+    value = os.environ.get("MESH_MAX_PAYLOAD_IN_FLIGHT", "").strip()
+    if not value:
+        return DEFAULT_IN_FLIGHT
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise ConfigError(f"MESH_MAX_PAYLOAD_IN_FLIGHT={value!r} must be a whole number of bytes (default {DEFAULT_IN_FLIGHT})")
+    return int(value)
+
+
+class Budget:
+    """The bytes of message data one agent process holds at once, from before it is decoded
+    until its handler is done: a message waits (in arrival order) until its bytes fit, or
+    until nothing else is held, so one larger than the budget still runs, alone. Decoded JSON
+    takes more memory than its text (up to about 24 times, for `[{},{},...]`), so this is what
+    bounds an agent's memory against inputs made to be large: without it, 64 messages in
+    flight with 64 MiB objects each could be read at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def take(self, size: int) -> None:
+        if not self._waiting and self._fits(size):
+            self.used += size
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((size, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # granted just as it was cancelled
+                self.give(size)
+            raise
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        while self._waiting:
+            wanted, future = self._waiting[0]
+            if future.done():  # cancelled while waiting
+                self._waiting.popleft()
+            elif self._fits(wanted):
+                self._waiting.popleft()
+                self.used += wanted
+                future.set_result(None)
+            else:
+                return
+
+    def _fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.limit
+
+
+def offloaded_size(payload: bytes) -> int:
+    """The bytes of offloaded data a stored message names (its `datasize`; the most a reader
+    takes when it names none), 0 when its data is inline or it does not decode."""
+    if b'"dataref"' not in payload:  # most messages: no second decode
+        return 0
+    try:
+        event = decode_envelope(payload)
+    except DECODE_ERRORS:
+        return 0
+    if event.dataref is None:
+        return 0
+    ceiling = max(max_object(), DEFAULT_MAX_OBJECT)
+    return min(event.datasize, ceiling) if event.datasize is not None and event.datasize >= 0 else ceiling
 
 
 async def payload_bucket(js: JetStreamContext, bucket: str = subjects.PAYLOAD_BUCKET, *, create: bool = True) -> ObjectStore:

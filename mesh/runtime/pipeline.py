@@ -144,6 +144,17 @@ async def settle(worker: Worker, inbound: Inbound, call_next: Next) -> None:
 
 
 async def decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
+    """Held within the process's budget of message bytes (`payloads.Budget`) from before its
+    data is read (inline, or fetched from the object store) until the handler is done."""
+    size = len(inbound.msg.data) + payloads.offloaded_size(inbound.msg.data)
+    await worker.budget.take(size)
+    try:
+        await _decode(worker, inbound, call_next)
+    finally:
+        worker.budget.give(size)
+
+
+async def _decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
     msg, delivery, route = inbound.msg, inbound.delivery, inbound.route
     if msg.headers and not RESERVED_HEADERS.isdisjoint(msg.headers):
         text = f"headers {sorted(RESERVED_HEADERS & set(msg.headers))} are the server's own: clients read them as control messages"

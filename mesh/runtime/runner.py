@@ -17,7 +17,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
-from mesh.bus import jetstream
+from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
 from mesh.bus.connection import ensure_consumer, presence_bucket
 from mesh.bus.consumer import WorkConsumer, parse_ack_subject
@@ -62,6 +62,7 @@ class AgentRunner:
     _handling: set[asyncio.Future[None]] = field(default_factory=set)
     _advisories: list[object] = field(default_factory=list)
     cancels: Cancels = field(init=False)
+    budget: payloads.Budget = field(default_factory=lambda: payloads.Budget(payloads.in_flight_budget()))
 
     def __post_init__(self) -> None:
         self.agent_id = self.agent_id or _agent_id(self.agent.name)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mesh.bus.client import Mesh
+from mesh.bus.payloads import Budget
 from mesh.llm.client import LlmClient
 from mesh.runtime.agent import Agent
 from mesh.runtime.cancels import Cancels
@@ -43,3 +44,4 @@ class Worker(Protocol):
     llm: LlmClient | None
     handled: int
     cancels: Cancels
+    budget: Budget
