@@ -37,6 +37,10 @@ Why each call is here (as read in nats-py 2.16.0):
   to the dead socket anyway and raises `ConnectionResetError` halfway through (its
   subscriptions and closed callbacks skipped). No public call empties the buffer, so the
   private `Client._pending` and `_pending_data_size` are cleared here, before `close`.
+- Scan consumers (`scanning`): nats-py's `add_consumer` creates or updates and sends no
+  `action`; a scan must never update a consumer (its names are shared by every process of its
+  user), so its create is requested here with `"action": "create"` (error 10148, `consumer
+  already exists`, when the name is taken by another configuration; nats-server 2.10 and later).
 - `TRANSIENT_ERRORS` / `is_transient`: NATS failures that pass (a reconnect, a leader
   election). `mesh.errors.retryable` cannot know them (it may not import NATS), so the
   runtime asks both: `retryable(error) or is_transient(error)`.

@@ -12,7 +12,7 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
 - `client`: submit tasks (a JetStream publish on `mesh.work.*.<owner>`) and cancel them (on
   `mesh.cancel.*`, honoured only with the submitter's token), read the outcomes of its own
   tasks and of no one else's (core subscription on `mesh.task.*.<owner>.*`, direct get of the
-  last event on a `mesh.task.*.<owner>.*` subject, an ordered consumer filtered on one such
+  last event on a `mesh.task.*.<owner>.*` subject, a scan consumer filtered on one such
   subject), check the stream exists; list the questions agents ask people and answer them
   (`mesh.ask.>` read, `mesh.answer.*` written);
 - an agent role: pull and settle its own consumers (`work-<capability>` per capability,
@@ -30,6 +30,12 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
 - `admin`: everything (streams, consumers, KV, object store, import, snapshots).
 
 Nothing here creates, deletes or purges a stream except admin's `>`.
+
+No consumer of MESH is allowed with a wildcard in the consumer-name token of
+`$JS.API.CONSUMER.CREATE.MESH.<name>.<filter>`: a create under a name that exists updates that
+consumer, so `*` there let any role re-target another's (the agents' `work-<capability>`). A role
+names its own durable consumers, and its scans read under its own `SCAN_CONSUMERS` names
+(`topics.subjects.scan_consumer_names`, each spelled out, with each filter it may read).
 """
 
 from __future__ import annotations
