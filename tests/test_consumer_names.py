@@ -15,6 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh
+from mesh.bus.follow import read_subject
 from mesh.bus.permissions import agent_permissions, client_permissions
 from mesh.errors import MeshError, PermissionDeniedError
 from tests.test_auth import secured_server
@@ -103,7 +104,7 @@ class TestNoRoleTakesAnotherConsumer:
 
     async def test_scans_work_under_auth_and_leave_no_consumer(self, tmp_path: Path) -> None:
         """A client's scans (its own task's events) and an agent role's (the cancel requests
-        it missed) run with the explicit names; finished scans are deleted at once."""
+        it missed, a knowledge base) run with the explicit names; finished scans are deleted at once."""
         async with secured_server(tmp_path, "agents.echo:agent", clients=("client",)) as s:
             await s.agents.start("agents.echo:agent", "--nkey", str(s.auth / "echo.nk"))
             client, echo = await s.connect("client"), await s.connect("echo")
@@ -115,6 +116,8 @@ class TestNoRoleTakesAnotherConsumer:
                 assert all(found == events[0] for found in events) and b"\"output\":\"x\"" in events[0][-1][1]
                 since = datetime.now(UTC) - timedelta(hours=1)
                 assert await jetstream.read_since(echo.js, subjects.CANCELS, since=since, limit=10, owner=echo.owner) == []
+                stored = [(await s.admin.js.publish("mesh.knowledge.kb", f"{n}".encode())).seq for n in range(3)]
+                assert [item.seq for item in await read_subject(echo, "mesh.knowledge.kb")] == stored  # a knowledge base
                 left = [c.name for c in await jetstream.consumers_info(s.admin.js) if c.name.startswith("scan-")]
                 assert left == []
             finally:
