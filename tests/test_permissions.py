@@ -14,6 +14,7 @@ from mesh.bus.refusals import Refusals, parse_violation
 from mesh.bus.settings import MeshSettings, nkey_public_key
 from mesh.errors import AuthenticationError, ConfigError, PermissionDeniedError
 from mesh.telemetry.redact import scrub_text
+from topics.subjects import scan_consumer_names
 
 pytestmark = pytest.mark.unit
 
@@ -48,7 +49,8 @@ class TestClientPermissions:
         assert allows(p.publish, f"mesh.work.echo.{OWNER}")
         assert allows(p.subscribe, f"mesh.task.echo.{OWNER}.t1") and allows(p.subscribe, f"{INBOX}.x.y")
         assert allows(p.publish, f"$JS.API.DIRECT.GET.MESH.mesh.task.echo.{OWNER}.t1")
-        assert allows(p.publish, f"$JS.API.CONSUMER.CREATE.MESH.outcome-1.mesh.task.echo.{OWNER}.t1")
+        scan = scan_consumer_names(OWNER)[1]
+        assert allows(p.publish, f"$JS.API.CONSUMER.CREATE.MESH.{scan}.mesh.task.echo.{OWNER}.t1")
 
     def test_may_not_forge_read_or_delete(self) -> None:
         p = client_permissions(INBOX, owner=OWNER)
@@ -121,14 +123,14 @@ class TestAgentPermissions:
     def test_reads_knowledge_bases_and_writes_only_declared_ones(self) -> None:
         """Every agent role reads knowledge bases; writing one needs `emits`; clients do neither."""
         reader = agent_permissions("reader", ("recall",), {}, INBOX, owner=OWNER)
-        assert allows(reader.publish, "$JS.API.CONSUMER.CREATE.MESH.abc.mesh.knowledge.ops")
+        assert allows(reader.publish, f"$JS.API.CONSUMER.CREATE.MESH.{scan_consumer_names(OWNER)[0]}.mesh.knowledge.ops")
         assert not allows(reader.publish, "$JS.API.CONSUMER.CREATE.MESH.abc.mesh.board.b.k")
         assert not allows(reader.publish, "mesh.knowledge.ops")
         writer = agent_permissions("librarian", ("remember",), {}, INBOX, owner=OWNER, emits=("mesh.knowledge.ops",))
         assert allows(writer.publish, "mesh.knowledge.ops") and not allows(writer.publish, "mesh.knowledge.hr")
         client = client_permissions(INBOX, owner=OWNER)
         assert not allows(client.publish, "mesh.knowledge.ops")
-        assert not allows(client.publish, "$JS.API.CONSUMER.CREATE.MESH.abc.mesh.knowledge.ops")
+        assert not allows(client.publish, f"$JS.API.CONSUMER.CREATE.MESH.{scan_consumer_names(OWNER)[0]}.mesh.knowledge.ops")
 
     def test_only_the_capabilities_it_requests(self) -> None:
         """`Agent(requests=...)` narrows sub-tasks to those capabilities; undeclared, any."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 from nats.js.api import (
@@ -49,6 +50,8 @@ __all__ = [
     "answer",
     "ANSWERS",
     "work_consumer_name",
+    "SCAN_CONSUMERS",
+    "scan_consumer_names",
     "subscription_consumer_name",
     "subscription_consumer_config",
     "stream_config",
@@ -208,6 +211,22 @@ def answer(question_id: str) -> str:
 
 def work_consumer_name(capability: str) -> str:
     return f"work-{check_token('capability', capability)}"
+
+
+SCAN_CONSUMERS = 32
+"""How many scan consumers each user has (`scan_consumer_names`): at most this many reads of the
+log by consumer (`mesh.bus.jetstream.read_between`, `read_span`, `read_since`) run at once
+across every process of one user; one more waits for a name to free up."""
+
+
+def scan_consumer_names(owner: str) -> tuple[str, ...]:
+    """The names of the short-lived consumers ``owner`` (a user's public key, `anon` without
+    one) reads the log with: `scan-<16 hex of the key's SHA-256>-<0..SCAN_CONSUMERS-1>`. Each
+    user's permissions name these, and no others, in the consumer-name token of a create
+    (`mesh.bus.permissions`), so no user can create or update a consumer another user, or an
+    agent role's durable work consumer, goes by."""
+    digest = hashlib.sha256(check_token("owner", owner).encode()).hexdigest()[:16]
+    return tuple(f"scan-{digest}-{n}" for n in range(SCAN_CONSUMERS))
 
 
 def subscription_consumer_name(agent_name: str, subscription: str) -> str:

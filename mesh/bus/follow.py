@@ -160,13 +160,14 @@ async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int
 async def read_subject(mesh: Mesh, subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:
     """What `read` returns for one subject without wildcards, read through consumers named and
     filtered on that subject (`jetstream.read_span`): a role can be allowed to read that
-    subject alone (`$JS.API.CONSUMER.CREATE.MESH.*.<subject>`), where the unnamed ordered
+    subject alone (`$JS.API.CONSUMER.CREATE.MESH.<each of its scan names>.<subject>`), where the unnamed ordered
     consumer of `Follow` needs `$JS.API.CONSUMER.CREATE.MESH`, which no permission can narrow.
     A span the client fell behind on is read again from where it broke off."""
     head = max(await last_seq(mesh, subject), at_least)
     found: list[tuple[int, bytes]] = []
     while (reached := found[-1][0] if found else after) < head:
-        span = await jetstream.read_span(mesh.js, subject, after=reached, before=head + 1, timeout=READ_TIMEOUT)
+        span = await jetstream.read_span(mesh.js, subject, after=reached, before=head + 1, owner=mesh.owner,
+                                           timeout=READ_TIMEOUT)
         if not span:
             break  # nothing more is stored (the rest went past the stream's limits)
         found += span

@@ -45,6 +45,10 @@ Why each call is here (as read in nats-py 2.16.0):
   every agent subscribes to (`mesh.cancel.*`), so one raw publish stalled every agent. The
   private `Client._process_headers` is wrapped once, at import: a header block that does not
   decode is logged and read as no headers.
+- Scan consumers (`scanning`): nats-py's `add_consumer` creates or updates and sends no
+  `action`; a scan must never update a consumer (its names are shared by every process of its
+  user), so its create is requested here with `"action": "create"` (error 10148, `consumer
+  already exists`, when the name is taken by another configuration; nats-server 2.10 and later).
 - `TRANSIENT_ERRORS` / `is_transient`: NATS failures that pass (a reconnect, a leader
   election). `mesh.errors.retryable` cannot know them (it may not import NATS), so the
   runtime asks both: `retryable(error) or is_transient(error)`.
@@ -53,10 +57,14 @@ Why each call is here (as read in nats-py 2.16.0):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
+import json
+import random
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -270,12 +278,12 @@ async def direct_get(
 
 
 async def read_between(
-    js: JetStreamContext, subject: str, *, after: int, before: int, timeout: float = 10.0,
+    js: JetStreamContext, subject: str, *, after: int, before: int, owner: str, timeout: float = 10.0,
     stream: str = subjects.STREAM,
 ) -> list[tuple[int, bytes]]:
     """The messages on one ``subject`` with a sequence between ``after`` and ``before``
-    (both excluded), as `(seq, data)`, read with an ordered consumer filtered on that subject
-    and removed at once. For the rare read past a subject's last message: a direct get of the
+    (both excluded), as `(seq, data)`, read with one of ``owner``'s scan consumers filtered on
+    that subject and removed at once (`_scan`). For the rare read past a subject's last message: a direct get of the
     next message on a subject is a request on `$JS.API.DIRECT.GET.<stream>` whatever the
     subject, which permissions cannot narrow (a client may not have it), while a consumer
     filtered on the subject can be allowed for that subject alone."""
@@ -291,17 +299,17 @@ async def read_between(
         if (seq >= before - 1 or pending == 0) and not done.done():
             done.set_result(None)
 
-    await _scan(js, stream, subject, after, on_msg, done, timeout)
+    await _scan(js, stream, subject, after, on_msg, done, timeout, owner)
     return found
 
 
 async def read_span(
-    js: JetStreamContext, subject: str, *, after: int, before: int, timeout: float = 10.0,
+    js: JetStreamContext, subject: str, *, after: int, before: int, owner: str, timeout: float = 10.0,
     stream: str = subjects.STREAM,
 ) -> list[tuple[int, bytes]]:
     """The messages on one ``subject`` with a sequence between ``after`` and ``before`` (both
-    excluded), oldest first, as `(seq, data)`, read as `read_between` reads (a consumer named and
-    filtered on the subject, gone once unused), for spans of any length: a consumer without
+    excluded), oldest first, as `(seq, data)`, read as `read_between` reads (one of ``owner``'s
+    scan consumers filtered on the subject, removed once read), for spans of any length: a consumer without
     flow control loses messages when the client falls behind, which shows as a skip in the
     consumer sequence, so what follows a skip is left out and the caller reads on from the
     last sequence returned. [] if nothing is stored there."""
@@ -326,39 +334,125 @@ async def read_span(
         if delivery.sequence.stream >= before - 1 or delivery.num_pending == 0:
             done.set_result(None)
 
-    await _scan(js, stream, subject, after, on_msg, done, timeout)
+    await _scan(js, stream, subject, after, on_msg, done, timeout, owner)
     return found
 
 
 async def _scan(
     js: JetStreamContext, stream: str, subject: str, after: int, on_msg: Callable[[Msg], Awaitable[None]],
-    done: asyncio.Future[None], timeout: float,
+    done: asyncio.Future[None], timeout: float, owner: str,
 ) -> None:  # fmt: skip
-    """Deliver the messages on ``subject`` after ``after`` to ``on_msg`` through a consumer named
-    and filtered on the subject (what a permission can allow for that subject alone), gone by
-    itself once unused (no delete permission needed), until ``on_msg`` settles ``done``."""
-    inbox = js._nc.new_inbox()
-    sub = await js._nc.subscribe(inbox, cb=on_msg)
+    """Deliver the messages on ``subject`` after ``after`` to ``on_msg`` through one of
+    ``owner``'s scan consumers filtered on the subject (`scanning`), until ``on_msg`` settles
+    ``done``."""
     config = ConsumerConfig(
-        name=f"scan-{nuid_next()}", filter_subject=subject, deliver_subject=inbox, ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1, mem_storage=True,
-        num_replicas=1, inactive_threshold=SCAN_INACTIVE,
+        filter_subject=subject, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=after + 1, mem_storage=True, num_replicas=1, inactive_threshold=SCAN_INACTIVE,
     )  # fmt: skip
-    try:
-        info = await js.add_consumer(stream, config=config)
+    async with scanning(js, stream, config, on_msg, owner=owner) as info:
         if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
             await asyncio.wait_for(done, timeout)
+
+
+CONSUMER_EXISTS = 10148  # a create (action "create") under a name a consumer already has, with another configuration
+SCAN_BUSY_WAIT = 10.0  # seconds a scan waits for one of its user's scan names to free up
+_SCAN_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.5)  # between rounds over the names, then 0.5 s on
+
+
+@contextlib.asynccontextmanager
+async def scanning(
+    js: JetStreamContext, stream: str, config: ConsumerConfig, on_msg: Callable[[Msg], Awaitable[None]], *,
+    owner: str, busy_wait: float = SCAN_BUSY_WAIT,
+) -> AsyncIterator[ConsumerInfo]:  # fmt: skip
+    """A short-lived push consumer of ``stream`` (``config`` with its filter, no name) delivering
+    to ``on_msg`` on a new inbox, under one of ``owner``'s own scan names
+    (`subjects.scan_consumer_names`, the only names its permissions let it create, each
+    spelled out there: no user may create or update a consumer another goes by), and deleted
+    when the block ends (else the server removes it after `SCAN_INACTIVE` seconds unused).
+
+    Every process of one user shares those names, so each is taken with the JetStream API's
+    "create" action: a name in use is refused (`CONSUMER_EXISTS`) instead of the consumer
+    being updated, and the next name is tried. No two scans share a consumer: each has its
+    own inbox, so their configurations differ (the server hands back an existing consumer
+    only for an identical one). When all are in use, rounds over them are tried again for
+    ``busy_wait`` seconds, then `MeshError`. Without credentials (owner `anon`, which is
+    every process) each scan takes a new name, as no permission narrows names then."""
+    nc: Client = js._nc
+    # without credentials (`anon`) no permission names consumers, and every process of the mesh
+    # is `anon`: a name of its own per scan, so they need not share 32
+    names = (f"scan-{nuid_next()}",) if owner == subjects.ANON else subjects.scan_consumer_names(owner)
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    try:
+        config = dataclasses.replace(config, deliver_subject=inbox)
+        name, info = await _take_scan_name(js, stream, config, names, busy_wait)
+        try:
+            yield info
+        finally:
+            # deleted while its inbox is still heard, so it cannot have lapsed and its name gone
+            # to another scan of the same user, whose consumer this would then remove
+            with contextlib.suppress(Exception):  # else the server removes it once unused
+                await guarded(js, f"{API}.CONSUMER.DELETE.{stream}.{name}", js.delete_consumer(stream, name))
     finally:
         await sub.unsubscribe()
 
 
+async def _take_scan_name(
+    js: JetStreamContext, stream: str, config: ConsumerConfig, names: tuple[str, ...], busy_wait: float
+) -> tuple[str, ConsumerInfo]:
+    """Create ``config`` under the first free one of ``names`` (starting at this process's
+    next turn, so processes and concurrent scans spread over them)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + busy_wait
+    for round_ in itertools.count():
+        start = next(_scan_turn)
+        for n in range(len(names)):
+            name = names[(start + n) % len(names)]
+            try:
+                return name, await _create_consumer(js, stream, dataclasses.replace(config, name=name))
+            except nats.js.errors.APIError as error:
+                if error.err_code != CONSUMER_EXISTS:
+                    raise
+        if loop.time() >= deadline:
+            raise MeshError(
+                f"reading {config.filter_subject}: all {len(names)} scan consumers of this user are in use "
+                f"(`subjects.SCAN_CONSUMERS`, shared by its processes); waited {busy_wait:g}s"
+            )
+        await asyncio.sleep(min(_SCAN_PAUSES[min(round_, len(_SCAN_PAUSES) - 1)], max(deadline - loop.time(), 0)))
+    raise AssertionError("unreachable")
+
+
+_scan_turn = itertools.count(random.randrange(subjects.SCAN_CONSUMERS))
+
+
+async def _create_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> ConsumerInfo:
+    """Create the named consumer ``config`` with the action "create": a name in use is
+    `APIError` with `CONSUMER_EXISTS`, never an update of that consumer (nats-py's
+    `add_consumer` creates or updates, and takes no action). Requested on the subject nats-py
+    uses, `$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`; a refusal is
+    `PermissionDeniedError` at once."""
+    assert config.name and config.filter_subject
+    subject = f"{API}.CONSUMER.CREATE.{stream}.{config.name}.{config.filter_subject}"
+    body = json.dumps({"stream_name": stream, "config": config.as_dict(), "action": "create"}).encode()
+    nc: Client = js._nc
+    reply = await guarded(js, subject, nc.request(subject, body, timeout=API_TIMEOUT))
+    response = json.loads(reply.data)
+    if "error" in response:
+        raise nats.js.errors.APIError.from_error(response["error"])
+    info: ConsumerInfo = ConsumerInfo.from_response(response)
+    return info
+
+
+API_TIMEOUT = 5.0  # seconds for a JetStream API request made here (nats-py's default)
+
+
 async def read_since(
-    js: JetStreamContext, filter_subject: str, *, since: datetime, limit: int, timeout: float = 10.0,
+    js: JetStreamContext, filter_subject: str, *, since: datetime, limit: int, owner: str, timeout: float = 10.0,
     stream: str = subjects.STREAM,
 ) -> list[tuple[int, str, bytes]]:
     """The newest ``limit`` messages on ``filter_subject`` stored at or after ``since``, oldest
-    first, as `(seq, subject, data)`: a consumer from that time, removed once read (as in
-    `read_between`). For a process that starts and must learn what it missed (cancel requests)."""
+    first, as `(seq, subject, data)`: one of ``owner``'s scan consumers from that time, removed
+    once read (as in `read_between`). For a process that starts and must learn what it missed (cancel requests)."""
     found: deque[tuple[int, str, bytes]] = deque(maxlen=limit)
     done = asyncio.get_running_loop().create_future()
 
@@ -370,20 +464,13 @@ async def read_since(
         if delivery.num_pending == 0 and not done.done():
             done.set_result(None)
 
-    inbox = js._nc.new_inbox()
-    sub = await js._nc.subscribe(inbox, cb=on_msg)
     config = ConsumerConfig(
-        name=f"scan-{nuid_next()}", filter_subject=filter_subject, deliver_subject=inbox, ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since, mem_storage=True,
-        num_replicas=1, inactive_threshold=SCAN_INACTIVE,
+        filter_subject=filter_subject, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=since, mem_storage=True, num_replicas=1, inactive_threshold=SCAN_INACTIVE,
     )  # fmt: skip
-    try:
-        create = f"{API}.CONSUMER.CREATE.{stream}.{config.name}.{filter_subject}"  # nats-py's subject for it
-        info = await guarded(js, create, js.add_consumer(stream, config=config))  # a refusal: at once, not a timeout
+    async with scanning(js, stream, config, on_msg, owner=owner) as info:  # a refusal: at once, not a timeout
         if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
             await asyncio.wait_for(done, timeout)
-    finally:
-        await sub.unsubscribe()
     return list(found)
 
 
@@ -394,7 +481,7 @@ def nuid_next() -> str:
     return _nuid.next().decode()
 
 
-SCAN_INACTIVE = 2.0  # seconds: the server removes a finished `read_between` consumer after this
+SCAN_INACTIVE = 2.0  # seconds: the server removes a scan consumer left undeleted (a lost connection) after this
 
 
 async def next_on_subject(

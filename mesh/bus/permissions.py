@@ -12,7 +12,7 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
 - `client`: submit tasks (a JetStream publish on `mesh.work.*.<owner>`) and cancel them (on
   `mesh.cancel.*`, honoured only with the submitter's token), read the outcomes of its own
   tasks and of no one else's (core subscription on `mesh.task.*.<owner>.*`, direct get of the
-  last event on a `mesh.task.*.<owner>.*` subject, an ordered consumer filtered on one such
+  last event on a `mesh.task.*.<owner>.*` subject, a scan consumer filtered on one such
   subject), check the stream exists; list the questions agents ask people and answer them
   (`mesh.ask.>` read, `mesh.answer.*` written);
 - an agent role: pull and settle its own consumers (`work-<capability>` per capability,
@@ -30,6 +30,12 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
 - `admin`: everything (streams, consumers, KV, object store, import, snapshots).
 
 Nothing here creates, deletes or purges a stream except admin's `>`.
+
+No consumer of MESH is allowed with a wildcard in the consumer-name token of
+`$JS.API.CONSUMER.CREATE.MESH.<name>.<filter>`: a create under a name that exists updates that
+consumer, so `*` there let any role re-target another's (the agents' `work-<capability>`). A role
+names its own durable consumers, and its scans read under its own `SCAN_CONSUMERS` names
+(`topics.subjects.scan_consumer_names`, each spelled out, with each filter it may read).
 """
 
 from __future__ import annotations
@@ -60,14 +66,30 @@ def admin_permissions() -> Permissions:
     return Permissions(publish=(">",), subscribe=(">",))
 
 
-def _reading_outcomes(lifecycles: tuple[str, ...]) -> tuple[str, ...]:
+def _scans(owner: str, filter_subject: str) -> tuple[str, ...]:
+    """Creating one of ``owner``'s own scan consumers (`subjects.scan_consumer_names`) filtered
+    on ``filter_subject``: each name spelled out, never `*` in the name token, since a create
+    under a name that exists is an update of that consumer (another role's, or an agent role's
+    durable `work-<capability>`: its filter replaced, its capability stalled)."""
+    return tuple(f"{_API}.CONSUMER.CREATE.{_STREAM}.{name}.{filter_subject}"
+                 for name in subjects.scan_consumer_names(owner))  # fmt: skip
+
+
+def _scan_deletes(owner: str) -> tuple[str, ...]:
+    """Removing ``owner``'s own scan consumers once read (`mesh.bus.jetstream`), no other."""
+    return tuple(f"{_API}.CONSUMER.DELETE.{_STREAM}.{name}" for name in subjects.scan_consumer_names(owner))
+
+
+def _reading_outcomes(lifecycles: tuple[str, ...], owner: str) -> tuple[str, ...]:
     """Requests that read the events of the tasks on the ``lifecycles`` subject filters
     (`mesh.task.<capability>.<owner>.<task id>` with wildcards): `Mesh.last_on`, and the
-    ordered consumer `mesh.bus.waiting` reads a subject's earlier events with."""
+    scan consumer `mesh.bus.waiting` reads a subject's earlier events with (one of
+    ``owner``'s own names)."""
     return (
         f"{_API}.STREAM.INFO.{_STREAM}",
         *(f"{_API}.DIRECT.GET.{_STREAM}.{subject}" for subject in lifecycles),
-        *(f"{_API}.CONSUMER.CREATE.{_STREAM}.*.{subject}" for subject in lifecycles),
+        *(create for subject in lifecycles for create in _scans(owner, subject)),
+        *_scan_deletes(owner),
         f"$JS.FC.{_STREAM}.>",  # the ordered consumer's flow-control replies
     )
 
@@ -101,14 +123,14 @@ def _payloads(buckets: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(allowed)
 
 
-def _reading_knowledge() -> tuple[str, ...]:
+def _reading_knowledge(owner: str) -> tuple[str, ...]:
     """Searching knowledge bases (`mesh.coordination.knowledge`): the newest sequence on a base's
-    subject (a message get, asked of the stream leader), then a short-lived consumer named and
-    filtered on that subject (`mesh.bus.follow.read_subject`).
+    subject (a message get, asked of the stream leader), then a short-lived consumer, one of
+    ``owner``'s scan names, filtered on that subject (`mesh.bus.follow.read_subject`).
     A get by sequence shows no more than the direct gets every agent role has."""
     return (
         f"{_API}.STREAM.MSG.GET.{_STREAM}",
-        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.mesh.knowledge.*",
+        *_scans(owner, "mesh.knowledge.*"),
     )
 
 
@@ -124,14 +146,14 @@ def _limits() -> tuple[str, ...]:
     )
 
 
-def _answering() -> tuple[str, ...]:
+def _answering(owner: str) -> tuple[str, ...]:
     """Reading the questions agents ask people and answering them (`mesh inbox`, `mesh answer`):
     a consumer of `mesh.ask.>` / `mesh.answer.*` from a time (`Humans.state`, `question`), the
     last answer of a question (a direct get: the compare-and-set of `Humans.answer`), answers."""
     return (
         subjects.ANSWERS,
-        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.{subjects.ASKS}",
-        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.{subjects.ANSWERS}",
+        *_scans(owner, subjects.ASKS),
+        *_scans(owner, subjects.ANSWERS),
         f"{_API}.DIRECT.GET.{_STREAM}.{subjects.ANSWERS}",
     )
 
@@ -141,7 +163,7 @@ def client_permissions(inbox: str, *, owner: str) -> Permissions:
     and cancel them; list and answer questions to people; nothing else."""
     own = _own_tasks(owner)
     return Permissions(
-        publish=(f"mesh.work.*.{owner}", subjects.CANCELS, *_reading_outcomes((own,)), *_answering(),
+        publish=(f"mesh.work.*.{owner}", subjects.CANCELS, *_reading_outcomes((own,), owner), *_answering(owner),
                  *_payloads((subjects.owner_payload_bucket(owner), subjects.PEOPLE_PAYLOAD_BUCKET))),
         subscribe=(f"{inbox}.>", own),
     )
@@ -184,7 +206,7 @@ def agent_permissions(
         *(("mesh.work.>",) if requests is None else (subjects.work_any(c) for c in requests)),
         *emits,
         subjects.CANCELS,  # cancel what it started (a timed-out sub-task, a failed workflow's steps)
-        f"{_API}.CONSUMER.CREATE.{_STREAM}.*.{subjects.CANCELS}",  # on start, the cancel requests it missed
+        *_scans(owner, subjects.CANCELS),  # on start, the cancel requests it missed
         f"mesh.llm.{role}.>",
         f"mesh.tool.{role}.>",
         f"mesh.ask.{role}.>",  # questions to people (`ctx.ask`), in its own name only
@@ -200,8 +222,8 @@ def agent_permissions(
         f"{_API}.CONSUMER.DELETE.{_KV_STREAM}.*",
         f"$JS.FC.{_KV_STREAM}.>",
         f"{_API}.DIRECT.GET.{_STREAM}",  # by sequence: dead letters, recorded model and tool calls
-        *_reading_knowledge(),
-        *_reading_outcomes(lifecycles),
+        *_reading_knowledge(owner),
+        *_reading_outcomes(lifecycles, owner),
         *_payloads(buckets),
         *_limits(),
     ]

@@ -403,7 +403,7 @@ class Waiters:
         """Read the subject's events stored since the waiter's last check: the last one (a
         direct get), and the ones before it only if the last is not the awaited one (a claim
         after an outcome, another request's answer under the same task id): then with an
-        ordered consumer of that subject, for a moment (`jetstream.read_between`)."""
+        scan consumer of that subject, for a moment (`jetstream.read_between`)."""
         last = await jetstream.direct_get(self._js, subject=waiter.subject)
         if last is None or not last.seq or last.seq <= waiter.checked:
             return
@@ -411,7 +411,8 @@ class Waiters:
         if waiter.offer(record):
             return
         if last.seq > waiter.checked + 1 and waiter.earlier is not None and (record is None or waiter.earlier(record)):
-            for seq, data in await jetstream.read_between(self._js, waiter.subject, after=waiter.checked, before=last.seq):
+            for seq, data in await jetstream.read_between(self._js, waiter.subject, after=waiter.checked, before=last.seq,
+                                                             owner=self._owner or subjects.ANON):
                 if waiter.offer(await self._stored(waiter.subject, data, seq)):
                     break
         waiter.checked = last.seq

@@ -229,7 +229,7 @@ class Humans:
         records: list[Record] = []
         roles: dict[str, list[str]] = {}  # question id -> the roles that asked under it, by their subjects
         for filter_subject in filters:
-            found = await jetstream.read_since(self.mesh.js, filter_subject, since=start, limit=MAX_READ)
+            found = await jetstream.read_since(self.mesh.js, filter_subject, since=start, limit=MAX_READ, owner=self.mesh.owner)
             for seq, subject, data in found:
                 record = await self.mesh.record_of(subject, data, seq)
                 if record is None:

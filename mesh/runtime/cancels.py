@@ -87,7 +87,8 @@ class Cancels:
             return
         since = datetime.now(UTC) - look_back
         try:
-            missed = await jetstream.read_since(self.mesh.js, subjects.CANCELS, since=since, limit=self.remembered)
+            missed = await jetstream.read_since(self.mesh.js, subjects.CANCELS, since=since, limit=self.remembered,
+                                                owner=self.mesh.owner)
         except Exception as error:  # what it missed is a best effort; what it hears is not
             log.warning("cancel requests of the last hour not read", error=repr(error))
             return
