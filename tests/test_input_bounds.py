@@ -129,3 +129,11 @@ class TestConsoleHosts:
 
         assert all(map(_loopback, ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost")))
         assert not any(map(_loopback, ("0.0.0.0", "::", "192.0.2.7", "ui.internal")))
+
+
+class TestKnowledgeCli:
+    @pytest.mark.parametrize(("args", "stdin"), [(["--text", "  "], None), ([], "")])
+    def test_an_empty_entry_is_refused(self, args: list[str], stdin: str | None) -> None:
+        """Before it connects: an entry with no text would only clutter the base."""
+        result = CliRunner().invoke(cli, ["kb", "add", "kb1", *args, "--nats", "nats://127.0.0.1:1"], input=stdin)
+        assert result.exit_code == 2 and "the entry's text is empty" in result.output, result.output

@@ -38,6 +38,8 @@ def add(name: str, text: str | None, tags: tuple[str, ...], metadata_json: str, 
     if not isinstance(metadata, dict):
         raise click.BadParameter(f"--metadata must be a JSON object, not {metadata_json[:80]!r}")
     body = sys.stdin.read() if text is None else text
+    if not body.strip():
+        raise click.BadParameter("the entry's text is empty (give --text, or the text on stdin)")
     click.echo(run(_with(settings, name, lambda base: base.add(body, tags=tags, metadata=metadata))))
 
 
