@@ -58,7 +58,7 @@ from topics.flows import FlowCompleted, FlowFailed
 from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem
 from topics.record import Record
 from topics.registry import type_of
-from topics.tasks import TaskCompleted, TaskFailed, TaskOutcome, TaskProgress, TaskRequested
+from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskOutcome, TaskProgress, TaskRequested
 from topics.votes import VoteDecided, VoteProposed
 
 if TYPE_CHECKING:  # annotations only: the SDK is imported when a model call is replayed
@@ -122,8 +122,11 @@ def view(data: Event) -> Any:
             return plain(msgspec.structs.replace(data, asked_at="", expires_at=None, agent=""))
         case VoteProposed(deadline=deadline) if deadline is not None:  # "in 30 s" is a time of its run
             return plain(msgspec.structs.replace(data, deadline="(a deadline)"))
-        case TaskRequested(cancel_key=key) if key is not None:  # the submitter's secret hashed: not the handler's
-            return plain(msgspec.structs.replace(data, cancel_key=None))
+        case TaskHandedOff():  # which replica, which try and the request's sequence are of its run
+            return plain(msgspec.structs.replace(data, agent="", attempt=0, request_seq=None))
+        case TaskRequested():  # the submitter's secret hashed and the hops `ctx.handoff` counts: the
+            # runtime's, not the handler's (and absent from logs written before hops were counted)
+            return plain(msgspec.structs.replace(data, cancel_key=None, hops=0))
         case UndeclaredAppEvent(data=fields):  # read before its declaration was imported: the same JSON
             return plain(fields)
     return plain(data)

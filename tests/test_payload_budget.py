@@ -36,6 +36,29 @@ class TestBudget:
         assert order == ["big", "small"] and budget.used == 60
         await asyncio.gather(big, small)
 
+    async def test_a_wait_on_other_work_lends_the_bytes(self) -> None:
+        """A handler awaiting a sub-task gives its bytes back meanwhile (the sub-task may be this
+        process's next offloaded message, which would else wait for them for ever), and takes
+        them back after, even over the limit."""
+        from mesh.bus.payloads import waiting_on_others
+
+        budget = Budget(100)
+        async with budget.holding(80):
+            with waiting_on_others():
+                assert budget.used == 0
+                async with budget.holding(80):  # the sub-task: at once
+                    assert budget.used == 80
+                await budget.take(70)  # another message, while the first still waits
+            assert budget.used == 150  # back, over the limit: its data is still in memory
+            budget.give(70)
+        assert budget.used == 0
+
+    async def test_inline_data_holds_nothing(self) -> None:
+        budget = Budget(1)
+        await budget.take(1)
+        async with budget.holding(0):  # never waits, even with the budget spent
+            assert budget.used == 1
+
     async def test_one_larger_than_the_budget_runs_alone(self) -> None:
         budget = Budget(100)
         await budget.take(10)
@@ -77,3 +100,13 @@ class TestSizes:
         monkeypatch.setenv("MESH_MAX_PAYLOAD_IN_FLIGHT", value)
         with pytest.raises(ConfigError, match="MESH_MAX_PAYLOAD_IN_FLIGHT"):
             in_flight_budget()
+
+
+class TestReplayView:
+    def test_what_the_runtime_adds_to_a_request_is_not_compared(self) -> None:
+        """`hops` (counted by `ctx.handoff`) and the cancel key are the runtime's: a log written
+        before hops were counted reruns the same."""
+        from replay.context import view
+        from topics.tasks import TaskRequested
+
+        assert view(TaskRequested(capability="x", hops=3, cancel_key="k")) == view(TaskRequested(capability="x"))

@@ -17,6 +17,7 @@ from mesh import Mesh, TaskFailedError
 from mesh.bus import waiting
 from mesh.bus.server import LocalServer
 from mesh.projections import TASKS, fold
+from replay import rerun_log
 from replay.timeline import build_timeline, render_text
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog, eventually
@@ -249,6 +250,8 @@ class TestHandOff:
         assert f"handed off to work task {work_id}" in shown and f"handed off to review task {review_id}" in shown
         code, out, err = await cli("task", "plan", "--input", '{"n": 2}', "--wait", "--nats", nats_server.url)
         assert code == 0 and json.loads(out)["n"] == 2 and "reviewed_by" in json.loads(out), err
+        rerun = await rerun_log(mesh, "tests.fixture_agents:chain", "chain-1")  # each step's hand-off agrees
+        assert rerun.ok and rerun.tasks_checked == 3, rerun.divergence
 
     async def test_a_step_that_hands_off_to_itself_is_stopped(self, mesh: Mesh, agents: AgentProcesses,
                                                               log: EventLog) -> None:  # fmt: skip

@@ -23,9 +23,12 @@ subject's (a writer may not point readers at data they could not otherwise read)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
 import os
 from collections import deque
+from collections.abc import AsyncIterator, Iterator
 
 import msgspec
 from nats.js import JetStreamContext
@@ -43,11 +46,11 @@ from topics.registry import decode_on
 
 __all__ = [
     "DEFAULT_IN_FLIGHT", "DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "Budget", "create_buckets", "in_flight_budget", "inline",
-    "max_object", "offload", "offloaded_size", "payload_bucket", "resolve",
+    "max_object", "offload", "offloaded_size", "payload_bucket", "resolve", "waiting_on_others",
 ]
 
 DEFAULT_MAX_OBJECT = 64 * 1024 * 1024
-DEFAULT_IN_FLIGHT = 64 * 1024 * 1024  # bytes of message data an agent process holds at once (`Budget`)
+DEFAULT_IN_FLIGHT = 64 * 1024 * 1024  # bytes of offloaded data an agent process holds at once (`Budget`)
 
 RESOLVE_ERRORS: tuple[type[Exception], ...] = (*DECODE_ERRORS, MissingPayloadError)
 """What `resolve` can raise about a stored message itself (not about NATS): it is malformed,
@@ -65,8 +68,8 @@ def max_object() -> int:
 
 
 def in_flight_budget() -> int:
-    """`MESH_MAX_PAYLOAD_IN_FLIGHT`: the bytes of message data (inline and offloaded) an agent
-    process decodes and handles at once (default 64 MiB; see `Budget`)."""
+    """`MESH_MAX_PAYLOAD_IN_FLIGHT`: the bytes of offloaded data an agent process fetches,
+    decodes and handles at once (default 64 MiB; see `Budget`)."""
     value = os.environ.get("MESH_MAX_PAYLOAD_IN_FLIGHT", "").strip()
     if not value:
         return DEFAULT_IN_FLIGHT
@@ -76,17 +79,39 @@ def in_flight_budget() -> int:
 
 
 class Budget:
-    """The bytes of message data one agent process holds at once, from before it is decoded
-    until its handler is done: a message waits (in arrival order) until its bytes fit, or
-    until nothing else is held, so one larger than the budget still runs, alone. Decoded JSON
-    takes more memory than its text (up to about 24 times, for `[{},{},...]`), so this is what
-    bounds an agent's memory against inputs made to be large: without it, 64 messages in
-    flight with 64 MiB objects each could be read at once."""
+    """The bytes of offloaded data (events too large for one message) one agent process holds
+    at once, from before they are fetched until the handler is done: a message waits (in
+    arrival order, behind other offloaded ones only: a message with its data inline never
+    waits) until its bytes fit, or until nothing else is held, so one larger than the budget
+    still runs, alone. Decoded JSON takes more memory than its text (up to about 24 times, for
+    `[{},{},...]`), so this is what bounds an agent's memory against inputs made to be large:
+    without it, 64 messages in flight with 64 MiB objects each could be read at once.
+
+    A handler that waits on other work (a sub-task, a child workflow, a person) lends its bytes
+    back while it waits (`waiting_on_others`): that work may be a message of this very process,
+    which would otherwise wait for the bytes its parent holds, for ever."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def holding(self, size: int) -> AsyncIterator[None]:
+        """Hold ``size`` bytes for the block (nothing at all for 0), lent back by `waiting_on_others`."""
+        if size <= 0:
+            yield
+            return
+        await self.take(size)
+        hold = _Hold(self, size)
+        token = _holding.set(hold)
+        try:
+            yield
+        finally:
+            _holding.reset(token)
+            hold.done = True
+            if hold.lent == 0:  # else given back when the wait under way began
+                self.give(size)
 
     async def take(self, size: int) -> None:
         if not self._waiting and self._fits(size):
@@ -116,6 +141,38 @@ class Budget:
 
     def _fits(self, size: int) -> bool:
         return self.used == 0 or self.used + size <= self.limit
+
+
+class _Hold:
+    """The bytes one handled message holds, and how many waits on other work have them lent back."""
+
+    __slots__ = ("budget", "done", "lent", "size")
+
+    def __init__(self, budget: Budget, size: int) -> None:
+        self.budget, self.size, self.lent, self.done = budget, size, 0, False
+
+
+_holding: contextvars.ContextVar[_Hold | None] = contextvars.ContextVar("mesh_budget_hold", default=None)
+
+
+@contextlib.contextmanager
+def waiting_on_others() -> Iterator[None]:
+    """While a handler waits on other work (a sub-task, a child workflow, a person), the bytes
+    its message holds go back to the budget; they are taken back when the wait ends (at once,
+    over the limit if need be: its data is still in memory). Nothing for a message that holds none."""
+    hold = _holding.get()
+    if hold is None or hold.done:
+        yield
+        return
+    if hold.lent == 0:
+        hold.budget.give(hold.size)
+    hold.lent += 1
+    try:
+        yield
+    finally:
+        hold.lent -= 1
+        if hold.lent == 0 and not hold.done:
+            hold.budget.used += hold.size
 
 
 def offloaded_size(payload: bytes) -> int:

@@ -91,6 +91,7 @@ class Cancels:
                                                 owner=self.mesh.owner)
         except Exception as error:  # what it missed is a best effort; what it hears is not
             log.warning("cancel requests of the last hour not read", error=repr(error))
+            self.forgot = True  # not read: a task not remembered is looked up on its own subject (`asked_now`)
             return
         self.forgot = self.forgot or len(missed) >= self.remembered  # the read may have stopped short
         for seq, subject, data in missed:

@@ -15,6 +15,7 @@ import structlog
 from opentelemetry.trace import Span
 
 from mesh.bus.client import Mesh, Published, outcome_value
+from mesh.bus.payloads import waiting_on_others
 from mesh.coordination.board import Board
 from mesh.coordination.conversation import Conversation
 from mesh.coordination.flowlog import FlowLog
@@ -174,10 +175,11 @@ class Context:
                 return outcome_value(copied)
         # on a first attempt the sub-task's id (derived from this request message) was never used
         try:
-            record = await self.mesh.request_outcome(capability, input, timeout=timeout, task_id=event_id,
-                                                     stored=self.attempt > 1,
-                                                     event_id=event_id, fallback=fallback,
-                                                     correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
+            with waiting_on_others():  # the sub-task may be this process's to run: not behind our bytes
+                record = await self.mesh.request_outcome(capability, input, timeout=timeout, task_id=event_id,
+                                                         stored=self.attempt > 1,
+                                                         event_id=event_id, fallback=fallback,
+                                                         correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
         except TaskTimeoutError:  # nobody waits for it any more: it must not go on running
             await self._cancel_quietly(event_id, f"task {self.task_id} stopped waiting for it after {timeout:g}s")
             raise
@@ -232,7 +234,8 @@ class Context:
         workflows = Workflows(self.mesh)
         launched = await workflows.launch(spec, input, workflow_id=workflow_id, correlation_id=self.correlation_id,
                                           causation_id=self.event.id)  # fmt: skip
-        return await workflows.result(workflow_id, request_seq=launched.request_seq, timeout=timeout)
+        with waiting_on_others():  # its steps may be this process's to run
+            return await workflows.result(workflow_id, request_seq=launched.request_seq, timeout=timeout)
 
     async def ask(
         self, question: str, options: Iterable[str] = (), *, timeout: float = DEFAULT_ASK_TIMEOUT,
@@ -258,7 +261,7 @@ class Context:
         question_id = self._child_id(label)
         try:
             self.log.info("asking a person", question_id=question_id, timeout=timeout)
-            with ask_span(question_id):
+            with ask_span(question_id), waiting_on_others():  # a person may take days
                 return await humans.ask(question, options, timeout=timeout, context=context, question_id=question_id,
                                         default=default, expires_at=self.deadline)  # fmt: skip
         except asyncio.CancelledError:

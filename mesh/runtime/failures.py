@@ -129,6 +129,7 @@ async def task_failed(
         handover = TaskRequested(
             capability=fallback[0], input=task.input, task_id=task_id, fallback=fallback[1:],
             deadline=task.deadline, max_attempts=task.max_attempts,
+            hops=task.hops + 1,  # a hand-over is a hop the requester follows and counts
         )  # fmt: skip
         passed = await mesh.publish(subjects.work(fallback[0], owner), handover, event_id=derived_id(event.id, "fallback"),
                                     correlation_id=event.correlationid or task_id, causation_id=event.id)  # fmt: skip

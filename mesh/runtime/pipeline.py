@@ -144,14 +144,10 @@ async def settle(worker: Worker, inbound: Inbound, call_next: Next) -> None:
 
 
 async def decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
-    """Held within the process's budget of message bytes (`payloads.Budget`) from before its
-    data is read (inline, or fetched from the object store) until the handler is done."""
-    size = len(inbound.msg.data) + payloads.offloaded_size(inbound.msg.data)
-    await worker.budget.take(size)
-    try:
+    """Data fetched from the object store is held within the process's budget
+    (`payloads.Budget`) from before it is read until the handler is done; inline data never waits."""
+    async with worker.budget.holding(payloads.offloaded_size(inbound.msg.data)):
         await _decode(worker, inbound, call_next)
-    finally:
-        worker.budget.give(size)
 
 
 async def _decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
