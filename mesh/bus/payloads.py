@@ -59,22 +59,21 @@ or its offloaded data is gone."""
 
 def max_object() -> int:
     """`MESH_MAX_PAYLOAD_OBJECT`: the largest `data` (bytes of JSON) kept in the object store."""
-    value = os.environ.get("MESH_MAX_PAYLOAD_OBJECT", "").strip()
-    if not value:
-        return DEFAULT_MAX_OBJECT
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
-        raise ConfigError(f"MESH_MAX_PAYLOAD_OBJECT={value!r} must be a whole number of bytes (default {DEFAULT_MAX_OBJECT})")
-    return int(value)
+    return _bytes_setting("MESH_MAX_PAYLOAD_OBJECT", DEFAULT_MAX_OBJECT)
 
 
 def in_flight_budget() -> int:
     """`MESH_MAX_PAYLOAD_IN_FLIGHT`: the bytes of offloaded data an agent process fetches,
     decodes and handles at once (default 64 MiB; see `Budget`)."""
-    value = os.environ.get("MESH_MAX_PAYLOAD_IN_FLIGHT", "").strip()
+    return _bytes_setting("MESH_MAX_PAYLOAD_IN_FLIGHT", DEFAULT_IN_FLIGHT)
+
+
+def _bytes_setting(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
     if not value:
-        return DEFAULT_IN_FLIGHT
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
-        raise ConfigError(f"MESH_MAX_PAYLOAD_IN_FLIGHT={value!r} must be a whole number of bytes (default {DEFAULT_IN_FLIGHT})")
+        return default
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:  # isdigit alone takes '²', which int() refuses
+        raise ConfigError(f"{name}={value!r} must be a whole number of bytes (default {default})")
     return int(value)
 
 
