@@ -146,7 +146,11 @@ async def settle(worker: Worker, inbound: Inbound, call_next: Next) -> None:
 async def decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
     """Data fetched from the object store is held within the process's budget
     (`payloads.Budget`) from before it is read until the handler is done; inline data never waits."""
-    async with worker.budget.holding(payloads.offloaded_size(inbound.msg.data)):
+    size = payloads.offloaded_size(inbound.msg.data)
+    if size == 0:  # most messages: no context manager to make
+        await _decode(worker, inbound, call_next)
+        return
+    async with worker.budget.holding(size):
         await _decode(worker, inbound, call_next)
 
 
