@@ -21,8 +21,9 @@ class TestKeepInProgress:
         self, mesh: Mesh, log: EventLog, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The first in-progress ack fails as nats-py's does while reconnecting with a full
-        buffer; the loop tries again next period, so the 5 s handler (ack wait 2 s) is never
-        redelivered while it runs (one loop failure used to end the loop for good)."""
+        buffer; the loop tries again next period, so the 11 s handler (ack wait 8 s, a period of
+        2 s: the first try at about 4 s fails, the second comes 2 s before the redelivery would)
+        is never redelivered while it runs (one loop failure used to end the loop for good)."""
         sent, failed = Msg.in_progress, []
 
         async def fails_once(self: Msg) -> None:
@@ -32,10 +33,10 @@ class TestKeepInProgress:
             await sent(self)
 
         monkeypatch.setattr(Msg, "in_progress", fails_once)
-        runner = AgentRunner(slow, mesh, RunnerOptions(ack_wait=2, max_deliver=5))
+        runner = AgentRunner(slow, mesh, RunnerOptions(ack_wait=8, max_deliver=5))
         await runner.start()
         try:
-            output: Any = await mesh.request("slow", {"hold": 5, "n": 1, "every_attempt": True}, timeout=40)
+            output: Any = await mesh.request("slow", {"hold": 11, "n": 1, "every_attempt": True}, timeout=60)
         finally:
             await runner.stop("done")
         assert failed, "the keep-alive never ran"

@@ -173,11 +173,12 @@ class AgentRunner:
         await asyncio.gather(*running, return_exceptions=True)
 
     async def _keep_in_progress(self) -> None:
-        """One loop for all handlers: anything running longer than a third of ack_wait is
-        told to the server as in progress, so a slow LLM call is not redelivered. One that
-        cannot be sent (reconnecting with a full buffer, closing) is tried again next period:
-        a failure must not end the loop, or every long handler would be redelivered while it runs."""
-        period = self.options.ack_wait / 3
+        """One loop for all handlers: anything running longer than a quarter of ack_wait is
+        told to the server as in progress, every quarter, so a slow LLM call is not redelivered.
+        One that cannot be sent (reconnecting with a full buffer, closing) is tried again next
+        period, still half an ack_wait before the redelivery: a failure must not end the loop,
+        or every long handler would be redelivered while it runs."""
+        period = self.options.ack_wait / 4
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
