@@ -51,8 +51,6 @@ from mesh.runtime.failures import (
 )
 from mesh.runtime.worker import Worker
 from mesh.telemetry.tracing import agent_span, instruments, process_span, record_error
-from topics import subjects
-from topics.base import shorten
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.record import Record
 from topics.tasks import TaskCancelled, TaskClaimed, TaskCompleted, TaskHandedOff, TaskRequested, request_problem
@@ -176,9 +174,10 @@ async def _decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
             text = f"a work subject takes mesh.task.requested, not {inbound.event.type}"
             await reject(worker, msg, delivery, Reason.UNKNOWN_TYPE, text, inbound.event)
             return
-        if subjects.work_of(msg.subject) is None:  # its owner token names subjects too: refuse it here, not after the run
-            text = f"{shorten(msg.subject, 200)!r} is not mesh.work.<capability>.<owner> made of tokens"
-            await reject(worker, msg, delivery, Reason.BAD_DATA, text, inbound.event)
+        try:  # its owner token names the task's subjects too: refuse it here, not after the run
+            served(msg.subject)
+        except ValueError as error:
+            await reject(worker, msg, delivery, Reason.BAD_DATA, str(error), inbound.event)
             return
         if problem := request_problem(data.task_id or inbound.event.id, data.capability, data.fallback, data.deadline,
                                       data.hops):
