@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
+from mesh.bus import jetstream
 from mesh.bus.client import Mesh
 from mesh.runtime.cancels import MAX_REQUEST, Cancels
 from topics import subjects
@@ -44,3 +46,26 @@ class TestHeard:
         for n in range(5):
             await cancels._heard(*request_bytes(f"t{n}", "k"), 0)
         assert [cancels.asked(f"t{n}", cancel_key_of("k")) is not None for n in range(5)] == [False, False, True, True, True]
+
+    async def test_only_a_task_that_may_have_been_forgotten_is_looked_up(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """After a flood, the forgotten task ids (and no others, bar the filter's rare error)
+        are read from the log; a task never cancelled costs no read."""
+        read: list[str] = []
+
+        async def next_on_subject(js: Any, subject: str, *, after: int) -> None:
+            read.append(subject)
+
+        monkeypatch.setattr(jetstream, "next_on_subject", next_on_subject)
+        cancels = Cancels(cast(Any, SimpleNamespace(js=None)), remembered=3)  # the reads go to `next_on_subject`
+        for n in range(50):
+            await cancels._heard(*request_bytes(f"t{n}", "k"), 0)
+        key = cancel_key_of("k")
+        assert all(cancels.may_have_forgotten(f"t{n}") for n in range(47))  # pushed out, each of them
+        assert not any(cancels.may_have_forgotten(f"other-{n}") for n in range(10_000))
+        assert await cancels.asked_now("other-1", key) is None and read == []
+        assert await cancels.asked_now("t0", key) is None and read == [subjects.cancel("t0")]
+
+    async def test_after_a_start_up_read_that_failed_every_task_is_looked_up(self) -> None:
+        cancels = Cancels(cast(Any, None))
+        cancels.unknown = True  # as `start` leaves it when the read fails or is cut
+        assert cancels.may_have_forgotten("anything")

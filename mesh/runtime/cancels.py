@@ -14,10 +14,15 @@ was running is not run when one starts (a task cancelled longer ago and still wa
 
 Bounded: `REMEMBERED` requests (10,000) are kept, the oldest forgotten first; each is a task
 id, a 32-character key and a reason cut to 500 characters. Any client may publish requests, so
-a flood could push out a real one: once anything was forgotten (or the start-up read was cut
-at `REMEMBERED`), a task whose request is not remembered is looked up on its own subject in the
-log before it runs (`asked_now`: direct gets of at most `LOOKED_UP` stored requests for that
-task id, no consumer), so a cancelled task still does not run. A message over `MAX_REQUEST` (4 KiB)
+a flood could push out a real one: a task whose request may have been forgotten is looked up on
+its own subject in the log before it runs (`asked_now`: direct gets of at most `LOOKED_UP`
+stored requests for that task id, no consumer), so a cancelled task still does not run. Which
+task ids were forgotten is kept in a Bloom filter of `FORGOTTEN_BITS` bits (1 MiB, made at the
+first one forgotten, keyed per process): a task never cancelled is looked up only when the
+filter errs, about once in 200,000 tasks after 100,000 forgotten requests and once in 50 after
+a million, so a flood costs every later task a read of the log only once it is that large. If
+the start-up read failed or was cut at `REMEMBERED`, which ids were missed is not known, and
+every task not remembered is looked up. A message over `MAX_REQUEST` (4 KiB)
 or one that does not decode as a cancel request is ignored; data offloaded to the object store
 is never fetched for one.
 """
@@ -41,12 +46,14 @@ from topics.base import is_token, shorten
 from topics.envelope import DECODE_ERRORS
 from topics.tasks import TaskCancelRequested, cancel_key_of
 
-__all__ = ["LOOKED_UP", "LOOK_BACK", "REMEMBERED", "Cancels", "Running"]
+__all__ = ["FORGOTTEN_BITS", "LOOKED_UP", "LOOK_BACK", "REMEMBERED", "Cancels", "Running"]
 
 REMEMBERED = 10_000  # cancel requests remembered per process
 LOOKED_UP = 64  # stored requests for one task id read when it is not remembered and some were forgotten
 MAX_REQUEST = 4096  # bytes: a larger message on mesh.cancel.* is ignored unread
 LOOK_BACK = timedelta(hours=1)  # how far back a starting process reads cancel requests
+FORGOTTEN_BITS = 1 << 23  # the Bloom filter of forgotten task ids: 1 MiB
+_HASHES = 4  # bits set per forgotten task id
 
 log = structlog.get_logger("mesh.runtime.cancels")
 
@@ -67,6 +74,44 @@ class Running:
             self.task.cancel(f"cancel requested: {reason}")
 
 
+class _Forgotten:
+    """The task ids of forgotten cancel requests, as a Bloom filter: a fixed `FORGOTTEN_BITS`
+    bits, made when the first is added. `in` may say yes for an id never added (then the log
+    is read for nothing), never no for one that was. Its bits come from Python's string hash,
+    which is keyed per process (SipHash, unless `PYTHONHASHSEED` is set): nobody can pick task
+    ids that collide on every agent."""
+
+    __slots__ = ("bits",)
+
+    def __init__(self) -> None:
+        self.bits: bytearray | None = None
+
+    def add(self, task_id: str) -> None:
+        if self.bits is None:
+            self.bits = bytearray(FORGOTTEN_BITS // 8)
+        first, step = _hashed(task_id)
+        for n in range(_HASHES):
+            index = (first + n * step) % FORGOTTEN_BITS
+            self.bits[index >> 3] |= 1 << (index & 7)
+
+    def __contains__(self, task_id: str) -> bool:
+        bits = self.bits
+        if bits is None:
+            return False
+        first, step = _hashed(task_id)
+        for n in range(_HASHES):  # most ids not added stop at the first bit
+            index = (first + n * step) % FORGOTTEN_BITS
+            if not bits[index >> 3] >> (index & 7) & 1:
+                return False
+        return True
+
+
+def _hashed(task_id: str) -> tuple[int, int]:
+    """Two 32-bit hashes of ``task_id`` for double hashing (bit n: first + n * step)."""
+    hashed = hash(task_id) & 0xFFFF_FFFF_FFFF_FFFF
+    return hashed & 0xFFFF_FFFF, hashed >> 32 | 1
+
+
 class Cancels:
     """The cancel requests of one agent process."""
 
@@ -76,7 +121,8 @@ class Cancels:
         self._asked: OrderedDict[tuple[str, str], str] = OrderedDict()  # (task id, key) -> reason
         self._running: dict[str, list[Running]] = {}
         self._sub: object = None
-        self.forgot = False  # some request heard (or stored in the last hour) is not remembered
+        self._forgotten = _Forgotten()  # the task ids of requests heard and no longer remembered
+        self.unknown = False  # requests stored in the last hour may be missing, which ones not known
 
     async def start(self, *, look_back: timedelta = LOOK_BACK) -> None:
         try:
@@ -91,9 +137,9 @@ class Cancels:
                                                 owner=self.mesh.owner)
         except Exception as error:  # what it missed is a best effort; what it hears is not
             log.warning("cancel requests of the last hour not read", error=repr(error))
-            self.forgot = True  # not read: a task not remembered is looked up on its own subject (`asked_now`)
+            self.unknown = True  # not read: a task not remembered is looked up on its own subject (`asked_now`)
             return
-        self.forgot = self.forgot or len(missed) >= self.remembered  # the read may have stopped short
+        self.unknown = self.unknown or len(missed) >= self.remembered  # the read may have stopped short
         for seq, subject, data in missed:
             await self._heard(subject, data, seq)
 
@@ -106,12 +152,17 @@ class Cancels:
         """The reason, if a request to cancel this task (with this key) was heard."""
         return self._asked.get((task_id, key)) if key else None
 
+    def may_have_forgotten(self, task_id: str) -> bool:
+        """Whether a request to cancel ``task_id`` may have been heard (or stored in the last
+        hour before this process started) and not be remembered."""
+        return self.unknown or task_id in self._forgotten
+
     async def asked_now(self, task_id: str, key: str | None) -> str | None:
-        """`asked`, and once some request was forgotten, the log's word for a task not
-        remembered: its own subject's stored requests (at most `LOOKED_UP`), read with direct
-        gets. A read that fails is logged and counts as no request (the task runs)."""
+        """`asked`, and for a task whose request may have been forgotten, the log's word: its
+        own subject's stored requests (at most `LOOKED_UP`), read with direct gets. A read that
+        fails is logged and counts as no request (the task runs)."""
         found = self.asked(task_id, key)
-        if found is not None or not key or not self.forgot or not is_token(task_id):
+        if found is not None or not key or not is_token(task_id) or not self.may_have_forgotten(task_id):
             return found
         subject, seq = subjects.cancel(task_id), 0
         try:
@@ -156,8 +207,8 @@ class Cancels:
         self._asked[(request.task_id, key)] = reason
         self._asked.move_to_end((request.task_id, key))
         while len(self._asked) > self.remembered:
-            self._asked.popitem(last=False)
-            self.forgot = True
+            (forgotten, _), _ = self._asked.popitem(last=False)
+            self._forgotten.add(forgotten)
         for running in self._running.get(request.task_id, ()):
             if running.key == key:
                 log.info("cancelling a running task", task_id=request.task_id, reason=reason)
