@@ -199,6 +199,15 @@ class TestInitAuth:
         with pytest.raises(ConfigError, match="twice"):
             init_auth(tmp_path, [AgentRole("echo", ("x",)), AgentRole("echo", ("y",))])
 
+    def test_roles_whose_subscriptions_share_a_consumer_name_are_refused(self, tmp_path: Path) -> None:
+        """`a`'s subscription `b-c` and `a-b`'s `c` are both the consumer `on-a-b-c`: either role
+        could re-point the other's; nothing is written."""
+        clash = [AgentRole("a", (), {"b-c": "mesh.board.x.>"}), AgentRole("a-b", (), {"c": "mesh.vote.>"})]
+        with pytest.raises(ConfigError, match="'on-a-b-c'"):
+            init_auth(tmp_path / "clash", clash)
+        assert not (tmp_path / "clash").exists()
+        init_auth(tmp_path / "fine", [AgentRole("a", (), {"b-c": "mesh.board.x.>"}), AgentRole("a-b", (), {"d": "mesh.vote.>"})])
+
     def test_config_shape(self) -> None:
         from mesh.bus.auth import Role
 

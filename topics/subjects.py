@@ -53,6 +53,7 @@ __all__ = [
     "SCAN_CONSUMERS",
     "scan_consumer_names",
     "subscription_consumer_name",
+    "subscription_role",
     "subscription_consumer_config",
     "stream_config",
     "work_consumer_config",
@@ -247,8 +248,18 @@ def subscription_consumer_config(
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
         max_deliver=max_deliver,
-        description=f"{agent_name} watching {subject}",
+        description=f"{agent_name}{_WATCHING}{subject}",
     )
+
+
+_WATCHING = " watching "
+
+
+def subscription_role(description: str | None) -> str | None:
+    """The agent role a subscription consumer's description (`subscription_consumer_config`)
+    names; None for another description."""
+    role, watching, _ = (description or "").partition(_WATCHING)
+    return role if watching and is_token(role) else None
 
 
 def stream_config(

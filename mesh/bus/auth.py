@@ -88,6 +88,7 @@ def init_auth(folder: Path, agents: list[AgentRole], clients: tuple[str, ...] = 
     for name in clients:
         if name == "admin" or clients.count(name) > 1 or not is_token(name) or "/" in name:
             raise ConfigError(f"client {name!r} is given twice, is reserved (admin) or is not a plain name")
+    _check_subscription_names(agents)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, stat.S_IRWXU)
     keys = {name: _key(folder, name) for name in ("admin", *clients, *names)}
@@ -110,6 +111,22 @@ def init_auth(folder: Path, agents: list[AgentRole], clients: tuple[str, ...] = 
     _write(folder / CONFIG, auth_config(roles).encode())
     _write(folder / SUMMARY, msgspec.json.format(msgspec.json.encode({r.name: r for r in roles}), indent=2) + b"\n")
     return roles
+
+
+def _check_subscription_names(agents: list[AgentRole]) -> None:
+    """Refuse two roles whose event subscriptions would share one durable consumer: its name is
+    `on-<role>-<subscription>`, so role `a`'s `b-c` and role `a-b`'s `c` are both `on-a-b-c`,
+    and each role may create its consumers, which for a name in use updates the other role's
+    (its filter, so one role would take the other's events)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for agent in agents:
+        for subscription in agent.subscriptions:
+            name = subjects.subscription_consumer_name(agent.name, subscription)
+            other = seen.setdefault(name, (agent.name, subscription))
+            if other != (agent.name, subscription):
+                raise ConfigError(f"agent roles {other[0]!r} (subscription {other[1]!r}) and {agent.name!r} "
+                                  f"(subscription {subscription!r}) would share the durable consumer {name!r}: "
+                                  "rename one of the subscriptions (`@agent.on(..., name=...)`) or roles")  # fmt: skip
 
 
 def payload_buckets(folder: Path) -> list[str]:

@@ -21,7 +21,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, ConsumerInfo, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
@@ -220,8 +220,22 @@ async def _until_jetstream_ready(call: Callable[[], Awaitable[T]], wait: float =
             await asyncio.sleep(0.5)
 
 
-async def ensure_consumer(js: JetStreamContext, config: ConsumerConfig) -> None:
-    """Create the durable consumer, or update it in place (the server's create-or-update)."""
+async def ensure_consumer(js: JetStreamContext, config: ConsumerConfig, *, role: str | None = None) -> None:
+    """Create the durable consumer, or update it in place (the server's create-or-update). With
+    ``role``, an agent role's event subscription (`subjects.subscription_consumer_config`): a
+    consumer of that name that another role made (its description names the role) is a
+    ConfigError, not updated. `on-<role>-<subscription>` names can meet: role `a`'s `b-c` and
+    role `a-b`'s `c`; updating would move the other role's filter (`mesh auth init` refuses
+    such roles; without it, this is where it shows)."""
+    if role is not None and config.durable_name:
+        try:
+            found: ConsumerInfo | None = await js.consumer_info(subjects.STREAM, config.durable_name)
+        except NotFoundError:
+            found = None
+        made_by = subjects.subscription_role(found.config.description) if found is not None else None
+        if made_by is not None and made_by != role:
+            raise ConfigError(f"the durable consumer {config.durable_name!r} is agent role {made_by!r}'s, not "
+                              f"{role!r}'s: rename this subscription (`@agent.on(..., name=...)`)")  # fmt: skip
     try:
         await js.add_consumer(subjects.STREAM, config)
     except BadRequestError as error:  # a field that cannot change: keep what the operator has

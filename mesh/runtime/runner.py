@@ -89,7 +89,7 @@ class AgentRunner:
             await self.cancels.start()
         chains = {Handler: task_chain(self), Subscription: event_chain(self)}
         for config, handler in configs:
-            await ensure_consumer(self.mesh.js, config)
+            await ensure_consumer(self.mesh.js, config, role=self.agent.name if isinstance(handler, Subscription) else None)
             dispatch = _Dispatch(self, handler, chains[type(handler)])
             consumer = WorkConsumer(
                 self.mesh.nc,
