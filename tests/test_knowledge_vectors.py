@@ -176,6 +176,19 @@ class TestCosineRanking:
         assert [h.id for h in cosine_ranked(list(reversed(same)), (1.0, 1.0), "m")] == ["e8", "e9"]  # ties: oldest
 
     @pytest.mark.unit
+    def test_components_too_large_to_square_do_not_break_the_ranking(self) -> None:
+        """One entry whose writer sent finite components of 1.3e154 (their squares add up past
+        the largest float) must not make every search of its base raise: it is ranked by its
+        direction when that can be worked out, left out when its products overflow."""
+        huge = [0.0] * EMBEDDING_DIMENSIONS
+        huge[0] = huge[1] = 1.3e154
+        entries = [embedded(1, "restart the cache node"), embedded(2, "poison", vector=tuple(huge))]
+        hits = cosine_ranked(entries, offline_embedding("cache restart"), "m")
+        assert hits[0].id == "e1" and all(-1.0 - 1e-9 <= h.score <= 1.0 + 1e-9 for h in hits)
+        assert [h.id for h in cosine_ranked(entries, tuple(huge), "m")] == ["e2", "e1"]  # a huge query too: e2 is its direction
+        assert [h.id for h in cosine_ranked([embedded(3, "x", vector=(1e308, 1e308))], (1e308, -1e308), "m")] == ["e3"]
+
+    @pytest.mark.unit
     def test_hybrid_fuses_ranks(self) -> None:
         """Reciprocal rank fusion: in both lists beats top of one; ties rank older entries first."""
         e1, e2, e3, e4 = (cosine_ranked([embedded(n, "w")], offline_embedding("w"), "m")[0] for n in (1, 2, 3, 4))

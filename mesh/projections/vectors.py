@@ -48,7 +48,27 @@ class Norms:
 
 
 def _norm(vector: Sequence[float]) -> float:
-    return math.sqrt(math.fsum(x * x for x in vector))
+    """The length of ``vector``; `math.hypot` scales as it goes, so finite components too large
+    to square (1e154 and up, which an entry's writer or a model may send) give a finite length
+    or inf, never an `OverflowError`."""
+    return math.hypot(*vector)
+
+
+def _cosine(a: Sequence[float], a_norm: float, b: Sequence[float], b_norm: float) -> float | None:
+    """The cosine of two vectors of the given (finite, non-zero) lengths. Components too large
+    for their products to add up (1e154 and up, which an entry's writer or a model may send)
+    are scaled by the lengths first; None if even that gives no finite answer."""
+    try:
+        found = math.fsum(x * y for x, y in zip(a, b, strict=True)) / a_norm / b_norm
+        if math.isfinite(found):
+            return found
+    except (OverflowError, ValueError):  # fsum: "intermediate overflow", or inf - inf
+        pass
+    try:
+        found = math.fsum((x / a_norm) * (y / b_norm) for x, y in zip(a, b, strict=True))
+    except (OverflowError, ValueError):
+        return None
+    return found if math.isfinite(found) else None
 
 
 def cosine_ranked(
@@ -83,7 +103,9 @@ def cosine_ranked(
         norm = norms.of(entry)
         if not norm or not math.isfinite(norm):
             continue
-        score = math.fsum(x * y for x, y in zip(embedding, vector, strict=True)) / (norm * query_norm)
+        score = _cosine(embedding, norm, vector, query_norm)
+        if score is None:
+            continue
         scored.append((score, entry))
     scored.sort(key=lambda pair: (-pair[0], pair[1].seq, pair[1].id))
     return [Hit(id=e.id, score=score, text=e.text, tags=e.tags, metadata=e.metadata, author=e.author, seq=e.seq,
