@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
@@ -51,7 +51,7 @@ from topics import subjects
 from topics.app import UndeclaredAppEvent
 from topics.base import Event, check_token
 from topics.board import BoardDeleted, BoardWritten
-from topics.calls import ContextSettings, LlmCalled, LlmFailed, ToolCalled
+from topics.calls import CallEvent, ContextSettings, LlmCalled, LlmFailed, ToolCalled
 from topics.conversations import ConversationTurn
 from topics.envelope import CloudEvent, derived_id, new_event_id
 from topics.flows import FlowCompleted, FlowFailed
@@ -173,34 +173,42 @@ class RecordBook:
             elif isinstance(record.data, FlowCompleted | FlowFailed):
                 self.workflow_ends.setdefault(record.data.workflow_id, record)
 
-    def llm_calls(self, cause: str) -> dict[int, LlmCalled]:
-        calls: dict[int, LlmCalled] = {}
-        for record in self.caused.get(cause, []):
-            if isinstance(record.data, LlmCalled):
-                calls.setdefault(record.data.call_index, record.data)
-        return calls
-
-    def llm_failures(self, cause: str, attempt: int) -> dict[int, LlmFailed]:
-        """The model calls of try ``attempt`` that failed, by call index."""
-        failures: dict[int, LlmFailed] = {}
-        for record in self.caused.get(cause, []):
-            if isinstance(record.data, LlmFailed) and record.data.attempt == attempt:
-                failures.setdefault(record.data.call_index, record.data)
-        return failures
-
-    def tool_calls(self, cause: str) -> dict[int, ToolCalled]:
-        """The tool calls every try got back (results, lasting failures), by call index."""
-        calls: dict[int, ToolCalled] = {}
-        for record in self.caused.get(cause, []):
-            if isinstance(record.data, ToolCalled) and not record.data.retryable:
-                calls.setdefault(record.data.call_index, record.data)
-        return calls
-
-    def tool_failures(self, cause: str, attempt: int) -> dict[int, ToolCalled]:
-        """The tool calls of try ``attempt`` that failed in a way that passes, by call index."""
-        failures: dict[int, ToolCalled] = {}
+    def _calls(self, cause: str, request_seq: int | None) -> Iterator[CallEvent]:
+        """The model and tool calls made for the request stored at ``request_seq`` (caused by
+        event ``cause``: a second request reusing its event id has calls of its own). A call
+        recorded before calls named their request (no `request_seq`) counts for any."""
         for record in self.caused.get(cause, []):
             data = record.data
+            if isinstance(data, CallEvent) and data.request_seq in (None, request_seq):
+                yield data
+
+    def llm_calls(self, cause: str, request_seq: int | None = None) -> dict[int, LlmCalled]:
+        calls: dict[int, LlmCalled] = {}
+        for data in self._calls(cause, request_seq):
+            if isinstance(data, LlmCalled):
+                calls.setdefault(data.call_index, data)
+        return calls
+
+    def llm_failures(self, cause: str, attempt: int, request_seq: int | None = None) -> dict[int, LlmFailed]:
+        """The model calls of try ``attempt`` that failed, by call index."""
+        failures: dict[int, LlmFailed] = {}
+        for data in self._calls(cause, request_seq):
+            if isinstance(data, LlmFailed) and data.attempt == attempt:
+                failures.setdefault(data.call_index, data)
+        return failures
+
+    def tool_calls(self, cause: str, request_seq: int | None = None) -> dict[int, ToolCalled]:
+        """The tool calls every try got back (results, lasting failures), by call index."""
+        calls: dict[int, ToolCalled] = {}
+        for data in self._calls(cause, request_seq):
+            if isinstance(data, ToolCalled) and not data.retryable:
+                calls.setdefault(data.call_index, data)
+        return calls
+
+    def tool_failures(self, cause: str, attempt: int, request_seq: int | None = None) -> dict[int, ToolCalled]:
+        """The tool calls of try ``attempt`` that failed in a way that passes, by call index."""
+        failures: dict[int, ToolCalled] = {}
+        for data in self._calls(cause, request_seq):
             if isinstance(data, ToolCalled) and data.retryable and data.attempt == attempt:
                 failures.setdefault(data.call_index, data)
         return failures
@@ -624,11 +632,12 @@ class ReplayContext(Context):
         self._end_seq = end_seq
         self._request_seq = request_seq or 0
         mesh = RecordedMesh(book, self.effects, event.id, source=f"mesh://agent/{agent_id}", owner=agent_owner)
-        llm = ReplayLlmSession(book.llm_calls(event.id), self.effects, agent=agent, task_id=task_id,
-                               cause_id=event.id, attempt=attempt, failures=book.llm_failures(event.id, attempt))  # fmt: skip
-        tools = ReplayToolBox(book.tool_calls(event.id), self.effects, agent=agent, granted=granted,
+        llm = ReplayLlmSession(book.llm_calls(event.id, request_seq), self.effects, agent=agent, task_id=task_id,
+                               cause_id=event.id, attempt=attempt,
+                               failures=book.llm_failures(event.id, attempt, request_seq))  # fmt: skip
+        tools = ReplayToolBox(book.tool_calls(event.id, request_seq), self.effects, agent=agent, granted=granted,
                               task_id=task_id, cause_id=event.id, attempt=attempt,
-                              failures=book.tool_failures(event.id, attempt))  # fmt: skip
+                              failures=book.tool_failures(event.id, attempt, request_seq))  # fmt: skip
         super().__init__(cast(Mesh, mesh), agent=agent, agent_id=agent_id, event=event, task_id=task_id,
                          capability=capability, attempt=attempt, span=INVALID_SPAN, llm=llm, tools=tools,
                          request_seq=request_seq, owner=owner, deadline=deadline, hops=hops)  # fmt: skip

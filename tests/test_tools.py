@@ -116,3 +116,58 @@ class TestRecordedCalls:
         with pytest.raises(ToolError, match=r"^boom 3$") as failed_again:
             await again.call("fails_once", {"x": 3})
         assert failed_again.value.error_type == "RuntimeError"
+
+
+@pytest.mark.integration
+class TestRecordedInTheLog:
+    async def test_a_retry_gets_back_its_own_requests_calls_even_made_in_parallel(self, mesh: Mesh) -> None:
+        """Calls are stored under the task id, which clients choose: a retry of another request
+        under the same id (another client's, or the same job run again) runs its tools itself.
+        Calls made in parallel (`asyncio.gather`) on a retry all get their recorded results."""
+        import asyncio
+
+        from mesh.llm.tools import ToolBox, tool
+
+        runs: list[str] = []
+
+        @tool(name="charge_card")
+        async def charge_card(customer: str) -> str:
+            runs.append(customer)
+            return f"charged {customer}"
+
+        def box(attempt: int, request_seq: int) -> ToolBox:  # as the runtime makes it for that request's try
+            return ToolBox(mesh.scoped(request_seq), agent="a", granted=("charge_card",), task_id="t-1",
+                           cause_id="c-1", attempt=attempt, request_seq=request_seq)  # fmt: skip
+
+        async def both(tools: ToolBox) -> list[str]:
+            return list(await asyncio.gather(tools.call("charge_card", {"customer": "alice"}),
+                                              tools.call("charge_card", {"customer": "bob"})))  # fmt: skip
+
+        assert await both(box(1, 10)) == ["charged alice", "charged bob"]
+        assert await both(box(2, 10)) == ["charged alice", "charged bob"]  # the retry: recorded, none runs again
+        assert runs == ["alice", "bob"]
+        other = box(2, 20)  # another request under the same task id, on its retry
+        assert await other.call("charge_card", {"customer": "carol"}) == "charged carol"
+        assert runs == ["alice", "bob", "carol"]
+
+    async def test_model_calls_likewise(self, mesh: Mesh) -> None:
+        """The same for model calls: a retry's parallel calls are the recorded answers (the model
+        is not reached), and another request's retry under the same task id gets none of them."""
+        import asyncio
+        from typing import Any, cast
+
+        from mesh.llm.client import LlmClient, LlmSession
+        from tests.test_knowledge_vectors import Unreachable, client
+
+        def session(sdk: Any, attempt: int, request_seq: int) -> LlmSession:
+            llm = LlmClient(sdk, model="gpt-4o-mini", offline=True, settings={})
+            return LlmSession(llm, mesh.scoped(request_seq), agent="a", task_id="t-2", cause_id="c-2", attempt=attempt,
+                              request_seq=request_seq)  # fmt: skip
+
+        async def both(llm: LlmSession) -> list[str]:
+            return list(await asyncio.gather(llm.text("first question"), llm.text("second question")))
+
+        answers = await both(session(client(), 1, 10))
+        assert await both(session(cast(Any, Unreachable()), 2, 10)) == answers
+        with pytest.raises(AssertionError, match="reached the model"):
+            await session(cast(Any, Unreachable()), 2, 20).text("first question")

@@ -35,6 +35,7 @@ class LlmCalled(Event, frozen=True, kw_only=True):
     offline: bool = False
     window: ContextSettings | None = None  # the context window the request was fitted to
     operation: str = "chat"  # or "embeddings": request and response are then an embeddings.create call's
+    request_seq: int | None = None  # the stream sequence of the task request it was made for: a retry gets back only its own request's
 
 
 class LlmFailed(Event, frozen=True, kw_only=True):
@@ -60,6 +61,7 @@ class LlmFailed(Event, frozen=True, kw_only=True):
     offline: bool = False
     window: ContextSettings | None = None  # the context window the request was fitted to
     operation: str = "chat"  # or "embeddings"
+    request_seq: int | None = None  # the stream sequence of the task request it was made for: a retry gets back only its own request's
 
 
 class ToolCalled(Event, frozen=True, kw_only=True):
@@ -79,6 +81,7 @@ class ToolCalled(Event, frozen=True, kw_only=True):
     error_type: str | None = None  # the exception's class name, so a retry can raise the same kind
     retryable: bool = False  # the failure passes: a retry runs the tool again
     attempt: int | None = None  # the try of the task a retryable failure belongs to
+    request_seq: int | None = None  # the stream sequence of the task request it was made for: a retry gets back only its own request's
 
 
 CallEvent = LlmCalled | LlmFailed | ToolCalled

@@ -190,8 +190,10 @@ class LlmClient:
         return cls(functools.partial(_remote_sdk, key, choice.base_url), model=choice.model, offline=False,
                    embedding_model=embedding_model)  # fmt: skip
 
-    def session(self, mesh: Mesh, agent: str, task_id: str, cause_id: str, attempt: int) -> LlmSession:
-        return LlmSession(self, mesh, agent=agent, task_id=task_id, cause_id=cause_id, attempt=attempt)
+    def session(self, mesh: Mesh, agent: str, task_id: str, cause_id: str, attempt: int,
+                request_seq: int | None = None) -> LlmSession:  # fmt: skip
+        return LlmSession(self, mesh, agent=agent, task_id=task_id, cause_id=cause_id, attempt=attempt,
+                          request_seq=request_seq)  # fmt: skip
 
 
 class LlmSession:
@@ -207,14 +209,19 @@ class LlmSession:
         cause_id: str,
         attempt: int,
         recorded: dict[int, LlmCalled] | None = None,
+        request_seq: int | None = None,
     ) -> None:
+        """``request_seq``: where the task request this try answers is stored; its calls are
+        recorded with it, and a retry gets back only calls recorded with it."""
         self._client = client
         self._mesh = mesh
         self._agent = agent
         self._task_id = task_id
         self._cause_id = cause_id
         self._attempt = attempt
+        self._request_seq = request_seq
         self._recorded = recorded
+        self._loading = asyncio.Lock()  # one lookup of the recorded calls
         self._index = 0
         self.calls: list[LlmCalled] = []
 
@@ -385,6 +392,7 @@ class LlmSession:
             offline=self._client.offline,
             window=self._settings(model) if operation == CHAT else None,
             operation=operation,
+            request_seq=self._request_seq,
         )
         self.calls.append(call)
         if self._mesh is not None:
@@ -414,6 +422,7 @@ class LlmSession:
             retry_after=_retry_after(response.headers) if response is not None else None,
             retryable=raised.retryable, latency_ms=round(seconds * 1000, 3), offline=self._client.offline,
             window=self._settings(str(request.get("model", ""))) if operation == CHAT else None, operation=operation,
+            request_seq=self._request_seq,
         )  # fmt: skip
         await self._mesh.publish(subjects.llm(self._agent, self._task_id), failure,
                                  event_id=derived_id(self._cause_id, f"llm/{index}/failed/{self._attempt}"),
@@ -436,11 +445,15 @@ class LlmSession:
         return ContextSettings(tokens=window.tokens, policy=window.policy, reply_tokens=window.reply_tokens)
 
     async def _load_recorded(self) -> dict[int, LlmCalled]:
-        """Calls already in the log for this task (only looked up on a retry)."""
+        """Calls already in the log for this task (only looked up on a retry), read once: calls
+        made in parallel (`asyncio.gather`) wait for the one lookup, none runs before it ends."""
         if self._recorded is None:
-            self._recorded = {}
-            if self._attempt > 1 and self._mesh is not None:
-                self._recorded = await recorded_calls(self._mesh, subjects.llm(self._agent, self._task_id), LlmCalled)
+            async with self._loading:
+                if self._recorded is None and self._attempt > 1 and self._mesh is not None:
+                    self._recorded = await recorded_calls(self._mesh, subjects.llm(self._agent, self._task_id),
+                                                          LlmCalled, self._request_seq)  # fmt: skip
+                elif self._recorded is None:
+                    self._recorded = {}
         return self._recorded
 
 

@@ -31,11 +31,16 @@ async def stored_on(mesh: Mesh, subject: str) -> list[Record]:
         seq = (msg.seq or seq) + 1
 
 
-async def recorded_calls(mesh: Mesh, subject: str, kind: type[C], lasting: Callable[[C], bool] | None = None) -> dict[int, C]:
-    """Every `kind` event stored on `subject` (that is ``lasting``, if given: what a retry
-    gets back), by call index (the first of each index wins)."""
+async def recorded_calls(mesh: Mesh, subject: str, kind: type[C], request_seq: int | None,
+                         lasting: Callable[[C], bool] | None = None) -> dict[int, C]:  # fmt: skip
+    """Every `kind` event stored on `subject` for the request stored at ``request_seq`` (that
+    is ``lasting``, if given: what a retry gets back), by call index (the first of each index
+    wins). A task's calls are stored under its id, which its client chose: another request
+    under the same id (another client's, or the same job run again) has calls of its own,
+    never given to this one."""
     found: dict[int, C] = {}
     for record in await stored_on(mesh, subject):
-        if isinstance(record.data, kind) and (lasting is None or lasting(record.data)):
-            found.setdefault(record.data.call_index, record.data)
+        data = record.data
+        if isinstance(data, kind) and data.request_seq == request_seq and (lasting is None or lasting(data)):
+            found.setdefault(data.call_index, data)
     return found

@@ -15,6 +15,7 @@ passes (a timeout, a lost connection: `jetstream.is_retryable`) runs again.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -87,14 +88,19 @@ class ToolBox:
     """The tools one task attempt may use: granted, recorded, replayable."""
 
     def __init__(self, mesh: Mesh | None, *, agent: str, granted: Sequence[str], task_id: str, cause_id: str,
-                 attempt: int, recorded: dict[int, ToolCalled] | None = None) -> None:  # fmt: skip
+                 attempt: int, recorded: dict[int, ToolCalled] | None = None,
+                 request_seq: int | None = None) -> None:  # fmt: skip
+        """``request_seq``: where the task request this try answers is stored; its calls are
+        recorded with it, and a retry gets back only calls recorded with it."""
         self._mesh = mesh
         self._agent = agent
         self._granted = tuple(granted)
         self._task_id = task_id
         self._cause_id = cause_id
         self._attempt = attempt
+        self._request_seq = request_seq
         self._recorded = recorded
+        self._loading = asyncio.Lock()  # one lookup of the recorded calls
         self._index = 0
         self.calls: list[ToolCalled] = []
 
@@ -143,7 +149,7 @@ class ToolBox:
         call = ToolCalled(agent=self._agent, task_id=self._task_id, call_index=index, tool=name, arguments=args,
                           result=result, error=scrub_text(f"{type(error).__name__}: {error}") if error else None,
                           error_type=type(error).__name__ if error else None, retryable=passing,
-                          attempt=self._attempt if passing else None)  # fmt: skip
+                          attempt=self._attempt if passing else None, request_seq=self._request_seq)  # fmt: skip
         self.calls.append(call)
         if self._mesh is not None:
             label = f"tool/{index}/failed/{self._attempt}" if passing else f"tool/{index}"
@@ -152,12 +158,16 @@ class ToolBox:
                                      causation_id=self._cause_id, correlation_id=self._task_id)  # fmt: skip
 
     async def _load_recorded(self) -> dict[int, ToolCalled]:
+        """Calls already in the log for this task (only looked up on a retry), read once: calls
+        made in parallel (`asyncio.gather`) wait for the one lookup, none runs before it ends."""
         if self._recorded is None:
-            self._recorded = {}
-            if self._attempt > 1 and self._mesh is not None:
-                recorded = await recorded_calls(self._mesh, subjects.tool(self._agent, self._task_id), ToolCalled,
-                                                lasting=lambda call: not call.retryable)  # fmt: skip
-                self._recorded = recorded
+            async with self._loading:
+                if self._recorded is None and self._attempt > 1 and self._mesh is not None:
+                    self._recorded = await recorded_calls(self._mesh, subjects.tool(self._agent, self._task_id),
+                                                          ToolCalled, self._request_seq,
+                                                          lasting=lambda call: not call.retryable)  # fmt: skip
+                elif self._recorded is None:
+                    self._recorded = {}
         return self._recorded
 
 

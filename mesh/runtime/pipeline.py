@@ -402,9 +402,10 @@ def _task_context(worker: Worker, inbound: Inbound, cancelled: Callable[[], str 
     return Context(
         mesh, agent=worker.agent.name, agent_id=worker.agent_id, event=event, task_id=task_id,
         capability=inbound.capability, attempt=attempt, span=inbound.span, request_seq=inbound.delivery.stream_seq,
-        llm=partial(llm.session, mesh, worker.agent.name, task_id, event.id, attempt) if llm else None,
+        llm=partial(llm.session, mesh, worker.agent.name, task_id, event.id, attempt, inbound.delivery.stream_seq)
+        if llm else None,
         tools=partial(ToolBox, mesh, agent=worker.agent.name, granted=worker.agent.tools, task_id=task_id,
-                      cause_id=event.id, attempt=attempt),
+                      cause_id=event.id, attempt=attempt, request_seq=inbound.delivery.stream_seq),
         before_effect=inbound.claim.before_effect if inbound.claim is not None else None,
         before_handoff=inbound.claim.stop_timer if inbound.claim is not None else None, cancelled=cancelled,
         deadline=inbound.task.deadline, owner=inbound.owner, hops=inbound.task.hops,
@@ -418,8 +419,8 @@ def _event_context(worker: Worker, inbound: Inbound, sub: Subscription) -> Conte
     return Context(
         mesh, agent=worker.agent.name, agent_id=worker.agent_id, event=event, task_id=event.id,
         capability=sub.name, attempt=attempt, span=inbound.span, scope=scope,
-        llm=partial(llm.session, mesh, worker.agent.name, event.id, derived_id(event.id, scope), attempt)
-        if llm else None,
+        llm=partial(llm.session, mesh, worker.agent.name, event.id, derived_id(event.id, scope), attempt,
+                    inbound.delivery.stream_seq) if llm else None,
     )  # fmt: skip
 
 
