@@ -515,6 +515,16 @@ class TestSnapshots:
         assert load_snapshot(BOARD, None) is None
         assert load_snapshot(BOARD, data) == fold(BOARD, log(BoardWritten(board="b", key="k")))
 
+    def test_a_snapshot_nested_too_deep_to_decode_is_folded_again(self) -> None:
+        """A state holds what clients sent: input nested deeper than decoding takes (the
+        snapshot nests it a few levels deeper than its event did) is no snapshot, not a
+        `RecursionError` for every later rebuild."""
+        state = fold(TASKS, log(TaskRequested(task_id="t", capability="c", input="PLACE")))
+        data = TASKS.encode_state(state).replace(b'"PLACE"', b"[" * 5000 + b"]" * 5000)
+        with pytest.raises(RecursionError):
+            TASKS.decode_state(data)
+        assert load_snapshot(TASKS, data) is None
+
     def test_registry(self) -> None:
         """The registry holds the ready projections by name."""
         assert sorted(REGISTRY) == ["board", "consensus", "conversations", "histories", "humans", "knowledge", "tasks", "workflows"]

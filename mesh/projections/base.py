@@ -16,7 +16,7 @@ import msgspec
 
 from mesh.errors import SnapshotMismatch
 from topics.base import Event
-from topics.envelope import parse_time
+from topics.envelope import DECODE_ERRORS, parse_time
 from topics.record import Record
 
 __all__ = [
@@ -224,12 +224,15 @@ def until(records: Iterable[Record], *, seq: int | None = None, time: str | None
 
 def load_snapshot(projection: Projection[S], data: bytes | None) -> S | None:
     """The state in a stored snapshot, or None when there is none or it cannot be used
-    (another version of the fold, or bytes that do not decode): then fold from the start."""
+    (another version of the fold, or bytes that do not decode, nested too deep included: a
+    state holds what clients sent): then fold from the start."""
     if data is None:
         return None
     try:
         return projection.decode_state(data)
-    except (SnapshotMismatch, msgspec.DecodeError):
+    except SnapshotMismatch:
+        return None
+    except DECODE_ERRORS:
         return None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 import msgspec
+import structlog
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
@@ -21,8 +22,11 @@ from nats.js.object_store import ObjectStore
 from mesh.bus.client import Mesh
 from mesh.bus.connection import stream_replicas
 from mesh.projections.base import Projection, ProjectionState, load_snapshot
+from topics.envelope import DECODE_ERRORS
 
 __all__ = ["SNAPSHOT_BUCKET", "SnapshotStore"]
+
+log = structlog.get_logger("mesh.projections.snapshots")
 
 SNAPSHOT_BUCKET = "mesh-snapshots"
 S = TypeVar("S", bound=ProjectionState)
@@ -75,7 +79,10 @@ class SnapshotStore:
             return None
         data = entry.value or b""
         if data.startswith(b'{"object"'):
-            pointer = _pointer.decode(data)
+            try:
+                pointer = _pointer.decode(data)
+            except DECODE_ERRORS:  # not a pointer this module wrote: no snapshot to use
+                return None
             try:
                 return (await (await self._objects(create=False)).get(pointer.object)).data
             except (BucketNotFoundError, NotFoundError):
@@ -87,8 +94,13 @@ class SnapshotStore:
         return load_snapshot(projection, await self.load_bytes(projection.name))
 
     async def save(self, projection: Projection[S], state: S) -> int:
-        """Store ``state`` as the snapshot of ``projection``; return its size in bytes."""
+        """Store ``state`` as the snapshot of ``projection``; return its size in bytes, 0 when
+        it was not stored: a state that does not decode back (data nested deeper than decoding
+        takes, which the fold can hold) would be a snapshot no later rebuild could use."""
         data = projection.encode_state(state)
+        if load_snapshot(projection, data) is None:
+            log.warning("snapshot not saved: it does not decode back", projection=projection.name, seq=state.seq)
+            return 0
         kv = await self._kv(create=True)
         assert kv is not None
         if len(data) > self.mesh.nc.max_payload - 1024:
