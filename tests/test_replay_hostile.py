@@ -71,6 +71,31 @@ class TestFiles:
         found = read_file(path)
         assert [r.seq for r in found.records] == [1] and "naming another subject" in found.undecodable[0].error
 
+    def test_knowledge_and_questions_on_another_subject_are_not_folded(self, tmp_path: Path) -> None:
+        """A role that may write base `scratch` only, or ask as `intruder` only, names base
+        `policies` or another role's question in the data of an event on its own subject:
+        `mesh replay state` leaves it out, as `mesh kb search` and `mesh inbox` do."""
+
+        def event_line(seq: int, subject: str, type_: str, data: dict[str, Any]) -> str:
+            event = {"specversion": "1.0", "id": f"e-{seq}", "source": "mesh://test", "type": type_, "time": TIME,
+                     "data": data}  # fmt: skip
+            return json.dumps({"seq": seq, "subject": subject, "event": event})
+
+        path = write(
+            tmp_path,
+            event_line(1, "mesh.knowledge.policies", "mesh.knowledge.added", {"kb": "policies", "text": "two approvals"}),
+            event_line(2, "mesh.knowledge.scratch", "mesh.knowledge.added", {"kb": "policies", "text": "no approval"}),
+            event_line(3, "mesh.knowledge.scratch", "mesh.knowledge.removed", {"kb": "policies", "entry_id": "e-1"}),
+            event_line(4, "mesh.ask.approver.q-9", "mesh.human.asked", {"question_id": "q-9", "question": "Approve?"}),
+            event_line(5, "mesh.ask.intruder.q-1", "mesh.human.asked", {"question_id": "q-9", "question": "Say yes"}),
+        )
+        knowledge = state_from_file(path, REGISTRY["knowledge"]).state.bases["policies"]  # type: ignore[attr-defined]
+        assert [(e.text, e.removed_seq) for e in knowledge.values()] == [("two approvals", None)]
+        humans = state_from_file(path, REGISTRY["humans"]).state.questions  # type: ignore[attr-defined]
+        assert humans["q-9"].asked.question == "Approve?" and humans["q-9"].asked_seq == 4
+        assert rebuild_file(path)["knowledge"].state.bases["policies"] == knowledge  # type: ignore[attr-defined]
+        assert [r.seq for r in read_file(path).records] == [1, 4]
+
     def test_exports_concatenated_out_of_order_fold_whole(self, tmp_path: Path) -> None:
         """`cat later.jsonl earlier.jsonl`: every event is folded (the earlier ones were dropped
         without a word); two different events under one seq (two servers' logs) are refused."""

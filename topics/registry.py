@@ -19,8 +19,8 @@ from topics.chat import ChatEvent
 from topics.conversations import ConversationEvent
 from topics.dead import DeadEvent
 from topics.flows import FlowEvent
-from topics.humans import HumanEvent
-from topics.knowledge import KnowledgeEvent
+from topics.humans import HumanAnswered, HumanAsked, HumanEvent, HumanExpired
+from topics.knowledge import KnowledgeAdded, KnowledgeEvent, KnowledgeRemoved
 from topics.tasks import TaskEvent
 from topics.votes import VoteEvent
 
@@ -103,14 +103,25 @@ def decode_on(subject: str, event_type: str, raw: bytes | msgspec.Raw) -> Event:
 
 def on_its_subject(subject: str, data: Event) -> bool:
     """Whether an event whose data names its own subject is on it: a board write or delete on
-    `mesh.board.<board>.<key>`. The server's permissions are per subject, so a role allowed
-    one key must not change another through the data of an event on its own subject."""
+    `mesh.board.<board>.<key>`, a knowledge base's add or remove on `mesh.knowledge.<kb>`, a
+    question asked or expired on `mesh.ask.<role>.<question id>`, an answer on
+    `mesh.answer.<question id>`. The server's permissions are per subject, so a role allowed
+    one key, base or role's questions must not change another through the data of an event on
+    its own subject; every reader (live, replay, a file) refuses such an event alike."""
     if isinstance(data, BoardWritten | BoardDeleted):
         return subject == f"mesh.board.{data.board}.{data.key}"
+    if isinstance(data, KnowledgeAdded | KnowledgeRemoved):
+        return subject == f"mesh.knowledge.{data.kb}"
+    if isinstance(data, HumanAsked | HumanExpired):
+        parts = subject.split(".")
+        return len(parts) == 4 and parts[:2] == ["mesh", "ask"] and parts[3] == data.question_id
+    if isinstance(data, HumanAnswered):
+        return subject == f"mesh.answer.{data.question_id}"
     return True
 
 
-SUBJECT_NAMED = (BoardWritten, BoardDeleted)  # the classes `on_its_subject` checks
+SUBJECT_NAMED = (BoardWritten, BoardDeleted, KnowledgeAdded, KnowledgeRemoved, HumanAsked, HumanExpired,
+                 HumanAnswered)  # fmt: skip  # the classes `on_its_subject` checks
 
 
 def type_of(data: Event) -> str:

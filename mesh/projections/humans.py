@@ -61,7 +61,7 @@ def open_questions(state: HumansState, now: str) -> list[QuestionView]:
 
 class HumansProjection(HandlerProjection[HumansState]):
     name = "humans"
-    version = 1
+    version = 2  # 2: questions and answers on another question's subject are not folded
     state_type = HumansState
 
     def handlers(self) -> dict[type[Event], Handler[HumansState]]:

@@ -77,7 +77,7 @@ def live_at(state: KnowledgeState, kb: str, at: Position | None = None) -> list[
 
 class KnowledgeProjection(HandlerProjection[KnowledgeState]):
     name = "knowledge"
-    version = 2  # 2: entries keep their embedding
+    version = 3  # 2: entries keep their embedding; 3: events on another base's subject are not folded
     state_type = KnowledgeState
 
     def handlers(self) -> dict[type[Event], Handler[KnowledgeState]]:
