@@ -8,6 +8,7 @@ their task id, and everything an agent emitted because of the workflow.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from topics.envelope import derived_id
@@ -70,8 +71,12 @@ def derivation_label(record: Record, cause: str, siblings: int) -> str | None:
     for label in candidates:
         if event_id == derived_id(cause, label):
             return label
-    for n in range(siblings + 1):
-        for kind in ("emit", "request"):
-            if event_id == derived_id(cause, f"{kind}/{n}"):
-                return f"{kind}/{n}"
-    return None
+    return _numbered(cause, siblings).get(event_id)
+
+
+@functools.lru_cache(maxsize=16)
+def _numbered(cause: str, siblings: int) -> dict[str, str]:
+    """Derived id -> `emit/<n>` or `request/<n>` for n up to ``siblings``: worked out once per
+    cause, not once per caused record (a cause with N children would cost N² hashes, and any
+    client may publish events naming any cause)."""
+    return {derived_id(cause, f"{kind}/{n}"): f"{kind}/{n}" for n in range(siblings + 1) for kind in ("emit", "request")}

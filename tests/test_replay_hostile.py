@@ -176,3 +176,28 @@ class TestLive:
         with pytest.raises(MeshError, match=r"log.jsonl:3 is not a line of an export .*nothing was imported"):
             await import_log(mesh, path)
         assert (await mesh.js.stream_info(subjects.STREAM)).state.last_seq == before
+
+
+@pytest.mark.unit
+class TestManyChildren:
+    def test_labels_of_n_children_cost_hashes_in_proportion_to_n(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Any client may publish events naming any cause: labelling N children of one event
+        (`fork`, `rerun`) must hash about N times, not N² (1,600 took 19 s, 20,000 would take 49 min)."""
+        from replay import causal
+        from topics.envelope import derived_id
+
+        hashed: list[str] = []
+
+        def counted(cause: str, label: str) -> str:
+            hashed.append(label)
+            return derived_id(cause, label)
+
+        monkeypatch.setattr(causal, "derived_id", counted)
+        causal._numbered.cache_clear()
+        n = 400
+        children = [Record(seq=i + 2, subject="mesh.board.notes.k", event=CloudEvent(
+            id=derived_id("root", f"emit/{i}") if i % 2 else f"junk-{i}", source="mesh://test", type="mesh.board.written",
+            time=TIME, causationid="root", specversion="1.0"), data=BoardWritten(board="notes", key="k")) for i in range(n)]  # fmt: skip
+        labels = [causal.derivation_label(child, "root", n) for child in children]
+        assert labels == [f"emit/{i}" if i % 2 else None for i in range(n)]
+        assert len(hashed) <= 6 * n  # a few fixed labels per child, and the numbered ones once
