@@ -14,6 +14,9 @@ and published to the live log; the original is never touched. The rules, kept si
   that is exactly one of the mapped ids are rewritten through the same map, so a workflow
   task's `{"workflow_id": ID}` drives the fork, not the original. Other data is copied as
   is (a board or vote named in the data stays the same board or vote).
+- Shared state is not touched: an event on a board, vote, knowledge base, conversation, chat
+  room or auction subject is copied only when the id map changes its subject (`SHARED`);
+  writes to the live board (or votes, entries, turns, bids) are left out and counted skipped.
 - Tasks that finished in the prefix are copied whole; the copy of their request goes to
   `mesh.task.<new task id>` rather than `mesh.work.<capability>`, because anything on a work
   subject is work an agent would do again.
@@ -47,7 +50,13 @@ from topics.record import Record
 from topics.registry import encode_data
 from topics.tasks import TaskOutcome, TaskRequested
 
-__all__ = ["ForkResult", "fork", "fork_log", "plan_fork"]
+__all__ = ["SHARED", "ForkResult", "fork", "fork_log", "plan_fork"]
+
+SHARED = frozenset({"board", "vote", "knowledge", "conversation", "chat", "bid"})
+"""Families of shared state (`mesh.<family>.<name>...`): their events in the prefix are copied
+only onto a subject the fork's ids map (a board named after the forked workflow's id becomes
+the fork's); one of the live board, vote, knowledge base, conversation, chat room or auction
+is left out, so forking a month-old run never writes its old values over today's."""
 
 
 class ForkResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,6 +104,9 @@ def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str
             skipped += 1  # partial work of a task that starts over
             continue
         event, subject = _copy(record, ids)
+        if subject == record.subject and record.subject.partition(".")[2].partition(".")[0] in SHARED:
+            skipped += 1  # the live board, vote, base or conversation itself: the fork must not change it
+            continue
         if record.event.id in unfinished:
             event = msgspec.structs.replace(event, time=now_rfc3339(), source=f"{FORK_SOURCE}{new_id}")
             requests.append(Outgoing(subject, encode_envelope(event), event.id))

@@ -201,3 +201,28 @@ class TestManyChildren:
         labels = [causal.derivation_label(child, "root", n) for child in children]
         assert labels == [f"emit/{i}" if i % 2 else None for i in range(n)]
         assert len(hashed) <= 6 * n  # a few fixed labels per child, and the numbered ones once
+
+
+@pytest.mark.unit
+class TestForkLeavesSharedStateAlone:
+    def test_a_write_to_the_live_board_is_not_copied_one_to_the_workflows_own_is(self) -> None:
+        """Forking a month-old run must not write its old price over today's on the shared board
+        `prices`; a board named by the workflow's id is the fork's own, copied under the new id."""
+        from replay.fork import plan_fork
+        from topics.tasks import TaskCompleted, TaskRequested
+
+        def rec(seq: int, subject: str, event_id: str, data: Any, cause: str | None = None) -> Record:
+            event = CloudEvent(specversion="1.0", id=event_id, source="mesh://test", type=data.TYPE, time=TIME,
+                               correlationid="wf-1", causationid=cause)  # fmt: skip
+            return Record(seq=seq, subject=subject, event=event, data=data)
+
+        records = [
+            rec(1, "mesh.work.plan.anon", "r1", TaskRequested(task_id="wf-1", capability="plan")),
+            rec(2, "mesh.board.prices.widget", "b1", BoardWritten(board="prices", key="widget", value=10), "r1"),
+            rec(3, "mesh.board.wf-1.notes", "b2", BoardWritten(board="wf-1", key="notes", value="draft"), "r1"),
+            rec(4, "mesh.task.plan.anon.wf-1", "c1", TaskCompleted(task_id="wf-1", agent="p", attempt=1, output="ok"), "r1"),
+        ]
+        plan = plan_fork(records, "wf-1", "c1", "whatif-1")
+        subjects_written = [copy.subject for copy in plan.copies]
+        assert "mesh.board.prices.widget" not in subjects_written and plan.skipped == 1
+        assert "mesh.board.whatif-1.notes" in subjects_written and "mesh.task.plan.anon.whatif-1" in subjects_written
