@@ -2,7 +2,7 @@
 parallel, then hands the notes to a writer (hierarchical + fan-out + pipeline)."""
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -11,11 +11,17 @@ from mesh import Agent, Context
 agent = Agent("planner", requests=("research", "write"))
 
 ASPECTS = ("background", "current practice", "open problems")
+MAX_ASPECTS = 12  # research sub-tasks (each a model call) one report may start
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class Goal(msgspec.Struct, frozen=True):
-    topic: str
-    aspects: tuple[str, ...] = ASPECTS
+    """One report: bounded, as every request a client sends is (each aspect is a paid model
+    call, and every note goes into one prompt for the writer)."""
+
+    topic: Annotated[str, msgspec.Meta(min_length=1, max_length=2_000)]
+    aspects: Annotated[tuple[Text, ...], msgspec.Meta(min_length=1, max_length=MAX_ASPECTS)] = ASPECTS
 
 
 @agent.task("report")

@@ -1,6 +1,6 @@
 """`research`: notes on one aspect of a topic, from the model (offline when no key is set)."""
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -10,8 +10,8 @@ agent = Agent("researcher", requests=())
 
 
 class Question(msgspec.Struct, frozen=True):
-    topic: str
-    aspect: str = "overview"
+    topic: Annotated[str, msgspec.Meta(min_length=1, max_length=2_000)]
+    aspect: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "overview"
 
 
 @agent.task("research")

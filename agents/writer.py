@@ -1,6 +1,6 @@
 """`write`: turns research notes into a short report."""
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -9,9 +9,12 @@ from mesh import Agent, Context
 agent = Agent("writer", requests=())
 
 
+MAX_NOTES = 32  # notes one report is written from: all go into one prompt
+
+
 class Draft(msgspec.Struct, frozen=True):
-    topic: str
-    notes: list[dict[str, Any]]
+    topic: Annotated[str, msgspec.Meta(min_length=1, max_length=2_000)]
+    notes: Annotated[list[dict[str, Any]], msgspec.Meta(max_length=MAX_NOTES)]
 
 
 @agent.task("write")

@@ -143,6 +143,22 @@ class TestKnowledgeProjection:
         assert KNOWLEDGE.decode_state(KNOWLEDGE.encode_state(state)) == state
 
     @pytest.mark.unit
+    def test_metadata_is_bounded_in_bytes(self) -> None:
+        """Every process that searches a base keeps each entry's metadata: 64 keys of any size
+        let one writer put 10 MB (and 40 MB as objects) into every reader; an event over
+        `MAX_METADATA` bytes does not decode (a reader skips it), and `add` refuses it."""
+        from topics.knowledge import MAX_METADATA
+
+        big = msgspec.json.encode({"kb": "kb", "text": "x", "metadata": {"blob": "y" * MAX_METADATA}})
+        with pytest.raises(msgspec.ValidationError, match="metadata is at most"):
+            msgspec.json.decode(big, type=KnowledgeAdded)
+        with pytest.raises(ValueError, match="metadata is at most"):
+            KnowledgeAdded(kb="kb", text="x", metadata={"blob": "y" * MAX_METADATA})
+        fits = {"source": "wiki", "page": 12, "sections": ["a", "b"]}
+        assert msgspec.json.decode(msgspec.json.encode({"kb": "kb", "text": "x", "metadata": fits}),
+                                   type=KnowledgeAdded).metadata == fits  # fmt: skip
+
+    @pytest.mark.unit
     def test_an_unparsable_envelope_time_does_not_stop_the_fold(self) -> None:
         bad = msgspec.structs.replace(record(KnowledgeAdded(kb="kb", text="x"), 1),
                                       event=msgspec.structs.replace(record(KnowledgeAdded(kb="kb", text="x"), 1).event,

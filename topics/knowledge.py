@@ -21,6 +21,7 @@ from topics.base import MAX_TOKEN, Event
 __all__ = [
     "MAX_AUTHOR",
     "MAX_EMBEDDING",
+    "MAX_METADATA",
     "MAX_METADATA_KEYS",
     "MAX_TAG",
     "MAX_TAGS",
@@ -35,6 +36,7 @@ MAX_TEXT = 100_000  # characters of one entry's text (larger events go to the ob
 MAX_TAGS = 32  # tags on one entry
 MAX_TAG = 64  # characters of one tag
 MAX_METADATA_KEYS = 64  # keys of one entry's metadata
+MAX_METADATA = 16_384  # bytes of one entry's metadata as JSON (every reader of the base keeps it)
 MAX_AUTHOR = 256  # characters of an author
 MAX_EMBEDDING = 16_384  # numbers in one entry's embedding (OpenAI's largest model gives 3072)
 
@@ -52,6 +54,13 @@ class KnowledgeAdded(Event, frozen=True, kw_only=True):
     author: Annotated[str, msgspec.Meta(max_length=MAX_AUTHOR)] = ""
     embedding: Annotated[tuple[float, ...], msgspec.Meta(min_length=1, max_length=MAX_EMBEDDING)] | None = None
     embedding_model: Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.metadata and len(_json.encode(self.metadata)) > MAX_METADATA:
+            raise ValueError(f"an entry's metadata is at most {MAX_METADATA:,} bytes of JSON")
+
+
+_json = msgspec.json.Encoder()
 
 
 class KnowledgeRemoved(Event, frozen=True, kw_only=True):
