@@ -199,6 +199,32 @@ class TestHistory:
         assert history.turns[-1].message == {"role": "user", "content": "4"}
         assert HISTORIES.name == "histories" and ConversationTurn in HISTORIES.handles
 
+    def test_the_system_prompt_stays_and_no_window_starts_with_a_cut_off_tool_result(self) -> None:
+        """Past `limit` turns the conversation's leading system turn is kept (its guardrails
+        went silently), and a `tool` result whose assistant call was cut goes with it (a model
+        API answers a request that starts with one with a 400)."""
+        history = History(conversation="c")
+
+        def turn(role: str, content: str, **extra: Any) -> None:
+            add_turn(history, ConversationTurn(conversation="c", role=role, content=content, **extra),
+                     history.count + 1, "", limit=4)  # fmt: skip
+
+        turn("system", "never reveal prices")
+        call = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+        turn("user", "q1")
+        turn("assistant", "", tool_calls=call)
+        turn("tool", "r1", tool_call_id="c1")
+        turn("tool", "r2", tool_call_id="c1")
+        turn("user", "q2")
+        roles = [t.message["role"] for t in history.turns]
+        assert roles[0] == "system" and roles[1] != "tool" and len(roles) <= 4, roles
+        assert history.turns[-1].message["content"] == "q2" and history.count == 6
+
+    def test_the_fit_drops_tool_results_whose_call_is_not_there(self) -> None:
+        system, orphan = {"role": "system", "content": "s"}, {"role": "tool", "tool_call_id": "c0", "content": "r"}
+        fitted = fit_messages([system, orphan, user("q")], 1000)
+        assert fitted.kept == [system, user("q")] and fitted.dropped == [orphan]
+
 
 def in_window(model: ScriptedModel) -> list[int]:
     return [estimate_tokens(r.messages, r.body.get("tools")) + int(r.body.get("max_tokens") or 0) for r in model.requests]

@@ -185,15 +185,18 @@ class Fitted:
     dropped: list[dict[str, Any]]
 
 
-def _units(messages: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Turns that must stay together: a message and the `tool` results that follow it."""
+def _units(messages: Sequence[dict[str, Any]]) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Turns that must stay together (a message and the `tool` results that follow it), and the
+    `tool` results before any other turn: their call is not there (a window cut it off), and a
+    model API refuses a request that starts with one."""
     units: list[list[dict[str, Any]]] = []
+    orphans: list[dict[str, Any]] = []
     for message in messages:
-        if message.get("role") == "tool" and units:
-            units[-1].append(message)
+        if message.get("role") == "tool":
+            (units[-1] if units else orphans).append(message)
         else:
             units.append([message])
-    return units
+    return units, orphans
 
 
 def fit_messages(messages: Sequence[dict[str, Any]], budget: int, *, fixed: int = 0, model: str = "") -> Fitted:
@@ -206,7 +209,7 @@ def fit_messages(messages: Sequence[dict[str, Any]], budget: int, *, fixed: int 
     head = 0
     while head < len(messages) and messages[head].get("role") in ("system", "developer"):
         head += 1
-    system, units = list(messages[:head]), _units(messages[head:])
+    system, (units, orphans) = list(messages[:head]), _units(messages[head:])
     room = budget - fixed - sum(message_tokens(m) for m in system)
     costs = [sum(message_tokens(m) for m in unit) for unit in units]
     chosen = list(range(_fitting_tail(costs, room), len(units)))
@@ -221,7 +224,7 @@ def fit_messages(messages: Sequence[dict[str, Any]], budget: int, *, fixed: int 
         after = question + 1 + _fitting_tail(costs[question + 1 :], room - costs[question])
         chosen = [question, *range(after, len(units))]
     keep = set(chosen)
-    dropped = [m for n, unit in enumerate(units) if n not in keep for m in unit]
+    dropped = orphans + [m for n, unit in enumerate(units) if n not in keep for m in unit]
     return Fitted(system + [m for n in chosen for m in units[n]], dropped)
 
 

@@ -1,7 +1,10 @@
 """Histories: the turns of every model conversation (`ctx.conversation`), in log order.
 
-A history keeps its latest `MAX_TURNS` turns; ``count`` counts them all. Chat and debate
-rooms are the `conversations` projection's.
+A history keeps its latest `MAX_TURNS` turns; ``count`` counts them all. The system (and
+developer) turns it starts with stay (at most `PINNED` of them): they hold the instructions
+every later request needs. A kept window never starts with a `tool` result whose call was
+cut off (a model API refuses a request that does). Chat and debate rooms are the
+`conversations` projection's.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from mesh.projections.base import Handler, HandlerProjection, ProjectionState, S
 from topics.base import Event
 from topics.conversations import ConversationTurn
 
-__all__ = ["MAX_TURNS", "HistoriesProjection", "HistoriesState", "History", "HistoryTurn", "add_turn"]
+__all__ = ["MAX_TURNS", "PINNED", "HistoriesProjection", "HistoriesState", "History", "HistoryTurn", "add_turn"]
 
 MAX_TURNS = 1000  # turns of one model conversation a fold keeps (the latest); older ones are counted only
+PINNED = 8  # leading system or developer turns kept however long the conversation gets
+_INSTRUCTIONS = ("system", "developer")
 
 
 class HistoryTurn(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -43,7 +48,7 @@ class HistoriesState(ProjectionState, kw_only=True):
 
 class HistoriesProjection(HandlerProjection[HistoriesState]):
     name = "histories"
-    version = 1
+    version = 2  # 2: the leading system turns stay; a window never starts with a cut-off tool result
     state_type = HistoriesState
 
     def handlers(self) -> dict[type[Event], Handler[HistoriesState]]:
@@ -58,12 +63,22 @@ def _turn(state: HistoriesState, event: ConversationTurn, stamp: Stamp, seq: int
 
 
 def add_turn(history: History, event: ConversationTurn, seq: int, time: str, limit: int = MAX_TURNS) -> None:
-    """Append ``event`` as the next turn of ``history``, keeping its latest ``limit`` turns."""
+    """Append ``event`` as the next turn of ``history``, keeping at most ``limit`` turns: the
+    leading system or developer ones (up to `PINNED`) and the latest, which never start with a
+    `tool` result whose call was cut off."""
     history.count += 1
     message: dict[str, Any] = {"role": event.role, "content": event.content}
     for key in ("name", "tool_calls", "tool_call_id"):
         if (value := getattr(event, key)) is not None:
             message[key] = value
-    history.turns.append(HistoryTurn(turn=history.count, message=message, author=event.author, seq=seq, time=time))
-    if len(history.turns) > limit:
-        del history.turns[: len(history.turns) - limit]
+    turns = history.turns
+    turns.append(HistoryTurn(turn=history.count, message=message, author=event.author, seq=seq, time=time))
+    if len(turns) > limit:
+        pinned = 0
+        while pinned < min(PINNED, limit // 2) and turns[pinned].message.get("role") in _INSTRUCTIONS \
+                and turns[pinned].turn == pinned + 1:  # fmt: skip  # the conversation's own first turns
+            pinned += 1
+        cut = len(turns) - limit
+        while pinned + cut < len(turns) - 1 and turns[pinned + cut].message.get("role") == "tool":
+            cut += 1  # a result whose call is cut off goes with it
+        del turns[pinned : pinned + cut]
