@@ -4,6 +4,7 @@ starting from the projection's snapshot (`mesh.projections.snapshots`) when one 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -198,9 +199,12 @@ class _FoldSink:
             states[projection.name] = projection.apply(states[projection.name], record)
 
     def fold_block(self, block: bytes | memoryview, end: int | None) -> bool:
-        """Fold the lines of ``block`` (up to seq ``end``); False once past ``end``."""
-        for seq, subject, event in block_events(block):
+        """Fold the lines of ``block`` (up to seq ``end``); False once past ``end`` (noting
+        whether a later line of the block is at or below it: the file is out of order)."""
+        events = block_events(block)
+        for seq, subject, event in events:
             if end is not None and seq > end:
+                self.disordered |= any(0 < later <= end for later, _, _ in events)
                 return False
             self.fold(seq, subject, event)
         return True
@@ -226,14 +230,34 @@ def rebuild_file(
     table = _TableFold(sink, tables) if len(tables) == len(chosen) and not isinstance(at, datetime) else None
     fold_block = table.fold if table is not None else sink.fold_block
     with gc_paused():
-        for block in line_blocks(path, chunk_size=_BLOCK):
+        blocks = line_blocks(path, chunk_size=_BLOCK)
+        for block in blocks:
             if not fold_block(block, end):
+                assert end is not None  # only a seq to stop at stops the fold
+                sink.disordered |= _any_at_or_below(blocks, end)  # a later line that belongs before it
                 break
     if sink.disordered:  # exports concatenated: a fold in file order would skip the lower seqs unsaid
         return _rebuilt_in_order(path, chosen, at)
     sink.finish()
     return {p.name: Rebuilt(p.name, states[p.name], states[p.name].seq, None, sink.folded, sink.undecodable)
             for p in chosen}  # fmt: skip
+
+
+_SEQ = re.compile(rb'^\{"seq": ?(\d+)', re.MULTILINE)  # how `export` starts a line
+
+
+def _any_at_or_below(blocks: Iterable[bytes | memoryview], end: int) -> bool:
+    """Whether a line of ``blocks`` (the rest of a file) is at or below seq ``end``: its seqs
+    are read with a pattern where every line starts as `export` writes it, else decoded."""
+    for block in blocks:
+        data = bytes(block)
+        found = _SEQ.findall(data)
+        if len(found) != data.count(b"\n") + (not data.endswith(b"\n")):  # a line not as `export` writes it
+            if any(0 < seq <= end for seq, _, _ in block_events(data)):
+                return True
+        elif any(int(seq) <= end for seq in found):
+            return True
+    return False
 
 
 def _rebuilt_in_order(path: str | Path, projections: Sequence[Projection[Any]], at: Position | None) -> dict[str, Rebuilt[Any]]:
@@ -275,6 +299,7 @@ class _TableFold:
         if end is not None:
             past = next((n for n, line in enumerate(lines) if line.seq > end), None)
             if past is not None:
+                self.sink.disordered |= any(0 < line.seq <= end for line in lines[past + 1 :])
                 lines, more = lines[:past], False
         routes, before, named = self.routes, self.sink.last_seq, self.subject_named
         for line in lines:

@@ -139,6 +139,12 @@ def subject_of(data: Event, seq: int) -> str:
     """A subject for ``data``: its own where the data names it (a board event's key), else any."""
     if isinstance(data, BoardWritten | BoardDeleted):
         return f"mesh.board.{data.board}.{data.key}"
+    if isinstance(data, KnowledgeAdded | KnowledgeRemoved):
+        return f"mesh.knowledge.{data.kb}"
+    if isinstance(data, HumanAsked | HumanExpired):
+        return f"mesh.ask.role.{data.question_id}"
+    if isinstance(data, HumanAnswered):
+        return f"mesh.answer.{data.question_id}"
     return f"mesh.test.{seq}"
 
 

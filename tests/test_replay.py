@@ -168,6 +168,21 @@ class TestSnapshots:
         assert again.state == (await rebuild(mesh, BOARD, use_snapshot=False)).state
         assert (await rebuild(mesh, BOARD, at=30)).snapshot_seq is None  # the snapshot is past seq 30
 
+    async def test_a_snapshot_past_the_end_of_the_log_is_not_used(self, mesh: Mesh) -> None:
+        """The stream was made again (or restored from an older backup) and the snapshots kept:
+        reading on from a snapshot at seq 40 of a log that ends at 10 would show the old log's
+        state and skip the new events."""
+        await write_board(mesh, 40)
+        await rebuild(mesh, BOARD, save=True)
+        await mesh.js.purge_stream(subjects.STREAM)  # as good as made again: its sequence goes on, its messages go
+        info = await mesh.js.stream_info(subjects.STREAM)
+        stale = BOARD.initial()
+        stale.seq = info.state.last_seq + 100
+        await SnapshotStore(mesh).save(BOARD, stale)
+        assert await SnapshotStore(mesh).load(BOARD) is None
+        again = await rebuild(mesh, BOARD)
+        assert again.snapshot_seq is None
+
     async def test_new_version_ignores_old_snapshot(self, mesh: Mesh) -> None:
         """Bumping a projection's version makes rebuilds ignore snapshots of the old fold."""
         await write_board(mesh, 20)

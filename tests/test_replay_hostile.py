@@ -107,6 +107,17 @@ class TestFiles:
         with pytest.raises(MeshError, match="seq 1 holds two events"):
             state_from_file(write(tmp_path, line(1, "k0"), line(1, "k1", event_id="other")), REGISTRY["board"])
 
+    def test_time_travel_over_concatenated_exports_folds_the_earlier_lines(self, tmp_path: Path) -> None:
+        """`mesh ui --file` at a past seq over `export --from 4` then `export --to 3`: the fold
+        stopped at the first line past the seq and dropped the earlier export without a word."""
+        later, earlier = [line(n, f"k{n}") for n in (4, 5)], [line(n, f"k{n}") for n in (1, 2, 3)]
+        for lines in ([*later, *earlier], [later[0], earlier[0], later[1], *earlier[1:]]):
+            path = write(tmp_path, *lines)
+            for at, keys in ((5, ["k1", "k2", "k3", "k4", "k5"]), (2, ["k1", "k2"])):
+                rebuilt = rebuild_file(path, [REGISTRY["board"]], at=at)["board"]
+                assert sorted(rebuilt.state.boards.get("notes", {})) == keys  # type: ignore[attr-defined]
+                assert rebuilt.state == state_from_file(path, REGISTRY["board"], at=at).state
+
 
 @pytest.mark.unit
 class TestShapes:

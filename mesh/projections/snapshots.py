@@ -22,6 +22,7 @@ from nats.js.object_store import ObjectStore
 from mesh.bus.client import Mesh
 from mesh.bus.connection import stream_replicas
 from mesh.projections.base import Projection, ProjectionState, load_snapshot
+from topics import subjects
 from topics.envelope import DECODE_ERRORS
 
 __all__ = ["SNAPSHOT_BUCKET", "SnapshotStore"]
@@ -90,8 +91,19 @@ class SnapshotStore:
         return data
 
     async def load(self, projection: Projection[S]) -> S | None:
-        """The snapshot of ``projection``, or None if there is none or it is of another version."""
-        return load_snapshot(projection, await self.load_bytes(projection.name))
+        """The snapshot of ``projection``, or None if there is none, it is of another version,
+        or it is past the end of the log: the stream was made again or restored from an older
+        backup, and reading on from the snapshot would skip its events. (A stream made again
+        that has already grown past the snapshot's position is not told apart: delete the
+        `mesh-snapshots` bucket with the stream.)"""
+        state = load_snapshot(projection, await self.load_bytes(projection.name))
+        if state is not None:
+            last = (await self.mesh.js.stream_info(subjects.STREAM)).state.last_seq
+            if state.seq > last:
+                log.warning("snapshot ignored: it is past the end of the log (was the stream made again?)",
+                            projection=projection.name, snapshot_seq=state.seq, last_seq=last)  # fmt: skip
+                return None
+        return state
 
     async def save(self, projection: Projection[S], state: S) -> int:
         """Store ``state`` as the snapshot of ``projection``; return its size in bytes, 0 when
