@@ -56,7 +56,13 @@ class KnowledgeAdded(Event, frozen=True, kw_only=True):
     embedding_model: Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)] | None = None
 
     def __post_init__(self) -> None:
-        if self.metadata and len(_json.encode(self.metadata)) > MAX_METADATA:
+        if not self.metadata:
+            return
+        try:
+            size = len(_json.encode(self.metadata))
+        except (TypeError, msgspec.EncodeError) as error:  # made in code with values JSON has no form for
+            raise ValueError(f"an entry's metadata must be JSON: {error}") from None
+        if size > MAX_METADATA:
             raise ValueError(f"an entry's metadata is at most {MAX_METADATA:,} bytes of JSON")
 
 
