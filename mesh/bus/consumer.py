@@ -121,8 +121,12 @@ class WorkConsumer:
         self._top_up()
 
     def _top_up(self) -> None:
+        """Ask for what the window has room for: while a pull is outstanding only a batch of
+        half the window or more (one request for many messages), else any room at all. (Asking
+        only for half-window batches stalled handlers that wait: window 11, 7 running, nothing
+        asked: 4 is short of 5, and no message came to grow the window again.)"""
         want = self._window - self._in_flight - self._credit
-        if self.stopping or want < max(1, self._window // 2) or self._nc.is_closed:
+        if self.stopping or want < 1 or (self._credit and want < self._window // 2) or self._nc.is_closed:
             return
         self._credit += want
         request = {"batch": want, "expires": self._expires_ns, "idle_heartbeat": int(self._heartbeat * 1e9)}
