@@ -11,7 +11,7 @@ transcript as `mesh.chat.<room>` events, and asks a judge. Four agents, four pro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -27,9 +27,13 @@ judge = Agent("judge")
 SIDES = ("for", "against")
 
 
+MAX_ROUNDS = 10  # each round is two model calls, each sent the whole transcript
+MAX_ARGUMENT = 4_000  # characters of one argument kept in the transcript
+
+
 class Motion(msgspec.Struct, frozen=True):
-    motion: str
-    rounds: int = 2
+    motion: Annotated[str, msgspec.Meta(min_length=1, max_length=2_000)]
+    rounds: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUNDS)] = 2
 
 
 class Turn(msgspec.Struct, frozen=True):
@@ -46,8 +50,9 @@ async def debate(input: Motion, ctx: Context) -> dict[str, Any]:
         for side in SIDES:
             said = await ctx.request(f"argue-{side}", {"motion": input.motion, "transcript": transcript,
                                                        "round": round_no})  # fmt: skip
-            transcript.append({"side": side, "speaker": said["by"], "content": said["argument"]})
-            await ctx.emit(subjects.chat(room), ChatMessage(room=room, speaker=said["by"], content=said["argument"],
+            argument = str(said["argument"])[:MAX_ARGUMENT]  # whatever a capability answers, cut to size
+            transcript.append({"side": side, "speaker": str(said["by"])[:200], "content": argument})
+            await ctx.emit(subjects.chat(room), ChatMessage(room=room, speaker=str(said["by"])[:200], content=argument,
                                                             turn=len(transcript)))  # fmt: skip
     verdict = await ctx.request("judge", {"motion": input.motion, "transcript": transcript})
     return {"motion": input.motion, "room": room, "transcript": transcript, "verdict": verdict}

@@ -36,10 +36,11 @@ TERMINATE = "TERMINATE"
 
 MAX_SPEAKERS = 32
 MAX_TURNS = 200
+MAX_SAID = 4_000  # characters of one turn kept: a speaker is any capability, its answer any data
 
 
 class Chat(msgspec.Struct, frozen=True):
-    topic: str
+    topic: Annotated[str, msgspec.Meta(min_length=1, max_length=2_000)]
     speakers: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_SPEAKERS)]
     max_turns: Annotated[int, msgspec.Meta(ge=1, le=MAX_TURNS)] = 6
     select: Literal["round_robin", "chosen"] = "round_robin"
@@ -68,7 +69,8 @@ async def group_chat(input: Chat, ctx: Context) -> dict[str, Any]:
         if speaker in input.humans:
             content = await human_turn(speaker, input, said, ctx)
         else:
-            content = await ctx.request(speaker, {"topic": input.topic, "said": said, "terminate": input.terminate})
+            answer = await ctx.request(speaker, {"topic": input.topic, "said": said, "terminate": input.terminate})
+            content = (answer if isinstance(answer, str) else msgspec.json.encode(answer).decode())[:MAX_SAID]
         said.append({"speaker": speaker, "content": content})
         await ctx.emit(subjects.chat(room), ChatMessage(room=room, speaker=speaker, content=content, turn=turn))
         if input.terminate in content:

@@ -27,3 +27,14 @@ class TestBounds:
         with pytest.raises(msgspec.ValidationError):
             msgspec.convert({"topic": "tea", "notes": [{}] * (MAX_NOTES + 1)}, Draft)
         assert msgspec.convert({"topic": "tea", "notes": [{}] * MAX_NOTES}, Draft).topic == "tea"
+
+    def test_a_debate_has_at_most_max_rounds(self) -> None:
+        from agents.debate import MAX_ROUNDS, Motion
+        from agents.groupchat import Chat
+
+        assert msgspec.convert({"motion": "tea", "rounds": MAX_ROUNDS}, Motion).rounds == MAX_ROUNDS
+        for bad in ({"motion": "tea", "rounds": 10**9}, {"motion": "tea", "rounds": 0}, {"motion": ""}):
+            with pytest.raises(msgspec.ValidationError):
+                msgspec.convert(bad, Motion)
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert({"topic": "t" * 2_001, "speakers": ["a"]}, Chat)
