@@ -112,6 +112,20 @@ class TestSpec:
             parse({"name": f"w{n}", "steps": {"a": {"capability": "echo"}}})
         assert len(workflow._parsed) == workflow.PARSED and parse(data) is not first
 
+    def test_specs_are_bounded_and_checked(self) -> None:
+        """A spec has at most `MAX_STEPS` steps (a chain of them listed in reverse is checked,
+        once each); a spec that is not a table, a timeout that is not a number of seconds, a
+        cycle are ConfigErrors (a list or a string used to be a TypeError, nan no timeout)."""
+        n = workflow.MAX_STEPS
+        chain = {f"s{i}": {"capability": "echo", "after": [f"s{i + 1}"]} for i in range(n - 1)}
+        chain[f"s{n - 1}"] = {"capability": "echo"}
+        assert len(parse({"name": "long", "steps": chain}).steps) == n
+        too_many = {f"s{i}": {"capability": "echo"} for i in range(n + 1)}
+        for bad in ([1], "steps", {"steps": too_many}, {"steps": {"a": {"capability": "e", "timeout": float("nan")}}},
+                    {"steps": {"a": {"capability": "e", "after": ["b"]}, "b": {"capability": "e", "after": ["a"]}}}):  # fmt: skip
+            with pytest.raises(ConfigError):
+                parse(bad)
+
     def test_a_spec_nested_too_deeply_is_refused(self) -> None:
         """An input nested deeper than the encoder (the cache's key) and the template walk go
         (a hostile request) is a ConfigError that says so, not a RecursionError."""

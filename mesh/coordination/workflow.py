@@ -31,7 +31,7 @@ import math
 import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -43,7 +43,7 @@ from mesh.errors import ConfigError, MeshError, WorkflowFailedError, WorkflowTak
 from mesh.projections import WORKFLOWS, WorkflowView
 from mesh.projections.base import fold
 from topics import subjects
-from topics.base import ErrorInfo, check_token
+from topics.base import ErrorInfo, check_token, shorten
 from topics.envelope import new_event_id
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted
 from topics.record import Record
@@ -65,6 +65,8 @@ __all__ = [
 
 WORKFLOW_CAPABILITY = "workflow"
 MAX_FILE = 1 << 20  # bytes of a workflow file `load` reads (a spec is a few KiB)
+MAX_STEPS = 1_000  # steps of one workflow (each a task, and a few events, of its own)
+MAX_AFTER = 100  # steps one step waits for
 LAUNCHES = 1024  # workflows a `Workflows` watches the outcome of until `result` awaits it
 PARSED, PARSED_SIZE = 64, 16 * 1024  # the specs `parse` keeps (frozen: shared), and the largest, as JSON bytes
 _parsed: dict[bytes, tuple[Any, WorkflowSpec]] = {}  # JSON -> (the data decoded from it, its spec)
@@ -75,7 +77,7 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     capability: str
     input: Any = None
-    after: tuple[str, ...] = ()
+    after: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_AFTER)] = ()
     retries: int = 0
     timeout: float | None = None  # seconds one attempt may take before it counts as failed
 
@@ -84,7 +86,7 @@ class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """A whole workflow: its steps by name and the template of its output."""
 
     name: str = "workflow"
-    steps: dict[str, Step] = {}
+    steps: Annotated[dict[str, Step], msgspec.Meta(max_length=MAX_STEPS)] = {}
     output: Any = None
     description: str = ""
 
@@ -129,6 +131,8 @@ def parse(data: Mapping[str, Any]) -> WorkflowSpec:
     kept = _parsed.get(key) if key is not None else None
     if kept is not None and kept[0] == data:  # equal as JSON and as data (not a datetime for its text, say)
         return kept[1]
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"not a workflow spec: a spec is a table of steps, not {type(data).__name__}")
     try:
         spec = normalize(msgspec.convert(dict(data), WorkflowSpec))
     except msgspec.ValidationError as error:
@@ -190,20 +194,27 @@ def _check_step(flow: str, name: str, step: Step, steps: Mapping[str, Step]) -> 
     missing = [dep for dep in step.after if dep not in steps]
     if missing:
         raise ConfigError(f"{where} waits for unknown steps {missing}; the steps are {sorted(steps)}")
-    if step.retries < 0 or (step.timeout is not None and step.timeout <= 0):
-        raise ConfigError(f"{where}: retries must be >= 0 and timeout > 0")
+    if step.retries < 0 or (step.timeout is not None and not (0 < step.timeout < math.inf)):
+        raise ConfigError(f"{where}: retries must be >= 0 and timeout a number of seconds > 0")
 
 
 def _check_acyclic(flow: str, steps: Mapping[str, Step]) -> None:
-    done: set[str] = set()
-    remaining = dict(steps)
-    while remaining:
-        ready = [name for name, step in remaining.items() if done.issuperset(step.after)]
-        if not ready:
-            raise ConfigError(f"workflow {flow!r} has a cycle among steps {sorted(remaining)}")
-        for name in ready:
-            done.add(name)
-            del remaining[name]
+    """Kahn's algorithm: each step and each `after` edge looked at once (a round over every
+    remaining step per step readied was quadratic: 16,000 steps listed in reverse took 18 s)."""
+    waiting = {name: len(set(step.after)) for name, step in steps.items()}
+    needed_by: dict[str, list[str]] = {}
+    for name, step in steps.items():
+        for dep in set(step.after):
+            needed_by.setdefault(dep, []).append(name)
+    ready = [name for name, count in waiting.items() if count == 0]
+    while ready:
+        for follower in needed_by.get(ready.pop(), ()):
+            waiting[follower] -= 1
+            if waiting[follower] == 0:
+                ready.append(follower)
+    remaining = sorted(name for name, count in waiting.items() if count > 0)
+    if remaining:
+        raise ConfigError(f"workflow {flow!r} has a cycle among steps {shorten(str(remaining), 300)}")
 
 
 def sinks(spec: WorkflowSpec) -> list[str]:
