@@ -56,6 +56,16 @@ class TestTemplates:
         with pytest.raises(TemplateError, match="has 2 items, no item 5"):
             resolve("$input.tags.5", SCOPE)
 
+    def test_a_template_repeating_a_reference_is_bounded_before_it_is_built(self) -> None:
+        """20,000 `$input` (or `${input}`) over a 50 KB input made a gigabyte the orchestrator
+        built (2.9 GB of memory) to find it too large to send: the bytes references add are
+        counted as they are replaced, and past the limit it is a TemplateError."""
+        scope = {"input": {"blob": "x" * 50_000}, "steps": {}}
+        assert resolve(["$input"] * 10, scope, limit=600_000) == [scope["input"]] * 10
+        for template in (["$input"] * 20_000, ["${input.blob}"] * 20_000, {"a": "$input", "b": "say ${input}"}):
+            with pytest.raises(TemplateError, match="more than a task can carry"):
+                resolve(template, scope, limit=80_000)
+
     def test_references(self) -> None:
         """The step names a template refers to, at any depth."""
         assert references({"a": ["$steps.x.output", "see ${steps.y.output.z}"], "b": "$$steps.no"}) == {"x", "y"}

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from mesh.bus.payloads import max_object
 from mesh.errors import TemplateError
 
 __all__ = ["references", "resolve"]
@@ -28,28 +29,60 @@ _WHOLE = re.compile(r"^\$((?:input|steps)(?:\.[A-Za-z0-9_\-]+)*)$")
 _INLINE = re.compile(r"\$\{((?:input|steps)(?:\.[A-Za-z0-9_\-]+)*)\}")
 
 
-def resolve(template: Any, scope: dict[str, Any]) -> Any:
-    """``template`` with every reference replaced from ``scope`` ({"input": ..., "steps": ...})."""
-    if isinstance(template, str):
-        return _resolve_text(template, scope)
-    if isinstance(template, dict):
-        return {key: resolve(value, scope) for key, value in template.items()}
-    if isinstance(template, list | tuple):
-        return [resolve(value, scope) for value in template]
-    return template
+def resolve(template: Any, scope: dict[str, Any], *, limit: int | None = None) -> Any:
+    """``template`` with every reference replaced from ``scope`` ({"input": ..., "steps": ...}).
+
+    The result is at most ``limit`` bytes as JSON (default `MESH_MAX_PAYLOAD_OBJECT`, the
+    largest a task can carry), counted as references are replaced, before anything is built
+    past it: a template repeating `$input` 20,000 times over a 50 KB input is a TemplateError,
+    not a gigabyte the orchestrator builds to find it too large to send."""
+    return _Resolver(scope, max_object() if limit is None else limit).resolve(template)
 
 
-def _resolve_text(text: str, scope: dict[str, Any]) -> Any:
-    if text.startswith("$$"):
-        return text[1:]
-    whole = _WHOLE.match(text)
-    if whole:
-        return lookup(whole.group(1), scope)
-    return _INLINE.sub(lambda match: _as_text(lookup(match.group(1), scope)), text)
+class _Resolver:
+    """One resolution, with the bytes its references add so far."""
 
+    def __init__(self, scope: dict[str, Any], limit: int) -> None:
+        self.scope, self.limit, self.size = scope, limit, 0
+        self._texts: dict[int, tuple[Any, str]] = {}  # id(value) -> (value, its text): each encoded once
 
-def _as_text(value: Any) -> str:
-    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    def resolve(self, template: Any) -> Any:
+        if isinstance(template, str):
+            return self._text(template)
+        if isinstance(template, dict):
+            return {key: self.resolve(value) for key, value in template.items()}
+        if isinstance(template, list | tuple):
+            return [self.resolve(value) for value in template]
+        return template
+
+    def _text(self, text: str) -> Any:
+        if text.startswith("$$"):
+            return text[1:]
+        whole = _WHOLE.match(text)
+        if whole:
+            value = lookup(whole.group(1), self.scope)
+            self._add(len(self._as_text(value)), whole.group(1))
+            return value
+        return _INLINE.sub(lambda match: self._inline(match.group(1)), text)
+
+    def _inline(self, path: str) -> str:
+        text = self._as_text(lookup(path, self.scope))
+        self._add(len(text), path)
+        return text
+
+    def _as_text(self, value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        found = self._texts.get(id(value))
+        if found is None or found[0] is not value:
+            found = self._texts[id(value)] = (value, msgspec.json.encode(value).decode())
+        return found[1]
+
+    def _add(self, size: int, path: str) -> None:
+        self.size += size
+        if self.size > self.limit:
+            raise TemplateError(f"${path}: the references resolved so far come to over {self.limit:,} bytes, more "
+                                "than a task can carry (MESH_MAX_PAYLOAD_OBJECT)")  # fmt: skip
 
 
 def lookup(path: str, scope: dict[str, Any]) -> Any:
