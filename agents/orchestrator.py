@@ -59,21 +59,25 @@ async def fail_workflow(failure: TaskFailure) -> None:
 # A workflow waits on its steps (a human's answer, a long model run), so its driver may run far
 # longer than a handler's default 15 minutes; a step's own `timeout` bounds each wait.
 DRIVE_LIMIT = 7 * 24 * 3600.0
+MAX_NESTING = 8  # workflows started by a step of a workflow, and so on: each level holds a driver
 
 
 @agent.task(WORKFLOW_CAPABILITY, on_failed=fail_workflow, max_run_time=DRIVE_LIMIT)
 async def run_workflow(input: Drive, ctx: Context) -> Any:
     workflow_id = input.workflow_id or ctx.task_id
+    if ctx.hops > MAX_NESTING:  # a workflow whose step starts a workflow, and so on: each level holds a slot
+        raise TaskError(f"workflow {workflow_id} is nested {ctx.hops} deep (its task's hops), past {MAX_NESTING}: "
+                        "does a step start the workflow it belongs to?", type="WorkflowTooDeep")  # fmt: skip
     if ctx.attempt > 1:  # a first attempt is in the log already (mesh.flow.started); a resumed one is news
         ctx.log.info("resuming workflow", workflow_id=workflow_id, attempt=ctx.attempt)
     return await drive(ctx.mesh, input, task_id=ctx.task_id, request_seq=ctx.request_seq or 0,
                        causation_id=ctx.event.id, correlation_id=ctx.correlation_id,
-                       flow=ctx.flow_log(workflow_id))  # fmt: skip
+                       flow=ctx.flow_log(workflow_id), hops=ctx.hops)  # fmt: skip
 
 
 async def drive(
     mesh: Mesh, request: Drive, *, task_id: str, request_seq: int, causation_id: str | None = None,
-    correlation_id: str | None = None, flow: FlowLog | None = None,
+    correlation_id: str | None = None, flow: FlowLog | None = None, hops: int = 0,
 ) -> Any:  # fmt: skip
     """Drive the workflow to its end for the request at ``request_seq``: its output, or
     TaskError if it failed (WorkflowTakenError if another request started it). ``flow``: the
@@ -81,7 +85,7 @@ async def drive(
     workflow_id = request.workflow_id or task_id
     parsed = None if request.spec is None else parse(request.spec)
     start = None if parsed is None else _start(workflow_id, request, parsed)
-    view = await Driver(mesh, workflow_id, flow).run(start, request_seq=request_seq, causation_id=causation_id,
+    view = await Driver(mesh, workflow_id, flow, hops=hops).run(start, request_seq=request_seq, causation_id=causation_id,
                                                      correlation_id=correlation_id, parsed=parsed)  # fmt: skip
     if view.status == "failed":
         reason = f"{view.error.type}: {view.error.message}" if view.error else "no reason recorded"

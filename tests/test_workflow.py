@@ -23,7 +23,7 @@ from mesh.coordination import workflow
 from mesh.coordination.orchestrator import Fail, Finish, Schedule, decide, spec_of, step_task_id
 from mesh.coordination.templates import references, resolve
 from mesh.coordination.workflow import Flow, Workflows, WorkflowSpec, default_output, load, parse
-from mesh.errors import TemplateError, WorkflowFailedError
+from mesh.errors import TaskFailedError, TemplateError, WorkflowFailedError
 from mesh.projections import WORKFLOWS, WorkflowView, fold
 from mesh.testing.eventlog import eventually
 from replay.reader import read_log
@@ -33,6 +33,7 @@ from tests.helpers import EventLog
 from topics import CloudEvent, Event, Record, decode_data, encode_data
 from topics.base import ErrorInfo
 from topics.flows import FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.tasks import TaskRequested
 
 SCOPE = {"input": {"topic": "tea", "tags": ["a", "b"]}, "steps": {"r": {"output": {"notes": ["n0", "n1"]}}}}
 
@@ -269,6 +270,22 @@ class TestOrchestrator:
         assert kinds[1:3] == [("FlowStepScheduled", "left"), ("FlowStepScheduled", "right")]
         assert (await flows.view(workflow_id)).status == "completed"
         assert (await mesh.outcome("workflow", workflow_id, timeout=10)).data.output == {"joined": "L+R+7"}  # type: ignore[attr-defined]
+
+    async def test_a_workflow_that_starts_itself_ends_at_its_depth_limit(self, mesh: Mesh, agents: AgentProcesses) -> None:
+        """A step that starts the workflow it belongs to (a client's one task) took a driver
+        slot per level, each waiting without end: the orchestrator ran no one else's workflow.
+        Each level's tasks count one more hop; past `MAX_NESTING` the workflow fails, and so
+        does every level above it."""
+        from agents.orchestrator import MAX_NESTING
+
+        await agents.start("agents.orchestrator:agent")
+        itself = {"steps": {"again": {"capability": "workflow", "input": {"spec": "$input", "input": "$input"}}}}
+        with pytest.raises(TaskFailedError) as failed:
+            await mesh.request("workflow", {"spec": itself, "input": itself}, timeout=60)
+        assert "WorkflowTooDeep" in str(failed.value) or "nested" in str(failed.value), str(failed.value)
+        records = (await read_log(mesh)).records
+        depths = [r.data.hops for r in records if isinstance(r.data, TaskRequested) and r.data.capability == "workflow"]
+        assert max(depths) == MAX_NESTING + 1 and sorted(depths) == list(range(MAX_NESTING + 2))
 
     async def test_retry_succeeds(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """A step that fails once is retried as a new task and the workflow completes."""

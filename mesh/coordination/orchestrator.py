@@ -139,7 +139,10 @@ class _Outcome(NamedTuple):
 class Driver:
     """Drives one workflow to its end; `run()` returns the final view."""
 
-    def __init__(self, mesh: Mesh, workflow_id: str, flow: FlowLog | None = None) -> None:
+    def __init__(self, mesh: Mesh, workflow_id: str, flow: FlowLog | None = None, *, hops: int = 0) -> None:
+        """``hops``: those of the task that drives it; its steps' tasks are one more, so a
+        workflow whose step starts a workflow counts its depth (`agents.orchestrator`)."""
+        self.hops = hops
         """``flow``: the workflow's `FlowLog` (default: over ``mesh``; `Context.flow_log` gives
         the one a handler should use, which `rerun` answers from the record)."""
         self.mesh = mesh
@@ -273,6 +276,7 @@ class Driver:
         try:
             if task_id in self._fresh:  # scheduled just now: its id was never used, nothing to read
                 record = await self.mesh.request_outcome(spec.capability, input, task_id=task_id, timeout=timeout,
+                                                         hops=self.hops + 1,
                                                          stored=False, correlation_id=correlation_id,
                                                          causation_id=cause)  # fmt: skip
             else:
@@ -288,7 +292,7 @@ class Driver:
         last = await self.mesh.last_on(subjects.task(capability, self.mesh.owner, task_id))
         request_seq = getattr(last.data, "request_seq", None) if last is not None else None
         if request_seq is None:  # nobody took it (yet): the same id dedupes, and gives the first one's sequence
-            submitted = await self.mesh.submit_request(capability, input, task_id=task_id,
+            submitted = await self.mesh.submit_request(capability, input, task_id=task_id, hops=self.hops + 1,
                                                        correlation_id=correlation_id, causation_id=cause)  # fmt: skip
             request_seq = submitted.seq
         return await self.mesh.follow(capability, task_id, request_seq, timeout=timeout)
