@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, TypedDict, Unpack
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -426,7 +427,9 @@ class Mesh:
                     await watching_ahead.aclose()
                     ahead = {}
                 return await self._passed_on(record, deadline, self.owner, capability, ahead, watching_ahead.aclose)
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError as error:
+            if isinstance(error, nats.errors.TimeoutError):  # a request to the server went unanswered (a late
+                raise  # publish acknowledgement: the task may be stored), not the task's time running out
             raise TaskTimeoutError(task_id, capability, timeout) from None
 
     async def _watch_ahead(self, watching: contextlib.AsyncExitStack, task_id: str) -> Ahead | None:
@@ -453,7 +456,9 @@ class Mesh:
             async with asyncio.timeout_at(deadline):  # waiting for a waiter slot included
                 answer = await self._answer(capability, owner, task_id, request_seq, timeout)
                 return await self._passed_on(answer, deadline, owner)
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError as error:
+            if isinstance(error, nats.errors.TimeoutError):  # a request to the server went unanswered (a late
+                raise  # publish acknowledgement: the task may be stored), not the task's time running out
             raise TaskTimeoutError(task_id, capability, timeout) from None
 
     async def _answer(self, capability: str, owner: str, task_id: str, request_seq: int, timeout: float) -> Record:
@@ -512,7 +517,9 @@ class Mesh:
                 async with self.watch_outcome(capability, task_id, owner=owner) as outcome:
                     record = await asyncio.wait_for(outcome, timeout)
                 return await self._passed_on(record, deadline, owner)
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError as error:
+            if isinstance(error, nats.errors.TimeoutError):  # a request to the server went unanswered (a late
+                raise  # publish acknowledgement: the task may be stored), not the task's time running out
             raise TaskTimeoutError(task_id, capability, timeout) from None
 
     def watch_outcome(

@@ -1,4 +1,4 @@
-"""An agent whose handlers wait (workflows, people, model calls) starts as many as it may."""
+"""Waiting: handlers that wait start as many as they may; a late acknowledgement is not a task timeout."""
 
 from __future__ import annotations
 
@@ -40,3 +40,24 @@ class TestWaitingHandlers:
             assert sorted(outcomes) == list(range(20))
         finally:
             await runner.stop("done")
+
+
+class TestLateAcknowledgement:
+    async def test_a_late_publish_acknowledgement_is_not_the_tasks_timeout(self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The request was stored but its acknowledgement came late: that is the server's
+        timeout (retryable: a retry finds the request), not `TaskTimeoutError`, which made
+        the orchestrator record the step failed, cancel it and run it again."""
+        import nats.errors
+
+        from mesh.errors import TaskTimeoutError
+
+        async def late(*args: Any, **kwargs: Any) -> Any:
+            raise nats.errors.TimeoutError()
+
+        monkeypatch.setattr(mesh, "submit_request", late)
+        with pytest.raises(nats.errors.TimeoutError) as raised:
+            await mesh.request_outcome("nobody-serves-this", {"n": 1}, timeout=30)
+        assert not isinstance(raised.value, TaskTimeoutError)
+        with pytest.raises(TaskTimeoutError):  # the task's own time running out still is one
+            monkeypatch.undo()
+            await mesh.request_outcome("nobody-serves-this", {"n": 2}, timeout=0.5)
