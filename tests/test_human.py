@@ -259,6 +259,21 @@ class TestQuestionsFromOtherRoles:
         with pytest.raises(AnswerRejected, match="asked by more than one agent role"):
             await Humans(mesh).answer("q-1", "yes")
 
+    async def test_a_flood_of_answers_that_do_not_fit_hides_no_real_one(self, mesh: Mesh) -> None:
+        """Anyone may answer: 1,200 answers that are not an option, then the person's. The asker
+        read at most 1,000 and gave up, while `mesh inbox` and `mesh answer` saw the real one."""
+        from mesh.coordination import humans
+
+        approver = Humans(mesh, role="approver")
+        stored = await approver.post("Ship it?", ("yes", "no"), question_id="q-flood")
+        junk = HumanAnswered(question_id="q-flood", answer="maybe")
+        await asyncio.gather(*(mesh.publish(subjects.answer("q-flood"), junk) for _ in range(1_200)))
+        assert humans.MAX_ANSWERS_READ >= 1_201
+        await Humans(mesh).answer("q-flood", "yes")
+        found = await asyncio.wait_for(approver.wait(stored), 60)
+        assert found is not None and found.answer == "yes"
+        assert (await Humans(mesh).state()).questions["q-flood"].answer == "yes"
+
     async def test_a_retry_after_the_question_expired_takes_no_later_answer(self, mesh: Mesh) -> None:
         """The asker stopped waiting (`mesh.human.expired`), then an answer came: a retry of the
         task that asks again gets no answer, as every other reader says (it took the late one)."""

@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_ASK_TIMEOUT", "MAX_ASK_TIMEOUT", "Asked", "Humans", "NO_DEFA
 DEFAULT_ASK_TIMEOUT = 3600.0  # seconds a handler waits for a person unless it says otherwise
 MAX_ASK_TIMEOUT = 7 * 24 * 3600.0  # the longest wait: also how far back `inbox` reads the log
 MAX_READ = 100_000  # events `inbox` reads per subject filter (the newest, when there are more)
-MAX_ANSWERS_READ = 1000  # answers read on one question's subject before giving up on finding one that fits
+MAX_ANSWERS_READ = MAX_READ  # answers read on one question's subject: as many as `inbox` folds, so both find the same
 NO_DEFAULT: Any = object()
 
 
@@ -172,9 +172,12 @@ class Humans:
     async def _first_answer(
         self, stored: Asked, *, checked: list[int] | None = None, before: int | None = None
     ) -> HumanAnswered | None:
-        """The first answer stored after the question (and before ``before``) that fits it."""
+        """The first answer stored after the question (and before ``before``) that fits it.
+        With ``checked`` (the answers read so far, none of which fit), reading goes on from
+        there: anyone may publish answers, and a flood must cost each asker one read of each,
+        not one of all of them per answer that lands."""
         subject = subjects.answer(stored.asked.question_id)
-        seq = stored.seq
+        seq = max(stored.seq, checked[0]) if checked is not None else stored.seq
         for _ in range(MAX_ANSWERS_READ):
             msg = await jetstream.next_on_subject(self.mesh.js, subject, after=seq)
             if msg is None or not msg.seq or (before is not None and msg.seq >= before):
