@@ -278,6 +278,18 @@ def proposal(**fields: Any) -> ProposalView:
 
 
 class TestConsensus:
+    def test_the_tally_follows_each_vote_as_a_full_count_would(self) -> None:
+        """The tally is kept as votes come (it was counted again for each one: a flood of n votes
+        cost n²); changed votes, weights and votes that do not count give what counting gives."""
+        from mesh.projections.consensus import tally
+
+        for rule, weights in (("majority", {}), ("weighted", {f"v{i}": 0.1 * (i % 7 + 1) for i in range(50)})):
+            events: list[Event] = [VoteProposed(proposal_id="p", question="q", options=("a", "b", "c"), rule=rule,
+                                                weights=weights)]  # fmt: skip
+            events += [VoteCast(proposal_id="p", voter=f"v{i % 50}", choice="abcz"[i % 4]) for i in range(3_000)]
+            view = fold(CONSENSUS, log(*events)).proposals["p"]
+            assert view.tally == pytest.approx(tally(view)) and len(view.votes) == 50
+
     def test_votes_and_tally(self) -> None:
         """A voter's last vote counts; unlisted voters and unoffered options are ignored."""
         view = proposal(

@@ -107,9 +107,14 @@ def _proposed(state: ConsensusState, event: VoteProposed, stamp: Stamp, seq: int
 def _cast(state: ConsensusState, event: VoteCast, stamp: Stamp, seq: int) -> None:
     view = state.proposals.get(event.proposal_id)
     if view is not None and _counts(view, event.voter, event.choice, stamp):
-        view.votes.pop(event.voter, None)
+        # the tally follows the vote: counting every vote again for each one made a flood of n
+        # votes (any voter may cast as any name on an open roster) cost n² (20,000: minutes)
+        weight = _weight(view, event.voter)
+        previous = view.votes.pop(event.voter, None)
+        if previous is not None:
+            view.tally[previous] = view.tally.get(previous, 0.0) - weight
         view.votes[event.voter] = event.choice
-        view.tally = tally(view)
+        view.tally[event.choice] = view.tally.get(event.choice, 0.0) + weight
 
 
 def _decided(state: ConsensusState, event: VoteDecided, stamp: Stamp, seq: int) -> None:
