@@ -172,7 +172,7 @@ class _FoldSink:
                 self.undecodable += 1
 
     def fold(self, seq: int, subject: str, event: CloudEvent | None) -> None:
-        if event is None:
+        if event is None or not _timed(event):  # no time: undecodable to every reader (`checked_time`)
             self.undecodable += 1
             return
         if self.limit is not None:
@@ -243,6 +243,17 @@ def rebuild_file(
             for p in chosen}  # fmt: skip
 
 
+def _timed(event: Any) -> bool:
+    """Whether an event's `time` is an RFC 3339 time: one that is not is undecodable to every
+    replay reader alike (`replay.reader.checked_time`: a JetStream rebuild, a file's, the
+    console's one pass), not folded by some and refused by others."""
+    try:
+        datetime.fromisoformat(event.time)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 _SEQ = re.compile(rb'^\{"seq": ?(\d+)', re.MULTILINE)  # how `export` starts a line
 
 
@@ -302,13 +313,15 @@ class _TableFold:
                 self.sink.disordered |= any(0 < line.seq <= end for line in lines[past + 1 :])
                 lines, more = lines[:past], False
         routes, before, named = self.routes, self.sink.last_seq, self.subject_named
+        skipped = 0
         for line in lines:
             seq, event = line.seq, line.event
             if 0 < seq <= before:
                 self.sink.disordered = True
             before = seq
-            if type(event) in named and not on_its_subject(line.subject, event.data):
-                self.sink.undecodable += 1  # as `decode_data_on` refuses it on the general path
+            if (type(event) in named and not on_its_subject(line.subject, event.data)) or not _timed(event):
+                self.sink.undecodable += 1  # as `decode_data_on` (or `checked_time`) refuses it on the general path
+                skipped += 1
                 continue
             for state, handler in routes[type(event)]:
                 if 0 < seq <= state.seq:
@@ -317,7 +330,7 @@ class _TableFold:
                 if seq > state.seq:
                     state.seq = seq
         if lines:
-            self.sink.folded += len(lines)
+            self.sink.folded += len(lines) - skipped
             self.sink.last_seq = lines[-1].seq
         return more
 
