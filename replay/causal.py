@@ -8,13 +8,12 @@ their task id, and everything an agent emitted because of the workflow.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 
 from topics.envelope import derived_id
 from topics.record import Record
 
-__all__ = ["belongs", "causal_slice", "children_of", "derivation_label"]
+__all__ = ["Numbered", "belongs", "causal_slice", "children_of", "derivation_label"]
 
 
 def belongs(record: Record, root: str) -> bool:
@@ -54,11 +53,19 @@ def children_of(records: Iterable[Record]) -> dict[str, list[Record]]:
     return children
 
 
-def derivation_label(record: Record, cause: str, siblings: int) -> str | None:
+Numbered = dict[tuple[str, int], dict[str, str]]
+"""(cause, siblings) -> derived id -> `emit/<n>` or `request/<n>`: what `derivation_label` works
+out once per cause; a caller labelling many records passes one (for as long as it labels)."""
+
+
+def derivation_label(record: Record, cause: str, siblings: int, numbered: Numbered | None = None) -> str | None:
     """The label that, with ``cause``, derives this record's id the way the runtime derives
     ids (`topics.envelope.derived_id(cause, label)`), or None when it was not derived so:
     `claimed/<attempt>`, `completed`, `failed`, `fallback`, `llm/<call index>`, `emit/<n>`,
-    `request/<n>` (n below ``siblings``, the number of events ``cause`` caused)."""
+    `request/<n>` (n below ``siblings``, the number of events ``cause`` caused). The numbered
+    labels of a cause are worked out once into ``numbered``, not once per caused record: a
+    cause with N children would cost N² hashes, and any client may publish events naming any
+    cause."""
     event_id = record.event.id
     data = record.data
     candidates = ["completed", "failed", "fallback"]
@@ -71,12 +78,9 @@ def derivation_label(record: Record, cause: str, siblings: int) -> str | None:
     for label in candidates:
         if event_id == derived_id(cause, label):
             return label
-    return _numbered(cause, siblings).get(event_id)
-
-
-@functools.lru_cache(maxsize=16)
-def _numbered(cause: str, siblings: int) -> dict[str, str]:
-    """Derived id -> `emit/<n>` or `request/<n>` for n up to ``siblings``: worked out once per
-    cause, not once per caused record (a cause with N children would cost N² hashes, and any
-    client may publish events naming any cause)."""
-    return {derived_id(cause, f"{kind}/{n}"): f"{kind}/{n}" for n in range(siblings + 1) for kind in ("emit", "request")}
+    numbered = {} if numbered is None else numbered
+    labels = numbered.get((cause, siblings))
+    if labels is None:
+        labels = numbered[(cause, siblings)] = {derived_id(cause, f"{kind}/{n}"): f"{kind}/{n}"
+                                                for n in range(siblings + 1) for kind in ("emit", "request")}  # fmt: skip
+    return labels.get(event_id)

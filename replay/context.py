@@ -44,7 +44,7 @@ from mesh.llm.window import ContextWindow
 from mesh.projections.board import BoardState
 from mesh.projections.histories import History, add_turn
 from mesh.runtime.context import Context
-from replay.causal import children_of, derivation_label
+from replay.causal import Numbered, children_of, derivation_label
 from replay.driving import ReplayFlowLog
 from replay.watching import ReplayBoardWatch
 from topics import subjects
@@ -132,9 +132,10 @@ def view(data: Event) -> Any:
     return plain(data)
 
 
-def effect_of(record: Record, cause: str, siblings: int) -> Effect:
-    """The Effect a recorded event stands for, labelled by the derivation of its id."""
-    label = derivation_label(record, cause, siblings) or f"event {record.event.id}"
+def effect_of(record: Record, cause: str, siblings: int, numbered: Numbered | None = None) -> Effect:
+    """The Effect a recorded event stands for, labelled by the derivation of its id
+    (``numbered``: see `derivation_label`)."""
+    label = derivation_label(record, cause, siblings, numbered) or f"event {record.event.id}"
     return Effect.of(record.event.id, label, record.subject, record.data)
 
 

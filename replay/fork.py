@@ -40,7 +40,7 @@ import msgspec
 from mesh.bus.client import Mesh, check_log_subject
 from mesh.errors import MeshError
 from mesh.runtime.context import FORK_SOURCE
-from replay.causal import belongs, causal_slice, children_of, derivation_label
+from replay.causal import Numbered, belongs, causal_slice, children_of, derivation_label
 from replay.export import Outgoing, publish_in_order
 from topics import subjects
 from topics.base import check_token
@@ -148,11 +148,12 @@ def _new_ids(prefix: list[Record], source: str, new_id: str) -> dict[str, str]:
     ids = {source: new_id}
     caused = children_of(prefix)
     label = f"fork/{new_id}"
+    numbered: Numbered = {}
     for record in prefix:
         old, cause = record.event.id, record.event.causationid
         if old in ids:
             continue
-        how = derivation_label(record, cause, len(caused.get(cause, []))) if cause in ids else None
+        how = derivation_label(record, cause, len(caused.get(cause, [])), numbered) if cause in ids else None
         data = record.data
         if how is not None and cause is not None:
             ids[old] = derived_id(ids[cause], how)

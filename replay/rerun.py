@@ -39,7 +39,7 @@ from mesh.runtime.agent import Agent
 from mesh.runtime.context import HandOff
 from mesh.runtime.process import load_agent
 from mesh.telemetry.tracing import replaying
-from replay.causal import causal_slice
+from replay.causal import Numbered, causal_slice
 from replay.context import Effect, RecordBook, ReplayContext, effect_of
 from replay.driving import driver_records, workflows_driven
 from topics import subjects
@@ -153,7 +153,8 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     actual = list(ctx.effects)
     if outcome is not None and result[0] != "stopped":
         actual.append(_outcome_effect(event.id, data.capability, owner, task_id, *result))
-    expected = [effect_of(r, event.id, len(caused)) for r in own]
+    numbered: Numbered = {}
+    expected = [effect_of(r, event.id, len(caused), numbered) for r in own]
     expected += [Effect.of(r.event.id, label, r.subject, r.data) for r, label in driven]
     expected.sort(key=lambda effect: book.by_id[effect.id].seq if effect.id in book.by_id else 0)
     labels = {effect.id: effect.label for effect in expected}

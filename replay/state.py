@@ -313,15 +313,18 @@ class _TableFold:
                 self.sink.disordered |= any(0 < line.seq <= end for line in lines[past + 1 :])
                 lines, more = lines[:past], False
         routes, before, named = self.routes, self.sink.last_seq, self.subject_named
-        skipped = 0
-        for line in lines:
+        folded = 0
+        for line in lines:  # counted as `_FoldSink.fold` counts them, line for line
             seq, event = line.seq, line.event
+            if not _timed(event):
+                self.sink.undecodable += 1  # as `checked_time` refuses it on the general path
+                continue
+            folded += 1
             if 0 < seq <= before:
                 self.sink.disordered = True
             before = seq
-            if (type(event) in named and not on_its_subject(line.subject, event.data)) or not _timed(event):
-                self.sink.undecodable += 1  # as `decode_data_on` (or `checked_time`) refuses it on the general path
-                skipped += 1
+            if type(event) in named and not on_its_subject(line.subject, event.data):
+                self.sink.undecodable += 1  # as `decode_data_on` refuses it on the general path
                 continue
             for state, handler in routes[type(event)]:
                 if 0 < seq <= state.seq:
@@ -329,9 +332,8 @@ class _TableFold:
                 handler(state, event.data, event, seq)
                 if seq > state.seq:
                     state.seq = seq
-        if lines:
-            self.sink.folded += len(lines) - skipped
-            self.sink.last_seq = lines[-1].seq
+        self.sink.folded += folded
+        self.sink.last_seq = before
         return more
 
 

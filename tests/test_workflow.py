@@ -131,6 +131,10 @@ class TestSpec:
         chain = {f"s{i}": {"capability": "echo", "after": [f"s{i + 1}"]} for i in range(n - 1)}
         chain[f"s{n - 1}"] = {"capability": "echo"}
         assert len(parse({"name": "long", "steps": chain}).steps) == n
+        many = {f"s{i}": {"capability": "echo"} for i in range(workflow.MAX_AFTER + 1)}
+        refers = {**many, "all": {"capability": "echo", "input": [f"$steps.s{i}.output" for i in range(len(many))]}}
+        with pytest.raises(ConfigError, match="waits for 101 steps"):  # its input's references count: checked once, here
+            parse({"steps": refers})
         too_many = {f"s{i}": {"capability": "echo"} for i in range(n + 1)}
         for bad in ([1], "steps", {"steps": too_many}, {"steps": {"a": {"capability": "e", "timeout": float("nan")}}},
                     {"steps": {"a": {"capability": "e", "after": ["b"]}, "b": {"capability": "e", "after": ["a"]}}}):  # fmt: skip

@@ -140,11 +140,11 @@ class Driver:
     """Drives one workflow to its end; `run()` returns the final view."""
 
     def __init__(self, mesh: Mesh, workflow_id: str, flow: FlowLog | None = None, *, hops: int = 0) -> None:
-        """``hops``: those of the task that drives it; its steps' tasks are one more, so a
-        workflow whose step starts a workflow counts its depth (`agents.orchestrator`)."""
-        self.hops = hops
         """``flow``: the workflow's `FlowLog` (default: over ``mesh``; `Context.flow_log` gives
-        the one a handler should use, which `rerun` answers from the record)."""
+        the one a handler should use, which `rerun` answers from the record). ``hops``: those of
+        the task that drives it; its steps' tasks are one more, so a workflow whose step starts
+        a workflow counts its depth (`agents.orchestrator`)."""
+        self.hops = hops
         self.mesh = mesh
         self.flow = flow or FlowLog(mesh, workflow_id)
         self.workflow_id = workflow_id

@@ -45,6 +45,7 @@ class _Resolver:
     def __init__(self, scope: dict[str, Any], limit: int) -> None:
         self.scope, self.limit, self.size = scope, limit, 0
         self._texts: dict[int, tuple[Any, str]] = {}  # id(value) -> (value, its text): each encoded once
+        self._sizes: dict[int, tuple[Any, int]] = {}  # id(value) -> (value, its JSON's bytes)
 
     def resolve(self, template: Any) -> Any:
         if isinstance(template, str):
@@ -61,14 +62,21 @@ class _Resolver:
         whole = _WHOLE.match(text)
         if whole:
             value = lookup(whole.group(1), self.scope)
-            self._add(len(self._as_text(value)), whole.group(1))
+            self._add(self._json_size(value), whole.group(1))
             return value
         return _INLINE.sub(lambda match: self._inline(match.group(1)), text)
 
     def _inline(self, path: str) -> str:
         text = self._as_text(lookup(path, self.scope))
-        self._add(len(text), path)
+        self._add(self._json_size(text) - 2, path)  # as it ends up inside a JSON string, escapes and all
         return text
+
+    def _json_size(self, value: Any) -> int:
+        """Bytes of ``value`` as JSON (each value encoded once per resolution)."""
+        found = self._sizes.get(id(value))
+        if found is None or found[0] is not value:
+            found = self._sizes[id(value)] = (value, len(msgspec.json.encode(value)))
+        return found[1]
 
     def _as_text(self, value: Any) -> str:
         if isinstance(value, str):

@@ -77,7 +77,7 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     capability: str
     input: Any = None
-    after: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_AFTER)] = ()
+    after: tuple[str, ...] = ()
     retries: int = 0
     timeout: float | None = None  # seconds one attempt may take before it counts as failed
 
@@ -191,6 +191,8 @@ def _check_step(flow: str, name: str, step: Step, steps: Mapping[str, Step]) -> 
         check_token("capability", step.capability)
     except ValueError as error:
         raise ConfigError(f"{where}: {error}") from None
+    if len(set(step.after)) > MAX_AFTER:  # with the steps its input refers to (a spec sent on is parsed again)
+        raise ConfigError(f"{where} waits for {len(set(step.after))} steps, more than {MAX_AFTER}")
     missing = [dep for dep in step.after if dep not in steps]
     if missing:
         raise ConfigError(f"{where} waits for unknown steps {missing}; the steps are {sorted(steps)}")

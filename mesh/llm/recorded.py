@@ -37,10 +37,12 @@ async def recorded_calls(mesh: Mesh, subject: str, kind: type[C], request_seq: i
     is ``lasting``, if given: what a retry gets back), by call index (the first of each index
     wins). A task's calls are stored under its id, which its client chose: another request
     under the same id (another client's, or the same job run again) has calls of its own,
-    never given to this one."""
+    never given to this one. A call recorded before calls named their request (no
+    `request_seq`) counts for any, as `rerun` takes it: a task started before an upgrade and
+    retried after it does not call its tools again."""
     found: dict[int, C] = {}
     for record in await stored_on(mesh, subject):
         data = record.data
-        if isinstance(data, kind) and data.request_seq == request_seq and (lasting is None or lasting(data)):
+        if isinstance(data, kind) and data.request_seq in (None, request_seq) and (lasting is None or lasting(data)):
             found.setdefault(data.call_index, data)
     return found

@@ -109,12 +109,14 @@ def _cast(state: ConsensusState, event: VoteCast, stamp: Stamp, seq: int) -> Non
     if view is not None and _counts(view, event.voter, event.choice, stamp):
         # the tally follows the vote: counting every vote again for each one made a flood of n
         # votes (any voter may cast as any name on an open roster) cost n² (20,000: minutes)
-        weight = _weight(view, event.voter)
         previous = view.votes.pop(event.voter, None)
-        if previous is not None:
-            view.tally[previous] = view.tally.get(previous, 0.0) - weight
         view.votes[event.voter] = event.choice
-        view.tally[event.choice] = view.tally.get(event.choice, 0.0) + weight
+        if view.rule == "weighted" and view.weights:  # fractions do not add back exactly: counted again
+            view.tally = tally(view)  # (the roster is the weights' voters, or those listed: bounded)
+            return
+        if previous is not None:  # whole counts: exact
+            view.tally[previous] = view.tally.get(previous, 0.0) - 1.0
+        view.tally[event.choice] = view.tally.get(event.choice, 0.0) + 1.0
 
 
 def _decided(state: ConsensusState, event: VoteDecided, stamp: Stamp, seq: int) -> None:

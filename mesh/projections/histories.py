@@ -2,9 +2,10 @@
 
 A history keeps its latest `MAX_TURNS` turns; ``count`` counts them all. The system (and
 developer) turns it starts with stay (at most `PINNED` of them): they hold the instructions
-every later request needs. A kept window never starts with a `tool` result whose call was
-cut off (a model API refuses a request that does). Chat and debate rooms are the
-`conversations` projection's.
+every later request needs. A cut also takes the `tool` results whose call it cut off (a model
+API refuses a request that starts with one), unless they are all that is left of the latest
+turns; `mesh.llm.window.fit_messages` leaves such results out of a request. Chat and debate
+rooms are the `conversations` projection's.
 """
 
 from __future__ import annotations
