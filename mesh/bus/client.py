@@ -428,9 +428,7 @@ class Mesh:
                     ahead = {}
                 return await self._passed_on(record, deadline, self.owner, capability, ahead, watching_ahead.aclose)
         except asyncio.TimeoutError as error:
-            if isinstance(error, nats.errors.TimeoutError):  # a request to the server went unanswered (a late
-                raise  # publish acknowledgement: the task may be stored), not the task's time running out
-            raise TaskTimeoutError(task_id, capability, timeout) from None
+            raise _timed_out(error, task_id, capability, timeout) from None
 
     async def _watch_ahead(self, watching: contextlib.AsyncExitStack, task_id: str) -> Ahead | None:
         """Watch every capability's subject of the hop ``task_id``, live: nothing is stored there
@@ -457,9 +455,7 @@ class Mesh:
                 answer = await self._answer(capability, owner, task_id, request_seq, timeout)
                 return await self._passed_on(answer, deadline, owner)
         except asyncio.TimeoutError as error:
-            if isinstance(error, nats.errors.TimeoutError):  # a request to the server went unanswered (a late
-                raise  # publish acknowledgement: the task may be stored), not the task's time running out
-            raise TaskTimeoutError(task_id, capability, timeout) from None
+            raise _timed_out(error, task_id, capability, timeout) from None
 
     async def _answer(self, capability: str, owner: str, task_id: str, request_seq: int, timeout: float) -> Record:
         answer = Answer()
@@ -518,9 +514,7 @@ class Mesh:
                     record = await asyncio.wait_for(outcome, timeout)
                 return await self._passed_on(record, deadline, owner)
         except asyncio.TimeoutError as error:
-            if isinstance(error, nats.errors.TimeoutError):  # a request to the server went unanswered (a late
-                raise  # publish acknowledgement: the task may be stored), not the task's time running out
-            raise TaskTimeoutError(task_id, capability, timeout) from None
+            raise _timed_out(error, task_id, capability, timeout) from None
 
     def watch_outcome(
         self, capability: str, task_id: str, *, stored: bool = True, owner: str | None = None
@@ -553,6 +547,13 @@ class Mesh:
             return await payloads.resolve(self.js, subject, payload, seq)
         except payloads.RESOLVE_ERRORS:
             return None
+
+
+def _timed_out(error: asyncio.TimeoutError, task_id: str, capability: str, timeout: float) -> Exception:
+    """What a wait for a task's outcome that timed out raises: `TaskTimeoutError` when the task's
+    time ran out, the error itself when a request to the server went unanswered (nats-py's
+    `TimeoutError`: a late publish acknowledgement, the task may well be stored)."""
+    return error if isinstance(error, nats.errors.TimeoutError) else TaskTimeoutError(task_id, capability, timeout)
 
 
 def outcome_value(outcome: Record) -> Any:
