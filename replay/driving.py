@@ -129,7 +129,7 @@ class ReplayFlowLog(FlowLog):
             await self.refresh(at_least=upcoming.seq)
             return None
         correlation_id = self.view.correlation_id or correlation_id or self.workflow_id
-        self._fold_sent(data, _Sent(event_id, upcoming.event.time or "", correlation_id), upcoming.seq)
+        self._fold_sent(data, _Sent(event_id, upcoming.event.time or "", correlation_id, self.subject), upcoming.seq)
         self._moves += 1
         return Published(event_id, upcoming.seq, False)
 

@@ -95,13 +95,33 @@ def block_events(block: bytes | memoryview) -> Iterator[tuple[int, str, CloudEve
         yield line.seq, line.subject, line.event
 
 
+class _Stamped(msgspec.Struct, gc=False):
+    """What a typed line is besides its fields (``event``, ``seq``, ``subject``): the
+    `mesh.projections.Stamp` of its event, envelope and subject together."""
+
+    event: Any
+
+    @property
+    def id(self) -> str:
+        return str(self.event.id)
+
+    @property
+    def time(self) -> str:
+        return str(self.event.time)
+
+    @property
+    def correlationid(self) -> str | None:
+        found: str | None = self.event.correlationid
+        return found
+
+
 class TypedLines:
     """Export lines decoded envelope and data together, one msgspec call per block.
 
     Each line's ``event`` is the envelope struct of its type (``envelopes[type]``): the
     attributes of a `CloudEvent` but ``type``, validated the same way, with ``data``
-    decoded to the type's class when the type is in ``wanted`` and left Raw otherwise. So
-    it is a `mesh.projections.Stamp`, and a block decodes only if `CloudEvent` and the
+    decoded to the type's class when the type is in ``wanted`` and left Raw otherwise; the
+    line itself is its event's `mesh.projections.Stamp`. A block decodes only if `CloudEvent` and the
     wanted data schemas accept every line in it. A block with an unknown or ``retired`` type
     (one with an upcaster), or a line that is not a valid event, does not decode: `decode`
     gives None, and the caller reads that block the general way (`block_events`).
@@ -115,7 +135,8 @@ class TypedLines:
             if event_type not in retired
         }
         event = Union[tuple(self.envelopes.values())]  # type: ignore[valid-type]  # noqa: UP007
-        line = msgspec.defstruct("TypedLine", [("event", event), ("seq", int, 0), ("subject", str, "")], gc=False)
+        line = msgspec.defstruct("TypedLine", [("event", event), ("seq", int, 0), ("subject", str, "")],
+                                 bases=(_Stamped,), gc=False)  # fmt: skip
         self._decoder = msgspec.json.Decoder(line)
 
     def decode(self, block: bytes | memoryview) -> list[Any] | None:

@@ -16,7 +16,17 @@ import msgspec
 from mesh.bus import payloads
 from mesh.bus.client import Mesh
 from mesh.errors import ConfigError, MeshError, MissingPayloadError
-from mesh.projections import REGISTRY, Projection, ProjectionState, fold, instant, until
+from mesh.projections import (
+    REGISTRY,
+    Projection,
+    ProjectionState,
+    TasksState,
+    find_task,
+    fold,
+    instant,
+    task_key,
+    until,
+)
 from mesh.projections.base import Handler, HandlerProjection, Router
 from mesh.projections.snapshots import SNAPSHOT_BUCKET, SnapshotStore
 from replay.files import TypedLines, block_events, line_blocks, read_file, typed_lines
@@ -286,7 +296,7 @@ def _rebuilt_in_order(path: str | Path, projections: Sequence[Projection[Any]], 
 class _TableFold:
     """`rebuild_file`'s fast path, for projections that fold by their handler tables: a block
     of lines decodes in one msgspec call into envelopes with typed data (`TypedLines`), and
-    each event goes to the handlers of its type with its envelope as the `Stamp`: no Record,
+    each event goes to the handlers of its type with its line as the `Stamp`: no Record,
     no per-event data decoding, no `apply` and `evolve` calls. The seq rule is `Projection.apply`'s.
     A block that does not decode that way goes to the sink, line by line, on the same states."""
 
@@ -329,7 +339,7 @@ class _TableFold:
             for state, handler in routes[type(event)]:
                 if 0 < seq <= state.seq:
                     continue
-                handler(state, event.data, event, seq)
+                handler(state, event.data, line, seq)
                 if seq > state.seq:
                     state.seq = seq
         self.sink.folded += folded
@@ -384,12 +394,17 @@ def _in_log_order(records: list[Record], source: str) -> list[Record]:
 
 def pick(state: ProjectionState, key: str) -> Any:
     """One entry of a state: ``key`` indexes the state's collection (tasks, boards, proposals,
-    workflows, rooms); `/` goes deeper (`board/key`). KeyError names what there is."""
+    workflows, rooms: its first field, unless ``key`` starts with the name of another); `/`
+    goes deeper (`board/key`). A task is named by its key (`<owner>.<task id>` for a user's
+    task under credentials) or, while one owner has it, by its id. KeyError names what there is."""
     value: Any = msgspec.to_builtins(state)
     fields = [f for f in type(state).__struct_fields__ if f != "seq"]
-    if len(fields) == 1:
+    parts = key.split("/")
+    if len(fields) == 1 or parts[0] not in fields:
         value = value[fields[0]]
-    for part in key.split("/"):
+        if isinstance(state, TasksState) and (view := find_task(state, parts[0])) is not None:
+            parts[0] = task_key(view.owner, view.task_id)
+    for part in parts:
         if not isinstance(value, dict) or part not in value:
             known = ", ".join(sorted(value)[:20]) if isinstance(value, dict) else type(value).__name__
             raise KeyError(f"{part!r} not found (there is: {known})")

@@ -12,7 +12,7 @@ import pytest
 
 from mesh.console.index import EventQuery, LogIndex
 from mesh.console.server import BadParameter, Hub, _event_query
-from mesh.console.views import events_page, preview, tasks_page
+from mesh.console.views import events_page, preview, task_page, tasks_page
 from mesh.projections import instant
 from replay.causal import causal_slice
 from topics.base import Event
@@ -32,12 +32,13 @@ def record(seq: int, subject: str, data: Event, *, correlation: str | None = Non
     return Record(seq=seq, subject=subject, event=event, data=data)
 
 
-def task_events(task: str, start: int, correlation: str) -> list[Record]:
+def task_events(task: str, start: int, correlation: str, owner: str = "anon") -> list[Record]:
     return [
-        record(start, "mesh.work.echo", TaskRequested(capability="echo", task_id=task, input=1), correlation=correlation),
-        record(start + 1, f"mesh.task.echo.{task}", TaskClaimed(task_id=task, agent="a-1", attempt=1),
+        record(start, f"mesh.work.echo.{owner}", TaskRequested(capability="echo", task_id=task, input=1),
+               correlation=correlation),  # fmt: skip
+        record(start + 1, f"mesh.task.echo.{owner}.{task}", TaskClaimed(task_id=task, agent="a-1", attempt=1),
                correlation=correlation, cause=f"e{start}"),
-        record(start + 2, f"mesh.task.echo.{task}", TaskCompleted(task_id=task, agent="a-1", attempt=1, output=2),
+        record(start + 2, f"mesh.task.echo.{owner}.{task}", TaskCompleted(task_id=task, agent="a-1", attempt=1, output=2),
                correlation=correlation, cause=f"e{start}"),
     ]  # fmt: skip
 
@@ -61,7 +62,7 @@ class TestLogIndex:
         index.add(record(7, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="hi"), correlation="c2"))
         page, total = index.query(EventQuery(type="mesh.task."), limit=2)
         assert total == 6 and [r.seq for r in page] == [6, 5]
-        assert [r.seq for r in index.query(EventQuery(subject="mesh.work.*"))[0]] == [4, 1]
+        assert [r.seq for r in index.query(EventQuery(subject="mesh.work.*.*"))[0]] == [4, 1]
         assert [r.seq for r in index.query(EventQuery(correlation="c2"))[0]] == [7, 6, 5, 4]
         since = instant("2026-12-02T10:00:05Z")
         assert [r.seq for r in index.query(EventQuery(since=since, correlation="c2"))[0]] == [7, 6, 5]
@@ -97,6 +98,20 @@ class TestLogIndex:
 
 
 class TestPages:
+    def test_two_owners_tasks_under_one_id_have_a_page_each(self) -> None:
+        """Each owner's task links to its own page (by its key), which shows its own lifecycle;
+        the id alone names both, and that page links to each."""
+        index = LogIndex()
+        index.extend(task_events("t1", 1, "c1", owner="UALICE") + task_events("t1", 4, "c2", owner="UBOB")[:2])
+        listing = tasks_page(index, {}, 1).body
+        assert 'href="/tasks/UALICE.t1"' in listing and 'href="/tasks/UBOB.t1"' in listing
+        alice, bob = task_page(index, "UALICE.t1"), task_page(index, "UBOB.t1")
+        assert alice is not None and bob is not None
+        assert "UALICE" in alice.body and "completed" in alice.body
+        assert "UBOB" in bob.body and "completed" not in bob.body  # not Alice's outcome
+        both = task_page(index, "t1")
+        assert both is not None and 'href="/tasks/UALICE.t1"' in both.body and 'href="/tasks/UBOB.t1"' in both.body
+
     def test_values_from_the_log_are_escaped(self) -> None:
         """A task id or type made of HTML shows as text, never as markup."""
         index = LogIndex()

@@ -28,10 +28,13 @@ from mesh.projections import (
     WorkflowView,
     entry,
     evaluate,
+    find_task,
     fold,
     load_snapshot,
     ready_steps,
     state_at,
+    task_key,
+    tasks_named,
     values,
 )
 from topics import (
@@ -54,6 +57,7 @@ from topics import (
     Record,
     TaskAttemptFailed,
     TaskCancelled,
+    TaskCancelRequested,
     TaskClaimed,
     TaskCompleted,
     TaskEvent,
@@ -67,9 +71,11 @@ from topics import (
     VoteProposed,
     decode_data,
     encode_data,
+    subjects,
 )
 from topics.humans import HumanEvent
 from topics.knowledge import KnowledgeAdded, KnowledgeEvent, KnowledgeRemoved
+from topics.tasks import cancel_key_of
 
 pytestmark = pytest.mark.unit
 
@@ -81,7 +87,8 @@ def at(seconds: float) -> str:
     return (T0 + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
-def record(data: Event, seq: int, *, time: str | None = None, correlation: str | None = None) -> Record:
+def record(data: Event, seq: int, *, time: str | None = None, correlation: str | None = None,
+           subject: str = "mesh.test") -> Record:  # fmt: skip
     """A Record as a reader gets it from the log: data decoded from its wire bytes."""
     raw = encode_data(data)
     event = CloudEvent(
@@ -93,12 +100,32 @@ def record(data: Event, seq: int, *, time: str | None = None, correlation: str |
         correlationid=correlation,
         data=msgspec.Raw(raw),
     )
-    return Record(seq=seq, subject="mesh.test", event=event, data=decode_data(event.type, raw))
+    return Record(seq=seq, subject=subject, event=event, data=decode_data(event.type, raw))
 
 
-def log(*events: Event) -> list[Record]:
-    """Records at seq 1, 2, ... one second apart."""
-    return [record(data, seq) for seq, data in enumerate(events, start=1)]
+def log(*events: Event, owner: str = "anon") -> list[Record]:
+    """Records at seq 1, 2, ... one second apart, each on the subject the mesh stores it on
+    (a task's lifecycle under the capability last requested for it)."""
+    serving: dict[str, str] = {}
+    records = []
+    for seq, data in enumerate(events, start=1):
+        if isinstance(data, TaskRequested):
+            serving[data.task_id or f"ev-{seq}"] = data.capability
+        records.append(record(data, seq, subject=subject_of(data, serving, owner)))
+    return records
+
+
+def subject_of(data: Event, serving: dict[str, str], owner: str = "anon") -> str:
+    """The subject ``data`` is stored on; "mesh.test" for the events no fold here reads it of."""
+    if isinstance(data, TaskRequested):
+        return subjects.work(data.capability, owner)
+    if isinstance(data, TaskCancelRequested):
+        return subjects.cancel(data.task_id)
+    task_id = getattr(data, "task_id", None)
+    if type(data).TYPE.startswith("mesh.task.") and task_id:
+        capability = getattr(data, "capability", "") or serving.get(task_id, "echo")
+        return subjects.task(capability, owner, task_id)
+    return "mesh.test"
 
 
 def error(retryable: bool = False) -> ErrorInfo:
@@ -128,7 +155,8 @@ class TestTasks:
 
     def test_correlation_from_envelope(self) -> None:
         """The task keeps the correlation id of its request's envelope."""
-        rec = record(TaskRequested(task_id="t1", capability="echo"), 1, correlation="wf-9")
+        rec = record(TaskRequested(task_id="t1", capability="echo"), 1, correlation="wf-9",
+                     subject="mesh.work.echo.anon")  # fmt: skip
         assert fold(TASKS, [rec]).tasks["t1"].correlation_id == "wf-9"
 
     def test_completed_is_final(self) -> None:
@@ -153,7 +181,7 @@ class TestTasks:
             TaskClaimed(task_id="t1", agent="a1", attempt=1),
         )
         assert fold(TASKS, records).tasks["t1"].status == "failed"
-        records.append(record(TaskClaimed(task_id="t1", agent="a2", attempt=2), 5))
+        records.append(record(TaskClaimed(task_id="t1", agent="a2", attempt=2), 5, subject="mesh.task.echo.anon.t1"))
         task = fold(TASKS, records).tasks["t1"]
         assert (task.status, task.assignee, task.attempts) == ("claimed", "a2", 2)
 
@@ -221,6 +249,55 @@ class TestTasks:
         tasks = fold(TASKS, records).tasks
         assert (tasks["t1"].status, tasks["t1"].reason) == ("cancelled", "no longer needed")
         assert tasks["t2"].status == "completed"
+
+    def test_two_owners_tasks_under_one_id_are_two_tasks(self) -> None:
+        """A task is its owner's (read from the subject): another user's request under the same
+        id, for another capability, is not a fallback of the first, and its outcome is not the
+        first's. Each is found by its key, and by its id alone only while one owner has it."""
+        alice, bob = "UALICE", "UBOB"
+        records = [*log(TaskRequested(task_id="t1", capability="echo", input="a"),
+                        TaskCompleted(task_id="t1", agent="a1", attempt=1, output="for alice"), owner=alice),
+                   *log(TaskRequested(task_id="t1", capability="shout", input="b"), owner=bob)]  # fmt: skip
+        state = fold(TASKS, [msgspec.structs.replace(r, seq=n) for n, r in enumerate(records, start=1)])
+        assert sorted(state.tasks) == [f"{alice}.t1", f"{bob}.t1"]
+        first, second = state.tasks[task_key(alice, "t1")], state.tasks[task_key(bob, "t1")]
+        assert (first.owner, first.capabilities, first.status, first.output) == (alice, ["echo"], "completed", "for alice")
+        assert (second.owner, second.capabilities, second.status, second.input) == (bob, ["shout"], "requested", "b")
+        assert find_task(state, "t1") is None and find_task(state, f"{bob}.t1") is second
+        assert [view.owner for view in tasks_named(state, "t1")] == [alice, bob]
+        alone = fold(TASKS, log(TaskRequested(task_id="t2", capability="echo"), owner=alice))
+        assert find_task(alone, "t2") is alone.tasks[f"{alice}.t2"]
+        assert task_key("anon", "t2") == "t2"
+
+    def test_an_event_about_another_task_than_its_subject_names_is_ignored(self) -> None:
+        """The subject is what the server checked: an outcome naming another task id, another
+        capability, or on a capability the task was never requested for does not count; a
+        request's capability is its subject's, whatever its data says."""
+        requested = record(TaskRequested(task_id="t1", capability="echo"), 1, subject="mesh.work.shout.anon")
+        forged = [
+            record(TaskCompleted(task_id="t1", agent="x", attempt=1, output="a"), 2, subject="mesh.task.shout.anon.t9"),
+            record(TaskCompleted(task_id="t1", agent="x", attempt=1, output="b", capability="echo"), 3,
+                   subject="mesh.task.shout.anon.t1"),  # fmt: skip
+            record(TaskFailed(task_id="t1", agent="x", attempt=1, error=error()), 4, subject="mesh.task.evil.anon.t1"),
+            record(TaskCompleted(task_id="t1", agent="x", attempt=1, output="c"), 5, subject="mesh.test"),
+        ]
+        task = fold(TASKS, [requested, *forged]).tasks["t1"]
+        assert (task.capability, task.status, task.output) == ("shout", "requested", None)
+        real = record(TaskCompleted(task_id="t1", agent="a1", attempt=1, output="ok"), 6, subject="mesh.task.shout.anon.t1")
+        assert fold(TASKS, [requested, *forged, real]).tasks["t1"].output == "ok"
+
+    def test_a_cancel_request_counts_for_each_owner_whose_key_it_shows(self) -> None:
+        """`mesh.cancel.<id>` names no owner: it marks every owner's task under the id whose
+        request's cancel key it matches, and no other."""
+        key = cancel_key_of("alice's secret")
+        records = [*log(TaskRequested(task_id="t1", capability="echo", cancel_key=key), owner="UALICE"),
+                   *log(TaskRequested(task_id="t1", capability="echo", cancel_key=cancel_key_of("bob's")), owner="UBOB"),
+                   record(TaskCancelRequested(task_id="t1", token="alice's secret", reason="stop"), 3,
+                          subject="mesh.cancel.t1"),
+                   record(TaskCancelRequested(task_id="t1", token="bob's", reason="elsewhere"), 4, subject="mesh.cancel.t2")]  # fmt: skip
+        state = fold(TASKS, [msgspec.structs.replace(r, seq=n) for n, r in enumerate(records, start=1)])
+        assert state.tasks["UALICE.t1"].cancel_requested == "stop"
+        assert state.tasks["UBOB.t1"].cancel_requested is None
 
 
 class TestBoard:
@@ -723,7 +800,7 @@ class TestRouting:
         class UrgentRequest(TaskRequested, frozen=True, kw_only=True):
             pass
 
-        urgent = record(TaskRequested(task_id="t1", capability="echo"), 1)
+        urgent = record(TaskRequested(task_id="t1", capability="echo"), 1, subject="mesh.work.echo.anon")
         urgent = msgspec.structs.replace(urgent, data=UrgentRequest(task_id="t1", capability="echo"))
         assert TASKS.handler(UrgentRequest) is TASKS.handler(TaskRequested)
         assert fold(TASKS, [urgent]) == fold(TASKS, log(TaskRequested(task_id="t1", capability="echo")))

@@ -136,7 +136,14 @@ def oddities(seq: int) -> list[tuple[int, str, bytes]]:
 
 
 def subject_of(data: Event, seq: int) -> str:
-    """A subject for ``data``: its own where the data names it (a board event's key), else any."""
+    """A subject for ``data``: its own where the data names it (a board event's key) or the
+    fold reads it (a task's owner and capability), else any."""
+    if isinstance(data, TaskRequested):
+        return f"mesh.work.{data.capability}.anon"
+    if isinstance(data, TaskCancelRequested):
+        return f"mesh.cancel.{data.task_id}"
+    if type(data).TYPE.startswith("mesh.task."):
+        return f"mesh.task.{getattr(data, 'capability', '') or 'c'}.anon.{getattr(data, 'task_id', 't')}"
     if isinstance(data, BoardWritten | BoardDeleted):
         return f"mesh.board.{data.board}.{data.key}"
     if isinstance(data, KnowledgeAdded | KnowledgeRemoved):

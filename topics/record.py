@@ -15,9 +15,23 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
 
     Projections fold Records: `apply(state, record) -> state`, with `record.data` the typed
     payload to `match` on and `record.event` the envelope (id, time, correlation, causation).
+    A Record is also what a handler fold reads besides the data (`mesh.projections.Stamp`):
+    its envelope's id, time and correlation id, and the subject it was stored on.
     """
 
     seq: int
     subject: str
     event: CloudEvent
     data: Event
+
+    @property
+    def id(self) -> str:
+        return self.event.id
+
+    @property
+    def time(self) -> str:
+        return self.event.time
+
+    @property
+    def correlationid(self) -> str | None:
+        return self.event.correlationid

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from mesh.console.index import EventQuery, LogIndex
 from mesh.console.pages import PER_PAGE, Page, ago, e, link, pager, path_of, pretty, table
 from mesh.console.source import AgentRow, CapabilityRow
-from mesh.projections import FlowStatus, TaskStatus, TaskView, WorkflowView
+from mesh.projections import FlowStatus, TaskStatus, TaskView, WorkflowView, find_task, task_key, tasks_named
 from replay.timeline import agent_of, summarize
 from topics import subjects
 from topics.calls import LlmCalled, ToolCalled
@@ -151,7 +151,7 @@ def tasks_page(index: LogIndex, params: Mapping[str, str], page: int) -> Page:
 
 
 def _task_row(view: TaskView) -> list[str]:
-    return [link(path_of("/tasks/", view.task_id), view.task_id), e(view.capability), _badge(view.status),
+    return [link(path_of("/tasks/", task_key(view.owner, view.task_id)), view.task_id), e(view.capability), _badge(view.status),
             e(view.attempts), e(view.assignee or ""), e(view.requested_at or ""), e(view.finished_at or ""),
             _correlation(view.correlation_id)]  # fmt: skip
 
@@ -160,16 +160,24 @@ def _correlation(value: str | None) -> str:
     return link(f"/events?correlation={quote(value)}", value) if value else ""
 
 
-def task_page(index: LogIndex, task_id: str) -> Page | None:
-    view = index.tasks.tasks.get(task_id)
+def task_page(index: LogIndex, ref: str) -> Page | None:
+    """The page of one task, named by its `task_key` or, when one owner has it, its id."""
+    view = find_task(index.tasks, ref)
+    task_id = ref if view is None else view.task_id
     records = index.lookup("t", task_id)
+    if view is not None:  # its owner's lifecycle only: another owner's task may share the id
+        records = [r for r in records if _owner_of(r.subject) in (None, view.owner)]
     if view is None and not records:
         return None
-    facts = [] if view is None else [
-        ("status", _badge(view.status)), ("capability", e(" → ".join(view.capabilities) or view.capability)),
+    named = tasks_named(index.tasks, task_id) if view is None else []
+    facts = [("tasks under this id", " ".join(link(path_of("/tasks/", task_key(t.owner, t.task_id)), t.owner)
+                                             for t in named))] if named else []  # fmt: skip
+    facts += [] if view is None else [
+        ("owner", e(view.owner)), ("status", _badge(view.status)), ("capability", e(" → ".join(view.capabilities) or view.capability)),
         ("attempts", e(view.attempts)), ("assignee", e(view.assignee or "")), ("requested", e(view.requested_at or "")),
         ("finished", e(view.finished_at or "")), ("correlation", _correlation(view.correlation_id)),
-        ("handed to", link(path_of("/tasks/", view.handed_to), view.handed_to) if view.handed_to else ""),
+        ("handed to", link(path_of("/tasks/", task_key(view.owner, view.handed_to)), view.handed_to)
+         if view.handed_to else ""),
         ("error", e(f"{view.error.type}: {view.error.message}" + (" (retryable)" if view.error.retryable else ""))
          if view.error else ""),
     ]  # fmt: skip
@@ -190,6 +198,12 @@ def _facts(facts: list[tuple[str, str]]) -> str:
 def _timeline(root: str) -> str:
     return (f'<h2>Timeline</h2><iframe class="timeline" title="timeline of {e(root)}" '
             f'src="{e(path_of("/timeline/", root))}"></iframe>')  # fmt: skip
+
+
+def _owner_of(subject: str) -> str | None:
+    """The owner a work or lifecycle subject names; None for any other subject."""
+    found = subjects.work_of(subject) or subjects.task_of(subject)
+    return None if found is None else found[1]
 
 
 def _lifecycle(records: list[Record]) -> str:

@@ -36,10 +36,10 @@ class _Sent:
     envelope, so `started_at`/`finished_at` in a driver's own view can be that much later
     than in a fold of the log; no decision reads them."""
 
-    __slots__ = ("_time", "correlationid", "id")
+    __slots__ = ("_time", "correlationid", "id", "subject")
 
-    def __init__(self, id: str, time: str | None, correlationid: str | None) -> None:
-        self.id, self._time, self.correlationid = id, time, correlationid
+    def __init__(self, id: str, time: str | None, correlationid: str | None, subject: str) -> None:
+        self.id, self._time, self.correlationid, self.subject = id, time, correlationid, subject
 
     @property
     def time(self) -> str:
@@ -89,7 +89,7 @@ class FlowLog:
         correlation id is the workflow's (``correlation_id`` for its start)."""
         event_id = derived_id(self.workflow_id, label)
         correlation_id = self.view.correlation_id or correlation_id or self.workflow_id
-        sent = _Sent(event_id, None, correlation_id)
+        sent = _Sent(event_id, None, correlation_id, self.subject)
         try:
             published = await self.mesh.publish(
                 self.subject, data, event_id=event_id, correlation_id=correlation_id,

@@ -44,7 +44,16 @@ from mesh.projections.fulltext import FullText, Hit
 from mesh.projections.histories import HistoriesProjection, HistoriesState, History, HistoryTurn
 from mesh.projections.humans import HumansProjection, HumansState, QuestionView, is_open, open_questions
 from mesh.projections.knowledge import KnowledgeEntry, KnowledgeProjection, KnowledgeState, live_at
-from mesh.projections.tasks import TasksProjection, TasksState, TaskStatus, TaskView, is_final
+from mesh.projections.tasks import (
+    TasksProjection,
+    TasksState,
+    TaskStatus,
+    TaskView,
+    find_task,
+    is_final,
+    task_key,
+    tasks_named,
+)
 from mesh.projections.workflows import (
     FlowSpec,
     FlowStatus,
@@ -110,6 +119,7 @@ __all__ = [
     "WorkflowsProjection",
     "WorkflowsState",
     "entry",
+    "find_task",
     "evaluate",
     "fold",
     "instant",
@@ -122,6 +132,8 @@ __all__ = [
     "roster",
     "state_at",
     "tally",
+    "task_key",
+    "tasks_named",
     "until",
     "values",
 ]

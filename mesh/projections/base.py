@@ -129,8 +129,9 @@ class Projection(ABC, Generic[S]):
 
 
 class Stamp(Protocol):
-    """What a fold may read of an event's envelope besides its data. A `CloudEvent` is one;
-    so is the envelope a bulk file rebuild decodes together with the data (`replay.files`)."""
+    """What a fold may read of an event besides its data: its envelope's id, time and
+    correlation id, and the subject it was stored on (what the server's permissions checked).
+    A `Record` is one; so is a line a bulk file rebuild decodes (`replay.files`)."""
 
     @property
     def id(self) -> str: ...
@@ -138,11 +139,13 @@ class Stamp(Protocol):
     def time(self) -> str: ...
     @property
     def correlationid(self) -> str | None: ...
+    @property
+    def subject(self) -> str: ...
 
 
 Handler = Callable[[S, Any, Stamp, int], None]
 """One event type's step of a fold: ``handler(state, data, stamp, seq)`` updates ``state`` in
-place with ``data`` (an instance of that type), its envelope's ``stamp`` and stream ``seq``."""
+place with ``data`` (an instance of that type), its ``stamp`` (envelope and subject) and stream ``seq``."""
 
 
 class HandlerProjection(Projection[S]):
@@ -183,7 +186,7 @@ class HandlerProjection(Projection[S]):
     def evolve(self, state: S, record: Record) -> S:
         handler = self.handler(type(record.data))
         if handler is not None:
-            handler(state, record.data, record.event, record.seq)
+            handler(state, record.data, record, record.seq)
         return state
 
 

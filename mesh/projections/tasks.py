@@ -15,6 +15,15 @@ Rules of the fold:
 - ``history`` keeps how each try ended, across fallbacks: a failed try that is retried
   (``TaskAttemptFailed``, with the error and the delay), a fallback taking over, the final
   outcome. Bounded: the last `MAX_HISTORY` (50) entries per task.
+- A task is its owner's: ``tasks`` keys it by `task_key` (its id for the anonymous owner,
+  `<owner>.<task id>` for another), so two users' tasks under one id are two tasks. The
+  owner, the capability and the task id are read from the subject, which the server's
+  permissions checked, not from the data: a request counts on `mesh.work.<capability>.<owner>`,
+  a claim, progress, outcome or hand-off on `mesh.task.<capability>.<owner>.<task id>` for the
+  task id it names, under a capability the task was requested for. Anything else is another
+  role's word about someone's task and is ignored (the runtime follows the same rule).
+- A cancel request (`mesh.cancel.<task id>`) counts for every owner's task under that id whose
+  request's ``cancel_key`` it matches.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any, Literal
 import msgspec
 
 from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
+from topics import subjects
 from topics.base import ErrorInfo, Event
 from topics.tasks import (
     TaskAttemptFailed,
@@ -38,7 +48,8 @@ from topics.tasks import (
     cancel_key_of,
 )
 
-__all__ = ["MAX_HISTORY", "TaskStatus", "TaskView", "TasksProjection", "TasksState", "Try", "is_final"]
+__all__ = ["MAX_HISTORY", "TaskStatus", "TaskView", "TasksProjection", "TasksState", "Try", "find_task", "is_final",
+           "task_key", "tasks_named"]
 
 TaskStatus = Literal["requested", "claimed", "running", "completed", "failed", "cancelled", "handed_off"]
 MAX_HISTORY = 50  # tries remembered per task
@@ -67,6 +78,7 @@ class TaskView(msgspec.Struct, kw_only=True, gc=False):
     """
 
     task_id: str
+    owner: str = subjects.ANON  # the owner token of its subjects: the requesting user's key, or `anon`
     status: TaskStatus = "requested"
     capability: str = ""
     capabilities: list[str] = []
@@ -88,7 +100,29 @@ class TaskView(msgspec.Struct, kw_only=True, gc=False):
 
 
 class TasksState(ProjectionState, kw_only=True):
-    tasks: dict[str, TaskView] = msgspec.field(default_factory=dict)
+    tasks: dict[str, TaskView] = msgspec.field(default_factory=dict)  # by `task_key`
+    owners: dict[str, list[str]] = msgspec.field(default_factory=dict)  # task id -> its other owners than `anon`
+
+
+def task_key(owner: str, task_id: str) -> str:
+    """Where `TasksState.tasks` keeps ``owner``'s task ``task_id``: its id for the anonymous
+    owner (`topics.subjects.ANON`, every task of a deployment without credentials), else
+    `<owner>.<task id>`. Both are subject tokens, with no dot in either, so the two never meet."""
+    return task_id if owner == subjects.ANON else f"{owner}.{task_id}"
+
+
+def tasks_named(state: TasksState, task_id: str) -> list[TaskView]:
+    """Every owner's task under ``task_id``: the anonymous owner's first."""
+    found = (state.tasks.get(task_key(owner, task_id)) for owner in (subjects.ANON, *state.owners.get(task_id, ())))
+    return [view for view in found if view is not None]
+
+
+def find_task(state: TasksState, ref: str) -> TaskView | None:
+    """The task a user names: by its `task_key`, or by its id alone when one owner has it."""
+    view = state.tasks.get(ref)
+    if view is None and "." not in ref and len(named := tasks_named(state, ref)) == 1:
+        view = named[0]
+    return view
 
 
 def is_final(view: TaskView) -> bool:
@@ -106,7 +140,7 @@ def _accepts(view: TaskView, attempt: int) -> bool:
 
 class TasksProjection(HandlerProjection[TasksState]):
     name = "tasks"
-    version = 3
+    version = 4
     state_type = TasksState
 
     def handlers(self) -> dict[type[Event], Handler[TasksState]]:
@@ -123,33 +157,54 @@ class TasksProjection(HandlerProjection[TasksState]):
         }
 
 
-def _task(state: TasksState, task_id: str, stamp: Stamp) -> TaskView:
-    view = state.tasks.get(task_id)
+def _task(state: TasksState, owner: str, task_id: str, stamp: Stamp) -> TaskView:
+    key = task_key(owner, task_id)
+    view = state.tasks.get(key)
     if view is None:
-        view = state.tasks[task_id] = TaskView(task_id=task_id, correlation_id=stamp.correlationid)
+        view = state.tasks[key] = TaskView(task_id=task_id, owner=owner, correlation_id=stamp.correlationid)
+        if owner != subjects.ANON:
+            state.owners.setdefault(task_id, []).append(owner)
     elif view.correlation_id is None:
         view.correlation_id = stamp.correlationid
     return view
 
 
+def _lifecycle(state: TasksState, event: Any, stamp: Stamp) -> TaskView | None:
+    """The task a claim, progress, outcome or hand-off is about, or None when it does not
+    count: not on its task's lifecycle subject (`mesh.task.<capability>.<owner>.<task id>`),
+    or under a capability the task was never requested for."""
+    found = subjects.task_of(stamp.subject)
+    if found is None:
+        return None
+    capability, owner, task_id = found
+    if task_id != event.task_id or getattr(event, "capability", "") not in ("", capability):
+        return None
+    view = _task(state, owner, task_id, stamp)
+    return view if not view.capabilities or capability in view.capabilities else None
+
+
 def _requested(state: TasksState, event: TaskRequested, stamp: Stamp, seq: int) -> None:
-    view = _task(state, event.task_id or stamp.id, stamp)
+    served = subjects.work_of(stamp.subject)
+    if served is None:  # not a request anybody serves
+        return
+    capability, owner = served  # what the agents serve it as, whatever the data says
+    view = _task(state, owner, event.task_id or stamp.id, stamp)
     if not view.capabilities:
         view.requested_at = stamp.time
-    elif event.capability in view.capabilities or view.status in ("completed", "cancelled"):
+    elif capability in view.capabilities or view.status in ("completed", "cancelled"):
         return
     else:
         view.status, view.attempts, view.assignee = "requested", 0, None
         view.error, view.finished_at = None, None
-    view.capability = event.capability
-    view.capabilities.append(event.capability)
+    view.capability = capability
+    view.capabilities.append(capability)
     view.cancel_key = view.cancel_key or event.cancel_key
     view.input, view.deadline, view.max_attempts = event.input, event.deadline, event.max_attempts
 
 
 def _claimed(state: TasksState, event: TaskClaimed, stamp: Stamp, seq: int) -> None:
-    view = _task(state, event.task_id, stamp)
-    if not _accepts(view, event.attempt):
+    view = _lifecycle(state, event, stamp)
+    if view is None or not _accepts(view, event.attempt):
         return
     view.status, view.assignee, view.finished_at = "claimed", event.agent, None
     view.attempts = max(view.attempts, event.attempt)
@@ -157,16 +212,16 @@ def _claimed(state: TasksState, event: TaskClaimed, stamp: Stamp, seq: int) -> N
 
 
 def _progressed(state: TasksState, event: TaskProgress, stamp: Stamp, seq: int) -> None:
-    view = _task(state, event.task_id, stamp)
-    if not _accepts(view, event.attempt):
+    view = _lifecycle(state, event, stamp)
+    if view is None or not _accepts(view, event.attempt):
         return
     view.status, view.finished_at = "running", None
     view.attempts = max(view.attempts, event.attempt)
 
 
 def _completed(state: TasksState, event: TaskCompleted, stamp: Stamp, seq: int) -> None:
-    view = _task(state, event.task_id, stamp)
-    if not _accepts(view, event.attempt):
+    view = _lifecycle(state, event, stamp)
+    if view is None or not _accepts(view, event.attempt):
         return
     view.status, view.output, view.error = "completed", event.output, None
     _settle(view, event.agent, event.attempt, stamp)
@@ -174,8 +229,8 @@ def _completed(state: TasksState, event: TaskCompleted, stamp: Stamp, seq: int) 
 
 
 def _failed(state: TasksState, event: TaskFailed, stamp: Stamp, seq: int) -> None:
-    view = _task(state, event.task_id, stamp)
-    if not _accepts(view, event.attempt):
+    view = _lifecycle(state, event, stamp)
+    if view is None or not _accepts(view, event.attempt):
         return
     view.status, view.error = "failed", event.error
     _settle(view, event.agent, event.attempt, stamp)
@@ -183,8 +238,8 @@ def _failed(state: TasksState, event: TaskFailed, stamp: Stamp, seq: int) -> Non
 
 
 def _cancelled(state: TasksState, event: TaskCancelled, stamp: Stamp, seq: int) -> None:
-    view = _task(state, event.task_id, stamp)
-    if is_final(view):
+    view = _lifecycle(state, event, stamp)
+    if view is None or is_final(view):
         return
     view.status, view.reason = "cancelled", event.reason
     view.attempts = max(view.attempts, event.attempt)
@@ -194,7 +249,9 @@ def _cancelled(state: TasksState, event: TaskCancelled, stamp: Stamp, seq: int) 
 
 
 def _handed_off(state: TasksState, event: TaskHandedOff, stamp: Stamp, seq: int) -> None:
-    view = _task(state, event.task_id, stamp)
+    view = _lifecycle(state, event, stamp)
+    if view is None:
+        return
     if event.reason.startswith("fallback"):  # the fallback's own request carries the task on
         error = ErrorInfo(type="fallback", message=event.reason.removeprefix("fallback: "))
         _tried(view, event.capability, event.attempt, event.agent, "fallback", stamp, error=error, to=event.to)
@@ -207,14 +264,16 @@ def _handed_off(state: TasksState, event: TaskHandedOff, stamp: Stamp, seq: int)
 
 
 def _cancel_requested(state: TasksState, event: TaskCancelRequested, stamp: Stamp, seq: int) -> None:
-    view = state.tasks.get(event.task_id)  # a request for a task never requested names nothing
-    if view is not None and view.cancel_key and cancel_key_of(event.token) == view.cancel_key:
-        view.cancel_requested = view.cancel_requested or event.reason or "cancel requested"
+    if stamp.subject != f"mesh.cancel.{event.task_id}":
+        return
+    for view in tasks_named(state, event.task_id):  # a task never requested: none
+        if view.cancel_key and cancel_key_of(event.token) == view.cancel_key:
+            view.cancel_requested = view.cancel_requested or event.reason or "cancel requested"
 
 
 def _attempt_failed(state: TasksState, event: TaskAttemptFailed, stamp: Stamp, seq: int) -> None:
-    view = _task(state, event.task_id, stamp)
-    if not _accepts(view, event.attempt):
+    view = _lifecycle(state, event, stamp)
+    if view is None or not _accepts(view, event.attempt):
         return
     view.attempts = max(view.attempts, event.attempt)
     _tried(view, event.capability, event.attempt, event.agent, "retried", stamp, error=event.error,
