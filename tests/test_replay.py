@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from mesh.bus.client import Mesh
+from mesh.bus.connection import ensure_stream
 from mesh.bus.server import start_server
 from mesh.errors import LogGapError
 from mesh.projections import BOARD, REGISTRY, TASKS, BoardProjection, fold
@@ -182,6 +183,22 @@ class TestSnapshots:
         assert await SnapshotStore(mesh).load(BOARD) is None
         again = await rebuild(mesh, BOARD)
         assert again.snapshot_seq is None
+
+    async def test_a_snapshot_of_a_stream_made_again_is_not_used(self, mesh: Mesh) -> None:
+        """The stream deleted and made again has grown past the old snapshot's position: the
+        snapshot is of another log, so the rebuild folds the new one from its start."""
+        await write_board(mesh, 10)
+        await rebuild(mesh, BOARD, save=True)
+        assert (await SnapshotStore(mesh).load(BOARD)) is not None
+        await mesh.js.delete_stream(subjects.STREAM)
+        await ensure_stream(mesh.js)
+        await write_board(mesh, 12, start=100)
+        assert await SnapshotStore(mesh).load(BOARD) is None
+        again = await rebuild(mesh, BOARD)
+        assert again.snapshot_seq is None and again.state == (await rebuild(mesh, BOARD, use_snapshot=False)).state
+        assert sorted(v["value"] for v in pick(again.state, "notes").values()) == [108, 109, 110, 111]
+        await rebuild(mesh, BOARD, save=True)  # a snapshot of today's stream is used again
+        assert (await rebuild(mesh, BOARD)).snapshot_seq == 12
 
     async def test_new_version_ignores_old_snapshot(self, mesh: Mesh) -> None:
         """Bumping a projection's version makes rebuilds ignore snapshots of the old fold."""

@@ -6,6 +6,11 @@ projection's name and version. A rebuild reads on from `seq + 1`. A snapshot of 
 version of the fold is ignored (`load_snapshot`), so changing a fold and bumping its
 `version` is all it takes to invalidate old snapshots. A snapshot larger than the server's
 max payload goes to the object store bucket of the same name; the KV key then holds a pointer.
+
+A snapshot belongs to one stream: the key `<name>.stream` holds the creation time of the
+`MESH` stream it was taken of, and a snapshot of another stream (the stream deleted and made
+again, a server's store wiped, the bucket copied from elsewhere) or of none recorded is not
+used, whatever its position.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import TypeVar
 
 import msgspec
 import structlog
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamInfo
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -92,18 +97,33 @@ class SnapshotStore:
 
     async def load(self, projection: Projection[S]) -> S | None:
         """The snapshot of ``projection``, or None if there is none, it is of another version,
-        or it is past the end of the log: the stream was made again or restored from an older
-        backup, and reading on from the snapshot would skip its events. (A stream made again
-        that has already grown past the snapshot's position is not told apart: delete the
-        `mesh-snapshots` bucket with the stream.)"""
+        it was taken of another stream than today's `MESH` (made again since), or it is past
+        the end of the log (restored from an older backup): reading on from it would show
+        another log's state, or skip events."""
         state = load_snapshot(projection, await self.load_bytes(projection.name))
         if state is not None:
-            last = (await self.mesh.js.stream_info(subjects.STREAM)).state.last_seq
-            if state.seq > last:
-                log.warning("snapshot ignored: it is past the end of the log (was the stream made again?)",
-                            projection=projection.name, snapshot_seq=state.seq, last_seq=last)  # fmt: skip
+            info = await self.mesh.js.stream_info(subjects.STREAM)
+            taken_of = await self._taken_of(projection.name)
+            if taken_of != _identity(info):
+                log.warning("snapshot ignored: it was taken of another stream (was the stream made again?)",
+                            projection=projection.name, snapshot_stream=taken_of, stream=_identity(info))  # fmt: skip
+                return None
+            if state.seq > info.state.last_seq:
+                log.warning("snapshot ignored: it is past the end of the log (was the stream restored?)",
+                            projection=projection.name, snapshot_seq=state.seq, last_seq=info.state.last_seq)  # fmt: skip
                 return None
         return state
+
+    async def _taken_of(self, name: str) -> str | None:
+        """The identity of the stream the snapshot of ``name`` was taken of; None if unrecorded."""
+        kv = await self._kv(create=False)
+        if kv is None:
+            return None
+        try:
+            entry = await kv.get(_stream_key(name))
+        except KeyNotFoundError:
+            return None
+        return (entry.value or b"").decode("utf-8", "replace")
 
     async def save(self, projection: Projection[S], state: S) -> int:
         """Store ``state`` as the snapshot of ``projection``; return its size in bytes, 0 when
@@ -115,9 +135,20 @@ class SnapshotStore:
             return 0
         kv = await self._kv(create=True)
         assert kv is not None
+        stream = _identity(await self.mesh.js.stream_info(subjects.STREAM))
         if len(data) > self.mesh.nc.max_payload - 1024:
             await (await self._objects(create=True)).put(projection.name, data)
             await kv.put(projection.name, _pointer_encoder.encode(_Pointer(projection.name, len(data), state.seq)))
         else:
             await kv.put(projection.name, data)
+        await kv.put(_stream_key(projection.name), stream.encode())  # after: a save cut short is ignored, not misread
         return len(data)
+
+
+def _stream_key(name: str) -> str:
+    return f"{name}.stream"
+
+
+def _identity(info: StreamInfo) -> str:
+    """What tells one `MESH` stream from another made under the same name: its creation time."""
+    return info.created.isoformat() if info.created is not None else ""
