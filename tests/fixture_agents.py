@@ -310,3 +310,6 @@ async def limited_work(input: dict[str, Any], ctx: Context) -> Any:
         await RateLimit(ctx.mesh, "calls", limit=5, interval=1).acquire(timeout=30)
         await ctx.board("limited").write(ctx.task_id, input)
     return {"done": input}
+
+
+ballot = Agent("ballot", emits=("mesh.vote.*",))  # a role that votes: `mesh auth init` lets it read proposals too

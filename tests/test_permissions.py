@@ -132,6 +132,30 @@ class TestAgentPermissions:
         assert not allows(client.publish, "mesh.knowledge.ops")
         assert not allows(client.publish, f"$JS.API.CONSUMER.CREATE.MESH.{scan_consumer_names(OWNER)[0]}.mesh.knowledge.ops")
 
+    def test_reads_the_boards_votes_and_bids_it_declares_and_no_others(self) -> None:
+        """A declared board, vote or bid family is read through the role's own scan names,
+        filtered on that family or inside it; another family, another user's scan names, an
+        unnamed consumer, and declared chat rooms are not."""
+        create = "$JS.API.CONSUMER.CREATE.MESH"
+        mine, others = scan_consumer_names(OWNER), scan_consumer_names(OTHER)
+        p = agent_permissions("member", ("contribute",), {}, INBOX, owner=OWNER,
+                              emits=("mesh.board.>", "mesh.vote.*", "mesh.chat.*"))  # fmt: skip
+        for name in mine:
+            for filter_subject in ("mesh.board.refine-1.>", "mesh.board.>", "mesh.board.b.k", "mesh.vote.p1"):
+                assert allows(p.publish, f"{create}.{name}.{filter_subject}"), (name, filter_subject)
+        for subject in (f"{create}.{mine[0]}.mesh.bid.t1", f"{create}.{mine[0]}.mesh.chat.lobby",
+                        f"{create}.{mine[0]}.mesh.>", f"{create}.{mine[0]}.mesh.vote.a.b", f"{create}.{others[0]}.mesh.board.b.>",
+                        create, f"{create}.work-contribute.mesh.board.b.>"):  # fmt: skip
+            assert not allows(p.publish, subject), subject
+        bids = agent_permissions("auctioneer", ("auction",), {}, INBOX, owner=OWNER, emits=("mesh.bid.*",))
+        assert allows(bids.publish, f"{create}.{mine[3]}.mesh.bid.t1")
+        assert not allows(bids.publish, f"{create}.{mine[3]}.mesh.board.b.>")
+        one = agent_permissions("planner", ("plan",), {}, INBOX, owner=OWNER, emits=("mesh.board.plan.>",))
+        assert allows(one.publish, f"{create}.{mine[0]}.mesh.board.plan.>")
+        assert not allows(one.publish, f"{create}.{mine[0]}.mesh.board.other.>")
+        assert not allows(agent_permissions("echo", ("echo",), {}, INBOX, owner=OWNER).publish,
+                          f"{create}.{mine[0]}.mesh.board.b.>")  # fmt: skip
+
     def test_only_the_capabilities_it_requests(self) -> None:
         """`Agent(requests=...)` narrows sub-tasks to those capabilities; undeclared, any."""
         p = agent_permissions("planner", ("report",), {}, INBOX, owner=OWNER, requests=("research", "write"))

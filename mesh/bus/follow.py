@@ -1,7 +1,13 @@
 """Reading the events of one subject filter: up to the head of the log, or live.
 
 `read(mesh, "mesh.board.plan.>")` returns every stored event on the filter, in log order,
-as of the call. `Follow` is an ordered consumer that keeps delivering as events land.
+as of the call. `Follow` keeps delivering as events land. Both read through the user's own
+scan consumers (`jetstream.open_scan`: named, filtered on the subject filter), so a role can
+be allowed to read one subject family and no other
+(`$JS.API.CONSUMER.CREATE.MESH.<each of its scan names>.<filter>`, see `mesh.bus.permissions`),
+where nats-py's unnamed ordered consumer needs `$JS.API.CONSUMER.CREATE.MESH`, which no
+permission can narrow (it would let a role read the whole log).
+
 Both yield `Stored` items: an event that does not decode (or whose offloaded data is
 gone) is still a position on its subject (compare-and-set counts it), so it comes back
 with `record=None`. Offloaded data (`dataref`) is fetched before the item is queued.
@@ -10,11 +16,14 @@ with `record=None`. Offloaded data (`dataref`) is fetched before the item is que
 from __future__ import annotations
 
 import asyncio
+import functools
 from abc import ABC, abstractmethod
-from typing import Any, Generic, NamedTuple, Self, TypeVar
+from typing import Generic, NamedTuple, Self, TypeVar
 
+import structlog
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
@@ -26,6 +35,9 @@ __all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "read_subject", "reco
 
 READ_TIMEOUT = 30.0
 FOLLOW_BUFFER = 1024  # events a Follow holds that its reader has not taken yet
+STALLED = "Nats-Consumer-Stalled"  # a heartbeat's header: where to answer the flow control the server waits for
+LAST_DELIVERED = "Nats-Last-Consumer"  # a heartbeat's header: the consumer sequence last sent
+_log = structlog.get_logger("mesh.bus.follow")
 
 
 class Stored(NamedTuple):
@@ -45,13 +57,11 @@ async def last_seq(mesh: Mesh, filter_subject: str) -> int:
     return (msg.seq or 0) if msg is not None else 0
 
 
-async def _stored(mesh: Mesh, msg: Msg) -> Stored:
-    delivery = parse_ack_subject(msg.reply)
+async def _resolved(mesh: Mesh, subject: str, data: bytes, seq: int) -> Record | None:
     try:
-        record: Record | None = await payloads.resolve(mesh.js, msg.subject, msg.data, delivery.stream_seq)
+        return await payloads.resolve(mesh.js, subject, data, seq)
     except payloads.RESOLVE_ERRORS:
-        record = None  # not ours to judge; the log keeps it
-    return Stored(delivery.stream_seq, msg.subject, record, delivery.pending)
+        return None  # not ours to judge; the log keeps it
 
 
 T = TypeVar("T")
@@ -86,15 +96,20 @@ class Feed(ABC, Generic[T]):
 
 
 class Follow(Feed[Stored]):
-    """An ordered consumer on ``filter_subject`` from the message after ``after``::
+    """A push consumer on ``filter_subject`` from the message after ``after``::
 
         async with Follow(mesh, "mesh.vote.p1") as events:
             item = await events.next(timeout=1.0)  # None when nothing came in time
 
-    Close it (or leave the `async with`) when done: it holds a consumer on the server.
-    It holds at most `FOLLOW_BUFFER` events its reader has not taken (1,024): past that, its
-    delivery waits, so nats-py answers the server's flow control later and the server slows
-    down (a log far ahead of a slow reader is not read into memory at once).
+    It reads under one of the user's scan names (`jetstream.open_scan`), with flow control and
+    heartbeats every `jetstream.ORDERED_HEARTBEAT` seconds, and keeps order as nats-py's ordered
+    consumer does: a skip in the delivery sequence (messages the client dropped), or two
+    heartbeats missed (a restarted server keeps no such consumer), and it makes its consumer
+    again from the message after the last one delivered. A refused create is
+    `PermissionDeniedError` from `start`. Close it (or leave the `async with`) when done: it
+    holds one of its user's `SCAN_CONSUMERS` names. It holds at most `FOLLOW_BUFFER` events its
+    reader has not taken (1,024): past that, its delivery waits, so the flow control is answered
+    later and the server slows down (a log far ahead of a slow reader is not read into memory at once).
     """
 
     def __init__(self, mesh: Mesh, filter_subject: str, *, after: int = 0) -> None:
@@ -102,18 +117,110 @@ class Follow(Feed[Stored]):
         self.filter_subject = filter_subject
         self.after = after
         self._queue: asyncio.Queue[Stored] = asyncio.Queue(FOLLOW_BUFFER)
-        self._sub: Any = None
+        self._seq = after  # the last stream sequence delivered
+        self._expected = 1  # the next delivery sequence of the current consumer
+        self._generation = 0  # of the current consumer: what an earlier one still delivers is dropped
+        self._sub: Subscription | None = None
+        self._name: str | None = None
+        self._active = False  # something came since the watchdog last looked
+        self._taking = False  # a delivery waits for the reader (the buffer is full)
+        self._watchdog: asyncio.Task[None] | None = None
+        self._reopening: asyncio.Task[None] | None = None
 
     async def start(self) -> Self:
-        if self._sub is None:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-            if self.after > 0:
-                config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.after + 1)
-            self._sub = await jetstream.ordered_subscribe(self.mesh.js, self.filter_subject, self._on_msg, config)
+        if self._watchdog is None:
+            await self._open()
+            self._watchdog = asyncio.create_task(self._watch(), name=f"follow {self.filter_subject}")
         return self
 
-    async def _on_msg(self, msg: Msg) -> None:
-        await self._queue.put(await _stored(self.mesh, msg))
+    async def _open(self) -> None:
+        """Subscribe to a new inbox, then create the consumer delivering to it from `_seq` on."""
+        self._generation += 1
+        self._expected, self._active = 1, True
+        nc, js = self.mesh.nc, self.mesh.js
+        inbox = nc.new_inbox()
+        self._sub = await nc.subscribe(inbox, cb=functools.partial(self._on_msg, self._generation))
+        config = ConsumerConfig(
+            filter_subject=self.filter_subject, deliver_subject=inbox, ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._seq + 1, flow_control=True,
+            idle_heartbeat=jetstream.ORDERED_HEARTBEAT, mem_storage=True, num_replicas=1,
+            inactive_threshold=jetstream.SCAN_INACTIVE,
+        )  # fmt: skip
+        try:
+            self._name, _ = await jetstream.open_scan(js, config, owner=self.mesh.owner)
+        except BaseException:
+            sub, self._sub = self._sub, None
+            if not nc.is_closed:
+                await sub.unsubscribe()
+            raise
+
+    async def _on_msg(self, generation: int, msg: Msg) -> None:
+        if generation != self._generation:
+            return  # from a consumer this Follow has replaced
+        self._active = True
+        if not msg.reply or not msg.reply.startswith("$JS.ACK."):
+            await self._on_status(msg)
+            return
+        delivery = parse_ack_subject(msg.reply)
+        if delivery.consumer_seq != self._expected:  # dropped by the client (it fell behind): read again
+            self._reopen()
+            return
+        self._expected += 1
+        self._seq = delivery.stream_seq
+        item = Stored(delivery.stream_seq, msg.subject, await _resolved(self.mesh, msg.subject, msg.data,
+                                                                        delivery.stream_seq), delivery.pending)  # fmt: skip
+        self._taking = True
+        try:
+            await self._queue.put(item)  # waits while the reader is behind: the flow control waits too
+        finally:
+            self._taking = False
+
+    async def _on_status(self, msg: Msg) -> None:
+        """A flow-control request (answered once what came before it is taken) or a heartbeat
+        (which says the last delivery sequence sent: one never received is a gap)."""
+        headers = msg.headers or {}
+        answer = msg.reply or headers.get(STALLED)
+        if answer:
+            await self.mesh.nc.publish(answer)
+        last = headers.get(LAST_DELIVERED)
+        if last is not None and last.isdigit() and int(last) >= self._expected:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """Replace the consumer (in a task: not in the delivery callback, which must go on)."""
+        if self._reopening is None or self._reopening.done():
+            self._generation += 1  # nothing more from the old one
+            self._reopening = asyncio.create_task(self._replace(), name=f"follow {self.filter_subject} again")
+
+    async def _replace(self) -> None:
+        await self._drop()
+        try:
+            await self._open()
+        except Exception as error:  # the server away, or busy: the watchdog tries again
+            _log.warning("could not follow again", filter=self.filter_subject, after=self._seq, error=repr(error)[:300])
+
+    async def _watch(self) -> None:
+        """Every two heartbeats: nothing came (no heartbeat either) and nothing is held up by the
+        reader, so the consumer is gone (a restarted server) or was never made: make it again."""
+        while True:
+            await asyncio.sleep(2 * jetstream.ORDERED_HEARTBEAT)
+            held = self._taking or (self._sub is not None and self._sub.pending_msgs > 0)
+            if not (self._active or held) and self.mesh.nc.is_connected:
+                self._reopen()
+            self._active = False
+
+    async def _drop(self) -> None:
+        """Unsubscribe from the current consumer and delete it (it holds a scan name)."""
+        sub, name, self._sub, self._name = self._sub, self._name, None, None
+        if self.mesh.nc.is_closed:
+            return
+        if name is not None:
+            await jetstream.close_scan(self.mesh.js, name)
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as error:  # a connection going away
+                _log.debug("unsubscribe failed", filter=self.filter_subject, error=repr(error)[:200])
 
     @property
     def buffered(self) -> int:
@@ -129,56 +236,40 @@ class Follow(Feed[Stored]):
             return None
 
     async def close(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            if not self.mesh.nc.is_closed:
-                await sub.unsubscribe()
-
+        self._generation += 1
+        for task in (self._watchdog, self._reopening):
+            if task is not None:
+                task.cancel()
+        self._watchdog = self._reopening = None
+        await self._drop()
 
 
 async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:
-    """Every message on ``filter_subject`` after sequence ``after``, up to the head of the log
-    as of the call (and at least up to ``at_least``, a sequence known to exist)."""
+    """Every message on ``filter_subject`` (wildcards allowed) after sequence ``after``, up to
+    the head of the log as of the call (and at least up to ``at_least``, a sequence known to
+    exist), read through the user's scan consumers filtered on it (`jetstream.read_span`). A
+    span the client fell behind on is read again from where it broke off."""
     head = max(await last_seq(mesh, filter_subject), at_least)
-    if head <= after:
-        return []
-    found: list[Stored] = []
-    async with Follow(mesh, filter_subject, after=after) as follow:
-        while True:
-            item = await follow.next(READ_TIMEOUT)
-            if item is None:
-                reached = found[-1].seq if found else after
-                raise MeshError(
-                    f"reading {filter_subject} stalled at seq {reached}, short of the head {head} "
-                    f"(nothing for {READ_TIMEOUT:g}s); is the server overloaded or gone?"
-                )
-            found.append(item)
-            if item.seq >= head or (item.pending == 0 and item.seq >= at_least):
-                return found
-
-
-async def read_subject(mesh: Mesh, subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:
-    """What `read` returns for one subject without wildcards, read through consumers named and
-    filtered on that subject (`jetstream.read_span`): a role can be allowed to read that
-    subject alone (`$JS.API.CONSUMER.CREATE.MESH.<each of its scan names>.<subject>`), where the unnamed ordered
-    consumer of `Follow` needs `$JS.API.CONSUMER.CREATE.MESH`, which no permission can narrow.
-    A span the client fell behind on is read again from where it broke off."""
-    head = max(await last_seq(mesh, subject), at_least)
-    found: list[tuple[int, bytes]] = []
+    found: list[tuple[int, str, bytes]] = []
     while (reached := found[-1][0] if found else after) < head:
-        span = await jetstream.read_span(mesh.js, subject, after=reached, before=head + 1, owner=mesh.owner,
-                                           timeout=READ_TIMEOUT)
+        try:
+            span = await jetstream.read_span(mesh.js, filter_subject, after=reached, before=head + 1,
+                                             owner=mesh.owner, timeout=READ_TIMEOUT)  # fmt: skip
+        except TimeoutError:
+            raise MeshError(
+                f"reading {filter_subject} stalled at seq {reached}, short of the head {head} "
+                f"(nothing for {READ_TIMEOUT:g}s); is the server overloaded or gone?"
+            ) from None
         if not span:
             break  # nothing more is stored (the rest went past the stream's limits)
         found += span
-    stored: list[Stored] = []
-    for n, (seq, data) in enumerate(found):
-        try:
-            record: Record | None = await payloads.resolve(mesh.js, subject, data, seq)
-        except payloads.RESOLVE_ERRORS:
-            record = None  # not ours to judge; the log keeps it
-        stored.append(Stored(seq, subject, record, len(found) - n - 1))
-    return stored
+    return [Stored(seq, subject, await _resolved(mesh, subject, data, seq), len(found) - n - 1)
+            for n, (seq, subject, data) in enumerate(found)]  # fmt: skip
+
+
+async def read_subject(mesh: Mesh, subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:
+    """`read` of one subject (kept for its callers: `read` now reads every filter this way)."""
+    return await read(mesh, subject, after=after, at_least=at_least)
 
 
 async def records(mesh: Mesh, filter_subject: str, *, after: int = 0) -> list[Record]:

@@ -106,6 +106,9 @@ __all__ = [
     "subscribe",
     "direct_get",
     "read_between",
+    "read_span",
+    "open_scan",
+    "close_scan",
     "read_since",
     "is_settled",
     "is_transient",
@@ -304,16 +307,16 @@ async def read_between(
 
 
 async def read_span(
-    js: JetStreamContext, subject: str, *, after: int, before: int, owner: str, timeout: float = 10.0,
+    js: JetStreamContext, filter_subject: str, *, after: int, before: int, owner: str, timeout: float = 10.0,
     stream: str = subjects.STREAM,
-) -> list[tuple[int, bytes]]:
-    """The messages on one ``subject`` with a sequence between ``after`` and ``before`` (both
-    excluded), oldest first, as `(seq, data)`, read as `read_between` reads (one of ``owner``'s
-    scan consumers filtered on the subject, removed once read), for spans of any length: a consumer without
-    flow control loses messages when the client falls behind, which shows as a skip in the
-    consumer sequence, so what follows a skip is left out and the caller reads on from the
-    last sequence returned. [] if nothing is stored there."""
-    found: list[tuple[int, bytes]] = []
+) -> list[tuple[int, str, bytes]]:
+    """The messages on ``filter_subject`` (wildcards allowed) with a sequence between ``after``
+    and ``before`` (both excluded), oldest first, as `(seq, subject, data)`, read as
+    `read_between` reads (one of ``owner``'s scan consumers filtered on it, removed once read),
+    for spans of any length: a consumer without flow control loses messages when the client
+    falls behind, which shows as a skip in the consumer sequence, so what follows a skip is left
+    out and the caller reads on from the last sequence returned. [] if nothing is stored there."""
+    found: list[tuple[int, str, bytes]] = []
     done = asyncio.get_running_loop().create_future()
     expected = 1
 
@@ -326,15 +329,15 @@ async def read_span(
             if found:
                 done.set_result(None)
             else:
-                done.set_exception(MeshError(f"reading {subject}: the first message after seq {after} was lost"))
+                done.set_exception(MeshError(f"reading {filter_subject}: the first message after seq {after} was lost"))
             return
         expected += 1
         if delivery.sequence.stream < before:
-            found.append((delivery.sequence.stream, msg.data))
+            found.append((delivery.sequence.stream, msg.subject, msg.data))
         if delivery.sequence.stream >= before - 1 or delivery.num_pending == 0:
             done.set_result(None)
 
-    await _scan(js, stream, subject, after, on_msg, done, timeout, owner)
+    await _scan(js, stream, filter_subject, after, on_msg, done, timeout, owner)
     return found
 
 
@@ -378,23 +381,40 @@ async def scanning(
     ``busy_wait`` seconds, then `MeshError`. Without credentials (owner `anon`, which is
     every process) each scan takes a new name, as no permission narrows names then."""
     nc: Client = js._nc
-    # without credentials (`anon`) no permission names consumers, and every process of the mesh
-    # is `anon`: a name of its own per scan, so they need not share 32
-    names = (f"scan-{nuid_next()}",) if owner == subjects.ANON else subjects.scan_consumer_names(owner)
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=on_msg)
     try:
-        config = dataclasses.replace(config, deliver_subject=inbox)
-        name, info = await _take_scan_name(js, stream, config, names, busy_wait)
+        name, info = await open_scan(js, dataclasses.replace(config, deliver_subject=inbox), owner=owner,
+                                     stream=stream, busy_wait=busy_wait)  # fmt: skip
         try:
             yield info
         finally:
             # deleted while its inbox is still heard, so it cannot have lapsed and its name gone
             # to another scan of the same user, whose consumer this would then remove
-            with contextlib.suppress(Exception):  # else the server removes it once unused
-                await guarded(js, f"{API}.CONSUMER.DELETE.{stream}.{name}", js.delete_consumer(stream, name))
+            await close_scan(js, name, stream=stream)
     finally:
         await sub.unsubscribe()
+
+
+async def open_scan(
+    js: JetStreamContext, config: ConsumerConfig, *, owner: str, stream: str = subjects.STREAM,
+    busy_wait: float = SCAN_BUSY_WAIT,
+) -> tuple[str, ConsumerInfo]:  # fmt: skip
+    """Create the push consumer ``config`` (its filter and deliver subject set, no name) under
+    one of ``owner``'s scan names, as `scanning` does; its name and info. For a reader that
+    keeps its consumer open (`mesh.bus.follow.Follow`): subscribe to the deliver subject
+    first, and `close_scan` it while still subscribed."""
+    # without credentials (`anon`) no permission names consumers, and every process of the mesh
+    # is `anon`: a name of its own per scan, so they need not share 32
+    names = (f"scan-{nuid_next()}",) if owner == subjects.ANON else subjects.scan_consumer_names(owner)
+    return await _take_scan_name(js, stream, config, names, busy_wait)
+
+
+async def close_scan(js: JetStreamContext, name: str, *, stream: str = subjects.STREAM) -> None:
+    """Delete the scan consumer ``name``; a failure is left to the server, which removes it
+    after `SCAN_INACTIVE` seconds without a subscriber."""
+    with contextlib.suppress(Exception):
+        await guarded(js, f"{API}.CONSUMER.DELETE.{stream}.{name}", js.delete_consumer(stream, name))
 
 
 async def _take_scan_name(

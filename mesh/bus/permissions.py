@@ -134,6 +134,24 @@ def _reading_knowledge(owner: str) -> tuple[str, ...]:
     )
 
 
+READABLE_FAMILIES = ("mesh.board.", "mesh.vote.", "mesh.bid.")
+"""The coordination families a role may read as far as it declares them in `emits`: a board,
+vote or auction is read back by whoever takes part in it (`Board.refresh`, `Board.watch`,
+`Proposal.view`/`outcome`, the auctioneer's wait for bids)."""
+
+
+def _reading_declared(owner: str, emits: tuple[str, ...]) -> tuple[str, ...]:
+    """Reading and following the boards, proposals and auctions ``emits`` declares
+    (`mesh.bus.follow.read`, `Follow`): one of ``owner``'s scan consumers filtered on the
+    declared family or on any subject filter inside it (`mesh.board.>` allows
+    `mesh.board.plan.>`; `mesh.vote.*` allows `mesh.vote.p1`), never wider. The newest
+    sequence on the filter is the message get of `_reading_knowledge`, the flow control of a
+    followed consumer `$JS.FC.MESH.>` (`_reading_outcomes`). Other declared subjects (chat
+    rooms, workflows, conversations, app events) are written, not read this way."""
+    families = (subject for subject in emits if subject.startswith(READABLE_FAMILIES))
+    return tuple(create for family in families for create in _scans(owner, family))
+
+
 def _limits() -> tuple[str, ...]:
     """Taking and giving back shared pools and rate limits (`mesh.coordination.limits`, and
     `ctx.llm`'s model-call limits): read a key, update it with compare-and-set, hear it change.
@@ -223,6 +241,7 @@ def agent_permissions(
         f"$JS.FC.{_KV_STREAM}.>",
         f"{_API}.DIRECT.GET.{_STREAM}",  # by sequence: dead letters, recorded model and tool calls
         *_reading_knowledge(owner),
+        *_reading_declared(owner, emits),
         *_reading_outcomes(lifecycles, owner),
         *_payloads(buckets),
         *_limits(),

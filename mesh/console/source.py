@@ -1,5 +1,5 @@
 """Where the console's events come from: a live server (read the newest events, then follow the
-log with one ordered consumer) or an exported JSONL file (read once). Each source also says which
+log with one `Follow`) or an exported JSONL file (read once). Each source also says which
 agents there are and where each capability stands, and folds a projection to a point of the log
 when the index no longer holds all of it."""
 

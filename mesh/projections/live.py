@@ -6,7 +6,7 @@
         view = tasks.state.tasks["t-42"]
 
 It starts from the projection's snapshot when one is usable (same version), then follows the
-log with an ordered consumer from the snapshot's position, folding each record as it lands.
+log (`mesh.bus.follow.Follow`) from the snapshot's position, folding each record as it lands.
 """
 
 from __future__ import annotations

@@ -1,0 +1,136 @@
+"""Under `mesh auth init`, agent roles read and follow the boards, proposals and auctions they
+declare (`emits`) through their own scan consumers, and no others (docs/SECURITY.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agents.auction import collect
+from agents.refinement import SYNTHESIS, board_name
+from mesh.coordination.board import Board
+from mesh.coordination.votes import Proposals
+from mesh.errors import PermissionDeniedError
+from tests.test_auth import Secured, secured_server
+from topics import subjects
+from topics.bids import BidCalled
+
+pytestmark = pytest.mark.e2e
+
+REFUSED_WITHIN = 10.0  # seconds: a refusal comes at once, never as a read that times out
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+    """Users for the refinement team (`refinery`, `member`: `mesh.board.>`), the auctioneer and
+    a bidder (`mesh.bid.*`), a voter (`ballot`: `mesh.vote.*`), echo (nothing declared) and a client."""
+    async with secured_server(tmp_path, "agents.refinement:host", "agents.refinement:member",
+                              "agents.auction:auctioneer", "agents.auction:frugal", "tests.fixture_agents:ballot",
+                              "agents.echo:agent", clients=("client",)) as secured:  # fmt: skip
+        yield secured
+
+
+class TestDeclaredFamiliesAreRead:
+    """A role reads and follows the board, proposal and auction subjects it declares."""
+
+    async def test_a_role_reads_and_watches_a_board_it_declares(self, secured: Secured) -> None:
+        member, host = await secured.connect("member"), await secured.connect("refinery")
+        try:
+            board = Board(member, "plan")
+            written = await board.write("outline", ["intro"])  # a write reads the board back
+            assert written.version == 1 and await board.get("outline") == ["intro"]
+            async with board.watch() as changes:
+                await Board(host, "plan").write("outline", ["intro", "body"], expect_version=1)
+                change = await changes.next(timeout=30)
+            assert change is not None and change.value == ["intro", "body"] and change.version == 2
+            assert (await board.history("outline"))[-1].author == host.source
+            assert secured.violations() == []
+        finally:
+            await member.close()
+            await host.close()
+
+    async def test_a_role_that_declares_votes_proposes_casts_and_reads_the_tally(self, secured: Secured) -> None:
+        voter = await secured.connect("ballot")
+        try:
+            proposals = Proposals(voter)
+            proposal = await proposals.propose("ship it?", ["yes", "no"], rule="unanimous", voters=("ann", "bob"))
+            decision = asyncio.create_task(proposal.outcome(timeout=60))  # follows the proposal live
+            await proposals.cast(proposal.proposal_id, "yes", voter="ann")
+            assert (await proposal.view()).tally == {"yes": 1.0, "no": 0.0}
+            await proposals.cast(proposal.proposal_id, "yes", voter="bob")
+            decided = await decision
+            assert decided.outcome == "yes" and decided.tally == {"yes": 2.0, "no": 0.0}
+            assert secured.violations() == []
+        finally:
+            await voter.close()
+
+    async def test_the_auctioneer_gets_the_bids(self, secured: Secured) -> None:
+        await secured.agents.start("agents.auction:frugal", "--nkey", str(secured.auth / "bidder-frugal.nk"))
+        auctioneer = await secured.connect("auctioneer")
+        try:
+            subject = subjects.bid("auction-1")
+            called = await auctioneer.publish(subject, BidCalled(task_id="auction-1", capability="summarize",
+                                                                 input={"text": "a long text"}, caller="test"))  # fmt: skip
+            bids = await collect(auctioneer, subject, called.seq, bidders=1, window=60, capability="summarize")
+            assert [bid.bidder for bid in bids] == ["frugal"] and bids[0].cost > 0
+            assert secured.violations() == []
+        finally:
+            await auctioneer.close()
+
+
+class TestTheRefinementTeam:
+    """The shipped refinement team (agents/teams/refinement.toml) completes a task under auth."""
+
+    @pytest.mark.timeout(300)  # `mesh auth init`, a server and three agent processes on a loaded 2-core machine
+    async def test_the_team_refines_and_merges_under_auth(self, secured: Secured) -> None:
+        await secured.agents.start("agents.refinement:host", "--nkey", str(secured.auth / "refinery.nk"))
+        for _ in range(2):
+            await secured.agents.start("agents.refinement:member", "--nkey", str(secured.auth / "member.nk"))
+        client = await secured.connect("client")
+        try:
+            members = ["ada", "grace"]
+            submitted = await client.submit_request("refine", {"topic": "retry budgets", "members": members, "rounds": 1},
+                                                    task_id="refine-auth")  # fmt: skip
+            outcome = await client.follow("refine", "refine-auth", submitted.seq, timeout=240)
+            output = outcome.data.output  # type: ignore[attr-defined]
+            assert set(output["drafts"]) == set(members) and output["synthesis"]
+            assert output["board"] == board_name("refine-auth")
+            admin_view = await Board(secured.admin, output["board"]).values()
+            assert admin_view[SYNTHESIS]["text"] == output["synthesis"]
+            assert all(admin_view[m]["round"] == 1 for m in members)
+            assert secured.violations() == []
+        finally:
+            await client.close()
+
+
+class TestUndeclaredFamiliesAreRefused:
+    """Reading or following a board, proposal or auction a role did not declare is refused at
+    once (`PermissionDeniedError`, naming the subject), not a read that hangs."""
+
+    async def test_refused_at_once(self, secured: Secured) -> None:
+        await Board(secured.admin, "secret").write("k", "v")
+        voter = await secured.connect("ballot")
+        proposal = await Proposals(voter).propose("secret?", ["yes"])
+        await secured.admin.publish(subjects.bid("a-2"), BidCalled(task_id="a-2", capability="x", caller="admin"))
+        roles = {role: await secured.connect(role) for role in ("echo", "member", "auctioneer")}
+        try:
+            async with asyncio.timeout(REFUSED_WITHIN):
+                for role in ("echo", "ballot", "auctioneer"):  # none declares mesh.board.secret
+                    reader = voter if role == "ballot" else roles[role]
+                    with pytest.raises(PermissionDeniedError, match=r"mesh\.board\.secret"):
+                        await Board(reader, "secret").refresh()
+                    with pytest.raises(PermissionDeniedError, match=r"mesh\.board\.secret"):
+                        await Board(reader, "secret").watch(since=0).start()
+                for role in ("echo", "member", "auctioneer"):  # none declares mesh.vote.*
+                    with pytest.raises(PermissionDeniedError, match=r"mesh\.vote\."):
+                        await Proposals(roles[role]).get(proposal.proposal_id).view()
+                with pytest.raises(PermissionDeniedError, match=r"mesh\.bid\.a-2"):
+                    await collect(roles["member"], subjects.bid("a-2"), 0, bidders=1, window=5)
+            assert (await Board(roles["member"], "secret").values()) == {"k": "v"}  # the one that declares it reads it
+        finally:
+            await voter.close()
+            for mesh in roles.values():
+                await mesh.close()
