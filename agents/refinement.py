@@ -11,6 +11,12 @@ The board (`refine-<task id>`) holds one key per member; every revision is an ev
 revision saw. A member is a name in the input, not a process: any replica of `member` can
 speak for any of them, and a round's contributions run in parallel. A member's write is a
 compare-and-set on the version it read, so a retried contribution never writes twice.
+
+`contribute` writes only where a session is open: the host first writes the session (topic,
+members, rounds) under the key `session` of the session's board, and a contribution whose
+board has none, or whose member, topic or round the session does not list, fails. Writing a
+board takes a role that declares it (`emits`), which no client is, so a client that submits
+`contribute` itself cannot make the member role write a board or key of its choosing.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Annotated, Any
 import msgspec
 
 from mesh import Agent, Board, Context
+from mesh.errors import TaskError
 from topics.base import MAX_TOKEN
 
 host = Agent("refinery", requests=("contribute",), emits=("mesh.board.>",))
@@ -29,6 +36,7 @@ member = Agent("member", requests=(), emits=("mesh.board.>",))
 
 MAX_DRAFT = 4_000  # characters of one draft kept on the board and shown to the others
 SYNTHESIS = "synthesis"  # the board key of the merged result (not a member name)
+SESSION = "session"  # the board key of the session the host opened (not a member name)
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -71,10 +79,18 @@ async def _before(board: Board, member_name: str, round_no: int) -> str | None:
     return None
 
 
+def _opened(value: Any, input: Contribution) -> bool:
+    """Whether a session record (``value``, the board's `SESSION` key) lists this contribution."""
+    return (isinstance(value, dict) and value.get("topic") == input.topic and isinstance(value.get("members"), list)
+            and input.member in value["members"] and isinstance(rounds := value.get("rounds"), int)
+            and input.round <= rounds)  # fmt: skip
+
+
 @host.task("refine")
 async def refine(input: Session, ctx: Context) -> dict[str, Any]:
-    members = list(dict.fromkeys(m for m in input.members if m != SYNTHESIS))
+    members = list(dict.fromkeys(m for m in input.members if m not in (SYNTHESIS, SESSION)))
     board = board_name(ctx.task_id)
+    await ctx.board(board).write(SESSION, {"topic": input.topic, "members": members, "rounds": input.rounds})
     for round_no in range(input.rounds + 1):
         await ctx.progress(f"round {round_no} of {input.rounds}", fraction=round_no / (input.rounds + 1))
         await asyncio.gather(*(ctx.request("contribute", {"topic": input.topic, "board": board, "member": name,
@@ -93,11 +109,14 @@ async def refine(input: Session, ctx: Context) -> dict[str, Any]:
 @member.task("contribute")
 async def contribute(input: Contribution, ctx: Context) -> dict[str, Any]:
     board = ctx.board(input.board)
+    if not input.board.startswith("refine-") or not _opened((await board.read(SESSION)).value, input):
+        raise TaskError(f"no refinement session on board {input.board!r} lists member {input.member!r} in round "
+                        f"{input.round} of this topic: a contribution is the host's to ask for", type="NoSession")  # fmt: skip
     mine = await board.read(input.member)
     own = draft_text(mine.value)
     others: dict[str, str] = {}
     for name in sorted(await board.values()):
-        if name not in (input.member, SYNTHESIS) and (text := await _before(board, name, input.round)) is not None:
+        if name not in (input.member, SYNTHESIS, SESSION) and (text := await _before(board, name, input.round)) is not None:
             others[name] = text
     if input.round == 0 or own is None:
         prompt = f"Propose a short answer to: {input.topic}"

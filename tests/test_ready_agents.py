@@ -7,8 +7,8 @@ import msgspec
 import pytest
 
 from agents.manager import Plan, plan_flow
-from agents.refinement import SYNTHESIS, board_name
-from mesh import Mesh
+from agents.refinement import SESSION, SYNTHESIS, board_name
+from mesh import Mesh, TaskFailedError
 from mesh.projections import BOARD, WORKFLOWS, fold
 from replay.reader import read_log
 from replay.rerun import rerun
@@ -85,3 +85,18 @@ class TestReadyAgents:
             clean = await rerun(target, records, "refine-1")
             assert clean.ok, clean.divergence and clean.divergence.describe()
         assert (await rerun("agents.refinement:member", records, "refine-1")).tasks_checked == 9
+        assert board[SESSION].value == {"topic": "retry budgets", "members": members, "rounds": 2}
+
+        # a client asks a member itself: no board the host has not opened a session on, for
+        # that member, topic and round, is written
+        forged = [{"topic": "x", "board": "ops", "member": "release-approved", "round": 0},
+                  {"topic": "retry budgets", "board": name, "member": SYNTHESIS, "round": 0},
+                  {"topic": "retry budgets", "board": name, "member": "mallory", "round": 0},
+                  {"topic": "another topic", "board": name, "member": "ada", "round": 0},
+                  {"topic": "retry budgets", "board": name, "member": "ada", "round": 3},
+                  {"topic": "retry budgets", "board": board_name("no-such-session"), "member": "ada", "round": 0}]  # fmt: skip
+        for n, contribution in enumerate(forged):
+            with pytest.raises(TaskFailedError, match="no refinement session"):
+                await mesh.request("contribute", contribution, task_id=f"forged-{n}", timeout=60)
+        after = (await read_log(mesh)).records
+        assert not [r for r in after[len(records):] if isinstance(r.data, BoardWritten)]
