@@ -23,7 +23,6 @@ import msgspec
 from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
 from topics.base import Event
 from topics.envelope import parse_time
-from topics.record import Record
 from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["HISTORY", "MAX_CAPABILITIES", "MAX_PENDING", "PERFORMANCE", "PerformanceProjection", "PerformanceState",
@@ -62,15 +61,6 @@ class PerformanceProjection(HandlerProjection[PerformanceState]):
     version = 3  # 2: requests known by their stream sequence; 3: outcomes only on their capability's subject
     state_type = PerformanceState
 
-    def evolve(self, state: PerformanceState, record: Record) -> PerformanceState:
-        """A request or outcome counts only on a subject of the capability its data names: the
-        server checks the subject, not the data, and every serving role may publish outcomes on
-        its own `mesh.task.<capability>.>` (overriding `evolve` also keeps bulk rebuilds, which
-        see no subjects, off the handler-table fast path)."""
-        if not _on_its_subject(record):
-            return state
-        return super().evolve(state, record)
-
     def handlers(self) -> dict[type[Event], Handler[PerformanceState]]:
         return {TaskRequested: _requested, TaskCompleted: _finished, TaskFailed: _finished, TaskHandedOff: _handed_off}
 
@@ -84,17 +74,19 @@ class PerformanceProjection(HandlerProjection[PerformanceState]):
 
 
 def _requested(state: PerformanceState, event: TaskRequested, stamp: Stamp, seq: int) -> None:
-    if seq in state.pending:
+    if seq in state.pending or not _on_its_subject(event, stamp.subject):
         return
     state.pending[seq] = Pending(event.capability, stamp.time)
     if len(state.pending) > MAX_PENDING:
         del state.pending[next(iter(state.pending))]
 
 
-def _on_its_subject(record: Record) -> bool:
+def _on_its_subject(data: Event, subject: str) -> bool:
     """Requests on `mesh.work.<capability>.<owner>`, outcomes and hand-offs on
-    `mesh.task.<capability>.<owner>.<task id>`, for the capability they name."""
-    data, parts = record.data, record.subject.split(".")
+    `mesh.task.<capability>.<owner>.<task id>`, for the capability they name: the server
+    checks the subject, not the data, and every serving role may publish outcomes on its own
+    `mesh.task.<capability>.>`."""
+    parts = subject.split(".")
     if isinstance(data, TaskRequested):
         return len(parts) == 4 and parts[1] == "work" and parts[2] == data.capability
     if isinstance(data, TaskCompleted | TaskFailed | TaskHandedOff):
@@ -112,6 +104,8 @@ def _settled(state: PerformanceState, request_seq: int | None, capability: str) 
 
 
 def _finished(state: PerformanceState, event: TaskCompleted | TaskFailed, stamp: Stamp, seq: int) -> None:
+    if not _on_its_subject(event, stamp.subject):
+        return
     pending = _settled(state, event.request_seq, event.capability)
     if pending is None:
         return  # a later outcome of a request already counted, or one requested before what was kept
@@ -120,6 +114,8 @@ def _finished(state: PerformanceState, event: TaskCompleted | TaskFailed, stamp:
 
 
 def _handed_off(state: PerformanceState, event: TaskHandedOff, stamp: Stamp, seq: int) -> None:
+    if not _on_its_subject(event, stamp.subject):
+        return
     pending = _settled(state, event.request_seq, event.capability)
     if pending is None:
         return
