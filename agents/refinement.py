@@ -6,7 +6,7 @@ final drafts. `mesh run refinement` starts the team (agents/teams/refinement.tom
     mesh agent run agents.refinement:member     # capability `contribute` (run two or more)
     mesh task refine --input '{"topic": "retry budgets", "members": ["ada", "grace"], "rounds": 2}' --wait
 
-The board (`refine-<task id>`) holds one key per member; every revision is an event, so
+The board (`refine-<task id>`; for a user's task under credentials, `board_name(task id, owner)`) holds one key per member; every revision is an event, so
 `mesh replay state board --key refine-<task id>/<member>` (or the console) shows how each draft changed and whose drafts each
 revision saw. A member is a name in the input, not a process: any replica of `member` can
 speak for any of them, and a round's contributions run in parallel. A member's write is a
@@ -29,6 +29,7 @@ import msgspec
 
 from mesh import Agent, Board, Context
 from mesh.errors import TaskError
+from topics import subjects
 from topics.base import MAX_TOKEN
 
 host = Agent("refinery", requests=("contribute",), emits=("mesh.board.>",))
@@ -54,10 +55,14 @@ class Contribution(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     round: Annotated[int, msgspec.Meta(ge=0, le=5)]
 
 
-def board_name(task_id: str) -> str:
-    """`refine-<task id>`, or a hash of the task id where that would be too long for a token."""
+def board_name(task_id: str, owner: str = subjects.ANON) -> str:
+    """`refine-<task id>` for the anonymous owner's task; for another owner's, or where that
+    would be too long for a token, `refine-` and a hash of owner and task id: two users'
+    sessions under one task id are two boards."""
     name = f"refine-{task_id}"
-    return name if len(name) <= MAX_TOKEN else f"refine-{hashlib.sha256(task_id.encode()).hexdigest()[:32]}"
+    if owner == subjects.ANON and len(name) <= MAX_TOKEN:
+        return name
+    return f"refine-{hashlib.sha256(f'{owner}.{task_id}'.encode()).hexdigest()[:32]}"
 
 
 def draft_text(value: Any) -> str | None:
@@ -89,7 +94,7 @@ def _opened(value: Any, input: Contribution) -> bool:
 @host.task("refine")
 async def refine(input: Session, ctx: Context) -> dict[str, Any]:
     members = list(dict.fromkeys(m for m in input.members if m not in (SYNTHESIS, SESSION)))
-    board = board_name(ctx.task_id)
+    board = board_name(ctx.task_id, ctx.owner)
     await ctx.board(board).write(SESSION, {"topic": input.topic, "members": members, "rounds": input.rounds})
     for round_no in range(input.rounds + 1):
         await ctx.progress(f"round {round_no} of {input.rounds}", fraction=round_no / (input.rounds + 1))

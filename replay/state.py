@@ -400,10 +400,12 @@ def pick(state: ProjectionState, key: str) -> Any:
     value: Any = msgspec.to_builtins(state)
     fields = [f for f in type(state).__struct_fields__ if f != "seq"]
     parts = key.split("/")
-    if len(fields) == 1 or parts[0] not in fields:
-        value = value[fields[0]]
-        if isinstance(state, TasksState) and (view := find_task(state, parts[0])) is not None:
+    if isinstance(state, TasksState):  # its tasks, whatever their ids (`owners` is the fold's own index)
+        value = value["tasks"]
+        if (view := find_task(state, parts[0])) is not None:
             parts[0] = task_key(view.owner, view.task_id)
+    elif len(fields) == 1 or parts[0] not in fields:
+        value = value[fields[0]]
     for part in parts:
         if not isinstance(value, dict) or part not in value:
             known = ", ".join(sorted(value)[:20]) if isinstance(value, dict) else type(value).__name__

@@ -72,6 +72,25 @@ class TestFollow:
             assert await events.next(timeout=0.2) is None
         assert seen == [published.seq for published in written]
 
+    async def test_closing_while_its_consumer_is_being_replaced_leaves_nothing(self, mesh: Mesh) -> None:
+        """A gap makes a Follow replace its consumer in a task; closed at any point of that, it
+        leaves no subscription on the connection and, once the server's inactivity threshold
+        has passed, no consumer on the stream."""
+        await mesh.publish(subjects.board("replaced", "k"), BoardWritten(board="replaced", key="k", value=1))
+        before = len(mesh.nc._subs)  # nats-py's own table of subscriptions: nothing public counts them
+        for yields in range(12):
+            follow = await Follow(mesh, "mesh.board.replaced.>").start()
+            follow._reopen(alive=True)  # what a skip in the delivery sequence does
+            for _ in range(yields):
+                await asyncio.sleep(0)  # stop the replacement at each of its steps in turn
+            await follow.close()
+            assert len(mesh.nc._subs) == before, yields
+
+        async def no_consumer() -> bool:
+            return not await mesh.js.consumers_info(subjects.STREAM)
+
+        await eventually(no_consumer, timeout=10, what="every scan consumer gone")
+
     async def test_a_follow_resumes_within_seconds_of_a_server_restart(
         self, nats_server: LocalServer, tmp_path: Path
     ) -> None:  # fmt: skip

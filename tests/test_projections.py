@@ -37,6 +37,7 @@ from mesh.projections import (
     tasks_named,
     values,
 )
+from replay.state import pick
 from topics import (
     BoardDeleted,
     BoardEvent,
@@ -285,6 +286,25 @@ class TestTasks:
         assert (task.capability, task.status, task.output) == ("shout", "requested", None)
         real = record(TaskCompleted(task_id="t1", agent="a1", attempt=1, output="ok"), 6, subject="mesh.task.shout.anon.t1")
         assert fold(TASKS, [requested, *forged, real]).tasks["t1"].output == "ok"
+
+    def test_a_request_copied_by_fork_starts_its_task(self) -> None:
+        """`mesh replay fork` copies a finished task's request onto its lifecycle subject: it
+        starts the task there (capability, input, time), but adds nothing to a task already seen."""
+        records = [
+            record(TaskRequested(task_id="t9", capability="echo", input={"text": "hi"}), 1, subject="mesh.task.echo.anon.t9"),
+            record(TaskCompleted(task_id="t9", agent="a1", attempt=1, output="hi"), 2, subject="mesh.task.echo.anon.t9"),
+            record(TaskRequested(task_id="t9", capability="evil"), 3, subject="mesh.task.evil.anon.t9"),
+            record(TaskRequested(task_id="t1", capability="echo"), 4, subject="mesh.task.echo.anon.t2"),
+        ]
+        state = fold(TASKS, records)
+        task = state.tasks["t9"]
+        assert (task.status, task.capabilities, task.input, task.requested_at) == ("completed", ["echo"], {"text": "hi"}, at(1))
+        assert list(state.tasks) == ["t9"]
+
+    def test_a_task_may_be_called_as_a_field_of_the_state(self) -> None:
+        """`replay state tasks --key owners` names the task `owners`, not the fold's own index."""
+        state = fold(TASKS, log(TaskRequested(task_id="owners", capability="echo")))
+        assert pick(state, "owners")["capability"] == "echo"
 
     def test_a_cancel_request_counts_for_each_owner_whose_key_it_shows(self) -> None:
         """`mesh.cancel.<id>` names no owner: it marks every owner's task under the id whose

@@ -19,6 +19,15 @@ from topics.flows import FlowStarted
 
 
 @pytest.mark.unit
+def test_two_owners_refinement_sessions_under_one_task_id_are_two_boards() -> None:
+    """A session's board is its owner's: a user's `refine` task under another's task id does not
+    open its session on the other's board (its `session` record would replace theirs)."""
+    names = {board_name("r-1"), board_name("r-1", "UALICE"), board_name("r-1", "UBOB"), board_name("r-2", "UALICE")}
+    assert len(names) == 4 and board_name("r-1") == "refine-r-1"
+    assert all(len(name) <= 64 and name.startswith("refine-") for name in names)
+
+
+@pytest.mark.unit
 class TestPlanFlow:
     def test_whatever_the_model_planned_the_workflow_is_valid_and_bounded(self) -> None:
         """Unknown, self, repeated and forward dependencies are dropped, steps are named by the

@@ -16,7 +16,9 @@ with `record=None`. Offloaded data (`dataref`) is fetched before the item is que
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import time
 from abc import ABC, abstractmethod
 from typing import Generic, NamedTuple, Self, TypeVar
 
@@ -107,9 +109,11 @@ class Follow(Feed[Stored]):
     heartbeats missed (a restarted server keeps no such consumer), and it makes its consumer
     again from the message after the last one delivered. A refused create is
     `PermissionDeniedError` from `start`. Close it (or leave the `async with`) when done: it
-    holds one of its user's `SCAN_CONSUMERS` names. It holds at most `FOLLOW_BUFFER` events its
-    reader has not taken (1,024): past that, its delivery waits, so the flow control is answered
-    later and the server slows down (a log far ahead of a slow reader is not read into memory at once).
+    holds one of its user's `SCAN_CONSUMERS` names (under credentials, 32 shared by every process
+    of the user: see docs/SECURITY.md). Its queue holds at most `FOLLOW_BUFFER` events its reader
+    has not taken (1,024): past that, its delivery waits, so the flow control is answered later
+    and the server slows down; the client's subscription may hold more meanwhile (the server's
+    flow control counts bytes), up to nats-py's pending limits, past which the gap is read again.
     """
 
     def __init__(self, mesh: Mesh, filter_subject: str, *, after: int = 0) -> None:
@@ -123,6 +127,8 @@ class Follow(Feed[Stored]):
         self._sub: Subscription | None = None
         self._name: str | None = None
         self._active = False  # something came since the watchdog last looked
+        self._heard = 0.0  # when (monotonic) the current consumer was last heard from, or made
+        self._closed = False
         self._taking = False  # a delivery waits for the reader (the buffer is full)
         self._watchdog: asyncio.Task[None] | None = None
         self._reopening: asyncio.Task[None] | None = None
@@ -134,12 +140,14 @@ class Follow(Feed[Stored]):
         return self
 
     async def _open(self) -> None:
-        """Subscribe to a new inbox, then create the consumer delivering to it from `_seq` on."""
+        """Subscribe to a new inbox, then create the consumer delivering to it from `_seq` on.
+        A consumer made for a Follow closed or replaced meanwhile is let go at once."""
         self._generation += 1
-        self._expected, self._active = 1, True
+        generation = self._generation
+        self._expected, self._active, self._heard = 1, True, time.monotonic()
         nc, js = self.mesh.nc, self.mesh.js
         inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(inbox, cb=functools.partial(self._on_msg, self._generation))
+        sub = await nc.subscribe(inbox, cb=functools.partial(self._on_msg, generation))
         config = ConsumerConfig(
             filter_subject=self.filter_subject, deliver_subject=inbox, ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._seq + 1, flow_control=True,
@@ -147,23 +155,25 @@ class Follow(Feed[Stored]):
             inactive_threshold=jetstream.SCAN_INACTIVE,
         )  # fmt: skip
         try:
-            self._name, _ = await jetstream.open_scan(js, config, owner=self.mesh.owner)
-        except BaseException:
-            sub, self._sub = self._sub, None
-            if not nc.is_closed:
-                await sub.unsubscribe()
+            name, _ = await jetstream.open_scan(js, config, owner=self.mesh.owner)
+        except BaseException:  # a consumer made all the same lapses without its inbox (`SCAN_INACTIVE`)
+            await self._unsubscribe(sub)
             raise
+        if self._closed or generation != self._generation:
+            await self._let_go(sub, name, delete=True)  # just made: it is ours to delete
+            return
+        self._sub, self._name = sub, name
 
     async def _on_msg(self, generation: int, msg: Msg) -> None:
         if generation != self._generation:
             return  # from a consumer this Follow has replaced
-        self._active = True
+        self._active, self._heard = True, time.monotonic()
         if not msg.reply or not msg.reply.startswith("$JS.ACK."):
             await self._on_status(msg)
             return
         delivery = parse_ack_subject(msg.reply)
         if delivery.consumer_seq != self._expected:  # dropped by the client (it fell behind): read again
-            self._reopen()
+            self._reopen(alive=True)
             return
         self._expected += 1
         self._seq = delivery.stream_seq
@@ -184,16 +194,17 @@ class Follow(Feed[Stored]):
             await self.mesh.nc.publish(answer)
         last = headers.get(LAST_DELIVERED)
         if last is not None and last.isdigit() and int(last) >= self._expected:
-            self._reopen()
+            self._reopen(alive=True)
 
-    def _reopen(self) -> None:
-        """Replace the consumer (in a task: not in the delivery callback, which must go on)."""
-        if self._reopening is None or self._reopening.done():
+    def _reopen(self, *, alive: bool) -> None:
+        """Replace the consumer (in a task: not in the delivery callback, which must go on).
+        ``alive``: it was just heard from, so it is still ours to delete by its name."""
+        if not self._closed and (self._reopening is None or self._reopening.done()):
             self._generation += 1  # nothing more from the old one
-            self._reopening = asyncio.create_task(self._replace(), name=f"follow {self.filter_subject} again")
+            self._reopening = asyncio.create_task(self._replace(alive), name=f"follow {self.filter_subject} again")
 
-    async def _replace(self) -> None:
-        await self._drop()
+    async def _replace(self, alive: bool) -> None:
+        await self._drop(delete=alive)
         try:
             await self._open()
         except Exception as error:  # the server away, or busy: the watchdog tries again
@@ -201,26 +212,39 @@ class Follow(Feed[Stored]):
 
     async def _watch(self) -> None:
         """Every two heartbeats: nothing came (no heartbeat either) and nothing is held up by the
-        reader, so the consumer is gone (a restarted server) or was never made: make it again."""
+        reader, so the consumer is gone (a restarted server) or was never made: make it again.
+        The old one is not deleted by its name, which another reader of the same user may hold
+        by now; without its inbox the server removes it, if it is still there (`SCAN_INACTIVE`)."""
         while True:
             await asyncio.sleep(2 * jetstream.ORDERED_HEARTBEAT)
             held = self._taking or (self._sub is not None and self._sub.pending_msgs > 0)
             if not (self._active or held) and self.mesh.nc.is_connected:
-                self._reopen()
+                self._reopen(alive=False)
             self._active = False
 
-    async def _drop(self) -> None:
-        """Unsubscribe from the current consumer and delete it (it holds a scan name)."""
+    async def _drop(self, *, delete: bool) -> None:
+        """Let the current consumer go (it holds a scan name): its inbox unsubscribed, and the
+        consumer deleted when ``delete``."""
         sub, name, self._sub, self._name = self._sub, self._name, None, None
+        await self._let_go(sub, name, delete=delete)
+
+    async def _let_go(self, sub: Subscription | None, name: str | None, *, delete: bool) -> None:
         if self.mesh.nc.is_closed:
             return
-        if name is not None:
-            await jetstream.close_scan(self.mesh.js, name)
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception as error:  # a connection going away
-                _log.debug("unsubscribe failed", filter=self.filter_subject, error=repr(error)[:200])
+        try:
+            if sub is not None:
+                await self._unsubscribe(sub)
+        finally:
+            if name is not None and delete:
+                await jetstream.close_scan(self.mesh.js, name)
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        if self.mesh.nc.is_closed:
+            return
+        try:
+            await sub.unsubscribe()
+        except Exception as error:  # a connection going away
+            _log.debug("unsubscribe failed", filter=self.filter_subject, error=repr(error)[:200])
 
     @property
     def buffered(self) -> int:
@@ -236,12 +260,20 @@ class Follow(Feed[Stored]):
             return None
 
     async def close(self) -> None:
+        """Stop following: a replacement under way is cancelled and awaited first (what it made
+        is let go), then the consumer is let go; it is deleted by its name only if it was heard
+        from within two heartbeats (else the server may have lost it, and its name gone to
+        another reader of the same user: the server removes it without its inbox)."""
+        self._closed = True
         self._generation += 1
-        for task in (self._watchdog, self._reopening):
-            if task is not None:
-                task.cancel()
+        tasks = [task for task in (self._watchdog, self._reopening) if task is not None]
         self._watchdog = self._reopening = None
-        await self._drop()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._drop(delete=time.monotonic() - self._heard < 2 * jetstream.ORDERED_HEARTBEAT)
 
 
 async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:

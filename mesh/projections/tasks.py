@@ -18,7 +18,8 @@ Rules of the fold:
 - A task is its owner's: ``tasks`` keys it by `task_key` (its id for the anonymous owner,
   `<owner>.<task id>` for another), so two users' tasks under one id are two tasks. The
   owner, the capability and the task id are read from the subject, which the server's
-  permissions checked, not from the data: a request counts on `mesh.work.<capability>.<owner>`,
+  permissions checked, not from the data: a request counts on `mesh.work.<capability>.<owner>`
+  (or, copied by `mesh replay fork`, on its lifecycle subject, for a task not seen before),
   a claim, progress, outcome or hand-off on `mesh.task.<capability>.<owner>.<task id>` for the
   task id it names, under a capability the task was requested for. Anything else is another
   role's word about someone's task and is ignored (the runtime follows the same rule).
@@ -169,6 +170,17 @@ def _task(state: TasksState, owner: str, task_id: str, stamp: Stamp) -> TaskView
     return view
 
 
+def _copied(state: TasksState, event: TaskRequested, stamp: Stamp) -> tuple[str, TaskView] | None:
+    """A finished task's request as `mesh replay fork` copies it, onto the task's lifecycle
+    subject (history, not work): it starts the task, and only a task not seen before (only the
+    serving role may write there, and it must not add its capability to another's task)."""
+    found = subjects.task_of(stamp.subject)
+    if found is None or event.task_id not in ("", found[2]) or task_key(found[1], found[2]) in state.tasks:
+        return None
+    capability, owner, task_id = found
+    return capability, _task(state, owner, task_id, stamp)
+
+
 def _lifecycle(state: TasksState, event: Any, stamp: Stamp) -> TaskView | None:
     """The task a claim, progress, outcome or hand-off is about, or None when it does not
     count: not on its task's lifecycle subject (`mesh.task.<capability>.<owner>.<task id>`),
@@ -185,10 +197,13 @@ def _lifecycle(state: TasksState, event: Any, stamp: Stamp) -> TaskView | None:
 
 def _requested(state: TasksState, event: TaskRequested, stamp: Stamp, seq: int) -> None:
     served = subjects.work_of(stamp.subject)
-    if served is None:  # not a request anybody serves
+    if served is not None:
+        capability, owner = served  # what the agents serve it as, whatever the data says
+        view = _task(state, owner, event.task_id or stamp.id, stamp)
+    elif (copied := _copied(state, event, stamp)) is not None:
+        capability, view = copied
+    else:  # not a request anybody serves
         return
-    capability, owner = served  # what the agents serve it as, whatever the data says
-    view = _task(state, owner, event.task_id or stamp.id, stamp)
     if not view.capabilities:
         view.requested_at = stamp.time
     elif capability in view.capabilities or view.status in ("completed", "cancelled"):
