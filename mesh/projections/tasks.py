@@ -105,6 +105,9 @@ class TasksState(ProjectionState, kw_only=True):
     owners: dict[str, list[str]] = msgspec.field(default_factory=dict)  # task id -> its other owners than `anon`
 
 
+_ANON = subjects.ANON
+
+
 def task_key(owner: str, task_id: str) -> str:
     """Where `TasksState.tasks` keeps ``owner``'s task ``task_id``: its id for the anonymous
     owner (`topics.subjects.ANON`, every task of a deployment without credentials), else
@@ -159,7 +162,7 @@ class TasksProjection(HandlerProjection[TasksState]):
 
 
 def _task(state: TasksState, owner: str, task_id: str, stamp: Stamp) -> TaskView:
-    key = task_key(owner, task_id)
+    key = task_id if owner == _ANON else f"{owner}.{task_id}"  # `task_key`, inline: once per event of a rebuild
     view = state.tasks.get(key)
     if view is None:
         view = state.tasks[key] = TaskView(task_id=task_id, owner=owner, correlation_id=stamp.correlationid)
@@ -170,11 +173,24 @@ def _task(state: TasksState, owner: str, task_id: str, stamp: Stamp) -> TaskView
     return view
 
 
+def _work_of(subject: str) -> tuple[str, str] | None:
+    """`subjects.work_of` without checking each token's characters: the subject is one the
+    server stored, and a fold runs for every event of a rebuild (the check cost a third of it)."""
+    parts = subject.split(".")
+    return (parts[2], parts[3]) if len(parts) == 4 and parts[0] == "mesh" and parts[1] == "work" else None
+
+
+def _task_of(subject: str) -> tuple[str, str, str] | None:
+    """`subjects.task_of`, as `_work_of` reads it."""
+    parts = subject.split(".")
+    return (parts[2], parts[3], parts[4]) if len(parts) == 5 and parts[0] == "mesh" and parts[1] == "task" else None
+
+
 def _copied(state: TasksState, event: TaskRequested, stamp: Stamp) -> tuple[str, TaskView] | None:
     """A finished task's request as `mesh replay fork` copies it, onto the task's lifecycle
     subject (history, not work): it starts the task, and only a task not seen before (only the
     serving role may write there, and it must not add its capability to another's task)."""
-    found = subjects.task_of(stamp.subject)
+    found = _task_of(stamp.subject)
     if found is None or event.task_id not in ("", found[2]) or task_key(found[1], found[2]) in state.tasks:
         return None
     capability, owner, task_id = found
@@ -185,10 +201,10 @@ def _lifecycle(state: TasksState, event: Any, stamp: Stamp) -> TaskView | None:
     """The task a claim, progress, outcome or hand-off is about, or None when it does not
     count: not on its task's lifecycle subject (`mesh.task.<capability>.<owner>.<task id>`),
     or under a capability the task was never requested for."""
-    found = subjects.task_of(stamp.subject)
-    if found is None:
+    parts = stamp.subject.split(".")
+    if len(parts) != 5 or parts[1] != "task" or parts[0] != "mesh":
         return None
-    capability, owner, task_id = found
+    _, _, capability, owner, task_id = parts
     if task_id != event.task_id or getattr(event, "capability", "") not in ("", capability):
         return None
     view = _task(state, owner, task_id, stamp)
@@ -196,7 +212,7 @@ def _lifecycle(state: TasksState, event: Any, stamp: Stamp) -> TaskView | None:
 
 
 def _requested(state: TasksState, event: TaskRequested, stamp: Stamp, seq: int) -> None:
-    served = subjects.work_of(stamp.subject)
+    served = _work_of(stamp.subject)
     if served is not None:
         capability, owner = served  # what the agents serve it as, whatever the data says
         view = _task(state, owner, event.task_id or stamp.id, stamp)
