@@ -97,7 +97,7 @@ class TestTheRefinementTeam:
             outcome = await client.follow("refine", "refine-auth", submitted.seq, timeout=240)
             output = outcome.data.output  # type: ignore[attr-defined]
             assert set(output["drafts"]) == set(members) and output["synthesis"]
-            assert output["board"] == board_name("refine-auth")
+            assert output["board"] == board_name("refine-auth", client.owner)
             admin_view = await Board(secured.admin, output["board"]).values()
             assert admin_view[SYNTHESIS]["text"] == output["synthesis"]
             assert all(admin_view[m]["round"] == 1 for m in members)
