@@ -545,10 +545,11 @@ async def guarded(js: JetStreamContext, subject: str, action: Awaitable[T]) -> T
 
 
 ORDERED_HEARTBEAT = 1.0
-"""Seconds between the server's heartbeats to an idle ordered consumer (`mesh tail`, the
-console, `Follow`). Ordered consumers live in the server's memory, so a restarted server has
-none; nats-py makes one again from the next sequence after two missed heartbeats. At 1 s a
-live view resumes about 2 s after a restart; nats-py's default of 5 s took 10 to 15 s."""
+"""Seconds between the server's heartbeats to an idle live reader: nats-py's ordered consumer
+(`mesh tail`) and `mesh.bus.follow.Follow` (the console, live projections, watches). Both
+consumers live in the server's memory, so a restarted server has none; each reader makes its
+consumer again from the next sequence after two missed heartbeats. At 1 s a live view resumes
+about 2 s after a restart; nats-py's default of 5 s took 10 to 15 s."""
 
 
 async def ordered_subscribe(
