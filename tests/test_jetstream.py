@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import nats.errors
 import pytest
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BadRequestError
 
@@ -91,3 +95,30 @@ class TestExpectedSequence:
         assert isinstance(refused.value.__cause__, BadRequestError)
         last = await jetstream.direct_get(mesh.js, subject=subjects.board("j", "k"))
         assert last is not None and last.seq == first + 1
+
+
+class TestPublishTimeout:
+    async def test_each_unanswered_publish_times_out_on_its_own_deadline(self, mesh: Mesh) -> None:
+        """A publish nobody acknowledges raises nats' TimeoutError after its own timeout, the
+        shortest first whatever the order they were sent in, while one answered meanwhile lands;
+        nothing of them is left pending afterwards."""
+        silent = await mesh.nc.subscribe("silent.>")  # a responder that never answers: no 503, no ack
+        slow, quick = mesh.nc.jetstream(timeout=2.0), mesh.nc.jetstream(timeout=0.2)
+        loop = asyncio.get_running_loop()
+        ended: dict[str, float] = {}
+
+        async def unanswered(name: str, js: JetStreamContext) -> None:
+            with pytest.raises(nats.errors.TimeoutError):
+                await jetstream.publish(js, f"silent.{name}", b"{}", headers={})
+            ended[name] = loop.time()
+
+        started = loop.time()
+        slow_one = asyncio.create_task(unanswered("slow", slow))
+        await asyncio.sleep(0)  # the slow one is pending first (a sequence of steps, not a wait for anything)
+        quick_one = asyncio.create_task(unanswered("quick", quick))
+        stored = await jetstream.publish(quick, subjects.board("j", "t"), b'{"specversion":"1.0"}', headers={})
+        await asyncio.gather(slow_one, quick_one)
+        assert stored.seq > 0
+        assert ended["quick"] - started < 1.5 <= ended["slow"] - started
+        assert not jetstream._acks[mesh.nc]._due and not jetstream._acks[mesh.nc]._waiting
+        await silent.unsubscribe()

@@ -85,14 +85,17 @@ class Ahead(NamedTuple):
     answer: Answer
     outcome: asyncio.Future[Record]
 
-    async def answer_to(self, subject: str, request_seq: int, timeout: float) -> Record | None:
+    async def answer_to(self, subject: str, request_seq: int, timeout: float | None = None) -> Record | None:
         """The answer on ``subject`` to the request stored at ``request_seq``; None at once if
         more events came before the hand-off than were kept (its answer may be among those
-        dropped, and this watch reads nothing stored: the caller reads the log instead)."""
+        dropped, and this watch reads nothing stored: the caller reads the log instead).
+        TimeoutError after ``timeout`` seconds; None: no bound here (`Mesh.request_outcome`
+        awaits it within its request's deadline, and a `wait_for` would only cost a future, a
+        timer and a turn of the loop more per hop)."""
         early = self.answer.expect(request_seq, subject)
         if early is not None or self.answer.overflowed:
             return early
-        return await asyncio.wait_for(self.outcome, timeout)
+        return await (self.outcome if timeout is None else asyncio.wait_for(self.outcome, timeout))
 
 
 def hops_after(request_event_id: str, count: int) -> list[str]:

@@ -419,10 +419,9 @@ class Mesh:
                     # among those dropped, and this watch read the log past it; read again, knowing it
                     reread = early is None and answer.overflowed
                     if not reread:
-                        record = early if early is not None else await asyncio.wait_for(outcome, timeout)
+                        record = early if early is not None else await outcome  # the deadline above bounds it
                 if reread:
-                    left = deadline - asyncio.get_running_loop().time()
-                    record = await self._answer(capability, self.owner, task_id, submitted.seq, max(left, 0))
+                    record = await self._answer(capability, self.owner, task_id, submitted.seq)
                 if submitted.duplicate:  # a request stored before: it may have gone through its hops unwatched
                     await watching_ahead.aclose()
                     ahead = {}
@@ -452,16 +451,19 @@ class Mesh:
         owner = owner or self.owner
         try:
             async with asyncio.timeout_at(deadline):  # waiting for a waiter slot included
-                answer = await self._answer(capability, owner, task_id, request_seq, timeout)
+                answer = await self._answer(capability, owner, task_id, request_seq)
                 return await self._passed_on(answer, deadline, owner)
         except asyncio.TimeoutError as error:
             raise _timed_out(error, task_id, capability, timeout) from None
 
-    async def _answer(self, capability: str, owner: str, task_id: str, request_seq: int, timeout: float) -> Record:
+    async def _answer(self, capability: str, owner: str, task_id: str, request_seq: int) -> Record:
+        """The answer to the request at ``request_seq``, however long it takes: every caller
+        awaits it inside an `asyncio.timeout_at` of its deadline (a `wait_for` of its own here
+        cost a future, a timer and a turn of the loop more per hop, for nothing)."""
         answer = Answer()
         answer.expect(request_seq)
         async with self.waiters.watch(subjects.task(capability, owner, task_id), answer.accept, earlier=answer.earlier) as outcome:
-            return await asyncio.wait_for(outcome, timeout)
+            return await outcome
 
     async def _passed_on(
         self, record: Record, deadline: float, owner: str, capability: str | None = None,
@@ -473,7 +475,8 @@ class Mesh:
         has ended the watches ahead (the chain left the foreseen hops: they are of no more use,
         and their waiter slots go back before this one waits for a slot). Every hop is
         ``owner``'s, as the request was. With ``capability``
-        (the request's), how many hops it went through is remembered."""
+        (the request's), how many hops it went through is remembered. Awaited within the
+        caller's `asyncio.timeout_at(deadline)`, which bounds every wait here."""
         for hops in range(MAX_HOPS + 1):  # the request, then at most MAX_HOPS hand-offs
             if not isinstance(record.data, TaskHandedOff):
                 if capability is not None:
@@ -488,14 +491,14 @@ class Mesh:
                 raise asyncio.TimeoutError
             watched = ahead.get(hop.next_task_id) if ahead else None
             if watched is not None:
-                found = await watched.answer_to(subjects.task(hop.to, owner, hop.next_task_id), hop.next_request_seq, left)
+                found = await watched.answer_to(subjects.task(hop.to, owner, hop.next_task_id), hop.next_request_seq)
                 if found is not None:
                     record = found
                     continue
             if let_go is not None:
                 await let_go()
                 ahead, let_go = None, None
-            record = await self._answer(hop.to, owner, hop.next_task_id, hop.next_request_seq, left)
+            record = await self._answer(hop.to, owner, hop.next_task_id, hop.next_request_seq)
         raise SchemaError(f"task {record.data.task_id}: handed off more than {MAX_HOPS} times")  # type: ignore[attr-defined]
 
     async def outcome(
@@ -511,7 +514,7 @@ class Mesh:
         try:
             async with asyncio.timeout_at(deadline):  # waiting for a waiter slot included
                 async with self.watch_outcome(capability, task_id, owner=owner) as outcome:
-                    record = await asyncio.wait_for(outcome, timeout)
+                    record = await outcome
                 return await self._passed_on(record, deadline, owner)
         except asyncio.TimeoutError as error:
             raise _timed_out(error, task_id, capability, timeout) from None

@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
 import itertools
 import json
 import random
@@ -201,6 +202,14 @@ class _Acks:
         self._making: asyncio.Future[str] | None = None
         self._waiting: dict[str, asyncio.Future[PubAck]] = {}
         self._count = 0
+        # When each pending publish times out, earliest first: (deadline, count, token). One
+        # timer, at the earliest deadline, serves them all while publishes overlap (a timer per
+        # publish cost a TimerHandle, a push on the loop's heap and a cancel, each). Answered
+        # entries leave from the front as they come to it (`_trim`), so it holds the pending
+        # publishes and those answered after the oldest pending one: at most the timeout
+        # times the publish rate, as the oldest times out within the timeout.
+        self._due: list[tuple[float, int, str]] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     async def _ready(self, nc: Client) -> str:
         if self._prefix is not None:
@@ -222,18 +231,47 @@ class _Acks:
     async def publish(self, nc: Client, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> PubAck:
         prefix = await self._ready(nc)
         self._count += 1
-        token = str(self._count)
+        count = self._count
+        token = str(count)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PubAck] = loop.create_future()
         self._waiting[token] = future
-        # a bare timer on the future: `asyncio.timeout`'s scope costs twice as much, on every publish
-        expiry = loop.call_later(timeout, _expire, future)
+        deadline = loop.time() + timeout
+        heapq.heappush(self._due, (deadline, count, token))
+        if self._timer is None or deadline < self._timer.when():
+            self._arm(loop, deadline)
         try:
             await nc.publish(subject, payload, reply=prefix + token, headers=headers)
             return await future
         finally:
-            expiry.cancel()
             del self._waiting[token]
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the answered publishes from the front of `_due`; with none left pending, the
+        timer too (an armed timer would keep this object, and its loop, alive in a cycle)."""
+        due, waiting = self._due, self._waiting
+        while due and due[0][2] not in waiting:
+            heapq.heappop(due)
+        if not due and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._expire_due, loop)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Time out every pending publish whose deadline has passed; wake again at the next one."""
+        self._timer = None
+        now, due, waiting = loop.time(), self._due, self._waiting
+        while due and (due[0][0] <= now or due[0][2] not in waiting):
+            future = waiting.get(heapq.heappop(due)[2])
+            if future is not None and not future.done():
+                future.set_exception(nats.errors.TimeoutError())
+        if due:
+            self._arm(loop, due[0][0])
 
     async def _on_ack(self, msg: Msg) -> None:
         assert self._prefix is not None
@@ -250,11 +288,6 @@ class _Acks:
             future.set_result(PubAck(stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate))
         except Exception as error:  # an unreadable answer, or the stream's refusal: the publisher's error
             future.set_exception(error)
-
-
-def _expire(future: asyncio.Future[PubAck]) -> None:
-    if not future.done():
-        future.set_exception(nats.errors.TimeoutError())
 
 
 _acks: weakref.WeakKeyDictionary[Client, _Acks] = weakref.WeakKeyDictionary()

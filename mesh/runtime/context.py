@@ -98,7 +98,6 @@ class Context:
         self.request_seq = request_seq  # the stream sequence of the request this attempt answers
         self.deadline = deadline  # the task's deadline (RFC 3339), if it has one
         self.hops = hops  # the hand-offs before this task's request
-        self.log = structlog.get_logger(agent)
         self._llm = llm  # made on first use: most handlers never call a model or a tool
         self._tools = tools
         self._before_effect = before_effect
@@ -109,6 +108,11 @@ class Context:
         self._workflows = itertools.count()
         self._asked = itertools.count()
         self._cancelled = cancelled  # the reason, once a cancel request stopped this task
+
+    @functools.cached_property
+    def log(self) -> Any:
+        """A structlog logger named after the agent (made on first use: most handlers never log)."""
+        return structlog.get_logger(self.agent)
 
     @property
     def correlation_id(self) -> str:

@@ -12,6 +12,7 @@ Wherever a task's `mesh.task.failed` is recorded, its capability's ``on_failed``
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import msgspec
@@ -71,11 +72,17 @@ async def already_done(mesh: Mesh, work_subject: str, task_id: str, request_seq:
             and last.data.request_seq == request_seq)  # fmt: skip
 
 
+SERVED_SUBJECTS = 256  # work subjects whose parse `served` remembers (a process serves a few: capability x owner)
+_work_of = functools.lru_cache(maxsize=SERVED_SUBJECTS)(subjects.work_of)
+
+
 def served(work_subject: str) -> tuple[str, str]:
     """The capability a request stored on ``work_subject`` (`mesh.work.<capability>.<owner>`)
     is for, and whose it is: read from the subject (the consumer's filter, and what the server
-    let its publisher write), so always tokens, whatever the request's data says."""
-    served = subjects.work_of(work_subject)
+    let its publisher write), so always tokens, whatever the request's data says. Asked
+    several times per message, of the few subjects a consumer sees: the parse is remembered
+    for the last `SERVED_SUBJECTS` subjects."""
+    served = _work_of(work_subject)
     if served is None:
         raise ValueError(f"{shorten(work_subject, 200)!r} is not a work subject (mesh.work.<capability>.<owner>)")
     return served
