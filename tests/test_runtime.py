@@ -271,6 +271,10 @@ class TestHandOff:
         await agents.start("tests.fixture_agents:chain")
         output = await mesh.request("plan", {"fail_once": True}, task_id="chain-2", timeout=60)
         review_id = output["reviewed_by"]
+        # the log's follower may lag the requester: wait for the chain's last two events (the
+        # rest of the chain is stored before them)
+        await log.wait_for_type("mesh.task.completed", task_id=review_id)
+        await log.wait_for_type("mesh.task.handed_off", capability="work", attempt=2)
         requests = [r for r in log.of_type("mesh.task.requested") if r.data.task_id == review_id]  # type: ignore[attr-defined]
         assert len(requests) == 1
         # a redelivery is claimed at once; the first attempt handed off at once, and a hand-off needs no claim before it
