@@ -24,6 +24,7 @@ from mesh.bus.client import MSG_ID, Mesh, check_log_subject, decode_record
 from mesh.bus.connection import ensure_stream
 from mesh.errors import MeshError
 from replay.causal import causal_slice
+from replay.files import max_line, open_export
 from replay.reader import DECODE_ERRORS, LogReader, Position, RawMessage, is_offloaded, merge_offloaded
 from topics.envelope import decode_envelope, encode_envelope
 from topics.record import Record
@@ -179,8 +180,11 @@ def read_outgoing(path: str | Path) -> list[Outgoing]:
     """The lines of an export as messages to publish, stored bytes untouched; MeshError names
     the first line that is not a line of an export."""
     outgoing: list[Outgoing] = []
-    with open(path, "rb") as file:
-        for number, text in enumerate(file, 1):
+    longest = max_line()
+    with open_export(path) as file:
+        for number, text in enumerate(iter(lambda: file.readline(longest + 1), b""), 1):
+            if len(text) > longest:
+                raise MeshError(f"{path}:{number}: a line longer than {longest:,} bytes: not an export file")
             if not text.strip():
                 continue
             try:

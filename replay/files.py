@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 import msgspec
 
+from mesh.bus import payloads
 from mesh.bus.client import decode_record
+from mesh.errors import MeshError
 from mesh.projections.base import instant
 from replay.reader import (
     DECODE_ERRORS,
@@ -178,18 +182,39 @@ def file_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[byte
         yield bytes(block)
 
 
+def max_line() -> int:
+    """The longest line an export file may hold: an event whose offloaded data an export writes
+    inline (up to `MESH_MAX_PAYLOAD_OBJECT`, or the default if that is larger), its JSON escaped
+    at worst twice as long, and its envelope."""
+    return 2 * max(payloads.max_object(), payloads.DEFAULT_MAX_OBJECT) + (1 << 20)
+
+
+def open_export(path: str | Path) -> BinaryIO:
+    """``path`` opened to read as an export file: a regular file (not a device, a FIFO or a
+    folder, which a careless path reads without end), else MeshError."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise MeshError(f"{path} is not a regular file: give an exported JSONL file (`mesh replay export`)")
+    return open(path, "rb")
+
+
 def line_blocks(path: str | Path, *, chunk_size: int = 4 << 20) -> Iterator[bytes | memoryview]:
     """The file in blocks of whole lines, copying as little as it can: each read gives the
     line it completes (the rest of the previous read's last line) and a view of the whole
-    lines after it."""
-    with open(path, "rb") as file:
+    lines after it. A line longer than `max_line()` is MeshError (no export writes one)."""
+    longest = max_line()
+    with open_export(path) as file:
         rest = b""
         parts: list[bytes] = []  # the reads of one line longer than a read, joined once it ends
+        held = 0
         while block := file.read(chunk_size):
             cut = block.rfind(b"\n") + 1
             if cut == 0:
                 parts.append(block)
+                held += len(block)
+                if held > longest:
+                    raise MeshError(f"{path}: a line is longer than {longest:,} bytes: not an export file")
                 continue
+            held = 0
             if parts:
                 rest, parts = b"".join([rest, *parts]), []
             head = block.find(b"\n") + 1

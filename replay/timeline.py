@@ -28,6 +28,7 @@ from mesh.projections.base import instant
 from replay.bars import Bar, build_bars
 from replay.causal import causal_slice
 from replay.labels import Names, label, summarize
+from topics.base import visible
 from topics.calls import LlmCalled, ToolCalled
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
 from topics.record import Record
@@ -190,7 +191,6 @@ def _seconds(value: float) -> str:
 
 
 MAX_INDENT = 40  # levels of the tree indented; deeper hops say their depth instead
-_CONTROL = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], "\ufffd")  # never sent to a terminal as is
 
 
 def _indent(depth: int) -> str:
@@ -216,4 +216,4 @@ def render_text(timeline: Timeline) -> str:
         lines.append(
             f"{_indent(hop.depth)}#{hop.seq} +{hop.offset:.3f}s {hop.type} {hop.subject} ({hand}) {hop.summary}{tail}"
         )
-    return "\n".join(line.translate(_CONTROL) for line in lines) + "\n"
+    return "\n".join(visible(line) for line in lines) + "\n"

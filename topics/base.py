@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import msgspec
 
-__all__ = ["MAX_TOKEN", "Event", "ErrorInfo", "check_token", "is_token", "shorten"]
+__all__ = ["MAX_TOKEN", "Event", "ErrorInfo", "check_token", "is_token", "shorten", "visible"]
 
 MAX_TOKEN = 128  # characters in one id or name that becomes a subject token
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]+")  # whole value: `$` alone would let a final newline through
@@ -41,6 +41,16 @@ def shorten(text: str, limit: int = 40) -> str:
     """``text`` cut to ``limit`` characters, saying how long it was: for messages that quote
     what a client sent, which may be any size."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+_CONTROL = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], "\ufffd")
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character (C0, DEL, C1) shown as U+FFFD: for text from the
+    log printed to a terminal, where an escape sequence a client wrote would otherwise hide
+    lines, clear the screen or rewrite what an operator reads."""
+    return text.translate(_CONTROL)
 
 
 def check_token(kind: str, value: str) -> str:

@@ -89,8 +89,11 @@ def init_auth(folder: Path, agents: list[AgentRole], clients: tuple[str, ...] = 
         if name == "admin" or clients.count(name) > 1 or not is_token(name) or "/" in name:
             raise ConfigError(f"client {name!r} is given twice, is reserved (admin) or is not a plain name")
     _check_subscription_names(agents)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, stat.S_IRWXU)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, stat.S_IRWXU)
+    except OSError as error:  # a file where the folder should be, a path not ours to write
+        raise ConfigError(f"cannot make the folder {folder}: {error.strerror or error}") from None
     keys = {name: _key(folder, name) for name in ("admin", *clients, *names)}
     owners = tuple(public for public, _ in keys.values())  # whose tasks (and payload buckets) agents serve
     roles = [

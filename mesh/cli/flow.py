@@ -19,6 +19,7 @@ from mesh.cli.options import finite, nats_options, parse_json, run, token
 from mesh.coordination.workflow import WORKFLOW_CAPABILITY, Workflows, WorkflowSpec, load
 from mesh.errors import ConfigError, WorkflowFailedError, WorkflowTakenError, WorkflowTimeoutError
 from mesh.projections import WorkflowView
+from topics.base import visible
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
 from topics.record import Record
 
@@ -170,12 +171,12 @@ def show_flow(workflow_id: str, as_json: bool, settings: MeshSettings) -> None:
     if not view.started:
         click.echo(f"no workflow {workflow_id} in the log", err=True)
         sys.exit(1)
-    click.echo(f"workflow {view.name} {workflow_id}: {view.status}")
+    click.echo(visible(f"workflow {view.name} {workflow_id}: {view.status}"))  # names and errors from the log
     for name, step in view.steps.items():
         status = "cancelled" if step.status == "failed" and step.error and step.error.type == "cancelled" else step.status
-        click.echo(f"  {name:<20} {status:<10} attempt {step.attempt}  {step.capability:<14} {step.task_id or ''}")
+        click.echo(visible(f"  {name:<20} {status:<10} attempt {step.attempt}  {step.capability:<14} {step.task_id or ''}"))
     if view.error:
-        click.echo(f"error: {view.error.type}: {view.error.message}")
+        click.echo(visible(f"error: {view.error.type}: {view.error.message}"))
 
 
 async def _view(settings: MeshSettings, workflow_id: str) -> WorkflowView:

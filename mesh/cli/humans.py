@@ -12,7 +12,7 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.options import nats_options, run, token
 from mesh.coordination.humans import Humans
 from mesh.projections import QuestionView, instant
-from topics.base import shorten
+from topics.base import shorten, visible
 from topics.envelope import now_rfc3339
 from topics.humans import MAX_ANSWER
 
@@ -58,10 +58,10 @@ def inbox(as_json: bool, settings: MeshSettings) -> None:
         asked = view.asked
         options = f" [{' / '.join(asked.options)}]" if asked.options else ""
         role = " + ".join(view.roles) or "?"  # from the subjects: `agent` is what the asker says
-        click.echo(f"{asked.question_id:36}  {_age(view, now):>5}  {shorten(role, 21):24}  "
-                   f"{shorten(asked.task_id, 33):36}  {shorten(asked.question, 200)}{options}")  # fmt: skip
-        if asked.context:
-            click.echo(f"{'':40}context: {shorten(asked.context, 300)}")
+        click.echo(visible(f"{asked.question_id:36}  {_age(view, now):>5}  {shorten(role, 21):24}  "
+                           f"{shorten(asked.task_id, 33):36}  {shorten(asked.question, 200)}{options}"))  # fmt: skip
+        if asked.context:  # the asker's words, often a client's: never escape sequences to the terminal
+            click.echo(visible(f"{'':40}context: {shorten(asked.context, 300)}"))
 
 
 async def _inbox(settings: MeshSettings) -> list[QuestionView]:

@@ -15,6 +15,7 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.options import UserError, nats_options, parse_json, run, token
 from mesh.coordination.knowledge import DEFAULT_LIMIT, KnowledgeBase
 from mesh.projections.fulltext import MAX_LIMIT, Hit
+from topics.knowledge import MAX_TEXT
 
 __all__ = ["kb"]
 
@@ -37,7 +38,9 @@ def add(name: str, text: str | None, tags: tuple[str, ...], metadata_json: str, 
     metadata = parse_json(metadata_json, "--metadata")
     if not isinstance(metadata, dict):
         raise click.BadParameter(f"--metadata must be a JSON object, not {metadata_json[:80]!r}")
-    body = sys.stdin.read() if text is None else text
+    body = sys.stdin.read(MAX_TEXT + 1) if text is None else text  # never more than an entry may hold
+    if len(body) > MAX_TEXT:
+        raise click.BadParameter(f"the entry's text is over {MAX_TEXT:,} characters (a knowledge entry's limit)")
     if not body.strip():
         raise click.BadParameter("the entry's text is empty (give --text, or the text on stdin)")
     click.echo(run(_with(settings, name, lambda base: base.add(body, tags=tags, metadata=metadata))))

@@ -20,7 +20,7 @@ from mesh.cli.flow import flow as flow_group
 from mesh.cli.humans import answer as answer_command
 from mesh.cli.humans import inbox as inbox_command
 from mesh.cli.kb import kb as kb_group
-from mesh.cli.options import UserError, finite, nats_options, parse_json, run, run_sync, token
+from mesh.cli.options import UserError, check_host, finite, nats_options, parse_json, run, run_sync, token
 from mesh.cli.replay import replay as replay_group
 from mesh.cli.run import run_team as run_command
 from mesh.cli.ui import ui as ui_command
@@ -28,6 +28,7 @@ from mesh.cli.watch import status as status_command
 from mesh.cli.watch import tail as tail_command
 from mesh.errors import ConfigError, MeshError, TaskFailedError, TaskTimeoutError
 from mesh.runtime.runner import RunnerOptions
+from mesh.runtime.team import MAX_WAIT
 from mesh.telemetry.logs import configure_logging
 
 
@@ -44,7 +45,7 @@ def main() -> None:
 @main.command()
 @click.option("--port", default=4222, show_default=True, envvar="MESH_PORT", type=click.IntRange(0, 65535),
               help="client port (0: any free port)")  # fmt: skip
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="MESH_HOST",
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="MESH_HOST", callback=check_host,
               help="address to listen on: 0.0.0.0 (every interface) or one of this machine's, to serve other machines")  # fmt: skip
 @click.option("--auth", "auth_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="require the users `mesh auth init` wrote in this folder (its admin seed creates the stream)")  # fmt: skip
@@ -120,7 +121,7 @@ def agent() -> None:
 @click.argument("target")
 @nats_options
 @click.option("--concurrency", default=64, show_default=True, type=click.IntRange(min=1), help="tasks in flight in this process")
-@click.option("--ack-wait", default=30.0, show_default=True, type=click.FloatRange(min=1.0), callback=finite, help="seconds before an unacknowledged task is redelivered")
+@click.option("--ack-wait", default=30.0, show_default=True, type=click.FloatRange(min=1.0, max=MAX_WAIT), callback=finite, help="seconds before an unacknowledged task is redelivered")
 @click.option("--max-deliver", default=5, show_default=True, type=click.IntRange(min=1), help="deliveries of one task before it is given up")
 @click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.0), callback=finite,
               help="seconds SIGTERM waits for running handlers before handing their tasks back")  # fmt: skip

@@ -26,7 +26,7 @@ from mesh.errors import MeshError
 from topics import subjects
 from topics.base import check_token, shorten
 
-__all__ = ["UserError", "FileMistake", "check_filter", "finite", "nats_options", "parse_json", "run", "run_sync", "token", "write_text"]
+__all__ = ["UserError", "FileMistake", "check_filter", "check_host", "finite", "nats_options", "parse_json", "run", "run_sync", "token", "write_text"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,6 +82,14 @@ def token(kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
         return value
 
     return check
+
+
+def check_host(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An address to listen on: a name or an IP address, not empty (`nats-server -a ''` listens
+    on every interface, which `--host "$UNSET"` must not do by accident)."""
+    if not value or len(value) > 253 or any(c.isspace() or c in "/?#@" for c in value):
+        raise UserError(f"--host {value[:80]!r} is not an address to listen on (e.g. 127.0.0.1, ::1 or 0.0.0.0)")
+    return value
 
 
 def check_filter(ctx: click.Context, param: click.Parameter, value: str) -> str:

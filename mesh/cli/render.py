@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from topics.app import UndeclaredAppEvent
+from topics.base import visible
 from topics.record import Record
 
 __all__ = ["EventLines", "Columns", "PipeConsole", "middle", "shown_data"]
@@ -94,7 +95,7 @@ def shown_data(record: Record) -> str:
 
 def _cell(value: str, width: int, style: str = "", *, right: bool = False, last: bool = False) -> Text:
     """One column: cut to ``width`` cells with an ellipsis, padded to it unless it ends the line."""
-    text = Text(value, style=style, no_wrap=True, overflow="ellipsis")
+    text = Text(visible(value), style=style, no_wrap=True, overflow="ellipsis")  # the log's text, never escapes
     if right and text.cell_len < width:
         text = Text(" " * (width - text.cell_len)) + text
     text.truncate(width, overflow="ellipsis", pad=not last)

@@ -11,7 +11,7 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import nats_options, run, run_sync, token, write_text
+from mesh.cli.options import UserError, nats_options, run, run_sync, token, write_text
 from mesh.errors import ConfigError
 from mesh.projections import REGISTRY
 from replay.files import read_file
@@ -139,7 +139,10 @@ def export(out: str, correlation: str | None, start: str | None, end: str | None
 
     async def go() -> Any:
         async with await _connect(settings) as mesh:
-            return await export_log(mesh, out, correlation=correlation, start=first, end=last, subject=subject)
+            try:
+                return await export_log(mesh, out, correlation=correlation, start=first, end=last, subject=subject)
+            except OSError as error:  # a full disk, a folder, a path not ours to write
+                raise UserError(f"cannot write {out}: {error.strerror or error}") from None
 
     result = run(go())
     click.echo(

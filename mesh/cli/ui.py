@@ -12,17 +12,11 @@ import time
 import click
 
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import UserError, nats_options, run
+from mesh.cli.options import UserError, check_host, nats_options, run
 
 __all__ = ["ui"]
 
 DEFAULT_PORT = 8300
-
-
-def _check_host(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value or len(value) > 253 or any(c.isspace() or c in "/?#@" for c in value):
-        raise UserError(f"--host {value[:80]!r} is not an address to listen on (e.g. 127.0.0.1, ::1 or 0.0.0.0)")
-    return value
 
 
 def _check_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -35,7 +29,7 @@ def _check_names(ctx: click.Context, param: click.Parameter, value: tuple[str, .
 @click.command()
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False),
               help="an exported JSONL file (`mesh replay export`) instead of the live log")  # fmt: skip
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="MESH_UI_HOST", callback=_check_host,
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="MESH_UI_HOST", callback=check_host,
               help="address to listen on")  # fmt: skip
 @click.option("--port", default=DEFAULT_PORT, show_default=True, envvar="MESH_UI_PORT", type=click.IntRange(0, 65535),
               help="port to listen on (0: a free one; the URL is printed)")  # fmt: skip

@@ -207,7 +207,7 @@ async def log_context(worker: Worker, inbound: Inbound, call_next: Next) -> None
 
 async def dedup(worker: Worker, inbound: Inbound, call_next: Next) -> None:
     if inbound.attempt > 1:
-        instruments.redeliveries.add(1, {"capability": inbound.task.capability})
+        instruments.redeliveries.add(1, {"capability": inbound.capability})  # the consumer's, not the data's (a client's word)
         if await already_done(worker.mesh, inbound.msg.subject, inbound.task_id, inbound.delivery.stream_seq):
             log.info("task already has an outcome; not running it again", attempt=inbound.attempt)
             await inbound.msg.ack()

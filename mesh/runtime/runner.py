@@ -65,6 +65,7 @@ class AgentRunner:
     budget: payloads.Budget = field(default_factory=lambda: payloads.Budget(payloads.in_flight_budget()))
 
     def __post_init__(self) -> None:
+        payloads.max_object()  # read now: a bad MESH_MAX_PAYLOAD_OBJECT stops the agent at start, not each large message
         self.agent_id = self.agent_id or _agent_id(self.agent.name)
         self.mesh.source = f"mesh://agent/{self.agent_id}"
         self.llm = self.llm or LlmClient.from_env()

@@ -64,14 +64,18 @@ _TARGET = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
+MAX_REPLICAS = 256  # processes of one agent a team file may ask for (each is a Python process on this host)
+MAX_WAIT = 7 * 24 * 3600.0  # seconds: the longest ack wait a team file may set (nats-py takes nanoseconds as an int)
+
+
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="kebab"):
     """One agent of a team: what to run, how many processes, their environment and options."""
 
     target: str
-    replicas: Annotated[int, msgspec.Meta(ge=1)] = 1
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICAS)] = 1
     env: dict[str, str] = {}
     concurrency: Annotated[int, msgspec.Meta(ge=1)] = _DEFAULTS.max_in_flight
-    ack_wait: Annotated[float, msgspec.Meta(ge=1.0)] = _DEFAULTS.ack_wait
+    ack_wait: Annotated[float, msgspec.Meta(ge=1.0, le=MAX_WAIT)] = _DEFAULTS.ack_wait
     max_deliver: Annotated[int, msgspec.Meta(ge=1)] = _DEFAULTS.max_deliver
     drain_timeout: Annotated[float, msgspec.Meta(ge=0.0)] = _DEFAULTS.drain_timeout
 

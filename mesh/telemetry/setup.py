@@ -240,7 +240,12 @@ def configure_from_env(service_name: str, *, role: str | None = None, agent_id: 
     return _installed
 
 
-def _off(signal: str, error: ConfigError) -> None:
+_SDK_REFUSALS = (ValueError, OverflowError, TypeError)  # what the SDK raises on its own OTEL_* variables
+
+
+def _off(signal: str, error: Exception) -> None:
+    if not isinstance(error, ConfigError):  # the SDK's own words seldom name the variable
+        error = ConfigError(f"an OTEL_* setting for {signal} is not valid ({type(error).__name__}: {error})")
     _log.warning("%s; %s are not exported (telemetry never stops the mesh)", error, signal)
 
 
@@ -248,16 +253,16 @@ def _tracer_provider(resource: Resource) -> TracerProvider | None:
     exporter = exporter_for("traces")
     if exporter == "none":
         return None
-    try:
-        chosen = span_exporter(exporter)
-    except ConfigError as error:
-        _off("traces", error)
-        return None
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
-    provider.add_span_processor(BatchSpanProcessor(chosen))  # OTEL_BSP_* apply
+    try:
+        chosen = span_exporter(exporter)
+        provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG), limits from OTEL_SPAN_*
+        provider.add_span_processor(BatchSpanProcessor(chosen))  # OTEL_BSP_* apply
+    except (ConfigError, *_SDK_REFUSALS) as error:
+        _off("traces", error)
+        return None
     return provider
 
 
@@ -288,10 +293,10 @@ def _meter_provider(resource: Resource, server: list[MetricsServer]) -> MeterPro
             reader: MetricReader = prometheus_reader(server)
         else:  # the export interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s)
             reader = PeriodicExportingMetricReader(metric_exporter(exporter))
-    except ConfigError as error:
+        return MeterProvider(resource=resource, metric_readers=[reader])
+    except (ConfigError, *_SDK_REFUSALS) as error:
         _off("metrics", error)
         return None
-    return MeterProvider(resource=resource, metric_readers=[reader])
 
 
 def prometheus_address() -> tuple[str, int]:

@@ -67,6 +67,7 @@ from mesh.telemetry.redact import scrub_text
 
 __all__ = [
     "LOOK_AGAIN",
+    "MAX_ERROR_TEXT",
     "agent_span",
     "ask_span",
     "chat_span",
@@ -345,16 +346,27 @@ def search_span(kb: str) -> AbstractContextManager[Span]:
     return _current(_start(preset(search_preset, kb)))
 
 
+MAX_ERROR_TEXT = 4_000  # characters of an error's message, and of its stack trace, a span keeps
+
+
 def record_error(span: Span, error: BaseException) -> None:
     """Mark a span failed: the exception as an event, `error.type`, and an ERROR status.
-    Message and stack trace are scrubbed of credentials, as log lines are."""
+    Message and stack trace are scrubbed of credentials, as log lines are, and cut to
+    `MAX_ERROR_TEXT` characters each (an error may quote a client's input whole: one task
+    made 3 MB of span data)."""
     if not span.is_recording():
         return
-    stacktrace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    message = scrub_text(str(error))
+    stacktrace = _cut("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    message = _cut(scrub_text(str(error)))
     span.record_exception(error, {EXCEPTION_MESSAGE: message, EXCEPTION_STACKTRACE: scrub_text(stacktrace)})
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"))
     span.set_attribute(ERROR_TYPE, type(error).__name__)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    return f"{text[: MAX_ERROR_TEXT - 40]}... ({len(text):,} characters in all)"
 
 
 def trace_ids() -> tuple[str, str] | None:

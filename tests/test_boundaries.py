@@ -1,0 +1,103 @@
+"""What an operator or a careless client types, sets or sends at the edges outside the message
+pipeline (an adversarial review of the CLI, environment and telemetry): each is a clear one-line
+refusal or a bounded, harmless result, never a traceback, an unbounded read or a terminal escape."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from rich.console import Console
+
+import replay.files
+from mesh.bus.settings import shown_url
+from mesh.cli.main import main
+from mesh.cli.render import EventLines
+from mesh.errors import ConfigError, MeshError
+from mesh.runtime.team import parse_team
+from mesh.telemetry import setup
+from mesh.telemetry.tracing import MAX_ERROR_TEXT, record_error
+from replay.files import line_blocks
+from topics.base import visible
+from topics.envelope import CloudEvent
+from topics.record import Record
+from topics.tasks import TaskRequested
+
+pytestmark = pytest.mark.unit
+
+ESCAPES = "\x1b]0;pwn\x1b\\\x1b[2J\x1b[H\x1b[8m"  # set the title, clear the screen, conceal what follows
+
+
+def test_an_empty_host_is_refused_not_every_interface() -> None:
+    """`mesh up --host "$UNSET"` would make nats-server listen on every interface, with no auth."""
+    result = CliRunner().invoke(main, ["up", "--port", "0", "--host", ""])
+    assert result.exit_code != 0 and "--host '' is not an address to listen on" in result.output
+
+
+def test_text_from_the_log_reaches_a_terminal_without_its_escapes() -> None:
+    """`mesh tail --text` shows a client's source and time as text: no escape sequence gets through."""
+    event = CloudEvent(specversion="1.0", id="e1", source=f"c/{ESCAPES}", type=TaskRequested.TYPE,
+                       time=f"2026-12-03T{ESCAPES}.000000Z")  # fmt: skip
+    record = Record(seq=1, subject="mesh.work.echo.anon", event=event, data=TaskRequested(capability="echo", input=ESCAPES))
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=False)
+    console.print(EventLines(console).line(record))
+    assert "\x1b" not in out.getvalue() and "\ufffd" in out.getvalue()
+    assert visible("ok\x07\x9b\x7fok") == "ok\ufffd\ufffd\ufffdok" and visible("plain é") == "plain é"
+
+
+def test_a_password_in_a_url_without_a_scheme_is_not_shown() -> None:
+    assert shown_url("alice:s3cret@127.0.0.1:4222") == "[redacted]@127.0.0.1:4222"
+    assert shown_url("nats://a:b@h:1,c:d@h2:2") == "nats://[redacted]@h:1,[redacted]@h2:2"
+    assert shown_url("nats://h:4222") == "nats://h:4222"
+
+
+def test_a_span_keeps_a_bounded_error() -> None:
+    """An error that quotes a client's 500 kB input makes a span of a few kB, not megabytes."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    span = provider.get_tracer("t").start_span("process")
+    try:
+        raise ValueError("cannot handle " + "x" * 500_000)
+    except ValueError as error:
+        record_error(span, error)
+    span.end()
+    (finished,) = exporter.get_finished_spans()
+    texts = [finished.status.description or "", *(str(v) for e in finished.events for v in e.attributes.values())]
+    assert max(map(len, texts)) <= MAX_ERROR_TEXT + 40 and "500,014 characters in all" in finished.status.description
+
+
+def test_a_bad_sdk_variable_turns_tracing_off_with_a_warning(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """The SDK raises on its own variables (`OTEL_BSP_*`, `OTEL_SPAN_*`): telemetry never stops a command."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    for name, value in (("OTEL_BSP_MAX_QUEUE_SIZE", "-1"), ("OTEL_BSP_MAX_QUEUE_SIZE", "9" * 30),
+                        ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4k")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+        assert setup._tracer_provider(setup.resource_for("t")) is None
+        assert "an OTEL_* setting for traces is not valid" in caplog.text
+        monkeypatch.delenv(name)
+
+
+def test_a_team_file_asks_for_a_bounded_number_of_processes() -> None:
+    with pytest.raises(ConfigError, match="replicas"):
+        parse_team({"agents": {"echo": {"target": "agents.echo:agent", "replicas": 100_000_000}}}, "team.toml")
+    with pytest.raises(ConfigError, match="ack-wait"):
+        parse_team({"agents": {"echo": {"target": "agents.echo:agent", "ack-wait": 1e300}}}, "team.toml")
+
+
+def test_an_export_file_is_a_regular_file_of_bounded_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--file /dev/zero` (or a disk image) is refused, not read into memory without end."""
+    with pytest.raises(MeshError, match="not a regular file"):
+        next(line_blocks("/dev/zero"))
+    monkeypatch.setattr(replay.files, "max_line", lambda: 1_000)
+    long = tmp_path / "long.jsonl"
+    long.write_bytes(b"x" * 5_000)
+    with pytest.raises(MeshError, match="longer than 1,000 bytes"):
+        list(line_blocks(long, chunk_size=100))
