@@ -190,10 +190,12 @@ def max_line() -> int:
 
 
 def open_export(path: str | Path) -> BinaryIO:
-    """``path`` opened to read as an export file: a regular file (not a device, a FIFO or a
-    folder, which a careless path reads without end), else MeshError."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise MeshError(f"{path} is not a regular file: give an exported JSONL file (`mesh replay export`)")
+    """``path`` opened to read as an export file: a regular file or a pipe (`--file <(zcat ...)`),
+    not a device or a folder (`/dev/zero` reads without end), else MeshError. Lines are bounded
+    by the readers (`max_line`)."""
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise MeshError(f"{path} is not a regular file or a pipe: give an exported JSONL file (`mesh replay export`)")
     return open(path, "rb")
 
 

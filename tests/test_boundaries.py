@@ -5,6 +5,8 @@ refusal or a bounded, harmless result, never a traceback, an unbounded read or a
 from __future__ import annotations
 
 import io
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,9 @@ def test_a_password_in_a_url_without_a_scheme_is_not_shown() -> None:
     assert shown_url("alice:s3cret@127.0.0.1:4222") == "[redacted]@127.0.0.1:4222"
     assert shown_url("nats://a:b@h:1,c:d@h2:2") == "nats://[redacted]@h:1,[redacted]@h2:2"
     assert shown_url("nats://h:4222") == "nats://h:4222"
+    assert shown_url("a:pw@h1, bob:pwB@h2") == "[redacted]@h1, [redacted]@h2"  # a list as people write it
+    assert shown_url("a:p,w@h") == "[redacted]@h"  # a comma in the password hides no part of it
+    assert shown_url("nats://h1:4222,nats://h2:4222") == "nats://h1:4222,nats://h2:4222"
 
 
 def test_a_span_keeps_a_bounded_error() -> None:
@@ -71,6 +76,23 @@ def test_a_span_keeps_a_bounded_error() -> None:
     (finished,) = exporter.get_finished_spans()
     texts = [finished.status.description or "", *(str(v) for e in finished.events for v in e.attributes.values())]
     assert max(map(len, texts)) <= MAX_ERROR_TEXT + 40 and "500,014 characters in all" in finished.status.description
+
+
+def test_a_span_error_is_scrubbed_before_it_is_cut() -> None:
+    """A cut between a URL's scheme and its `@` would leave the password unmarked."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    span = provider.get_tracer("t").start_span("process")
+    secret = "nats://alice:" + "s3cret" * 1_000 + "@h:4222"
+    try:
+        raise ConnectionError(f"cannot reach {secret}")
+    except ConnectionError as error:
+        record_error(span, error)
+    span.end()
+    (finished,) = exporter.get_finished_spans()
+    texts = [finished.status.description or "", *(str(v) for e in finished.events for v in e.attributes.values())]
+    assert not any("s3cret" in text for text in texts)
 
 
 def test_a_bad_sdk_variable_turns_tracing_off_with_a_warning(monkeypatch: pytest.MonkeyPatch,
@@ -94,8 +116,14 @@ def test_a_team_file_asks_for_a_bounded_number_of_processes() -> None:
 
 def test_an_export_file_is_a_regular_file_of_bounded_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--file /dev/zero` (or a disk image) is refused, not read into memory without end."""
-    with pytest.raises(MeshError, match="not a regular file"):
+    with pytest.raises(MeshError, match="not a regular file or a pipe"):
         next(line_blocks("/dev/zero"))
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # `--file <(zcat log.jsonl.gz)`: a pipe is read, as before
+    writer = threading.Thread(target=fifo.write_bytes, args=(b'{"seq": 1}\n',))
+    writer.start()
+    assert [bytes(block) for block in line_blocks(fifo)] == [b'{"seq": 1}\n']
+    writer.join()
     monkeypatch.setattr(replay.files, "max_line", lambda: 1_000)
     long = tmp_path / "long.jsonl"
     long.write_bytes(b"x" * 5_000)

@@ -69,16 +69,13 @@ def resolve_url(explicit: str | None = None) -> str:
     return record.url
 
 
+_USER_WITHOUT_SCHEME = re.compile(r"(^|,)(\s*)[^\s/@]+@")  # `user:pass@host` at the start or after a comma
+
+
 def shown_url(url: str) -> str:
     """``url`` as it may be printed or logged: any `user:password@` replaced, in each of its
     comma-separated URLs, with a scheme or without (nats-py takes `user:pass@host:4222`)."""
-    return ",".join(_shown(part) for part in url.split(","))
-
-
-def _shown(url: str) -> str:
-    if "://" in url or "@" not in url:
-        return scrub_text(url)
-    return scrub_text(f"nats://{url}").removeprefix("nats://")  # the scrubber knows a user only after a scheme
+    return _USER_WITHOUT_SCHEME.sub(r"\1\2[redacted]@", scrub_text(url))
 
 
 def server_urls(url: str) -> list[str]:

@@ -19,6 +19,7 @@ from mesh.cli.options import check_filter, nats_options, run
 from mesh.cli.render import EventLines, PipeConsole
 from topics import subjects
 from topics.agents import Presence
+from topics.base import visible
 from topics.envelope import decode_envelope, encode_envelope
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
@@ -125,15 +126,15 @@ async def _status(settings: MeshSettings) -> None:
         click.echo(f"stream {subjects.STREAM}: {info.state.messages} events, last seq {info.state.last_seq}")
         agents = await live_agents(mesh.js)
         click.echo("\nagents online:" + ("" if agents else " none"))
-        for presence in agents:
-            click.echo(f"  {presence.agent_id:<40} {','.join(presence.capabilities):<24} "
-                       f"in flight {presence.in_flight:<3} handled {presence.handled}")  # fmt: skip
+        for presence in agents:  # names from presence and the log: clients' and roles' words, no escapes
+            click.echo(visible(f"  {presence.agent_id:<40} {','.join(presence.capabilities):<24} "
+                               f"in flight {presence.in_flight:<3} handled {presence.handled}"))  # fmt: skip
         click.echo("\ncapabilities:")
         for line in await capability_lines(mesh, agents):
-            click.echo(f"  {line}")
+            click.echo(visible(f"  {line}"))
         click.echo("\nrecent tasks:")
         for line in await _recent_tasks(mesh, info.state.last_seq):
-            click.echo(f"  {line}")
+            click.echo(visible(f"  {line}"))
 
 
 async def capability_lines(mesh: Mesh, agents: list[Presence]) -> list[str]:

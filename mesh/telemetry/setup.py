@@ -26,6 +26,7 @@ the installed provider sees them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -288,14 +289,21 @@ def _meter_provider(resource: Resource, server: list[MetricsServer]) -> MeterPro
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
+    reader: MetricReader | None = None
     try:
         if exporter == "prometheus":
-            reader: MetricReader = prometheus_reader(server)
+            reader = prometheus_reader(server)
         else:  # the export interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s)
             reader = PeriodicExportingMetricReader(metric_exporter(exporter))
         return MeterProvider(resource=resource, metric_readers=[reader])
     except (ConfigError, *_SDK_REFUSALS) as error:
         _off("metrics", error)
+        if reader is not None:  # made before the provider refused: its thread, and `/metrics`, stop
+            with contextlib.suppress(Exception):
+                reader.shutdown()
+        for made in server:
+            made.close()
+        server.clear()
         return None
 
 

@@ -356,8 +356,8 @@ def record_error(span: Span, error: BaseException) -> None:
     made 3 MB of span data)."""
     if not span.is_recording():
         return
-    stacktrace = _cut("".join(traceback.format_exception(type(error), error, error.__traceback__)))
-    message = _cut(scrub_text(str(error)))
+    stacktrace = _cut(scrub_text("".join(traceback.format_exception(type(error), error, error.__traceback__))))
+    message = _cut(scrub_text(str(error)))  # scrubbed whole, then cut: a cut could split a secret from what marks it
     span.record_exception(error, {EXCEPTION_MESSAGE: message, EXCEPTION_STACKTRACE: scrub_text(stacktrace)})
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"))
     span.set_attribute(ERROR_TYPE, type(error).__name__)
