@@ -107,6 +107,12 @@ def test_a_bad_sdk_variable_turns_tracing_off_with_a_warning(monkeypatch: pytest
         monkeypatch.delenv(name)
 
 
+def test_a_connect_timeout_past_a_day_is_refused() -> None:
+    """1e300 seconds would reach the selector, which refuses so long a timeout with a traceback."""
+    result = CliRunner().invoke(main, ["status", "--nats", "nats://127.0.0.1:1"], env={"MESH_CONNECT_TIMEOUT": "1e300"})
+    assert result.exit_code != 0 and "MESH_CONNECT_TIMEOUT='1e300' must be seconds, from 0.1 to 86400" in result.output
+
+
 def test_a_team_file_asks_for_a_bounded_number_of_processes() -> None:
     with pytest.raises(ConfigError, match="replicas"):
         parse_team({"agents": {"echo": {"target": "agents.echo:agent", "replicas": 100_000_000}}}, "team.toml")

@@ -84,7 +84,8 @@ async def connect(
 
     opts.setdefault("error_cb", on_error)
     # nats-py applies max_reconnect_attempts=-1 to the first connect too: bound that one
-    first_connect = _env_number("MESH_CONNECT_TIMEOUT", 5.0, minimum=0.1, what="seconds, at least 0.1")
+    first_connect = _env_number("MESH_CONNECT_TIMEOUT", 5.0, minimum=0.1, maximum=86_400.0,
+                                what="seconds, from 0.1 to 86400")
     where = shown_url(resolve_url(settings.url))
     try:
         nc = await asyncio.wait_for(nats.connect(**opts), first_connect)
