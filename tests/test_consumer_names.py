@@ -15,7 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh
-from mesh.bus.follow import read_subject
+from mesh.bus.follow import read
 from mesh.bus.permissions import agent_permissions, client_permissions
 from mesh.errors import MeshError, PermissionDeniedError
 from tests.test_auth import secured_server
@@ -117,7 +117,7 @@ class TestNoRoleTakesAnotherConsumer:
                 since = datetime.now(UTC) - timedelta(hours=1)
                 assert await jetstream.read_since(echo.js, subjects.CANCELS, since=since, limit=10, owner=echo.owner) == []
                 stored = [(await s.admin.js.publish("mesh.knowledge.kb", f"{n}".encode())).seq for n in range(3)]
-                assert [item.seq for item in await read_subject(echo, "mesh.knowledge.kb")] == stored  # a knowledge base
+                assert [item.seq for item in await read(echo, "mesh.knowledge.kb")] == stored  # a knowledge base
                 left = [c.name for c in await jetstream.consumers_info(s.admin.js) if c.name.startswith("scan-")]
                 assert left == []
             finally:

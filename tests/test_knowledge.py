@@ -396,18 +396,18 @@ class TestUnderAuthentication:
 @pytest.mark.integration
 class TestReadSubject:
     async def test_reads_every_message_after_a_position(self, mesh: Mesh) -> None:
-        """`read_subject` returns every message of the subject after ``after``, in order, and nothing past the head."""
-        from mesh.bus.follow import read_subject
+        """`read` of one subject returns every message of the subject after ``after``, in order, and nothing past the head."""
+        from mesh.bus.follow import read
 
         subject = subjects.knowledge("bulk")
         seqs = [(await mesh.publish(subject, KnowledgeAdded(kb="bulk", text=f"entry {n} " + "x" * 2000))).seq
                 for n in range(300)]  # fmt: skip
         await mesh.publish(subjects.knowledge("elsewhere"), KnowledgeAdded(kb="elsewhere", text="not this one"))
-        everything = await read_subject(mesh, subject)
+        everything = await read(mesh, subject)
         assert [item.seq for item in everything] == seqs
         assert all(item.record is not None and item.record.data.kb == "bulk" for item in everything)  # type: ignore[attr-defined]
-        assert [item.seq for item in await read_subject(mesh, subject, after=seqs[149])] == seqs[150:]
-        assert await read_subject(mesh, subject, after=seqs[-1]) == []
+        assert [item.seq for item in await read(mesh, subject, after=seqs[149])] == seqs[150:]
+        assert await read(mesh, subject, after=seqs[-1]) == []
         index = KnowledgeIndex("bulk")
         for item in everything:
             index.fold(item)

@@ -33,7 +33,7 @@ from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import MeshError
 from topics.record import Record
 
-__all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "read_subject", "records"]
+__all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "records"]
 
 READ_TIMEOUT = 30.0
 FOLLOW_BUFFER = 1024  # events a Follow holds that its reader has not taken yet
@@ -297,11 +297,6 @@ async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int
         found += span
     return [Stored(seq, subject, await _resolved(mesh, subject, data, seq), len(found) - n - 1)
             for n, (seq, subject, data) in enumerate(found)]  # fmt: skip
-
-
-async def read_subject(mesh: Mesh, subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:
-    """`read` of one subject (kept for its callers: `read` now reads every filter this way)."""
-    return await read(mesh, subject, after=after, at_least=at_least)
 
 
 async def records(mesh: Mesh, filter_subject: str, *, after: int = 0) -> list[Record]:

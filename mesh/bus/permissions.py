@@ -126,7 +126,7 @@ def _payloads(buckets: tuple[str, ...]) -> tuple[str, ...]:
 def _reading_knowledge(owner: str) -> tuple[str, ...]:
     """Searching knowledge bases (`mesh.coordination.knowledge`): the newest sequence on a base's
     subject (a message get, asked of the stream leader), then a short-lived consumer, one of
-    ``owner``'s scan names, filtered on that subject (`mesh.bus.follow.read_subject`).
+    ``owner``'s scan names, filtered on that subject (`mesh.bus.follow.read`).
     A get by sequence shows no more than the direct gets every agent role has."""
     return (
         f"{_API}.STREAM.MSG.GET.{_STREAM}",

@@ -23,7 +23,7 @@ One index per base per process, shared by every `KnowledgeBase` on the same conn
 handlers of an agent process share them): at most `INDEXES_PER_CONNECTION` bases, the least
 recently used dropped beyond that (and folded again from the log if used again). No consumer
 stays open between searches: a refresh that finds the subject moved reads the new events
-through one short-lived consumer filtered on the base's subject (`mesh.bus.follow.read_subject`,
+through one short-lived consumer filtered on the base's subject (`mesh.bus.follow.read`,
 which the per-subject permissions of agent roles allow).
 
 Vector search needs a model session (`ctx.knowledge` passes the task's `ctx.llm`; elsewhere
@@ -48,7 +48,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from mesh.bus.client import Mesh, Published
-from mesh.bus.follow import Stored, read_subject
+from mesh.bus.follow import Stored, read
 from mesh.coordination.origin import Origin
 from mesh.projections import KNOWLEDGE, FullText, Hit, KnowledgeEntry, KnowledgeState, live_at
 from mesh.projections.fulltext import MAX_LIMIT, MAX_QUERY
@@ -180,7 +180,7 @@ class KnowledgeBase:
     async def refresh(self, *, at_least: int = 0) -> int:
         """Fold in what landed on the base since the last read; return the position reached."""
         async with self._index.lock:
-            for item in await read_subject(self.mesh, self.subject, after=self._index.state.seq, at_least=at_least):
+            for item in await read(self.mesh, self.subject, after=self._index.state.seq, at_least=at_least):
                 self._index.fold(item)
         return self._index.state.seq
 
