@@ -8,6 +8,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -25,6 +27,7 @@ from mesh.errors import ConfigError
 from mesh.telemetry.setup import (
     Telemetry,
     configure_from_env,
+    exit_timeout,
     exporter_for,
     metric_exporter,
     prometheus_address,
@@ -225,6 +228,66 @@ class TestUnsupportedProtocolEndToEnd:
         assert json.loads(done.stdout) == {"k": 1}
         assert "'http/json'" in done.stderr and "traces are not exported" in done.stderr
         assert "'http/json'" in agents.output(agent) and "traces are not exported" in agents.output(agent)
+
+
+@pytest.mark.e2e
+class TestCollectorOutOfReach:
+    async def test_a_task_command_waits_a_bounded_time_at_exit(self, nats_url: str, agents: AgentProcesses) -> None:
+        """A collector that refuses connections: `mesh task --wait` prints its output and exits
+        0 once its exit bound has passed, saying what it dropped, instead of retrying each
+        signal's export for `OTEL_EXPORTER_OTLP_TIMEOUT` (16 s in all before the bound)."""
+        await agents.start("agents.echo:agent")
+        with socket.socket() as probe:  # a port nobody listens on: connections are refused at once
+            probe.bind(("127.0.0.1", 0))
+            refused = probe.getsockname()[1]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env = {**base, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{refused}", "MESH_TELEMETRY_EXIT_TIMEOUT": "0.5"}
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "mesh", "task", "echo", "--input", '{"k": 1}', "--wait",
+                               "--nats", nats_url], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)  # fmt: skip
+        took = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"k": 1}
+        assert "telemetry not exported within 0.5s" in done.stderr
+        assert took < 10, f"the command took {took:.1f}s"  # the SDK alone retries for 16 s here
+
+
+@pytest.mark.unit
+class TestBoundedShutdown:
+    def test_an_export_that_hangs_is_given_up_after_the_bound(self, caplog: pytest.LogCaptureFixture) -> None:
+        """Shutdown returns False once the bound has passed while an exporter is stuck, and
+        True for one that is not."""
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+        release = threading.Event()
+
+        class Stuck(SpanExporter):
+            def export(self, spans: object) -> SpanExportResult:
+                release.wait(30)
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Stuck()))
+        provider.get_tracer("tests").start_span("send mesh.work.echo").end()
+        telemetry = Telemetry(provider, None)
+        try:
+            assert telemetry.shutdown(0.2) is False
+            assert "telemetry not exported within 0.2s" in caplog.text
+        finally:
+            release.set()
+        quick = TracerProvider()
+        assert Telemetry(quick, None).shutdown(5.0) is True
+
+    @pytest.mark.parametrize("value", ["-1", "nan", "601", "soon"])
+    def test_a_bad_exit_bound_is_a_warning_and_the_default_stands(
+        self, value: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        monkeypatch.setenv("MESH_TELEMETRY_EXIT_TIMEOUT", value)
+        assert exit_timeout(2.0) == 2.0
+        assert "MESH_TELEMETRY_EXIT_TIMEOUT" in caplog.text
+        monkeypatch.setenv("MESH_TELEMETRY_EXIT_TIMEOUT", "0")
+        assert exit_timeout(2.0) == 0.0
 
 
 @pytest.mark.e2e

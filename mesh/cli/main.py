@@ -172,15 +172,15 @@ def submit(capability: str, input_json: str, wait: bool, timeout: float, task_id
 
 async def _task(settings: MeshSettings, capability: str, value: Any, wait: bool, timeout: float,
                 task_id: str | None, fallback: tuple[str, ...]) -> None:  # fmt: skip
-    from mesh.telemetry.setup import configure_from_env
+    from mesh.telemetry.setup import COMMAND_EXIT_TIMEOUT, configure_from_env, exit_timeout
 
     # with OTEL_* set, the command is the root of the task's trace; a command this short serves no /metrics
     telemetry = configure_from_env("mesh-cli", serve_metrics=False)
     try:
         await _run_task(settings, capability, value, wait, timeout, task_id, fallback)
     finally:
-        if telemetry is not None:
-            await asyncio.to_thread(telemetry.shutdown)
+        if telemetry is not None:  # a collector out of reach delays the command by at most this
+            await asyncio.to_thread(telemetry.shutdown, exit_timeout(COMMAND_EXIT_TIMEOUT))
 
 
 async def _run_task(settings: MeshSettings, capability: str, value: Any, wait: bool, timeout: float,

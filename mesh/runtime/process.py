@@ -20,7 +20,7 @@ from mesh.runtime.agent import Agent
 from mesh.runtime.runner import AgentRunner, RunnerOptions
 from mesh.telemetry.logs import configure_logging
 from mesh.telemetry.metrics import WorkCounts, instruments
-from mesh.telemetry.setup import configure_from_env
+from mesh.telemetry.setup import AGENT_EXIT_TIMEOUT, configure_from_env, exit_timeout
 from topics import subjects
 from topics.base import shorten
 
@@ -76,8 +76,8 @@ async def serve(agent: Agent, settings: MeshSettings, options: RunnerOptions) ->
         unwatch()
         await mesh.close()
     finally:
-        if telemetry is not None:  # export the spans and metrics still buffered
-            await asyncio.to_thread(telemetry.shutdown)
+        if telemetry is not None:  # export the spans and metrics still buffered, for a bounded time
+            await asyncio.to_thread(telemetry.shutdown, exit_timeout(AGENT_EXIT_TIMEOUT))
 
 
 async def _until_stopped_or_closed(stop: asyncio.Event, mesh: Mesh) -> None:

@@ -26,11 +26,14 @@ the installed provider sees them.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import math
 import os
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +61,13 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
+    "AGENT_EXIT_TIMEOUT",
+    "COMMAND_EXIT_TIMEOUT",
+    "EXIT_TIMEOUT_VARIABLE",
     "MetricsServer",
     "Telemetry",
     "configure_from_env",
+    "exit_timeout",
     "exporter_for",
     "metric_exporter",
     "prometheus_address",
@@ -205,8 +212,36 @@ class Telemetry:
         if self.meter_provider is not None:
             metrics.set_meter_provider(self.meter_provider)
 
-    def shutdown(self) -> None:
-        """Export what is buffered and stop the exporters (blocks up to their timeouts)."""
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Export what is buffered and stop the exporters, for at most ``timeout`` seconds
+        (None: as long as the exporters' own timeouts and retries take); whether it finished.
+
+        Bounded, the export runs on a daemon thread of its own: past ``timeout`` this returns,
+        the process may exit, and what was still buffered is lost (a warning says so). The
+        SDK's exporters retry an unreachable collector for up to `OTEL_EXPORTER_OTLP_TIMEOUT`
+        (10 s) per signal, which a short command should not wait out."""
+        if timeout is None:
+            self._shut()
+            return True
+        done = threading.Event()
+
+        def shut() -> None:
+            try:
+                self._shut()
+            finally:
+                done.set()
+
+        threading.Thread(target=shut, name="mesh-telemetry-shutdown", daemon=True).start()
+        if done.wait(timeout):
+            return True
+        for provider in (self.tracer_provider, self.meter_provider):  # their exit hooks would only wait again
+            if provider is not None:
+                atexit.unregister(provider.shutdown)
+        _log.warning("telemetry not exported within %gs (%s); what was still buffered is dropped", timeout,
+                     EXIT_TIMEOUT_VARIABLE)  # fmt: skip
+        return False
+
+    def _shut(self) -> None:
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
         if self.meter_provider is not None:
@@ -239,6 +274,30 @@ def configure_from_env(service_name: str, *, role: str | None = None, agent_id: 
         if _installed is not None:
             _installed.install()
     return _installed
+
+
+EXIT_TIMEOUT_VARIABLE = "MESH_TELEMETRY_EXIT_TIMEOUT"
+COMMAND_EXIT_TIMEOUT = 2.0  # seconds a command (`mesh task`) waits at exit for its spans to be exported
+AGENT_EXIT_TIMEOUT = 10.0  # seconds a stopping agent waits for its spans and metrics to be exported
+MAX_EXIT_TIMEOUT = 600.0
+
+
+def exit_timeout(default: float) -> float:
+    """Seconds to wait at exit for telemetry to be exported: `MESH_TELEMETRY_EXIT_TIMEOUT`
+    (0 to 600), else ``default``. A bad value is a warning and ``default`` stands: telemetry
+    never stops the mesh."""
+    value = os.environ.get(EXIT_TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= MAX_EXIT_TIMEOUT:  # also false for nan
+        _log.warning("%s=%r must be a number of seconds from 0 to %g; waiting %gs", EXIT_TIMEOUT_VARIABLE,
+                     value[:40], MAX_EXIT_TIMEOUT, default)  # fmt: skip
+        return default
+    return number
 
 
 _SDK_REFUSALS = (ValueError, OverflowError, TypeError)  # what the SDK raises on its own OTEL_* variables
