@@ -207,9 +207,10 @@ class ServerStamps:
         missing = [seq for seq in dict.fromkeys(seqs) if seq not in self._known]
         for seq, stamped in zip(missing, await asyncio.gather(*map(self._read, missing)), strict=True):
             self._known[seq] = stamped
-        while len(self._known) > MAX_STAMPS:
+        found = {seq: stamped for seq in seqs if (stamped := self._known.get(seq)) is not None}
+        while len(self._known) > MAX_STAMPS:  # after the answer: what this call asked for is all in it
             del self._known[next(iter(self._known))]
-        return {seq: stamped for seq in seqs if (stamped := self._known.get(seq)) is not None}
+        return found
 
     async def _read(self, seq: int) -> Stamped | None:
         async with self._gets:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents import performance
-from agents.auction import Call, Weights, collect, score
+from agents import auction, performance
+from agents.auction import Call, ServerStamps, Weights, collect, score
 from agents.performance import ANSWERED, PERFORMANCE, Answered, Stamped, TrackRecord, track_record
 from mesh import Mesh
 from mesh.projections.base import fold
@@ -235,3 +235,23 @@ class TestCollectingBids:
             await mesh.publish(subjects.bid("t-1"), BidPlaced(task_id=task_id, bidder=bidder, cost=0.0))
         placed = await collect(mesh, subjects.bid("t-1"), 0, bidders=1, window=10, capability="summarize")
         assert [(bid.bidder, bid.task_id) for bid in placed] == [("frugal", "t-1")]
+
+
+@pytest.mark.integration
+class TestServerStamps:
+    async def test_the_servers_subject_time_and_requested_task_by_sequence(self, mesh: Mesh,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+        """A stored message's subject and the time the server stored it, with a request's task id;
+        nothing for a sequence that holds nothing; at most MAX_STAMPS remembered, each call answered whole."""
+        monkeypatch.setattr(auction, "MAX_STAMPS", 2)
+        asked = await mesh.publish(subjects.work("summarize-a", "anon"), TaskRequested(capability="summarize-a",
+                                                                                      task_id="t1"))  # fmt: skip
+        answered = await mesh.publish(subjects.task("summarize-a", "anon", "t1"), done("t1"))
+        stamps = ServerStamps(mesh)
+        found = await stamps.of([asked.seq, answered.seq, answered.seq + 100])
+        assert set(found) == {asked.seq, answered.seq}
+        request, outcome = found[asked.seq], found[answered.seq]
+        assert (request.subject, request.task_id) == ("mesh.work.summarize-a.anon", "t1")
+        assert (outcome.subject, outcome.task_id) == ("mesh.task.summarize-a.anon.t1", None)
+        assert 0 < request.time <= outcome.time
+        assert len(stamps._known) == 2 and set(await stamps.of([asked.seq])) == {asked.seq}
