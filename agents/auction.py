@@ -47,7 +47,7 @@ from topics.bids import BidAwarded, BidCalled, BidPlaced, BidScore
 from topics.record import Record
 from topics.tasks import TaskRequested
 
-__all__ = ["Call", "Weights", "auctioneer", "bidder", "frugal", "premium", "score", "MAX_BIDS"]
+__all__ = ["Call", "ServerStamps", "Weights", "auctioneer", "bidder", "frugal", "premium", "score", "MAX_BIDS"]
 
 MAX_BIDS = 100  # bids taken per auction (one per bidder); later ones are not considered
 MAX_STAMPS = 20_000  # stored messages' times remembered per process: every outcome and request of MAX_BIDS records
