@@ -17,10 +17,15 @@ makes the same one.
 A bid's score, lower wins: `cost * cost / max cost + load * load / max load + failures *
 failure rate + latency * median latency / max median latency` over the bids of the auction,
 with the weights `Weights` (fields of the call). A bidder's record is the last `HISTORY`
-outcomes of its capability `<capability>-<bidder>` (`PerformanceProjection`, kept current
-by one `LiveProjection` per auctioneer process): its failure rate is `(failed + 1) /
-(completed + failed + 2)`; a bidder with no record gets the mean rate and latency of those
-that have one (all equal when none has), so a newcomer is neither favoured nor shunned.
+outcomes of its capability `<capability>-<bidder>` among the auctioneer's own tasks, those on
+its owner's lifecycle subjects `mesh.task.*.<owner>.*` (`AnsweredProjection`, kept current by
+one `LiveProjection` per auctioneer process; without credentials every user is `anon`, so that
+is every task): its failure rate is `(failed + 1) / (completed + failed + 2)`; a bidder with no
+record gets the mean rate and latency of those that have one (all equal when none has), so a
+newcomer is neither favoured nor shunned. An outcome counts only if the request it names is one
+the server stored for that task on `mesh.work.<capability>-<bidder>.<owner>`, and its latency
+runs from the server's time of the request to the server's time of the outcome (`ServerStamps`:
+direct gets by sequence, remembered), never from times a bidder writes (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -32,17 +37,21 @@ from typing import Any
 
 import msgspec
 
-from agents.performance import PERFORMANCE, PerformanceState
+from agents.performance import ANSWERED, Answered, AnsweredState, Stamped, track_record
 from mesh import Agent, Context, LiveProjection, Mesh, tool
+from mesh.bus import jetstream
 from mesh.bus.follow import Follow
 from topics import subjects
 from topics.base import check_token, is_token
 from topics.bids import BidAwarded, BidCalled, BidPlaced, BidScore
 from topics.record import Record
+from topics.tasks import TaskRequested
 
-__all__ = ["Call", "Weights", "auctioneer", "bidder", "frugal", "premium", "score", "MAX_BIDS"]
+__all__ = ["Call", "ServerStamps", "Weights", "auctioneer", "bidder", "frugal", "premium", "score", "MAX_BIDS"]
 
 MAX_BIDS = 100  # bids taken per auction (one per bidder); later ones are not considered
+MAX_STAMPS = 20_000  # stored messages' times remembered per process: every outcome and request of MAX_BIDS records
+STAMP_GETS = 16  # direct gets of those times in flight at once
 auctioneer = Agent("auctioneer", emits=("mesh.bid.*",), tools=("auction_bids",))
 _mesh: contextvars.ContextVar[Mesh] = contextvars.ContextVar("auction_mesh")
 
@@ -127,7 +136,9 @@ async def auction_bids(task_id: str, capability: str, after: int, bidders: int, 
     placed = await collect(mesh, subjects.bid(task_id), after, bidders=bidders, window=window, capability=capability)
     history = await _history(mesh)
     state = await history.caught_up(after)
-    bids = [_with_record(bid, state, f"{capability}-{bid.bidder}") for bid in placed]
+    records = {bid.bidder: state.outcomes.get(f"{capability}-{bid.bidder}", []) for bid in placed}
+    stamps = await _stamps(mesh).of([seq for kept in records.values() for o in kept for seq in (o.request_seq, o.seq)])
+    bids = [_with_record(bid, records[bid.bidder], stamps, f"{capability}-{bid.bidder}", mesh.owner) for bid in placed]
     return {"bids": msgspec.to_builtins(bids), "seq": state.seq}
 
 
@@ -158,30 +169,75 @@ def _fair(amount: float) -> bool:
     return math.isfinite(amount) and 0 <= amount <= 1e12
 
 
-def _with_record(bid: BidPlaced, state: PerformanceState, capability: str) -> BidScore:
-    record = PERFORMANCE.record(state, capability)
+def _with_record(bid: BidPlaced, kept: list[Answered], stamps: dict[int, Stamped], capability: str, owner: str) -> BidScore:
+    record = track_record(kept, stamps, capability, owner)
     return BidScore(bidder=bid.bidder, cost=bid.cost, load=bid.load, completed=record.completed,
                     failed=record.failed, latency_ms=record.latency_ms)  # fmt: skip
 
 
-_live: dict[int, LiveProjection[PerformanceState]] = {}  # one per connection of this process
+_live: dict[int, LiveProjection[AnsweredState]] = {}  # one per connection of this process
 _starting = asyncio.Lock()
 
 
-async def _history(mesh: Mesh) -> LiveProjection[PerformanceState]:
-    """This process's `PerformanceProjection`, started on the first auction and kept current."""
+async def _history(mesh: Mesh) -> LiveProjection[AnsweredState]:
+    """This process's `AnsweredProjection` of its own tasks (`mesh.task.*.<owner>.*`, which its
+    role may read), started on the first auction and kept current."""
     async with _starting:
         if id(mesh) not in _live:
             for stale in _live.values():  # a new connection: the old one's reader is of no use
                 await stale.close()
             _live.clear()
-            _live[id(mesh)] = await LiveProjection(mesh, PERFORMANCE, use_snapshot=False).start()
+            own = f"mesh.task.*.{mesh.owner}.*"
+            _live[id(mesh)] = await LiveProjection(mesh, ANSWERED, use_snapshot=False, filter_subject=own).start()
         return _live[id(mesh)]
+
+
+class ServerStamps:
+    """What the server stored at given stream sequences (`Stamped`: subject, the server's time,
+    the task id of a request), read with direct gets by sequence (which agent roles may make)
+    and remembered, at most `MAX_STAMPS` (the oldest forgotten first): a stored message does
+    not change. A sequence with nothing stored there, or whose time is unknown, has no stamp."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self._known: dict[int, Stamped | None] = {}
+        self._gets = asyncio.Semaphore(STAMP_GETS)
+
+    async def of(self, seqs: list[int]) -> dict[int, Stamped]:
+        missing = [seq for seq in dict.fromkeys(seqs) if seq not in self._known]
+        for seq, stamped in zip(missing, await asyncio.gather(*map(self._read, missing)), strict=True):
+            self._known[seq] = stamped
+        found = {seq: stamped for seq in seqs if (stamped := self._known.get(seq)) is not None}
+        while len(self._known) > MAX_STAMPS:  # after the answer: what this call asked for is all in it
+            del self._known[next(iter(self._known))]
+        return found
+
+    async def _read(self, seq: int) -> Stamped | None:
+        async with self._gets:
+            msg = await jetstream.direct_get(self.mesh.js, seq=seq)
+            if msg is None or msg.time is None or not msg.subject:
+                return None
+            task_id = None
+            if msg.subject.startswith("mesh.work."):
+                record = await self.mesh.record_of(msg.subject, msg.data or b"", seq)
+                if record is not None and isinstance(record.data, TaskRequested):
+                    task_id = record.data.task_id or record.id
+        return Stamped(subject=msg.subject, time=msg.time.timestamp(), task_id=task_id)
+
+
+_known_stamps: dict[int, ServerStamps] = {}  # one per connection of this process, as `_live`
+
+
+def _stamps(mesh: Mesh) -> ServerStamps:
+    if id(mesh) not in _known_stamps:
+        _known_stamps.clear()
+        _known_stamps[id(mesh)] = ServerStamps(mesh)
+    return _known_stamps[id(mesh)]
 
 
 def bidder(name: str, *, base: float, per_char: float) -> Agent:
     """A bidder role: prices each call for `summarize`, and does the work when it wins."""
-    agent = Agent(f"bidder-{name}", emits=("mesh.bid.*",))
+    agent = Agent(f"bidder-{name}", emits=("mesh.bid.*",), requests=())  # asks nobody: may submit no task (SECURITY.md)
     busy = {"tasks": 0}
 
     @agent.on("mesh.bid.*")

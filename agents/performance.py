@@ -12,6 +12,17 @@ first outcome of a request counts, under the capability it was requested for, an
 the outcome says that capability; a request handed over to a fallback (`mesh.task.handed_off`,
 which only the serving role can write) counts as failed for the capability that gave it up, a
 hand-off to the next step as completed. Outcomes without `request_seq` (older logs) are not counted.
+
+`AnsweredProjection` (`ANSWERED`) is the same record read from less of the log: the outcomes on
+one owner's lifecycle subjects (`mesh.task.*.<owner>.*`, which that owner's role may read under
+`mesh auth init`, where no role may read the whole log), without their requests (on
+`mesh.work.`, which agent roles may not read). It keeps, per capability, the last `HISTORY`
+outcomes with the stream sequences of the outcome and of the request it names; `track_record`
+then makes the record from the server's stored times of both (`Stamped`, read by sequence by
+whoever holds the fold: `agents.auction`), counting an outcome only if its request is one the
+server stored on `mesh.work.<capability>.<owner>` for that task. So neither the request's nor
+the outcome's own `time` (what their writers say) counts, and an outcome that names a request
+it does not answer counts for nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +36,9 @@ from topics.base import Event
 from topics.envelope import parse_time
 from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
-__all__ = ["HISTORY", "MAX_CAPABILITIES", "MAX_PENDING", "PERFORMANCE", "PerformanceProjection", "PerformanceState",
-           "TrackRecord"]  # fmt: skip
+__all__ = ["ANSWERED", "HISTORY", "MAX_CAPABILITIES", "MAX_PENDING", "PERFORMANCE", "Answered", "AnsweredProjection",
+           "AnsweredState", "PerformanceProjection", "PerformanceState", "Stamped", "TrackRecord",
+           "track_record"]  # fmt: skip
 
 HISTORY = 100  # outcomes kept per capability: a bidder's record is its last HISTORY tasks
 MAX_CAPABILITIES = 1000  # capabilities tracked at once
@@ -140,3 +152,82 @@ def _count(state: PerformanceState, capability: str, outcome: Outcome) -> None:
 
 
 PERFORMANCE = PerformanceProjection()
+
+
+class Answered(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One outcome on an owner's lifecycle subject: completed or not, the task it names, and the
+    stream sequences of the request it says it answers and of itself."""
+
+    ok: bool
+    task_id: str
+    request_seq: int
+    seq: int
+
+
+class AnsweredState(ProjectionState, kw_only=True):
+    outcomes: dict[str, list[Answered]] = msgspec.field(default_factory=dict)  # per capability, oldest first
+
+
+class AnsweredProjection(HandlerProjection[AnsweredState]):
+    """The last `HISTORY` outcomes per capability, of the tasks on the lifecycle subjects folded
+    (for the auctioneer: its own, `mesh.task.*.<owner>.*`); see the module's docstring."""
+
+    name = "answered"
+    version = 1
+    state_type = AnsweredState
+
+    def handlers(self) -> dict[type[Event], Handler[AnsweredState]]:
+        return {TaskCompleted: _answered, TaskFailed: _answered, TaskHandedOff: _answered}
+
+
+def _answered(state: AnsweredState, event: TaskCompleted | TaskFailed | TaskHandedOff, stamp: Stamp, seq: int) -> None:
+    """The first outcome naming a request (among those kept) counts, on its capability's subject,
+    and only if it names an earlier position; a hand-off to a fallback is a failure."""
+    request_seq = event.request_seq
+    if not _on_its_subject(event, stamp.subject) or request_seq is None or not 0 < request_seq < seq:
+        return
+    kept = state.outcomes.get(event.capability, [])
+    if any(outcome.request_seq == request_seq for outcome in kept):
+        return
+    given_up = isinstance(event, TaskHandedOff) and event.reason.startswith("fallback")
+    ok = not (isinstance(event, TaskFailed) or given_up)
+    outcomes = state.outcomes.pop(event.capability, kept)  # re-inserted last: the most recently active
+    outcomes.append(Answered(ok=ok, task_id=event.task_id, request_seq=request_seq, seq=seq))
+    state.outcomes[event.capability] = outcomes[-HISTORY:]
+    if len(state.outcomes) > MAX_CAPABILITIES:
+        del state.outcomes[next(iter(state.outcomes))]
+
+
+class Stamped(msgspec.Struct, frozen=True, gc=False):
+    """What the server stored at a sequence, as far as a track record needs it: the subject, the
+    time the server stored it (Unix seconds), and for a task request the task id it is for
+    (None for anything else)."""
+
+    subject: str
+    time: float
+    task_id: str | None = None
+
+
+def track_record(outcomes: list[Answered], stamps: dict[int, Stamped], capability: str, owner: str) -> TrackRecord:
+    """The record of ``capability`` from the outcomes on ``owner``'s lifecycle subjects: an
+    outcome counts if ``stamps`` has its request as a request of that task stored on
+    `mesh.work.<capability>.<owner>`; a completed one's latency runs from the server's time of
+    the request to the server's time of the outcome (None if the outcome's is not known)."""
+    work = f"mesh.work.{capability}.{owner}"
+    completed: list[float] = []
+    failed = done = 0
+    for outcome in outcomes:
+        request = stamps.get(outcome.request_seq)
+        if request is None or request.subject != work or request.task_id != outcome.task_id:
+            continue  # names no request of this task: counts for nothing
+        if not outcome.ok:
+            failed += 1
+            continue
+        done += 1
+        if (answer := stamps.get(outcome.seq)) is not None:
+            completed.append(round(max(0.0, answer.time - request.time) * 1000, 3))
+    return TrackRecord(completed=done, failed=failed,
+                       latency_ms=round(statistics.median(completed), 3) if completed else None)  # fmt: skip
+
+
+ANSWERED = AnsweredProjection()

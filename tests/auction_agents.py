@@ -9,7 +9,7 @@ from topics import subjects
 from topics.bids import BidCalled, BidPlaced
 from topics.record import Record
 
-flaky = Agent("bidder-flaky", emits=("mesh.bid.*",))
+flaky = Agent("bidder-flaky", emits=("mesh.bid.*",), requests=())  # like the shipped bidders
 
 
 @flaky.on("mesh.bid.*")

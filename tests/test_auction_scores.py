@@ -1,5 +1,6 @@
-"""Pure units of the auction by performance: the performance fold (bounded, first outcome counts,
-latency from request to outcome) and the score (weights, neutral prior for newcomers)."""
+"""Pure units of the auction by performance: the performance folds (bounded, first outcome counts,
+latency from request to outcome; the whole log, or one owner's lifecycle subjects with the
+server's times) and the score (weights, neutral prior for newcomers)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents import performance
-from agents.auction import Call, Weights, collect, score
-from agents.performance import PERFORMANCE, TrackRecord
+from agents import auction, performance
+from agents.auction import Call, ServerStamps, Weights, collect, score
+from agents.performance import ANSWERED, PERFORMANCE, Answered, Stamped, TrackRecord, track_record
 from mesh import Mesh
 from mesh.projections.base import fold
 from tests.test_projections import record
@@ -115,6 +116,62 @@ class TestPerformanceProjection:
         assert fold(PERFORMANCE, log[cut:], fold(PERFORMANCE, log[:cut])) == whole
 
 
+def answer(event: Event, seq: int, request_seq: int, capability: str = "summarize-a") -> object:
+    """An outcome at ``seq`` naming ``request_seq``, on ``capability``'s lifecycle subject of owner `me`."""
+    event = msgspec.structs.replace(event, request_seq=request_seq, capability=capability)
+    return msgspec.structs.replace(record(event, seq), subject=f"mesh.task.{capability}.me.{event.task_id}")  # type: ignore[attr-defined]
+
+
+@pytest.mark.unit
+class TestAnsweredProjection:
+    def test_first_outcome_of_each_request_on_its_subject(self) -> None:
+        """Per capability, the first outcome naming an earlier request counts (a fallback
+        hand-off as failed, a hand-off to the next step as completed); a repeat, one naming no
+        earlier position, or one on another capability's subject, is not kept."""
+        state = fold(ANSWERED, [answer(done("t1"), 2, 1), answer(done("t1", ok=False), 3, 1),
+                                answer(done("t2", ok=False), 5, 4), answer(done("t3"), 6, 9),
+                                answer(handed("t4"), 8, 7), answer(handed("t5", reason="handoff"), 10, 9),
+                                msgspec.structs.replace(answer(done("t6"), 12, 11), subject="mesh.task.evil.me.t6")])  # fmt: skip
+        assert state.outcomes == {"summarize-a": [Answered(True, "t1", 1, 2), Answered(False, "t2", 4, 5),
+                                                  Answered(False, "t4", 7, 8), Answered(True, "t5", 9, 10)]}  # fmt: skip
+
+    def test_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """At most HISTORY outcomes per capability and MAX_CAPABILITIES capabilities, the least recently active dropped."""
+        monkeypatch.setattr(performance, "HISTORY", 2)
+        monkeypatch.setattr(performance, "MAX_CAPABILITIES", 2)
+        log = [answer(done(f"t{n}"), 2 * n + 2, 2 * n + 1) for n in range(4)]
+        log += [answer(done("x"), 20, 19, "other"), answer(done("y"), 22, 21, "third")]
+        state = fold(ANSWERED, log[:4])
+        assert [o.task_id for o in state.outcomes["summarize-a"]] == ["t2", "t3"]
+        assert set(fold(ANSWERED, log).outcomes) == {"other", "third"}
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), max_size=30), st.integers(0, 30))
+    def test_same_from_a_prefix(self, steps: list[tuple[int, bool]], cut: int) -> None:
+        """Folded whole or as a prefix then the rest, the state is the same (a pure fold)."""
+        log = [answer(done(f"t{n}", ok), seq, n + 1) for seq, (n, ok) in enumerate(steps, start=10)]
+        assert fold(ANSWERED, log[cut:], fold(ANSWERED, log[:cut])) == fold(ANSWERED, log)
+
+
+@pytest.mark.unit
+class TestTrackRecord:
+    def test_only_outcomes_of_stored_requests_count_with_the_servers_times(self) -> None:
+        """An outcome counts if the server stored its request for that task on
+        `mesh.work.<capability>.<owner>`; the latency is between the server's times, whatever
+        the events say; an outcome whose own time is unknown counts without a latency."""
+        work = "mesh.work.summarize-a.me"
+        stamps = {1: Stamped(work, 100.0, "t1"), 2: Stamped("mesh.task.summarize-a.me.t1", 100.5),
+                  3: Stamped(work, 200.0, "t2"), 4: Stamped("mesh.task.summarize-a.me.t2", 202.5),
+                  5: Stamped(work, 300.0, "t3"), 7: Stamped("mesh.work.summarize-b.me", 1.0, "t4"),
+                  9: Stamped("mesh.work.summarize-a.other", 1.0, "t5"), 11: Stamped(work, 1.0, "someone-else"),
+                  13: Stamped("mesh.bid.t6", 1.0), 17: Stamped(work, 400.0, "t8")}  # fmt: skip
+        kept = [Answered(True, "t1", 1, 2), Answered(True, "t2", 3, 4), Answered(False, "t3", 5, 6),
+                Answered(True, "t8", 17, 18), Answered(True, "t4", 7, 8), Answered(True, "t5", 9, 10),
+                Answered(True, "t6", 11, 12), Answered(True, "t6", 13, 14), Answered(True, "t7", 15, 16)]  # fmt: skip
+        assert track_record(kept, stamps, "summarize-a", "me") == TrackRecord(completed=3, failed=1, latency_ms=1500.0)
+        assert track_record([], stamps, "summarize-a", "me") == TrackRecord()
+
+
 def bid(bidder: str, cost: float, *, load: float = 0.0, completed: int = 0, failed: int = 0,
         latency_ms: float | None = None) -> BidScore:  # fmt: skip
     return BidScore(bidder=bidder, cost=cost, load=load, completed=completed, failed=failed, latency_ms=latency_ms)
@@ -178,3 +235,23 @@ class TestCollectingBids:
             await mesh.publish(subjects.bid("t-1"), BidPlaced(task_id=task_id, bidder=bidder, cost=0.0))
         placed = await collect(mesh, subjects.bid("t-1"), 0, bidders=1, window=10, capability="summarize")
         assert [(bid.bidder, bid.task_id) for bid in placed] == [("frugal", "t-1")]
+
+
+@pytest.mark.integration
+class TestServerStamps:
+    async def test_the_servers_subject_time_and_requested_task_by_sequence(self, mesh: Mesh,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+        """A stored message's subject and the time the server stored it, with a request's task id;
+        nothing for a sequence that holds nothing; at most MAX_STAMPS remembered, each call answered whole."""
+        monkeypatch.setattr(auction, "MAX_STAMPS", 2)
+        asked = await mesh.publish(subjects.work("summarize-a", "anon"), TaskRequested(capability="summarize-a",
+                                                                                      task_id="t1"))  # fmt: skip
+        answered = await mesh.publish(subjects.task("summarize-a", "anon", "t1"), done("t1"))
+        stamps = ServerStamps(mesh)
+        found = await stamps.of([asked.seq, answered.seq, answered.seq + 100])
+        assert set(found) == {asked.seq, answered.seq}
+        request, outcome = found[asked.seq], found[answered.seq]
+        assert (request.subject, request.task_id) == ("mesh.work.summarize-a.anon", "t1")
+        assert (outcome.subject, outcome.task_id) == ("mesh.task.summarize-a.anon.t1", None)
+        assert 0 < request.time <= outcome.time
+        assert len(stamps._known) == 2 and set(await stamps.of([asked.seq])) == {asked.seq}

@@ -7,6 +7,10 @@
 
 It starts from the projection's snapshot when one is usable (same version), then follows the
 log (`mesh.bus.follow.Follow`) from the snapshot's position, folding each record as it lands.
+``filter_subject`` narrows what it follows (default the whole log), for a fold that needs only
+some subjects and a role that may read only those (`mesh auth init` grants filters, not the
+log): such a projection takes no snapshot (a snapshot is of the whole log), and
+`caught_up(seq)` waits for what is stored on the filter up to ``seq``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import asyncio
 from typing import Any, Generic, Self, TypeVar
 
 from mesh.bus.client import Mesh
-from mesh.bus.follow import Follow
+from mesh.bus.follow import Follow, last_seq
 from mesh.projections.base import Projection, ProjectionState
 from mesh.projections.snapshots import SnapshotStore
 from topics import subjects
@@ -26,11 +30,14 @@ S = TypeVar("S", bound=ProjectionState)
 
 
 class LiveProjection(Generic[S]):
-    def __init__(self, mesh: Mesh, projection: Projection[S], *, use_snapshot: bool = True) -> None:
+    def __init__(
+        self, mesh: Mesh, projection: Projection[S], *, use_snapshot: bool = True, filter_subject: str = subjects.ALL
+    ) -> None:
         self.mesh = mesh
         self.projection = projection
+        self.filter_subject = filter_subject
         self.state: S = projection.initial()
-        self._use_snapshot = use_snapshot
+        self._use_snapshot = use_snapshot and filter_subject == subjects.ALL
         self._follow: Follow | None = None
         self._task: asyncio.Task[None] | None = None
         self._advanced = asyncio.Condition()
@@ -40,7 +47,7 @@ class LiveProjection(Generic[S]):
             snapshot = await SnapshotStore(self.mesh).load(self.projection)
             if snapshot is not None:
                 self.state = snapshot
-        self._follow = await Follow(self.mesh, subjects.ALL, after=self.state.seq).start()
+        self._follow = await Follow(self.mesh, self.filter_subject, after=self.state.seq).start()
         self._task = asyncio.create_task(self._run(), name=f"live-{self.projection.name}")
         return self
 
@@ -54,7 +61,9 @@ class LiveProjection(Generic[S]):
                 self._advanced.notify_all()
 
     async def caught_up(self, seq: int, timeout: float = 30.0) -> S:
-        """The state once every record up to ``seq`` is folded in."""
+        """The state once every record up to ``seq`` is folded in (of those on the filter)."""
+        if self.filter_subject != subjects.ALL:
+            seq = min(seq, await last_seq(self.mesh, self.filter_subject))
 
         async def wait() -> None:
             async with self._advanced:
