@@ -36,22 +36,26 @@ import math
 from typing import Any
 
 import msgspec
+import nats.errors
+import structlog
 
 from agents.performance import ANSWERED, Answered, AnsweredState, Stamped, track_record
 from mesh import Agent, Context, LiveProjection, Mesh, tool
 from mesh.bus import jetstream
 from mesh.bus.follow import Follow
+from mesh.errors import MeshError
 from topics import subjects
 from topics.base import check_token, is_token
 from topics.bids import BidAwarded, BidCalled, BidPlaced, BidScore
 from topics.record import Record
-from topics.tasks import TaskRequested
 
 __all__ = ["Call", "ServerStamps", "Weights", "auctioneer", "bidder", "frugal", "premium", "score", "MAX_BIDS"]
 
 MAX_BIDS = 100  # bids taken per auction (one per bidder); later ones are not considered
 MAX_STAMPS = 20_000  # stored messages' times remembered per process: every outcome and request of MAX_BIDS records
 STAMP_GETS = 16  # direct gets of those times in flight at once
+STAMP_TIMEOUT = 5.0  # seconds one of those gets may take before its stamp is left out of this auction
+log = structlog.get_logger("agents.auction")
 auctioneer = Agent("auctioneer", emits=("mesh.bid.*",), tools=("auction_bids",))
 _mesh: contextvars.ContextVar[Mesh] = contextvars.ContextVar("auction_mesh")
 
@@ -194,9 +198,15 @@ async def _history(mesh: Mesh) -> LiveProjection[AnsweredState]:
 
 class ServerStamps:
     """What the server stored at given stream sequences (`Stamped`: subject, the server's time,
-    the task id of a request), read with direct gets by sequence (which agent roles may make)
-    and remembered, at most `MAX_STAMPS` (the oldest forgotten first): a stored message does
-    not change. A sequence with nothing stored there, or whose time is unknown, has no stamp."""
+    a request's event id), read with direct gets by sequence (which agent roles may make) and
+    remembered, at most `MAX_STAMPS` (the oldest forgotten first): a stored message does not
+    change. A sequence with nothing stored there, or whose time is unknown, has no stamp.
+
+    Only the envelope's `id` is read of a request, never its `data`: an outcome may name any
+    request in the log, and resolving one would fetch and decode its input whole (up to
+    `MESH_MAX_PAYLOAD_OBJECT`, from an object store the request's owner chose, which may be
+    refused or never end). A read that fails (refused, timed out) gives no stamp this time and
+    is not remembered."""
 
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
@@ -205,24 +215,43 @@ class ServerStamps:
 
     async def of(self, seqs: list[int]) -> dict[int, Stamped]:
         missing = [seq for seq in dict.fromkeys(seqs) if seq not in self._known]
-        for seq, stamped in zip(missing, await asyncio.gather(*map(self._read, missing)), strict=True):
-            self._known[seq] = stamped
-        found = {seq: stamped for seq in seqs if (stamped := self._known.get(seq)) is not None}
+        read = dict(zip(missing, await asyncio.gather(*map(self._read, missing)), strict=True))
+        for seq, stamped in read.items():
+            if stamped is not _UNREAD:
+                self._known[seq] = stamped
+        found = {}
+        for seq in seqs:
+            stamped = self._known[seq] if seq in self._known else read.get(seq)
+            if stamped is not None and stamped is not _UNREAD:
+                found[seq] = stamped
         while len(self._known) > MAX_STAMPS:  # after the answer: what this call asked for is all in it
             del self._known[next(iter(self._known))]
         return found
 
     async def _read(self, seq: int) -> Stamped | None:
-        async with self._gets:
-            msg = await jetstream.direct_get(self.mesh.js, seq=seq)
-            if msg is None or msg.time is None or not msg.subject:
-                return None
-            task_id = None
-            if msg.subject.startswith("mesh.work."):
-                record = await self.mesh.record_of(msg.subject, msg.data or b"", seq)
-                if record is not None and isinstance(record.data, TaskRequested):
-                    task_id = record.data.task_id or record.id
-        return Stamped(subject=msg.subject, time=msg.time.timestamp(), task_id=task_id)
+        try:
+            async with self._gets:
+                msg = await asyncio.wait_for(jetstream.direct_get(self.mesh.js, seq=seq), STAMP_TIMEOUT)
+        except (MeshError, nats.errors.Error, TimeoutError) as error:
+            log.warning("a stored message's time could not be read", seq=seq, error=str(error)[:200])
+            return _UNREAD
+        if msg is None or msg.time is None or not msg.subject:
+            return None
+        request_id = None
+        if msg.subject.startswith("mesh.work."):
+            try:
+                request_id = _envelope_id(msg.data or b"").id
+            except msgspec.DecodeError:
+                request_id = None
+        return Stamped(subject=msg.subject, time=msg.time.timestamp(), request_id=request_id)
+
+
+class _EnvelopeId(msgspec.Struct):
+    id: str = ""
+
+
+_envelope_id = msgspec.json.Decoder(_EnvelopeId).decode  # skips `data`, whatever its size: nothing of it is built
+_UNREAD = Stamped(subject="", time=0.0)  # a read that failed: asked again next time
 
 
 _known_stamps: dict[int, ServerStamps] = {}  # one per connection of this process, as `_live`

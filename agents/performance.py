@@ -33,13 +33,14 @@ import msgspec
 
 from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
 from topics.base import Event
-from topics.envelope import parse_time
+from topics.envelope import derived_id, parse_time
 from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["ANSWERED", "HISTORY", "MAX_CAPABILITIES", "MAX_PENDING", "PERFORMANCE", "Answered", "AnsweredProjection",
-           "AnsweredState", "PerformanceProjection", "PerformanceState", "Stamped", "TrackRecord",
-           "track_record"]  # fmt: skip
+           "AnsweredState", "NOT_ITS_FAILURE", "PerformanceProjection", "PerformanceState", "Stamped", "TrackRecord",
+           "answers", "track_record"]  # fmt: skip
 
+NOT_ITS_FAILURE = "SchemaError"  # a failure for input that does not fit the handler's type: not counted against it
 HISTORY = 100  # outcomes kept per capability: a bidder's record is its last HISTORY tasks
 MAX_CAPABILITIES = 1000  # capabilities tracked at once
 MAX_PENDING = 10_000  # tasks awaiting an outcome tracked at once
@@ -186,6 +187,10 @@ def _answered(state: AnsweredState, event: TaskCompleted | TaskFailed | TaskHand
     request_seq = event.request_seq
     if not _on_its_subject(event, stamp.subject) or request_seq is None or not 0 < request_seq < seq:
         return
+    if event.task_id != stamp.subject.rsplit(".", 1)[-1]:  # a task id of any size in the data: not kept
+        return
+    if isinstance(event, TaskFailed) and event.error.type == NOT_ITS_FAILURE:
+        return  # the input did not fit the bidder's declared input type: the requester's doing, not the bidder's
     kept = state.outcomes.get(event.capability, [])
     if any(outcome.request_seq == request_seq for outcome in kept):
         return
@@ -200,12 +205,21 @@ def _answered(state: AnsweredState, event: TaskCompleted | TaskFailed | TaskHand
 
 class Stamped(msgspec.Struct, frozen=True, gc=False):
     """What the server stored at a sequence, as far as a track record needs it: the subject, the
-    time the server stored it (Unix seconds), and for a task request the task id it is for
-    (None for anything else)."""
+    time the server stored it (Unix seconds), and for a task request its event id (None for
+    anything else)."""
 
     subject: str
     time: float
-    task_id: str | None = None
+    request_id: str | None = None
+
+
+def answers(request_id: str | None, task_id: str) -> bool:
+    """Whether a request with event id ``request_id`` is one of task ``task_id``: the event id of
+    a request is its task id (`ctx.request`, `ctx.handoff`, a request with no task id given) or
+    derived from it (`Mesh.submit(task_id=...)`). Read from the envelope, never from the
+    request's data, which may be large or offloaded; a request given another event id does not
+    count."""
+    return request_id is not None and (request_id == task_id or request_id == derived_id(task_id, "requested"))
 
 
 def track_record(outcomes: list[Answered], stamps: dict[int, Stamped], capability: str, owner: str) -> TrackRecord:
@@ -218,7 +232,7 @@ def track_record(outcomes: list[Answered], stamps: dict[int, Stamped], capabilit
     failed = done = 0
     for outcome in outcomes:
         request = stamps.get(outcome.request_seq)
-        if request is None or request.subject != work or request.task_id != outcome.task_id:
+        if request is None or request.subject != work or not answers(request.request_id, outcome.task_id):
             continue  # names no request of this task: counts for nothing
         if not outcome.ok:
             failed += 1

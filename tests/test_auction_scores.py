@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from agents import auction, performance
 from agents.auction import Call, ServerStamps, Weights, collect, score
-from agents.performance import ANSWERED, PERFORMANCE, Answered, Stamped, TrackRecord, track_record
+from agents.performance import ANSWERED, PERFORMANCE, Answered, Stamped, TrackRecord, answers, track_record
 from mesh import Mesh
+from mesh.errors import PermissionDeniedError
 from mesh.projections.base import fold
 from tests.test_projections import record
 from topics import subjects
@@ -88,6 +89,15 @@ class TestPerformanceProjection:
                                                                         capability="summarize-a", request_seq=1)))  # fmt: skip
         assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=1, latency_ms=2000.0)
         assert PERFORMANCE.record(state, "nobody-serves-this") == TrackRecord()
+
+    def test_an_outcome_about_another_task_or_the_requesters_input_is_not_kept(self) -> None:
+        """The data's task id must be the subject's (else a bidder makes the fold hold task ids of
+        any size), and a failure because the input did not fit the handler's type is the
+        requester's doing: neither is kept."""
+        unfit = TaskFailed(task_id="t2", agent="a", attempt=1, error=ErrorInfo(type="SchemaError", message="no"))
+        huge = msgspec.structs.replace(answer(done("x" * 10_000), 4, 3), subject="mesh.task.summarize-a.me.t3")
+        state = fold(ANSWERED, [answer(done("t1"), 2, 1), answer(unfit, 6, 5), huge])
+        assert state.outcomes == {"summarize-a": [Answered(True, "t1", 1, 2)]}
 
     def test_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """At most HISTORY outcomes per capability, MAX_CAPABILITIES capabilities and MAX_PENDING tasks."""
@@ -241,17 +251,45 @@ class TestCollectingBids:
 class TestServerStamps:
     async def test_the_servers_subject_time_and_requested_task_by_sequence(self, mesh: Mesh,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-        """A stored message's subject and the time the server stored it, with a request's task id;
-        nothing for a sequence that holds nothing; at most MAX_STAMPS remembered, each call answered whole."""
+        """A stored message's subject and the time the server stored it, with a request's event
+        id; nothing for a sequence that holds nothing; at most MAX_STAMPS remembered, each call
+        answered whole."""
         monkeypatch.setattr(auction, "MAX_STAMPS", 2)
-        asked = await mesh.publish(subjects.work("summarize-a", "anon"), TaskRequested(capability="summarize-a",
-                                                                                      task_id="t1"))  # fmt: skip
+        asked = await mesh.submit_request("summarize-a", {"text": "note"}, task_id="t1")
         answered = await mesh.publish(subjects.task("summarize-a", "anon", "t1"), done("t1"))
         stamps = ServerStamps(mesh)
         found = await stamps.of([asked.seq, answered.seq, answered.seq + 100])
         assert set(found) == {asked.seq, answered.seq}
         request, outcome = found[asked.seq], found[answered.seq]
-        assert (request.subject, request.task_id) == ("mesh.work.summarize-a.anon", "t1")
-        assert (outcome.subject, outcome.task_id) == ("mesh.task.summarize-a.anon.t1", None)
+        assert request.subject == "mesh.work.summarize-a.anon" and answers(request.request_id, "t1")
+        assert not answers(request.request_id, "t2")
+        assert (outcome.subject, outcome.request_id) == ("mesh.task.summarize-a.anon.t1", None)
         assert 0 < request.time <= outcome.time
         assert len(stamps._known) == 2 and set(await stamps.of([asked.seq])) == {asked.seq}
+
+    async def test_a_request_is_never_resolved_and_a_failed_read_is_not_kept(self, mesh: Mesh,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+        """A large (offloaded) request is stamped from its envelope, its data never fetched (an
+        outcome may name any request: its object may be huge, refused or never complete); a
+        read the server refuses gives no stamp, fails nothing else, and is asked again later."""
+        big = await mesh.submit_request("summarize-a", {"text": "x" * (mesh.nc.max_payload + 1)}, task_id="big")
+        small = await mesh.submit_request("summarize-a", {"text": "note"}, task_id="small")
+
+        async def never(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a request's data was resolved")
+
+        monkeypatch.setattr(mesh, "record_of", never)
+        real_get = auction.jetstream.direct_get
+        refused = {small.seq}
+
+        async def get(js: object, *, seq: int) -> object:
+            if seq in refused:
+                raise PermissionDeniedError("publish to", "$JS.API.DIRECT.GET.MESH", "tests")
+            return await real_get(js, seq=seq)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(auction.jetstream, "direct_get", get)
+        stamps = ServerStamps(mesh)
+        found = await stamps.of([big.seq, small.seq])
+        assert set(found) == {big.seq} and answers(found[big.seq].request_id, "big")
+        refused.clear()
+        assert set(await stamps.of([big.seq, small.seq])) == {big.seq, small.seq}
