@@ -279,6 +279,15 @@ class TestBoundedShutdown:
         quick = TracerProvider()
         assert Telemetry(quick, None).shutdown(5.0) is True
 
+    def test_a_team_waits_for_a_replicas_telemetry_before_it_kills_it(self) -> None:
+        """`mesh run` gives a replica its telemetry's exit bound on top of its drain timeout and
+        margin, else a stop with the collector out of reach ends in "was killed" (review F5)."""
+        from mesh.runtime.team import _telemetry_grace
+
+        assert _telemetry_grace({"PATH": "/bin"}) == 0.0
+        assert _telemetry_grace({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}) == 10.0
+        assert _telemetry_grace({"OTEL_TRACES_EXPORTER": "otlp", "MESH_TELEMETRY_EXIT_TIMEOUT": "15"}) == 15.0
+
     @pytest.mark.parametrize("value", ["-1", "nan", "601", "soon"])
     def test_a_bad_exit_bound_is_a_warning_and_the_default_stands(
         self, value: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

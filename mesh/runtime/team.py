@@ -26,8 +26,9 @@ again after a delay (`RestartPolicy`: 0.5 s, doubling to 30 s; back to 0.5 s onc
 stayed up 30 s); after 5 such failures in a row it is given up. One that exits with 0 (it was
 stopped on purpose, e.g. sent SIGTERM on its own) is not started again. A stop signal (SIGTERM,
 Ctrl-C, the terminal hanging up; Ctrl-Break on Windows) asks every replica to stop, which drains
-it (`--drain-timeout`), waits for each up to its drain timeout plus `stop_margin`, and kills
-what is left; a second stop signal kills them at once. Replicas run in a process group of their
+it (`--drain-timeout`), waits for each up to its drain timeout plus `stop_margin` (plus, with
+`OTEL_*` set, the time it may take to export its telemetry: `MESH_TELEMETRY_EXIT_TIMEOUT`,
+default 10 s), and kills what is left; a second stop signal kills them at once. Replicas run in a process group of their
 own, so the terminal's Ctrl-C reaches the supervisor only, and they stop when it asks.
 """
 
@@ -51,6 +52,7 @@ import msgspec
 from mesh.bus.processes import WINDOWS, ask_to_stop, child_options, on_each_stop_signal
 from mesh.errors import ConfigError
 from mesh.runtime.worker import RunnerOptions
+from mesh.telemetry.setup import AGENT_EXIT_TIMEOUT, exit_timeout
 
 __all__ = [
     "AgentSpec", "TeamSpec", "load_team", "parse_team",
@@ -385,7 +387,7 @@ class Supervisor:
         asked = ask_to_stop(process)
         if not asked:
             self.show(replica.name, "could not be asked to drain on this platform: it was terminated", True)
-        grace = replica.spec.drain_timeout + self.policy.stop_margin
+        grace = replica.spec.drain_timeout + self.policy.stop_margin + _telemetry_grace({**self.env, **replica.spec.env})
         killing = asyncio.ensure_future(self._killing.wait())
         either: set[asyncio.Future[Any]] = {exited, killing}
         try:
@@ -433,3 +435,9 @@ async def supervise(supervisor: Supervisor) -> TeamResult:
         return await supervisor.run()
     finally:
         restore()
+
+
+def _telemetry_grace(env: Mapping[str, str]) -> float:
+    """Seconds a replica with this environment may spend exporting its telemetry after its drain
+    (`MESH_TELEMETRY_EXIT_TIMEOUT`, default `AGENT_EXIT_TIMEOUT`): none without `OTEL_*` set."""
+    return exit_timeout(AGENT_EXIT_TIMEOUT, env) if any(name.startswith("OTEL_") for name in env) else 0.0

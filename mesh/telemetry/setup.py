@@ -34,6 +34,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -282,11 +283,11 @@ AGENT_EXIT_TIMEOUT = 10.0  # seconds a stopping agent waits for its spans and me
 MAX_EXIT_TIMEOUT = 600.0
 
 
-def exit_timeout(default: float) -> float:
+def exit_timeout(default: float, env: Mapping[str, str] | None = None) -> float:
     """Seconds to wait at exit for telemetry to be exported: `MESH_TELEMETRY_EXIT_TIMEOUT`
-    (0 to 600), else ``default``. A bad value is a warning and ``default`` stands: telemetry
-    never stops the mesh."""
-    value = os.environ.get(EXIT_TIMEOUT_VARIABLE, "").strip()
+    (0 to 600) in ``env`` (default: this process's environment), else ``default``. A bad value
+    is a warning and ``default`` stands: telemetry never stops the mesh."""
+    value = (os.environ if env is None else env).get(EXIT_TIMEOUT_VARIABLE, "").strip()
     if not value:
         return default
     try:
