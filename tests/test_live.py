@@ -72,15 +72,34 @@ class TestFollow:
             assert await events.next(timeout=0.2) is None
         assert seen == [published.seq for published in written]
 
+    async def test_a_follow_that_falls_behind_holds_up_no_other_and_misses_nothing(self, mesh: Mesh) -> None:
+        """Two Follows of one board share the family's one consumer. One is not read: past
+        `FOLLOW_BUFFER` live events it is detached, while the other gets each event as it lands;
+        read afterwards, it gets every event in log order, none twice (it reads back what it missed)."""
+        async with Follow(mesh, "mesh.board.slow.>") as slow, Follow(mesh, "mesh.board.slow.>") as quick:
+            assert len(await mesh.js.consumers_info(subjects.STREAM)) == 1
+            written = []
+            for i in range(FOLLOW_BUFFER + 100):
+                written.append(await mesh.publish(subjects.board("slow", f"k{i}"), BoardWritten(board="slow", key=f"k{i}", value=i)))
+                got = await quick.next(timeout=30)
+                assert got is not None and got.seq == written[-1].seq
+            assert slow.buffered == FOLLOW_BUFFER
+            seen = [item.seq for item in [await slow.next(timeout=30) for _ in written] if item is not None]
+            assert await slow.next(timeout=0.2) is None
+        assert seen == [published.seq for published in written]
+
     async def test_closing_while_its_consumer_is_being_replaced_leaves_nothing(self, mesh: Mesh) -> None:
-        """A gap makes a Follow replace its consumer in a task; closed at any point of that, it
-        leaves no subscription on the connection and, once the server's inactivity threshold
+        """A gap makes a Follow's consumers (its own, reading back, and the family's shared one)
+        replace themselves in a task; closed at any point of that, it leaves no subscription on the connection and, once the server's inactivity threshold
         has passed, no consumer on the stream."""
         await mesh.publish(subjects.board("replaced", "k"), BoardWritten(board="replaced", key="k", value=1))
         before = len(mesh.nc._subs)  # nats-py's own table of subscriptions: nothing public counts them
         for yields in range(12):
             follow = await Follow(mesh, "mesh.board.replaced.>").start()
-            follow._reopen(alive=True)  # what a skip in the delivery sequence does
+            shared = follow._follower._consumer if follow._follower is not None else None
+            for consumer in (follow._own, shared):  # its own (reading back) and the family's
+                if consumer is not None:
+                    consumer.reopen(alive=True)  # what a skip in the delivery sequence does
             for _ in range(yields):
                 await asyncio.sleep(0)  # stop the replacement at each of its steps in turn
             await follow.close()
