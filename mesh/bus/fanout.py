@@ -25,6 +25,7 @@ import weakref
 from typing import Protocol
 
 import structlog
+from nats.aio.client import Client
 
 from mesh.bus.client import Mesh
 from mesh.bus.pushed import LiveConsumer, Stored, last_seq, resolved
@@ -137,17 +138,18 @@ class SharedFollower:
             await self._consumer.close()
 
 
-_followers: weakref.WeakKeyDictionary[Mesh, dict[str, SharedFollower]] = weakref.WeakKeyDictionary()
-_refused: weakref.WeakKeyDictionary[Mesh, set[str]] = weakref.WeakKeyDictionary()
+# by connection, not by `Mesh`: a request's `Mesh.scoped` copy shares its connection's followers
+_followers: weakref.WeakKeyDictionary[Client, dict[str, SharedFollower]] = weakref.WeakKeyDictionary()
+_refused: weakref.WeakKeyDictionary[Client, set[str]] = weakref.WeakKeyDictionary()
 
 
 def shared_follower(mesh: Mesh, filter_subject: str) -> SharedFollower | None:
     """The shared follower a new `Follow` of ``filter_subject`` on ``mesh`` joins (made if
     need be, its `members` counted), None if it follows alone."""
     family = family_of(filter_subject)
-    if family is None or family in _refused.get(mesh, ()):
+    if family is None or family in _refused.get(mesh.nc, ()):
         return None
-    followers = _followers.setdefault(mesh, {})
+    followers = _followers.setdefault(mesh.nc, {})
     follower = followers.get(family)
     if follower is None:
         follower = followers[family] = SharedFollower(mesh, family)
@@ -159,7 +161,7 @@ def shared_follower(mesh: Mesh, filter_subject: str) -> SharedFollower | None:
 
 def refused(follower: SharedFollower) -> None:
     """The server refused the family's consumer: its `Follow`s on this connection follow alone."""
-    _refused.setdefault(follower.mesh, set()).add(follower.family)
+    _refused.setdefault(follower.mesh.nc, set()).add(follower.family)
 
 
 async def leave(follower: SharedFollower, member: Member) -> None:
@@ -167,7 +169,7 @@ async def leave(follower: SharedFollower, member: Member) -> None:
     follower.detach(member)
     follower.members -= 1
     if follower.members == 0:
-        followers = _followers.get(follower.mesh, {})
+        followers = _followers.get(follower.mesh.nc, {})
         if followers.get(follower.family) is follower:
             del followers[follower.family]
         await follower.close()

@@ -18,9 +18,12 @@ with `record=None`. Offloaded data (`dataref`) is fetched before the item is que
 from __future__ import annotations
 
 import asyncio
+import math
 from abc import ABC, abstractmethod
 from collections import deque
 from typing import Generic, Self, TypeVar
+
+import structlog
 
 from mesh.bus import fanout, jetstream
 from mesh.bus.client import Mesh
@@ -33,6 +36,7 @@ __all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "records"]
 
 READ_TIMEOUT = 30.0
 FOLLOW_BUFFER = 1024  # events a Follow holds that its reader has not taken yet (read back, and live)
+_log = structlog.get_logger("mesh.bus.follow")
 
 
 T = TypeVar("T")
@@ -107,6 +111,7 @@ class Follow(Feed[Stored]):
         self._caught_up = False  # its own consumer has reached `_until`
         self._follower: SharedFollower | None = None
         self._stale = False  # live messages were missed (it was detached): read again from `_seq`
+        self._retry_at = 0.0  # (loop time) after a failed read-back, when to try again
         self._started = False
         self._closed = False
 
@@ -117,17 +122,23 @@ class Follow(Feed[Stored]):
         if follower is not None:
             try:
                 await follower.ready()
-                self._follower = follower
-                await self._catch_up()
-            except BaseException as error:
-                self._follower = None
+            except PermissionDeniedError:  # this user may not read the whole family: follow alone
+                fanout.refused(follower)
                 await fanout.leave(follower, self)
-                if not isinstance(error, PermissionDeniedError):
-                    raise
-                fanout.refused(follower)  # this user may not read the family: follow alone
                 follower = None
+            except BaseException:
+                await fanout.leave(follower, self)
+                raise
         if follower is None:
             await self._open_own(until=None)
+        else:
+            self._follower = follower
+            try:
+                await self._catch_up()
+            except BaseException:
+                self._follower = None
+                await fanout.leave(follower, self)
+                raise
         self._started = True
         return self
 
@@ -202,16 +213,27 @@ class Follow(Feed[Stored]):
                 own, self._own, self._until = self._own, None, None
                 await own.close()
                 continue
-            if self._own is None and self._stale and self._follower is not None:
-                await self._catch_up()
+            if self._own is None and self._stale and self._follower is not None and loop.time() >= self._retry_at:
+                try:
+                    await self._catch_up()
+                except PermissionDeniedError:
+                    raise
+                except Exception as error:  # the server away, or busy: try again after two heartbeats
+                    _log.warning(
+                        "could not read back", filter=self.filter_subject, after=self._seq, error=repr(error)[:300]
+                    )
+                    self._retry_at = loop.time() + 2 * jetstream.ORDERED_HEARTBEAT
                 continue
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 return None
+            if self._stale and self._own is None:  # until the next try at reading back
+                left = min(math.inf if left is None else left, self._retry_at - loop.time())
             try:
                 await asyncio.wait_for(self._wake.wait(), left)
             except TimeoutError:
-                return None
+                if deadline is not None and loop.time() >= deadline:
+                    return None
 
     async def close(self) -> None:
         """Stop following: its own consumer let go (`LiveConsumer.close`), and the family's
