@@ -72,6 +72,25 @@ class TestFollow:
             assert await events.next(timeout=0.2) is None
         assert seen == [published.seq for published in written]
 
+    async def test_a_follow_that_joins_late_reads_back_then_shares_the_live_events(self, mesh: Mesh) -> None:
+        """A Follow opened from the start of a board while another of the family is live reads
+        back what was stored through a consumer of its own, then takes the shared consumer's live
+        events past that point: every event once, in log order; its own consumer is then gone."""
+
+        def write(i: int) -> BoardWritten:
+            return BoardWritten(board="late", key=f"k{i}", value=i)
+
+        async with Follow(mesh, "mesh.board.early.>") as _early:
+            before = [await mesh.publish(subjects.board("late", f"k{i}"), write(i)) for i in range(20)]
+            async with Follow(mesh, "mesh.board.late.>") as late:
+                after = [await mesh.publish(subjects.board("late", f"k{i}"), write(i)) for i in range(20, 30)]
+                seen = [item.seq for item in [await late.next(timeout=30) for _ in before + after] if item is not None]
+                assert await late.next(timeout=0.2) is None
+                assert seen == [published.seq for published in before + after]
+                assert [info.config.filter_subject for info in await mesh.js.consumers_info(subjects.STREAM)] == [
+                    "mesh.board.>"
+                ]
+
     async def test_a_follow_that_falls_behind_holds_up_no_other_and_misses_nothing(self, mesh: Mesh) -> None:
         """Two Follows of one board share the family's one consumer. One is not read: past
         `FOLLOW_BUFFER` live events it is detached, while the other gets each event as it lands;
