@@ -97,6 +97,7 @@ class TestFollowsShareOneConsumer:
     scan names do not bound how many bid waits or proposal outcomes it has in flight."""
 
     async def test_64_bid_waits_at_once_hold_one_consumer(self, secured: Secured) -> None:
+        """64 Follows of one auction family, open at once: each gets its event, over one consumer."""
         auctioneer = await secured.connect("auctioneer")
         auctions = [f"many-{n}" for n in range(64)]
         follows = [Follow(auctioneer, subjects.bid(auction)) for auction in auctions]
@@ -121,6 +122,24 @@ class TestFollowsShareOneConsumer:
             assert secured.violations() == []
         finally:
             await auctioneer.close()
+
+
+    async def test_48_proposal_outcomes_awaited_at_once(self, secured: Secured) -> None:
+        """Each outcome follows its proposal (reading back its proposal first); all are decided."""
+        voter = await secured.connect("ballot")
+        try:
+            proposals = Proposals(voter)
+            made = [await proposals.propose(f"ship {n}?", ["yes", "no"], rule="unanimous", voters=("ann",))
+                    for n in range(48)]  # fmt: skip
+            async with asyncio.timeout(120):
+                outcomes = [asyncio.create_task(proposal.outcome(timeout=100)) for proposal in made]
+                for proposal in made:
+                    await proposals.cast(proposal.proposal_id, "yes", voter="ann")
+                decided = await asyncio.gather(*outcomes)
+            assert [decision.outcome for decision in decided] == ["yes"] * len(made)
+            assert secured.violations() == []
+        finally:
+            await voter.close()
 
 
 class TestTheRefinementTeam:
