@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 
 class TestFamilyOf:
-    """A board, proposal or auction filter shares the family a role declares; others follow alone."""
+    """A board, proposal or auction filter shares the family a role declares; others share their own filter."""
 
     @pytest.mark.parametrize(
         ("filter_subject", "family"),
@@ -22,15 +22,15 @@ class TestFamilyOf:
             ("mesh.board.plan.>", "mesh.board.>"),
             ("mesh.board.plan.outline", "mesh.board.>"),
             ("mesh.board.>", "mesh.board.>"),
-            ("mesh.vote.>", None),  # wider than `mesh.vote.*`
-            ("mesh.bid.t1.extra", None),  # not a subject of the family
-            ("mesh.>", None),
-            ("mesh.flow.w1", None),
-            ("mesh.bid", None),
-            ("other.bid.t1", None),
+            ("mesh.vote.>", "mesh.vote.>"),  # wider than `mesh.vote.*`: its own
+            ("mesh.bid.t1.extra", "mesh.bid.t1.extra"),  # not a subject of the family
+            ("mesh.>", "mesh.>"),
+            ("mesh.flow.w1", "mesh.flow.w1"),
+            ("mesh.bid", "mesh.bid"),
+            ("other.bid.t1", "other.bid.t1"),
         ],
     )
-    def test_family(self, filter_subject: str, family: str | None) -> None:
+    def test_family(self, filter_subject: str, family: str) -> None:
         assert family_of(filter_subject) == family
 
 

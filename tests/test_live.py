@@ -57,6 +57,24 @@ class TestLiveProjection:
         assert len(state.tasks) == 8
 
 
+    async def test_two_live_projections_share_one_consumer(self, mesh: Mesh, agents: AgentProcesses) -> None:
+        """Two live projections of one connection follow `mesh.>` through one server consumer
+        (each reads back through its own until caught up), and both end at the fold of the log."""
+        await agents.start("agents.echo:agent")
+        await mesh.outcome("echo", await mesh.submit("echo", {"n": 0}), timeout=20)
+        async with (LiveProjection(mesh, TASKS, use_snapshot=False) as first,
+                    LiveProjection(mesh, TASKS, use_snapshot=False) as second):  # fmt: skip
+            await mesh.outcome("echo", await mesh.submit("echo", {"n": 1}), timeout=20)
+            seq = await head(mesh)
+            assert (await first.caught_up(seq)) == (await second.caught_up(seq)) == fold(TASKS, (await read_log(mesh)).records)
+
+            async def one_consumer() -> bool:
+                scans = [info for info in await mesh.js.consumers_info(subjects.STREAM) if info.name.startswith("scan-")]
+                return [info.config.filter_subject for info in scans] == [subjects.ALL]  # the agents' own aside
+
+            await eventually(one_consumer, timeout=10, what="one consumer on mesh.> once both are caught up")
+
+
 class TestFollow:
     async def test_a_reader_behind_by_more_than_the_buffer_gets_every_event_in_order(self, mesh: Mesh) -> None:
         """3,000 stored events read through a Follow that holds at most 1,024 unread: all come, in

@@ -3,12 +3,12 @@
 Every open `Follow` used to hold a server consumer of its own, so the server's consumers grew
 with the calls in flight (bid waits, proposal outcomes, board watches) and, under
 credentials, the 33rd open `Follow` of one user waited 10 s and failed (its 32 scan names,
-docs/SECURITY.md). Now the `Follow`s of one connection inside one coordination family (a
-board, proposal or auction family: `family_of`) share one `SharedFollower`: one
+docs/SECURITY.md). Now the `Follow`s of one connection on one family (`family_of`: a board,
+proposal or auction family, else the filter itself) share one `SharedFollower`: one
 `LiveConsumer` filtered on the family (`mesh.bid.*`, `mesh.vote.*`, `mesh.board.>`, the
 filters a role that declares the family may create scan consumers with, see
-`mesh.bus.permissions._reading_declared`), from the family's newest message on, handing
-each message to the `Follow`s whose filter it matches.
+`mesh.bus.permissions._reading_declared`; or the filter itself, as `mesh.>`), from the family's newest message
+on, handing each message to the `Follow`s whose filter it matches.
 
 A `Follow` never holds the shared consumer up: each takes at most `FOLLOW_BUFFER` live
 messages its reader has not taken; one more and it is detached (`Follow.overflowed`), and it
@@ -37,16 +37,15 @@ _FAMILIES = {"bid": "mesh.bid.*", "vote": "mesh.vote.*", "board": "mesh.board.>"
 _log = structlog.get_logger("mesh.bus.follow")
 
 
-def family_of(filter_subject: str) -> str | None:
-    """The family filter a `Follow` of ``filter_subject`` shares a consumer on, None if it
-    follows alone: `mesh.bid.<task>` → `mesh.bid.*`, `mesh.vote.<proposal>` → `mesh.vote.*`,
-    `mesh.board.<board>.>` (or one key) → `mesh.board.>`."""
+def family_of(filter_subject: str) -> str:
+    """The filter a `Follow` of ``filter_subject`` shares a consumer on: its board, proposal or
+    auction family (`mesh.bid.<task>` → `mesh.bid.*`, `mesh.vote.<proposal>` → `mesh.vote.*`,
+    `mesh.board.<board>.>` or one key → `mesh.board.>`), else the filter itself (`mesh.>`
+    for the live projections and the console, `mesh.flow.<id>` for one workflow's)."""
     tokens = filter_subject.split(".")
-    if len(tokens) < 3 or tokens[0] != "mesh" or tokens[1] not in _FAMILIES:
-        return None
-    family = _FAMILIES[tokens[1]]
-    if family.endswith(".*") and (len(tokens) != 3 or tokens[2] == ">"):
-        return None  # wider than the family, or not one of its subjects
+    family = _FAMILIES.get(tokens[1]) if len(tokens) >= 3 and tokens[0] == "mesh" else None
+    if family is None or (family.endswith(".*") and (len(tokens) != 3 or tokens[2] == ">")):
+        return filter_subject  # not in a family, wider than it, or not one of its subjects
     return family
 
 
@@ -145,9 +144,9 @@ _refused: weakref.WeakKeyDictionary[Client, set[str]] = weakref.WeakKeyDictionar
 
 def shared_follower(mesh: Mesh, filter_subject: str) -> SharedFollower | None:
     """The shared follower a new `Follow` of ``filter_subject`` on ``mesh`` joins (made if
-    need be, its `members` counted), None if it follows alone."""
+    need be, its `members` counted), None if it follows alone (its family refused, or full)."""
     family = family_of(filter_subject)
-    if family is None or family in _refused.get(mesh.nc, ()):
+    if family in _refused.get(mesh.nc, ()):
         return None
     followers = _followers.setdefault(mesh.nc, {})
     follower = followers.get(family)
@@ -160,7 +159,8 @@ def shared_follower(mesh: Mesh, filter_subject: str) -> SharedFollower | None:
 
 
 def refused(follower: SharedFollower) -> None:
-    """The server refused the family's consumer: its `Follow`s on this connection follow alone."""
+    """The server refused the family's consumer: its `Follow`s on this connection follow alone
+    (a narrower filter may be allowed: a role that declares one board)."""
     _refused.setdefault(follower.mesh.nc, set()).add(follower.family)
 
 

@@ -77,16 +77,17 @@ class Follow(Feed[Stored]):
         async with Follow(mesh, "mesh.vote.p1") as events:
             item = await events.next(timeout=1.0)  # None when nothing came in time
 
-    Inside a board, proposal or auction family (`fanout.family_of`: `mesh.board.<b>.>`,
-    `mesh.vote.<p>`, `mesh.bid.<t>`) it takes its live messages from the connection's one
-    consumer on the family (`fanout.SharedFollower`), which serves every `Follow` of the family
-    on the connection, so open `Follow`s cost no server consumer each. What was stored before
+    It takes its live messages from the connection's one consumer on its family
+    (`fanout.SharedFollower`), which serves every `Follow` of the family on the connection, so
+    open `Follow`s cost no server consumer each: a board, proposal or auction family
+    (`fanout.family_of`: `mesh.board.<b>.>`, `mesh.vote.<p>`, `mesh.bid.<t>` share
+    `mesh.board.>`, `mesh.vote.*`, `mesh.bid.*`), else the filter itself (`mesh.>`). What was stored before
     it joined (from ``after`` to the family's position then) it reads through a consumer of its
     own on ``filter_subject``, closed once it has caught up; a `Follow` whose reader falls
     `FOLLOW_BUFFER` live messages behind is detached from the family and reads again the same
     way from its last message when its reader comes back, so a slow reader holds up no other.
-    Any other filter (`mesh.>`, a workflow) keeps a consumer of its own while open, as does a
-    family the server refuses this user (remembered for the connection).
+    A `Follow` whose family the server refuses this user (remembered for the connection) keeps
+    a consumer of its own on its filter while open, as every `Follow` used to.
 
     Each consumer (`pushed.LiveConsumer`) reads under one of the user's scan names, with flow
     control and heartbeats, and makes itself again after a gap or a restarted server. A
@@ -125,6 +126,8 @@ class Follow(Feed[Stored]):
             except PermissionDeniedError:  # this user may not read the whole family: follow alone
                 fanout.refused(follower)
                 await fanout.leave(follower, self)
+                if follower.family == self.filter_subject:
+                    raise  # nor the filter, then
                 follower = None
             except BaseException:
                 await fanout.leave(follower, self)
