@@ -92,8 +92,9 @@ class TestFollow:
 
     async def test_a_follow_that_joins_late_reads_back_then_shares_the_live_events(self, mesh: Mesh) -> None:
         """A Follow opened from the start of a board while another of the family is live reads
-        back what was stored through a consumer of its own, then takes the shared consumer's live
-        events past that point: every event once, in log order; its own consumer is then gone."""
+        back what was stored from what the family's consumer keeps (no consumer of its own),
+        then takes the shared consumer's live events past that point: every event once, in log
+        order."""
 
         def write(i: int) -> BoardWritten:
             return BoardWritten(board="late", key=f"k{i}", value=i)
@@ -101,6 +102,7 @@ class TestFollow:
         async with Follow(mesh, "mesh.board.early.>") as _early:
             before = [await mesh.publish(subjects.board("late", f"k{i}"), write(i)) for i in range(20)]
             async with Follow(mesh, "mesh.board.late.>") as late:
+                assert late._own is None  # read back from what the shared consumer keeps
                 after = [await mesh.publish(subjects.board("late", f"k{i}"), write(i)) for i in range(20, 30)]
                 seen = [item.seq for item in [await late.next(timeout=30) for _ in before + after] if item is not None]
                 assert await late.next(timeout=0.2) is None

@@ -10,6 +10,9 @@ filters a role that declares the family may create scan consumers with, see
 `mesh.bus.permissions._reading_declared`; or the filter itself, as `mesh.>`), from the family's newest message
 on, handing each message to the `Follow`s whose filter it matches.
 
+It keeps the last messages it handed out (`SHARED_FOLLOW_RECENT`, 1,024, and at most
+`SHARED_FOLLOW_RECENT_BYTES`, 1 MiB, of data), so a `Follow` that joins from a position among
+them reads back from them; one from further back reads back through a consumer of its own.
 A `Follow` never holds the shared consumer up: each takes at most `FOLLOW_BUFFER` live
 messages its reader has not taken; one more and it is detached (`Follow.overflowed`), and it
 reads again from its last delivered message once its reader comes back, as it reads what came
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections import deque
 from typing import Protocol
 
 import structlog
@@ -30,9 +34,20 @@ from nats.aio.client import Client
 from mesh.bus.client import Mesh
 from mesh.bus.pushed import LiveConsumer, Stored, last_seq, resolved
 
-__all__ = ["SHARED_FOLLOW_MEMBERS", "Member", "SharedFollower", "family_of", "matches", "shared_follower"]
+__all__ = [
+    "SHARED_FOLLOW_MEMBERS",
+    "SHARED_FOLLOW_RECENT",
+    "SHARED_FOLLOW_RECENT_BYTES",
+    "Member",
+    "SharedFollower",
+    "family_of",
+    "matches",
+    "shared_follower",
+]
 
 SHARED_FOLLOW_MEMBERS = 4096  # open Follows one shared consumer serves; more hold a consumer each
+SHARED_FOLLOW_RECENT = 1024  # messages a shared follower keeps, for a Follow that joins to read back
+SHARED_FOLLOW_RECENT_BYTES = 1 << 20  # and at most this many bytes of their data (1 MiB)
 _FAMILIES = {"bid": "mesh.bid.*", "vote": "mesh.vote.*", "board": "mesh.board.>"}
 _log = structlog.get_logger("mesh.bus.follow")
 
@@ -82,6 +97,11 @@ class SharedFollower:
         self._wild: dict[int, tuple[Member, tuple[str, ...]]] = {}  # attached members with wildcards
         self._consumer: LiveConsumer | None = None
         self._starting: asyncio.Task[None] | None = None
+        # the last messages handed out, raw: (seq, subject, data, pending); every message of the
+        # family after `_floor` up to `position` is here
+        self._recent: deque[tuple[int, str, bytes, int]] = deque()
+        self._recent_bytes = 0
+        self._floor = 0
 
     async def ready(self) -> None:
         """Its consumer made (once, by whichever member comes first)."""
@@ -90,7 +110,7 @@ class SharedFollower:
         await asyncio.shield(self._starting)
 
     async def _start(self) -> None:
-        self.position = await last_seq(self.mesh, self.family)
+        self.position = self._floor = await last_seq(self.mesh, self.family)
         consumer = LiveConsumer(self.mesh, self.family, after=self.position, deliver=self._fan_out)
         await consumer.start()
         self._consumer = consumer
@@ -103,6 +123,14 @@ class SharedFollower:
             self._exact.setdefault(member.filter_subject, {})[id(member)] = member
         return self.position
 
+    def recent(self, filter_subject: str, *, after: int) -> list[tuple[int, str, bytes, int]] | None:
+        """The messages on ``filter_subject`` after ``after`` up to `position`, from those it
+        keeps (`SHARED_FOLLOW_RECENT`); None if it no longer keeps them all."""
+        if after < self._floor:
+            return None
+        tokens = tuple(filter_subject.split("."))
+        return [kept for kept in self._recent if kept[0] > after and matches(tokens, kept[1])]
+
     def detach(self, member: Member) -> None:
         self._wild.pop(id(member), None)
         same = self._exact.get(member.filter_subject)
@@ -114,6 +142,7 @@ class SharedFollower:
     async def _fan_out(self, seq: int, subject: str, data: bytes, pending: int) -> None:
         """Offer one message to each attached member whose filter it matches (decoded once);
         a member that is full is detached (it reads again on its own)."""
+        self._keep(seq, subject, data, pending)
         if not self._takers(subject):
             self.position = seq
             return
@@ -123,6 +152,13 @@ class SharedFollower:
             if not member.offer(item):
                 self.detach(member)
                 _log.info("a follow fell behind: it reads again", filter=member.filter_subject, seq=seq)
+
+    def _keep(self, seq: int, subject: str, data: bytes, pending: int) -> None:
+        self._recent.append((seq, subject, data, pending))
+        self._recent_bytes += len(data)
+        while len(self._recent) > SHARED_FOLLOW_RECENT or self._recent_bytes > SHARED_FOLLOW_RECENT_BYTES:
+            dropped = self._recent.popleft()
+            self._floor, self._recent_bytes = dropped[0], self._recent_bytes - len(dropped[2])
 
     def _takers(self, subject: str) -> list[Member]:
         takers = [*self._exact.get(subject, {}).values()]

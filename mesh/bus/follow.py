@@ -81,11 +81,13 @@ class Follow(Feed[Stored]):
     (`fanout.SharedFollower`), which serves every `Follow` of the family on the connection, so
     open `Follow`s cost no server consumer each: a board, proposal or auction family
     (`fanout.family_of`: `mesh.board.<b>.>`, `mesh.vote.<p>`, `mesh.bid.<t>` share
-    `mesh.board.>`, `mesh.vote.*`, `mesh.bid.*`), else the filter itself (`mesh.>`). What was stored before
-    it joined (from ``after`` to the family's position then) it reads through a consumer of its
-    own on ``filter_subject``, closed once it has caught up; a `Follow` whose reader falls
-    `FOLLOW_BUFFER` live messages behind is detached from the family and reads again the same
-    way from its last message when its reader comes back, so a slow reader holds up no other.
+    `mesh.board.>`, `mesh.vote.*`, `mesh.bid.*`), else the filter itself (`mesh.>`). What was
+    stored before it joined (from ``after`` to the family's position then) it reads back from
+    the messages the family's consumer keeps (`fanout.SHARED_FOLLOW_RECENT`) if they reach back
+    that far, else through a consumer of its own on ``filter_subject``, closed once it has
+    caught up. A `Follow` whose reader falls `FOLLOW_BUFFER` live messages behind is detached
+    from the family and reads back the same way from its last message when its reader comes
+    back, so a slow reader holds up no other.
     A `Follow` whose family the server refuses this user (remembered for the connection) keeps
     a consumer of its own on its filter while open, as every `Follow` used to.
 
@@ -106,6 +108,7 @@ class Follow(Feed[Stored]):
         self._seq = after  # the last stream sequence handed to the reader
         self._queue: asyncio.Queue[Stored] = asyncio.Queue(FOLLOW_BUFFER)  # from its own consumer
         self._live: deque[Stored] = deque()  # from the family's consumer, at most FOLLOW_BUFFER
+        self._kept: deque[Stored] = deque()  # read back from what the family's consumer keeps (`SHARED_FOLLOW_RECENT`)
         self._wake = asyncio.Event()  # something came (or it fell behind)
         self._own: LiveConsumer | None = None
         self._until: int | None = None  # its own consumer goes once this sequence is read (None: it stays)
@@ -152,6 +155,11 @@ class Follow(Feed[Stored]):
         self._stale = False
         try:
             if self._follower.attach(self) > self._seq:
+                kept = self._follower.recent(self.filter_subject, after=self._seq)
+                if kept is not None:  # all there: no consumer needed
+                    for seq, subject, data, pending in kept:
+                        self._kept.append(Stored(seq, subject, await resolved(self.mesh, subject, data, seq), pending))
+                    return
                 head = await last_seq(self.mesh, self.filter_subject)
                 if head > self._seq:
                     await self._open_own(until=head)
@@ -191,8 +199,8 @@ class Follow(Feed[Stored]):
             if item.seq > self._seq:
                 self._seq = item.seq
                 return item
-        while self._own is None and self._live:
-            item = self._live.popleft()
+        while self._own is None and (self._kept or self._live):
+            item = (self._kept or self._live).popleft()
             if item.seq > self._seq:
                 self._seq = item.seq
                 return item
@@ -200,8 +208,9 @@ class Follow(Feed[Stored]):
 
     @property
     def buffered(self) -> int:
-        """Messages delivered that the reader has not taken yet (at most twice `FOLLOW_BUFFER`)."""
-        return self._queue.qsize() + len(self._live)
+        """Messages delivered that the reader has not taken yet: at most twice `FOLLOW_BUFFER`,
+        and what it read back from the family's kept messages (`fanout.SHARED_FOLLOW_RECENT`)."""
+        return self._queue.qsize() + len(self._kept) + len(self._live)
 
     async def next(self, timeout: float | None = None) -> Stored | None:
         """The next message; None if none arrived within ``timeout`` seconds (None: wait)."""
