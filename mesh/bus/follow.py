@@ -149,8 +149,9 @@ class Follow(Feed[Stored]):
         return self
 
     async def _catch_up(self) -> None:
-        """Join the family's consumer, and read what it has handed out already (up to the
-        newest message on the filter) through a consumer of its own, from `_seq` on."""
+        """Join the family's consumer, and read back what it handed out before (from `_seq`
+        on): from the messages it keeps if they reach back that far, else through a consumer
+        of its own up to the newest message on the filter."""
         assert self._follower is not None
         self._stale = False
         try:
