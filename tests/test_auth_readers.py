@@ -8,12 +8,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.js.api import ConsumerInfo
 
 from agents.auction import collect
 from agents.refinement import SYNTHESIS, board_name
+from mesh import Mesh
+from mesh.bus import jetstream
+from mesh.bus.follow import Follow
 from mesh.coordination.board import Board
 from mesh.coordination.votes import Proposals
 from mesh.errors import PermissionDeniedError
+from tests.helpers import eventually
 from tests.test_auth import Secured, secured_server
 from topics import subjects
 from topics.bids import BidCalled
@@ -79,6 +84,62 @@ class TestDeclaredFamiliesAreRead:
             assert secured.violations() == []
         finally:
             await auctioneer.close()
+
+
+async def scans(secured: Secured, user: Mesh) -> list[ConsumerInfo]:
+    """The consumers on the stream under ``user``'s scan names, as the server lists them."""
+    names = set(subjects.scan_consumer_names(user.owner))
+    return [info for info in await jetstream.consumers_info(secured.admin.js) if info.name in names]
+
+
+class TestFollowsShareOneConsumer:
+    """The open Follows of one family in one process share one server consumer, so a user's 32
+    scan names do not bound how many bid waits or proposal outcomes it has in flight."""
+
+    async def test_64_bid_waits_at_once_hold_one_consumer(self, secured: Secured) -> None:
+        """64 Follows of one auction family, open at once: each gets its event, over one consumer."""
+        auctioneer = await secured.connect("auctioneer")
+        auctions = [f"many-{n}" for n in range(64)]
+        follows = [Follow(auctioneer, subjects.bid(auction)) for auction in auctions]
+        try:
+            async with asyncio.timeout(60):
+                await asyncio.gather(*(follow.start() for follow in follows))
+                for auction in auctions:
+                    await secured.admin.publish(subjects.bid(auction), BidCalled(task_id=auction, capability="x",
+                                                                                   caller="admin"))  # fmt: skip
+                got = [await follow.next(timeout=30) for follow in follows]
+            assert [item.subject if item is not None else None for item in got] == [subjects.bid(a) for a in auctions]
+            assert [info.config.filter_subject for info in await scans(secured, auctioneer)] == ["mesh.bid.*"]
+        finally:
+            for follow in follows:
+                await follow.close()
+
+        async def none_left() -> bool:
+            return not await scans(secured, auctioneer)
+
+        try:
+            await eventually(none_left, timeout=10, what="the shared consumer released with the last Follow")
+            assert secured.violations() == []
+        finally:
+            await auctioneer.close()
+
+
+    async def test_48_proposal_outcomes_awaited_at_once(self, secured: Secured) -> None:
+        """Each outcome follows its proposal (reading back its proposal first); all are decided."""
+        voter = await secured.connect("ballot")
+        try:
+            proposals = Proposals(voter)
+            made = [await proposals.propose(f"ship {n}?", ["yes", "no"], rule="unanimous", voters=("ann",))
+                    for n in range(48)]  # fmt: skip
+            async with asyncio.timeout(120):
+                outcomes = [asyncio.create_task(proposal.outcome(timeout=100)) for proposal in made]
+                for proposal in made:
+                    await proposals.cast(proposal.proposal_id, "yes", voter="ann")
+                decided = await asyncio.gather(*outcomes)
+            assert [decision.outcome for decision in decided] == ["yes"] * len(made)
+            assert secured.violations() == []
+        finally:
+            await voter.close()
 
 
 class TestTheRefinementTeam:

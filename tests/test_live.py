@@ -57,6 +57,24 @@ class TestLiveProjection:
         assert len(state.tasks) == 8
 
 
+    async def test_two_live_projections_share_one_consumer(self, mesh: Mesh, agents: AgentProcesses) -> None:
+        """Two live projections of one connection follow `mesh.>` through one server consumer
+        (each reads back through its own until caught up), and both end at the fold of the log."""
+        await agents.start("agents.echo:agent")
+        await mesh.outcome("echo", await mesh.submit("echo", {"n": 0}), timeout=20)
+        async with (LiveProjection(mesh, TASKS, use_snapshot=False) as first,
+                    LiveProjection(mesh, TASKS, use_snapshot=False) as second):  # fmt: skip
+            await mesh.outcome("echo", await mesh.submit("echo", {"n": 1}), timeout=20)
+            seq = await head(mesh)
+            assert (await first.caught_up(seq)) == (await second.caught_up(seq)) == fold(TASKS, (await read_log(mesh)).records)
+
+            async def one_consumer() -> bool:
+                scans = [info for info in await mesh.js.consumers_info(subjects.STREAM) if info.name.startswith("scan-")]
+                return [info.config.filter_subject for info in scans] == [subjects.ALL]  # the agents' own aside
+
+            await eventually(one_consumer, timeout=10, what="one consumer on mesh.> once both are caught up")
+
+
 class TestFollow:
     async def test_a_reader_behind_by_more_than_the_buffer_gets_every_event_in_order(self, mesh: Mesh) -> None:
         """3,000 stored events read through a Follow that holds at most 1,024 unread: all come, in
@@ -72,15 +90,55 @@ class TestFollow:
             assert await events.next(timeout=0.2) is None
         assert seen == [published.seq for published in written]
 
+    async def test_a_follow_that_joins_late_reads_back_then_shares_the_live_events(self, mesh: Mesh) -> None:
+        """A Follow opened from the start of a board while another of the family is live reads
+        back what was stored from what the family's consumer keeps (no consumer of its own),
+        then takes the shared consumer's live events past that point: every event once, in log
+        order."""
+
+        def write(i: int) -> BoardWritten:
+            return BoardWritten(board="late", key=f"k{i}", value=i)
+
+        async with Follow(mesh, "mesh.board.early.>") as _early:
+            before = [await mesh.publish(subjects.board("late", f"k{i}"), write(i)) for i in range(20)]
+            async with Follow(mesh, "mesh.board.late.>") as late:
+                assert late._own is None  # read back from what the shared consumer keeps
+                after = [await mesh.publish(subjects.board("late", f"k{i}"), write(i)) for i in range(20, 30)]
+                seen = [item.seq for item in [await late.next(timeout=30) for _ in before + after] if item is not None]
+                assert await late.next(timeout=0.2) is None
+                assert seen == [published.seq for published in before + after]
+                assert [info.config.filter_subject for info in await mesh.js.consumers_info(subjects.STREAM)] == [
+                    "mesh.board.>"
+                ]
+
+    async def test_a_follow_that_falls_behind_holds_up_no_other_and_misses_nothing(self, mesh: Mesh) -> None:
+        """Two Follows of one board share the family's one consumer. One is not read: past
+        `FOLLOW_BUFFER` live events it is detached, while the other gets each event as it lands;
+        read afterwards, it gets every event in log order, none twice (it reads back what it missed)."""
+        async with Follow(mesh, "mesh.board.slow.>") as slow, Follow(mesh, "mesh.board.slow.>") as quick:
+            assert len(await mesh.js.consumers_info(subjects.STREAM)) == 1
+            written = []
+            for i in range(FOLLOW_BUFFER + 100):
+                written.append(await mesh.publish(subjects.board("slow", f"k{i}"), BoardWritten(board="slow", key=f"k{i}", value=i)))
+                got = await quick.next(timeout=30)
+                assert got is not None and got.seq == written[-1].seq
+            assert slow.buffered == FOLLOW_BUFFER
+            seen = [item.seq for item in [await slow.next(timeout=30) for _ in written] if item is not None]
+            assert await slow.next(timeout=0.2) is None
+        assert seen == [published.seq for published in written]
+
     async def test_closing_while_its_consumer_is_being_replaced_leaves_nothing(self, mesh: Mesh) -> None:
-        """A gap makes a Follow replace its consumer in a task; closed at any point of that, it
-        leaves no subscription on the connection and, once the server's inactivity threshold
+        """A gap makes a Follow's consumers (its own, reading back, and the family's shared one)
+        replace themselves in a task; closed at any point of that, it leaves no subscription on the connection and, once the server's inactivity threshold
         has passed, no consumer on the stream."""
         await mesh.publish(subjects.board("replaced", "k"), BoardWritten(board="replaced", key="k", value=1))
         before = len(mesh.nc._subs)  # nats-py's own table of subscriptions: nothing public counts them
         for yields in range(12):
             follow = await Follow(mesh, "mesh.board.replaced.>").start()
-            follow._reopen(alive=True)  # what a skip in the delivery sequence does
+            shared = follow._follower._consumer if follow._follower is not None else None
+            for consumer in (follow._own, shared):  # its own (reading back) and the family's
+                if consumer is not None:
+                    consumer.reopen(alive=True)  # what a skip in the delivery sequence does
             for _ in range(yields):
                 await asyncio.sleep(0)  # stop the replacement at each of its steps in turn
             await follow.close()

@@ -6,7 +6,9 @@ scan consumers (`jetstream.open_scan`: named, filtered on the subject filter), s
 be allowed to read one subject family and no other
 (`$JS.API.CONSUMER.CREATE.MESH.<each of its scan names>.<filter>`, see `mesh.bus.permissions`),
 where nats-py's unnamed ordered consumer needs `$JS.API.CONSUMER.CREATE.MESH`, which no
-permission can narrow (it would let a role read the whole log).
+permission can narrow (it would let a role read the whole log). The `Follow`s of one
+connection inside a board, proposal or auction family share one consumer on the family
+(`mesh.bus.fanout`).
 
 Both yield `Stored` items: an event that does not decode (or whose offloaded data is
 gone) is still a position on its subject (compare-and-set counts it), so it comes back
@@ -16,54 +18,25 @@ with `record=None`. Offloaded data (`dataref`) is fetched before the item is que
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import time
+import math
 from abc import ABC, abstractmethod
-from typing import Generic, NamedTuple, Self, TypeVar
+from collections import deque
+from typing import Generic, Self, TypeVar
 
 import structlog
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from mesh.bus import jetstream, payloads
+from mesh.bus import fanout, jetstream
 from mesh.bus.client import Mesh
-from mesh.bus.consumer import parse_ack_subject
-from mesh.errors import MeshError
+from mesh.bus.fanout import SharedFollower
+from mesh.bus.pushed import LiveConsumer, Stored, last_seq, resolved
+from mesh.errors import MeshError, PermissionDeniedError
 from topics.record import Record
 
 __all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "records"]
 
 READ_TIMEOUT = 30.0
-FOLLOW_BUFFER = 1024  # events a Follow holds that its reader has not taken yet
-STALLED = "Nats-Consumer-Stalled"  # a heartbeat's header: where to answer the flow control the server waits for
-LAST_DELIVERED = "Nats-Last-Consumer"  # a heartbeat's header: the consumer sequence last sent
+FOLLOW_BUFFER = 1024  # events a Follow holds that its reader has not taken yet (read back, and live)
 _log = structlog.get_logger("mesh.bus.follow")
-
-
-class Stored(NamedTuple):
-    """One stored message: its stream sequence, subject, the event (None if it does not
-    decode) and how many messages on the filter follow it (0: this was the newest)."""
-
-    seq: int
-    subject: str
-    record: Record | None
-    pending: int
-
-
-async def last_seq(mesh: Mesh, filter_subject: str) -> int:
-    """The stream sequence of the newest message on ``filter_subject`` (wildcards allowed), 0
-    if none. Asks the stream leader, so a write acknowledged before the call is counted."""
-    msg = await jetstream.last_on_subject(mesh.js, filter_subject)
-    return (msg.seq or 0) if msg is not None else 0
-
-
-async def _resolved(mesh: Mesh, subject: str, data: bytes, seq: int) -> Record | None:
-    try:
-        return await payloads.resolve(mesh.js, subject, data, seq)
-    except payloads.RESOLVE_ERRORS:
-        return None  # not ours to judge; the log keeps it
 
 
 T = TypeVar("T")
@@ -98,182 +71,195 @@ class Feed(ABC, Generic[T]):
 
 
 class Follow(Feed[Stored]):
-    """A push consumer on ``filter_subject`` from the message after ``after``::
+    """The messages on ``filter_subject`` from the one after ``after``, in log order, none
+    twice, as they land::
 
         async with Follow(mesh, "mesh.vote.p1") as events:
             item = await events.next(timeout=1.0)  # None when nothing came in time
 
-    It reads under one of the user's scan names (`jetstream.open_scan`), with flow control and
-    heartbeats every `jetstream.ORDERED_HEARTBEAT` seconds, and keeps order as nats-py's ordered
-    consumer does: a skip in the delivery sequence (messages the client dropped), or two
-    heartbeats missed (a restarted server keeps no such consumer), and it makes its consumer
-    again from the message after the last one delivered. A refused create is
-    `PermissionDeniedError` from `start`. Close it (or leave the `async with`) when done: it
-    holds one of its user's `SCAN_CONSUMERS` names (under credentials, 32 shared by every process
-    of the user: see docs/SECURITY.md). Its queue holds at most `FOLLOW_BUFFER` events its reader
-    has not taken (1,024): past that, its delivery waits, so the flow control is answered later
-    and the server slows down; the client's subscription may hold more meanwhile (the server's
-    flow control counts bytes), up to nats-py's pending limits, past which the gap is read again.
+    It takes its live messages from the connection's one consumer on its family
+    (`fanout.SharedFollower`), which serves every `Follow` of the family on the connection, so
+    open `Follow`s cost no server consumer each: a board, proposal or auction family
+    (`fanout.family_of`: `mesh.board.<b>.>`, `mesh.vote.<p>`, `mesh.bid.<t>` share
+    `mesh.board.>`, `mesh.vote.*`, `mesh.bid.*`), else the filter itself (`mesh.>`). What was
+    stored before it joined (from ``after`` to the family's position then) it reads back from
+    the messages the family's consumer keeps (`fanout.SHARED_FOLLOW_RECENT`) if they reach back
+    that far, else through a consumer of its own on ``filter_subject``, closed once it has
+    caught up. A `Follow` whose reader falls `FOLLOW_BUFFER` live messages behind is detached
+    from the family and reads back the same way from its last message when its reader comes
+    back, so a slow reader holds up no other.
+    A `Follow` whose family the server refuses this user (remembered for the connection) keeps
+    a consumer of its own on its filter while open, as every `Follow` used to.
+
+    Each consumer (`pushed.LiveConsumer`) reads under one of the user's scan names, with flow
+    control and heartbeats, and makes itself again after a gap or a restarted server. A
+    refused create is `PermissionDeniedError` from `start`. Close it (or leave the `async
+    with`) when done: the last `Follow` of a family to close releases the family's consumer.
+    It holds at most `FOLLOW_BUFFER` messages from its own consumer that its reader has not
+    taken (past that, its delivery waits and the server slows down) and `FOLLOW_BUFFER` live
+    ones from the family's. `Stored.pending` counts what follows on its own filter, except for
+    live messages from the family's consumer, where it counts the family's (at least as many).
     """
 
     def __init__(self, mesh: Mesh, filter_subject: str, *, after: int = 0) -> None:
         self.mesh = mesh
         self.filter_subject = filter_subject
         self.after = after
-        self._queue: asyncio.Queue[Stored] = asyncio.Queue(FOLLOW_BUFFER)
-        self._seq = after  # the last stream sequence delivered
-        self._expected = 1  # the next delivery sequence of the current consumer
-        self._generation = 0  # of the current consumer: what an earlier one still delivers is dropped
-        self._sub: Subscription | None = None
-        self._name: str | None = None
-        self._active = False  # something came since the watchdog last looked
-        self._heard = 0.0  # when (monotonic) the current consumer was last heard from, or made
+        self._seq = after  # the last stream sequence handed to the reader
+        self._queue: asyncio.Queue[Stored] = asyncio.Queue(FOLLOW_BUFFER)  # from its own consumer
+        self._live: deque[Stored] = deque()  # from the family's consumer, at most FOLLOW_BUFFER
+        self._kept: deque[Stored] = deque()  # read back from what the family's consumer keeps (`SHARED_FOLLOW_RECENT`)
+        self._wake = asyncio.Event()  # something came (or it fell behind)
+        self._own: LiveConsumer | None = None
+        self._until: int | None = None  # its own consumer goes once this sequence is read (None: it stays)
+        self._caught_up = False  # its own consumer has reached `_until`
+        self._follower: SharedFollower | None = None
+        self._stale = False  # live messages were missed (it was detached): read again from `_seq`
+        self._retry_at = 0.0  # (loop time) after a failed read-back, when to try again
+        self._started = False
         self._closed = False
-        self._taking = False  # a delivery waits for the reader (the buffer is full)
-        self._watchdog: asyncio.Task[None] | None = None
-        self._reopening: asyncio.Task[None] | None = None
 
     async def start(self) -> Self:
-        if self._watchdog is None:
-            await self._open()
-            self._watchdog = asyncio.create_task(self._watch(), name=f"follow {self.filter_subject}")
+        if self._started:
+            return self
+        follower = fanout.shared_follower(self.mesh, self.filter_subject)
+        if follower is not None:
+            try:
+                await follower.ready()
+            except PermissionDeniedError:  # this user may not read the whole family: follow alone
+                fanout.refused(follower)
+                await fanout.leave(follower, self)
+                if follower.family == self.filter_subject:
+                    raise  # nor the filter, then
+                follower = None
+            except BaseException:
+                await fanout.leave(follower, self)
+                raise
+        if follower is None:
+            await self._open_own(until=None)
+        else:
+            self._follower = follower
+            try:
+                await self._catch_up()
+            except BaseException:
+                self._follower = None
+                await fanout.leave(follower, self)
+                raise
+        self._started = True
         return self
 
-    async def _open(self) -> None:
-        """Subscribe to a new inbox, then create the consumer delivering to it from `_seq` on.
-        A consumer made for a Follow closed or replaced meanwhile is let go at once."""
-        self._generation += 1
-        generation = self._generation
-        self._expected, self._active, self._heard = 1, True, time.monotonic()
-        nc, js = self.mesh.nc, self.mesh.js
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, cb=functools.partial(self._on_msg, generation))
-        config = ConsumerConfig(
-            filter_subject=self.filter_subject, deliver_subject=inbox, ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._seq + 1, flow_control=True,
-            idle_heartbeat=jetstream.ORDERED_HEARTBEAT, mem_storage=True, num_replicas=1,
-            inactive_threshold=jetstream.SCAN_INACTIVE,
-        )  # fmt: skip
+    async def _catch_up(self) -> None:
+        """Join the family's consumer, and read back what it handed out before (from `_seq`
+        on): from the messages it keeps if they reach back that far, else through a consumer
+        of its own up to the newest message on the filter."""
+        assert self._follower is not None
+        self._stale = False
         try:
-            name, _ = await jetstream.open_scan(js, config, owner=self.mesh.owner)
-        except BaseException:  # a consumer made all the same lapses without its inbox (`SCAN_INACTIVE`)
-            await self._unsubscribe(sub)
+            if self._follower.attach(self) > self._seq:
+                kept = self._follower.recent(self.filter_subject, after=self._seq)
+                if kept is not None:  # all there: no consumer needed
+                    for seq, subject, data, pending in kept:
+                        self._kept.append(Stored(seq, subject, await resolved(self.mesh, subject, data, seq), pending))
+                    return
+                head = await last_seq(self.mesh, self.filter_subject)
+                if head > self._seq:
+                    await self._open_own(until=head)
+        except BaseException:
+            self._follower.detach(self)
+            self._stale = True
             raise
-        if self._closed or generation != self._generation:
-            await self._let_go(sub, name, delete=True)  # just made: it is ours to delete
+
+    async def _open_own(self, *, until: int | None) -> None:
+        consumer = LiveConsumer(self.mesh, self.filter_subject, after=self._seq, deliver=self._put)
+        await consumer.start()
+        if self._closed:
+            await consumer.close()
             return
-        self._sub, self._name = sub, name
+        self._own, self._until, self._caught_up = consumer, until, False
 
-    async def _on_msg(self, generation: int, msg: Msg) -> None:
-        if generation != self._generation:
-            return  # from a consumer this Follow has replaced
-        self._active, self._heard = True, time.monotonic()
-        if not msg.reply or not msg.reply.startswith("$JS.ACK."):
-            await self._on_status(msg)
-            return
-        delivery = parse_ack_subject(msg.reply)
-        if delivery.consumer_seq != self._expected:  # dropped by the client (it fell behind): read again
-            self._reopen(alive=True)
-            return
-        self._expected += 1
-        self._seq = delivery.stream_seq
-        item = Stored(delivery.stream_seq, msg.subject, await _resolved(self.mesh, msg.subject, msg.data,
-                                                                        delivery.stream_seq), delivery.pending)  # fmt: skip
-        self._taking = True
-        try:
-            await self._queue.put(item)  # waits while the reader is behind: the flow control waits too
-        finally:
-            self._taking = False
+    async def _put(self, seq: int, subject: str, data: bytes, pending: int) -> None:
+        await self._queue.put(Stored(seq, subject, await resolved(self.mesh, subject, data, seq), pending))
+        self._wake.set()
 
-    async def _on_status(self, msg: Msg) -> None:
-        """A flow-control request (answered once what came before it is taken) or a heartbeat
-        (which says the last delivery sequence sent: one never received is a gap)."""
-        headers = msg.headers or {}
-        answer = msg.reply or headers.get(STALLED)
-        if answer:
-            await self.mesh.nc.publish(answer)
-        last = headers.get(LAST_DELIVERED)
-        if last is not None and last.isdigit() and int(last) >= self._expected:
-            self._reopen(alive=True)
+    def offer(self, item: Stored) -> bool:
+        """A live message from the family's consumer; False (and it reads again later) if full."""
+        if len(self._live) >= FOLLOW_BUFFER:
+            self._stale = True
+            self._wake.set()
+            return False
+        self._live.append(item)
+        self._wake.set()
+        return True
 
-    def _reopen(self, *, alive: bool) -> None:
-        """Replace the consumer (in a task: not in the delivery callback, which must go on).
-        ``alive``: it was just heard from, so it is still ours to delete by its name."""
-        if not self._closed and (self._reopening is None or self._reopening.done()):
-            self._generation += 1  # nothing more from the old one
-            self._reopening = asyncio.create_task(self._replace(alive), name=f"follow {self.filter_subject} again")
-
-    async def _replace(self, alive: bool) -> None:
-        await self._drop(delete=alive)
-        try:
-            await self._open()
-        except Exception as error:  # the server away, or busy: the watchdog tries again
-            _log.warning("could not follow again", filter=self.filter_subject, after=self._seq, error=repr(error)[:300])
-
-    async def _watch(self) -> None:
-        """Every two heartbeats: nothing came (no heartbeat either) and nothing is held up by the
-        reader, so the consumer is gone (a restarted server) or was never made: make it again.
-        The old one is not deleted by its name, which another reader of the same user may hold
-        by now; without its inbox the server removes it, if it is still there (`SCAN_INACTIVE`)."""
-        while True:
-            await asyncio.sleep(2 * jetstream.ORDERED_HEARTBEAT)
-            held = self._taking or (self._sub is not None and self._sub.pending_msgs > 0)
-            if not (self._active or held) and self.mesh.nc.is_connected:
-                self._reopen(alive=False)
-            self._active = False
-
-    async def _drop(self, *, delete: bool) -> None:
-        """Let the current consumer go (it holds a scan name): its inbox unsubscribed, and the
-        consumer deleted when ``delete``."""
-        sub, name, self._sub, self._name = self._sub, self._name, None, None
-        await self._let_go(sub, name, delete=delete)
-
-    async def _let_go(self, sub: Subscription | None, name: str | None, *, delete: bool) -> None:
-        if self.mesh.nc.is_closed:
-            return
-        try:
-            if sub is not None:
-                await self._unsubscribe(sub)
-        finally:
-            if name is not None and delete:
-                await jetstream.close_scan(self.mesh.js, name)
-
-    async def _unsubscribe(self, sub: Subscription) -> None:
-        if self.mesh.nc.is_closed:
-            return
-        try:
-            await sub.unsubscribe()
-        except Exception as error:  # a connection going away
-            _log.debug("unsubscribe failed", filter=self.filter_subject, error=repr(error)[:200])
+    def _take(self) -> Stored | None:
+        """The next message not handed out yet: from its own consumer first, then live ones."""
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if self._until is not None and (item.seq >= self._until or item.pending == 0):
+                self._caught_up = True  # every message the family's consumer had handed out is read
+            if item.seq > self._seq:
+                self._seq = item.seq
+                return item
+        while self._own is None and (self._kept or self._live):
+            item = (self._kept or self._live).popleft()
+            if item.seq > self._seq:
+                self._seq = item.seq
+                return item
+        return None
 
     @property
     def buffered(self) -> int:
-        """Events delivered that the reader has not taken yet (at most `FOLLOW_BUFFER`)."""
-        return self._queue.qsize()
+        """Messages delivered that the reader has not taken yet: at most twice `FOLLOW_BUFFER`,
+        and what it read back from the family's kept messages (`fanout.SHARED_FOLLOW_RECENT`)."""
+        return self._queue.qsize() + len(self._kept) + len(self._live)
 
     async def next(self, timeout: float | None = None) -> Stored | None:
         """The next message; None if none arrived within ``timeout`` seconds (None: wait)."""
         await self.start()
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            self._wake.clear()
+            if (item := self._take()) is not None:
+                return item
+            if self._own is not None and self._caught_up:
+                own, self._own, self._until = self._own, None, None
+                await own.close()
+                continue
+            if self._own is None and self._stale and self._follower is not None and loop.time() >= self._retry_at:
+                try:
+                    await self._catch_up()
+                except PermissionDeniedError:
+                    raise
+                except Exception as error:  # the server away, or busy: try again after two heartbeats
+                    _log.warning(
+                        "could not read back", filter=self.filter_subject, after=self._seq, error=repr(error)[:300]
+                    )
+                    self._retry_at = loop.time() + 2 * jetstream.ORDERED_HEARTBEAT
+                continue
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return None
+            if self._stale and self._own is None:  # until the next try at reading back
+                left = min(math.inf if left is None else left, self._retry_at - loop.time())
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                if deadline is not None and loop.time() >= deadline:
+                    return None
 
     async def close(self) -> None:
-        """Stop following: a replacement under way is cancelled and awaited first (what it made
-        is let go), then the consumer is let go; it is deleted by its name only if it was heard
-        from within two heartbeats (else the server may have lost it, and its name gone to
-        another reader of the same user: the server removes it without its inbox)."""
+        """Stop following: its own consumer let go (`LiveConsumer.close`), and the family's
+        too if it was the last `Follow` of the family on the connection."""
         self._closed = True
-        self._generation += 1
-        tasks = [task for task in (self._watchdog, self._reopening) if task is not None]
-        self._watchdog = self._reopening = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self._drop(delete=time.monotonic() - self._heard < 2 * jetstream.ORDERED_HEARTBEAT)
+        own, self._own = self._own, None
+        follower, self._follower = self._follower, None
+        try:
+            if own is not None:
+                await own.close()
+        finally:
+            if follower is not None:
+                await fanout.leave(follower, self)
 
 
 async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:
@@ -295,7 +281,7 @@ async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int
         if not span:
             break  # nothing more is stored (the rest went past the stream's limits)
         found += span
-    return [Stored(seq, subject, await _resolved(mesh, subject, data, seq), len(found) - n - 1)
+    return [Stored(seq, subject, await resolved(mesh, subject, data, seq), len(found) - n - 1)
             for n, (seq, subject, data) in enumerate(found)]  # fmt: skip
 
 

@@ -1,0 +1,211 @@
+"""One live consumer per followed family per connection, fanned out to its `Follow`s.
+
+Every open `Follow` used to hold a server consumer of its own, so the server's consumers grew
+with the calls in flight (bid waits, proposal outcomes, board watches) and, under
+credentials, the 33rd open `Follow` of one user waited 10 s and failed (its 32 scan names,
+docs/SECURITY.md). Now the `Follow`s of one connection on one family (`family_of`: a board,
+proposal or auction family, else the filter itself) share one `SharedFollower`: one
+`LiveConsumer` filtered on the family (`mesh.bid.*`, `mesh.vote.*`, `mesh.board.>`, the
+filters a role that declares the family may create scan consumers with, see
+`mesh.bus.permissions._reading_declared`; or the filter itself, as `mesh.>`), from the family's newest message
+on, handing each message to the `Follow`s whose filter it matches.
+
+It keeps the last messages it handed out (`SHARED_FOLLOW_RECENT`, 1,024, and at most
+`SHARED_FOLLOW_RECENT_BYTES`, 1 MiB, of data), so a `Follow` that joins from a position among
+them reads back from them; one from further back reads back through a consumer of its own.
+A `Follow` never holds the shared consumer up: each takes at most `FOLLOW_BUFFER` live
+messages its reader has not taken; one more and it is detached (`Follow.overflowed`), and it
+reads again from its last delivered message once its reader comes back, as it reads what came
+before it joined. The last `Follow` of a family to close releases the consumer. A family
+whose consumer the server refuses (a role that declares one board, not the family) is
+remembered for the connection, and its `Follow`s hold a consumer each, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from typing import Protocol
+
+import structlog
+from nats.aio.client import Client
+
+from mesh.bus.client import Mesh
+from mesh.bus.pushed import LiveConsumer, Stored, last_seq, resolved
+
+__all__ = [
+    "SHARED_FOLLOW_MEMBERS",
+    "SHARED_FOLLOW_RECENT",
+    "SHARED_FOLLOW_RECENT_BYTES",
+    "Member",
+    "SharedFollower",
+    "family_of",
+    "matches",
+    "shared_follower",
+]
+
+SHARED_FOLLOW_MEMBERS = 4096  # open Follows one shared consumer serves; more hold a consumer each
+SHARED_FOLLOW_RECENT = 1024  # messages a shared follower keeps, for a Follow that joins to read back
+SHARED_FOLLOW_RECENT_BYTES = 1 << 20  # and at most this many bytes of their data (1 MiB)
+_FAMILIES = {"bid": "mesh.bid.*", "vote": "mesh.vote.*", "board": "mesh.board.>"}
+_log = structlog.get_logger("mesh.bus.follow")
+
+
+def family_of(filter_subject: str) -> str:
+    """The filter a `Follow` of ``filter_subject`` shares a consumer on: its board, proposal or
+    auction family (`mesh.bid.<task>` → `mesh.bid.*`, `mesh.vote.<proposal>` → `mesh.vote.*`,
+    `mesh.board.<board>.>` or one key → `mesh.board.>`), else the filter itself (`mesh.>`
+    for the live projections and the console, `mesh.flow.<id>` for one workflow's)."""
+    tokens = filter_subject.split(".")
+    family = _FAMILIES.get(tokens[1]) if len(tokens) >= 3 and tokens[0] == "mesh" else None
+    if family is None or (family.endswith(".*") and (len(tokens) != 3 or tokens[2] == ">")):
+        return filter_subject  # not in a family, wider than it, or not one of its subjects
+    return family
+
+
+def matches(filter_tokens: tuple[str, ...], subject: str) -> bool:
+    """Whether ``subject`` is inside the filter (NATS wildcards: `*` one token, `>` the rest)."""
+    tokens = subject.split(".")
+    for n, want in enumerate(filter_tokens):
+        if want == ">":
+            return len(tokens) > n
+        if n >= len(tokens) or (want != "*" and want != tokens[n]):
+            return False
+    return len(tokens) == len(filter_tokens)
+
+
+class Member(Protocol):
+    """What a shared follower hands messages to (a `Follow`)."""
+
+    filter_subject: str
+
+    def offer(self, item: Stored) -> bool:
+        """Take ``item`` without waiting; False if full (the follower detaches it)."""
+        ...
+
+
+class SharedFollower:
+    """One consumer on ``family`` for the `Follow`s of one connection (see the module's notes)."""
+
+    def __init__(self, mesh: Mesh, family: str) -> None:
+        self.mesh = mesh
+        self.family = family
+        self.position = 0  # the last message handed out: an attached member gets every one after it
+        self.members = 0  # open Follows using it (attached or not)
+        self._exact: dict[str, dict[int, Member]] = {}  # attached members without wildcards, by subject
+        self._wild: dict[int, tuple[Member, tuple[str, ...]]] = {}  # attached members with wildcards
+        self._consumer: LiveConsumer | None = None
+        self._starting: asyncio.Task[None] | None = None
+        # the last messages handed out, raw: (seq, subject, data, pending); every message of the
+        # family after `_floor` up to `position` is here
+        self._recent: deque[tuple[int, str, bytes, int]] = deque()
+        self._recent_bytes = 0
+        self._floor = 0
+
+    async def ready(self) -> None:
+        """Its consumer made (once, by whichever member comes first)."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        self.position = self._floor = await last_seq(self.mesh, self.family)
+        consumer = LiveConsumer(self.mesh, self.family, after=self.position, deliver=self._fan_out)
+        await consumer.start()
+        self._consumer = consumer
+
+    def attach(self, member: Member) -> int:
+        """Hand ``member`` every message on its filter after `position`, which it returns."""
+        if any(token in ("*", ">") for token in member.filter_subject.split(".")):
+            self._wild[id(member)] = (member, tuple(member.filter_subject.split(".")))
+        else:
+            self._exact.setdefault(member.filter_subject, {})[id(member)] = member
+        return self.position
+
+    def recent(self, filter_subject: str, *, after: int) -> list[tuple[int, str, bytes, int]] | None:
+        """The messages on ``filter_subject`` after ``after`` up to `position`, from those it
+        keeps (`SHARED_FOLLOW_RECENT`); None if it no longer keeps them all."""
+        if after < self._floor:
+            return None
+        tokens = tuple(filter_subject.split("."))
+        return [kept for kept in self._recent if kept[0] > after and matches(tokens, kept[1])]
+
+    def detach(self, member: Member) -> None:
+        self._wild.pop(id(member), None)
+        same = self._exact.get(member.filter_subject)
+        if same is not None:
+            same.pop(id(member), None)
+            if not same:
+                del self._exact[member.filter_subject]
+
+    async def _fan_out(self, seq: int, subject: str, data: bytes, pending: int) -> None:
+        """Offer one message to each attached member whose filter it matches (decoded once);
+        a member that is full is detached (it reads again on its own)."""
+        self._keep(seq, subject, data, pending)
+        if not self._takers(subject):
+            self.position = seq
+            return
+        item = Stored(seq, subject, await resolved(self.mesh, subject, data, seq), pending)
+        self.position = seq
+        for member in self._takers(subject):  # again: who attached while it was decoded (at `position`) too
+            if not member.offer(item):
+                self.detach(member)
+                _log.info("a follow fell behind: it reads again", filter=member.filter_subject, seq=seq)
+
+    def _keep(self, seq: int, subject: str, data: bytes, pending: int) -> None:
+        self._recent.append((seq, subject, data, pending))
+        self._recent_bytes += len(data)
+        while len(self._recent) > SHARED_FOLLOW_RECENT or self._recent_bytes > SHARED_FOLLOW_RECENT_BYTES:
+            dropped = self._recent.popleft()
+            self._floor, self._recent_bytes = dropped[0], self._recent_bytes - len(dropped[2])
+
+    def _takers(self, subject: str) -> list[Member]:
+        takers = [*self._exact.get(subject, {}).values()]
+        return takers + [member for member, tokens in self._wild.values() if matches(tokens, subject)]
+
+    async def close(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+        if self._starting is not None:
+            await asyncio.wait({self._starting})  # a start that failed or was cancelled made nothing to close
+        if self._consumer is not None:
+            await self._consumer.close()
+
+
+# by connection, not by `Mesh`: a request's `Mesh.scoped` copy shares its connection's followers
+_followers: weakref.WeakKeyDictionary[Client, dict[str, SharedFollower]] = weakref.WeakKeyDictionary()
+_refused: weakref.WeakKeyDictionary[Client, set[str]] = weakref.WeakKeyDictionary()
+
+
+def shared_follower(mesh: Mesh, filter_subject: str) -> SharedFollower | None:
+    """The shared follower a new `Follow` of ``filter_subject`` on ``mesh`` joins (made if
+    need be, its `members` counted), None if it follows alone (its family refused, or full)."""
+    family = family_of(filter_subject)
+    if family in _refused.get(mesh.nc, ()):
+        return None
+    followers = _followers.setdefault(mesh.nc, {})
+    follower = followers.get(family)
+    if follower is None:
+        follower = followers[family] = SharedFollower(mesh, family)
+    elif follower.members >= SHARED_FOLLOW_MEMBERS:
+        return None
+    follower.members += 1
+    return follower
+
+
+def refused(follower: SharedFollower) -> None:
+    """The server refused the family's consumer: its `Follow`s on this connection follow alone
+    (a narrower filter may be allowed: a role that declares one board)."""
+    _refused.setdefault(follower.mesh.nc, set()).add(follower.family)
+
+
+async def leave(follower: SharedFollower, member: Member) -> None:
+    """``member`` is done; the last one out closes the follower (a later `Follow` makes another)."""
+    follower.detach(member)
+    follower.members -= 1
+    if follower.members == 0:
+        followers = _followers.get(follower.mesh.nc, {})
+        if followers.get(follower.family) is follower:
+            del followers[follower.family]
+        await follower.close()
