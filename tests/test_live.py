@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import json
 from pathlib import Path
 
 import pytest
 
 from mesh import Mesh
+from mesh.bus import payloads
 from mesh.bus.follow import FOLLOW_BUFFER, Follow
 from mesh.bus.jetstream import ORDERED_HEARTBEAT
 from mesh.bus.server import LocalServer, start_server
@@ -17,11 +21,34 @@ from replay import read_log, rebuild
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog, eventually
 from topics import subjects
+from topics.bids import BidPlaced
 from topics.board import BoardWritten
+from topics.envelope import CloudEvent, dataref, encode_envelope, new_event_id, now_rfc3339
 
 pytestmark = pytest.mark.e2e
 
 TASKS = REGISTRY["tasks"]
+
+
+async def chunkless_event(mesh: Mesh, subject: str) -> bytes:
+    """An event for ``subject`` whose `dataref` names an object of its bucket with a meta entry
+    and no chunks (what a hostile writer of the bucket can store): reading it never ends."""
+    bucket = subjects.payload_bucket_of(subject)
+    store = await payloads.payload_bucket(mesh.js, bucket)
+    await store.put("real", b"x" * 10)
+    real = base64.urlsafe_b64encode(b"real").decode()
+    meta = json.loads((await mesh.js.get_msg(f"OBJ_{bucket}", subject=f"$O.{bucket}.M.{real}")).data)
+    meta.update(name="nochunks", nuid="NOCHUNKSNOCHUNKS", size=500_000)
+    await mesh.nc.publish(f"$O.{bucket}.M.{base64.urlsafe_b64encode(b'nochunks').decode()}", json.dumps(meta).encode(),
+                          headers={"Nats-Rollup": "sub"})  # fmt: skip
+    await mesh.nc.flush()
+    event = CloudEvent(specversion="1.0", id=new_event_id(), source="mesh://tests", type=BidPlaced.TYPE,
+                       time=now_rfc3339(), dataref=dataref(bucket, "nochunks"), datasize=500_000)  # fmt: skip
+    return encode_envelope(event)
+
+
+async def only_filters(mesh: Mesh, filters: list[str]) -> bool:
+    return sorted(info.config.filter_subject or "" for info in await mesh.js.consumers_info(subjects.STREAM)) == filters
 
 
 async def head(mesh: Mesh) -> int:
@@ -126,6 +153,54 @@ class TestFollow:
             seen = [item.seq for item in [await slow.next(timeout=30) for _ in written] if item is not None]
             assert await slow.next(timeout=0.2) is None
         assert seen == [published.seq for published in written]
+
+    async def test_data_that_never_arrives_holds_up_only_its_own_subject(self, mesh: Mesh,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+        """A bid whose offloaded data never arrives (a meta entry without chunks): the other
+        auctions' Follows of the family get their bids at once, a Follow that joins later too,
+        and the Follow of that auction gets `None` within its timeout, then, once the fetch
+        gives up (`payloads.fetch_timeout`), the bid as undecodable and the next one."""
+        monkeypatch.setattr(payloads, "FETCH_TIMEOUT", 2.0)
+        bad = await chunkless_event(mesh, "mesh.bid.evil")
+        async with Follow(mesh, "mesh.bid.evil") as evil, Follow(mesh, "mesh.bid.good") as good:
+            await mesh.js.publish("mesh.bid.evil", bad)
+            after = await mesh.publish("mesh.bid.evil", BidPlaced(task_id="evil", bidder="b", cost=1.0))
+            placed = await mesh.publish("mesh.bid.good", BidPlaced(task_id="good", bidder="b", cost=1.0))
+            got = await good.next(timeout=5)
+            assert got is not None and got.seq == placed.seq
+            async with Follow(mesh, "mesh.bid.late") as late:
+                later = await mesh.publish("mesh.bid.late", BidPlaced(task_id="late", bidder="b", cost=1.0))
+                got = await late.next(timeout=5)
+                assert got is not None and got.seq == later.seq
+            assert await evil.next(timeout=0.5) is None  # the reader's timeout holds while the data is fetched
+            undecodable = await evil.next(timeout=30)
+            assert undecodable is not None and undecodable.record is None
+            got = await evil.next(timeout=5)
+            assert got is not None and got.seq == after.seq
+
+    async def test_a_close_during_start_or_read_back_leaves_the_family_once(self, mesh: Mesh) -> None:
+        """A Follow closed while it starts holds no consumer afterwards; one closed while it
+        reads back, its start then cancelled, does not take the family's consumer from another
+        Follow still open."""
+        async with Follow(mesh, "mesh.bid.a") as a:
+            for n in range(3):  # closed before its start has the family's consumer (the last Follow of it)
+                lone = Follow(mesh, "mesh.vote.p1")
+                starting = asyncio.ensure_future(lone.start())
+                await asyncio.sleep(0)  # the start is under way (a scheduling point, not a wait for time)
+                await lone.close()
+                await starting
+                assert not lone._started, n
+            await eventually(lambda: only_filters(mesh, ["mesh.bid.*"]), what="the closed Follows' consumers gone")
+            b = Follow(mesh, "mesh.bid.b")
+            starting = asyncio.ensure_future(b.start())
+            await asyncio.sleep(0)
+            await b.close()
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            placed = await mesh.publish("mesh.bid.a", BidPlaced(task_id="a", bidder="x", cost=1.0))
+            got = await a.next(timeout=10)
+            assert got is not None and got.seq == placed.seq
 
     async def test_closing_while_its_consumer_is_being_replaced_leaves_nothing(self, mesh: Mesh) -> None:
         """A gap makes a Follow's consumers (its own, reading back, and the family's shared one)

@@ -26,19 +26,20 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 from nats.aio.client import Client
 
 from mesh.bus.client import Mesh
-from mesh.bus.pushed import LiveConsumer, Stored, last_seq, resolved
+from mesh.bus.pushed import LiveConsumer, last_seq
 
 __all__ = [
     "SHARED_FOLLOW_MEMBERS",
     "SHARED_FOLLOW_RECENT",
     "SHARED_FOLLOW_RECENT_BYTES",
     "Member",
+    "Raw",
     "SharedFollower",
     "family_of",
     "matches",
@@ -75,12 +76,23 @@ def matches(filter_tokens: tuple[str, ...], subject: str) -> bool:
     return len(tokens) == len(filter_tokens)
 
 
+class Raw(NamedTuple):
+    """A message as the family's consumer handed it out: not decoded. Each `Follow` decodes
+    (and fetches the offloaded data of) the ones it takes, when its reader asks, within the
+    reader's timeout: an object that never arrives holds up only the `Follow`s of its subject."""
+
+    seq: int
+    subject: str
+    data: bytes
+    pending: int
+
+
 class Member(Protocol):
     """What a shared follower hands messages to (a `Follow`)."""
 
     filter_subject: str
 
-    def offer(self, item: Stored) -> bool:
+    def offer(self, item: Raw) -> bool:
         """Take ``item`` without waiting; False if full (the follower detaches it)."""
         ...
 
@@ -92,14 +104,14 @@ class SharedFollower:
         self.mesh = mesh
         self.family = family
         self.position = 0  # the last message handed out: an attached member gets every one after it
-        self.members = 0  # open Follows using it (attached or not)
+        self.members: set[Member] = set()  # the open Follows using it (attached or not)
         self._exact: dict[str, dict[int, Member]] = {}  # attached members without wildcards, by subject
         self._wild: dict[int, tuple[Member, tuple[str, ...]]] = {}  # attached members with wildcards
         self._consumer: LiveConsumer | None = None
         self._starting: asyncio.Task[None] | None = None
         # the last messages handed out, raw: (seq, subject, data, pending); every message of the
         # family after `_floor` up to `position` is here
-        self._recent: deque[tuple[int, str, bytes, int]] = deque()
+        self._recent: deque[Raw] = deque()
         self._recent_bytes = 0
         self._floor = 0
 
@@ -123,7 +135,7 @@ class SharedFollower:
             self._exact.setdefault(member.filter_subject, {})[id(member)] = member
         return self.position
 
-    def recent(self, filter_subject: str, *, after: int) -> list[tuple[int, str, bytes, int]] | None:
+    def recent(self, filter_subject: str, *, after: int) -> list[Raw] | None:
         """The messages on ``filter_subject`` after ``after`` up to `position`, from those it
         keeps (`SHARED_FOLLOW_RECENT`); None if it no longer keeps them all."""
         if after < self._floor:
@@ -140,22 +152,20 @@ class SharedFollower:
                 del self._exact[member.filter_subject]
 
     async def _fan_out(self, seq: int, subject: str, data: bytes, pending: int) -> None:
-        """Offer one message to each attached member whose filter it matches (decoded once);
-        a member that is full is detached (it reads again on its own)."""
-        self._keep(seq, subject, data, pending)
-        if not self._takers(subject):
-            self.position = seq
-            return
-        item = Stored(seq, subject, await resolved(self.mesh, subject, data, seq), pending)
+        """Offer one message to each attached member whose filter it matches, as it came (each
+        decodes what it takes: no wait here for one subject's offloaded data); a member that is
+        full is detached (it reads again on its own)."""
+        item = Raw(seq, subject, data, pending)
+        self._keep(item)
         self.position = seq
-        for member in self._takers(subject):  # again: who attached while it was decoded (at `position`) too
+        for member in self._takers(subject):
             if not member.offer(item):
                 self.detach(member)
                 _log.info("a follow fell behind: it reads again", filter=member.filter_subject, seq=seq)
 
-    def _keep(self, seq: int, subject: str, data: bytes, pending: int) -> None:
-        self._recent.append((seq, subject, data, pending))
-        self._recent_bytes += len(data)
+    def _keep(self, item: Raw) -> None:
+        self._recent.append(item)
+        self._recent_bytes += len(item.data)
         while len(self._recent) > SHARED_FOLLOW_RECENT or self._recent_bytes > SHARED_FOLLOW_RECENT_BYTES:
             dropped = self._recent.popleft()
             self._floor, self._recent_bytes = dropped[0], self._recent_bytes - len(dropped[2])
@@ -178,9 +188,9 @@ _followers: weakref.WeakKeyDictionary[Client, dict[str, SharedFollower]] = weakr
 _refused: weakref.WeakKeyDictionary[Client, set[str]] = weakref.WeakKeyDictionary()
 
 
-def shared_follower(mesh: Mesh, filter_subject: str) -> SharedFollower | None:
-    """The shared follower a new `Follow` of ``filter_subject`` on ``mesh`` joins (made if
-    need be, its `members` counted), None if it follows alone (its family refused, or full)."""
+def shared_follower(mesh: Mesh, filter_subject: str, member: Member) -> SharedFollower | None:
+    """The shared follower ``member``, a new `Follow` of ``filter_subject`` on ``mesh``, joins
+    (made if need be), None if it follows alone (its family refused, or full)."""
     family = family_of(filter_subject)
     if family in _refused.get(mesh.nc, ()):
         return None
@@ -188,9 +198,9 @@ def shared_follower(mesh: Mesh, filter_subject: str) -> SharedFollower | None:
     follower = followers.get(family)
     if follower is None:
         follower = followers[family] = SharedFollower(mesh, family)
-    elif follower.members >= SHARED_FOLLOW_MEMBERS:
+    elif len(follower.members) >= SHARED_FOLLOW_MEMBERS:
         return None
-    follower.members += 1
+    follower.members.add(member)
     return follower
 
 
@@ -201,10 +211,13 @@ def refused(follower: SharedFollower) -> None:
 
 
 async def leave(follower: SharedFollower, member: Member) -> None:
-    """``member`` is done; the last one out closes the follower (a later `Follow` makes another)."""
+    """``member`` is done (a second call for it does nothing); the last one out closes the
+    follower (a later `Follow` makes another)."""
     follower.detach(member)
-    follower.members -= 1
-    if follower.members == 0:
+    if member not in follower.members:
+        return
+    follower.members.discard(member)
+    if not follower.members:
         followers = _followers.get(follower.mesh.nc, {})
         if followers.get(follower.family) is follower:
             del followers[follower.family]

@@ -12,7 +12,9 @@ connection inside a board, proposal or auction family share one consumer on the 
 
 Both yield `Stored` items: an event that does not decode (or whose offloaded data is
 gone) is still a position on its subject (compare-and-set counts it), so it comes back
-with `record=None`. Offloaded data (`dataref`) is fetched before the item is queued.
+with `record=None`. Offloaded data (`dataref`) is fetched before the item is handed out (a
+`Follow`'s live items when its reader takes them, within its timeout), and a fetch that does not
+end in `payloads.fetch_timeout` seconds counts as missing data.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import structlog
 
 from mesh.bus import fanout, jetstream
 from mesh.bus.client import Mesh
-from mesh.bus.fanout import SharedFollower
+from mesh.bus.fanout import Raw, SharedFollower
 from mesh.bus.pushed import LiveConsumer, Stored, last_seq, resolved
 from mesh.errors import MeshError, PermissionDeniedError
 from topics.record import Record
@@ -107,8 +109,8 @@ class Follow(Feed[Stored]):
         self.after = after
         self._seq = after  # the last stream sequence handed to the reader
         self._queue: asyncio.Queue[Stored] = asyncio.Queue(FOLLOW_BUFFER)  # from its own consumer
-        self._live: deque[Stored] = deque()  # from the family's consumer, at most FOLLOW_BUFFER
-        self._kept: deque[Stored] = deque()  # read back from what the family's consumer keeps (`SHARED_FOLLOW_RECENT`)
+        self._live: deque[Raw] = deque()  # from the family's consumer, at most FOLLOW_BUFFER
+        self._kept: deque[Raw] = deque()  # read back from what the family's consumer keeps (`SHARED_FOLLOW_RECENT`)
         self._wake = asyncio.Event()  # something came (or it fell behind)
         self._own: LiveConsumer | None = None
         self._until: int | None = None  # its own consumer goes once this sequence is read (None: it stays)
@@ -120,30 +122,36 @@ class Follow(Feed[Stored]):
         self._closed = False
 
     async def start(self) -> Self:
-        if self._started:
+        if self._started or self._closed:
             return self
-        follower = fanout.shared_follower(self.mesh, self.filter_subject)
+        follower = fanout.shared_follower(self.mesh, self.filter_subject, self)
+        self._follower = follower  # before any wait: a `close` meanwhile leaves the family
         if follower is not None:
             try:
                 await follower.ready()
             except PermissionDeniedError:  # this user may not read the whole family: follow alone
                 fanout.refused(follower)
+                self._follower = None
                 await fanout.leave(follower, self)
                 if follower.family == self.filter_subject:
                     raise  # nor the filter, then
                 follower = None
-            except BaseException:
+            except BaseException as error:
+                self._follower = None
                 await fanout.leave(follower, self)
+                if isinstance(error, asyncio.CancelledError) and self._closed and not _cancelling():
+                    return self  # its `close` (the family's last) stopped the consumer being made: not the caller's cancel
                 raise
+        if self._closed:  # closed while it started: `close` left the family, nothing to start
+            return self
         if follower is None:
             await self._open_own(until=None)
         else:
-            self._follower = follower
             try:
                 await self._catch_up()
             except BaseException:
                 self._follower = None
-                await fanout.leave(follower, self)
+                await fanout.leave(follower, self)  # once only, whoever comes first (`close` too)
                 raise
         self._started = True
         return self
@@ -152,20 +160,21 @@ class Follow(Feed[Stored]):
         """Join the family's consumer, and read back what it handed out before (from `_seq`
         on): from the messages it keeps if they reach back that far, else through a consumer
         of its own up to the newest message on the filter."""
-        assert self._follower is not None
+        follower = self._follower
+        if follower is None or self._closed:
+            return
         self._stale = False
         try:
-            if self._follower.attach(self) > self._seq:
-                kept = self._follower.recent(self.filter_subject, after=self._seq)
-                if kept is not None:  # all there: no consumer needed
-                    for seq, subject, data, pending in kept:
-                        self._kept.append(Stored(seq, subject, await resolved(self.mesh, subject, data, seq), pending))
+            if follower.attach(self) > self._seq:
+                kept = follower.recent(self.filter_subject, after=self._seq)
+                if kept is not None:  # all there: no consumer needed (decoded as the reader takes them)
+                    self._kept.extend(kept)
                     return
                 head = await last_seq(self.mesh, self.filter_subject)
                 if head > self._seq:
                     await self._open_own(until=head)
         except BaseException:
-            self._follower.detach(self)
+            follower.detach(self)
             self._stale = True
             raise
 
@@ -181,7 +190,7 @@ class Follow(Feed[Stored]):
         await self._queue.put(Stored(seq, subject, await resolved(self.mesh, subject, data, seq), pending))
         self._wake.set()
 
-    def offer(self, item: Stored) -> bool:
+    def offer(self, item: Raw) -> bool:
         """A live message from the family's consumer; False (and it reads again later) if full."""
         if len(self._live) >= FOLLOW_BUFFER:
             self._stale = True
@@ -191,8 +200,9 @@ class Follow(Feed[Stored]):
         self._wake.set()
         return True
 
-    def _take(self) -> Stored | None:
-        """The next message not handed out yet: from its own consumer first, then live ones."""
+    def _take(self) -> Stored | Raw | None:
+        """The next message not handed out yet: from its own consumer first, then live ones
+        (those left where they are until decoded: `_taken`)."""
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if self._until is not None and (item.seq >= self._until or item.pending == 0):
@@ -201,11 +211,19 @@ class Follow(Feed[Stored]):
                 self._seq = item.seq
                 return item
         while self._own is None and (self._kept or self._live):
-            item = (self._kept or self._live).popleft()
-            if item.seq > self._seq:
-                self._seq = item.seq
-                return item
+            source = self._kept or self._live
+            if source[0].seq > self._seq:
+                return source[0]
+            source.popleft()
         return None
+
+    def _taken(self, item: Raw) -> None:
+        """``item``, at the front of the kept or live messages, is handed out."""
+        for source in (self._kept, self._live):
+            if source and source[0] is item:
+                source.popleft()
+                break
+        self._seq = item.seq
 
     @property
     def buffered(self) -> int:
@@ -220,7 +238,18 @@ class Follow(Feed[Stored]):
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             self._wake.clear()
-            if (item := self._take()) is not None:
+            item = self._take()
+            if isinstance(item, Raw):  # decoded here, within the reader's time: its data may be offloaded
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return None
+                try:
+                    record = await asyncio.wait_for(resolved(self.mesh, item.subject, item.data, item.seq), left)
+                except TimeoutError:
+                    return None  # it stays first: the next call fetches it again
+                self._taken(item)
+                return Stored(item.seq, item.subject, record, item.pending)
+            if item is not None:
                 return item
             if self._own is not None and self._caught_up:
                 own, self._own, self._until = self._own, None, None
@@ -260,6 +289,12 @@ class Follow(Feed[Stored]):
         finally:
             if follower is not None:
                 await fanout.leave(follower, self)
+
+
+def _cancelling() -> bool:
+    """Whether the running task has been asked to cancel (a caller's cancel, not a `close`'s)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def read(mesh: Mesh, filter_subject: str, *, after: int = 0, at_least: int = 0) -> list[Stored]:

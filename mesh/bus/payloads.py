@@ -248,6 +248,16 @@ async def _holds(store: ObjectStore, name: str, size: int) -> bool:
     return info.size == size and not info.deleted
 
 
+FETCH_TIMEOUT = 10.0  # seconds an object's chunks may take to arrive, plus a second per FETCH_RATE bytes
+FETCH_RATE = 8 << 20  # bytes a second an object is at least read at
+
+
+def fetch_timeout(size: int) -> float:
+    """Seconds to read an object of ``size`` bytes (what its meta entry says) before it counts
+    as missing: an object whose chunks never come would otherwise hold its reader for ever."""
+    return FETCH_TIMEOUT + max(size, 0) / FETCH_RATE
+
+
 async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> CloudEvent:
     """``event``, stored on ``subject``, with the data its `dataref` names put back in `data`
     (the reference removed); `MissingPayloadError` if the object is gone, is not in the
@@ -266,7 +276,11 @@ async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> Cloud
         if size > ceiling or (event.datasize is not None and size != event.datasize):
             raise MissingPayloadError(ref, f"the object has {size} bytes; the event says {event.datasize}, "
                                            f"and at most {ceiling} are read")  # fmt: skip
-        data = (await store.get(name)).data or b""
+        try:
+            got = await asyncio.wait_for(store.get(name), fetch_timeout(size))
+        except TimeoutError:  # chunks that never come (a meta entry written alone), or a server far too slow
+            raise MissingPayloadError(ref, f"its {size} bytes did not arrive within {fetch_timeout(size):g}s") from None
+        data = got.data or b""
     except ValueError as error:
         raise MissingPayloadError(ref, str(error)) from None
     except NotFoundError:
