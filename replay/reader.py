@@ -126,13 +126,7 @@ def parse_position(value: str) -> Position:
 
 def subject_matches(pattern: str, subject: str) -> bool:
     """NATS wildcard matching: `*` is one token, a final `>` one or more."""
-    want, have = pattern.split("."), subject.split(".")
-    for n, token in enumerate(want):
-        if token == ">":
-            return len(have) > n
-        if n >= len(have) or (token != "*" and token != have[n]):
-            return False
-    return len(have) == len(want)
+    return subjects.inside(pattern.split("."), subject)
 
 
 # -- decoding --------------------------------------------------------------------------

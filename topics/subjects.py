@@ -18,6 +18,7 @@ from nats.js.api import (
 from topics.base import check_token, is_token
 
 __all__ = [
+    "inside",
     "STREAM",
     "ALL",
     "PRESENCE_BUCKET",
@@ -318,3 +319,15 @@ def work_consumer_config(
 
 def as_seconds(value: timedelta | float) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def inside(filter_tokens: tuple[str, ...] | list[str], subject: str) -> bool:
+    """Whether ``subject`` is inside the filter given as its tokens (NATS wildcards: `*` is one
+    token, a final `>` one or more)."""
+    tokens = subject.split(".")
+    for n, want in enumerate(filter_tokens):
+        if want == ">":
+            return len(tokens) > n
+        if n >= len(tokens) or (want != "*" and want != tokens[n]):
+            return False
+    return len(tokens) == len(filter_tokens)

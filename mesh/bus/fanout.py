@@ -33,6 +33,7 @@ from nats.aio.client import Client
 
 from mesh.bus.client import Mesh
 from mesh.bus.pushed import LiveConsumer, last_seq
+from topics import subjects
 
 __all__ = [
     "SHARED_FOLLOW_MEMBERS",
@@ -67,13 +68,7 @@ def family_of(filter_subject: str) -> str:
 
 def matches(filter_tokens: tuple[str, ...], subject: str) -> bool:
     """Whether ``subject`` is inside the filter (NATS wildcards: `*` one token, `>` the rest)."""
-    tokens = subject.split(".")
-    for n, want in enumerate(filter_tokens):
-        if want == ">":
-            return len(tokens) > n
-        if n >= len(tokens) or (want != "*" and want != tokens[n]):
-            return False
-    return len(tokens) == len(filter_tokens)
+    return subjects.inside(filter_tokens, subject)
 
 
 class Raw(NamedTuple):
