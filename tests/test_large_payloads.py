@@ -5,6 +5,8 @@ fails saying so."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -16,10 +18,11 @@ import pytest
 from mesh import Mesh
 from mesh.bus import payloads
 from mesh.bus.server import LocalServer
+from mesh.errors import MissingPayloadError
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects
-from topics.envelope import CloudEvent, decode_envelope, encode_envelope, now_rfc3339
+from topics.envelope import CloudEvent, dataref, decode_envelope, encode_envelope, now_rfc3339
 
 pytestmark = pytest.mark.e2e
 
@@ -106,3 +109,33 @@ class TestLargePayloads:
         assert len(log.of_type("mesh.dead.lettered")) == 1
         assert proc.poll() is None, agents.output(proc)
 
+
+
+class TestHostileObjects:
+    async def test_a_link_and_a_meta_entry_alone_are_missing_data(self, mesh: Mesh) -> None:
+        """A writer of a bucket stores a meta entry that links to another bucket's object (nats-py
+        would read it from there: another user's data, for a reader that may read both) or one
+        with no chunks (nats-py's read would wait for ever): both are `MissingPayloadError` at
+        once, nothing of the linked object is read."""
+        secret = await payloads.payload_bucket(mesh.js, subjects.owner_payload_bucket("victim"))
+        await secret.put("secret", b'"the victim\'s data"')
+        bucket = subjects.payload_bucket_of(subjects.work("echo", "anon"))
+        store = await payloads.payload_bucket(mesh.js, bucket)
+        await store.put("real", b"x" * 10)
+        real = base64.urlsafe_b64encode(b"real").decode()
+        meta = json.loads((await mesh.js.get_msg(f"OBJ_{bucket}", subject=f"$O.{bucket}.M.{real}")).data)
+        forged = {
+            "link": {**meta, "name": "link", "size": 20,
+                     "options": {"link": {"bucket": subjects.owner_payload_bucket("victim"), "name": "secret"}}},
+            "alone": {**meta, "name": "alone", "nuid": "NOCHUNKSNOCHUNKS", "size": 500_000},
+            "wild": {**meta, "name": "wild", "nuid": "*", "size": 10},
+        }  # fmt: skip
+        for name, entry in forged.items():
+            await mesh.nc.publish(f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}",
+                                  json.dumps(entry).encode(), headers={"Nats-Rollup": "sub"})  # fmt: skip
+        await mesh.nc.flush()
+        for name in forged:
+            event = CloudEvent(specversion="1.0", id=f"e-{name}", source="mesh://tests", type="mesh.task.requested",
+                               time=now_rfc3339(), dataref=dataref(bucket, name))  # fmt: skip
+            with pytest.raises(MissingPayloadError):
+                await asyncio.wait_for(payloads.inline(mesh.js, event, subjects.work("echo", "anon")), 5)

@@ -33,13 +33,14 @@ from collections.abc import AsyncIterator, Iterator
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadObjectMetaError, BadRequestError, DigestMismatchError, LinkIsABucketError, NotFoundError
 from nats.js.object_store import ObjectStore
 
 from mesh.bus.connection import stream_replicas
 from mesh.bus.jetstream import API, guarded
 from mesh.errors import ConfigError, MissingPayloadError, PayloadTooLargeError, PermissionDeniedError
 from topics import subjects
+from topics.base import is_token
 from topics.envelope import DECODE_ERRORS, CloudEvent, dataref, decode_envelope, parse_dataref
 from topics.record import Record
 from topics.registry import decode_on
@@ -258,6 +259,20 @@ def fetch_timeout(size: int) -> float:
     return FETCH_TIMEOUT + max(size, 0) / FETCH_RATE
 
 
+async def _chunks_stored(js: JetStreamContext, bucket: str, nuid: str) -> bool:
+    """Whether the object ``nuid`` of ``bucket`` has chunks stored: nats-py reads them with a
+    consumer that waits for the first for ever, and leaves the consumer behind when that wait
+    is given up. A hostile writer of a bucket can store a meta entry alone, or name chunks
+    with a wildcard (the chunks of every object in the bucket)."""
+    if not is_token(nuid):
+        return False
+    try:
+        await js.get_last_msg(f"OBJ_{bucket}", f"$O.{bucket}.C.{nuid}")
+    except NotFoundError:
+        return False
+    return True
+
+
 async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> CloudEvent:
     """``event``, stored on ``subject``, with the data its `dataref` names put back in `data`
     (the reference removed); `MissingPayloadError` if the object is gone, is not in the
@@ -271,11 +286,17 @@ async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> Cloud
         if bucket != expected:  # a reference may not point a reader at other stores
             raise ValueError(f"dataref names bucket {bucket[:80]!r}; the data of events on this subject live in {expected!r}")
         store = await payload_bucket(js, bucket, create=False)
-        size = (await store.get_info(name)).size or 0
+        info = await store.get_info(name)
+        if info.is_link():  # nats-py would follow it into any bucket this reader may read
+            raise MissingPayloadError(ref, "the object is a link to another object: a reference may not point a "
+                                           "reader at other stores")  # fmt: skip
+        size = info.size or 0
         ceiling = max(max_object(), DEFAULT_MAX_OBJECT)  # what a reader holds in memory, whatever it may write
         if size > ceiling or (event.datasize is not None and size != event.datasize):
             raise MissingPayloadError(ref, f"the object has {size} bytes; the event says {event.datasize}, "
                                            f"and at most {ceiling} are read")  # fmt: skip
+        if size and not await _chunks_stored(js, bucket, info.nuid or ""):  # else nats-py's read waits for ever
+            raise MissingPayloadError(ref, "its chunks are not stored (a meta entry written alone)")
         try:
             got = await asyncio.wait_for(store.get(name), fetch_timeout(size))
         except TimeoutError:  # chunks that never come (a meta entry written alone), or a server far too slow
@@ -285,6 +306,8 @@ async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> Cloud
         raise MissingPayloadError(ref, str(error)) from None
     except NotFoundError:
         raise MissingPayloadError(ref, "no such object (deleted, expired, or never stored)") from None
+    except (BadObjectMetaError, DigestMismatchError, LinkIsABucketError) as error:
+        raise MissingPayloadError(ref, f"the object store refused it ({type(error).__name__})") from None
     if event.datasize is not None and len(data) != event.datasize:
         raise MissingPayloadError(ref, f"the object has {len(data)} bytes, the event says {event.datasize}")
     if event.datasha256 is not None and hashlib.sha256(data).hexdigest() != event.datasha256.lower():
