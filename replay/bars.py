@@ -2,8 +2,10 @@
 call, from its start to its end, placed under the bar of its cause.
 
 - workflow: `mesh.flow.started` → `mesh.flow.completed` / `.failed`;
-- step: its first `mesh.flow.step_scheduled` → its last `step_completed` / `step_failed`;
-  each later schedule (attempt > 1) is a `Retry`, with the reason of the failure before it;
+- step: its first `mesh.flow.step_scheduled` (or the event that carries it:
+  `topics.flows.scheduled_in`) → its last `step_completed` / `step_failed`; each later
+  schedule (attempt > 1) is a `Retry`, with the reason of the failure before it; a step's
+  tasks are its bar's children, also when their cause is the event that carried the schedule;
 - task: `mesh.task.requested` → its outcome (`completed`, `failed`, `cancelled`, or
   `handed_off` to another capability), matched by the request's stream sequence (every
   lifecycle event carries it), else by capability and task id. A task *waits* until the first
@@ -31,7 +33,16 @@ from mesh.runtime.worker import RunnerOptions
 from replay.labels import Names, capability_of, error_text, label, task_name
 from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.dead import DeadLettered
-from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.flows import (
+    FlowCompleted,
+    FlowFailed,
+    FlowStarted,
+    FlowStepCompleted,
+    FlowStepFailed,
+    FlowStepScheduled,
+    scheduled_id,
+    scheduled_in,
+)
 from topics.record import Record
 from topics.tasks import (
     TaskAttemptFailed,
@@ -118,9 +129,12 @@ class _Builder:
         self.work: dict[str, list[float]] = {}  # task bar id -> times its agent was seen at work
         self.retry_reasons: dict[str, str] = {}  # task bar id -> why its last try failed, for the next claim
         self.by_task: dict[str, str] = {}  # task id -> its latest task bar
+        self.carried: dict[tuple[str, str], str] = {}  # (event id, task id) -> bar of the step that event scheduled
+        self.carriers: dict[str, str] = {}  # bar of a step scheduled inside another event -> that event's id
 
-    def open(self, record: Record, kind: Kind, text: str, start: float, key: tuple[str, ...] | None) -> Bar:
-        bar = Bar(id=record.event.id, kind=kind, label=text, agent=self.agents[record.event.id], start=start)
+    def open(self, record: Record, kind: Kind, text: str, start: float, key: tuple[str, ...] | None,
+             bar_id: str | None = None) -> Bar:  # fmt: skip
+        bar = Bar(id=bar_id or record.event.id, kind=kind, label=text, agent=self.agents[record.event.id], start=start)
         self.bars[bar.id] = bar
         self.owner[bar.id] = bar.id
         if key is not None:
@@ -133,13 +147,7 @@ class _Builder:
             case FlowStarted(workflow_id=wf, name=name):
                 self.open(record, "workflow", f"workflow {name or wf}", at, ("flow", wf))
             case FlowStepScheduled(workflow_id=wf, step=step, attempt=attempt):
-                bar = self.bar_of(("step", wf, step))
-                if bar is None:
-                    self.open(record, "step", f"step {step}", at, ("step", wf, step))
-                else:
-                    self.owner[event_id] = bar.id
-                    bar.retries.append(Retry(at=at, attempt=attempt, reason=self.step_failures.pop(bar.id, "")))
-                    bar.status, bar.end = "open", None
+                self.schedule(record, at, wf, step, attempt)
             case FlowStepCompleted(workflow_id=wf, step=step):
                 self.end_of(event_id, ("step", wf, step), at, "completed")
             case FlowStepFailed(workflow_id=wf, step=step, error=error):
@@ -174,6 +182,26 @@ class _Builder:
                 self.task_event(record, at)
             case _:
                 self.mark(record, at)
+        if isinstance(record.data, FlowStarted | FlowStepCompleted | FlowStepFailed):
+            for carried in scheduled_in(record.data):
+                bar = self.schedule(record, at, carried.workflow_id, carried.step, carried.attempt, carried=True)
+                self.carried[(event_id, carried.task_id)] = bar.id
+
+    def schedule(self, record: Record, at: float, wf: str, step: str, attempt: int, *, carried: bool = False) -> Bar:
+        """A step scheduled by ``record`` (on its own, or ``carried`` inside it): its bar opens,
+        or a retry of it starts."""
+        bar = self.bar_of(("step", wf, step))
+        if bar is None:
+            bar_id = scheduled_id(wf, step, attempt) if carried else None
+            bar = self.open(record, "step", f"step {step}", at, ("step", wf, step), bar_id)
+            if carried:
+                self.carriers[bar.id] = record.event.id
+            return bar
+        if not carried:
+            self.owner[record.event.id] = bar.id
+        bar.retries.append(Retry(at=at, attempt=attempt, reason=self.step_failures.pop(bar.id, "")))
+        bar.status, bar.end = "open", None
+        return bar
 
     def bar_of(self, key: tuple[str, ...]) -> Bar | None:
         found = self.keys.get(key)
@@ -241,8 +269,8 @@ class _Builder:
     def done(self) -> list[Bar]:
         end = max(self.offsets.values(), default=0.0)
         for bar in self.bars.values():
-            cause = self.parents.get(bar.id)
-            owner = self.owner.get(cause or "")
+            cause = self.parents.get(bar.id) or self.carriers.get(bar.id)
+            owner = self.carried.get((cause or "", self.tasks.get(bar.id, ""))) or self.owner.get(cause or "")
             if owner is not None and owner != bar.id:
                 bar.parent, bar.cause_at = owner, self.offsets[cause or ""]
             bar.segments = segments(bar, self.work.get(bar.id, []), end)

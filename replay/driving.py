@@ -31,7 +31,7 @@ from mesh.errors import ReplayStop
 from mesh.projections import WORKFLOWS, WorkflowView
 from topics.base import Event
 from topics.envelope import derived_id
-from topics.flows import FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.flows import FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled, scheduled_in
 from topics.record import Record
 from topics.tasks import TaskRequested
 
@@ -75,13 +75,13 @@ def driver_records(
     flow: Sequence[Record], caused: Mapping[str, list[Record]], workflow_id: str
 ) -> list[tuple[Record, str]]:
     """What a driver of ``workflow_id`` recorded, with labels: the workflow's events (``flow``)
-    and the step tasks it submitted (each caused by the step's `scheduled` event), in log order."""
+    and the step tasks it submitted (each caused by the event that scheduled the step), in log order."""
     made = [(record, flow_label(record, workflow_id)) for record in flow]
     for record in flow:
-        if isinstance(record.data, FlowStepScheduled):
-            for request in caused.get(record.event.id, []):
-                if isinstance(request.data, TaskRequested):
-                    made.append((request, f"request step {record.data.step}/{record.data.attempt}"))
+        steps = {s.task_id: s for s in scheduled_in(record.data)}
+        for request in caused.get(record.event.id, []) if steps else ():
+            if isinstance(request.data, TaskRequested) and (step := steps.get(request.data.task_id or request.event.id)):
+                made.append((request, f"request step {step.step}/{step.attempt}"))
     return sorted(made, key=lambda item: item[0].seq)
 
 
@@ -102,7 +102,9 @@ class ReplayFlowLog(FlowLog):
         self._horizon = horizon
         self._made = made
         self._moves = 0  # bumped whenever the fold moves on: what a waiting outcome watches
-        self._steps = {r.data.task_id for r in self._recorded if isinstance(r.data, FlowStepScheduled)}
+        self._steps = {s.task_id for r in self._recorded for s in scheduled_in(r.data)}
+        # A log whose driver recorded every step on its own (before steps were carried) is re-driven so.
+        self.carries_schedules = not any(isinstance(r.data, FlowStepScheduled) for r in self._recorded)
         gates.append(self._turn_of)
 
     async def refresh(self, *, at_least: int = 0) -> WorkflowView:

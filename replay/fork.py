@@ -45,7 +45,7 @@ from replay.export import Outgoing, publish_in_order
 from topics import subjects
 from topics.base import check_token
 from topics.envelope import CloudEvent, derived_id, encode_envelope, now_rfc3339
-from topics.flows import FlowStarted
+from topics.flows import FlowStarted, scheduled_in
 from topics.record import Record
 from topics.registry import encode_data
 from topics.tasks import TaskOutcome, TaskRequested
@@ -162,10 +162,10 @@ def _new_ids(prefix: list[Record], source: str, new_id: str) -> dict[str, str]:
             ids[old] = derived_id(task, "requested")
         else:
             ids[old] = derived_id(old, label)
-    for record in prefix:
-        named = getattr(record.data, "task_id", None)
-        if isinstance(named, str) and named and named not in ids:
-            ids[named] = derived_id(named, label)
+    for record in prefix:  # the tasks they name, and those of the steps they schedule (`topics.flows.scheduled_in`)
+        for named in (getattr(record.data, "task_id", None), *(s.task_id for s in scheduled_in(record.data))):
+            if isinstance(named, str) and named and named not in ids:
+                ids[named] = derived_id(named, label)
     return ids
 
 
@@ -195,8 +195,9 @@ def _copy(record: Record, ids: dict[str, str]) -> tuple[CloudEvent, str]:
 
 def _rewritten(value: Any, ids: dict[str, str]) -> Any:
     """``value`` with every string that is a mapped id replaced, at any depth (no recursion:
-    data nested as deep as the decoder accepts is copied, not a RecursionError)."""
-    if not isinstance(value, (dict, list)):
+    data nested as deep as the decoder accepts is copied, not a RecursionError). A tuple
+    (`msgspec.to_builtins` keeps a Struct's tuples) comes back a list."""
+    if not isinstance(value, (dict, list, tuple)):
         return ids.get(value, value) if isinstance(value, str) else value
     top: Any = {} if isinstance(value, dict) else []
     stack: list[tuple[Any, Any]] = [(value, top)]
@@ -204,7 +205,7 @@ def _rewritten(value: Any, ids: dict[str, str]) -> Any:
         source, copy = stack.pop()
         items = source.items() if isinstance(source, dict) else enumerate(source)
         for key, item in items:
-            if isinstance(item, (dict, list)):
+            if isinstance(item, (dict, list, tuple)):
                 inner: Any = {} if isinstance(item, dict) else []
                 stack.append((item, inner))
                 item = inner

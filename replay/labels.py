@@ -21,7 +21,15 @@ from topics.board import BoardDeleted, BoardWritten
 from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.chat import ChatMessage
 from topics.dead import DeadLettered
-from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.flows import (
+    FlowCompleted,
+    FlowFailed,
+    FlowStarted,
+    FlowStepCompleted,
+    FlowStepFailed,
+    FlowStepScheduled,
+    scheduled_in,
+)
 from topics.record import Record
 from topics.tasks import (
     TaskAttemptFailed,
@@ -53,11 +61,10 @@ class Names(msgspec.Struct, kw_only=True):
     def of(cls, records: Iterable[Record]) -> Names:
         names = cls()
         for record in records:
-            match record.data:
-                case FlowStepScheduled(task_id=task_id, step=step):
-                    names.steps[task_id] = step
-                case FlowStarted(workflow_id=workflow_id, name=name):
-                    names.workflows[workflow_id] = name
+            for scheduled in scheduled_in(record.data):
+                names.steps[scheduled.task_id] = scheduled.step
+            if isinstance(record.data, FlowStarted):
+                names.workflows[record.data.workflow_id] = record.data.name
         return names
 
 
@@ -135,16 +142,28 @@ def _task_status(data: object) -> str:
     return "task event"  # pragma: no cover - every task event is matched above
 
 
+MAX_CARRIED_NAMED = 5  # steps a label names of those an event scheduled; the rest are counted
+
+
+def _carried(data: FlowStarted | FlowStepCompleted | FlowStepFailed) -> str:
+    """What a flow event adds to its label for the steps it scheduled: `; then plan, draft`."""
+    steps = [s.step + (f" (attempt {s.attempt})" if s.attempt > 1 else "") for s in scheduled_in(data)]
+    if not steps:
+        return ""
+    more = len(steps) - MAX_CARRIED_NAMED
+    return "; then " + ", ".join(steps[:MAX_CARRIED_NAMED]) + (f" and {more} more" if more > 0 else "")
+
+
 def _other(record: Record, names: Names) -> str:
     match record.data:
-        case FlowStarted(workflow_id=wf, name=name):
-            return f"workflow {name or wf} started" + (f" ({short_id(wf)})" if name else "")
+        case FlowStarted(workflow_id=wf, name=name) as data:
+            return f"workflow {name or wf} started" + (f" ({short_id(wf)})" if name else "") + _carried(data)
         case FlowStepScheduled(step=step, attempt=attempt):
             return f"step {step} scheduled" + (f", attempt {attempt}" if attempt > 1 else "")
-        case FlowStepCompleted(step=step):
-            return f"step {step} completed"
-        case FlowStepFailed(step=step, error=error):
-            return f"step {step} failed: {error_text(error)}"
+        case FlowStepCompleted(step=step) as data:
+            return f"step {step} completed" + _carried(data)
+        case FlowStepFailed(step=step, error=error) as data:
+            return f"step {step} failed: {error_text(error)}" + _carried(data)
         case FlowCompleted(workflow_id=wf):
             return f"workflow {names.workflows.get(wf) or wf} completed"
         case FlowFailed(workflow_id=wf, error=error):

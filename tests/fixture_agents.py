@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+from agents.orchestrator import Drive, drive
 from mesh import Agent, Context, Flow, HandOff, RetryableError, ToolNotGrantedError
 from mesh.coordination.limits import Pool, RateLimit
 from mesh.llm.tools import tool
@@ -313,3 +314,16 @@ async def limited_work(input: dict[str, Any], ctx: Context) -> Any:
 
 
 ballot = Agent("ballot", emits=("mesh.vote.*",))  # a role that votes: `mesh auth init` lets it read proposals too
+
+
+
+separate_schedules = Agent("orchestrator", emits=("mesh.flow.*",))  # as drivers recorded steps before 2026-12-04
+
+
+@separate_schedules.task("workflow")
+async def drive_scheduling_apart(input: Drive, ctx: Context) -> Any:
+    """`agents.orchestrator:agent`, each step scheduled in a `mesh.flow.step_scheduled` of its own."""
+    flow = ctx.flow_log(input.workflow_id or ctx.task_id)
+    flow.carries_schedules = False
+    return await drive(ctx.mesh, input, task_id=ctx.task_id, request_seq=ctx.request_seq or 0,
+                       causation_id=ctx.event.id, correlation_id=ctx.correlation_id, flow=flow, hops=ctx.hops)  # fmt: skip

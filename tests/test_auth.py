@@ -434,8 +434,9 @@ class TestWorkflowsAreBound:
                 assert isinstance(outcome.data, TaskFailed), outcome.data
             assert outcome.data.error.type == "WorkflowTakenError"
         flow = [r for r in log.records if r.subject == subjects.flow("wf-victim")]
-        assert [r.event.type for r in flow] == ["mesh.flow.started", "mesh.flow.step_scheduled"]
+        assert [r.event.type for r in flow] == ["mesh.flow.started"]  # with its step scheduled in it, and nothing more
         assert isinstance(flow[0].data, FlowStarted) and flow[0].data.request_seq == launched.request_seq
+        assert [s.step for s in flow[0].data.scheduled] == ["a"]
         assert secured.violations() == []
 
     async def test_a_workflow_started_first_by_someone_else_is_not_taken_for_ones_own(self, secured: Secured) -> None:

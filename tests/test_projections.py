@@ -56,6 +56,7 @@ from topics import (
     FlowStepFailed,
     FlowStepScheduled,
     Record,
+    StepScheduled,
     TaskAttemptFailed,
     TaskCancelled,
     TaskCancelRequested,
@@ -543,6 +544,43 @@ class TestWorkflows:
         step = workflow(*events).steps["a"]
         assert (step.status, step.task_id, step.attempt) == ("scheduled", "t2", 2)
 
+    def test_steps_carried_fold_as_their_own_events(self) -> None:
+        """Steps scheduled inside a start, a completion or a failure fold as the
+        `step_scheduled` events they stand for would, right after it; the carrying event is
+        each one's `scheduled_by`."""
+        a, b, c, b2 = (StepScheduled(step="a", task_id="ta"), StepScheduled(step="b", task_id="tb"),
+                       StepScheduled(step="c", task_id="tc"), StepScheduled(step="b", task_id="tb2", attempt=2))  # fmt: skip
+        carried: list[Event] = [
+            msgspec.structs.replace(DIAMOND, scheduled=(a,)),
+            FlowStepCompleted(workflow_id="w", step="a", task_id="ta", output=1, scheduled=(b, c)),
+            FlowStepFailed(workflow_id="w", step="b", task_id="tb", error=error(True), scheduled=(b2,)),
+        ]
+        separate: list[Event] = [DIAMOND, *(FlowStepScheduled(workflow_id="w", **msgspec.structs.asdict(s)) for s in (a,)),
+                                 FlowStepCompleted(workflow_id="w", step="a", task_id="ta", output=1),
+                                 *(FlowStepScheduled(workflow_id="w", **msgspec.structs.asdict(s)) for s in (b, c)),
+                                 FlowStepFailed(workflow_id="w", step="b", task_id="tb", error=error(True)),
+                                 FlowStepScheduled(workflow_id="w", **msgspec.structs.asdict(b2))]  # fmt: skip
+        for n in range(1, len(carried) + 1):
+            folded, apart = workflow(*carried[:n]), workflow(*separate[: {1: 2, 2: 5, 3: 7}[n]])
+            for step in (*folded.steps.values(), *apart.steps.values()):
+                step.scheduled_by = None
+            assert folded.steps == apart.steps and folded.status == apart.status
+        steps = fold(WORKFLOWS, records := log(*carried)).workflows["w"].steps
+        assert [steps[n].scheduled_by for n in "abc"] == [records[0].id, records[2].id, records[1].id]
+        assert (steps["b"].status, steps["b"].task_id, steps["b"].attempt) == ("scheduled", "tb2", 2)
+        assert ready_steps(workflow(*carried)) == []
+
+    def test_an_event_carries_at_most_a_workflows_steps(self) -> None:
+        """`scheduled` holds at most `MAX_SCHEDULED` steps: more is an event that does not decode."""
+        from topics.flows import MAX_SCHEDULED
+
+        many = FlowStepCompleted(workflow_id="w", step="a", task_id="t",
+                                 scheduled=tuple(StepScheduled(step=f"s{n}", task_id=f"t{n}") for n in range(MAX_SCHEDULED + 1)))  # fmt: skip
+        with pytest.raises(msgspec.ValidationError, match="scheduled"):
+            decode_data(many.TYPE, encode_data(many))
+        fits = msgspec.structs.replace(many, scheduled=many.scheduled[:MAX_SCHEDULED])
+        assert decode_data(fits.TYPE, encode_data(fits)) == fits
+
     def test_completion_is_final(self) -> None:
         """The first step completion and the first workflow outcome win."""
         view = workflow(
@@ -694,11 +732,13 @@ cast = st.builds(VoteCast, proposal_id=proposals, voter=voters, choice=st.sample
 decided = st.builds(VoteDecided, proposal_id=proposals, outcome=st.none() | st.sampled_from(["o1", "o2"]))
 vote_events = st.sampled_from([proposed, proposed, *[cast] * 6, decided]).flatmap(lambda events: events)
 step_names = st.sampled_from(["a", "b", "c", "d"])
+carried_steps = st.lists(st.builds(StepScheduled, step=step_names, task_id=ids, attempt=attempts), max_size=2).map(tuple)
 flow_events = st.one_of(
-    st.builds(FlowStarted, workflow_id=ids, name=st.just("f"), spec=specs, input=json_values),
+    st.builds(FlowStarted, workflow_id=ids, name=st.just("f"), spec=specs, input=json_values, scheduled=carried_steps),
     st.builds(FlowStepScheduled, workflow_id=ids, step=step_names, task_id=ids, attempt=attempts),
-    st.builds(FlowStepCompleted, workflow_id=ids, step=step_names, task_id=ids, output=json_values),
-    st.builds(FlowStepFailed, workflow_id=ids, step=step_names, task_id=ids, error=st.none() | errors),
+    st.builds(FlowStepCompleted, workflow_id=ids, step=step_names, task_id=ids, output=json_values, scheduled=carried_steps),
+    st.builds(FlowStepFailed, workflow_id=ids, step=step_names, task_id=ids, error=st.none() | errors,
+              scheduled=carried_steps),
     st.builds(FlowCompleted, workflow_id=ids, output=json_values),
     st.builds(FlowFailed, workflow_id=ids, error=st.none() | errors),
 )

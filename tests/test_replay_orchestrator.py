@@ -79,13 +79,27 @@ class TestRerunOrchestrator:
         changed = await rerun(changed_orchestrator(), records, "wf-0")
         found = changed.divergence
         assert not changed.ok and found is not None, found
-        # effects 0-2: the start and the two parallel steps scheduled, as recorded; then left's task
-        assert found.index == 3 and "differs" in found.reason, found.describe()
+        # effect 0: the start with the two parallel steps it schedules, as recorded; then left's task
+        assert found.index == 1 and "differs" in found.reason, found.describe()
         assert found.expected is not None and found.actual is not None
         assert found.expected.label == found.actual.label == "request step left/1"
         assert found.expected.data["input"] == {"side": "left", "n": 0}
         assert found.actual.data["input"] == {"loud": {"side": "left", "n": 0}}
 
+
+    async def test_a_log_with_steps_scheduled_apart_reruns_cleanly(self, mesh: Mesh, agents: AgentProcesses) -> None:
+        """A log written before steps were carried (each in a `mesh.flow.step_scheduled` of its
+        own) is re-driven the way it was recorded: today's orchestrator reruns it cleanly."""
+        for target in ("tests.fixture_agents:separate_schedules", "agents.echo:agent"):
+            await agents.start(target)
+        workflows = Workflows(mesh)
+        started = await workflows.launch(parse(SPEC), {"n": 5}, workflow_id="wf-apart")
+        await workflows.result(started.workflow_id, request_seq=started.request_seq, timeout=60)
+        records = (await read_log(mesh)).records
+        flow = [r.event.type for r in records if r.subject == "mesh.flow.wf-apart"]
+        assert flow.count("mesh.flow.step_scheduled") == 3 and len(flow) == 8, flow
+        result = await rerun("agents.orchestrator:agent", records, "wf-apart")
+        assert result.ok and result.tasks_checked == 1, result.divergence and result.divergence.describe()
 
     async def test_late_failed_and_timed_out_steps_rerun_cleanly(
         self, mesh: Mesh, agents: AgentProcesses, log: EventLog, tmp_path: Path

@@ -24,7 +24,7 @@ from topics.board import BoardWritten
 from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.dead import DeadLettered
 from topics.envelope import CloudEvent
-from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled, StepScheduled
 from topics.record import Record
 from topics.registry import decode_data, encode_data
 from topics.tasks import (
@@ -124,6 +124,56 @@ def workflow() -> Log:
     log.add(510, flow, FlowCompleted(workflow_id="wf", output={"done": True}))
     assert started == "ev-1"
     return log
+
+
+def carried_workflow() -> Log:
+    """`workflow()` as a driver records it now: each step scheduled inside the event it
+    follows from, each step's task caused by that event."""
+    log, flow = Log(), subjects.flow("wf")
+    a1, b1 = StepScheduled(step="a", task_id="ta-1"), StepScheduled(step="b", task_id="tb-1")
+    started = log.add(0, flow, FlowStarted(workflow_id="wf", name="review", spec=SPEC, scheduled=(a1, b1)), source="test/client")
+    ra = log.add(12, subjects.work("research", subjects.ANON), TaskRequested(capability="research", task_id="ta-1"), cause=started)
+    rb = log.add(13, subjects.work("research", subjects.ANON), TaskRequested(capability="research", task_id="tb-1"), cause=started)
+    fail = TaskFailed(task_id="ta-1", agent="r-1", attempt=1, request_seq=2,
+                      error=ErrorInfo(type="ValueError", message="bad page"))  # fmt: skip
+    failed = log.add(50, subjects.task("research", subjects.ANON, "ta-1"), fail, cause=ra)
+    retry = log.add(60, flow, FlowStepFailed(workflow_id="wf", step="a", task_id="ta-1", error=fail.error,
+                                             scheduled=(StepScheduled(step="a", task_id="ta-2", attempt=2),)), cause=failed)  # fmt: skip
+    ra2 = log.add(71, subjects.work("research", subjects.ANON), TaskRequested(capability="research", task_id="ta-2"), cause=retry)
+    done_a = log.add(300, subjects.task("research", subjects.ANON, "ta-2"), TaskCompleted(task_id="ta-2", agent="r-1", attempt=1,
+                     request_seq=7), cause=ra2)  # fmt: skip
+    done_b = log.add(400, subjects.task("research", subjects.ANON, "tb-1"), TaskCompleted(task_id="tb-1", agent="r-2", attempt=1,
+                     request_seq=3), cause=rb)  # fmt: skip
+    log.add(310, flow, FlowStepCompleted(workflow_id="wf", step="a", task_id="ta-2"), cause=done_a)
+    then_c = log.add(410, flow, FlowStepCompleted(workflow_id="wf", step="b", task_id="tb-1",
+                                                  scheduled=(StepScheduled(step="c", task_id="tc-1"),)), cause=done_b)  # fmt: skip
+    rc = log.add(421, subjects.work("write", subjects.ANON), TaskRequested(capability="write", task_id="tc-1"), cause=then_c)
+    done_c = log.add(500, subjects.task("write", subjects.ANON, "tc-1"), TaskCompleted(task_id="tc-1", agent="w-1", attempt=1,
+                     request_seq=12), cause=rc)  # fmt: skip
+    log.add(505, flow, FlowStepCompleted(workflow_id="wf", step="c", task_id="tc-1"), cause=done_c)
+    log.add(510, flow, FlowCompleted(workflow_id="wf", output={"done": True}))
+    return log
+
+
+class TestCarriedSchedules:
+    def test_steps_and_their_tasks_hang_as_when_scheduled_on_their_own(self) -> None:
+        """A step scheduled inside another event opens its bar there, under the bar that event
+        belongs to; the step's task hangs under the step, not under that event's bar."""
+        bars = build_timeline(carried_workflow().records, "wf").bars
+        wf, a, b, c = (bar(bars, "workflow review"), bar(bars, "step a"), bar(bars, "step b"), bar(bars, "step c"))
+        assert a.parent == wf.id and b.parent == wf.id and (a.start, b.start) == (0.0, 0.0)
+        assert c.parent == b.id and c.cause_at == 0.41 and c.start == 0.41
+        assert [(r.attempt, r.reason) for r in a.retries] == [(2, "ValueError: bad page")]
+        assert (a.end, a.status, c.end, c.status) == (0.31, "completed", 0.505, "completed")
+        for task, step in (("research ta-1", a), ("research ta-2", a), ("research tb-1", b), ("write tc-1", c)):
+            assert bar(bars, task).parent == step.id, task
+        assert len({x.id for x in bars}) == len(bars)
+
+    def test_labels_name_the_steps_an_event_scheduled(self) -> None:
+        hops = {hop.seq: hop.label for hop in build_timeline(carried_workflow().records, "wf").hops}
+        assert hops[1].startswith("workflow review started") and hops[1].endswith("; then a, b")
+        assert hops[5].endswith("; then a (attempt 2)") and hops[10] == "step b completed; then c"
+        assert hops[9] == "step a completed"
 
 
 class TestLabels:

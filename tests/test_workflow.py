@@ -32,7 +32,7 @@ from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from topics import CloudEvent, Event, Record, decode_data, encode_data
 from topics.base import ErrorInfo
-from topics.flows import FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.flows import FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled, scheduled_in
 from topics.tasks import TaskRequested
 
 SCOPE = {"input": {"topic": "tea", "tags": ["a", "b"]}, "steps": {"r": {"output": {"notes": ["n0", "n1"]}}}}
@@ -248,6 +248,11 @@ def flow_events(log: EventLog, event_type: str, workflow_id: str) -> list[Record
     return [r for r in log.of_type(event_type) if r.data.workflow_id == workflow_id]  # type: ignore[attr-defined]
 
 
+def scheduled_steps(log: EventLog, workflow_id: str) -> list[FlowStepScheduled]:
+    """The steps the workflow's events scheduled, on their own or carried by another event."""
+    return [s for r in log.records if getattr(r.data, "workflow_id", None) == workflow_id for s in scheduled_in(r.data)]
+
+
 async def until_ended(log: EventLog, workflow_id: str) -> None:
     """Wait until the test's own log has caught up with the workflow's end."""
     ends = ("mesh.flow.completed", "mesh.flow.failed")
@@ -271,7 +276,10 @@ class TestOrchestrator:
         await until_ended(log, workflow_id)
         events = [r.data for r in log.records if getattr(r.data, "workflow_id", None) == workflow_id]
         kinds = [(type(e).__name__, getattr(e, "step", "")) for e in events]
-        assert kinds[1:3] == [("FlowStepScheduled", "left"), ("FlowStepScheduled", "right")]
+        assert kinds[0] == ("FlowStarted", "") and [s.step for s in scheduled_in(events[0])] == ["left", "right"]
+        assert sorted(kinds[1:3]) == [("FlowStepCompleted", "left"), ("FlowStepCompleted", "right")]
+        assert [s.step for e in events[1:3] for s in scheduled_in(e)] == ["join"]  # by the second of the two
+        assert kinds[3:] == [("FlowStepCompleted", "join"), ("FlowCompleted", "")]  # five events, no step_scheduled of its own
         assert (await flows.view(workflow_id)).status == "completed"
         assert (await mesh.outcome("workflow", workflow_id, timeout=10)).data.output == {"joined": "L+R+7"}  # type: ignore[attr-defined]
 
@@ -301,7 +309,8 @@ class TestOrchestrator:
         await until_ended(log, workflow_id)
         assert output == {"key": "k1", "second_try": step_task_id(workflow_id, "flaky", 2)}
         assert len(flow_events(log, "mesh.flow.step_failed", workflow_id)) == 1
-        assert [r.data.attempt for r in flow_events(log, "mesh.flow.step_scheduled", workflow_id)] == [1, 2]  # type: ignore[attr-defined]
+        assert [s.attempt for s in scheduled_steps(log, workflow_id)] == [1, 2]
+        assert [s.attempt for r in flow_events(log, "mesh.flow.step_failed", workflow_id) for s in scheduled_in(r.data)] == [2]
         await reruns_cleanly(mesh, log, workflow_id)
 
     async def test_failure_after_retries(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
@@ -359,8 +368,8 @@ class TestOrchestrator:
         claimed = of_step(log, "mesh.task.claimed", steps)  # the slow steps claim once; the instant one need not
         assert set(claimed.values()) == {1} and {step_task_id(workflow_id, n, 1) for n in "ab"} <= set(claimed)
         assert of_step(log, "mesh.task.completed", steps) == Counter(dict.fromkeys(steps, 1))
-        for kind in ("mesh.flow.step_scheduled", "mesh.flow.step_completed"):
-            assert Counter(r.data.step for r in flow_events(log, kind, workflow_id)) == Counter("abc")  # type: ignore[attr-defined]
+        assert Counter(s.step for s in scheduled_steps(log, workflow_id)) == Counter("abc")
+        assert Counter(r.data.step for r in flow_events(log, "mesh.flow.step_completed", workflow_id)) == Counter("abc")  # type: ignore[attr-defined]
         assert len(flow_events(log, "mesh.flow.completed", workflow_id)) == 1
         drives = [r.data.attempt for r in log.of_type("mesh.task.claimed") if r.data.task_id == workflow_id]  # type: ignore[attr-defined]
         assert drives in ([2], [1, 2])  # the retry claims at once; the first try only if it lived 50 ms

@@ -18,6 +18,9 @@ from topics.flows import (
     FlowStepCompleted,
     FlowStepFailed,
     FlowStepScheduled,
+    StepScheduled,
+    scheduled_id,
+    scheduled_in,
 )
 from topics.knowledge import KnowledgeAdded, KnowledgeEvent, KnowledgeRemoved
 from topics.record import Record
@@ -49,7 +52,7 @@ __all__ = [
     "DeadEvent", "DeadLettered",
     "ErrorInfo", "Event", "Record",
     "FlowCompleted", "FlowEvent", "FlowFailed", "FlowStarted",
-    "FlowStepCompleted", "FlowStepFailed", "FlowStepScheduled",
+    "FlowStepCompleted", "FlowStepFailed", "FlowStepScheduled", "StepScheduled", "scheduled_id", "scheduled_in",
     "KnowledgeAdded", "KnowledgeEvent", "KnowledgeRemoved",
     "TaskAttemptFailed", "TaskCancelled", "TaskCancelRequested", "TaskClaimed", "TaskCompleted", "TaskEvent", "TaskFailed", "TaskHandedOff",
     "TaskOutcome", "TaskProgress", "TaskRequested",

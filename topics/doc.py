@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 
 import msgspec
@@ -102,6 +103,19 @@ only the owner may read `mesh.task.*.<owner>.*`,
 an answer counts only if it names the request's stream sequence, and `Nats-Msg-Id` headers
 are keyed by the publisher's secret (docs/SECURITY.md).
 
+## Steps scheduled inside flow events
+
+A workflow's driver records the steps a decision schedules inside the event that decision
+follows from: `scheduled` of `mesh.flow.started` (the steps that start at once),
+`mesh.flow.step_completed` (the steps that completion makes ready) and `mesh.flow.step_failed`
+(the step's next attempt), a list of `{"step", "task_id", "attempt"}` (at most 1,000). Each
+entry stands for a `mesh.flow.step_scheduled` recorded right after the event that carries it,
+and is folded so (`topics.flows.scheduled_in`); the step's task names that event as its cause.
+So a 3-step pipeline is five flow events (started, three step completions, completed), not
+eight, and each is one compare-and-set of the driver. `mesh.flow.step_scheduled` is still
+recorded on its own when no other event is (logs written before 2026-12-04 hold only those,
+and `mesh replay rerun` re-drives such a log the way it was recorded).
+
 ## Application events: your own types
 
 Besides the types below (the mesh's own, in the `mesh.` namespace), a user declares event
@@ -166,7 +180,7 @@ class OrderShipped(AppEvent, frozen=True, kw_only=True):
 
 def _type_name(hint: object) -> str:
     text = hint.__name__ if isinstance(hint, type) else str(hint)
-    return text.replace("typing.", "").replace("topics.base.", "").replace(" | ", " or ")
+    return re.sub(r"topics\.\w+\.", "", text.replace("typing.", "")).replace(" | ", " or ")
 
 
 def render() -> str:

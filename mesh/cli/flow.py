@@ -20,7 +20,15 @@ from mesh.coordination.workflow import WORKFLOW_CAPABILITY, Workflows, WorkflowS
 from mesh.errors import ConfigError, WorkflowFailedError, WorkflowTakenError, WorkflowTimeoutError
 from mesh.projections import WorkflowView
 from topics.base import visible
-from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.flows import (
+    FlowCompleted,
+    FlowFailed,
+    FlowStarted,
+    FlowStepCompleted,
+    FlowStepFailed,
+    FlowStepScheduled,
+    scheduled_in,
+)
 from topics.record import Record
 
 __all__ = ["describe", "flow"]
@@ -117,8 +125,12 @@ class AgentWatch:
         line = describe(record)
         if line:
             click.echo(line, err=True)
-        if isinstance(record.data, FlowStepScheduled) and (step := self.spec.steps.get(record.data.step)):
-            warning = (f"no agent online serves {step.capability!r} (step {record.data.step}): the step waits until "
+        for scheduled in scheduled_in(record.data):
+            if not isinstance(record.data, FlowStepScheduled):
+                click.echo(describe_scheduled(record, scheduled), err=True)
+            if (step := self.spec.steps.get(scheduled.step)) is None or step.capability in self.warned:
+                continue
+            warning = (f"no agent online serves {step.capability!r} (step {scheduled.step}): the step waits until "
                        "one starts (`mesh status` shows who is online)")  # fmt: skip
             check = asyncio.get_running_loop().create_task(self.check(step.capability, warning))
             self.checks.add(check)
@@ -138,6 +150,11 @@ class AgentWatch:
         await asyncio.gather(*self.checks, return_exceptions=True)
 
 
+def describe_scheduled(record: Record, scheduled: FlowStepScheduled) -> str:
+    """The progress line of one step scheduled (on its own or inside ``record``)."""
+    return f"{record.event.time[11:23]} → {scheduled.step:<16} scheduled, attempt {scheduled.attempt} (task {scheduled.task_id})"
+
+
 def describe(record: Record) -> str | None:
     """One progress line for a workflow event."""
     time = record.event.time[11:23]
@@ -145,8 +162,8 @@ def describe(record: Record) -> str | None:
         case FlowStarted(workflow_id=wf, name=name, spec=spec):
             steps = len((spec or {}).get("steps", {})) if isinstance(spec, dict) else "?"
             return f"{time} ▶ workflow {name} ({steps} steps) {wf}"
-        case FlowStepScheduled(step=step, attempt=attempt, task_id=task_id):
-            return f"{time} → {step:<16} scheduled, attempt {attempt} (task {task_id})"
+        case FlowStepScheduled() as scheduled:
+            return describe_scheduled(record, scheduled)
         case FlowStepCompleted(step=step):
             return f"{time} ✓ {step:<16} completed"
         case FlowStepFailed(step=step, error=error):

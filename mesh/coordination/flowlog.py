@@ -51,6 +51,8 @@ class _Sent:
 class FlowLog:
     """One workflow's events folded, and recording more of them with compare-and-set."""
 
+    carries_schedules = True  # a driver records the steps it schedules inside the event before (topics.flows)
+
     def __init__(self, mesh: Mesh, workflow_id: str) -> None:
         self.mesh = mesh
         self.workflow_id = workflow_id
@@ -103,6 +105,18 @@ class FlowLog:
         else:
             self._fold_sent(data, sent, published.seq)
         return published
+
+    def preview(self, data: Event) -> WorkflowView:
+        """The view as it would be with ``data`` recorded next (the fold itself is unchanged)."""
+        view = self.view
+        state = WORKFLOWS.initial()
+        state.workflows[self.workflow_id] = msgspec.structs.replace(
+            view, steps={name: msgspec.structs.replace(step) for name, step in view.steps.items()}
+        )
+        handler = WORKFLOWS.handler(type(data))
+        if handler is not None:
+            handler(state, data, _Sent("", None, view.correlation_id, self.subject), self.seq + 1)
+        return state.workflows[self.workflow_id]
 
     def _fold_sent(self, data: Event, sent: _Sent, seq: int) -> None:
         handler = WORKFLOWS.handler(type(data))

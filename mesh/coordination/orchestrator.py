@@ -13,7 +13,9 @@ What happens next is decided by a pure function of that state (`decide`), and ev
 the driver records has an id derived from the workflow id and is published only if
 nothing else landed on the workflow's subject since the fold (expected last subject
 sequence): two drivers of one workflow cannot record two different decisions, and a
-restarted one repeats none. Step tasks have derived ids too
+restarted one repeats none. When all the decision after an event does is schedule steps, the
+event carries them (`scheduled` of `mesh.flow.started`, `.step_completed`, `.step_failed`):
+one compare-and-set, not one more per step, so a 3-step pipeline records five events. Step tasks have derived ids too
 (`derived_id(workflow_id, "step/<name>/<attempt>")`), so resubmitting one after a restart
 is dropped as a duplicate and no step runs twice.
 
@@ -29,21 +31,30 @@ it to the task's final failure), so the workflow's caller learns at once.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 import structlog
 
-from mesh.bus.client import Mesh
+from mesh.bus.client import Mesh, Published
 from mesh.coordination.flowlog import COMPLETED, FAILED, FlowLog
 from mesh.coordination.templates import resolve
 from mesh.coordination.workflow import Step, WorkflowSpec, default_output, parse
 from mesh.errors import ConfigError, MeshError, PermissionDeniedError, SchemaError, TaskTimeoutError, WorkflowTakenError
 from mesh.projections import StepView, WorkflowView, ready_steps
 from topics import subjects
-from topics.base import ErrorInfo, Event
+from topics.base import ErrorInfo
 from topics.envelope import derived_id
-from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
+from topics.flows import (
+    FlowCompleted,
+    FlowFailed,
+    FlowStarted,
+    FlowStepCompleted,
+    FlowStepFailed,
+    FlowStepScheduled,
+    StepScheduled,
+    scheduled_id,
+)
 from topics.record import Record
 from topics.tasks import TaskCancelled, TaskCompleted, TaskFailed
 
@@ -52,6 +63,8 @@ __all__ = ["COMPLETED", "FAILED", "Driver", "Fail", "Finish", "FlowLog", "Schedu
 log = structlog.get_logger("mesh.coordination.orchestrator")
 FOREVER = 10.0**9
 _UNKNOWN: Any = object()
+Carrier = TypeVar("Carrier", bound=FlowStarted | FlowStepCompleted | FlowStepFailed)  # events that carry steps
+Inputs = dict[str, tuple[Any, Any]]  # step -> (its input template, resolved)
 
 
 class Schedule(NamedTuple):
@@ -171,8 +184,11 @@ class Driver:
         # it is a duplicate of this request's own), and a refusal folds what is there instead.
         while not self.flow.view.started:
             assert start is not None
-            await self.flow.record(msgspec.structs.replace(start, request_seq=request_seq), "started",
-                                   causation_id=causation_id, correlation_id=correlation_id)  # fmt: skip
+            bound = msgspec.structs.replace(start, request_seq=request_seq)
+            started, inputs = self._carrying(bound, parsed)
+            published = await self.flow.record(started, "started", causation_id=causation_id,
+                                               correlation_id=correlation_id)  # fmt: skip
+            self._carried(started, inputs, published)
         if not self.flow.bound_to(request_seq):
             raise WorkflowTakenError(self.workflow_id, self.flow.view.request_seq, request_seq)
         ours = parsed is not None and start is not None and self.flow.view.spec is start.spec
@@ -268,7 +284,7 @@ class Driver:
         submit; one found scheduled in the log is looked up first, and submitted only if no
         agent answered it yet (the same id dedupes meanwhile)."""
         task_id, timeout = step.task_id or "", spec.timeout or FOREVER
-        cause = self._fresh.get(task_id) or derived_id(self.workflow_id, f"step/{name}/{step.attempt}/scheduled")
+        cause = self._fresh.get(task_id) or step.scheduled_by or scheduled_id(self.workflow_id, name, step.attempt)
         correlation_id = self.flow.view.correlation_id or self.workflow_id
         template, input = self._inputs.pop(name, (_UNKNOWN, None))
         if step.attempt != 1 or template is not spec.input:  # not the template resolved when it was decided
@@ -305,19 +321,49 @@ class Driver:
             outcome = finished.result()
             del self._watches[outcome.task_id]
             timeout = spec.steps[outcome.step].timeout if isinstance(spec, WorkflowSpec) else None
-            await self._settle(outcome, timeout)
+            await self._settle(outcome, timeout, spec)
 
-    async def _settle(self, outcome: _Outcome, timeout: float | None) -> None:
-        """Record a step's outcome, unless the fold says it is stale, already recorded, or
-        that the workflow has ended."""
+    async def _settle(self, outcome: _Outcome, timeout: float | None, spec: WorkflowSpec | ErrorInfo) -> None:
+        """Record a step's outcome (with the steps it makes ready), unless the fold says it is
+        stale, already recorded, or that the workflow has ended."""
         name, task_id = outcome.step, outcome.task_id
         while self._unsettled(name, task_id):
             step = self.flow.view.steps[name]
-            event, label = step_event(self.workflow_id, outcome, step.attempt, timeout)
+            settled, label = step_event(self.workflow_id, outcome, step.attempt, timeout)
+            event, inputs = self._carrying(settled, spec)
             log.debug("step settled", workflow_id=self.workflow_id, step=name, type=event.TYPE)
             cause = outcome.record.event.id if outcome.record else None
-            if await self.flow.record(event, label, causation_id=cause) is not None:
+            published = await self.flow.record(event, label, causation_id=cause)
+            self._carried(event, inputs, published)
+            if published is not None:
                 return
+
+    def _carrying(self, data: Carrier, spec: WorkflowSpec | ErrorInfo | None) -> tuple[Carrier, Inputs]:
+        """``data`` with the steps the decision after it schedules, when that is all the
+        decision does (a failure or the end is recorded on its own), and the inputs `decide`
+        resolved for them. ``spec``: the workflow's, parsed (None: parse the one ``data`` starts)."""
+        inputs: Inputs = {}
+        if not self.flow.carries_schedules or isinstance(spec, ErrorInfo):
+            return data, inputs
+        after = self.flow.preview(data)
+        spec = spec_of(after) if spec is None else spec
+        if not isinstance(spec, WorkflowSpec):
+            return data, inputs
+        decisions = decide(after, spec, inputs)
+        if not decisions or not all(isinstance(decision, Schedule) for decision in decisions):
+            return data, {}
+        carried = tuple(StepScheduled(step=d.step, task_id=step_task_id(self.workflow_id, d.step, d.attempt),
+                                      attempt=d.attempt) for d in decisions if isinstance(d, Schedule))  # fmt: skip
+        return msgspec.structs.replace(data, scheduled=carried), inputs
+
+    def _carried(self, data: Carrier, inputs: Inputs, published: Published | None) -> None:
+        """After recording ``data``: the steps it carried are this driver's to submit, caused
+        by it, with the inputs resolved for them (unless the log held it already)."""
+        if published is None or published.duplicate:
+            return
+        self._inputs.update(inputs)
+        for scheduled in data.scheduled:
+            self._fresh[scheduled.task_id] = published.id
 
     def _unsettled(self, name: str, task_id: str) -> bool:
         view = self.flow.view
@@ -325,7 +371,9 @@ class Driver:
         return view.status == "running" and step is not None and step.status == "scheduled" and step.task_id == task_id
 
 
-def step_event(workflow_id: str, outcome: _Outcome, attempt: int, timeout: float | None) -> tuple[Event, str]:
+def step_event(
+    workflow_id: str, outcome: _Outcome, attempt: int, timeout: float | None
+) -> tuple[FlowStepCompleted | FlowStepFailed, str]:
     """The flow event a task outcome makes, and the label of its id."""
     name, task_id = outcome.step, outcome.task_id
     match outcome.record.data if outcome.record else None:

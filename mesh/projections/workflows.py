@@ -7,7 +7,9 @@ A ``FlowStarted`` spec has the shape of ``FlowSpec``::
 
 and every step it names starts ``pending``. A spec that does not have that shape gives no
 steps, and ``spec_error`` says why. The first ``FlowStarted``, the first step completion and
-the first workflow outcome win; a step is scheduled again only for a later attempt.
+the first workflow outcome win; a step is scheduled again only for a later attempt. The steps
+an event carries in ``scheduled`` are folded as the ``FlowStepScheduled`` events they stand
+for, right after it (`topics.flows.scheduled_in`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from topics.flows import (
     FlowStepCompleted,
     FlowStepFailed,
     FlowStepScheduled,
+    scheduled_in,
 )
 
 __all__ = [
@@ -64,6 +67,7 @@ class StepView(msgspec.Struct, kw_only=True, gc=False):
     retries: int = 0
     task_id: str | None = None
     attempt: int = 0
+    scheduled_by: str | None = None  # the id of the event that scheduled its current attempt
     output: Any = None
     error: ErrorInfo | None = None
 
@@ -101,7 +105,7 @@ def ready_steps(view: WorkflowView) -> list[str]:
 
 class WorkflowsProjection(HandlerProjection[WorkflowsState]):
     name = "workflows"
-    version = 2
+    version = 3  # 3: steps scheduled inside other events
     state_type = WorkflowsState
 
     def handlers(self) -> dict[type[Event], Handler[WorkflowsState]]:
@@ -138,6 +142,11 @@ def _started(state: WorkflowsState, event: FlowStarted, stamp: Stamp, seq: int) 
     view.started, view.name, view.spec, view.input = True, event.name, event.spec, event.input
     view.request_seq = event.request_seq
     view.started_at = stamp.time
+    _start_steps(view, event)
+    _schedule_carried(state, event, stamp, seq)
+
+
+def _start_steps(view: WorkflowView, event: FlowStarted) -> None:
     try:
         spec = msgspec.convert(event.spec, FlowSpec)
     except msgspec.ValidationError as error:
@@ -156,22 +165,32 @@ def _scheduled(state: WorkflowsState, event: FlowStepScheduled, stamp: Stamp, se
         return
     if step.status == "failed" and attempt == step.attempt:
         return
-    step.status, step.task_id, step.attempt = "scheduled", event.task_id, attempt
+    step.status, step.task_id, step.attempt, step.scheduled_by = "scheduled", event.task_id, attempt, stamp.id
+
+
+def _schedule_carried(state: WorkflowsState, event: FlowStarted | FlowStepCompleted | FlowStepFailed, stamp: Stamp,
+                      seq: int) -> None:  # fmt: skip
+    """The steps ``event`` scheduled, folded as their own events would be after it."""
+    for scheduled in scheduled_in(event) if event.scheduled else ():
+        _scheduled(state, scheduled, stamp, seq)
 
 
 def _step_completed(state: WorkflowsState, event: FlowStepCompleted, stamp: Stamp, seq: int) -> None:
     step = _step(_workflow(state, event.workflow_id, stamp), event.step)
     if step.status != "completed":
         step.status, step.task_id, step.output, step.error = "completed", event.task_id, event.output, None
+    _schedule_carried(state, event, stamp, seq)
 
 
 def _step_failed(state: WorkflowsState, event: FlowStepFailed, stamp: Stamp, seq: int) -> None:
     step = _step(_workflow(state, event.workflow_id, stamp), event.step)
     if step.status == "completed":
-        return
-    if step.status == "scheduled" and step.task_id not in (None, event.task_id):
-        return  # the failure of an attempt that was already replaced
-    step.status, step.task_id, step.error = "failed", event.task_id, event.error
+        pass
+    elif step.status == "scheduled" and step.task_id not in (None, event.task_id):
+        pass  # the failure of an attempt that was already replaced
+    else:
+        step.status, step.task_id, step.error = "failed", event.task_id, event.error
+    _schedule_carried(state, event, stamp, seq)
 
 
 def _completed(state: WorkflowsState, event: FlowCompleted, stamp: Stamp, seq: int) -> None:
