@@ -63,6 +63,7 @@ __all__ = ["COMPLETED", "FAILED", "Driver", "Fail", "Finish", "FlowLog", "Schedu
 log = structlog.get_logger("mesh.coordination.orchestrator")
 FOREVER = 10.0**9
 _UNKNOWN: Any = object()
+FORESEEN = -2  # `Driver._foreseen`: decided on the view a record about to be made gives
 Carrier = TypeVar("Carrier", bound=FlowStarted | FlowStepCompleted | FlowStepFailed)  # events that carry steps
 Inputs = dict[str, tuple[Any, Any]]  # step -> (its input template, resolved)
 
@@ -165,6 +166,7 @@ class Driver:
         self._fresh: dict[str, str] = {}  # steps this driver scheduled (nobody submitted them before): task id -> cause
         self._inputs: dict[str, tuple[Any, Any]] = {}  # step -> (input template, resolved) when `decide` checked it
         self._read_back = False  # a record found its event stored already, and the log was read
+        self._foreseen: tuple[int, list[Decision]] = (-1, [])  # (fold seq, what `decide` gives there), if known
 
     async def run(
         self, start: FlowStarted | None = None, *, request_seq: int, causation_id: str | None = None,
@@ -209,7 +211,8 @@ class Driver:
         for _ in range(10_000):
             self._watch_scheduled(spec)
             self._read_back = False
-            decisions = decide(self.flow.view, spec, self._inputs)
+            seen_at, foreseen = self._foreseen
+            decisions = foreseen if seen_at == self.flow.seq else decide(self.flow.view, spec, self._inputs)
             if not decisions:
                 return
             for decision in decisions:
@@ -343,6 +346,7 @@ class Driver:
         decision does (a failure or the end is recorded on its own), and the inputs `decide`
         resolved for them. ``spec``: the workflow's, parsed (None: parse the one ``data`` starts)."""
         inputs: Inputs = {}
+        self._foreseen = (-1, [])
         if not self.flow.carries_schedules or isinstance(spec, ErrorInfo):
             return data, inputs
         after = self.flow.preview(data)
@@ -351,7 +355,9 @@ class Driver:
             return data, inputs
         decisions = decide(after, spec, inputs)
         if not decisions or not all(isinstance(decision, Schedule) for decision in decisions):
+            self._foreseen = (FORESEEN, decisions)  # what follows the record, once it is stored
             return data, {}
+        self._foreseen = (FORESEEN, [])  # carried, the steps are all that follows the record
         carried = tuple(StepScheduled(step=d.step, task_id=step_task_id(self.workflow_id, d.step, d.attempt),
                                       attempt=d.attempt) for d in decisions if isinstance(d, Schedule))  # fmt: skip
         return msgspec.structs.replace(data, scheduled=carried), inputs
@@ -359,8 +365,12 @@ class Driver:
     def _carried(self, data: Carrier, inputs: Inputs, published: Published | None) -> None:
         """After recording ``data``: the steps it carried are this driver's to submit, caused
         by it, with the inputs resolved for them (unless the log held it already)."""
+        seen_at, foreseen = self._foreseen
+        self._foreseen = (-1, [])
         if published is None or published.duplicate:
             return
+        if seen_at == FORESEEN:  # the fold is now the view `decide` saw
+            self._foreseen = (published.seq, foreseen)
         self._inputs.update(inputs)
         for scheduled in data.scheduled:
             self._fresh[scheduled.task_id] = published.id
