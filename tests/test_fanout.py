@@ -3,6 +3,8 @@ a shared consumer hands to which Follow (`matches`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from mesh.bus.fanout import family_of, matches
@@ -52,3 +54,34 @@ class TestMatches:
     )
     def test_matches(self, filter_subject: str, subject: str, inside: bool) -> None:
         assert matches(tuple(filter_subject.split(".")), subject) is inside
+
+
+class TestRefusedFamilies:
+    """A family whose consumer the server refused is followed alone for a while, then shared
+    again (a role's permissions may have changed); the refusals kept do not grow without end."""
+
+    class _Connection:  # what the followers are kept by (weakly)
+        pass
+
+    class _Member:
+        def __init__(self, filter_subject: str) -> None:
+            self.filter_subject = filter_subject
+
+    def test_a_refused_family_is_tried_again_after_a_while(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from types import SimpleNamespace
+
+        from mesh.bus import fanout
+
+        mesh: Any = SimpleNamespace(nc=self._Connection())
+        first = fanout.shared_follower(mesh, "mesh.bid.a", self._Member("mesh.bid.a"))
+        assert first is not None
+        fanout.refused(first)
+        assert fanout.shared_follower(mesh, "mesh.bid.b", self._Member("mesh.bid.b")) is None
+        for n in range(50):  # each filter its own family, each refused
+            alone = fanout.shared_follower(mesh, f"mesh.flow.w{n}", self._Member(f"mesh.flow.w{n}"))
+            assert alone is not None
+            fanout.refused(alone)
+        monkeypatch.setattr(fanout, "SHARED_FOLLOW_REFUSED_FOR", 0.0)
+        assert fanout.shared_follower(mesh, "mesh.bid.c", self._Member("mesh.bid.c")) is first
+        fanout.refused(first)  # refusing again drops those that expired
+        assert list(fanout._refused[mesh.nc]) == ["mesh.bid.*"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mesh import Mesh
-from mesh.bus import follow, payloads
+from mesh.bus import fanout, follow, payloads
 from mesh.bus.follow import FOLLOW_BUFFER, Follow
 from mesh.bus.jetstream import ORDERED_HEARTBEAT
 from mesh.bus.pushed import resolved
@@ -188,6 +188,32 @@ class TestFollow:
             got = await waiting.next(timeout=5)
             assert got is not None and got.seq == held.seq and got.record is not None
 
+    async def test_the_next_follow_of_a_family_takes_its_lingering_consumer(
+        self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Auctions one after another: the family's consumer outlives its last Follow (the
+        linger) and serves the next one, which gets what is published after it opened; once no
+        Follow of the family has been open for the linger, the consumer is gone."""
+        monkeypatch.setattr(fanout, "SHARED_FOLLOW_LINGER", 2.0)
+
+        async def consumers() -> list[tuple[str, str | None]]:
+            return [(c.name, c.config.filter_subject) for c in await mesh.js.consumers_info(subjects.STREAM)]
+
+        names = []
+        for auction in ("first", "second", "third"):
+            async with Follow(mesh, subjects.bid(auction)) as follow:
+                placed = await mesh.publish(subjects.bid(auction), BidPlaced(task_id=auction, bidder="x", cost=1.0))
+                got = await follow.next(timeout=10)
+                assert got is not None and got.seq == placed.seq
+                (found,) = await consumers()
+                names.append(found)
+        assert names[0][1] == "mesh.bid.*" and names == [names[0]] * 3  # one consumer made, not one per auction
+
+        async def none_left() -> bool:
+            return not await consumers()
+
+        await eventually(none_left, timeout=10, what="the family's consumer released after its linger")
+
     async def test_a_close_during_start_or_read_back_leaves_the_family_once(self, mesh: Mesh) -> None:
         """A Follow closed while it starts holds no consumer afterwards; one closed while it
         reads back, its start then cancelled, does not take the family's consumer from another
@@ -212,10 +238,13 @@ class TestFollow:
             got = await a.next(timeout=10)
             assert got is not None and got.seq == placed.seq
 
-    async def test_closing_while_its_consumer_is_being_replaced_leaves_nothing(self, mesh: Mesh) -> None:
+    async def test_closing_while_its_consumer_is_being_replaced_leaves_nothing(
+        self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """A gap makes a Follow's consumers (its own, reading back, and the family's shared one)
         replace themselves in a task; closed at any point of that, it leaves no subscription on the connection and, once the server's inactivity threshold
-        has passed, no consumer on the stream."""
+        has passed, no consumer on the stream (the family's consumer released at once: no linger)."""
+        monkeypatch.setattr(fanout, "SHARED_FOLLOW_LINGER", 0.0)
         await mesh.publish(subjects.board("replaced", "k"), BoardWritten(board="replaced", key="k", value=1))
         before = len(mesh.nc._subs)  # nats-py's own table of subscriptions: nothing public counts them
         for yields in range(12):

@@ -16,14 +16,19 @@ them reads back from them; one from further back reads back through a consumer o
 A `Follow` never holds the shared consumer up: each takes at most `FOLLOW_BUFFER` live
 messages its reader has not taken; one more and it is detached (`Follow.overflowed`), and it
 reads again from its last delivered message once its reader comes back, as it reads what came
-before it joined. The last `Follow` of a family to close releases the consumer. A family
-whose consumer the server refuses (a role that declares one board, not the family) is
-remembered for the connection, and its `Follow`s hold a consumer each, as before.
+before it joined. The last `Follow` of a family to close leaves the consumer for
+`SHARED_FOLLOW_LINGER` seconds (5): a `Follow` of the family that opens meanwhile joins it
+(an auctioneer running one auction after another makes one consumer, not one per auction;
+under credentials it holds one of the user's scan names meanwhile); then it is released. A
+family whose consumer the server refuses (a role that declares one board, not the family) is
+remembered for the connection for `SHARED_FOLLOW_REFUSED_FOR` seconds (60), and its `Follow`s
+hold a consumer each meanwhile, as before; then sharing is tried again (permissions change).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections import deque
 from typing import NamedTuple, Protocol
@@ -36,7 +41,9 @@ from mesh.bus.pushed import LiveConsumer, last_seq
 from topics import subjects
 
 __all__ = [
+    "SHARED_FOLLOW_LINGER",
     "SHARED_FOLLOW_MEMBERS",
+    "SHARED_FOLLOW_REFUSED_FOR",
     "SHARED_FOLLOW_RECENT",
     "SHARED_FOLLOW_RECENT_BYTES",
     "Member",
@@ -50,6 +57,8 @@ __all__ = [
 SHARED_FOLLOW_MEMBERS = 4096  # open Follows one shared consumer serves; more hold a consumer each
 SHARED_FOLLOW_RECENT = 1024  # messages a shared follower keeps, for a Follow that joins to read back
 SHARED_FOLLOW_RECENT_BYTES = 1 << 20  # and at most this many bytes of their data (1 MiB)
+SHARED_FOLLOW_LINGER = 5.0  # seconds a family's consumer outlives its last Follow, for the next one
+SHARED_FOLLOW_REFUSED_FOR = 60.0  # seconds a family the server refused is followed alone, before it is tried again
 _FAMILIES = {"bid": "mesh.bid.*", "vote": "mesh.vote.*", "board": "mesh.board.>"}
 _log = structlog.get_logger("mesh.bus.follow")
 
@@ -109,6 +118,7 @@ class SharedFollower:
         self._recent: deque[Raw] = deque()
         self._recent_bytes = 0
         self._floor = 0
+        self.lingering: asyncio.TimerHandle | None = None  # its release, once its last member left
 
     async def ready(self) -> None:
         """Its consumer made (once, by whichever member comes first)."""
@@ -169,7 +179,14 @@ class SharedFollower:
         takers = [*self._exact.get(subject, {}).values()]
         return takers + [member for member, tokens in self._wild.values() if matches(tokens, subject)]
 
+    def ready_to_share(self) -> bool:
+        """Whether its consumer is made (a start that failed or was cancelled made none)."""
+        return self._consumer is not None
+
     async def close(self) -> None:
+        if self.lingering is not None:
+            self.lingering.cancel()
+            self.lingering = None
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
         if self._starting is not None:
@@ -180,14 +197,16 @@ class SharedFollower:
 
 # by connection, not by `Mesh`: a request's `Mesh.scoped` copy shares its connection's followers
 _followers: weakref.WeakKeyDictionary[Client, dict[str, SharedFollower]] = weakref.WeakKeyDictionary()
-_refused: weakref.WeakKeyDictionary[Client, set[str]] = weakref.WeakKeyDictionary()
+_refused: weakref.WeakKeyDictionary[Client, dict[str, float]] = weakref.WeakKeyDictionary()  # family -> when (monotonic)
+_releasing: set[asyncio.Task[None]] = set()  # releases started by a linger's end (a reference each, until done)
 
 
 def shared_follower(mesh: Mesh, filter_subject: str, member: Member) -> SharedFollower | None:
     """The shared follower ``member``, a new `Follow` of ``filter_subject`` on ``mesh``, joins
     (made if need be), None if it follows alone (its family refused, or full)."""
     family = family_of(filter_subject)
-    if family in _refused.get(mesh.nc, ()):
+    refused_at = _refused.get(mesh.nc, {}).get(family)
+    if refused_at is not None and time.monotonic() - refused_at < SHARED_FOLLOW_REFUSED_FOR:
         return None
     followers = _followers.setdefault(mesh.nc, {})
     follower = followers.get(family)
@@ -195,25 +214,50 @@ def shared_follower(mesh: Mesh, filter_subject: str, member: Member) -> SharedFo
         follower = followers[family] = SharedFollower(mesh, family)
     elif len(follower.members) >= SHARED_FOLLOW_MEMBERS:
         return None
+    if follower.lingering is not None:  # its last member left a moment ago: this one keeps it
+        follower.lingering.cancel()
+        follower.lingering = None
     follower.members.add(member)
     return follower
 
 
 def refused(follower: SharedFollower) -> None:
     """The server refused the family's consumer: its `Follow`s on this connection follow alone
-    (a narrower filter may be allowed: a role that declares one board)."""
-    _refused.setdefault(follower.mesh.nc, set()).add(follower.family)
+    (a narrower filter may be allowed: a role that declares one board), for
+    `SHARED_FOLLOW_REFUSED_FOR` seconds."""
+    now = time.monotonic()
+    refusals = _refused.setdefault(follower.mesh.nc, {})
+    for family in [f for f, at in refusals.items() if now - at >= SHARED_FOLLOW_REFUSED_FOR]:
+        del refusals[family]  # each filter may be a family of its own: what has expired goes
+    refusals[follower.family] = now
 
 
 async def leave(follower: SharedFollower, member: Member) -> None:
-    """``member`` is done (a second call for it does nothing); the last one out closes the
-    follower (a later `Follow` makes another)."""
+    """``member`` is done (a second call for it does nothing); the last one out leaves the
+    follower `SHARED_FOLLOW_LINGER` seconds for the next, then it is closed (a later `Follow`
+    makes another). One whose consumer was never made is closed at once."""
     follower.detach(member)
     if member not in follower.members:
         return
     follower.members.discard(member)
+    if follower.members:
+        return
+    if follower.ready_to_share() and SHARED_FOLLOW_LINGER > 0 and not follower.mesh.nc.is_closed:
+        follower.lingering = asyncio.get_running_loop().call_later(SHARED_FOLLOW_LINGER, _linger_ended, follower)
+        return
+    await _release(follower)
+
+
+def _linger_ended(follower: SharedFollower) -> None:
+    follower.lingering = None
     if not follower.members:
-        followers = _followers.get(follower.mesh.nc, {})
-        if followers.get(follower.family) is follower:
-            del followers[follower.family]
-        await follower.close()
+        release = asyncio.ensure_future(_release(follower))
+        _releasing.add(release)
+        release.add_done_callback(_releasing.discard)
+
+
+async def _release(follower: SharedFollower) -> None:
+    followers = _followers.get(follower.mesh.nc, {})
+    if followers.get(follower.family) is follower:
+        del followers[follower.family]
+    await follower.close()
