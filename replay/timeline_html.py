@@ -22,6 +22,8 @@ LEFT = GUTTER + LANE // 2  # x of the first lane
 MAX_GUIDES = 40  # levels of the tree drawn beside a hop; a deeper one says how many more there are
 MAX_ARROWS = 2000  # messages the sequence diagram draws at most (the first, in time order)
 MAX_ROWS = 10_000  # events the table lists at most (the page of 300,000 events was 234 MiB)
+MAX_LANES = 50  # agents the sequence diagram gives a lane each; the rest share the last one ("others")
+OTHERS = "(other agents)"
 
 # The page's CSS; a page that embeds `render_fragment` includes it in its own <style>.
 STYLE = """
@@ -87,11 +89,23 @@ def render_fragment(timeline: Timeline) -> str:
     )
 
 
+def _lanes(agents: list[str], hops: list[Hop]) -> tuple[dict[str, int], dict[str, int]]:
+    """The lanes (heading -> x) of the agents of the drawn ``hops``, in ``agents``' order, at
+    most `MAX_LANES`: past that the rest share the last one, `OTHERS` (an event's `source` is
+    any text its publisher chose: 50,000 of them made a diagram 10 million px wide); and where
+    each of those agents is drawn (agent -> x)."""
+    drawn = {name for hop in hops for name in (hop.agent, hop.to_agent)}
+    named = [agent for agent in agents if agent in drawn]
+    shown = named if len(named) <= MAX_LANES else [*named[: MAX_LANES - 1], OTHERS]
+    heads = {agent: LEFT + n * LANE for n, agent in enumerate(shown)}
+    return heads, {agent: heads.get(agent, heads.get(OTHERS, LEFT)) for agent in named}
+
+
 def _diagram(timeline: Timeline) -> str:
-    lanes = {agent: LEFT + n * LANE for n, agent in enumerate(timeline.agents)}
     every = timeline.in_time_order()
     hops = every[:MAX_ARROWS]
-    width = GUTTER + max(len(lanes), 1) * LANE + 180  # room for the labels of self-arrows on the last lane
+    heads, lanes = _lanes(timeline.agents, hops)
+    width = GUTTER + max(len(heads), 1) * LANE + 180  # room for the labels of self-arrows on the last lane
     height = TOP + (len(hops) + 1) * ROW
     parts = [
         (
@@ -103,7 +117,7 @@ def _diagram(timeline: Timeline) -> str:
             'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="context-stroke"/></marker></defs>'
         ),
     ]
-    for agent, x in lanes.items():
+    for agent, x in heads.items():
         parts.append(f'<line class="lane" x1="{x}" y1="{TOP - 30}" x2="{x}" y2="{height - 8}"/>')
         parts.append(f'<rect class="head" x="{x - LANE // 2 + 8}" y="8" width="{LANE - 16}" height="28" rx="4"/>')
         parts.append(f'<text class="head-text" x="{x}" y="27">{escape(_clip(agent, 28))}</text>')
@@ -122,7 +136,8 @@ def _not_shown(count: int, what: str, limit: int) -> str:
 
 
 def _arrow(hop: Hop, lanes: dict[str, int], y: int) -> str:
-    x1, x2 = lanes[hop.agent], lanes.get(hop.to_agent, lanes[hop.agent])
+    x1 = lanes[hop.agent]
+    x2 = lanes.get(hop.to_agent, x1)
     kind = _kind(hop)
     label = escape(clip(hop.label or hop.summary, 44))
     tip = escape(

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -157,6 +157,20 @@ def _span_id(trace_id: int, key: str) -> int:
 
 
 MAX_NS = 2**64 - 1  # OTLP times are unsigned 64-bit nanoseconds since the epoch
+
+
+INT64 = range(-(2**63), 2**63)  # what an OTLP integer attribute holds
+
+
+def _count(value: Any) -> int:
+    """A token count read from a recorded response (any JSON: a string, a list, a bool), or 0."""
+    return value if type(value) is int and value in INT64 and value >= 0 else 0
+
+
+def _fitting(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """``attributes`` without the integers OTLP cannot carry (the log's own may be up to 2**64 - 1),
+    which the SDK's encoder would drop with a traceback of its own."""
+    return {key: value for key, value in attributes.items() if type(value) is not int or value in INT64}
 
 
 def _latency_ns(latency_ms: float, end_ns: int) -> int:
@@ -319,7 +333,8 @@ class _Builder:
                          parent_id=parent, attributes=attributes, event_id=event.id, original=original,
                          agent=agent, service=service)
         )  # fmt: skip
-        handling = self.handled.get(event.id)
+        # another event may carry a request's id (ids are not unique in the log: a cancel request under it)
+        handling = self.handled.get(event.id) if isinstance(record.data, TaskRequested) else None
         if handling is not None:
             self.spans.append(self.process(record, handling, original))
 
@@ -357,8 +372,8 @@ class _Builder:
             GEN_AI_PROVIDER_NAME: OFFLINE_PROVIDER if data.offline else "openai",
             GEN_AI_REQUEST_MODEL: request_model,
             GEN_AI_RESPONSE_MODEL: data.model or str(response.get("model", request_model)),
-            GEN_AI_USAGE_INPUT_TOKENS: int(usage.get("input_tokens", raw_usage.get("prompt_tokens", 0)) or 0),
-            GEN_AI_USAGE_OUTPUT_TOKENS: int(usage.get("output_tokens", raw_usage.get("completion_tokens", 0)) or 0),
+            GEN_AI_USAGE_INPUT_TOKENS: _count(usage.get("input_tokens", raw_usage.get("prompt_tokens"))),
+            GEN_AI_USAGE_OUTPUT_TOKENS: _count(usage.get("output_tokens", raw_usage.get("completion_tokens"))),
             "mesh.llm.call_index": data.call_index,
             "mesh.llm.latency_ms": float(data.latency_ms),
         }
@@ -495,7 +510,7 @@ def readable_spans(spans: Sequence[ReplayedSpan], resource: Resource | None = No
         status = Status(StatusCode.ERROR, span.error) if span.error is not None else Status(StatusCode.UNSET)
         out.append(
             ReadableSpan(name=span.name, context=context, parent=parent, resource=where,
-                         attributes=dict(span.attributes), links=span.links, kind=span.kind, status=status,
+                         attributes=_fitting(span.attributes), links=span.links, kind=span.kind, status=status,
                          start_time=span.start_ns, end_time=span.end_ns, instrumentation_scope=scope)
         )  # fmt: skip
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import fcntl
 import json
 import os
@@ -282,6 +283,43 @@ class TestTail:
         assert [(e["type"], e["data"]["task_id"]) for e in events] == [("mesh.task.requested", t) for t in task_ids]
         counted = mesh_cmd("tail", "--all", "--count", "2", url=nats_server.url, cwd=tmp_path)
         assert [json.loads(line)["data"]["task_id"] for line in counted.stdout.splitlines()] == task_ids[:2]
+
+
+    async def test_piped_one_message_is_one_line_whatever_its_bytes(self, nats_server: LocalServer,
+                                                                    tmp_path: Path) -> None:  # fmt: skip
+        """A stored message that is not an event is one `raw` line (base64, as an export keeps
+        it), and an event written as pretty JSON one compact line: a newline in what a client
+        published never makes a line of its own (that line could be any event it liked)."""
+        forged = {"specversion": "1.0", "id": "forged-1", "source": "mesh://agent/billing-1", "type": "mesh.task.completed",
+                  "time": "2026-12-04T00:00:00Z", "data": {"task_id": "t", "agent": "billing-1", "attempt": 1}}  # fmt: skip
+        raw = b"hello\n" + json.dumps(forged).encode()
+        pretty = dict(forged, id="pretty-1", type="mesh.task.requested", data={"capability": "echo", "task_id": "p"})
+        async with await Mesh.connect(nats_server.url) as mesh:
+            await mesh.js.publish("mesh.work.echo.anon", raw)
+            await mesh.js.publish("mesh.work.echo.anon", json.dumps(pretty, indent=2).encode())
+        done = mesh_cmd("tail", "--all", "--no-follow", url=nats_server.url, cwd=tmp_path)
+        lines = [json.loads(line) for line in done.stdout.splitlines()]
+        assert len(lines) == 2, done.stdout
+        assert lines[0] == {"seq": 1, "subject": "mesh.work.echo.anon", "raw": base64.b64encode(raw).decode()}
+        assert lines[1] == pretty
+
+
+class TestKbSearch:
+    async def test_what_a_publisher_wrote_reaches_no_terminal_as_escapes(self, nats_server: LocalServer,
+                                                                         tmp_path: Path) -> None:  # fmt: skip
+        """An entry's author (any text its publisher chose) is printed with its control
+        characters shown, not sent to the terminal (an OSC sequence set the window title)."""
+        from topics import subjects
+        from topics.knowledge import KnowledgeAdded
+
+        author = "alice\x1b[2K\x1b[1A\x1b]0;pwned\x07\x1b[31mFAKE: all checks passed\x1b[0m"
+        async with await Mesh.connect(nats_server.url) as mesh:
+            await mesh.publish(subjects.knowledge("notes"), KnowledgeAdded(kb="notes", text="restart the cache node",
+                                                                          author=author))  # fmt: skip
+        done = mesh_cmd("kb", "search", "notes", "restart", url=nats_server.url, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout and "\x07" not in done.stdout, repr(done.stdout)
+        assert "alice" in done.stdout and "FAKE: all checks passed" in done.stdout
 
 
 class TestStatus:

@@ -165,3 +165,31 @@ class TestHostNames:
         assert [_host_name(h) for h in ("127.0.0.1:8300", "[::1]:8300", "localhost", "evil.example:8300")] == [
             "127.0.0.1", "::1", "localhost", "evil.example"]  # fmt: skip
         assert "evil.example" not in LOCAL_NAMES
+
+
+class TestTimelineFrame:
+    async def test_built_off_the_event_loop_and_once_per_state_of_its_id(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The timeline page of an id is built in a thread (one id may hold any number of
+        events: 100,000 under one correlation id held every page of the console for seconds),
+        and built again only once its events change (its frames reload it as events land)."""
+        import threading
+
+        from mesh.console import server
+        from mesh.console.source import FileSource
+
+        built: list[str] = []
+        real = server.render_html
+
+        def render(timeline: Any) -> str:
+            built.append(threading.current_thread().name)
+            return real(timeline)
+
+        monkeypatch.setattr(server, "render_html", render)
+        index = LogIndex()
+        index.extend(task_events("t1", 1, "c1"))
+        console = server.Console(index, FileSource("unread.jsonl"))
+        first = await console._timeline_page("c1")
+        assert await console._timeline_page("c1") == first and len(built) == 1
+        index.extend(task_events("t2", 4, "c1"))
+        assert await console._timeline_page("c1") != first and len(built) == 2
+        assert threading.main_thread().name not in built

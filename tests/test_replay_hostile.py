@@ -5,6 +5,7 @@ imports naming subjects outside the log, deep and reversed causal chains, termin
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,17 @@ class TestShapes:
         assert page.count('class="hop-row"') == 4 and page.count('<g class="hop ') == 3
         assert "7 more messages not drawn (at most 3)" in page and "6 more events not listed (at most 4)" in page
 
+    def test_the_diagram_draws_a_bounded_number_of_lanes(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """One lane per agent up to `MAX_LANES`; the agents past it share the last lane (an
+        event's source is any text: 50,000 sources drew a diagram 10 million px wide)."""
+        monkeypatch.setattr(timeline_html, "MAX_LANES", 4)
+        records = [record(n, source=f"mesh://agent/a{n}") for n in range(10)]
+        page = timeline_html.render_html(build_timeline(records, "wf-1"))
+        assert page.count('class="head-text"') == 4 and timeline_html.OTHERS in page
+        assert page.count('<g class="hop ') == 10  # every message is still drawn
+        width = int(re.search(r'<svg [^>]*aria-label="sequence diagram"', page).group(0).split('width="')[1].split('"')[0])  # type: ignore[union-attr]
+        assert width == timeline_html.GUTTER + 4 * timeline_html.LANE + 180
+
     def test_terminal_escapes_from_an_event_are_not_printed(self) -> None:
         text = render_text(build_timeline([record(0, source="mesh://x\x1b]0;PWNED\x07")], "e-0"))
         assert "\x1b" not in text and "\x07" not in text and "PWNED" in text
@@ -246,3 +258,48 @@ class TestForkLeavesSharedStateAlone:
         subjects_written = [copy.subject for copy in plan.copies]
         assert "mesh.board.prices.widget" not in subjects_written and plan.skipped == 1
         assert "mesh.board.whatif-1.notes" in subjects_written and "mesh.task.plan.anon.whatif-1" in subjects_written
+
+
+def event_line(seq: int, subject: str, event_type: str, data: dict[str, Any], *, event_id: str,
+               cause: str | None = None, source: str = "mesh://test") -> str:  # fmt: skip
+    event = {"specversion": "1.0", "id": event_id, "source": source, "type": event_type, "time": TIME,
+             "correlationid": "c1", "causationid": cause, "data": data}  # fmt: skip
+    return json.dumps({"seq": seq, "subject": subject, "event": event})
+
+
+@pytest.mark.unit
+class TestTraces:
+    """`mesh replay traces` over events any publisher can store (adversarial review): each was
+    a traceback of the whole command, or an attribute the exporter dropped with one of its own."""
+
+    def test_odd_usage_a_reused_request_id_and_wide_integers_give_spans(self, tmp_path: Path) -> None:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        from replay.traces import readable_spans, rebuild_traces
+
+        def llm(seq: int, **data: Any) -> str:
+            return event_line(seq, "mesh.llm.bot.t1", "mesh.llm.called",
+                              {"agent": "bot", "task_id": "t1", "call_index": 0, "model": "m", "request": {},
+                               "response": {}, **data}, event_id=f"llm-{seq}", cause="req-1")  # fmt: skip
+
+        found = read_file(write(
+            tmp_path,
+            event_line(1, "mesh.work.echo.anon", "mesh.task.requested", {"capability": "echo", "task_id": "t1"},
+                       event_id="req-1"),
+            event_line(2, "mesh.task.echo.anon.t1", "mesh.task.claimed", {"task_id": "t1", "agent": "echo-h-1",
+                       "attempt": 1}, event_id="claim-1", cause="req-1", source="mesh://agent/echo-h-1"),
+            event_line(3, "mesh.cancel.t1", "mesh.task.cancel_requested", {"task_id": "t1", "token": "x"},
+                       event_id="req-1"),  # a client's cancel request under the request's id
+            llm(4, response={"usage": {"prompt_tokens": "lots", "completion_tokens": [1]}}),
+            llm(5, call_index=2**64 - 1, usage={"input_tokens": 2**63}),
+        ))  # fmt: skip
+        assert [r.seq for r in found.records] == [1, 2, 3, 4, 5]
+        spans = rebuild_traces(found.records, "c1")
+        chats = [span for span in spans if span.name.startswith("chat")]
+        assert [span.attributes["gen_ai.usage.input_tokens"] for span in chats] == [0, 0]
+        assert [span.attributes["gen_ai.usage.output_tokens"] for span in chats] == [0, 0]
+        assert sum(span.name.startswith("process ") for span in spans) == 1  # the request's, not the cancel's
+        readable = readable_spans(spans)
+        assert "mesh.llm.call_index" not in next(s for s in readable if s.name.startswith("chat") and
+                                                 s.attributes.get("mesh.event.seq") == 5).attributes  # fmt: skip
+        assert encode_spans(readable).SerializeToString()  # every attribute fits OTLP

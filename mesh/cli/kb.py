@@ -15,6 +15,7 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.options import UserError, nats_options, parse_json, run, token
 from mesh.coordination.knowledge import DEFAULT_LIMIT, KnowledgeBase
 from mesh.projections.fulltext import MAX_LIMIT, Hit
+from topics.base import visible
 from topics.knowledge import MAX_TEXT
 
 __all__ = ["kb"]
@@ -80,7 +81,8 @@ def search(name: str, query: str, tags: tuple[str, ...], author: str | None, sin
             click.echo(msgspec.json.encode(hit).decode())
         else:
             tags_text = f" [{', '.join(hit.tags)}]" if hit.tags else ""
-            click.echo(f"{hit.score:8.4f}  {hit.id}  {hit.author}{tags_text}  {json.dumps(hit.text[:120])}")
+            # ids, authors and tags are any text a publisher chose: no escape sequence reaches the terminal
+            click.echo(visible(f"{hit.score:8.4f}  {hit.id}  {hit.author}{tags_text}  {json.dumps(hit.text[:120])}"))
 
 
 async def _with(settings: MeshSettings, name: str, action: Callable[[KnowledgeBase], Awaitable[T]]) -> Any:

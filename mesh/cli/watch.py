@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import sys
 from typing import Any
 
 import click
+import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from mesh.bus import jetstream, payloads
@@ -20,22 +23,28 @@ from mesh.cli.render import EventLines, PipeConsole
 from topics import subjects
 from topics.agents import Presence
 from topics.base import visible
-from topics.envelope import decode_envelope, encode_envelope
+from topics.envelope import DECODE_ERRORS, decode_envelope, encode_envelope
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["tail", "status"]
 
 
-async def _inlined(mesh: Mesh, payload: bytes, subject: str) -> str:
-    """The stored JSON, with offloaded data (`dataref`) put back inline when it can be."""
+async def _json_line(mesh: Mesh, payload: bytes, subject: str, seq: int) -> str:
+    """One line of JSON for a stored message: the event, compact, with offloaded data (`dataref`)
+    put back inline when it can be; a message that is not an event as `{"seq", "subject", "raw":
+    <base64>}`, as `mesh replay export` keeps one. Never the stored bytes as they are: a message
+    with a newline in it would be several lines, one of them any event its publisher liked."""
     try:
         event = decode_envelope(payload)
         if event.dataref is not None:
-            payload = encode_envelope(await payloads.inline(mesh.js, event, subject))
-    except payloads.RESOLVE_ERRORS:
-        pass  # shown as stored
-    return payload.decode(errors="replace")
+            try:
+                payload = encode_envelope(await payloads.inline(mesh.js, event, subject))
+            except payloads.RESOLVE_ERRORS:
+                pass  # shown as stored, with its reference
+        return msgspec.json.encode(msgspec.json.decode(payload)).decode()
+    except DECODE_ERRORS:
+        return json.dumps({"seq": seq, "subject": subject, "raw": base64.b64encode(payload).decode()})
 
 
 def _seq_of(reply: str) -> int:
@@ -80,7 +89,7 @@ async def _tail(settings: MeshSettings, filter_subject: str, from_start: bool, l
         async def write(msg: Any) -> None:
             nonlocal seen
             if lines is None:
-                sys.stdout.write(await _inlined(mesh, msg.data, msg.subject) + "\n")
+                sys.stdout.write(await _json_line(mesh, msg.data, msg.subject, _seq_of(msg.reply)) + "\n")
                 sys.stdout.flush()
             else:
                 try:

@@ -49,6 +49,9 @@ QUEUE = 256  # messages waiting for one stream before it is told to reload inste
 TICK = 5.0  # seconds between the `tick` messages that refresh agents and capabilities
 MAX_PARAM = 256  # characters of any query parameter
 MAX_PAGE = 100_000  # the highest page number asked for
+TIMELINES_AT_ONCE = 2  # timeline pages built at once, each in a thread (the rest wait their turn)
+TIMELINES_KEPT = 16  # built timeline pages kept for the frames that reload them, the oldest dropped first
+TIMELINES_KEPT_CHARS = 32 << 20  # and at most this much of them (a page is at most a few MiB: its parts are bounded)
 STATIC = Path(__file__).parent / "static"
 LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})  # what a browser on this machine calls it
 UNAVAILABLE = (MeshError, NatsError, TimeoutError, ConnectionError)  # the server gone or slow: a 503 page
@@ -109,6 +112,8 @@ class Console:
         self.hub = Hub()
         self.travel = Travel(index, source)
         self._follow: asyncio.Task[None] | None = None
+        self._building = asyncio.Semaphore(TIMELINES_AT_ONCE)
+        self._timelines: dict[tuple[str, int, int], str] = {}  # (id, events, last seq) -> the page
 
     def added(self, record: Any) -> None:
         """A new event was indexed: tell the open pages."""
@@ -246,7 +251,23 @@ class Console:
             root = _segment(request, "id")
         except BadParameter as error:
             return web.Response(text=str(error), status=400)
-        return web.Response(text=render_html(build_timeline(self.index.causal(root), root)), content_type="text/html")
+        return web.Response(text=await self._timeline_page(root), content_type="text/html")
+
+    async def _timeline_page(self, root: str) -> str:
+        """The timeline page of ``root``, built in a thread (the slice of one id may be any size:
+        a client publishing 100,000 events under one correlation id held the whole console for
+        seconds while it was built on the event loop), or as built before if nothing was added
+        to it since (the frames of a task's and a workflow's pages reload it as events land)."""
+        records = self.index.causal(root)
+        key = (root, len(records), records[-1].seq if records else 0)
+        page = self._timelines.get(key)
+        if page is None:
+            async with self._building:
+                page = await asyncio.to_thread(lambda: render_html(build_timeline(records, root)))
+            self._timelines[key] = page
+            while len(self._timelines) > TIMELINES_KEPT or sum(map(len, self._timelines.values())) > TIMELINES_KEPT_CHARS:
+                del self._timelines[next(iter(self._timelines))]
+        return page
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         page = self.hub.open()
