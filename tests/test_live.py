@@ -214,6 +214,20 @@ class TestFollow:
 
         await eventually(none_left, timeout=10, what="the family's consumer released after its linger")
 
+    async def test_a_follow_opened_as_the_linger_ends_hears_its_events(self, mesh: Mesh) -> None:
+        """A Follow that starts in the loop turn in which its family's linger ends gets a live
+        consumer, not the one being closed (it heard nothing, for its reader's whole timeout)."""
+        async with Follow(mesh, subjects.bid("before")):
+            pass
+        follower = fanout._followers[mesh.nc]["mesh.bid.*"]
+        assert follower.lingering is not None
+        follower.lingering.cancel()
+        fanout._linger_ended(follower)  # the linger ends; in the same turn, before its close runs:
+        async with Follow(mesh, subjects.bid("after")) as after:
+            placed = await mesh.publish(subjects.bid("after"), BidPlaced(task_id="after", bidder="x", cost=1.0))
+            got = await after.next(timeout=10)
+            assert got is not None and got.seq == placed.seq
+
     async def test_a_close_during_start_or_read_back_leaves_the_family_once(self, mesh: Mesh) -> None:
         """A Follow closed while it starts holds no consumer afterwards; one closed while it
         reads back, its start then cancelled, does not take the family's consumer from another

@@ -250,14 +250,20 @@ async def leave(follower: SharedFollower, member: Member) -> None:
 
 def _linger_ended(follower: SharedFollower) -> None:
     follower.lingering = None
-    if not follower.members:
-        release = asyncio.ensure_future(_release(follower))
-        _releasing.add(release)
-        release.add_done_callback(_releasing.discard)
+    if follower.members:
+        return
+    _forget(follower)  # now, not in the task: a `Follow` starting before that task runs makes another
+    release = asyncio.ensure_future(follower.close())
+    _releasing.add(release)
+    release.add_done_callback(_releasing.discard)
 
 
-async def _release(follower: SharedFollower) -> None:
+def _forget(follower: SharedFollower) -> None:
     followers = _followers.get(follower.mesh.nc, {})
     if followers.get(follower.family) is follower:
         del followers[follower.family]
+
+
+async def _release(follower: SharedFollower) -> None:
+    _forget(follower)
     await follower.close()
