@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from mesh import Mesh
@@ -139,3 +140,29 @@ class TestHostileObjects:
                                time=now_rfc3339(), dataref=dataref(bucket, name))  # fmt: skip
             with pytest.raises(MissingPayloadError):
                 await asyncio.wait_for(payloads.inline(mesh.js, event, subjects.work("echo", "anon")), 5)
+
+    async def test_chunks_added_after_an_object_are_never_read(self, mesh: Mesh) -> None:
+        """A writer of a bucket adds chunks under an object's name after it was stored (nats-py's
+        read takes every chunk stored under it: a 2 MiB input grew to 150 MB in an agent, past
+        every budget, and its consumer stayed behind): the object's own chunks are read, and
+        nothing more; no consumer is made. Fewer chunks than the meta entry gives is missing data."""
+        bucket = subjects.payload_bucket_of(subjects.work("echo", "anon"))
+        store = await payloads.payload_bucket(mesh.js, bucket)
+        original = bytes(range(256)) * 1200  # 300 KiB: three chunks
+        info = await store.put("grown", original)
+        for _ in range(40):  # 5 MiB more under its name
+            await mesh.js.publish(f"$O.{bucket}.C.{info.nuid}", b"y" * (128 * 1024))
+        event = CloudEvent(specversion="1.0", id="e-grown", source="mesh://tests", type="mesh.task.requested",
+                           time=now_rfc3339(), dataref=dataref(bucket, "grown"), datasize=len(original))  # fmt: skip
+        inlined = await asyncio.wait_for(payloads.inline(mesh.js, event, subjects.work("echo", "anon")), 10)
+        assert bytes(inlined.data) == original
+        assert await mesh.js.consumers_info(f"OBJ_{bucket}") == []
+        meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(b'grown').decode()}"
+        meta = json.loads((await mesh.js.get_msg(f"OBJ_{bucket}", subject=meta_subject)).data)
+        await mesh.nc.publish(f"$O.{bucket}.M.{base64.urlsafe_b64encode(b'short').decode()}",
+                              json.dumps({**meta, "name": "short", "chunks": meta["chunks"] + 60}).encode(),
+                              headers={"Nats-Rollup": "sub"})  # fmt: skip
+        await mesh.nc.flush()
+        short = msgspec.structs.replace(event, id="e-short", dataref=dataref(bucket, "short"))
+        with pytest.raises(MissingPayloadError, match="more than"):
+            await asyncio.wait_for(payloads.inline(mesh.js, short, subjects.work("echo", "anon")), 10)

@@ -17,12 +17,16 @@ is decoded at once (the normal, synchronous and cheap path); one with `dataref` 
 object fetched, checked against `datasize`/`datasha256` and put back inline, so everything
 downstream (projections, exports, handlers) sees an ordinary event. A missing or altered
 object is `MissingPayloadError`, and so is a reference to another bucket than the
-subject's (a writer may not point readers at data they could not otherwise read).
+subject's (a writer may not point readers at data they could not otherwise read). The
+object's chunks are read here, one get each, as many as its meta entry gives and no more
+(`_read_chunks`: not nats-py's `ObjectStore.get`, which reads whatever a writer of the bucket
+added under the name).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import contextvars
 import hashlib
@@ -32,12 +36,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.api import ObjectInfo, ObjectStoreConfig, StorageType
 from nats.js.errors import BadObjectMetaError, BadRequestError, DigestMismatchError, LinkIsABucketError, NotFoundError
 from nats.js.object_store import ObjectStore
 
 from mesh.bus.connection import stream_replicas
-from mesh.bus.jetstream import API, guarded
+from mesh.bus.jetstream import API, guarded, next_on_subject
 from mesh.errors import ConfigError, MissingPayloadError, PayloadTooLargeError, PermissionDeniedError
 from topics import subjects
 from topics.base import is_token
@@ -259,18 +263,47 @@ def fetch_timeout(size: int) -> float:
     return FETCH_TIMEOUT + max(size, 0) / FETCH_RATE
 
 
-async def _chunks_stored(js: JetStreamContext, bucket: str, nuid: str) -> bool:
-    """Whether the object ``nuid`` of ``bucket`` has chunks stored: nats-py reads them with a
-    consumer that waits for the first for ever, and leaves the consumer behind when that wait
-    is given up. A hostile writer of a bucket can store a meta entry alone, or name chunks
-    with a wildcard (the chunks of every object in the bucket)."""
+async def _read_chunks(js: JetStreamContext, ref: str, bucket: str, info: ObjectInfo, size: int) -> bytes:
+    """The object's data: its first `info.chunks` chunks, read one by one by sequence (a get
+    each, no consumer), and checked against its meta entry's size and digest.
+
+    Not nats-py's `ObjectStore.get`: it reads every chunk stored under the object's name until
+    none is pending, however many a writer of the bucket added after the object was written (a
+    client added 150 MB to its 2 MiB input: the agent read it all, past every budget), waits
+    for ever for chunks that were never stored (a meta entry written alone), and leaves its
+    consumer and subscription behind when that read is given up. A name that is not one token
+    (a wildcard names the chunks of every object of the bucket) is refused."""
+    nuid = info.nuid or ""
     if not is_token(nuid):
+        raise MissingPayloadError(ref, "its meta entry names its chunks with a wildcard")
+    stream, subject = f"OBJ_{bucket}", f"$O.{bucket}.C.{nuid}"
+    chunks = info.chunks or 0
+    parts: list[bytes] = []
+    read, seq = 0, 0
+    while len(parts) < chunks:
+        msg = await next_on_subject(js, subject, after=seq, leader=True, stream=stream)
+        if msg is None:
+            raise MissingPayloadError(ref, f"{len(parts)} of its {chunks} chunks are stored")
+        seq = msg.seq or seq + 1
+        data = msg.data or b""
+        read += len(data)
+        if read > size:
+            raise MissingPayloadError(ref, f"its chunks hold more than the {size} bytes its meta entry gives")
+        parts.append(data)
+    if read != size:
+        raise MissingPayloadError(ref, f"its {chunks} chunks hold {read} bytes; its meta entry gives {size}")
+    data = b"".join(parts)
+    if info.digest and not _digest_matches(info.digest, data):
+        raise MissingPayloadError(ref, "its data does not match its meta entry's digest")
+    return data
+
+
+def _digest_matches(digest: str, data: bytes) -> bool:
+    """Whether ``data`` has the meta entry's ``digest`` (`SHA-256=<url-safe base64>`, as nats-py writes it)."""
+    kind, _, value = digest.partition("=")
+    if kind.upper() != "SHA-256":
         return False
-    try:
-        await js.get_last_msg(f"OBJ_{bucket}", f"$O.{bucket}.C.{nuid}")
-    except NotFoundError:
-        return False
-    return True
+    return value == base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
 
 
 async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> CloudEvent:
@@ -295,13 +328,10 @@ async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> Cloud
         if size > ceiling or (event.datasize is not None and size != event.datasize):
             raise MissingPayloadError(ref, f"the object has {size} bytes; the event says {event.datasize}, "
                                            f"and at most {ceiling} are read")  # fmt: skip
-        if size and not await _chunks_stored(js, bucket, info.nuid or ""):  # else nats-py's read waits for ever
-            raise MissingPayloadError(ref, "its chunks are not stored (a meta entry written alone)")
         try:
-            got = await asyncio.wait_for(store.get(name), fetch_timeout(size))
-        except TimeoutError:  # chunks that never come (a meta entry written alone), or a server far too slow
+            data = await asyncio.wait_for(_read_chunks(js, ref, bucket, info, size), fetch_timeout(size))
+        except TimeoutError:  # a server far too slow, or a meta entry giving a great many tiny chunks
             raise MissingPayloadError(ref, f"its {size} bytes did not arrive within {fetch_timeout(size):g}s") from None
-        data = got.data or b""
     except ValueError as error:
         raise MissingPayloadError(ref, str(error)) from None
     except NotFoundError:
