@@ -45,6 +45,7 @@ __all__ = [
     "LogGapError",
     "ReplayIsolationError",
     "ReplayStop",
+    "PayloadStoreFullError",
     "PayloadTooLargeError",
     "MissingPayloadError",
     "retryable",
@@ -369,6 +370,22 @@ class PayloadTooLargeError(MeshError, ValueError):
         super().__init__(text)
         self.size = size
         self.limit = limit
+
+
+class PayloadStoreFullError(MeshError):
+    """The payload bucket an event's data would go to holds `MESH_PAYLOAD_BUCKET_MAX_BYTES`
+    already; its objects leave with their events (`MESH_STREAM_MAX_AGE`). Not retried: it
+    does not empty in the time of a retry."""
+
+    retryable = False
+
+    def __init__(self, bucket: str, size: int, reason: str) -> None:
+        super().__init__(f"the object store {bucket!r} has no room for {size} bytes of event data ({reason}): it holds "
+                         "at most MESH_PAYLOAD_BUCKET_MAX_BYTES (default 10 GiB), each object as long as its event "
+                         f"(MESH_STREAM_MAX_AGE); send smaller data, or grow the bucket (`nats stream edit OBJ_{bucket} "
+                         "--max-bytes ...`, as admin)")  # fmt: skip
+        self.bucket = bucket
+        self.size = size
 
 
 class MissingPayloadError(MeshError, LookupError):

@@ -166,3 +166,24 @@ class TestHostileObjects:
         short = msgspec.structs.replace(event, id="e-short", dataref=dataref(bucket, "short"))
         with pytest.raises(MissingPayloadError, match="more than"):
             await asyncio.wait_for(payloads.inline(mesh.js, short, subjects.work("echo", "anon")), 10)
+
+
+class TestBoundedBuckets:
+    async def test_a_bucket_holds_its_bytes_for_as_long_as_the_log(self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A payload bucket is made with the log's age limit and a byte limit of its own (any
+        writer of a bucket may store objects no event names: they filled the disk); past the
+        limit, an event's large data is refused with what to do, not a 503 that reads as passing."""
+        from mesh.errors import PayloadStoreFullError
+        from topics.tasks import TaskRequested
+
+        monkeypatch.setenv("MESH_PAYLOAD_BUCKET_MAX_BYTES", str(3 << 20))
+        monkeypatch.setenv("MESH_STREAM_MAX_AGE", "3600")
+        bucket = subjects.owner_payload_bucket("bounded")
+        await payloads.payload_bucket(mesh.js, bucket)
+        config = (await mesh.js.stream_info(f"OBJ_{bucket}")).config
+        assert (config.max_bytes, config.max_age) == (3 << 20, 3600.0)
+        subject = subjects.work("echo", "bounded")
+        stored = [await mesh.publish(subject, TaskRequested(capability="echo", input="x" * (1200 << 10))) for _ in range(2)]
+        assert len({published.seq for published in stored}) == 2
+        with pytest.raises(PayloadStoreFullError, match="MESH_PAYLOAD_BUCKET_MAX_BYTES"):
+            await mesh.publish(subject, TaskRequested(capability="echo", input="y" * (1200 << 10)))

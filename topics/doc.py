@@ -72,8 +72,12 @@ object with `js.object_store("<bucket>").get("<object>")`, both taken from the `
 or does not match `datasize`/`datasha256` is an error: an agent dead-letters the event once with
 reason `missing_payload` and serves on; replay counts it as undecodable. `data` larger than
 `MESH_MAX_PAYLOAD_OBJECT` bytes (default 64 MiB) is refused with `PayloadTooLargeError`, and a
-handler whose output is that large fails its task with it. The bucket has no TTL: removing
-objects whose events are still in the log makes those events unreadable.
+handler whose output is that large fails its task with it. A bucket keeps its objects as long
+as the log keeps events (`MESH_STREAM_MAX_AGE`, 30 days) and holds at most
+`MESH_PAYLOAD_BUCKET_MAX_BYTES` (10 GiB by default); past that, an event's data is refused with
+`PayloadStoreFullError`. Both are set when the mesh makes the bucket (a bucket made before keeps
+its settings: `nats stream edit OBJ_<bucket>`). Removing objects whose events are still in the
+log makes those events unreadable.
 
 ## Owners: whose task it is
 

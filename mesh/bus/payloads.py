@@ -37,12 +37,25 @@ from collections.abc import AsyncIterator, Iterator
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import ObjectInfo, ObjectStoreConfig, StorageType
-from nats.js.errors import BadObjectMetaError, BadRequestError, DigestMismatchError, LinkIsABucketError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadObjectMetaError,
+    BadRequestError,
+    DigestMismatchError,
+    LinkIsABucketError,
+    NotFoundError,
+)
 from nats.js.object_store import ObjectStore
 
-from mesh.bus.connection import stream_replicas
+from mesh.bus.connection import StreamLimits, stream_replicas
 from mesh.bus.jetstream import API, guarded, next_on_subject
-from mesh.errors import ConfigError, MissingPayloadError, PayloadTooLargeError, PermissionDeniedError
+from mesh.errors import (
+    ConfigError,
+    MissingPayloadError,
+    PayloadStoreFullError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+)
 from topics import subjects
 from topics.base import is_token
 from topics.envelope import DECODE_ERRORS, CloudEvent, dataref, decode_envelope, parse_dataref
@@ -56,6 +69,8 @@ __all__ = [
 
 DEFAULT_MAX_OBJECT = 64 * 1024 * 1024
 DEFAULT_IN_FLIGHT = 64 * 1024 * 1024  # bytes of offloaded data an agent process holds at once (`Budget`)
+DEFAULT_BUCKET_BYTES = 10 * 2**30  # bytes one payload bucket holds (as the MESH stream's default)
+STORE_FAILED = 10077  # the server's "stream store failed", with "maximum bytes exceeded" when a bucket is full
 
 RESOLVE_ERRORS: tuple[type[Exception], ...] = (*DECODE_ERRORS, MissingPayloadError)
 """What `resolve` can raise about a stored message itself (not about NATS): it is malformed,
@@ -71,6 +86,13 @@ def in_flight_budget() -> int:
     """`MESH_MAX_PAYLOAD_IN_FLIGHT`: the bytes of offloaded data an agent process fetches,
     decodes and handles at once (default 64 MiB; see `Budget`)."""
     return _bytes_setting("MESH_MAX_PAYLOAD_IN_FLIGHT", DEFAULT_IN_FLIGHT)
+
+
+def bucket_max_bytes() -> int:
+    """`MESH_PAYLOAD_BUCKET_MAX_BYTES`: the bytes one payload bucket holds (default 10 GiB);
+    past that, storing another object fails (`PayloadStoreFullError`), and the oldest objects
+    leave with the events that name them (`MESH_STREAM_MAX_AGE`)."""
+    return _bytes_setting("MESH_PAYLOAD_BUCKET_MAX_BYTES", DEFAULT_BUCKET_BYTES)
 
 
 def _bytes_setting(name: str, default: int) -> int:
@@ -204,8 +226,11 @@ async def payload_bucket(js: JetStreamContext, bucket: str = subjects.PAYLOAD_BU
     except NotFoundError:
         if not create:
             raise
-    config = ObjectStoreConfig(description="agentmesh: event data too large for one message",
-                               storage=StorageType.FILE, replicas=stream_replicas())  # fmt: skip
+    # bounded as the log is: its objects are kept as long as the events that name them, and no
+    # more bytes than a setting (any writer of a bucket may store objects no event names)
+    config = ObjectStoreConfig(description="agentmesh: event data too large for one message", storage=StorageType.FILE,
+                               replicas=stream_replicas(), ttl=StreamLimits.from_env().max_age or None,
+                               max_bytes=bucket_max_bytes())  # fmt: skip
     try:
         return await guarded(js, f"{API}.STREAM.CREATE.{stream}", js.create_object_store(bucket, config=config))
     except BadRequestError:  # another process created it meanwhile
@@ -237,7 +262,12 @@ async def offload(js: JetStreamContext, subject: str, event: CloudEvent) -> Clou
     # takes a stale object of the same size nor replaces the object an earlier event names
     name = f"{event.id}-{digest[:32]}"
     if not await _holds(store, name, len(data)):
-        await store.put(name, data)
+        try:
+            await store.put(name, data)
+        except APIError as error:
+            if error.err_code != STORE_FAILED or "maximum bytes" not in (error.description or ""):
+                raise
+            raise PayloadStoreFullError(bucket, len(data), error.description or "full") from None
     return msgspec.structs.replace(
         event, data=msgspec.Raw(b"null"), dataref=dataref(bucket, name),
         datasize=len(data), datasha256=digest,
