@@ -74,7 +74,8 @@ reason `missing_payload` and serves on; replay counts it as undecodable. `data` 
 `MESH_MAX_PAYLOAD_OBJECT` bytes (default 64 MiB) is refused with `PayloadTooLargeError`, and a
 handler whose output is that large fails its task with it. A bucket keeps its objects as long
 as the log keeps events (`MESH_STREAM_MAX_AGE`, 30 days) and holds at most
-`MESH_PAYLOAD_BUCKET_MAX_BYTES` (10 GiB by default); past that, an event's data is refused with
+`MESH_PAYLOAD_BUCKET_MAX_BYTES` if set (JetStream reserves that much of its store for each
+bucket, one per user: no limit by default); past that, an event's data is refused with
 `PayloadStoreFullError`. Both are set when the mesh makes the bucket (a bucket made before keeps
 its settings: `nats stream edit OBJ_<bucket>`). Removing objects whose events are still in the
 log makes those events unreadable.

@@ -69,7 +69,7 @@ __all__ = [
 
 DEFAULT_MAX_OBJECT = 64 * 1024 * 1024
 DEFAULT_IN_FLIGHT = 64 * 1024 * 1024  # bytes of offloaded data an agent process holds at once (`Budget`)
-DEFAULT_BUCKET_BYTES = 10 * 2**30  # bytes one payload bucket holds (as the MESH stream's default)
+NO_LIMIT = -1
 STORE_FAILED = 10077  # the server's "stream store failed", with "maximum bytes exceeded" when a bucket is full
 
 RESOLVE_ERRORS: tuple[type[Exception], ...] = (*DECODE_ERRORS, MissingPayloadError)
@@ -89,10 +89,19 @@ def in_flight_budget() -> int:
 
 
 def bucket_max_bytes() -> int:
-    """`MESH_PAYLOAD_BUCKET_MAX_BYTES`: the bytes one payload bucket holds (default 10 GiB);
-    past that, storing another object fails (`PayloadStoreFullError`), and the oldest objects
-    leave with the events that name them (`MESH_STREAM_MAX_AGE`)."""
-    return _bytes_setting("MESH_PAYLOAD_BUCKET_MAX_BYTES", DEFAULT_BUCKET_BYTES)
+    """`MESH_PAYLOAD_BUCKET_MAX_BYTES`: the bytes one payload bucket holds, -1 (the default)
+    for no limit of its own; past it, storing another object fails (`PayloadStoreFullError`).
+    Not set by default: JetStream reserves a stream's `max_bytes` out of the server's store when
+    the stream is made, for every bucket (one per user), so 10 GiB each exhausted a server's
+    store at `mesh auth buckets` ("insufficient storage resources available"). Every bucket's
+    objects leave with the events that name them (`MESH_STREAM_MAX_AGE`) either way."""
+    value = os.environ.get("MESH_PAYLOAD_BUCKET_MAX_BYTES", "").strip()
+    if value in ("-1", ""):
+        return NO_LIMIT
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise ConfigError(f"MESH_PAYLOAD_BUCKET_MAX_BYTES={value!r} must be a whole number of bytes, or -1 for no "
+                          "limit (the default)")  # fmt: skip
+    return int(value)
 
 
 def _bytes_setting(name: str, default: int) -> int:
