@@ -103,9 +103,16 @@ class ReplayFlowLog(FlowLog):
         self._made = made
         self._moves = 0  # bumped whenever the fold moves on: what a waiting outcome watches
         self._steps = {s.task_id for r in self._recorded for s in scheduled_in(r.data)}
-        # A log whose driver recorded every step on its own (before steps were carried) is re-driven so.
-        self.carries_schedules = not any(isinstance(r.data, FlowStepScheduled) for r in self._recorded)
         gates.append(self._turn_of)
+
+    def carries_schedules(self) -> bool:
+        """Whether the event the driver is about to record carried the steps it scheduled when it
+        was recorded: a driver from before steps were carried recorded each one on its own, and a
+        workflow it started may have been resumed by a driver of today (an upgrade mid-run)."""
+        upcoming = self._next()
+        return upcoming is not None and not isinstance(upcoming.data, FlowStepScheduled) and bool(
+            scheduled_in(upcoming.data)
+        )
 
     async def refresh(self, *, at_least: int = 0) -> WorkflowView:
         upto = max(self._horizon(), at_least)

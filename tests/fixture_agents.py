@@ -324,6 +324,6 @@ separate_schedules = Agent("orchestrator", emits=("mesh.flow.*",))  # as drivers
 async def drive_scheduling_apart(input: Drive, ctx: Context) -> Any:
     """`agents.orchestrator:agent`, each step scheduled in a `mesh.flow.step_scheduled` of its own."""
     flow = ctx.flow_log(input.workflow_id or ctx.task_id)
-    flow.carries_schedules = False
+    flow.carry = False
     return await drive(ctx.mesh, input, task_id=ctx.task_id, request_seq=ctx.request_seq or 0,
                        causation_id=ctx.event.id, correlation_id=ctx.correlation_id, flow=flow, hops=ctx.hops)  # fmt: skip

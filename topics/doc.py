@@ -73,7 +73,8 @@ or does not match `datasize`/`datasha256` is an error: an agent dead-letters the
 reason `missing_payload` and serves on; replay counts it as undecodable. `data` larger than
 `MESH_MAX_PAYLOAD_OBJECT` bytes (default 64 MiB) is refused with `PayloadTooLargeError`, and a
 handler whose output is that large fails its task with it. A bucket keeps its objects as long
-as the log keeps events (`MESH_STREAM_MAX_AGE`, 30 days) and holds at most
+as the log keeps events (the `MESH` stream's age limit, read from the server when the bucket is
+made; `MESH_STREAM_MAX_AGE`, 30 days by default) and holds at most
 `MESH_PAYLOAD_BUCKET_MAX_BYTES` if set (JetStream reserves that much of its store for each
 bucket, one per user: no limit by default); past that, an event's data is refused with
 `PayloadStoreFullError`. Both are set when the mesh makes the bucket (a bucket made before keeps
@@ -119,7 +120,8 @@ and is folded so (`topics.flows.scheduled_in`); the step's task names that event
 So a 3-step pipeline is five flow events (started, three step completions, completed), not
 eight, and each is one compare-and-set of the driver. `mesh.flow.step_scheduled` is still
 recorded on its own when no other event is (logs written before 2026-12-04 hold only those,
-and `mesh replay rerun` re-drives such a log the way it was recorded).
+and `mesh replay rerun` re-drives each event the way it was recorded, also in a workflow an
+upgraded orchestrator resumed).
 
 ## Application events: your own types
 

@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 
 import msgspec
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import ObjectInfo, ObjectStoreConfig, StorageType
 from nats.js.errors import (
@@ -238,7 +239,7 @@ async def payload_bucket(js: JetStreamContext, bucket: str = subjects.PAYLOAD_BU
     # bounded as the log is: its objects are kept as long as the events that name them, and no
     # more bytes than a setting (any writer of a bucket may store objects no event names)
     config = ObjectStoreConfig(description="agentmesh: event data too large for one message", storage=StorageType.FILE,
-                               replicas=stream_replicas(), ttl=StreamLimits.from_env().max_age or None,
+                               replicas=stream_replicas(), ttl=await _log_age(js) or None,
                                max_bytes=bucket_max_bytes())  # fmt: skip
     try:
         return await guarded(js, f"{API}.STREAM.CREATE.{stream}", js.create_object_store(bucket, config=config))
@@ -248,6 +249,16 @@ async def payload_bucket(js: JetStreamContext, bucket: str = subjects.PAYLOAD_BU
         raise ConfigError(f"the object store {bucket!r} (data too large for one message) does not exist, and only "
                           "admin may create it: `mesh auth buckets --dir <auth folder>` with admin credentials "
                           "creates one per role (`mesh up --auth` does it when it starts the server)") from None
+
+
+async def _log_age(js: JetStreamContext) -> float:
+    """How long the `MESH` stream keeps an event (0: for ever), as the stream says: a bucket is
+    made by whichever process offloads into it first, whose `MESH_STREAM_MAX_AGE` need not be
+    the one the stream was made with (objects kept 30 days of a log kept for ever were lost)."""
+    try:
+        return float((await js.stream_info(subjects.STREAM)).config.max_age or 0.0)
+    except (NotFoundError, PermissionDeniedError, TimeoutError, nats.errors.Error):  # no stream to ask
+        return StreamLimits.from_env().max_age
 
 
 async def create_buckets(js: JetStreamContext, buckets: list[str]) -> None:

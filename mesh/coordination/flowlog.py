@@ -51,7 +51,11 @@ class _Sent:
 class FlowLog:
     """One workflow's events folded, and recording more of them with compare-and-set."""
 
-    carries_schedules = True  # a driver records the steps it schedules inside the event before (topics.flows)
+    carry = True  # a driver records the steps it schedules inside the event before (topics.flows); False: apart
+
+    def carries_schedules(self) -> bool:
+        """Whether the driver records the steps a decision schedules inside the event before it."""
+        return self.carry
 
     def __init__(self, mesh: Mesh, workflow_id: str) -> None:
         self.mesh = mesh

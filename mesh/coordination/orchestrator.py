@@ -347,7 +347,7 @@ class Driver:
         resolved for them. ``spec``: the workflow's, parsed (None: parse the one ``data`` starts)."""
         inputs: Inputs = {}
         self._foreseen = (-1, [])
-        if not self.flow.carries_schedules or isinstance(spec, ErrorInfo):
+        if isinstance(spec, ErrorInfo) or not self.flow.carries_schedules():
             return data, inputs
         after = self.flow.preview(data)
         spec = spec_of(after) if spec is None else spec
