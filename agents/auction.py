@@ -119,9 +119,12 @@ def score(bids: list[BidScore], weights: Weights) -> list[BidScore]:
     top_cost, top_load = max(bid.cost for bid in bids) or 1.0, max(bid.load for bid in bids) or 1.0
 
     def of(bid: BidScore) -> float:
-        return round(weights.cost * bid.cost / top_cost + weights.load * bid.load / top_load
-                     + weights.failures * rates.get(bid.bidder, _mean(rates))
-                     + weights.latency * latencies.get(bid.bidder, _mean(latencies)), 6)  # fmt: skip
+        # 12 significant digits, not 6 decimals: one bid of 1e9 made every other cost round to a
+        # tie, and the award went by name (still a tie for sums equal but for float noise)
+        value = (weights.cost * bid.cost / top_cost + weights.load * bid.load / top_load
+                 + weights.failures * rates.get(bid.bidder, _mean(rates))
+                 + weights.latency * latencies.get(bid.bidder, _mean(latencies)))  # fmt: skip
+        return float(f"{value:.12g}")
 
     return sorted(
         (msgspec.structs.replace(bid, score=of(bid)) for bid in bids), key=lambda bid: (bid.score, bid.bidder)

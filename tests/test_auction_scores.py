@@ -206,6 +206,12 @@ class TestScore:
         assert [b.bidder for b in ranked] == ["new", "known"]
         assert ranked[1].score - ranked[0].score == pytest.approx(Weights().cost * 0.1 / 2.0, abs=1e-5)
 
+    def test_one_very_high_bid_leaves_the_others_in_price_order(self) -> None:
+        """Costs are scaled by the highest: one bid of 1e9 made 9.0 and 1.0 round to the same
+        score, and the award went by name (review D)."""
+        ranked = score([bid("alpha", 9.0), bid("beta", 1.0), bid("gamma", 1e9)], Weights())
+        assert [b.bidder for b in ranked] == ["beta", "alpha", "gamma"] and ranked[0].score < ranked[1].score
+
     def test_load_and_ties(self) -> None:
         """A busier bidder scores worse; equal scores go to the bidder named first."""
         assert score([bid("b", 1.0, load=2), bid("a", 1.0, load=1)], Weights())[0].bidder == "a"

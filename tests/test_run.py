@@ -91,6 +91,9 @@ class TestTeamFile:
         ('[agents.a]\ntarget = "x:y"\nenv = { N = 1 }\n', "agents.a.env.N: expected a string, got an integer (quote it)"),
         ('[agents.a]\ntarget = "x:y"\nenv = { "A-B" = "1" }\n', "agents.a.env.A-B: not a name for an environment variable"),
         ('[agents.a]\ntarget = "x:y"\nenv = "X=1"\n', "agents.a.env: expected a table of strings, got a string"),
+        ('[agents.a]\ntarget = "x:y"\nenv = { A = "1\\u0000" }\n', "agents.a.env.A: holds a NUL character"),
+        ("".join(f'[agents.a{n}]\ntarget = "x:y"\nreplicas = 256\n' for n in range(5)),
+         "agents: 1,280 processes in all (the replicas of every agent); a team runs at most 1,024"),
         ('[agents."a.b"]\ntarget = "x:y"\n', "agents.a.b: an agent's name is 1 to 40 letters"),
         ('agents = { a = 1 }\n', "agents.a: expected a table, got an integer"),
         ('agents = {}\n', "agents: empty: a team names at least one agent"),
@@ -323,6 +326,24 @@ class TestMeshRun:
         assert await run.exit_code(timeout=5 + 10) == 130, run.err.read_text()
         assert not any(pid_alive(pid) for pid in run.pids())
         assert run.err.read_text() == ""
+
+    @pytest.mark.skipif(sys.platform == "win32", reason="Windows keeps an orphan's parent id: replicas cannot see it")
+    async def test_replicas_stop_when_mesh_run_is_killed(
+        self, tmp_path: Path, nats_url: str, log: EventLog, team_runs: list[TeamRun]
+    ) -> None:
+        """`mesh run` killed with SIGKILL (an OOM killer, a container runtime) can stop nothing:
+        its replicas notice they lost their parent and drain, instead of taking tasks for ever
+        (and running twice beside the next `mesh run`)."""
+        run = TeamRun(tmp_path, nats_url, '[agents.echo]\ntarget = "agents.echo:agent"\nreplicas = 2\ndrain-timeout = 5\n')
+        team_runs.append(run)
+        pids = {pid_of(record) for record in await log.wait_for(started("echo"), count=2, timeout=START, alive=run.proc)}
+        run.proc.kill()
+        run.proc.wait()
+
+        async def none_left() -> bool:
+            return not any(pid_alive(pid) for pid in pids)
+
+        await eventually(none_left, timeout=30, what="the orphaned replicas gone")
 
     async def test_a_second_stop_kills_a_replica_that_does_not_drain(
         self, tmp_path: Path, nats_url: str, log: EventLog, team_runs: list[TeamRun]

@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["WINDOWS", "executable", "child_options", "ask_to_stop", "stop_pid", "pid_alive", "stop_signals",
+__all__ = ["SUPERVISOR_PID", "WINDOWS", "executable", "child_options", "ask_to_stop", "stop_pid", "pid_alive", "stop_signals",
            "on_stop_signals", "on_each_stop_signal"]  # fmt: skip
 
 WINDOWS = sys.platform == "win32"
+SUPERVISOR_PID = "MESH_SUPERVISOR_PID"  # what `mesh run` tells its replicas it is: they stop once it is gone
 
 # Win32 values (the stdlib names them on Windows only); named here so each branch can be tested anywhere.
 CREATE_NEW_PROCESS_GROUP = 0x00000200

@@ -4,8 +4,10 @@ Ctrl-Break), drain."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
+import os
 import sys
 from functools import partial
 from types import ModuleType
@@ -13,7 +15,7 @@ from types import ModuleType
 import structlog
 
 from mesh.bus.client import Mesh
-from mesh.bus.processes import on_stop_signals
+from mesh.bus.processes import SUPERVISOR_PID, on_stop_signals
 from mesh.bus.settings import MeshSettings
 from mesh.errors import ConfigError, ConnectionLostError
 from mesh.runtime.agent import Agent
@@ -67,17 +69,60 @@ async def serve(agent: Agent, settings: MeshSettings, options: RunnerOptions) ->
     try:
         stop = asyncio.Event()
         on_stop_signals(stop.set)
+        orphaned = _stop_when_orphaned(stop)
         await runner.start()
         unwatch = instruments.work.watch(asyncio.get_running_loop(), partial(work_counts, mesh, agent.capabilities))
         settle_heap()
         await _until_stopped_or_closed(stop, mesh)
-        log.info("signal received; draining", agent=runner.agent_id)
+        if orphaned is not None:
+            orphaned.cancel()
+        log.info("stopping; draining", agent=runner.agent_id)
         await runner.stop("signal")
         unwatch()
         await mesh.close()
     finally:
         if telemetry is not None:  # export the spans and metrics still buffered, for a bounded time
             await asyncio.to_thread(telemetry.shutdown, exit_timeout(AGENT_EXIT_TIMEOUT))
+
+
+SUPERVISOR_CHECK = 1.0  # seconds between looks at the parent process
+
+
+def _stop_when_orphaned(stop: asyncio.Event) -> asyncio.Task[None] | None:
+    """With `MESH_SUPERVISOR_PID` (what `mesh run` gives its replicas), a task that sets ``stop``
+    once this process's parent is no longer that process: a supervisor killed with SIGKILL can
+    stop nothing, and its replicas kept taking tasks, and ran twice beside the next `mesh run`.
+    Linux and macOS give an orphan a new parent; on Windows the parent's id stays, so this
+    never fires there."""
+    value = os.environ.get(SUPERVISOR_PID, "").strip()
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        log.warning("not watching the supervisor: not a process id", variable=SUPERVISOR_PID, value=value[:40])
+        return None
+    supervisor = int(value)
+
+    async def watch() -> None:
+        while True:  # polling another process's life: no event tells of it
+            if os.getppid() != supervisor:
+                break
+            await asyncio.sleep(SUPERVISOR_CHECK)
+        stop.set()
+        _output_to_nowhere()  # it read this process's output through pipes: a log line would raise BrokenPipeError
+        log.warning("the supervisor is gone; stopping", supervisor=supervisor)
+
+    return asyncio.get_running_loop().create_task(watch())
+
+
+def _output_to_nowhere() -> None:
+    """Standard output and error to the null device, so the drain that follows can log."""
+    with open(os.devnull, "wb") as null:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                os.dup2(null.fileno(), fd)
 
 
 async def _until_stopped_or_closed(stop: asyncio.Event, mesh: Mesh) -> None:

@@ -49,7 +49,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from mesh.bus.processes import WINDOWS, ask_to_stop, child_options, on_each_stop_signal
+from mesh.bus.processes import SUPERVISOR_PID, WINDOWS, ask_to_stop, child_options, on_each_stop_signal
 from mesh.errors import ConfigError
 from mesh.runtime.worker import RunnerOptions
 from mesh.telemetry.setup import AGENT_EXIT_TIMEOUT, exit_timeout
@@ -67,6 +67,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 MAX_REPLICAS = 256  # processes of one agent a team file may ask for (each is a Python process on this host)
+MAX_PROCESSES = 1024  # processes of the whole team (18,000 agents of 256 asked for 4.6 million)
 MAX_WAIT = 7 * 24 * 3600.0  # seconds: the longest ack wait a team file may set (nats-py takes nanoseconds as an int)
 
 
@@ -147,6 +148,9 @@ def parse_team(data: Any, file: str, *, where: str = "", source: str = "") -> Te
         problem = "missing" if agents is None else f"expected a table, got {_kind(agents)}" if not isinstance(agents, dict) else "empty"
         raise refuse("agents", f"{problem}: a team names at least one agent, [agents.NAME] with a target")
     specs = {name: _agent(name, table, refuse) for name, table in agents.items()}
+    if (processes := sum(spec.replicas for spec in specs.values())) > MAX_PROCESSES:
+        raise refuse("agents", f"{processes:,} processes in all (the replicas of every agent); a team runs at most "
+                               f"{MAX_PROCESSES:,} on one host")  # fmt: skip
     return TeamSpec(agents=specs, description=description, source=source or file)
 
 
@@ -164,6 +168,8 @@ def _agent(name: str, table: Any, refuse: Callable[[str, str], ConfigError]) -> 
             raise refuse(f"{key}.env.{variable}", "not a name for an environment variable (letters, digits and _)")
         if not isinstance(value, str):
             raise refuse(f"{key}.env.{variable}", f"expected a string, got {_kind(value)} (quote it)")
+        if "\0" in value:  # no environment can hold one: starting the process raised a traceback
+            raise refuse(f"{key}.env.{variable}", "holds a NUL character, which no environment variable can")
     try:
         spec = msgspec.convert(table, AgentSpec)
     except msgspec.ValidationError as error:
@@ -359,7 +365,8 @@ class Supervisor:
         process = await asyncio.create_subprocess_exec(
             self.python, "-m", "mesh", *replica.spec.arguments(),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**self.env, **replica.spec.env}, **child_options(detach=False, own_group=True),
+            env={**self.env, **replica.spec.env, SUPERVISOR_PID: str(os.getpid())},
+            **child_options(detach=False, own_group=True),
         )  # fmt: skip
         replica.process = process
         self.show(replica.name, f"started (pid {process.pid}): {replica.spec.target}", True)
