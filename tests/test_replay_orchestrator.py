@@ -5,8 +5,6 @@ the first divergence. A handler that watches a board reruns cleanly too."""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from agents.orchestrator import Drive, _start
 from mesh import Agent, Context, Mesh
 from mesh.coordination.board import Board
 from mesh.coordination.orchestrator import Driver, _Outcome, step_task_id
-from mesh.coordination.workflow import WORKFLOW_CAPABILITY, Flow, Step, Workflows, parse
+from mesh.coordination.workflow import WORKFLOW_CAPABILITY, Step, Workflows, parse
 from mesh.errors import WorkflowFailedError
 from mesh.projections import StepView
 from replay.reader import read_log
@@ -25,6 +23,7 @@ from replay.rerun import rerun
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 from tests.test_replay_workflows import mesh_cli
+from tests.test_workflow import killed_mid_workflow
 from topics.flows import FlowStepCompleted, FlowStepScheduled
 from topics.tasks import TaskCancelled, TaskCompleted, TaskProgress
 
@@ -108,21 +107,7 @@ class TestRerunOrchestrator:
     ) -> None:
         """An orchestrator that scheduled steps apart is killed mid-workflow and today's resumes
         it (an upgrade): the log holds both forms, and a rerun follows each event as recorded."""
-        old = await agents.start("tests.fixture_agents:separate_schedules", "--ack-wait", "2")
-        await agents.start("tests.fixture_agents:slow")
-        await agents.start("tests.pattern_agents:steps")
-        flow = Flow("upgrade")
-        flow.step("a", "slow", {"n": 1, "hold": 3})
-        flow.step("b", "slow", {"n": 2, "hold": 3})
-        flow.step("c", "concat", {"parts": ["$steps.a.output.done", "$steps.b.output.done"]})
-        workflow_id = await Workflows(mesh).start(flow.build())
-        steps = {step_task_id(workflow_id, name, 1) for name in "ab"}
-        await log.wait_for(lambda r: r.event.type == "mesh.task.progress" and r.data.task_id in steps, count=2)  # type: ignore[attr-defined]
-        os.kill(old.pid, signal.SIGKILL)
-        old.wait()
-        await agents.start("agents.orchestrator:agent", "--ack-wait", "2")
-        assert await Workflows(mesh).result(workflow_id, timeout=60) == {"joined": "1+2"}
-        await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == workflow_id)  # type: ignore[attr-defined]
+        workflow_id = await killed_mid_workflow(mesh, agents, log, "tests.fixture_agents:separate_schedules")
         records = (await read_log(mesh)).records
         flow_events = [r.data for r in records if r.subject == f"mesh.flow.{workflow_id}"]
         assert any(isinstance(e, FlowStepScheduled) for e in flow_events)  # the old driver's

@@ -253,6 +253,29 @@ def scheduled_steps(log: EventLog, workflow_id: str) -> list[FlowStepScheduled]:
     return [s for r in log.records if getattr(r.data, "workflow_id", None) == workflow_id for s in scheduled_in(r.data)]
 
 
+async def killed_mid_workflow(mesh: Mesh, agents: AgentProcesses, log: EventLog, first: str) -> str:
+    """Steps a and b (3 s each) under way, then c joins them: the orchestrator ``first`` is
+    killed with kill -9 while a and b run, before it records either, and today's orchestrator
+    drives the workflow to its end. Its id."""
+    orchestrator = await agents.start(first, "--ack-wait", "2")
+    await agents.start("tests.fixture_agents:slow")
+    await agents.start("tests.pattern_agents:steps")
+    flow = Flow("killme")
+    flow.step("a", "slow", {"n": 1, "hold": 3})
+    flow.step("b", "slow", {"n": 2, "hold": 3})
+    flow.step("c", "concat", {"parts": ["$steps.a.output.done", "$steps.b.output.done"]})
+    workflow_id = await Workflows(mesh).start(flow.build())
+    steps = {step_task_id(workflow_id, name, 1) for name in "ab"}
+    await log.wait_for(lambda r: r.event.type == "mesh.task.progress" and r.data.task_id in steps, count=2)  # type: ignore[attr-defined]
+    os.kill(orchestrator.pid, signal.SIGKILL)
+    orchestrator.wait()
+    assert not flow_events(log, "mesh.flow.step_completed", workflow_id)
+    await agents.start("agents.orchestrator:agent", "--ack-wait", "2")
+    assert await Workflows(mesh).result(workflow_id, timeout=60) == {"joined": "1+2"}
+    await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == workflow_id)  # type: ignore[attr-defined]
+    return workflow_id
+
+
 async def until_ended(log: EventLog, workflow_id: str) -> None:
     """Wait until the test's own log has caught up with the workflow's end."""
     ends = ("mesh.flow.completed", "mesh.flow.failed")
@@ -348,22 +371,8 @@ class TestOrchestrator:
     async def test_kill_9_and_restart(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """Kill -9 the orchestrator mid-workflow and start another: the workflow finishes,
         every step task ran once, and the workflow completed once."""
-        orchestrator = await agents.start("agents.orchestrator:agent", "--ack-wait", "2")
-        await agents.start("tests.fixture_agents:slow")
-        await agents.start("tests.pattern_agents:steps")
-        flow = Flow("killme")
-        flow.step("a", "slow", {"n": 1, "hold": 3})
-        flow.step("b", "slow", {"n": 2, "hold": 3})
-        flow.step("c", "concat", {"parts": ["$steps.a.output.done", "$steps.b.output.done"]})
-        workflow_id = await Workflows(mesh).start(flow.build())
+        workflow_id = await killed_mid_workflow(mesh, agents, log, "agents.orchestrator:agent")
         steps = {step_task_id(workflow_id, name, 1) for name in "abc"}
-        await log.wait_for(lambda r: r.event.type == "mesh.task.progress" and r.data.task_id in steps, count=2)  # type: ignore[attr-defined]
-        os.kill(orchestrator.pid, signal.SIGKILL)
-        orchestrator.wait()
-        assert not flow_events(log, "mesh.flow.step_completed", workflow_id)
-        await agents.start("agents.orchestrator:agent", "--ack-wait", "2")
-        assert await Workflows(mesh).result(workflow_id, timeout=60) == {"joined": "1+2"}
-        await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.data.task_id == workflow_id)  # type: ignore[attr-defined]
         assert of_step(log, "mesh.task.requested", steps) == Counter(dict.fromkeys(steps, 1))
         claimed = of_step(log, "mesh.task.claimed", steps)  # the slow steps claim once; the instant one need not
         assert set(claimed.values()) == {1} and {step_task_id(workflow_id, n, 1) for n in "ab"} <= set(claimed)
