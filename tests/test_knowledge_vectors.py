@@ -27,6 +27,7 @@ from mesh.llm.offline import (
 )
 from mesh.llm.transport import offline_http_client
 from mesh.projections import KNOWLEDGE, Hit, KnowledgeEntry, fold, live_at
+from mesh.projections.knowledge import pack
 from mesh.projections.vectors import cosine_ranked, fused
 from replay.reader import read_log
 from replay.rerun import rerun
@@ -145,7 +146,7 @@ class TestEmbedCalls:
 def embedded(n: int, text: str, *, model: str = "m", tags: tuple[str, ...] = (), author: str = "a",
              vector: tuple[float, ...] | None = None) -> KnowledgeEntry:  # fmt: skip
     return KnowledgeEntry(id=f"e{n}", kb="kb", text=text, tags=tags, author=author, seq=n, micros=n * 1_000_000,
-                          embedding=vector if vector is not None else tuple(offline_embedding(text)),
+                          embedding=pack(vector if vector is not None else offline_embedding(text)),
                           embedding_model=model)  # fmt: skip
 
 
@@ -203,11 +204,26 @@ class TestCosineRanking:
         vector = tuple(offline_embedding("restart the cache"))
         data = KnowledgeAdded(kb="kb", text="restart the cache", embedding=vector, embedding_model="m")
         [found] = live_at(fold(KNOWLEDGE, [record(data, 1)]), "kb")
-        assert found.embedding == vector and found.embedding_model == "m"
+        assert found.vector is not None and tuple(found.vector) == vector and found.embedding_model == "m"
         with pytest.raises(msgspec.ValidationError):
             decode_data(KnowledgeAdded.TYPE, msgspec.json.encode({"kb": "kb", "text": "x", "embedding": [0.0] * 16_385}))
         with pytest.raises(msgspec.ValidationError):
             decode_data(KnowledgeAdded.TYPE, msgspec.json.encode({"kb": "kb", "text": "x", "embedding": ["a"]}))
+
+    @pytest.mark.unit
+    def test_the_projection_holds_embeddings_packed_and_drops_those_without_direction(self) -> None:
+        """A writer that fills a base with maximal embeddings (review B, F6): each entry holds
+        8 bytes a number, not a tuple of Python floats (32), and a vector that can never match
+        (all zeros, or too large to have a finite length) is not held at all."""
+        biggest = tuple(float(n % 7) - 3.0 for n in range(16_384))
+        datas = [KnowledgeAdded(kb="kb", text="big", embedding=biggest, embedding_model="m"),
+                 KnowledgeAdded(kb="kb", text="zeros", embedding=(0.0,) * 16_384, embedding_model="m"),
+                 KnowledgeAdded(kb="kb", text="inf", embedding=(1e308,) * 4, embedding_model="m")]  # fmt: skip
+        big, zeros, inf = live_at(fold(KNOWLEDGE, [record(data, n) for n, data in enumerate(datas, start=1)]), "kb")
+        assert isinstance(big.embedding, bytes) and sys.getsizeof(big.embedding) < 8 * 16_384 + 64
+        assert big.vector is not None and tuple(big.vector) == biggest
+        assert zeros.embedding is None and inf.embedding is None and zeros.embedding_model == "m"
+        assert [h.id for h in cosine_ranked([big, zeros, inf], biggest, "m")] == [big.id]
 
     @pytest.mark.unit
     async def test_vector_search_needs_a_session_and_a_known_mode(self) -> None:

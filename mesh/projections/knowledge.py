@@ -5,10 +5,20 @@ entries of a base at any past point (`live_at`) come from the state alone: that 
 search `as_of` a past point ranks. An entry is known by the id of the event that added it;
 a second add under an id already folded (a re-published event past the de-duplication
 window) changes nothing, nor does removing an entry that is not there.
+
+An entry's embedding is held packed, 8 bytes a number (`pack`; `KnowledgeEntry.vector` reads
+it without a copy), not as a tuple of Python floats (32 bytes a number): a base is held whole
+by every process that searches it, and a writer may fill it with maximal embeddings. One whose
+vector has no direction (all zeros, or a length that is not finite) is not kept at all: it
+could never match (`mesh.projections.vectors`).
 """
 
 from __future__ import annotations
 
+import array
+import math
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -17,7 +27,7 @@ from mesh.projections.base import Handler, HandlerProjection, ProjectionState, S
 from topics.base import Event
 from topics.knowledge import KnowledgeAdded, KnowledgeRemoved
 
-__all__ = ["KnowledgeEntry", "KnowledgeProjection", "KnowledgeState", "Position", "live_at", "micros"]
+__all__ = ["KnowledgeEntry", "KnowledgeProjection", "KnowledgeState", "Position", "live_at", "micros", "pack"]
 
 Position = int | str  # a stream sequence, or an RFC 3339 instant
 
@@ -38,8 +48,19 @@ class KnowledgeEntry(msgspec.Struct, kw_only=True, gc=False):
     removed_seq: int | None = None
     removed_time: str | None = None
     removed_micros: int | None = None
-    embedding: tuple[float, ...] | None = None  # the vector its adder stored, for vector search
+    embedding: bytes | None = None  # the vector its adder stored, for vector search, packed (`pack`)
     embedding_model: str | None = None
+
+    @property
+    def vector(self) -> Sequence[float] | None:
+        """The embedding's numbers, read in place (None without one)."""
+        if self.embedding is None:
+            return None
+        if sys.byteorder == "little":
+            return memoryview(self.embedding).cast("d")
+        unpacked = array.array("d", self.embedding)
+        unpacked.byteswap()
+        return unpacked
 
     def live(self, at: Position | None = None) -> bool:
         """Whether the entry was in its base at ``at`` (None: now)."""
@@ -62,6 +83,20 @@ def micros(time: str) -> int:
     return int(moment.timestamp()) * 1_000_000 + moment.microsecond
 
 
+def pack(vector: Sequence[float] | None) -> bytes | None:
+    """An embedding as little-endian float64 bytes; None for none, or for one with no
+    direction (its length zero or not finite), which never matches a search."""
+    if not vector:
+        return None
+    length = math.hypot(*vector)  # scales as it goes: no OverflowError for large components
+    if not length or not math.isfinite(length):
+        return None
+    packed = array.array("d", vector)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
 def _stamped(time: str) -> int:
     """An envelope's time as microseconds; 0 when a foreign publisher wrote one that does not parse."""
     try:
@@ -77,7 +112,7 @@ def live_at(state: KnowledgeState, kb: str, at: Position | None = None) -> list[
 
 class KnowledgeProjection(HandlerProjection[KnowledgeState]):
     name = "knowledge"
-    version = 3  # 2: entries keep their embedding; 3: events on another base's subject are not folded
+    version = 4  # 2: entries keep their embedding; 3: events on another base's subject are not folded; 4: packed
     state_type = KnowledgeState
 
     def handlers(self) -> dict[type[Event], Handler[KnowledgeState]]:
@@ -91,7 +126,7 @@ def _added(state: KnowledgeState, event: KnowledgeAdded, stamp: Stamp, seq: int)
     if stamp.id not in entries:
         entries[stamp.id] = KnowledgeEntry(id=stamp.id, kb=event.kb, text=event.text, tags=event.tags,
                                            metadata=event.metadata, author=event.author, seq=seq,
-                                           time=stamp.time, micros=_stamped(stamp.time), embedding=event.embedding,
+                                           time=stamp.time, micros=_stamped(stamp.time), embedding=pack(event.embedding),
                                            embedding_model=event.embedding_model)  # fmt: skip
 
 

@@ -40,7 +40,7 @@ class Norms:
     def of(self, entry: KnowledgeEntry) -> float:
         found = self._found.get(entry.id)
         if found is None:
-            found = self._found[entry.id] = _norm(entry.embedding or ())
+            found = self._found[entry.id] = _norm(entry.vector or ())
         return found
 
     def forget(self, entry_id: str) -> None:
@@ -93,7 +93,7 @@ def cosine_ranked(
     wanted = set(tags)
     scored: list[tuple[float, KnowledgeEntry]] = []
     for entry in entries:
-        embedding = entry.embedding
+        embedding = entry.vector
         if embedding is None or entry.embedding_model != model or len(embedding) != len(vector):
             continue
         if (wanted and not wanted.issubset(entry.tags)) or (author is not None and entry.author != author):
