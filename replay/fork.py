@@ -19,11 +19,17 @@ and published to the live log; the original is never touched. The rules, kept si
   writes to the live board (or votes, entries, turns, bids) are left out and counted skipped.
 - Tasks that finished in the prefix are copied whole; the copy of their request goes to
   `mesh.task.<new task id>` rather than `mesh.work.<capability>`, because anything on a work
-  subject is work an agent would do again.
+  subject is work an agent would do again. A task that fell back to another capability (its
+  `mesh.task.handed_off` naming the same task id) is found through that event, which may be
+  stored just after the fallback's outcome: it is copied too when it lies after EVENT_ID.
 - Tasks without an outcome in the prefix start over: their partial work (claims, progress,
-  model calls) is not copied, their sub-task requests are (by the same rules), and their
-  last request is re-published on `mesh.work.<capability>` after the copy, with the current
-  time, so agents continue them live.
+  model calls, a fallback's request and hand-off) is not copied, and their first request is
+  re-published on `mesh.work.<capability>` after the copy, with the current time, so agents
+  continue them live (a fallback then happens again, live). The requests they made are
+  copied by the same rules: a finished sub-task whole, which the re-run finds; an unfinished
+  one (a sub-task, a hand-off's next step) not at all, since the re-run asks for it again
+  under the same id. Re-published as well, it ran twice: the re-run's request is a new
+  message, not a duplicate the server drops (`Mesh.scoped`).
 - Copies keep their `source` and `time`; trace context is dropped (a copy is not live work).
   A re-published request's source is `mesh://fork/<NEW_ID>`: its handler's `ctx.request`
   looks for a finished sub-task in the log before asking again (live, a request asks, and
@@ -48,7 +54,7 @@ from topics.envelope import CloudEvent, derived_id, encode_envelope, now_rfc3339
 from topics.flows import FlowStarted, scheduled_in
 from topics.record import Record
 from topics.registry import encode_data
-from topics.tasks import TaskOutcome, TaskRequested
+from topics.tasks import TaskHandedOff, TaskOutcome, TaskRequested
 
 __all__ = ["SHARED", "ForkResult", "fork", "fork_log", "plan_fork"]
 
@@ -87,12 +93,16 @@ def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str
         raise MeshError(f"event {at_event} is not in the history of {source!r} ({len(chosen)} events)")
     if any(belongs(r, new_id) for r in records):
         raise MeshError(f"{new_id!r} already has events in the log; fork under another id")
-    prefix = chosen[: cut + 1]
+    finished = {r.data.task_id for r in chosen[: cut + 1] if isinstance(r.data, TaskOutcome)}
+    prefix = [*chosen[: cut + 1], *_fallback_links(chosen[cut + 1 :], finished)]
     ids = _new_ids(prefix, source, new_id)
-    finished = {r.data.task_id for r in prefix if isinstance(r.data, TaskOutcome)}
-    last_request = {_task_of(r): r.event.id for r in prefix if isinstance(r.data, TaskRequested)}
-    unfinished = {event_id for task, event_id in last_request.items() if task not in finished}
     open_requests = {r.event.id for r in prefix if isinstance(r.data, TaskRequested) and _task_of(r) not in finished}
+    first_request: dict[str, Record] = {}
+    for record in prefix:
+        if isinstance(record.data, TaskRequested):
+            first_request.setdefault(_task_of(record), record)
+    unfinished = {r.event.id for task, r in first_request.items()  # what no re-requested task asks again itself
+                  if task not in finished and r.event.causationid not in open_requests}  # fmt: skip
     for record in prefix:  # a history read from a file can name any subject: nothing is published unless all fit
         check_log_subject(record.subject)
     copies: list[Outgoing] = []
@@ -102,6 +112,9 @@ def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str
     for record in prefix:
         if record.event.causationid in open_requests and not isinstance(record.data, TaskRequested):
             skipped += 1  # partial work of a task that starts over
+            continue
+        if record.event.id in open_requests and record.event.id not in unfinished:
+            skipped += 1  # asked again live by the task that starts over: a sub-task, a hand-off, a fallback
             continue
         event, subject = _copy(record, ids)
         if subject == record.subject and record.subject.partition(".")[2].partition(".")[0] in SHARED:
@@ -135,6 +148,14 @@ async def fork_log(mesh: Mesh, source: str, at_event: str, new_id: str) -> ForkR
     from replay.reader import read_log
 
     return await fork(mesh, (await read_log(mesh)).records, source, at_event, new_id)
+
+
+def _fallback_links(after: Sequence[Record], finished: set[str]) -> list[Record]:
+    """The `mesh.task.handed_off` events after the cut that link a task finished before it to
+    the fallback that finished it (the same task id): whoever follows the task from the
+    capability it was asked of finds the outcome through them."""
+    return [r for r in after if isinstance(r.data, TaskHandedOff) and r.data.task_id in finished
+            and r.data.next_task_id == r.data.task_id]  # fmt: skip
 
 
 def _task_of(record: Record) -> str:

@@ -264,6 +264,12 @@ async def delegate(input: dict[str, Any], ctx: Context) -> Any:
     return await ctx.request("wait", {"mark": input["mark"]}, timeout=input["timeout"])
 
 
+@waiter.task("delegate-with-fallback")
+async def delegate_with_fallback(input: Any, ctx: Context) -> Any:
+    """Asks `primary` (which gives up: `broken`) with `echo` as its fallback, and says what came back."""
+    return {"child": await ctx.request("primary", input, fallback=("echo",), timeout=30)}
+
+
 manager = Agent("manager")
 
 

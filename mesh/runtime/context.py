@@ -28,9 +28,10 @@ from mesh.errors import PermissionDeniedError, SchemaError, TaskTimeoutError
 from mesh.telemetry.tracing import ask_span
 from topics import subjects
 from topics.app import AppEvent, subject_of
-from topics.base import Event
+from topics.base import Event, is_token
 from topics.envelope import CloudEvent, derived_id
-from topics.tasks import TaskOutcome, TaskProgress, handoff_task_id
+from topics.record import Record
+from topics.tasks import MAX_HOPS, TaskHandedOff, TaskOutcome, TaskProgress, handoff_task_id
 
 if TYPE_CHECKING:
     from mesh.llm.client import LlmSession
@@ -174,8 +175,8 @@ class Context:
         sub-task the fork copied, finished."""
         event_id = self._child_id(f"request/{next(self._requested)}")
         if self.event.source.startswith(FORK_SOURCE):
-            copied = await self.mesh.last_on(subjects.task(capability, self.mesh.owner, event_id))
-            if copied is not None and isinstance(copied.data, TaskOutcome):
+            copied = await self._copied_outcome(capability, event_id)
+            if copied is not None:
                 return outcome_value(copied)
         # on a first attempt the sub-task's id (derived from this request message) was never used
         try:
@@ -193,6 +194,19 @@ class Context:
                 await self._cancel_quietly(event_id, f"task {self.task_id} was cancelled: {reason}")
             raise
         return outcome_value(record)
+
+    async def _copied_outcome(self, capability: str, task_id: str) -> Record | None:
+        """The outcome `replay fork` copied for the sub-task ``task_id``, following the hand-offs
+        copied with it (a fallback's), or None: the sub-task did not finish before the fork."""
+        for _ in range(MAX_HOPS + 1):
+            copied = await self.mesh.last_on(subjects.task(capability, self.mesh.owner, task_id))
+            if copied is None or isinstance(copied.data, TaskOutcome):
+                return copied
+            hop = copied.data
+            if not (isinstance(hop, TaskHandedOff) and is_token(hop.to) and is_token(hop.next_task_id)):
+                return None
+            capability, task_id = hop.to, hop.next_task_id
+        return None
 
     async def _cancel_quietly(self, task_id: str, reason: str) -> None:
         """Cancel a sub-task this task gave up on; if that is refused (a role without the
