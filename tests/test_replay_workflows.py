@@ -218,33 +218,37 @@ class TestFork:
         assert len(claims) == 1 and claims[0].seq <= result.last_seq  # the copy only: not done again
 
 
-    async def test_forks_of_a_fallback_follow_it_and_run_each_task_once(
+    async def test_forks_of_fallbacks_and_hand_offs_are_followed_and_run_each_step_once(
         self, mesh: Mesh, agents: AgentProcesses, log: EventLog
     ) -> None:
         """A task that fell back to another capability keeps its id, linked by `handed_off` (review
         D, F2). Forked at any of its events, the fork's requester gets the outcome through the
         capability it asked; a parent that asked for it, forked at any event, re-runs it once
-        (finished before the cut: found, not run; else asked again once, not re-published too)."""
-        for target in ("tests.fixture_agents:broken", "agents.echo:agent", "tests.fixture_agents:waiter"):
+        (finished before the cut: found, not run; else asked again once, not re-published too);
+        so does a chain of hand-offs (the step that starts over hands off again, once)."""
+        for target in ("tests.fixture_agents:broken", "agents.echo:agent", "tests.fixture_agents:waiter",
+                       "tests.fixture_agents:chain"):  # fmt: skip
             await agents.start(target)
         assert await mesh.request("primary", {"y": 1}, task_id="fb", fallback=("echo",), timeout=30) == {"y": 1}
         assert await mesh.request("delegate-with-fallback", {"x": 1}, task_id="p1", timeout=30) == {"child": {"x": 1}}
+        assert (await mesh.request("plan", {"n": 1}, task_id="ch", timeout=30))["n"] == 1
         records = (await read_log(mesh)).records
-        for source, capability, output in (("fb", "primary", {"y": 1}), ("p1", "delegate-with-fallback", {"child": {"x": 1}})):
+        runs = (("fb", "primary", lambda out: out == {"y": 1}), ("p1", "delegate-with-fallback", lambda out: out == {"child": {"x": 1}}),
+                ("ch", "plan", lambda out: out["n"] == 1 and "reviewed_by" in out))  # fmt: skip
+        for source, capability, expected in runs:
             history = causal_slice(records, source)
             assert any(r.event.type == "mesh.task.handed_off" for r in history)
             for n, at in enumerate(history):
                 new_id = f"{source}-f{n}"
                 result = await fork(mesh, records, source, at.event.id, new_id)
                 outcome = await mesh.outcome(capability, new_id, timeout=30)
-                assert isinstance(outcome.data, TaskCompleted) and outcome.data.output == output, (n, at.event.type)
+                assert isinstance(outcome.data, TaskCompleted) and expected(outcome.data.output), (source, n, at.event.type)
                 await log.wait_for(lambda r, done=outcome.event.id: r.event.id == done)  # type: ignore[misc]
                 forked = causal_slice((await read_log(mesh)).records, new_id)
-                asked = [(r.subject, r.data.task_id) for r in forked  # type: ignore[attr-defined]
-                         if r.seq > result.last_seq and isinstance(r.data, TaskRequested)]  # fmt: skip
-                assert len(asked) == len(set(asked)), (n, at.event.type, asked)  # nothing asked twice live
-                done = [r.data.task_id for r in forked if isinstance(r.data, TaskCompleted)]
-                assert len(done) == len(set(done)), (n, at.event.type, done)  # each task completed once
+                asked = [r.subject for r in forked if r.seq > result.last_seq and isinstance(r.data, TaskRequested)]
+                assert len(asked) == len(set(asked)), (source, n, at.event.type, asked)  # no capability asked twice live
+                done = [r.subject for r in forked if isinstance(r.data, TaskCompleted)]
+                assert len(done) == len(set(done)), (source, n, at.event.type, done)  # nor did any complete twice
 
 
 class TestCli:
