@@ -12,17 +12,17 @@ import msgspec
 from topics.agents import AgentEvent
 from topics.app import APP_TYPES, UndeclaredAppEvent, check_subject, is_app_type
 from topics.base import Event
-from topics.bids import BidEvent
+from topics.bids import BidAwarded, BidCalled, BidEvent, BidPlaced
 from topics.board import BoardDeleted, BoardEvent, BoardWritten
 from topics.calls import CallEvent
-from topics.chat import ChatEvent
-from topics.conversations import ConversationEvent
+from topics.chat import ChatEvent, ChatMessage
+from topics.conversations import ConversationEvent, ConversationTurn
 from topics.dead import DeadEvent
 from topics.flows import FlowEvent
 from topics.humans import HumanAnswered, HumanAsked, HumanEvent, HumanExpired
 from topics.knowledge import KnowledgeAdded, KnowledgeEvent, KnowledgeRemoved
 from topics.tasks import TaskEvent
-from topics.votes import VoteEvent
+from topics.votes import VoteCast, VoteDecided, VoteEvent, VoteProposed
 
 __all__ = ["EVENT_TYPES", "SUBJECT_NAMED", "UPCASTERS", "AnyEvent", "decode_data", "encode_data", "decode_on", "event_class",
            "on_its_subject", "type_of"]
@@ -105,9 +105,13 @@ def on_its_subject(subject: str, data: Event) -> bool:
     """Whether an event whose data names its own subject is on it: a board write or delete on
     `mesh.board.<board>.<key>`, a knowledge base's add or remove on `mesh.knowledge.<kb>`, a
     question asked or expired on `mesh.ask.<role>.<question id>`, an answer on
-    `mesh.answer.<question id>`. The server's permissions are per subject, so a role allowed
-    one key, base or role's questions must not change another through the data of an event on
-    its own subject; every reader (live, replay, a file) refuses such an event alike."""
+    `mesh.answer.<question id>`, a proposal, vote or decision on `mesh.vote.<proposal id>`, a
+    chat message on `mesh.chat.<room>`, a model conversation's turn on
+    `mesh.conversation.<name>`, a workflow's record on `mesh.flow.<workflow id>`, an auction's
+    call, bid or award on `mesh.bid.<task id>`. The server's permissions are per subject, so a
+    role allowed one key, base, role's questions, proposal, room, conversation, workflow or
+    auction must not change another through the data of an event on its own subject; every
+    reader (live, replay, a file) refuses such an event alike."""
     if isinstance(data, BoardWritten | BoardDeleted):
         return subject == f"mesh.board.{data.board}.{data.key}"
     if isinstance(data, KnowledgeAdded | KnowledgeRemoved):
@@ -117,11 +121,23 @@ def on_its_subject(subject: str, data: Event) -> bool:
         return len(parts) == 4 and parts[:2] == ["mesh", "ask"] and parts[3] == data.question_id
     if isinstance(data, HumanAnswered):
         return subject == f"mesh.answer.{data.question_id}"
+    if isinstance(data, VoteProposed | VoteCast | VoteDecided):
+        return subject == f"mesh.vote.{data.proposal_id}"
+    if isinstance(data, ChatMessage):
+        return subject == f"mesh.chat.{data.room}"
+    if isinstance(data, ConversationTurn):
+        return subject == f"mesh.conversation.{data.conversation}"
+    if isinstance(data, _FLOWS):
+        return subject == f"mesh.flow.{data.workflow_id}"
+    if isinstance(data, BidCalled | BidPlaced | BidAwarded):
+        return subject == f"mesh.bid.{data.task_id}"
     return True
 
 
+_FLOWS = typing.get_args(FlowEvent)
 SUBJECT_NAMED = (BoardWritten, BoardDeleted, KnowledgeAdded, KnowledgeRemoved, HumanAsked, HumanExpired,
-                 HumanAnswered)  # fmt: skip  # the classes `on_its_subject` checks
+                 HumanAnswered, VoteProposed, VoteCast, VoteDecided, ChatMessage, ConversationTurn, *_FLOWS,
+                 BidCalled, BidPlaced, BidAwarded)  # fmt: skip  # the classes `on_its_subject` checks
 
 
 def type_of(data: Event) -> str:
