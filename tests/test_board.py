@@ -140,6 +140,19 @@ class TestCompareAndSet:
         assert (revision.version, await board.get("k")) == (2, 2)
 
     @pytest.mark.integration
+    async def test_a_deeper_subject_does_not_jam_a_key(self, mesh: Mesh) -> None:
+        """A role allowed `mesh.board.j.notes.>` only (review F, F3) publishes on
+        `mesh.board.j.notes.k`, junk or an event of board `j.notes`: compare-and-set on key `k`
+        of board `j` compares with `k`'s own subject, not that one's."""
+        board = Board(mesh, "j")
+        await board.write("k", 1)
+        await mesh.js.publish("mesh.board.j.notes.k", b"not an event")
+        await mesh.publish("mesh.board.j.notes.k", BoardWritten(board="j.notes", key="k", value=0, author="x"))
+        revision = await board.write("k", 2, expect_version=1)
+        assert (revision.version, await board.get("k")) == (2, 2)
+        assert (await Board(mesh, "j").write("k", 3, expect_version=2)).version == 3  # a fresh reader too
+
+    @pytest.mark.integration
     async def test_retried_handler_writes_once(self, mesh: Mesh, log: EventLog) -> None:
         """Writes with ids derived from the same cause (a redelivered handler) land once."""
         for _ in range(2):  # the same handler code, run twice for the same task event

@@ -68,7 +68,9 @@ class Board:
         return self._state
 
     def _fold(self, item: Stored) -> None:
-        self._subject_seq[item.subject.rsplit(".", 1)[-1]] = item.seq
+        key = item.subject[len(self.filter_subject) - 1 :]  # the filter is `mesh.board.<name>.>`
+        if "." not in key:  # a key's own subject, whatever it holds: compare-and-set compares with it
+            self._subject_seq[key] = item.seq  # (not a deeper one: `mesh.board.<name>.notes.<key>`)
         if item.record is not None and _on_its_subject(item):
             self._ids[item.record.event.id] = item.seq
             BOARD.apply(self._state, item.record)
