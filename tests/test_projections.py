@@ -386,7 +386,20 @@ class TestConsensus:
                                                 weights=weights)]  # fmt: skip
             events += [VoteCast(proposal_id="p", voter=f"v{i % 50}", choice="abcz"[i % 4]) for i in range(3_000)]
             view = fold(CONSENSUS, log(*events)).proposals["p"]
-            assert view.tally == pytest.approx(tally(view)) and len(view.votes) == 50
+            assert view.tally == tally(view) and len(view.votes) == 50  # exactly: weights kept as exact fractions
+
+    def test_a_proposal_past_its_bounds_is_bad_data(self) -> None:
+        """Review F (F5): a roster, weights or options without bound made each vote's fold cost
+        the roster's size. A proposal past `MAX_VOTERS` or `MAX_OPTIONS` does not decode."""
+        from topics.registry import decode_data
+        from topics.votes import MAX_OPTIONS, MAX_VOTERS
+
+        base = {"proposal_id": "p", "question": "?", "options": ["a"]}
+        assert decode_data(VoteProposed.TYPE, msgspec.json.encode({**base, "voters": ["v"] * MAX_VOTERS}))
+        for bad in ({"voters": ["v"] * (MAX_VOTERS + 1)}, {"weights": {f"v{i}": 1.0 for i in range(MAX_VOTERS + 1)}},
+                    {"options": [str(i) for i in range(MAX_OPTIONS + 1)]}):  # fmt: skip
+            with pytest.raises(msgspec.ValidationError):
+                decode_data(VoteProposed.TYPE, msgspec.json.encode({**base, **bad}))
 
     def test_votes_and_tally(self) -> None:
         """A voter's last vote counts; unlisted voters and unoffered options are ignored."""

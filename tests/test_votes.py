@@ -128,9 +128,10 @@ class TestExactlyOnce:
         proposals = Proposals(mesh)
         for terms, said in (({"deadline": "tomorrow"}, "is not an RFC 3339 time"), ({"quorum": 0}, "at least 1"),
                             ({"rule": "weighted", "weights": {"ann": -1.0}}, "finite number above 0"),
-                            ({"rule": "weighted", "weights": {"ann": float("nan")}}, "finite number above 0")):  # fmt: skip
+                            ({"rule": "weighted", "weights": {"ann": float("nan")}}, "finite number above 0"),
+                            ({"voters": [f"v{n}" for n in range(10_001)]}, "at most 1,000 options and 10,000 voters")):  # fmt: skip
             with pytest.raises(SchemaError, match=said):
-                await proposals.propose("bad terms?", ["yes", "no"], voters=("ann",), **terms)
+                await proposals.propose("bad terms?", ["yes", "no"], **{"voters": ("ann",), **terms})
         proposal = await proposals.propose("bad terms?", ["yes", "no"], voters=("ann",))  # a good one is stored
         await log.wait_for_type("mesh.vote.proposed", proposal_id=proposal.proposal_id)  # the log is read live
         stored = [r.data.proposal_id for r in log.of_type("mesh.vote.proposed") if r.data.question == "bad terms?"]

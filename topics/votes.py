@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
 
 from topics.base import Event
 
-__all__ = ["VoteProposed", "VoteCast", "VoteDecided", "VoteEvent", "Rule"]
+__all__ = ["MAX_OPTIONS", "MAX_VOTERS", "VoteProposed", "VoteCast", "VoteDecided", "VoteEvent", "Rule"]
 
 Rule = Literal["majority", "unanimous", "quorum", "weighted"]
+MAX_OPTIONS = 1_000  # options of one proposal
+MAX_VOTERS = 10_000  # voters on its roster, and voters given a weight
 
 
 class VoteProposed(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "mesh.vote.proposed"
     proposal_id: str
     question: str
-    options: tuple[str, ...]
+    options: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_OPTIONS)]
     rule: Rule = "majority"
-    voters: tuple[str, ...] = ()
+    voters: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_VOTERS)] = ()
     quorum: int | None = None  # k, for rule "quorum"
-    weights: dict[str, float] = {}  # voter -> weight, for rule "weighted"
+    weights: Annotated[dict[str, float], msgspec.Meta(max_length=MAX_VOTERS)] = {}  # voter -> weight, for rule "weighted"
     deadline: str | None = None  # RFC 3339
     proposer: str = ""
 

@@ -384,6 +384,7 @@ async def _scan(
     config = ConsumerConfig(
         filter_subject=subject, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=after + 1, mem_storage=True, num_replicas=1, inactive_threshold=SCAN_INACTIVE,
+        flow_control=True, idle_heartbeat=ORDERED_HEARTBEAT,
     )  # fmt: skip
     async with scanning(js, stream, config, on_msg, owner=owner) as info:
         if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
@@ -412,10 +413,28 @@ async def scanning(
     own inbox, so their configurations differ (the server hands back an existing consumer
     only for an identical one). When all are in use, rounds over them are tried again for
     ``busy_wait`` seconds, then `MeshError`. Without credentials (owner `anon`, which is
-    every process) each scan takes a new name, as no permission narrows names then."""
+    every process) each scan takes a new name, as no permission narrows names then.
+
+    With flow control in ``config`` (every scan here asks for it), the server stops sending
+    once about 32 MiB wait for the reader, until the reader answers its flow-control request,
+    which ``on_msg`` is never given: it is answered when reached, that is once everything sent
+    before it is taken. Without it the server sends a span as fast as it can read it, and a
+    span bigger than the connection's pending limit (64 MiB by default; a board rewritten with
+    values near the message limit, review F) makes the server close the reader's connection as
+    a slow consumer."""
     nc: Client = js._nc
     inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=on_msg)
+
+    async def delivered(msg: Msg) -> None:
+        if msg.reply and msg.reply.startswith("$JS.ACK."):
+            await on_msg(msg)
+            return
+        headers = msg.headers or {}
+        answer = msg.reply or headers.get(STALLED)  # a flow-control request, or a heartbeat that says one waits
+        if answer:
+            await nc.publish(answer)
+
+    sub = await nc.subscribe(inbox, cb=delivered)
     try:
         name, info = await open_scan(js, dataclasses.replace(config, deliver_subject=inbox), owner=owner,
                                      stream=stream, busy_wait=busy_wait)  # fmt: skip
@@ -520,6 +539,7 @@ async def read_since(
     config = ConsumerConfig(
         filter_subject=filter_subject, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_TIME,
         opt_start_time=since, mem_storage=True, num_replicas=1, inactive_threshold=SCAN_INACTIVE,
+        flow_control=True, idle_heartbeat=ORDERED_HEARTBEAT,
     )  # fmt: skip
     async with scanning(js, stream, config, on_msg, owner=owner) as info:  # a refusal: at once, not a timeout
         if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
@@ -577,6 +597,7 @@ async def guarded(js: JetStreamContext, subject: str, action: Awaitable[T]) -> T
     return await refusals_of(nc).guard(subject, action)
 
 
+STALLED = "Nats-Consumer-Stalled"  # a heartbeat's header: where to answer the flow control the server waits for
 ORDERED_HEARTBEAT = 1.0
 """Seconds between the server's heartbeats to an idle live reader: nats-py's ordered consumer
 (`mesh tail`) and `mesh.bus.follow.Follow` (the console, live projections, watches). Both

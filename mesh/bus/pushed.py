@@ -30,7 +30,7 @@ from topics.record import Record
 
 __all__ = ["LiveConsumer", "Stored", "last_seq", "resolved"]
 
-STALLED = "Nats-Consumer-Stalled"  # a heartbeat's header: where to answer the flow control the server waits for
+STALLED = jetstream.STALLED  # a heartbeat's header: where to answer the flow control the server waits for
 LAST_DELIVERED = "Nats-Last-Consumer"  # a heartbeat's header: the consumer sequence last sent
 _log = structlog.get_logger("mesh.bus.follow")
 

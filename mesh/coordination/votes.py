@@ -30,7 +30,7 @@ from mesh.projections.base import moment_of
 from topics import subjects
 from topics.base import check_token
 from topics.envelope import derived_id, is_instant, now_rfc3339
-from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
+from topics.votes import MAX_OPTIONS, MAX_VOTERS, Rule, VoteCast, VoteDecided, VoteProposed
 
 __all__ = ["Ballot", "Proposal", "Proposals", "decided_id"]
 
@@ -80,6 +80,10 @@ class Proposals:
         )  # fmt: skip
         if not proposed.options:
             raise SchemaError(f"proposal {question!r} needs at least one option")
+        if len(proposed.options) > MAX_OPTIONS or max(len(proposed.voters), len(proposed.weights)) > MAX_VOTERS:
+            raise SchemaError(f"proposal {question!r}: at most {MAX_OPTIONS:,} options and {MAX_VOTERS:,} voters "
+                              f"(or weights), not {len(proposed.options):,} and "
+                              f"{max(len(proposed.voters), len(proposed.weights)):,}")  # fmt: skip
         if proposed.deadline is not None and not is_instant(proposed.deadline):
             raise SchemaError(f"proposal {question!r}: deadline {proposed.deadline!r} is not an RFC 3339 time with its offset")
         if quorum is not None and quorum < 1:

@@ -8,11 +8,20 @@ under a deterministic id when the proposal is not yet decided.
 A vote counts when the proposal is known and undecided, the choice is one of the options,
 the voter is on the roster (anyone, when the roster is empty) and the vote's envelope time
 is not past the deadline. A voter's last vote replaces their earlier one.
+
+Folding a vote costs the same whatever the roster's size (any voter may cast as any name, so a
+flood of votes is a flood of folds): the roster is looked up in a set, and a tally follows each
+vote, exactly under the weighted rule too (each option's total is kept as an exact fraction, so
+a vote replaced is taken back exactly; its float is the correctly rounded sum, as `math.fsum`
+gives). Those sets and fractions are kept beside the views, for `MEMO` proposals at a time.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from collections.abc import Callable
+from fractions import Fraction
 from typing import NamedTuple
 
 import msgspec
@@ -66,12 +75,48 @@ def roster(view: ProposalView) -> tuple[str, ...]:
 
 
 def tally(view: ProposalView) -> dict[str, float]:
-    """Per option, the votes for it: their weights under the weighted rule, else their count.
-    A voter missing from ``weights`` weighs 1."""
+    """Per option, the votes for it: their weights under the weighted rule (each total the
+    correctly rounded sum, whatever the order of the votes), else their count. A voter missing
+    from ``weights`` weighs 1."""
+    if view.rule == "weighted" and view.weights:
+        chosen: dict[str, list[float]] = {option: [] for option in view.options}
+        for voter, choice in view.votes.items():
+            chosen.setdefault(choice, []).append(_weight(view, voter))
+        return {option: math.fsum(weights) for option, weights in chosen.items()}
     totals = dict.fromkeys(view.options, 0.0)
-    for voter, choice in view.votes.items():
-        totals[choice] = totals.get(choice, 0.0) + _weight(view, voter)
+    for choice in view.votes.values():
+        totals[choice] = totals.get(choice, 0.0) + 1.0
     return totals
+
+
+class _Kept:
+    """What a proposal's fold keeps beside its view (not in it: a view is what snapshots and
+    readers see): its roster as a set, and under the weighted rule each option's exact total."""
+
+    __slots__ = ("exact", "roster", "view")
+
+    def __init__(self, view: ProposalView) -> None:
+        self.view = view  # held, so that no other view takes its `id` while this is kept
+        self.roster = frozenset(roster(view))
+        self.exact: dict[str, Fraction] = {}
+        if view.rule == "weighted" and view.weights:
+            for voter, choice in view.votes.items():
+                self.exact[choice] = self.exact.get(choice, Fraction(0)) + Fraction(_weight(view, voter))
+
+
+MEMO = 256  # proposals whose roster set and exact totals are kept (the least recently folded go first)
+_kept: OrderedDict[int, _Kept] = OrderedDict()
+
+
+def _kept_for(view: ProposalView) -> _Kept:
+    found = _kept.get(id(view))
+    if found is None or found.view is not view:
+        found = _kept[id(view)] = _Kept(view)
+        if len(_kept) > MEMO:
+            _kept.popitem(last=False)
+    else:
+        _kept.move_to_end(id(view))
+    return found
 
 
 def _weight(view: ProposalView, voter: str) -> float:
@@ -111,8 +156,12 @@ def _cast(state: ConsensusState, event: VoteCast, stamp: Stamp, seq: int) -> Non
         # votes (any voter may cast as any name on an open roster) cost n² (20,000: minutes)
         previous = view.votes.pop(event.voter, None)
         view.votes[event.voter] = event.choice
-        if view.rule == "weighted" and view.weights:  # fractions do not add back exactly: counted again
-            view.tally = tally(view)  # (the roster is the weights' voters, or those listed: bounded)
+        if view.rule == "weighted" and view.weights:  # floats do not add back exactly: exact fractions do
+            exact, weight = _kept_for(view).exact, Fraction(_weight(view, event.voter))
+            for option, change in ((previous, -weight), (event.choice, weight)):
+                if option is not None:
+                    exact[option] = exact.get(option, Fraction(0)) + change
+                    view.tally[option] = float(exact[option])
             return
         if previous is not None:  # whole counts: exact
             view.tally[previous] = view.tally.get(previous, 0.0) - 1.0
@@ -138,7 +187,7 @@ def _decided(state: ConsensusState, event: VoteDecided, stamp: Stamp, seq: int) 
 def _counts(view: ProposalView, voter: str, choice: str, stamp: Stamp) -> bool:
     if not view.proposed or view.decided or choice not in view.options:
         return False
-    eligible = roster(view)
+    eligible = _kept_for(view).roster
     if eligible and voter not in eligible:
         return False
     deadline = moment_of(view.deadline)
