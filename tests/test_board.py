@@ -153,6 +153,20 @@ class TestCompareAndSet:
         assert (await Board(mesh, "j").write("k", 3, expect_version=2)).version == 3  # a fresh reader too
 
     @pytest.mark.integration
+    async def test_a_span_past_the_flow_control_window_is_read(self, mesh: Mesh) -> None:
+        """A board rewritten with values near the message limit (review F, F7): 90 MB of it is
+        past the connection's 64 MiB pending limit, and without flow control the server cut a
+        fresh reader off as a slow consumer (its read failed after 30 s). With it, the server
+        waits for the reader's answer every 32 MiB, and the reader gets to the end."""
+        board = Board(mesh, "big")
+        value = "x" * 900_000
+        for n in range(100):
+            await board.write("scratch", f"{n}{value}")
+        await board.write("outline", "intro")
+        fresh = Board(mesh, "big")
+        assert await fresh.get("outline") == "intro" and (await fresh.read("scratch")).version == 100
+
+    @pytest.mark.integration
     async def test_retried_handler_writes_once(self, mesh: Mesh, log: EventLog) -> None:
         """Writes with ids derived from the same cause (a redelivered handler) land once."""
         for _ in range(2):  # the same handler code, run twice for the same task event
