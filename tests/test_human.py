@@ -274,6 +274,34 @@ class TestQuestionsFromOtherRoles:
         assert found is not None and found.answer == "yes"
         assert (await Humans(mesh).state()).questions["q-flood"].answer == "yes"
 
+    async def test_floods_of_junk_or_of_one_roles_questions_hide_nothing(
+        self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Review F (F4): `inbox` kept the newest `MAX_READ` messages of each filter, junk
+        included, so a flood of messages on answer subjects brought answered questions back as
+        open, and one role asking without end (its own subjects) hid every other role's. Junk
+        counts for nothing now, each question keeps its first fitting answer, and a role past
+        `MAX_PER_ROLE` drops only its own oldest. (Both bounds made small here: 40 and 10.)"""
+        from mesh.coordination import humans
+
+        monkeypatch.setattr(humans, "MAX_READ", 40)
+        monkeypatch.setattr(humans, "MAX_PER_ROLE", 10)
+        approver = Humans(mesh, role="approver")
+        await approver.post("Ship it?", ("yes", "no"), question_id="q-open")
+        await approver.post("Rotate?", ("yes", "no"), question_id="q-done")
+        await Humans(mesh).answer("q-done", "yes")
+        for n in range(60):  # junk on answer subjects, and answers to questions nobody asked
+            await mesh.nc.publish(f"mesh.answer.junk-{n}", b"{}")
+            await mesh.publish(subjects.answer(f"nobody-{n}"), HumanAnswered(question_id=f"nobody-{n}", answer="x"))
+        lobby = Humans(mesh, role="lobby")
+        for n in range(30):  # another role's own questions, past its share
+            await mesh.nc.publish(f"mesh.ask.lobby.junk-{n}", b"{}")
+            await lobby.post("Spam?", ("a",), question_id=f"spam-{n}")
+        state = await Humans(mesh).state()
+        assert state.questions["q-done"].answer == "yes"
+        open_ids = [view.question_id for view in await Humans(mesh).inbox()]
+        assert open_ids[0] == "q-open" and open_ids[1:] == [f"spam-{n}" for n in range(20, 30)]
+
     async def test_a_retry_after_the_question_expired_takes_no_later_answer(self, mesh: Mesh) -> None:
         """The asker stopped waiting (`mesh.human.expired`), then an answer came: a retry of the
         task that asks again gets no answer, as every other reader says (it took the late one)."""

@@ -111,6 +111,7 @@ __all__ = [
     "open_scan",
     "close_scan",
     "read_since",
+    "scan_since",
     "is_settled",
     "is_transient",
     "tolerate_bad_headers",
@@ -523,16 +524,32 @@ async def read_since(
     stream: str = subjects.STREAM,
 ) -> list[tuple[int, str, bytes]]:
     """The newest ``limit`` messages on ``filter_subject`` stored at or after ``since``, oldest
-    first, as `(seq, subject, data)`: one of ``owner``'s scan consumers from that time, removed
-    once read (as in `read_between`). For a process that starts and must learn what it missed (cancel requests)."""
+    first, as `(seq, subject, data)` (`scan_since`). For a process that starts and must learn
+    what it missed (cancel requests)."""
     found: deque[tuple[int, str, bytes]] = deque(maxlen=limit)
+
+    async def take(seq: int, subject: str, data: bytes) -> None:
+        found.append((seq, subject, data))
+
+    await scan_since(js, filter_subject, since=since, take=take, owner=owner, timeout=timeout, stream=stream)
+    return list(found)
+
+
+async def scan_since(
+    js: JetStreamContext, filter_subject: str, *, since: datetime, take: Callable[[int, str, bytes], Awaitable[None]],
+    owner: str, timeout: float = 10.0, stream: str = subjects.STREAM,
+) -> None:  # fmt: skip
+    """Give ``take`` every message on ``filter_subject`` stored at or after ``since``, oldest
+    first, as `(seq, subject, data)`, through one of ``owner``'s scan consumers from that time,
+    removed once read (as in `read_between`); what ``take`` keeps is its bound. ``timeout``
+    bounds the whole read."""
     done = asyncio.get_running_loop().create_future()
 
     async def on_msg(msg: Msg) -> None:
-        if not msg.reply:  # a status message, not a stored one
-            return
         delivery = msg.metadata
-        found.append((delivery.sequence.stream, msg.subject, msg.data))
+        if done.done():
+            return
+        await take(delivery.sequence.stream, msg.subject, msg.data)
         if delivery.num_pending == 0 and not done.done():
             done.set_result(None)
 
@@ -544,7 +561,6 @@ async def read_since(
     async with scanning(js, stream, config, on_msg, owner=owner) as info:  # a refusal: at once, not a timeout
         if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
             await asyncio.wait_for(done, timeout)
-    return list(found)
 
 
 _nuid = NUID()

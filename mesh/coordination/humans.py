@@ -22,6 +22,7 @@ an answer stored before that still counts (the fold says so too), one after it d
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from mesh.bus import jetstream
 from mesh.bus.client import Mesh, Published
 from mesh.coordination.origin import Origin
 from mesh.errors import AnswerRejected, ExpectedSequenceError, HumanTimeoutError, SchemaError
-from mesh.projections import HUMANS, HumansState, QuestionView, fold, instant, is_open, open_questions
+from mesh.projections import HUMANS, HumansState, QuestionView, instant, is_open, open_questions
 from topics import subjects
 from topics.base import check_token, shorten
 from topics.envelope import derived_id, new_event_id, now_rfc3339
@@ -41,8 +42,10 @@ __all__ = ["DEFAULT_ASK_TIMEOUT", "MAX_ASK_TIMEOUT", "Asked", "Humans", "NO_DEFA
 
 DEFAULT_ASK_TIMEOUT = 3600.0  # seconds a handler waits for a person unless it says otherwise
 MAX_ASK_TIMEOUT = 7 * 24 * 3600.0  # the longest wait: also how far back `inbox` reads the log
-MAX_READ = 100_000  # events `inbox` reads per subject filter (the newest, when there are more)
-MAX_ANSWERS_READ = MAX_READ  # answers read on one question's subject: as many as `inbox` folds, so both find the same
+MAX_READ = 100_000  # questions `inbox` keeps (the newest, when there are more; other messages count for nothing)
+MAX_PER_ROLE = 10_000  # questions of one asking role it keeps: a role asking without end hides only its own oldest
+MAX_ANSWERS_READ = MAX_READ  # answers one asker reads on its question's subject (each: one direct get)
+READ_TIMEOUT = 60.0  # seconds `inbox` and `question` may take to read the questions, and again the answers
 NO_DEFAULT: Any = object()
 
 
@@ -225,26 +228,68 @@ class Humans:
         more: no wait is longer than `MAX_ASK_TIMEOUT`) and what became of them."""
         return await self._fold((subjects.ASKS, subjects.ANSWERS), since)
 
-    async def _fold(self, filters: tuple[str, ...], since: float) -> HumansState:
-        """The humans fold of the events on ``filters`` stored in the last ``since`` seconds,
-        read with a consumer from that time, removed once read (`jetstream.read_since`)."""
+    async def _fold(self, filters: tuple[str, str], since: float) -> HumansState:
+        """The humans fold of the questions and answers on ``filters`` (questions' subjects,
+        answers' subjects) stored in the last ``since`` seconds, each read with a consumer from
+        that time, removed once read (`jetstream.scan_since`), in two passes that keep only what
+        the fold can use. Questions and their expiries: at most `MAX_PER_ROLE` questions of one
+        role (the newest) and `MAX_READ` in all; messages that are not questions count for
+        nothing. Then the answers, folded as they come (each question keeps its first fitting
+        one): anyone may answer, and a flood of answers, to known questions or not, hid real
+        answers when the newest `MAX_READ` answers were kept (review F)."""
         start = datetime.now(UTC) - timedelta(seconds=since)
-        records: list[Record] = []
-        roles: dict[str, list[str]] = {}  # question id -> the roles that asked under it, by their subjects
-        for filter_subject in filters:
-            found = await jetstream.read_since(self.mesh.js, filter_subject, since=start, limit=MAX_READ, owner=self.mesh.owner)
-            for seq, subject, data in found:
-                record = await self.mesh.record_of(subject, data, seq)
-                if record is None:
-                    continue
-                if isinstance(record.data, HumanAsked | HumanExpired):
-                    parts = subject.split(".")  # mesh.ask.<role>.<question id>: the server vouches for the role
-                    if len(parts) != 4 or parts[3] != record.data.question_id:
-                        continue  # a question filed under another id than its subject's: not that question
-                    if isinstance(record.data, HumanAsked) and parts[2] not in roles.setdefault(parts[3], []):
-                        roles[parts[3]].append(parts[2])
-                records.append(record)
-        state = fold(HUMANS, sorted(records, key=lambda r: r.seq))
+        asks, answers = filters
+        kept: OrderedDict[tuple[str, str], list[Record]] = OrderedDict()  # (role, question id) -> asked, expired
+        by_role: dict[str, OrderedDict[str, None]] = {}  # role -> its question ids kept, oldest first
+
+        async def question(seq: int, subject: str, data: bytes) -> None:
+            parts = subject.split(".")  # mesh.ask.<role>.<question id>: the server vouches for the role
+            if len(parts) != 4:
+                return
+            record = await self.mesh.record_of(subject, data, seq)
+            if record is None or not isinstance(record.data, HumanAsked | HumanExpired):
+                return
+            if parts[3] != record.data.question_id:
+                return  # a question filed under another id than its subject's: not that question
+            key = (parts[2], parts[3])
+            if key not in kept:
+                own = by_role.setdefault(key[0], OrderedDict())
+                own[key[1]] = None
+                if len(own) > MAX_PER_ROLE:
+                    kept.pop((key[0], own.popitem(last=False)[0]), None)
+                if len(kept) >= MAX_READ:
+                    (role, dropped), _ = kept.popitem(last=False)
+                    by_role[role].pop(dropped, None)
+                kept[key] = []
+            kept[key].append(record)
+
+        await jetstream.scan_since(self.mesh.js, asks, since=start, take=question, owner=self.mesh.owner,
+                                   timeout=READ_TIMEOUT)  # fmt: skip
+        records = sorted((r for found in kept.values() for r in found), key=lambda r: r.seq)
+        roles: dict[str, list[str]] = {}  # question id -> the roles that asked under it
+        for (role, question_id), found in kept.items():
+            if any(isinstance(r.data, HumanAsked) for r in found):
+                roles.setdefault(question_id, []).append(role)
+        state = HUMANS.initial()
+        pending = iter(records)  # folded in sequence order with the answers, as one log
+        waiting = next(pending, None)
+
+        async def answer(seq: int, subject: str, data: bytes) -> None:
+            nonlocal waiting
+            while waiting is not None and waiting.seq < seq:
+                HUMANS.apply(state, waiting)
+                waiting = next(pending, None)
+            view = state.questions.get(subject.rpartition(".")[2])
+            if view is None or view.answer is not None or view.expired is not None:
+                return  # no question (yet) for it, or one already settled: nothing it could change
+            record = await self.mesh.record_of(subject, data, seq)
+            if record is not None and isinstance(record.data, HumanAnswered):
+                HUMANS.apply(state, record)
+
+        await jetstream.scan_since(self.mesh.js, answers, since=start, take=answer, owner=self.mesh.owner,
+                                   timeout=READ_TIMEOUT)  # fmt: skip
+        for record in ([waiting] if waiting is not None else []) + list(pending):
+            HUMANS.apply(state, record)
         for question_id, view in state.questions.items():
             view.roles = tuple(roles.get(question_id, ()))
         return state
