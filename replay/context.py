@@ -54,7 +54,7 @@ from topics.board import BoardDeleted, BoardWritten
 from topics.calls import CallEvent, ContextSettings, LlmCalled, LlmFailed, ToolCalled
 from topics.conversations import ConversationTurn
 from topics.envelope import CloudEvent, derived_id, new_event_id
-from topics.flows import FlowCompleted, FlowFailed
+from topics.flows import FlowCompleted, FlowFailed, FlowStarted
 from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem
 from topics.record import Record
 from topics.registry import type_of
@@ -122,6 +122,8 @@ def view(data: Event) -> Any:
             return plain(msgspec.structs.replace(data, asked_at="", expires_at=None, agent=""))
         case VoteProposed(deadline=deadline) if deadline is not None:  # "in 30 s" is a time of its run
             return plain(msgspec.structs.replace(data, deadline="(a deadline)"))
+        case FlowStarted():  # the driving request's sequence is of its run (a fork's copy says 0: `replay.fork`)
+            return plain(msgspec.structs.replace(data, request_seq=0))
         case TaskHandedOff():  # which replica, which try and the request's sequence are of its run
             return plain(msgspec.structs.replace(data, agent="", attempt=0, request_seq=None))
         case TaskRequested():  # the submitter's secret hashed and the hops `ctx.handoff` counts: the
@@ -136,7 +138,16 @@ def effect_of(record: Record, cause: str, siblings: int, numbered: Numbered | No
     """The Effect a recorded event stands for, labelled by the derivation of its id
     (``numbered``: see `derivation_label`)."""
     label = derivation_label(record, cause, siblings, numbered) or f"event {record.event.id}"
-    return Effect.of(record.event.id, label, record.subject, record.data)
+    return Effect.of(record.event.id, label, made_on(record), record.data)
+
+
+def made_on(record: Record) -> str:
+    """The subject ``record`` was published on by the code that made it: a task request that
+    `replay fork` copied as history (onto its task's lifecycle subject, so that no agent does it
+    again) was made on its work subject."""
+    if isinstance(record.data, TaskRequested) and (copied := subjects.task_of(record.subject)) is not None:
+        return subjects.work(copied[0], copied[1])
+    return record.subject
 
 
 class RecordBook:

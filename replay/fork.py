@@ -30,6 +30,9 @@ and published to the live log; the original is never touched. The rules, kept si
   one (a sub-task, a hand-off's next step) not at all, since the re-run asks for it again
   under the same id. Re-published as well, it ran twice: the re-run's request is a new
   message, not a duplicate the server drops (`Mesh.scoped`).
+- A workflow's records (`mesh.flow.*`) are copied whole, its start included (made while its
+  driving task, which starts over, ran): the resumed orchestrator goes on from them, and
+  submits the steps they scheduled that had not finished, so those are not re-published.
 - Copies keep their `source` and `time`; trace context is dropped (a copy is not live work).
   A re-published request's source is `mesh://fork/<NEW_ID>`: its handler's `ctx.request`
   looks for a finished sub-task in the log before asking again (live, a request asks, and
@@ -38,6 +41,7 @@ and published to the live log; the original is never touched. The rules, kept si
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,18 +55,20 @@ from replay.export import Outgoing, publish_in_order
 from topics import subjects
 from topics.base import check_token
 from topics.envelope import CloudEvent, derived_id, encode_envelope, now_rfc3339
-from topics.flows import FlowStarted, scheduled_in
+from topics.flows import FlowEvent, FlowStarted, FlowStepFailed, scheduled_in
 from topics.record import Record
 from topics.registry import encode_data
 from topics.tasks import TaskHandedOff, TaskOutcome, TaskRequested
 
 __all__ = ["SHARED", "ForkResult", "fork", "fork_log", "plan_fork"]
 
-SHARED = frozenset({"board", "vote", "knowledge", "conversation", "chat", "bid"})
+SHARED = frozenset({"board", "vote", "knowledge", "conversation", "chat", "bid", "dead"})
 """Families of shared state (`mesh.<family>.<name>...`): their events in the prefix are copied
 only onto a subject the fork's ids map (a board named after the forked workflow's id becomes
 the fork's); one of the live board, vote, knowledge base, conversation, chat room or auction
-is left out, so forking a month-old run never writes its old values over today's."""
+is left out, so forking a month-old run never writes its old values over today's. So are dead
+letters (`mesh.dead.>`): a copy would report again a message that died once (review G)."""
+_FLOWS = typing.get_args(FlowEvent)
 
 
 class ForkResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,8 +107,9 @@ def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str
     for record in prefix:
         if isinstance(record.data, TaskRequested):
             first_request.setdefault(_task_of(record), record)
+    flows = {r.event.id for r in prefix if isinstance(r.data, _FLOWS)}
     unfinished = {r.event.id for task, r in first_request.items()  # what no re-requested task asks again itself
-                  if task not in finished and r.event.causationid not in open_requests}  # fmt: skip
+                  if task not in finished and r.event.causationid not in open_requests | flows}  # fmt: skip
     for record in prefix:  # a history read from a file can name any subject: nothing is published unless all fit
         check_log_subject(record.subject)
     copies: list[Outgoing] = []
@@ -110,12 +117,12 @@ def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str
     requested: list[str] = []
     skipped = 0
     for record in prefix:
-        if record.event.causationid in open_requests and not isinstance(record.data, TaskRequested):
-            skipped += 1  # partial work of a task that starts over
+        if record.event.causationid in open_requests and not isinstance(record.data, (TaskRequested, *_FLOWS)):
+            skipped += 1  # partial work of a task that starts over (not a workflow's record: its driver resumes from it)
             continue
         if record.event.id in open_requests and record.event.id not in unfinished:
-            skipped += 1  # asked again live by the task that starts over: a sub-task, a hand-off, a fallback
-            continue
+            skipped += 1  # asked again live: by the task that starts over (a sub-task, a hand-off, a fallback), or
+            continue  # by the resumed driver of the workflow step it is
         event, subject = _copy(record, ids)
         if subject == record.subject and record.subject.partition(".")[2].partition(".")[0] in SHARED:
             skipped += 1  # the live board, vote, base or conversation itself: the fork must not change it
@@ -167,6 +174,7 @@ def _task_of(record: Record) -> str:
 def _new_ids(prefix: list[Record], source: str, new_id: str) -> dict[str, str]:
     """Old id -> new id, for every event id and task id of the prefix (and ``source``)."""
     ids = {source: new_id}
+    _workflow_ids(prefix, ids)
     caused = children_of(prefix)
     label = f"fork/{new_id}"
     numbered: Numbered = {}
@@ -188,6 +196,45 @@ def _new_ids(prefix: list[Record], source: str, new_id: str) -> dict[str, str]:
             if isinstance(named, str) and named and named not in ids:
                 ids[named] = derived_id(named, label)
     return ids
+
+
+def _workflow_ids(prefix: list[Record], ids: dict[str, str]) -> None:
+    """The ids of the records of a workflow ``ids`` maps (the forked one), and of its steps'
+    tasks, derived from its new id as the orchestrator derives them from its id (`FlowLog`,
+    `step_task_id`): the resumed orchestrator and `rerun` of its task then find them under the
+    ids they make (review G)."""
+    failures: dict[tuple[str, str], int] = {}
+    for record in prefix:
+        data, workflow = record.data, getattr(record.data, "workflow_id", None)
+        if not (isinstance(data, _FLOWS) and isinstance(workflow, str) and workflow in ids):
+            continue
+        made = _flow_label(record, workflow, failures)
+        if made is not None:
+            ids[record.event.id] = derived_id(ids[workflow], made)
+        steps: list[tuple[str, str, Sequence[int]]] = [(s.step, s.task_id, (s.attempt,)) for s in scheduled_in(data)]
+        step, task_id = getattr(data, "step", None), getattr(data, "task_id", None)
+        if isinstance(step, str) and isinstance(task_id, str):
+            steps.append((step, task_id, range(1, failures.get((workflow, step), 0) + 2)))
+        for name, task, attempts in steps:
+            attempt = next((a for a in attempts if derived_id(workflow, f"step/{name}/{a}") == task), None)
+            if attempt is not None:
+                ids.setdefault(task, derived_id(ids[workflow], f"step/{name}/{attempt}"))
+
+
+def _flow_label(record: Record, workflow: str, failures: dict[tuple[str, str], int]) -> str | None:
+    """The label `FlowLog.record` derived this workflow record's id with from ``workflow``
+    (`mesh.coordination.orchestrator`: `started`, `flow/completed`, `step/<name>/completed`,
+    `step/<name>/<attempt>/failed` ...), or None when it was not made so. A failed step's
+    attempt is not in its data: the failures of the step counted so far (``failures``) bound it."""
+    data = record.data
+    candidates = ["started", "flow/completed", "flow/failed"]
+    step = getattr(data, "step", None)
+    if isinstance(step, str):
+        if isinstance(data, FlowStepFailed):
+            seen = failures[(workflow, step)] = failures.get((workflow, step), 0) + 1
+            candidates += [f"step/{step}/{attempt}/failed" for attempt in range(seen + 1)]
+        candidates += [f"step/{step}/completed", f"step/{step}/{getattr(data, 'attempt', 1)}/scheduled"]
+    return next((label for label in candidates if derived_id(workflow, label) == record.event.id), None)
 
 
 def _copy(record: Record, ids: dict[str, str]) -> tuple[CloudEvent, str]:

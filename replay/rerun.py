@@ -40,7 +40,7 @@ from mesh.runtime.context import HandOff
 from mesh.runtime.process import load_agent
 from mesh.telemetry.tracing import replaying
 from replay.causal import Numbered, causal_slice
-from replay.context import Effect, RecordBook, ReplayContext, effect_of
+from replay.context import Effect, RecordBook, ReplayContext, effect_of, made_on
 from replay.driving import driver_records, workflows_driven
 from topics import subjects
 from topics.calls import LlmFailed, ToolCalled
@@ -155,7 +155,7 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
         actual.append(_outcome_effect(event.id, data.capability, owner, task_id, *result))
     numbered: Numbered = {}
     expected = [effect_of(r, event.id, len(caused), numbered) for r in own]
-    expected += [Effect.of(r.event.id, label, r.subject, r.data) for r, label in driven]
+    expected += [Effect.of(r.event.id, label, made_on(r), r.data) for r, label in driven]
     expected.sort(key=lambda effect: book.by_id[effect.id].seq if effect.id in book.by_id else 0)
     labels = {effect.id: effect.label for effect in expected}
     actual = [msgspec.structs.replace(e, label=labels[e.id]) if e.label.startswith("event ") and e.id in labels else e

@@ -214,6 +214,14 @@ class TestFollow:
 
         await eventually(none_left, timeout=10, what="the family's consumer released after its linger")
 
+    async def test_a_follow_of_one_subject_does_not_linger(self, mesh: Mesh) -> None:
+        """One workflow's or one task's subject is seldom followed again (review G): its consumer
+        goes when its Follow closes, not a linger later (lingering, they held all 32 scan names
+        of a user)."""
+        async with Follow(mesh, subjects.flow("wf-once")):
+            assert len(await mesh.js.consumers_info(subjects.STREAM)) == 1
+        assert await mesh.js.consumers_info(subjects.STREAM) == []
+
     async def test_a_follow_opened_as_the_linger_ends_hears_its_events(self, mesh: Mesh) -> None:
         """A Follow that starts in the loop turn in which its family's linger ends gets a live
         consumer, not the one being closed (it heard nothing, for its reader's whole timeout)."""

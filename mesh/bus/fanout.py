@@ -235,17 +235,27 @@ def refused(follower: SharedFollower) -> None:
 async def leave(follower: SharedFollower, member: Member) -> None:
     """``member`` is done (a second call for it does nothing); the last one out leaves the
     follower `SHARED_FOLLOW_LINGER` seconds for the next, then it is closed (a later `Follow`
-    makes another). One whose consumer was never made is closed at once."""
+    makes another). One whose consumer was never made, or on one subject (`_reused`), is
+    closed at once."""
     follower.detach(member)
     if member not in follower.members:
         return
     follower.members.discard(member)
     if follower.members:
         return
-    if follower.ready_to_share() and SHARED_FOLLOW_LINGER > 0 and not follower.mesh.nc.is_closed:
+    if follower.ready_to_share() and _reused(follower.family) and SHARED_FOLLOW_LINGER > 0 and not follower.mesh.nc.is_closed:
         follower.lingering = asyncio.get_running_loop().call_later(SHARED_FOLLOW_LINGER, _linger_ended, follower)
         return
     await _release(follower)
+
+
+def _reused(family: str) -> bool:
+    """Whether a consumer on ``family`` is worth keeping for the next `Follow`: a filter with a
+    wildcard (a board, proposal or auction family, `mesh.>`). One on a single subject (one
+    workflow's, one task's) is seldom followed again, and a lingering one holds one of its
+    user's 32 scan names: two processes following their sub-tasks one after another held all
+    32, and every other read of that user waited for one (review G)."""
+    return any(token in ("*", ">") for token in family.split("."))
 
 
 def _linger_ended(follower: SharedFollower) -> None:
