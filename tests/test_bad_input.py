@@ -28,9 +28,14 @@ BAD_INPUTS = {
         json.dumps({**GOOD_ENVELOPE, "id": "unknown-1", "type": "com.example.mystery", "data": {}}).encode(),
         "unknown_type",
     ),
-    "known type, wrong subject": (
+    "known type, wrong subject": (  # a chat message names its own subject (`mesh.chat.r`): refused as a board event is
         json.dumps({**GOOD_ENVELOPE, "id": "chat-1", "type": "mesh.chat.message",
                     "data": {"room": "r", "speaker": "s", "content": "hi"}}).encode(),  # fmt: skip
+        "bad_data",
+    ),
+    "known type that names no subject, on a work subject": (
+        json.dumps({**GOOD_ENVELOPE, "id": "progress-1", "type": "mesh.task.progress",
+                    "data": {"task_id": "t", "agent": "a", "attempt": 1, "message": "half"}}).encode(),  # fmt: skip
         "unknown_type",
     ),
     "a board event naming another subject than its own": (

@@ -59,7 +59,7 @@ from topics import (
 )
 from topics.humans import HumanAnswered, HumanAsked, HumanExpired
 from topics.knowledge import KnowledgeAdded, KnowledgeRemoved
-from topics.registry import EVENT_TYPES
+from topics.registry import EVENT_TYPES, home_subject
 
 pytestmark = pytest.mark.unit
 
@@ -144,15 +144,9 @@ def subject_of(data: Event, seq: int) -> str:
         return f"mesh.cancel.{data.task_id}"
     if type(data).TYPE.startswith("mesh.task."):
         return f"mesh.task.{getattr(data, 'capability', '') or 'c'}.anon.{getattr(data, 'task_id', 't')}"
-    if isinstance(data, BoardWritten | BoardDeleted):
-        return f"mesh.board.{data.board}.{data.key}"
-    if isinstance(data, KnowledgeAdded | KnowledgeRemoved):
-        return f"mesh.knowledge.{data.kb}"
     if isinstance(data, HumanAsked | HumanExpired):
         return f"mesh.ask.role.{data.question_id}"
-    if isinstance(data, HumanAnswered):
-        return f"mesh.answer.{data.question_id}"
-    return f"mesh.test.{seq}"
+    return home_subject(data) or f"mesh.test.{seq}"
 
 
 def write_log(path: Path, events: list[Event], odd_at: int) -> int:

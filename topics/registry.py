@@ -112,26 +112,33 @@ def on_its_subject(subject: str, data: Event) -> bool:
     role allowed one key, base, role's questions, proposal, room, conversation, workflow or
     auction must not change another through the data of an event on its own subject; every
     reader (live, replay, a file) refuses such an event alike."""
-    if isinstance(data, BoardWritten | BoardDeleted):
-        return subject == f"mesh.board.{data.board}.{data.key}"
-    if isinstance(data, KnowledgeAdded | KnowledgeRemoved):
-        return subject == f"mesh.knowledge.{data.kb}"
     if isinstance(data, HumanAsked | HumanExpired):
         parts = subject.split(".")
         return len(parts) == 4 and parts[:2] == ["mesh", "ask"] and parts[3] == data.question_id
+    home = home_subject(data)
+    return home is None or subject == home
+
+
+def home_subject(data: Event) -> str | None:
+    """The one subject an event whose data names it belongs on (see `on_its_subject`; a
+    question's also names its role, which its data does not say), else None."""
+    if isinstance(data, BoardWritten | BoardDeleted):
+        return f"mesh.board.{data.board}.{data.key}"
+    if isinstance(data, KnowledgeAdded | KnowledgeRemoved):
+        return f"mesh.knowledge.{data.kb}"
     if isinstance(data, HumanAnswered):
-        return subject == f"mesh.answer.{data.question_id}"
+        return f"mesh.answer.{data.question_id}"
     if isinstance(data, VoteProposed | VoteCast | VoteDecided):
-        return subject == f"mesh.vote.{data.proposal_id}"
+        return f"mesh.vote.{data.proposal_id}"
     if isinstance(data, ChatMessage):
-        return subject == f"mesh.chat.{data.room}"
+        return f"mesh.chat.{data.room}"
     if isinstance(data, ConversationTurn):
-        return subject == f"mesh.conversation.{data.conversation}"
+        return f"mesh.conversation.{data.conversation}"
     if isinstance(data, _FLOWS):
-        return subject == f"mesh.flow.{data.workflow_id}"
+        return f"mesh.flow.{data.workflow_id}"
     if isinstance(data, BidCalled | BidPlaced | BidAwarded):
-        return subject == f"mesh.bid.{data.task_id}"
-    return True
+        return f"mesh.bid.{data.task_id}"
+    return None
 
 
 _FLOWS = typing.get_args(FlowEvent)
