@@ -33,6 +33,13 @@ pytestmark = pytest.mark.integration
 Answer = Callable[[BaseHTTPRequestHandler], None]
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that stops reading a body past its limit resets the connection: expected here
+
+
 class RawServer:
     """Answers each `POST` with the next function of its script, which writes whatever it likes
     (HTTP/1.0: a body with no `Content-Length` ends when the connection closes). ``held`` is
@@ -51,8 +58,7 @@ class RawServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.clients: list[LlmClient] = []
 
@@ -193,6 +199,20 @@ class TestResponseSize:
                 LlmClient(lambda: None, model="m", offline=False, settings=bad)  # type: ignore[arg-type, return-value]
         made = LlmClient(lambda: None, model="m", offline=False, settings={})  # type: ignore[arg-type, return-value]
         assert (made.max_response, made.timeout) == (32 << 20, 120.0)
+
+
+    def test_the_proxy_the_environment_names_is_kept(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A client given its own transport takes no proxy from the environment: the bounded
+        transport is given the one `HTTPS_PROXY` names, unless `NO_PROXY` names the host."""
+        from mesh.llm.bounded import environment_proxy
+
+        for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+        monkeypatch.setenv("NO_PROXY", "models.internal")
+        assert environment_proxy("https://api.openai.com/v1") == "http://proxy.example:3128"
+        assert environment_proxy("https://models.internal/v1") is None
+        assert environment_proxy("http://127.0.0.1:8000/v1") is None
 
 
 class TestTimeout:

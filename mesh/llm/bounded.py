@@ -10,15 +10,18 @@ Imported when a remote client is made, not before: `httpx2` takes a while to imp
 
 from __future__ import annotations
 
+import urllib.parse
+import urllib.request
 import zlib
 from collections.abc import AsyncIterator
 
 import httpx2
 
-__all__ = ["BoundedTransport", "ResponseTooLarge", "UnsupportedEncoding", "bounded_http_client"]
+__all__ = ["BoundedTransport", "ResponseTooLarge", "UnsupportedEncoding", "bounded_http_client", "environment_proxy"]
 
 ENCODINGS = ("gzip", "x-gzip", "deflate")
 ACCEPT_ENCODING = "gzip, deflate"
+OPENAI_URL = "https://api.openai.com/v1"  # the SDK's default base URL
 
 
 class ResponseTooLarge(httpx2.RequestError):
@@ -116,12 +119,24 @@ def _decoder(coding: str | None) -> zlib._Decompress | None:
     return zlib.decompressobj(zlib.MAX_WBITS | 16 if coding in ("gzip", "x-gzip") else zlib.MAX_WBITS)
 
 
-def bounded_http_client(limit: int, timeout: float) -> httpx2.AsyncClient:
+def bounded_http_client(limit: int, timeout: float, base_url: str | None = None) -> httpx2.AsyncClient:
     """The SDK's HTTP client (its defaults) over a `BoundedTransport`, ``timeout`` seconds for
-    each connect (at most 5), read or write; `MESH_LLM_TIMEOUT` bounds the whole call too.
-    A client given a transport takes no proxy from the environment (`HTTPS_PROXY`)."""
+    each connect (at most 5), read or write; `MESH_LLM_TIMEOUT` bounds the whole call too. A
+    client given a transport takes no proxy from the environment itself, so the transport is
+    given the one `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` name for ``base_url`` (unless `NO_PROXY`
+    names its host)."""
     import openai
 
-    inner = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)  # the SDK's defaults
+    inner = httpx2.AsyncHTTPTransport(limits=limits, proxy=environment_proxy(base_url or OPENAI_URL))
     return openai.DefaultAsyncHttpx2Client(transport=BoundedTransport(limit, inner),
                                            timeout=httpx2.Timeout(timeout, connect=min(timeout, 5.0)))  # fmt: skip
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (stdlib `urllib.request` rules), or None."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all") or None

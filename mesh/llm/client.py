@@ -635,7 +635,7 @@ def _remote_sdk(key: str, base_url: str | None, max_response: int = DEFAULT_MAX_
     from mesh.llm.bounded import bounded_http_client
 
     return openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout,
-                              http_client=bounded_http_client(max_response, timeout))  # fmt: skip
+                              http_client=bounded_http_client(max_response, timeout, base_url))  # fmt: skip
 
 
 def response_limits(settings: Mapping[str, str]) -> tuple[int, float]:
