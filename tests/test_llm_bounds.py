@@ -295,6 +295,14 @@ class TestMalformedAnswers:
         [failed] = await failures(mesh)
         assert same(raised.value, failed)
 
+    async def test_a_body_that_is_not_json_is_a_recorded_invalid_response(self, mesh: Mesh,
+                                                                          raw: list[RawServer]) -> None:  # fmt: skip
+        server = serve(raw, body(b"<html>bad gateway</html>"))
+        with pytest.raises(RetryableError, match="not JSON") as raised:
+            await session(server.client(), mesh).text("hello")
+        [failed] = await failures(mesh)
+        assert raised.value.type == "InvalidResponse" and same(raised.value, failed)
+
     @pytest.mark.parametrize("depth", [300, 1200])
     async def test_a_deeply_nested_answer_is_a_recorded_invalid_response(
         self, mesh: Mesh, raw: list[RawServer], depth: int

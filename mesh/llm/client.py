@@ -374,10 +374,7 @@ class LlmSession:
                     else:
                         completion = await sdk.chat.completions.create(**request)
                 _check_shape(completion, operation)
-                response = completion.model_dump(mode="json", exclude_unset=True, warnings=False)  # as it came
-            except json.JSONDecodeError as error:  # a 200 whose body was cut off or is not JSON
-                record_error(span, error)
-                raise RetryableError(f"the model server's answer is not JSON: {error}", type="InvalidResponse") from error
+                response = _dumped(completion)
             except Exception as error:
                 task_error = _failure(error, self._client.timeout)
                 if task_error is None:
@@ -387,6 +384,8 @@ class LlmSession:
                 instruments.llm_duration.record(time.perf_counter() - started, failed)
                 await self._record_failure(index, request, error, task_error, time.perf_counter() - started,
                                            operation)  # fmt: skip
+                if task_error is error:  # already the mesh's (`_check_shape`, `_dumped`)
+                    raise
                 raise task_error from error
             latency_ms = (time.perf_counter() - started) * 1000
             usage = completion.usage
@@ -695,12 +694,27 @@ def _failure(error: Exception, timeout: float) -> TaskError | None:
         return _task_error(error)
     if isinstance(error, TaskError):  # `_check_shape`'s
         return error
+    if isinstance(error, json.JSONDecodeError):  # a 200 whose body was cut off or is not JSON
+        return RetryableError(f"the model server's answer is not JSON: {error!s:.200}", type="InvalidResponse")
     if isinstance(error, TimeoutError):
         return RetryableError(f"the model call took longer than MESH_LLM_TIMEOUT ({timeout:g} s)", type="APITimeoutError")
-    if isinstance(error, (RecursionError, ValueError, OverflowError)):  # nested past json's or pydantic's depth, 1e400
-        return RetryableError(f"the model server's answer cannot be read: {type(error).__name__}: "
-                              f"{error!s:.200}", type="InvalidResponse")  # fmt: skip
+    if isinstance(error, (RecursionError, OverflowError)):  # nested past json's depth; a number past a float's
+        return _unreadable(error)
     return None
+
+
+def _dumped(completion: Any) -> dict[str, Any]:
+    """The response as recorded (as it came: no warning for a field the SDK did not coerce);
+    `InvalidResponse` when it is nested past pydantic's depth (a ValueError)."""
+    try:
+        return cast("dict[str, Any]", completion.model_dump(mode="json", exclude_unset=True, warnings=False))
+    except (ValueError, RecursionError) as error:
+        raise _unreadable(error) from error
+
+
+def _unreadable(error: BaseException) -> RetryableError:
+    return RetryableError(f"the model server's answer cannot be read: {type(error).__name__}: {error!s:.200}",
+                          type="InvalidResponse")  # fmt: skip
 
 
 def _label(value: Any, default: str) -> str:
