@@ -168,6 +168,7 @@ class RunTimeExceededError(TaskError, TimeoutError):
 
 
 MAX_RETRY_AFTER = 300.0  # seconds a RetryableError's `retry_after` may hold a task back, at most
+MAX_ERROR_MESSAGE = 2000  # characters of an error's message recorded (`mesh.task.failed`, `mesh.llm.failed`, ...)
 
 
 class RetryableError(TaskError):

@@ -417,6 +417,7 @@ class ReplayToolBox(ToolBox):
 
     async def call(self, name: str, arguments: dict[str, Any] | str) -> Any:
         args = parse_arguments(name, arguments)  # as the live call parses them, before a call is numbered
+        self.check_limit(self._index)  # as the live call is bounded, before it is numbered
         index = next(self._replay_index)
         if (failed := self._replay_failures.get(index)) is not None:  # this call failed then: it fails again
             self._index += 1  # the box's own count moves past it, as it did then

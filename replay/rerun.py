@@ -37,6 +37,7 @@ from mesh.bus.client import Mesh
 from mesh.errors import MeshError, ReplayStop
 from mesh.runtime.agent import Agent
 from mesh.runtime.context import HandOff
+from mesh.runtime.failures import error_message
 from mesh.runtime.process import load_agent
 from mesh.telemetry.tracing import replaying
 from replay.causal import Numbered, causal_slice
@@ -226,7 +227,8 @@ def _outcome_effect(cause: str, capability: str, owner: str, task_id: str, kind:
         data = TaskCompleted(task_id=task_id, agent="", attempt=0, output=value)
         return Effect.of(derived_id(cause, "completed"), "completed", subject, data)
     error = cast(BaseException, value)
-    view = {"task_id": task_id, "error": {"type": getattr(error, "type", type(error).__name__), "message": str(error)}}
+    view = {"task_id": task_id, "error": {"type": getattr(error, "type", type(error).__name__),
+                                          "message": error_message(error)}}  # as `mesh.task.failed` holds it
     return Effect(id=derived_id(cause, "failed"), label="failed", subject=subject, type=TaskFailed.TYPE, data=view)
 
 

@@ -51,7 +51,7 @@ class LlmFailed(Event, frozen=True, kw_only=True):
     attempt: int
     model: str
     request: dict[str, Any]
-    error_type: str  # the SDK's exception class: RateLimitError, InternalServerError, APIConnectionError, ...
+    error_type: str  # the SDK's exception class (RateLimitError, ...) or the mesh's (ResponseTooLarge, InvalidResponse)
     message: str
     status: int | None = None  # the HTTP status, when the server answered
     code: str | None = None  # the provider's error code, e.g. context_length_exceeded

@@ -32,10 +32,19 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 
 from mesh.bus.client import Mesh
-from mesh.errors import ContextLengthError, RetryableError, TaskError
+from mesh.bus.payloads import max_object
+from mesh.errors import (
+    MAX_ERROR_MESSAGE,
+    ConfigError,
+    ContextLengthError,
+    PayloadTooLargeError,
+    RetryableError,
+    TaskError,
+)
 from mesh.llm.offline import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, OFFLINE_PROVIDER
 from mesh.llm.quota import CallQuota
 from mesh.llm.recorded import recorded_calls
+from mesh.llm.tools import tool_call_limit
 from mesh.llm.window import ContextWindow, estimate_tokens, fit_request
 from mesh.telemetry.conventions import (
     CHAT,
@@ -75,6 +84,14 @@ OPENAI_URL = "https://api.openai.com/v1"  # the SDK's default base URL
 log = structlog.get_logger("mesh.llm")
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the error code of a request too long for the model
 MAX_MODELS = 64  # models whose window and quota a client remembers
+MAX_PROVIDER_TEXT = 1800  # characters of a model server's error quoted in the TaskError it becomes
+MAX_LABEL = 128  # characters of a response's model name (or finish reason) kept as a metric label / span attribute
+MAX_LABELS = 16  # finish reasons kept on a span
+TOO_LARGE, TOO_LARGE_CODE = "ResponseTooLarge", "response_too_large"
+DEFAULT_MAX_RESPONSE = 32 * 1024 * 1024  # MESH_LLM_MAX_RESPONSE: half the default payload object, room for the request
+MIN_MAX_RESPONSE = 1024
+DEFAULT_TIMEOUT = 120.0  # MESH_LLM_TIMEOUT: seconds one model call may take, all of it
+MAX_TIMEOUT = 3600.0
 CallGate = Callable[[Mesh, str, CallQuota, int], Awaitable[float]]
 """Takes a call's grants (mesh, model, its quota, estimated prompt tokens); returns seconds waited.
 The runtime installs one over `mesh.coordination.limits` (`mesh.runtime.llmlimits`)."""
@@ -143,6 +160,8 @@ class LlmClient:
         self._windows: dict[str, ContextWindow] = {}
         self._quotas: dict[str, CallQuota] = {}
         self.window_for(model), self.quota_for(model)  # a bad setting is a ConfigError now, not at the first call
+        self.max_response, self.timeout = response_limits(self.settings)
+        tool_call_limit(self.settings)  # read by each `ToolBox`: a bad value fails at start too
 
     def window_for(self, model: str) -> ContextWindow:
         """The context window the `MESH_LLM_CONTEXT_*` settings give ``model`` (`mesh.llm.window`)."""
@@ -187,8 +206,9 @@ class LlmClient:
             return cls(_offline_sdk, model=choice.model, offline=True, embedding_model=embedding_model)
         log.info("model: " + choice.describe(), model=choice.model, base_url=_without_userinfo(choice.base_url or ""))
         key = os.environ.get("OPENAI_API_KEY", "").strip() or PLACEHOLDER_KEY
-        return cls(functools.partial(_remote_sdk, key, choice.base_url), model=choice.model, offline=False,
-                   embedding_model=embedding_model)  # fmt: skip
+        max_response, timeout = response_limits(os.environ)
+        return cls(functools.partial(_remote_sdk, key, choice.base_url, max_response, timeout), model=choice.model,
+                   offline=False, embedding_model=embedding_model)  # fmt: skip
 
     def session(self, mesh: Mesh, agent: str, task_id: str, cause_id: str, attempt: int,
                 request_seq: int | None = None) -> LlmSession:  # fmt: skip
@@ -331,12 +351,14 @@ class LlmSession:
         completion = await self.chat(messages, **options)
         if not completion.choices or completion.choices[0].message is None:
             raise TaskError("the model answered with no choice (a content filter, or a broken server)", type="NoChoices")
-        return completion.choices[0].message.content or ""
+        content = completion.choices[0].message.content
+        if content is not None and not isinstance(content, str):
+            raise TaskError(f"the model's answer is {type(content).__name__}, not text", type="InvalidResponse")
+        return content or ""
 
     async def _call(self, index: int, request: dict[str, Any], *,
                     operation: str = CHAT) -> ChatCompletion:  # fmt: skip
         sdk = await self._client.made()
-        import openai  # imported by now: the client was made from it
 
         model = request["model"]
         provider = self._client.provider
@@ -346,33 +368,37 @@ class LlmSession:
             started = time.perf_counter()
             try:
                 completion: Any
-                if operation == EMBEDDINGS:
-                    completion = await sdk.embeddings.create(**request)
-                else:
-                    completion = await sdk.chat.completions.create(**request)
-            except json.JSONDecodeError as error:  # a 200 whose body was cut off or is not JSON
+                async with asyncio.timeout(self._client.timeout):
+                    if operation == EMBEDDINGS:
+                        completion = await sdk.embeddings.create(**request)
+                    else:
+                        completion = await sdk.chat.completions.create(**request)
+                _check_shape(completion, operation)
+                response = _dumped(completion)
+            except Exception as error:
+                task_error = _failure(error, self._client.timeout)
+                if task_error is None:
+                    raise
                 record_error(span, error)
-                raise RetryableError(f"the model server's answer is not JSON: {error}", type="InvalidResponse") from error
-            except openai.APIError as error:
-                record_error(span, error)
-                failed = {**metric, ERROR_TYPE: type(error).__name__}
+                failed = {**metric, ERROR_TYPE: task_error.type}
                 instruments.llm_duration.record(time.perf_counter() - started, failed)
-                task_error = _task_error(error)
                 await self._record_failure(index, request, error, task_error, time.perf_counter() - started,
                                            operation)  # fmt: skip
+                if task_error is error:  # already the mesh's (`_check_shape`, `_dumped`)
+                    raise
                 raise task_error from error
             latency_ms = (time.perf_counter() - started) * 1000
-            _check_shape(completion, operation)
             usage = completion.usage
             input_tokens = _count(getattr(usage, "prompt_tokens", 0)) if usage else 0
             output_tokens = _count(getattr(usage, "completion_tokens", 0)) if usage else 0  # embeddings have none
-            response_model = completion.model if isinstance(completion.model, str) and completion.model else model
-            attributes = {GEN_AI_RESPONSE_MODEL: response_model,
+            response_model = _label(completion.model, model)
+            attributes: dict[str, Any] = {GEN_AI_RESPONSE_MODEL: response_model,
                           GEN_AI_USAGE_INPUT_TOKENS: input_tokens,
                           GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens}  # fmt: skip
             if operation == CHAT:
-                attributes[GEN_AI_RESPONSE_ID] = completion.id
-                attributes[GEN_AI_RESPONSE_FINISH_REASONS] = [c.finish_reason or "" for c in completion.choices]
+                attributes[GEN_AI_RESPONSE_ID] = str(completion.id)[:MAX_LABEL]
+                attributes[GEN_AI_RESPONSE_FINISH_REASONS] = [_label(c.finish_reason, "")
+                                                              for c in completion.choices[:MAX_LABELS]]  # fmt: skip
             span.set_attributes(attributes)
         metric[GEN_AI_RESPONSE_MODEL] = response_model
         instruments.llm_duration.record(latency_ms / 1000, metric)
@@ -384,9 +410,9 @@ class LlmSession:
             agent=self._agent,
             task_id=self._task_id,
             call_index=index,
-            model=response_model,
+            model=completion.model if isinstance(completion.model, str) and completion.model else model,
             request=recordable_request(request),
-            response=completion.model_dump(mode="json", exclude_unset=True),
+            response=response,
             usage={"input_tokens": input_tokens, "output_tokens": output_tokens} if usage else {},
             latency_ms=round(latency_ms, 3),
             offline=self._client.offline,
@@ -396,32 +422,44 @@ class LlmSession:
         )
         self.calls.append(call)
         if self._mesh is not None:
-            await self._mesh.publish(
-                subjects.llm(self._agent, self._task_id),
-                call,
-                event_id=derived_id(self._cause_id, f"llm/{index}"),
-                causation_id=self._cause_id,
-                correlation_id=self._task_id,
-            )
+            try:
+                await self._mesh.publish(
+                    subjects.llm(self._agent, self._task_id),
+                    call,
+                    event_id=derived_id(self._cause_id, f"llm/{index}"),
+                    causation_id=self._cause_id,
+                    correlation_id=self._task_id,
+                )
+            except PayloadTooLargeError as error:  # recorded as failed instead: `rerun` raises the same
+                self.calls.pop()
+                too_large = TaskError(f"the model's answer cannot be recorded: {error}", type="ResponseTooLarge")
+                await self._record_failure(index, request, error, too_large, latency_ms / 1000, operation,
+                                           unrecordable=True)  # fmt: skip
+                raise too_large from error
         return completion  # type: ignore[no-any-return]  # the SDK's create() is typed per overload
 
     async def _record_failure(
-        self, index: int, request: dict[str, Any], error: openai.APIError, raised: TaskError, seconds: float,
-        operation: str = CHAT,
+        self, index: int, request: dict[str, Any], error: BaseException, raised: TaskError, seconds: float,
+        operation: str = CHAT, *, unrecordable: bool = False,
     ) -> None:  # fmt: skip
         """`mesh.llm.failed` for call ``index`` of this try, under an id of its own (the
-        answer a retry gets takes `llm/<index>`)."""
+        answer a retry gets takes `llm/<index>`). ``unrecordable``: the request itself may be
+        what was too large to record; only its model is kept."""
         if self._mesh is None:
             return
         response = getattr(error, "response", None)
+        cause = error.__cause__
+        status = getattr(error, "status_code", None) or getattr(cause, "status", None)
+        code = getattr(error, "code", None) or (TOO_LARGE_CODE if raised.type == TOO_LARGE else None)
+        model = str(request.get("model", ""))
         failure = LlmFailed(
-            agent=self._agent, task_id=self._task_id, call_index=index, attempt=self._attempt,
-            model=str(request.get("model", "")), request=recordable_request(request), error_type=type(error).__name__,
-            message=scrub_text(str(raised))[:2000], status=getattr(error, "status_code", None),
-            code=str(error.code)[:200] if getattr(error, "code", None) else None,
+            agent=self._agent, task_id=self._task_id, call_index=index, attempt=self._attempt, model=model,
+            request={"model": model} if unrecordable else recordable_request(request), error_type=raised.type,
+            message=scrub_text(str(raised))[:MAX_ERROR_MESSAGE], status=status if isinstance(status, int) else None,
+            code=str(code)[:200] if code else None,
             retry_after=_retry_after(response.headers) if response is not None else None,
             retryable=raised.retryable, latency_ms=round(seconds * 1000, 3), offline=self._client.offline,
-            window=self._settings(str(request.get("model", ""))) if operation == CHAT else None, operation=operation,
+            window=self._settings(model) if operation == CHAT else None, operation=operation,
             request_seq=self._request_seq,
         )  # fmt: skip
         await self._mesh.publish(subjects.llm(self._agent, self._task_id), failure,
@@ -491,15 +529,27 @@ def _count(value: Any) -> int:
 
 
 def _check_shape(completion: Any, operation: str) -> None:
-    """RetryableError for a 200 body that is not a response at all (a gateway's page, JSON that is
-    not an object, no `choices`/`data` list): recorded nowhere, tried again like a 5xx."""
+    """RetryableError `InvalidResponse` for a 200 body that is not a response at all (a gateway's
+    page, JSON that is not an object, no `choices`/`data` list, a choice that is no object, a
+    message whose content is not text): recorded as `mesh.llm.failed`, tried again like a 5xx."""
     from openai.types import CreateEmbeddingResponse
-    from openai.types.chat import ChatCompletion
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+    from openai.types.chat.chat_completion import Choice
 
     kind, items = (ChatCompletion, "choices") if operation == CHAT else (CreateEmbeddingResponse, "data")
     if not isinstance(completion, kind) or not isinstance(getattr(completion, items, None), list):
         raise RetryableError(f"the model server answered 200 with something that is not a {operation} response "
                              f"({type(completion).__name__}, no {items} list)", type="InvalidResponse")  # fmt: skip
+    if not isinstance(completion, ChatCompletion):
+        return
+    for n, choice in enumerate(completion.choices):
+        message = getattr(choice, "message", None) if isinstance(choice, Choice) else None
+        if not isinstance(choice, Choice) or not (message is None or isinstance(message, ChatCompletionMessage)):
+            raise RetryableError(f"choice {n} of the model's answer is not an object with a message",
+                                 type="InvalidResponse")  # fmt: skip
+        if message is not None and not isinstance(getattr(message, "content", None), (str, list, type(None))):
+            raise RetryableError(f"the content of choice {n} of the model's answer is not text",
+                                 type="InvalidResponse")  # fmt: skip
 
 
 def _check_operation(recorded: LlmCalled, operation: str) -> None:
@@ -512,17 +562,32 @@ def _check_operation(recorded: LlmCalled, operation: str) -> None:
 def _vectors(response: CreateEmbeddingResponse, count: int) -> list[list[float]]:
     """The ``count`` vectors of an embeddings response in input order; TaskError if it does not
     hold exactly one finite vector per input, all of one length up to `MAX_EMBEDDING_DIMENSIONS`."""
-    by_index = {item.index: item.embedding for item in response.data}
+    data = response.data
+    if not all(isinstance(getattr(item, "index", None), int) and isinstance(getattr(item, "embedding", None), list)
+               for item in data):  # fmt: skip
+        raise TaskError("the embeddings response has an item that is no object with an index and an embedding list",
+                        type="InvalidEmbeddings")  # fmt: skip
+    by_index = {item.index: item.embedding for item in data}
     vectors = [by_index.get(n) for n in range(count)]
-    if len(response.data) != count or any(v is None for v in vectors):
-        raise TaskError(f"the embeddings response has {len(response.data)} vectors for {count} inputs",
+    if len(data) != count or any(v is None for v in vectors):
+        raise TaskError(f"the embeddings response has {len(data)} vectors for {count} inputs",
                         type="InvalidEmbeddings")  # fmt: skip
     lengths = {len(v) for v in vectors if v is not None}
     if len(lengths) != 1 or not 0 < max(lengths) <= MAX_EMBEDDING_DIMENSIONS:
         raise TaskError(f"the embeddings response has vectors of lengths {sorted(lengths)[:4]}", type="InvalidEmbeddings")
-    if not all(math.isfinite(x) for v in vectors if v is not None for x in v):
+    if not all(_finite(x) for v in vectors if v is not None for x in v):
         raise TaskError("the embeddings response has a value that is not a finite number", type="InvalidEmbeddings")
-    return [list(v) for v in vectors if v is not None]
+    return [[float(x) for x in v] for v in vectors if v is not None]
+
+
+def _finite(x: Any) -> bool:
+    """A number a vector may hold: an int or float (not a bool) that is finite as a float."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -560,18 +625,47 @@ def _offline_sdk() -> openai.AsyncOpenAI:
                               http_client=offline_http_client(), max_retries=0)  # fmt: skip
 
 
-def _remote_sdk(key: str, base_url: str | None) -> openai.AsyncOpenAI:
-    """An SDK client of the model server at ``base_url`` (None: OpenAI's)."""
+def _remote_sdk(key: str, base_url: str | None, max_response: int = DEFAULT_MAX_RESPONSE,
+                timeout: float = DEFAULT_TIMEOUT) -> openai.AsyncOpenAI:  # fmt: skip
+    """An SDK client of the model server at ``base_url`` (None: OpenAI's) that reads no response
+    past ``max_response`` decoded bytes (`mesh.llm.bounded`) and waits ``timeout`` s at most per read."""
     import openai
 
-    return openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0)
+    from mesh.llm.bounded import bounded_http_client
+
+    return openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout,
+                              http_client=bounded_http_client(max_response, timeout, base_url))  # fmt: skip
+
+
+def response_limits(settings: Mapping[str, str]) -> tuple[int, float]:
+    """`MESH_LLM_MAX_RESPONSE` (bytes of a response, once decoded: default 32 MiB, at most
+    `MESH_MAX_PAYLOAD_OBJECT`) and `MESH_LLM_TIMEOUT` (seconds a model call may take: default
+    120); ConfigError naming a bad value."""
+    size, seconds = settings.get("MESH_LLM_MAX_RESPONSE", "").strip(), settings.get("MESH_LLM_TIMEOUT", "").strip()
+    largest = max(max_object(), MIN_MAX_RESPONSE)
+    max_response = min(DEFAULT_MAX_RESPONSE, largest)
+    if size:
+        if not (size.isascii() and size.isdigit()) or not MIN_MAX_RESPONSE <= int(size) <= largest:
+            raise ConfigError(f"MESH_LLM_MAX_RESPONSE={size[:40]!r} must be a whole number of bytes from "
+                              f"{MIN_MAX_RESPONSE} to {largest} (MESH_MAX_PAYLOAD_OBJECT)")  # fmt: skip
+        max_response = int(size)
+    timeout = DEFAULT_TIMEOUT
+    if seconds:
+        try:
+            timeout = float(seconds)
+        except ValueError:
+            timeout = math.nan
+        if not 1 <= timeout <= MAX_TIMEOUT:  # NaN fails too
+            raise ConfigError(f"MESH_LLM_TIMEOUT={seconds[:40]!r} must be seconds from 1 to {MAX_TIMEOUT:.0f}")
+    return max_response, timeout
 
 
 def _task_error(error: openai.APIError) -> TaskError:
     status = getattr(error, "status_code", None)
     name = type(error).__name__
+    said = f"{error!s:.{MAX_PROVIDER_TEXT}}"  # the server's text, cut once here (`mesh.task.failed` keeps the same)
     if getattr(error, "code", None) == CONTEXT_LENGTH_EXCEEDED:
-        return ContextLengthError(f"model call refused ({status}): {error}", type=name)
+        return ContextLengthError(f"model call refused ({status}): {said}", type=name)
     import openai
 
     if isinstance(error, (openai.APIConnectionError, openai.APITimeoutError)) or status in (408, 409, 429) or (
@@ -579,5 +673,53 @@ def _task_error(error: openai.APIError) -> TaskError:
     ):
         response = getattr(error, "response", None)
         wait = _retry_after(response.headers) if response is not None else None  # the server's word: `task_failed` caps it
-        return RetryableError(f"model call failed ({status or 'no response'}): {error}", type=name, retry_after=wait)
-    return TaskError(f"model call refused ({status}): {error}", type=name)
+        return RetryableError(f"model call failed ({status or 'no response'}): {said}", type=name, retry_after=wait)
+    return TaskError(f"model call refused ({status}): {said}", type=name)
+
+
+def _failure(error: Exception, timeout: float) -> TaskError | None:
+    """The TaskError a failed model call raises (and records), or None for an error that is not
+    the model's (a bug, a cancellation): the SDK's errors, a response past `MESH_LLM_MAX_RESPONSE`,
+    a call past `MESH_LLM_TIMEOUT`, and a 200 body that is no response the SDK can use."""
+    import openai
+
+    from mesh.llm.bounded import ResponseTooLarge, UnsupportedEncoding
+
+    cause = error.__cause__ if isinstance(error, openai.APIConnectionError) else error  # the SDK wraps the transport's
+    if isinstance(cause, ResponseTooLarge):
+        return TaskError(str(cause), type=TOO_LARGE)
+    if isinstance(cause, UnsupportedEncoding):
+        return TaskError(f"{cause!s:.{MAX_PROVIDER_TEXT}}", type="InvalidResponse")
+    if isinstance(error, openai.APIError):
+        return _task_error(error)
+    if isinstance(error, TaskError):  # `_check_shape`'s
+        return error
+    if isinstance(error, json.JSONDecodeError):  # a 200 whose body was cut off or is not JSON
+        return RetryableError(f"the model server's answer is not JSON: {error!s:.200}", type="InvalidResponse")
+    if isinstance(error, TimeoutError):
+        return RetryableError(f"the model call took longer than MESH_LLM_TIMEOUT ({timeout:g} s)", type="APITimeoutError")
+    if isinstance(error, (RecursionError, OverflowError)):  # nested past json's depth; a number past a float's
+        return _unreadable(error)
+    return None
+
+
+def _dumped(completion: Any) -> dict[str, Any]:
+    """The response as recorded (as it came: no warning for a field the SDK did not coerce);
+    `InvalidResponse` when it is nested past pydantic's depth (a ValueError)."""
+    try:
+        return cast("dict[str, Any]", completion.model_dump(mode="json", exclude_unset=True, warnings=False))
+    except (ValueError, RecursionError) as error:
+        raise _unreadable(error) from error
+
+
+def _unreadable(error: BaseException) -> RetryableError:
+    return RetryableError(f"the model server's answer cannot be read: {type(error).__name__}: {error!s:.200}",
+                          type="InvalidResponse")  # fmt: skip
+
+
+def _label(value: Any, default: str) -> str:
+    """``value`` as a metric label or span attribute: a short printable string, else ``default``
+    (a server may name any model, of any length, in each answer)."""
+    if isinstance(value, str) and value and len(value) <= MAX_LABEL and value.isprintable():
+        return value
+    return default

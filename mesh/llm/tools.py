@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
@@ -25,7 +26,7 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.bus.jetstream import is_retryable
-from mesh.errors import ConfigError, SchemaError, ToolError, ToolNotGrantedError
+from mesh.errors import ConfigError, SchemaError, TaskError, ToolError, ToolNotGrantedError
 from mesh.llm.recorded import recorded_calls
 from mesh.telemetry.metrics import instruments
 from mesh.telemetry.redact import scrub_text
@@ -34,9 +35,22 @@ from topics import subjects
 from topics.calls import ToolCalled
 from topics.envelope import derived_id
 
-__all__ = ["Tool", "tool", "TOOLS", "ToolBox", "parse_arguments", "recorded_error"]
+__all__ = ["Tool", "tool", "TOOLS", "ToolBox", "parse_arguments", "recorded_error", "tool_call_limit"]
 
 TOOLS: dict[str, Tool] = {}
+DEFAULT_MAX_TOOL_CALLS = 256  # MESH_LLM_MAX_TOOL_CALLS: tool calls one task attempt may make
+MAX_MAX_TOOL_CALLS = 100_000
+
+
+def tool_call_limit(environ: Mapping[str, str] | None = None) -> int:
+    """`MESH_LLM_MAX_TOOL_CALLS`: the tool calls one task attempt may make (default 256, 1 to
+    100000); ConfigError naming a bad value. One model answer may ask for any number of calls."""
+    value = (os.environ if environ is None else environ).get("MESH_LLM_MAX_TOOL_CALLS", "").strip()
+    if not value:
+        return DEFAULT_MAX_TOOL_CALLS
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_MAX_TOOL_CALLS:
+        raise ConfigError(f"MESH_LLM_MAX_TOOL_CALLS={value[:40]!r} must be a whole number from 1 to {MAX_MAX_TOOL_CALLS}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,7 @@ class ToolBox:
         self._recorded = recorded
         self._loading = asyncio.Lock()  # one lookup of the recorded calls
         self._index = 0
+        self.max_calls = tool_call_limit()
         self.calls: list[ToolCalled] = []
 
     def specs(self) -> list[dict[str, Any]]:
@@ -109,8 +124,10 @@ class ToolBox:
 
     async def call(self, name: str, arguments: dict[str, Any] | str) -> Any:
         """Run a granted tool; a refused or failing call raises after it is recorded. Arguments
-        that are not a JSON object raise SchemaError at once (no call is numbered or recorded)."""
+        that are not a JSON object raise SchemaError at once, and a call past `max_calls`
+        TaskError `ToolCallLimit` (no call is numbered or recorded)."""
         args = parse_arguments(name, arguments)
+        self.check_limit(self._index)
         index = self._index
         self._index += 1
         if (prior := (await self._load_recorded()).get(index)) is not None and not prior.retryable:
@@ -133,13 +150,20 @@ class ToolBox:
         await self._record(index, name, args, result, None)
         return _as_recorded(result)
 
+    def check_limit(self, index: int) -> None:
+        """TaskError `ToolCallLimit` for call ``index`` past `MESH_LLM_MAX_TOOL_CALLS` (nothing recorded)."""
+        if index >= self.max_calls:
+            raise TaskError(f"this task attempt asked for more than {self.max_calls} tool calls "
+                            "(MESH_LLM_MAX_TOOL_CALLS): the model's answer is not followed further",
+                            type="ToolCallLimit")  # fmt: skip
+
     async def _run(self, name: str, args: dict[str, Any]) -> Any:
         if name not in self._granted:
-            raise ToolNotGrantedError(f"tool '{name}' is not granted to agent '{self._agent}' "
+            raise ToolNotGrantedError(f"tool '{name:.100}' is not granted to agent '{self._agent}' "
                                       f"(granted: {', '.join(self._granted) or 'none'}); "
                                       "grant it with Agent(..., tools=(...))")  # fmt: skip
         if name not in TOOLS:
-            raise ConfigError(f"tool '{name}' is granted but not registered: import the module that defines it")
+            raise ConfigError(f"tool '{name:.100}' is granted but not registered: import the module that defines it")
         return await TOOLS[name].run(args)
 
     async def _record(self, index: int, name: str, args: dict[str, Any], result: Any, error: Exception | None) -> None:

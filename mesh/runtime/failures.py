@@ -24,7 +24,7 @@ from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.consumer import Delivery
 from mesh.bus.jetstream import is_retryable
-from mesh.errors import MAX_RETRY_AFTER, DeadlineExceededError, MissingPayloadError, SchemaError
+from mesh.errors import MAX_ERROR_MESSAGE, MAX_RETRY_AFTER, DeadlineExceededError, MissingPayloadError, SchemaError
 from mesh.runtime.agent import TaskFailure
 from mesh.runtime.deadletter import Reason, dead_letter, envelope_or_none
 from mesh.runtime.worker import Worker
@@ -108,7 +108,7 @@ async def reject(worker: Worker, msg: Msg, delivery: Delivery, reason: Reason, t
     )  # fmt: skip
     task_id = _task_id_of(event) if event is not None else None
     if event is not None and task_id and subjects.work_of(msg.subject) is not None:
-        info = ErrorInfo(type=reason.value, message=text, retryable=False)
+        info = ErrorInfo(type=reason.value, message=text[:MAX_ERROR_MESSAGE], retryable=False)
         await quietly(record_failure(worker, msg.subject, event, _request_of(event), task_id, delivery.delivered,
                                      info, delivery.stream_seq))  # fmt: skip
     await msg.ack()
@@ -122,13 +122,13 @@ async def task_failed(
     retryable = is_retryable(error)
     if retryable and attempt < limit:
         delay = max(options.delay(attempt), _asked_to_wait(error))
-        log.warning("task failed; retrying", attempt=attempt, error=str(error), delay=delay)
+        log.warning("task failed; retrying", attempt=attempt, error=error_message(error), delay=delay)
         await _attempt_failed(worker, msg, delivery, event, task, error, delay)
         await msg.nak(delay=delay)
         return
     task_id = task.task_id or event.id
     described = scrub_text(f"{type(error).__name__}: {error}")
-    log.error("task failed", attempt=attempt, error=described, retryable=retryable)
+    log.error("task failed", attempt=attempt, error=described[:MAX_ERROR_MESSAGE], retryable=retryable)
     request_seq, (capability, owner) = delivery.stream_seq, served(msg.subject)
     mesh = worker.mesh.scoped(request_seq)
     fallback = await _served_fallback(worker.mesh, task.fallback)
@@ -149,7 +149,8 @@ async def task_failed(
         unserved = ", ".join(f"'{c}'" for c in task.fallback)
         log.error("no live agent serves the fallback", fallback=list(task.fallback))
         info = ErrorInfo(type="no_agent", retryable=False, message=scrub_text(
-            f"{described}; no live agent serves its fallback {unserved} (`mesh status` lists the agents)"))  # fmt: skip
+            f"{described:.{MAX_ERROR_MESSAGE}}; no live agent serves its fallback {unserved} (`mesh status` lists the agents)"
+        )[:MAX_ERROR_MESSAGE])  # fmt: skip
         await record_failure(worker, msg.subject, event, task, task_id, attempt, info, request_seq)
     else:
         reason = _reason(error)
@@ -157,7 +158,7 @@ async def task_failed(
             worker.mesh, subject=msg.subject, payload=msg.data, reason=reason, error=described,
             stream_seq=delivery.stream_seq, deliveries=attempt, consumer=delivery.consumer, event=event,
         )  # fmt: skip
-        info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=scrub_text(str(error)),
+        info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=error_message(error),
                          retryable=retryable)  # fmt: skip
         await record_failure(worker, msg.subject, event, task, task_id, attempt, info, request_seq)
     await msg.ack()
@@ -169,7 +170,7 @@ async def _attempt_failed(
 ) -> None:  # fmt: skip
     """Record why this try failed and when the next comes (`mesh.task.attempt_failed`)."""
     task_id, capability = task.task_id or event.id, served_capability(msg.subject)
-    info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=scrub_text(str(error))[:2000],
+    info = ErrorInfo(type=getattr(error, "type", type(error).__name__), message=error_message(error),
                      retryable=True)  # fmt: skip
     failed = TaskAttemptFailed(task_id=task_id, agent=worker.agent_id, attempt=delivery.delivered, error=info,
                                retry_in=delay, capability=capability, request_seq=delivery.stream_seq)  # fmt: skip
@@ -177,6 +178,12 @@ async def _attempt_failed(
         lifecycle(msg.subject, task_id), failed, event_id=derived_id(event.id, f"attempt_failed/{delivery.delivered}"),
         correlation_id=event.correlationid or task_id, causation_id=event.id,
     )  # fmt: skip
+
+
+def error_message(error: BaseException) -> str:
+    """An error's message as the log records it: scrubbed, at most `MAX_ERROR_MESSAGE` characters
+    (`replay rerun` compares a failure it raises again this way)."""
+    return scrub_text(str(error))[:MAX_ERROR_MESSAGE]
 
 
 def _asked_to_wait(error: Exception) -> float:
@@ -192,7 +199,7 @@ async def event_failed(worker: Worker, msg: Msg, delivery: Delivery, event: Clou
     if is_retryable(error) and delivery.delivered < worker.options.max_deliver:
         await msg.nak(delay=worker.options.delay(delivery.delivered))
         return
-    log.error("event handler failed", error=scrub_text(str(error)))
+    log.error("event handler failed", error=error_message(error))
     if not msg.subject.startswith("mesh.dead."):  # never dead-letter a dead letter (no chains)
         await dead_letter(worker.mesh, subject=msg.subject, payload=msg.data, reason=Reason.HANDLER_ERROR,
                           error=scrub_text(f"{type(error).__name__}: {error}"), stream_seq=delivery.stream_seq,

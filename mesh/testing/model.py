@@ -28,9 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-import openai
-
-from mesh.llm.client import LlmClient
+from mesh.llm.client import LlmClient, _remote_sdk
 from mesh.llm.window import estimate_tokens
 
 __all__ = ["ScriptedModel", "Reply", "ModelRequest", "DEFAULT_MAX_REQUESTS", "MAX_BODY", "SCRIPTED_KEY"]
@@ -192,9 +190,10 @@ class ScriptedModel:
         return env
 
     def client(self, model: str = "scripted") -> LlmClient:
-        """An `LlmClient` (what `ctx.llm` uses) that asks this server for ``model``, with no retries."""
+        """An `LlmClient` (what `ctx.llm` uses) that asks this server for ``model``, with no retries,
+        through the same bounded HTTP client as a remote model (`mesh.llm.bounded`)."""
         _check_model(model)
-        sdk = openai.AsyncOpenAI(api_key=SCRIPTED_KEY, base_url=self.base_url, max_retries=0)
+        sdk = _remote_sdk(SCRIPTED_KEY, self.base_url)
         return LlmClient(sdk, model=model, offline=False)
 
     def close(self) -> None:
