@@ -220,6 +220,27 @@ class TestHistory:
         assert roles[0] == "system" and roles[1] != "tool" and len(roles) <= 4, roles
         assert history.turns[-1].message["content"] == "q2" and history.count == 6
 
+    def test_a_history_keeps_its_bytes_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Review E (F3): a model answering 20 MB a turn grew the agent 20 MB a turn, up to the
+        1,000 turns kept. Past `MAX_HISTORY_BYTES` (made 2,000 here) the oldest turns go (not the
+        leading system turn), and the newest stays whatever its size."""
+        from mesh.projections import histories
+
+        monkeypatch.setattr(histories, "MAX_HISTORY_BYTES", 2_000)
+        history = History(conversation="c")
+
+        def turn(role: str, content: str) -> None:
+            add_turn(history, ConversationTurn(conversation="c", role=role, content=content), history.count + 1, "")
+
+        turn("system", "be brief")
+        for n in range(20):
+            turn("user" if n % 2 else "assistant", f"{n:03d}" + "x" * 400)
+        kept = [t.message["content"][:3] for t in history.turns]
+        assert kept[0] == "be " and kept[-1] == "019" and history.count == 21
+        assert sum(t.size for t in history.turns) <= 2_000 and len(kept) == 5  # the system turn and the latest four
+        turn("user", "y" * 10_000)  # one turn past the budget: it alone stays, with the system turn
+        assert [t.message["content"][:1] for t in history.turns] == ["b", "y"]
+
     def test_the_fit_drops_tool_results_whose_call_is_not_there(self) -> None:
         system, orphan = {"role": "system", "content": "s"}, {"role": "tool", "tool_call_id": "c0", "content": "r"}
         fitted = fit_messages([system, orphan, user("q")], 1000)
