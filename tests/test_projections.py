@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import typing
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -387,6 +388,20 @@ class TestConsensus:
             events += [VoteCast(proposal_id="p", voter=f"v{i % 50}", choice="abcz"[i % 4]) for i in range(3_000)]
             view = fold(CONSENSUS, log(*events)).proposals["p"]
             assert view.tally == tally(view) and len(view.votes) == 50  # exactly: weights kept as exact fractions
+
+    def test_weights_past_the_largest_float_tally_inf_and_fold(self) -> None:
+        """Review H: two votes weighing 1e308 (finite weights `propose` takes) made every fold of
+        the log raise OverflowError once the tally was kept exactly; the total is inf, as a plain
+        sum gave, and a vote taken back leaves the other exactly."""
+        events: list[Event] = [VoteProposed(proposal_id="p", question="?", options=("yes", "no"), rule="weighted",
+                                            weights={"a": 1e308, "b": 1e308, "c": 0.1})]  # fmt: skip
+        events += [VoteCast(proposal_id="p", voter=v, choice="yes") for v in ("a", "b", "c")]
+        view = fold(CONSENSUS, log(*events)).proposals["p"]
+        from mesh.projections.consensus import tally
+
+        assert view.tally["yes"] == math.inf == tally(view)["yes"]
+        view = fold(CONSENSUS, log(*events, VoteCast(proposal_id="p", voter="b", choice="no"))).proposals["p"]
+        assert view.tally == tally(view) == {"yes": 1e308 + 0.1, "no": 1e308}
 
     def test_a_proposal_past_its_bounds_is_bad_data(self) -> None:
         """Review F (F5): a roster, weights or options without bound made each vote's fold cost

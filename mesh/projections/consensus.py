@@ -10,18 +10,17 @@ the voter is on the roster (anyone, when the roster is empty) and the vote's env
 is not past the deadline. A voter's last vote replaces their earlier one.
 
 Folding a vote costs the same whatever the roster's size (any voter may cast as any name, so a
-flood of votes is a flood of folds): the roster is looked up in a set, and a tally follows each
-vote, exactly under the weighted rule too (each option's total is kept as an exact fraction, so
-a vote replaced is taken back exactly; its float is the correctly rounded sum, as `math.fsum`
-gives). Those sets and fractions are kept beside the views, for `MEMO` proposals at a time.
+flood of votes is a flood of folds): the view keeps its roster as a set, and a tally that
+follows each vote, exactly under the weighted rule too: each option's total is kept as an exact
+integer (`exact`: the weights in units of 2^-1074, the smallest float step), so a vote replaced
+is taken back exactly, and its float is the correctly rounded sum (`math.fsum`'s), or inf past
+the largest float.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
-from fractions import Fraction
 from typing import NamedTuple
 
 import msgspec
@@ -52,6 +51,8 @@ class ProposalView(msgspec.Struct, kw_only=True, gc=False):
     decided: bool = False
     outcome: str | None = None
     reason: str = ""
+    roster_set: frozenset[str] = frozenset()  # `roster(view)` as a set, for the fold's look-ups
+    exact: dict[str, int] = {}  # under the weighted rule, each option's total in units of 2^-1074
 
 
 class ConsensusState(ProjectionState, kw_only=True):
@@ -76,47 +77,36 @@ def roster(view: ProposalView) -> tuple[str, ...]:
 
 def tally(view: ProposalView) -> dict[str, float]:
     """Per option, the votes for it: their weights under the weighted rule (each total the
-    correctly rounded sum, whatever the order of the votes), else their count. A voter missing
-    from ``weights`` weighs 1."""
+    correctly rounded sum, whatever the order of the votes; inf past the largest float), else
+    their count. A voter missing from ``weights`` weighs 1."""
     if view.rule == "weighted" and view.weights:
-        chosen: dict[str, list[float]] = {option: [] for option in view.options}
+        exact = dict.fromkeys(view.options, 0)
         for voter, choice in view.votes.items():
-            chosen.setdefault(choice, []).append(_weight(view, voter))
-        return {option: math.fsum(weights) for option, weights in chosen.items()}
+            exact[choice] = exact.get(choice, 0) + _units(_weight(view, voter))
+        return {option: _float(total) for option, total in exact.items()}
     totals = dict.fromkeys(view.options, 0.0)
     for choice in view.votes.values():
         totals[choice] = totals.get(choice, 0.0) + 1.0
     return totals
 
 
-class _Kept:
-    """What a proposal's fold keeps beside its view (not in it: a view is what snapshots and
-    readers see): its roster as a set, and under the weighted rule each option's exact total."""
-
-    __slots__ = ("exact", "roster", "view")
-
-    def __init__(self, view: ProposalView) -> None:
-        self.view = view  # held, so that no other view takes its `id` while this is kept
-        self.roster = frozenset(roster(view))
-        self.exact: dict[str, Fraction] = {}
-        if view.rule == "weighted" and view.weights:
-            for voter, choice in view.votes.items():
-                self.exact[choice] = self.exact.get(choice, Fraction(0)) + Fraction(_weight(view, voter))
+_UNIT = 1 << 1074  # 2^1074: every finite float is a whole number of 2^-1074
 
 
-MEMO = 256  # proposals whose roster set and exact totals are kept (the least recently folded go first)
-_kept: OrderedDict[int, _Kept] = OrderedDict()
+def _units(weight: float) -> int:
+    """``weight`` exactly, in units of 2^-1074 (a finite float's ratio has a power of two no
+    greater than 2^1074 below)."""
+    numerator, denominator = weight.as_integer_ratio()
+    return numerator * (_UNIT // denominator)
 
 
-def _kept_for(view: ProposalView) -> _Kept:
-    found = _kept.get(id(view))
-    if found is None or found.view is not view:
-        found = _kept[id(view)] = _Kept(view)
-        if len(_kept) > MEMO:
-            _kept.popitem(last=False)
-    else:
-        _kept.move_to_end(id(view))
-    return found
+def _float(units: int) -> float:
+    """An exact total back as the nearest float (Python's int division rounds correctly), inf
+    (or -inf) past the largest."""
+    try:
+        return units / _UNIT
+    except OverflowError:
+        return math.inf if units > 0 else -math.inf
 
 
 def _weight(view: ProposalView, voter: str) -> float:
@@ -125,7 +115,7 @@ def _weight(view: ProposalView, voter: str) -> float:
 
 class ConsensusProjection(HandlerProjection[ConsensusState]):
     name = "consensus"
-    version = 2  # 2: a decision counts only if the fold at that point gives it
+    version = 3  # 2: a decision counts only if the fold at that point gives it; 3: the roster set, exact totals
     state_type = ConsensusState
 
     def handlers(self) -> dict[type[Event], Handler[ConsensusState]]:
@@ -146,7 +136,10 @@ def _proposed(state: ConsensusState, event: VoteProposed, stamp: Stamp, seq: int
     view.proposed, view.question, view.options, view.rule = True, event.question, event.options, event.rule
     view.voters, view.quorum, view.weights = event.voters, event.quorum, dict(event.weights)
     view.deadline, view.proposer, view.proposed_at = event.deadline, event.proposer, stamp.time
+    view.roster_set = frozenset(roster(view))
     view.tally = tally(view)
+    if view.rule == "weighted" and view.weights:
+        view.exact = dict.fromkeys(view.options, 0)
 
 
 def _cast(state: ConsensusState, event: VoteCast, stamp: Stamp, seq: int) -> None:
@@ -156,12 +149,12 @@ def _cast(state: ConsensusState, event: VoteCast, stamp: Stamp, seq: int) -> Non
         # votes (any voter may cast as any name on an open roster) cost n² (20,000: minutes)
         previous = view.votes.pop(event.voter, None)
         view.votes[event.voter] = event.choice
-        if view.rule == "weighted" and view.weights:  # floats do not add back exactly: exact fractions do
-            exact, weight = _kept_for(view).exact, Fraction(_weight(view, event.voter))
+        if view.rule == "weighted" and view.weights:  # floats do not add back exactly: whole units do
+            weight = _units(_weight(view, event.voter))
             for option, change in ((previous, -weight), (event.choice, weight)):
                 if option is not None:
-                    exact[option] = exact.get(option, Fraction(0)) + change
-                    view.tally[option] = float(exact[option])
+                    view.exact[option] = view.exact.get(option, 0) + change
+                    view.tally[option] = _float(view.exact[option])
             return
         if previous is not None:  # whole counts: exact
             view.tally[previous] = view.tally.get(previous, 0.0) - 1.0
@@ -187,7 +180,7 @@ def _decided(state: ConsensusState, event: VoteDecided, stamp: Stamp, seq: int) 
 def _counts(view: ProposalView, voter: str, choice: str, stamp: Stamp) -> bool:
     if not view.proposed or view.decided or choice not in view.options:
         return False
-    eligible = _kept_for(view).roster
+    eligible = view.roster_set
     if eligible and voter not in eligible:
         return False
     deadline = moment_of(view.deadline)
