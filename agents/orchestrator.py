@@ -72,12 +72,12 @@ async def run_workflow(input: Drive, ctx: Context) -> Any:
         ctx.log.info("resuming workflow", workflow_id=workflow_id, attempt=ctx.attempt)
     return await drive(ctx.mesh, input, task_id=ctx.task_id, request_seq=ctx.request_seq or 0,
                        causation_id=ctx.event.id, correlation_id=ctx.correlation_id,
-                       flow=ctx.flow_log(workflow_id), hops=ctx.hops)  # fmt: skip
+                       flow=ctx.flow_log(workflow_id), hops=ctx.hops, forked=ctx.forked)  # fmt: skip
 
 
 async def drive(
     mesh: Mesh, request: Drive, *, task_id: str, request_seq: int, causation_id: str | None = None,
-    correlation_id: str | None = None, flow: FlowLog | None = None, hops: int = 0,
+    correlation_id: str | None = None, flow: FlowLog | None = None, hops: int = 0, forked: str | None = None,
 ) -> Any:  # fmt: skip
     """Drive the workflow to its end for the request at ``request_seq``: its output, or
     TaskError if it failed (WorkflowTakenError if another request started it). ``flow``: the
@@ -85,7 +85,7 @@ async def drive(
     workflow_id = request.workflow_id or task_id
     parsed = None if request.spec is None else parse(request.spec)
     start = None if parsed is None else _start(workflow_id, request, parsed)
-    view = await Driver(mesh, workflow_id, flow, hops=hops).run(start, request_seq=request_seq, causation_id=causation_id,
+    view = await Driver(mesh, workflow_id, flow, hops=hops, forked=forked).run(start, request_seq=request_seq, causation_id=causation_id,
                                                      correlation_id=correlation_id, parsed=parsed)  # fmt: skip
     if view.status == "failed":
         reason = f"{view.error.type}: {view.error.message}" if view.error else "no reason recorded"

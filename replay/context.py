@@ -126,9 +126,9 @@ def view(data: Event) -> Any:
             return plain(msgspec.structs.replace(data, request_seq=0))
         case TaskHandedOff():  # which replica, which try and the request's sequence are of its run
             return plain(msgspec.structs.replace(data, agent="", attempt=0, request_seq=None))
-        case TaskRequested():  # the submitter's secret hashed and the hops `ctx.handoff` counts: the
-            # runtime's, not the handler's (and absent from logs written before hops were counted)
-            return plain(msgspec.structs.replace(data, cancel_key=None, hops=0))
+        case TaskRequested():  # the submitter's secret hashed, the hops `ctx.handoff` counts and the fork
+            # a re-run is part of: the runtime's, not the handler's (and absent from older logs)
+            return plain(msgspec.structs.replace(data, cancel_key=None, hops=0, forked=None))
         case UndeclaredAppEvent(data=fields):  # read before its declaration was imported: the same JSON
             return plain(fields)
     return plain(data)
@@ -263,12 +263,12 @@ class RecordedMesh:
                      correlation_id: str | None = None, causation_id: str | None = None,
                      event_id: str | None = None, fallback: tuple[str, ...] = (),
                      max_attempts: int | None = None, deadline: str | None = None,
-                     owner: str | None = None, hops: int = 0) -> str:  # fmt: skip
+                     owner: str | None = None, hops: int = 0, forked: str | None = None) -> str:  # fmt: skip
         event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
         self._causes.setdefault(task_id, causation_id or self.cause)
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
-                                max_attempts=max_attempts, deadline=deadline, hops=hops)  # fmt: skip
+                                max_attempts=max_attempts, deadline=deadline, hops=hops, forked=forked)  # fmt: skip
         await self.publish(subjects.work(capability, owner or self.owner), request, event_id=event_id,
                            causation_id=causation_id,
                            correlation_id=correlation_id or task_id)  # fmt: skip
@@ -296,10 +296,12 @@ class RecordedMesh:
                      owner: str | None = None) -> Record:  # fmt: skip
         return await self.outcome(task_id, timeout=timeout)
 
-    async def last_on(self, subject: str) -> Record | None:
+    async def last_on(self, subject: str, *, before: int | None = None) -> Record | None:
         """The newest recorded event on ``subject`` in the slice (a resumed driver asks it of a
-        step's task, for the request it follows)."""
-        return next((r for r in reversed(self.book.records) if r.subject == subject), None)
+        step's task, for the request it follows), before sequence ``before`` if given (a forked
+        task looks for the copies the fork made before its request, not for what ran after)."""
+        return next((r for r in reversed(self.book.records)
+                     if r.subject == subject and (before is None or r.seq < before)), None)  # fmt: skip
 
     async def request_outcome(
         self, capability: str, input: Any = None, *, timeout: float = 60.0, stored: bool | None = None, **task: Any
@@ -636,7 +638,8 @@ class ReplayContext(Context):
     def __init__(self, book: RecordBook, *, agent: str, agent_id: str, event: CloudEvent, task_id: str,
                  capability: str, attempt: int, granted: Sequence[str] = (), effect_seqs: Sequence[int] = (),
                  end_seq: int = 0, request_seq: int | None = None, owner: str = subjects.ANON,
-                 agent_owner: str = subjects.ANON, deadline: str | None = None, hops: int = 0) -> None:  # fmt: skip
+                 agent_owner: str = subjects.ANON, deadline: str | None = None, hops: int = 0,
+                 forked: str | None = None) -> None:  # fmt: skip
         """``owner``: whose task it is (its outcome and hand-offs go under it); ``agent_owner``:
         the owner the original agent submitted its own sub-tasks under (`MeshSettings.owner`)."""
         self.effects: list[Effect] = []
@@ -653,5 +656,5 @@ class ReplayContext(Context):
                               failures=book.tool_failures(event.id, attempt, request_seq))  # fmt: skip
         super().__init__(cast(Mesh, mesh), agent=agent, agent_id=agent_id, event=event, task_id=task_id,
                          capability=capability, attempt=attempt, span=INVALID_SPAN, llm=llm, tools=tools,
-                         request_seq=request_seq, owner=owner, deadline=deadline, hops=hops)  # fmt: skip
+                         request_seq=request_seq, owner=owner, deadline=deadline, hops=hops, forked=forked)  # fmt: skip
         self.log = self.log.bind(replay=True)

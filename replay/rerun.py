@@ -129,7 +129,9 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     event = request.event
     task_id = data.task_id or event.id
     handler = agent.handlers[data.capability]
-    caused = book.caused.get(event.id, [])
+    # what its handler asked for lands after its request; a request before it is a copy `replay
+    # fork` made of a finished sub-task, which a re-run of the forked task finds rather than makes
+    caused = [r for r in book.caused.get(event.id, []) if not (r.seq < request.seq and isinstance(r.data, TaskRequested))]
     outcome = next((r for r in caused if r.event.id in _outcome_ids(event.id)), None)
     claims = [r.data for r in caused if isinstance(r.data, TaskClaimed)]
     attempt, agent_id = _who(outcome, claims, agent.name)
@@ -143,7 +145,7 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
                         capability=data.capability, attempt=attempt, granted=agent.tools,
                         effect_seqs=sorted(made), end_seq=end, request_seq=request.seq, owner=owner,
                         agent_owner=_own_owner(caused, event.id, owner), deadline=data.deadline,
-                        hops=data.hops)  # fmt: skip
+                        hops=data.hops, forked=data.forked)  # fmt: skip
     try:
         output = await handler.fn(handler.convert(data.input), ctx)
         result: tuple[str, Any] = ("completed", output)

@@ -270,6 +270,17 @@ async def delegate_with_fallback(input: Any, ctx: Context) -> Any:
     return {"child": await ctx.request("primary", input, fallback=("echo",), timeout=30)}
 
 
+@waiter.task("nest-top")
+async def nest_top(input: Any, ctx: Context) -> Any:
+    """Asks `nest-mid`, which asks `echo`: three levels of `ctx.request`."""
+    return {"mid": await ctx.request("nest-mid", input, timeout=30)}
+
+
+@waiter.task("nest-mid")
+async def nest_mid(input: Any, ctx: Context) -> Any:
+    return {"leaf": await ctx.request("echo", input, timeout=30)}
+
+
 manager = Agent("manager")
 
 

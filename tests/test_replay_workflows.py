@@ -225,19 +225,23 @@ class TestFork:
         D, F2). Forked at any of its events, the fork's requester gets the outcome through the
         capability it asked; a parent that asked for it, forked at any event, re-runs it once
         (finished before the cut: found, not run; else asked again once, not re-published too);
-        so does a chain of hand-offs (the step that starts over hands off again, once)."""
+        so does a chain of hand-offs (the step that starts over hands off again, once), and a chain
+        of three `ctx.request`s, whose middle task, asked again by the re-run, finds the copied
+        leaf too (review H: the fork's mark is carried down), and whose rerun agrees."""
         for target in ("tests.fixture_agents:broken", "agents.echo:agent", "tests.fixture_agents:waiter",
                        "tests.fixture_agents:chain"):  # fmt: skip
             await agents.start(target)
         assert await mesh.request("primary", {"y": 1}, task_id="fb", fallback=("echo",), timeout=30) == {"y": 1}
         assert await mesh.request("delegate-with-fallback", {"x": 1}, task_id="p1", timeout=30) == {"child": {"x": 1}}
         assert (await mesh.request("plan", {"n": 1}, task_id="ch", timeout=30))["n"] == 1
+        assert await mesh.request("nest-top", {"z": 1}, task_id="n1", timeout=30) == {"mid": {"leaf": {"z": 1}}}
         records = (await read_log(mesh)).records
         runs = (("fb", "primary", lambda out: out == {"y": 1}), ("p1", "delegate-with-fallback", lambda out: out == {"child": {"x": 1}}),
-                ("ch", "plan", lambda out: out["n"] == 1 and "reviewed_by" in out))  # fmt: skip
+                ("ch", "plan", lambda out: out["n"] == 1 and "reviewed_by" in out),
+                ("n1", "nest-top", lambda out: out == {"mid": {"leaf": {"z": 1}}}))  # fmt: skip
         for source, capability, expected in runs:
             history = causal_slice(records, source)
-            assert any(r.event.type == "mesh.task.handed_off" for r in history)
+            assert source == "n1" or any(r.event.type == "mesh.task.handed_off" for r in history)
             for n, at in enumerate(history):
                 new_id = f"{source}-f{n}"
                 result = await fork(mesh, records, source, at.event.id, new_id)
@@ -249,6 +253,9 @@ class TestFork:
                 assert len(asked) == len(set(asked)), (source, n, at.event.type, asked)  # no capability asked twice live
                 done = [r.subject for r in forked if isinstance(r.data, TaskCompleted)]
                 assert len(done) == len(set(done)), (source, n, at.event.type, done)  # nor did any complete twice
+                if source == "n1":  # the re-run of a forked task agrees with what the fork ran (review H)
+                    again = await rerun("tests.fixture_agents:waiter", (await read_log(mesh)).records, new_id)
+                    assert again.ok, (n, at.event.type, again.divergence)
 
 
 class TestCli:

@@ -11,9 +11,11 @@ sequence, on its own subject: the requester follows it there.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from topics.base import ErrorInfo, Event, check_token, shorten
+import msgspec
+
+from topics.base import MAX_TOKEN, ErrorInfo, Event, check_token, shorten
 from topics.envelope import derived_id, is_instant
 
 __all__ = [
@@ -48,6 +50,9 @@ class TaskRequested(Event, frozen=True, kw_only=True):
     fallback: tuple[str, ...] = ()  # capabilities to try, in order, if this one gives up
     cancel_key: str | None = None  # hash of the secret a cancel request must show (`TaskCancelRequested`)
     hops: int = 0  # hand-offs (`ctx.handoff`) before this request; past `MAX_HOPS` it is refused as a loop
+    # the `mesh replay fork` (its NEW id) whose re-run asked for this: the task looks in the log for
+    # the sub-tasks the fork copied, finished, before it asks for them again
+    forked: Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)] | None = None
 
 
 class TaskClaimed(Event, frozen=True, kw_only=True):

@@ -76,6 +76,7 @@ class TaskOptions(TypedDict, total=False):
     fallback: tuple[str, ...]
     max_attempts: int | None
     deadline: str | None
+    forked: str | None  # the `mesh replay fork` whose re-run asks for it (`TaskRequested.forked`)
 
 
 class Submitted(NamedTuple):
@@ -368,6 +369,7 @@ class Mesh:
         task_id = task_id or event_id
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
                                 max_attempts=task.get("max_attempts"), deadline=deadline, hops=hops,
+                                forked=task.get("forked"),
                                 cancel_key=cancel_key_of(self.cancel_token(task_id)))  # fmt: skip
         published = await self.publish(subjects.work(capability, owner or self.owner), request, event_id=event_id,
                                        correlation_id=task.get("correlation_id") or task_id,
@@ -536,8 +538,10 @@ class Mesh:
         raises `PermissionDeniedError` if this user may not read it."""
         return await jetstream.subscribe(self.nc, subject, cb)
 
-    async def last_on(self, subject: str) -> Record | None:
-        """The newest event stored on one subject (a direct get), or None."""
+    async def last_on(self, subject: str, *, before: int | None = None) -> Record | None:
+        """The newest event stored on one subject (a direct get), or None. ``before``: the
+        stream sequence of the request the caller answers, whose `rerun` reads the log as it
+        stood before it (`replay.context.ReplayMesh`); live, the read happens while answering it."""
         msg = await jetstream.direct_get(self.js, subject=subject)
         if msg is None:
             return None

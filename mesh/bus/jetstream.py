@@ -544,11 +544,14 @@ async def scan_since(
     removed once read (as in `read_between`); what ``take`` keeps is its bound. ``timeout``
     bounds the whole read."""
     done = asyncio.get_running_loop().create_future()
+    read = 0
 
     async def on_msg(msg: Msg) -> None:
+        nonlocal read
         delivery = msg.metadata
         if done.done():
             return
+        read += 1
         await take(delivery.sequence.stream, msg.subject, msg.data)
         if delivery.num_pending == 0 and not done.done():
             done.set_result(None)
@@ -560,7 +563,12 @@ async def scan_since(
     )  # fmt: skip
     async with scanning(js, stream, config, on_msg, owner=owner) as info:  # a refusal: at once, not a timeout
         if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
-            await asyncio.wait_for(done, timeout)
+            try:
+                await asyncio.wait_for(done, timeout)
+            except TimeoutError:
+                raise MeshError(f"reading {filter_subject} since {since.isoformat(timespec='seconds')} took over "
+                                f"{timeout:g}s ({read:,} messages read of {read + (info.num_pending or 0):,} or more): "
+                                "too many, or the server is slow") from None  # fmt: skip
 
 
 _nuid = NUID()

@@ -153,12 +153,15 @@ class _Outcome(NamedTuple):
 class Driver:
     """Drives one workflow to its end; `run()` returns the final view."""
 
-    def __init__(self, mesh: Mesh, workflow_id: str, flow: FlowLog | None = None, *, hops: int = 0) -> None:
+    def __init__(self, mesh: Mesh, workflow_id: str, flow: FlowLog | None = None, *, hops: int = 0,
+                 forked: str | None = None) -> None:  # fmt: skip
         """``flow``: the workflow's `FlowLog` (default: over ``mesh``; `Context.flow_log` gives
         the one a handler should use, which `rerun` answers from the record). ``hops``: those of
         the task that drives it; its steps' tasks are one more, so a workflow whose step starts
-        a workflow counts its depth (`agents.orchestrator`)."""
+        a workflow counts its depth (`agents.orchestrator`). ``forked``: the `mesh replay fork`
+        the driving task is part of, which its steps' requests carry on (`TaskRequested.forked`)."""
         self.hops = hops
+        self.forked = forked
         self.mesh = mesh
         self.flow = flow or FlowLog(mesh, workflow_id)
         self.workflow_id = workflow_id
@@ -295,7 +298,7 @@ class Driver:
         try:
             if task_id in self._fresh:  # scheduled just now: its id was never used, nothing to read
                 record = await self.mesh.request_outcome(spec.capability, input, task_id=task_id, timeout=timeout,
-                                                         hops=self.hops + 1,
+                                                         hops=self.hops + 1, forked=self.forked,
                                                          stored=False, correlation_id=correlation_id,
                                                          causation_id=cause)  # fmt: skip
             else:
@@ -312,6 +315,7 @@ class Driver:
         request_seq = getattr(last.data, "request_seq", None) if last is not None else None
         if request_seq is None:  # nobody took it (yet): the same id dedupes, and gives the first one's sequence
             submitted = await self.mesh.submit_request(capability, input, task_id=task_id, hops=self.hops + 1,
+                                                       forked=self.forked,
                                                        correlation_id=correlation_id, causation_id=cause)  # fmt: skip
             request_seq = submitted.seq
         return await self.mesh.follow(capability, task_id, request_seq, timeout=timeout)

@@ -86,6 +86,7 @@ class Context:
         deadline: str | None = None,
         owner: str | None = None,
         hops: int = 0,
+        forked: str | None = None,
     ) -> None:
         self.mesh = mesh
         self.owner = owner or mesh.owner  # whose task this is: its outcome and hand-offs go under it
@@ -99,6 +100,9 @@ class Context:
         self.request_seq = request_seq  # the stream sequence of the request this attempt answers
         self.deadline = deadline  # the task's deadline (RFC 3339), if it has one
         self.hops = hops  # the hand-offs before this task's request
+        # the `mesh replay fork` this task is part of: its request was re-published by it, or asked
+        # for by a task that was (so it looks for the sub-tasks the fork copied, and marks what it asks)
+        self.forked = event.source[len(FORK_SOURCE) :] if event.source.startswith(FORK_SOURCE) else forked
         self._llm = llm  # made on first use: most handlers never call a model or a tool
         self._tools = tools
         self._before_effect = before_effect
@@ -174,7 +178,7 @@ class Context:
         else is taken for it; a task `replay fork` re-requested first looks in the log for the
         sub-task the fork copied, finished."""
         event_id = self._child_id(f"request/{next(self._requested)}")
-        if self.event.source.startswith(FORK_SOURCE):
+        if self.forked:
             copied = await self._copied_outcome(capability, event_id)
             if copied is not None:
                 return outcome_value(copied)
@@ -182,7 +186,7 @@ class Context:
         try:
             with waiting_on_others():  # the sub-task may be this process's to run: not behind our bytes
                 record = await self.mesh.request_outcome(capability, input, timeout=timeout, task_id=event_id,
-                                                         stored=self.attempt > 1,
+                                                         stored=self.attempt > 1, forked=self.forked,
                                                          event_id=event_id, fallback=fallback,
                                                          correlation_id=self.correlation_id, causation_id=self.event.id)  # fmt: skip
         except TaskTimeoutError:  # nobody waits for it any more: it must not go on running
@@ -199,7 +203,7 @@ class Context:
         """The outcome `replay fork` copied for the sub-task ``task_id``, following the hand-offs
         copied with it (a fallback's), or None: the sub-task did not finish before the fork."""
         for _ in range(MAX_HOPS + 1):
-            copied = await self.mesh.last_on(subjects.task(capability, self.mesh.owner, task_id))
+            copied = await self.mesh.last_on(subjects.task(capability, self.mesh.owner, task_id), before=self.request_seq)
             if copied is None or isinstance(copied.data, TaskOutcome):
                 return copied
             hop = copied.data
@@ -233,7 +237,8 @@ class Context:
         task_id = self._child_id("handoff") if self._scope else handoff_task_id(self.event.id)
         submitted = await self.mesh.submit_request(capability, input, task_id=task_id, event_id=task_id,
                                                    correlation_id=self.correlation_id, causation_id=self.event.id,
-                                                   owner=self.owner, deadline=self.deadline, hops=self.hops + 1)  # fmt: skip
+                                                   owner=self.owner, deadline=self.deadline, hops=self.hops + 1,
+                                                   forked=self.forked)  # fmt: skip
         return HandOff(capability, task_id, submitted.seq)
 
     async def workflow(self, spec: WorkflowSpec, input: Any = None, *, timeout: float | None = None) -> Any:

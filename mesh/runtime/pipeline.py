@@ -408,7 +408,7 @@ def _task_context(worker: Worker, inbound: Inbound, cancelled: Callable[[], str 
                       cause_id=event.id, attempt=attempt, request_seq=inbound.delivery.stream_seq),
         before_effect=inbound.claim.before_effect if inbound.claim is not None else None,
         before_handoff=inbound.claim.stop_timer if inbound.claim is not None else None, cancelled=cancelled,
-        deadline=inbound.task.deadline, owner=inbound.owner, hops=inbound.task.hops,
+        deadline=inbound.task.deadline, owner=inbound.owner, hops=inbound.task.hops, forked=inbound.task.forked,
     )  # fmt: skip
 
 
