@@ -402,12 +402,19 @@ class TestShutdown:
 
     @pytest.mark.skipif(sys.platform == "win32", reason="a frozen server is made with SIGSTOP, which Windows lacks")
     async def test_sigterm_with_the_server_frozen_stops_within_seconds(
-        self, agents: AgentProcesses, nats_server: LocalServer
+        self, mesh: Mesh, agents: AgentProcesses, nats_server: LocalServer
     ) -> None:
         """A server that stops answering but keeps the connection open (a hung host, a
         partition): SIGTERM still ends the agent, exit 0 and no traceback, within seconds (it
-        used to wait 10 s to flush, then exit 1 with `FlushTimeoutError`)."""
+        used to wait 10 s to flush, then exit 1 with `FlushTimeoutError`). The server is frozen
+        once the agent pulls, after its start: its `mesh.agent.started` can be in the log before
+        the agent has the acknowledgement (one run froze it in between)."""
         proc = await agents.start("tests.fixture_agents:slow")
+
+        async def pulling() -> bool:
+            return (await mesh.js.consumer_info(subjects.STREAM, subjects.work_consumer_name("slow"))).num_waiting > 0
+
+        await eventually(pulling, what="the agent pulling, its start done")
         nats_server.process.send_signal(signal.SIGSTOP)
         try:
             loop = asyncio.get_running_loop()
