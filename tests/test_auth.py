@@ -433,6 +433,7 @@ class TestWorkflowsAreBound:
                 outcome = await mallory.follow("workflow", attack.task_id, attack.seq, timeout=60)
                 assert isinstance(outcome.data, TaskFailed), outcome.data
             assert outcome.data.error.type == "WorkflowTakenError"
+            await log.wait_for_type("mesh.task.failed", task_id="wf-victim")  # the log's follower may lag the requester
         flow = [r for r in log.records if r.subject == subjects.flow("wf-victim")]
         assert [r.event.type for r in flow] == ["mesh.flow.started"]  # with its step scheduled in it, and nothing more
         assert isinstance(flow[0].data, FlowStarted) and flow[0].data.request_seq == launched.request_seq

@@ -52,6 +52,7 @@ class TestMaxRunTime:
         with pytest.raises(TaskFailedError, match="max_run_time") as failed:
             await mesh.request("hang", {}, timeout=30)
         assert failed.value.error_type == "max_run_time"
+        await log.wait_for_type("mesh.task.failed")  # the log's follower may lag the requester
         attempts = [r.data.attempt for r in log.of_type("mesh.task.claimed")]  # type: ignore[attr-defined]
         assert attempts == [1, 2]
 

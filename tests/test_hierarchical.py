@@ -39,6 +39,7 @@ class TestHierarchical:
             await agents.start(target)
         await agents.start("hierarchical:agent", env={"PYTHONPATH": f"{ROOT}:{tmp_path}"})
         report = await mesh.request("solve", {"goal": "rate limiting"}, timeout=90)
+        await log.wait_for_type("mesh.task.completed", capability="solve")  # the log's follower may lag the requester
         [call] = [r.data for r in log.of_type("mesh.llm.called") if r.data.agent.startswith("hierarchical")]  # type: ignore[attr-defined]
         schema = call.request["response_format"]["json_schema"]["schema"]
         plan = json.loads(call.response["choices"][0]["message"]["content"])

@@ -71,6 +71,7 @@ class TestHostileInput:
         assert letter.stream_seq == ack.seq  # type: ignore[attr-defined]
         assert await mesh.request("echo", {"after": case}, timeout=20) == {"after": case}
         await wait_settled(mesh)
+        await log.wait_for_type("mesh.task.completed", output={"after": case})  # the log's follower may lag the requester
         assert len(log.of_type("mesh.dead.lettered")) == 1
         failed = log.of_type("mesh.task.failed")
         assert [r.data.task_id for r in failed] == ([failed_task] if failed_task else [])  # type: ignore[attr-defined]
@@ -90,6 +91,7 @@ class TestHostileInput:
         assert "mesh.work.<capability>.<owner>" in letter.error  # type: ignore[attr-defined]
         assert await mesh.request("echo", "after", timeout=20) == "after"
         await wait_settled(mesh)
+        await log.wait_for_type("mesh.task.completed", output="after")  # the log's follower may lag the requester
         assert len(log.of_type("mesh.dead.lettered")) == 1 and log.of_type("mesh.task.completed")[-1].data.output == "after"  # type: ignore[attr-defined]
         assert len(log.of_type("mesh.task.completed")) == 1  # the bad one's handler never ran
         assert proc.poll() is None, agents.output(proc)

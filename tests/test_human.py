@@ -70,6 +70,7 @@ class TestHumanInTheLoop:
         outcome = await mesh.follow("approve", "ship-1", submitted.seq, timeout=30)
         assert outcome_value(outcome) == {"question": SHIP["question"], "answer": "yes"}
         assert outcome.data.attempt == 2  # type: ignore[attr-defined]
+        await log.wait_for_type("mesh.task.completed", task_id="ship-1")  # the log's follower may lag the requester
         assert len(log.of_type("mesh.human.asked", question_id=question.question_id)) == 1  # asked once
         [answered] = log.of_type("mesh.human.answered", question_id=question.question_id)
         assert answered.data == HumanAnswered(question_id=question.question_id, answer="yes", answered_by="ada")
@@ -124,7 +125,7 @@ class TestHumanInTheLoop:
         await agents.start(APPROVER)
         with pytest.raises(TaskFailedError, match=r"HumanTimeoutError.*not answered within 1s"):
             await mesh.request("approve", {**SHIP, "timeout": 1}, task_id="late-1", timeout=30)
-        [expired] = log.of_type("mesh.human.expired")
+        [expired] = await log.wait_for_type("mesh.human.expired")  # the log's follower may lag the requester
         assert await Humans(mesh).inbox() == []
         code, _, err = await cli("answer", expired.data.question_id, "yes", "--nats", nats_url)  # type: ignore[attr-defined]
         assert code == 1 and "expired" in err
@@ -140,7 +141,7 @@ class TestHumanInTheLoop:
         await mesh.cancel("ship-4", "released already")
         with pytest.raises(TaskFailedError, match="released already"):
             outcome_value(await mesh.follow("approve", "ship-4", submitted.seq, timeout=30))
-        [expired] = log.of_type("mesh.human.expired", question_id=question.question_id)
+        [expired] = await log.wait_for_type("mesh.human.expired", question_id=question.question_id)
         assert expired.data.reason == "task ship-4 was cancelled: released already"  # type: ignore[attr-defined]
         assert await Humans(mesh).inbox() == []
         with pytest.raises(AnswerRejected, match="expired"):
@@ -158,6 +159,7 @@ class TestHumanInTheLoop:
         await Humans(mesh).answer(question.question_id, "open")
         outcome = await mesh.follow("gate", "gate-1", submitted.seq, timeout=30)
         assert outcome_value(outcome)["answer"] == "open" and outcome.data.attempt == 1  # type: ignore[attr-defined]
+        await log.wait_for_type("mesh.task.completed", task_id="gate-1")  # the log's follower may lag the requester
         assert not log.of_type("mesh.task.attempt_failed", task_id="gate-1")
 
 

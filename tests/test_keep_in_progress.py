@@ -41,6 +41,7 @@ class TestKeepInProgress:
             await runner.stop("done")
         assert failed, "the keep-alive never ran"
         assert output["attempt"] == 1
+        await log.wait_for_type("mesh.task.completed")  # the log's follower may lag the requester
         claims = [r for r in log.records if r.event.type == "mesh.task.claimed"]
         assert [r.data.attempt for r in claims] in ([], [1]), claims  # type: ignore[attr-defined]
         assert len(log.of_type("mesh.task.progress")) == 1  # the handler started once

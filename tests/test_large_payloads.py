@@ -107,6 +107,7 @@ class TestLargePayloads:
         assert letter.reason == "missing_payload" and letter.stream_seq == ack.seq  # type: ignore[attr-defined]
         assert named in letter.error  # type: ignore[attr-defined]
         assert await mesh.request("echo", {"after": "gone"}, timeout=20) == {"after": "gone"}
+        await log.wait_for_type("mesh.task.completed", output={"after": "gone"})  # the log's follower may lag the requester
         assert len(log.of_type("mesh.dead.lettered")) == 1
         assert proc.poll() is None, agents.output(proc)
 

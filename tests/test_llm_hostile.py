@@ -207,7 +207,7 @@ class TestRateLimitedRetries:
         scripted_model.add(Reply.error(429, "slow down", retry_after=3, code="rate_limit_exceeded"), "fine")
         await in_process_agents.start(asker, llm=scripted_model.client())
         assert await mesh.request("ask-once", {}, task_id="limited-1", timeout=30) == "fine"
-        [failed] = log.of_type("mesh.task.attempt_failed", task_id="limited-1")
+        [failed] = await log.wait_for_type("mesh.task.attempt_failed", task_id="limited-1")
         assert failed.data.retry_in == 3.0  # type: ignore[attr-defined]
 
 
