@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
-from bench.harness import Bench, median
+from bench.harness import Bench, count, median
 
 BODY = b'{"specversion":"1.0","id":"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","type":"mesh.task.requested",' \
        b'"source":"mesh://bench","data":{"task_id":"t","capability":"work","input":{"n":1}}}'  # fmt: skip
@@ -116,12 +116,10 @@ async def run(url: str, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench atomic", description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=10_000, help="pairs per side and run (default 10,000)")
-    parser.add_argument("--in-flight", type=int, default=64, help="pairs at a time (default 64)")
-    parser.add_argument("--runs", type=int, default=4, help="runs, the order alternating (default 4)")
+    parser.add_argument("--pairs", type=count, default=10_000, help="pairs per side and run (default 10,000)")
+    parser.add_argument("--in-flight", type=count, default=64, help="pairs at a time (default 64)")
+    parser.add_argument("--runs", type=count, default=4, help="runs, the order alternating (default 4)")
     args = parser.parse_args(argv)
-    if min(args.pairs, args.in_flight, args.runs) < 1:
-        parser.error("--pairs, --in-flight and --runs must be at least 1")
     with Bench("atomic") as bench:
         asyncio.run(run(bench.url, args))
     return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from bench.harness import Bench
+from bench.harness import Bench, count
 from bench.rebuild import write_log
 from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
@@ -41,8 +41,8 @@ from replay.reader import gc_paused
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench console", description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=100_000, help="events in the log (default 100000)")
-    parser.add_argument("--runs", type=int, default=3, help="loads and requests of each kind (default 3)")
+    parser.add_argument("--events", type=count, default=100_000, help="events in the log (default 100000)")
+    parser.add_argument("--runs", type=count, default=3, help="loads and requests of each kind (default 3)")
     return parser.parse_args(argv)
 
 

@@ -3,8 +3,10 @@ a user starts them, clean shutdown of all of it (even on error), statistics and 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import statistics
@@ -24,7 +26,7 @@ from mesh.bus.server import LocalServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ROOT", "Bench", "Row", "cpu_seconds", "percentile", "print_table", "stop_on_sigterm"]
+__all__ = ["ROOT", "Bench", "Row", "amount", "count", "cpu_seconds", "percentile", "print_table", "seconds", "stop_on_sigterm"]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -40,6 +42,38 @@ def stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (tasks, runs, calls in flight). Zero
+    calls in flight would wait for ever, and zero runs has no median."""
+    return _whole(text, 1)
+
+
+def amount(text: str) -> int:
+    """An argparse type: a whole number of at least 0 (warm-up calls, samples)."""
+    return _whole(text, 0)
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def _whole(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+    return value
 
 
 def cpu_seconds(pid: int | None = None) -> float:

@@ -35,7 +35,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from bench.harness import Bench, Row, print_table
+from bench.harness import Bench, Row, count, print_table
 from mesh.bus.client import MSG_ID, Mesh
 from replay import export_log, read_file, read_log, rebuild_all, rebuild_file
 from topics import subjects
@@ -49,8 +49,8 @@ JETSTREAM_TARGET = 0.6  # mesh rebuild / raw read-and-decode
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.rebuild", description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=200_000, help="events in the log (default 200000)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per side; the median is reported (default 3)")
+    parser.add_argument("--events", type=count, default=200_000, help="events in the log (default 200000)")
+    parser.add_argument("--runs", type=count, default=3, help="runs per side; the median is reported (default 3)")
     return parser.parse_args(argv)
 
 

@@ -43,6 +43,8 @@ from bench.harness import (
     Bench,
     CpuUse,
     Row,
+    amount,
+    count,
     cpu_detail,
     median,
     paired_ratios,
@@ -308,22 +310,18 @@ def _load() -> str:
     return f"{one:.2f} {five:.2f}"
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.tasks", description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", type=int, default=_env_int("BENCH_TASKS", 5000),
+    parser.add_argument("--tasks", type=count, default=os.environ.get("BENCH_TASKS", "5000"),
                         help="echo tasks per throughput run (env BENCH_TASKS; default 5000)")
-    parser.add_argument("--runs", type=int, default=_env_int("BENCH_RUNS", 3),
+    parser.add_argument("--runs", type=count, default=os.environ.get("BENCH_RUNS", "3"),
                         help="throughput runs per side; the median is reported (env BENCH_RUNS; default 3)")
-    parser.add_argument("--warmup-tasks", type=int, default=_env_int("BENCH_WARMUP_TASKS", 1000),
+    parser.add_argument("--warmup-tasks", type=amount, default=os.environ.get("BENCH_WARMUP_TASKS", "1000"),
                         help="echo tasks per side before the timed runs (default 1000)")
-    parser.add_argument("--in-flight", type=int, default=64, help="tasks in flight, and worker concurrency (default 64)")
-    parser.add_argument("--samples", type=int, default=_env_int("BENCH_SAMPLES", 1000),
+    parser.add_argument("--in-flight", type=count, default=64, help="tasks in flight, and worker concurrency (default 64)")
+    parser.add_argument("--samples", type=count, default=os.environ.get("BENCH_SAMPLES", "1000"),
                         help="latency samples per side (env BENCH_SAMPLES; default 1000)")
-    parser.add_argument("--warmup-samples", type=int, default=100, help="latency samples per side before (default 100)")
+    parser.add_argument("--warmup-samples", type=amount, default=100, help="latency samples per side before (default 100)")
     parser.add_argument("--parts", nargs="+", default=["throughput", "latency"], choices=["throughput", "latency"])
     parser.add_argument("--out", default=None, help="JSON results file (default .mesh/bench/tasks.json)")
     return parser.parse_args(argv)  # fmt: skip

@@ -38,7 +38,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, Bench, CpuUse, Row, cpu_detail, median, paired_ratios, print_table, stop_on_sigterm
+from bench.harness import (
+    ROOT,
+    Bench,
+    CpuUse,
+    Row,
+    count,
+    cpu_detail,
+    median,
+    paired_ratios,
+    print_table,
+    stop_on_sigterm,
+)
 from mesh import Agent, Context
 from mesh.bus.client import Mesh
 from topics import subjects
@@ -58,13 +69,15 @@ async def echo_unsampled(input: Any, ctx: Context) -> Any:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench tracing", description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", type=int, default=4000, help="tasks per run and side (default 4000)")
-    parser.add_argument("--runs", type=int, default=9, help="runs per side (default 9)")
-    parser.add_argument("--in-flight", type=int, default=64, help="tasks in flight (default 64)")
+    parser.add_argument("--tasks", type=count, default=4000, help="tasks per run and side (default 4000)")
+    parser.add_argument("--runs", type=count, default=9, help="runs per side (default 9)")
+    parser.add_argument("--in-flight", type=count, default=64, help="tasks in flight (default 64)")
     parser.add_argument("--ratio", type=float, default=0.1, help="the sampled side's ratio (default 0.1)")
     parser.add_argument("--unsampled", action="store_true",
                         help="add a side sampled at 0: what the sampled side's unsampled messages cost")  # fmt: skip
     args = parser.parse_args(argv)
+    if not 0 <= args.ratio <= 1:
+        parser.error(f"--ratio is a sampling ratio from 0 to 1, not {args.ratio:g}")
     if args.unsampled and args.ratio == 0:
         parser.error("--unsampled adds a side at ratio 0; the sampled side is already at 0")
     return args

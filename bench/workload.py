@@ -44,7 +44,7 @@ from typing import Any
 import nats
 
 from bench import raw_pipeline, raw_worker
-from bench.harness import Bench, CpuUse, percentile, stop_on_sigterm
+from bench.harness import Bench, CpuUse, amount, count, percentile, seconds, stop_on_sigterm
 from bench.pipeline_agents import HANDOFF, chain_task_id, workflow_spec
 from bench.tasks import RawRequester, raw_stream_config, until_stopped
 from bench.workload_report import InFlight, Measured, Target, print_report
@@ -272,17 +272,17 @@ async def run(bench: Bench, args: argparse.Namespace) -> Measured:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench workload", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", type=int, default=2000, help="calls per loaded run and side (default 2000)")
-    parser.add_argument("--in-flight", type=int, default=64, help="calls in flight in a loaded run (default 64)")
-    parser.add_argument("--samples", type=int, default=200, help="one-at-a-time calls per run and side (default 200)")
-    parser.add_argument("--runs", type=int, default=5, help="paired runs of each kind; medians reported (default 5)")
-    parser.add_argument("--warmup", type=int, default=200, help="calls per side before the timed runs (default 200)")
+    parser.add_argument("--tasks", type=count, default=2000, help="calls per loaded run and side (default 2000)")
+    parser.add_argument("--in-flight", type=count, default=64, help="calls in flight in a loaded run (default 64)")
+    parser.add_argument("--samples", type=count, default=200, help="one-at-a-time calls per run and side (default 200)")
+    parser.add_argument("--runs", type=count, default=5, help="paired runs of each kind; medians reported (default 5)")
+    parser.add_argument("--warmup", type=amount, default=200, help="calls per side before the timed runs (default 200)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="mesh variants to measure")
-    parser.add_argument("--inflight", type=int, default=1024, help="calls in flight in the in-flight part (default 1024)")
-    parser.add_argument("--inflight-tasks", type=int, default=2048, help="calls in the in-flight part (default 2048)")
+    parser.add_argument("--inflight", type=count, default=1024, help="calls in flight in the in-flight part (default 1024)")
+    parser.add_argument("--inflight-tasks", type=count, default=2048, help="calls in the in-flight part (default 2048)")
     parser.add_argument("--inflight-variants", nargs="*", default=None, choices=VARIANTS,
                         help="variants run with --inflight in flight (default: --variants; none to skip)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one call may take (default 120)")
+    parser.add_argument("--timeout", type=seconds, default=120.0, help="seconds one call may take (default 120)")
     args = parser.parse_args(argv)  # fmt: skip
     if args.inflight_variants is None:
         args.inflight_variants = args.variants
