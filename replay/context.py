@@ -55,7 +55,7 @@ from topics.calls import CallEvent, ContextSettings, LlmCalled, LlmFailed, ToolC
 from topics.conversations import ConversationTurn
 from topics.envelope import CloudEvent, derived_id, new_event_id
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted
-from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem
+from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem, answers_question
 from topics.record import Record
 from topics.registry import type_of
 from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskOutcome, TaskProgress, TaskRequested
@@ -118,8 +118,9 @@ def view(data: Event) -> Any:
             return plain({"call_index": index, "request": request})
         case ToolCalled(call_index=index, tool=name, arguments=arguments):
             return plain({"call_index": index, "tool": name, "arguments": arguments})
-        case HumanAsked():  # when it was asked, and by which replica, are of its run
-            return plain(msgspec.structs.replace(data, asked_at="", expires_at=None, agent=""))
+        case HumanAsked():  # when it was asked, and by which replica, are of its run; the role, the
+            # runtime's (its subject says it, and older logs do not name it)
+            return plain(msgspec.structs.replace(data, asked_at="", expires_at=None, agent="", role=""))
         case VoteProposed(deadline=deadline) if deadline is not None:  # "in 30 s" is a time of its run
             return plain(msgspec.structs.replace(data, deadline="(a deadline)"))
         case FlowStarted():  # the driving request's sequence is of its run (a fork's copy says 0: `replay.fork`)
@@ -569,14 +570,16 @@ class ReplayHumans(Humans):
     async def wait(self, stored: Asked) -> HumanAnswered | None:
         question_id = stored.asked.question_id
         events = self.book.humans.get(question_id, [])
-        first = next((r for r in events if isinstance(r.data, HumanAsked)), None)
+        asked_on = subjects.ask(self.role, question_id)  # this role's question, not another's under its id
+        first = next((r for r in events if isinstance(r.data, HumanAsked) and r.subject == asked_on), None)
         if first is not None:
+            asked = cast(HumanAsked, first.data)
             for record in events:
                 data = record.data
-                if isinstance(data, HumanExpired) and record.seq > first.seq:
+                if isinstance(data, HumanExpired) and record.seq > first.seq and record.subject == asked_on:
                     break
-                if (isinstance(data, HumanAnswered) and record.seq > first.seq and data.question_id == question_id
-                        and answer_problem(first.data, data.answer) is None):  # type: ignore[arg-type]
+                if (isinstance(data, HumanAnswered) and record.seq > first.seq and answers_question(asked, data)
+                        and answer_problem(asked, data.answer) is None):  # fmt: skip
                     return data
         await self._expire(stored, "no answer before it expired")
         return None

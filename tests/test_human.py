@@ -17,6 +17,7 @@ from mesh import Agent, Context, Mesh
 from mesh.bus.client import outcome_value
 from mesh.coordination.humans import Humans
 from mesh.errors import AnswerRejected, PermissionDeniedError, TaskFailedError
+from mesh.projections import question_key
 from replay.reader import read_log
 from replay.rerun import rerun
 from tests.conftest import AgentProcesses
@@ -73,7 +74,8 @@ class TestHumanInTheLoop:
         await log.wait_for_type("mesh.task.completed", task_id="ship-1")  # the log's follower may lag the requester
         assert len(log.of_type("mesh.human.asked", question_id=question.question_id)) == 1  # asked once
         [answered] = log.of_type("mesh.human.answered", question_id=question.question_id)
-        assert answered.data == HumanAnswered(question_id=question.question_id, answer="yes", answered_by="ada")
+        assert answered.data == HumanAnswered(question_id=question.question_id, answer="yes", answered_by="ada",
+                                              role="approver")  # fmt: skip
         assert answered.event.correlationid == "ship-1"
 
         assert await Humans(mesh).inbox() == []
@@ -106,7 +108,7 @@ class TestHumanInTheLoop:
         """The question id can be computed from the request; answering it first pre-empts nothing."""
         submitted = await mesh.submit_request("approve", SHIP, task_id="ship-3")
         early = question_id("ship-3", submitted.seq)
-        await mesh.publish(subjects.answer(early), HumanAnswered(question_id=early, answer="yes"))
+        await mesh.publish(subjects.answer(early, role="approver"), HumanAnswered(question_id=early, answer="yes", role="approver"))
         await agents.start(APPROVER)
         await asked(log, "ship-3")
         code, out, err = await cli("inbox", "--json", "--nats", nats_url)
@@ -209,7 +211,8 @@ class TestWhoMayAskAndAnswer:
             assert code == 0 and question in out, err
             async with await secured.connect("meddler") as meddler:
                 with pytest.raises(PermissionDeniedError, match=r"mesh\.answer\."):
-                    await meddler.publish(subjects.answer(question), HumanAnswered(question_id=question, answer="yes"))
+                    await meddler.publish(subjects.answer(question, role="approver"),
+                                          HumanAnswered(question_id=question, answer="yes", role="approver"))  # fmt: skip
                 forged = HumanAsked(question_id="q-9", question="Wire the money?", options=("yes",))
                 with pytest.raises(PermissionDeniedError, match=r"mesh\.ask\.approver\.q-9"):
                     await meddler.publish(subjects.ask("approver", "q-9"), forged)
@@ -220,8 +223,33 @@ class TestWhoMayAskAndAnswer:
             outcome = await client.follow("approve", "ship-9", submitted.seq, timeout=30)
             assert outcome_value(outcome)["answer"] == "no"
         refused = [line.rsplit(" - Subject ", 1)[-1] for line in secured.violations()]
-        assert refused == [f'"{subjects.answer(question)}"', '"mesh.ask.approver.q-9"', refused[2]]  # the meddler's only
+        assert refused == [f'"{subjects.answer(question, role="approver")}"', '"mesh.ask.approver.q-9"', refused[2]]  # the meddler's only
         assert refused[2].startswith('"$JS.API.CONSUMER.CREATE.MESH.scan-') and refused[2].endswith('.mesh.ask.>"')
+
+
+    async def test_another_role_asking_under_the_same_id_holds_nothing_up(self, secured: Secured) -> None:
+        """Review F, under `mesh auth init`'s permissions: the meddler role reads the approver's
+        question id and asks a question of its own under it (on `mesh.ask.meddler.<id>`, which it
+        may write). The person sees both in `mesh inbox`, `mesh answer ID` asks which role,
+        `--role approver` answers the approver's, and the approver's task goes on."""
+        await secured.agents.start(APPROVER, "--nkey", str(secured.auth / "approver.nk"))
+        client_key = ("--nats", secured.server.url, "--nkey", str(secured.auth / "client.nk"))
+        async with await secured.connect("client") as client, await secured.connect("meddler") as meddler:
+            submitted = await client.submit_request("approve", SHIP, task_id="ship-10")
+            [record] = await secured.agents.log.wait_for_type("mesh.human.asked", task_id="ship-10")
+            question = record.data.question_id  # type: ignore[attr-defined]
+            await Humans(meddler, role="meddler").post("Lunch now?", ("yes", "no"), question_id=question)
+            code, out, err = await cli("inbox", "--json", *client_key)
+            assert code == 0, err
+            rows = [json.loads(line) for line in out.splitlines()]
+            assert [(row["question_id"], row["roles"]) for row in rows] == [(question, ["approver"]), (question, ["meddler"])]
+            code, out, err = await cli("answer", question, "yes", *client_key)
+            assert code == 1 and "asked by more than one agent role (approver, meddler): say which" in err, err
+            code, out, err = await cli("answer", question, "yes", "--role", "approver", *client_key)
+            assert code == 0, err
+            outcome = await client.follow("approve", "ship-10", submitted.seq, timeout=30)
+            assert outcome_value(outcome)["answer"] == "yes"
+        assert secured.violations() == []
 
 
 def _asking_otherwise() -> Agent:
@@ -247,19 +275,54 @@ class TestQuestionsFromOtherRoles:
         await Humans(mesh, role="approver").post("Ship it?", ("yes", "no"), question_id="q-fine")
         assert [view.question_id for view in await Humans(mesh).inbox()] == ["q-fine"]
 
-    async def test_a_question_asked_under_another_roles_id_cannot_be_answered(self, mesh: Mesh) -> None:
+    async def test_a_question_asked_under_another_roles_id_is_a_question_of_its_own(self, mesh: Mesh) -> None:
         """Question ids can be computed, so another role can ask its own harmless question under
-        the id an approver is about to use: the inbox shows both roles (from the subjects, which
-        the server vouches for) and `answer` refuses, since an answer would count for both. A
-        question filed on a subject whose id is not its own is ignored."""
+        the id an approver is about to use (review F: then neither could be answered, and the
+        approver waited until its question expired). Each names its role and is answered on its
+        own subject: the inbox lists both, `answer` asks which, and the approver's answer
+        reaches the approver only. A question on a subject whose id or role is not its own is
+        ignored."""
         await mesh.publish(subjects.ask("mallory", "q-1"),  # its own id for the event (its own secret keys it)
-                           HumanAsked(question_id="q-1", question="Is the coffee machine working?", options=("yes", "no")))
-        await Humans(mesh, role="approver").post("Drop the database?", ("yes", "no"), question_id="q-1")
+                           HumanAsked(question_id="q-1", question="Is the coffee machine working?", options=("yes", "no"),
+                                      role="mallory"))  # fmt: skip
+        approver = Humans(mesh, role="approver")
+        stored = await approver.post("Drop the database?", ("yes", "no"), question_id="q-1")
         await mesh.publish(subjects.ask("mallory", "q-2"), HumanAsked(question_id="q-3", question="Elsewhere?"))
-        [view] = await Humans(mesh).inbox()
-        assert (view.question_id, view.roles) == ("q-1", ("mallory", "approver"))
-        with pytest.raises(AnswerRejected, match="asked by more than one agent role"):
+        await mesh.publish(subjects.ask("mallory", "q-4"), HumanAsked(question_id="q-4", question="As?", role="approver"))
+        views = await Humans(mesh).inbox()
+        assert [(view.question_id, view.roles) for view in views] == [("q-1", ("mallory",)), ("q-1", ("approver",))]
+        with pytest.raises(AnswerRejected, match=r"asked by more than one agent role \(mallory, approver\): say which"):
             await Humans(mesh).answer("q-1", "yes")
+        with pytest.raises(AnswerRejected, match="never asked by agent role lobby"):
+            await Humans(mesh).answer("q-1", "yes", role="lobby")
+        await Humans(mesh).answer("q-1", "no", role="approver")
+        found = await asyncio.wait_for(approver.wait(stored), 30)
+        assert found is not None and (found.answer, found.role) == ("no", "approver")
+        [still_open] = await Humans(mesh).inbox()
+        assert still_open.roles == ("mallory",) and still_open.asked.question.startswith("Is the coffee")
+        state = await Humans(mesh).state()
+        assert state.questions[question_key("approver", "q-1")].answer == "no"
+
+    async def test_questions_that_name_no_role_are_answered_as_before(self, mesh: Mesh) -> None:
+        """A log from before questions named their role: an answer on `mesh.answer.<id>` counts
+        for every such question under the id, so when two roles asked under one id it is
+        refused, as it was; one role's question is answered there, and the asker takes it."""
+        for role in ("mallory", "approver"):
+            await mesh.publish(subjects.ask(role, "q-old"), HumanAsked(question_id="q-old", question="Ship?", options=("yes",)))
+        with pytest.raises(AnswerRejected, match="before questions named their role"):
+            await Humans(mesh).answer("q-old", "yes")
+        approver = Humans(mesh, role="approver")
+        await mesh.publish(subjects.ask("approver", "q-once"), HumanAsked(question_id="q-once", question="Ship?"))
+        stored = await approver.post("Ship?", question_id="q-once")  # a retry after the upgrade: the stored question
+        assert stored.asked.role == ""
+        published = await Humans(mesh).answer("q-once", "fine")
+        stored_answer = await mesh.last_on("mesh.answer.q-once")  # where answers to it went
+        assert stored_answer is not None and stored_answer.seq == published.seq
+        found = await asyncio.wait_for(approver.wait(stored), 30)
+        assert found is not None and found.answer == "fine"
+        named = await approver.post("Ship?", question_id="q-new", timeout=1)  # expires after a second
+        await mesh.publish(subjects.answer("q-new", role=""), HumanAnswered(question_id="q-new", answer="yes"))
+        assert await asyncio.wait_for(approver.wait(named), 30) is None  # an answer naming no role is not for it
 
     async def test_a_flood_of_answers_that_do_not_fit_hides_no_real_one(self, mesh: Mesh) -> None:
         """Anyone may answer: 1,200 answers that are not an option, then the person's. The asker
@@ -268,13 +331,13 @@ class TestQuestionsFromOtherRoles:
 
         approver = Humans(mesh, role="approver")
         stored = await approver.post("Ship it?", ("yes", "no"), question_id="q-flood")
-        junk = HumanAnswered(question_id="q-flood", answer="maybe")
-        await asyncio.gather(*(mesh.publish(subjects.answer("q-flood"), junk) for _ in range(1_200)))
+        junk = HumanAnswered(question_id="q-flood", answer="maybe", role="approver")
+        await asyncio.gather(*(mesh.publish(subjects.answer("q-flood", role="approver"), junk) for _ in range(1_200)))
         assert humans.MAX_ANSWERS_READ >= 1_201
         await Humans(mesh).answer("q-flood", "yes")
         found = await asyncio.wait_for(approver.wait(stored), 60)
         assert found is not None and found.answer == "yes"
-        assert (await Humans(mesh).state()).questions["q-flood"].answer == "yes"
+        assert (await Humans(mesh).state()).questions[question_key("approver", "q-flood")].answer == "yes"
 
     async def test_floods_of_junk_or_of_one_roles_questions_hide_nothing(
         self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
@@ -293,14 +356,15 @@ class TestQuestionsFromOtherRoles:
         await approver.post("Rotate?", ("yes", "no"), question_id="q-done")
         await Humans(mesh).answer("q-done", "yes")
         for n in range(60):  # junk on answer subjects, and answers to questions nobody asked
-            await mesh.nc.publish(f"mesh.answer.junk-{n}", b"{}")
-            await mesh.publish(subjects.answer(f"nobody-{n}"), HumanAnswered(question_id=f"nobody-{n}", answer="x"))
+            await mesh.nc.publish(f"mesh.answer.approver.junk-{n}", b"{}")
+            await mesh.publish(subjects.answer(f"nobody-{n}", role="approver"),
+                               HumanAnswered(question_id=f"nobody-{n}", answer="x", role="approver"))  # fmt: skip
         lobby = Humans(mesh, role="lobby")
         for n in range(30):  # another role's own questions, past its share
             await mesh.nc.publish(f"mesh.ask.lobby.junk-{n}", b"{}")
             await lobby.post("Spam?", ("a",), question_id=f"spam-{n}")
         state = await Humans(mesh).state()
-        assert state.questions["q-done"].answer == "yes"
+        assert state.questions[question_key("approver", "q-done")].answer == "yes"
         open_ids = [view.question_id for view in await Humans(mesh).inbox()]
         assert open_ids[0] == "q-open" and open_ids[1:] == [f"spam-{n}" for n in range(20, 30)]
 
@@ -310,8 +374,8 @@ class TestQuestionsFromOtherRoles:
         approver = Humans(mesh, role="approver")
         stored = await approver.post("Ship it?", ("yes", "no"), question_id="q-late")
         await approver.withdraw("q-late", "no answer before it expired")
-        await mesh.publish(subjects.answer("q-late"), HumanAnswered(question_id="q-late", answer="yes"))
+        await mesh.publish(subjects.answer("q-late", role="approver"), HumanAnswered(question_id="q-late", answer="yes", role="approver"))
         again = await approver.post("Ship it?", ("yes", "no"), question_id="q-late")  # the retry: stored once
         assert again.seq == stored.seq
         assert await asyncio.wait_for(approver.wait(again), 10) is None
-        assert (await Humans(mesh).state()).questions["q-late"].answer is None
+        assert (await Humans(mesh).state()).questions[question_key("approver", "q-late")].answer is None

@@ -22,7 +22,7 @@ SUBJECTS = {
     "agent": "`mesh.agent.<role>.<agent_id>`",
     "dead": "`mesh.dead.<original subject tail>`",
     "knowledge": "`mesh.knowledge.<kb>` (the entry id is the id of the `added` event)",
-    "human": "`mesh.ask.<role>.<question_id>` (asked, expired), `mesh.answer.<question_id>` (answered)",
+    "human": "`mesh.ask.<role>.<question_id>` (asked, expired), `mesh.answer.<role>.<question_id>` (answered; `mesh.answer.<question_id>` for a question that names no role)",
 }
 
 HEADER = """# Events
@@ -42,7 +42,7 @@ bucket and a reference in the envelope, after CloudEvents' Claim Check extension
 follows from the event's subject, so that the data is as readable as the subject
 (`topics.subjects.payload_bucket_of`): `mesh-payloads-<owner>` for a task's request and
 lifecycle (`mesh.work.<capability>.<owner>`, `mesh.task.<capability>.<owner>.<id>`),
-`mesh-payloads-people` for questions and answers (`mesh.ask.>`, `mesh.answer.*`), and
+`mesh-payloads-people` for questions and answers (`mesh.ask.>`, `mesh.answer.>`), and
 `mesh-payloads` for every other subject. Without authentication a bucket is created on first
 use, with the stream's replicas (`MESH_REPLICAS`); with `mesh auth init` users, admin creates
 them (`mesh up --auth`, `mesh auth buckets`). A reference to any other bucket than the

@@ -1,5 +1,5 @@
 """A human in the loop: questions on `mesh.ask.<role>.<question_id>`, answers on
-`mesh.answer.<question_id>`.
+`mesh.answer.<role>.<question_id>`.
 
 An agent role asks (`ctx.ask`): `mesh.human.asked`, and, when it stops waiting without an
 answer, `mesh.human.expired` on the same subject. Only that role may publish there
@@ -8,6 +8,13 @@ a client (`mesh answer`, `Mesh.answer`): `mesh.human.answered`. Of the answers s
 the question, the first that fits it (one of its options, if it has any; not too long) is
 the answer, for every reader: the asking handler, `mesh inbox`, `rerun`. An answer stored
 before the question, or after another answer, counts for nothing.
+
+A question names its asking role (`role`, the role token of its subject) and an answer the
+role it answers, so two roles asking under one question id ask two questions, each answered
+on its own subject: no role can hold up another's answers by asking under its id (review F).
+An answer counts for a question when both name the same question id and role
+(`answers_question`). Questions stored before roles were named (no `role`) are answered as
+they were, on `mesh.answer.<question_id>` by an answer that names no role.
 
 Sizes are bounded here, where both sides read them: an agent cannot ask, and a person cannot
 answer, more than the limits below.
@@ -30,6 +37,7 @@ __all__ = [
     "HumanEvent",
     "HumanExpired",
     "answer_problem",
+    "answers_question",
     "question_problem",
 ]
 
@@ -51,6 +59,7 @@ class HumanAsked(Event, frozen=True, kw_only=True):
     agent: str = ""  # the agent id that asked
     asked_at: str = ""  # RFC 3339
     expires_at: str | None = None  # RFC 3339; after it the asker no longer waits
+    role: str = ""  # the asking role, as in the subject; empty in questions stored before roles were named
 
 
 class HumanAnswered(Event, frozen=True, kw_only=True):
@@ -58,6 +67,7 @@ class HumanAnswered(Event, frozen=True, kw_only=True):
     question_id: str
     answer: str
     answered_by: str = ""  # who says they answered (the client's source unless given)
+    role: str = ""  # the asking role of the question answered, as in the subject; empty: a question that names none
 
 
 class HumanExpired(Event, frozen=True, kw_only=True):
@@ -87,6 +97,12 @@ def question_problem(question: str, options: tuple[str, ...], context: str) -> s
     if len(set(options)) != len(options):
         return f"options {list(options)!r} repeat one another"
     return None
+
+
+def answers_question(asked: HumanAsked, answer: HumanAnswered) -> bool:
+    """Whether ``answer`` is addressed to the question ``asked``: the same question id and
+    asking role (both on their own subjects, which every reader checks: `topics.registry`)."""
+    return answer.question_id == asked.question_id and answer.role == asked.role
 
 
 def answer_problem(asked: HumanAsked, answer: str) -> str | None:

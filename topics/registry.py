@@ -104,8 +104,9 @@ def decode_on(subject: str, event_type: str, raw: bytes | msgspec.Raw) -> Event:
 def on_its_subject(subject: str, data: Event) -> bool:
     """Whether an event whose data names its own subject is on it: a board write or delete on
     `mesh.board.<board>.<key>`, a knowledge base's add or remove on `mesh.knowledge.<kb>`, a
-    question asked or expired on `mesh.ask.<role>.<question id>`, an answer on
-    `mesh.answer.<question id>`, a proposal, vote or decision on `mesh.vote.<proposal id>`, a
+    question asked or expired on `mesh.ask.<role>.<question id>` (an asked one naming that
+    role, or none), an answer on `mesh.answer.<role>.<question id>` (`mesh.answer.<question
+    id>` if it names no role), a proposal, vote or decision on `mesh.vote.<proposal id>`, a
     chat message on `mesh.chat.<room>`, a model conversation's turn on
     `mesh.conversation.<name>`, a workflow's record on `mesh.flow.<workflow id>`, an auction's
     call, bid or award on `mesh.bid.<task id>`. The server's permissions are per subject, so a
@@ -114,20 +115,22 @@ def on_its_subject(subject: str, data: Event) -> bool:
     reader (live, replay, a file) refuses such an event alike."""
     if isinstance(data, HumanAsked | HumanExpired):
         parts = subject.split(".")
-        return len(parts) == 4 and parts[:2] == ["mesh", "ask"] and parts[3] == data.question_id
+        if len(parts) != 4 or parts[:2] != ["mesh", "ask"] or parts[3] != data.question_id:
+            return False
+        return not isinstance(data, HumanAsked) or not data.role or data.role == parts[2]
     home = home_subject(data)
     return home is None or subject == home
 
 
 def home_subject(data: Event) -> str | None:
     """The one subject an event whose data names it belongs on (see `on_its_subject`; a
-    question's also names its role, which its data does not say), else None."""
+    question's also names its role, which an expiry does not say), else None."""
     if isinstance(data, BoardWritten | BoardDeleted):
         return f"mesh.board.{data.board}.{data.key}"
     if isinstance(data, KnowledgeAdded | KnowledgeRemoved):
         return f"mesh.knowledge.{data.kb}"
     if isinstance(data, HumanAnswered):
-        return f"mesh.answer.{data.question_id}"
+        return f"mesh.answer.{data.role}.{data.question_id}" if data.role else f"mesh.answer.{data.question_id}"
     if isinstance(data, VoteProposed | VoteCast | VoteDecided):
         return f"mesh.vote.{data.proposal_id}"
     if isinstance(data, ChatMessage):

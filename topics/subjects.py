@@ -197,7 +197,7 @@ def dead(original_subject: str) -> str:
 
 
 ASKS = "mesh.ask.>"  # every question an agent asked a person
-ANSWERS = "mesh.answer.*"  # every answer a person gave
+ANSWERS = "mesh.answer.>"  # every answer a person gave (to a role's question, or to one that names no role)
 
 
 def ask(role: str, question_id: str) -> str:
@@ -206,9 +206,13 @@ def ask(role: str, question_id: str) -> str:
     return f"mesh.ask.{check_token('agent', role)}.{check_token('question id', question_id)}"
 
 
-def answer(question_id: str) -> str:
-    """Answers to one question (`mesh.human.answered`), from clients: the first that fits counts."""
-    return f"mesh.answer.{check_token('question id', question_id)}"
+def answer(question_id: str, *, role: str) -> str:
+    """Answers to the question ``question_id`` the agent role ``role`` asked
+    (`mesh.human.answered`), from clients: the first that fits counts. ``role`` empty: a
+    question stored before questions named their role (`mesh.answer.<question id>`)."""
+    if not role:
+        return f"mesh.answer.{check_token('question id', question_id)}"
+    return f"mesh.answer.{check_token('agent', role)}.{check_token('question id', question_id)}"
 
 
 def work_consumer_name(capability: str) -> str:

@@ -14,14 +14,15 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
   tasks and of no one else's (core subscription on `mesh.task.*.<owner>.*`, direct get of the
   last event on a `mesh.task.*.<owner>.*` subject, a scan consumer filtered on one such
   subject), check the stream exists; list the questions agents ask people and answer them
-  (`mesh.ask.>` read, `mesh.answer.*` written);
+  (`mesh.ask.>` read, `mesh.answer.>` written);
 - an agent role: pull and settle its own consumers (`work-<capability>` per capability,
   `on-<role>-<name>` per event subscription: create, info, next, ack, their max-deliveries
   advisory), publish what the runner and its context publish (`mesh.task.<capability>.>`
   outcomes, claims and progress of its own capabilities, whoever's task; `mesh.work.>`
   sub-tasks under its own owner, hand-offs and fallbacks under the task's; `mesh.llm.<role>.>`,
   `mesh.tool.<role>.>`, `mesh.dead.>`, its own `mesh.agent.<role>.>`, cancel requests on `mesh.cancel.*`),
-  ask people (`mesh.ask.<role>.>`) and hear their answers (`mesh.answer.*`),
+  ask people (`mesh.ask.<role>.>`) and hear their answers (`mesh.answer.<role>.*`, and
+  `mesh.answer.*` for questions stored before questions named their role),
   hear cancel requests (`mesh.cancel.*`, and read those of the last hour on start), its own presence
   entries (`<role>.<agent id>`; it reads everyone's), direct gets
   on MESH (the last event of its own capabilities' tasks and of its own sub-tasks, and by
@@ -166,7 +167,7 @@ def _limits() -> tuple[str, ...]:
 
 def _answering(owner: str) -> tuple[str, ...]:
     """Reading the questions agents ask people and answering them (`mesh inbox`, `mesh answer`):
-    a consumer of `mesh.ask.>` / `mesh.answer.*` from a time (`Humans.state`, `question`), the
+    a consumer of `mesh.ask.>` / `mesh.answer.>` from a time (`Humans.state`, `question`), the
     last answer of a question (a direct get: the compare-and-set of `Humans.answer`), answers."""
     return (
         subjects.ANSWERS,
@@ -195,6 +196,12 @@ def _consumer(name: str, filter_subject: str) -> tuple[str, ...]:
         f"{_API}.CONSUMER.MSG.NEXT.{_STREAM}.{name}",
         f"$JS.ACK.{_STREAM}.{name}.>",
     )
+
+
+def _answers_to(role: str) -> tuple[str, str]:
+    """The answers to an agent role's questions: on its own subject, and, for questions stored
+    before questions named their role, on the question id's alone."""
+    return f"mesh.answer.{role}.*", "mesh.answer.*"
 
 
 def agent_permissions(
@@ -228,7 +235,7 @@ def agent_permissions(
         f"mesh.llm.{role}.>",
         f"mesh.tool.{role}.>",
         f"mesh.ask.{role}.>",  # questions to people (`ctx.ask`), in its own name only
-        f"{_API}.DIRECT.GET.{_STREAM}.{subjects.ANSWERS}",  # the last answer to a question it awaits
+        *(f"{_API}.DIRECT.GET.{_STREAM}.{answers}" for answers in _answers_to(role)),  # the last answer it awaits
         "mesh.dead.>",
         f"mesh.agent.{role}.>",  # its own agents' lifecycle events
         f"$KV.{subjects.PRESENCE_BUCKET}.{role}.>",  # its own agents' presence: writes and deletes
@@ -247,7 +254,7 @@ def agent_permissions(
         *_limits(),
     ]
     subscribe: list[str] = [f"{inbox}.>", *lifecycles, subjects.CANCELS,
-                            subjects.ANSWERS,  # answers it awaits
+                            *_answers_to(role),  # answers it awaits
                             f"$KV.{subjects.LIMITS_BUCKET}.>"]
     for name, filter_subject in consumers.items():
         publish += _consumer(name, filter_subject)

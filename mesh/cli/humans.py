@@ -73,17 +73,20 @@ async def _inbox(settings: MeshSettings) -> list[QuestionView]:
 @click.argument("question_id", callback=token("question id"))
 @click.argument("text", nargs=-1, required=True)
 @click.option("--by", "answered_by", default=None, help="who answers (recorded; default this client's source)")
+@click.option("--role", default=None, callback=token("agent role"),
+              help="the agent role whose question it is, when more than one asked under QUESTION_ID (`mesh inbox` shows the role)")
 @nats_options
-def answer(question_id: str, text: tuple[str, ...], answered_by: str | None, settings: MeshSettings) -> None:
+def answer(question_id: str, text: tuple[str, ...], answered_by: str | None, role: str | None,
+           settings: MeshSettings) -> None:  # fmt: skip
     """Answer question QUESTION_ID with TEXT (one of its options, if it has any). The first
     answer counts: a second one, or one to an expired question, is refused (exit 1)."""
     reply = " ".join(text)
     if len(reply) > MAX_ANSWER:
         raise click.BadParameter(f"an answer of {len(reply)} characters: at most {MAX_ANSWER}", param_hint="TEXT")
-    published = run(_answer(settings, question_id, reply, answered_by))
+    published = run(_answer(settings, question_id, reply, answered_by, role))
     click.echo(f"answered {question_id} (seq {published.seq})")
 
 
-async def _answer(settings: MeshSettings, question_id: str, reply: str, answered_by: str | None) -> object:
+async def _answer(settings: MeshSettings, question_id: str, reply: str, answered_by: str | None, role: str | None) -> object:
     async with await Mesh.connect(settings=settings) as mesh:
-        return await Humans(mesh).answer(question_id, reply, answered_by=answered_by)
+        return await Humans(mesh).answer(question_id, reply, role=role, answered_by=answered_by)

@@ -4,14 +4,18 @@
 
     humans = Humans(mesh)                       # a plain client
     for view in await humans.inbox(): ...       # the open questions (`mesh inbox`)
-    await humans.answer(question_id, "yes")     # `mesh answer ID yes`
+    await humans.answer(question_id, "yes")     # `mesh answer ID yes` (`role=`, `--role`: when
+                                                # two roles asked under one id)
 
 The question is `mesh.human.asked` on `mesh.ask.<role>.<question_id>`. Inside a handler its
 id is derived from the task's request and the handler's n-th ask, so a handler that runs again
 (a redelivery, a restart of its agent, another replica) asks the same question: it finds it
 stored and does not ask twice, and finds the answer if it came while nobody was waiting.
 
-Waiting costs nothing on the server: interest in `mesh.answer.<question_id>` (`Mesh.waiters`,
+The question names its role, and its answers are on `mesh.answer.<role>.<question_id>`: a role
+asking under another's question id asks a question of its own, answered apart (review F).
+
+Waiting costs nothing on the server: interest in `mesh.answer.<role>.<question_id>` (`Mesh.waiters`,
 one core subscription per awaited subject, shared in the process) plus direct gets of what is
 stored. Whatever wakes the waiter, the answer is read from the log: the first answer stored
 after the question that fits it (`topics.humans.answer_problem`), the same one `mesh inbox`,
@@ -31,11 +35,11 @@ from mesh.bus import jetstream
 from mesh.bus.client import Mesh, Published
 from mesh.coordination.origin import Origin
 from mesh.errors import AnswerRejected, ExpectedSequenceError, HumanTimeoutError, SchemaError
-from mesh.projections import HUMANS, HumansState, QuestionView, instant, is_open, open_questions
+from mesh.projections import HUMANS, HumansState, QuestionView, instant, is_open, open_questions, question_key
 from topics import subjects
 from topics.base import check_token, shorten
 from topics.envelope import derived_id, new_event_id, now_rfc3339
-from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem, question_problem
+from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem, answers_question, question_problem
 from topics.record import Record
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "MAX_ASK_TIMEOUT", "Asked", "Humans", "NO_DEFAULT"]
@@ -119,7 +123,7 @@ class Humans:
             expires = expires_at
         asked = HumanAsked(question_id=question_id, question=question, options=options, context=context,
                            task_id=self.task_id, capability=self.capability, agent=self.agent,
-                           asked_at=_rfc3339(now), expires_at=expires)  # fmt: skip
+                           asked_at=_rfc3339(now), expires_at=expires, role=self.role)  # fmt: skip
         published = await self.mesh.publish(subject, asked, event_id=derived_id(question_id, "asked"),
                                             correlation_id=self.origin.correlation_id or question_id,
                                             causation_id=self.origin.cause_id)  # fmt: skip
@@ -149,7 +153,7 @@ class Humans:
         return await self._first_answer(stored, before=expired)  # one stored before the expiry still counts
 
     async def _await_answer(self, stored: Asked, timeout: float) -> HumanAnswered | None:
-        subject = subjects.answer(stored.asked.question_id)
+        subject = subjects.answer(stored.asked.question_id, role=stored.asked.role)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         checked = [stored.seq]  # answers up to this sequence were read
@@ -179,7 +183,7 @@ class Humans:
         With ``checked`` (the answers read so far, none of which fit), reading goes on from
         there: anyone may publish answers, and a flood must cost each asker one read of each,
         not one of all of them per answer that lands."""
-        subject = subjects.answer(stored.asked.question_id)
+        subject = subjects.answer(stored.asked.question_id, role=stored.asked.role)
         seq = max(stored.seq, checked[0]) if checked is not None else stored.seq
         for _ in range(MAX_ANSWERS_READ):
             msg = await jetstream.next_on_subject(self.mesh.js, subject, after=seq)
@@ -191,7 +195,7 @@ class Humans:
             record = await self.mesh.record_of(subject, msg.data or b"", seq)
             if record is not None and isinstance(record.data, HumanAnswered):
                 data = record.data
-                if data.question_id == stored.asked.question_id and answer_problem(stored.asked, data.answer) is None:
+                if answers_question(stored.asked, data) and answer_problem(stored.asked, data.answer) is None:
                     return data
         return None
 
@@ -266,10 +270,11 @@ class Humans:
         await jetstream.scan_since(self.mesh.js, asks, since=start, take=question, owner=self.mesh.owner,
                                    timeout=READ_TIMEOUT)  # fmt: skip
         records = sorted((r for found in kept.values() for r in found), key=lambda r: r.seq)
-        roles: dict[str, list[str]] = {}  # question id -> the roles that asked under it
+        unnamed: dict[str, list[str]] = {}  # question id -> the roles that asked under it without naming their role
         for (role, question_id), found in kept.items():
-            if any(isinstance(r.data, HumanAsked) for r in found):
-                roles.setdefault(question_id, []).append(role)
+            first = next((r.data for r in found if isinstance(r.data, HumanAsked)), None)
+            if first is not None and not first.role:
+                unnamed.setdefault(question_id, []).append(role)
         state = HUMANS.initial()
         pending = iter(records)  # folded in sequence order with the answers, as one log
         waiting = next(pending, None)
@@ -279,7 +284,10 @@ class Humans:
             while waiting is not None and waiting.seq < seq:
                 HUMANS.apply(state, waiting)
                 waiting = next(pending, None)
-            view = state.questions.get(subject.rpartition(".")[2])
+            parts = subject.split(".")  # mesh.answer.<role>.<question id>, or mesh.answer.<question id>
+            if len(parts) not in (3, 4):
+                return
+            view = state.questions.get(question_key(parts[2], parts[3]) if len(parts) == 4 else parts[2])
             if view is None or view.answer is not None or view.expired is not None:
                 return  # no question (yet) for it, or one already settled: nothing it could change
             record = await self.mesh.record_of(subject, data, seq)
@@ -290,32 +298,55 @@ class Humans:
                                    timeout=READ_TIMEOUT)  # fmt: skip
         for record in ([waiting] if waiting is not None else []) + list(pending):
             HUMANS.apply(state, record)
-        for question_id, view in state.questions.items():
-            view.roles = tuple(roles.get(question_id, ()))
+        for view in state.questions.values():
+            view.roles = (view.asked.role,) if view.asked.role else tuple(unnamed.get(view.question_id, ()))
         return state
 
     async def inbox(self, *, now: str | None = None) -> list[QuestionView]:
         """The questions waiting for a person now, oldest first."""
         return open_questions(await self.state(), now or now_rfc3339())
 
-    async def question(self, question_id: str) -> QuestionView | None:
-        """One question and what became of it (read from its own subjects), None if it was not
-        asked within `MAX_ASK_TIMEOUT`."""
+    async def questions(self, question_id: str) -> list[QuestionView]:
+        """The questions asked under ``question_id`` within `MAX_ASK_TIMEOUT`, one per asking
+        role (questions that name no role: one for them all, as before), oldest first, and
+        what became of each, read from their own subjects."""
         check_token("question id", question_id)
-        state = await self._fold((f"mesh.ask.*.{question_id}", subjects.answer(question_id)), MAX_ASK_TIMEOUT)
-        return state.questions.get(question_id)
+        asks = f"mesh.ask.*.{question_id}"
+        state = await self._fold((asks, subjects.answer(question_id, role="")), MAX_ASK_TIMEOUT)
+        views = [view for view in state.questions.values() if not view.asked.role]
+        if len(views) < len(state.questions):  # and some that name their role, answered on their own subjects
+            named = await self._fold((asks, f"mesh.answer.*.{question_id}"), MAX_ASK_TIMEOUT)
+            views += [view for view in named.questions.values() if view.asked.role]
+        return sorted(views, key=lambda view: view.asked_seq)
 
-    async def answer(self, question_id: str, answer: str, *, answered_by: str | None = None) -> Published:
-        """Answer an open question. AnswerRejected if it is unknown, answered, expired, or the
-        answer does not fit it (not one of its options, empty, too long)."""
+    async def question(self, question_id: str, *, role: str | None = None) -> QuestionView | None:
+        """The question ``question_id`` (of the agent role ``role``, when given) and what became
+        of it, None if it was not asked within `MAX_ASK_TIMEOUT`. AnswerRejected when more than
+        one role asked under the id and ``role`` does not say which."""
+        views = [view for view in await self.questions(question_id) if role is None or role in view.roles]
+        if len(views) > 1:
+            roles = ", ".join(role for view in views for role in view.roles)
+            raise AnswerRejected(f"question {question_id} was asked by more than one agent role ({roles}): "
+                                 "say which (`mesh answer --role ROLE`, `role=`)")  # fmt: skip
+        return views[0] if views else None
+
+    async def answer(
+        self, question_id: str, answer: str, *, role: str | None = None, answered_by: str | None = None
+    ) -> Published:
+        """Answer an open question (the one agent role ``role`` asked, when more than one asked
+        under ``question_id``). AnswerRejected if it is unknown, answered, expired, or the answer
+        does not fit it (not one of its options, empty, too long)."""
         check_token("question id", question_id)
+        if role is not None:
+            check_token("agent", role)
         for _ in range(3):  # another answer landing between the read and the write: read again
-            view = await self.question(question_id)
-            _check_answer(question_id, view, answer)
+            view = await self.question(question_id, role=role)
+            _check_answer(question_id, view, answer, role)
             assert view is not None
-            subject = subjects.answer(question_id)
+            subject = subjects.answer(question_id, role=view.asked.role)
             last = await jetstream.direct_get(self.mesh.js, subject=subject)
-            data = HumanAnswered(question_id=question_id, answer=answer, answered_by=answered_by or self.mesh.source)
+            data = HumanAnswered(question_id=question_id, answer=answer, answered_by=answered_by or self.mesh.source,
+                                 role=view.asked.role)  # fmt: skip
             try:
                 return await self.mesh.publish(subject, data, event_id=new_event_id(),
                                                correlation_id=view.correlation_id or question_id,
@@ -326,12 +357,13 @@ class Humans:
         raise AnswerRejected(f"question {question_id}: answers keep landing as this one is written; look again")
 
 
-def _check_answer(question_id: str, view: QuestionView | None, answer: str) -> None:
+def _check_answer(question_id: str, view: QuestionView | None, answer: str, role: str | None) -> None:
     if view is None:
-        raise AnswerRejected(f"question {question_id} was never asked (see `mesh inbox`)")
-    if len(view.roles) > 1:  # answers name no role: one answer would count for every one of them
-        raise AnswerRejected(f"question {question_id} was asked by more than one agent role ({', '.join(view.roles)}): "
-                             "an answer cannot say which it is for; refused")  # fmt: skip
+        asked = f"asked by agent role {role}" if role is not None else "asked"
+        raise AnswerRejected(f"question {question_id} was never {asked} (see `mesh inbox`)")
+    if len(view.roles) > 1:  # questions that name no role: one answer would count for every one of them
+        raise AnswerRejected(f"question {question_id} was asked by more than one agent role ({', '.join(view.roles)}), "
+                             "before questions named their role: an answer cannot say which it is for; refused")  # fmt: skip
     if view.answer is not None:
         raise AnswerRejected(f"question {question_id} is already answered: {shorten(view.answer)!r} "
                              f"by {view.answered_by or 'someone'}")  # fmt: skip

@@ -42,7 +42,7 @@ from mesh.projections.conversations import (
 )
 from mesh.projections.fulltext import FullText, Hit
 from mesh.projections.histories import HistoriesProjection, HistoriesState, History, HistoryTurn
-from mesh.projections.humans import HumansProjection, HumansState, QuestionView, is_open, open_questions
+from mesh.projections.humans import HumansProjection, HumansState, QuestionView, is_open, open_questions, question_key
 from mesh.projections.knowledge import KnowledgeEntry, KnowledgeProjection, KnowledgeState, live_at
 from mesh.projections.tasks import (
     TasksProjection,
@@ -128,6 +128,7 @@ __all__ = [
     "live_at",
     "load_snapshot",
     "open_questions",
+    "question_key",
     "ready_steps",
     "roster",
     "state_at",

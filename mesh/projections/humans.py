@@ -1,9 +1,12 @@
 """Questions put to people and their answers: what `mesh inbox` lists and `mesh answer` checks.
 
-A question is the first `mesh.human.asked` with its id (a re-ask after a restart of the
-asker changes nothing). Its answer is the first `mesh.human.answered` folded after it that
-fits it (`topics.humans.answer_problem`): one stored before the question, after the answer,
-or after the asker stopped waiting (`mesh.human.expired`) counts for nothing. Whether a
+A question is the first `mesh.human.asked` with its id and asking role (a re-ask after a
+restart of the asker changes nothing); two roles asking under one id ask two questions,
+kept under `question_key(role, id)`. Its answer is the first `mesh.human.answered` folded
+after it that is addressed to it (`topics.humans.answers_question`) and fits it
+(`answer_problem`): one stored before the question, after the answer, or after the asker
+stopped waiting (`mesh.human.expired`) counts for nothing. A question stored before questions
+named their role is kept under its id alone, and answered as it was then. Whether a
 question is still open also depends on the clock (its `expires_at`), which a fold may not
 read: `open_questions(state, now)` takes it as an argument.
 """
@@ -16,7 +19,14 @@ from mesh.projections.base import Handler, HandlerProjection, ProjectionState, S
 from topics.base import Event
 from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem
 
-__all__ = ["HumansProjection", "HumansState", "QuestionView", "is_open", "open_questions"]
+__all__ = ["HumansProjection", "HumansState", "QuestionView", "is_open", "open_questions", "question_key"]
+
+
+def question_key(role: str, question_id: str) -> str:
+    """Where `HumansState.questions` keeps the question ``question_id`` of the agent role
+    ``role``: `<role>.<question id>` (neither holds a '.'), or the id alone for a question
+    that names no role (stored before questions named their role)."""
+    return f"{role}.{question_id}" if role else question_id
 
 
 class QuestionView(msgspec.Struct, kw_only=True, gc=False):
@@ -37,9 +47,13 @@ class QuestionView(msgspec.Struct, kw_only=True, gc=False):
     def question_id(self) -> str:
         return self.asked.question_id
 
+    @property
+    def key(self) -> str:
+        return question_key(self.asked.role, self.asked.question_id)
+
 
 class HumansState(ProjectionState, kw_only=True):
-    questions: dict[str, QuestionView] = msgspec.field(default_factory=dict)  # question id -> view
+    questions: dict[str, QuestionView] = msgspec.field(default_factory=dict)  # `question_key` -> view
 
 
 def is_open(view: QuestionView, now: str) -> bool:
@@ -61,7 +75,7 @@ def open_questions(state: HumansState, now: str) -> list[QuestionView]:
 
 class HumansProjection(HandlerProjection[HumansState]):
     name = "humans"
-    version = 2  # 2: questions and answers on another question's subject are not folded
+    version = 3  # 2: questions and answers on another question's subject are not folded; 3: by role and id
     state_type = HumansState
 
     def handlers(self) -> dict[type[Event], Handler[HumansState]]:
@@ -69,13 +83,14 @@ class HumansProjection(HandlerProjection[HumansState]):
 
 
 def _asked(state: HumansState, event: HumanAsked, stamp: Stamp, seq: int) -> None:
-    if event.question_id not in state.questions:
-        state.questions[event.question_id] = QuestionView(asked=event, asked_seq=seq, asked_time=stamp.time,
-                                                          correlation_id=stamp.correlationid)  # fmt: skip
+    key = question_key(event.role, event.question_id)
+    if key not in state.questions:
+        state.questions[key] = QuestionView(asked=event, asked_seq=seq, asked_time=stamp.time,
+                                            correlation_id=stamp.correlationid)  # fmt: skip
 
 
 def _answered(state: HumansState, event: HumanAnswered, stamp: Stamp, seq: int) -> None:
-    view = state.questions.get(event.question_id)
+    view = state.questions.get(question_key(event.role, event.question_id))
     if view is None or view.answer is not None or view.expired is not None:
         return
     if answer_problem(view.asked, event.answer) is not None:
@@ -84,6 +99,10 @@ def _answered(state: HumansState, event: HumanAnswered, stamp: Stamp, seq: int) 
 
 
 def _expired(state: HumansState, event: HumanExpired, stamp: Stamp, seq: int) -> None:
-    view = state.questions.get(event.question_id)
+    """On `mesh.ask.<role>.<id>` (checked by every reader): the role's question, or, if it
+    names no role, the question kept under the id alone."""
+    parts = stamp.subject.split(".")
+    role = parts[2] if len(parts) == 4 else ""
+    view = state.questions.get(question_key(role, event.question_id)) or state.questions.get(event.question_id)
     if view is not None and view.answer is None and view.expired is None:
         view.expired = event.reason or "expired"
