@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import nats.errors
@@ -267,6 +267,13 @@ def _stamps(mesh: Mesh) -> ServerStamps:
     return _known_stamps[id(mesh)]
 
 
+MAX_TEXT = 100_000  # characters of a text to summarize (any client may ask)
+
+
+class Summarize(msgspec.Struct, frozen=True):
+    text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT)] = ""
+
+
 def bidder(name: str, *, base: float, per_char: float) -> Agent:
     """A bidder role: prices each call for `summarize`, and does the work when it wins."""
     agent = Agent(f"bidder-{name}", emits=("mesh.bid.*",), requests=())  # asks nobody: may submit no task (SECURITY.md)
@@ -281,12 +288,10 @@ def bidder(name: str, *, base: float, per_char: float) -> Agent:
                                                                 load=float(busy["tasks"]), capability="summarize"))  # fmt: skip
 
     @agent.task(f"summarize-{name}")
-    async def summarize(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    async def summarize(input: Summarize, ctx: Context) -> dict[str, Any]:
         busy["tasks"] += 1
         try:
-            summary = await ctx.llm.text(
-                f"Summarize: {input.get('text', '')}", system=f"You are the {name} summarizer."
-            )
+            summary = await ctx.llm.text(f"Summarize: {input.text}", system=f"You are the {name} summarizer.")
         finally:
             busy["tasks"] -= 1
         return {"summary": summary, "by": name}

@@ -37,6 +37,7 @@ TERMINATE = "TERMINATE"
 MAX_SPEAKERS = 32
 MAX_TURNS = 200
 MAX_SAID = 4_000  # characters of one turn kept: a speaker is any capability, its answer any data
+MAX_PHRASE = 200  # characters of the termination phrase and of a silent person's turn
 
 
 class Chat(msgspec.Struct, frozen=True):
@@ -44,10 +45,11 @@ class Chat(msgspec.Struct, frozen=True):
     speakers: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_SPEAKERS)]
     max_turns: Annotated[int, msgspec.Meta(ge=1, le=MAX_TURNS)] = 6
     select: Literal["round_robin", "chosen"] = "round_robin"
-    terminate: str = TERMINATE
-    humans: list[str] = []  # speakers who are people: their turns go through `ctx.ask`
+    # sent with every turn's request: bounded, or one task's phrase is copied 200 times (review U)
+    terminate: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PHRASE)] = TERMINATE
+    humans: Annotated[list[str], msgspec.Meta(max_length=MAX_SPEAKERS)] = []  # speakers who are people: their turns go through `ctx.ask`
     human_timeout: Annotated[float, msgspec.Meta(gt=0, le=7 * 86_400)] = 600.0  # seconds a person has for a turn
-    no_answer: str = "(no answer)"  # what a person who did not answer in time said
+    no_answer: Annotated[str, msgspec.Meta(max_length=MAX_PHRASE)] = "(no answer)"  # what a person who did not answer in time said
 
 
 class Floor(msgspec.Struct, frozen=True):

@@ -1,40 +1,36 @@
-"""The shipped agents' inputs are bounded: one small request cannot start unbounded paid work."""
+"""Inputs of the shipped agents that are copied or scanned per turn are bounded (review U)."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
-from agents.planner import MAX_ASPECTS, Goal
-from agents.researcher import Question
-from agents.writer import MAX_NOTES, Draft
+from agents.auction import MAX_TEXT, Summarize
+from agents.groupchat import MAX_PHRASE, Chat
+from mesh.llm.offline import _subject_of
 
 pytestmark = pytest.mark.unit
 
 
-class TestBounds:
-    def test_a_report_starts_at_most_max_aspects_research_calls(self) -> None:
-        assert msgspec.convert({"topic": "tea"}, Goal).aspects  # the default aspects
-        assert len(msgspec.convert({"topic": "tea", "aspects": ["a"] * MAX_ASPECTS}, Goal).aspects) == MAX_ASPECTS
-        for bad in ({"topic": "tea", "aspects": ["a"] * 150}, {"topic": "tea", "aspects": ["x" * 201]},
-                    {"topic": "tea", "aspects": []}, {"topic": ""}, {"topic": "t" * 2_001}):  # fmt: skip
-            with pytest.raises(msgspec.ValidationError):
-                msgspec.convert(bad, Goal)
+def test_a_chat_refuses_a_long_termination_phrase() -> None:
+    """`terminate` goes out with every turn's request: 500 KB of it made 364 MB of the store."""
+    chat = {"topic": "t", "speakers": ["a"], "terminate": "x" * MAX_PHRASE}
+    assert msgspec.convert(chat, Chat).terminate == "x" * MAX_PHRASE
+    for field in ("terminate", "no_answer"):
+        with pytest.raises(msgspec.ValidationError, match=f"length <= {MAX_PHRASE} - at `\\$.{field}`"):
+            msgspec.convert({**chat, field: "x" * (MAX_PHRASE + 1)}, Chat)
+    with pytest.raises(msgspec.ValidationError, match="length >= 1"):
+        msgspec.convert({**chat, "terminate": ""}, Chat)  # every turn would end the chat
 
-    def test_research_and_writing_inputs_are_bounded_too(self) -> None:
-        with pytest.raises(msgspec.ValidationError):
-            msgspec.convert({"topic": "t" * 2_001}, Question)
-        with pytest.raises(msgspec.ValidationError):
-            msgspec.convert({"topic": "tea", "notes": [{}] * (MAX_NOTES + 1)}, Draft)
-        assert msgspec.convert({"topic": "tea", "notes": [{}] * MAX_NOTES}, Draft).topic == "tea"
 
-    def test_a_debate_has_at_most_max_rounds(self) -> None:
-        from agents.debate import MAX_ROUNDS, Motion
-        from agents.groupchat import Chat
+def test_a_summary_takes_a_bounded_text() -> None:
+    with pytest.raises(msgspec.ValidationError, match=f"length <= {MAX_TEXT}"):
+        msgspec.convert({"text": "x" * (MAX_TEXT + 1)}, Summarize)
 
-        assert msgspec.convert({"motion": "tea", "rounds": MAX_ROUNDS}, Motion).rounds == MAX_ROUNDS
-        for bad in ({"motion": "tea", "rounds": 10**9}, {"motion": "tea", "rounds": 0}, {"motion": ""}):
-            with pytest.raises(msgspec.ValidationError):
-                msgspec.convert(bad, Motion)
-        with pytest.raises(msgspec.ValidationError):
-            msgspec.convert({"topic": "t" * 2_001, "speakers": ["a"]}, Chat)
+
+def test_the_offline_model_reads_the_start_of_a_long_first_line() -> None:
+    """A first line of 50,000 characters gives the subject its start names (its pattern takes
+    time quadratic in the line, so only the first `mesh.llm.offline.SUBJECT_LINE` characters
+    are read: 40 KB stalled a bidder's loop 18 s), without the spaces after it."""
+    line = "Summarize the notes about the release" + " " * 50_000 + "!"
+    assert _subject_of(line) == "release"

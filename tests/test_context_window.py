@@ -318,12 +318,14 @@ class TestRefusal:
         refused, retried = scripted_model.requests[2], scripted_model.requests[3]
         assert estimate_tokens(retried.messages) <= estimate_tokens(refused.messages) // 2
         assert retried.messages[0]["content"] == SYSTEM and retried.messages[-1] == user(texts[2])
-        [failed] = log.of_type("mesh.llm.failed")
+        [failed] = await log.wait_for_type("mesh.llm.failed")  # the log's follower may lag the requester
         data = failed.data
         assert (data.code, data.status, data.call_index, data.retryable) == ("context_length_exceeded", 400, 0, False)  # type: ignore[attr-defined]
         with pytest.raises(TaskFailedError, match="refused the request as too long twice"):
             await mesh.request("chat", {"conversation": "refused", "text": texts[3]}, task_id="refused-3", timeout=60)
         assert scripted_model.remaining == 0
+        # a requester may hear an outcome before the stream stores it: read the log once it has
+        await log.wait_for_type("mesh.task.failed", task_id="refused-3")
         records = (await read_log(mesh)).records
         for task in ("refused-2", "refused-3"):
             result = await rerun("tests.window_agents:chatter", records, task)

@@ -133,6 +133,8 @@ class TestHumanInTheLoop:
         assert code == 1 and "expired" in err
         output = await mesh.request("approve", {**SHIP, "timeout": 1, "default": "no"}, task_id="late-2", timeout=30)
         assert output["answer"] == "no"
+        # a requester may hear an outcome before the stream stores it: read the log once it has
+        await log.wait_for_type("mesh.task.completed", task_id="late-2")
         records = (await read_log(mesh)).records
         assert (await rerun(APPROVER, records, "late-1")).ok and (await rerun(APPROVER, records, "late-2")).ok
 

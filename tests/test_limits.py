@@ -186,7 +186,7 @@ class TestDurable:
 
 
 class TestRerun:
-    async def test_a_handler_holding_limits_reruns_cleanly(self, mesh: Mesh, agents: Any) -> None:
+    async def test_a_handler_holding_limits_reruns_cleanly(self, mesh: Mesh, agents: Any, log: Any) -> None:
         """Under `rerun` a limit grants at once and touches no bucket: a handler that held a pool
         slot and took a rate grant reruns with the same effects, two tasks of it included."""
         from replay.reader import read_log
@@ -197,5 +197,7 @@ class TestRerun:
             assert await mesh.request("limited", {"n": n}, task_id=f"lim-{n}", correlation_id="lim", timeout=60) == {
                 "done": {"n": n}
             }
+        # a requester may hear an outcome before the stream stores it: read the log once it has
+        await log.wait_for_type("mesh.task.completed", task_id="lim-2")
         result = await rerun("tests.fixture_agents:limited", (await read_log(mesh)).records, "lim")
         assert result.ok and result.tasks_checked == 2, result.divergence and result.divergence.describe()

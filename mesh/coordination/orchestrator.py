@@ -23,7 +23,17 @@ Per step the driver submits one task and awaits its outcome on a core subscripti
 before the submit; only a step found already scheduled in the log (a resumed workflow) is
 looked up first, in case its task is under way. Several ready steps are recorded one after
 the other (each record's compare-and-set needs the one before it), and each one's task goes
-out while the next is recorded. When the runtime gives up on the driving task itself,
+out while the next is recorded.
+
+A step's input is resolved from its template when `decide` schedules it, if it comes to at
+most `KEEP_RESOLVED` bytes (64 KiB); a larger one is only measured there (`templates.measure`:
+its errors, nothing built) and built when its task goes out, within the process's budget of
+step input bytes (`MESH_MAX_PAYLOAD_IN_FLIGHT`, 64 MiB by default; one larger goes out alone)
+and let go once the request is stored. So a spec whose steps each expand a client's input to
+tens of megabytes holds one budget of them at a time, not every ready step's at once (review U:
+a 222 KB workflow task took an orchestrator to 4.6 GB and held another tenant's workflow 13 s).
+
+When the runtime gives up on the driving task itself,
 `FlowLog.fail` records `mesh.flow.failed` with the reason (`agents/orchestrator.py` hooks
 it to the task's final failure), so the workflow's caller learns at once.
 """
@@ -36,9 +46,10 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 import structlog
 
+from mesh.bus import payloads
 from mesh.bus.client import Mesh, Published
 from mesh.coordination.flowlog import COMPLETED, FAILED, FlowLog
-from mesh.coordination.templates import resolve
+from mesh.coordination.templates import TemplateTooLarge, measure, resolve
 from mesh.coordination.workflow import Step, WorkflowSpec, default_output, parse
 from mesh.errors import ConfigError, MeshError, PermissionDeniedError, SchemaError, TaskTimeoutError, WorkflowTakenError
 from mesh.projections import StepView, WorkflowView, ready_steps
@@ -63,9 +74,12 @@ __all__ = ["COMPLETED", "FAILED", "Driver", "Fail", "Finish", "FlowLog", "Schedu
 log = structlog.get_logger("mesh.coordination.orchestrator")
 FOREVER = 10.0**9
 _UNKNOWN: Any = object()
+LATER: Any = object()  # `Inputs`: an input measured by `decide`, to be built when its task goes out
+KEEP_RESOLVED = 64 * 1024  # bytes of a step input `decide` resolves and keeps until its task goes out
+_budgets: dict[asyncio.AbstractEventLoop, payloads.Budget] = {}
 FORESEEN = -2  # `Driver._foreseen`: decided on the view a record about to be made gives
 Carrier = TypeVar("Carrier", bound=FlowStarted | FlowStepCompleted | FlowStepFailed)  # events that carry steps
-Inputs = dict[str, tuple[Any, Any]]  # step -> (its input template, resolved)
+Inputs = dict[str, tuple[Any, Any]]  # step -> (its input template, resolved or LATER)
 
 
 class Schedule(NamedTuple):
@@ -109,7 +123,8 @@ def decide(
 ) -> list[Decision]:
     """What to record next for a running workflow, from its state alone. ``inputs``, if
     given, gets (the input template, resolved) of each step scheduled for its first attempt
-    (resolved here to check it, so its task need not resolve it again)."""
+    (resolved here to check it, so its task need not resolve it again), or (the template,
+    `LATER`) for an input over `KEEP_RESOLVED` bytes, which is only measured here."""
     if not view.started or view.status != "running":
         return []
     if isinstance(spec, ErrorInfo):
@@ -128,13 +143,35 @@ def decide(
         within = scope(view)
         for name in ready:
             try:
-                input = resolve(spec.steps[name].input, within)
+                input = _resolved_if_small(spec.steps[name].input, within)
             except ConfigError as error:
                 return [Fail(name, ErrorInfo(type="TemplateError", message=str(error)), record_step=True)]
             if inputs is not None:
                 inputs[name] = (spec.steps[name].input, input)
             decisions.append(Schedule(name, 1))
     return decisions
+
+
+def _resolved_if_small(template: Any, within: dict[str, Any]) -> Any:
+    """``template`` resolved, if that comes to at most `KEEP_RESOLVED` bytes; else checked
+    (every error `resolve` would raise, raised) without building it: `LATER`."""
+    try:
+        return resolve(template, within, limit=KEEP_RESOLVED)
+    except TemplateTooLarge:
+        measure(template, within)
+        return LATER
+
+
+def step_budget() -> payloads.Budget:
+    """The bytes of large step inputs this process builds and sends at once (one budget per
+    event loop: `MESH_MAX_PAYLOAD_IN_FLIGHT`)."""
+    loop = asyncio.get_running_loop()
+    budget = _budgets.get(loop)
+    if budget is None:
+        for gone in [other for other in _budgets if other.is_closed()]:
+            del _budgets[gone]
+        budget = _budgets[loop] = payloads.Budget(payloads.in_flight_budget())
+    return budget
 
 
 def _finish(view: WorkflowView, spec: WorkflowSpec) -> Decision:
@@ -294,9 +331,12 @@ class Driver:
         correlation_id = self.flow.view.correlation_id or self.workflow_id
         template, input = self._inputs.pop(name, (_UNKNOWN, None))
         if step.attempt != 1 or template is not spec.input:  # not the template resolved when it was decided
-            input = resolve(spec.input, scope(self.flow.view))
+            input = _resolved_if_small(spec.input, scope(self.flow.view))
         try:
-            if task_id in self._fresh:  # scheduled just now: its id was never used, nothing to read
+            if input is LATER:  # large: built within the budget, and let go once its request is stored
+                request_seq = await self._submit_large(spec, task_id, correlation_id, cause)
+                record = await self.mesh.follow(spec.capability, task_id, request_seq, timeout=timeout)
+            elif task_id in self._fresh:  # scheduled just now: its id was never used, nothing to read
                 record = await self.mesh.request_outcome(spec.capability, input, task_id=task_id, timeout=timeout,
                                                          hops=self.hops + 1, forked=self.forked,
                                                          stored=False, correlation_id=correlation_id,
@@ -307,6 +347,22 @@ class Driver:
             await self._cancel(task_id, f"step {name} of workflow {self.workflow_id}: no outcome within {timeout:g}s", cause)
             return _Outcome(name, task_id, None)
         return _Outcome(name, task_id, record)
+
+    async def _submit_large(self, spec: Step, task_id: str, correlation_id: str, cause: str) -> int:
+        """Build a large step input within the process's budget, submit its task (a request
+        already stored under its id, by an earlier driver, is that one) and let the input go:
+        the stream sequence of the request."""
+        within = scope(self.flow.view)
+        size = measure(spec.input, within)
+        budget = step_budget()
+        await budget.take(size)
+        try:
+            submitted = await self.mesh.submit_request(spec.capability, resolve(spec.input, within), task_id=task_id,
+                                                       hops=self.hops + 1, forked=self.forked,
+                                                       correlation_id=correlation_id, causation_id=cause)  # fmt: skip
+        finally:
+            budget.give(size)
+        return submitted.seq
 
     async def _resume(
         self, capability: str, task_id: str, input: Any, correlation_id: str, cause: str, timeout: float

@@ -15,6 +15,7 @@ step whose input refers to another step runs after it.
 
 from __future__ import annotations
 
+import heapq
 import re
 from typing import Any
 
@@ -22,8 +23,17 @@ import msgspec
 
 from mesh.bus.payloads import max_object
 from mesh.errors import TemplateError
+from topics.base import shorten
 
-__all__ = ["references", "resolve"]
+__all__ = ["TemplateTooLarge", "measure", "references", "resolve"]
+
+KEYS_SHOWN = 20  # keys a "has no such key" error names (the first, sorted)
+MAX_INDEX_DIGITS = 18  # a list index longer than this names no item (and `int` refuses past 4,300 digits)
+
+
+class TemplateTooLarge(TemplateError):
+    """A template whose references come to more bytes than its limit allows."""
+
 
 _WHOLE = re.compile(r"^\$((?:input|steps)(?:\.[A-Za-z0-9_\-]+)*)$")
 _INLINE = re.compile(r"\$\{((?:input|steps)(?:\.[A-Za-z0-9_\-]+)*)\}")
@@ -36,16 +46,32 @@ def resolve(template: Any, scope: dict[str, Any], *, limit: int | None = None) -
     largest a task can carry), counted as references are replaced, before anything is built
     past it: a template repeating `$input` 20,000 times over a 50 KB input is a TemplateError,
     not a gigabyte the orchestrator builds to find it too large to send."""
-    return _Resolver(scope, max_object() if limit is None else limit).resolve(template)
+    return _Resolver(scope, max_object() if limit is None else limit).run(template)
+
+
+def measure(template: Any, scope: dict[str, Any], *, limit: int | None = None) -> int:
+    """The bytes ``template``'s references add once resolved (what `resolve` counts against
+    its limit), found without building the result: `resolve`'s errors, nothing built. The
+    orchestrator measures a large step input first and builds it only when its bytes fit its
+    budget (`mesh.coordination.orchestrator`)."""
+    resolver = _Resolver(scope, max_object() if limit is None else limit, build=False)
+    resolver.run(template)
+    return resolver.size
 
 
 class _Resolver:
-    """One resolution, with the bytes its references add so far."""
+    """One resolution, with the bytes its references add so far (``build`` False: only those)."""
 
-    def __init__(self, scope: dict[str, Any], limit: int) -> None:
-        self.scope, self.limit, self.size = scope, limit, 0
+    def __init__(self, scope: dict[str, Any], limit: int, *, build: bool = True) -> None:
+        self.scope, self.limit, self.size, self.build = scope, limit, 0, build
         self._texts: dict[int, tuple[Any, str]] = {}  # id(value) -> (value, its text): each encoded once
         self._sizes: dict[int, tuple[Any, int]] = {}  # id(value) -> (value, its JSON's bytes)
+
+    def run(self, template: Any) -> Any:
+        try:
+            return self.resolve(template)
+        except RecursionError:  # `parse` bounds a template's depth by another walk than this one
+            raise TemplateError("a template nested too deep to resolve") from None
 
     def resolve(self, template: Any) -> Any:
         if isinstance(template, str):
@@ -64,6 +90,10 @@ class _Resolver:
             value = lookup(whole.group(1), self.scope)
             self._add(self._json_size(value), whole.group(1))
             return value
+        if not self.build:
+            for match in _INLINE.finditer(text):
+                self._inline(match.group(1))
+            return ""
         return _INLINE.sub(lambda match: self._inline(match.group(1)), text)
 
     def _inline(self, path: str) -> str:
@@ -89,8 +119,8 @@ class _Resolver:
     def _add(self, size: int, path: str) -> None:
         self.size += size
         if self.size > self.limit:
-            raise TemplateError(f"${path}: the references resolved so far come to over {self.limit:,} bytes, more "
-                                "than a task can carry (MESH_MAX_PAYLOAD_OBJECT)")  # fmt: skip
+            raise TemplateTooLarge(f"{_at(path)}: the references resolved so far come to over {self.limit:,} bytes, "
+                                   "more than a task can carry (MESH_MAX_PAYLOAD_OBJECT)")  # fmt: skip
 
 
 def lookup(path: str, scope: dict[str, Any]) -> Any:
@@ -107,13 +137,19 @@ def _step_into(value: Any, token: str, path: str, where: str) -> Any:
     if isinstance(value, dict):
         if token in value:
             return value[token]
-        known = ", ".join(sorted(map(str, value))) or "none"
-        raise TemplateError(f"${path}: {where or 'the scope'} has no {token!r} (it has: {known})")
+        known = shorten(", ".join(heapq.nsmallest(KEYS_SHOWN, map(str, value))), 300)  # a client's input may have 100,000 keys
+        more = f" and {len(value) - KEYS_SHOWN:,} more" if len(value) > KEYS_SHOWN else ""
+        raise TemplateError(f"{_at(path)}: {shorten(where) or 'the scope'} has no {shorten(token)!r} "
+                            f"(it has: {known or 'none'}{more})")  # fmt: skip
     if isinstance(value, list) and token.isdigit():
-        if int(token) < len(value):
+        if len(token) <= MAX_INDEX_DIGITS and int(token) < len(value):
             return value[int(token)]
-        raise TemplateError(f"${path}: {where} has {len(value)} items, no item {token}")
-    raise TemplateError(f"${path}: {where} is {type(value).__name__}, it has no {token!r}")
+        raise TemplateError(f"{_at(path)}: {shorten(where)} has {len(value)} items, no item {shorten(token)}")
+    raise TemplateError(f"{_at(path)}: {shorten(where)} is {type(value).__name__}, it has no {shorten(token)!r}")
+
+
+def _at(path: str) -> str:
+    return "$" + shorten(path, 200)
 
 
 def references(template: Any) -> set[str]:

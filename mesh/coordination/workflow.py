@@ -67,6 +67,7 @@ WORKFLOW_CAPABILITY = "workflow"
 MAX_FILE = 1 << 20  # bytes of a workflow file `load` reads (a spec is a few KiB)
 MAX_STEPS = 1_000  # steps of one workflow (each a task, and a few events, of its own)
 MAX_AFTER = 100  # steps one step waits for
+MAX_RETRIES = 100  # extra tasks of one step after failed ones (a step failing at once with 10**12 ran for days)
 LAUNCHES = 1024  # workflows a `Workflows` watches the outcome of until `result` awaits it
 PARSED, PARSED_SIZE = 64, 16 * 1024  # the specs `parse` keeps (frozen: shared), and the largest, as JSON bytes
 _parsed: dict[bytes, tuple[Any, WorkflowSpec]] = {}  # JSON -> (the data decoded from it, its spec)
@@ -196,8 +197,8 @@ def _check_step(flow: str, name: str, step: Step, steps: Mapping[str, Step]) -> 
     missing = [dep for dep in step.after if dep not in steps]
     if missing:
         raise ConfigError(f"{where} waits for unknown steps {missing}; the steps are {sorted(steps)}")
-    if step.retries < 0 or (step.timeout is not None and not (0 < step.timeout < math.inf)):
-        raise ConfigError(f"{where}: retries must be >= 0 and timeout a number of seconds > 0")
+    if not 0 <= step.retries <= MAX_RETRIES or (step.timeout is not None and not (0 < step.timeout < math.inf)):
+        raise ConfigError(f"{where}: retries must be 0 to {MAX_RETRIES} and timeout a number of seconds > 0")
 
 
 def _check_acyclic(flow: str, steps: Mapping[str, Step]) -> None:

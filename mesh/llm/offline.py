@@ -60,6 +60,7 @@ EMBEDDING_DIMENSIONS = 256  # length of an offline embedding
 MAX_EMBEDDING_INPUTS = 256  # texts one embeddings request may carry (OpenAI's limit is 2048)
 MAX_EMBEDDING_CHARS = 32_000  # characters of one text to embed (about 8k tokens, OpenAI's limit)
 _WORD = re.compile(r"\w+")
+SUBJECT_LINE = 1_000  # characters of a prompt's first line looked at: `_SUBJECT` takes quadratic time in it (review U)
 _SUBJECT = re.compile(r"(?:about|on|of|to)\s+(?:the\s+)?(.+?)(?:\s+from these notes)?[:.?!]*$", re.I)
 
 
@@ -165,11 +166,11 @@ def _schema_of(response_format: Mapping[str, Any]) -> Any:
 
 def _subject_of(prompt: str) -> str:
     """What a prompt is about: its first line, less the instruction around it."""
-    first = prompt.strip().splitlines()[0] if prompt.strip() else "this"
+    first = prompt.strip().splitlines()[0][:SUBJECT_LINE] if prompt.strip() else "this"
     if ":" in first and first.rsplit(":", 1)[1].strip():
         return first.rsplit(":", 1)[1].strip()[:200]
     found = _SUBJECT.search(first)
-    return (found.group(1) if found else first)[:200]
+    return (found.group(1) if found else first).strip()[:200]
 
 
 def offline_embedding(text: str) -> list[float]:
