@@ -95,6 +95,23 @@ def test_a_span_error_is_scrubbed_before_it_is_cut() -> None:
     assert not any("s3cret" in text for text in texts)
 
 
+def test_log_values_are_bounded_and_scrubbed_whatever_their_type() -> None:
+    """Review T: a client's 1 MB id made every log line of its task 1 MB, and values that are
+    not text (an exception, bytes) were written without scrubbing."""
+    from mesh.telemetry.logs import MAX_LOG_VALUE, _scrub_processor
+
+    secret = "https://ada:hunter2hunter2@example.com"
+    line = _scrub_processor(None, "info", {
+        "event": "x" * 1_000_000, "error": ValueError(f"cannot reach {secret}"), "raw": secret.encode(),
+        "nested": {"items": [secret, 7, None]}, "exception": "Traceback\n" + "  frame\n" * 10_000 + f"Error: {secret}",
+    })  # fmt: skip
+    assert line["event"].startswith("x" * MAX_LOG_VALUE + "... (1,000,000 characters in all)")
+    assert line["error"] == "ValueError: cannot reach https://[redacted]@example.com"
+    assert "hunter2" not in str(line) and line["nested"]["items"][1:] == [7, None]
+    assert line["exception"].endswith("Error: https://[redacted]@example.com")  # a traceback keeps its end
+    assert len(line["exception"]) < MAX_LOG_VALUE + 100
+
+
 def test_a_bad_sdk_variable_turns_tracing_off_with_a_warning(monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     """The SDK raises on its own variables (`OTEL_BSP_*`, `OTEL_SPAN_*`): telemetry never stops a command."""

@@ -45,6 +45,11 @@ CASES: dict[str, tuple[bytes, dict[str, str] | None, str, str | None]] = {
     ),
     "a stored Status header": (task("status-1", task_id="status-1"), {"Status": "503"}, "reserved_header", "status-1"),
     "an empty body with a Status header": (b"", {"Status": "404", "Description": "No Messages"}, "reserved_header", None),
+    # review T: the refusal quotes the value, and scrubbing 100 KB of `a-a-...` for the log took a minute
+    "a specversion of 100 KB": (task("spec-1").replace(b'"specversion": "1.0"', b'"specversion": "' + b"a-" * 50_000 + b'"'),
+                                None, "not_cloudevent", None),
+    "a correlation id of 100 KB": (task("corr-1").replace(b'"source"', b'"correlationid": "' + b"c" * 100_000 + b'", "source"'),
+                                   None, "not_cloudevent", None),  # copied into every log line and outcome of its task
 }
 
 
@@ -72,7 +77,7 @@ class TestHostileInput:
         assert await mesh.request("echo", {"after": case}, timeout=20) == {"after": case}
         await wait_settled(mesh)
         await log.wait_for_type("mesh.task.completed", output={"after": case})  # the log's follower may lag the requester
-        assert len(log.of_type("mesh.dead.lettered")) == 1
+        assert len(log.of_type("mesh.dead.lettered")) == 1 and len(letter.error) <= 1_100  # type: ignore[attr-defined]
         failed = log.of_type("mesh.task.failed")
         assert [r.data.task_id for r in failed] == ([failed_task] if failed_task else [])  # type: ignore[attr-defined]
         assert proc.poll() is None, agents.output(proc)
@@ -130,6 +135,27 @@ class TestHostileInput:
         assert completed.data.output == big  # type: ignore[attr-defined]
         assert any(b'"dataref":"nats-os://mesh-payloads-anon/' in body for _, body in log.raw)
         assert await mesh.request("echo", {"after": "big"}, timeout=20) == {"after": "big"}
+        assert proc.poll() is None, agents.output(proc)
+
+
+    async def test_trace_headers_sent_on_count_against_the_message_size(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """Review T: a request's `tracestate` (7.8 KB) and `baggage` (8 KB) are sent on with its
+        outcome, which the size check did not count below 4 KiB of the limit: an echo of an input
+        that just fits went out over `max_payload`, the server closed the connection and the
+        agent exited (and the next replica, on the redelivery). Now the outcome is offloaded."""
+        proc = await agents.start("agents.echo:agent")
+        headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                   "tracestate": ",".join(f"k{i}=" + "v" * 240 for i in range(32)),
+                   "baggage": ",".join(f"b{i}=" + "x" * 4000 for i in range(2))}  # fmt: skip
+        carried = sum(len(k) + len(v) + 4 for k, v in headers.items()) + 100
+        big = "x" * (mesh.nc.max_payload - carried - 1_200)  # the request, with its headers, just fits
+        body = json.dumps({**ENVELOPE, "id": "traced-1", "data": {"capability": "echo", "input": big, "task_id": "traced-1"}})
+        await mesh.js.publish(subjects.work("echo", subjects.ANON), body.encode(), headers={"Nats-Msg-Id": "traced-1", **headers})
+        (completed,) = await log.wait_for_type("mesh.task.completed", task_id="traced-1", alive=proc)
+        assert completed.data.output == big  # type: ignore[attr-defined]
+        assert await mesh.request("echo", {"after": "traced"}, timeout=20) == {"after": "traced"}
         assert proc.poll() is None, agents.output(proc)
 
 

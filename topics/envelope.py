@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -31,6 +31,10 @@ __all__ = [
 SPECVERSION = "1.0"
 DATAREF_SCHEME = "nats-os://"
 CONTENT_TYPE = "application/json"
+MAX_ID = 256  # characters of an event id, correlation id or causation id
+MAX_TRACESTATE = 8_192  # characters of a W3C `tracestate` (what the SDK's propagator lets through)
+_Id = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
+_Short = Annotated[str, msgspec.Meta(max_length=1_024)]
 _NAMESPACE = uuid.UUID("6d1c1f0e-3a4b-5c6d-8e9f-a0b1c2d3e4f5")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
 
@@ -47,20 +51,22 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     `datasize` and `datasha256` are the length and SHA-256 (hex) of the stored JSON of `data`.
     """
 
+    # every text attribute is bounded: they are copied into outcomes, log lines and spans (a 1 MB
+    # id made every log line of its task 1 MB, and each outcome: review T)
     specversion: Literal["1.0"]
-    id: str
-    source: str
-    type: str
-    time: str
-    datacontenttype: str = CONTENT_TYPE
-    subject: str | None = None
-    correlationid: str | None = None
-    causationid: str | None = None
-    traceparent: str | None = None
-    tracestate: str | None = None
-    dataref: str | None = None
+    id: _Id
+    source: _Short
+    type: Annotated[str, msgspec.Meta(max_length=256)]
+    time: Annotated[str, msgspec.Meta(max_length=64)]
+    datacontenttype: Annotated[str, msgspec.Meta(max_length=128)] = CONTENT_TYPE
+    subject: _Short | None = None
+    correlationid: _Id | None = None
+    causationid: _Id | None = None
+    traceparent: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    tracestate: Annotated[str, msgspec.Meta(max_length=MAX_TRACESTATE)] | None = None
+    dataref: _Short | None = None
     datasize: int | None = None
-    datasha256: str | None = None
+    datasha256: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     data: msgspec.Raw = msgspec.Raw(b"null")
 
 

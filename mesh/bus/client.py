@@ -59,7 +59,7 @@ __all__ = ["Mesh", "Published", "Submitted", "TaskOptions", "check_log_subject",
 MSG_ID = "Nats-Msg-Id"
 _LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s]+)+")
 MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
-_HEADROOM = 4096  # bytes below max_payload under which headers cannot push a body over it
+_HEADROOM = 4096  # bytes below max_payload under which `Nats-Msg-Id`, `traceparent` and a short `tracestate` cannot push a body over it
 CLOSE_TIMEOUT = 2  # seconds `close` waits for the server to answer before it closes instead of draining
 
 
@@ -325,8 +325,9 @@ class Mesh:
         subject longer than its control line does the same."""
         check_log_subject(subject)
         limit = self.nc.max_payload
-        if len(body) > limit - _HEADROOM:
-            size = len(body) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())  # NATS/1.0 + CRLFs
+        if len(body) > limit - _HEADROOM or len(headers) > 2:
+            # headers count too: a received `tracestate` and `baggage` (8 KB each) are sent on (review T)
+            size = len(body) + 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())  # NATS/1.0 + CRLFs
             if size > limit:
                 raise PayloadTooLargeError(subject, size, limit)
         return body

@@ -62,7 +62,7 @@ from mesh.telemetry.conventions import (
     INPUT_TOKENS,
     OUTPUT_TOKENS,
 )
-from mesh.telemetry.redact import REDACTED, scrub, scrub_text
+from mesh.telemetry.redact import REDACTED, scrub, scrub_start
 from mesh.telemetry.tracing import chat_span, instruments, record_error
 from topics import subjects
 from topics.calls import ContextSettings, LlmCalled, LlmFailed
@@ -455,7 +455,7 @@ class LlmSession:
         failure = LlmFailed(
             agent=self._agent, task_id=self._task_id, call_index=index, attempt=self._attempt, model=model,
             request={"model": model} if unrecordable else recordable_request(request), error_type=raised.type,
-            message=scrub_text(str(raised))[:MAX_ERROR_MESSAGE], status=status if isinstance(status, int) else None,
+            message=scrub_start(str(raised), MAX_ERROR_MESSAGE), status=status if isinstance(status, int) else None,
             code=str(code)[:200] if code else None,
             retry_after=_retry_after(response.headers) if response is not None else None,
             retryable=raised.retryable, latency_ms=round(seconds * 1000, 3), offline=self._client.offline,

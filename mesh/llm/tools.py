@@ -26,10 +26,10 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.bus.jetstream import is_retryable
-from mesh.errors import ConfigError, SchemaError, TaskError, ToolError, ToolNotGrantedError
+from mesh.errors import MAX_ERROR_MESSAGE, ConfigError, SchemaError, TaskError, ToolError, ToolNotGrantedError
 from mesh.llm.recorded import recorded_calls
 from mesh.telemetry.metrics import instruments
-from mesh.telemetry.redact import scrub_text
+from mesh.telemetry.redact import scrub_start
 from mesh.telemetry.tracing import record_error, tool_span
 from topics import subjects
 from topics.calls import ToolCalled
@@ -171,7 +171,7 @@ class ToolBox:
         under an id of this try's own a failure that passes (the retry's answer takes `tool/<index>`)."""
         passing = error is not None and is_retryable(error)
         call = ToolCalled(agent=self._agent, task_id=self._task_id, call_index=index, tool=name, arguments=args,
-                          result=result, error=scrub_text(f"{type(error).__name__}: {error}") if error else None,
+                          result=result, error=scrub_start(f"{type(error).__name__}: {error}", MAX_ERROR_MESSAGE) if error else None,
                           error_type=type(error).__name__ if error else None, retryable=passing,
                           attempt=self._attempt if passing else None, request_seq=self._request_seq)  # fmt: skip
         self.calls.append(call)

@@ -49,14 +49,15 @@ def diagnose(payload: bytes, error: Exception) -> tuple[Reason, str, CloudEvent 
             return Reason.UNKNOWN_TYPE, f"unknown event type {envelope.type[:256]!r}", envelope
         if isinstance(error, RecursionError):
             return Reason.TOO_DEEP, f"data of {envelope.type[:256]} is nested too deep to decode", envelope
-        return Reason.BAD_DATA, f"data does not fit {envelope.type}: {error}", envelope
+        return Reason.BAD_DATA, f"data does not fit {envelope.type[:256]}: {shorten(str(error), 1_000)}", envelope
     try:
         msgspec.json.decode(payload)
     except msgspec.DecodeError as not_json:
-        return Reason.NOT_JSON, f"not JSON: {not_json}", None
+        return Reason.NOT_JSON, f"not JSON: {shorten(str(not_json), 1_000)}", None
     except RecursionError:
         return Reason.TOO_DEEP, "JSON nested too deep to decode", None
-    return Reason.NOT_CLOUDEVENT, f"not a CloudEvents 1.0 envelope: {error}", None
+    # msgspec quotes a value it refuses whole (`Invalid enum value 'a-a-...'`): a client's text
+    return Reason.NOT_CLOUDEVENT, f"not a CloudEvents 1.0 envelope: {shorten(str(error), 1_000)}", None
 
 
 async def dead_letter(

@@ -28,7 +28,7 @@ from mesh.errors import MAX_ERROR_MESSAGE, MAX_RETRY_AFTER, DeadlineExceededErro
 from mesh.runtime.agent import TaskFailure
 from mesh.runtime.deadletter import Reason, dead_letter, envelope_or_none
 from mesh.runtime.worker import Worker
-from mesh.telemetry.redact import scrub_text
+from mesh.telemetry.redact import scrub_start, scrub_text
 from mesh.telemetry.tracing import instruments
 from topics import subjects
 from topics.base import ErrorInfo, is_token, shorten
@@ -127,7 +127,7 @@ async def task_failed(
         await msg.nak(delay=delay)
         return
     task_id = task.task_id or event.id
-    described = scrub_text(f"{type(error).__name__}: {error}")
+    described = scrub_start(f"{type(error).__name__}: {error}", MAX_ERROR_MESSAGE)
     log.error("task failed", attempt=attempt, error=described[:MAX_ERROR_MESSAGE], retryable=retryable)
     request_seq, (capability, owner) = delivery.stream_seq, served(msg.subject)
     mesh = worker.mesh.scoped(request_seq)
@@ -183,7 +183,7 @@ async def _attempt_failed(
 def error_message(error: BaseException) -> str:
     """An error's message as the log records it: scrubbed, at most `MAX_ERROR_MESSAGE` characters
     (`replay rerun` compares a failure it raises again this way)."""
-    return scrub_text(str(error))[:MAX_ERROR_MESSAGE]
+    return scrub_start(str(error), MAX_ERROR_MESSAGE)
 
 
 def _asked_to_wait(error: Exception) -> float:
@@ -202,7 +202,7 @@ async def event_failed(worker: Worker, msg: Msg, delivery: Delivery, event: Clou
     log.error("event handler failed", error=error_message(error))
     if not msg.subject.startswith("mesh.dead."):  # never dead-letter a dead letter (no chains)
         await dead_letter(worker.mesh, subject=msg.subject, payload=msg.data, reason=Reason.HANDLER_ERROR,
-                          error=scrub_text(f"{type(error).__name__}: {error}"), stream_seq=delivery.stream_seq,
+                          error=scrub_start(f"{type(error).__name__}: {error}", MAX_ERROR_MESSAGE), stream_seq=delivery.stream_seq,
                           deliveries=delivery.delivered, consumer=delivery.consumer, event=event)  # fmt: skip
     await msg.ack()
 
@@ -241,7 +241,7 @@ async def gave_up(
     except Exception as error:
         if jetstream.is_transient(error):
             raise
-        log.error("on_failed hook failed", capability=handler.capability, error=scrub_text(f"{type(error).__name__}: {error}"))
+        log.error("on_failed hook failed", capability=handler.capability, error=scrub_start(f"{type(error).__name__}: {error}", MAX_ERROR_MESSAGE))
 
 
 async def on_max_deliveries(worker: Worker, advisory: Msg) -> None:

@@ -12,21 +12,56 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
 from mesh.errors import ConfigError
-from mesh.telemetry.redact import REDACTED, is_secret_key, remember_secrets_from_env, scrub
+from mesh.telemetry.redact import REDACTED, is_secret_key, remember_secrets_from_env, scrub, scrub_start, scrub_text
 from mesh.telemetry.tracing import trace_ids
 from topics.base import shorten
 
 __all__ = ["configure_logging", "scrub"]
 
 
+MAX_LOG_VALUE = 8_192  # characters of one value of a log line: a client's text is quoted in some (ids, errors)
+
+
 def _scrub_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    return {k: REDACTED if is_secret_key(k) else scrub(v) for k, v in event_dict.items()}
+    """Scrub and bound every value; a traceback (`exception`) keeps its end, where the error
+    is; structlog's own keys (`_record`, `_from_structlog`) pass as they are."""
+    scrubbed: dict[str, Any] = {}
+    for key, value in event_dict.items():
+        if is_secret_key(key):
+            scrubbed[key] = REDACTED
+        elif key.startswith("_"):
+            scrubbed[key] = value
+        elif key == "exception" and isinstance(value, str) and len(value) > MAX_LOG_VALUE:
+            tail = scrub_text(value[-2 * MAX_LOG_VALUE :])[-MAX_LOG_VALUE:]
+            scrubbed[key] = f"({len(value):,} characters in all) ...{tail}"
+        else:
+            scrubbed[key] = _loggable(value)
+    return scrubbed
+
+
+def _loggable(value: Any) -> Any:
+    """``value`` scrubbed, each text in it at most `MAX_LOG_VALUE` characters (saying how long
+    it was), and anything not JSON's turned into text first, so it is scrubbed too (an
+    exception's message, bytes, an object's repr would otherwise be written as they are)."""
+    if isinstance(value, str):
+        if len(value) <= MAX_LOG_VALUE:
+            return scrub_text(value)
+        return f"{scrub_start(value, MAX_LOG_VALUE)}... ({len(value):,} characters in all)"
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {k: REDACTED if is_secret_key(k) and v not in (None, "") else _loggable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_loggable(v) for v in value]
+    if isinstance(value, BaseException):
+        return _loggable(f"{type(value).__name__}: {value}")
+    return _loggable(repr(value) if isinstance(value, bytes | bytearray) else str(value))
 
 
 def _add_trace(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -6,6 +6,12 @@ credential (`sk-...` keys, `Bearer`/`Basic` headers, JWTs, NATS nkey seeds, priv
 blocks, `user:password@` in URLs, `api_key=...` pairs), and the exact values of secret
 environment variables of this process (`OPENAI_API_KEY`, `*_TOKEN`, `*_PASSWORD`, OTLP
 headers...), whatever their format.
+
+Every pattern takes time linear in the text: a pattern that scans a run of characters and then
+backs off looking for what follows starts only where such a run starts (a look-behind), so a
+client's 100 KB of `a-a-a-...` costs a scan, not one per position (it held an agent's event
+loop for a minute: review T). Text of any size is scrubbed only as far as it is kept
+(`scrub_start`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "scrub", "scrub_text", "is_secret_key", "remember_secrets_from_env"]
+__all__ = ["REDACTED", "scrub", "scrub_start", "scrub_text", "is_secret_key", "remember_secrets_from_env"]
 
 REDACTED = "[redacted]"
 
@@ -30,7 +36,7 @@ _SECRET_TEXT = re.compile(
             r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
             r"\bsk-[A-Za-z0-9_\-]{8,}",  # OpenAI, Anthropic and look-alike API keys
             r"\b(?:Bearer|Basic)\s+[A-Za-z0-9._~+/\-]{8,}=*",
-            r"\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]*)?",  # JWTs, NATS user JWTs
+            r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]*)?",  # JWTs, NATS user JWTs
             r"\bS[UAONCXP][A-Z2-7]{50,}",  # NATS nkey seeds
             r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key ids
             r"\bgh[pousr]_[A-Za-z0-9]{30,}",  # GitHub tokens
@@ -38,7 +44,7 @@ _SECRET_TEXT = re.compile(
         )
     )
 )
-_URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@", re.I)
+_URL_USERINFO = re.compile(r"(?<![a-z0-9+.\-])([a-z][a-z0-9+.\-]*://)[^/\s@]+@", re.I)
 _PAIR = re.compile(
     r"\b(api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|token|password|passwd|"
     r"client[_-]?secret|secret|authorization)([\"']?\s*[=:]\s*)"
@@ -76,6 +82,13 @@ def scrub_text(text: str) -> str:
     text = _SECRET_TEXT.sub(REDACTED, text)
     text = _URL_USERINFO.sub(rf"\1{REDACTED}@", text)
     return _PAIR.sub(rf"\1\2{REDACTED}", text)
+
+
+def scrub_start(text: str, limit: int) -> str:
+    """The first ``limit`` characters of ``text``, scrubbed. Only the first twice ``limit`` are
+    read, so text of any size costs no more than that, and a secret that starts within the
+    limit is scrubbed whole if it ends within twice it."""
+    return scrub_text(text[: 2 * limit])[:limit]
 
 
 def scrub(value: Any) -> Any:

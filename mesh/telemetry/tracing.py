@@ -63,7 +63,7 @@ from mesh.telemetry.presets import (
     subject_template,
     tool_preset,
 )
-from mesh.telemetry.redact import scrub_text
+from mesh.telemetry.redact import scrub_start, scrub_text
 
 __all__ = [
     "LOOK_AGAIN",
@@ -356,17 +356,18 @@ def record_error(span: Span, error: BaseException) -> None:
     made 3 MB of span data)."""
     if not span.is_recording():
         return
-    stacktrace = _cut(scrub_text("".join(traceback.format_exception(type(error), error, error.__traceback__))))
-    message = _cut(scrub_text(str(error)))  # scrubbed whole, then cut: a cut could split a secret from what marks it
-    span.record_exception(error, {EXCEPTION_MESSAGE: message, EXCEPTION_STACKTRACE: scrub_text(stacktrace)})
+    stacktrace = _cut("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    message = _cut(str(error))  # scrubbed as far as it is kept, and past it (`scrub_start`): a cut could split a secret
+    span.record_exception(error, {EXCEPTION_MESSAGE: message, EXCEPTION_STACKTRACE: stacktrace})
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"))
     span.set_attribute(ERROR_TYPE, type(error).__name__)
 
 
 def _cut(text: str) -> str:
+    """``text`` scrubbed, at most `MAX_ERROR_TEXT` characters, saying how long it was."""
     if len(text) <= MAX_ERROR_TEXT:
-        return text
-    return f"{text[: MAX_ERROR_TEXT - 40]}... ({len(text):,} characters in all)"
+        return scrub_text(text)
+    return f"{scrub_start(text, MAX_ERROR_TEXT - 40)}... ({len(text):,} characters in all)"
 
 
 def trace_ids() -> tuple[str, str] | None:
