@@ -124,6 +124,21 @@ def test_a_bad_sdk_variable_turns_tracing_off_with_a_warning(monkeypatch: pytest
         monkeypatch.delenv(name)
 
 
+@pytest.mark.parametrize(("name", "value", "signal"), [
+    ("OTEL_BSP_SCHEDULE_DELAY", "1e14", "traces"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "1e12", "traces"),
+    ("OTEL_BSP_EXPORT_TIMEOUT", "nan", "traces"), ("OTEL_METRIC_EXPORT_INTERVAL", "1e15", "metrics"),
+])  # fmt: skip
+def test_a_time_the_sdk_cannot_wait_for_turns_its_signal_off(
+    name: str, value: str, signal: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review T: past about 10**9 the SDK's export thread died of an OverflowError, saying
+    nothing of which setting, and nothing was exported."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv(name, value)
+    made = setup._tracer_provider(setup.resource_for("t")) if signal == "traces" else setup._meter_provider(setup.resource_for("t"), [])
+    assert made is None and f"{name}={value!r} is not a time the SDK can wait for" in caplog.text
+
+
 def test_a_connect_timeout_past_a_day_is_refused() -> None:
     """1e300 seconds would reach the selector, which refuses so long a timeout with a traceback."""
     result = CliRunner().invoke(main, ["status", "--nats", "nats://127.0.0.1:1"], env={"MESH_CONNECT_TIMEOUT": "1e300"})
@@ -152,3 +167,15 @@ def test_an_export_file_is_a_regular_file_of_bounded_lines(tmp_path: Path, monke
     long.write_bytes(b"x" * 5_000)
     with pytest.raises(MeshError, match="longer than 1,000 bytes"):
         list(line_blocks(long, chunk_size=100))
+
+
+def test_a_model_server_names_at_most_so_many_models_as_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review T: a server naming a new model in each answer filled `/metrics` (2,000 series,
+    26 MB a scrape): past `MAX_LABELS` names a process uses the model it asked for."""
+    from mesh.llm import client
+
+    monkeypatch.setattr(client, "_labels", set())
+    named = [client._label(f"model-{n}", "asked") for n in range(client.MAX_LABELS + 10)]
+    assert named[: client.MAX_LABELS] == [f"model-{n}" for n in range(client.MAX_LABELS)]
+    assert named[client.MAX_LABELS :] == ["asked"] * 10
+    assert client._label("model-0", "asked") == "model-0" and client._label("x" * 200, "asked") == "asked"

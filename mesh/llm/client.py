@@ -717,9 +717,17 @@ def _unreadable(error: BaseException) -> RetryableError:
                           type="InvalidResponse")  # fmt: skip
 
 
+MAX_LABELS = 64  # distinct response model names (and finish reasons) a process takes as labels
+_labels: set[str] = set()
+
+
 def _label(value: Any, default: str) -> str:
-    """``value`` as a metric label or span attribute: a short printable string, else ``default``
-    (a server may name any model, of any length, in each answer)."""
+    """``value`` as a metric label or span attribute: a short printable string, one of the
+    first `MAX_LABELS` this process saw, else ``default`` (a server may name any model, of any
+    length, in each answer: one naming a new one each time filled `/metrics` with 2,000 series,
+    26 MB a scrape, review T)."""
     if isinstance(value, str) and value and len(value) <= MAX_LABEL and value.isprintable():
-        return value
+        if value in _labels or len(_labels) < MAX_LABELS:
+            _labels.add(value)
+            return value
     return default

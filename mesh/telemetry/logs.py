@@ -20,7 +20,7 @@ import structlog
 from mesh.errors import ConfigError
 from mesh.telemetry.redact import REDACTED, is_secret_key, remember_secrets_from_env, scrub, scrub_start, scrub_text
 from mesh.telemetry.tracing import trace_ids
-from topics.base import shorten
+from topics.base import shorten, visible
 
 __all__ = ["configure_logging", "scrub"]
 
@@ -64,6 +64,16 @@ def _loggable(value: Any) -> Any:
     return _loggable(repr(value) if isinstance(value, bytes | bytearray) else str(value))
 
 
+def _printable(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """For the console: control characters in text values shown as U+FFFD (`visible`), so a
+    client's newline or escape sequence (quoted in a value) cannot forge a line or drive the
+    terminal (review T); a traceback keeps its lines. JSON escapes them itself."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and key != "exception" and not key.startswith("_"):
+            event_dict[key] = visible(value)
+    return event_dict
+
+
 def _add_trace(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     ids = trace_ids()
     if ids is not None:
@@ -92,9 +102,10 @@ def configure_logging(level: str | None = None, *, json: bool | None = None, str
     if level_name not in levels:
         raise ConfigError(f"MESH_LOG_LEVEL={shorten(level_name.lower())!r} is not a level: use debug, info, warning, error or critical")
     level_no = levels[level_name]
+    as_json = _wants_json(json, stream)
     renderer: Any = (
         structlog.processors.JSONRenderer()
-        if _wants_json(json, stream)
+        if as_json
         else structlog.dev.ConsoleRenderer(colors=stream.isatty() and "NO_COLOR" not in os.environ)
     )
     shared: list[Any] = [
@@ -104,6 +115,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None, str
         _add_trace,
         structlog.processors.format_exc_info,
         _scrub_processor,
+        *(() if as_json else (_printable,)),
     ]
     structlog.configure(
         processors=[*shared, renderer],

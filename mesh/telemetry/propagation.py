@@ -14,17 +14,25 @@ Which propagator is installed is checked through public API only: its type (the 
 `CompositePropagator` or `TraceContextTextMapPropagator`), the `fields` it declares, and one
 round trip of a known context through it, which must give exactly what is written here. The
 check runs again whenever `propagate.set_global_textmap` installs another one.
+
+`opentelemetry.propagate` builds the propagators `OTEL_PROPAGATORS` names when it is first
+imported, and raises for a name it cannot load (`b3` without its package, a typo): that made
+every `mesh` command, `--help` included, end in a traceback (review T). Imported here first,
+such a name is a warning and the default (`tracecontext,baggage`) is used.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
+from types import ModuleType
 from typing import NamedTuple
 
-from opentelemetry import baggage, propagate, trace
+from opentelemetry import baggage, trace
 from opentelemetry.context import Context, attach, detach, get_current
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
@@ -40,6 +48,27 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = ["PassThrough", "Received", "inject", "passing", "receive"]
+
+DEFAULT_PROPAGATORS = "tracecontext,baggage"  # the API's own default
+
+
+def _import_propagate() -> ModuleType:
+    """`opentelemetry.propagate`, with the default propagators if `OTEL_PROPAGATORS` names one
+    that cannot be loaded (said once, as a warning)."""
+    try:
+        from opentelemetry import propagate as module
+    except ValueError as error:  # raised at its import: it is not imported, and may be imported again
+        named = os.environ.get("OTEL_PROPAGATORS", "")
+        os.environ["OTEL_PROPAGATORS"] = DEFAULT_PROPAGATORS
+        try:
+            from opentelemetry import propagate as module
+        finally:
+            os.environ["OTEL_PROPAGATORS"] = named
+        logging.getLogger("mesh.telemetry").warning("OTEL_PROPAGATORS=%r: %s; using %s", named[:100], error, DEFAULT_PROPAGATORS)
+    return module
+
+
+propagate = _import_propagate()
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"

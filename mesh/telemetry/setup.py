@@ -310,14 +310,39 @@ def _off(signal: str, error: Exception) -> None:
     _log.warning("%s; %s are not exported (telemetry never stops the mesh)", error, signal)
 
 
+_TIMES = {  # the SDK's times of each signal; past about 10**9 its export threads die of an OverflowError
+    "traces": ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_EXPORT_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT",
+               "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+    "metrics": ("OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"),
+}  # fmt: skip
+MAX_TIME = 10.0**9  # the largest of those times taken (milliseconds or seconds, as the SDK reads each)
+
+
+def _check_times(signal: str) -> None:
+    """ConfigError for a time setting of ``signal`` that is a number the SDK would take but
+    cannot wait for (negative, not finite, past `MAX_TIME`): its export thread would die with
+    an OverflowError and never say which setting (review T). Text that is not a number the SDK
+    refuses itself, with a warning."""
+    for name in _TIMES[signal]:
+        value = _env(name)
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if not 0 <= number <= MAX_TIME:  # also false for nan
+            raise ConfigError(f"{name}={value[:40]!r} is not a time the SDK can wait for (0 to {MAX_TIME:g})")
+
+
 def _tracer_provider(resource: Resource) -> TracerProvider | None:
     exporter = exporter_for("traces")
     if exporter == "none":
         return None
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    try:  # the SDK reads some OTEL_SPAN_* variables as it is imported
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    try:
+        _check_times("traces")
         chosen = span_exporter(exporter)
         provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG), limits from OTEL_SPAN_*
         provider.add_span_processor(BatchSpanProcessor(chosen))  # OTEL_BSP_* apply
@@ -351,6 +376,7 @@ def _meter_provider(resource: Resource, server: list[MetricsServer]) -> MeterPro
 
     reader: MetricReader | None = None
     try:
+        _check_times("metrics")
         if exporter == "prometheus":
             reader = prometheus_reader(server)
         else:  # the export interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s)
