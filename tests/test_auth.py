@@ -27,7 +27,7 @@ from mesh.bus.server import LocalServer, start_server
 from mesh.bus.settings import MeshSettings
 from mesh.coordination.limits import Pool, RateLimit, limits_bucket
 from mesh.coordination.workflow import Workflows, parse
-from mesh.errors import PermissionDeniedError, TaskFailedError, WorkflowTakenError
+from mesh.errors import AuthenticationError, PermissionDeniedError, TaskFailedError, WorkflowTakenError
 from mesh.llm.recorded import stored_on
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
@@ -171,6 +171,14 @@ class TestRolesAtWork:
 class TestRefused:
     """What a role may not do is refused by the server, raised as PermissionDeniedError, and
     leaves the connection open."""
+
+    async def test_a_user_the_server_does_not_know_is_told_so(self, secured: Secured, tmp_path: Path) -> None:
+        """Review V: a seed of another folder's users waited out the connect timeout and was
+        told "cannot reach NATS ... (last error: 'Authorization Violation')"."""
+        await auth_init(tmp_path / "elsewhere", clients=("stranger",))
+        stranger = MeshSettings(url=secured.server.url, nkey_seed=str(tmp_path / "elsewhere" / "stranger.nk"))
+        with pytest.raises(AuthenticationError, match=r"refused the credentials of .*pass the seed of a role it knows"):
+            await Mesh.connect(settings=stranger)
 
     async def test_client(self, secured: Secured) -> None:
         async with await secured.connect("client") as client:

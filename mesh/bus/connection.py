@@ -8,12 +8,13 @@ operator configured it (logged), never silently replaced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -68,10 +69,15 @@ async def connect(
     last_error: list[Exception] = []
     connected = False  # until the first connect succeeds, its failures are told once, in its error
 
+    refused = asyncio.Event()  # the server said who we are is not allowed in: no use waiting
+
     async def on_error(error: Exception) -> None:
         last_error[:] = [error]
-        if isinstance(error, nats.errors.AuthorizationError):
+        # during the connect nats-py gives the server's `-ERR 'Authorization Violation'` as a plain Error
+        if isinstance(error, nats.errors.AuthorizationError) or "authorization violation" in str(error).lower():
             refused_auth.append(error)
+            if not connected:
+                refused.set()
         if not connected:
             return
         if isinstance(error, nats.errors.SlowConsumerError) and on_dropped is not None:
@@ -88,7 +94,7 @@ async def connect(
                                 what="seconds, from 0.1 to 86400")
     where = shown_url(resolve_url(settings.url))
     try:
-        nc = await asyncio.wait_for(nats.connect(**opts), first_connect)
+        nc = await _first_connect(nats.connect(**opts), refused, first_connect)
     except asyncio.TimeoutError as error:
         if refused_auth:
             raise _refused(where, settings) from None
@@ -110,6 +116,24 @@ async def connect(
     connected = True
     attach(nc, refusals)
     return nc
+
+
+async def _first_connect(connect: Coroutine[Any, Any, Client], refused: asyncio.Event, timeout: float) -> Client:
+    """``connect``, given up at once when the server refuses the user (nats-py would try again
+    until the timeout: a wrong seed waited 5 s to be told "cannot reach NATS"), else after
+    ``timeout`` seconds (TimeoutError)."""
+    connecting = asyncio.ensure_future(connect)
+    refusal = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({connecting, refusal}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await connecting
+    raise asyncio.TimeoutError
 
 
 def _refused(where: str, settings: MeshSettings) -> AuthenticationError:

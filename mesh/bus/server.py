@@ -3,6 +3,7 @@ store under `.mesh/`, on loopback unless `mesh up --host` says otherwise."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -152,9 +153,22 @@ def _is_the_server(record: ServerRecord) -> bool:
 
 
 def _port_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether ``port`` can be listened on at ``host`` (an address of this machine): a bind, so
+    that nothing is asked of another machine (a connect to an address that is not this one's
+    asked whoever answered there: review V)."""
     address = local_host(host).strip("[]")
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
-        return probe.connect_ex((address, port)) != 0
+        if sys.platform != "win32":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own listener: TIME_WAIT is free
+        try:
+            probe.bind((address, port))
+        except socket.gaierror:
+            raise ConfigError(f"--host {host!r} is not a name this machine can resolve") from None
+        except OSError as error:
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(f"--host {host!r} is not an address of this machine (0.0.0.0: every interface)") from None
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -185,6 +199,14 @@ class Security:
     def scheme(self) -> str:
         return "tls" if self.tls_cert else "nats"
 
+    def described(self, host: str) -> str:
+        """The options that change who may connect and how, as `mesh up` takes them."""
+        parts = [f"--host {host}"]
+        parts += [f"--auth {self.auth.resolve()}"] if self.auth is not None else []
+        parts += [f"--tls-cert {self.tls_cert.resolve()}"] if self.tls_cert is not None else []
+        parts += [f"--tls-ca {self.tls_ca.resolve()}"] if self.tls_ca is not None else []
+        return " ".join(parts)
+
 
 def up(home: Path | None = None, *, port: int = 4222, security: Security | None = None,
        host: str = LOOPBACK) -> tuple[ServerRecord, bool]:  # fmt: skip
@@ -194,6 +216,10 @@ def up(home: Path | None = None, *, port: int = 4222, security: Security | None 
     home = home or mesh_home()
     security = security or Security()
     if (record := running_server(home)) is not None:
+        wanted = security.described(host)
+        if record.started_with and record.started_with != wanted:  # a server open to anyone is not one with --auth
+            raise ConfigError(f"a server is already running at {record.url}, started with {record.started_with}, "
+                              f"not {wanted}: `mesh down` stops it")  # fmt: skip
         return record, False
     if port > 0 and not _port_free(port, host):
         raise ConfigError(f"port {port} is taken: `mesh up --port N` picks another (or 0 for any free port)")
@@ -201,7 +227,8 @@ def up(home: Path | None = None, *, port: int = 4222, security: Security | None 
     server = start_server(home / "store", port=port or -1, log_file=log_file, detach=True,
                           extra_args=security.server_args(), host=host)  # fmt: skip
     url = f"{security.scheme}://{local_host(host)}:{server.port}"  # the record holds no secret: no user, no key
-    record = ServerRecord(url=url, pid=server.process.pid, store=str(server.store), port=server.port, log=str(log_file))
+    record = ServerRecord(url=url, pid=server.process.pid, store=str(server.store), port=server.port, log=str(log_file),
+                          started_with=security.described(host))  # fmt: skip
     (home / "server.json").write_bytes(msgspec.json.encode(record))
     return record, True
 

@@ -31,6 +31,11 @@ def _age(view: QuestionView, now: datetime) -> str:
     return f"{seconds // 3600}h"
 
 
+def _column(text: str, width: int) -> str:
+    """``text`` in a column ``width`` wide: cut with an ellipsis if longer, so columns line up."""
+    return f"{text:{width}}" if len(text) <= width else text[: width - 1] + "…"
+
+
 def _row(view: QuestionView) -> dict[str, object]:
     asked = view.asked
     return {"question_id": asked.question_id, "question": asked.question, "options": list(asked.options),
@@ -58,8 +63,8 @@ def inbox(as_json: bool, settings: MeshSettings) -> None:
         asked = view.asked
         options = f" [{' / '.join(asked.options)}]" if asked.options else ""
         role = " + ".join(view.roles) or "?"  # from the subjects: `agent` is what the asker says
-        click.echo(visible(f"{asked.question_id:36}  {_age(view, now):>5}  {shorten(role, 21):24}  "
-                           f"{shorten(asked.task_id, 33):36}  {shorten(asked.question, 200)}{options}"))  # fmt: skip
+        click.echo(visible(f"{asked.question_id:36}  {_age(view, now):>5}  {_column(role, 24)}  "
+                           f"{_column(asked.task_id, 36)}  {shorten(asked.question, 200)}{options}"))  # fmt: skip
         if asked.context:  # the asker's words, often a client's: never escape sequences to the terminal
             click.echo(visible(f"{'':40}context: {shorten(asked.context, 300)}"))
 

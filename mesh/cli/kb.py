@@ -15,7 +15,7 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.options import UserError, nats_options, parse_json, run, token
 from mesh.coordination.knowledge import DEFAULT_LIMIT, KnowledgeBase
 from mesh.projections.fulltext import MAX_LIMIT, Hit
-from topics.base import visible
+from topics.base import shorten, visible
 from topics.knowledge import MAX_TEXT
 
 __all__ = ["kb"]
@@ -52,9 +52,17 @@ def add(name: str, text: str | None, tags: tuple[str, ...], metadata_json: str, 
 @click.argument("entry_id")
 @nats_options
 def remove(name: str, entry_id: str, settings: MeshSettings) -> None:
-    """Remove entry ENTRY_ID from knowledge base NAME (the log keeps it, and past searches)."""
-    found = run(_with(settings, name, lambda base: base.remove(entry_id)))
-    click.echo(f"removed {entry_id}" if found else f"{entry_id} was not in {name}: nothing to remove")
+    """Remove entry ENTRY_ID from knowledge base NAME (the log keeps it, and past searches).
+    An entry that is not in the base is an error (exit 1), and nothing is recorded."""
+
+    async def remove_if_there(base: KnowledgeBase) -> bool:
+        if not any(entry.id == entry_id for entry in await base.entries()):
+            return False
+        return await base.remove(entry_id)
+
+    if not run(_with(settings, name, remove_if_there)):
+        raise UserError(f"{shorten(entry_id)!r} is not an entry of {name}: nothing removed")
+    click.echo(f"removed {entry_id}")
 
 
 @kb.command("search")

@@ -30,6 +30,7 @@ from mesh.errors import ConfigError, MeshError, TaskFailedError, TaskTimeoutErro
 from mesh.runtime.runner import RunnerOptions
 from mesh.runtime.team import MAX_WAIT
 from mesh.telemetry.logs import configure_logging
+from topics.base import shorten
 
 
 @click.group()
@@ -53,21 +54,42 @@ def main() -> None:
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="the certificate's private key (PEM)")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="require client certificates signed by this CA (PEM)")  # fmt: skip
+@click.option("--tls-trust", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="the CA that signed --tls-cert (PEM), for this command's own connection as admin "
+                   "(default: --tls-cert itself, a self-signed certificate)")  # fmt: skip
 def up(port: int, host: str, auth_dir: Path | None, tls_cert: Path | None, tls_key: Path | None,
-       tls_ca: Path | None) -> None:  # fmt: skip
+       tls_ca: Path | None, tls_trust: Path | None) -> None:  # fmt: skip
     """Start a local nats-server with JetStream, store under .mesh/ (on 127.0.0.1 unless --host)."""
-    from mesh.bus.server import Security
+    from mesh.bus.server import Security, stop_server
     from mesh.bus.server import up as start_up
 
+    if tls_trust is not None and tls_cert is None:
+        raise UserError("--tls-trust names the CA of --tls-cert: give --tls-cert and --tls-key too")
     security = Security(auth=auth_dir, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
     record, started = run(run_sync(start_up, port=port, security=security, host=host))
     if started and auth_dir is not None:  # only admin may create the stream and the buckets
         admin = MeshSettings(url=record.url, nkey_seed=str(auth_dir / "admin.nk"),
-                             tls_ca=str(tls_cert) if tls_cert else None)  # fmt: skip
-        run(_prepare(admin, auth_dir))
+                             tls_ca=str(tls_trust or tls_cert) if tls_cert else None)  # fmt: skip
+        try:
+            asyncio.run(_prepare(admin, auth_dir))
+        except BaseException as error:  # a server without its stream and buckets: stopped, not left half set up
+            stop_server()
+            if not isinstance(error, MeshError):
+                raise
+            hint = ("; if --tls-cert is signed by a CA, name it with --tls-trust" if tls_cert and not tls_trust
+                    and "CERTIFICATE_VERIFY_FAILED" in str(error) else "")  # fmt: skip
+            raise UserError(f"{error}{hint} (the server was stopped)") from None
     click.echo(f"{'started' if started else 'already running'}: {record.url} (pid {record.pid}, store {record.store})")
     if started and host not in ("127.0.0.1", "localhost", "::1"):
         _say_how_others_connect(host, record.url, auth_dir is not None)
+
+
+def _agent_target(value: str) -> str:
+    """TARGET's form (`package.module:agent`), a usage mistake (exit 2) when it is wrong."""
+    module, _, attribute = value.partition(":")
+    if not module or not attribute:
+        raise click.BadParameter(f"{shorten(value)!r} must look like package.module:agent (e.g. agents.echo:agent)")
+    return value
 
 
 def _say_how_others_connect(host: str, url: str, with_auth: bool) -> None:
@@ -118,7 +140,7 @@ def agent() -> None:
 
 
 @agent.command("run")
-@click.argument("target")
+@click.argument("target", callback=lambda ctx, param, value: _agent_target(value))
 @nats_options
 @click.option("--concurrency", default=64, show_default=True, type=click.IntRange(min=1), help="tasks in flight in this process")
 @click.option("--ack-wait", default=30.0, show_default=True, type=click.FloatRange(min=1.0, max=MAX_WAIT), callback=finite, help="seconds before an unacknowledged task is redelivered")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -116,6 +117,9 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     refused this user something (it answers no refused request): the refusal is the message."""
     try:
         return asyncio.run(coro)
+    except BrokenPipeError:  # stdout's reader is gone (`mesh status | head`): done, quietly (click would say 1)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush, quiet
+        sys.exit(0)
     except (MeshError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)

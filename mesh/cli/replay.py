@@ -136,6 +136,8 @@ def export(out: str, correlation: str | None, start: str | None, end: str | None
     from replay.export import export_log
 
     first, last = _position(start, "--from"), _position(end, "--to")
+    if first is not None and last is not None and type(first) is type(last) and first > last:  # type: ignore[operator]
+        raise click.BadParameter(f"--from {start} is after --to {end}", param_hint="--from")
 
     async def go() -> Any:
         async with await _connect(settings) as mesh:
@@ -145,9 +147,8 @@ def export(out: str, correlation: str | None, start: str | None, end: str | None
                 raise UserError(f"cannot write {out}: {error.strerror or error}") from None
 
     result = run(go())
-    click.echo(
-        f"exported {result.events} events (+{result.raw} raw) seq {result.first_seq}..{result.last_seq} to {out}"
-    )
+    span = f" seq {result.first_seq}..{result.last_seq}" if result.events or result.raw else ""
+    click.echo(f"exported {result.events} events (+{result.raw} raw){span} to {out}")
 
 
 @replay.command("import")
