@@ -187,7 +187,9 @@ class TestUserMistakes:
             (["flow", "show", "a b"], "workflow id 'a b' cannot be a NATS subject token"),
             (["replay", "fork", "wf", "--at", "e", "--as", "x.y"], "fork id 'x.y' cannot be a NATS subject token"),
             (["replay", "timeline", "t-1", "--html", str(tmp_path / "missing" / "t.html")], "cannot write"),
+            (["replay", "timeline", "nobody"], "error: no events found for nobody"),
         ]  # fmt: skip
+        assert mesh_cmd("task", "echo", "--input", "1", "--task-id", "t-1", url=nats_server.url).returncode == 0  # a timeline to write
         for args, message in cases:
             done = mesh_cmd(*args, url=nats_server.url)
             assert done.returncode == 1, (args, done.stderr)

@@ -186,7 +186,7 @@ def show_flow(workflow_id: str, as_json: bool, settings: MeshSettings) -> None:
         _print_json(msgspec.to_builtins(view))
         return
     if not view.started:
-        click.echo(f"no workflow {workflow_id} in the log", err=True)
+        click.echo(f"error: no workflow {workflow_id} in the log", err=True)
         sys.exit(1)
     click.echo(visible(f"workflow {view.name} {workflow_id}: {view.status}"))  # names and errors from the log
     for name, step in view.steps.items():

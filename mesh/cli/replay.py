@@ -79,12 +79,13 @@ def timeline(id: str, file: str | None, html_out: str | None, settings: MeshSett
     found = run(_records(settings, file))
     _warn_undecodable(found)
     tree = build_timeline(found.records, id)
+    if not tree.hops:  # one `error:` line on stderr, as every command says what went wrong
+        click.echo(f"error: no events found for {id}", err=True)
+        sys.exit(1)
     click.echo(render_text(tree), nl=False)
     if html_out:
         write_text(html_out, render_html(tree))
         click.echo(f"wrote {html_out}", err=True)
-    if not tree.hops:
-        sys.exit(1)
 
 
 @replay.command()

@@ -126,6 +126,15 @@ def configure_logging(level: str | None = None, *, json: bool | None = None, str
     _route_stdlib_logging(shared, renderer, stream, level_no)
 
 
+_NOISE = ("returning true from eof_received() has no effect when using ssl",)  # asyncio, of nats-py's TLS transport
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    """Drop a record that says nothing to whoever runs the mesh: asyncio's note that nats-py's
+    protocol asks to keep a TLS connection half open, on every command over TLS (review V)."""
+    return not (record.name == "asyncio" and record.getMessage() in _NOISE)
+
+
 def _route_stdlib_logging(shared: list[Any], renderer: Any, stream: TextIO, level: int) -> None:
     """Other libraries' `logging` records: same format, same scrubbing; warnings and up
     unless the mesh itself logs at debug."""
@@ -140,5 +149,6 @@ def _route_stdlib_logging(shared: list[Any], renderer: Any, stream: TextIO, leve
     for old in [h for h in root.handlers if getattr(h, "_mesh", False)]:
         root.removeHandler(old)
     handler._mesh = True  # type: ignore[attr-defined]
+    handler.addFilter(_not_noise)
     root.addHandler(handler)
     root.setLevel(level if level <= logging.DEBUG else logging.WARNING)
