@@ -338,6 +338,21 @@ class TestBoard:
             (2, 2, "y", 2, at(2)),
         ]
 
+    def test_a_history_keeps_its_newest_revisions(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Review F: every reader of a board held every value a writer ever wrote. A key keeps
+        its newest `MAX_REVISIONS` revisions and `MAX_HISTORY_BYTES` of values besides the
+        newest (made small here: 5 and 2,000), and counts what it let go; the newest always."""
+        from mesh.projections import board
+
+        monkeypatch.setattr(board, "MAX_REVISIONS", 5)
+        monkeypatch.setattr(board, "MAX_HISTORY_BYTES", 2_000)
+        found = entry(fold(BOARD, log(*(BoardWritten(board="b", key="n", value=n, author="x") for n in range(12)))), "b", "n")
+        assert found is not None and [r.value for r in found.history] == [7, 8, 9, 10, 11] and found.dropped == 7
+        big = [BoardWritten(board="b", key="big", value="x" * 900, author="x") for _ in range(5)]
+        found = entry(fold(BOARD, log(*big, BoardWritten(board="b", key="big", value="y" * 5_000, author="x"))), "b", "big")
+        assert found is not None and [len(r.value) for r in found.history] == [900, 900, 5_000]  # 2 x 902 bytes and the newest
+        assert (found.dropped, found.kept, found.version) == (3, 2 * 902 + 5_002, 6)
+
     def test_delete_keeps_history(self) -> None:
         """A delete counts as a change, empties the value and keeps the history."""
         records = log(
