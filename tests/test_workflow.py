@@ -385,6 +385,37 @@ class TestOrchestrator:
         await reruns_cleanly(mesh, log, workflow_id)  # the restarted driver repeats what the first recorded
 
 
+@pytest.mark.e2e
+class TestLargeStepResumed:
+    @pytest.fixture(autouse=True)
+    def short_window(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("MESH_DUPLICATE_WINDOW", "2")  # the stream's, made by the `mesh` fixture after this
+
+    async def test_a_resumed_driver_follows_a_large_step_past_the_duplicate_window(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:
+        """Review W: a step input over `KEEP_RESOLVED` was submitted again by a resumed driver,
+        not looked up first, so past the duplicate window the step ran twice."""
+        assert (await mesh.js.stream_info("MESH")).config.duplicate_window == 2
+        orchestrator = await agents.start("agents.orchestrator:agent", "--ack-wait", "2")
+        await agents.start("tests.fixture_agents:slow")
+        flow = Flow("large")
+        flow.step("a", "slow", {"n": 1, "hold": 3, "pad": "$input.x"})  # 100 KB: built when sent
+        workflow_id = await Workflows(mesh).start(flow.build(), {"x": "x" * 100_000})
+        step = step_task_id(workflow_id, "a", 1)
+        await log.wait_for_type("mesh.task.progress", task_id=step)
+        os.kill(orchestrator.pid, signal.SIGKILL)
+        orchestrator.wait()
+        [done] = await log.wait_for_type("mesh.task.completed", task_id=step)
+        await asyncio.sleep(3)  # the behaviour under test is time passing: past the duplicate window (2 s)
+        await agents.start("agents.orchestrator:agent", "--ack-wait", "2")
+        output = await Workflows(mesh).result(workflow_id, timeout=60)
+        assert output == done.data.output  # type: ignore[attr-defined]
+        await log.wait_for_type("mesh.task.completed", task_id=workflow_id)
+        assert of_step(log, "mesh.task.requested", {step}) == Counter({step: 1})
+        await reruns_cleanly(mesh, log, workflow_id)
+
+
 async def reruns_cleanly(mesh: Mesh, log: EventLog, workflow_id: str) -> None:
     """`rerun` of the orchestrator over the workflow, once its task's outcome is stored, finds no divergence."""
     ends = ("mesh.task.completed", "mesh.task.failed")

@@ -334,7 +334,9 @@ class Driver:
             input = _resolved_if_small(spec.input, scope(self.flow.view))
         try:
             if input is LATER:  # large: built within the budget, and let go once its request is stored
-                request_seq = await self._submit_large(spec, task_id, correlation_id, cause)
+                request_seq = None if task_id in self._fresh else await self._taken(spec.capability, task_id)
+                if request_seq is None:
+                    request_seq = await self._submit_large(spec, task_id, correlation_id, cause)
                 record = await self.mesh.follow(spec.capability, task_id, request_seq, timeout=timeout)
             elif task_id in self._fresh:  # scheduled just now: its id was never used, nothing to read
                 record = await self.mesh.request_outcome(spec.capability, input, task_id=task_id, timeout=timeout,
@@ -364,11 +366,18 @@ class Driver:
             budget.give(size)
         return submitted.seq
 
+    async def _taken(self, capability: str, task_id: str) -> int | None:
+        """The stream sequence of the request an agent took up for the step task ``task_id``
+        (the one the last event on its subject names), None if none did yet: a resumed driver
+        follows that one, which may be older than the duplicate window, not a new one."""
+        last = await self.mesh.last_on(subjects.task(capability, self.mesh.owner, task_id))
+        found = getattr(last.data, "request_seq", None) if last is not None else None
+        return found if isinstance(found, int) else None
+
     async def _resume(
         self, capability: str, task_id: str, input: Any, correlation_id: str, cause: str, timeout: float
     ) -> Record:
-        last = await self.mesh.last_on(subjects.task(capability, self.mesh.owner, task_id))
-        request_seq = getattr(last.data, "request_seq", None) if last is not None else None
+        request_seq = await self._taken(capability, task_id)
         if request_seq is None:  # nobody took it (yet): the same id dedupes, and gives the first one's sequence
             submitted = await self.mesh.submit_request(capability, input, task_id=task_id, hops=self.hops + 1,
                                                        forked=self.forked,
