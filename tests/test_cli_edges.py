@@ -12,6 +12,7 @@ import pytest
 
 from mesh import Mesh
 from mesh.coordination.knowledge import KnowledgeBase
+from mesh.errors import SchemaError
 from tests.conftest import ROOT
 from tests.test_auth import auth_init, cli
 
@@ -26,11 +27,12 @@ class TestUp:
         code, out, err = await cli("up", env=home)
         try:
             assert code == 0 and out.startswith("started: nats://127.0.0.1:"), err
-            code, again, err = await cli("up", env=home)  # the same options: that one
-            assert code == 0 and again.startswith("already running: nats://127.0.0.1:"), err
+            for same in ((), ("--host", "localhost")):  # options that ask for nothing it lacks: that one
+                code, again, err = await cli("up", *same, env=home)
+                assert code == 0 and again.startswith("already running: nats://127.0.0.1:"), err
             await auth_init(tmp_path / "auth", clients=("client",))
             code, _, err = await cli("up", "--auth", str(tmp_path / "auth"), env=home)
-            assert code == 1 and "started with --host 127.0.0.1, not --host 127.0.0.1 --auth " in err, err
+            assert code == 1 and "started with --host 127.0.0.1, not with --auth " in err, err
             assert "`mesh down` stops it" in err
         finally:
             code, out, err = await cli("down", env=home)
@@ -55,6 +57,14 @@ class TestCommands:
         assert (await mesh.js.stream_info("MESH")).state.last_seq == before
         code, out, err = await cli("kb", "remove", "ops", entry, "--nats", nats_url)
         assert code == 0 and out.strip() == f"removed {entry}", err
+
+    async def test_an_id_longer_than_readers_take_is_refused_before_it_is_sent(self, mesh: Mesh) -> None:
+        """Review W: a 300-character correlation id was published, then refused by every reader
+        (the task dead-lettered, the client waiting out its timeout)."""
+        before = (await mesh.js.stream_info("MESH")).state.last_seq
+        with pytest.raises(SchemaError, match=r"correlation id .*\(300 characters\)': at most 256 characters"):
+            await mesh.submit_request("echo", 1, correlation_id="c" * 300)
+        assert (await mesh.js.stream_info("MESH")).state.last_seq == before
 
     async def test_a_reversed_range_is_a_usage_mistake(self, nats_url: str, tmp_path: Path) -> None:
         code, _, err = await cli("replay", "export", str(tmp_path / "out.jsonl"), "--from", "5", "--to", "2", "--nats", nats_url)

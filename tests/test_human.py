@@ -305,6 +305,19 @@ class TestQuestionsFromOtherRoles:
         state = await Humans(mesh).state()
         assert state.questions[question_key("approver", "q-1")].answer == "no"
 
+    async def test_an_answer_whose_id_holds_the_role_is_no_answer(self, mesh: Mesh) -> None:
+        """Review W: an answer naming no role and the question id `approver.q-dot` lands on the
+        approver's answer subject `mesh.answer.approver.q-dot`; the inbox took it for the
+        approver's answer while the asker did not, so nobody could answer. Ids are tokens."""
+        approver = Humans(mesh, role="approver")
+        stored = await approver.post("Ship?", ("yes", "no"), question_id="q-dot")
+        await mesh.publish("mesh.answer.approver.q-dot", HumanAnswered(question_id="approver.q-dot", answer="no"))
+        [view] = await Humans(mesh).inbox()
+        assert view.question_id == "q-dot" and view.answer is None
+        await Humans(mesh).answer("q-dot", "yes")
+        found = await asyncio.wait_for(approver.wait(stored), 30)
+        assert found is not None and found.answer == "yes"
+
     async def test_questions_that_name_no_role_are_answered_as_before(self, mesh: Mesh) -> None:
         """A log from before questions named their role: an answer on `mesh.answer.<id>` counts
         for every such question under the id, so when two roles asked under one id it is

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 import msgspec
 
 __all__ = [
+    "MAX_ID",
+    "MAX_TRACESTATE",
     "is_instant",
     "DECODE_ERRORS",
     "CloudEvent",

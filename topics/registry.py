@@ -11,7 +11,7 @@ import msgspec
 
 from topics.agents import AgentEvent
 from topics.app import APP_TYPES, UndeclaredAppEvent, check_subject, is_app_type
-from topics.base import Event
+from topics.base import Event, is_token
 from topics.bids import BidAwarded, BidCalled, BidEvent, BidPlaced
 from topics.board import BoardDeleted, BoardEvent, BoardWritten
 from topics.calls import CallEvent
@@ -118,6 +118,8 @@ def on_its_subject(subject: str, data: Event) -> bool:
         if len(parts) != 4 or parts[:2] != ["mesh", "ask"] or parts[3] != data.question_id:
             return False
         return not isinstance(data, HumanAsked) or not data.role or data.role == parts[2]
+    if isinstance(data, HumanAnswered) and not (is_token(data.question_id) and (not data.role or is_token(data.role))):
+        return False  # `mesh.answer.<role>.<id>` must not be taken for `mesh.answer.<id "role.id">` (review W)
     home = home_subject(data)
     return home is None or subject == home
 

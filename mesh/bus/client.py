@@ -32,6 +32,7 @@ from topics import subjects
 from topics.app import AppEvent, UndeclaredAppEvent, check_subject, subject_of
 from topics.base import Event, is_token, shorten
 from topics.envelope import (
+    MAX_ID,
     CloudEvent,
     decode_envelope,
     derived_id,
@@ -219,6 +220,11 @@ class Mesh:
         causation_id: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> CloudEvent:
+        """The envelope of ``data``. SchemaError for an id longer than every reader takes
+        (`topics.envelope.MAX_ID`): published, it would be refused by each of them (review W)."""
+        for kind, value in (("event id", event_id), ("correlation id", correlation_id), ("causation id", causation_id)):
+            if value is not None and len(value) > MAX_ID:
+                raise SchemaError(f"{kind} {shorten(value)!r}: at most {MAX_ID} characters (readers refuse a longer one)")
         trace = trace or {}
         return CloudEvent(
             specversion="1.0",

@@ -70,13 +70,15 @@ async def connect(
     connected = False  # until the first connect succeeds, its failures are told once, in its error
 
     refused = asyncio.Event()  # the server said who we are is not allowed in: no use waiting
+    servers = opts.get("servers")
+    one_server = not isinstance(servers, list | tuple) or len(servers) == 1  # `server_urls` gives a list
 
     async def on_error(error: Exception) -> None:
         last_error[:] = [error]
         # during the connect nats-py gives the server's `-ERR 'Authorization Violation'` as a plain Error
         if isinstance(error, nats.errors.AuthorizationError) or "authorization violation" in str(error).lower():
             refused_auth.append(error)
-            if not connected:
+            if not connected and one_server:  # with several, nats-py tries the next (a cluster mid-reload: review W)
                 refused.set()
         if not connected:
             return

@@ -199,13 +199,30 @@ class Security:
     def scheme(self) -> str:
         return "tls" if self.tls_cert else "nats"
 
-    def described(self, host: str) -> str:
+    def options(self, host: str) -> dict[str, str]:
         """The options that change who may connect and how, as `mesh up` takes them."""
-        parts = [f"--host {host}"]
-        parts += [f"--auth {self.auth.resolve()}"] if self.auth is not None else []
-        parts += [f"--tls-cert {self.tls_cert.resolve()}"] if self.tls_cert is not None else []
-        parts += [f"--tls-ca {self.tls_ca.resolve()}"] if self.tls_ca is not None else []
-        return " ".join(parts)
+        given = {"--auth": self.auth, "--tls-cert": self.tls_cert, "--tls-ca": self.tls_ca}
+        return {"--host": host} | {option: str(path.resolve()) for option, path in given.items() if path is not None}
+
+
+_LOOPBACKS = ("127.0.0.1", "localhost", "::1", "[::1]")
+_EVERYWHERE = ("0.0.0.0", "::", "[::]")
+
+
+def _not_as_asked(record: ServerRecord, asked: dict[str, str]) -> str | None:
+    """What the running server lacks of the options asked for (--auth, TLS, a host others
+    reach it on), if anything: a `mesh up --auth` must not take a server open to anyone for
+    its own (review V). A plain `mesh up` (or `mesh demo`) takes whatever runs here."""
+    if not record.started_with:  # written by an earlier version: not known
+        return None
+    had = record.started_with
+    for option in ("--auth", "--tls-cert", "--tls-ca"):
+        if option in asked and had.get(option) != asked[option]:
+            return f"{option} {asked[option]}"
+    host, running = asked["--host"], had.get("--host", LOOPBACK)
+    if host not in _LOOPBACKS and host != running and running not in _EVERYWHERE:
+        return f"--host {host}"
+    return None
 
 
 def up(home: Path | None = None, *, port: int = 4222, security: Security | None = None,
@@ -216,10 +233,10 @@ def up(home: Path | None = None, *, port: int = 4222, security: Security | None 
     home = home or mesh_home()
     security = security or Security()
     if (record := running_server(home)) is not None:
-        wanted = security.described(host)
-        if record.started_with and record.started_with != wanted:  # a server open to anyone is not one with --auth
-            raise ConfigError(f"a server is already running at {record.url}, started with {record.started_with}, "
-                              f"not {wanted}: `mesh down` stops it")  # fmt: skip
+        if (lacking := _not_as_asked(record, security.options(host))) is not None:
+            started = " ".join(f"{option} {value}" for option, value in record.started_with.items())
+            raise ConfigError(f"a server is already running at {record.url}, started with {started}, "
+                              f"not with {lacking}: `mesh down` stops it")  # fmt: skip
         return record, False
     if port > 0 and not _port_free(port, host):
         raise ConfigError(f"port {port} is taken: `mesh up --port N` picks another (or 0 for any free port)")
@@ -228,7 +245,7 @@ def up(home: Path | None = None, *, port: int = 4222, security: Security | None 
                           extra_args=security.server_args(), host=host)  # fmt: skip
     url = f"{security.scheme}://{local_host(host)}:{server.port}"  # the record holds no secret: no user, no key
     record = ServerRecord(url=url, pid=server.process.pid, store=str(server.store), port=server.port, log=str(log_file),
-                          started_with=security.described(host))  # fmt: skip
+                          started_with=security.options(host))  # fmt: skip
     (home / "server.json").write_bytes(msgspec.json.encode(record))
     return record, True
 

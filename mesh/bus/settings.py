@@ -32,7 +32,7 @@ class ServerRecord(msgspec.Struct, frozen=True):
     store: str
     port: int
     log: str = ""
-    started_with: str = ""  # `mesh up`'s options that change who may connect and how (empty: not recorded)
+    started_with: dict[str, str] = {}  # `mesh up`'s options that change who may connect and how ({}: not recorded)
 
 
 def mesh_home(start: Path | None = None) -> Path:

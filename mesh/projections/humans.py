@@ -17,7 +17,7 @@ import msgspec
 
 from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp, instant, moment_of
 from topics.base import Event
-from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem
+from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem, answers_question
 
 __all__ = ["HumansProjection", "HumansState", "QuestionView", "is_open", "open_questions", "question_key"]
 
@@ -91,7 +91,7 @@ def _asked(state: HumansState, event: HumanAsked, stamp: Stamp, seq: int) -> Non
 
 def _answered(state: HumansState, event: HumanAnswered, stamp: Stamp, seq: int) -> None:
     view = state.questions.get(question_key(event.role, event.question_id))
-    if view is None or view.answer is not None or view.expired is not None:
+    if view is None or view.answer is not None or view.expired is not None or not answers_question(view.asked, event):
         return
     if answer_problem(view.asked, event.answer) is not None:
         return

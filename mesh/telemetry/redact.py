@@ -44,7 +44,9 @@ _SECRET_TEXT = re.compile(
         )
     )
 )
-_URL_USERINFO = re.compile(r"(?<![a-z0-9+.\-])([a-z][a-z0-9+.\-]*://)[^/\s@]+@", re.I)
+# a scheme of at most 32 characters, from any word boundary: linear (`...https://u:p@h` is
+# scrubbed; an unbounded scheme scanned a run like `a-a-a-...` again from each boundary)
+_URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.\-]{0,31}://)[^/\s@]+@", re.I)
 _PAIR = re.compile(
     r"\b(api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|token|password|passwd|"
     r"client[_-]?secret|secret|authorization)([\"']?\s*[=:]\s*)"
