@@ -153,7 +153,7 @@ class TestTimeTravel:
 
 
 class _BoardV2(BoardProjection):
-    version = 2
+    version = BoardProjection.version + 1
 
 
 @pytest.mark.integration
