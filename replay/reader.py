@@ -277,6 +277,9 @@ class LogReader:
         return config
 
 
+PULL_BYTES = 16 * 1024 * 1024  # bytes one pull of a log read asks for at most (the server buffers 64 MiB a client)
+
+
 class _Pull:
     """The callback side of one scan: keeps pulls in flight, checks sequences, stops at the end."""
 
@@ -323,8 +326,14 @@ class _Pull:
         self.done.result()
 
     async def pull(self) -> None:
+        """Ask for the next `batch` messages, at most `PULL_BYTES` of them (never less than one
+        message the server takes): 5,000 messages of 0.9 MB each overflowed the server's buffer
+        for this client, which it then dropped as a slow consumer, and the read never ended
+        (review X). The server ends a pull at its bytes with a 409, and the next one is asked for."""
         self.credit += self.reader.batch
-        request = b'{"batch":%d,"expires":%d}' % (self.reader.batch, int(self.reader.stall / 2 * 1e9))
+        max_bytes = max(PULL_BYTES, self.nc.max_payload + 65_536)
+        request = b'{"batch":%d,"max_bytes":%d,"expires":%d}' % (self.reader.batch, max_bytes,
+                                                                 int(self.reader.stall / 2 * 1e9))  # fmt: skip
         await self.nc.publish(self.next_subject, request, reply=self.inbox)
 
     async def on_msg(self, msg: Msg) -> None:
@@ -369,7 +378,8 @@ class _Pull:
         code = headers.get("Status", "")
         if code == "100":
             return
-        if code in ("404", "408"):  # the pull ran out or expired: ask again
+        if code in ("404", "408") or (code == "409" and "MaxBytes" in headers.get("Description", "")):
+            # the pull ran out, expired or took its bytes: ask again
             pending = headers.get("Nats-Pending-Messages")
             self.credit = max(0, self.credit - int(pending)) if pending else 0
             if self.credit <= self.reader.batch // 2:

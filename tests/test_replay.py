@@ -56,6 +56,18 @@ async def mixed_activity(mesh: Mesh, rounds: int, *, offset: int = 0) -> list[st
 
 @pytest.mark.integration
 class TestReader:
+    async def test_a_log_of_large_events_is_read_whole(self, mesh: Mesh) -> None:
+        """Review X: a read asked for 5,000 messages at once, whatever their size; 100 events of
+        0.9 MB (under `max_payload`: any client's tasks) overflowed the server's 64 MiB buffer
+        for the reader, which it dropped as a slow consumer, and the read never ended. A pull
+        asks for 16 MiB at most, and the next one when the server ends it."""
+        value = "x" * 900_000
+        await asyncio.gather(*(mesh.publish(subjects.board("big", f"k{n}"), BoardWritten(board="big", key=f"k{n}", value=value))
+                               for n in range(100)))  # fmt: skip
+        found = await read_log(mesh)
+        assert [r.seq for r in found.records] == list(range(1, 101))
+        assert all(r.data.value == value for r in found.records)  # type: ignore[attr-defined]
+
     async def test_reads_ranges_filters_and_keeps_undecodable(self, mesh: Mesh) -> None:
         """A read returns events in order by seq range, subject and correlation; bad messages are kept raw."""
         await write_board(mesh, 10, correlation="c1")
