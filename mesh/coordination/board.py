@@ -14,6 +14,7 @@ server refuses it if anything else landed on the key since: `VersionConflict` (a
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Self
 
 import msgspec
@@ -26,6 +27,8 @@ from mesh.projections import BOARD, BoardEntry, BoardState, Revision, entry, val
 from topics import subjects
 from topics.base import check_token
 from topics.board import BoardDeleted, BoardWritten
+
+KEPT_IDS = 10_000  # event ids of a board's newest events a `Board` keeps (a write redelivered finds its own)
 
 __all__ = ["Board", "BoardChange", "BoardWatch"]
 
@@ -53,7 +56,7 @@ class Board:
         self.origin = origin or Origin(author=mesh.source)
         self._state = BOARD.initial()
         self._subject_seq: dict[str, int] = {}  # key -> last sequence on its subject
-        self._ids: dict[str, int] = {}  # event id -> sequence, for every event on the board
+        self._ids: OrderedDict[str, int] = OrderedDict()  # event id -> sequence, of the newest `KEPT_IDS` events
 
     @property
     def filter_subject(self) -> str:
@@ -73,6 +76,8 @@ class Board:
             self._subject_seq[key] = item.seq  # (not a deeper one: `mesh.board.<name>.notes.<key>`)
         if item.record is not None and _on_its_subject(item):
             self._ids[item.record.event.id] = item.seq
+            if len(self._ids) > KEPT_IDS:  # a redelivered write looks for its own event among the newest
+                self._ids.popitem(last=False)
             BOARD.apply(self._state, item.record)
         self._state.seq = max(self._state.seq, item.seq)
 
