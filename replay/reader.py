@@ -378,8 +378,8 @@ class _Pull:
         code = headers.get("Status", "")
         if code == "100":
             return
-        if code in ("404", "408") or (code == "409" and "MaxBytes" in headers.get("Description", "")):
-            # the pull ran out, expired or took its bytes: ask again
+        ended = code == "409" and (headers.get("Description", "") == "Batch Completed" or "MaxBytes" in headers.get("Description", ""))
+        if code in ("404", "408") or ended:  # the pull ran out, expired, or took its messages or bytes: ask again
             pending = headers.get("Nats-Pending-Messages")
             self.credit = max(0, self.credit - int(pending)) if pending else 0
             if self.credit <= self.reader.batch // 2:
