@@ -70,6 +70,13 @@ class TestCommands:
         code, _, err = await cli("replay", "export", str(tmp_path / "out.jsonl"), "--from", "5", "--to", "2", "--nats", nats_url)
         assert code == 2 and "--from 5 is after --to 2" in err, err
 
+    async def test_auth_init_again_says_which_roles_it_left_out(self, tmp_path: Path) -> None:
+        """Review V: a second `mesh auth init` with fewer agents dropped a role without a word."""
+        await auth_init(tmp_path / "auth", "agents.echo:agent", "agents.researcher:agent", clients=("client",))
+        code, _, err = await cli("auth", "init", "--dir", str(tmp_path / "auth"), "--agent", "agents.echo:agent")
+        assert code == 0 and "note: role 'researcher' is no longer in" in err and "echo'" not in err, err
+        assert (tmp_path / "auth" / "researcher.nk").exists()
+
     async def test_a_malformed_agent_target_is_a_usage_mistake(self) -> None:
         code, _, err = await cli("agent", "run", "agents.echo")
         assert code == 2 and "'agents.echo' must look like package.module:agent" in err, err

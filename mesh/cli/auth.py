@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -29,10 +30,23 @@ def auth() -> None:
               help="a client user (repeatable; default: one named client): clients that do not trust each other need one each")  # fmt: skip
 def init(folder: Path, targets: tuple[str, ...], clients: tuple[str, ...]) -> None:
     """Write one nkey seed per role (admin, each client, one per --agent), auth.conf and roles.json."""
+    before = _roles_in(folder)
     roles = run(run_sync(_init, folder=folder, targets=targets, clients=clients or ("client",)))
     for role in roles:
         click.echo(f"{role.name:<12} {role.public_key}  seed: {role.seed_file}")
     click.echo(f"server configuration: {folder / CONFIG} (`mesh up --auth {folder}`); permissions: {folder / SUMMARY}")
+    for gone in sorted(before - {role.name for role in roles}):  # a role left out now: the server will refuse it
+        click.echo(f"note: role {gone!r} is no longer in {folder / CONFIG} (give its --agent or --client again to keep it); "
+                   f"its seed {folder / (gone + '.nk')} is left in place", err=True)  # fmt: skip
+
+
+def _roles_in(folder: Path) -> set[str]:
+    """The roles a `roles.json` written before in ``folder`` names (none if there is none or it cannot be read)."""
+    try:
+        found = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {name for name in found if isinstance(name, str)} if isinstance(found, dict) else set()
 
 
 def _init(folder: Path, targets: tuple[str, ...], clients: tuple[str, ...]) -> list[Role]:
