@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,6 +118,29 @@ class TestFollow:
             seen = [item.seq for item in [await events.next(timeout=30) for _ in written] if item is not None]
             assert await events.next(timeout=0.2) is None
         assert seen == [published.seq for published in written]
+
+    async def test_a_reader_behind_holds_a_bounded_number_of_bytes(self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Review X: a Follow held up to 1,024 unread events whatever their size, their offloaded
+        data fetched (922 MB for an idle reader). It holds `FOLLOW_BYTES` of them as stored (4
+        MiB here): read back and live, then every event comes, in order, its data fetched as taken."""
+        monkeypatch.setattr(follow, "FOLLOW_BYTES", 4 * 1024 * 1024)
+        value = "v" * 900_000
+
+        def write(board: str, i: int) -> Any:
+            return mesh.publish(subjects.board(board, f"k{i}"), BoardWritten(board=board, key=f"k{i}", value=value))
+
+        stored = [await write("heavy", i) for i in range(12)]
+        async with Follow(mesh, "mesh.board.heavy.>") as behind, Follow(mesh, "mesh.board.live.>") as live_behind:
+            async with asyncio.timeout(30):
+                while behind.buffered < 4:  # noqa: ASYNC110 (no event says it): the server pushes until it is full
+                    await asyncio.sleep(0.01)
+            live = [await write("live", i) for i in range(12)]
+            for who in (behind, live_behind):
+                assert who.buffered_bytes <= 4 * 1024 * 1024, who.buffered_bytes
+            for who, written in ((behind, stored), (live_behind, live)):
+                seen = [item for item in [await who.next(timeout=30) for _ in written] if item is not None]
+                assert [item.seq for item in seen] == [published.seq for published in written]
+                assert all(item.record is not None and item.record.data.value == value for item in seen)  # type: ignore[attr-defined]
 
     async def test_a_follow_that_joins_late_reads_back_then_shares_the_live_events(self, mesh: Mesh) -> None:
         """A Follow opened from the start of a board while another of the family is live reads

@@ -38,6 +38,7 @@ __all__ = ["Feed", "Follow", "Stored", "last_seq", "read", "records"]
 
 READ_TIMEOUT = 30.0
 FOLLOW_BUFFER = 1024  # events a Follow holds that its reader has not taken yet (read back, and live)
+FOLLOW_BYTES = 16 * 1024 * 1024  # bytes of those events (as stored: offloaded data is fetched when taken)
 _log = structlog.get_logger("mesh.bus.follow")
 
 
@@ -99,7 +100,9 @@ class Follow(Feed[Stored]):
     with`) when done: the last `Follow` of a family to close releases the family's consumer.
     It holds at most `FOLLOW_BUFFER` messages from its own consumer that its reader has not
     taken (past that, its delivery waits and the server slows down) and `FOLLOW_BUFFER` live
-    ones from the family's. `Stored.pending` counts what follows on its own filter, except for
+    ones from the family's, and at most `FOLLOW_BYTES` of each (one larger message alone), as
+    stored: offloaded data is fetched as the reader takes its event (a writer of a followed
+    board made an idle reader hold 922 MB of fetched data: review X). `Stored.pending` counts what follows on its own filter, except for
     live messages from the family's consumer, where it counts the family's (at least as many).
     """
 
@@ -108,8 +111,12 @@ class Follow(Feed[Stored]):
         self.filter_subject = filter_subject
         self.after = after
         self._seq = after  # the last stream sequence handed to the reader
-        self._queue: asyncio.Queue[Stored] = asyncio.Queue(FOLLOW_BUFFER)  # from its own consumer
+        self._queue: asyncio.Queue[Raw] = asyncio.Queue(FOLLOW_BUFFER)  # from its own consumer
+        self._queued = 0  # bytes in `_queue`
+        self._room = asyncio.Event()  # `_queue` gave some bytes back
+        self._front: Raw | None = None  # taken from `_queue`, handed out once decoded
         self._live: deque[Raw] = deque()  # from the family's consumer, at most FOLLOW_BUFFER
+        self._live_bytes = 0
         self._kept: deque[Raw] = deque()  # read back from what the family's consumer keeps (`SHARED_FOLLOW_RECENT`)
         self._wake = asyncio.Event()  # something came (or it fell behind)
         self._own: LiveConsumer | None = None
@@ -187,42 +194,56 @@ class Follow(Feed[Stored]):
         self._own, self._until, self._caught_up = consumer, until, False
 
     async def _put(self, seq: int, subject: str, data: bytes, pending: int) -> None:
-        await self._queue.put(Stored(seq, subject, await resolved(self.mesh, subject, data, seq), pending))
+        while self._queued and self._queued + len(data) > FOLLOW_BYTES:  # its delivery waits: the server slows down
+            self._room.clear()
+            await self._room.wait()
+        self._queued += len(data)
+        await self._queue.put(Raw(seq, subject, data, pending))
         self._wake.set()
 
     def offer(self, item: Raw) -> bool:
         """A live message from the family's consumer; False (and it reads again later) if full."""
-        if len(self._live) >= FOLLOW_BUFFER:
+        if len(self._live) >= FOLLOW_BUFFER or (self._live and self._live_bytes + len(item.data) > FOLLOW_BYTES):
             self._stale = True
             self._wake.set()
             return False
         self._live.append(item)
+        self._live_bytes += len(item.data)
         self._wake.set()
         return True
 
     def _take(self) -> Stored | Raw | None:
         """The next message not handed out yet: from its own consumer first, then live ones
         (those left where they are until decoded: `_taken`)."""
+        if self._front is not None:  # taken before, not decoded in time: it is still the next
+            return self._front
         while not self._queue.empty():
             item = self._queue.get_nowait()
+            self._queued -= len(item.data)
+            self._room.set()
             if self._until is not None and (item.seq >= self._until or item.pending == 0):
                 self._caught_up = True  # every message the family's consumer had handed out is read
             if item.seq > self._seq:
-                self._seq = item.seq
+                self._front = item
                 return item
         while self._own is None and (self._kept or self._live):
             source = self._kept or self._live
             if source[0].seq > self._seq:
                 return source[0]
-            source.popleft()
+            dropped = source.popleft()  # handed out already (from another source): dropped
+            if source is self._live:
+                self._live_bytes -= len(dropped.data)
         return None
 
     def _taken(self, item: Raw) -> None:
-        """``item``, at the front of the kept or live messages, is handed out."""
-        for source in (self._kept, self._live):
-            if source and source[0] is item:
-                source.popleft()
-                break
+        """``item``, from its own consumer or at the front of the kept or live messages, is handed out."""
+        if self._front is item:
+            self._front = None
+        elif self._kept and self._kept[0] is item:
+            self._kept.popleft()
+        elif self._live and self._live[0] is item:
+            self._live.popleft()
+            self._live_bytes -= len(item.data)
         self._seq = item.seq
 
     @property
@@ -230,6 +251,12 @@ class Follow(Feed[Stored]):
         """Messages delivered that the reader has not taken yet: at most twice `FOLLOW_BUFFER`,
         and what it read back from the family's kept messages (`fanout.SHARED_FOLLOW_RECENT`)."""
         return self._queue.qsize() + len(self._kept) + len(self._live)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes (as stored) of the messages from its own consumer and the live ones its reader
+        has not taken: at most `FOLLOW_BYTES` each, or one message larger than that."""
+        return self._queued + self._live_bytes
 
     async def next(self, timeout: float | None = None) -> Stored | None:
         """The next message; None if none arrived within ``timeout`` seconds (None: wait)."""
