@@ -102,8 +102,9 @@ class Follow(Feed[Stored]):
     taken (past that, its delivery waits and the server slows down) and `FOLLOW_BUFFER` live
     ones from the family's, and at most `FOLLOW_BYTES` of each (one larger message alone), as
     stored: offloaded data is fetched as the reader takes its event (a writer of a followed
-    board made an idle reader hold 922 MB of fetched data: review X). `Stored.pending` counts what follows on its own filter, except for
-    live messages from the family's consumer, where it counts the family's (at least as many).
+    board made an idle reader hold 922 MB of fetched data: review X). `Stored.pending` counts
+    what follows on its own filter, except for live messages from the family's consumer, where
+    it counts the family's (at least as many).
     """
 
     def __init__(self, mesh: Mesh, filter_subject: str, *, after: int = 0) -> None:
