@@ -46,6 +46,9 @@ class TestUp:
         code, _, err = await cli("up", "--host", host, "--port", "14999", env={"MESH_HOME": str(tmp_path)})
         assert code == 1 and said in err and "Traceback" not in err, err
         assert not (tmp_path / "server.json").exists()
+        # the console says so before it loads the log (here from a server nobody runs)
+        code, _, err = await cli("ui", "--host", host, "--nats", "nats://127.0.0.1:1")
+        assert code == 1 and said in err and "cannot reach NATS" not in err, err
 
 
 class TestCommands:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import signal
 import socket
+import sys
 import time
 
 import click
@@ -43,10 +45,28 @@ def ui(file: str | None, host: str, port: int, max_events: int, allow_hosts: tup
        settings: MeshSettings) -> None:  # fmt: skip
     """A read-only web console over the log, live: agents, capabilities, tasks and workflows with
     their timelines, events, any projection at any point, dead letters. Prints its URL."""
+    _can_listen(host, port)  # before the log is loaded, which may take a while (review V)
     if not _loopback(host):
         click.echo(f"warning: listening on {host}: anyone who reaches it can read the whole log (the console has "
                    "no login); the default, 127.0.0.1, serves this machine only", err=True)  # fmt: skip
     run(_ui(settings, file, host, port, max_events, _names(host, allow_hosts)))
+
+
+def _can_listen(host: str, port: int) -> None:
+    """UserError unless this machine can listen on ``host``:``port`` now (a name that does not
+    resolve, an address that is not this machine's, a port taken)."""
+    address = host.strip("[]")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+            if sys.platform != "win32":
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own listener
+            probe.bind((address, port))
+    except socket.gaierror:
+        raise UserError(f"--host {host!r} is not a name this machine can resolve") from None
+    except OSError as error:
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise UserError(f"--host {host!r} is not an address of this machine (0.0.0.0: every interface)") from None
+        raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error} (--port N picks another)") from None
 
 
 def _loopback(host: str) -> bool:
