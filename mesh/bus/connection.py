@@ -128,6 +128,9 @@ async def _first_connect(connect: Coroutine[Any, Any, Client], refused: asyncio.
     refusal = asyncio.ensure_future(refused.wait())
     try:
         await asyncio.wait({connecting, refusal}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the caller was cancelled: the connect goes with it, as under `wait_for`
+        connecting.cancel()
+        raise
     finally:
         refusal.cancel()
     if connecting.done():
