@@ -148,11 +148,11 @@ def _is_the_server(record: ServerRecord) -> bool:
     try:
         args = cmdline.read_bytes().split(b"\0")
     except OSError:
-        return not _port_free(record.port)
+        return not port_free(record.port)
     return bool(args) and b"nats-server" in Path(os.fsdecode(args[0])).name.encode() and os.fsencode(record.store) in args
 
 
-def _port_free(port: int, host: str = LOOPBACK) -> bool:
+def port_free(port: int, host: str = LOOPBACK) -> bool:
     """Whether ``port`` can be listened on at ``host`` (an address of this machine): a bind, so
     that nothing is asked of another machine (a connect to an address that is not this one's
     asked whoever answered there: review V)."""
@@ -238,7 +238,7 @@ def up(home: Path | None = None, *, port: int = 4222, security: Security | None 
             raise ConfigError(f"a server is already running at {record.url}, started with {started}, "
                               f"not with {lacking}: `mesh down` stops it")  # fmt: skip
         return record, False
-    if port > 0 and not _port_free(port, host):
+    if port > 0 and not port_free(port, host):
         raise ConfigError(f"port {port} is taken: `mesh up --port N` picks another (or 0 for any free port)")
     log_file = home / "nats-server.log"
     server = start_server(home / "store", port=port or -1, log_file=log_file, detach=True,

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import signal
 import socket
-import sys
 import time
 
 import click
 
 from mesh.bus.settings import MeshSettings
 from mesh.cli.options import UserError, check_host, nats_options, run
+from mesh.errors import ConfigError
 
 __all__ = ["ui"]
 
@@ -54,19 +53,15 @@ def ui(file: str | None, host: str, port: int, max_events: int, allow_hosts: tup
 
 def _can_listen(host: str, port: int) -> None:
     """UserError unless this machine can listen on ``host``:``port`` now (a name that does not
-    resolve, an address that is not this machine's, a port taken)."""
-    address = host.strip("[]")
+    resolve, an address that is not this machine's, a port taken: `mesh.bus.server.port_free`)."""
+    from mesh.bus.server import port_free
+
     try:
-        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
-            if sys.platform != "win32":
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own listener
-            probe.bind((address, port))
-    except socket.gaierror:
-        raise UserError(f"--host {host!r} is not a name this machine can resolve") from None
-    except OSError as error:
-        if error.errno == errno.EADDRNOTAVAIL:
-            raise UserError(f"--host {host!r} is not an address of this machine (0.0.0.0: every interface)") from None
-        raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error} (--port N picks another)") from None
+        free = port_free(port, host)
+    except ConfigError as error:
+        raise UserError(str(error)) from None
+    if not free:
+        raise UserError(f"cannot listen on {host}:{port}: the port is taken (--port N picks another)")
 
 
 def _loopback(host: str) -> bool:
