@@ -4,6 +4,7 @@ refusal or a bounded, harmless result, never a traceback, an unbounded read or a
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import threading
@@ -21,6 +22,7 @@ from mesh.bus.settings import shown_url
 from mesh.cli.main import main
 from mesh.cli.render import EventLines
 from mesh.errors import ConfigError, MeshError
+from mesh.runtime.process import GC_THRESHOLD, gc_threshold, settle_heap
 from mesh.runtime.team import parse_team
 from mesh.telemetry import setup
 from mesh.telemetry.tracing import MAX_ERROR_TEXT, record_error
@@ -193,3 +195,30 @@ def test_credentials_in_text_are_scrubbed(text: str, shown: str) -> None:
     from mesh.telemetry.redact import scrub_text
 
     assert scrub_text(text) == shown
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "1e12", "nan"])
+def test_a_bad_collector_setting_stops_an_agent_before_it_starts(value: str) -> None:
+    """`MESH_GC_THRESHOLD` is read before the agent connects: one line naming the variable."""
+    result = CliRunner().invoke(main, ["agent", "run", "agents.echo:agent", "--nats", "nats://127.0.0.1:1"],
+                                env={"MESH_GC_THRESHOLD": value})  # fmt: skip
+    assert result.exit_code == 1
+    assert f"error: MESH_GC_THRESHOLD={value!r} must be a count of allocations from 0 to 10,000,000" in result.output
+
+
+def test_the_collector_setting_sets_the_young_generation_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = gc.get_threshold()
+    try:
+        monkeypatch.delenv("MESH_GC_THRESHOLD", raising=False)
+        assert gc_threshold() == GC_THRESHOLD
+        monkeypatch.setenv("MESH_GC_THRESHOLD", "0")
+        settle_heap()
+        assert gc.get_threshold() == before  # 0: Python's own setting stays
+        monkeypatch.setenv("MESH_GC_THRESHOLD", "12345")
+        settle_heap()
+        assert gc.get_threshold() == (12345, *before[1:])
+        settle_heap(700)
+        assert gc.get_threshold() == (700, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -28,7 +27,7 @@ from nats.js.kv import KeyValue
 
 from mesh.bus import jetstream
 from mesh.bus.refusals import Refusals, attach
-from mesh.bus.settings import MeshSettings, resolve_url, shown_url
+from mesh.bus.settings import MeshSettings, env_number, resolve_url, shown_url
 from mesh.errors import AuthenticationError, ConfigError, NoServerError
 from mesh.telemetry.redact import scrub_text
 from topics import subjects
@@ -92,8 +91,8 @@ async def connect(
 
     opts.setdefault("error_cb", on_error)
     # nats-py applies max_reconnect_attempts=-1 to the first connect too: bound that one
-    first_connect = _env_number("MESH_CONNECT_TIMEOUT", 5.0, minimum=0.1, maximum=86_400.0,
-                                what="seconds, from 0.1 to 86400")
+    first_connect = env_number("MESH_CONNECT_TIMEOUT", 5.0, minimum=0.1, maximum=86_400.0,
+                               what="seconds, from 0.1 to 86400")
     where = shown_url(resolve_url(settings.url))
     try:
         nc = await _first_connect(nats.connect(**opts), refused, first_connect)
@@ -161,19 +160,6 @@ _MAX_SECONDS = (2**63 - 1) // 10**9  # the server reads durations as int64 nanos
 _MAX_COUNT = 2**63 - 1  # and counts and sizes as int64
 
 
-def _env_number(name: str, default: float, *, minimum: float, what: str, maximum: float = math.inf) -> float:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not (minimum <= number <= maximum and number < math.inf):  # also false for nan
-        raise ConfigError(f"{name}={value!r} must be {what}")
-    return number
-
-
 @dataclass(frozen=True)
 class StreamLimits:
     """What bounds the `MESH` stream on the server. Defaults fit one machine; a cluster sets
@@ -190,14 +176,14 @@ class StreamLimits:
         `MESH_STREAM_MAX_MSGS`, each checked; unset ones keep their defaults."""
         default = cls()
         return cls(
-            duplicate_window=_env_number("MESH_DUPLICATE_WINDOW", default.duplicate_window, minimum=1,
-                                         maximum=_MAX_SECONDS, what=f"seconds, from 1 to {_MAX_SECONDS}"),
-            max_age=_env_number("MESH_STREAM_MAX_AGE", default.max_age, minimum=0, maximum=_MAX_SECONDS,
-                                what=f"seconds up to {_MAX_SECONDS} (0: for ever)"),
-            max_bytes=int(_env_number("MESH_STREAM_MAX_BYTES", default.max_bytes, minimum=-1, maximum=_MAX_COUNT,
-                                      what=f"bytes up to {_MAX_COUNT} (-1: no limit)")),
-            max_msgs=int(_env_number("MESH_STREAM_MAX_MSGS", default.max_msgs, minimum=-1, maximum=_MAX_COUNT,
-                                     what=f"a count up to {_MAX_COUNT} (-1: no limit)")),
+            duplicate_window=env_number("MESH_DUPLICATE_WINDOW", default.duplicate_window, minimum=1,
+                                        maximum=_MAX_SECONDS, what=f"seconds, from 1 to {_MAX_SECONDS}"),
+            max_age=env_number("MESH_STREAM_MAX_AGE", default.max_age, minimum=0, maximum=_MAX_SECONDS,
+                               what=f"seconds up to {_MAX_SECONDS} (0: for ever)"),
+            max_bytes=int(env_number("MESH_STREAM_MAX_BYTES", default.max_bytes, minimum=-1, maximum=_MAX_COUNT,
+                                     what=f"bytes up to {_MAX_COUNT} (-1: no limit)")),
+            max_msgs=int(env_number("MESH_STREAM_MAX_MSGS", default.max_msgs, minimum=-1, maximum=_MAX_COUNT,
+                                    what=f"a count up to {_MAX_COUNT} (-1: no limit)")),
         )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ Order: `--nats URL`, then `NATS_URL`, then the server `mesh up` recorded in
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import socket
@@ -21,7 +22,22 @@ from mesh.errors import AuthenticationError, ConfigError, NoServerError
 from mesh.telemetry.redact import scrub_text
 from topics import subjects
 
-__all__ = ["MeshSettings", "ServerRecord", "inbox_prefix", "mesh_home", "nkey_public_key", "nkeys_module", "read_server_record", "resolve_url", "server_urls", "shown_url"]
+__all__ = ["MeshSettings", "ServerRecord", "env_number", "inbox_prefix", "mesh_home", "nkey_public_key", "nkeys_module", "read_server_record", "resolve_url", "server_urls", "shown_url"]
+
+
+def env_number(name: str, default: float, *, minimum: float, what: str, maximum: float = math.inf) -> float:
+    """The number in the environment variable ``name`` (``default`` if unset or blank);
+    ConfigError naming the variable and ``what`` it must be when it is not one in range."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not (minimum <= number <= maximum and number < math.inf):  # also false for nan
+        raise ConfigError(f"{name}={value!r} must be {what}")
+    return number
 
 
 class ServerRecord(msgspec.Struct, frozen=True):
