@@ -8,9 +8,10 @@ import base64
 import re
 from typing import Any
 
+import msgspec
 import pytest
 
-from mesh.console.index import EventQuery, LogIndex
+from mesh.console.index import EventQuery, LogIndex, record_size
 from mesh.console.server import BadParameter, Hub, _event_query
 from mesh.console.views import events_page, preview, task_page, tasks_page
 from mesh.projections import instant
@@ -54,6 +55,37 @@ class TestLogIndex:
         assert [r.seq for r in index.lookup("t", "t2")] == [8, 9]  # its request, seq 7, was dropped
         assert all(key in index.records for keys in index.keys.values() for key in keys)
         assert sum(len(keys) for keys in index.by_type.values()) == len(index.ids) == 5
+
+    def test_keeps_the_newest_within_its_bytes(self) -> None:
+        """Past max_bytes (`record_size`: the data as stored, and an overhead) the oldest records
+        leave, offloaded data counted once fetched; the newest stays whatever its size."""
+
+        def sized(seq: int, text: str) -> Record:
+            data = ChatMessage(room="room", speaker="s", content=text)
+            plain = record(seq, "mesh.chat.room", data)
+            event = msgspec.structs.replace(plain.event, data=msgspec.Raw(msgspec.json.encode(data)))
+            return msgspec.structs.replace(plain, event=event)
+
+        size = record_size(sized(1, "x" * 5000))
+        index = LogIndex(max_bytes=3 * size + size // 2)
+        index.extend(sized(seq, "x" * 5000) for seq in range(1, 11))
+        assert [r.seq for r in index.records.values()] == [8, 9, 10] and index.dropped == 7
+        assert index.bytes == 3 * size and index.summary()["bytes"] == 3 * size and not index.complete
+        huge = sized(11, "y" * (10 * index.max_bytes))
+        index.add(huge)
+        assert list(index.records) == [11] and index.bytes == record_size(huge) > index.max_bytes
+        index.add(sized(12, "z"))
+        assert list(index.records) == [12] and index.bytes == record_size(sized(12, "z"))
+        assert index.lookup("y", ChatMessage.TYPE) == [index.records[12]] and set(index.ids) == {"e12"}
+
+    def test_the_owners_of_task_ids_go_with_their_tasks(self) -> None:
+        """The tasks fold's map of each id's owners (review X4) is trimmed with the tasks."""
+        index = LogIndex(max_events=4)
+        for n in range(6):
+            index.extend(task_events(f"t{n}", 3 * n + 1, f"c{n}", owner=f"u{n}"))
+        kept = {view.task_id for view in index.tasks.tasks.values()}
+        assert len(kept) <= 4 and "t5" in kept
+        assert set(index.tasks.owners) == kept and all(index.tasks.owners[t] == [f"u{t[1:]}"] for t in kept)
 
     def test_a_query_filters_newest_first(self) -> None:
         """Subject, type (whole or its start), correlation and time narrow the events, newest first."""

@@ -36,11 +36,14 @@ def _check_names(ctx: click.Context, param: click.Parameter, value: tuple[str, .
               help="port to listen on (0: a free one; the URL is printed)")  # fmt: skip
 @click.option("--max-events", default=200_000, show_default=True, type=click.IntRange(1, 10_000_000),
               help="events kept in memory, the newest; older ones are dropped from the pages")  # fmt: skip
+@click.option("--max-mb", default=256, show_default=True, type=click.IntRange(1, 1_048_576),
+              help="MiB of event data kept in memory (offloaded data included; the process holds a small multiple "
+                   "of it); past it the oldest events are dropped from the pages")  # fmt: skip
 @click.option("--allow-host", "allow_hosts", multiple=True, callback=_check_names,
               help="a name the console may be reached by (Host header) besides an IP address, localhost and "
                    "this machine's name; repeatable")  # fmt: skip
 @nats_options
-def ui(file: str | None, host: str, port: int, max_events: int, allow_hosts: tuple[str, ...],
+def ui(file: str | None, host: str, port: int, max_events: int, max_mb: int, allow_hosts: tuple[str, ...],
        settings: MeshSettings) -> None:  # fmt: skip
     """A read-only web console over the log, live: agents, capabilities, tasks and workflows with
     their timelines, events, any projection at any point, dead letters. Prints its URL."""
@@ -48,7 +51,7 @@ def ui(file: str | None, host: str, port: int, max_events: int, allow_hosts: tup
     if not _loopback(host):
         click.echo(f"warning: listening on {host}: anyone who reaches it can read the whole log (the console has "
                    "no login); the default, 127.0.0.1, serves this machine only", err=True)  # fmt: skip
-    run(_ui(settings, file, host, port, max_events, _names(host, allow_hosts)))
+    run(_ui(settings, file, host, port, max_events, max_mb * 2**20, _names(host, allow_hosts)))
 
 
 def _can_listen(host: str, port: int) -> None:
@@ -88,14 +91,14 @@ def _names(host: str, allowed: tuple[str, ...]) -> frozenset[str]:
     return frozenset(names | {host.lower()})
 
 
-async def _ui(settings: MeshSettings, file: str | None, host: str, port: int, max_events: int,
+async def _ui(settings: MeshSettings, file: str | None, host: str, port: int, max_events: int, max_bytes: int,
               hosts: frozenset[str]) -> None:  # fmt: skip
     from mesh.console.index import LogIndex
     from mesh.console.server import Console, serve
     from mesh.console.source import FileSource, LiveSource, Source
 
     source: Source = FileSource(file) if file else LiveSource(settings)
-    index = LogIndex(max_events)
+    index = LogIndex(max_events, max_bytes)
     stop = asyncio.Event()
     with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGTERM handlers on Windows
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -103,7 +106,9 @@ async def _ui(settings: MeshSettings, file: str | None, host: str, port: int, ma
         started = time.perf_counter()
         await source.load(index)
         dropped = (
-            f", {index.dropped + index.starts_after:,} older ones not kept (--max-events)" if not index.complete else ""
+            f", {index.dropped + index.starts_after:,} older ones not kept (--max-events, --max-mb)"
+            if not index.complete
+            else ""
         )
         click.echo(
             f"loaded {len(index):,} events from {source.label} in {time.perf_counter() - started:.2f} s{dropped}"

@@ -1,9 +1,12 @@
 """The console's memory of the log: the newest events, looked up by seq, type, correlation, task,
 workflow, event id and cause, with the tasks and workflows projections folded as they arrive.
 
-Bounded: at most ``max_events`` records (`DEFAULT_MAX_EVENTS`); adding one more drops the
-oldest, from every lookup too, and the pages say that older events are not shown. The tasks and
-workflows folds keep at most as many entries, the oldest dropped first.
+Bounded: at most ``max_events`` records (`DEFAULT_MAX_EVENTS`) and ``max_bytes`` of their data
+(`DEFAULT_MAX_BYTES`, counted as `record_size`: the data as stored, offloaded data included, and
+`RECORD_OVERHEAD` per record); adding one past either drops the oldest, from every lookup too,
+and the pages say that older events are not shown. The newest record is kept whatever its size.
+The tasks and workflows folds keep at most ``max_events`` entries, the oldest dropped first, and
+so does the tasks fold's map of the owners of each task id.
 """
 
 from __future__ import annotations
@@ -17,12 +20,21 @@ from typing import Any
 
 from mesh.projections import TASKS, WORKFLOWS
 from mesh.projections.base import Router, moment_of
+from mesh.projections.tasks import TasksState
 from replay.reader import subject_matches
 from topics.record import Record
 
-__all__ = ["DEFAULT_MAX_EVENTS", "EventQuery", "LogIndex"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_EVENTS", "RECORD_OVERHEAD", "EventQuery", "LogIndex", "record_size"]
 
 DEFAULT_MAX_EVENTS = 200_000
+DEFAULT_MAX_BYTES = 256 * 2**20  # of event data; the process holds a small multiple of it (decoded data, lookups)
+RECORD_OVERHEAD = 1024  # bytes counted for each record besides its data: envelope, lookups, fold entries
+
+
+def record_size(record: Record) -> int:
+    """What a record counts against ``max_bytes``: its data as stored (offloaded data, once
+    fetched, is inline in the record too) and `RECORD_OVERHEAD`."""
+    return len(record.event.data) + RECORD_OVERHEAD
 
 Key = tuple[str, str]  # (kind, value): c correlation, t task, w workflow, x cause (and i event id, y type)
 
@@ -74,17 +86,22 @@ def _keys(record: Record) -> list[Key]:
 
 
 class LogIndex:
-    """The newest ``max_events`` records in log order, with lookups and live folds."""
+    """The newest records in log order (at most ``max_events``, and ``max_bytes`` as
+    `record_size` counts them), with lookups and live folds."""
 
-    def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
+    def __init__(self, max_events: int = DEFAULT_MAX_EVENTS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, not {max_bytes}")
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.bytes = 0  # the records' sizes (`record_size`)
         self.records: dict[int, Record] = {}  # by seq, oldest first
         self.keys: dict[Key, list[int]] = {}  # each list oldest first
         self.ids: dict[str, int] = {}  # event id -> seq
         self.by_type: dict[str, deque[int]] = {}  # long lists, dropped from the left
-        self.dropped = 0  # records dropped to keep within max_events
+        self.dropped = 0  # records dropped to keep within max_events and max_bytes
         self.starts_after = 0  # the seq before the first record loaded (0: from the start of the log)
         self.undecodable = 0  # stored messages that are not events (counted, not kept)
         self.last_seq = 0
@@ -111,6 +128,7 @@ class LogIndex:
             return  # already here (a live read overlapping the load)
         event = record.event
         self.records[key] = record
+        self.bytes += record_size(record)
         self.ids[event.id] = key
         seqs = self.by_type.get(event.type)
         if seqs is None:
@@ -128,11 +146,11 @@ class LogIndex:
         for projection in self._router.route(event.type):
             if projection is TASKS:
                 self.tasks = TASKS.apply(self.tasks, record)
-                _trim(self.tasks.tasks, self.max_events)
+                _trim_tasks(self.tasks, self.max_events)
             else:
                 self.workflows = WORKFLOWS.apply(self.workflows, record)
                 _trim(self.workflows.workflows, self.max_events)
-        if len(self.records) > self.max_events:
+        while len(self.records) > self.max_events or (self.bytes > self.max_bytes and len(self.records) > 1):
             self._drop_oldest()
 
     def extend(self, records: Iterable[Record]) -> None:
@@ -146,6 +164,7 @@ class LogIndex:
     def _drop_oldest(self) -> None:
         key = next(iter(self.records))
         record = self.records.pop(key)
+        self.bytes -= record_size(record)
         if self.ids.get(record.event.id) == key:
             del self.ids[record.event.id]
         seqs = self.by_type[record.event.type]
@@ -230,7 +249,21 @@ class LogIndex:
             "starts_after": self.starts_after,
             "undecodable": self.undecodable,
             "max_events": self.max_events,
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
         }
+
+
+def _trim_tasks(state: TasksState, limit: int) -> None:
+    """Drop the oldest tasks past ``limit``, and each one's owner from the map of owners by id."""
+    tasks, owners = state.tasks, state.owners
+    while len(tasks) > limit:
+        view = tasks.pop(next(iter(tasks)))
+        listed = owners.get(view.task_id)
+        if listed is not None and view.owner in listed:
+            listed.remove(view.owner)
+            if not listed:
+                del owners[view.task_id]
 
 
 def _trim(entries: dict[str, Any], limit: int) -> None:

@@ -75,7 +75,8 @@ def status_line(summary: Mapping[str, Any], source: str, live: bool) -> str:
     notes = []
     if summary["dropped"] or summary["starts_after"]:
         notes.append(
-            f"older events are not shown: the console keeps the newest {summary['max_events']:,} (--max-events)"
+            f"older events are not shown: the console keeps the newest {summary['max_events']:,} (--max-events) "
+            f"and {summary['max_bytes'] / 2**20:,.0f} MiB of their data (--max-mb)"
         )
     if summary["undecodable"]:
         notes.append(f"{summary['undecodable']:,} stored message(s) that are not events, skipped")

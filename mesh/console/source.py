@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,17 @@ import msgspec
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
-from mesh.bus import jetstream
+from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.follow import Follow
 from mesh.bus.settings import MeshSettings, shown_url
 from mesh.bus.status import CapabilityLoad, capability_loads
-from mesh.console.index import LogIndex
+from mesh.console.index import RECORD_OVERHEAD, LogIndex
 from mesh.errors import MeshError
 from mesh.projections import Projection, ProjectionState
 from replay.files import iter_file
-from replay.reader import RawMessage, gc_paused, read_log
+from replay.reader import LogReader, RawMessage, gc_paused, read_log
 from replay.state import rebuild, rebuild_file
 from topics import subjects
 from topics.agents import AgentStarted, AgentStopped, Presence
@@ -127,6 +128,26 @@ class FileSource(Source):
         return state
 
 
+async def _start_within(mesh: Mesh, start: int, end: int, max_bytes: int) -> int:
+    """The first seq from which the events up to ``end`` fit ``max_bytes`` (as `record_size`
+    counts them, offloaded data at the size its event names), at least ``start``: a pass that
+    only measures, so the read that follows holds no more than the index keeps (the newest one
+    whatever its size)."""
+    sizes = array("q")
+
+    def measure(seq: int, subject: str, payload: bytes) -> None:
+        sizes.append(seq)
+        sizes.append(len(payload) + payloads.offloaded_size(payload) + RECORD_OVERHEAD)
+
+    await LogReader(mesh, start=start, end=end).scan(measure)
+    total = 0
+    for i in range(len(sizes) - 2, -1, -2):
+        total += sizes[i + 1]
+        if total > max_bytes and i < len(sizes) - 2:
+            return sizes[i + 2]
+    return start
+
+
 class LiveSource(Source):
     """A live server: the stream's newest events, then every event as it lands."""
 
@@ -155,6 +176,7 @@ class LiveSource(Source):
         if state.messages == 0:
             return
         start = max(state.first_seq, state.last_seq - index.max_events + 1)
+        start = await _start_within(mesh, start, state.last_seq, index.max_bytes)
         index.starts_after = start - 1 if start > state.first_seq else 0
         found = await read_log(mesh, start=start, end=state.last_seq)
         index.undecodable += len(found.undecodable)
