@@ -128,6 +128,23 @@ class FileSource(Source):
         return state
 
 
+async def _may_exceed(mesh: Mesh, stream_bytes: int, max_bytes: int) -> bool:
+    """Whether the log's events could hold more than ``max_bytes`` of data: the stream's bytes
+    and those of the object stores of offloaded data, when the server lists them (an account
+    that may not list streams is measured event by event)."""
+    if stream_bytes > max_bytes:
+        return True
+    try:
+        streams = await mesh.js.streams_info()
+    except (NatsError, TimeoutError):  # refused or out of reach: measure
+        return True
+    offloaded = sum(info.state.bytes for info in streams if (info.config.name or "").startswith(_OBJECT_STREAMS))
+    return stream_bytes + offloaded > max_bytes
+
+
+_OBJECT_STREAMS = f"OBJ_{subjects.PAYLOAD_BUCKET}"  # every bucket of offloaded data (`topics.subjects`)
+
+
 async def _start_within(mesh: Mesh, start: int, end: int, max_bytes: int) -> int:
     """The first seq from which the events up to ``end`` fit ``max_bytes`` (as `record_size`
     counts them, offloaded data at the size its event names), at least ``start``: a pass that
@@ -176,7 +193,8 @@ class LiveSource(Source):
         if state.messages == 0:
             return
         start = max(state.first_seq, state.last_seq - index.max_events + 1)
-        start = await _start_within(mesh, start, state.last_seq, index.max_bytes)
+        if await _may_exceed(mesh, state.bytes, index.max_bytes):
+            start = await _start_within(mesh, start, state.last_seq, index.max_bytes)
         index.starts_after = start - 1 if start > state.first_seq else 0
         found = await read_log(mesh, start=start, end=state.last_seq)
         index.undecodable += len(found.undecodable)
