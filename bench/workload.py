@@ -17,8 +17,9 @@ Variants on the mesh (agents in `bench.pipeline_agents`, one process per step, s
 Each variant is paired with the raw baseline (`bench.raw_pipeline`, described in BASELINE),
 measured back to back in the same run, the order alternating:
 1. loaded: `--tasks` calls with `--in-flight` in flight: throughput, p50/p99 of each call's
-   latency, CPU per task of the requester (this process) and the step processes (the
-   orchestrator too for the mesh), and of the nats-server apart;
+   latency, CPU per task of the requester (this process, both sides' requester; after the
+   warm-up it settles its heap as a long-running client would: `settle_heap`) and the step
+   processes (the orchestrator too for the mesh), and of the nats-server apart;
 2. one at a time: `--samples` calls, raw and variant interleaved call by call: p50/p99.
 Ratios are medians of the runs' paired ratios; other figures are medians of the runs.
 3. in flight: `--inflight-tasks` calls with `--inflight` (1,024) in flight per variant on the
@@ -50,6 +51,7 @@ from bench.tasks import RawRequester, raw_stream_config, until_stopped
 from bench.workload_report import InFlight, Measured, Target, print_report
 from mesh import Mesh, Workflows
 from mesh.bus.client import outcome_value
+from mesh.runtime.process import settle_heap
 from topics import subjects
 
 BASELINE = """\
@@ -260,6 +262,7 @@ async def run(bench: Bench, args: argparse.Namespace) -> Measured:
         workload = Workload(bench, Calls(mesh, raw, args.timeout), args)
         await workload.start_processes()
         await workload.warm_up()
+        settle_heap()  # as a long-running client would (bench.requester does too); both sides' requester alike
         await workload.measure()
         for variant in args.inflight_variants:
             await workload.in_flight(variant)
