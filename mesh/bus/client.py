@@ -25,7 +25,7 @@ from mesh.bus import jetstream, payloads
 from mesh.bus.chains import Ahead, Answer, ChainMemory, before_any_answer, hops_after
 from mesh.bus.connection import connect, ensure_stream
 from mesh.bus.settings import MeshSettings
-from mesh.bus.waiting import Waiters
+from mesh.bus.waiting import Waiter, Waiters
 from mesh.errors import PayloadTooLargeError, SchemaError, TaskFailedError, TaskTimeoutError
 from mesh.telemetry.tracing import instruments, send_span
 from topics import subjects
@@ -415,6 +415,11 @@ class Mesh:
         deadline = asyncio.get_running_loop().time() + timeout
         answer = Answer()
         try:
+            if not given:  # nothing stored under it yet: live watches, if the shared subscription has room
+                own = await self.waiters.watch_live(subjects.task(capability, self.owner, task_id), answer.accept)
+                if own is not None:
+                    async with asyncio.timeout_at(deadline):
+                        return await self._request_live(own, answer, capability, input, task_id, event_id, deadline, task)
             # the whole of it, waiting for a waiter slot included (`Waiters` holds at most `limit`)
             async with asyncio.timeout_at(deadline), contextlib.AsyncExitStack() as watching_ahead:
                 async with self.waiters.watch(subjects.task(capability, self.owner, task_id), answer.accept,
@@ -437,6 +442,44 @@ class Mesh:
                 return await self._passed_on(record, deadline, self.owner, capability, ahead, watching_ahead.aclose)
         except asyncio.TimeoutError as error:
             raise _timed_out(error, task_id, capability, timeout) from None
+
+    async def _request_live(
+        self, own: Waiter, answer: Answer, capability: str, input: Any, task_id: str, event_id: str,
+        deadline: float, task: dict[str, Any],
+    ) -> Record:  # fmt: skip
+        """`request_outcome` of a generated task id whose subject ``own`` watches live (the
+        shared subscription had room): the same steps without a context manager per watch
+        (`Waiters.watch_live`); the hops ahead are watched while a slot is free."""
+        ahead: dict[str, Ahead] = {}
+        watching: list[Waiter] = []
+
+        async def let_go() -> None:
+            while watching:
+                await self.waiters.unwatch(watching.pop())
+
+        try:
+            try:
+                for hop in hops_after(event_id, self.chains.ahead(capability)):
+                    hop_answer = Answer()
+                    watched = await self.waiters.watch_live(subjects.task_any(hop, owner=self.owner), hop_answer.accept)
+                    if watched is None:  # no slot free now: the hop is followed when it comes
+                        break
+                    watching.append(watched)
+                    ahead[hop] = Ahead(hop_answer, watched.future)
+                submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
+                early = answer.expect(submitted.seq)
+                reread = early is None and answer.overflowed  # as in `request_outcome`
+                record = early if early is not None or reread else await own.future
+            finally:
+                await self.waiters.unwatch(own)
+            if record is None:  # reread
+                record = await self._answer(capability, self.owner, task_id, submitted.seq)
+            if submitted.duplicate:  # as in `request_outcome`
+                await let_go()
+                ahead = {}
+            return await self._passed_on(record, deadline, self.owner, capability, ahead, let_go)
+        finally:
+            await let_go()
 
     async def _watch_ahead(self, watching: contextlib.AsyncExitStack, task_id: str) -> Ahead | None:
         """Watch every capability's subject of the hop ``task_id``, live: nothing is stored there

@@ -66,7 +66,7 @@ from mesh.errors import PermissionDeniedError
 from topics import subjects
 from topics.record import Record
 
-__all__ = ["DEFAULT_LIMIT", "RECHECK_EVERY", "SHARE_ANONYMOUS_AT", "Decode", "Waiters"]
+__all__ = ["DEFAULT_LIMIT", "RECHECK_EVERY", "SHARE_ANONYMOUS_AT", "Decode", "Waiter", "Waiters"]
 
 DEFAULT_LIMIT = 10_000  # pending waiters per process
 RECHECK_EVERY = 5.0  # seconds between reads of the log for every pending waiter
@@ -101,8 +101,10 @@ def _own_task(subject: str, owner: str | None) -> tuple[str, bool] | None:
     return task_id, capability == "*"
 
 
-class _Waiter:
-    __slots__ = ("accept", "any_capability", "checked", "earlier", "future", "rechecked", "started", "subject")
+class Waiter:
+    """One wait for an event on one subject: what it accepts and the future it resolves."""
+
+    __slots__ = ("accept", "any_capability", "checked", "earlier", "future", "rechecked", "started", "subject", "task_id")
 
     def __init__(
         self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None
@@ -115,6 +117,7 @@ class _Waiter:
         self.rechecked = False  # read again by a tick since it started
         self.started = asyncio.get_running_loop().time()
         self.any_capability = False  # fed by the shared subscription, on every capability's subject of its task
+        self.task_id = ""  # of a `watch_live` waiter: where it is listed in `Waiters._by_task`
 
     def offer(self, record: Record | None) -> bool:
         """Resolve with ``record`` if it is the awaited kind; whether this waiter is done."""
@@ -129,7 +132,7 @@ class _Interest:
     __slots__ = ("ready", "sub", "waiters")
 
     def __init__(self) -> None:
-        self.waiters: list[_Waiter] = []
+        self.waiters: list[Waiter] = []
         self.sub: Any = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -159,7 +162,7 @@ class Waiters:
         self._anonymous = owner == subjects.ANON  # everyone's: shared only while busy
         self._share_anonymous_at = share_anonymous_at
         self._watching = 0  # watches in progress
-        self._by_task: dict[str, list[_Waiter]] = {}
+        self._by_task: dict[str, list[Waiter]] = {}
         self._recent: deque[tuple[str, str, bytes, float]] = deque()  # (task id, subject, data, when it came)
         self._recent_bytes = 0
         self._recent_tasks: dict[str, int] = {}  # task id -> its events in `_recent` (most watches find none)
@@ -179,7 +182,7 @@ class Waiters:
         """The core subscriptions the watches hold: one per watched subject, and the shared one."""
         return len(self._interests) + (self._shared is not None)
 
-    def _all(self) -> list[_Waiter]:
+    def _all(self) -> list[Waiter]:
         return [w for interest in self._interests.values() for w in interest.waiters] + [
             w for waiters in self._by_task.values() for w in waiters
         ]
@@ -202,7 +205,7 @@ class Waiters:
         async with self._slots:
             self._watching += 1
             try:
-                waiter = _Waiter(subject, accept, earlier)
+                waiter = Waiter(subject, accept, earlier)
                 own = _own_task(subject, self._owner)
                 if own is not None and await self._shared_ready():
                     task_id, waiter.any_capability = own
@@ -231,6 +234,34 @@ class Waiters:
                     await self._leave(interest, waiter)
             finally:
                 self._watching -= 1
+
+    async def watch_live(self, subject: str, accept: Callable[[Record], bool]) -> Waiter | None:
+        """`watch` without ``stored`` and without a context manager, for the hot path of a
+        request (`Mesh.request_outcome`: its own generated task id, the hops ahead): a waiter
+        on one of the owner's task subjects, fed by the shared subscription, when that is in
+        place and a slot is free now; else None at once (use `watch`). Its ``future`` gives
+        the event; `unwatch` ends it, always. Two context managers per watch cost a request
+        as much as publishing it."""
+        if self._shared is None or self._closing or self._slots.locked():
+            return None
+        own = _own_task(subject, self._owner)
+        if own is None:
+            return None
+        await self._slots.acquire()  # free (just checked, and nothing ran since): no wait
+        self._watching += 1
+        waiter = Waiter(subject, accept)
+        waiter.task_id, waiter.any_capability = own
+        self._by_task.setdefault(waiter.task_id, []).append(waiter)
+        self._start_ticker()
+        return waiter
+
+    async def unwatch(self, waiter: Waiter) -> None:
+        """End a `watch_live` waiter (once)."""
+        try:
+            await self._leave_shared(waiter.task_id, waiter)
+        finally:
+            self._watching -= 1
+            self._slots.release()
 
     @contextlib.asynccontextmanager
     async def watch_if_free(
@@ -279,7 +310,7 @@ class Waiters:
         finally:
             self._sharing = None
 
-    async def _leave_shared(self, task_id: str, waiter: _Waiter) -> None:
+    async def _leave_shared(self, task_id: str, waiter: Waiter) -> None:
         waiters = self._by_task.get(task_id)
         if waiters is None:
             return
@@ -344,7 +375,7 @@ class Waiters:
         """Whether `_recent` may lack an event delivered within the race of a start."""
         return asyncio.get_running_loop().time() - self._unvouched_at <= RACE_RECHECKS[-1]
 
-    async def _offer_recent(self, task_id: str, waiter: _Waiter) -> None:
+    async def _offer_recent(self, task_id: str, waiter: Waiter) -> None:
         """Offer ``waiter`` the events of its task the shared subscription delivered before it
         started: one may be stored only after the read of the log that follows."""
         if task_id not in self._recent_tasks:
@@ -353,7 +384,7 @@ class Waiters:
             if (waiter.any_capability or waiter.subject == subject) and waiter.offer(await self._decode(subject, data, 0)):
                 return
 
-    def _enter(self, waiter: _Waiter) -> tuple[_Interest, bool]:
+    def _enter(self, waiter: Waiter) -> tuple[_Interest, bool]:
         """The subject's interest with ``waiter`` added, and whether it is new."""
         interest = self._interests.get(waiter.subject)
         first = interest is None
@@ -381,7 +412,7 @@ class Waiters:
             raise
         interest.ready.set_result(None)
 
-    async def _leave(self, interest: _Interest, waiter: _Waiter) -> None:
+    async def _leave(self, interest: _Interest, waiter: Waiter) -> None:
         interest.waiters.remove(waiter)
         if interest.waiters or self._interests.get(waiter.subject) is not interest:
             return
@@ -399,7 +430,7 @@ class Waiters:
         for waiter in list(interest.waiters):
             waiter.offer(record)
 
-    async def _check(self, waiter: _Waiter) -> None:
+    async def _check(self, waiter: Waiter) -> None:
         """Read the subject's events stored since the waiter's last check: the last one (a
         direct get), and the ones before it only if the last is not the awaited one (a claim
         after an outcome, another request's answer under the same task id): then with an
@@ -417,7 +448,7 @@ class Waiters:
                     break
         waiter.checked = last.seq
 
-    async def _check_quietly(self, waiter: _Waiter) -> None:
+    async def _check_quietly(self, waiter: Waiter) -> None:
         """`_check`, leaving a NATS failure that passes (a reconnect) to the next recheck."""
         try:
             await self._check(waiter)
@@ -441,7 +472,7 @@ class Waiters:
                 if isinstance(error, Exception) and not jetstream.is_transient(error):
                     log.warning("re-reading the log for a waiter failed", error=repr(error))
 
-    def _recheck_later(self, waiter: _Waiter) -> None:
+    def _recheck_later(self, waiter: Waiter) -> None:
         """Read the log again for ``waiter`` `RACE_RECHECKS` seconds from now: an event the
         server routed just before this subscription reached it, but stored just after the read,
         was neither delivered nor read (a hand-off's next step often answers in that window)."""
