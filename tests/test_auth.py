@@ -206,6 +206,9 @@ class TestRefused:
             code, out, err = await cli(*command, "--nats", secured.server.url, "--nkey", str(secured.auth / "client.nk"))
             assert code == 1 and "Traceback" not in err, (command, out, err)
             assert re.search(r"error: the server refused nkey user 'client' to publish to '\$js\.api\.", err, re.I), (command, out, err)
+            assert "permission denied" not in err  # said once: no log line of its own before the `error:` line (review V)
+            if command == ("status",):  # the real subject, not nats-py's lower-cased copy of the server's line
+                assert "'$JS.API.STREAM.INFO.KV_mesh-presence'" in err, err
 
     async def test_agent_role_may_not_delete_the_stream_but_admin_may(self, secured: Secured) -> None:
         async with await secured.connect("echo") as agent:
@@ -260,7 +263,8 @@ class TestRefused:
             with pytest.raises(TaskFailedError, match=r"PermissionDeniedError.*mesh\.chat\.lobby"):
                 await client.request("meddle", "hello", timeout=30)
         output = secured.agents.output(agent)
-        assert "permission denied" in output and "mesh.chat.lobby" in output
+        # said once, in the task's failure: the refused publish raised it (no warning of its own before it)
+        assert "refused nkey user 'meddler' to publish to 'mesh.chat.lobby'" in output and "permission denied" not in output
         assert any('"mesh.chat.lobby"' in line for line in secured.violations())
 
 

@@ -83,9 +83,12 @@ async def connect(
             return
         if isinstance(error, nats.errors.SlowConsumerError) and on_dropped is not None:
             on_dropped()
-        refusal = refusals.report(str(error))
-        if refusal is not None:  # the connection stays open: the server refused one action
-            log.warning("permission denied", subject=refusal.subject, action=refusal.action, user=refusal.user)
+        reported = refusals.report(str(error))
+        if reported is not None:  # the connection stays open: the server refused one action
+            refusal, raised = reported
+            # an action waiting on it raises it (a command prints it as its `error:` line): said once
+            (log.debug if raised else log.warning)("permission denied", subject=refusal.subject,
+                                                   action=refusal.action, user=refusal.user)  # fmt: skip
         else:
             log.warning("nats error", error=str(error))
 
@@ -260,7 +263,7 @@ async def ensure_consumer(js: JetStreamContext, config: ConsumerConfig, *, role:
 
 async def presence_bucket(js: JetStreamContext, *, ttl: float = 15.0) -> KeyValue:
     try:
-        return await js.key_value(subjects.PRESENCE_BUCKET)
+        return await jetstream.key_value(js, subjects.PRESENCE_BUCKET)
     except (NotFoundError, BadRequestError):
         return await js.create_key_value(
             KeyValueConfig(bucket=subjects.PRESENCE_BUCKET, ttl=ttl, storage=StorageType.FILE, history=1,
@@ -277,7 +280,7 @@ async def live_agents(js: JetStreamContext, *, create: bool = True) -> list[Pres
         bucket = await presence_bucket(js)
     else:
         try:
-            bucket = await js.key_value(subjects.PRESENCE_BUCKET)
+            bucket = await jetstream.key_value(js, subjects.PRESENCE_BUCKET)
         except (NotFoundError, BadRequestError):
             return []
     try:

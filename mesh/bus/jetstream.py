@@ -88,6 +88,7 @@ from nats.js.api import (
     StreamInfo,
 )
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.kv import KeyValue
 from nats.nuid import NUID
 
 from mesh.bus.refusals import refusals_of
@@ -104,6 +105,7 @@ __all__ = [
     "delete_stream",
     "guarded",
     "is_retryable",
+    "key_value",
     "subscribe",
     "direct_get",
     "read_between",
@@ -619,6 +621,12 @@ async def guarded(js: JetStreamContext, subject: str, action: Awaitable[T]) -> T
     """``action`` (a request on ``subject``), ended by `PermissionDeniedError` if refused."""
     nc: Client = js._nc
     return await refusals_of(nc).guard(subject, action)
+
+
+async def key_value(js: JetStreamContext, bucket: str) -> KeyValue:
+    """nats-py's `js.key_value(bucket)`, ended by `PermissionDeniedError` (naming the subject as
+    sent: nats-py lower-cases the server's refusal) when its stream-info request is refused."""
+    return await guarded(js, f"{js._prefix}.STREAM.INFO.KV_{bucket}", js.key_value(bucket))
 
 
 STALLED = "Nats-Consumer-Stalled"  # a heartbeat's header: where to answer the flow control the server waits for

@@ -66,8 +66,9 @@ class Refusals:
         self._waiting: dict[str, list[_Guarded]] = {}  # lower-cased subject -> the actions waiting on it
         self.refused: list[PermissionDeniedError] = []  # the latest few, for a check after a flush
 
-    def report(self, text: str) -> PermissionDeniedError | None:
-        """Called with each error the server sends; returns the refusal if it was one."""
+    def report(self, text: str) -> tuple[PermissionDeniedError, bool] | None:
+        """Called with each error the server sends; returns the refusal if it was one, and
+        whether an action waiting on its subject was ended with it (and raises it)."""
         parsed = parse_violation(text)
         if parsed is None:
             return None
@@ -80,7 +81,7 @@ class Refusals:
             if guarded.refusal is None:
                 guarded.refusal = error
                 guarded.task.cancel()
-        return error
+        return error, bool(waiting)
 
     async def guard(self, subject: str, action: Awaitable[T]) -> T:
         """Await ``action`` on ``subject``; raise `PermissionDeniedError` as soon as the server
