@@ -414,8 +414,9 @@ class Mesh:
             _check_task(capability, task_id, (), None)
         deadline = asyncio.get_running_loop().time() + timeout
         answer = Answer()
+        read_stored = given if stored is None else stored and given
         try:
-            if not given:  # nothing stored under it yet: live watches, if the shared subscription has room
+            if not read_stored:  # nothing stored under it yet: live watches, if the shared subscription has room
                 own = await self.waiters.watch_live(subjects.task(capability, self.owner, task_id), answer.accept)
                 if own is not None:
                     async with asyncio.timeout_at(deadline):
@@ -423,8 +424,7 @@ class Mesh:
             # the whole of it, waiting for a waiter slot included (`Waiters` holds at most `limit`)
             async with asyncio.timeout_at(deadline), contextlib.AsyncExitStack() as watching_ahead:
                 async with self.waiters.watch(subjects.task(capability, self.owner, task_id), answer.accept,
-                                              stored=given if stored is None else stored and given,
-                                              earlier=answer.earlier) as outcome:  # fmt: skip
+                                              stored=read_stored, earlier=answer.earlier) as outcome:  # fmt: skip
                     ahead = {hop: watched for hop in hops_after(event_id, self.chains.ahead(capability))
                              if (watched := await self._watch_ahead(watching_ahead, hop)) is not None}  # fmt: skip
                     submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
@@ -447,8 +447,9 @@ class Mesh:
         self, own: Waiter, answer: Answer, capability: str, input: Any, task_id: str, event_id: str,
         deadline: float, task: dict[str, Any],
     ) -> Record:  # fmt: skip
-        """`request_outcome` of a generated task id whose subject ``own`` watches live (the
-        shared subscription had room): the same steps without a context manager per watch
+        """`request_outcome` of a task whose log need not be read (a generated id, or a handler's
+        sub-task on its first attempt) and whose subject ``own`` watches live (the shared
+        subscription had room): the same steps without a context manager per watch
         (`Waiters.watch_live`); the hops ahead are watched while a slot is free."""
         ahead: dict[str, Ahead] = {}
         watching: list[Waiter] = []
