@@ -87,6 +87,28 @@ class TestLogIndex:
         assert len(kept) <= 4 and "t5" in kept
         assert set(index.tasks.owners) == kept and all(index.tasks.owners[t] == [f"u{t[1:]}"] for t in kept)
 
+    def test_a_causal_slice_expands_each_cause_once(self) -> None:
+        """Any client can store many events under one id that name it as their cause (review Z:
+        32,000 of them held the console 30 s): each id's effects are looked up once."""
+
+        class Counting(dict[Any, Any]):
+            gets = 0
+
+            def get(self, *args: Any) -> Any:
+                Counting.gets += 1
+                return super().get(*args)
+
+        index = LogIndex()
+        index.extend(task_events("victim", 1, "victim"))
+        data = ChatMessage(room="room", speaker="s", content="x")
+        for seq in range(4, 2004):
+            dup = record(seq, "mesh.chat.room", data, correlation="victim", cause="dup")
+            index.add(msgspec.structs.replace(dup, event=msgspec.structs.replace(dup.event, id="dup")))
+        index.keys = Counting(index.keys)
+        found = index.causal("victim")
+        assert len(found) == 2003 and [r.seq for r in found] == list(range(1, 2004))
+        assert Counting.gets <= 10  # the three lookups of the root, and one per distinct cause id
+
     def test_a_query_filters_newest_first(self) -> None:
         """Subject, type (whole or its start), correlation and time narrow the events, newest first."""
         index = LogIndex()

@@ -224,9 +224,13 @@ class LogIndex:
         for kind in ("c", "t", "w"):
             found.update(self.keys.get((kind, root), ()))
         frontier = [self.records[key].event.id for key in found]
+        expanded: set[str] = set()  # each cause once: many records may carry one id (review Z: N of them took N²)
         while frontier:
-            caused = self.keys.get(("x", frontier.pop()), ())
-            for key in caused:
+            cause = frontier.pop()
+            if cause in expanded:
+                continue
+            expanded.add(cause)
+            for key in self.keys.get(("x", cause), ()):
                 if key not in found:
                     found.add(key)
                     frontier.append(self.records[key].event.id)
