@@ -33,7 +33,7 @@ from mesh.projections.base import instant
 from topics import subjects
 from topics.app import check_subject, is_app_type
 from topics.base import Event, shorten
-from topics.envelope import DECODE_ERRORS, CloudEvent, decode_envelope
+from topics.envelope import DECODE_ERRORS, checked_time, decode_envelope
 from topics.record import Record
 from topics.registry import UPCASTERS, decode_data, event_class, on_its_subject
 
@@ -150,17 +150,6 @@ def decode_stored(subject: str, payload: bytes, seq: int) -> Record:
     An event whose data was offloaded (`dataref`) does not decode here: see `merge_offloaded`."""
     event = checked_time(decode_envelope(payload))
     return Record(seq=seq, subject=subject, event=event, data=decode_data_on(subject, event.type, event.data))
-
-
-def checked_time(event: CloudEvent) -> CloudEvent:
-    """``event``, if its `time` is an RFC 3339 time: timelines, traces and time bounds read
-    it, so an event stored with any other `time` (a raw publish) is undecodable, with the reason,
-    rather than a crash of every replay that reaches it."""
-    try:
-        datetime.fromisoformat(event.time)  # as `parse_time` reads it (Python 3.11 takes the `Z`), a third cheaper
-    except (ValueError, TypeError):
-        raise msgspec.ValidationError(f"its time {shorten(str(event.time))!r} is not an RFC 3339 time") from None
-    return event
 
 
 def decode_data_on(subject: str, event_type: str, raw: msgspec.Raw) -> Event:

@@ -1,8 +1,12 @@
-"""The console's memory with a live server: a log whose events carry large offloaded data is
-loaded within the console's byte bound (review X2), the oldest events left out."""
+"""The console with a live server: a log whose events carry large offloaded data is loaded
+within the console's byte bound (review X2), the oldest events left out; an event that lands
+live is held to the same rules as one loaded (review Z)."""
 
 from __future__ import annotations
 
+import asyncio
+
+import msgspec
 import pytest
 
 from mesh.bus.client import Mesh
@@ -10,6 +14,8 @@ from mesh.bus.settings import MeshSettings
 from mesh.console.index import LogIndex, record_size
 from mesh.console.source import LiveSource
 from topics.chat import ChatMessage
+from topics.envelope import CloudEvent, encode_envelope, now_rfc3339
+from topics.record import Record
 
 pytestmark = pytest.mark.integration
 
@@ -30,3 +36,30 @@ async def test_a_log_of_large_offloaded_events_loads_within_the_byte_bound(mesh:
     assert index.bytes == sum(record_size(r) for r in kept) <= index.max_bytes
     assert index.starts_after == seqs[-2] - 1 and index.dropped == 0 and not index.complete  # the older ones never read
     assert [r.data.content[:1] for r in kept[:2]] == ["6", "7"]  # type: ignore[attr-defined]  # fetched, whole
+
+
+async def test_an_event_landing_live_with_no_time_is_undecodable_as_when_loaded(mesh: Mesh, nats_url: str) -> None:
+    """A raw publish whose `time` is no time is skipped by the load; live it was indexed, and
+    every timeline that reached it answered 500 until the console restarted (review Z)."""
+    index = LogIndex()
+    source = LiveSource(MeshSettings(url=nats_url))
+    added: list[Record] = []
+    arrived = asyncio.Event()
+
+    def take(record: Record) -> None:
+        added.append(record)
+        arrived.set()
+
+    try:
+        await source.load(index)
+        following = asyncio.create_task(source.follow(index, take))
+        data = msgspec.Raw(msgspec.json.encode(ChatMessage(room="room", speaker="s", content="hi")))
+        for n, time in enumerate(("yesterday", now_rfc3339())):
+            event = CloudEvent(specversion="1.0", id=f"e{n}", source="mesh://x", type=ChatMessage.TYPE, time=time,
+                               correlationid="c1", data=data)  # fmt: skip
+            await mesh.js.publish("mesh.chat.room", encode_envelope(event))
+        await asyncio.wait_for(arrived.wait(), 10)  # the good one, after the bad one
+        following.cancel()
+    finally:
+        await source.close()
+    assert [r.event.id for r in added] == ["e1"] and index.undecodable == 1 and index.lookup("c", "c1") == added

@@ -26,6 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
 from mesh.bus.consumer import parse_ack_subject
+from topics.envelope import checked_time
 from topics.record import Record
 
 __all__ = ["LiveConsumer", "Stored", "last_seq", "resolved"]
@@ -53,9 +54,12 @@ async def last_seq(mesh: Mesh, filter_subject: str) -> int:
 
 
 async def resolved(mesh: Mesh, subject: str, data: bytes, seq: int) -> Record | None:
-    """The event of a stored message, its offloaded data fetched; None if it does not decode."""
+    """The event of a stored message, its offloaded data fetched; None if it does not decode,
+    or if its `time` is no time (`checked_time`: as every bulk reader of the log refuses it)."""
     try:
-        return await payloads.resolve(mesh.js, subject, data, seq)
+        record = await payloads.resolve(mesh.js, subject, data, seq)
+        checked_time(record.event)
+        return record
     except payloads.RESOLVE_ERRORS:
         return None  # not ours to judge; the log keeps it
 
