@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from mesh.console.index import EventQuery, LogIndex, record_size
+from mesh.console.pages import bounded_json
 from mesh.console.server import BadParameter, Hub, _event_query
 from mesh.console.views import events_page, preview, task_page, tasks_page
 from mesh.projections import instant
@@ -247,3 +248,53 @@ class TestTimelineFrame:
         index.extend(task_events("t2", 4, "c1"))
         assert await console._timeline_page("c1") != first and len(built) == 2
         assert threading.main_thread().name not in built
+
+
+class TestProjectionsPage:
+    def test_a_large_value_is_cut_before_it_is_indented(self) -> None:
+        """Indenting 20 MB took seconds of the event loop on every view (review Z): past the
+        limit only the start of the compact JSON is shown."""
+        small, large = {"a": [1, 2]}, [[n, n] for n in range(100_000)]
+        assert bounded_json(small, 100) == '{\n  "a": [\n    1,\n    2\n  ]\n}'
+        shown = bounded_json(large, 1000, ": pick one")
+        assert shown.startswith("[[0,0],[1,1],") and shown.endswith(f"… cut at 1,000 bytes of {len(msgspec.json.encode(large)):,} (compact): pick one")
+        assert len(shown) < 1100
+
+    async def test_a_few_states_are_folded_at_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each fold holds a state of the whole log: 100 positions asked at once took the
+        console from 126 to 944 MB (review Z). At most `FOLDS_AT_ONCE` run together; the
+        tasks state counts its tasks as its entries."""
+        import threading
+
+        from mesh.console import travel
+        from mesh.console.source import FileSource
+
+        lock, inside, most = threading.Lock(), [0], [0]
+        entered, go = threading.Semaphore(0), threading.Event()
+        real = travel.state_from_records
+
+        def fold(*args: Any) -> Any:
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            entered.release()
+            go.wait(10)  # held until the test has seen how many got in
+            try:
+                return real(*args)
+            finally:
+                with lock:
+                    inside[0] -= 1
+
+        monkeypatch.setattr(travel, "state_from_records", fold)
+        index = LogIndex()
+        for n in range(40):
+            index.extend(task_events(f"t{n}", 3 * n + 1, f"c{n}"))
+        states = travel.Travel(index, FileSource("unread.jsonl"))
+        asked = asyncio.gather(*(states.state_at("tasks", at) for at in range(1, 121)))
+        for _ in range(travel.FOLDS_AT_ONCE):
+            assert await asyncio.to_thread(entered.acquire, timeout=10)
+        one_more = await asyncio.to_thread(entered.acquire, timeout=0.5)  # a bounded wait for what must not come
+        go.set()
+        shown = await asyncio.wait_for(asked, 30)
+        assert not one_more and most[0] == travel.FOLDS_AT_ONCE
+        assert [s.entries for s in shown[2::3]] == list(range(1, 41))

@@ -130,7 +130,17 @@ def ago(time: str | None, now: datetime | None = None) -> str:
 
 def pretty(value: Any, limit: int = 100_000) -> str:
     """``value`` as indented JSON in a <pre>, cut at ``limit`` characters with a note."""
-    text = msgspec.json.format(_json.encode(value), indent=2).decode()
+    return f"<pre>{e(bounded_json(value, limit))}</pre>"
+
+
+def bounded_json(value: Any, limit: int, advice: str = "") -> str:
+    """``value`` as indented JSON, at most about ``limit`` characters: one larger than that as
+    compact JSON is not indented at all (indenting 20 MB took seconds of the event loop on every
+    view: review Z), only the start of its compact form is shown, with a note."""
+    encoded = _json.encode(value)
+    if len(encoded) > limit:
+        return encoded[:limit].decode(errors="ignore") + f"\n… cut at {limit:,} bytes of {len(encoded):,} (compact){advice}"
+    text = msgspec.json.format(encoded, indent=2).decode()
     if len(text) > limit:
-        text = text[:limit] + f"\n… cut at {limit:,} characters of {len(text):,}"
-    return f"<pre>{e(text)}</pre>"
+        text = text[:limit] + f"\n… cut at {limit:,} characters of {len(text):,}{advice}"
+    return text

@@ -11,17 +11,17 @@ from typing import Any
 import msgspec
 
 from mesh.console.index import LogIndex
-from mesh.console.pages import Page, e, link
+from mesh.console.pages import Page, bounded_json, e, link
 from mesh.console.source import Source
 from mesh.projections import REGISTRY, ProjectionState
 from replay.state import pick, projection_named, state_from_records
 
-__all__ = ["CACHED_STATES", "TEXT_LIMIT", "StateAt", "projections_page"]
+__all__ = ["CACHED_STATES", "FOLDS_AT_ONCE", "TEXT_LIMIT", "StateAt", "projections_page"]
 
 CACHED_STATES = 32  # states kept, by (projection, position, key)
 TEXT_LIMIT = 200_000  # characters of a state shown; past that, pick one entry with `key`
+FOLDS_AT_ONCE = 2  # states folded (or rebuilt from the source) at once; more requests wait their turn
 
-_json = msgspec.json.Encoder()
 
 
 class StateAt(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +42,7 @@ class Travel:
         self.index = index
         self.source = source
         self._cache: OrderedDict[tuple[str, int, str], StateAt] = OrderedDict()
+        self._folding = asyncio.Semaphore(FOLDS_AT_ONCE)
 
     async def state_at(self, name: str, at: int, key: str = "") -> StateAt:
         """``name`` folded up to seq ``at``; ConfigError for an unknown projection; KeyError when
@@ -51,12 +52,14 @@ class Travel:
         if cached is not None:
             self._cache.move_to_end((name, at, key))
             return cached
-        if self.index.complete:
-            records = list(self.index.upto(at))
-            state: ProjectionState = await asyncio.to_thread(state_from_records, projection, records)
-        else:
-            state = await self.source.state_at(projection, at)
-        shown = StateAt(projection=name, at=at, seq=state.seq, entries=_entries(state), text=_text(state, key))
+        async with self._folding:  # each fold holds a state of the whole log: a few at a time (review Z)
+            if self.index.complete:
+                records = list(self.index.upto(at))
+                state: ProjectionState = await asyncio.to_thread(state_from_records, projection, records)
+            else:
+                state = await self.source.state_at(projection, at)
+            text = await asyncio.to_thread(_text, state, key)  # a whole state encoded: not on the loop
+        shown = StateAt(projection=name, at=at, seq=state.seq, entries=_entries(state), text=text)
         self._cache[(name, at, key)] = shown
         while len(self._cache) > CACHED_STATES:
             self._cache.popitem(last=False)
@@ -65,15 +68,14 @@ class Travel:
 
 def _text(state: ProjectionState, key: str) -> str:
     value: Any = pick(state, key) if key else state
-    text = msgspec.json.format(_json.encode(value), indent=2).decode()
-    if len(text) > TEXT_LIMIT:
-        text = text[:TEXT_LIMIT] + f"\n… cut at {TEXT_LIMIT:,} characters of {len(text):,}: pick one entry with key"
-    return text
+    return bounded_json(value, TEXT_LIMIT, ": pick one entry with key")
 
 
 def _entries(state: ProjectionState) -> int:
+    """How many entries the state has: its one field besides `seq`, or its first (the tasks
+    state's `tasks`, beside its map of owners)."""
     fields = [f for f in type(state).__struct_fields__ if f != "seq"]
-    value = getattr(state, fields[0]) if len(fields) == 1 else None
+    value = getattr(state, fields[0]) if fields else None
     return len(value) if isinstance(value, dict) else 0
 
 
