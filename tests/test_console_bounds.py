@@ -63,3 +63,22 @@ async def test_an_event_landing_live_with_no_time_is_undecodable_as_when_loaded(
     finally:
         await source.close()
     assert [r.event.id for r in added] == ["e1"] and index.undecodable == 1 and index.lookup("c", "c1") == added
+
+
+async def test_every_response_carries_the_security_headers() -> None:
+    """Errors aiohttp raises (404, 403, 405, 421) skipped the headers a page gets (review Z)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from mesh.console.server import CSP, Console
+    from mesh.console.source import FileSource
+
+    console = Console(LogIndex(), FileSource("unread.jsonl"), hosts=frozenset({"localhost"}))
+    async with TestClient(TestServer(console.app())) as client:
+        for method, path, headers, status in (("GET", "/tasks", {}, 200), ("GET", "/nothing-here", {}, 404),
+                                              ("GET", "/static/", {}, 403), ("POST", "/tasks", {}, 405),
+                                              ("GET", "/tasks", {"Host": "evil.example"}, 421)):  # fmt: skip
+            async with client.request(method, path, headers=headers) as response:
+                assert response.status == status, (method, path)
+                assert response.headers.get("Content-Security-Policy") == CSP, (method, path, status)
+                assert response.headers.get("X-Content-Type-Options") == "nosniff"
+                assert response.headers.get("Referrer-Policy") == "no-referrer"

@@ -102,6 +102,13 @@ class BadParameter(Exception):
     """A query parameter that cannot be used; its message is the one line the page shows."""
 
 
+async def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    """The headers every response carries, a page, a stream, a static file or an error."""
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+
 class Console:
     """The pages over one index and its source."""
 
@@ -134,6 +141,7 @@ class Console:
         get("/api/projections/{name}", self._state_json)
         get("/stream", self._stream)
         app.router.add_static("/static", STATIC)
+        app.on_response_prepare.append(_secure)  # every response: errors aiohttp raises too (review Z)
         app.on_startup.append(self._start_following)
         app.on_shutdown.append(self._shut)
         return app
@@ -160,11 +168,7 @@ class Console:
         if self.hosts is not None and not _allowed(_host_name(request.host), self.hosts):  # DNS rebinding
             raise web.HTTPMisdirectedRequest(text=f"this console answers to an IP address or "
                                                   f"{', '.join(sorted(self.hosts))} only (`mesh ui --allow-host NAME`)")
-        response = await handler(request)
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        return response
+        return await handler(request)
 
     def _page(self, build: Callable[[web.Request], Awaitable[Page | None]]) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
