@@ -174,6 +174,14 @@ class TestPages:
         html = tasks_page(index, {}, 1).body + events_page(index, EventQuery(), {}, 1).body
         assert "<script>" not in html and "<b>c</b>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
+    def test_an_id_cannot_pass_for_another(self) -> None:
+        """Bidirectional controls in a value show as escapes, control characters as U+FFFD
+        (`invoice-\u202e1337-lanif` displayed as `invoice-final-7331`: review Z)."""
+        index = LogIndex()
+        index.extend(task_events("invoice-\u202e1337-lanif", 1, "c\x1b[2Jc"))
+        html = tasks_page(index, {}, 1).body + events_page(index, EventQuery(), {}, 1).body
+        assert "\u202e" not in html and "invoice-\\u202e1337-lanif" in html and "\x1b" not in html
+
     def test_a_bad_filter_is_one_line(self) -> None:
         """A subject that is not a NATS filter, or a time that is not RFC 3339, is refused and named."""
         with pytest.raises(BadParameter, match=re.escape("subject 'mesh..task' is not a subject filter")):

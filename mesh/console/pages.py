@@ -40,8 +40,17 @@ class Page(msgspec.Struct, kw_only=True):
     live: str = "refresh"
 
 
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_SHOWN = {cp: "\ufffd" for cp in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(cp) not in "\t\n\r"} | {
+    cp: f"\\u{cp:04x}" for cp in _BIDI
+}  # fmt: skip
+
+
 def e(value: Any) -> str:
-    return escape(str(value), quote=True)
+    """``value`` as HTML text or attribute: escaped, its control characters shown as U+FFFD
+    and its bidirectional controls as `\\u202e` and the like, so a value from the log cannot
+    pass for another (`invoice-\\u202e1337-lanif` shown as `invoice-final-7331`: review Z)."""
+    return escape(str(value).translate(_SHOWN), quote=True)
 
 
 def link(href: str, text: Any) -> str:
