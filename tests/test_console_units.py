@@ -306,3 +306,28 @@ class TestProjectionsPage:
         shown = await asyncio.wait_for(asked, 30)
         assert not one_more and most[0] == travel.FOLDS_AT_ONCE
         assert [s.entries for s in shown[2::3]] == list(range(1, 41))
+
+
+class TestFileSource:
+    @staticmethod
+    def line(seq: int, task: str, event_id: str) -> str:
+        event = {"specversion": "1.0", "id": event_id, "source": "mesh://x", "type": "mesh.task.requested",
+                 "time": "2026-12-04T17:42:52Z", "data": {"capability": "echo", "task_id": task, "input": 1}}  # fmt: skip
+        return msgspec.json.encode({"seq": seq, "subject": "mesh.work.echo.anon", "event": event}).decode() + "\n"
+
+    async def test_a_file_out_of_log_order_is_refused_naming_the_line(self, tmp_path: Any) -> None:
+        """Exports concatenated showed fewer tasks than they hold, without a word (review Z)."""
+        from mesh.console.source import FileSource
+        from mesh.errors import MeshError
+
+        in_order = tmp_path / "ordered.jsonl"
+        in_order.write_text(self.line(1, "a", "ra") + self.line(2, "b", "rb") + self.line(2, "b", "rb"))  # a line again: kept once
+        index = LogIndex()
+        await FileSource(in_order).load(index)
+        assert [r.seq for r in index.records.values()] == [1, 2] and len(index.tasks.tasks) == 2
+        for lines, said in ((self.line(2, "b", "rb") + self.line(1, "a", "ra"), "seq 1 (ra) comes after seq 2"),
+                            (self.line(1, "a", "ra") + self.line(1, "b", "rb"), "seq 1 (rb) comes after seq 1")):  # fmt: skip
+            unordered = tmp_path / "unordered.jsonl"
+            unordered.write_text(lines)
+            with pytest.raises(MeshError, match=re.escape(said)):
+                await FileSource(unordered).load(LogIndex())
