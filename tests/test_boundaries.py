@@ -197,13 +197,13 @@ def test_credentials_in_text_are_scrubbed(text: str, shown: str) -> None:
     assert scrub_text(text) == shown
 
 
-@pytest.mark.parametrize("value", ["lots", "-1", "1e12", "nan"])
+@pytest.mark.parametrize("value", ["lots", "-1", "1e12", "nan", "1.5", "0.9"])
 def test_a_bad_collector_setting_stops_an_agent_before_it_starts(value: str) -> None:
     """`MESH_GC_THRESHOLD` is read before the agent connects: one line naming the variable."""
     result = CliRunner().invoke(main, ["agent", "run", "agents.echo:agent", "--nats", "nats://127.0.0.1:1"],
                                 env={"MESH_GC_THRESHOLD": value})  # fmt: skip
     assert result.exit_code == 1
-    assert f"error: MESH_GC_THRESHOLD={value!r} must be a count of allocations from 0 to 10,000,000" in result.output
+    assert f"error: MESH_GC_THRESHOLD={value!r} must be a whole count of allocations from 0 to 10,000,000" in result.output
 
 
 def test_the_collector_setting_sets_the_young_generation_only(monkeypatch: pytest.MonkeyPatch) -> None:

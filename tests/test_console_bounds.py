@@ -13,8 +13,9 @@ from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
 from mesh.console.index import LogIndex, record_size
 from mesh.console.source import LiveSource
+from topics import subjects
 from topics.chat import ChatMessage
-from topics.envelope import CloudEvent, encode_envelope, now_rfc3339
+from topics.envelope import CloudEvent, decode_envelope, encode_envelope, now_rfc3339
 from topics.record import Record
 
 pytestmark = pytest.mark.integration
@@ -82,3 +83,25 @@ async def test_every_response_carries_the_security_headers() -> None:
                 assert response.headers.get("Content-Security-Policy") == CSP, (method, path, status)
                 assert response.headers.get("X-Content-Type-Options") == "nosniff"
                 assert response.headers.get("Referrer-Policy") == "no-referrer"
+
+
+async def test_a_forged_data_size_does_not_hide_older_events(mesh: Mesh, nats_url: str) -> None:
+    """The measuring pass reads an object's size from the object store, not from the event's
+    claim: one forged event claiming 64 MiB made the load keep nothing older (review Y)."""
+    big = "x" * (2 * mesh.nc.max_payload)
+    old = (await mesh.publish("mesh.chat.room", ChatMessage(room="room", speaker="s", content=big))).seq
+    small = [(await mesh.publish("mesh.chat.room", ChatMessage(room="room", speaker="s", content=f"hi {n}"))).seq
+             for n in range(3)]  # fmt: skip
+    real = (await mesh.publish("mesh.chat.room", ChatMessage(room="room", speaker="s", content=big))).seq
+    stored = await mesh.js.get_msg(subjects.STREAM, real)
+    forged = msgspec.structs.replace(decode_envelope(stored.data or b""), id="forged", datasize=64 * 2**20)
+    await mesh.js.publish("mesh.chat.room", encode_envelope(forged))  # any client may, on its own subjects
+    # the newest 5 events, with room for one large object: the log (two objects) must be measured
+    index = LogIndex(max_events=5, max_bytes=3 * mesh.nc.max_payload)
+    source = LiveSource(MeshSettings(url=nats_url))
+    try:
+        await source.load(index)
+    finally:
+        await source.close()
+    assert [r.seq for r in index.records.values()] == [*small, real] and index.undecodable == 1
+    assert index.starts_after == old and index.dropped == 0

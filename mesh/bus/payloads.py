@@ -64,7 +64,7 @@ from topics.record import Record
 from topics.registry import decode_on
 
 __all__ = [
-    "DEFAULT_IN_FLIGHT", "DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "Budget", "create_buckets", "in_flight_budget", "inline",
+    "DEFAULT_IN_FLIGHT", "DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "Budget", "create_buckets", "fetched_size", "in_flight_budget", "inline",
     "max_object", "offload", "offloaded_size", "payload_bucket", "resolve", "waiting_on_others",
 ]
 
@@ -356,6 +356,40 @@ def _digest_matches(digest: str, data: bytes) -> bool:
     return value == base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
 
 
+async def _object_of(js: JetStreamContext, event: CloudEvent, subject: str, ref: str) -> tuple[str, ObjectInfo, int]:
+    """The bucket, info and size of the object ``ref`` names for ``event`` on ``subject``, if
+    a reader may take it (`inline`'s checks before it reads a byte); raises what `inline` maps."""
+    bucket, name = parse_dataref(ref)
+    expected = subjects.payload_bucket_of(subject)
+    if bucket != expected:  # a reference may not point a reader at other stores
+        raise ValueError(f"dataref names bucket {bucket[:80]!r}; the data of events on this subject live in {expected!r}")
+    store = await payload_bucket(js, bucket, create=False)
+    info = await store.get_info(name)
+    if info.is_link():  # nats-py would follow it into any bucket this reader may read
+        raise MissingPayloadError(ref, "the object is a link to another object: a reference may not point a "
+                                       "reader at other stores")  # fmt: skip
+    size = info.size or 0
+    ceiling = max(max_object(), DEFAULT_MAX_OBJECT)  # what a reader holds in memory, whatever it may write
+    if size > ceiling or (event.datasize is not None and size != event.datasize):
+        raise MissingPayloadError(ref, f"the object has {size} bytes; the event says {event.datasize}, "
+                                       f"and at most {ceiling} are read")  # fmt: skip
+    return bucket, info, size
+
+
+async def fetched_size(js: JetStreamContext, subject: str, event: CloudEvent) -> int:
+    """The bytes of data `inline` would fetch for ``event`` (stored on ``subject``), read from
+    its object's info, not from what the event claims: 0 for inline data, and for an object
+    `inline` would refuse (missing, elsewhere, of another size): such an event is undecodable
+    and holds nothing (a forged `datasize` of 64 MiB made the console's load keep nothing
+    older than it: review Y)."""
+    if event.dataref is None:
+        return 0
+    try:
+        return (await _object_of(js, event, subject, event.dataref))[2]
+    except (ValueError, NotFoundError, MissingPayloadError, BadObjectMetaError, LinkIsABucketError):
+        return 0
+
+
 async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> CloudEvent:
     """``event``, stored on ``subject``, with the data its `dataref` names put back in `data`
     (the reference removed); `MissingPayloadError` if the object is gone, is not in the
@@ -364,20 +398,7 @@ async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> Cloud
     if ref is None:
         return event
     try:
-        bucket, name = parse_dataref(ref)
-        expected = subjects.payload_bucket_of(subject)
-        if bucket != expected:  # a reference may not point a reader at other stores
-            raise ValueError(f"dataref names bucket {bucket[:80]!r}; the data of events on this subject live in {expected!r}")
-        store = await payload_bucket(js, bucket, create=False)
-        info = await store.get_info(name)
-        if info.is_link():  # nats-py would follow it into any bucket this reader may read
-            raise MissingPayloadError(ref, "the object is a link to another object: a reference may not point a "
-                                           "reader at other stores")  # fmt: skip
-        size = info.size or 0
-        ceiling = max(max_object(), DEFAULT_MAX_OBJECT)  # what a reader holds in memory, whatever it may write
-        if size > ceiling or (event.datasize is not None and size != event.datasize):
-            raise MissingPayloadError(ref, f"the object has {size} bytes; the event says {event.datasize}, "
-                                           f"and at most {ceiling} are read")  # fmt: skip
+        bucket, info, size = await _object_of(js, event, subject, ref)
         try:
             data = await asyncio.wait_for(_read_chunks(js, ref, bucket, info, size), fetch_timeout(size))
         except TimeoutError:  # a server far too slow, or a meta entry giving a great many tiny chunks

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 from nats.errors import Error as NatsError
+from nats.js.api import StreamState
 from nats.js.errors import NotFoundError
 
 from mesh.bus import jetstream, payloads
@@ -31,6 +32,7 @@ from replay.state import rebuild, rebuild_file
 from topics import subjects
 from topics.agents import AgentStarted, AgentStopped, Presence
 from topics.dead import DeadLettered
+from topics.envelope import CloudEvent, decode_envelope
 from topics.record import Record
 
 __all__ = ["AgentRow", "CapabilityRow", "FileSource", "LiveSource", "Source"]
@@ -142,40 +144,54 @@ class FileSource(Source):
         return state
 
 
-async def _may_exceed(mesh: Mesh, stream_bytes: int, max_bytes: int) -> bool:
-    """Whether the log's events could hold more than ``max_bytes`` of data: the stream's bytes
-    and those of the object stores of offloaded data, when the server lists them (an account
-    that may not list streams is measured event by event)."""
-    if stream_bytes > max_bytes:
+async def _may_exceed(mesh: Mesh, stream: StreamState, max_events: int, max_bytes: int) -> bool:
+    """Whether the log's events could count more than ``max_bytes`` (`record_size`): the
+    stream's bytes, those of the object stores of offloaded data when the server lists them
+    (an account that may not list streams is measured event by event), and `RECORD_OVERHEAD`
+    for each event the index may keep."""
+    counted = (stream.bytes or 0) + min(stream.messages or 0, max_events) * RECORD_OVERHEAD
+    if counted > max_bytes:
         return True
     try:
         streams = await mesh.js.streams_info()
     except (NatsError, TimeoutError):  # refused or out of reach: measure
         return True
     offloaded = sum(info.state.bytes for info in streams if (info.config.name or "").startswith(_OBJECT_STREAMS))
-    return stream_bytes + offloaded > max_bytes
+    return counted + offloaded > max_bytes
 
 
 _OBJECT_STREAMS = f"OBJ_{subjects.PAYLOAD_BUCKET}"  # every bucket of offloaded data (`topics.subjects`)
+MEASURED_AT_ONCE = 32  # objects whose size is read at once while measuring
 
 
 async def _start_within(mesh: Mesh, start: int, end: int, max_bytes: int) -> int:
     """The first seq from which the events up to ``end`` fit ``max_bytes`` (as `record_size`
-    counts them, offloaded data at the size its event names), at least ``start``: a pass that
-    only measures, so the read that follows holds no more than the index keeps (the newest one
-    whatever its size)."""
-    sizes = array("q")
+    counts them), at least ``start``: a pass that only measures, so the read that follows holds
+    no more than the index keeps (the newest one whatever its size). An offloaded event counts
+    its object's size as the object store gives it (`payloads.fetched_size`), read newest first
+    and only as far as the bound, never the size its envelope claims: one forged event claiming
+    64 MiB made the load keep nothing older (review Y)."""
+    seqs, sizes = array("q"), array("q")
+    offloaded: dict[int, tuple[str, CloudEvent]] = {}  # position -> what names an object (no data of its own)
 
     def measure(seq: int, subject: str, payload: bytes) -> None:
-        sizes.append(seq)
-        sizes.append(len(payload) + payloads.offloaded_size(payload) + RECORD_OVERHEAD)
+        if payloads.offloaded_size(payload):
+            offloaded[len(seqs)] = (subject, msgspec.structs.replace(decode_envelope(payload), data=msgspec.Raw(b"null")))
+        seqs.append(seq)
+        sizes.append(len(payload) + RECORD_OVERHEAD)
 
     await LogReader(mesh, start=start, end=end).scan(measure)
-    total = 0
-    for i in range(len(sizes) - 2, -1, -2):
-        total += sizes[i + 1]
-        if total > max_bytes and i < len(sizes) - 2:
-            return sizes[i + 2]
+    total, position = 0, len(seqs)
+    while position > 0:
+        chunk = range(max(0, position - MEASURED_AT_ONCE), position)
+        named = [p for p in chunk if p in offloaded]
+        found = await asyncio.gather(*(payloads.fetched_size(mesh.js, *offloaded[p]) for p in named))
+        fetched = dict(zip(named, found, strict=True))
+        for p in reversed(chunk):
+            total += sizes[p] + fetched.get(p, 0)
+            if total > max_bytes and p < len(seqs) - 1:
+                return seqs[p + 1]
+        position = chunk.start
     return start
 
 
@@ -207,7 +223,7 @@ class LiveSource(Source):
         if state.messages == 0:
             return
         start = max(state.first_seq, state.last_seq - index.max_events + 1)
-        if await _may_exceed(mesh, state.bytes, index.max_bytes):
+        if await _may_exceed(mesh, state, index.max_events, index.max_bytes):
             start = await _start_within(mesh, start, state.last_seq, index.max_bytes)
         index.starts_after = start - 1 if start > state.first_seq else 0
         found = await read_log(mesh, start=start, end=state.last_seq)
