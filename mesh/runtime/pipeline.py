@@ -239,12 +239,18 @@ async def claim(worker: Worker, inbound: Inbound, call_next: Next) -> None:
                                              correlation_id=inbound.event.correlationid or task_id,
                                              causation_id=inbound.event.id)  # fmt: skip
 
-    inbound.claim = Claim(announce, attempt=inbound.attempt)
-    inbound.claim.start(after=worker.options.claim_after)
+    claim = inbound.claim = Claim(announce, attempt=inbound.attempt)
+    claim.start(after=worker.options.claim_after)
     try:
         await call_next(inbound)
     finally:
-        await inbound.claim.settle()  # no claim after the outcome, and any claim in flight first
+        try:
+            await claim.settle()  # no claim after the outcome, and any claim in flight first
+        finally:
+            # `announce` holds the inbound, which held the claim: a reference cycle that kept the
+            # message, its record and its decoded data alive until a full collection (review Y: an
+            # agent grew by 22 MB per 1 MB request of small containers, to 1.3 GB after 60)
+            inbound.claim = None
 
 
 # -- the ends of the chain -------------------------------------------------------------
