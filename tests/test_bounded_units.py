@@ -68,3 +68,19 @@ class TestNoCycles:
             gc.set_debug(0)
             gc.garbage.clear()
             gc.enable()
+
+    async def test_a_remembered_refusal_is_not_the_one_raised(self) -> None:
+        """The refusals a connection remembers (the last 16, and the process's latest) were the
+        objects raised, so each kept the traceback of its refused action (review M)."""
+        from mesh.bus import refusals
+        from mesh.errors import PermissionDeniedError
+
+        remembered = refusals.Refusals("nkey user 'client'")
+        stop = asyncio.Event()
+        guarded = asyncio.ensure_future(remembered.guard("mesh.chat.lobby", stop.wait()))
+        await asyncio.sleep(0)  # one turn of the loop: the task starts and its guard is in place
+        assert remembered.report('nats: permissions violation for publish to "mesh.chat.lobby"') is not None
+        with pytest.raises(PermissionDeniedError, match=r"mesh\.chat\.lobby") as raised:
+            await guarded
+        kept = remembered.refused[-1]
+        assert raised.value is not kept and kept.__traceback__ is None and refusals.latest() is kept

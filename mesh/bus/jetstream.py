@@ -91,7 +91,7 @@ from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.nuid import NUID
 
-from mesh.bus.refusals import refusals_of
+from mesh.bus.refusals import fresh, refusals_of
 from mesh.errors import ExpectedSequenceError, MeshError, retryable
 from topics import subjects
 
@@ -248,6 +248,9 @@ class _Acks:
             return await future
         finally:
             del self._waiting[token]
+            # a failed future holds its exception, whose traceback holds this frame: without this
+            # the cycle kept the payload, and an agent's whole message, until a full collection (review M)
+            del future
             self._trim()
 
     def _trim(self) -> None:
@@ -290,7 +293,8 @@ class _Acks:
                 nats.js.errors.APIError.from_error(ack.error)  # raises the error's class
             future.set_result(PubAck(stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate))
         except Exception as error:  # an unreadable answer, or the stream's refusal: the publisher's error
-            future.set_exception(error)
+            # without its traceback: that holds this frame, which holds the future (review M)
+            future.set_exception(error.with_traceback(None))
 
 
 _acks: weakref.WeakKeyDictionary[Client, _Acks] = weakref.WeakKeyDictionary()
@@ -714,5 +718,5 @@ async def subscribe(nc: Client, subject: str, cb: Callable[[Msg], Awaitable[None
     refusal = refusals_of(nc).refusal_of(subject)
     if refusal is not None:
         await sub.unsubscribe()
-        raise refusal
+        raise fresh(refusal)
     return sub

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 
 from mesh.errors import PermissionDeniedError
 
-__all__ = ["Refusals", "attach", "latest", "parse_violation", "refusals_of"]
+__all__ = ["Refusals", "attach", "fresh", "latest", "parse_violation", "refusals_of"]
 
 T = TypeVar("T")
 
@@ -35,6 +35,13 @@ def parse_violation(text: str) -> tuple[str, str] | None:
     if found is None:
         return None
     return _ACTIONS[found.group(1).lower()], found.group(2)
+
+
+def fresh(refusal: PermissionDeniedError) -> PermissionDeniedError:
+    """A copy of a remembered refusal to raise: raised, the remembered one would keep the
+    traceback of the refused action, its frames and payload, for as long as it is remembered
+    (review M: 16 refused 1 MB publishes kept 440 MiB)."""
+    return PermissionDeniedError(refusal.action, refusal.subject, refusal.user)
 
 
 class _Guarded:
@@ -100,7 +107,7 @@ class Refusals:
             if guarded.refusal is None:
                 raise
             task.uncancel()  # the cancel was the refusal's, not the caller's
-            raise guarded.refusal from None
+            raise fresh(guarded.refusal) from None
         finally:
             waiting = self._waiting[key]
             waiting.remove(guarded)
