@@ -1,6 +1,8 @@
 """A process that contends for a shared limit, for tests/test_limits.py. Prints JSON lines:
-`{"ready": true}` once connected, then waits for a message on `test.go` (so every worker
-starts contending at once), then one line per slot held or grant taken.
+`{"ready": true}` once connected, then waits for a line on its standard input (the test writes
+one to every worker at once, so they start contending together), then one line per slot held
+or grant taken. (A core NATS message on `test.go` did that before; one worker in a few hundred
+runs never started, so the start no longer depends on a message that can be missed.)
 
     python -m tests.limits_worker URL pool NAME SIZE ROUNDS HOLD_SECONDS
     python -m tests.limits_worker URL rate NAME LIMIT INTERVAL COUNT
@@ -24,15 +26,9 @@ def say(**line: object) -> None:
 
 async def main(url: str, kind: str, name: str, *args: str) -> None:
     mesh = await Mesh.connect(url, source="mesh://test/limits-worker")
-    go = asyncio.Event()
-
-    async def started(_: object) -> None:
-        go.set()
-
-    await mesh.nc.subscribe("test.go", cb=started)
-    await mesh.nc.flush()
     say(ready=True)
-    await go.wait()
+    if not await asyncio.to_thread(sys.stdin.readline):  # the test's word to start
+        return
     try:
         await contend(mesh, kind, name, *args)
     finally:

@@ -31,9 +31,18 @@ class Workers:
     async def start(self, *args: str, count: int = 1) -> None:
         for _ in range(count):
             proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.limits_worker", *args, cwd=ROOT,
-                                                        stdout=asyncio.subprocess.PIPE)  # fmt: skip
+                                                        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)  # fmt: skip
             self.procs.append(proc)
             assert await self.line(proc) == {"ready": True}
+
+    async def go(self) -> None:
+        """Tell every worker to start: a line on each one's standard input, written together."""
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+        for proc in self.procs:
+            assert proc.stdin is not None
+            await proc.stdin.drain()
 
     async def line(self, proc: asyncio.subprocess.Process) -> dict[str, Any]:
         assert proc.stdout is not None
@@ -93,7 +102,7 @@ class TestPool:
     async def test_three_processes_never_exceed_two_slots(self, mesh: Mesh, nats_url: str, workers: Workers) -> None:
         """Three processes take a 2-slot pool four times each: never three holders, but two at times."""
         await workers.start(nats_url, "pool", "gpu", "2", "4", "0.15", count=3)
-        await mesh.nc.publish("test.go", b"")
+        await workers.go()
         spans = [(line["acquired"], line["released"]) for line in await workers.lines()]
         assert len(spans) == 12 and most_at_once(spans) == 2
 
@@ -103,7 +112,7 @@ class TestPool:
         """kill -9 the only holder of a 1-slot pool: another process gets the slot once the lease runs out."""
         pool = Pool(mesh, "licence", size=1, lease=1.0)
         await workers.start(nats_url, "hold", "licence", "1", "1.0")
-        await mesh.nc.publish("test.go", b"")
+        await workers.go()
         held = await workers.line(workers.procs[0])
         assert list(await pool.holders()) == [held["holder"]] and await pool.try_acquire() is None
         workers.procs[0].send_signal(signal.SIGKILL)
@@ -137,7 +146,7 @@ class TestRateLimit:
     async def test_never_exceeded_across_processes(self, mesh: Mesh, nats_url: str, workers: Workers) -> None:
         """Three processes take 15 grants of a 5-per-second limit: no one-second window holds more than 5."""
         await workers.start(nats_url, "rate", "api", "5", "1.0", "5", count=3)
-        await mesh.nc.publish("test.go", b"")
+        await workers.go()
         grants = sorted(line["at"] for line in await workers.lines())
         assert len(grants) == 15
         assert max(sum(1 for t in grants if start <= t < start + 1000) for start in grants) == 5
