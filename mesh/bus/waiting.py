@@ -30,9 +30,10 @@ the race of its start is closed without the 5 ms / 50 ms re-reads. The cost: the
 receives every event on its owner's tasks, including those of other processes with the same
 key (replicas of a role, or several clients of one user), each decoded only if waited for.
 If the server refuses that subscription, every watch subscribes on its own as below. A request
-with a generated task id, and the hops it watches ahead, take such a watch without a context
-manager while the shared subscription is in place and slots are free (`watch_live`, ended by
-`unwatch`): the same waiter, listed the same way, for a fraction of the cost per request.
+whose log need not be read (a generated task id, a handler's sub-task on its first attempt),
+and the hops it watches ahead, take such a watch without a context manager while the shared
+subscription is in place and slots are free (`watch_live`, ended by `unwatch`): the same
+waiter, listed the same way, for a fraction of the cost per request.
 
 The anonymous owner (`anon`, every process of a mesh without credentials) is everyone's, so a
 subscription on its tasks brings the process every task event of the whole mesh. An anonymous
