@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import msgspec
 
-__all__ = ["MAX_TOKEN", "Event", "ErrorInfo", "check_token", "is_token", "shorten", "visible"]
+__all__ = ["CONTROL", "MAX_TOKEN", "Event", "ErrorInfo", "check_token", "is_token", "shorten", "visible"]
 
 MAX_TOKEN = 128  # characters in one id or name that becomes a subject token
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]+")  # whole value: `$` alone would let a final newline through
@@ -43,7 +43,8 @@ def shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-_CONTROL = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], "\ufffd")
+CONTROL = (*range(0x20), 0x7F, *range(0x80, 0xA0))  # code points of the control characters (C0, DEL, C1)
+_CONTROL = dict.fromkeys(CONTROL, "\ufffd")
 
 
 def visible(text: str) -> str:

@@ -25,9 +25,12 @@ from topics import subjects
 __all__ = ["MeshSettings", "ServerRecord", "env_number", "inbox_prefix", "mesh_home", "nkey_public_key", "nkeys_module", "read_server_record", "resolve_url", "server_urls", "shown_url"]
 
 
-def env_number(name: str, default: float, *, minimum: float, what: str, maximum: float = math.inf) -> float:
+def env_number(
+    name: str, default: float, *, minimum: float, what: str, maximum: float = math.inf, whole: bool = False
+) -> float:
     """The number in the environment variable ``name`` (``default`` if unset or blank);
-    ConfigError naming the variable and ``what`` it must be when it is not one in range."""
+    ConfigError naming the variable and ``what`` it must be when it is not one in range (or,
+    with ``whole``, not a whole number)."""
     value = os.environ.get(name, "").strip()
     if not value:
         return default
@@ -35,7 +38,7 @@ def env_number(name: str, default: float, *, minimum: float, what: str, maximum:
         number = float(value)
     except ValueError:
         number = float("nan")
-    if not (minimum <= number <= maximum and number < math.inf):  # also false for nan
+    if not (minimum <= number <= maximum and number < math.inf) or (whole and number != int(number)):  # nan too
         raise ConfigError(f"{name}={value!r} must be {what}")
     return number
 

@@ -27,7 +27,7 @@ from topics.record import Record
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_EVENTS", "RECORD_OVERHEAD", "EventQuery", "LogIndex", "record_size"]
 
 DEFAULT_MAX_EVENTS = 200_000
-DEFAULT_MAX_BYTES = 256 * 2**20  # of event data; the process holds a small multiple of it (decoded data, lookups)
+DEFAULT_MAX_BYTES = 256 * 2**20  # of event data as JSON; decoded it takes 2 to 3 times that, up to about 24 (docs/CONSOLE.md)
 RECORD_OVERHEAD = 1024  # bytes counted for each record besides its data: envelope, lookups, fold entries
 
 

@@ -12,6 +12,7 @@ from urllib.parse import quote, urlencode
 import msgspec
 
 from mesh.projections import instant
+from topics.base import CONTROL
 
 __all__ = ["PER_PAGE", "Page", "ago", "e", "frame", "link", "pager", "pretty", "table"]
 
@@ -41,7 +42,7 @@ class Page(msgspec.Struct, kw_only=True):
 
 
 _BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-_SHOWN = {cp: "\ufffd" for cp in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(cp) not in "\t\n\r"} | {
+_SHOWN = {cp: "\ufffd" for cp in CONTROL if chr(cp) not in "\t\n\r"} | {
     cp: f"\\u{cp:04x}" for cp in _BIDI
 }  # fmt: skip
 

@@ -53,6 +53,9 @@ class Travel:
             self._cache.move_to_end((name, at, key))
             return cached
         async with self._folding:  # each fold holds a state of the whole log: a few at a time (review Z)
+            cached = self._cache.get((name, at, key))  # folded while this request waited its turn
+            if cached is not None:
+                return cached
             if self.index.complete:
                 records = list(self.index.upto(at))
                 state: ProjectionState = await asyncio.to_thread(state_from_records, projection, records)

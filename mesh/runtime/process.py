@@ -157,10 +157,8 @@ GC_THRESHOLD_MAX = 10_000_000
 def gc_threshold() -> int:
     """`MESH_GC_THRESHOLD`, checked: allocations between young collections (0: Python's default)."""
     what = f"a whole count of allocations from 0 to {GC_THRESHOLD_MAX:,} (0: Python's default)"
-    young = env_number("MESH_GC_THRESHOLD", GC_THRESHOLD, minimum=0, maximum=GC_THRESHOLD_MAX, what=what)
-    if young != int(young):  # 1.5 would be 1, a collection at every allocation (review Y)
-        raise ConfigError(f"MESH_GC_THRESHOLD={os.environ['MESH_GC_THRESHOLD'].strip()!r} must be {what}")
-    return int(young)
+    # whole: 1.5 would be 1, a collection at every allocation (review Y)
+    return int(env_number("MESH_GC_THRESHOLD", GC_THRESHOLD, minimum=0, maximum=GC_THRESHOLD_MAX, what=what, whole=True))
 
 
 def settle_heap(young: int | None = None) -> None:
