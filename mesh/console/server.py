@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import web
 from nats.errors import Error as NatsError
 
+from mesh.console.connections import ConnectionLimits, Connections
 from mesh.console.index import EventQuery, LogIndex
 from mesh.console.pages import Page, e, frame
 from mesh.console.source import Source
@@ -112,10 +113,12 @@ async def _secure(request: web.Request, response: web.StreamResponse) -> None:
 class Console:
     """The pages over one index and its source."""
 
-    def __init__(self, index: LogIndex, source: Source, *, hosts: frozenset[str] | None = LOCAL_NAMES) -> None:
+    def __init__(self, index: LogIndex, source: Source, *, hosts: frozenset[str] | None = LOCAL_NAMES,
+                 limits: ConnectionLimits | None = None) -> None:  # fmt: skip
         self.index = index
         self.source = source
         self.hosts = hosts  # the names a request's Host may give besides an IP address (None: any)
+        self.connections = Connections(limits)  # what `serve` accepts (see `mesh.console.connections`)
         self.hub = Hub()
         self.travel = Travel(index, source)
         self._follow: asyncio.Task[None] | None = None
@@ -168,7 +171,12 @@ class Console:
         if self.hosts is not None and not _allowed(_host_name(request.host), self.hosts):  # DNS rebinding
             raise web.HTTPMisdirectedRequest(text=f"this console answers to an IP address or "
                                                   f"{', '.join(sorted(self.hosts))} only (`mesh ui --allow-host NAME`)")
-        return await handler(request)
+        transport = request.transport
+        self.connections.request_started(transport)  # not closed as idle while it runs (a live page's stream)
+        try:
+            return await handler(request)
+        finally:
+            self.connections.request_ended(transport)
 
     def _page(self, build: Callable[[web.Request], Awaitable[Page | None]]) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -389,15 +397,23 @@ async def serve(console: Console, host: str, port: int, ready: Callable[[str], N
     gets the URL once it listens. A port that cannot be had is a MeshError."""
     runner = web.AppRunner(console.app(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
+    listening: asyncio.Server | None = None
+    sweeping: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, host, port, shutdown_timeout=2.0)
-        try:
-            await site.start()
+        assert runner.server is not None  # made by `setup`
+        try:  # `web.Server` is aiohttp's protocol factory; each connection's protocol goes through the caps
+            listening = await asyncio.get_running_loop().create_server(console.connections.factory(runner.server),
+                                                                       host, port)  # fmt: skip
         except OSError as error:
             raise MeshError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-        bound = runner.addresses[0]
+        sweeping = asyncio.create_task(console.connections.sweep(), name="console-idle-connections")
+        bound = listening.sockets[0].getsockname()
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         ready(f"http://{shown}:{bound[1]}/")
         await stop.wait()
     finally:
+        if sweeping is not None:
+            sweeping.cancel()
+        if listening is not None:
+            listening.close()  # no new connections; `cleanup` ends the open ones
         await runner.cleanup()
