@@ -26,7 +26,7 @@ async def test_a_log_of_large_offloaded_events_loads_within_the_byte_bound(mesh:
     seqs = [(await mesh.publish("mesh.chat.room", ChatMessage(room="room", speaker="s", content=f"{n}{big}"))).seq
             for n in range(8)]  # fmt: skip
     last = (await mesh.publish("mesh.chat.room", ChatMessage(room="room", speaker="s", content="small"))).seq
-    index = LogIndex(max_bytes=5 * mesh.nc.max_payload)  # room for two of the large events
+    index = LogIndex(max_bytes=14 * mesh.nc.max_payload)  # room for two of the large events (6 each, decoded)
     source = LiveSource(MeshSettings(url=nats_url))
     try:
         await source.load(index)
@@ -97,7 +97,7 @@ async def test_a_forged_data_size_does_not_hide_older_events(mesh: Mesh, nats_ur
     forged = msgspec.structs.replace(decode_envelope(stored.data or b""), id="forged", datasize=64 * 2**20)
     await mesh.js.publish("mesh.chat.room", encode_envelope(forged))  # any client may, on its own subjects
     # the newest 5 events, with room for one large object: the log (two objects) must be measured
-    index = LogIndex(max_events=5, max_bytes=3 * mesh.nc.max_payload)
+    index = LogIndex(max_events=5, max_bytes=8 * mesh.nc.max_payload)
     source = LiveSource(MeshSettings(url=nats_url))
     try:
         await source.load(index)

@@ -5,24 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import re
+import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import pytest
 
-from mesh.console.index import EventQuery, LogIndex, record_size
+from mesh.bus.client import decode_record
+from mesh.console.index import EventQuery, LogIndex, NotHeld, record_size
 from mesh.console.pages import bounded_json
 from mesh.console.server import BadParameter, Hub, _event_query
 from mesh.console.views import events_page, preview, task_page, tasks_page
 from mesh.projections import instant
 from replay.causal import causal_slice
-from topics.base import Event
+from topics.base import ErrorInfo, Event
 from topics.chat import ChatMessage
 from topics.dead import DeadLettered
-from topics.envelope import CloudEvent
+from topics.envelope import CloudEvent, encode_envelope
+from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskRequested
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskRequested
 
 pytestmark = pytest.mark.unit
 
@@ -58,7 +63,7 @@ class TestLogIndex:
         assert sum(len(keys) for keys in index.by_type.values()) == len(index.ids) == 5
 
     def test_keeps_the_newest_within_its_bytes(self) -> None:
-        """Past max_bytes (`record_size`: the data as stored, and an overhead) the oldest records
+        """Past max_bytes (`record_size`: the data decoded, estimated, and an overhead) the oldest records
         leave, offloaded data counted once fetched; the newest stays whatever its size."""
 
         def sized(seq: int, text: str) -> Record:
@@ -150,6 +155,94 @@ class TestLogIndex:
         assert index.tasks.tasks["t1"].status == "claimed"
         index.add(task_events("t1", 1, "c1")[2])
         assert index.tasks.tasks["t1"].status == "completed"
+
+
+def decoded(seq: int, subject: str, data: Event, correlation: str = "c") -> Record:
+    """A record as the console's sources make one: decoded from the event's JSON, so its data
+    are objects of its own (as in `mesh.bus.client.decode_record`)."""
+    event = CloudEvent(specversion="1.0", id=f"e{seq}", source="mesh://agent/a-1", type=data.TYPE,
+                       time="2026-12-02T10:00:00Z", correlationid=correlation,
+                       data=msgspec.Raw(msgspec.json.encode(data)))  # fmt: skip
+    return decode_record(subject, encode_envelope(event), seq)
+
+
+def held_by(build: Callable[[], Any]) -> tuple[Any, int]:
+    """What ``build`` returns and the bytes it leaves allocated (tracemalloc), after a collection."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        built = build()
+        gc.collect()
+        return built, tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+class TestMemoryBound:
+    """What the index holds stays within max_bytes: the data decoded, not its JSON (tiny
+    containers took 24 times the bound), and the folds keep no data of dropped events (the tasks
+    fold kept every task's input: 50 tasks of 1 MB took a console bounded at 4 MiB to 56 MB)."""
+
+    BOUND = 2 * 2**20
+
+    def test_task_inputs_and_outputs_leave_the_folds_with_their_events(self) -> None:
+        def build() -> LogIndex:
+            index = LogIndex(max_bytes=self.BOUND)
+            for n in range(40):
+                task, big = f"t{n}", "x" * 200_000
+                index.add(decoded(2 * n + 1, "mesh.work.echo.anon", TaskRequested(capability="echo", task_id=task, input=big)))
+                index.add(decoded(2 * n + 2, f"mesh.task.echo.anon.{task}",
+                                  TaskCompleted(task_id=task, agent="a-1", attempt=1, output=big + "!")))  # fmt: skip
+            return index
+
+        index, held = held_by(build)
+        assert held < 1.3 * self.BOUND  # 16 MB of inputs and outputs went through
+        views = index.tasks.tasks
+        assert len(views) == 40 and all(v.status == "completed" for v in views.values())  # every task's status stays
+        first_held = index.first_seq
+        for n, view in enumerate(views.values()):
+            request_seq, outcome_seq = 2 * n + 1, 2 * n + 2
+            assert view.input == (NotHeld(request_seq) if request_seq < first_held else "x" * 200_000)
+            assert view.output == (NotHeld(outcome_seq) if outcome_seq < first_held else "x" * 200_000 + "!")
+        page = task_page(index, "t0")
+        assert page is not None and "not held: it came with event 1," in page.body
+
+    def test_data_of_tiny_containers_is_counted_as_it_is_held(self) -> None:
+        tiny = [[] for _ in range(20_000)]
+
+        def build() -> LogIndex:
+            index = LogIndex(max_bytes=self.BOUND)
+            for n in range(1, 60):
+                index.add(decoded(n, "mesh.chat.room", ChatMessage(room="room", speaker="s", content=str(n))))
+                index.add(decoded(1000 + n, "mesh.work.echo.anon", TaskRequested(capability="echo", task_id=f"t{n}",
+                                                                                 input=tiny)))  # fmt: skip
+            return index
+
+        index, held = held_by(build)
+        assert index.dropped > 0 and held < 1.3 * self.BOUND  # 24 times the JSON's bound before
+
+    def test_a_later_request_keeps_its_own_input_when_the_first_is_dropped(self) -> None:
+        index = LogIndex(max_events=3)
+        index.add(decoded(1, "mesh.work.first.anon", TaskRequested(capability="first", task_id="t", input=[1])))
+        index.add(decoded(2, "mesh.task.first.anon.t", TaskFailed(task_id="t", agent="a", attempt=1, capability="first",
+                                                                  error=ErrorInfo(type="E", message="no"))))  # fmt: skip
+        index.add(decoded(3, "mesh.work.second.anon", TaskRequested(capability="second", task_id="t", input=[2])))
+        index.add(decoded(4, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="x")))  # drops seq 1
+        assert 1 not in index.records and index.tasks.tasks["t"].input == [2]
+
+    def test_workflow_data_leaves_with_its_events(self) -> None:
+        spec = {"steps": {"a": {"capability": "echo", "input": "$input"}}}
+        index = LogIndex(max_events=3)
+        index.add(decoded(1, "mesh.flow.w", FlowStarted(workflow_id="w", name="n", spec=spec, input={"big": 1})))
+        index.add(decoded(2, "mesh.flow.w", FlowStepCompleted(workflow_id="w", step="a", task_id="w-a", output=[3])))
+        index.add(decoded(3, "mesh.flow.w", FlowCompleted(workflow_id="w", output=[4])))
+        view = index.workflows.workflows["w"]
+        assert view.input == {"big": 1} and view.steps["a"].output == [3]
+        index.add(decoded(4, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="x")))
+        index.add(decoded(5, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="y")))
+        assert (view.input, view.spec, view.steps["a"].input) == (NotHeld(1),) * 3
+        assert view.steps["a"].output == NotHeld(2) and view.output == [4] and view.status == "completed"
 
 
 class TestPages:

@@ -37,9 +37,9 @@ def _check_names(ctx: click.Context, param: click.Parameter, value: tuple[str, .
 @click.option("--max-events", default=200_000, show_default=True, type=click.IntRange(1, 10_000_000),
               help="events kept in memory, the newest; older ones are dropped from the pages")  # fmt: skip
 @click.option("--max-mb", default=256, show_default=True, type=click.IntRange(1, 1_048_576),
-              help="MiB of event data kept in memory, counted as JSON (offloaded data included; decoded it takes 2 to 3 "
-                   "times that, up to about 24 times for data of tiny containers); past it the oldest events are "
-                   "dropped from the pages")  # fmt: skip
+              help="MiB of event data kept in memory, counted as held (its JSON and its decoded objects, estimated; "
+                   "offloaded data included); past it the oldest events are dropped from the pages, and tasks keep "
+                   "their status but not their input and output")  # fmt: skip
 @click.option("--allow-host", "allow_hosts", multiple=True, callback=_check_names,
               help="a name the console may be reached by (Host header) besides an IP address, localhost and "
                    "this machine's name; repeatable")  # fmt: skip

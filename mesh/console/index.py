@@ -2,11 +2,15 @@
 workflow, event id and cause, with the tasks and workflows projections folded as they arrive.
 
 Bounded: at most ``max_events`` records (`DEFAULT_MAX_EVENTS`) and ``max_bytes`` of their data
-(`DEFAULT_MAX_BYTES`, counted as `record_size`: the data as stored, offloaded data included, and
-`RECORD_OVERHEAD` per record); adding one past either drops the oldest, from every lookup too,
-and the pages say that older events are not shown. The newest record is kept whatever its size.
-The tasks and workflows folds keep at most ``max_events`` entries, the oldest dropped first, and
-so does the tasks fold's map of the owners of each task id.
+(`DEFAULT_MAX_BYTES`, counted as `record_size`: what the data takes decoded, estimated from its
+JSON as stored (`decoded_size`), offloaded data included, and `RECORD_OVERHEAD` per record);
+adding one past either drops the oldest, from every lookup too, and the pages say that older
+events are not shown. The newest record is kept whatever its size. The tasks and workflows
+folds keep at most ``max_events`` entries, the oldest dropped first, and so does the tasks
+fold's map of the owners of each task id. A fold keeps a task's or workflow's input and output
+only while the event it came from is held: when that event is dropped, `NotHeld` takes its
+place, so the data in memory is the held events' (a fold kept every task's input before, past
+the byte bound: 50 tasks of 1 MB took a console bounded at 4 MiB to 56 MB).
 """
 
 from __future__ import annotations
@@ -18,23 +22,47 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
+import msgspec
+
 from mesh.projections import TASKS, WORKFLOWS
 from mesh.projections.base import Router, moment_of
-from mesh.projections.tasks import TasksState
+from mesh.projections.tasks import TasksState, tasks_named
 from replay.reader import subject_matches
+from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted
 from topics.record import Record
+from topics.tasks import TaskCompleted, TaskRequested
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_EVENTS", "RECORD_OVERHEAD", "EventQuery", "LogIndex", "record_size"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_EVENTS", "RECORD_OVERHEAD", "TEXT_FACTOR", "EventQuery", "LogIndex",
+           "NotHeld", "decoded_size", "record_size"]  # fmt: skip
 
 DEFAULT_MAX_EVENTS = 200_000
-DEFAULT_MAX_BYTES = 256 * 2**20  # of event data as JSON; decoded it takes 2 to 3 times that, up to about 24 (docs/CONSOLE.md)
+DEFAULT_MAX_BYTES = 256 * 2**20  # of event data as `decoded_size` estimates it (docs/CONSOLE.md)
 RECORD_OVERHEAD = 1024  # bytes counted for each record besides its data: envelope, lookups, fold entries
+TEXT_FACTOR = 3  # `decoded_size` counts each byte of JSON at least this many times (its text, a copy, a string)
+
+
+def decoded_size(data: bytes) -> int:
+    """The memory JSON ``data`` takes as a record holds it, its text and its decoded objects,
+    estimated from above by what CPython makes of each container, string and element (an empty
+    list is 56 bytes and its slot 8, a two-letter string 51, an int 28): within 1 and 2 times
+    what was measured for lists, objects, strings and numbers, 4 times for a list of `true`s.
+    Counting the JSON alone let data of tiny containers (`[[],[],...]`) take 24 times the bound
+    (review Z)."""
+    return (TEXT_FACTOR * len(data) + 88 * (data.count(b"[") + data.count(b"{")) + 32 * data.count(b",")
+            + 30 * data.count(b'"'))  # fmt: skip
 
 
 def record_size(record: Record) -> int:
-    """What a record counts against ``max_bytes``: its data as stored (offloaded data, once
-    fetched, is inline in the record too) and `RECORD_OVERHEAD`."""
-    return len(record.event.data) + RECORD_OVERHEAD
+    """What a record counts against ``max_bytes``: its data decoded, as `decoded_size` estimates
+    it from the data as stored (offloaded data, once fetched, is inline in the record too), and
+    `RECORD_OVERHEAD`."""
+    return decoded_size(bytes(record.event.data)) + RECORD_OVERHEAD
+
+
+class NotHeld(msgspec.Struct, frozen=True, tag="not_held"):
+    """In a fold, an input or output whose event (at ``seq``) the index has dropped."""
+
+    seq: int
 
 Key = tuple[str, str]  # (kind, value): c correlation, t task, w workflow, x cause (and i event id, y type)
 
@@ -165,6 +193,7 @@ class LogIndex:
         key = next(iter(self.records))
         record = self.records.pop(key)
         self.bytes -= record_size(record)
+        self._release(record)
         if self.ids.get(record.event.id) == key:
             del self.ids[record.event.id]
         seqs = self.by_type[record.event.type]
@@ -178,6 +207,33 @@ class LogIndex:
                 if not listed:
                     del self.keys[k]
         self.dropped += 1
+
+    def _release(self, record: Record) -> None:
+        """Take the data the folds hold from ``record`` out of them (it is dropped), leaving
+        `NotHeld`: only what is still this record's, not what a later event replaced."""
+        data, gone = record.data, NotHeld(record.seq)
+        if isinstance(data, TaskRequested):
+            for view in tasks_named(self.tasks, data.task_id or record.event.id):
+                if view.input is data.input and data.input is not None:
+                    view.input = gone
+        elif isinstance(data, TaskCompleted):
+            for view in tasks_named(self.tasks, data.task_id):
+                if view.output is data.output and data.output is not None:
+                    view.output = gone
+        elif isinstance(data, FlowStarted | FlowStepCompleted | FlowCompleted):
+            flow = self.workflows.workflows.get(data.workflow_id)
+            if flow is None:
+                return
+            if isinstance(data, FlowStarted) and flow.spec is data.spec:  # the event that started it
+                flow.spec, flow.input = (gone if data.spec is not None else None), (gone if data.input is not None else None)
+                for started in flow.steps.values():  # their inputs came from its spec
+                    started.input = gone if started.input is not None else None
+            elif isinstance(data, FlowStepCompleted):
+                step = flow.steps.get(data.step)
+                if step is not None and step.output is data.output and data.output is not None:
+                    step.output = gone
+            elif isinstance(data, FlowCompleted) and flow.output is data.output and data.output is not None:
+                flow.output = gone
 
     @property
     def types(self) -> list[str]:

@@ -23,7 +23,7 @@ from mesh.bus.connection import live_agents
 from mesh.bus.follow import Follow
 from mesh.bus.settings import MeshSettings, shown_url
 from mesh.bus.status import CapabilityLoad, capability_loads
-from mesh.console.index import RECORD_OVERHEAD, LogIndex
+from mesh.console.index import RECORD_OVERHEAD, TEXT_FACTOR, LogIndex, decoded_size
 from mesh.errors import MeshError
 from mesh.projections import Projection, ProjectionState
 from replay.files import iter_file
@@ -147,9 +147,11 @@ class FileSource(Source):
 async def _may_exceed(mesh: Mesh, stream: StreamState, max_events: int, max_bytes: int) -> bool:
     """Whether the log's events could count more than ``max_bytes`` (`record_size`): the
     stream's bytes, those of the object stores of offloaded data when the server lists them
-    (an account that may not list streams is measured event by event), and `RECORD_OVERHEAD`
-    for each event the index may keep."""
-    counted = (stream.bytes or 0) + min(stream.messages or 0, max_events) * RECORD_OVERHEAD
+    (an account that may not list streams is measured event by event), each counted
+    `TEXT_FACTOR` times (the least `decoded_size` makes of a byte), and `RECORD_OVERHEAD` for
+    each event the index may keep. Data of tiny containers counts for more than that: such a
+    log is read whole, the index dropping its oldest events as it goes."""
+    counted = TEXT_FACTOR * (stream.bytes or 0) + min(stream.messages or 0, max_events) * RECORD_OVERHEAD
     if counted > max_bytes:
         return True
     try:
@@ -157,7 +159,7 @@ async def _may_exceed(mesh: Mesh, stream: StreamState, max_events: int, max_byte
     except (NatsError, TimeoutError):  # refused or out of reach: measure
         return True
     offloaded = sum(info.state.bytes for info in streams if (info.config.name or "").startswith(_OBJECT_STREAMS))
-    return counted + offloaded > max_bytes
+    return counted + TEXT_FACTOR * offloaded > max_bytes
 
 
 _OBJECT_STREAMS = f"OBJ_{subjects.PAYLOAD_BUCKET}"  # every bucket of offloaded data (`topics.subjects`)
@@ -178,7 +180,7 @@ async def _start_within(mesh: Mesh, start: int, end: int, max_bytes: int) -> int
         if payloads.offloaded_size(payload):
             offloaded[len(seqs)] = (subject, msgspec.structs.replace(decode_envelope(payload), data=msgspec.Raw(b"null")))
         seqs.append(seq)
-        sizes.append(len(payload) + RECORD_OVERHEAD)
+        sizes.append(decoded_size(_data_of(payload)) + RECORD_OVERHEAD)
 
     await LogReader(mesh, start=start, end=end).scan(measure)
     total, position = 0, len(seqs)
@@ -188,11 +190,20 @@ async def _start_within(mesh: Mesh, start: int, end: int, max_bytes: int) -> int
         found = await asyncio.gather(*(payloads.fetched_size(mesh.js, *offloaded[p]) for p in named))
         fetched = dict(zip(named, found, strict=True))
         for p in reversed(chunk):
-            total += sizes[p] + fetched.get(p, 0)
+            total += sizes[p] + TEXT_FACTOR * fetched.get(p, 0)  # its data's least `decoded_size`
             if total > max_bytes and p < len(seqs) - 1:
                 return seqs[p + 1]
         position = chunk.start
     return start
+
+
+def _data_of(payload: bytes) -> bytes:
+    """The `data` of a stored event, as the mesh encodes it (the envelope's last member), for
+    measuring without decoding: the whole payload if there is no `"data":`, and only the part
+    after the last one if the data holds such a key too (an estimate; the index holds its bound
+    whatever the measuring pass made of it)."""
+    at = payload.rfind(b'"data":')
+    return payload[at + 7 :] if at >= 0 else payload
 
 
 class LiveSource(Source):

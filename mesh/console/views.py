@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, get_args
 from urllib.parse import quote
 
-from mesh.console.index import EventQuery, LogIndex
+from mesh.console.index import EventQuery, LogIndex, NotHeld
 from mesh.console.pages import PER_PAGE, Page, ago, e, link, pager, path_of, pretty, table
 from mesh.console.source import AgentRow, CapabilityRow
 from mesh.projections import FlowStatus, TaskStatus, TaskView, WorkflowView, find_task, task_key, tasks_named
@@ -186,9 +186,17 @@ def task_page(index: LogIndex, ref: str) -> Page | None:
         + "<h2>Attempts, retries and failures</h2>" + _lifecycle(records)
         + "<h2>Model and tool calls (this task and the tasks it caused)</h2>" + _calls(index.causal(task_id))
         + _timeline(task_id)
-        + ("" if view is None else "<h2>Input</h2>" + pretty(view.input, 5000) + "<h2>Output</h2>" + pretty(view.output, 5000))
+        + ("" if view is None else "<h2>Input</h2>" + _data(view.input) + "<h2>Output</h2>" + _data(view.output))
     )  # fmt: skip
     return Page(title=f"Task {task_id}", tab="tasks", body=body)
+
+
+def _data(value: Any) -> str:
+    """A task's or workflow's input or output, or why it is not shown."""
+    if isinstance(value, NotHeld):
+        return (f'<p class="error">not held: it came with event {e(value.seq)}, older than the events this console '
+                "keeps (--max-events, --max-mb); `mesh replay state` reads it from the log</p>")  # fmt: skip
+    return pretty(value, 5000)
 
 
 def _facts(facts: list[tuple[str, str]]) -> str:
@@ -285,7 +293,7 @@ def workflow_page(index: LogIndex, workflow_id: str) -> Page | None:
     body = (
         f'<h1>Workflow <span class="id">{e(workflow_id)}</span></h1>' + _facts(facts) + "<h2>Steps</h2>"
         + table(["step", "capability", "status", "attempt", "after", "task", "error"], steps, cls="steps")
-        + _timeline(workflow_id) + "<h2>Output</h2>" + pretty(view.output, 5000)
+        + _timeline(workflow_id) + "<h2>Output</h2>" + _data(view.output)
     )  # fmt: skip
     return Page(title=f"Workflow {workflow_id}", tab="workflows", body=body)
 
