@@ -32,7 +32,7 @@ import contextvars
 import hashlib
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import msgspec
 import nats.errors
@@ -416,10 +416,16 @@ async def inline(js: JetStreamContext, event: CloudEvent, subject: str) -> Cloud
     return msgspec.structs.replace(event, data=msgspec.Raw(data), dataref=None, datasize=None, datasha256=None)
 
 
-async def resolve(js: JetStreamContext, subject: str, payload: bytes, seq: int = 0) -> Record:
+async def resolve(
+    js: JetStreamContext, subject: str, payload: bytes, seq: int = 0,
+    check: Callable[[CloudEvent], CloudEvent] | None = None,
+) -> Record:  # fmt: skip
     """Envelope and typed data of one stored message, its `dataref` resolved; raises what
-    `decode_record` raises on anything malformed, and `MissingPayloadError`."""
+    `decode_record` raises on anything malformed, and `MissingPayloadError`. ``check`` (e.g.
+    `topics.envelope.checked_time`) judges the envelope before any offloaded data is fetched."""
     event = decode_envelope(payload)
+    if check is not None:
+        event = check(event)
     if event.dataref is not None:
         event = await inline(js, event, subject)
     return Record(seq=seq, subject=subject, event=event, data=decode_on(subject, event.type, event.data))

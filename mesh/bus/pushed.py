@@ -55,11 +55,10 @@ async def last_seq(mesh: Mesh, filter_subject: str) -> int:
 
 async def resolved(mesh: Mesh, subject: str, data: bytes, seq: int) -> Record | None:
     """The event of a stored message, its offloaded data fetched; None if it does not decode,
-    or if its `time` is no time (`checked_time`: as every bulk reader of the log refuses it)."""
+    or if its `time` is no time (`checked_time`: as every bulk reader of the log refuses it,
+    judged before its data is fetched)."""
     try:
-        record = await payloads.resolve(mesh.js, subject, data, seq)
-        checked_time(record.event)
-        return record
+        return await payloads.resolve(mesh.js, subject, data, seq, check=checked_time)
     except payloads.RESOLVE_ERRORS:
         return None  # not ours to judge; the log keeps it
 
