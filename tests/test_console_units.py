@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from mesh.bus.client import decode_record
-from mesh.console.index import EventQuery, LogIndex, NotHeld, record_size
+from mesh.console.index import EventQuery, LogIndex, NotHeld, decoded_size, record_size
 from mesh.console.pages import bounded_json
 from mesh.console.server import BadParameter, Hub, _event_query
 from mesh.console.views import events_page, preview, task_page, tasks_page
@@ -187,26 +187,92 @@ class TestMemoryBound:
     BOUND = 2 * 2**20
 
     def test_task_inputs_and_outputs_leave_the_folds_with_their_events(self) -> None:
+        """Tasks, then other events that push the tasks' records out: the tasks stay (within
+        their own weight), their inputs and outputs do not."""
+
         def build() -> LogIndex:
             index = LogIndex(max_bytes=self.BOUND)
-            for n in range(40):
-                task, big = f"t{n}", "x" * 200_000
-                index.add(decoded(2 * n + 1, "mesh.work.echo.anon", TaskRequested(capability="echo", task_id=task, input=big)))
+            for n in range(12):
+                task = f"t{n}"
+                index.add(decoded(2 * n + 1, "mesh.work.echo.anon",
+                                  TaskRequested(capability="echo", task_id=task, input="x" * 20_000)))  # fmt: skip
                 index.add(decoded(2 * n + 2, f"mesh.task.echo.anon.{task}",
-                                  TaskCompleted(task_id=task, agent="a-1", attempt=1, output=big + "!")))  # fmt: skip
+                                  TaskCompleted(task_id=task, agent="a-1", attempt=1, output="y" * 20_000)))  # fmt: skip
+            for n in range(40):
+                index.add(decoded(100 + n, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="z" * 20_000)))
             return index
 
         index, held = held_by(build)
-        assert held < 1.3 * self.BOUND  # 16 MB of inputs and outputs went through
+        assert held < 1.3 * self.BOUND
         views = index.tasks.tasks
-        assert len(views) == 40 and all(v.status == "completed" for v in views.values())  # every task's status stays
-        first_held = index.first_seq
+        assert len(views) == 12 and all(v.status == "completed" for v in views.values())  # every task stays
+        assert index.first_seq >= 100  # every task's record was dropped
         for n, view in enumerate(views.values()):
-            request_seq, outcome_seq = 2 * n + 1, 2 * n + 2
-            assert view.input == (NotHeld(request_seq) if request_seq < first_held else "x" * 200_000)
-            assert view.output == (NotHeld(outcome_seq) if outcome_seq < first_held else "x" * 200_000 + "!")
+            assert (view.input, view.output) == (NotHeld(2 * n + 1), NotHeld(2 * n + 2))
         page = task_page(index, "t0")
         assert page is not None and "not held: it came with event 1," in page.body
+
+    def test_the_folds_hold_no_more_than_their_records_brought(self) -> None:
+        """A task keeps fields besides its input and output (a deadline, a cancel reason, an
+        error in its history), each as long as a client made it: every task's entry is weighed
+        by the records folded into it, and the oldest leave past max_bytes (review C: 60 tasks
+        held 15 to 29 times the bound; 100,000 tiny tasks, 44 times)."""
+
+        def build() -> LogIndex:
+            index = LogIndex(max_bytes=self.BOUND)
+            for n in range(60):
+                index.add(decoded(n + 1, "mesh.work.echo.anon",
+                                  TaskRequested(capability="echo", task_id=f"t{n}", deadline="9" * 400_000)))  # fmt: skip
+            for n in range(20_000):
+                index.add(decoded(100 + n, "mesh.work.echo.anon", TaskRequested(capability="echo", task_id=f"s{n}")))
+            return index
+
+        index, held = held_by(build)
+        assert held < 2.2 * self.BOUND and index.view_bytes <= index.max_bytes
+        assert not any(view.task_id.startswith("t") for view in index.tasks.tasks.values())
+
+    def test_a_workflow_keeps_no_more_than_its_events_brought(self) -> None:
+        """A step's `after` may name one step 50,000 times (review C: 60 such workflows held
+        250 times the bound after their events were dropped)."""
+        spec = {"steps": {"a": {"capability": "echo"}, "b": {"capability": "echo", "after": ["a"] * 50_000}}}
+
+        def build() -> LogIndex:
+            index = LogIndex(max_bytes=self.BOUND)
+            for n in range(20):
+                index.add(decoded(n + 1, f"mesh.flow.w{n}", FlowStarted(workflow_id=f"w{n}", name="n", spec=spec)))
+            return index
+
+        index, held = held_by(build)
+        assert held < 2.2 * self.BOUND and index.view_bytes <= index.max_bytes
+
+    def test_brackets_inside_strings_count_as_text(self) -> None:
+        """A string of `[` counted 88 bytes a character: four such inputs of 0.9 MB emptied a
+        console of 2,000 events at the default 256 MiB (review C)."""
+        text = msgspec.json.encode("[" * 900_000)
+        assert decoded_size(text) < 4 * len(text)
+        assert decoded_size(msgspec.json.encode({"s": '"{,' * 100_000})) < 4 * 600_000
+        tiny = msgspec.json.encode([[] for _ in range(1000)])
+        assert decoded_size(tiny) > 20 * len(tiny)  # real structure still counts
+
+    def test_a_forked_copy_of_a_request_lets_its_input_go(self) -> None:
+        """`mesh replay fork` stores a request on the task's own subject, with no task id in its
+        data: its input was kept for good (review C)."""
+        index = LogIndex(max_events=2)
+        index.add(decoded(1, "mesh.task.echo.anon.t1", TaskRequested(capability="echo", input=["copied"])))
+        assert index.tasks.tasks["t1"].input == ["copied"]
+        index.add(decoded(2, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="x")))
+        index.add(decoded(3, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="y")))
+        assert index.tasks.tasks["t1"].input == NotHeld(1)
+
+    def test_an_input_equal_to_another_tasks_stays_with_its_event(self) -> None:
+        """Small ints are one object in CPython: dropping one task's request showed another's
+        input, still held, as not held (review C)."""
+        index = LogIndex(max_events=3)
+        index.add(decoded(1, "mesh.work.echo.anon", TaskRequested(capability="echo", task_id="t", input=1)))
+        index.add(decoded(2, "mesh.work.echo.bob", TaskRequested(capability="echo", task_id="t", input=1)))
+        index.add(decoded(3, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="x")))
+        index.add(decoded(4, "mesh.chat.room", ChatMessage(room="room", speaker="s", content="y")))  # drops seq 1
+        assert index.tasks.tasks["bob.t"].input == 1  # another owner's task, its request still held
 
     def test_data_of_tiny_containers_is_counted_as_it_is_held(self) -> None:
         tiny = [[] for _ in range(20_000)]
@@ -349,6 +415,9 @@ class TestTimelineFrame:
         index.extend(task_events("t2", 4, "c1"))
         assert await console._timeline_page("c1") != first and len(built) == 2
         assert threading.main_thread().name not in built
+        index.extend(task_events("t3", 7, "c1"))
+        pages = await asyncio.gather(*(console._timeline_page("c1") for _ in range(12)))  # asked at once
+        assert len(set(pages)) == 1 and len(built) == 3  # built once, not once per ask (review C: 12 builds)
 
 
 class TestProjectionsPage:

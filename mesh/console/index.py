@@ -15,6 +15,7 @@ the byte bound: 50 tasks of 1 MB took a console bounded at 4 MiB to 56 MB).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -26,10 +27,11 @@ import msgspec
 
 from mesh.projections import TASKS, WORKFLOWS
 from mesh.projections.base import Router, moment_of
-from mesh.projections.tasks import TasksState, tasks_named
+from mesh.projections.tasks import TasksState, task_key, tasks_named
 from replay.reader import subject_matches
 from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted
 from topics.record import Record
+from topics.subjects import task_of
 from topics.tasks import TaskCompleted, TaskRequested
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_EVENTS", "RECORD_OVERHEAD", "TEXT_FACTOR", "EventQuery", "LogIndex",
@@ -47,9 +49,19 @@ def decoded_size(data: bytes) -> int:
     list is 56 bytes and its slot 8, a two-letter string 51, an int 28): within 1 and 2 times
     what was measured for lists, objects, strings and numbers, 4 times for a list of `true`s.
     Counting the JSON alone let data of tiny containers (`[[],[],...]`) take 24 times the bound
-    (review Z)."""
-    return (TEXT_FACTOR * len(data) + 88 * (data.count(b"[") + data.count(b"{")) + 32 * data.count(b",")
-            + 30 * data.count(b'"'))  # fmt: skip
+    (review Z). Brackets, commas and quotes inside strings are not structure: data of
+    `STRIP_FROM` bytes or more that counts more than its text is counted again without the
+    strings' contents (a string of `[` counted 30 times its memory: review C)."""
+    containers, commas, quotes = data.count(b"[") + data.count(b"{"), data.count(b","), data.count(b'"')
+    structure = 88 * containers + 32 * commas + 30 * quotes
+    if len(data) >= STRIP_FROM and structure > TEXT_FACTOR * len(data):
+        bare = _STRING.sub(b'""', data)
+        structure = 88 * (bare.count(b"[") + bare.count(b"{")) + 32 * bare.count(b",") + 30 * bare.count(b'"')
+    return TEXT_FACTOR * len(data) + structure
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, quotes and escapes included
+STRIP_FROM = 2048  # bytes of data from which strings are taken out before counting (a small one is cheap to overcount)
 
 
 def record_size(record: Record) -> int:
@@ -137,6 +149,14 @@ class LogIndex:
         self.workflows = WORKFLOWS.initial()
         self._router = Router([TASKS, WORKFLOWS])
         self._next_local = -1  # records without a stream seq (seq 0 in a file) get their own keys
+        # Which record's data each fold field holds: (fold entry, field) -> the record's key, and
+        # what each held record lent (`_lend`, `_release`). Both hold only held records' keys.
+        self._holder: dict[str, dict[str, int]] = {}  # fold entry -> field -> the record's key
+        self._lent: dict[int, list[tuple[str, str]]] = {}
+        # What each fold entry (`t <task key>`, `w <workflow id>`) may hold: the sizes of the
+        # records folded into it (`record_size`, whatever the fold kept of them), oldest first.
+        self._weights: dict[str, int] = {}
+        self.view_bytes = 0
 
     @property
     def complete(self) -> bool:
@@ -156,7 +176,8 @@ class LogIndex:
             return  # already here (a live read overlapping the load)
         event = record.event
         self.records[key] = record
-        self.bytes += record_size(record)
+        size = record_size(record)
+        self.bytes += size
         self.ids[event.id] = key
         seqs = self.by_type.get(event.type)
         if seqs is None:
@@ -174,10 +195,13 @@ class LogIndex:
         for projection in self._router.route(event.type):
             if projection is TASKS:
                 self.tasks = TASKS.apply(self.tasks, record)
-                _trim_tasks(self.tasks, self.max_events)
             else:
                 self.workflows = WORKFLOWS.apply(self.workflows, record)
-                _trim(self.workflows.workflows, self.max_events)
+            for entry in self._entries_of(record, projection is TASKS):
+                self._weights[entry] = self._weights.get(entry, 0) + size
+                self.view_bytes += size
+        self._lend(key, record)
+        self._trim_views()
         while len(self.records) > self.max_events or (self.bytes > self.max_bytes and len(self.records) > 1):
             self._drop_oldest()
 
@@ -193,7 +217,7 @@ class LogIndex:
         key = next(iter(self.records))
         record = self.records.pop(key)
         self.bytes -= record_size(record)
-        self._release(record)
+        self._release(key)
         if self.ids.get(record.event.id) == key:
             del self.ids[record.event.id]
         seqs = self.by_type[record.event.type]
@@ -208,32 +232,96 @@ class LogIndex:
                     del self.keys[k]
         self.dropped += 1
 
-    def _release(self, record: Record) -> None:
-        """Take the data the folds hold from ``record`` out of them (it is dropped), leaving
-        `NotHeld`: only what is still this record's, not what a later event replaced."""
-        data, gone = record.data, NotHeld(record.seq)
-        if isinstance(data, TaskRequested):
-            for view in tasks_named(self.tasks, data.task_id or record.event.id):
-                if view.input is data.input and data.input is not None:
-                    view.input = gone
-        elif isinstance(data, TaskCompleted):
-            for view in tasks_named(self.tasks, data.task_id):
-                if view.output is data.output and data.output is not None:
-                    view.output = gone
+    def _fields_of(self, record: Record) -> Iterator[tuple[str, str, bool]]:
+        """The fold fields ``record``'s data may have been put in: (fold entry, field, whether
+        it holds that data now)."""
+        data = record.data
+        if isinstance(data, TaskRequested | TaskCompleted):
+            field, value = ("input", data.input) if isinstance(data, TaskRequested) else ("output", data.output)
+            ids = {data.task_id or record.event.id}
+            if (lifecycle := task_of(record.subject)) is not None:  # a copy `replay fork` stores on a task's subject
+                ids.add(lifecycle[2])
+            for task_id in ids:
+                for view in tasks_named(self.tasks, task_id):
+                    yield f"t {task_key(view.owner, view.task_id)}", field, getattr(view, field) is value
         elif isinstance(data, FlowStarted | FlowStepCompleted | FlowCompleted):
             flow = self.workflows.workflows.get(data.workflow_id)
             if flow is None:
                 return
-            if isinstance(data, FlowStarted) and flow.spec is data.spec:  # the event that started it
-                flow.spec, flow.input = (gone if data.spec is not None else None), (gone if data.input is not None else None)
-                for started in flow.steps.values():  # their inputs came from its spec
-                    started.input = gone if started.input is not None else None
+            entry = f"w {data.workflow_id}"
+            if isinstance(data, FlowStarted):
+                yield entry, "spec", flow.spec is data.spec  # the event that started it: its input and steps' inputs too
             elif isinstance(data, FlowStepCompleted):
                 step = flow.steps.get(data.step)
-                if step is not None and step.output is data.output and data.output is not None:
-                    step.output = gone
-            elif isinstance(data, FlowCompleted) and flow.output is data.output and data.output is not None:
+                yield entry, f"step {data.step}", step is not None and step.output is data.output
+            else:
+                yield entry, "output", flow.output is data.output
+
+    def _entries_of(self, record: Record, task: bool) -> list[str]:
+        """The fold entries ``record`` may have changed: every owner's task under the id its
+        data or its subject names (`mesh.work`, `mesh.task`, `mesh.cancel`), or its workflow."""
+        data = record.data
+        if not task:
+            workflow_id = getattr(data, "workflow_id", None)
+            return [f"w {workflow_id}"] if isinstance(workflow_id, str) and workflow_id in self.workflows.workflows else []
+        ids = {tid for tid in (getattr(data, "task_id", None), record.event.id) if isinstance(tid, str) and tid}
+        tokens = record.subject.split(".")
+        if (len(tokens) == 5 and tokens[1] == "task") or (len(tokens) == 3 and tokens[1] == "cancel"):
+            ids.add(tokens[-1])
+        return [f"t {task_key(view.owner, view.task_id)}" for tid in ids for view in tasks_named(self.tasks, tid)]
+
+    def _trim_views(self) -> None:
+        """Drop the oldest fold entries past ``max_events`` of each fold, or past ``max_bytes``
+        of what they may hold (`_weights`): a task or workflow keeps only what the records folded
+        into it brought, so the folds hold at most ``max_bytes`` beside the records."""
+        tasks, flows = self.tasks.tasks, self.workflows.workflows
+        while self._weights and (self.view_bytes > self.max_bytes or len(tasks) > self.max_events
+                                 or len(flows) > self.max_events):  # fmt: skip
+            entry = next(iter(self._weights))
+            self.view_bytes -= self._weights.pop(entry)
+            self._holder.pop(entry, None)
+            if entry.startswith("t "):
+                _drop_task(self.tasks, entry[2:])
+            else:
+                flows.pop(entry[2:], None)
+        _trim_tasks(self.tasks, self.max_events)  # entries no record charged (none expected): the count bound holds
+        _trim(flows, self.max_events)
+
+    def _lend(self, key: int, record: Record) -> None:
+        """Note the fold fields that now hold ``record``'s data (just folded: the same objects)."""
+        lent = [(entry, field) for entry, field, holds in self._fields_of(record) if holds]
+        if lent:
+            self._lent[key] = lent
+            for entry, field in lent:
+                self._holder.setdefault(entry, {})[field] = key
+
+    def _release(self, key: int) -> None:
+        """The record at ``key`` is dropped: the fold fields that still hold its data (no later
+        event replaced them) get `NotHeld` in its place."""
+        for entry, field in self._lent.pop(key, ()):
+            fields = self._holder.get(entry)
+            if fields is None or fields.get(field) != key:
+                continue
+            del fields[field]
+            if not fields:
+                del self._holder[entry]
+            gone = NotHeld(key)
+            if entry.startswith("t "):
+                view = self.tasks.tasks.get(entry[2:])
+                if view is not None:
+                    setattr(view, field, gone)
+                continue
+            flow = self.workflows.workflows.get(entry[2:])
+            if flow is None:
+                continue
+            if field == "spec":  # its input, and the steps' inputs, came with it
+                flow.spec, flow.input = gone, gone
+                for step in flow.steps.values():
+                    step.input = gone
+            elif field == "output":
                 flow.output = gone
+            elif (completed := flow.steps.get(field[5:])) is not None:
+                completed.output = gone
 
     @property
     def types(self) -> list[str]:
@@ -312,6 +400,18 @@ class LogIndex:
             "bytes": self.bytes,
             "max_bytes": self.max_bytes,
         }
+
+
+def _drop_task(state: TasksState, key: str) -> None:
+    """Drop the task at `task_key` ``key``, and its owner from the map of owners by id."""
+    view = state.tasks.pop(key, None)
+    if view is None:
+        return
+    listed = state.owners.get(view.task_id)
+    if listed is not None and view.owner in listed:
+        listed.remove(view.owner)
+        if not listed:
+            del state.owners[view.task_id]
 
 
 def _trim_tasks(state: TasksState, limit: int) -> None:

@@ -124,6 +124,7 @@ class Console:
         self._follow: asyncio.Task[None] | None = None
         self._building = asyncio.Semaphore(TIMELINES_AT_ONCE)
         self._timelines: dict[tuple[str, int, int], str] = {}  # (id, events, last seq) -> the page
+        self._under_way: dict[tuple[str, int, int], asyncio.Future[str]] = {}  # pages being built, each once
 
     def added(self, record: Any) -> None:
         """A new event was indexed: tell the open pages."""
@@ -274,12 +275,19 @@ class Console:
         key = (root, len(records), records[-1].seq if records else 0)
         page = self._timelines.get(key)
         if page is None:
-            async with self._building:
-                page = await asyncio.to_thread(lambda: render_html(build_timeline(records, root)))
+            building = self._under_way.get(key)  # asked again while it is built: wait for that build (review C:
+            if building is None:  # 12 asks at once made 12 builds)
+                building = self._under_way[key] = asyncio.ensure_future(self._build_timeline(records, root))
+                building.add_done_callback(lambda _: self._under_way.pop(key, None))
+            page = await asyncio.shield(building)
             self._timelines[key] = page
             while len(self._timelines) > TIMELINES_KEPT or sum(map(len, self._timelines.values())) > TIMELINES_KEPT_CHARS:
                 del self._timelines[next(iter(self._timelines))]
         return page
+
+    async def _build_timeline(self, records: list[Any], root: str) -> str:
+        async with self._building:
+            return await asyncio.to_thread(lambda: render_html(build_timeline(records, root)))
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         page = self.hub.open()
