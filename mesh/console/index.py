@@ -264,7 +264,8 @@ class LogIndex:
         if not task:
             workflow_id = getattr(data, "workflow_id", None)
             return [f"w {workflow_id}"] if isinstance(workflow_id, str) and workflow_id in self.workflows.workflows else []
-        ids = {tid for tid in (getattr(data, "task_id", None), record.event.id) if isinstance(tid, str) and tid}
+        named = getattr(data, "task_id", None)
+        ids = {named if named else record.event.id} if isinstance(named, str) else set()  # a request without one: its event id
         tokens = record.subject.split(".")
         if (len(tokens) == 5 and tokens[1] == "task") or (len(tokens) == 3 and tokens[1] == "cancel"):
             ids.add(tokens[-1])
