@@ -126,3 +126,45 @@ async def test_a_live_page_stream_is_never_cut_as_idle(console: tuple[Console, t
     idle_writer.close()
     assert not reader.at_eof() and len(made.connections) == 1  # ...and not the stream
     writer.close()
+
+
+async def test_a_request_whose_client_went_away_is_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp ran a handler to its end after its client left: 60 projection requests of
+    clients gone all ran their fold (review D). The console cancels it."""
+    import threading
+
+    from mesh.console import travel
+    from tests.test_console_units import task_events
+
+    entered, go = threading.Semaphore(0), threading.Event()
+    real = travel.state_from_records
+
+    def fold(*args: object) -> object:
+        entered.release()
+        go.wait(10)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(travel, "state_from_records", fold)
+    index = LogIndex()
+    index.extend(task_events("t1", 1, "c1"))
+    made = Console(index, FileSource(str(tmp_path / "unread.jsonl")), limits=LIMITS)
+    ended = asyncio.Event()
+    asked = made.travel.state_at
+
+    async def watched(name: str, at: int, key: str = "") -> travel.StateAt:
+        try:
+            return await asked(name, at, key)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(made.travel, "state_at", watched)
+    try:
+        async for host, port in running(made):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET /api/projections/tasks?at=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await writer.drain()
+            assert await asyncio.to_thread(entered.acquire, timeout=10)  # its fold runs
+            writer.close()  # the client leaves
+            await asyncio.wait_for(ended.wait(), 5)  # its request ends now, not when the fold does
+    finally:
+        go.set()

@@ -31,8 +31,7 @@ from mesh.projections.tasks import TasksState, task_key, tasks_named
 from replay.reader import subject_matches
 from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted
 from topics.record import Record
-from topics.subjects import task_of
-from topics.tasks import TaskCompleted, TaskRequested
+from topics.tasks import TaskCancelRequested, TaskCompleted, TaskRequested, cancel_key_of
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_EVENTS", "RECORD_OVERHEAD", "TEXT_FACTOR", "EventQuery", "LogIndex",
            "NotHeld", "decoded_size", "record_size"]  # fmt: skip
@@ -49,19 +48,18 @@ def decoded_size(data: bytes) -> int:
     list is 56 bytes and its slot 8, a two-letter string 51, an int 28): within 1 and 2 times
     what was measured for lists, objects, strings and numbers, 4 times for a list of `true`s.
     Counting the JSON alone let data of tiny containers (`[[],[],...]`) take 24 times the bound
-    (review Z). Brackets, commas and quotes inside strings are not structure: data of
-    `STRIP_FROM` bytes or more that counts more than its text is counted again without the
-    strings' contents (a string of `[` counted 30 times its memory: review C)."""
+    (review Z). Brackets, commas and quotes inside strings are not structure: data that counts
+    more than its text is counted again without the strings' contents (a string of `[`
+    counted 30 times its memory: reviews C and D; 1.6 µs for an ordinary task request)."""
     containers, commas, quotes = data.count(b"[") + data.count(b"{"), data.count(b","), data.count(b'"')
     structure = 88 * containers + 32 * commas + 30 * quotes
-    if len(data) >= STRIP_FROM and structure > TEXT_FACTOR * len(data):
+    if structure > TEXT_FACTOR * len(data):
         bare = _STRING.sub(b'""', data)
         structure = 88 * (bare.count(b"[") + bare.count(b"{")) + 32 * bare.count(b",") + 30 * bare.count(b'"')
     return TEXT_FACTOR * len(data) + structure
 
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, quotes and escapes included
-STRIP_FROM = 2048  # bytes of data from which strings are taken out before counting (a small one is cheap to overcount)
 
 
 def record_size(record: Record) -> int:
@@ -157,6 +155,7 @@ class LogIndex:
         # records folded into it (`record_size`, whatever the fold kept of them), oldest first.
         self._weights: dict[str, int] = {}
         self.view_bytes = 0
+        self._sizes: dict[int, int] = {}  # each held record's `record_size`
 
     @property
     def complete(self) -> bool:
@@ -176,7 +175,7 @@ class LogIndex:
             return  # already here (a live read overlapping the load)
         event = record.event
         self.records[key] = record
-        size = record_size(record)
+        size = self._sizes[key] = record_size(record)  # counted once: taking strings out of 1 MiB may cost 0.1 s
         self.bytes += size
         self.ids[event.id] = key
         seqs = self.by_type.get(event.type)
@@ -197,10 +196,11 @@ class LogIndex:
                 self.tasks = TASKS.apply(self.tasks, record)
             else:
                 self.workflows = WORKFLOWS.apply(self.workflows, record)
-            for entry in self._entries_of(record, projection is TASKS):
+            entries = self._entries_of(record, projection is TASKS)
+            for entry in entries:
                 self._weights[entry] = self._weights.get(entry, 0) + size
                 self.view_bytes += size
-        self._lend(key, record)
+            self._lend(key, record, entries)
         self._trim_views()
         while len(self.records) > self.max_events or (self.bytes > self.max_bytes and len(self.records) > 1):
             self._drop_oldest()
@@ -216,7 +216,7 @@ class LogIndex:
     def _drop_oldest(self) -> None:
         key = next(iter(self.records))
         record = self.records.pop(key)
-        self.bytes -= record_size(record)
+        self.bytes -= self._sizes.pop(key)
         self._release(key)
         if self.ids.get(record.event.id) == key:
             del self.ids[record.event.id]
@@ -232,52 +232,67 @@ class LogIndex:
                     del self.keys[k]
         self.dropped += 1
 
-    def _fields_of(self, record: Record) -> Iterator[tuple[str, str, bool]]:
-        """The fold fields ``record``'s data may have been put in: (fold entry, field, whether
-        it holds that data now)."""
+    def _task_entries(self, record: Record) -> list[str]:
+        """The tasks fold's entries ``record`` may have changed, as the fold finds them: the
+        task a request on `mesh.work.<capability>.<owner>` names (or its event id), the one of
+        a lifecycle subject `mesh.task.<capability>.<owner>.<task id>` (a `replay fork` copy of
+        a request too), and for a cancel request on `mesh.cancel.<task id>` every owner's task
+        under that id whose cancel key it matches. Never every owner's task under an id: an
+        event weighed on all of them let a role with ever new owner tokens trim the whole fold
+        (review D)."""
+        data, tokens = record.data, record.subject.split(".")
+        if len(tokens) == 4 and tokens[:2] == ["mesh", "work"] and isinstance(data, TaskRequested):
+            keys = [task_key(tokens[3], data.task_id or record.event.id)]
+        elif len(tokens) == 5 and tokens[:2] == ["mesh", "task"]:
+            keys = [task_key(tokens[3], tokens[4])]
+        elif len(tokens) == 3 and tokens[:2] == ["mesh", "cancel"] and isinstance(data, TaskCancelRequested):
+            key = cancel_key_of(data.token)
+            return [f"t {task_key(v.owner, v.task_id)}" for v in tasks_named(self.tasks, tokens[2]) if v.cancel_key == key]
+        else:
+            return []
+        return [f"t {k}" for k in keys if k in self.tasks.tasks]
+
+    def _fields_of(self, record: Record, entries: list[str]) -> Iterator[tuple[str, str]]:
+        """The fold fields of ``entries`` that hold ``record``'s data now (it was just folded:
+        the same objects), beyond values every event shares (None)."""
         data = record.data
         if isinstance(data, TaskRequested | TaskCompleted):
             field, value = ("input", data.input) if isinstance(data, TaskRequested) else ("output", data.output)
-            ids = {data.task_id or record.event.id}
-            if (lifecycle := task_of(record.subject)) is not None:  # a copy `replay fork` stores on a task's subject
-                ids.add(lifecycle[2])
-            for task_id in ids:
-                for view in tasks_named(self.tasks, task_id):
-                    yield f"t {task_key(view.owner, view.task_id)}", field, getattr(view, field) is value
+            if value is None:
+                return
+            for entry in entries:
+                view = self.tasks.tasks.get(entry[2:])
+                if view is not None and getattr(view, field) is value:
+                    yield entry, field
         elif isinstance(data, FlowStarted | FlowStepCompleted | FlowCompleted):
             flow = self.workflows.workflows.get(data.workflow_id)
             if flow is None:
                 return
             entry = f"w {data.workflow_id}"
             if isinstance(data, FlowStarted):
-                yield entry, "spec", flow.spec is data.spec  # the event that started it: its input and steps' inputs too
+                if flow.spec is data.spec:  # the event that started it: its input and steps' inputs too
+                    yield entry, "spec"
             elif isinstance(data, FlowStepCompleted):
                 step = flow.steps.get(data.step)
-                yield entry, f"step {data.step}", step is not None and step.output is data.output
-            else:
-                yield entry, "output", flow.output is data.output
+                if step is not None and data.output is not None and step.output is data.output:
+                    yield entry, f"step {data.step}"
+            elif data.output is not None and flow.output is data.output:
+                yield entry, "output"
 
     def _entries_of(self, record: Record, task: bool) -> list[str]:
-        """The fold entries ``record`` may have changed: every owner's task under the id its
-        data or its subject names (`mesh.work`, `mesh.task`, `mesh.cancel`), or its workflow."""
-        data = record.data
-        if not task:
-            workflow_id = getattr(data, "workflow_id", None)
-            return [f"w {workflow_id}"] if isinstance(workflow_id, str) and workflow_id in self.workflows.workflows else []
-        named = getattr(data, "task_id", None)
-        ids = {named if named else record.event.id} if isinstance(named, str) else set()  # a request without one: its event id
-        tokens = record.subject.split(".")
-        if (len(tokens) == 5 and tokens[1] == "task") or (len(tokens) == 3 and tokens[1] == "cancel"):
-            ids.add(tokens[-1])
-        return [f"t {task_key(view.owner, view.task_id)}" for tid in ids for view in tasks_named(self.tasks, tid)]
+        """The fold entries ``record`` may have changed (`_task_entries`), or its workflow."""
+        if task:
+            return self._task_entries(record)
+        workflow_id = getattr(record.data, "workflow_id", None)
+        return [f"w {workflow_id}"] if isinstance(workflow_id, str) and workflow_id in self.workflows.workflows else []
 
     def _trim_views(self) -> None:
         """Drop the oldest fold entries past ``max_events`` of each fold, or past ``max_bytes``
         of what they may hold (`_weights`): a task or workflow keeps only what the records folded
         into it brought, so the folds hold at most ``max_bytes`` beside the records."""
         tasks, flows = self.tasks.tasks, self.workflows.workflows
-        while self._weights and (self.view_bytes > self.max_bytes or len(tasks) > self.max_events
-                                 or len(flows) > self.max_events):  # fmt: skip
+        while len(self._weights) > 1 and (self.view_bytes > self.max_bytes or len(tasks) > self.max_events
+                                          or len(flows) > self.max_events):  # fmt: skip  # the newest stays, as a record does
             entry = next(iter(self._weights))
             self.view_bytes -= self._weights.pop(entry)
             self._holder.pop(entry, None)
@@ -288,9 +303,9 @@ class LogIndex:
         _trim_tasks(self.tasks, self.max_events)  # entries no record charged (none expected): the count bound holds
         _trim(flows, self.max_events)
 
-    def _lend(self, key: int, record: Record) -> None:
+    def _lend(self, key: int, record: Record, entries: list[str]) -> None:
         """Note the fold fields that now hold ``record``'s data (just folded: the same objects)."""
-        lent = [(entry, field) for entry, field, holds in self._fields_of(record) if holds]
+        lent = list(self._fields_of(record, entries))
         if lent:
             self._lent[key] = lent
             for entry, field in lent:

@@ -51,6 +51,7 @@ TICK = 5.0  # seconds between the `tick` messages that refresh agents and capabi
 MAX_PARAM = 256  # characters of any query parameter
 MAX_PAGE = 100_000  # the highest page number asked for
 TIMELINES_AT_ONCE = 2  # timeline pages built at once, each in a thread (the rest wait their turn)
+TIMELINES_WAITING = 8  # timeline pages under way, built or waiting their turn; past that a 503 (review D)
 TIMELINES_KEPT = 16  # built timeline pages kept for the frames that reload them, the oldest dropped first
 TIMELINES_KEPT_CHARS = 32 << 20  # and at most this much of them (a page is at most a few MiB: its parts are bounded)
 STATIC = Path(__file__).parent / "static"
@@ -125,6 +126,8 @@ class Console:
         self._building = asyncio.Semaphore(TIMELINES_AT_ONCE)
         self._timelines: dict[tuple[str, int, int], str] = {}  # (id, events, last seq) -> the page
         self._under_way: dict[tuple[str, int, int], asyncio.Future[str]] = {}  # pages being built, each once
+        # kept pages, at most an eighth of the index's bound too (review D: 4.6 times --max-mb 16)
+        self._kept_chars = min(TIMELINES_KEPT_CHARS, max(1 << 20, index.max_bytes // 8))
 
     def added(self, record: Any) -> None:
         """A new event was indexed: tell the open pages."""
@@ -262,9 +265,12 @@ class Console:
     async def _timeline(self, request: web.Request) -> web.StreamResponse:
         try:
             root = _segment(request, "id")
+            page = await self._timeline_page(root)
         except BadParameter as error:
             return web.Response(text=str(error), status=400)
-        return web.Response(text=await self._timeline_page(root), content_type="text/html")
+        except UNAVAILABLE as error:
+            return web.Response(text=_reason(error), status=503)
+        return web.Response(text=page, content_type="text/html")
 
     async def _timeline_page(self, root: str) -> str:
         """The timeline page of ``root``, built in a thread (the slice of one id may be any size:
@@ -277,11 +283,13 @@ class Console:
         if page is None:
             building = self._under_way.get(key)  # asked again while it is built: wait for that build (review C:
             if building is None:  # 12 asks at once made 12 builds)
+                if len(self._under_way) >= TIMELINES_WAITING:
+                    raise MeshError(f"{TIMELINES_WAITING} timelines are being built; ask again in a moment")
                 building = self._under_way[key] = asyncio.ensure_future(self._build_timeline(records, root))
                 building.add_done_callback(lambda _: self._under_way.pop(key, None))
             page = await asyncio.shield(building)
             self._timelines[key] = page
-            while len(self._timelines) > TIMELINES_KEPT or sum(map(len, self._timelines.values())) > TIMELINES_KEPT_CHARS:
+            while len(self._timelines) > TIMELINES_KEPT or sum(map(len, self._timelines.values())) > self._kept_chars:
                 del self._timelines[next(iter(self._timelines))]
         return page
 
@@ -403,7 +411,9 @@ def _time(params: Mapping[str, str], name: str) -> Any:
 async def serve(console: Console, host: str, port: int, ready: Callable[[str], None], stop: asyncio.Event) -> None:
     """Serve ``console`` on ``host``:``port`` (0: a free port) until ``stop`` is set; ``ready``
     gets the URL once it listens. A port that cannot be had is a MeshError."""
-    runner = web.AppRunner(console.app(), access_log=None, shutdown_timeout=2.0)
+    # a request whose client went away is cancelled, not run to its end (review D: 34 timeline
+    # requests of clients gone held 362 MiB of a console bounded at 64)
+    runner = web.AppRunner(console.app(), access_log=None, shutdown_timeout=2.0, handler_cancellation=True)
     await runner.setup()
     listening: asyncio.Server | None = None
     sweeping: asyncio.Task[None] | None = None

@@ -148,10 +148,11 @@ async def _may_exceed(mesh: Mesh, stream: StreamState, max_events: int, max_byte
     """Whether the log's events could count more than ``max_bytes`` (`record_size`): the
     stream's bytes, those of the object stores of offloaded data when the server lists them
     (an account that may not list streams is measured event by event), each counted
-    `TEXT_FACTOR` times (the least `decoded_size` makes of a byte), and `RECORD_OVERHEAD` for
-    each event the index may keep. Data of tiny containers counts for more than that: such a
-    log is read whole, the index dropping its oldest events as it goes."""
-    counted = TEXT_FACTOR * (stream.bytes or 0) + min(stream.messages or 0, max_events) * RECORD_OVERHEAD
+    `MOST_PER_BYTE` times (the most `decoded_size` makes of a byte of JSON: the read decodes
+    the whole range before the index trims it, and data of tiny containers took a load at the
+    default bound to about 1.5 GB, review D), and `RECORD_OVERHEAD` for each event the index
+    may keep."""
+    counted = MOST_PER_BYTE * (stream.bytes or 0) + min(stream.messages or 0, max_events) * RECORD_OVERHEAD
     if counted > max_bytes:
         return True
     try:
@@ -159,7 +160,10 @@ async def _may_exceed(mesh: Mesh, stream: StreamState, max_events: int, max_byte
     except (NatsError, TimeoutError):  # refused or out of reach: measure
         return True
     offloaded = sum(info.state.bytes for info in streams if (info.config.name or "").startswith(_OBJECT_STREAMS))
-    return counted + TEXT_FACTOR * offloaded > max_bytes
+    return counted + MOST_PER_BYTE * offloaded > max_bytes
+
+
+MOST_PER_BYTE = TEXT_FACTOR + 88  # a `[` outside strings (`decoded_size`)
 
 
 _OBJECT_STREAMS = f"OBJ_{subjects.PAYLOAD_BUCKET}"  # every bucket of offloaded data (`topics.subjects`)

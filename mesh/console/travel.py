@@ -13,14 +13,16 @@ import msgspec
 from mesh.console.index import LogIndex
 from mesh.console.pages import Page, bounded_json, e, link
 from mesh.console.source import Source
+from mesh.errors import MeshError
 from mesh.projections import REGISTRY, ProjectionState
 from replay.state import pick, projection_named, state_from_records
 
-__all__ = ["CACHED_STATES", "FOLDS_AT_ONCE", "TEXT_LIMIT", "StateAt", "projections_page"]
+__all__ = ["CACHED_STATES", "FOLDS_AT_ONCE", "FOLDS_WAITING", "TEXT_LIMIT", "StateAt", "projections_page"]
 
 CACHED_STATES = 32  # states kept, by (projection, position, key)
 TEXT_LIMIT = 200_000  # characters of a state shown; past that, pick one entry with `key`
 FOLDS_AT_ONCE = 2  # states folded (or rebuilt from the source) at once; more requests wait their turn
+FOLDS_WAITING = 8  # requests folding or waiting their turn; past that a 503 (review D: 60 asks, 60 folds)
 
 
 
@@ -43,6 +45,7 @@ class Travel:
         self.source = source
         self._cache: OrderedDict[tuple[str, int, str], StateAt] = OrderedDict()
         self._folding = asyncio.Semaphore(FOLDS_AT_ONCE)
+        self._asked = 0  # requests folding or waiting to
 
     async def state_at(self, name: str, at: int, key: str = "") -> StateAt:
         """``name`` folded up to seq ``at``; ConfigError for an unknown projection; KeyError when
@@ -52,16 +55,22 @@ class Travel:
         if cached is not None:
             self._cache.move_to_end((name, at, key))
             return cached
-        async with self._folding:  # each fold holds a state of the whole log: a few at a time (review Z)
-            cached = self._cache.get((name, at, key))  # folded while this request waited its turn
-            if cached is not None:
-                return cached
-            if self.index.complete:
-                records = list(self.index.upto(at))
-                state: ProjectionState = await asyncio.to_thread(state_from_records, projection, records)
-            else:
-                state = await self.source.state_at(projection, at)
-            text = await asyncio.to_thread(_text, state, key)  # a whole state encoded: not on the loop
+        if self._asked >= FOLDS_WAITING:
+            raise MeshError(f"{FOLDS_WAITING} projection states are being folded; ask again in a moment")
+        self._asked += 1
+        try:
+            async with self._folding:  # each fold holds a state of the whole log: a few at a time (review Z)
+                cached = self._cache.get((name, at, key))  # folded while this request waited its turn
+                if cached is not None:
+                    return cached
+                if self.index.complete:
+                    records = list(self.index.upto(at))
+                    state: ProjectionState = await asyncio.to_thread(state_from_records, projection, records)
+                else:
+                    state = await self.source.state_at(projection, at)
+                text = await asyncio.to_thread(_text, state, key)  # a whole state encoded: not on the loop
+        finally:
+            self._asked -= 1
         shown = StateAt(projection=name, at=at, seq=state.seq, entries=_entries(state), text=text)
         self._cache[(name, at, key)] = shown
         while len(self._cache) > CACHED_STATES:

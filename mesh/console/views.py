@@ -194,8 +194,9 @@ def task_page(index: LogIndex, ref: str) -> Page | None:
 def _data(value: Any) -> str:
     """A task's or workflow's input or output, or why it is not shown."""
     if isinstance(value, NotHeld):
-        return (f'<p class="error">not held: it came with event {e(value.seq)}, older than the events this console '
-                "keeps (--max-events, --max-mb); `mesh replay state` reads it from the log</p>")  # fmt: skip
+        which = f"event {e(value.seq)}" if value.seq > 0 else "an event with no seq (of a file)"
+        return (f'<p class="error">not held: it came with {which}, older than the events this console keeps '
+                "(--max-events, --max-mb); `mesh replay state` reads it from the log</p>")  # fmt: skip
     return pretty(value, 5000)
 
 
