@@ -520,6 +520,37 @@ class TestProjectionsPage:
         assert all(isinstance(r, MeshError) and "being folded" in str(r) for r in refused)  # review D: 60 asks, 60 folds
 
 
+    async def test_a_fold_whose_asker_left_still_counts(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A fold runs on in its thread when its request is cancelled: it keeps its place among
+        `FOLDS_WAITING` (review D: 60 clients that asked and left made 53 folds)."""
+        import threading
+
+        from mesh.console import travel
+        from mesh.console.source import FileSource
+
+        entered, go = threading.Semaphore(0), threading.Event()
+        real = travel.state_from_records
+
+        def fold(*args: Any) -> Any:
+            entered.release()
+            go.wait(10)
+            return real(*args)
+
+        monkeypatch.setattr(travel, "state_from_records", fold)
+        index = LogIndex()
+        for n in range(20):
+            index.extend(task_events(f"t{n}", 3 * n + 1, f"c{n}"))
+        states = travel.Travel(index, FileSource("unread.jsonl"))
+        left = asyncio.ensure_future(states.state_at("tasks", 1))
+        assert await asyncio.to_thread(entered.acquire, timeout=10)
+        left.cancel()  # its asker went away; its fold did not
+        asked = asyncio.gather(*(states.state_at("tasks", at) for at in range(2, 2 + travel.FOLDS_WAITING)),
+                               return_exceptions=True)  # fmt: skip
+        go.set()
+        shown = await asyncio.wait_for(asked, 30)
+        assert sum(isinstance(s, MeshError) for s in shown) == 1  # the one past the cap, counting the fold left
+
+
 class TestFileSource:
     @staticmethod
     def line(seq: int, task: str, event_id: str) -> str:

@@ -22,7 +22,7 @@ __all__ = ["CACHED_STATES", "FOLDS_AT_ONCE", "FOLDS_WAITING", "TEXT_LIMIT", "Sta
 CACHED_STATES = 32  # states kept, by (projection, position, key)
 TEXT_LIMIT = 200_000  # characters of a state shown; past that, pick one entry with `key`
 FOLDS_AT_ONCE = 2  # states folded (or rebuilt from the source) at once; more requests wait their turn
-FOLDS_WAITING = 8  # requests folding or waiting their turn; past that a 503 (review D: 60 asks, 60 folds)
+FOLDS_WAITING = 8  # folds running or waiting their turn; past that a 503 (review D: 60 asks, 53 folds)
 
 
 
@@ -45,34 +45,39 @@ class Travel:
         self.source = source
         self._cache: OrderedDict[tuple[str, int, str], StateAt] = OrderedDict()
         self._folding = asyncio.Semaphore(FOLDS_AT_ONCE)
-        self._asked = 0  # requests folding or waiting to
+        self._under_way: dict[tuple[str, int, str], asyncio.Future[StateAt]] = {}  # folds running or waiting to
 
     async def state_at(self, name: str, at: int, key: str = "") -> StateAt:
         """``name`` folded up to seq ``at``; ConfigError for an unknown projection; KeyError when
-        ``key`` names no entry."""
+        ``key`` names no entry. A fold runs on whether its asker stays or not (a thread cannot
+        be stopped), so it is what is bounded: each state once however many ask for it, at
+        most `FOLDS_WAITING` under way, `FOLDS_AT_ONCE` of them running (review D: 60 clients
+        that asked and left made 53 folds)."""
         projection = projection_named(name)
-        cached = self._cache.get((name, at, key))
+        place = (name, at, key)
+        cached = self._cache.get(place)
         if cached is not None:
-            self._cache.move_to_end((name, at, key))
+            self._cache.move_to_end(place)
             return cached
-        if self._asked >= FOLDS_WAITING:
-            raise MeshError(f"{FOLDS_WAITING} projection states are being folded; ask again in a moment")
-        self._asked += 1
-        try:
-            async with self._folding:  # each fold holds a state of the whole log: a few at a time (review Z)
-                cached = self._cache.get((name, at, key))  # folded while this request waited its turn
-                if cached is not None:
-                    return cached
-                if self.index.complete:
-                    records = list(self.index.upto(at))
-                    state: ProjectionState = await asyncio.to_thread(state_from_records, projection, records)
-                else:
-                    state = await self.source.state_at(projection, at)
-                text = await asyncio.to_thread(_text, state, key)  # a whole state encoded: not on the loop
-        finally:
-            self._asked -= 1
+        folding = self._under_way.get(place)
+        if folding is None:
+            if len(self._under_way) >= FOLDS_WAITING:
+                raise MeshError(f"{FOLDS_WAITING} projection states are being folded; ask again in a moment")
+            folding = self._under_way[place] = asyncio.ensure_future(self._fold(projection, place))
+            folding.add_done_callback(lambda _: self._under_way.pop(place, None))
+        return await asyncio.shield(folding)
+
+    async def _fold(self, projection: Any, place: tuple[str, int, str]) -> StateAt:
+        name, at, key = place
+        async with self._folding:  # each fold holds a state of the whole log: a few at a time (review Z)
+            if self.index.complete:
+                records = list(self.index.upto(at))
+                state: ProjectionState = await asyncio.to_thread(state_from_records, projection, records)
+            else:
+                state = await self.source.state_at(projection, at)
+            text = await asyncio.to_thread(_text, state, key)  # a whole state encoded: not on the loop
         shown = StateAt(projection=name, at=at, seq=state.seq, entries=_entries(state), text=text)
-        self._cache[(name, at, key)] = shown
+        self._cache[place] = shown
         while len(self._cache) > CACHED_STATES:
             self._cache.popitem(last=False)
         return shown
