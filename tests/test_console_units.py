@@ -28,7 +28,7 @@ from topics.dead import DeadLettered
 from topics.envelope import CloudEvent, encode_envelope
 from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskRequested
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskProgress, TaskRequested
 
 pytestmark = pytest.mark.unit
 
@@ -287,6 +287,19 @@ class TestMemoryBound:
             index.add(decoded(101 + 2 * n, f"mesh.task.echo.{owner}.x", TaskClaimed(task_id="x", agent="a", attempt=1)))
         assert all(f"v{n}" in index.tasks.tasks for n in range(50))  # still there, as are their events
         assert index.view_bytes <= index.max_bytes and len(index.tasks.owners["x"]) == 600
+
+    def test_a_task_still_running_is_not_the_first_to_leave(self) -> None:
+        """Entries left in the order they were first weighed: the most active long-running task
+        went first, and came back on its next event with no capability and no input (review E)."""
+        index = LogIndex(max_bytes=2**20)
+        index.add(decoded(1, "mesh.work.echo.anon", TaskRequested(capability="echo", task_id="long", input=[1])))
+        for n in range(2000):
+            index.add(decoded(2 + 2 * n, "mesh.work.echo.anon", TaskRequested(capability="echo", task_id=f"s{n}")))
+            if n % 10 == 0:
+                index.add(decoded(3 + 2 * n, "mesh.task.echo.anon.long",
+                                  TaskProgress(task_id="long", agent="a", attempt=1, message=f"{n}")))  # fmt: skip
+        view = index.tasks.tasks["long"]
+        assert "s0" not in index.tasks.tasks and view.capability == "echo" and view.input == NotHeld(1)
 
     def test_a_small_event_counts_brackets_in_its_strings_as_text(self) -> None:
         """Under 2 KiB a `[` inside a string still counted 88 bytes: 1,700 submissions of 3.5 MB

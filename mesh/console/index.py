@@ -152,7 +152,8 @@ class LogIndex:
         self._holder: dict[str, dict[str, int]] = {}  # fold entry -> field -> the record's key
         self._lent: dict[int, list[tuple[str, str]]] = {}
         # What each fold entry (`t <task key>`, `w <workflow id>`) may hold: the sizes of the
-        # records folded into it (`record_size`, whatever the fold kept of them), oldest first.
+        # records folded into it (`record_size`, whatever the fold kept of them), least
+        # recently charged first.
         self._weights: dict[str, int] = {}
         self.view_bytes = 0
         self._sizes: dict[int, int] = {}  # each held record's `record_size`
@@ -197,8 +198,8 @@ class LogIndex:
             else:
                 self.workflows = WORKFLOWS.apply(self.workflows, record)
             entries = self._entries_of(record, projection is TASKS)
-            for entry in entries:
-                self._weights[entry] = self._weights.get(entry, 0) + size
+            for entry in entries:  # last charged, last to leave: a running task is not the first trimmed (review E)
+                self._weights[entry] = self._weights.pop(entry, 0) + size
                 self.view_bytes += size
             self._lend(key, record, entries)
         self._trim_views()

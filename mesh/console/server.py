@@ -286,12 +286,17 @@ class Console:
                 if len(self._under_way) >= TIMELINES_WAITING:
                     raise MeshError(f"{TIMELINES_WAITING} timelines are being built; ask again in a moment")
                 building = self._under_way[key] = asyncio.ensure_future(self._build_timeline(records, root))
-                building.add_done_callback(lambda _: self._under_way.pop(key, None))
+                building.add_done_callback(lambda done: self._built(key, done))
             page = await asyncio.shield(building)
             self._timelines[key] = page
             while len(self._timelines) > TIMELINES_KEPT or sum(map(len, self._timelines.values())) > self._kept_chars:
                 del self._timelines[next(iter(self._timelines))]
         return page
+
+    def _built(self, key: tuple[str, int, int], done: asyncio.Future[str]) -> None:
+        self._under_way.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its askers may all have gone (review E: a traceback logged per ask)
 
     async def _build_timeline(self, records: list[Any], root: str) -> str:
         async with self._building:
@@ -411,9 +416,10 @@ def _time(params: Mapping[str, str], name: str) -> Any:
 async def serve(console: Console, host: str, port: int, ready: Callable[[str], None], stop: asyncio.Event) -> None:
     """Serve ``console`` on ``host``:``port`` (0: a free port) until ``stop`` is set; ``ready``
     gets the URL once it listens. A port that cannot be had is a MeshError."""
-    # a request whose client went away is cancelled, not run to its end (review D: 34 timeline
-    # requests of clients gone held 362 MiB of a console bounded at 64)
-    runner = web.AppRunner(console.app(), access_log=None, shutdown_timeout=2.0, handler_cancellation=True)
+    # A request whose client went away runs to its end (aiohttp's default): cancelling it
+    # mid-way leaked nats-py's key-value watchers of `/agents` (review E). What such requests
+    # can start is bounded instead: `TIMELINES_WAITING`, `travel.FOLDS_WAITING`.
+    runner = web.AppRunner(console.app(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     listening: asyncio.Server | None = None
     sweeping: asyncio.Task[None] | None = None

@@ -50,7 +50,7 @@ class Travel:
     async def state_at(self, name: str, at: int, key: str = "") -> StateAt:
         """``name`` folded up to seq ``at``; ConfigError for an unknown projection; KeyError when
         ``key`` names no entry. A fold runs on whether its asker stays or not (a thread cannot
-        be stopped), so it is what is bounded: each state once however many ask for it, at
+        be stopped, and the console does not cancel requests), so it is what is bounded: each state once however many ask for it, at
         most `FOLDS_WAITING` under way, `FOLDS_AT_ONCE` of them running (review D: 60 clients
         that asked and left made 53 folds)."""
         projection = projection_named(name)
@@ -64,8 +64,13 @@ class Travel:
             if len(self._under_way) >= FOLDS_WAITING:
                 raise MeshError(f"{FOLDS_WAITING} projection states are being folded; ask again in a moment")
             folding = self._under_way[place] = asyncio.ensure_future(self._fold(projection, place))
-            folding.add_done_callback(lambda _: self._under_way.pop(place, None))
+            folding.add_done_callback(lambda done: self._folded(place, done))
         return await asyncio.shield(folding)
+
+    def _folded(self, place: tuple[str, int, str], done: asyncio.Future[StateAt]) -> None:
+        self._under_way.pop(place, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its askers may all have gone (review E: a traceback logged per ask)
 
     async def _fold(self, projection: Any, place: tuple[str, int, str]) -> StateAt:
         name, at, key = place
