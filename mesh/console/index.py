@@ -27,11 +27,11 @@ import msgspec
 
 from mesh.projections import TASKS, WORKFLOWS
 from mesh.projections.base import Router, moment_of
-from mesh.projections.tasks import TasksState, task_key, tasks_named
+from mesh.projections.tasks import TasksState, folded_keys
 from replay.reader import subject_matches
 from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted
 from topics.record import Record
-from topics.tasks import TaskCancelRequested, TaskCompleted, TaskRequested, cancel_key_of
+from topics.tasks import TaskCompleted, TaskRequested
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_EVENTS", "RECORD_OVERHEAD", "TEXT_FACTOR", "EventQuery", "LogIndex",
            "NotHeld", "decoded_size", "record_size"]  # fmt: skip
@@ -233,26 +233,6 @@ class LogIndex:
                     del self.keys[k]
         self.dropped += 1
 
-    def _task_entries(self, record: Record) -> list[str]:
-        """The tasks fold's entries ``record`` may have changed, as the fold finds them: the
-        task a request on `mesh.work.<capability>.<owner>` names (or its event id), the one of
-        a lifecycle subject `mesh.task.<capability>.<owner>.<task id>` (a `replay fork` copy of
-        a request too), and for a cancel request on `mesh.cancel.<task id>` every owner's task
-        under that id whose cancel key it matches. Never every owner's task under an id: an
-        event weighed on all of them let a role with ever new owner tokens trim the whole fold
-        (review D)."""
-        data, tokens = record.data, record.subject.split(".")
-        if len(tokens) == 4 and tokens[:2] == ["mesh", "work"] and isinstance(data, TaskRequested):
-            keys = [task_key(tokens[3], data.task_id or record.event.id)]
-        elif len(tokens) == 5 and tokens[:2] == ["mesh", "task"]:
-            keys = [task_key(tokens[3], tokens[4])]
-        elif len(tokens) == 3 and tokens[:2] == ["mesh", "cancel"] and isinstance(data, TaskCancelRequested):
-            key = cancel_key_of(data.token)
-            return [f"t {task_key(v.owner, v.task_id)}" for v in tasks_named(self.tasks, tokens[2]) if v.cancel_key == key]
-        else:
-            return []
-        return [f"t {k}" for k in keys if k in self.tasks.tasks]
-
     def _fields_of(self, record: Record, entries: list[str]) -> Iterator[tuple[str, str]]:
         """The fold fields of ``entries`` that hold ``record``'s data now (it was just folded:
         the same objects), beyond values every event shares (None)."""
@@ -281,16 +261,17 @@ class LogIndex:
                 yield entry, "output"
 
     def _entries_of(self, record: Record, task: bool) -> list[str]:
-        """The fold entries ``record`` may have changed (`_task_entries`), or its workflow."""
+        """The fold entries ``record`` may have changed: its tasks (`folded_keys`), or its workflow."""
         if task:
-            return self._task_entries(record)
+            return [f"t {key}" for key in folded_keys(self.tasks, record.data, record.subject, record.event.id)]
         workflow_id = getattr(record.data, "workflow_id", None)
         return [f"w {workflow_id}"] if isinstance(workflow_id, str) and workflow_id in self.workflows.workflows else []
 
     def _trim_views(self) -> None:
-        """Drop the oldest fold entries past ``max_events`` of each fold, or past ``max_bytes``
-        of what they may hold (`_weights`): a task or workflow keeps only what the records folded
-        into it brought, so the folds hold at most ``max_bytes`` beside the records."""
+        """Drop the least recently weighed fold entries past ``max_events`` of each fold, or past
+        ``max_bytes`` of what they may hold (`_weights`): a task or workflow keeps only what the
+        records folded into it brought, so the folds hold at most ``max_bytes`` beside the
+        records."""
         tasks, flows = self.tasks.tasks, self.workflows.workflows
         while len(self._weights) > 1 and (self.view_bytes > self.max_bytes or len(tasks) > self.max_events
                                           or len(flows) > self.max_events):  # fmt: skip  # the newest stays, as a record does

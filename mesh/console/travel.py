@@ -25,7 +25,6 @@ FOLDS_AT_ONCE = 2  # states folded (or rebuilt from the source) at once; more re
 FOLDS_WAITING = 8  # folds running or waiting their turn; past that a 503 (review D: 60 asks, 53 folds)
 
 
-
 class StateAt(msgspec.Struct, frozen=True, kw_only=True):
     """What the slider shows: the projection, the position asked, the seq the state reached,
     how many entries it has, and its JSON (cut at `TEXT_LIMIT`)."""
@@ -50,9 +49,9 @@ class Travel:
     async def state_at(self, name: str, at: int, key: str = "") -> StateAt:
         """``name`` folded up to seq ``at``; ConfigError for an unknown projection; KeyError when
         ``key`` names no entry. A fold runs on whether its asker stays or not (a thread cannot
-        be stopped, and the console does not cancel requests), so it is what is bounded: each state once however many ask for it, at
-        most `FOLDS_WAITING` under way, `FOLDS_AT_ONCE` of them running (review D: 60 clients
-        that asked and left made 53 folds)."""
+        be stopped, and the console does not cancel requests), so it is what is bounded: each
+        state once however many ask for it, at most `FOLDS_WAITING` under way, `FOLDS_AT_ONCE`
+        of them running (review D: 60 clients that asked and left made 53 folds)."""
         projection = projection_named(name)
         place = (name, at, key)
         cached = self._cache.get(place)

@@ -50,8 +50,8 @@ from topics.tasks import (
     cancel_key_of,
 )
 
-__all__ = ["MAX_HISTORY", "TaskStatus", "TaskView", "TasksProjection", "TasksState", "Try", "find_task", "is_final",
-           "task_key", "tasks_named"]
+__all__ = ["MAX_HISTORY", "TaskStatus", "TaskView", "TasksProjection", "TasksState", "Try", "find_task", "folded_keys",
+           "is_final", "task_key", "tasks_named"]
 
 TaskStatus = Literal["requested", "claimed", "running", "completed", "failed", "cancelled", "handed_off"]
 MAX_HISTORY = 50  # tries remembered per task
@@ -186,6 +186,28 @@ def _task_of(subject: str) -> tuple[str, str, str] | None:
     """`subjects.task_of`, as `_work_of` reads it."""
     parts = subject.split(".")
     return (parts[2], parts[3], parts[4]) if len(parts) == 5 and parts[0] == "mesh" and parts[1] == "task" else None
+
+
+def folded_keys(state: TasksState, data: Event, subject: str, event_id: str) -> list[str]:
+    """The `task_key`s of the tasks in ``state`` an event (``data`` stored on ``subject``, its
+    envelope's id ``event_id``) may have changed, found as the handlers find them: a request's
+    task on its work subject (or, copied by `replay fork`, on its lifecycle subject), the task
+    of a lifecycle subject, and for a cancel request every owner's task under its id whose
+    cancel key it matches. Never every owner's task under an id (the console weighs each task
+    by the events folded into it: review D)."""
+    if isinstance(data, TaskCancelRequested):
+        if subject != f"mesh.cancel.{data.task_id}":
+            return []
+        key = cancel_key_of(data.token)
+        return [task_key(v.owner, v.task_id) for v in tasks_named(state, data.task_id) if v.cancel_key == key]
+    served = _work_of(subject) if isinstance(data, TaskRequested) else None
+    if served is not None:
+        found = task_key(served[1], getattr(data, "task_id", "") or event_id)
+    elif (lifecycle := _task_of(subject)) is not None:
+        found = task_key(lifecycle[1], lifecycle[2])
+    else:
+        return []
+    return [found] if found in state.tasks else []
 
 
 def _copied(state: TasksState, event: TaskRequested, stamp: Stamp) -> tuple[str, TaskView] | None:
