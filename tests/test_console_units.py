@@ -564,6 +564,37 @@ class TestProjectionsPage:
         assert sum(isinstance(s, MeshError) for s in shown) == 1  # the one past the cap, counting the fold left
 
 
+    async def test_keys_of_one_state_share_its_fold(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A key asked anew folded the whole state again, so one client asking keys kept every
+        fold slot busy (review E). Now every key of one position is a pick from one fold, kept
+        for the next key; more keys than `FOLDS_WAITING` are all answered."""
+        from mesh.console import travel
+        from mesh.console.source import FileSource
+
+        folds = []
+        real = travel.state_from_records
+
+        def fold(*args: Any) -> Any:
+            folds.append(args)
+            return real(*args)
+
+        monkeypatch.setattr(travel, "state_from_records", fold)
+        index = LogIndex()
+        for n in range(40):
+            index.extend(task_events(f"t{n}", 3 * n + 1, f"c{n}"))
+        states = travel.Travel(index, FileSource("unread.jsonl"))
+        keys = [f"t{n}" for n in range(travel.FOLDS_WAITING + 12)]
+        shown = await asyncio.wait_for(asyncio.gather(*(states.state_at("tasks", 60, key) for key in keys)), 30)
+        assert len(folds) == 1
+        assert all(f'"task_id": "t{n}"' in s.text for n, s in enumerate(shown))
+        later = await states.state_at("tasks", 60, "t19")  # asked after the fold ended: the state was kept
+        assert len(folds) == 1 and '"task_id": "t19"' in later.text
+        with pytest.raises(KeyError):
+            await states.state_at("tasks", 60, "nobody")
+        await states.state_at("tasks", 30, "t1")  # another position: its own fold
+        assert len(folds) == 2
+
+
 class TestFileSource:
     @staticmethod
     def line(seq: int, task: str, event_id: str) -> str:
