@@ -190,6 +190,20 @@ class TestCosineRanking:
         assert [h.id for h in cosine_ranked([embedded(3, "x", vector=(1e308, 1e308))], (1e308, -1e308), "m")] == ["e3"]
 
     @pytest.mark.unit
+    def test_subnormal_components_have_no_direction(self) -> None:
+        """`math.hypot` of subnormal components rounds: a writer's entry of [5e-324, 5e-324]
+        scored 1.414, above every honest entry (review K). Such a vector is held as one without
+        direction, and no score leaves [-1, 1]."""
+        tiny = KnowledgeAdded(kb="kb", text="tiny", embedding=(5e-324, 5e-324), embedding_model="m")
+        [held] = live_at(fold(KNOWLEDGE, [record(tiny, 1)]), "kb")
+        assert held.embedding is None
+        raw = KnowledgeEntry(id="e2", kb="kb", text="tiny", seq=2, embedding=pack((5e-300, 5e-324)), embedding_model="m")
+        honest = embedded(3, "x", vector=(1.0, 0.0))
+        for query in ((1e308, 1e308), (1.0, 0.0), (1.0, 1.0)):
+            assert all(-1.0 <= h.score <= 1.0 for h in cosine_ranked([raw, honest], query, "m"))
+        assert cosine_ranked([honest], (5e-324, 5e-324), "m") == []
+
+    @pytest.mark.unit
     def test_hybrid_fuses_ranks(self) -> None:
         """Reciprocal rank fusion: in both lists beats top of one; ties rank older entries first."""
         e1, e2, e3, e4 = (cosine_ranked([embedded(n, "w")], offline_embedding("w"), "m")[0] for n in (1, 2, 3, 4))

@@ -40,6 +40,7 @@ characters finds nothing (and calls no model).
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,7 +59,7 @@ from mesh.telemetry.conventions import MESH_KNOWLEDGE_HITS, MESH_KNOWLEDGE_SEQ
 from mesh.telemetry.tracing import search_span
 from topics import subjects
 from topics.base import MAX_TOKEN, check_token, shorten
-from topics.knowledge import MAX_AUTHOR, KnowledgeAdded, KnowledgeRemoved
+from topics.knowledge import MAX_AUTHOR, MAX_TAGS, KnowledgeAdded, KnowledgeRemoved
 
 __all__ = ["DEFAULT_LIMIT", "INDEXES_PER_CONNECTION", "Embedder", "KnowledgeBase", "KnowledgeIndex", "SearchMode",
            "check_position"]  # fmt: skip
@@ -68,6 +69,7 @@ INDEXES_PER_CONNECTION = 16  # knowledge bases one connection keeps folded at on
 SearchMode = Literal["keyword", "vector", "hybrid"]
 MODES = ("keyword", "vector", "hybrid")
 HYBRID_DEPTH = 50  # hits of each ranking a hybrid search fuses, at least (4 times its limit if more)
+FOLD_SLICE = 0.02  # seconds a fold of new entries holds the event loop before it gives it back
 
 
 class Embedder(Protocol):
@@ -112,18 +114,33 @@ class KnowledgeIndex:
     def entries(self, at: Position | None = None) -> list[KnowledgeEntry]:
         return live_at(self.state, self.kb, at)
 
+    async def fold_all(self, items: Iterable[Stored]) -> None:
+        """Fold ``items`` in, giving the event loop back every `FOLD_SLICE` seconds (a first
+        read of a base of 100,000 entries held it for 4.8 s: review K). Under `lock`."""
+        began = time.monotonic()
+        for item in items:
+            self.fold(item)
+            if time.monotonic() - began > FOLD_SLICE:
+                await asyncio.sleep(0)
+                began = time.monotonic()
+
     async def search(self, query: str, at: Position | None, **filters: Any) -> list[Hit]:
-        """Rank the entries live at ``at`` (None, or a sequence at or past the fold: now). A past
-        point builds an index of the entries live then, in a worker thread (it takes time in
-        proportion to the base), so the event loop (acknowledgements, other handlers) runs on."""
-        if at is None or (isinstance(at, int) and at >= self.state.seq):
-            return self.text.search(query, **filters)
-        return await asyncio.to_thread(_rank, self.entries(at), query, filters)
+        """Rank the entries live at ``at`` (None, or a sequence at or past the fold: now), in a
+        worker thread, so the event loop (acknowledgements, other handlers) runs on: a client's
+        64-word query over a large base held it for seconds (review K). Now: the index, under
+        `lock` (no fold meanwhile). A past point: an index of the entries live then."""
+        async with self.lock:
+            if at is None or (isinstance(at, int) and at >= self.state.seq):
+                return await asyncio.to_thread(self.text.search, query, **filters)
+            entries = self.entries(at)
+        return await asyncio.to_thread(_rank, entries, query, filters)
 
     async def similar(self, vector: Sequence[float], model: str, at: Position | None, **filters: Any) -> list[Hit]:
         """Rank the entries live at ``at`` by cosine similarity to ``vector`` (`mesh.projections.vectors`),
         in a worker thread, so the event loop runs on while a large base is scored."""
-        return await asyncio.to_thread(cosine_ranked, self.entries(at), vector, model, norms=self.norms, **filters)
+        async with self.lock:
+            entries = self.entries(at)
+        return await asyncio.to_thread(cosine_ranked, entries, vector, model, norms=self.norms, **filters)
 
 
 def _rank(entries: list[KnowledgeEntry], query: str, filters: dict[str, Any]) -> list[Hit]:
@@ -180,8 +197,8 @@ class KnowledgeBase:
     async def refresh(self, *, at_least: int = 0) -> int:
         """Fold in what landed on the base since the last read; return the position reached."""
         async with self._index.lock:
-            for item in await read(self.mesh, self.subject, after=self._index.state.seq, at_least=at_least):
-                self._index.fold(item)
+            await self._index.fold_all(await read(self.mesh, self.subject, after=self._index.state.seq,
+                                                  at_least=at_least))  # fmt: skip
         return self._index.state.seq
 
     # -- writing ---------------------------------------------------------------------
@@ -211,7 +228,8 @@ class KnowledgeBase:
         points); True if it was in the base."""
         data = _checked(KnowledgeRemoved(kb=self.name, entry_id=entry_id, author=self.origin.author[:MAX_AUTHOR]))
         await self.refresh()
-        found = next((e for e in self._index.entries() if e.id == entry_id), None)
+        async with self._index.lock:
+            found = next((e for e in self._index.entries() if e.id == entry_id), None)
         published = await self._publish(data, "remove")
         await self.refresh(at_least=published.seq)
         return found is not None
@@ -285,7 +303,8 @@ class KnowledgeBase:
         """Every entry of the base (as of ``as_of``), oldest first."""
         at = check_position(as_of)
         await self.refresh()
-        return self._index.entries(at)
+        async with self._index.lock:
+            return self._index.entries(at)
 
 
 _bounds = msgspec.json.Encoder()
@@ -307,6 +326,8 @@ def _tags(tags: Sequence[str]) -> tuple[str, ...]:
         raise ValueError(
             f"tags to filter by are non-empty strings of at most {MAX_TOKEN} characters, not {found!r:.200}"
         )
+    if len(set(found)) > MAX_TAGS:  # no entry carries more: SQLite refused 1,000 as an expression too deep (review K)
+        raise ValueError(f"{len(set(found))} tags to filter by: an entry carries at most {MAX_TAGS}")
     return found
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -24,10 +25,12 @@ import msgspec
 
 from mesh.projections.knowledge import KnowledgeEntry
 
-__all__ = ["MAX_LIMIT", "MAX_QUERY", "MAX_TERMS", "FullText", "Hit", "match_expression"]
+__all__ = ["MAX_LIMIT", "MAX_QUERY", "MAX_TERMS", "SEARCH_SECONDS", "FullText", "Hit", "match_expression"]
 
 MAX_QUERY = 4096  # characters of a query
 MAX_TERMS = 64  # words of a query that count (the rest are ignored)
+SEARCH_SECONDS = 10.0  # one search of an index, at most (then ValueError)
+PROGRESS_STEPS = 100  # SQLite steps between two looks at the clock (FTS5 works between them: a row can be long)
 MAX_LIMIT = 1000  # hits one search returns at most
 
 _WORD = re.compile(r"\w+")
@@ -121,11 +124,26 @@ class FullText:
         if expression:
             sql = ("select entry.rowid, -bm25(text) as score from text join entry on entry.rowid = text.rowid "
                    f"where text match ?{where} order by bm25(text), entry.seq, entry.rowid limit ?")  # fmt: skip
-            rows = self._db.execute(sql, (expression, *params, limit)).fetchall()
+            rows = self._bounded(sql, (expression, *params, limit))
         else:
             sql = f"select rowid, 0.0 from entry where 1{where} order by seq desc, rowid desc limit ?"
-            rows = self._db.execute(sql, (*params, limit)).fetchall()
+            rows = self._bounded(sql, (*params, limit))
         return [_hit(self._entries[rowid], score) for rowid, score in rows]
+
+    def _bounded(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The rows of one query, stopped past `SEARCH_SECONDS` (ValueError): the words of a
+        query decide what it costs, and a client's query is any words (review K: 64 common
+        words over 60 MB of entries took 2.5 s)."""
+        deadline = time.monotonic() + SEARCH_SECONDS
+        self._db.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as error:
+            if "interrupted" not in str(error):
+                raise
+            raise ValueError(f"a search took more than {SEARCH_SECONDS:g} s; use fewer or rarer words, or tags") from None
+        finally:
+            self._db.set_progress_handler(None, 0)
 
 
 def _filters(tags: Sequence[str], author: str | None, since: int | None, until: int | None) -> tuple[str, list[Any]]:

@@ -85,11 +85,13 @@ def micros(time: str) -> int:
 
 def pack(vector: Sequence[float] | None) -> bytes | None:
     """An embedding as little-endian float64 bytes; None for none, or for one with no
-    direction (its length zero or not finite), which never matches a search."""
+    direction (its length zero or not finite), which never matches a search. A length below
+    the smallest normal float counts as zero: `math.hypot` of subnormal components rounds
+    (hypot(5e-324, 5e-324) is 5e-324), and cosines from it came out as 1.414 (review K)."""
     if not vector:
         return None
     length = math.hypot(*vector)  # scales as it goes: no OverflowError for large components
-    if not length or not math.isfinite(length):
+    if not length >= sys.float_info.min or not math.isfinite(length):
         return None
     packed = array.array("d", vector)
     if sys.byteorder == "big":

@@ -19,6 +19,7 @@ cosine's different scales need no weighting.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -71,6 +72,11 @@ def _cosine(a: Sequence[float], a_norm: float, b: Sequence[float], b_norm: float
     return found if math.isfinite(found) else None
 
 
+def _clamped(score: float) -> float:
+    """A cosine within [-1, 1]: rounding in the lengths can carry one a little past."""
+    return max(-1.0, min(1.0, score))
+
+
 def cosine_ranked(
     entries: Iterable[KnowledgeEntry],
     vector: Sequence[float],
@@ -87,7 +93,7 @@ def cosine_ranked(
     every tag in ``tags``, were added by ``author`` and between ``since`` and ``until``
     (microseconds, inclusive)."""
     query_norm = _norm(vector)
-    if not query_norm or not math.isfinite(query_norm):
+    if not query_norm >= sys.float_info.min or not math.isfinite(query_norm):  # no direction (`pack`)
         return []
     norms = norms or Norms()
     wanted = set(tags)
@@ -101,12 +107,12 @@ def cosine_ranked(
         if (since is not None and entry.micros < since) or (until is not None and entry.micros > until):
             continue
         norm = norms.of(entry)
-        if not norm or not math.isfinite(norm):
+        if not norm >= sys.float_info.min or not math.isfinite(norm):
             continue
         score = _cosine(embedding, norm, vector, query_norm)
         if score is None:
             continue
-        scored.append((score, entry))
+        scored.append((_clamped(score), entry))
     scored.sort(key=lambda pair: (-pair[0], pair[1].seq, pair[1].id))
     return [Hit(id=e.id, score=score, text=e.text, tags=e.tags, metadata=e.metadata, author=e.author, seq=e.seq,
                 time=e.time) for score, e in scored[:limit]]  # fmt: skip
