@@ -322,6 +322,13 @@ class TestKbSearch:
         assert done.returncode == 0, done.stderr
         assert "\x1b" not in done.stdout and "\x07" not in done.stdout, repr(done.stdout)
         assert "alice" in done.stdout and "FAKE: all checks passed" in done.stdout
+        c1 = "\u009b2J\u009d0;title\u009c"  # C1 controls, which JSON encoders leave raw (review K)
+        async with await Mesh.connect(nats_server.url) as mesh:
+            await mesh.publish(subjects.knowledge("notes"), KnowledgeAdded(kb="notes", text="restart", author=c1))
+        as_json = mesh_cmd("kb", "search", "notes", "restart", "--json", url=nats_server.url, cwd=tmp_path)
+        assert as_json.returncode == 0, as_json.stderr
+        assert not any("\x7f" <= ch <= "\x9f" for ch in as_json.stdout), repr(as_json.stdout)
+        assert c1 in [json.loads(line)["author"] for line in as_json.stdout.splitlines()]
 
 
 class TestStatus:

@@ -79,7 +79,7 @@ class TestHumanInTheLoop:
         assert answered.event.correlationid == "ship-1"
 
         assert await Humans(mesh).inbox() == []
-        with pytest.raises(AnswerRejected, match="already answered: 'yes' by ada"):
+        with pytest.raises(AnswerRejected, match="already answered: 'yes' by 'ada'"):
             await Humans(mesh).answer(question.question_id, "no")
 
         records = (await read_log(mesh)).records
@@ -394,3 +394,59 @@ class TestQuestionsFromOtherRoles:
         assert again.seq == stored.seq
         assert await asyncio.wait_for(approver.wait(again), 10) is None
         assert (await Humans(mesh).state()).questions[question_key("approver", "q-late")].answer is None
+
+
+@pytest.mark.integration
+class TestQuestionsOfEveryShape:
+    """Review K: an agent role publishing its own questions is checked by nobody but readers."""
+
+    async def test_questions_and_answers_past_their_bounds_are_not_read(self, mesh: Mesh) -> None:
+        """The bounds were checked when asking through `Humans.post` only: 40 MB questions a
+        role published itself took `mesh inbox` to 905 MB. A reader now does not decode them."""
+        from topics import humans
+
+        big = HumanAsked(question_id="q-big", question="x" * (humans.MAX_QUESTION + 1))
+        many = HumanAsked(question_id="q-many", question="?", options=tuple(f"o{n}" for n in range(humans.MAX_OPTIONS + 1)))
+        for asked in (big, many):
+            await mesh.publish(subjects.ask("mallory", asked.question_id), asked)
+        await Humans(mesh, role="approver").post("Ship it?", ("yes", "no"), question_id="q-fine")
+        assert [view.question_id for view in await Humans(mesh).inbox()] == ["q-fine"]
+        await mesh.publish(subjects.answer("q-fine", role="approver"),
+                           HumanAnswered(question_id="q-fine", answer="yes", answered_by="x" * (humans.MAX_NAME + 1),
+                                         role="approver"))  # fmt: skip
+        assert (await Humans(mesh).state()).questions[question_key("approver", "q-fine")].answer is None
+        with pytest.raises(AnswerRejected, match="who answers"):
+            await Humans(mesh).answer("q-fine", "yes", answered_by="x" * (humans.MAX_NAME + 1))
+
+    async def test_a_question_asked_again_and_again_is_read_once(
+        self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Each copy of a re-published question was kept and folded: 60,000 re-asks of one 4 KB
+        question took reading it to 620 MB. The first ask (and expiry) counts; the rest are not kept."""
+        from mesh.coordination import humans
+
+        asked = HumanAsked(question_id="q-again", question="Ship it?", options=("yes", "no"), role="approver")
+        for _ in range(50):  # new event ids each time: stored 50 times
+            await mesh.publish(subjects.ask("approver", "q-again"), asked)
+        folded: list[object] = []
+        apply = humans.HUMANS.apply
+
+        def counting(state: Any, record: Any) -> None:
+            folded.append(record.data)
+            apply(state, record)
+
+        monkeypatch.setattr(humans.HUMANS, "apply", counting)
+        [view] = await Humans(mesh).questions("q-again")
+        assert view.asked == asked  # `questions` folds twice (answers naming no role, then its role's): once each
+        assert sum(isinstance(d, HumanAsked) for d in folded) == 2
+
+
+@pytest.mark.e2e
+async def test_an_answer_refused_shows_no_escape_sequence(mesh: Mesh, nats_url: str) -> None:
+    """`mesh answer` quoted a client's `answered_by` raw in its refusal: a title-setting
+    sequence reached the operator's terminal (review K)."""
+    await Humans(mesh, role="approver").post("Ship it?", ("yes", "no"), question_id="q-esc")
+    await Humans(mesh).answer("q-esc", "yes", answered_by="\x1b]0;pwned\x07\x1b[2J evil")
+    code, _, err = await cli("answer", "q-esc", "no", "--nats", nats_url)
+    assert code == 1 and "already answered" in err and "evil" in err
+    assert "\x1b" not in err and "\x07" not in err

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import msgspec
 
-__all__ = ["CONTROL", "MAX_TOKEN", "Event", "ErrorInfo", "check_token", "is_token", "shorten", "visible"]
+__all__ = ["CONTROL", "MAX_TOKEN", "Event", "ErrorInfo", "check_token", "is_token", "json_visible", "shorten", "visible"]
 
 MAX_TOKEN = 128  # characters in one id or name that becomes a subject token
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]+")  # whole value: `$` alone would let a final newline through
@@ -52,6 +52,16 @@ def visible(text: str) -> str:
     log printed to a terminal, where an escape sequence a client wrote would otherwise hide
     lines, clear the screen or rewrite what an operator reads."""
     return text.translate(_CONTROL)
+
+
+_JSON_CONTROL = {code: f"\\u{code:04x}" for code in (0x7F, *range(0x80, 0xA0))}
+
+
+def json_visible(encoded: str) -> str:
+    """JSON text with DEL and the C1 controls escaped (`\\u009b`) as well as C0: JSON encoders
+    leave them raw, and a terminal takes U+009B as the start of an escape sequence (review K:
+    `mesh kb search --json`). Still the same JSON: they can only stand inside strings."""
+    return encoded.translate(_JSON_CONTROL)
 
 
 def check_token(kind: str, value: str) -> str:

@@ -17,21 +17,26 @@ An answer counts for a question when both name the same question id and role
 they were, on `mesh.answer.<question_id>` by an answer that names no role.
 
 Sizes are bounded here, where both sides read them: an agent cannot ask, and a person cannot
-answer, more than the limits below.
+answer, more than the limits below; a reader does not decode an event past them (an agent
+role publishing its own questions put 40 MB ones in every person's `mesh inbox`: review K).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from topics.base import Event, shorten
+import msgspec
+
+from topics.base import MAX_TOKEN, Event, shorten
 
 __all__ = [
     "MAX_ANSWER",
     "MAX_CONTEXT",
+    "MAX_NAME",
     "MAX_OPTION",
     "MAX_OPTIONS",
     "MAX_QUESTION",
+    "MAX_REASON",
     "HumanAnswered",
     "HumanAsked",
     "HumanEvent",
@@ -46,36 +51,48 @@ MAX_CONTEXT = 4000  # characters of the context shown with it
 MAX_OPTIONS = 20  # options a question may offer
 MAX_OPTION = 200  # characters of one option
 MAX_ANSWER = 4000  # characters of an answer
+MAX_NAME = 1024  # characters of who answered, and of the asking agent's id (as an envelope's `source`)
+MAX_REASON = 1000  # characters of why a question expired
+MAX_TIME = 64  # characters of a time (RFC 3339)
+
+_Token = Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)]
+_Question = Annotated[str, msgspec.Meta(max_length=MAX_QUESTION)]
+_Context = Annotated[str, msgspec.Meta(max_length=MAX_CONTEXT)]
+_Option = Annotated[str, msgspec.Meta(max_length=MAX_OPTION)]
+_Answer = Annotated[str, msgspec.Meta(max_length=MAX_ANSWER)]
+_Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+_Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
+_Time = Annotated[str, msgspec.Meta(max_length=MAX_TIME)]
 
 
 class HumanAsked(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "mesh.human.asked"
-    question_id: str
-    question: str
-    options: tuple[str, ...] = ()  # empty: any text is an answer
-    context: str = ""  # what the person should know to answer (shown by `mesh inbox`)
-    task_id: str = ""  # the task whose handler asks
-    capability: str = ""
-    agent: str = ""  # the agent id that asked
-    asked_at: str = ""  # RFC 3339
-    expires_at: str | None = None  # RFC 3339; after it the asker no longer waits
-    role: str = ""  # the asking role, as in the subject; empty in questions stored before roles were named
+    question_id: _Token
+    question: _Question
+    options: Annotated[tuple[_Option, ...], msgspec.Meta(max_length=MAX_OPTIONS)] = ()  # empty: any text is an answer
+    context: _Context = ""  # what the person should know to answer (shown by `mesh inbox`)
+    task_id: _Token = ""  # the task whose handler asks
+    capability: _Token = ""
+    agent: _Name = ""  # the agent id that asked
+    asked_at: _Time = ""  # RFC 3339
+    expires_at: _Time | None = None  # RFC 3339; after it the asker no longer waits
+    role: _Token = ""  # the asking role, as in the subject; empty in questions stored before roles were named
 
 
 class HumanAnswered(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "mesh.human.answered"
-    question_id: str
-    answer: str
-    answered_by: str = ""  # who says they answered (the client's source unless given)
-    role: str = ""  # the asking role of the question answered, as in the subject; empty: a question that names none
+    question_id: _Token
+    answer: _Answer
+    answered_by: _Name = ""  # who says they answered (the client's source unless given)
+    role: _Token = ""  # the asking role of the question answered, as in the subject; empty: a question that names none
 
 
 class HumanExpired(Event, frozen=True, kw_only=True):
     """The asker stopped waiting without an answer: its timeout passed, or its task ended."""
 
     TYPE: ClassVar[str] = "mesh.human.expired"
-    question_id: str
-    reason: str = ""
+    question_id: _Token
+    reason: _Reason = ""
 
 
 HumanEvent = HumanAsked | HumanAnswered | HumanExpired

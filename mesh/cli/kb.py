@@ -15,7 +15,7 @@ from mesh.bus.settings import MeshSettings
 from mesh.cli.options import UserError, nats_options, parse_json, run, token
 from mesh.coordination.knowledge import DEFAULT_LIMIT, KnowledgeBase
 from mesh.projections.fulltext import MAX_LIMIT, Hit
-from topics.base import shorten, visible
+from topics.base import json_visible, shorten, visible
 from topics.knowledge import MAX_TEXT
 
 __all__ = ["kb"]
@@ -86,7 +86,7 @@ def search(name: str, query: str, tags: tuple[str, ...], author: str | None, sin
         query, tags=tags, author=author, since=since, until=until, limit=limit, as_of=position)))  # fmt: skip
     for hit in hits:
         if as_json:
-            click.echo(msgspec.json.encode(hit).decode())
+            click.echo(json_visible(msgspec.json.encode(hit).decode()))
         else:
             tags_text = f" [{', '.join(hit.tags)}]" if hit.tags else ""
             # ids, authors and tags are any text a publisher chose: no escape sequence reaches the terminal

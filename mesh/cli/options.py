@@ -25,7 +25,7 @@ from mesh.bus import refusals
 from mesh.bus.settings import MeshSettings
 from mesh.errors import MeshError
 from topics import subjects
-from topics.base import check_token, shorten
+from topics.base import check_token, shorten, visible
 
 __all__ = ["UserError", "FileMistake", "check_filter", "check_host", "finite", "nats_options", "parse_json", "run", "run_sync", "token", "write_text"]
 
@@ -111,6 +111,13 @@ def check_filter(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _shown(error: object) -> str:
+    """An error's message for the terminal: it may quote what others wrote (an answer's
+    `answered_by`, a question's expiry: review K), so every control character but the line
+    breaks is shown as U+FFFD."""
+    return "\n".join(visible(line) for line in str(error).split("\n"))
+
+
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a command's coroutine; a MeshError, or a file that cannot be read or written,
     becomes a one-line message and exit code 1. So does a NATS timeout after the server
@@ -121,13 +128,13 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush, quiet
         sys.exit(0)
     except (MeshError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
-        click.echo(f"error: {error}", err=True)
+        click.echo(f"error: {_shown(error)}", err=True)
         sys.exit(1)
     except nats.errors.TimeoutError:
         refusal = refusals.latest()  # a request the server refused is not answered: nats-py times out
         if refusal is None:
             raise
-        click.echo(f"error: {refusal}", err=True)
+        click.echo(f"error: {_shown(refusal)}", err=True)
         sys.exit(1)
 
 

@@ -16,7 +16,7 @@ from mesh.errors import ConfigError
 from mesh.projections import REGISTRY
 from replay.files import read_file
 from replay.reader import LogSlice, Position, parse_position, read_log
-from topics.base import shorten
+from topics.base import json_visible, shorten
 
 __all__ = ["replay"]
 
@@ -34,7 +34,7 @@ def _position(value: str | None, what: str) -> Position | None:
 
 
 def _print_json(value: Any) -> None:
-    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+    click.echo(json_visible(msgspec.json.format(msgspec.json.encode(value), indent=2).decode()))
 
 
 async def _connect(settings: MeshSettings) -> Mesh:

@@ -22,7 +22,7 @@ from mesh.cli.options import check_filter, nats_options, run
 from mesh.cli.render import EventLines, PipeConsole
 from topics import subjects
 from topics.agents import Presence
-from topics.base import visible
+from topics.base import json_visible, visible
 from topics.envelope import DECODE_ERRORS, decode_envelope, encode_envelope
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
@@ -42,7 +42,7 @@ async def _json_line(mesh: Mesh, payload: bytes, subject: str, seq: int) -> str:
                 payload = encode_envelope(await payloads.inline(mesh.js, event, subject))
             except payloads.RESOLVE_ERRORS:
                 pass  # shown as stored, with its reference
-        return msgspec.json.encode(msgspec.json.decode(payload)).decode()
+        return json_visible(msgspec.json.encode(msgspec.json.decode(payload)).decode())
     except DECODE_ERRORS:
         return json.dumps({"seq": seq, "subject": subject, "raw": base64.b64encode(payload).decode()})
 

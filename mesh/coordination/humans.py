@@ -39,7 +39,15 @@ from mesh.projections import HUMANS, HumansState, QuestionView, instant, is_open
 from topics import subjects
 from topics.base import check_token, shorten
 from topics.envelope import derived_id, new_event_id, now_rfc3339
-from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem, answers_question, question_problem
+from topics.humans import (
+    MAX_NAME,
+    HumanAnswered,
+    HumanAsked,
+    HumanExpired,
+    answer_problem,
+    answers_question,
+    question_problem,
+)
 from topics.record import Record
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "MAX_ASK_TIMEOUT", "Asked", "Humans", "NO_DEFAULT"]
@@ -265,7 +273,8 @@ class Humans:
                     (role, dropped), _ = kept.popitem(last=False)
                     by_role[role].pop(dropped, None)
                 kept[key] = []
-            kept[key].append(record)
+            if not any(type(r.data) is type(record.data) for r in kept[key]):  # the first ask and expiry count:
+                kept[key].append(record)  # 60,000 re-asks of one question took reading it to 620 MB (review K)
 
         await jetstream.scan_since(self.mesh.js, asks, since=start, take=question, owner=self.mesh.owner,
                                    timeout=READ_TIMEOUT)  # fmt: skip
@@ -339,6 +348,8 @@ class Humans:
         check_token("question id", question_id)
         if role is not None:
             check_token("agent", role)
+        if answered_by is not None and len(answered_by) > MAX_NAME:  # readers would not decode the answer
+            raise AnswerRejected(f"who answers ({len(answered_by)} characters): at most {MAX_NAME}")
         for _ in range(3):  # another answer landing between the read and the write: read again
             view = await self.question(question_id, role=role)
             _check_answer(question_id, view, answer, role)
@@ -366,9 +377,9 @@ def _check_answer(question_id: str, view: QuestionView | None, answer: str, role
                              "before questions named their role: an answer cannot say which it is for; refused")  # fmt: skip
     if view.answer is not None:
         raise AnswerRejected(f"question {question_id} is already answered: {shorten(view.answer)!r} "
-                             f"by {view.answered_by or 'someone'}")  # fmt: skip
+                             f"by {shorten(view.answered_by or 'someone')!r}")  # fmt: skip
     if view.expired is not None or not is_open(view, now_rfc3339()):
-        raise AnswerRejected(f"question {question_id} expired ({view.expired or view.asked.expires_at}): "
+        raise AnswerRejected(f"question {question_id} expired ({shorten(view.expired or view.asked.expires_at or '')!r}): "
                              "the asker no longer waits")  # fmt: skip
     if problem := answer_problem(view.asked, answer):
         raise AnswerRejected(problem)
