@@ -504,7 +504,7 @@ class ReplayKnowledge(KnowledgeBase):
 
     def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, name: str,
                  origin: Origin, llm: Callable[[], LlmSession] | None = None) -> None:  # fmt: skip
-        index = KnowledgeIndex(check_token("knowledge base", name))
+        index = KnowledgeIndex(check_token("knowledge base", name), keep_removed=True)  # the record book has it all
         super().__init__(cast(Mesh, mesh), name, origin=origin, index=index, llm=llm)
         self._book = book
         self._horizon = horizon

@@ -43,8 +43,8 @@ import asyncio
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -69,6 +69,7 @@ INDEXES_PER_CONNECTION = 16  # knowledge bases one connection keeps folded at on
 SearchMode = Literal["keyword", "vector", "hybrid"]
 MODES = ("keyword", "vector", "hybrid")
 HYBRID_DEPTH = 50  # hits of each ranking a hybrid search fuses, at least (4 times its limit if more)
+T = TypeVar("T")
 FOLD_SLICE = 0.02  # seconds a fold of new entries holds the event loop before it gives it back
 
 
@@ -81,16 +82,26 @@ class Embedder(Protocol):
     async def embed(self, texts: str | Sequence[str], *, model: str | None = None) -> list[list[float]]: ...
 
 
-class KnowledgeIndex:
-    """One base folded from its subject: every entry (removed ones too, for past answers) and
-    the entries live now in a `FullText`."""
+class PastNotHeld(Exception):
+    """A past point at which entries this index no longer holds were live (`KnowledgeIndex`)."""
 
-    def __init__(self, kb: str) -> None:
+
+class KnowledgeIndex:
+    """One base folded from its subject: the entries live now, in a `FullText` too, and where
+    and when each removed one was. A removed entry's text, metadata and embedding are not kept
+    (every searching process held every entry ever added: adding and removing 1,500 entries of
+    100 KB left 310 MB in each, review K); a search of a past point at which one was live
+    reads the base's log again (`PastNotHeld`). With ``keep_removed``, removed entries stay
+    whole: the index such a search builds."""
+
+    def __init__(self, kb: str, *, keep_removed: bool = False) -> None:
         self.kb = kb
         self.state: KnowledgeState = KNOWLEDGE.initial()
         self.text = FullText()
         self.norms = Norms()  # embedding lengths, computed once per entry
         self.lock = asyncio.Lock()  # one refresh at a time: concurrent handlers share the index
+        self.keep_removed = keep_removed
+        self.removed: dict[str, tuple[int, int, int, int]] = {}  # id -> seq, micros, removed seq and micros
 
     def fold(self, item: Stored) -> None:
         """Fold one stored message of the base's subject in. Events that name another base in
@@ -100,6 +111,7 @@ class KnowledgeIndex:
             record is not None
             and isinstance(record.data, KnowledgeAdded | KnowledgeRemoved)
             and record.data.kb == self.kb
+            and record.event.id not in self.removed  # an add stored again under a removed entry's id
         ):
             KNOWLEDGE.apply(self.state, record)
             match record.data:
@@ -109,9 +121,28 @@ class KnowledgeIndex:
                         self.text.add(entry)
                 case KnowledgeRemoved(entry_id=entry_id):
                     self.text.remove(entry_id)
+                    if not self.keep_removed:
+                        self._let_go(entry_id)
         self.state.seq = max(self.state.seq, item.seq)
 
+    def _let_go(self, entry_id: str) -> None:
+        entries = self.state.bases.get(self.kb, {})
+        entry = entries.get(entry_id)
+        if entry is not None and entry.removed_seq is not None:
+            del entries[entry_id]
+            self.norms.forget(entry_id)
+            self.removed[entry_id] = (entry.seq, entry.micros, entry.removed_seq, entry.removed_micros or 0)
+
     def entries(self, at: Position | None = None) -> list[KnowledgeEntry]:
+        """The entries live at ``at``; PastNotHeld if a removed one, not held, was live then."""
+        if at is not None and self.removed:
+            if isinstance(at, int):
+                gone = any(seq <= at < removed for seq, _, removed, _ in self.removed.values())
+            else:
+                moment = micros(at)
+                gone = any(added <= moment < removed for _, added, _, removed in self.removed.values())
+            if gone:
+                raise PastNotHeld(at)
         return live_at(self.state, self.kb, at)
 
     async def fold_all(self, items: Iterable[Stored]) -> None:
@@ -193,6 +224,18 @@ class KnowledgeBase:
     def seq(self) -> int:
         """The stream position the index has read to: what the last search answered at."""
         return self._index.state.seq
+
+    async def _answered(self, answer: Callable[[KnowledgeIndex], Awaitable[T]]) -> T:
+        """``answer`` from the kept index, or, when removed entries it no longer holds were
+        live at the point asked (`PastNotHeld`), from one folded from the base's log for this
+        question alone: it costs what the base's history takes."""
+        try:
+            return await answer(self._index)
+        except PastNotHeld:
+            past = KnowledgeIndex(self.name, keep_removed=True)
+            async with past.lock:
+                await past.fold_all(await read(self.mesh, self.subject, at_least=self._index.state.seq))
+            return await answer(past)
 
     async def refresh(self, *, at_least: int = 0) -> int:
         """Fold in what landed on the base since the last read; return the position reached."""
@@ -286,14 +329,17 @@ class KnowledgeBase:
             [vector] = await llm.embed([query])
         with search_span(self.name) as span:
             await self.refresh()
-            if vector is not None and mode == "hybrid":
-                deep = {**filters, "limit": min(max(HYBRID_DEPTH, 4 * count), MAX_LIMIT)}
-                hits = fused(await self._index.search(query, at, **deep),
-                             await self._index.similar(vector, model, at, **deep), limit=count)  # fmt: skip
-            elif vector is not None:
-                hits = await self._index.similar(vector, model, at, **filters)
-            else:
-                hits = await self._index.search(query, at, **filters)
+
+            async def ranked(index: KnowledgeIndex) -> list[Hit]:
+                if vector is not None and mode == "hybrid":
+                    deep = {**filters, "limit": min(max(HYBRID_DEPTH, 4 * count), MAX_LIMIT)}
+                    return fused(await index.search(query, at, **deep),
+                                 await index.similar(vector, model, at, **deep), limit=count)  # fmt: skip
+                if vector is not None:
+                    return await index.similar(vector, model, at, **filters)
+                return await index.search(query, at, **filters)
+
+            hits = await self._answered(ranked)
             if span.is_recording():
                 span.set_attribute(MESH_KNOWLEDGE_SEQ, at if isinstance(at, int) and at < self.seq else self.seq)
                 span.set_attribute(MESH_KNOWLEDGE_HITS, len(hits))
@@ -303,8 +349,12 @@ class KnowledgeBase:
         """Every entry of the base (as of ``as_of``), oldest first."""
         at = check_position(as_of)
         await self.refresh()
-        async with self._index.lock:
-            return self._index.entries(at)
+
+        async def entries(index: KnowledgeIndex) -> list[KnowledgeEntry]:
+            async with index.lock:
+                return index.entries(at)
+
+        return await self._answered(entries)
 
 
 _bounds = msgspec.json.Encoder()
