@@ -33,6 +33,7 @@ from mesh.errors import (
     ReplayIsolationError,
     ReplayStop,
     RetryableError,
+    SchemaError,
     TaskError,
     TaskTimeoutError,
     VoteTimeoutError,
@@ -419,9 +420,12 @@ class ReplayToolBox(ToolBox):
         self._replay_cause = cause_id
 
     async def call(self, name: str, arguments: dict[str, Any] | str) -> Any:
-        args = parse_arguments(name, arguments)  # as the live call parses them, before a call is numbered
         self.check_limit(self._index)  # as the live call is bounded, before it is numbered
         index = next(self._replay_index)
+        try:
+            args = parse_arguments(name, arguments)  # as the live call parses them, once numbered
+        except SchemaError:
+            args = {}  # the live call recorded such a call with no arguments, and its error
         if (failed := self._replay_failures.get(index)) is not None:  # this call failed then: it fails again
             self._index += 1  # the box's own count moves past it, as it did then
             raise recorded_error(failed)

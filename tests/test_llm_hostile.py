@@ -42,7 +42,7 @@ class RawModel:
             def do_POST(self) -> None:
                 outer.requests.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
                 status, body = outer.script.pop(0)
-                data = json.dumps(body).encode()
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
@@ -56,11 +56,11 @@ class RawModel:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.sdks: list[openai.AsyncOpenAI] = []
 
-    def client(self) -> LlmClient:
+    def client(self, **settings: str) -> LlmClient:
         port = self.server.server_address[1]
         sdk = openai.AsyncOpenAI(api_key="sk-test", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
         self.sdks.append(sdk)
-        return LlmClient(sdk, model="m", offline=False, settings={})
+        return LlmClient(sdk, model="m", offline=False, settings=settings)
 
     async def close(self) -> None:
         for sdk in self.sdks:
@@ -176,19 +176,36 @@ async def move(to: Point) -> str:
 
 class TestToolArguments:
     @pytest.mark.parametrize("arguments", ["[1, 2]", "null", '"a string"', "{key: 'x'", "[" * 5_000 + "]" * 5_000])
-    async def test_arguments_that_are_not_a_json_object_are_refused_unrecorded(
+    async def test_arguments_that_are_not_a_json_object_are_refused_and_counted(
         self, mesh: Mesh, arguments: str
     ) -> None:
-        """The model's arguments must be a JSON object: anything else is a SchemaError before the
-        call is numbered, so nothing unreadable is stored (a list was recorded as a
-        `mesh.tool.called` that did not decode) and a rerun parses it the same way."""
+        """The model's arguments must be a JSON object: anything else is a SchemaError, recorded
+        readably with no arguments (a list was recorded as a `mesh.tool.called` that did not
+        decode), and the call counts: uncounted, a model sending such calls to a loop that hands
+        it the error ran 6,338 model calls in 20 s (review N)."""
         box = ToolBox(mesh, agent="a", granted=("hostile_lookup",), task_id="t-1", cause_id="cause-1", attempt=1)
         with pytest.raises(SchemaError, match="not a JSON object"):
             await box.call("hostile_lookup", arguments)
         assert await box.call("hostile_lookup", '{"key": "k"}') == "value of k"
         stored = await read_log(mesh)
         assert stored.undecodable == []
-        assert [r.data.call_index for r in stored.records if r.subject == subjects.tool("a", "t-1")] == [0]  # type: ignore[attr-defined]
+        calls = [r.data for r in stored.records if r.subject == subjects.tool("a", "t-1")]
+        assert [(c.call_index, c.arguments, c.error_type) for c in calls] == [(0, {}, "SchemaError"), (1, {"key": "k"}, None)]  # type: ignore[attr-defined]
+        again = ToolBox(mesh, agent="a", granted=("hostile_lookup",), task_id="t-1", cause_id="cause-1", attempt=2)
+        with pytest.raises(SchemaError):  # a retry gets the recorded refusal back, as `rerun` does
+            await again.call("hostile_lookup", arguments)
+
+    async def test_calls_with_bad_arguments_run_into_the_limit(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from mesh.errors import TaskError
+
+        monkeypatch.setenv("MESH_LLM_MAX_TOOL_CALLS", "3")
+        box = ToolBox(None, agent="a", granted=("hostile_lookup",), task_id="t-1", cause_id="cause-1", attempt=1)
+        for _ in range(3):
+            with pytest.raises(SchemaError):
+                await box.call("hostile_lookup", "{not json")
+        with pytest.raises(TaskError, match="more than 3 tool calls") as limit:
+            await box.call("hostile_lookup", "{not json")
+        assert limit.value.type == "ToolCallLimit"
 
     def test_a_nested_parameter_type_is_offered_with_its_definition(self) -> None:
         """`$defs` stay inside the parameters, so `#/$defs/Point` resolves for the model."""
@@ -210,6 +227,24 @@ class TestRateLimitedRetries:
         [failed] = await log.wait_for_type("mesh.task.attempt_failed", task_id="limited-1")
         assert failed.data.retry_in == 3.0  # type: ignore[attr-defined]
 
+    async def test_a_wait_that_ends_past_the_deadline_fails_the_task_now(
+        self, mesh: Mesh, in_process_agents: InProcessAgents, scripted_model: ScriptedModel
+    ) -> None:
+        """`Retry-After: 60` five seconds before the deadline: the task was tried again after
+        60 s, to fail as past its deadline 55 s late (review N). It fails now, saying why."""
+        import time
+        from datetime import UTC, datetime, timedelta
+
+        from mesh.errors import TaskFailedError
+
+        scripted_model.add(Reply.error(429, "slow down", retry_after=60, code="rate_limit_exceeded"), "fine")
+        await in_process_agents.start(asker, llm=scripted_model.client())
+        deadline = (datetime.now(UTC) + timedelta(seconds=20)).isoformat()
+        began = time.monotonic()
+        with pytest.raises(TaskFailedError, match="was to wait 60 s") as failed:
+            await mesh.request("ask-once", {}, task_id="limited-2", deadline=deadline, timeout=50)
+        assert failed.value.error_type == "deadline" and time.monotonic() - began < 20
+
 
 asker = Agent("hostile-asker")
 
@@ -217,3 +252,67 @@ asker = Agent("hostile-asker")
 @asker.task("ask-once")
 async def ask_once(input: Any, ctx: Context) -> str:
     return await ctx.llm.text("hello")
+
+
+class TestWhatOneAttemptMayCost:
+    """Review N: an attempt's model calls, what it keeps of them, and answers that mislead."""
+
+    async def test_model_calls_past_the_limit_end_the_attempt(self, raw_model: list[RawModel]) -> None:
+        from mesh.errors import TaskError
+
+        model = serve(raw_model, (200, completion()), (200, completion()), (200, completion()))
+        llm = session(model.client(MESH_LLM_MAX_CALLS="2"), None)
+        for _ in range(2):
+            assert await llm.text("hi") == "ok"
+        with pytest.raises(TaskError, match="more than 2 model calls") as limit:
+            await llm.text("hi")
+        assert limit.value.type == "ModelCallLimit" and len(model.requests) == 2
+        with pytest.raises(Exception, match="MESH_LLM_MAX_CALLS"):
+            model.client(MESH_LLM_MAX_CALLS="0")
+
+    async def test_an_attempt_keeps_only_its_latest_calls(self, raw_model: list[RawModel]) -> None:
+        from mesh.llm.tools import CALLS_KEPT
+
+        model = serve(raw_model, *[(200, completion({"role": "assistant", "content": f"n{n}"})) for n in range(CALLS_KEPT + 4)])
+        llm = session(model.client(), None)
+        for _ in range(CALLS_KEPT + 4):
+            await llm.text("hi")
+        assert [c.call_index for c in llm.calls] == list(range(4, CALLS_KEPT + 4))
+
+    async def test_misleading_numbers_and_summaries(self, raw_model: list[RawModel]) -> None:
+        """Token counts past 2**31 are not believed (10**30 broke the OTLP export of its span);
+        an integer past Python's digit limit is an unreadable answer, retried, not a bug; a
+        summary that is not text is an `InvalidResponse`, not an AttributeError."""
+        from mesh.errors import RetryableError, TaskError
+
+        huge = completion(usage={"prompt_tokens": 10**30, "completion_tokens": 2, "total_tokens": 7})
+        digits = b'{"id": "c", "model": "m", "choices": [{"index": 1' + b"0" * 5_000 + b', "message": {"role": "assistant", "content": "x"}}]}'
+        model = serve(raw_model, (200, huge), (200, digits))  # type: ignore[arg-type]
+        llm = session(model.client(), None)
+        await llm.text("hi")
+        assert llm.calls[0].usage == {"input_tokens": 0, "output_tokens": 2}
+        with pytest.raises(RetryableError, match="cannot be read") as unreadable:
+            await llm.text("hi")
+        assert unreadable.value.type == "InvalidResponse"
+        listed = completion({"role": "assistant", "content": [{"type": "text", "text": "a summary"}]})
+        model = serve(raw_model, (200, listed))
+        llm = session(model.client(MESH_LLM_CONTEXT_POLICY="summarise", MESH_LLM_CONTEXT_TOKENS="400"), None)
+        turns = [{"role": "user" if n % 2 == 0 else "assistant", "content": f"turn {n} " + "word " * 60} for n in range(12)]
+        with pytest.raises(TaskError, match="summarised the conversation as list") as summary:
+            await llm.chat([{"role": "system", "content": "be brief"}, *turns])
+        assert summary.value.type == "InvalidResponse"
+
+    async def test_a_retry_reads_the_calls_of_its_own_request_on(self, mesh: Mesh, raw_model: list[RawModel]) -> None:
+        """A retry read every call ever recorded under its task id, every earlier request's
+        too, before it kept its own: six earlier requests took one retry to 1.3 GB (review N).
+        It reads from its own request on; a call recorded before it is not its call."""
+        from topics.calls import LlmCalled
+
+        model = serve(raw_model, (200, completion()))
+        earlier = LlmCalled(agent="a", task_id="t-1", call_index=0, model="m", request={"model": "m"},
+                            response=completion({"role": "assistant", "content": "an earlier request's"}))  # fmt: skip
+        await mesh.publish(subjects.llm("a", "t-1"), earlier)  # names no request: it counted for any
+        request = await mesh.submit_request("nobody", {}, task_id="t-1")
+        retry = LlmSession(model.client(), mesh, agent="a", task_id="t-1", cause_id="cause-1", attempt=2,
+                           request_seq=request.seq)  # fmt: skip
+        assert await retry.text("hello") == "ok" and len(model.requests) == 1

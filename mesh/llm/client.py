@@ -44,7 +44,7 @@ from mesh.errors import (
 from mesh.llm.offline import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, OFFLINE_PROVIDER
 from mesh.llm.quota import CallQuota
 from mesh.llm.recorded import recorded_calls
-from mesh.llm.tools import tool_call_limit
+from mesh.llm.tools import keep, model_call_limit, tool_call_limit
 from mesh.llm.window import ContextWindow, estimate_tokens, fit_request
 from mesh.telemetry.conventions import (
     CHAT,
@@ -162,6 +162,7 @@ class LlmClient:
         self.window_for(model), self.quota_for(model)  # a bad setting is a ConfigError now, not at the first call
         self.max_response, self.timeout = response_limits(self.settings)
         tool_call_limit(self.settings)  # read by each `ToolBox`: a bad value fails at start too
+        self.max_calls = model_call_limit(self.settings)
 
     def window_for(self, model: str) -> ContextWindow:
         """The context window the `MESH_LLM_CONTEXT_*` settings give ``model`` (`mesh.llm.window`)."""
@@ -243,7 +244,7 @@ class LlmSession:
         self._recorded = recorded
         self._loading = asyncio.Lock()  # one lookup of the recorded calls
         self._index = 0
-        self.calls: list[LlmCalled] = []
+        self.calls: list[LlmCalled] = []  # the latest `CALLS_KEPT` (an attempt kept every answer: review N)
 
     @property
     def model(self) -> str:
@@ -292,17 +293,30 @@ class LlmSession:
 
     async def _summary(self, request: dict[str, Any]) -> str:
         completion = await self._send(request)
-        return (completion.choices[0].message.content or "") if completion.choices else ""
+        if not completion.choices or completion.choices[0].message is None:
+            return ""
+        content = completion.choices[0].message.content
+        if isinstance(content, str) or content is None:
+            return content or ""
+        raise TaskError(f"the model summarised the conversation as {type(content).__name__}, not text "
+                        "(MESH_LLM_CONTEXT_POLICY=summarise)", type="InvalidResponse")  # fmt: skip
+
+    def _numbered(self) -> int:
+        """The next call's number; TaskError `ModelCallLimit` past `MESH_LLM_MAX_CALLS`."""
+        if self._index >= self._client.max_calls:
+            raise TaskError(f"this task attempt asked for more than {self._client.max_calls} model calls "
+                            "(MESH_LLM_MAX_CALLS)", type="ModelCallLimit")  # fmt: skip
+        self._index += 1
+        return self._index - 1
 
     async def _send(self, request: dict[str, Any]) -> ChatCompletion:
         """One model call, numbered: a response recorded for its number (on a retry) is reused."""
-        index = self._index
-        self._index += 1
+        index = self._numbered()
         recorded = (await self._load_recorded()).get(index)
         if recorded is not None:
             log.info("reusing recorded LLM response", call_index=index)
             _check_operation(recorded, CHAT)
-            self.calls.append(recorded)
+            keep(self.calls, recorded)
             await self._client.made()  # the SDK imported off the event loop
             from openai.types.chat import ChatCompletion
 
@@ -332,13 +346,12 @@ class LlmSession:
 
     async def _send_embeddings(self, request: dict[str, Any]) -> CreateEmbeddingResponse:
         """One embeddings call, numbered like `_send`: a response recorded for its number is reused."""
-        index = self._index
-        self._index += 1
+        index = self._numbered()
         recorded = (await self._load_recorded()).get(index)
         if recorded is not None:
             log.info("reusing recorded embeddings", call_index=index)
             _check_operation(recorded, EMBEDDINGS)
-            self.calls.append(recorded)
+            keep(self.calls, recorded)
             await self._client.made()
             from openai.types import CreateEmbeddingResponse
 
@@ -420,7 +433,7 @@ class LlmSession:
             operation=operation,
             request_seq=self._request_seq,
         )
-        self.calls.append(call)
+        keep(self.calls, call)
         if self._mesh is not None:
             try:
                 await self._mesh.publish(
@@ -523,9 +536,13 @@ def recordable_request(request: Mapping[str, Any]) -> dict[str, Any]:
     return recorded
 
 
+MAX_TOKEN_COUNT = 2**31 - 1  # a token count past it is not believed (the OTLP encoder refused 10**30: review N)
+
+
 def _count(value: Any) -> int:
-    """A token count from a response (a server may send null or leave it out): 0 unless a whole number."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    """A token count from a response (a server may send null or leave it out): 0 unless a whole
+    number from 0 to `MAX_TOKEN_COUNT`."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT else 0
 
 
 def _check_shape(completion: Any, operation: str) -> None:
@@ -700,7 +717,12 @@ def _failure(error: Exception, timeout: float) -> TaskError | None:
         return RetryableError(f"the model call took longer than MESH_LLM_TIMEOUT ({timeout:g} s)", type="APITimeoutError")
     if isinstance(error, (RecursionError, OverflowError)):  # nested past json's depth; a number past a float's
         return _unreadable(error)
+    if isinstance(error, ValueError) and _INT_DIGITS in str(error):  # an integer past Python's digits limit (review N)
+        return _unreadable(error)
     return None
+
+
+_INT_DIGITS = "for integer string conversion"  # what `int()` says past `sys.get_int_max_str_digits()`
 
 
 def _dumped(completion: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import structlog
@@ -32,7 +33,7 @@ from mesh.telemetry.redact import scrub_start, scrub_text
 from mesh.telemetry.tracing import instruments
 from topics import subjects
 from topics.base import ErrorInfo, is_token, shorten
-from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id
+from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.registry import decode_data
 from topics.tasks import TaskAttemptFailed, TaskFailed, TaskHandedOff, TaskOutcome, TaskRequested
 
@@ -122,6 +123,11 @@ async def task_failed(
     retryable = is_retryable(error)
     if retryable and attempt < limit:
         delay = max(options.delay(attempt), _asked_to_wait(error))
+        if task.deadline and _ends_past(task.deadline, delay):  # a model's Retry-After of 60 s, 5 s before the deadline:
+            error = DeadlineExceededError(task.task_id or event.id, task.deadline, started=True, waiting=delay,
+                                          because=error)  # fmt: skip
+            retryable = False  # the task failed 55 s after its deadline (review N)
+    if retryable and attempt < limit:
         log.warning("task failed; retrying", attempt=attempt, error=error_message(error), delay=delay)
         await _attempt_failed(worker, msg, delivery, event, task, error, delay)
         await msg.nak(delay=delay)
@@ -184,6 +190,15 @@ def error_message(error: BaseException) -> str:
     """An error's message as the log records it: scrubbed, at most `MAX_ERROR_MESSAGE` characters
     (`replay rerun` compares a failure it raises again this way)."""
     return scrub_start(str(error), MAX_ERROR_MESSAGE)
+
+
+def _ends_past(deadline: str, delay: float) -> bool:
+    """Whether a wait of ``delay`` seconds from now ends past ``deadline`` (RFC 3339; one that
+    does not parse was refused with its request)."""
+    try:
+        return datetime.now(UTC) + timedelta(seconds=delay) > parse_time(deadline)
+    except (ValueError, OverflowError):
+        return False
 
 
 def _asked_to_wait(error: Exception) -> float:
