@@ -351,3 +351,24 @@ class TestToolCallLimit:
         assert raised.value.type == "ToolCallLimit" and not raised.value.retryable
         await log.wait_for_type("mesh.tool.called", count=3)
         assert len(box.calls) == 3
+
+
+class TestWhatABodyBecomes:
+    async def test_a_body_of_containers_stops_long_before_the_byte_limit(self, mesh: Mesh, raw: list[RawServer]) -> None:
+        """`MESH_LLM_MAX_RESPONSE` counted bytes: 30 MB of empty lists took an agent to 1.6 GB
+        once the SDK had parsed them, and 300,000 choices held its loop 14 s (review N). A body
+        that would take more than 4 times the limit as objects stops; a text answer as long as
+        the limit allows still reads."""
+        junk = as_json(completion("ok", junk=[[] for _ in range(200_000)]))  # 0.8 MB, 26 MB as `decoded_size` has it
+        choices = as_json(completion("ok", choices=[{"index": n, "message": {"role": "assistant", "content": "x"},
+                                                     "finish_reason": "stop"} for n in range(10_000)]))  # fmt: skip
+        text = as_json(completion("x" * ((1 << 20) - 1_000)))
+        quoted = as_json(completion('"[{,' * 180_000))  # 0.9 MB: brackets and quotes inside a string are text
+        server = serve(raw, body(junk), body(choices), body(text), body(quoted))
+        made = server.client(max_response=1 << 20)
+        for _ in range(2):
+            with pytest.raises(TaskError, match="as objects, more than 4 times MESH_LLM_MAX_RESPONSE") as raised:
+                await session(made, mesh).text("hello")
+            assert raised.value.type == "ResponseTooLarge"
+        assert len(await session(made, None).text("hello")) == (1 << 20) - 1_000
+        assert (await session(made, None).text("hello")).startswith('"[{,')

@@ -15,7 +15,6 @@ the byte bound: 50 tasks of 1 MB took a console bounded at 4 MiB to 56 MB).
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from mesh.bus.payloads import TEXT_FACTOR, decoded_size  # the console's measure of a record (re-exported)
 from mesh.projections import TASKS, WORKFLOWS
 from mesh.projections.base import Router, moment_of
 from mesh.projections.tasks import TasksState, folded_keys
@@ -39,27 +39,6 @@ __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_EVENTS", "RECORD_OVERHEAD", "TEXT_F
 DEFAULT_MAX_EVENTS = 200_000
 DEFAULT_MAX_BYTES = 256 * 2**20  # of event data as `decoded_size` estimates it (docs/CONSOLE.md)
 RECORD_OVERHEAD = 1024  # bytes counted for each record besides its data: envelope, lookups, fold entries
-TEXT_FACTOR = 3  # `decoded_size` counts each byte of JSON at least this many times (its text, a copy, a string)
-
-
-def decoded_size(data: bytes) -> int:
-    """The memory JSON ``data`` takes as a record holds it, its text and its decoded objects,
-    estimated from above by what CPython makes of each container, string and element (an empty
-    list is 56 bytes and its slot 8, a two-letter string 51, an int 28): within 1 and 2 times
-    what was measured for lists, objects, strings and numbers, 4 times for a list of `true`s.
-    Counting the JSON alone let data of tiny containers (`[[],[],...]`) take 24 times the bound
-    (review Z). Brackets, commas and quotes inside strings are not structure: data that counts
-    more than its text is counted again without the strings' contents (a string of `[`
-    counted 30 times its memory: reviews C and D; 1.6 µs for an ordinary task request)."""
-    containers, commas, quotes = data.count(b"[") + data.count(b"{"), data.count(b","), data.count(b'"')
-    structure = 88 * containers + 32 * commas + 30 * quotes
-    if structure > TEXT_FACTOR * len(data):
-        bare = _STRING.sub(b'""', data)
-        structure = 88 * (bare.count(b"[") + bare.count(b"{")) + 32 * bare.count(b",") + 30 * bare.count(b'"')
-    return TEXT_FACTOR * len(data) + structure
-
-
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, quotes and escapes included
 
 
 def record_size(record: Record) -> int:

@@ -6,6 +6,14 @@ only, decodes them itself (zlib, never more than the limit at a time) and counts
 bytes, so a small compressed body that inflates without end stops too; any other content
 encoding is refused. Past the limit, reading raises `ResponseTooLarge` (an `httpx2.RequestError`,
 which the SDK wraps as `APIConnectionError`: `mesh.llm.client` maps it back by its cause).
+
+The bytes are not what a body costs: the SDK parses it whole into Python objects (on the event
+loop) and the mesh copies it to record it, and 30 MB of empty lists took an agent to 1.6 GB,
+300,000 choices held the loop 14 s (review N). So what the body would take decoded is counted
+too, once the body is read whole and before the SDK parses it, as
+`mesh.bus.payloads.decoded_size` estimates it (brackets, commas and quotes outside strings;
+text three times), and a body past `DECODED_FACTOR` times the limit is refused: a text answer
+of the limit passes, a body of containers a fraction of it does not.
 Imported when a remote client is made, not before: `httpx2` takes a while to import."""
 
 from __future__ import annotations
@@ -17,19 +25,29 @@ from collections.abc import AsyncIterator
 
 import httpx2
 
+from mesh.bus.payloads import decoded_size
+
 __all__ = ["BoundedTransport", "ResponseTooLarge", "UnsupportedEncoding", "bounded_http_client", "environment_proxy"]
 
+DECODED_FACTOR = 4  # what a body may take decoded, in times the byte limit (`decoded_size`)
 ENCODINGS = ("gzip", "x-gzip", "deflate")
 ACCEPT_ENCODING = "gzip, deflate"
 OPENAI_URL = "https://api.openai.com/v1"  # the SDK's default base URL
 
 
 class ResponseTooLarge(httpx2.RequestError):
-    """A response body past the limit (`MESH_LLM_MAX_RESPONSE`), counted once decoded."""
+    """A response body past the limit (`MESH_LLM_MAX_RESPONSE`), counted once decoded, or one
+    that would take more than `DECODED_FACTOR` times it as objects (``objects``: that size)."""
 
-    def __init__(self, limit: int, status: int, *, request: httpx2.Request | None = None) -> None:
-        super().__init__(f"the model server's response ({status}) is larger than MESH_LLM_MAX_RESPONSE "
-                         f"({limit} bytes once decoded); reading stopped there", request=request)  # fmt: skip
+    def __init__(self, limit: int, status: int, *, request: httpx2.Request | None = None,
+                 objects: int | None = None) -> None:  # fmt: skip
+        if objects is None:
+            said = f"is larger than MESH_LLM_MAX_RESPONSE ({limit} bytes once decoded); reading stopped there"
+        else:
+            said = (f"would take about {objects:,} bytes as objects, more than {DECODED_FACTOR} times "
+                    f"MESH_LLM_MAX_RESPONSE ({limit} bytes): its JSON is mostly brackets, commas and quotes; "
+                    "reading stopped there")  # fmt: skip
+        super().__init__(f"the model server's response ({status}) {said}", request=request)
         self.limit = limit
         self.status = status
 
@@ -76,6 +94,7 @@ class _BoundedStream(httpx2.AsyncByteStream):
         self._decoder = _decoder(coding)
         self._raw_deflate = False  # `deflate` sent as raw deflate (no zlib header), as some servers do
         self._read = 0
+        self._chunks: list[bytes] = []  # what was read (the SDK keeps it too), counted once whole
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._response.aiter_raw():
@@ -84,6 +103,9 @@ class _BoundedStream(httpx2.AsyncByteStream):
         if self._decoder is not None:
             for part in self._take(self._decoder.flush()):
                 yield part
+        body, self._chunks = b"".join(self._chunks), []  # read whole: counted before the SDK parses it
+        if (objects := decoded_size(body)) > DECODED_FACTOR * self._limit:
+            raise ResponseTooLarge(self._limit, self._response.status_code, request=self._request, objects=objects)
 
     def _decode(self, chunk: bytes) -> list[bytes]:
         if self._decoder is None:
@@ -107,6 +129,8 @@ class _BoundedStream(httpx2.AsyncByteStream):
         self._read += len(data)
         if self._read > self._limit:
             raise ResponseTooLarge(self._limit, self._response.status_code, request=self._request)
+        if data:
+            self._chunks.append(data)
         return [data] if data else []
 
     async def aclose(self) -> None:
