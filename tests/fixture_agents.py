@@ -344,3 +344,12 @@ async def drive_scheduling_apart(input: Drive, ctx: Context) -> Any:
     flow.carry = False
     return await drive(ctx.mesh, input, task_id=ctx.task_id, request_seq=ctx.request_seq or 0,
                        causation_id=ctx.event.id, correlation_id=ctx.correlation_id, flow=flow, hops=ctx.hops)  # fmt: skip
+
+
+teller = Agent("teller")
+
+
+@teller.task("tell")
+async def tell(input: Any, ctx: Context) -> Any:
+    """Fails with the client's text as its message, as many handlers do (review P: escapes in it)."""
+    raise RuntimeError(str(input))

@@ -306,6 +306,19 @@ class TestTail:
         assert lines[1] == pretty
 
 
+class TestWhatAnAgentSaysReachesNoTerminal:
+    async def test_a_failure_is_shown_without_its_escape_sequences(
+        self, nats_server: LocalServer, agents: AgentProcesses
+    ) -> None:
+        """`mesh task --wait` printed an agent's error as it came: a handler failing with a
+        client's text cleared the screen and set the window title (review P)."""
+        await agents.start("tests.fixture_agents:teller")
+        hostile = "\x1b[2J\x1b[H\x1b]0;pwned\x07\x1b[31mFAKE: all tasks completed OK\x1b[0m"
+        done = mesh_cmd("task", "tell", "--input", json.dumps(hostile), "--wait", "--timeout", "30", url=nats_server.url)
+        assert done.returncode == 1 and "FAKE: all tasks completed OK" in done.stderr, done.stderr
+        assert "\x1b" not in done.stderr and "\x07" not in done.stderr, repr(done.stderr)
+
+
 class TestKbSearch:
     async def test_what_a_publisher_wrote_reaches_no_terminal_as_escapes(self, nats_server: LocalServer,
                                                                          tmp_path: Path) -> None:  # fmt: skip

@@ -4,6 +4,7 @@ each is a clear error (or a 400), never a traceback, a hang or the wrong process
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,42 @@ class TestServerRecord:
         (tmp_path / "server.json").write_text(text)
         with pytest.raises(ConfigError, match=r"server\.json"):
             read_server_record(tmp_path)
+
+    @pytest.mark.parametrize("pid", [-1, -7, 0, 1])
+    def test_a_pid_that_is_not_one_process_is_never_signalled(self, tmp_path: Path, pid: int) -> None:
+        """`mesh down` sent SIGTERM, then SIGKILL, to pid -1 (every process the user may signal)
+        or -N (a process group) when a record named it (review P)."""
+        from mesh.bus.processes import pid_alive, stop_pid
+
+        record = {"url": "nats://127.0.0.1:1", "pid": pid, "store": str(tmp_path / "store"), "port": 1}
+        (tmp_path / "server.json").write_text(json.dumps(record))
+        with pytest.raises(ConfigError, match=r"server\.json"):
+            read_server_record(tmp_path)
+        assert not pid_alive(pid)
+        with pytest.raises(ValueError, match="not one process's"):
+            stop_pid(pid, 1)
+
+    def test_a_record_another_user_wrote_is_not_followed(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Commands took the `.mesh/server.json` of any folder above, whoever wrote it: its URL is
+        where they connect, its pid what `mesh down` stops (review P). One that is not this
+        user's is passed over in the walk up, and refused when named."""
+        from mesh.bus import settings
+
+        shared = tmp_path / "shared"
+        (shared / ".mesh").mkdir(parents=True)
+        (shared / ".mesh" / "server.json").write_text(json.dumps({"url": "nats://evil:4222", "pid": 2, "store": "/x",
+                                                                  "port": 4222}))  # fmt: skip
+        project = shared / "alice"
+        project.mkdir()
+        monkeypatch.delenv("MESH_HOME", raising=False)
+        assert settings.mesh_home(project) == shared / ".mesh"  # this user's own: found
+        real_uid = os.getuid()
+        monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)  # now written by someone else
+        if real_uid == 0:  # root's files count as one's own: make the record another user's instead
+            monkeypatch.setattr(settings, "_own", lambda path: False)
+        assert settings.mesh_home(project) == project / ".mesh"
+        with pytest.raises(ConfigError, match="another user's"):
+            read_server_record(shared / ".mesh")
 
 
 class TestPublishChecks:

@@ -143,10 +143,12 @@ class TestRecordedInTheLog:
             return list(await asyncio.gather(tools.call("charge_card", {"customer": "alice"}),
                                               tools.call("charge_card", {"customer": "bob"})))  # fmt: skip
 
-        assert await both(box(1, 10)) == ["charged alice", "charged bob"]
-        assert await both(box(2, 10)) == ["charged alice", "charged bob"]  # the retry: recorded, none runs again
+        first = (await mesh.submit_request("pay", {}, task_id="t-1")).seq  # a request's calls come after it
+        assert await both(box(1, first)) == ["charged alice", "charged bob"]
+        assert await both(box(2, first)) == ["charged alice", "charged bob"]  # the retry: recorded, none runs again
         assert runs == ["alice", "bob"]
-        other = box(2, 20)  # another request under the same task id, on its retry
+        second = (await mesh.submit_request("pay", {}, task_id="t-1", event_id="again")).seq
+        other = box(2, second)  # another request under the same task id, on its retry
         assert await other.call("charge_card", {"customer": "carol"}) == "charged carol"
         assert runs == ["alice", "bob", "carol"]
 
@@ -167,7 +169,9 @@ class TestRecordedInTheLog:
         async def both(llm: LlmSession) -> list[str]:
             return list(await asyncio.gather(llm.text("first question"), llm.text("second question")))
 
-        answers = await both(session(client(), 1, 10))
-        assert await both(session(cast(Any, Unreachable()), 2, 10)) == answers
+        first = (await mesh.submit_request("ask", {}, task_id="t-2")).seq  # a request's calls come after it
+        answers = await both(session(client(), 1, first))
+        assert await both(session(cast(Any, Unreachable()), 2, first)) == answers
+        second = (await mesh.submit_request("ask", {}, task_id="t-2", event_id="again")).seq
         with pytest.raises(AssertionError, match="reached the model"):
-            await session(cast(Any, Unreachable()), 2, 20).text("first question")
+            await session(cast(Any, Unreachable()), 2, second).text("first question")

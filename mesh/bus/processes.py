@@ -81,7 +81,10 @@ def ask_to_stop(process: Stoppable) -> bool:
 
 def stop_pid(pid: int, timeout: float) -> str | None:
     """Stop the process `pid`, which need not be our child: SIGTERM, then SIGKILL after
-    `timeout`. Returns None if it stopped when asked, else one line saying what happened."""
+    `timeout`. Returns None if it stopped when asked, else one line saying what happened.
+    ValueError for a pid that is not one process's (1 or below: -1 signals every process)."""
+    if pid <= 1:
+        raise ValueError(f"pid {pid} is not one process's: nothing was signalled")
     if WINDOWS:
         os.kill(pid, signal.SIGTERM)  # TerminateProcess: nothing gentler reaches another console
         _wait_gone(pid, timeout)
@@ -105,7 +108,10 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs (and, on POSIX, may be signalled by us); reaps it if it is our exited child."""
+    """Whether `pid` runs (and, on POSIX, may be signalled by us); reaps it if it is our exited child.
+    False for a pid that is not one process's (1 or below)."""
+    if pid <= 1:
+        return False
     if WINDOWS:
         return _windows_pid_alive(pid)
     if sys.platform == "win32":  # not reached (WINDOWS returned above); tells mypy the rest is POSIX

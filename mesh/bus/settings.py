@@ -13,7 +13,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -44,30 +44,46 @@ def env_number(
 
 
 class ServerRecord(msgspec.Struct, frozen=True):
-    """What `mesh up` writes so other commands can find the embedded server."""
+    """What `mesh up` writes so other commands can find the embedded server. A pid is a process's
+    own (above 1): `mesh down` signals it, and -1 is every process the user may signal, -N a
+    process group (review P)."""
 
     url: str
-    pid: int
+    pid: Annotated[int, msgspec.Meta(gt=1)]
     store: str
-    port: int
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
     log: str = ""
     started_with: dict[str, str] = {}  # `mesh up`'s options that change who may connect and how ({}: not recorded)
 
 
 def mesh_home(start: Path | None = None) -> Path:
-    """The `.mesh/` folder: `MESH_HOME`, else the nearest one above ``start``, else ``./.mesh``."""
-    if env := os.environ.get("MESH_HOME"):
+    """The `.mesh/` folder: `MESH_HOME`, else the nearest one above ``start`` that this user
+    owns, else ``./.mesh``. A record another user wrote names the server every command
+    connects to and the pid `mesh down` signals, so one in a shared folder above (`/tmp`) is
+    not taken (review P; git's `safe.directory` is the same rule)."""
+    if env := os.environ.get("MESH_HOME", "").strip():
         return Path(env)
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / ".mesh" / "server.json").exists():
+        if (folder / ".mesh" / "server.json").exists() and _own(folder / ".mesh") and _own(folder / ".mesh" / "server.json"):
             return folder / ".mesh"
     return here / ".mesh"
+
+
+def _own(path: Path) -> bool:
+    """Whether ``path`` is this user's (or root's) (POSIX; any on Windows)."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:
+        return True
+    return path.stat().st_uid in (getuid(), 0)
 
 
 def read_server_record(home: Path | None = None) -> ServerRecord | None:
     path = (home or mesh_home()) / "server.json"
     try:
+        if not _own(path.parent) or not _own(path):
+            raise ConfigError(f"{path} is another user's: it names the server commands connect to and the "
+                              "process `mesh down` stops; set MESH_HOME or pass --nats")  # fmt: skip
         return msgspec.json.decode(path.read_bytes(), type=ServerRecord)
     except FileNotFoundError:
         return None

@@ -15,7 +15,7 @@ import msgspec
 from mesh.bus.client import Mesh
 from mesh.bus.connection import live_agents
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import finite, nats_options, parse_json, run, token
+from mesh.cli.options import finite, nats_options, parse_json, run, shown, token
 from mesh.coordination.workflow import WORKFLOW_CAPABILITY, Workflows, WorkflowSpec, load
 from mesh.errors import ConfigError, WorkflowFailedError, WorkflowTakenError, WorkflowTimeoutError
 from mesh.projections import WorkflowView
@@ -101,10 +101,10 @@ async def _run(settings: MeshSettings, spec: WorkflowSpec, value: Any, follow: b
             output = await flows.result(workflow_id, request_seq=launched.request_seq, timeout=timeout,
                                         on_event=watch.on_event)  # fmt: skip
         except (WorkflowFailedError, WorkflowTakenError) as error:
-            click.echo(f"failed: {error}", err=True)
+            click.echo(f"failed: {shown(error)}", err=True)
             sys.exit(1)
         except WorkflowTimeoutError as error:
-            click.echo(f"timeout: {error}", err=True)
+            click.echo(f"timeout: {shown(error)}", err=True)
             sys.exit(2)
         finally:
             await watch.close()
@@ -124,10 +124,10 @@ class AgentWatch:
     def on_event(self, record: Record) -> None:
         line = describe(record)
         if line:
-            click.echo(line, err=True)
+            click.echo(shown(line), err=True)
         for scheduled in scheduled_in(record.data):
             if not isinstance(record.data, FlowStepScheduled):
-                click.echo(describe_scheduled(record, scheduled), err=True)
+                click.echo(shown(describe_scheduled(record, scheduled)), err=True)
             if (step := self.spec.steps.get(scheduled.step)) is None or step.capability in self.warned:
                 continue
             warning = (f"no agent online serves {step.capability!r} (step {scheduled.step}): the step waits until "

@@ -20,7 +20,7 @@ from mesh.cli.flow import flow as flow_group
 from mesh.cli.humans import answer as answer_command
 from mesh.cli.humans import inbox as inbox_command
 from mesh.cli.kb import kb as kb_group
-from mesh.cli.options import UserError, check_host, finite, nats_options, parse_json, run, run_sync, token
+from mesh.cli.options import UserError, check_host, finite, nats_options, parse_json, run, run_sync, shown, token
 from mesh.cli.replay import replay as replay_group
 from mesh.cli.run import run_team as run_command
 from mesh.cli.ui import ui as ui_command
@@ -214,10 +214,10 @@ async def _run_task(settings: MeshSettings, capability: str, value: Any, wait: b
         try:
             output = await mesh.request(capability, value, timeout=timeout, task_id=task_id, fallback=fallback)
         except TaskFailedError as error:
-            click.echo(f"failed: {error}", err=True)
+            click.echo(f"failed: {shown(error)}", err=True)
             sys.exit(1)
         except TaskTimeoutError as error:
-            click.echo(f"timeout: {error}", err=True)
+            click.echo(f"timeout: {shown(error)}", err=True)
             sys.exit(2)
         click.echo(json.dumps(output, indent=2 if sys.stdout.isatty() else None))
 

@@ -111,10 +111,10 @@ def check_filter(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def _shown(error: object) -> str:
-    """An error's message for the terminal: it may quote what others wrote (an answer's
-    `answered_by`, a question's expiry: review K), so every control character but the line
-    breaks is shown as U+FFFD."""
+def shown(error: object) -> str:
+    """An error's message, or a line of the log, for the terminal: it may quote what others wrote
+    (an answer's `answered_by`, a question's expiry: review K; an agent's error, a subject from a
+    file: review P), so every control character but the line breaks is shown as U+FFFD."""
     return "\n".join(visible(line) for line in str(error).split("\n"))
 
 
@@ -128,13 +128,13 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush, quiet
         sys.exit(0)
     except (MeshError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
-        click.echo(f"error: {_shown(error)}", err=True)
+        click.echo(f"error: {shown(error)}", err=True)
         sys.exit(1)
     except nats.errors.TimeoutError:
         refusal = refusals.latest()  # a request the server refused is not answered: nats-py times out
         if refusal is None:
             raise
-        click.echo(f"error: {_shown(refusal)}", err=True)
+        click.echo(f"error: {shown(refusal)}", err=True)
         sys.exit(1)
 
 

@@ -11,7 +11,7 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.bus.settings import MeshSettings
-from mesh.cli.options import UserError, nats_options, run, run_sync, token, write_text
+from mesh.cli.options import UserError, nats_options, run, run_sync, shown, token, write_text
 from mesh.errors import ConfigError
 from mesh.projections import REGISTRY
 from replay.files import read_file
@@ -187,7 +187,7 @@ def rerun(target: str, correlation: str, file: str | None, settings: MeshSetting
         click.echo(f"ok: {result.tasks_checked} task(s) replayed exactly as recorded")
         return
     assert result.divergence is not None
-    click.echo(result.divergence.describe())
+    click.echo(shown(result.divergence.describe()))
     click.echo(f"({result.tasks_checked} task(s) checked)")
     sys.exit(1)
 

@@ -16,6 +16,7 @@ from mesh.bus.settings import MeshSettings, resolve_url, shown_url
 from mesh.cli.options import FileMistake, nats_options
 from mesh.errors import ConfigError, MeshError
 from mesh.runtime.team import RestartPolicy, Supervisor, TeamSpec, load_team, supervise
+from topics.base import visible
 
 __all__ = ["run_team", "shipped_teams"]
 
@@ -85,7 +86,7 @@ class Screen:
         if self.gone:
             return
         label = click.style(f"{name or HERE:<{self.width}}", fg=self.colours.get(name), bold=None if name else True)
-        line = f"{label} {click.style('!', bold=True) if note else '|'} {text}"
+        line = f"{label} {click.style('!', bold=True) if note else '|'} {visible(text)}"  # a handler may print a client's input
         try:
             click.echo(line, color=self.colour)
         except OSError:  # stdout closed: the rest would go nowhere, so the team stops
