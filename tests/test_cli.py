@@ -319,6 +319,20 @@ class TestWhatAnAgentSaysReachesNoTerminal:
         assert "\x1b" not in done.stderr and "\x07" not in done.stderr, repr(done.stderr)
 
 
+class TestTlsAskedFor:
+    def test_a_server_that_does_not_ask_for_tls_gets_it_anyway(self, nats_server: LocalServer) -> None:
+        """A `tls://` URL (or `--tls-ca`) talked plaintext to whatever left `tls_required` out of
+        its INFO: a man in the middle read every message and relayed the nkey challenge, logged
+        in as the client (review P). The client upgrades regardless, so the handshake fails here,
+        against a plain server, before anything is sent."""
+        plain = nats_server.url.replace("nats://", "tls://")
+        env = {"MESH_CONNECT_TIMEOUT": "3"}
+        done = subprocess.run([sys.executable, "-m", "mesh", "status"], capture_output=True, text=True, timeout=60,
+                              cwd=ROOT, env={**os.environ, **env, "NATS_URL": plain})  # fmt: skip
+        assert done.returncode == 1 and "SSL" in done.stderr, done.stderr
+        assert mesh_cmd("status", url=nats_server.url).returncode == 0
+
+
 class TestKbSearch:
     async def test_what_a_publisher_wrote_reaches_no_terminal_as_escapes(self, nats_server: LocalServer,
                                                                          tmp_path: Path) -> None:  # fmt: skip

@@ -37,6 +37,10 @@ Why each call is here (as read in nats-py 2.16.0):
   to the dead socket anyway and raises `ConnectionResetError` halfway through (its
   subscriptions and closed callbacks skipped). No public call empties the buffer, so the
   private `Client._pending` and `_pending_data_size` are cleared here, before `close`.
+- `require_tls_when_asked`: nats-py upgrades a connection to TLS only when the server's INFO
+  says `tls_required`, before it sends its credentials; a client given a TLS context or a
+  `tls://` URL therefore talked plaintext to a man in the middle that left the flag out. The
+  private `Client._process_info` is wrapped once, at import, to set the flag for such a client.
 - `tolerate_bad_headers`: nats-py decodes a message's inline status (`NATS/1.0 <status>`)
   outside its own error handling, so one message whose header block starts with a space and
   bytes that are not UTF-8 raises `UnicodeDecodeError` in the read loop, which logs it and
@@ -688,6 +692,31 @@ def tolerate_bad_headers() -> None:
 
 
 tolerate_bad_headers()
+
+
+def require_tls_when_asked() -> None:
+    """Wrap nats-py's `Client._process_info` (once) so that a client given a TLS context (`--tls-ca`,
+    `--tls-cert`, `NATS_CA`) or a `tls://` URL upgrades to TLS whatever the server's INFO says.
+    nats-py upgrades only when INFO says `tls_required`, and sends its credentials after it: a
+    man in the middle that left the flag out read every message and relayed the nkey challenge,
+    logged in as the client (review P). Forced, the handshake fails against anything that cannot
+    show a certificate the client trusts, before any credential is sent (nats.go's `Secure()`)."""
+    process = Client._process_info
+    if getattr(process, "_mesh_secure", False):
+        return
+
+    async def secure(self: Client, info: dict[str, Any], initial_connection: bool = False) -> None:
+        server = self._current_server
+        wants = self.options.get("tls") is not None or (server is not None and server.uri.scheme == "tls")
+        if wants and isinstance(info, dict) and not info.get("tls_required"):
+            info["tls_required"] = True
+        await process(self, info, initial_connection)
+
+    secure._mesh_secure = True  # type: ignore[attr-defined]
+    Client._process_info = secure  # type: ignore[method-assign]
+
+
+require_tls_when_asked()
 
 
 def drop_unsent(nc: Client) -> None:
