@@ -3,6 +3,7 @@ each is a clear error (or a 400), never a traceback, a hang or the wrong process
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -48,6 +49,37 @@ class TestDigits:
         monkeypatch.setenv(name, value)
         with pytest.raises(ConfigError, match=name):
             StreamLimits.from_env()
+
+
+class TestLimitsThatMeanSomethingElse:
+    @pytest.mark.parametrize(("name", "value", "said"), [
+        ("MESH_STREAM_MAX_BYTES", "0", "would mean no limit"), ("MESH_STREAM_MAX_MSGS", "0", "would mean no limit"),
+        ("MESH_STREAM_MAX_BYTES", "1.5", "whole"), ("MESH_STREAM_MAX_MSGS", "0.5", "whole"),
+        ("MESH_STREAM_MAX_AGE", "1e-10", "at least 1 second"), ("MESH_STREAM_MAX_AGE", "60", "shorter than the duplicate window"),
+    ])  # fmt: skip
+    def test_refused_before_the_server_sees_them(self, monkeypatch: pytest.MonkeyPatch, name: str, value: str,
+                                                  said: str) -> None:  # fmt: skip
+        """0 bytes or messages, or an age under a nanosecond, made an unlimited stream, and a
+        fraction was cut; an age under the duplicate window was a traceback from the server (review P)."""
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=said):
+            StreamLimits.from_env()
+
+    def test_an_empty_workflow_file_is_no_workflow(self, tmp_path: Path) -> None:
+        """It ran as nothing and said it completed (review P)."""
+        from mesh.coordination.workflow import load
+
+        (tmp_path / "empty.toml").write_text("")
+        with pytest.raises(ConfigError, match="at least one step"):
+            load(tmp_path / "empty.toml")
+
+    def test_an_inherited_supervisor_pid_is_not_watched(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`MESH_SUPERVISOR_PID` of a process that is not this one's parent made an agent exit 0 at
+        once, silently (review P): it is not watched."""
+        from mesh.runtime import process
+
+        monkeypatch.setenv("MESH_SUPERVISOR_PID", "1" if os.getppid() != 1 else "2")
+        assert process._stop_when_orphaned(asyncio.Event()) is None
 
 
 class TestNotFinite:
@@ -174,3 +206,4 @@ class TestKnowledgeCli:
         """Before it connects: an entry with no text would only clutter the base."""
         result = CliRunner().invoke(cli, ["kb", "add", "kb1", *args, "--nats", "nats://127.0.0.1:1"], input=stdin)
         assert result.exit_code == 2 and "the entry's text is empty" in result.output, result.output
+

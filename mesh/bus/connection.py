@@ -22,7 +22,15 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, ConsumerInfo, KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    KeyNotFoundError,
+    NoKeysError,
+    NotFoundError,
+    ServerError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from mesh.bus import jetstream
@@ -178,16 +186,38 @@ class StreamLimits:
         """`MESH_DUPLICATE_WINDOW`, `MESH_STREAM_MAX_AGE` (seconds), `MESH_STREAM_MAX_BYTES`,
         `MESH_STREAM_MAX_MSGS`, each checked; unset ones keep their defaults."""
         default = cls()
-        return cls(
+        limits = cls(
             duplicate_window=env_number("MESH_DUPLICATE_WINDOW", default.duplicate_window, minimum=1,
                                         maximum=_MAX_SECONDS, what=f"seconds, from 1 to {_MAX_SECONDS}"),
-            max_age=env_number("MESH_STREAM_MAX_AGE", default.max_age, minimum=0, maximum=_MAX_SECONDS,
-                               what=f"seconds up to {_MAX_SECONDS} (0: for ever)"),
-            max_bytes=int(env_number("MESH_STREAM_MAX_BYTES", default.max_bytes, minimum=-1, maximum=_MAX_COUNT,
-                                     what=f"bytes up to {_MAX_COUNT} (-1: no limit)")),
-            max_msgs=int(env_number("MESH_STREAM_MAX_MSGS", default.max_msgs, minimum=-1, maximum=_MAX_COUNT,
-                                    what=f"a count up to {_MAX_COUNT} (-1: no limit)")),
+            max_age=_age(env_number("MESH_STREAM_MAX_AGE", default.max_age, minimum=0, maximum=_MAX_SECONDS,
+                                    what=f"seconds up to {_MAX_SECONDS} (0: for ever)")),
+            max_bytes=_count("MESH_STREAM_MAX_BYTES", int(env_number(
+                "MESH_STREAM_MAX_BYTES", default.max_bytes, minimum=-1, maximum=_MAX_COUNT, whole=True,
+                what=f"whole bytes up to {_MAX_COUNT} (-1: no limit)"))),
+            max_msgs=_count("MESH_STREAM_MAX_MSGS", int(env_number(
+                "MESH_STREAM_MAX_MSGS", default.max_msgs, minimum=-1, maximum=_MAX_COUNT, whole=True,
+                what=f"a whole count up to {_MAX_COUNT} (-1: no limit)"))),
         )  # fmt: skip
+        if 0 < limits.max_age < limits.duplicate_window:  # the server refuses such a stream
+            raise ConfigError(f"MESH_STREAM_MAX_AGE={limits.max_age:g} is shorter than the duplicate window "
+                              f"({limits.duplicate_window:g} s, MESH_DUPLICATE_WINDOW): events would go before "
+                              "their duplicates are known")  # fmt: skip
+        return limits
+
+
+def _age(seconds: float) -> float:
+    """A stream's maximum age: 0 (for ever) or at least a second (JetStream takes nanoseconds,
+    and 1e-10 s became 0, for ever: review P)."""
+    if 0 < seconds < 1:
+        raise ConfigError(f"MESH_STREAM_MAX_AGE={seconds:g} must be 0 (for ever) or at least 1 second")
+    return seconds
+
+
+def _count(name: str, value: int) -> int:
+    """A stream's byte or message limit: -1 (none) or at least 1 (JetStream reads 0 as no limit: review P)."""
+    if value == 0:
+        raise ConfigError(f"{name}=0 would mean no limit to the server: give -1 for none, or a limit of at least 1")
+    return value
 
 
 async def ensure_stream(js: JetStreamContext, *, replicas: int | None = None, limits: StreamLimits | None = None) -> None:
@@ -212,8 +242,17 @@ async def ensure_stream(js: JetStreamContext, *, replicas: int | None = None, li
         await _until_jetstream_ready(lambda: jetstream.add_stream(js, config))
     except BadRequestError as error:
         if error.err_code != jetstream.STREAM_IN_USE:
-            raise
+            raise _stream_refused(error) from None
         _log_other_limits((await js.stream_info(subjects.STREAM)).config, limits)
+    except ServerError as error:  # the settings asked for what this server cannot do (review P: a traceback)
+        raise _stream_refused(error) from None
+
+
+def _stream_refused(error: APIError) -> ConfigError:
+    return ConfigError(f"the server refused to create the MESH stream ({error.description or error}): check "
+                       "MESH_REPLICAS (above 1 needs a cluster), MESH_STREAM_MAX_AGE (at least "
+                       "MESH_DUPLICATE_WINDOW), MESH_STREAM_MAX_BYTES and MESH_STREAM_MAX_MSGS (what the "
+                       "server's store can hold)")  # fmt: skip
 
 
 def _log_other_limits(found: StreamConfig, limits: StreamLimits) -> None:

@@ -3,6 +3,7 @@ store under `.mesh/`, on loopback unless `mesh up --host` says otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -12,6 +13,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,6 +234,11 @@ def up(home: Path | None = None, *, port: int = 4222, security: Security | None 
     this machine uses."""
     home = home or mesh_home()
     security = security or Security()
+    with _one_at_a_time(home):  # two `mesh up` at once started two servers on one store (review P)
+        return _up(home, port, security, host)
+
+
+def _up(home: Path, port: int, security: Security, host: str) -> tuple[ServerRecord, bool]:
     if (record := running_server(home)) is not None:
         if (lacking := _not_as_asked(record, security.options(host))) is not None:
             started = " ".join(f"{option} {value}" for option, value in record.started_with.items())
@@ -246,8 +253,28 @@ def up(home: Path | None = None, *, port: int = 4222, security: Security | None 
     url = f"{security.scheme}://{local_host(host)}:{server.port}"  # the record holds no secret: no user, no key
     record = ServerRecord(url=url, pid=server.process.pid, store=str(server.store), port=server.port, log=str(log_file),
                           started_with=security.options(host))  # fmt: skip
-    (home / "server.json").write_bytes(msgspec.json.encode(record))
+    written = home / "server.json.new"
+    written.write_bytes(msgspec.json.encode(record))
+    os.replace(written, home / "server.json")  # whole or not at all, for a reader at the same moment
     return record, True
+
+
+@contextlib.contextmanager
+def _one_at_a_time(home: Path) -> Iterator[None]:
+    """Hold ``home``'s lock file: one `mesh up` at a time checks for a server, starts one and
+    records it (an OS lock: let go when the process ends, however it ends)."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "up.lock", "a+b") as lock:
+        if sys.platform == "win32":
+            import msvcrt
+
+            lock.seek(0)
+            msvcrt.locking(lock.fileno(), msvcrt.LK_LOCK, 1)  # tries for 10 s, then OSError
+        else:
+            import fcntl
+
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def stop_server(home: Path | None = None, timeout: float = 10.0) -> tuple[ServerRecord, str | None] | None:

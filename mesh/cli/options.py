@@ -136,6 +136,11 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
             raise
         click.echo(f"error: {shown(refusal)}", err=True)
         sys.exit(1)
+    except OSError as error:  # what else the system refused (a store that is a file, a name too long: review P)
+        if isinstance(error, TimeoutError | ConnectionError):
+            raise
+        click.echo(f"error: {shorten(shown(error), 500)}", err=True)
+        sys.exit(1)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -163,9 +163,12 @@ def load(path: str | Path) -> WorkflowSpec:
     except RecursionError:
         raise ConfigError(f"cannot read workflow {path}: it is nested too deeply") from None
     try:
-        return parse(data)
+        spec = parse(data)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+    if not spec.steps:  # an empty or cut-off file ran as nothing and said it completed (review P)
+        raise ConfigError(f"{path}: steps: a workflow file has at least one step ([steps.NAME])")
+    return spec
 
 
 def normalize(spec: WorkflowSpec) -> WorkflowSpec:

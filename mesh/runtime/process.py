@@ -102,6 +102,10 @@ def _stop_when_orphaned(stop: asyncio.Event) -> asyncio.Task[None] | None:
         log.warning("not watching the supervisor: not a process id", variable=SUPERVISOR_PID, value=value[:40])
         return None
     supervisor = int(value)
+    if os.getppid() != supervisor:  # inherited from elsewhere (a replica's child, a container's environment):
+        log.warning("not watching the supervisor: it is not this process's parent",  # the agent exited 0 at once,
+                    variable=SUPERVISOR_PID, value=value[:40], parent=os.getppid())  # fmt: skip  # silently (review P)
+        return None
 
     async def watch() -> None:
         while True:  # polling another process's life: no event tells of it
