@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -80,13 +81,8 @@ class _FileLine(msgspec.Struct):
     raw: str | None = None
 
 
-class _Id(msgspec.Struct):
-    id: str
-
-
 _encoder = msgspec.json.Encoder()
 _file_line = msgspec.json.Decoder(_FileLine)
-_id = msgspec.json.Decoder(_Id)
 
 
 class Outgoing(msgspec.Struct, frozen=True):
@@ -142,7 +138,8 @@ def write_lines(path: str | Path, lines: Sequence[tuple[int, str, bytes]], *, ra
     """Write `(seq, subject, payload)` lines; payloads in ``raw_seqs`` are written as base64.
     Return how many event lines were written."""
     events = 0
-    with open(path, "wb") as out:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:  # every user's data: not
+        # for the other users of this machine (review P; an existing file keeps its mode)
         for seq, subject, payload in lines:
             if seq in raw_seqs:
                 out.write(_encoder.encode(_RawLine(seq, subject, base64.b64encode(payload).decode())))
@@ -191,8 +188,8 @@ def read_outgoing(path: str | Path) -> list[Outgoing]:
                 line = _file_line.decode(text)
                 check_log_subject(line.subject)  # a subject outside the log is refused by no one: checked first
                 if len(line.event):
-                    payload = bytes(line.event)
-                    outgoing.append(Outgoing(line.subject, payload, _id.decode(payload).id))
+                    payload = bytes(line.event)  # a CloudEvent, as every reader takes it (review P: any `id` was stored)
+                    outgoing.append(Outgoing(line.subject, payload, decode_envelope(payload).id))
                 elif line.raw is not None:
                     outgoing.append(Outgoing(line.subject, base64.b64decode(line.raw), None))
                 else:

@@ -71,3 +71,22 @@ def test_what_the_system_refuses_is_one_line(tmp_path: Path, monkeypatch: pytest
     result = CliRunner().invoke(main, ["up", "--port", "0"])
     assert result.exit_code == 1 and "error: [Errno 17] File exists" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_exports_and_pages_are_for_their_writer_only(tmp_path: Path) -> None:
+    """An export holds every user's task inputs, outputs and model calls, which the server's
+    permissions hide from other roles; it was written with the umask's mode, 0644 (review P)."""
+    import os
+    import stat
+
+    from mesh.cli.options import write_text
+    from replay.export import write_lines
+
+    old = os.umask(0o022)
+    try:
+        write_lines(tmp_path / "log.jsonl", [(1, "mesh.x.y", b'{"id": "e-1"}')])
+        write_text(tmp_path / "timeline.html", "<html></html>")
+    finally:
+        os.umask(old)
+    for name in ("log.jsonl", "timeline.html"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name

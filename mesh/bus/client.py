@@ -58,7 +58,7 @@ from topics.tasks import (
 __all__ = ["Mesh", "Published", "Submitted", "TaskOptions", "check_log_subject", "decode_record", "outcome_value"]
 
 MSG_ID = "Nats-Msg-Id"
-_LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s]+)+")
+_LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s\x00-\x1f\x7f-\x9f]+)+")  # no control character either (review P)
 MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
 _HEADROOM = 4096  # bytes below max_payload under which `Nats-Msg-Id`, `traceparent` and a short `tracestate` cannot push a body over it
 CLOSE_TIMEOUT = 2  # seconds `close` waits for the server to answer before it closes instead of draining
@@ -116,7 +116,8 @@ def check_log_subject(subject: str) -> None:
         raise SchemaError(f"subject of {len(subject)} characters: at most {MAX_SUBJECT}")
     if not _LOG_SUBJECT.fullmatch(subject):
         raise SchemaError(f"cannot publish to {subject[:80]!r}: the log (stream {subjects.STREAM}) takes subjects "
-                          "under mesh., made of non-empty tokens with no '*', '>' or whitespace")  # fmt: skip
+                          "under mesh., made of non-empty tokens with no '*', '>', whitespace or control "
+                          "character")  # fmt: skip
 
 
 def _check_app_subject(subject: str, data: Event) -> None:

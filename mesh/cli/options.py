@@ -145,8 +145,9 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write a file the user named; a path that cannot be written is a `UserError`."""
-    try:
-        Path(path).write_text(text, encoding="utf-8")
+    try:  # the log's text (a timeline's inputs and outputs): for this user only (review P)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as file:
+            file.write(text)
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
 
