@@ -372,3 +372,16 @@ class TestWhatABodyBecomes:
             assert raised.value.type == "ResponseTooLarge"
         assert len(await session(made, None).text("hello")) == (1 << 20) - 1_000
         assert (await session(made, None).text("hello")).startswith('"[{,')
+
+    async def test_a_body_of_many_small_objects_stops_too(self, raw: list[RawServer]) -> None:
+        """3 MB of `{}` choices were within the estimate, and the SDK built a pydantic model of
+        each: 17.5 s of the agent's loop and 706 MB (review Q). More objects and lists than one
+        per 640 bytes of the limit are refused; one per 640 are not."""
+        limit = 1 << 20
+        many = as_json(completion("ok", choices=[{} for _ in range(limit // 640 + 10)]))  # 5 KB
+        fine = as_json(completion("ok", junk=[{} for _ in range(limit // 640 - 20)]))
+        server = serve(raw, body(many), body(fine))
+        made = server.client(max_response=limit)
+        with pytest.raises(TaskError, match="JSON objects and lists, more than one per 640 bytes of MESH_LLM_MAX_RESPONSE"):
+            await session(made, None).text("hello")
+        assert await session(made, None).text("hello") == "ok"

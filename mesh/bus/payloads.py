@@ -67,7 +67,7 @@ from topics.registry import decode_on
 __all__ = [
     "DEFAULT_IN_FLIGHT", "DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "TEXT_FACTOR", "Budget", "create_buckets", "decoded_size",
     "fetched_size", "in_flight_budget", "inline", "max_object", "offload", "offloaded_size", "payload_bucket",
-    "resolve", "waiting_on_others",
+    "resolve", "waiting_on_others", "without_strings",
 ]
 
 DEFAULT_MAX_OBJECT = 64 * 1024 * 1024
@@ -448,9 +448,14 @@ def decoded_size(data: bytes) -> int:
     containers, commas, quotes = data.count(b"[") + data.count(b"{"), data.count(b","), data.count(b'"')
     structure = 88 * containers + 32 * commas + 30 * quotes
     if structure > TEXT_FACTOR * len(data):
-        bare = _STRING.sub(b'""', data)
+        bare = without_strings(data)
         structure = 88 * (bare.count(b"[") + bare.count(b"{")) + 32 * bare.count(b",") + 30 * bare.count(b'"')
     return TEXT_FACTOR * len(data) + structure
+
+
+def without_strings(data: bytes) -> bytes:
+    """JSON ``data`` with every string's contents taken out (`""` left): what is structure."""
+    return _STRING.sub(b'""', data)
 
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, quotes and escapes included

@@ -18,6 +18,7 @@ Imported when a remote client is made, not before: `httpx2` takes a while to imp
 
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
 import urllib.request
 import zlib
@@ -25,11 +26,12 @@ from collections.abc import AsyncIterator
 
 import httpx2
 
-from mesh.bus.payloads import decoded_size
+from mesh.bus.payloads import decoded_size, without_strings
 
 __all__ = ["BoundedTransport", "ResponseTooLarge", "UnsupportedEncoding", "bounded_http_client", "environment_proxy"]
 
 DECODED_FACTOR = 4  # what a body may take decoded, in times the byte limit (`decoded_size`)
+BYTES_PER_OBJECT = 640  # a body may hold one JSON object or list per this many bytes of the limit
 ENCODINGS = ("gzip", "x-gzip", "deflate")
 ACCEPT_ENCODING = "gzip, deflate"
 OPENAI_URL = "https://api.openai.com/v1"  # the SDK's default base URL
@@ -40,13 +42,12 @@ class ResponseTooLarge(httpx2.RequestError):
     that would take more than `DECODED_FACTOR` times it as objects (``objects``: that size)."""
 
     def __init__(self, limit: int, status: int, *, request: httpx2.Request | None = None,
-                 objects: int | None = None) -> None:  # fmt: skip
+                 objects: str | None = None) -> None:  # fmt: skip
         if objects is None:
             said = f"is larger than MESH_LLM_MAX_RESPONSE ({limit} bytes once decoded); reading stopped there"
         else:
-            said = (f"would take about {objects:,} bytes as objects, more than {DECODED_FACTOR} times "
-                    f"MESH_LLM_MAX_RESPONSE ({limit} bytes): its JSON is mostly brackets, commas and quotes; "
-                    "reading stopped there")  # fmt: skip
+            said = (f"{objects} MESH_LLM_MAX_RESPONSE ({limit} bytes): the SDK would build a Python object of each "
+                    "part; refused before it parses")  # fmt: skip
         super().__init__(f"the model server's response ({status}) {said}", request=request)
         self.limit = limit
         self.status = status
@@ -104,8 +105,9 @@ class _BoundedStream(httpx2.AsyncByteStream):
             for part in self._take(self._decoder.flush()):
                 yield part
         body, self._chunks = b"".join(self._chunks), []  # read whole: counted before the SDK parses it
-        if (objects := decoded_size(body)) > DECODED_FACTOR * self._limit:
-            raise ResponseTooLarge(self._limit, self._response.status_code, request=self._request, objects=objects)
+        refused = await asyncio.to_thread(_too_many_objects, body, self._limit)  # 30 MB of quotes: 2.5 s (review Q)
+        if refused is not None:
+            raise ResponseTooLarge(self._limit, self._response.status_code, request=self._request, objects=refused)
 
     def _decode(self, chunk: bytes) -> list[bytes]:
         if self._decoder is None:
@@ -135,6 +137,22 @@ class _BoundedStream(httpx2.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self._response.aclose()
+
+
+def _too_many_objects(body: bytes, limit: int) -> str | None:
+    """Why ``body`` would cost too much once the SDK has built it, or None: past `DECODED_FACTOR`
+    times ``limit`` as `decoded_size` estimates it, or more JSON objects and lists outside its
+    strings than one per `BYTES_PER_OBJECT` bytes of ``limit``: the SDK builds a pydantic model
+    of each choice (700 bytes and 18 µs each), and 3 MB of `{}` choices, within the estimate,
+    held an agent's loop 17.5 s and took it to 706 MB (review Q)."""
+    if (objects := decoded_size(body)) > DECODED_FACTOR * limit:
+        return f"would take about {objects:,} bytes as objects, more than {DECODED_FACTOR} times"
+    most = limit // BYTES_PER_OBJECT
+    if body.count(b"[") + body.count(b"{") > most:
+        bare = without_strings(body)
+        if (found := bare.count(b"[") + bare.count(b"{")) > most:
+            return f"holds {found:,} JSON objects and lists, more than one per {BYTES_PER_OBJECT} bytes of"
+    return None
 
 
 def _decoder(coding: str | None) -> zlib._Decompress | None:
