@@ -244,6 +244,7 @@ class LlmSession:
         self._recorded = recorded
         self._loading = asyncio.Lock()  # one lookup of the recorded calls
         self._index = 0
+        self._chats = 0  # chat calls numbered, against `MESH_LLM_MAX_CALLS`
         self.calls: list[LlmCalled] = []  # the latest `CALLS_KEPT` (an attempt kept every answer: review N)
 
     @property
@@ -301,17 +302,21 @@ class LlmSession:
         raise TaskError(f"the model summarised the conversation as {type(content).__name__}, not text "
                         "(MESH_LLM_CONTEXT_POLICY=summarise)", type="InvalidResponse")  # fmt: skip
 
-    def _numbered(self) -> int:
-        """The next call's number; TaskError `ModelCallLimit` past `MESH_LLM_MAX_CALLS`."""
-        if self._index >= self._client.max_calls:
-            raise TaskError(f"this task attempt asked for more than {self._client.max_calls} model calls "
-                            "(MESH_LLM_MAX_CALLS)", type="ModelCallLimit")  # fmt: skip
+    def _numbered(self, *, chat: bool) -> int:
+        """The next call's number; TaskError `ModelCallLimit` for a chat call past
+        `MESH_LLM_MAX_CALLS` chat calls (embeddings calls are the handler's, one per entry a
+        task adds, and not a model's to multiply: review Q)."""
+        if chat:
+            if self._chats >= self._client.max_calls:
+                raise TaskError(f"this task attempt asked for more than {self._client.max_calls} chat calls "
+                                "(MESH_LLM_MAX_CALLS)", type="ModelCallLimit")  # fmt: skip
+            self._chats += 1
         self._index += 1
         return self._index - 1
 
     async def _send(self, request: dict[str, Any]) -> ChatCompletion:
         """One model call, numbered: a response recorded for its number (on a retry) is reused."""
-        index = self._numbered()
+        index = self._numbered(chat=True)
         recorded = (await self._load_recorded()).get(index)
         if recorded is not None:
             log.info("reusing recorded LLM response", call_index=index)
@@ -346,7 +351,7 @@ class LlmSession:
 
     async def _send_embeddings(self, request: dict[str, Any]) -> CreateEmbeddingResponse:
         """One embeddings call, numbered like `_send`: a response recorded for its number is reused."""
-        index = self._numbered()
+        index = self._numbered(chat=False)
         recorded = (await self._load_recorded()).get(index)
         if recorded is not None:
             log.info("reusing recorded embeddings", call_index=index)

@@ -53,9 +53,9 @@ def tool_call_limit(environ: Mapping[str, str] | None = None) -> int:
 
 
 def model_call_limit(environ: Mapping[str, str] | None = None) -> int:
-    """`MESH_LLM_MAX_CALLS`: the model calls (chat and embeddings) one task attempt may make
-    (default 512, 1 to 100000); ConfigError naming a bad value. A tool loop that sends a
-    model's mistakes back to it ran 6,338 calls in 20 s (review N)."""
+    """`MESH_LLM_MAX_CALLS`: the chat calls one task attempt may make (default 512, 1 to
+    100000); ConfigError naming a bad value. A tool loop that sends a model's mistakes back to
+    it ran 6,338 calls in 20 s (review N)."""
     return call_limit("MESH_LLM_MAX_CALLS", DEFAULT_MAX_MODEL_CALLS, environ)
 
 
