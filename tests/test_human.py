@@ -418,6 +418,18 @@ class TestQuestionsOfEveryShape:
         with pytest.raises(AnswerRejected, match="who answers"):
             await Humans(mesh).answer("q-fine", "yes", answered_by="x" * (humans.MAX_NAME + 1))
 
+    async def test_a_deadline_any_client_may_give_is_written_as_readers_take_it(self, mesh: Mesh) -> None:
+        """A task deadline with a 60-digit fraction passes the request's checks and became the
+        question's `expires_at` as it was: past what readers decode, so the question was lost
+        (review Q). It is written in the mesh's own form."""
+        from datetime import UTC, datetime, timedelta
+
+        soon = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.") + "1" * 60 + "Z"
+        stored = await Humans(mesh, role="approver").post("Ship it?", ("yes", "no"), question_id="q-deadline",
+                                                          expires_at=soon)  # fmt: skip
+        assert stored.asked.expires_at is not None and len(stored.asked.expires_at) < 40
+        assert [view.question_id for view in await Humans(mesh).inbox()] == ["q-deadline"]
+
     async def test_a_question_asked_again_and_again_is_read_once(
         self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -128,7 +128,8 @@ class Humans:
         now = datetime.now(UTC)
         expires = _rfc3339(now + timedelta(seconds=check_timeout(timeout)))
         if expires_at is not None and instant(expires_at) < instant(expires):
-            expires = expires_at
+            expires = _rfc3339(instant(expires_at))  # written as readers take it: a client's deadline with a
+            # 60-digit fraction was stored as is, past what a reader decodes, and the question was lost (review Q)
         asked = HumanAsked(question_id=question_id, question=question, options=options, context=context,
                            task_id=self.task_id, capability=self.capability, agent=self.agent,
                            asked_at=_rfc3339(now), expires_at=expires, role=self.role)  # fmt: skip
