@@ -150,10 +150,10 @@ class DeadlineExceededError(TaskError, TimeoutError):
 
     def __init__(self, task_id: str, deadline: str, *, started: bool, waiting: float | None = None,
                  because: BaseException | None = None) -> None:  # fmt: skip
-        when = "while its handler ran (the handler was cancelled)" if started else "before it could start"
+        when = "passed while its handler ran (the handler was cancelled)" if started else "passed before it could start"
         if waiting is not None:  # a try failed, and the wait before the next one ends past the deadline
-            when = f"before the next try: it failed ({type(because).__name__}: {because}) and was to wait {waiting:g} s"
-        super().__init__(f"task {task_id}: its deadline {deadline} passed {when}"[:2000], type="deadline")
+            when = f"comes before the next try: it failed ({type(because).__name__}: {because}) and was to wait {waiting:g} s"
+        super().__init__(f"task {task_id}: its deadline {deadline} {when}"[:2000], type="deadline")
 
 
 class RunTimeExceededError(TaskError, TimeoutError):
