@@ -487,7 +487,7 @@ class ReplayConversation(Conversation):
 
     def __init__(self, book: RecordBook, horizon: Callable[[], int], mesh: RecordedMesh, name: str,
                  origin: Origin) -> None:  # fmt: skip
-        super().__init__(cast(Mesh, mesh), name, origin=origin)
+        super().__init__(cast(Mesh, mesh), name, origin=origin, keep=False)  # the record book's, not a connection's
         self._book = book
         self._horizon = horizon
 

@@ -368,6 +368,33 @@ class TestRestart:
         await asyncio.gather(*(writer.add("user", str(n)) for n in range(3)))
         assert (await Conversation(mesh, "notes").turns())[-1].turn == 5
 
+    async def test_what_a_connection_read_is_not_read_again(self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each task of a long conversation read it again from its first turn, one direct get a
+        turn (20,000 turns: 5 s a task, review N). The next `Conversation` of a name on a
+        connection reads only what is new; the turns it returns are its own to change."""
+        from mesh import Conversation
+        from mesh.bus import jetstream
+
+        first = Conversation(mesh, "long")
+        for n in range(30):
+            await first.add("user", f"turn {n}")
+        gets = 0
+        real = jetstream.direct_get
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal gets
+            gets += 1
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(jetstream, "direct_get", counting)
+        second = Conversation(mesh, "long")
+        turns = await second.turns()
+        assert len(turns) == 30 and second.count == 30 and gets == 1  # one look past the last turn read
+        turns[0].message["content"] = "changed by this task"
+        assert (await Conversation(mesh, "long").turns())[0].message["content"] == "turn 0"
+        await Conversation(mesh, "long").add("user", "one more")
+        assert [t.message["content"] for t in (await second.turns())[-2:]] == ["turn 29", "one more"]
+
     async def test_what_is_not_a_turn_is_skipped_with_one_log_line(self, mesh: Mesh) -> None:
         """50 messages on the conversation's subject that are not turns (a flood): skipped, and
         a read says so once, not once each."""

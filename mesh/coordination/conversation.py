@@ -12,11 +12,20 @@ restarted mid-conversation reads the conversation back from the log and goes on.
 `Conversation` keeps its latest `max_turns` turns in memory (default 1000; `count` counts
 them all) and reads only what is new, with direct gets of the subject (no consumer). A
 message on the subject that is not a turn of this conversation is skipped with a warning.
+
+What a connection has read of a conversation is kept for the next `Conversation` of that
+name (the `KEPT` latest conversations used, each at most its `max_turns` and 8 MiB of turns):
+each task of a long conversation read it again from its first turn, one direct get a turn,
+5 s a task at 20,000 turns (review N); now the first task of a process does, and the next
+read only what is new. Each `Conversation` has its own copy of the list; the turns it returns
+are copies, so a handler that changes one changes nobody else's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +45,8 @@ __all__ = ["Conversation"]
 
 log = structlog.get_logger("mesh.conversation")
 CATCH_UP = 20  # looks for a turn just written that a replica has not stored yet (50 ms apart at first)
+KEPT = 8  # conversations a connection keeps read (the latest used), for the next `Conversation` of each
+_read: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[str, int], tuple[int, History]]] = weakref.WeakKeyDictionary()
 _message_keys = ("content", "name", "tool_calls", "tool_call_id")
 
 
@@ -43,7 +54,9 @@ class Conversation:
     """One named model conversation. Inside a handler use `ctx.conversation(name)`: its turns
     get ids derived from the task, so a redelivered handler adds none twice."""
 
-    def __init__(self, mesh: Mesh, name: str, *, origin: Origin | None = None, max_turns: int = MAX_TURNS) -> None:
+    def __init__(self, mesh: Mesh, name: str, *, origin: Origin | None = None, max_turns: int = MAX_TURNS,
+                 keep: bool = True) -> None:  # fmt: skip
+        """``keep``: start from, and leave, what this connection has read of the conversation."""
         self.mesh = mesh
         self.name = check_token("conversation", name)
         self.subject = subjects.conversation(name)
@@ -54,6 +67,11 @@ class Conversation:
         self._history = History(conversation=name)
         self._seq = 0  # the last stream sequence read on the subject
         self._reading = asyncio.Lock()  # one read at a time: two would fold the same turn twice
+        self._kept = _read.setdefault(mesh.nc, OrderedDict()) if keep else None
+        found = self._kept.get((self.name, max_turns)) if self._kept is not None else None
+        if found is not None:
+            self._seq, kept = found
+            self._history = History(conversation=name, turns=list(kept.turns), count=kept.count)
 
     @property
     def count(self) -> int:
@@ -63,7 +81,22 @@ class Conversation:
     async def refresh(self, *, at_least: int = 0) -> History:
         """Fold in the turns stored since the last read (at least up to sequence ``at_least``)."""
         async with self._reading:
-            return await self._read(at_least)
+            history = await self._read(at_least)
+            self._leave()
+            return history
+
+    def _leave(self) -> None:
+        """Keep what was read for the next `Conversation` of this name on this connection."""
+        if self._kept is None:
+            return
+        place = (self.name, self.max_turns)
+        found = self._kept.get(place)
+        if found is None or found[0] < self._seq:
+            history = self._history
+            self._kept[place] = (self._seq, History(conversation=self.name, turns=list(history.turns), count=history.count))
+        self._kept.move_to_end(place)
+        while len(self._kept) > KEPT:
+            self._kept.popitem(last=False)
 
     async def _read(self, at_least: int) -> History:
         looks = 0
@@ -100,8 +133,8 @@ class Conversation:
         return None
 
     async def turns(self) -> list[HistoryTurn]:
-        """The latest turns (at most `max_turns`), oldest first."""
-        return list((await self.refresh()).turns)
+        """The latest turns (at most `max_turns`), oldest first: copies, the caller's to change."""
+        return [_copy(turn) for turn in (await self.refresh()).turns]
 
     async def messages(self) -> list[dict[str, Any]]:
         """The latest turns as chat messages, ready for `ctx.llm.chat`."""
@@ -131,7 +164,7 @@ class Conversation:
             unstored = History(conversation=self.name, count=history.count)
             add_turn(unstored, turn, published.seq, "")
             return unstored.turns[-1]
-        return stored
+        return _copy(stored)
 
     async def add_message(self, message: Any) -> HistoryTurn:
         """Append a chat message: a dict, or the SDK's `ChatCompletionMessage` (a model's reply)."""
@@ -146,3 +179,8 @@ class Conversation:
         return await self.mesh.publish(self.subject, turn, event_id=event_id,
                                        correlation_id=self.origin.correlation_id,
                                        causation_id=self.origin.cause_id)  # fmt: skip
+
+
+def _copy(turn: HistoryTurn) -> HistoryTurn:
+    """``turn`` with a message of its own (the one read is shared with the connection's copy)."""
+    return msgspec.structs.replace(turn, message=dict(turn.message))
