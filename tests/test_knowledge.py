@@ -511,3 +511,15 @@ async def test_removed_entries_are_not_held_and_past_searches_still_find_them(me
     # the history was read once for all of them (review Q: read per search, eight at once cut the agent off)
     assert sum(read_for_the_past) == 3  # 2 adds and a removal, once; the kept index's refreshes find nothing new
     assert gone not in index.state.bases["churn"]  # the whole history is held apart, for past searches only
+    assert index.past is not None
+    knowledge_module = knowledge
+    knowledge_module.PAST_KEPT = 0.0  # let go at once after the next past search, without another search (review R)
+    try:
+        await kb.search("cache node", as_of=before)
+        for _ in range(100):  # the let-go is a timer of the event loop (PAST_KEPT + 1 s): wait for it, bounded
+            if index.past is None:
+                break
+            await asyncio.sleep(0.05)
+        assert index.past is None
+    finally:
+        knowledge_module.PAST_KEPT = 60.0

@@ -373,15 +373,21 @@ class TestWhatABodyBecomes:
         assert len(await session(made, None).text("hello")) == (1 << 20) - 1_000
         assert (await session(made, None).text("hello")).startswith('"[{,')
 
-    async def test_a_body_of_many_small_objects_stops_too(self, raw: list[RawServer]) -> None:
+    async def test_a_body_of_many_small_values_stops_too(self, raw: list[RawServer]) -> None:
         """3 MB of `{}` choices were within the estimate, and the SDK built a pydantic model of
-        each: 17.5 s of the agent's loop and 706 MB (review Q). More objects and lists than one
-        per 640 bytes of the limit are refused; one per 640 are not."""
+        each: 17.5 s of the agent's loop and 706 MB (review Q); 4 MB of zeros as `tool_calls`,
+        24 s (review R). More values in lists and objects than one per 160 bytes of the limit are
+        refused, and so is a body that is not UTF-8 (UTF-16 hid every one of them: review R)."""
         limit = 1 << 20
-        many = as_json(completion("ok", choices=[{} for _ in range(limit // 640 + 10)]))  # 5 KB
-        fine = as_json(completion("ok", junk=[{} for _ in range(limit // 640 - 20)]))
-        server = serve(raw, body(many), body(fine))
+        zeros = as_json(completion("ok", tool_calls=[0] * (limit // 160 + 10)))
+        choices = as_json(completion("ok", choices=[{} for _ in range(limit // 320 + 10)]))
+        utf16 = json.dumps(completion("ok")).encode("utf-16")
+        fine = as_json(completion("ok", junk=[0] * (limit // 160 - 100)))
+        server = serve(raw, body(zeros), body(choices), body(utf16), body(fine))
         made = server.client(max_response=limit)
-        with pytest.raises(TaskError, match="JSON objects and lists, more than one per 640 bytes of MESH_LLM_MAX_RESPONSE"):
-            await session(made, None).text("hello")
+        for said in ("JSON values in lists and objects, more than one per 160 bytes of MESH_LLM_MAX_RESPONSE",) * 2 + (
+                "is not UTF-8",):  # fmt: skip
+            with pytest.raises(TaskError, match=said) as raised:
+                await session(made, None).text("hello")
+            assert raised.value.type == "ResponseTooLarge"
         assert await session(made, None).text("hello") == "ok"

@@ -330,3 +330,7 @@ class TestWhatOneAttemptMayCost:
             await llm.text("hi")
         with pytest.raises(TaskError, match="more than 2 chat calls"):
             await llm.text("hi")
+        for n in range(3, 16):  # embeddings have a bound of their own: 8 times the chat calls (review R)
+            await llm.embed(f"entry {n}")
+        with pytest.raises(TaskError, match="more than 16 embeddings calls"):
+            await llm.embed("one too many")

@@ -189,6 +189,17 @@ def _rank(entries: list[KnowledgeEntry], query: str, filters: dict[str, Any]) ->
 _shared: weakref.WeakKeyDictionary[Any, OrderedDict[str, KnowledgeIndex]] = weakref.WeakKeyDictionary()
 
 
+_reading_histories: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _history_reads(mesh: Mesh) -> asyncio.Semaphore:
+    """The one-at-a-time of this connection's whole-history reads (`KnowledgeBase._past`)."""
+    found = _reading_histories.get(mesh.nc)
+    if found is None:
+        found = _reading_histories[mesh.nc] = asyncio.Semaphore(1)
+    return found
+
+
 def shared_index(mesh: Mesh, kb: str) -> KnowledgeIndex:
     """The index of ``kb`` this connection keeps (one per base, `INDEXES_PER_CONNECTION` at most)."""
     indexes = _shared.setdefault(mesh.nc, OrderedDict())
@@ -249,11 +260,12 @@ class KnowledgeBase:
             if index.past is None:
                 index.past = KnowledgeIndex(self.name, keep_removed=True)
             past = index.past
-            async with past.lock:
-                await past.fold_all(await read(self.mesh, self.subject, after=past.state.seq,
-                                               at_least=index.state.seq))  # fmt: skip
+            async with _history_reads(self.mesh), past.lock:  # one history read at a time per connection: eight
+                await past.fold_all(await read(self.mesh, self.subject, after=past.state.seq,  # bases at once got
+                                               at_least=index.state.seq))  # fmt: skip  # it cut off (review R)
             index.past_used = time.monotonic()
-        return past
+            asyncio.get_running_loop().call_later(PAST_KEPT + 1, self._let_go_of_the_past)  # not only at the next
+        return past  # search of the base: one past search held 150 MB for as long as none came (review R)
 
     def _let_go_of_the_past(self) -> None:
         index = self._index

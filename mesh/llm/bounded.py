@@ -31,7 +31,7 @@ from mesh.bus.payloads import decoded_size, without_strings
 __all__ = ["BoundedTransport", "ResponseTooLarge", "UnsupportedEncoding", "bounded_http_client", "environment_proxy"]
 
 DECODED_FACTOR = 4  # what a body may take decoded, in times the byte limit (`decoded_size`)
-BYTES_PER_OBJECT = 640  # a body may hold one JSON object or list per this many bytes of the limit
+BYTES_PER_VALUE = 160  # a body may hold one JSON value (in a list or object) per this many bytes of the limit
 ENCODINGS = ("gzip", "x-gzip", "deflate")
 ACCEPT_ENCODING = "gzip, deflate"
 OPENAI_URL = "https://api.openai.com/v1"  # the SDK's default base URL
@@ -140,18 +140,23 @@ class _BoundedStream(httpx2.AsyncByteStream):
 
 
 def _too_many_objects(body: bytes, limit: int) -> str | None:
-    """Why ``body`` would cost too much once the SDK has built it, or None: past `DECODED_FACTOR`
-    times ``limit`` as `decoded_size` estimates it, or more JSON objects and lists outside its
-    strings than one per `BYTES_PER_OBJECT` bytes of ``limit``: the SDK builds a pydantic model
-    of each choice (700 bytes and 18 µs each), and 3 MB of `{}` choices, within the estimate,
-    held an agent's loop 17.5 s and took it to 706 MB (review Q)."""
+    """Why ``body`` would cost too much once the SDK has built it, or None: not UTF-8 (the SDK
+    reads UTF-16 too, where every count here is blind: review R), past `DECODED_FACTOR` times
+    ``limit`` as `decoded_size` estimates it, or more values in lists and objects outside its
+    strings (counted by their commas and brackets) than one per `BYTES_PER_VALUE` bytes of
+    ``limit``: the SDK validates each one, 12 to 18 µs apiece (3 MB of `{}` choices held an
+    agent's loop 17.5 s, review Q; 4 MB of zeros as `tool_calls` 24 s, review R)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"is not UTF-8 ({error.reason} at byte {error.start}), and so is refused under"
     if (objects := decoded_size(body)) > DECODED_FACTOR * limit:
         return f"would take about {objects:,} bytes as objects, more than {DECODED_FACTOR} times"
-    most = limit // BYTES_PER_OBJECT
-    if body.count(b"[") + body.count(b"{") > most:
+    most = limit // BYTES_PER_VALUE
+    if body.count(b",") + body.count(b"[") + body.count(b"{") > most:
         bare = without_strings(body)
-        if (found := bare.count(b"[") + bare.count(b"{")) > most:
-            return f"holds {found:,} JSON objects and lists, more than one per {BYTES_PER_OBJECT} bytes of"
+        if (found := bare.count(b",") + bare.count(b"[") + bare.count(b"{")) > most:
+            return f"holds about {found:,} JSON values in lists and objects, more than one per {BYTES_PER_VALUE} bytes of"
     return None
 
 

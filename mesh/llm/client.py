@@ -311,6 +311,10 @@ class LlmSession:
                 raise TaskError(f"this task attempt asked for more than {self._client.max_calls} chat calls "
                                 "(MESH_LLM_MAX_CALLS)", type="ModelCallLimit")  # fmt: skip
             self._chats += 1
+        elif self._index - self._chats >= EMBEDDINGS_PER_CALL * self._client.max_calls:  # a retry loads what was
+            raise TaskError(f"this task attempt asked for more than {EMBEDDINGS_PER_CALL * self._client.max_calls} "
+                            f"embeddings calls ({EMBEDDINGS_PER_CALL} times MESH_LLM_MAX_CALLS)",  # recorded (review R)
+                            type="ModelCallLimit")  # fmt: skip
         self._index += 1
         return self._index - 1
 
@@ -541,6 +545,7 @@ def recordable_request(request: Mapping[str, Any]) -> dict[str, Any]:
     return recorded
 
 
+EMBEDDINGS_PER_CALL = 8  # embeddings calls an attempt may make, in times MESH_LLM_MAX_CALLS (4,096 by default)
 MAX_TOKEN_COUNT = 2**31 - 1  # a token count past it is not believed (the OTLP encoder refused 10**30: review N)
 
 
