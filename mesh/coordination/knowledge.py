@@ -106,6 +106,7 @@ class KnowledgeIndex:
         self.past: KnowledgeIndex | None = None  # the whole history, for past searches (`KnowledgeBase._past`)
         self.past_used = 0.0  # when (monotonic) a past search last used it
         self.past_lock = asyncio.Lock()  # one reading of the history at a time
+        self.past_timer: asyncio.TimerHandle | None = None  # the let-go of `past`, one at a time
 
     def fold(self, item: Stored) -> None:
         """Fold one stored message of the base's subject in. Events that name another base in
@@ -264,13 +265,20 @@ class KnowledgeBase:
                 await past.fold_all(await read(self.mesh, self.subject, after=past.state.seq,  # bases at once got
                                                at_least=index.state.seq))  # fmt: skip  # it cut off (review R)
             index.past_used = time.monotonic()
-            asyncio.get_running_loop().call_later(PAST_KEPT + 1, self._let_go_of_the_past)  # not only at the next
-        return past  # search of the base: one past search held 150 MB for as long as none came (review R)
+            if index.past_timer is None:  # not only at the next search of the base: one past search held
+                index.past_timer = asyncio.get_running_loop().call_later(PAST_KEPT + 1, self._let_go_of_the_past)
+        return past  # 150 MB for as long as none came (review R)
 
     def _let_go_of_the_past(self) -> None:
         index = self._index
-        if index.past is not None and not index.past_lock.locked() and time.monotonic() - index.past_used > PAST_KEPT:
+        if index.past_timer is not None and index.past_timer.when() <= asyncio.get_running_loop().time():
+            index.past_timer = None  # this call is that timer's
+        if index.past is None:
+            return
+        if not index.past_lock.locked() and time.monotonic() - index.past_used > PAST_KEPT:
             index.past = None
+        elif index.past_timer is None:  # used since: look again when it may be due
+            index.past_timer = asyncio.get_running_loop().call_later(PAST_KEPT + 1, self._let_go_of_the_past)
 
     async def refresh(self, *, at_least: int = 0) -> int:
         """Fold in what landed on the base since the last read; return the position reached."""
