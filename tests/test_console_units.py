@@ -50,6 +50,13 @@ def task_events(task: str, start: int, correlation: str, owner: str = "anon") ->
                correlation=correlation, cause=f"e{start}"),
     ]  # fmt: skip
 
+def tasks_index(count: int) -> LogIndex:
+    """An index of ``count`` tasks of three events each (task `t<n>` from seq 3n+1)."""
+    index = LogIndex()
+    for n in range(count):
+        index.extend(task_events(f"t{n}", 3 * n + 1, f"c{n}"))
+    return index
+
 
 class TestLogIndex:
     def test_keeps_only_the_newest(self) -> None:
@@ -516,10 +523,7 @@ class TestProjectionsPage:
                     inside[0] -= 1
 
         monkeypatch.setattr(travel, "state_from_records", fold)
-        index = LogIndex()
-        for n in range(40):
-            index.extend(task_events(f"t{n}", 3 * n + 1, f"c{n}"))
-        states = travel.Travel(index, FileSource("unread.jsonl"))
+        states = travel.Travel(tasks_index(40), FileSource("unread.jsonl"))
         positions = [3 * n for n in range(1, travel.FOLDS_WAITING + 5)]  # more than may wait
         asked = asyncio.gather(*(states.state_at("tasks", at) for at in positions), return_exceptions=True)
         for _ in range(travel.FOLDS_AT_ONCE):
@@ -550,10 +554,7 @@ class TestProjectionsPage:
             return real(*args)
 
         monkeypatch.setattr(travel, "state_from_records", fold)
-        index = LogIndex()
-        for n in range(20):
-            index.extend(task_events(f"t{n}", 3 * n + 1, f"c{n}"))
-        states = travel.Travel(index, FileSource("unread.jsonl"))
+        states = travel.Travel(tasks_index(20), FileSource("unread.jsonl"))
         left = asyncio.ensure_future(states.state_at("tasks", 1))
         assert await asyncio.to_thread(entered.acquire, timeout=10)
         left.cancel()  # its asker went away; its fold did not
@@ -579,10 +580,7 @@ class TestProjectionsPage:
             return real(*args)
 
         monkeypatch.setattr(travel, "state_from_records", fold)
-        index = LogIndex()
-        for n in range(40):
-            index.extend(task_events(f"t{n}", 3 * n + 1, f"c{n}"))
-        states = travel.Travel(index, FileSource("unread.jsonl"))
+        states = travel.Travel(tasks_index(40), FileSource("unread.jsonl"))
         keys = [f"t{n}" for n in range(travel.FOLDS_WAITING + 12)]
         shown = await asyncio.wait_for(asyncio.gather(*(states.state_at("tasks", 60, key) for key in keys)), 30)
         assert len(folds) == 1
