@@ -9,11 +9,11 @@ which the SDK wraps as `APIConnectionError`: `mesh.llm.client` maps it back by i
 
 The bytes are not what a body costs: the SDK parses it whole into Python objects (on the event
 loop) and the mesh copies it to record it, and 30 MB of empty lists took an agent to 1.6 GB,
-300,000 choices held the loop 14 s (review N). So what the body would take decoded is counted
-too, once the body is read whole and before the SDK parses it, as
-`mesh.bus.payloads.decoded_size` estimates it (brackets, commas and quotes outside strings;
-text three times), and a body past `DECODED_FACTOR` times the limit is refused: a text answer
-of the limit passes, a body of containers a fraction of it does not.
+300,000 choices held the loop 14 s (review N). So once the body is read whole, and before the
+SDK parses it, what it would become is checked too (`_too_many_objects`, in a worker thread):
+it must be UTF-8, take at most `DECODED_FACTOR` times the limit as `mesh.bus.payloads.decoded_size`
+estimates it, and hold at most one value in lists and objects per `BYTES_PER_VALUE` bytes of
+the limit. A text answer of the limit passes; a body of small values a fraction of it does not.
 Imported when a remote client is made, not before: `httpx2` takes a while to import."""
 
 from __future__ import annotations
@@ -39,15 +39,14 @@ OPENAI_URL = "https://api.openai.com/v1"  # the SDK's default base URL
 
 class ResponseTooLarge(httpx2.RequestError):
     """A response body past the limit (`MESH_LLM_MAX_RESPONSE`), counted once decoded, or one
-    that would take more than `DECODED_FACTOR` times it as objects (``objects``: that size)."""
+    that would cost too much once parsed (``objects``: why, from `_too_many_objects`)."""
 
     def __init__(self, limit: int, status: int, *, request: httpx2.Request | None = None,
                  objects: str | None = None) -> None:  # fmt: skip
         if objects is None:
             said = f"is larger than MESH_LLM_MAX_RESPONSE ({limit} bytes once decoded); reading stopped there"
         else:
-            said = (f"{objects} MESH_LLM_MAX_RESPONSE ({limit} bytes): the SDK would build a Python object of each "
-                    "part; refused before it parses")  # fmt: skip
+            said = f"{objects}; refused before the SDK parses it"
         super().__init__(f"the model server's response ({status}) {said}", request=request)
         self.limit = limit
         self.status = status
@@ -146,17 +145,19 @@ def _too_many_objects(body: bytes, limit: int) -> str | None:
     strings (counted by their commas and brackets) than one per `BYTES_PER_VALUE` bytes of
     ``limit``: the SDK validates each one, 12 to 18 µs apiece (3 MB of `{}` choices held an
     agent's loop 17.5 s, review Q; 4 MB of zeros as `tool_calls` 24 s, review R)."""
+    bound = f"MESH_LLM_MAX_RESPONSE ({limit} bytes)"
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as error:
-        return f"is not UTF-8 ({error.reason} at byte {error.start}), and so is refused under"
+        return f"is not UTF-8 ({error.reason} at byte {error.start})"
     if (objects := decoded_size(body)) > DECODED_FACTOR * limit:
-        return f"would take about {objects:,} bytes as objects, more than {DECODED_FACTOR} times"
+        return f"would take about {objects:,} bytes as objects, more than {DECODED_FACTOR} times {bound}"
     most = limit // BYTES_PER_VALUE
     if body.count(b",") + body.count(b"[") + body.count(b"{") > most:
         bare = without_strings(body)
         if (found := bare.count(b",") + bare.count(b"[") + bare.count(b"{")) > most:
-            return f"holds about {found:,} JSON values in lists and objects, more than one per {BYTES_PER_VALUE} bytes of"
+            return (f"holds about {found:,} JSON values in lists and objects, more than one per {BYTES_PER_VALUE} "
+                    f"bytes of {bound}: the SDK validates each one")  # fmt: skip
     return None
 
 

@@ -40,7 +40,7 @@ __all__ = ["CALLS_KEPT", "Tool", "tool", "TOOLS", "ToolBox", "keep", "model_call
 
 TOOLS: dict[str, Tool] = {}
 DEFAULT_MAX_TOOL_CALLS = 256  # MESH_LLM_MAX_TOOL_CALLS: tool calls one task attempt may make
-DEFAULT_MAX_MODEL_CALLS = 512  # MESH_LLM_MAX_CALLS: model calls one task attempt may make
+DEFAULT_MAX_MODEL_CALLS = 512  # MESH_LLM_MAX_CALLS: chat calls one task attempt may make
 CALLS_KEPT = 8  # calls a session or toolbox keeps in `calls` (the latest; the log has them all)
 T = TypeVar("T")
 MAX_MAX_TOOL_CALLS = 100_000
