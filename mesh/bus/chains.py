@@ -33,7 +33,6 @@ from topics.tasks import (
     TaskOutcome,
     TaskProgress,
     TaskRequested,
-    handed_off_by,
     handoff_task_id,
     origin_of,
 )
@@ -57,6 +56,21 @@ def first_of(capability: str, task_id: str, request_seq: int) -> ChainOrigin:
     return ChainOrigin(capability=capability, task_id=task_id, request_seq=request_seq)
 
 
+def _handed_on(record: Record) -> tuple[str, str, ChainOrigin] | None:
+    """(next capability, handing capability, chain) of a hand-off request (`topics.tasks`):
+    a request naming its run and chain on a hand-off subject, read from the subject's tokens
+    (the server matched the subject to a watch of ours; what becomes a subject again is checked
+    there). `handed_off_by` reads the same for the log's readers; this is the requester's hot
+    path, which needs no `TaskHandedOff` made per event."""
+    data = record.data
+    if not isinstance(data, TaskRequested) or data.handed_from is None or data.origin is None:
+        return None
+    tokens = record.subject.split(".")
+    if len(tokens) != 6 or tokens[1] != "work":
+        return None
+    return tokens[2], tokens[4], data.origin
+
+
 def answered(record: Record) -> tuple[str, ChainOrigin] | None:
     """The step an answer is of, as (the capability that answered, the chain it names), if
     ``record`` is one: an outcome or a fallback's hand-off on a task subject (its capability
@@ -64,10 +78,8 @@ def answered(record: Record) -> tuple[str, ChainOrigin] | None:
     handing step's, which only that step's role may write)."""
     data = record.data
     if isinstance(data, TaskRequested):
-        handed = handed_off_by(record.subject, data, record.seq)
-        if handed is None or handed.origin is None:
-            return None
-        return handed.capability, handed.origin
+        handed = _handed_on(record)
+        return (handed[1], handed[2]) if handed is not None else None
     if not isinstance(data, TaskOutcome | TaskHandedOff):
         return None
     tokens = record.subject.split(".")
@@ -83,10 +95,8 @@ def passed_on(record: Record) -> tuple[str, str, ChainOrigin] | None:
     its answers naming that request); None for an outcome."""
     data = record.data
     if isinstance(data, TaskRequested):
-        handed = handed_off_by(record.subject, data, record.seq)
-        if handed is None or handed.origin is None:
-            return None
-        return handed.to, handed.next_task_id, handed.origin
+        handed = _handed_on(record)
+        return (handed[0], data.task_id, handed[2]) if handed is not None else None
     if isinstance(data, TaskHandedOff):
         return data.to, data.next_task_id, first_of(data.to, data.next_task_id, data.next_request_seq)
     return None

@@ -94,12 +94,15 @@ _work_of = functools.lru_cache(maxsize=SERVED_SUBJECTS)(subjects.work_of)
 
 
 def served(work_subject: str) -> tuple[str, str]:
-    """The capability a request stored on ``work_subject`` (`mesh.work.<capability>.<owner>`)
-    is for, and whose it is: read from the subject (the consumer's filter, and what the server
+    """The capability a request stored on ``work_subject`` (`mesh.work.<capability>.<owner>`, or
+    a hand-off's `subjects.handoff`) is for, and whose it is: read from the subject (the consumer's filter, and what the server
     let its publisher write), so always tokens, whatever the request's data says. Asked
     several times per message, of the few subjects a consumer sees: the parse is remembered
     for the last `SERVED_SUBJECTS` subjects."""
-    served = _work_of(work_subject)
+    head = work_subject
+    if work_subject.count(".") == 5:  # a hand-off, unique to its task: what is remembered is its request's part
+        head = work_subject.rsplit(".", 2)[0]  # (its own tokens are checked once, on arrival: `pipeline.decode`)
+    served = _work_of(head)
     if served is None:
         raise ValueError(f"{shorten(work_subject, 200)!r} is not a work subject (mesh.work.<capability>.<owner>)")
     return served

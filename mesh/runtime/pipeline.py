@@ -52,6 +52,7 @@ from mesh.runtime.failures import (
 from mesh.runtime.worker import Worker
 from mesh.telemetry.tracing import agent_span, instruments, process_span, record_error
 from topics import subjects
+from topics.base import shorten
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.record import Record
 from topics.tasks import ChainOrigin, TaskCancelled, TaskClaimed, TaskCompleted, TaskRequested, request_problem
@@ -72,6 +73,7 @@ class Inbound:
     record: Record | None = None  # set by decode
     span: Span = INVALID_SPAN  # set by trace
     claim: Claim | None = None  # set by claim
+    handed: bool = False  # set by decode: the request came on a hand-off subject (`subjects.handoff`)
     _mesh: Mesh | None = None
 
     def mesh(self, worker: Worker) -> Mesh:
@@ -119,15 +121,7 @@ class Inbound:
         """The origin of the chain this request was handed on in, if it came on a hand-off
         subject (which only the handing role may write; anywhere else its word is ignored):
         every answer to it names that origin, which its requester follows the chain by."""
-        if subjects.handoff_of(self.msg.subject) is None:
-            return None
-        return self.task.origin
-
-    @property
-    def origin(self) -> ChainOrigin:
-        """The chain's first request: the handed-on request's origin, or this request."""
-        return self.handed_on or ChainOrigin(capability=self.capability, task_id=self.task_id,
-                                             request_seq=self.delivery.stream_seq)  # fmt: skip
+        return self.task.origin if self.handed else None
 
     def event_id(self, label: str) -> str:
         """The id of an event this delivery causes: the same on every retry."""
@@ -195,11 +189,16 @@ async def _decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
         except ValueError as error:
             await reject(worker, msg, delivery, Reason.BAD_DATA, str(error), inbound.event)
             return
+        inbound.handed = msg.subject.count(".") == 5  # `served` took it: a hand-off subject
+        if inbound.handed and subjects.handoff_of(msg.subject) is None:
+            text = f"{shorten(msg.subject, 200)!r} is not a hand-off subject (mesh.work.<capability>.<owner>.<from capability>.<from task id>)"
+            await reject(worker, msg, delivery, Reason.BAD_DATA, text, inbound.event)
+            return
         if problem := request_problem(data.task_id or inbound.event.id, data.capability, data.fallback, data.deadline,
                                       data.hops):
             await reject(worker, msg, delivery, Reason.BAD_DATA, problem, inbound.event)
             return
-        if subjects.handoff_of(msg.subject) is not None and (data.handed_from is None or data.origin is None):
+        if inbound.handed and (data.handed_from is None or data.origin is None):
             text = "a request on a hand-off subject names the run that handed it on (handed_from) and its chain's origin"
             await reject(worker, msg, delivery, Reason.BAD_DATA, text, inbound.event)
             return
