@@ -11,7 +11,15 @@ from mesh.bus.chains import MAX_EARLY, MAX_LOOKAHEAD, Ahead, Answer, ChainMemory
 from topics import subjects
 from topics.envelope import CloudEvent, derived_id
 from topics.record import Record
-from topics.tasks import ChainOrigin, HandedFrom, TaskClaimed, TaskCompleted, TaskHandedOff, TaskRequested, handoff_task_id
+from topics.tasks import (
+    ChainOrigin,
+    HandedFrom,
+    TaskClaimed,
+    TaskCompleted,
+    TaskHandedOff,
+    TaskRequested,
+    handoff_task_id,
+)
 
 pytestmark = pytest.mark.unit
 

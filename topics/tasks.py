@@ -15,9 +15,9 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 
-from topics import subjects
 from topics.base import MAX_TOKEN, ErrorInfo, Event, check_token, is_token, shorten
 from topics.envelope import derived_id, is_instant
+from topics.subjects import handoff_of
 
 __all__ = [
     "TaskRequested",
@@ -203,8 +203,10 @@ def handed_off_by(subject: str, request: TaskRequested, seq: int) -> TaskHandedO
     from, if it is one (on a hand-off subject, naming the run that handed it on); else None.
     The step's capability and task id are read from the subject, which only that step's role
     may write; the request's own `handed_from` says which run and request it was."""
-    where = subjects.handoff_of(subject)
-    if where is None or request.handed_from is None or not is_token(request.task_id):
+    if request.handed_from is None:  # most requests: no subject to parse
+        return None
+    where = handoff_of(subject)
+    if where is None or not is_token(request.task_id):
         return None
     capability, _, from_capability, from_task_id = where
     handed = request.handed_from
