@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 from opentelemetry.trace import INVALID_SPAN
 
-from mesh.bus.client import HandOffFrom, Mesh, Published, Submitted, outcome_value
+from mesh.bus.client import HandOffFrom, Mesh, Published, Submitted, outcome_value, request_subject
 from mesh.bus.follow import Stored
 from mesh.coordination.board import Board, BoardWatch
 from mesh.coordination.conversation import Conversation
@@ -282,7 +282,7 @@ class RecordedMesh:
                                 max_attempts=max_attempts, deadline=deadline, hops=hops, forked=forked,
                                 handed_from=handoff.run if handoff else None,
                                 origin=handoff.origin if handoff else None)  # fmt: skip
-        await self.publish(_request_subject(capability, owner or self.owner, handoff), request, event_id=event_id,
+        await self.publish(request_subject(capability, owner or self.owner, handoff), request, event_id=event_id,
                            causation_id=causation_id, correlation_id=correlation_id or task_id)  # fmt: skip
         return task_id
 
@@ -290,7 +290,7 @@ class RecordedMesh:
         """`submit`, with the stream sequence of the recorded request: the one stored with its
         event id on the subject it is made on (ids are not unique in the log); 0 when none was."""
         task_id = await self.submit(capability, input, **task)
-        subject = _request_subject(capability, task.get("owner") or self.owner, task.get("handoff"))
+        subject = request_subject(capability, task.get("owner") or self.owner, task.get("handoff"))
         stored = self.book.requests.get((subject, task.get("event_id") or derived_id(task_id, "requested")))
         return Submitted(task_id, capability, stored.seq if stored else 0, True)
 
@@ -335,14 +335,6 @@ class RecordedMesh:
         the handler decides, so nothing is recorded or compared (see `rerun._handler_made`)."""
         stored = self.book.by_id.get(derived_id(task_id, "cancel_requested"))
         return Published(derived_id(task_id, "cancel_requested"), stored.seq if stored else 0, True)
-
-
-def _request_subject(capability: str, owner: str, handoff: HandOffFrom | None) -> str:
-    """Where `Mesh.submit_request` stores a request: on its work subject, or a hand-off's on the
-    hand-off subject of the step that hands it on."""
-    if handoff is None:
-        return subjects.work(capability, owner)
-    return subjects.handoff(capability, owner, handoff.capability, handoff.task_id)
 
 
 def _label_for(event_id: str, cause: str, siblings: int) -> str:

@@ -57,7 +57,7 @@ from topics.tasks import (
     request_problem,
 )
 
-__all__ = ["HandOffFrom", "Mesh", "Published", "Submitted", "TaskOptions", "check_log_subject", "decode_record", "outcome_value"]
+__all__ = ["HandOffFrom", "Mesh", "Published", "Submitted", "request_subject", "TaskOptions", "check_log_subject", "decode_record", "outcome_value"]
 
 MSG_ID = "Nats-Msg-Id"
 _LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s\x00-\x1f\x7f-\x9f]+)+")  # no control character either (review P)
@@ -90,6 +90,14 @@ class HandOffFrom(NamedTuple):
     task_id: str
     run: HandedFrom
     origin: ChainOrigin
+
+
+def request_subject(capability: str, owner: str, handoff: HandOffFrom | None = None) -> str:
+    """Where a request to ``capability`` is stored: on its work subject, or a hand-off's on the
+    hand-off subject of the step that hands it on (`subjects.handoff`)."""
+    if handoff is None:
+        return subjects.work(capability, owner)
+    return subjects.handoff(capability, owner, handoff.capability, handoff.task_id)
 
 
 class Submitted(NamedTuple):
@@ -395,9 +403,7 @@ class Mesh:
                                 cancel_key=cancel_key_of(self.cancel_token(task_id)),
                                 handed_from=handoff.run if handoff else None,
                                 origin=handoff.origin if handoff else None)  # fmt: skip
-        subject = (subjects.work(capability, owner or self.owner) if handoff is None
-                   else subjects.handoff(capability, owner or self.owner, handoff.capability, handoff.task_id))  # fmt: skip
-        published = await self.publish(subject, request, event_id=event_id,
+        published = await self.publish(request_subject(capability, owner or self.owner, handoff), request, event_id=event_id,
                                        correlation_id=task.get("correlation_id") or task_id,
                                        causation_id=task.get("causation_id"))  # fmt: skip
         return Submitted(task_id, capability, published.seq, published.duplicate)

@@ -7,6 +7,8 @@ core subscription per subject, shared by every waiter of it in the process), the
 before the call is found and one stored after it is delivered live. A watch made before
 anything can be published on its subject (a generated task id, the hops ahead of a request:
 `mesh.bus.chains`) reads nothing and needs no recheck; only such a watch may be a wildcard.
+A task's subject is watched and read together with where the task is handed on
+(`mesh.work.*.<owner>.<capability>.<task id>`), whose requests answer it too.
 
 A live delivery can be missed: an event routed before the subscription reached the server
 but stored after the direct get, a reconnect, a slow-consumer drop. So the stored events
@@ -21,8 +23,9 @@ one), not a read every few seconds for as long as it waits.
 Shared subscription: given the connection's ``owner``, a watch on one of that owner's task
 subjects (`mesh.task.<capability or *>.<owner>.<task id>`, what a requester and its hops
 watch) takes no subscription of its own: one core subscription per connection on every task
-of the owner (`mesh.task.*.<owner>.*`, which `mesh auth init` grants clients and agents)
-feeds all of them, by task id. Made once, by the first such watch (the server has it before
+of the owner (`mesh.task.*.<owner>.*`, which `mesh auth init` grants clients and agents), and
+one on where those are handed on (`mesh.work.*.<owner>.*.*`: a hand-off's request answers the
+step that handed it on, `topics.tasks`), feed all of them, by task id. Made once, by the first such watch (the server has it before
 that watch reads the log), it stays until `close`. An event it delivered before a watch of its
 task started is kept a moment, in a buffer of the last `RECENT` events (at most
 `RECENT_BYTES`, default 256 events, 1 MiB): a watch that reads the log looks there first, so
@@ -212,7 +215,8 @@ class Waiters:
 
     @property
     def subscriptions(self) -> int:
-        """The core subscriptions the watches hold: one per watched subject, and the shared one."""
+        """The core subscriptions the watches hold: one per watched subject (two for a task's: its
+        hand-offs too), and the two shared ones."""
         return sum(len(interest.subs) for interest in self._interests.values()) + 2 * (self._shared is not None)
 
     def _all(self) -> list[Waiter]:
@@ -483,8 +487,7 @@ class Waiters:
         waiter.checked = await self._check_subject(waiter, waiter.subject, waiter.checked)
         handoffs = _handoffs(waiter.subject)
         if handoffs is not None and not waiter.future.done():
-            # every request there answers a run of the task: the one of another request
-            # under its id is the only one that can come after the awaited one
+            # the next steps' requests, each the answer of a run of this task that handed it on
             waiter.checked_handoffs = await self._check_subject(waiter, handoffs, waiter.checked_handoffs)
 
     async def _check_subject(self, waiter: Waiter, subject: str, checked: int) -> int:
