@@ -87,6 +87,26 @@ class TestAnswer:
         on_work = _handed("plan", "root", "work", origin, subject=subjects.work("work", "o"))
         assert answer.accept(on_work) is False and passed_on(on_work) is None  # a plain request says nothing
 
+    def test_only_a_first_claim_of_the_steps_own_run_says_its_answer_comes_later(self) -> None:
+        """Reading a step's stored events: the last one is a first attempt's claim of the run
+        whose answer is awaited (naming the chain by its request, or by its origin for a hop)?
+        Then nothing before it is read; anything else may have come after the answer."""
+        origin = first_of("plan", "root", 3)
+
+        def claim(task_id: str, request_seq: int, attempt: int = 1, chain: ChainOrigin | None = None) -> Record:
+            data = TaskClaimed(task_id=task_id, agent="a", attempt=attempt, request_seq=request_seq, origin=chain)
+            return _record(subjects.task("work", "o", task_id), data)
+
+        first, hop = Answer(), Answer()
+        first.expect("plan", origin)
+        hop.expect("work", origin)
+        assert first.earlier(claim("root", 3)) is False
+        assert first.earlier(claim("root", 4)) is True  # another request under the id
+        assert first.earlier(claim("root", 3, attempt=2)) is True  # a retry may come after an answer
+        assert hop.earlier(claim("h", 9, chain=origin)) is False  # the hop's run, named by its chain
+        assert hop.earlier(claim("h", 9, chain=first_of("plan", "root", 4))) is True
+        assert hop.earlier(claim("h", 3)) is True  # a request of the hop's id that was not handed on
+
     def test_a_fallback_starts_a_chain_of_its_own_request(self) -> None:
         fallback = TaskHandedOff(task_id="t", agent="a", attempt=2, capability="work", to="backup", next_task_id="t",
                                  next_request_seq=12, request_seq=7, reason="fallback: no")  # fmt: skip

@@ -94,6 +94,7 @@ class TaskClaimed(Event, frozen=True, kw_only=True):
     attempt: int
     capability: str = ""
     request_seq: int | None = None  # the stream sequence of the request this run answers
+    origin: ChainOrigin | None = None  # of a handed-on request: its chain's first request
 
 
 class TaskProgress(Event, frozen=True, kw_only=True):
@@ -104,6 +105,7 @@ class TaskProgress(Event, frozen=True, kw_only=True):
     message: str = ""
     fraction: float | None = None
     request_seq: int | None = None
+    origin: ChainOrigin | None = None  # of a handed-on request: its chain's first request
 
 
 class TaskCompleted(Event, frozen=True, kw_only=True):

@@ -132,9 +132,15 @@ class Answer:
 
     def earlier(self, last: Record) -> bool:
         """Whether this step's answer could be stored before ``last``: unless ``last`` is a first
-        attempt's claim or progress of the very request this step's answer names."""
-        request_seq = getattr(last.data, "request_seq", None)
-        return self.chain is None or request_seq != self.chain.request_seq or not before_any_answer(last)
+        attempt's claim or progress of this very step's run (its answer comes after it), which
+        names the chain as the answer will (a handed-on request's, by its origin)."""
+        if self.chain is None or not before_any_answer(last):
+            return True
+        data = last.data
+        assert isinstance(data, TaskClaimed | TaskProgress)
+        if data.origin is not None:
+            return data.origin != self.chain
+        return data.request_seq != self.chain.request_seq or self.chain.task_id != data.task_id
 
     def expect(self, capability: str, chain: ChainOrigin) -> Record | None:
         """Set the step's capability and chain; the answer among those seen before, if any."""

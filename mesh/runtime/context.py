@@ -168,7 +168,7 @@ class Context:
 
     async def progress(self, message: str, fraction: float | None = None) -> Published:
         update = TaskProgress(task_id=self.task_id, agent=self.agent_id, attempt=self.attempt, message=message,
-                              fraction=fraction, request_seq=self.request_seq)  # fmt: skip
+                              fraction=fraction, request_seq=self.request_seq, origin=self.origin_of_chain)  # fmt: skip
         return await self.emit(subjects.task(self.capability, self.owner, self.task_id), update)
 
     async def request(

@@ -253,7 +253,8 @@ async def claim(worker: Worker, inbound: Inbound, call_next: Next) -> None:
     def announce() -> Awaitable[None]:
         task_id = inbound.task_id
         claimed = TaskClaimed(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt,
-                              capability=inbound.capability, request_seq=inbound.delivery.stream_seq)  # fmt: skip
+                              capability=inbound.capability, request_seq=inbound.delivery.stream_seq,
+                              origin=inbound.handed_on)  # fmt: skip
         return inbound.mesh(worker).announce(inbound.lifecycle, claimed, event_id=inbound.event_id(f"claimed/{inbound.attempt}"),
                                              correlation_id=inbound.event.correlationid or task_id,
                                              causation_id=inbound.event.id)  # fmt: skip
