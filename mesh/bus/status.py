@@ -29,7 +29,8 @@ class CapabilityLoad(msgspec.Struct, frozen=True, kw_only=True):
 
 async def capability_loads(mesh: Mesh, agents: list[Presence]) -> list[CapabilityLoad]:
     """Every capability with a work consumer (its counts), then every capability with tasks stored
-    but no consumer (counted from the stream's `mesh.work.*.*` subjects)."""
+    but no consumer (counted from the stream's `mesh.work.*.*` subjects; not the hand-offs to it,
+    whose subjects, one per task handed on, the server would list one by one)."""
     serving: dict[str, int] = {}
     for presence in agents:
         for capability in presence.capabilities:
