@@ -26,9 +26,6 @@ newcomer is neither favoured nor shunned. An outcome counts only if the request 
 the server stored for that task on `mesh.work.<capability>-<bidder>.<owner>`, and its latency
 runs from the server's time of the request to the server's time of the outcome (`ServerStamps`:
 direct gets by sequence, remembered), never from times a bidder writes (docs/SECURITY.md).
-A bidder that hands its task on (`ctx.handoff`) answers with the next step's request on
-`mesh.work.<next>.<owner>.<capability>.<task id>`, which this fold does not follow: such
-answers are not in its record.
 """
 
 from __future__ import annotations

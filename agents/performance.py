@@ -11,22 +11,18 @@ a request under another's task id must not settle, or reassign, that task's reco
 first outcome of a request counts, under the capability it was requested for, and only when
 the outcome says that capability; a request handed over to a fallback (`mesh.task.handed_off`,
 which only the serving role can write) counts as failed for the capability that gave it up, a
-hand-off to the next step as completed (the next step's request on the hand-off subject, which
-only the handing role can write: `topics.tasks.handed_off_by`; in older logs a
-`mesh.task.handed_off` too). Outcomes without `request_seq` (older logs) are not counted.
+hand-off to the next step as completed. Outcomes without `request_seq` (older logs) are not counted.
 
 `AnsweredProjection` (`ANSWERED`) is the same record read from less of the log: the outcomes on
 one owner's lifecycle subjects (`mesh.task.*.<owner>.*`, which that owner's role may read under
 `mesh auth init`, where no role may read the whole log), without their requests (on
 `mesh.work.`, which agent roles may not read). It keeps, per capability, the last `HISTORY`
-outcomes with the stream sequences of the outcome and of the request it names (a hand-off's
-request on `mesh.work.<next capability>.<owner>.<capability>.<task id>` is one, if the fold
-reads those subjects); `track_record` then makes the record from the server's stored times of
-both (`Stamped`, read by sequence by whoever holds the fold: `agents.auction`), counting an
-outcome only if its request is one the server stored on `mesh.work.<capability>.<owner>` (or a
-hand-off subject under it) for that task. So neither the request's nor the outcome's own `time`
-(what their writers say) counts, and an outcome that names a request it does not answer counts
-for nothing.
+outcomes with the stream sequences of the outcome and of the request it names; `track_record`
+then makes the record from the server's stored times of both (`Stamped`, read by sequence by
+whoever holds the fold: `agents.auction`), counting an outcome only if its request is one the
+server stored on `mesh.work.<capability>.<owner>` for that task. So neither the request's nor
+the outcome's own `time` (what their writers say) counts, and an outcome that names a request
+it does not answer counts for nothing.
 """
 
 from __future__ import annotations
@@ -36,10 +32,9 @@ import statistics
 import msgspec
 
 from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
-from topics import subjects
 from topics.base import Event
 from topics.envelope import derived_id, parse_time
-from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested, handed_off_by
+from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["ANSWERED", "HISTORY", "MAX_CAPABILITIES", "MAX_PENDING", "PERFORMANCE", "Answered", "AnsweredProjection",
            "AnsweredState", "NOT_ITS_FAILURE", "PerformanceProjection", "PerformanceState", "Stamped", "TrackRecord",
@@ -76,8 +71,7 @@ class TrackRecord(msgspec.Struct, frozen=True):
 
 class PerformanceProjection(HandlerProjection[PerformanceState]):
     name = "performance"
-    version = 4  # 2: requests known by their stream sequence; 3: outcomes only on their capability's subject;
-    # 4: hand-offs read from the next step's request
+    version = 3  # 2: requests known by their stream sequence; 3: outcomes only on their capability's subject
     state_type = PerformanceState
 
     def handlers(self) -> dict[type[Event], Handler[PerformanceState]]:
@@ -93,25 +87,21 @@ class PerformanceProjection(HandlerProjection[PerformanceState]):
 
 
 def _requested(state: PerformanceState, event: TaskRequested, stamp: Stamp, seq: int) -> None:
-    """A request awaits its outcome; a hand-off's is also the answer of the step that handed it on."""
-    if seq in state.pending:
+    if seq in state.pending or not _on_its_subject(event, stamp.subject):
         return
-    if _on_its_subject(event, stamp.subject):
-        state.pending[seq] = Pending(event.capability, stamp.time)
-        if len(state.pending) > MAX_PENDING:
-            del state.pending[next(iter(state.pending))]
-    if event.handed_from is not None and (handed := handed_off_by(stamp.subject, event, seq)) is not None:
-        _passed_on(state, handed, stamp)
+    state.pending[seq] = Pending(event.capability, stamp.time)
+    if len(state.pending) > MAX_PENDING:
+        del state.pending[next(iter(state.pending))]
 
 
 def _on_its_subject(data: Event, subject: str) -> bool:
-    """Requests on `mesh.work.<capability>.<owner>` (or a hand-off subject under it), outcomes
-    and fallbacks' hand-offs on `mesh.task.<capability>.<owner>.<task id>`, for the capability
-    they name: the server checks the subject, not the data, and every serving role may publish
-    outcomes on its own `mesh.task.<capability>.>`."""
+    """Requests on `mesh.work.<capability>.<owner>`, outcomes and hand-offs on
+    `mesh.task.<capability>.<owner>.<task id>`, for the capability they name: the server
+    checks the subject, not the data, and every serving role may publish outcomes on its own
+    `mesh.task.<capability>.>`."""
     parts = subject.split(".")
     if isinstance(data, TaskRequested):
-        return len(parts) in (4, 6) and parts[1] == "work" and parts[2] == data.capability
+        return len(parts) == 4 and parts[1] == "work" and parts[2] == data.capability
     if isinstance(data, TaskCompleted | TaskFailed | TaskHandedOff):
         return len(parts) == 5 and parts[1] == "task" and parts[2] == data.capability
     return True
@@ -137,13 +127,8 @@ def _finished(state: PerformanceState, event: TaskCompleted | TaskFailed, stamp:
 
 
 def _handed_off(state: PerformanceState, event: TaskHandedOff, stamp: Stamp, seq: int) -> None:
-    if _on_its_subject(event, stamp.subject):
-        _passed_on(state, event, stamp)
-
-
-def _passed_on(state: PerformanceState, event: TaskHandedOff, stamp: Stamp) -> None:
-    """The task passed on: to a fallback (a failure of the capability that gave it up), or to
-    the next step (this step completed)."""
+    if not _on_its_subject(event, stamp.subject):
+        return
     pending = _settled(state, event.request_seq, event.capability)
     if pending is None:
         return
@@ -189,34 +174,20 @@ class AnsweredProjection(HandlerProjection[AnsweredState]):
     (for the auctioneer: its own, `mesh.task.*.<owner>.*`); see the module's docstring."""
 
     name = "answered"
-    version = 2  # 2: hand-offs read from the next step's request
+    version = 1
     state_type = AnsweredState
 
     def handlers(self) -> dict[type[Event], Handler[AnsweredState]]:
-        return {TaskCompleted: _answered, TaskFailed: _answered, TaskHandedOff: _answered, TaskRequested: _handed_on}
-
-
-def _handed_on(state: AnsweredState, event: TaskRequested, stamp: Stamp, seq: int) -> None:
-    """A hand-off's request: the answer of the step that handed it on (its subject names that
-    step's capability and task, which only that step's role may write)."""
-    if event.handed_from is not None and (handed := handed_off_by(stamp.subject, event, seq)) is not None:
-        _answer(state, handed, seq)
+        return {TaskCompleted: _answered, TaskFailed: _answered, TaskHandedOff: _answered}
 
 
 def _answered(state: AnsweredState, event: TaskCompleted | TaskFailed | TaskHandedOff, stamp: Stamp, seq: int) -> None:
-    """An outcome (or a fallback's hand-over) counts on its capability's subject, of the task it names."""
-    if not _on_its_subject(event, stamp.subject):
+    """The first outcome naming a request (among those kept) counts, on its capability's subject,
+    and only if it names an earlier position; a hand-off to a fallback is a failure."""
+    request_seq = event.request_seq
+    if not _on_its_subject(event, stamp.subject) or request_seq is None or not 0 < request_seq < seq:
         return
     if event.task_id != stamp.subject.rsplit(".", 1)[-1]:  # a task id of any size in the data: not kept
-        return
-    _answer(state, event, seq)
-
-
-def _answer(state: AnsweredState, event: TaskCompleted | TaskFailed | TaskHandedOff, seq: int) -> None:
-    """The first outcome naming a request (among those kept) counts, and only if it names an
-    earlier position; a hand-off to a fallback is a failure."""
-    request_seq = event.request_seq
-    if request_seq is None or not 0 < request_seq < seq:
         return
     if isinstance(event, TaskFailed) and event.error.type == NOT_ITS_FAILURE:
         return  # the input did not fit the bidder's declared input type: the requester's doing, not the bidder's
@@ -254,15 +225,14 @@ def answers(request_id: str | None, task_id: str) -> bool:
 def track_record(outcomes: list[Answered], stamps: dict[int, Stamped], capability: str, owner: str) -> TrackRecord:
     """The record of ``capability`` from the outcomes on ``owner``'s lifecycle subjects: an
     outcome counts if ``stamps`` has its request as a request of that task stored on
-    `mesh.work.<capability>.<owner>`, or handed to it there (`subjects.handoff`); a completed
-    one's latency runs from the server's time of the request to the server's time of the
-    outcome (None if the outcome's is not known)."""
-    work = (capability, owner)
+    `mesh.work.<capability>.<owner>`; a completed one's latency runs from the server's time of
+    the request to the server's time of the outcome (None if the outcome's is not known)."""
+    work = f"mesh.work.{capability}.{owner}"
     completed: list[float] = []
     failed = done = 0
     for outcome in outcomes:
         request = stamps.get(outcome.request_seq)
-        if request is None or subjects.work_of(request.subject) != work or not answers(request.request_id, outcome.task_id):
+        if request is None or request.subject != work or not answers(request.request_id, outcome.task_id):
             continue  # names no request of this task: counts for nothing
         if not outcome.ok:
             failed += 1

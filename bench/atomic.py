@@ -1,11 +1,10 @@
 """Two events stored per hand-off: two acknowledged publishes vs one JetStream atomic batch
-(a design question of issue #12, settled since by storing one event per hop; numbers only, no
-target).
+(a design question of issue #12; numbers only, no target).
 
 `python -m bench atomic [--pairs 10000] [--in-flight 64] [--runs 4]`
 
-A hop of a hand-off chain stored the next step's request and the step's `handed_off`, each an
-acknowledged publish, until the next request became the step's answer (2026-12-05). nats-server 2.12+ can store several messages as one atomic batch
+A hop of a hand-off chain stores the next step's request and the step's `handed_off`, each an
+acknowledged publish. nats-server 2.12+ can store several messages as one atomic batch
 (`allow_atomic` on the stream; `Nats-Batch-Id`, `Nats-Batch-Sequence`, `Nats-Batch-Commit`
 headers) with one acknowledgement. Both sides here are plain nats-py on one connection, on a
 stream of their own on a fresh server, ``--in-flight`` pairs at a time, each message with its

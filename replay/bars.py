@@ -7,8 +7,7 @@ call, from its start to its end, placed under the bar of its cause.
   schedule (attempt > 1) is a `Retry`, with the reason of the failure before it; a step's
   tasks are its bar's children, also when their cause is the event that carried the schedule;
 - task: `mesh.task.requested` → its outcome (`completed`, `failed`, `cancelled`, or
-  `handed_off` to another capability: a fallback, or the next step, whose request is the
-  answer, `replay.labels.handed_off_in`), matched by the request's stream sequence (every
+  `handed_off` to another capability), matched by the request's stream sequence (every
   lifecycle event carries it), else by capability and task id. A task *waits* until the first
   sign of its agent at work (a claim, progress, a model or tool call, anything it emits) and
   *runs* from there; a claim with `attempt` > 1 is a `Retry`, with the error of the
@@ -31,7 +30,7 @@ from typing import Literal
 import msgspec
 
 from mesh.runtime.worker import RunnerOptions
-from replay.labels import Names, capability_of, error_text, handed_off_in, label, task_name
+from replay.labels import Names, capability_of, error_text, label, task_name
 from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.dead import DeadLettered
 from topics.flows import (
@@ -163,8 +162,6 @@ class _Builder:
                 task = task_id or event_id
                 self.open(record, "task", task_name(capability, task, self.names), at, ("task", capability, task))
                 self.requests[record.seq], self.tasks[event_id], self.by_task[task] = event_id, task, event_id
-                if (handed := handed_off_in(record)) is not None:  # the answer of the step that handed it on, too
-                    self.handed_on(handed, at)
             case LlmCalled(latency_ms=latency):
                 bar = self.open(record, "llm", label(record, self.names), max(at - latency / 1000, 0.0), None)
                 bar.finish(at, "completed")
@@ -217,28 +214,16 @@ class _Builder:
             bar.finish(at, status, reason)
         return bar
 
-    def task_bar(self, data: object, capability: str) -> Bar | None:
+    def task_bar(self, record: Record) -> Bar | None:
+        data = record.data
         task_id = getattr(data, "task_id", "")
         by_seq = self.requests.get(getattr(data, "request_seq", None) or -1)
         if by_seq is not None and self.tasks[by_seq] == task_id:  # the request it answers (same log)
             return self.bars[by_seq]
-        return self.bar_of(("task", capability, task_id))
-
-    def handed_on(self, handed: TaskHandedOff, at: float) -> None:
-        """The bar of the step that handed its task on ends, answered by the next step's request
-        (which opens a bar of its own)."""
-        bar = self.task_bar(handed, handed.capability)
-        if bar is not None:
-            self.finish_handed_off(bar, handed, at)
-            self.work.setdefault(bar.id, []).append(at)
-
-    @staticmethod
-    def finish_handed_off(bar: Bar, handed: TaskHandedOff, at: float) -> None:
-        reason = handed.reason
-        bar.finish(at, "handed_off", f"→ {handed.to}" + (f": {reason}" if reason and reason != "handoff" else ""))
+        return self.bar_of(("task", capability_of(record), task_id))
 
     def task_event(self, record: Record, at: float) -> None:
-        bar = self.task_bar(record.data, capability_of(record))
+        bar = self.task_bar(record)
         if bar is None:
             self.mark(record, at)
             return
@@ -255,8 +240,8 @@ class _Builder:
                 bar.finish(at, "failed", error_text(error))
             case TaskCancelled(reason=reason):
                 bar.finish(at, "cancelled", reason)
-            case TaskHandedOff() as handed:
-                self.finish_handed_off(bar, handed, at)
+            case TaskHandedOff(to=to, reason=reason):
+                bar.finish(at, "handed_off", f"→ {to}" + (f": {reason}" if reason and reason != "handoff" else ""))
         self.work.setdefault(bar.id, []).append(at)
 
     def worked_on(self, event_id: str, at: float) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 from opentelemetry.trace import INVALID_SPAN
 
-from mesh.bus.client import HandOffFrom, Mesh, Published, Submitted, outcome_value, request_subject
+from mesh.bus.client import Mesh, Published, Submitted, outcome_value
 from mesh.bus.follow import Stored
 from mesh.coordination.board import Board, BoardWatch
 from mesh.coordination.conversation import Conversation
@@ -44,7 +44,7 @@ from mesh.llm.tools import ToolBox, parse_arguments, recorded_error
 from mesh.llm.window import ContextWindow
 from mesh.projections.board import BoardState
 from mesh.projections.histories import History, add_turn
-from mesh.runtime.context import Context, HandOff
+from mesh.runtime.context import Context
 from replay.causal import Numbered, children_of, derivation_label
 from replay.driving import ReplayFlowLog
 from replay.watching import ReplayBoardWatch
@@ -59,7 +59,7 @@ from topics.flows import FlowCompleted, FlowFailed, FlowStarted
 from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem, answers_question
 from topics.record import Record
 from topics.registry import type_of
-from topics.tasks import ChainOrigin, TaskCompleted, TaskFailed, TaskHandedOff, TaskOutcome, TaskProgress, TaskRequested
+from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskOutcome, TaskProgress, TaskRequested
 from topics.votes import VoteDecided, VoteProposed
 
 if TYPE_CHECKING:  # annotations only: the SDK is imported when a model call is replayed
@@ -128,11 +128,9 @@ def view(data: Event) -> Any:
             return plain(msgspec.structs.replace(data, request_seq=0))
         case TaskHandedOff():  # which replica, which try and the request's sequence are of its run
             return plain(msgspec.structs.replace(data, agent="", attempt=0, request_seq=None))
-        case TaskRequested():  # the submitter's secret hashed, the hops `ctx.handoff` counts, the fork a
-            # re-run is part of, and a hand-off's run and chain: the runtime's, not the handler's (and
-            # absent from older logs); a hand-off's subject names the step that handed it on
-            return plain(msgspec.structs.replace(data, cancel_key=None, hops=0, forked=None, handed_from=None,
-                                                 origin=None))  # fmt: skip
+        case TaskRequested():  # the submitter's secret hashed, the hops `ctx.handoff` counts and the fork
+            # a re-run is part of: the runtime's, not the handler's (and absent from older logs)
+            return plain(msgspec.structs.replace(data, cancel_key=None, hops=0, forked=None))
         case UndeclaredAppEvent(data=fields):  # read before its declaration was imported: the same JSON
             return plain(fields)
     return plain(data)
@@ -180,10 +178,6 @@ class RecordBook:
             elif family == "flow":
                 self.flows.setdefault(rest, []).append(record)
         self.by_id = {record.event.id: record for record in self.records}
-        self.requests: dict[tuple[str, str], Record] = {}  # (subject made on, event id) -> the task request
-        for record in self.records:
-            if isinstance(record.data, TaskRequested):
-                self.requests.setdefault((made_on(record), record.event.id), record)
         self.caused = children_of(self.records)
         self.outcomes: dict[str, Record] = {}
         self.workflow_ends: dict[str, Record] = {}
@@ -271,27 +265,20 @@ class RecordedMesh:
                      correlation_id: str | None = None, causation_id: str | None = None,
                      event_id: str | None = None, fallback: tuple[str, ...] = (),
                      max_attempts: int | None = None, deadline: str | None = None,
-                     owner: str | None = None, hops: int = 0, forked: str | None = None,
-                     handoff: HandOffFrom | None = None) -> str:  # fmt: skip
-        """As `Mesh.submit_request` stores it: a hand-off (``handoff``) on the handing step's
-        hand-off subject, naming its run and chain; any other request on its work subject."""
+                     owner: str | None = None, hops: int = 0, forked: str | None = None) -> str:  # fmt: skip
         event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
         self._causes.setdefault(task_id, causation_id or self.cause)
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
-                                max_attempts=max_attempts, deadline=deadline, hops=hops, forked=forked,
-                                handed_from=handoff.run if handoff else None,
-                                origin=handoff.origin if handoff else None)  # fmt: skip
-        await self.publish(request_subject(capability, owner or self.owner, handoff), request, event_id=event_id,
-                           causation_id=causation_id, correlation_id=correlation_id or task_id)  # fmt: skip
+                                max_attempts=max_attempts, deadline=deadline, hops=hops, forked=forked)  # fmt: skip
+        await self.publish(subjects.work(capability, owner or self.owner), request, event_id=event_id,
+                           causation_id=causation_id,
+                           correlation_id=correlation_id or task_id)  # fmt: skip
         return task_id
 
     async def submit_request(self, capability: str, input: Any = None, **task: Any) -> Submitted:
-        """`submit`, with the stream sequence of the recorded request: the one stored with its
-        event id on the subject it is made on (ids are not unique in the log); 0 when none was."""
         task_id = await self.submit(capability, input, **task)
-        subject = request_subject(capability, task.get("owner") or self.owner, task.get("handoff"))
-        stored = self.book.requests.get((subject, task.get("event_id") or derived_id(task_id, "requested")))
+        stored = self.book.by_id.get(task.get("event_id") or derived_id(task_id, "requested"))
         return Submitted(task_id, capability, stored.seq if stored else 0, True)
 
     async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
@@ -659,12 +646,10 @@ class ReplayContext(Context):
                  capability: str, attempt: int, granted: Sequence[str] = (), effect_seqs: Sequence[int] = (),
                  end_seq: int = 0, request_seq: int | None = None, owner: str = subjects.ANON,
                  agent_owner: str = subjects.ANON, deadline: str | None = None, hops: int = 0,
-                 forked: str | None = None, origin: ChainOrigin | None = None) -> None:  # fmt: skip
+                 forked: str | None = None) -> None:  # fmt: skip
         """``owner``: whose task it is (its outcome and hand-offs go under it); ``agent_owner``:
-        the owner the original agent submitted its own sub-tasks under (`MeshSettings.owner`);
-        ``origin``: the first request of its chain, if its request was handed on."""
+        the owner the original agent submitted its own sub-tasks under (`MeshSettings.owner`)."""
         self.effects: list[Effect] = []
-        self.handed: HandOff | None = None  # its hand-off, once made: its answer (`handoff`)
         self._book = book
         self._effect_seqs = list(effect_seqs)  # where the recorded effects of the handler landed, in order
         self._end_seq = end_seq
@@ -678,13 +663,5 @@ class ReplayContext(Context):
                               failures=book.tool_failures(event.id, attempt, request_seq))  # fmt: skip
         super().__init__(cast(Mesh, mesh), agent=agent, agent_id=agent_id, event=event, task_id=task_id,
                          capability=capability, attempt=attempt, span=INVALID_SPAN, llm=llm, tools=tools,
-                         request_seq=request_seq, owner=owner, deadline=deadline, hops=hops, forked=forked,
-                         origin=origin)  # fmt: skip
+                         request_seq=request_seq, owner=owner, deadline=deadline, hops=hops, forked=forked)  # fmt: skip
         self.log = self.log.bind(replay=True)
-
-    async def handoff(self, capability: str, input: Any = None) -> HandOff:
-        """As live, remembered: the next step's request, an effect compared like any other, is
-        this task's answer (whatever the handler does after it is retried or failed by the
-        runtime, which `rerun` does not compare)."""
-        self.handed = await super().handoff(capability, input)
-        return self.handed

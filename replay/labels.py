@@ -4,8 +4,7 @@ sentence (`summary`) for the text timeline. Neither is ever a dump of the event'
 
 A task's lifecycle events (claimed, progress, outcome) do not all carry the capability, so
 it comes from their subject (`mesh.task.<capability>.<task_id>`); the step a task runs for
-comes from the workflow's `mesh.flow.step_scheduled` events (`Names`). A hand-off is the next
-step's request (`handed_off_in`): its words say both.
+comes from the workflow's `mesh.flow.step_scheduled` events (`Names`).
 """
 
 from __future__ import annotations
@@ -42,12 +41,10 @@ from topics.tasks import (
     TaskHandedOff,
     TaskProgress,
     TaskRequested,
-    handed_off_by,
 )
 from topics.votes import VoteCast, VoteDecided, VoteProposed
 
-__all__ = ["Names", "capability_of", "clip", "error_text", "handed_off_in", "label", "short_id", "summarize",
-           "task_name"]
+__all__ = ["Names", "capability_of", "clip", "error_text", "label", "short_id", "summarize", "task_name"]
 
 _SECRET = frozenset({"token", "secret", "password", "key", "cancel_key"})  # fields never shown
 LABEL_WIDTH = 96  # characters of a label; the whole text is in the page's tooltips
@@ -91,14 +88,6 @@ def task_name(capability: str, task_id: str, names: Names) -> str:
     return f"{capability} {short_id(task_id)}" + (f" (step {step})" if step else "")
 
 
-def handed_off_in(record: Record) -> TaskHandedOff | None:
-    """The hand-off ``record`` answers a task with, if it is one: a request on the hand-off
-    subject of the step that handed its task on (`topics.tasks.handed_off_by`), read as that
-    step's `TaskHandedOff`; None for any other record (older logs store the hand-off itself)."""
-    data = record.data
-    return handed_off_by(record.subject, data, record.seq) if isinstance(data, TaskRequested) else None
-
-
 def capability_of(record: Record) -> str:
     """A task lifecycle event's capability: its field, else its subject's third token."""
     named = getattr(record.data, "capability", "")
@@ -124,8 +113,6 @@ def label(record: Record, names: Names | None = None) -> str:
         | TaskHandedOff,
     ):
         who = task_name(capability_of(record), data.task_id or record.event.id, names)
-        if (handed := handed_off_in(record)) is not None:  # the answer of the step that handed it on, too
-            return clip(f"{task_name(handed.capability, handed.task_id, names)} handed off → {who}", LABEL_WIDTH)
         return clip(f"{who} {_task_status(data)}", LABEL_WIDTH)
     return clip(_other(record, names), LABEL_WIDTH)
 
@@ -245,10 +232,6 @@ def _shown(values: dict[str, object]) -> list[str]:
 def summarize(record: Record, width: int = 72, names: Names | None = None) -> str:
     """A few words on what an event says, for the text timeline (task hand-offs name the whole
     next task id, which a user types into the next command)."""
-    handed = record.data if isinstance(record.data, TaskHandedOff) else handed_off_in(record)
-    if handed is not None:  # stored, or the next step's request
-        text = f"handed off to {handed.to} task {handed.next_task_id}"
-        return clip(text + (f" ({handed.reason})" if handed.reason != "handoff" else ""), width)
     match record.data:
         case TaskRequested(capability=capability, task_id=task_id):
             text = f"{capability} task {task_id or record.event.id}"
@@ -262,6 +245,8 @@ def summarize(record: Record, width: int = 72, names: Names | None = None) -> st
             text = "completed" + (f", attempt {attempt}" if attempt > 1 else "")
         case TaskFailed(error=error):
             text = error_text(error)
+        case TaskHandedOff(to=to, next_task_id=next_task_id, reason=reason):
+            text = f"handed off to {to} task {next_task_id}" + (f" ({reason})" if reason != "handoff" else "")
         case _:
             text = label(record, names)
     return clip(text, width)

@@ -11,9 +11,7 @@ event id:
 
 - every emit (progress, board writes and votes included), sub-task request, model call and
   tool call, in the order the code makes them, then the outcome (completed with its
-  output, or failed with its error); a hand-off's answer is the next step's request on its
-  hand-off subject (`topics.tasks.handed_off_by`), an effect like the others, and nothing
-  the handler does after it is an outcome (the runtime retries or fails that try);
+  output, or failed with its error);
 - fields the runtime stamps rather than the handler decides are left out: `agent` and
   `attempt` on progress; the outcome compares `output` or the error's type and message;
 - claims, dead letters and fallback hand-overs are the runtime's, not the handler's.
@@ -38,13 +36,13 @@ import msgspec
 from mesh.bus.client import Mesh
 from mesh.errors import MeshError, ReplayStop
 from mesh.runtime.agent import Agent
-from mesh.runtime.failures import chain_origin, error_message
+from mesh.runtime.context import HandOff
+from mesh.runtime.failures import error_message
 from mesh.runtime.process import load_agent
 from mesh.telemetry.tracing import replaying
 from replay.causal import Numbered, causal_slice
 from replay.context import Effect, RecordBook, ReplayContext, effect_of, made_on
 from replay.driving import driver_records, workflows_driven
-from replay.labels import handed_off_in
 from topics import subjects
 from topics.calls import LlmFailed, ToolCalled
 from topics.envelope import derived_id
@@ -134,15 +132,12 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     # what its handler asked for lands after its request; a request before it is a copy `replay
     # fork` made of a finished sub-task, which a re-run of the forked task finds rather than makes
     caused = [r for r in book.caused.get(event.id, []) if not (r.seq < request.seq and isinstance(r.data, TaskRequested))]
-    outcome = next((r for r in caused if r.event.id in _outcome_ids(event.id) or _hands_on(r, request.seq)), None)
-    handed_on = outcome is not None and isinstance(outcome.data, TaskRequested)
+    outcome = next((r for r in caused if r.event.id in _outcome_ids(event.id)), None)
     claims = [r.data for r in caused if isinstance(r.data, TaskClaimed)]
     attempt, agent_id = _who(outcome, claims, agent.name)
     driven = _driven(book, caused)
     driven_ids = {record.event.id for record, _ in driven}
-    # what the handler did; a hand-off (its request) is its answer: an outcome recorded after it is the runtime's
-    own = [r for r in caused if _handler_made(r, event.id) and r.event.id not in driven_ids
-           and not (handed_on and r.event.id in _outcome_ids(event.id))]  # fmt: skip
+    own = [r for r in caused if _handler_made(r, event.id) and r.event.id not in driven_ids]
     made = [r.seq for r in own if r.event.id not in _outcome_ids(event.id)] + [r.seq for r, _ in driven]
     end = outcome.seq if outcome is not None else max((r.seq for r in book.records), default=request.seq)
     _, owner = subjects.work_of(request.subject) or (data.capability, subjects.ANON)
@@ -150,7 +145,7 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
                         capability=data.capability, attempt=attempt, granted=agent.tools,
                         effect_seqs=sorted(made), end_seq=end, request_seq=request.seq, owner=owner,
                         agent_owner=_own_owner(caused, event.id, owner), deadline=data.deadline,
-                        hops=data.hops, forked=data.forked, origin=chain_origin(request.subject, data))  # fmt: skip
+                        hops=data.hops, forked=data.forked)  # fmt: skip
     try:
         output = await handler.fn(handler.convert(data.input), ctx)
         result: tuple[str, Any] = ("completed", output)
@@ -159,7 +154,7 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     except Exception as error:
         result = ("failed", error)
     actual = list(ctx.effects)
-    if outcome is not None and result[0] != "stopped" and ctx.handed is None:  # a hand-off is among the effects
+    if outcome is not None and result[0] != "stopped":
         actual.append(_outcome_effect(event.id, data.capability, owner, task_id, *result))
     numbered: Numbered = {}
     expected = [effect_of(r, event.id, len(caused), numbered) for r in own]
@@ -197,20 +192,11 @@ def _outcome_ids(cause: str) -> tuple[str, str, str]:
     return derived_id(cause, "completed"), derived_id(cause, "failed"), derived_id(cause, "handed_off")
 
 
-def _hands_on(record: Record, request_seq: int) -> bool:
-    """Whether ``record`` is the hand-off that answers the request stored at ``request_seq``:
-    the next step's request, on the hand-off subject of the step that handed it on."""
-    handed = handed_off_in(record)
-    return handed is not None and handed.request_seq == request_seq
-
-
 def _who(outcome: Record | None, claims: list[TaskClaimed], name: str) -> tuple[int, str]:
-    """The attempt to replay (the one that recorded the outcome or handed the task on, else the
-    last claimed) and the agent id the handler saw then."""
+    """The attempt to replay (the one that recorded the outcome, else the last claimed) and the
+    agent id the handler saw then."""
     if outcome is not None and isinstance(outcome.data, (TaskCompleted, TaskFailed)):
         return outcome.data.attempt, outcome.data.agent
-    if outcome is not None and isinstance(outcome.data, TaskRequested) and outcome.data.handed_from is not None:
-        return outcome.data.handed_from.attempt, outcome.data.handed_from.agent
     if claims:
         last = max(claims, key=lambda c: c.attempt)
         return last.attempt, last.agent
@@ -235,6 +221,10 @@ RUNTIME_MADE = (TaskClaimed, TaskAttemptFailed, TaskCancelled, TaskCancelRequest
 
 def _outcome_effect(cause: str, capability: str, owner: str, task_id: str, kind: str, value: Any) -> Effect:
     subject = subjects.task(capability, owner, task_id)
+    if kind == "completed" and isinstance(value, HandOff):
+        handed = TaskHandedOff(task_id=task_id, agent="", attempt=0, capability=capability, to=value.capability,
+                               next_task_id=value.task_id, next_request_seq=value.request_seq, reason="handoff")  # fmt: skip
+        return Effect.of(derived_id(cause, "handed_off"), "handed_off", subject, handed)
     if kind == "completed":
         data = TaskCompleted(task_id=task_id, agent="", attempt=0, output=value)
         return Effect.of(derived_id(cause, "completed"), "completed", subject, data)

@@ -195,7 +195,7 @@ async def plan_step(input: dict[str, Any], ctx: Context) -> HandOff:
 @chain.task("work")
 async def work_step(input: dict[str, Any], ctx: Context) -> HandOff:
     """Hands off to `review`; with `fail_once`, its first attempt fails after handing off
-    (retryable): the hand-off it stored is its answer, so the redelivery does not run again."""
+    (retryable), so the second hands off again."""
     handed = await ctx.handoff("review", {**input, "worked_by": ctx.task_id})
     if input.get("fail_once") and ctx.attempt == 1:
         raise RetryableError("failed after handing off")

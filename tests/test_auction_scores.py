@@ -19,7 +19,7 @@ from tests.test_projections import record
 from topics import subjects
 from topics.base import ErrorInfo, Event
 from topics.bids import BidPlaced, BidScore
-from topics.tasks import ChainOrigin, HandedFrom, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
+from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 BOOM = ErrorInfo(type="TaskError", message="boom")
 
@@ -58,15 +58,6 @@ def handed(task_id: str, capability: str = "summarize-a", reason: str = "fallbac
                          next_task_id=task_id, next_request_seq=0, reason=reason)
 
 
-def handed_on(seq: int, subject: str, request_seq: int, task_id: str = "n1") -> object:
-    """The next step's request, for `summarize-b`, at ``seq`` on ``subject``, naming the run that
-    answered the request stored at ``request_seq`` (`ctx.handoff`)."""
-    request = TaskRequested(capability="summarize-b", task_id=task_id, hops=1,
-                            handed_from=HandedFrom(agent="a", attempt=1, request_seq=request_seq),
-                            origin=ChainOrigin(capability="summarize-a", task_id="t1", request_seq=request_seq))  # fmt: skip
-    return msgspec.structs.replace(record(request, seq), subject=subject)
-
-
 @pytest.mark.unit
 class TestPerformanceProjection:
     def test_counts_outcomes_and_median_latency(self) -> None:
@@ -89,18 +80,6 @@ class TestPerformanceProjection:
                                           requested("t2"), handed("t2", reason="handoff")))  # fmt: skip
         assert PERFORMANCE.record(state, "summarize-a") == TrackRecord(completed=1, failed=1, latency_ms=1000.0)
         assert PERFORMANCE.record(state, "summarize-b") == TrackRecord(completed=1, latency_ms=1000.0)
-
-    def test_a_hand_off_is_read_from_the_next_steps_request(self) -> None:
-        """`ctx.handoff` stores the next step's request on the hand-off subject: the step that
-        handed it on completed, and the next step is a request of its own. On a plain work subject
-        that request is the next step's only."""
-        done = TaskCompleted(task_id="n1", agent="b", attempt=1, capability="summarize-b", request_seq=2)
-        next_done = msgspec.structs.replace(record(done, 3), subject="mesh.task.summarize-b.owner.n1")
-        for subject, first in (("mesh.work.summarize-b.owner.summarize-a.t1", TrackRecord(completed=1, latency_ms=1000.0)),
-                               ("mesh.work.summarize-b.owner", TrackRecord())):  # fmt: skip
-            state = fold(PERFORMANCE, [*records(requested("t1")), handed_on(2, subject, 1), next_done])
-            assert PERFORMANCE.record(state, "summarize-a") == first, subject
-            assert PERFORMANCE.record(state, "summarize-b") == TrackRecord(completed=1, latency_ms=1000.0), subject
 
     def test_a_request_under_the_same_task_id_changes_no_record(self) -> None:
         """Task ids are the requester's choice: another request under a task's id, for another
@@ -166,15 +145,6 @@ class TestAnsweredProjection:
         assert state.outcomes == {"summarize-a": [Answered(True, "t1", 1, 2), Answered(False, "t2", 4, 5),
                                                   Answered(False, "t4", 7, 8), Answered(True, "t5", 9, 10)]}  # fmt: skip
 
-    def test_a_hand_off_is_read_from_the_next_steps_request(self) -> None:
-        """The next step's request on the hand-off subject is the answer (completed) of the step
-        that handed it on, naming the request that step answered; on a plain work subject, or
-        naming no earlier request, it answers nothing."""
-        state = fold(ANSWERED, [handed_on(4, "mesh.work.summarize-b.me.summarize-a.t1", 3),
-                                handed_on(6, "mesh.work.summarize-b.me", 5),
-                                handed_on(8, "mesh.work.summarize-b.me.summarize-a.t2", 9)])  # fmt: skip
-        assert state.outcomes == {"summarize-a": [Answered(True, "t1", 3, 4)]}
-
     def test_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """At most HISTORY outcomes per capability and MAX_CAPABILITIES capabilities, the least recently active dropped."""
         monkeypatch.setattr(performance, "HISTORY", 2)
@@ -210,15 +180,6 @@ class TestTrackRecord:
                 Answered(True, "t6", 11, 12), Answered(True, "t6", 13, 14), Answered(True, "t7", 15, 16)]  # fmt: skip
         assert track_record(kept, stamps, "summarize-a", "me") == TrackRecord(completed=3, failed=1, latency_ms=1500.0)
         assert track_record([], stamps, "summarize-a", "me") == TrackRecord()
-
-    def test_a_request_handed_on_counts_as_one_stored_for_its_capability(self) -> None:
-        """A request handed to the capability (`ctx.handoff`) is stored on a hand-off subject
-        under `mesh.work.<capability>.<owner>`: its outcome counts; one handed to another
-        capability, or under another owner, does not."""
-        stamps = {1: Stamped("mesh.work.summarize-a.me.plan.t0", 100.0, "t1"), 2: Stamped("mesh.task.summarize-a.me.t1", 101.0),
-                  3: Stamped("mesh.work.summarize-b.me.plan.t0", 1.0, "t2"), 5: Stamped("mesh.work.summarize-a.you.plan.t0", 1.0, "t3")}  # fmt: skip
-        kept = [Answered(True, "t1", 1, 2), Answered(True, "t2", 3, 4), Answered(True, "t3", 5, 6)]
-        assert track_record(kept, stamps, "summarize-a", "me") == TrackRecord(completed=1, latency_ms=1000.0)
 
 
 def bid(bidder: str, cost: float, *, load: float = 0.0, completed: int = 0, failed: int = 0,

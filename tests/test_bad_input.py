@@ -92,27 +92,3 @@ class TestSecretsStayOutOfTheLog:
         await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
         stored = b"".join(payload for subject, payload in log.raw if not subject.startswith("mesh.work."))
         assert secret.encode() not in stored
-
-
-HANDOFF_REQUEST = {**GOOD_ENVELOPE, "type": "mesh.task.requested", "data": {"capability": "echo", "task_id": "h1"}}
-BAD_HANDOFFS = {  # subject, what the dead letter says
-    "a request naming no run and no chain on a hand-off subject": (
-        subjects.handoff("echo", subjects.ANON, "plan", "t1"), "names the run that handed it on"),
-    "a hand-off subject with a token that is not one": ("mesh.work.echo.anon.pl@n.t1", "is not a hand-off subject"),
-    "five tokens: neither a work nor a hand-off subject": ("mesh.work.echo.anon.t1", "is not a work subject"),
-}
-
-
-class TestBadHandOffs:
-    @pytest.mark.parametrize("case", list(BAD_HANDOFFS))
-    async def test_a_bad_hand_off_is_dead_lettered(self, case: str, mesh: Mesh, agents: AgentProcesses,
-                                                   log: EventLog) -> None:  # fmt: skip
-        """The work consumer takes `mesh.work.echo.>`: whatever else lands there is refused with
-        its reason, and the agent goes on serving."""
-        subject, said = BAD_HANDOFFS[case]
-        await agents.start("agents.echo:agent")
-        ack = await mesh.js.publish(subject, json.dumps({**HANDOFF_REQUEST, "id": f"h-{len(subject)}"}).encode())
-        assert await mesh.request("echo", {"after": case}, timeout=20) == {"after": case}
-        [dead] = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
-        assert dead.data.reason == "bad_data" and said in dead.data.error, dead.data  # type: ignore[attr-defined]
-        assert dead.data.stream_seq == ack.seq and dead.data.subject == subject  # type: ignore[attr-defined]

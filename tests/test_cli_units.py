@@ -1,25 +1,21 @@
 """Parts of the CLI that need no server: how `mesh tail` lays events out on a terminal (tests/test_cli.py
-runs it), the tasks `mesh status` lists, the demo's task ids."""
+runs it), the demo's task ids."""
 
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import pytest
 from rich.console import Console
 
 from mesh import Agent
-from mesh.cli import watch
 from mesh.cli.demo import report_id
 from mesh.cli.render import Columns, EventLines, middle
 from mesh.errors import ConfigError
 from mesh.runtime.process import load_agent
-from topics import subjects
-from topics.base import Event
 from topics.envelope import CloudEvent
 from topics.record import Record
-from topics.tasks import ChainOrigin, HandedFrom, TaskCompleted, TaskRequested
+from topics.tasks import TaskCompleted
 
 pytestmark = pytest.mark.unit
 
@@ -50,34 +46,6 @@ class TestEventLines:
         assert line.startswith("10:07:18.037     #14 task.completed      task.echo.t-1")
         assert line.endswith('{"attempt":1,"output":{"n":3}}') and " echo-h-1 " in line
         assert '"task_id"' not in line and '"agent"' not in line and '"capability"' not in line
-
-
-class TestRecentTasks:
-    async def test_a_hand_off_is_read_from_the_next_steps_request(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """`mesh status` says a task was handed off when the next step's request is on its
-        hand-off subject; on a plain work subject that request hands nothing off."""
-        handed = TaskRequested(capability="work", task_id="t-2", hops=1,
-                               handed_from=HandedFrom(agent="p-1", attempt=1, request_seq=1),
-                               origin=ChainOrigin(capability="plan", task_id="t-1", request_seq=1))  # fmt: skip
-
-        def stored(seq: int, subject: str, data: Event) -> Record:
-            event = CloudEvent(specversion="1.0", id=f"e-{seq}", source="mesh://agent/p-1", type=data.TYPE,
-                               time="2026-12-02T10:07:18Z")  # fmt: skip
-            return Record(seq=seq, subject=subject, event=event, data=data)
-
-        async def lines(subject: str) -> list[str]:
-            log = [stored(1, subjects.work("plan", "anon"), TaskRequested(capability="plan", task_id="t-1")),
-                   stored(2, subject, handed)]  # fmt: skip
-
-            async def read_recent(*_: Any) -> list[Record]:
-                return log
-
-            monkeypatch.setattr(watch, "read_recent", read_recent)
-            return [" ".join(line.split()) for line in await watch._recent_tasks(None, 2)]  # type: ignore[arg-type]
-
-        assert await lines(subjects.handoff("work", "anon", "plan", "t-1")) == ["t-1 plan handed off to work",
-                                                                               "t-2 work requested"]  # fmt: skip
-        assert await lines(subjects.work("work", "anon")) == ["t-1 plan requested", "t-2 work requested"]
 
 
 class TestReportId:

@@ -22,14 +22,13 @@ from mesh.console.views import events_page, preview, task_page, tasks_page
 from mesh.errors import MeshError
 from mesh.projections import instant
 from replay.causal import causal_slice
-from topics import subjects
 from topics.base import ErrorInfo, Event
 from topics.chat import ChatMessage
 from topics.dead import DeadLettered
 from topics.envelope import CloudEvent, encode_envelope
 from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted
 from topics.record import Record
-from topics.tasks import ChainOrigin, HandedFrom, TaskClaimed, TaskCompleted, TaskFailed, TaskProgress, TaskRequested
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskProgress, TaskRequested
 
 pytestmark = pytest.mark.unit
 
@@ -366,30 +365,6 @@ class TestPages:
         assert "UBOB" in bob.body and "completed" not in bob.body  # not Alice's outcome
         both = task_page(index, "t1")
         assert both is not None and 'href="/tasks/UALICE.t1"' in both.body and 'href="/tasks/UBOB.t1"' in both.body
-
-    def test_a_hand_off_shows_on_the_page_of_the_task_that_handed_it_on(self) -> None:
-        """The next step's request on the hand-off subject is the answer of the step that handed
-        the task on: that step's page lists it as its hand-off, by the run that made it, and links
-        the next task, whose page lists it as its request. On a plain work subject it is only the
-        next task's request."""
-
-        def index_with(subject: str) -> LogIndex:
-            handed = TaskRequested(capability="work", task_id="t2", hops=1,
-                                   handed_from=HandedFrom(agent="p-7", attempt=2, request_seq=1),
-                                   origin=ChainOrigin(capability="plan", task_id="t1", request_seq=1))  # fmt: skip
-            index = LogIndex()
-            index.extend([record(1, subjects.work("plan", "anon"), TaskRequested(capability="plan", task_id="t1")),
-                          record(2, subject, handed, cause="e1")])  # fmt: skip
-            return index
-
-        index = index_with(subjects.handoff("work", "anon", "plan", "t1"))
-        plan, work = task_page(index, "t1"), task_page(index, "t2")
-        assert plan is not None and work is not None
-        assert "<td>2</td><td>p-7</td><td>handed off to work (handoff)</td>" in plan.body
-        assert 'href="/tasks/t2"' in plan.body and "handed_off" in plan.body
-        assert "requested for work" in work.body and "handed off" not in work.body
-        plain = task_page(index_with(subjects.work("work", "anon")), "t1")
-        assert plain is not None and "handed off" not in plain.body and 'href="/tasks/t2"' not in plain.body
 
     def test_values_from_the_log_are_escaped(self) -> None:
         """A task id or type made of HTML shows as text, never as markup."""

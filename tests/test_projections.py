@@ -38,7 +38,6 @@ from mesh.projections import (
     tasks_named,
     values,
 )
-from mesh.projections.tasks import folded_keys
 from replay.state import pick
 from topics import (
     BoardDeleted,
@@ -79,7 +78,7 @@ from topics import (
 )
 from topics.humans import HumanEvent
 from topics.knowledge import KnowledgeAdded, KnowledgeEvent, KnowledgeRemoved
-from topics.tasks import ChainOrigin, HandedFrom, cancel_key_of
+from topics.tasks import cancel_key_of
 
 pytestmark = pytest.mark.unit
 
@@ -303,29 +302,6 @@ class TestTasks:
         task = state.tasks["t9"]
         assert (task.status, task.capabilities, task.input, task.requested_at) == ("completed", ["echo"], {"text": "hi"}, at(1))
         assert list(state.tasks) == ["t9"]
-
-    def test_a_hand_off_is_the_next_steps_request_on_its_hand_off_subject(self) -> None:
-        """`ctx.handoff` stores one event: the next step's request, on the hand-off subject of the
-        step that handed it on, which is that step's answer too (handed off, final). The same
-        request on a plain work subject, or on the hand-off subject of a capability the task was
-        never requested for, hands nothing off: any client may write `handed_from`."""
-        first = record(TaskRequested(task_id="t1", capability="plan"), 1, subject=subjects.work("plan", "UALICE"))
-        claimed = record(TaskClaimed(task_id="t1", agent="a1", attempt=1), 2, subject=subjects.task("plan", "UALICE", "t1"))
-        request = TaskRequested(task_id="t2", capability="work", input={"n": 1}, hops=1,
-                                handed_from=HandedFrom(agent="a1", attempt=1, request_seq=1),
-                                origin=ChainOrigin(capability="plan", task_id="t1", request_seq=1))  # fmt: skip
-        handed = record(request, 3, subject=subjects.handoff("work", "UALICE", "plan", "t1"))
-        state = fold(TASKS, [first, claimed, handed])
-        plan, work = state.tasks["UALICE.t1"], state.tasks["UALICE.t2"]
-        assert (plan.status, plan.handed_to, plan.assignee, plan.finished_at) == ("handed_off", "t2", "a1", at(3))
-        assert [(t.capability, t.attempt, t.ended, t.to) for t in plan.history] == [("plan", 1, "handed_off", "work")]
-        assert (work.status, work.owner, work.capabilities, work.input) == ("requested", "UALICE", ["work"], {"n": 1})
-        assert sorted(folded_keys(state, request, handed.subject, handed.id)) == ["UALICE.t1", "UALICE.t2"]
-        for subject in (subjects.work("work", "UALICE"), subjects.handoff("work", "UALICE", "evil", "t1")):
-            state = fold(TASKS, [first, claimed, msgspec.structs.replace(handed, subject=subject)])
-            assert (state.tasks["UALICE.t1"].status, state.tasks["UALICE.t1"].handed_to) == ("claimed", None), subject
-            assert state.tasks["UALICE.t2"].status == "requested"
-        assert folded_keys(state, request, subjects.work("work", "UALICE"), handed.id) == ["UALICE.t2"]
 
     def test_a_task_may_be_called_as_a_field_of_the_state(self) -> None:
         """`replay state tasks --key owners` names the task `owners`, not the fold's own index."""

@@ -15,7 +15,6 @@ import pytest
 
 from mesh.bus.client import Mesh
 from replay import build_timeline, causal_slice, export_log, fork, read_log, render_html, render_text, rerun
-from replay.labels import handed_off_in
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects
@@ -242,8 +241,7 @@ class TestFork:
                 ("n1", "nest-top", lambda out: out == {"mid": {"leaf": {"z": 1}}}))  # fmt: skip
         for source, capability, expected in runs:
             history = causal_slice(records, source)
-            # passed on: to a fallback (`mesh.task.handed_off`), or to the next step (its request)
-            assert source == "n1" or any(r.event.type == "mesh.task.handed_off" or handed_off_in(r) for r in history)
+            assert source == "n1" or any(r.event.type == "mesh.task.handed_off" for r in history)
             for n, at in enumerate(history):
                 new_id = f"{source}-f{n}"
                 result = await fork(mesh, records, source, at.event.id, new_id)

@@ -28,8 +28,6 @@ from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted, FlowStep
 from topics.record import Record
 from topics.registry import decode_data, encode_data
 from topics.tasks import (
-    ChainOrigin,
-    HandedFrom,
     TaskAttemptFailed,
     TaskCancelRequested,
     TaskClaimed,
@@ -293,32 +291,6 @@ class TestBars:
         assert (primary.status, primary.end) == ("handed_off", 0.101)
         assert primary.reason == "→ backup: fallback: ValueError: primary gives up"
         assert (backup.status, backup.start, backup.end, backup.parent) == ("completed", 0.1, 0.3, primary.id)
-
-    def test_a_hand_off_is_the_next_steps_request(self) -> None:
-        """`ctx.handoff` stores the next step's request on the hand-off subject: the step's bar
-        ends `handed_off` there and the next step's opens under it, and the hop says both; the
-        same request on a plain work subject hands nothing off."""
-
-        def chain(subject: str) -> list[Record]:
-            log = Log()
-            req = log.add(0, subjects.work("plan", subjects.ANON), TaskRequested(capability="plan", task_id="t-1"))
-            request = TaskRequested(capability="work", task_id="t-2", hops=1,
-                                    handed_from=HandedFrom(agent="p-1", attempt=1, request_seq=1),
-                                    origin=ChainOrigin(capability="plan", task_id="t-1", request_seq=1))  # fmt: skip
-            handed = log.add(150, subject, request, cause=req, event_id="t-2")
-            log.add(400, subjects.task("work", subjects.ANON, "t-2"), TaskCompleted(task_id="t-2", agent="w-1", attempt=1,
-                    request_seq=2, capability="work"), cause=handed)  # fmt: skip
-            return log.records
-
-        timeline = build_timeline(chain(subjects.handoff("work", subjects.ANON, "plan", "t-1")), "wf")
-        plan, work = timeline.bars
-        assert (plan.label, plan.status, plan.end, plan.reason) == ("plan t-1", "handed_off", 0.15, "→ work")
-        assert (work.label, work.status, work.start, work.end, work.parent) == ("work t-2", "completed", 0.15, 0.4, plan.id)
-        hop = timeline.hops[1]
-        assert (hop.label, hop.summary) == ("plan t-1 handed off → work t-2", "handed off to work task t-2")
-        plain = build_timeline(chain(subjects.work("work", subjects.ANON)), "wf")
-        assert [(b.label, b.status) for b in plain.bars] == [("plan t-1", "open"), ("work t-2", "completed")]
-        assert (plain.hops[1].label, plain.hops[1].summary) == ("work t-2 requested", "work task t-2")
 
     def test_inferred_causes_are_flagged(self) -> None:
         """Hops recorded without a cause hang under what they waited for, flagged as inferred."""

@@ -10,7 +10,7 @@ import msgspec
 from topics.registry import EVENT_TYPES
 
 SUBJECTS = {
-    "task": "`mesh.work.<capability>.<owner>` (requested; a hand-off: `mesh.work.<capability>.<owner>.<from capability>.<from task_id>`), `mesh.task.<capability>.<owner>.<task_id>`, `mesh.cancel.<task_id>` (cancel_requested)",
+    "task": "`mesh.work.<capability>.<owner>` (requested), `mesh.task.<capability>.<owner>.<task_id>`, `mesh.cancel.<task_id>` (cancel_requested)",
     "board": "`mesh.board.<board>.<key>`",
     "vote": "`mesh.vote.<proposal_id>`",
     "flow": "`mesh.flow.<workflow_id>`",
@@ -87,42 +87,27 @@ A task's subjects name its owner, the user who submitted it: `mesh.work.<capabil
 for the request and `mesh.task.<capability>.<owner>.<task_id>` for its lifecycle. The owner
 token is the public key of the user's nkey (`MeshSettings.owner`, the key behind
 `--nkey`/`NATS_NKEY_SEED`), or `anon` for a user without one. The server lets a client
-publish on `mesh.work.*.<its key>` and read `mesh.task.*.<its key>.*` and
-`mesh.work.*.<its key>.*.*` only (`mesh auth init`), so the serving agent learns whose task it is from the subject, which no one can
+publish on `mesh.work.*.<its key>` and read `mesh.task.*.<its key>.*` only (`mesh auth
+init`), so the serving agent learns whose task it is from the subject, which no one can
 forge, and no client reads another's outcomes. A hand-off or fallback keeps the owner of the
 task it passes on (its requester follows it); a sub-task (`ctx.request`, a workflow's step)
 is the asking role's own. A foreign client submits on `mesh.work.<capability>.<owner>` and
 reads `mesh.task.*.<owner>.<task_id>`.
 
-## Hand-offs: one stored event per hop
+## Hand-off task ids
 
 A step that hands its task on (`ctx.handoff`) requests the next step under the task id
 `derived_id(<event id of the request it answers>, "handoff")` (`topics.tasks.handoff_task_id`),
-with that id as the new request's event id too. That request is the step's answer: it is stored
-on the hand-off subject `mesh.work.<next>.<owner>.<capability>.<task_id>`, which only the role
-serving `<capability>` may publish on, and the next capability's consumer (filter
-`mesh.work.<next>.>`) takes it like any request. It names the run that handed it on
-(`handed_from`: agent, attempt, the stream sequence of the request it answered) and the chain's
-`origin` (the first request's capability, task id and stream sequence); each step copies the
-origin of a request that came on a hand-off subject, or names its own request, and every answer
-to a handed-on request (`completed`, `failed`, `cancelled`, a fallback's `handed_off`) names the
-origin too. Readers (the tasks projection, timelines, `mesh watch`, the console) read such a
-request as the handing step's `mesh.task.handed_off` (`topics.tasks.handed_off_by`); `handed_from`
-and `origin` on a request anywhere else are ignored. A fallback still stores
-`mesh.task.handed_off` on the task's subject, naming the fallback's request.
-
+with that id as the new request's event id too, and answers `mesh.task.handed_off` naming it.
 So the ids of a chain's hops follow from the first request's event id, and a requester that
-expects hand-offs watches `mesh.task.*.<owner>.<hop id>` and `mesh.work.*.<owner>.*.<hop id>`
-before it publishes (`mesh.bus.chains`): a hop is the same owner's task as the request it
-follows. A live delivery carries no stream sequence, so a requester takes a hop's answer when it
-comes from the capability the hop was handed to and names its chain's origin. An agent written
-without the mesh may hand off under any id: a requester follows a hop it did not foresee from
-the hand-off request, reading the log for it. Predictable ids give no one a way in: only the
-serving capability's role may publish on `mesh.task.<capability>.>` and hand off on
-`mesh.work.*.*.<capability>.*`, only the owner may read `mesh.task.*.<owner>.*` and
-`mesh.work.*.<owner>.*.*`, an answer counts only if it names the request's stream sequence or
-its chain's origin, and `Nats-Msg-Id` headers are keyed by the publisher's secret
-(docs/SECURITY.md).
+expects hand-offs subscribes to `mesh.task.*.<owner>.<hop id>` before it publishes (`mesh.bus.chains`):
+a hop is the same owner's task as the request it follows.
+An agent written without the mesh may hand off under any id: a requester follows a hop it did
+not foresee from its `mesh.task.handed_off`, reading the log for it. Predictable ids give no
+one a way in: only the serving capability's role may publish on `mesh.task.<capability>.>`,
+only the owner may read `mesh.task.*.<owner>.*`,
+an answer counts only if it names the request's stream sequence, and `Nats-Msg-Id` headers
+are keyed by the publisher's secret (docs/SECURITY.md).
 
 ## Steps scheduled inside flow events
 

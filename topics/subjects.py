@@ -30,9 +30,6 @@ __all__ = [
     "work",
     "work_any",
     "work_of",
-    "handoff",
-    "handoff_of",
-    "handoffs_of",
     "task",
     "task_any",
     "task_of",
@@ -82,43 +79,16 @@ def work(capability: str, owner: str) -> str:
 
 
 def work_any(capability: str) -> str:
-    """Every owner's tasks for ``capability``, submitted (`work`) or handed to it (`handoff`):
-    the filter of its consumer."""
-    return f"mesh.work.{check_token('capability', capability)}.>"
+    """Every owner's tasks for ``capability``: the filter of its consumer."""
+    return f"mesh.work.{check_token('capability', capability)}.*"
 
 
 def work_of(subject: str) -> tuple[str, str] | None:
-    """`mesh.work.<capability>.<owner>`, or a hand-off `mesh.work.<capability>.<owner>.<from
-    capability>.<from task id>` -> (capability, owner); None for any other subject."""
+    """`mesh.work.<capability>.<owner>` -> (capability, owner); None for any other subject."""
     parts = subject.split(".")
-    if len(parts) not in (4, 6) or parts[:2] != ["mesh", "work"] or not all(map(is_token, parts[2:])):
+    if len(parts) != 4 or parts[:2] != ["mesh", "work"] or not all(map(is_token, parts[2:])):
         return None
     return parts[2], parts[3]
-
-
-def handoff(capability: str, owner: str, from_capability: str, from_task_id: str) -> str:
-    """Where the step serving ``from_capability`` hands ``owner``'s task ``from_task_id`` on to
-    ``capability`` (`Context.handoff`): the next step's request, stored here, is the handing
-    step's answer too. Only the role serving ``from_capability`` may publish here (`mesh auth
-    init`), so the subject itself says which step handed the task on, and which task."""
-    return (f"mesh.work.{check_token('capability', capability)}.{check_token('owner', owner)}."
-            f"{check_token('capability', from_capability)}.{check_token('task id', from_task_id)}")  # fmt: skip
-
-
-def handoff_of(subject: str) -> tuple[str, str, str, str] | None:
-    """A hand-off subject -> (capability, owner, from capability, from task id); None for any
-    other subject."""
-    parts = subject.split(".")
-    if len(parts) != 6 or parts[:2] != ["mesh", "work"] or not all(map(is_token, parts[2:])):
-        return None
-    return parts[2], parts[3], parts[4], parts[5]
-
-
-def handoffs_of(capability: str, owner: str, task_id: str) -> str:
-    """Where the task ``task_id`` under ``capability`` may be handed on, to any capability: a
-    filter for reading (the answers of a task are on `task`, or here), never a publish."""
-    return (f"mesh.work.*.{check_token('owner', owner)}.{check_token('capability', capability)}."
-            f"{check_token('task id', task_id)}")  # fmt: skip
 
 
 def task(capability: str, owner: str, task_id: str) -> str:

@@ -15,9 +15,8 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 
-from topics.base import MAX_TOKEN, ErrorInfo, Event, check_token, is_token, shorten
+from topics.base import MAX_TOKEN, ErrorInfo, Event, check_token, shorten
 from topics.envelope import derived_id, is_instant
-from topics.subjects import handoff_of
 
 __all__ = [
     "TaskRequested",
@@ -29,10 +28,6 @@ __all__ = [
     "TaskCancelled",
     "TaskCancelRequested",
     "TaskHandedOff",
-    "HandedFrom",
-    "ChainOrigin",
-    "handed_off_by",
-    "origin_of",
     "TaskEvent",
     "TaskOutcome",
     "cancel_key_of",
@@ -43,29 +38,6 @@ __all__ = [
 
 
 MAX_HOPS = 64  # hand-offs one task goes through, at most: past that, a loop is stopped (agents refuse the request)
-
-Token = Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)]
-
-
-class HandedFrom(msgspec.Struct, frozen=True, kw_only=True):
-    """Which run handed a task on (`TaskRequested.handed_from`): its agent and attempt, and the
-    stream sequence of the request it answered. Its capability and task id are the hand-off
-    subject's (`subjects.handoff`), which nobody else may write."""
-
-    agent: Token
-    attempt: int
-    request_seq: int
-
-
-class ChainOrigin(msgspec.Struct, frozen=True, kw_only=True):
-    """The first request of a chain of hand-offs: its capability, task id and stream sequence.
-    Every hop's request carries it (each step copies its own request's, or, on a request that
-    was not handed on, names that request), and so does every answer to a handed-on request:
-    the one thing a requester can check on a hop's answer delivered live."""
-
-    capability: Token
-    task_id: Token
-    request_seq: int
 
 
 class TaskRequested(Event, frozen=True, kw_only=True):
@@ -81,10 +53,6 @@ class TaskRequested(Event, frozen=True, kw_only=True):
     # the `mesh replay fork` (its NEW id) whose re-run asked for this: the task looks in the log for
     # the sub-tasks the fork copied, finished, before it asks for them again
     forked: Annotated[str, msgspec.Meta(max_length=MAX_TOKEN)] | None = None
-    # a hand-off (on `subjects.handoff` only; elsewhere both are ignored): the run that handed the
-    # task on, and the chain's first request
-    handed_from: HandedFrom | None = None
-    origin: ChainOrigin | None = None
 
 
 class TaskClaimed(Event, frozen=True, kw_only=True):
@@ -94,7 +62,6 @@ class TaskClaimed(Event, frozen=True, kw_only=True):
     attempt: int
     capability: str = ""
     request_seq: int | None = None  # the stream sequence of the request this run answers
-    origin: ChainOrigin | None = None  # of a handed-on request: its chain's first request
 
 
 class TaskProgress(Event, frozen=True, kw_only=True):
@@ -105,7 +72,6 @@ class TaskProgress(Event, frozen=True, kw_only=True):
     message: str = ""
     fraction: float | None = None
     request_seq: int | None = None
-    origin: ChainOrigin | None = None  # of a handed-on request: its chain's first request
 
 
 class TaskCompleted(Event, frozen=True, kw_only=True):
@@ -116,7 +82,6 @@ class TaskCompleted(Event, frozen=True, kw_only=True):
     output: Any = None
     capability: str = ""
     request_seq: int | None = None
-    origin: ChainOrigin | None = None  # of a handed-on request: its chain's first request
 
 
 class TaskFailed(Event, frozen=True, kw_only=True):
@@ -127,7 +92,6 @@ class TaskFailed(Event, frozen=True, kw_only=True):
     error: ErrorInfo
     capability: str = ""
     request_seq: int | None = None
-    origin: ChainOrigin | None = None  # of a handed-on request: its chain's first request
 
 
 class TaskAttemptFailed(Event, frozen=True, kw_only=True):
@@ -152,7 +116,6 @@ class TaskCancelled(Event, frozen=True, kw_only=True):
     attempt: int = 0
     reason: str = ""
     request_seq: int | None = None
-    origin: ChainOrigin | None = None  # of a handed-on request: its chain's first request
 
 
 class TaskCancelRequested(Event, frozen=True, kw_only=True):
@@ -183,9 +146,7 @@ def handoff_task_id(request_event_id: str) -> str:
 
 
 class TaskHandedOff(Event, frozen=True, kw_only=True):
-    """This run passed the task on to a fallback capability (stored on the task's subject), or
-    to the next step (a hand-off: not stored as such, read from the next step's request by
-    `handed_off_by`)."""
+    """This run passed the task on: to a fallback capability, or (a hand-off) to the next step."""
 
     TYPE: ClassVar[str] = "mesh.task.handed_off"
     task_id: str
@@ -197,35 +158,6 @@ class TaskHandedOff(Event, frozen=True, kw_only=True):
     next_request_seq: int  # the stream sequence of the request it was passed on with
     request_seq: int | None = None
     reason: str = ""  # "fallback: <why this capability gave up>", or "handoff"
-    origin: ChainOrigin | None = None  # of a handed-on request: its chain's first request
-
-
-def handed_off_by(subject: str, request: TaskRequested, seq: int) -> TaskHandedOff | None:
-    """The hand-off a request stored at ``seq`` on ``subject`` records for the step it came
-    from, if it is one (on a hand-off subject, naming the run that handed it on); else None.
-    The step's capability and task id are read from the subject, which only that step's role
-    may write; the request's own `handed_from` says which run and request it was."""
-    if request.handed_from is None:  # most requests: no subject to parse
-        return None
-    where = handoff_of(subject)
-    if where is None or not is_token(request.task_id):
-        return None
-    capability, _, from_capability, from_task_id = where
-    handed = request.handed_from
-    return TaskHandedOff(task_id=from_task_id, agent=handed.agent, attempt=handed.attempt, capability=from_capability,
-                         to=capability, next_task_id=request.task_id, next_request_seq=seq,
-                         request_seq=handed.request_seq, reason="handoff", origin=request.origin)  # fmt: skip
-
-
-def origin_of(subject_capability: str, answer: TaskCompleted | TaskFailed | TaskCancelled | TaskHandedOff) -> ChainOrigin | None:
-    """Which chain ``answer`` (on the subject of ``subject_capability``) ends or passes on: the
-    origin it names (an answer to a handed-on request), else its own request, as the first of
-    a chain. None when it names no request."""
-    if answer.origin is not None:
-        return answer.origin
-    if answer.request_seq is None:
-        return None
-    return ChainOrigin(capability=subject_capability, task_id=answer.task_id, request_seq=answer.request_seq)
 
 
 TaskEvent = (

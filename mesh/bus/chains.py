@@ -3,14 +3,11 @@ requester watches ahead of its request.
 
 A hop's task id is derived from the request it follows (`topics.tasks.handoff_task_id`), so
 a requester knows the ids of the hops its request may go through before any of them exists.
-`Mesh.request` watches those hops (their task subjects and hand-off subjects, through the
-shared subscription on its owner's tasks) before it publishes, and their answers then arrive
-live: no read of the log and no recheck for them. A hop's answer is an outcome on its task
-subject, or the next hop's request on its hand-off subject (`topics.tasks`); it counts only
-from the capability the previous hop handed the task to, and naming the chain's origin, the
-first request with its stream sequence (`answered`): another role's or another request's is
-ignored, as on the first hop. A live delivery carries no stream sequence, so the origin, which
-every hop copies from a request only a role could store, is what ties a hop to the request.
+`Mesh.request` subscribes to those hops' subjects (`mesh.task.*.<hop id>`, one core
+subscription each) before it publishes, and their answers then arrive live: no read of the
+log and no recheck for them. Only an answer on the subject of the capability the previous
+hop named, naming the stream sequence of the request that hop stored, counts: another
+role's or another request's is ignored, as on the first hop.
 
 How far ahead: `ChainMemory` keeps, per capability, how many hand-offs the last request to it
 went through (at most `MAX_LOOKAHEAD`, for at most `MEMORY` capabilities, the oldest
@@ -26,19 +23,9 @@ import asyncio
 from typing import NamedTuple
 
 from topics.record import Record
-from topics.tasks import (
-    ChainOrigin,
-    TaskClaimed,
-    TaskHandedOff,
-    TaskOutcome,
-    TaskProgress,
-    TaskRequested,
-    handoff_task_id,
-    origin_of,
-)
+from topics.tasks import TaskClaimed, TaskHandedOff, TaskOutcome, TaskProgress, handoff_task_id
 
-__all__ = ["MAX_EARLY", "MAX_LOOKAHEAD", "MEMORY", "Ahead", "Answer", "ChainMemory", "answered", "before_any_answer",
-           "first_of", "hops_after", "passed_on"]
+__all__ = ["MAX_EARLY", "MAX_LOOKAHEAD", "MEMORY", "Ahead", "Answer", "ChainMemory", "before_any_answer", "hops_after"]
 
 MAX_EARLY = 64  # answers kept while a request's acknowledgement (or the hop's hand-off) is on its way
 MAX_LOOKAHEAD = 4  # hops a request watches ahead of it, at most
@@ -51,100 +38,42 @@ def before_any_answer(record: Record) -> bool:
     return isinstance(record.data, TaskClaimed | TaskProgress) and record.data.attempt == 1
 
 
-def first_of(capability: str, task_id: str, request_seq: int) -> ChainOrigin:
-    """The chain a request stored at ``request_seq`` starts: what its answers name."""
-    return ChainOrigin(capability=capability, task_id=task_id, request_seq=request_seq)
-
-
-def _handed_on(record: Record) -> tuple[str, str, ChainOrigin] | None:
-    """(next capability, handing capability, chain) of a hand-off request (`topics.tasks`):
-    a request naming its run and chain on a hand-off subject, read from the subject's tokens
-    (the server matched the subject to a watch of ours; what becomes a subject again is checked
-    there). `handed_off_by` reads the same for the log's readers; this is the requester's hot
-    path, which needs no `TaskHandedOff` made per event."""
-    data = record.data
-    if not isinstance(data, TaskRequested) or data.handed_from is None or data.origin is None:
-        return None
-    tokens = record.subject.split(".")
-    if len(tokens) != 6 or tokens[1] != "work":
-        return None
-    return tokens[2], tokens[4], data.origin
-
-
-def answered(record: Record) -> tuple[str, ChainOrigin] | None:
-    """The step an answer is of, as (the capability that answered, the chain it names), if
-    ``record`` is one: an outcome or a fallback's hand-off on a task subject (its capability
-    the subject's), or the next step's request on a hand-off subject (its capability the
-    handing step's, which only that step's role may write)."""
-    data = record.data
-    if isinstance(data, TaskRequested):
-        handed = _handed_on(record)
-        return (handed[1], handed[2]) if handed is not None else None
-    if not isinstance(data, TaskOutcome | TaskHandedOff):
-        return None
-    tokens = record.subject.split(".")
-    if len(tokens) != 5 or tokens[1] != "task":
-        return None
-    origin = origin_of(tokens[2], data)
-    return (tokens[2], origin) if origin is not None else None
-
-
-def passed_on(record: Record) -> tuple[str, str, ChainOrigin] | None:
-    """Where an answer passed its task on, as (capability, task id, the chain its answers will
-    name): a hand-off's request (the same chain), or a fallback (a new request of the task,
-    its answers naming that request); None for an outcome."""
-    data = record.data
-    if isinstance(data, TaskRequested):
-        handed = _handed_on(record)
-        return (handed[0], data.task_id, handed[2]) if handed is not None else None
-    if isinstance(data, TaskHandedOff):
-        return data.to, data.next_task_id, first_of(data.to, data.next_task_id, data.next_request_seq)
-    return None
-
-
 class Answer:
-    """Which event answers one step of a chain: one whose `answered` is the capability the step
-    was asked of and the chain the requester follows (for a first request, its own stream
-    sequence: `first_of`). Events seen before that is known (the request's acknowledgement can
-    trail a fast agent's answer; a hop watched ahead learns its capability from the hop
-    before) are kept until it is, at most `MAX_EARLY` of them; past that, `overflowed` says
-    the step's own may have been dropped (read the log again)."""
+    """Which event answers one request: an outcome or hand-off naming the request's stream
+    sequence (and, for a hop watched ahead with a wildcard, on the subject of the capability
+    it was handed to). Events seen before the sequence is known (the request's acknowledgement
+    can trail a fast agent's answer) are kept until it is, at most `MAX_EARLY` of them; past
+    that, `overflowed` says the request's own may have been dropped (read the log again)."""
 
-    __slots__ = ("capability", "chain", "overflowed", "seen")
+    __slots__ = ("overflowed", "request_seq", "seen", "subject")
 
     def __init__(self) -> None:
-        self.chain: ChainOrigin | None = None
-        self.capability = ""
+        self.request_seq: int | None = None
+        self.subject: str | None = None  # None: the watched subject is the request's own
         self.seen: list[Record] = []
         self.overflowed = False
 
     def accept(self, record: Record) -> bool:
-        found = answered(record)
-        if found is None:
+        data = record.data
+        if not isinstance(data, TaskOutcome | TaskHandedOff):
             return False
-        if self.chain is None:
+        if self.request_seq is None:
             if len(self.seen) < MAX_EARLY:
                 self.seen.append(record)
             else:
                 self.overflowed = True
             return False
-        return found[0] == self.capability and found[1] == self.chain
+        return data.request_seq == self.request_seq and (self.subject is None or record.subject == self.subject)
 
     def earlier(self, last: Record) -> bool:
-        """Whether this step's answer could be stored before ``last``: unless ``last`` is a first
-        attempt's claim or progress of this very step's run (its answer comes after it), which
-        names the chain as the answer will (a handed-on request's, by its origin)."""
-        if self.chain is None or not before_any_answer(last):
-            return True
-        data = last.data
-        assert isinstance(data, TaskClaimed | TaskProgress)
-        if data.origin is not None:
-            return data.origin != self.chain
-        return data.request_seq != self.chain.request_seq or self.chain.task_id != data.task_id
+        """Whether this request's answer could be stored before ``last``: unless ``last`` is
+        a first attempt's claim or progress of this very request (those come before its answer)."""
+        request_seq = getattr(last.data, "request_seq", None)
+        return self.request_seq is None or request_seq != self.request_seq or not before_any_answer(last)
 
-    def expect(self, capability: str, chain: ChainOrigin) -> Record | None:
-        """Set the step's capability and chain; the answer among those seen before, if any."""
-        self.capability, self.chain = capability, chain
+    def expect(self, request_seq: int, subject: str | None = None) -> Record | None:
+        """Set the request's sequence (and subject); the answer among those seen before, if any."""
+        self.request_seq, self.subject = request_seq, subject
         found = next((r for r in self.seen if self.accept(r)), None)
         self.seen.clear()
         return found
@@ -156,14 +85,14 @@ class Ahead(NamedTuple):
     answer: Answer
     outcome: asyncio.Future[Record]
 
-    async def answer_to(self, capability: str, chain: ChainOrigin, timeout: float | None = None) -> Record | None:
-        """The answer of this hop, asked of ``capability``, in ``chain``; None at once if more
-        events came before the hand-off than were kept (its answer may be among those
+    async def answer_to(self, subject: str, request_seq: int, timeout: float | None = None) -> Record | None:
+        """The answer on ``subject`` to the request stored at ``request_seq``; None at once if
+        more events came before the hand-off than were kept (its answer may be among those
         dropped, and this watch reads nothing stored: the caller reads the log instead).
         TimeoutError after ``timeout`` seconds; None: no bound here (`Mesh.request_outcome`
         awaits it within its request's deadline, and a `wait_for` would only cost a future, a
         timer and a turn of the loop more per hop)."""
-        early = self.answer.expect(capability, chain)
+        early = self.answer.expect(request_seq, subject)
         if early is not None or self.answer.overflowed:
             return early
         return await (self.outcome if timeout is None else asyncio.wait_for(self.outcome, timeout))

@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from mesh.bus import jetstream, payloads
-from mesh.bus.chains import Ahead, Answer, ChainMemory, before_any_answer, first_of, hops_after, passed_on
+from mesh.bus.chains import Ahead, Answer, ChainMemory, before_any_answer, hops_after
 from mesh.bus.connection import connect, ensure_stream
 from mesh.bus.settings import MeshSettings
 from mesh.bus.waiting import Waiter, Waiters
@@ -44,8 +44,6 @@ from topics.record import Record
 from topics.registry import decode_on, encode_data, type_of
 from topics.tasks import (
     MAX_HOPS,
-    ChainOrigin,
-    HandedFrom,
     TaskCancelled,
     TaskCancelRequested,
     TaskCompleted,
@@ -57,7 +55,7 @@ from topics.tasks import (
     request_problem,
 )
 
-__all__ = ["HandOffFrom", "Mesh", "Published", "Submitted", "request_subject", "TaskOptions", "check_log_subject", "decode_record", "outcome_value"]
+__all__ = ["Mesh", "Published", "Submitted", "TaskOptions", "check_log_subject", "decode_record", "outcome_value"]
 
 MSG_ID = "Nats-Msg-Id"
 _LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s\x00-\x1f\x7f-\x9f]+)+")  # no control character either (review P)
@@ -80,24 +78,6 @@ class TaskOptions(TypedDict, total=False):
     max_attempts: int | None
     deadline: str | None
     forked: str | None  # the `mesh replay fork` whose re-run asks for it (`TaskRequested.forked`)
-
-
-class HandOffFrom(NamedTuple):
-    """The step that hands its task on with a request (`Mesh.submit_request`'s ``handoff``):
-    its capability and task id (the hand-off subject's), its run, and its chain's origin."""
-
-    capability: str
-    task_id: str
-    run: HandedFrom
-    origin: ChainOrigin
-
-
-def request_subject(capability: str, owner: str, handoff: HandOffFrom | None = None) -> str:
-    """Where a request to ``capability`` is stored: on its work subject, or a hand-off's on the
-    hand-off subject of the step that hands it on (`subjects.handoff`)."""
-    if handoff is None:
-        return subjects.work(capability, owner)
-    return subjects.handoff(capability, owner, handoff.capability, handoff.task_id)
 
 
 class Submitted(NamedTuple):
@@ -383,16 +363,14 @@ class Mesh:
 
     async def submit_request(
         self, capability: str, input: Any = None, *, owner: str | None = None, hops: int = 0,
-        handoff: HandOffFrom | None = None, **task: Unpack[TaskOptions],
+        **task: Unpack[TaskOptions],
     ) -> Submitted:  # fmt: skip
         """`submit`, returning where the request landed too: its stream sequence is what its
         outcome names (`request_seq`), so `follow` takes that outcome and no other. A
         duplicate (the same task id submitted again) gives the sequence of the first.
         ``owner``: whose task it is (default: this user's; an agent handing a task on keeps its
         requester's, which `mesh auth init` lets agent roles do and clients not). ``hops``: the
-        hand-offs before this request (`ctx.handoff` counts them; at most `MAX_HOPS`).
-        ``handoff``: the step handing its task on with this request (`ctx.handoff`), which is
-        then stored on that step's hand-off subject (`subjects.handoff`) as its answer."""
+        hand-offs before this request (`ctx.handoff` counts them; at most `MAX_HOPS`)."""
         task_id, fallback, deadline = task.get("task_id"), task.get("fallback", ()), task.get("deadline")
         _check_task(capability, task_id, fallback, deadline, hops)
         event_id = task.get("event_id") or (derived_id(task_id, "requested") if task_id else new_event_id())
@@ -400,10 +378,8 @@ class Mesh:
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
                                 max_attempts=task.get("max_attempts"), deadline=deadline, hops=hops,
                                 forked=task.get("forked"),
-                                cancel_key=cancel_key_of(self.cancel_token(task_id)),
-                                handed_from=handoff.run if handoff else None,
-                                origin=handoff.origin if handoff else None)  # fmt: skip
-        published = await self.publish(request_subject(capability, owner or self.owner, handoff), request, event_id=event_id,
+                                cancel_key=cancel_key_of(self.cancel_token(task_id)))  # fmt: skip
+        published = await self.publish(subjects.work(capability, owner or self.owner), request, event_id=event_id,
                                        correlation_id=task.get("correlation_id") or task_id,
                                        causation_id=task.get("causation_id"))  # fmt: skip
         return Submitted(task_id, capability, published.seq, published.duplicate)
@@ -453,14 +429,14 @@ class Mesh:
                     ahead = {hop: watched for hop in hops_after(event_id, self.chains.ahead(capability))
                              if (watched := await self._watch_ahead(watching_ahead, hop)) is not None}  # fmt: skip
                     submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
-                    early = answer.expect(capability, first_of(capability, task_id, submitted.seq))
+                    early = answer.expect(submitted.seq)
                     # more answers were read before its sequence was known than kept: its own may be
                     # among those dropped, and this watch read the log past it; read again, knowing it
                     reread = early is None and answer.overflowed
                     if not reread:
                         record = early if early is not None else await outcome  # the deadline above bounds it
                 if reread:
-                    record = await self._answer(capability, self.owner, task_id, first_of(capability, task_id, submitted.seq))
+                    record = await self._answer(capability, self.owner, task_id, submitted.seq)
                 if submitted.duplicate:  # a request stored before: it may have gone through its hops unwatched
                     await watching_ahead.aclose()
                     ahead = {}
@@ -493,13 +469,13 @@ class Mesh:
                     watching.append(watched)
                     ahead[hop] = Ahead(hop_answer, watched.future)
                 submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
-                early = answer.expect(capability, first_of(capability, task_id, submitted.seq))
+                early = answer.expect(submitted.seq)
                 reread = early is None and answer.overflowed  # as in `request_outcome`
                 record = early if early is not None or reread else await own.future
             finally:
                 await self.waiters.unwatch(own)
             if record is None:  # reread
-                record = await self._answer(capability, self.owner, task_id, first_of(capability, task_id, submitted.seq))
+                record = await self._answer(capability, self.owner, task_id, submitted.seq)
             if submitted.duplicate:  # as in `request_outcome`
                 await let_go()
                 ahead = {}
@@ -529,18 +505,17 @@ class Mesh:
         owner = owner or self.owner
         try:
             async with asyncio.timeout_at(deadline):  # waiting for a waiter slot included
-                answer = await self._answer(capability, owner, task_id, first_of(capability, task_id, request_seq))
+                answer = await self._answer(capability, owner, task_id, request_seq)
                 return await self._passed_on(answer, deadline, owner)
         except asyncio.TimeoutError as error:
             raise _timed_out(error, task_id, capability, timeout) from None
 
-    async def _answer(self, capability: str, owner: str, task_id: str, chain: ChainOrigin) -> Record:
-        """The answer of the step ``task_id`` under ``capability`` in ``chain``, however long it
-        takes: every caller awaits it inside an `asyncio.timeout_at` of its deadline (a
-        `wait_for` of its own here cost a future, a timer and a turn of the loop more per hop,
-        for nothing)."""
+    async def _answer(self, capability: str, owner: str, task_id: str, request_seq: int) -> Record:
+        """The answer to the request at ``request_seq``, however long it takes: every caller
+        awaits it inside an `asyncio.timeout_at` of its deadline (a `wait_for` of its own here
+        cost a future, a timer and a turn of the loop more per hop, for nothing)."""
         answer = Answer()
-        answer.expect(capability, chain)
+        answer.expect(request_seq)
         async with self.waiters.watch(subjects.task(capability, owner, task_id), answer.accept, earlier=answer.earlier) as outcome:
             return await outcome
 
@@ -557,28 +532,27 @@ class Mesh:
         (the request's), how many hops it went through is remembered. Awaited within the
         caller's `asyncio.timeout_at(deadline)`, which bounds every wait here."""
         for hops in range(MAX_HOPS + 1):  # the request, then at most MAX_HOPS hand-offs
-            hop = passed_on(record)
-            if hop is None:
+            if not isinstance(record.data, TaskHandedOff):
                 if capability is not None:
                     self.chains.learn(capability, hops)
                 return record
-            to, next_task_id, chain = hop
-            if not (is_token(to) and is_token(next_task_id)):  # a buggy agent of the rightful role
-                raise SchemaError(f"task {record.data.task_id} was handed off to an unusable capability or task id "  # type: ignore[attr-defined]
-                                  f"({shorten(to)!r}, {shorten(next_task_id)!r})")  # fmt: skip
+            hop = record.data
+            if not (is_token(hop.to) and is_token(hop.next_task_id)):  # a buggy agent of the rightful role
+                raise SchemaError(f"task {hop.task_id} was handed off to an unusable capability or task id "
+                                  f"({shorten(hop.to)!r}, {shorten(hop.next_task_id)!r})")  # fmt: skip
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise asyncio.TimeoutError
-            watched = ahead.get(next_task_id) if ahead else None
+            watched = ahead.get(hop.next_task_id) if ahead else None
             if watched is not None:
-                found = await watched.answer_to(to, chain)
+                found = await watched.answer_to(subjects.task(hop.to, owner, hop.next_task_id), hop.next_request_seq)
                 if found is not None:
                     record = found
                     continue
             if let_go is not None:
                 await let_go()
                 ahead, let_go = None, None
-            record = await self._answer(to, owner, next_task_id, chain)
+            record = await self._answer(hop.to, owner, hop.next_task_id, hop.next_request_seq)
         raise SchemaError(f"task {record.data.task_id}: handed off more than {MAX_HOPS} times")  # type: ignore[attr-defined]
 
     async def outcome(
@@ -657,4 +631,4 @@ def _could_follow_an_answer(last: Record) -> bool:
 
 
 def _is_answer(record: Record) -> bool:
-    return isinstance(record.data, TaskOutcome | TaskHandedOff) or passed_on(record) is not None
+    return isinstance(record.data, TaskOutcome | TaskHandedOff)

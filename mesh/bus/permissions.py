@@ -8,28 +8,24 @@ Derived from how the mesh uses NATS (read in `mesh.bus.client`, `mesh.bus.connec
   no user reads another's replies (pulled messages, direct gets, acknowledgements);
 - every user submits tasks under its own owner token, its public key (`MeshSettings.owner`):
   `mesh.work.<capability>.<owner>`, whose outcomes come back on
-  `mesh.task.<capability>.<owner>.<task id>`, and whose hand-offs to the next step are stored
-  on `mesh.work.<next>.<owner>.<capability>.<task id>`;
+  `mesh.task.<capability>.<owner>.<task id>`;
 - `client`: submit tasks (a JetStream publish on `mesh.work.*.<owner>`) and cancel them (on
   `mesh.cancel.*`, honoured only with the submitter's token), read the outcomes of its own
-  tasks and of no one else's (core subscription on `mesh.task.*.<owner>.*` and on their
-  hand-offs, `mesh.work.*.<owner>.*.*`; direct get of the last event on one such subject, a
-  scan consumer filtered on one), check the stream exists; list the questions agents ask people and answer them
+  tasks and of no one else's (core subscription on `mesh.task.*.<owner>.*`, direct get of the
+  last event on a `mesh.task.*.<owner>.*` subject, a scan consumer filtered on one such
+  subject), check the stream exists; list the questions agents ask people and answer them
   (`mesh.ask.>` read, `mesh.answer.>` written);
 - an agent role: pull and settle its own consumers (`work-<capability>` per capability,
   `on-<role>-<name>` per event subscription: create, info, next, ack, their max-deliveries
   advisory), publish what the runner and its context publish (`mesh.task.<capability>.>`
-  outcomes, claims and progress of its own capabilities, whoever's task; `mesh.work.<c>.*`
-  sub-tasks under its own owner and fallbacks under the task's, for the capabilities it
-  requests (any without `requests`); hand-offs on `mesh.work.<c>.*.<own capability>.*`
-  only, so no role hands on a task of another's capability; `mesh.llm.<role>.>`,
+  outcomes, claims and progress of its own capabilities, whoever's task; `mesh.work.>`
+  sub-tasks under its own owner, hand-offs and fallbacks under the task's; `mesh.llm.<role>.>`,
   `mesh.tool.<role>.>`, `mesh.dead.>`, its own `mesh.agent.<role>.>`, cancel requests on `mesh.cancel.*`),
   ask people (`mesh.ask.<role>.>`) and hear their answers (`mesh.answer.<role>.*`, and
   `mesh.answer.*` for questions stored before questions named their role),
   hear cancel requests (`mesh.cancel.*`, and read those of the last hour on start), its own presence
   entries (`<role>.<agent id>`; it reads everyone's), direct gets
-  on MESH (the last event of its own capabilities' tasks and of its own sub-tasks, and of
-  where those are handed on, and by
+  on MESH (the last event of its own capabilities' tasks and of its own sub-tasks, and by
   sequence for dead letters and recorded model calls), read every
   knowledge base (`mesh.knowledge.*`; adding to one is an `emits` declaration);
 - `admin`: everything (streams, consumers, KV, object store, import, snapshots).
@@ -102,12 +98,6 @@ def _reading_outcomes(lifecycles: tuple[str, ...], owner: str) -> tuple[str, ...
 def _own_tasks(owner: str) -> str:
     """The lifecycle subjects of every task ``owner`` submitted."""
     return f"mesh.task.*.{check_token('owner', owner)}.*"
-
-
-def _own_handoffs(owner: str) -> str:
-    """Where every task ``owner`` submitted is handed on (`subjects.handoff`): the next step's
-    request, which is the handing step's answer, and which a requester follows its chain by."""
-    return f"mesh.work.*.{check_token('owner', owner)}.*.*"
 
 
 def _payloads(buckets: tuple[str, ...]) -> tuple[str, ...]:
@@ -190,11 +180,11 @@ def _answering(owner: str) -> tuple[str, ...]:
 def client_permissions(inbox: str, *, owner: str) -> Permissions:
     """Submit tasks as ``owner`` (the client's public key), read their outcomes (no one else's)
     and cancel them; list and answer questions to people; nothing else."""
-    own = (_own_tasks(owner), _own_handoffs(owner))
+    own = _own_tasks(owner)
     return Permissions(
-        publish=(f"mesh.work.*.{owner}", subjects.CANCELS, *_reading_outcomes(own, owner), *_answering(owner),
+        publish=(f"mesh.work.*.{owner}", subjects.CANCELS, *_reading_outcomes((own,), owner), *_answering(owner),
                  *_payloads((subjects.owner_payload_bucket(owner), subjects.PEOPLE_PAYLOAD_BUCKET))),
-        subscribe=(f"{inbox}.>", *own),
+        subscribe=(f"{inbox}.>", own),
     )
 
 
@@ -230,20 +220,15 @@ def agent_permissions(
     buckets = (subjects.PAYLOAD_BUCKET, subjects.PEOPLE_PAYLOAD_BUCKET,
                *dict.fromkeys(subjects.owner_payload_bucket(o) for o in (owner, *owners)))  # fmt: skip
     consumers = {subjects.work_consumer_name(c): subjects.work_any(c) for c in capabilities}
-    lifecycles = (_own_tasks(owner), *(f"mesh.task.{c}.*.*" for c in capabilities),
-                  # and where those tasks are handed on (the hand-off requests answer them too)
-                  _own_handoffs(owner), *(f"mesh.work.*.*.{c}.*" for c in capabilities))  # fmt: skip
-    asked = ("*",) if requests is None else requests
+    lifecycles = (_own_tasks(owner), *(f"mesh.task.{c}.*.*" for c in capabilities))
     consumers |= {subjects.subscription_consumer_name(role, name): subject for name, subject in subscriptions.items()}
     publish: list[str] = [
         # claims, progress, completions, failures and hand-offs of its own capabilities' tasks only:
         # no other role can answer for them (see docs/SECURITY.md)
         *(f"mesh.task.{capability}.>" for capability in capabilities),
-        # sub-tasks (`ctx.request`) and hand-overs to a fallback capability (under the task's
-        # owner: its requester follows them); hand-offs (`ctx.handoff`) on the hand-off subjects
-        # of its own capabilities only: that subject is what says which step handed a task on
-        *(f"mesh.work.{c}.*" for c in asked),
-        *(f"mesh.work.{c}.*.{capability}.*" for c in asked for capability in capabilities),
+        # sub-tasks (`ctx.request`), hand-offs and hand-overs to a fallback capability (these
+        # two under the task's owner: its requester follows them)
+        *(("mesh.work.>",) if requests is None else (subjects.work_any(c) for c in requests)),
         *emits,
         subjects.CANCELS,  # cancel what it started (a timed-out sub-task, a failed workflow's steps)
         *_scans(owner, subjects.CANCELS),  # on start, the cancel requests it missed

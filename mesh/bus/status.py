@@ -29,8 +29,7 @@ class CapabilityLoad(msgspec.Struct, frozen=True, kw_only=True):
 
 async def capability_loads(mesh: Mesh, agents: list[Presence]) -> list[CapabilityLoad]:
     """Every capability with a work consumer (its counts), then every capability with tasks stored
-    but no consumer (counted from the stream's `mesh.work.*.*` subjects; not the hand-offs to it,
-    whose subjects, one per task handed on, the server would list one by one)."""
+    but no consumer (counted from the stream's `mesh.work.*.*` subjects)."""
     serving: dict[str, int] = {}
     for presence in agents:
         for capability in presence.capabilities:

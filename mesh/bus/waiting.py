@@ -7,8 +7,6 @@ core subscription per subject, shared by every waiter of it in the process), the
 before the call is found and one stored after it is delivered live. A watch made before
 anything can be published on its subject (a generated task id, the hops ahead of a request:
 `mesh.bus.chains`) reads nothing and needs no recheck; only such a watch may be a wildcard.
-A task's subject is watched and read together with where the task is handed on
-(`mesh.work.*.<owner>.<capability>.<task id>`), whose requests answer it too.
 
 A live delivery can be missed: an event routed before the subscription reached the server
 but stored after the direct get, a reconnect, a slow-consumer drop. So the stored events
@@ -23,9 +21,8 @@ one), not a read every few seconds for as long as it waits.
 Shared subscription: given the connection's ``owner``, a watch on one of that owner's task
 subjects (`mesh.task.<capability or *>.<owner>.<task id>`, what a requester and its hops
 watch) takes no subscription of its own: one core subscription per connection on every task
-of the owner (`mesh.task.*.<owner>.*`, which `mesh auth init` grants clients and agents), and
-one on where those are handed on (`mesh.work.*.<owner>.*.*`: a hand-off's request answers the
-step that handed it on, `topics.tasks`), feed all of them, by task id. Made once, by the first such watch (the server has it before
+of the owner (`mesh.task.*.<owner>.*`, which `mesh auth init` grants clients and agents)
+feeds all of them, by task id. Made once, by the first such watch (the server has it before
 that watch reads the log), it stays until `close`. An event it delivered before a watch of its
 task started is kept a moment, in a buffer of the last `RECENT` events (at most
 `RECENT_BYTES`, default 256 events, 1 MiB): a watch that reads the log looks there first, so
@@ -94,32 +91,6 @@ def _is_literal(subject: str) -> bool:
     return not any(token in ("*", ">") for token in subject.split("."))
 
 
-def _handoffs(subject: str) -> str | None:
-    """Where the task on the task subject ``subject`` (`mesh.task.<capability or *>.<owner>.<task
-    id>`) is handed on, whose requests answer it too (`subjects.handoffs_of`); None for any
-    other subject."""
-    tokens = subject.split(".")
-    if len(tokens) != 5 or tokens[:2] != ["mesh", "task"]:
-        return None
-    return f"mesh.work.*.{tokens[3]}.{tokens[2]}.{tokens[4]}"
-
-
-async def _quietly_unsubscribe(sub: Any) -> None:
-    with contextlib.suppress(Exception):  # given up on anyway
-        await sub.unsubscribe()
-
-
-def _answers(waiter_subject: str, subject: str) -> bool:
-    """Whether an event on ``subject`` is one for a waiter of the task subject
-    ``waiter_subject``: on that subject, or a hand-off of that task by that capability
-    (`mesh.work.<next>.<owner>.<capability>.<task id>`)."""
-    if subject == waiter_subject:
-        return True
-    tokens = subject.split(".")
-    return (len(tokens) == 6 and tokens[1] == "work"
-            and waiter_subject == f"mesh.task.{tokens[4]}.{tokens[3]}.{tokens[5]}")  # fmt: skip
-
-
 def _own_task(subject: str, owner: str | None) -> tuple[str, bool] | None:
     """(task id, any capability) when ``subject`` is one task of ``owner``'s, under one
     capability or any (`subjects.task`, `subjects.task_any`); else None."""
@@ -137,7 +108,7 @@ def _own_task(subject: str, owner: str | None) -> tuple[str, bool] | None:
 class Waiter:
     """One wait for an event on one subject: what it accepts and the future it resolves."""
 
-    __slots__ = ("accept", "any_capability", "checked", "checked_handoffs", "earlier", "future", "rechecked", "started", "subject", "task_id")
+    __slots__ = ("accept", "any_capability", "checked", "earlier", "future", "rechecked", "started", "subject", "task_id")
 
     def __init__(
         self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None
@@ -147,7 +118,6 @@ class Waiter:
         self.earlier = earlier  # given the last stored event: could an awaited one be stored before it?
         self.future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         self.checked = 0  # the subject's stored events up to this sequence were read for this waiter
-        self.checked_handoffs = 0  # and those of its hand-off subject (of a task's subject)
         self.rechecked = False  # read again by a tick since it started
         self.started = asyncio.get_running_loop().time()
         self.any_capability = False  # fed by the shared subscription, on every capability's subject of its task
@@ -161,14 +131,13 @@ class Waiter:
 
 
 class _Interest:
-    """The core subscriptions of one watched subject (a task subject's hand-offs too) and the
-    waiters they feed."""
+    """One core subscription and the waiters it feeds."""
 
-    __slots__ = ("ready", "subs", "waiters")
+    __slots__ = ("ready", "sub", "waiters")
 
     def __init__(self) -> None:
         self.waiters: list[Waiter] = []
-        self.subs: list[Any] = []
+        self.sub: Any = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
@@ -192,7 +161,6 @@ class Waiters:
         # the shared subscription on ``owner``'s tasks (see the module's doc)
         self._owner = owner
         self._shared: Any = None
-        self._shared_handoffs: Any = None  # its second half: `mesh.work.*.<owner>.*.*`, the hand-offs of those tasks
         self._sharing: asyncio.Future[bool] | None = None  # being made
         self._unshared = owner is None  # or refused by the server: every watch subscribes
         self._anonymous = owner == subjects.ANON  # everyone's: shared only while busy
@@ -215,9 +183,8 @@ class Waiters:
 
     @property
     def subscriptions(self) -> int:
-        """The core subscriptions the watches hold: one per watched subject (two for a task's: its
-        hand-offs too), and the two shared ones."""
-        return sum(len(interest.subs) for interest in self._interests.values()) + 2 * (self._shared is not None)
+        """The core subscriptions the watches hold: one per watched subject, and the shared one."""
+        return len(self._interests) + (self._shared is not None)
 
     def _all(self) -> list[Waiter]:
         return [w for interest in self._interests.values() for w in interest.waiters] + [
@@ -329,14 +296,9 @@ class Waiters:
 
     async def _share(self) -> bool:
         assert self._owner is not None
+        filter_subject = f"mesh.task.*.{self._owner}.*"
         try:
-            handoffs = await jetstream.subscribe(self._nc, f"mesh.work.*.{self._owner}.*.*", self._on_shared)
-            try:
-                self._shared = await jetstream.subscribe(self._nc, f"mesh.task.*.{self._owner}.*", self._on_shared)
-            except BaseException:
-                await _quietly_unsubscribe(handoffs)
-                raise
-            self._shared_handoffs = handoffs
+            self._shared = await jetstream.subscribe(self._nc, filter_subject, self._on_shared)
             self._unvouched_at = asyncio.get_running_loop().time()  # what was routed before it is not in `_recent`
             if self._anonymous and not self._joining and not self._by_task:  # every watch that asked was cancelled
                 await self._let_go_shared()
@@ -365,14 +327,13 @@ class Waiters:
     async def _let_go_shared(self) -> None:
         """End the anonymous owner's shared subscription once nothing waits on it: while
         nobody waits it only brings the process every task event of the mesh."""
-        shared, handoffs, self._shared, self._shared_handoffs = self._shared, self._shared_handoffs, None, None
+        shared, self._shared = self._shared, None
         self._recent.clear()
         self._recent_tasks.clear()
         self._recent_bytes = 0
         if not self._nc.is_closed:
             try:
                 await shared.unsubscribe()
-                await handoffs.unsubscribe()
             except Exception as error:  # the connection is closing or reconnecting: nothing is kept either way
                 log.info("ending the shared subscription failed", error=repr(error))
 
@@ -411,7 +372,7 @@ class Waiters:
             log.info("decoding a shared event failed; read again later", subject=subject, error=repr(error))
             return
         for waiter in list(self._by_task.get(task_id, ())):
-            if waiter.any_capability or _answers(waiter.subject, subject):
+            if waiter.any_capability or waiter.subject == subject:
                 waiter.offer(record)
 
     def _recent_unvouched(self) -> bool:
@@ -424,7 +385,7 @@ class Waiters:
         if task_id not in self._recent_tasks:
             return
         for _, subject, data, _ in [kept for kept in self._recent if kept[0] == task_id]:
-            if (waiter.any_capability or _answers(waiter.subject, subject)) and waiter.offer(await self._decode(subject, data, 0)):
+            if (waiter.any_capability or waiter.subject == subject) and waiter.offer(await self._decode(subject, data, 0)):
                 return
 
     def _enter(self, waiter: Waiter) -> tuple[_Interest, bool]:
@@ -445,12 +406,8 @@ class Waiters:
             return
         try:
             subject = interest.waiters[0].subject
-            for each in (subject, _handoffs(subject)):
-                if each is not None:
-                    interest.subs.append(await self._nc.subscribe(each, cb=functools.partial(self._on_msg, subject)))
+            interest.sub = await self._nc.subscribe(subject, cb=functools.partial(self._on_msg, subject))
         except Exception as error:
-            for sub in interest.subs:
-                await _quietly_unsubscribe(sub)
             interest.ready.set_exception(error)
             interest.ready.exception()  # retrieved: later waiters of the subject see it through `ready`
             raise
@@ -466,9 +423,8 @@ class Waiters:
         del self._interests[waiter.subject]
         # The subscription's callback holds this registry, not the waiter: letting go of it
         # frees the waiter, its future and the record without the cycle collector.
-        if not self._nc.is_closed:
-            for sub in interest.subs:
-                await sub.unsubscribe()
+        if interest.sub is not None and not self._nc.is_closed:
+            await interest.sub.unsubscribe()
 
     async def _on_msg(self, watched: str, msg: Msg) -> None:
         interest = self._interests.get(watched)  # the subscription's subject: a wildcard covers several
@@ -482,28 +438,19 @@ class Waiters:
         """Read the subject's events stored since the waiter's last check: the last one (a
         direct get), and the ones before it only if the last is not the awaited one (a claim
         after an outcome, another request's answer under the same task id): then with an
-        scan consumer of that subject, for a moment (`jetstream.read_between`). A task's
-        subject is read with its hand-off subject, whose requests answer the task too."""
-        waiter.checked = await self._check_subject(waiter, waiter.subject, waiter.checked)
-        handoffs = _handoffs(waiter.subject)
-        if handoffs is not None and not waiter.future.done():
-            # the next steps' requests, each the answer of a run of this task that handed it on
-            waiter.checked_handoffs = await self._check_subject(waiter, handoffs, waiter.checked_handoffs)
-
-    async def _check_subject(self, waiter: Waiter, subject: str, checked: int) -> int:
-        """`_check` of one subject read up to ``checked`` before; up to where it is read now."""
-        last = await jetstream.direct_get(self._js, subject=subject)
-        if last is None or not last.seq or last.seq <= checked:
-            return checked
-        record = await self._stored(last.subject or subject, last.data, last.seq)
+        scan consumer of that subject, for a moment (`jetstream.read_between`)."""
+        last = await jetstream.direct_get(self._js, subject=waiter.subject)
+        if last is None or not last.seq or last.seq <= waiter.checked:
+            return
+        record = await self._stored(waiter.subject, last.data, last.seq)
         if waiter.offer(record):
-            return last.seq
-        if last.seq > checked + 1 and waiter.earlier is not None and (record is None or waiter.earlier(record)):
-            for seq, data, stored_on in await jetstream.read_between(self._js, subject, after=checked, before=last.seq,
-                                                                        owner=self._owner or subjects.ANON):
-                if waiter.offer(await self._stored(stored_on, data, seq)):
+            return
+        if last.seq > waiter.checked + 1 and waiter.earlier is not None and (record is None or waiter.earlier(record)):
+            for seq, data in await jetstream.read_between(self._js, waiter.subject, after=waiter.checked, before=last.seq,
+                                                             owner=self._owner or subjects.ANON):
+                if waiter.offer(await self._stored(waiter.subject, data, seq)):
                     break
-        return last.seq
+        waiter.checked = last.seq
 
     async def _check_quietly(self, waiter: Waiter) -> None:
         """`_check`, leaving a NATS failure that passes (a reconnect) to the next recheck."""
@@ -582,8 +529,7 @@ class Waiters:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self._shared is not None:
-            shared, handoffs, self._shared, self._shared_handoffs = self._shared, self._shared_handoffs, None, None
+            shared, self._shared = self._shared, None
             if not self._nc.is_closed:
                 with contextlib.suppress(Exception):  # closing anyway
                     await shared.unsubscribe()
-                    await handoffs.unsubscribe()

@@ -25,7 +25,7 @@ from topics.agents import Presence
 from topics.base import json_visible, visible
 from topics.envelope import DECODE_ERRORS, decode_envelope, encode_envelope
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested, handed_off_by
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["tail", "status"]
 
@@ -163,16 +163,13 @@ async def capability_lines(mesh: Mesh, agents: list[Presence]) -> list[str]:
 
 
 async def _recent_tasks(mesh: Mesh, last_seq: int, window: int = 2000, show: int = 10) -> list[str]:
-    """Fold the tail of the log into the latest state of each task (a hand-off's request is the
-    answer of the task that handed it on too)."""
+    """Fold the tail of the log into the latest state of each task."""
     tasks: dict[str, dict[str, Any]] = {}
     records = await read_recent(mesh, "mesh.>", max(1, last_seq - window + 1), last_seq)
     for record in records:
         match record.data:
-            case TaskRequested(capability=capability, task_id=task_id) as request:
+            case TaskRequested(capability=capability, task_id=task_id):
                 tasks.setdefault(task_id or record.event.id, {"status": "requested", "capability": capability})
-                if (handed := handed_off_by(record.subject, request, record.seq)) is not None:
-                    tasks.setdefault(handed.task_id, {}).update(status=f"handed off to {handed.to}")
             case TaskClaimed(task_id=task_id, agent=agent):
                 tasks.setdefault(task_id, {}).update(status="running", agent=agent)
             case TaskCompleted(task_id=task_id, agent=agent):

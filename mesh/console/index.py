@@ -28,7 +28,6 @@ from mesh.bus.payloads import TEXT_FACTOR, decoded_size  # the console's measure
 from mesh.projections import TASKS, WORKFLOWS
 from mesh.projections.base import Router, moment_of
 from mesh.projections.tasks import TasksState, folded_keys
-from replay.labels import handed_off_in
 from replay.reader import subject_matches
 from topics.flows import FlowCompleted, FlowStarted, FlowStepCompleted
 from topics.record import Record
@@ -87,8 +86,7 @@ class EventQuery:
 
 
 def _keys(record: Record) -> list[Key]:
-    """The lookups a record is listed under, besides its type and event id (a hand-off's
-    request under the task that handed it on too: it is that task's answer)."""
+    """The lookups a record is listed under, besides its type and event id."""
     event, data = record.event, record.data
     keys: list[Key] = []
     if event.correlationid:
@@ -98,8 +96,6 @@ def _keys(record: Record) -> list[Key]:
     task = getattr(data, "task_id", None)
     if task and isinstance(task, str):
         keys.append(("t", task))
-    if (handed := handed_off_in(record)) is not None and handed.task_id != task:
-        keys.append(("t", handed.task_id))
     workflow = getattr(data, "workflow_id", None)
     if workflow and isinstance(workflow, str):
         keys.append(("w", workflow))

@@ -14,7 +14,6 @@ from mesh.console.index import EventQuery, LogIndex, NotHeld
 from mesh.console.pages import PER_PAGE, Page, ago, e, link, pager, path_of, pretty, table
 from mesh.console.source import AgentRow, CapabilityRow
 from mesh.projections import FlowStatus, TaskStatus, TaskView, WorkflowView, find_task, task_key, tasks_named
-from replay.labels import handed_off_in
 from replay.timeline import agent_of, summarize
 from topics import subjects
 from topics.calls import LlmCalled, ToolCalled
@@ -184,7 +183,7 @@ def task_page(index: LogIndex, ref: str) -> Page | None:
     ]  # fmt: skip
     body = (
         f'<h1>Task <span class="id">{e(task_id)}</span></h1>' + _facts(facts)
-        + "<h2>Attempts, retries and failures</h2>" + _lifecycle(records, task_id)
+        + "<h2>Attempts, retries and failures</h2>" + _lifecycle(records)
         + "<h2>Model and tool calls (this task and the tasks it caused)</h2>" + _calls(index.causal(task_id))
         + _timeline(task_id)
         + ("" if view is None else "<h2>Input</h2>" + _data(view.input) + "<h2>Output</h2>" + _data(view.output))
@@ -216,14 +215,10 @@ def _owner_of(subject: str) -> str | None:
     return None if found is None else found[1]
 
 
-def _lifecycle(records: list[Record], task_id: str) -> str:
-    """The rows of task ``task_id``'s lifecycle; the next step's request it handed its task on
-    with is its hand-off here (and the next task's request on that task's page)."""
+def _lifecycle(records: list[Record]) -> str:
     rows = []
     for record in records:
         data = record.data
-        if (handed := handed_off_in(record)) is not None and handed.task_id == task_id:
-            data = handed
         match data:
             case TaskRequested(capability=capability):
                 what = f"requested for {capability}"

@@ -35,7 +35,7 @@ from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
-from mesh.bus.chains import Answer, first_of
+from mesh.bus.chains import Answer
 from mesh.bus.client import Mesh, outcome_value
 from mesh.bus.follow import Follow, records
 from mesh.coordination.templates import references
@@ -281,7 +281,7 @@ class Workflows:
         except BaseException:
             await watching.aclose()
             raise
-        early = answer.expect(WORKFLOW_CAPABILITY, first_of(WORKFLOW_CAPABILITY, workflow_id, submitted.seq))
+        early = answer.expect(submitted.seq)
         await self._forget(workflow_id)
         self._launched[workflow_id] = _Launch(submitted.seq, watching, outcome, early)
         if len(self._launched) > LAUNCHES:

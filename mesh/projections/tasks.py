@@ -6,11 +6,8 @@ Rules of the fold:
   later claims, progress and outcomes for the task are duplicates and are ignored
   (effectively once: the first outcome wins).
 - A retryable failure is reopened only by an event of a later attempt.
-- A hand-off (the handler's `ctx.handoff`, not a fallback) is final like a completion: the
-  task's work goes on as ``handed_to``, another task. It is the next task's request, on the
-  hand-off subject `mesh.work.<capability>.<owner>.<from capability>.<from task id>` that
-  only the handing role may write (`topics.tasks.handed_off_by`), or, in older logs, a
-  ``TaskHandedOff`` on the task's lifecycle subject.
+- A hand-off (``TaskHandedOff`` by the handler, not a fallback) is final like a completion:
+  the task's work goes on as ``handed_to``, another task.
 - A second ``TaskRequested`` for the same task with a capability not yet tried is a
   fallback: the task goes back to ``requested`` under the new capability, with its attempt
   count starting over (each capability's consumer counts its own deliveries). A request
@@ -22,8 +19,7 @@ Rules of the fold:
   `<owner>.<task id>` for another), so two users' tasks under one id are two tasks. The
   owner, the capability and the task id are read from the subject, which the server's
   permissions checked, not from the data: a request counts on `mesh.work.<capability>.<owner>`
-  or a hand-off subject under it (or, copied by `mesh replay fork`, on its lifecycle subject,
-  for a task not seen before),
+  (or, copied by `mesh replay fork`, on its lifecycle subject, for a task not seen before),
   a claim, progress, outcome or hand-off on `mesh.task.<capability>.<owner>.<task id>` for the
   task id it names, under a capability the task was requested for. Anything else is another
   role's word about someone's task and is ignored (the runtime follows the same rule).
@@ -52,7 +48,6 @@ from topics.tasks import (
     TaskProgress,
     TaskRequested,
     cancel_key_of,
-    handed_off_by,
 )
 
 __all__ = ["MAX_HISTORY", "TaskStatus", "TaskView", "TasksProjection", "TasksState", "Try", "find_task", "folded_keys",
@@ -150,7 +145,7 @@ def _accepts(view: TaskView, attempt: int) -> bool:
 
 class TasksProjection(HandlerProjection[TasksState]):
     name = "tasks"
-    version = 6  # 6: hand-offs read from the next step's request
+    version = 5
     state_type = TasksState
 
     def handlers(self) -> dict[type[Event], Handler[TasksState]]:
@@ -180,12 +175,11 @@ def _task(state: TasksState, owner: str, task_id: str, stamp: Stamp) -> TaskView
 
 
 def _work_of(subject: str) -> tuple[str, str] | None:
-    """`subjects.work_of` (a request submitted, or handed on) without checking each token's
-    characters: the subject is one the server stored, and a fold runs for every event of a
-    rebuild (the check was most of what the subject rules first added to a file rebuild, about
-    30% of its CPU)."""
+    """`subjects.work_of` without checking each token's characters: the subject is one the
+    server stored, and a fold runs for every event of a rebuild (the check was most of what the
+    subject rules first added to a file rebuild, about 30% of its CPU)."""
     parts = subject.split(".")
-    return (parts[2], parts[3]) if len(parts) in (4, 6) and parts[0] == "mesh" and parts[1] == "work" else None
+    return (parts[2], parts[3]) if len(parts) == 4 and parts[0] == "mesh" and parts[1] == "work" else None
 
 
 def _task_of(subject: str) -> tuple[str, str, str] | None:
@@ -197,24 +191,23 @@ def _task_of(subject: str) -> tuple[str, str, str] | None:
 def folded_keys(state: TasksState, data: Event, subject: str, event_id: str) -> list[str]:
     """The `task_key`s of the tasks in ``state`` an event (``data`` stored on ``subject``, its
     envelope's id ``event_id``) may have changed, found as the handlers find them: a request's
-    task on its work subject (or, copied by `replay fork`, on its lifecycle subject) and, for a
-    hand-off's, the task that handed it on; the task of a lifecycle subject; and for a cancel
-    request every owner's task under its id whose cancel key it matches. Never every owner's
-    task under an id (the console weighs each task by the events folded into it: review D)."""
+    task on its work subject (or, copied by `replay fork`, on its lifecycle subject), the task
+    of a lifecycle subject, and for a cancel request every owner's task under its id whose
+    cancel key it matches. Never every owner's task under an id (the console weighs each task
+    by the events folded into it: review D)."""
     if isinstance(data, TaskCancelRequested):
         if subject != f"mesh.cancel.{data.task_id}":
             return []
         key = cancel_key_of(data.token)
         return [task_key(v.owner, v.task_id) for v in tasks_named(state, data.task_id) if v.cancel_key == key]
-    if isinstance(data, TaskRequested) and (served := _work_of(subject)) is not None:
-        found = [task_key(served[1], data.task_id or event_id)]
-        if (handed := handed_off_by(subject, data, 0)) is not None:  # any sequence: only its task is read
-            found.append(task_key(served[1], handed.task_id))
+    served = _work_of(subject) if isinstance(data, TaskRequested) else None
+    if served is not None:
+        found = task_key(served[1], getattr(data, "task_id", "") or event_id)
     elif (lifecycle := _task_of(subject)) is not None:
-        found = [task_key(lifecycle[1], lifecycle[2])]
+        found = task_key(lifecycle[1], lifecycle[2])
     else:
         return []
-    return [key for key in found if key in state.tasks]
+    return [found] if found in state.tasks else []
 
 
 def _copied(state: TasksState, event: TaskRequested, stamp: Stamp) -> tuple[str, TaskView] | None:
@@ -238,29 +231,11 @@ def _lifecycle(state: TasksState, event: Any, stamp: Stamp) -> TaskView | None:
     _, _, capability, owner, task_id = parts
     if task_id != event.task_id or getattr(event, "capability", "") not in ("", capability):
         return None
-    return _under(state, capability, owner, task_id, stamp)
-
-
-def _under(state: TasksState, capability: str, owner: str, task_id: str, stamp: Stamp) -> TaskView | None:
-    """``owner``'s task ``task_id``, if it was requested for ``capability`` (or not seen yet)."""
     view = _task(state, owner, task_id, stamp)
     return view if not view.capabilities or capability in view.capabilities else None
 
 
 def _requested(state: TasksState, event: TaskRequested, stamp: Stamp, seq: int) -> None:
-    """The request starts its task (or falls back to another capability); a hand-off's is also
-    the answer of the task that handed it on, folded as a stored `TaskHandedOff` is (older logs
-    hold one just after the request)."""
-    _request(state, event, stamp)
-    handed = handed_off_by(stamp.subject, event, seq)
-    if handed is not None:
-        owner = stamp.subject.split(".")[3]  # a hand-off subject's: the task's owner, and the next one's
-        view = _under(state, handed.capability, owner, handed.task_id, stamp)
-        if view is not None:
-            _passed_on(view, handed, stamp)
-
-
-def _request(state: TasksState, event: TaskRequested, stamp: Stamp) -> None:
     served = _work_of(stamp.subject)
     if served is not None:
         capability, owner = served  # what the agents serve it as, whatever the data says
@@ -332,11 +307,8 @@ def _cancelled(state: TasksState, event: TaskCancelled, stamp: Stamp, seq: int) 
 
 def _handed_off(state: TasksState, event: TaskHandedOff, stamp: Stamp, seq: int) -> None:
     view = _lifecycle(state, event, stamp)
-    if view is not None:
-        _passed_on(view, event, stamp)
-
-
-def _passed_on(view: TaskView, event: TaskHandedOff, stamp: Stamp) -> None:
+    if view is None:
+        return
     if event.reason.startswith("fallback"):  # the fallback's own request carries the task on
         error = ErrorInfo(type="fallback", message=event.reason.removeprefix("fallback: "))
         _tried(view, event.capability, event.attempt, event.agent, "fallback", stamp, error=error, to=event.to)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import structlog
 from opentelemetry.trace import Span
 
-from mesh.bus.client import HandOffFrom, Mesh, Published, outcome_value
+from mesh.bus.client import Mesh, Published, outcome_value
 from mesh.bus.payloads import waiting_on_others
 from mesh.coordination.board import Board
 from mesh.coordination.conversation import Conversation
@@ -31,7 +31,7 @@ from topics.app import AppEvent, subject_of
 from topics.base import Event, is_token
 from topics.envelope import CloudEvent, derived_id
 from topics.record import Record
-from topics.tasks import MAX_HOPS, ChainOrigin, HandedFrom, TaskHandedOff, TaskOutcome, TaskProgress, handoff_task_id
+from topics.tasks import MAX_HOPS, TaskHandedOff, TaskOutcome, TaskProgress, handoff_task_id
 
 if TYPE_CHECKING:
     from mesh.llm.client import LlmSession
@@ -87,7 +87,6 @@ class Context:
         owner: str | None = None,
         hops: int = 0,
         forked: str | None = None,
-        origin: ChainOrigin | None = None,
     ) -> None:
         self.mesh = mesh
         self.owner = owner or mesh.owner  # whose task this is: its outcome and hand-offs go under it
@@ -101,8 +100,6 @@ class Context:
         self.request_seq = request_seq  # the stream sequence of the request this attempt answers
         self.deadline = deadline  # the task's deadline (RFC 3339), if it has one
         self.hops = hops  # the hand-offs before this task's request
-        # the first request of this task's chain of hand-offs (this task's own, if it was not handed on)
-        self.origin_of_chain = origin
         # the `mesh replay fork` this task is part of: its request was re-published by it, or asked
         # for by a task that was (so it looks for the sub-tasks the fork copied, and marks what it asks)
         self.forked = event.source[len(FORK_SOURCE) :] if event.source.startswith(FORK_SOURCE) else forked
@@ -168,7 +165,7 @@ class Context:
 
     async def progress(self, message: str, fraction: float | None = None) -> Published:
         update = TaskProgress(task_id=self.task_id, agent=self.agent_id, attempt=self.attempt, message=message,
-                              fraction=fraction, request_seq=self.request_seq, origin=self.origin_of_chain)  # fmt: skip
+                              fraction=fraction, request_seq=self.request_seq)  # fmt: skip
         return await self.emit(subjects.task(self.capability, self.owner, self.task_id), update)
 
     async def request(
@@ -227,9 +224,8 @@ class Context:
         """Pass the task on to ``capability`` and finish this step: `return await ctx.handoff(...)`.
 
         The next step is a task with an id derived from this one (so a retry of this step hands
-        off nothing twice), and its request, stored on this step's hand-off subject
-        (`subjects.handoff`), is this step's answer: one stored event per hop. Whoever waits
-        for this task (`Mesh.request`, `mesh task --wait`) follows the chain to its end.
+        off nothing twice), and this step's answer is `mesh.task.handed_off` naming it. Whoever
+        waits for this task (`Mesh.request`, `mesh task --wait`) follows the chain to its end.
         No claim goes before it (`mesh.runtime.claims`): the hand-off is this step's answer,
         naming the agent and attempt as a completion does, not an effect it goes on from. The
         next step is the same owner's task as this one, so its requester may read its outcome.
@@ -239,16 +235,10 @@ class Context:
         if self._before_handoff is not None:
             self._before_handoff()
         task_id = self._child_id("handoff") if self._scope else handoff_task_id(self.event.id)
-        if self.request_seq is None:
-            raise RuntimeError("only a task's handler can hand its task on (this context answers no request)")
-        origin = self.origin_of_chain or ChainOrigin(capability=self.capability, task_id=self.task_id,
-                                                     request_seq=self.request_seq)  # fmt: skip
-        run = HandedFrom(agent=self.agent_id, attempt=self.attempt, request_seq=self.request_seq)
         submitted = await self.mesh.submit_request(capability, input, task_id=task_id, event_id=task_id,
                                                    correlation_id=self.correlation_id, causation_id=self.event.id,
                                                    owner=self.owner, deadline=self.deadline, hops=self.hops + 1,
-                                                   forked=self.forked,
-                                                   handoff=HandOffFrom(self.capability, self.task_id, run, origin))  # fmt: skip
+                                                   forked=self.forked)  # fmt: skip
         return HandOff(capability, task_id, submitted.seq)
 
     async def workflow(self, spec: WorkflowSpec, input: Any = None, *, timeout: float | None = None) -> Any:

@@ -35,12 +35,11 @@ from topics import subjects
 from topics.base import ErrorInfo, is_token, shorten
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.registry import decode_data
-from topics.tasks import ChainOrigin, TaskAttemptFailed, TaskFailed, TaskHandedOff, TaskOutcome, TaskRequested
+from topics.tasks import TaskAttemptFailed, TaskFailed, TaskHandedOff, TaskOutcome, TaskRequested
 
 __all__ = [
     "HandlerFailed",
     "already_done",
-    "chain_origin",
     "event_failed",
     "gave_up",
     "is_retryable",
@@ -67,26 +66,11 @@ class HandlerFailed(Exception):
 
 
 async def already_done(mesh: Mesh, work_subject: str, task_id: str, request_seq: int) -> bool:
-    """Whether the request stored at ``request_seq`` on ``work_subject`` has an outcome, was
-    passed on to a fallback, or was handed on (its hand-off request is on `subjects.handoffs_of`)
-    already."""
+    """Whether the request stored at ``request_seq`` on ``work_subject`` has an outcome (or was
+    passed on) already."""
     last = await mesh.last_on(lifecycle(work_subject, task_id))
-    if (last is not None and isinstance(last.data, TaskOutcome | TaskHandedOff)
-            and last.data.request_seq == request_seq):  # fmt: skip
-        return True
-    capability, owner = served(work_subject)
-    handed = await mesh.last_on(subjects.handoffs_of(capability, owner, task_id))
-    return (handed is not None and isinstance(handed.data, TaskRequested) and handed.data.handed_from is not None
-            and handed.data.handed_from.request_seq == request_seq)  # fmt: skip
-
-
-def chain_origin(subject: str, request: TaskRequested | None) -> ChainOrigin | None:
-    """What an answer to the request on ``subject`` names as its chain's origin: the request's
-    own, if it was handed on (on a hand-off subject, which only the handing role may write);
-    else None (the answer names its request by `request_seq` alone)."""
-    if request is None or subjects.handoff_of(subject) is None:
-        return None
-    return request.origin
+    return (last is not None and isinstance(last.data, TaskOutcome | TaskHandedOff)
+            and last.data.request_seq == request_seq)  # fmt: skip
 
 
 SERVED_SUBJECTS = 256  # work subjects whose parse `served` remembers (a process serves a few: capability x owner)
@@ -94,15 +78,12 @@ _work_of = functools.lru_cache(maxsize=SERVED_SUBJECTS)(subjects.work_of)
 
 
 def served(work_subject: str) -> tuple[str, str]:
-    """The capability a request stored on ``work_subject`` (`mesh.work.<capability>.<owner>`, or
-    a hand-off's `subjects.handoff`) is for, and whose it is: read from the subject (the consumer's filter, and what the server
+    """The capability a request stored on ``work_subject`` (`mesh.work.<capability>.<owner>`)
+    is for, and whose it is: read from the subject (the consumer's filter, and what the server
     let its publisher write), so always tokens, whatever the request's data says. Asked
     several times per message, of the few subjects a consumer sees: the parse is remembered
     for the last `SERVED_SUBJECTS` subjects."""
-    head = work_subject
-    if work_subject.count(".") == 5:  # a hand-off, unique to its task: what is remembered is its request's part
-        head = work_subject.rsplit(".", 2)[0]  # (its own tokens are checked once, on arrival: `pipeline.decode`)
-    served = _work_of(head)
+    served = _work_of(work_subject)
     if served is None:
         raise ValueError(f"{shorten(work_subject, 200)!r} is not a work subject (mesh.work.<capability>.<owner>)")
     return served
@@ -167,8 +148,7 @@ async def task_failed(
                                     correlation_id=event.correlationid or task_id, causation_id=event.id)  # fmt: skip
         handed = TaskHandedOff(task_id=task_id, agent=worker.agent_id, attempt=attempt, capability=capability,
                                to=fallback[0], next_task_id=task_id, next_request_seq=passed.seq,
-                               request_seq=request_seq, reason=f"fallback: {described}"[:1000],
-                               origin=chain_origin(msg.subject, task))  # fmt: skip
+                               request_seq=request_seq, reason=f"fallback: {described}"[:1000])  # fmt: skip
         await mesh.publish(lifecycle(msg.subject, task_id), handed, event_id=derived_id(event.id, "handed_off"),
                            correlation_id=event.correlationid or task_id, causation_id=passed.id)  # fmt: skip
     elif task.fallback:
@@ -252,7 +232,7 @@ async def record_failure(
     await gave_up(worker, subject, cause, request, task_id, info, request_seq)
     capability = served_capability(subject)
     failed = TaskFailed(task_id=task_id, agent=worker.agent_id, attempt=attempt, error=info, capability=capability,
-                        request_seq=request_seq, origin=chain_origin(subject, request))  # fmt: skip
+                        request_seq=request_seq)  # fmt: skip
     await worker.mesh.scoped(request_seq).publish(
         lifecycle(subject, task_id), failed, event_id=derived_id(cause.id, "failed"),
         correlation_id=cause.correlationid or task_id, causation_id=cause.id,

@@ -51,11 +51,9 @@ from mesh.runtime.failures import (
 )
 from mesh.runtime.worker import Worker
 from mesh.telemetry.tracing import agent_span, instruments, process_span, record_error
-from topics import subjects
-from topics.base import shorten
 from topics.envelope import DECODE_ERRORS, CloudEvent, derived_id, parse_time
 from topics.record import Record
-from topics.tasks import ChainOrigin, TaskCancelled, TaskClaimed, TaskCompleted, TaskRequested, request_problem
+from topics.tasks import TaskCancelled, TaskClaimed, TaskCompleted, TaskHandedOff, TaskRequested, request_problem
 
 __all__ = ["Inbound", "Next", "Worker", "event_chain", "task_chain"]
 
@@ -73,7 +71,6 @@ class Inbound:
     record: Record | None = None  # set by decode
     span: Span = INVALID_SPAN  # set by trace
     claim: Claim | None = None  # set by claim
-    handed: bool = False  # set by decode: the request came on a hand-off subject (`subjects.handoff`)
     _mesh: Mesh | None = None
 
     def mesh(self, worker: Worker) -> Mesh:
@@ -115,13 +112,6 @@ class Inbound:
     @property
     def attempt(self) -> int:
         return self.delivery.delivered
-
-    @property
-    def handed_on(self) -> ChainOrigin | None:
-        """The origin of the chain this request was handed on in, if it came on a hand-off
-        subject (which only the handing role may write; anywhere else its word is ignored):
-        every answer to it names that origin, which its requester follows the chain by."""
-        return self.task.origin if self.handed else None
 
     def event_id(self, label: str) -> str:
         """The id of an event this delivery causes: the same on every retry."""
@@ -189,18 +179,9 @@ async def _decode(worker: Worker, inbound: Inbound, call_next: Next) -> None:
         except ValueError as error:
             await reject(worker, msg, delivery, Reason.BAD_DATA, str(error), inbound.event)
             return
-        inbound.handed = msg.subject.count(".") == 5  # `served` took it: a hand-off subject
-        if inbound.handed and subjects.handoff_of(msg.subject) is None:
-            text = f"{shorten(msg.subject, 200)!r} is not a hand-off subject (mesh.work.<capability>.<owner>.<from capability>.<from task id>)"
-            await reject(worker, msg, delivery, Reason.BAD_DATA, text, inbound.event)
-            return
         if problem := request_problem(data.task_id or inbound.event.id, data.capability, data.fallback, data.deadline,
                                       data.hops):
             await reject(worker, msg, delivery, Reason.BAD_DATA, problem, inbound.event)
-            return
-        if inbound.handed and (data.handed_from is None or data.origin is None):
-            text = "a request on a hand-off subject names the run that handed it on (handed_from) and its chain's origin"
-            await reject(worker, msg, delivery, Reason.BAD_DATA, text, inbound.event)
             return
     await call_next(inbound)
 
@@ -253,8 +234,7 @@ async def claim(worker: Worker, inbound: Inbound, call_next: Next) -> None:
     def announce() -> Awaitable[None]:
         task_id = inbound.task_id
         claimed = TaskClaimed(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt,
-                              capability=inbound.capability, request_seq=inbound.delivery.stream_seq,
-                              origin=inbound.handed_on)  # fmt: skip
+                              capability=inbound.capability, request_seq=inbound.delivery.stream_seq)  # fmt: skip
         return inbound.mesh(worker).announce(inbound.lifecycle, claimed, event_id=inbound.event_id(f"claimed/{inbound.attempt}"),
                                              correlation_id=inbound.event.correlationid or task_id,
                                              causation_id=inbound.event.id)  # fmt: skip
@@ -287,16 +267,23 @@ async def run_task(worker: Worker, inbound: Inbound) -> None:
     if cancelled is not None:
         await _record_cancelled(worker, inbound, cancelled)
         return
-    if not isinstance(output, HandOff):  # a hand-off's answer is the next step's request, stored already
+    request_seq, subject = inbound.delivery.stream_seq, inbound.lifecycle
+    answer: TaskCompleted | TaskHandedOff
+    if isinstance(output, HandOff):
+        answer = TaskHandedOff(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt,
+                               capability=handler.capability, to=output.capability, next_task_id=output.task_id,
+                               next_request_seq=output.request_seq, request_seq=request_seq, reason="handoff")  # fmt: skip
+        label = "handed_off"
+    else:
         answer = TaskCompleted(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt, output=output,
-                               capability=handler.capability, request_seq=inbound.delivery.stream_seq,
-                               origin=inbound.handed_on)  # fmt: skip
-        try:
-            await inbound.mesh(worker).publish(inbound.lifecycle, answer, event_id=inbound.event_id("completed"),
-                                               correlation_id=inbound.event.correlationid or task_id,
-                                               causation_id=inbound.event.id)  # fmt: skip
-        except PayloadTooLargeError as error:  # the output cannot be recorded: the task fails, saying why
-            raise HandlerFailed(error) from error
+                               capability=handler.capability, request_seq=request_seq)  # fmt: skip
+        label = "completed"
+    try:
+        await inbound.mesh(worker).publish(subject, answer, event_id=inbound.event_id(label),
+                                           correlation_id=inbound.event.correlationid or task_id,
+                                           causation_id=inbound.event.id)  # fmt: skip
+    except PayloadTooLargeError as error:  # the output cannot be recorded: the task fails, saying why
+        raise HandlerFailed(error) from error
     await inbound.msg.ack()
     worker.handled += 1
     instruments.processed.add(1, {"type": inbound.event.type, "outcome": "completed"})
@@ -342,7 +329,7 @@ async def _record_cancelled(worker: Worker, inbound: Inbound, reason: str) -> No
     """`mesh.task.cancelled`, once (a derived id), as the answer to this request; then ack."""
     task_id = inbound.task_id
     cancelled = TaskCancelled(task_id=task_id, agent=worker.agent_id, attempt=inbound.attempt, reason=reason,
-                              request_seq=inbound.delivery.stream_seq, origin=inbound.handed_on)  # fmt: skip
+                              request_seq=inbound.delivery.stream_seq)  # fmt: skip
     await inbound.mesh(worker).publish(inbound.lifecycle, cancelled,
                                        event_id=inbound.event_id("cancelled"),
                                        correlation_id=inbound.event.correlationid or task_id,
@@ -428,7 +415,6 @@ def _task_context(worker: Worker, inbound: Inbound, cancelled: Callable[[], str 
         before_effect=inbound.claim.before_effect if inbound.claim is not None else None,
         before_handoff=inbound.claim.stop_timer if inbound.claim is not None else None, cancelled=cancelled,
         deadline=inbound.task.deadline, owner=inbound.owner, hops=inbound.task.hops, forked=inbound.task.forked,
-        origin=inbound.handed_on,
     )  # fmt: skip
 
 
