@@ -12,6 +12,7 @@ from mesh.bus import jetstream
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog, eventually
 from topics import subjects
+from topics.base import shorten
 
 pytestmark = pytest.mark.e2e
 
@@ -81,6 +82,30 @@ class TestDeadLetters:
         dead = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
         assert dead[0].data.reason == "bad_data"  # type: ignore[attr-defined]
 
+    async def test_a_subject_too_long_for_a_dead_letter_of_its_own_is_dead_lettered(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
+    ) -> None:  # fmt: skip
+        """An owner token of a thousand characters (any role that may submit under any owner can
+        write one): `mesh.dead.<subject>` would be over the mesh's subject limit, so the letter
+        goes to the subject's family and a digest, naming the original's sequence. It used to fail at
+        every delivery, with a traceback, and was lost after the last with no dead letter."""
+        await agents.start("agents.echo:agent")
+        subject = subjects.work("echo", subjects.ANON)[: -len(subjects.ANON)] + "o" * 1000
+        payload = json.dumps({**GOOD_ENVELOPE, "id": "long-1", "type": "mesh.task.requested",
+                              "data": {"capability": "echo", "input": 1}}).encode()  # fmt: skip
+        ack = await mesh.js.publish(subject, payload)
+        assert await mesh.request("echo", {"after": "long"}, timeout=20) == {"after": "long"}
+        [dead] = await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
+        assert dead.subject == subjects.dead(subject) and dead.subject.startswith("mesh.dead.work.echo.")
+        assert len(dead.subject) < 200 and dead.data.subject == shorten(subject, 256) and dead.data.stream_seq == ack.seq  # type: ignore[attr-defined]
+        assert dead.data.reason == "bad_data", dead.data  # type: ignore[attr-defined]
+
+        async def settled() -> bool:
+            info = await mesh.js.consumer_info(subjects.STREAM, subjects.work_consumer_name("echo"))
+            return info.num_ack_pending == 0 and info.num_pending == 0 and info.num_redelivered == 0
+
+        await eventually(settled, what="the message acknowledged at its first delivery")
+
 
 class TestSecretsStayOutOfTheLog:
     async def test_failure_text_is_scrubbed(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
@@ -92,3 +117,4 @@ class TestSecretsStayOutOfTheLog:
         await log.wait_for(lambda r: r.event.type == "mesh.dead.lettered")
         stored = b"".join(payload for subject, payload in log.raw if not subject.startswith("mesh.work."))
         assert secret.encode() not in stored
+

@@ -46,6 +46,7 @@ __all__ = [
     "tool",
     "agent",
     "dead",
+    "MAX_DEAD_SUBJECT",
     "ask",
     "ASKS",
     "answer",
@@ -190,10 +191,21 @@ def presence_key(role: str, agent_id: str) -> str:
     return f"{check_token('agent', role)}.{check_token('agent id', agent_id)}"
 
 
+MAX_DEAD_SUBJECT = 512  # characters of a dead letter's subject: past it, the family and a digest
+
+
 def dead(original_subject: str) -> str:
-    """`mesh.work.echo` -> `mesh.dead.work.echo`; a foreign subject keeps all its tokens."""
+    """`mesh.work.echo` -> `mesh.dead.work.echo`; a foreign subject keeps all its tokens. One
+    too long for that (a subject near the server's limit: an owner token of a thousand
+    characters) becomes its first two tokens, cut to 64 characters each, and a digest of it
+    (the letter names the original's stream sequence): so every message can be dead-lettered."""
     tail = original_subject.removeprefix("mesh.")
-    return f"mesh.dead.{tail}"
+    subject = f"mesh.dead.{tail}"
+    if len(subject) <= MAX_DEAD_SUBJECT:
+        return subject
+    family = ".".join(token[:64] for token in tail.split(".")[:2] if token)
+    digest = hashlib.sha256(original_subject.encode()).hexdigest()[:32]
+    return f"mesh.dead.{family}.{digest}" if family else f"mesh.dead.{digest}"
 
 
 ASKS = "mesh.ask.>"  # every question an agent asked a person
