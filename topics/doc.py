@@ -20,7 +20,7 @@ SUBJECTS = {
     "llm": "`mesh.llm.<agent>.<task_id>`",
     "tool": "`mesh.tool.<agent>.<task_id>`",
     "agent": "`mesh.agent.<role>.<agent_id>`",
-    "dead": "`mesh.dead.<original subject tail>` (one over 512 characters: `mesh.dead.<its first two tokens>.<digest>`)",
+    "dead": "`mesh.dead.<original subject tail>` (one too long for that, over 512 characters, or with a control character: `mesh.dead.<its first two tokens>.<digest>`)",
     "knowledge": "`mesh.knowledge.<kb>` (the entry id is the id of the `added` event)",
     "human": "`mesh.ask.<role>.<question_id>` (asked, expired), `mesh.answer.<role>.<question_id>` (answered; `mesh.answer.<question_id>` for a question that names no role)",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import timedelta
 
 from nats.js.api import (
@@ -47,6 +48,7 @@ __all__ = [
     "agent",
     "dead",
     "MAX_DEAD_SUBJECT",
+    "LOG_TOKEN",
     "ask",
     "ASKS",
     "answer",
@@ -191,21 +193,27 @@ def presence_key(role: str, agent_id: str) -> str:
     return f"{check_token('agent', role)}.{check_token('agent id', agent_id)}"
 
 
+LOG_TOKEN = re.compile(r"[^.*>\s\x00-\x1f\x7f-\x9f]+")
+"""A token of a subject the mesh publishes to (`mesh.bus.client.check_log_subject`): no wildcard,
+whitespace or control character. The server stores subjects with control characters."""
 MAX_DEAD_SUBJECT = 512  # characters of a dead letter's subject: past it, the family and a digest
 
 
 def dead(original_subject: str) -> str:
     """`mesh.work.echo` -> `mesh.dead.work.echo`; a foreign subject keeps all its tokens. One
-    too long for that (a subject near the server's limit: an owner token of a thousand
-    characters) becomes its first two tokens, cut to 64 characters each, and a digest of it
-    (the letter names the original's stream sequence): so every message can be dead-lettered."""
+    that cannot be a subject of the mesh's so (over `MAX_DEAD_SUBJECT` characters with the
+    prefix: an owner token of a thousand characters; or a control character in a token, which
+    the server stores) becomes its first two tokens that can, cut to 64 characters each, and a
+    digest of it (the letter names the original's stream sequence): every message can be
+    dead-lettered."""
     tail = original_subject.removeprefix("mesh.")
+    tokens = tail.split(".")
     subject = f"mesh.dead.{tail}"
-    if len(subject) <= MAX_DEAD_SUBJECT:
+    if len(subject) <= MAX_DEAD_SUBJECT and all(LOG_TOKEN.fullmatch(token) for token in tokens):
         return subject
-    family = ".".join(token[:64] for token in tail.split(".")[:2] if token)
-    digest = hashlib.sha256(original_subject.encode()).hexdigest()[:32]
-    return f"mesh.dead.{family}.{digest}" if family else f"mesh.dead.{digest}"
+    family = [token[:64] for token in tokens[:2] if LOG_TOKEN.fullmatch(token[:64])]
+    digest = hashlib.sha256(original_subject.encode(errors="surrogatepass")).hexdigest()[:32]
+    return ".".join(["mesh.dead", *family, digest])
 
 
 ASKS = "mesh.ask.>"  # every question an agent asked a person

@@ -58,7 +58,7 @@ from topics.tasks import (
 __all__ = ["Mesh", "Published", "Submitted", "TaskOptions", "check_log_subject", "decode_record", "outcome_value"]
 
 MSG_ID = "Nats-Msg-Id"
-_LOG_SUBJECT = re.compile(r"mesh(?:\.[^.*>\s\x00-\x1f\x7f-\x9f]+)+")  # no control character either (review P)
+_LOG_SUBJECT = re.compile(rf"mesh(?:\.{subjects.LOG_TOKEN.pattern})+")  # no control character either (review P)
 MAX_SUBJECT = 1024  # characters; well inside the server's 4 KiB control line
 _HEADROOM = 4096  # bytes below max_payload under which `Nats-Msg-Id`, `traceparent` and a short `tracestate` cannot push a body over it
 CLOSE_TIMEOUT = 2  # seconds `close` waits for the server to answer before it closes instead of draining
