@@ -31,6 +31,7 @@ import msgspec
 
 from mesh.runtime.worker import RunnerOptions
 from replay.labels import Names, capability_of, error_text, label, task_name
+from topics import subjects
 from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.dead import DeadLettered
 from topics.flows import (
@@ -124,6 +125,7 @@ class _Builder:
         self.owner: dict[str, str] = {}  # event id -> id of the bar it belongs to
         self.keys: dict[tuple[str, ...], str] = {}  # workflow / step / task key -> bar id
         self.requests: dict[int, str] = {}  # request seq -> task bar id
+        self.capabilities: dict[int, str] = {}  # request seq -> the capability it was asked of (its subject's)
         self.tasks: dict[str, str] = {}  # task bar id -> task id
         self.step_failures: dict[str, str] = {}  # step bar id -> reason of its last failure
         self.work: dict[str, list[float]] = {}  # task bar id -> times its agent was seen at work
@@ -158,10 +160,12 @@ class _Builder:
                 self.end_of(event_id, ("flow", wf), at, "completed")
             case FlowFailed(workflow_id=wf, error=error):
                 self.end_of(event_id, ("flow", wf), at, "failed", error_text(error))
-            case TaskRequested(capability=capability, task_id=task_id):
+            case TaskRequested(capability=named, task_id=task_id):
                 task = task_id or event_id
+                capability = (subjects.work_of(record.subject) or (named,))[0]  # what its agents serve it as
                 self.open(record, "task", task_name(capability, task, self.names), at, ("task", capability, task))
                 self.requests[record.seq], self.tasks[event_id], self.by_task[task] = event_id, task, event_id
+                self.capabilities[record.seq] = capability
             case LlmCalled(latency_ms=latency):
                 bar = self.open(record, "llm", label(record, self.names), max(at - latency / 1000, 0.0), None)
                 bar.finish(at, "completed")
@@ -217,10 +221,11 @@ class _Builder:
     def task_bar(self, record: Record) -> Bar | None:
         data = record.data
         task_id = getattr(data, "task_id", "")
-        by_seq = self.requests.get(getattr(data, "request_seq", None) or -1)
-        if by_seq is not None and self.tasks[by_seq] == task_id:  # the request it answers (same log)
-            return self.bars[by_seq]
-        return self.bar_of(("task", capability_of(record), task_id))
+        request_seq = getattr(data, "request_seq", None) or -1
+        by_seq, capability = self.requests.get(request_seq), capability_of(record)
+        if by_seq is not None and self.tasks[by_seq] == task_id and self.capabilities[request_seq] == capability:
+            return self.bars[by_seq]  # the request it answers (same log), on the subject of the capability asked
+        return self.bar_of(("task", capability, task_id))
 
     def task_event(self, record: Record, at: float) -> None:
         bar = self.task_bar(record)

@@ -89,12 +89,12 @@ def task_name(capability: str, task_id: str, names: Names) -> str:
 
 
 def capability_of(record: Record) -> str:
-    """A task lifecycle event's capability: its field, else its subject's third token."""
-    named = getattr(record.data, "capability", "")
-    if named:
-        return str(named)
+    """A task lifecycle event's capability: its subject's third token (what the server let its
+    writer publish on: only the role serving it), else its field (a file's line, say)."""
     parts = record.subject.split(".")
-    return parts[2] if len(parts) >= 4 and parts[1] == "task" else "task"
+    if len(parts) >= 4 and parts[1] == "task":
+        return parts[2]
+    return str(getattr(record.data, "capability", "") or "task")
 
 
 def label(record: Record, names: Names | None = None) -> str:

@@ -11,11 +11,12 @@ from rich.console import Console
 from mesh import Agent
 from mesh.cli.demo import report_id
 from mesh.cli.render import Columns, EventLines, middle
+from mesh.cli.watch import recent_task_lines
 from mesh.errors import ConfigError
 from mesh.runtime.process import load_agent
 from topics.envelope import CloudEvent
 from topics.record import Record
-from topics.tasks import TaskCompleted
+from topics.tasks import TaskCompleted, TaskHandedOff, TaskRequested
 
 pytestmark = pytest.mark.unit
 
@@ -74,3 +75,28 @@ class TestLoadAgent:
 
     def test_a_target_naming_an_agent_loads_it(self) -> None:
         assert isinstance(load_agent("tests.fixture_agents:asker"), Agent)
+
+
+class TestRecentTasks:
+    """`mesh status`'s recent tasks are the tasks projection's: another role's word about a task
+    does not change where it stands there."""
+
+    @staticmethod
+    def _record(seq: int, subject: str, data: TaskRequested | TaskCompleted | TaskHandedOff) -> Record:
+        event = CloudEvent(specversion="1.0", id=f"e{seq}", source="mesh://test", type=data.TYPE,
+                           time="2026-12-05T00:00:00Z")  # fmt: skip
+        return Record(seq=seq, subject=subject, event=event, data=data)
+
+    def test_a_completion_on_another_capabilitys_subject_is_not_the_tasks(self) -> None:
+        records = [
+            self._record(1, "mesh.work.plan.anon", TaskRequested(capability="plan", task_id="t1")),
+            self._record(2, "mesh.task.meddle.anon.t1",
+                         TaskCompleted(task_id="t1", agent="meddler-1", attempt=1, capability="meddle", request_seq=1)),
+        ]  # fmt: skip
+        [line] = recent_task_lines(records)
+        assert line.split()[:3] == ["t1", "plan", "requested"]
+        handed = TaskHandedOff(task_id="t1", agent="plan-1", attempt=1, capability="plan", to="work",
+                               next_task_id="t2", next_request_seq=4, request_seq=1, reason="handoff")  # fmt: skip
+        records.append(self._record(3, "mesh.task.plan.anon.t1", handed))
+        [line] = recent_task_lines(records)
+        assert "handed off to work" in line and line.split()[:2] == ["t1", "plan"]

@@ -292,6 +292,20 @@ class TestBars:
         assert primary.reason == "→ backup: fallback: ValueError: primary gives up"
         assert (backup.status, backup.start, backup.end, backup.parent) == ("completed", 0.1, 0.3, primary.id)
 
+    def test_only_the_capability_asked_ends_a_tasks_bar(self) -> None:
+        """A completion naming the request's sequence, on another capability's subject (another
+        role's word about the task, whatever capability its data names), is not the task's."""
+        log = Log()
+        req = log.add(0, subjects.work("research", subjects.ANON), TaskRequested(capability="research", task_id="t-5"))
+        log.add(50, subjects.task("meddle", subjects.ANON, "t-5"), TaskCompleted(task_id="t-5", agent="m", attempt=1,
+                request_seq=1, capability="research"), cause=req)  # fmt: skip
+        [task] = [b for b in build_timeline(log.records, "t-5").bars if b.kind == "task"]
+        assert (task.status, task.end) == ("open", None)
+        log.add(90, subjects.task("research", subjects.ANON, "t-5"), TaskCompleted(task_id="t-5", agent="r", attempt=1,
+                request_seq=1, capability="research"), cause=req)  # fmt: skip
+        [task] = [b for b in build_timeline(log.records, "t-5").bars if b.kind == "task"]
+        assert (task.status, task.end) == ("completed", 0.09)
+
     def test_inferred_causes_are_flagged(self) -> None:
         """Hops recorded without a cause hang under what they waited for, flagged as inferred."""
         hops = {hop.seq: hop for hop in build_timeline(workflow().records, "wf").hops}

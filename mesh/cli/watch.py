@@ -20,12 +20,12 @@ from mesh.bus.settings import MeshSettings
 from mesh.bus.status import capability_loads
 from mesh.cli.options import check_filter, nats_options, run
 from mesh.cli.render import EventLines, PipeConsole
+from mesh.projections import TASKS, fold
 from topics import subjects
 from topics.agents import Presence
 from topics.base import json_visible, visible
 from topics.envelope import DECODE_ERRORS, decode_envelope, encode_envelope
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
 
 __all__ = ["tail", "status"]
 
@@ -163,23 +163,23 @@ async def capability_lines(mesh: Mesh, agents: list[Presence]) -> list[str]:
 
 
 async def _recent_tasks(mesh: Mesh, last_seq: int, window: int = 2000, show: int = 10) -> list[str]:
-    """Fold the tail of the log into the latest state of each task."""
-    tasks: dict[str, dict[str, Any]] = {}
-    records = await read_recent(mesh, "mesh.>", max(1, last_seq - window + 1), last_seq)
-    for record in records:
-        match record.data:
-            case TaskRequested(capability=capability, task_id=task_id):
-                tasks.setdefault(task_id or record.event.id, {"status": "requested", "capability": capability})
-            case TaskClaimed(task_id=task_id, agent=agent):
-                tasks.setdefault(task_id, {}).update(status="running", agent=agent)
-            case TaskCompleted(task_id=task_id, agent=agent):
-                tasks.setdefault(task_id, {}).update(status="completed", agent=agent)
-            case TaskFailed(task_id=task_id, error=error):
-                tasks.setdefault(task_id, {}).update(status=f"failed ({error.type})")
-            case TaskHandedOff(task_id=task_id, to=to, reason=reason) if not reason.startswith("fallback"):
-                tasks.setdefault(task_id, {}).update(status=f"handed off to {to}")
-    return [f"{tid[:36]:<38} {t.get('capability', '?'):<14} {t.get('status', '?'):<20} {t.get('agent', '')}"
-            for tid, t in list(tasks.items())[-show:]]  # fmt: skip
+    """The tasks of the log's last ``window`` events, as `recent_task_lines` shows them."""
+    return recent_task_lines(await read_recent(mesh, "mesh.>", max(1, last_seq - window + 1), last_seq), show)
+
+
+def recent_task_lines(records: list[Record], show: int = 10) -> list[str]:
+    """The last ``show`` tasks of ``records`` and where each stands, folded by the tasks
+    projection: the same rules as `mesh replay state tasks` and the console (an event counts on
+    its own subject only, under a capability the task was requested for)."""
+    lines = []
+    for view in list(fold(TASKS, records).tasks.values())[-show:]:
+        status: str = view.status
+        if view.status == "failed" and view.error is not None:
+            status = f"failed ({view.error.type})"
+        elif view.status == "handed_off" and view.history and view.history[-1].to:
+            status = f"handed off to {view.history[-1].to}"
+        lines.append(f"{view.task_id[:36]:<38} {view.capability or '?':<14} {status:<20} {view.assignee or ''}")
+    return lines
 
 
 async def read_recent(mesh: Mesh, filter_subject: str, start: int, stop: int) -> list[Record]:
