@@ -15,7 +15,8 @@ from mesh.errors import ConfigError, RetryableError, SchemaError, TaskError
 from mesh.llm.transport import offline_http_client
 from mesh.runtime.agent import Agent
 from mesh.runtime.runner import is_retryable
-from topics import EVENT_TYPES, TaskRequested, decode_data, encode_data, subjects
+from topics import EVENT_TYPES, TaskRequested, decode_data, encode_data, registry, subjects
+from topics.board import BoardWritten
 from topics.envelope import (
     CloudEvent,
     dataref,
@@ -27,6 +28,7 @@ from topics.envelope import (
     parse_dataref,
     parse_time,
 )
+from topics.humans import HumanAnswered, HumanAsked, HumanExpired
 
 pytestmark = pytest.mark.unit
 
@@ -128,6 +130,21 @@ class TestSubjects:
         """The log is limits-retention with direct get and a duplicate window."""
         config = subjects.stream_config()
         assert config.retention == "limits" and config.allow_direct and config.duplicate_window == 600
+
+
+class TestHomeSubjects:
+    def test_every_subject_named_class_is_checked(self) -> None:
+        """`on_its_subject` looks each class up by its exact type: every class that names its
+        subject has a home there (a question asked or expired is checked on its own)."""
+        assert set(registry._HOMES) | {HumanAsked, HumanExpired} == set(registry.SUBJECT_NAMED)
+
+    def test_an_event_counts_on_its_own_subject_only(self) -> None:
+        written = BoardWritten(board="b", key="k", value=1)
+        assert registry.on_its_subject("mesh.board.b.k", written)
+        assert not registry.on_its_subject("mesh.board.b.other", written)
+        answered = HumanAnswered(question_id="q1", answer="yes", role="r")
+        assert registry.on_its_subject("mesh.answer.r.q1", answered) and not registry.on_its_subject("mesh.answer.q1", answered)
+        assert registry.on_its_subject("mesh.work.echo.anon", TaskRequested(capability="echo"))  # names no subject
 
 
 class TestAckSubject:
