@@ -200,11 +200,11 @@ MAX_DEAD_SUBJECT = 512  # characters of a dead letter's subject: past it, the fa
 
 
 def dead(original_subject: str) -> str:
-    """`mesh.work.echo` -> `mesh.dead.work.echo`; a foreign subject keeps all its tokens. One
-    that cannot be a subject of the mesh's so (over `MAX_DEAD_SUBJECT` characters with the
-    prefix: an owner token of a thousand characters; or a control character in a token, which
-    the server stores) becomes its first two tokens that can, cut to 64 characters each, and a
-    digest of it (the letter names the original's stream sequence): every message can be
+    """`mesh.work.echo` -> `mesh.dead.work.echo`; a foreign subject keeps all its tokens. When
+    that would be no subject the mesh publishes to (over `MAX_DEAD_SUBJECT` characters, as with
+    an owner token of a thousand; or a control character in a token, which the server stores),
+    the dead letter goes to the first two tokens that can stand, cut to 64 characters each, and
+    a digest of the original (the letter names its stream sequence): so every message can be
     dead-lettered."""
     tail = original_subject.removeprefix("mesh.")
     tokens = tail.split(".")
