@@ -17,8 +17,9 @@ from mesh.bus.chains import MAX_EARLY
 from mesh.bus.server import LocalServer
 from mesh.bus.waiting import SHARE_ANONYMOUS_AT
 from tests.conftest import AgentProcesses
-from tests.helpers import eventually
+from tests.helpers import EventLog, eventually
 from topics import subjects
+from topics.envelope import derived_id
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskHandedOff, handoff_task_id
 
@@ -183,6 +184,38 @@ class TestReconnect:
             await proxy.open()
             record = await asyncio.wait_for(waiting, 60)
             assert record.data == done
+        finally:
+            await requester.close()
+            await proxy.cut()
+
+
+    async def test_a_chain_that_runs_while_disconnected_is_followed_to_its_end(
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog, nats_server: LocalServer
+    ) -> None:  # fmt: skip
+        """A request whose hops are watched ahead, live: its connection is down while every step
+        of the chain hands off and the last completes. Once reconnected it reads the log again
+        for each pending watch (its own and the hops'), follows the chain and returns the output,
+        with the periodic re-read off: no hang on a missed live message (#12 point 1)."""
+        proxy = Proxy(nats_server.port)
+        await proxy.open()
+        requester = await Mesh.connect(f"nats://127.0.0.1:{proxy.port}", source="mesh://test/requester")
+        requester.waiters.recheck_every = 3600.0
+        requester.chains.learn("plan", 2)  # plan -> work -> review: both hops watched ahead
+        try:
+            asking = asyncio.create_task(requester.request("plan", {"n": 7}, task_id="chain-away", timeout=120))
+            await log.wait_for(lambda r: r.event.type == "mesh.task.requested" and r.data.task_id == "chain-away")  # type: ignore[attr-defined]
+            await eventually(lambda: requester.waiters.pending == 3, what="its own watch and two hops ahead")
+            await requester.nc.flush()
+            await proxy.cut()
+            await eventually(lambda: not requester.nc.is_connected, what="the requester disconnected")
+            await agents.start("tests.fixture_agents:chain")  # the chain runs while the requester is away
+            review_id = handoff_task_id(handoff_task_id(derived_id("chain-away", "requested")))
+            await log.wait_for_type("mesh.task.completed", task_id=review_id)
+            assert not asking.done()
+            await proxy.open()
+            output = await asyncio.wait_for(asking, 60)
+            assert output["n"] == 7 and output["reviewed_by"] == review_id
+            assert requester.waiters.pending == 0
         finally:
             await requester.close()
             await proxy.cut()

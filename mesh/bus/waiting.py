@@ -438,13 +438,16 @@ class Waiters:
         """Read the subject's events stored since the waiter's last check: the last one (a
         direct get), and the ones before it only if the last is not the awaited one (a claim
         after an outcome, another request's answer under the same task id): then with an
-        scan consumer of that subject, for a moment (`jetstream.read_between`)."""
+        scan consumer of that subject, for a moment (`jetstream.read_between`). The record
+        names the subject the event was stored on: a wildcard watch's (a hop watched ahead,
+        `subjects.task_any`) answer counts only on its capability's subject."""
         last = await jetstream.direct_get(self._js, subject=waiter.subject)
         if last is None or not last.seq or last.seq <= waiter.checked:
             return
-        record = await self._stored(waiter.subject, last.data, last.seq)
+        record = await self._stored(last.subject or waiter.subject, last.data, last.seq)
         if waiter.offer(record):
             return
+        # (`earlier` is given with a literal subject only: a stored watch's, `watch`)
         if last.seq > waiter.checked + 1 and waiter.earlier is not None and (record is None or waiter.earlier(record)):
             for seq, data in await jetstream.read_between(self._js, waiter.subject, after=waiter.checked, before=last.seq,
                                                              owner=self._owner or subjects.ANON):
