@@ -156,7 +156,7 @@ class TestScansShareNoConsumer:
             scans = [jetstream.read_between(m.js, subject, after=seqs[0], before=seqs[-1], owner=owner)
                      for _ in range(SCAN_CONSUMERS + 8) for m in (mesh, other) for owner in (USER, subjects.ANON)]  # fmt: skip
             results = await asyncio.gather(*scans)
-            assert all([seq for seq, _ in found] == seqs[1:-1] for found in results)
+            assert all([seq for seq, _, _ in found] == seqs[1:-1] for found in results)
             assert not [c for c in await jetstream.consumers_info(mesh.js) if c.name.startswith("scan-")]
         finally:
             await other.close()

@@ -189,13 +189,16 @@ class TestReconnect:
             await proxy.cut()
 
 
+    @pytest.mark.parametrize("junk_after", [False, True], ids=["alone", "another answer stored after the hop's"])
     async def test_a_chain_that_runs_while_disconnected_is_followed_to_its_end(
-        self, mesh: Mesh, agents: AgentProcesses, log: EventLog, nats_server: LocalServer
+        self, junk_after: bool, mesh: Mesh, agents: AgentProcesses, log: EventLog, nats_server: LocalServer
     ) -> None:  # fmt: skip
         """A request whose hops are watched ahead, live: its connection is down while every step
         of the chain hands off and the last completes. Once reconnected it reads the log again
         for each pending watch (its own and the hops'), follows the chain and returns the output,
-        with the periodic re-read off: no hang on a missed live message (#12 point 1)."""
+        with the periodic re-read off: no hang on a missed live message (#12 point 1). Also when
+        another event, naming another request, landed on a hop's subject after its answer (the
+        re-read then reads the hop's earlier events too)."""
         proxy = Proxy(nats_server.port)
         await proxy.open()
         requester = await Mesh.connect(f"nats://127.0.0.1:{proxy.port}", source="mesh://test/requester")
@@ -211,6 +214,10 @@ class TestReconnect:
             await agents.start("tests.fixture_agents:chain")  # the chain runs while the requester is away
             review_id = handoff_task_id(handoff_task_id(derived_id("chain-away", "requested")))
             await log.wait_for_type("mesh.task.completed", task_id=review_id)
+            if junk_after:  # stored after the hop's answer: the last event on the hop's subjects is not it
+                work_id = handoff_task_id(derived_id("chain-away", "requested"))
+                junk = TaskCompleted(task_id=work_id, agent="w", attempt=1, output="junk", request_seq=1)
+                await mesh.publish(subjects.task("work", subjects.ANON, work_id), junk)
             assert not asking.done()
             await proxy.open()
             output = await asyncio.wait_for(asking, 60)

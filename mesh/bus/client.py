@@ -418,7 +418,8 @@ class Mesh:
         read_stored = given if stored is None else stored and given
         try:
             if not read_stored:  # nothing stored under it yet: live watches, if the shared subscription has room
-                own = await self.waiters.watch_live(subjects.task(capability, self.owner, task_id), answer.accept)
+                own = await self.waiters.watch_live(subjects.task(capability, self.owner, task_id), answer.accept,
+                                                    answer.earlier)  # fmt: skip
                 if own is not None:
                     async with asyncio.timeout_at(deadline):
                         return await self._request_live(own, answer, capability, input, task_id, event_id, deadline, task)
@@ -463,7 +464,8 @@ class Mesh:
             try:
                 for hop in hops_after(event_id, self.chains.ahead(capability)):
                     hop_answer = Answer()
-                    watched = await self.waiters.watch_live(subjects.task_any(hop, owner=self.owner), hop_answer.accept)
+                    watched = await self.waiters.watch_live(subjects.task_any(hop, owner=self.owner), hop_answer.accept,
+                                                            hop_answer.earlier)  # fmt: skip
                     if watched is None:  # no slot free now: the hop is followed when it comes
                         break
                     watching.append(watched)
@@ -488,7 +490,7 @@ class Mesh:
         yet. None when every waiter slot is taken: the hop is then followed when it comes."""
         answer = Answer()
         outcome = await watching.enter_async_context(self.waiters.watch_if_free(subjects.task_any(task_id, owner=self.owner),
-                                                                                answer.accept))
+                                                                                answer.accept, answer.earlier))
         return Ahead(answer, outcome) if outcome is not None else None
 
     async def follow(

@@ -327,14 +327,14 @@ async def direct_get(
 async def read_between(
     js: JetStreamContext, subject: str, *, after: int, before: int, owner: str, timeout: float = 10.0,
     stream: str = subjects.STREAM,
-) -> list[tuple[int, bytes]]:
-    """The messages on one ``subject`` with a sequence between ``after`` and ``before``
-    (both excluded), as `(seq, data)`, read with one of ``owner``'s scan consumers filtered on
+) -> list[tuple[int, bytes, str]]:
+    """The messages on one ``subject`` (a wildcard too) with a sequence between ``after`` and
+    ``before`` (both excluded), as `(seq, data, the subject it was stored on)`, read with one of ``owner``'s scan consumers filtered on
     that subject and removed at once (`_scan`). For the rare read past a subject's last message: a direct get of the
     next message on a subject is a request on `$JS.API.DIRECT.GET.<stream>` whatever the
     subject, which permissions cannot narrow (a client may not have it), while a consumer
     filtered on the subject can be allowed for that subject alone."""
-    found: list[tuple[int, bytes]] = []
+    found: list[tuple[int, bytes, str]] = []
     done = asyncio.get_running_loop().create_future()
 
     async def on_msg(msg: Msg) -> None:
@@ -342,7 +342,7 @@ async def read_between(
             return
         seq, pending = msg.metadata.sequence.stream, msg.metadata.num_pending  # parsed from the ack subject
         if seq < before:
-            found.append((seq, msg.data))
+            found.append((seq, msg.data, msg.subject))
         if (seq >= before - 1 or pending == 0) and not done.done():
             done.set_result(None)
 

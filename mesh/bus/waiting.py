@@ -239,7 +239,9 @@ class Waiters:
             finally:
                 self._watching -= 1
 
-    async def watch_live(self, subject: str, accept: Callable[[Record], bool]) -> Waiter | None:
+    async def watch_live(
+        self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None
+    ) -> Waiter | None:
         """`watch` without ``stored`` and without a context manager, for the hot path of a
         request (`Mesh.request_outcome`: its own generated task id, the hops ahead): a waiter
         on one of the owner's task subjects, fed by the shared subscription, when that is in
@@ -253,7 +255,7 @@ class Waiters:
             return None
         await self._slots.acquire()  # free (just checked, and nothing ran since): no wait
         self._watching += 1
-        waiter = Waiter(subject, accept)
+        waiter = Waiter(subject, accept, earlier)
         waiter.task_id, waiter.any_capability = own
         self._by_task.setdefault(waiter.task_id, []).append(waiter)
         self._start_ticker()
@@ -269,15 +271,16 @@ class Waiters:
 
     @contextlib.asynccontextmanager
     async def watch_if_free(
-        self, subject: str, accept: Callable[[Record], bool]
+        self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None
     ) -> AsyncIterator[asyncio.Future[Record] | None]:
         """`watch` without ``stored`` if a slot is free now, else None at once: for a watch
         that only saves work (a hop watched ahead), so a caller holding slots never waits for
-        another one while others wait for its."""
+        another one while others wait for its. ``earlier``: as for `watch`, for the re-reads
+        of the log after a reconnect."""
         if self._slots.locked():
             yield None
             return
-        async with self.watch(subject, accept, stored=False) as future:  # takes the slot without waiting
+        async with self.watch(subject, accept, stored=False, earlier=earlier) as future:  # takes the slot without waiting
             yield future
 
     async def _shared_ready(self) -> bool:
@@ -447,11 +450,10 @@ class Waiters:
         record = await self._stored(last.subject or waiter.subject, last.data, last.seq)
         if waiter.offer(record):
             return
-        # (`earlier` is given with a literal subject only: a stored watch's, `watch`)
         if last.seq > waiter.checked + 1 and waiter.earlier is not None and (record is None or waiter.earlier(record)):
-            for seq, data in await jetstream.read_between(self._js, waiter.subject, after=waiter.checked, before=last.seq,
-                                                             owner=self._owner or subjects.ANON):
-                if waiter.offer(await self._stored(waiter.subject, data, seq)):
+            for seq, data, stored_on in await jetstream.read_between(self._js, waiter.subject, after=waiter.checked,
+                                                                        before=last.seq, owner=self._owner or subjects.ANON):
+                if waiter.offer(await self._stored(stored_on, data, seq)):
                     break
         waiter.checked = last.seq
 
