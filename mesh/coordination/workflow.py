@@ -274,7 +274,8 @@ class Workflows:
         try:
             if new:  # nothing is on the new task's subject yet: its outcome is watched live from before the request
                 task_subject = subjects.task(WORKFLOW_CAPABILITY, self.mesh.owner, workflow_id)
-                outcome = await watching.enter_async_context(self.mesh.waiters.watch_if_free(task_subject, answer.accept))
+                outcome = await watching.enter_async_context(self.mesh.waiters.watch_if_free(task_subject, answer.accept,
+                                                                                             answer.earlier))
             submitted = await self.mesh.submit_request(WORKFLOW_CAPABILITY, drive, task_id=workflow_id,
                                                        correlation_id=correlation_id or workflow_id,
                                                        causation_id=causation_id)  # fmt: skip
