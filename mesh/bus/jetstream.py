@@ -329,11 +329,12 @@ async def read_between(
     stream: str = subjects.STREAM,
 ) -> list[tuple[int, bytes, str]]:
     """The messages on one ``subject`` (a wildcard too) with a sequence between ``after`` and
-    ``before`` (both excluded), as `(seq, data, the subject it was stored on)`, read with one of ``owner``'s scan consumers filtered on
-    that subject and removed at once (`_scan`). For the rare read past a subject's last message: a direct get of the
-    next message on a subject is a request on `$JS.API.DIRECT.GET.<stream>` whatever the
-    subject, which permissions cannot narrow (a client may not have it), while a consumer
-    filtered on the subject can be allowed for that subject alone."""
+    ``before`` (both excluded), as `(seq, data, the subject it was stored on)`, read with one of
+    ``owner``'s scan consumers filtered on that subject and removed at once (`_scan`). For the
+    rare read past a subject's last message: a direct get of the next message on a subject is a
+    request on `$JS.API.DIRECT.GET.<stream>` whatever the subject, which permissions cannot
+    narrow (a client may not have it), while a consumer filtered on the subject can be allowed
+    for that subject alone."""
     found: list[tuple[int, bytes, str]] = []
     done = asyncio.get_running_loop().create_future()
 
