@@ -114,6 +114,8 @@ class TestNoRoleTakesAnotherConsumer:
                 events = await asyncio.gather(*(jetstream.read_between(client.js, subject, after=0, before=10**9,
                                                                        owner=client.owner) for _ in range(8)))  # fmt: skip
                 assert all(found == events[0] for found in events) and b"\"output\":\"x\"" in events[0][-1][1]
+                anywhere = subjects.task_any("t1", owner=client.owner)  # a hop watched ahead reads this, re-reading
+                assert await jetstream.read_between(client.js, anywhere, after=0, before=10**9, owner=client.owner) == events[0]
                 since = datetime.now(UTC) - timedelta(hours=1)
                 assert await jetstream.read_since(echo.js, subjects.CANCELS, since=since, limit=10, owner=echo.owner) == []
                 stored = [(await s.admin.js.publish("mesh.knowledge.kb", f"{n}".encode())).seq for n in range(3)]
