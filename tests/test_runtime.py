@@ -15,6 +15,7 @@ import pytest
 
 from mesh import Mesh, TaskFailedError
 from mesh.bus import waiting
+from mesh.bus.connection import live_agents
 from mesh.bus.server import LocalServer
 from mesh.projections import TASKS, fold
 from replay import rerun_log
@@ -356,6 +357,22 @@ class TestConnectionLost:
 
 
 class TestShutdown:
+    async def test_a_stopped_agent_is_no_longer_online(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """An agent that stops deletes its presence entry: who is online (`live_agents`, read
+        from the presence stream's subjects) lists the agents still running, and reads the
+        stopped one's key, whose last message is the delete, as gone rather than as an error."""
+        first = await agents.start("agents.echo:agent")
+        second = await agents.start("agents.echo:agent")
+
+        async def both_online() -> bool:
+            return sorted(p.pid for p in await live_agents(mesh.js)) == sorted([first.pid, second.pid])
+
+        await eventually(both_online, timeout=30, what="both agents online")
+        first.send_signal(signal.SIGTERM)
+        assert await asyncio.get_running_loop().run_in_executor(None, first.wait, 30) == 0
+        await log.wait_for(lambda r: r.event.type == "mesh.agent.stopped")
+        assert [p.pid for p in await live_agents(mesh.js)] == [second.pid]
+
     async def test_sigterm_drains_in_flight(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
         """SIGTERM: the in-flight handler finishes, then mesh.agent.stopped is written."""
         proc = await agents.start("tests.fixture_agents:slow")

@@ -25,8 +25,6 @@ from nats.js.api import ConsumerConfig, ConsumerInfo, KeyValueConfig, StorageTyp
 from nats.js.errors import (
     APIError,
     BadRequestError,
-    KeyNotFoundError,
-    NoKeysError,
     NotFoundError,
     ServerError,
     ServiceUnavailableError,
@@ -322,19 +320,32 @@ async def live_agents(js: JetStreamContext, *, create: bool = True) -> list[Pres
             bucket = await jetstream.key_value(js, subjects.PRESENCE_BUCKET)
         except (NotFoundError, BadRequestError):
             return []
-    try:
-        keys = await bucket.keys()
-    except (NotFoundError, NoKeysError):
-        return []
+    keys = await _presence_keys(js)
     found = []
     for key in keys:
         try:
             entry = await bucket.get(key)
             if entry.value and (presence := _presence.decode(entry.value)).role == key.partition(".")[0]:
                 found.append(presence)
-        except (KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
-            continue  # expired meanwhile, or not a presence
+        except (NotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+            continue  # expired or deleted (a stopped agent's: its subject keeps the delete marker), or not a presence
     return sorted(found, key=lambda p: p.agent_id)
 
 
 _presence = msgspec.json.Decoder(Presence)
+_PRESENCE_STREAM = f"KV_{subjects.PRESENCE_BUCKET}"
+_PRESENCE_KEYS = f"$KV.{subjects.PRESENCE_BUCKET}."
+
+
+async def _presence_keys(js: JetStreamContext) -> list[str]:
+    """The keys the presence bucket holds now: the subjects its stream has messages on, asked
+    in one request (stream info). Not nats-py's `KeyValue.keys()`: its watcher marks the end of
+    the keys when the consumer has nothing pending and its callback has run for none of them,
+    which, on a busy machine, is also the case when every key was delivered but none handled
+    yet; it then said no agent was online (a false "no agent online serves" from `mesh flow
+    run`, a task failed instead of handed to its fallback)."""
+    try:
+        info = await js.stream_info(_PRESENCE_STREAM, subjects_filter=f"{_PRESENCE_KEYS}>")
+    except NotFoundError:
+        return []
+    return [subject.removeprefix(_PRESENCE_KEYS) for subject in sorted(info.state.subjects or {})]
