@@ -339,11 +339,12 @@ _PRESENCE_KEYS = f"$KV.{subjects.PRESENCE_BUCKET}."
 
 async def _presence_keys(js: JetStreamContext) -> list[str]:
     """The keys the presence bucket holds now: the subjects its stream has messages on, asked
-    in one request (stream info). Not nats-py's `KeyValue.keys()`: its watcher marks the end of
-    the keys when the consumer has nothing pending and its callback has run for none of them,
-    which, on a busy machine, is also the case when every key was delivered but none handled
-    yet; it then said no agent was online (a false "no agent online serves" from `mesh flow
-    run`, a task failed instead of handed to its fallback)."""
+    in one request (stream info). Not nats-py's `KeyValue.keys()`: its watcher decides that it
+    has every key from its consumer's info (nothing pending on the server) and from how many
+    messages the client has received so far, and when the server has sent the keys but they are
+    still on their way it ends the list without them. A fresh-clone CI run saw that: `mesh flow
+    run` warned that no agent served a step while two did; the same read decides whether a
+    task's fallback is served."""
     try:
         info = await js.stream_info(_PRESENCE_STREAM, subjects_filter=f"{_PRESENCE_KEYS}>")
     except NotFoundError:
