@@ -342,9 +342,9 @@ async def _presence_keys(js: JetStreamContext) -> list[str]:
     in one request (stream info). Not nats-py's `KeyValue.keys()`: its watcher decides that it
     has every key from its consumer's info (nothing pending on the server) and from how many
     messages the client has received so far, and when the server has sent the keys but they are
-    still on their way it ends the list without them. A fresh-clone CI run saw that: `mesh flow
-    run` warned that no agent served a step while two did; the same read decides whether a
-    task's fallback is served."""
+    still on their way it ends the list without them. That explains what a fresh-clone CI run
+    saw, `mesh flow run` warning that no agent served a step while two did; the same read
+    decides whether a task's fallback is served."""
     try:
         info = await js.stream_info(_PRESENCE_STREAM, subjects_filter=f"{_PRESENCE_KEYS}>")
     except NotFoundError:
