@@ -28,7 +28,7 @@ from topics.envelope import (
     parse_dataref,
     parse_time,
 )
-from topics.humans import HumanAnswered, HumanAsked, HumanExpired
+from topics.humans import HumanAnswered, HumanAsked
 
 pytestmark = pytest.mark.unit
 
@@ -133,17 +133,14 @@ class TestSubjects:
 
 
 class TestHomeSubjects:
-    def test_every_subject_named_class_is_checked(self) -> None:
-        """`on_its_subject` looks each class up by its exact type: every class that names its
-        subject has a home there (a question asked or expired is checked on its own)."""
-        assert set(registry._HOMES) | {HumanAsked, HumanExpired} == set(registry.SUBJECT_NAMED)
-
     def test_an_event_counts_on_its_own_subject_only(self) -> None:
         written = BoardWritten(board="b", key="k", value=1)
         assert registry.on_its_subject("mesh.board.b.k", written)
         assert not registry.on_its_subject("mesh.board.b.other", written)
         answered = HumanAnswered(question_id="q1", answer="yes", role="r")
         assert registry.on_its_subject("mesh.answer.r.q1", answered) and not registry.on_its_subject("mesh.answer.q1", answered)
+        asked = HumanAsked(question_id="q1", question="ok?", role="r")
+        assert registry.on_its_subject("mesh.ask.r.q1", asked) and not registry.on_its_subject("mesh.ask.other.q1", asked)
         assert registry.on_its_subject("mesh.work.echo.anon", TaskRequested(capability="echo"))  # names no subject
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -115,12 +115,15 @@ def on_its_subject(subject: str, data: Event) -> bool:
     reader (live, replay, a file) refuses such an event alike."""
     kind = type(data)
     if kind is HumanAsked or kind is HumanExpired:
+        question = cast(HumanAsked | HumanExpired, data)
         parts = subject.split(".")
-        if len(parts) != 4 or parts[:2] != ["mesh", "ask"] or parts[3] != data.question_id:  # type: ignore[attr-defined]
+        if len(parts) != 4 or parts[:2] != ["mesh", "ask"] or parts[3] != question.question_id:
             return False
-        return kind is not HumanAsked or not data.role or data.role == parts[2]  # type: ignore[attr-defined]
-    if kind is HumanAnswered and not (is_token(data.question_id) and (not data.role or is_token(data.role))):  # type: ignore[attr-defined]
-        return False  # `mesh.answer.<role>.<id>` must not be taken for `mesh.answer.<id "role.id">` (review W)
+        return not isinstance(question, HumanAsked) or not question.role or question.role == parts[2]
+    if kind is HumanAnswered:
+        answered = cast(HumanAnswered, data)
+        if not (is_token(answered.question_id) and (not answered.role or is_token(answered.role))):
+            return False  # `mesh.answer.<role>.<id>` must not be taken for `mesh.answer.<id "role.id">` (review W)
     home = _HOMES.get(kind)
     return home is None or subject == home(data)
 
@@ -156,10 +159,7 @@ def _homes() -> dict[type[Event], Callable[[Any], str]]:
 
 
 _HOMES = _homes()
-_FLOWS = typing.get_args(FlowEvent)
-SUBJECT_NAMED = (BoardWritten, BoardDeleted, KnowledgeAdded, KnowledgeRemoved, HumanAsked, HumanExpired,
-                 HumanAnswered, VoteProposed, VoteCast, VoteDecided, ChatMessage, ConversationTurn, *_FLOWS,
-                 BidCalled, BidPlaced, BidAwarded)  # fmt: skip  # the classes `on_its_subject` checks
+SUBJECT_NAMED = (*_HOMES, HumanAsked, HumanExpired)  # the classes `on_its_subject` checks
 
 
 def type_of(data: Event) -> str:
