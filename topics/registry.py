@@ -159,7 +159,7 @@ def _homes() -> dict[type[Event], Callable[[Any], str]]:
 
 
 _HOMES = _homes()
-SUBJECT_NAMED = (*_HOMES, HumanAsked, HumanExpired)  # the classes `on_its_subject` checks
+SUBJECT_NAMED: tuple[type[Event], ...] = (*_HOMES, HumanAsked, HumanExpired)  # the classes `on_its_subject` checks
 
 
 def type_of(data: Event) -> str:
