@@ -23,7 +23,10 @@ cost (the SDK's decision at the root, propagation, bigger messages). The sampled
 extra CPU then splits into its unsampled share, (1 - ratio) x that side's, and the rest,
 its recorded spans. The 100% side's extra CPU is also given per recorded span: an echo
 task makes one span in the requester (`send`) and three in the agent (`process`,
-`invoke_agent` and the outcome's `send`).
+`invoke_agent` and the outcome's `send`). Last, the stock SDK's own cost per span is measured
+in this process with nothing else running (`sdk_floor`): starting and ending a span with the
+attributes of the agent's `process` span under a batch span processor, and the OTLP exporter's
+encoding of it, so the per-span figures of the processes can be read against it.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from bench.harness import (
 )
 from mesh import Agent, Context
 from mesh.bus.client import Mesh
+from mesh.telemetry.conventions import MESSAGING_MESSAGE_ID, PROCESS
+from mesh.telemetry.presets import messaging_parts
 from topics import subjects
 
 TARGET = 0.85
@@ -213,6 +218,46 @@ def print_cpu(args: argparse.Namespace, cpu: dict[str, dict[str, list[float]]]) 
               + ", ".join(f"{p} {sampled[p] - share[p]:.0f}" for p in columns))  # fmt: skip
 
 
+FLOOR_SPANS = 20_000  # spans `sdk_floor` starts, ends and encodes
+
+
+def sdk_floor(spans: int = FLOOR_SPANS) -> tuple[int, float, float]:
+    """The stock SDK's own CPU per span, in this process: (attributes, µs to start and end a
+    span on this thread, µs to encode it for OTLP on the batch processor's thread). The span
+    is the agent's `process` span of an echo task: its name, kind and attributes."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Encoding(SpanExporter):
+        """Encodes each batch as the OTLP exporters do, and sends it nowhere."""
+
+        def __init__(self) -> None:
+            self.spans, self.cpu = 0, 0.0
+
+        def export(self, batch: Any) -> SpanExportResult:
+            began = time.thread_time()
+            encode_spans(batch).SerializeToString()
+            self.cpu += time.thread_time() - began
+            self.spans += len(batch)
+            return SpanExportResult.SUCCESS
+
+    exporter = Encoding()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=spans + 1))  # none dropped
+    tracer = provider.get_tracer("agentmesh")
+    shape, _ = messaging_parts("mesh.work.bench-echo.anon", PROCESS, "mesh.task.requested", "work-bench-echo")
+    attributes = {**shape.attributes, MESSAGING_MESSAGE_ID: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"}
+    began = time.thread_time()
+    for _ in range(spans):
+        tracer.start_span(shape.name, None, shape.kind, attributes).end()
+    started = time.thread_time() - began
+    provider.shutdown()  # exports what is queued, on the processor's thread
+    if exporter.spans != spans:
+        raise RuntimeError(f"sdk_floor: {exporter.spans} of {spans} spans exported")
+    return len(attributes), started / spans * 1e6, exporter.cpu / spans * 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with stop_on_sigterm():
@@ -223,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     print_cpu(args, cpu)
     traced = args.runs * (args.tasks + min(args.tasks, 1000))
     print(f"\nspans received: {spans:,} for {traced:,} tasks at {args.ratio:g} and {traced:,} at 100%")
+    attributes, started, encoded = sdk_floor()
+    print(f"the stock SDK alone, in this process, per span with the {attributes} attributes of the agent's `process` "
+          f"span: start and end {started:.0f} µs, OTLP encoding {encoded:.0f} µs ({started + encoded:.0f} µs in all)")
     return 0 if all(row.passed is not False for row in rows) else 1
 
 
