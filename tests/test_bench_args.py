@@ -31,3 +31,10 @@ def test_a_bench_refuses(bench: Any, argv: list[str], said: str, capsys: pytest.
 def test_workload_takes_no_warm_up() -> None:
     args = workload.parse_args(["--warmup", "0", "--timeout", "2.5", "--inflight-tasks", "1"])
     assert (args.warmup, args.timeout, args.inflight_tasks) == (0, 2.5, 1)
+
+
+def test_the_sdk_floor_exports_every_span_it_times() -> None:
+    """`bench tracing`'s last line: a `process` span's attributes, and both costs measured
+    (`sdk_floor` raises if the batch processor dropped a span it timed)."""
+    attributes, started, encoded = tracing.sdk_floor(300)
+    assert attributes == 7 and started > 0 and encoded > 0
