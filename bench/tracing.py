@@ -244,7 +244,7 @@ def sdk_floor(spans: int = FLOOR_SPANS) -> tuple[int, float, float]:
 
     exporter = Encoding()
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=spans + 1))  # none dropped
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=max(spans, 2048)))  # none dropped
     tracer = provider.get_tracer("agentmesh")
     shape, _ = messaging_parts("mesh.work.bench-echo.anon", PROCESS, "mesh.task.requested", "work-bench-echo")
     attributes = {**shape.attributes, MESSAGING_MESSAGE_ID: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"}
