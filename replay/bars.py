@@ -30,8 +30,7 @@ from typing import Literal
 import msgspec
 
 from mesh.runtime.worker import RunnerOptions
-from replay.labels import Names, capability_of, error_text, label, task_name
-from topics import subjects
+from replay.labels import Names, error_text, label, task_name
 from topics.calls import LlmCalled, LlmFailed, ToolCalled
 from topics.dead import DeadLettered
 from topics.flows import (
@@ -54,6 +53,7 @@ from topics.tasks import (
     TaskFailed,
     TaskHandedOff,
     TaskRequested,
+    task_place,
 )
 
 __all__ = ["Bar", "Mark", "Retry", "Segment", "build_bars"]
@@ -125,7 +125,8 @@ class _Builder:
         self.owner: dict[str, str] = {}  # event id -> id of the bar it belongs to
         self.keys: dict[tuple[str, ...], str] = {}  # workflow / step / task key -> bar id
         self.requests: dict[int, str] = {}  # request seq -> task bar id
-        self.capabilities: dict[int, str] = {}  # request seq -> the capability it was asked of (its subject's)
+        self.places: dict[int, tuple[str, str, str]] = {}  # request seq -> (capability, owner, task id), its subject's
+        self.final: set[str] = set()  # task bars whose outcome is final: a later one is a mark (the first outcome wins)
         self.tasks: dict[str, str] = {}  # task bar id -> task id
         self.step_failures: dict[str, str] = {}  # step bar id -> reason of its last failure
         self.work: dict[str, list[float]] = {}  # task bar id -> times its agent was seen at work
@@ -160,12 +161,8 @@ class _Builder:
                 self.end_of(event_id, ("flow", wf), at, "completed")
             case FlowFailed(workflow_id=wf, error=error):
                 self.end_of(event_id, ("flow", wf), at, "failed", error_text(error))
-            case TaskRequested(capability=named, task_id=task_id):
-                task = task_id or event_id
-                capability = (subjects.work_of(record.subject) or (named,))[0]  # what its agents serve it as
-                self.open(record, "task", task_name(capability, task, self.names), at, ("task", capability, task))
-                self.requests[record.seq], self.tasks[event_id], self.by_task[task] = event_id, task, event_id
-                self.capabilities[record.seq] = capability
+            case TaskRequested():
+                self.request(record, at)
             case LlmCalled(latency_ms=latency):
                 bar = self.open(record, "llm", label(record, self.names), max(at - latency / 1000, 0.0), None)
                 bar.finish(at, "completed")
@@ -218,14 +215,31 @@ class _Builder:
             bar.finish(at, status, reason)
         return bar
 
+    def request(self, record: Record, at: float) -> None:
+        """A task's bar opens with its request on a work subject, under the capability and owner
+        the subject names (what its agents serve it as, whatever its data says); a request stored
+        anywhere else is served by nobody: a mark."""
+        place = task_place(record.data, record.subject, record.event.id)
+        if place is None:
+            self.mark(record, at)
+            return
+        event_id, (capability, _, task) = record.event.id, place
+        self.open(record, "task", task_name(capability, task, self.names), at, ("task", *place))
+        self.requests[record.seq], self.tasks[event_id], self.by_task[task] = event_id, task, event_id
+        self.places[record.seq] = place
+
     def task_bar(self, record: Record) -> Bar | None:
-        data = record.data
-        task_id = getattr(data, "task_id", "")
-        request_seq = getattr(data, "request_seq", None) or -1
-        by_seq, capability = self.requests.get(request_seq), capability_of(record)
-        if by_seq is not None and self.tasks[by_seq] == task_id and self.capabilities[request_seq] == capability:
-            return self.bars[by_seq]  # the request it answers (same log), on the subject of the capability asked
-        return self.bar_of(("task", capability, task_id))
+        """The bar of the task a lifecycle event is about: on its own task's subject only (any
+        other is somebody's word about the task: a mark of its own), the request it names by
+        sequence if that request is of the same task, capability and owner, else the task's."""
+        place = task_place(record.data, record.subject, record.event.id)
+        if place is None:
+            return None
+        request_seq = getattr(record.data, "request_seq", None) or -1
+        by_seq = self.requests.get(request_seq)
+        if by_seq is not None and self.places[request_seq] == place:
+            return self.bars[by_seq]  # the request it answers (same log)
+        return self.bar_of(("task", *place))
 
     def task_event(self, record: Record, at: float) -> None:
         bar = self.task_bar(record)
@@ -239,13 +253,20 @@ class _Builder:
             case TaskAttemptFailed(error=error):
                 self.retry_reasons[bar.id] = error_text(error)
                 bar.marks.append(Mark(at=at, seq=record.seq, label=label(record, self.names), failed=True))
+            case TaskCompleted() | TaskFailed() | TaskCancelled() | TaskHandedOff() if bar.id in self.final:
+                bar.marks.append(Mark(at=at, seq=record.seq, label=label(record, self.names)))  # the first outcome stands
             case TaskCompleted():
+                self.final.add(bar.id)
                 bar.finish(at, "completed")
             case TaskFailed(error=error):
+                if not error.retryable:
+                    self.final.add(bar.id)
                 bar.finish(at, "failed", error_text(error))
             case TaskCancelled(reason=reason):
+                self.final.add(bar.id)
                 bar.finish(at, "cancelled", reason)
             case TaskHandedOff(to=to, reason=reason):
+                self.final.add(bar.id)
                 bar.finish(at, "handed_off", f"→ {to}" + (f": {reason}" if reason and reason != "handoff" else ""))
         self.work.setdefault(bar.id, []).append(at)
 

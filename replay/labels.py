@@ -2,9 +2,10 @@
 task, step, model, tool, board key or proposal and what happened to it, and a longer
 sentence (`summary`) for the text timeline. Neither is ever a dump of the event's JSON.
 
-A task's lifecycle events (claimed, progress, outcome) do not all carry the capability, so
-it comes from their subject (`mesh.task.<capability>.<task_id>`); the step a task runs for
-comes from the workflow's `mesh.flow.step_scheduled` events (`Names`).
+A task event's capability comes from its subject (`mesh.task.<capability>.<owner>.<task id>`,
+a request's `mesh.work.<capability>.<owner>`), which only the role serving it may write,
+never from its data; one stored off its task's subjects is labelled so (`capability_of`).
+The step a task runs for comes from the workflow's `mesh.flow.step_scheduled` events (`Names`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from topics.tasks import (
     TaskHandedOff,
     TaskProgress,
     TaskRequested,
+    task_place,
 )
 from topics.votes import VoteCast, VoteDecided, VoteProposed
 
@@ -88,13 +90,13 @@ def task_name(capability: str, task_id: str, names: Names) -> str:
     return f"{capability} {short_id(task_id)}" + (f" (step {step})" if step else "")
 
 
-def capability_of(record: Record) -> str:
-    """A task lifecycle event's capability: its subject's third token (what the server let its
-    writer publish on: only the role serving it), else its field (a file's line, say)."""
-    parts = record.subject.split(".")
-    if len(parts) >= 4 and parts[1] == "task":
-        return parts[2]
-    return str(getattr(record.data, "capability", "") or "task")
+def capability_of(record: Record) -> str | None:
+    """The capability a task event counts under (`topics.tasks.task_place`): its work or
+    lifecycle subject's, which the server let its writer publish on (only the role serving
+    it), whatever its data says. None when it counts for no task: stored off its task's
+    subjects, it is somebody's word about a task, not the task's."""
+    place = task_place(record.data, record.subject, record.event.id)
+    return None if place is None else place[0]
 
 
 def label(record: Record, names: Names | None = None) -> str:
@@ -112,8 +114,10 @@ def label(record: Record, names: Names | None = None) -> str:
         | TaskCancelled
         | TaskHandedOff,
     ):
-        who = task_name(capability_of(record), data.task_id or record.event.id, names)
-        return clip(f"{who} {_task_status(data)}", LABEL_WIDTH)
+        task_id, capability = data.task_id or record.event.id, capability_of(record)
+        if capability is None:
+            return clip(f"not on its task's subjects: task {short_id(task_id)} {_task_status(data)}", LABEL_WIDTH)
+        return clip(f"{task_name(capability, task_id, names)} {_task_status(data)}", LABEL_WIDTH)
     return clip(_other(record, names), LABEL_WIDTH)
 
 
@@ -233,8 +237,9 @@ def summarize(record: Record, width: int = 72, names: Names | None = None) -> st
     """A few words on what an event says, for the text timeline (task hand-offs name the whole
     next task id, which a user types into the next command)."""
     match record.data:
-        case TaskRequested(capability=capability, task_id=task_id):
-            text = f"{capability} task {task_id or record.event.id}"
+        case TaskRequested(task_id=task_id):
+            capability = capability_of(record)
+            text = ("" if capability is None else f"{capability} ") + f"task {task_id or record.event.id}"
             step = (names or Names()).steps.get(task_id or record.event.id)
             text += f" for step {step}" if step else ""
         case TaskClaimed(attempt=attempt):
@@ -248,5 +253,7 @@ def summarize(record: Record, width: int = 72, names: Names | None = None) -> st
         case TaskHandedOff(to=to, next_task_id=next_task_id, reason=reason):
             text = f"handed off to {to} task {next_task_id}" + (f" ({reason})" if reason != "handoff" else "")
         case _:
-            text = label(record, names)
+            return clip(label(record, names), width)
+    if capability_of(record) is None:  # a task event off its task's subjects: somebody's word, said so
+        text = f"not on its task's subjects: {text}"
     return clip(text, width)

@@ -8,12 +8,12 @@ is separate from the drawing so it can be tested on its own."""
 from __future__ import annotations
 
 import math
-from html import escape
 
 import msgspec
 
 from replay.bars import Bar, Retry
 from replay.labels import clip
+from topics.base import html_text
 
 __all__ = ["MAX_BARS", "Scale", "render_gantt", "tick_label", "ticks"]
 
@@ -105,7 +105,7 @@ def _axis(scale: Scale, height: int) -> str:
         x = f"{scale.x(at):.1f}"
         parts.append(
             f'<line class="grid" x1="{x}" y1="{TOP - 8}" x2="{x}" y2="{height - 12}"/>'
-            f'<text class="tick" data-t="{at:g}" x="{x}" y="{TOP - 14}">{escape(tick_label(at, step))}</text>'
+            f'<text class="tick" data-t="{at:g}" x="{x}" y="{TOP - 14}">{html_text(tick_label(at, step))}</text>'
         )
     parts.append(
         f'<line class="baseline" x1="{scale.left}" y1="{TOP - 8}" x2="{scale.left + scale.width}" y2="{TOP - 8}"/>'
@@ -122,7 +122,7 @@ def _connector(bar: Bar, rows: dict[str, int], scale: Scale) -> str:
     x0, y0 = scale.x(bar.cause_at or 0.0), _y(rows[bar.parent or ""]) + BAR / 2
     x1, y1 = scale.x(bar.start), _y(rows[bar.id])
     return (
-        f'<path class="cause" data-from="{escape(bar.parent or "")}" data-to="{escape(bar.id)}" '
+        f'<path class="cause" data-from="{html_text(bar.parent or "")}" data-to="{html_text(bar.id)}" '
         f'd="M{x0:.1f},{y0:.1f} V{y1:.1f} H{max(x1, x0):.1f}"/>'
     )
 
@@ -135,11 +135,11 @@ def _bar(bar: Bar, row: int, scale: Scale) -> str:
     tip = _tooltip(bar)
     label_x = 8 + min(bar.depth, 12) * INDENT
     parts = [
-        f'<g class="bar {bar.kind} {bar.status}" data-id="{escape(bar.id)}" data-kind="{bar.kind}" '
+        f'<g class="bar {bar.kind} {bar.status}" data-id="{html_text(bar.id)}" data-kind="{bar.kind}" '
         f'data-status="{bar.status}" data-start="{bar.start:.6f}" data-end="{end:.6f}" data-x="{x:.2f}" '
-        f'data-width="{w:.2f}" data-depth="{bar.depth}" data-parent="{escape(bar.parent or "")}">',
-        f"<title>{escape(tip)}</title>",
-        f'<text class="bar-label" x="{label_x}" y="{y + 4:.1f}">{escape(clip(bar.label, 44 - min(bar.depth, 12) * 2))}</text>',
+        f'data-width="{w:.2f}" data-depth="{bar.depth}" data-parent="{html_text(bar.parent or "")}">',
+        f"<title>{html_text(tip)}</title>",
+        f'<text class="bar-label" x="{label_x}" y="{y + 4:.1f}">{html_text(clip(bar.label, 44 - min(bar.depth, 12) * 2))}</text>',
     ]
     for segment in bar.segments:
         sx, sw = scale.extent(segment.start, segment.end)
@@ -149,7 +149,7 @@ def _bar(bar: Bar, row: int, scale: Scale) -> str:
     for mark in bar.marks:
         css = "mark failed" if mark.failed else "mark"
         parts.append(f'<circle class="{css}" data-seq="{mark.seq}" cx="{scale.x(mark.at):.1f}" cy="{y:.1f}" r="3">'
-                     f"<title>{escape(f'#{mark.seq} {mark.label}')}</title></circle>")  # fmt: skip
+                     f"<title>{html_text(f'#{mark.seq} {mark.label}')}</title></circle>")  # fmt: skip
     parts += [_retry(retry, scale.x(retry.at), top) for retry in bar.retries]
     parts.append(_note(bar, x + w + 6, y, end))
     return "".join(parts) + "</g>"
@@ -158,7 +158,7 @@ def _bar(bar: Bar, row: int, scale: Scale) -> str:
 def _retry(retry: Retry, x: float, top: float) -> str:
     reason = _why(retry)
     return (
-        f'<g class="retry" data-attempt="{retry.attempt}"><title>{escape(f"retry: attempt {retry.attempt} {reason}")}</title>'
+        f'<g class="retry" data-attempt="{retry.attempt}"><title>{html_text(f"retry: attempt {retry.attempt} {reason}")}</title>'
         f'<line x1="{x:.1f}" y1="{top - 3:.1f}" x2="{x:.1f}" y2="{top + BAR + 3:.1f}"/>'
         f'<path d="M{x - 4:.1f},{top - 5:.1f} h8 l-4,5 z"/></g>'
     )
@@ -172,14 +172,14 @@ def _note(bar: Bar, x: float, y: float, end: float) -> str:
     """What is written right of a bar: its duration, its retries with their reasons, why it failed."""
     parts = [f'<text class="note" x="{x:.1f}" y="{y + 4:.1f}">']
     spent = duration(end - bar.start) + (" so far" if bar.end is None else "")
-    parts.append(f"<tspan>{escape(spent)}</tspan>")
+    parts.append(f"<tspan>{html_text(spent)}</tspan>")
     for retry in bar.retries:
         text = f"↻ attempt {retry.attempt} {_why(retry)}"
-        parts.append(f'<tspan class="retry-label"> {escape(clip(text, NOTE_CHARS))}</tspan>')
+        parts.append(f'<tspan class="retry-label"> {html_text(clip(text, NOTE_CHARS))}</tspan>')
     if bar.status in ("failed", "cancelled", "handed_off"):
         verb = {"failed": "✗ failed", "cancelled": "cancelled", "handed_off": "handed off"}[bar.status]
         text = f"{verb}: {bar.reason}" if bar.reason and bar.status != "handed_off" else f"{verb} {bar.reason}"
-        parts.append(f'<tspan class="outcome {bar.status}"> {escape(clip(text, NOTE_CHARS))}</tspan>')
+        parts.append(f'<tspan class="outcome {bar.status}"> {html_text(clip(text, NOTE_CHARS))}</tspan>')
     elif bar.status == "open":
         parts.append('<tspan class="outcome open"> no outcome in the log</tspan>')
     return "".join(parts) + "</text>"

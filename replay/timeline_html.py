@@ -6,11 +6,10 @@ every hop with the causal tree drawn. No scripts, fonts or files from elsewhere.
 
 from __future__ import annotations
 
-from html import escape
-
 from replay.labels import clip
 from replay.timeline import Hop, Timeline
 from replay.timeline_gantt import render_gantt
+from topics.base import html_text
 
 __all__ = ["STYLE", "render_fragment", "render_html"]
 
@@ -75,8 +74,8 @@ def render_html(timeline: Timeline) -> str:
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        f'<h1>{escape(title)}</h1><div class="meta">{escape(meta)}</div>'
+        f"<title>{html_text(title)}</title><style>{STYLE}</style></head><body>"
+        f'<h1>{html_text(title)}</h1><div class="meta">{html_text(meta)}</div>'
         f"{render_fragment(timeline)}</body></html>\n"
     )
 
@@ -120,7 +119,7 @@ def _diagram(timeline: Timeline) -> str:
     for agent, x in heads.items():
         parts.append(f'<line class="lane" x1="{x}" y1="{TOP - 30}" x2="{x}" y2="{height - 8}"/>')
         parts.append(f'<rect class="head" x="{x - LANE // 2 + 8}" y="8" width="{LANE - 16}" height="28" rx="4"/>')
-        parts.append(f'<text class="head-text" x="{x}" y="27">{escape(_clip(agent, 28))}</text>')
+        parts.append(f'<text class="head-text" x="{x}" y="27">{html_text(_clip(agent, 28))}</text>')
     for n, hop in enumerate(hops):
         parts.append(_arrow(hop, lanes, TOP + n * ROW))
     parts.append("</svg>")
@@ -139,8 +138,8 @@ def _arrow(hop: Hop, lanes: dict[str, int], y: int) -> str:
     x1 = lanes[hop.agent]
     x2 = lanes.get(hop.to_agent, x1)
     kind = _kind(hop)
-    label = escape(clip(hop.label or hop.summary, 44))
-    tip = escape(
+    label = html_text(clip(hop.label or hop.summary, 44))
+    tip = html_text(
         f"#{hop.seq} {hop.type} on {hop.subject}\n{hop.agent} → {hop.to_agent}\n+{hop.offset:.3f}s {hop.label or hop.summary}"
     )
     if x1 == x2:
@@ -150,7 +149,7 @@ def _arrow(hop: Hop, lanes: dict[str, int], y: int) -> str:
         shape = f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" marker-end="url(#arrow)"/>'
         text_x = min(x1, x2) + 6
     return (
-        f'<g class="hop {kind}" data-seq="{hop.seq}" data-id="{escape(hop.id)}" data-type="{escape(hop.type)}">'
+        f'<g class="hop {kind}" data-seq="{hop.seq}" data-id="{html_text(hop.id)}" data-type="{html_text(hop.type)}">'
         f"<title>{tip}</title>"
         f'<text class="seq" x="{GUTTER - 8}" y="{y + 4}">#{hop.seq} +{hop.offset:.3f}s</text>'
         f'{shape}<text x="{text_x}" y="{y - 4}">{label}</text></g>'
@@ -172,11 +171,11 @@ def _table(timeline: Timeline) -> str:
         inferred = ' title="cause inferred: recorded without one"' if hop.cause_inferred else ""
         rows.append(
             f'<tr class="hop-row" data-seq="{hop.seq}"><td class="num">#{hop.seq}</td>'
-            f'<td class="num">+{hop.offset:.3f}s</td><td>{escape(hop.agent)} → {escape(hop.to_agent)}</td>'
-            f'<td><span class="tree"{inferred}>{escape(guide)}</span><code>{escape(hop.type)}</code></td>'
-            f"<td>{escape(hop.label or hop.summary)}</td><td><code>{escape(hop.subject)}</code></td>"
+            f'<td class="num">+{hop.offset:.3f}s</td><td>{html_text(hop.agent)} → {html_text(hop.to_agent)}</td>'
+            f'<td><span class="tree"{inferred}>{html_text(guide)}</span><code>{html_text(hop.type)}</code></td>'
+            f"<td>{html_text(hop.label or hop.summary)}</td><td><code>{html_text(hop.subject)}</code></td>"
             f'<td class="num">{_secs(hop.to_children)}</td>'
-            f'<td class="num">{_secs(hop.to_outcome)}</td><td><code>{escape(hop.id)}</code></td></tr>'
+            f'<td class="num">{_secs(hop.to_outcome)}</td><td><code>{html_text(hop.id)}</code></td></tr>'
         )
     head = (
         "<tr><th>seq</th><th>offset</th><th>hop</th><th>cause tree and type</th><th>what</th><th>subject</th>"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from html import escape
 from typing import ClassVar
 
 import msgspec
 
-__all__ = ["CONTROL", "MAX_TOKEN", "Event", "ErrorInfo", "check_token", "is_token", "json_visible", "shorten", "visible"]
+__all__ = ["BIDI", "CONTROL", "MAX_TOKEN", "Event", "ErrorInfo", "check_token", "html_text", "is_token", "json_visible", "shorten",
+           "visible"]
 
 MAX_TOKEN = 128  # characters in one id or name that becomes a subject token
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]+")  # whole value: `$` alone would let a final newline through
@@ -44,14 +46,27 @@ def shorten(text: str, limit: int = 40) -> str:
 
 
 CONTROL = (*range(0x20), 0x7F, *range(0x80, 0xA0))  # code points of the control characters (C0, DEL, C1)
-_CONTROL = dict.fromkeys(CONTROL, "\ufffd")
+BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))  # the bidirectional controls
+_BIDI_SHOWN = {code: f"\\u{code:04x}" for code in BIDI}
+_CONTROL = dict.fromkeys(CONTROL, "\ufffd") | _BIDI_SHOWN
+_HTML_SHOWN = {code: "\ufffd" for code in CONTROL if chr(code) not in "\t\n\r"} | _BIDI_SHOWN
 
 
 def visible(text: str) -> str:
-    """``text`` with every control character (C0, DEL, C1) shown as U+FFFD: for text from the
-    log printed to a terminal, where an escape sequence a client wrote would otherwise hide
-    lines, clear the screen or rewrite what an operator reads."""
+    """``text`` with every control character (C0, DEL, C1) shown as U+FFFD and every
+    bidirectional control as `\\u202e` and the like: for text from the log printed to a
+    terminal, where an escape sequence a client wrote would otherwise hide lines, clear the
+    screen or rewrite what an operator reads, and a bidi override would show a value as another
+    (`invoice-\\u202e1337-lanif` as `invoice-final-7331`)."""
     return text.translate(_CONTROL)
+
+
+def html_text(value: object) -> str:
+    """``value`` as HTML text or attribute value: escaped, its control characters but tab and
+    newlines shown as U+FFFD and its bidirectional controls as `\\u202e`, as `visible` shows them
+    to a terminal. Every page made from the log uses it (the console, `mesh replay timeline
+    --html`: review Z, review AB)."""
+    return escape(str(value).translate(_HTML_SHOWN), quote=True)
 
 
 _JSON_CONTROL = {code: f"\\u{code:04x}" for code in (0x7F, *range(0x80, 0xA0))}

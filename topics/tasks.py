@@ -17,8 +17,10 @@ import msgspec
 
 from topics.base import MAX_TOKEN, ErrorInfo, Event, check_token, shorten
 from topics.envelope import derived_id, is_instant
+from topics.subjects import task_of, work_of
 
 __all__ = [
+    "task_place",
     "TaskRequested",
     "TaskClaimed",
     "TaskProgress",
@@ -165,6 +167,30 @@ TaskEvent = (
     | TaskCancelRequested | TaskAttemptFailed
 )
 TaskOutcome = TaskCompleted | TaskFailed | TaskCancelled
+TaskLifecycle = TaskClaimed | TaskProgress | TaskCompleted | TaskFailed | TaskAttemptFailed | TaskCancelled | TaskHandedOff
+
+
+def task_place(data: Event, subject: str, event_id: str) -> tuple[str, str, str] | None:
+    """The task an event counts for, as (capability, owner, task id), read from the subject the
+    server let its writer publish on: a request on its work subject (the capability its agents
+    serve it as, whatever its data says) or, copied by `replay fork`, on the lifecycle subject of
+    the task it names; a claim, progress, outcome or hand-off on its own task's lifecycle
+    subject, its data naming that task (and that capability, if any). None for any other event,
+    and for one stored anywhere else: another role's word about somebody's task. The readers
+    people look at (the timeline, the console's task page) go by it, as the tasks projection
+    does (`mesh.projections.tasks`)."""
+    if isinstance(data, TaskRequested):
+        task_id = data.task_id or event_id
+        if (served := work_of(subject)) is not None:
+            return served[0], served[1], task_id
+        copied = task_of(subject)
+        return copied if copied is not None and copied[2] == task_id else None
+    if not isinstance(data, TaskLifecycle):
+        return None
+    found = task_of(subject)
+    if found is None or found[2] != data.task_id or getattr(data, "capability", "") not in ("", found[0]):
+        return None
+    return found
 
 
 def request_problem(task_id: str | None, capability: str, fallback: tuple[str, ...], deadline: str | None,

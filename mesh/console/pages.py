@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import msgspec
 
 from mesh.projections import instant
-from topics.base import CONTROL
+from topics.base import html_text
 
 __all__ = ["PER_PAGE", "Page", "ago", "e", "frame", "link", "pager", "pretty", "table"]
 
@@ -41,17 +40,12 @@ class Page(msgspec.Struct, kw_only=True):
     live: str = "refresh"
 
 
-_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-_SHOWN = {cp: "\ufffd" for cp in CONTROL if chr(cp) not in "\t\n\r"} | {
-    cp: f"\\u{cp:04x}" for cp in _BIDI
-}  # fmt: skip
-
-
 def e(value: Any) -> str:
-    """``value`` as HTML text or attribute: escaped, its control characters shown as U+FFFD
-    and its bidirectional controls as `\\u202e` and the like, so a value from the log cannot
-    pass for another (`invoice-\\u202e1337-lanif` shown as `invoice-final-7331`: review Z)."""
-    return escape(str(value).translate(_SHOWN), quote=True)
+    """``value`` as HTML text or attribute (`topics.base.html_text`): escaped, its control
+    characters shown as U+FFFD and its bidirectional controls as `\\u202e` and the like, so a
+    value from the log cannot pass for another (`invoice-\\u202e1337-lanif` shown as
+    `invoice-final-7331`: review Z)."""
+    return html_text(value)
 
 
 def link(href: str, text: Any) -> str:

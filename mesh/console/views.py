@@ -19,7 +19,7 @@ from topics import subjects
 from topics.calls import LlmCalled, ToolCalled
 from topics.dead import DeadLettered
 from topics.record import Record
-from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested
+from topics.tasks import TaskClaimed, TaskCompleted, TaskFailed, TaskHandedOff, TaskRequested, task_place
 
 __all__ = [
     "FLOW_STATUSES",
@@ -164,9 +164,7 @@ def task_page(index: LogIndex, ref: str) -> Page | None:
     """The page of one task, named by its `task_key` or, when one owner has it, its id."""
     view = find_task(index.tasks, ref)
     task_id = ref if view is None else view.task_id
-    records = index.lookup("t", task_id)
-    if view is not None:  # its owner's lifecycle only: another owner's task may share the id
-        records = [r for r in records if _owner_of(r.subject) in (None, view.owner)]
+    records = [r for r in index.lookup("t", task_id) if _counts_for(r, task_id, view)]
     if view is None and not records:
         return None
     named = tasks_named(index.tasks, task_id) if view is None else []
@@ -209,10 +207,13 @@ def _timeline(root: str) -> str:
             f'src="{e(path_of("/timeline/", root))}"></iframe>')  # fmt: skip
 
 
-def _owner_of(subject: str) -> str | None:
-    """The owner a work or lifecycle subject names; None for any other subject."""
-    found = subjects.work_of(subject) or subjects.task_of(subject)
-    return None if found is None else found[1]
+def _counts_for(record: Record, task_id: str, view: TaskView | None) -> bool:
+    """Whether ``record`` is a request or lifecycle event of the task ``task_id`` (of ``view``'s
+    owner, if known), on its own subjects (`topics.tasks.task_place`): another owner's task may
+    share the id, and a task event stored elsewhere is somebody's word about the task (review AB:
+    a client's `mesh.task.failed` on `mesh.cancel.<id>` showed as the task's failure)."""
+    place = task_place(record.data, record.subject, record.event.id)
+    return place is not None and place[2] == task_id and (view is None or place[1] == view.owner)
 
 
 def _lifecycle(records: list[Record]) -> str:
@@ -220,8 +221,9 @@ def _lifecycle(records: list[Record]) -> str:
     for record in records:
         data = record.data
         match data:
-            case TaskRequested(capability=capability):
-                what = f"requested for {capability}"
+            case TaskRequested():
+                place = task_place(data, record.subject, record.event.id)
+                what = f"requested for {place[0] if place else data.capability}"
             case TaskClaimed():
                 what = "claimed"
             case TaskFailed(error=error):
