@@ -258,6 +258,42 @@ class TestAnonymousSharing:
         finally:
             await other.close()
 
+    async def test_an_event_on_a_subject_nobody_waits_on_is_not_decoded(self, mesh: Mesh, nats_server: LocalServer) -> None:
+        """The shared subscription delivers every capability's events under a watched task id;
+        one on a capability nobody here waits on is dropped before it is decoded (review AA: an
+        event naming another role's 60 MiB object cost a client 1.7 GB and 4.5 s of CPU)."""
+        waiters = mesh.waiters
+        waiters.recheck_every = 3600
+        decoded: list[str] = []
+        decode = waiters._decode
+
+        async def counted(subject: str, data: bytes, seq: int) -> Record | None:
+            decoded.append(subject)
+            with contextlib.suppress(Exception):
+                return await decode(subject, data, seq)
+            return None
+
+        waiters._decode = counted  # type: ignore[method-assign]
+        other = await nats.connect(nats_server.url)
+        watched = subjects.task("echo", subjects.ANON, "t-only-0")
+        try:
+            async with contextlib.AsyncExitStack() as watching:
+                for i in range(SHARE_ANONYMOUS_AT):  # the owner's tasks then come through one subscription
+                    await watching.enter_async_context(live(mesh, f"t-only-{i + 1}"))
+                waiter = await waiters.watch_live(watched, lambda record: False)
+                assert waiter is not None and not waiter.any_capability  # fed by the shared subscription
+                try:
+                    for capability in ("junk", "echo"):
+                        await other.publish(subjects.task(capability, subjects.ANON, "t-only-0"), b'{"dataref": "x"}')
+                    await jetstream.settled(other)
+                    await eventually(lambda: watched in decoded)
+                    await jetstream.settled(mesh.nc)
+                    assert decoded == [watched]  # the junk one never was
+                finally:
+                    await waiters.unwatch(waiter)
+        finally:
+            await other.close()
+
     async def test_a_watch_cancelled_while_sharing_starts_leaves_nothing_shared(
         self, mesh: Mesh, nats_server: LocalServer
     ) -> None:  # fmt: skip

@@ -359,8 +359,9 @@ class Waiters:
                     self._recent_tasks[gone] = left
                 else:
                     del self._recent_tasks[gone]
-        if task_id not in self._by_task:
-            return
+        waiters = self._by_task.get(task_id)
+        if waiters is None or not any(waiter.any_capability or waiter.subject == subject for waiter in waiters):
+            return  # nobody here waits on this capability's subject: not worth a fetch or a decode (review AA)
         if b"dataref" in data and len(self._decoding) < MAX_FETCHING:  # not in the way of the next events
             task = asyncio.get_running_loop().create_task(self._deliver(task_id, subject, data), name="waiter-fetch")
             self._decoding.add(task)
