@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from mesh.bus.chains import MAX_EARLY, MAX_LOOKAHEAD, Ahead, Answer, ChainMemory, hops_after
+from mesh.bus.chains import EARLY_BYTES, MAX_EARLY, MAX_LOOKAHEAD, Ahead, Answer, ChainMemory, hops_after
 from topics.envelope import CloudEvent, derived_id
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskHandedOff, handoff_task_id
@@ -23,6 +23,26 @@ def _record(subject: str, data: TaskCompleted | TaskHandedOff | TaskClaimed) -> 
 def _done(capability: str, task_id: str, request_seq: int) -> Record:
     completed = TaskCompleted(task_id=task_id, agent="a", attempt=1, output=capability, request_seq=request_seq)
     return _record(f"mesh.task.{capability}.{task_id}", completed)
+
+
+class _Decoder:
+    """`Mesh.record_of` for events given to `Answer.gate` as `_bytes(record)`: counts its calls."""
+
+    def __init__(self, *records: Record) -> None:
+        self.records = {_bytes(record): record for record in records}
+        self.calls: list[str] = []
+
+    async def __call__(self, subject: str, data: bytes, seq: int) -> Record | None:
+        self.calls.append(subject)
+        return self.records.get(data)
+
+
+def _bytes(record: Record) -> bytes:
+    return f"{record.subject} {record.data.request_seq}".encode()  # type: ignore[attr-defined]
+
+
+async def _never(subject: str, data: bytes, seq: int) -> Record | None:
+    raise AssertionError("nothing was kept to decode")
 
 
 class TestHopsAfter:
@@ -61,12 +81,12 @@ class TestAhead:
         answer = Answer()
         outcome: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         answer.accept(_done("review", "h", 9))
-        assert await Ahead(answer, outcome).answer_to("mesh.task.review.h", 9, 1.0) == _done("review", "h", 9)
+        assert await Ahead(answer, outcome, _never).answer_to("mesh.task.review.h", 9, 1.0) == _done("review", "h", 9)
 
     async def test_a_later_answer_resolves_the_watch(self) -> None:
         answer = Answer()
         outcome: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
-        waiting = asyncio.create_task(Ahead(answer, outcome).answer_to("mesh.task.review.h", 9, 5.0))
+        waiting = asyncio.create_task(Ahead(answer, outcome, _never).answer_to("mesh.task.review.h", 9, 5.0))
         await asyncio.sleep(0)  # let it set the expected request
         if answer.accept(_done("review", "h", 9)):
             outcome.set_result(_done("review", "h", 9))
@@ -82,8 +102,41 @@ class TestAhead:
         for seq in range(MAX_EARLY):
             answer.accept(_done("other", "h", 100 + seq))
         answer.accept(_done("review", "h", 9))  # the hop's own, one too many
-        assert await Ahead(answer, outcome).answer_to("mesh.task.review.h", 9, 5.0) is None
+        assert await Ahead(answer, outcome, _never).answer_to("mesh.task.review.h", 9, 5.0) is None
         assert not outcome.done()
+
+
+class TestGate:
+    """A hop watched ahead keeps what comes before its hand-off as bytes, and decodes only the
+    events on the subject the hand-off names (review AA: another role's events on its own
+    subject under a client's hop id, decoded with their offloaded data, held GBs)."""
+
+    async def test_only_the_named_subjects_events_are_decoded(self) -> None:
+        answer = Answer()
+        outcome: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        junk, other_request, own = _done("junk", "h", 9), _done("review", "h", 8), _done("review", "h", 9)
+        for early in (junk, other_request, own):
+            assert answer.gate(early.subject, _bytes(early), 0) is False  # kept, not decoded
+        decoder = _Decoder(junk, other_request, own)
+        assert await Ahead(answer, outcome, decoder).answer_to("mesh.task.review.h", 9, 1.0) == own
+        assert decoder.calls == ["mesh.task.review.h", "mesh.task.review.h"]  # never the junk capability's
+        assert answer.early == [] and answer.early_bytes == 0
+        assert answer.gate(junk.subject, b"x", 0) is False and answer.gate(own.subject, b"x", 0) is True
+
+    async def test_what_is_kept_is_bounded_by_bytes_and_then_the_log_is_read(self) -> None:
+        answer = Answer()
+        outcome: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        big = b"x" * (EARLY_BYTES // 4)
+        for _ in range(5):
+            answer.gate("mesh.task.junk.h", big, 0)
+        assert answer.early_bytes <= EARLY_BYTES and len(answer.early) == 4 and answer.overflowed
+        assert await Ahead(answer, outcome, _never).answer_to("mesh.task.review.h", 9, 1.0) is None  # read the log
+
+    def test_a_stored_event_read_again_is_kept_once(self) -> None:
+        answer = Answer()
+        for _ in range(3):
+            answer.gate("mesh.task.review.h", b"stored", 42)
+        assert answer.early == [("mesh.task.review.h", b"stored", 42)]
 
 
 class TestChainMemory:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 
+import msgspec
 import nats
 import pytest
 
@@ -19,7 +20,7 @@ from mesh.bus.waiting import SHARE_ANONYMOUS_AT
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog, eventually
 from topics import subjects
-from topics.envelope import derived_id
+from topics.envelope import CloudEvent, derived_id, encode_envelope
 from topics.record import Record
 from topics.tasks import TaskClaimed, TaskCompleted, TaskHandedOff, handoff_task_id
 
@@ -292,6 +293,43 @@ class TestAnonymousSharing:
                 finally:
                     await waiters.unwatch(waiter)
         finally:
+            await other.close()
+
+    async def test_another_capabilitys_events_under_a_hop_watched_ahead_are_not_decoded(
+        self, mesh: Mesh, nats_server: LocalServer
+    ) -> None:  # fmt: skip
+        """A request watches the hops it expects ahead on every capability's subject of their
+        ids (`subjects.task_any`); what comes there before the hand-off that names the hop is
+        kept as bytes, and another capability's events are never decoded (review AA: another
+        role's events there, decoded with their offloaded data and kept, held GBs)."""
+        decoded: list[str] = []
+        record_of = mesh.record_of
+
+        async def counted(subject: str, data: bytes, seq: int = 0) -> Record | None:
+            decoded.append(subject)
+            return await record_of(subject, data, seq)
+
+        mesh.waiters._decode = counted
+        mesh.record_of = counted  # type: ignore[method-assign]
+        mesh.chains.learn("nobody-serves", 1)
+        hop = handoff_task_id(derived_id("t-hop-victim", "requested"))
+        before = mesh.waiters.pending
+        other = await nats.connect(nats_server.url)
+        request = asyncio.create_task(mesh.request("nobody-serves", 1, task_id="t-hop-victim", timeout=30))
+        try:
+            await eventually(lambda: mesh.waiters.pending == before + 2, what="the request and its hop watched")
+            for i in range(3):
+                junk = TaskCompleted(task_id=hop, agent="evil", attempt=1, output="x" * 1000, request_seq=i + 1)
+                await other.publish(subjects.task("junk", subjects.ANON, hop), encode_envelope(CloudEvent(
+                    specversion="1.0", id=f"junk-{i}", source="mesh://evil", type=junk.TYPE,
+                    time="2026-12-05T00:00:00Z", data=msgspec.Raw(msgspec.json.encode(junk)))))  # fmt: skip
+            await jetstream.settled(other)
+            await jetstream.settled(mesh.nc)  # the connection has read what they brought
+            assert decoded == [] and not request.done()
+        finally:
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
             await other.close()
 
     async def test_a_watch_cancelled_while_sharing_starts_leaves_nothing_shared(

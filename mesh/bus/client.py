@@ -465,11 +465,11 @@ class Mesh:
                 for hop in hops_after(event_id, self.chains.ahead(capability)):
                     hop_answer = Answer()
                     watched = await self.waiters.watch_live(subjects.task_any(hop, owner=self.owner), hop_answer.accept,
-                                                            hop_answer.earlier)  # fmt: skip
+                                                            hop_answer.earlier, hop_answer.gate)  # fmt: skip
                     if watched is None:  # no slot free now: the hop is followed when it comes
                         break
                     watching.append(watched)
-                    ahead[hop] = Ahead(hop_answer, watched.future)
+                    ahead[hop] = Ahead(hop_answer, watched.future, self.record_of)
                 submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
                 early = answer.expect(submitted.seq)
                 reread = early is None and answer.overflowed  # as in `request_outcome`
@@ -490,8 +490,8 @@ class Mesh:
         yet. None when every waiter slot is taken: the hop is then followed when it comes."""
         answer = Answer()
         outcome = await watching.enter_async_context(self.waiters.watch_if_free(subjects.task_any(task_id, owner=self.owner),
-                                                                                answer.accept, answer.earlier))
-        return Ahead(answer, outcome) if outcome is not None else None
+                                                                                answer.accept, answer.earlier, answer.gate))
+        return Ahead(answer, outcome, self.record_of) if outcome is not None else None
 
     async def follow(
         self, capability: str, task_id: str, request_seq: int, *, timeout: float = 60.0, owner: str | None = None

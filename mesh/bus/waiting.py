@@ -82,6 +82,7 @@ RECENT_BYTES = 1 << 20  # and their bytes, at most
 MAX_FETCHING = 8  # events naming offloaded data fetched at once for the shared subscription; past that, in turn
 
 Decode = Callable[[str, bytes, int], Awaitable[Record | None]]
+Gate = Callable[[str, bytes, int], bool]  # (subject, data, seq) of an event not decoded yet: decode it for this waiter?
 """How a received or stored message becomes a Record (None: it does not decode)."""
 
 log = structlog.get_logger("mesh.bus.waiting")
@@ -108,20 +109,28 @@ def _own_task(subject: str, owner: str | None) -> tuple[str, bool] | None:
 class Waiter:
     """One wait for an event on one subject: what it accepts and the future it resolves."""
 
-    __slots__ = ("accept", "any_capability", "checked", "earlier", "future", "rechecked", "started", "subject", "task_id")
+    __slots__ = ("accept", "any_capability", "checked", "earlier", "future", "gate", "rechecked", "started", "subject",
+                 "task_id")  # fmt: skip
 
     def __init__(
-        self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None
-    ) -> None:
+        self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None,
+        gate: Gate | None = None,
+    ) -> None:  # fmt: skip
         self.subject = subject
         self.accept = accept
         self.earlier = earlier  # given the last stored event: could an awaited one be stored before it?
+        self.gate = gate  # given an event before it is decoded: is it worth decoding (and fetching) for this waiter?
         self.future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         self.checked = 0  # the subject's stored events up to this sequence were read for this waiter
         self.rechecked = False  # read again by a tick since it started
         self.started = asyncio.get_running_loop().time()
         self.any_capability = False  # fed by the shared subscription, on every capability's subject of its task
         self.task_id = ""  # of a `watch_live` waiter: where it is listed in `Waiters._by_task`
+
+    def wants(self, subject: str, data: bytes, seq: int) -> bool:
+        """Whether an event (before it is decoded) is worth decoding for this waiter: its `gate`
+        says, if it has one (which may keep the bytes for later), else yes."""
+        return self.gate is None or self.gate(subject, data, seq)
 
     def offer(self, record: Record | None) -> bool:
         """Resolve with ``record`` if it is the awaited kind; whether this waiter is done."""
@@ -194,7 +203,7 @@ class Waiters:
     @contextlib.asynccontextmanager
     async def watch(
         self, subject: str, accept: Callable[[Record], bool], *, stored: bool = True,
-        earlier: Callable[[Record], bool] | None = None,
+        earlier: Callable[[Record], bool] | None = None, gate: Gate | None = None,
     ) -> AsyncIterator[asyncio.Future[Record]]:  # fmt: skip
         """A future resolved with the first event on ``subject`` that ``accept`` takes. With
         ``stored``, events already in the log count too; without, only those that land once
@@ -203,13 +212,15 @@ class Waiters:
         event could be stored before it (a claim of another request after one's outcome); by
         default never (a claim or progress of a run comes before its outcome). ``subject`` may
         be a wildcard (`subjects.task_any`) only without ``stored``: its events are delivered
-        live, the record's own subject saying where each one landed."""
+        live, the record's own subject saying where each one landed. ``gate``: asked of each
+        event before it is decoded (`Waiter.wants`), so one not worth it costs no decode and no
+        fetch of its offloaded data (a hop watched ahead: `mesh.bus.chains.Answer.gate`)."""
         if stored and not _is_literal(subject):
             raise ValueError(f"cannot read the stored events of {subject!r}: a wildcard is watched live only")
         async with self._slots:
             self._watching += 1
             try:
-                waiter = Waiter(subject, accept, earlier)
+                waiter = Waiter(subject, accept, earlier, gate)
                 own = _own_task(subject, self._owner)
                 if own is not None and await self._shared_ready():
                     task_id, waiter.any_capability = own
@@ -240,8 +251,9 @@ class Waiters:
                 self._watching -= 1
 
     async def watch_live(
-        self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None
-    ) -> Waiter | None:
+        self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None,
+        gate: Gate | None = None,
+    ) -> Waiter | None:  # fmt: skip
         """`watch` without ``stored`` and without a context manager, for the hot path of a
         request (`Mesh.request_outcome`: its own generated task id, the hops ahead): a waiter
         on one of the owner's task subjects, fed by the shared subscription, when that is in
@@ -255,7 +267,7 @@ class Waiters:
             return None
         await self._slots.acquire()  # free (just checked, and nothing ran since): no wait
         self._watching += 1
-        waiter = Waiter(subject, accept, earlier)
+        waiter = Waiter(subject, accept, earlier, gate)
         waiter.task_id, waiter.any_capability = own
         self._by_task.setdefault(waiter.task_id, []).append(waiter)
         self._start_ticker()
@@ -271,8 +283,9 @@ class Waiters:
 
     @contextlib.asynccontextmanager
     async def watch_if_free(
-        self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None
-    ) -> AsyncIterator[asyncio.Future[Record] | None]:
+        self, subject: str, accept: Callable[[Record], bool], earlier: Callable[[Record], bool] | None = None,
+        gate: Gate | None = None,
+    ) -> AsyncIterator[asyncio.Future[Record] | None]:  # fmt: skip
         """`watch` without ``stored`` if a slot is free now, else None at once: for a watch
         that only saves work (a hop watched ahead), so a caller holding slots never waits for
         another one while others wait for its. ``earlier``: as for `watch`, for the re-reads
@@ -280,7 +293,7 @@ class Waiters:
         if self._slots.locked():
             yield None
             return
-        async with self.watch(subject, accept, stored=False, earlier=earlier) as future:  # takes the slot without waiting
+        async with self.watch(subject, accept, stored=False, earlier=earlier, gate=gate) as future:  # takes the slot without waiting
             yield future
 
     async def _shared_ready(self) -> bool:
@@ -359,25 +372,25 @@ class Waiters:
                     self._recent_tasks[gone] = left
                 else:
                     del self._recent_tasks[gone]
-        waiters = self._by_task.get(task_id)
-        if waiters is None or not any(waiter.any_capability or waiter.subject == subject for waiter in waiters):
-            return  # nobody here waits on this capability's subject: not worth a fetch or a decode (review AA)
+        waiting = [waiter for waiter in self._by_task.get(task_id, ())
+                   if (waiter.any_capability or waiter.subject == subject) and waiter.wants(subject, data, 0)]  # fmt: skip
+        if not waiting:  # nobody here waits on this capability's subject, or needs it decoded now: no fetch, no decode
+            return  # (review AA: two events naming another role's 60 MiB object cost a client 1.7 GB and 4.5 s)
         if b"dataref" in data and len(self._decoding) < MAX_FETCHING:  # not in the way of the next events
-            task = asyncio.get_running_loop().create_task(self._deliver(task_id, subject, data), name="waiter-fetch")
+            task = asyncio.get_running_loop().create_task(self._deliver(subject, data, waiting), name="waiter-fetch")
             self._decoding.add(task)
             task.add_done_callback(self._decoding.discard)
             return
-        await self._deliver(task_id, subject, data)
+        await self._deliver(subject, data, waiting)
 
-    async def _deliver(self, task_id: str, subject: str, data: bytes) -> None:
+    async def _deliver(self, subject: str, data: bytes, waiting: list[Waiter]) -> None:
         try:
             record = await self._decode(subject, data, 0)
         except jetstream.TRANSIENT_ERRORS as error:  # its data could not be fetched now: the log is read again
             log.info("decoding a shared event failed; read again later", subject=subject, error=repr(error))
             return
-        for waiter in list(self._by_task.get(task_id, ())):
-            if waiter.any_capability or waiter.subject == subject:
-                waiter.offer(record)
+        for waiter in waiting:
+            waiter.offer(record)
 
     def _recent_unvouched(self) -> bool:
         """Whether `_recent` may lack an event delivered within the race of a start."""
@@ -389,7 +402,8 @@ class Waiters:
         if task_id not in self._recent_tasks:
             return
         for _, subject, data, _ in [kept for kept in self._recent if kept[0] == task_id]:
-            if (waiter.any_capability or waiter.subject == subject) and waiter.offer(await self._decode(subject, data, 0)):
+            if (waiter.any_capability or waiter.subject == subject) and waiter.wants(subject, data, 0) \
+                    and waiter.offer(await self._decode(subject, data, 0)):  # fmt: skip
                 return
 
     def _enter(self, waiter: Waiter) -> tuple[_Interest, bool]:
@@ -432,10 +446,13 @@ class Waiters:
 
     async def _on_msg(self, watched: str, msg: Msg) -> None:
         interest = self._interests.get(watched)  # the subscription's subject: a wildcard covers several
-        if interest is None or not interest.waiters:
+        if interest is None:
+            return
+        waiting = [waiter for waiter in interest.waiters if waiter.wants(msg.subject, msg.data, 0)]
+        if not waiting:
             return
         record = await self._decode(msg.subject, msg.data, 0)
-        for waiter in list(interest.waiters):
+        for waiter in waiting:
             waiter.offer(record)
 
     async def _check(self, waiter: Waiter) -> None:
@@ -448,13 +465,14 @@ class Waiters:
         last = await jetstream.direct_get(self._js, subject=waiter.subject)
         if last is None or not last.seq or last.seq <= waiter.checked:
             return
-        record = await self._stored(last.subject or waiter.subject, last.data, last.seq)
+        stored_on = last.subject or waiter.subject
+        record = await self._stored(stored_on, last.data, last.seq) if waiter.wants(stored_on, last.data or b"", last.seq) else None
         if waiter.offer(record):
             return
         if last.seq > waiter.checked + 1 and waiter.earlier is not None and (record is None or waiter.earlier(record)):
             for seq, data, stored_on in await jetstream.read_between(self._js, waiter.subject, after=waiter.checked,
                                                                         before=last.seq, owner=self._owner or subjects.ANON):
-                if waiter.offer(await self._stored(stored_on, data, seq)):
+                if waiter.wants(stored_on, data, seq) and waiter.offer(await self._stored(stored_on, data, seq)):
                     break
         waiter.checked = last.seq
 
