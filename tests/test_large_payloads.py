@@ -116,9 +116,10 @@ class TestLargePayloads:
 class TestHostileObjects:
     async def test_a_link_and_a_meta_entry_alone_are_missing_data(self, mesh: Mesh) -> None:
         """A writer of a bucket stores a meta entry that links to another bucket's object (nats-py
-        would read it from there: another user's data, for a reader that may read both) or one
-        with no chunks (nats-py's read would wait for ever): both are `MissingPayloadError` at
-        once, nothing of the linked object is read."""
+        would read it from there: another user's data, for a reader that may read both), one
+        with no chunks (nats-py's read would wait for ever) or one whose fields have the wrong
+        types: each is `MissingPayloadError` at once, nothing of the linked object is read, and
+        `Mesh.record_of` says None."""
         secret = await payloads.payload_bucket(mesh.js, subjects.owner_payload_bucket("victim"))
         await secret.put("secret", b'"the victim\'s data"')
         bucket = subjects.payload_bucket_of(subjects.work("echo", "anon"))
@@ -131,6 +132,9 @@ class TestHostileObjects:
                      "options": {"link": {"bucket": subjects.owner_payload_bucket("victim"), "name": "secret"}}},
             "alone": {**meta, "name": "alone", "nuid": "NOCHUNKSNOCHUNKS", "size": 500_000},
             "wild": {**meta, "name": "wild", "nuid": "*", "size": 10},
+            "typed": {**meta, "name": "typed", "chunks": "5"},  # review AA: `record_of` raised TypeError
+            "sized": {**meta, "name": "sized", "size": [10]},
+            "digest": {**meta, "name": "digest", "digest": 7},
         }  # fmt: skip
         for name, entry in forged.items():
             await mesh.nc.publish(f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}",
@@ -141,6 +145,7 @@ class TestHostileObjects:
                                time=now_rfc3339(), dataref=dataref(bucket, name))  # fmt: skip
             with pytest.raises(MissingPayloadError):
                 await asyncio.wait_for(payloads.inline(mesh.js, event, subjects.work("echo", "anon")), 5)
+            assert await mesh.record_of(subjects.work("echo", "anon"), encode_envelope(event)) is None
 
     async def test_chunks_added_after_an_object_are_never_read(self, mesh: Mesh) -> None:
         """A writer of a bucket adds chunks under an object's name after it was stored (nats-py's

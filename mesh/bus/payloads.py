@@ -366,7 +366,14 @@ async def _object_of(js: JetStreamContext, event: CloudEvent, subject: str, ref:
     if bucket != expected:  # a reference may not point a reader at other stores
         raise ValueError(f"dataref names bucket {bucket[:80]!r}; the data of events on this subject live in {expected!r}")
     store = await payload_bucket(js, bucket, create=False)
-    info = await store.get_info(name)
+    try:
+        info = await store.get_info(name)
+    except (TypeError, ValueError, KeyError, AttributeError) as error:  # nats-py parsing a meta entry a writer made up
+        raise MissingPayloadError(ref, f"its meta entry does not parse ({type(error).__name__})") from error
+    if not all(_whole(value) for value in (info.size, info.chunks)) or not all(
+        value is None or isinstance(value, str) for value in (info.digest, info.nuid)
+    ):  # nats-py takes the entry's JSON as it is: a string count made `record_of` raise TypeError (review AA)
+        raise MissingPayloadError(ref, "its meta entry's size, chunks, digest or nuid is of the wrong type")
     if info.is_link():  # nats-py would follow it into any bucket this reader may read
         raise MissingPayloadError(ref, "the object is a link to another object: a reference may not point a "
                                        "reader at other stores")  # fmt: skip
@@ -376,6 +383,11 @@ async def _object_of(js: JetStreamContext, event: CloudEvent, subject: str, ref:
         raise MissingPayloadError(ref, f"the object has {size} bytes; the event says {event.datasize}, "
                                        f"and at most {ceiling} are read")  # fmt: skip
     return bucket, info, size
+
+
+def _whole(value: object) -> bool:
+    """None or a whole number of at least 0 (not a bool): a meta entry's size or chunk count."""
+    return value is None or (type(value) is int and value >= 0)
 
 
 async def fetched_size(js: JetStreamContext, subject: str, event: CloudEvent) -> int:
