@@ -84,3 +84,35 @@ class TestNoCycles:
             await guarded
         kept = remembered.refused[-1]
         assert raised.value is not kept and kept.__traceback__ is None and refusals.latest() is kept
+
+
+class TestCancelsAreNotLost:
+    async def test_a_cancel_swallowed_by_a_request_that_got_its_reply_is_raised(self) -> None:
+        """nats-py's requests await `asyncio.wait_for`, which on Python 3.11 returns a reply
+        that came as the caller was cancelled and drops the cancel (review AA: 48 of 300
+        requests bounded at 30 ms ran to their 15 s timeout). The guard around every request
+        raises it; a cancel that a refusal made after the reply came is taken back."""
+        from mesh.bus import refusals
+
+        guard = refusals.Refusals("nkey user 'client'")
+        started = asyncio.Event()
+
+        async def swallowing() -> str:  # what `wait_for` does on 3.11 when its future is done
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                return "the reply"
+            return "never"
+
+        request = asyncio.ensure_future(guard.guard("$JS.API.DIRECT.GET.MESH", swallowing()))
+        await started.wait()
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+        async def answered() -> str:
+            await asyncio.sleep(0)
+            return "the reply"
+
+        assert await guard.guard("$JS.API.DIRECT.GET.MESH", answered()) == "the reply"  # no cancel: the reply
