@@ -214,8 +214,11 @@ class TaskTimeoutError(MeshError, TimeoutError):
 
     retryable = True
 
-    def __init__(self, task_id: str, capability: str | None, timeout: float) -> None:
-        if capability:
+    def __init__(self, task_id: str, capability: str | None, timeout: float, *, waiting: int | None = None) -> None:
+        if waiting is not None:  # it never got a waiter slot: it was not submitted
+            happened = (f"it was not submitted: this connection already waits for {waiting:,} outcomes, the most it "
+                        "holds, and none ended in time. Submit fewer at once, or wait longer (raise --timeout)")  # fmt: skip
+        elif capability:
             happened = f"no agent serving '{capability}' finished it. `mesh status` shows whether one is online "
             happened += "and the capability's backlog; if it is busy, wait longer (raise --timeout)"
         else:

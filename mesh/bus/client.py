@@ -416,17 +416,20 @@ class Mesh:
         deadline = asyncio.get_running_loop().time() + timeout
         answer = Answer()
         read_stored = given if stored is None else stored and given
+        slotted = False  # whether it got a waiter slot (else it waited for one, and was never submitted)
         try:
             if not read_stored:  # nothing stored under it yet: live watches, if the shared subscription has room
                 own = await self.waiters.watch_live(subjects.task(capability, self.owner, task_id), answer.accept,
                                                     answer.earlier)  # fmt: skip
                 if own is not None:
+                    slotted = True
                     async with asyncio.timeout_at(deadline):
                         return await self._request_live(own, answer, capability, input, task_id, event_id, deadline, task)
             # the whole of it, waiting for a waiter slot included (`Waiters` holds at most `limit`)
             async with asyncio.timeout_at(deadline), contextlib.AsyncExitStack() as watching_ahead:
                 async with self.waiters.watch(subjects.task(capability, self.owner, task_id), answer.accept,
                                               stored=read_stored, earlier=answer.earlier) as outcome:  # fmt: skip
+                    slotted = True
                     ahead = {hop: watched for hop in hops_after(event_id, self.chains.ahead(capability))
                              if (watched := await self._watch_ahead(watching_ahead, hop)) is not None}  # fmt: skip
                     submitted = await self.submit_request(capability, input, task_id=task_id, event_id=event_id, **task)
@@ -443,6 +446,8 @@ class Mesh:
                     ahead = {}
                 return await self._passed_on(record, deadline, self.owner, capability, ahead, watching_ahead.aclose)
         except asyncio.TimeoutError as error:
+            if not slotted and self.waiters.full:  # (the live path always had one)
+                raise TaskTimeoutError(task_id, capability, timeout, waiting=self.waiters.limit) from None
             raise _timed_out(error, task_id, capability, timeout) from None
 
     async def _request_live(

@@ -162,6 +162,7 @@ class Waiters:
         self._js = js
         self._decode = decode
         self._interests: dict[str, _Interest] = {}
+        self.limit = limit
         self._slots = asyncio.Semaphore(limit)
         self.recheck_every = recheck_every
         self._ticker: asyncio.Task[None] | None = None
@@ -184,6 +185,11 @@ class Waiters:
         self._unvouched_at = -math.inf  # when `_recent` last lost (or could not keep) an event, or the shared one was made
         self._rechecking: asyncio.Task[None] | None = None  # `recheck_soon`'s one task
         self._recheck_again = False  # asked again while it ran
+
+    @property
+    def full(self) -> bool:
+        """Whether every waiter slot is taken (`limit`): a watch now waits for one to end."""
+        return self._slots.locked()
 
     @property
     def pending(self) -> int:
