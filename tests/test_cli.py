@@ -373,6 +373,26 @@ class TestStatus:
         assert lines["echo"].split()[1:3] == ["pending", "0"] and lines["echo"].endswith("agents 1"), done.stdout
 
 
+    async def test_the_recent_tasks_hold_a_bounded_memory_the_newest_first(self, mesh: Mesh) -> None:
+        """`mesh status` reads the log's last events within a memory budget, the newest first;
+        offloaded data is fetched only if it fits (review AB: four clients' inputs of 12 to 32 MB
+        of `[]` took it to 2.5 GB and 15 s)."""
+        from mesh.cli.watch import STATUS_MEMORY, _recent_tasks, read_recent
+
+        await mesh.submit("nobody", "x" * 2_000_000, task_id="text")  # offloaded (over max_payload), 6 MB held
+        for n in range(2):
+            await mesh.submit("nobody", [[]] * 1_000_000, task_id=f"spam-{n}")  # offloaded, 2 MB of tiny lists
+        for n in range(3):
+            await mesh.submit("nobody", {"n": n}, task_id=f"small-{n}")
+        last = (await mesh.js.stream_info("MESH")).state.last_seq
+        records, left_out = await read_recent(mesh, "mesh.>", 1, last)
+        assert [r.data.task_id for r in records] == ["text", "small-0", "small-1", "small-2"]  # type: ignore[attr-defined]
+        assert left_out == 2 and len(records[0].data.input) == 2_000_000  # type: ignore[attr-defined]
+        records, left_out = await read_recent(mesh, "mesh.>", 1, last, budget=64 * 1024)
+        assert [r.data.task_id for r in records] == ["small-0", "small-1", "small-2"] and left_out == 3  # type: ignore[attr-defined]
+        lines = await _recent_tasks(mesh, last)
+        assert lines[-1].startswith("(2 older or larger events of the last 2000 not read") and str(STATUS_MEMORY // 2**20) in lines[-1]
+
 class TestFlowCommand:
     async def test_follow_says_when_no_agent_serves_a_step(self, nats_server: LocalServer, agents: AgentProcesses,
                                                            tmp_path: Path) -> None:  # fmt: skip
