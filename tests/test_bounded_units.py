@@ -111,6 +111,21 @@ class TestCancelsAreNotLost:
         with pytest.raises(asyncio.CancelledError):
             await request
 
+        async def not_found() -> str:  # `wait_for` swallowed the cancel, then the reply was a 404 (review AC)
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                raise LookupError("no message found") from None
+            return "never"
+
+        started.clear()
+        request = asyncio.ensure_future(guard.guard("$JS.API.DIRECT.GET.MESH", not_found()))
+        await started.wait()
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
         async def answered() -> str:
             await asyncio.sleep(0)
             return "the reply"
