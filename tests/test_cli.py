@@ -23,6 +23,7 @@ from mesh import Mesh
 from mesh.bus.server import LocalServer
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
+from topics import subjects
 
 pytestmark = pytest.mark.e2e
 
@@ -373,25 +374,43 @@ class TestStatus:
         assert lines["echo"].split()[1:3] == ["pending", "0"] and lines["echo"].endswith("agents 1"), done.stdout
 
 
-    async def test_the_recent_tasks_hold_a_bounded_memory_the_newest_first(self, mesh: Mesh) -> None:
-        """`mesh status` reads the log's last events within a memory budget, the newest first;
-        offloaded data is fetched only if it fits (review AB: four clients' inputs of 12 to 32 MB
-        of `[]` took it to 2.5 GB and 15 s)."""
-        from mesh.cli.watch import STATUS_MEMORY, _recent_tasks, read_recent
+    async def test_the_recent_tasks_hold_no_inputs_or_outputs_and_fetch_within_a_budget(
+        self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+    ) -> None:  # fmt: skip
+        """`mesh status` decodes the recent task events without their inputs and outputs, so
+        large ones cost it their bytes on the wire only, and fetches offloaded ones, newest
+        first, within a budget (review AB: four clients' inputs of 12 to 32 MB of `[]` took it
+        to 2.5 GB and 15 s; review AC: a task whose large output did not fit showed as requested)."""
+        import tracemalloc
 
-        await mesh.submit("nobody", "x" * 2_000_000, task_id="text")  # offloaded (over max_payload), 6 MB held
+        from mesh.cli import watch
+        from topics.tasks import TaskCompleted
+
+        await mesh.submit("echo", "x" * 2_000_000, task_id="text")  # offloaded: over max_payload
+        await mesh.publish(subjects.task("echo", subjects.ANON, "text"),
+                           TaskCompleted(task_id="text", agent="a-1", attempt=1, output=[[]] * 1_000_000))  # fmt: skip
         for n in range(2):
-            await mesh.submit("nobody", [[]] * 1_000_000, task_id=f"spam-{n}")  # offloaded, 2 MB of tiny lists
+            await mesh.submit("echo", [[]] * 1_000_000, task_id=f"spam-{n}")  # 3 MB of tiny lists, offloaded
         for n in range(3):
-            await mesh.submit("nobody", {"n": n}, task_id=f"small-{n}")
+            await mesh.submit("echo", {"n": n}, task_id=f"small-{n}")
         last = (await mesh.js.stream_info("MESH")).state.last_seq
-        records, left_out = await read_recent(mesh, "mesh.>", 1, last)
-        assert [r.data.task_id for r in records] == ["text", "small-0", "small-1", "small-2"]  # type: ignore[attr-defined]
-        assert left_out == 2 and len(records[0].data.input) == 2_000_000  # type: ignore[attr-defined]
-        records, left_out = await read_recent(mesh, "mesh.>", 1, last, budget=64 * 1024)
-        assert [r.data.task_id for r in records] == ["small-0", "small-1", "small-2"] and left_out == 3  # type: ignore[attr-defined]
-        lines = await _recent_tasks(mesh, last)
-        assert lines[-1].startswith("(2 older or larger events of the last 2000 not read") and str(STATUS_MEMORY // 2**20) in lines[-1]
+        tracemalloc.start()
+        try:
+            records, left_out = await watch.read_recent(mesh, "mesh.>", 1, last)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert [r.data.task_id for r in records] == ["text", "text", "spam-0", "spam-1", "small-0", "small-1", "small-2"]  # type: ignore[attr-defined]
+        assert left_out == 0 and peak < 30 * 2**20  # the 3 MB objects, not the 90 MB their lists would take
+        assert all(getattr(r.data, "input", None) is None and getattr(r.data, "output", None) is None for r in records)
+        lines = watch.recent_task_lines(records)
+        assert any(line.startswith("text ") and "completed" in line for line in lines), lines
+        monkeypatch.setattr(watch, "STATUS_FETCH", 7 * 2**20)  # room for the two newest objects (3 MB of `[],` each)
+        records, left_out = await watch.read_recent(mesh, "mesh.>", 1, last)
+        assert [r.data.task_id for r in records] == ["spam-0", "spam-1", "small-0", "small-1", "small-2"]  # type: ignore[attr-defined]
+        assert left_out == 2
+        lines = await watch._recent_tasks(mesh, last)
+        assert lines[-1].startswith("(2 task events of the last 2000 not read") and "7 MiB" in lines[-1]
 
 class TestFlowCommand:
     async def test_follow_says_when_no_agent_serves_a_step(self, nats_server: LocalServer, agents: AgentProcesses,

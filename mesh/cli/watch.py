@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
+import functools
 import json
 import sys
 from typing import Any
@@ -25,10 +25,20 @@ from mesh.errors import MeshError
 from mesh.projections import TASKS, fold
 from topics import subjects
 from topics.agents import Presence
-from topics.base import json_visible, visible
-from topics.envelope import DECODE_ERRORS, decode_envelope, encode_envelope
+from topics.base import Event, json_visible, visible
+from topics.envelope import DECODE_ERRORS, CloudEvent, decode_envelope, encode_envelope
 from topics.record import Record
-from topics.registry import decode_on
+from topics.tasks import (
+    TaskAttemptFailed,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskClaimed,
+    TaskCompleted,
+    TaskFailed,
+    TaskHandedOff,
+    TaskProgress,
+    TaskRequested,
+)
 
 __all__ = ["tail", "status"]
 
@@ -167,12 +177,12 @@ async def capability_lines(mesh: Mesh, agents: list[Presence]) -> list[str]:
 
 async def _recent_tasks(mesh: Mesh, last_seq: int, window: int = 2000, show: int = 10) -> list[str]:
     """The tasks of the log's last ``window`` events, as `recent_task_lines` shows them, and a
-    line saying how many of those events were left out to stay within `STATUS_MEMORY`."""
+    line saying how many of their events were left out to stay within `STATUS_FETCH`."""
     records, left_out = await read_recent(mesh, "mesh.>", max(1, last_seq - window + 1), last_seq)
     lines = recent_task_lines(records, show)
     if left_out:
-        lines.append(f"({left_out} older or larger events of the last {window} not read: `mesh status` holds at most "
-                     f"{STATUS_MEMORY // 2**20} MiB of them; `mesh replay state tasks` reads them all)")  # fmt: skip
+        lines.append(f"({left_out} task events of the last {window} not read: their offloaded data is past the "
+                     f"{STATUS_FETCH // 2**20} MiB `mesh status` fetches; `mesh replay state tasks` reads them)")  # fmt: skip
     return lines
 
 
@@ -191,32 +201,37 @@ def recent_task_lines(records: list[Record], show: int = 10) -> list[str]:
     return lines
 
 
-STATUS_MEMORY = 64 * 2**20  # bytes of decoded events `mesh status` holds at most (`payloads.decoded_size`)
+STATUS_FETCH = 256 * 2**20  # bytes of offloaded task data `mesh status` fetches at most, one object at a time
 READ_TIMEOUT = 10.0  # seconds `read_recent` waits for the server to deliver its window
+_TASK_TYPES: dict[str, type[Event]] = {kind.TYPE: kind for kind in (
+    TaskRequested, TaskClaimed, TaskProgress, TaskCompleted, TaskFailed, TaskAttemptFailed, TaskCancelled,
+    TaskCancelRequested, TaskHandedOff)}  # fmt: skip
+_HEAVY = frozenset({"input", "output"})  # what a task's status does not need: never decoded here
 
 
-async def read_recent(
-    mesh: Mesh, filter_subject: str, start: int, stop: int, budget: int = STATUS_MEMORY
-) -> tuple[list[Record], int]:
-    """Records from `start` to `stop` (inclusive) on `filter_subject`, undecodable ones skipped,
-    and how many were left out to hold at most ``budget`` bytes of them decoded (estimated from
-    above: `payloads.decoded_size`), the newest kept first: offloaded data is fetched only if
-    its object fits what is left (review AB: four clients' inputs of 12 to 32 MB took `mesh
-    status` to 2.5 GB and 15 s)."""
+async def read_recent(mesh: Mesh, filter_subject: str, start: int, stop: int) -> tuple[list[Record], int]:
+    """The task events from `start` to `stop` (inclusive) on `filter_subject`, undecodable ones
+    skipped, each without its input or output (`_slim`): where a task stands needs neither,
+    and decoding them let a client's inputs take `mesh status` to 2.5 GB (review AB). An
+    offloaded event's data is fetched, newest first, while the `STATUS_FETCH` bytes allow;
+    also returned: how many were left out past that."""
     if stop < start:
         return [], 0
-    stored: collections.deque[tuple[int, str, bytes]] = collections.deque()
-    held, left_out = 0, 0
+    records: list[Record] = []
+    offloaded: list[tuple[int, str, CloudEvent]] = []
     done = asyncio.Event()
 
     async def collect(msg: Any) -> None:
-        nonlocal held, left_out
         delivery = parse_ack_subject(msg.reply)
-        stored.append((delivery.stream_seq, msg.subject, msg.data))
-        held += payloads.decoded_size(msg.data)
-        while held > budget and stored:  # the oldest go first
-            held -= payloads.decoded_size(stored.popleft()[2])
-            left_out += 1
+        try:
+            event = decode_envelope(msg.data)
+            if event.type in _TASK_TYPES:
+                if event.dataref is not None:
+                    offloaded.append((delivery.stream_seq, msg.subject, event))
+                else:
+                    records.append(_slim(delivery.stream_seq, msg.subject, event))
+        except DECODE_ERRORS:
+            pass
         if delivery.stream_seq >= stop or delivery.pending == 0:
             done.set()
 
@@ -229,23 +244,40 @@ async def read_recent(
                         "try again, or read them with `mesh replay state tasks`") from None  # fmt: skip
     finally:
         await sub.unsubscribe()
-    records: list[Record] = []
-    left = budget
-    for seq, subject, payload in reversed(stored):  # the newest first: what is left of the budget goes to them
+    left, left_out = STATUS_FETCH, 0
+    for seq, subject, event in reversed(offloaded):  # the newest first
+        size = await payloads.fetched_size(mesh.js, subject, event)
+        if size > left:
+            left_out += 1
+            continue
+        left -= size
         try:
-            event = decode_envelope(payload)
-            if event.dataref is not None:
-                if payloads.TEXT_FACTOR * await payloads.fetched_size(mesh.js, subject, event) > left:
-                    left_out += 1
-                    continue
-                event = await payloads.inline(mesh.js, event, subject)
-            size = payloads.decoded_size(bytes(event.data)) if event.data is not None else 0
-            if size > left:
-                left_out += 1
-                continue
-            records.append(Record(seq=seq, subject=subject, event=event, data=decode_on(subject, event.type, event.data)))
-            left -= size
+            records.append(_slim(seq, subject, await payloads.inline(mesh.js, event, subject)))
         except payloads.RESOLVE_ERRORS:
             pass
-    records.reverse()
+    records.sort(key=lambda record: record.seq)
     return records, left_out
+
+
+def _slim(seq: int, subject: str, event: CloudEvent) -> Record:
+    """A task event's record, its data decoded without `input` and `output` (msgspec skips
+    what a type does not name without building it) and its envelope without the raw data."""
+    kind = _TASK_TYPES[event.type]
+    slim = _slim_decoder(kind).decode(event.data or b"null")
+    data = kind(**{name: getattr(slim, name) for name in slim.__struct_fields__})
+    return Record(seq=seq, subject=subject, event=msgspec.structs.replace(event, data=None), data=data)
+
+
+@functools.cache
+def _slim_decoder(kind: type[Event]) -> msgspec.json.Decoder[Any]:
+    fields: list[Any] = []
+    for field in msgspec.structs.fields(kind):
+        if field.name in _HEAVY:
+            continue
+        if field.default is not msgspec.NODEFAULT:
+            fields.append((field.name, field.type, field.default))
+        elif field.default_factory is not msgspec.NODEFAULT:
+            fields.append((field.name, field.type, msgspec.field(default_factory=field.default_factory)))
+        else:
+            fields.append((field.name, field.type))
+    return msgspec.json.Decoder(msgspec.defstruct(f"Slim{kind.__name__}", fields, kw_only=True))
