@@ -14,7 +14,7 @@ import pytest
 
 from mesh import Mesh
 from mesh.bus import jetstream
-from mesh.bus.chains import MAX_EARLY
+from mesh.bus.chains import MAX_EARLY, Answer
 from mesh.bus.server import LocalServer
 from mesh.bus.waiting import SHARE_ANONYMOUS_AT
 from tests.conftest import AgentProcesses
@@ -331,6 +331,36 @@ class TestAnonymousSharing:
             with contextlib.suppress(asyncio.CancelledError):
                 await request
             await other.close()
+
+    async def test_a_read_of_the_log_holds_a_page_at_a_time(self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A waiter's read of its subject between two sequences (after a reconnect) holds at most
+        `READ_PAGE` bytes of events at once, and still finds its answer past many pages of others
+        (review AC: another role's 200 MiB stored under a hop's id were read in one go)."""
+        from mesh.bus import waiting
+
+        subject = subjects.task("echo", subjects.ANON, "t-paged")
+        sizes: list[int] = []
+        read_between = jetstream.read_between
+
+        async def measured(*args: object, **kwargs: object) -> list[tuple[int, bytes, str]]:
+            page = await read_between(*args, **kwargs)  # type: ignore[arg-type]
+            sizes.append(sum(len(data) for _, data, _ in page))
+            return page
+
+        monkeypatch.setattr(waiting, "READ_PAGE", 100_000)
+        monkeypatch.setattr(jetstream, "read_between", measured)
+        for i in range(12):  # another request's answers under the same id, 50 KB each
+            await mesh.publish(subject, TaskCompleted(task_id="t-paged", agent="a", attempt=1, output="x" * 50_000,
+                                                      request_seq=10**9 + i))  # fmt: skip
+        own = await mesh.publish(subject, TaskCompleted(task_id="t-paged", agent="a", attempt=1, output="mine",
+                                                        request_seq=7))  # fmt: skip
+        await mesh.publish(subject, TaskClaimed(task_id="t-paged", agent="a", attempt=2, request_seq=10**9))  # the last
+        answer = Answer()
+        answer.expect(7)
+        async with mesh.waiters.watch(subject, answer.accept, earlier=answer.earlier) as outcome:
+            record = await asyncio.wait_for(outcome, 10)
+        assert record.seq == own.seq and record.data.output == "mine"  # type: ignore[attr-defined]
+        assert len(sizes) >= 6 and max(sizes) <= 100_000 + 60_000  # pages of about 100 KB, not 600 KB at once
 
     async def test_a_watch_cancelled_while_sharing_starts_leaves_nothing_shared(
         self, mesh: Mesh, nats_server: LocalServer

@@ -326,7 +326,7 @@ async def direct_get(
 
 async def read_between(
     js: JetStreamContext, subject: str, *, after: int, before: int, owner: str, timeout: float = 10.0,
-    stream: str = subjects.STREAM,
+    stream: str = subjects.STREAM, max_bytes: int | None = None,
 ) -> list[tuple[int, bytes, str]]:
     """The messages on one ``subject`` (a wildcard too) with a sequence between ``after`` and
     ``before`` (both excluded), as `(seq, data, the subject it was stored on)`, read with one of
@@ -334,17 +334,21 @@ async def read_between(
     rare read past a subject's last message: a direct get of the next message on a subject is a
     request on `$JS.API.DIRECT.GET.<stream>` whatever the subject, which permissions cannot
     narrow (a client may not have it), while a consumer filtered on the subject can be allowed
-    for that subject alone."""
+    for that subject alone. With ``max_bytes``, it ends once the messages read hold that many
+    bytes (the first is always read): the caller reads on after the last one returned."""
     found: list[tuple[int, bytes, str]] = []
     done = asyncio.get_running_loop().create_future()
+    held = 0
 
     async def on_msg(msg: Msg) -> None:
-        if not msg.reply:  # a status message, not a stored one
+        nonlocal held
+        if not msg.reply or done.done():  # a status message, or one past the end
             return
         seq, pending = msg.metadata.sequence.stream, msg.metadata.num_pending  # parsed from the ack subject
         if seq < before:
             found.append((seq, msg.data, msg.subject))
-        if (seq >= before - 1 or pending == 0) and not done.done():
+            held += len(msg.data)
+        if seq >= before - 1 or pending == 0 or (max_bytes is not None and held >= max_bytes):
             done.set_result(None)
 
     await _scan(js, stream, subject, after, on_msg, done, timeout, owner)

@@ -76,6 +76,7 @@ DEFAULT_LIMIT = 10_000  # pending waiters per process
 RECHECK_EVERY = 5.0  # seconds between reads of the log for every pending waiter
 RACE_RECHECKS = (0.005, 0.05)  # seconds after a watch that read the log starts: past the race of its start
 RECHECK_CONCURRENCY = 32  # direct gets in flight during one recheck
+READ_PAGE = 4 * 2**20  # bytes of stored events a waiter's read of its subject holds at once
 SHARE_ANONYMOUS_AT = 16  # watches at once from which an anonymous process shares one subscription
 RECENT = 256  # events of the shared subscription kept for a watch that starts just after one came
 RECENT_BYTES = 1 << 20  # and their bytes, at most
@@ -476,11 +477,23 @@ class Waiters:
         if waiter.offer(record):
             return
         if last.seq > waiter.checked + 1 and waiter.earlier is not None and (record is None or waiter.earlier(record)):
-            for seq, data, stored_on in await jetstream.read_between(self._js, waiter.subject, after=waiter.checked,
-                                                                        before=last.seq, owner=self._owner or subjects.ANON):
-                if waiter.wants(stored_on, data, seq) and waiter.offer(await self._stored(stored_on, data, seq)):
-                    break
+            await self._read_between(waiter, last.seq)
         waiter.checked = last.seq
+
+    async def _read_between(self, waiter: Waiter, before: int) -> None:
+        """Offer ``waiter`` the events stored on its subject after its last check and before
+        ``before``, read `READ_PAGE` bytes at a time (another role may have stored any amount
+        under a hop's id: review AC), until one is taken."""
+        after = waiter.checked
+        while after < before - 1:
+            page = await jetstream.read_between(self._js, waiter.subject, after=after, before=before,
+                                                owner=self._owner or subjects.ANON, max_bytes=READ_PAGE)  # fmt: skip
+            for seq, data, stored_on in page:
+                if waiter.wants(stored_on, data, seq) and waiter.offer(await self._stored(stored_on, data, seq)):
+                    return
+            if not page:
+                return
+            after = page[-1][0]
 
     async def _check_quietly(self, waiter: Waiter) -> None:
         """`_check`, leaving a NATS failure that passes (a reconnect) to the next recheck."""
