@@ -152,6 +152,45 @@ class TestRecordedInTheLog:
         assert await other.call("charge_card", {"customer": "carol"}) == "charged carol"
         assert runs == ["alice", "bob", "carol"]
 
+    async def test_a_tool_whose_result_or_error_cannot_be_recorded_does_not_run_again(self, mesh: Mesh) -> None:
+        """A tool that ran but whose result cannot be stored (too large, not JSON data) or whose
+        error's message cannot be read: the call fails, recorded, and a retry gets the failure
+        back instead of running the tool again (review AD: its side effect happened twice)."""
+        from mesh.errors import ToolError
+        from mesh.llm.tools import ToolBox, tool
+
+        runs: list[str] = []
+
+        class Unreadable(Exception):
+            def __str__(self) -> str:
+                raise RuntimeError("no message")
+
+        @tool(name="ship_parcel")
+        async def ship_parcel(how: str) -> object:
+            runs.append(how)
+            if how == "unreadable":
+                raise Unreadable()
+            return {"receipt": object()}  # not JSON data
+
+        def box(attempt: int, request_seq: int) -> ToolBox:
+            return ToolBox(mesh.scoped(request_seq), agent="a", granted=("ship_parcel",), task_id="t-3",
+                           cause_id="c-3", attempt=attempt, request_seq=request_seq)  # fmt: skip
+
+        seq = (await mesh.submit_request("ship", {}, task_id="t-3")).seq
+        first = box(1, seq)
+        with pytest.raises(ToolError, match="ran, but its result cannot be recorded") as unrecordable:
+            await first.call("ship_parcel", {"how": "plain"})
+        assert unrecordable.value.error_type == "ResultNotRecordable" and not unrecordable.value.retryable
+        with pytest.raises(Unreadable):
+            await first.call("ship_parcel", {"how": "unreadable"})
+        assert first.calls[-1].error == "Unreadable: (its message could not be read)"
+        again = box(2, seq)
+        with pytest.raises(ToolError, match="ran, but its result cannot be recorded"):
+            await again.call("ship_parcel", {"how": "plain"})
+        with pytest.raises(ToolError, match="could not be read"):
+            await again.call("ship_parcel", {"how": "unreadable"})
+        assert runs == ["plain", "unreadable"]  # neither ran again
+
     async def test_model_calls_likewise(self, mesh: Mesh) -> None:
         """The same for model calls: a retry's parallel calls are the recorded answers (the model
         is not reached), and another request's retry under the same task id gets none of them."""

@@ -26,7 +26,15 @@ import msgspec
 
 from mesh.bus.client import Mesh
 from mesh.bus.jetstream import is_retryable
-from mesh.errors import MAX_ERROR_MESSAGE, ConfigError, SchemaError, TaskError, ToolError, ToolNotGrantedError
+from mesh.errors import (
+    MAX_ERROR_MESSAGE,
+    ConfigError,
+    PayloadTooLargeError,
+    SchemaError,
+    TaskError,
+    ToolError,
+    ToolNotGrantedError,
+)
 from mesh.llm.recorded import recorded_calls
 from mesh.telemetry.metrics import instruments
 from mesh.telemetry.redact import scrub_start
@@ -177,7 +185,14 @@ class ToolBox:
                 await self._record(index, name, args, None, error)
                 raise
         instruments.tool_calls.add(1, {"tool": name, "outcome": "ok"})
-        await self._record(index, name, args, result, None)
+        try:
+            await self._record(index, name, args, result, None)
+        except UNRECORDABLE as error:  # it ran: a retry must get this answer back, not run it again (review AD)
+            unrecordable = ToolError(f"tool '{name:.100}' ran, but its result cannot be recorded ({_error_text(error)}); "
+                                     "the call fails rather than run again on a retry: have it return less, or "
+                                     "plain JSON data", error_type="ResultNotRecordable")  # fmt: skip
+            await self._record(index, name, args, None, unrecordable)
+            raise unrecordable from None
         return _as_recorded(result)
 
     def check_limit(self, index: int) -> None:
@@ -201,7 +216,7 @@ class ToolBox:
         under an id of this try's own a failure that passes (the retry's answer takes `tool/<index>`)."""
         passing = error is not None and is_retryable(error)
         call = ToolCalled(agent=self._agent, task_id=self._task_id, call_index=index, tool=name, arguments=args,
-                          result=result, error=scrub_start(f"{type(error).__name__}: {error}", MAX_ERROR_MESSAGE) if error else None,
+                          result=result, error=scrub_start(_error_text(error), MAX_ERROR_MESSAGE) if error else None,
                           error_type=type(error).__name__ if error else None, retryable=passing,
                           attempt=self._attempt if passing else None, request_seq=self._request_seq)  # fmt: skip
         keep(self.calls, call)
@@ -226,6 +241,18 @@ class ToolBox:
 
 
 _arguments = msgspec.json.Decoder(dict[str, Any])
+UNRECORDABLE = (PayloadTooLargeError, msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
+"""What publishing a tool's result raises when the result itself cannot be stored: larger than
+`MESH_MAX_PAYLOAD_OBJECT`, of a type msgspec does not encode, nested too deep."""
+
+
+def _error_text(error: BaseException) -> str:
+    """`Type: message`, even for an error whose `__str__` raises (a tool's own exception class)."""
+    try:
+        text = str(error)
+    except Exception:  # any: the message is the error's own code
+        text = "(its message could not be read)"
+    return f"{type(error).__name__}: {text}"
 
 
 def parse_arguments(name: str, arguments: Any) -> dict[str, Any]:
