@@ -354,6 +354,35 @@ class TestQuestionsFromOtherRoles:
         assert found is not None and found.answer == "yes"
         assert (await Humans(mesh).state()).questions[question_key("approver", "q-flood")].answer == "yes"
 
+    async def test_a_flood_of_answers_does_not_hold_the_asker_past_its_timeout(
+        self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+    ) -> None:  # fmt: skip
+        """Review AD: 40,000 answers that did not fit held `ask(timeout=3)` 17 s: it read them
+        all before it looked at its deadline, then all again after the expiry. Reading stops at
+        the deadline, and after the expiry goes on from there for `SETTLE_READ` seconds at most.
+        (Each read is made slow here, so 400 reads would take 8 s.)"""
+        from mesh.coordination import humans
+
+        reads: list[tuple[object, object]] = []
+        next_on_subject = humans.jetstream.next_on_subject
+
+        async def slow(*args: object, **kwargs: object) -> object:
+            reads.append((args[1], kwargs.get("after")))
+            await asyncio.sleep(0.02)  # a slow server's direct get
+            return await next_on_subject(*args, **kwargs)  # type: ignore[arg-type]
+
+        approver = Humans(mesh, role="approver")
+        stored = await approver.post("Ship it?", ("yes", "no"), question_id="q-slow", timeout=1)
+        junk = HumanAnswered(question_id="q-slow", answer="maybe", role="approver")
+        await asyncio.gather(*(mesh.publish(subjects.answer("q-slow", role="approver"), junk) for _ in range(400)))
+        monkeypatch.setattr(humans.jetstream, "next_on_subject", slow)
+        monkeypatch.setattr(humans, "SETTLE_READ", 0.5, raising=False)
+        began = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(approver.wait(stored), 30) is None
+        assert asyncio.get_running_loop().time() - began < 4
+        answer_reads = [read for read in reads if read[0] == subjects.answer("q-slow", role="approver")]
+        assert 0 < len(answer_reads) < 400 and len(answer_reads) == len(set(answer_reads))  # none read twice
+
     async def test_floods_of_junk_or_of_one_roles_questions_hide_nothing(
         self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -57,6 +57,7 @@ MAX_ASK_TIMEOUT = 7 * 24 * 3600.0  # the longest wait: also how far back `inbox`
 MAX_READ = 100_000  # questions `inbox` keeps (the newest, when there are more; other messages count for nothing)
 MAX_PER_ROLE = 10_000  # questions of one asking role it keeps: a role asking without end hides only its own oldest
 MAX_ANSWERS_READ = MAX_READ  # answers one asker reads on its question's subject (each: one direct get)
+SETTLE_READ = 2.0  # seconds an expired question's asker reads on for an answer stored before the expiry
 READ_TIMEOUT = 60.0  # seconds `inbox` and `question` may take to read the questions, and again the answers
 NO_DEFAULT: Any = object()
 
@@ -155,24 +156,27 @@ class Humans:
         if withdrawn is not None:  # a run before this one stopped waiting: what came after counts for nothing
             return await self._first_answer(stored, before=withdrawn)
         left = (instant(asked.expires_at) - datetime.now(UTC)).total_seconds() if asked.expires_at else MAX_ASK_TIMEOUT
-        found = await self._await_answer(stored, max(0.0, left))
+        checked = [stored.seq]  # answers up to this sequence were read, and none fitted
+        found = await self._await_answer(stored, max(0.0, left), checked)
         if found is not None:
             return found
         expired = await self._expire(stored, "no answer before it expired")
-        return await self._first_answer(stored, before=expired)  # one stored before the expiry still counts
+        # one stored before the expiry still counts: read on from where the wait stopped, for a moment
+        settle = asyncio.get_running_loop().time() + SETTLE_READ
+        return await self._first_answer(stored, checked=checked, before=expired, deadline=settle)
 
-    async def _await_answer(self, stored: Asked, timeout: float) -> HumanAnswered | None:
+    async def _await_answer(self, stored: Asked, timeout: float, checked: list[int]) -> HumanAnswered | None:
+        """The first answer that fits, within ``timeout``; ``checked``: as for `_first_answer`."""
         subject = subjects.answer(stored.asked.question_id, role=stored.asked.role)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        checked = [stored.seq]  # answers up to this sequence were read
 
         def news(record: Record) -> bool:  # anything new on the subject: read the log again
             return isinstance(record.data, HumanAnswered) and (record.seq == 0 or record.seq > checked[0])
 
         while True:
             async with self.mesh.waiters.watch(subject, news, stored=True) as landed:
-                found = await self._first_answer(stored, checked=checked)
+                found = await self._first_answer(stored, checked=checked, deadline=deadline)
                 if found is not None:
                     return found
                 left = deadline - loop.time()
@@ -186,15 +190,20 @@ class Humans:
                     return None
 
     async def _first_answer(
-        self, stored: Asked, *, checked: list[int] | None = None, before: int | None = None
-    ) -> HumanAnswered | None:
+        self, stored: Asked, *, checked: list[int] | None = None, before: int | None = None,
+        deadline: float | None = None,
+    ) -> HumanAnswered | None:  # fmt: skip
         """The first answer stored after the question (and before ``before``) that fits it.
         With ``checked`` (the answers read so far, none of which fit), reading goes on from
         there: anyone may publish answers, and a flood must cost each asker one read of each,
-        not one of all of them per answer that lands."""
+        not one of all of them per answer that lands. With ``deadline`` (loop time), reading
+        stops there (review AD: 40,000 answers that did not fit held `ask(timeout=3)` 17 s)."""
         subject = subjects.answer(stored.asked.question_id, role=stored.asked.role)
         seq = max(stored.seq, checked[0]) if checked is not None else stored.seq
+        loop = asyncio.get_running_loop()
         for _ in range(MAX_ANSWERS_READ):
+            if deadline is not None and loop.time() >= deadline:
+                return None
             msg = await jetstream.next_on_subject(self.mesh.js, subject, after=seq)
             if msg is None or not msg.seq or (before is not None and msg.seq >= before):
                 return None
