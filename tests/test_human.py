@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from mesh import Agent, Context, Mesh
+from mesh.bus import jetstream
 from mesh.bus.client import outcome_value
 from mesh.coordination.humans import Humans
 from mesh.errors import AnswerRejected, PermissionDeniedError, TaskFailedError
@@ -382,6 +383,37 @@ class TestQuestionsFromOtherRoles:
         assert asyncio.get_running_loop().time() - began < 4
         answer_reads = [read for read in reads if read[0] == subjects.answer("q-slow", role="approver")]
         assert 0 < len(answer_reads) < 400 and len(answer_reads) == len(set(answer_reads))  # none read twice
+
+    async def test_answers_naming_offloaded_data_are_no_answers_and_fetch_nothing(
+        self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+    ) -> None:  # fmt: skip
+        """Every field of a question or an answer is bounded, so none is ever offloaded: an
+        answer naming an object is not one, and nobody fetches it (review AD: 20 answers of 387
+        bytes naming one 30 MB object cost an asker 7.9 s, and `mesh inbox` as much)."""
+        from mesh.bus import payloads
+
+        approver = Humans(mesh, role="approver")
+        stored = await approver.post("Ship it?", ("yes", "no"), question_id="q-ref")
+        subject = subjects.answer("q-ref", role="approver")
+        big = HumanAnswered(question_id="q-ref", answer="y" * 2_000_000, role="approver")  # encoding checks no length
+        await mesh.publish(subject, big)  # offloaded: over max_payload
+        for _ in range(3):  # more events naming the same object
+            last = await jetstream.next_on_subject(mesh.js, subject, after=stored.seq)
+            assert last is not None and b'"dataref"' in last.data
+            await mesh.nc.publish(subject, last.data)
+        fetched: list[str] = []
+        inline = payloads.inline
+
+        async def counted(js: object, event: object, subject: str) -> object:
+            fetched.append(subject)
+            return await inline(js, event, subject)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(payloads, "inline", counted)
+        await Humans(mesh).answer("q-ref", "yes")
+        found = await asyncio.wait_for(approver.wait(stored), 30)
+        assert found is not None and found.answer == "yes"
+        assert [view.question_id for view in await Humans(mesh).inbox()] == []  # answered
+        assert fetched == []
 
     async def test_floods_of_junk_or_of_one_roles_questions_hide_nothing(
         self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
