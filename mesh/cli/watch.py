@@ -7,6 +7,7 @@ import base64
 import functools
 import json
 import sys
+import typing
 from typing import Any
 
 import click
@@ -28,17 +29,7 @@ from topics.agents import Presence
 from topics.base import Event, json_visible, visible
 from topics.envelope import DECODE_ERRORS, CloudEvent, decode_envelope, encode_envelope
 from topics.record import Record
-from topics.tasks import (
-    TaskAttemptFailed,
-    TaskCancelled,
-    TaskCancelRequested,
-    TaskClaimed,
-    TaskCompleted,
-    TaskFailed,
-    TaskHandedOff,
-    TaskProgress,
-    TaskRequested,
-)
+from topics.tasks import TaskEvent
 
 __all__ = ["tail", "status"]
 
@@ -203,9 +194,7 @@ def recent_task_lines(records: list[Record], show: int = 10) -> list[str]:
 
 STATUS_FETCH = 256 * 2**20  # bytes of offloaded task data `mesh status` fetches at most, one object at a time
 READ_TIMEOUT = 10.0  # seconds `read_recent` waits for the server to deliver its window
-_TASK_TYPES: dict[str, type[Event]] = {kind.TYPE: kind for kind in (
-    TaskRequested, TaskClaimed, TaskProgress, TaskCompleted, TaskFailed, TaskAttemptFailed, TaskCancelled,
-    TaskCancelRequested, TaskHandedOff)}  # fmt: skip
+_TASK_TYPES: dict[str, type[Event]] = {kind.TYPE: kind for kind in typing.get_args(TaskEvent)}
 _HEAVY = frozenset({"input", "output"})  # what a task's status does not need: never decoded here
 
 
