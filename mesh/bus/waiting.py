@@ -83,8 +83,9 @@ RECENT_BYTES = 1 << 20  # and their bytes, at most
 MAX_FETCHING = 8  # events naming offloaded data fetched at once for the shared subscription; past that, in turn
 
 Decode = Callable[[str, bytes, int], Awaitable[Record | None]]
-Gate = Callable[[str, bytes, int], bool]  # (subject, data, seq) of an event not decoded yet: decode it for this waiter?
 """How a received or stored message becomes a Record (None: it does not decode)."""
+Gate = Callable[[str, bytes, int], bool]
+"""Given the subject, data and sequence of an event not decoded yet: decode it for this waiter?"""
 
 log = structlog.get_logger("mesh.bus.waiting")
 
