@@ -173,9 +173,14 @@ class _FoldSink:
 
     async def fold_held(self, mesh: Mesh) -> None:
         """Fold what `sink` held back, in log order, offloaded data fetched
-        (`mesh.bus.payloads.inline`); an event whose object is missing counts as undecodable."""
+        (`mesh.bus.payloads.inline`) only for the types a projection folds: `state board` reads
+        none of the tasks' large inputs (review AB: every one was fetched and decoded, whatever
+        the projection). An event whose object is missing counts as undecodable."""
         held, self.held = self.held, []
         for seq, subject, event in held:
+            if event.dataref is not None and not self.router.route(event.type):
+                self.fold(seq, subject, event)  # counted as read; nothing decodes its data
+                continue
             try:
                 self.fold(seq, subject, await payloads.inline(mesh.js, event, subject))
             except MissingPayloadError:
