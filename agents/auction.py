@@ -8,7 +8,9 @@ bidder's past performance is awarded, and the winner does the work through its o
     mesh task auction --input '{"capability": "summarize", "input": {"text": "..."}, "bidders": 2}' --wait
 
 Bidders are `Agent.on("mesh.bid.*")` subscriptions: every bidder role sees every call for
-bids. Each bid is an event, and so is what the award was decided from: the bids and the
+bids (on `mesh.bid.<auction>`), and bids on `mesh.bid.<auction>.by.<capability>-<bidder>`, a
+subject only the role serving that capability may write under `mesh auth init`: a bidder bids
+in its own name, never in another's (docs/SECURITY.md). Each bid is an event, and so is what the award was decided from: the bids and the
 bidders' records are read by the `auction_bids` tool, whose result is recorded
 (`mesh.tool.called`), and the award (`mesh.bid.awarded`) carries every score, so the
 decision can be checked from the log and `mesh replay rerun agents.auction:auctioneer`
@@ -48,6 +50,7 @@ from topics import subjects
 from topics.base import check_token, is_token
 from topics.bids import BidAwarded, BidCalled, BidPlaced, BidScore
 from topics.record import Record
+from topics.registry import home_subject
 
 __all__ = ["Call", "ServerStamps", "Weights", "auctioneer", "bidder", "frugal", "premium", "score", "MAX_BIDS"]
 
@@ -140,7 +143,7 @@ async def auction_bids(task_id: str, capability: str, after: int, bidders: int, 
     """The bids on auction `task_id` placed after stream sequence `after`, within `window` seconds
     or until `bidders` are in, each with its bidder's record at `<capability>-<bidder>`."""
     mesh = _mesh.get()
-    placed = await collect(mesh, subjects.bid(task_id), after, bidders=bidders, window=window, capability=capability)
+    placed = await collect(mesh, subjects.bids(task_id), after, bidders=bidders, window=window, capability=capability)
     history = await _history(mesh)
     state = await history.caught_up(after)
     records = {bid.bidder: state.outcomes.get(f"{capability}-{bid.bidder}", []) for bid in placed}
@@ -152,8 +155,10 @@ async def auction_bids(task_id: str, capability: str, after: int, bidders: int, 
 async def collect(
     mesh: Mesh, subject: str, after: int, *, bidders: int, window: float, capability: str = ""
 ) -> list[BidPlaced]:
-    """Bids on the auction's subject until the window closes or the expected number is in; a
-    bid counts only if `<capability>-<bidder>` can be a capability (a subject token)."""
+    """Bids on the auction's subjects (``subject``: `subjects.bids`) until the window closes or
+    the expected number is in; a bid counts only if it bids for ``capability`` (when given) as
+    `<capability>-<bidder>`, a capability (one subject token), on that capability's own bid
+    subject (which readers check: `topics.registry.on_its_subject`)."""
     bids: dict[str, BidPlaced] = {}
     deadline = asyncio.get_running_loop().time() + window
     async with Follow(mesh, subject, after=after) as events:
@@ -164,8 +169,8 @@ async def collect(
                 break
             match item.record.data if item.record is not None else None:
                 case BidPlaced(cost=cost, load=load) as placed if (
-                    _fair(cost) and _fair(load) and is_token(f"{capability}-{placed.bidder}" if capability else placed.bidder)
-                    and is_token(placed.bidder) and placed.task_id == subject.rsplit(".", 1)[-1]
+                    _fair(cost) and _fair(load) and placed.capability == (capability or placed.capability)
+                    and is_token(placed.bidder) and item.subject == home_subject(placed)
                 ):  # fmt: skip
                     bids.setdefault(placed.bidder, placed)  # one bid per bidder (a name that could make no capability is no bid)
     return list(bids.values())
@@ -284,8 +289,9 @@ def bidder(name: str, *, base: float, per_char: float) -> Agent:
         match record.data:
             case BidCalled(task_id=task_id, capability="summarize", input=work):
                 cost = round(base + per_char * len(str(work)), 4)
-                await ctx.emit(subjects.bid(task_id), BidPlaced(task_id=task_id, bidder=name, cost=cost,
-                                                                load=float(busy["tasks"]), capability="summarize"))  # fmt: skip
+                await ctx.emit(subjects.placed(task_id, f"summarize-{name}"),
+                               BidPlaced(task_id=task_id, bidder=name, cost=cost, load=float(busy["tasks"]),
+                                         capability="summarize"))  # fmt: skip
 
     @agent.task(f"summarize-{name}")
     async def summarize(input: Summarize, ctx: Context) -> dict[str, Any]:

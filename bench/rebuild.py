@@ -105,11 +105,11 @@ def workload(n: int) -> Iterator[tuple[str, bytes, str]]:
                             wf, None, agent))  # fmt: skip
         proposal = f"p{w}"
         batch += [
-            _event(subjects.vote(proposal), VoteProposed(proposal_id=proposal, question="ship?", options=("yes", "no"),
+            _event(subjects.proposal(proposal), VoteProposed(proposal_id=proposal, question="ship?", options=("yes", "no"),
                    voters=("a", "b", "c")), wf, None, agent),
-            _event(subjects.vote(proposal), VoteCast(proposal_id=proposal, voter="a", choice="yes"), wf, None, agent),
-            _event(subjects.vote(proposal), VoteCast(proposal_id=proposal, voter="b", choice="yes"), wf, None, agent),
-            _event(subjects.vote(proposal), VoteDecided(proposal_id=proposal, outcome="yes", tally={"yes": 2.0}),
+            _event(subjects.ballot(proposal, "a"), VoteCast(proposal_id=proposal, voter="a", choice="yes"), wf, None, agent),
+            _event(subjects.ballot(proposal, "b"), VoteCast(proposal_id=proposal, voter="b", choice="yes"), wf, None, agent),
+            _event(subjects.proposal(proposal), VoteDecided(proposal_id=proposal, outcome="yes", tally={"yes": 2.0}),
                    wf, None, agent),
             _event(subjects.chat(f"room-{w % 20}"), ChatMessage(room=f"room-{w % 20}", speaker="a", content="agreed"),
                    wf, None, agent),

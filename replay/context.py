@@ -167,8 +167,8 @@ class RecordBook:
             family, _, rest = record.subject.removeprefix("mesh.").partition(".")
             if family == "board":
                 self.boards.setdefault(rest.split(".")[0], []).append(record)
-            elif family == "vote":
-                self.votes.setdefault(rest, []).append(record)
+            elif family == "vote":  # `<proposal id>.proposal`, `<proposal id>.cast.<voter>` (`<proposal id>` in older logs)
+                self.votes.setdefault(rest.split(".")[0], []).append(record)
             elif family == "conversation":
                 self.conversations.setdefault(rest, []).append(record)
             elif family == "knowledge":
@@ -254,7 +254,8 @@ class RecordedMesh:
 
     async def publish(self, subject: str, data: Event, *, event_id: str | None = None,
                       correlation_id: str | None = None, causation_id: str | None = None,
-                      expected_last_subject_seq: int | None = None) -> Published:  # fmt: skip
+                      expected_last_subject_seq: int | None = None,
+                      expected_filter: str | None = None) -> Published:  # fmt: skip
         event_id = event_id or new_event_id()  # a random id can never match the log: a divergence
         label = _label_for(event_id, self.cause, self._siblings)
         self.effects.append(Effect.of(event_id, label, subject, data))
@@ -553,10 +554,12 @@ class ReplayProposal(Proposal):
 
     async def _await_decision(self) -> VoteDecided:
         proposals = cast(ReplayProposals, self.proposals)
-        decided = next((r.data for r in proposals.book.votes.get(self.proposal_id, []) if isinstance(r.data, VoteDecided)), None)
-        if decided is None:
+        ballot = Ballot(self.proposal_id)  # the decision the fold accepts, as the original's wait took it
+        for record in proposals.book.votes.get(self.proposal_id, []):
+            ballot.fold(Stored(record.seq, record.subject, record, 0))
+        if ballot.decided is None:
             raise VoteTimeoutError(f"proposal {self.proposal_id}: the log holds no decision (the original waited in vain)")
-        return decided
+        return ballot.decided
 
 
 class ReplayHumans(Humans):

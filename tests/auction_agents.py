@@ -16,8 +16,8 @@ flaky = Agent("bidder-flaky", emits=("mesh.bid.*",), requests=())  # like the sh
 async def bid(record: Record, ctx: Context) -> None:
     match record.data:
         case BidCalled(task_id=task_id, capability="summarize"):
-            await ctx.emit(subjects.bid(task_id), BidPlaced(task_id=task_id, bidder="flaky", cost=0.1,
-                                                            capability="summarize"))  # fmt: skip
+            await ctx.emit(subjects.placed(task_id, "summarize-flaky"),
+                           BidPlaced(task_id=task_id, bidder="flaky", cost=0.1, capability="summarize"))  # fmt: skip
 
 
 @flaky.task("summarize-flaky")

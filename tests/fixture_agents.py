@@ -331,6 +331,7 @@ async def limited_work(input: dict[str, Any], ctx: Context) -> Any:
 
 
 ballot = Agent("ballot", emits=("mesh.vote.*",))  # a role that votes: `mesh auth init` lets it read proposals too
+juror = Agent("juror", emits=("mesh.vote.*",))  # another voter: each casts under its own role's name only
 
 
 

@@ -244,13 +244,24 @@ class TestOutcomesOnTheirOwnSubject:
 
 @pytest.mark.integration
 class TestCollectingBids:
-    async def test_a_bid_that_can_name_no_capability_or_another_auction_is_ignored(self, mesh: Mesh) -> None:
+    async def test_a_bid_counts_only_on_its_own_capabilitys_subject(self, mesh: Mesh) -> None:
         """Bidders whose `<capability>-<bidder>` cannot be a capability (a dot, or too long) won
-        the auction and failed the task; a bid naming another auction counted too."""
-        for bidder, task_id in (("evil.bidder", "t-1"), ("x" * 128, "t-1"), ("frugal", "t-other"), ("frugal", "t-1")):
-            await mesh.publish(subjects.bid("t-1"), BidPlaced(task_id=task_id, bidder=bidder, cost=0.0))
-        placed = await collect(mesh, subjects.bid("t-1"), 0, bidders=1, window=10, capability="summarize")
-        assert [(bid.bidder, bid.task_id) for bid in placed] == [("frugal", "t-1")]
+        the auction and failed the task; a bid naming another auction counted too. A bid counts
+        only on `mesh.bid.<auction>.by.<capability>-<bidder>` for the capability called: one in
+        another bidder's name, for another auction or capability, or on the auction's own
+        subject (where earlier versions stored bids) is none."""
+        frugal = subjects.placed("t-1", "summarize-frugal")
+        for subject, bid in ((frugal, BidPlaced(task_id="t-1", bidder="evil.bidder", cost=0.0, capability="summarize")),
+                             (frugal, BidPlaced(task_id="t-1", bidder="x" * 128, cost=0.0, capability="summarize")),
+                             (frugal, BidPlaced(task_id="t-1", bidder="premium", cost=0.0, capability="summarize")),
+                             (frugal, BidPlaced(task_id="t-other", bidder="frugal", cost=0.0, capability="summarize")),
+                             (subjects.placed("t-1", "translate-frugal"),
+                              BidPlaced(task_id="t-1", bidder="frugal", cost=0.0, capability="translate")),
+                             (subjects.bid("t-1"), BidPlaced(task_id="t-1", bidder="frugal", cost=0.0, capability="summarize")),
+                             (frugal, BidPlaced(task_id="t-1", bidder="frugal", cost=2.0, capability="summarize"))):  # fmt: skip
+            await mesh.publish(subject, bid)
+        placed = await collect(mesh, subjects.bids("t-1"), 0, bidders=1, window=10, capability="summarize")
+        assert [(bid.bidder, bid.task_id, bid.cost) for bid in placed] == [("frugal", "t-1", 2.0)]
 
 
 @pytest.mark.integration

@@ -21,7 +21,8 @@ from mesh.errors import PermissionDeniedError
 from tests.helpers import eventually
 from tests.test_auth import Secured, secured_server
 from topics import subjects
-from topics.bids import BidCalled
+from topics.bids import BidCalled, BidPlaced
+from topics.votes import VoteCast
 
 pytestmark = pytest.mark.e2e
 
@@ -31,10 +32,11 @@ REFUSED_WITHIN = 10.0  # seconds: a refusal comes at once, never as a read that 
 @pytest.fixture
 async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     """Users for the refinement team (`refinery`, `member`: `mesh.board.>`), the auctioneer and
-    a bidder (`mesh.bid.*`), a voter (`ballot`: `mesh.vote.*`), echo (nothing declared) and a client."""
+    a bidder (`mesh.bid.*`), two voters (`ballot`, `juror`: `mesh.vote.*`), echo (nothing
+    declared) and a client."""
     async with secured_server(tmp_path, "agents.refinement:host", "agents.refinement:member",
                               "agents.auction:auctioneer", "agents.auction:frugal", "tests.fixture_agents:ballot",
-                              "agents.echo:agent", clients=("client",)) as secured:  # fmt: skip
+                              "tests.fixture_agents:juror", "agents.echo:agent", clients=("client",)) as secured:  # fmt: skip
         yield secured
 
 
@@ -58,31 +60,79 @@ class TestDeclaredFamiliesAreRead:
             await host.close()
 
     async def test_a_role_that_declares_votes_proposes_casts_and_reads_the_tally(self, secured: Secured) -> None:
-        voter = await secured.connect("ballot")
+        voter, juror = await secured.connect("ballot"), await secured.connect("juror")
         try:
-            proposals = Proposals(voter)
-            proposal = await proposals.propose("ship it?", ["yes", "no"], rule="unanimous", voters=("ann", "bob"))
+            proposals = Proposals(voter, voter="ballot")
+            proposal = await proposals.propose("ship it?", ["yes", "no"], rule="unanimous", voters=("ballot", "juror"))
             decision = asyncio.create_task(proposal.outcome(timeout=60))  # follows the proposal live
-            await proposals.cast(proposal.proposal_id, "yes", voter="ann")
+            await proposals.cast(proposal.proposal_id, "yes")
             assert (await proposal.view()).tally == {"yes": 1.0, "no": 0.0}
-            await proposals.cast(proposal.proposal_id, "yes", voter="bob")
+            await Proposals(juror, voter="juror").cast(proposal.proposal_id, "yes")
             decided = await decision
             assert decided.outcome == "yes" and decided.tally == {"yes": 2.0, "no": 0.0}
             assert secured.violations() == []
         finally:
             await voter.close()
+            await juror.close()
+
+    async def test_a_role_votes_in_its_own_name_only(self, secured: Secured) -> None:
+        """A voter role cannot cast as another voter on the roster, through the API or by
+        publishing a vote on the other's ballot subject or on the proposal's subjects; the
+        server refuses each, and the proposal counts none of them."""
+        voter, juror = await secured.connect("ballot"), await secured.connect("juror")
+        try:
+            proposal = await Proposals(voter, voter="ballot").propose("ship it?", ["yes", "no"], voters=("ballot", "juror"))
+            pid = proposal.proposal_id
+            with pytest.raises(PermissionDeniedError, match=r"cast\.juror"):
+                await Proposals(voter, voter="juror").cast(pid, "no")
+            forged = VoteCast(proposal_id=pid, voter="juror", choice="no")
+            for subject in (subjects.ballot(pid, "juror"), subjects.legacy_vote(pid)):
+                with pytest.raises(PermissionDeniedError):
+                    await voter.publish(subject, forged)
+            stored = await voter.publish(subjects.proposal(pid), forged)  # allowed subject, wrong home: never counted
+            assert stored.seq > 0
+            view = await proposal.view()
+            assert view.votes == {} and not view.decided
+            await Proposals(juror, voter="juror").cast(pid, "yes")
+            assert (await proposal.view()).votes == {"juror": "yes"}
+            assert len(secured.violations()) == 3
+        finally:
+            await voter.close()
+            await juror.close()
 
     async def test_the_auctioneer_gets_the_bids(self, secured: Secured) -> None:
         await secured.agents.start("agents.auction:frugal", "--nkey", str(secured.auth / "bidder-frugal.nk"))
         auctioneer = await secured.connect("auctioneer")
         try:
-            subject = subjects.bid("auction-1")
-            called = await auctioneer.publish(subject, BidCalled(task_id="auction-1", capability="summarize",
-                                                                 input={"text": "a long text"}, caller="test"))  # fmt: skip
-            bids = await collect(auctioneer, subject, called.seq, bidders=1, window=60, capability="summarize")
+            called = await auctioneer.publish(subjects.bid("auction-1"), BidCalled(
+                task_id="auction-1", capability="summarize", input={"text": "a long text"}, caller="test"))  # fmt: skip
+            bids = await collect(auctioneer, subjects.bids("auction-1"), called.seq, bidders=1, window=60,
+                                 capability="summarize")  # fmt: skip
             assert [bid.bidder for bid in bids] == ["frugal"] and bids[0].cost > 0
             assert secured.violations() == []
         finally:
+            await auctioneer.close()
+
+    async def test_a_bidder_bids_in_its_own_name_only(self, secured: Secured) -> None:
+        """A bidder role cannot bid as another bidder: the server refuses its bid on the other's
+        subject, and a bid in the other's name on its own subject counts for nothing, so it can
+        neither shut a rival out of an auction nor win in the rival's name."""
+        frugal, auctioneer = await secured.connect("bidder-frugal"), await secured.connect("auctioneer")
+        try:
+            called = await auctioneer.publish(subjects.bid("auction-2"), BidCalled(
+                task_id="auction-2", capability="summarize", caller="test"))  # fmt: skip
+            as_premium = BidPlaced(task_id="auction-2", bidder="premium", cost=0.0, capability="summarize")
+            with pytest.raises(PermissionDeniedError, match=r"summarize-premium"):
+                await frugal.publish(subjects.placed("auction-2", "summarize-premium"), as_premium)
+            await frugal.publish(subjects.placed("auction-2", "summarize-frugal"), as_premium)  # its own subject
+            await frugal.publish(subjects.placed("auction-2", "summarize-frugal"),
+                                 BidPlaced(task_id="auction-2", bidder="frugal", cost=3.0, capability="summarize"))  # fmt: skip
+            bids = await collect(auctioneer, subjects.bids("auction-2"), called.seq, bidders=2, window=5,
+                                 capability="summarize")  # fmt: skip
+            assert [(bid.bidder, bid.cost) for bid in bids] == [("frugal", 3.0)]
+            assert len(secured.violations()) == 1
+        finally:
+            await frugal.close()
             await auctioneer.close()
 
 
@@ -129,12 +179,12 @@ class TestFollowsShareOneConsumer:
         voter = await secured.connect("ballot")
         try:
             proposals = Proposals(voter)
-            made = [await proposals.propose(f"ship {n}?", ["yes", "no"], rule="unanimous", voters=("ann",))
+            made = [await proposals.propose(f"ship {n}?", ["yes", "no"], rule="unanimous", voters=("ballot",))
                     for n in range(48)]  # fmt: skip
             async with asyncio.timeout(120):
                 outcomes = [asyncio.create_task(proposal.outcome(timeout=100)) for proposal in made]
                 for proposal in made:
-                    await proposals.cast(proposal.proposal_id, "yes", voter="ann")
+                    await proposals.cast(proposal.proposal_id, "yes", voter="ballot")
                 decided = await asyncio.gather(*outcomes)
             assert [decision.outcome for decision in decided] == ["yes"] * len(made)
             assert secured.violations() == []
@@ -189,7 +239,7 @@ class TestUndeclaredFamiliesAreRefused:
                     with pytest.raises(PermissionDeniedError, match=r"mesh\.vote\."):
                         await Proposals(roles[role]).get(proposal.proposal_id).view()
                 with pytest.raises(PermissionDeniedError, match=r"mesh\.bid\.a-2"):
-                    await collect(roles["member"], subjects.bid("a-2"), 0, bidders=1, window=5)
+                    await collect(roles["member"], subjects.bids("a-2"), 0, bidders=1, window=5)
             assert (await Board(roles["member"], "secret").values()) == {"k": "v"}  # the one that declares it reads it
         finally:
             await voter.close()

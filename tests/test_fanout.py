@@ -19,13 +19,17 @@ class TestFamilyOf:
         ("filter_subject", "family"),
         [
             ("mesh.bid.t1", "mesh.bid.*"),
-            ("mesh.vote.p1", "mesh.vote.*"),
-            ("mesh.vote.*", "mesh.vote.*"),
+            ("mesh.vote.p1.>", "mesh.vote.>"),  # a proposal's subjects: it, its decision, its ballots
+            ("mesh.vote.p1.proposal", "mesh.vote.>"),
+            ("mesh.vote.*", "mesh.vote.>"),
             ("mesh.board.plan.>", "mesh.board.>"),
             ("mesh.board.plan.outline", "mesh.board.>"),
             ("mesh.board.>", "mesh.board.>"),
-            ("mesh.vote.>", "mesh.vote.>"),  # wider than `mesh.vote.*`: its own
+            ("mesh.vote.>", "mesh.vote.>"),
             ("mesh.bid.t1.extra", "mesh.bid.t1.extra"),  # not a subject of the family
+            ("mesh.bid.t1.by.*", "mesh.bid.*.by.*"),  # an auction's bids
+            ("mesh.bid.t1.by.summarize-frugal", "mesh.bid.*.by.*"),
+            ("mesh.bid.t1.by.>", "mesh.bid.t1.by.>"),
             ("mesh.>", "mesh.>"),
             ("mesh.flow.w1", "mesh.flow.w1"),
             ("mesh.bid", "mesh.bid"),
@@ -47,6 +51,8 @@ class TestMatches:
             ("mesh.board.plan.>", "mesh.board.planb.outline", False),
             ("mesh.vote.*", "mesh.vote.p1", True),
             ("mesh.vote.*", "mesh.vote.p1.x", False),
+            ("mesh.vote.p1.>", "mesh.vote.p1.cast.alice", True),
+            ("mesh.vote.p1.>", "mesh.vote.p1", False),
             ("mesh.bid.t1", "mesh.bid.t1", True),
             ("mesh.bid.t1", "mesh.bid.t2", False),
             ("mesh.*.t1", "mesh.bid.t1", True),

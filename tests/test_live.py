@@ -266,7 +266,7 @@ class TestFollow:
         Follow still open."""
         async with Follow(mesh, "mesh.bid.a") as a:
             for n in range(3):  # closed before its start has the family's consumer (the last Follow of it)
-                lone = Follow(mesh, "mesh.vote.p1")
+                lone = Follow(mesh, "mesh.vote.p1.>")
                 starting = asyncio.ensure_future(lone.start())
                 await asyncio.sleep(0)  # the start is under way (a scheduling point, not a wait for time)
                 await lone.close()

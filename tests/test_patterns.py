@@ -75,7 +75,7 @@ class TestAuction:
         awarded = await log.wait_for(lambda r: r.event.type == "mesh.bid.awarded", count=2)
         placed = await log.wait_for(lambda r: r.event.type == "mesh.bid.placed", count=4)
         for award in awarded:
-            bids = [r.data for r in placed if r.subject == award.subject]
+            bids = [r.data for r in placed if r.subject.startswith(f"{award.subject}.by.")]
             assert sorted(b.bidder for b in bids) == ["frugal", "premium"]  # type: ignore[attr-defined]
             assert award.data.winner == min(bids, key=lambda b: b.cost).bidder  # type: ignore[attr-defined]
         assert len(log.of_type("mesh.bid.placed")) == 4  # no duplicate bid from the frugal replicas

@@ -141,20 +141,40 @@ class TestAgentPermissions:
         p = agent_permissions("member", ("contribute",), {}, INBOX, owner=OWNER,
                               emits=("mesh.board.>", "mesh.vote.*", "mesh.chat.*"))  # fmt: skip
         for name in mine:
-            for filter_subject in ("mesh.board.refine-1.>", "mesh.board.>", "mesh.board.b.k", "mesh.vote.p1"):
+            for filter_subject in ("mesh.board.refine-1.>", "mesh.board.>", "mesh.board.b.k", "mesh.vote.p1.>", "mesh.vote.>"):
                 assert allows(p.publish, f"{create}.{name}.{filter_subject}"), (name, filter_subject)
         for subject in (f"{create}.{mine[0]}.mesh.bid.t1", f"{create}.{mine[0]}.mesh.chat.lobby",
-                        f"{create}.{mine[0]}.mesh.>", f"{create}.{mine[0]}.mesh.vote.a.b", f"{create}.{others[0]}.mesh.board.b.>",
+                        f"{create}.{mine[0]}.mesh.>", f"{create}.{others[0]}.mesh.board.b.>", f"{create}.{others[0]}.mesh.vote.>",
                         create, f"{create}.work-contribute.mesh.board.b.>"):  # fmt: skip
             assert not allows(p.publish, subject), subject
         bids = agent_permissions("auctioneer", ("auction",), {}, INBOX, owner=OWNER, emits=("mesh.bid.*",))
         assert allows(bids.publish, f"{create}.{mine[3]}.mesh.bid.t1")
+        assert allows(bids.publish, f"{create}.{mine[3]}.mesh.bid.t1.by.*")
+        assert allows(bids.publish, f"{create}.{mine[3]}.mesh.bid.*.by.*")
         assert not allows(bids.publish, f"{create}.{mine[3]}.mesh.board.b.>")
         one = agent_permissions("planner", ("plan",), {}, INBOX, owner=OWNER, emits=("mesh.board.plan.>",))
         assert allows(one.publish, f"{create}.{mine[0]}.mesh.board.plan.>")
         assert not allows(one.publish, f"{create}.{mine[0]}.mesh.board.other.>")
         assert not allows(agent_permissions("echo", ("echo",), {}, INBOX, owner=OWNER).publish,
                           f"{create}.{mine[0]}.mesh.board.b.>")  # fmt: skip
+
+    def test_votes_and_bids_in_its_own_name_only(self) -> None:
+        """A role that declares votes casts on its own ballots only, and one that declares bids
+        bids for the capabilities it serves only, whatever it declares (a whole family, one
+        proposal or auction, or another's subject spelled out); neither may write the subjects
+        where earlier versions stored votes and bids of any name."""
+        for declared in (("mesh.vote.*",), ("mesh.vote.>",), ("mesh.vote.p1.cast.bob",)):
+            p = agent_permissions("alice", (), {}, INBOX, owner=OWNER, emits=declared)
+            assert allows(p.publish, "mesh.vote.p1.cast.alice") and allows(p.publish, "mesh.vote.p1.proposal"), declared
+            for other in ("mesh.vote.p1.cast.bob", "mesh.vote.p1", "mesh.vote.p1.cast.alice.x"):
+                assert not allows(p.publish, other), (declared, other)
+        one = agent_permissions("alice", (), {}, INBOX, owner=OWNER, emits=("mesh.vote.p1",))
+        assert allows(one.publish, "mesh.vote.p1.cast.alice") and not allows(one.publish, "mesh.vote.p2.cast.alice")
+        for declared in (("mesh.bid.*",), ("mesh.bid.>",), ("mesh.bid.t1.by.summarize-premium",)):
+            p = agent_permissions("bidder-frugal", ("summarize-frugal",), {}, INBOX, owner=OWNER, emits=declared)
+            assert allows(p.publish, "mesh.bid.t1.by.summarize-frugal") and allows(p.publish, "mesh.bid.t1"), declared
+            for other in ("mesh.bid.t1.by.summarize-premium", "mesh.bid.t1.by.auction", "mesh.bid.t1.x"):
+                assert not allows(p.publish, other), (declared, other)
 
     def test_only_the_capabilities_it_requests(self) -> None:
         """`Agent(requests=...)` narrows sub-tasks to those capabilities; undeclared, any."""

@@ -29,6 +29,7 @@ from tests.helpers import EventLog
 from topics import subjects
 from topics.board import BoardWritten
 from topics.chat import ChatMessage
+from topics.envelope import CloudEvent, dataref, encode_envelope, now_rfc3339
 from topics.votes import VoteCast, VoteProposed
 
 
@@ -48,9 +49,9 @@ async def mixed_activity(mesh: Mesh, rounds: int, *, offset: int = 0) -> list[st
         await mesh.publish(subjects.chat("lobby"), ChatMessage(room="lobby", speaker=f"s{i % 3}", content=f"turn {i}"))
         if i % 5 == 0:
             await mesh.publish(
-                subjects.vote(f"p{i}"), VoteProposed(proposal_id=f"p{i}", question="?", options=("a", "b"))
+                subjects.proposal(f"p{i}"), VoteProposed(proposal_id=f"p{i}", question="?", options=("a", "b"))
             )
-            await mesh.publish(subjects.vote(f"p{i}"), VoteCast(proposal_id=f"p{i}", voter="v1", choice="a"))
+            await mesh.publish(subjects.ballot(f"p{i}", "v1"), VoteCast(proposal_id=f"p{i}", voter="v1", choice="a"))
     return ids
 
 
@@ -114,10 +115,10 @@ class TestReader:
         assert from_file.records == live.records
         assert [m.payload for m in from_file.undecodable] == [b"\xff not an event"]
         assert [r.seq for r in read_file(tmp_path / "all.jsonl", start=5, end=9).records] == [5, 6, 7, 8, 9]
-        assert {r.subject for r in read_file(tmp_path / "all.jsonl", subject="mesh.vote.*").records} == {
-            "mesh.vote.p0",
-            "mesh.vote.p5",
-            "mesh.vote.p10",
+        assert {r.subject for r in read_file(tmp_path / "all.jsonl", subject="mesh.vote.*.proposal").records} == {
+            "mesh.vote.p0.proposal",
+            "mesh.vote.p5.proposal",
+            "mesh.vote.p10.proposal",
         }
 
 
@@ -270,3 +271,21 @@ class TestExportImport:
         result = await export_log(mesh, tmp_path / "a.jsonl", correlation="wf-a")
         seqs = [r.seq for r in read_file(tmp_path / "a.jsonl").records]
         assert seqs == [1, 2, 3, 4, 5, 6, 7] and result.events == 7
+
+
+@pytest.mark.integration
+class TestRebuildFetchesWhatItFolds:
+    async def test_a_boards_state_fetches_no_tasks_data(self, mesh: Mesh) -> None:
+        """`mesh replay state board` folds no task event, so it fetches no task's offloaded data
+        (review AB: a rebuild fetched and decoded every offloaded event of the log, whatever the
+        projection). A request naming an object that is not there shows it: missing to the
+        tasks projection, never looked at by the board's, which folds the write after it."""
+        absent = CloudEvent(specversion="1.0", id="huge-1", source="test", type="mesh.task.requested",
+                            time=now_rfc3339(), dataref=dataref(subjects.owner_payload_bucket(subjects.ANON), "absent"),
+                            datasize=30_000_000)  # fmt: skip
+        await mesh.js.publish(subjects.work("echo", subjects.ANON), encode_envelope(absent), headers={"Nats-Msg-Id": absent.id})
+        await mesh.publish(subjects.board("b", "k"), BoardWritten(board="b", key="k", value=1))
+        board = await rebuild(mesh, BOARD, use_snapshot=False)
+        tasks = await rebuild(mesh, TASKS, use_snapshot=False)
+        assert (board.undecodable, tasks.undecodable) == (0, 1)
+        assert board.state.boards["b"]["k"].value == 1 and board.folded == 2

@@ -13,7 +13,7 @@ import pytest
 
 from mesh import Mesh
 from mesh.errors import MeshError
-from mesh.projections import REGISTRY
+from mesh.projections import REGISTRY, evaluate
 from replay import timeline_html
 from replay.causal import causal_slice
 from replay.export import import_log
@@ -130,6 +130,31 @@ class TestFiles:
         rooms = rebuild_file(path)["conversations"].state.rooms  # type: ignore[attr-defined]
         assert [t.content for t in rooms["room-1"].turns] == ["ship it"]
         assert "support-42" not in state_from_file(path, REGISTRY["histories"]).state.histories  # type: ignore[attr-defined]
+
+    def test_a_vote_counts_on_its_voters_ballot_only(self, tmp_path: Path) -> None:
+        """A proposal stored on its own subject counts only votes on their voters' ballots, which
+        only each voter's role may write: a vote for voter b on voter a's ballot is refused by
+        every reader, and one on `mesh.vote.<id>` (where earlier versions stored every vote) is
+        read but not counted, nor is a decision there."""
+        proposed = {"proposal_id": "r22", "question": "Ship?", "options": ["yes", "no"], "voters": ["a", "b", "c"]}
+        lines = [(1, "mesh.vote.r22.proposal", "mesh.vote.proposed", proposed),
+                 (2, "mesh.vote.r22.cast.a", "mesh.vote.cast", {"proposal_id": "r22", "voter": "a", "choice": "yes"}),
+                 (3, "mesh.vote.r22.cast.a", "mesh.vote.cast", {"proposal_id": "r22", "voter": "b", "choice": "no"}),
+                 (4, "mesh.vote.r22.cast.b", "mesh.vote.cast", {"proposal_id": "r22", "voter": "b", "choice": "yes"}),
+                 (5, "mesh.vote.r22", "mesh.vote.cast", {"proposal_id": "r22", "voter": "c", "choice": "no"}),
+                 (6, "mesh.vote.r22", "mesh.vote.decided", {"proposal_id": "r22", "outcome": "yes"})]  # fmt: skip
+
+        def event_line(seq: int, subject: str, type_: str, data: dict[str, Any]) -> str:
+            event = {"specversion": "1.0", "id": f"e-{seq}", "source": "mesh://test", "type": type_, "time": TIME,
+                     "data": data}  # fmt: skip
+            return json.dumps({"seq": seq, "subject": subject, "event": event})
+
+        path = write(tmp_path, *(event_line(*parts) for parts in lines))
+        assert [r.seq for r in read_file(path).records] == [1, 2, 4, 5, 6]
+        view = state_from_file(path, REGISTRY["consensus"]).state.proposals["r22"]  # type: ignore[attr-defined]
+        assert (view.votes, view.decided) == ({"a": "yes", "b": "yes"}, False)  # the rule bears "yes" out: not there
+        assert evaluate(view) == (True, "yes", "majority")
+        assert rebuild_file(path)["consensus"].state.proposals["r22"].votes == view.votes  # type: ignore[attr-defined]
 
     def test_exports_concatenated_out_of_order_fold_whole(self, tmp_path: Path) -> None:
         """`cat later.jsonl earlier.jsonl`: every event is folded (the earlier ones were dropped

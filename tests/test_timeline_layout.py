@@ -200,7 +200,7 @@ class TestLabels:
     def test_unknown_and_vote_events(self) -> None:
         """A vote names its proposal and choice; long uuid-like ids are shortened."""
         log = Log()
-        log.add(0, subjects.vote("0193a5c2-aaaa-bbbb-cccc-000000000000"),
+        log.add(0, subjects.ballot("0193a5c2-aaaa-bbbb-cccc-000000000000", "v-1"),
                 VoteCast(proposal_id="0193a5c2-aaaa-bbbb-cccc-000000000000", voter="v-1", choice="yes"))  # fmt: skip
         (hop,) = build_timeline(log.records, "wf").hops
         assert hop.label == "proposal 0193a5c2: v-1 votes yes"

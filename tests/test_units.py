@@ -29,6 +29,7 @@ from topics.envelope import (
     parse_time,
 )
 from topics.humans import HumanAnswered, HumanAsked
+from topics.votes import VoteCast, VoteDecided, VoteProposed
 
 pytestmark = pytest.mark.unit
 
@@ -142,6 +143,22 @@ class TestHomeSubjects:
         asked = HumanAsked(question_id="q1", question="ok?", role="r")
         assert registry.on_its_subject("mesh.ask.r.q1", asked) and not registry.on_its_subject("mesh.ask.other.q1", asked)
         assert registry.on_its_subject("mesh.work.echo.anon", TaskRequested(capability="echo"))  # names no subject
+
+    def test_a_vote_is_at_home_on_its_voters_ballot(self) -> None:
+        """A proposal and its decision on `mesh.vote.<id>.proposal`, a vote on its own voter's
+        ballot (which only that voter's role may write), each also on `mesh.vote.<id>`, where
+        logs of earlier versions hold them; ids that are not one token fit no new subject, so
+        no two homes can be one subject (pid `p.cast` with `proposal`, pid `p` with voter `proposal`)."""
+        cast = VoteCast(proposal_id="p", voter="alice", choice="yes")
+        assert registry.on_its_subject("mesh.vote.p.cast.alice", cast) and registry.on_its_subject("mesh.vote.p", cast)
+        for elsewhere in ("mesh.vote.p.cast.bob", "mesh.vote.p.proposal", "mesh.vote.q.cast.alice", "mesh.vote.p.cast"):
+            assert not registry.on_its_subject(elsewhere, cast), elsewhere
+        for made in (VoteProposed(proposal_id="p", question="?", options=("yes",)), VoteDecided(proposal_id="p", outcome="yes")):
+            assert registry.on_its_subject("mesh.vote.p.proposal", made) and registry.on_its_subject("mesh.vote.p", made)
+            assert not registry.on_its_subject("mesh.vote.p.cast.alice", made)
+        assert not registry.on_its_subject("mesh.vote.p.cast.proposal", VoteDecided(proposal_id="p.cast", outcome="yes"))
+        assert not registry.on_its_subject("mesh.vote.p.cast.a.b", VoteCast(proposal_id="p", voter="a.b", choice="yes"))
+        assert registry.home_subject(cast) == subjects.ballot("p", "alice") == "mesh.vote.p.cast.alice"
 
 
 class TestAckSubject:

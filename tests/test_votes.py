@@ -14,6 +14,8 @@ from replay.reader import read_log
 from replay.rerun import rerun
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
+from topics import subjects
+from topics.votes import VoteCast
 
 VOTERS = ("ann", "bob", "cyd")
 
@@ -107,6 +109,21 @@ class TestExactlyOnce:
         await log.wait_for(lambda r: r.event.type == "mesh.vote.decided")  # the log has caught up
         assert len(decisions(log)) == 1
         assert log.of_type("mesh.vote.decided")[0].event.id == decided_id(proposal.proposal_id)
+
+    async def test_a_decision_from_a_stale_fold_is_not_stored(self, mesh: Mesh) -> None:
+        """A decision is stored only if no event landed on any of the proposal's subjects (its
+        voters' ballots included) since the fold it comes from; the next fold records it."""
+        proposal = await Proposals(mesh).propose("stale?", ["yes", "no"], voters=VOTERS)
+        for voter in ("ann", "bob"):  # published as they are: `cast` would settle at once
+            await mesh.publish(subjects.ballot(proposal.proposal_id, voter),
+                               VoteCast(proposal_id=proposal.proposal_id, voter=voter, choice="yes"))  # fmt: skip
+        stale = await proposal._ballot()
+        await mesh.publish(subjects.ballot(proposal.proposal_id, "cyd"),
+                           VoteCast(proposal_id=proposal.proposal_id, voter="cyd", choice="no"))  # fmt: skip
+        await proposal._record_if_due(stale)
+        assert not (await proposal.view()).decided
+        decided = await proposal.settle()
+        assert decided is not None and decided.tally == {"yes": 2.0, "no": 1.0}
 
     async def test_bad_votes_rejected(self, mesh: Mesh) -> None:
         """Unknown options, voters off the roster and decided proposals refuse the vote."""

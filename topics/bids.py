@@ -1,4 +1,5 @@
-"""Contract-net auction events on `mesh.bid.<task_id>`."""
+"""Contract-net auction events: the call and the award on `mesh.bid.<task_id>`, each bid on
+`mesh.bid.<task_id>.by.<capability>-<bidder>`, the capability the award would request."""
 
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ from topics.registry import EVENT_TYPES
 SUBJECTS = {
     "task": "`mesh.work.<capability>.<owner>` (requested), `mesh.task.<capability>.<owner>.<task_id>`, `mesh.cancel.<task_id>` (cancel_requested)",
     "board": "`mesh.board.<board>.<key>`",
-    "vote": "`mesh.vote.<proposal_id>`",
+    "vote": "`mesh.vote.<proposal_id>.proposal` (proposed, decided), `mesh.vote.<proposal_id>.cast.<voter>` (cast; under `mesh auth init` only the role named `voter` may write it); logs of earlier versions hold all three on `mesh.vote.<proposal_id>`",
     "flow": "`mesh.flow.<workflow_id>`",
     "chat": "`mesh.chat.<room>`",
     "conversation": "`mesh.conversation.<name>`",
-    "bid": "`mesh.bid.<task_id>`",
+    "bid": "`mesh.bid.<task_id>` (called, awarded), `mesh.bid.<task_id>.by.<capability>-<bidder>` (placed; under `mesh auth init` only a role serving that capability may write it); logs of earlier versions hold bids on `mesh.bid.<task_id>`",
     "llm": "`mesh.llm.<agent>.<task_id>`",
     "tool": "`mesh.tool.<agent>.<task_id>`",
     "agent": "`mesh.agent.<role>.<agent_id>`",

@@ -21,6 +21,7 @@ from topics.dead import DeadEvent
 from topics.flows import FlowEvent
 from topics.humans import HumanAnswered, HumanAsked, HumanEvent, HumanExpired
 from topics.knowledge import KnowledgeAdded, KnowledgeEvent, KnowledgeRemoved
+from topics.subjects import BY, CAST, PROPOSAL, legacy_vote
 from topics.tasks import TaskEvent
 from topics.votes import VoteCast, VoteDecided, VoteEvent, VoteProposed
 
@@ -106,10 +107,13 @@ def on_its_subject(subject: str, data: Event) -> bool:
     `mesh.board.<board>.<key>`, a knowledge base's add or remove on `mesh.knowledge.<kb>`, a
     question asked or expired on `mesh.ask.<role>.<question id>` (an asked one naming that
     role, or none), an answer on `mesh.answer.<role>.<question id>` (`mesh.answer.<question
-    id>` if it names no role), a proposal, vote or decision on `mesh.vote.<proposal id>`, a
+    id>` if it names no role), a proposal or decision on `mesh.vote.<proposal id>.proposal` and a
+    vote on `mesh.vote.<proposal id>.cast.<voter>` (or all three on `mesh.vote.<proposal id>`, in
+    logs of earlier versions), a
     chat message on `mesh.chat.<room>`, a model conversation's turn on
     `mesh.conversation.<name>`, a workflow's record on `mesh.flow.<workflow id>`, an auction's
-    call, bid or award on `mesh.bid.<task id>`. The server's permissions are per subject, so a
+    call or award on `mesh.bid.<task id>` and a bid on `mesh.bid.<task id>.by.<capability>-<bidder>`
+    (or `mesh.bid.<task id>`, in logs of earlier versions). The server's permissions are per subject, so a
     role allowed one key, base, role's questions, proposal, room, conversation, workflow or
     auction must not change another through the data of an event on its own subject; every
     reader (live, replay, a file) refuses such an event alike."""
@@ -124,8 +128,34 @@ def on_its_subject(subject: str, data: Event) -> bool:
         answered = cast(HumanAnswered, data)
         if not (is_token(answered.question_id) and (not answered.role or is_token(answered.role))):
             return False  # `mesh.answer.<role>.<id>` must not be taken for `mesh.answer.<id "role.id">` (review W)
+    if kind is VoteProposed or kind is VoteDecided or kind is VoteCast:
+        return _on_its_vote_subject(subject, cast(VoteEvent, data))
+    if kind is BidPlaced:
+        return _on_its_bid_subject(subject, cast(BidPlaced, data))
     home = _HOMES.get(kind)
     return home is None or subject == home(data)
+
+
+def _on_its_bid_subject(subject: str, data: BidPlaced) -> bool:
+    """A bid on `mesh.bid.<task id>.by.<capability>-<bidder>`, from what it names (the task id
+    and bidding capability one token each); or, as logs of earlier versions stored bids, on
+    `mesh.bid.<task id>` (which no auctioneer collects bids from now)."""
+    if subject == f"mesh.bid.{data.task_id}":
+        return True
+    bidding = f"{data.capability}-{data.bidder}"
+    return bool(data.capability) and is_token(data.task_id) and is_token(bidding) and subject == home_subject(data)
+
+
+def _on_its_vote_subject(subject: str, data: VoteEvent) -> bool:
+    """A proposal or decision on `mesh.vote.<proposal id>.proposal`, a vote on
+    `mesh.vote.<proposal id>.cast.<its voter>`, each id one token (so no two homes can be one
+    subject); or, as logs of earlier versions stored them, any of the three on
+    `mesh.vote.<proposal id>` (which proposals count such votes: `mesh.projections.consensus`)."""
+    if subject == legacy_vote(data.proposal_id):
+        return True
+    if not is_token(data.proposal_id) or (isinstance(data, VoteCast) and not is_token(data.voter)):
+        return False
+    return subject == home_subject(data)
 
 
 def home_subject(data: Event) -> str | None:
@@ -152,9 +182,11 @@ def _homes() -> dict[type[Event], Callable[[Any], str]]:
         ChatMessage: lambda d: f"mesh.chat.{d.room}",
         ConversationTurn: lambda d: f"mesh.conversation.{d.conversation}",
     }
-    homes |= dict.fromkeys((VoteProposed, VoteCast, VoteDecided), lambda d: f"mesh.vote.{d.proposal_id}")
+    homes |= dict.fromkeys((VoteProposed, VoteDecided), lambda d: f"mesh.vote.{d.proposal_id}.{PROPOSAL}")
+    homes[VoteCast] = lambda d: f"mesh.vote.{d.proposal_id}.{CAST}.{d.voter}"
     homes |= dict.fromkeys(typing.get_args(FlowEvent), lambda d: f"mesh.flow.{d.workflow_id}")
-    homes |= dict.fromkeys((BidCalled, BidPlaced, BidAwarded), lambda d: f"mesh.bid.{d.task_id}")
+    homes |= dict.fromkeys((BidCalled, BidAwarded), lambda d: f"mesh.bid.{d.task_id}")
+    homes[BidPlaced] = lambda d: f"mesh.bid.{d.task_id}.{BY}.{d.capability}-{d.bidder}"
     return homes
 
 

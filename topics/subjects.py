@@ -38,11 +38,16 @@ __all__ = [
     "CANCELS",
     "board",
     "knowledge",
-    "vote",
+    "ballot",
+    "legacy_vote",
+    "proposal",
+    "votes",
     "flow",
     "chat",
     "conversation",
     "bid",
+    "bids",
+    "placed",
     "llm",
     "tool",
     "agent",
@@ -153,8 +158,31 @@ def knowledge(kb: str) -> str:
     return f"mesh.knowledge.{check_token('knowledge base', kb)}"
 
 
-def vote(proposal_id: str) -> str:
-    return f"mesh.vote.{check_token('proposal id', proposal_id)}"
+PROPOSAL = "proposal"  # the last token of a proposal's own subject
+CAST = "cast"  # the token before a voter's name on a ballot subject
+
+
+def proposal(proposal_id: str) -> str:
+    """A proposal and its decision (`mesh.vote.proposed`, `.decided`); any role that votes may
+    write it, and every reader checks a decision against the votes (`mesh.projections.consensus`)."""
+    return f"mesh.vote.{check_token('proposal id', proposal_id)}.{PROPOSAL}"
+
+
+def ballot(proposal_id: str, voter: str) -> str:
+    """One voter's votes on one proposal (`mesh.vote.cast`): under `mesh auth init` only the
+    role named ``voter`` may write it, so a vote's voter is the server's word, not the writer's."""
+    return f"mesh.vote.{check_token('proposal id', proposal_id)}.{CAST}.{check_token('voter', voter)}"
+
+
+def votes(proposal_id: str) -> str:
+    """Every event of one proposal: the filter its readers follow."""
+    return f"mesh.vote.{check_token('proposal id', proposal_id)}.>"
+
+
+def legacy_vote(proposal_id: str) -> str:
+    """Where every event of a proposal was stored before ballots had subjects of their own
+    (logs of earlier versions): read, never written."""
+    return f"mesh.vote.{proposal_id}"
 
 
 def flow(workflow_id: str) -> str:
@@ -171,7 +199,23 @@ def conversation(name: str) -> str:
 
 
 def bid(task_id: str) -> str:
+    """An auction's call for bids and its award (`mesh.bid.called`, `.awarded`)."""
     return f"mesh.bid.{check_token('task id', task_id)}"
+
+
+BY = "by"  # the token before the bidding capability on a bid's subject
+
+
+def placed(task_id: str, capability: str) -> str:
+    """A bid (`mesh.bid.placed`) to do an auction's work as ``capability``
+    (`<called capability>-<bidder>`, what the award requests): under `mesh auth init` only a
+    role serving that capability may write it, so a bidder cannot bid in another's name."""
+    return f"mesh.bid.{check_token('task id', task_id)}.{BY}.{check_token('capability', capability)}"
+
+
+def bids(task_id: str) -> str:
+    """Every bid on one auction: the filter the auctioneer collects them with."""
+    return f"mesh.bid.{check_token('task id', task_id)}.{BY}.*"
 
 
 def llm(agent_name: str, task_id: str) -> str:

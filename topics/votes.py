@@ -1,4 +1,5 @@
-"""Consensus voting events on `mesh.vote.<proposal_id>`."""
+"""Consensus voting events: a proposal and its decision on `mesh.vote.<proposal_id>.proposal`,
+each vote on its voter's `mesh.vote.<proposal_id>.cast.<voter>`."""
 
 from __future__ import annotations
 

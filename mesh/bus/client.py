@@ -285,10 +285,12 @@ class Mesh:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         expected_last_subject_seq: int | None = None,
+        expected_filter: str | None = None,
     ) -> Published:
         """Publish one event to the log and wait for JetStream's acknowledgement; the event id
         makes its `Nats-Msg-Id` for deduplication (`msg_id`). With `expected_last_subject_seq`, the
-        server refuses it with `ExpectedSequenceError` if the subject moved past that sequence."""
+        server refuses it with `ExpectedSequenceError` if the subject (every subject inside
+        `expected_filter`, when given) moved past that sequence."""
         event_id = event_id or new_event_id()
         _check_app_subject(subject, data)
         with send_span(subject, type_of(data), event_id) as trace:
@@ -298,7 +300,7 @@ class Mesh:
             headers = {MSG_ID: self.msg_id(event.id), **trace}
             ack = await jetstream.publish(
                 self.js, subject, await self._fitting_or_offloaded(subject, event, headers), headers=headers,
-                expected_last_subject_seq=expected_last_subject_seq,
+                expected_last_subject_seq=expected_last_subject_seq, expected_filter=expected_filter,
             )  # fmt: skip
         instruments.published.add(1, {"type": data.TYPE})
         return Published(event.id, ack.seq, bool(ack.duplicate))

@@ -5,7 +5,7 @@ with the calls in flight (bid waits, proposal outcomes, board watches) and, unde
 credentials, the 33rd open `Follow` of one user waited 10 s and failed (its 32 scan names,
 docs/SECURITY.md). Now the `Follow`s of one connection on one family (`family_of`: a board,
 proposal or auction family, else the filter itself) share one `SharedFollower`: one
-`LiveConsumer` filtered on the family (`mesh.bid.*`, `mesh.vote.*`, `mesh.board.>`, the
+`LiveConsumer` filtered on the family (`mesh.bid.*`, `mesh.bid.*.by.*`, `mesh.vote.>`, `mesh.board.>`, the
 filters a role that declares the family may create scan consumers with, see
 `mesh.bus.permissions._reading_declared`; or the filter itself, as `mesh.>`), from the family's newest message
 on, handing each message to the `Follow`s whose filter it matches.
@@ -59,16 +59,20 @@ SHARED_FOLLOW_RECENT = 1024  # messages a shared follower keeps, for a Follow th
 SHARED_FOLLOW_RECENT_BYTES = 1 << 20  # and at most this many bytes of their data (1 MiB)
 SHARED_FOLLOW_LINGER = 5.0  # seconds a family's consumer outlives its last Follow, for the next one
 SHARED_FOLLOW_REFUSED_FOR = 60.0  # seconds a family the server refused is followed alone, before it is tried again
-_FAMILIES = {"bid": "mesh.bid.*", "vote": "mesh.vote.*", "board": "mesh.board.>"}
+_FAMILIES = {"bid": "mesh.bid.*", "vote": "mesh.vote.>", "board": "mesh.board.>"}
+_BIDS = f"mesh.bid.*.{subjects.BY}.*"  # the bids on every auction (their calls and awards are `mesh.bid.*`)
 _log = structlog.get_logger("mesh.bus.follow")
 
 
 def family_of(filter_subject: str) -> str:
     """The filter a `Follow` of ``filter_subject`` shares a consumer on: its board, proposal or
-    auction family (`mesh.bid.<task>` → `mesh.bid.*`, `mesh.vote.<proposal>` → `mesh.vote.*`,
+    auction family (`mesh.bid.<task>` → `mesh.bid.*`, its bids `mesh.bid.<task>.by.*` →
+    `mesh.bid.*.by.*`, `mesh.vote.<proposal>.>` → `mesh.vote.>`,
     `mesh.board.<board>.>` or one key → `mesh.board.>`), else the filter itself (`mesh.>`
     for the live projections and the console, `mesh.flow.<id>` for one workflow's)."""
     tokens = filter_subject.split(".")
+    if len(tokens) == 5 and tokens[:2] == ["mesh", "bid"] and tokens[3] == subjects.BY and ">" not in tokens:
+        return _BIDS  # an auction's bids, or one capability's bid on it
     family = _FAMILIES.get(tokens[1]) if len(tokens) >= 3 and tokens[0] == "mesh" else None
     if family is None or (family.endswith(".*") and (len(tokens) != 3 or tokens[2] == ">")):
         return filter_subject  # not in a family, wider than it, or not one of its subjects

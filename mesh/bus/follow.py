@@ -77,14 +77,14 @@ class Follow(Feed[Stored]):
     """The messages on ``filter_subject`` from the one after ``after``, in log order, none
     twice, as they land::
 
-        async with Follow(mesh, "mesh.vote.p1") as events:
+        async with Follow(mesh, "mesh.vote.p1.>") as events:
             item = await events.next(timeout=1.0)  # None when nothing came in time
 
     It takes its live messages from the connection's one consumer on its family
     (`fanout.SharedFollower`), which serves every `Follow` of the family on the connection, so
     open `Follow`s cost no server consumer each: a board, proposal or auction family
-    (`fanout.family_of`: `mesh.board.<b>.>`, `mesh.vote.<p>`, `mesh.bid.<t>` share
-    `mesh.board.>`, `mesh.vote.*`, `mesh.bid.*`), else the filter itself (`mesh.>`). What was
+    (`fanout.family_of`: `mesh.board.<b>.>`, `mesh.vote.<p>.>`, `mesh.bid.<t>`, `mesh.bid.<t>.by.*` share
+    `mesh.board.>`, `mesh.vote.>`, `mesh.bid.*`, `mesh.bid.*.by.*`), else the filter itself (`mesh.>`). What was
     stored before it joined (from ``after`` to the family's position then) it reads back from
     the messages the family's consumer keeps (`fanout.SHARED_FOLLOW_RECENT`) if they reach back
     that far, else through a consumer of its own on ``filter_subject``, closed once it has

@@ -101,6 +101,7 @@ from topics import subjects
 
 __all__ = [
     "EXPECTED_SUBJECT_SEQ",
+    "EXPECTED_SUBJECT_SEQ_FILTER",
     "JETSTREAM_NOT_READY",
     "STREAM_IN_USE",
     "TRANSIENT_ERRORS",
@@ -131,6 +132,7 @@ STREAM_IN_USE = 10058  # a stream of that name exists with another configuration
 WRONG_LAST_SEQUENCE = 10071  # Nats-Expected-Last-Subject-Sequence did not match the subject's last
 
 EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_SUBJECT_SEQ_FILTER = "Nats-Expected-Last-Subject-Sequence-Subject"  # the check over a filter (server 2.11)
 API = "$JS.API"  # the JetStream API's subject prefix (no domain)
 
 T = TypeVar("T")
@@ -168,13 +170,17 @@ async def publish(
     *,
     headers: Mapping[str, str],
     expected_last_subject_seq: int | None = None,
+    expected_filter: str | None = None,
 ) -> PubAck:
     """Publish and wait for the stream's acknowledgement. With ``expected_last_subject_seq``
-    the server stores the message only if the subject's last sequence is that one; else
+    the server stores the message only if the subject's last sequence is that one (the last
+    of every subject inside ``expected_filter``, when given: server 2.11 or newer); else
     `ExpectedSequenceError`."""
     sent = dict(headers)
     if expected_last_subject_seq is not None:
         sent[EXPECTED_SUBJECT_SEQ] = str(expected_last_subject_seq)
+        if expected_filter is not None:
+            sent[EXPECTED_SUBJECT_SEQ_FILTER] = expected_filter
     nc: Client = js._nc
     acks = _acks.get(nc)
     if acks is None:

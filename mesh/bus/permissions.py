@@ -141,16 +141,64 @@ vote or auction is read back by whoever takes part in it (`Board.refresh`, `Boar
 `Proposal.view`/`outcome`, the auctioneer's wait for bids)."""
 
 
+def _named_in(declared: str) -> str:
+    """The proposal or auction id token a declaration under `mesh.vote.` or `mesh.bid.` names:
+    `*` for the family (`mesh.vote.*`, `mesh.vote.>`), else that one's (`mesh.vote.p1`)."""
+    token = declared.split(".")[2] if declared.count(".") >= 2 else ">"
+    return "*" if token == ">" else token
+
+
+def _emitting(role: str, capabilities: tuple[str, ...], emits: tuple[str, ...]) -> tuple[str, ...]:
+    """What ``emits`` lets the role publish: the declared subjects as they are, except votes and
+    bids, whose subjects name who votes or bids.
+
+    - Under `mesh.vote.` (the family, or one proposal): the proposals and decisions there
+      (`mesh.vote.<id>.proposal`) and the role's own ballots only (`mesh.vote.<id>.cast.<role>`),
+      never another voter's nor `mesh.vote.<id>`, where earlier versions stored votes of any name.
+    - Under `mesh.bid.` (the family, or one auction): calls and awards (`mesh.bid.<id>`) and bids
+      for the capabilities the role serves only (`mesh.bid.<id>.by.<capability>`), which is
+      what an award requests: a bidder bids in its own name, never another's."""
+    granted: list[str] = []
+    for declared in emits:
+        if declared.startswith(_VOTES):
+            named = _named_in(declared)
+            granted += (f"{_VOTES}{named}.{subjects.PROPOSAL}", f"{_VOTES}{named}.{subjects.CAST}.{role}")
+        elif declared.startswith(_BIDS):
+            named = _named_in(declared)
+            granted += (f"{_BIDS}{named}", *(f"{_BIDS}{named}.{subjects.BY}.{c}" for c in capabilities))
+        else:
+            granted.append(declared)
+    return tuple(dict.fromkeys(granted))
+
+
+_VOTES = "mesh.vote."
+_BIDS = "mesh.bid."
+
+
 def _reading_declared(owner: str, emits: tuple[str, ...]) -> tuple[str, ...]:
     """Reading and following the boards, proposals and auctions ``emits`` declares
     (`mesh.bus.follow.read`, `Follow`): one of ``owner``'s scan consumers filtered on the
     declared family or on any subject filter inside it (`mesh.board.>` allows
-    `mesh.board.plan.>`; `mesh.vote.*` allows `mesh.vote.p1`), never wider. The newest
-    sequence on the filter is the message get of `_reading_knowledge`, the flow control of a
-    followed consumer `$JS.FC.MESH.>` (`_reading_outcomes`). Other declared subjects (chat
-    rooms, workflows, conversations, app events) are written, not read this way."""
-    families = (subject for subject in emits if subject.startswith(READABLE_FAMILIES))
+    `mesh.board.plan.>`), never wider. A declared vote family or proposal is read whole:
+    `mesh.vote.*` allows `mesh.vote.>` and `mesh.vote.p1.>`, `mesh.vote.p1` allows
+    `mesh.vote.p1.>` (its ballots are one level down). A declared auction family or auction is
+    read with its bids: `mesh.bid.*` allows `mesh.bid.t1` and `mesh.bid.t1.by.*`.
+    The newest sequence on the filter is the message get of `_reading_knowledge`, the flow
+    control of a followed consumer `$JS.FC.MESH.>` (`_reading_outcomes`). Other declared
+    subjects (chat rooms, workflows, conversations, app events) are written, not read this way."""
+    families = dict.fromkeys(f for s in emits if s.startswith(READABLE_FAMILIES) for f in _read_filters(s))
     return tuple(create for family in families for create in _scans(owner, family))
+
+
+def _read_filters(declared: str) -> tuple[str, ...]:
+    """The filters a declared board, vote or bid subject is read under (see `_reading_declared`)."""
+    if declared.startswith(_VOTES):
+        named = _named_in(declared)
+        return (f"{_VOTES}>" if named == "*" else f"{_VOTES}{named}.>",)
+    if declared.startswith(_BIDS):
+        named = _named_in(declared)
+        return f"{_BIDS}{named}", f"{_BIDS}{named}.{subjects.BY}.*"
+    return (declared,)
 
 
 def _limits() -> tuple[str, ...]:
@@ -229,7 +277,7 @@ def agent_permissions(
         # sub-tasks (`ctx.request`), hand-offs and hand-overs to a fallback capability (these
         # two under the task's owner: its requester follows them)
         *(("mesh.work.>",) if requests is None else (subjects.work_any(c) for c in requests)),
-        *emits,
+        *_emitting(role, capabilities, emits),
         subjects.CANCELS,  # cancel what it started (a timed-out sub-task, a failed workflow's steps)
         *_scans(owner, subjects.CANCELS),  # on start, the cancel requests it missed
         f"mesh.llm.{role}.>",

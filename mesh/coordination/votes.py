@@ -5,13 +5,16 @@
     await ctx.cast(proposal.proposal_id, "yes")      # as this agent; `voter=` to choose
     decided = await proposal.outcome()               # VoteDecided: outcome, tally, reason
 
-A proposal's events live on `mesh.vote.<proposal_id>`. Whoever observes them (the
-proposer awaiting `outcome()`, a voter after casting, any watcher) folds them with the
-consensus projection and, when `evaluate(view, now)` says the proposal is decided (by its
-rule, or because the deadline passed), records `mesh.vote.decided` with the id
-`derived_id(proposal_id, "decided")`, published only if nothing else landed on the
-subject since the fold (expected last subject sequence). So the log holds one decision,
-the first, whoever recorded it; `outcome()` returns that stored one.
+A proposal and its decision live on `mesh.vote.<proposal_id>.proposal`, each voter's votes on
+`mesh.vote.<proposal_id>.cast.<voter>`: under `mesh auth init` a role may cast only under its
+own name (its role's), so no voter can vote for another. Whoever observes a proposal (the
+proposer awaiting `outcome()`, a voter after casting, any watcher) follows
+`mesh.vote.<proposal_id>.>`, folds it with the consensus projection and, when
+`evaluate(view, now)` says the proposal is decided (by its rule, or because the deadline
+passed), records `mesh.vote.decided` with the id `derived_id(proposal_id, "decided")`,
+published only if nothing else landed on any of the proposal's subjects since the fold
+(expected last subject sequence, over `mesh.vote.<proposal_id>.>`). So the log holds one
+decision, the first, whoever recorded it; `outcome()` returns that stored one.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from mesh.errors import ExpectedSequenceError, SchemaError, VoteRejected, VoteTi
 from mesh.projections import CONSENSUS, ConsensusState, ProposalView, evaluate, roster
 from mesh.projections.base import moment_of
 from topics import subjects
-from topics.base import check_token
+from topics.base import MAX_TOKEN, check_token, is_token, shorten
 from topics.envelope import derived_id, is_instant, now_rfc3339
 from topics.votes import MAX_OPTIONS, MAX_VOTERS, Rule, VoteCast, VoteDecided, VoteProposed
 
@@ -88,10 +91,13 @@ class Proposals:
             raise SchemaError(f"proposal {question!r}: deadline {proposed.deadline!r} is not an RFC 3339 time with its offset")
         if quorum is not None and quorum < 1:
             raise SchemaError(f"proposal {question!r}: quorum must be at least 1, not {quorum!r}")
+        if named := next((v for v in (*proposed.voters, *proposed.weights) if not is_token(v)), None):
+            raise SchemaError(f"proposal {question!r}: voter {shorten(named)!r} could never vote: a voter casts on "
+                              f"a subject of its own name, so use 1 to {MAX_TOKEN} letters, digits, '-' and '_'")
         for voter, weight in proposed.weights.items():
             if not math.isfinite(weight) or weight <= 0:
                 raise SchemaError(f"proposal {question!r}: the weight of {voter!r} must be a finite number above 0, not {weight!r}")
-        await self.mesh.publish(subjects.vote(proposal_id), proposed, event_id=derived_id(proposal_id, "proposed"),
+        await self.mesh.publish(subjects.proposal(proposal_id), proposed, event_id=derived_id(proposal_id, "proposed"),
                                 correlation_id=self.origin.correlation_id or proposal_id,
                                 causation_id=self.origin.cause_id)  # fmt: skip
         return self.get(proposal_id)
@@ -112,7 +118,8 @@ class Proposal:
         self.proposals = proposals
         self.mesh = proposals.mesh
         self.proposal_id = proposal_id
-        self.subject = subjects.vote(proposal_id)
+        self.subject = subjects.proposal(proposal_id)  # the proposal and its decision
+        self.follows = subjects.votes(proposal_id)  # and every voter's votes
 
     async def view(self) -> ProposalView:
         """The proposal as folded from the log now (votes, tally, decided, outcome)."""
@@ -120,7 +127,7 @@ class Proposal:
 
     async def _ballot(self) -> Ballot:
         ballot = Ballot(self.proposal_id)
-        for item in await read(self.mesh, self.subject):
+        for item in await read(self.mesh, self.follows):
             ballot.fold(item)
         return ballot
 
@@ -132,7 +139,7 @@ class Proposal:
         _check_vote(ballot.view, voter, choice)
         vote = VoteCast(proposal_id=self.proposal_id, voter=voter, choice=choice, rationale=rationale)
         origin = self.proposals.origin
-        published = await self.mesh.publish(self.subject, vote, event_id=origin.next_id(f"vote/{self.proposal_id}"),
+        published = await self.mesh.publish(subjects.ballot(self.proposal_id, voter), vote, event_id=origin.next_id(f"vote/{self.proposal_id}"),
                                              correlation_id=ballot.correlation_id or self.proposal_id,
                                              causation_id=origin.cause_id or derived_id(self.proposal_id, "proposed"))  # fmt: skip
         await self.settle()
@@ -158,8 +165,8 @@ class Proposal:
 
     async def _await_decision(self) -> VoteDecided:
         ballot = Ballot(self.proposal_id)
-        async with Follow(self.mesh, self.subject) as follow:
-            head = await last_seq(self.mesh, self.subject)
+        async with Follow(self.mesh, self.follows) as follow:
+            head = await last_seq(self.mesh, self.follows)
             while ballot.decided is None:
                 wait = None
                 if ballot.seq >= head:  # caught up with the log: judge what it says
@@ -183,7 +190,8 @@ class Proposal:
         try:
             await self.mesh.publish(self.subject, decided, event_id=decided_id(self.proposal_id),
                                     correlation_id=ballot.correlation_id or self.proposal_id,
-                                    causation_id=ballot.last_id, expected_last_subject_seq=ballot.seq)  # fmt: skip
+                                    causation_id=ballot.last_id, expected_last_subject_seq=ballot.seq,
+                                    expected_filter=self.follows)  # fmt: skip
         except ExpectedSequenceError:
             pass  # something landed since our fold: read on and judge again
         return None
@@ -222,8 +230,11 @@ def _check_vote(view: ProposalView, voter: str, choice: str) -> None:
     where = f"proposal {view.proposal_id}"
     if not voter:
         raise VoteRejected(f"{where}: say who votes (voter=...)")
+    if not is_token(voter):
+        raise VoteRejected(f"{where}: voter {shorten(voter)!r} cannot name a ballot subject (use 1 to {MAX_TOKEN} "
+                           "letters, digits, '-' and '_': a role casts under its own name)")
     if not view.proposed:
-        raise VoteRejected(f"{where} does not exist (yet): nothing was proposed on {subjects.vote(view.proposal_id)}")
+        raise VoteRejected(f"{where} does not exist (yet): nothing was proposed on {subjects.proposal(view.proposal_id)}")
     if view.decided:
         raise VoteRejected(f"{where} is already decided: {view.outcome!r} ({view.reason})")
     if choice not in view.options:

@@ -7,10 +7,14 @@ under a deterministic id when the proposal is not yet decided.
 
 A vote counts when the proposal is known and undecided, the choice is one of the options,
 the voter is on the roster (anyone, when the roster is empty) and the vote's envelope time
-is not past the deadline. A voter's last vote replaces their earlier one.
+is not past the deadline. A voter's last vote replaces their earlier one. A proposal stored on
+`mesh.vote.<id>.proposal` counts only votes stored on their voter's own ballot subject,
+`mesh.vote.<id>.cast.<voter>`, which under `mesh auth init` only that voter's role may write;
+one stored on `mesh.vote.<id>` (a log of an earlier version, where every event of a proposal
+was on that subject) counts only votes and a decision stored there too.
 
-Folding a vote costs the same whatever the roster's size (any voter may cast as any name, so a
-flood of votes is a flood of folds): the view keeps its roster as a set, and a tally that
+Folding a vote costs the same whatever the roster's size (on an open roster anyone who votes
+may vote under a name of their own, so a flood of votes is a flood of folds): the view keeps its roster as a set, and a tally that
 follows each vote, exactly under the weighted rule too: each option's total is kept as an exact
 integer (`exact`: the weights in units of 2^-1074, the smallest float step), so a vote replaced
 is taken back exactly, and its float is the correctly rounded sum (`math.fsum`'s), or inf past
@@ -27,6 +31,7 @@ import msgspec
 
 from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp, instant, moment_of
 from topics.base import Event
+from topics.subjects import legacy_vote
 from topics.votes import Rule, VoteCast, VoteDecided, VoteProposed
 
 __all__ = ["ConsensusProjection", "ConsensusState", "Decision", "ProposalView", "evaluate", "roster", "tally"]
@@ -51,6 +56,7 @@ class ProposalView(msgspec.Struct, kw_only=True, gc=False):
     decided: bool = False
     outcome: str | None = None
     reason: str = ""
+    bound: bool = False  # votes are on their voters' own subjects (else the log of an earlier version)
     roster_set: frozenset[str] = frozenset()  # `roster(view)` as a set, for the fold's look-ups
     exact: dict[str, int] = {}  # under the weighted rule, each option's total in units of 2^-1074
 
@@ -115,7 +121,7 @@ def _weight(view: ProposalView, voter: str) -> float:
 
 class ConsensusProjection(HandlerProjection[ConsensusState]):
     name = "consensus"
-    version = 3  # 2: a decision counts only if the fold at that point gives it; 3: the roster set, exact totals
+    version = 4  # 2: a decision counts only if the fold at that point gives it; 3: the roster set, exact totals; 4: bound ballots
     state_type = ConsensusState
 
     def handlers(self) -> dict[type[Event], Handler[ConsensusState]]:
@@ -136,6 +142,7 @@ def _proposed(state: ConsensusState, event: VoteProposed, stamp: Stamp, seq: int
     view.proposed, view.question, view.options, view.rule = True, event.question, event.options, event.rule
     view.voters, view.quorum, view.weights = event.voters, event.quorum, dict(event.weights)
     view.deadline, view.proposer, view.proposed_at = event.deadline, event.proposer, stamp.time
+    view.bound = not _legacy(stamp, event.proposal_id)
     view.roster_set = frozenset(roster(view))
     view.tally = tally(view)
     if view.rule == "weighted" and view.weights:
@@ -144,7 +151,7 @@ def _proposed(state: ConsensusState, event: VoteProposed, stamp: Stamp, seq: int
 
 def _cast(state: ConsensusState, event: VoteCast, stamp: Stamp, seq: int) -> None:
     view = state.proposals.get(event.proposal_id)
-    if view is not None and _counts(view, event.voter, event.choice, stamp):
+    if view is not None and view.bound != _legacy(stamp, event.proposal_id) and _counts(view, event.voter, event.choice, stamp):
         # the tally follows the vote: counting every vote again for each one made a flood of n
         # votes (any voter may cast as any name on an open roster) cost n² (20,000: minutes)
         previous = view.votes.pop(event.voter, None)
@@ -168,13 +175,20 @@ def _decided(state: ConsensusState, event: VoteDecided, stamp: Stamp, seq: int) 
     instead of taking it on trust. One published before the proposal, or naming another outcome,
     is ignored."""
     view = state.proposals.get(event.proposal_id)
-    if view is None or not view.proposed or view.decided:
+    if view is None or not view.proposed or view.decided or view.bound == _legacy(stamp, event.proposal_id):
         return
     at = stamp.time if moment_of(stamp.time) is not None else None
     expected = evaluate(view, at)
     if not expected.decided or expected.outcome != event.outcome:
         return
     view.decided, view.outcome, view.reason = True, event.outcome, event.reason or expected.reason
+
+
+def _legacy(stamp: Stamp, proposal_id: str) -> bool:
+    """Whether an event of the proposal is on the one subject earlier versions stored all of
+    them on (the readers' subject check, `topics.registry.on_its_subject`, let only that one
+    and the event's own subject through)."""
+    return stamp.subject == legacy_vote(proposal_id)
 
 
 def _counts(view: ProposalView, voter: str, choice: str, stamp: Stamp) -> bool:

@@ -59,6 +59,10 @@ _TEMPLATES = {
     "agent": "mesh.agent.{role}.{agent_id}",
     "dead": "mesh.dead.{subject}",
 }
+_DEEPER = {
+    "vote": {"proposal": "mesh.vote.{proposal_id}.proposal", "cast": "mesh.vote.{proposal_id}.cast.{voter}"},
+    "bid": {"by": "mesh.bid.{task_id}.by.{capability}"},
+}
 
 
 def subject_template(subject: str) -> str:
@@ -71,6 +75,9 @@ def subject_template(subject: str) -> str:
     if parts[1] == "work":
         capability = parts[2].partition(".")[0]
         return f"mesh.work.{capability}.{{owner}}"
+    if parts[1] in _DEEPER:  # a proposal's own subject or a voter's ballot; a bid (calls and awards are one level up)
+        kind = parts[2].split(".")[1:2]
+        return _DEEPER[parts[1]].get(kind[0] if kind else "", _TEMPLATES[parts[1]])
     return _TEMPLATES.get(parts[1], f"mesh.{parts[1]}.{{id}}")
 
 
