@@ -17,6 +17,7 @@ from replay.reader import (
     ScanReport,
     parse_position,
     read_log,
+    read_slice,
     subject_matches,
 )
 from replay.rerun import Divergence, RerunResult, rerun, rerun_file, rerun_log
@@ -76,6 +77,7 @@ __all__ = [
     "projection_named",
     "read_file",
     "read_log",
+    "read_slice",
     "rebuild",
     "rebuild_all",
     "rebuild_traces",

@@ -15,7 +15,7 @@ from mesh.cli.options import UserError, nats_options, run, run_sync, shown, toke
 from mesh.errors import ConfigError
 from mesh.projections import REGISTRY
 from replay.files import read_file
-from replay.reader import LogSlice, Position, parse_position, read_log
+from replay.reader import LogSlice, Position, parse_position, read_log, read_slice
 from topics.base import json_visible, shorten
 
 __all__ = ["replay"]
@@ -48,6 +48,15 @@ async def _records(settings: MeshSettings, file: str | None) -> LogSlice:
         return await read_log(mesh)
 
 
+async def _slice(settings: MeshSettings, file: str | None, root: str) -> LogSlice:
+    """The log (a file: all of it) to find ``root``'s events in; from the live log, those
+    events only, the offloaded data of no other decoded whole (`replay.reader.read_slice`)."""
+    if file:
+        return read_file(file)
+    async with await _connect(settings) as mesh:
+        return await read_slice(mesh, root)
+
+
 def _warn_undecodable(found: LogSlice, shown: int = 5) -> None:
     """Say which messages (lines of a file) were skipped, and why: the first ``shown`` of them."""
     if not found.undecodable:
@@ -76,7 +85,7 @@ def timeline(id: str, file: str | None, html_out: str | None, settings: MeshSett
     from replay.timeline import build_timeline, render_text
     from replay.timeline_html import render_html
 
-    found = run(_records(settings, file))
+    found = run(_slice(settings, file, id))
     _warn_undecodable(found)
     tree = build_timeline(found.records, id)
     if not tree.hops:  # one `error:` line on stderr, as every command says what went wrong
@@ -234,7 +243,7 @@ def traces(id: str, file: str | None, console: bool, settings: MeshSettings) -> 
                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_TRACES_EXPORTER=otlp|console), "
                    "or pass --console to print the spans", err=True)  # fmt: skip
         sys.exit(1)
-    found = run(_records(settings, file))
+    found = run(_slice(settings, file, id))
     _warn_undecodable(found)
     spans = rebuild_traces(found.records, id)
     if not spans:
