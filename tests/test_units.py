@@ -16,6 +16,7 @@ from mesh.llm.transport import offline_http_client
 from mesh.runtime.agent import Agent
 from mesh.runtime.runner import is_retryable
 from topics import EVENT_TYPES, TaskRequested, decode_data, encode_data, registry, subjects
+from topics.bids import BidPlaced
 from topics.board import BoardWritten
 from topics.envelope import (
     CloudEvent,
@@ -158,6 +159,9 @@ class TestHomeSubjects:
             assert not registry.on_its_subject("mesh.vote.p.cast.alice", made)
         assert not registry.on_its_subject("mesh.vote.p.cast.proposal", VoteDecided(proposal_id="p.cast", outcome="yes"))
         assert not registry.on_its_subject("mesh.vote.p.cast.a.b", VoteCast(proposal_id="p", voter="a.b", choice="yes"))
+        dotted = VoteProposed(proposal_id="p.proposal", question="?", options=("yes",))  # on p's own subject, as a legacy one
+        assert not registry.on_its_subject("mesh.vote.p.proposal", dotted)
+        assert not registry.on_its_subject("mesh.bid.t.by.x-y", BidPlaced(task_id="t.by.x-y", bidder="b", cost=1.0))
         assert registry.home_subject(cast) == subjects.ballot("p", "alice") == "mesh.vote.p.cast.alice"
 
 

@@ -140,10 +140,12 @@ def _on_its_bid_subject(subject: str, data: BidPlaced) -> bool:
     """A bid on `mesh.bid.<task id>.by.<capability>-<bidder>`, from what it names (the task id
     and bidding capability one token each); or, as logs of earlier versions stored bids, on
     `mesh.bid.<task id>` (which no auctioneer collects bids from now)."""
+    if not is_token(data.task_id):
+        return False  # `mesh.bid.<id "t.by.x-y">` must not pass for another auction's bid subject
     if subject == f"mesh.bid.{data.task_id}":
         return True
     bidding = f"{data.capability}-{data.bidder}"
-    return bool(data.capability) and is_token(data.task_id) and is_token(bidding) and subject == home_subject(data)
+    return bool(data.capability) and is_token(bidding) and subject == home_subject(data)
 
 
 def _on_its_vote_subject(subject: str, data: VoteEvent) -> bool:
@@ -151,9 +153,11 @@ def _on_its_vote_subject(subject: str, data: VoteEvent) -> bool:
     `mesh.vote.<proposal id>.cast.<its voter>`, each id one token (so no two homes can be one
     subject); or, as logs of earlier versions stored them, any of the three on
     `mesh.vote.<proposal id>` (which proposals count such votes: `mesh.projections.consensus`)."""
+    if not is_token(data.proposal_id):
+        return False  # `mesh.vote.<id "p.proposal">` must not pass for proposal p's own subject
     if subject == legacy_vote(data.proposal_id):
         return True
-    if not is_token(data.proposal_id) or (isinstance(data, VoteCast) and not is_token(data.voter)):
+    if isinstance(data, VoteCast) and not is_token(data.voter):
         return False
     return subject == home_subject(data)
 
