@@ -519,6 +519,43 @@ class TestConsensus:
         assert (view.decided, view.outcome, view.votes) == (True, "yes", {"a": "yes", "b": "yes"})
         assert evaluate(view) == (True, "yes", "majority")
 
+    def test_a_decision_keeps_the_folds_tally_and_reason_not_its_recorders(self) -> None:
+        """Review AE: whoever records the decision wrote its `tally` and `reason`, which every
+        `outcome()` returned; the fold's own stand (the outcome was already checked)."""
+        from mesh.bus.pushed import Stored
+        from mesh.coordination.votes import Ballot
+
+        records = log(
+            VoteProposed(proposal_id="p", question="?", options=("yes", "no"), voters=("a", "b", "c")),
+            VoteCast(proposal_id="p", voter="a", choice="yes"),
+            VoteCast(proposal_id="p", voter="b", choice="yes"),
+            VoteDecided(proposal_id="p", outcome="yes", tally={"no": 3.0, "yes": 1e300}, reason="the board said so"),
+        )
+        view = fold(CONSENSUS, records).proposals["p"]
+        assert (view.decided, view.outcome, view.reason) == (True, "yes", "majority")
+        ballot = Ballot("p")
+        for item in records:
+            ballot.fold(Stored(item.seq, item.subject, item, 0))
+        assert ballot.decided is not None
+        assert (ballot.decided.tally, ballot.decided.reason) == ({"yes": 2.0, "no": 0.0}, "majority")
+
+    def test_a_proposal_on_its_own_subject_takes_the_place_of_an_older_ones(self) -> None:
+        """Review AE: an id with a proposal stored the old way (`mesh.vote.<id>`, an earlier
+        version's log) and then one on its own subject: agents (`Proposals`) see the new one
+        only, and so do the projections now (they showed the old one, undecided)."""
+        legacy = subjects.legacy_vote("p")
+        records = [
+            record(VoteProposed(proposal_id="p", question="old?", options=("x",)), 1, subject=legacy),
+            record(VoteCast(proposal_id="p", voter="a", choice="x"), 2, subject=legacy),
+            record(VoteProposed(proposal_id="p", question="new?", options=("yes", "no"), voters=("a", "b")), 3,
+                   subject=subjects.proposal("p")),  # fmt: skip
+            record(VoteCast(proposal_id="p", voter="a", choice="yes"), 4, subject=subjects.ballot("p", "a")),
+            record(VoteCast(proposal_id="p", voter="b", choice="no"), 5, subject=legacy),  # the old way: not counted
+            record(VoteProposed(proposal_id="p", question="old again?", options=("x",)), 6, subject=legacy),
+        ]
+        view = fold(CONSENSUS, records).proposals["p"]
+        assert (view.question, view.bound, view.votes) == ("new?", True, {"a": "yes"})
+
     def test_a_decision_the_votes_do_not_bear_out_is_ignored(self) -> None:
         """Whoever may vote may publish a VoteDecided: one before the proposal, or naming an
         outcome the rule does not give at that point, decides nothing."""

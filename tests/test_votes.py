@@ -15,7 +15,7 @@ from replay.rerun import rerun
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects
-from topics.votes import VoteCast
+from topics.votes import VoteCast, VoteDecided
 
 VOTERS = ("ann", "bob", "cyd")
 
@@ -124,6 +124,43 @@ class TestExactlyOnce:
         assert not (await proposal.view()).decided
         decided = await proposal.settle()
         assert decided is not None and decided.tally == {"yes": 2.0, "no": 1.0}
+
+    async def test_a_voter_recasting_without_pause_does_not_hold_the_decision_off(
+        self, mesh: Mesh, nats_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Review AE: an observer tried a decision after every event it folded, so one voter
+        re-casting in bursts made each observer try (and be refused) once per re-cast, fall
+        behind, and decide long after the flood. It now tries when it has caught up with what
+        came, so the majority's decision is recorded while the flood goes on."""
+        tries: list[str] = []
+        publish = Mesh.publish
+
+        async def counted(self: Mesh, subject: str, data: Any, **options: Any) -> Any:
+            if isinstance(data, VoteDecided):
+                tries.append(subject)
+            return await publish(self, subject, data, **options)
+
+        monkeypatch.setattr(Mesh, "publish", counted)
+        proposal = await Proposals(mesh).propose("flood?", ["yes", "no"], voters=VOTERS)
+        pid, sent, started = proposal.proposal_id, [0], asyncio.Event()
+        async with await Mesh.connect(nats_url) as flooder:
+
+            async def flood() -> None:
+                while sent[0] < 6_000:
+                    await asyncio.gather(*(flooder.publish(subjects.ballot(pid, "cyd"), VoteCast(
+                        proposal_id=pid, voter="cyd", choice="no")) for _ in range(100)))  # fmt: skip
+                    sent[0] += 100
+                    started.set()
+
+            flooding = asyncio.create_task(flood())
+            await started.wait()
+            for voter in ("ann", "bob"):  # published as they are: the observers alone record the decision
+                await mesh.publish(subjects.ballot(pid, voter), VoteCast(proposal_id=pid, voter=voter, choice="yes"))
+            decided = await asyncio.gather(*(Proposals(mesh).get(pid).outcome(timeout=120) for _ in range(2)))
+            during = sent[0]
+            await flooding
+        assert [d.outcome for d in decided] == ["yes", "yes"]
+        assert len(tries) < during / 10, (len(tries), during)  # one try per re-cast before
 
     async def test_bad_votes_rejected(self, mesh: Mesh) -> None:
         """Unknown options, voters off the roster and decided proposals refuse the vote."""

@@ -259,6 +259,11 @@ class Follow(Feed[Stored]):
         has not taken: at most `FOLLOW_BYTES` each, or one message larger than that."""
         return self._queued + self._live_bytes
 
+    def has_next(self) -> bool:
+        """Whether a message has come that `next` has not handed out yet (it may still have to
+        be decoded): False means this reader is caught up with what arrived."""
+        return self._take() is not None
+
     async def next(self, timeout: float | None = None) -> Stored | None:
         """The next message; None if none arrived within ``timeout`` seconds (None: wait)."""
         await self.start()

@@ -24,6 +24,8 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from mesh.bus.client import Mesh, Published
 from mesh.bus.follow import Follow, Stored, last_seq, read
 from mesh.coordination.origin import Origin
@@ -169,7 +171,9 @@ class Proposal:
             head = await last_seq(self.mesh, self.follows)
             while ballot.decided is None:
                 wait = None
-                if ballot.seq >= head:  # caught up with the log: judge what it says
+                if ballot.seq >= head and not follow.has_next():  # caught up with what came: judge what it says
+                    # (judged after each event instead, one voter re-casting without pause made every
+                    # observer try a decision per event, each refused, and fall behind: review AE)
                     wait = await self._record_if_due(ballot)
                 item = await follow.next(wait)
                 if item is not None:
@@ -220,10 +224,13 @@ class Ballot:
         CONSENSUS.apply(self.state, record)
         self.last_id = record.event.id
         match record.data:
-            case VoteProposed():
+            case VoteProposed(proposal_id=proposal_id) if proposal_id == self.proposal_id:
                 self.correlation_id = self.correlation_id or record.event.correlationid
             case VoteDecided() as decided if self.decided is None and self.view.decided:
-                self.decided = decided  # the decision the fold accepted (one it ignored is not it)
+                # the decision the fold accepted (one it ignored is not it), with the tally and the
+                # reason the fold gives at that point: the recorder's own are its word (review AE)
+                view = self.view
+                self.decided = msgspec.structs.replace(decided, tally=dict(view.tally), reason=view.reason)
 
 
 def _check_vote(view: ProposalView, voter: str, choice: str) -> None:

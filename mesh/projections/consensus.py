@@ -121,28 +121,27 @@ def _weight(view: ProposalView, voter: str) -> float:
 
 class ConsensusProjection(HandlerProjection[ConsensusState]):
     name = "consensus"
-    version = 4  # 2: a decision counts only if the fold at that point gives it; 3: the roster set, exact totals; 4: bound ballots
+    version = 4  # 2: a decision counts only if the fold at that point gives it; 3: the roster set, exact totals; 4: bound ballots, the fold's reason
     state_type = ConsensusState
 
     def handlers(self) -> dict[type[Event], Handler[ConsensusState]]:
         return {VoteProposed: _proposed, VoteCast: _cast, VoteDecided: _decided}
 
 
-def _proposal(state: ConsensusState, proposal_id: str) -> ProposalView:
-    view = state.proposals.get(proposal_id)
-    if view is None:
-        view = state.proposals[proposal_id] = ProposalView(proposal_id=proposal_id)
-    return view
-
-
 def _proposed(state: ConsensusState, event: VoteProposed, stamp: Stamp, seq: int) -> None:
-    view = _proposal(state, event.proposal_id)
-    if view.proposed:
+    """The first proposal under an id stands; except that one on the proposal's own subject takes
+    the place of one stored on `mesh.vote.<id>` (an earlier version's), as `Proposals`, which
+    reads only the new subjects, sees it (review AE: agents decided the new one while every
+    projection showed the old one, undecided)."""
+    bound = not _legacy(stamp, event.proposal_id)
+    found = state.proposals.get(event.proposal_id)
+    if found is not None and found.proposed and (found.bound or not bound):
         return
+    view = state.proposals[event.proposal_id] = ProposalView(proposal_id=event.proposal_id)
     view.proposed, view.question, view.options, view.rule = True, event.question, event.options, event.rule
     view.voters, view.quorum, view.weights = event.voters, event.quorum, dict(event.weights)
     view.deadline, view.proposer, view.proposed_at = event.deadline, event.proposer, stamp.time
-    view.bound = not _legacy(stamp, event.proposal_id)
+    view.bound = bound
     view.roster_set = frozenset(roster(view))
     view.tally = tally(view)
     if view.rule == "weighted" and view.weights:
@@ -181,7 +180,7 @@ def _decided(state: ConsensusState, event: VoteDecided, stamp: Stamp, seq: int) 
     expected = evaluate(view, at)
     if not expected.decided or expected.outcome != event.outcome:
         return
-    view.decided, view.outcome, view.reason = True, event.outcome, event.reason or expected.reason
+    view.decided, view.outcome, view.reason = True, event.outcome, expected.reason  # the recorder's reason is its word
 
 
 def _legacy(stamp: Stamp, proposal_id: str) -> bool:
