@@ -155,6 +155,10 @@ def made_on(record: Record) -> str:
 class RecordBook:
     """The recorded slice, indexed for replay: by id, by cause, and task outcomes by task id."""
 
+    FAMILIES = ("board", "vote", "conversation", "knowledge", "ask", "answer", "flow")
+    """The subject families (`mesh.<family>.>`) whose events in the whole log a replay reads,
+    besides the slice: `everything` needs no other (`replay.reader.read_slice`'s ``families``)."""
+
     def __init__(self, records: Iterable[Record], everything: Iterable[Record] = ()) -> None:
         self.records = list(records)
         self.boards: dict[str, list[Record]] = {}  # board name -> its events in the whole log, for reads

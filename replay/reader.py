@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
@@ -207,13 +207,14 @@ class _Names(Event, frozen=True, kw_only=True):
 _names = msgspec.json.Decoder(_Names).decode
 
 
-async def read_slice(mesh: Mesh, root: str, *, batch: int = 5000) -> LogSlice:
+async def read_slice(mesh: Mesh, root: str, *, families: Collection[str] = (), batch: int = 5000) -> LogSlice:
     """The records of ``root``'s causal slice (`replay.causal.causal_slice`: what `mesh replay
-    timeline` and `traces` show) in the whole log, in log order. Events whose data is offloaded
-    are fetched one at a time and decoded for the ids they name only; those in the slice are then
-    decoded whole, and no other: review AB's timeline of a 4-event correlation decoded four
-    clients' 12 to 32 MB inputs whole and took 2.8 GB. Undecodable messages are the log's, as
-    `read_log` gives them."""
+    timeline` and `traces` show) in the whole log, in log order, and every record of the subject
+    ``families`` (`board` for `mesh.board.>`, ...: what `rerun` reads besides the slice).
+    Another event's offloaded data is fetched one object at a time and decoded for the ids it
+    names only, and decoded whole only if the event is in the slice: review AB's timeline of a
+    4-event correlation decoded four clients' 12 to 32 MB inputs whole and took 2.8 GB.
+    Undecodable messages are the log's, as `read_log` gives them."""
     found = LogSlice(source=f"jetstream:{subjects.STREAM}")
     records, raw = found.records, found.undecodable
     held: list[tuple[int, str, bytes]] = []
@@ -232,6 +233,9 @@ async def read_slice(mesh: Mesh, root: str, *, batch: int = 5000) -> LogSlice:
     for seq, subject, payload in held:
         try:
             event = checked_time(decode_envelope(payload))
+            if _family(subject) in families:  # kept whatever the slice: decoded whole at once
+                records.append(await payloads.resolve(mesh.js, subject, payload, seq))
+                continue
             inlined = await payloads.inline(mesh.js, event, subject)
         except payloads.RESOLVE_ERRORS as error:
             raw.append(RawMessage(seq, subject, payload, f"{type(error).__name__}: {error}"))
@@ -244,6 +248,9 @@ async def read_slice(mesh: Mesh, root: str, *, batch: int = 5000) -> LogSlice:
         named[seq] = payload
     records.sort(key=lambda record: record.seq)
     chosen = causal_slice(records, root)
+    if families:
+        members = {record.seq for record in chosen}
+        chosen = [r for r in records if r.seq in members or _family(r.subject) in families]
     found.records = []
     for record in chosen:
         if record.seq in named and isinstance(record.data, _Names):
@@ -257,6 +264,10 @@ async def read_slice(mesh: Mesh, root: str, *, batch: int = 5000) -> LogSlice:
     found.scanned, found.first_seq, found.last_seq = report.scanned, report.first_seq, report.last_seq
     return found
 
+
+def _family(subject: str) -> str:
+    """`board` for `mesh.board.plan.outline`: the token after `mesh.` (empty outside `mesh.`)."""
+    return subject[5:].partition(".")[0] if subject.startswith("mesh.") else ""
 
 # -- JetStream -------------------------------------------------------------------------
 

@@ -111,10 +111,12 @@ async def rerun(target: str | Agent, records: Sequence[Record], correlation: str
 
 
 async def rerun_log(mesh: Mesh, target: str | Agent, correlation: str) -> RerunResult:
-    """`rerun` over the log in JetStream (read only)."""
-    from replay.reader import read_log
+    """`rerun` over the log in JetStream (read only): the correlation's slice and the families
+    a replay reads (`RecordBook.FAMILIES`), another event's offloaded data not decoded whole."""
+    from replay.reader import read_slice
 
-    return await rerun(target, (await read_log(mesh)).records, correlation)
+    return await rerun(target, (await read_slice(mesh, correlation, families=RecordBook.FAMILIES)).records,
+                       correlation)  # fmt: skip
 
 
 async def rerun_file(path: str, target: str | Agent, correlation: str) -> RerunResult:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 import pytest
 
+import replay.reader
 from mesh.bus import payloads
 from mesh.bus.client import Mesh
 from mesh.bus.connection import ensure_stream
@@ -28,6 +30,7 @@ from replay import (
     state_from_file,
 )
 from replay.causal import causal_slice
+from replay.rerun import rerun_log
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
 from topics import subjects
@@ -277,6 +280,20 @@ class TestExportImport:
         assert seqs == [1, 2, 3, 4, 5, 6, 7] and result.events == 7
 
 
+def decoded_whole(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The stream sequences of the offloaded events `replay.reader` decodes whole from now on
+    (its own calls only: a test's `EventLog` resolves every event it hears)."""
+    whole: list[int] = []
+
+    async def counted(js: Any, subject: str, payload: bytes, seq: int = 0, check: Any = None) -> Any:
+        whole.append(seq)
+        return await payloads.resolve(js, subject, payload, seq, check)
+
+    spied = SimpleNamespace(resolve=counted, inline=payloads.inline, RESOLVE_ERRORS=payloads.RESOLVE_ERRORS)
+    monkeypatch.setattr(replay.reader, "payloads", spied)
+    return whole
+
+
 @pytest.mark.integration
 class TestReadingWhatIsShown:
     async def test_a_boards_state_fetches_no_tasks_data(self, mesh: Mesh) -> None:
@@ -303,15 +320,27 @@ class TestReadingWhatIsShown:
         theirs = await mesh.submit_request("echo", big, correlation_id="theirs")
         ours = await mesh.submit_request("echo", big, correlation_id="ours")
         await mesh.submit("echo", {"small": True}, correlation_id="ours")
-        whole: list[int] = []
-        real = payloads.resolve
-
-        async def counted(js: Any, subject: str, payload: bytes, seq: int = 0, check: Any = None) -> Any:
-            whole.append(seq)
-            return await real(js, subject, payload, seq, check)
-
-        monkeypatch.setattr(payloads, "resolve", counted)
+        whole = decoded_whole(monkeypatch)
         found = await read_slice(mesh, "ours")
         assert whole == [ours.seq] and theirs.seq not in [r.seq for r in found.records]
         assert [r.data for r in found.records] == [r.data for r in causal_slice((await read_log(mesh)).records, "ours")]
         assert found.records[0].data.input == big  # type: ignore[attr-defined]
+
+
+@pytest.mark.e2e
+class TestRerunReadsItsSlice:
+    async def test_a_rerun_on_the_live_log_decodes_no_other_tasks_data(
+        self, mesh: Mesh, agents: AgentProcesses, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`mesh replay rerun` on the live log reads its correlation's slice and the families a
+        replay reads (boards, votes, ...): another client's offloaded input is never decoded
+        whole (review AB: every offloaded event of the log was), and the rerun still checks."""
+        await agents.start("agents.echo:agent")
+        theirs = await mesh.submit_request("nobody", ["x" * 1000] * (2 * mesh.nc.max_payload // 1000),
+                                           correlation_id="theirs")  # fmt: skip
+        await mesh.publish(subjects.board("b", "k"), BoardWritten(board="b", key="k", value=["y" * 1000] * 2_000))
+        assert await mesh.request("echo", {"n": 1}, correlation_id="mine", timeout=30) == {"n": 1}
+        whole = decoded_whole(monkeypatch)
+        result = await rerun_log(mesh, "agents.echo:agent", "mine")
+        assert result.ok and result.tasks_checked == 1
+        assert theirs.seq not in whole and len(whole) == 1  # the board's write, read whole as a replay may read it

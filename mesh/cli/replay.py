@@ -41,20 +41,14 @@ async def _connect(settings: MeshSettings) -> Mesh:
     return await Mesh.connect(settings=settings, ensure=False)
 
 
-async def _records(settings: MeshSettings, file: str | None) -> LogSlice:
-    if file:
-        return read_file(file)
-    async with await _connect(settings) as mesh:
-        return await read_log(mesh)
-
-
-async def _slice(settings: MeshSettings, file: str | None, root: str) -> LogSlice:
+async def _slice(settings: MeshSettings, file: str | None, root: str, families: tuple[str, ...] = ()) -> LogSlice:
     """The log (a file: all of it) to find ``root``'s events in; from the live log, those
-    events only, the offloaded data of no other decoded whole (`replay.reader.read_slice`)."""
+    events and the ``families``' only, the offloaded data of no other decoded whole
+    (`replay.reader.read_slice`)."""
     if file:
         return read_file(file)
     async with await _connect(settings) as mesh:
-        return await read_slice(mesh, root)
+        return await read_slice(mesh, root, families=families)
 
 
 def _warn_undecodable(found: LogSlice, shown: int = 5) -> None:
@@ -184,10 +178,11 @@ def import_(path: str, settings: MeshSettings) -> None:
 @nats_options
 def rerun(target: str, correlation: str, file: str | None, settings: MeshSettings) -> None:
     """Re-run agent TARGET (module:attribute) against the recorded tasks; exit 1 on divergence."""
+    from replay.context import RecordBook
     from replay.rerun import rerun as rerun_records
 
     async def go() -> Any:
-        found = await _records(settings, file)
+        found = await _slice(settings, file, correlation, RecordBook.FAMILIES)
         _warn_undecodable(found)
         return await rerun_records(target, found.records, correlation)
 
