@@ -151,10 +151,11 @@ async def fork(mesh: Mesh, records: Sequence[Record], source: str, at_event: str
 
 
 async def fork_log(mesh: Mesh, source: str, at_event: str, new_id: str) -> ForkResult:
-    """`fork` reading the source history from the live log."""
-    from replay.reader import read_log
+    """`fork` reading the source history from the live log: its slice, and what names the new
+    id, no other offloaded data decoded whole (`replay.reader.read_slice`)."""
+    from replay.reader import read_slice
 
-    return await fork(mesh, (await read_log(mesh)).records, source, at_event, new_id)
+    return await fork(mesh, (await read_slice(mesh, source, named=(new_id,))).records, source, at_event, new_id)
 
 
 def _fallback_links(after: Sequence[Record], finished: set[str]) -> list[Record]:

@@ -31,7 +31,7 @@ from mesh.bus.client import Mesh
 from mesh.bus.consumer import parse_ack_subject
 from mesh.errors import LogGapError, MeshError
 from mesh.projections.base import instant
-from replay.causal import causal_slice
+from replay.causal import belongs, causal_slice
 from topics import subjects
 from topics.app import check_subject, is_app_type
 from topics.base import Event, shorten
@@ -207,10 +207,13 @@ class _Names(Event, frozen=True, kw_only=True):
 _names = msgspec.json.Decoder(_Names).decode
 
 
-async def read_slice(mesh: Mesh, root: str, *, families: Collection[str] = (), batch: int = 5000) -> LogSlice:
+async def read_slice(mesh: Mesh, root: str, *, families: Collection[str] = (), named: Collection[str] = (),
+                     batch: int = 5000) -> LogSlice:  # fmt: skip
     """The records of ``root``'s causal slice (`replay.causal.causal_slice`: what `mesh replay
-    timeline` and `traces` show) in the whole log, in log order, and every record of the subject
-    ``families`` (`board` for `mesh.board.>`, ...: what `rerun` reads besides the slice).
+    timeline` and `traces` show) in the whole log, in log order, every record of the subject
+    ``families`` (`board` for `mesh.board.>`, ...: what `rerun` reads besides the slice) and
+    every record that names one of the ids ``named`` (`replay.causal.belongs`: `fork` checks
+    that its new id is unused).
     Another event's offloaded data is fetched one object at a time and decoded for the ids it
     names only, and decoded whole only if the event is in the slice: review AB's timeline of a
     4-event correlation decoded four clients' 12 to 32 MB inputs whole and took 2.8 GB.
@@ -229,7 +232,7 @@ async def read_slice(mesh: Mesh, root: str, *, families: Collection[str] = (), b
                 raw.append(RawMessage(seq, subject, payload, f"{type(error).__name__}: {error}"))
 
     report = await LogReader(mesh, batch=batch).scan(sink)
-    named: dict[int, bytes] = {}  # seq of an offloaded event stood in for by its names -> its stored payload
+    stubbed: dict[int, bytes] = {}  # seq of an offloaded event stood in for by its names -> its stored payload
     for seq, subject, payload in held:
         try:
             event = checked_time(decode_envelope(payload))
@@ -245,19 +248,20 @@ async def read_slice(mesh: Mesh, root: str, *, families: Collection[str] = (), b
         except DECODE_ERRORS:
             names = _Names()  # data that is not an object names nothing; decoded whole if it belongs, it fails there
         records.append(Record(seq=seq, subject=subject, event=event, data=names))
-        named[seq] = payload
+        stubbed[seq] = payload
     records.sort(key=lambda record: record.seq)
     chosen = causal_slice(records, root)
-    if families:
+    if families or named:
         members = {record.seq for record in chosen}
-        chosen = [r for r in records if r.seq in members or _family(r.subject) in families]
+        chosen = [r for r in records if r.seq in members or _family(r.subject) in families
+                  or any(belongs(r, name) for name in named)]  # fmt: skip
     found.records = []
     for record in chosen:
-        if record.seq in named and isinstance(record.data, _Names):
+        if record.seq in stubbed and isinstance(record.data, _Names):
             try:
-                record = await payloads.resolve(mesh.js, record.subject, named[record.seq], record.seq)
+                record = await payloads.resolve(mesh.js, record.subject, stubbed[record.seq], record.seq)
             except payloads.RESOLVE_ERRORS as error:
-                raw.append(RawMessage(record.seq, record.subject, named[record.seq], f"{type(error).__name__}: {error}"))
+                raw.append(RawMessage(record.seq, record.subject, stubbed[record.seq], f"{type(error).__name__}: {error}"))
                 continue
         found.records.append(record)
     raw.sort(key=lambda message: message.seq)

@@ -15,7 +15,7 @@ from mesh.bus import payloads
 from mesh.bus.client import Mesh
 from mesh.bus.connection import ensure_stream
 from mesh.bus.server import start_server
-from mesh.errors import LogGapError
+from mesh.errors import LogGapError, MeshError
 from mesh.projections import BOARD, REGISTRY, TASKS, BoardProjection, fold
 from replay import (
     SnapshotStore,
@@ -30,6 +30,7 @@ from replay import (
     state_from_file,
 )
 from replay.causal import causal_slice
+from replay.fork import fork_log
 from replay.rerun import rerun_log
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
@@ -344,3 +345,18 @@ class TestRerunReadsItsSlice:
         result = await rerun_log(mesh, "agents.echo:agent", "mine")
         assert result.ok and result.tasks_checked == 1
         assert theirs.seq not in whole and len(whole) == 1  # the board's write, read whole as a replay may read it
+
+    async def test_a_fork_reads_its_slice_and_what_names_its_new_id(self, mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`mesh replay fork` on the live log refuses a new id that events already name (an
+        offloaded request's task id included), and decodes no other offloaded data whole."""
+        submitted = await mesh.submit_request("echo", {"n": 1}, correlation_id="src")
+        at_event = next(r.event.id for r in (await read_log(mesh)).records if r.seq == submitted.seq)
+        big = await mesh.submit_request("nobody", ["x" * 1000] * (2 * mesh.nc.max_payload // 1000), task_id="taken",
+                                        correlation_id="elsewhere")  # fmt: skip
+        whole = decoded_whole(monkeypatch)
+        with pytest.raises(MeshError, match="'taken' already has events"):
+            await fork_log(mesh, "src", at_event, "taken")
+        assert whole == [big.seq]  # it names the new id: read whole to say so
+        whole.clear()
+        forked = await fork_log(mesh, "src", at_event, "free")
+        assert forked.requested and whole == []

@@ -15,7 +15,7 @@ from mesh.cli.options import UserError, nats_options, run, run_sync, shown, toke
 from mesh.errors import ConfigError
 from mesh.projections import REGISTRY
 from replay.files import read_file
-from replay.reader import LogSlice, Position, parse_position, read_log, read_slice
+from replay.reader import LogSlice, Position, parse_position, read_slice
 from topics.base import json_visible, shorten
 
 __all__ = ["replay"]
@@ -208,7 +208,7 @@ def fork(id: str, at_event: str, new_id: str, file: str | None, settings: MeshSe
 
     async def go() -> Any:
         async with await Mesh.connect(settings=settings) as mesh:
-            found = read_file(file) if file else await read_log(mesh)
+            found = read_file(file) if file else await read_slice(mesh, id, named=(new_id,))
             return await fork_records(mesh, found.records, id, at_event, new_id)
 
     result = run(go())
