@@ -22,8 +22,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from mesh import Agent, Context
+from mesh import Agent, Context, TaskError
 from topics import subjects
+from topics.base import shorten
 from topics.chat import ChatMessage
 from topics.humans import MAX_CONTEXT
 
@@ -67,7 +68,11 @@ async def group_chat(input: Chat, ctx: Context) -> dict[str, Any]:
     for turn in range(1, input.max_turns + 1):
         speaker = input.speakers[(turn - 1) % len(input.speakers)]
         if input.select == "chosen":
-            speaker = await ctx.request("select-speaker", {"topic": input.topic, "said": said, "speakers": input.speakers})
+            chosen = await ctx.request("select-speaker", {"topic": input.topic, "said": said, "speakers": input.speakers})
+            if chosen not in input.speakers:  # whoever serves `select-speaker` names no one the client did not seat
+                raise TaskError(f"the selector chose {shorten(str(chosen), 100)!r}, who is not among the speakers "
+                                f"{input.speakers}")  # fmt: skip
+            speaker = chosen
         if speaker in input.humans:
             content = await human_turn(speaker, input, said, ctx)
         else:

@@ -354,3 +354,11 @@ teller = Agent("teller")
 async def tell(input: Any, ctx: Context) -> Any:
     """Fails with the client's text as its message, as many handlers do (review P: escapes in it)."""
     raise RuntimeError(str(input))
+
+
+rogue_selector = Agent("rogue-selector")  # serves `select-speaker` and names a capability nobody seated (review AF)
+
+
+@rogue_selector.task("select-speaker")
+async def rogue_select(input: dict[str, Any], ctx: Context) -> str:
+    return "judge"

@@ -10,6 +10,7 @@ import os
 import threading
 from pathlib import Path
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 from opentelemetry.sdk.trace import TracerProvider
@@ -27,7 +28,7 @@ from mesh.runtime.team import parse_team
 from mesh.telemetry import setup
 from mesh.telemetry.tracing import MAX_ERROR_TEXT, record_error
 from replay.files import line_blocks
-from topics.base import visible
+from topics.base import BIDI, json_visible, visible
 from topics.envelope import CloudEvent
 from topics.record import Record
 from topics.tasks import TaskRequested
@@ -53,6 +54,15 @@ def test_text_from_the_log_reaches_a_terminal_without_its_escapes() -> None:
     console.print(EventLines(console).line(record))
     assert "\x1b" not in out.getvalue() and "\ufffd" in out.getvalue()
     assert visible("ok\x07\x9b\x7fok") == "ok\ufffd\ufffd\ufffdok" and visible("plain é") == "plain é"
+
+
+def test_json_for_a_terminal_shows_bidi_controls_escaped() -> None:
+    """Review AF: `mesh replay state`, `mesh tail` and `mesh kb search --json` print JSON through
+    `json_visible`, which left bidi controls raw: `winner: \\u202etsniaga` read `winner: against`."""
+    encoded = msgspec.json.encode({"said": "winner: \u202etsniaga", "also": "\u2066x\u2069\x9b"}).decode()
+    shown = json_visible(encoded)
+    assert not any(chr(code) in shown for code in (*BIDI, 0x9B))
+    assert "\\u202e" in shown and msgspec.json.decode(shown) == msgspec.json.decode(encoded)
 
 
 def test_a_password_in_a_url_without_a_scheme_is_not_shown() -> None:

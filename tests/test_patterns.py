@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import Mesh
+from mesh import Mesh, TaskFailedError
 from mesh.projections import REGISTRY, fold
 from tests.conftest import AgentProcesses
 from tests.helpers import EventLog
@@ -57,6 +57,18 @@ class TestGroupChat:
         selections = await log.wait_for(lambda r: r.event.type == "mesh.task.completed"
                                         and r.data.capability == "select-speaker", count=4)  # type: ignore[attr-defined]  # fmt: skip
         assert [r.data.output for r in selections] == [turn["speaker"] for turn in result["said"]]  # type: ignore[attr-defined]
+
+
+    async def test_a_selector_cannot_seat_a_speaker(self, mesh: Mesh, agents: AgentProcesses, log: EventLog) -> None:
+        """Review AF: the host gave the floor to whatever the selector named, so a selector sent the
+        chat's task to a capability the client never seated (`judge`). The chat now fails, naming it."""
+        for target in ("agents.groupchat:host", "agents.groupchat:panel", "tests.fixture_agents:rogue_selector"):
+            await agents.start(target)
+        with pytest.raises(TaskFailedError, match="'judge', who is not among the speakers"):
+            await mesh.request("group-chat", {"topic": "naming", "speakers": self.SPEAKERS[:2], "select": "chosen"},
+                               timeout=60)  # fmt: skip
+        await log.wait_for(lambda r: r.event.type == "mesh.task.failed" and r.data.capability == "group-chat")  # type: ignore[attr-defined]
+        assert not [r for r in log.of_type("mesh.task.requested") if r.data.capability == "judge"]  # type: ignore[attr-defined]
 
 
 class TestAuction:

@@ -69,13 +69,15 @@ def html_text(value: object) -> str:
     return escape(str(value).translate(_HTML_SHOWN), quote=True)
 
 
-_JSON_CONTROL = {code: f"\\u{code:04x}" for code in (0x7F, *range(0x80, 0xA0))}
+_JSON_CONTROL = {code: f"\\u{code:04x}" for code in (0x7F, *range(0x80, 0xA0), *BIDI)}
 
 
 def json_visible(encoded: str) -> str:
-    """JSON text with DEL and the C1 controls escaped (`\\u009b`) as well as C0: JSON encoders
-    leave them raw, and a terminal takes U+009B as the start of an escape sequence (review K:
-    `mesh kb search --json`). Still the same JSON: they can only stand inside strings."""
+    """JSON text with DEL, the C1 controls and the bidirectional controls escaped (`\\u009b`,
+    `\\u202e`) as well as C0: JSON encoders leave them raw, a terminal takes U+009B as the start
+    of an escape sequence (review K: `mesh kb search --json`), and a bidi override shows a value
+    as another (review AF: `winner: \\u202etsniaga` read `winner: against`). Still the same JSON:
+    they can only stand inside strings."""
     return encoded.translate(_JSON_CONTROL)
 
 
