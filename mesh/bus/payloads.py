@@ -65,7 +65,7 @@ from topics.record import Record
 from topics.registry import decode_on
 
 __all__ = [
-    "DEFAULT_IN_FLIGHT", "DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "TEXT_FACTOR", "Budget", "create_buckets", "decoded_size",
+    "DEFAULT_IN_FLIGHT", "DEFAULT_MAX_OBJECT", "RESOLVE_ERRORS", "TEXT_FACTOR", "Budget", "bytes_setting", "create_buckets", "decoded_size",
     "fetched_size", "in_flight_budget", "inline", "max_object", "offload", "offloaded_size", "payload_bucket",
     "resolve", "waiting_on_others", "without_strings",
 ]
@@ -82,13 +82,13 @@ or its offloaded data is gone."""
 
 def max_object() -> int:
     """`MESH_MAX_PAYLOAD_OBJECT`: the largest `data` (bytes of JSON) kept in the object store."""
-    return _bytes_setting("MESH_MAX_PAYLOAD_OBJECT", DEFAULT_MAX_OBJECT)
+    return bytes_setting("MESH_MAX_PAYLOAD_OBJECT", DEFAULT_MAX_OBJECT)
 
 
 def in_flight_budget() -> int:
     """`MESH_MAX_PAYLOAD_IN_FLIGHT`: the bytes of offloaded data an agent process fetches,
     decodes and handles at once (default 64 MiB; see `Budget`)."""
-    return _bytes_setting("MESH_MAX_PAYLOAD_IN_FLIGHT", DEFAULT_IN_FLIGHT)
+    return bytes_setting("MESH_MAX_PAYLOAD_IN_FLIGHT", DEFAULT_IN_FLIGHT)
 
 
 def bucket_max_bytes() -> int:
@@ -107,7 +107,9 @@ def bucket_max_bytes() -> int:
     return int(value)
 
 
-def _bytes_setting(name: str, default: int) -> int:
+def bytes_setting(name: str, default: int) -> int:
+    """The environment variable ``name``: a whole number of bytes, ``default`` when unset;
+    anything else is a `ConfigError` naming it."""
     value = os.environ.get(name, "").strip()
     if not value:
         return default

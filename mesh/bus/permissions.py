@@ -54,6 +54,7 @@ _API = "$JS.API"
 _STREAM = subjects.STREAM
 _KV_STREAM = f"KV_{subjects.PRESENCE_BUCKET}"
 _LIMITS_STREAM = f"KV_{subjects.LIMITS_BUCKET}"
+_LIMIT_KEYS = (f"$KV.{subjects.LIMITS_BUCKET}.pool.>", f"$KV.{subjects.LIMITS_BUCKET}.rate.>")  # written and heard
 
 
 class Permissions(msgspec.Struct, frozen=True, kw_only=True):
@@ -204,9 +205,12 @@ def _read_filters(declared: str) -> tuple[str, ...]:
 def _limits() -> tuple[str, ...]:
     """Taking and giving back shared pools and rate limits (`mesh.coordination.limits`, and
     `ctx.llm`'s model-call limits): read a key, update it with compare-and-set, hear it change.
-    Any key: limits are cooperative, so a role can hold up (never forge) another's work."""
+    Any pool's or rate limit's key (`pool.<name>`, `rate.<name>`, and no other name): limits
+    are cooperative, so a role can hold up another's work, or free a slot by deleting its key
+    (docs/SECURITY.md); the bucket's bytes and each key's are bounded
+    (`mesh.coordination.limits.limits_bucket`)."""
     return (
-        f"$KV.{subjects.LIMITS_BUCKET}.>",
+        *_LIMIT_KEYS,
         f"{_API}.STREAM.INFO.{_LIMITS_STREAM}",
         f"{_API}.STREAM.MSG.GET.{_LIMITS_STREAM}",
         f"{_API}.DIRECT.GET.{_LIMITS_STREAM}.>",
@@ -303,7 +307,7 @@ def agent_permissions(
     ]
     subscribe: list[str] = [f"{inbox}.>", *lifecycles, subjects.CANCELS,
                             *_answers_to(role),  # answers it awaits
-                            f"$KV.{subjects.LIMITS_BUCKET}.>"]
+                            *_LIMIT_KEYS]
     for name, filter_subject in consumers.items():
         publish += _consumer(name, filter_subject)
         subscribe.append(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{_STREAM}.{name}")

@@ -109,13 +109,13 @@ async def _prepare(admin: MeshSettings, auth_dir: Path) -> None:
     from mesh.bus.auth import payload_buckets
     from mesh.bus.connection import presence_bucket
     from mesh.bus.payloads import create_buckets
-    from mesh.coordination.limits import limits_bucket
+    from mesh.coordination.limits import bound_limits_bucket
 
     buckets = payload_buckets(auth_dir)
     async with await Mesh.connect(settings=admin) as mesh:
         await presence_bucket(mesh.js)
         await create_buckets(mesh.js, buckets)
-        await limits_bucket(mesh.js)
+        await bound_limits_bucket(mesh.js)
 
 
 @main.command()

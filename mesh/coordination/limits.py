@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
 import msgspec
+import structlog
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
@@ -38,15 +39,20 @@ from nats.js.kv import KeyValue
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh
 from mesh.bus.connection import stream_replicas
+from mesh.bus.payloads import bytes_setting
 from mesh.errors import ConfigError, LimitTimeoutError
 from topics import subjects
 from topics.base import check_token
 
-__all__ = ["LIMITS_BUCKET", "MAX_GRANTS", "MAX_HOLDERS", "Grant", "Lease", "Pool", "RateLimit", "limits_bucket"]
+_log = structlog.get_logger("mesh.coordination.limits")
+
+__all__ = ["LIMITS_BUCKET", "MAX_GRANTS", "MAX_HOLDERS", "MAX_STATE_BYTES", "Grant", "Lease", "Pool", "RateLimit",
+           "bound_limits_bucket", "bucket_max_bytes", "limits_bucket"]
 
 LIMITS_BUCKET = subjects.LIMITS_BUCKET
 MAX_HOLDERS = 1000  # the largest pool
 MAX_GRANTS = 10_000  # grants a rate limit remembers: at most this many acquisitions per interval
+MAX_LEASE_MS = 86_400_000  # the longest pool lease: a day
 _WAKE = 5.0  # seconds a waiter sleeps at most between looks, should a change notice be lost
 
 
@@ -82,15 +88,41 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
+MAX_STATE_BYTES = 512 * 1024  # one limit's stored state: MAX_GRANTS grants or MAX_HOLDERS holders fit (about 310 and 80 KB)
+DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024  # the bucket's bytes (`MESH_LIMITS_BUCKET_MAX_BYTES`)
+
+
+def bucket_max_bytes() -> int:
+    """`MESH_LIMITS_BUCKET_MAX_BYTES`: the bytes the `mesh-limits` bucket holds (default 64
+    MiB, reserved out of the server's store when the bucket is made). Every agent role may write
+    its keys: without a bound one filled the server's store at 330 MB/s (review AF). Past it, a
+    new key is refused, so limits stop being granted: raise it for thousands of limits."""
+    return bytes_setting("MESH_LIMITS_BUCKET_MAX_BYTES", DEFAULT_BUCKET_BYTES)
+
+
 async def limits_bucket(js: JetStreamContext) -> KeyValue:
     """The `mesh-limits` bucket, created if missing (`mesh up --auth` creates it as admin: no
-    other role may create streams)."""
+    other role may create streams), holding at most `bucket_max_bytes()` and `MAX_STATE_BYTES`
+    a key."""
     try:
         return await js.key_value(LIMITS_BUCKET)
     except (BucketNotFoundError, NotFoundError):
-        config = KeyValueConfig(bucket=LIMITS_BUCKET, history=1, storage=StorageType.FILE,
-                                replicas=stream_replicas(), description="agentmesh pools and rate limits")  # fmt: skip
+        config = KeyValueConfig(bucket=LIMITS_BUCKET, history=1, storage=StorageType.FILE, replicas=stream_replicas(),
+                                max_bytes=bucket_max_bytes(), max_value_size=MAX_STATE_BYTES,
+                                description="agentmesh pools and rate limits")  # fmt: skip
         return await js.create_key_value(config)
+
+
+async def bound_limits_bucket(js: JetStreamContext) -> None:
+    """Give a `mesh-limits` bucket made by an earlier version (no bounds) the bounds
+    `limits_bucket` makes one with; an admin's step (`mesh up --auth`): only admin may change
+    a stream."""
+    await limits_bucket(js)
+    info = await js.stream_info(f"KV_{LIMITS_BUCKET}")
+    config = info.config
+    if (config.max_bytes or -1) < 0 or (config.max_msg_size or -1) < 0:
+        config.max_bytes, config.max_msg_size = bucket_max_bytes(), MAX_STATE_BYTES
+        await js.update_stream(config)
 
 
 class _Key(Generic[S]):
@@ -147,6 +179,26 @@ class _Key(Generic[S]):
                 raise LimitTimeoutError(f"{what} cannot be granted at all")
             return result  # type: ignore[return-value]
         deadline = None if timeout is None else time.monotonic() + timeout
+        gate = _gates.setdefault((id(self.mesh), self.key), _Gate())
+        gate.waiters += 1
+        try:
+            try:  # one waiter of this process at a time watches the key; the others queue behind it (FIFO)
+                await asyncio.wait_for(gate.lock.acquire(), None if deadline is None else deadline - time.monotonic())
+            except TimeoutError:
+                raise LimitTimeoutError(f"{what} not available within {timeout:g}s; try again later") from None
+            try:
+                return await self._watch(decide, deadline, timeout, what)
+            finally:
+                gate.lock.release()
+        finally:
+            gate.waiters -= 1
+            if not gate.waiters:
+                _gates.pop((id(self.mesh), self.key), None)
+
+    async def _watch(self, decide: Callable[[S, int], tuple[S, R] | int], deadline: float | None,
+                     timeout: float | None, what: str) -> R:  # fmt: skip
+        """`change` until it succeeds, waking when the key changes or the time it named comes:
+        the first waiter of its process (`wait`)."""
         changed = asyncio.Event()
 
         async def on_change(_: Msg) -> None:
@@ -171,6 +223,23 @@ class _Key(Generic[S]):
             await sub.unsubscribe()
 
 
+class _Gate:
+    """The waiters on one key in one process: one at a time watches the key and tries it, the
+    others wait for the lock, first come first served. Every waiter used to watch and try on
+    each change, so a slot handed on cost a read and a refused write per waiter (review AF: 200
+    waiters on a pool of 1 spent 27 s of CPU on 1 s of work), and another role rewriting the
+    key woke them all."""
+
+    __slots__ = ("lock", "waiters")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.waiters = 0
+
+
+_gates: dict[tuple[int, str], _Gate] = {}  # (id of the Mesh, key) -> its gate, while anyone waits
+
+
 def _holder_id() -> str:
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -183,14 +252,14 @@ class Pool:
         self.name = check_token("pool name", name)
         if not 1 <= size <= MAX_HOLDERS:
             raise ConfigError(f"pool {name!r} size must be 1 to {MAX_HOLDERS}, not {size!r}")
-        if not 0.05 <= lease <= 86_400:
+        if not 0.05 <= lease <= MAX_LEASE_MS / 1000:
             raise ConfigError(f"pool {name!r} lease must be 0.05 to 86400 seconds, not {lease!r}")
         self.size, self.lease = size, lease
         self._key = _Key(mesh, f"pool.{name}", PoolState)
 
     def _take(self, holder: str) -> Callable[[PoolState, int], tuple[PoolState, Lease] | int]:
         def decide(state: PoolState, now: int) -> tuple[PoolState, Lease] | int:
-            live = {h: until for h, until in state.holders.items() if until > now and h != holder}
+            live = {h: until for h, until in _live(state, now).items() if h != holder}
             if len(live) >= self.size:
                 return min(live.values())  # when the first lease runs out
             expires = now + int(self.lease * 1000)
@@ -216,7 +285,7 @@ class Pool:
 
     async def release(self, lease: Lease) -> None:
         def decide(state: PoolState, now: int) -> tuple[PoolState, None]:
-            live = {h: until for h, until in state.holders.items() if until > now and h != lease.holder}
+            live = {h: until for h, until in _live(state, now).items() if h != lease.holder}
             return PoolState(holders=live), None
 
         await self._key.change(decide)
@@ -226,7 +295,7 @@ class Pool:
         found: dict[str, int] = {}
 
         def look(state: PoolState, now: int) -> int:
-            found.update({h: until for h, until in state.holders.items() if until > now})
+            found.update(_live(state, now))
             return now
 
         await self._key.change(look)
@@ -247,8 +316,12 @@ class Pool:
             done.set()
             renewing.cancel()
             await self.release(lease)
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing  # raises LimitTimeoutError if the lease ran out and the slot was lost
+            try:
+                await renewing
+            except asyncio.CancelledError:
+                pass
+            except LimitTimeoutError as lost:  # the work is done: failing it now would only make a retry do it again
+                _log.warning("pool lease lost while held", pool=self.name, error=str(lost))
 
     async def _renewing(self, lease: Lease, done: asyncio.Event) -> None:
         while not done.is_set():
@@ -256,6 +329,23 @@ class Pool:
                 await asyncio.wait_for(done.wait(), self.lease / 3)
                 return
             lease = await self.renew(lease)
+
+
+SKEW_MS = 60_000  # how far ahead of this host's clock another's stamps may be and still count
+
+
+def _live(state: PoolState, now: int) -> dict[str, int]:
+    """The holders whose lease runs now: ending after ``now`` and no later than the longest
+    lease from now (one ending later is no lease `Pool` writes: a slot held for ever)."""
+    latest = now + MAX_LEASE_MS + SKEW_MS
+    return {holder: until for holder, until in state.holders.items() if now < until <= latest}
+
+
+def _recent(state: RateState, now: int, window: int, limit: int) -> list[tuple[int, int]]:
+    """The grants in the window that ends ``now``: of 1 to ``limit`` units (a grant of fewer made
+    room for more: review AF's grant of -10**15 units lifted a limit for good), one stamped in
+    the future counted as made now (it would hold the window for ever)."""
+    return [(min(at, now), n) for at, n in state.grants if at > now - window and 1 <= n <= limit]
 
 
 def _ready_at(grants: list[tuple[int, int]], *, units: int, grants_over: int) -> int:
@@ -285,7 +375,7 @@ class RateLimit:
         window = int(self.interval * 1000)
 
         def decide(state: RateState, now: int) -> tuple[RateState, Grant] | int:
-            recent = [(at, n) for at, n in state.grants if at > now - window]
+            recent = _recent(state, now, window, self.limit)
             used = sum(n for _, n in recent)
             if used + units > self.limit or len(recent) >= MAX_GRANTS:
                 return (

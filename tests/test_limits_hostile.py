@@ -1,0 +1,99 @@
+"""Shared limits under a careless or hostile writer of their bucket (review AF): the bucket and
+each key are bounded, waiters queue instead of all waking on each change, a forged state
+neither lifts a limit nor holds it for ever, and a lost lease does not fail finished work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+import pytest
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
+
+from mesh import Mesh
+from mesh.coordination import limits
+from mesh.coordination.limits import (
+    LIMITS_BUCKET,
+    MAX_STATE_BYTES,
+    Pool,
+    RateLimit,
+    bound_limits_bucket,
+    bucket_max_bytes,
+    limits_bucket,
+)
+from mesh.errors import LimitTimeoutError
+
+pytestmark = pytest.mark.integration
+
+
+async def test_the_bucket_and_each_key_are_bounded(mesh: Mesh) -> None:
+    """Every agent role may write the bucket: without bounds one filled the server's store at
+    330 MB/s. A bucket made by an earlier version gets the bounds from `mesh up --auth`."""
+    with contextlib.suppress(BucketNotFoundError, NotFoundError):
+        await mesh.js.delete_key_value(LIMITS_BUCKET)
+    await mesh.js.create_key_value(KeyValueConfig(bucket=LIMITS_BUCKET, history=1, storage=StorageType.FILE))
+    await bound_limits_bucket(mesh.js)
+    config = (await mesh.js.stream_info(f"KV_{LIMITS_BUCKET}")).config
+    assert (config.max_bytes, config.max_msg_size) == (bucket_max_bytes(), MAX_STATE_BYTES)
+    kv = await limits_bucket(mesh.js)
+    with pytest.raises(APIError):
+        await kv.put("pool.big", b" " * (MAX_STATE_BYTES + 1))
+    assert await kv.put("pool.fits", b" " * (MAX_STATE_BYTES - 1024))
+
+
+async def test_waiters_queue_instead_of_all_waking(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thirty waiters on a pool of one: each slot handed on is tried by the first waiter only
+    (every waiter read and tried the key on every change: a slot cost one refused write per
+    waiter, review AF's 200 waiters spent 27 s of CPU on 1 s of work)."""
+    tries = [0]
+    change = limits._Key.change
+
+    async def counted(self: Any, decide: Any) -> Any:
+        tries[0] += 1
+        return await change(self, decide)
+
+    monkeypatch.setattr(limits._Key, "change", counted)
+    pool = Pool(mesh, "queue", size=1)
+    first = await pool.acquire()
+
+    async def take_and_give_back() -> None:
+        lease = await pool.acquire(timeout=60)
+        await pool.release(lease)
+
+    waiting = [asyncio.create_task(take_and_give_back()) for _ in range(30)]
+    await pool.release(first)
+    await asyncio.gather(*waiting)
+    assert tries[0] < 4 * len(waiting), tries[0]
+
+
+async def test_a_forged_state_neither_lifts_a_limit_nor_holds_it_for_ever(mesh: Mesh) -> None:
+    """Review AF: one write of a grant of -10**15 units stamped far in the future turned a limit
+    of 5 a minute off for good; a lease stamped far in the future would hold a slot for ever."""
+    kv = await limits_bucket(mesh.js)
+    forged = [[2**62, -(10**15)], [2**62, 10**15], [2**62, 2]]  # room made, more than the limit, 2 units for ever
+    await kv.put("rate.forged", msgspec.json.encode({"grants": forged}))
+    rate = RateLimit(mesh, "forged", limit=5, interval=60)
+    granted = [await rate.try_acquire() for _ in range(8)]
+    assert sum(grant is not None for grant in granted) == 3  # the 2 units count as granted now, for one window
+    await kv.put("pool.forged", msgspec.json.encode({"holders": {"squatter": 2**62}}))
+    assert await Pool(mesh, "forged", size=1).try_acquire() is not None
+
+
+async def test_a_lost_lease_does_not_fail_the_finished_block(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review AF: when a renewal found the slot taken (its key deleted, another holder in), `hold`
+    raised at the end of a block that had done its work, so a retry did it again."""
+    lost = asyncio.Event()
+
+    async def taken(self: Pool, lease: Any) -> Any:
+        lost.set()
+        raise LimitTimeoutError("the lease ran out and its slot was taken")
+
+    monkeypatch.setattr(Pool, "renew", taken)
+    done = []
+    async with Pool(mesh, "lost", size=1, lease=0.06).hold():
+        await lost.wait()
+        done.append(True)
+    assert done == [True]
