@@ -9,9 +9,11 @@ import asyncio
 import re
 from typing import Any
 
+import msgspec
 import pytest
 
 from mesh import ConfigError, ContextLengthError, Mesh, TaskFailedError
+from mesh.bus.payloads import decoded_size
 from mesh.llm.client import LlmClient
 from mesh.llm.quota import CallQuota, Rate, limit_name, parse_rate
 from mesh.llm.window import (
@@ -24,12 +26,13 @@ from mesh.llm.window import (
     known_context_tokens,
 )
 from mesh.projections import HISTORIES, History
-from mesh.projections.histories import add_turn
+from mesh.projections.histories import MAX_HISTORY_BYTES, add_turn
 from mesh.testing import Reply, ScriptedModel
 from replay.reader import read_log
 from replay.rerun import rerun
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
+from tests.test_projections import record
 from tests.window_agents import SYSTEM, changed_chatter
 from topics.conversations import ConversationTurn
 
@@ -226,7 +229,11 @@ class TestHistory:
         leading system turn), and the newest stays whatever its size."""
         from mesh.projections import histories
 
-        monkeypatch.setattr(histories, "MAX_HISTORY_BYTES", 2_000)
+        def size(role: str, content: str) -> int:
+            return decoded_size(msgspec.json.encode({"role": role, "content": content}))
+
+        bound = size("system", "be brief") + 4 * size("user", "000" + "x" * 400) + 100
+        monkeypatch.setattr(histories, "MAX_HISTORY_BYTES", bound)
         history = History(conversation="c")
 
         def turn(role: str, content: str) -> None:
@@ -237,9 +244,35 @@ class TestHistory:
             turn("user" if n % 2 else "assistant", f"{n:03d}" + "x" * 400)
         kept = [t.message["content"][:3] for t in history.turns]
         assert kept[0] == "be " and kept[-1] == "019" and history.count == 21
-        assert sum(t.size for t in history.turns) <= 2_000 and len(kept) == 5  # the system turn and the latest four
+        assert history.size == sum(t.size for t in history.turns) <= bound and len(kept) == 5  # the system turn and the latest four
         turn("user", "y" * 10_000)  # one turn past the budget: it alone stays, with the system turn
         assert [t.message["content"][:1] for t in history.turns] == ["b", "y"]
+
+    def test_a_history_is_bounded_by_the_memory_its_turns_take(self) -> None:
+        """Review AF: the bound counted JSON bytes, and turns of empty `tool_calls` objects take
+        about 25 times theirs in memory (one role took an agent to 1.7 GB). Three turns of 300 KB
+        of `{}` each weigh more than `MAX_HISTORY_BYTES` now: the newest alone stays."""
+        history = History(conversation="c")
+        for n in range(3):
+            add_turn(history, ConversationTurn(conversation="c", role="assistant", tool_calls=[{}] * 100_000,
+                                               content=str(n)), n + 1, "")  # fmt: skip
+        assert [t.message["content"] for t in history.turns] == ["2"] and history.size > MAX_HISTORY_BYTES
+
+    def test_the_projection_keeps_the_conversations_with_the_latest_turns(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Review AF: nothing bounded how many conversations `mesh replay state histories` (and the
+        console) hold, so a role that may write conversations grew every reader by starting more.
+        Past `MAX_HISTORIES` (or `MAX_ALL_BYTES` in all) the one that went longest without a turn goes."""
+        from mesh.projections import histories
+
+        monkeypatch.setattr(histories, "MAX_HISTORIES", 3)
+        state = HISTORIES.initial()
+        for seq, name in enumerate(["a", "b", "c", "a", "d", "e"], start=1):
+            state = HISTORIES.apply(state, record(ConversationTurn(conversation=name, role="user", content=name), seq, subject=f"mesh.conversation.{name}"))
+        assert list(state.histories) == ["a", "d", "e"] and state.evicted == 2
+        assert state.size == sum(h.size for h in state.histories.values())
+        monkeypatch.setattr(histories, "MAX_ALL_BYTES", state.histories["e"].size * 2)
+        state = HISTORIES.apply(state, record(ConversationTurn(conversation="f", role="user", content="f"), 7, subject="mesh.conversation.f"))
+        assert list(state.histories) == ["e", "f"] and state.evicted == 4
 
     def test_the_fit_drops_tool_results_whose_call_is_not_there(self) -> None:
         system, orphan = {"role": "system", "content": "s"}, {"role": "tool", "tool_call_id": "c0", "content": "r"}

@@ -697,6 +697,27 @@ class TestConversations:
         ]
         assert (room.last_speaker, room.count) == ("con", 2)
 
+    def test_rooms_and_their_turns_are_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Review AF: every message of every room was kept (300 messages of 1 MB: 1.35 GB). A room
+        keeps its latest turns within `MAX_ROOM_TURNS` and `MAX_ROOM_BYTES` (the newest whatever
+        its size), and the rooms spoken in last are kept within `MAX_ROOMS` and `MAX_ALL_BYTES`."""
+        from mesh.projections import conversations
+
+        monkeypatch.setattr(conversations, "MAX_ROOM_TURNS", 3)
+        monkeypatch.setattr(conversations, "MAX_ROOMS", 2)
+        state = fold(CONVERSATIONS, log(*(ChatMessage(room="r", speaker="s", content=str(n)) for n in range(5)),
+                                        ChatMessage(room="q", speaker="s", content="q"),
+                                        ChatMessage(room="r", speaker="s", content="5"),
+                                        ChatMessage(room="p", speaker="s", content="p")))  # fmt: skip
+        assert list(state.rooms) == ["r", "p"] and state.evicted == 1
+        room = state.rooms["r"]
+        assert [t.content for t in room.turns] == ["3", "4", "5"] and room.count == 6
+        assert state.size == sum(r.size for r in state.rooms.values()) == sum(t.size for r in state.rooms.values() for t in r.turns)
+        monkeypatch.setattr(conversations, "MAX_ROOM_BYTES", 1_000_000)
+        big = fold(CONVERSATIONS, log(ChatMessage(room="r", speaker="s", content="x" * 600_000),
+                                      ChatMessage(room="r", speaker="s", content="y" * 600_000)))  # fmt: skip
+        assert [t.content[0] for t in big.rooms["r"].turns] == ["y"] and big.rooms["r"].count == 2
+
 
 class TestTimeTravel:
     def test_state_at_seq(self) -> None:

@@ -1,8 +1,13 @@
 """Histories: the turns of every model conversation (`ctx.conversation`), in log order.
 
 A history keeps its latest `MAX_TURNS` turns, and no more of them than fit in `MAX_HISTORY_BYTES`
-(their messages as JSON: a model answering 20 MB a turn grew an agent's memory 20 MB a turn, review
-E; the newest turn is kept whatever its size); ``count`` counts them all. The system (and
+(the memory their messages take, estimated from their JSON by `mesh.bus.payloads.decoded_size`: a
+model answering 20 MB a turn grew an agent's memory 20 MB a turn, review E, and turns of empty
+`tool_calls` objects took 25 times their JSON, review AF; the newest turn is kept whatever its
+size); ``count`` counts them all. The projection keeps at most `MAX_HISTORIES` conversations and
+`MAX_ALL_BYTES` of turns in all: past either, the conversation that went longest without a turn
+goes (``evicted`` counts them), so a role that may write conversations cannot grow every
+reader's memory by starting more of them (review AF). The system (and
 developer) turns it starts with stay (at most `PINNED` of them): they hold the instructions
 every later request needs. A cut also takes the `tool` results whose call it cut off (a model
 API refuses a request that starts with one), unless they are all that is left of the latest
@@ -16,15 +21,18 @@ from typing import Any
 
 import msgspec
 
+from mesh.bus.payloads import decoded_size
 from mesh.projections.base import Handler, HandlerProjection, ProjectionState, Stamp
 from topics.base import Event
 from topics.conversations import ConversationTurn
 
-__all__ = ["MAX_HISTORY_BYTES", "MAX_TURNS", "PINNED", "HistoriesProjection", "HistoriesState", "History", "HistoryTurn",
+__all__ = ["MAX_ALL_BYTES", "MAX_HISTORIES", "MAX_HISTORY_BYTES", "MAX_TURNS", "PINNED", "HistoriesProjection", "HistoriesState", "History", "HistoryTurn",
            "add_turn"]  # fmt: skip
 
 MAX_TURNS = 1000  # turns of one model conversation a fold keeps (the latest); older ones are counted only
-MAX_HISTORY_BYTES = 8 * 1024 * 1024  # bytes of their messages (JSON) a fold keeps, past the newest turn
+MAX_HISTORY_BYTES = 8 * 1024 * 1024  # memory their messages take (`decoded_size`) a history keeps, past the newest turn
+MAX_HISTORIES = 10_000  # conversations the projection keeps (those with the latest turns)
+MAX_ALL_BYTES = 256 * 1024 * 1024  # and the memory of all their turns
 PINNED = 8  # leading system or developer turns kept however long the conversation gets
 _INSTRUCTIONS = ("system", "developer")
 
@@ -37,7 +45,7 @@ class HistoryTurn(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     author: str
     seq: int
     time: str
-    size: int = 0  # bytes of ``message`` as JSON
+    size: int = 0  # the memory ``message`` takes, as `decoded_size` estimates it from its JSON
 
 
 class History(msgspec.Struct, kw_only=True, gc=False):
@@ -46,15 +54,19 @@ class History(msgspec.Struct, kw_only=True, gc=False):
     conversation: str
     turns: list[HistoryTurn] = []
     count: int = 0
+    size: int = 0  # of its turns, as `add_turn` last left them
 
 
 class HistoriesState(ProjectionState, kw_only=True):
-    histories: dict[str, History] = msgspec.field(default_factory=dict)
+    histories: dict[str, History] = msgspec.field(default_factory=dict)  # the latest added to last
+    size: int = 0  # of every history's turns
+    evicted: int = 0  # conversations dropped to stay within `MAX_HISTORIES` and `MAX_ALL_BYTES`
 
 
 class HistoriesProjection(HandlerProjection[HistoriesState]):
     name = "histories"
-    version = 3  # 2: the leading system turns stay; a window never starts with a cut-off tool result; 3: bytes bounded
+    version = 4  # 2: the leading system turns stay; a window never starts with a cut-off tool result; 3: bytes bounded;
+    # 4: memory bounded, and the number of conversations
     state_type = HistoriesState
 
     def handlers(self) -> dict[type[Event], Handler[HistoriesState]]:
@@ -62,10 +74,18 @@ class HistoriesProjection(HandlerProjection[HistoriesState]):
 
 
 def _turn(state: HistoriesState, event: ConversationTurn, stamp: Stamp, seq: int) -> None:
-    history = state.histories.get(event.conversation)
+    histories = state.histories
+    history = histories.pop(event.conversation, None)  # put back last: the order is of latest turns
     if history is None:
-        history = state.histories[event.conversation] = History(conversation=event.conversation)
+        history = History(conversation=event.conversation)
+    histories[event.conversation] = history
+    before = history.size
     add_turn(history, event, seq, stamp.time)
+    state.size += history.size - before
+    while len(histories) > MAX_HISTORIES or (state.size > MAX_ALL_BYTES and len(histories) > 1):
+        oldest = histories.pop(next(iter(histories)))
+        state.size -= oldest.size
+        state.evicted += 1
 
 
 def add_turn(history: History, event: ConversationTurn, seq: int, time: str, limit: int = MAX_TURNS) -> None:
@@ -79,8 +99,8 @@ def add_turn(history: History, event: ConversationTurn, seq: int, time: str, lim
             message[key] = value
     turns = history.turns
     turns.append(HistoryTurn(turn=history.count, message=message, author=event.author, seq=seq, time=time,
-                             size=len(_encoder.encode(message))))  # fmt: skip
-    size = sum(turn.size for turn in turns)
+                             size=decoded_size(_encoder.encode(message))))  # fmt: skip
+    size = history.size = sum(turn.size for turn in turns)
     if len(turns) <= limit and size <= MAX_HISTORY_BYTES:
         return
     pinned = 0
@@ -95,6 +115,7 @@ def add_turn(history: History, event: ConversationTurn, seq: int, time: str, lim
     while pinned + cut < len(turns) - 1 and turns[pinned + cut].message.get("role") == "tool":
         cut += 1  # a result whose call is cut off goes with it
     del turns[pinned : pinned + cut]
+    history.size = sum(turn.size for turn in turns)
 
 
 _encoder = msgspec.json.Encoder()
