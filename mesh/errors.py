@@ -37,6 +37,7 @@ __all__ = [
     "AnswerRejected",
     "HumanTimeoutError",
     "LimitTimeoutError",
+    "LimitsFullError",
     "WorkflowFailedError",
     "WorkflowTakenError",
     "WorkflowTimeoutError",
@@ -377,6 +378,21 @@ class PayloadTooLargeError(MeshError, ValueError):
         super().__init__(text)
         self.size = size
         self.limit = limit
+
+
+class LimitsFullError(MeshError):
+    """The `mesh-limits` bucket holds `MESH_LIMITS_BUCKET_MAX_BYTES` already, so no limit can
+    grow its state: nothing is granted until keys expire or are deleted. Not retried: it does
+    not empty in the time of a retry."""
+
+    retryable = False
+
+    def __init__(self, bucket: str, max_bytes: int) -> None:
+        super().__init__(f"the key-value bucket {bucket!r} is full ({max_bytes:,} bytes, MESH_LIMITS_BUCKET_MAX_BYTES): "
+                         "no pool or rate limit can be granted until its keys expire (2 days unwritten) or are "
+                         f"deleted; look for keys no limit of yours uses (`nats kv ls {bucket}`, as admin), or raise the "
+                         "setting and run `mesh up --auth` again")  # fmt: skip
+        self.bucket = bucket
 
 
 class PayloadStoreFullError(MeshError):

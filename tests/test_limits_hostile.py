@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import msgspec
@@ -24,7 +25,7 @@ from mesh.coordination.limits import (
     bucket_max_bytes,
     limits_bucket,
 )
-from mesh.errors import LimitTimeoutError
+from mesh.errors import LimitsFullError, LimitTimeoutError
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +72,15 @@ async def test_waiters_queue_instead_of_all_waking(mesh: Mesh, monkeypatch: pyte
 
 async def test_a_forged_state_neither_lifts_a_limit_nor_holds_it_for_ever(mesh: Mesh) -> None:
     """Review AF: one write of a grant of -10**15 units stamped far in the future turned a limit
-    of 5 a minute off for good; a lease stamped far in the future would hold a slot for ever."""
+    of 5 a minute off for good; review AG: a grant of the limit's units stamped far in the future
+    held it for ever; a lease stamped far in the future would hold a slot for ever."""
     kv = await limits_bucket(mesh.js)
     forged = [[2**62, -(10**15)], [2**62, 10**15], [2**62, 2]]  # room made, more than the limit, 2 units for ever
+    forged.append([int(time.time() * 1000), 2])  # and 2 units granted just now, which count
     await kv.put("rate.forged", msgspec.json.encode({"grants": forged}))
     rate = RateLimit(mesh, "forged", limit=5, interval=60)
     granted = [await rate.try_acquire() for _ in range(8)]
-    assert sum(grant is not None for grant in granted) == 3  # the 2 units count as granted now, for one window
+    assert sum(grant is not None for grant in granted) == 3  # the grant of now counts; those from the future do not (review AG)
     await kv.put("pool.forged", msgspec.json.encode({"holders": {"squatter": 2**62}}))
     assert await Pool(mesh, "forged", size=1).try_acquire() is not None
 
@@ -97,3 +100,41 @@ async def test_a_lost_lease_does_not_fail_the_finished_block(mesh: Mesh, monkeyp
         await lost.wait()
         done.append(True)
     assert done == [True]
+
+
+async def test_a_small_request_is_not_held_up_behind_a_large_one(mesh: Mesh) -> None:
+    """Review AG: the process's queue on a key made every waiter wait for the first, so one unit
+    that fits waited behind five that do not (through `ctx.llm`'s token limit, with no timeout,
+    for as long as the large one waited). The first request that fits is granted now."""
+    rate = RateLimit(mesh, "mixed", limit=10, interval=3600)
+    await rate.acquire(8)
+    large = asyncio.create_task(rate.acquire(5, timeout=120))
+    small = await rate.acquire(1, timeout=10)
+    assert small.units == 1 and not large.done()
+    large.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await large
+
+
+async def test_a_full_bucket_is_a_clear_error(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review AG: a role that filled the bounded bucket made every limit raise the server's 503
+    ("maximum bytes exceeded"), retried as if it would pass. It is `LimitsFullError`, saying
+    what to do, and `mesh up --auth` applies a changed `MESH_LIMITS_BUCKET_MAX_BYTES`."""
+    with contextlib.suppress(BucketNotFoundError, NotFoundError):
+        await mesh.js.delete_key_value(LIMITS_BUCKET)
+    monkeypatch.setenv("MESH_LIMITS_BUCKET_MAX_BYTES", "65536")
+    kv = await limits_bucket(mesh.js)
+    try:
+        for size in (8192, 512, 16):  # filled to the last bytes
+            with contextlib.suppress(APIError):
+                for n in range(10_000):
+                    await kv.put(f"pool.junk-{size}-{n}", b" " * size)
+        with pytest.raises(LimitsFullError, match="MESH_LIMITS_BUCKET_MAX_BYTES") as raised:
+            await RateLimit(mesh, "starved", limit=5, interval=60).acquire(timeout=10)
+        assert not raised.value.retryable
+        monkeypatch.setenv("MESH_LIMITS_BUCKET_MAX_BYTES", str(4 * 1024 * 1024))
+        await bound_limits_bucket(mesh.js)
+        assert (await mesh.js.stream_info(f"KV_{LIMITS_BUCKET}")).config.max_bytes == 4 * 1024 * 1024
+        assert await RateLimit(mesh, "starved", limit=5, interval=60).acquire(timeout=10)
+    finally:
+        await mesh.js.delete_key_value(LIMITS_BUCKET)  # the next test makes one of the default size

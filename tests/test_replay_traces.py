@@ -30,7 +30,9 @@ from opentelemetry.trace import SpanKind
 import mesh.telemetry.tracing as telemetry
 from mesh import Agent, Context
 from mesh.bus.client import Mesh
+from mesh.cli.replay import TRACE_FAMILIES
 from replay import causal_slice, export_traces, read_log, rebuild_traces, rerun
+from replay.reader import read_slice
 from replay.traces import ReplayedSpan, original_context
 from tests.conftest import ROOT, AgentProcesses
 from tests.helpers import EventLog
@@ -395,6 +397,22 @@ def check_structure(spans: list[ReceivedSpan], records: list[Record], task_id: s
         assert chat.attributes["gen_ai.provider.name"] == "mesh.offline"
         assert ids[chat.parent_id] == process_of(call.event.causationid or "")
     return ids
+
+
+@pytest.mark.e2e
+class TestFromTheLiveLog:
+    async def test_a_dashed_role_is_its_services_name_from_the_live_log_too(
+        self, mesh: Mesh, agents: AgentProcesses
+    ) -> None:
+        """Review AG: `mesh replay traces` on the live log reads one id's slice, without the agents'
+        lifecycle events that name their roles: a role `rogue-selector` was exported as "rogue"
+        from the live log and as "rogue-selector" from a file of the same log."""
+        await agents.start("tests.fixture_agents:rogue_selector")
+        assert await mesh.request("select-speaker", {}, correlation_id="dashed", timeout=30) == "judge"
+        whole = rebuild_traces((await read_log(mesh)).records, "dashed", trace_id=1)
+        live = rebuild_traces((await read_slice(mesh, "dashed", families=TRACE_FAMILIES)).records, "dashed", trace_id=1)
+        assert {span.service for span in whole} == {span.service for span in live}
+        assert "rogue-selector" in {span.service for span in live}
 
 
 @pytest.mark.e2e

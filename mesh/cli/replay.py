@@ -41,6 +41,9 @@ async def _connect(settings: MeshSettings) -> Mesh:
     return await Mesh.connect(settings=settings, ensure=False)
 
 
+TRACE_FAMILIES = ("agent",)  # what `replay traces` reads besides the slice: agents' lifecycle events name their roles
+
+
 async def _slice(settings: MeshSettings, file: str | None, root: str, families: tuple[str, ...] = ()) -> LogSlice:
     """The log (a file: all of it) to find ``root``'s events in; from the live log, those
     events and the ``families``' only, the offloaded data of no other decoded whole
@@ -238,7 +241,7 @@ def traces(id: str, file: str | None, console: bool, settings: MeshSettings) -> 
                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_TRACES_EXPORTER=otlp|console), "
                    "or pass --console to print the spans", err=True)  # fmt: skip
         sys.exit(1)
-    found = run(_slice(settings, file, id))
+    found = run(_slice(settings, file, id, TRACE_FAMILIES))
     _warn_undecodable(found)
     spans = rebuild_traces(found.records, id)
     if not spans:

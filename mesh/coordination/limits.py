@@ -26,21 +26,21 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from mesh.bus import jetstream
 from mesh.bus.client import Mesh
 from mesh.bus.connection import stream_replicas
-from mesh.bus.payloads import bytes_setting
-from mesh.errors import ConfigError, LimitTimeoutError
+from mesh.bus.payloads import STORE_FAILED, bytes_setting
+from mesh.errors import ConfigError, LimitsFullError, LimitTimeoutError
 from topics import subjects
 from topics.base import check_token
 
@@ -89,6 +89,7 @@ def _now() -> int:
 
 
 MAX_STATE_BYTES = 512 * 1024  # one limit's stored state: MAX_GRANTS grants or MAX_HOLDERS holders fit (about 310 and 80 KB)
+KEY_TTL = 2 * 86_400.0  # seconds a key lasts unwritten: past any lease (renewed every third) and any interval
 DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024  # the bucket's bytes (`MESH_LIMITS_BUCKET_MAX_BYTES`)
 
 
@@ -96,7 +97,9 @@ def bucket_max_bytes() -> int:
     """`MESH_LIMITS_BUCKET_MAX_BYTES`: the bytes the `mesh-limits` bucket holds (default 64
     MiB, reserved out of the server's store when the bucket is made). Every agent role may write
     its keys: without a bound one filled the server's store at 330 MB/s (review AF). Past it, a
-    new key is refused, so limits stop being granted: raise it for thousands of limits."""
+    write that grows the bucket is refused (`LimitsFullError`), so limits stop being granted until
+    keys expire (`KEY_TTL` unwritten) or are deleted: raise it for thousands of limits (`mesh up
+    --auth` applies a change)."""
     return bytes_setting("MESH_LIMITS_BUCKET_MAX_BYTES", DEFAULT_BUCKET_BYTES)
 
 
@@ -108,20 +111,20 @@ async def limits_bucket(js: JetStreamContext) -> KeyValue:
         return await js.key_value(LIMITS_BUCKET)
     except (BucketNotFoundError, NotFoundError):
         config = KeyValueConfig(bucket=LIMITS_BUCKET, history=1, storage=StorageType.FILE, replicas=stream_replicas(),
-                                max_bytes=bucket_max_bytes(), max_value_size=MAX_STATE_BYTES,
+                                max_bytes=bucket_max_bytes(), max_value_size=MAX_STATE_BYTES, ttl=KEY_TTL,
                                 description="agentmesh pools and rate limits")  # fmt: skip
         return await js.create_key_value(config)
 
 
 async def bound_limits_bucket(js: JetStreamContext) -> None:
-    """Give a `mesh-limits` bucket made by an earlier version (no bounds) the bounds
-    `limits_bucket` makes one with; an admin's step (`mesh up --auth`): only admin may change
-    a stream."""
+    """Give the `mesh-limits` bucket the bounds `limits_bucket` makes one with, when they differ
+    (one made by an earlier version has none; `MESH_LIMITS_BUCKET_MAX_BYTES` may have changed):
+    an admin's step (`mesh up --auth`), since only admin may change a stream."""
     await limits_bucket(js)
-    info = await js.stream_info(f"KV_{LIMITS_BUCKET}")
-    config = info.config
-    if (config.max_bytes or -1) < 0 or (config.max_msg_size or -1) < 0:
-        config.max_bytes, config.max_msg_size = bucket_max_bytes(), MAX_STATE_BYTES
+    config = (await js.stream_info(f"KV_{LIMITS_BUCKET}")).config
+    wanted = (bucket_max_bytes(), MAX_STATE_BYTES, KEY_TTL)
+    if (config.max_bytes, config.max_msg_size, config.max_age) != wanted:
+        config.max_bytes, config.max_msg_size, config.max_age = wanted
         await js.update_stream(config)
 
 
@@ -160,7 +163,7 @@ class _Key(Generic[S]):
                 return None, decided
             new, result = decided
             try:
-                await kv.update(self.key, msgspec.json.encode(new), last=revision)
+                await self._update(kv, new, revision)
                 return result, None
             except KeyWrongLastSequenceError:
                 continue  # someone else wrote first: read again
@@ -172,72 +175,138 @@ class _Key(Generic[S]):
             return self.state_type()
 
     async def wait(self, decide: Callable[[S, int], tuple[S, R] | int], timeout: float | None, what: str) -> R:
-        """`change` until it succeeds, waking when the key changes or the time it named comes."""
+        """``decide`` granted, waiting up to ``timeout`` seconds (None: as long as it takes) in
+        this process's queue on the key (`_Gate`); LimitTimeoutError if it was not."""
         if self._replaying:
             result, ready_at = await self.change(decide)
             if ready_at is not None:  # even an empty limit refuses (a request larger than the limit)
                 raise LimitTimeoutError(f"{what} cannot be granted at all")
             return result  # type: ignore[return-value]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        gate = _gates.setdefault((id(self.mesh), self.key), _Gate())
-        gate.waiters += 1
+        place = (id(self.mesh), self.key)
+        gate = _gates.get(place) or _gates.setdefault(place, _Gate())
+        want = _Want(decide)
+        gate.queue.append(want)
+        if gate.driver is None:
+            gate.driver = asyncio.create_task(self._drive(gate, place), name=f"limits-{self.key}")
+        gate.wake.set()  # a new request: looked at now, not at the next change
         try:
-            try:  # one waiter of this process at a time watches the key; the others queue behind it (FIFO)
-                await asyncio.wait_for(gate.lock.acquire(), None if deadline is None else deadline - time.monotonic())
-            except TimeoutError:
-                raise LimitTimeoutError(f"{what} not available within {timeout:g}s; try again later") from None
-            try:
-                return await self._watch(decide, deadline, timeout, what)
-            finally:
-                gate.lock.release()
+            granted: R = await asyncio.wait_for(asyncio.shield(want.granted), timeout)
+            return granted
+        except TimeoutError:
+            raise LimitTimeoutError(f"{what} not available within {timeout:g}s; try again later") from None
         finally:
-            gate.waiters -= 1
-            if not gate.waiters:
-                _gates.pop((id(self.mesh), self.key), None)
+            if want in gate.queue:
+                gate.queue.remove(want)
+            if not gate.queue and gate.driver is None:
+                _gates.pop(place, None)
 
-    async def _watch(self, decide: Callable[[S, int], tuple[S, R] | int], deadline: float | None,
-                     timeout: float | None, what: str) -> R:  # fmt: skip
-        """`change` until it succeeds, waking when the key changes or the time it named comes:
-        the first waiter of its process (`wait`)."""
-        changed = asyncio.Event()
+    async def _drive(self, gate: _Gate, place: tuple[int, str]) -> None:
+        """Grant ``gate``'s queue until it is empty: on each change of the key, each new request,
+        or when the earliest refused one could fit, look once (`_grant`)."""
 
         async def on_change(_: Msg) -> None:
-            changed.set()
+            gate.wake.set()
 
-        # subscribed (and known to the server) before the first read, so no change goes unseen
-        sub = await jetstream.subscribe(self.mesh.nc, f"$KV.{LIMITS_BUCKET}.{self.key}", on_change)
+        sub = None
         try:
-            while True:
-                changed.clear()
-                result, ready_at = await self.change(decide)
-                if ready_at is None:
-                    return result  # type: ignore[return-value]  # None only when ready_at is set
-                pause = min(_WAKE, max(0.0, (ready_at - _now()) / 1000) + 0.001)
-                if deadline is not None:
-                    if time.monotonic() >= deadline:
-                        raise LimitTimeoutError(f"{what} not available within {timeout:g}s; try again later")
-                    pause = min(pause, deadline - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), pause)
+            # subscribed (and known to the server) before the first read, so no change goes unseen
+            sub = await jetstream.subscribe(self.mesh.nc, f"$KV.{LIMITS_BUCKET}.{self.key}", on_change)
+            while gate.queue:
+                gate.wake.clear()
+                ready_at = await self._grant(gate.queue)
+                if gate.queue:
+                    pause = _WAKE if ready_at is None else min(_WAKE, max(0.0, (ready_at - _now()) / 1000) + 0.001)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(gate.wake.wait(), pause)
+        except Exception as error:  # the server refused or failed: every waiter gets the error
+            for want in gate.queue:
+                if not want.granted.done():
+                    want.granted.set_exception(error)
         finally:
-            await sub.unsubscribe()
+            gate.driver = None  # (no await since the queue was last seen empty: no request came meanwhile)
+            if gate.queue:  # a request came as the driver failed: it gets a driver of its own
+                gate.driver = asyncio.create_task(self._drive(gate, place), name=f"limits-{self.key}")
+            else:
+                _gates.pop(place, None)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _grant(self, queue: list[_Want]) -> int | None:
+        """Read the key once, grant in queue order every request that fits what those before it
+        left, and write once (compare-and-set: read again if someone wrote first). The time (ms)
+        when the earliest refused request could fit, or None when none was refused."""
+        kv = await self.kv()
+        while True:
+            try:
+                entry = await kv.get(self.key)
+                state, revision = self._decode(entry.value), entry.revision or 0
+            except KeyNotFoundError as missing:
+                state, revision = self.state_type(), getattr(missing.entry, "revision", None) or 0
+            now, earliest = _now(), None
+            granted: list[tuple[_Want, object]] = []
+            for want in queue:
+                decided = want.decide(state, now)
+                if isinstance(decided, int):
+                    earliest = decided if earliest is None else min(earliest, decided)
+                else:
+                    state, result = decided
+                    granted.append((want, result))
+            if not granted:
+                return earliest
+            try:
+                await self._update(kv, state, revision)
+            except KeyWrongLastSequenceError:
+                continue  # someone else wrote first: read again
+            for want, result in granted:
+                if not want.granted.done():
+                    want.granted.set_result(result)
+                if want in queue:
+                    queue.remove(want)
+            return earliest
+
+    async def _update(self, kv: KeyValue, state: S, revision: int) -> None:
+        """Write ``state`` if the key is still at ``revision``; a full bucket is `LimitsFullError`."""
+        try:
+            await kv.update(self.key, msgspec.json.encode(state), last=revision)
+        except KeyWrongLastSequenceError:
+            raise  # (an APIError too): someone wrote first
+        except APIError as error:
+            if getattr(error, "err_code", None) != STORE_FAILED or "maximum bytes" not in (error.description or ""):
+                raise
+            raise LimitsFullError(LIMITS_BUCKET, bucket_max_bytes()) from None
+
+
+class _Want:
+    """One request waiting in a `_Gate`: its ``decide`` and the future its result comes in."""
+
+    __slots__ = ("decide", "granted")
+
+    def __init__(self, decide: Callable[[Any, int], tuple[Any, Any] | int]) -> None:
+        self.decide = decide
+        self.granted: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
 
 class _Gate:
-    """The waiters on one key in one process: one at a time watches the key and tries it, the
-    others wait for the lock, first come first served. Every waiter used to watch and try on
-    each change, so a slot handed on cost a read and a refused write per waiter (review AF: 200
-    waiters on a pool of 1 spent 27 s of CPU on 1 s of work), and another role rewriting the
-    key woke them all."""
+    """The requests waiting on one key in one process, first come first served. One task
+    (`_Key._drive`) watches the key for them all: on each change (or new request, or when the
+    earliest refused one could fit) it reads the key once, grants in order every request that
+    fits what those before it left (a small one is not held up behind a large one that does not
+    fit: review AG), and writes once. Every waiter used to watch the key and try it on each
+    change, so a slot handed on cost a read and a refused write per waiter (review AF: 200
+    waiters on a pool of 1 spent 27 s of CPU on 1 s of work), and a role rewriting the key woke
+    them all. A waiter that gives up as its request is granted leaves what it was granted to
+    run out (a pool slot: its lease)."""
 
-    __slots__ = ("lock", "waiters")
+    __slots__ = ("driver", "queue", "wake")
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.waiters = 0
+        self.queue: list[_Want] = []
+        self.driver: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
 
 
-_gates: dict[tuple[int, str], _Gate] = {}  # (id of the Mesh, key) -> its gate, while anyone waits
+_gates: dict[tuple[int, str], _Gate] = {}  # (id of the Mesh, key) -> its gate, while a request waits
 
 
 def _holder_id() -> str:
@@ -343,9 +412,10 @@ def _live(state: PoolState, now: int) -> dict[str, int]:
 
 def _recent(state: RateState, now: int, window: int, limit: int) -> list[tuple[int, int]]:
     """The grants in the window that ends ``now``: of 1 to ``limit`` units (a grant of fewer made
-    room for more: review AF's grant of -10**15 units lifted a limit for good), one stamped in
-    the future counted as made now (it would hold the window for ever)."""
-    return [(min(at, now), n) for at, n in state.grants if at > now - window and 1 <= n <= limit]
+    room for more: review AF's grant of -10**15 units lifted a limit for good), stamped no later
+    than `SKEW_MS` ahead of ``now`` (another host's clock may be a little ahead; a grant stamped
+    far in the future held the window for ever: counted as made now, it never aged, review AG)."""
+    return [(at, n) for at, n in state.grants if now - window < at <= now + SKEW_MS and 1 <= n <= limit]
 
 
 def _ready_at(grants: list[tuple[int, int]], *, units: int, grants_over: int) -> int:
