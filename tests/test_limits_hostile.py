@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
@@ -26,6 +27,7 @@ from mesh.coordination.limits import (
     limits_bucket,
 )
 from mesh.errors import LimitsFullError, LimitTimeoutError
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +140,62 @@ async def test_a_full_bucket_is_a_clear_error(mesh: Mesh, monkeypatch: pytest.Mo
         assert await RateLimit(mesh, "starved", limit=5, interval=60).acquire(timeout=10)
     finally:
         await mesh.js.delete_key_value(LIMITS_BUCKET)  # the next test makes one of the default size
+
+
+async def test_a_free_pool_grants_at_once_even_without_time_to_wait(mesh: Mesh) -> None:
+    """Review AH: `acquire(timeout=0)` was refused on a free pool (a request was first looked at
+    after its process's watcher had subscribed)."""
+    assert await Pool(mesh, "instant", size=1).acquire(timeout=0)
+
+
+async def test_a_watchers_error_reaches_each_waiter_as_itself(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review AH: a stalled server's timeout in the process's watcher reached a waiter without a
+    timeout of its own as `TypeError` (its message formatted `None`), which no retry takes, and
+    one with a timeout as a false "not available within 60s"."""
+    pool = Pool(mesh, "stalled", size=1)
+    lease = await pool.acquire()
+
+    async def stalled(self: Any, queue: Any) -> Any:
+        raise nats.errors.TimeoutError
+
+    monkeypatch.setattr(limits._Key, "_grant", stalled)
+    for timeout in (None, 60.0):
+        with pytest.raises(nats.errors.TimeoutError):
+            await pool.acquire(timeout=timeout)
+    monkeypatch.undo()
+    await pool.release(lease)
+
+
+async def test_a_grant_its_waiter_left_is_given_back(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review AH: a waiter that timed out as its grant was written left the slot held by nobody
+    until the lease ran out (30 s by default: a pool of 2 wedged). It is released at once."""
+    pool = Pool(mesh, "left", size=1)
+    first = await pool.acquire()
+    writing, written, stored = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    update = limits._Key._update
+
+    async def slow(self: Any, kv: Any, state: Any, revision: int) -> None:
+        granting = isinstance(state, limits.PoolState) and len(state.holders) == 1 and first.holder not in state.holders
+        if granting:
+            writing.set()
+            await written.wait()  # the server is slow to store the grant: its waiter gives up meanwhile
+        await update(self, kv, state, revision)
+        if granting:
+            stored.set()
+
+    monkeypatch.setattr(limits._Key, "_update", slow)
+    waiting = asyncio.create_task(pool.acquire(timeout=30))
+    await asyncio.sleep(0)  # queued behind the holder (a scheduling point, not a wait for time)
+    await pool.release(first)
+    await writing.wait()
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    written.set()
+    await stored.wait()
+    monkeypatch.undo()
+
+    async def freed() -> bool:
+        return await pool.holders() == {}
+
+    await eventually(freed, what="the grant nobody took given back")
