@@ -188,17 +188,18 @@ class _Key(Generic[S]):
         place = (id(self.mesh), self.key)
         gate = _gates.get(place) or _gates.setdefault(place, _Gate())
         if not gate.queue and not gate.trying:  # nobody of this process waits or tries before it: try at once
-            gate.trying = True
+            gate.trying, queued = True, False
             try:
                 result, ready_at = await self.change(decide)
-            finally:
-                gate.trying = False
-            if ready_at is None or (timeout is not None and timeout <= 0):
-                if not gate.queue and gate.driver is None and _gates.get(place) is gate:
-                    _gates.pop(place, None)
                 if ready_at is None:
                     return result  # type: ignore[return-value]  # None only when ready_at is set
-                raise LimitTimeoutError(f"{what} not available now; try again later")
+                if timeout is not None and timeout <= 0:
+                    raise LimitTimeoutError(f"{what} not available now; try again later")
+                queued = True
+            finally:
+                gate.trying = False
+                if not queued and not gate.queue and gate.driver is None and _gates.get(place) is gate:
+                    _gates.pop(place, None)
         want = _Want(decide, units, undo)
         gate.queue.append(want)
         if gate.driver is None:
@@ -245,6 +246,7 @@ class _Key(Generic[S]):
             for want in gate.queue:
                 if not want.granted.done():
                     want.granted.set_exception(error)
+            gate.queue.clear()  # (their waiters leave: no driver is started again for them)
         finally:
             gate.driver = None  # (no await since the queue was last seen empty: no request came meanwhile)
             if gate.queue:  # a request came as the driver failed: it gets a driver of its own
