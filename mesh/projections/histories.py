@@ -26,8 +26,8 @@ from mesh.projections.base import Handler, HandlerProjection, ProjectionState, S
 from topics.base import Event
 from topics.conversations import ConversationTurn
 
-__all__ = ["MAX_ALL_BYTES", "MAX_HISTORIES", "MAX_HISTORY_BYTES", "MAX_TURNS", "PINNED", "HistoriesProjection", "HistoriesState", "History", "HistoryTurn",
-           "add_turn"]  # fmt: skip
+__all__ = ["MAX_ALL_BYTES", "MAX_HISTORIES", "MAX_HISTORY_BYTES", "MAX_TURNS", "PINNED", "HistoriesProjection",
+           "HistoriesState", "History", "HistoryTurn", "add_turn"]  # fmt: skip
 
 MAX_TURNS = 1000  # turns of one model conversation a fold keeps (the latest); older ones are counted only
 MAX_HISTORY_BYTES = 8 * 1024 * 1024  # memory their messages take (`decoded_size`) a history keeps, past the newest turn
