@@ -143,13 +143,7 @@ class TestFiles:
                  (4, "mesh.vote.r22.cast.b", "mesh.vote.cast", {"proposal_id": "r22", "voter": "b", "choice": "yes"}),
                  (5, "mesh.vote.r22", "mesh.vote.cast", {"proposal_id": "r22", "voter": "c", "choice": "no"}),
                  (6, "mesh.vote.r22", "mesh.vote.decided", {"proposal_id": "r22", "outcome": "yes"})]  # fmt: skip
-
-        def event_line(seq: int, subject: str, type_: str, data: dict[str, Any]) -> str:
-            event = {"specversion": "1.0", "id": f"e-{seq}", "source": "mesh://test", "type": type_, "time": TIME,
-                     "data": data}  # fmt: skip
-            return json.dumps({"seq": seq, "subject": subject, "event": event})
-
-        path = write(tmp_path, *(event_line(*parts) for parts in lines))
+        path = write(tmp_path, *(event_line(*parts, event_id=f"e-{parts[0]}") for parts in lines))
         assert [r.seq for r in read_file(path).records] == [1, 2, 4, 5, 6]
         view = state_from_file(path, REGISTRY["consensus"]).state.proposals["r22"]  # type: ignore[attr-defined]
         assert (view.votes, view.decided) == ({"a": "yes", "b": "yes"}, False)  # the rule bears "yes" out: not there

@@ -198,8 +198,8 @@ class _Key(Generic[S]):
                 queued = True
             finally:
                 gate.trying = False
-                if not queued and not gate.queue and gate.driver is None and _gates.get(place) is gate:
-                    _gates.pop(place, None)
+                if not queued:
+                    _drop_if_idle(place, gate)
         want = _Want(decide, units, undo)
         gate.queue.append(want)
         if gate.driver is None:
@@ -221,8 +221,7 @@ class _Key(Generic[S]):
                 gate.queue.remove(want)
             if not taken and want.granted.done() and want.granted.exception() is None:
                 _give_back(want, want.granted.result())  # granted as it was cancelled: nobody holds it
-            if not gate.queue and gate.driver is None and not gate.trying and _gates.get(place) is gate:
-                _gates.pop(place, None)
+            _drop_if_idle(place, gate)
 
     async def _drive(self, gate: _Gate, place: tuple[int, str]) -> None:
         """Grant ``gate``'s queue until it is empty: on each change of the key, each new request,
@@ -251,8 +250,8 @@ class _Key(Generic[S]):
             gate.driver = None  # (no await since the queue was last seen empty: no request came meanwhile)
             if gate.queue:  # a request came as the driver failed: it gets a driver of its own
                 gate.driver = asyncio.create_task(self._drive(gate, place), name=f"limits-{self.key}")
-            elif not gate.trying and _gates.get(place) is gate:  # (another gate may serve the key now: not its to drop)
-                _gates.pop(place, None)
+            else:
+                _drop_if_idle(place, gate)
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -364,6 +363,13 @@ class _Gate:
 
 
 _gates: dict[tuple[int, str], _Gate] = {}  # (id of the Mesh, key) -> its gate, while a request waits
+
+
+def _drop_if_idle(place: tuple[int, str], gate: _Gate) -> None:
+    """Forget ``gate`` once nothing waits, tries or drives on it, and only if it is still the
+    one `_gates` holds for ``place`` (another may serve the key by now: not its to drop)."""
+    if not gate.queue and gate.driver is None and not gate.trying and _gates.get(place) is gate:
+        del _gates[place]
 
 
 def _holder_id() -> str:
