@@ -218,20 +218,8 @@ async def read_slice(mesh: Mesh, root: str, *, families: Collection[str] = (), n
     names only, and decoded whole only if the event is in the slice: review AB's timeline of a
     4-event correlation decoded four clients' 12 to 32 MB inputs whole and took 2.8 GB.
     Undecodable messages are the log's, as `read_log` gives them."""
-    found = LogSlice(source=f"jetstream:{subjects.STREAM}")
+    found, held = await _scan(LogReader(mesh, batch=batch))
     records, raw = found.records, found.undecodable
-    held: list[tuple[int, str, bytes]] = []
-
-    def sink(seq: int, subject: str, payload: bytes) -> None:
-        try:
-            records.append(decode_stored(subject, payload, seq))
-        except DECODE_ERRORS as error:
-            if is_offloaded(payload):
-                held.append((seq, subject, payload))
-            else:
-                raw.append(RawMessage(seq, subject, payload, f"{type(error).__name__}: {error}"))
-
-    report = await LogReader(mesh, batch=batch).scan(sink)
     stubbed: dict[int, bytes] = {}  # seq of an offloaded event stood in for by its names -> its stored payload
     for seq, subject, payload in held:
         try:
@@ -265,7 +253,6 @@ async def read_slice(mesh: Mesh, root: str, *, families: Collection[str] = (), n
                 continue
         found.records.append(record)
     raw.sort(key=lambda message: message.seq)
-    found.scanned, found.first_seq, found.last_seq = report.scanned, report.first_seq, report.last_seq
     return found
 
 
@@ -497,9 +484,18 @@ async def read_log(
 ) -> LogSlice:
     """Every event in the range, decoded, in log order (see LogReader). `correlation` keeps
     only events whose `correlationid` is that id (for the causal tree, see replay.causal)."""
+    found, held = await _scan(LogReader(mesh, start=start, end=end, subject=subject, batch=batch), correlation)
+    await merge_offloaded(mesh, held, found.records, found.undecodable)
+    return found
+
+
+async def _scan(reader: LogReader, correlation: str | None = None) -> tuple[LogSlice, list[tuple[int, str, bytes]]]:
+    """One pass of ``reader``: the events decoded (of ``correlation`` only, when given) and the
+    messages that are not events, and apart, as stored, the offloaded events (their data is
+    fetched after the scan: the sink cannot wait)."""
     found = LogSlice(source=f"jetstream:{subjects.STREAM}")
     records, raw = found.records, found.undecodable
-    held: list[tuple[int, str, bytes]] = []  # offloaded: resolved after the scan (the sink cannot wait)
+    held: list[tuple[int, str, bytes]] = []
 
     def sink(seq: int, subject: str, payload: bytes) -> None:
         try:
@@ -514,7 +510,6 @@ async def read_log(
         if correlation is None or record.event.correlationid == correlation:
             records.append(record)
 
-    report = await LogReader(mesh, start=start, end=end, subject=subject, batch=batch).scan(sink)
-    await merge_offloaded(mesh, held, records, raw)
+    report = await reader.scan(sink)
     found.scanned, found.first_seq, found.last_seq = report.scanned, report.first_seq, report.last_seq
-    return found
+    return found, held
