@@ -40,6 +40,95 @@ class TestBoundedRun:
         assert await bounded(asyncio.sleep(0, "ok"), "fast", limit=1, deadline_in=0.5) == "ok"
 
 
+class TestRunClock:
+    """`pipeline.bounded` without a deadline: the run-time limit is an alarm on the process's
+    shared ones (`mesh.runtime.alarms`), and behaves as `asyncio.timeout` did."""
+
+    async def test_a_run_past_its_limit_is_cancelled_and_says_so(self) -> None:
+        started = time.monotonic()
+        with pytest.raises(RunTimeExceededError, match="slow"):
+            await bounded(asyncio.sleep(5), "slow", limit=0.1)
+        assert 0.09 < time.monotonic() - started < 2
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]  # its cancel was taken back
+
+    async def test_a_moved_limit_holds_the_run_past_the_first_one(self) -> None:
+        async def asks_then_works() -> str:
+            budget = RUN_BUDGET.get()
+            assert budget is not None and budget.when() is not None
+            budget.reschedule(budget.when() + 0.4)  # type: ignore[operator]  # as `ctx.ask` does
+            await asyncio.sleep(0.3)
+            return "done"
+
+        assert await bounded(asks_then_works(), "asks", limit=0.1) == "done"
+
+        async def asks_then_hangs() -> None:
+            budget = RUN_BUDGET.get()
+            assert budget is not None and budget.when() is not None
+            budget.reschedule(budget.when() + 0.2)  # type: ignore[operator]
+            await asyncio.sleep(5)
+
+        started = time.monotonic()
+        with pytest.raises(RunTimeExceededError):  # moved, it still rings: at its new time
+            await bounded(asks_then_hangs(), "hangs", limit=0.1)
+        assert 0.25 < time.monotonic() - started < 2
+
+    async def test_another_cancel_is_not_taken_for_the_limit(self) -> None:
+        run = asyncio.ensure_future(bounded(asyncio.sleep(5), "long", limit=30))
+        await asyncio.sleep(0.01)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    async def test_a_handler_that_swallows_the_cancel_keeps_its_output(self) -> None:
+        async def stubborn() -> str:
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                return "finished anyway"
+            return "never"
+
+        assert await bounded(stubborn(), "stubborn", limit=0.05) == "finished anyway"
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+    async def test_the_handlers_own_timeout_is_its_own(self) -> None:
+        async def times_out() -> None:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(5)
+
+        with pytest.raises(TimeoutError):
+            await bounded(times_out(), "own", limit=30)
+
+
+class TestAlarms:
+    async def test_alarms_ring_in_order_after_their_delay_unless_dropped(self) -> None:
+        from mesh.runtime.alarms import Alarms
+
+        alarms, rang = Alarms(0.05), []
+        done = asyncio.get_running_loop().create_future()
+        alarms.set(lambda: rang.append("first"))
+        dropped, _ = alarms.set(lambda: rang.append("dropped"))
+        await asyncio.sleep(0.02)
+        def last() -> None:
+            rang.append("last")
+            done.set_result(None)
+
+        alarms.set(last)
+        assert alarms.drop(dropped) and not rang
+        started = time.monotonic()
+        await done
+        assert rang == ["first", "last"] and time.monotonic() - started >= 0.02
+        assert len(alarms) == 0 and not alarms.drop(dropped)
+
+    async def test_a_failing_callback_does_not_stop_the_others(self) -> None:
+        from mesh.runtime.alarms import Alarms
+
+        alarms = Alarms(0.01)
+        done = asyncio.get_running_loop().create_future()
+        alarms.set(lambda: 1 / 0)
+        alarms.set(lambda: done.set_result("rang"))
+        assert await asyncio.wait_for(done, 2) == "rang"
+
+
 class TestNoCycles:
     async def test_a_handled_message_is_freed_without_the_cycle_collector(self) -> None:
         """The claim's `announce` closure holds the message's `Inbound`, which held the claim: a

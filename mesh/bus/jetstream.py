@@ -185,8 +185,9 @@ async def publish(
     acks = _acks.get(nc)
     if acks is None:
         acks = _acks[nc] = _Acks()
+        refusals_of(nc).publishes = acks.waiting_on  # a refusal of the subject ends its publishes (no `guard`)
     try:
-        return await guarded(js, subject, acks.publish(nc, subject, payload, sent, js._timeout))
+        return await acks.publish(nc, subject, payload, sent, js._timeout)
     except BadRequestError as error:
         if expected_last_subject_seq is None or error.err_code != WRONG_LAST_SEQUENCE:
             raise
@@ -213,7 +214,7 @@ class _Acks:
     def __init__(self) -> None:
         self._prefix: str | None = None
         self._making: asyncio.Future[str] | None = None
-        self._waiting: dict[str, asyncio.Future[PubAck]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[PubAck], str]] = {}  # token -> (its future, its subject)
         self._count = 0
         # When each pending publish times out, earliest first: (deadline, count, token). One
         # timer, at the earliest deadline, serves them all while publishes overlap (a timer per
@@ -248,7 +249,7 @@ class _Acks:
         token = str(count)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PubAck] = loop.create_future()
-        self._waiting[token] = future
+        self._waiting[token] = future, subject
         deadline = loop.time() + timeout
         heapq.heappush(self._due, (deadline, count, token))
         if self._timer is None or deadline < self._timer.when():
@@ -262,6 +263,11 @@ class _Acks:
             # the cycle kept the payload, and an agent's whole message, until a full collection (review M)
             del future
             self._trim()
+
+    def waiting_on(self, lowered: str) -> list[tuple[str, asyncio.Future[PubAck]]]:
+        """The publishes awaiting an acknowledgement on ``lowered`` (a subject in lower case, as
+        nats-py gives the server's refusal of it): (subject as published, future)."""
+        return [(subject, future) for future, subject in self._waiting.values() if subject.lower() == lowered]
 
     def _trim(self) -> None:
         """Drop the answered publishes from the front of `_due`; with none left pending, the
@@ -283,17 +289,18 @@ class _Acks:
         self._timer = None
         now, due, waiting = loop.time(), self._due, self._waiting
         while due and (due[0][0] <= now or due[0][2] not in waiting):
-            future = waiting.get(heapq.heappop(due)[2])
-            if future is not None and not future.done():
-                future.set_exception(nats.errors.TimeoutError())
+            entry = waiting.get(heapq.heappop(due)[2])
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(nats.errors.TimeoutError())
         if due:
             self._arm(loop, due[0][0])
 
     async def _on_ack(self, msg: Msg) -> None:
         assert self._prefix is not None
-        future = self._waiting.get(msg.subject[len(self._prefix) :])
-        if future is None or future.done():
+        entry = self._waiting.get(msg.subject[len(self._prefix) :])
+        if entry is None or entry[0].done():
             return  # too late: its publish timed out
+        future = entry[0]
         if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
             future.set_exception(NoStreamResponseError())
             return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
@@ -85,6 +85,9 @@ class Refusals:
         self.user = user
         self._waiting: dict[str, list[_Guarded]] = {}  # lower-cased subject -> the actions waiting on it
         self.refused: list[PermissionDeniedError] = []  # the latest few, for a check after a flush
+        # The publishes awaiting an acknowledgement on a (lower-cased) subject, as (subject, future):
+        # `mesh.bus.jetstream` keeps them, one table per connection, so a publish needs no `guard`.
+        self.publishes: Callable[[str], list[tuple[str, asyncio.Future[Any]]]] | None = None
 
     def report(self, text: str) -> tuple[PermissionDeniedError, bool] | None:
         """Called with each error the server sends; returns the refusal if it was one, and
@@ -93,15 +96,21 @@ class Refusals:
         if parsed is None:
             return None
         action, lowered = parsed
-        waiting = self._waiting.get(lowered.lower(), [])
-        error = PermissionDeniedError(action, waiting[0].subject if waiting else lowered, self.user)
+        key = lowered.lower()
+        waiting = self._waiting.get(key, [])
+        publishing = self.publishes(key) if self.publishes is not None and action == "publish to" else []
+        named = waiting[0].subject if waiting else publishing[0][0] if publishing else lowered
+        error = PermissionDeniedError(action, named, self.user)
         self.refused = [*self.refused[-15:], error]
         _Latest.error = error
         for guarded in waiting:
             if guarded.refusal is None:
                 guarded.refusal = error
                 guarded.task.cancel()
-        return error, bool(waiting)
+        for _, future in publishing:
+            if not future.done():
+                future.set_exception(fresh(error))
+        return error, bool(waiting or publishing)
 
     async def guard(self, subject: str, action: Awaitable[T]) -> T:
         """Await ``action`` on ``subject``; raise `PermissionDeniedError` as soon as the server

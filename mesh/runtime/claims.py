@@ -8,13 +8,16 @@ third write per task for nothing. The claim is therefore sent:
   which is the run's answer and names the agent and attempt itself,
 - once the handler has run for `after` seconds,
 - at once on a redelivery (so the log shows every attempt after the first).
-It is announced, not awaited (see `Mesh.announce`), and always lands before the outcome.
+It is announced, not awaited (see `Mesh.announce`), and always lands before the outcome. The
+timer is an alarm on the process's shared ones (`mesh.runtime.alarms`), not one per task.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+
+from mesh.runtime.alarms import Alarms, alarms_for
 
 __all__ = ["Claim"]
 
@@ -27,13 +30,15 @@ class Claim:
         self._announce = announce
         self._attempt = attempt
         self._sending: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._alarms: Alarms | None = None
+        self._alarm = 0
 
     def start(self, *, after: float) -> None:
         if self._attempt > 1 or after <= 0:
             self.send()
         else:
-            self._timer = asyncio.get_running_loop().call_later(after, self.send)
+            self._alarms = alarms_for(after)
+            self._alarm, _ = self._alarms.set(self.send)
 
     def send(self) -> asyncio.Future[None]:
         """Send the claim once; later calls return the same send."""
@@ -47,9 +52,9 @@ class Claim:
     def stop_timer(self) -> None:
         """No claim from now on unless one is sent already: the handler is handing its task
         off, and the hand-off names the agent and attempt itself."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._alarms is not None:
+            self._alarms.drop(self._alarm)
+            self._alarms = None
 
     async def settle(self) -> None:
         """Called before the outcome is published: no claim after that, and any claim in flight first."""

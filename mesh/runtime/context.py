@@ -9,7 +9,7 @@ import functools
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import structlog
 from opentelemetry.trace import Span
@@ -41,7 +41,19 @@ __all__ = ["FORK_SOURCE", "RUN_BUDGET", "Context", "HandOff"]
 
 FORK_SOURCE = "mesh://fork/"  # the source of a request `replay fork` re-published (then + the new id)
 
-RUN_BUDGET: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar("run_budget", default=None)
+
+class RunBudget(Protocol):
+    """The run-time limit of the handler running now, as `ctx.ask` moves it: an
+    `asyncio.Timeout`, or a `mesh.runtime.alarms.RunClock`, which behaves as one."""
+
+    def when(self) -> float | None: ...
+
+    def reschedule(self, when: float | None) -> None: ...
+
+    def expired(self) -> bool: ...
+
+
+RUN_BUDGET: contextvars.ContextVar[RunBudget | None] = contextvars.ContextVar("run_budget", default=None)
 """The timeout that enforces the running handler's maximum run time (`pipeline.bounded`), when
 that, not the task's deadline, bounds it: `ctx.ask` moves it on by the time spent waiting for
 a person, so waiting on a human does not count against `max_run_time` (the deadline does)."""

@@ -36,6 +36,7 @@ from mesh.bus.consumer import Delivery
 from mesh.errors import DeadlineExceededError, MissingPayloadError, PayloadTooLargeError, RunTimeExceededError
 from mesh.llm.tools import ToolBox
 from mesh.runtime.agent import Handler, Subscription
+from mesh.runtime.alarms import RunClock, alarms_for
 from mesh.runtime.claims import Claim
 from mesh.runtime.context import RUN_BUDGET, Context, HandOff
 from mesh.runtime.deadletter import Reason, diagnose, envelope_or_none
@@ -380,7 +381,25 @@ async def bounded(
     """Await a handler for at most ``limit`` seconds, or until its task's deadline (seconds
     from now), whichever comes first; past either it is cancelled and the matching error raised.
     `ctx.ask` may move the run-time limit on while it waits for a person (`RUN_BUDGET`), never
-    the deadline: a deadline later than the limit is a timeout of its own around it."""
+    the deadline: a deadline later than the limit is a timeout of its own around it. Without
+    a deadline (most tasks) the limit is a `RunClock` on the process's shared alarms, not a
+    timer of its own (`mesh.runtime.alarms`)."""
+    task = asyncio.current_task()
+    if deadline_in is None and task is not None:  # the run's task is cancelled when its clock rings,
+        cancelling = task.cancelling()  # and that cancel (not another's) is the error, as `asyncio.timeout` does it
+        clock = RunClock(task, alarms_for(limit))
+        token = RUN_BUDGET.set(clock)  # `ctx.ask` pauses the run time while it waits
+        try:
+            output = await call
+        except BaseException as error:
+            if clock.close() and task.uncancel() <= cancelling and isinstance(error, asyncio.CancelledError):
+                raise RunTimeExceededError(name, limit) from None
+            raise
+        finally:
+            RUN_BUDGET.reset(token)
+        if clock.close():  # it rang, but the handler finished anyway: its cancel is taken back
+            task.uncancel()
+        return output
     by_deadline = deadline_in is not None and deadline_in <= limit
     budget = deadline_in if by_deadline and deadline_in is not None else limit
     deadline = asyncio.timeout(deadline_in) if deadline_in is not None and not by_deadline else _NO_DEADLINE

@@ -96,6 +96,12 @@ def _default() -> bool:
     return _installed.default
 
 
+def writes_nothing_for_nothing() -> bool:
+    """Whether `inject` of an empty context writes no header: the global propagator is the
+    API's W3C one (another could write something of its own even then)."""
+    return _default()
+
+
 def _is_w3c(textmap: TextMapPropagator) -> bool:
     """The API's composite or W3C propagator declaring `traceparent` (and at most `tracestate`
     and `baggage`), which writes and reads a known context exactly as this module does."""
