@@ -176,7 +176,7 @@ async def publish(
     the server stores the message only if the subject's last sequence is that one (the last
     of every subject inside ``expected_filter``, when given: server 2.11 or newer); else
     `ExpectedSequenceError`."""
-    sent = dict(headers)
+    sent = headers if isinstance(headers, dict) and expected_last_subject_seq is None else dict(headers)  # copied only to add to it
     if expected_last_subject_seq is not None:
         sent[EXPECTED_SUBJECT_SEQ] = str(expected_last_subject_seq)
         if expected_filter is not None:
@@ -243,7 +243,7 @@ class _Acks:
         return prefix
 
     async def publish(self, nc: Client, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> PubAck:
-        prefix = await self._ready(nc)
+        prefix = self._prefix if self._prefix is not None else await self._ready(nc)
         self._count += 1
         count = self._count
         token = str(count)
