@@ -154,6 +154,9 @@ _by_connection: weakref.WeakKeyDictionary[Client, Refusals] = weakref.WeakKeyDic
 
 
 def attach(nc: Client, refusals: Refusals) -> None:
+    previous = _by_connection.get(nc)
+    if previous is not None and refusals.publishes is None:  # publishes made before: still ended by a refusal
+        refusals.publishes = previous.publishes
     _by_connection[nc] = refusals
 
 
