@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mesh.errors import RunTimeExceededError
-from mesh.runtime.context import RUN_BUDGET
+from mesh.runtime.context import RUN_BUDGET, RunBudget
 from mesh.runtime.pipeline import bounded
 
 pytestmark = pytest.mark.unit
@@ -97,6 +97,82 @@ class TestRunClock:
 
         with pytest.raises(TimeoutError):
             await bounded(times_out(), "own", limit=30)
+
+
+    async def test_a_timeout_that_leaves_after_the_limit_rang_is_the_limits_error(self) -> None:
+        """Review AI: a clean-up the cancel started, bounded by a timeout of its own that ran
+        out, left as `TimeoutError` (empty) instead of the limit's error, as before."""
+
+        async def cleans_up_slowly() -> None:
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                await asyncio.wait_for(asyncio.sleep(5), 0.01)
+
+        with pytest.raises(RunTimeExceededError, match="slow-cleanup"):
+            await bounded(cleans_up_slowly(), "slow-cleanup", limit=0.05)
+
+    async def test_the_limit_cannot_move_once_the_run_ended(self) -> None:
+        """Review AI: a task the handler started could still move the ended run's limit, which
+        armed a timer that later cancelled the message's task. As an `asyncio.Timeout` past its
+        block: RuntimeError."""
+        kept: list[RunBudget | None] = []
+
+        async def keeps_its_budget() -> str:
+            kept.append(RUN_BUDGET.get())
+            return "done"
+
+        assert await bounded(keeps_its_budget(), "keeps", limit=5) == "done"
+        budget = kept[0]
+        assert budget is not None
+        with pytest.raises(RuntimeError):
+            budget.reschedule(asyncio.get_running_loop().time() + 0.01)
+
+    async def test_past_the_shared_delays_a_run_keeps_a_timer_of_its_own(self) -> None:
+        """Review AI: past `MAX_DELAYS` delays on one loop each run took an unshared `Alarms`
+        whose timer stayed on the loop's heap for its whole limit; now the caller is told there
+        is none and bounds the run as before (a timer it cancels)."""
+        from mesh.runtime import alarms
+
+        held = [alarms.alarms_for(1000.0 + n) for n in range(alarms.MAX_DELAYS)]  # strong refs keep them shared
+        assert alarms.alarms_for(999.5) is None
+        assert await bounded(asyncio.sleep(0, "ok"), "fast", limit=999.5) == "ok"
+        with pytest.raises(RunTimeExceededError):
+            await bounded(asyncio.sleep(5), "slow", limit=0.05)  # a delay not shared, past the table's room
+        del held
+
+
+@pytest.mark.parametrize("limit", [None, 0, -1, float("inf"), float("nan"), "60", True])
+def test_a_run_time_limit_is_a_positive_number_of_seconds(limit: object) -> None:
+    """Review AI: `Agent.on` took any `max_run_time` (None dead-lettered every event once
+    limits were alarms); it is now checked as `Agent.task` checks it."""
+    from mesh import Agent, ConfigError
+
+    agent = Agent("limits")
+    with pytest.raises(ConfigError, match="max_run_time"):
+        agent.on("mesh.board.x.>", max_run_time=limit)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_run_time"):
+        agent.task("x", max_run_time=limit)  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the pending run, collected with its loop
+def test_a_loop_ended_with_a_run_pending_is_not_kept() -> None:
+    """Review AI: a loop closed while a bounded run was pending stayed reachable from the shared
+    alarms (alarm -> clock -> task -> loop), with its tasks and their data, for good."""
+    import gc
+    import weakref
+
+    def one_loop() -> weakref.ref[asyncio.AbstractEventLoop]:
+        loop = asyncio.new_event_loop()
+        run = loop.create_task(bounded(asyncio.sleep(3600), "pending", 900.0))
+        loop.run_until_complete(asyncio.sleep(0.01))  # the run is in progress, its alarm set
+        loop.close()  # without cancelling its tasks (not as `asyncio.run` ends)
+        assert not run.done()
+        return weakref.ref(loop)
+
+    ended = one_loop()
+    gc.collect()
+    assert ended() is None
 
 
 class TestAlarms:

@@ -137,8 +137,7 @@ class Agent:
         (the message is tried again, where it still can be); any other error in it is logged,
         and the task's failure is recorded anyway."""
         check_token("capability", capability)
-        if not 0 < max_run_time < float("inf"):
-            raise ConfigError(f"max_run_time of '{capability}' must be a positive number of seconds, not {max_run_time!r}")
+        _check_run_time(f"'{capability}'", max_run_time)
         if on_failed is not None and not inspect.iscoroutinefunction(on_failed):
             raise ConfigError(f"on_failed of '{capability}' must be an `async def` taking a TaskFailure, got {on_failed!r}")
 
@@ -165,6 +164,7 @@ class Agent:
         that type, ``record.data`` an instance of it: the subscription is on the subjects the
         type's SUBJECT can give, other types met there are acknowledged and skipped, and data
         that does not fit the type is dead-lettered (`bad_data`)."""
+        _check_run_time(f"the subscription to {subject!r}", max_run_time)
         event_type = subject if isinstance(subject, type) and issubclass(subject, AppEvent) else None
         pattern = subject_filter(event_type) if event_type is not None else subject
         if not isinstance(pattern, str) or not pattern.startswith("mesh.") or pattern.startswith("mesh.work."):
@@ -180,6 +180,13 @@ class Agent:
             return fn
 
         return register
+
+
+def _check_run_time(what: str, max_run_time: object) -> None:
+    """A handler's `max_run_time`: a positive, finite number of seconds (there is no "no limit":
+    a run that never ends would hold its message for good)."""
+    if isinstance(max_run_time, bool) or not isinstance(max_run_time, int | float) or not 0 < max_run_time < float("inf"):
+        raise ConfigError(f"max_run_time of {what} must be a positive number of seconds, not {max_run_time!r}")
 
 
 def _input_type(fn: HandlerFn) -> Any:

@@ -17,6 +17,7 @@ import asyncio
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -30,7 +31,7 @@ MAX_DELAYS = 64  # distinct delays shared per event loop; more (not from any age
 class Alarms:
     """Callbacks due ``delay`` seconds after each was set, on the running loop, served by one timer."""
 
-    __slots__ = ("_armed", "_count", "_waiting", "delay")
+    __slots__ = ("__weakref__", "_armed", "_count", "_waiting", "delay")
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
@@ -75,20 +76,27 @@ class Alarms:
                 log.exception("alarm callback failed")
 
 
-_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, Alarms]] = weakref.WeakKeyDictionary()
+# Held weakly on both sides: the loop's armed timer (and whoever set an alarm) keeps an `Alarms`
+# alive, so a loop dropped with alarms pending is not kept by this table (an alarm's callback
+# holds its task, which holds the loop), and an idle `Alarms` goes and is made again when needed.
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakValueDictionary[float, Alarms]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def alarms_for(delay: float) -> Alarms:
-    """The running loop's `Alarms` of ``delay`` seconds, shared by every caller with that delay."""
+def alarms_for(delay: float) -> Alarms | None:
+    """The running loop's `Alarms` of ``delay`` seconds, shared by every caller with that delay;
+    None past `MAX_DELAYS` delays on this loop (the caller then keeps a timer of its own, which
+    it can cancel: an unshared `Alarms` would leave one on the loop's heap per call)."""
     loop = asyncio.get_running_loop()
     by_delay = _shared.get(loop)
     if by_delay is None:
-        by_delay = _shared[loop] = {}
+        by_delay = _shared[loop] = weakref.WeakValueDictionary()
     alarms = by_delay.get(delay)
     if alarms is None:
-        alarms = Alarms(delay)
-        if len(by_delay) < MAX_DELAYS:
-            by_delay[delay] = alarms
+        if len(by_delay) >= MAX_DELAYS:
+            return None
+        alarms = by_delay[delay] = Alarms(delay)
     return alarms
 
 
@@ -98,23 +106,25 @@ class RunClock:
     (`RUN_BUDGET`): `when`, `reschedule` and `expired`, as on an `asyncio.Timeout`; once moved,
     the limit has a timer of its own (a rare path: a question to a person)."""
 
-    __slots__ = ("_alarms", "_key", "_own", "_rang", "_task", "_when")
+    __slots__ = ("_alarms", "_closed", "_key", "_own", "_rang", "_task", "_when")
 
-    def __init__(self, task: asyncio.Task[object], alarms: Alarms) -> None:
+    def __init__(self, task: asyncio.Task[Any], alarms: Alarms) -> None:
         self._task = task
         self._alarms = alarms
         self._key, when = alarms.set(self._expire)
         self._when: float | None = when
         self._own: asyncio.TimerHandle | None = None
         self._rang = False
+        self._closed = False
 
     def when(self) -> float | None:
         return self._when
 
     def reschedule(self, when: float | None) -> None:
-        """Move the limit to ``when`` (loop time; None: no limit)."""
-        if self._rang:
-            raise RuntimeError("the run time is up: its limit can no longer move")
+        """Move the limit to ``when`` (loop time; None: no limit). RuntimeError once the limit
+        rang or the run ended, as an `asyncio.Timeout` past its block."""
+        if self._rang or self._closed:
+            raise RuntimeError("the run time is up or the run has ended: its limit can no longer move")
         self._stop()
         self._when = when
         if when is not None:
@@ -125,6 +135,7 @@ class RunClock:
 
     def close(self) -> bool:
         """Stop the clock; whether it rang (and so cancelled the run's task)."""
+        self._closed = True
         self._stop()
         return self._rang
 

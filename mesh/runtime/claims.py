@@ -32,13 +32,16 @@ class Claim:
         self._sending: asyncio.Future[None] | None = None
         self._alarms: Alarms | None = None
         self._alarm = 0
+        self._timer: asyncio.TimerHandle | None = None  # when the loop has no shared alarms left for its delay
 
     def start(self, *, after: float) -> None:
         if self._attempt > 1 or after <= 0:
             self.send()
+        elif (alarms := alarms_for(after)) is not None:
+            self._alarms = alarms
+            self._alarm, _ = alarms.set(self.send)
         else:
-            self._alarms = alarms_for(after)
-            self._alarm, _ = self._alarms.set(self.send)
+            self._timer = asyncio.get_running_loop().call_later(after, self.send)
 
     def send(self) -> asyncio.Future[None]:
         """Send the claim once; later calls return the same send."""
@@ -55,6 +58,9 @@ class Claim:
         if self._alarms is not None:
             self._alarms.drop(self._alarm)
             self._alarms = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def settle(self) -> None:
         """Called before the outcome is published: no claim after that, and any claim in flight first."""

@@ -385,15 +385,19 @@ async def bounded(
     a deadline (most tasks) the limit is a `RunClock` on the process's shared alarms, not a
     timer of its own (`mesh.runtime.alarms`)."""
     task = asyncio.current_task()
-    if deadline_in is None and task is not None:  # the run's task is cancelled when its clock rings,
-        cancelling = task.cancelling()  # and that cancel (not another's) is the error, as `asyncio.timeout` does it
-        clock = RunClock(task, alarms_for(limit))
+    alarms = alarms_for(limit) if deadline_in is None and task is not None else None
+    if alarms is not None and task is not None:  # the run's task is cancelled when its clock rings, and
+        cancelling = task.cancelling()  # that cancel (not another's) is the error, as `asyncio.timeout` does it
+        clock = RunClock(task, alarms)
         token = RUN_BUDGET.set(clock)  # `ctx.ask` pauses the run time while it waits
         try:
             output = await call
         except BaseException as error:
-            if clock.close() and task.uncancel() <= cancelling and isinstance(error, asyncio.CancelledError):
-                raise RunTimeExceededError(name, limit) from None
+            if clock.close():  # it rang: its cancel is taken back, and what it ended is the limit's error
+                if task.uncancel() <= cancelling and isinstance(error, asyncio.CancelledError):
+                    raise RunTimeExceededError(name, limit) from None
+                if isinstance(error, TimeoutError):  # e.g. a clean-up the cancel started, timed out
+                    raise RunTimeExceededError(name, limit) from None
             raise
         finally:
             RUN_BUDGET.reset(token)
