@@ -328,10 +328,12 @@ class _TableFold:
                 self.sink.disordered |= any(0 < line.seq <= end for line in lines[past + 1 :])
                 lines, more = lines[:past], False
         routes, before, named = self.routes, self.sink.last_seq, self.subject_named
-        folded = 0
+        folded, timed = 0, datetime.fromisoformat
         for line in lines:  # counted as `_FoldSink.fold` counts them, line for line
             seq, event = line.seq, line.event
-            if not _timed(event):
+            try:  # `_timed`, inline: once per event of a rebuild
+                timed(event.time)
+            except (ValueError, TypeError):
                 self.sink.undecodable += 1  # as `checked_time` refuses it on the general path
                 continue
             folded += 1

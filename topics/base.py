@@ -8,11 +8,12 @@ from typing import ClassVar
 
 import msgspec
 
-__all__ = ["BIDI", "CONTROL", "MAX_TOKEN", "Event", "ErrorInfo", "check_token", "html_text", "is_token", "json_visible", "shorten",
+__all__ = ["BIDI", "CONTROL", "MAX_TOKEN", "TOKEN_PATTERN", "Event", "ErrorInfo", "check_token", "html_text", "is_token", "json_visible", "shorten",
            "visible"]
 
 MAX_TOKEN = 128  # characters in one id or name that becomes a subject token
-_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")  # whole value: `$` alone would let a final newline through
+TOKEN_PATTERN = r"[A-Za-z0-9_\-]+"  # what one subject token may be made of (with at most `MAX_TOKEN` of them)
+_TOKEN = re.compile(TOKEN_PATTERN)  # whole value: `$` alone would let a final newline through
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Callable
 from functools import cache
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
 from topics.agents import AgentEvent
 from topics.app import APP_TYPES, UndeclaredAppEvent, check_subject, is_app_type
-from topics.base import Event, is_token
+from topics.base import MAX_TOKEN, TOKEN_PATTERN, Event, is_token
 from topics.bids import BidAwarded, BidCalled, BidEvent, BidPlaced
 from topics.board import BoardDeleted, BoardEvent, BoardWritten
 from topics.calls import CallEvent
@@ -21,7 +22,7 @@ from topics.dead import DeadEvent
 from topics.flows import FlowEvent
 from topics.humans import HumanAnswered, HumanAsked, HumanEvent, HumanExpired
 from topics.knowledge import KnowledgeAdded, KnowledgeEvent, KnowledgeRemoved
-from topics.subjects import BY, CAST, PROPOSAL, legacy_vote
+from topics.subjects import BY, CAST, PROPOSAL
 from topics.tasks import TaskEvent
 from topics.votes import VoteCast, VoteDecided, VoteEvent, VoteProposed
 
@@ -118,22 +119,24 @@ def on_its_subject(subject: str, data: Event) -> bool:
     auction must not change another through the data of an event on its own subject; every
     reader (live, replay, a file) refuses such an event alike."""
     kind = type(data)
-    if kind is HumanAsked or kind is HumanExpired:
-        question = cast(HumanAsked | HumanExpired, data)
-        parts = subject.split(".")
-        if len(parts) != 4 or parts[:2] != ["mesh", "ask"] or parts[3] != question.question_id:
-            return False
-        return not isinstance(question, HumanAsked) or not question.role or question.role == parts[2]
-    if kind is HumanAnswered:
-        answered = cast(HumanAnswered, data)
-        if not (is_token(answered.question_id) and (not answered.role or is_token(answered.role))):
-            return False  # `mesh.answer.<role>.<id>` must not be taken for `mesh.answer.<id "role.id">` (review W)
-    if kind is VoteProposed or kind is VoteDecided or kind is VoteCast:
-        return _on_its_vote_subject(subject, cast(VoteEvent, data))
-    if kind is BidPlaced:
-        return _on_its_bid_subject(subject, cast(BidPlaced, data))
+    check = _CHECKS.get(kind)  # one look-up per event of a rebuild, then the home subject's
+    if check is not None:
+        return check(subject, data)
     home = _HOMES.get(kind)
     return home is None or subject == home(data)
+
+
+def _on_its_question_subject(subject: str, question: HumanAsked | HumanExpired) -> bool:
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["mesh", "ask"] or parts[3] != question.question_id:
+        return False
+    return not isinstance(question, HumanAsked) or not question.role or question.role == parts[2]
+
+
+def _on_its_answer_subject(subject: str, answered: HumanAnswered) -> bool:
+    if not (is_token(answered.question_id) and (not answered.role or is_token(answered.role))):
+        return False  # `mesh.answer.<role>.<id>` must not be taken for `mesh.answer.<id "role.id">` (review W)
+    return subject == _answer_home(answered)
 
 
 def _on_its_bid_subject(subject: str, data: BidPlaced) -> bool:
@@ -148,18 +151,24 @@ def _on_its_bid_subject(subject: str, data: BidPlaced) -> bool:
     return bool(data.capability) and is_token(bidding) and subject == home_subject(data)
 
 
+_VOTE_SUBJECT = re.compile(rf"mesh\.vote\.({TOKEN_PATTERN})(?:\.({PROPOSAL})|\.{CAST}\.({TOKEN_PATTERN}))?")
+
+
 def _on_its_vote_subject(subject: str, data: VoteEvent) -> bool:
     """A proposal or decision on `mesh.vote.<proposal id>.proposal`, a vote on
     `mesh.vote.<proposal id>.cast.<its voter>`, each id one token (so no two homes can be one
-    subject); or, as logs of earlier versions stored them, any of the three on
-    `mesh.vote.<proposal id>` (which proposals count such votes: `mesh.projections.consensus`)."""
-    if not is_token(data.proposal_id):
-        return False  # `mesh.vote.<id "p.proposal">` must not pass for proposal p's own subject
-    if subject == legacy_vote(data.proposal_id):
-        return True
-    if isinstance(data, VoteCast) and not is_token(data.voter):
+    subject: `mesh.vote.<id "p.proposal">` is not proposal p's own); or, as logs of earlier
+    versions stored them, any of the three on `mesh.vote.<proposal id>` (which proposals count
+    such votes: `mesh.projections.consensus`). One match of the subject: a rebuild folds every vote."""
+    found = _VOTE_SUBJECT.fullmatch(subject)
+    if found is None or found[1] != data.proposal_id or len(data.proposal_id) > MAX_TOKEN:
         return False
-    return subject == home_subject(data)
+    own_proposal, voter = found[2], found[3]
+    if own_proposal is None and voter is None:
+        return True  # the one subject of an earlier version's proposal
+    if type(data) is VoteCast:
+        return voter is not None and voter == data.voter and len(voter) <= MAX_TOKEN
+    return own_proposal is not None
 
 
 def home_subject(data: Event) -> str | None:
@@ -195,6 +204,15 @@ def _homes() -> dict[type[Event], Callable[[Any], str]]:
 
 
 _HOMES = _homes()
+_CHECKS: dict[type[Event], Callable[[str, Any], bool]] = {  # the classes whose home needs more than a comparison
+    HumanAsked: _on_its_question_subject,
+    HumanExpired: _on_its_question_subject,
+    HumanAnswered: _on_its_answer_subject,
+    VoteProposed: _on_its_vote_subject,
+    VoteDecided: _on_its_vote_subject,
+    VoteCast: _on_its_vote_subject,
+    BidPlaced: _on_its_bid_subject,
+}
 SUBJECT_NAMED: tuple[type[Event], ...] = (*_HOMES, HumanAsked, HumanExpired)  # the classes `on_its_subject` checks
 
 

@@ -237,13 +237,19 @@ def evaluate(view: ProposalView, now: str | None = None) -> Decision:
 
 def _majority(view: ProposalView) -> Decision | None:
     eligible = roster(view)
-    return _over_half(tally(view), float(len(eligible)), "majority") if eligible else None
+    return _over_half(_totals(view), float(len(eligible)), "majority") if eligible else None
 
 
 def _weighted(view: ProposalView) -> Decision | None:
     eligible = roster(view)
     total = sum(_weight(view, voter) for voter in eligible)
-    return _over_half(tally(view), total, "weighted majority") if eligible else None
+    return _over_half(_totals(view), total, "weighted majority") if eligible else None
+
+
+def _totals(view: ProposalView) -> dict[str, float]:
+    """`tally(view)`: the one the fold keeps as votes come (`_cast`), for a proposal it folded;
+    counted again for a view made otherwise."""
+    return view.tally if view.proposed else tally(view)
 
 
 def _over_half(totals: dict[str, float], whole: float, reason: str) -> Decision | None:
