@@ -402,13 +402,15 @@ def check_structure(spans: list[ReceivedSpan], records: list[Record], task_id: s
 @pytest.mark.e2e
 class TestFromTheLiveLog:
     async def test_a_dashed_role_is_its_services_name_from_the_live_log_too(
-        self, mesh: Mesh, agents: AgentProcesses
+        self, mesh: Mesh, agents: AgentProcesses, log: EventLog
     ) -> None:
         """Review AG: `mesh replay traces` on the live log reads one id's slice, without the agents'
         lifecycle events that name their roles: a role `rogue-selector` was exported as "rogue"
         from the live log and as "rogue-selector" from a file of the same log."""
         await agents.start("tests.fixture_agents:rogue_selector")
         assert await mesh.request("select-speaker", {}, correlation_id="dashed", timeout=30) == "judge"
+        # the requester hears the outcome before the stream may have it: both reads come after it is stored
+        await log.wait_for(lambda r: r.event.type == "mesh.task.completed" and r.event.correlationid == "dashed")
         whole = rebuild_traces((await read_log(mesh)).records, "dashed", trace_id=1)
         live = rebuild_traces((await read_slice(mesh, "dashed", families=TRACE_FAMILIES)).records, "dashed", trace_id=1)
         assert {span.service for span in whole} == {span.service for span in live}

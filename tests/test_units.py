@@ -164,6 +164,33 @@ class TestHomeSubjects:
         assert not registry.on_its_subject("mesh.bid.t.by.x-y", BidPlaced(task_id="t.by.x-y", bidder="b", cost=1.0))
         assert registry.home_subject(cast) == subjects.ballot("p", "alice") == "mesh.vote.p.cast.alice"
 
+    def test_a_votes_subject_check_agrees_with_its_definition(self) -> None:
+        """The vote check is one match of the subject (a rebuild folds every vote); it gives what
+        its definition gives: the ids are tokens, and the subject is the legacy one or the
+        event's home, over random ids and subjects made of tokens, dots, wildcards and more."""
+        import random
+
+        from topics.base import is_token
+
+        def defined(subject: str, data: VoteCast | VoteProposed | VoteDecided) -> bool:
+            if not is_token(data.proposal_id):
+                return False
+            if subject == subjects.legacy_vote(data.proposal_id):
+                return True
+            if isinstance(data, VoteCast) and not is_token(data.voter):
+                return False
+            return subject == registry.home_subject(data)
+
+        parts = ["p", "q", "p.proposal", "p.cast", "a.b", "x" * 128, "x" * 129, "", "p*", "é", "proposal", "cast", "-_", "p\n"]
+        shapes = ["mesh.vote.{}", "mesh.vote.{}.proposal", "mesh.vote.{}.cast.{}", "mesh.vote.{}.cast", "mesh.vote.{}.{}", "mesh.votes.{}"]
+        chosen = random.Random(7)
+        for _ in range(20_000):
+            pid, voter = chosen.choice(parts), chosen.choice(parts)
+            data = chosen.choice([VoteCast(proposal_id=pid, voter=voter, choice="yes"), VoteDecided(proposal_id=pid, outcome="yes"),
+                                  VoteProposed(proposal_id=pid, question="?", options=("yes",))])  # fmt: skip
+            subject = chosen.choice(shapes).format(chosen.choice([*parts, pid, pid]), chosen.choice([*parts, voter, voter]))
+            assert registry.on_its_subject(subject, data) == defined(subject, data), (subject, data)
+
 
 class TestAckSubject:
     def test_parses_both_forms(self) -> None:
