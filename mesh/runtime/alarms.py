@@ -25,7 +25,7 @@ __all__ = ["Alarms", "RunClock", "alarms_for"]
 
 log = structlog.get_logger("mesh.runtime.alarms")
 
-MAX_DELAYS = 64  # distinct delays shared per event loop; more (not from any agent) get an `Alarms` each
+MAX_DELAYS = 64  # distinct delays shared per event loop; past them a caller keeps a timer of its own
 
 
 class Alarms:
