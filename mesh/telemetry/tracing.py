@@ -245,11 +245,12 @@ def send_span(subject: str, event_type: str, event_id: str) -> AbstractContextMa
     if passed is not None:
         return nullcontext(passed.send_on())
     current = context.get_current()
-    if not current and not tracing() and propagation.writes_nothing_for_nothing():
+    traced = tracing()
+    if not current and not traced and propagation.writes_nothing_for_nothing():
         return nullcontext({})  # no SDK, and no trace or baggage to send on (most messages without tracing)
     carrier: dict[str, str] = {}
     parent = trace.get_current_span(current) if current else trace.INVALID_SPAN  # an empty context: a root
-    if not tracing() or _unsampled(parent):
+    if not traced or _unsampled(parent):
         propagation.inject(carrier)  # the context this process is inside, if any
         return nullcontext(carrier)
     shape, with_subject = messaging_parts(subject, SEND, event_type)
