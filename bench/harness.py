@@ -26,7 +26,7 @@ from mesh.bus.server import LocalServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ROOT", "Bench", "Row", "amount", "count", "cpu_seconds", "percentile", "print_table", "seconds", "stop_on_sigterm"]
+__all__ = ["ROOT", "Bench", "Row", "amount", "count", "cpu_seconds", "main_thread_cpu_seconds", "percentile", "print_table", "seconds", "stop_on_sigterm"]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -81,23 +81,42 @@ def cpu_seconds(pid: int | None = None) -> float:
     NaN where there is none)."""
     if pid is None or pid == os.getpid():
         return time.process_time()
+    return _proc_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of another process's main thread so far: for an agent, its
+    event loop, apart from the threads libraries start (the SDK's span export). Linux /proc;
+    NaN where there is none."""
+    return _proc_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def _proc_cpu(stat: Path) -> float:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuUse:
-    """The CPU time some processes (by name; None is this one) use from now on."""
+    """The CPU time some processes (by name; None is this one) use from now on, and the main
+    threads of some (`main_thread_cpu_seconds`)."""
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
+    def __init__(self, pids: dict[str, int | None], main_threads: dict[str, int] | None = None) -> None:
         self.pids = pids
+        self.main_threads = main_threads or {}
         self.before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.before_main = {name: main_thread_cpu_seconds(pid) for name, pid in self.main_threads.items()}
 
     def per_task(self, tasks: int) -> dict[str, float]:
         """µs of CPU per task of each process since this was made."""
         return {name: (cpu_seconds(pid) - self.before[name]) / tasks * 1e6 for name, pid in self.pids.items()}
+
+    def main_per_task(self, tasks: int) -> dict[str, float]:
+        """µs of CPU per task of each main thread since this was made."""
+        return {name: (main_thread_cpu_seconds(pid) - self.before_main[name]) / tasks * 1e6
+                for name, pid in self.main_threads.items()}  # fmt: skip
 
 
 def cpu_detail(used: dict[str, float]) -> str:

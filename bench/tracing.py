@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
 from bench.harness import (
     ROOT,
     Bench,
@@ -127,8 +129,9 @@ def traced_env(port: int, sampler: str, ratio: float | None) -> dict[str, str]:
     return env
 
 
-def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, list[float]]], int]:
-    """Rows for the table, each side's CPU µs per task by process run by run, and the spans received."""
+def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, list[float]]], dict[str, list[float]], int]:
+    """Rows for the table, each side's CPU µs per task by process run by run, its agent's event
+    loop's (main thread's) run by run, and the spans received."""
     with Bench("tracing") as bench:
         port_file = bench.tmp / "otlp.port"
         sink = bench.spawn("otlp-sink", "-m", "bench.otlp_sink", str(port_file))
@@ -149,17 +152,20 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, li
         asyncio.run(wait_for_workers(bench, [capability for capability, _, _ in plan.values()]))
         rates: dict[str, list[float]] = {side: [] for side in plan}
         cpu: dict[str, dict[str, list[float]]] = {side: {p: [] for p in PROCESSES} for side in plan}
+        loop: dict[str, list[float]] = {side: [] for side in plan}
         assert bench.server is not None
         sides = list(plan)
         for run in range(args.runs):
             turn = run % len(sides)
             for side in sides[turn:] + sides[:turn]:  # each side goes first, second... and last in turn
                 capability, _, env = plan[side]
-                meter = CpuUse({"agent": agents[side].pid, "server": bench.server.process.pid, "receiver": sink.pid})
+                meter = CpuUse({"agent": agents[side].pid, "server": bench.server.process.pid, "receiver": sink.pid},
+                               main_threads={"agent": agents[side].pid})  # fmt: skip
                 rate, requester_cpu = requester(bench, capability, args, env)
                 handled = args.tasks + min(args.tasks, 1000)  # the requester's warm-up included
                 used = {"requester": requester_cpu, **meter.per_task(handled)}
                 rates[side].append(rate)
+                loop[side].append(meter.main_per_task(handled)["agent"])
                 for process, value in used.items():
                     cpu[side][process].append(value)
                 print(f"  run {run + 1}/{args.runs} tracing {side:12s}: {rate:7,.0f} tasks/s   {cpu_detail(used)}",
@@ -181,7 +187,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, li
         off = [sum(values) for values in zip(*cpu["off"].values(), strict=True)]
         rows.append(Row(f"  CPU per task, all processes, {side} vs off", median(totals), median(off), "µs",
                         higher_is_better=False, runs={side: totals, "off": off}))  # fmt: skip
-    return rows, cpu, spans
+    return rows, cpu, loop, spans
 
 
 def extra(cpu: dict[str, dict[str, list[float]]], side: str) -> dict[str, float]:
@@ -209,6 +215,10 @@ def print_cpu(args: argparse.Namespace, cpu: dict[str, dict[str, list[float]]]) 
     full = added["100%"]
     print("  per recorded span at 100%: " + ", ".join(f"{p} {full[p] / n:.0f} µs ({n} a task)"
                                                     for p, n in SPANS_PER_TASK.items()))  # fmt: skip
+    off = median([sum(values) for values in zip(*cpu["off"].values(), strict=True)])
+    print(f"  the target ({TARGET:g} x off) allows about {off * (1 / TARGET - 1):.0f} µs a task above off; "
+          f"{args.ratio:g} x the 100% side's extra, what its spans cost at {args.ratio:g} with nothing else, "
+          f"is {args.ratio * full['total']:.0f}")  # fmt: skip
     if UNSAMPLED in added and args.ratio > 0:
         sampled, unsampled = added[f"sampled {args.ratio:g}"], added[UNSAMPLED]
         share = {p: (1 - args.ratio) * unsampled[p] for p in columns}
@@ -216,6 +226,108 @@ def print_cpu(args: argparse.Namespace, cpu: dict[str, dict[str, list[float]]]) 
               + ", ".join(f"{p} {share[p]:.0f}" for p in columns))  # fmt: skip
         print(f"  sampled {args.ratio:g}, the rest (its recorded spans): "
               + ", ".join(f"{p} {sampled[p] - share[p]:.0f}" for p in columns))  # fmt: skip
+
+
+def print_threads(cpu: dict[str, dict[str, list[float]]], loop: dict[str, list[float]]) -> None:
+    """The agent's CPU split into its event loop (the main thread: receiving, the handler, the
+    spans' start and end) and its other threads (with tracing on, the SDK's batch span
+    processor, which encodes the spans and posts them)."""
+    print("\nThe agent's CPU µs per task by thread (median of runs): the event loop, and the other threads")
+    print(f"  {'tracing':14s}{'event loop':>12s}{'other':>12s}")
+    others: dict[str, list[float]] = {}
+    for side in cpu:
+        others[side] = [total - main for total, main in zip(cpu[side]["agent"], loop[side], strict=True)]
+        print(f"  {side:14s}{median(loop[side]):12.0f}{median(others[side]):12.0f}")
+    spans = SPANS_PER_TASK["agent"]
+    on_loop = median([on - off for on, off in zip(loop["100%"], loop["off"], strict=True)]) / spans
+    on_others = median([on - off for on, off in zip(others["100%"], others["off"], strict=True)]) / spans
+    print(f"  per recorded span at 100% (above off): event loop {on_loop:.0f} µs, other threads {on_others:.0f} µs")
+
+
+HOP_CALLS = 5_000  # hops per round of `helpers_against_sdk`
+HOP_ROUNDS = 5
+
+
+class _Capture(SpanProcessor):
+    """Keeps the spans that end while `on`."""
+
+    def __init__(self) -> None:
+        self.on, self.spans = False, list[ReadableSpan]()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.on:
+            self.spans.append(span)
+
+
+def helpers_against_sdk(calls: int = HOP_CALLS, rounds: int = HOP_ROUNDS) -> tuple[float, float]:
+    """This thread's CPU µs for the three spans a sampled echo task makes in the agent
+    (`process`, `invoke_agent` and the outcome's `send`): (made by the mesh's span helpers,
+    made by the SDK's API alone with the same names, kinds, attributes and parents), the
+    medians of `rounds` alternating rounds. Installs a tracer provider in this process (once:
+    the API keeps the first) whose batch processor drops every batch, so both pay the same
+    SDK and neither encodes (`sdk_floor` measures that)."""
+    from opentelemetry import context, propagate, trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+
+    from mesh.telemetry import tracing
+
+    class Drop(SpanExporter):
+        def export(self, batch: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    capture = _Capture()
+    provider.add_span_processor(capture)
+    trace.set_tracer_provider(provider)
+    tracing.provider_installed()
+    if trace.get_tracer_provider() is not provider:
+        raise RuntimeError("helpers_against_sdk: another tracer provider is installed in this process")
+    carrier = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}  # a sampled producer
+
+    def helpers() -> None:
+        with tracing.process_span("mesh.work.bench-echo.anon", "mesh.task.requested", "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+                                  carrier, consumer="work-bench-echo"):  # fmt: skip
+            with tracing.agent_span("bench-echo", agent_id="bench-echo-host-1", capability="bench-echo", task_id="t-1"):
+                pass
+            with tracing.send_span("mesh.task.bench-echo.anon.t-1", "mesh.task.completed", "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c"):
+                pass
+
+    capture.on = True
+    helpers()
+    capture.on = False
+    made = {span.name.split(" ", 1)[0]: span for span in capture.spans}
+    if sorted(made) != ["invoke_agent", "process", "send"]:
+        raise RuntimeError(f"helpers_against_sdk: the helpers made {sorted(made)}")
+    process, agent, send = made["process"], made["invoke_agent"], made["send"]
+    tracer = provider.get_tracer("agentmesh")
+
+    def sdk() -> None:
+        upstream = propagate.extract(carrier)
+        outer = tracer.start_span(process.name, upstream, process.kind, process.attributes)
+        token = context.attach(trace.set_span_in_context(outer, upstream))
+        inner = tracer.start_span(agent.name, None, agent.kind, agent.attributes)
+        context.detach(context.attach(trace.set_span_in_context(inner)))
+        inner.end()
+        producer = tracer.start_span(send.name, None, send.kind, send.attributes)
+        propagate.inject({}, trace.set_span_in_context(producer))
+        producer.end()
+        context.detach(token)
+        outer.end()
+
+    used: dict[str, list[float]] = {"helpers": [], "sdk": []}
+    for _ in range(rounds):
+        for name, hop in (("helpers", helpers), ("sdk", sdk)):
+            for _ in range(calls // 10):  # warm
+                hop()
+            began = time.thread_time()
+            for _ in range(calls):
+                hop()
+            used[name].append((time.thread_time() - began) / calls * 1e6)
+    provider.shutdown()
+    return median(used["helpers"]), median(used["sdk"])
 
 
 FLOOR_SPANS = 20_000  # spans `sdk_floor` starts, ends and encodes
@@ -261,16 +373,20 @@ def sdk_floor(spans: int = FLOOR_SPANS) -> tuple[int, float, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with stop_on_sigterm():
-        rows, cpu, spans = measure(args)
+        rows, cpu, loop, spans = measure(args)
     print()
     print_table(rows, columns=("tracing on", "tracing off"))
     print()
     print_cpu(args, cpu)
+    print_threads(cpu, loop)
     traced = args.runs * (args.tasks + min(args.tasks, 1000))
     print(f"\nspans received: {spans:,} for {traced:,} tasks at {args.ratio:g} and {traced:,} at 100%")
     attributes, started, encoded = sdk_floor()
     print(f"the stock SDK alone, in this process, per span with the {attributes} attributes of the agent's `process` "
           f"span: start and end {started:.0f} µs, OTLP encoding {encoded:.0f} µs ({started + encoded:.0f} µs in all)")
+    helpers, bare = helpers_against_sdk()
+    print(f"a sampled echo task's three agent spans, in this process: {helpers:.0f} µs through the mesh's span helpers, "
+          f"{bare:.0f} µs through the SDK's API alone ({helpers / bare:.2f}x)")
     return 0 if all(row.passed is not False for row in rows) else 1
 
 
