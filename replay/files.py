@@ -253,7 +253,7 @@ def _decode_lines(block: bytes | memoryview) -> list[Record | RawMessage]:
 def _why(event: CloudEvent, error: Exception) -> str:
     """Why an event line did not decode; a file has no object store to fetch `dataref` from."""
     if event.dataref is not None:
-        return (f"its data is in the object store ({event.dataref[:200]}), not in this file; "
+        return (f"its data is in the object store ({event.dataref[:200]!r}), not in this file; "
                 "`mesh replay export` writes offloaded data inline")  # fmt: skip
     return f"{type(error).__name__}: {error}"
 

@@ -17,7 +17,7 @@ import gc
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import ClassVar
 
 import msgspec
@@ -122,9 +122,14 @@ def parse_position(value: str) -> Position:
     if text.isascii() and text.isdigit():
         return int(text)
     try:
-        return instant(text)
+        moment = instant(text)
     except ValueError:
         raise ValueError(f"{value!r} is neither a stream sequence nor an RFC 3339 time") from None
+    try:
+        moment.astimezone(UTC)  # what a log read passes to the server (review AJ: `9999-12-31T23:59:59-23:59`)
+    except OverflowError:
+        raise ValueError(f"{value!r} is outside the years 1 to 9999 in UTC") from None
+    return moment
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -410,7 +415,9 @@ class _Pull:
                              f"{d.consumer_seq - self.next_cseq} message(s) lost between server and reader")  # fmt: skip
         self.next_cseq += 1
         if seq > self.end_seq or (self.until_ns is not None and d.timestamp_ns > self.until_ns):
-            self.by_time = seq <= self.end_seq
+            # ended by a time: the end's, or a start's whose first message is already past the end
+            # seq (every message up to it was stored before the start: an empty range, not a gap)
+            self.by_time = seq <= self.end_seq or (not self.count and isinstance(self.reader.start, datetime))
             return self.finish()
         if not self.filtered:
             if self.next_seq is not None and seq != self.next_seq:

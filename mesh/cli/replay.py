@@ -16,7 +16,7 @@ from mesh.errors import ConfigError
 from mesh.projections import REGISTRY
 from replay.files import read_file
 from replay.reader import LogSlice, Position, parse_position, read_slice
-from topics.base import json_visible, shorten
+from topics.base import json_visible, shorten, visible
 
 __all__ = ["replay"]
 
@@ -61,7 +61,7 @@ def _warn_undecodable(found: LogSlice, shown: int = 5) -> None:
     click.echo(f"note: {len(found.undecodable)} stored message(s) are not events; skipped:", err=True)
     for message in found.undecodable[:shown]:
         where = f"seq {message.seq}" if message.seq else "a line with no seq"
-        click.echo(f"  {where}: {shorten(message.error, 200)}", err=True)
+        click.echo(f"  {where}: {visible(shorten(message.error, 200))}", err=True)  # it quotes the log
     if len(found.undecodable) > shown:
         click.echo(f"  ... and {len(found.undecodable) - shown} more", err=True)
 
@@ -112,6 +112,8 @@ def state(projection: str, at: str | None, key: str | None, file: str | None, sn
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="PROJECTION") from None
     point = _position(at, "--at")
+    if file and save_snapshot:
+        raise click.UsageError("--save-snapshot stores the live log's snapshot; it does not go with --file")
     if file:
         built = run(run_sync(state_from_file, path=file, projection=fold, at=point))  # its errors are one line too
     else:
@@ -126,8 +128,8 @@ def state(projection: str, at: str | None, key: str | None, file: str | None, sn
     click.echo(f"{projection} at seq {built.seq}: folded {built.folded} events from {start}{skipped}", err=True)
     try:
         _print_json(pick(built.state, key) if key else built.state)
-    except KeyError as error:
-        raise click.BadParameter(str(error.args[0]), param_hint="--key") from None
+    except KeyError as error:  # it names the keys there are: a client's (`--key e-1/input/x`)
+        raise click.BadParameter(visible(str(error.args[0])), param_hint="--key") from None
 
 
 @replay.command("export")
