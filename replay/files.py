@@ -36,6 +36,7 @@ from topics.record import Record
 from topics.registry import EVENT_TYPES, UPCASTERS
 
 __all__ = [
+    "StoredEvent",
     "TypedLines",
     "block_events",
     "file_blocks",
@@ -118,6 +119,14 @@ class _Stamped(msgspec.Struct, gc=False):
         return self.event.correlationid  # type: ignore[no-any-return]
 
 
+class StoredEvent(_Stamped, gc=False):
+    """A stored message decoded as `TypedLines` decodes a line (``event``, ``seq`` and
+    ``subject``, and the `mesh.projections.Stamp` of its event): for folds reading JetStream."""
+
+    seq: int
+    subject: str
+
+
 class TypedLines:
     """Export lines decoded envelope and data together, one msgspec call per block.
 
@@ -141,11 +150,20 @@ class TypedLines:
         line = msgspec.defstruct("TypedLine", [("event", event), ("seq", int, 0), ("subject", str, "")],
                                  bases=(_Stamped,), gc=False)  # fmt: skip
         self._decoder = msgspec.json.Decoder(line)
+        self._event_decoder = msgspec.json.Decoder(event)
 
     def decode(self, block: bytes | memoryview) -> list[Any] | None:
         """The lines of ``block`` (each with ``event``, ``seq`` and ``subject``), or None."""
         try:
             return self._decoder.decode_lines(block)
+        except DECODE_ERRORS:
+            return None
+
+    def decode_stored(self, seq: int, subject: str, payload: bytes) -> StoredEvent | None:
+        """One stored message (a CloudEvent's JSON) as a line of its seq and subject, or None
+        when it does not decode this way (as a line, in `decode`)."""
+        try:
+            return StoredEvent(self._event_decoder.decode(payload), seq, subject)
         except DECODE_ERRORS:
             return None
 

@@ -29,7 +29,7 @@ from mesh.projections import (
 )
 from mesh.projections.base import Handler, HandlerProjection, Router
 from mesh.projections.snapshots import SNAPSHOT_BUCKET, SnapshotStore
-from replay.files import TypedLines, block_events, line_blocks, read_file, typed_lines
+from replay.files import StoredEvent, TypedLines, block_events, line_blocks, read_file, typed_lines
 from replay.reader import (
     DECODE_ERRORS,
     LogReader,
@@ -137,7 +137,10 @@ async def rebuild_all(
     start = min(state.seq for state in states.values()) + 1
     counts = _FoldSink(chosen, states, at)
     end = at if isinstance(at, int) else None
-    await LogReader(mesh, start=start if start > 1 else None, end=end).scan(counts.sink)
+    table = _table_fold(counts, chosen, at)
+    await LogReader(mesh, start=start if start > 1 else None, end=end).scan(table.message if table else counts.sink)
+    if table is not None:
+        table.flush()
     await counts.fold_held(mesh)
     counts.finish()
     results = {
@@ -247,8 +250,7 @@ def rebuild_file(
     states: dict[str, Any] = {p.name: p.initial() for p in chosen}
     sink = _FoldSink(chosen, states, at)
     end = at if isinstance(at, int) else None
-    tables = [p for p in chosen if isinstance(p, HandlerProjection) and p.folds_by_table]
-    table = _TableFold(sink, tables) if len(tables) == len(chosen) and not isinstance(at, datetime) else None
+    table = _table_fold(sink, chosen, at)
     fold_block = table.fold if table is not None else sink.fold_block
     with gc_paused():
         blocks = line_blocks(path, chunk_size=_BLOCK)
@@ -304,12 +306,22 @@ def _rebuilt_in_order(path: str | Path, projections: Sequence[Projection[Any]], 
     return rebuilt
 
 
+def _table_fold(sink: _FoldSink, projections: Sequence[Projection[Any]], at: Position | None) -> _TableFold | None:
+    """The fast path for ``projections`` when every one folds by its handler table and ``at``
+    is not an instant (whose bound is `_FoldSink.fold`'s), else None."""
+    tables = [p for p in projections if isinstance(p, HandlerProjection) and p.folds_by_table]
+    return _TableFold(sink, tables) if len(tables) == len(projections) and not isinstance(at, datetime) else None
+
+
 class _TableFold:
-    """`rebuild_file`'s fast path, for projections that fold by their handler tables: a block
-    of lines decodes in one msgspec call into envelopes with typed data (`TypedLines`), and
-    each event goes to the handlers of its type with its line as the `Stamp`: no Record,
-    no per-event data decoding, no `apply` and `evolve` calls. The seq rule is `Projection.apply`'s.
-    A block that does not decode that way goes to the sink, line by line, on the same states."""
+    """The rebuilds' fast path, for projections that fold by their handler tables: a block of
+    a file's lines (`fold`), or a stored message (`message`), decodes in one msgspec call into
+    envelopes with typed data (`TypedLines`), and each event goes to the handlers of its type
+    with its line as the `Stamp`: no Record, no per-event data decoding, no `apply` and
+    `evolve` calls. The seq rule is `Projection.apply`'s. What does not decode that way goes to
+    the sink, on the same states and in log order."""
+
+    MESSAGES = 512  # stored messages decoded before they are folded together (`message`)
 
     def __init__(self, sink: _FoldSink, projections: Sequence[HandlerProjection[Any]]) -> None:
         self.sink = sink
@@ -321,6 +333,26 @@ class _TableFold:
         }
         self.subject_named = frozenset(envelope for event_type, envelope in self.lines.envelopes.items()
                                        if issubclass(EVENT_TYPES[event_type], SUBJECT_NAMED) and targets[event_type])  # fmt: skip
+        self.pending: list[StoredEvent] = []  # stored messages decoded, not yet folded
+
+    def message(self, seq: int, subject: str, payload: bytes) -> None:
+        """`_FoldSink.sink` for one stored message. A message whose data is offloaded (it is
+        fetched later, with all that follows: `_FoldSink.held`), or that does not decode this
+        way, goes to the sink once what came before it is folded."""
+        stored = self.lines.decode_stored(seq, subject, payload) if not self.sink.held else None
+        if stored is None or stored.event.dataref is not None:
+            self.flush()
+            self.sink.sink(seq, subject, payload)
+            return
+        self.pending.append(stored)
+        if len(self.pending) >= self.MESSAGES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold the stored messages decoded so far."""
+        if self.pending:
+            pending, self.pending = self.pending, []
+            self.fold_lines(pending)
 
     def fold(self, block: bytes | memoryview, end: int | None) -> bool:
         """Fold the lines of ``block`` (up to seq ``end``); False once past ``end``."""
@@ -333,6 +365,11 @@ class _TableFold:
             if past is not None:
                 self.sink.disordered |= any(0 < line.seq <= end for line in lines[past + 1 :])
                 lines, more = lines[:past], False
+        self.fold_lines(lines)
+        return more
+
+    def fold_lines(self, lines: Sequence[Any]) -> None:
+        """Fold decoded lines (each with ``seq``, ``subject`` and ``event``), in their order."""
         routes, before, named = self.routes, self.sink.last_seq, self.subject_named
         folded, timed = 0, datetime.fromisoformat
         for line in lines:  # counted as `_FoldSink.fold` counts them, line for line
@@ -357,7 +394,6 @@ class _TableFold:
                     state.seq = seq
         self.sink.folded += folded
         self.sink.last_seq = before
-        return more
 
 
 def _handler(projection: HandlerProjection[Any], event_type: str) -> Handler[Any]:
