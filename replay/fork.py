@@ -14,9 +14,21 @@ and published to the live log; the original is never touched. The rules, kept si
   that is exactly one of the mapped ids are rewritten through the same map, so a workflow
   task's `{"workflow_id": ID}` drives the fork, not the original. Other data is copied as
   is (a board or vote named in the data stays the same board or vote).
+- Only the fork's own subjects are written (review AJ): an event is copied only onto a subject
+  whose id token the id map rewrote (`_left_out`): a task's lifecycle `mesh.task.<capability>.
+  <owner>.<task id>`, its model and tool calls `mesh.llm|tool.<agent>.<task id>`, a workflow's
+  records `mesh.flow.<workflow id>`, a cancel `mesh.cancel.<task id>`, a request (which names
+  its task in its data). Anything else is left out and counted skipped, with its reason
+  (`ForkResult.skips`): questions and answers, agents' lifecycle events, dead letters, app
+  events, and every subject that keeps an id the map did not make (another workflow's or
+  task's, a live question's), whatever `correlationid` the event claims: a history read from a
+  file can claim anything, and the fork publishes as the operator.
 - Shared state is not touched: an event on a board, vote, knowledge base, conversation, chat
-  room or auction subject is copied only when the id map changes its subject (`SHARED`);
-  writes to the live board (or votes, entries, turns, bids) are left out and counted skipped.
+  room or auction subject is copied only when the id map rewrote its name (`SHARED`); writes
+  to the live board (or votes, entries, turns, bids) are left out and counted skipped. App
+  events (`mesh.app.>`) are never copied: what a finished task announced happened once, and
+  live `@agent.on` watchers of the type's subjects would act on a copy again, whatever id it
+  carried.
 - Tasks that finished in the prefix are copied whole; the copy of their request goes to
   `mesh.task.<new task id>` rather than `mesh.work.<capability>`, because anything on a work
   subject is work an agent would do again. A task that fell back to another capability (its
@@ -24,11 +36,14 @@ and published to the live log; the original is never touched. The rules, kept si
   stored just after the fallback's outcome: it is copied too when it lies after EVENT_ID.
 - Tasks without an outcome in the prefix start over: their partial work (claims, progress,
   model calls, a fallback's request and hand-off) is not copied, and their first request is
-  re-published on `mesh.work.<capability>` after the copy, with the current time, so agents
-  continue them live (a fallback then happens again, live). The requests they made are
-  copied by the same rules: a finished sub-task whole, which the re-run finds; an unfinished
-  one (a sub-task, a hand-off's next step) not at all, since the re-run asks for it again
-  under the same id. Re-published as well, it ran twice: the re-run's request is a new
+  re-published on `mesh.work.<capability>.<owner>` after the copy, with the current time, so
+  agents continue them live (a fallback then happens again, live). The owner is the forking
+  user's (`Mesh.owner`), whoever's the original was: a fork never submits work in another
+  user's name. Copies of finished tasks keep the owner token they were stored under (under
+  their new task ids), so a re-run finds its sub-tasks where its agent looks. The requests
+  they made are copied by the same rules: a finished sub-task whole, which the re-run finds;
+  an unfinished one (a sub-task, a hand-off's next step) not at all, since the re-run asks
+  for it again under the same id. Re-published as well, it ran twice: the re-run's request is a new
   message, not a duplicate the server drops (`Mesh.scoped`).
 - A workflow's records (`mesh.flow.*`) are copied whole, its start included (made while its
   driving task, which starts over, ran): the resumed orchestrator goes on from them, and
@@ -60,15 +75,46 @@ from topics.record import Record
 from topics.registry import encode_data
 from topics.tasks import TaskHandedOff, TaskOutcome, TaskRequested
 
-__all__ = ["SHARED", "ForkResult", "fork", "fork_log", "plan_fork"]
+__all__ = ["SHARED", "ForkResult", "Planned", "Skipped", "fork", "fork_log", "plan_fork"]
 
-SHARED = frozenset({"board", "vote", "knowledge", "conversation", "chat", "bid", "dead"})
+SHARED = frozenset({"board", "vote", "knowledge", "conversation", "chat", "bid"})
 """Families of shared state (`mesh.<family>.<name>...`): their events in the prefix are copied
-only onto a subject the fork's ids map (a board named after the forked workflow's id becomes
+only when the fork's ids map their name (a board named after the forked workflow's id becomes
 the fork's); one of the live board, vote, knowledge base, conversation, chat room or auction
-is left out, so forking a month-old run never writes its old values over today's. So are dead
-letters (`mesh.dead.>`): a copy would report again a message that died once (review G)."""
+is left out, so forking a month-old run never writes its old values over today's."""
+OWN = {"task": (5, 4), "llm": (4, 3), "tool": (4, 3), "flow": (3, 2), "cancel": (3, 2)}
+"""The families a fork writes its own history in (`mesh.<family>...`): how many tokens their
+subjects have, and which one is the id (a task's or a workflow's) the id map must rewrite."""
+NEVER = {
+    "ask": "a question to people: the fork does not ask again",
+    "answer": "an answer from a person: the fork does not answer a question",
+    "agent": "an agent's lifecycle event, not the fork's",
+    "app": "an app event: it happened once, and its live watchers would act on a copy again",
+    "dead": "a dead letter: the message died once",
+}
+"""Families never copied, whatever ids their subjects hold, with the reason given for each (a
+copy of a dead letter would report again a message that died once: review G)."""
+STARTS_OVER = "partial work of a task that starts over"
+ASKED_AGAIN = "asked again live, by the task or workflow that starts over"
+PARTIAL = frozenset({STARTS_OVER, ASKED_AGAIN})  # the reasons of a fork that is as expected
 _FLOWS = typing.get_args(FlowEvent)
+
+
+class Skipped(msgspec.Struct, frozen=True):
+    """An event of the prefix the fork did not publish, and why."""
+
+    seq: int
+    subject: str
+    type: str
+    reason: str
+
+
+class Planned(msgspec.Struct, frozen=True):
+    """One message the fork publishes: `copy` (history) or `request` (work, re-published)."""
+
+    kind: str
+    subject: str
+    type: str
 
 
 class ForkResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,22 +122,32 @@ class ForkResult(msgspec.Struct, frozen=True, kw_only=True):
     new_id: str
     at_seq: int  # the seq of EVENT_ID in the source
     copied: int  # events copied into the new id's history
-    skipped: int  # partial work of unfinished tasks, not copied
+    skipped: int  # events not copied: partial work of unfinished tasks, and what is not the fork's (`skips`)
     requested: list[str]  # task ids (new) re-requested so agents continue them
     first_seq: int = 0  # where the fork landed in the log
     last_seq: int = 0
+    skips: list[Skipped] = msgspec.field(default_factory=list)  # each event not copied, with its reason
 
 
 class _Plan(msgspec.Struct, frozen=True):
     copies: list[Outgoing]
     requests: list[Outgoing]
     requested: list[str]
-    skipped: int
+    skips: list[Skipped]
     at_seq: int
+    planned: list[Planned]  # what `copies` then `requests` are, in that order
+
+    @property
+    def skipped(self) -> int:
+        return len(self.skips)
 
 
-def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str) -> _Plan:
-    """What `fork` would publish, without publishing it."""
+def plan_fork(
+    records: Sequence[Record], source: str, at_event: str, new_id: str, *, owner: str = subjects.ANON
+) -> _Plan:
+    """What `fork` would publish, without publishing it. ``owner``: the forking user's owner
+    token (`Mesh.owner`), under which unfinished tasks are requested again."""
+    check_token("owner", owner)
     check_token("fork id", new_id)
     chosen = causal_slice(records, source)
     cut = next((n for n, r in enumerate(chosen) if r.event.id == at_event), None)
@@ -115,39 +171,46 @@ def plan_fork(records: Sequence[Record], source: str, at_event: str, new_id: str
     copies: list[Outgoing] = []
     requests: list[Outgoing] = []
     requested: list[str] = []
-    skipped = 0
+    skips: list[Skipped] = []
+    planned: tuple[list[Planned], list[Planned]] = ([], [])
     for record in prefix:
         if record.event.causationid in open_requests and not isinstance(record.data, (TaskRequested, *_FLOWS)):
-            skipped += 1  # partial work of a task that starts over (not a workflow's record: its driver resumes from it)
+            reason: str | None = STARTS_OVER  # not a workflow's record: its driver resumes from it
+        elif record.event.id in open_requests and record.event.id not in unfinished:
+            reason = ASKED_AGAIN  # by the task that starts over (a sub-task, a hand-off, a fallback), or by the
+        else:  # resumed driver of the workflow step it is
+            reason = _left_out(record, ids)
+        if reason is not None:
+            skips.append(Skipped(record.seq, record.subject, record.event.type, reason))
             continue
-        if record.event.id in open_requests and record.event.id not in unfinished:
-            skipped += 1  # asked again live: by the task that starts over (a sub-task, a hand-off, a fallback), or
-            continue  # by the resumed driver of the workflow step it is
         event, subject = _copy(record, ids)
-        if subject == record.subject and record.subject.partition(".")[2].partition(".")[0] in SHARED:
-            skipped += 1  # the live board, vote, base or conversation itself: the fork must not change it
-            continue
-        if record.event.id in unfinished:
-            event = msgspec.structs.replace(event, time=now_rfc3339(), source=f"{FORK_SOURCE}{new_id}")
-            requests.append(Outgoing(subject, encode_envelope(event), event.id))
-            requested.append(ids.get(_task_of(record), _task_of(record)))
-            continue
         if isinstance(record.data, TaskRequested):
-            capability, owner = subjects.work_of(record.subject) or (record.data.capability, subjects.ANON)
-            subject = subjects.task(capability, owner, ids.get(_task_of(record), _task_of(record)))  # history, not work
+            place = subjects.work_of(record.subject)
+            task = ids[_task_of(record)]
+            if record.event.id in unfinished:  # work again, the forking user's (`_left_out`: a work or task subject)
+                capability = place[0] if place else record.subject.split(".")[2]
+                subject = subjects.work(capability, owner)
+                event = msgspec.structs.replace(event, time=now_rfc3339(), source=f"{FORK_SOURCE}{new_id}")
+                requests.append(Outgoing(subject, encode_envelope(event), event.id))
+                planned[1].append(Planned("request", subject, event.type))
+                requested.append(task)
+                continue
+            if place is not None:
+                subject = subjects.task(*place, task)  # history, not work: under the owner it was stored for
         copies.append(Outgoing(subject, encode_envelope(event), event.id))
-    return _Plan(copies, requests, requested, skipped, prefix[-1].seq)
+        planned[0].append(Planned("copy", subject, event.type))
+    return _Plan(copies, requests, requested, skips, prefix[-1].seq, [*planned[0], *planned[1]])
 
 
 async def fork(mesh: Mesh, records: Sequence[Record], source: str, at_event: str, new_id: str) -> ForkResult:
     """Copy the history of ``source`` up to ``at_event`` under ``new_id`` into the live log
-    and re-request its unfinished tasks (see the module doc for the rules)."""
-    plan = plan_fork(records, source, at_event, new_id)
+    and re-request its unfinished tasks as ``mesh``'s user (see the module doc for the rules)."""
+    plan = plan_fork(records, source, at_event, new_id, owner=mesh.owner)
     acks = await publish_in_order(mesh, [*plan.copies, *plan.requests])
     seqs = [seq for seq, _ in acks]
     return ForkResult(source=source, new_id=new_id, at_seq=plan.at_seq, copied=len(plan.copies),
                       skipped=plan.skipped, requested=plan.requested, first_seq=min(seqs, default=0),
-                      last_seq=max(seqs, default=0))  # fmt: skip
+                      last_seq=max(seqs, default=0), skips=plan.skips)  # fmt: skip
 
 
 async def fork_log(mesh: Mesh, source: str, at_event: str, new_id: str) -> ForkResult:
@@ -164,6 +227,35 @@ def _fallback_links(after: Sequence[Record], finished: set[str]) -> list[Record]
     capability it was asked of finds the outcome through them."""
     return [r for r in after if isinstance(r.data, TaskHandedOff) and r.data.task_id in finished
             and r.data.next_task_id == r.data.task_id]  # fmt: skip
+
+
+def _left_out(record: Record, ids: dict[str, str]) -> str | None:
+    """Why ``record`` is not the fork's to copy, or None when it is: its subject is one of the
+    fork's own (`OWN`, `SHARED`) with the id the map rewrites. A request names its task in its
+    data: it is copied (to its task's subject) or requested again (as the forking user's)."""
+    tokens = record.subject.split(".")
+    family = tokens[1] if len(tokens) > 1 else ""
+    if family in NEVER:
+        return NEVER[family]
+    if isinstance(record.data, TaskRequested):
+        place = subjects.task_of(record.subject)
+        if subjects.work_of(record.subject) is not None or (place is not None and place[2] in ids):
+            return None
+        return "a request stored neither on a work subject nor on a forked task's"
+    if family == "work":
+        return "not a request, on a work subject"
+    if family in SHARED:
+        if len(tokens) > 2 and tokens[2] in ids:
+            return None
+        return f"the live {family} {tokens[2] if len(tokens) > 2 else ''!r}: shared state the fork does not change"
+    if family in OWN:
+        count, at = OWN[family]
+        if len(tokens) != count:
+            return f"a {family} subject of {len(tokens)} tokens, not {count}"
+        if tokens[at] not in ids:
+            return f"{tokens[at]!r} is not one of the fork's ids: another {'workflow' if family == 'flow' else 'task'}'s"
+        return None
+    return "not a subject a fork writes (tasks, requests, model and tool calls, workflows, cancels)"
 
 
 def _task_of(record: Record) -> str:

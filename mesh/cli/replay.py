@@ -205,11 +205,30 @@ def rerun(target: str, correlation: str, file: str | None, settings: MeshSetting
 @click.argument("id")
 @click.option("--at", "at_event", required=True, help="the last event id to copy")
 @click.option("--as", "new_id", required=True, callback=token("fork id"), help="the new workflow/correlation id")
+@click.option("--dry-run", is_flag=True, help="print what would be published (and left out) and publish nothing")
 @FILE
 @nats_options
-def fork(id: str, at_event: str, new_id: str, file: str | None, settings: MeshSettings) -> None:
+def fork(id: str, at_event: str, new_id: str, dry_run: bool, file: str | None, settings: MeshSettings) -> None:
     """Copy ID's history up to --at under --as into the live log, and continue it there."""
+    from replay.fork import PARTIAL, plan_fork
     from replay.fork import fork as fork_records
+
+    if dry_run:
+        async def plan() -> Any:
+            if file:  # no server needed
+                return plan_fork(read_file(file).records, id, at_event, new_id, owner=settings.owner())
+            async with await _connect(settings) as mesh:
+                found = await read_slice(mesh, id, named=(new_id,))
+                return plan_fork(found.records, id, at_event, new_id, owner=mesh.owner)
+
+        planned = run(plan())
+        for one in planned.planned:
+            click.echo(shown(f"{one.kind:8} {one.type:24} {one.subject}"))
+        for skip in planned.skips:
+            click.echo(shown(f"{'skip':8} {skip.type:24} {skip.subject}  ({skip.reason})"))
+        click.echo(f"dry run: {id} at seq {planned.at_seq} as {new_id} would copy {len(planned.copies)} events, "
+                   f"skip {planned.skipped} and re-request {len(planned.requests)} task(s); nothing published")  # fmt: skip
+        return
 
     async def go() -> Any:
         async with await Mesh.connect(settings=settings) as mesh:
@@ -220,6 +239,16 @@ def fork(id: str, at_event: str, new_id: str, file: str | None, settings: MeshSe
     tasks = f": {', '.join(result.requested)}" if result.requested else ""
     click.echo(f"forked {id} at seq {result.at_seq} as {new_id}: {result.copied} events copied, "
                f"{result.skipped} skipped, {len(result.requested)} task(s) re-requested{tasks}")  # fmt: skip
+    foreign = [skip for skip in result.skips if skip.reason not in PARTIAL]
+    if foreign:
+        click.echo(f"note: {len(foreign)} event(s) left out, on subjects that are not the fork's:", err=True)
+        for skip in foreign[:_SHOWN_SKIPS]:
+            click.echo(shown(f"  seq {skip.seq} {skip.type} on {skip.subject}: {skip.reason}"), err=True)
+        if len(foreign) > _SHOWN_SKIPS:
+            click.echo(f"  ... and {len(foreign) - _SHOWN_SKIPS} more (--dry-run lists them all)", err=True)
+
+
+_SHOWN_SKIPS = 20  # events left out that `fork` names; `--dry-run` names them all
 
 
 @replay.command()
