@@ -45,6 +45,7 @@ from mesh.llm.window import ContextWindow
 from mesh.projections.board import BoardState
 from mesh.projections.histories import History, add_turn
 from mesh.runtime.context import Context
+from replay.answers import Answers, Place, place_of
 from replay.causal import Numbered, children_of, derivation_label
 from replay.driving import ReplayFlowLog
 from replay.watching import ReplayBoardWatch
@@ -59,7 +60,15 @@ from topics.flows import FlowCompleted, FlowFailed, FlowStarted
 from topics.humans import HumanAnswered, HumanAsked, HumanExpired, answer_problem, answers_question
 from topics.record import Record
 from topics.registry import type_of
-from topics.tasks import TaskCompleted, TaskFailed, TaskHandedOff, TaskOutcome, TaskProgress, TaskRequested
+from topics.tasks import (
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskFailed,
+    TaskHandedOff,
+    TaskProgress,
+    TaskRequested,
+    cancel_key_of,
+)
 from topics.votes import VoteDecided, VoteProposed
 
 if TYPE_CHECKING:  # annotations only: the SDK is imported when a model call is replayed
@@ -153,7 +162,8 @@ def made_on(record: Record) -> str:
 
 
 class RecordBook:
-    """The recorded slice, indexed for replay: by id, by cause, and task outcomes by task id."""
+    """The recorded slice, indexed for replay: by id, by cause, task requests by id and subject,
+    and the answers of tasks on their own subjects (`replay.answers`)."""
 
     FAMILIES = ("board", "vote", "conversation", "knowledge", "ask", "answer", "flow")
     """The subject families (`mesh.<family>.>`) whose events in the whole log a replay reads,
@@ -183,13 +193,20 @@ class RecordBook:
                 self.flows.setdefault(rest, []).append(record)
         self.by_id = {record.event.id: record for record in self.records}
         self.caused = children_of(self.records)
-        self.outcomes: dict[str, Record] = {}
+        # a sub-task's outcome as the live requester takes it: on its own task's subject, answering its
+        # request (review AJ: the first outcome naming its task id, on any subject, was handed over)
+        self.answers = Answers(self.records)
+        self.requests: dict[tuple[str, Place], Record] = {}  # (event id, its task) -> the first request stored so
+        self.cancels: dict[str, list[Record]] = {}  # task id -> the cancel requests on its cancel subject
         self.workflow_ends: dict[str, Record] = {}
         for record in self.records:
-            if isinstance(record.data, TaskOutcome):
-                self.outcomes.setdefault(record.data.task_id, record)
-            elif isinstance(record.data, FlowCompleted | FlowFailed):
-                self.workflow_ends.setdefault(record.data.workflow_id, record)
+            data = record.data
+            if isinstance(data, TaskRequested) and (place := place_of(record)) is not None:
+                self.requests.setdefault((record.event.id, place), record)
+            elif isinstance(data, TaskCancelRequested) and record.subject == subjects.cancel(data.task_id):
+                self.cancels.setdefault(data.task_id, []).append(record)
+            elif isinstance(data, FlowCompleted | FlowFailed):
+                self.workflow_ends.setdefault(data.workflow_id, record)
 
     def _calls(self, cause: str, request_seq: int | None) -> Iterator[CallEvent]:
         """The model and tool calls made for the request stored at ``request_seq`` (caused by
@@ -248,6 +265,7 @@ class RecordedMesh:
         self.source = source
         self._siblings = len(book.caused.get(cause, []))
         self._causes: dict[str, str] = {}  # task id -> what caused its request (a step's: its `scheduled`)
+        self._asked: dict[str, tuple[str, str, str]] = {}  # task id -> capability, owner, event id of its request
         self.gates: list[Callable[[str], Awaitable[None]]] = []  # awaited before an outcome is answered
 
     def __getattr__(self, name: str) -> Any:
@@ -274,6 +292,7 @@ class RecordedMesh:
         event_id = event_id or (derived_id(task_id, "requested") if task_id else new_event_id())
         task_id = task_id or event_id
         self._causes.setdefault(task_id, causation_id or self.cause)
+        self._asked[task_id] = (capability, owner or self.owner, event_id)
         request = TaskRequested(capability=capability, input=input, task_id=task_id, fallback=fallback,
                                 max_attempts=max_attempts, deadline=deadline, hops=hops, forked=forked)  # fmt: skip
         await self.publish(subjects.work(capability, owner or self.owner), request, event_id=event_id,
@@ -283,25 +302,57 @@ class RecordedMesh:
 
     async def submit_request(self, capability: str, input: Any = None, **task: Any) -> Submitted:
         task_id = await self.submit(capability, input, **task)
-        stored = self.book.by_id.get(task.get("event_id") or derived_id(task_id, "requested"))
+        stored = self._stored_request(task_id)
         return Submitted(task_id, capability, stored.seq if stored else 0, True)
 
+    def _stored_request(self, task_id: str) -> Record | None:
+        """The recorded request of the sub-task ``task_id`` the handler asked for: under the
+        event id it made, on the work subject of its capability and owner, or the copy `replay
+        fork` made of it on the task's own subject (a duplicate submit gets the first one's
+        sequence); never an event stored elsewhere under that id."""
+        capability, owner, event_id = self._asked[task_id]
+        return self.book.requests.get((event_id, (capability, owner, task_id)))
+
     async def outcome(self, task_id: str, *, timeout: float = 60.0) -> Record:
-        """The recorded outcome; none recorded means the original waited in vain: a timeout.
-        So does one recorded after this task asked to cancel the sub-task (it stopped waiting first).
-        The `gates` (a replayed driver's, `replay.driving`) say when the outcome is answered."""
-        for gate in self.gates:
-            await gate(task_id)
-        found = self.book.outcomes.get(task_id)
-        cancel = self.book.by_id.get(derived_id(task_id, "cancel_requested"))
-        gave_up = cancel is not None and cancel.event.causationid == self._causes.get(task_id, self.cause)
-        if found is None or (gave_up and cancel is not None and cancel.seq < found.seq):
+        """The recorded outcome of the sub-task ``task_id`` the handler asked for, as the live
+        requester took it (`follow`); a timeout if it never asked for it."""
+        if task_id not in self._asked:
             raise TaskTimeoutError(task_id, None, timeout)
-        return found
+        capability, owner, _ = self._asked[task_id]
+        stored = self._stored_request(task_id)
+        return await self._answer(capability, owner, task_id, stored.seq if stored else 0, timeout)
 
     async def follow(self, capability: str, task_id: str, request_seq: int, *, timeout: float = 60.0,
                      owner: str | None = None) -> Record:  # fmt: skip
-        return await self.outcome(task_id, timeout=timeout)
+        return await self._answer(capability, owner or self.owner, task_id, request_seq, timeout)
+
+    async def _answer(self, capability: str, owner: str, task_id: str, request_seq: int, timeout: float) -> Record:
+        """The outcome the live requester took (`Mesh.follow`): the first answer on the task's own
+        subject naming ``request_seq``, following hand-offs (review AJ: an outcome stored anywhere
+        else, such as a client's on `mesh.cancel.<task id>`, answers nothing). None recorded means
+        the original waited in vain: a timeout. So does one recorded after this task asked to cancel
+        the sub-task (it stopped waiting first). The `gates` (a replayed driver's, `replay.driving`)
+        say when the outcome is answered."""
+        for gate in self.gates:
+            await gate(task_id)
+        found = self.book.answers.outcome((capability, owner, task_id), request_seq)
+        if found is None or self._gave_up(task_id, found):
+            raise TaskTimeoutError(task_id, None, timeout)
+        return found
+
+    def _gave_up(self, task_id: str, found: Record) -> bool:
+        """Whether this task asked to cancel the sub-task ``task_id`` before ``found`` was stored:
+        its own cancel request (the id the runtime derives, caused by what asked for the sub-task,
+        showing the token whose hash the sub-task's request holds, if it holds one)."""
+        cause = self._causes.get(task_id, self.cause)
+        request = self._stored_request(task_id) if task_id in self._asked else None
+        key = request.data.cancel_key if request is not None else None  # type: ignore[attr-defined]
+        return any(
+            record.seq < found.seq and record.event.id == derived_id(task_id, "cancel_requested")
+            and record.event.causationid == cause
+            and (key is None or cancel_key_of(record.data.token) == key)  # type: ignore[attr-defined]
+            for record in self.book.cancels.get(task_id, ())
+        )  # fmt: skip
 
     async def last_on(self, subject: str, *, before: int | None = None) -> Record | None:
         """The newest recorded event on ``subject`` in the slice (a resumed driver asks it of a

@@ -40,6 +40,7 @@ from mesh.runtime.context import HandOff
 from mesh.runtime.failures import error_message
 from mesh.runtime.process import load_agent
 from mesh.telemetry.tracing import replaying
+from replay.answers import Place, of_its_task, place_of
 from replay.causal import Numbered, causal_slice
 from replay.context import Effect, RecordBook, ReplayContext, effect_of, made_on
 from replay.driving import driver_records, workflows_driven
@@ -95,7 +96,10 @@ async def rerun(target: str | Agent, records: Sequence[Record], correlation: str
     agent = load_agent(target) if isinstance(target, str) else target
     chosen = causal_slice(records, correlation)
     book = RecordBook(chosen, records)
-    requests = [r for r in chosen if isinstance(r.data, TaskRequested) and r.data.capability in agent.handlers
+    # the requests its agents were handed: on a work subject of one of its capabilities (the subject's, whatever
+    # the data says; a request stored anywhere else is served by nobody), or a fork's copy on its task's subject
+    requests = [r for r in chosen if isinstance(r.data, TaskRequested) and (place := place_of(r)) is not None
+                and place[0] in agent.handlers
                 and derived_id(r.event.id, "cancelled") not in book.by_id]  # where a cancel stopped it is not recorded
     if not requests:
         raise MeshError(
@@ -129,11 +133,15 @@ async def rerun_file(path: str, target: str | Agent, correlation: str) -> RerunR
 async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Divergence | None:
     data = cast(TaskRequested, request.data)
     event = request.event
-    task_id = data.task_id or event.id
-    handler = agent.handlers[data.capability]
+    place = cast(Place, place_of(request))
+    capability, owner, task_id = place
+    handler = agent.handlers[capability]
     # what its handler asked for lands after its request; a request before it is a copy `replay
-    # fork` made of a finished sub-task, which a re-run of the forked task finds rather than makes
-    caused = [r for r in book.caused.get(event.id, []) if not (r.seq < request.seq and isinstance(r.data, TaskRequested))]
+    # fork` made of a finished sub-task, which a re-run of the forked task finds rather than makes.
+    # A claim, progress or outcome counts only on its task's own subject (review AJ: a client's
+    # `mesh.task.completed` on `mesh.cancel.<task id>`, caused by the request, was taken as its own)
+    caused = [r for r in book.caused.get(event.id, [])
+              if not (r.seq < request.seq and isinstance(r.data, TaskRequested)) and of_its_task(r, place)]
     outcome = next((r for r in caused if r.event.id in _outcome_ids(event.id)), None)
     claims = [r.data for r in caused if isinstance(r.data, TaskClaimed)]
     attempt, agent_id = _who(outcome, claims, agent.name)
@@ -142,9 +150,8 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     own = [r for r in caused if _handler_made(r, event.id) and r.event.id not in driven_ids]
     made = [r.seq for r in own if r.event.id not in _outcome_ids(event.id)] + [r.seq for r, _ in driven]
     end = outcome.seq if outcome is not None else max((r.seq for r in book.records), default=request.seq)
-    _, owner = subjects.work_of(request.subject) or (data.capability, subjects.ANON)
     ctx = ReplayContext(book, agent=agent.name, agent_id=agent_id, event=event, task_id=task_id,
-                        capability=data.capability, attempt=attempt, granted=agent.tools,
+                        capability=capability, attempt=attempt, granted=agent.tools,
                         effect_seqs=sorted(made), end_seq=end, request_seq=request.seq, owner=owner,
                         agent_owner=_own_owner(caused, event.id, owner), deadline=data.deadline,
                         hops=data.hops, forked=data.forked)  # fmt: skip
@@ -157,7 +164,7 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
         result = ("failed", error)
     actual = list(ctx.effects)
     if outcome is not None and result[0] != "stopped":
-        actual.append(_outcome_effect(event.id, data.capability, owner, task_id, *result))
+        actual.append(_outcome_effect(event.id, capability, owner, task_id, *result))
     numbered: Numbered = {}
     expected = [effect_of(r, event.id, len(caused), numbered) for r in own]
     expected += [Effect.of(r.event.id, label, made_on(r), r.data) for r, label in driven]
@@ -165,7 +172,7 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     labels = {effect.id: effect.label for effect in expected}
     actual = [msgspec.structs.replace(e, label=labels[e.id]) if e.label.startswith("event ") and e.id in labels else e
               for e in actual]  # fmt: skip
-    return _compare(expected, actual, task_id, data.capability, request.seq)
+    return _compare(expected, actual, task_id, capability, request.seq)
 
 
 def _driven(book: RecordBook, caused: list[Record]) -> list[tuple[Record, str]]:

@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from mesh.projections.base import instant
+from replay.answers import request_outcomes
 from replay.bars import Bar, build_bars
 from replay.causal import causal_slice
 from replay.labels import Names, label, summarize
@@ -32,7 +33,7 @@ from topics.base import visible
 from topics.calls import LlmCalled, ToolCalled
 from topics.flows import FlowCompleted, FlowFailed, FlowStarted, FlowStepCompleted, FlowStepFailed, FlowStepScheduled
 from topics.record import Record
-from topics.tasks import TaskOutcome, TaskRequested
+from topics.tasks import TaskRequested
 
 __all__ = ["Hop", "Timeline", "agent_of", "build_timeline", "render_text", "summarize"]
 
@@ -92,12 +93,12 @@ def build_timeline(records: Iterable[Record], root: str) -> Timeline:
         if record.event.id in causes:
             children.setdefault(causes[record.event.id] or "", []).append(record)
     names = Names.of(chosen)
-    outcomes: dict[str, float] = {}
+    # a request's outcome: on its task's own subject, answering it (review AJ: not the first event
+    # anywhere naming its task id, such as a client's `mesh.task.failed` on `mesh.cancel.<id>`)
+    outcomes = {seq: (instant(done.event.time) - start).total_seconds() for seq, done in request_outcomes(chosen).items()}
     requesters: dict[str, str] = {}
     for record in chosen:
-        if isinstance(record.data, TaskOutcome):
-            outcomes.setdefault(record.data.task_id, (moments[record.event.id] - start).total_seconds())
-        elif isinstance(record.data, TaskRequested):
+        if isinstance(record.data, TaskRequested):
             requesters.setdefault(record.data.task_id or record.event.id, agent_of(record.event.source))
     hops: list[Hop] = []
     roots = [record for record in chosen if record.event.id not in causes]
@@ -120,7 +121,7 @@ def build_timeline(records: Iterable[Record], root: str) -> Timeline:
         to_children = max((moments[k.event.id] - start).total_seconds() for k in kids) - offset if kids else None
         to_outcome = None
         if isinstance(record.data, TaskRequested):
-            done = outcomes.get(record.data.task_id or event.id)
+            done = outcomes.get(record.seq)
             to_outcome = None if done is None else done - offset
         hops.append(
             Hop(seq=record.seq, id=event.id, time=event.time, offset=offset, depth=depth,

@@ -71,6 +71,7 @@ from mesh.telemetry.conventions import (
     TOOL_TYPE_FUNCTION,
 )
 from mesh.telemetry.tracing import messaging_attributes, subject_template
+from replay.answers import Place, of_its_task, place_of
 from replay.causal import causal_slice, children_of
 from topics.agents import AgentStarted, AgentStopped
 from topics.calls import LlmCalled, ToolCalled
@@ -201,6 +202,7 @@ class _Handling:
     attempt: int
     error: str | None = None
     claims: int = 0
+    place: Place = ("", "", "")  # the task it handled: its capability, owner and task id
 
 
 @dataclass
@@ -244,14 +246,19 @@ class _Builder:
         data: TaskRequested = request.data  # type: ignore[assignment]
         event = request.event
         task_id = data.task_id or event.id
-        kids = self.children.get(event.id, [])
-        claims = [(k, k.data) for k in kids if isinstance(k.data, TaskClaimed) and k.data.task_id == task_id]
-        outcome = next(
-            ((k, k.data) for k in kids
-             if isinstance(k.data, (TaskCompleted, TaskFailed, TaskCancelled)) and k.data.task_id == task_id),
-            None,
-        )  # fmt: skip
-        handover = next((k for k in kids if k.event.id == derived_id(event.id, "fallback")), None)
+        place = place_of(request)
+        if place is None:
+            return None  # a request stored off a work subject: no agent serves it (as the timeline's bars)
+        # its claims, outcome and hand-over only on its own task's subjects, as the timeline's bars and
+        # the tasks projection take them (review AJ: a client's `mesh.task.claimed` and `.failed` on
+        # `mesh.cancel.<task id>` made another user's completed task an ERROR `process` span by the
+        # client's agent name); what is not is a `send` span of its own, under the request's `send`
+        kids = [k for k in self.children.get(event.id, []) if of_its_task(k, place)]
+        claims = [(k, k.data) for k in kids if isinstance(k.data, TaskClaimed)]
+        outcome = next(((k, k.data) for k in kids if isinstance(k.data, (TaskCompleted, TaskFailed, TaskCancelled))),
+                       None)  # fmt: skip
+        handover = next((k for k in kids if k.event.id == derived_id(event.id, "fallback")
+                         and isinstance(k.data, TaskRequested) and _passed_on(k, place)), None)  # fmt: skip
         by_agents = [k for k in kids if k.event.source.startswith("mesh://agent/")]
         if not (claims or outcome or handover or by_agents):
             return None  # nobody took it (yet)
@@ -278,11 +285,11 @@ class _Builder:
                 error = f"{result.error.type}: {result.error.message}"
         elif handover is not None:
             end, kind = _ns(handover.event.time), "fallback"
-            error = f"handed over to {getattr(handover.data, 'capability', '?')}"
+            error = f"handed over to {_passed_on_to(handover)}"
         else:
             end, kind = max((_ns(k.event.time) for k in kids), default=start), "none"
         return _Handling(request=request, task_id=task_id, agent=agent, start_ns=start, end_ns=max(end, start),
-                         outcome=kind, attempt=attempt, error=error, claims=len(claims))  # fmt: skip
+                         outcome=kind, attempt=attempt, error=error, claims=len(claims), place=place)  # fmt: skip
 
     @staticmethod
     def _start_of(record: Record) -> int:
@@ -297,7 +304,8 @@ class _Builder:
         """Where the spans of ``record`` hang: under the process span of a handled cause,
         else under its cause's send span, else under the replay root."""
         cause = record.event.causationid or ""
-        if cause in self.handled:
+        handling = self.handled.get(cause)
+        if handling is not None and of_its_task(record, handling.place):
             return _span_id(self.trace_id, f"process/{cause}")
         if cause in self.by_id:
             return _span_id(self.trace_id, f"send/{cause}")
@@ -340,12 +348,12 @@ class _Builder:
 
     def process(self, record: Record, handling: _Handling, original: SpanContext | None) -> ReplayedSpan:
         event = record.event
-        data: TaskRequested = record.data  # type: ignore[assignment]
+        capability = handling.place[0]  # the capability its subject names, which its agents serve it as
         attributes = messaging_attributes(record.subject, "process", event.type, event.id)
-        attributes[MESSAGING_CONSUMER_GROUP_NAME] = f"work-{data.capability}"  # the live consumer's name
+        attributes[MESSAGING_CONSUMER_GROUP_NAME] = f"work-{capability}"  # the live consumer's name
         attributes.update(self.common(record, original))
         service = self.role_of(handling.agent)
-        attributes.update({"mesh.capability": data.capability, "mesh.task_id": handling.task_id,
+        attributes.update({"mesh.capability": capability, "mesh.task_id": handling.task_id,
                            "mesh.task.outcome": handling.outcome, "mesh.task.attempt": handling.attempt,
                            GEN_AI_AGENT_NAME: service})  # fmt: skip
         if handling.agent:
@@ -422,6 +430,18 @@ class _Builder:
                             start_ns=min(s.start_ns for s in self.spans), end_ns=max(s.end_ns for s in self.spans),
                             trace_id=self.trace_id, span_id=self.root_id, parent_id=None, attributes=attributes,
                             service="mesh-replay")  # fmt: skip
+
+
+def _passed_on(request: Record, place: Place) -> bool:
+    """Whether ``request`` passes the task ``place`` on to a fallback: the same owner and task id."""
+    found = place_of(request)
+    return found is not None and found[1:] == place[1:]
+
+
+def _passed_on_to(request: Record) -> str:
+    """The capability a fallback's request went to: the one its subject names."""
+    found = place_of(request)
+    return found[0] if found is not None else "?"
 
 
 def _roles(records: Iterable[Record]) -> dict[str, str]:
