@@ -29,6 +29,7 @@ from topics.record import Record
 from topics.tasks import (
     MAX_HOPS,
     TaskCancelled,
+    TaskCancelRequested,
     TaskCompleted,
     TaskFailed,
     TaskHandedOff,
@@ -53,13 +54,19 @@ def of_its_task(record: Record, place: Place) -> bool:
     run: a claim, progress, outcome or hand-off only on the task's own subject (whoever may
     publish elsewhere, a client on `mesh.cancel.<task id>` for one, writes nobody's run there); a
     request (a sub-task, a fallback's) only where an agent serves it, or a `replay fork` copy on
-    its task's subject; anything else as it is."""
+    its task's subject; nothing else on a cancel subject, where every client may publish and the
+    mesh writes cancel requests only; anything else as it is."""
     data = record.data
     if isinstance(data, TaskLifecycle):
         return place_of(record) == place
     if isinstance(data, TaskRequested):
         return place_of(record) is not None
+    if record.subject.startswith(_CANCELS):
+        return isinstance(data, TaskCancelRequested)
     return True
+
+
+_CANCELS = "mesh.cancel."
 
 
 def _next_place(place: Place, hop: TaskHandedOff) -> Place:

@@ -208,42 +208,45 @@ class RecordBook:
             elif isinstance(data, FlowCompleted | FlowFailed):
                 self.workflow_ends.setdefault(data.workflow_id, record)
 
-    def _calls(self, cause: str, request_seq: int | None) -> Iterator[CallEvent]:
-        """The model and tool calls made for the request stored at ``request_seq`` (caused by
-        event ``cause``: a second request reusing its event id has calls of its own). A call
+    def _calls(self, cause: str, request_seq: int | None, subject: str) -> Iterator[CallEvent]:
+        """The model or tool calls made for the request stored at ``request_seq`` (caused by
+        event ``cause``: a second request reusing its event id has calls of its own), stored on
+        ``subject``: where the agent records them (`subjects.llm`, `subjects.tool`), which only
+        its role may write, and where a live retry reads them back. Anywhere else they are
+        someone else's word (review AJ: a client may publish on `mesh.cancel.<task id>`). A call
         recorded before calls named their request (no `request_seq`) counts for any."""
         for record in self.caused.get(cause, []):
             data = record.data
-            if isinstance(data, CallEvent) and data.request_seq in (None, request_seq):
+            if isinstance(data, CallEvent) and data.request_seq in (None, request_seq) and record.subject == subject:
                 yield data
 
-    def llm_calls(self, cause: str, request_seq: int | None = None) -> dict[int, LlmCalled]:
+    def llm_calls(self, cause: str, subject: str, request_seq: int | None = None) -> dict[int, LlmCalled]:
         calls: dict[int, LlmCalled] = {}
-        for data in self._calls(cause, request_seq):
+        for data in self._calls(cause, request_seq, subject):
             if isinstance(data, LlmCalled):
                 calls.setdefault(data.call_index, data)
         return calls
 
-    def llm_failures(self, cause: str, attempt: int, request_seq: int | None = None) -> dict[int, LlmFailed]:
+    def llm_failures(self, cause: str, subject: str, attempt: int, request_seq: int | None = None) -> dict[int, LlmFailed]:
         """The model calls of try ``attempt`` that failed, by call index."""
         failures: dict[int, LlmFailed] = {}
-        for data in self._calls(cause, request_seq):
+        for data in self._calls(cause, request_seq, subject):
             if isinstance(data, LlmFailed) and data.attempt == attempt:
                 failures.setdefault(data.call_index, data)
         return failures
 
-    def tool_calls(self, cause: str, request_seq: int | None = None) -> dict[int, ToolCalled]:
+    def tool_calls(self, cause: str, subject: str, request_seq: int | None = None) -> dict[int, ToolCalled]:
         """The tool calls every try got back (results, lasting failures), by call index."""
         calls: dict[int, ToolCalled] = {}
-        for data in self._calls(cause, request_seq):
+        for data in self._calls(cause, request_seq, subject):
             if isinstance(data, ToolCalled) and not data.retryable:
                 calls.setdefault(data.call_index, data)
         return calls
 
-    def tool_failures(self, cause: str, attempt: int, request_seq: int | None = None) -> dict[int, ToolCalled]:
+    def tool_failures(self, cause: str, subject: str, attempt: int, request_seq: int | None = None) -> dict[int, ToolCalled]:
         """The tool calls of try ``attempt`` that failed in a way that passes, by call index."""
         failures: dict[int, ToolCalled] = {}
-        for data in self._calls(cause, request_seq):
+        for data in self._calls(cause, request_seq, subject):
             if isinstance(data, ToolCalled) and data.retryable and data.attempt == attempt:
                 failures.setdefault(data.call_index, data)
         return failures
@@ -713,12 +716,13 @@ class ReplayContext(Context):
         self._end_seq = end_seq
         self._request_seq = request_seq or 0
         mesh = RecordedMesh(book, self.effects, event.id, source=f"mesh://agent/{agent_id}", owner=agent_owner)
-        llm = ReplayLlmSession(book.llm_calls(event.id, request_seq), self.effects, agent=agent, task_id=task_id,
-                               cause_id=event.id, attempt=attempt,
-                               failures=book.llm_failures(event.id, attempt, request_seq))  # fmt: skip
-        tools = ReplayToolBox(book.tool_calls(event.id, request_seq), self.effects, agent=agent, granted=granted,
-                              task_id=task_id, cause_id=event.id, attempt=attempt,
-                              failures=book.tool_failures(event.id, attempt, request_seq))  # fmt: skip
+        on_llm, on_tool = subjects.llm(agent, task_id), subjects.tool(agent, task_id)
+        llm = ReplayLlmSession(book.llm_calls(event.id, on_llm, request_seq), self.effects, agent=agent,
+                               task_id=task_id, cause_id=event.id, attempt=attempt,
+                               failures=book.llm_failures(event.id, on_llm, attempt, request_seq))  # fmt: skip
+        tools = ReplayToolBox(book.tool_calls(event.id, on_tool, request_seq), self.effects, agent=agent,
+                              granted=granted, task_id=task_id, cause_id=event.id, attempt=attempt,
+                              failures=book.tool_failures(event.id, on_tool, attempt, request_seq))  # fmt: skip
         super().__init__(cast(Mesh, mesh), agent=agent, agent_id=agent_id, event=event, task_id=task_id,
                          capability=capability, attempt=attempt, span=INVALID_SPAN, llm=llm, tools=tools,
                          request_seq=request_seq, owner=owner, deadline=deadline, hops=hops, forked=forked)  # fmt: skip

@@ -45,7 +45,7 @@ from replay.causal import Numbered, causal_slice
 from replay.context import Effect, RecordBook, ReplayContext, effect_of, made_on
 from replay.driving import driver_records, workflows_driven
 from topics import subjects
-from topics.calls import LlmFailed, ToolCalled
+from topics.calls import CallEvent, LlmFailed, ToolCalled
 from topics.envelope import derived_id
 from topics.record import Record
 from topics.tasks import (
@@ -140,8 +140,12 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     # fork` made of a finished sub-task, which a re-run of the forked task finds rather than makes.
     # A claim, progress or outcome counts only on its task's own subject (review AJ: a client's
     # `mesh.task.completed` on `mesh.cancel.<task id>`, caused by the request, was taken as its own)
+    # A model or tool call counts only on the subject its agent records it on, which only its role
+    # may write (`ReplayContext` feeds back those alone).
+    calls = {subjects.llm(agent.name, task_id), subjects.tool(agent.name, task_id)}
     caused = [r for r in book.caused.get(event.id, [])
-              if not (r.seq < request.seq and isinstance(r.data, TaskRequested)) and of_its_task(r, place)]
+              if not (r.seq < request.seq and isinstance(r.data, TaskRequested)) and of_its_task(r, place)
+              and (r.subject in calls or not isinstance(r.data, CallEvent))]
     outcome = next((r for r in caused if r.event.id in _outcome_ids(event.id)), None)
     claims = [r.data for r in caused if isinstance(r.data, TaskClaimed)]
     attempt, agent_id = _who(outcome, claims, agent.name)
