@@ -40,7 +40,7 @@ from mesh.errors import (
     WorkflowTimeoutError,
 )
 from mesh.llm.client import CONTEXT_LENGTH_EXCEEDED, DEFAULT_MODEL, LlmClient, LlmSession, recordable_request
-from mesh.llm.tools import ToolBox, parse_arguments, recorded_error
+from mesh.llm.tools import ToolBox, parse_arguments, recorded_error, tool_name
 from mesh.llm.window import ContextWindow
 from mesh.projections.board import BoardState
 from mesh.projections.histories import History, add_turn
@@ -481,14 +481,14 @@ class ReplayToolBox(ToolBox):
     async def call(self, name: str, arguments: dict[str, Any] | str) -> Any:
         self.check_limit(self._index)  # as the live call is bounded, before it is numbered
         index = next(self._replay_index)
-        try:
-            args = parse_arguments(name, arguments)  # as the live call parses them, once numbered
+        try:  # as the live call parses them, once numbered; a call that named no tool has none
+            args = parse_arguments(name, arguments) if isinstance(name, str) and name else {}
         except SchemaError:
             args = {}  # the live call recorded such a call with no arguments, and its error
         if (failed := self._replay_failures.get(index)) is not None:  # this call failed then: it fails again
             self._index += 1  # the box's own count moves past it, as it did then
             raise recorded_error(failed)
-        call = ToolCalled(agent="", task_id="", call_index=index, tool=name, arguments=args)
+        call = ToolCalled(agent="", task_id="", call_index=index, tool=tool_name(name), arguments=args)
         event_id = derived_id(self._replay_cause, f"tool/{index}")
         self._replay_effects.append(Effect.of(event_id, f"tool/{index}", self._replay_subject, call))
         if index not in self._replay_recorded:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import structlog
+
 from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
 from topics.calls import LlmCalled, ToolCalled
@@ -14,10 +16,14 @@ from topics.record import Record
 __all__ = ["recorded_calls", "stored_on"]
 
 C = TypeVar("C", LlmCalled, ToolCalled)
+_log = structlog.get_logger("mesh.llm")
 
 
 async def stored_on(mesh: Mesh, subject: str, *, after: int = 0) -> list[Record]:
-    """Every event stored on one subject after sequence ``after``, in order.
+    """Every event stored on one subject after sequence ``after``, in order; a message that is
+    not one (malformed, its offloaded data gone) is left out with a warning, as every reader of
+    the log leaves it out: one bad record failed every read of the subject, so a retry of the
+    task failed every tool call (review AK).
 
     Walks the subject with direct gets (`next_by_subj`), which the server answers from its
     subject index: only that subject's few records are read."""
@@ -27,7 +33,10 @@ async def stored_on(mesh: Mesh, subject: str, *, after: int = 0) -> list[Record]
         msg = await jetstream.direct_get(mesh.js, seq=seq, subject=subject, next=True)
         if msg is None:
             return found
-        found.append(await payloads.resolve(mesh.js, msg.subject or subject, msg.data or b"", msg.seq or 0))
+        try:
+            found.append(await payloads.resolve(mesh.js, msg.subject or subject, msg.data or b"", msg.seq or 0))
+        except payloads.RESOLVE_ERRORS as error:
+            _log.warning("recorded call skipped: not an event", seq=msg.seq, subject=subject, error=repr(error)[:200])
         seq = (msg.seq or seq) + 1
 
 

@@ -166,6 +166,10 @@ class ToolBox:
             if prior.error is not None:
                 raise recorded_error(prior)
             return prior.result
+        if not isinstance(name, str) or not name:  # a model's `function.name` as the SDK parsed it: null, a number
+            nameless = SchemaError(f"a tool call named no tool ({tool_name(name)}): name one of the granted tools")
+            await self._record(index, tool_name(name), {}, None, nameless)
+            raise nameless
         try:
             args = parse_arguments(name, arguments)
         except SchemaError as error:
@@ -255,6 +259,14 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+def tool_name(name: object) -> str:
+    """A tool call's name as recorded: the name asked for, or for a call that named none (null,
+    a number: a model's answer as the SDK parsed it) that value's repr, at most 100 characters
+    (review AK: recorded as it came, the event failed its own schema, and every retry of the
+    task then failed to read its calls back)."""
+    return name if isinstance(name, str) and name else repr(name)[:100]
+
+
 def parse_arguments(name: str, arguments: Any) -> dict[str, Any]:
     """A tool call's arguments as a dict: the model's JSON text (which must hold an object) or a
     dict; SchemaError otherwise. `replay` parses with this too, so a rerun fails alike."""
@@ -262,10 +274,10 @@ def parse_arguments(name: str, arguments: Any) -> dict[str, Any]:
         try:
             return _arguments.decode(arguments)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as error:
-            raise SchemaError(f"arguments for tool '{name:.100}' are not a JSON object: {error}") from None
+            raise SchemaError(f"arguments for tool '{name!s:.100}' are not a JSON object: {error}") from None
     if isinstance(arguments, dict):
         return arguments
-    raise SchemaError(f"arguments for tool '{name:.100}' are a JSON object, not {type(arguments).__name__}")
+    raise SchemaError(f"arguments for tool '{name!s:.100}' are a JSON object, not {type(arguments).__name__}")
 
 
 def _as_recorded(result: Any) -> Any:
