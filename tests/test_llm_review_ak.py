@@ -3,15 +3,23 @@ call that names no tool, text that UTF-8 cannot hold, cookies, redirects, a key 
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import AsyncIterator, Callable
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
 from mesh import Agent, Context, Mesh
-from mesh.errors import RetryableError, SchemaError
+from mesh.errors import RetryableError, SchemaError, TaskError
+from mesh.llm.client import LlmClient, _remote_sdk
 from mesh.llm.tools import tool
 from mesh.testing import InProcessAgents, Reply, ScriptedModel
+from replay.reader import read_log
 from tests.helpers import EventLog
+from tests.test_llm_bounds import RawServer, as_json, completion, failures, same, session
+from topics.calls import LlmCalled
 
 
 @tool(name="ak_lookup")
@@ -55,3 +63,103 @@ async def test_a_tool_call_that_names_no_tool_is_refused_and_recorded_readably(
     calls = log.of_type("mesh.tool.called", task_id="nameless")
     assert [(c.data.call_index, c.data.tool) for c in calls] == [(0, "None"), (1, "ak_lookup")]  # type: ignore[attr-defined]
     assert scripted_model.remaining == 0 and len(scripted_model.requests) == 1  # the retry called no model
+
+
+KEY = "sk-review-ak-0123456789"
+
+
+class Recording(RawServer):
+    """A `RawServer` whose answers are functions of the request: each gets the handler, and the
+    request headers are kept in order."""
+
+    def __init__(self, *script: Callable[[BaseHTTPRequestHandler], None]) -> None:
+        self.seen: list[dict[str, str]] = []
+
+        def seeing(answer: Callable[[BaseHTTPRequestHandler], None]) -> Callable[[BaseHTTPRequestHandler], None]:
+            def answered(handler: BaseHTTPRequestHandler) -> None:
+                self.seen.append({k.lower(): v for k, v in handler.headers.items()})
+                answer(handler)
+
+            return answered
+
+        super().__init__(*(seeing(answer) for answer in script))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def keyed_client(self) -> LlmClient:
+        made = LlmClient(functools.partial(_remote_sdk, KEY, self.url), model="m", offline=False, settings={})
+        self.clients.append(made)
+        return made
+
+
+def answer(data: bytes, status: int = 200, **headers: str) -> Callable[[BaseHTTPRequestHandler], None]:
+    def answered(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        handler.send_header("content-type", "application/json")
+        for name, value in headers.items():
+            handler.send_header(name.replace("_", "-"), value)
+        handler.send_header("content-length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    return answered
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[Recording]]:
+    made: list[Recording] = []
+    yield made
+    for server in made:
+        await server.close()
+
+
+def started(made: list[Recording], *script: Callable[[BaseHTTPRequestHandler], None]) -> Recording:
+    server = Recording(*script)
+    made.append(server)
+    return server
+
+
+@pytest.mark.integration
+class TestWhatTheServerSends:
+    async def test_text_utf8_cannot_hold_is_a_recorded_invalid_response(self, mesh: Mesh, servers: list[Recording]) -> None:
+        """`"\\ud800"` in the JSON (half an emoji) decodes to a lone surrogate, which no event can
+        carry: the call was neither recorded nor retried, and the task failed as a bug (AK-2)."""
+        server = started(servers, answer(as_json(completion("bad \ud800 text"))))
+        with pytest.raises(RetryableError, match="cannot be read") as raised:
+            await session(server.keyed_client(), mesh).text("hi")
+        [failed] = await failures(mesh)
+        assert failed.error_type == "InvalidResponse" and same(raised.value, failed)
+
+    async def test_the_key_echoed_in_an_answer_is_not_recorded(self, mesh: Mesh, servers: list[Recording]) -> None:
+        """A proxy that quotes the request's headers in a 200 answer put the API key in
+        `mesh.llm.called`, which every agent role may read (AK-6); the handler's answer is its own."""
+
+        def echo(handler: BaseHTTPRequestHandler) -> None:
+            answer(as_json(completion(f"you sent {handler.headers['authorization']}")))(handler)
+
+        server = started(servers, echo)
+        assert await session(server.keyed_client(), mesh).text("hi") == f"you sent Bearer {KEY}"
+        stored = await read_log(mesh)
+        [called] = [r for r in stored.records if isinstance(r.data, LlmCalled)]
+        assert KEY not in json.dumps(called.data.response)
+        assert called.data.response["choices"][0]["message"]["content"] == "you sent Bearer [redacted]"
+
+    async def test_cookies_a_server_sets_are_not_kept(self, servers: list[Recording]) -> None:
+        """One client serves every task of the process: the cookies a server set went with every
+        later call, whoever's task it was, and 50,000 of them held 50 MB (AK-3)."""
+        server = started(servers, answer(as_json(completion("one")), set_cookie="session=abc; Path=/"),
+                         answer(as_json(completion("two"))))  # fmt: skip
+        made = server.keyed_client()
+        assert [await session(made, None).text("hi"), await session(made, None).text("hi")] == ["one", "two"]
+        assert "cookie" not in server.seen[1]
+
+    async def test_a_redirect_is_not_followed(self, servers: list[Recording]) -> None:
+        """A 307 sent the prompt to a host the server chose (AK-5): a 3xx is an error, and the
+        other host gets nothing."""
+        elsewhere = started(servers, answer(as_json(completion("stolen"))))
+        server = started(servers, answer(b"{}", status=307, location=f"{elsewhere.url}/chat/completions"))
+        with pytest.raises(TaskError):
+            await session(server.keyed_client(), None).text("my secret prompt")
+        assert len(server.seen) == 1 and elsewhere.seen == []

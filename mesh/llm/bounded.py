@@ -19,6 +19,7 @@ Imported when a remote client is made, not before: `httpx2` takes a while to imp
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import urllib.parse
 import urllib.request
 import zlib
@@ -172,13 +173,25 @@ def bounded_http_client(limit: int, timeout: float, base_url: str | None = None)
     each connect (at most 5), read or write; `MESH_LLM_TIMEOUT` bounds the whole call too. A
     client given a transport takes no proxy from the environment itself, so the transport is
     given the one `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` name for ``base_url`` (unless `NO_PROXY`
-    names its host)."""
+    names its host).
+
+    Two of the SDK's defaults are changed (review AK): the client keeps no cookies (one client
+    serves every task of the process: a server's cookies went with every later task's calls,
+    and 50,000 of them held 50 MB), and follows no redirect (a 307 sent the prompt to a host the
+    server chose, a 303 made the agent GET any address, internal ones too): a 3xx is an error.
+    OpenAI's API sets no cookies and answers no redirects."""
     import openai
 
     limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)  # the SDK's defaults
     inner = httpx2.AsyncHTTPTransport(limits=limits, proxy=environment_proxy(base_url or OPENAI_URL))
     return openai.DefaultAsyncHttpx2Client(transport=BoundedTransport(limit, inner),
-                                           timeout=httpx2.Timeout(timeout, connect=min(timeout, 5.0)))  # fmt: skip
+                                           timeout=httpx2.Timeout(timeout, connect=min(timeout, 5.0)),
+                                           follow_redirects=False, cookies=_no_cookies())  # fmt: skip
+
+
+def _no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that takes none: its policy allows no domain to set one."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
 def environment_proxy(url: str) -> str | None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
 import structlog
 
 from mesh.bus.client import Mesh
@@ -396,7 +397,7 @@ class LlmSession:
                     else:
                         completion = await sdk.chat.completions.create(**request)
                 _check_shape(completion, operation)
-                response = _dumped(completion)
+                response = _without(_dumped(completion), sdk.api_key)
             except Exception as error:
                 task_error = _failure(error, self._client.timeout)
                 if task_error is None:
@@ -737,11 +738,35 @@ _INT_DIGITS = "for integer string conversion"  # what `int()` says past `sys.get
 
 def _dumped(completion: Any) -> dict[str, Any]:
     """The response as recorded (as it came: no warning for a field the SDK did not coerce);
-    `InvalidResponse` when it is nested past pydantic's depth (a ValueError)."""
+    `InvalidResponse` when it is nested past pydantic's depth (a ValueError), or holds text
+    UTF-8 cannot (a lone surrogate, `"\ud800"` in the JSON: half an emoji), which no event can
+    carry (review AK: the call was neither recorded nor retried, and the task failed as a bug)."""
     try:
-        return cast("dict[str, Any]", completion.model_dump(mode="json", exclude_unset=True, warnings=False))
+        dump = cast("dict[str, Any]", completion.model_dump(mode="json", exclude_unset=True, warnings=False))
+        msgspec.json.encode(dump)  # UnicodeEncodeError is a ValueError
     except (ValueError, RecursionError) as error:
         raise _unreadable(error) from error
+    return dump
+
+
+def _without(value: Any, secret: str | None) -> Any:
+    """``value`` with the process's own API key replaced wherever a string holds it: a server or
+    proxy that echoes the request's headers in a 200 answer put the key in `mesh.llm.called`,
+    which every agent role may read (review AK). Only the exact key: the rest of the model's
+    text is the model's, unchanged. The check is a search of the encoded answer, once a call."""
+    if not secret or len(secret) < 8 or secret.encode() not in msgspec.json.encode(value):
+        return value
+    return _replaced(value, secret)
+
+
+def _replaced(value: Any, secret: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(secret, REDACTED)
+    if isinstance(value, dict):
+        return {_replaced(k, secret): _replaced(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replaced(v, secret) for v in value]
+    return value
 
 
 def _unreadable(error: BaseException) -> RetryableError:
