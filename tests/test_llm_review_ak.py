@@ -12,14 +12,17 @@ from typing import Any
 import pytest
 
 from mesh import Agent, Context, Mesh
-from mesh.errors import RetryableError, SchemaError, TaskError
+from mesh.errors import RetryableError, SchemaError, TaskError, TaskFailedError
 from mesh.llm.client import LlmClient, _remote_sdk
 from mesh.llm.tools import tool
 from mesh.testing import InProcessAgents, Reply, ScriptedModel
 from replay.reader import read_log
 from tests.helpers import EventLog
 from tests.test_llm_bounds import RawServer, as_json, completion, failures, same, session
+from topics import subjects
 from topics.calls import LlmCalled
+from topics.envelope import decode_envelope
+from topics.subjects import STREAM
 
 
 @tool(name="ak_lookup")
@@ -88,8 +91,8 @@ class Recording(RawServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
-    def keyed_client(self) -> LlmClient:
-        made = LlmClient(functools.partial(_remote_sdk, KEY, self.url), model="m", offline=False, settings={})
+    def keyed_client(self, key: str = KEY) -> LlmClient:
+        made = LlmClient(functools.partial(_remote_sdk, key, self.url), model="m", offline=False, settings={})
         self.clients.append(made)
         return made
 
@@ -146,6 +149,14 @@ class TestWhatTheServerSends:
         assert KEY not in json.dumps(called.data.response)
         assert called.data.response["choices"][0]["message"]["content"] == "you sent Bearer [redacted]"
 
+    async def test_a_placeholder_key_in_the_models_text_is_left_alone(self, mesh: Mesh, servers: list[Recording]) -> None:
+        """A local server's placeholder key (`lm-studio`) is a word the model may say: replaced,
+        the record differed from what the handler got (review AL)."""
+        server = started(servers, answer(as_json(completion("open lm-studio and load the model"))))
+        await session(server.keyed_client("lm-studio"), mesh).text("hi")
+        [called] = [r.data for r in (await read_log(mesh)).records if isinstance(r.data, LlmCalled)]
+        assert called.response["choices"][0]["message"]["content"] == "open lm-studio and load the model"
+
     async def test_cookies_a_server_sets_are_not_kept(self, servers: list[Recording]) -> None:
         """One client serves every task of the process: the cookies a server set went with every
         later call, whoever's task it was, and 50,000 of them held 50 MB (AK-3)."""
@@ -163,3 +174,43 @@ class TestWhatTheServerSends:
         with pytest.raises(TaskError):
             await session(server.keyed_client(), None).text("my secret prompt")
         assert len(server.seen) == 1 and elsewhere.seen == []
+
+
+RUNS: list[str] = []
+
+
+@tool(name="ak_pay")
+async def ak_pay(invoice: str) -> str:
+    """A side effect with a receipt long enough to be offloaded to the payload store."""
+    RUNS.append(invoice)
+    return "receipt " + "r" * 1_500_000
+
+
+payer = Agent("ak-payer", tools=("ak_pay",))
+
+
+@payer.task("ak-pay")
+async def pay_then_fail_once(input: Any, ctx: Context) -> int:
+    """Pays; on the first try, the recorded receipt's object is then lost (expired, or replaced:
+    any agent role may write the payload bucket) and the try fails in a way that passes."""
+    receipt = await ctx.tools.call("ak_pay", {"invoice": "inv-1"})
+    if ctx.attempt == 1:
+        stored = await ctx.mesh.js.get_last_msg(STREAM, subjects.tool("ak-payer", ctx.task_id))
+        bucket, name = decode_envelope(stored.data or b"").dataref.removeprefix("nats-os://").split("/", 1)  # type: ignore[union-attr]
+        await (await ctx.mesh.js.object_store(bucket)).delete(name)
+        raise RetryableError("the step after paying failed once")
+    return len(receipt)
+
+
+@pytest.mark.integration
+async def test_a_call_whose_recorded_result_is_lost_does_not_run_again(
+    mesh: Mesh, in_process_agents: InProcessAgents, log: EventLog
+) -> None:
+    """Skipping every record a retry could not read back (review AK-1's fix) made a granted tool
+    whose recorded result had lost its offloaded data run again on the retry (review AL): a
+    record that is not an event is skipped, one whose data is gone fails the retry's calls."""
+    RUNS.clear()
+    await in_process_agents.start(payer)
+    with pytest.raises(TaskFailedError, match=r"MissingPayloadError: the data of this event .* cannot be read"):
+        await mesh.request("ak-pay", {}, task_id="pay-1", timeout=60)
+    assert RUNS == ["inv-1"]

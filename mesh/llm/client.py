@@ -749,12 +749,18 @@ def _dumped(completion: Any) -> dict[str, Any]:
     return dump
 
 
+MIN_KEY = 20  # characters of the shortest API key `_without` takes out (OpenAI's are over 40)
+
+
 def _without(value: Any, secret: str | None) -> Any:
     """``value`` with the process's own API key replaced wherever a string holds it: a server or
     proxy that echoes the request's headers in a 200 answer put the key in `mesh.llm.called`,
-    which every agent role may read (review AK). Only the exact key: the rest of the model's
-    text is the model's, unchanged. The check is a search of the encoded answer, once a call."""
-    if not secret or len(secret) < 8 or secret.encode() not in msgspec.json.encode(value):
+    which every agent role may read (review AK). Only the exact key, and only one of at least
+    `MIN_KEY` characters: a placeholder a local server takes (`lm-studio`, `ollama`) is a word
+    the model's own text may hold (review AL). The check is a search of the encoded answer, once
+    a call. What is recorded then differs from what the handler got: a retry or `rerun` is
+    handed the answer with `[redacted]` in place of the key."""
+    if not secret or len(secret) < MIN_KEY or secret.encode() not in msgspec.json.encode(value):
         return value
     return _replaced(value, secret)
 

@@ -11,6 +11,7 @@ import structlog
 from mesh.bus import jetstream, payloads
 from mesh.bus.client import Mesh
 from topics.calls import LlmCalled, ToolCalled
+from topics.envelope import DECODE_ERRORS
 from topics.record import Record
 
 __all__ = ["recorded_calls", "stored_on"]
@@ -21,9 +22,11 @@ _log = structlog.get_logger("mesh.llm")
 
 async def stored_on(mesh: Mesh, subject: str, *, after: int = 0) -> list[Record]:
     """Every event stored on one subject after sequence ``after``, in order; a message that is
-    not one (malformed, its offloaded data gone) is left out with a warning, as every reader of
-    the log leaves it out: one bad record failed every read of the subject, so a retry of the
-    task failed every tool call (review AK).
+    not one (it does not decode) is left out with a warning, as every reader of the log leaves it
+    out: one such record failed every read of the subject, so a retry of the task failed every
+    tool call (review AK). An event whose offloaded data is gone raises `MissingPayloadError`:
+    left out, the call it recorded would run again (a tool twice, a model call paid twice:
+    review AL), so the retry's calls fail instead.
 
     Walks the subject with direct gets (`next_by_subj`), which the server answers from its
     subject index: only that subject's few records are read."""
@@ -35,7 +38,7 @@ async def stored_on(mesh: Mesh, subject: str, *, after: int = 0) -> list[Record]
             return found
         try:
             found.append(await payloads.resolve(mesh.js, msg.subject or subject, msg.data or b"", msg.seq or 0))
-        except payloads.RESOLVE_ERRORS as error:
+        except DECODE_ERRORS as error:
             _log.warning("recorded call skipped: not an event", seq=msg.seq, subject=subject, error=repr(error)[:200])
         seq = (msg.seq or seq) + 1
 
