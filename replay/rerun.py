@@ -157,7 +157,7 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     ctx = ReplayContext(book, agent=agent.name, agent_id=agent_id, event=event, task_id=task_id,
                         capability=capability, attempt=attempt, granted=agent.tools,
                         effect_seqs=sorted(made), end_seq=end, request_seq=request.seq, owner=owner,
-                        agent_owner=_own_owner(caused, event.id, owner), deadline=data.deadline,
+                        agent_owner=_own_owner(book.caused.get(event.id, []), event.id, owner), deadline=data.deadline,
                         hops=data.hops, forked=data.forked)  # fmt: skip
     try:
         output = await handler.fn(handler.convert(data.input), ctx)
@@ -191,13 +191,21 @@ def _driven(book: RecordBook, caused: list[Record]) -> list[tuple[Record, str]]:
 
 def _own_owner(caused: list[Record], cause: str, task_owner: str) -> str:
     """The owner the original agent submitted its own sub-tasks under: read from the first it
-    recorded (a hand-off or fallback keeps the task's owner instead); the task's owner if it
-    submitted none, when it does not matter."""
+    recorded (a hand-off or fallback keeps the task's owner instead), or from the first copy
+    `replay fork` made of one, on `mesh.task.<capability>.<owner>.<task id>` before the request
+    it re-requested (the live re-run looks for it under its agent's owner: under credentials the
+    agent role's, not the forking user's, review AL); the task's owner if there is none, when it
+    does not matter."""
     passed_on = {handoff_task_id(cause), derived_id(cause, "fallback")}
     for record in caused:
+        if record.event.id in passed_on:
+            continue
         work = subjects.work_of(record.subject)
-        if work is not None and record.event.id not in passed_on:
+        if work is not None:
             return work[1]
+        copied = subjects.task_of(record.subject) if isinstance(record.data, TaskRequested) else None
+        if copied is not None:
+            return copied[1]
     return task_owner
 
 
