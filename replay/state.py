@@ -321,7 +321,9 @@ class _TableFold:
     `evolve` calls. The seq rule is `Projection.apply`'s. What does not decode that way goes to
     the sink, on the same states and in log order."""
 
-    MESSAGES = 512  # stored messages decoded before they are folded together (`message`)
+    MESSAGES = 512  # stored messages decoded before they are folded together (`message`), and at most
+    # `_BLOCK` bytes of them, as a file's block: what they decode to stays in cache, and a log of
+    # large events is not held whole (512 messages of 1 MiB would be)
 
     def __init__(self, sink: _FoldSink, projections: Sequence[HandlerProjection[Any]]) -> None:
         self.sink = sink
@@ -334,6 +336,7 @@ class _TableFold:
         self.subject_named = frozenset(envelope for event_type, envelope in self.lines.envelopes.items()
                                        if issubclass(EVENT_TYPES[event_type], SUBJECT_NAMED) and targets[event_type])  # fmt: skip
         self.pending: list[StoredEvent] = []  # stored messages decoded, not yet folded
+        self.pending_bytes = 0
 
     def message(self, seq: int, subject: str, payload: bytes) -> None:
         """`_FoldSink.sink` for one stored message. A message whose data is offloaded (it is
@@ -345,13 +348,14 @@ class _TableFold:
             self.sink.sink(seq, subject, payload)
             return
         self.pending.append(stored)
-        if len(self.pending) >= self.MESSAGES:
+        self.pending_bytes += len(payload)
+        if len(self.pending) >= self.MESSAGES or self.pending_bytes >= _BLOCK:
             self.flush()
 
     def flush(self) -> None:
         """Fold the stored messages decoded so far."""
         if self.pending:
-            pending, self.pending = self.pending, []
+            pending, self.pending, self.pending_bytes = self.pending, [], 0
             self.fold_lines(pending)
 
     def fold(self, block: bytes | memoryview, end: int | None) -> bool:
