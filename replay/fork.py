@@ -271,7 +271,7 @@ def _new_ids(prefix: list[Record], source: str, new_id: str) -> dict[str, str]:
     caused = children_of(prefix)
     label = f"fork/{new_id}"
     numbered: Numbered = {}
-    for record in prefix:
+    for record in _causes_first(prefix):
         old, cause = record.event.id, record.event.causationid
         if old in ids:
             continue
@@ -289,6 +289,32 @@ def _new_ids(prefix: list[Record], source: str, new_id: str) -> dict[str, str]:
             if isinstance(named, str) and named and named not in ids:
                 ids[named] = derived_id(named, label)
     return ids
+
+
+def _causes_first(records: list[Record]) -> list[Record]:
+    """``records`` with each one after its cause when that is among them, otherwise in their
+    order. A log's order already is, but for what a fork copied: its copies are stored before
+    the re-request that is their cause, and a fork of that fork mapped a copied sub-task's id
+    before its cause's, to an id the re-run does not derive, so the sub-task ran again (review
+    AL). Effects of one cause keep their order, which numbers them (`request/0`, `request/1`).
+    Records in a causation cycle (a file can say anything) come last, in their order."""
+    present = {record.event.id for record in records}
+    waiting: dict[str, list[Record]] = {}
+    placed: set[str] = set()
+    ordered: list[Record] = []
+    for record in records:
+        cause = record.event.causationid
+        if cause is not None and cause in present and cause not in placed and cause != record.event.id:
+            waiting.setdefault(cause, []).append(record)
+            continue
+        ready = [record]
+        while ready:
+            done = ready.pop()
+            ordered.append(done)
+            placed.add(done.event.id)
+            ready.extend(reversed(waiting.pop(done.event.id, [])))
+    left = sorted((r for group in waiting.values() for r in group), key=lambda r: r.seq)
+    return ordered + left
 
 
 def _workflow_ids(prefix: list[Record], ids: dict[str, str]) -> None:

@@ -32,7 +32,8 @@ async def test_a_forked_tasks_rerun_finds_its_copied_sub_task(tmp_path: Path) ->
         request = next(r for r in stored if isinstance(r.data, TaskRequested) and r.data.task_id == task)
         done = await s.admin.follow("ask", task, request.seq, timeout=60)
         assert isinstance(done.data, TaskCompleted) and done.data.output == {"echoed": {"n": 1}}
-        after = (await read_log(s.admin, end=done.seq)).records
+        await s.agents.log.wait_for(lambda r: r.event.id == done.event.id)  # heard may be before stored
+        after = (await read_log(s.admin)).records
         echoes = [r for r in after if isinstance(r.data, TaskCompleted) and r.subject.startswith("mesh.task.echo.")]
         assert len(echoes) == 2  # the original and the fork's copy: echo did not run again
         result = await rerun("tests.fixture_agents:asker", after, "ask-1-f")

@@ -15,11 +15,14 @@ from mesh.cli.main import main as cli
 from mesh.errors import ConfigError
 from mesh.projections import REGISTRY
 from mesh.testing import EventLog, InProcessAgents
+from replay import fork
 from replay.reader import parse_position, read_log
 from replay.rerun import rerun
 from replay.state import rebuild
 from topics.calls import LlmCalled
 from topics.envelope import derived_id
+from topics.record import Record
+from topics.tasks import TaskCompleted, TaskRequested
 
 TIME = "2026-12-03T14:08:17.110056Z"
 ESCAPES = "\x1b[2J\x1b[H\x1b]0;owned\x07\x1b[32mAll events verified\x1b[0m\n\x9b31m"
@@ -133,3 +136,36 @@ class TestLive:
         assert done.data.output != "FORGED"  # the live agent called the model
         result = await rerun(teller, (await read_log(mesh)).records, "t-1")
         assert result.ok and result.tasks_checked == 1, result.divergence
+
+
+@pytest.mark.integration
+async def test_a_fork_of_a_fork_takes_the_copied_sub_task(mesh: Mesh, in_process_agents: InProcessAgents,
+                                                          log: EventLog) -> None:  # fmt: skip
+    """A fork stores its copies before the re-request that is their cause; a fork of that fork
+    mapped a copied sub-task's id before its cause's, to an id the re-run does not derive, and
+    the finished sub-task ran again (review AL)."""
+    from agents.echo import agent as echo
+    from tests.fixture_agents import asker
+
+    await in_process_agents.start(echo)
+    await in_process_agents.start(asker)
+    assert await mesh.request("ask", {"n": 1}, task_id="ask-1", timeout=60) == {"echoed": {"n": 1}}
+
+    async def forked(source: str, at: str, new_id: str) -> list[Record]:
+        """Fork ``source`` at event ``at`` as ``new_id``, wait for the re-run's outcome; the log then."""
+        [task] = (await fork(mesh, (await read_log(mesh)).records, source, at, new_id)).requested
+        stored = (await read_log(mesh)).records
+        request = next(r for r in stored if isinstance(r.data, TaskRequested) and r.data.task_id == task
+                       and r.subject.startswith("mesh.work."))  # fmt: skip
+        done = await mesh.follow("ask", task, request.seq, timeout=60)
+        assert isinstance(done.data, TaskCompleted) and done.data.output == {"echoed": {"n": 1}}
+        await log.wait_for(lambda r: r.event.id == done.event.id)  # heard may be before stored
+        return (await read_log(mesh)).records
+
+    stored = (await read_log(mesh)).records
+    echoed = next(r for r in stored if isinstance(r.data, TaskCompleted) and r.subject.startswith("mesh.task.echo."))
+    stored = await forked("ask-1", echoed.event.id, "ask-1-f")
+    again = next(r for r in stored if isinstance(r.data, TaskRequested) and r.data.task_id == "ask-1-f")
+    stored = await forked("ask-1-f", again.event.id, "ask-1-ff")
+    asked = [r for r in stored if isinstance(r.data, TaskRequested) and r.subject.startswith("mesh.work.echo.")]
+    assert len(asked) == 1  # echo was asked once, by the original; each re-run took its copy
