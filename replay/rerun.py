@@ -146,6 +146,8 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     caused = [r for r in book.caused.get(event.id, [])
               if not (r.seq < request.seq and isinstance(r.data, TaskRequested)) and of_its_task(r, place)
               and (r.subject in calls or not isinstance(r.data, CallEvent))]
+    copies = [r for r in book.caused.get(event.id, []) if r.seq < request.seq and isinstance(r.data, TaskRequested)
+              and of_its_task(r, place)]  # a fork's copies of finished sub-tasks: where `_own_owner` reads the owner
     outcome = next((r for r in caused if r.event.id in _outcome_ids(event.id)), None)
     claims = [r.data for r in caused if isinstance(r.data, TaskClaimed)]
     attempt, agent_id = _who(outcome, claims, agent.name)
@@ -157,7 +159,7 @@ async def _rerun_task(agent: Agent, request: Record, book: RecordBook) -> Diverg
     ctx = ReplayContext(book, agent=agent.name, agent_id=agent_id, event=event, task_id=task_id,
                         capability=capability, attempt=attempt, granted=agent.tools,
                         effect_seqs=sorted(made), end_seq=end, request_seq=request.seq, owner=owner,
-                        agent_owner=_own_owner(book.caused.get(event.id, []), event.id, owner), deadline=data.deadline,
+                        agent_owner=_own_owner(copies + caused, event.id, owner), deadline=data.deadline,
                         hops=data.hops, forked=data.forked)  # fmt: skip
     try:
         output = await handler.fn(handler.convert(data.input), ctx)
